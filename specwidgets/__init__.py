@@ -1,0 +1,68 @@
+"""specwidgets: interactive, exact sky-background subtraction for long-slit spectroscopy.
+
+The core (loading, line finding, warp models, sky estimation) needs only
+numpy, scipy, astropy and numba; the widgets and ``plot_image`` are loaded
+on first use, so ``import specwidgets`` stays light.
+
+Examples
+--------
+>>> import specwidgets as sw
+>>> frames = sw.datasets.load_demo()
+>>> locs, _ = sw.find_cal_lines(frames.arc)
+>>> model = sw.generate_warp_model(frames.arc, locs)
+>>> background = sw.extract_background(frames.science, model, mask_region=frames.trace_rows)
+>>> background.shape == frames.science.shape
+True
+"""
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets
+from .background import METHODS, SkyResult, extract_background, fit_sky
+from .inputs import mask_ranges
+from .instruments import Instrument, get_instrument, known_instruments, register_instrument
+from .lines import find_cal_lines
+from .loading import average_matching_files, collect_images_array
+from .warp import WarpModel, generate_warp_model
+
+try:
+    __version__ = version("specwidgets")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+# Widget-layer names, imported on first use (they pull in ipywidgets/bqplot).
+_LAZY = {
+    "plot_image": ".plotting",
+}
+
+__all__ = [
+    "METHODS",
+    "Instrument",
+    "SkyResult",
+    "WarpModel",
+    "average_matching_files",
+    "collect_images_array",
+    "datasets",
+    "extract_background",
+    "find_cal_lines",
+    "fit_sky",
+    "generate_warp_model",
+    "get_instrument",
+    "known_instruments",
+    "mask_ranges",
+    "plot_image",
+    "register_instrument",
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'specwidgets' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

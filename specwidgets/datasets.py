@@ -1,0 +1,210 @@
+"""Data for demos and tests: a synthetic long-slit generator with known truth,
+and the real SOAR/Goodman sample (see :mod:`specwidgets.sample_data`).
+
+The synthetic frames are the embedded default: every demo runs with no data
+files at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import erf
+
+from .warp import WarpModel
+
+__all__ = ["SyntheticFrames", "make_synthetic_longslit", "load_demo", "sky_line_list"]
+
+_SQRT2 = np.sqrt(2.0)
+
+
+@dataclass
+class SyntheticFrames:
+    """Synthetic science and arc frames with the truth they were made from.
+
+    Attributes
+    ----------
+    science : (n_exposures, n_rows, n_cols) array
+        Sky + trace + noise, in electrons.
+    arc : (n_rows, n_cols) array
+        Arc-lamp frame (noisy), in electrons.
+    sky : (n_exposures, n_rows, n_cols) array
+        Noise-free sky of each exposure: the true background.
+    trace : (n_rows, n_cols) array
+        Noise-free source light (the same in every exposure).
+    warp : WarpModel
+        The true warp.
+    effpix_map : (n_rows, n_cols) array
+        True effective pixel of every pixel centre.
+    arc_lines : (n_lines,) array
+        True effective-pixel positions of the arc lines.
+    trace_rows : (int, int)
+        Rows holding the trace (to mask).
+    read_noise, gain : float
+        Noise model (electrons; gain 1 means data are in electrons).
+    """
+
+    science: np.ndarray
+    arc: np.ndarray
+    sky: np.ndarray
+    trace: np.ndarray
+    warp: WarpModel
+    effpix_map: np.ndarray
+    arc_lines: np.ndarray
+    trace_rows: tuple
+    read_noise: float
+    gain: float = 1.0
+    params: dict = field(default_factory=dict)
+
+
+def sky_line_list(n_cols, n_lines, rng, faint=10.0, bright=20000.0):
+    """Random sky lines: positions, peak heights spread log-uniformly from faint to bright."""
+    pos = np.sort(rng.uniform(8, n_cols - 8, n_lines))
+    peak = np.exp(rng.uniform(np.log(faint), np.log(bright), n_lines))
+    return pos, peak
+
+
+def _integrated_lines(edges, positions, fluxes, sigma):
+    """Integral, between consecutive ``edges`` (last axis), of a sum of Gaussians of total ``fluxes``."""
+    n = edges.shape[-1] - 1
+    out = np.zeros(edges.shape[:-1] + (n,))
+    # Only the columns a line can reach (its width plus the warp's largest shift) are computed.
+    shift = float(np.abs(edges - (np.arange(n + 1) - 0.5)).max()) + 1.0
+    for mu, flux in zip(positions, fluxes):
+        c0 = max(0, int(mu - 8 * sigma - shift))
+        c1 = min(n, int(mu + 8 * sigma + shift) + 1)
+        if c1 <= c0:
+            continue
+        cdf = 0.5 * erf((edges[..., c0 : c1 + 1] - mu) / (sigma * _SQRT2))
+        out[..., c0:c1] += flux * np.diff(cdf, axis=-1)
+    return out
+
+
+def make_synthetic_longslit(
+    shape=(100, 2048),
+    n_exposures=1,
+    tilt=3.0,
+    curvature=0.0,
+    n_sky_lines=40,
+    sky_continuum=60.0,
+    line_sigma=1.1,
+    n_arc_lines=30,
+    arc_peak=(2000.0, 40000.0),
+    trace_row=None,
+    trace_fwhm=6.0,
+    trace_flux=3000.0,
+    trace_bend=4.0,
+    gradient=None,
+    read_noise=4.0,
+    cosmic_rays=0,
+    variation=0.05,
+    seed=0,
+):
+    """Make synthetic long-slit frames with a known warp, sky, trace and noise.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(n_rows, n_cols)``; dispersion along columns.
+    n_exposures : int
+        Science exposures; each has the same sky lines scaled by a random
+        factor (``1 +- variation``) and its own noise.
+    tilt : float or sequence
+        How far lines shift from the bottom row to the top row (columns); a
+        sequence ``(c0, c1, c2)`` varies it along x as ``c0 + c1*u + c2*u**2``,
+        ``u`` from -1 to 1 across the columns (see :meth:`WarpModel.from_tilt`).
+    curvature : float
+        Quadratic bow of the lines along the slit (columns at the slit ends).
+    n_sky_lines, sky_continuum, line_sigma :
+        Sky: this many lines with peaks from 10 to 20000 e- per pixel over a
+        flat continuum (e- per pixel); Gaussian sigma of sky and arc lines.
+    n_arc_lines, arc_peak :
+        The arc lamp: line count and the range of peak heights.
+    trace_row, trace_fwhm, trace_flux, trace_bend :
+        A point-source trace: centre row at the middle column (default: 0.45
+        of the rows), its FWHM in rows, its peak e- per pixel, and how many
+        rows it bends over the columns.
+    gradient : (float, float), optional
+        Multiply the sky by a linear ramp from ``gradient[0]`` (row 0) to
+        ``gradient[1]`` (last row): the seed's non-uniform background.
+    read_noise : float
+        Gaussian read noise, electrons.
+    cosmic_rays : int
+        Cosmic-ray hits per exposure (a few bright pixels each).
+    seed : int
+        Random seed: the same seed gives the same frames.
+
+    Returns
+    -------
+    SyntheticFrames
+
+    Examples
+    --------
+    >>> frames = make_synthetic_longslit(shape=(60, 300), n_exposures=2, seed=3)
+    >>> frames.science.shape, frames.arc.shape
+    ((2, 60, 300), (60, 300))
+    """
+    n_rows, n_cols = (int(s) for s in shape)
+    if n_rows < 8 or n_cols < 64:
+        raise ValueError(f"shape must be at least (8, 64); got {shape}")
+    rng = np.random.default_rng(seed)
+    warp = WarpModel.from_tilt((n_rows, n_cols), tilt, curvature=curvature)
+    edges = warp.edge_map()
+    emap = warp.effpix_map()
+
+    sky_pos, sky_peak = sky_line_list(n_cols, n_sky_lines, rng)
+    sky_flux = sky_peak * line_sigma * np.sqrt(2 * np.pi)
+    widths = np.diff(edges, axis=1)
+    sky_unit = sky_continuum * widths + _integrated_lines(edges, sky_pos, sky_flux, line_sigma)
+    if gradient is not None:
+        ramp = np.linspace(gradient[0], gradient[1], n_rows)[:, None]
+        sky_unit = sky_unit * ramp
+
+    arc_pos = np.sort(rng.uniform(10, n_cols - 10, n_arc_lines))
+    # Keep arc lines apart so that each is a clean, unblended feature.
+    keep = np.r_[True, np.diff(arc_pos) > 12]
+    arc_pos = arc_pos[keep]
+    arc_heights = np.exp(rng.uniform(np.log(arc_peak[0]), np.log(arc_peak[1]), arc_pos.size))
+    arc_true = 20.0 * widths + _integrated_lines(edges, arc_pos, arc_heights * line_sigma * np.sqrt(2 * np.pi), line_sigma)
+    arc = rng.poisson(arc_true).astype(float) + rng.normal(0, read_noise, arc_true.shape)
+
+    if trace_row is None:
+        trace_row = 0.45 * n_rows
+    x = np.arange(n_cols)
+    centre = trace_row + trace_bend * ((x - n_cols / 2) / (n_cols / 2)) ** 2
+    s = trace_fwhm / 2.3548
+    y = np.arange(n_rows)[:, None]
+    continuum = trace_flux * (0.6 + 0.4 * np.sin(x / n_cols * np.pi))
+    trace = continuum[None, :] * np.exp(-0.5 * ((y - centre[None, :]) / s) ** 2)
+    reach = 4 * s + abs(trace_bend) + 1
+    trace_rows = (max(0, int(np.floor(trace_row - reach))), min(n_rows, int(np.ceil(trace_row + reach)) + 1))
+
+    sky = np.empty((n_exposures, n_rows, n_cols))
+    science = np.empty_like(sky)
+    for i in range(n_exposures):
+        scale = 1.0 + rng.uniform(-variation, variation)
+        sky[i] = sky_unit * scale
+        expected = sky[i] + trace
+        science[i] = rng.poisson(expected).astype(float) + rng.normal(0, read_noise, expected.shape)
+        for _ in range(cosmic_rays):
+            r, c = rng.integers(0, n_rows), rng.integers(0, n_cols - 2)
+            science[i, r, c : c + rng.integers(1, 3)] += rng.uniform(500, 5000)
+
+    return SyntheticFrames(
+        science=science,
+        arc=arc,
+        sky=sky,
+        trace=trace,
+        warp=warp,
+        effpix_map=emap,
+        arc_lines=arc_pos,
+        trace_rows=trace_rows,
+        read_noise=float(read_noise),
+        params=dict(shape=(n_rows, n_cols), tilt=tilt, curvature=curvature, gradient=gradient, seed=seed),
+    )
+
+
+def load_demo(seed=2024):
+    """The embedded demo: two 120 x 1024 exposures with tilted sky lines and a bright trace."""
+    return make_synthetic_longslit(shape=(120, 1024), n_exposures=2, tilt=2.5, n_sky_lines=30, cosmic_rays=20, seed=seed)

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.sample_data import goodman_available
+
+
+@pytest.fixture(scope="session")
+def tilted():
+    """100 x 2048, lines tilted 3 px over the slit: the issues' standard synthetic case."""
+    return make_synthetic_longslit(shape=(100, 2048), n_exposures=2, tilt=3.0, seed=11)
+
+
+@pytest.fixture(scope="session")
+def small():
+    return make_synthetic_longslit(shape=(60, 400), n_exposures=2, tilt=2.0, n_sky_lines=12, n_arc_lines=10, seed=5)
+
+
+@pytest.fixture(scope="session")
+def goodman():
+    if not goodman_available():
+        pytest.skip("Goodman sample not available (set SPECWIDGETS_DATA_DIR)")
+    from specwidgets.sample_data import load_goodman
+
+    return load_goodman(crop_bds=(680, 800))
+
+
+def rms(a):
+    return float(np.sqrt(np.nanmean(np.square(a))))

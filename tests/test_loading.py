@@ -1,0 +1,368 @@
+"""Tests of specwidgets.loading and specwidgets.instruments.
+
+Synthetic FITS files written here cover the instrument rules and every error;
+tests marked ``goodman`` check the real SOAR/Goodman frames when present.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from specwidgets import instruments
+from specwidgets.instruments import (
+    Frame,
+    Instrument,
+    get_instrument,
+    known_instruments,
+    parse_fits_section,
+    register_instrument,
+)
+from specwidgets.loading import average_matching_files, collect_images_array
+from specwidgets.sample_data import goodman_available, goodman_path
+
+needs_goodman = pytest.mark.skipif(not goodman_available(), reason="Goodman sample not on this machine")
+
+
+def gradient(n_rows, n_cols, offset=0):
+    """Every pixel distinct, so any turn or shift shows up."""
+    return (offset + 1000 * np.arange(n_rows)[:, None] + np.arange(n_cols)[None, :]).astype(np.float32)
+
+
+def write(path, data, header=None, extension=False):
+    """Write ``data`` to ``path``, in the primary HDU or in extension 1."""
+    hdr = fits.Header(header or {})
+    if extension:
+        hdul = fits.HDUList([fits.PrimaryHDU(header=fits.Header({"ORIGIN": "test"})), fits.ImageHDU(data, hdr)])
+    else:
+        hdul = fits.HDUList([fits.PrimaryHDU(data, hdr)])
+    hdul.writeto(path, overwrite=True)
+    return path
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Let a test register instruments without leaking them into others."""
+    monkeypatch.setattr(instruments, "_REGISTRY", dict(instruments._REGISTRY))
+
+
+# ------------------------------------------------------------------ KOSMOS
+KOSMOS_RAW = (60, 40)  # raw rows run along the dispersion
+KOSMOS_BSEC11 = "[31:40,1:60]"  # raw columns 31-40 are overscan
+
+
+@pytest.fixture
+def kosmos_folder(tmp_path):
+    for i, name in enumerate(["kosmos_bias_01.fits", "kosmos_bias_02.fits", "kosmos_neon_01.fits"]):
+        write(tmp_path / name, gradient(*KOSMOS_RAW, offset=10 * i), {"BSEC11": KOSMOS_BSEC11, "EXPTIME": 1.0})
+    return tmp_path
+
+
+def test_kosmos_rotates_drops_overscan_and_applies_gain(kosmos_folder):
+    images, meta = collect_images_array(kosmos_folder, tag="bias", instrument="kosmos", return_metadata=True)
+    raw = gradient(*KOSMOS_RAW)
+    # Clockwise turn: rotated[i, j] == raw[n_raw_rows - 1 - j, i]; overscan rows 30+ go.
+    expected = np.rot90(raw, k=3)[:30] * 0.6
+    assert images.shape == (2, 30, 60)
+    assert images.dtype == np.float64
+    np.testing.assert_allclose(images[0], expected)
+    assert images[0, 2, 5] == pytest.approx(raw[60 - 1 - 5, 2] * 0.6)
+    assert [m["file"] for m in meta] == ["kosmos_bias_01.fits", "kosmos_bias_02.fits"]
+    assert meta[0]["gain"] == 0.6 and meta[0]["unit"] == "electron"
+    assert meta[0]["read_noise"] is None  # no RDNOISE card: unknown, not invented
+
+
+def test_kosmos_crop_and_average(kosmos_folder):
+    bias = average_matching_files(kosmos_folder, tag="bias", instrument="kosmos", crop_bds=(5, 25))
+    rotated = np.rot90(gradient(*KOSMOS_RAW), k=3)[:30]
+    expected = np.median([rotated, np.rot90(gradient(*KOSMOS_RAW, offset=10), k=3)[:30]], axis=0)[5:25] * 0.6
+    assert bias.shape == (20, 60)
+    np.testing.assert_allclose(bias, expected)
+    mean = average_matching_files(kosmos_folder, tag="bias", instrument="kosmos", crop_bds=(5, 25), mode="mean")
+    np.testing.assert_allclose(mean, expected)
+
+
+def test_kosmos_reads_rdnoise_when_present(tmp_path):
+    write(tmp_path / "a.fits", gradient(*KOSMOS_RAW), {"BSEC11": KOSMOS_BSEC11, "RDNOISE": 3.9})
+    _, meta = collect_images_array(tmp_path, instrument="kosmos", return_metadata=True)
+    assert meta[0]["read_noise"] == 3.9
+
+
+def test_kosmos_without_bsec11_names_file_and_keyword(tmp_path):
+    write(tmp_path / "nobsec.fits", gradient(*KOSMOS_RAW))
+    with pytest.raises(ValueError, match=r"nobsec\.fits.*BSEC11"):
+        collect_images_array(tmp_path, instrument="kosmos")
+
+
+def test_options_override_a_builtin_instrument(kosmos_folder):
+    images, meta = collect_images_array(
+        kosmos_folder, tag="bias_01", instrument="kosmos", gain=None, read_noise=5.0, return_metadata=True
+    )
+    np.testing.assert_allclose(images[0], np.rot90(gradient(*KOSMOS_RAW), k=3)[:30])
+    assert meta[0]["unit"] == "adu" and meta[0]["read_noise"] == 5.0
+
+
+# ------------------------------------------------------------------ generic
+def test_generic_defaults_keep_frame_as_stored_in_adu(tmp_path):
+    write(tmp_path / "f.fits", gradient(8, 12))
+    images, meta = collect_images_array(tmp_path, return_metadata=True)
+    np.testing.assert_array_equal(images[0], gradient(8, 12))
+    assert meta[0]["gain"] is None and meta[0]["read_noise"] is None and meta[0]["unit"] == "adu"
+
+
+def test_generic_dispersion_axis_0_with_trim_section(tmp_path):
+    raw = gradient(30, 20)
+    write(tmp_path / "f.fits", raw)
+    # The section is in raw FITS coordinates: columns 2-19, rows 3-28.
+    images = collect_images_array(
+        tmp_path, dispersion_axis=0, trimsec="[2:19,3:28]", gain=2.0, crop_bds=(1, 10)
+    )
+    expected = (raw[2:28, 1:19].T * 2.0)[1:10]
+    assert images.shape == (1, 9, 26)
+    np.testing.assert_allclose(images[0], expected)
+
+
+def test_generic_finds_image_in_extension_and_by_name(tmp_path):
+    write(tmp_path / "ext.fits", gradient(5, 7), {"EXTNAME": "SCI", "DATE-OBS": "2024-01-01"}, extension=True)
+    images, meta = collect_images_array(tmp_path, return_metadata=True)
+    assert meta[0]["hdu"] == 1 and images.shape == (1, 5, 7)
+    # Primary and image cards are merged into one header.
+    assert meta[0]["header"]["ORIGIN"] == "test" and meta[0]["header"]["DATE-OBS"] == "2024-01-01"
+    by_name = collect_images_array(tmp_path, hdu="SCI")
+    np.testing.assert_array_equal(by_name, images)
+
+
+def test_compressed_and_gzipped_files_are_read(tmp_path):
+    data = gradient(16, 24)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data.astype(np.int32))]).writeto(tmp_path / "a.fits.fz")
+    write(tmp_path / "b.fits.gz", data)
+    (tmp_path / "notes.txt").write_text("not FITS, not read")
+    images = collect_images_array(tmp_path)
+    assert images.shape == (2, 16, 24)
+    np.testing.assert_array_equal(images[0], images[1])
+
+
+def test_tag_ignore_and_sorting(tmp_path):
+    for name in ["c_sci.fits", "a_sci.fits", "b_sci_bad.fits", "arc.fits"]:
+        write(tmp_path / name, gradient(4, 4))
+    _, meta = collect_images_array(tmp_path, tag="sci", ignore="bad", return_metadata=True)
+    assert [m["file"] for m in meta] == ["a_sci.fits", "c_sci.fits"]
+    _, meta = collect_images_array(tmp_path, ignore=["bad", "arc"], return_metadata=True)
+    assert [m["file"] for m in meta] == ["a_sci.fits", "c_sci.fits"]
+
+
+def test_debug_prints_a_table(tmp_path, capsys):
+    write(tmp_path / "one.fits", gradient(4, 4))
+    collect_images_array(tmp_path, debug=True)
+    out = capsys.readouterr().out
+    assert "one.fits" in out and "(4, 4)" in out
+
+
+def test_average_returns_metadata(tmp_path):
+    write(tmp_path / "a.fits", np.zeros((4, 4), np.float32))
+    write(tmp_path / "b.fits", np.full((4, 4), 2, np.float32))
+    write(tmp_path / "c.fits", np.full((4, 4), 10, np.float32))
+    median, meta = average_matching_files(tmp_path, return_metadata=True)
+    assert len(meta) == 3
+    np.testing.assert_array_equal(median, np.full((4, 4), 2.0))
+    np.testing.assert_array_equal(average_matching_files(tmp_path, mode="mean"), np.full((4, 4), 4.0))
+
+
+# ------------------------------------------------------------------ registry
+def test_known_and_unknown_instruments():
+    assert {"generic", "goodman", "kosmos"} <= set(known_instruments())
+    assert get_instrument("GOODMAN") is get_instrument("goodman")
+    with pytest.raises(ValueError, match="unknown instrument 'nope'.*generic, goodman, kosmos"):
+        get_instrument("nope")
+
+
+def test_register_custom_instrument(tmp_path, isolated_registry):
+    write(tmp_path / "f.fits", gradient(10, 6), {"MYGAIN": 3.0, "TRIM": "[1:6,2:9]"})
+    cam = Instrument("mycam", transpose=True, trimsec_keyword="TRIM", gain_keyword="MYGAIN", read_noise=2.5)
+    register_instrument("MyCam", cam)
+    assert "mycam" in known_instruments()
+    images, meta = collect_images_array(tmp_path, instrument="mycam", return_metadata=True)
+    np.testing.assert_allclose(images[0], gradient(10, 6)[1:9, 0:6].T * 3.0)
+    assert meta[0]["gain"] == 3.0 and meta[0]["read_noise"] == 2.5
+    register_instrument("mycam", cam)  # same instrument again: harmless
+    with pytest.raises(ValueError, match="already registered.*overwrite=True"):
+        register_instrument("mycam", Instrument("other"))
+    register_instrument("mycam", Instrument("other"), overwrite=True)
+    assert get_instrument("mycam").name == "other"
+
+
+def test_register_reader_function(tmp_path, isolated_registry):
+    write(tmp_path / "f.fits", gradient(10, 6))
+
+    def read_flipped(path, scale=1.0):
+        with fits.open(path) as hdul:
+            data = hdul[0].data[:, ::-1] * scale
+            return Frame(data=data, header=hdul[0].header.copy(), gain=2.0, read_noise=1.0)
+
+    register_instrument("flipcam", read_flipped)
+    images = collect_images_array(tmp_path, instrument="flipcam", scale=0.5)
+    np.testing.assert_allclose(images[0], gradient(10, 6)[:, ::-1] * 0.5 * 2.0)
+    # An Instrument object works without registering it too.
+    direct = collect_images_array(tmp_path, instrument=Instrument("x", gain=2.0))
+    np.testing.assert_allclose(direct[0], gradient(10, 6) * 2.0)
+
+
+def test_parse_fits_section():
+    assert parse_fits_section("[26:2055,2:948]", (948, 2071)) == (slice(1, 948), slice(25, 2055))
+    with pytest.raises(ValueError, match="not a FITS section"):
+        parse_fits_section("26:2055,2:948", (948, 2071))
+    with pytest.raises(ValueError, match="out of range.*2071 columns"):
+        parse_fits_section("[26:2100,2:948]", (948, 2071))
+    with pytest.raises(ValueError, match="reversed"):
+        parse_fits_section("[30:26,2:948]", (948, 2071))
+
+
+# ------------------------------------------------------------------ errors
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        collect_images_array(tmp_path / "nowhere")
+
+
+def test_path_is_a_file(tmp_path):
+    path = write(tmp_path / "single.fits", gradient(4, 4))
+    with pytest.raises(NotADirectoryError, match=r"single\.fits.*is a file, not a folder"):
+        collect_images_array(path)
+
+
+def test_tag_matching_nothing_names_tag_folder_and_count(tmp_path):
+    for name in ["a.fits", "b.fits", "c.fits.fz"]:
+        write(tmp_path / name, gradient(4, 4))
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path.name}.*'flat'.*3 FITS files"):
+        average_matching_files(tmp_path, tag="flat")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="0 FITS files"):
+        collect_images_array(empty)
+
+
+def test_corrupt_file_names_it(tmp_path):
+    write(tmp_path / "a_good.fits", gradient(4, 4))
+    (tmp_path / "b_corrupt.fits").write_bytes(b"this is not FITS" * 10)
+    with pytest.raises(ValueError, match=r"b_corrupt\.fits"):
+        collect_images_array(tmp_path)
+
+
+def test_truncated_file_names_it(tmp_path):
+    good = write(tmp_path / "full.fits", gradient(100, 200))
+    (tmp_path / "truncated.fits").write_bytes(good.read_bytes()[:40000])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"truncated\.fits"):
+            collect_images_array(tmp_path, tag="truncated")
+
+
+def test_different_shapes_name_files_and_shapes(tmp_path):
+    write(tmp_path / "a.fits", gradient(4, 4))
+    write(tmp_path / "b.fits", gradient(4, 4))
+    write(tmp_path / "c.fits", gradient(5, 4))
+    with pytest.raises(ValueError, match=r"\(4, 4\) in a\.fits, b\.fits; \(5, 4\) in c\.fits"):
+        collect_images_array(tmp_path)
+
+
+def test_unknown_instrument_lists_known(tmp_path):
+    write(tmp_path / "a.fits", gradient(4, 4))
+    with pytest.raises(ValueError, match="unknown instrument 'hubble'.*generic, goodman, kosmos"):
+        collect_images_array(tmp_path, instrument="hubble")
+
+
+@pytest.mark.parametrize(
+    ("crop_bds", "match"),
+    [((2, 50), "out of range.*has 8 rows"), ((9, None), "out of range"), ((-1, 4), "out of range"),
+     ((5, 2), "reversed"), ((3, 3), "empty")],
+)
+def test_bad_crop_bds(tmp_path, crop_bds, match):
+    write(tmp_path / "a.fits", gradient(8, 4))
+    with pytest.raises(ValueError, match=match):
+        collect_images_array(tmp_path, crop_bds=crop_bds)
+
+
+def test_file_without_2d_image_names_it(tmp_path):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(3.0))])
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "table_only.fits")
+    with pytest.raises(ValueError, match=r"table_only\.fits has no HDU holding a 2D image"):
+        collect_images_array(tmp_path)
+    write(tmp_path / "cube.fits", np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"HDU 0 of .*cube\.fits holds no 2D image"):
+        collect_images_array(tmp_path, tag="cube", hdu=0)
+    with pytest.raises(ValueError, match=r"cube\.fits has no HDU 5"):
+        collect_images_array(tmp_path, tag="cube", hdu=5)
+
+
+def test_bad_mode_and_option(tmp_path):
+    write(tmp_path / "a.fits", gradient(4, 4))
+    with pytest.raises(ValueError, match="unknown mode 'max'.*'median', 'mean'"):
+        average_matching_files(tmp_path, mode="max")
+    with pytest.raises(TypeError, match="unknown instrument option.*gian.*valid options"):
+        collect_images_array(tmp_path, gian=1.4)
+    with pytest.raises(ValueError, match="dispersion_axis"):
+        collect_images_array(tmp_path, dispersion_axis=2)
+    with pytest.raises(ValueError, match="gain must be a positive"):
+        collect_images_array(tmp_path, gain=0)
+
+
+def test_header_numbers_written_as_strings(tmp_path):
+    write(tmp_path / "good.fits", gradient(4, 4), {"GAIN": "2.0", "RDNOISE": "3.5"})
+    write(tmp_path / "b_bad.fits", gradient(4, 4), {"GAIN": "high"})
+    inst = Instrument("s", gain_keyword="GAIN", read_noise_keyword="RDNOISE")
+    images, meta = collect_images_array(tmp_path, tag="good", instrument=inst, return_metadata=True)
+    assert meta[0]["gain"] == 2.0 and meta[0]["read_noise"] == 3.5
+    np.testing.assert_allclose(images[0], gradient(4, 4) * 2.0)
+    with pytest.raises(ValueError, match=r"gain of b_bad\.fits must be a number"):
+        collect_images_array(tmp_path, tag="b_bad", instrument=inst)
+
+
+def test_mixed_electrons_and_adu_refused(tmp_path, isolated_registry):
+    write(tmp_path / "a.fits", gradient(4, 4), {"GAIN": 2.0})
+    write(tmp_path / "b_nogain.fits", gradient(4, 4))
+    with pytest.raises(ValueError, match=r"b_nogain\.fits.*gain="):
+        collect_images_array(tmp_path, instrument=Instrument("g", gain_keyword="GAIN"))
+
+
+# ------------------------------------------------------------------ Goodman
+GOODMAN_ROWS, GOODMAN_COLS = 947, 2030
+
+
+@pytest.mark.goodman
+@needs_goodman
+def test_goodman_bias_full_frame_and_metadata():
+    images, meta = collect_images_array(goodman_path() / "bias", instrument="goodman", return_metadata=True)
+    assert images.shape == (5, GOODMAN_ROWS, GOODMAN_COLS)
+    assert images.dtype == np.float64
+    first = meta[0]
+    assert first["hdu"] == 1 and first["file"] == "0056_BIAS_13-05-2023.fits.fz"
+    assert first["gain"] == 1.4 and first["read_noise"] == 4.74 and first["unit"] == "electron"
+    assert first["header"]["DATE-OBS"].startswith("2023-05-13") and first["header"]["EXPTIME"] == 0.0
+    # Bias level about 481 ADU.
+    assert 470 * 1.4 < np.median(images[0]) < 490 * 1.4
+
+
+@pytest.mark.goodman
+@needs_goodman
+def test_goodman_crop_and_gain_against_raw_pixels():
+    folder = goodman_path() / "spec_PKSJ0049_5738"
+    science, meta = collect_images_array(folder, instrument="goodman", crop_bds=(680, 800), return_metadata=True)
+    assert science.shape == (2, 120, GOODMAN_COLS)
+    assert meta[0]["header"]["EXPTIME"] == 800
+    with fits.open(meta[0]["path"]) as hdul:
+        raw = hdul[1].data
+        # TRIMSEC [26:2055,2:948]: output (r, c) is raw (1 + 680 + r, 25 + c).
+        for r, c in [(0, 0), (60, 1000), (119, 2029)]:
+            assert science[0, r, c] == pytest.approx(float(raw[681 + r, 25 + c]) * 1.4)
+
+
+@pytest.mark.goodman
+@needs_goodman
+def test_goodman_average_lamp():
+    arc, meta = average_matching_files(
+        goodman_path() / "lamp", tag="comp", instrument="goodman", crop_bds=(680, 800), return_metadata=True
+    )
+    assert arc.shape == (120, GOODMAN_COLS) and len(meta) == 3
+    assert arc.max() > 10 * np.median(arc)  # arc lines stand out

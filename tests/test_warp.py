@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+
+import specwidgets as sw
+from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.warp import WarpModel
+
+from conftest import rms
+
+GEOMETRIES = {
+    "tilt 3 px / 100 rows": dict(shape=(100, 2048), tilt=3.0, warp_order=1),
+    "tilt 6 px / 200 rows": dict(shape=(200, 2048), tilt=6.0, warp_order=1),
+    "tilt varying quadratically along x": dict(shape=(100, 2048), tilt=(3.0, 1.5, 2.0), warp_order=2),
+    "curved lines, line_order 2": dict(shape=(150, 1500), tilt=4.0, curvature=1.5, warp_order=1),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_effpix_map_matches_truth(name):
+    kw = dict(GEOMETRIES[name])
+    warp_order = kw.pop("warp_order")
+    frames = make_synthetic_longslit(seed=7, **kw)
+    locs, _ = sw.find_cal_lines(frames.arc)
+    model = sw.generate_warp_model(frames.arc, locs, warp_order=warp_order)
+    err = model.effpix_map() - frames.effpix_map
+    assert rms(err) <= 0.02, f"{name}: effpix RMS error {rms(err):.4f} px"
+    assert not model.is_poor, model.quality_warnings
+    assert np.nanmax(model.line_rms) < 0.1
+
+
+def test_faint_arc_still_meets_goal():
+    frames = make_synthetic_longslit(shape=(100, 2048), tilt=3.0, arc_peak=(150.0, 1500.0), seed=3)
+    locs, _ = sw.find_cal_lines(frames.arc, std_variation=20)
+    model = sw.generate_warp_model(frames.arc, locs)
+    assert rms(model.effpix_map() - frames.effpix_map) <= 0.02
+
+
+def test_reference_row_is_identity(tilted):
+    locs, _ = sw.find_cal_lines(tilted.arc)
+    model = sw.generate_warp_model(tilted.arc, locs)
+    emap = model.effpix_map()
+    assert model.ref_row == 50
+    np.testing.assert_allclose(emap[model.ref_row], np.arange(2048), atol=1e-9)
+    model2 = sw.generate_warp_model(tilted.arc, locs, ref_idx=10)
+    np.testing.assert_allclose(model2.effpix_map()[10], np.arange(2048), atol=1e-9)
+
+
+@pytest.mark.parametrize("line_order, warp_order", [(1, 0), (3, 2), (4, 3)])
+def test_any_orders_invert_exactly(line_order, warp_order):
+    """The inversion is Newton's method, not a linear shortcut: column_of(effpix) is the column."""
+    rng = np.random.default_rng(line_order)
+    coeffs = rng.normal(0, 1.0, (line_order, warp_order + 1))
+    model = WarpModel((80, 500), 40, coeffs, 80.0, 249.5, 249.5)
+    rows, cols = np.mgrid[0:80, 0:500]
+    e = model.effpix_map()
+    np.testing.assert_allclose(model.column_of(e, rows), cols, atol=1e-8)
+    edges = model.edge_map()
+    np.testing.assert_allclose(model.column_of(edges, np.mgrid[0:80, 0:501][0]), np.mgrid[0:80, 0:501][1] - 0.5, atol=1e-8)
+
+
+def test_high_orders_fit_end_to_end():
+    frames = make_synthetic_longslit(shape=(120, 1500), tilt=(4.0, 1.0, 1.0, 0.5), curvature=1.0, seed=9)
+    locs, _ = sw.find_cal_lines(frames.arc)
+    model = sw.generate_warp_model(frames.arc, locs, line_order=3, warp_order=3)
+    assert model.coefficients.shape == (3, 4)
+    assert rms(model.effpix_map() - frames.effpix_map) <= 0.02
+
+
+def test_fold_is_reported():
+    model = WarpModel((50, 100), 25, np.array([[0.0, -200.0]]), 50.0, 49.5, 49.5)
+    with pytest.raises(ValueError, match="folds over"):
+        model.effpix_map()
+
+
+def test_report_and_round_trip(tilted):
+    locs, _ = sw.find_cal_lines(tilted.arc)
+    model = sw.generate_warp_model(tilted.arc, locs)
+    assert model.line_rms.shape == locs.shape
+    assert "rms" in model.report()
+    again = WarpModel.from_dict(model.to_dict())
+    np.testing.assert_allclose(again.effpix_map(), model.effpix_map())
+
+
+def test_bad_guesses_warn_not_crash(tilted):
+    """The seed's 'bad warp model': few dim guesses, tiny tolerance -> a model flagged as poor."""
+    frames = make_synthetic_longslit(shape=(100, 2048), tilt=3.0, seed=11)
+    locs, _ = sw.find_cal_lines(frames.arc)
+    gap = np.argmax(np.diff(np.r_[0, np.sort(locs)]))
+    x = (np.r_[0, np.sort(locs)][gap] + np.sort(locs)[gap]) / 2
+    with pytest.raises(ValueError, match="none of the 3 guessed lines"):
+        sw.generate_warp_model(frames.arc, [x - 2, x, x + 2], tolerance=1)
+    model = sw.generate_warp_model(frames.arc, locs[:1], tolerance=2)
+    assert model.is_poor
+    assert any("warp_order lowered" in w for w in model.quality_warnings)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        (dict(guess=[]), ValueError, "guess is empty"),
+        (dict(guess=[-50, 5000]), ValueError, "off the image"),
+        (dict(guess=[np.nan]), ValueError, "NaN"),
+        (dict(guess=[100], tolerance=0), ValueError, "tolerance"),
+        (dict(guess=[100], line_order=-1), ValueError, "line_order"),
+        (dict(guess=[100], warp_order=1.5), ValueError, "warp_order"),
+        (dict(guess=[100], ref_idx=500), ValueError, "ref_idx"),
+    ],
+)
+def test_generate_bad_input(tilted, kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        sw.generate_warp_model(tilted.arc, **kwargs)
+
+
+def test_arc_must_be_2d(tilted):
+    with pytest.raises(ValueError, match="2D"):
+        sw.generate_warp_model(tilted.arc[50], [100, 200])
+    with pytest.raises(ValueError, match="2D"):
+        sw.find_cal_lines(tilted.arc[50])
+
+
+def test_find_cal_lines_subpixel(tilted):
+    locs, intensity = sw.find_cal_lines(tilted.arc)
+    assert len(locs) == len(tilted.arc_lines)
+    truth = tilted.arc_lines
+    nearest = truth[np.argmin(np.abs(locs[:, None] - truth[None, :]), axis=1)]
+    # Positions are measured in the middle rows, where column == effective pixel.
+    assert np.max(np.abs(locs - nearest)) < 0.05
+    assert intensity.max() == 1.0 and np.all(intensity > 0)
+
+
+def test_find_cal_lines_threshold_error(tilted):
+    with pytest.raises(ValueError, match="lower std_variation"):
+        sw.find_cal_lines(tilted.arc, std_variation=1e7)
+    with pytest.raises(ValueError, match="std_variation"):
+        sw.find_cal_lines(tilted.arc, std_variation=-1)
+
+
+def test_images_of_other_shape_are_refused(tilted):
+    locs, _ = sw.find_cal_lines(tilted.arc)
+    model = sw.generate_warp_model(tilted.arc, locs)
+    with pytest.raises(ValueError, match="warp model was fit on shape"):
+        sw.extract_background(tilted.science[:, :80], model, method="median")
+
+
+@pytest.mark.goodman
+def test_goodman_line_tilt(goodman):
+    """The measured line shift between rows 5 and 115 of the 680-800 crop."""
+    locs, _ = sw.find_cal_lines(goodman.arc)
+    model = sw.generate_warp_model(goodman.arc, locs)
+    emap = model.effpix_map()
+    diff = emap[5] - emap[115]
+    assert abs(diff[1500:2000].mean() - 1.03) < 0.1
+    assert abs(diff[200:800].mean() - 0.84) < 0.1
+    assert not model.is_poor, model.quality_warnings
