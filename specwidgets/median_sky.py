@@ -57,18 +57,34 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
         nb = x_stop - x_start
         lo = np.empty((nb, n_rows), np.int64)
         hi = np.empty((nb, n_rows), np.int64)
+        a = np.searchsorted(e_sorted, edges[0, x_start])
+        b = a
         for j in range(nb):
             x = x_start + j
             for y in range(n_rows):
-                a = np.searchsorted(e_sorted, edges[y, x])
-                b = np.searchsorted(e_sorted, edges[y, x + 1])
+                # Bin edges move little from pixel to pixel: walk from the
+                # previous bounds instead of a fresh binary search.
+                left = edges[y, x]
+                right = edges[y, x + 1]
+                while a < n_s and e_sorted[a] < left:
+                    a += 1
+                while a > 0 and e_sorted[a - 1] >= left:
+                    a -= 1
+                if b < a:
+                    b = a
+                while b < n_s and e_sorted[b] < right:
+                    b += 1
+                while b > a and e_sorted[b - 1] >= right:
+                    b -= 1
+                lo_raw = a
+                hi_raw = b
                 if b <= a:
                     # An empty bin (at the image ends, or a masked-out gap)
                     # takes the two samples that straddle it.
-                    a, b = max(a - 1, 0), min(a + 1, n_s)
-                lo[j, y] = a
-                hi[j, y] = b
-                counts[y, x] = b - a
+                    lo_raw, hi_raw = max(a - 1, 0), min(a + 1, n_s)
+                lo[j, y] = lo_raw
+                hi[j, y] = hi_raw
+                counts[y, x] = hi_raw - lo_raw
         c0 = lo.min()
         m = hi.max() - c0
         top = 1
