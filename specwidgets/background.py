@@ -94,7 +94,6 @@ class SkyResult:
 
     data: np.ndarray
     background: np.ndarray
-    variance: np.ndarray
     mask: np.ndarray
     rejected: np.ndarray
     effpix_map: np.ndarray
@@ -106,6 +105,16 @@ class SkyResult:
     mask_region: list = field(default_factory=list)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    _variance: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def variance(self):
+        """Variance of the background estimate in every pixel (computed on first use)."""
+        if self._variance is None:
+            n_rows, n_cols = self.effpix_map.shape
+            rows = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+            self._variance = np.stack([m.model_variance(self.effpix_map, rows) for m in self.models])
+        return self._variance
 
     @property
     def corrected(self):
@@ -148,7 +157,18 @@ def _noise_model(read_noise, gain):
     return read_noise, gain
 
 
-def fit_sky(images, warp_model, mask_region=(None, None), method="bspline", *, read_noise=None, gain=None, progress=False, **options):
+def fit_sky(
+    images,
+    warp_model,
+    mask_region=(None, None),
+    method="bspline",
+    *,
+    read_noise=None,
+    gain=None,
+    progress=False,
+    initial=None,
+    **options,
+):
     """Estimate the sky background of every pixel of one image or a stack.
 
     Parameters
@@ -169,6 +189,9 @@ def fit_sky(images, warp_model, mask_region=(None, None), method="bspline", *, r
         Noise model in electrons (default 0 and 1: data in electrons).
     progress : bool
         Print one line per exposure.
+    initial : SkyResult, optional
+        A previous B-spline result for the same images and warp model: its
+        fits start the new ones (a nudged mask then costs one or two passes).
     **options
         For ``"bspline"``: ``knot_spacing``, ``spatial_order``, ``reject_sigma``,
         ``max_iterations`` (see :func:`specwidgets.bspline_sky.fit_bspline_sky`).
@@ -208,9 +231,14 @@ def fit_sky(images, warp_model, mask_region=(None, None), method="bspline", *, r
         from .bspline_sky import fit_bspline_sky
 
         background = np.empty(stack.shape)
-        variance = np.empty(stack.shape)
+        variance = None
         rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
-        sample_rows = samples.rows.astype(float)
+        sample_rows = samples.rows.astype(float) if options.get("spatial_order", 0) else None
+        # Knots over the whole map, not just the samples, so that a new mask
+        # keeps the same knots and a previous fit can start the new one.
+        extent = (float(emap.min()), float(emap.max()))
+        same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
+        warm = initial.models if same_fit else [None] * n_exp
         for k in range(n_exp):
             model = fit_bspline_sky(
                 samples.effpix,
@@ -219,11 +247,12 @@ def fit_sky(images, warp_model, mask_region=(None, None), method="bspline", *, r
                 row_range=(0, n_rows),
                 read_noise=read_noise,
                 gain=gain,
+                extent=extent,
+                initial=warm[k],
                 **options,
             )
             background[k] = model(emap, rows_grid)
-            variance[k] = model.model_variance(emap, rows_grid)
-            rejected[k].ravel()[samples.index[model.rejected]] = True
+            rejected[k].ravel()[samples.index[model.outliers]] = True
             models.append(model)
             if progress:
                 print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
@@ -232,7 +261,6 @@ def fit_sky(images, warp_model, mask_region=(None, None), method="bspline", *, r
     return SkyResult(
         data=stack,
         background=background,
-        variance=variance,
         mask=mask,
         rejected=rejected,
         effpix_map=emap,
@@ -244,6 +272,7 @@ def fit_sky(images, warp_model, mask_region=(None, None), method="bspline", *, r
         mask_region=ranges,
         models=models,
         options=dict(options),
+        _variance=variance,
     )
 
 

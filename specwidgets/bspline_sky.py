@@ -32,8 +32,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
 
 __all__ = ["BSplineSky", "fit_bspline_sky"]
@@ -42,6 +43,11 @@ __all__ = ["BSplineSky", "fit_bspline_sky"]
 # ``_add_guard``): small enough to be invisible in a well-sampled fit, large
 # enough that empty knot intervals do not make the matrix singular.
 DEFAULT_SINGULAR_GUARD = 1e-9
+
+# Below this many samples (or points) one thread does the work.
+_PARALLEL_MIN_SAMPLES = 200_000
+
+_CONVERGED_FRACTION = 1e-3
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +162,28 @@ def _normal_pass_constant(e, f, excluded, rejected, lo, inv_h, n_int, coef,
         acc[j, 12] += w2 * fi
         acc[j, 13] += w3 * fi
     return n_used, n_changed
+
+
+@njit(cache=True, parallel=True)
+def _normal_pass_constant_chunked(e, f, excluded, rejected, lo, inv_h, n_int, coef,
+                                  use_model, inv_gain, rn_var, var_floor, sig2, acc_chunks):
+    """``_normal_pass_constant`` over contiguous chunks of samples in parallel.
+
+    Each chunk sums into its own accumulator (no write conflicts); the
+    caller adds them up. Returns the total number of changed rejection flags.
+    """
+    n_chunks = acc_chunks.shape[0]
+    n = e.shape[0]
+    changed = np.zeros(n_chunks, np.int64)
+    for c in prange(n_chunks):
+        start = c * n // n_chunks
+        stop = (c + 1) * n // n_chunks
+        _, changed[c] = _normal_pass_constant(
+            e[start:stop], f[start:stop], excluded[start:stop], rejected[start:stop],
+            lo, inv_h, n_int, coef, use_model, inv_gain, rn_var, var_floor, sig2,
+            acc_chunks[c],
+        )
+    return changed.sum()
 
 
 # (k, l) of the columns 0..9 of ``acc`` in ``_normal_pass_constant``.
@@ -274,6 +302,20 @@ def _evaluate(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
                 continue
             m += a[q] * coef[base + q]
         out[i] = m
+
+
+@njit(cache=True, parallel=True)
+def _evaluate_chunked(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
+                      first_term_only, out, n_chunks):
+    """``_evaluate`` split over contiguous chunks of points, in parallel."""
+    n = e.shape[0]
+    per_point_y = y.shape[0] == n
+    for c in prange(n_chunks):
+        start = c * n // n_chunks
+        stop = (c + 1) * n // n_chunks
+        yc = y[start:stop] if per_point_y else y
+        _evaluate(e[start:stop], yc, lo, hi, inv_h, n_int, y_off, y_scale, n_terms,
+                  coef, first_term_only, out[start:stop])
 
 
 @njit(cache=True, nogil=True)
@@ -470,7 +512,11 @@ class BSplineSky:
     def _model(self, effpix, rows, first_term_only):
         e, y, shape, geometry = self._points(effpix, rows)
         out = np.empty(e.size)
-        _evaluate(e, y, *geometry, self.coefficients.ravel(), first_term_only, out)
+        coef = np.ascontiguousarray(self.coefficients.ravel())
+        if e.size < _PARALLEL_MIN_SAMPLES:
+            _evaluate(e, y, *geometry, coef, first_term_only, out)
+        else:
+            _evaluate_chunked(e, y, *geometry, coef, first_term_only, out, numba.get_num_threads())
         return out.reshape(shape)
 
     def __call__(self, effpix, rows=None):
@@ -677,8 +723,13 @@ class _NormalEquations:
         self.band = np.zeros((4 * self.n_terms, n_coef))
         self.rhs = np.zeros(n_coef)
         n_loc = 4 * self.n_terms
-        shape = (self.n_int, 14) if self.n_terms == 1 else (self.n_int, n_loc, n_loc + 1)
-        self.acc = np.zeros(shape)
+        if self.n_terms == 1:
+            # Large fits are split between the cores; small ones are not
+            # worth the threads' start-up.
+            n_chunks = 1 if e.size < _PARALLEL_MIN_SAMPLES else numba.get_num_threads()
+            self.acc = np.zeros((n_chunks, self.n_int, 14))
+        else:
+            self.acc = np.zeros((self.n_int, n_loc, n_loc + 1))
 
     def accumulate(self, coef, rejected):
         """Fill ``band``/``rhs``; weights from the data if ``coef`` is None.
@@ -691,11 +742,19 @@ class _NormalEquations:
         self.acc[:] = 0.0
         inv_h = 1.0 / self.knot_spacing
         if self.n_terms == 1:
-            _, n_changed = _normal_pass_constant(
-                self.e, self.f, self.excluded, rejected, self.lo, inv_h,
-                self.n_int, coef, use_model, *self.noise, self.acc,
-            )
-            _constant_to_band(self.acc, self.band, self.rhs)
+            if self.acc.shape[0] == 1:
+                _, n_changed = _normal_pass_constant(
+                    self.e, self.f, self.excluded, rejected, self.lo, inv_h,
+                    self.n_int, coef, use_model, *self.noise, self.acc[0],
+                )
+                acc = self.acc[0]
+            else:
+                n_changed = _normal_pass_constant_chunked(
+                    self.e, self.f, self.excluded, rejected, self.lo, inv_h,
+                    self.n_int, coef, use_model, *self.noise, self.acc,
+                )
+                acc = self.acc.sum(axis=0)
+            _constant_to_band(acc, self.band, self.rhs)
         else:
             _, n_changed = _normal_pass(
                 self.e, self.f, self.y, self.excluded, rejected, self.lo, inv_h,
@@ -773,20 +832,29 @@ def _default_min_variance(f, excluded, inv_gain, rn_var):
     return 1e-3 * mean_var if mean_var > 0 else 1.0
 
 
-def _iterate(normal, rejected, max_iterations, guard):
+def _iterate(normal, rejected, max_iterations, guard, start=None):
     """Initial fit, then reweight-reject-refit until the rejected set is stable.
 
+    ``start``: coefficients of a previous fit on the same knots; they replace
+    the data-weighted initial fit (a warm start when a mask is nudged).
     Returns ``(coef, cholesky, n_iterations, converged)``; ``rejected`` is
     updated in place and ends as the mask used by the returned fit.
     """
-    normal.accumulate(None, rejected)
-    coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard)
+    if start is None:
+        normal.accumulate(None, rejected)
+        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard)
+    else:
+        coef = start
+        max_iterations = max(max_iterations, 1)
     for iteration in range(1, max_iterations + 1):
         n_changed = normal.accumulate(coef, rejected)
         # Even when no flag changed, solve again: the weights now come from
         # the model rather than from the data (or an older model).
         coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard)
-        if n_changed == 0:
+        # Samples sitting on the threshold can flip back and forth for ever;
+        # when fewer than 0.1% change, their weight in the fit is far below
+        # the noise, so the rejected set counts as converged.
+        if n_changed <= _CONVERGED_FRACTION * normal.e.size:
             return coef, chol, iteration, True
     return coef, chol, max_iterations, False
 
@@ -794,7 +862,8 @@ def _iterate(normal, rejected, max_iterations, guard):
 def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
                     knot_spacing=0.5, read_noise=0.0, gain=1.0,
                     reject_sigma=4.0, max_iterations=6, extent=None,
-                    min_variance=None, singular_guard=DEFAULT_SINGULAR_GUARD):
+                    min_variance=None, singular_guard=DEFAULT_SINGULAR_GUARD,
+                    initial=None):
     """Fit a Kelson-style B-spline sky to the sky samples of one exposure.
 
     Parameters
@@ -833,6 +902,12 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         sampled knot intervals from making the system singular; 0 turns it
         off (a failed factorisation is still retried with a guard). See
         Notes.
+    initial : BSplineSky, optional
+        A previous fit to start from instead of the data-weighted initial
+        fit, used when it has the same knots and spatial order (give an
+        ``extent`` so that the knots do not move with the samples). A small
+        change to the samples, such as a nudged mask, then converges in one
+        or two passes.
 
     Returns
     -------
@@ -917,8 +992,18 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         (inv_gain, rn_var, min_variance, sig2),
     )
     rejected = excluded.copy()
+    start = None
+    if (
+        initial is not None
+        and initial.e_min == grid[0]
+        and initial.knot_spacing == knot_spacing
+        and initial.n_intervals == grid[2]
+        and initial.spatial_order == spatial_order
+        and initial.row_range == row_range
+    ):
+        start = np.ascontiguousarray(initial.coefficients.ravel())
     coef, chol, n_iterations, converged = _iterate(normal, rejected, max_iterations,
-                                                   singular_guard)
+                                                   singular_guard, start)
     return BSplineSky(
         e_min=grid[0],
         knot_spacing=knot_spacing,

@@ -1,0 +1,258 @@
+"""The state behind the widgets: inputs, results and the rules that recompute them.
+
+:class:`SkyState` is a traitlets ``HasTraits`` object with no widget in it,
+so everything the dashboard does can be driven and tested without a browser:
+set an input trait and the dependent results follow. Widgets translate
+between the user and these traits.
+
+A failed recomputation never raises into the caller (an event handler in a
+kernel): it sets :attr:`SkyState.error` and keeps the last good results.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import traitlets as tl
+
+from .background import METHODS, SkyResult, fit_sky
+from .inputs import as_image, as_image_stack, mask_ranges
+from .lines import find_cal_lines
+from .warp import WarpModel, generate_warp_model
+
+__all__ = ["SkyState"]
+
+
+def _ranges(value):
+    return [tuple(int(v) for v in pair) for pair in value]
+
+
+class SkyState(tl.HasTraits):
+    """Inputs and results of one background-subtraction session.
+
+    Parameters
+    ----------
+    science : array_like
+        ``(n_rows, n_cols)`` or ``(n_exposures, n_rows, n_cols)``.
+    arc : array_like, optional
+        The arc frame of the same shape; without one the warp model must be
+        given (``warp_model=``).
+    **traits
+        Any of the input traits below (``mask_region``, ``guesses``,
+        ``tolerance``, ``method``, ...).
+
+    Examples
+    --------
+    >>> from specwidgets.datasets import make_synthetic_longslit
+    >>> frames = make_synthetic_longslit(shape=(60, 400), seed=1)
+    >>> state = SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows])
+    >>> state.background.shape
+    (1, 60, 400)
+    >>> state.mask_region = [(0, 60)]   # every row: refused, last result kept
+    >>> "covers every" in state.error, state.background is not None
+    (True, True)
+    """
+
+    # ------------------------------------------------------------------ inputs
+    science = tl.Instance(np.ndarray)
+    arc = tl.Instance(np.ndarray, allow_none=True)
+    guesses = tl.List(tl.Float())
+    tolerance = tl.Float(16.0)
+    std_variation = tl.Float(50.0)
+    line_order = tl.Int(2)
+    warp_order = tl.Int(1)
+    mask_region = tl.List()
+    method = tl.Enum(METHODS, default_value="bspline")
+    spatial_order = tl.Int(0)
+    knot_spacing = tl.Float(0.5)
+    read_noise = tl.Float(0.0)
+    gain = tl.Float(1.0)
+    exposure = tl.Int(0)
+
+    # ----------------------------------------------------------------- results
+    lines = tl.Instance(np.ndarray, allow_none=True)
+    line_intensities = tl.Instance(np.ndarray, allow_none=True)
+    warp_model = tl.Instance(WarpModel, allow_none=True)
+    result = tl.Instance(SkyResult, allow_none=True)
+    error = tl.Unicode("")
+    busy = tl.Bool(False)
+    last_duration = tl.Float(0.0)
+    #: Counts of recomputations, so a test (or a user) can see what ran.
+    n_line_searches = tl.Int(0)
+    n_warp_fits = tl.Int(0)
+    n_sky_fits = tl.Int(0)
+
+    def __init__(self, science, arc=None, *, warp_model=None, **traits):
+        stack, _ = as_image_stack(science, "science")
+        if arc is not None:
+            arc = as_image(arc, "arc")
+            if arc.shape != stack.shape[1:]:
+                raise ValueError(f"the arc has shape {arc.shape} but the science frames {stack.shape[1:]}")
+        elif warp_model is None:
+            raise ValueError("give an arc frame to fit a warp model, or a warp_model")
+        self._hold = True
+        super().__init__(science=stack, arc=arc, **traits)
+        self._hold = False
+        if warp_model is not None:
+            self.warp_model = warp_model
+            self._update_sky()
+        else:
+            if not self.guesses:
+                self._find_lines()
+            self._update_warp()
+
+    # ------------------------------------------------------------- properties
+    @property
+    def shape(self):
+        return self.science.shape[1:]
+
+    @property
+    def n_exposures(self):
+        return self.science.shape[0]
+
+    @property
+    def background(self):
+        """The current background, the shape of the science stack (None before a first fit)."""
+        return None if self.result is None else self.result.background
+
+    @property
+    def masks(self):
+        """``mask_region`` as a list of ``(start, stop)`` tuples."""
+        return _ranges(self.mask_region)
+
+    # ------------------------------------------------------------- validation
+    @tl.validate("mask_region")
+    def _valid_mask(self, proposal):
+        value = proposal["value"]
+        if value and len(value) == 2 and all(isinstance(v, (int, np.integer)) or v is None for v in value):
+            value = [tuple(value)]
+        return [tuple(pair) for pair in value]
+
+    @tl.validate("exposure")
+    def _valid_exposure(self, proposal):
+        value = proposal["value"]
+        if not 0 <= value < self.science.shape[0]:
+            raise tl.TraitError(f"exposure must be in 0..{self.science.shape[0] - 1}; got {value}")
+        return value
+
+    # -------------------------------------------------------------- reactions
+    @tl.observe("std_variation")
+    def _on_threshold(self, change):
+        if not self._hold and self._find_lines():
+            self._update_warp()
+
+    @tl.observe("guesses", "tolerance", "line_order", "warp_order")
+    def _on_warp_inputs(self, change):
+        if not self._hold:
+            self._update_warp()
+
+    @tl.observe("mask_region", "method", "spatial_order", "knot_spacing", "read_noise", "gain")
+    def _on_sky_inputs(self, change):
+        if not self._hold:
+            self._update_sky()
+
+    def hold(self):
+        """Context manager: change several inputs, recompute once at the end."""
+        return _Hold(self)
+
+    # ------------------------------------------------------------ computation
+    def _run(self, step):
+        """Run one recomputation; on failure keep the last results and say why."""
+        self.busy = True
+        start = time.perf_counter()
+        try:
+            step()
+        except (ValueError, TypeError, np.linalg.LinAlgError) as exc:
+            self.error = str(exc)
+            return False
+        finally:
+            self.last_duration = time.perf_counter() - start
+            self.busy = False
+        self.error = ""
+        return True
+
+    def _find_lines(self):
+        def step():
+            if self.arc is None:
+                raise ValueError("no arc frame: lines cannot be searched")
+            positions, intensities = find_cal_lines(self.arc, std_variation=self.std_variation)
+            self.n_line_searches += 1
+            # New detections become the guesses; the caller refits the warp once.
+            held, self._hold = self._hold, True
+            try:
+                self.lines, self.line_intensities = positions, intensities
+                self.guesses = [float(p) for p in positions]
+            finally:
+                self._hold = held
+
+        return self._run(step)
+
+    def _update_warp(self):
+        def step():
+            if self.arc is None:
+                raise ValueError("no arc frame: the warp model cannot be refit")
+            model = generate_warp_model(
+                self.arc,
+                self.guesses,
+                tolerance=self.tolerance,
+                line_order=self.line_order,
+                warp_order=self.warp_order,
+            )
+            model.edge_map()  # a folding model fails here, before it replaces a good one
+            self.n_warp_fits += 1
+            self.warp_model = model
+
+        if self._run(step):
+            self._update_sky()
+
+    def _update_sky(self):
+        def step():
+            if self.warp_model is None:
+                raise ValueError("no warp model yet")
+            mask_ranges(self.masks, self.shape[0])
+            options = {}
+            if self.method == "bspline":
+                options = dict(spatial_order=self.spatial_order, knot_spacing=self.knot_spacing)
+            result = fit_sky(
+                self.science,
+                self.warp_model,
+                self.masks,
+                method=self.method,
+                read_noise=self.read_noise,
+                gain=self.gain,
+                initial=self.result,
+                **options,
+            )
+            self.n_sky_fits += 1
+            self.result = result
+
+        self._run(step)
+
+
+class _Hold:
+    def __init__(self, state):
+        self.state = state
+        self.changed = set()
+
+    def __enter__(self):
+        self.state._hold = True
+        self.state.observe(self._note, names=tl.All)
+        return self.state
+
+    def _note(self, change):
+        self.changed.add(change["name"])
+
+    def __exit__(self, *exc):
+        self.state.unobserve(self._note, names=tl.All)
+        self.state._hold = False
+        if exc[0] is not None:
+            return False
+        if "std_variation" in self.changed:
+            if self.state._find_lines():
+                self.state._update_warp()
+        elif self.changed & {"guesses", "tolerance", "line_order", "warp_order", "arc"}:
+            self.state._update_warp()
+        elif self.changed & {"mask_region", "method", "spatial_order", "knot_spacing", "read_noise", "gain", "science"}:
+            self.state._update_sky()
+        return False
