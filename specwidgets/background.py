@@ -56,7 +56,11 @@ def sky_samples(stack, warp_model, masked_rows):
     n_exp, n_rows, n_cols = stack.shape
     order = warp_model._cache.get("order")
     if order is None:
-        order = np.argsort(warp_model.effpix_map().ravel(), kind="stable")
+        # Column by column the map is already nearly sorted, which timsort
+        # (kind="stable") exploits: several times faster than row order.
+        by_column = np.argsort(warp_model.effpix_map().T.ravel(), kind="stable")
+        col, row = np.divmod(by_column, n_rows)
+        order = row * n_cols + col
         warp_model._cache["order"] = order
     keep = ~masked_rows[order // n_cols]
     index = order[keep]

@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
 
-__all__ = ["BSplineSky", "fit_bspline_sky"]
+__all__ = ["BSplineSky", "default_knot_spacing", "fit_bspline_sky"]
 
 # Relative strength of the guard added to the normal matrix (see
 # ``_add_guard``): small enough to be invisible in a well-sampled fit, large
@@ -859,8 +859,20 @@ def _iterate(normal, rejected, max_iterations, guard, start=None):
     return coef, chol, max_iterations, False
 
 
+def default_knot_spacing(spatial_order=0):
+    """Knot spacing used when none is given: 0.5 px, plus 0.25 px per spatial term.
+
+    Half a pixel follows sky lines of a 2-3 px FWHM closely. Each spatial
+    term adds as many unknowns as the spline itself, so its noise would grow;
+    wider knots keep the model's noise near that of the plain fit (on the
+    seed's 0.5-1.5 gradient with ``spatial_order=1``: 0.30 sigma RMS at
+    0.5 px, 0.24 sigma at 0.75 px, with held-out chi still 1.00).
+    """
+    return 0.5 + 0.25 * spatial_order
+
+
 def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
-                    knot_spacing=0.5, read_noise=0.0, gain=1.0,
+                    knot_spacing=None, read_noise=0.0, gain=1.0,
                     reject_sigma=4.0, max_iterations=6, extent=None,
                     min_variance=None, singular_guard=DEFAULT_SINGULAR_GUARD,
                     initial=None):
@@ -879,8 +891,9 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
     row_range : (float, float), optional
         Rows mapped to -1 and +1 for the Legendre polynomials, typically
         ``(0, n_rows)``. Default: the range of the usable ``rows``.
-    knot_spacing : float
-        Spacing of the uniform knots in effective pixels (> 0).
+    knot_spacing : float, optional
+        Spacing of the uniform knots in effective pixels (> 0). Default:
+        :func:`default_knot_spacing` (0.5 px, wider with spatial terms).
     read_noise : float
         Read noise in electrons.
     gain : float
@@ -956,6 +969,8 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
     """
     spatial_order = _integer(spatial_order, "spatial_order", 0)
     e, f, y = _check_samples(effpix, flux, rows, spatial_order)
+    if knot_spacing is None:
+        knot_spacing = default_knot_spacing(spatial_order)
     knot_spacing = _number(knot_spacing, "knot_spacing", minimum=0.0, strict=True)
     if not math.isfinite(knot_spacing):
         raise ValueError("knot_spacing must be finite")

@@ -65,7 +65,7 @@ class SkyState(tl.HasTraits):
     mask_region = tl.List()
     method = tl.Enum(METHODS, default_value="bspline")
     spatial_order = tl.Int(0)
-    knot_spacing = tl.Float(0.5)
+    knot_spacing = tl.Float(None, allow_none=True)  # None: bspline_sky.default_knot_spacing
     read_noise = tl.Float(0.0)
     gain = tl.Float(1.0)
     exposure = tl.Int(0)

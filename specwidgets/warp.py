@@ -206,13 +206,50 @@ class WarpModel:
                 break
         return e
 
+    def _invert_grid(self, cols, n_rows, tol=1e-9, max_iter=30):
+        """Effective pixels of ``cols`` (1D) in every row: an ``(n_rows, len(cols))`` array.
+
+        In one row the model is a polynomial in ``e`` whose coefficients
+        depend only on the row, so they are formed once per row and Newton's
+        method runs on plain Horner evaluations (exact in one step for a
+        linear ``warp_order``).
+        """
+        x = np.asarray(cols, dtype=float)[None, :]
+        if self.line_order == 0:
+            return np.repeat(x, n_rows, axis=0)
+        t = self._t(np.arange(n_rows, dtype=float))
+        powers = t[:, None] ** np.arange(1, self.line_order + 1)[None, :]
+        row_coeffs = powers @ self.coefficients  # (n_rows, warp_order + 1), lowest power first
+        deriv = row_coeffs[:, 1:] * np.arange(1, row_coeffs.shape[1])[None, :] / self.col_scale
+
+        def horner(c, u):
+            out = np.broadcast_to(c[:, -1:], np.broadcast_shapes(c[:, :1].shape, u.shape)).copy()
+            for j in range(c.shape[1] - 2, -1, -1):
+                out *= u
+                out += c[:, j : j + 1]
+            return out
+
+        e = x - horner(row_coeffs, (x - self.col_centre) / self.col_scale)
+        for _ in range(max_iter):
+            u = (e - self.col_centre) / self.col_scale
+            slope = 1.0 + (horner(deriv, u) if deriv.shape[1] else 0.0)
+            if np.any(slope <= 0):
+                raise ValueError(
+                    "the warp model folds over (dx/de <= 0 somewhere on the detector), "
+                    "so effective pixels are not unique: check the guesses, tolerance and orders"
+                )
+            step = (e + horner(row_coeffs, u) - x) / slope
+            e -= step
+            if np.max(np.abs(step)) < tol:
+                break
+        return e
+
     def effpix_map(self, shape=None):
         """The effective pixel of every pixel centre, ``(n_rows, n_cols)``; cached."""
         shape = self._check_shape(shape)
         key = ("map", shape)
         if key not in self._cache:
-            rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
-            emap = self.effective_pixel(cols, rows)
+            emap = self._invert_grid(np.arange(shape[1]), shape[0])
             emap.setflags(write=False)
             self._cache[key] = emap
         return self._cache[key]
@@ -225,8 +262,7 @@ class WarpModel:
         shape = self._check_shape(shape)
         key = ("edges", shape)
         if key not in self._cache:
-            rows, cols = np.mgrid[0 : shape[0], 0 : shape[1] + 1]
-            edges = self.effective_pixel(cols - 0.5, rows)
+            edges = self._invert_grid(np.arange(shape[1] + 1) - 0.5, shape[0])
             edges.setflags(write=False)
             self._cache[key] = edges
         return self._cache[key]
