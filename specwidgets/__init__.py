@@ -34,10 +34,18 @@ except PackageNotFoundError:  # running from a source tree
 # Widget-layer names, imported on first use (they pull in ipywidgets/bqplot).
 _LAZY = {
     "plot_image": ".plotting",
+    "Dashboard": ".widgets",
+    "ImageViewer": ".widgets",
+    "SEDExplorer": ".widgets",
+    "WarpGuessPicker": ".widgets",
 }
 
 __all__ = [
+    "Dashboard",
+    "ImageViewer",
     "METHODS",
+    "SEDExplorer",
+    "WarpGuessPicker",
     "Instrument",
     "SkyResult",
     "WarpModel",

@@ -110,15 +110,32 @@ class SkyResult:
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     _variance: np.ndarray | None = field(default=None, repr=False)
+    _exposure_variance: dict = field(default_factory=dict, repr=False)
+
+    def exposure_variance(self, k):
+        """Variance of exposure ``k``'s background estimate (computed on first use)."""
+        if self._variance is not None:
+            return self._variance[k]
+        if k not in self._exposure_variance:
+            n_rows, n_cols = self.effpix_map.shape
+            rows = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+            self._exposure_variance[k] = self.models[k].model_variance(self.effpix_map, rows)
+        return self._exposure_variance[k]
 
     @property
     def variance(self):
         """Variance of the background estimate in every pixel (computed on first use)."""
         if self._variance is None:
-            n_rows, n_cols = self.effpix_map.shape
-            rows = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
-            self._variance = np.stack([m.model_variance(self.effpix_map, rows) for m in self.models])
+            self._variance = np.stack([self.exposure_variance(k) for k in range(len(self.models))])
+            self._exposure_variance.clear()
         return self._variance
+
+    def exposure_chi(self, k):
+        """:attr:`chi` of exposure ``k`` alone (a viewer showing one exposure need not pay for all)."""
+        background = self.background[k]
+        noise = np.clip(background, 0, None) / self.gain + (self.read_noise / self.gain) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.data[k] - background) / np.sqrt(noise + self.exposure_variance(k))
 
     @property
     def corrected(self):

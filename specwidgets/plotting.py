@@ -173,6 +173,11 @@ class ImageFigure(bqplot.Figure):
         self.y_scale = image_mark.scales["y"]
         self._settings = settings
 
+    @property
+    def max_shape(self):
+        """``(rows, cols)`` of the rendered picture at most: about the plot area in screen pixels."""
+        return self._settings["max_shape"]
+
     def update_image(
         self,
         image=None,

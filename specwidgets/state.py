@@ -25,7 +25,7 @@ __all__ = ["SkyState"]
 
 
 def _ranges(value):
-    return [tuple(int(v) for v in pair) for pair in value]
+    return [tuple(None if v is None else int(v) for v in pair) for pair in value]
 
 
 class SkyState(tl.HasTraits):

@@ -1,0 +1,43 @@
+"""Jupyter widgets for interactive sky subtraction (ipywidgets + bqplot).
+
+Each compound widget translates between the user and a
+:class:`specwidgets.state.SkyState`; the state does the work, the widgets
+only draw and forward edits. The core package never imports this one.
+
+* :class:`ImageViewer` - one frame at a time, mask bands and editor, pixel readout
+* :class:`WarpGuessPicker` - arc profile, clickable guesses, line curves, residuals
+* :class:`SEDExplorer` - the super-sampled sky spectrum, aggregated for display
+* :class:`Dashboard` - the three on one state
+
+Examples
+--------
+>>> from specwidgets.widgets import Dashboard
+>>> dash = Dashboard.from_demo()
+>>> dash.viewer.mask_slider.value = (40, 70)
+>>> dash.mask_region
+[(40, 70)]
+"""
+
+from .aggregate import SEDAggregate, aggregate_sed, decimate_curve, leak_rows
+from .dashboard import Dashboard
+from .debounce import Debounced
+from .image_viewer import VIEWS, ImageViewer
+from .payload import PayloadMeter
+from .sed_explorer import SEDExplorer
+from .status import StatusBar
+from .warp_picker import WarpGuessPicker
+
+__all__ = [
+    "VIEWS",
+    "Dashboard",
+    "Debounced",
+    "ImageViewer",
+    "PayloadMeter",
+    "SEDAggregate",
+    "SEDExplorer",
+    "StatusBar",
+    "WarpGuessPicker",
+    "aggregate_sed",
+    "decimate_curve",
+    "leak_rows",
+]

@@ -1,0 +1,171 @@
+"""The image viewer, the warp-guess picker and the SED explorer on one state.
+
+Examples
+--------
+>>> from specwidgets.datasets import make_synthetic_longslit
+>>> frames = make_synthetic_longslit(shape=(40, 300), n_exposures=2, n_arc_lines=8, seed=1)
+>>> dash = Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
+>>> dash.viewer.mask_slider.value = (12, 26)
+>>> dash.mask_region, dash.background.shape
+([(12, 26)], (2, 40, 300))
+>>> dash.sed.brush.brushing = True; dash.sed.brush.selected = [100.0, 110.0]
+>>> dash.sed.brush.brushing = False
+>>> dash.viewer.highlight
+(100.0, 110.0)
+"""
+
+from __future__ import annotations
+
+import ipywidgets
+import traitlets as tl
+
+from ..background import METHODS
+from ..state import SkyState
+from .image_viewer import ImageViewer, ranges_of
+from .sed_explorer import SEDExplorer
+from .status import StatusBar
+from .warp_picker import WarpGuessPicker
+
+__all__ = ["Dashboard"]
+
+# Rows of the Goodman trace in the full 947-row frame (the README's crop
+# 680-800 masks 20-100 of it).
+_GOODMAN_TRACE_ROWS = (700, 780)
+
+
+class Dashboard(ipywidgets.VBox):
+    """Interactive sky subtraction: mask, warp guesses and sky spectrum on one :class:`SkyState`.
+
+    Parameters
+    ----------
+    science : array_like
+        ``(n_rows, n_cols)`` or ``(n_exposures, n_rows, n_cols)``.
+    arc : array_like, optional
+        The arc frame (needed for the warp-guess picker).
+    mask_region : (int, int) or list of (int, int)
+        Rows ``start:stop`` to keep out of the sky (the trace).
+    read_noise : float
+    method : {"bspline", "median"}
+    state : SkyState, optional
+        Use this state instead of building one (then the data arguments are ignored).
+    figsize : (float, float), optional
+        Size of the images in inches.
+    **traits
+        Further :class:`SkyState` inputs (``guesses``, ``tolerance``, ``gain``, ...).
+
+    Attributes
+    ----------
+    state : SkyState
+    viewer : ImageViewer
+    picker : WarpGuessPicker or None
+        None without an arc frame.
+    sed : SEDExplorer
+    status : StatusBar
+    method : ipywidgets.ToggleButtons
+        The sky estimator (``state.method``).
+    """
+
+    def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=0.0, method="bspline",
+                 state=None, figsize=None, **traits):
+        super().__init__()
+        if state is None:
+            if science is None:
+                raise TypeError("give the science frames (or a SkyState as state=)")
+            if mask_region is not None:
+                traits["mask_region"] = mask_region
+            state = SkyState(science, arc, read_noise=read_noise, method=method, **traits)
+        self.state = state
+        self.status = StatusBar(state)
+        guard = self.status.guard
+        self.viewer = ImageViewer(state, status=self.status, figsize=figsize)
+        self.sed = SEDExplorer(state, status=self.status)
+        self.picker = WarpGuessPicker(state, status=self.status, figsize=figsize) if state.arc is not None else None
+        self.method = ipywidgets.ToggleButtons(
+            options=list(METHODS), value=state.method, description="Sky method", style={"button_width": "80px"}
+        )
+        self.method.observe(guard(self._on_method_widget), names="value")
+        state.observe(guard(self._on_method_state), names="method")
+        # Brushing the sky spectrum outlines the same effective pixels on the image.
+        self._link = tl.dlink((self.sed, "selected_range"), (self.viewer, "highlight"))
+
+        sky = ipywidgets.VBox([self.viewer, self.sed])
+        pages = [sky] + ([self.picker] if self.picker is not None else [])
+        self.tabs = ipywidgets.Tab(children=pages)
+        for i, title in enumerate(["Sky", "Warp guesses"][: len(pages)]):
+            self.tabs.set_title(i, title)
+        self.children = [ipywidgets.HBox([self.method, self.status]), self.tabs]
+
+    # -------------------------------------------------------- constructors
+    @classmethod
+    def from_demo(cls, seed=2024, **kwargs):
+        """The embedded synthetic demo (two 120 x 1024 exposures), trace masked.
+
+        Examples
+        --------
+        >>> dash = Dashboard.from_demo()
+        >>> dash.background.shape
+        (2, 120, 1024)
+        """
+        from ..datasets import load_demo
+
+        frames = load_demo(seed=seed)
+        kwargs.setdefault("mask_region", [frames.trace_rows])
+        kwargs.setdefault("read_noise", frames.read_noise)
+        return cls(frames.science, frames.arc, **kwargs)
+
+    @classmethod
+    def from_goodman(cls, crop_bds=(680, 800), **kwargs):
+        """The SOAR/Goodman sample (found locally or downloaded), trace masked.
+
+        Parameters
+        ----------
+        crop_bds : (int, int or None)
+            Rows of the 947-row frames to keep; ``(0, None)`` is the full frame.
+        **kwargs
+            As for :class:`Dashboard`; ``mask_region`` defaults to the trace rows.
+        """
+        from ..sample_data import load_goodman
+
+        sample = load_goodman(crop_bds=crop_bds)
+        start = crop_bds[0] or 0
+        n_rows = sample.science.shape[1]
+        a, b = (max(0, r - start) for r in _GOODMAN_TRACE_ROWS)
+        kwargs.setdefault("mask_region", [(min(a, n_rows - 1), min(max(b, a + 1), n_rows))])
+        kwargs.setdefault("read_noise", sample.read_noise)
+        return cls(sample.science, sample.arc, **kwargs)
+
+    # ------------------------------------------------------------ results
+    @property
+    def mask_region(self):
+        """The mask ranges, ``[(start, stop), ...]``; settable."""
+        return ranges_of(self.state)
+
+    @mask_region.setter
+    def mask_region(self, value):
+        self.state.mask_region = value
+
+    @property
+    def warp_model(self):
+        """The current warp model (the last good one)."""
+        return self.state.warp_model
+
+    @property
+    def background(self):
+        """The current background, the shape of the science stack (the last good one)."""
+        return self.state.background
+
+    @property
+    def result(self):
+        """The current :class:`~specwidgets.background.SkyResult`."""
+        return self.state.result
+
+    @property
+    def error(self):
+        """The state's last error ("" when the last step succeeded)."""
+        return self.state.error
+
+    def _on_method_widget(self, change):
+        self.state.method = change["new"]
+
+    def _on_method_state(self, change):
+        self.method.value = change["new"]

@@ -1,0 +1,429 @@
+"""The widget layer, driven as the front end drives it (no browser).
+
+Slider values are set as the browser sets them on release, clicks arrive
+as ``element_click`` custom messages through a mark's
+``_handle_custom_msgs`` (with the payload bqplot 0.13.1's JavaScript
+sends: ``{"click_x", "click_y"}`` for an Image, the element's datum
+``{"x", "y", "index", ...}`` for a Scatter), hovers as ``hover`` messages,
+and brushes as ``brushing=True``, ``selected=...``, ``brushing=False``.
+"""
+
+import asyncio
+
+import ipywidgets
+import numpy as np
+import pytest
+
+from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.sample_data import goodman_available
+from specwidgets.state import SkyState
+from specwidgets.widgets import (
+    Dashboard,
+    Debounced,
+    ImageViewer,
+    PayloadMeter,
+    SEDExplorer,
+    WarpGuessPicker,
+    aggregate_sed,
+)
+
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return make_synthetic_longslit(shape=(60, 400), n_exposures=2, tilt=2.0, n_sky_lines=12, n_arc_lines=10, seed=5)
+
+
+@pytest.fixture()
+def dash(frames):
+    return Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
+
+
+def click(mark, **data):
+    mark._handle_custom_msgs(None, {"event": "element_click", "data": data})
+
+
+def hover(mark, **data):
+    mark._handle_custom_msgs(None, {"event": "hover", "data": data})
+
+
+def brush(selector, *values):
+    """A drag: brushing starts, the range moves, the mouse is released."""
+    selector.brushing = True
+    for v in values:
+        selector.selected = list(v)
+    selector.brushing = False
+
+
+# ----------------------------------------------------------------- dashboard
+def test_dashboard_composes_one_state(dash, frames):
+    assert dash.error == ""
+    assert dash.viewer.state is dash.state and dash.sed.state is dash.state and dash.picker.state is dash.state
+    assert dash.mask_region == [frames.trace_rows]
+    assert dash.background.shape == frames.science.shape
+    assert dash.warp_model is dash.state.warp_model
+    assert isinstance(dash, ipywidgets.VBox)
+
+
+def test_mask_slider_recomputes_in_place(dash):
+    viewer, state = dash.viewer, dash.state
+    slider = viewer.mask_slider
+    assert isinstance(slider, ipywidgets.IntRangeSlider)
+    assert "Mask rows" in slider.description and slider.continuous_update is False
+    fig, marks, image_mark = viewer.figure, list(viewer.figure.marks), viewer.image_mark
+    envelope_x = dash.sed.envelope.x
+    before, fits = dash.background, state.n_sky_fits
+
+    slider.value = (15, 30)
+
+    assert state.n_sky_fits == fits + 1 and state.n_warp_fits == 1
+    assert dash.mask_region == [(15, 30)]
+    assert not np.array_equal(before, dash.background)
+    np.testing.assert_allclose(np.atleast_2d(viewer.mask_bands.y), [[14.5, 14.5, 29.5, 29.5, 14.5]])
+    # Updated in place: same figure, marks and mark objects.
+    assert viewer.figure is fig and list(fig.marks) == marks and viewer.image_mark is image_mark
+    assert dash.sed.envelope.x is not envelope_x  # new data in the same mark
+
+
+def test_add_and_remove_mask_ranges(dash, frames):
+    viewer, state = dash.viewer, dash.state
+    viewer.add_button.click()
+    assert len(state.masks) == 2 and viewer.active_range == 1
+    assert len(viewer.mask_bands.y) == 2
+    viewer.mask_slider.value = (50, 55)
+    assert state.masks[1] == (50, 55) and state.masks[0] == frames.trace_rows
+    assert state.result.mask[50:55].all()
+    viewer.mask_select.value = 0
+    assert viewer.mask_slider.value == frames.trace_rows
+    viewer.remove_button.click()
+    assert state.masks == [(50, 55)] and np.atleast_2d(viewer.mask_bands.y).shape == (1, 5)
+    viewer.remove_button.click()
+    assert state.masks == [] and viewer.mask_slider.disabled
+    assert state.error == ""
+
+
+def test_mask_over_every_row_is_shown_and_last_result_kept(dash):
+    good = dash.background
+    dash.viewer.mask_slider.value = (0, 60)  # no exception escapes
+    assert "covers every" in dash.state.error
+    assert dash.status.banner.layout.display is None and "covers every" in dash.status.banner.value
+    assert dash.background is good
+    dash.viewer.mask_slider.value = (10, 40)
+    assert dash.state.error == "" and dash.status.banner.layout.display == "none"
+    assert dash.background is not good
+
+
+def test_views_exposures_and_stretch(dash):
+    viewer, state = dash.viewer, dash.state
+    pictures = {viewer.image_mark.image.value}
+    for view in ("background", "corrected", "chi"):
+        viewer.view_buttons.value = view
+        assert viewer.view == view and viewer.figure.title.startswith(view.capitalize())
+        pictures.add(viewer.image_mark.image.value)
+    assert len(pictures) == 4
+    assert viewer.stretch.value == "linear"  # chi's natural stretch
+    np.testing.assert_allclose(viewer._view_array(), state.result.chi[0])
+
+    n = dash.sed.n_aggregations
+    viewer.exposure.value = 1
+    assert state.exposure == 1 and viewer.figure.title.endswith("exposure 1")
+    assert dash.sed.n_aggregations == n + 1
+
+    viewer.auto_limits.value = False
+    viewer.vmin.value, viewer.vmax.value = -3.0, 3.0
+    assert (viewer.figure.color_scale.min, viewer.figure.color_scale.max) == (-3.0, 3.0)
+    viewer.view = "science"
+    assert viewer.stretch.value == "log" and viewer.auto_limits.value
+
+
+def test_hover_and_click_readout(dash):
+    viewer, state = dash.viewer, dash.state
+    grid = viewer.hover_mark
+    assert 0 < grid.x.size <= 4000 and grid.opacities == [0.0]
+    i = grid.x.size // 2 + 7
+    hover(grid, x=float(grid.x[i]), y=float(grid.y[i]), index=i)
+    r = viewer.readout
+    assert (r["x"], r["y"]) == (int(round(grid.x[i])), int(round(grid.y[i])))
+    assert r["value"] == state.science[0][r["y"], r["x"]]
+    assert r["effpix"] == pytest.approx(state.warp_model.effpix_map()[r["y"], r["x"]])
+    assert f"x = {r['x']}" in viewer.readout_label.value
+
+    grid.hovered_point = 3  # the other path the browser uses
+    assert (viewer.readout["x"], viewer.readout["y"]) == (int(round(grid.x[3])), int(round(grid.y[3])))
+
+    viewer.view = "background"
+    click(viewer.image_mark, click_x=123.4, click_y=29.6)
+    assert (viewer.readout["x"], viewer.readout["y"]) == (123, 30)
+    assert viewer.readout["value"] == state.background[0, 30, 123]
+    assert viewer.readout["masked"] == (state.masks[0][0] <= 30 < state.masks[0][1])
+    click(viewer.image_mark, click_x=-50.0, click_y=5.0)
+    assert viewer.readout == {} and dash.status.widget_error == ""
+
+
+# -------------------------------------------------------------------- picker
+def test_profile_click_adds_and_guess_click_removes(dash):
+    picker, state = dash.picker, dash.state
+    n, fits = len(state.guesses), state.n_warp_fits
+    true_line = float(state.lines[3])
+    click(picker.click_mark, click_x=200.3, click_y=0.0)
+    assert len(state.guesses) == n + 1 and state.guesses[-1] == pytest.approx(200.3)
+    assert state.n_warp_fits == fits + 1 and picker.guess_mark.x.size == n + 1
+
+    # Remove the guess on a real line through its marker.
+    index = int(np.argmin(np.abs(np.asarray(state.guesses) - true_line)))
+    click(picker.guess_mark, x=float(picker.guess_mark.x[index]), y=0.0, index=index)
+    assert len(state.guesses) == n and all(abs(g - true_line) > 1e-6 for g in state.guesses)
+    assert state.n_warp_fits == fits + 2
+    assert picker.curves_mark.x.shape[0] == np.isfinite(state.warp_model.traces.ref_positions).sum()
+
+
+def test_tolerance_and_threshold_sliders(dash):
+    picker, state = dash.picker, dash.state
+    assert picker.tolerance.continuous_update is False and picker.threshold.continuous_update is False
+    warp_fits, searches = state.n_warp_fits, state.n_line_searches
+    picker.tolerance.value = 8.0
+    assert state.tolerance == 8.0 and state.n_warp_fits == warp_fits + 1
+    picker.threshold.value = 20.0
+    assert state.std_variation == 20.0 and state.n_line_searches == searches + 1
+    assert picker.found_mark.x.size == len(state.lines)
+    assert "<table" in picker.residuals.value
+
+
+def test_poor_warp_model_warning(dash):
+    picker, state = dash.picker, dash.state
+    assert picker.warning.layout.display == "none"
+    with state.hold():  # the seed's "Bad Warp Models": few guesses in a dim region
+        state.guesses = [100.0, 110.0, 120.0]
+        state.tolerance = 2.0
+    assert state.warp_model.is_poor and state.error == ""
+    assert picker.warning.layout.display is None
+    for w in state.warp_model.quality_warnings:
+        assert w.split(":")[0][:30] in picker.warning.value.replace("&#x27;", "'")
+    assert "not found" in picker.residuals.value
+
+
+def test_guesses_that_fit_nothing(dash):
+    dash.picker.tolerance.value = 0.5
+    model, background = dash.warp_model, dash.background
+    with dash.state.hold():
+        dash.state.guesses = [5.0, 15.0]  # no line within 0.5 px of either
+    assert "no line could be fit" in dash.state.error
+    assert "no line could be fit" in dash.status.banner.value
+    assert dash.warp_model is model and dash.background is background
+
+
+# ----------------------------------------------------------------------- SED
+def test_brush_highlights_on_release_only(dash):
+    sed, viewer, state = dash.sed, dash.viewer, dash.state
+    fits, aggregations = state.n_sky_fits, sed.n_aggregations
+    sed.brush.brushing = True
+    for v in ([100.0, 101.0], [100.0, 110.0], [100.0, 140.0]):
+        sed.brush.selected = v
+        # Mid-drag: nothing recomputed, nothing sent to the image viewer.
+        assert viewer.highlight is None and sed.selected_range is None
+        assert viewer.highlight_mark.x.size == 0
+    sed.brush.brushing = False
+    assert viewer.highlight == (100.0, 140.0)
+    assert state.n_sky_fits == fits and sed.n_aggregations == aggregations
+
+    # The outline follows the iso-effective-pixel curves e0, e1.
+    model = state.warp_model
+    x, y = viewer.highlight_mark.x, viewer.highlight_mark.y
+    n = (x.size - 1) // 2
+    np.testing.assert_allclose(x[:n], model.column_of(np.full(n, 100.0), y[:n]), atol=1e-3)
+    np.testing.assert_allclose(x[n : 2 * n], model.column_of(np.full(n, 140.0), y[n : 2 * n]), atol=1e-3)
+    pixels = viewer.highlight_pixels()
+    emap = model.effpix_map()
+    assert pixels.any() and np.all((emap[pixels] >= 100) & (emap[pixels] <= 140))
+
+    sed.clear_button.click()
+    assert viewer.highlight is None and viewer.highlight_mark.x.size == 0
+
+
+def test_zoom_reaggregates_visible_range(dash):
+    sed = dash.sed
+    full = sed.aggregate
+    sed.mode.value = "zoom"
+    assert sed.figure.interaction is sed.panzoom
+    with sed.x_scale.hold_sync():  # what PanZoom does in the browser
+        sed.x_scale.min, sed.x_scale.max = 150.0, 170.0
+    agg = sed.aggregate
+    assert agg is not full and agg.x.min() >= 150 and agg.x.max() <= 170
+    assert agg.n_samples < full.n_samples and agg.x.size > 0
+    sed.reset_button.click()
+    assert sed.x_range[0] == pytest.approx(full.edges[0])
+    sed.mode.value = "brush"
+    assert sed.figure.interaction is sed.brush
+
+
+def test_million_samples_are_aggregated():
+    big = make_synthetic_longslit(shape=(640, 2048), n_exposures=1, tilt=3.0, n_sky_lines=30, n_arc_lines=10, seed=7)
+    state = SkyState(big.science, warp_model=big.warp, mask_region=[big.trace_rows], read_noise=4.0)
+    assert state.result.samples.effpix.size > 1_000_000
+    sed = SEDExplorer(state, n_bins=1000)
+    with PayloadMeter() as meter:
+        sed.refresh()
+    for mark in (sed.envelope, sed.p99_line, sed.median_line, sed.model_line):
+        assert mark.x.shape[-1] <= 2 * sed.n_bins + 2
+    assert meter.total_bytes < 100_000
+    rng = np.random.default_rng(0)
+    e = np.sort(rng.uniform(0, 2048, 2_000_000))
+    agg = aggregate_sed(e, rng.normal(100, 10, e.size), n_bins=1000)
+    assert agg.x.size == 1000 and agg.count.sum() == e.size
+
+
+def test_trace_leak_is_visible():
+    frames = make_synthetic_longslit(shape=(80, 600), n_exposures=1, tilt=2.0, n_arc_lines=12, seed=9)
+    a, b = frames.trace_rows
+    state = SkyState(frames.science, warp_model=frames.warp, mask_region=[(a, b)], read_noise=4.0)
+    sed = SEDExplorer(state, n_bins=300)
+    assert sed.leaking_rows == [] and sed.leak_banner.layout.display == "none"
+    clean_excess = _excess(sed)
+
+    state.mask_region = [(a, (a + b) // 2)]  # half the trace left in the sky rows
+    leak = _excess(sed)
+    # The envelope's maximum rises far above the model at many positions.
+    assert np.mean(leak > 5.0) > 0.5 and np.mean(clean_excess > 5.0) < 0.05
+    assert sed.leaking_rows and sed.leaking_rows[0][0] == (a + b) // 2
+    assert "Light well above the sky model" in sed.leak_banner.value
+
+
+def _excess(sed):
+    """Envelope maximum over the model's highest value in the bin, in photon-noise units."""
+    half = 0.5 * np.diff(sed.aggregate.edges)[0]
+    model = np.max([np.interp(sed.envelope.x + d, sed.model_line.x, sed.model_line.y) for d in (-half, 0, half)], 0)
+    return (sed.envelope.y[0] - model) / np.sqrt(model + 16.0)
+
+
+# ------------------------------------------------------------------- method
+def test_method_toggle(dash):
+    dash.method.value = "median"
+    assert dash.state.method == "median" and dash.state.result.method == "median"
+    assert dash.sed.model_line.x.size > 0
+    dash.state.method = "bspline"
+    assert dash.method.value == "bspline"
+
+
+# ---------------------------------------------------------- busy and errors
+def test_busy_indicator_and_duration(dash):
+    seen = []
+    dash.status.busy_label.observe(lambda c: seen.append(c["new"]), names="value")
+    dash.viewer.mask_slider.value = (12, 40)
+    assert any("computing" in s for s in seen)
+    assert "ready" in seen[-1] and "ms" in seen[-1]
+    assert dash.state.last_duration > 0
+
+
+def test_widget_callback_errors_are_reported_not_raised(dash, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(dash.viewer.figure, "update_image", broken)
+    dash.viewer.view_buttons.value = "corrected"  # would raise without the guard
+    assert "renderer exploded" in dash.status.banner.value
+    monkeypatch.undo()
+    dash.viewer.view_buttons.value = "background"
+    assert dash.status.widget_error == ""
+
+
+# ------------------------------------------------------------------ debounce
+def test_rapid_changes_coalesce_in_a_running_loop(dash):
+    state = dash.state
+    fits = state.n_sky_fits
+
+    async def drag():
+        for stop in range(31, 41):  # ten releases in quick succession
+            dash.viewer.mask_slider.value = (10, stop)
+        assert state.n_sky_fits == fits  # nothing yet: the burst is not over
+        await asyncio.sleep(0.3)
+
+    asyncio.run(drag())
+    assert state.n_sky_fits == fits + 1 and dash.mask_region == [(10, 40)]
+
+
+def test_debounced_errors_go_to_the_handler():
+    errors = []
+    fn = Debounced(lambda: 1 / 0, delay=0.01, on_error=errors.append)
+
+    async def run():
+        fn()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    fn()
+    assert len(errors) == 2 and all(isinstance(e, ZeroDivisionError) for e in errors)
+
+
+# ------------------------------------------------------------------- payload
+def test_one_mask_change_sends_under_a_mebibyte():
+    dash = Dashboard.from_demo()
+    dash.viewer.view = "corrected"
+    with PayloadMeter() as meter:
+        dash.viewer.mask_slider.value = (40, 75)
+    assert dash.state.error == ""
+    assert 0 < meter.total_bytes <= MIB
+    assert "ImageModel" in meter.by_widget()  # the new picture was part of it
+
+
+def test_standalone_components(frames):
+    state = SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows], read_noise=4.0)
+    for cls in (ImageViewer, WarpGuessPicker, SEDExplorer):
+        widget = cls(state)
+        assert widget.own_status and widget.children[0] is widget.status
+
+
+def test_starts_without_a_result_then_recovers(frames):
+    dash = Dashboard(frames.science, frames.arc, mask_region=(0, 60), read_noise=4.0)
+    assert dash.background is None and "covers every" in dash.status.banner.value
+    assert "no sky fit yet" in dash.sed.info.value
+    dash.viewer.view = "corrected"
+    assert "no sky fit yet" in dash.viewer.figure.title
+    dash.viewer.mask_slider.value = (20, 40)
+    assert dash.background.shape == frames.science.shape and dash.status.banner.layout.display == "none"
+    assert dash.sed.aggregate is not None and "no sky fit yet" not in dash.viewer.figure.title
+
+
+def test_dashboard_without_an_arc(frames):
+    state = SkyState(frames.science, warp_model=frames.warp, mask_region=[frames.trace_rows])
+    dash = Dashboard(state=state)
+    assert dash.picker is None and len(dash.tabs.children) == 1
+    dash.viewer.mask_slider.value = (5, 30)
+    assert dash.mask_region == [(5, 30)] and dash.error == ""
+
+
+@pytest.mark.skipif("Dashboard" not in getattr(__import__("specwidgets"), "_LAZY", {}),
+                    reason="the widget names are not in specwidgets._LAZY yet")
+def test_exported_from_the_package():
+    import specwidgets
+
+    for name in ("ImageViewer", "WarpGuessPicker", "SEDExplorer", "Dashboard"):
+        assert getattr(specwidgets, name) is globals()[name]
+        assert name in dir(specwidgets)
+
+
+@pytest.mark.goodman
+@pytest.mark.skipif(not goodman_available(), reason="Goodman sample not available")
+def test_goodman_full_frame_payload_and_outputs():
+    from specwidgets.sample_data import load_goodman
+
+    sample = load_goodman(crop_bds=(0, None))
+    dash = Dashboard(sample.science[:1], sample.arc, mask_region=(700, 790), read_noise=sample.read_noise)
+    dash.viewer.view = "background"
+    with PayloadMeter() as meter:
+        dash.viewer.mask_slider.value = (698, 792)
+    assert dash.error == "" and dash.mask_region == [(698, 792)]
+    assert dash.background.shape == (1, 947, 2030)
+    assert meter.total_bytes <= MIB
+
+
+@pytest.mark.goodman
+@pytest.mark.skipif(not goodman_available(), reason="Goodman sample not available")
+def test_goodman_bad_warp_model_case():
+    dash = Dashboard.from_goodman()
+    assert dash.mask_region == [(20, 100)] and dash.background.shape == (2, 120, 2030)
+    with dash.state.hold():
+        dash.state.guesses = [250.0, 260.0, 270.0]
+        dash.state.tolerance = 2.0
+    assert dash.warp_model.is_poor
+    assert dash.picker.warning.layout.display is None and "Poor warp model" in dash.picker.warning.value
