@@ -39,6 +39,53 @@ def _bit_kth(tree, k, top):
     return pos
 
 
+# Above this many candidates a radix sort beats numba's comparison sort.
+_RADIX_MIN = 4000
+
+
+@njit(cache=True)
+def _radix_argsort(vals):
+    """Stable argsort of float64 values (no NaN) by LSD radix on their bits.
+
+    The bits of a float, with the sign bit flipped (all bits for negative
+    numbers), sort like the numbers; 11-bit digits take six passes, and a
+    pass whose digit is the same for every value is skipped.
+    """
+    m = vals.size
+    u = vals.view(np.uint64)
+    sign = np.uint64(1) << np.uint64(63)
+    keys = np.empty(m, np.uint64)
+    for i in range(m):
+        k = u[i]
+        keys[i] = ~k if k & sign else k | sign
+    idx = np.arange(m)
+    tmp_keys = np.empty_like(keys)
+    tmp_idx = np.empty_like(idx)
+    counts = np.empty(2048, np.int64)
+    digit_mask = np.uint64(2047)
+    for shift in range(0, 64, 11):
+        sh = np.uint64(shift)
+        counts[:] = 0
+        for i in range(m):
+            counts[np.intp((keys[i] >> sh) & digit_mask)] += 1
+        if counts.max() == m:
+            continue
+        total = 0
+        for d in range(2048):
+            c = counts[d]
+            counts[d] = total
+            total += c
+        for i in range(m):
+            d = np.intp((keys[i] >> sh) & digit_mask)
+            pos = counts[d]
+            counts[d] = pos + 1
+            tmp_keys[pos] = keys[i]
+            tmp_idx[pos] = idx[i]
+        keys, tmp_keys = tmp_keys, keys
+        idx, tmp_idx = tmp_idx, idx
+    return idx
+
+
 # Columns ranked together: one sort of their joint candidates is cheaper
 # than a sort per column, and the Fenwick tree grows only logarithmically.
 _BLOCK = 16
@@ -98,7 +145,7 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
             vals = flux_sorted[k, c0 : c0 + m].copy()
             finite = vals == vals
             vals[~finite] = np.inf
-            order = np.argsort(vals)
+            order = _radix_argsort(vals) if m >= _RADIX_MIN else np.argsort(vals)
             rank[order] = np.arange(m)
             ranked = vals[order]
             for j in range(nb):
