@@ -1,0 +1,168 @@
+"""Peak memory of specwidgets' sky estimators on the full Goodman frames (2 x 947 x 2030).
+
+Each case runs in a FRESH subprocess so peaks do not mix:
+
+* ``load``: load the two science frames, bias and arc at full frame
+  (``load_goodman(crop_bds=(0, None))``) and fit the warp model
+  (``find_cal_lines`` + ``generate_warp_model`` on the full arc); no sky
+  fit. This is the floor the other cases start from.
+* ``bspline`` / ``median``: the same, then ``extract_background(science,
+  model, mask_region=(700, 780), method=...)`` (the trace: rows 20-100 of the
+  680-800 crop).
+
+Printed per case: the peak resident set size of the whole process
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) after loading the frames,
+after fitting the warp model and at the end, the resident size just before the extraction (VmRSS), and the
+tracemalloc peak during the extraction (Python and numpy allocations only;
+memory that numba-compiled code allocates itself is not traced, the RSS
+figures include it). Goal: peak RSS <= 1 GB.
+
+    python benchmarks/bench_memory.py [--specsuite]
+
+``--specsuite`` adds a specsuite ``extract_background`` case (needs the
+bench venv's Python; slow: one to two minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+GOAL_MB = 1024.0
+MASK = (700, 780)
+
+
+def maxrss_mb():
+    # Linux reports kilobytes (macOS bytes).
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def vmrss_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def child(case):
+    import tracemalloc
+    import warnings
+
+    import numpy as np
+
+    import specwidgets as sw
+    from specwidgets.sample_data import load_goodman
+
+    start = maxrss_mb()
+    g = load_goodman(crop_bds=(0, None))
+    out = dict(case=case, shape=list(g.science.shape), rss_at_start=start, peak_rss_data=maxrss_mb())
+    if case == "specsuite":
+        from _common import import_specsuite_warping
+
+        ss = import_specsuite_warping()
+        if ss is None:
+            print(json.dumps(dict(case=case, error="specsuite is not importable from this Python")))
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = ss.generate_warp_model(g.arc, ss.find_cal_lines(g.arc)[0])
+        run = lambda: ss.extract_background(g.science, model, mask_region=MASK)  # noqa: E731
+    else:
+        locs, _ = sw.find_cal_lines(g.arc)
+        model = sw.generate_warp_model(g.arc, locs)
+        run = lambda: sw.extract_background(  # noqa: E731
+            g.science, model, mask_region=MASK, method=case, read_noise=g.read_noise
+        )
+    out["peak_rss_after_warp"] = maxrss_mb()
+    out["rss_before_extraction"] = vmrss_mb()
+    if case != "load":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            bg = run()
+            out["seconds_with_tracemalloc"] = time.perf_counter() - t0
+            out["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        out["background_finite"] = bool(np.isfinite(bg).all())
+    out["peak_rss_end"] = maxrss_mb()
+    print(json.dumps(out))
+
+
+def parent(args):
+    from _common import heading, machine_line, source_line, table
+
+    heading("bench_memory: peak memory on the full Goodman frames, one fresh process per case")
+    print(machine_line())
+    print(source_line())
+    from specwidgets.sample_data import goodman_available
+
+    if not goodman_available():
+        print("skipped: the Goodman sample is not on this machine (set SPECWIDGETS_DATA_DIR).")
+        return 0
+    cases = ["load", "bspline", "median"] + (["specsuite"] if args.specsuite else [])
+    rows = []
+    here = os.path.dirname(os.path.abspath(__file__))
+    for case in cases:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", case],
+                              capture_output=True, text=True, cwd=os.getcwd(),
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                  [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])))
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not line:
+            print(f"case {case} FAILED (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
+            continue
+        r = json.loads(line[-1])
+        if "error" in r:
+            print(f"case {case}: {r['error']}")
+            continue
+        goal = "" if case in ("load", "specsuite") else (
+            f"<= {GOAL_MB:.0f} MB: {'met' if r['peak_rss_end'] <= GOAL_MB else 'MISSED'}")
+        rows.append([
+            case if case in ("load", "specsuite") else f"specwidgets {case}",
+            "x".join(map(str, r["shape"])),
+            f"{r['peak_rss_data']:.0f}",
+            f"{r['peak_rss_after_warp']:.0f}",
+            f"{r['rss_before_extraction']:.0f}",
+            f"{r['tracemalloc_peak']:.0f}" if "tracemalloc_peak" in r else "",
+            f"{r['peak_rss_end']:.0f}",
+            f"{r['seconds_with_tracemalloc']:.2f}" if "seconds_with_tracemalloc" in r else "",
+            goal,
+        ])
+    print(f"mask_region={MASK} (full-frame rows of the trace); sizes in MB (2^20 bytes).")
+    print(table(rows, ["case", "images", "peak RSS: data loaded", "+ warp fit", "RSS before extract",
+                       "tracemalloc peak (extract)", "peak RSS (ru_maxrss, end)", "extract s (tracemalloc on)",
+                       "goal"],
+                ["<", "<", ">", ">", ">", ">", ">", ">", "<"]))
+    print("'peak RSS' columns are the whole process's high-water mark (ru_maxrss) after loading the frames, "
+          "after fitting the warp model (each tool its own), and at the end; the tracemalloc peak covers only "
+          "the extraction call's Python/numpy allocations.")
+    if args.specsuite:
+        print("specsuite: the warp model is its own (find_cal_lines + generate_warp_model); memory of any "
+              "worker processes it starts is not in this process's ru_maxrss.")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--child", choices=["load", "bspline", "median", "specsuite"], help=argparse.SUPPRESS)
+    p.add_argument("--specsuite", action="store_true", help="also measure specsuite's extract_background")
+    args = p.parse_args(argv)
+    if args.child:
+        child(args.child)
+        return 0
+    return parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
