@@ -2,7 +2,9 @@
 
 ``specwidgets demo`` runs the whole method (lines, warp model, sky) on the
 embedded synthetic frames, or on the Goodman sample with ``--goodman``, and
-prints what it found and how well the sky matches.
+prints what it found and how well the sky matches. ``specwidgets batch``
+applies a warp model and masks to many exposures on Dask
+(:mod:`specwidgets.batch`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 import time
 
 import numpy as np
+
+from .batch import add_batch_parser
 
 __all__ = ["main"]
 
@@ -71,9 +75,11 @@ def main(argv=None):
     demo = sub.add_parser("demo", help="run the method on the embedded demo (or the Goodman sample)")
     demo.add_argument("--goodman", action="store_true", help="use the real Goodman frames instead")
     demo.add_argument("--std-variation", type=float, default=50.0, help="line detection threshold")
+    demo.set_defaults(func=_demo)
+    add_batch_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return _demo(args)
+        return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"specwidgets: error: {exc}", file=sys.stderr)
         return 2

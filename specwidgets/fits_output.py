@@ -35,7 +35,6 @@ import inspect
 import json
 import os
 import secrets
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +95,7 @@ _BSPLINE_OPTIONS = ("spatial_order", "knot_spacing", "reject_sigma", "max_iterat
 _OPTION_CARDS = {
     "spatial_order": ("SWSPORD", "B-spline sky: Legendre order along the slit"),
     "knot_spacing": ("SWKNOTSP", "B-spline sky: knot spacing (effective px)"),
-    "reject_sigma": ("SWREJSIG", "B-spline sky: outlier rejection threshold (sigma)"),
+    "reject_sigma": ("SWREJSIG", "B-spline sky: rejection threshold (sigma)"),
     "max_iterations": ("SWMAXIT", "B-spline sky: max reweight/reject iterations"),
 }
 
@@ -290,9 +289,9 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         for name in prov.get(key, ()):
             hdr.add_history(f"{key}: {Path(os.fspath(name)).name}")
     if config is not None:
-        hdr["SWCONFIG"] = (str(config), "hash of the settings (resume check)")
+        hdr.append(("SWCONFIG", str(config), "hash of the settings (resume check)"), end=True)
     # Last of ours: a reader that sees it knows the writer got to the end.
-    hdr["SWDONE"] = (True, "file complete")
+    hdr.append(("SWDONE", True, "file complete"), end=True)
     return hdr
 
 
@@ -327,7 +326,7 @@ def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, confi
         hdus.append(hdu)
     mask = fits.ImageHDU(mask_image(result, exposure, extra_mask), name="MASK")
     for bit, meaning in MASK_BITS.items():
-        mask.header[f"MASKB{bit}"] = (meaning[:60], f"meaning of bit value {bit}")
+        mask.header[f"MASKB{bit}"] = meaning[:68]
     hdus.append(mask)
     return fits.HDUList(hdus)
 
@@ -361,7 +360,8 @@ def write_atomic(hdul, path):
     final = Path(os.fspath(path))
     tmp = _tmp_name(final)
     try:
-        with open(tmp, "xb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as handle:
             hdul.writeto(handle, checksum=True)
             handle.flush()
             os.fsync(handle.fileno())
@@ -448,40 +448,45 @@ class OutputState:
 def inspect_output(path, shape=None, config=None):
     """Is ``path`` a complete output file?
 
-    Complete means: astropy opens it with every checksum verifying and no
-    warning; it has the HDUs PRIMARY, SCI, SKY, VAR, MASK in that order, the
-    images share one shape (``shape`` when given) and MASK is uint8; and its
-    primary header ends in ``SWDONE = T``. With ``config``, ``SWCONFIG`` must
-    also equal it (else the state is ``"different"``).
+    Complete means: its size is a whole number of FITS blocks; astropy opens
+    it with the HDUs PRIMARY, SCI, SKY, VAR, MASK in that order; every HDU's
+    ``CHECKSUM`` and ``DATASUM`` verify; the images share one shape
+    (``shape`` when given) and MASK is uint8; and the primary header holds
+    ``SWDONE = T``. With ``config``, ``SWCONFIG`` must also equal it (else
+    the state is ``"different"``).
+
+    The checks do not rely on astropy's warnings (``warnings.catch_warnings``
+    is not thread-safe, and workers may be threads).
     """
     path = Path(os.fspath(path))
     if not path.is_file():
         return OutputState("missing", "no such file")
+    size = path.stat().st_size
+    if size == 0 or size % 2880:
+        return OutputState("invalid", f"truncated: {size} bytes is not a whole number of 2880-byte FITS blocks")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with fits.open(path, checksum=True, lazy_load_hdus=False, memmap=False) as hdul:
-                names = [h.name for h in hdul]
-                if names != ["PRIMARY", *EXTENSIONS]:
-                    return OutputState("invalid", f"HDUs are {names}")
-                header = hdul[0].header
-                if header.get("SWDONE") is not True:
-                    return OutputState("invalid", "no SWDONE = T card")
-                missing_sum = [h.name for h in hdul if "CHECKSUM" not in h.header or "DATASUM" not in h.header]
-                if missing_sum:
-                    return OutputState("invalid", f"no checksum in {missing_sum}")
-                shapes = {h.name: None if h.data is None else h.data.shape for h in hdul[1:]}
-                want = tuple(shape) if shape is not None else shapes["SCI"]
-                bad = {n: s for n, s in shapes.items() if s != want}
-                if bad:
-                    return OutputState("invalid", f"image shapes {bad} differ from {want}")
-                if hdul["MASK"].data.dtype != np.uint8:
-                    return OutputState("invalid", f"MASK is {hdul['MASK'].data.dtype}, not uint8")
-                found_config = header.get("SWCONFIG")
+        with fits.open(path, checksum=False, lazy_load_hdus=False, memmap=False) as hdul:
+            names = [h.name for h in hdul]
+            if names != ["PRIMARY", *EXTENSIONS]:
+                return OutputState("invalid", f"HDUs are {names}")
+            header = hdul[0].header
+            if header.get("SWDONE") is not True:
+                return OutputState("invalid", "no SWDONE = T card")
+            for hdu in hdul:
+                if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
+                    return OutputState("invalid", f"no checksum in HDU {hdu.name}")
+                if hdu.verify_datasum() != 1 or hdu.verify_checksum() != 1:
+                    return OutputState("invalid", f"checksum of HDU {hdu.name} does not verify")
+            shapes = {h.name: None if h.data is None else h.data.shape for h in hdul[1:]}
+            want = tuple(shape) if shape is not None else shapes["SCI"]
+            bad = {n: s for n, s in shapes.items() if s != want}
+            if bad:
+                return OutputState("invalid", f"image shapes {bad} differ from {want}")
+            if hdul["MASK"].data.dtype != np.uint8:
+                return OutputState("invalid", f"MASK is {hdul['MASK'].data.dtype}, not uint8")
+            found_config = header.get("SWCONFIG")
     except Exception as exc:  # noqa: BLE001 - any failure to read means "not complete"
         return OutputState("invalid", f"{type(exc).__name__}: {exc}")
-    if caught:
-        return OutputState("invalid", str(caught[0].message).strip())
     if config is not None and found_config != config:
         return OutputState("different", f"made with other settings (SWCONFIG {found_config} != {config})")
     return OutputState("complete")

@@ -1,0 +1,996 @@
+"""Batch sky subtraction of many exposures on Dask, with resume.
+
+The interactive session settles the warp model and the masks; the batch
+runner applies them to every exposure of a night or a survey::
+
+    specwidgets batch night1/sci_*.fits --arc night1/arc_*.fits --bias night1/bias_*.fits \\
+        --crop 680:800 --mask 20:100 --out night1/sky --workers 4
+
+or, from Python (a notebook gets an ipywidgets progress bar)::
+
+    from specwidgets.batch import run_batch
+    summary = run_batch(sci_files, arc_files, bias=bias_files, crop=(680, 800),
+                        masks=[(20, 100)], out_dir="night1/sky", workers=4)
+
+How it runs
+-----------
+The driver reads the calibrations (median bias; median flat minus bias,
+normalised; median arc minus bias), fits the warp model once (guesses from
+:func:`~specwidgets.lines.find_cal_lines` unless given), and sends the
+workers the small shared things once: the warp model as
+:meth:`~specwidgets.warp.WarpModel.to_dict`, the bias and flat arrays via
+``client.scatter``. Each task gets a file path; the worker reads the
+exposure, subtracts the bias, divides by the flat, runs
+:func:`~specwidgets.background.fit_sky` and writes the output itself, then
+returns a small status record. At most a few tasks per worker thread are in
+flight (``as_completed``), so the driver's memory does not grow with the
+number of exposures.
+
+By default a :class:`dask.distributed.LocalCluster` with one single-threaded
+worker process per CPU (``workers=N`` to choose); ``scheduler=ADDRESS``
+connects to an existing cluster instead (its workers must see the input
+and output paths).
+
+Output, resume and interruption
+-------------------------------
+See :mod:`specwidgets.fits_output` for the file layout, header and mask bits.
+Each file is written under a temporary name and renamed, so an output under
+its final name is always complete. On start the runner removes temporary
+files a killed run left in the output folder, and (without ``overwrite``)
+skips every output that :func:`~specwidgets.fits_output.inspect_output`
+finds complete with the same settings; an output made with *other* settings
+is reported as a failure rather than silently replaced. A lock file
+(``.specwidgets-batch.lock``, released by the kernel even on ``kill -9``)
+keeps two runs from writing to one folder at the same time.
+
+Flat fielding
+-------------
+The flats' median, minus the bias, is divided by its median along the slit
+(``flat_norm="column"``, the default: keeps the pixel-to-pixel response and
+the slit illumination, removes the lamp's spectrum) or by its overall median
+(``"global"``). Pixels whose normalised flat is not finite or below 0.05 are
+set to NaN in the science frame (the sky fit ignores them) and flagged with
+:data:`~specwidgets.fits_output.MASK_BADFLAT`. The arc is not flat-fielded.
+
+Failures
+--------
+A file that cannot be read or fit is reported by name; the others still
+finish, and :attr:`BatchSummary.exit_code` (the command's exit code) is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .background import METHODS, fit_sky
+from .fits_output import (
+    MASK_BADFLAT,
+    OUTPUT_SUFFIX,
+    clean_temporary_files,
+    effective_options,
+    export_result,
+    inspect_output,
+    output_name,
+    settings_hash,
+    write_exposure,
+)
+from .inputs import mask_ranges
+from .instruments import resolve_instrument
+from .lines import find_cal_lines
+from .loading import _crop_pair, _iter_frames, matching_files
+from .warp import WarpModel, generate_warp_model
+
+__all__ = [
+    "BatchLockedError",
+    "BatchSummary",
+    "FLAT_NORMS",
+    "add_batch_parser",
+    "export_result",
+    "main",
+    "prepare_calibrations",
+    "read_frame",
+    "run_batch",
+    "run_batch_command",
+]
+
+#: Flat normalisations: by the median along the slit of each column, or overall.
+FLAT_NORMS = ("column", "global")
+
+#: Normalised-flat values at or below this are unusable.
+FLAT_FLOOR = 0.05
+
+LOCK_NAME = ".specwidgets-batch.lock"
+
+
+class BatchLockedError(RuntimeError):
+    """Another batch run holds the output folder's lock."""
+
+
+# ------------------------------------------------------------------ inputs
+def _expand(items, what, must_exist=True):
+    """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats."""
+    if items is None:
+        return []
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    out, seen = [], set()
+    for item in items:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = matching_files(path)
+        elif not path.exists() and glob.has_magic(text):
+            found = [Path(p) for p in sorted(glob.glob(os.path.expanduser(text)))]
+            if not found:
+                if must_exist:
+                    raise FileNotFoundError(f"no {what} file matches {text!r}")
+                found = [path]
+        else:
+            if must_exist and not path.is_file():
+                raise FileNotFoundError(f"{what} file {text!r} does not exist")
+            found = [path]
+        for p in found:
+            p = p.resolve()
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out
+
+
+def read_frame(path, reader, crop=None):
+    """Read one exposure as the loaders do: orient, trim, crop rows, convert to electrons.
+
+    Returns ``(image float64, Frame)``; ``reader`` is a resolved instrument.
+    """
+    start, stop = _crop_pair(crop)
+    ((_, data, frame),) = list(_iter_frames([Path(path)], reader, start, stop))
+    scale = 1.0 if frame.gain is None else frame.gain
+    return np.multiply(data, scale, dtype=np.float64), frame
+
+
+def _unit(frame):
+    return "adu" if frame.gain is None else "electron"
+
+
+def _median_of(paths, reader, crop, what):
+    """Median of the frames in ``paths`` (electrons when the gain is known) and their unit."""
+    stack, units = None, set()
+    for i, path in enumerate(paths):
+        image, frame = read_frame(path, reader, crop)
+        units.add(_unit(frame))
+        if stack is None:
+            stack = np.empty((len(paths), *image.shape))
+        elif image.shape != stack.shape[1:]:
+            raise ValueError(
+                f"{what} frame {path.name} has shape {image.shape} after trimming and cropping; "
+                f"the first has {stack.shape[1:]}"
+            )
+        stack[i] = image
+    if len(units) > 1:
+        raise ValueError(f"some {what} frames have a gain and some do not; pass gain=... to set one for all")
+    return np.median(stack, axis=0, overwrite_input=True), units.pop()
+
+
+def normalise_flat(flat, how="column"):
+    """Normalised flat (bias already subtracted), NaN where unusable."""
+    if how not in FLAT_NORMS:
+        raise ValueError(f"unknown flat normalisation {how!r}; choose one of {', '.join(FLAT_NORMS)}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if how == "column":
+            norm = np.nanmedian(flat, axis=0, keepdims=True)
+        else:
+            norm = np.nanmedian(flat)
+        out = flat / np.where(norm > 0, norm, np.nan)
+    out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
+    return out
+
+
+@dataclass
+class Calibrations:
+    """What the driver prepares once: bias, normalised flat, arc and warp model."""
+
+    bias: np.ndarray | None
+    flat: np.ndarray | None
+    arc: np.ndarray | None
+    warp_model: WarpModel
+    guesses: np.ndarray | None
+    unit: str | None
+    files: dict
+
+
+def prepare_calibrations(
+    arc=(),
+    *,
+    bias=(),
+    flat=(),
+    instrument="generic",
+    instrument_options=None,
+    crop=None,
+    guesses=None,
+    warp_model=None,
+    flat_norm="column",
+    std_variation=50.0,
+    line_order=2,
+    warp_order=1,
+):
+    """Read the calibration frames and fit the warp model (the batch runner's first step).
+
+    Bias: median of the bias frames. Flat: median of the flats minus the
+    bias, normalised (see :func:`normalise_flat`). Arc: median of the arcs
+    minus the bias; the warp model is fit on it with ``guesses`` (default:
+    :func:`~specwidgets.lines.find_cal_lines` at ``std_variation``), unless
+    a ``warp_model`` (a WarpModel or its ``to_dict()``) is given.
+    """
+    reader = resolve_instrument(instrument, **(instrument_options or {}))
+    arc_files = _expand(arc, "arc")
+    bias_files = _expand(bias, "bias")
+    flat_files = _expand(flat, "flat")
+    units = set()
+    bias_img = None
+    if bias_files:
+        bias_img, unit = _median_of(bias_files, reader, crop, "bias")
+        units.add(unit)
+    arc_img = None
+    if arc_files:
+        arc_img, unit = _median_of(arc_files, reader, crop, "arc")
+        units.add(unit)
+        if bias_img is not None:
+            _check_shape(arc_img, bias_img, "arc", "bias")
+            arc_img -= bias_img
+    flat_img = None
+    if flat_files:
+        raw_flat, unit = _median_of(flat_files, reader, crop, "flat")
+        units.add(unit)
+        if bias_img is not None:
+            _check_shape(raw_flat, bias_img, "flat", "bias")
+            raw_flat -= bias_img
+        flat_img = normalise_flat(raw_flat, flat_norm)
+    if len(units) > 1:
+        raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
+    if warp_model is None:
+        if arc_img is None:
+            raise ValueError("give arc frames (to fit the warp model) or a warp_model")
+        if guesses is None:
+            guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
+        guesses = np.atleast_1d(np.asarray(guesses, float))
+        warp_model = generate_warp_model(arc_img, guesses, line_order=line_order, warp_order=warp_order)
+    elif isinstance(warp_model, dict):
+        warp_model = WarpModel.from_dict(warp_model)
+    elif not isinstance(warp_model, WarpModel):
+        raise TypeError(f"warp_model must be a WarpModel or its to_dict(); got {type(warp_model).__name__}")
+    for name, img in (("bias", bias_img), ("flat", flat_img), ("arc", arc_img)):
+        if img is not None and img.shape != tuple(warp_model.shape):
+            raise ValueError(
+                f"the {name} frames have shape {img.shape} but the warp model is for {tuple(warp_model.shape)}"
+            )
+    return Calibrations(
+        bias=bias_img,
+        flat=flat_img,
+        arc=arc_img,
+        warp_model=warp_model,
+        guesses=None if guesses is None else np.asarray(guesses, float),
+        unit=units.pop() if units else None,
+        files={"bias": bias_files, "flat": flat_files, "arc": arc_files},
+    )
+
+
+def _check_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"the {name_a} frames have shape {a.shape} but the {name_b} frames {b.shape}")
+
+
+# ------------------------------------------------------------------ worker side
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs besides the bias and flat arrays (small; sent once)."""
+
+    reader: object
+    crop: tuple | None
+    shape: tuple
+    warp: dict
+    warp_key: str
+    masks: tuple
+    method: str
+    options: dict
+    read_noise: float | None
+    unit: str | None
+    dtype: str
+    out_dir: str
+    overwrite: bool
+    provenance: dict
+    settings: dict
+    numba_threads: int = 1
+
+    def config_for(self, path):
+        return settings_hash({**self.settings, "input": Path(path).name})
+
+
+_WARP_CACHE: dict = {}
+
+
+def _cached_warp(job):
+    """The job's warp model, built once per worker process (its maps are cached on it)."""
+    model = _WARP_CACHE.get(job.warp_key)
+    if model is None:
+        model = WarpModel.from_dict(job.warp)
+        model.effpix_map()
+        if len(_WARP_CACHE) >= 4:
+            _WARP_CACHE.clear()
+        _WARP_CACHE[job.warp_key] = model
+    return model
+
+
+def _process_one(path, job, bias, flat):
+    """Worker task: one exposure from its path to its output file. Returns a small record.
+
+    numba's parallel kernels get ``job.numba_threads`` threads (default 1):
+    the exposures already run in parallel, one per worker thread, and more
+    threads per exposure would only oversubscribe the CPUs.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return _process_one_inner(path, job, bias, flat)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _process_one_inner(path, job, bias, flat):
+    t0 = time.perf_counter()
+    path = Path(path)
+    out = Path(job.out_dir) / output_name(path)
+    record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
+    try:
+        config = job.config_for(path)
+        if not job.overwrite:
+            state = inspect_output(out, job.shape, config)
+            if state.complete:
+                record["status"] = "skipped"
+                return record
+            if state.state == "different":
+                record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
+                return record
+        image, frame = read_frame(path, job.reader, job.crop)
+        if job.unit is not None and _unit(frame) != job.unit:
+            raise ValueError(f"{path.name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+        if image.shape != tuple(job.shape):
+            raise ValueError(
+                f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model {tuple(job.shape)}"
+            )
+        extra = None
+        if bias is not None:
+            image -= bias
+        if flat is not None:
+            image /= flat
+            extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+        read_noise = job.read_noise if job.read_noise is not None else (frame.read_noise or 0.0)
+        warp = _cached_warp(job)
+        result = fit_sky(image, warp, list(job.masks), method=job.method, read_noise=read_noise, **job.options)
+        prov = {**job.provenance, "input": str(path)}
+        write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
+        record["status"] = "done"
+    except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
+        record["message"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+# ------------------------------------------------------------------ summary
+@dataclass
+class BatchSummary:
+    """What a batch run did.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+    n_inputs : int
+    done : list of str
+        Inputs whose output was written by this run.
+    skipped : list of str
+        Inputs whose output was already complete (resume).
+    failed : list of (str, str)
+        ``(input, reason)`` of each input that failed.
+    wall_time : float
+        Seconds, start to end (calibrations and cluster start included).
+    removed_temporary : int
+        Temporary files of an interrupted run removed at the start.
+    warp_model : dict
+        The warp model used (``to_dict()``).
+    warnings : list of str
+        The warp model's quality warnings.
+    """
+
+    out_dir: Path
+    n_inputs: int = 0
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    wall_time: float = 0.0
+    removed_temporary: int = 0
+    warp_model: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return not self.failed
+
+    @property
+    def exit_code(self):
+        """0 when nothing failed, else 1."""
+        return 0 if self.ok else 1
+
+    def outputs(self):
+        """Paths of the outputs of the inputs that did not fail."""
+        return [self.out_dir / output_name(p) for p in [*self.done, *self.skipped]]
+
+    def report(self):
+        lines = [
+            f"specwidgets batch: {self.n_inputs} exposure(s) -> {self.out_dir}",
+            f"  done {len(self.done)}, skipped (already complete) {len(self.skipped)}, failed {len(self.failed)}"
+            f"; wall time {self.wall_time:.1f} s",
+        ]
+        if self.removed_temporary:
+            lines.append(f"  removed {self.removed_temporary} temporary file(s) left by an interrupted run")
+        for w in self.warnings:
+            lines.append(f"  warp model warning: {w}")
+        if self.failed:
+            lines.append("  failed:")
+            lines += [f"    {Path(p).name}: {msg}" for p, msg in self.failed]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.report()
+
+
+# ------------------------------------------------------------------ progress
+def _in_notebook():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class _Progress:
+    """tqdm on stderr in a terminal, an ipywidgets bar in a notebook, or nothing."""
+
+    def __init__(self, total, enabled):
+        self.total = total
+        self.bar = self.widget = None
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        if not enabled:
+            return
+        if _in_notebook():
+            try:
+                import ipywidgets as widgets
+                from IPython.display import display
+
+                self.widget = widgets.IntProgress(min=0, max=max(total, 1), description="sky")
+                self.label = widgets.Label(f"0/{total}")
+                display(widgets.HBox([self.widget, self.label]))
+                return
+            except ImportError:  # pragma: no cover - ipywidgets is a dependency
+                pass
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="exp", desc="sky", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, status):
+        self.counts[status] += 1
+        text = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+        elif self.widget is not None:
+            self.widget.value += 1
+            self.label.value = f"{self.widget.value}/{self.total}: {text}"
+            if status == "failed":
+                self.widget.bar_style = "warning"
+
+    def write(self, message):
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.widget is not None and self.counts["failed"] == 0:
+            self.widget.bar_style = "success"
+
+
+# ------------------------------------------------------------------ lock
+class _DirectoryLock:
+    """An exclusive ``flock`` on ``DIR/.specwidgets-batch.lock`` (released by the kernel on kill)."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / LOCK_NAME
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise BatchLockedError(
+                    f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
+                ) from None
+            except OSError:  # pragma: no cover - filesystem without locks
+                os.close(fd)
+                return self
+            # A run that just finished may have removed the file between our
+            # open and flock: then the lock is on a dead inode, so retry.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+# ------------------------------------------------------------------ driver
+def _open_client(workers, scheduler, client, processes):
+    """Return ``(client, things to close)``."""
+    if client is not None:
+        return client, []
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        c = Client(scheduler, set_as_default=False)
+        return c, [c]
+    import logging
+
+    n = int(workers) if workers else max(1, os.cpu_count() or 1)
+    if processes:
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    else:
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    c = Client(cluster, set_as_default=False)
+    return c, [c, cluster]
+
+
+def _check_outputs_unique(files):
+    by_name = {}
+    for p in files:
+        by_name.setdefault(output_name(p), []).append(p)
+    clash = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    if clash:
+        listing = "; ".join(f"{n} <- {', '.join(str(p) for p in ps)}" for n, ps in clash.items())
+        raise ValueError(f"several inputs would write the same output file: {listing}")
+
+
+def run_batch(
+    science,
+    arc=(),
+    *,
+    out_dir,
+    bias=(),
+    flat=(),
+    instrument="generic",
+    instrument_options=None,
+    crop=None,
+    masks=None,
+    guesses=None,
+    method="bspline",
+    spatial_order=0,
+    sky_options=None,
+    read_noise=None,
+    warp_model=None,
+    std_variation=50.0,
+    line_order=2,
+    warp_order=1,
+    flat_norm="column",
+    dtype="float32",
+    workers=None,
+    scheduler=None,
+    client=None,
+    processes=True,
+    max_in_flight=None,
+    numba_threads=1,
+    overwrite=False,
+    progress=True,
+    report=False,
+):
+    """Subtract the sky from every exposure and write one FITS file each (see the module docs).
+
+    Parameters
+    ----------
+    science : path, glob pattern, folder, or a list of them
+        The exposures; a folder means its FITS files. A missing or unreadable
+        file fails on its own; the others still run.
+    arc, bias, flat : same
+        Calibration frames (median-combined; see :func:`prepare_calibrations`).
+        ``arc`` may be empty when ``warp_model`` is given.
+    out_dir : path
+        Output folder (created); one ``<input stem>_sky.fits`` per exposure.
+    instrument : str, Instrument or reader
+        How to read every frame (see :mod:`specwidgets.instruments`).
+    instrument_options : dict, optional
+        ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``.
+    crop : (int, int), optional
+        Rows kept of each trimmed frame.
+    masks : (int, int) or list of them
+        Rows excluded from the sky fit (the trace), as ``mask_region``.
+    guesses : sequence of float, optional
+        Arc-line columns for the warp fit; default :func:`find_cal_lines`.
+    method : {"bspline", "median"}
+    spatial_order : int
+        B-spline sky: Legendre order along the slit.
+    sky_options : dict, optional
+        More :func:`fit_sky` options (``knot_spacing``, ``reject_sigma``, ...).
+    read_noise : float, optional
+        Electrons; default: each science frame's (from its header via the
+        instrument), else 0.
+    warp_model : WarpModel or dict, optional
+        Use this model instead of fitting one on the arcs.
+    std_variation, line_order, warp_order :
+        Passed to :func:`find_cal_lines` and :func:`generate_warp_model`.
+    flat_norm : {"column", "global"}
+    dtype : {"float32", "float64"}
+        Of the SCI, SKY and VAR images.
+    workers : int, optional
+        Local worker processes (default: one per CPU).
+    scheduler : str, optional
+        Address of a running Dask scheduler to use instead.
+    client : dask.distributed.Client, optional
+        An existing client to use (left open).
+    processes : bool
+        Local cluster of processes (default) or of threads in this process.
+    max_in_flight : int, optional
+        Tasks submitted at once (default: 4 per worker thread, at least 8).
+    numba_threads : int
+        Threads of numba's parallel kernels within one exposure's fit
+        (default 1: the parallelism is across exposures).
+    overwrite : bool
+        Redo outputs that are already complete.
+    progress : bool
+        Show a progress bar (tqdm, or ipywidgets in a notebook).
+    report : bool
+        Print failures as they happen and the summary at the end.
+
+    Returns
+    -------
+    BatchSummary
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        Bad arguments or unusable calibrations (before any exposure runs).
+    BatchLockedError
+        Another run is writing to ``out_dir``.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    options = dict(sky_options or {})
+    if method == "bspline":
+        options.setdefault("spatial_order", int(spatial_order))
+    elif spatial_order or options:
+        raise ValueError("spatial_order and sky options apply to method='bspline' only")
+    if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float64")):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    crop = None if crop is None else tuple(crop)
+    _crop_pair(crop)
+    out_dir = Path(os.fspath(out_dir)).expanduser().resolve()
+    # Outputs of an earlier run in a science folder are not science.
+    files = [
+        p for p in _expand(science, "science", must_exist=False)
+        if not (p.parent == out_dir and p.name.endswith(OUTPUT_SUFFIX))
+    ]
+    if not files:
+        raise ValueError("no science files given")
+    _check_outputs_unique(files)
+    instrument_options = dict(instrument_options or {})
+    reader = resolve_instrument(instrument, **instrument_options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    summary = BatchSummary(out_dir=out_dir, n_inputs=len(files))
+    with _DirectoryLock(out_dir):
+        summary.removed_temporary = len(clean_temporary_files(out_dir))
+        cal = prepare_calibrations(
+            arc,
+            bias=bias,
+            flat=flat,
+            instrument=reader,
+            crop=crop,
+            guesses=guesses,
+            warp_model=warp_model,
+            flat_norm=flat_norm,
+            std_variation=std_variation,
+            line_order=line_order,
+            warp_order=warp_order,
+        )
+        model = cal.warp_model
+        ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
+        warp_dict = model.to_dict()
+        summary.warp_model = warp_dict
+        summary.warnings = list(model.quality_warnings) if model.traces is not None else []
+        names = {k: [p.name for p in v] for k, v in cal.files.items()}
+        instrument_name = instrument if isinstance(instrument, str) else getattr(reader, "name", repr(reader))
+        provenance = {
+            "instrument": instrument_name,
+            "crop": crop,
+            "unit": cal.unit,
+            "flat_norm": flat_norm,
+            "n_guesses": None if cal.guesses is None else int(cal.guesses.size),
+            **names,
+        }
+        settings = {
+            "instrument": instrument_name,
+            "instrument_options": {k: repr(v) for k, v in instrument_options.items()},
+            "crop": crop,
+            "masks": ranges,
+            "method": method,
+            "options": effective_options(method, options),
+            "read_noise": read_noise,
+            "flat_norm": flat_norm if cal.flat is not None else None,
+            "dtype": np.dtype(dtype).name,
+            "warp": warp_dict,
+            "bias": names["bias"],
+            "flat": names["flat"],
+        }
+        job = _Job(
+            reader=reader,
+            crop=crop,
+            shape=tuple(model.shape),
+            warp=warp_dict,
+            warp_key=hashlib.sha256(json.dumps(warp_dict, sort_keys=True).encode()).hexdigest(),
+            masks=ranges,
+            method=method,
+            options=options,
+            read_noise=None if read_noise is None else float(read_noise),
+            unit=cal.unit,
+            dtype=np.dtype(dtype).name,
+            out_dir=str(out_dir),
+            overwrite=bool(overwrite),
+            provenance=provenance,
+            settings=settings,
+            numba_threads=int(numba_threads),
+        )
+        if report:
+            for w in summary.warnings:
+                print(f"warp model warning: {w}", file=sys.stderr)
+        dask_client, to_close = _open_client(workers, scheduler, client, processes)
+        try:
+            _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
+        finally:
+            for thing in to_close:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+            # Every task has ended: any temporary file now is debris of a crashed worker.
+            clean_temporary_files(out_dir)
+    summary.wall_time = time.perf_counter() - t0
+    if report:
+        print(summary.report(), file=sys.stderr)
+    return summary
+
+
+def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight):
+    from dask.distributed import as_completed
+
+    n_threads = sum(client.nthreads().values()) or 1
+    limit = max_in_flight or max(8, 4 * n_threads)
+    job_f = client.scatter(job, broadcast=True, hash=False)
+    bias_f = None if cal.bias is None else client.scatter(cal.bias, broadcast=True, hash=False)
+    flat_f = None if cal.flat is None else client.scatter(cal.flat, broadcast=True, hash=False)
+    run_id = uuid.uuid4().hex[:8]
+    pending = {}
+    queue = iter(enumerate(files))
+    stream = as_completed(loop=client.loop)
+    bar = _Progress(len(files), progress)
+
+    def submit_next():
+        try:
+            i, path = next(queue)
+        except StopIteration:
+            return
+        fut = client.submit(
+            _process_one, str(path), job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}", pure=False, retries=1
+        )
+        pending[fut.key] = (fut, path)
+        stream.add(fut)
+
+    try:
+        for _ in range(limit):
+            submit_next()
+        for fut in stream:
+            _, path = pending.pop(fut.key)
+            try:
+                record = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on this file
+                record = {"input": str(path), "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+            fut.release()
+            status = record["status"]
+            if status == "done":
+                summary.done.append(record["input"])
+            elif status == "skipped":
+                summary.skipped.append(record["input"])
+            else:
+                summary.failed.append((record["input"], record["message"]))
+                if report:
+                    bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
+            bar.update(status)
+            submit_next()
+    except BaseException:
+        try:
+            client.cancel([f for f, _ in pending.values()])
+        except Exception:  # noqa: BLE001 - the cluster may be gone already
+            pass
+        raise
+    finally:
+        bar.close()
+        for f in (job_f, bias_f, flat_f):
+            if f is not None:
+                f.release()
+
+
+# ------------------------------------------------------------------ command line
+def _range_arg(text):
+    try:
+        start, stop = text.split(":")
+        start = int(start) if start.strip() else None
+        stop = int(stop) if stop.strip() else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}") from None
+    return (start, stop)
+
+
+def _guesses_arg(text):
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated columns, e.g. 120.5,833,1410; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no guesses given")
+    return values
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def add_batch_parser(subparsers):
+    """Add the ``batch`` subcommand to an argparse subparsers object (``func=run_batch_command``)."""
+    p = subparsers.add_parser(
+        "batch",
+        help="subtract the sky from many exposures (Dask), one FITS file each",
+        description=(
+            "Fit the warp model once on the arcs, then subtract the sky from every SCIENCE exposure "
+            "on Dask workers, writing OUT/<stem>_sky.fits (SCI, SKY, VAR, MASK). Re-running the same "
+            "command resumes: complete outputs are skipped. Put the SCIENCE files first."
+        ),
+    )
+    p.add_argument("science", nargs="+", metavar="SCIENCE", help="science FITS files or folders")
+    p.add_argument("--arc", nargs="+", required=True, metavar="ARC", help="arc-lamp frames (median-combined)")
+    p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
+    p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
+    p.add_argument("--instrument", default="generic", help="instrument recipe (default: generic)")
+    p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
+    p.add_argument(
+        "--mask", type=_range_arg, action="append", required=True, metavar="START:STOP",
+        help="rows excluded from the sky fit (repeatable)",
+    )
+    p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
+    p.add_argument("--method", choices=METHODS, default="bspline", help="sky method (default: bspline)")
+    p.add_argument("--spatial-order", type=int, default=0, metavar="N", help="B-spline sky: order along the slit")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="local worker processes")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
+    p.add_argument("--read-noise", type=float, default=None, metavar="E", help="read noise (e-; default from headers)")
+    p.add_argument("--gain", type=float, default=None, metavar="G", help="gain (e-/ADU; default from the instrument)")
+    p.add_argument("--std-variation", type=float, default=50.0, help="arc-line detection threshold (default 50)")
+    p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_batch_command)
+    return p
+
+
+def run_batch_command(args):
+    """Run ``specwidgets batch`` from parsed arguments; return the exit code.
+
+    0: every exposure done or already complete; 1: some failed (named in the
+    summary); 2: bad arguments or calibrations, nothing run; 130: interrupted.
+    """
+    instrument_options = {} if args.gain is None else {"gain": args.gain}
+    try:
+        summary = run_batch(
+            args.science,
+            args.arc,
+            out_dir=args.out,
+            bias=args.bias,
+            flat=args.flat,
+            instrument=args.instrument,
+            instrument_options=instrument_options,
+            crop=args.crop,
+            masks=args.mask,
+            guesses=args.guesses,
+            method=args.method,
+            spatial_order=args.spatial_order,
+            read_noise=args.read_noise,
+            std_variation=args.std_variation,
+            flat_norm=args.flat_norm,
+            dtype=args.dtype,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            report=True,
+        )
+    except KeyboardInterrupt:
+        print("specwidgets batch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, BatchLockedError) as exc:
+        print(f"specwidgets batch: error: {exc}", file=sys.stderr)
+        return 2
+    return summary.exit_code
+
+
+def main(argv=None):
+    """``python -m specwidgets.batch ...``: the ``batch`` subcommand on its own."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["batch"]:
+        argv.insert(0, "batch")
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_batch_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    # Import ourselves by name so the task functions Dask pickles live in
+    # ``specwidgets.batch``, not in ``__main__``.
+    from specwidgets.batch import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,523 @@
+"""Tests of the batch runner (specwidgets.batch) and its FITS output (specwidgets.fits_output).
+
+Most tests run the API on a Dask cluster of threads in this process (fast);
+the kill-and-resume and bad-input tests run the real command in a
+subprocess with worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import specwidgets as sw
+from specwidgets import batch
+from specwidgets.batch import BatchLockedError, add_batch_parser, run_batch, run_batch_command
+from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.fits_output import (
+    MASK_BADFLAT,
+    MASK_MASKED,
+    MASK_NONFINITE,
+    MASK_REJECTED,
+    TMP_MARK,
+    export_result,
+    inspect_output,
+    output_name,
+    read_warp_model,
+    sci_variance,
+)
+from specwidgets.sample_data import goodman_available
+
+pytest.importorskip("distributed")
+
+SHAPE = (40, 300)
+BIAS_LEVEL = 300.0
+
+
+def _write(path, data, header=None):
+    fits.PrimaryHDU(np.asarray(data), fits.Header(header or {})).writeto(path, overwrite=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return make_synthetic_longslit(
+        shape=SHAPE, n_exposures=6, tilt=2.0, n_sky_lines=10, n_arc_lines=10, cosmic_rays=3, seed=21
+    )
+
+
+@pytest.fixture
+def raw(tmp_path, frames):
+    """Six science exposures, an arc and two biases as float64 FITS files (generic instrument)."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    science = [_write(folder / f"sci_{i:02d}.fits", frames.science[i] + BIAS_LEVEL) for i in range(6)]
+    arc = _write(folder / "arc_01.fits", frames.arc + BIAS_LEVEL)
+    biases = [_write(folder / f"bias_{i}.fits", BIAS_LEVEL + rng.normal(0, 0.5, SHAPE)) for i in range(2)]
+    return {"science": science, "arc": [arc], "bias": biases, "folder": folder}
+
+
+def _api(raw, out, **kw):
+    args = dict(bias=raw["bias"], masks=[make_mask()], out_dir=out, workers=2, processes=False, progress=False)
+    args.update(kw)
+    return run_batch(raw["science"], raw["arc"], **args)
+
+
+def make_mask():
+    return (12, 26)
+
+
+def _library(raw, path, method="bspline", flat=None, **options):
+    """The library's own result for one exposure: the reference the batch output must equal."""
+    bias = np.median([fits.getdata(p).astype(float) for p in raw["bias"]], axis=0)
+    arc = fits.getdata(raw["arc"][0]).astype(float) - bias
+    locs, _ = sw.find_cal_lines(arc)
+    model = sw.generate_warp_model(arc, locs)
+    image = fits.getdata(path).astype(float) - bias
+    if flat is not None:
+        image = image / flat
+    return sw.fit_sky(image, model, make_mask(), method=method, **options), model
+
+
+def _outputs(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.name.endswith("_sky.fits") and not p.name.startswith("."))
+
+
+def _tmp_files(folder):
+    return [p for p in Path(folder).iterdir() if TMP_MARK in p.name]
+
+
+# ------------------------------------------------------------------ output files
+def test_output_name():
+    assert output_name("a/b/0069_PKS.fits.fz") == "0069_PKS_sky.fits"
+    assert output_name("x.FITS") == "x_sky.fits"
+    assert output_name("x.fit") == "x_sky.fits"
+    assert output_name("x.fits.gz") == "x_sky.fits"
+
+
+@pytest.mark.parametrize("method", ["bspline", "median"])
+def test_batch_output_equals_library(raw, tmp_path, method):
+    out = tmp_path / "out"
+    summary = _api(raw, out, method=method, dtype="float64")
+    assert summary.ok and len(summary.done) == 6 and summary.exit_code == 0
+    target = raw["science"][2]
+    ref, model = _library(raw, target, method=method, **({"spatial_order": 0} if method == "bspline" else {}))
+    with fits.open(out / output_name(target)) as hdul:
+        sci, sky, var, mask = (hdul[n].data for n in ("SCI", "SKY", "VAR", "MASK"))
+        header = hdul[0].header
+    np.testing.assert_array_equal(sky, ref.background[0])
+    np.testing.assert_array_equal(sci, ref.corrected[0])
+    np.testing.assert_array_equal(var, sci_variance(ref, 0))
+    expected = np.where(ref.mask, MASK_MASKED, 0) | np.where(ref.rejected[0], MASK_REJECTED, 0)
+    np.testing.assert_array_equal(mask, expected)
+    if method == "bspline":
+        assert (mask & MASK_REJECTED).any()  # the cosmic rays
+    # Provenance.
+    assert header["SWDONE"] is True
+    assert header["SWINPUT"] == target.name
+    assert header["SWMETHOD"] == method
+    assert header["SWMASK"] == "12:26"
+    assert header["SWNBIAS"] == 2 and header["SWNARC"] == 1
+    assert header["SWVER"] == sw.__version__
+    assert "DATE" in header
+    assert read_warp_model(header).to_dict() == model.to_dict()
+    assert header["SWW0100"] == model.coefficients[0, 0]
+
+
+def test_float32_output_matches_to_float_precision(raw, tmp_path):
+    out = tmp_path / "out"
+    assert _api(raw, out).ok
+    target = raw["science"][0]
+    ref, _ = _library(raw, target, spatial_order=0)
+    with fits.open(out / output_name(target)) as hdul:
+        assert hdul["SCI"].data.dtype == np.dtype(">f4")
+        scale = np.abs(ref.data[0]).max()
+        np.testing.assert_allclose(hdul["SKY"].data, ref.background[0], rtol=1e-6, atol=1e-6 * scale)
+        np.testing.assert_allclose(hdul["SCI"].data, ref.corrected[0], rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_spatial_order_and_guesses_are_used(raw, tmp_path, frames):
+    out = tmp_path / "out"
+    guesses = sw.find_cal_lines(frames.arc)[0][::2]
+    summary = _api(raw, out, spatial_order=1, guesses=guesses, dtype="float64")
+    assert summary.ok
+    bias = np.median([fits.getdata(p) for p in raw["bias"]], axis=0)
+    model = sw.generate_warp_model(fits.getdata(raw["arc"][0]) - bias, guesses)
+    ref = sw.fit_sky(fits.getdata(raw["science"][1]) - bias, model, make_mask(), spatial_order=1)
+    with fits.open(out / output_name(raw["science"][1])) as hdul:
+        np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
+        assert hdul[0].header["SWSPORD"] == 1
+        assert hdul[0].header["SWNGUESS"] == len(guesses)
+
+
+def test_flat_is_normalised_and_divided(raw, tmp_path, frames):
+    rng = np.random.default_rng(3)
+    response = 1 + 0.02 * rng.standard_normal(SHAPE)
+    lamp = 5000 * (1 + np.linspace(0, 1, SHAPE[1]))[None, :]  # the lamp's spectrum: normalised away
+    flat_raw = lamp * response
+    flat_raw[5, 7] = 0.0  # a dead pixel
+    flats = [_write(raw["folder"] / f"flat_{i}.fits", flat_raw + BIAS_LEVEL) for i in range(3)]
+    out = tmp_path / "out"
+    summary = _api(raw, out, flat=flats, dtype="float64")
+    assert summary.ok, summary.report()
+    bias = np.median([fits.getdata(p) for p in raw["bias"]], axis=0)
+    flat = np.median([fits.getdata(p) for p in flats], axis=0) - bias
+    norm = flat / np.median(flat, axis=0, keepdims=True)
+    norm[norm <= batch.FLAT_FLOOR] = np.nan
+    ref, _ = _library(raw, raw["science"][3], flat=norm, spatial_order=0)
+    with fits.open(out / output_name(raw["science"][3])) as hdul:
+        np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
+        mask = hdul["MASK"].data
+        assert mask[5, 7] & MASK_BADFLAT and mask[5, 7] & MASK_NONFINITE
+        assert np.isnan(hdul["SCI"].data[5, 7])
+        assert np.count_nonzero(mask & MASK_BADFLAT) == 1
+        assert hdul[0].header["SWNFLAT"] == 3 and hdul[0].header["SWFLNORM"] == "column"
+
+
+def test_warp_model_given_instead_of_arcs(raw, tmp_path, frames):
+    out = tmp_path / "out"
+    summary = run_batch(
+        raw["science"][:2], (), out_dir=out, masks=make_mask(), warp_model=frames.warp.to_dict(),
+        workers=1, processes=False, progress=False, dtype="float64",
+    )
+    assert summary.ok
+    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask())
+    with fits.open(out / output_name(raw["science"][0])) as hdul:
+        np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
+
+
+def test_export_result_writes_the_same_files(raw, tmp_path, frames):
+    result = sw.fit_sky(frames.science[:2], frames.warp, make_mask())
+    names = ["night/a.fits", "night/b.fits.fz"]
+    paths = export_result(result, tmp_path / "exp", names, warp_model=frames.warp, dtype="float64")
+    assert [p.name for p in paths] == ["a_sky.fits", "b_sky.fits"]
+    for k, p in enumerate(paths):
+        assert inspect_output(p, SHAPE).complete
+        with fits.open(p) as hdul:
+            np.testing.assert_array_equal(hdul["SKY"].data, result.background[k])
+            np.testing.assert_array_equal(hdul["SCI"].data, result.corrected[k])
+            assert hdul[0].header["SWINPUT"] == Path(names[k]).name
+    with pytest.raises(ValueError, match="2 exposure"):
+        export_result(result, tmp_path / "exp", ["only-one.fits"])
+    with pytest.raises(FileExistsError):
+        export_result(result, tmp_path / "exp", names, overwrite=False)
+
+
+# ------------------------------------------------------------------ resume
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_resume_skips_complete_outputs_and_redoes_damaged_ones(raw, tmp_path):
+    out = tmp_path / "out"
+    assert _api(raw, out).ok
+    files = _outputs(out)
+    assert len(files) == 6
+    # Damage: truncate one, flip a data byte in another, delete a third;
+    # leave a stale temporary file as a killed writer would.
+    truncated, flipped, deleted = files[0], files[1], files[2]
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    data = bytearray(flipped.read_bytes())
+    data[-200] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    deleted.unlink()
+    stale = out / f".{files[3].name}{TMP_MARK}999999-deadbeef"
+    stale.write_bytes(b"half a file")
+    assert inspect_output(truncated).state == "invalid"
+    assert inspect_output(flipped).state == "invalid"
+    before = {p.name: p.stat().st_mtime_ns for p in files[3:]}
+
+    summary = _api(raw, out)
+    assert summary.ok
+    assert sorted(Path(p).name for p in summary.done) == ["sci_00.fits", "sci_01.fits", "sci_02.fits"]
+    assert len(summary.skipped) == 3
+    assert summary.removed_temporary == 1
+    assert not _tmp_files(out)
+    assert {p.name: p.stat().st_mtime_ns for p in files[3:]} == before
+    for p in _outputs(out):
+        assert inspect_output(p, SHAPE).complete
+
+    # overwrite=True redoes everything.
+    summary = _api(raw, out, overwrite=True)
+    assert len(summary.done) == 6 and not summary.skipped
+
+
+def test_changed_settings_are_not_silently_kept_or_replaced(raw, tmp_path):
+    out = tmp_path / "out"
+    assert _api(raw, out).ok
+    summary = _api(raw, out, masks=[(10, 28)])
+    assert len(summary.failed) == 6 and summary.exit_code == 1
+    assert all("other settings" in msg for _, msg in summary.failed)
+    summary = _api(raw, out, masks=[(10, 28)], overwrite=True)
+    assert summary.ok and len(summary.done) == 6
+    assert fits.getheader(_outputs(out)[0])["SWMASK"] == "10:28"
+
+
+def test_bad_input_is_reported_and_the_others_finish(raw, tmp_path):
+    bad = raw["folder"] / "sci_bad.fits"
+    bad.write_bytes(b"SIMPLE  =   this is not FITS" * 50)
+    missing = raw["folder"] / "sci_missing.fits"
+    out = tmp_path / "out"
+    summary = run_batch(
+        [*raw["science"], bad, missing], raw["arc"], bias=raw["bias"], masks=make_mask(), out_dir=out,
+        workers=2, processes=False, progress=False,
+    )
+    assert summary.exit_code == 1
+    assert len(summary.done) == 6
+    assert sorted(Path(p).name for p, _ in summary.failed) == ["sci_bad.fits", "sci_missing.fits"]
+    text = summary.report()
+    assert "sci_bad.fits" in text and "sci_missing.fits" in text and "failed 2" in text
+    assert len(_outputs(out)) == 6 and not _tmp_files(out)
+
+
+def test_folder_input_and_shape_mismatch(raw, tmp_path):
+    other = tmp_path / "sci"
+    other.mkdir()
+    for p in raw["science"][:3]:
+        (other / p.name).write_bytes(p.read_bytes())
+    _write(other / "sci_small.fits", np.ones((20, 300)))
+    summary = _api({**raw, "science": [other]}, tmp_path / "out")
+    assert len(summary.done) == 3
+    (name, msg), = summary.failed
+    assert Path(name).name == "sci_small.fits" and "shape" in msg
+
+
+def test_outputs_in_the_science_folder_are_not_taken_for_science(raw, tmp_path):
+    folder = raw["folder"]
+    for p in [*raw["arc"], *raw["bias"]]:
+        p.rename(tmp_path / p.name)
+    arc, bias = [tmp_path / raw["arc"][0].name], [tmp_path / p.name for p in raw["bias"]]
+    first = run_batch(folder, arc, bias=bias, masks=make_mask(), out_dir=folder, workers=2, processes=False, progress=False)
+    assert first.ok and len(first.done) == 6
+    again = run_batch(folder, arc, bias=bias, masks=make_mask(), out_dir=folder, workers=2, processes=False, progress=False)
+    assert again.n_inputs == 6 and len(again.skipped) == 6
+
+
+def test_setup_errors_raise_before_running(raw, tmp_path):
+    with pytest.raises(FileNotFoundError, match="arc"):
+        run_batch(raw["science"], [tmp_path / "nope.fits"], out_dir=tmp_path / "o", masks=make_mask(), progress=False)
+    with pytest.raises(ValueError, match="method"):
+        _api(raw, tmp_path / "o", method="mean")
+    with pytest.raises(ValueError, match="bspline"):
+        _api(raw, tmp_path / "o", method="median", spatial_order=1)
+    with pytest.raises(ValueError, match="out of range"):
+        _api(raw, tmp_path / "o", masks=[(30, 90)])
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    clash = twin / raw["science"][0].name
+    clash.write_bytes(raw["science"][0].read_bytes())
+    with pytest.raises(ValueError, match="same output file"):
+        run_batch([raw["science"][0], clash], raw["arc"], out_dir=tmp_path / "o", masks=make_mask(), progress=False)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(raw, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with batch._DirectoryLock(out):
+        with pytest.raises(BatchLockedError):
+            _api(raw, out)
+    assert _api(raw, out).ok
+    assert not (out / batch.LOCK_NAME).exists()
+
+
+def test_existing_cluster_by_address_or_client(raw, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        summary = run_batch(
+            raw["science"][:3], raw["arc"], bias=raw["bias"], masks=make_mask(), out_dir=tmp_path / "a",
+            scheduler=cluster.scheduler_address, progress=False,
+        )
+        assert summary.ok and len(summary.done) == 3
+        with Client(cluster, set_as_default=False) as client:
+            summary = run_batch(
+                raw["science"][:3], raw["arc"], bias=raw["bias"], masks=make_mask(), out_dir=tmp_path / "b",
+                client=client, progress=False,
+            )
+            assert summary.ok and len(summary.done) == 3
+            assert client.status == "running"  # a client we were given is left open
+
+
+def test_progress_bar_in_a_terminal_and_in_a_notebook(monkeypatch, capsys):
+    bar = batch._Progress(3, True)
+    for status in ("done", "skipped", "failed"):
+        bar.update(status)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "3/3" in err and "failed 1" in err
+
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(batch, "_in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    bar = batch._Progress(2, True)
+    bar.update("done")
+    bar.update("done")
+    bar.close()
+    assert shown and bar.widget.value == 2 and bar.widget.bar_style == "success"
+    assert bar.label.value.startswith("2/2")
+    assert batch._Progress(2, False).bar is None
+
+
+# ------------------------------------------------------------------ command line
+def test_parser_adds_the_batch_subcommand():
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_batch_parser(sub)
+    args = parser.parse_args(
+        "batch a.fits b.fits --arc c.fits d.fits --bias e.fits --crop 680:800 --mask 20:40 --mask 60:100 "
+        "--guesses 10.5,200 --method median --spatial-order 0 --out o --workers 2 --overwrite".split()
+    )
+    assert args.func is run_batch_command
+    assert args.science == ["a.fits", "b.fits"] and args.arc == ["c.fits", "d.fits"]
+    assert args.crop == (680, 800) and args.mask == [(20, 40), (60, 100)]
+    assert args.guesses == [10.5, 200.0] and args.workers == 2 and args.overwrite
+    with pytest.raises(SystemExit):
+        parser.parse_args("batch a.fits --arc c.fits --mask 20:40 --out o --workers 2 --scheduler tcp://x:1".split())
+    with pytest.raises(SystemExit):
+        parser.parse_args("batch a.fits --arc c.fits --mask twenty --out o".split())
+
+
+def _command():
+    """The real command line: ``specwidgets.cli`` once it has the subcommand, else the batch module's own."""
+    from specwidgets import cli
+
+    if "add_batch_parser" in inspect.getsource(cli):
+        return [sys.executable, "-m", "specwidgets.cli", "batch"]
+    return [sys.executable, "-m", "specwidgets.batch"]
+
+
+def _cli_args(sci, arc, out, mask, workers=1):
+    return [
+        *map(str, sci), "--arc", *map(str, arc), "--mask", f"{mask[0]}:{mask[1]}",
+        "--out", str(out), "--workers", str(workers), "--no-progress",
+    ]
+
+
+@pytest.mark.slow
+def test_command_reports_a_bad_file_and_exits_nonzero(raw, tmp_path):
+    bad = raw["folder"] / "sci_corrupt.fits"
+    bad.write_bytes(b"\x00" * 5000)
+    out = tmp_path / "out"
+    cmd = _command() + _cli_args([*raw["science"][:3], bad], raw["arc"], out, make_mask())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "sci_corrupt.fits" in proc.stderr and "failed 1" in proc.stderr
+    assert len(_outputs(out)) == 3
+
+
+def test_command_setup_error_exits_2(tmp_path):
+    sci = _write(tmp_path / "s.fits", np.zeros(SHAPE))
+    cmd = _command() + _cli_args([sci], [tmp_path / "no_arc.fits"], tmp_path / "out", make_mask())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no_arc.fits" in proc.stderr
+
+
+SLOW_PRELOAD = """
+# Dask worker preload for the kill test: slow each output's final rename so
+# that the run is still going, with a temporary file open, when it is killed.
+# Dask may run a preload twice in one process: patch only once.
+import time
+import specwidgets.fits_output as fo
+
+if not hasattr(fo, "_unslowed_commit"):
+    fo._unslowed_commit = fo._commit
+
+    def _slow_commit(tmp, final):
+        time.sleep({delay})
+        fo._unslowed_commit(tmp, final)
+
+    fo._commit = _slow_commit
+"""
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_rerun_loses_nothing(tmp_path):
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=20, tilt=2.0, n_sky_lines=10, n_arc_lines=10, seed=8)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    sci = [_write(raw / f"exp_{i:03d}.fits", frames.science[i]) for i in range(20)]
+    arc = [_write(raw / "arc.fits", frames.arc)]
+    out = tmp_path / "out"
+    preload = tmp_path / "slow_preload.py"
+    preload.write_text(textwrap.dedent(SLOW_PRELOAD.format(delay=0.3)))
+    cmd = _command() + _cli_args(sci, arc, out, frames.trace_rows, workers=1)
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": repr([str(preload)])}
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no output appeared in time"
+            if out.is_dir() and len(_outputs(out)) >= 3 and _tmp_files(out):
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its cluster and workers
+        proc.communicate()
+    # Give any worker the kill raced with a moment to be gone.
+    time.sleep(0.5)
+    done_before = {p.name: p.stat().st_mtime_ns for p in _outputs(out) if inspect_output(p, SHAPE).complete}
+    assert 3 <= len(done_before) < 20
+    assert _tmp_files(out), "the kill should have caught a file being written"
+    for p in _outputs(out):
+        assert inspect_output(p, SHAPE).complete, f"{p.name} is under its final name but not complete"
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"skipped (already complete) {len(done_before)}" in rerun.stderr
+    assert "temporary file(s) left by an interrupted run" in rerun.stderr
+    outputs = _outputs(out)
+    assert [p.name for p in outputs] == [output_name(p) for p in sci]
+    for p in outputs:
+        assert inspect_output(p, SHAPE).complete
+    assert not _tmp_files(out)
+    assert not (out / batch.LOCK_NAME).exists()
+    assert {n: (out / n).stat().st_mtime_ns for n in done_before} == done_before
+
+
+# ------------------------------------------------------------------ Goodman
+@pytest.mark.goodman
+@pytest.mark.skipif(not goodman_available(), reason="Goodman sample not on this machine")
+def test_goodman_batch_equals_library(tmp_path):
+    from specwidgets.sample_data import goodman_path, load_goodman
+
+    folder = goodman_path(download=False)
+    out = tmp_path / "out"
+    summary = run_batch(
+        folder / "spec_PKSJ0049_5738", folder / "lamp", bias=folder / "bias", instrument="goodman",
+        crop=(680, 800), masks=[(20, 100)], out_dir=out, workers=2, processes=False, progress=False,
+    )
+    assert summary.ok and len(summary.done) == 2, summary.report()
+    data = load_goodman(crop_bds=(680, 800), path=folder)
+    locs, _ = sw.find_cal_lines(data.arc)
+    model = sw.generate_warp_model(data.arc, locs)
+    assert summary.warp_model == model.to_dict()
+    ref = sw.fit_sky(data.science, model, (20, 100), read_noise=data.read_noise)
+    files = sorted(out.glob("*_sky.fits"))
+    assert [p.name for p in files] == [
+        "0069_PKSJ0049-5738_13-05-2023_sky.fits",
+        "0070_PKSJ0049-5738_13-05-2023_sky.fits",
+    ]
+    for k, p in enumerate(files):
+        assert inspect_output(p, (120, 2030)).complete
+        with fits.open(p) as hdul:
+            h = hdul[0].header
+            assert h["SWINSTR"] == "goodman" and h["SWCROP"] == "680:800" and h["SWMASK"] == "20:100"
+            assert h["SWRDNOIS"] == pytest.approx(data.read_noise) and h["SWUNIT"] == "electron"
+            scale = np.abs(ref.data[k]).max()
+            np.testing.assert_allclose(hdul["SKY"].data, ref.background[k], rtol=1e-6, atol=1e-6 * scale)
+            np.testing.assert_allclose(hdul["SCI"].data, ref.corrected[k], rtol=1e-6, atol=1e-6 * scale)
+            assert (hdul["MASK"].data[20:100] & MASK_MASKED).all()
