@@ -2,7 +2,9 @@
 
 ``specwidgets demo`` runs the whole method (lines, warp model, sky) on the
 embedded synthetic frames, or on the Goodman sample with ``--goodman``, and
-prints what it found and how well the sky matches. ``specwidgets batch``
+prints what it found and how well the sky matches. ``specwidgets dashboard``
+serves the interactive dashboard with Voila (:mod:`specwidgets.launcher`);
+``specwidgets batch``
 applies a warp model and masks to many exposures on Dask
 (:mod:`specwidgets.batch`).
 """
@@ -16,6 +18,7 @@ import time
 import numpy as np
 
 from .batch import add_batch_parser
+from .launcher import add_dashboard_parser
 
 __all__ = ["main"]
 
@@ -76,6 +79,7 @@ def main(argv=None):
     demo.add_argument("--goodman", action="store_true", help="use the real Goodman frames instead")
     demo.add_argument("--std-variation", type=float, default=50.0, help="line detection threshold")
     demo.set_defaults(func=_demo)
+    add_dashboard_parser(sub)
     add_batch_parser(sub)
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,651 @@
+"""The Voila dashboard: choose the data, then work on it in a :class:`~specwidgets.widgets.Dashboard`.
+
+``specwidgets dashboard [DATA_FOLDER]`` serves :data:`NOTEBOOK` (this
+folder's ``dashboard.ipynb``) with Voila; the notebook's one code cell is
+``DashboardApp.from_environment()``. Voila renders notebooks without
+arguments, so the launcher passes ``DATA_FOLDER`` in the environment
+variable :data:`DATA_ENV`.
+
+Data sources:
+
+* the embedded synthetic demo (the default: no files needed);
+* the SOAR/Goodman sample (:mod:`specwidgets.sample_data`; found locally, or
+  downloaded and checksummed when it is not);
+* a folder of the user's FITS files: an instrument, name tags for the arc,
+  bias and science frames, the rows to keep, and optionally the rows to mask.
+
+Loading a folder reads one file at a time behind a progress bar; a file that
+cannot be read is named in the message area and left out, and nothing the
+user types can raise into the page.
+
+Examples
+--------
+>>> app = DashboardApp()                      # the synthetic demo
+>>> app.dashboard.background.shape
+(2, 120, 1024)
+>>> app.source.value = "folder"
+>>> app.folder.value = "/no/such/folder"
+>>> app.load()                                # reported, not raised
+False
+>>> "does not exist" in app.message.value
+True
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DATA_ENV",
+    "NOTEBOOK",
+    "DashboardApp",
+    "FolderData",
+    "find_frames",
+    "folder_preset",
+    "guess_trace_rows",
+    "load_folder",
+    "parse_rows",
+    "show",
+]
+
+#: Environment variable through which the launcher passes DATA_FOLDER.
+DATA_ENV = "SPECWIDGETS_DASHBOARD_DATA"
+
+#: Set by the launcher to the folder it was started in: relative folders typed
+#: in the page are taken from there (Voila runs the kernel in the package).
+CWD_ENV = "SPECWIDGETS_DASHBOARD_CWD"
+
+#: The dashboard notebook Voila serves (shipped inside the package).
+NOTEBOOK = Path(__file__).with_name("dashboard.ipynb")
+
+_FITS_ENDINGS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz")
+
+#: Form values for a folder laid out like the Goodman sample.
+GOODMAN_PRESET = {
+    "instrument": "goodman",
+    "arc_tag": "lamp/",
+    "bias_tag": "bias/",
+    "science_tag": "spec_",
+    "crop": "680:800",
+    "mask": "20:100",
+}
+
+#: Form values for any other folder.
+DEFAULT_PRESET = {
+    "instrument": "generic",
+    "arc_tag": "arc",
+    "bias_tag": "bias",
+    "science_tag": "",
+    "crop": "",
+    "mask": "",
+}
+
+_MESSAGE_STYLES = {
+    "error": "background:#fde8e8;border:1px solid #e0a0a0;color:#8a1c1c",
+    "warning": "background:#fff4e0;border:1px solid #e8b060;color:#6b4200",
+    "info": "background:#eef6ee;border:1px solid #9cc79c;color:#1d4d1d",
+}
+
+
+# ---------------------------------------------------------------- folder loading
+def parse_rows(text, what="rows"):
+    """Parse ``"start:stop"`` (or ``"start, stop"``, ``"start-stop"``) into a pair; blank gives None.
+
+    Either end may be left out (``"680:"`` keeps rows 680 to the end).
+
+    Examples
+    --------
+    >>> parse_rows("680:800"), parse_rows(" 20, 100 "), parse_rows(""), parse_rows("5:")
+    ((680, 800), (20, 100), None, (5, None))
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d*)\s*(?::|,|-|\.\.)\s*(\d*)", text)
+    if match is None or not (match.group(1) or match.group(2)):
+        raise ValueError(f"{what} {text!r}: write start:stop, e.g. 680:800 (blank for all rows)")
+    start = int(match.group(1)) if match.group(1) else 0
+    stop = int(match.group(2)) if match.group(2) else None
+    if stop is not None and stop <= start:
+        raise ValueError(f"{what} {text!r}: stop must be above start")
+    return start, stop
+
+
+def _user_path(text):
+    """A folder as the user typed it: ``~`` expanded, relative to the launcher's folder."""
+    path = Path(str(text).strip()).expanduser()
+    if not path.is_absolute() and os.environ.get(CWD_ENV):
+        path = Path(os.environ[CWD_ENV]) / path
+    return path
+
+
+def _is_fits(path):
+    name = path.name.lower()
+    return path.is_file() and not path.name.startswith(".") and name.endswith(_FITS_ENDINGS)
+
+
+def find_frames(folder, tag):
+    """FITS files in ``folder`` and its subfolders (one level down) whose path contains ``tag``.
+
+    The tag is matched, case-sensitively, against the path relative to the
+    folder, so ``"bias"`` selects ``bias_001.fits`` and every file in a
+    ``bias/`` subfolder, and ``"lamp/"`` only the latter.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Sorted by relative path.
+    """
+    folder = Path(folder).expanduser()
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            found.extend(p for p in sorted(entry.iterdir()) if _is_fits(p))
+        elif _is_fits(entry):
+            found.append(entry)
+    return [p for p in found if tag in p.relative_to(folder).as_posix()]
+
+
+def folder_preset(folder):
+    """Form values suited to ``folder``: the Goodman sample's layout, or generic defaults."""
+    folder = Path(folder).expanduser()
+    try:
+        goodman = (folder / "bias").is_dir() and (folder / "lamp").is_dir() and any(folder.glob("spec_*"))
+    except OSError:
+        goodman = False
+    return dict(GOODMAN_PRESET if goodman else DEFAULT_PRESET)
+
+
+def guess_trace_rows(science):
+    """Rows holding the brightest trace: where the row medians rise well above the sky.
+
+    Returns ``(start, stop)``: the run of rows around the brightest one whose
+    median rises above the typical row by more than 1% of the peak (and five
+    times the row-to-row scatter), widened by a quarter on each side.
+    """
+    stack = np.asarray(science, dtype=float)
+    image = np.nanmedian(stack, axis=0) if stack.ndim == 3 else stack
+    n_rows = image.shape[0]
+    with np.errstate(all="ignore"):
+        profile = np.nanmedian(image, axis=1)
+    profile = np.where(np.isfinite(profile), profile, np.nanmedian(profile))
+    base = float(np.median(profile))
+    excess = profile - base
+    scatter = 1.4826 * float(np.median(np.abs(np.diff(profile)))) / np.sqrt(2)
+    peak = int(np.argmax(excess))
+    threshold = max(0.01 * float(excess[peak]), 5.0 * scatter)
+    if not np.isfinite(threshold) or excess[peak] <= threshold:
+        middle, half = n_rows // 2, max(1, n_rows // 20)
+        return max(0, middle - half), min(n_rows, middle + half)
+    start = peak
+    while start > 0 and excess[start - 1] > threshold:
+        start -= 1
+    stop = peak + 1
+    while stop < n_rows and excess[stop] > threshold:
+        stop += 1
+    pad = max(2, (stop - start) // 4)
+    start, stop = max(0, start - pad), min(n_rows, stop + pad)
+    if stop - start > 0.8 * n_rows:  # no sky left: keep the brightest rows only
+        half = max(1, n_rows // 10)
+        start, stop = max(0, peak - half), min(n_rows, peak + half + 1)
+    return int(start), int(stop)
+
+
+@dataclass
+class FolderData:
+    """What :func:`load_folder` read: bias-subtracted frames and what went wrong on the way.
+
+    Attributes
+    ----------
+    science : (n_exposures, n_rows, n_cols) array
+    arc : (n_rows, n_cols) array
+    bias : (n_rows, n_cols) array or None
+    read_noise : float
+        Electrons, from the science headers (0 when unknown).
+    unit : str
+        ``"electron"`` or ``"adu"``.
+    files : dict
+        Role (``"arc"``, ``"bias"``, ``"science"``) -> relative paths read.
+    skipped : list of str
+        ``"path: reason"`` for every file left out.
+    """
+
+    science: np.ndarray
+    arc: np.ndarray
+    bias: np.ndarray | None
+    read_noise: float
+    unit: str
+    files: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+
+
+def _read_one(path, instrument, crop_bds):
+    from specwidgets.loading import collect_images_array
+
+    # The loaders select files by name fragment: ask for exactly this one.
+    longer = [p.name for p in path.parent.iterdir() if p.name != path.name and path.name in p.name]
+    return collect_images_array(
+        path.parent, tag=path.name, ignore=longer, instrument=instrument,
+        crop_bds=crop_bds, return_metadata=True,
+    )
+
+
+def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", science_tag="",
+                crop_bds=None, progress=None):
+    """Read the arc, bias and science frames of a folder, one file at a time.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    instrument : str
+        A name from :func:`specwidgets.known_instruments`.
+    arc_tag, bias_tag, science_tag : str
+        Select the files (see :func:`find_frames`). An empty bias tag means
+        no bias frames; an empty science tag takes every file that is
+        neither arc nor bias. A file matching an earlier role (arc, then
+        bias) is never taken as science.
+    crop_bds : (int, int or None), optional
+        Rows to keep of each trimmed, turned frame (all when None).
+    progress : callable, optional
+        Called as ``progress(done, total, relative_path)`` before each file
+        and once more at the end (``relative_path`` None).
+
+    Returns
+    -------
+    FolderData
+
+    Raises
+    ------
+    FileNotFoundError, NotADirectoryError, ValueError
+        With a message naming the folder, tag or files at fault. Unreadable
+        files alone do not raise: they are listed in ``FolderData.skipped``,
+        unless a role is left with no readable file.
+    """
+    from specwidgets.instruments import known_instruments
+
+    if folder is None or not str(folder).strip():
+        raise ValueError("type the folder that holds the FITS files")
+    root = _user_path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{str(root)!r} is a file, not a folder")
+    if instrument not in known_instruments():
+        raise ValueError(f"unknown instrument {instrument!r}; choose one of {', '.join(known_instruments())}")
+    if not arc_tag:
+        raise ValueError("give a tag for the arc frames (text in their file or subfolder names)")
+
+    def rel(path):
+        return path.relative_to(root).as_posix()
+
+    roles = {}
+    claimed = set()
+    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
+        if role == "bias" and not tag:
+            roles[role] = []
+            continue
+        files = [p for p in find_frames(root, tag) if p not in claimed]
+        if not files:
+            every = find_frames(root, "")
+            example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")
+            raise FileNotFoundError(
+                f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path"
+                + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
+            )
+        roles[role] = files
+        claimed.update(files)
+
+    total = sum(len(files) for files in roles.values())
+    frames = {role: [] for role in roles}
+    skipped = []
+    done = 0
+    for role, files in roles.items():
+        for path in files:
+            if progress is not None:
+                progress(done, total, rel(path))
+            try:
+                data, meta = _read_one(path, instrument, crop_bds)
+                frames[role].append((path, data[0], meta[0]))
+            except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+                skipped.append(f"{rel(path)}: {exc}")
+            done += 1
+    if progress is not None:
+        progress(total, total, None)
+
+    for role in ("arc", "science"):
+        if not frames[role]:
+            raise ValueError(f"none of the {role} frames could be read:\n" + "\n".join(skipped))
+    shapes = {}
+    for role, items in frames.items():
+        for path, data, _ in items:
+            shapes.setdefault(data.shape, []).append(rel(path))
+    if len(shapes) > 1:
+        listing = "; ".join(f"{shape[0]} x {shape[1]}: {', '.join(names)}" for shape, names in shapes.items())
+        raise ValueError(f"the frames differ in shape after trimming and cropping ({listing})")
+    units = {}
+    for items in frames.values():
+        for path, _, meta in items:
+            units.setdefault(meta["unit"], []).append(rel(path))
+    if len(units) > 1:
+        raise ValueError(
+            "some frames have a gain (so are in electrons) and some do not (so stay in ADU): "
+            f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
+        )
+
+    bias = np.median(np.stack([d for _, d, _ in frames["bias"]]), axis=0) if frames["bias"] else None
+    zero = 0.0 if bias is None else bias
+    arc = np.median(np.stack([d for _, d, _ in frames["arc"]]), axis=0) - zero
+    science = np.stack([d for _, d, _ in frames["science"]]) - zero
+    noise = [m["read_noise"] for _, _, m in frames["science"] if m["read_noise"] is not None]
+    return FolderData(
+        science=science,
+        arc=arc,
+        bias=bias,
+        read_noise=float(noise[0]) if noise else 0.0,
+        unit=next(iter(units)),
+        files={role: [rel(p) for p, _, _ in items] for role, items in frames.items()},
+        skipped=skipped,
+    )
+
+
+# ------------------------------------------------------------------------ the app
+def _close_tree(widget, seen=None):
+    """Close a widget and every widget it holds (their front-end views go too)."""
+    import ipywidgets
+
+    seen = set() if seen is None else seen
+    if id(widget) in seen:
+        return
+    seen.add(id(widget))
+    for name in getattr(widget, "keys", []):
+        try:
+            value = getattr(widget, name)
+        except Exception:  # noqa: BLE001 - a trait that cannot be read holds no widget
+            continue
+        items = value if isinstance(value, (list, tuple)) else value.values() if isinstance(value, dict) else [value]
+        for item in items:
+            if isinstance(item, ipywidgets.Widget):
+                _close_tree(item, seen)
+    widget.close()
+
+
+class DashboardApp:
+    """The dashboard page: a data chooser above a :class:`~specwidgets.widgets.Dashboard`.
+
+    Parameters
+    ----------
+    data_folder : str or os.PathLike, optional
+        A folder of FITS files to load at once (the launcher's DATA_FOLDER);
+        without one the synthetic demo is shown.
+    figsize : (float, float), optional
+        Passed to the Dashboard.
+
+    Attributes
+    ----------
+    widget : ipywidgets.VBox
+        What the page shows (also what the app displays as).
+    dashboard : specwidgets.widgets.Dashboard or None
+        The current dashboard.
+    source : ipywidgets.ToggleButtons
+        ``"demo"``, ``"goodman"`` or ``"folder"``.
+    folder, instrument, arc_tag, bias_tag, science_tag, crop, mask : ipywidgets widgets
+        The folder form.
+    load_button : ipywidgets.Button
+    progress : ipywidgets.IntProgress
+    message : ipywidgets.HTML
+        Errors (unreadable files by name), warnings and what was loaded.
+    """
+
+    def __init__(self, data_folder=None, *, figsize=None):
+        import ipywidgets as w
+
+        from specwidgets.instruments import known_instruments
+        from specwidgets.sample_data import goodman_available
+
+        self.figsize = figsize
+        self.dashboard = None
+        self.data_label = ""
+        self.last_error = ""
+        goodman_label = "Goodman sample" if goodman_available() else "Goodman sample (download, 22 MB)"
+        self.source = w.ToggleButtons(
+            options=[("Synthetic demo", "demo"), (goodman_label, "goodman"), ("FITS folder", "folder")],
+            value="demo", style={"button_width": "190px"},
+        )
+        self.source.add_class("sw-source")
+        self.load_button = w.Button(description="Load", icon="upload", button_style="primary",
+                                    layout=w.Layout(width="110px"))
+        self.load_button.add_class("sw-load")
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="240px", visibility="hidden"))
+        self.progress_label = w.HTML()
+        self.message = w.HTML(layout=w.Layout(display="none"))
+        self.message.add_class("sw-message")
+
+        text = dict(style={"description_width": "90px"}, layout=w.Layout(width="330px"))
+        self.folder = w.Text(description="Folder", placeholder="/path/to/night (Enter to fill in the tags)",
+                             continuous_update=False, layout=w.Layout(width="672px"),
+                             style={"description_width": "90px"})
+        self.instrument = w.Dropdown(options=known_instruments(), value="generic", description="Instrument", **text)
+        self.arc_tag = w.Text(description="Arc tag", **text)
+        self.bias_tag = w.Text(description="Bias tag", placeholder="blank: no bias frames", **text)
+        self.science_tag = w.Text(description="Science tag", placeholder="blank: every other file", **text)
+        self.crop = w.Text(description="Crop rows", placeholder="start:stop (blank: all)", **text)
+        self.mask = w.Text(description="Mask rows", placeholder="start:stop (blank: find the trace)", **text)
+        self._form_edited = False
+        self._applying = False
+        self._apply_preset(DEFAULT_PRESET)
+        for field in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.crop, self.mask):
+            field.observe(self._on_form_edit, names="value")
+        help_text = w.HTML(
+            "<span style='font-size:90%;color:#555'>A tag picks the files whose path below the folder "
+            "contains it (subfolders one level down are searched too, so <code>lamp/</code> picks a "
+            "subfolder). Crop rows are kept of each trimmed frame; mask rows (of the cropped frame) are "
+            "kept out of the sky fit.</span>"
+        )
+        self.folder_form = w.VBox(
+            [
+                self.folder,
+                w.HBox([self.instrument, self.crop]),
+                w.HBox([self.arc_tag, self.bias_tag]),
+                w.HBox([self.science_tag, self.mask]),
+                help_text,
+            ],
+            layout=w.Layout(display="none", border="1px solid #ddd", padding="4px", margin="2px 0"),
+        )
+        self.folder_form.add_class("sw-folder-form")
+        self.body = w.VBox()
+        self.body.add_class("sw-body")
+
+        self.source.observe(self._on_source, names="value")
+        self.folder.observe(self._on_folder, names="value")
+        self.load_button.on_click(lambda _: self.load())
+
+        self.widget = w.VBox(
+            [
+                w.HBox([self.source, self.load_button, self.progress, self.progress_label]),
+                self.folder_form,
+                self.message,
+                self.body,
+            ]
+        )
+        self.widget.add_class("sw-app")
+
+        if data_folder:
+            self.source.value = "folder"
+            self.folder.value = str(data_folder)
+            if self.load():
+                return
+            failed = self.last_error
+            self.load_demo()
+            self._say("error", f"Could not load {data_folder}: {failed}\nShowing the synthetic demo instead.")
+        else:
+            self.load_demo()
+
+    @classmethod
+    def from_environment(cls, **kwargs):
+        """The app for the launcher: DATA_FOLDER comes from :data:`DATA_ENV` (demo when unset)."""
+        return cls(os.environ.get(DATA_ENV) or None, **kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # ---------------------------------------------------------------- form
+    def _apply_preset(self, preset):
+        self._applying = True
+        try:
+            self.instrument.value = preset["instrument"]
+            self.arc_tag.value = preset["arc_tag"]
+            self.bias_tag.value = preset["bias_tag"]
+            self.science_tag.value = preset["science_tag"]
+            self.crop.value = preset["crop"]
+            self.mask.value = preset["mask"]
+        finally:
+            self._applying = False
+
+    def _on_form_edit(self, change):
+        if not self._applying:
+            self._form_edited = True
+
+    def _on_source(self, change):
+        self.folder_form.layout.display = None if change["new"] == "folder" else "none"
+
+    def _on_folder(self, change):
+        # A new folder fills in tags suited to it, unless the user has set them.
+        path = _user_path(change["new"]) if change["new"].strip() else None
+        if path is not None and path.is_dir() and not self._form_edited:
+            self._apply_preset(folder_preset(path))
+
+    # ------------------------------------------------------------- messages
+    def _say(self, kind, text, details=()):
+        body = html.escape(text).replace("\n", "<br>")
+        if details:
+            body += "<ul style='margin:2px 0'>" + "".join(f"<li>{html.escape(d)}</li>" for d in details) + "</ul>"
+        self.message.value = (
+            f"<div class='sw-{kind}' style='{_MESSAGE_STYLES[kind]};padding:4px 8px;border-radius:3px'>{body}</div>"
+        )
+        self.message.layout.display = None
+
+    def _clear_message(self):
+        self.message.value = ""
+        self.message.layout.display = "none"
+
+    def _show_progress(self, done, total, name):
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        self.progress.layout.visibility = "visible"
+        self.progress_label.value = (
+            f"<span style='font-size:90%'>reading {done + 1}/{total}: <code>{html.escape(name)}</code></span>"
+            if name else f"<span style='font-size:90%'>read {total} file(s); fitting&hellip;</span>"
+        )
+
+    # --------------------------------------------------------------- loading
+    def load(self):
+        """Load the chosen source; True on success. Failures are shown, never raised."""
+        self.load_button.disabled = True
+        self._clear_message()
+        start = time.perf_counter()
+        try:
+            if self.source.value == "demo":
+                self.load_demo()
+            elif self.source.value == "goodman":
+                self._load_goodman()
+            else:
+                self._load_form()
+        except Exception as exc:  # noqa: BLE001 - shown in the page instead of a traceback
+            self.last_error = _describe(exc)
+            self._say("error", f"Could not load the data: {self.last_error}")
+            return False
+        finally:
+            self.load_button.disabled = False
+            self.progress.layout.visibility = "hidden"
+            self.progress_label.value = ""
+        if self.message.layout.display == "none":
+            self._say("info", f"Loaded {self.data_label} in {time.perf_counter() - start:.1f} s.")
+        return True
+
+    def load_demo(self):
+        """Show the embedded synthetic demo."""
+        from specwidgets.datasets import load_demo
+
+        frames = load_demo()
+        self._show(frames.science, frames.arc, [frames.trace_rows], frames.read_noise, "the synthetic demo")
+
+    def _load_goodman(self):
+        from specwidgets.sample_data import goodman_path
+
+        self.progress_label.value = "<span style='font-size:90%'>finding the Goodman sample&hellip;</span>"
+        folder = goodman_path()
+        self.folder.value = str(folder)
+        self._apply_preset(GOODMAN_PRESET)
+        self._load_form(label="the Goodman sample")
+
+    def _load_form(self, label=None):
+        crop = parse_rows(self.crop.value, "crop rows")
+        mask = parse_rows(self.mask.value, "mask rows")
+        data = load_folder(
+            self.folder.value, instrument=self.instrument.value, arc_tag=self.arc_tag.value,
+            bias_tag=self.bias_tag.value, science_tag=self.science_tag.value,
+            crop_bds=crop, progress=self._show_progress,
+        )
+        n_rows = data.science.shape[1]
+        if mask is None:
+            mask = guess_trace_rows(data.science)
+        elif mask[0] >= n_rows or (mask[1] or n_rows) > n_rows:
+            raise ValueError(f"mask rows {mask[0]}:{mask[1]} lie outside the {n_rows} rows of the frames")
+        else:
+            mask = (mask[0], mask[1] if mask[1] is not None else n_rows)
+        counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
+        label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
+        self._show(data.science, data.arc, [mask], data.read_noise, label)
+        notes = []
+        if data.unit == "adu":
+            notes.append("no gain in the headers: the frames stay in ADU")
+        if data.bias is None:
+            notes.append("no bias frames: nothing was subtracted")
+        if data.skipped:
+            self._say("warning", f"Loaded {label}, leaving out {len(data.skipped)} file(s) that could not be read:",
+                      data.skipped + notes)
+        elif notes:
+            self._say("warning", f"Loaded {label}:", notes)
+
+    def _show(self, science, arc, mask_region, read_noise, label):
+        from specwidgets.widgets import Dashboard
+
+        dash = Dashboard(science, arc, mask_region=mask_region, read_noise=read_noise, figsize=self.figsize)
+        for part, name in ((dash.viewer, "sw-image-viewer"), (dash.sed, "sw-sed-explorer"),
+                           (dash.picker, "sw-warp-picker"), (dash.status, "sw-status")):
+            if part is not None:
+                part.add_class(name)
+        dash.viewer.mask_slider.add_class("sw-mask-slider")
+        dash.add_class("sw-dashboard")
+        old, self.dashboard, self.data_label = self.dashboard, dash, label
+        self.body.children = [dash]
+        if old is not None:
+            _close_tree(old)
+
+
+def _describe(exc):
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) and exc.args and exc.filename:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text
+
+
+def show(data_folder=None, **kwargs):
+    """Display the dashboard app (DATA_FOLDER from :data:`DATA_ENV` when not given).
+
+    Returns None, so that ``show()`` as a cell's last line displays the app
+    once; build a :class:`DashboardApp` to keep a handle on it.
+    """
+    from IPython.display import display
+
+    app = DashboardApp(data_folder, **kwargs) if data_folder else DashboardApp.from_environment(**kwargs)
+    display(app.widget)
