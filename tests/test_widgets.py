@@ -427,3 +427,25 @@ def test_goodman_bad_warp_model_case():
         dash.state.tolerance = 2.0
     assert dash.warp_model.is_poor
     assert dash.picker.warning.layout.display is None and "Poor warp model" in dash.picker.warning.value
+
+
+def test_dashboard_export_writes_the_batch_files(tmp_path):
+    from astropy.io import fits
+
+    import specwidgets as sw
+    from specwidgets.datasets import make_synthetic_longslit
+
+    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=2, n_arc_lines=8, seed=3)
+    dash = sw.Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0,
+                        exposure_names=["a.fits", "b.fits"])
+    dash.export_folder.value = str(tmp_path / "out")
+    dash.export_button.click()
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["a_sky.fits", "b_sky.fits"]
+    with fits.open(tmp_path / "out" / "b_sky.fits") as hdul:
+        assert [h.name for h in hdul[1:]] == ["SCI", "SKY", "VAR", "MASK"]
+        assert abs(hdul["SKY"].data - dash.background[1]).max() < 1e-2 * abs(dash.background[1]).max()
+    assert "wrote 2 file(s)" in dash.export_message.value
+    dash.export_folder.value = " "
+    dash.export_button.click()  # reported in the banner, not raised
+    assert "type the folder" in dash.status.banner.value

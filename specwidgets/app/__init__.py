@@ -576,7 +576,8 @@ class DashboardApp:
         from specwidgets.datasets import load_demo
 
         frames = load_demo()
-        self._show(frames.science, frames.arc, [frames.trace_rows], frames.read_noise, "the synthetic demo")
+        names = [f"demo_{k}" for k in range(frames.science.shape[0])]
+        self._show(frames.science, frames.arc, [frames.trace_rows], frames.read_noise, "the synthetic demo", names)
 
     def _load_goodman(self):
         from specwidgets.sample_data import goodman_path
@@ -604,7 +605,7 @@ class DashboardApp:
             mask = (mask[0], mask[1] if mask[1] is not None else n_rows)
         counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
-        self._show(data.science, data.arc, [mask], data.read_noise, label)
+        self._show(data.science, data.arc, [mask], data.read_noise, label, data.files.get("science"))
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
@@ -616,10 +617,13 @@ class DashboardApp:
         elif notes:
             self._say("warning", f"Loaded {label}:", notes)
 
-    def _show(self, science, arc, mask_region, read_noise, label):
+    def _show(self, science, arc, mask_region, read_noise, label, names=None):
         from specwidgets.widgets import Dashboard
 
-        dash = Dashboard(science, arc, mask_region=mask_region, read_noise=read_noise, figsize=self.figsize)
+        if names is not None and len(names) != science.shape[0]:
+            names = None  # exported files then take generic names
+        dash = Dashboard(science, arc, mask_region=mask_region, read_noise=read_noise, figsize=self.figsize,
+                         exposure_names=names)
         for part, name in ((dash.viewer, "sw-image-viewer"), (dash.sed, "sw-sed-explorer"),
                            (dash.picker, "sw-warp-picker"), (dash.status, "sw-status")):
             if part is not None:

@@ -50,6 +50,9 @@ class Dashboard(ipywidgets.VBox):
         Use this state instead of building one (then the data arguments are ignored).
     figsize : (float, float), optional
         Size of the images in inches.
+    exposure_names : list of str, optional
+        Input file of each exposure, naming the exported files (default
+        ``exposure_0``, ``exposure_1``, ...).
     **traits
         Further :class:`SkyState` inputs (``guesses``, ``tolerance``, ``gain``, ...).
 
@@ -63,10 +66,15 @@ class Dashboard(ipywidgets.VBox):
     status : StatusBar
     method : ipywidgets.ToggleButtons
         The sky estimator (``state.method``).
+    exposure_names : list of str
+        The input file (or a name) of each exposure; exported files are
+        named after them.
+    export_folder, export_button : ipywidgets widgets
+        Write the current result with :meth:`export`.
     """
 
     def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=0.0, method="bspline",
-                 state=None, figsize=None, **traits):
+                 state=None, figsize=None, exposure_names=None, **traits):
         super().__init__()
         if state is None:
             if science is None:
@@ -93,7 +101,40 @@ class Dashboard(ipywidgets.VBox):
         self.tabs = ipywidgets.Tab(children=pages)
         for i, title in enumerate(["Sky", "Warp guesses"][: len(pages)]):
             self.tabs.set_title(i, title)
-        self.children = [ipywidgets.HBox([self.method, self.status]), self.tabs]
+        n_exp = state.n_exposures
+        self.exposure_names = list(exposure_names) if exposure_names is not None else [
+            f"exposure_{k}" for k in range(n_exp)
+        ]
+        if len(self.exposure_names) != n_exp:
+            raise ValueError(f"exposure_names has {len(self.exposure_names)} names for {n_exp} exposure(s)")
+        self.export_folder = ipywidgets.Text(value="specwidgets_sky", description="Export to")
+        self.export_button = ipywidgets.Button(description="Export FITS", icon="download")
+        self.export_message = ipywidgets.HTML()
+        self.export_button.on_click(guard(lambda _: self.export(self.export_folder.value)))
+        export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
+        self.children = [ipywidgets.HBox([self.method, self.status]), self.tabs, export_bar]
+
+    def export(self, out_dir, overwrite=True):
+        """Write the loaded exposures as the batch runner does: ``<out_dir>/<name>_sky.fits``.
+
+        Each file holds ``SCI``, ``SKY``, ``VAR`` and ``MASK`` and a header
+        with the method, mask and warp model (see :mod:`specwidgets.fits_output`).
+
+        Returns
+        -------
+        list of pathlib.Path
+        """
+        from ..fits_output import export_result
+
+        if self.result is None:
+            raise ValueError("nothing to export: no sky has been fit yet")
+        folder = str(out_dir).strip()
+        if not folder:
+            raise ValueError("type the folder to export to")
+        written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
+                                overwrite=overwrite)
+        self.export_message.value = f"wrote {len(written)} file(s) to {written[0].parent}"
+        return written
 
     # -------------------------------------------------------- constructors
     @classmethod
