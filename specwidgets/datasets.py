@@ -1,5 +1,6 @@
 """Data for demos and tests: a synthetic long-slit generator with known truth,
-and the real SOAR/Goodman sample (see :mod:`specwidgets.sample_data`).
+and the real SOAR/Goodman sample (``load_goodman``, ``goodman_path``: a local
+folder or a checksummed download; see :mod:`specwidgets.sample_data`).
 
 The synthetic frames are the embedded default: every demo runs with no data
 files at all.
@@ -12,9 +13,19 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import erf
 
+from .sample_data import GoodmanSample, goodman_available, goodman_path, load_goodman
 from .warp import WarpModel
 
-__all__ = ["SyntheticFrames", "make_synthetic_longslit", "load_demo", "sky_line_list"]
+__all__ = [
+    "GoodmanSample",
+    "SyntheticFrames",
+    "goodman_available",
+    "goodman_path",
+    "load_demo",
+    "load_goodman",
+    "make_synthetic_longslit",
+    "sky_line_list",
+]
 
 _SQRT2 = np.sqrt(2.0)
 
