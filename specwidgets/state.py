@@ -17,7 +17,7 @@ import numpy as np
 import traitlets as tl
 
 from .background import METHODS, SkyResult, fit_sky
-from .inputs import as_image, as_image_stack, mask_ranges
+from .inputs import as_image, as_image_stack
 from .lines import find_cal_lines
 from .warp import WarpModel, generate_warp_model
 
@@ -210,7 +210,6 @@ class SkyState(tl.HasTraits):
         def step():
             if self.warp_model is None:
                 raise ValueError("no warp model yet")
-            mask_ranges(self.masks, self.shape[0])
             options = {}
             if self.method == "bspline":
                 options = dict(spatial_order=self.spatial_order, knot_spacing=self.knot_spacing)

@@ -167,18 +167,13 @@ class WarpModel:
             x = x + np.polynomial.polynomial.polyval(u, self.coefficients[k]) * tk
         return x
 
-    def _dcolumn_de(self, e, t):
-        u = self._u(e)
-        d = np.ones(np.broadcast(e, t).shape)
-        tk = np.ones_like(t)
-        for k in range(self.line_order):
-            tk = tk * t
-            der = np.polynomial.polynomial.polyder(self.coefficients[k])
-            d = d + np.polynomial.polynomial.polyval(u, der) / self.col_scale * tk
-        return d
-
     def effective_pixel(self, cols, rows, tol=1e-9, max_iter=30):
-        """Effective pixel of column ``cols`` in row ``rows``: the inverse of :meth:`column_of`.
+        """Effective pixel of column ``cols`` in row ``rows`` (broadcast): the inverse of :meth:`column_of`.
+
+        In one row the model is a polynomial in ``e`` whose coefficients
+        depend only on the row, so they are formed once per row and Newton's
+        method runs on plain Horner evaluations (exact in one step for a
+        linear ``warp_order``).
 
         Raises
         ------
@@ -187,52 +182,26 @@ class WarpModel:
             that it cannot be inverted there.
         """
         x = np.asarray(cols, dtype=float)
-        t = np.broadcast_to(self._t(rows), np.broadcast(x, self._t(rows)).shape)
-        x = np.broadcast_to(x, t.shape)
-        e = np.array(x, dtype=float, copy=True)
+        rows = np.asarray(rows, dtype=float)
+        shape = np.broadcast_shapes(x.shape, rows.shape)
         if self.line_order == 0:
-            return e
-        for _ in range(max_iter):
-            resid = self.column_of(e, t * self.row_scale + self.ref_row) - x
-            slope = self._dcolumn_de(e, t)
-            if np.any(slope <= 0):
-                raise ValueError(
-                    "the warp model folds over (dx/de <= 0 somewhere on the detector), "
-                    "so effective pixels are not unique: check the guesses, tolerance and orders"
-                )
-            step = resid / slope
-            e -= step
-            if np.nanmax(np.abs(step)) < tol:
-                break
-        return e
-
-    def _invert_grid(self, cols, n_rows, tol=1e-9, max_iter=30):
-        """Effective pixels of ``cols`` (1D) in every row: an ``(n_rows, len(cols))`` array.
-
-        In one row the model is a polynomial in ``e`` whose coefficients
-        depend only on the row, so they are formed once per row and Newton's
-        method runs on plain Horner evaluations (exact in one step for a
-        linear ``warp_order``).
-        """
-        x = np.asarray(cols, dtype=float)[None, :]
-        if self.line_order == 0:
-            return np.repeat(x, n_rows, axis=0)
-        t = self._t(np.arange(n_rows, dtype=float))
-        powers = t[:, None] ** np.arange(1, self.line_order + 1)[None, :]
-        row_coeffs = powers @ self.coefficients  # (n_rows, warp_order + 1), lowest power first
-        deriv = row_coeffs[:, 1:] * np.arange(1, row_coeffs.shape[1])[None, :] / self.col_scale
+            return np.broadcast_to(x, shape).copy()
+        t = self._t(rows)
+        powers = t[..., None] ** np.arange(1, self.line_order + 1)
+        row_coeffs = powers @ self.coefficients  # rows.shape + (warp_order + 1,), lowest power first
+        deriv = row_coeffs[..., 1:] * np.arange(1, row_coeffs.shape[-1]) / self.col_scale
 
         def horner(c, u):
-            out = np.broadcast_to(c[:, -1:], np.broadcast_shapes(c[:, :1].shape, u.shape)).copy()
-            for j in range(c.shape[1] - 2, -1, -1):
+            out = np.broadcast_to(c[..., -1], shape).copy()
+            for j in range(c.shape[-1] - 2, -1, -1):
                 out *= u
-                out += c[:, j : j + 1]
+                out += c[..., j]
             return out
 
         e = x - horner(row_coeffs, (x - self.col_centre) / self.col_scale)
         for _ in range(max_iter):
             u = (e - self.col_centre) / self.col_scale
-            slope = 1.0 + (horner(deriv, u) if deriv.shape[1] else 0.0)
+            slope = 1.0 + (horner(deriv, u) if deriv.shape[-1] else 0.0)
             if np.any(slope <= 0):
                 raise ValueError(
                     "the warp model folds over (dx/de <= 0 somewhere on the detector), "
@@ -240,9 +209,13 @@ class WarpModel:
                 )
             step = (e + horner(row_coeffs, u) - x) / slope
             e -= step
-            if np.max(np.abs(step)) < tol:
+            if np.nanmax(np.abs(step)) < tol:
                 break
         return e
+
+    def _invert_grid(self, cols, n_rows):
+        """Effective pixels of ``cols`` (1D) in every row: an ``(n_rows, len(cols))`` array."""
+        return self.effective_pixel(np.asarray(cols, dtype=float)[None, :], np.arange(n_rows)[:, None])
 
     def effpix_map(self, shape=None):
         """The effective pixel of every pixel centre, ``(n_rows, n_cols)``; cached."""
