@@ -15,7 +15,13 @@ Examples
 True
 """
 
-from importlib import import_module
+# First: numba reads its cache folder when first imported, and its default
+# (beside the module) would write into the installed package.
+from ._cache import configure_numba_cache
+
+configure_numba_cache()
+
+from importlib import import_module  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets

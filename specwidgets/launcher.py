@@ -24,11 +24,24 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-__all__ = ["VOILA_SETTINGS", "DEFAULT_PORT", "add_dashboard_parser", "run_dashboard_command", "voila_command"]
+__all__ = [
+    "VOILA_SETTINGS",
+    "DEFAULT_PORT",
+    "add_dashboard_parser",
+    "kernel_problem",
+    "run_dashboard_command",
+    "voila_command",
+]
 
 DEFAULT_PORT = 8866
+
+#: Seconds the launcher waits for the first page (it runs the notebook, so a
+#: first start that compiles numba's kernels takes a while) before giving up.
+READY_TIMEOUT = 300
 
 #: Voila settings of the dashboard; ``voila.json`` at the repository root holds
 #: the same (a test keeps the two in step) for ``voila`` run there and Binder.
@@ -100,6 +113,46 @@ def voila_command(notebook=None, *, port=DEFAULT_PORT, ip="127.0.0.1", open_brow
     return command
 
 
+def kernel_problem(kernel_name="python3"):
+    """What keeps Voila from starting the dashboard's Python kernel, as one sentence with the fix; None if nothing.
+
+    Voila runs the dashboard notebook in a Jupyter kernel of the notebook's
+    language; without one every page answers HTTP 500 ("No Jupyter kernel for
+    language 'python' found"). A kernelspec that runs ``python -m
+    ipykernel_launcher`` uses this interpreter, so ``ipykernel`` must import here.
+
+    Examples
+    --------
+    >>> kernel_problem() is None   # ipykernel is installed with specwidgets
+    True
+    """
+    import importlib.util
+
+    fix = f"install it into this environment with: {sys.executable} -m pip install ipykernel"
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+    except ImportError:
+        return ("jupyter_client (needed to start the notebook's kernel) is not installed; "
+                f"reinstall specwidgets or run: {sys.executable} -m pip install jupyter_client ipykernel")
+    manager = KernelSpecManager()
+    try:
+        names = manager.find_kernel_specs()
+        specs = {name: manager.get_kernel_spec(name) for name in names}
+    except Exception as exc:  # noqa: BLE001 - a broken kernelspec folder: say which
+        return f"the Jupyter kernel specifications could not be read ({exc}); {fix}"
+    python = {name: spec for name, spec in specs.items() if (spec.language or "").lower() == "python"}
+    if not python:
+        return f"no Jupyter kernel for Python is installed (the package ipykernel is missing); {fix}"
+    spec = python.get(kernel_name) or next(iter(python.values()))
+    argv = list(spec.argv or [])
+    # jupyter_client runs a "python"/"python3" kernel with this very interpreter.
+    here = not argv or Path(argv[0]).name in {"python", f"python{sys.version_info[0]}",
+                                              f"python{sys.version_info[0]}.{sys.version_info[1]}"}
+    if here and "ipykernel_launcher" in argv and importlib.util.find_spec("ipykernel") is None:
+        return f"the Python kernel needs the package ipykernel, which this environment lacks; {fix}"
+    return None
+
+
 def _free_port(ip):
     with socket.socket() as sock:
         sock.bind((ip, 0))
@@ -118,15 +171,6 @@ def _port_taken(ip, port):
 def _url(ip, port):
     host = "127.0.0.1" if ip in ("0.0.0.0", "") else ("localhost" if ip == "::" else ip)
     return f"http://{host}:{port}/"
-
-
-def _listening(ip, port):
-    host = "127.0.0.1" if ip in ("0.0.0.0", "") else ip
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def run_dashboard_command(args):
@@ -157,6 +201,11 @@ def run_dashboard_command(args):
               file=sys.stderr)
         return 2
 
+    problem = kernel_problem()
+    if problem is not None:
+        print(f"specwidgets dashboard: error: {problem}", file=sys.stderr)
+        return 2
+
     url = _url(args.ip, port)
     data = env.get(DATA_ENV) or "the synthetic demo"
     print(f"specwidgets dashboard: starting Voila on {url} with {data} (Ctrl-C stops it)", flush=True)
@@ -169,11 +218,14 @@ def run_dashboard_command(args):
     # A SIGTERM (a service manager, a test) must stop Voila too, not orphan it.
     previous = signal.signal(signal.SIGTERM, _raise_exit) if _main_thread() else None
     try:
-        ready = False
+        problem = _wait_for_page(process, url)
+        if problem is not None:
+            print(f"specwidgets dashboard: error: {problem}", file=sys.stderr, flush=True)
+            if process.poll() is None:
+                _stop(process)
+            return process.returncode or 1
+        print(f"specwidgets dashboard: ready at {url}", flush=True)
         while process.poll() is None:
-            if not ready and _listening(args.ip, port):
-                ready = True
-                print(f"specwidgets dashboard: ready at {url}", flush=True)
             time.sleep(0.2)
         return process.returncode
     except KeyboardInterrupt:
@@ -185,6 +237,68 @@ def run_dashboard_command(args):
             _stop(process)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_page(process, url, timeout=None):
+    """GET ``url`` until it answers 200; None then, else what went wrong (one sentence).
+
+    The page runs the dashboard notebook, so a 200 means the kernel started
+    and the app rendered. The probe's kernel is shut down afterwards so that
+    it does not idle until culled.
+    """
+    timeout = READY_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            return f"Voila stopped (exit code {process.returncode}) before serving the page; its log is above"
+        if time.monotonic() > deadline:
+            return f"the page {url} did not answer within {timeout} s; see Voila's log above"
+        try:
+            with urllib.request.urlopen(url, timeout=max(1.0, deadline - time.monotonic())) as response:  # noqa: S310
+                page = response.read().decode("utf-8", "replace")
+                status = response.status
+                cookies = response.headers.get_all("Set-Cookie") or []
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace")
+            return f"the page {url} answered HTTP {exc.code}: {_page_error(body) or exc.reason}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            time.sleep(0.2)  # not listening yet
+            continue
+        if status == 200:
+            _shutdown_probe_kernel(url, page, cookies)
+            return None
+        return f"the page {url} answered HTTP {status}"
+
+
+def _page_error(body):
+    """The message of a Voila/Tornado error page, as text."""
+    import html
+    import re
+
+    match = re.search(r"<pre[^>]*>(.*?)</pre>", body, flags=re.S) or re.search(r"<body[^>]*>(.*?)</body>", body, re.S)
+    text = match.group(1) if match else body
+    text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    return " ".join(text.split())[:500]
+
+
+def _shutdown_probe_kernel(url, page, cookies=()):
+    import re
+    import secrets
+
+    match = re.search(r'"?kernelId"?\s*[:=]\s*"([0-9a-f-]{36})"', page)
+    if match is None:
+        return
+    # Tornado's XSRF check wants the same token in a cookie and a header.
+    token = next((c.split(";", 1)[0].split("=", 1)[1] for c in cookies if c.startswith("_xsrf=")),
+                 secrets.token_hex(16))
+    request = urllib.request.Request(
+        f"{url}voila/api/shutdown/{match.group(1)}", data=b"", method="POST",
+        headers={"Cookie": f"_xsrf={token}", "X-XSRFToken": token},
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our own server
+    except (urllib.error.URLError, OSError):
+        pass  # culled after its idle timeout instead
 
 
 def _raise_exit(signum, frame):

@@ -183,6 +183,79 @@ def test_taken_port_is_an_error(capsys):
     assert "in use" in capsys.readouterr().err
 
 
+def test_missing_python_kernel_is_named_before_voila_starts(monkeypatch, capsys):
+    """No kernelspec for Python (ipykernel absent): say so and how to fix it; Voila is not started."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {})
+    monkeypatch.setattr(launcher.subprocess, "Popen", lambda *a, **k: pytest.fail("Voila started"))
+    code = launcher.run_dashboard_command(parse(["dashboard", "--port", str(free_port()), "--no-browser"]))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ipykernel" in err and "pip install ipykernel" in err and "ready" not in err
+
+
+def test_kernel_problem_is_none_here():
+    assert launcher.kernel_problem() is None
+
+
+class _FakeVoila:
+    """A process stand-in that stays alive until stopped."""
+
+    returncode = None
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        self.returncode = -15
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_ready_only_after_the_page_answers_200(status, monkeypatch, capsys):
+    """The launcher GETs the page: 200 -> "ready"; 500 -> Voila's message and a non-zero exit."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = (b"<html><body>ok</body></html>" if status == 200 else
+                    b"<html><body><pre>No Jupyter kernel for language 'python' found</pre></body></html>")
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake = _FakeVoila()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        problem = launcher._wait_for_page(fake, url, timeout=20)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if status == 200:
+        assert problem is None
+    else:
+        assert "HTTP 500" in problem and "No Jupyter kernel for language 'python' found" in problem
+
+
+def test_voila_that_dies_is_reported(capsys):
+    fake = _FakeVoila()
+    fake.returncode = 1
+    problem = launcher._wait_for_page(fake, f"http://127.0.0.1:{free_port()}/", timeout=5)
+    assert "exit code 1" in problem
+
+
 def test_command_and_environment(tmp_path, monkeypatch, capsys):
     """DATA_FOLDER reaches the notebook as an absolute path; Voila gets the settings and the port."""
     seen = {}
@@ -197,6 +270,7 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
             return 0
 
     monkeypatch.setattr(launcher.subprocess, "Popen", lambda command, env: FakeProcess(command, env))
+    monkeypatch.setattr(launcher, "_wait_for_page", lambda process, url: None)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "night").mkdir()
     port = free_port()
