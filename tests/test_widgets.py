@@ -449,3 +449,22 @@ def test_dashboard_export_writes_the_batch_files(tmp_path):
     dash.export_folder.value = " "
     dash.export_button.click()  # reported in the banner, not raised
     assert "type the folder" in dash.status.banner.value
+
+
+def test_dashboard_export_relative_folder_is_the_launcher_folder(tmp_path, monkeypatch):
+    """Under Voila the kernel runs in the package: a relative export folder means the launcher's folder."""
+    import specwidgets as sw
+    from specwidgets.datasets import make_synthetic_longslit
+
+    start, elsewhere = tmp_path / "start", tmp_path / "kernel_cwd"
+    start.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("SPECWIDGETS_DASHBOARD_CWD", str(start))
+    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=1, n_arc_lines=8, seed=3)
+    dash = sw.Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
+    assert dash.export_folder.value == "specwidgets_sky"
+    dash.export_button.click()
+    assert sorted(p.name for p in (start / "specwidgets_sky").iterdir()) == ["exposure_0_sky.fits"]
+    assert not any(elsewhere.iterdir())
+    assert str((start / "specwidgets_sky").resolve()) in dash.export_message.value

@@ -16,6 +16,10 @@ Examples
 
 from __future__ import annotations
 
+import html
+import os
+from pathlib import Path
+
 import ipywidgets
 import traitlets as tl
 
@@ -131,9 +135,15 @@ class Dashboard(ipywidgets.VBox):
         folder = str(out_dir).strip()
         if not folder:
             raise ValueError("type the folder to export to")
+        folder = Path(folder).expanduser()
+        if not folder.is_absolute():
+            # Under Voila the kernel runs inside the installed package: a
+            # relative folder means the one the launcher was started from.
+            folder = Path(os.environ.get("SPECWIDGETS_DASHBOARD_CWD") or os.getcwd()) / folder
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite)
-        self.export_message.value = f"wrote {len(written)} file(s) to {written[0].parent}"
+        where = html.escape(str(written[0].parent.resolve()))
+        self.export_message.value = f"wrote {len(written)} file(s) to <code>{where}</code>"
         return written
 
     # -------------------------------------------------------- constructors
