@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
+
+from ._threads import chunk_bounds, run_in_threads
 
 __all__ = ["BSplineSky", "default_knot_spacing", "fit_bspline_sky"]
 
@@ -164,26 +166,28 @@ def _normal_pass_constant(e, f, excluded, rejected, lo, inv_h, n_int, coef,
     return n_used, n_changed
 
 
-@njit(cache=True, parallel=True)
 def _normal_pass_constant_chunked(e, f, excluded, rejected, lo, inv_h, n_int, coef,
                                   use_model, inv_gain, rn_var, var_floor, sig2, acc_chunks):
     """``_normal_pass_constant`` over contiguous chunks of samples in parallel.
 
     Each chunk sums into its own accumulator (no write conflicts); the
     caller adds them up. Returns the total number of changed rejection flags.
+    The chunks run in Python threads (the kernel releases the GIL): numba's
+    ``parallel=True`` would add seconds of compilation on first use.
     """
     n_chunks = acc_chunks.shape[0]
-    n = e.shape[0]
-    changed = np.zeros(n_chunks, np.int64)
-    for c in prange(n_chunks):
-        start = c * n // n_chunks
-        stop = (c + 1) * n // n_chunks
-        _, changed[c] = _normal_pass_constant(
+
+    def chunk(c, start, stop):
+        return _normal_pass_constant(
             e[start:stop], f[start:stop], excluded[start:stop], rejected[start:stop],
             lo, inv_h, n_int, coef, use_model, inv_gain, rn_var, var_floor, sig2,
             acc_chunks[c],
-        )
-    return changed.sum()
+        )[1]
+
+    bounds = chunk_bounds(e.shape[0], n_chunks)
+    return int(sum(run_in_threads([
+        (lambda c=c, start=start, stop=stop: chunk(c, start, stop)) for c, (start, stop) in enumerate(bounds)
+    ])))
 
 
 # (k, l) of the columns 0..9 of ``acc`` in ``_normal_pass_constant``.
@@ -304,18 +308,18 @@ def _evaluate(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
         out[i] = m
 
 
-@njit(cache=True, parallel=True)
 def _evaluate_chunked(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
                       first_term_only, out, n_chunks):
-    """``_evaluate`` split over contiguous chunks of points, in parallel."""
+    """``_evaluate`` split over contiguous chunks of points, in parallel (Python threads, see above)."""
     n = e.shape[0]
     per_point_y = y.shape[0] == n
-    for c in prange(n_chunks):
-        start = c * n // n_chunks
-        stop = (c + 1) * n // n_chunks
+
+    def chunk(start, stop):
         yc = y[start:stop] if per_point_y else y
         _evaluate(e[start:stop], yc, lo, hi, inv_h, n_int, y_off, y_scale, n_terms,
                   coef, first_term_only, out[start:stop])
+
+    run_in_threads([(lambda start=start, stop=stop: chunk(start, stop)) for start, stop in chunk_bounds(n, n_chunks)])
 
 
 @njit(cache=True, nogil=True)

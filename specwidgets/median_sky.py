@@ -10,12 +10,19 @@ and removes only what changed instead of re-taking a median of every bin.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 __all__ = ["median_of_bins"]
 
+# Compile time matters as much as run time here: a user's first median fit
+# waits for it. So the kernels are plain loops (numba's fancy indexing,
+# ``np.argsort`` and ``parallel=True`` each cost seconds of compilation), one
+# signature each (the wrapper fixes every dtype), and the blocks of columns
+# are shared among Python threads (the kernel releases the GIL) instead of
+# ``prange``.
 
-@njit(cache=True, inline="always")
+
+@njit(cache=True, nogil=True)
 def _bit_add(tree, i, delta):
     i += 1
     n = tree.size - 1
@@ -24,7 +31,7 @@ def _bit_add(tree, i, delta):
         i += i & -i
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _bit_kth(tree, k, top):
     """Smallest rank r whose prefix count exceeds k (0-based k): the k-th smallest present."""
     pos = 0
@@ -39,66 +46,69 @@ def _bit_kth(tree, k, top):
     return pos
 
 
-# Above this many candidates a radix sort beats numba's comparison sort.
-_RADIX_MIN = 4000
-
-
-@njit(cache=True)
-def _radix_argsort(vals):
-    """Stable argsort of float64 values (no NaN) by LSD radix on their bits.
+@njit(cache=True, nogil=True)
+def _radix_argsort(vals, keys, tmp_keys, idx, tmp_idx, counts, bits):
+    """Stable argsort of the float64 ``vals`` (no NaN) by LSD radix on their bits, into ``idx``.
 
     The bits of a float, with the sign bit flipped (all bits for negative
-    numbers), sort like the numbers; 11-bit digits take six passes, and a
-    pass whose digit is the same for every value is skipped.
+    numbers), sort like the numbers. Digits are ``bits`` wide; a pass whose
+    digit is the same for every value is skipped. ``keys``, ``tmp_keys``
+    (uint64), ``idx``, ``tmp_idx`` (int64, at least ``vals.size`` long) and
+    ``counts`` (int64, ``2**bits`` long) are work space.
     """
     m = vals.size
     u = vals.view(np.uint64)
     sign = np.uint64(1) << np.uint64(63)
-    keys = np.empty(m, np.uint64)
     for i in range(m):
         k = u[i]
         keys[i] = ~k if k & sign else k | sign
-    idx = np.arange(m)
-    tmp_keys = np.empty_like(keys)
-    tmp_idx = np.empty_like(idx)
-    counts = np.empty(2048, np.int64)
-    digit_mask = np.uint64(2047)
-    for shift in range(0, 64, 11):
+        idx[i] = i
+    n_buckets = 1 << bits
+    digit_mask = np.uint64(n_buckets - 1)
+    src_keys, dst_keys, src_idx, dst_idx = keys, tmp_keys, idx, tmp_idx
+    for shift in range(0, 64, bits):
         sh = np.uint64(shift)
-        counts[:] = 0
+        for d in range(n_buckets):
+            counts[d] = 0
         for i in range(m):
-            counts[np.intp((keys[i] >> sh) & digit_mask)] += 1
-        if counts.max() == m:
+            counts[np.intp((src_keys[i] >> sh) & digit_mask)] += 1
+        if counts[np.intp((src_keys[0] >> sh) & digit_mask)] == m:
             continue
         total = 0
-        for d in range(2048):
+        for d in range(n_buckets):
             c = counts[d]
             counts[d] = total
             total += c
         for i in range(m):
-            d = np.intp((keys[i] >> sh) & digit_mask)
+            d = np.intp((src_keys[i] >> sh) & digit_mask)
             pos = counts[d]
             counts[d] = pos + 1
-            tmp_keys[pos] = keys[i]
-            tmp_idx[pos] = idx[i]
-        keys, tmp_keys = tmp_keys, keys
-        idx, tmp_idx = tmp_idx, idx
-    return idx
+            dst_keys[pos] = src_keys[i]
+            dst_idx[pos] = src_idx[i]
+        src_keys, dst_keys = dst_keys, src_keys
+        src_idx, dst_idx = dst_idx, src_idx
+    if src_idx is not idx:
+        for i in range(m):
+            idx[i] = src_idx[i]
 
+
+# Above this many candidates 11-bit digits (six passes over 2048 buckets)
+# beat 8-bit ones (eight passes over 256).
+_WIDE_DIGITS_MIN = 4000
 
 # Columns ranked together: one sort of their joint candidates is cheaper
 # than a sort per column, and the Fenwick tree grows only logarithmically.
 _BLOCK = 16
 
 
-@njit(parallel=True, cache=True)
-def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
+@njit(cache=True, nogil=True)
+def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_stop):
+    """The medians of the columns in blocks ``blk_start:blk_stop`` (of ``_BLOCK`` columns each)."""
     n_exp = flux_sorted.shape[0]
     n_rows = edges.shape[0]
     n_cols = edges.shape[1] - 1
     n_s = e_sorted.size
-    n_blocks = (n_cols + _BLOCK - 1) // _BLOCK
-    for blk in prange(n_blocks):
+    for blk in range(blk_start, blk_stop):
         x_start = blk * _BLOCK
         x_stop = min(n_cols, x_start + _BLOCK)
         nb = x_stop - x_start
@@ -132,25 +142,42 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
                 lo[j, y] = lo_raw
                 hi[j, y] = hi_raw
                 counts[y, x] = hi_raw - lo_raw
-        c0 = lo.min()
-        m = hi.max() - c0
+        c0 = lo[0, 0]
+        c1 = hi[0, 0]
+        for j in range(nb):
+            for y in range(n_rows):
+                c0 = min(c0, lo[j, y])
+                c1 = max(c1, hi[j, y])
+        m = c1 - c0
         top = 1
         while top * 2 <= m:
             top *= 2
+        bits = 11 if m >= _WIDE_DIGITS_MIN else 8
+        vals = np.empty(m)
+        finite = np.empty(m, np.bool_)
+        ranked = np.empty(m)
         rank = np.empty(m, np.int64)
+        order = np.empty(m, np.int64)
+        tmp_idx = np.empty(m, np.int64)
+        keys = np.empty(m, np.uint64)
+        tmp_keys = np.empty(m, np.uint64)
+        buckets = np.empty(1 << bits, np.int64)
         tree = np.zeros(m + 1, np.int64)
         for k in range(n_exp):
             # Rank the block's candidate samples once; a Fenwick tree of
             # counts over ranks then gives any bin's median in O(log m).
-            vals = flux_sorted[k, c0 : c0 + m].copy()
-            finite = vals == vals
-            vals[~finite] = np.inf
-            order = _radix_argsort(vals) if m >= _RADIX_MIN else np.argsort(vals)
-            rank[order] = np.arange(m)
-            ranked = vals[order]
+            for i in range(m):
+                v = flux_sorted[k, c0 + i]
+                finite[i] = v == v
+                vals[i] = v if v == v else np.inf
+            _radix_argsort(vals, keys, tmp_keys, order, tmp_idx, buckets, bits)
+            for r in range(m):
+                rank[order[r]] = r
+                ranked[r] = vals[order[r]]
             for j in range(nb):
                 x = x_start + j
-                tree[:] = 0
+                for i in range(m + 1):
+                    tree[i] = 0
                 count = 0
                 clo = lo[j, 0]
                 chi = clo
@@ -192,6 +219,39 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
                         out[k, y, x] = 0.5 * (lo_v + hi_v)
 
 
+# Below this many samples x exposures one thread does the whole image.
+_THREADS_MIN_WORK = 200_000
+
+
+def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
+    """Run :func:`_median_blocks` over every block, split among numba's thread count."""
+    import numba
+
+    from ._threads import chunk_bounds, run_in_threads
+
+    n_cols = edges.shape[1] - 1
+    n_blocks = (n_cols + _BLOCK - 1) // _BLOCK
+    # numba.get_num_threads() is per thread: the batch runner sets it to 1
+    # in its workers, whose exposures already run in parallel.
+    n_threads = min(numba.get_num_threads(), n_blocks)
+    if e_sorted.size * flux_sorted.shape[0] < _THREADS_MIN_WORK:
+        n_threads = 1
+    run_in_threads([
+        (lambda lo=lo, hi=hi: _median_blocks(e_sorted, flux_sorted, edges, out, counts, lo, hi))
+        for lo, hi in chunk_bounds(n_blocks, max(n_threads, 1))
+    ])
+
+
+def warm_up():
+    """Compile (or load from the cache) the median kernel, on a tiny problem.
+
+    The dashboard calls this in a background thread, so that the first
+    switch to the median method does not wait for numba.
+    """
+    e = np.linspace(0.0, 4.0, 16)
+    median_of_bins(e, np.ones((1, e.size)), np.array([[-0.5, 0.5, 1.5, 2.5, 3.5, 4.5]]))
+
+
 def median_of_bins(e_sorted, flux_sorted, edges):
     """Median of the samples in every pixel's effective-pixel bin.
 
@@ -215,7 +275,7 @@ def median_of_bins(e_sorted, flux_sorted, edges):
     >>> import numpy as np
     >>> e = np.arange(6) * 0.5            # two samples per unit of e
     >>> flux = np.array([[1., 2., 3., 4., 5., 6.]])
-    >>> edges = np.array([[-0.5, 0.5, 1.5, 2.5]])
+    >>> edges = np.array([[-0.25, 0.75, 1.75, 2.75]])
     >>> bg, n = median_of_bins(e, flux, edges)
     >>> bg[0, 0].tolist(), n[0].tolist()
     ([1.5, 3.5, 5.5], [2, 2, 2])
