@@ -515,6 +515,9 @@ class BSplineSky:
 
     def _model(self, effpix, rows, first_term_only):
         e, y, shape, geometry = self._points(effpix, rows)
+        # Read-only views: one compiled signature whether or not the caller's arrays are writable.
+        e, y = e.view(), y.view()
+        e.flags.writeable = y.flags.writeable = False
         out = np.empty(e.size)
         coef = np.ascontiguousarray(self.coefficients.ravel())
         if e.size < _PARALLEL_MIN_SAMPLES:
@@ -568,6 +571,9 @@ class BSplineSky:
         if self._cov_band is None:
             self._cov_band = _inverse_band(self.normal_cholesky)
         e, y, shape, geometry = self._points(effpix, rows)
+        # Read-only views: one compiled signature whether or not the caller's arrays are writable.
+        e, y = e.view(), y.view()
+        e.flags.writeable = y.flags.writeable = False
         out = np.empty(e.size)
         _quadratic_form(e, y, *geometry, self._cov_band, out)
         return out.reshape(shape)

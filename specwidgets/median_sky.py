@@ -163,6 +163,9 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
         tmp_keys = np.empty(m, np.uint64)
         buckets = np.empty(1 << bits, np.int64)
         tree = np.zeros(m + 1, np.int64)
+        # Typed, not literal, steps: a literal 1 and -1 would compile _bit_add twice.
+        add = np.int64(1)
+        remove = np.int64(-1)
         for k in range(n_exp):
             # Rank the block's candidate samples once; a Fenwick tree of
             # counts over ranks then gives any bin's median in O(log m).
@@ -187,25 +190,25 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                     if a >= chi or b <= clo:
                         for i in range(clo, chi):
                             if finite[i - c0]:
-                                _bit_add(tree, rank[i - c0], -1)
+                                _bit_add(tree, rank[i - c0], remove)
                                 count -= 1
                         clo = a
                         chi = a
                     for i in range(clo, a):  # the window's start moved right
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], -1)
+                            _bit_add(tree, rank[i - c0], remove)
                             count -= 1
                     for i in range(a, clo):  # ... or left
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], 1)
+                            _bit_add(tree, rank[i - c0], add)
                             count += 1
                     for i in range(b, chi):
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], -1)
+                            _bit_add(tree, rank[i - c0], remove)
                             count -= 1
                     for i in range(chi, b):
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], 1)
+                            _bit_add(tree, rank[i - c0], add)
                             count += 1
                     clo = a
                     chi = b
@@ -240,6 +243,12 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
         (lambda lo=lo, hi=hi: _median_blocks(e_sorted, flux_sorted, edges, out, counts, lo, hi))
         for lo, hi in chunk_bounds(n_blocks, max(n_threads, 1))
     ])
+
+
+def _readonly(array):
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def warm_up():
@@ -280,9 +289,12 @@ def median_of_bins(e_sorted, flux_sorted, edges):
     >>> bg[0, 0].tolist(), n[0].tolist()
     ([1.5, 3.5, 5.5], [2, 2, 2])
     """
-    e_sorted = np.ascontiguousarray(e_sorted, dtype=np.float64)
-    flux_sorted = np.ascontiguousarray(np.atleast_2d(flux_sorted), dtype=np.float64)
-    edges = np.ascontiguousarray(edges, dtype=np.float64)
+    # One signature for the kernel: C-contiguous float64 inputs, all read-only
+    # views (numba compiles a writable and a read-only array apart).
+    e_sorted, flux_sorted, edges = (
+        _readonly(np.ascontiguousarray(a, dtype=np.float64))
+        for a in (e_sorted, np.atleast_2d(flux_sorted), edges)
+    )
     if e_sorted.size == 0:
         raise ValueError("no sky samples: every pixel is masked")
     n_rows, n_cols = edges.shape[0], edges.shape[1] - 1

@@ -101,6 +101,12 @@ class SkyState(tl.HasTraits):
             if not self.guesses:
                 self._find_lines()
             self._update_warp()
+        # After the first fit (which compiles its own method): the other
+        # methods' kernels compile in the background, so that the first
+        # switch of method does not wait for numba.
+        from ._warmup import start_warm_up
+
+        start_warm_up([m for m in METHODS if m != self.method])
 
     # ------------------------------------------------------------- properties
     @property
