@@ -34,6 +34,7 @@ Examples
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,12 +227,35 @@ def fetch_goodman(base_url=None, registry=None, cache_dir=None):
                 f"checksum mismatch for {name} downloaded from {url}: the file is corrupt or "
                 f"changed upstream, so it was not kept ({exc})"
             ) from exc
-        except (OSError, requests.RequestException) as exc:
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            # Offline, or the host is unreachable: one plain sentence with the
+            # fix (the raw error, with its connection-pool details, is chained).
+            host = urllib.parse.urlsplit(url).netloc or url
             raise OSError(
-                f"could not download {name} from {url}: {exc}. Set {DATA_DIR_ENV} to a "
+                f"The Goodman sample is not on this machine and could not be downloaded "
+                f"(no connection to {host}). Set {DATA_DIR_ENV} to a folder holding goodman/, "
+                "or connect to the network and retry."
+            ) from exc
+        except requests.RequestException as exc:
+            raise OSError(
+                f"could not download {name} from {url} ({_short(exc)}). Set {DATA_DIR_ENV} to a "
                 f"local copy of the sample, or {DATA_URL_ENV} to another mirror"
             ) from exc
+        except OSError as exc:
+            where = exc.filename or folder
+            raise OSError(
+                f"could not save the Goodman sample's {name} in {where} ({exc.strerror or exc}). "
+                f"Set {CACHE_DIR_ENV} to a writable folder, or {DATA_DIR_ENV} to a local copy of the sample"
+            ) from exc
     return folder.resolve()
+
+
+def _short(exc):
+    """An HTTP error as ``HTTP 404 Not Found``; other errors by their message's first line."""
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return (str(exc) or type(exc).__name__).splitlines()[0]
 
 
 def goodman_path(download=True):

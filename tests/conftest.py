@@ -1,8 +1,27 @@
+import socket
+
 import numpy as np
 import pytest
 
 from specwidgets.datasets import make_synthetic_longslit
 from specwidgets.sample_data import goodman_available
+
+
+# Tests never use the network: only this machine's own addresses resolve, so
+# a test that would download behaves here as it does offline (subprocesses
+# are not covered; they get SPECWIDGETS_DATA_DIR or a 127.0.0.1 server).
+_getaddrinfo = socket.getaddrinfo
+_LOCAL = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "", socket.gethostname()}
+
+
+def _local_getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if name is not None and name not in _LOCAL and not str(name).startswith("127."):
+        raise socket.gaierror(socket.EAI_NONAME, f"the tests do not use the network (tried to resolve {name!r})")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _local_getaddrinfo
 
 
 @pytest.fixture(scope="session")

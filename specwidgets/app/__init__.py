@@ -560,6 +560,10 @@ class DashboardApp:
             else:
                 self._load_form()
         except Exception as exc:  # noqa: BLE001 - shown in the page instead of a traceback
+            if _looks_raw(str(exc)):
+                import logging
+
+                logging.getLogger("specwidgets").exception("loading failed")
             self.last_error = _describe(exc)
             self._say("error", f"Could not load the data: {self.last_error}")
             return False
@@ -637,10 +641,24 @@ class DashboardApp:
 
 
 def _describe(exc):
+    """One plain sentence for the page: what went wrong and, where we know it, the fix."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        package = exc.name.split(".")[0]
+        return (f"this needs the Python package {package}, which is not installed here; "
+                f"install it (pip install {package}) and restart the dashboard")
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        # File-system errors: "Permission denied: /path", not "[Errno 13] ...".
+        return f"{exc.strerror}: {exc.filename}"
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) and exc.args and exc.filename:
-        text = f"{exc.strerror}: {exc.filename}"
+    if _looks_raw(text):
+        # A library's own message (connection pools, reprs): keep it out of the page.
+        return (f"{type(exc).__name__} while loading; the details are in the log of the server "
+                "that runs the dashboard")
     return text
+
+
+def _looks_raw(text):
+    return any(marker in text for marker in ("ConnectionPool", "object at 0x", "Traceback", "urllib3."))
 
 
 def show(data_folder=None, **kwargs):

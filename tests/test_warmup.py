@@ -1,0 +1,57 @@
+"""The sky kernels compile once (one signature each) and ahead of need."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = """
+import json
+import numpy as np
+import specwidgets as sw
+from numba.core.registry import CPUDispatcher
+from specwidgets import bspline_sky, median_sky
+from specwidgets._warmup import warm_up
+
+warm_up()
+frames = sw.datasets.load_demo()
+locs, _ = sw.find_cal_lines(frames.arc)
+model = sw.generate_warp_model(frames.arc, locs)
+science = frames.science.copy()
+science.flags.writeable = False     # read-only inputs must not add a signature
+for method in sw.METHODS:
+    sw.fit_sky(frames.science, model, [frames.trace_rows], method=method, read_noise=frames.read_noise)
+    sw.fit_sky(science, model, [frames.trace_rows], method=method, read_noise=frames.read_noise)
+counts = {f"{mod.__name__}.{name}": len(obj.signatures)
+          for mod in (bspline_sky, median_sky) for name, obj in vars(mod).items()
+          if isinstance(obj, CPUDispatcher) and obj.signatures}
+print(json.dumps(counts))
+"""
+
+
+def test_each_kernel_compiles_one_signature_and_warm_up_covers_the_fits():
+    """warm_up() compiles exactly what the demo's fits use: the fits add no signature."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "specwidgets.median_sky._median_blocks" in counts
+    assert "specwidgets.bspline_sky._normal_pass_constant" in counts
+    assert {name: n for name, n in counts.items() if n != 1} == {}
+
+
+def test_state_warms_the_other_method_in_the_background():
+    from specwidgets import _warmup
+    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.state import SkyState
+
+    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=1, n_arc_lines=8, seed=3)
+    SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows], method="bspline")
+    assert "median" in _warmup._started
+    thread = _warmup.start_warm_up(["median"])  # already started: not twice
+    assert thread is None
