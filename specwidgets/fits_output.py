@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .loading import FITS_EXTENSIONS
+from .discovery import fits_stem
 from .warp import WarpModel
 
 __all__ = [
@@ -101,22 +101,16 @@ _OPTION_CARDS = {
 
 
 def output_name(path):
-    """Output file name for an input path: the name without its FITS ending, plus ``_sky.fits``.
+    """Output file name for an input path: the name without its FITS and compression endings, plus ``_sky.fits``.
 
     >>> output_name("night1/0069_PKS.fits.fz")
     '0069_PKS_sky.fits'
     >>> output_name("frame_001.FITS")
     'frame_001_sky.fits'
+    >>> output_name("night1_sci.fits.bz2")
+    'night1_sci_sky.fits'
     """
-    name = Path(os.fspath(path)).name
-    lower = name.lower()
-    for ending in sorted(FITS_EXTENSIONS, key=len, reverse=True):
-        if lower.endswith(ending):
-            name = name[: -len(ending)]
-            break
-    else:
-        name = Path(name).stem or name
-    return name + OUTPUT_SUFFIX
+    return fits_stem(path) + OUTPUT_SUFFIX
 
 
 # ------------------------------------------------------------------ content

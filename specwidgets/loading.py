@@ -21,23 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
+from specwidgets.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
 from specwidgets.instruments import resolve_instrument
 
 __all__ = ["FITS_EXTENSIONS", "COMBINE_MODES", "average_matching_files", "collect_images_array", "matching_files"]
 
-#: File name endings read as FITS (compared case-insensitively).
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz")
+#: File name endings read as FITS (compared case-insensitively); the rule
+#: itself is :func:`specwidgets.discovery.is_fits_name`.
+FITS_EXTENSIONS = tuple(f + c for f in FITS_SUFFIXES for c in ("",) + COMPRESSION_SUFFIXES)
 
 #: Valid ``mode`` values of :func:`average_matching_files`.
 COMBINE_MODES = ("median", "mean")
 
 
 # ------------------------------------------------------------------ files
-def _is_fits_name(name):
-    lower = name.lower()
-    return not name.startswith(".") and lower.endswith(FITS_EXTENSIONS)
-
-
 def _as_ignore_list(ignore):
     if ignore is None:
         return []
@@ -67,8 +64,10 @@ def matching_files(path, tag="", ignore=()):
     Returns
     -------
     list of pathlib.Path
-        Sorted by file name. File names ending in one of
-        :data:`FITS_EXTENSIONS` count as FITS; hidden files (``.name``) do not.
+        Sorted by file name, each real file once. FITS names follow
+        :func:`specwidgets.discovery.is_fits_name` (``.fits``, ``.fit``,
+        ``.fts``, optionally ``.gz``, ``.bz2`` or ``.fz``); hidden files
+        (``.name``) do not count.
 
     Raises
     ------
@@ -88,10 +87,9 @@ def matching_files(path, tag="", ignore=()):
     if not isinstance(tag, str):
         raise TypeError(f"tag must be a string; got {tag!r}")
     patterns = _as_ignore_list(ignore)
-    fits_files = sorted((p for p in folder.iterdir() if _is_fits_name(p.name) and p.is_file()), key=lambda p: p.name)
-    chosen = [p for p in fits_files if tag in p.name and not any(s in p.name for s in patterns)]
+    chosen = find_fits_files(folder, tag, ignore=patterns)
     if not chosen:
-        raise FileNotFoundError(_no_match_message(folder, tag, patterns, fits_files))
+        raise FileNotFoundError(_no_match_message(folder, tag, patterns, find_fits_files(folder)))
     return chosen
 
 

@@ -65,7 +65,6 @@ CWD_ENV = "SPECWIDGETS_DASHBOARD_CWD"
 #: The dashboard notebook Voila serves (shipped inside the package).
 NOTEBOOK = Path(__file__).with_name("dashboard.ipynb")
 
-_FITS_ENDINGS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz")
 
 #: Form values for a folder laid out like the Goodman sample.
 GOODMAN_PRESET = {
@@ -126,31 +125,23 @@ def _user_path(text):
     return path
 
 
-def _is_fits(path):
-    name = path.name.lower()
-    return path.is_file() and not path.name.startswith(".") and name.endswith(_FITS_ENDINGS)
-
-
 def find_frames(folder, tag):
     """FITS files in ``folder`` and its subfolders (one level down) whose path contains ``tag``.
 
     The tag is matched, case-sensitively, against the path relative to the
     folder, so ``"bias"`` selects ``bias_001.fits`` and every file in a
-    ``bias/`` subfolder, and ``"lamp/"`` only the latter.
+    ``bias/`` subfolder, and ``"lamp/"`` only the latter. FITS names follow
+    :func:`specwidgets.discovery.is_fits_name` (compressed ``.fits.bz2``,
+    ``.fits.gz`` and ``.fits.fz`` included).
 
     Returns
     -------
     list of pathlib.Path
-        Sorted by relative path.
+        Sorted by relative path; each real file once.
     """
-    folder = Path(folder).expanduser()
-    found = []
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            found.extend(p for p in sorted(entry.iterdir()) if _is_fits(p))
-        elif _is_fits(entry):
-            found.append(entry)
-    return [p for p in found if tag in p.relative_to(folder).as_posix()]
+    from specwidgets.discovery import find_fits_files
+
+    return find_fits_files(Path(folder).expanduser(), tag, depth=1, match="path")
 
 
 def folder_preset(folder):
