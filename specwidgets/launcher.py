@@ -210,6 +210,12 @@ def run_dashboard_command(args):
     data = env.get(DATA_ENV) or "the synthetic demo"
     print(f"specwidgets dashboard: starting Voila on {url} with {data} (Ctrl-C stops it)", flush=True)
     command = voila_command(port=port, ip=args.ip, open_browser=not args.no_browser)
+    # On a first run, compile the sky kernels into the user cache here, on
+    # the other core, while Voila and its kernel start: the page then loads
+    # them instead of compiling, and the first switch of method is quick.
+    from ._warmup import start_warm_up
+
+    start_warm_up(("bspline", "median"))
     try:
         process = subprocess.Popen(command, env=env)
     except OSError as exc:
