@@ -228,6 +228,9 @@ def fit_sky(
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    # The frames' own noise model (loaders' FrameArray) when none is passed.
+    read_noise = getattr(images, "read_noise", None) if read_noise is None else read_noise
+    gain = getattr(images, "gain", None) if gain is None else gain
     read_noise, gain = _noise_model(read_noise, gain)
     n_exp, n_rows, n_cols = stack.shape
     emap = warp_model.effpix_map((n_rows, n_cols))
