@@ -59,6 +59,7 @@ __all__ = [
     "mask_image",
     "output_name",
     "read_warp_model",
+    "result_quality",
     "sci_variance",
     "settings_hash",
     "sky_header",
@@ -249,7 +250,8 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         hdr["SWUNIT"] = (str(prov["unit"]), "unit of SCI, SKY (VAR: squared)")
     for key, card, what in (("bias", "SWNBIAS", "bias"), ("flat", "SWNFLAT", "flat"), ("arc", "SWNARC", "arc")):
         if key in prov:
-            hdr[card] = (len(prov[key]), f"{what} frames combined (median)")
+            how = prov.get("arc_combine", "median") if key == "arc" else "median"
+            hdr[card] = (len(prov[key]), f"{what} frames combined ({how})")
     if prov.get("flat"):
         hdr["SWFLNORM"] = (str(prov.get("flat_norm", "column")), "flat normalisation")
     if prov.get("n_guesses") is not None:
@@ -268,6 +270,7 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
     hdr["SWNMASK"] = (len(result.mask_region), "number of masked row ranges")
     if result.rejected is not None and np.size(result.rejected):
         hdr["SWNREJ"] = (int(result.rejected[exposure].sum()), "sky pixels rejected by the fit")
+    _quality_cards(hdr, result, exposure)
 
     if warp_model is not None:
         values = warp_model.to_dict() if isinstance(warp_model, WarpModel) else dict(warp_model)
@@ -293,6 +296,36 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
     # Last of ours: a reader that sees it knows the writer got to the end.
     hdr.append(("SWDONE", True, "file complete"), end=True)
     return hdr
+
+
+def result_quality(result, exposure=0):
+    """The fit's quality report (``SkyResult.quality``) for one exposure, or None when it has none.
+
+    A list of per-exposure reports is indexed by ``exposure``.
+    """
+    quality = getattr(result, "quality", None)
+    if isinstance(quality, (list, tuple)):
+        quality = quality[exposure] if 0 <= exposure < len(quality) else None
+    return quality
+
+
+def _quality_cards(hdr, result, exposure):
+    """``SWSUSP``, the quality's own ``header_cards()`` and its warnings as COMMENT cards."""
+    quality = result_quality(result, exposure)
+    if quality is None:
+        return
+    hdr["SWSUSP"] = (bool(getattr(quality, "suspect", False)), "the sky fit says it is probably wrong")
+    source = getattr(quality, "noise_source", None)
+    if source:
+        hdr["SWNSRC"] = (str(source)[:68], "where the noise model came from")
+    cards = getattr(quality, "header_cards", None)
+    for key, value, comment in (cards() if callable(cards) else ()):
+        value = _card_value(value)
+        if isinstance(value, float) and not np.isfinite(value):
+            value = str(value)  # FITS headers hold no NaN or infinity
+        hdr[str(key)] = (value, str(comment or ""))
+    for warning in getattr(quality, "warnings", ()) or ():
+        hdr.add_comment(f"sky fit warning: {warning}")
 
 
 def read_warp_model(header):
