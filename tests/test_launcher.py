@@ -388,4 +388,6 @@ def test_goodman_folder_gets_the_goodman_settings():
     app = DashboardApp(goodman_path())
     assert app.dashboard.background.shape == (2, 120, 2030)
     assert app.dashboard.mask_region == [(20, 100)]
-    assert app.dashboard.state.read_noise == pytest.approx(4.74)
+    # The headers' read noise travels with the frames (not as a user override).
+    assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74)
+    assert app.dashboard.result.read_noise == pytest.approx(4.74)

@@ -204,11 +204,16 @@ class FolderData:
 
     Attributes
     ----------
-    science : (n_exposures, n_rows, n_cols) array
+    science : (n_exposures, n_rows, n_cols) FrameArray
+        Carries the science frames' ``gain``, ``read_noise`` and
+        ``noise_source`` (see :mod:`specwidgets.frames`).
     arc : (n_rows, n_cols) array
+        The sum of the arc frames, each minus the bias (arcs of different
+        lamps keep all their lines), or their median (``arc_combine``).
     bias : (n_rows, n_cols) array or None
-    read_noise : float
-        Electrons, from the science headers (0 when unknown).
+    read_noise : float or None
+        Electrons, from the science headers (None when unknown: the fit
+        estimates it).
     unit : str
         ``"electron"`` or ``"adu"``.
     files : dict
@@ -220,10 +225,11 @@ class FolderData:
     science: np.ndarray
     arc: np.ndarray
     bias: np.ndarray | None
-    read_noise: float
+    read_noise: float | None
     unit: str
     files: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
+    arc_combine: str = "sum"
 
 
 def _read_one(path, instrument, crop_bds):
@@ -238,7 +244,7 @@ def _read_one(path, instrument, crop_bds):
 
 
 def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", science_tag="",
-                crop_bds=None, progress=None):
+                crop_bds=None, progress=None, arc_combine="sum"):
     """Read the arc, bias and science frames of a folder, one file at a time.
 
     Parameters
@@ -256,6 +262,9 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
     progress : callable, optional
         Called as ``progress(done, total, relative_path)`` before each file
         and once more at the end (``relative_path`` None).
+    arc_combine : {"sum", "median"}
+        How the arc frames (each minus the bias) are combined: summed by
+        default, so arcs of different lamps each keep their lines.
 
     Returns
     -------
@@ -281,6 +290,8 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
         raise ValueError(f"unknown instrument {instrument!r}; choose one of {', '.join(known_instruments())}")
     if not arc_tag:
         raise ValueError("give a tag for the arc frames (text in their file or subfolder names)")
+    if arc_combine not in ("sum", "median"):
+        raise ValueError(f"arc_combine must be 'sum' or 'median'; got {arc_combine!r}")
 
     def rel(path):
         return path.relative_to(root).as_posix()
@@ -339,19 +350,27 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
             f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
         )
 
+    from specwidgets.frames import FrameArray
+    from specwidgets.loading import noise_of_frames
+
     bias = np.median(np.stack([d for _, d, _ in frames["bias"]]), axis=0) if frames["bias"] else None
     zero = 0.0 if bias is None else bias
-    arc = np.median(np.stack([d for _, d, _ in frames["arc"]]), axis=0) - zero
-    science = np.stack([d for _, d, _ in frames["science"]]) - zero
-    noise = [m["read_noise"] for _, _, m in frames["science"] if m["read_noise"] is not None]
+    # Each arc minus the bias, then summed: lamps lit in one frame only keep their lines.
+    arcs = np.stack([d for _, d, _ in frames["arc"]]) - zero
+    arc = arcs.sum(axis=0) if arc_combine == "sum" else np.median(arcs, axis=0)
+    science_meta = [m for _, _, m in frames["science"]]
+    science = FrameArray(
+        np.stack([d for _, d, _ in frames["science"]]) - zero, **noise_of_frames(science_meta, instrument)
+    )
     return FolderData(
         science=science,
         arc=arc,
         bias=bias,
-        read_noise=float(noise[0]) if noise else 0.0,
+        read_noise=science.read_noise,
         unit=next(iter(units)),
         files={role: [rel(p) for p, _, _ in items] for role, items in frames.items()},
         skipped=skipped,
+        arc_combine=arc_combine,
     )
 
 
@@ -577,7 +596,8 @@ class DashboardApp:
 
         frames = load_demo()
         names = [f"demo_{k}" for k in range(frames.science.shape[0])]
-        self._show(frames.science, frames.arc, [frames.trace_rows], frames.read_noise, "the synthetic demo", names)
+        # The demo frames carry their own read noise and gain (no override).
+        self._show(frames.science, frames.arc, [frames.trace_rows], None, "the synthetic demo", names)
 
     def _load_goodman(self):
         from specwidgets.sample_data import goodman_path
@@ -605,10 +625,13 @@ class DashboardApp:
             mask = (mask[0], mask[1] if mask[1] is not None else n_rows)
         counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
-        self._show(data.science, data.arc, [mask], data.read_noise, label, data.files.get("science"))
+        # The science frames carry the headers' noise model; the page's fields show it.
+        self._show(data.science, data.arc, [mask], None, label, data.files.get("science"))
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
+        if data.read_noise is None:
+            notes.append("no read noise in the headers: the sky fit estimates the noise model from the data")
         if data.bias is None:
             notes.append("no bias frames: nothing was subtracted")
         if data.skipped:
