@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: File name endings read as FITS (compared case-insensitively).
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz")
+FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fits.bz2")
 
 #: Valid ``mode`` values of :func:`average_matching_files`.
 COMBINE_MODES = ("median", "mean", "sum")
@@ -234,7 +234,7 @@ def noise_of_frames(metadata, reader_name, mode=None):
             read_noise *= float(np.sqrt(n if mode == "sum" else n_eff))
         if mode != "sum" and gain is not None:
             gain *= n_eff
-        notes.append(f"{mode} of {n} frames" + (" (noise approximate)" if n_eff != n else ""))
+        notes.append(f"{mode} of {n} frames" + (", noise approximate" if n_eff != n else ""))
     source = ""
     if sources:
         source = f"{'; '.join(sources)} of {reader_name} frames"
@@ -322,7 +322,7 @@ def collect_images_array(
     ----------
     path : str or os.PathLike
         Folder holding the files (not searched recursively). Files ending in
-        ``.fits``, ``.fit``, ``.fts``, ``.fits.fz`` or ``.fits.gz`` are read,
+        ``.fits``, ``.fit``, ``.fts``, ``.fits.fz``, ``.fits.gz`` or ``.fits.bz2`` are read,
         in file-name order.
     tag : str
         Only files whose name contains this text (case-sensitive).

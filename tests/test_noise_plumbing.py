@@ -415,3 +415,16 @@ def test_status_shows_suspect_warnings_and_the_noise_source(frames):
     state.result = None
     state.result = result
     assert "ready" in status.busy_label.value and "suspect" not in status.busy_label.value
+
+
+def test_bzip2_frames_are_read_and_named(tmp_path):
+    import bz2
+
+    from specwidgets.fits_output import output_name
+
+    plain = _write(tmp_path / "x.fits", np.arange(40.0).reshape(4, 10), GAIN=2.0)
+    (tmp_path / "sci_1.fits.bz2").write_bytes(bz2.compress(plain.read_bytes()))
+    plain.unlink()
+    images = collect_images_array(tmp_path)
+    np.testing.assert_allclose(images[0], 2.0 * np.arange(40.0).reshape(4, 10))
+    assert output_name("night/sci_1.fits.bz2") == "sci_1_sky.fits"
