@@ -393,6 +393,7 @@ def _process_one_inner(path, job, bias, flat):
             state = inspect_output(out, job.shape, config)
             if state.complete:
                 record["status"] = "skipped"
+                record.update(_flags_of_output(out))
                 return record
             if state.state == "different":
                 record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
@@ -449,6 +450,20 @@ def _noise_arguments(job):
     return out
 
 
+def _flags_of_output(path):
+    """``suspect``/``warnings`` an earlier run wrote into an output's header (resume keeps the count)."""
+    try:
+        from astropy.io import fits
+
+        header = fits.getheader(path)
+    except (OSError, ValueError):
+        return {"suspect": False, "warnings": []}
+    warnings = [
+        str(c)[len("sky fit warning: "):] for c in header.get("COMMENT", []) if str(c).startswith("sky fit warning: ")
+    ]
+    return {"suspect": bool(header.get("SWSUSP", False)), "warnings": warnings}
+
+
 def _quality_record(result):
     """``suspect`` and ``warnings`` of a fit's quality, for the driver's summary (empty without one)."""
     quality = result_quality(result)
@@ -481,10 +496,10 @@ class BatchSummary:
     warnings : list of str
         The warp model's quality warnings.
     suspect : list of (str, list of str)
-        ``(input, warnings)`` of each output written by this run whose fit
-        says it is probably wrong (``SkyResult.quality.suspect``); these
-        inputs are in ``done`` too (their output exists, flagged in its
-        header).
+        ``(input, warnings)`` of each output whose fit says it is probably
+        wrong (``SkyResult.quality.suspect``; for a skipped output, its
+        header's ``SWSUSP``); these inputs are in ``done`` or ``skipped`` too
+        (their output exists, flagged in its header).
     fail_on_suspect : bool
         Make :attr:`exit_code` 3 when some output is suspect (and none failed).
     """
@@ -538,9 +553,9 @@ class BatchSummary:
 
     def _suspect_lines(self):
         """The suspect count, spelled out so "failed 0" never reads as "all good"."""
-        if not self.done:
+        if not (self.done or self.skipped):
             return []
-        good = len(self.done) - len(self.suspect)
+        good = len(self.done) + len(self.skipped) - len(self.suspect)
         lines = [f"  fits: good {good}, suspect {len(self.suspect)} (written, flagged SWSUSP in the header)"]
         for p, warnings in self.suspect:
             lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
@@ -970,6 +985,8 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
                         bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
             elif status == "skipped":
                 summary.skipped.append(record["input"])
+                if record.get("suspect"):
+                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
             else:
                 summary.failed.append((record["input"], record["message"]))
                 if report:

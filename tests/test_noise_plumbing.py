@@ -291,6 +291,9 @@ def test_batch_counts_and_flags_suspect_fits(noisy_night, monkeypatch):
         assert any("89% of the sky pixels" in str(c) for c in header["COMMENT"])
     good = [p for p in noisy_night.science if str(p) not in {s for s, _ in summary.suspect}]
     assert fits.getheader(noisy_night.out / batch_mod.output_name(good[0]))["SWSUSP"] is False
+    # A resumed run reads the flags back from the headers: the count survives.
+    again = batch_mod.run_batch(noisy_night.science, noisy_night.arc, **kw)
+    assert len(again.skipped) == 3 and sorted(again.suspect) == sorted(summary.suspect)
     strict = batch_mod.run_batch(noisy_night.science, noisy_night.arc, overwrite=True, fail_on_suspect=True, **kw)
     assert strict.exit_code == 3 and len(strict.suspect) == n_bad
 
