@@ -38,6 +38,8 @@ How the metadata travels
   are not rescaled: after multiplying the data by a factor, set ``gain``
   yourself (or use :func:`with_noise`).
 * Comparisons and other boolean results (masks) are plain arrays.
+* ``np.stack`` and ``np.concatenate`` return plain arrays: wrap the result
+  with :func:`frame_array` (``like=`` one of the inputs) to keep the metadata.
 * Reductions that return a scalar (``.sum()``, ``np.median(a)``) return plain
   numbers; ``np.asarray(a)`` returns a plain ndarray (no metadata).
 

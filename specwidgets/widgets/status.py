@@ -151,7 +151,7 @@ class StatusBar(ipywidgets.VBox):
             parts.append(f"gain {float(model['gain']):.3g} e-/unit")
         text = "noise model: " + ", ".join(parts)
         if model.get("source"):
-            text += f" ({model['source']})"
+            text += f" \u2014 {model['source']}"
         return text
 
     def _refresh_noise(self):
