@@ -86,7 +86,6 @@ import numpy as np
 
 from .background import METHODS, fit_sky
 from .fits_output import (
-    result_quality,
     MASK_BADFLAT,
     OUTPUT_SUFFIX,
     clean_temporary_files,
@@ -94,6 +93,7 @@ from .fits_output import (
     export_result,
     inspect_output,
     output_name,
+    result_quality,
     settings_hash,
     write_exposure,
 )

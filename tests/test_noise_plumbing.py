@@ -431,3 +431,22 @@ def test_bzip2_frames_are_read_and_named(tmp_path):
     images = collect_images_array(tmp_path)
     np.testing.assert_allclose(images[0], 2.0 * np.arange(40.0).reshape(4, 10))
     assert output_name("night/sci_1.fits.bz2") == "sci_1_sky.fits"
+
+
+def test_batch_defaults_on_bzip2_multi_lamp_adu_frames(lamp_folder, tmp_path):
+    """The issue's night: several lamps, .fits.bz2, ADU with no GAIN: every lamp's lines are used."""
+    pytest.importorskip("distributed")
+    import bz2
+
+    for path in sorted(lamp_folder.glob("*.fits")):
+        path.with_name(path.name + ".bz2").write_bytes(bz2.compress(path.read_bytes()))
+        path.unlink()
+    summary = batch_mod.run_batch(
+        str(lamp_folder / "sci_*.fits.bz2"), str(lamp_folder / "arc_*.fits.bz2"),
+        bias=str(lamp_folder / "bias_*.fits.bz2"), masks=[(15, 25)], out_dir=tmp_path / "out",
+        workers=1, processes=False, progress=False,
+    )
+    assert summary.ok and len(summary.done) == 1, summary.report()
+    header = fits.getheader(tmp_path / "out" / "sci_0_sky.fits")
+    assert header["SWNARC"] == 3 and "sum" in header.comments["SWNARC"] and header["SWUNIT"] == "adu"
+    assert header["SWNGUESS"] == sum(len(lines) for lines in LAMP_LINES)
