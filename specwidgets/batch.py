@@ -1034,8 +1034,8 @@ def _order_arg(text):
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an order 0..10; got {text!r}")
+    if not 0 <= value <= 4:  # the highest order fit_sky takes along the slit
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an order 0..4; got {text!r}")
     return value
 
 

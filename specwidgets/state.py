@@ -222,8 +222,9 @@ class SkyState(tl.HasTraits):
     @tl.validate("spatial_order")
     def _valid_spatial_order(self, proposal):
         value = proposal["value"]
-        if value is not None and not 0 <= value <= 10:
-            raise tl.TraitError(f"spatial_order must be 0..10 or None (automatic); got {value}")
+        # 4: the highest order fit_sky's B-spline sky takes along the slit.
+        if value is not None and not 0 <= value <= 4:
+            raise tl.TraitError(f"spatial_order must be 0..4 or None (automatic); got {value}")
         return value
 
     @tl.validate("knot_spacing", "reject_sigma")
