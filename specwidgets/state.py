@@ -185,10 +185,13 @@ class SkyState(tl.HasTraits):
             return None
         quality = getattr(result, "quality", None)
         if quality is not None and getattr(quality, "noise_source", None):
+            # The state passes a number only when the user typed it, so the
+            # fit's "argument" is the user's value.
+            source = str(quality.noise_source).replace("argument", "set by you")
             return {
                 "read_noise": getattr(quality, "read_noise", result.read_noise),
                 "gain": getattr(quality, "gain", result.gain),
-                "source": str(quality.noise_source),
+                "source": source,
             }
         frames_rn, frames_gain, frames_source = self.frames_noise
         parts = []
