@@ -834,6 +834,10 @@ def run_batch(
         # Content, not names: a calibration rewritten under the same name
         # must redo the outputs made with the old one.
         cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
+        if warp_model is None:
+            # Fit on the arcs: the model follows their content (and the bias),
+            # so a change in it means stale data, not other settings.
+            cal_content["warp"] = settings.pop("warp")
         job = _Job(
             reader=reader,
             crop=crop,

@@ -291,7 +291,7 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         for name in prov.get(key, ()):
             hdr.add_history(f"{key}: {Path(os.fspath(name)).name}")
     if config is not None:
-        hdr.append(("SWCONFIG", str(config), "settings-data hashes (resume check)"), end=True)
+        hdr.append(("SWCONFIG", str(config), "resume: settings-data hashes"), end=True)
     # Last of ours: a reader that sees it knows the writer got to the end.
     hdr.append(("SWDONE", True, "file complete"), end=True)
     return hdr
@@ -382,7 +382,26 @@ def named_write_error(exc, path):
         # without an errno: the disk filled up under it.
         what = "disk full (short write)"
     detail = exc.strerror or str(exc)
-    return OSError(exc.errno, f"{what} while writing {path}: {detail}", str(path))
+    return OSError(exc.errno, f"{what} while writing {path}: {detail}")
+
+
+def _os_error_in(exc):
+    """The OSError behind ``exc`` (preferring one with an errno), or None.
+
+    astropy's free-space check turns an OSError from the write into
+    "AttributeError: 'list' object has no attribute '_file'" (it looks for a
+    file name on a file object), or re-raises it without its errno: the
+    real error is in the exception's context chain.
+    """
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno is not None:
+                return exc
+            found = found or exc
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def write_atomic(hdul, path):
@@ -405,14 +424,9 @@ def write_atomic(hdul, path):
             tmp.unlink()
         except OSError:
             pass
-        error = exc
-        # astropy's free-space check turns an OSError from the write into
-        # "AttributeError: 'list' object has no attribute '_file'" (it looks
-        # for a file name on a file object): the OSError is its context.
-        if isinstance(exc, AttributeError) and isinstance(exc.__context__, OSError):
-            error = exc.__context__
-        if isinstance(error, OSError):
-            raise named_write_error(error, final) from error
+        error = _os_error_in(exc)
+        if error is not None:
+            raise named_write_error(error, final) from exc
         raise
     return final
 
