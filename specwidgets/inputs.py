@@ -105,7 +105,7 @@ def _real_array(value, name):
             f"{name} is a boolean array; pass the image's counts (a mask of rows goes in mask_region)"
         )
     if kind not in "iuf":
-        raise TypeError(f"{name} holds {raw.dtype} values; expected numbers (an int or float array)")
+        raise TypeError(f"{name} holds {raw.dtype} values, not numbers; expected a numeric (int or float) array")
     return raw.astype(np.float64, copy=False)
 
 
