@@ -237,7 +237,8 @@ def run_dashboard_command(args):
 
 def _security_environment(args, env):
     """Put the roots, host allow-list, token and session cap in ``env``; return an error message or None."""
-    from .security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, allowed_hosts, generate_token, is_loopback
+    from .app import DATA_ENV
+    from .security import allowed_hosts, generate_token, is_loopback
 
     start = Path(os.getcwd())
     if args.data_root is not None:

@@ -153,13 +153,29 @@ def allowed_hosts(ip, extra=()):
     suddenly points at 127.0.0.1) from reaching the server.
     """
     hosts = ["localhost", "127.0.0.1", "::1"]
-    if ip and ip not in ("0.0.0.0", "::", ""):
-        hosts.append(ip)
+    if ip in ("0.0.0.0", "::", ""):
+        # Every interface: the machine's own names and addresses.
+        extra = [*_own_names(), *extra]
+    elif ip.lower() not in hosts:
+        hosts.append(ip.lower())
     for item in extra:
-        item = str(item).strip()
+        item = str(item).strip().lower()
         if item and item not in hosts:
             hosts.append(item)
     return hosts
+
+
+def _own_names():
+    import socket
+
+    names = []
+    try:
+        name = socket.gethostname()
+        names += [name, socket.getfqdn()]
+        names += [info[4][0] for info in socket.getaddrinfo(name, None)]
+    except OSError:
+        pass
+    return [n.lower() for n in names if n]
 
 
 def generate_token():
