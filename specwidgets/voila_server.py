@@ -72,6 +72,22 @@ def _check_host(self):
     return False
 
 
+def _find_handler(original):
+    """Wrap ``tornado.web.Application.find_handler``: a request for another host gets 403, whatever its path.
+
+    Jupyter's own check covers Jupyter's handlers only; Voila's static and
+    template files are served by plain tornado handlers.
+    """
+
+    def find_handler(self, request, **kwargs):
+        allowed = self.settings.get("specwidgets_allowed_hosts")
+        if allowed and _host_of(request.host) not in allowed:
+            return self.get_handler_delegate(request, tornado.web.ErrorHandler, {"status_code": 403})
+        return original(self, request, **kwargs)
+
+    return find_handler
+
+
 def _handlers():
     """The handler classes, built on first use (importing Voila is slow)."""
     from voila.tornado.handler import TornadoVoilaHandler
@@ -152,6 +168,7 @@ def main(argv=None):
     # This process is the dashboard's server and nothing else: the patch
     # applies to every handler (pages, static files, API, websockets).
     JupyterHandler.check_host = _check_host
+    tornado.web.Application.find_handler = _find_handler(tornado.web.Application.find_handler)
     app = _app_class()
     app.launch_instance(argv=sys.argv[1:] if argv is None else argv)
 

@@ -441,3 +441,32 @@ def test_a_token_is_required_when_given(tmp_path):
         assert "?token=sesame-123" in server.server.log()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_closing_the_page_in_a_browser_frees_its_kernel(dashboard):
+    """The real page: its websocket works (v1), and its close beacon shuts its kernel down (was 403)."""
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, _missing, sync_playwright
+
+    if _missing:
+        pytest.skip(_missing)
+    assert _wait(lambda: not dashboard.kernels(), 30)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            # A context of its own that outlives the page, as a browser with other tabs
+            # (a page-owned context is torn down with the page, beacon and all).
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(dashboard.base + "/", timeout=180000, wait_until="domcontentloaded")
+            page.wait_for_selector(".sw-image-viewer image", timeout=120000)
+            # The widgets talk to the kernel: moving to the folder form is answered by the kernel.
+            page.locator(".sw-source button", has_text="FITS folder").click()
+            page.locator(".sw-folder-form").wait_for(state="visible", timeout=20000)
+            assert len(dashboard.kernels()) == 1
+            page.close(run_before_unload=True)
+            assert _wait(lambda: not dashboard.kernels(), 30), "the closed page's kernel is still running"
+            context.close()
+        finally:
+            browser.close()
+    assert "_xsrf' argument missing" not in dashboard.server.log(tail=200000)
