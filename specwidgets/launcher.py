@@ -92,7 +92,8 @@ def add_dashboard_parser(subparsers):
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to serve on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--ip", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every "
+                             "interface, which requires a token: see --token)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
     parser.add_argument("--data-root", metavar="DIR", default=None,
                         help="the page reads and lists nothing outside DIR (default: DATA_FOLDER, else the "

@@ -470,3 +470,9 @@ def test_closing_the_page_in_a_browser_frees_its_kernel(dashboard):
         finally:
             browser.close()
     assert "_xsrf' argument missing" not in dashboard.server.log(tail=200000)
+
+
+def test_messages_name_paths_relative_to_the_root(root):
+    app = _app(root)
+    ok, error = _try(app, "night/missing")
+    assert not ok and "<data root>/night/missing" in error and str(root) not in error

@@ -555,6 +555,12 @@ class DashboardApp:
             return _user_path(text)
         return inside_root(text, self.data_root, "data")
 
+    def _relative_to_root(self, text):
+        """``text`` with the data root's server path written as ``<data root>`` (users type relative paths)."""
+        if self.data_root is None:
+            return text
+        return text.replace(str(self.data_root), "<data root>")
+
     def _shown_path(self, folder):
         """``folder`` as the form shows it: relative to the data root when inside it."""
         if self.data_root is not None:
@@ -656,7 +662,7 @@ class DashboardApp:
             else:
                 self._load_form()
         except Exception as exc:  # noqa: BLE001 - shown in the page instead of a traceback
-            self.last_error = _describe(exc)
+            self.last_error = self._relative_to_root(_describe(exc))
             self._say("error", f"Could not load the data: {self.last_error}")
             return False
         finally:
