@@ -83,6 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from .background import METHODS, fit_sky
 from .fits_output import (
@@ -98,7 +99,7 @@ from .fits_output import (
     write_exposure,
 )
 from .frames import FrameArray
-from .inputs import mask_ranges
+from .inputs import check_spatial_order, mask_ranges
 from .instruments import resolve_instrument
 from .lines import find_cal_lines
 from .loading import _crop_pair, _iter_frames, matching_files
@@ -110,6 +111,7 @@ __all__ = [
     "FLAT_NORMS",
     "add_batch_parser",
     "export_result",
+    "file_fingerprint",
     "main",
     "prepare_calibrations",
     "read_frame",
@@ -131,6 +133,41 @@ class BatchLockedError(RuntimeError):
 
 
 # ------------------------------------------------------------------ inputs
+_FINGERPRINTS: dict = {}
+
+
+def file_fingerprint(path):
+    """What a resumed run compares: ``{"name", "size", "sha256"}`` of a file's content.
+
+    The SHA-256 of the bytes is cached by ``(real path, size, mtime)``, so an
+    unchanged file is hashed once per process, and a file rewritten in place
+    (same name, new content, even the same size) is noticed.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = os.path.join(d, "a.fits")
+    ...     _ = open(p, "wb").write(b"abc")
+    ...     file_fingerprint(p)["sha256"][:12]
+    'ba7816bf8f01'
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _FINGERPRINTS.get(key)
+    if digest is None:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if len(_FINGERPRINTS) > 10000:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = digest
+    return {"name": path.name, "size": stat.st_size, "sha256": digest}
+
+
 def _expand(items, what, must_exist=True):
     """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats."""
     if items is None:
@@ -345,9 +382,34 @@ class _Job:
     provenance: dict
     settings: dict
     numba_threads: int = 1
+    cal_content: dict = field(default_factory=dict)
 
     def config_for(self, path):
-        return settings_hash({**self.settings, "input": Path(path).name})
+        """The resume key of one input: ``"<settings hash>-<data hash>"``.
+
+        The settings part covers what the user chose (a mismatch refuses to
+        replace the output without ``overwrite``); the data part covers the
+        content of the input and of the calibration frames (a mismatch means
+        the output is stale, and it is redone).
+        """
+        try:
+            content = file_fingerprint(path)
+        except OSError:
+            content = None  # read_frame names the problem
+        chosen = settings_hash({**self.settings, "input": Path(path).name})
+        data = settings_hash({"input": content, **self.cal_content})
+        return f"{chosen}-{data}"
+
+
+def _stale(out, config):
+    """True when ``out`` was made with the same settings but other data (an input or calibration changed)."""
+    try:
+        recorded = str(fits.getval(out, "SWCONFIG"))
+    except (OSError, KeyError, ValueError):
+        return False
+    chosen, _, data = recorded.partition("-")
+    ours, _, our_data = config.partition("-")
+    return chosen == ours and bool(data) and data != our_data
 
 
 _WARP_CACHE: dict = {}
@@ -395,7 +457,7 @@ def _process_one_inner(path, job, bias, flat):
                 record["status"] = "skipped"
                 record.update(_flags_of_output(out))
                 return record
-            if state.state == "different":
+            if state.state == "different" and not _stale(out, config):
                 record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
                 return record
         image, frame = read_frame(path, job.reader, job.crop)
@@ -829,9 +891,9 @@ def run_batch(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     options = dict(sky_options or {})
     if method == "bspline":
-        if spatial_order is not None and spatial_order != "auto":
-            options.setdefault("spatial_order", int(spatial_order))
-    elif spatial_order or options:
+        if spatial_order is not None:
+            options.setdefault("spatial_order", check_spatial_order(spatial_order))
+    elif spatial_order not in (None, "auto") or options:
         raise ValueError("spatial_order and sky options apply to method='bspline' only")
     if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
@@ -902,6 +964,13 @@ def run_batch(
             "bias": names["bias"],
             "flat": names["flat"],
         }
+        # Content, not names: a calibration rewritten under the same name
+        # must redo the outputs made with the old one.
+        cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
+        if warp_model is None:
+            # Fit on the arcs: the model follows their content (and the bias),
+            # so a change in it means stale data, not other settings.
+            cal_content["warp"] = settings.pop("warp")
         job = _Job(
             reader=reader,
             crop=crop,
@@ -920,6 +989,7 @@ def run_batch(
             provenance=provenance,
             settings=settings,
             numba_threads=int(numba_threads),
+            cal_content=cal_content,
         )
         if report:
             for w in summary.warnings:
@@ -1027,18 +1097,6 @@ def _guesses_arg(text):
     return values
 
 
-def _order_arg(text):
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 4:  # the highest order fit_sky takes along the slit
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an order 0..4; got {text!r}")
-    return value
-
-
 def _positive_int(text):
     try:
         value = int(text)
@@ -1047,6 +1105,13 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
     return value
+
+
+def _spatial_order_arg(text):
+    try:
+        return check_spatial_order(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_batch_parser(subparsers):
@@ -1077,8 +1142,8 @@ def add_batch_parser(subparsers):
     p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
     p.add_argument("--method", choices=METHODS, default="bspline", help="sky method (default: bspline)")
     p.add_argument(
-        "--spatial-order", type=_order_arg, default=None, metavar="N|auto",
-        help="B-spline sky: order along the slit (default auto: the sky fit chooses)",
+        "--spatial-order", type=_spatial_order_arg, default=None, metavar="N|auto",
+        help="B-spline sky: order along the slit, 0..4 (default auto: the sky fit chooses)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     where = p.add_mutually_exclusive_group()

@@ -30,6 +30,7 @@ writer left behind.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import inspect
 import json
@@ -62,6 +63,7 @@ __all__ = [
     "result_quality",
     "sci_variance",
     "settings_hash",
+    "named_write_error",
     "sky_header",
     "write_exposure",
 ]
@@ -292,7 +294,7 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         for name in prov.get(key, ()):
             hdr.add_history(f"{key}: {Path(os.fspath(name)).name}")
     if config is not None:
-        hdr.append(("SWCONFIG", str(config), "hash of the settings (resume check)"), end=True)
+        hdr.append(("SWCONFIG", str(config), "resume: settings-data hashes"), end=True)
     # Last of ours: a reader that sees it knows the writer got to the end.
     hdr.append(("SWDONE", True, "file complete"), end=True)
     return hdr
@@ -388,22 +390,76 @@ def _commit(tmp, final):
     _fsync_dir(final.parent)
 
 
+def _open_tmp(tmp):
+    """Create the temporary file (never an existing one) and return it open for writing."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    return os.fdopen(fd, "wb")
+
+
+#: errno -> what to call it: the words a user searches for.
+_WRITE_ERRORS = {
+    getattr(errno, "ENOSPC", None): "disk full",
+    getattr(errno, "EDQUOT", None): "disk quota exceeded",
+    getattr(errno, "EFBIG", None): "file too large for the file system",
+    getattr(errno, "EACCES", None): "permission denied",
+    getattr(errno, "EPERM", None): "permission denied",
+    getattr(errno, "EROFS", None): "read-only file system",
+}
+
+
+def named_write_error(exc, path):
+    """An :class:`OSError` saying in words what went wrong writing ``path`` (e.g. "disk full")."""
+    what = _WRITE_ERRORS.get(exc.errno) or "could not write"
+    if exc.errno is None and "requested and" in str(exc):
+        # numpy's tofile reports a short write ("N requested and M written")
+        # without an errno: the disk filled up under it.
+        what = "disk full (short write)"
+    detail = exc.strerror or str(exc)
+    return OSError(exc.errno, f"{what} while writing {path}: {detail}")
+
+
+def _os_error_in(exc):
+    """The OSError behind ``exc`` (preferring one with an errno), or None.
+
+    astropy's free-space check turns an OSError from the write into
+    "AttributeError: 'list' object has no attribute '_file'" (it looks for a
+    file name on a file object), or re-raises it without its errno: the
+    real error is in the exception's context chain.
+    """
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno is not None:
+                return exc
+            found = found or exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 def write_atomic(hdul, path):
-    """Write an HDUList with checksums to ``path`` through a temporary file and a rename."""
+    """Write an HDUList with checksums to ``path`` through a temporary file and a rename.
+
+    Nothing is left behind on failure (the temporary file is removed, an
+    existing ``path`` is untouched). A full disk or a refused permission
+    raises :class:`OSError` saying so ("disk full while writing ...").
+    """
     final = Path(os.fspath(path))
     tmp = _tmp_name(final)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as handle:
+        with _open_tmp(tmp) as handle:
             hdul.writeto(handle, checksum=True)
             handle.flush()
             os.fsync(handle.fileno())
         _commit(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        error = _os_error_in(exc)
+        if error is not None:
+            raise named_write_error(error, final) from exc
         raise
     return final
 
@@ -452,7 +508,10 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     if dups:
         raise ValueError(f"several exposures would write the same output file: {', '.join(dups)}")
     folder = Path(os.fspath(out_dir))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise named_write_error(exc, folder) from exc
     written = []
     for k, (name, out) in enumerate(zip(names, outs)):
         target = folder / out

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .inputs import check_image_size
+
 __all__ = [
     "Frame",
     "GENERIC_GAIN_KEYWORDS",
@@ -367,6 +369,7 @@ class Instrument:
             with fits.open(path, memmap=False) as hdul:
                 index = self._image_index(hdul, path)
                 header = _merged_header(hdul, index)
+                _check_image_header(hdul[index], path)
                 raw = hdul[index].data
         except (OSError, TypeError, IndexError, KeyError, EOFError) as exc:
             raise ValueError(f"could not read FITS file {path}: {exc}") from exc
@@ -420,6 +423,14 @@ class Instrument:
             return self.trim_function(header, shape, source)
         if self.trimsec_keyword and self.trimsec_keyword in header:
             section, what = str(header[self.trimsec_keyword]), f"{self.trimsec_keyword} of {source}"
+        elif self.trimsec_keyword and self.trimsec is None:
+            # An instrument that trims by a header card and has no fallback
+            # would otherwise keep the overscan silently, biasing every fit.
+            raise ValueError(
+                f"{source} has no {self.trimsec_keyword} card, so instrument {self.name!r} cannot tell "
+                "the overscan from the image; pass trimsec='[x1:x2,y1:y2]' (a FITS section) to trim it, "
+                "or trimsec=None to keep every pixel"
+            )
         elif self.trimsec is not None:
             section, what = self.trimsec, f"trimsec for {source}"
         else:
@@ -437,6 +448,28 @@ class Instrument:
             return default, f"{label} argument"
         return default, f"{self.name} default {label}"
 
+
+
+def _check_image_header(hdu, path):
+    """Refuse, before reading the data, an image too large to hold or scaled to nothing."""
+    header = hdu.header
+    # Tile-compressed HDUs describe the image in ZNAXISn; astropy exposes the
+    # uncompressed header, whose NAXISn are the image's.
+    naxis = int(header.get("NAXIS", 0) or 0)
+    shape = [header.get(f"NAXIS{k}", 0) or 0 for k in range(1, naxis + 1)]
+    check_image_size(shape, f"FITS file {path}")
+    bscale = getattr(hdu, "_orig_bscale", None)
+    if bscale is None:
+        bscale = header.get("BSCALE", 1)
+    try:
+        zero_scale = float(bscale) == 0.0
+    except (TypeError, ValueError):
+        raise ValueError(f"FITS file {path} has a non-numeric BSCALE {bscale!r}") from None
+    if zero_scale:
+        raise ValueError(
+            f"FITS file {path} has BSCALE = 0, which would scale every pixel to BZERO (an all-constant "
+            "frame): the header is corrupt; fix BSCALE (usually 1)"
+        )
 
 
 def _merged_header(hdul, index):

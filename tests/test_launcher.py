@@ -202,7 +202,7 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
     port = free_port()
     assert launcher.run_dashboard_command(parse(["dashboard", "night", "--port", str(port), "--no-browser"])) == 0
     command, env = seen["command"], seen["env"]
-    assert command[:4] == [sys.executable, "-m", "voila", str(NOTEBOOK)]
+    assert command[:4] == [sys.executable, "-m", "specwidgets.voila_server", str(NOTEBOOK)]
     assert f"--port={port}" in command and "--no-browser" in command and "--Voila.ip=127.0.0.1" in command
     assert "--VoilaConfiguration.show_tracebacks=False" in command
     assert env[DATA_ENV] == str((tmp_path / "night").resolve())

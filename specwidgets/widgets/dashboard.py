@@ -16,6 +16,8 @@ Examples
 
 from __future__ import annotations
 
+import html
+
 import ipywidgets
 import traitlets as tl
 
@@ -140,7 +142,7 @@ class Dashboard(ipywidgets.VBox):
             raise ValueError("type the folder to export to")
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite)
-        self.export_message.value = f"wrote {len(written)} file(s) to {written[0].parent}"
+        self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent}")
         return written
 
     # -------------------------------------------------------- constructors
