@@ -228,7 +228,7 @@ def test_batch_command_line_options():
     assert args.arc_combine == "median" and args.spatial_order == 2 and args.fail_on_suspect
     assert parser.parse_args(
         ["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--spatial-order", "auto"]
-    ).spatial_order is None
+    ).spatial_order == "auto"
     for bad in ("x", "5"):
         with pytest.raises(SystemExit):
             parser.parse_args(["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--spatial-order", bad])
