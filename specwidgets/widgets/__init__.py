@@ -7,6 +7,7 @@ only draw and forward edits. The core package never imports this one.
 * :class:`ImageViewer` - one frame at a time, mask bands and editor, pixel readout
 * :class:`WarpGuessPicker` - arc profile, clickable guesses, line curves, residuals
 * :class:`SEDExplorer` - the super-sampled sky spectrum, aggregated for display
+* :class:`SkyFitControls` - spatial order, knot spacing, rejection, gain, read noise
 * :class:`Dashboard` - the three on one state
 
 Examples
@@ -24,6 +25,7 @@ from .debounce import Debounced
 from .image_viewer import VIEWS, ImageViewer
 from .payload import PayloadMeter
 from .sed_explorer import SEDExplorer
+from .sky_controls import SkyFitControls
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
 
@@ -35,6 +37,7 @@ __all__ = [
     "PayloadMeter",
     "SEDAggregate",
     "SEDExplorer",
+    "SkyFitControls",
     "StatusBar",
     "WarpGuessPicker",
     "aggregate_sed",

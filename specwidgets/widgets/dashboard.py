@@ -27,6 +27,7 @@ from ..background import METHODS
 from ..state import SkyState
 from .image_viewer import ImageViewer, ranges_of
 from .sed_explorer import SEDExplorer
+from .sky_controls import SkyFitControls
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
 
@@ -48,7 +49,10 @@ class Dashboard(ipywidgets.VBox):
         The arc frame (needed for the warp-guess picker).
     mask_region : (int, int) or list of (int, int)
         Rows ``start:stop`` to keep out of the sky (the trace).
-    read_noise : float
+    read_noise : float, "estimate" or None
+        Electrons. None (the default): the frames' own (loaders and data sets
+        attach it), else estimated by the fit; a number or ``"estimate"``
+        overrides that. ``gain=`` (in ``**traits``) works the same way.
     method : {"bspline", "median"}
     state : SkyState, optional
         Use this state instead of building one (then the data arguments are ignored).
@@ -70,6 +74,8 @@ class Dashboard(ipywidgets.VBox):
     status : StatusBar
     method : ipywidgets.ToggleButtons
         The sky estimator (``state.method``).
+    sky_controls : SkyFitControls
+        Spatial order, knot spacing, rejection threshold, gain and read noise.
     exposure_names : list of str
         The input file (or a name) of each exposure; exported files are
         named after them.
@@ -77,7 +83,7 @@ class Dashboard(ipywidgets.VBox):
         Write the current result with :meth:`export`.
     """
 
-    def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=0.0, method="bspline",
+    def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=None, method="bspline",
                  state=None, figsize=None, exposure_names=None, **traits):
         super().__init__()
         if state is None:
@@ -96,6 +102,7 @@ class Dashboard(ipywidgets.VBox):
             options=list(METHODS), value=state.method, description="Sky method", style={"button_width": "80px"}
         )
         self.method.observe(guard(self._on_method_widget), names="value")
+        self.sky_controls = SkyFitControls(state, status=self.status)
         state.observe(guard(self._on_method_state), names="method")
         # Brushing the sky spectrum outlines the same effective pixels on the image.
         self._link = tl.dlink((self.sed, "selected_range"), (self.viewer, "highlight"))
@@ -116,7 +123,7 @@ class Dashboard(ipywidgets.VBox):
         self.export_message = ipywidgets.HTML()
         self.export_button.on_click(guard(lambda _: self.export(self.export_folder.value)))
         export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
-        self.children = [ipywidgets.HBox([self.method, self.status]), self.tabs, export_bar]
+        self.children = [ipywidgets.HBox([self.method, self.status]), self.sky_controls, self.tabs, export_bar]
 
     def export(self, out_dir, overwrite=True):
         """Write the loaded exposures as the batch runner does: ``<out_dir>/<name>_sky.fits``.
@@ -142,8 +149,7 @@ class Dashboard(ipywidgets.VBox):
             folder = Path(os.environ.get("SPECWIDGETS_DASHBOARD_CWD") or os.getcwd()) / folder
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite)
-        where = html.escape(str(written[0].parent.resolve()))
-        self.export_message.value = f"wrote {len(written)} file(s) to <code>{where}</code>"
+        self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 
     # -------------------------------------------------------- constructors
@@ -161,7 +167,7 @@ class Dashboard(ipywidgets.VBox):
 
         frames = load_demo(seed=seed)
         kwargs.setdefault("mask_region", [frames.trace_rows])
-        kwargs.setdefault("read_noise", frames.read_noise)
+        # The demo frames carry their read noise and gain (datasets.FrameArray).
         return cls(frames.science, frames.arc, **kwargs)
 
     @classmethod
@@ -182,7 +188,7 @@ class Dashboard(ipywidgets.VBox):
         n_rows = sample.science.shape[1]
         a, b = (max(0, r - start) for r in _GOODMAN_TRACE_ROWS)
         kwargs.setdefault("mask_region", [(min(a, n_rows - 1), min(max(b, a + 1), n_rows))])
-        kwargs.setdefault("read_noise", sample.read_noise)
+        # sample.science carries the headers' gain and read noise.
         return cls(sample.science, sample.arc, **kwargs)
 
     # ------------------------------------------------------------ results
