@@ -294,13 +294,17 @@ def test_launcher_starts_and_serves(tmp_path):
     server = Server(command, port, cwd=tmp_path, env=voila_env(), log_path=tmp_path / "launcher.log")
     try:
         server.wait_listening(timeout=60)
+        # "ready" comes once the launcher's own request of the page answered 200.
+        deadline = time.monotonic() + 300
+        while f"ready at {server.url}" not in server.log(tail=10**7):
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log()
+            time.sleep(0.2)
         status, page = fetch(server.url)
         elapsed = time.perf_counter() - start
         assert status == 200
         assert "application/vnd.jupyter.widget-view+json" in page, server.log()
         for marker in ERROR_MARKERS:
             assert marker not in page, f"{marker!r} in the page:\n{server.log()}"
-        assert f"ready at {server.url}" in server.log()
         print(f"launcher: served the dashboard in {elapsed:.1f} s")
     finally:
         code = server.stop()
