@@ -351,7 +351,7 @@ def _shutdown_probe_kernel(url, page, cookies=()):
     request = urllib.request.Request(
         f"{parts.scheme}://{parts.netloc}{parts.path}voila/api/shutdown/{match.group(1)}{query}", data=b"",
         method="POST",
-        headers={"Cookie": f"_xsrf={token}", "X-XSRFToken": token},
+        headers={"Cookie": f"_xsrf={token}", "X-XSRFToken": token, "Origin": f"{parts.scheme}://{parts.netloc}"},
     )
     try:
         urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our own server

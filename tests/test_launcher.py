@@ -299,6 +299,23 @@ def test_launcher_starts_and_serves(tmp_path):
         while f"ready at {server.url}" not in server.log(tail=10**7):
             assert time.monotonic() < deadline and server.process.poll() is None, server.log()
             time.sleep(0.2)
+        # The kernel of that request is shut down, not left idling (it would hold a session).
+        import psutil
+
+        def kernels():
+            found = []
+            for child in psutil.Process(server.process.pid).children(recursive=True):
+                try:
+                    if "ipykernel" in " ".join(child.cmdline()):
+                        found.append(child)
+                except psutil.Error:
+                    pass  # exited meanwhile
+            return found
+
+        deadline = time.monotonic() + 30
+        while kernels() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not kernels(), "the launcher's probe kernel is still running"
         status, page = fetch(server.url)
         elapsed = time.perf_counter() - start
         assert status == 200
