@@ -173,7 +173,7 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
             for j in range(nb):
                 x = x_start + j
                 count = 0
-                p = -1
+                p = np.int64(-1)  # typed: a literal -1 would compile the helpers twice
                 below = 0
                 p_gone = False
                 clo = lo[j, 0]
@@ -185,7 +185,7 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                         for i in range(clo, chi):
                             present[rank[i - c0]] = 0
                         count = 0
-                        p = -1
+                        p = np.int64(-1)
                         below = 0
                         p_gone = False
                         clo = a
@@ -228,7 +228,7 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                     chi = b
                     if count == 0:
                         out[k, y, x] = np.nan
-                        p = -1
+                        p = np.int64(-1)
                         below = 0
                         p_gone = False
                         continue
