@@ -147,7 +147,7 @@ def test_hover_and_click_readout(dash):
     assert (r["x"], r["y"]) == (int(round(grid.x[i])), int(round(grid.y[i])))
     assert r["value"] == state.science[0][r["y"], r["x"]]
     assert r["effpix"] == pytest.approx(state.warp_model.effpix_map()[r["y"], r["x"]])
-    assert f"x = {r['x']}" in viewer.readout_label.value
+    assert f"col {r['x']}" in viewer.readout_label.value and f"row {r['y']}" in viewer.readout_label.value
 
     grid.hovered_point = 3  # the other path the browser uses
     assert (viewer.readout["x"], viewer.readout["y"]) == (int(round(grid.x[3])), int(round(grid.y[3])))
