@@ -166,9 +166,15 @@ def test_profile_click_adds_and_guess_click_removes(dash):
     picker, state = dash.picker, dash.state
     n, fits = len(state.guesses), state.n_warp_fits
     true_line = float(state.lines[3])
-    click(picker.click_mark, click_x=200.3, click_y=0.0)
-    assert len(state.guesses) == n + 1 and state.guesses[-1] == pytest.approx(200.3)
+    # A click where the profile has no line says so and adds nothing.
+    empty = next(x for x in np.arange(5.0, 395.0, 7.0) if picker.line_near(x) is None)
+    click(picker.click_mark, click_x=float(empty), click_y=0.0)
+    assert len(state.guesses) == n and state.n_warp_fits == fits
+    assert "No arc line within" in picker.click_message.value
+    click(picker.click_mark, click_x=true_line + 1.3, click_y=0.0)
+    assert len(state.guesses) == n + 1 and state.guesses[-1] == pytest.approx(true_line + 1.3)
     assert state.n_warp_fits == fits + 1 and picker.guess_mark.x.size == n + 1
+    assert picker.click_message.value == ""
 
     # Remove the guess on a real line through its marker.
     index = int(np.argmin(np.abs(np.asarray(state.guesses) - true_line)))
