@@ -455,3 +455,90 @@ def test_dashboard_export_writes_the_batch_files(tmp_path):
     dash.export_folder.value = " "
     dash.export_button.click()  # reported in the banner, not raised
     assert "type the folder" in dash.status.banner.value
+
+
+# ------------------------------------------------- preview, history, navigation
+def test_preview_updates_after_a_mask_change(dash, frames):
+    preview = dash.preview
+    assert preview.extraction is not None and preview.score is not None
+    assert preview.flux_line.x.size == frames.science.shape[2]
+    assert "Sky-line residual" in preview.info.value
+    n, first = preview.n_updates, preview.extraction.flux.copy()
+    a, b = frames.trace_rows
+    dash.viewer.mask_slider.value = (a - 3, b + 2)
+    assert preview.n_updates == n + 1
+    assert not np.array_equal(preview.extraction.flux, first)
+    # The preview shares the image's column scale: zooming one zooms the other.
+    assert preview.x_scale is dash.viewer.figure.x_scale
+    preview.method.value = "boxcar"
+    assert preview.extraction.method == "boxcar" and preview.n_updates == n + 2
+
+
+def test_undo_and_redo_of_mask_and_guesses(dash):
+    state = dash.state
+    assert dash.undo_button.disabled and dash.redo_button.disabled
+    before = state.masks
+    dash.viewer.mask_slider.value = (5, 15)
+    assert state.masks == [(5, 15)] and not dash.undo_button.disabled
+    dash.undo_button.click()
+    assert state.masks == before and not dash.redo_button.disabled
+    assert dash.viewer.mask_slider.value == before[0]
+    dash.redo_button.click()
+    assert state.masks == [(5, 15)]
+    guesses = list(state.guesses)
+    dash.picker.remove_guess(0)
+    assert len(state.guesses) == len(guesses) - 1
+    # Ctrl-Z as the browser sends it (ipyevents), and Ctrl-Shift-Z.
+    assert dash.shortcuts.handle({"type": "keydown", "key": "z", "ctrlKey": True}) == "undo"
+    assert state.guesses == guesses
+    assert dash.shortcuts.handle({"type": "keydown", "key": "Z", "ctrlKey": True, "shiftKey": True}) == "redo"
+    assert len(state.guesses) == len(guesses) - 1
+    assert dash.shortcuts.handle({"type": "keydown", "key": "z"}) is None  # plain z: typing
+
+
+def test_residual_views_are_diverging_and_symmetric(dash):
+    viewer = dash.viewer
+    for view in ("chi", "corrected"):
+        viewer.view = view
+        lo, hi = viewer.figure.limits
+        assert lo == -hi and hi > 0
+        assert viewer.figure.color_scale.colors[0] == "#053061"  # RdBu_r
+        assert viewer.interval.value == "zscale"
+    assert -10 < viewer.figure.limits[0] < 0 or view == "corrected"
+    viewer.view = "chi"
+    assert viewer.figure.limits[1] < 10  # chi of the sky is ~1: zscale, not the trace
+    viewer.view = "science"
+    assert viewer.stretch.value == "log" and viewer.cmap.value == "inferno"
+    viewer.stretch.value = "asinh"
+    viewer.cmap.value = "viridis"
+    assert viewer.figure.color_scale.colors[0] == "#440154"
+    viewer.cmap.value = "nojet"  # reported, not raised
+    assert "unknown colormap" in dash.status.banner.value
+
+
+def test_blink_and_cursor_readout(dash):
+    viewer = dash.viewer
+    viewer.blink_button.value = True  # no event loop: one step
+    assert viewer.view == "corrected" and viewer.blink_button.value is False
+    viewer.blink_mode.value = "exposures"
+    viewer.blink_button.value = True
+    assert dash.state.exposure == 1
+    fig = viewer.figure
+    m = fig.fig_margin
+    width, height = 1000, 400
+    plot_w, plot_h = width - m["left"] - m["right"], height - m["top"] - m["bottom"]
+    viewer.cursor.handle({"type": "mousemove", "relativeX": m["left"] + plot_w / 2,
+                          "relativeY": m["top"] + plot_h / 2, "boundingRectWidth": width,
+                          "boundingRectHeight": height})
+    n_rows, n_cols = dash.state.shape
+    assert abs(viewer.readout["x"] - (n_cols - 1) / 2) <= 1 and abs(viewer.readout["y"] - (n_rows - 1) / 2) <= 1
+    assert f"row {viewer.readout['y']}, col {viewer.readout['x']}" in viewer.readout_label.value
+
+
+def test_zoom_in_the_image_moves_the_arc_image(dash):
+    scale = dash.viewer.figure.x_scale
+    assert dash.picker.arc_figure.x_scale is scale
+    scale.set_state({"min": 100.0, "max": 150.0})
+    assert dash.picker.arc_figure.n_zoom_renders >= 1
+    x0, x1 = dash.picker.arc_figure.image_mark.x
+    assert x0 <= 100 and x1 >= 150 and x1 - x0 < 200

@@ -21,7 +21,10 @@ import traitlets as tl
 
 from ..background import METHODS
 from ..state import SkyState
+from .history import History
 from .image_viewer import ImageViewer, ranges_of
+from .navigation import KeyShortcuts
+from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
@@ -63,6 +66,10 @@ class Dashboard(ipywidgets.VBox):
     picker : WarpGuessPicker or None
         None without an arc frame.
     sed : SEDExplorer
+    preview : SpectrumPreview
+        The extracted 1D spectrum beside the sky spectrum, with the sky-line score.
+    history : History
+        Undo/redo of mask and guess edits (``undo_button``, ``redo_button``, Ctrl-Z).
     status : StatusBar
     method : ipywidgets.ToggleButtons
         The sky estimator (``state.method``).
@@ -87,7 +94,12 @@ class Dashboard(ipywidgets.VBox):
         guard = self.status.guard
         self.viewer = ImageViewer(state, status=self.status, figsize=figsize)
         self.sed = SEDExplorer(state, status=self.status)
-        self.picker = WarpGuessPicker(state, status=self.status, figsize=figsize) if state.arc is not None else None
+        # The arc image and the 1D preview share the image's scales: zoom one, the others follow.
+        image_scales = {"x": self.viewer.figure.x_scale, "y": self.viewer.figure.y_scale}
+        self.picker = WarpGuessPicker(state, status=self.status, figsize=figsize,
+                                      image_scales=image_scales) if state.arc is not None else None
+        self.preview = SpectrumPreview(state, status=self.status, x_scale=self.viewer.figure.x_scale)
+        self._build_history()
         self.method = ipywidgets.ToggleButtons(
             options=list(METHODS), value=state.method, description="Sky method", style={"button_width": "80px"}
         )
@@ -96,7 +108,7 @@ class Dashboard(ipywidgets.VBox):
         # Brushing the sky spectrum outlines the same effective pixels on the image.
         self._link = tl.dlink((self.sed, "selected_range"), (self.viewer, "highlight"))
 
-        sky = ipywidgets.VBox([self.viewer, self.sed])
+        sky = ipywidgets.VBox([self.viewer, self.preview, self.sed])
         pages = [sky] + ([self.picker] if self.picker is not None else [])
         self.tabs = ipywidgets.Tab(children=pages)
         for i, title in enumerate(["Sky", "Warp guesses"][: len(pages)]):
@@ -112,7 +124,33 @@ class Dashboard(ipywidgets.VBox):
         self.export_message = ipywidgets.HTML()
         self.export_button.on_click(guard(lambda _: self.export(self.export_folder.value)))
         export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
-        self.children = [ipywidgets.HBox([self.method, self.status]), self.tabs, export_bar]
+        self.children = [ipywidgets.HBox([self.method, self.undo_button, self.redo_button, self.status]),
+                         self.tabs, export_bar]
+
+    # ------------------------------------------------------------ history
+    def _build_history(self):
+        """Undo/redo of mask and guess edits: buttons, and Ctrl-Z / Ctrl-Y over the page."""
+        guard = self.status.guard
+        self.history = History(self.state)
+        self.undo_button = ipywidgets.Button(description="Undo", icon="undo", disabled=True,
+                                             tooltip="Undo the last mask or guess change (Ctrl-Z)",
+                                             layout=ipywidgets.Layout(width="80px"))
+        self.redo_button = ipywidgets.Button(description="Redo", icon="repeat", disabled=True,
+                                             tooltip="Redo (Ctrl-Y or Ctrl-Shift-Z)",
+                                             layout=ipywidgets.Layout(width="80px"))
+        self.undo_button.on_click(guard(lambda _: self.undo()))
+        self.redo_button.on_click(guard(lambda _: self.redo()))
+        tl.dlink((self.history, "can_undo"), (self.undo_button, "disabled"), transform=lambda v: not v)
+        tl.dlink((self.history, "can_redo"), (self.redo_button, "disabled"), transform=lambda v: not v)
+        self.shortcuts = KeyShortcuts(self, guard(self.undo), guard(self.redo))
+
+    def undo(self):
+        """Undo the last change of the mask or the guesses (what Undo and Ctrl-Z do)."""
+        return self.history.undo()
+
+    def redo(self):
+        """Redo the last undone change."""
+        return self.history.redo()
 
     def export(self, out_dir, overwrite=True):
         """Write the loaded exposures as the batch runner does: ``<out_dir>/<name>_sky.fits``.

@@ -31,7 +31,7 @@ import numpy as np
 import traitlets as tl
 
 from ..plotting import plot_image
-from ..raster import NORMS
+from ..raster import NORMS, display_limits
 from .aggregate import highlight_mask, iso_effpix_polygon
 from .debounce import Debounced, running_loop
 from .navigation import HAVE_IPYEVENTS, CursorReadout
@@ -276,16 +276,28 @@ class ImageViewer(ipywidgets.VBox):
 
     def _display_settings(self):
         """``plot_image`` keywords of the display controls."""
-        interval = self.interval.value
+        interval = None if self.interval.value == "auto" else self.interval.value
         auto = self.auto_limits.value
-        return dict(
+        settings = dict(
             norm=self.stretch.value,
-            interval=None if interval == "auto" else interval,
+            interval=interval,
             cmap=self.cmap.value.strip() or _DISPLAY[self.view]["cmap"],
             symmetric=self.symmetric.value and self.stretch.value != "log",
             vmin=None if auto else self.vmin.value,
             vmax=None if auto else self.vmax.value,
         )
+        if auto and self.view in ("corrected", "chi") and self.state.result is not None:
+            # Residuals are judged in the sky: their limits come from the
+            # unmasked rows, so the bright trace in the masked rows cannot
+            # stretch them (it saturates instead).
+            sky = np.ones(self.state.shape[0], bool)
+            for a, b in self.mask_ranges:
+                sky[a:b] = False
+            if sky.sum() >= 2:
+                settings["vmin"], settings["vmax"] = display_limits(
+                    self._view_array()[sky], settings["norm"], interval=interval, symmetric=settings["symmetric"]
+                )
+        return settings
 
     def refresh_image(self):
         """Re-render the current view with the current display settings."""

@@ -76,6 +76,9 @@ class WarpGuessPicker(ipywidgets.VBox):
     debounce : float
         Seconds of quiet before a burst of clicks refits the warp model (in a
         running kernel; without an event loop each click refits at once).
+    image_scales : dict, optional
+        ``{"x": LinearScale, "y": LinearScale}`` of another image of the same
+        detector, shared by the arc image so that both zoom together.
 
     Attributes
     ----------
@@ -97,7 +100,7 @@ class WarpGuessPicker(ipywidgets.VBox):
         Shown when ``state.warp_model.is_poor``, listing ``quality_warnings``.
     """
 
-    def __init__(self, state, *, status=None, figsize=None, debounce=0.05, scales=None, **kwargs):
+    def __init__(self, state, *, status=None, figsize=None, debounce=0.05, image_scales=None, **kwargs):
         super().__init__(**kwargs)
         if state.arc is None:
             raise ValueError("the warp-guess picker needs an arc frame in the state")
@@ -148,9 +151,9 @@ class WarpGuessPicker(ipywidgets.VBox):
         )
 
         # --------------------------------------------------------- arc image
-        # ``scales``: the image viewer's, so both views of the detector zoom together.
+        # ``image_scales``: the image viewer's, so both views of the detector zoom together.
         self.arc_figure = plot_image(state.arc, norm="log", figsize=figsize, title="Arc with the fitted line curves",
-                                     scales=scales)
+                                     scales=image_scales)
         arc_scales = {"x": self.arc_figure.x_scale, "y": self.arc_figure.y_scale}
         self.curves_mark = bqplot.Lines(
             x=[], y=[], scales=arc_scales, colors=[_USED], stroke_width=1.2, interactions={},
