@@ -416,7 +416,7 @@ class DashboardApp:
         goodman_label = "Goodman sample" if goodman_available() else "Goodman sample (download, 22 MB)"
         self.source = w.ToggleButtons(
             options=[("Synthetic demo", "demo"), (goodman_label, "goodman"), ("FITS folder", "folder")],
-            value="demo", style={"button_width": "190px"},
+            value="demo", style={"button_width": "250px"},
         )
         self.source.add_class("sw-source")
         self.load_button = w.Button(description="Load", icon="upload", button_style="primary",

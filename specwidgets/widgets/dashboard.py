@@ -109,10 +109,15 @@ class Dashboard(ipywidgets.VBox):
         self._link = tl.dlink((self.sed, "selected_range"), (self.viewer, "highlight"))
 
         sky = ipywidgets.VBox([self.viewer, self.preview, self.sed])
-        pages = [sky] + ([self.picker] if self.picker is not None else [])
+        # The picker is put in its tab when the tab is first opened: a bqplot
+        # figure drawn in a hidden tab has no size and sets negative widths
+        # (console errors "<rect> attribute width: A negative value").
+        self._picker_page = ipywidgets.VBox()
+        pages = [sky] + ([self._picker_page] if self.picker is not None else [])
         self.tabs = ipywidgets.Tab(children=pages)
         for i, title in enumerate(["Sky", "Warp guesses"][: len(pages)]):
             self.tabs.set_title(i, title)
+        self.tabs.observe(guard(self._on_tab), names="selected_index")
         n_exp = state.n_exposures
         self.exposure_names = list(exposure_names) if exposure_names is not None else [
             f"exposure_{k}" for k in range(n_exp)
@@ -127,6 +132,10 @@ class Dashboard(ipywidgets.VBox):
         self.children = [ipywidgets.HBox([self.method, self.undo_button, self.redo_button, self.status]),
                          self.tabs, export_bar]
 
+    def _on_tab(self, change):
+        if change["new"] == 1 and self.picker is not None and not self._picker_page.children:
+            self._picker_page.children = [self.picker]
+
     # ------------------------------------------------------------ history
     def _build_history(self):
         """Undo/redo of mask and guess edits: buttons, and Ctrl-Z / Ctrl-Y over the page."""
@@ -138,6 +147,8 @@ class Dashboard(ipywidgets.VBox):
         self.redo_button = ipywidgets.Button(description="Redo", icon="repeat", disabled=True,
                                              tooltip="Redo (Ctrl-Y or Ctrl-Shift-Z)",
                                              layout=ipywidgets.Layout(width="80px"))
+        self.undo_button.add_class("sw-undo")
+        self.redo_button.add_class("sw-redo")
         self.undo_button.on_click(guard(lambda _: self.undo()))
         self.redo_button.on_click(guard(lambda _: self.redo()))
         tl.dlink((self.history, "can_undo"), (self.undo_button, "disabled"), transform=lambda v: not v)

@@ -167,6 +167,7 @@ class ImageViewer(ipywidgets.VBox):
             continuous_update=False, readout=False, layout=ipywidgets.Layout(width="360px"),
         )
         self.mask_label = ipywidgets.HTML(layout=ipywidgets.Layout(width="70px"))
+        self.mask_label.add_class("sw-mask-label")
         self.mask_select = ipywidgets.Dropdown(description="Range", layout=ipywidgets.Layout(width="220px"))
         self.add_button = ipywidgets.Button(description="Add range", icon="plus", layout=ipywidgets.Layout(width="110px"))
         self.remove_button = ipywidgets.Button(description="Remove", icon="minus", layout=ipywidgets.Layout(width="100px"))

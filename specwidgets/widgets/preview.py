@@ -131,6 +131,7 @@ class SpectrumPreview(ipywidgets.VBox):
             ipywidgets.HBox([self.method, self.info]),
             self.figure,
         ]
+        self.add_class("sw-preview")
         guard(self.refresh)()
 
     def _say(self, text):

@@ -175,6 +175,7 @@ class WarpGuessPicker(ipywidgets.VBox):
             continuous_update=False, style={"description_width": "110px"}, layout=ipywidgets.Layout(width="420px"),
         )
         self.click_message = ipywidgets.HTML()
+        self.click_message.add_class("sw-click-message")
         self.reset_button = ipywidgets.Button(description="Use found lines", icon="refresh",
                                               layout=ipywidgets.Layout(width="150px"))
         self.residuals = ipywidgets.HTML()
