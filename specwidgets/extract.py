@@ -48,9 +48,6 @@ __all__ = [
 
 EXTRACTION_METHODS = ("boxcar", "optimal")
 
-_GAUSS_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
-
-
 # --------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------
@@ -207,6 +204,22 @@ def _window(image, mask_region):
     return max(0, lo - margin), min(n_rows, hi + 1 + margin)
 
 
+def _half_max_width(profile):
+    """Full width at half maximum of a 1D profile (rows), interpolated between rows."""
+    peak = int(np.argmax(profile))
+    half = 0.5 * profile[peak]
+    lo = peak
+    while lo > 0 and profile[lo - 1] > half:
+        lo -= 1
+    hi = peak
+    while hi < profile.size - 1 and profile[hi + 1] > half:
+        hi += 1
+    # Linear interpolation of the crossings on each side.
+    left = lo - (profile[lo] - half) / (profile[lo] - profile[lo - 1]) if lo > 0 else lo - 0.5
+    right = hi + (profile[hi] - half) / (profile[hi] - profile[hi + 1]) if hi < profile.size - 1 else hi + 0.5
+    return float(max(right - left, 1.0))
+
+
 def trace_spectrum(image, mask_region=None, *, order=2, n_blocks=None, clip=3.0):
     """Find the target's centre row in every column of a frame.
 
@@ -267,11 +280,13 @@ def trace_spectrum(image, mask_region=None, *, order=2, n_blocks=None, clip=3.0)
         total = weights.sum()
         if not total > 0:
             continue
-        c = float((weights * rows).sum() / total)
-        var = float((weights * (rows - c) ** 2).sum() / total)
+        # Centroid of the core (above 5% of the peak): the wings of a
+        # wide window add only noise.
+        core = weights >= 0.05 * weights.max()
+        c = float((weights * core * rows).sum() / (weights * core).sum())
         cols.append(0.5 * (c0 + c1 - 1))
         centres.append(c)
-        widths.append(np.sqrt(var) * _GAUSS_FWHM)
+        widths.append(_half_max_width(weights))
     cols, centres = np.asarray(cols), np.asarray(centres)
     if cols.size < order + 2:
         raise ValueError(

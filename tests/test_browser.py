@@ -444,7 +444,7 @@ def test_goodman_sample_in_the_page(visit):
     visit.wait_idle()
     # The slider's range as a Python slice, as the range list and the form write it.
     assert page.locator(".sw-mask-label").inner_text().strip() == "20:100"
-    assert "rows 20:100" in page.locator(".sw-image-viewer select").last.inner_text()
+    assert "rows 20:100" in page.locator(".sw-image-viewer select").last.inner_text().replace("\xa0", " ")
     assert_not_blank(figures(page.locator(".sw-image-viewer")).first, "Goodman image")
     assert_not_blank(figures(page.locator(".sw-sed-explorer")).first, "Goodman sky spectrum")
     visit.screenshot("goodman-sample")
@@ -491,6 +491,14 @@ def test_chi_view_is_diverging_with_symmetric_limits(visit):
     blue = (shot[..., 2] > shot[..., 0] + 60).sum()
     assert red > 500 and blue > 500, f"{red} red and {blue} blue pixels"
     visit.screenshot("chi-diverging")
+    # The cursor readout under pan/zoom: the mouse over the x tick "500", mid-height.
+    tick = viewer.locator(".bqplot g.axis .tick", has_text="500").first.bounding_box()
+    plot = viewer.locator(".bqplot").first.bounding_box()
+    page.mouse.move(tick["x"] + tick["width"] / 2, plot["y"] + plot["height"] * 0.3)
+    readout = viewer.locator("code", has_text="chi =")
+    readout.wait_for(timeout=10000)
+    col = int(readout.inner_text().split("col ")[1].split(":")[0])
+    assert abs(col - 500) <= 3, f"readout says col {col} with the mouse at column 500"
     visit.assert_clean()
 
 

@@ -194,7 +194,11 @@ class ImageViewer(ipywidgets.VBox):
             x=hx, y=hy, scales=scales, marker="square", default_size=size, opacities=[0.0],
             colors=["white"], interactions={}, preserve_domain={"x": True, "y": True},
         )
-        self.figure.marks = [*self.figure.marks, self.mask_bands, self.highlight_mark, self.hover_mark]
+        # Under pan/zoom the hover squares get no events (the PanZoom layer is
+        # on top); with ipyevents the readout follows mousemove instead, and
+        # thousands of idle SVG squares would only slow the page.
+        hover = [] if HAVE_IPYEVENTS else [self.hover_mark]
+        self.figure.marks = [*self.figure.marks, self.mask_bands, self.highlight_mark, *hover]
 
         # Front end -> state
         self._commit_mask = Debounced(self._commit_mask_now, delay=debounce, on_error=self.status.report)
