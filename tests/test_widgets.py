@@ -542,3 +542,48 @@ def test_zoom_in_the_image_moves_the_arc_image(dash):
     assert dash.picker.arc_figure.n_zoom_renders >= 1
     x0, x1 = dash.picker.arc_figure.image_mark.x
     assert x0 <= 100 and x1 >= 150 and x1 - x0 < 200
+
+
+def test_session_round_trip_gives_the_same_sky(dash, frames, tmp_path):
+    state = dash.state
+    dash.viewer.mask_slider.value = (8, 30)
+    with state.hold():
+        state.tolerance = 10.0
+        state.std_variation = 30.0
+    dash.picker.remove_guess(0)
+    state.method = "median"
+    dash.viewer.view = "chi"
+    dash.viewer.cmap.value = "coolwarm"
+    path = dash.save_session(tmp_path / "s.json")
+    assert "saved" in dash.session_message.value
+
+    other = Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
+    assert other.load_session(path) == []
+    for name in ("mask_region", "guesses", "tolerance", "std_variation", "method", "read_noise"):
+        assert getattr(other.state, name) == getattr(state, name), name
+    np.testing.assert_allclose(other.background, dash.background, rtol=1e-6, atol=0)
+    assert other.viewer.view == "chi" and other.viewer.cmap.value == "coolwarm"
+    other.undo()  # a load is undoable like any edit
+    assert other.state.guesses != state.guesses or other.state.masks != state.masks
+
+
+def test_session_errors_are_clear(dash, tmp_path):
+    import json
+
+    with pytest.raises(ValueError, match="no session file"):
+        dash.load_session(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON session"):
+        dash.load_session(bad)
+    other = tmp_path / "other.json"
+    data = json.loads(dash.save_session(tmp_path / "ok.json").read_text())
+    data["frames"]["shape"] = [10, 20]
+    other.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="saved for frames of shape"):
+        dash.load_session(other)
+    with pytest.raises(ValueError, match="is a folder"):
+        dash.save_session(tmp_path)
+    dash.session_path.value = str(tmp_path / "missing.json")
+    dash.load_session_button.click()  # reported in the banner, not raised
+    assert "no session file" in dash.status.banner.value

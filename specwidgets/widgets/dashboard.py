@@ -129,8 +129,49 @@ class Dashboard(ipywidgets.VBox):
         self.export_message = ipywidgets.HTML()
         self.export_button.on_click(guard(lambda _: self.export(self.export_folder.value)))
         export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
+        session_bar = self._build_session_bar()
         self.children = [ipywidgets.HBox([self.method, self.undo_button, self.redo_button, self.status]),
-                         self.tabs, export_bar]
+                         self.tabs, export_bar, session_bar]
+
+    # ------------------------------------------------------------ sessions
+    def _build_session_bar(self):
+        guard = self.status.guard
+        self.session_path = ipywidgets.Text(value="specwidgets_session.json", description="Session")
+        self.save_session_button = ipywidgets.Button(description="Save session", icon="save",
+                                                     layout=ipywidgets.Layout(width="130px"))
+        self.load_session_button = ipywidgets.Button(description="Load session", icon="folder-open",
+                                                     layout=ipywidgets.Layout(width="130px"))
+        self.session_message = ipywidgets.HTML()
+        self.save_session_button.add_class("sw-save-session")
+        self.load_session_button.add_class("sw-load-session")
+        self.session_message.add_class("sw-session-message")
+        self.save_session_button.on_click(guard(lambda _: self.save_session(self.session_path.value)))
+        self.load_session_button.on_click(guard(lambda _: self.load_session(self.session_path.value)))
+        return ipywidgets.HBox([self.session_path, self.save_session_button, self.load_session_button,
+                                self.session_message])
+
+    def save_session(self, path):
+        """Save the settings (mask, guesses, warp and sky options, display, trace) to a JSON file.
+
+        See :mod:`specwidgets.widgets.session`. Returns the path written.
+        """
+        from .session import save_session
+
+        written = save_session(self, str(path).strip())
+        self.session_message.value = f"saved the settings to {written}"
+        return written
+
+    def load_session(self, path):
+        """Apply the settings of a session file saved by :meth:`save_session` (one recomputation).
+
+        Returns the names of the settings this dashboard could not apply.
+        """
+        from .session import load_session
+
+        skipped = load_session(self, str(path).strip())
+        note = f" (not applied: {', '.join(skipped)})" if skipped else ""
+        self.session_message.value = f"loaded the settings of {str(path).strip()}{note}"
+        return skipped
 
     def _on_tab(self, change):
         if change["new"] == 1 and self.picker is not None and not self._picker_page.children:
