@@ -209,7 +209,7 @@ class ImageFigure(bqplot.Figure):
         return (self.x_scale.min, self.x_scale.max), (self.y_scale.min, self.y_scale.max)
 
     def _on_view_change(self, change):
-        if self._setting_view or None in (change["new"],):
+        if self._setting_view or change["new"] is None:
             return
         if self._follow is None:
             # Deferred import: the widgets package imports this module.

@@ -533,6 +533,11 @@ def test_blink_and_cursor_readout(dash):
     n_rows, n_cols = dash.state.shape
     assert abs(viewer.readout["x"] - (n_cols - 1) / 2) <= 1 and abs(viewer.readout["y"] - (n_rows - 1) / 2) <= 1
     assert f"row {viewer.readout['y']}, col {viewer.readout['x']}" in viewer.readout_label.value
+    # The other panels read out too: the arc image and the 1D preview.
+    dash.picker._on_arc_cursor(10.2, 5.7)
+    assert f"row 6, col 10: arc = {dash.state.arc[6, 10]:.5g}" in dash.picker.arc_readout.value
+    dash.preview.show_readout(20.4)
+    assert f"col 20: target = {dash.preview.extraction.flux[20]:.5g}" in dash.preview.readout.value
 
 
 def test_zoom_in_the_image_moves_the_arc_image(dash):

@@ -29,6 +29,7 @@ import ipywidgets
 import numpy as np
 
 from ..extract import EXTRACTION_METHODS, extract_spectrum, sky_line_residual_score, trace_spectrum
+from .navigation import CursorReadout
 from .status import StatusBar
 
 __all__ = ["SpectrumPreview"]
@@ -124,12 +125,15 @@ class SpectrumPreview(ipywidgets.VBox):
             tooltips=["Horne (1986) optimal extraction with the sky model's variance", "sum over the aperture"],
         )
         self.info = ipywidgets.HTML()
+        self.readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the image above follows)</i>")
+        self.cursor = CursorReadout(self.figure, self.x_scale, self.y_scale, guard(self.show_readout))
         self.method.observe(guard(lambda _: self.refresh()), names="value")
         state.observe(guard(lambda _: self.refresh()), names=["result", "exposure"])
         self.children = [
             *([self.status] if self.own_status else []),
             ipywidgets.HBox([self.method, self.info]),
             self.figure,
+            self.readout,
         ]
         self.add_class("sw-preview")
         guard(self.refresh)()
@@ -164,6 +168,19 @@ class SpectrumPreview(ipywidgets.VBox):
             self.trace, self.extraction, self.sky, self.score = trace, spec, sky, score
             self.n_updates += 1
             self._draw()
+
+    def show_readout(self, x, y=None):
+        """Write the target and sky at column ``x`` under the figure (what the mouse does)."""
+        spec = self.extraction
+        if x is None or spec is None:
+            return
+        col = int(round(x))
+        if not 0 <= col < spec.flux.size:
+            return
+        self.readout.value = (
+            f"<code>col {col}: target = {spec.flux[col]:.5g} &plusmn; {spec.sigma[col]:.3g}, "
+            f"sky = {self.sky[col]:.5g}</code>"
+        )
 
     def _clear(self):
         self.trace = self.extraction = self.sky = self.score = None

@@ -39,6 +39,7 @@ from ..lines import robust_noise, row_profile
 from ..plotting import plot_image
 from ..raster import to_indexed_png
 from .debounce import Debounced
+from .navigation import CursorReadout
 from .status import StatusBar
 
 __all__ = ["WarpGuessPicker"]
@@ -164,6 +165,9 @@ class WarpGuessPicker(ipywidgets.VBox):
             line_style="dashed", stroke_width=1, interactions={}, preserve_domain={"x": True, "y": True},
         )
         self.arc_figure.marks = [*self.arc_figure.marks, self.curves_mark, self.ref_row_mark]
+        self.arc_readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the Sky tab's image follows)</i>")
+        self.arc_cursor = CursorReadout(self.arc_figure, self.arc_figure.x_scale, self.arc_figure.y_scale,
+                                        self.status.guard(self._on_arc_cursor))
 
         # ----------------------------------------------------------- controls
         self.tolerance = ipywidgets.FloatSlider(
@@ -202,9 +206,18 @@ class WarpGuessPicker(ipywidgets.VBox):
             self.click_message,
             self.profile_figure,
             self.arc_figure,
+            self.arc_readout,
             ipywidgets.HTML("<b>Traced lines</b>"),
             self.residuals,
         ]
+
+    def _on_arc_cursor(self, x, y):
+        if x is None:
+            return
+        n_rows, n_cols = self.state.shape
+        col, row = int(round(x)), int(round(y))
+        if 0 <= col < n_cols and 0 <= row < n_rows:
+            self.arc_readout.value = f"<code>row {row}, col {col}: arc = {self.state.arc[row, col]:.5g}</code>"
 
     # ------------------------------------------------------------ guesses
     @property
