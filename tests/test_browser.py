@@ -598,3 +598,45 @@ def test_arc_click_without_a_line_says_so(visit):
     assert len(picker.evaluate(PICKER_STATE)["guesses"]) == len(start["guesses"])
     visit.screenshot("arc-click-no-line")
     visit.assert_clean()
+
+
+def test_blink_alternates_science_and_corrected(visit):
+    page = visit.page
+    viewer = page.locator(".sw-image-viewer")
+    titles = set()
+    viewer.locator("button", has_text="Blink").click()
+    t0 = time.monotonic()
+    while len(titles) < 2 and time.monotonic() - t0 < 10:
+        titles.add(viewer.locator(".bqplot .mainheading").first.text_content().split(",")[0])
+        page.wait_for_timeout(100)
+    viewer.locator("button", has_text="Blink").click()  # stop
+    visit.wait_idle()
+    assert titles >= {"Science", "Corrected"}, titles
+    visit.assert_clean()
+
+
+def test_session_saved_and_loaded_in_the_page(visit, tmp_path):
+    page = visit.page
+    path = tmp_path / "night.json"
+    label = page.locator(".sw-mask-label")
+    saved_label = label.inner_text().strip()
+    field = page.get_by_label("Session")
+    field.fill(str(path))
+    field.press("Tab")
+    page.locator(".sw-save-session").click()
+    page.locator(".sw-session-message").get_by_text("saved the settings").wait_for(timeout=10000)
+    assert path.exists() and '"mask_region"' in path.read_text()
+
+    slider = page.locator(".sw-mask-slider")
+    slider.scroll_into_view_if_needed()
+    drag(page, slider.locator(".noUi-handle-upper"), dx=40)
+    page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() !== '{saved_label}'",
+                           timeout=10000)
+    visit.wait_idle()
+    page.locator(".sw-load-session").click()
+    page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() === '{saved_label}'",
+                           timeout=10000)
+    page.locator(".sw-session-message").get_by_text("loaded the settings").wait_for(timeout=10000)
+    page.locator(".sw-session-message").scroll_into_view_if_needed()
+    visit.screenshot("session-loaded")
+    visit.assert_clean()
