@@ -572,8 +572,8 @@ def test_preview_score_updates_after_a_mask_change_and_undo_restores_it(visit):
     page.locator(".sw-redo").click()
     page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() === '{moved_label}'",
                            timeout=10000)
-    box = page.locator(".sw-preview").bounding_box()
-    page.mouse.move(box["x"] + 20, box["y"] + 10)
+    box = figures(page.locator(".sw-preview")).first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.keyboard.press("Control+z")
     page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() === '{before_label}'",
                            timeout=10000)
@@ -586,6 +586,14 @@ def test_arc_click_without_a_line_says_so(visit):
     page.get_by_role("tab", name="Warp guesses").click()
     picker = page.locator(".sw-warp-picker")
     picker.locator(".bqplot path.dot").first.wait_for(timeout=10000)
+    visit.wait_idle()
+    # The arc image, put in the page when its tab opened, reads out under the mouse too.
+    arc = figures(picker).nth(1)
+    arc.scroll_into_view_if_needed()
+    box = arc.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.3)
+    picker.locator("code", has_text="arc =").wait_for(timeout=10000)
+    picker.locator(".bqplot").first.scroll_into_view_if_needed()
     visit.wait_idle()
     start = picker.evaluate(PICKER_STATE)
     xs = sorted(g["x"] for g in start["guesses"])

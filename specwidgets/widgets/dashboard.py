@@ -176,6 +176,8 @@ class Dashboard(ipywidgets.VBox):
     def _on_tab(self, change):
         if change["new"] == 1 and self.picker is not None and not self._picker_page.children:
             self._picker_page.children = [self.picker]
+            for figure in (self.picker.profile_figure, self.picker.arc_figure):
+                self.shortcuts.add(figure)
 
     # ------------------------------------------------------------ history
     def _build_history(self):
@@ -194,7 +196,10 @@ class Dashboard(ipywidgets.VBox):
         self.redo_button.on_click(guard(lambda _: self.redo()))
         tl.dlink((self.history, "can_undo"), (self.undo_button, "disabled"), transform=lambda v: not v)
         tl.dlink((self.history, "can_redo"), (self.redo_button, "disabled"), transform=lambda v: not v)
-        self.shortcuts = KeyShortcuts(self, guard(self.undo), guard(self.redo))
+        # Over the figures only: ipyevents swallows every key while the pointer
+        # is over a watched widget, which would block typing in text fields.
+        self.shortcuts = KeyShortcuts([self.viewer.figure, self.preview.figure, self.sed.figure],
+                                      guard(self.undo), guard(self.redo))
 
     def undo(self):
         """Undo the last change of the mask or the guesses (what Undo and Ctrl-Z do)."""

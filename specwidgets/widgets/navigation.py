@@ -7,8 +7,9 @@ working as soon as wheel zoom and drag pan are on. The browser's own
 <https://github.com/mwcraig/ipyevents>`_ forwards it to the kernel;
 :class:`CursorReadout` turns its position in the element into data
 coordinates with the figure's margins and scales. ipyevents is optional:
-without it :data:`HAVE_IPYEVENTS` is False and the readouts fall back to
-mark hovers (with pan/zoom off).
+without it :data:`HAVE_IPYEVENTS` is False, the image readout falls back to
+mark hovers (which pan/zoom blocks) and Ctrl-Z does nothing (the Undo
+button still works).
 
 Examples
 --------
@@ -115,24 +116,32 @@ class CursorReadout:
 
 
 class KeyShortcuts:
-    """Ctrl-Z / Ctrl-Shift-Z / Ctrl-Y (Cmd on a Mac) on a widget call ``undo`` / ``redo``.
+    """Ctrl-Z / Ctrl-Shift-Z / Ctrl-Y (Cmd on a Mac) over some widgets call ``undo`` / ``redo``.
 
-    The browser sends key presses to the element that has the focus; ipyevents
-    gives the watched widget the focus while the mouse is over it, so the keys
-    work while the pointer is on the dashboard.
+    ipyevents captures every key press on the page while the pointer is over
+    a watched widget (and stops it there), so only widgets without text
+    fields should be watched: the figures. A text field keeps its own Ctrl-Z.
 
     Parameters
     ----------
-    widget : ipywidgets.DOMWidget
+    widgets : sequence of ipywidgets.DOMWidget
+        Watched now; :meth:`add` watches more (e.g. a figure shown later).
     undo, redo : callable
     """
 
-    def __init__(self, widget, undo, redo):
+    def __init__(self, widgets, undo, redo):
         self.undo, self.redo = undo, redo
-        self.event = None
-        if _Event is not None:
-            self.event = _Event(source=widget, watched_events=["keydown"], ignore_modifier_key_events=True)
-            self.event.on_dom_event(self.handle)
+        self.events = []
+        for widget in widgets:
+            self.add(widget)
+
+    def add(self, widget):
+        """Watch key presses while the pointer is over ``widget`` (no-op without ipyevents)."""
+        if _Event is None:
+            return
+        event = _Event(source=widget, watched_events=["keydown"], ignore_modifier_key_events=True)
+        event.on_dom_event(self.handle)
+        self.events.append(event)
 
     def handle(self, event):
         """Handle one ipyevents key event dict; returns what it did ("undo", "redo" or None)."""
@@ -148,5 +157,6 @@ class KeyShortcuts:
         return None
 
     def close(self):
-        if self.event is not None:
-            self.event.close()
+        for event in self.events:
+            event.close()
+        self.events = []
