@@ -472,6 +472,12 @@ def test_preview_updates_after_a_mask_change(dash, frames):
     assert preview.x_scale is dash.viewer.figure.x_scale
     preview.method.value = "boxcar"
     assert preview.extraction.method == "boxcar" and preview.n_updates == n + 2
+    # The trace is editable: shift it, fix the aperture.
+    rows = preview.trace.rows.copy()
+    preview.shift.value = 1.5
+    np.testing.assert_allclose(preview.trace.rows, rows + 1.5)
+    preview.aperture.value = 9.0
+    assert preview.extraction.width == 9.0
 
 
 def test_undo_and_redo_of_mask_and_guesses(dash):

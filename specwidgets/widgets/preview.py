@@ -63,6 +63,9 @@ class SpectrumPreview(ipywidgets.VBox):
     ----------
     method : ipywidgets.ToggleButtons
         ``"optimal"`` or ``"boxcar"``.
+    shift, aperture : ipywidgets.FloatText
+        Edits of the trace: rows to move it by; aperture width in rows
+        (0: four times the trace's FWHM).
     trace : specwidgets.extract.Trace or None
     extraction : specwidgets.extract.Extraction or None
     sky : (n_cols,) array or None
@@ -125,13 +128,22 @@ class SpectrumPreview(ipywidgets.VBox):
             tooltips=["Horne (1986) optimal extraction with the sky model's variance", "sum over the aperture"],
         )
         self.info = ipywidgets.HTML()
+        # Edits of the trace: move it by some rows, or fix the aperture width.
+        self.shift = ipywidgets.FloatText(value=0.0, step=0.5, description="Shift [rows]",
+                                          style={"description_width": "80px"}, layout=ipywidgets.Layout(width="160px"))
+        self.aperture = ipywidgets.FloatText(value=0.0, step=1.0, description="Aperture [rows]",
+                                             tooltip="0: four times the trace's FWHM",
+                                             style={"description_width": "100px"},
+                                             layout=ipywidgets.Layout(width="180px"))
+        self.shift.observe(guard(lambda _: self.refresh()), names="value")
+        self.aperture.observe(guard(lambda _: self.refresh()), names="value")
         self.readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the image above follows)</i>")
         self.cursor = CursorReadout(self.figure, self.x_scale, self.y_scale, guard(self.show_readout))
         self.method.observe(guard(lambda _: self.refresh()), names="value")
         state.observe(guard(lambda _: self.refresh()), names=["result", "exposure"])
         self.children = [
             *([self.status] if self.own_status else []),
-            ipywidgets.HBox([self.method, self.info]),
+            ipywidgets.HBox([self.method, self.shift, self.aperture, self.info]),
             self.figure,
             self.readout,
         ]
@@ -157,8 +169,11 @@ class SpectrumPreview(ipywidgets.VBox):
                 self._clear()
                 self._say(f"&#9888; no trace: {html.escape(str(exc))}")
                 return
+            if self.shift.value:
+                trace = trace.shifted(self.shift.value)
+            width = self.aperture.value if self.aperture.value > 0 else None
             variance = result.noise_variance[k] + result.exposure_variance(k)
-            spec = extract_spectrum(corrected, trace, method=self.method.value, variance=variance,
+            spec = extract_spectrum(corrected, trace, width=width, method=self.method.value, variance=variance,
                                     gain=result.gain)
             sky = extract_spectrum(result.background[k], trace, width=spec.width, method="boxcar").flux
             try:

@@ -80,7 +80,8 @@ def session_settings(dash):
     }
     preview = getattr(dash, "preview", None)
     if preview is not None:
-        out["preview"] = {"method": preview.method.value}
+        out["preview"] = {"method": preview.method.value, "shift": float(preview.shift.value),
+                          "aperture": float(preview.aperture.value)}
         if preview.trace is not None:
             t = preview.trace
             out["preview"]["trace"] = {"coefficients": [float(c) for c in t.coefficients], "n_cols": t.n_cols,
@@ -170,9 +171,13 @@ def apply_session(dash, data):
         viewer._syncing = False
     viewer.refresh_image()
     preview = getattr(dash, "preview", None)
-    method = data.get("preview", {}).get("method")
-    if preview is not None and method in preview.method.options:
-        preview.method.value = method
+    saved = data.get("preview", {})
+    if preview is not None:
+        if saved.get("method") in preview.method.options:
+            preview.method.value = saved["method"]
+        for widget, key in ((preview.shift, "shift"), (preview.aperture, "aperture")):
+            if isinstance(saved.get(key), (int, float)):
+                widget.value = float(saved[key])
     return skipped
 
 
