@@ -211,6 +211,11 @@ def drag(page, locator, dx, dy=0.0, steps=10):
     page.mouse.up()
 
 
+TRUNCATED = """() => [...document.querySelectorAll('.widget-label, .widget-toggle-button, .jupyter-button, .widget-label-basic')]
+  .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.textContent.trim())"""
+
+
 # ------------------------------------------------------------------ tests
 def test_dashboard_renders(visit):
     page = visit.page
@@ -219,6 +224,7 @@ def test_dashboard_renders(visit):
     assert image_href(viewer).startswith(("blob:", "data:"))
     assert_not_blank(figures(viewer).first, "image viewer")
     assert_not_blank(figures(sed).first, "SED explorer")
+    assert page.evaluate(TRUNCATED) == [], "labels cut off with an ellipsis"
     visit.screenshot("dashboard-sky")
 
     page.get_by_role("tab", name="Warp guesses").click()
@@ -230,6 +236,7 @@ def test_dashboard_renders(visit):
     assert_not_blank(profile, "arc profile")
     assert_not_blank(arc, "arc image")
     assert picker.locator(".bqplot").nth(1).locator("path.line").count() > 5  # fitted line curves
+    assert page.evaluate(TRUNCATED) == [], "labels cut off with an ellipsis"
     visit.screenshot("dashboard-warp-guesses")
     visit.assert_clean()
     print(f"dashboard ready in {visit.ready_s:.1f} s")

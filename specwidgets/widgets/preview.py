@@ -130,11 +130,11 @@ class SpectrumPreview(ipywidgets.VBox):
         self.info = ipywidgets.HTML()
         # Edits of the trace: move it by some rows, or fix the aperture width.
         self.shift = ipywidgets.FloatText(value=0.0, step=0.5, description="Shift [rows]",
-                                          style={"description_width": "80px"}, layout=ipywidgets.Layout(width="160px"))
+                                          style={"description_width": "initial"}, layout=ipywidgets.Layout(width="165px"))
         self.aperture = ipywidgets.FloatText(value=0.0, step=1.0, description="Aperture [rows]",
                                              tooltip="0: four times the trace's FWHM",
-                                             style={"description_width": "100px"},
-                                             layout=ipywidgets.Layout(width="180px"))
+                                             style={"description_width": "initial"},
+                                             layout=ipywidgets.Layout(width="195px"))
         self.shift.observe(guard(lambda _: self.refresh()), names="value")
         self.aperture.observe(guard(lambda _: self.refresh()), names="value")
         self.readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the image above follows)</i>")
