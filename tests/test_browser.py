@@ -455,6 +455,15 @@ def test_goodman_sample_in_the_page(visit):
     assert_not_blank(figures(page.locator(".sw-image-viewer")).first, "Goodman image")
     assert_not_blank(figures(page.locator(".sw-sed-explorer")).first, "Goodman sky spectrum")
     visit.screenshot("goodman-sample")
+    # The chi view of the Goodman crop: a diverging map with limits symmetric about zero.
+    show_view(page, "Chi")
+    visit.wait_idle()
+    state = colorbar_state(page.locator(".sw-image-viewer"))
+    values = [float(t.replace("\u2212", "-")) for t in state["ticks"] if t.strip()]
+    assert min(values) < 0 < max(values) and abs(min(values) + max(values)) < 1e-9, values
+    assert [state["stops"][0].lower(), state["stops"][-1].lower()] == ["#053061", "#67001f"]
+    page.locator(".sw-image-viewer").scroll_into_view_if_needed()
+    visit.screenshot("goodman-chi")
     visit.assert_clean()
 
 
