@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .inputs import as_image_stack, mask_ranges, mask_rows
+from .inputs import as_image_stack, check_number, check_spatial_order, mask_ranges, mask_rows
 from .median_sky import median_of_bins
 from .warp import WarpModel
 
@@ -169,8 +169,10 @@ class SkyResult:
 
 
 def _noise_model(read_noise, gain):
-    read_noise = 0.0 if read_noise is None else float(read_noise)
-    gain = 1.0 if gain is None else float(gain)
+    read_noise = check_number(read_noise, "read_noise", allow_none=True)
+    gain = check_number(gain, "gain", allow_none=True)
+    read_noise = 0.0 if read_noise is None else read_noise
+    gain = 1.0 if gain is None else gain
     if not np.isfinite(read_noise) or read_noise < 0:
         raise ValueError(f"read_noise must be a non-negative number of electrons; got {read_noise!r}")
     if not np.isfinite(gain) or gain <= 0:
@@ -228,8 +230,22 @@ def fit_sky(
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    # The frames' own noise model (loaders' FrameArray) when none is passed.
+    read_noise = getattr(images, "read_noise", None) if read_noise is None else read_noise
+    gain = getattr(images, "gain", None) if gain is None else gain
     read_noise, gain = _noise_model(read_noise, gain)
+    if "spatial_order" in options:
+        check_spatial_order(options["spatial_order"])
     n_exp, n_rows, n_cols = stack.shape
+    if n_cols < 2:
+        raise ValueError(
+            f"images have {n_cols} column(s); a sky fit needs a spectrum along the columns "
+            "(dispersion along x): check the instrument's dispersion_axis (transpose the frames?)"
+        )
+    if warp_model.coefficients.size and not np.isfinite(warp_model.coefficients).all():
+        raise ValueError(
+            "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
+        )
     emap = warp_model.effpix_map((n_rows, n_cols))
     ranges = mask_ranges(mask_region, n_rows)
     masked_rows = mask_rows(ranges, n_rows)

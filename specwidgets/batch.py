@@ -52,10 +52,21 @@ the slit illumination, removes the lamp's spectrum) or by its overall median
 set to NaN in the science frame (the sky fit ignores them) and flagged with
 :data:`~specwidgets.fits_output.MASK_BADFLAT`. The arc is not flat-fielded.
 
-Failures
---------
+Failures and suspect fits
+-------------------------
 A file that cannot be read or fit is reported by name; the others still
 finish, and :attr:`BatchSummary.exit_code` (the command's exit code) is 1.
+A fit that says it is probably wrong (``SkyResult.quality.suspect``) is
+written, flagged in its header (``SWSUSP`` and the quality cards), named
+in the report and counted apart ("fits: good N, suspect K"); the exit code
+stays 0 unless ``fail_on_suspect`` (``--fail-on-suspect``) asks for 3.
+
+Noise model
+-----------
+Each exposure carries its own gain and read noise (instrument header
+keywords, see :mod:`specwidgets.instruments`) into :func:`fit_sky`;
+``read_noise=``/``gain=`` (``--read-noise``/``--gain``) override them only
+when given. Arcs are summed by default (``arc_combine``/``--arc-combine``).
 """
 
 from __future__ import annotations
@@ -72,6 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from .background import METHODS, fit_sky
 from .fits_output import (
@@ -82,10 +94,12 @@ from .fits_output import (
     export_result,
     inspect_output,
     output_name,
+    result_quality,
     settings_hash,
     write_exposure,
 )
-from .inputs import mask_ranges
+from .frames import FrameArray
+from .inputs import check_spatial_order, mask_ranges
 from .instruments import resolve_instrument
 from .lines import find_cal_lines
 from .loading import _crop_pair, _iter_frames, matching_files
@@ -97,6 +111,7 @@ __all__ = [
     "FLAT_NORMS",
     "add_batch_parser",
     "export_result",
+    "file_fingerprint",
     "main",
     "prepare_calibrations",
     "read_frame",
@@ -118,6 +133,41 @@ class BatchLockedError(RuntimeError):
 
 
 # ------------------------------------------------------------------ inputs
+_FINGERPRINTS: dict = {}
+
+
+def file_fingerprint(path):
+    """What a resumed run compares: ``{"name", "size", "sha256"}`` of a file's content.
+
+    The SHA-256 of the bytes is cached by ``(real path, size, mtime)``, so an
+    unchanged file is hashed once per process, and a file rewritten in place
+    (same name, new content, even the same size) is noticed.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = os.path.join(d, "a.fits")
+    ...     _ = open(p, "wb").write(b"abc")
+    ...     file_fingerprint(p)["sha256"][:12]
+    'ba7816bf8f01'
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _FINGERPRINTS.get(key)
+    if digest is None:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if len(_FINGERPRINTS) > 10000:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = digest
+    return {"name": path.name, "size": stat.st_size, "sha256": digest}
+
+
 def _expand(items, what, must_exist=True):
     """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats."""
     if items is None:
@@ -163,8 +213,23 @@ def _unit(frame):
     return "adu" if frame.gain is None else "electron"
 
 
+#: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
+ARC_COMBINES = ("sum", "median")
+
+
 def _median_of(paths, reader, crop, what):
     """Median of the frames in ``paths`` (electrons when the gain is known) and their unit."""
+    return _combine_of(paths, reader, crop, what, "median")
+
+
+def _combine_of(paths, reader, crop, what, how, bias=None):
+    """Median or sum of the frames in ``paths``, each minus ``bias`` when given, and their unit.
+
+    Summing keeps lines that appear in one frame only (arcs of different
+    lamps), which a median of three or more frames throws away.
+    """
+    if how not in ARC_COMBINES:
+        raise ValueError(f"unknown combination {how!r} for the {what} frames; choose one of {', '.join(ARC_COMBINES)}")
     stack, units = None, set()
     for i, path in enumerate(paths):
         image, frame = read_frame(path, reader, crop)
@@ -179,6 +244,11 @@ def _median_of(paths, reader, crop, what):
         stack[i] = image
     if len(units) > 1:
         raise ValueError(f"some {what} frames have a gain and some do not; pass gain=... to set one for all")
+    if bias is not None:
+        _check_shape(stack[0], bias, what, "bias")
+        stack -= bias
+    if how == "sum":
+        return stack.sum(axis=0), units.pop()
     return np.median(stack, axis=0, overwrite_input=True), units.pop()
 
 
@@ -223,12 +293,15 @@ def prepare_calibrations(
     std_variation=50.0,
     line_order=2,
     warp_order=1,
+    arc_combine="sum",
 ):
     """Read the calibration frames and fit the warp model (the batch runner's first step).
 
     Bias: median of the bias frames. Flat: median of the flats minus the
-    bias, normalised (see :func:`normalise_flat`). Arc: median of the arcs
-    minus the bias; the warp model is fit on it with ``guesses`` (default:
+    bias, normalised (see :func:`normalise_flat`). Arc: the arcs, each minus
+    the bias, summed (``arc_combine="sum"``, the default: arcs of different
+    lamps each keep their lines) or median-combined (``"median"``); the warp
+    model is fit on it with ``guesses`` (default:
     :func:`~specwidgets.lines.find_cal_lines` at ``std_variation``), unless
     a ``warp_model`` (a WarpModel or its ``to_dict()``) is given.
     """
@@ -243,11 +316,8 @@ def prepare_calibrations(
         units.add(unit)
     arc_img = None
     if arc_files:
-        arc_img, unit = _median_of(arc_files, reader, crop, "arc")
+        arc_img, unit = _combine_of(arc_files, reader, crop, "arc", arc_combine, bias=bias_img)
         units.add(unit)
-        if bias_img is not None:
-            _check_shape(arc_img, bias_img, "arc", "bias")
-            arc_img -= bias_img
     flat_img = None
     if flat_files:
         raw_flat, unit = _median_of(flat_files, reader, crop, "flat")
@@ -305,15 +375,41 @@ class _Job:
     options: dict
     read_noise: float | None
     unit: str | None
+    sky_gain: float | None
     dtype: str
     out_dir: str
     overwrite: bool
     provenance: dict
     settings: dict
     numba_threads: int = 1
+    cal_content: dict = field(default_factory=dict)
 
     def config_for(self, path):
-        return settings_hash({**self.settings, "input": Path(path).name})
+        """The resume key of one input: ``"<settings hash>-<data hash>"``.
+
+        The settings part covers what the user chose (a mismatch refuses to
+        replace the output without ``overwrite``); the data part covers the
+        content of the input and of the calibration frames (a mismatch means
+        the output is stale, and it is redone).
+        """
+        try:
+            content = file_fingerprint(path)
+        except OSError:
+            content = None  # read_frame names the problem
+        chosen = settings_hash({**self.settings, "input": Path(path).name})
+        data = settings_hash({"input": content, **self.cal_content})
+        return f"{chosen}-{data}"
+
+
+def _stale(out, config):
+    """True when ``out`` was made with the same settings but other data (an input or calibration changed)."""
+    try:
+        recorded = str(fits.getval(out, "SWCONFIG"))
+    except (OSError, KeyError, ValueError):
+        return False
+    chosen, _, data = recorded.partition("-")
+    ours, _, our_data = config.partition("-")
+    return chosen == ours and bool(data) and data != our_data
 
 
 _WARP_CACHE: dict = {}
@@ -359,8 +455,9 @@ def _process_one_inner(path, job, bias, flat):
             state = inspect_output(out, job.shape, config)
             if state.complete:
                 record["status"] = "skipped"
+                record.update(_flags_of_output(out))
                 return record
-            if state.state == "different":
+            if state.state == "different" and not _stale(out, config):
                 record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
                 return record
         image, frame = read_frame(path, job.reader, job.crop)
@@ -376,17 +473,65 @@ def _process_one_inner(path, job, bias, flat):
         if flat is not None:
             image /= flat
             extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
-        read_noise = job.read_noise if job.read_noise is not None else (frame.read_noise or 0.0)
+        # The frame's own noise model (header or instrument) rides on the
+        # image; an explicit read_noise/gain of the user wins inside fit_sky.
+        image = _with_frame_noise(image, frame, job)
         warp = _cached_warp(job)
-        result = fit_sky(image, warp, list(job.masks), method=job.method, read_noise=read_noise, **job.options)
+        result = fit_sky(image, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
         write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
         record["status"] = "done"
+        record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
         record["message"] = f"{type(exc).__name__}: {exc}"
     finally:
         record["seconds"] = time.perf_counter() - t0
     return record
+
+
+def _with_frame_noise(image, frame, job):
+    """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise."""
+    source = getattr(frame, "noise_source", "")
+    name = getattr(job.reader, "name", "reader")
+    return FrameArray(
+        image,
+        gain=None if frame.gain is None else 1.0,
+        read_noise=frame.read_noise,
+        noise_source=f"{source} of {name} frames" if source else "",
+        unit=_unit(frame),
+    )
+
+
+def _noise_arguments(job):
+    """The ``read_noise``/``gain`` keywords for fit_sky: only what the user set."""
+    out = {}
+    if job.read_noise is not None:
+        out["read_noise"] = job.read_noise
+    if job.sky_gain is not None:
+        out["gain"] = job.sky_gain
+    return out
+
+
+def _flags_of_output(path):
+    """``suspect``/``warnings`` an earlier run wrote into an output's header (resume keeps the count)."""
+    try:
+        from astropy.io import fits
+
+        header = fits.getheader(path)
+    except (OSError, ValueError):
+        return {"suspect": False, "warnings": []}
+    warnings = [
+        str(c)[len("sky fit warning: "):] for c in header.get("COMMENT", []) if str(c).startswith("sky fit warning: ")
+    ]
+    return {"suspect": bool(header.get("SWSUSP", False)), "warnings": warnings}
+
+
+def _quality_record(result):
+    """``suspect`` and ``warnings`` of a fit's quality, for the driver's summary (empty without one)."""
+    quality = result_quality(result)
+    if quality is None:
+        return {"suspect": False, "warnings": []}
+    return {"suspect": bool(getattr(quality, "suspect", False)), "warnings": [str(w) for w in getattr(quality, "warnings", [])]}
 
 
 # ------------------------------------------------------------------ summary
@@ -412,6 +557,13 @@ class BatchSummary:
         The warp model used (``to_dict()``).
     warnings : list of str
         The warp model's quality warnings.
+    suspect : list of (str, list of str)
+        ``(input, warnings)`` of each output whose fit says it is probably
+        wrong (``SkyResult.quality.suspect``; for a skipped output, its
+        header's ``SWSUSP``); these inputs are in ``done`` or ``skipped`` too
+        (their output exists, flagged in its header).
+    fail_on_suspect : bool
+        Make :attr:`exit_code` 3 when some output is suspect (and none failed).
     """
 
     out_dir: Path
@@ -423,6 +575,8 @@ class BatchSummary:
     removed_temporary: int = 0
     warp_model: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    suspect: list = field(default_factory=list)
+    fail_on_suspect: bool = False
 
     @property
     def ok(self):
@@ -430,8 +584,14 @@ class BatchSummary:
 
     @property
     def exit_code(self):
-        """0 when nothing failed, else 1."""
-        return 0 if self.ok else 1
+        """0 when nothing failed (suspect outputs included), 1 when some failed.
+
+        With ``fail_on_suspect`` a run where nothing failed but some output
+        is suspect gives 3.
+        """
+        if not self.ok:
+            return 1
+        return 3 if (self.fail_on_suspect and self.suspect) else 0
 
     def outputs(self):
         """Paths of the outputs of the inputs that did not fail."""
@@ -447,10 +607,21 @@ class BatchSummary:
             lines.append(f"  removed {self.removed_temporary} temporary file(s) left by an interrupted run")
         for w in self.warnings:
             lines.append(f"  warp model warning: {w}")
+        lines += self._suspect_lines()
         if self.failed:
             lines.append("  failed:")
             lines += [f"    {Path(p).name}: {msg}" for p, msg in self.failed]
         return "\n".join(lines)
+
+    def _suspect_lines(self):
+        """The suspect count, spelled out so "failed 0" never reads as "all good"."""
+        if not (self.done or self.skipped):
+            return []
+        good = len(self.done) + len(self.skipped) - len(self.suspect)
+        lines = [f"  fits: good {good}, suspect {len(self.suspect)} (written, flagged SWSUSP in the header)"]
+        for p, warnings in self.suspect:
+            lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
+        return lines
 
     def __str__(self):
         return self.report()
@@ -612,9 +783,12 @@ def run_batch(
     masks=None,
     guesses=None,
     method="bspline",
-    spatial_order=0,
+    spatial_order=None,
     sky_options=None,
     read_noise=None,
+    gain=None,
+    arc_combine="sum",
+    fail_on_suspect=False,
     warp_model=None,
     std_variation=50.0,
     line_order=2,
@@ -654,13 +828,26 @@ def run_batch(
     guesses : sequence of float, optional
         Arc-line columns for the warp fit; default :func:`find_cal_lines`.
     method : {"bspline", "median"}
-    spatial_order : int
-        B-spline sky: Legendre order along the slit.
+    spatial_order : int or None
+        B-spline sky: Legendre order along the slit; None (the default)
+        leaves it to :func:`fit_sky` (its own default / automatic choice).
     sky_options : dict, optional
         More :func:`fit_sky` options (``knot_spacing``, ``reject_sigma``, ...).
     read_noise : float, optional
-        Electrons; default: each science frame's (from its header via the
-        instrument), else 0.
+        Electrons, for every exposure. Default None: each science frame's
+        own (its header via the instrument, carried on the image), else
+        what :func:`fit_sky` does without one (estimate it).
+    gain : float, optional
+        Electrons per data unit *of the data the sky is fit to*, passed to
+        :func:`fit_sky` for every exposure. Default None: 1.0 for frames
+        converted to electrons, else left to :func:`fit_sky`. (To convert
+        ADU frames to electrons, give ``instrument_options={"gain": G}``.)
+    arc_combine : {"sum", "median"}
+        How the arc frames are combined (each minus the bias): ``"sum"``
+        keeps the lines of every lamp when the arcs are of different lamps.
+    fail_on_suspect : bool
+        Exit code 3 when no exposure failed but some fit is suspect (default:
+        0; the suspect outputs are counted and named in the report either way).
     warp_model : WarpModel or dict, optional
         Use this model instead of fitting one on the arcs.
     std_variation, line_order, warp_order :
@@ -704,8 +891,9 @@ def run_batch(
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     options = dict(sky_options or {})
     if method == "bspline":
-        options.setdefault("spatial_order", int(spatial_order))
-    elif spatial_order or options:
+        if spatial_order is not None:
+            options.setdefault("spatial_order", check_spatial_order(spatial_order))
+    elif spatial_order not in (None, "auto") or options:
         raise ValueError("spatial_order and sky options apply to method='bspline' only")
     if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
@@ -724,7 +912,11 @@ def run_batch(
     reader = resolve_instrument(instrument, **instrument_options)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    summary = BatchSummary(out_dir=out_dir, n_inputs=len(files))
+    if arc_combine not in ARC_COMBINES:
+        raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
+    if gain is not None and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per data unit; got {gain!r}")
+    summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     with _DirectoryLock(out_dir):
         summary.removed_temporary = len(clean_temporary_files(out_dir))
         cal = prepare_calibrations(
@@ -739,6 +931,7 @@ def run_batch(
             std_variation=std_variation,
             line_order=line_order,
             warp_order=warp_order,
+            arc_combine=arc_combine,
         )
         model = cal.warp_model
         ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
@@ -752,6 +945,7 @@ def run_batch(
             "crop": crop,
             "unit": cal.unit,
             "flat_norm": flat_norm,
+            "arc_combine": arc_combine,
             "n_guesses": None if cal.guesses is None else int(cal.guesses.size),
             **names,
         }
@@ -763,12 +957,20 @@ def run_batch(
             "method": method,
             "options": effective_options(method, options),
             "read_noise": read_noise,
+            **({} if gain is None else {"gain": float(gain)}),
             "flat_norm": flat_norm if cal.flat is not None else None,
             "dtype": np.dtype(dtype).name,
             "warp": warp_dict,
             "bias": names["bias"],
             "flat": names["flat"],
         }
+        # Content, not names: a calibration rewritten under the same name
+        # must redo the outputs made with the old one.
+        cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
+        if warp_model is None:
+            # Fit on the arcs: the model follows their content (and the bias),
+            # so a change in it means stale data, not other settings.
+            cal_content["warp"] = settings.pop("warp")
         job = _Job(
             reader=reader,
             crop=crop,
@@ -780,12 +982,14 @@ def run_batch(
             options=options,
             read_noise=None if read_noise is None else float(read_noise),
             unit=cal.unit,
+            sky_gain=None if gain is None else float(gain),
             dtype=np.dtype(dtype).name,
             out_dir=str(out_dir),
             overwrite=bool(overwrite),
             provenance=provenance,
             settings=settings,
             numba_threads=int(numba_threads),
+            cal_content=cal_content,
         )
         if report:
             for w in summary.warnings:
@@ -845,8 +1049,14 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
             status = record["status"]
             if status == "done":
                 summary.done.append(record["input"])
+                if record.get("suspect"):
+                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
+                    if report:
+                        bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
             elif status == "skipped":
                 summary.skipped.append(record["input"])
+                if record.get("suspect"):
+                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
             else:
                 summary.failed.append((record["input"], record["message"]))
                 if report:
@@ -897,6 +1107,13 @@ def _positive_int(text):
     return value
 
 
+def _spatial_order_arg(text):
+    try:
+        return check_spatial_order(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_batch_parser(subparsers):
     """Add the ``batch`` subcommand to an argparse subparsers object (``func=run_batch_command``)."""
     p = subparsers.add_parser(
@@ -909,7 +1126,11 @@ def add_batch_parser(subparsers):
         ),
     )
     p.add_argument("science", nargs="+", metavar="SCIENCE", help="science FITS files or folders")
-    p.add_argument("--arc", nargs="+", required=True, metavar="ARC", help="arc-lamp frames (median-combined)")
+    p.add_argument("--arc", nargs="+", required=True, metavar="ARC", help="arc-lamp frames (summed; see --arc-combine)")
+    p.add_argument(
+        "--arc-combine", choices=ARC_COMBINES, default="sum",
+        help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
+    )
     p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
     p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
     p.add_argument("--instrument", default="generic", help="instrument recipe (default: generic)")
@@ -920,14 +1141,27 @@ def add_batch_parser(subparsers):
     )
     p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
     p.add_argument("--method", choices=METHODS, default="bspline", help="sky method (default: bspline)")
-    p.add_argument("--spatial-order", type=int, default=0, metavar="N", help="B-spline sky: order along the slit")
+    p.add_argument(
+        "--spatial-order", type=_spatial_order_arg, default=None, metavar="N|auto",
+        help="B-spline sky: order along the slit, 0..4 (default auto: the sky fit chooses)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="local worker processes")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
-    p.add_argument("--read-noise", type=float, default=None, metavar="E", help="read noise (e-; default from headers)")
-    p.add_argument("--gain", type=float, default=None, metavar="G", help="gain (e-/ADU; default from the instrument)")
+    p.add_argument(
+        "--read-noise", type=float, default=None, metavar="E",
+        help="read noise (e-; default from the headers, else estimated from the data)",
+    )
+    p.add_argument(
+        "--gain", type=float, default=None, metavar="G",
+        help="gain (e-/ADU; frames are converted to electrons; default from the headers/instrument)",
+    )
+    p.add_argument(
+        "--fail-on-suspect", action="store_true",
+        help="exit 3 when no exposure failed but some fit is suspect (default: exit 0, suspect ones counted)",
+    )
     p.add_argument("--std-variation", type=float, default=50.0, help="arc-line detection threshold (default 50)")
     p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
@@ -939,8 +1173,11 @@ def add_batch_parser(subparsers):
 def run_batch_command(args):
     """Run ``specwidgets batch`` from parsed arguments; return the exit code.
 
-    0: every exposure done or already complete; 1: some failed (named in the
-    summary); 2: bad arguments or calibrations, nothing run; 130: interrupted.
+    0: every exposure done or already complete (suspect fits included: they
+    are counted and named in the summary); 1: some failed (named in the
+    summary); 2: bad arguments or calibrations, nothing run; 3: with
+    ``--fail-on-suspect``, nothing failed but some fit is suspect;
+    130: interrupted.
     """
     instrument_options = {} if args.gain is None else {"gain": args.gain}
     try:
@@ -958,6 +1195,8 @@ def run_batch_command(args):
             method=args.method,
             spatial_order=args.spatial_order,
             read_noise=args.read_noise,
+            arc_combine=getattr(args, "arc_combine", "sum"),
+            fail_on_suspect=getattr(args, "fail_on_suspect", False),
             std_variation=args.std_variation,
             flat_norm=args.flat_norm,
             dtype=args.dtype,

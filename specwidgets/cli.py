@@ -67,6 +67,9 @@ def _demo(args):
         if truth is not None:
             err = (result.background - truth) / np.sqrt(truth + read_noise**2)
             line += f", error vs true sky {np.sqrt(np.mean(err**2)):.3f} sigma RMS"
+        quality = getattr(result, "quality", None)
+        if quality is not None and getattr(quality, "suspect", False):
+            line += "; SUSPECT: " + "; ".join(map(str, getattr(quality, "warnings", []) or ["flagged by the fit"]))
         print(line)
     return 0
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import erf
 
+from .frames import FrameArray
 from .sample_data import GoodmanSample, goodman_available, goodman_path, load_goodman
 from .warp import WarpModel
 
@@ -36,10 +37,11 @@ class SyntheticFrames:
 
     Attributes
     ----------
-    science : (n_exposures, n_rows, n_cols) array
-        Sky + trace + noise, in electrons.
-    arc : (n_rows, n_cols) array
-        Arc-lamp frame (noisy), in electrons.
+    science : (n_exposures, n_rows, n_cols) FrameArray
+        Sky + trace + noise, in electrons; ``gain`` 1.0 and ``read_noise``
+        the true read noise ride along as attributes (source "synthetic truth").
+    arc : (n_rows, n_cols) FrameArray
+        Arc-lamp frame (noisy), in electrons, with the same attributes.
     sky : (n_exposures, n_rows, n_cols) array
         Noise-free sky of each exposure: the true background.
     trace : (n_rows, n_cols) array
@@ -202,9 +204,11 @@ def make_synthetic_longslit(
             r, c = rng.integers(0, n_rows), rng.integers(0, n_cols - 2)
             science[i, r, c : c + rng.integers(1, 3)] += rng.uniform(500, 5000)
 
+    # The frames carry their known noise, as the loaders' frames do.
+    truth = dict(gain=1.0, read_noise=float(read_noise), noise_source="synthetic truth", unit="electron")
     return SyntheticFrames(
-        science=science,
-        arc=arc,
+        science=FrameArray(science, **truth),
+        arc=FrameArray(arc, **truth),
         sky=sky,
         trace=trace,
         warp=warp,

@@ -30,6 +30,7 @@ writer left behind.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import inspect
 import json
@@ -59,8 +60,10 @@ __all__ = [
     "mask_image",
     "output_name",
     "read_warp_model",
+    "result_quality",
     "sci_variance",
     "settings_hash",
+    "named_write_error",
     "sky_header",
     "write_exposure",
 ]
@@ -249,7 +252,8 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         hdr["SWUNIT"] = (str(prov["unit"]), "unit of SCI, SKY (VAR: squared)")
     for key, card, what in (("bias", "SWNBIAS", "bias"), ("flat", "SWNFLAT", "flat"), ("arc", "SWNARC", "arc")):
         if key in prov:
-            hdr[card] = (len(prov[key]), f"{what} frames combined (median)")
+            how = prov.get("arc_combine", "median") if key == "arc" else "median"
+            hdr[card] = (len(prov[key]), f"{what} frames combined ({how})")
     if prov.get("flat"):
         hdr["SWFLNORM"] = (str(prov.get("flat_norm", "column")), "flat normalisation")
     if prov.get("n_guesses") is not None:
@@ -268,6 +272,7 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
     hdr["SWNMASK"] = (len(result.mask_region), "number of masked row ranges")
     if result.rejected is not None and np.size(result.rejected):
         hdr["SWNREJ"] = (int(result.rejected[exposure].sum()), "sky pixels rejected by the fit")
+    _quality_cards(hdr, result, exposure)
 
     if warp_model is not None:
         values = warp_model.to_dict() if isinstance(warp_model, WarpModel) else dict(warp_model)
@@ -289,10 +294,40 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         for name in prov.get(key, ()):
             hdr.add_history(f"{key}: {Path(os.fspath(name)).name}")
     if config is not None:
-        hdr.append(("SWCONFIG", str(config), "hash of the settings (resume check)"), end=True)
+        hdr.append(("SWCONFIG", str(config), "resume: settings-data hashes"), end=True)
     # Last of ours: a reader that sees it knows the writer got to the end.
     hdr.append(("SWDONE", True, "file complete"), end=True)
     return hdr
+
+
+def result_quality(result, exposure=0):
+    """The fit's quality report (``SkyResult.quality``) for one exposure, or None when it has none.
+
+    A list of per-exposure reports is indexed by ``exposure``.
+    """
+    quality = getattr(result, "quality", None)
+    if isinstance(quality, (list, tuple)):
+        quality = quality[exposure] if 0 <= exposure < len(quality) else None
+    return quality
+
+
+def _quality_cards(hdr, result, exposure):
+    """``SWSUSP``, the quality's own ``header_cards()`` and its warnings as COMMENT cards."""
+    quality = result_quality(result, exposure)
+    if quality is None:
+        return
+    hdr["SWSUSP"] = (bool(getattr(quality, "suspect", False)), "the sky fit says it is probably wrong")
+    source = getattr(quality, "noise_source", None)
+    if source:
+        hdr["SWNSRC"] = (str(source)[:68], "where the noise model came from")
+    cards = getattr(quality, "header_cards", None)
+    for key, value, comment in (cards() if callable(cards) else ()):
+        value = _card_value(value)
+        if isinstance(value, float) and not np.isfinite(value):
+            value = str(value)  # FITS headers hold no NaN or infinity
+        hdr[str(key)] = (value, str(comment or ""))
+    for warning in getattr(quality, "warnings", ()) or ():
+        hdr.add_comment(f"sky fit warning: {warning}")
 
 
 def read_warp_model(header):
@@ -355,22 +390,76 @@ def _commit(tmp, final):
     _fsync_dir(final.parent)
 
 
+def _open_tmp(tmp):
+    """Create the temporary file (never an existing one) and return it open for writing."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    return os.fdopen(fd, "wb")
+
+
+#: errno -> what to call it: the words a user searches for.
+_WRITE_ERRORS = {
+    getattr(errno, "ENOSPC", None): "disk full",
+    getattr(errno, "EDQUOT", None): "disk quota exceeded",
+    getattr(errno, "EFBIG", None): "file too large for the file system",
+    getattr(errno, "EACCES", None): "permission denied",
+    getattr(errno, "EPERM", None): "permission denied",
+    getattr(errno, "EROFS", None): "read-only file system",
+}
+
+
+def named_write_error(exc, path):
+    """An :class:`OSError` saying in words what went wrong writing ``path`` (e.g. "disk full")."""
+    what = _WRITE_ERRORS.get(exc.errno) or "could not write"
+    if exc.errno is None and "requested and" in str(exc):
+        # numpy's tofile reports a short write ("N requested and M written")
+        # without an errno: the disk filled up under it.
+        what = "disk full (short write)"
+    detail = exc.strerror or str(exc)
+    return OSError(exc.errno, f"{what} while writing {path}: {detail}")
+
+
+def _os_error_in(exc):
+    """The OSError behind ``exc`` (preferring one with an errno), or None.
+
+    astropy's free-space check turns an OSError from the write into
+    "AttributeError: 'list' object has no attribute '_file'" (it looks for a
+    file name on a file object), or re-raises it without its errno: the
+    real error is in the exception's context chain.
+    """
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno is not None:
+                return exc
+            found = found or exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 def write_atomic(hdul, path):
-    """Write an HDUList with checksums to ``path`` through a temporary file and a rename."""
+    """Write an HDUList with checksums to ``path`` through a temporary file and a rename.
+
+    Nothing is left behind on failure (the temporary file is removed, an
+    existing ``path`` is untouched). A full disk or a refused permission
+    raises :class:`OSError` saying so ("disk full while writing ...").
+    """
     final = Path(os.fspath(path))
     tmp = _tmp_name(final)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as handle:
+        with _open_tmp(tmp) as handle:
             hdul.writeto(handle, checksum=True)
             handle.flush()
             os.fsync(handle.fileno())
         _commit(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        error = _os_error_in(exc)
+        if error is not None:
+            raise named_write_error(error, final) from exc
         raise
     return final
 
@@ -419,7 +508,10 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     if dups:
         raise ValueError(f"several exposures would write the same output file: {', '.join(dups)}")
     folder = Path(os.fspath(out_dir))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise named_write_error(exc, folder) from exc
     written = []
     for k, (name, out) in enumerate(zip(names, outs)):
         target = folder / out

@@ -37,8 +37,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .inputs import check_image_size
+
 __all__ = [
     "Frame",
+    "GENERIC_GAIN_KEYWORDS",
+    "GENERIC_READ_NOISE_KEYWORDS",
     "Instrument",
     "INSTRUMENT_OPTIONS",
     "KOSMOS_GAIN",
@@ -51,6 +55,12 @@ __all__ = [
 
 #: Keyword arguments the loading functions pass on to the instrument.
 INSTRUMENT_OPTIONS = ("hdu", "dispersion_axis", "trimsec", "gain", "read_noise")
+
+#: Header keywords the ``generic`` instrument reads the gain (e-/ADU) from, first found wins.
+GENERIC_GAIN_KEYWORDS = ("GAIN", "EGAIN")
+
+#: Header keywords the ``generic`` instrument reads the read noise (e-) from, first found wins.
+GENERIC_READ_NOISE_KEYWORDS = ("RDNOISE", "READNOIS", "RON")
 
 #: KOSMOS gain in e-/ADU; it is not written in the KOSMOS headers.
 KOSMOS_GAIN = 0.6
@@ -80,6 +90,9 @@ class Frame:
         Read noise in electrons, or None when unknown.
     hdu : int
         Index of the HDU the image was read from.
+    noise_source : str
+        Where ``gain`` and ``read_noise`` came from (e.g. ``"header GAIN,
+        header RDNOISE"``, ``"gain argument"``); ``""`` when both are unknown.
     """
 
     data: np.ndarray
@@ -87,6 +100,7 @@ class Frame:
     gain: float | None
     read_noise: float | None
     hdu: int = 0
+    noise_source: str = ""
 
 
 def parse_fits_section(section, shape, what="trim section"):
@@ -231,13 +245,14 @@ class Instrument:
     gain : float or None
         Gain in e-/ADU, used when ``gain_keyword`` is unset or missing; None
         leaves frames in ADU.
-    gain_keyword : str or None
-        Header keyword holding the gain.
+    gain_keyword : str, tuple of str, or None
+        Header keyword holding the gain; with several, the first present wins.
     read_noise : float or None
         Read noise in electrons, used when ``read_noise_keyword`` is unset or
         missing.
-    read_noise_keyword : str or None
-        Header keyword holding the read noise in electrons.
+    read_noise_keyword : str, tuple of str, or None
+        Header keyword holding the read noise in electrons; with several, the
+        first present wins.
     description : str
         One line shown by ``repr`` users and in docs.
 
@@ -261,10 +276,13 @@ class Instrument:
     trimsec_keyword: str | None = None
     trim_function: Callable | None = None
     gain: float | None = None
-    gain_keyword: str | None = None
+    gain_keyword: str | tuple | None = None
     read_noise: float | None = None
-    read_noise_keyword: str | None = None
+    read_noise_keyword: str | tuple | None = None
     description: str = ""
+    #: Options given by the caller (``with_options``), so a frame can say its
+    #: gain came from an argument rather than from the instrument's defaults.
+    given: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
     def __post_init__(self):
         _check_positive(self.gain, f"gain of instrument {self.name!r}")
@@ -323,7 +341,8 @@ class Instrument:
             changes.update(gain=_check_positive(options["gain"], "gain"), gain_keyword=None)
         if "read_noise" in options:
             changes.update(read_noise=_check_read_noise(options["read_noise"]), read_noise_keyword=None)
-        return dataclasses.replace(self, **changes)
+        given = tuple(sorted(set(self.given) | ({"gain", "read_noise"} & set(options))))
+        return dataclasses.replace(self, given=given, **changes)
 
     # ----------------------------------------------------------- reading
     def read(self, path):
@@ -350,6 +369,7 @@ class Instrument:
             with fits.open(path, memmap=False) as hdul:
                 index = self._image_index(hdul, path)
                 header = _merged_header(hdul, index)
+                _check_image_header(hdul[index], path)
                 raw = hdul[index].data
         except (OSError, TypeError, IndexError, KeyError, EOFError) as exc:
             raise ValueError(f"could not read FITS file {path}: {exc}") from exc
@@ -365,14 +385,16 @@ class Instrument:
             data = data.T
         if self.rot90:
             data = np.rot90(data, k=self.rot90)
-        gain = _check_positive(
-            self._header_or_default(header, self.gain_keyword, self.gain), f"gain of {path.name}"
+        gain_value, gain_from = self._header_or_default(header, self.gain_keyword, self.gain, "gain")
+        gain = _check_positive(gain_value, f"gain of {path.name}")
+        noise_value, noise_from = self._header_or_default(
+            header, self.read_noise_keyword, self.read_noise, "read_noise"
         )
-        read_noise = _check_read_noise(
-            self._header_or_default(header, self.read_noise_keyword, self.read_noise),
-            f"read noise of {path.name}",
+        read_noise = _check_read_noise(noise_value, f"read noise of {path.name}")
+        sources = [f for f, v in ((gain_from, gain), (noise_from, read_noise)) if v is not None]
+        return Frame(
+            data=data, header=header, gain=gain, read_noise=read_noise, hdu=index, noise_source=", ".join(sources)
         )
-        return Frame(data=data, header=header, gain=gain, read_noise=read_noise, hdu=index)
 
     def _image_index(self, hdul, path):
         if self.hdu is None:
@@ -401,17 +423,53 @@ class Instrument:
             return self.trim_function(header, shape, source)
         if self.trimsec_keyword and self.trimsec_keyword in header:
             section, what = str(header[self.trimsec_keyword]), f"{self.trimsec_keyword} of {source}"
+        elif self.trimsec_keyword and self.trimsec is None:
+            # An instrument that trims by a header card and has no fallback
+            # would otherwise keep the overscan silently, biasing every fit.
+            raise ValueError(
+                f"{source} has no {self.trimsec_keyword} card, so instrument {self.name!r} cannot tell "
+                "the overscan from the image; pass trimsec='[x1:x2,y1:y2]' (a FITS section) to trim it, "
+                "or trimsec=None to keep every pixel"
+            )
         elif self.trimsec is not None:
             section, what = self.trimsec, f"trimsec for {source}"
         else:
             return slice(0, shape[0]), slice(0, shape[1])
         return parse_fits_section(section, shape, what=what)
 
-    @staticmethod
-    def _header_or_default(header, keyword, default):
-        if keyword and keyword in header:
-            return header[keyword]
-        return default
+    def _header_or_default(self, header, keyword, default, what):
+        """``(value, source)``: the first of ``keyword`` (str or tuple) in the header, else ``default``."""
+        keywords = (keyword,) if isinstance(keyword, str) else tuple(keyword or ())
+        for key in keywords:
+            if key in header:
+                return header[key], f"header {key}"
+        label = "gain" if what == "gain" else "read noise"
+        if what in self.given:
+            return default, f"{label} argument"
+        return default, f"{self.name} default {label}"
+
+
+
+def _check_image_header(hdu, path):
+    """Refuse, before reading the data, an image too large to hold or scaled to nothing."""
+    header = hdu.header
+    # Tile-compressed HDUs describe the image in ZNAXISn; astropy exposes the
+    # uncompressed header, whose NAXISn are the image's.
+    naxis = int(header.get("NAXIS", 0) or 0)
+    shape = [header.get(f"NAXIS{k}", 0) or 0 for k in range(1, naxis + 1)]
+    check_image_size(shape, f"FITS file {path}")
+    bscale = getattr(hdu, "_orig_bscale", None)
+    if bscale is None:
+        bscale = header.get("BSCALE", 1)
+    try:
+        zero_scale = float(bscale) == 0.0
+    except (TypeError, ValueError):
+        raise ValueError(f"FITS file {path} has a non-numeric BSCALE {bscale!r}") from None
+    if zero_scale:
+        raise ValueError(
+            f"FITS file {path} has BSCALE = 0, which would scale every pixel to BZERO (an all-constant "
+            "frame): the header is corrupt; fix BSCALE (usually 1)"
+        )
 
 
 def _merged_header(hdul, index):
@@ -444,7 +502,10 @@ class _ReaderInstrument:
                 raise
             raise ValueError(f"instrument {self.name!r} could not read {path}: {exc}") from exc
         if isinstance(result, Frame):
-            frame = dataclasses.replace(result, data=np.asarray(result.data))
+            source = result.noise_source
+            if not source and (result.gain is not None or result.read_noise is not None):
+                source = f"reader {self.name}"
+            frame = dataclasses.replace(result, data=np.asarray(result.data), noise_source=source)
         else:
             frame = Frame(data=np.asarray(result), header=fits.Header(), gain=None, read_noise=None)
         if frame.data.ndim != 2:
@@ -460,7 +521,14 @@ class _ReaderInstrument:
 _BUILTINS = {
     "generic": Instrument(
         "generic",
-        description="first 2D image HDU as stored; options set HDU, axis, trim, gain, read noise",
+        # The usual names; a frame without any of them stays in ADU with an
+        # unknown read noise (then fit_sky estimates the noise model).
+        gain_keyword=GENERIC_GAIN_KEYWORDS,
+        read_noise_keyword=GENERIC_READ_NOISE_KEYWORDS,
+        description=(
+            "first 2D image HDU as stored; gain from GAIN/EGAIN, read noise from RDNOISE/READNOIS/RON; "
+            "options set HDU, axis, trim, gain, read noise"
+        ),
     ),
     "goodman": Instrument(
         "goodman",

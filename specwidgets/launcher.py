@@ -1,5 +1,19 @@
 """``specwidgets dashboard [DATA_FOLDER] [--port N] [--no-browser]``: serve the dashboard with Voila.
 
+What the page may touch and who may connect (see :mod:`specwidgets.security`
+and :mod:`specwidgets.voila_server`, which the launcher runs instead of plain
+``voila``):
+
+* ``--data-root DIR`` (default: DATA_FOLDER, else the folder the command was
+  started in): the page reads and lists nothing outside it.
+* ``--output-root DIR`` (default: the data root): exports go below it, and
+  never replace a file unless the page's Overwrite box is ticked.
+* ``--ip`` other than loopback requires a token: ``--token T`` or one
+  generated and printed with the URL. The server answers only to the host
+  names on its allow-list (loopback names, the bound address and
+  ``--allow-origin`` ones), so a DNS-rebinding page is refused.
+* ``--max-sessions N`` (default 8) open pages; past it a "server busy" page.
+
 The dashboard notebook ships inside the package (:data:`specwidgets.app.NOTEBOOK`),
 so a plain ``pip install`` can serve it. Voila renders a notebook without
 arguments: DATA_FOLDER reaches it through the ``SPECWIDGETS_DASHBOARD_DATA``
@@ -25,10 +39,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from .security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV
+from .voila_server import HOSTS_ENV, MAX_SESSIONS_ENV, ORIGINS_ENV, TOKEN_ENV
 
 __all__ = ["VOILA_SETTINGS", "DEFAULT_PORT", "add_dashboard_parser", "run_dashboard_command", "voila_command"]
 
 DEFAULT_PORT = 8866
+
+#: Pages served at once by default: each holds a kernel of about 330 MB.
+DEFAULT_MAX_SESSIONS = 8
 
 #: Voila settings of the dashboard; ``voila.json`` at the repository root holds
 #: the same (a test keeps the two in step) for ``voila`` run there and Binder.
@@ -71,8 +92,23 @@ def add_dashboard_parser(subparsers):
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to serve on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--ip", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for every "
+                             "interface, which requires a token: see --token)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument("--data-root", metavar="DIR", default=None,
+                        help="the page reads and lists nothing outside DIR (default: DATA_FOLDER, else the "
+                             "current folder); folders typed in the page are relative to it")
+    parser.add_argument("--output-root", metavar="DIR", default=None,
+                        help="exports are written below DIR only (default: the data root)")
+    parser.add_argument("--token", default=None,
+                        help="access token for the page (required, and generated when not given, for an --ip "
+                             "other than loopback; the URL printed carries it)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                        help="also answer to this origin/host name, e.g. https://dash.example.org behind a "
+                             "reverse proxy (repeatable)")
+    parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, metavar="N",
+                        help=f"open pages served at once (each holds a ~330 MB kernel; default "
+                             f"{DEFAULT_MAX_SESSIONS}); past it a 'server busy' page")
     parser.set_defaults(func=run_dashboard_command)
     return parser
 
@@ -90,8 +126,10 @@ def voila_command(notebook=None, *, port=DEFAULT_PORT, ip="127.0.0.1", open_brow
     from .app import NOTEBOOK
 
     notebook = Path(notebook) if notebook is not None else NOTEBOOK
+    # Voila with the host allow-list, v1-only kernel websockets, the _xsrf
+    # cookie for closing pages and the session cap (specwidgets.voila_server).
     command = [
-        sys.executable, "-m", "voila", str(notebook),
+        sys.executable, "-m", "specwidgets.voila_server", str(notebook),
         f"--port={int(port)}", f"--Voila.ip={ip}", "--Voila.port_retries=0",
         *_settings_args(VOILA_SETTINGS),
     ]
@@ -142,6 +180,10 @@ def run_dashboard_command(args):
             return 2
         env[DATA_ENV] = str(folder.resolve())
     env[CWD_ENV] = os.getcwd()
+    problem = _security_environment(args, env)
+    if problem:
+        print(f"specwidgets dashboard: error: {problem}", file=sys.stderr)
+        return 2
     if not NOTEBOOK.is_file():
         print(f"specwidgets dashboard: error: the dashboard notebook is missing from the package ({NOTEBOOK}); "
               "reinstall specwidgets", file=sys.stderr)
@@ -160,6 +202,13 @@ def run_dashboard_command(args):
     url = _url(args.ip, port)
     data = env.get(DATA_ENV) or "the synthetic demo"
     print(f"specwidgets dashboard: starting Voila on {url} with {data} (Ctrl-C stops it)", flush=True)
+    print(f"specwidgets dashboard: data root {env[DATA_ROOT_ENV]}, output root {env[OUTPUT_ROOT_ENV]}; "
+          f"at most {args.max_sessions} open page(s)", flush=True)
+    token = env.get(TOKEN_ENV)
+    if token:
+        url = f"{url}?token={token}"
+        print(f"specwidgets dashboard: sharing on {args.ip}: open {url} (anyone with this URL can use the "
+              "page; share it only with those who should)", flush=True)
     command = voila_command(port=port, ip=args.ip, open_browser=not args.no_browser)
     try:
         process = subprocess.Popen(command, env=env)
@@ -185,6 +234,49 @@ def run_dashboard_command(args):
             _stop(process)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _security_environment(args, env):
+    """Put the roots, host allow-list, token and session cap in ``env``; return an error message or None."""
+    from .app import DATA_ENV
+    from .security import allowed_hosts, generate_token, is_loopback
+
+    start = Path(os.getcwd())
+    if args.data_root is not None:
+        data_root = Path(args.data_root)
+    elif args.data_folder is not None:
+        data_root = Path(env[DATA_ENV])
+    else:
+        data_root = start
+    if not data_root.is_dir():
+        return f"--data-root {str(args.data_root)!r} is not a folder"
+    data_root = data_root.resolve()
+    if args.data_folder is not None:
+        folder = Path(env[DATA_ENV])
+        if folder != data_root and data_root not in folder.parents:
+            return f"DATA_FOLDER {args.data_folder!r} is not inside --data-root {str(data_root)!r}"
+    output_root = Path(args.output_root) if args.output_root is not None else data_root
+    if not output_root.is_dir():
+        return f"--output-root {str(args.output_root)!r} is not a folder"
+    env[DATA_ROOT_ENV] = str(data_root)
+    env[OUTPUT_ROOT_ENV] = str(output_root.resolve())
+
+    if args.max_sessions < 1:
+        return f"--max-sessions {args.max_sessions}: give at least 1"
+    env[MAX_SESSIONS_ENV] = str(args.max_sessions)
+    origins = [o.rstrip("/") for o in args.allow_origin]
+    names = [urlsplit(o).hostname or o for o in origins]
+    env[HOSTS_ENV] = ",".join(allowed_hosts(args.ip, names))
+    env[ORIGINS_ENV] = ",".join(o for o in origins if "://" in o)
+    token = args.token
+    if token is not None and not token.strip():
+        return "--token is empty"
+    if token is None and not is_loopback(args.ip):
+        token = generate_token()
+    env.pop(TOKEN_ENV, None)
+    if token:
+        env[TOKEN_ENV] = token
+    return None
 
 
 def _raise_exit(signum, frame):

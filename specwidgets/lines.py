@@ -8,10 +8,10 @@ import numpy as np
 from scipy.ndimage import median_filter
 from scipy.signal import find_peaks
 
-from .inputs import as_image
+from .inputs import as_image, check_number
 from .peaks import fit_gaussian_windows, window_indices
 
-__all__ = ["find_cal_lines", "row_profile", "robust_noise"]
+__all__ = ["find_cal_lines", "row_profile", "robust_noise", "saturated_peaks"]
 
 # Rows median-combined around the chosen row: enough to beat cosmic rays and
 # pixel noise, few enough that a tilted line does not smear (tilt/row << 0.1 px).
@@ -49,7 +49,46 @@ def robust_noise(profile):
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0))
 
 
-def find_cal_lines(image, std_variation=50.0, row=None, debug=False):
+def saturated_peaks(profile, peaks, saturation=None, rows=None):
+    """Which of ``peaks`` (columns of ``profile``) are saturated.
+
+    A line is saturated when its top reaches ``saturation`` (in ``rows``, the
+    image rows the profile was made of, when given) or, without a level, when
+    its top is flat: three or more pixels within 0.2% of the top, at the
+    frame's ceiling (within 1% of the profile's maximum). A Gaussian line
+    needs a width above 15 pixels to look that flat; clipped lines all share
+    the ceiling, so the bias subtracted from a raw arc does not hide them.
+
+    Returns
+    -------
+    ndarray of bool, one per peak
+    """
+    profile = np.asarray(profile, float)
+    peaks = np.asarray(peaks, int)
+    flagged = np.zeros(peaks.size, bool)
+    if peaks.size == 0:
+        return flagged
+    n = profile.size
+    if saturation is not None:
+        level = float(saturation)
+        data = profile[None] if rows is None else np.asarray(rows, float)
+        for i, p in enumerate(peaks):
+            window = data[:, max(0, p - 2): min(n, p + 3)]
+            flagged[i] = bool(np.nanmax(window) >= level) if np.isfinite(window).any() else False
+        return flagged
+    ceiling = np.nanmax(profile)
+    if not np.isfinite(ceiling) or ceiling <= 0:
+        return flagged
+    for i, p in enumerate(peaks):
+        window = profile[max(0, p - 3): min(n, p + 4)]
+        top = np.nanmax(window)
+        if top < 0.99 * ceiling:
+            continue
+        flagged[i] = int(np.sum(window >= top - 2e-3 * abs(top))) >= 3
+    return flagged
+
+
+def find_cal_lines(image, std_variation=50.0, row=None, debug=False, saturation=None):
     """Find the emission lines of an arc-lamp frame along one row.
 
     Parameters
@@ -64,6 +103,12 @@ def find_cal_lines(image, std_variation=50.0, row=None, debug=False):
         around it is used to reject cosmic rays.
     debug : bool
         Print a table of the lines found.
+    saturation : float, optional
+        The level (in the image's units) at which the detector saturates,
+        e.g. the header's ``SATURATE`` minus the bias. Without it, lines with
+        a flat top at the frame's ceiling count as saturated (see
+        :func:`saturated_peaks`). Saturated lines are left out, with a
+        warning: their centres are biased and their tilt is unreliable.
 
     Returns
     -------
@@ -86,8 +131,7 @@ def find_cal_lines(image, std_variation=50.0, row=None, debug=False):
     True
     """
     image = as_image(image, "image (the arc frame)")
-    if not np.isfinite(std_variation) or std_variation <= 0:
-        raise ValueError(f"std_variation must be a positive number; got {std_variation!r}")
+    std_variation = check_number(std_variation, "std_variation", minimum=0, strict_minimum=True)
     profile, row = row_profile(image, row)
     finite = np.isfinite(profile)
     if finite.sum() < 8:
@@ -107,6 +151,22 @@ def find_cal_lines(image, std_variation=50.0, row=None, debug=False):
             f"({noise:.3g} counts) in row {row}; the brightest peak reaches {best:.1f} "
             "times the noise: lower std_variation"
         )
+    n_rows = image.shape[0]
+    lo = max(0, row - _PROFILE_ROWS // 2)
+    saturated = saturated_peaks(filled, peaks, saturation, image[lo:min(n_rows, lo + _PROFILE_ROWS)])
+    if saturated.any():
+        where = ", ".join(f"{c}" for c in peaks[saturated])
+        if saturated.all():
+            raise ValueError(
+                f"every line found in row {row} of the arc frame is saturated (columns {where}): "
+                "use an arc exposure short enough that the lines stay below saturation"
+            )
+        warnings.warn(
+            f"{int(saturated.sum())} saturated arc line(s) left out (flat-topped, near columns {where}): "
+            "their centres would be biased; a shorter arc exposure keeps them",
+            UserWarning, stacklevel=2,
+        )
+        peaks = peaks[~saturated]
     half = min(4, (profile.size - 1) // 2)
     cols = window_indices(peaks, half, profile.size)
     mu, _, _, _, ok = fit_gaussian_windows(cols, filled[cols])

@@ -11,6 +11,15 @@ Every frame is read by an instrument (see :mod:`specwidgets.instruments`):
 its image HDU is selected, trimmed, and turned so the dispersion runs along
 columns; then rows ``crop_bds[0]:crop_bds[1]`` are kept, and the frame is
 multiplied by the gain when the gain is known, so it is in electrons.
+
+Both return a :class:`~specwidgets.frames.FrameArray`: a float64 array whose
+``gain`` (1.0 once in electrons, None for ADU with no known gain),
+``read_noise`` (electrons, or None), ``noise_source``, ``unit`` and ``header``
+attributes carry what the headers (or the ``gain=``/``read_noise=``
+arguments) said, so :func:`~specwidgets.background.fit_sky` can use them::
+
+    science.gain, science.read_noise, science.noise_source
+    # (1.0, 4.74, 'header GAIN, header RDNOISE of goodman frames')
 """
 
 from __future__ import annotations
@@ -21,15 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
+from specwidgets.frames import FrameArray
 from specwidgets.instruments import resolve_instrument
 
-__all__ = ["FITS_EXTENSIONS", "COMBINE_MODES", "average_matching_files", "collect_images_array", "matching_files"]
+__all__ = [
+    "FITS_EXTENSIONS",
+    "COMBINE_MODES",
+    "average_matching_files",
+    "collect_images_array",
+    "matching_files",
+    "noise_of_frames",
+]
 
 #: File name endings read as FITS (compared case-insensitively).
-FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz")
+FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fits.bz2")
 
 #: Valid ``mode`` values of :func:`average_matching_files`.
-COMBINE_MODES = ("median", "mean")
+COMBINE_MODES = ("median", "mean", "sum")
 
 
 # ------------------------------------------------------------------ files
@@ -170,7 +187,62 @@ def _metadata(path, frame):
         "gain": frame.gain,
         "read_noise": frame.read_noise,
         "unit": "electron" if frame.gain is not None else "adu",
+        "noise_source": getattr(frame, "noise_source", ""),
     }
+
+
+def noise_of_frames(metadata, reader_name, mode=None):
+    """The noise model of loaded frames (one per exposure, or combined by ``mode``).
+
+    Parameters
+    ----------
+    metadata : list of dict
+        One per frame, as the loaders return it.
+    reader_name : str
+        Instrument name, for the source text.
+    mode : {None, "median", "mean", "sum"}
+        None: the frames stay separate exposures. Otherwise how they were
+        combined: the sum of N frames has N times the sky but sqrt(N) times the
+        read noise; the mean of N has gain N times the frames' (electrons per
+        data unit) and read noise sqrt(N) times theirs (so the variance per
+        data value falls N times); the median is treated as a mean of
+        ``2N/pi`` frames for N >= 3 (its large-N efficiency), which the
+        source text calls approximate.
+
+    Returns
+    -------
+    dict
+        ``gain``, ``read_noise``, ``noise_source``, ``unit``, ``header``:
+        the :class:`~specwidgets.frames.FrameArray` attributes.
+    """
+    unit = metadata[0]["unit"]
+    gain = 1.0 if unit == "electron" else None
+    known = [m["read_noise"] for m in metadata if m["read_noise"] is not None]
+    read_noise = None
+    notes = []
+    if known:
+        read_noise = float(np.median(known))
+        if len(set(known)) > 1:
+            notes.append(f"median of read noises {min(known):.3g}-{max(known):.3g} e-")
+        if len(known) < len(metadata):
+            notes.append(f"read noise known for {len(known)} of {len(metadata)} frames")
+    sources = sorted({m.get("noise_source", "") for m in metadata} - {""})
+    n = len(metadata)
+    if mode is not None and n > 1:
+        n_eff = n if (mode != "median" or n <= 2) else 2.0 * n / np.pi
+        if read_noise is not None:
+            read_noise *= float(np.sqrt(n if mode == "sum" else n_eff))
+        if mode != "sum" and gain is not None:
+            gain *= n_eff
+        notes.append(f"{mode} of {n} frames" + (", noise approximate" if n_eff != n else ""))
+    source = ""
+    if sources:
+        source = f"{'; '.join(sources)} of {reader_name} frames"
+    elif gain is not None or read_noise is not None:
+        source = f"{reader_name} frames"
+    if source and notes:
+        source += f" ({'; '.join(notes)})"
+    return {"gain": gain, "read_noise": read_noise, "noise_source": source, "unit": unit, "header": metadata[0]["header"]}
 
 
 def _check_same_shape(shapes, files):
@@ -203,8 +275,9 @@ def _print_table(metadata, shapes):
 def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine=None):
     """Shared core: read matching frames into a stack, or a running mean.
 
-    ``combine`` None builds the full float64 stack; ``"mean"`` keeps only a
-    running sum, so averaging many frames does not hold them all at once.
+    ``combine`` None builds the full float64 stack; ``"mean"`` and ``"sum"``
+    keep only a running sum, so combining many frames does not hold them all
+    at once. Returns ``(array, metadata, reader name)``.
     """
     start, stop = _crop_pair(crop_bds)
     reader = resolve_instrument(instrument, **instrument_options)
@@ -215,14 +288,14 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
         shapes.append(data.shape)
         metadata.append(_metadata(file, frame))
         if out is None:
-            out = np.zeros(data.shape if combine == "mean" else (len(files), *data.shape), np.float64)
+            out = np.zeros(data.shape if combine in ("mean", "sum") else (len(files), *data.shape), np.float64)
         if data.shape != shapes[0]:
             # Keep reading, storing nothing, so the error can list every shape.
             continue
-        target = out if combine == "mean" else out[i]
+        target = out if combine in ("mean", "sum") else out[i]
         scale = 1.0 if frame.gain is None else frame.gain
         # One multiply-add straight from the file's dtype: no float64 temporary.
-        if combine == "mean":
+        if combine in ("mean", "sum"):
             target += np.multiply(data, scale, dtype=np.float64)
         else:
             np.multiply(data, scale, out=target, dtype=np.float64, casting="unsafe")
@@ -230,7 +303,7 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
     _check_same_unit(metadata)
     if debug:
         _print_table(metadata, shapes)
-    return out, metadata
+    return out, metadata, getattr(reader, "name", "reader")
 
 
 def collect_images_array(
@@ -249,7 +322,7 @@ def collect_images_array(
     ----------
     path : str or os.PathLike
         Folder holding the files (not searched recursively). Files ending in
-        ``.fits``, ``.fit``, ``.fts``, ``.fits.fz`` or ``.fits.gz`` are read,
+        ``.fits``, ``.fit``, ``.fts``, ``.fits.fz``, ``.fits.gz`` or ``.fits.bz2`` are read,
         in file-name order.
     tag : str
         Only files whose name contains this text (case-sensitive).
@@ -273,9 +346,12 @@ def collect_images_array(
 
     Returns
     -------
-    images : numpy.ndarray
+    images : specwidgets.frames.FrameArray
         float64 ``(n_exposures, n_rows, n_cols)``, dispersion along columns;
-        in electrons when the gain is known, else in ADU.
+        in electrons when the gain is known, else in ADU. Its ``gain`` (1.0
+        in electrons, None in ADU), ``read_noise`` (electrons: the median of
+        the frames' known values, or None), ``noise_source``, ``unit`` and
+        ``header`` (the first frame's) attributes give the noise model.
     metadata : list of dict
         Only with ``return_metadata=True``. Keys: ``file`` (name), ``path``
         (:class:`pathlib.Path`), ``hdu`` (index read), ``header`` (an
@@ -304,7 +380,8 @@ def collect_images_array(
     >>> science.shape  # doctest: +SKIP
     (2, 120, 2030)
     """
-    images, metadata = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
+    images, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
+    images = FrameArray(images, **noise_of_frames(metadata, name))
     return (images, metadata) if return_metadata else images
 
 
@@ -325,21 +402,27 @@ def average_matching_files(
 
     Parameters
     ----------
-    mode : {"median", "mean"}
-        How to combine the frames pixel by pixel. ``"mean"`` keeps a running
-        sum, so it needs the memory of one frame only.
+    mode : {"median", "mean", "sum"}
+        How to combine the frames pixel by pixel. ``"median"`` (the default)
+        suits biases and repeated exposures of one source; ``"sum"`` suits
+        arcs taken with different lamps, whose lines each appear in only one
+        frame (a median would drop them); ``"mean"`` averages. ``"mean"`` and
+        ``"sum"`` keep a running sum, so they need the memory of one frame only.
 
     Returns
     -------
-    image : numpy.ndarray
-        float64 ``(n_rows, n_cols)``.
+    image : specwidgets.frames.FrameArray
+        float64 ``(n_rows, n_cols)``, with the combination's noise model as
+        attributes (see :func:`noise_of_frames`). A sum of N frames holds N
+        times their bias level: subtract ``N * bias`` from it (or bias-subtract
+        each frame first), not one bias.
     metadata : list of dict
         Only with ``return_metadata=True``; as in :func:`collect_images_array`.
 
     Raises
     ------
     ValueError
-        For a ``mode`` other than ``"median"`` or ``"mean"``, and as
+        For a ``mode`` other than ``"median"``, ``"mean"`` or ``"sum"``, and as
         :func:`collect_images_array` does.
 
     Examples
@@ -353,11 +436,12 @@ def average_matching_files(
     """
     if mode not in COMBINE_MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes are {', '.join(map(repr, COMBINE_MODES))}")
-    if mode == "mean":
-        total, metadata = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine="mean")
-        image = total / len(metadata)
+    if mode in ("mean", "sum"):
+        total, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine=mode)
+        image = total / len(metadata) if mode == "mean" else total
     else:
-        stack, metadata = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
+        stack, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
         # The stack is ours and about to be dropped: let median sort it in place.
         image = np.median(stack, axis=0, overwrite_input=True)
+    image = FrameArray(image, **noise_of_frames(metadata, name, mode=mode))
     return (image, metadata) if return_metadata else image

@@ -3,8 +3,9 @@ the super-sampled samples whose effective position lies within that pixel's
 edges (``L <= e < R``).
 
 Walking down a column, a pixel's bin differs from the previous row's by a
-few samples, so the kernel keeps counts of the bin's values by rank and adds
-and removes only what changed instead of re-taking a median of every bin.
+few samples, so the kernel marks the bin's samples by rank, adds and removes
+only what changed, and moves a pointer to the median by the few ranks it
+shifts instead of re-taking a median of every bin.
 """
 
 from __future__ import annotations
@@ -16,31 +17,25 @@ __all__ = ["median_of_bins"]
 
 
 @njit(cache=True, inline="always")
-def _bit_add(tree, i, delta):
-    i += 1
-    n = tree.size - 1
-    while i <= n:
-        tree[i] += delta
-        i += i & -i
+def _next_present(present, p, m):
+    """The next rank above ``p`` that is in the bin (``m`` if none)."""
+    p += 1
+    while p < m and present[p] == 0:
+        p += 1
+    return p
 
 
 @njit(cache=True, inline="always")
-def _bit_kth(tree, k, top):
-    """Smallest rank r whose prefix count exceeds k (0-based k): the k-th smallest present."""
-    pos = 0
-    step = top
-    n = tree.size - 1
-    while step:
-        nxt = pos + step
-        if nxt <= n and tree[nxt] <= k:
-            pos = nxt
-            k -= tree[nxt]
-        step >>= 1
-    return pos
+def _prev_present(present, p):
+    """The next rank below ``p`` that is in the bin (-1 if none)."""
+    p -= 1
+    while p >= 0 and present[p] == 0:
+        p -= 1
+    return p
 
 
 # Above this many candidates a radix sort beats numba's comparison sort.
-_RADIX_MIN = 4000
+_RADIX_MIN = 1000
 
 
 @njit(cache=True)
@@ -87,8 +82,9 @@ def _radix_argsort(vals):
 
 
 # Columns ranked together: one sort of their joint candidates is cheaper
-# than a sort per column, and the Fenwick tree grows only logarithmically.
-_BLOCK = 16
+# than a sort per column, but the bin of one pixel then holds only about
+# 1/_BLOCK of the ranks, which the median pointer must step over.
+_BLOCK = 8
 
 
 @njit(parallel=True, cache=True)
@@ -134,14 +130,14 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
                 counts[y, x] = hi_raw - lo_raw
         c0 = lo.min()
         m = hi.max() - c0
-        top = 1
-        while top * 2 <= m:
-            top *= 2
         rank = np.empty(m, np.int64)
-        tree = np.zeros(m + 1, np.int64)
+        present = np.zeros(m, np.uint8)
         for k in range(n_exp):
-            # Rank the block's candidate samples once; a Fenwick tree of
-            # counts over ranks then gives any bin's median in O(log m).
+            # Rank the block's candidate samples once. Down a column a bin
+            # gains and loses a sample or two per row, so the median moves by
+            # a rank or two: a pointer ``p`` to the lower median and the count
+            # of the bin's samples below it are updated in place, stepping
+            # over ranks not in the bin.
             vals = flux_sorted[k, c0 : c0 + m].copy()
             finite = vals == vals
             vals[~finite] = np.inf
@@ -150,8 +146,10 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
             ranked = vals[order]
             for j in range(nb):
                 x = x_start + j
-                tree[:] = 0
                 count = 0
+                p = -1
+                below = 0
+                p_gone = False
                 clo = lo[j, 0]
                 chi = clo
                 for y in range(n_rows):
@@ -159,37 +157,83 @@ def _median_kernel(e_sorted, flux_sorted, edges, out, counts):
                     b = hi[j, y]
                     if a >= chi or b <= clo:
                         for i in range(clo, chi):
-                            if finite[i - c0]:
-                                _bit_add(tree, rank[i - c0], -1)
-                                count -= 1
+                            present[rank[i - c0]] = 0
+                        count = 0
+                        p = -1
+                        below = 0
+                        p_gone = False
                         clo = a
                         chi = a
-                    for i in range(clo, a):  # the window's start moved right
+                    # Samples leaving the bin (its start moved right, its end left) ...
+                    for i in range(clo, a):
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], -1)
+                            r = rank[i - c0]
+                            present[r] = 0
                             count -= 1
-                    for i in range(a, clo):  # ... or left
-                        if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], 1)
-                            count += 1
+                            if r < p:
+                                below -= 1
+                            elif r == p:
+                                p_gone = True
                     for i in range(b, chi):
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], -1)
+                            r = rank[i - c0]
+                            present[r] = 0
                             count -= 1
+                            if r < p:
+                                below -= 1
+                            elif r == p:
+                                p_gone = True
+                    # ... and entering it.
+                    for i in range(a, clo):
+                        if finite[i - c0]:
+                            r = rank[i - c0]
+                            present[r] = 1
+                            count += 1
+                            if r < p:
+                                below += 1
                     for i in range(chi, b):
                         if finite[i - c0]:
-                            _bit_add(tree, rank[i - c0], 1)
+                            r = rank[i - c0]
+                            present[r] = 1
                             count += 1
+                            if r < p:
+                                below += 1
                     clo = a
                     chi = b
                     if count == 0:
                         out[k, y, x] = np.nan
-                    elif count % 2:
-                        out[k, y, x] = ranked[_bit_kth(tree, count // 2, top)]
+                        p = -1
+                        below = 0
+                        p_gone = False
+                        continue
+                    if p < 0:
+                        # A new bin: start from its smallest sample.
+                        p = m
+                        for i in range(a, b):
+                            if finite[i - c0] and rank[i - c0] < p:
+                                p = rank[i - c0]
+                        below = 0
+                    elif p_gone:
+                        q = _next_present(present, p, m)
+                        if q < m:
+                            p = q
+                        else:
+                            p = _prev_present(present, p)
+                            below -= 1
+                        p_gone = False
+                    target = (count - 1) // 2
+                    while below > target:
+                        p = _prev_present(present, p)
+                        below -= 1
+                    while below < target:
+                        p = _next_present(present, p, m)
+                        below += 1
+                    if count % 2:
+                        out[k, y, x] = ranked[p]
                     else:
-                        lo_v = ranked[_bit_kth(tree, count // 2 - 1, top)]
-                        hi_v = ranked[_bit_kth(tree, count // 2, top)]
-                        out[k, y, x] = 0.5 * (lo_v + hi_v)
+                        out[k, y, x] = 0.5 * (ranked[p] + ranked[_next_present(present, p, m)])
+                for i in range(clo, chi):
+                    present[rank[i - c0]] = 0
 
 
 def median_of_bins(e_sorted, flux_sorted, edges):

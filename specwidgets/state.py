@@ -17,6 +17,7 @@ import numpy as np
 import traitlets as tl
 
 from .background import METHODS, SkyResult, fit_sky
+from .frames import frame_array
 from .inputs import as_image, as_image_stack
 from .lines import find_cal_lines
 from .warp import WarpModel, generate_warp_model
@@ -26,6 +27,37 @@ __all__ = ["SkyState"]
 
 def _ranges(value):
     return [tuple(None if v is None else int(v) for v in pair) for pair in value]
+
+
+#: The value of ``read_noise``/``gain`` that asks fit_sky to estimate it even
+#: when the frames carry one.
+ESTIMATE = "estimate"
+
+
+def _noise_value(value, name, positive):
+    """None, ``"estimate"`` or a float (checked): the state's ``read_noise``/``gain``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "auto", "none", "header", "from frames"):
+            return None
+        if text == ESTIMATE:
+            return ESTIMATE
+        try:
+            value = float(text)
+        except ValueError:
+            raise tl.TraitError(
+                f"{name} must be a number, 'estimate' or blank (from the frames); got {value!r}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise tl.TraitError(f"{name} must be a number, 'estimate' or None; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "positive" if positive else "non-negative"
+        unit = "electrons per data unit" if positive else "electrons"
+        raise tl.TraitError(f"{name} must be a {bound} number of {unit}; got {value!r}")
+    return value
 
 
 class SkyState(tl.HasTraits):
@@ -64,10 +96,17 @@ class SkyState(tl.HasTraits):
     warp_order = tl.Int(1)
     mask_region = tl.List()
     method = tl.Enum(METHODS, default_value="bspline")
-    spatial_order = tl.Int(0)
+    #: B-spline order along the slit; None: not passed, fit_sky chooses (auto).
+    spatial_order = tl.Int(None, allow_none=True)
     knot_spacing = tl.Float(None, allow_none=True)  # None: bspline_sky.default_knot_spacing
-    read_noise = tl.Float(0.0)
-    gain = tl.Float(1.0)
+    #: B-spline outlier threshold in sigma; None: fit_sky's default.
+    reject_sigma = tl.Float(None, allow_none=True)
+    #: Read noise in electrons: a number (the user's), None (the frames' own,
+    #: else estimated by fit_sky) or "estimate" (estimated even if the frames have one).
+    read_noise = tl.Any(None)
+    #: Electrons per data unit: a number, None (the frames', else fit_sky's
+    #: default/estimate) or "estimate".
+    gain = tl.Any(None)
     exposure = tl.Int(0)
 
     # ----------------------------------------------------------------- results
@@ -85,6 +124,9 @@ class SkyState(tl.HasTraits):
 
     def __init__(self, science, arc=None, *, warp_model=None, **traits):
         stack, _ = as_image_stack(science, "science")
+        # Keep the frames' noise model (loaders, datasets) on the stack, so
+        # fit_sky finds it when read_noise/gain are left to the frames.
+        stack = frame_array(stack, like=science)
         if arc is not None:
             arc = as_image(arc, "arc")
             if arc.shape != stack.shape[1:]:
@@ -121,6 +163,49 @@ class SkyState(tl.HasTraits):
         """``mask_region`` as a list of ``(start, stop)`` tuples."""
         return _ranges(self.mask_region)
 
+    @property
+    def frames_noise(self):
+        """``(read_noise, gain, source)`` the science frames carry (None, None, "" when unknown)."""
+        science = self.science
+        return (
+            getattr(science, "read_noise", None),
+            getattr(science, "gain", None),
+            getattr(science, "noise_source", "") or "",
+        )
+
+    @property
+    def noise_model(self):
+        """What the current fit used: ``{"read_noise", "gain", "source"}`` (None before a fit).
+
+        Taken from the fit's quality report when it has one; otherwise from
+        the result's numbers, with the source told from the inputs.
+        """
+        result = self.result
+        if result is None:
+            return None
+        quality = getattr(result, "quality", None)
+        if quality is not None and getattr(quality, "noise_source", None):
+            # The state passes a number only when the user typed it, so the
+            # fit's "argument" is the user's value.
+            source = str(quality.noise_source).replace("argument", "set by you")
+            return {
+                "read_noise": getattr(quality, "read_noise", result.read_noise),
+                "gain": getattr(quality, "gain", result.gain),
+                "source": source,
+            }
+        frames_rn, frames_gain, frames_source = self.frames_noise
+        parts = []
+        for name, mine, theirs in (("read noise", self.read_noise, frames_rn), ("gain", self.gain, frames_gain)):
+            if isinstance(mine, float):
+                parts.append(f"{name} set by you")
+            elif mine == ESTIMATE:
+                parts.append(f"{name} estimated")
+            elif theirs is not None:
+                parts.append(f"{name} from {frames_source or 'the frames'}")
+            else:
+                parts.append(f"{name} not known (fit default)")
+        return {"read_noise": result.read_noise, "gain": result.gain, "source": "; ".join(parts)}
+
     # ------------------------------------------------------------- validation
     @tl.validate("mask_region")
     def _valid_mask(self, proposal):
@@ -128,6 +213,30 @@ class SkyState(tl.HasTraits):
         if value and len(value) == 2 and all(isinstance(v, (int, np.integer)) or v is None for v in value):
             value = [tuple(value)]
         return [tuple(pair) for pair in value]
+
+    @tl.validate("read_noise")
+    def _valid_read_noise(self, proposal):
+        return _noise_value(proposal["value"], "read_noise", positive=False)
+
+    @tl.validate("gain")
+    def _valid_gain(self, proposal):
+        return _noise_value(proposal["value"], "gain", positive=True)
+
+    @tl.validate("spatial_order")
+    def _valid_spatial_order(self, proposal):
+        value = proposal["value"]
+        # 4: the highest order fit_sky's B-spline sky takes along the slit.
+        if value is not None and not 0 <= value <= 4:
+            raise tl.TraitError(f"spatial_order must be 0..4 or None (automatic); got {value}")
+        return value
+
+    @tl.validate("knot_spacing", "reject_sigma")
+    def _valid_positive(self, proposal):
+        value = proposal["value"]
+        name = proposal["trait"].name
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise tl.TraitError(f"{name} must be a positive number or None (default); got {value}")
+        return value
 
     @tl.validate("exposure")
     def _valid_exposure(self, proposal):
@@ -147,7 +256,7 @@ class SkyState(tl.HasTraits):
         if not self._hold:
             self._update_warp()
 
-    @tl.observe("mask_region", "method", "spatial_order", "knot_spacing", "read_noise", "gain")
+    @tl.observe("mask_region", "method", "spatial_order", "knot_spacing", "reject_sigma", "read_noise", "gain")
     def _on_sky_inputs(self, change):
         if not self._hold:
             self._update_sky()
@@ -212,21 +321,48 @@ class SkyState(tl.HasTraits):
                 raise ValueError("no warp model yet")
             options = {}
             if self.method == "bspline":
-                options = dict(spatial_order=self.spatial_order, knot_spacing=self.knot_spacing)
+                # Only what the user chose: None leaves fit_sky its own default.
+                options = {
+                    name: value
+                    for name, value in (
+                        ("spatial_order", self.spatial_order),
+                        ("knot_spacing", self.knot_spacing),
+                        ("reject_sigma", self.reject_sigma),
+                    )
+                    if value is not None
+                }
+            images, noise = self._sky_inputs()
             result = fit_sky(
-                self.science,
+                images,
                 self.warp_model,
                 self.masks,
                 method=self.method,
-                read_noise=self.read_noise,
-                gain=self.gain,
                 initial=self.result,
+                **noise,
                 **options,
             )
             self.n_sky_fits += 1
             self.result = result
 
         self._run(step)
+
+    def _sky_inputs(self):
+        """The images and the ``read_noise``/``gain`` keywords for fit_sky.
+
+        A number the user set is passed; None leaves fit_sky the frames'
+        own value (an attribute of the images) or its estimate; "estimate"
+        hides the frames' value so that fit_sky estimates it.
+        """
+        noise = {}
+        hide = {}
+        for name in ("read_noise", "gain"):
+            value = getattr(self, name)
+            if isinstance(value, float):
+                noise[name] = value
+            elif value == ESTIMATE:
+                hide[name] = None
+        images = frame_array(self.science, like=self.science, **hide) if hide else self.science
+        return images, noise
 
 
 class _Hold:
@@ -252,6 +388,8 @@ class _Hold:
                 self.state._update_warp()
         elif self.changed & {"guesses", "tolerance", "line_order", "warp_order", "arc"}:
             self.state._update_warp()
-        elif self.changed & {"mask_region", "method", "spatial_order", "knot_spacing", "read_noise", "gain", "science"}:
+        elif self.changed & {
+            "mask_region", "method", "spatial_order", "knot_spacing", "reject_sigma", "read_noise", "gain", "science",
+        }:
             self.state._update_sky()
         return False

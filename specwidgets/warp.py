@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .inputs import as_image
+from .inputs import as_image, check_number
 from scipy.ndimage import median_filter
 
 from .lines import robust_noise, row_profile
@@ -475,8 +475,10 @@ def generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, 
     if n_rows < 3:
         raise ValueError(f"the arc frame has {n_rows} rows; a warp model needs at least 3")
     _check_orders(line_order, warp_order, n_rows)
-    if not np.isscalar(tolerance) or not np.isfinite(tolerance) or tolerance <= 0:
-        raise ValueError(f"tolerance must be a positive number of columns; got {tolerance!r}")
+    # The limit (the image width) is checked before anything is allocated:
+    # the candidate windows grow with the tolerance (1e7 ran out of memory).
+    tolerance = check_number(tolerance, "tolerance", minimum=0, strict_minimum=True, maximum=n_cols,
+                             unit=f" columns (the arc frame is {n_cols} columns wide)")
     guesses = _check_guesses(guess, n_cols)
     ref_row = n_rows // 2 if ref_idx is None else ref_idx
     if not isinstance(ref_row, (int, np.integer)) or not 0 <= ref_row < n_rows:

@@ -499,6 +499,7 @@ def test_goodman_batch_equals_library(tmp_path):
     summary = run_batch(
         folder / "spec_PKSJ0049_5738", folder / "lamp", bias=folder / "bias", instrument="goodman",
         crop=(680, 800), masks=[(20, 100)], out_dir=out, workers=2, processes=False, progress=False,
+        arc_combine="median",  # as load_goodman (the seed flow) combines the three lamp frames
     )
     assert summary.ok and len(summary.done) == 2, summary.report()
     data = load_goodman(crop_bds=(680, 800), path=folder)

@@ -202,7 +202,7 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
     port = free_port()
     assert launcher.run_dashboard_command(parse(["dashboard", "night", "--port", str(port), "--no-browser"])) == 0
     command, env = seen["command"], seen["env"]
-    assert command[:4] == [sys.executable, "-m", "voila", str(NOTEBOOK)]
+    assert command[:4] == [sys.executable, "-m", "specwidgets.voila_server", str(NOTEBOOK)]
     assert f"--port={port}" in command and "--no-browser" in command and "--Voila.ip=127.0.0.1" in command
     assert "--VoilaConfiguration.show_tracebacks=False" in command
     assert env[DATA_ENV] == str((tmp_path / "night").resolve())
@@ -388,4 +388,6 @@ def test_goodman_folder_gets_the_goodman_settings():
     app = DashboardApp(goodman_path())
     assert app.dashboard.background.shape == (2, 120, 2030)
     assert app.dashboard.mask_region == [(20, 100)]
-    assert app.dashboard.state.read_noise == pytest.approx(4.74)
+    # The headers' read noise travels with the frames (not as a user override).
+    assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74)
+    assert app.dashboard.result.read_noise == pytest.approx(4.74)

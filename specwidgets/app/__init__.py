@@ -204,11 +204,16 @@ class FolderData:
 
     Attributes
     ----------
-    science : (n_exposures, n_rows, n_cols) array
+    science : (n_exposures, n_rows, n_cols) FrameArray
+        Carries the science frames' ``gain``, ``read_noise`` and
+        ``noise_source`` (see :mod:`specwidgets.frames`).
     arc : (n_rows, n_cols) array
+        The sum of the arc frames, each minus the bias (arcs of different
+        lamps keep all their lines), or their median (``arc_combine``).
     bias : (n_rows, n_cols) array or None
-    read_noise : float
-        Electrons, from the science headers (0 when unknown).
+    read_noise : float or None
+        Electrons, from the science headers (None when unknown: the fit
+        estimates it).
     unit : str
         ``"electron"`` or ``"adu"``.
     files : dict
@@ -220,25 +225,31 @@ class FolderData:
     science: np.ndarray
     arc: np.ndarray
     bias: np.ndarray | None
-    read_noise: float
+    read_noise: float | None
     unit: str
     files: dict = field(default_factory=dict)
     skipped: list = field(default_factory=list)
+    arc_combine: str = "sum"
 
 
 def _read_one(path, instrument, crop_bds):
-    from specwidgets.loading import collect_images_array
+    """One file as ``collect_images_array(..., return_metadata=True)`` gives it: ``(stack of 1, [metadata])``.
 
-    # The loaders select files by name fragment: ask for exactly this one.
-    longer = [p.name for p in path.parent.iterdir() if p.name != path.name and path.name in p.name]
-    return collect_images_array(
-        path.parent, tag=path.name, ignore=longer, instrument=instrument,
-        crop_bds=crop_bds, return_metadata=True,
-    )
+    Read directly by the instrument: selecting it by name through the
+    folder loaders listed the whole folder for every file, which made
+    loading a folder quadratic in its size (33 s for 2000 files).
+    """
+    from specwidgets.instruments import resolve_instrument
+    from specwidgets.loading import _crop_pair, _iter_frames, _metadata
+
+    start, stop = _crop_pair(crop_bds)
+    ((_, data, frame),) = list(_iter_frames([path], resolve_instrument(instrument), start, stop))
+    scale = 1.0 if frame.gain is None else frame.gain
+    return np.multiply(data, scale, dtype=np.float64)[None], [_metadata(path, frame)]
 
 
 def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", science_tag="",
-                crop_bds=None, progress=None):
+                crop_bds=None, progress=None, arc_combine="sum"):
     """Read the arc, bias and science frames of a folder, one file at a time.
 
     Parameters
@@ -256,6 +267,9 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
     progress : callable, optional
         Called as ``progress(done, total, relative_path)`` before each file
         and once more at the end (``relative_path`` None).
+    arc_combine : {"sum", "median"}
+        How the arc frames (each minus the bias) are combined: summed by
+        default, so arcs of different lamps each keep their lines.
 
     Returns
     -------
@@ -281,6 +295,8 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
         raise ValueError(f"unknown instrument {instrument!r}; choose one of {', '.join(known_instruments())}")
     if not arc_tag:
         raise ValueError("give a tag for the arc frames (text in their file or subfolder names)")
+    if arc_combine not in ("sum", "median"):
+        raise ValueError(f"arc_combine must be 'sum' or 'median'; got {arc_combine!r}")
 
     def rel(path):
         return path.relative_to(root).as_posix()
@@ -339,19 +355,27 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
             f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
         )
 
+    from specwidgets.frames import FrameArray
+    from specwidgets.loading import noise_of_frames
+
     bias = np.median(np.stack([d for _, d, _ in frames["bias"]]), axis=0) if frames["bias"] else None
     zero = 0.0 if bias is None else bias
-    arc = np.median(np.stack([d for _, d, _ in frames["arc"]]), axis=0) - zero
-    science = np.stack([d for _, d, _ in frames["science"]]) - zero
-    noise = [m["read_noise"] for _, _, m in frames["science"] if m["read_noise"] is not None]
+    # Each arc minus the bias, then summed: lamps lit in one frame only keep their lines.
+    arcs = np.stack([d for _, d, _ in frames["arc"]]) - zero
+    arc = arcs.sum(axis=0) if arc_combine == "sum" else np.median(arcs, axis=0)
+    science_meta = [m for _, _, m in frames["science"]]
+    science = FrameArray(
+        np.stack([d for _, d, _ in frames["science"]]) - zero, **noise_of_frames(science_meta, instrument)
+    )
     return FolderData(
         science=science,
         arc=arc,
         bias=bias,
-        read_noise=float(noise[0]) if noise else 0.0,
+        read_noise=science.read_noise,
         unit=next(iter(units)),
         files={role: [rel(p) for p, _, _ in items] for role, items in frames.items()},
         skipped=skipped,
+        arc_combine=arc_combine,
     )
 
 
@@ -403,13 +427,27 @@ class DashboardApp:
         Errors (unreadable files by name), warnings and what was loaded.
     """
 
-    def __init__(self, data_folder=None, *, figsize=None):
+    def __init__(self, data_folder=None, *, figsize=None, data_root=None, output_root=None):
         import ipywidgets as w
+
+        from specwidgets.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, root_from_environment
 
         from specwidgets.instruments import known_instruments
         from specwidgets.sample_data import goodman_available
 
         self.figsize = figsize
+        # Roots confine what the page reads and writes (see specwidgets.security);
+        # the launcher always sets them. Without one (the app built in the
+        # user's own notebook, whose kernel can run anything anyway) paths
+        # are taken as typed.
+        self.data_root = Path(data_root).resolve() if data_root else root_from_environment(DATA_ROOT_ENV)
+        if output_root:
+            self.output_root = Path(output_root).resolve()
+        else:
+            self.output_root = root_from_environment(OUTPUT_ROOT_ENV) or self.data_root
+        self.export_overwrite = w.Checkbox(value=False, description="Overwrite", indent=False,
+                                           layout=w.Layout(width="100px"))
+        self.export_overwrite.add_class("sw-export-overwrite")
         self.dashboard = None
         self.data_label = ""
         self.last_error = ""
@@ -478,7 +516,7 @@ class DashboardApp:
 
         if data_folder:
             self.source.value = "folder"
-            self.folder.value = str(data_folder)
+            self.folder.value = self._shown_path(data_folder)
             if self.load():
                 return
             failed = self.last_error
@@ -519,9 +557,92 @@ class DashboardApp:
 
     def _on_folder(self, change):
         # A new folder fills in tags suited to it, unless the user has set them.
-        path = _user_path(change["new"]) if change["new"].strip() else None
+        # Outside the data root nothing is looked at (Load says why).
+        try:
+            path = self._data_path(change["new"]) if change["new"].strip() else None
+        except ValueError:
+            return
         if path is not None and path.is_dir() and not self._form_edited:
             self._apply_preset(folder_preset(path))
+
+    # ------------------------------------------------------------ roots
+    def _data_path(self, text):
+        """The folder typed in the page: inside the data root (when there is one), symlinks resolved."""
+        from specwidgets.security import inside_root
+
+        if self.data_root is None:
+            return _user_path(text)
+        return inside_root(text, self.data_root, "data")
+
+    def _relative_to_root(self, text):
+        """``text`` with the data root's server path written as ``<data root>`` (users type relative paths)."""
+        if self.data_root is None:
+            return text
+        return text.replace(str(self.data_root), "<data root>")
+
+    def _shown_path(self, folder):
+        """``folder`` as the form shows it: relative to the data root when inside it."""
+        if self.data_root is not None:
+            try:
+                rel = Path(folder).resolve().relative_to(self.data_root)
+            except ValueError:
+                return str(folder)
+            return rel.as_posix() or "."
+        return str(folder)
+
+    def _output_path(self, text):
+        """The export folder typed in the page: inside the output root (when there is one)."""
+        from specwidgets.security import inside_root
+
+        text = str(text).strip()
+        if not text:
+            raise ValueError("type the folder to export to")
+        if self.output_root is None:
+            return _user_path(text)
+        return inside_root(text, self.output_root, "output")
+
+    def export(self, out_dir=None, overwrite=None):
+        """Export the current result into ``out_dir`` (default: the page's Export field) under the output root.
+
+        Existing files are replaced only with ``overwrite`` (default: the
+        page's Overwrite box); otherwise nothing is written and the message
+        names them. Returns the paths written.
+        """
+        from specwidgets.fits_output import output_name
+
+        dash = self.dashboard
+        if dash is None:
+            raise ValueError("nothing to export: no data loaded")
+        typed = dash.export_folder.value if out_dir is None else str(out_dir)
+        overwrite = self.export_overwrite.value if overwrite is None else bool(overwrite)
+        folder = self._output_path(typed)
+        if not overwrite:
+            existing = [name for name in map(output_name, dash.exposure_names) if (folder / name).exists()]
+            if existing:
+                shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
+                raise FileExistsError(
+                    f"{len(existing)} file(s) already exist in {typed.strip()!r} ({shown}): tick Overwrite "
+                    "to replace them, or choose another folder"
+                )
+        written = dash.export(folder, overwrite=overwrite)
+        where = self._shown_output(folder)
+        dash.export_message.value = html.escape(f"wrote {len(written)} file(s) to {where}")
+        return written
+
+    def _shown_output(self, folder):
+        if self.output_root is not None:
+            rel = Path(folder).relative_to(self.output_root).as_posix()
+            return f"{rel or '.'} (under the output root)"
+        return str(folder)
+
+    def _wire_export(self, dash):
+        """Route the dashboard's Export button through :meth:`export` (roots, no silent overwrite)."""
+        dash.export_button._click_handlers.callbacks.clear()
+        dash.export_button.on_click(dash.status.guard(lambda _: self.export()))
+        for child in dash.children:
+            if dash.export_button in getattr(child, "children", ()):
+                child.children = [*child.children[:-1], self.export_overwrite, child.children[-1]]
+                break
 
     # ------------------------------------------------------------- messages
     def _say(self, kind, text, details=()):
@@ -560,7 +681,7 @@ class DashboardApp:
             else:
                 self._load_form()
         except Exception as exc:  # noqa: BLE001 - shown in the page instead of a traceback
-            self.last_error = _describe(exc)
+            self.last_error = self._relative_to_root(_describe(exc))
             self._say("error", f"Could not load the data: {self.last_error}")
             return False
         finally:
@@ -577,22 +698,37 @@ class DashboardApp:
 
         frames = load_demo()
         names = [f"demo_{k}" for k in range(frames.science.shape[0])]
-        self._show(frames.science, frames.arc, [frames.trace_rows], frames.read_noise, "the synthetic demo", names)
+        # The demo frames carry their own read noise and gain (no override).
+        self._show(frames.science, frames.arc, [frames.trace_rows], None, "the synthetic demo", names)
 
     def _load_goodman(self):
         from specwidgets.sample_data import goodman_path
 
         self.progress_label.value = "<span style='font-size:90%'>finding the Goodman sample&hellip;</span>"
         folder = goodman_path()
-        self.folder.value = str(folder)
+        self.folder.value = self._shown_path(folder)
         self._apply_preset(GOODMAN_PRESET)
-        self._load_form(label="the Goodman sample")
+        # The packaged sample is the app's own data, allowed outside the data root.
+        self._load_form(label="the Goodman sample", folder=folder)
 
-    def _load_form(self, label=None):
+    def _load_form(self, label=None, folder=None):
+        from specwidgets.security import escape_outside_links
+
         crop = parse_rows(self.crop.value, "crop rows")
         mask = parse_rows(self.mask.value, "mask rows")
+        if folder is None:  # typed by the user: confined to the data root
+            if not self.folder.value.strip():
+                raise ValueError("type the folder that holds the FITS files")
+            folder = self._data_path(self.folder.value)
+            if self.data_root is not None:
+                links = escape_outside_links(folder, self.data_root)
+                if links:
+                    raise ValueError(
+                        f"{len(links)} entr(y/ies) in this folder lead outside the data root and cannot be "
+                        f"read: {', '.join(links[:6])}"
+                    )
         data = load_folder(
-            self.folder.value, instrument=self.instrument.value, arc_tag=self.arc_tag.value,
+            folder, instrument=self.instrument.value, arc_tag=self.arc_tag.value,
             bias_tag=self.bias_tag.value, science_tag=self.science_tag.value,
             crop_bds=crop, progress=self._show_progress,
         )
@@ -605,10 +741,13 @@ class DashboardApp:
             mask = (mask[0], mask[1] if mask[1] is not None else n_rows)
         counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
-        self._show(data.science, data.arc, [mask], data.read_noise, label, data.files.get("science"))
+        # The science frames carry the headers' noise model; the page's fields show it.
+        self._show(data.science, data.arc, [mask], None, label, data.files.get("science"))
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
+        if data.read_noise is None:
+            notes.append("no read noise in the headers: the sky fit estimates the noise model from the data")
         if data.bias is None:
             notes.append("no bias frames: nothing was subtracted")
         if data.skipped:
@@ -630,6 +769,7 @@ class DashboardApp:
                 part.add_class(name)
         dash.viewer.mask_slider.add_class("sw-mask-slider")
         dash.add_class("sw-dashboard")
+        self._wire_export(dash)
         old, self.dashboard, self.data_label = self.dashboard, dash, label
         self.body.children = [dash]
         if old is not None:

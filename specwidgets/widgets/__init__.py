@@ -7,6 +7,7 @@ only draw and forward edits. The core package never imports this one.
 * :class:`ImageViewer` - one frame at a time, mask bands and editor, pixel readout
 * :class:`WarpGuessPicker` - arc profile, clickable guesses, line curves, residuals
 * :class:`SEDExplorer` - the super-sampled sky spectrum, aggregated for display
+* :class:`SkyFitControls` - spatial order, knot spacing, rejection, gain, read noise
 * :class:`SpectrumPreview` - the extracted 1D spectrum, the sky spectrum, the sky-line score
 * :class:`Dashboard` - all of them on one state, with undo/redo
 
@@ -27,6 +28,7 @@ from .image_viewer import VIEWS, ImageViewer
 from .payload import PayloadMeter
 from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
+from .sky_controls import SkyFitControls
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
 
@@ -39,6 +41,7 @@ __all__ = [
     "PayloadMeter",
     "SEDAggregate",
     "SEDExplorer",
+    "SkyFitControls",
     "SpectrumPreview",
     "StatusBar",
     "WarpGuessPicker",

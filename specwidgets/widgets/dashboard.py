@@ -16,6 +16,8 @@ Examples
 
 from __future__ import annotations
 
+import html
+
 import ipywidgets
 import traitlets as tl
 
@@ -26,6 +28,7 @@ from .image_viewer import ImageViewer, ranges_of
 from .navigation import KeyShortcuts
 from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
+from .sky_controls import SkyFitControls
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
 
@@ -47,7 +50,10 @@ class Dashboard(ipywidgets.VBox):
         The arc frame (needed for the warp-guess picker).
     mask_region : (int, int) or list of (int, int)
         Rows ``start:stop`` to keep out of the sky (the trace).
-    read_noise : float
+    read_noise : float, "estimate" or None
+        Electrons. None (the default): the frames' own (loaders and data sets
+        attach it), else estimated by the fit; a number or ``"estimate"``
+        overrides that. ``gain=`` (in ``**traits``) works the same way.
     method : {"bspline", "median"}
     state : SkyState, optional
         Use this state instead of building one (then the data arguments are ignored).
@@ -73,6 +79,8 @@ class Dashboard(ipywidgets.VBox):
     status : StatusBar
     method : ipywidgets.ToggleButtons
         The sky estimator (``state.method``).
+    sky_controls : SkyFitControls
+        Spatial order, knot spacing, rejection threshold, gain and read noise.
     exposure_names : list of str
         The input file (or a name) of each exposure; exported files are
         named after them.
@@ -80,7 +88,7 @@ class Dashboard(ipywidgets.VBox):
         Write the current result with :meth:`export`.
     """
 
-    def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=0.0, method="bspline",
+    def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=None, method="bspline",
                  state=None, figsize=None, exposure_names=None, **traits):
         super().__init__()
         if state is None:
@@ -104,6 +112,7 @@ class Dashboard(ipywidgets.VBox):
             options=list(METHODS), value=state.method, description="Sky method", style={"button_width": "80px"}
         )
         self.method.observe(guard(self._on_method_widget), names="value")
+        self.sky_controls = SkyFitControls(state, status=self.status)
         state.observe(guard(self._on_method_state), names="method")
         # Brushing the sky spectrum outlines the same effective pixels on the image.
         self._link = tl.dlink((self.sed, "selected_range"), (self.viewer, "highlight"))
@@ -131,7 +140,7 @@ class Dashboard(ipywidgets.VBox):
         export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
         session_bar = self._build_session_bar()
         self.children = [ipywidgets.HBox([self.method, self.undo_button, self.redo_button, self.status]),
-                         self.tabs, export_bar, session_bar]
+                         self.sky_controls, self.tabs, export_bar, session_bar]
 
     # ------------------------------------------------------------ sessions
     def _build_session_bar(self):
@@ -228,7 +237,7 @@ class Dashboard(ipywidgets.VBox):
             raise ValueError("type the folder to export to")
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite)
-        self.export_message.value = f"wrote {len(written)} file(s) to {written[0].parent}"
+        self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent}")
         return written
 
     # -------------------------------------------------------- constructors
@@ -246,7 +255,7 @@ class Dashboard(ipywidgets.VBox):
 
         frames = load_demo(seed=seed)
         kwargs.setdefault("mask_region", [frames.trace_rows])
-        kwargs.setdefault("read_noise", frames.read_noise)
+        # The demo frames carry their read noise and gain (datasets.FrameArray).
         return cls(frames.science, frames.arc, **kwargs)
 
     @classmethod
@@ -267,7 +276,7 @@ class Dashboard(ipywidgets.VBox):
         n_rows = sample.science.shape[1]
         a, b = (max(0, r - start) for r in _GOODMAN_TRACE_ROWS)
         kwargs.setdefault("mask_region", [(min(a, n_rows - 1), min(max(b, a + 1), n_rows))])
-        kwargs.setdefault("read_noise", sample.read_noise)
+        # sample.science carries the headers' gain and read noise.
         return cls(sample.science, sample.arc, **kwargs)
 
     # ------------------------------------------------------------ results

@@ -54,7 +54,11 @@ class StatusBar(ipywidgets.VBox):
     Attributes
     ----------
     busy_label : ipywidgets.HTML
-        "computing..." while the state (or a view) works, else the last duration.
+        "computing..." while the state (or a view) works; else "ready" and the
+        last duration, or, when the fit flags itself as suspect
+        (``result.quality.suspect``), its warnings instead of "ready".
+    noise_label : ipywidgets.HTML
+        The noise model the current fit used and where it came from.
     banner : ipywidgets.HTML
         The state's error (its last good result stays shown) and any widget error.
     widget_error : str
@@ -68,9 +72,12 @@ class StatusBar(ipywidgets.VBox):
         self._depth = 0
         self._reported = False
         self.busy_label = ipywidgets.HTML(layout=ipywidgets.Layout(min_width="14em"))
+        self.noise_label = ipywidgets.HTML()
         self.banner = ipywidgets.HTML(layout=ipywidgets.Layout(display="none"))
-        super().__init__(children=[self.busy_label, self.banner], **kwargs)
+        super().__init__(children=[self.busy_label, self.noise_label, self.banner], **kwargs)
         state.observe(self._refresh_busy, names=["busy", "last_duration"])
+        if state.has_trait("result"):
+            state.observe(self._refresh_busy, names=["result"])
         state.observe(self._refresh_banner, names=["error"])
         self._refresh_busy()
         self._refresh_banner()
@@ -98,10 +105,61 @@ class StatusBar(ipywidgets.VBox):
                 text = "<span style='color:#e08000'>&#9679;</span> <b>computing&hellip;</b>"
             else:
                 ms = 1000.0 * self.state.last_duration
-                text = f"&#10003; ready &middot; last step {ms:.0f} ms"
+                warnings = self.quality_warnings
+                if warnings is not None:
+                    listed = "; ".join(html.escape(w) for w in warnings)
+                    text = (
+                        f"<span style='color:#8a4b00'>&#9888; <b>suspect fit</b>: {listed}</span>"
+                        f" &middot; last step {ms:.0f} ms"
+                    )
+                else:
+                    text = f"&#10003; ready &middot; last step {ms:.0f} ms"
             self.busy_label.value = f"<span style='font-size:90%'>{text}</span>"
+            self._refresh_noise()
         except Exception:  # noqa: BLE001 - the indicator must never break a callback
             log.debug("busy indicator failed", exc_info=True)
+
+    @property
+    def quality_warnings(self):
+        """The current fit's warnings when it flags itself suspect, else None.
+
+        Read from ``state.result.quality`` (``suspect``, ``warnings``); a
+        result without a quality report is never called suspect here.
+        """
+        result = getattr(self.state, "result", None)
+        quality = getattr(result, "quality", None) if result is not None else None
+        if isinstance(quality, (list, tuple)):  # one report per exposure
+            reports = [q for q in quality if getattr(q, "suspect", False)]
+            if not reports:
+                return None
+            return [str(w) for q in reports for w in (getattr(q, "warnings", None) or [])] or [
+                "the fit flags itself as suspect"
+            ]
+        if quality is None or not getattr(quality, "suspect", False):
+            return None
+        return [str(w) for w in (getattr(quality, "warnings", None) or [])] or ["the fit flags itself as suspect"]
+
+    @property
+    def noise_text(self):
+        """One line on the noise model of the current fit ("" before a fit)."""
+        model = getattr(self.state, "noise_model", None)
+        if not model:
+            return ""
+        parts = []
+        if model.get("read_noise") is not None:
+            parts.append(f"read noise {float(model['read_noise']):.3g} e-")
+        if model.get("gain") is not None:
+            parts.append(f"gain {float(model['gain']):.3g} e-/unit")
+        text = "noise model: " + ", ".join(parts)
+        if model.get("source"):
+            text += f" \u2014 {model['source']}"
+        return text
+
+    def _refresh_noise(self):
+        text = self.noise_text
+        self.noise_label.value = (
+            f"<span style='font-size:80%;color:#555'>{html.escape(text)}</span>" if text else ""
+        )
 
     # ---------------------------------------------------------------- errors
     def report(self, error):

@@ -1,0 +1,453 @@
+"""Issue 10, plumbing: the noise model travels with the frames; arcs of several lamps are summed;
+suspect fits are shown and counted; the sky-fit controls of the dashboard."""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import traitlets as tl
+from astropy.io import fits
+
+import specwidgets as sw
+from specwidgets import batch as batch_mod
+from specwidgets import state as state_mod
+from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.frames import FrameArray, frame_array, noise_of, with_noise
+from specwidgets.instruments import Instrument
+from specwidgets.loading import average_matching_files, collect_images_array
+from specwidgets.state import SkyState
+
+SHAPE = (40, 600)
+BIAS = 300.0
+
+
+def _write(path, data, **cards):
+    fits.PrimaryHDU(np.asarray(data, dtype=np.float32), fits.Header(cards)).writeto(path, overwrite=True)
+    return path
+
+
+# ------------------------------------------------------------------ FrameArray
+def test_frame_array_metadata_follows_arithmetic_and_slicing():
+    rng = np.random.default_rng(0)
+    science = FrameArray(rng.normal(100, 3, (2, 5, 6)), gain=1.0, read_noise=4.0, noise_source="header", unit="electron")
+    bias = FrameArray(np.full((5, 6), 2.0), gain=None, read_noise=9.0, noise_source="other", unit="adu")
+    diff = science - bias
+    assert isinstance(diff, FrameArray)
+    # Left operand wins, attribute by attribute.
+    assert (diff.gain, diff.read_noise, diff.noise_source, diff.unit) == (1.0, 4.0, "header", "electron")
+    np.testing.assert_array_equal(np.asarray(diff), np.asarray(science) - 2.0)
+    # A None on the left is filled from the right.
+    assert (bias - science).gain == 1.0 and (bias - science).read_noise == 9.0
+    plain = np.zeros((5, 6)) - science
+    assert isinstance(plain, FrameArray) and plain.read_noise == 4.0
+    # Slices, copies, in-place arithmetic and pickling keep it.
+    part = science[1, 2:, :3]
+    assert part.read_noise == 4.0 and part.gain == 1.0
+    inplace = science.copy()
+    inplace -= bias
+    inplace /= 2.0
+    assert isinstance(inplace, FrameArray) and inplace.noise_source == "header"
+    back = pickle.loads(pickle.dumps(science))
+    assert back.read_noise == 4.0 and back.unit == "electron"
+    np.testing.assert_array_equal(back, science)
+    # Scalars and masks are plain; np.asarray strips the metadata.
+    assert type(science.sum()) is np.float64 and type(np.median(science)) is np.float64
+    assert type(science > 100) is np.ndarray
+    assert type(np.asarray(science)) is np.ndarray
+    # A median over exposures keeps the frames' metadata.
+    assert np.median(science, axis=0).read_noise == 4.0
+
+
+def test_frame_array_rejects_bad_noise():
+    with pytest.raises(ValueError, match="read_noise must be a non-negative"):
+        FrameArray(np.zeros(3), read_noise=-1.0)
+    with pytest.raises(ValueError, match="gain must be a positive"):
+        FrameArray(np.zeros(3), gain=0.0)
+    with pytest.raises(TypeError, match="unknown metadata"):
+        frame_array(np.zeros(3), colour="red")
+    assert noise_of(with_noise(np.zeros(2), gain=2.0, read_noise=3.0)) == (3.0, 2.0, "argument")
+
+
+# ------------------------------------------------------------------ loaders
+@pytest.mark.parametrize(
+    "cards, gain, read_noise, words",
+    [
+        ({"GAIN": 2.0, "RDNOISE": 3.5}, 2.0, 3.5, ["header GAIN", "header RDNOISE", "generic"]),
+        ({"EGAIN": 1.5, "READNOIS": 6.0}, 1.5, 6.0, ["header EGAIN", "header READNOIS"]),
+        ({"RON": 7.0}, None, 7.0, ["header RON"]),
+        ({}, None, None, []),
+    ],
+)
+def test_generic_reads_the_usual_gain_and_read_noise_keywords(tmp_path, cards, gain, read_noise, words):
+    raw = np.arange(60, dtype=float).reshape(6, 10)
+    _write(tmp_path / "sci_1.fits", raw, **cards)
+    images, meta = collect_images_array(tmp_path, return_metadata=True)
+    assert isinstance(images, FrameArray)
+    assert meta[0]["gain"] == gain and meta[0]["read_noise"] == read_noise
+    np.testing.assert_allclose(images[0], raw * (gain or 1.0))
+    assert images.gain == (1.0 if gain else None)  # converted to electrons: 1 e- per unit
+    assert images.unit == ("electron" if gain else "adu")
+    assert images.read_noise == read_noise
+    for word in words:
+        assert word in images.noise_source
+    if not words:
+        assert images.noise_source == ""
+
+
+def test_arguments_override_headers_and_say_so(tmp_path):
+    _write(tmp_path / "sci_1.fits", np.ones((6, 10)), GAIN=2.0, RDNOISE=3.5)
+    images = collect_images_array(tmp_path, gain=4.0, read_noise=1.0)
+    assert images.read_noise == 1.0 and images.gain == 1.0
+    np.testing.assert_allclose(images, 4.0)
+    assert "gain argument" in images.noise_source and "read noise argument" in images.noise_source
+
+
+def test_instrument_defaults_are_named_as_such(tmp_path):
+    _write(tmp_path / "a.fits", np.ones((6, 10)))
+    images = collect_images_array(tmp_path, instrument=Instrument("cam", gain=2.0, read_noise=3.0))
+    assert "cam default gain" in images.noise_source and images.read_noise == 3.0
+
+
+def test_combined_frames_carry_the_combination_noise(tmp_path):
+    for i in range(3):
+        _write(tmp_path / f"f_{i}.fits", np.full((6, 10), 10.0 * (i + 1)), GAIN=2.0, RDNOISE=4.0)
+    total = average_matching_files(tmp_path, mode="sum")
+    mean = average_matching_files(tmp_path, mode="mean")
+    median = average_matching_files(tmp_path)  # the seed default stays the median
+    np.testing.assert_allclose(total, 2.0 * 60.0)
+    np.testing.assert_allclose(mean, 2.0 * 20.0)
+    np.testing.assert_allclose(median, 2.0 * 20.0)
+    # Sum: still electrons (gain 1), read noise sqrt(3) times.
+    assert total.gain == 1.0 and total.read_noise == pytest.approx(4.0 * np.sqrt(3))
+    # Mean of 3: 3 electrons per unit, and the same per-value variance rn^2/3.
+    assert mean.gain == pytest.approx(3.0)
+    assert (mean.read_noise / mean.gain) ** 2 == pytest.approx(16.0 / 3)
+    assert "approximate" in median.noise_source and "median of 3 frames" in median.noise_source
+    with pytest.raises(ValueError, match="'sum'"):
+        average_matching_files(tmp_path, mode="max")
+
+
+def test_synthetic_frames_carry_their_true_noise():
+    frames = make_synthetic_longslit(shape=(30, 200), read_noise=7.0, seed=3)
+    assert frames.science.read_noise == 7.0 and frames.science.gain == 1.0
+    assert frames.arc.read_noise == 7.0 and frames.science.noise_source == "synthetic truth"
+
+
+def test_fit_sky_takes_the_frames_noise_unless_given():
+    frames = make_synthetic_longslit(shape=(40, 300), read_noise=7.0, n_arc_lines=8, seed=4)
+    result = sw.fit_sky(frames.science, frames.warp, frames.trace_rows, method="median")
+    assert result.read_noise == 7.0 and result.gain == 1.0
+    result = sw.fit_sky(frames.science, frames.warp, frames.trace_rows, method="median", read_noise=2.0)
+    assert result.read_noise == 2.0
+
+
+# ------------------------------------------------------------------ multi-lamp arcs
+LAMP_LINES = [
+    np.array([40.0, 120.0, 210.0, 300.0, 390.0, 480.0]),
+    np.array([70.0, 160.0, 250.0, 340.0, 430.0, 520.0]),
+    np.array([95.0, 185.0, 275.0, 365.0, 455.0, 560.0]),
+]
+
+
+def _lamp(lines, rng, peak=3000.0, sigma=1.3):
+    x = np.arange(SHAPE[1])
+    profile = sum(peak * np.exp(-0.5 * ((x - c) / sigma) ** 2) for c in lines)
+    image = np.broadcast_to(profile, SHAPE) + BIAS
+    return rng.poisson(np.clip(image, 0, None)).astype(float) + rng.normal(0, 4.0, SHAPE)
+
+
+@pytest.fixture
+def lamp_folder(tmp_path):
+    """Three arc frames of three lamps (no line in common), two biases; ADU, no GAIN."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "night"
+    folder.mkdir()
+    for k, lines in enumerate(LAMP_LINES):
+        _write(folder / f"arc_{k}.fits", _lamp(lines, rng))
+    for k in range(2):
+        _write(folder / f"bias_{k}.fits", BIAS + rng.normal(0, 4.0, SHAPE))
+    science = BIAS + 50.0 + rng.normal(0, 8.0, SHAPE)
+    _write(folder / "sci_0.fits", science)
+    return folder
+
+
+def _n_found(arc):
+    try:
+        positions, _ = sw.find_cal_lines(arc)
+    except ValueError:  # no line above the threshold at all
+        return 0, np.array([])
+    return positions.size, positions
+
+
+def test_summed_arcs_keep_every_lamps_lines(lamp_folder):
+    bias = average_matching_files(lamp_folder, tag="bias")
+    summed = average_matching_files(lamp_folder, tag="arc", mode="sum") - 3 * bias
+    median = average_matching_files(lamp_folder, tag="arc") - bias
+    n_sum, found = _n_found(summed)
+    n_median, _ = _n_found(median)
+    truth = np.sort(np.concatenate(LAMP_LINES))
+    assert n_sum == truth.size
+    np.testing.assert_allclose(np.sort(found), truth, atol=0.2)
+    assert n_median <= 3  # a median of three lamps throws every line away
+
+
+def test_batch_and_folder_loader_sum_arcs_by_default(lamp_folder):
+    from specwidgets.app import load_folder
+
+    truth = np.sort(np.concatenate(LAMP_LINES))
+    cal = batch_mod.prepare_calibrations(sorted(lamp_folder.glob("arc_*")), bias=sorted(lamp_folder.glob("bias_*")))
+    assert cal.guesses.size == truth.size
+    np.testing.assert_allclose(np.sort(cal.guesses), truth, atol=0.2)
+    with pytest.raises(ValueError):  # the median of the three lamps has no line to fit
+        batch_mod.prepare_calibrations(
+            sorted(lamp_folder.glob("arc_*")), bias=sorted(lamp_folder.glob("bias_*")), arc_combine="median"
+        )
+    data = load_folder(lamp_folder, science_tag="sci_")
+    assert _n_found(data.arc)[0] == truth.size
+    # The bias left the arc once per frame: the continuum is back near zero.
+    assert abs(float(np.median(data.arc))) < 20
+    assert data.read_noise is None and data.science.unit == "adu"
+    assert _n_found(load_folder(lamp_folder, science_tag="sci_", arc_combine="median").arc)[0] <= 3
+
+
+def test_batch_command_line_options():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    batch_mod.add_batch_parser(sub)
+    args = parser.parse_args(["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o"])
+    assert args.arc_combine == "sum" and args.spatial_order is None and not args.fail_on_suspect
+    args = parser.parse_args(
+        ["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--arc-combine", "median",
+         "--spatial-order", "2", "--fail-on-suspect"]
+    )
+    assert args.arc_combine == "median" and args.spatial_order == 2 and args.fail_on_suspect
+    assert parser.parse_args(
+        ["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--spatial-order", "auto"]
+    ).spatial_order == "auto"
+    for bad in ("x", "5"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--spatial-order", bad])
+
+
+# ------------------------------------------------------------------ suspect fits in batch
+class FakeQuality:
+    """Stands in for SkyResult.quality until the sky engine provides it."""
+
+    def __init__(self, suspect, warnings=(), chi_std=1.0):
+        self.suspect = suspect
+        self.warnings = list(warnings)
+        self.noise_source = "estimated from the sky residuals"
+        self.read_noise, self.gain = 5.0, 1.0
+        self.flexure = 0.0
+        self.rejected_fraction = 0.89 if suspect else 0.01
+        self.chi_std = chi_std
+
+    def header_cards(self):
+        return [
+            ("SWQREJ", self.rejected_fraction, "fraction of sky pixels rejected"),
+            ("SWQCHI", self.chi_std, "chi std on sky rows"),
+            ("SWQFLEX", float("nan"), "flexure shift (px)"),
+        ]
+
+
+@pytest.fixture
+def noisy_night(tmp_path):
+    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=3, tilt=2.0, n_sky_lines=10, n_arc_lines=10, seed=5)
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    sci = [_write(folder / f"sci_{i}.fits", frames.science[i], RDNOISE=4.5) for i in range(3)]
+    arc = _write(folder / "arc.fits", frames.arc)
+    return SimpleNamespace(science=sci, arc=[arc], frames=frames, out=tmp_path / "out")
+
+
+def test_batch_counts_and_flags_suspect_fits(noisy_night, monkeypatch):
+    pytest.importorskip("distributed")
+    real = batch_mod.fit_sky
+
+    def fit_with_quality(image, *args, **kwargs):
+        result = real(image, *args, **kwargs)
+        bad = float(np.nanmean(image)) > float(np.nanmean(noisy_night.frames.science))  # about half of them
+        result.quality = FakeQuality(bad, ["89% of the sky pixels were rejected"] if bad else [], chi_std=3.8 if bad else 1.0)
+        return result
+
+    monkeypatch.setattr(batch_mod, "fit_sky", fit_with_quality)
+    kw = dict(masks=[noisy_night.frames.trace_rows], out_dir=noisy_night.out, workers=1, processes=False, progress=False)
+    summary = batch_mod.run_batch(noisy_night.science, noisy_night.arc, **kw)
+    n_bad = len(summary.suspect)
+    assert summary.ok and len(summary.done) == 3 and 0 < n_bad < 3
+    assert summary.exit_code == 0  # suspect is counted, not a failure
+    text = summary.report()
+    assert f"good {3 - n_bad}, suspect {n_bad}" in text and "89% of the sky pixels" in text
+    for path, _ in summary.suspect:
+        out = noisy_night.out / batch_mod.output_name(path)
+        header = fits.getheader(out)
+        assert header["SWSUSP"] is True and header["SWQREJ"] == pytest.approx(0.89)
+        assert header["SWQCHI"] == pytest.approx(3.8) and header["SWQFLEX"] == "nan"
+        assert "estimated" in header["SWNSRC"]
+        assert any("89% of the sky pixels" in str(c) for c in header["COMMENT"])
+    good = [p for p in noisy_night.science if str(p) not in {s for s, _ in summary.suspect}]
+    assert fits.getheader(noisy_night.out / batch_mod.output_name(good[0]))["SWSUSP"] is False
+    # A resumed run reads the flags back from the headers: the count survives.
+    again = batch_mod.run_batch(noisy_night.science, noisy_night.arc, **kw)
+    assert len(again.skipped) == 3 and sorted(again.suspect) == sorted(summary.suspect)
+    strict = batch_mod.run_batch(noisy_night.science, noisy_night.arc, overwrite=True, fail_on_suspect=True, **kw)
+    assert strict.exit_code == 3 and len(strict.suspect) == n_bad
+
+
+def test_batch_uses_the_headers_read_noise_unless_given(noisy_night):
+    pytest.importorskip("distributed")
+    kw = dict(masks=[noisy_night.frames.trace_rows], workers=1, processes=False, progress=False)
+    summary = batch_mod.run_batch(noisy_night.science[:1], noisy_night.arc, out_dir=noisy_night.out, **kw)
+    assert summary.ok and not summary.suspect
+    header = fits.getheader(noisy_night.out / batch_mod.output_name(noisy_night.science[0]))
+    assert header["SWRDNOIS"] == pytest.approx(4.5)  # from RDNOISE through the generic instrument
+    assert header.get("SWSUSP", False) is False  # a clean synthetic fit is not suspect
+    summary = batch_mod.run_batch(
+        noisy_night.science[:1], noisy_night.arc, out_dir=noisy_night.out / "b", read_noise=2.0, **kw
+    )
+    header = fits.getheader(noisy_night.out / "b" / batch_mod.output_name(noisy_night.science[0]))
+    assert header["SWRDNOIS"] == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------ state
+@pytest.fixture
+def frames():
+    return make_synthetic_longslit(shape=(40, 300), n_exposures=1, tilt=2.0, n_arc_lines=8, read_noise=6.0, seed=9)
+
+
+def _spy_fit(monkeypatch):
+    calls = []
+    real = state_mod.fit_sky
+
+    def spy(images, *args, **kwargs):
+        calls.append((noise_of(images), dict(kwargs)))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(state_mod, "fit_sky", spy)
+    return calls
+
+
+def test_state_leaves_noise_and_order_to_the_frames_and_the_fit(frames, monkeypatch):
+    calls = _spy_fit(monkeypatch)
+    state = SkyState(frames.science, warp_model=frames.warp, mask_region=[frames.trace_rows])
+    (noise, kwargs), = calls
+    assert noise[:2] == (6.0, 1.0)  # the frames' noise reached fit_sky on the images
+    assert "read_noise" not in kwargs and "gain" not in kwargs
+    assert "spatial_order" not in kwargs and "reject_sigma" not in kwargs and "knot_spacing" not in kwargs
+    assert state.result.read_noise == 6.0
+    assert state.frames_noise == (6.0, 1.0, "synthetic truth")
+    assert "synthetic truth" in state.noise_model["source"]
+
+    state.read_noise = 3.0
+    assert calls[-1][1]["read_noise"] == 3.0 and state.result.read_noise == 3.0
+    assert "set by you" in state.noise_model["source"]
+    state.read_noise = "estimate"
+    noise, kwargs = calls[-1]
+    assert noise[0] is None and noise[1] == 1.0 and "read_noise" not in kwargs  # hidden: fit_sky estimates
+    state.read_noise = None
+    with state.hold():
+        state.spatial_order = 1
+        state.reject_sigma = 4.0
+        state.knot_spacing = 1.5
+    kwargs = calls[-1][1]
+    assert (kwargs["spatial_order"], kwargs["reject_sigma"], kwargs["knot_spacing"]) == (1, 4.0, 1.5)
+
+
+def test_state_refuses_bad_noise_values(frames):
+    state = SkyState(frames.science, warp_model=frames.warp, mask_region=[frames.trace_rows])
+    good = state.result
+    for name, value in (("read_noise", -1.0), ("gain", 0.0), ("gain", "lots"), ("spatial_order", 5), ("knot_spacing", -1.0)):
+        with pytest.raises(tl.TraitError, match=name):
+            setattr(state, name, value)
+    assert state.result is good and state.read_noise is None
+    state.read_noise = "4.5"  # text from a field is read as a number
+    assert state.read_noise == 4.5
+
+
+# ------------------------------------------------------------------ widgets
+def test_controls_fill_from_the_frames_and_drive_the_state(frames):
+    from specwidgets.widgets import Dashboard
+
+    dash = Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows)
+    controls = dash.sky_controls
+    assert controls.read_noise.value == "6" and controls.gain.value == "1"
+    assert controls.spatial_order.value == "auto" and controls.knot_spacing.value == ""
+    for field in (controls.read_noise, controls.gain, controls.knot_spacing, controls.reject_sigma):
+        assert field.continuous_update is False
+    n = dash.state.n_sky_fits
+    controls.read_noise.value = "6.0"  # the frames' own value: still "from the frames"
+    assert dash.state.read_noise is None and dash.state.n_sky_fits == n
+    controls.read_noise.value = "8"
+    assert dash.state.read_noise == 8.0 and dash.result.read_noise == 8.0
+    controls.spatial_order.value = "2"
+    assert dash.state.spatial_order == 2 and dash.state.n_sky_fits == n + 2
+    controls.reject_sigma.value = "5"
+    assert dash.state.reject_sigma == 5.0
+    good = dash.result
+    for field, text in ((controls.read_noise, "lots"), (controls.gain, "-1"), (controls.knot_spacing, "0")):
+        field.value = text
+        assert dash.status.banner.layout.display is None and "type" in dash.status.banner.value
+        assert dash.result is good  # the last good fit stays
+    controls.knot_spacing.value = "auto"
+    assert dash.status.banner.layout.display == "none"
+    dash.state.read_noise = 2.5  # set from code: the field follows
+    assert controls.read_noise.value == "2.5"
+    dash.state.method = "median"
+    assert controls.spatial_order.disabled and controls.knot_spacing.disabled and not controls.read_noise.disabled
+
+
+def test_status_shows_suspect_warnings_and_the_noise_source(frames):
+    from specwidgets.widgets import StatusBar
+
+    state = SkyState(frames.science, warp_model=frames.warp, mask_region=[frames.trace_rows])
+    status = StatusBar(state)
+    assert "ready" in status.busy_label.value and status.quality_warnings is None
+    assert "read noise 6 e-" in status.noise_label.value and "synthetic truth" in status.noise_label.value
+    result = state.result
+    result.quality = FakeQuality(True, ["trace light leaks into the sky rows", "chi std 3.8 on sky rows"])
+    state.result = None
+    state.result = result
+    assert "ready" not in status.busy_label.value
+    assert "suspect fit" in status.busy_label.value and "trace light leaks" in status.busy_label.value
+    assert "estimated from the sky residuals" in status.noise_label.value
+    result.quality = FakeQuality(False)
+    state.result = None
+    state.result = result
+    assert "ready" in status.busy_label.value and "suspect" not in status.busy_label.value
+
+
+def test_bzip2_frames_are_read_and_named(tmp_path):
+    import bz2
+
+    from specwidgets.fits_output import output_name
+
+    plain = _write(tmp_path / "x.fits", np.arange(40.0).reshape(4, 10), GAIN=2.0)
+    (tmp_path / "sci_1.fits.bz2").write_bytes(bz2.compress(plain.read_bytes()))
+    plain.unlink()
+    images = collect_images_array(tmp_path)
+    np.testing.assert_allclose(images[0], 2.0 * np.arange(40.0).reshape(4, 10))
+    assert output_name("night/sci_1.fits.bz2") == "sci_1_sky.fits"
+
+
+def test_batch_defaults_on_bzip2_multi_lamp_adu_frames(lamp_folder, tmp_path):
+    """The issue's night: several lamps, .fits.bz2, ADU with no GAIN: every lamp's lines are used."""
+    pytest.importorskip("distributed")
+    import bz2
+
+    for path in sorted(lamp_folder.glob("*.fits")):
+        path.with_name(path.name + ".bz2").write_bytes(bz2.compress(path.read_bytes()))
+        path.unlink()
+    summary = batch_mod.run_batch(
+        str(lamp_folder / "sci_*.fits.bz2"), str(lamp_folder / "arc_*.fits.bz2"),
+        bias=str(lamp_folder / "bias_*.fits.bz2"), masks=[(15, 25)], out_dir=tmp_path / "out",
+        workers=1, processes=False, progress=False,
+    )
+    assert summary.ok and len(summary.done) == 1, summary.report()
+    header = fits.getheader(tmp_path / "out" / "sci_0_sky.fits")
+    assert header["SWNARC"] == 3 and "sum" in header.comments["SWNARC"] and header["SWUNIT"] == "adu"
+    assert header["SWNGUESS"] == sum(len(lines) for lines in LAMP_LINES)
