@@ -589,7 +589,9 @@ def test_preview_score_updates_after_a_mask_change_and_undo_restores_it(visit):
     page.locator(".sw-redo").click()
     page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() === '{moved_label}'",
                            timeout=10000)
-    box = figures(page.locator(".sw-preview")).first.bounding_box()
+    spectrum = figures(page.locator(".sw-preview")).first
+    spectrum.scroll_into_view_if_needed()
+    box = spectrum.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.keyboard.press("Control+z")
     page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() === '{before_label}'",
