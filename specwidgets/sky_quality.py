@@ -32,6 +32,10 @@ REJECTED_LIMIT = 0.10
 CHI_LIMITS = (0.75, 1.4)
 LEAK_LIMIT = 0.3
 MAX_SPATIAL_ORDER = 4
+# "auto" tries Legendre orders up to this: each order costs as many
+# coefficients as the whole spline (noise) and a slower kernel (time), and
+# on the real frames tried, order 2 was never beaten by 3 or 4 on held-out rows.
+MAX_AUTO_ORDER = 2
 # A row is unlit when its sky is below this fraction of the brightly lit rows'.
 UNLIT_FRACTION = 0.2
 
@@ -49,7 +53,10 @@ class SkyQuality:
     chi_std : float
         Robust standard deviation (1.4826 x MAD) of ``(data - sky) / sigma``
         on the fitted sky rows, sigma from the noise model used: about 1 when
-        the noise model matches the data.
+        the noise model matches the data. The fit is also suspect when this
+        number, taken over the faintest half or the brightest tenth of the
+        sky pixels alone, is outside ``CHI_LIMITS`` (a wrong gain shows on
+        the bright lines even when the continuum happens to match).
     leak : float
         Trace light leaking into the sky rows: the largest mean of
         ``(data - sky) / sigma`` (clipped at +-5) over one sky row, among
@@ -371,6 +378,7 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
         degree, plus twice the number of sky-model coefficients (Akaike: on
         rows held out of the fit, each fitted coefficient adds about one to
         the chi-square, and each is paid twice relative to the training rows).
+        Orders up to ``MAX_AUTO_ORDER`` are tried.
     """
     n_rows = ratio.size
     have = np.isfinite(ratio) & (info > 0)
@@ -398,7 +406,7 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
         resid = ratio[lit_rows] - _legendre_design(lit_rows, row_range, degree) @ coef
         return resid
 
-    degrees = range(0, min(MAX_SPATIAL_ORDER, lit_rows.size - 2) + 1) if choose_order else [order]
+    degrees = range(0, min(MAX_AUTO_ORDER, lit_rows.size - 2) + 1) if choose_order else [order]
     all_rows = np.ones(lit_rows.size, bool)
     best, best_score = (0 if choose_order else order), np.inf
     for d in degrees:
