@@ -376,9 +376,13 @@ def _process_one_inner(path, job, bias, flat):
         if flat is not None:
             image /= flat
             extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
-        read_noise = job.read_noise if job.read_noise is not None else (frame.read_noise or 0.0)
+        # None (neither given nor in the header) lets fit_sky estimate it: never a silent 0.
+        read_noise = job.read_noise if job.read_noise is not None else frame.read_noise
         warp = _cached_warp(job)
-        result = fit_sky(image, warp, list(job.masks), method=job.method, read_noise=read_noise, **job.options)
+        # read_frame converted the data to electrons when the gain is known.
+        gain = 1.0 if frame.gain is not None else None
+        result = fit_sky(image, warp, list(job.masks), method=job.method, read_noise=read_noise, gain=gain,
+                         **job.options)
         prov = {**job.provenance, "input": str(path)}
         write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
         record["status"] = "done"
