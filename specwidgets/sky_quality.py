@@ -282,8 +282,8 @@ def dark_rows(stack, masked_rows, noise_var):
     """Rows with (almost) no sky light, from the rows' median level; a first cut.
 
     A row is dark when its median (over every 4th column, all exposures) is
-    below ``UNLIT_FRACTION`` of the 90th percentile of the rows' medians,
-    and that percentile stands clear of the noise (so that a sky of lines
+    below ``UNLIT_FRACTION`` of the median row's, and that median stands
+    clear of the noise (so that a sky of lines
     on a zero continuum does not make every row "dark"). Grown by one row.
     Masked rows are never reported.
     """
@@ -292,7 +292,9 @@ def dark_rows(stack, masked_rows, noise_var):
     if lit_candidates.sum() < 4:
         return np.zeros(n_rows, bool)
     med = np.nanmedian(stack[:, :, ::4], axis=2).mean(axis=0)
-    bright = np.nanpercentile(med[lit_candidates], 90)
+    # The median row, not a high percentile: a trace left in the sky rows
+    # must not make the sky rows look dark next to it.
+    bright = np.nanmedian(med[lit_candidates])
     # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
     n_used = max(1, n_cols // 4 * n_exp)
     if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
@@ -372,7 +374,7 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     Returns
     -------
     unlit : (n_rows,) bool array
-        Rows to leave out: sky below ``UNLIT_FRACTION`` of the lit rows', and
+        Rows to leave out: sky below ``UNLIT_FRACTION`` of the median row's, and
         rows at the ends of the lit part whose sky departs from the smooth
         illumination (a vignetting edge), plus one row of margin.
     order : int
@@ -387,7 +389,7 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     have = np.isfinite(ratio) & (info > 0)
     unlit = np.zeros(n_rows, bool)
     if detect_unlit and have.sum() >= 4:
-        bright = np.percentile(ratio[have], 90)
+        bright = np.median(ratio[have])
         dim = have & (ratio < UNLIT_FRACTION * bright)
         if dim.any():
             # One row of margin: the rows next to a dark run are half lit.
