@@ -848,7 +848,8 @@ def extract_background(
     method : {"bspline", "median"}
         Sky estimator; see :func:`fit_sky`. ``"median"`` is the seed's.
     **options
-        ``read_noise``, ``gain`` and the method's options (see :func:`fit_sky`).
+        ``read_noise``, ``gain`` (default: from the frames, else estimated;
+        never silently 0) and the method's options (see :func:`fit_sky`).
 
     Returns
     -------
