@@ -280,6 +280,25 @@ def _normal_pass(e, f, y, excluded, rejected, lo, inv_h, n_int, y_off, y_scale,
     return n_used, n_changed
 
 
+@njit(cache=True, parallel=True)
+def _normal_pass_chunked(e, f, y, excluded, rejected, lo, inv_h, n_int, y_off, y_scale,
+                         n_terms, coef, use_model, inv_gain, rn_var, var_floor, sig2,
+                         acc_chunks):
+    """``_normal_pass`` over contiguous chunks of samples in parallel (one accumulator each)."""
+    n_chunks = acc_chunks.shape[0]
+    n = e.shape[0]
+    changed = np.zeros(n_chunks, np.int64)
+    for c in prange(n_chunks):
+        start = c * n // n_chunks
+        stop = (c + 1) * n // n_chunks
+        _, changed[c] = _normal_pass(
+            e[start:stop], f[start:stop], y[start:stop], excluded[start:stop],
+            rejected[start:stop], lo, inv_h, n_int, y_off, y_scale, n_terms, coef,
+            use_model, inv_gain, rn_var, var_floor, sig2, acc_chunks[c],
+        )
+    return changed.sum()
+
+
 @njit(cache=True, nogil=True)
 def _evaluate(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
               first_term_only, out):
@@ -729,7 +748,10 @@ class _NormalEquations:
             n_chunks = 1 if e.size < _PARALLEL_MIN_SAMPLES else numba.get_num_threads()
             self.acc = np.zeros((n_chunks, self.n_int, 14))
         else:
-            self.acc = np.zeros((self.n_int, n_loc, n_loc + 1))
+            # Spatial terms make each sample's update (4 n_terms)^2 long:
+            # large fits are split between the cores here too.
+            n_chunks = 1 if e.size < _PARALLEL_MIN_SAMPLES else numba.get_num_threads()
+            self.acc = np.zeros((n_chunks, self.n_int, n_loc, n_loc + 1))
 
     def accumulate(self, coef, rejected):
         """Fill ``band``/``rhs``; weights from the data if ``coef`` is None.
@@ -756,12 +778,16 @@ class _NormalEquations:
                 acc = self.acc.sum(axis=0)
             _constant_to_band(acc, self.band, self.rhs)
         else:
-            _, n_changed = _normal_pass(
-                self.e, self.f, self.y, self.excluded, rejected, self.lo, inv_h,
-                self.n_int, self.y_off, self.y_scale, self.n_terms, coef,
-                use_model, *self.noise, self.acc,
-            )
-            _general_to_band(self.acc, self.band, self.rhs, self.n_terms)
+            args = (self.e, self.f, self.y, self.excluded, rejected, self.lo, inv_h,
+                    self.n_int, self.y_off, self.y_scale, self.n_terms, coef,
+                    use_model, *self.noise)
+            if self.acc.shape[0] == 1:
+                _, n_changed = _normal_pass(*args, self.acc[0])
+                acc = self.acc[0]
+            else:
+                n_changed = _normal_pass_chunked(*args, self.acc)
+                acc = self.acc.sum(axis=0)
+            _general_to_band(acc, self.band, self.rhs, self.n_terms)
         return n_changed
 
 
