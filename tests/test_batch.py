@@ -193,7 +193,8 @@ def test_warp_model_given_instead_of_arcs(raw, tmp_path, frames):
         workers=1, processes=False, progress=False, dtype="float64",
     )
     assert summary.ok
-    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask())
+    # run_batch's spatial_order defaults to 0 (explicit), fit_sky's to "auto".
+    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask(), spatial_order=0)
     with fits.open(out / output_name(raw["science"][0])) as hdul:
         np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
 
@@ -508,7 +509,9 @@ def test_goodman_batch_equals_library(tmp_path):
     # The sample is in electrons (the Goodman loader applies the gain). Batch
     # fits each exposure on its own, and fit_sky's automatic choices (knots,
     # spatial order, unlit rows) pool the exposures it is given: one at a time.
-    fits_k = [sw.fit_sky(data.science[k], model, (20, 100), read_noise=data.read_noise, gain=1.0) for k in range(2)]
+    # run_batch's spatial_order defaults to 0 (explicit), fit_sky's to "auto".
+    fits_k = [sw.fit_sky(data.science[k], model, (20, 100), read_noise=data.read_noise, gain=1.0, spatial_order=0)
+              for k in range(2)]
     files = sorted(out.glob("*_sky.fits"))
     assert [p.name for p in files] == [
         "0069_PKSJ0049-5738_13-05-2023_sky.fits",
