@@ -140,7 +140,8 @@ def synthetic(name, **kw):
     f = make_synthetic_longslit(**base)
     t0, t1 = f.trace_rows
     held = (t1 + 10, t1 + 20)
-    return dict(name=name, data=f.science, arc=f.arc, masks=[tuple(f.trace_rows)], held=held,
+    # As from an instrument whose headers hold no gain or read noise: plain arrays.
+    return dict(name=name, data=np.asarray(f.science), arc=np.asarray(f.arc), masks=[tuple(f.trace_rows)], held=held,
                 truth=f.sky, gain=f.gain, read_noise=f.read_noise, full_frame=bool(f.unlit_rows))
 
 

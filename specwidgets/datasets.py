@@ -38,8 +38,10 @@ class SyntheticFrames:
     Attributes
     ----------
     science : (n_exposures, n_rows, n_cols) FrameArray
-        Sky + trace + noise, in electrons; ``gain`` 1.0 and ``read_noise``
-        the true read noise ride along as attributes (source "synthetic truth").
+        Sky + trace + noise, in data units (electrons when ``gain`` is 1); the
+        true ``gain`` and ``read_noise`` ride along as attributes (source
+        "synthetic truth"), as a loader's header keywords would: pass
+        ``np.asarray(science)`` to play an instrument whose headers hold none.
     arc : (n_rows, n_cols) FrameArray
         Arc-lamp frame (noisy), in electrons, with the same attributes.
     sky : (n_exposures, n_rows, n_cols) array
@@ -279,7 +281,8 @@ def make_synthetic_longslit(
         trace = trace / gain
 
     # The frames carry their known noise, as the loaders' frames do.
-    truth = dict(gain=1.0, read_noise=float(read_noise), noise_source="synthetic truth", unit="electron")
+    truth = dict(gain=gain, read_noise=float(read_noise), noise_source="synthetic truth",
+                 unit="electron" if gain == 1.0 else "adu")
     return SyntheticFrames(
         science=FrameArray(science, **truth),
         arc=FrameArray(arc, **truth),

@@ -3,11 +3,14 @@
 Every test compares against the synthetic truth the frames were made from.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import specwidgets as sw
 from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.frames import FrameArray
 
 from conftest import rms
 
@@ -15,9 +18,11 @@ SHAPE = (120, 1024)
 
 
 def frames(**kw):
+    """Synthetic frames as from an instrument whose headers give no gain or read noise."""
     base = dict(shape=SHAPE, n_exposures=1, tilt=3.0, n_sky_lines=40, seed=41)
     base.update(kw)
-    return make_synthetic_longslit(**base)
+    f = make_synthetic_longslit(**base)
+    return dataclasses.replace(f, science=np.asarray(f.science), arc=np.asarray(f.arc))
 
 
 def held_out(f):
@@ -35,14 +40,8 @@ def fit(f, **kw):
     return sw.fit_sky(f.science, f.warp, [tuple(f.trace_rows), hold], **kw), hold
 
 
-class Frames(np.ndarray):
-    """An array carrying the loader's noise attributes, as the loaders return."""
-
-
 def with_noise(array, gain, read_noise, source):
-    out = np.asarray(array).view(Frames)
-    out.gain, out.read_noise, out.noise_source = gain, read_noise, source
-    return out
+    return FrameArray(array, gain=gain, read_noise=read_noise, noise_source=source)
 
 
 # ----------------------------------------------------------------------- the generator
@@ -102,7 +101,7 @@ def test_wrong_noise_model_is_suspect():
 @pytest.mark.parametrize(
     "kwargs, exc, message",
     [
-        (dict(spatial_order=5), ValueError, "0-4"),
+        (dict(spatial_order=5), ValueError, "0..4"),
         (dict(spatial_order="linear"), ValueError, "auto"),
         (dict(spatial_order=1.5), TypeError, "spatial_order"),
         (dict(gain=0), ValueError, "gain"),
