@@ -488,6 +488,76 @@ def test_kill_minus_9_then_rerun_loses_nothing(tmp_path):
     assert {n: (out / n).stat().st_mtime_ns for n in done_before} == done_before
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(procs):
+    """Terminate, then kill, every process (and its children: each runs in its own session)."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_scheduler_option_on_a_real_dask_cluster(raw, tmp_path):
+    """`--scheduler` on a cluster of its own processes (`dask scheduler` + 2 `dask worker`) = a local run."""
+    from dask.distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    common = dict(cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        **common,
+    )]
+    try:
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+                 "--host", "127.0.0.1", "--local-directory", str(tmp_path / f"worker{i}"), "--death-timeout", "60"],
+                **common,
+            ))
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=90)
+            assert len(client.scheduler_info()["workers"]) == 2
+        out = tmp_path / "cluster"
+        cmd = [*_command(), *map(str, raw["science"]), "--arc", *map(str, raw["arc"]), "--bias", *map(str, raw["bias"]),
+               "--mask", "{}:{}".format(*make_mask()), "--out", str(out), "--scheduler", address, "--no-progress"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert "done 6" in proc.stderr and "failed 0" in proc.stderr
+    finally:
+        _stop(procs)
+    local = _api(raw, tmp_path / "local")
+    assert local.ok and len(local.done) == 6
+    names = [p.name for p in _outputs(out)]
+    assert names == [p.name for p in _outputs(tmp_path / "local")] == [output_name(p) for p in raw["science"]]
+    for name in names:
+        with fits.open(out / name) as a, fits.open(tmp_path / "local" / name) as b:
+            for ext in ("SCI", "SKY", "VAR", "MASK"):
+                np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=f"{name} {ext}")
+
+
 # ------------------------------------------------------------------ Goodman
 @pytest.mark.goodman
 @pytest.mark.skipif(not goodman_available(), reason="Goodman sample not on this machine")
