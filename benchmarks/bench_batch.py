@@ -82,8 +82,8 @@ def run_once(args):
         "n": len(science), "workers": args.workers, "wall": wall, "done": len(summary.done),
         "failed": len(summary.failed), "rss_before_mib": rss_before / 1024, "peak_rss_mib": me.ru_maxrss / 1024,
         # The workers report their own CPU time (forked by a fork server, they are not our children).
-        "driver_cpu": me.ru_utime + me.ru_stime, "workers_cpu": summary.timings.get("worker_cpu", float("nan")),
-        "timings": summary.timings,
+        "driver_cpu": me.ru_utime + me.ru_stime, "workers_cpu": getattr(summary, "timings", {}).get("worker_cpu", float("nan")),
+        "timings": getattr(summary, "timings", {}),  # older specwidgets: none
     }))
     return 0 if summary.ok else 1
 
@@ -153,6 +153,13 @@ def main():
         print(f"fastest of {max(1, args.repeat)} run(s) per case; {machine_line()}")
         print(table(rows, ["exposures", "workers", "wall s", "ms/exposure beyond fixed", "driver RSS after imports MiB",
                            "driver peak RSS MiB"]))
+        if not all(rec["timings"] for rec in results):
+            print("\n(this specwidgets records no BatchSummary.timings: no breakdown)")
+            walls = {(r["n"], r["workers"]): r["wall"] for r in results}
+            if (args.n, 1) in walls and (args.n, 2) in walls:
+                print(f"{args.n} exposures, 1 vs 2 workers: whole run {walls[(args.n, 1)]:.1f} s vs "
+                      f"{walls[(args.n, 2)]:.1f} s = {walls[(args.n, 1)] / walls[(args.n, 2)]:.2f}x; {machine_line()}")
+            return 0
         print()
         print("where the time goes (the same fastest runs; seconds unless said):")
         rows = []
