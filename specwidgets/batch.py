@@ -19,15 +19,19 @@ normalised; median arc minus bias), fits the warp model once (guesses from
 :func:`~specwidgets.lines.find_cal_lines` unless given), and sends the
 workers the small shared things once: the warp model as
 :meth:`~specwidgets.warp.WarpModel.to_dict`, the bias and flat arrays via
-``client.scatter``. Each task gets a file path; the worker reads the
-exposure, subtracts the bias, divides by the flat, runs
-:func:`~specwidgets.background.fit_sky` and writes the output itself, then
-returns a small status record. At most a few tasks per worker thread are in
-flight (``as_completed``), so the driver's memory does not grow with the
-number of exposures.
+``client.scatter``. Each task gets a few file paths (up to
+:data:`MAX_CHUNK` when there are many exposures, so Dask's own cost per task
+is shared); for each, the worker reads the exposure, subtracts the bias,
+divides by the flat, runs :func:`~specwidgets.background.fit_sky` and writes
+the output itself, then returns a small status record. At most a few tasks
+per worker thread are in flight (``as_completed``), so the driver's memory
+does not grow with the number of exposures. :attr:`BatchSummary.timings`
+says where the wall time went.
 
 By default a :class:`dask.distributed.LocalCluster` with one single-threaded
-worker process per CPU (``workers=N`` to choose); ``scheduler=ADDRESS``
+worker process per CPU (``workers=N`` to choose), forked from a fork server
+that imported specwidgets once, each with one thread per numerical library
+(``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ... = 1); ``scheduler=ADDRESS``
 connects to an existing cluster instead (its workers must see the input
 and output paths).
 
@@ -444,6 +448,21 @@ def _process_one(path, job, bias, flat):
         numba.set_num_threads(previous)
 
 
+def _process_many(paths, job, bias, flat):
+    """Worker task: several exposures in a row (see :func:`_chunk_size`); a list of records.
+
+    Each file succeeds or fails on its own, as with :func:`_process_one`.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return [_process_one_inner(path, job, bias, flat) for path in paths]
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _process_one_inner(path, job, bias, flat):
     t0 = time.perf_counter()
     c0 = time.thread_time()
@@ -572,7 +591,7 @@ class BatchSummary:
         the first submit to the first finished task: the workers' imports
         and numba loads), ``tasks`` (first submit to last result),
         ``task_wall`` and ``task_cpu`` (sums over the tasks as the workers
-        measured them), ``worker_cpu`` (the worker processes' CPU time
+        measured them), ``exposures_per_task``, ``worker_cpu`` (the worker processes' CPU time
         at the end, start-up and Dask's own work included) and
         ``cluster_stop``.
     suspect : list of (str, list of str)
@@ -1085,64 +1104,87 @@ def run_batch(
     return summary
 
 
+#: Most exposures one task runs in a row (see :func:`_chunk_size`).
+MAX_CHUNK = 4
+
+
+def _chunk_size(n_files, n_threads):
+    """Exposures per task: several when there are many, so Dask's own cost per task is shared.
+
+    Each task costs the scheduler and client (in the driver) ~5-10 ms of CPU
+    and the worker a few ms more, against ~30-40 ms of work for a small
+    exposure; with as many processes as CPUs that overhead competes with
+    the fits. Up to :data:`MAX_CHUNK` per task while every thread still gets
+    at least 16 tasks (so the last ones balance out across workers).
+    """
+    return int(max(1, min(MAX_CHUNK, n_files // (16 * max(1, n_threads)))))
+
+
 def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight):
     from dask.distributed import as_completed
 
     n_threads = sum(client.nthreads().values()) or 1
     limit = max_in_flight or max(8, 4 * n_threads)
+    chunk = _chunk_size(len(files), n_threads)
     job_f = client.scatter(job, broadcast=True, hash=False)
     bias_f = None if cal.bias is None else client.scatter(cal.bias, broadcast=True, hash=False)
     flat_f = None if cal.flat is None else client.scatter(cal.flat, broadcast=True, hash=False)
     run_id = uuid.uuid4().hex[:8]
     pending = {}
-    queue = iter(enumerate(files))
+    queue = iter(enumerate(files[i: i + chunk] for i in range(0, len(files), chunk)))
     stream = as_completed(loop=client.loop)
     bar = _Progress(len(files), progress)
     timings = summary.timings
-    timings.update(task_wall=0.0, task_cpu=0.0)
+    timings.update(task_wall=0.0, task_cpu=0.0, exposures_per_task=chunk)
     t_submit = time.perf_counter()
 
     def submit_next():
         try:
-            i, path = next(queue)
+            i, paths = next(queue)
         except StopIteration:
             return
         fut = client.submit(
-            _process_one, str(path), job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}", pure=False, retries=1
+            _process_many, [str(p) for p in paths], job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}",
+            pure=False, retries=1,
         )
-        pending[fut.key] = (fut, path)
+        pending[fut.key] = (fut, paths)
         stream.add(fut)
+
+    def handle(record):
+        timings["task_wall"] += record.get("seconds", 0.0)
+        timings["task_cpu"] += record.get("cpu_seconds", 0.0)
+        status = record["status"]
+        if status == "done":
+            summary.done.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+                if report:
+                    bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
+        elif status == "skipped":
+            summary.skipped.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            if report:
+                bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
+        bar.update(status)
 
     try:
         for _ in range(limit):
             submit_next()
         for fut in stream:
-            _, path = pending.pop(fut.key)
+            _, paths = pending.pop(fut.key)
             try:
-                record = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on this file
-                record = {"input": str(path), "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                records = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on one of these files
+                message = f"{type(exc).__name__}: {exc}"
+                records = [{"input": str(path), "status": "failed", "message": message} for path in paths]
             fut.release()
             if "first_result" not in timings:
                 timings["first_result"] = time.perf_counter() - t_submit
-            timings["task_wall"] += record.get("seconds", 0.0)
-            timings["task_cpu"] += record.get("cpu_seconds", 0.0)
-            status = record["status"]
-            if status == "done":
-                summary.done.append(record["input"])
-                if record.get("suspect"):
-                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
-                    if report:
-                        bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
-            elif status == "skipped":
-                summary.skipped.append(record["input"])
-                if record.get("suspect"):
-                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
-            else:
-                summary.failed.append((record["input"], record["message"]))
-                if report:
-                    bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
-            bar.update(status)
+            for record in records:
+                handle(record)
             submit_next()
     except BaseException:
         try:

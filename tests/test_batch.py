@@ -280,6 +280,25 @@ def test_bad_input_is_reported_and_the_others_finish(raw, tmp_path):
     assert len(_outputs(out)) == 6 and not _tmp_files(out)
 
 
+def test_several_exposures_per_task_fail_alone_and_are_timed(raw, tmp_path, monkeypatch):
+    assert batch._chunk_size(200, 2) == batch.MAX_CHUNK
+    assert batch._chunk_size(6, 2) == 1 and batch._chunk_size(0, 4) == 1
+    monkeypatch.setattr(batch, "_chunk_size", lambda n, threads: 3)
+    bad = raw["folder"] / "sci_bad.fits"
+    bad.write_bytes(b"SIMPLE  =   this is not FITS" * 50)
+    files = [*raw["science"][:2], bad, *raw["science"][2:]]  # the bad file shares a task with two good ones
+    summary = run_batch(files, raw["arc"], bias=raw["bias"], masks=make_mask(), out_dir=tmp_path / "out",
+                        workers=1, processes=False, progress=False)
+    assert len(summary.done) == 6 and [Path(p).name for p, _ in summary.failed] == ["sci_bad.fits"]
+    assert len(_outputs(tmp_path / "out")) == 6
+    t = summary.timings
+    assert t["exposures_per_task"] == 3
+    for key in ("calibrations", "cluster_start", "first_result", "tasks", "cluster_stop"):
+        assert 0 <= t[key] <= summary.wall_time, key
+    assert 0 < t["task_cpu"] <= t["task_wall"] * 1.5 + 0.1
+    assert t["first_result"] <= t["tasks"]
+
+
 def test_folder_input_and_shape_mismatch(raw, tmp_path):
     other = tmp_path / "sci"
     other.mkdir()
@@ -592,3 +611,10 @@ def test_goodman_batch_equals_library(tmp_path):
             np.testing.assert_allclose(hdul["SKY"].data, ref.background[k], rtol=1e-6, atol=1e-6 * scale)
             np.testing.assert_allclose(hdul["SCI"].data, ref.corrected[k], rtol=1e-6, atol=1e-6 * scale)
             assert (hdul["MASK"].data[20:100] & MASK_MASKED).all()
+
+
+def test_local_workers_get_one_thread_per_library():
+    env = batch._worker_environ(numba_threads=1)
+    assert env["NUMBA_NUM_THREADS"] == 1
+    assert all(int(env[k]) == 1 for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    assert batch._worker_environ(numba_threads=3)["NUMBA_NUM_THREADS"] == 3
