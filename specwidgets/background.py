@@ -75,8 +75,15 @@ def sky_samples(stack, warp_model, masked_rows):
         # Column by column the map is already nearly sorted, which timsort
         # (kind="stable") exploits: several times faster than row order.
         by_column = np.argsort(warp_model.effpix_map().T.ravel(), kind="stable")
-        col, row = np.divmod(by_column, n_rows)
-        order = row * n_cols + col
+        # Pixel indices fit in int32 below 2**31 pixels: half the memory of
+        # the cached order and of every sample index (the same values).
+        if n_rows * n_cols < 2**31:
+            by_column = by_column.astype(np.int32)
+        order = by_column % n_rows  # the row ...
+        by_column //= n_rows  # ... and the column of each pixel in effective-pixel order
+        order *= n_cols
+        order += by_column
+        del by_column
         warp_model._cache["order"] = order
     keep = ~masked_rows[order // n_cols]
     index = order[keep]

@@ -19,15 +19,19 @@ normalised; median arc minus bias), fits the warp model once (guesses from
 :func:`~specwidgets.lines.find_cal_lines` unless given), and sends the
 workers the small shared things once: the warp model as
 :meth:`~specwidgets.warp.WarpModel.to_dict`, the bias and flat arrays via
-``client.scatter``. Each task gets a file path; the worker reads the
-exposure, subtracts the bias, divides by the flat, runs
-:func:`~specwidgets.background.fit_sky` and writes the output itself, then
-returns a small status record. At most a few tasks per worker thread are in
-flight (``as_completed``), so the driver's memory does not grow with the
-number of exposures.
+``client.scatter``. Each task gets a few file paths (up to
+:data:`MAX_CHUNK` when there are many exposures, so Dask's own cost per task
+is shared); for each, the worker reads the exposure, subtracts the bias,
+divides by the flat, runs :func:`~specwidgets.background.fit_sky` and writes
+the output itself, then returns a small status record. At most a few tasks
+per worker thread are in flight (``as_completed``), so the driver's memory
+does not grow with the number of exposures. :attr:`BatchSummary.timings`
+says where the wall time went.
 
 By default a :class:`dask.distributed.LocalCluster` with one single-threaded
-worker process per CPU (``workers=N`` to choose); ``scheduler=ADDRESS``
+worker process per CPU (``workers=N`` to choose), forked from a fork server
+that imported specwidgets once, each with one thread per numerical library
+(``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ... = 1); ``scheduler=ADDRESS``
 connects to an existing cluster instead (its workers must see the input
 and output paths).
 
@@ -444,8 +448,24 @@ def _process_one(path, job, bias, flat):
         numba.set_num_threads(previous)
 
 
+def _process_many(paths, job, bias, flat):
+    """Worker task: several exposures in a row (see :func:`_chunk_size`); a list of records.
+
+    Each file succeeds or fails on its own, as with :func:`_process_one`.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return [_process_one_inner(path, job, bias, flat) for path in paths]
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _process_one_inner(path, job, bias, flat):
     t0 = time.perf_counter()
+    c0 = time.thread_time()
     path = Path(path)
     out = Path(job.out_dir) / output_name(path)
     record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
@@ -486,7 +506,14 @@ def _process_one_inner(path, job, bias, flat):
         record["message"] = f"{type(exc).__name__}: {exc}"
     finally:
         record["seconds"] = time.perf_counter() - t0
+        # CPU of this task's thread only: wall minus this is waiting (disk, fsync, a busy machine).
+        record["cpu_seconds"] = time.thread_time() - c0
     return record
+
+
+def _process_cpu_seconds():
+    """CPU seconds of this whole process so far (a worker: its start-up, tasks, Dask's own work)."""
+    return time.process_time()
 
 
 def _with_frame_noise(image, frame, job):
@@ -557,6 +584,16 @@ class BatchSummary:
         The warp model used (``to_dict()``).
     warnings : list of str
         The warp model's quality warnings.
+    timings : dict
+        Where the wall time went (seconds): ``calibrations`` (reading them
+        and fitting the warp model), ``cluster_start`` (starting the local
+        cluster or connecting; 0 with ``client=``), ``first_result`` (from
+        the first submit to the first finished task: the workers' imports
+        and numba loads), ``tasks`` (first submit to last result),
+        ``task_wall`` and ``task_cpu`` (sums over the tasks as the workers
+        measured them), ``exposures_per_task``, ``worker_cpu`` (the worker processes' CPU time
+        at the end, start-up and Dask's own work included) and
+        ``cluster_stop``.
     suspect : list of (str, list of str)
         ``(input, warnings)`` of each output whose fit says it is probably
         wrong (``SkyResult.quality.suspect``; for a skipped output, its
@@ -577,6 +614,7 @@ class BatchSummary:
     warnings: list = field(default_factory=list)
     suspect: list = field(default_factory=list)
     fail_on_suspect: bool = False
+    timings: dict = field(default_factory=dict)
 
     @property
     def ok(self):
@@ -736,10 +774,54 @@ class _DirectoryLock:
 
 
 # ------------------------------------------------------------------ driver
-def _open_client(workers, scheduler, client, processes):
+def _worker_environ(numba_threads=1):
+    """Environment of local worker processes, set before they start (their libraries read it at import).
+
+    One thread per library: the exposures already run in parallel, one per
+    worker process, and a thread pool per process (numba's, OpenMP's, BLAS's)
+    sized to every CPU would oversubscribe them. Dask's own defaults (OpenMP,
+    MKL, OpenBLAS at 1) are kept; numba's pool is sized to ``numba_threads``.
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    threads = max(1, int(numba_threads))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        environ.setdefault(name, 1)
+    environ["NUMBA_NUM_THREADS"] = threads
+    return environ
+
+
+def _worker_start_method():
+    """``"forkserver"`` with this module preloaded in the server, where the platform has it; else None.
+
+    Dask spawns each local worker as a fresh interpreter, which then imports
+    numpy, scipy, astropy, numba and this package itself (about 2 s of CPU
+    each). A fork server imports them once and forks every worker from
+    itself, so N workers cost one import, not N competing ones on the same
+    CPUs. (Forking is safe there: the server process runs no threads.)
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    import distributed.utils as dutils
+
+    ctx = multiprocessing.get_context("forkserver")
+    if not getattr(dutils, "_forkserver_preload_set", True):
+        # Dask's own preload list is every package it knows (pandas, ...):
+        # seconds of imports no sky fit needs. Ours: Dask and this module
+        # (numpy, scipy, astropy, numba come with it).
+        ctx.set_forkserver_preload(["distributed", "specwidgets.batch"])
+        dutils._forkserver_preload_set = True
+    return "forkserver"
+
+
+def _open_client(workers, scheduler, client, processes, numba_threads=1):
     """Return ``(client, things to close)``."""
     if client is not None:
         return client, []
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -749,9 +831,14 @@ def _open_client(workers, scheduler, client, processes):
 
     n = int(workers) if workers else max(1, os.cpu_count() or 1)
     if processes:
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-        )
+        config = {"distributed.nanny.pre-spawn-environ": _worker_environ(numba_threads)}
+        method = _worker_start_method()
+        if method is not None:
+            config["distributed.worker.multiprocessing-method"] = method
+        with dask.config.set(config):
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            )
     else:
         cluster = LocalCluster(
             n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=logging.ERROR
@@ -919,6 +1006,7 @@ def run_batch(
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     with _DirectoryLock(out_dir):
         summary.removed_temporary = len(clean_temporary_files(out_dir))
+        t_cal = time.perf_counter()
         cal = prepare_calibrations(
             arc,
             bias=bias,
@@ -934,6 +1022,7 @@ def run_batch(
             arc_combine=arc_combine,
         )
         model = cal.warp_model
+        summary.timings["calibrations"] = time.perf_counter() - t_cal
         ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
         warp_dict = model.to_dict()
         summary.warp_model = warp_dict
@@ -994,15 +1083,19 @@ def run_batch(
         if report:
             for w in summary.warnings:
                 print(f"warp model warning: {w}", file=sys.stderr)
-        dask_client, to_close = _open_client(workers, scheduler, client, processes)
+        t_start = time.perf_counter()
+        dask_client, to_close = _open_client(workers, scheduler, client, processes, numba_threads)
+        summary.timings["cluster_start"] = time.perf_counter() - t_start
         try:
             _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
         finally:
+            t_stop = time.perf_counter()
             for thing in to_close:
                 try:
                     thing.close()
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
+            summary.timings["cluster_stop"] = time.perf_counter() - t_stop
             # Every task has ended: any temporary file now is debris of a crashed worker.
             clean_temporary_files(out_dir)
     summary.wall_time = time.perf_counter() - t0
@@ -1011,57 +1104,87 @@ def run_batch(
     return summary
 
 
+#: Most exposures one task runs in a row (see :func:`_chunk_size`).
+MAX_CHUNK = 4
+
+
+def _chunk_size(n_files, n_threads):
+    """Exposures per task: several when there are many, so Dask's own cost per task is shared.
+
+    Each task costs the scheduler and client (in the driver) ~5-10 ms of CPU
+    and the worker a few ms more, against ~30-40 ms of work for a small
+    exposure; with as many processes as CPUs that overhead competes with
+    the fits. Up to :data:`MAX_CHUNK` per task while every thread still gets
+    at least 16 tasks (so the last ones balance out across workers).
+    """
+    return int(max(1, min(MAX_CHUNK, n_files // (16 * max(1, n_threads)))))
+
+
 def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight):
     from dask.distributed import as_completed
 
     n_threads = sum(client.nthreads().values()) or 1
     limit = max_in_flight or max(8, 4 * n_threads)
+    chunk = _chunk_size(len(files), n_threads)
     job_f = client.scatter(job, broadcast=True, hash=False)
     bias_f = None if cal.bias is None else client.scatter(cal.bias, broadcast=True, hash=False)
     flat_f = None if cal.flat is None else client.scatter(cal.flat, broadcast=True, hash=False)
     run_id = uuid.uuid4().hex[:8]
     pending = {}
-    queue = iter(enumerate(files))
+    queue = iter(enumerate(files[i: i + chunk] for i in range(0, len(files), chunk)))
     stream = as_completed(loop=client.loop)
     bar = _Progress(len(files), progress)
+    timings = summary.timings
+    timings.update(task_wall=0.0, task_cpu=0.0, exposures_per_task=chunk)
+    t_submit = time.perf_counter()
 
     def submit_next():
         try:
-            i, path = next(queue)
+            i, paths = next(queue)
         except StopIteration:
             return
         fut = client.submit(
-            _process_one, str(path), job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}", pure=False, retries=1
+            _process_many, [str(p) for p in paths], job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}",
+            pure=False, retries=1,
         )
-        pending[fut.key] = (fut, path)
+        pending[fut.key] = (fut, paths)
         stream.add(fut)
+
+    def handle(record):
+        timings["task_wall"] += record.get("seconds", 0.0)
+        timings["task_cpu"] += record.get("cpu_seconds", 0.0)
+        status = record["status"]
+        if status == "done":
+            summary.done.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+                if report:
+                    bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
+        elif status == "skipped":
+            summary.skipped.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            if report:
+                bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
+        bar.update(status)
 
     try:
         for _ in range(limit):
             submit_next()
         for fut in stream:
-            _, path = pending.pop(fut.key)
+            _, paths = pending.pop(fut.key)
             try:
-                record = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on this file
-                record = {"input": str(path), "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                records = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on one of these files
+                message = f"{type(exc).__name__}: {exc}"
+                records = [{"input": str(path), "status": "failed", "message": message} for path in paths]
             fut.release()
-            status = record["status"]
-            if status == "done":
-                summary.done.append(record["input"])
-                if record.get("suspect"):
-                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
-                    if report:
-                        bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
-            elif status == "skipped":
-                summary.skipped.append(record["input"])
-                if record.get("suspect"):
-                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
-            else:
-                summary.failed.append((record["input"], record["message"]))
-                if report:
-                    bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
-            bar.update(status)
+            if "first_result" not in timings:
+                timings["first_result"] = time.perf_counter() - t_submit
+            for record in records:
+                handle(record)
             submit_next()
     except BaseException:
         try:
@@ -1070,6 +1193,11 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
             pass
         raise
     finally:
+        timings["tasks"] = time.perf_counter() - t_submit
+        try:
+            timings["worker_cpu"] = sum(client.run(_process_cpu_seconds).values())
+        except Exception:  # noqa: BLE001 - a figure for the record, never worth failing the run
+            pass
         bar.close()
         for f in (job_f, bias_f, flat_f):
             if f is not None:
