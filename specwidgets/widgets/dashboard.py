@@ -145,6 +145,10 @@ class Dashboard(ipywidgets.VBox):
     # ------------------------------------------------------------ sessions
     def _build_session_bar(self):
         guard = self.status.guard
+        #: Where the frames came from (a dict, see specwidgets.settings), saved
+        #: in sessions so that ``specwidgets batch --settings`` finds them; the
+        #: page app sets it.
+        self.session_source = None
         self.session_path = ipywidgets.Text(value="specwidgets_session.json", description="Session")
         self.save_session_button = ipywidgets.Button(description="Save session", icon="save",
                                                      layout=ipywidgets.Layout(width="130px"))
