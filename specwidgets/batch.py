@@ -127,6 +127,16 @@ FLAT_FLOOR = 0.05
 
 LOCK_NAME = ".specwidgets-batch.lock"
 
+#: ``read_noise``/``gain`` value that asks the sky fit to estimate it (as the page's "estimate").
+ESTIMATE = "estimate"
+
+#: run_batch's defaults for the arguments a session can set (None: not given).
+_DEFAULTS = {
+    "instrument": "generic", "crop": None, "masks": None, "guesses": None, "method": "bspline",
+    "spatial_order": None, "sky_options": None, "read_noise": None, "gain": None, "arc_combine": "sum",
+    "std_variation": 50.0, "line_order": 2, "warp_order": 1, "tolerance": 16.0,
+}
+
 
 class BatchLockedError(RuntimeError):
     """Another batch run holds the output folder's lock."""
@@ -294,6 +304,7 @@ def prepare_calibrations(
     line_order=2,
     warp_order=1,
     arc_combine="sum",
+    tolerance=16.0,
 ):
     """Read the calibration frames and fit the warp model (the batch runner's first step).
 
@@ -334,7 +345,8 @@ def prepare_calibrations(
         if guesses is None:
             guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
         guesses = np.atleast_1d(np.asarray(guesses, float))
-        warp_model = generate_warp_model(arc_img, guesses, line_order=line_order, warp_order=warp_order)
+        warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
+                                         warp_order=warp_order)
     elif isinstance(warp_model, dict):
         warp_model = WarpModel.from_dict(warp_model)
     elif not isinstance(warp_model, WarpModel):
@@ -493,10 +505,11 @@ def _with_frame_noise(image, frame, job):
     """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise."""
     source = getattr(frame, "noise_source", "")
     name = getattr(job.reader, "name", "reader")
+    # "estimate" (a session's noise model): hide the frame's value so fit_sky estimates it.
     return FrameArray(
         image,
-        gain=None if frame.gain is None else 1.0,
-        read_noise=frame.read_noise,
+        gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
+        read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
         noise_source=f"{source} of {name} frames" if source else "",
         unit=_unit(frame),
     )
@@ -505,9 +518,9 @@ def _with_frame_noise(image, frame, job):
 def _noise_arguments(job):
     """The ``read_noise``/``gain`` keywords for fit_sky: only what the user set."""
     out = {}
-    if job.read_noise is not None:
+    if job.read_noise not in (None, ESTIMATE):
         out["read_noise"] = job.read_noise
-    if job.sky_gain is not None:
+    if job.sky_gain not in (None, ESTIMATE):
         out["gain"] = job.sky_gain
     return out
 
@@ -770,29 +783,82 @@ def _check_outputs_unique(files):
         raise ValueError(f"several inputs would write the same output file: {listing}")
 
 
+def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_model=False):
+    """Fill the arguments left at None from a session (then the defaults); files from its folder.
+
+    Returns ``(arguments, science, arc, bias)``.
+    """
+    from .settings import batch_arguments, folder_roles, read_session, validate_session
+
+    from_session = {}
+    if settings is not None:
+        if isinstance(settings, dict):
+            session = validate_session(settings)
+        elif isinstance(settings, (str, os.PathLike)):
+            session = read_session(settings)
+        else:
+            raise TypeError(f"settings must be a session file's path or its dict; got {type(settings).__name__}")
+        from_session = batch_arguments(session, data_root=data_root)
+        folder, tags = from_session.pop("folder", None), from_session.pop("tags", None)
+        if folder is not None:
+            empty = {name: not _given_files(files) for name, files in
+                     (("science", science), ("arc", arc), ("bias", bias))}
+            if empty["science"] or (empty["arc"] and not has_warp_model) or empty["bias"]:
+                roles = folder_roles(folder, **{f"{k}_tag": v for k, v in tags.items()})
+                if empty["science"]:
+                    science = roles["science"]
+                if empty["arc"] and not has_warp_model:
+                    arc = roles["arc"]
+                if empty["bias"] and _given_files(arc) and arc == roles["arc"]:
+                    bias = roles["bias"]  # the folder's own bias goes with its own arcs
+    out = {}
+    for name, default in _DEFAULTS.items():
+        value = given.get(name)
+        if value is None:
+            value = from_session.get(name, default)
+        out[name] = value
+    if out["method"] != "bspline":
+        # The session's B-spline options do not apply to another method chosen here.
+        for name in ("spatial_order", "sky_options"):
+            if given.get(name) is None:
+                out[name] = None
+    return out, science, arc, bias
+
+
+def _given_files(items):
+    if items is None:
+        return False
+    if isinstance(items, (str, os.PathLike)):
+        return True
+    return len(list(items)) > 0
+
+
 def run_batch(
-    science,
+    science=(),
     arc=(),
     *,
     out_dir,
     bias=(),
     flat=(),
-    instrument="generic",
+    settings=None,
+    data_root=None,
+    instrument=None,
     instrument_options=None,
     crop=None,
     masks=None,
     guesses=None,
-    method="bspline",
+    method=None,
     spatial_order=None,
     sky_options=None,
     read_noise=None,
     gain=None,
-    arc_combine="sum",
+    arc_combine=None,
     fail_on_suspect=False,
     warp_model=None,
-    std_variation=50.0,
-    line_order=2,
-    warp_order=1,
+    std_variation=None,
+    line_order=None,
+    warp_order=None,
+    tolerance=None,
     flat_norm="column",
     dtype="float32",
     workers=None,
@@ -811,14 +877,26 @@ def run_batch(
     ----------
     science : path, glob pattern, folder, or a list of them
         The exposures; a folder means its FITS files. A missing or unreadable
-        file fails on its own; the others still run.
+        file fails on its own; the others still run. May be empty when the
+        ``settings`` name a folder: its science files (by the session's tag).
     arc, bias, flat : same
         Calibration frames (median-combined; see :func:`prepare_calibrations`).
-        ``arc`` may be empty when ``warp_model`` is given.
+        ``arc`` may be empty when ``warp_model`` is given, or taken (with
+        ``bias``) from the folder the ``settings`` name.
     out_dir : path
         Output folder (created); one ``<input stem>_sky.fits`` per exposure.
+    settings : path or dict, optional
+        A session saved by the dashboard (:mod:`specwidgets.settings`): its
+        masks, guesses, warp orders, tolerance, threshold, sky method and
+        options, noise model, arc combination, instrument, crop and data
+        folder are used for every argument left at None here (an argument
+        given here wins). The same frames then give the page's sky.
+    data_root : path, optional
+        Where a session's folder written relative to the page's data root
+        lies (default: the current folder).
     instrument : str, Instrument or reader
-        How to read every frame (see :mod:`specwidgets.instruments`).
+        How to read every frame (see :mod:`specwidgets.instruments`;
+        default ``"generic"``).
     instrument_options : dict, optional
         ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``.
     crop : (int, int), optional
@@ -828,30 +906,35 @@ def run_batch(
     guesses : sequence of float, optional
         Arc-line columns for the warp fit; default :func:`find_cal_lines`.
     method : {"bspline", "median"}
+        Default ``"bspline"``.
     spatial_order : int or None
         B-spline sky: Legendre order along the slit; None (the default)
         leaves it to :func:`fit_sky` (its own default / automatic choice).
     sky_options : dict, optional
         More :func:`fit_sky` options (``knot_spacing``, ``reject_sigma``, ...).
-    read_noise : float, optional
+    read_noise : float or "estimate", optional
         Electrons, for every exposure. Default None: each science frame's
         own (its header via the instrument, carried on the image), else
-        what :func:`fit_sky` does without one (estimate it).
+        what :func:`fit_sky` does without one (estimate it); ``"estimate"``
+        estimates it even when the frames carry one.
     gain : float, optional
         Electrons per data unit *of the data the sky is fit to*, passed to
         :func:`fit_sky` for every exposure. Default None: 1.0 for frames
-        converted to electrons, else left to :func:`fit_sky`. (To convert
-        ADU frames to electrons, give ``instrument_options={"gain": G}``.)
+        converted to electrons, else left to :func:`fit_sky`; ``"estimate"``
+        lets :func:`fit_sky` estimate it. (To convert ADU frames to
+        electrons, give ``instrument_options={"gain": G}``.)
     arc_combine : {"sum", "median"}
         How the arc frames are combined (each minus the bias): ``"sum"``
-        keeps the lines of every lamp when the arcs are of different lamps.
+        keeps the lines of every lamp when the arcs are of different lamps
+        (the default).
     fail_on_suspect : bool
         Exit code 3 when no exposure failed but some fit is suspect (default:
         0; the suspect outputs are counted and named in the report either way).
     warp_model : WarpModel or dict, optional
         Use this model instead of fitting one on the arcs.
-    std_variation, line_order, warp_order :
-        Passed to :func:`find_cal_lines` and :func:`generate_warp_model`.
+    std_variation, line_order, warp_order, tolerance :
+        Passed to :func:`find_cal_lines` and :func:`generate_warp_model`
+        (defaults 50, 2, 1, 16).
     flat_norm : {"column", "global"}
     dtype : {"float32", "float64"}
         Of the SCI, SKY and VAR images.
@@ -887,6 +970,19 @@ def run_batch(
         Another run is writing to ``out_dir``.
     """
     t0 = time.perf_counter()
+    given = {
+        "instrument": instrument, "crop": crop, "masks": masks, "guesses": guesses, "method": method,
+        "spatial_order": spatial_order, "sky_options": sky_options, "read_noise": read_noise, "gain": gain,
+        "arc_combine": arc_combine, "std_variation": std_variation, "line_order": line_order,
+        "warp_order": warp_order, "tolerance": tolerance,
+    }
+    resolved, science, arc, bias = _apply_settings(settings, data_root, given, science, arc, bias,
+                                                   has_warp_model=warp_model is not None)
+    instrument, crop, masks, guesses = (resolved[k] for k in ("instrument", "crop", "masks", "guesses"))
+    method, spatial_order, sky_options = resolved["method"], resolved["spatial_order"], resolved["sky_options"]
+    read_noise, gain, arc_combine = resolved["read_noise"], resolved["gain"], resolved["arc_combine"]
+    std_variation, line_order, warp_order = resolved["std_variation"], resolved["line_order"], resolved["warp_order"]
+    tolerance = resolved["tolerance"]
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     options = dict(sky_options or {})
@@ -914,8 +1010,12 @@ def run_batch(
 
     if arc_combine not in ARC_COMBINES:
         raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
-    if gain is not None and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive number of electrons per data unit; got {gain!r}")
+    if gain is not None and gain != ESTIMATE and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per data unit or 'estimate'; got {gain!r}")
+    if read_noise is not None and read_noise != ESTIMATE and not (
+        isinstance(read_noise, (int, float)) and np.isfinite(read_noise) and read_noise >= 0
+    ):
+        raise ValueError(f"read_noise must be a non-negative number of electrons or 'estimate'; got {read_noise!r}")
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     with _DirectoryLock(out_dir):
         summary.removed_temporary = len(clean_temporary_files(out_dir))
@@ -932,6 +1032,7 @@ def run_batch(
             line_order=line_order,
             warp_order=warp_order,
             arc_combine=arc_combine,
+            tolerance=tolerance,
         )
         model = cal.warp_model
         ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
@@ -957,7 +1058,7 @@ def run_batch(
             "method": method,
             "options": effective_options(method, options),
             "read_noise": read_noise,
-            **({} if gain is None else {"gain": float(gain)}),
+            **({} if gain is None else {"gain": gain if gain == ESTIMATE else float(gain)}),
             "flat_norm": flat_norm if cal.flat is not None else None,
             "dtype": np.dtype(dtype).name,
             "warp": warp_dict,
@@ -980,9 +1081,9 @@ def run_batch(
             masks=ranges,
             method=method,
             options=options,
-            read_noise=None if read_noise is None else float(read_noise),
+            read_noise=read_noise if read_noise in (None, ESTIMATE) else float(read_noise),
             unit=cal.unit,
-            sky_gain=None if gain is None else float(gain),
+            sky_gain=gain if gain in (None, ESTIMATE) else float(gain),
             dtype=np.dtype(dtype).name,
             out_dir=str(out_dir),
             overwrite=bool(overwrite),
@@ -1107,6 +1208,16 @@ def _positive_int(text):
     return value
 
 
+def _positive_or_zero(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}")
+    return value
+
+
 def _spatial_order_arg(text):
     try:
         return check_spatial_order(text)
@@ -1125,22 +1236,33 @@ def add_batch_parser(subparsers):
             "command resumes: complete outputs are skipped. Put the SCIENCE files first."
         ),
     )
-    p.add_argument("science", nargs="+", metavar="SCIENCE", help="science FITS files or folders")
-    p.add_argument("--arc", nargs="+", required=True, metavar="ARC", help="arc-lamp frames (summed; see --arc-combine)")
+    p.add_argument("science", nargs="*", metavar="SCIENCE",
+                   help="science FITS files or folders (with --settings naming a folder: default its science files)")
     p.add_argument(
-        "--arc-combine", choices=ARC_COMBINES, default="sum",
+        "--settings", default=None, metavar="FILE",
+        help="a session saved by the dashboard: its masks, guesses, warp and sky options, noise model, "
+             "instrument, crop and data folder; options given here win",
+    )
+    p.add_argument(
+        "--data-root", default=None, metavar="DIR",
+        help="where a session's folder, saved relative to the page's data root, lies (default: here)",
+    )
+    p.add_argument("--arc", nargs="+", default=[], metavar="ARC",
+                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's)")
+    p.add_argument(
+        "--arc-combine", choices=ARC_COMBINES, default=None,
         help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
     )
     p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
     p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
-    p.add_argument("--instrument", default="generic", help="instrument recipe (default: generic)")
+    p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(
-        "--mask", type=_range_arg, action="append", required=True, metavar="START:STOP",
-        help="rows excluded from the sky fit (repeatable)",
+        "--mask", type=_range_arg, action="append", default=None, metavar="START:STOP",
+        help="rows excluded from the sky fit (repeatable; required unless --settings gives them)",
     )
     p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
-    p.add_argument("--method", choices=METHODS, default="bspline", help="sky method (default: bspline)")
+    p.add_argument("--method", choices=METHODS, default=None, help="sky method (default: bspline)")
     p.add_argument(
         "--spatial-order", type=_spatial_order_arg, default=None, metavar="N|auto",
         help="B-spline sky: order along the slit, 0..4 (default auto: the sky fit chooses)",
@@ -1162,7 +1284,10 @@ def add_batch_parser(subparsers):
         "--fail-on-suspect", action="store_true",
         help="exit 3 when no exposure failed but some fit is suspect (default: exit 0, suspect ones counted)",
     )
-    p.add_argument("--std-variation", type=float, default=50.0, help="arc-line detection threshold (default 50)")
+    p.add_argument("--std-variation", type=float, default=None, help="arc-line detection threshold (default 50)")
+    p.add_argument("--tolerance", type=float, default=None, help="warp fit: line tracing tolerance (default 16)")
+    p.add_argument("--warp-order", type=_positive_or_zero, default=None, help="warp fit: order along the slit (default 1)")
+    p.add_argument("--line-order", type=_positive_or_zero, default=None, help="warp fit: order of each line (default 2)")
     p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1180,6 +1305,12 @@ def run_batch_command(args):
     130: interrupted.
     """
     instrument_options = {} if args.gain is None else {"gain": args.gain}
+    settings = getattr(args, "settings", None)
+    if settings is None and (not args.science or not args.arc or not args.mask):
+        missing = [f for f, v in (("SCIENCE files", args.science), ("--arc", args.arc), ("--mask", args.mask)) if not v]
+        print(f"specwidgets batch: error: give {', '.join(missing)} (or --settings FILE from the dashboard)",
+              file=sys.stderr)
+        return 2
     try:
         summary = run_batch(
             args.science,
@@ -1187,6 +1318,8 @@ def run_batch_command(args):
             out_dir=args.out,
             bias=args.bias,
             flat=args.flat,
+            settings=settings,
+            data_root=getattr(args, "data_root", None),
             instrument=args.instrument,
             instrument_options=instrument_options,
             crop=args.crop,
@@ -1195,9 +1328,12 @@ def run_batch_command(args):
             method=args.method,
             spatial_order=args.spatial_order,
             read_noise=args.read_noise,
-            arc_combine=getattr(args, "arc_combine", "sum"),
+            arc_combine=getattr(args, "arc_combine", None),
             fail_on_suspect=getattr(args, "fail_on_suspect", False),
             std_variation=args.std_variation,
+            tolerance=getattr(args, "tolerance", None),
+            warp_order=getattr(args, "warp_order", None),
+            line_order=getattr(args, "line_order", None),
             flat_norm=args.flat_norm,
             dtype=args.dtype,
             workers=args.workers,

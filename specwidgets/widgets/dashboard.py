@@ -181,7 +181,11 @@ class Dashboard(ipywidgets.VBox):
         """
         from .session import load_session
 
-        skipped = load_session(self, str(path).strip())
+        try:
+            skipped = load_session(self, str(path).strip())
+        except ValueError as exc:  # the settings stay as they were; say why next to the buttons
+            self.session_message.value = html.escape(f"could not load the session: {exc}", quote=False)
+            raise
         note = f" (not applied: {', '.join(skipped)})" if skipped else ""
         self.session_message.value = f"loaded the settings of {str(path).strip()}{note}"
         return skipped
