@@ -825,6 +825,26 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
     return out, science, arc, bias
 
 
+def _refuse_outputs_as_science(files):
+    """A folder of dashboard exports or batch outputs is not raw science: say so before any work."""
+    outputs = []
+    for path in files:
+        if path.name.endswith(OUTPUT_SUFFIX):
+            try:
+                header = fits.getheader(path)
+            except (OSError, ValueError):
+                continue  # unreadable: it fails on its own, by name
+            if "SWDONE" in header or "SWMETHOD" in header:
+                outputs.append(path.name)
+    if outputs:
+        shown = ", ".join(outputs[:4]) + (", ..." if len(outputs) > 4 else "")
+        raise ValueError(
+            f"{len(outputs)} of the science files are specwidgets outputs (dashboard exports or batch "
+            f"outputs: {shown}), not raw exposures; give the raw science frames, or the session saved in the "
+            "page (--settings FILE) to take them from its folder"
+        )
+
+
 def _given_files(items):
     if items is None:
         return False
@@ -1003,6 +1023,7 @@ def run_batch(
     ]
     if not files:
         raise ValueError("no science files given")
+    _refuse_outputs_as_science(files)
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
     reader = resolve_instrument(instrument, **instrument_options)

@@ -106,7 +106,7 @@ def test_batch_with_the_session_gives_the_pages_sky(page, tmp_path):
     app, root, folder = page
     path = app.save_session("replay.json")
     summary = run_batch(out_dir=tmp_path / "out", settings=path, data_root=root, workers=1, processes=False,
-                        progress=False)
+                        progress=False, dtype="float64")
     assert summary.ok and len(summary.done) == 2, summary.report()
     background = app.dashboard.background
     worst = 0.0
@@ -188,3 +188,23 @@ def test_a_relative_folder_without_its_root_is_explained(page, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="--data-root"):
         run_batch(out_dir=tmp_path / "out", settings=path, workers=1, processes=False, progress=False)
+
+
+def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
+    """Exports as science input are refused in words; exports in the output folder are named, not clobbered."""
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    exported = app.dashboard.export(tmp_path / "exports", overwrite=True)
+    with pytest.raises(ValueError, match="dashboard exports or batch outputs"):
+        run_batch(tmp_path / "exports", folder / "arc_lamp0.fits", out_dir=tmp_path / "out", masks=[(20, 34)],
+                  workers=1, processes=False, progress=False)
+    path = app.save_session("exports.json")
+    before = [p.read_bytes() for p in exported]
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False)
+    assert len(summary.failed) == 2 and all("dashboard's Export" in m for _, m in summary.failed), summary.failed
+    assert [p.read_bytes() for p in exported] == before
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, overwrite=True)
+    assert summary.ok and len(summary.done) == 2
