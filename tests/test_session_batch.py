@@ -208,3 +208,28 @@ def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
     summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
                         progress=False, overwrite=True)
     assert summary.ok and len(summary.done) == 2
+
+
+def test_goodman_session_replays_in_batch(tmp_path):
+    """The Goodman sample in the page (real frames, header noise model), replayed by batch --settings."""
+    from specwidgets.app import DashboardApp
+    from specwidgets.batch import run_batch
+    from specwidgets.fits_output import output_name
+    from specwidgets.sample_data import goodman_available
+
+    if not goodman_available():
+        pytest.skip("the Goodman sample is not available offline")
+    app = DashboardApp(output_root=tmp_path)
+    app.source.value = "goodman"
+    assert app.load(), app.message.value
+    state = app.dashboard.state
+    state.mask_region = [(25, 90)]
+    state.spatial_order = 1
+    path = app.save_session("goodman.json")
+    assert json.loads(path.read_text())["source"]["kind"] == "goodman"
+    summary = run_batch(out_dir=tmp_path / "out", settings=path, workers=1, processes=False, progress=False,
+                        dtype="float64")
+    assert summary.ok and len(summary.done) == 2, summary.report()
+    background = app.dashboard.background
+    for k, name in enumerate(app.dashboard.exposure_names):
+        assert max_relative(sky_of(tmp_path / "out" / output_name(name)), background[k]) <= 1e-6
