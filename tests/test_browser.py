@@ -734,3 +734,18 @@ def test_session_saved_in_the_page_replays_in_batch(visit, tmp_path):
         worst = max(worst, float(np.nanmax(np.abs(batch_sky - page_sky)) / np.nanmax(np.abs(page_sky))))
     print(f"page export vs batch --settings: max relative SKY difference {worst:.2e}")
     assert worst <= 1e-6
+
+    # A session with an invalid mask: the page says which key, and keeps its mask.
+    label = page.locator(".sw-mask-label").inner_text().strip()
+    bad = tmp_path / "bad_session.json"
+    bad.write_text(json.dumps({**saved, "state": {**saved["state"], "mask_region": ["50:10"]}}))
+    field = page.get_by_label("Session")
+    field.fill(str(bad))
+    field.press("Tab")
+    page.locator(".sw-load-session").click()
+    page.locator(".sw-session-message").get_by_text("could not load the session").wait_for(timeout=10000)
+    assert "state.mask_region" in page.locator(".sw-session-message").inner_text()
+    assert page.locator(".sw-mask-label").inner_text().strip() == label
+    page.locator(".sw-session-message").scroll_into_view_if_needed()
+    visit.screenshot("session-invalid-mask")
+    visit.assert_clean()

@@ -151,9 +151,9 @@ class Dashboard(ipywidgets.VBox):
         self.session_source = None
         self.session_path = ipywidgets.Text(value="specwidgets_session.json", description="Session")
         self.save_session_button = ipywidgets.Button(description="Save session", icon="save",
-                                                     layout=ipywidgets.Layout(width="130px"))
+                                                     layout=ipywidgets.Layout(width="150px"))
         self.load_session_button = ipywidgets.Button(description="Load session", icon="folder-open",
-                                                     layout=ipywidgets.Layout(width="130px"))
+                                                     layout=ipywidgets.Layout(width="150px"))
         self.session_message = ipywidgets.HTML()
         self.save_session_button.add_class("sw-save-session")
         self.load_session_button.add_class("sw-load-session")
