@@ -800,6 +800,10 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
             raise TypeError(f"settings must be a session file's path or its dict; got {type(settings).__name__}")
         from_session = batch_arguments(session, data_root=data_root)
         folder, tags = from_session.pop("folder", None), from_session.pop("tags", None)
+        kind = (session.get("source") or {}).get("kind")
+        if folder is None and not _given_files(science):
+            where = "the synthetic demo" if kind == "demo" else "no saved data source"
+            raise ValueError(f"the session's frames come from {where}: give the SCIENCE files (and --arc)")
         if folder is not None:
             empty = {name: not _given_files(files) for name, files in
                      (("science", science), ("arc", arc), ("bias", bias))}

@@ -233,3 +233,14 @@ def test_goodman_session_replays_in_batch(tmp_path):
     background = app.dashboard.background
     for k, name in enumerate(app.dashboard.exposure_names):
         assert max_relative(sky_of(tmp_path / "out" / output_name(name)), background[k]) <= 1e-6
+
+
+def test_a_demo_session_needs_files(tmp_path):
+    from specwidgets.batch import run_batch
+    from specwidgets.widgets import Dashboard
+
+    dash = Dashboard.from_demo()
+    dash.session_source = {"kind": "demo"}
+    path = dash.save_session(tmp_path / "demo.json")
+    with pytest.raises(ValueError, match="synthetic demo: give the SCIENCE files"):
+        run_batch(out_dir=tmp_path / "out", settings=path, progress=False)
