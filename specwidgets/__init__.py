@@ -19,7 +19,7 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets
-from .background import METHODS, SkyResult, extract_background, fit_sky
+from .background import METHODS, SkyQuality, SkyResult, extract_background, fit_sky
 from .extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
 from .inputs import mask_ranges
 from .instruments import Instrument, get_instrument, known_instruments, register_instrument
@@ -51,6 +51,7 @@ __all__ = [
     "SEDExplorer",
     "WarpGuessPicker",
     "Instrument",
+    "SkyQuality",
     "SkyResult",
     "WarpModel",
     "average_matching_files",
