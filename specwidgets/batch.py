@@ -791,6 +791,7 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
     from .settings import batch_arguments, folder_roles, read_session, validate_session
 
     from_session = {}
+    group = None
     if settings is not None:
         if isinstance(settings, dict):
             session = validate_session(settings)
@@ -815,6 +816,9 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
                     arc = roles["arc"]
                 if empty["bias"] and _given_files(arc) and arc == roles["arc"]:
                     bias = roles["bias"]  # the folder's own bias goes with its own arcs
+            names = (session.get("frames") or {}).get("exposure_names")
+            if names:
+                group = (Path(folder), [str(n) for n in names])
     out = {}
     for name, default in _DEFAULTS.items():
         value = given.get(name)
@@ -826,7 +830,118 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
         for name in ("spatial_order", "sky_options"):
             if given.get(name) is None:
                 out[name] = None
+    out["_group"] = group
     return out, science, arc, bias
+
+
+def _page_group(files, group):
+    """The science files in the page's order when they are exactly the session's exposures, else None.
+
+    The page fits its exposures together (the noise model, the spatial
+    order and the unlit rows are judged on all of them), so batch fits that
+    same set together to give the same sky; any other set is fit exposure by
+    exposure.
+    """
+    if group is None or len(files) != len(group[1]):
+        return None
+    folder = group[0].resolve()
+    by_name = {}
+    for path in files:
+        try:
+            by_name[path.resolve().relative_to(folder).as_posix()] = path
+        except ValueError:
+            return None
+    if set(by_name) != set(group[1]):
+        return None
+    return [by_name[name] for name in group[1]]
+
+
+def _process_group(paths, job, bias, flat):
+    """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
+    import numba
+
+    t0 = time.perf_counter()
+    records = [{"input": str(p), "output": str(Path(job.out_dir) / output_name(p)), "status": "failed",
+                "message": ""} for p in paths]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        configs = [job.config_for(p) for p in paths]
+        if not job.overwrite:
+            states = [inspect_output(r["output"], job.shape, c) for r, c in zip(records, configs)]
+            if all(st.complete for st in states):
+                for r in records:
+                    r["status"] = "skipped"
+                    r.update(_flags_of_output(r["output"]))
+                return records
+            blocked = [(r, st) for r, st, c in zip(records, states, configs)
+                       if st.state == "different" and not _stale(r["output"], c)]
+            if blocked:
+                for r, st in blocked:
+                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}; pass --overwrite "
+                                    "(overwrite=True) to replace it")
+                return records
+        images, frames, extra = [], [], None
+        for path in paths:
+            image, frame = read_frame(path, job.reader, job.crop)
+            if job.unit is not None and _unit(frame) != job.unit:
+                raise ValueError(f"{Path(path).name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+            if image.shape != tuple(job.shape):
+                raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
+                                 f"and warp model {tuple(job.shape)}")
+            if bias is not None:
+                image -= bias
+            if flat is not None:
+                image /= flat
+                extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+            images.append(image)
+            frames.append(frame)
+        # The stack's noise model as the page's folder loader sets it: the
+        # median of the frames' read noises, gain 1 once in electrons.
+        known = [f.read_noise for f in frames if f.read_noise is not None]
+        stack = FrameArray(
+            np.stack(images),
+            gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
+            read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
+            unit=_unit(frames[0]),
+        )
+        warp = _cached_warp(job)
+        result = fit_sky(stack, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        quality = _quality_record(result)
+        for k, (path, record, config) in enumerate(zip(paths, records, configs)):
+            prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
+            write_exposure(result, k, record["output"], warp_model=job.warp, provenance=prov, config=config,
+                           dtype=job.dtype, extra_mask=extra)
+            record["status"] = "done"
+            record.update(quality)
+    except Exception as exc:  # noqa: BLE001 - reported by name
+        for record in records:
+            if record["status"] != "done":
+                record["message"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        numba.set_num_threads(previous)
+        for record in records:
+            record["seconds"] = (time.perf_counter() - t0) / len(paths)
+    return records
+
+
+def _run_group(client, files, job, cal, summary):
+    """Run :func:`_process_group` as one task and count its records in ``summary``."""
+    future = client.submit(_process_group, [str(p) for p in files], job, cal.bias, cal.flat, pure=False)
+    try:
+        records = future.result()
+    except Exception as exc:  # noqa: BLE001 - e.g. the worker died
+        records = [{"input": str(p), "status": "failed", "message": f"{type(exc).__name__}: {exc}"} for p in files]
+    for record in records:
+        if record["status"] == "done":
+            summary.done.append(record["input"])
+        elif record["status"] == "skipped":
+            summary.skipped.append(record["input"])
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            continue
+        if record.get("suspect"):
+            summary.suspect.append((record["input"], list(record.get("warnings", []))))
 
 
 def _refuse_outputs_as_science(files):
@@ -883,6 +998,7 @@ def run_batch(
     line_order=None,
     warp_order=None,
     tolerance=None,
+    fit_together=None,
     flat_norm="column",
     dtype="float32",
     workers=None,
@@ -918,6 +1034,12 @@ def run_batch(
     data_root : path, optional
         Where a session's folder written relative to the page's data root
         lies (default: the current folder).
+    fit_together : bool, optional
+        Fit the exposures as one stack, as the page does (its noise model,
+        spatial order and unlit rows are judged on all of them). Default
+        None: when the science files are exactly the exposures the
+        ``settings`` were saved with (so batch gives the page's sky);
+        otherwise each exposure is fit on its own.
     instrument : str, Instrument or reader
         How to read every frame (see :mod:`specwidgets.instruments`;
         default ``"generic"``).
@@ -1006,7 +1128,7 @@ def run_batch(
     method, spatial_order, sky_options = resolved["method"], resolved["spatial_order"], resolved["sky_options"]
     read_noise, gain, arc_combine = resolved["read_noise"], resolved["gain"], resolved["arc_combine"]
     std_variation, line_order, warp_order = resolved["std_variation"], resolved["line_order"], resolved["warp_order"]
-    tolerance = resolved["tolerance"]
+    tolerance, page_group = resolved["tolerance"], resolved["_group"]
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     options = dict(sky_options or {})
@@ -1028,6 +1150,12 @@ def run_batch(
     if not files:
         raise ValueError("no science files given")
     _refuse_outputs_as_science(files)
+    # The page's own exposures: fit together, as the page does (same sky).
+    grouped = _page_group(files, page_group) if fit_together is None or fit_together else None
+    if fit_together and grouped is None:
+        raise ValueError("fit_together=True needs settings whose folder's exposures are exactly the science files")
+    if grouped is not None:
+        files = grouped
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
     reader = resolve_instrument(instrument, **instrument_options)
@@ -1122,7 +1250,10 @@ def run_batch(
                 print(f"warp model warning: {w}", file=sys.stderr)
         dask_client, to_close = _open_client(workers, scheduler, client, processes)
         try:
-            _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
+            if grouped is not None:
+                _run_group(dask_client, files, job, cal, summary)
+            else:
+                _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
         finally:
             for thing in to_close:
                 try:

@@ -244,3 +244,35 @@ def test_a_demo_session_needs_files(tmp_path):
     path = dash.save_session(tmp_path / "demo.json")
     with pytest.raises(ValueError, match="synthetic demo: give the SCIENCE files"):
         run_batch(out_dir=tmp_path / "out", settings=path, progress=False)
+
+
+def test_other_file_sets_are_fit_one_by_one(page, tmp_path):
+    """The page's exposure set is fit together (its sky); another set, or fit_together=False, one by one."""
+    from specwidgets.background import fit_sky
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    path = app.save_session("sets.json")
+    summary = run_batch([folder / "sci_001.fits"], out_dir=tmp_path / "one", settings=path, data_root=root,
+                        workers=1, processes=False, progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 1
+    summary = run_batch(out_dir=tmp_path / "apart", settings=path, data_root=root, fit_together=False, workers=1,
+                        processes=False, progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 2
+    one = sky_of(tmp_path / "one" / "sci_001_sky.fits")
+    apart = sky_of(tmp_path / "apart" / "sci_001_sky.fits")
+    assert max_relative(one, apart) == 0.0  # each alone either way
+    state = app.dashboard.state
+    alone = fit_sky(state.science[1:2], state.warp_model, state.masks, **_state_options(state)).background[0]
+    assert max_relative(apart, alone) <= 1e-6
+    with pytest.raises(ValueError, match="fit_together=True"):
+        run_batch([folder / "sci_001.fits"], out_dir=tmp_path / "x", settings=path, data_root=root,
+                  fit_together=True, progress=False)
+
+
+def _state_options(state):
+    opts = {k: getattr(state, k) for k in ("spatial_order", "knot_spacing", "reject_sigma")
+            if getattr(state, k) is not None}
+    if isinstance(state.read_noise, float):
+        opts["read_noise"] = state.read_noise
+    return opts
