@@ -337,11 +337,12 @@ class SkyState(tl.HasTraits):
                 self.warp_model,
                 self.masks,
                 method=self.method,
-                # No warm start from the previous result: a warm start stops at a
-                # slightly different rejected set (up to 1e-4 of the sky), so the
-                # page's sky would depend on the slider's history and differ from
-                # batch's for the same settings. A fresh fit costs about as much
-                # (0.02-0.05 s on the demo and the Goodman crop).
+                # No warm start from the previous result: a warm start can stop at
+                # a slightly different rejected set (1.7e-4 of the sky measured
+                # after a mask drag), so the page's sky would depend on the
+                # slider's history and differ from batch's for the same settings.
+                # A fresh fit costs the same (about 0.09 s on the demo and on the
+                # Goodman crop).
                 **noise,
                 **options,
             )
