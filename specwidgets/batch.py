@@ -12,6 +12,12 @@ or, from Python (a notebook gets an ipywidgets progress bar)::
     summary = run_batch(sci_files, arc_files, bias=bias_files, crop=(680, 800),
                         masks=[(20, 100)], out_dir="night1/sky", workers=4)
 
+or with the settings tuned in the dashboard (its *Save session* file; see
+:mod:`specwidgets.settings`): ``specwidgets batch --settings night1.json --out
+night1/sky`` takes the masks, guesses, warp and sky options, noise model,
+instrument, crop and the data folder from the file (options given on the
+command line win) and, for the page's own exposures, gives the page's sky.
+
 How it runs
 -----------
 The driver reads the calibrations (median bias; median flat minus bias,
