@@ -11,7 +11,9 @@ Screenshots go to ``artifacts/screenshots/`` (kept by CI, ignored by git).
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -666,4 +668,84 @@ def test_session_saved_and_loaded_in_the_page(visit, tmp_path):
     page.locator(".sw-session-message").get_by_text("loaded the settings").wait_for(timeout=10000)
     page.locator(".sw-session-message").scroll_into_view_if_needed()
     visit.screenshot("session-loaded")
+    visit.assert_clean()
+
+
+def test_session_saved_in_the_page_replays_in_batch(visit, tmp_path):
+    """Load a FITS folder (two arc lamps), move the mask, Save session and Export; batch --settings gives that sky."""
+    from astropy.io import fits
+
+    from test_session_batch import write_night
+
+    folder = tmp_path / "night"
+    write_night(folder)
+    page = visit.page
+    page.locator(".sw-source button", has_text="FITS folder").click()
+    form = page.locator(".sw-folder-form")
+    form.wait_for(state="visible")
+    form.get_by_label("Folder").fill(str(folder))
+    form.get_by_label("Folder").press("Enter")
+    page.wait_for_timeout(200)
+    visit.wait_idle()
+    for label, value in (("Arc tag", "arc_"), ("Bias tag", "bias_"), ("Science tag", "sci_"), ("Crop rows", "3:68"),
+                         ("Mask rows", "")):
+        field = form.get_by_label(label)
+        field.fill(value)
+        field.press("Tab")
+    page.wait_for_timeout(300)
+    page.locator(".sw-load").click()
+    page.wait_for_function(X_AXIS_MAX + " < 500", timeout=30000)  # the folder's 400 columns
+    visit.wait_idle()
+    slider = page.locator(".sw-mask-slider")
+    slider.scroll_into_view_if_needed()
+    before = page.locator(".sw-mask-label").inner_text().strip()
+    drag(page, slider.locator(".noUi-handle-upper"), dx=30)
+    page.wait_for_function(f"() => document.querySelector('.sw-mask-label').innerText.trim() !== '{before}'",
+                           timeout=10000)
+    visit.wait_idle()
+
+    session = tmp_path / "night_session.json"
+    field = page.get_by_label("Session")
+    field.fill(str(session))
+    field.press("Tab")
+    page.locator(".sw-save-session").click()
+    page.locator(".sw-session-message").get_by_text("saved the settings").wait_for(timeout=10000)
+    exported = tmp_path / "exported"
+    field = page.get_by_label("Export to")
+    field.fill(str(exported))
+    field.press("Tab")
+    page.locator(".jupyter-button", has_text="Export FITS").click()
+    page.get_by_text("wrote 2 file(s)").wait_for(timeout=20000)
+    visit.screenshot("session-saved-for-batch")
+    visit.assert_clean()
+
+    saved = json.loads(session.read_text())
+    assert saved["source"]["kind"] == "folder" and saved["source"]["crop"] == "3:68"
+    assert saved["state"]["mask_region"] != [] and ":" in saved["state"]["mask_region"][0]
+    out = tmp_path / "batch"
+    run = subprocess.run([sys.executable, "-m", "specwidgets.cli", "batch", "--settings", str(session), "--out",
+                          str(out), "--workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    worst = 0.0
+    for name in ("sci_000_sky.fits", "sci_001_sky.fits"):
+        with fits.open(exported / name) as a, fits.open(out / name) as b:
+            page_sky, batch_sky = a["SKY"].data.astype(float), b["SKY"].data.astype(float)
+        worst = max(worst, float(np.nanmax(np.abs(batch_sky - page_sky)) / np.nanmax(np.abs(page_sky))))
+    print(f"page export vs batch --settings: max relative SKY difference {worst:.2e}")
+    assert worst <= 1e-6
+
+    # A session with an invalid mask: the page says which key, and keeps its mask.
+    label = page.locator(".sw-mask-label").inner_text().strip()
+    bad = tmp_path / "bad_session.json"
+    bad.write_text(json.dumps({**saved, "state": {**saved["state"], "mask_region": ["50:10"]}}))
+    field = page.get_by_label("Session")
+    field.fill(str(bad))
+    field.press("Tab")
+    page.locator(".sw-load-session").click()
+    page.locator(".sw-session-message").get_by_text("could not load the session").wait_for(timeout=10000)
+    assert "state.mask_region" in page.locator(".sw-session-message").inner_text()
+    assert page.locator(".sw-mask-label").inner_text().strip() == label
+    page.locator(".sw-session-message").scroll_into_view_if_needed()
+    visit.screenshot("session-invalid-mask")
     visit.assert_clean()

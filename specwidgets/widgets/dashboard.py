@@ -145,11 +145,15 @@ class Dashboard(ipywidgets.VBox):
     # ------------------------------------------------------------ sessions
     def _build_session_bar(self):
         guard = self.status.guard
+        #: Where the frames came from (a dict, see specwidgets.settings), saved
+        #: in sessions so that ``specwidgets batch --settings`` finds them; the
+        #: page app sets it.
+        self.session_source = None
         self.session_path = ipywidgets.Text(value="specwidgets_session.json", description="Session")
         self.save_session_button = ipywidgets.Button(description="Save session", icon="save",
-                                                     layout=ipywidgets.Layout(width="130px"))
+                                                     layout=ipywidgets.Layout(width="150px"))
         self.load_session_button = ipywidgets.Button(description="Load session", icon="folder-open",
-                                                     layout=ipywidgets.Layout(width="130px"))
+                                                     layout=ipywidgets.Layout(width="150px"))
         self.session_message = ipywidgets.HTML()
         self.save_session_button.add_class("sw-save-session")
         self.load_session_button.add_class("sw-load-session")
@@ -177,7 +181,11 @@ class Dashboard(ipywidgets.VBox):
         """
         from .session import load_session
 
-        skipped = load_session(self, str(path).strip())
+        try:
+            skipped = load_session(self, str(path).strip())
+        except ValueError as exc:  # the settings stay as they were; say why next to the buttons
+            self.session_message.value = html.escape(f"could not load the session: {exc}", quote=False)
+            raise
         note = f" (not applied: {', '.join(skipped)})" if skipped else ""
         self.session_message.value = f"loaded the settings of {str(path).strip()}{note}"
         return skipped

@@ -33,8 +33,7 @@ import numpy as np
 __all__ = ["SESSION_FORMAT", "SESSION_VERSION", "apply_session", "load_session", "save_session",
            "session_settings"]
 
-SESSION_FORMAT = "specwidgets-session"
-SESSION_VERSION = 1
+from ..settings import SESSION_FORMAT, SESSION_VERSION, mask_text, read_session, validate_session
 
 # SkyState traits that are results or bookkeeping, not user settings.
 _NOT_SETTINGS = {
@@ -64,6 +63,8 @@ def session_settings(dash):
     state = dash.state
     viewer = dash.viewer
     settings = {name: _jsonable(getattr(state, name)) for name in _setting_names(state)}
+    # Slice text, as batch's --mask and the page's fields write rows.
+    settings["mask_region"] = [mask_text(pair) for pair in state.masks]
     out = {
         "format": SESSION_FORMAT,
         "version": SESSION_VERSION,
@@ -78,6 +79,10 @@ def session_settings(dash):
             "symmetric": bool(viewer.symmetric.value),
         },
     }
+    source = getattr(dash, "session_source", None)
+    if source:
+        # Where the frames came from (set by the page app): batch --settings reads them from there.
+        out["source"] = dict(source)
     preview = getattr(dash, "preview", None)
     if preview is not None:
         out["preview"] = {"method": preview.method.value, "shift": float(preview.shift.value),
@@ -101,19 +106,7 @@ def save_session(dash, path):
 
 
 def _read(path):
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"no session file at {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a JSON session file: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
-        raise ValueError(f"{path} is not a specwidgets session (no \"format\": \"{SESSION_FORMAT}\")")
-    if data.get("version") != SESSION_VERSION:
-        raise ValueError(f"{path} is a session of version {data.get('version')}; this specwidgets reads "
-                         f"version {SESSION_VERSION}")
-    return data
+    return read_session(path)
 
 
 def apply_session(dash, data):
@@ -122,15 +115,25 @@ def apply_session(dash, data):
     Raises
     ------
     ValueError
-        If the session was saved for frames of another shape, or a setting
-        is refused by the state (the dashboard is then left as it was).
+        If the session is malformed (wrong version, unknown key, invalid
+        mask: the message names the key), was saved for frames of another
+        shape, or a setting is refused by the state. The dashboard is then
+        left as it was.
     """
+    data = validate_session(data)
     state = dash.state
     frames = data.get("frames", {})
     shape = tuple(frames.get("shape", state.shape))
     if shape != tuple(state.shape):
         raise ValueError(f"the session was saved for frames of shape {shape}; these are {tuple(state.shape)}")
     settings = dict(data.get("state", {}))
+    if "mask_region" in settings:
+        from ..inputs import mask_ranges
+
+        try:
+            mask_ranges(settings["mask_region"], state.shape[0])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"session key 'state.mask_region': {exc}") from None
     known = set(_setting_names(state))
     skipped = sorted(set(settings) - known)
     exposure = settings.pop("exposure", None)
