@@ -77,10 +77,13 @@ def run_once(args):
         read_noise=4.0, progress=False,
     )
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    me = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({
         "n": len(science), "workers": args.workers, "wall": wall, "done": len(summary.done),
-        "failed": len(summary.failed), "rss_before_mib": rss_before / 1024, "peak_rss_mib": peak / 1024,
+        "failed": len(summary.failed), "rss_before_mib": rss_before / 1024, "peak_rss_mib": me.ru_maxrss / 1024,
+        # The workers report their own CPU time (forked by a fork server, they are not our children).
+        "driver_cpu": me.ru_utime + me.ru_stime, "workers_cpu": getattr(summary, "timings", {}).get("worker_cpu", float("nan")),
+        "timings": getattr(summary, "timings", {}),  # older specwidgets: none
     }))
     return 0 if summary.ok else 1
 
@@ -150,6 +153,43 @@ def main():
         print(f"fastest of {max(1, args.repeat)} run(s) per case; {machine_line()}")
         print(table(rows, ["exposures", "workers", "wall s", "ms/exposure beyond fixed", "driver RSS after imports MiB",
                            "driver peak RSS MiB"]))
+        if not all(rec["timings"] for rec in results):
+            print("\n(this specwidgets records no BatchSummary.timings: no breakdown)")
+            walls = {(r["n"], r["workers"]): r["wall"] for r in results}
+            if (args.n, 1) in walls and (args.n, 2) in walls:
+                print(f"{args.n} exposures, 1 vs 2 workers: whole run {walls[(args.n, 1)]:.1f} s vs "
+                      f"{walls[(args.n, 2)]:.1f} s = {walls[(args.n, 1)] / walls[(args.n, 2)]:.2f}x; {machine_line()}")
+            return 0
+        print()
+        print("where the time goes (the same fastest runs; seconds unless said):")
+        rows = []
+        for rec in results:
+            t = rec["timings"]
+            n = rec["n"]
+            steady = (t["tasks"] - t["first_result"]) / (n - 1) if n > 1 else float("nan")
+            rows.append([
+                str(n), str(rec["workers"]), f"{rec['wall']:.1f}",
+                f"{t['calibrations']:.2f}", f"{t['cluster_start']:.2f}", f"{t['first_result']:.2f}",
+                f"{t['tasks']:.2f}", f"{t['cluster_stop']:.2f}",
+                "-" if n == 1 else f"{1e3 * steady:.0f}",
+                f"{1e3 * t['task_wall'] / n:.0f}", f"{1e3 * t['task_cpu'] / n:.0f}",
+                f"{rec['driver_cpu']:.1f}", f"{rec['workers_cpu']:.1f}",
+            ])
+        print(table(rows, ["exp", "workers", "wall", "calibrations", "cluster start", "first result", "tasks",
+                           "cluster stop", "steady ms/exp", "task wall ms", "task CPU ms", "driver CPU",
+                           "workers CPU"]))
+        walls = {(r["n"], r["workers"]): r for r in results}
+        one, two = walls.get((args.n, 1)), walls.get((args.n, 2))
+        if one and two:
+            ratio = one["wall"] / two["wall"]
+            t1, t2 = one["timings"], two["timings"]
+            s1 = (t1["tasks"] - t1["first_result"]) / (args.n - 1)
+            s2 = (t2["tasks"] - t2["first_result"]) / (args.n - 1)
+            print(f"\n{args.n} exposures, 1 vs 2 workers: whole run {one['wall']:.1f} s vs {two['wall']:.1f} s = "
+                  f"{ratio:.2f}x (goal >= 1.7x: {'met' if ratio >= 1.7 else 'MISSED'}); steady state "
+                  f"{1e3 * s1:.0f} vs {1e3 * s2:.0f} ms/exposure = {s1 / s2:.2f}x; start-up (calibrations + cluster "
+                  f"start + first result) {t1['calibrations'] + t1['cluster_start'] + t1['first_result']:.1f} s vs "
+                  f"{t2['calibrations'] + t2['cluster_start'] + t2['first_result']:.1f} s; {machine_line()}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -25,7 +25,8 @@ from importlib import import_module  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets
-from .background import METHODS, SkyResult, extract_background, fit_sky
+from .background import METHODS, SkyQuality, SkyResult, extract_background, fit_sky
+from .extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
 from .inputs import mask_ranges
 from .instruments import Instrument, get_instrument, known_instruments, register_instrument
 from .lines import find_cal_lines
@@ -50,15 +51,20 @@ __all__ = [
     "Dashboard",
     "ImageViewer",
     "METHODS",
+    "Extraction",
+    "SkyLineScore",
+    "Trace",
     "SEDExplorer",
     "WarpGuessPicker",
     "Instrument",
+    "SkyQuality",
     "SkyResult",
     "WarpModel",
     "average_matching_files",
     "collect_images_array",
     "datasets",
     "extract_background",
+    "extract_spectrum",
     "find_cal_lines",
     "fit_sky",
     "generate_warp_model",
@@ -67,6 +73,8 @@ __all__ = [
     "mask_ranges",
     "plot_image",
     "register_instrument",
+    "sky_line_residual_score",
+    "trace_spectrum",
 ]
 
 

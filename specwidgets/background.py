@@ -11,11 +11,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .inputs import as_image_stack, check_number, check_spatial_order, mask_ranges, mask_rows
+from .inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
 from .median_sky import median_of_bins
+from .sky_quality import (
+    dark_rows,
+    SkyQuality,
+    _ranges,
+    analyse_rows,
+    estimate_noise,
+    measure_flexure,
+    provisional_noise,
+    row_profile,
+)
+from .sky_quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
+from .bspline_sky import StretchedBSplineSky, adaptive_coordinate
 from .warp import WarpModel
 
-__all__ = ["SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
+# Knot spacing on the sky's continuum with adaptive knots (px); see
+# :func:`specwidgets.bspline_sky.adaptive_coordinate`.
+COARSE_SPACING = 2.0
+
+__all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
 METHODS = ("bspline", "median")
 
@@ -59,8 +75,15 @@ def sky_samples(stack, warp_model, masked_rows):
         # Column by column the map is already nearly sorted, which timsort
         # (kind="stable") exploits: several times faster than row order.
         by_column = np.argsort(warp_model.effpix_map().T.ravel(), kind="stable")
-        col, row = np.divmod(by_column, n_rows)
-        order = row * n_cols + col
+        # Pixel indices fit in int32 below 2**31 pixels: half the memory of
+        # the cached order and of every sample index (the same values).
+        if n_rows * n_cols < 2**31:
+            by_column = by_column.astype(np.int32)
+        order = by_column % n_rows  # the row ...
+        by_column //= n_rows  # ... and the column of each pixel in effective-pixel order
+        order *= n_cols
+        order += by_column
+        del by_column
         warp_model._cache["order"] = order
     keep = ~masked_rows[order // n_cols]
     index = order[keep]
@@ -94,6 +117,16 @@ class SkyResult:
         Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
     models : list
         Per exposure, the fitted sky model (a ``BSplineSky``) or None.
+    options : dict
+        The options the fit used, resolved (e.g. the spatial order chosen).
+    quality : SkyQuality
+        How far to trust the fit: noise model and its source, unlit rows,
+        flexure, rejected fraction, chi, leak, ``warnings``, ``suspect``.
+    flexure_shift : tuple of float
+        Per exposure, the sky lines' shift between the bottom and top rows
+        that was corrected (px; 0 when none): exposure ``k`` was fit on
+        ``effpix_map - shift * (row - mid) / (n_rows - 1)``
+        (:meth:`exposure_effpix`).
     """
 
     data: np.ndarray
@@ -109,6 +142,8 @@ class SkyResult:
     mask_region: list = field(default_factory=list)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    quality: SkyQuality | None = None
+    flexure_shift: tuple = ()
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
 
@@ -119,8 +154,17 @@ class SkyResult:
         if k not in self._exposure_variance:
             n_rows, n_cols = self.effpix_map.shape
             rows = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
-            self._exposure_variance[k] = self.models[k].model_variance(self.effpix_map, rows)
+            self._exposure_variance[k] = self.models[k].model_variance(self.exposure_effpix(k), rows)
         return self._exposure_variance[k]
+
+    def exposure_effpix(self, k):
+        """Effective-pixel map exposure ``k`` was fit on (``effpix_map`` corrected for its flexure)."""
+        shift = self.flexure_shift[k] if k < len(self.flexure_shift) else 0.0
+        if not shift:
+            return self.effpix_map
+        n_rows = self.effpix_map.shape[0]
+        t = (np.arange(n_rows) - 0.5 * (n_rows - 1)) / max(n_rows - 1, 1)
+        return self.effpix_map - shift * t[:, None]
 
     @property
     def variance(self):
@@ -168,16 +212,59 @@ class SkyResult:
         return self.effpix_map[self.ref_row].copy(), self.background[exposure, self.ref_row].copy()
 
 
-def _noise_model(read_noise, gain):
-    read_noise = check_number(read_noise, "read_noise", allow_none=True)
-    gain = check_number(gain, "gain", allow_none=True)
-    read_noise = 0.0 if read_noise is None else read_noise
-    gain = 1.0 if gain is None else gain
-    if not np.isfinite(read_noise) or read_noise < 0:
-        raise ValueError(f"read_noise must be a non-negative number of electrons; got {read_noise!r}")
-    if not np.isfinite(gain) or gain <= 0:
-        raise ValueError(f"gain must be a positive number of electrons per data unit; got {gain!r}")
-    return read_noise, gain
+def _number_or_none(value, name, positive):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number or None; got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (positive and value == 0):
+        what = "a positive number of electrons per data unit" if positive else "a non-negative number of electrons"
+        raise ValueError(f"{name} must be {what} (or None to take it from the frames or estimate it); got {value!r}")
+    return value
+
+
+def _resolve_noise(images, read_noise, gain):
+    """``(read_noise, gain, rn_source, gain_source)``; None where still unknown.
+
+    An explicit argument wins; then the loader's attributes on the frames
+    (``images.read_noise``, ``images.gain``, ``images.noise_source``); what
+    is still None is estimated from the data by :func:`fit_sky`.
+    """
+    read_noise = _number_or_none(read_noise, "read_noise", positive=False)
+    gain = _number_or_none(gain, "gain", positive=True)
+    frames_source = str(getattr(images, "noise_source", None) or "frames")
+    rn_source = "argument" if read_noise is not None else None
+    gain_source = "argument" if gain is not None else None
+    if read_noise is None and getattr(images, "read_noise", None) is not None:
+        read_noise = _number_or_none(getattr(images, "read_noise"), "images.read_noise", positive=False)
+        rn_source = frames_source
+    if gain is None and getattr(images, "gain", None) is not None:
+        gain = _number_or_none(getattr(images, "gain"), "images.gain", positive=True)
+        gain_source = frames_source
+    return read_noise, gain, rn_source, gain_source
+
+
+def _noise_source(rn_source, gain_source):
+    if rn_source == gain_source:
+        return rn_source
+    return f"gain: {gain_source}; read noise: {rn_source}"
+
+
+def _check_choice(value, name, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def _row_coordinate(rows, n_rows):
+    """Rows mapped to -0.5 (row 0) .. +0.5 (last row): the flexure's lever arm."""
+    return (np.asarray(rows, float) - 0.5 * (n_rows - 1)) / max(n_rows - 1, 1)
+
+
+def _subsample(n, limit=250_000):
+    """A regular index subsample of at most ``limit`` of ``n`` items (statistics need no more)."""
+    return slice(None, None, max(1, -(-n // limit)))
 
 
 def fit_sky(
@@ -198,7 +285,9 @@ def fit_sky(
     ----------
     images : array_like
         ``(n_rows, n_cols)`` or ``(n_exposures, n_rows, n_cols)``; NaN pixels
-        (bad columns, cosmic-ray holes) are ignored.
+        (bad columns, cosmic-ray holes) are ignored. An array carrying
+        ``gain``, ``read_noise`` and ``noise_source`` attributes (as the
+        loaders return) supplies its noise model.
     warp_model : WarpModel
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
     mask_region : (int, int) or list of (int, int)
@@ -208,20 +297,55 @@ def fit_sky(
         ``"median"``: the seed's estimator, the median of the samples inside
         each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
         outlier rejection and a noise model.
-    read_noise, gain : float, optional
-        Noise model in electrons (default 0 and 1: data in electrons).
+    read_noise, gain : float or None
+        Noise model: read noise in electrons, gain in electrons per data unit
+        (data variance = max(sky, 0) / gain + (read_noise / gain)**2). None
+        (default): from the frames' attributes, else estimated from the
+        scatter of the sky about a first-pass fit. Never silently zero:
+        ``result.quality`` says which was used and where it came from.
     progress : bool
         Print one line per exposure.
     initial : SkyResult, optional
         A previous B-spline result for the same images and warp model: its
-        fits start the new ones (a nudged mask then costs one or two passes).
+        fits start the new ones (a nudged mask then costs fewer passes).
     **options
-        For ``"bspline"``: ``knot_spacing``, ``spatial_order``, ``reject_sigma``,
-        ``max_iterations`` (see :func:`specwidgets.bspline_sky.fit_bspline_sky`).
+        For ``"bspline"``:
+
+        ``spatial_order`` : "auto" (default) or int 0-4
+            Degree of the Legendre polynomial along the slit. "auto" picks
+            it from the rows' sky brightness by the expected chi-square on
+            held-out rows (see :func:`specwidgets.sky_quality.analyse_rows`).
+        ``unlit`` : "auto" (default) or False
+            Find rows with little or no sky light and leave them out of the fit.
+        ``flexure`` : "auto" (default) or False
+            Measure the shift of each exposure's sky lines against the warp
+            from one end of the slit to the other, and correct it when it is
+            significant.
+        ``knot_spacing``, ``reject_sigma``, ``max_iterations``, ... : see
+        :func:`specwidgets.bspline_sky.fit_bspline_sky`.
 
     Returns
     -------
     SkyResult
+        With ``quality`` (:class:`SkyQuality`): the noise model and its
+        source, unlit rows, spatial order, flexure, rejected fraction, chi,
+        leak, warnings and ``suspect``. ``options`` holds the options used,
+        resolved (no "auto").
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad images, warp model, method, noise model or options.
+
+    Examples
+    --------
+    >>> from specwidgets.datasets import make_synthetic_longslit
+    >>> f = make_synthetic_longslit(shape=(80, 600), gain=2.5, read_noise=10, seed=4)
+    >>> res = fit_sky(f.science, f.warp, f.trace_rows)
+    >>> res.quality.noise_source, bool(abs(res.gain / 2.5 - 1) < 0.15)
+    ('estimated from the sky residuals', True)
+    >>> res.quality.suspect
+    False
     """
     stack, _ = as_image_stack(images, "images")
     if not isinstance(warp_model, WarpModel):
@@ -230,12 +354,7 @@ def fit_sky(
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    # The frames' own noise model (loaders' FrameArray) when none is passed.
-    read_noise = getattr(images, "read_noise", None) if read_noise is None else read_noise
-    gain = getattr(images, "gain", None) if gain is None else gain
-    read_noise, gain = _noise_model(read_noise, gain)
-    if "spatial_order" in options:
-        check_spatial_order(options["spatial_order"])
+    read_noise, gain, rn_source, gain_source = _resolve_noise(images, read_noise, gain)
     n_exp, n_rows, n_cols = stack.shape
     if n_cols < 2:
         raise ValueError(
@@ -253,63 +372,448 @@ def fit_sky(
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
 
-    rejected = np.zeros(stack.shape, bool)
-    models = []
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        background, counts = median_of_bins(samples.effpix, samples.flux, warp_model.edge_map())
-        # The median of n samples scatters sqrt(pi/2) times more than their mean.
-        noise = np.clip(background, 0, None) / gain + (read_noise / gain) ** 2
-        variance = (np.pi / 2) * noise / np.maximum(counts, 1)[None]
-        if progress:
-            print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
-    else:
+        return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
+                           (read_noise, gain, rn_source, gain_source), progress)
+    return _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+                        (read_noise, gain, rn_source, gain_source), progress, initial, options)
+
+
+def _complete_noise(noise, level, residual):
+    """Fill the unknown parts of the noise model from the residuals; returns (rn, gain, source, warnings)."""
+    read_noise, gain, rn_source, gain_source = noise
+    warnings = []
+    if read_noise is None or gain is None:
+        pick = _subsample(level.size)
+        est = estimate_noise(level[pick], residual[pick], fixed_gain=gain, fixed_read_noise=read_noise)
+        estimated = "estimated from the sky residuals"
+        if est is None:
+            warnings.append(
+                "The noise model could not be estimated from the sky (too few sky pixels): "
+                "the fit used gain 1 and read noise 0; give gain= and read_noise=."
+            )
+            est = (1.0 if gain is None else gain, 0.0 if read_noise is None else read_noise)
+            estimated = "default (estimate failed)"
+        if gain is None:
+            gain, gain_source = est[0], estimated
+        if read_noise is None:
+            read_noise, rn_source = est[1], estimated
+    return float(read_noise), float(gain), _noise_source(rn_source, gain_source), warnings
+
+
+def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress):
+    n_exp, n_rows, n_cols = stack.shape
+    background, counts = median_of_bins(samples.effpix, samples.flux, warp_model.edge_map())
+    if noise[0] is None or noise[1] is None:
+        # The median of bins misses the line peaks by more than the noise, so
+        # the noise is measured about a quick spline fit instead (one pass,
+        # cosmic rays down-weighted by the data's own weights).
         from .bspline_sky import fit_bspline_sky
 
-        background = np.empty(stack.shape)
-        variance = None
-        rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
-        sample_rows = samples.rows.astype(float) if options.get("spatial_order", 0) else None
-        # Knots over the whole map, not just the samples, so that a new mask
-        # keeps the same knots and a previous fit can start the new one.
+        prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, noise[1])
         extent = (float(emap.min()), float(emap.max()))
-        same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
-        warm = initial.models if same_fit else [None] * n_exp
+        level = np.stack([
+            fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                            extent=extent, reject_sigma=None, max_iterations=0)(samples.effpix)
+            for k in range(n_exp)
+        ])
+    else:
+        level = background.reshape(n_exp, -1)[:, samples.index]
+    read_noise, gain, source, warnings = _complete_noise(
+        noise, level.ravel(), (samples.flux - level).ravel()
+    )
+    del level
+    # The median of n samples scatters sqrt(pi/2) times more than their mean.
+    noise_var = np.clip(background, 0, None) / gain + (read_noise / gain) ** 2
+    variance = (np.pi / 2) * noise_var / np.maximum(counts, 1)[None]
+    if progress:
+        print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
+    mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
+    result = SkyResult(
+        data=stack,
+        background=background,
+        mask=mask,
+        rejected=np.zeros(stack.shape, bool),
+        effpix_map=emap,
+        samples=samples,
+        method="median",
+        ref_row=warp_model.ref_row,
+        read_noise=read_noise,
+        gain=gain,
+        mask_region=ranges,
+        models=[],
+        options={},
+        _variance=variance,
+    )
+    result.quality = _assess(result, samples, [None] * n_exp, source, warnings, [], 0, (0.0,) * n_exp, False)
+    return result
+
+
+def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, initial, options):
+    from .bspline_sky import default_knot_spacing, fit_bspline_sky
+
+    n_exp, n_rows, n_cols = stack.shape
+    options = dict(options)
+    spatial_order = check_spatial_order(options.pop("spatial_order", "auto"))
+    unlit_mode = _check_choice(options.pop("unlit", "auto"), "unlit", ("auto", False))
+    flexure_mode = _check_choice(options.pop("flexure", "auto"), "flexure", ("auto", False))
+    knot_spacing = options.pop("knot_spacing", None)
+    knots = _check_choice(options.pop("knots", "adaptive" if knot_spacing is None else "uniform"),
+                          "knots", ("adaptive", "uniform"))
+    coarse = options.pop("coarse_spacing", COARSE_SPACING)
+    read_noise, gain = noise[0], noise[1]
+    extent = (float(emap.min()), float(emap.max()))
+    same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
+    warm = initial.models if same_fit else [None] * n_exp
+
+    def spacing(order):
+        return default_knot_spacing(order) if knot_spacing is None else knot_spacing
+
+    need_first = (
+        read_noise is None or gain is None or spatial_order == "auto" or unlit_mode or flexure_mode
+        or knots == "adaptive"
+    )
+    warnings = []
+    unlit = np.zeros(n_rows, bool)
+    order = 0 if spatial_order == "auto" else spatial_order
+    shifts = np.zeros(n_exp)
+    flexure_applied = False
+    first = [None] * n_exp
+    ratios = np.full((n_exp, n_rows), np.nan)
+    if need_first:
+        # First pass: the plain sky S(e), light rejection, provisional noise.
+        # It measures what the defaults need: the noise model, how the sky's
+        # brightness changes along the slit, and the sky lines' shift.
+        prov_gain, prov_rn, var_low = provisional_noise(stack, masked_rows, gain)
+        if read_noise is not None:
+            prov_rn = read_noise
+        if unlit_mode:
+            # Dark rows out before the first pass: their zero sky would drag
+            # the sky spectrum's shape towards zero (they weigh the most).
+            dark = dark_rows(stack, masked_rows, var_low)
+            if dark.any():
+                samples = sky_samples(stack, warp_model, masked_rows | dark)
+        level = np.empty(samples.flux.shape)
         for k in range(n_exp):
-            model = fit_bspline_sky(
-                samples.effpix,
-                samples.flux[k],
-                sample_rows,
-                row_range=(0, n_rows),
-                read_noise=read_noise,
-                gain=gain,
-                extent=extent,
+            first[k] = fit_bspline_sky(
+                samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
                 initial=warm[k],
-                **options,
             )
-            background[k] = model(emap, rows_grid)
-            rejected[k].ravel()[samples.index[model.outliers]] = True
-            models.append(model)
-            if progress:
-                print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
+            level[k] = first[k](samples.effpix)
+        rows = samples.rows
+        used = np.isfinite(samples.flux) & ~np.stack([m.rejected for m in first])
+
+        def profiles(var):
+            """Per-exposure row ratios, and their information-weighted mean over exposures."""
+            info_sum = np.zeros(n_rows)
+            weighted = np.zeros(n_rows)
+            # A regular subsample (each row keeps hundreds of samples) is
+            # plenty for one number per row; the information is scaled back.
+            sub = _subsample(rows.size, 400_000)
+            stride = sub.step
+            for k in range(n_exp):
+                ratios[k], info = row_profile(rows[sub], samples.flux[k][sub], level[k][sub], var[k][sub], n_rows)
+                info *= stride
+                info_sum += info
+                weighted += np.nan_to_num(ratios[k]) * info
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(info_sum > 0, weighted / info_sum, np.nan), info_sum
+
+        # The rows' brightness first (with the provisional noise): the sky
+        # as lit row by row is what the shift is measured against and what
+        # the noise is the scatter about, so that neither a slit
+        # illumination gradient nor unlit rows pass for flexure or noise.
+        prov_var = np.clip(level, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
+        profiles(prov_var)
+        # Cosmic rays out (far above the sky as lit row by row), and the
+        # first pass again without them: they must not pass for structure
+        # (adaptive knots), shift or noise.
+        lit = level * np.nan_to_num(ratios, nan=0.0)[:, rows]
+        lit_var = np.clip(lit, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
+        hits = (samples.flux - lit) ** 2 > 64 * lit_var
+        del lit, lit_var
+        clean = samples.flux
+        if hits.any():
+            clean = np.where(hits, np.nan, samples.flux)
+            for k in range(n_exp):
+                if hits[k].any():
+                    first[k] = fit_bspline_sky(
+                        samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
+                        extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
+                    )
+                    level[k] = first[k](samples.effpix)
+            used = np.isfinite(clean)
+            prov_var = np.clip(level, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
+            profiles(prov_var)
+        if flexure_mode:
+            t = _row_coordinate(rows, n_rows)
+            for k in range(n_exp):
+                scale = np.nan_to_num(ratios[k], nan=0.0)[rows]
+                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], rows, t, level, scale,
+                                           prov_gain, prov_rn, extent, spacing(0))
+            flexure_applied = bool(np.any(shifts != 0))
+            if flexure_applied:
+                used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
+                prov_var = np.clip(level, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
+                profiles(prov_var)
+        del prov_var
+        lit_level = level * np.nan_to_num(ratios, nan=0.0)[:, rows]
+        read_noise, gain, source, warnings = _complete_noise(
+            noise, lit_level[used], (samples.flux - lit_level)[used]
+        )
+        del lit_level
+        var = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
+        ratio, info_sum = profiles(var)
+
+        def n_coef(p):
+            return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
+
+        unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
+                                    choose_order=spatial_order == "auto", order=order,
+                                    dark=dark if unlit_mode else None)
+        if unlit_mode:
+            unlit |= dark
+        del level, var
+    else:
+        source = _noise_source(noise[2], noise[3])
+    fit_rows = masked_rows | unlit
+    if unlit.any() and samples.index.size != int(np.count_nonzero(~fit_rows)) * n_cols:
+        samples = sky_samples(stack, warp_model, fit_rows)
+    lit_rows = np.flatnonzero(~unlit)
+    row_range = (0, n_rows) if not unlit.any() else (int(lit_rows[0]), int(lit_rows[-1]) + 1)
+    sample_rows = samples.rows.astype(float) if order else None
+    t_samples = _row_coordinate(samples.rows, n_rows) if flexure_applied else None
+
+    table = None
+    if knots == "adaptive":
+        # One stretched coordinate for all exposures, from their mean first-pass sky.
+        grid_e = np.linspace(extent[0], extent[1], max(2, int(np.ceil((extent[1] - extent[0]) / 0.25)) + 1))
+        curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
+        n_sky_rows = samples.index.size / n_cols
+        table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
+                                             spacing(order), max(coarse, spacing(order))))
+    background = np.empty(stack.shape)
+    rejected = np.zeros(stack.shape, bool)
+    rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+    t_grid = _row_coordinate(np.arange(n_rows), n_rows)[:, None]
+    models = []
+    for k in range(n_exp):
+        e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
+        # The first pass starts the final fit only when it fit the same sky:
+        # after unlit rows are dropped or a shift corrected, its lines would
+        # be too faint or too broad, and the rejection, judged against it,
+        # could throw away the line peaks for good.
+        start = warm[k] if warm[k] is not None else (first[k] if not (unlit.any() or shifts[k]) else None)
+        if table is None:
+            model = fit_bspline_sky(
+                e_k, samples.flux[k], sample_rows, spatial_order=order, row_range=row_range,
+                read_noise=read_noise, gain=gain, extent=extent, knot_spacing=spacing(order),
+                initial=start, **options,
+            )
+        else:
+            start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
+            inner = fit_bspline_sky(
+                np.interp(e_k, *table), samples.flux[k], sample_rows, spatial_order=order,
+                row_range=row_range, read_noise=read_noise, gain=gain,
+                extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
+            )
+            model = StretchedBSplineSky(inner, *table)
+        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
+        background[k] = model(emap_k, rows_grid)
+        if unlit.any():
+            # Unlit rows are outside the fit: there the first pass, scaled
+            # to each row's own level, is the best guess of what little sky
+            # there is (zero where the row has no sky at all).
+            unlit_idx = np.flatnonzero(unlit)
+            guess = first[k](emap_k[unlit_idx])
+            obs = stack[k, unlit_idx]
+            ok = np.isfinite(obs)
+            num = np.sum(np.where(ok, obs * guess, 0.0), axis=1)
+            den = np.sum(np.where(ok, guess * guess, 0.0), axis=1)
+            scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+            background[k, unlit_idx] = np.clip(scale, 0, None)[:, None] * guess
+        rejected[k].ravel()[samples.index[model.outliers]] = True
+        models.append(model)
+        if progress:
+            print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
 
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
-    return SkyResult(
+    used_options = dict(options)
+    used_options.update(spatial_order=order, knot_spacing=spacing(order), unlit=unlit_mode,
+                        flexure=flexure_mode, knots=knots)
+    if knots == "adaptive":
+        used_options["coarse_spacing"] = max(coarse, spacing(order))
+    used_options.setdefault("reject_sigma", models[0].reject_sigma)
+    result = SkyResult(
         data=stack,
         background=background,
         mask=mask,
         rejected=rejected,
         effpix_map=emap,
         samples=samples,
-        method=method,
+        method="bspline",
         ref_row=warp_model.ref_row,
         read_noise=read_noise,
         gain=gain,
         mask_region=ranges,
         models=models,
-        options=dict(options),
-        _variance=variance,
+        options=used_options,
+        flexure_shift=tuple(float(s) for s in shifts),
+    )
+    unlit_ranges = _ranges(unlit)
+    result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
+                             tuple(float(s) for s in shifts), flexure_applied)
+    return result
+
+
+def _measure_shift(first, k, effpix, flux, rows, t, level, scale, gain, read_noise, extent, knot_spacing,
+                   max_steps=5):
+    """Exposure ``k``'s sky-line shift between the slit's ends, in px (0 if not significant).
+
+    Gauss-Newton: measure the shift against the current first-pass model
+    (:func:`measure_flexure`), refit that model on the corrected effective
+    pixels, and measure again, until the step is well below a pixel's
+    hundredth. ``scale`` is each sample's row brightness relative to the
+    model (the slit illumination). ``first[k]`` and ``level[k]`` are
+    replaced by the corrected fit when a shift is found.
+    """
+    from .bspline_sky import fit_bspline_sky
+
+    model = first[k]
+    total = 0.0
+    h = 0.1
+    # The shift is two numbers: a regular subsample of the samples measures
+    # it to far better than a hundredth of a pixel.
+    sub = _subsample(effpix.size, 400_000)
+    t_s, f_s, scale_s, rows_s = t[sub], flux[sub], scale[sub], rows[sub]
+    n_rows = int(rows.max()) + 1
+    for _ in range(max_steps):
+        e = effpix[sub] if not total else effpix[sub] - total * t_s
+        base = level[k][sub] if not total else model(e)
+        if total:
+            # The rows' brightness again, about the corrected model: misaligned
+            # lines had made the rows far from the middle look dimmer, and
+            # with rows masked unevenly that would bias the next step.
+            var0 = np.clip(base, 0, None) / gain + (read_noise / gain) ** 2
+            ratio, _ = row_profile(rows_s, f_s, base, var0, n_rows)
+            scale_s = np.where(scale_s > 0, np.nan_to_num(ratio, nan=0.0)[rows_s], 0.0)
+        m = scale_s * base
+        slope = scale_s * (model(e + h) - model(e - h)) / (2 * h)
+        var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
+        pick = ~model.rejected[sub] & (scale_s > 0)
+        step, sigma = measure_flexure(t_s[pick], f_s[pick], m[pick], slope[pick], var[pick])
+        # The subsample's error is larger by sqrt(stride) than the full set's;
+        # the significance test uses the subsample's own error (conservative).
+        # Only a clear shift is corrected: one at the noise level would add
+        # noise. Once one is found, the steps go on until they are tiny.
+        if not total and not abs(step) > max(5 * sigma, 0.05):
+            break
+        total += step
+        model = fit_bspline_sky(
+            effpix - total * t, flux, None, read_noise=read_noise, gain=gain,
+            extent=extent, knot_spacing=knot_spacing, reject_sigma=None, max_iterations=1,
+        )
+        if abs(step) < 0.005:
+            break
+    if total:
+        first[k] = model
+        level[k] = model(effpix - total * t)
+    return float(total)
+
+
+def _robust_std(x):
+    """1.4826 x the median absolute deviation (NaN for no values)."""
+    if x.size == 0:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied):
+    """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap)."""
+    n_exp, n_rows, n_cols = result.data.shape
+    warnings = list(warnings)
+    bg = result.background.reshape(n_exp, -1)[:, samples.index]
+    var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi = (samples.flux - bg) / np.sqrt(var)
+    finite = np.isfinite(chi)
+    pick = _subsample(chi.shape[1])
+    sub = chi[:, pick][finite[:, pick]]
+    chi_std = _robust_std(sub)
+    # The same by sky level: a wrong gain shows where the sky is bright
+    # (lines) even when the continuum's scatter happens to match.
+    levels = bg[:, pick][finite[:, pick]]
+    by_level = []
+    if sub.size >= 2000:
+        cut = np.percentile(levels, [50, 90])
+        for part in (levels <= cut[0], levels >= cut[1]):
+            if part.sum() >= 500:
+                by_level.append(_robust_std(sub[part]))
+
+    n_used = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
+    n_out = sum(int(np.count_nonzero(m.outliers)) for m in models if m is not None)
+    rejected_fraction = n_out / n_used if n_used else 0.0
+
+    # Leak: the largest row mean of clipped chi among the sky rows.
+    rows = samples.rows
+    leak, leak_row = 0.0, None
+    clipped = np.clip(np.where(finite, chi, 0.0), -5, 5)
+    counts = np.bincount(rows, minlength=n_rows)
+    for k in range(n_exp):
+        n_k = np.bincount(rows, finite[k], minlength=n_rows)
+        sums = np.bincount(rows, clipped[k], minlength=n_rows)
+        ok = n_k >= max(20, 0.25 * n_cols)
+        if ok.any():
+            means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
+            r = int(np.argmax(means))
+            if means[r] > leak:
+                leak, leak_row = float(means[r]), r
+    del counts
+
+    if rejected_fraction > REJECTED_LIMIT:
+        warnings.append(
+            f"{100 * rejected_fraction:.0f} % of the sky pixels were rejected as outliers: the sky "
+            "model does not fit them (check the mask over the trace, the gain and the read noise)."
+        )
+    source_given = not source.startswith("estimated") and "estimated" not in source
+    # By level only for a given noise model (a wrong gain); with an estimated
+    # one the overall scatter is the test (the median of bins always misses
+    # bright line peaks, which is its known limit, not a broken fit).
+    worst = max([chi_std] + (by_level if source_given else []),
+                key=lambda c: abs(np.log(c)) if c > 0 else np.inf)
+    if not CHI_LIMITS[0] <= worst <= CHI_LIMITS[1]:
+        if source_given:
+            warnings.append(
+                f"The sky scatters {worst:.2f} times what the noise model predicts (gain "
+                f"{result.gain:.3g} e-/unit, read noise {result.read_noise:.3g} e-, from {source}): "
+                "check gain and read noise (data in ADU need the gain), or leave them out to estimate them."
+            )
+        else:
+            warnings.append(
+                f"The sky scatters {worst:.2f} times the estimated noise model: the sky model "
+                "does not follow the data (check the warp model and the mask)."
+            )
+    if leak > LEAK_LIMIT:
+        warnings.append(
+            f"Sky row {leak_row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
+            "a trace or its wings are in the sky rows; widen the mask or mask the other source."
+        )
+    return SkyQuality(
+        rejected_fraction=float(rejected_fraction),
+        chi_std=chi_std,
+        leak=float(leak),
+        read_noise=float(result.read_noise),
+        gain=float(result.gain),
+        noise_source=source,
+        flexure=tuple(flexure),
+        flexure_applied=bool(flexure_applied),
+        unlit_rows=list(unlit_ranges),
+        spatial_order=int(order),
+        warnings=warnings,
+        suspect=bool(warnings),
     )
 
 
@@ -344,7 +848,8 @@ def extract_background(
     method : {"bspline", "median"}
         Sky estimator; see :func:`fit_sky`. ``"median"`` is the seed's.
     **options
-        ``read_noise``, ``gain`` and the method's options (see :func:`fit_sky`).
+        ``read_noise``, ``gain`` (default: from the frames, else estimated;
+        never silently 0) and the method's options (see :func:`fit_sky`).
 
     Returns
     -------

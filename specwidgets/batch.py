@@ -12,6 +12,12 @@ or, from Python (a notebook gets an ipywidgets progress bar)::
     summary = run_batch(sci_files, arc_files, bias=bias_files, crop=(680, 800),
                         masks=[(20, 100)], out_dir="night1/sky", workers=4)
 
+or with the settings tuned in the dashboard (its *Save session* file; see
+:mod:`specwidgets.settings`): ``specwidgets batch --settings night1.json --out
+night1/sky`` takes the masks, guesses, warp and sky options, noise model,
+instrument, crop and the data folder from the file (options given on the
+command line win) and, for the page's own exposures, gives the page's sky.
+
 How it runs
 -----------
 The driver reads the calibrations (median bias; median flat minus bias,
@@ -19,15 +25,19 @@ normalised; median arc minus bias), fits the warp model once (guesses from
 :func:`~specwidgets.lines.find_cal_lines` unless given), and sends the
 workers the small shared things once: the warp model as
 :meth:`~specwidgets.warp.WarpModel.to_dict`, the bias and flat arrays via
-``client.scatter``. Each task gets a file path; the worker reads the
-exposure, subtracts the bias, divides by the flat, runs
-:func:`~specwidgets.background.fit_sky` and writes the output itself, then
-returns a small status record. At most a few tasks per worker thread are in
-flight (``as_completed``), so the driver's memory does not grow with the
-number of exposures.
+``client.scatter``. Each task gets a few file paths (up to
+:data:`MAX_CHUNK` when there are many exposures, so Dask's own cost per task
+is shared); for each, the worker reads the exposure, subtracts the bias,
+divides by the flat, runs :func:`~specwidgets.background.fit_sky` and writes
+the output itself, then returns a small status record. At most a few tasks
+per worker thread are in flight (``as_completed``), so the driver's memory
+does not grow with the number of exposures. :attr:`BatchSummary.timings`
+says where the wall time went.
 
 By default a :class:`dask.distributed.LocalCluster` with one single-threaded
-worker process per CPU (``workers=N`` to choose); ``scheduler=ADDRESS``
+worker process per CPU (``workers=N`` to choose), forked from a fork server
+that imported specwidgets once, each with one thread per numerical library
+(``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ... = 1); ``scheduler=ADDRESS``
 connects to an existing cluster instead (its workers must see the input
 and output paths).
 
@@ -126,6 +136,16 @@ FLAT_NORMS = ("column", "global")
 FLAT_FLOOR = 0.05
 
 LOCK_NAME = ".specwidgets-batch.lock"
+
+#: ``read_noise``/``gain`` value that asks the sky fit to estimate it (as the page's "estimate").
+ESTIMATE = "estimate"
+
+#: run_batch's defaults for the arguments a session can set (None: not given).
+_DEFAULTS = {
+    "instrument": "generic", "crop": None, "masks": None, "guesses": None, "method": "bspline",
+    "spatial_order": None, "sky_options": None, "read_noise": None, "gain": None, "arc_combine": "sum",
+    "std_variation": 50.0, "line_order": 2, "warp_order": 1, "tolerance": 16.0,
+}
 
 
 class BatchLockedError(RuntimeError):
@@ -294,6 +314,7 @@ def prepare_calibrations(
     line_order=2,
     warp_order=1,
     arc_combine="sum",
+    tolerance=16.0,
 ):
     """Read the calibration frames and fit the warp model (the batch runner's first step).
 
@@ -334,7 +355,8 @@ def prepare_calibrations(
         if guesses is None:
             guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
         guesses = np.atleast_1d(np.asarray(guesses, float))
-        warp_model = generate_warp_model(arc_img, guesses, line_order=line_order, warp_order=warp_order)
+        warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
+                                         warp_order=warp_order)
     elif isinstance(warp_model, dict):
         warp_model = WarpModel.from_dict(warp_model)
     elif not isinstance(warp_model, WarpModel):
@@ -444,8 +466,24 @@ def _process_one(path, job, bias, flat):
         numba.set_num_threads(previous)
 
 
+def _process_many(paths, job, bias, flat):
+    """Worker task: several exposures in a row (see :func:`_chunk_size`); a list of records.
+
+    Each file succeeds or fails on its own, as with :func:`_process_one`.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return [_process_one_inner(path, job, bias, flat) for path in paths]
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _process_one_inner(path, job, bias, flat):
     t0 = time.perf_counter()
+    c0 = time.thread_time()
     path = Path(path)
     out = Path(job.out_dir) / output_name(path)
     record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
@@ -486,17 +524,25 @@ def _process_one_inner(path, job, bias, flat):
         record["message"] = f"{type(exc).__name__}: {exc}"
     finally:
         record["seconds"] = time.perf_counter() - t0
+        # CPU of this task's thread only: wall minus this is waiting (disk, fsync, a busy machine).
+        record["cpu_seconds"] = time.thread_time() - c0
     return record
+
+
+def _process_cpu_seconds():
+    """CPU seconds of this whole process so far (a worker: its start-up, tasks, Dask's own work)."""
+    return time.process_time()
 
 
 def _with_frame_noise(image, frame, job):
     """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise."""
     source = getattr(frame, "noise_source", "")
     name = getattr(job.reader, "name", "reader")
+    # "estimate" (a session's noise model): hide the frame's value so fit_sky estimates it.
     return FrameArray(
         image,
-        gain=None if frame.gain is None else 1.0,
-        read_noise=frame.read_noise,
+        gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
+        read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
         noise_source=f"{source} of {name} frames" if source else "",
         unit=_unit(frame),
     )
@@ -505,9 +551,9 @@ def _with_frame_noise(image, frame, job):
 def _noise_arguments(job):
     """The ``read_noise``/``gain`` keywords for fit_sky: only what the user set."""
     out = {}
-    if job.read_noise is not None:
+    if job.read_noise not in (None, ESTIMATE):
         out["read_noise"] = job.read_noise
-    if job.sky_gain is not None:
+    if job.sky_gain not in (None, ESTIMATE):
         out["gain"] = job.sky_gain
     return out
 
@@ -557,6 +603,16 @@ class BatchSummary:
         The warp model used (``to_dict()``).
     warnings : list of str
         The warp model's quality warnings.
+    timings : dict
+        Where the wall time went (seconds): ``calibrations`` (reading them
+        and fitting the warp model), ``cluster_start`` (starting the local
+        cluster or connecting; 0 with ``client=``), ``first_result`` (from
+        the first submit to the first finished task: the workers' imports
+        and numba loads), ``tasks`` (first submit to last result),
+        ``task_wall`` and ``task_cpu`` (sums over the tasks as the workers
+        measured them), ``exposures_per_task``, ``worker_cpu`` (the worker processes' CPU time
+        at the end, start-up and Dask's own work included) and
+        ``cluster_stop``.
     suspect : list of (str, list of str)
         ``(input, warnings)`` of each output whose fit says it is probably
         wrong (``SkyResult.quality.suspect``; for a skipped output, its
@@ -577,6 +633,7 @@ class BatchSummary:
     warnings: list = field(default_factory=list)
     suspect: list = field(default_factory=list)
     fail_on_suspect: bool = False
+    timings: dict = field(default_factory=dict)
 
     @property
     def ok(self):
@@ -736,10 +793,54 @@ class _DirectoryLock:
 
 
 # ------------------------------------------------------------------ driver
-def _open_client(workers, scheduler, client, processes):
+def _worker_environ(numba_threads=1):
+    """Environment of local worker processes, set before they start (their libraries read it at import).
+
+    One thread per library: the exposures already run in parallel, one per
+    worker process, and a thread pool per process (numba's, OpenMP's, BLAS's)
+    sized to every CPU would oversubscribe them. Dask's own defaults (OpenMP,
+    MKL, OpenBLAS at 1) are kept; numba's pool is sized to ``numba_threads``.
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    threads = max(1, int(numba_threads))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        environ.setdefault(name, 1)
+    environ["NUMBA_NUM_THREADS"] = threads
+    return environ
+
+
+def _worker_start_method():
+    """``"forkserver"`` with this module preloaded in the server, where the platform has it; else None.
+
+    Dask spawns each local worker as a fresh interpreter, which then imports
+    numpy, scipy, astropy, numba and this package itself (about 2 s of CPU
+    each). A fork server imports them once and forks every worker from
+    itself, so N workers cost one import, not N competing ones on the same
+    CPUs. (Forking is safe there: the server process runs no threads.)
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    import distributed.utils as dutils
+
+    ctx = multiprocessing.get_context("forkserver")
+    if not getattr(dutils, "_forkserver_preload_set", True):
+        # Dask's own preload list is every package it knows (pandas, ...):
+        # seconds of imports no sky fit needs. Ours: Dask and this module
+        # (numpy, scipy, astropy, numba come with it).
+        ctx.set_forkserver_preload(["distributed", "specwidgets.batch"])
+        dutils._forkserver_preload_set = True
+    return "forkserver"
+
+
+def _open_client(workers, scheduler, client, processes, numba_threads=1):
     """Return ``(client, things to close)``."""
     if client is not None:
         return client, []
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -749,9 +850,14 @@ def _open_client(workers, scheduler, client, processes):
 
     n = int(workers) if workers else max(1, os.cpu_count() or 1)
     if processes:
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-        )
+        config = {"distributed.nanny.pre-spawn-environ": _worker_environ(numba_threads)}
+        method = _worker_start_method()
+        if method is not None:
+            config["distributed.worker.multiprocessing-method"] = method
+        with dask.config.set(config):
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            )
     else:
         cluster = LocalCluster(
             n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=logging.ERROR
@@ -770,29 +876,222 @@ def _check_outputs_unique(files):
         raise ValueError(f"several inputs would write the same output file: {listing}")
 
 
+def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_model=False):
+    """Fill the arguments left at None from a session (then the defaults); files from its folder.
+
+    Returns ``(arguments, science, arc, bias)``.
+    """
+    from .settings import batch_arguments, folder_roles, read_session, validate_session
+
+    from_session = {}
+    group = None
+    if settings is not None:
+        if isinstance(settings, dict):
+            session = validate_session(settings)
+        elif isinstance(settings, (str, os.PathLike)):
+            session = read_session(settings)
+        else:
+            raise TypeError(f"settings must be a session file's path or its dict; got {type(settings).__name__}")
+        from_session = batch_arguments(session, data_root=data_root)
+        folder, tags = from_session.pop("folder", None), from_session.pop("tags", None)
+        kind = (session.get("source") or {}).get("kind")
+        if folder is None and not _given_files(science):
+            where = "the synthetic demo" if kind == "demo" else "no saved data source"
+            raise ValueError(f"the session's frames come from {where}: give the SCIENCE files (and --arc)")
+        if folder is not None:
+            empty = {name: not _given_files(files) for name, files in
+                     (("science", science), ("arc", arc), ("bias", bias))}
+            if empty["science"] or (empty["arc"] and not has_warp_model) or empty["bias"]:
+                roles = folder_roles(folder, **{f"{k}_tag": v for k, v in tags.items()})
+                if empty["science"]:
+                    science = roles["science"]
+                if empty["arc"] and not has_warp_model:
+                    arc = roles["arc"]
+                if empty["bias"] and _given_files(arc) and arc == roles["arc"]:
+                    bias = roles["bias"]  # the folder's own bias goes with its own arcs
+            names = (session.get("frames") or {}).get("exposure_names")
+            if names:
+                group = (Path(folder), [str(n) for n in names])
+    out = {}
+    for name, default in _DEFAULTS.items():
+        value = given.get(name)
+        if value is None:
+            value = from_session.get(name, default)
+        out[name] = value
+    if out["method"] != "bspline":
+        # The session's B-spline options do not apply to another method chosen here.
+        for name in ("spatial_order", "sky_options"):
+            if given.get(name) is None:
+                out[name] = None
+    out["_group"] = group
+    return out, science, arc, bias
+
+
+def _page_group(files, group):
+    """The science files in the page's order when they are exactly the session's exposures, else None.
+
+    The page fits its exposures together (the noise model, the spatial
+    order and the unlit rows are judged on all of them), so batch fits that
+    same set together to give the same sky; any other set is fit exposure by
+    exposure.
+    """
+    if group is None or len(files) != len(group[1]):
+        return None
+    folder = group[0].resolve()
+    by_name = {}
+    for path in files:
+        try:
+            by_name[path.resolve().relative_to(folder).as_posix()] = path
+        except ValueError:
+            return None
+    if set(by_name) != set(group[1]):
+        return None
+    return [by_name[name] for name in group[1]]
+
+
+def _process_group(paths, job, bias, flat):
+    """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
+    import numba
+
+    t0 = time.perf_counter()
+    records = [{"input": str(p), "output": str(Path(job.out_dir) / output_name(p)), "status": "failed",
+                "message": ""} for p in paths]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        configs = [job.config_for(p) for p in paths]
+        if not job.overwrite:
+            states = [inspect_output(r["output"], job.shape, c) for r, c in zip(records, configs)]
+            if all(st.complete for st in states):
+                for r in records:
+                    r["status"] = "skipped"
+                    r.update(_flags_of_output(r["output"]))
+                return records
+            blocked = [(r, st) for r, st, c in zip(records, states, configs)
+                       if st.state == "different" and not _stale(r["output"], c)]
+            if blocked:
+                for r, st in blocked:
+                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}; pass --overwrite "
+                                    "(overwrite=True) to replace it")
+                return records
+        images, frames, extra = [], [], None
+        for path in paths:
+            image, frame = read_frame(path, job.reader, job.crop)
+            if job.unit is not None and _unit(frame) != job.unit:
+                raise ValueError(f"{Path(path).name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+            if image.shape != tuple(job.shape):
+                raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
+                                 f"and warp model {tuple(job.shape)}")
+            if bias is not None:
+                image -= bias
+            if flat is not None:
+                image /= flat
+                extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+            images.append(image)
+            frames.append(frame)
+        # The stack's noise model as the page's folder loader sets it: the
+        # median of the frames' read noises, gain 1 once in electrons.
+        known = [f.read_noise for f in frames if f.read_noise is not None]
+        stack = FrameArray(
+            np.stack(images),
+            gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
+            read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
+            unit=_unit(frames[0]),
+        )
+        warp = _cached_warp(job)
+        result = fit_sky(stack, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        quality = _quality_record(result)
+        for k, (path, record, config) in enumerate(zip(paths, records, configs)):
+            prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
+            write_exposure(result, k, record["output"], warp_model=job.warp, provenance=prov, config=config,
+                           dtype=job.dtype, extra_mask=extra)
+            record["status"] = "done"
+            record.update(quality)
+    except Exception as exc:  # noqa: BLE001 - reported by name
+        for record in records:
+            if record["status"] != "done":
+                record["message"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        numba.set_num_threads(previous)
+        for record in records:
+            record["seconds"] = (time.perf_counter() - t0) / len(paths)
+    return records
+
+
+def _run_group(client, files, job, cal, summary):
+    """Run :func:`_process_group` as one task and count its records in ``summary``."""
+    future = client.submit(_process_group, [str(p) for p in files], job, cal.bias, cal.flat, pure=False)
+    try:
+        records = future.result()
+    except Exception as exc:  # noqa: BLE001 - e.g. the worker died
+        records = [{"input": str(p), "status": "failed", "message": f"{type(exc).__name__}: {exc}"} for p in files]
+    for record in records:
+        if record["status"] == "done":
+            summary.done.append(record["input"])
+        elif record["status"] == "skipped":
+            summary.skipped.append(record["input"])
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            continue
+        if record.get("suspect"):
+            summary.suspect.append((record["input"], list(record.get("warnings", []))))
+
+
+def _refuse_outputs_as_science(files):
+    """A folder of dashboard exports or batch outputs is not raw science: say so before any work."""
+    outputs = []
+    for path in files:
+        if path.name.endswith(OUTPUT_SUFFIX):
+            try:
+                header = fits.getheader(path)
+            except (OSError, ValueError):
+                continue  # unreadable: it fails on its own, by name
+            if "SWDONE" in header or "SWMETHOD" in header:
+                outputs.append(path.name)
+    if outputs:
+        shown = ", ".join(outputs[:4]) + (", ..." if len(outputs) > 4 else "")
+        raise ValueError(
+            f"{len(outputs)} of the science files are specwidgets outputs (dashboard exports or batch "
+            f"outputs: {shown}), not raw exposures; give the raw science frames, or the session saved in the "
+            "page (--settings FILE) to take them from its folder"
+        )
+
+
+def _given_files(items):
+    if items is None:
+        return False
+    if isinstance(items, (str, os.PathLike)):
+        return True
+    return len(list(items)) > 0
+
+
 def run_batch(
-    science,
+    science=(),
     arc=(),
     *,
     out_dir,
     bias=(),
     flat=(),
-    instrument="generic",
+    settings=None,
+    data_root=None,
+    instrument=None,
     instrument_options=None,
     crop=None,
     masks=None,
     guesses=None,
-    method="bspline",
+    method=None,
     spatial_order=None,
     sky_options=None,
     read_noise=None,
     gain=None,
-    arc_combine="sum",
+    arc_combine=None,
     fail_on_suspect=False,
     warp_model=None,
-    std_variation=50.0,
-    line_order=2,
-    warp_order=1,
+    std_variation=None,
+    line_order=None,
+    warp_order=None,
+    tolerance=None,
+    fit_together=None,
     flat_norm="column",
     dtype="float32",
     workers=None,
@@ -811,14 +1110,32 @@ def run_batch(
     ----------
     science : path, glob pattern, folder, or a list of them
         The exposures; a folder means its FITS files. A missing or unreadable
-        file fails on its own; the others still run.
+        file fails on its own; the others still run. May be empty when the
+        ``settings`` name a folder: its science files (by the session's tag).
     arc, bias, flat : same
         Calibration frames (median-combined; see :func:`prepare_calibrations`).
-        ``arc`` may be empty when ``warp_model`` is given.
+        ``arc`` may be empty when ``warp_model`` is given, or taken (with
+        ``bias``) from the folder the ``settings`` name.
     out_dir : path
         Output folder (created); one ``<input stem>_sky.fits`` per exposure.
+    settings : path or dict, optional
+        A session saved by the dashboard (:mod:`specwidgets.settings`): its
+        masks, guesses, warp orders, tolerance, threshold, sky method and
+        options, noise model, arc combination, instrument, crop and data
+        folder are used for every argument left at None here (an argument
+        given here wins). The same frames then give the page's sky.
+    data_root : path, optional
+        Where a session's folder written relative to the page's data root
+        lies (default: the current folder).
+    fit_together : bool, optional
+        Fit the exposures as one stack, as the page does (its noise model,
+        spatial order and unlit rows are judged on all of them). Default
+        None: when the science files are exactly the exposures the
+        ``settings`` were saved with (so batch gives the page's sky);
+        otherwise each exposure is fit on its own.
     instrument : str, Instrument or reader
-        How to read every frame (see :mod:`specwidgets.instruments`).
+        How to read every frame (see :mod:`specwidgets.instruments`;
+        default ``"generic"``).
     instrument_options : dict, optional
         ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``.
     crop : (int, int), optional
@@ -828,30 +1145,35 @@ def run_batch(
     guesses : sequence of float, optional
         Arc-line columns for the warp fit; default :func:`find_cal_lines`.
     method : {"bspline", "median"}
+        Default ``"bspline"``.
     spatial_order : int or None
         B-spline sky: Legendre order along the slit; None (the default)
         leaves it to :func:`fit_sky` (its own default / automatic choice).
     sky_options : dict, optional
         More :func:`fit_sky` options (``knot_spacing``, ``reject_sigma``, ...).
-    read_noise : float, optional
+    read_noise : float or "estimate", optional
         Electrons, for every exposure. Default None: each science frame's
         own (its header via the instrument, carried on the image), else
-        what :func:`fit_sky` does without one (estimate it).
+        what :func:`fit_sky` does without one (estimate it); ``"estimate"``
+        estimates it even when the frames carry one.
     gain : float, optional
         Electrons per data unit *of the data the sky is fit to*, passed to
         :func:`fit_sky` for every exposure. Default None: 1.0 for frames
-        converted to electrons, else left to :func:`fit_sky`. (To convert
-        ADU frames to electrons, give ``instrument_options={"gain": G}``.)
+        converted to electrons, else left to :func:`fit_sky`; ``"estimate"``
+        lets :func:`fit_sky` estimate it. (To convert ADU frames to
+        electrons, give ``instrument_options={"gain": G}``.)
     arc_combine : {"sum", "median"}
         How the arc frames are combined (each minus the bias): ``"sum"``
-        keeps the lines of every lamp when the arcs are of different lamps.
+        keeps the lines of every lamp when the arcs are of different lamps
+        (the default).
     fail_on_suspect : bool
         Exit code 3 when no exposure failed but some fit is suspect (default:
         0; the suspect outputs are counted and named in the report either way).
     warp_model : WarpModel or dict, optional
         Use this model instead of fitting one on the arcs.
-    std_variation, line_order, warp_order :
-        Passed to :func:`find_cal_lines` and :func:`generate_warp_model`.
+    std_variation, line_order, warp_order, tolerance :
+        Passed to :func:`find_cal_lines` and :func:`generate_warp_model`
+        (defaults 50, 2, 1, 16).
     flat_norm : {"column", "global"}
     dtype : {"float32", "float64"}
         Of the SCI, SKY and VAR images.
@@ -887,6 +1209,19 @@ def run_batch(
         Another run is writing to ``out_dir``.
     """
     t0 = time.perf_counter()
+    given = {
+        "instrument": instrument, "crop": crop, "masks": masks, "guesses": guesses, "method": method,
+        "spatial_order": spatial_order, "sky_options": sky_options, "read_noise": read_noise, "gain": gain,
+        "arc_combine": arc_combine, "std_variation": std_variation, "line_order": line_order,
+        "warp_order": warp_order, "tolerance": tolerance,
+    }
+    resolved, science, arc, bias = _apply_settings(settings, data_root, given, science, arc, bias,
+                                                   has_warp_model=warp_model is not None)
+    instrument, crop, masks, guesses = (resolved[k] for k in ("instrument", "crop", "masks", "guesses"))
+    method, spatial_order, sky_options = resolved["method"], resolved["spatial_order"], resolved["sky_options"]
+    read_noise, gain, arc_combine = resolved["read_noise"], resolved["gain"], resolved["arc_combine"]
+    std_variation, line_order, warp_order = resolved["std_variation"], resolved["line_order"], resolved["warp_order"]
+    tolerance, page_group = resolved["tolerance"], resolved["_group"]
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     options = dict(sky_options or {})
@@ -907,6 +1242,13 @@ def run_batch(
     ]
     if not files:
         raise ValueError("no science files given")
+    _refuse_outputs_as_science(files)
+    # The page's own exposures: fit together, as the page does (same sky).
+    grouped = _page_group(files, page_group) if fit_together is None or fit_together else None
+    if fit_together and grouped is None:
+        raise ValueError("fit_together=True needs settings whose folder's exposures are exactly the science files")
+    if grouped is not None:
+        files = grouped
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
     reader = resolve_instrument(instrument, **instrument_options)
@@ -914,11 +1256,16 @@ def run_batch(
 
     if arc_combine not in ARC_COMBINES:
         raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
-    if gain is not None and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive number of electrons per data unit; got {gain!r}")
+    if gain is not None and gain != ESTIMATE and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per data unit or 'estimate'; got {gain!r}")
+    if read_noise is not None and read_noise != ESTIMATE and not (
+        isinstance(read_noise, (int, float)) and np.isfinite(read_noise) and read_noise >= 0
+    ):
+        raise ValueError(f"read_noise must be a non-negative number of electrons or 'estimate'; got {read_noise!r}")
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     with _DirectoryLock(out_dir):
         summary.removed_temporary = len(clean_temporary_files(out_dir))
+        t_cal = time.perf_counter()
         cal = prepare_calibrations(
             arc,
             bias=bias,
@@ -932,8 +1279,10 @@ def run_batch(
             line_order=line_order,
             warp_order=warp_order,
             arc_combine=arc_combine,
+            tolerance=tolerance,
         )
         model = cal.warp_model
+        summary.timings["calibrations"] = time.perf_counter() - t_cal
         ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
         warp_dict = model.to_dict()
         summary.warp_model = warp_dict
@@ -957,7 +1306,7 @@ def run_batch(
             "method": method,
             "options": effective_options(method, options),
             "read_noise": read_noise,
-            **({} if gain is None else {"gain": float(gain)}),
+            **({} if gain is None else {"gain": gain if gain == ESTIMATE else float(gain)}),
             "flat_norm": flat_norm if cal.flat is not None else None,
             "dtype": np.dtype(dtype).name,
             "warp": warp_dict,
@@ -980,9 +1329,9 @@ def run_batch(
             masks=ranges,
             method=method,
             options=options,
-            read_noise=None if read_noise is None else float(read_noise),
+            read_noise=read_noise if read_noise in (None, ESTIMATE) else float(read_noise),
             unit=cal.unit,
-            sky_gain=None if gain is None else float(gain),
+            sky_gain=gain if gain in (None, ESTIMATE) else float(gain),
             dtype=np.dtype(dtype).name,
             out_dir=str(out_dir),
             overwrite=bool(overwrite),
@@ -994,15 +1343,22 @@ def run_batch(
         if report:
             for w in summary.warnings:
                 print(f"warp model warning: {w}", file=sys.stderr)
-        dask_client, to_close = _open_client(workers, scheduler, client, processes)
+        t_start = time.perf_counter()
+        dask_client, to_close = _open_client(workers, scheduler, client, processes, numba_threads)
+        summary.timings["cluster_start"] = time.perf_counter() - t_start
         try:
-            _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
+            if grouped is not None:
+                _run_group(dask_client, files, job, cal, summary)
+            else:
+                _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
         finally:
+            t_stop = time.perf_counter()
             for thing in to_close:
                 try:
                     thing.close()
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
+            summary.timings["cluster_stop"] = time.perf_counter() - t_stop
             # Every task has ended: any temporary file now is debris of a crashed worker.
             clean_temporary_files(out_dir)
     summary.wall_time = time.perf_counter() - t0
@@ -1011,57 +1367,87 @@ def run_batch(
     return summary
 
 
+#: Most exposures one task runs in a row (see :func:`_chunk_size`).
+MAX_CHUNK = 4
+
+
+def _chunk_size(n_files, n_threads):
+    """Exposures per task: several when there are many, so Dask's own cost per task is shared.
+
+    Each task costs the scheduler and client (in the driver) ~5-10 ms of CPU
+    and the worker a few ms more, against ~30-40 ms of work for a small
+    exposure; with as many processes as CPUs that overhead competes with
+    the fits. Up to :data:`MAX_CHUNK` per task while every thread still gets
+    at least 16 tasks (so the last ones balance out across workers).
+    """
+    return int(max(1, min(MAX_CHUNK, n_files // (16 * max(1, n_threads)))))
+
+
 def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight):
     from dask.distributed import as_completed
 
     n_threads = sum(client.nthreads().values()) or 1
     limit = max_in_flight or max(8, 4 * n_threads)
+    chunk = _chunk_size(len(files), n_threads)
     job_f = client.scatter(job, broadcast=True, hash=False)
     bias_f = None if cal.bias is None else client.scatter(cal.bias, broadcast=True, hash=False)
     flat_f = None if cal.flat is None else client.scatter(cal.flat, broadcast=True, hash=False)
     run_id = uuid.uuid4().hex[:8]
     pending = {}
-    queue = iter(enumerate(files))
+    queue = iter(enumerate(files[i: i + chunk] for i in range(0, len(files), chunk)))
     stream = as_completed(loop=client.loop)
     bar = _Progress(len(files), progress)
+    timings = summary.timings
+    timings.update(task_wall=0.0, task_cpu=0.0, exposures_per_task=chunk)
+    t_submit = time.perf_counter()
 
     def submit_next():
         try:
-            i, path = next(queue)
+            i, paths = next(queue)
         except StopIteration:
             return
         fut = client.submit(
-            _process_one, str(path), job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}", pure=False, retries=1
+            _process_many, [str(p) for p in paths], job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}",
+            pure=False, retries=1,
         )
-        pending[fut.key] = (fut, path)
+        pending[fut.key] = (fut, paths)
         stream.add(fut)
+
+    def handle(record):
+        timings["task_wall"] += record.get("seconds", 0.0)
+        timings["task_cpu"] += record.get("cpu_seconds", 0.0)
+        status = record["status"]
+        if status == "done":
+            summary.done.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+                if report:
+                    bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
+        elif status == "skipped":
+            summary.skipped.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            if report:
+                bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
+        bar.update(status)
 
     try:
         for _ in range(limit):
             submit_next()
         for fut in stream:
-            _, path = pending.pop(fut.key)
+            _, paths = pending.pop(fut.key)
             try:
-                record = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on this file
-                record = {"input": str(path), "status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                records = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on one of these files
+                message = f"{type(exc).__name__}: {exc}"
+                records = [{"input": str(path), "status": "failed", "message": message} for path in paths]
             fut.release()
-            status = record["status"]
-            if status == "done":
-                summary.done.append(record["input"])
-                if record.get("suspect"):
-                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
-                    if report:
-                        bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
-            elif status == "skipped":
-                summary.skipped.append(record["input"])
-                if record.get("suspect"):
-                    summary.suspect.append((record["input"], list(record.get("warnings", []))))
-            else:
-                summary.failed.append((record["input"], record["message"]))
-                if report:
-                    bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
-            bar.update(status)
+            if "first_result" not in timings:
+                timings["first_result"] = time.perf_counter() - t_submit
+            for record in records:
+                handle(record)
             submit_next()
     except BaseException:
         try:
@@ -1070,6 +1456,11 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
             pass
         raise
     finally:
+        timings["tasks"] = time.perf_counter() - t_submit
+        try:
+            timings["worker_cpu"] = sum(client.run(_process_cpu_seconds).values())
+        except Exception:  # noqa: BLE001 - a figure for the record, never worth failing the run
+            pass
         bar.close()
         for f in (job_f, bias_f, flat_f):
             if f is not None:
@@ -1107,6 +1498,16 @@ def _positive_int(text):
     return value
 
 
+def _positive_or_zero(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}")
+    return value
+
+
 def _spatial_order_arg(text):
     try:
         return check_spatial_order(text)
@@ -1125,22 +1526,33 @@ def add_batch_parser(subparsers):
             "command resumes: complete outputs are skipped. Put the SCIENCE files first."
         ),
     )
-    p.add_argument("science", nargs="+", metavar="SCIENCE", help="science FITS files or folders")
-    p.add_argument("--arc", nargs="+", required=True, metavar="ARC", help="arc-lamp frames (summed; see --arc-combine)")
+    p.add_argument("science", nargs="*", metavar="SCIENCE",
+                   help="science FITS files or folders (with --settings naming a folder: default its science files)")
     p.add_argument(
-        "--arc-combine", choices=ARC_COMBINES, default="sum",
+        "--settings", default=None, metavar="FILE",
+        help="a session saved by the dashboard: its masks, guesses, warp and sky options, noise model, "
+             "instrument, crop and data folder; options given here win",
+    )
+    p.add_argument(
+        "--data-root", default=None, metavar="DIR",
+        help="where a session's folder, saved relative to the page's data root, lies (default: here)",
+    )
+    p.add_argument("--arc", nargs="+", default=[], metavar="ARC",
+                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's)")
+    p.add_argument(
+        "--arc-combine", choices=ARC_COMBINES, default=None,
         help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
     )
     p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
     p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
-    p.add_argument("--instrument", default="generic", help="instrument recipe (default: generic)")
+    p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(
-        "--mask", type=_range_arg, action="append", required=True, metavar="START:STOP",
-        help="rows excluded from the sky fit (repeatable)",
+        "--mask", type=_range_arg, action="append", default=None, metavar="START:STOP",
+        help="rows excluded from the sky fit (repeatable; required unless --settings gives them)",
     )
     p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
-    p.add_argument("--method", choices=METHODS, default="bspline", help="sky method (default: bspline)")
+    p.add_argument("--method", choices=METHODS, default=None, help="sky method (default: bspline)")
     p.add_argument(
         "--spatial-order", type=_spatial_order_arg, default=None, metavar="N|auto",
         help="B-spline sky: order along the slit, 0..4 (default auto: the sky fit chooses)",
@@ -1162,7 +1574,10 @@ def add_batch_parser(subparsers):
         "--fail-on-suspect", action="store_true",
         help="exit 3 when no exposure failed but some fit is suspect (default: exit 0, suspect ones counted)",
     )
-    p.add_argument("--std-variation", type=float, default=50.0, help="arc-line detection threshold (default 50)")
+    p.add_argument("--std-variation", type=float, default=None, help="arc-line detection threshold (default 50)")
+    p.add_argument("--tolerance", type=float, default=None, help="warp fit: line tracing tolerance (default 16)")
+    p.add_argument("--warp-order", type=_positive_or_zero, default=None, help="warp fit: order along the slit (default 1)")
+    p.add_argument("--line-order", type=_positive_or_zero, default=None, help="warp fit: order of each line (default 2)")
     p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1180,6 +1595,12 @@ def run_batch_command(args):
     130: interrupted.
     """
     instrument_options = {} if args.gain is None else {"gain": args.gain}
+    settings = getattr(args, "settings", None)
+    if settings is None and (not args.science or not args.arc or not args.mask):
+        missing = [f for f, v in (("SCIENCE files", args.science), ("--arc", args.arc), ("--mask", args.mask)) if not v]
+        print(f"specwidgets batch: error: give {', '.join(missing)} (or --settings FILE from the dashboard)",
+              file=sys.stderr)
+        return 2
     try:
         summary = run_batch(
             args.science,
@@ -1187,6 +1608,8 @@ def run_batch_command(args):
             out_dir=args.out,
             bias=args.bias,
             flat=args.flat,
+            settings=settings,
+            data_root=getattr(args, "data_root", None),
             instrument=args.instrument,
             instrument_options=instrument_options,
             crop=args.crop,
@@ -1195,9 +1618,12 @@ def run_batch_command(args):
             method=args.method,
             spatial_order=args.spatial_order,
             read_noise=args.read_noise,
-            arc_combine=getattr(args, "arc_combine", "sum"),
+            arc_combine=getattr(args, "arc_combine", None),
             fail_on_suspect=getattr(args, "fail_on_suspect", False),
             std_variation=args.std_variation,
+            tolerance=getattr(args, "tolerance", None),
+            warp_order=getattr(args, "warp_order", None),
+            line_order=getattr(args, "line_order", None),
             flat_norm=args.flat_norm,
             dtype=args.dtype,
             workers=args.workers,

@@ -38,8 +38,10 @@ class SyntheticFrames:
     Attributes
     ----------
     science : (n_exposures, n_rows, n_cols) FrameArray
-        Sky + trace + noise, in electrons; ``gain`` 1.0 and ``read_noise``
-        the true read noise ride along as attributes (source "synthetic truth").
+        Sky + trace + noise, in data units (electrons when ``gain`` is 1); the
+        true ``gain`` and ``read_noise`` ride along as attributes (source
+        "synthetic truth"), as a loader's header keywords would: pass
+        ``np.asarray(science)`` to play an instrument whose headers hold none.
     arc : (n_rows, n_cols) FrameArray
         Arc-lamp frame (noisy), in electrons, with the same attributes.
     sky : (n_exposures, n_rows, n_cols) array
@@ -55,7 +57,16 @@ class SyntheticFrames:
     trace_rows : (int, int)
         Rows holding the trace (to mask).
     read_noise, gain : float
-        Noise model (electrons; gain 1 means data are in electrons).
+        Noise model: read noise in electrons, gain in electrons per data unit
+        (gain 1 means data are in electrons; otherwise ``science``, ``arc``,
+        ``sky`` and ``trace`` are in data units, e.g. ADU).
+    arc_lamps : (n_lamps, n_rows, n_cols) array
+        Each lamp's arc frame; ``arc`` is their sum.
+    science_warp : WarpModel
+        The warp the science frames were drawn with (differs from ``warp``
+        when a flexure ``shift``/``shift_tilt`` was asked for).
+    unlit_rows : list of (int, int)
+        Row ranges that receive no sky light.
     """
 
     science: np.ndarray
@@ -69,6 +80,9 @@ class SyntheticFrames:
     read_noise: float
     gain: float = 1.0
     params: dict = field(default_factory=dict)
+    arc_lamps: np.ndarray | None = None
+    science_warp: WarpModel | None = None
+    unlit_rows: list = field(default_factory=list)
 
 
 def sky_line_list(n_cols, n_lines, rng, faint=10.0, bright=20000.0):
@@ -113,6 +127,12 @@ def make_synthetic_longslit(
     cosmic_rays=0,
     variation=0.05,
     seed=0,
+    *,
+    gain=1.0,
+    n_lamps=1,
+    unlit_rows=0,
+    shift=0.0,
+    shift_tilt=0.0,
 ):
     """Make synthetic long-slit frames with a known warp, sky, trace and noise.
 
@@ -147,6 +167,22 @@ def make_synthetic_longslit(
         Cosmic-ray hits per exposure (a few bright pixels each).
     seed : int
         Random seed: the same seed gives the same frames.
+    gain : float
+        Electrons per data unit of the returned frames (e.g. 2.5 for data in
+        ADU); the noise is drawn in electrons, then divided by ``gain``.
+    n_lamps : int
+        The arc lines are shared out between this many lamps (line ``i``
+        belongs to lamp ``i % n_lamps``); ``arc_lamps`` holds each lamp's
+        frame (with its own noise) and ``arc`` their sum.
+    unlit_rows : int or (int, int)
+        Rows that receive no sky light (vignetted, beyond the slit's end): an
+        int ``n`` darkens the last ``n`` rows (with a 3-row soft edge), a pair
+        gives ``start, stop``. The trace stays where it is.
+    shift, shift_tilt : float
+        Flexure between arc and science: the science's sky lines sit
+        ``shift`` columns to the right of where the arc's warp puts them, and
+        their tilt over the slit differs from the arc's by ``shift_tilt``
+        columns (bottom to top). ``warp`` stays the arc's.
 
     Returns
     -------
@@ -161,26 +197,62 @@ def make_synthetic_longslit(
     n_rows, n_cols = (int(s) for s in shape)
     if n_rows < 8 or n_cols < 64:
         raise ValueError(f"shape must be at least (8, 64); got {shape}")
+    gain = float(gain)
+    if not gain > 0:
+        raise ValueError(f"gain must be positive (electrons per data unit); got {gain!r}")
+    n_lamps = int(n_lamps)
+    if n_lamps < 1:
+        raise ValueError(f"n_lamps must be at least 1; got {n_lamps!r}")
     rng = np.random.default_rng(seed)
     warp = WarpModel.from_tilt((n_rows, n_cols), tilt, curvature=curvature)
     edges = warp.edge_map()
     emap = warp.effpix_map()
+    if shift_tilt:
+        tilt_sci = np.atleast_1d(np.asarray(tilt, dtype=float)).copy()
+        tilt_sci[0] += shift_tilt
+        science_warp = WarpModel.from_tilt((n_rows, n_cols), tilt_sci, curvature=curvature)
+    else:
+        science_warp = warp
+    sci_edges = science_warp.edge_map()
 
     sky_pos, sky_peak = sky_line_list(n_cols, n_sky_lines, rng)
     sky_flux = sky_peak * line_sigma * np.sqrt(2 * np.pi)
-    widths = np.diff(edges, axis=1)
-    sky_unit = sky_continuum * widths + _integrated_lines(edges, sky_pos, sky_flux, line_sigma)
+    widths = np.diff(sci_edges, axis=1)
+    # A sky line at effective pixel p of the science warp lands ``shift``
+    # columns right of where the arc's warp expects it.
+    sky_unit = sky_continuum * widths + _integrated_lines(sci_edges, sky_pos + shift, sky_flux, line_sigma)
     if gradient is not None:
         ramp = np.linspace(gradient[0], gradient[1], n_rows)[:, None]
         sky_unit = sky_unit * ramp
+    unlit = []
+    if np.ndim(unlit_rows) == 0 and int(unlit_rows) > 0:
+        n_dark = int(unlit_rows)
+        light = np.ones(n_rows)
+        light[n_rows - n_dark:] = 0.0
+        edge = np.arange(1, 4)
+        light[max(0, n_rows - n_dark - 3):n_rows - n_dark] = (1 - edge / 4.0)[: min(3, n_rows - n_dark)]
+        sky_unit = sky_unit * light[:, None]
+        unlit.append((n_rows - n_dark, n_rows))
+    elif np.ndim(unlit_rows) == 1:
+        r0, r1 = (int(v) for v in unlit_rows)
+        sky_unit[r0:r1] = 0.0
+        unlit.append((r0, r1))
 
     arc_pos = np.sort(rng.uniform(10, n_cols - 10, n_arc_lines))
     # Keep arc lines apart so that each is a clean, unblended feature.
     keep = np.r_[True, np.diff(arc_pos) > 12]
     arc_pos = arc_pos[keep]
     arc_heights = np.exp(rng.uniform(np.log(arc_peak[0]), np.log(arc_peak[1]), arc_pos.size))
-    arc_true = 20.0 * widths + _integrated_lines(edges, arc_pos, arc_heights * line_sigma * np.sqrt(2 * np.pi), line_sigma)
-    arc = rng.poisson(arc_true).astype(float) + rng.normal(0, read_noise, arc_true.shape)
+    arc_widths = np.diff(edges, axis=1)
+    lamps = []
+    for lamp in range(n_lamps):
+        mine = np.arange(arc_pos.size) % n_lamps == lamp
+        lamp_true = (20.0 / n_lamps) * arc_widths + _integrated_lines(
+            edges, arc_pos[mine], arc_heights[mine] * line_sigma * np.sqrt(2 * np.pi), line_sigma
+        )
+        lamps.append((rng.poisson(lamp_true).astype(float) + rng.normal(0, read_noise, lamp_true.shape)) / gain)
+    arc_lamps = np.stack(lamps)
+    arc = arc_lamps.sum(axis=0)
 
     if trace_row is None:
         trace_row = 0.45 * n_rows
@@ -203,9 +275,14 @@ def make_synthetic_longslit(
         for _ in range(cosmic_rays):
             r, c = rng.integers(0, n_rows), rng.integers(0, n_cols - 2)
             science[i, r, c : c + rng.integers(1, 3)] += rng.uniform(500, 5000)
+    if gain != 1.0:
+        science /= gain
+        sky /= gain
+        trace = trace / gain
 
     # The frames carry their known noise, as the loaders' frames do.
-    truth = dict(gain=1.0, read_noise=float(read_noise), noise_source="synthetic truth", unit="electron")
+    truth = dict(gain=gain, read_noise=float(read_noise), noise_source="synthetic truth",
+                 unit="electron" if gain == 1.0 else "adu")
     return SyntheticFrames(
         science=FrameArray(science, **truth),
         arc=FrameArray(arc, **truth),
@@ -216,7 +293,12 @@ def make_synthetic_longslit(
         arc_lines=arc_pos,
         trace_rows=trace_rows,
         read_noise=float(read_noise),
-        params=dict(shape=(n_rows, n_cols), tilt=tilt, curvature=curvature, gradient=gradient, seed=seed),
+        gain=gain,
+        params=dict(shape=(n_rows, n_cols), tilt=tilt, curvature=curvature, gradient=gradient, seed=seed,
+                    gain=gain, n_lamps=n_lamps, unlit_rows=unlit_rows, shift=shift, shift_tilt=shift_tilt),
+        arc_lamps=arc_lamps,
+        science_warp=science_warp,
+        unlit_rows=unlit,
     )
 
 

@@ -573,6 +573,12 @@ def inspect_output(path, shape=None, config=None):
             found_config = header.get("SWCONFIG")
     except Exception as exc:  # noqa: BLE001 - any failure to read means "not complete"
         return OutputState("invalid", f"{type(exc).__name__}: {exc}")
+    if config is not None and found_config is None:
+        # The page's Export writes no resume card: its settings are unknown to batch.
+        return OutputState(
+            "different", "written by the dashboard's Export (no SWCONFIG settings card, so batch cannot tell "
+            "whether its settings match)"
+        )
     if config is not None and found_config != config:
         return OutputState("different", f"made with other settings (SWCONFIG {found_config} != {config})")
     return OutputState("complete")

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 from scipy.ndimage import median_filter
-from scipy.signal import find_peaks
 
 from .inputs import as_image, check_number
 from .peaks import fit_gaussian_windows, window_indices
@@ -16,6 +15,62 @@ __all__ = ["find_cal_lines", "row_profile", "robust_noise", "saturated_peaks"]
 # Rows median-combined around the chosen row: enough to beat cosmic rays and
 # pixel noise, few enough that a tilted line does not smear (tilt/row << 0.1 px).
 _PROFILE_ROWS = 5
+
+
+def find_peaks(x, height, distance):
+    """Peaks of ``x`` at least ``height`` high, at least ``distance`` apart: ``(indices, {})``.
+
+    The same peaks as ``scipy.signal.find_peaks(x, height=height,
+    distance=distance)``: local maxima (the middle of a flat top, rounded
+    down), then those below ``height`` dropped, then, from the highest down,
+    each kept peak removes the lower ones closer than ``distance``. Here
+    rather than from SciPy because importing ``scipy.signal`` pulls in
+    ``scipy.sparse``, ``stats``, ``optimize``, ... (~45 MB resident) for
+    this one function.
+
+    Examples
+    --------
+    >>> x = np.array([0, 3, 0, 1, 5, 5, 0, 2, 0.0])
+    >>> find_peaks(x, height=1.5, distance=3)[0]
+    array([1, 4, 7])
+    >>> find_peaks(x, height=1.5, distance=4)[0]  # the peak at 4 (5.0) removes both neighbours
+    array([4])
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"find_peaks needs a 1D array; got shape {x.shape}")
+    n = x.size
+    # Candidate rises: x[i-1] < x[i]; each is followed to the end of its flat top.
+    peaks = []
+    i = 1
+    while i < n - 1:
+        if x[i - 1] < x[i]:
+            ahead = i + 1
+            while ahead < n - 1 and x[ahead] == x[i]:
+                ahead += 1
+            if x[ahead] < x[i]:
+                peaks.append((i + ahead - 1) // 2)
+                i = ahead
+        i += 1
+    peaks = np.asarray(peaks, dtype=np.intp)
+    peaks = peaks[x[peaks] >= height]
+    limit = int(np.ceil(distance))
+    if peaks.size > 1 and limit > 1:
+        keep = np.ones(peaks.size, bool)
+        by_height = np.argsort(x[peaks])  # SciPy's tie order (the default sort) kept
+        for j in by_height[::-1]:
+            if not keep[j]:
+                continue
+            k = j - 1
+            while k >= 0 and peaks[j] - peaks[k] < limit:
+                keep[k] = False
+                k -= 1
+            k = j + 1
+            while k < peaks.size and peaks[k] - peaks[j] < limit:
+                keep[k] = False
+                k += 1
+        peaks = peaks[keep]
+    return peaks, {}
 
 
 def row_profile(image, row=None):

@@ -275,8 +275,12 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
 
     ``combine`` None builds the full float64 stack; ``"mean"`` and ``"sum"``
     keep only a running sum, so combining many frames does not hold them all
-    at once. Returns ``(array, metadata, reader name)``.
+    at once; ``"median"`` returns the median image, computed from a stack kept
+    in the files' own type (raw 16-bit data: a quarter of a float64 stack).
+    Returns ``(array, metadata, reader name)``.
     """
+    if combine == "median":
+        return _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
     start, stop = _crop_pair(crop_bds)
     reader = resolve_instrument(instrument, **instrument_options)
     files = matching_files(path, tag=tag, ignore=ignore)
@@ -301,6 +305,51 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
     _check_same_unit(metadata)
     if debug:
         _print_table(metadata, shapes)
+    return out, metadata, getattr(reader, "name", "reader")
+
+
+#: Rows per block of the median combination (its float64 work array is n_frames x this x n_cols).
+_MEDIAN_BLOCK_ROWS = 64
+
+
+def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_options):
+    """The median of the matching frames (in electrons when the gain is known), block by block.
+
+    The same numbers as converting every frame to float64 and taking
+    ``np.median(stack, axis=0)``: each block converts the stored values
+    exactly as the full stack would, and the median is taken per pixel. Only
+    the raw stack (in the files' dtype, widened exactly if they differ) and
+    one float64 block are held, not a float64 copy of every frame.
+    """
+    start, stop = _crop_pair(crop_bds)
+    reader = resolve_instrument(instrument, **instrument_options)
+    files = matching_files(path, tag=tag, ignore=ignore)
+    stack, scales, shapes, metadata = None, [], [], []
+    for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
+        shapes.append(data.shape)
+        metadata.append(_metadata(file, frame))
+        scales.append(1.0 if frame.gain is None else frame.gain)
+        if stack is None:
+            stack = np.empty((len(files), *data.shape), data.dtype)
+        if data.shape != shapes[0]:
+            continue  # keep reading, storing nothing, so the error can list every shape
+        wider = np.result_type(stack.dtype, data.dtype)
+        if wider != stack.dtype:  # a safe (exact) widening: the values are unchanged
+            stack = stack.astype(wider)
+        stack[i] = data
+    _check_same_shape(shapes, files)
+    _check_same_unit(metadata)
+    if debug:
+        _print_table(metadata, shapes)
+    n_rows = stack.shape[1]
+    out = np.empty(stack.shape[1:], np.float64)
+    block = np.empty((len(files), min(_MEDIAN_BLOCK_ROWS, n_rows), stack.shape[2]), np.float64)
+    for r0 in range(0, n_rows, _MEDIAN_BLOCK_ROWS):
+        r1 = min(r0 + _MEDIAN_BLOCK_ROWS, n_rows)
+        work = block[:, : r1 - r0]
+        for i, scale in enumerate(scales):
+            np.multiply(stack[i, r0:r1], scale, out=work[i], dtype=np.float64, casting="unsafe")
+        out[r0:r1] = np.median(work, axis=0, overwrite_input=True)
     return out, metadata, getattr(reader, "name", "reader")
 
 
@@ -438,8 +487,6 @@ def average_matching_files(
         total, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine=mode)
         image = total / len(metadata) if mode == "mean" else total
     else:
-        stack, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
-        # The stack is ours and about to be dropped: let median sort it in place.
-        image = np.median(stack, axis=0, overwrite_input=True)
+        image, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine="median")
     image = FrameArray(image, **noise_of_frames(metadata, name, mode=mode))
     return (image, metadata) if return_metadata else image

@@ -40,9 +40,12 @@ _ASSUMED_WIDTH_PX = 1000
 # plus the horizontal colorbar under it (bottom).  The colorbar goes under
 # the image because bqplot draws a colorbar 200 px shorter than the plot
 # area: a vertical one would nearly vanish on a wide, short spectrum.
-_FIG_MARGIN = {"top": 50, "bottom": 115, "left": 75, "right": 30}
+_FIG_MARGIN = {"top": 50, "bottom": 115, "left": 80, "right": 30}
 
 _MAX_LOG_TICKS = 9
+
+# Distance of the y-axis label from the axis line.
+_Y_LABEL_OFFSET = "48px"
 
 
 class _Unchanged:
@@ -103,18 +106,36 @@ def _log_ticks(vmin, vmax):
     return dense if len(dense) >= 2 else [vmin, vmax]
 
 
+def _nice_ticks(vmin, vmax, n=6):
+    """About ``n`` round values (1, 2, 5 x 10^k steps) between ``vmin`` and ``vmax``."""
+    raw = (vmax - vmin) / n
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(vmin / step - 1e-9)
+    ticks = [k * step for k in range(first, int(math.floor(vmax / step + 1e-9)) + 1)]
+    # -0.0 and 1e-17 look wrong on a colorbar.
+    return [0.0 if abs(t) < 1e-9 * step else t for t in ticks]
+
+
 def _colorbar_ticks(norm, vmin, vmax):
     """``(min, max, tick_values, tick_labels)`` of the colorbar scale.
 
     bqplot 0.13's ColorScale is linear only, so a log colorbar is a linear
-    scale over ``log10(value)`` whose ticks are labelled with the values.
+    scale over ``log10(value)``, and a sqrt or asinh one a linear scale over
+    the stretched ``[0, 1]``, whose ticks are labelled with the values.
     """
-    if norm != "log":
+    if norm == "log":
+        ticks = _log_ticks(vmin, vmax)
+        positions = np.log10(np.asarray(ticks, dtype=np.float64))
+        c_min, c_max = math.log10(vmin), math.log10(vmax)
+    elif norm in ("sqrt", "asinh"):
+        ticks = _nice_ticks(vmin, vmax)
+        positions = raster.stretch((np.asarray(ticks) - vmin) / (vmax - vmin), norm)
+        c_min, c_max = 0.0, 1.0
+    else:
         return vmin, vmax, None, None
-    ticks = _log_ticks(vmin, vmax)
-    positions = np.log10(np.asarray(ticks, dtype=np.float64))
     labels = {_js_number(p): _tick_text(t) for p, t in zip(positions, ticks)}
-    return math.log10(vmin), math.log10(vmax), positions, labels
+    return c_min, c_max, np.asarray(positions, dtype=np.float64), labels
 
 
 # --------------------------------------------------------------------------
@@ -162,9 +183,12 @@ class ImageFigure(bqplot.Figure):
         The colorbar (replaced when its log ticks change).
     x_scale, y_scale : bqplot.LinearScale
         Column and row scales; their ``min``/``max`` are the visible range.
+    limits : (float, float)
+        The colour limits ``(vmin, vmax)`` in data units, after filling
+        missing ones from the data.
     """
 
-    def __init__(self, *, image_mark, color_axis, settings, **kwargs):
+    def __init__(self, *, image_mark, color_axis, settings, crop=None, **kwargs):
         super().__init__(**kwargs)
         self.image_mark = image_mark
         self.color_axis = color_axis
@@ -172,6 +196,57 @@ class ImageFigure(bqplot.Figure):
         self.x_scale = image_mark.scales["x"]
         self.y_scale = image_mark.scales["y"]
         self._settings = settings
+        self._crop = crop  # (xlim, ylim) the picture was rendered for, None: the settings' view
+        self._setting_view = False
+        self._follow = None
+        self.n_zoom_renders = 0
+        for scale in (self.x_scale, self.y_scale):
+            scale.observe(self._on_view_change, names=["min", "max"])
+
+    # ---------------------------------------------------------- zoom/pan
+    def _visible(self):
+        """The visible ``(xlim, ylim)``, from the scales (which pan/zoom moves)."""
+        return (self.x_scale.min, self.x_scale.max), (self.y_scale.min, self.y_scale.max)
+
+    def _on_view_change(self, change):
+        if self._setting_view or change["new"] is None:
+            return
+        if self._follow is None:
+            # Deferred import: the widgets package imports this module.
+            from .widgets.debounce import Debounced
+
+            self._follow = Debounced(self._render_visible, delay=0.1)
+        self._follow()
+
+    def _render_visible(self):
+        """Re-render the visible part at screen resolution after a zoom or pan.
+
+        The picture covers the visible range plus half of it on each side
+        (clipped to the image), so a short pan shows pixels at once.
+        """
+        (x0, x1), (y0, y1) = self._visible()
+        if None in (x0, x1, y0, y1) or not (x1 > x0 and y1 > y0):
+            return
+        n_rows, n_cols = self._settings["image"].shape
+        dx, dy = 0.5 * (x1 - x0), 0.5 * (y1 - y0)
+        xlim = (max(-0.5, x0 - dx), min(n_cols - 0.5, x1 + dx))
+        ylim = (max(-0.5, y0 - dy), min(n_rows - 0.5, y1 + dy))
+        if not (xlim[1] > xlim[0] and ylim[1] > ylim[0]):
+            return  # panned off the image: nothing to draw
+        full = xlim == (-0.5, n_cols - 0.5) and ylim == (-0.5, n_rows - 0.5)
+        crop = None if full else (xlim, ylim)
+        if crop == self._crop:
+            return
+        state = _render(self._settings, crop=crop)
+        _apply(self, state, reset_view=False)
+        self._crop = crop
+        self.n_zoom_renders += 1
+
+    def reset_zoom(self):
+        """Show the whole image (or the ``xlim``/``ylim`` it was made with) again."""
+        state = _render(self._settings)
+        _apply(self, state, reset_view=True)
+        self._crop = None
 
     @property
     def max_shape(self):
@@ -188,6 +263,8 @@ class ImageFigure(bqplot.Figure):
         norm=UNCHANGED,
         vmin=UNCHANGED,
         vmax=UNCHANGED,
+        interval=UNCHANGED,
+        symmetric=UNCHANGED,
     ):
         """Show a new image or new display settings without a new figure.
 
@@ -203,8 +280,10 @@ class ImageFigure(bqplot.Figure):
         ----------
         image : array_like, shape (rows, cols), optional
             The new image; ``None`` re-renders the current one.
-        xlim, ylim, cmap, norm, vmin, vmax
-            As in :func:`plot_image`.
+        xlim, ylim, cmap, norm, vmin, vmax, interval, symmetric
+            As in :func:`plot_image`.  The visible range (a user's zoom)
+            is kept unless ``xlim``/``ylim`` are given or the image
+            changes shape.
 
         Raises
         ------
@@ -221,22 +300,34 @@ class ImageFigure(bqplot.Figure):
         (True, 2.0, 5.0)
         """
         settings = dict(self._settings)
-        changes = dict(xlim=xlim, ylim=ylim, cmap=cmap, norm=norm, vmin=vmin, vmax=vmax)
+        changes = dict(
+            xlim=xlim, ylim=ylim, cmap=cmap, norm=norm, vmin=vmin, vmax=vmax, interval=interval, symmetric=symmetric
+        )
         settings.update({k: v for k, v in changes.items() if v is not UNCHANGED})
         if image is not None:
             settings["image"] = image
+        old_shape = self._settings["image"].shape
+        reset_view = xlim is not UNCHANGED or ylim is not UNCHANGED or np.shape(settings["image"]) != old_shape
+        crop = None if reset_view else self._crop
         # Render first: a bad setting raises before any widget is touched.
-        state = _render(settings)
-        _apply(self, state)
+        state = _render(settings, crop=crop)
+        _apply(self, state, reset_view=reset_view)
         self._settings = state["settings"]
+        self._crop = crop
 
 
-def _render(settings):
-    """Validate ``settings`` and compute every widget value that depends on them."""
+def _render(settings, crop=None):
+    """Validate ``settings`` and compute every widget value that depends on them.
+
+    ``crop`` = ``(xlim, ylim)`` renders only that part (after a zoom) while
+    the view stays the settings' one.
+    """
     image = raster._as_image(settings["image"])
     norm = raster._check_norm(settings["norm"])
+    raster._check_interval(settings.get("interval"))
     xlim = raster._check_range(settings["xlim"], "xlim")
     ylim = raster._check_range(settings["ylim"], "ylim")
+    render_x, render_y = crop if crop is not None else (xlim, ylim)
     rendered = raster.render_png(
         image,
         cmap=settings["cmap"],
@@ -244,9 +335,11 @@ def _render(settings):
         vmin=settings["vmin"],
         vmax=settings["vmax"],
         max_shape=settings["max_shape"],
-        xlim=xlim,
-        ylim=ylim,
+        xlim=render_x,
+        ylim=render_y,
         origin="lower",
+        interval=settings.get("interval"),
+        symmetric=bool(settings.get("symmetric")),
     )
     c_min, c_max, tick_values, tick_labels = _colorbar_ticks(norm, rendered.vmin, rendered.vmax)
     return {
@@ -262,6 +355,7 @@ def _render(settings):
         "c_max": c_max,
         "tick_values": tick_values,
         "tick_labels": tick_labels,
+        "limits": (rendered.vmin, rendered.vmax),
     }
 
 
@@ -293,11 +387,17 @@ def _same_ticks(axis, state):
     return (axis.tick_labels or {}) == (state["tick_labels"] or {})
 
 
-def _apply(fig, state):
+def _apply(fig, state, reset_view=True):
     """Push a :func:`_render` result into an existing figure."""
     mark, old_picture, old_axis = fig.image_mark, fig.image_mark.image, fig.color_axis
-    _set(fig.x_scale, min=state["view_x"][0], max=state["view_x"][1])
-    _set(fig.y_scale, min=state["view_y"][0], max=state["view_y"][1])
+    fig.limits = state["limits"]
+    if reset_view:
+        fig._setting_view = True
+        try:
+            _set(fig.x_scale, min=state["view_x"][0], max=state["view_x"][1])
+            _set(fig.y_scale, min=state["view_y"][0], max=state["view_y"][1])
+        finally:
+            fig._setting_view = False
     _set(fig.color_scale, colors=state["colors"], min=state["c_min"], max=state["c_max"])
     # bqplot's Image view redraws when ``image`` becomes another widget, not
     # when that widget's value changes, so each picture is a new widget.
@@ -325,15 +425,21 @@ def plot_image(
     vmin=None,
     vmax=None,
     figsize=None,
+    *,
+    interval=None,
+    symmetric=False,
+    panzoom=True,
+    scales=None,
 ):
     """Plot a 2D image with a colorbar, as an interactive bqplot figure.
 
     Columns run along x (dispersion axis), rows along y with row 0 at the
     bottom; pixel centres sit at integer coordinates.  Only the visible part
     is rendered, block-averaged to about the plot area's resolution, so even
-    large frames send well under 1 MiB to the browser.  NaN pixels, and
-    pixels ``<= 0`` under ``norm='log'``, are transparent (white on a light
-    page).
+    large frames send well under 1 MiB to the browser.  The mouse wheel
+    zooms and a drag pans (``panzoom``); the zoomed part is then rendered
+    again at screen resolution.  NaN pixels are transparent (white on a
+    light page); pixels ``<= 0`` under ``norm='log'`` get the lowest colour.
 
     Parameters
     ----------
@@ -349,15 +455,30 @@ def plot_image(
         Figure title.
     cmap : str, optional
         Colormap name: ``'inferno'``, ``'magma'``, ``'plasma'``,
-        ``'viridis'``, ``'gray'``, each also reversed with ``'_r'``.
-    norm : {None, 'linear', 'log'}, optional
-        Colour scaling.  The colorbar of ``'log'`` is logarithmic too.
+        ``'viridis'``, ``'gray'``, and the diverging ``'RdBu'`` and
+        ``'coolwarm'``, each also reversed with ``'_r'``; any other
+        matplotlib name when matplotlib is installed.
+    norm : {None, 'linear', 'log', 'sqrt', 'asinh'}, optional
+        Colour stretch (as in astropy.visualization; ``'log'`` as
+        matplotlib's ``LogNorm``).  The colorbar follows the stretch.
     vmin, vmax : float, optional
-        Colour limits; missing ones are the 1st / 99.5th percentile of the
-        finite (for ``'log'``: positive) values of the whole image.
+        Colour limits; missing ones come from ``interval``.
     figsize : (float, float), optional
         ``(width, height)`` in inches (96 CSS pixels each); by default the
         figure is as wide as the page and 400 px high.
+    interval : {None, 'minmax', 'zscale'} or float, optional
+        How missing limits are found from the finite (for ``'log'``:
+        positive) values of the whole image: by default the 1st / 99.5th
+        percentiles; ``'zscale'`` is IRAF's (deterministic); a number such
+        as 99.5 keeps that central percentage.
+    symmetric : bool, optional
+        Limits symmetric about zero: for residual and chi images, with a
+        diverging ``cmap`` such as ``'RdBu_r'``.
+    panzoom : bool, optional
+        Wheel zoom and drag pan (``fig.interaction`` is a ``PanZoom``).
+    scales : dict, optional
+        ``{"x": LinearScale, "y": LinearScale}`` to share with another
+        figure of the same detector: zooming one zooms the other.
 
     Returns
     -------
@@ -387,6 +508,12 @@ def plot_image(
     >>> fig.x_scale.min, fig.x_scale.max
     (20.0, 30.0)
     >>> fig = plot_image(science - 600.0, title="Resulting Correction", norm="log")
+
+    A residual with a diverging map and zscale limits symmetric about zero:
+
+    >>> fig = plot_image(science - 600.0, cmap="RdBu_r", interval="zscale", symmetric=True)
+    >>> fig.color_scale.min == -fig.color_scale.max
+    True
     """
     layout, max_shape = _figure_size(figsize)
     settings = {
@@ -398,12 +525,24 @@ def plot_image(
         "vmin": vmin,
         "vmax": vmax,
         "max_shape": max_shape,
+        "interval": interval,
+        "symmetric": bool(symmetric),
     }
     state = _render(settings)
 
     (x_min, x_max), (y_min, y_max) = state["view_x"], state["view_y"]
-    x_scale = bqplot.LinearScale(min=x_min, max=x_max, allow_padding=False)
-    y_scale = bqplot.LinearScale(min=y_min, max=y_max, allow_padding=False)
+    if scales is not None:
+        try:
+            x_scale, y_scale = scales["x"], scales["y"]
+        except (KeyError, TypeError):
+            raise TypeError("scales must be a dict {'x': LinearScale, 'y': LinearScale}") from None
+        with x_scale.hold_sync():
+            x_scale.min, x_scale.max = x_min, x_max
+        with y_scale.hold_sync():
+            y_scale.min, y_scale.max = y_min, y_max
+    else:
+        x_scale = bqplot.LinearScale(min=x_min, max=x_max, allow_padding=False)
+        y_scale = bqplot.LinearScale(min=y_min, max=y_max, allow_padding=False)
     color_scale = bqplot.ColorScale(colors=state["colors"], min=state["c_min"], max=state["c_max"])
     image_mark = bqplot.Image(
         image=_picture(state["png"]),
@@ -413,10 +552,12 @@ def plot_image(
     )
     axes = [
         bqplot.Axis(scale=x_scale, label=xlabel, grid_lines="none"),
-        bqplot.Axis(scale=y_scale, label=ylabel, side="left", grid_lines="none"),
+        # Clear of 4-digit tick labels (the default offset overlaps 3-digit ones).
+        bqplot.Axis(scale=y_scale, label=ylabel, side="left", grid_lines="none", label_offset=_Y_LABEL_OFFSET),
     ]
     color_axis = _color_axis(color_scale, cbar_label, state)
-    return ImageFigure(
+    interaction = bqplot.interacts.PanZoom(scales={"x": [x_scale], "y": [y_scale]}) if panzoom else None
+    fig = ImageFigure(
         image_mark=image_mark,
         color_axis=color_axis,
         settings=state["settings"],
@@ -427,7 +568,10 @@ def plot_image(
         padding_x=0.0,
         padding_y=0.0,
         layout=layout,
+        interaction=interaction,
     )
+    fig.limits = state["limits"]
+    return fig
 
 
 def update_image(fig, image=None, **settings):

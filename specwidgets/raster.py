@@ -36,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_MAX_SHAPE",
+    "NORMS",
     "N_DISPLAY_COLORS",
     "Reduced",
     "RenderedImage",
@@ -49,14 +50,16 @@ __all__ = [
     "reduce_for_display",
     "render_png",
     "to_indexed_png",
+    "stretch",
     "to_png",
+    "zscale_limits",
 ]
 
 #: Default ``(rows, cols)`` budget of a rendered image: about one screen.
 DEFAULT_MAX_SHAPE = (400, 1000)
 
 #: Colour levels in a rendered image.  One palette slot of the 256 a PNG
-#: allows is kept for "blank" (NaN, or <= 0 under a log norm).
+#: allows is kept for "blank" (NaN and infinite values).
 N_DISPLAY_COLORS = 255
 
 _BLANK_INDEX = N_DISPLAY_COLORS  # palette slot of fully transparent pixels
@@ -163,10 +166,59 @@ _LISTED_HEX = {
 }
 
 
+# Diverging maps for residual and chi images (limits symmetric about zero):
+# ColorBrewer's RdBu (Cynthia Brewer, Apache 2.0) and Kenneth Moreland's
+# coolwarm, sampled at 256 levels as matplotlib samples them.
+_DIVERGING_HEX = {
+    "RdBu": (
+        "67001f69001f6c011f6f02207203207504217805217b06227e0722810823840923870a248a0b248d0c25"
+        "900d25930e26960f269910279b10279e1127a11228a41328a71429aa1529ad162ab0172ab2192bb41c2d"
+        "b51f2eb6212fb82431b92732bb2a33bc2d34be3036bf3237c03538c2383ac33b3bc53e3cc6403ec7433f"
+        "c94641ca4942cc4c43cd4f44ce5146d05447d15749d35a4ad45d4bd6604dd7624fd86551d96853da6a55"
+        "db6d57dd7059de725bdf755de0785fe17b61e27d63e48065e58368e6856ae7886ce88b6eea8d70eb9072"
+        "ec9374ed9676ee9878ef9b7af19e7cf2a07ef3a380f4a683f4a886f4aa88f5ac8bf5ae8ef5b090f6b293"
+        "f6b496f7b698f7b99bf7bb9ef8bda1f8bfa3f8c1a6f9c3a9f9c5abf9c7aefacab1faccb4faceb6fbd0b9"
+        "fbd2bcfbd4befcd6c1fcd8c4fddbc7fcdcc8fcddcafcdeccfcdfcefbe0d0fbe1d2fbe2d4fbe3d6fae4d7"
+        "fae5d9fae7dbfae8ddf9e9dff9eae1f9ebe3f9ece5f9ede7f8eee8f8efeaf8f0ecf8f2eef7f3f0f7f4f2"
+        "f7f5f4f7f6f6f6f6f6f4f5f6f3f5f6f1f4f6f0f3f5eef3f5edf2f5ebf1f4eaf1f4e8f0f4e7eff4e5eef3"
+        "e4eef3e2edf3e1ecf3dfecf2deebf2dceaf2dbe9f1d9e9f1d8e8f1d6e7f1d5e7f0d3e6f0d2e5f0d1e5f0"
+        "cee3efcce2eec9e1edc7dfedc4deecc2ddebbfdcebbddaeabad9e9b8d8e8b5d7e8b3d5e7b0d4e6aed3e6"
+        "abd2e5a9d0e4a7cfe4a4cee3a2cde29fcbe19dcae19ac9e098c8df95c6df93c5de90c4dd8dc2dc8ac0db"
+        "87beda84bcd980bad87db8d77ab6d677b4d574b2d371b0d26eaed16bacd068aacf65a8ce61a6cd5ea4cc"
+        "5ba2cb58a0ca559ec9529cc84f9ac74c98c64996c54694c44393c34191c2408fc13f8dc03d8bbf3c8abe"
+        "3b88bd3986bc3884bb3783ba3581b9347fb9337db8317cb7307ab62f78b52d76b42c75b32b73b22971b1"
+        "286fb0276db0256caf246aae2368ad2166ac2064aa1f62a71e60a41d5ea11c5c9e1a5a9b195898185695"
+        "175493165190154f8d144d8a134b871249841147810f457e0e437b0d40780c3e750b3c720a3a6f09386c"
+        "083669073466063263053061"
+    ),
+    "coolwarm": (
+        "3a4cc03b4dc13c4fc33e51c43f53c64054c74156c94258ca435acc455bcd465dcf475fd04860d14962d3"
+        "4b64d44c66d64d67d74e69d8506bda516cdb526edc5370dd5571de5673e05775e15876e25a78e35b79e4"
+        "5c7be55d7de65f7ee76080e86182ea6383ea6485eb6586ec6788ed6889ee698bef6b8df06c8ef16d90f1"
+        "6f91f27093f37194f47395f47497f57598f6779af6789bf77a9df87b9ef87ca0f97ea1f97fa2fa80a4fa"
+        "82a5fb83a6fb85a8fb86a9fc87aafc89acfc8aadfd8baefd8daffd8eb1fd90b2fe91b3fe92b4fe94b5fe"
+        "95b7fe97b8fe98b9fe99bafe9bbbfe9cbcfe9dbdfe9fbefea0bffea2c0fea3c1fea4c2fea6c3fda7c4fd"
+        "a8c5fdaac6fdabc7fcacc8fcaec9fcafcafbb0cbfbb2cbfbb3ccfab4cdfab6cef9b7cff9b8cff8b9d0f8"
+        "bbd1f7bcd1f6bdd2f6bed3f5c0d3f5c1d4f4c2d4f3c3d5f2c5d5f2c6d6f1c7d6f0c8d7efc9d7eecad8ee"
+        "ccd8edcdd9ecced9ebcfd9ead0dae9d1dae8d2dae7d3dbe6d5dbe5d6dbe4d7dbe2d8dbe1d9dce0dadcdf"
+        "dbdcdedcdcdddddcdbdedbdadfdbd9e0dad7e1dad6e2d9d4e3d9d3e4d8d1e5d8d0e6d7cfe7d6cde7d6cc"
+        "e8d5cae9d4c9ead3c7ebd3c6ecd2c4ecd1c3edd0c1edcfc0eecfbeefcebcefcdbbf0ccb9f1cbb8f1cab6"
+        "f2c9b5f2c8b3f2c7b2f3c6b0f3c5aff4c4adf4c3abf4c2aaf5c1a8f5c0a7f5bfa5f6bda4f6bca2f6bba0"
+        "f6ba9ff6b99df6b79cf6b69af7b598f7b397f7b295f7b194f7b092f7ae91f7ad8ff6ab8df6aa8cf6a98a"
+        "f6a789f6a687f6a486f6a384f5a182f5a081f59e7ff49d7ef49b7cf49a7bf39879f39678f39576f29375"
+        "f29173f19072f18e70f08d6ff08b6def896cee876aee8669ed8467ec8266ec8064eb7f63ea7d61ea7b60"
+        "e9795ee8775de7755ce6745ae67259e57057e46e56e36c54e26a53e16852e06650df644fde624edd604c"
+        "dc5e4bdb5c4ada5a48d95847d85646d75444d65243d44f42d34d40d24b3fd1493ecf463dce443ccd423a"
+        "cc3f39ca3d38c93b37c83835c63534c53233c43032c22d31c12a30bf282ebe232dbc1f2cbb1a2bb9162a"
+        "b81129b60d28b50827b30326"
+    ),
+}
+
+
 def _build_colormaps():
     tables = {
         name: np.frombuffer(bytes.fromhex(hexes), dtype=np.uint8).reshape(256, 3)
-        for name, hexes in _LISTED_HEX.items()
+        for name, hexes in {**_LISTED_HEX, **_DIVERGING_HEX}.items()
     }
     ramp = np.arange(256, dtype=np.uint8)
     tables["gray"] = np.repeat(ramp[:, None], 3, axis=1)
@@ -181,7 +233,10 @@ _ALIASES = {"grey": "gray", "grey_r": "gray_r"}
 
 
 def colormap_names():
-    """Return the names accepted as ``cmap``, sorted.
+    """Return the names of the colormaps shipped here, sorted.
+
+    Any other matplotlib colormap name is accepted too when matplotlib is
+    installed (see :func:`get_colormap`).
 
     Examples
     --------
@@ -198,7 +253,9 @@ def get_colormap(name):
     ----------
     name : str
         One of :func:`colormap_names` (``'grey'`` is accepted for
-        ``'gray'``); append ``'_r'`` for the reversed map.
+        ``'gray'``); append ``'_r'`` for the reversed map.  Any other
+        matplotlib colormap name (``'cividis'``, ``'Spectral_r'``, ...)
+        works when matplotlib is installed; it is not a dependency.
 
     Returns
     -------
@@ -208,7 +265,8 @@ def get_colormap(name):
     Raises
     ------
     ValueError
-        If the name is unknown; the message lists the known names.
+        If the name is unknown; the message lists the shipped names and
+        says whether matplotlib could have supplied it.
 
     Examples
     --------
@@ -219,9 +277,35 @@ def get_colormap(name):
     try:
         return _COLORMAPS[key]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown colormap {name!r}; known colormaps: {', '.join(colormap_names())}"
-        ) from None
+        pass
+    table, why = _matplotlib_colormap(key) if isinstance(key, str) else (None, "")
+    if table is not None:
+        return table
+    raise ValueError(
+        f"unknown colormap {name!r}; shipped colormaps: {', '.join(colormap_names())}{why}"
+    )
+
+
+_MPL_CACHE = {}
+
+
+def _matplotlib_colormap(name):
+    """``(table, None)`` from matplotlib, or ``(None, reason)`` when it has none."""
+    if name in _MPL_CACHE:
+        return _MPL_CACHE[name], ""
+    try:
+        # Optional: only for names not shipped here; raster stays numpy-only.
+        import matplotlib
+    except ImportError:
+        return None, " (other matplotlib names need matplotlib: pip install matplotlib)"
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        return None, " (matplotlib does not know it either)"
+    table = np.asarray(cmap(np.linspace(0.0, 1.0, 256), bytes=True))[:, :3].astype(np.uint8)
+    table.flags.writeable = False
+    _MPL_CACHE[name] = table
+    return table, ""
 
 
 def _display_colors(name):
@@ -290,13 +374,128 @@ def _as_image(image, name="image"):
     return arr
 
 
+#: Accepted ``norm`` values (the stretches of astropy.visualization).
+NORMS = ("linear", "log", "sqrt", "asinh")
+
+# astropy.visualization.AsinhStretch's default: linear below ~0.1 of the
+# range, logarithmic above.
+_ASINH_A = 0.1
+
+# zscale parameters of IRAF / astropy.visualization.ZScaleInterval.
+_ZSCALE = dict(n_samples=1000, contrast=0.25, max_reject=0.5, min_npixels=5, krej=2.5, max_iterations=5)
+
+
 def _check_norm(norm):
-    """Return ``'linear'`` or ``'log'``."""
+    """Return one of :data:`NORMS`."""
     if norm is None:
         return "linear"
-    if isinstance(norm, str) and norm.lower() in ("linear", "log"):
+    if isinstance(norm, str) and norm.lower() in NORMS:
         return norm.lower()
-    raise ValueError(f"norm must be None, 'linear' or 'log'; got {norm!r}")
+    raise ValueError(f"norm must be None or one of 'linear', 'log', 'sqrt', 'asinh'; got {norm!r}")
+
+
+def _check_interval(interval):
+    """Return ``('percentiles', (lo, hi))``, ``('minmax', None)`` or ``('zscale', None)``.
+
+    ``None`` is the default: the 1st and 99.5th percentiles.  A number
+    ``p`` keeps the central ``p`` per cent of the values, as
+    ``astropy.visualization.PercentileInterval(p)`` does.
+    """
+    if interval is None:
+        return "percentiles", _DEFAULT_PERCENTILES
+    if isinstance(interval, str):
+        key = interval.strip().lower()
+        if key in ("minmax", "zscale"):
+            return key, None
+        try:
+            interval = float(key)
+        except ValueError:
+            interval = None
+    if isinstance(interval, (int, float, np.integer, np.floating)) and not isinstance(interval, bool):
+        p = float(interval)
+        if 0 < p <= 100:
+            return "percentiles", ((100.0 - p) / 2.0, 100.0 - (100.0 - p) / 2.0)
+    raise ValueError(
+        f"interval must be 'minmax', 'zscale' or a percentile in (0, 100] such as 99.5; got {interval!r}"
+    )
+
+
+def zscale_limits(values):
+    """IRAF's zscale limits of ``values``: deterministic, as astropy's ``ZScaleInterval()``.
+
+    A fixed stride picks at most 1000 finite values (no random sampling, so
+    the limits are the same from redraw to redraw); a line is fit to them
+    sorted, with iterative rejection, and its slope divided by the contrast
+    0.25 spans the limits around the median.
+
+    Parameters
+    ----------
+    values : array_like
+
+    Returns
+    -------
+    (float, float)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lo, hi = zscale_limits(np.random.default_rng(0).normal(100.0, 5.0, 10000))
+    >>> 80 < lo < 100 < hi < 120
+    True
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    n_samples, contrast = _ZSCALE["n_samples"], _ZSCALE["contrast"]
+    stride = int(max(1.0, values.size / n_samples))
+    samples = np.sort(values[::stride][:n_samples])
+    npix = samples.size
+    vmin, vmax = float(samples[0]), float(samples[-1])
+    minpix = max(_ZSCALE["min_npixels"], int(npix * _ZSCALE["max_reject"]))
+    x = np.arange(npix, dtype=np.float64)
+    good = np.ones(npix, bool)
+    n_good, last_n_good = npix, npix + 1
+    grow = np.ones(max(1, int(npix * 0.01)))
+    fit = None
+    for _ in range(_ZSCALE["max_iterations"]):
+        if n_good >= last_n_good or n_good < minpix:
+            break
+        fit = np.polyfit(x[good], samples[good], 1)
+        residual = samples - np.polyval(fit, x)
+        threshold = _ZSCALE["krej"] * residual[good].std()
+        bad = (residual < -threshold) | (residual > threshold)
+        # Reject the neighbours of rejected values too (1% of the samples).
+        bad = np.convolve(bad, grow, mode="same") > 0
+        good = ~bad
+        last_n_good, n_good = n_good, int(good.sum())
+    if fit is not None and n_good >= minpix:
+        slope = fit[0] / contrast if contrast > 0 else fit[0]
+        center = (npix - 1) // 2
+        median = float(np.median(samples))
+        vmin = max(vmin, median - (center - 1) * slope)
+        vmax = min(vmax, median + (npix - center) * slope)
+    return float(vmin), float(vmax)
+
+
+def stretch(x, norm):
+    """Apply the ``norm`` stretch to values ``x`` already scaled to ``[0, 1]``.
+
+    ``'log'`` is not handled here: it scales ``log10`` of the data (see
+    :func:`normalize`), like matplotlib's ``LogNorm``, so the seed's
+    ``norm='log', vmin=..., vmax=...`` calls keep their meaning.
+
+    Examples
+    --------
+    >>> float(stretch(0.25, "sqrt")), float(stretch(1.0, "asinh"))
+    (0.5, 1.0)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if norm == "sqrt":
+        return np.sqrt(np.clip(x, 0.0, None))
+    if norm == "asinh":
+        return np.arcsinh(x / _ASINH_A) / np.arcsinh(1.0 / _ASINH_A)
+    return x
 
 
 def _check_limit(value, name):
@@ -496,21 +695,31 @@ def _limit_samples(image, positive):
     return values[keep]
 
 
-def display_limits(image, norm=None, vmin=None, vmax=None, percentiles=_DEFAULT_PERCENTILES):
+def display_limits(
+    image, norm=None, vmin=None, vmax=None, percentiles=_DEFAULT_PERCENTILES, interval=None, symmetric=False
+):
     """Return checked ``(vmin, vmax)``, filling the missing ones from the data.
 
-    Missing limits are robust percentiles of the finite values (only the
-    positive ones under ``norm='log'``), estimated from an evenly spread
-    subsample of large images.
+    Missing limits come from ``interval`` applied to the finite values (only
+    the positive ones under ``norm='log'``), estimated from an evenly spread
+    subsample of large images: the result is the same on every call.
 
     Parameters
     ----------
     image : array_like, shape (rows, cols)
-    norm : {None, 'linear', 'log'}
+    norm : {None, 'linear', 'log', 'sqrt', 'asinh'}
     vmin, vmax : float, optional
         Explicit limits; ``None`` means "from the data".
     percentiles : (float, float), optional
-        Percentiles used for missing limits.
+        Percentiles used for missing limits when ``interval`` is None.
+    interval : {None, 'minmax', 'zscale'} or float, optional
+        How missing limits are found: ``'minmax'`` the extremes, ``'zscale'``
+        IRAF's zscale (:func:`zscale_limits`), a number ``p`` such as 99.5
+        the central ``p`` per cent (astropy's ``PercentileInterval``).
+    symmetric : bool, optional
+        Limits symmetric about zero (``-m, m`` with ``m`` the larger
+        absolute limit), for residual and chi images; one given limit sets
+        the other.
 
     Returns
     -------
@@ -519,66 +728,96 @@ def display_limits(image, norm=None, vmin=None, vmax=None, percentiles=_DEFAULT_
     Raises
     ------
     ValueError
-        On an unknown ``norm``, non-finite limits, ``vmin >= vmax``, or a
-        limit that is not positive under ``norm='log'``.
+        On an unknown ``norm`` or ``interval``, non-finite limits,
+        ``vmin >= vmax``, a limit that is not positive under ``norm='log'``,
+        or ``symmetric`` with ``norm='log'``.
 
     Examples
     --------
     >>> import numpy as np
     >>> display_limits(np.arange(1.0, 101.0).reshape(10, 10), vmin=5)
     (5.0, 99.505)
+    >>> display_limits(np.arange(-2.0, 8.0).reshape(2, 5), interval="minmax", symmetric=True)
+    (-7.0, 7.0)
     >>> display_limits(np.ones((2, 2)), norm="log", vmin=0)
     Traceback (most recent call last):
     ...
     ValueError: vmin must be positive with norm='log'; got 0.0
     """
     norm = _check_norm(norm)
+    kind, pcts = _check_interval(interval)
+    if kind == "percentiles" and interval is None:
+        pcts = tuple(percentiles)
     vmin = _check_limit(vmin, "vmin")
     vmax = _check_limit(vmax, "vmax")
     if norm == "log":
+        if symmetric:
+            raise ValueError("symmetric limits need a norm that takes negative values, not norm='log'")
         for name, value in (("vmin", vmin), ("vmax", vmax)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive with norm='log'; got {value}")
+    if symmetric and (vmin is None) != (vmax is None):
+        m = abs(vmin if vmin is not None else vmax)
+        vmin, vmax = -m, m
+        if m == 0:
+            raise ValueError("symmetric limits need a non-zero vmin or vmax")
     if vmin is not None and vmax is not None:
         if vmin >= vmax:
             raise ValueError(f"vmin must be less than vmax; got vmin={vmin}, vmax={vmax}")
         return vmin, vmax
 
     image = _as_image(image)
-    samples = _limit_samples(image, positive=norm == "log")
-    if samples.size == 0:
+    if kind == "minmax":
+        values = image[np.isfinite(image) & (image > 0)] if norm == "log" else image[np.isfinite(image)]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (None, None)
+    else:
+        samples = _limit_samples(image, positive=norm == "log")
+        if samples.size == 0:
+            lo = hi = None
+        elif kind == "zscale":
+            lo, hi = zscale_limits(samples)
+        else:
+            lo, hi = (float(v) for v in np.percentile(samples, pcts))
+    if lo is None:
         # Nothing displayable: any valid range will do, the image is blank.
         lo, hi = (1.0, 10.0) if norm == "log" else (0.0, 1.0)
-    else:
-        lo, hi = (float(v) for v in np.percentile(samples, percentiles))
-        if lo == hi:
-            # Constant data: centre it in the colormap.
-            lo, hi = (lo / 2, hi * 2) if norm == "log" else (lo - 0.5, hi + 0.5)
+    elif lo == hi:
+        # Constant data: centre it in the colormap.
+        lo, hi = (lo / 2, hi * 2) if norm == "log" else (lo - 0.5, hi + 0.5)
+    if symmetric:
+        m = max(abs(lo), abs(hi)) or 1.0
+        lo, hi = -m, m
     auto_vmin, auto_vmax = vmin is None, vmax is None
     vmin = lo if auto_vmin else vmin
     vmax = hi if auto_vmax else vmax
     if vmin >= vmax:
         which = "vmin" if auto_vmin else "vmax"
+        source = f"{pcts} percentiles" if kind == "percentiles" else kind
         raise ValueError(
             f"vmin must be less than vmax; got vmin={vmin}, vmax={vmax} ({which} taken "
-            f"from the data's {percentiles} percentiles); pass both vmin and vmax"
+            f"from the data's {source}); pass both vmin and vmax"
         )
     return vmin, vmax
 
 
-def normalize(image, norm=None, vmin=None, vmax=None):
-    """Map an image to ``[0, 1]``; blank pixels become NaN.
+def normalize(image, norm=None, vmin=None, vmax=None, interval=None, symmetric=False):
+    """Map an image to ``[0, 1]``; NaN and infinite pixels become NaN (blank).
 
-    Values below ``vmin`` / above ``vmax`` are clipped to 0 / 1.  Blank are
-    non-finite values and, under ``norm='log'``, values ``<= 0`` (they have
-    no logarithm; the seed tutorial shows them as white).
+    Values below ``vmin`` / above ``vmax`` are clipped to 0 / 1, then
+    stretched: ``'sqrt'`` and ``'asinh'`` as in astropy.visualization,
+    ``'log'`` scales ``log10`` of the values between ``log10(vmin)`` and
+    ``log10(vmax)`` (matplotlib's ``LogNorm``).  Under ``'log'`` values
+    ``<= 0`` have no logarithm and are shown as the lowest colour (they are
+    below any positive ``vmin``), not blank: blank looks like a hot pixel.
 
     Parameters
     ----------
     image : array_like, shape (rows, cols)
-    norm : {None, 'linear', 'log'}
+    norm : {None, 'linear', 'log', 'sqrt', 'asinh'}
     vmin, vmax : float, optional
         Missing limits come from :func:`display_limits`.
+    interval, symmetric
+        As in :func:`display_limits`.
 
     Returns
     -------
@@ -588,21 +827,26 @@ def normalize(image, norm=None, vmin=None, vmax=None):
     --------
     >>> import numpy as np
     >>> normalize(np.array([[-1.0, 10.0, 100.0, np.nan]]), "log", 10, 100)
-    array([[nan,  0.,  1., nan]], dtype=float32)
+    array([[ 0.,  0.,  1., nan]], dtype=float32)
+    >>> normalize(np.array([[0.0, 25.0, 100.0]]), "sqrt", 0, 100)
+    array([[0. , 0.5, 1. ]], dtype=float32)
     """
     image = _as_image(image)
     norm = _check_norm(norm)
-    vmin, vmax = display_limits(image, norm, vmin, vmax)
+    vmin, vmax = display_limits(image, norm, vmin, vmax, interval=interval, symmetric=symmetric)
+    blank = ~np.isfinite(image)
     if norm == "log":
         with np.errstate(invalid="ignore", divide="ignore"):
-            # log10 of <= 0 is NaN or -inf; both end up blank below.
-            values = np.log10(image)
+            # log10 of <= 0 is NaN or -inf: both go to the lowest colour.
+            values = np.where(image > 0, np.log10(np.where(image > 0, image, 1.0)), -np.inf)
         lo, hi = math.log10(vmin), math.log10(vmax)
     else:
         values, lo, hi = image, vmin, vmax
-    scaled = ((values - lo) / (hi - lo)).astype(np.float32)
-    blank = ~np.isfinite(values)
-    np.clip(scaled, 0.0, 1.0, out=scaled)
+    with np.errstate(invalid="ignore"):
+        scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    if norm in ("sqrt", "asinh"):
+        scaled = stretch(scaled, norm)
+    scaled = scaled.astype(np.float32)
     scaled[blank] = np.nan
     return scaled
 
@@ -651,7 +895,7 @@ def apply_colormap(scaled, cmap="inferno"):
     return _palette(cmap)[_palette_indices(np.asarray(scaled, dtype=np.float32))]
 
 
-def colorize(image, cmap="inferno", norm=None, vmin=None, vmax=None):
+def colorize(image, cmap="inferno", norm=None, vmin=None, vmax=None, interval=None, symmetric=False):
     """Normalise and colour an image at full resolution: RGBA uint8.
 
     Shorthand for ``apply_colormap(normalize(image, norm, vmin, vmax), cmap)``.
@@ -662,7 +906,7 @@ def colorize(image, cmap="inferno", norm=None, vmin=None, vmax=None):
     >>> colorize(np.array([[1.0, 2.0]]), cmap="gray", vmin=1, vmax=2)[..., 0].tolist()
     [[0, 255]]
     """
-    return apply_colormap(normalize(image, norm, vmin, vmax), cmap)
+    return apply_colormap(normalize(image, norm, vmin, vmax, interval, symmetric), cmap)
 
 
 # --------------------------------------------------------------------------
@@ -822,6 +1066,8 @@ def render_png(
     ylim=None,
     origin="lower",
     level=1,
+    interval=None,
+    symmetric=False,
 ):
     """Crop, reduce, normalise and colour an image into a display PNG.
 
@@ -833,7 +1079,7 @@ def render_png(
     image : array_like, shape (rows, cols)
     cmap : str, optional
         A colormap name, see :func:`colormap_names`.
-    norm : {None, 'linear', 'log'}, optional
+    norm : {None, 'linear', 'log', 'sqrt', 'asinh'}, optional
     vmin, vmax : float, optional
         Colour limits; see :func:`display_limits`.
     max_shape : (int, int), optional
@@ -846,6 +1092,8 @@ def render_png(
         tutorial's plots do), ``'upper'`` at the top.
     level : int, optional
         zlib level, see :func:`to_png`.
+    interval, symmetric
+        How missing limits are found, see :func:`display_limits`.
 
     Returns
     -------
@@ -865,7 +1113,7 @@ def render_png(
     image = _as_image(image)
     norm = _check_norm(norm)
     palette = _palette(cmap)  # fail on a bad cmap before doing any work
-    vmin, vmax = display_limits(image, norm, vmin, vmax)
+    vmin, vmax = display_limits(image, norm, vmin, vmax, interval=interval, symmetric=symmetric)
     reduced, x, y = reduce_for_display(image, max_shape, xlim, ylim)
     indices = _palette_indices(normalize(reduced, norm, vmin, vmax))
     if origin == "lower":

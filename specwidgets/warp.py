@@ -168,6 +168,9 @@ class WarpModel:
         return x
 
     def effective_pixel(self, cols, rows, tol=1e-9, max_iter=30):
+        return self._effective_pixel(cols, rows, tol, max_iter)[0]
+
+    def _effective_pixel(self, cols, rows, tol=1e-9, max_iter=30, e=None, n_iter=None):
         """Effective pixel of column ``cols`` in row ``rows`` (broadcast): the inverse of :meth:`column_of`.
 
         In one row the model is a polynomial in ``e`` whose coefficients
@@ -180,12 +183,19 @@ class WarpModel:
         ValueError
             If the model folds over (columns map back onto themselves) so
             that it cannot be inverted there.
+
+        Notes
+        -----
+        ``_effective_pixel`` returns ``(e, steps taken)``; given ``e`` (a
+        result of an earlier call) it goes on from there, and ``n_iter``
+        takes exactly that many steps: so a grid done in blocks can be brought
+        to the very numbers one call on the whole grid gives.
         """
         x = np.asarray(cols, dtype=float)
         rows = np.asarray(rows, dtype=float)
         shape = np.broadcast_shapes(x.shape, rows.shape)
         if self.line_order == 0:
-            return np.broadcast_to(x, shape).copy()
+            return np.broadcast_to(x, shape).copy(), 0
         t = self._t(rows)
         powers = t[..., None] ** np.arange(1, self.line_order + 1)
         row_coeffs = powers @ self.coefficients  # rows.shape + (warp_order + 1,), lowest power first
@@ -198,8 +208,10 @@ class WarpModel:
                 out += c[..., j]
             return out
 
-        e = x - horner(row_coeffs, (x - self.col_centre) / self.col_scale)
-        for _ in range(max_iter):
+        if e is None:
+            e = x - horner(row_coeffs, (x - self.col_centre) / self.col_scale)
+        steps = 0
+        for _ in range(max_iter if n_iter is None else n_iter):
             u = (e - self.col_centre) / self.col_scale
             slope = 1.0 + (horner(deriv, u) if deriv.shape[-1] else 0.0)
             if np.any(slope <= 0):
@@ -209,13 +221,37 @@ class WarpModel:
                 )
             step = (e + horner(row_coeffs, u) - x) / slope
             e -= step
-            if np.nanmax(np.abs(step)) < tol:
+            steps += 1
+            if n_iter is None and np.nanmax(np.abs(step)) < tol:
                 break
-        return e
+        return e, steps
+
+    #: Rows per block of :meth:`_invert_grid` (its temporaries are a few arrays of this many rows).
+    _GRID_BLOCK_ROWS = 64
 
     def _invert_grid(self, cols, n_rows):
-        """Effective pixels of ``cols`` (1D) in every row: an ``(n_rows, len(cols))`` array."""
-        return self.effective_pixel(np.asarray(cols, dtype=float)[None, :], np.arange(n_rows)[:, None])
+        """Effective pixels of ``cols`` (1D) in every row: an ``(n_rows, len(cols))`` array.
+
+        Done in blocks of rows, so the Newton iteration's temporaries are a
+        few blocks, not a few full frames (on a 947 x 2030 frame: ~90 MB less
+        at the peak). Blocks that converged in fewer steps than the slowest
+        then take the missing steps, so the numbers are exactly those of one
+        Newton iteration over the whole grid.
+        """
+        cols = np.asarray(cols, dtype=float)[None, :]
+        out = np.empty((n_rows, cols.shape[1]))
+        block = self._GRID_BLOCK_ROWS
+        steps = []
+        for r0 in range(0, n_rows, block):
+            r1 = min(r0 + block, n_rows)
+            out[r0:r1], n = self._effective_pixel(cols, np.arange(r0, r1)[:, None])
+            steps.append(n)
+        most = max(steps, default=0)
+        for b, n in enumerate(steps):
+            if n < most:
+                r0, r1 = b * block, min((b + 1) * block, n_rows)
+                out[r0:r1], _ = self._effective_pixel(cols, np.arange(r0, r1)[:, None], e=out[r0:r1].copy(), n_iter=most - n)
+        return out
 
     def effpix_map(self, shape=None):
         """The effective pixel of every pixel centre, ``(n_rows, n_cols)``; cached."""

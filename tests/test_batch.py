@@ -193,7 +193,8 @@ def test_warp_model_given_instead_of_arcs(raw, tmp_path, frames):
         workers=1, processes=False, progress=False, dtype="float64",
     )
     assert summary.ok
-    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask())
+    # run_batch's spatial_order defaults to 0 (explicit), fit_sky's to "auto".
+    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask(), spatial_order=0)
     with fits.open(out / output_name(raw["science"][0])) as hdul:
         np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
 
@@ -278,6 +279,25 @@ def test_bad_input_is_reported_and_the_others_finish(raw, tmp_path):
     text = summary.report()
     assert "sci_bad.fits" in text and "sci_missing.fits" in text and "failed 2" in text
     assert len(_outputs(out)) == 6 and not _tmp_files(out)
+
+
+def test_several_exposures_per_task_fail_alone_and_are_timed(raw, tmp_path, monkeypatch):
+    assert batch._chunk_size(200, 2) == batch.MAX_CHUNK
+    assert batch._chunk_size(6, 2) == 1 and batch._chunk_size(0, 4) == 1
+    monkeypatch.setattr(batch, "_chunk_size", lambda n, threads: 3)
+    bad = raw["folder"] / "sci_bad.fits"
+    bad.write_bytes(b"SIMPLE  =   this is not FITS" * 50)
+    files = [*raw["science"][:2], bad, *raw["science"][2:]]  # the bad file shares a task with two good ones
+    summary = run_batch(files, raw["arc"], bias=raw["bias"], masks=make_mask(), out_dir=tmp_path / "out",
+                        workers=1, processes=False, progress=False)
+    assert len(summary.done) == 6 and [Path(p).name for p, _ in summary.failed] == ["sci_bad.fits"]
+    assert len(_outputs(tmp_path / "out")) == 6
+    t = summary.timings
+    assert t["exposures_per_task"] == 3
+    for key in ("calibrations", "cluster_start", "first_result", "tasks", "cluster_stop"):
+        assert 0 <= t[key] <= summary.wall_time, key
+    assert 0 < t["task_cpu"] <= t["task_wall"] * 1.5 + 0.1
+    assert t["first_result"] <= t["tasks"]
 
 
 def test_folder_input_and_shape_mismatch(raw, tmp_path):
@@ -488,6 +508,76 @@ def test_kill_minus_9_then_rerun_loses_nothing(tmp_path):
     assert {n: (out / n).stat().st_mtime_ns for n in done_before} == done_before
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(procs):
+    """Terminate, then kill, every process (and its children: each runs in its own session)."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_scheduler_option_on_a_real_dask_cluster(raw, tmp_path):
+    """`--scheduler` on a cluster of its own processes (`dask scheduler` + 2 `dask worker`) = a local run."""
+    from dask.distributed import Client
+
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    common = dict(cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        **common,
+    )]
+    try:
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+                 "--host", "127.0.0.1", "--local-directory", str(tmp_path / f"worker{i}"), "--death-timeout", "60"],
+                **common,
+            ))
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=90)
+            assert len(client.scheduler_info()["workers"]) == 2
+        out = tmp_path / "cluster"
+        cmd = [*_command(), *map(str, raw["science"]), "--arc", *map(str, raw["arc"]), "--bias", *map(str, raw["bias"]),
+               "--mask", "{}:{}".format(*make_mask()), "--out", str(out), "--scheduler", address, "--no-progress"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert "done 6" in proc.stderr and "failed 0" in proc.stderr
+    finally:
+        _stop(procs)
+    local = _api(raw, tmp_path / "local")
+    assert local.ok and len(local.done) == 6
+    names = [p.name for p in _outputs(out)]
+    assert names == [p.name for p in _outputs(tmp_path / "local")] == [output_name(p) for p in raw["science"]]
+    for name in names:
+        with fits.open(out / name) as a, fits.open(tmp_path / "local" / name) as b:
+            for ext in ("SCI", "SKY", "VAR", "MASK"):
+                np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=f"{name} {ext}")
+
+
 # ------------------------------------------------------------------ Goodman
 @pytest.mark.goodman
 @pytest.mark.skipif(not goodman_available(), reason="Goodman sample not on this machine")
@@ -506,7 +596,12 @@ def test_goodman_batch_equals_library(tmp_path):
     locs, _ = sw.find_cal_lines(data.arc)
     model = sw.generate_warp_model(data.arc, locs)
     assert summary.warp_model == model.to_dict()
-    ref = sw.fit_sky(data.science, model, (20, 100), read_noise=data.read_noise)
+    # The sample is in electrons (the Goodman loader applies the gain). Batch
+    # fits each exposure on its own, and fit_sky's automatic choices (knots,
+    # spatial order, unlit rows) pool the exposures it is given: one at a time.
+    # run_batch's spatial_order defaults to 0 (explicit), fit_sky's to "auto".
+    fits_k = [sw.fit_sky(data.science[k], model, (20, 100), read_noise=data.read_noise, gain=1.0, spatial_order=0)
+              for k in range(2)]
     files = sorted(out.glob("*_sky.fits"))
     assert [p.name for p in files] == [
         "0069_PKSJ0049-5738_13-05-2023_sky.fits",
@@ -518,7 +613,15 @@ def test_goodman_batch_equals_library(tmp_path):
             h = hdul[0].header
             assert h["SWINSTR"] == "goodman" and h["SWCROP"] == "680:800" and h["SWMASK"] == "20:100"
             assert h["SWRDNOIS"] == pytest.approx(data.read_noise) and h["SWUNIT"] == "electron"
-            scale = np.abs(ref.data[k]).max()
-            np.testing.assert_allclose(hdul["SKY"].data, ref.background[k], rtol=1e-6, atol=1e-6 * scale)
-            np.testing.assert_allclose(hdul["SCI"].data, ref.corrected[k], rtol=1e-6, atol=1e-6 * scale)
+            ref = fits_k[k]
+            scale = np.abs(ref.data[0]).max()
+            np.testing.assert_allclose(hdul["SKY"].data, ref.background[0], rtol=1e-6, atol=1e-6 * scale)
+            np.testing.assert_allclose(hdul["SCI"].data, ref.corrected[0], rtol=1e-6, atol=1e-6 * scale)
             assert (hdul["MASK"].data[20:100] & MASK_MASKED).all()
+
+
+def test_local_workers_get_one_thread_per_library():
+    env = batch._worker_environ(numba_threads=1)
+    assert env["NUMBA_NUM_THREADS"] == 1
+    assert all(int(env[k]) == 1 for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    assert batch._worker_environ(numba_threads=3)["NUMBA_NUM_THREADS"] == 3

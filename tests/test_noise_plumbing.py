@@ -220,7 +220,9 @@ def test_batch_command_line_options():
     sub = parser.add_subparsers()
     batch_mod.add_batch_parser(sub)
     args = parser.parse_args(["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o"])
-    assert args.arc_combine == "sum" and args.spatial_order is None and not args.fail_on_suspect
+    # None: a --settings session's arc combination, else run_batch's default "sum".
+    assert args.arc_combine is None and args.spatial_order is None and not args.fail_on_suspect
+    assert batch_mod._DEFAULTS["arc_combine"] == "sum"
     args = parser.parse_args(
         ["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--arc-combine", "median",
          "--spatial-order", "2", "--fail-on-suspect"]

@@ -147,12 +147,15 @@ def test_seed_calls_work(frame):
         (np.ones(5), {}, ValueError, r"2D.*\(5,\)"),
         (np.ones((0, 3)), {}, ValueError, "empty"),
         ([["a", "b"]], {}, TypeError, "numeric"),
-        (np.ones((4, 4)), {"norm": "sqrt"}, ValueError, "norm must be"),
+        (np.ones((4, 4)), {"norm": "cubic"}, ValueError, "norm must be"),
+        (np.ones((4, 4)), {"interval": "auto"}, ValueError, "interval must be"),
+        (np.ones((4, 4)), {"norm": "log", "symmetric": True}, ValueError, "symmetric limits"),
+        (np.ones((4, 4)), {"scales": [1, 2]}, TypeError, "scales must be a dict"),
         (np.ones((4, 4)), {"vmin": 3, "vmax": 3}, ValueError, "vmin must be less than vmax"),
         (np.ones((4, 4)), {"vmin": 5, "vmax": 1}, ValueError, "vmin must be less than vmax"),
         (np.ones((4, 4)), {"norm": "log", "vmin": 0}, ValueError, "positive with norm='log'"),
         (np.ones((4, 4)), {"norm": "log", "vmin": -1, "vmax": 4}, ValueError, "positive"),
-        (np.ones((4, 4)), {"cmap": "jet"}, ValueError, "unknown colormap 'jet'"),
+        (np.ones((4, 4)), {"cmap": "nojet"}, ValueError, "unknown colormap 'nojet'"),
         (np.ones((4, 4)), {"xlim": (10, 20)}, ValueError, "does not overlap"),
         (np.ones((4, 4)), {"ylim": (3, 1)}, ValueError, "ylim"),
         (np.ones((4, 4)), {"figsize": (0, 3)}, ValueError, "figsize"),
@@ -246,3 +249,72 @@ def test_update_image_rejects_other_figures():
 
 def test_figure_is_an_image_figure(frame):
     assert isinstance(plot_image(frame), ImageFigure)
+
+
+# --------------------------------------------------------------------------
+# Display conventions and navigation
+# --------------------------------------------------------------------------
+
+
+def test_residual_view_diverging_symmetric_zscale(frame):
+    residual = frame - 600.0
+    residual[60:70] += 5000.0  # a bright trace must not wash out the residuals
+    fig = plot_image(residual, cmap="RdBu_r", interval="zscale", symmetric=True)
+    lo, hi = fig.color_scale.min, fig.color_scale.max
+    assert lo == -hi and 100 < hi < 400  # sky noise is 50: zscale, not the trace
+    assert fig.color_scale.colors[0] == "#053061" and fig.color_scale.colors[-1] == "#67001f"
+    expected = raster.render_png(residual, cmap="RdBu_r", interval="zscale", symmetric=True,
+                                 max_shape=fig._settings["max_shape"])
+    assert fig.image_mark.image.value == expected.png
+    # Deterministic from redraw to redraw.
+    before = fig.image_mark.image.value
+    fig.update_image(residual)
+    assert fig.image_mark.image.value == before
+
+
+@pytest.mark.parametrize("norm", ["sqrt", "asinh"])
+def test_stretched_colorbars_are_labelled_in_data_units(frame, norm):
+    fig = plot_image(frame, norm=norm, vmin=400, vmax=800)
+    axis = color_axis(fig)
+    assert (fig.color_scale.min, fig.color_scale.max) == (0.0, 1.0)
+    labels = sorted(float(v) for v in axis.tick_labels.values())
+    assert labels[0] >= 400 and labels[-1] <= 800 and len(labels) >= 3
+    # A tick at value t sits where the stretch puts t.
+    t = labels[1]
+    pos = float(raster.stretch((t - 400) / 400, norm))
+    assert any(abs(p - pos) < 1e-9 for p in axis.tick_values)
+
+
+def test_wheel_zoom_and_drag_pan_by_default(frame):
+    fig = plot_image(frame)
+    assert isinstance(fig.interaction, bqplot.interacts.PanZoom)
+    assert fig.interaction.scales == {"x": [fig.x_scale], "y": [fig.y_scale]}
+    assert plot_image(frame, panzoom=False).interaction is None
+
+
+def test_zoom_renders_the_visible_part_at_screen_resolution():
+    image = np.random.default_rng(0).normal(size=(900, 3000))
+    fig = plot_image(image, figsize=(10, 5))
+    full = png_size(fig.image_mark.image.value)
+    assert full[1] < 1000  # block-averaged
+    # What a wheel zoom sends (outside an event loop each trait re-renders at once).
+    fig.x_scale.set_state({"min": 1000.0, "max": 1300.0})
+    assert fig.n_zoom_renders >= 1
+    x0, x1 = fig.image_mark.x
+    assert x0 <= 1000 and x1 >= 1300 and x1 - x0 < 700  # visible range, half of it padded each side
+    assert (fig.x_scale.min, fig.x_scale.max) == (1000.0, 1300.0)  # the view is the user's
+    # A new image keeps the zoom.
+    fig.update_image(image * 2)
+    assert (fig.x_scale.min, fig.x_scale.max) == (1000.0, 1300.0)
+    assert tuple(fig.image_mark.x) == (x0, x1)
+    fig.reset_zoom()
+    assert (fig.x_scale.min, fig.x_scale.max) == (-0.5, 2999.5)
+
+
+def test_shared_scales_zoom_both_figures(frame):
+    a = plot_image(frame)
+    b = plot_image(frame * 2, scales={"x": a.x_scale, "y": a.y_scale})
+    assert b.x_scale is a.x_scale
+    a.x_scale.set_state({"min": 100.0, "max": 200.0})
+    assert a.n_zoom_renders >= 1 and b.n_zoom_renders >= 1
+    assert b.image_mark.x[1] - b.image_mark.x[0] < 300

@@ -213,7 +213,11 @@ def test_auto_limits_of_a_blank_image_are_still_valid():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"norm": "sqrt"}, "norm must be None, 'linear' or 'log'"),
+        ({"norm": "cubic"}, "norm must be None or one of 'linear', 'log', 'sqrt', 'asinh'"),
+        ({"interval": "auto"}, "interval must be 'minmax', 'zscale' or a percentile"),
+        ({"interval": 0}, "interval must be"),
+        ({"interval": True}, "interval must be"),
+        ({"norm": "log", "symmetric": True}, "symmetric limits need a norm"),
         ({"vmin": 2, "vmax": 1}, "vmin must be less than vmax"),
         ({"vmin": 1, "vmax": 1}, "vmin must be less than vmax"),
         ({"norm": "log", "vmin": 0}, "vmin must be positive with norm='log'"),
@@ -233,7 +237,9 @@ def test_normalize_clips_and_blanks():
     np.testing.assert_allclose(linear[0, :6], [0, 0, 0, 0.5, 1, 1])
     assert np.isnan(linear[0, 6:]).all()
     log = normalize(image, "log", vmin=10, vmax=100)
-    assert np.isnan(log[0, [0, 1, 6, 7]]).all()  # <= 0, NaN, inf
+    assert np.isnan(log[0, [6, 7]]).all()  # NaN, inf: blank
+    # <= 0 has no logarithm: the lowest colour, not blank (blank reads as a hot pixel).
+    np.testing.assert_array_equal(log[0, [0, 1]], [0.0, 0.0])
     np.testing.assert_allclose(log[0, 2:6], [0, np.log10(5.5), 1, 1], rtol=1e-6)
 
 
@@ -255,10 +261,10 @@ def test_known_colormaps_and_reversals():
 
 
 def test_unknown_colormap_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown colormap 'jet'.*viridis"):
-        get_colormap("jet")
+    with pytest.raises(ValueError, match="unknown colormap 'nojet'.*viridis"):
+        get_colormap("nojet")
     with pytest.raises(ValueError, match="unknown colormap"):
-        render_png(np.ones((2, 2)), cmap="jet")
+        render_png(np.ones((2, 2)), cmap="nojet")
 
 
 def test_colormap_hex_matches_the_rendered_colours():
@@ -283,11 +289,14 @@ def test_extremes_get_the_end_colours(cmap):
 # --------------------------------------------------------------------------
 
 
-def test_render_blanks_nan_and_non_positive_log_values():
+def test_render_blanks_nan_and_paints_non_positive_log_values_lowest():
     image = np.array([[1.0, np.nan, 100.0], [-3.0, 0.0, 10.0]])
     rgba = decode_png(render_png(image, norm="log", vmin=1, vmax=100, origin="upper").png)
     assert rgba.shape == (2, 3, 4)
-    np.testing.assert_array_equal(rgba[..., 3], [[255, 0, 255], [0, 0, 255]])
+    np.testing.assert_array_equal(rgba[..., 3], [[255, 0, 255], [255, 255, 255]])
+    lowest = [*get_colormap("inferno")[0], 255]
+    np.testing.assert_array_equal(rgba[1, 0], lowest)
+    np.testing.assert_array_equal(rgba[1, 1], lowest)
     linear = decode_png(render_png(image, vmin=-3, vmax=100, origin="upper").png)
     np.testing.assert_array_equal(linear[..., 3], [[255, 0, 255], [255, 255, 255]])
 
@@ -335,4 +344,87 @@ def test_raster_needs_only_numpy_and_the_standard_library():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "math", "struct", "typing", "zlib", "numpy"}
+    # matplotlib only inside the optional fallback for colormaps not shipped here.
+    allowed = {"__future__", "math", "struct", "typing", "zlib", "numpy"}
+    assert imported <= allowed | {"matplotlib"}
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top.add(node.module.split(".")[0])
+    assert top <= allowed
+
+
+# --------------------------------------------------------------------------
+# Stretches, intervals, diverging maps
+# --------------------------------------------------------------------------
+
+
+def test_sqrt_and_asinh_follow_astropy_visualization():
+    from astropy.visualization import AsinhStretch, SqrtStretch
+
+    x = np.linspace(0.0, 1.0, 11)
+    image = x[None, :] * 40.0 + 10.0  # vmin 10, vmax 50 -> x
+    np.testing.assert_allclose(normalize(image, "sqrt", 10, 50)[0], SqrtStretch()(x), atol=1e-6)
+    np.testing.assert_allclose(normalize(image, "asinh", 10, 50)[0], AsinhStretch()(x), atol=1e-6)
+    # Out-of-range values are clipped before the stretch.
+    assert normalize(np.array([[0.0, 99.0]]), "asinh", 10, 50).tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zscale_matches_astropy_and_is_deterministic(seed):
+    from astropy.visualization import ZScaleInterval
+
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, 5.0, (120, 800))
+    image[50:60] += rng.uniform(0, 5000, (10, 800))  # a bright trace
+    lo, hi = raster.zscale_limits(image)
+    np.testing.assert_allclose((lo, hi), ZScaleInterval().get_limits(image), rtol=1e-12)
+    assert 75 < lo < 100 < hi < 150  # the 5000-count trace hardly stretches the sky's limits
+    first = display_limits(image, interval="zscale")
+    assert all(display_limits(image, interval="zscale") == first for _ in range(3))
+
+
+def test_interval_minmax_and_percentile():
+    image = np.arange(1.0, 10001.0).reshape(100, 100)
+    assert display_limits(image, interval="minmax") == (1.0, 10000.0)
+    lo, hi = display_limits(image, interval=99.0)
+    assert lo == pytest.approx(np.percentile(image, 0.5), rel=1e-3)
+    assert hi == pytest.approx(np.percentile(image, 99.5), rel=1e-3)
+    assert display_limits(image, interval="99") == (lo, hi)
+
+
+def test_symmetric_limits_for_residuals():
+    image = np.r_[np.linspace(-2.0, 0, 50), np.linspace(0, 300.0, 50)].reshape(10, 10)
+    lo, hi = display_limits(image, interval="minmax", symmetric=True)
+    assert (lo, hi) == (-300.0, 300.0)
+    assert display_limits(image, vmax=5, symmetric=True) == (-5.0, 5.0)
+    assert display_limits(image, vmin=-4, symmetric=True) == (-4.0, 4.0)
+    # Zero sits in the middle of the map: the neutral colour of a diverging map.
+    rgba = decode_png(render_png(np.array([[0.0]]), cmap="RdBu_r", vmin=-1, vmax=1).png)
+    assert rgba[0, 0, :3].min() > 230  # near white
+
+
+def test_diverging_and_matplotlib_colormaps():
+    assert {"RdBu", "RdBu_r", "coolwarm", "coolwarm_r"} <= set(colormap_names())
+    assert colormap_hex("RdBu_r", 2) == ["#053061", "#67001f"]
+    mpl = pytest.importorskip("matplotlib")
+    np.testing.assert_array_equal(
+        get_colormap("cividis"), np.asarray(mpl.colormaps["cividis"](np.linspace(0, 1, 256), bytes=True))[:, :3]
+    )
+    np.testing.assert_array_equal(
+        get_colormap("coolwarm"), np.asarray(mpl.colormaps["coolwarm"](np.linspace(0, 1, 256), bytes=True))[:, :3]
+    )
+    with pytest.raises(ValueError, match="matplotlib does not know it either"):
+        get_colormap("no_such_map")
+
+
+def test_without_matplotlib_an_unshipped_name_says_how_to_get_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    monkeypatch.setattr(raster, "_MPL_CACHE", {})
+    with pytest.raises(ValueError, match="need matplotlib"):
+        get_colormap("cividis")
+    assert get_colormap("RdBu_r").shape == (256, 3)  # shipped maps need nothing

@@ -63,8 +63,18 @@ def test_gradient_needs_spatial_order():
 def test_cosmic_rays_are_rejected_not_fit():
     clean = make_synthetic_longslit(shape=(100, 1024), tilt=2.0, seed=24)
     hit = make_synthetic_longslit(shape=(100, 1024), tilt=2.0, seed=24, cosmic_rays=150)
-    res = sw.fit_sky(hit.science, hit.warp, hit.trace_rows, read_noise=4.0)
+    sigma = np.sqrt(clean.sky + 16)
+    # Uniform knots: the same knots with and without the hits, so the two
+    # fits must agree far below the noise.
+    res = sw.fit_sky(hit.science, hit.warp, hit.trace_rows, read_noise=4.0, knots="uniform")
     assert res.rejected.sum() >= 100
+    ref = sw.fit_sky(clean.science, clean.warp, clean.trace_rows, read_noise=4.0, knots="uniform")
+    assert rms((res.background - ref.background) / sigma) < 0.05
+    # Adaptive knots (the default) may place a few knots differently when the
+    # data differ, so the fits are compared with the truth instead.
+    res = sw.fit_sky(hit.science, hit.warp, hit.trace_rows, read_noise=4.0)
     ref = sw.fit_sky(clean.science, clean.warp, clean.trace_rows, read_noise=4.0)
-    diff = (res.background - ref.background) / np.sqrt(clean.sky + 16)
-    assert rms(diff) < 0.05
+    assert res.rejected.sum() >= 100
+    hit_err = rms((res.background - clean.sky) / sigma)
+    clean_err = rms((ref.background - clean.sky) / sigma)
+    assert hit_err <= clean_err + 0.02, (hit_err, clean_err)

@@ -147,7 +147,7 @@ def test_hover_and_click_readout(dash):
     assert (r["x"], r["y"]) == (int(round(grid.x[i])), int(round(grid.y[i])))
     assert r["value"] == state.science[0][r["y"], r["x"]]
     assert r["effpix"] == pytest.approx(state.warp_model.effpix_map()[r["y"], r["x"]])
-    assert f"x = {r['x']}" in viewer.readout_label.value
+    assert f"col {r['x']}" in viewer.readout_label.value and f"row {r['y']}" in viewer.readout_label.value
 
     grid.hovered_point = 3  # the other path the browser uses
     assert (viewer.readout["x"], viewer.readout["y"]) == (int(round(grid.x[3])), int(round(grid.y[3])))
@@ -166,9 +166,15 @@ def test_profile_click_adds_and_guess_click_removes(dash):
     picker, state = dash.picker, dash.state
     n, fits = len(state.guesses), state.n_warp_fits
     true_line = float(state.lines[3])
-    click(picker.click_mark, click_x=200.3, click_y=0.0)
-    assert len(state.guesses) == n + 1 and state.guesses[-1] == pytest.approx(200.3)
+    # A click where the profile has no line says so and adds nothing.
+    empty = next(x for x in np.arange(5.0, 395.0, 7.0) if picker.line_near(x) is None)
+    click(picker.click_mark, click_x=float(empty), click_y=0.0)
+    assert len(state.guesses) == n and state.n_warp_fits == fits
+    assert "No arc line within" in picker.click_message.value
+    click(picker.click_mark, click_x=true_line + 1.3, click_y=0.0)
+    assert len(state.guesses) == n + 1 and state.guesses[-1] == pytest.approx(true_line + 1.3)
     assert state.n_warp_fits == fits + 1 and picker.guess_mark.x.size == n + 1
+    assert picker.click_message.value == ""
 
     # Remove the guess on a real line through its marker.
     index = int(np.argmin(np.abs(np.asarray(state.guesses) - true_line)))
@@ -468,3 +474,146 @@ def test_dashboard_export_relative_folder_is_the_launcher_folder(tmp_path, monke
     assert sorted(p.name for p in (start / "specwidgets_sky").iterdir()) == ["exposure_0_sky.fits"]
     assert not any(elsewhere.iterdir())
     assert str((start / "specwidgets_sky").resolve()) in dash.export_message.value
+
+
+# ------------------------------------------------- preview, history, navigation
+def test_preview_updates_after_a_mask_change(dash, frames):
+    preview = dash.preview
+    assert preview.extraction is not None and preview.score is not None
+    assert preview.flux_line.x.size == frames.science.shape[2]
+    assert "Sky-line residual" in preview.info.value
+    n, first = preview.n_updates, preview.extraction.flux.copy()
+    a, b = frames.trace_rows
+    dash.viewer.mask_slider.value = (a - 3, b + 2)
+    assert preview.n_updates == n + 1
+    assert not np.array_equal(preview.extraction.flux, first)
+    # The preview shares the image's column scale: zooming one zooms the other.
+    assert preview.x_scale is dash.viewer.figure.x_scale
+    preview.method.value = "boxcar"
+    assert preview.extraction.method == "boxcar" and preview.n_updates == n + 2
+    # The trace is editable: shift it, fix the aperture.
+    rows = preview.trace.rows.copy()
+    preview.shift.value = 1.5
+    np.testing.assert_allclose(preview.trace.rows, rows + 1.5)
+    preview.aperture.value = 9.0
+    assert preview.extraction.width == 9.0
+
+
+def test_undo_and_redo_of_mask_and_guesses(dash):
+    state = dash.state
+    assert dash.undo_button.disabled and dash.redo_button.disabled
+    before = state.masks
+    dash.viewer.mask_slider.value = (5, 15)
+    assert state.masks == [(5, 15)] and not dash.undo_button.disabled
+    dash.undo_button.click()
+    assert state.masks == before and not dash.redo_button.disabled
+    assert dash.viewer.mask_slider.value == before[0]
+    dash.redo_button.click()
+    assert state.masks == [(5, 15)]
+    guesses = list(state.guesses)
+    dash.picker.remove_guess(0)
+    assert len(state.guesses) == len(guesses) - 1
+    # Ctrl-Z as the browser sends it (ipyevents), and Ctrl-Shift-Z.
+    assert dash.shortcuts.handle({"type": "keydown", "key": "z", "ctrlKey": True}) == "undo"
+    assert state.guesses == guesses
+    assert dash.shortcuts.handle({"type": "keydown", "key": "Z", "ctrlKey": True, "shiftKey": True}) == "redo"
+    assert len(state.guesses) == len(guesses) - 1
+    assert dash.shortcuts.handle({"type": "keydown", "key": "z"}) is None  # plain z: typing
+
+
+def test_residual_views_are_diverging_and_symmetric(dash):
+    viewer = dash.viewer
+    for view in ("chi", "corrected"):
+        viewer.view = view
+        lo, hi = viewer.figure.limits
+        assert lo == -hi and hi > 0
+        assert viewer.figure.color_scale.colors[0] == "#053061"  # RdBu_r
+        assert viewer.interval.value == "zscale"
+    assert -10 < viewer.figure.limits[0] < 0 or view == "corrected"
+    viewer.view = "chi"
+    assert viewer.figure.limits[1] < 10  # chi of the sky is ~1: zscale, not the trace
+    viewer.view = "science"
+    assert viewer.stretch.value == "log" and viewer.cmap.value == "inferno"
+    viewer.stretch.value = "asinh"
+    viewer.cmap.value = "viridis"
+    assert viewer.figure.color_scale.colors[0] == "#440154"
+    viewer.cmap.value = "nojet"  # reported, not raised
+    assert "unknown colormap" in dash.status.banner.value
+
+
+def test_blink_and_cursor_readout(dash):
+    viewer = dash.viewer
+    viewer.blink_button.value = True  # no event loop: one step
+    assert viewer.view == "corrected" and viewer.blink_button.value is False
+    viewer.blink_mode.value = "exposures"
+    viewer.blink_button.value = True
+    assert dash.state.exposure == 1
+    fig = viewer.figure
+    m = fig.fig_margin
+    width, height = 1000, 400
+    plot_w, plot_h = width - m["left"] - m["right"], height - m["top"] - m["bottom"]
+    viewer.cursor.handle({"type": "mousemove", "relativeX": m["left"] + plot_w / 2,
+                          "relativeY": m["top"] + plot_h / 2, "boundingRectWidth": width,
+                          "boundingRectHeight": height})
+    n_rows, n_cols = dash.state.shape
+    assert abs(viewer.readout["x"] - (n_cols - 1) / 2) <= 1 and abs(viewer.readout["y"] - (n_rows - 1) / 2) <= 1
+    assert f"row {viewer.readout['y']}, col {viewer.readout['x']}" in viewer.readout_label.value
+    # The other panels read out too: the arc image and the 1D preview.
+    dash.picker._on_arc_cursor(10.2, 5.7)
+    assert f"row 6, col 10: arc = {dash.state.arc[6, 10]:.5g}" in dash.picker.arc_readout.value
+    dash.preview.show_readout(20.4)
+    assert f"col 20: target = {dash.preview.extraction.flux[20]:.5g}" in dash.preview.readout.value
+
+
+def test_zoom_in_the_image_moves_the_arc_image(dash):
+    scale = dash.viewer.figure.x_scale
+    assert dash.picker.arc_figure.x_scale is scale
+    scale.set_state({"min": 100.0, "max": 150.0})
+    assert dash.picker.arc_figure.n_zoom_renders >= 1
+    x0, x1 = dash.picker.arc_figure.image_mark.x
+    assert x0 <= 100 and x1 >= 150 and x1 - x0 < 200
+
+
+def test_session_round_trip_gives_the_same_sky(dash, frames, tmp_path):
+    state = dash.state
+    dash.viewer.mask_slider.value = (8, 30)
+    with state.hold():
+        state.tolerance = 10.0
+        state.std_variation = 30.0
+    dash.picker.remove_guess(0)
+    state.method = "median"
+    dash.viewer.view = "chi"
+    dash.viewer.cmap.value = "coolwarm"
+    path = dash.save_session(tmp_path / "s.json")
+    assert "saved" in dash.session_message.value
+
+    other = Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
+    assert other.load_session(path) == []
+    for name in ("mask_region", "guesses", "tolerance", "std_variation", "method", "read_noise"):
+        assert getattr(other.state, name) == getattr(state, name), name
+    np.testing.assert_allclose(other.background, dash.background, rtol=1e-6, atol=0)
+    assert other.viewer.view == "chi" and other.viewer.cmap.value == "coolwarm"
+    other.undo()  # a load is undoable like any edit
+    assert other.state.guesses != state.guesses or other.state.masks != state.masks
+
+
+def test_session_errors_are_clear(dash, tmp_path):
+    import json
+
+    with pytest.raises(ValueError, match="no session file"):
+        dash.load_session(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON session"):
+        dash.load_session(bad)
+    other = tmp_path / "other.json"
+    data = json.loads(dash.save_session(tmp_path / "ok.json").read_text())
+    data["frames"]["shape"] = [10, 20]
+    other.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="saved for frames of shape"):
+        dash.load_session(other)
+    with pytest.raises(ValueError, match="is a folder"):
+        dash.save_session(tmp_path)
+    dash.session_path.value = str(tmp_path / "missing.json")
+    dash.load_session_button.click()  # reported in the banner, not raised
+    assert "no session file" in dash.status.banner.value

@@ -445,7 +445,7 @@ class DashboardApp:
         goodman_label = "Goodman sample" if goodman_available() else "Goodman sample (download, 22 MB)"
         self.source = w.ToggleButtons(
             options=[("Synthetic demo", "demo"), (goodman_label, "goodman"), ("FITS folder", "folder")],
-            value="demo", style={"button_width": "190px"},
+            value="demo", style={"button_width": "250px"},
         )
         self.source.add_class("sw-source")
         self.load_button = w.Button(description="Load", icon="upload", button_style="primary",
@@ -698,7 +698,8 @@ class DashboardApp:
         frames = load_demo()
         names = [f"demo_{k}" for k in range(frames.science.shape[0])]
         # The demo frames carry their own read noise and gain (no override).
-        self._show(frames.science, frames.arc, [frames.trace_rows], None, "the synthetic demo", names)
+        self._show(frames.science, frames.arc, [frames.trace_rows], None, "the synthetic demo", names,
+                   source={"kind": "demo"})
 
     def _load_goodman(self):
         from specwidgets.sample_data import goodman_path
@@ -708,9 +709,9 @@ class DashboardApp:
         self.folder.value = self._shown_path(folder)
         self._apply_preset(GOODMAN_PRESET)
         # The packaged sample is the app's own data, allowed outside the data root.
-        self._load_form(label="the Goodman sample", folder=folder)
+        self._load_form(label="the Goodman sample", folder=folder, kind="goodman")
 
-    def _load_form(self, label=None, folder=None):
+    def _load_form(self, label=None, folder=None, kind="folder"):
         from specwidgets.security import escape_outside_links
 
         crop = parse_rows(self.crop.value, "crop rows")
@@ -740,8 +741,9 @@ class DashboardApp:
             mask = (mask[0], mask[1] if mask[1] is not None else n_rows)
         counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
+        source = self._source_record(kind, folder, crop, data.arc_combine)
         # The science frames carry the headers' noise model; the page's fields show it.
-        self._show(data.science, data.arc, [mask], None, label, data.files.get("science"))
+        self._show(data.science, data.arc, [mask], None, label, data.files.get("science"), source=source)
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
@@ -755,7 +757,65 @@ class DashboardApp:
         elif notes:
             self._say("warning", f"Loaded {label}:", notes)
 
-    def _show(self, science, arc, mask_region, read_noise, label, names=None):
+    def _source_record(self, kind, folder, crop, arc_combine):
+        """The ``source`` part of a session (see :mod:`specwidgets.settings`): what batch needs to read the frames."""
+        from specwidgets.settings import mask_text
+
+        record = {"kind": kind, "instrument": self.instrument.value, "arc_tag": self.arc_tag.value,
+                  "bias_tag": self.bias_tag.value, "science_tag": self.science_tag.value,
+                  "crop": None if crop is None else mask_text(crop), "arc_combine": arc_combine}
+        if kind == "folder":
+            folder = Path(folder).resolve()
+            # Relative to the data root, so the session names no server path and
+            # batch finds the folder wherever the root is (--data-root).
+            if self.data_root is not None and folder.is_relative_to(self.data_root):
+                record.update(folder=folder.relative_to(self.data_root).as_posix() or ".", root="data root")
+            else:
+                record.update(folder=str(folder), root=None)
+        return record
+
+    def _session_path(self, text):
+        """A session file typed in the page: under the output root (when there is one)."""
+        text = str(text).strip()
+        if not text:
+            raise ValueError("type the session file's name, e.g. night1_session.json")
+        return self._output_path(text)
+
+    def save_session(self, path=None):
+        """Save the dashboard's settings and the data source (see :mod:`specwidgets.settings`); returns the path."""
+        dash = self.dashboard
+        if dash is None:
+            raise ValueError("nothing to save: no data loaded")
+        typed = dash.session_path.value if path is None else str(path)
+        written = dash.save_session(self._session_path(typed))
+        dash.session_message.value = html.escape(f"saved the settings to {self._shown_output(written)}")
+        return written
+
+    def load_session(self, path=None):
+        """Apply a session file's settings to the loaded data; returns what could not be applied.
+
+        A bad file (wrong version, unknown key, invalid mask) raises a
+        ValueError naming the key, and the dashboard keeps its settings.
+        """
+        dash = self.dashboard
+        if dash is None:
+            raise ValueError("nothing to apply the session to: no data loaded")
+        typed = dash.session_path.value if path is None else str(path)
+        try:
+            return dash.load_session(self._session_path(typed))
+        except ValueError as exc:  # shown without the server's paths
+            text = self._relative_to_root(str(exc))
+            dash.session_message.value = html.escape(f"could not load the session: {text}", quote=False)
+            raise ValueError(text) from None
+
+    def _wire_sessions(self, dash):
+        """Route the dashboard's session buttons through the app (roots; the source is saved too)."""
+        for button, method in ((dash.save_session_button, self.save_session),
+                               (dash.load_session_button, self.load_session)):
+            button._click_handlers.callbacks.clear()
+            button.on_click(dash.status.guard(lambda _, method=method: method()))
+
+    def _show(self, science, arc, mask_region, read_noise, label, names=None, source=None):
         from specwidgets.widgets import Dashboard
 
         if names is not None and len(names) != science.shape[0]:
@@ -769,6 +829,8 @@ class DashboardApp:
         dash.viewer.mask_slider.add_class("sw-mask-slider")
         dash.add_class("sw-dashboard")
         self._wire_export(dash)
+        dash.session_source = source
+        self._wire_sessions(dash)
         old, self.dashboard, self.data_label = self.dashboard, dash, label
         self.body.children = [dash]
         if old is not None:

@@ -8,7 +8,8 @@ only draw and forward edits. The core package never imports this one.
 * :class:`WarpGuessPicker` - arc profile, clickable guesses, line curves, residuals
 * :class:`SEDExplorer` - the super-sampled sky spectrum, aggregated for display
 * :class:`SkyFitControls` - spatial order, knot spacing, rejection, gain, read noise
-* :class:`Dashboard` - the three on one state
+* :class:`SpectrumPreview` - the extracted 1D spectrum, the sky spectrum, the sky-line score
+* :class:`Dashboard` - all of them on one state, with undo/redo
 
 Examples
 --------
@@ -22,8 +23,10 @@ Examples
 from .aggregate import SEDAggregate, aggregate_sed, decimate_curve, leak_rows
 from .dashboard import Dashboard
 from .debounce import Debounced
+from .history import History
 from .image_viewer import VIEWS, ImageViewer
 from .payload import PayloadMeter
+from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
 from .sky_controls import SkyFitControls
 from .status import StatusBar
@@ -33,11 +36,13 @@ __all__ = [
     "VIEWS",
     "Dashboard",
     "Debounced",
+    "History",
     "ImageViewer",
     "PayloadMeter",
     "SEDAggregate",
     "SEDExplorer",
     "SkyFitControls",
+    "SpectrumPreview",
     "StatusBar",
     "WarpGuessPicker",
     "aggregate_sed",

@@ -25,7 +25,10 @@ import traitlets as tl
 
 from ..background import METHODS
 from ..state import SkyState
+from .history import History
 from .image_viewer import ImageViewer, ranges_of
+from .navigation import KeyShortcuts
+from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
 from .sky_controls import SkyFitControls
 from .status import StatusBar
@@ -71,6 +74,10 @@ class Dashboard(ipywidgets.VBox):
     picker : WarpGuessPicker or None
         None without an arc frame.
     sed : SEDExplorer
+    preview : SpectrumPreview
+        The extracted 1D spectrum beside the sky spectrum, with the sky-line score.
+    history : History
+        Undo/redo of mask and guess edits (``undo_button``, ``redo_button``, Ctrl-Z).
     status : StatusBar
     method : ipywidgets.ToggleButtons
         The sky estimator (``state.method``).
@@ -97,7 +104,12 @@ class Dashboard(ipywidgets.VBox):
         guard = self.status.guard
         self.viewer = ImageViewer(state, status=self.status, figsize=figsize)
         self.sed = SEDExplorer(state, status=self.status)
-        self.picker = WarpGuessPicker(state, status=self.status, figsize=figsize) if state.arc is not None else None
+        # The arc image and the 1D preview share the image's scales: zoom one, the others follow.
+        image_scales = {"x": self.viewer.figure.x_scale, "y": self.viewer.figure.y_scale}
+        self.picker = WarpGuessPicker(state, status=self.status, figsize=figsize,
+                                      image_scales=image_scales) if state.arc is not None else None
+        self.preview = SpectrumPreview(state, status=self.status, x_scale=self.viewer.figure.x_scale)
+        self._build_history()
         self.method = ipywidgets.ToggleButtons(
             options=list(METHODS), value=state.method, description="Sky method", style={"button_width": "80px"}
         )
@@ -107,11 +119,16 @@ class Dashboard(ipywidgets.VBox):
         # Brushing the sky spectrum outlines the same effective pixels on the image.
         self._link = tl.dlink((self.sed, "selected_range"), (self.viewer, "highlight"))
 
-        sky = ipywidgets.VBox([self.viewer, self.sed])
-        pages = [sky] + ([self.picker] if self.picker is not None else [])
+        sky = ipywidgets.VBox([self.viewer, self.preview, self.sed])
+        # The picker is put in its tab when the tab is first opened: a bqplot
+        # figure drawn in a hidden tab has no size and sets negative widths
+        # (console errors "<rect> attribute width: A negative value").
+        self._picker_page = ipywidgets.VBox()
+        pages = [sky] + ([self._picker_page] if self.picker is not None else [])
         self.tabs = ipywidgets.Tab(children=pages)
         for i, title in enumerate(["Sky", "Warp guesses"][: len(pages)]):
             self.tabs.set_title(i, title)
+        self.tabs.observe(guard(self._on_tab), names="selected_index")
         n_exp = state.n_exposures
         self.exposure_names = list(exposure_names) if exposure_names is not None else [
             f"exposure_{k}" for k in range(n_exp)
@@ -123,7 +140,93 @@ class Dashboard(ipywidgets.VBox):
         self.export_message = ipywidgets.HTML()
         self.export_button.on_click(guard(lambda _: self.export(self.export_folder.value)))
         export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
-        self.children = [ipywidgets.HBox([self.method, self.status]), self.sky_controls, self.tabs, export_bar]
+        session_bar = self._build_session_bar()
+        self.children = [ipywidgets.HBox([self.method, self.undo_button, self.redo_button, self.status]),
+                         self.sky_controls, self.tabs, export_bar, session_bar]
+
+    # ------------------------------------------------------------ sessions
+    def _build_session_bar(self):
+        guard = self.status.guard
+        #: Where the frames came from (a dict, see specwidgets.settings), saved
+        #: in sessions so that ``specwidgets batch --settings`` finds them; the
+        #: page app sets it.
+        self.session_source = None
+        self.session_path = ipywidgets.Text(value="specwidgets_session.json", description="Session")
+        self.save_session_button = ipywidgets.Button(description="Save session", icon="save",
+                                                     layout=ipywidgets.Layout(width="150px"))
+        self.load_session_button = ipywidgets.Button(description="Load session", icon="folder-open",
+                                                     layout=ipywidgets.Layout(width="150px"))
+        self.session_message = ipywidgets.HTML()
+        self.save_session_button.add_class("sw-save-session")
+        self.load_session_button.add_class("sw-load-session")
+        self.session_message.add_class("sw-session-message")
+        self.save_session_button.on_click(guard(lambda _: self.save_session(self.session_path.value)))
+        self.load_session_button.on_click(guard(lambda _: self.load_session(self.session_path.value)))
+        return ipywidgets.HBox([self.session_path, self.save_session_button, self.load_session_button,
+                                self.session_message])
+
+    def save_session(self, path):
+        """Save the settings (mask, guesses, warp and sky options, display, trace) to a JSON file.
+
+        See :mod:`specwidgets.widgets.session`. Returns the path written.
+        """
+        from .session import save_session
+
+        written = save_session(self, str(path).strip())
+        self.session_message.value = f"saved the settings to {written}"
+        return written
+
+    def load_session(self, path):
+        """Apply the settings of a session file saved by :meth:`save_session` (one recomputation).
+
+        Returns the names of the settings this dashboard could not apply.
+        """
+        from .session import load_session
+
+        try:
+            skipped = load_session(self, str(path).strip())
+        except ValueError as exc:  # the settings stay as they were; say why next to the buttons
+            self.session_message.value = html.escape(f"could not load the session: {exc}", quote=False)
+            raise
+        note = f" (not applied: {', '.join(skipped)})" if skipped else ""
+        self.session_message.value = f"loaded the settings of {str(path).strip()}{note}"
+        return skipped
+
+    def _on_tab(self, change):
+        if change["new"] == 1 and self.picker is not None and not self._picker_page.children:
+            self._picker_page.children = [self.picker]
+            for figure in (self.picker.profile_figure, self.picker.arc_figure):
+                self.shortcuts.add(figure)
+
+    # ------------------------------------------------------------ history
+    def _build_history(self):
+        """Undo/redo of mask and guess edits: buttons, and Ctrl-Z / Ctrl-Y over the page."""
+        guard = self.status.guard
+        self.history = History(self.state)
+        self.undo_button = ipywidgets.Button(description="Undo", icon="undo", disabled=True,
+                                             tooltip="Undo the last mask or guess change (Ctrl-Z)",
+                                             layout=ipywidgets.Layout(width="80px"))
+        self.redo_button = ipywidgets.Button(description="Redo", icon="repeat", disabled=True,
+                                             tooltip="Redo (Ctrl-Y or Ctrl-Shift-Z)",
+                                             layout=ipywidgets.Layout(width="80px"))
+        self.undo_button.add_class("sw-undo")
+        self.redo_button.add_class("sw-redo")
+        self.undo_button.on_click(guard(lambda _: self.undo()))
+        self.redo_button.on_click(guard(lambda _: self.redo()))
+        tl.dlink((self.history, "can_undo"), (self.undo_button, "disabled"), transform=lambda v: not v)
+        tl.dlink((self.history, "can_redo"), (self.redo_button, "disabled"), transform=lambda v: not v)
+        # Over the figures only: ipyevents swallows every key while the pointer
+        # is over a watched widget, which would block typing in text fields.
+        self.shortcuts = KeyShortcuts([self.viewer.figure, self.preview.figure, self.sed.figure],
+                                      guard(self.undo), guard(self.redo))
+
+    def undo(self):
+        """Undo the last change of the mask or the guesses (what Undo and Ctrl-Z do)."""
+        return self.history.undo()
+
+    def redo(self):
+        """Redo the last undone change."""
+        return self.history.redo()
 
     def export(self, out_dir, overwrite=True):
         """Write the loaded exposures as the batch runner does: ``<out_dir>/<name>_sky.fits``.

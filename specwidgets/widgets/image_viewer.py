@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import bqplot
@@ -30,15 +31,32 @@ import numpy as np
 import traitlets as tl
 
 from ..plotting import plot_image
+from ..raster import NORMS, display_limits
 from .aggregate import highlight_mask, iso_effpix_polygon
-from .debounce import Debounced
+from .debounce import Debounced, running_loop
+from .navigation import HAVE_IPYEVENTS, CursorReadout
 from .status import StatusBar
 
 __all__ = ["ImageViewer", "VIEWS"]
 
 VIEWS = ("science", "background", "corrected", "chi")
 _LABELS = {"science": "Science", "background": "Background", "corrected": "Corrected", "chi": "Chi"}
-_DEFAULT_NORM = {"science": "log", "background": "log", "corrected": "linear", "chi": "linear"}
+# Display defaults per view: counts on a log stretch; residuals (corrected,
+# chi) on a diverging map with zscale limits symmetric about zero, so the
+# sky residuals are visible next to a bright trace.
+_DISPLAY = {
+    "science": dict(norm="log", interval="auto", cmap="inferno", symmetric=False),
+    "background": dict(norm="log", interval="auto", cmap="inferno", symmetric=False),
+    "corrected": dict(norm="linear", interval="zscale", cmap="RdBu_r", symmetric=True),
+    "chi": dict(norm="linear", interval="zscale", cmap="RdBu_r", symmetric=True),
+}
+_DEFAULT_NORM = {view: d["norm"] for view, d in _DISPLAY.items()}
+_INTERVALS = [("1-99.5 %", "auto"), ("zscale", "zscale"), ("min-max", "minmax"), ("99.5 %", "99.5"),
+              ("99 %", "99"), ("95 %", "95"), ("90 %", "90")]
+_CMAPS = ["inferno", "magma", "viridis", "plasma", "gray", "RdBu_r", "coolwarm", "inferno_r", "gray_r"]
+#: Seconds each picture of a blink stays.
+BLINK_SECONDS = 0.8
+_BLINK_MODES = [("science / corrected", "views"), ("exposures", "exposures")]
 _UNITS = {"science": "Counts", "background": "Counts", "corrected": "Counts", "chi": "(data - sky) / sigma"}
 
 # Hover cells of about this many screen pixels: finer would only add SVG
@@ -116,8 +134,25 @@ class ImageViewer(ipywidgets.VBox):
             description="Exposure", disabled=n_exp == 1, layout=ipywidgets.Layout(width="200px"),
         )
         self.stretch = ipywidgets.ToggleButtons(
-            options=["linear", "log"], value=_DEFAULT_NORM[self.view], style={"button_width": "60px"}
+            options=list(NORMS), value=_DEFAULT_NORM[self.view], style={"button_width": "55px"},
+            tooltips=["linear", "log10 of the value (<= 0: lowest colour)", "square root", "asinh"],
         )
+        self.interval = ipywidgets.Dropdown(
+            options=_INTERVALS, value=_DISPLAY[self.view]["interval"], description="Limits",
+            style={"description_width": "45px"}, layout=ipywidgets.Layout(width="150px"),
+        )
+        self.cmap = ipywidgets.Combobox(
+            options=_CMAPS, value=_DISPLAY[self.view]["cmap"], description="Colormap", ensure_option=False,
+            continuous_update=False, style={"description_width": "65px"}, layout=ipywidgets.Layout(width="190px"),
+        )
+        self.symmetric = ipywidgets.Checkbox(value=_DISPLAY[self.view]["symmetric"], description="symmetric",
+                                             indent=False, layout=ipywidgets.Layout(width="95px"))
+        self.reset_zoom_button = ipywidgets.Button(description="Reset zoom", icon="expand",
+                                                   layout=ipywidgets.Layout(width="110px"))
+        self.blink_button = ipywidgets.ToggleButton(description="Blink", icon="eye", value=False,
+                                                    layout=ipywidgets.Layout(width="80px"))
+        self.blink_mode = ipywidgets.Dropdown(options=_BLINK_MODES, value="views",
+                                              layout=ipywidgets.Layout(width="170px"))
         self.auto_limits = ipywidgets.Checkbox(value=True, description="auto limits", indent=False,
                                                layout=ipywidgets.Layout(width="110px"))
         self.vmin = ipywidgets.FloatText(description="vmin", disabled=True, layout=ipywidgets.Layout(width="160px"))
@@ -125,18 +160,24 @@ class ImageViewer(ipywidgets.VBox):
 
         ranges = ranges_of(state)
         first = ranges[0] if ranges else (0, max(1, n_rows // 10))
+        # The slider's own readout says "38 – 71"; ours says "38:71", the
+        # Python slice the range list, the form and the API use too.
         self.mask_slider = ipywidgets.IntRangeSlider(
             value=first, min=0, max=n_rows, step=1, description="Mask rows",
-            continuous_update=False, layout=ipywidgets.Layout(width="420px"),
+            continuous_update=False, readout=False, layout=ipywidgets.Layout(width="360px"),
         )
+        self.mask_label = ipywidgets.HTML(layout=ipywidgets.Layout(width="70px"))
+        self.mask_label.add_class("sw-mask-label")
         self.mask_select = ipywidgets.Dropdown(description="Range", layout=ipywidgets.Layout(width="220px"))
         self.add_button = ipywidgets.Button(description="Add range", icon="plus", layout=ipywidgets.Layout(width="110px"))
         self.remove_button = ipywidgets.Button(description="Remove", icon="minus", layout=ipywidgets.Layout(width="100px"))
-        self.readout_label = ipywidgets.HTML("<i>move the mouse over the image</i>")
+        hint = "wheel: zoom, drag: pan" + (", move the mouse for the pixel value" if HAVE_IPYEVENTS else
+                                           ", click a pixel for its value")
+        self.readout_label = ipywidgets.HTML(f"<i>{hint}</i>")
 
         self.figure = plot_image(
-            self._view_array(), norm=self.stretch.value, title=self._title(), figsize=figsize,
-            cbar_label=_UNITS[self.view],
+            self._view_array(), title=self._title(), figsize=figsize, cbar_label=_UNITS[self.view],
+            **self._display_settings(),
         )
         scales = {"x": self.figure.x_scale, "y": self.figure.y_scale}
         self.image_mark = self.figure.image_mark
@@ -153,13 +194,28 @@ class ImageViewer(ipywidgets.VBox):
             x=hx, y=hy, scales=scales, marker="square", default_size=size, opacities=[0.0],
             colors=["white"], interactions={}, preserve_domain={"x": True, "y": True},
         )
-        self.figure.marks = [*self.figure.marks, self.mask_bands, self.highlight_mark, self.hover_mark]
+        # Under pan/zoom the hover squares get no events (the PanZoom layer is
+        # on top); with ipyevents the readout follows mousemove instead, and
+        # thousands of idle SVG squares would only slow the page.
+        hover = [] if HAVE_IPYEVENTS else [self.hover_mark]
+        self.figure.marks = [*self.figure.marks, self.mask_bands, self.highlight_mark, *hover]
 
         # Front end -> state
         self._commit_mask = Debounced(self._commit_mask_now, delay=debounce, on_error=self.status.report)
         self.view_buttons.observe(guard(self._on_view_button), names="value")
         self.exposure.observe(guard(self._on_exposure_widget), names="value")
         self.stretch.observe(guard(self._on_display_setting), names="value")
+        self.interval.observe(guard(self._on_display_setting), names="value")
+        self.cmap.observe(guard(self._on_display_setting), names="value")
+        self.symmetric.observe(guard(self._on_display_setting), names="value")
+        self.reset_zoom_button.on_click(guard(lambda _: self.figure.reset_zoom()))
+        self.blink_button.observe(guard(self._on_blink), names="value")
+        self._blink_task = None
+        self._blink_phase = 0
+        # Under wheel zoom / drag pan the mark hovers get no events: the
+        # readout follows the browser's mousemove instead (with ipyevents).
+        self.cursor = CursorReadout(self.figure, self.figure.x_scale, self.figure.y_scale,
+                                    guard(self._on_cursor))
         self.auto_limits.observe(guard(self._on_auto_limits), names="value")
         self.vmin.observe(guard(self._on_display_setting), names="value")
         self.vmax.observe(guard(self._on_display_setting), names="value")
@@ -182,12 +238,16 @@ class ImageViewer(ipywidgets.VBox):
 
         self._sync_mask_widgets()
         self._show_limits()
-        mask_row = ipywidgets.HBox([self.mask_slider, self.mask_select, self.add_button, self.remove_button])
-        display_row = ipywidgets.HBox([self.stretch, self.auto_limits, self.vmin, self.vmax])
+        mask_row = ipywidgets.HBox([self.mask_slider, self.mask_label, self.mask_select, self.add_button,
+                                    self.remove_button])
+        display_row = ipywidgets.HBox([self.stretch, self.interval, self.cmap, self.symmetric])
+        limits_row = ipywidgets.HBox([self.auto_limits, self.vmin, self.vmax, self.reset_zoom_button,
+                                      self.blink_button, self.blink_mode])
         self.children = [
             *([self.status] if self.own_status else []),
             ipywidgets.HBox([self.view_buttons, self.exposure]),
             display_row,
+            limits_row,
             self.figure,
             self.readout_label,
             mask_row,
@@ -219,13 +279,35 @@ class ImageViewer(ipywidgets.VBox):
         suffix = " (no sky fit yet: showing the science frame)" if missing else ""
         return f"{_LABELS[self.view]}, exposure {self.state.exposure}{suffix}"
 
+    def _display_settings(self):
+        """``plot_image`` keywords of the display controls."""
+        interval = None if self.interval.value == "auto" else self.interval.value
+        auto = self.auto_limits.value
+        settings = dict(
+            norm=self.stretch.value,
+            interval=interval,
+            cmap=self.cmap.value.strip() or _DISPLAY[self.view]["cmap"],
+            symmetric=self.symmetric.value and self.stretch.value != "log",
+            vmin=None if auto else self.vmin.value,
+            vmax=None if auto else self.vmax.value,
+        )
+        if auto and self.view in ("corrected", "chi") and self.state.result is not None:
+            # Residuals are judged in the sky: their limits come from the
+            # unmasked rows, so the bright trace in the masked rows cannot
+            # stretch them (it saturates instead).
+            sky = np.ones(self.state.shape[0], bool)
+            for a, b in self.mask_ranges:
+                sky[a:b] = False
+            if sky.sum() >= 2:
+                settings["vmin"], settings["vmax"] = display_limits(
+                    self._view_array()[sky], settings["norm"], interval=interval, symmetric=settings["symmetric"]
+                )
+        return settings
+
     def refresh_image(self):
         """Re-render the current view with the current display settings."""
-        auto = self.auto_limits.value
-        vmin = None if auto else self.vmin.value
-        vmax = None if auto else self.vmax.value
         with self.status.working():
-            self.figure.update_image(self._view_array(), norm=self.stretch.value, vmin=vmin, vmax=vmax)
+            self.figure.update_image(self._view_array(), **self._display_settings())
         with self.figure.hold_sync():
             self.figure.title = self._title()
         if self.figure.color_axis.label != _UNITS[self.view]:
@@ -237,10 +319,7 @@ class ImageViewer(ipywidgets.VBox):
         """Write the limits in use into the (disabled) vmin/vmax boxes."""
         if not self.auto_limits.value:
             return
-        scale = self.figure.color_scale
-        lo, hi = scale.min, scale.max
-        if self.stretch.value == "log":
-            lo, hi = 10.0**lo, 10.0**hi
+        lo, hi = self.figure.limits
         self._syncing = True
         try:
             with self.vmin.hold_sync(), self.vmax.hold_sync():
@@ -255,8 +334,12 @@ class ImageViewer(ipywidgets.VBox):
         self.view_buttons.value = self.view
         self._syncing = True
         try:
-            # Each view has its natural stretch; limits follow the data.
-            self.stretch.value = _DEFAULT_NORM[self.view]
+            # Each view has its natural stretch, map and limits.
+            defaults = _DISPLAY[self.view]
+            self.stretch.value = defaults["norm"]
+            self.interval.value = defaults["interval"]
+            self.cmap.value = defaults["cmap"]
+            self.symmetric.value = defaults["symmetric"]
             self.auto_limits.value = True
             self.vmin.disabled = self.vmax.disabled = True
         finally:
@@ -285,6 +368,47 @@ class ImageViewer(ipywidgets.VBox):
             self.refresh_image()
         else:
             self._refresh_readout()
+
+    # -------------------------------------------------------------- blink
+    def blink_step(self):
+        """Show the next picture of the blink: the other view or the next exposure."""
+        if self.blink_mode.value == "exposures":
+            n = self.state.n_exposures
+            if n > 1:
+                self.state.exposure = (self.state.exposure + 1) % n
+        else:
+            self.view = "corrected" if self.view == "science" else "science"
+        self._blink_phase += 1
+
+    def _on_blink(self, change):
+        if not change["new"]:
+            if self._blink_task is not None:
+                self._blink_task.cancel()
+                self._blink_task = None
+            return
+        if self.blink_mode.value == "exposures" and self.state.n_exposures < 2:
+            self.blink_button.value = False
+            raise ValueError("only one exposure: nothing to blink between (choose science / corrected)")
+        loop = running_loop()
+        if loop is None:
+            self.blink_step()  # no event loop (a script, a test): one step per press
+            self.blink_button.value = False
+            return
+        self._blink_task = loop.create_task(self._blink_loop())
+
+    async def _blink_loop(self):
+        try:
+            while self.blink_button.value:
+                await asyncio.sleep(BLINK_SECONDS)
+                if self.blink_button.value:
+                    self.status.guard(self.blink_step)()
+        except asyncio.CancelledError:
+            pass
+
+    def _on_cursor(self, x, y):
+        if x is None:
+            return
+        self.show_readout(x, y)
 
     # --------------------------------------------------------------- mask
     @property
@@ -351,12 +475,15 @@ class ImageViewer(ipywidgets.VBox):
         try:
             if ranges:
                 self.active_range = min(self.active_range, len(ranges) - 1)
-                options = [(f"{i + 1}: rows {a}-{b - 1}", i) for i, (a, b) in enumerate(ranges)]
+                options = [(f"{i + 1}: rows {a}:{b}", i) for i, (a, b) in enumerate(ranges)]
                 with self.mask_select.hold_sync():
                     self.mask_select.options = options
                     self.mask_select.value = self.active_range
                 self.mask_slider.value = ranges[self.active_range]
+                a, b = ranges[self.active_range]
+                self.mask_label.value = f"<code>{a}:{b}</code>"
             else:
+                self.mask_label.value = ""
                 self.mask_select.options = [("no mask", 0)]
             self.mask_slider.disabled = not ranges
             self.remove_button.disabled = not ranges
@@ -455,7 +582,7 @@ class ImageViewer(ipywidgets.VBox):
         self.readout = {"x": col, "y": row, "value": value, "effpix": effpix, "masked": masked}
         note = " <span style='color:#777'>(masked row)</span>" if masked else ""
         self.readout_label.value = (
-            f"<code>x = {col}, y = {row}, {self.view} = {value:.5g}, "
+            f"<code>row {row}, col {col}: {self.view} = {value:.5g}, "
             f"effective pixel = {effpix:.3f}</code>{note}"
         )
         return self.readout

@@ -101,7 +101,8 @@ class StatusBar(ipywidgets.VBox):
     def _refresh_busy(self, change=None):
         try:
             if self.busy:
-                text = "&#9203; <b>computing&hellip;</b>"
+                # U+25CF, in every text font: the hourglass U+23F3 needs an emoji font.
+                text = "<span style='color:#e08000'>&#9679;</span> <b>computing&hellip;</b>"
             else:
                 ms = 1000.0 * self.state.last_duration
                 warnings = self.quality_warnings

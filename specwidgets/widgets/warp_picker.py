@@ -2,7 +2,8 @@
 
 :class:`WarpGuessPicker` shows the arc's profile at the reference row with
 the lines :func:`~specwidgets.find_cal_lines` found, and the guesses in use.
-Clicking the profile adds a guess there; clicking a guess removes it. The
+Clicking the profile adds a guess there (if a line is within the tolerance;
+otherwise a message next to the profile says so); clicking a guess removes it. The
 fitted line curves are drawn over the arc image, a table lists each line's
 residual RMS, and a warning names what is wrong with a poor model (too few
 lines, lines that scatter, a narrow span: the seed's "Bad Warp Models").
@@ -15,8 +16,13 @@ Examples
 >>> state = SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows])
 >>> picker = WarpGuessPicker(state)
 >>> n = len(state.guesses)
->>> picker.click_mark._handle_custom_msgs(None, {"event": "element_click",
-...                                              "data": {"click_x": 150.0, "click_y": 0.0}})
+>>> def click(x):
+...     picker.click_mark._handle_custom_msgs(None, {"event": "element_click",
+...                                                  "data": {"click_x": x, "click_y": 0.0}})
+>>> click(150.0)                       # no arc line there: said, not added
+>>> len(state.guesses) == n, "No arc line" in picker.click_message.value
+(True, True)
+>>> click(196.0)                       # next to a line
 >>> len(state.guesses) == n + 1
 True
 """
@@ -29,10 +35,11 @@ import bqplot
 import ipywidgets
 import numpy as np
 
-from ..lines import row_profile
+from ..lines import robust_noise, row_profile
 from ..plotting import plot_image
 from ..raster import to_indexed_png
 from .debounce import Debounced
+from .navigation import CursorReadout
 from .status import StatusBar
 
 __all__ = ["WarpGuessPicker"]
@@ -42,6 +49,10 @@ _REJECTED = "#ff5252"
 _GUESS_USED = "#2ca02c"
 _GUESS_UNUSED = "#d62728"
 _CURVE_POINTS = 40
+# A click adds a guess only if the profile has a peak this many noise sigma
+# above its surroundings within the tolerance: otherwise the warp fit would
+# not find a line there and the guess would sit unused.
+_CLICK_PEAK_SIGMA = 5.0
 _WARN_STYLE = (
     "background:#fff4e0;border:1px solid #e8b060;color:#6b4200;padding:4px 8px;border-radius:3px"
 )
@@ -66,6 +77,9 @@ class WarpGuessPicker(ipywidgets.VBox):
     debounce : float
         Seconds of quiet before a burst of clicks refits the warp model (in a
         running kernel; without an event loop each click refits at once).
+    image_scales : dict, optional
+        ``{"x": LinearScale, "y": LinearScale}`` of another image of the same
+        detector, shared by the arc image so that both zoom together.
 
     Attributes
     ----------
@@ -87,7 +101,7 @@ class WarpGuessPicker(ipywidgets.VBox):
         Shown when ``state.warp_model.is_poor``, listing ``quality_warnings``.
     """
 
-    def __init__(self, state, *, status=None, figsize=None, debounce=0.05, **kwargs):
+    def __init__(self, state, *, status=None, figsize=None, debounce=0.05, image_scales=None, **kwargs):
         super().__init__(**kwargs)
         if state.arc is None:
             raise ValueError("the warp-guess picker needs an arc frame in the state")
@@ -138,7 +152,9 @@ class WarpGuessPicker(ipywidgets.VBox):
         )
 
         # --------------------------------------------------------- arc image
-        self.arc_figure = plot_image(state.arc, norm="log", figsize=figsize, title="Arc with the fitted line curves")
+        # ``image_scales``: the image viewer's, so both views of the detector zoom together.
+        self.arc_figure = plot_image(state.arc, norm="log", figsize=figsize, title="Arc with the fitted line curves",
+                                     scales=image_scales)
         arc_scales = {"x": self.arc_figure.x_scale, "y": self.arc_figure.y_scale}
         self.curves_mark = bqplot.Lines(
             x=[], y=[], scales=arc_scales, colors=[_USED], stroke_width=1.2, interactions={},
@@ -149,6 +165,9 @@ class WarpGuessPicker(ipywidgets.VBox):
             line_style="dashed", stroke_width=1, interactions={}, preserve_domain={"x": True, "y": True},
         )
         self.arc_figure.marks = [*self.arc_figure.marks, self.curves_mark, self.ref_row_mark]
+        self.arc_readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the Sky tab's image follows)</i>")
+        self.arc_cursor = CursorReadout(self.arc_figure, self.arc_figure.x_scale, self.arc_figure.y_scale,
+                                        self.status.guard(self._on_arc_cursor))
 
         # ----------------------------------------------------------- controls
         self.tolerance = ipywidgets.FloatSlider(
@@ -156,9 +175,11 @@ class WarpGuessPicker(ipywidgets.VBox):
             continuous_update=False, style={"description_width": "110px"}, layout=ipywidgets.Layout(width="420px"),
         )
         self.threshold = ipywidgets.FloatSlider(
-            value=state.std_variation, min=2.0, max=300.0, step=1.0, description="Threshold [sigma]",
+            value=state.std_variation, min=2.0, max=300.0, step=1.0, description="Threshold [σ]",
             continuous_update=False, style={"description_width": "110px"}, layout=ipywidgets.Layout(width="420px"),
         )
+        self.click_message = ipywidgets.HTML()
+        self.click_message.add_class("sw-click-message")
         self.reset_button = ipywidgets.Button(description="Use found lines", icon="refresh",
                                               layout=ipywidgets.Layout(width="150px"))
         self.residuals = ipywidgets.HTML()
@@ -182,11 +203,21 @@ class WarpGuessPicker(ipywidgets.VBox):
             *([self.status] if self.own_status else []),
             ipywidgets.HBox([self.tolerance, self.threshold, self.reset_button]),
             self.warning,
+            self.click_message,
             self.profile_figure,
             self.arc_figure,
+            self.arc_readout,
             ipywidgets.HTML("<b>Traced lines</b>"),
             self.residuals,
         ]
+
+    def _on_arc_cursor(self, x, y):
+        if x is None:
+            return
+        n_rows, n_cols = self.state.shape
+        col, row = int(round(x)), int(round(y))
+        if 0 <= col < n_cols and 0 <= row < n_rows:
+            self.arc_readout.value = f"<code>row {row}, col {col}: arc = {self.state.arc[row, col]:.5g}</code>"
 
     # ------------------------------------------------------------ guesses
     @property
@@ -194,14 +225,47 @@ class WarpGuessPicker(ipywidgets.VBox):
         """The guesses shown: pending clicks included."""
         return list(self.state.guesses) if self._pending is None else list(self._pending)
 
-    def add_guess(self, x):
-        """Add a guess at column ``x`` (what a click on the profile does)."""
+    def line_near(self, x):
+        """Column of the strongest profile peak within the tolerance of ``x``, or None.
+
+        A peak counts if it stands ``_CLICK_PEAK_SIGMA`` noise sigma above
+        the lowest point between it and the window's edges (its prominence).
+        """
+        tol = max(float(self.state.tolerance), 1.0)
+        n = self.profile.size
+        c0, c1 = max(0, int(np.floor(x - tol))), min(n, int(np.ceil(x + tol)) + 1)
+        window = np.nan_to_num(self.profile[c0:c1], nan=np.nanmin(self.profile))
+        if window.size < 3:
+            return None
+        from scipy.signal import find_peaks
+
+        noise = robust_noise(self.profile) or 1.0
+        peaks, props = find_peaks(window, prominence=_CLICK_PEAK_SIGMA * noise)
+        if peaks.size == 0:
+            return None
+        return float(c0 + peaks[np.argmax(props["prominences"])])
+
+    def add_guess(self, x, check=True):
+        """Add a guess at column ``x`` (what a click on the profile does).
+
+        With ``check`` a guess is added only where the profile has a line
+        within the tolerance; otherwise :attr:`click_message` says so and
+        nothing changes. Returns True when the guess was added.
+        """
         n_cols = self.state.shape[1]
         if not -0.5 <= x <= n_cols - 0.5:
             raise ValueError(f"a guess must lie on the arc's columns 0..{n_cols - 1}; got {x:.1f}")
+        if check and self.line_near(x) is None:
+            self.click_message.value = (
+                f"<span style='color:#8a1c1c'>&#9888; No arc line within {self.state.tolerance:g} px of column "
+                f"{x:.1f}: no guess added. Click on a peak of the profile (or raise the tolerance).</span>"
+            )
+            return False
+        self.click_message.value = ""
         self._pending = self.guesses + [float(x)]
         self._draw_guesses()
         self._commit()
+        return True
 
     def remove_guess(self, index):
         """Remove guess number ``index`` (what a click on a guess does)."""

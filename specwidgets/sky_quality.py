@@ -1,0 +1,498 @@
+"""The sky fit's automatic choices and its self-assessment.
+
+:func:`specwidgets.fit_sky` uses these helpers to be right by default on real
+frames:
+
+* the noise model (gain, read noise) when nobody gave it:
+  :func:`estimate_noise` fits ``variance = level / gain + (read_noise / gain)**2``
+  to the scatter of the sky about a first-pass model, level by level;
+* the slit's illumination: :func:`row_profile` measures how bright each row's
+  sky is relative to the first-pass model; :func:`analyse_rows` finds the
+  unlit rows and picks the spatial order by the expected held-out chi-square;
+* flexure: :func:`measure_flexure` measures how far each exposure's sky lines
+  are shifted, relative to the arc's warp, from one end of the slit to the
+  other;
+* :class:`SkyQuality`: what came out, with plain-sentence warnings and a
+  ``suspect`` flag, and FITS cards for batch output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SkyQuality", "analyse_rows", "dark_rows", "estimate_noise", "measure_flexure", "row_profile"]
+
+# Thresholds for ``suspect`` (see SkyQuality): chosen so that the good fits of
+# the benchmark (Goodman crop and full frame, synthetic cases) stay clear of
+# them and the failures of issue 10 (trace in the sky rows, ADU fit as
+# electrons, 89 % rejected) cross them.
+REJECTED_LIMIT = 0.10
+CHI_LIMITS = (0.75, 1.4)
+LEAK_LIMIT = 0.4
+# "auto" tries Legendre orders up to this: each order costs as many
+# coefficients as the whole spline (noise) and a slower kernel (time), and
+# on the real frames tried, order 2 was never beaten by 3 or 4 on held-out rows.
+MAX_AUTO_ORDER = 2
+# A row is unlit when its sky is below this fraction of the brightly lit rows'.
+UNLIT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class SkyQuality:
+    """How far to trust a sky fit, and the automatic choices it made.
+
+    Attributes
+    ----------
+    rejected_fraction : float
+        Fraction of the sky samples the fit rejected as outliers (0 for the
+        median of bins). Cosmic rays take well under 1 %; above
+        ``REJECTED_LIMIT`` (10 %) the model or the noise model is wrong.
+    chi_std : float
+        Robust standard deviation (1.4826 x MAD) of ``(data - sky) / sigma``
+        on the fitted sky rows, sigma from the noise model used: about 1 when
+        the noise model matches the data. The fit is also suspect when this
+        number, taken over the faintest half or the brightest tenth of the
+        sky pixels alone, is outside ``CHI_LIMITS`` (a wrong gain shows on
+        the bright lines even when the continuum happens to match).
+    leak : float
+        Trace light leaking into the sky rows: the largest mean of
+        ``(data - sky) / sigma`` (clipped at +-5) over one sky row, among
+        the sky rows within 10 rows of a masked range, in units of one
+        pixel's sigma. About 0 when the sky rows hold only sky; 0.3 means
+        that row carries source light of 0.3 sigma per pixel on average.
+        Above ``LEAK_LIMIT`` (0.4) the fit is suspect: good fits of the
+        benchmark reach 0.3 (the faint wings of Goodman's bright trace),
+        half a trace left in the sky rows gives several.
+    read_noise, gain : float
+        The noise model used: read noise in electrons, gain in electrons per
+        data unit (data variance = max(sky, 0) / gain + (read_noise / gain)**2).
+    noise_source : str
+        Where they came from: "argument", the loader's source (e.g. "header
+        GAIN/RDNOISE"), or "estimated from the sky residuals".
+    flexure : tuple of float
+        Per exposure, the shift of the sky lines relative to the arc's warp
+        between the bottom and the top row of the image, in pixels (the
+        difference that was corrected). A shift common to all rows moves
+        the sky spectrum as a whole, which the fit follows by itself: it
+        changes no background and is not measured.
+    flexure_applied : bool
+        Whether a flexure correction was applied.
+    unlit_rows : list of (int, int)
+        Row ranges left out of the fit because they receive little or no sky
+        light (vignetted, beyond the slit's ends).
+    spatial_order : int
+        Degree of the polynomial along the slit used by the fit.
+    warnings : list of str
+        Plain sentences: what looks wrong and what to do.
+    suspect : bool
+        True when the result is probably wrong (see ``warnings``).
+    """
+
+    rejected_fraction: float
+    chi_std: float
+    leak: float
+    read_noise: float
+    gain: float
+    noise_source: str
+    flexure: tuple = ()
+    flexure_applied: bool = False
+    unlit_rows: list = field(default_factory=list)
+    spatial_order: int = 0
+    warnings: list = field(default_factory=list)
+    suspect: bool = False
+
+    def header_cards(self):
+        """FITS header cards ``(keyword, value, comment)`` describing the fit.
+
+        Keywords are at most 8 characters, values plain numbers, booleans or
+        short strings, so they can go straight into ``astropy.io.fits.Header``.
+
+        Examples
+        --------
+        >>> q = SkyQuality(0.01, 1.02, 0.0, 4.7, 1.4, "argument")
+        >>> [c[0] for c in q.header_cards()][:4]
+        ['SKYSUSP', 'SKYCHI', 'SKYREJ', 'SKYLEAK']
+        """
+        flex = max((abs(f) for f in self.flexure), default=0.0)
+        unlit = ",".join(f"{a}:{b}" for a, b in self.unlit_rows) or "none"
+        return [
+            ("SKYSUSP", bool(self.suspect), "sky fit is probably wrong (see SKYWARN)"),
+            ("SKYCHI", round(float(self.chi_std), 4), "robust std of sky-row chi (1 = noise)"),
+            ("SKYREJ", round(float(self.rejected_fraction), 5), "fraction of sky samples rejected"),
+            ("SKYLEAK", round(float(self.leak), 4), "source light in sky rows [sigma/pixel]"),
+            ("RDNOISE", round(float(self.read_noise), 4), "read noise used by sky fit [e-]"),
+            ("GAIN", round(float(self.gain), 5), "gain used by sky fit [e-/data unit]"),
+            ("NOISESRC", self.noise_source[:60], "source of GAIN and RDNOISE"),
+            ("FLEXURE", round(float(flex), 4), "largest sky-line shift over slit [px]"),
+            ("FLEXCORR", bool(self.flexure_applied), "flexure correction applied"),
+            ("SKYSPORD", int(self.spatial_order), "spatial order of the sky model"),
+            ("SKYUNLIT", unlit[:60], "unlit rows left out of the sky fit"),
+            ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
+        ] + [("SKYWARN", w[:68], "sky-fit warning") for w in self.warnings[:5]]
+
+    def summary(self):
+        """One line for a status bar or a log."""
+        state = "SUSPECT" if self.suspect else "ok"
+        text = (
+            f"sky fit {state}: chi {self.chi_std:.3f}, rejected {100 * self.rejected_fraction:.2f} %, "
+            f"leak {self.leak:.2f} sigma, gain {self.gain:.3g}, read noise {self.read_noise:.3g} e- "
+            f"({self.noise_source}), spatial order {self.spatial_order}"
+        )
+        if self.warnings:
+            text += " - " + " ".join(self.warnings)
+        return text
+
+
+# --------------------------------------------------------------------------- noise model
+def _robust_var(values):
+    med = np.median(values)
+    return (1.4826 * np.median(np.abs(values - med))) ** 2
+
+
+def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None, fixed_read_noise=None):
+    """Effective gain and read noise from the scatter of residuals by sky level.
+
+    Parameters
+    ----------
+    level : array
+        Model sky level of each sample (data units).
+    residual : array
+        Data minus model at the same samples.
+    n_bins, min_per_bin : int
+        Level bins (of equal counts) and the fewest samples per bin.
+    fixed_gain, fixed_read_noise : float, optional
+        A part of the noise model that is known: only the other is fit.
+
+    Returns
+    -------
+    (gain, read_noise) or None
+        ``gain`` in electrons per data unit, ``read_noise`` in electrons, from
+        a weighted straight-line fit ``var = level / gain + (read_noise /
+        gain)**2`` to the robust (MAD) variance of the residuals in bins of
+        level (robust to cosmic rays and the odd bad pixel). None when the
+        samples cannot constrain it.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> level = rng.uniform(20, 3000, 200000)
+    >>> g, rn = 2.0, 8.0
+    >>> res = rng.normal(0, np.sqrt(level / g + (rn / g) ** 2))
+    >>> gain, read_noise = estimate_noise(level, res)
+    >>> bool(abs(gain / g - 1) < 0.05), bool(abs(read_noise / rn - 1) < 0.15)
+    (True, True)
+    """
+    level = np.asarray(level, dtype=float)
+    residual = np.asarray(residual, dtype=float)
+    ok = np.isfinite(level) & np.isfinite(residual)
+    level, residual = level[ok], residual[ok]
+    if level.size < 2 * min_per_bin:
+        return None
+    n_bins = int(min(n_bins, level.size // min_per_bin))
+    # Bins of equal counts in level, but the top bins hold bright-line
+    # pixels, where a small model error adds scatter; they still count, as
+    # that scatter is real for the weights too.
+    order = np.argsort(level, kind="stable")
+    chunks = np.array_split(order, n_bins)
+    lv = np.array([np.median(level[c]) for c in chunks])
+    var = np.array([_robust_var(residual[c]) for c in chunks])
+    n = np.array([c.size for c in chunks], float)
+    good = np.isfinite(var) & (var > 0)
+    lv, var, n = lv[good], var[good], n[good]
+    if lv.size < 2:
+        return None
+    # The MAD variance of n samples has a relative error of about 1.65/sqrt(n).
+    w = n / (var**2)
+    if fixed_gain is not None and fixed_read_noise is not None:
+        return float(fixed_gain), float(fixed_read_noise)
+    if fixed_gain is not None:
+        alpha = 1.0 / fixed_gain
+        beta = max(float(np.sum(w * (var - alpha * lv)) / np.sum(w)), 0.0)
+        return float(fixed_gain), float(np.sqrt(beta) * fixed_gain)
+    if fixed_read_noise is not None:
+        # var = alpha * level + (read_noise * alpha)**2: one unknown, scanned.
+        alphas = np.geomspace(1e-8, 1e8, 1601) * (np.median(var) / max(np.median(lv), 1e-30))
+        cost = [np.sum(w * (var - a * lv - (fixed_read_noise * a) ** 2) ** 2) for a in alphas]
+        i = int(np.argmin(cost))
+        lo, hi = alphas[max(i - 1, 0)], alphas[min(i + 1, alphas.size - 1)]
+        fine = np.geomspace(lo, hi, 201)
+        cost = [np.sum(w * (var - a * lv - (fixed_read_noise * a) ** 2) ** 2) for a in fine]
+        return float(1.0 / fine[int(np.argmin(cost))]), float(fixed_read_noise)
+    design = np.stack([lv, np.ones_like(lv)], axis=1)
+    alpha, beta = _nonneg_lstsq(design, var, w)
+    if not alpha > 0:
+        # No trend with level (a narrow range of levels): all is read noise
+        # plus what the lowest level allows; the weights are flat anyway.
+        alpha = max(float(np.min(var / np.maximum(lv, 1e-30))) * 0.5, 1e-12)
+        beta = max(float(np.average(var - alpha * lv, weights=w)), 0.0)
+    gain = 1.0 / alpha
+    read_noise = float(np.sqrt(max(beta, 0.0)) * gain)
+    return float(gain), read_noise
+
+
+def _nonneg_lstsq(design, y, w):
+    """Weighted least squares for two coefficients, each clipped at >= 0 (refit the other)."""
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
+    if coef[0] >= 0 and coef[1] >= 0:
+        return coef
+    fits = []
+    for keep in (0, 1):
+        col = design[:, keep]
+        c = np.sum(w * col * y) / np.sum(w * col * col)
+        c = max(c, 0.0)
+        out = np.zeros(2)
+        out[keep] = c
+        fits.append((np.sum(w * (y - design @ out) ** 2), out))
+    return min(fits, key=lambda t: t[0])[1]
+
+
+def provisional_noise(stack, masked_rows, gain=None):
+    """A first guess of the noise (gain, read noise) from adjacent-row differences.
+
+    Only for the weights of the first pass: the variance of the faintest
+    quarter of the pixels (continuum, where the lines' tilt does not matter)
+    gives the read-noise part once the Poisson part of the assumed gain is
+    taken off; it is floored at a quarter of that variance so that a wrong
+    assumed gain cannot give a zero read noise.
+    """
+    gain = 1.0 if gain is None else float(gain)
+    lit = np.flatnonzero(~masked_rows)
+    pairs = lit[:-1][np.diff(lit) == 1]
+    if pairs.size == 0:
+        return gain, 0.0, 0.0
+    pairs = pairs[:: max(1, pairs.size // 64)]  # a sample of rows is plenty
+    a = stack[:, pairs]
+    b = stack[:, pairs + 1]
+    diff = (b - a).ravel()
+    level = (0.5 * (a + b)).ravel()
+    ok = np.isfinite(diff) & np.isfinite(level)
+    diff, level = diff[ok], level[ok]
+    if diff.size < 50:
+        return gain, 0.0, 0.0
+    low = level <= np.percentile(level, 25)
+    var_low = _robust_var(diff[low]) / 2
+    level_low = max(float(np.median(level[low])), 0.0)
+    rn_var = max(var_low - level_low / gain, 0.25 * var_low)
+    return gain, float(np.sqrt(rn_var) * gain), float(var_low)
+
+
+# --------------------------------------------------------------------------- rows
+def dark_rows(stack, masked_rows, noise_var):
+    """Rows with (almost) no sky light, from the rows' median level; a first cut.
+
+    A row is dark when its median (over every 4th column, all exposures) is
+    below ``UNLIT_FRACTION`` of the median row's, and that median stands
+    clear of the noise (so that a sky of lines
+    on a zero continuum does not make every row "dark"). Grown by one row.
+    Masked rows are never reported.
+    """
+    n_exp, n_rows, n_cols = stack.shape
+    lit_candidates = ~masked_rows
+    if lit_candidates.sum() < 4:
+        return np.zeros(n_rows, bool)
+    med = np.nanmedian(stack[:, :, ::4], axis=2).mean(axis=0)
+    # The median row, not a high percentile: a trace left in the sky rows
+    # must not make the sky rows look dark next to it.
+    bright = np.nanmedian(med[lit_candidates])
+    # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
+    n_used = max(1, n_cols // 4 * n_exp)
+    if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
+        return np.zeros(n_rows, bool)
+    dark = lit_candidates & (med < UNLIT_FRACTION * bright)
+    grown = dark.copy()
+    grown[1:] |= dark[:-1]
+    grown[:-1] |= dark[1:]
+    return grown & lit_candidates
+
+
+def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
+    """Each row's sky relative to the model: ``(ratio, information)`` per row.
+
+    ``ratio[y]`` is the weighted least-squares scale ``sum(w f m) / sum(w m m)``
+    over the row's samples (w = 1 / variance), recomputed ``n_iter`` times
+    without the samples beyond ``clip`` sigma of ``ratio * model`` (cosmic
+    rays). The clipping is judged against each row's own scale, not the
+    model's: a row lit at half the model's level must not lose its line
+    peaks. ``information[y] = sum(w m m)`` is the ratio's inverse variance,
+    i.e. how much chi-square a wrong scale costs. Rows without samples get
+    ratio NaN and information 0.
+    """
+    ok = np.isfinite(flux) & np.isfinite(model) & (variance > 0)
+    w = np.where(ok, 1.0 / np.where(ok, variance, 1.0), 0.0)
+    f = np.where(ok, flux, 0.0)
+    m = np.where(ok, model, 0.0)
+    wm = w * m
+    keep = ok
+    for it in range(n_iter + 1):
+        num = np.bincount(rows, np.where(keep, wm * f, 0.0), minlength=n_rows)
+        info = np.bincount(rows, np.where(keep, wm * m, 0.0), minlength=n_rows)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(info > 0, num / info, np.nan)
+        if it == n_iter:
+            break
+        scale = np.nan_to_num(ratio, nan=1.0)[rows]
+        # The variance at the row's level: Poisson part scaled, read part not;
+        # ``variance`` already holds both at the model's level, so scaling it
+        # by max(scale, small) is a close, conservative approximation.
+        var_row = variance * np.maximum(np.abs(scale), 0.05)
+        keep = ok & ((f - scale * m) ** 2 <= clip**2 * np.maximum(var_row, variance * 0.05))
+    return ratio, info
+
+
+def _ranges(flags):
+    """(start, stop) of the runs of True in a boolean array."""
+    flags = np.asarray(flags, bool)
+    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(np.int8), 0]))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _legendre_design(y, row_range, degree):
+    r0, r1 = row_range
+    t = (np.asarray(y, float) - r0) * (2.0 / (r1 - r0)) - 1.0
+    return np.polynomial.legendre.legvander(t, degree)
+
+
+def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=True, order=0, dark=None):
+    """Unlit rows and the spatial order, from the rows' sky scale.
+
+    Parameters
+    ----------
+    ratio, info : (n_rows,) arrays
+        From :func:`row_profile` (summed over exposures: ``info`` added,
+        ``ratio`` information-weighted).
+    n_coef_of_order : callable
+        ``n_coef_of_order(p)``: how many coefficients the sky model has with
+        spatial order ``p`` (with its knot spacing).
+    detect_unlit, choose_order : bool
+    order : int
+        The order to use when ``choose_order`` is False.
+    dark : (n_rows,) bool array, optional
+        Rows already known to be dark (:func:`dark_rows`): a vignetting
+        edge next to them is looked for as at the image's edges.
+
+    Returns
+    -------
+    unlit : (n_rows,) bool array
+        Rows to leave out: sky below ``UNLIT_FRACTION`` of the median row's, and
+        rows at the ends of the lit part whose sky departs from the smooth
+        illumination (a vignetting edge), plus one row of margin.
+    order : int
+        The spatial order with the lowest expected held-out chi-square:
+        chi-square of the rows' scales about a Legendre polynomial of that
+        degree, plus twice the number of sky-model coefficients (Akaike: on
+        rows held out of the fit, each fitted coefficient adds about one to
+        the chi-square, and each is paid twice relative to the training rows).
+        Orders up to ``MAX_AUTO_ORDER`` are tried.
+    """
+    n_rows = ratio.size
+    have = np.isfinite(ratio) & (info > 0)
+    unlit = np.zeros(n_rows, bool)
+    if detect_unlit and have.sum() >= 4:
+        bright = np.median(ratio[have])
+        dim = have & (ratio < UNLIT_FRACTION * bright)
+        if dim.any():
+            # One row of margin: the rows next to a dark run are half lit.
+            grown = dim.copy()
+            grown[1:] |= dim[:-1]
+            grown[:-1] |= dim[1:]
+            unlit = grown & have
+    lit = have & ~unlit
+    if lit.sum() < 3:
+        return unlit, 0 if choose_order else order
+    lit_rows = np.flatnonzero(lit)
+    row_range = (float(lit_rows[0]), float(lit_rows[-1] + 1))
+
+    def fit(degree, use):
+        a = _legendre_design(lit_rows[use], row_range, degree)
+        w = info[lit_rows[use]]
+        sw = np.sqrt(w)
+        coef, *_ = np.linalg.lstsq(a * sw[:, None], ratio[lit_rows[use]] * sw, rcond=None)
+        resid = ratio[lit_rows] - _legendre_design(lit_rows, row_range, degree) @ coef
+        return resid
+
+    degrees = range(0, min(MAX_AUTO_ORDER, lit_rows.size - 2) + 1) if choose_order else [order]
+    all_rows = np.ones(lit_rows.size, bool)
+    best, best_score = (0 if choose_order else order), np.inf
+    for d in degrees:
+        resid = fit(d, all_rows)
+        score = float(np.sum(info[lit_rows] * resid**2)) + 2.0 * n_coef_of_order(d)
+        if score < best_score:
+            best, best_score = d, score
+    if detect_unlit:
+        # A vignetting edge falls faster than any low-order polynomial: rows
+        # at the ends of the lit part that miss the smooth profile by more
+        # than 5 % are left out too (and scored again without them).
+        resid = fit(best, all_rows)
+        scale = np.median(ratio[lit_rows])
+        # Only darker than the profile (vignetting dims), and only a run of
+        # adjacent rows that starts at the image's edge or at a dark row: a
+        # masked gap (the trace) stops it.
+        off = resid < -0.05 * abs(scale)
+        drop = np.zeros(lit_rows.size, bool)
+        for idx, end in ((range(lit_rows.size), 0), (range(lit_rows.size - 1, -1, -1), n_rows - 1)):
+            prev = None
+            for i in idx:
+                row = lit_rows[i]
+                neighbour = row - 1 if end == 0 else row + 1
+                at_edge = row == end or unlit[neighbour] or (dark is not None and dark[neighbour])
+                if not off[i] or (prev is None and not at_edge) or (prev is not None and abs(row - prev) != 1):
+                    break
+                drop[i] = True
+                prev = row
+        if drop.any() and (~drop).sum() >= 3:
+            unlit[lit_rows[drop]] = True
+            keep = ~drop
+            lit_rows = lit_rows[keep]
+            row_range = (float(lit_rows[0]), float(lit_rows[-1] + 1))
+            if choose_order:
+                best_score = np.inf
+                for d in degrees:
+                    resid = fit(d, np.ones(lit_rows.size, bool))
+                    score = float(np.sum(info[lit_rows] * resid**2)) + 2.0 * n_coef_of_order(d)
+                    if score < best_score:
+                        best, best_score = d, score
+    return unlit, int(best)
+
+
+# --------------------------------------------------------------------------- flexure
+def measure_flexure(t, flux, model, slope, variance):
+    """Row-dependent shift of the sky lines against the model, by linearised least squares.
+
+    Data shifted by ``delta(t) = a + b t`` pixels read ``S(e - delta) ~ S(e) -
+    S'(e) delta``, so ``(a, b)`` come from regressing the residual on
+    ``-S'`` and ``-S' t`` with weights ``1 / variance``.
+
+    Parameters
+    ----------
+    t : array
+        Row coordinate of each sample, from -0.5 (bottom row) to +0.5 (top).
+    flux, model, slope, variance : arrays
+        Data, model value, model derivative d(model)/d(effpix), variance.
+
+    Returns
+    -------
+    (b, sigma_b)
+        The shift difference top minus bottom (px) and its standard error.
+    """
+    ok = np.isfinite(flux) & np.isfinite(model) & np.isfinite(slope) & (variance > 0)
+    r = (flux - model)[ok]
+    w = 1.0 / variance[ok]
+    g0 = -slope[ok]
+    g1 = g0 * t[ok]
+    # Clip residuals at 5 sigma: cosmic rays must not move the estimate.
+    lim = 5.0 * np.sqrt(variance[ok])
+    r = np.clip(r, -lim, lim)
+    a00 = np.sum(w * g0 * g0)
+    a01 = np.sum(w * g0 * g1)
+    a11 = np.sum(w * g1 * g1)
+    b0 = np.sum(w * g0 * r)
+    b1 = np.sum(w * g1 * r)
+    det = a00 * a11 - a01 * a01
+    if not det > 0:
+        return 0.0, np.inf
+    b = (a00 * b1 - a01 * b0) / det
+    sigma_b = np.sqrt(a00 / det)
+    return float(b), float(sigma_b)

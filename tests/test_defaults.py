@@ -1,0 +1,286 @@
+"""Right by default (issue 10): fit_sky with the seed API's own arguments on frames built to break defaults.
+
+Every test compares against the synthetic truth the frames were made from.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import specwidgets as sw
+from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.frames import FrameArray
+
+from conftest import rms
+
+SHAPE = (120, 1024)
+
+
+def frames(**kw):
+    """Synthetic frames as from an instrument whose headers give no gain or read noise."""
+    base = dict(shape=SHAPE, n_exposures=1, tilt=3.0, n_sky_lines=40, seed=41)
+    base.update(kw)
+    f = make_synthetic_longslit(**base)
+    return dataclasses.replace(f, science=np.asarray(f.science), arc=np.asarray(f.arc))
+
+
+def held_out(f):
+    t0, t1 = f.trace_rows
+    return (t1 + 6, t1 + 16)
+
+
+def truth_error(f, res, rows):
+    sigma = np.sqrt(np.clip(f.sky, 0, None) / f.gain + (f.read_noise / f.gain) ** 2)
+    return rms(((res.background - f.sky) / sigma)[:, slice(*rows)])
+
+
+def fit(f, **kw):
+    hold = held_out(f)
+    return sw.fit_sky(f.science, f.warp, [tuple(f.trace_rows), hold], **kw), hold
+
+
+def with_noise(array, gain, read_noise, source):
+    return FrameArray(array, gain=gain, read_noise=read_noise, noise_source=source)
+
+
+# ----------------------------------------------------------------------- the generator
+def test_generator_options():
+    f = frames(gain=2.5, read_noise=10.0, n_lamps=3, unlit_rows=30, shift=0.7, shift_tilt=0.5)
+    assert f.gain == 2.5 and f.arc_lamps.shape == (3,) + SHAPE
+    np.testing.assert_allclose(f.arc, f.arc_lamps.sum(axis=0))
+    assert f.unlit_rows == [(SHAPE[0] - 30, SHAPE[0])]
+    assert np.all(f.sky[:, SHAPE[0] - 30:] == 0)
+    # Data in ADU: the lit sky's scatter about the truth is sqrt(sky/g + (rn/g)^2) in ADU.
+    rows = slice(0, 20)
+    chi = (f.science - f.sky - f.trace)[:, rows] / np.sqrt(f.sky[:, rows] / 2.5 + (10 / 2.5) ** 2)
+    assert 0.95 < np.std(chi) < 1.05
+    assert f.science_warp is not f.warp
+    # The default call is unchanged by the new options (same random draws).
+    a = make_synthetic_longslit(shape=(40, 256), seed=3)
+    b = make_synthetic_longslit(shape=(40, 256), seed=3, gain=1.0, n_lamps=1)
+    np.testing.assert_array_equal(a.science, b.science)
+
+
+# ----------------------------------------------------------------------- noise model
+def test_noise_is_estimated_when_unknown():
+    f = frames(gain=2.5, read_noise=10.0)
+    res, _ = fit(f)
+    q = res.quality
+    assert q.noise_source == "estimated from the sky residuals"
+    assert abs(q.gain / 2.5 - 1) < 0.15, q.gain
+    assert abs(q.read_noise / 10.0 - 1) < 0.25, q.read_noise
+    assert 0.93 < q.chi_std < 1.07
+    assert not q.suspect, q.warnings
+
+
+def test_noise_precedence():
+    f = frames(gain=2.5, read_noise=10.0)
+    tagged = with_noise(f.science, 2.5, 10.0, "header GAIN/RDNOISE")
+    res = sw.fit_sky(tagged, f.warp, f.trace_rows)
+    assert (res.gain, res.read_noise, res.quality.noise_source) == (2.5, 10.0, "header GAIN/RDNOISE")
+    res = sw.fit_sky(tagged, f.warp, f.trace_rows, gain=2.0, read_noise=9.0)
+    assert (res.gain, res.read_noise, res.quality.noise_source) == (2.0, 9.0, "argument")
+    # Only the read noise known: the gain is estimated, and the source says so.
+    res = sw.fit_sky(f.science, f.warp, f.trace_rows, read_noise=10.0)
+    assert res.read_noise == 10.0 and abs(res.gain / 2.5 - 1) < 0.15
+    assert "estimated" in res.quality.noise_source and "argument" in res.quality.noise_source
+    # Attributes set to None mean "unknown", never zero.
+    res = sw.fit_sky(with_noise(f.science, None, None, "frames"), f.warp, f.trace_rows)
+    assert res.read_noise > 5 and res.quality.noise_source.startswith("estimated")
+
+
+def test_wrong_noise_model_is_suspect():
+    f = frames(gain=2.5, read_noise=10.0)
+    # ADU data fit as if in electrons with no read noise: the scatter is off.
+    res = sw.fit_sky(f.science, f.warp, f.trace_rows, gain=1.0, read_noise=0.0)
+    assert res.quality.suspect
+    assert any("noise model" in w for w in res.quality.warnings)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        (dict(spatial_order=5), ValueError, "0..4"),
+        (dict(spatial_order="linear"), ValueError, "auto"),
+        (dict(spatial_order=1.5), TypeError, "spatial_order"),
+        (dict(gain=0), ValueError, "gain"),
+        (dict(read_noise=-1), ValueError, "read_noise"),
+        (dict(read_noise="4"), TypeError, "read_noise"),
+        (dict(flexure="yes"), ValueError, "flexure"),
+        (dict(unlit=True), ValueError, "unlit"),
+        (dict(knots="dense"), ValueError, "knots"),
+    ],
+)
+def test_bad_options(small, kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        sw.fit_sky(small.science, small.warp, small.trace_rows, **kwargs)
+
+
+# ----------------------------------------------------------------------- slit illumination
+def test_unlit_rows_found_and_left_out():
+    n_rows = 160
+    f = frames(unlit_rows=40, n_exposures=2, shape=(n_rows, 1024))
+    res, hold = fit(f)
+    assert hold[1] < n_rows - 43  # the held-out rows are lit
+    q = res.quality
+    assert len(q.unlit_rows) == 1
+    start, stop = q.unlit_rows[0]
+    # The 3 soft-edge rows above the dark ones may go too.
+    assert stop == n_rows and n_rows - 40 - 12 <= start <= n_rows - 40 + 1, q.unlit_rows
+    assert truth_error(f, res, hold) < 0.25
+    # Left in, the dark rows drag the sky model down.
+    kept = sw.fit_sky(f.science, f.warp, [tuple(f.trace_rows), hold], unlit=False, spatial_order=0)
+    assert truth_error(f, kept, hold) > 3 * truth_error(f, res, hold)
+    assert not q.suspect, q.warnings
+
+
+def test_spatial_order_auto():
+    flat = frames()
+    res, hold = fit(flat)
+    assert res.quality.spatial_order == 0 and res.options["spatial_order"] == 0
+    ramp = frames(gradient=(0.5, 1.5))
+    res, hold = fit(ramp)
+    assert res.quality.spatial_order >= 1
+    assert truth_error(ramp, res, hold) < 0.3
+    flat_fit = sw.fit_sky(ramp.science, ramp.warp, [tuple(ramp.trace_rows), hold], spatial_order=0)
+    assert truth_error(ramp, flat_fit, hold) > 3 * truth_error(ramp, res, hold)
+    # An explicit order is used as given.
+    res = sw.fit_sky(ramp.science, ramp.warp, ramp.trace_rows, spatial_order=1)
+    assert res.quality.spatial_order == 1
+
+
+# ----------------------------------------------------------------------- flexure
+def test_flexure_comes_out_as_if_there_were_none():
+    """Science lines 0.7 px right of the arc's warp and tilted 0.7 px more over the slit.
+
+    A shift common to all rows moves the whole sky spectrum, which the fit
+    follows by itself; the tilt change is what would leave residuals on
+    every line, and what the correction must remove.
+    """
+    kw = dict(n_exposures=2, n_sky_lines=50, seed=43)
+    none = frames(**kw)
+    shifted = frames(shift=0.7, shift_tilt=0.7, **kw)
+    ref, hold = fit(none)
+    res, _ = fit(shifted)
+    assert ref.quality.flexure == (0.0, 0.0) and not ref.quality.flexure_applied
+    assert res.quality.flexure_applied
+    np.testing.assert_allclose(res.quality.flexure, 0.7, atol=0.05)
+    err_ref, err = truth_error(none, ref, hold), truth_error(shifted, res, hold)
+    assert err < 1.15 * err_ref + 0.01, (err, err_ref)
+    off = sw.fit_sky(shifted.science, shifted.warp, [tuple(shifted.trace_rows), hold], flexure=False)
+    assert truth_error(shifted, off, hold) > 3 * err
+    cards = {key: value for key, value, _ in res.quality.header_cards()}
+    assert round(cards["FLEXURE"], 1) == 0.7 and cards["FLEXCORR"] is True
+
+
+# ----------------------------------------------------------------------- quality
+def test_quality_of_a_good_fit():
+    f = frames(n_exposures=2, cosmic_rays=30)
+    res, _ = fit(f)
+    q = res.quality
+    assert isinstance(q, sw.SkyQuality)
+    assert not q.suspect and q.warnings == []
+    assert 0 < q.rejected_fraction < 0.01
+    assert 0.95 < q.chi_std < 1.05
+    assert q.leak < 0.2
+    assert "auto" not in res.options.values() or res.options["unlit"] == "auto"
+    assert res.options["spatial_order"] == 0 and res.options["knots"] == "adaptive"
+    cards = q.header_cards()
+    assert all(len(key) <= 8 for key, _, _ in cards)
+    keys = {key for key, _, _ in cards}
+    assert {"SKYSUSP", "SKYCHI", "SKYREJ", "SKYLEAK", "RDNOISE", "GAIN", "NOISESRC", "FLEXURE"} <= keys
+    from astropy.io import fits
+
+    header = fits.Header()
+    for card in cards:
+        header.append(card)
+    assert header["SKYSUSP"] is False
+
+
+def test_trace_in_sky_rows_is_suspect():
+    f = frames()
+    res = sw.fit_sky(f.science, f.warp)  # nothing masked: the trace is fit as sky
+    assert res.quality.suspect
+    assert any("light above the sky" in w for w in res.quality.warnings)
+
+
+def test_many_rejections_are_suspect():
+    f = frames()
+    res = sw.fit_sky(f.science, f.warp, f.trace_rows, reject_sigma=1.0)
+    assert res.quality.rejected_fraction > 0.2
+    assert res.quality.suspect
+    assert any("rejected" in w for w in res.quality.warnings)
+
+
+def test_median_has_a_quality_too():
+    f = frames(gain=2.5, read_noise=10.0)
+    res = sw.fit_sky(f.science, f.warp, f.trace_rows, method="median")
+    q = res.quality
+    assert q.rejected_fraction == 0 and q.noise_source.startswith("estimated")
+    assert abs(q.gain / 2.5 - 1) < 0.25
+    assert not q.suspect, q.warnings
+
+
+def test_result_depends_only_on_its_inputs():
+    f = frames(n_exposures=2)
+    hold = held_out(f)
+    direct = sw.fit_sky(f.science, f.warp, [tuple(f.trace_rows), hold])
+    sw.fit_sky(f.science, f.warp, [(0, 10)])  # another call in between
+    again = sw.fit_sky(f.science, f.warp, [tuple(f.trace_rows), hold])
+    np.testing.assert_array_equal(direct.background, again.background)
+    assert direct.quality == again.quality
+
+
+def test_explicit_everything_is_the_plain_fit():
+    """All choices given: one fit, uniform knots, as before issue 10."""
+    f = frames()
+    res = sw.fit_sky(f.science, f.warp, f.trace_rows, read_noise=4.0, gain=1.0, spatial_order=0,
+                     flexure=False, unlit=False, knot_spacing=0.5)
+    assert res.options["knots"] == "uniform" and res.quality.noise_source == "argument"
+    assert isinstance(res.models[0], sw.bspline_sky.BSplineSky)
+
+
+# ----------------------------------------------------------------------- real frames
+@pytest.mark.goodman
+def test_goodman_defaults_beat_the_median(goodman):
+    """Issue 10's held-out protocol on the Goodman crop, seed arguments only."""
+    locs, _ = sw.find_cal_lines(goodman.arc)
+    model = sw.generate_warp_model(goodman.arc, locs)
+    masks = [(20, 100), (104, 114)]
+    rows = slice(104, 114)
+    data = goodman.science
+
+    def clipped_std(x):
+        x = x[np.isfinite(x)]
+        keep = np.ones(x.size, bool)
+        for _ in range(10):
+            mu, sd = x[keep].mean(), x[keep].std()
+            keep = np.abs(x - mu) <= 5 * sd
+        return x[keep].std()
+
+    floor = clipped_std(np.diff(data[:, rows], axis=1).ravel()) / np.sqrt(2)
+    scores = {}
+    for method in ("median", "bspline"):
+        res = sw.fit_sky(data, model, masks, method=method)
+        scores[method] = clipped_std((data - res.background)[:, rows].ravel()) / floor
+        assert not res.quality.suspect, (method, res.quality.warnings)
+    assert scores["bspline"] <= scores["median"] + 0.005, scores
+    assert scores["bspline"] < 1.06, scores
+
+
+@pytest.mark.goodman
+def test_goodman_seed_flow_chi(goodman):
+    """The seed tutorial's flow (mask 20-100, no noise arguments): default chi <= the median's."""
+    locs, _ = sw.find_cal_lines(goodman.arc)
+    model = sw.generate_warp_model(goodman.arc, locs)
+    chi = {}
+    for method in ("median", "bspline"):
+        res = sw.fit_sky(goodman.science, model, (20, 100), method=method)
+        # One noise model for both (the header's), so that the chi values
+        # compare the sky models, not two noise estimates.
+        sigma = np.sqrt(np.clip(res.background, 0, None) / goodman.gain + (goodman.read_noise / goodman.gain) ** 2)
+        c = ((goodman.science - res.background) / sigma)[:, 104:116]
+        c = c[np.abs(c) < 5]
+        chi[method] = float(np.std(c))
+    assert chi["bspline"] <= chi["median"], chi

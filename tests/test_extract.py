@@ -1,0 +1,140 @@
+"""Tests of specwidgets.extract: tracing, boxcar and optimal extraction, the sky-line score."""
+
+import numpy as np
+import pytest
+
+import specwidgets as sw
+from specwidgets.extract import Extraction, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
+from specwidgets.warp import WarpModel
+
+
+@pytest.fixture(scope="module")
+def demo():
+    frames = sw.datasets.load_demo()
+    n_rows, n_cols = frames.trace.shape
+    x = np.arange(n_cols)
+    # The generator's trace: centre 0.45 n_rows, bent by 4 rows quadratically.
+    centre = 0.45 * n_rows + 4.0 * ((x - n_cols / 2) / (n_cols / 2)) ** 2
+    # The optimal-extraction noise limit from the truth: known profile, true variance.
+    k = 0
+    profile = frames.trace / frames.trace.sum(axis=0, keepdims=True)
+    variance = frames.sky[k] + frames.trace + frames.read_noise**2
+    limit = np.sqrt(1.0 / (profile**2 / variance).sum(axis=0))
+    return frames, centre, limit
+
+
+@pytest.fixture(scope="module")
+def fitted(demo):
+    frames, _, _ = demo
+    model = sw.generate_warp_model(frames.arc, sw.find_cal_lines(frames.arc)[0])
+    return sw.fit_sky(frames.science, model, [frames.trace_rows], read_noise=frames.read_noise)
+
+
+def rms(values):
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
+def test_trace_follows_the_bent_target(demo):
+    frames, centre, _ = demo
+    corrected = frames.science[0] - frames.sky[0]
+    trace = trace_spectrum(corrected, mask_region=frames.trace_rows)
+    assert isinstance(trace, Trace) and trace.rows.shape == (1024,)
+    assert np.abs(trace.rows - centre).max() < 0.05  # rows
+    assert trace.fwhm == pytest.approx(6.0, rel=0.1)
+    # Without a mask the brightest ridge is found, even in the raw frame with its sky.
+    ridge = trace_spectrum(frames.science[0])
+    assert np.abs(ridge.rows - centre).max() < 0.1
+
+
+def test_trace_is_editable(demo):
+    frames, centre, _ = demo
+    by_hand = Trace.from_rows(centre, order=2, fwhm=6.0)
+    np.testing.assert_allclose(by_hand.rows, centre, atol=1e-9)
+    again = Trace.from_coefficients(by_hand.coefficients, 1024, fwhm=6.0)
+    np.testing.assert_allclose(again.rows, centre, atol=1e-9)
+    np.testing.assert_allclose(by_hand.shifted(2.5).rows, centre + 2.5)
+
+
+def test_optimal_extraction_reaches_the_noise_limit(demo):
+    """Against the true sky: extraction error within 5% of the optimal-extraction limit."""
+    frames, _, limit = demo
+    corrected = frames.science[0] - frames.sky[0]
+    trace = trace_spectrum(corrected, mask_region=frames.trace_rows)
+    variance = frames.sky[0] + frames.read_noise**2
+    truth = frames.trace.sum(axis=0)
+    optimal = extract_spectrum(corrected, trace, method="optimal", variance=variance, gain=1.0)
+    ratio = rms(optimal.flux - truth) / rms(limit)
+    assert ratio <= 1.05, f"optimal extraction error {ratio:.3f} x the noise limit"
+    # Its own error bars are right: unit scatter of the normalised error.
+    assert 0.9 < rms((optimal.flux - truth) / optimal.sigma) < 1.1
+    assert optimal.n_rejected > 0  # the demo's cosmic rays
+    # A boxcar over the same aperture is unbiased but noisier, with honest errors too.
+    boxcar = extract_spectrum(corrected, trace, method="boxcar", variance=variance, gain=1.0)
+    assert rms(boxcar.flux - truth) / rms(limit) > 1.2
+    assert abs(np.median(boxcar.flux - truth)) < 3 * rms(limit)
+
+
+def test_optimal_extraction_with_the_fitted_sky(demo, fitted):
+    """The whole chain: fit_sky, trace, extract with the sky model's variance."""
+    frames, _, limit = demo
+    corrected = fitted.corrected[0]
+    trace = trace_spectrum(corrected, mask_region=frames.trace_rows)
+    variance = fitted.noise_variance[0] + fitted.exposure_variance(0)
+    spec = extract_spectrum(corrected, trace, method="optimal", variance=variance, gain=fitted.gain)
+    ratio = rms(spec.flux - frames.trace.sum(axis=0)) / rms(limit)
+    assert ratio <= 1.05, f"error {ratio:.3f} x the noise limit"
+
+
+def test_sky_line_score_is_about_one_for_a_good_sky_and_large_for_a_bad_warp(demo, fitted):
+    frames, _, _ = demo
+    trace = trace_spectrum(fitted.corrected[0], mask_region=frames.trace_rows)
+    variance = fitted.noise_variance[0] + fitted.exposure_variance(0)
+    spec = extract_spectrum(fitted.corrected[0], trace, variance=variance, gain=1.0)
+    good = sky_line_residual_score(spec, fitted.background[0])
+    assert good.n_lines == 10 and 0.5 < good.score < 2.0
+    assert "sigma RMS" in str(good)
+    # A warp model without the tilt misplaces the sky lines: they leave residuals.
+    flat = WarpModel.from_tilt(frames.science.shape[1:], 0.0)
+    bad = sw.fit_sky(frames.science, flat, [frames.trace_rows], read_noise=frames.read_noise)
+    spec_bad = extract_spectrum(bad.corrected[0], trace, variance=bad.noise_variance[0] + bad.exposure_variance(0),
+                                gain=1.0)
+    worse = sky_line_residual_score(spec_bad, bad.background[0])
+    assert worse.score > 3 * good.score, (good.score, worse.score)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda im, tr, v: trace_spectrum(np.ones((2, 3, 4))), ValueError, "2D frame"),
+        (lambda im, tr, v: trace_spectrum(im, mask_region=(0, 2)), ValueError, "narrower than 3 rows"),
+        (lambda im, tr, v: trace_spectrum(np.zeros((20, 100))), ValueError, "no ridge"),
+        (lambda im, tr, v: extract_spectrum(im, "trace"), TypeError, "trace must be a Trace"),
+        (lambda im, tr, v: extract_spectrum(im, tr, method="horne"), ValueError, "method must be"),
+        (lambda im, tr, v: extract_spectrum(im, tr, method="optimal"), ValueError, "needs a variance"),
+        (lambda im, tr, v: extract_spectrum(im, tr, variance=v[:5]), ValueError, "variance has shape"),
+        (lambda im, tr, v: extract_spectrum(im, tr, variance=-v), ValueError, "negative"),
+        (lambda im, tr, v: extract_spectrum(im, tr, width=0, method="boxcar"), ValueError, "width"),
+        (lambda im, tr, v: extract_spectrum(im[:, :10], tr, method="boxcar"), ValueError, "columns"),
+        (lambda im, tr, v: sky_line_residual_score(im, im), TypeError, "Extraction"),
+        (lambda im, tr, v: Trace([np.nan], 10), ValueError, "finite"),
+    ],
+)
+def test_bad_input_raises_clearly(demo, call, error, match):
+    frames, centre, _ = demo
+    image = frames.science[0] - frames.sky[0]
+    trace = Trace.from_rows(centre, fwhm=6.0)
+    with pytest.raises(error, match=match):
+        call(image, trace, frames.sky[0] + 16.0)
+
+
+def test_boxcar_without_variance_says_so(demo):
+    frames, centre, _ = demo
+    spec = extract_spectrum(frames.science[0] - frames.sky[0], Trace.from_rows(centre, fwhm=6.0), method="boxcar")
+    assert isinstance(spec, Extraction) and np.isnan(spec.variance).all()
+    with pytest.raises(ValueError, match="no variance"):
+        sky_line_residual_score(spec, frames.sky[0])
+
+
+def test_exported_from_the_package():
+    assert sw.trace_spectrum is trace_spectrum and sw.extract_spectrum is extract_spectrum
+    assert sw.sky_line_residual_score is sky_line_residual_score

@@ -1,0 +1,278 @@
+"""A session saved from the page replays in batch: ``run_batch(settings=...)`` gives the page's sky."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from specwidgets.settings import SESSION_VERSION, batch_arguments, read_session, validate_session
+
+SHAPE = (70, 400)
+LEVEL = 300.0
+
+
+def write_night(folder, seed=11):
+    """Bias, two arcs of different 'lamps' (each has half of the lines), two science frames, as FITS."""
+    from specwidgets.datasets import make_synthetic_longslit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, n_arc_lines=16, n_sky_lines=14, seed=seed)
+    rng = np.random.default_rng(seed)
+    for i in range(3):
+        fits.writeto(folder / f"bias_{i:03d}.fits", (LEVEL + rng.normal(0, 4, SHAPE)).astype(np.float32))
+    cols = np.arange(SHAPE[1])
+    # Lamp A lights the lines left of the middle, lamp B the others: a median
+    # of the two would lose half of them, their sum keeps all.
+    for i, lit in enumerate((cols < SHAPE[1] // 2, cols >= SHAPE[1] // 2)):
+        arc = np.where(lit[None, :], frames.arc, rng.normal(0, 4, SHAPE))
+        fits.writeto(folder / f"arc_lamp{i}.fits", (LEVEL + arc).astype(np.float32))
+    for i, image in enumerate(frames.science):
+        fits.writeto(folder / f"sci_{i:03d}.fits", (LEVEL + image).astype(np.float32))
+    return frames
+
+
+def load_app(folder, data_root=None):
+    from specwidgets.app import DashboardApp
+
+    app = DashboardApp(data_root=data_root, output_root=folder.parent if data_root is None else data_root)
+    app.source.value = "folder"
+    app.folder.value = str(folder)
+    app._apply_preset({"instrument": "generic", "arc_tag": "arc_", "bias_tag": "bias_", "science_tag": "sci_",
+                       "crop": "3:68", "mask": ""})
+    assert app.load(), app.message.value
+    return app
+
+
+def sky_of(path):
+    with fits.open(path) as hdul:
+        return hdul["SKY"].data.astype(float)
+
+
+def max_relative(a, b):
+    scale = np.nanmax(np.abs(b))
+    return float(np.nanmax(np.abs(a - b)) / scale)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "night"
+    write_night(folder)
+    app = load_app(folder, data_root=root)
+    dash = app.dashboard
+    state = dash.state
+    # Tweak what a user tunes: masks, a guess removed, tolerance, warp order, sky options, noise model.
+    with state.hold():
+        state.mask_region = [(20, 34), (50, 55)]
+        state.tolerance = 12.0
+        state.warp_order = 2
+        state.guesses = state.guesses[1:]
+        state.spatial_order = 1
+        state.knot_spacing = 0.7
+        state.reject_sigma = 4.0
+        state.read_noise = 4.0
+        state.gain = "estimate"
+    # Nudge the mask and back, as a slider drag does: the sky must not depend on that history.
+    state.mask_region = [(20, 36), (50, 55)]
+    state.mask_region = [(20, 34), (50, 55)]
+    assert not state.error, state.error
+    return app, root, folder
+
+
+def test_session_records_what_batch_needs(page):
+    app, root, folder = page
+    path = app.save_session("night_session.json")
+    assert path == root / "night_session.json"
+    data = json.loads(path.read_text())
+    assert data["version"] == SESSION_VERSION
+    assert data["source"] == {"kind": "folder", "folder": "night", "root": "data root", "instrument": "generic",
+                              "arc_tag": "arc_", "bias_tag": "bias_", "science_tag": "sci_", "crop": "3:68",
+                              "arc_combine": "sum"}
+    state = data["state"]
+    assert state["mask_region"] == ["20:34", "50:55"]
+    assert state["tolerance"] == 12.0 and state["warp_order"] == 2 and state["gain"] == "estimate"
+    args = batch_arguments(read_session(path), data_root=root)
+    assert args["folder"] == folder and args["masks"] == [(20, 34), (50, 55)]
+    assert args["sky_options"] == {"knot_spacing": 0.7, "reject_sigma": 4.0}
+    assert args["crop"] == (3, 68) and args["arc_combine"] == "sum"
+
+
+def test_batch_with_the_session_gives_the_pages_sky(page, tmp_path):
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    path = app.save_session("replay.json")
+    summary = run_batch(out_dir=tmp_path / "out", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 2, summary.report()
+    background = app.dashboard.background
+    worst = 0.0
+    for k, name in enumerate(("sci_000", "sci_001")):
+        sky = sky_of(tmp_path / "out" / f"{name}_sky.fits")
+        assert sky.shape == background.shape[1:]
+        worst = max(worst, max_relative(sky, background[k]))
+    print(f"max relative difference page vs batch: {worst:.2e}")
+    assert worst <= 1e-6
+
+    # A command-line option given with --settings wins over the file's.
+    from specwidgets.batch import main
+
+    out2 = tmp_path / "out2"
+    code = main(["batch", "--settings", str(path), "--data-root", str(root), "--method", "median",
+                 "--out", str(out2), "--workers", "1", "--no-progress"])
+    assert code == 0
+    with fits.open(out2 / "sci_000_sky.fits") as hdul:
+        assert "median" in repr(hdul[0].header).lower()
+    assert max_relative(sky_of(out2 / "sci_000_sky.fits"), background[0]) > 1e-4
+
+
+def test_the_page_export_matches_batch(page, tmp_path):
+    """The page's Export and batch --settings write the same SKY."""
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    path = app.save_session("export_check.json")
+    written = app.export(root / "exported", overwrite=True)
+    summary = run_batch(out_dir=tmp_path / "out", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False)
+    assert summary.ok
+    for out in written:
+        assert max_relative(sky_of(tmp_path / "out" / out.name), sky_of(out)) <= 1e-6
+
+
+def test_bad_sessions_name_the_key(page, tmp_path):
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    good = json.loads(app.save_session("good.json").read_text())
+    dash = app.dashboard
+    masks_before = dash.state.masks
+    cases = [
+        ({"version": 99}, "'version'"),
+        ({"colour": "red"}, "'colour'"),
+        ({"state": {**good["state"], "mask_region": ["30:10"]}}, "'state.mask_region'"),
+        ({"state": {**good["state"], "mask_region": ["a:b"]}}, "'state.mask_region'"),
+        ({"state": {**good["state"], "knots": 3}}, "'state.knots'"),
+        ({"state": {**good["state"], "warp_order": "two"}}, "'state.warp_order'"),
+        ({"source": {**good["source"], "kind": "ftp"}}, "'source.kind'"),
+    ]
+    for change, key in cases:
+        bad = root / "bad.json"
+        bad.write_text(json.dumps({**good, **change}))
+        with pytest.raises(ValueError, match=key):
+            run_batch(out_dir=tmp_path / "out", settings=bad, data_root=root, workers=1, processes=False,
+                      progress=False)
+        # The page: the error in words next to the buttons and in the banner; the settings kept.
+        dash.session_path.value = "bad.json"
+        dash.load_session_button.click()
+        assert key in dash.session_message.value, dash.session_message.value
+        assert "could not load" in dash.session_message.value
+        assert key.strip("'") in dash.status.banner.value
+        assert dash.state.masks == masks_before
+    # A mask outside the frames: named too, settings kept.
+    bad.write_text(json.dumps({**good, "state": {**good["state"], "mask_region": ["60:90"]}}))
+    dash.load_session_button.click()
+    assert "state.mask_region" in dash.session_message.value and dash.state.masks == masks_before
+    with pytest.raises(ValueError, match="state.mask_region"):
+        validate_session({**good, "state": {"mask_region": [[1, 2, 3]]}})
+
+
+def test_a_relative_folder_without_its_root_is_explained(page, tmp_path, monkeypatch):
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    path = app.save_session("rel.json")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--data-root"):
+        run_batch(out_dir=tmp_path / "out", settings=path, workers=1, processes=False, progress=False)
+
+
+def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
+    """Exports as science input are refused in words; exports in the output folder are named, not clobbered."""
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    exported = app.dashboard.export(tmp_path / "exports", overwrite=True)
+    with pytest.raises(ValueError, match="dashboard exports or batch outputs"):
+        run_batch(tmp_path / "exports", folder / "arc_lamp0.fits", out_dir=tmp_path / "out", masks=[(20, 34)],
+                  workers=1, processes=False, progress=False)
+    path = app.save_session("exports.json")
+    before = [p.read_bytes() for p in exported]
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False)
+    assert len(summary.failed) == 2 and all("dashboard's Export" in m for _, m in summary.failed), summary.failed
+    assert [p.read_bytes() for p in exported] == before
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, overwrite=True)
+    assert summary.ok and len(summary.done) == 2
+
+
+def test_goodman_session_replays_in_batch(tmp_path):
+    """The Goodman sample in the page (real frames, header noise model), replayed by batch --settings."""
+    from specwidgets.app import DashboardApp
+    from specwidgets.batch import run_batch
+    from specwidgets.fits_output import output_name
+    from specwidgets.sample_data import goodman_available
+
+    if not goodman_available():
+        pytest.skip("the Goodman sample is not available offline")
+    app = DashboardApp(output_root=tmp_path)
+    app.source.value = "goodman"
+    assert app.load(), app.message.value
+    state = app.dashboard.state
+    state.mask_region = [(25, 90)]
+    state.spatial_order = 1
+    path = app.save_session("goodman.json")
+    assert json.loads(path.read_text())["source"]["kind"] == "goodman"
+    summary = run_batch(out_dir=tmp_path / "out", settings=path, workers=1, processes=False, progress=False,
+                        dtype="float64")
+    assert summary.ok and len(summary.done) == 2, summary.report()
+    background = app.dashboard.background
+    for k, name in enumerate(app.dashboard.exposure_names):
+        assert max_relative(sky_of(tmp_path / "out" / output_name(name)), background[k]) <= 1e-6
+
+
+def test_a_demo_session_needs_files(tmp_path):
+    from specwidgets.batch import run_batch
+    from specwidgets.widgets import Dashboard
+
+    dash = Dashboard.from_demo()
+    dash.session_source = {"kind": "demo"}
+    path = dash.save_session(tmp_path / "demo.json")
+    with pytest.raises(ValueError, match="synthetic demo: give the SCIENCE files"):
+        run_batch(out_dir=tmp_path / "out", settings=path, progress=False)
+
+
+def test_other_file_sets_are_fit_one_by_one(page, tmp_path):
+    """The page's exposure set is fit together (its sky); another set, or fit_together=False, one by one."""
+    from specwidgets.background import fit_sky
+    from specwidgets.batch import run_batch
+
+    app, root, folder = page
+    path = app.save_session("sets.json")
+    summary = run_batch([folder / "sci_001.fits"], out_dir=tmp_path / "one", settings=path, data_root=root,
+                        workers=1, processes=False, progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 1
+    summary = run_batch(out_dir=tmp_path / "apart", settings=path, data_root=root, fit_together=False, workers=1,
+                        processes=False, progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 2
+    one = sky_of(tmp_path / "one" / "sci_001_sky.fits")
+    apart = sky_of(tmp_path / "apart" / "sci_001_sky.fits")
+    assert max_relative(one, apart) == 0.0  # each alone either way
+    state = app.dashboard.state
+    alone = fit_sky(state.science[1:2], state.warp_model, state.masks, **_state_options(state)).background[0]
+    assert max_relative(apart, alone) <= 1e-6
+    with pytest.raises(ValueError, match="fit_together=True"):
+        run_batch([folder / "sci_001.fits"], out_dir=tmp_path / "x", settings=path, data_root=root,
+                  fit_together=True, progress=False)
+
+
+def _state_options(state):
+    opts = {k: getattr(state, k) for k in ("spatial_order", "knot_spacing", "reject_sigma")
+            if getattr(state, k) is not None}
+    if isinstance(state.read_noise, float):
+        opts["read_noise"] = state.read_noise
+    return opts
