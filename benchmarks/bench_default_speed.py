@@ -1,0 +1,84 @@
+"""Speed of the default sky fit against the explicit old-style call.
+
+``fit_sky`` makes its choices automatically by default (noise model, unlit
+rows, spatial order, flexure, adaptive knots). This prints, side by side in
+one process, the median time of
+
+* the default call: ``fit_sky(images, warp, mask)``;
+* the explicit old-style call: ``spatial_order=0, unlit=False,
+  flexure=False, knots="uniform", knot_spacing=0.5`` with the noise given,
+
+on the Goodman crop (2 x 120 x 2030) and the full frame (1 x 947 x 2030),
+over calls with a changing mask (as the dashboard's slider makes them), and
+their ratio. The machine may be shared: the ratio is the number to read.
+Issue 13: the adaptive default never more than 1.5 x the old uniform fit.
+
+Run:
+
+    SPECWIDGETS_DATA_DIR=... PYTHONPATH=. python3 benchmarks/bench_default_speed.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import specwidgets as sw
+from specwidgets.sample_data import goodman_available, load_goodman
+
+OLD_STYLE = dict(spatial_order=0, unlit=False, flexure=False, knots="uniform", knot_spacing=0.5)
+
+
+def median_time(fn, masks):
+    times = []
+    for mask in masks:
+        t0 = time.perf_counter()
+        fn(mask)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(name, images, arc, trace, repeats, read_noise, gain):
+    locs, _ = sw.find_cal_lines(arc)
+    warp = sw.generate_warp_model(arc, locs)
+    # Warm-up: numba compilation and caches out of the timing.
+    sw.fit_sky(images, warp, [trace])
+    sw.fit_sky(images, warp, [trace], read_noise=read_noise, gain=gain, **OLD_STYLE)
+    masks = [[(trace[0] - d, trace[1] + d)] for d in range(repeats)]
+    # Interleaved calls would be fairer on a noisy machine, but each series
+    # is short; they alternate per mask instead.
+    t_def, t_old = [], []
+    for mask in masks:
+        t0 = time.perf_counter()
+        sw.fit_sky(images, warp, mask)
+        t_def.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sw.fit_sky(images, warp, mask, read_noise=read_noise, gain=gain, **OLD_STYLE)
+        t_old.append(time.perf_counter() - t0)
+    d, o = statistics.median(t_def), statistics.median(t_old)
+    print(f"{name:<28} {d * 1e3:>10.0f} {o * 1e3:>12.0f} {d / o:>8.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="calls per series (default 5)")
+    args = parser.parse_args()
+    if not goodman_available():
+        print("Goodman sample data not found (set SPECWIDGETS_DATA_DIR); nothing to time.")
+        return
+    full = load_goodman(crop_bds=(0, None))
+    science = np.asarray(full.science)
+    arc = np.asarray(full.arc)
+    rn = float(full.read_noise)
+    print(f"{'data':<28} {'default ms':>10} {'explicit ms':>12} {'ratio':>8}")
+    import warnings
+    warnings.simplefilter("ignore")
+    run("crop 2x120x2030", science[:, 680:800], arc[680:800], (20, 110), args.repeats, rn, 1.0)
+    run("full frame 1x947x2030", science[:1], arc, (700, 790), args.repeats, rn, 1.0)
+
+
+if __name__ == "__main__":
+    main()
