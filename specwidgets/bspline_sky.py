@@ -303,6 +303,186 @@ def _normal_pass_chunked(e, f, y, excluded, rejected, lo, inv_h, n_int, y_off, y
     ])))
 
 
+# ``_normal_pass`` written out with scalars for one and two spatial terms
+# (``spatial_order`` 1 and 2, which "auto" picks often): the general kernel's
+# runtime-length loops over a small array cost about 3x as much. Each does
+# the same floating-point operations in the same order as ``_normal_pass``,
+# so the sums agree to the last bit. Per knot interval ``j``, ``acc[j]`` holds
+# the ``n_loc * (n_loc + 1) / 2`` products of local unknowns ``q <= r``
+# (row-major over the upper triangle) then the ``n_loc`` right-hand sides;
+# ``_scalar_to_band`` scatters them. (The bodies are regular: local unknown
+# ``q = k * n_terms + p`` is ``b_k * P_p(ys)``.)
+
+
+@njit(cache=True, nogil=True)
+def _normal_pass_2(e, f, y, excluded, rejected, lo, inv_h, n_int, y_off, y_scale, coef,
+                   use_model, inv_gain, rn_var, var_floor, sig2, acc):
+    """``_normal_pass`` specialised to ``n_terms == 2`` (see ``_SCALAR_PASSES``)."""
+    n_used = 0
+    n_changed = 0
+    for i in range(e.shape[0]):
+        if excluded[i]:
+            continue
+        j, t = _locate(e[i], lo, inv_h, n_int)
+        ys = (y[i] - y_off) * y_scale - 1.0
+        b0, b1, b2, b3 = _cubic_basis(t)
+        # The Legendre values as Bonnet's recurrence in ``_local_design`` gives them.
+        l1 = ys
+        a0 = b0
+        a1 = b0 * l1
+        a2 = b1
+        a3 = b1 * l1
+        a4 = b2
+        a5 = b2 * l1
+        a6 = b3
+        a7 = b3 * l1
+        fi = f[i]
+        if use_model:
+            base = j * 2
+            m = (0.0 + a0 * coef[base] + a1 * coef[base + 1] + a2 * coef[base + 2] + a3 * coef[base + 3]
+                 + a4 * coef[base + 4] + a5 * coef[base + 5] + a6 * coef[base + 6] + a7 * coef[base + 7])
+            var = max(max(m, 0.0) * inv_gain + rn_var, var_floor)
+            r = fi - m
+            rej = r * r > sig2 * var
+            if rej != rejected[i]:
+                n_changed += 1
+                rejected[i] = rej
+            if rej:
+                continue
+        else:
+            var = max(max(fi, 0.0) * inv_gain + rn_var, var_floor)
+        w = 1.0 / var
+        n_used += 1
+        blk = acc[j]
+        aw = a0 * w; blk[0] += aw * a0; blk[1] += aw * a1; blk[2] += aw * a2; blk[3] += aw * a3
+        blk[4] += aw * a4; blk[5] += aw * a5; blk[6] += aw * a6; blk[7] += aw * a7; blk[36] += aw * fi
+        aw = a1 * w; blk[8] += aw * a1; blk[9] += aw * a2; blk[10] += aw * a3; blk[11] += aw * a4
+        blk[12] += aw * a5; blk[13] += aw * a6; blk[14] += aw * a7; blk[37] += aw * fi
+        aw = a2 * w; blk[15] += aw * a2; blk[16] += aw * a3; blk[17] += aw * a4; blk[18] += aw * a5
+        blk[19] += aw * a6; blk[20] += aw * a7; blk[38] += aw * fi
+        aw = a3 * w; blk[21] += aw * a3; blk[22] += aw * a4; blk[23] += aw * a5; blk[24] += aw * a6
+        blk[25] += aw * a7; blk[39] += aw * fi
+        aw = a4 * w; blk[26] += aw * a4; blk[27] += aw * a5; blk[28] += aw * a6; blk[29] += aw * a7
+        blk[40] += aw * fi
+        aw = a5 * w; blk[30] += aw * a5; blk[31] += aw * a6; blk[32] += aw * a7; blk[41] += aw * fi
+        aw = a6 * w; blk[33] += aw * a6; blk[34] += aw * a7; blk[42] += aw * fi
+        aw = a7 * w; blk[35] += aw * a7; blk[43] += aw * fi
+    return n_used, n_changed
+
+
+@njit(cache=True, nogil=True)
+def _normal_pass_3(e, f, y, excluded, rejected, lo, inv_h, n_int, y_off, y_scale, coef,
+                   use_model, inv_gain, rn_var, var_floor, sig2, acc):
+    """``_normal_pass`` specialised to ``n_terms == 3`` (see ``_SCALAR_PASSES``)."""
+    n_used = 0
+    n_changed = 0
+    for i in range(e.shape[0]):
+        if excluded[i]:
+            continue
+        j, t = _locate(e[i], lo, inv_h, n_int)
+        ys = (y[i] - y_off) * y_scale - 1.0
+        b0, b1, b2, b3 = _cubic_basis(t)
+        # The Legendre values as Bonnet's recurrence in ``_local_design`` gives them.
+        l1 = ys
+        l2 = (3.0 * ys * l1 - 1.0) / 2.0
+        a0 = b0
+        a1 = b0 * l1
+        a2 = b0 * l2
+        a3 = b1
+        a4 = b1 * l1
+        a5 = b1 * l2
+        a6 = b2
+        a7 = b2 * l1
+        a8 = b2 * l2
+        a9 = b3
+        a10 = b3 * l1
+        a11 = b3 * l2
+        fi = f[i]
+        if use_model:
+            base = j * 3
+            m = (0.0 + a0 * coef[base] + a1 * coef[base + 1] + a2 * coef[base + 2] + a3 * coef[base + 3]
+                 + a4 * coef[base + 4] + a5 * coef[base + 5] + a6 * coef[base + 6] + a7 * coef[base + 7]
+                 + a8 * coef[base + 8] + a9 * coef[base + 9] + a10 * coef[base + 10] + a11 * coef[base + 11])
+            var = max(max(m, 0.0) * inv_gain + rn_var, var_floor)
+            r = fi - m
+            rej = r * r > sig2 * var
+            if rej != rejected[i]:
+                n_changed += 1
+                rejected[i] = rej
+            if rej:
+                continue
+        else:
+            var = max(max(fi, 0.0) * inv_gain + rn_var, var_floor)
+        w = 1.0 / var
+        n_used += 1
+        blk = acc[j]
+        aw = a0 * w; blk[0] += aw * a0; blk[1] += aw * a1; blk[2] += aw * a2; blk[3] += aw * a3
+        blk[4] += aw * a4; blk[5] += aw * a5; blk[6] += aw * a6; blk[7] += aw * a7; blk[8] += aw * a8
+        blk[9] += aw * a9; blk[10] += aw * a10; blk[11] += aw * a11; blk[78] += aw * fi
+        aw = a1 * w; blk[12] += aw * a1; blk[13] += aw * a2; blk[14] += aw * a3; blk[15] += aw * a4
+        blk[16] += aw * a5; blk[17] += aw * a6; blk[18] += aw * a7; blk[19] += aw * a8; blk[20] += aw * a9
+        blk[21] += aw * a10; blk[22] += aw * a11; blk[79] += aw * fi
+        aw = a2 * w; blk[23] += aw * a2; blk[24] += aw * a3; blk[25] += aw * a4; blk[26] += aw * a5
+        blk[27] += aw * a6; blk[28] += aw * a7; blk[29] += aw * a8; blk[30] += aw * a9; blk[31] += aw * a10
+        blk[32] += aw * a11; blk[80] += aw * fi
+        aw = a3 * w; blk[33] += aw * a3; blk[34] += aw * a4; blk[35] += aw * a5; blk[36] += aw * a6
+        blk[37] += aw * a7; blk[38] += aw * a8; blk[39] += aw * a9; blk[40] += aw * a10; blk[41] += aw * a11
+        blk[81] += aw * fi
+        aw = a4 * w; blk[42] += aw * a4; blk[43] += aw * a5; blk[44] += aw * a6; blk[45] += aw * a7
+        blk[46] += aw * a8; blk[47] += aw * a9; blk[48] += aw * a10; blk[49] += aw * a11; blk[82] += aw * fi
+        aw = a5 * w; blk[50] += aw * a5; blk[51] += aw * a6; blk[52] += aw * a7; blk[53] += aw * a8
+        blk[54] += aw * a9; blk[55] += aw * a10; blk[56] += aw * a11; blk[83] += aw * fi
+        aw = a6 * w; blk[57] += aw * a6; blk[58] += aw * a7; blk[59] += aw * a8; blk[60] += aw * a9
+        blk[61] += aw * a10; blk[62] += aw * a11; blk[84] += aw * fi
+        aw = a7 * w; blk[63] += aw * a7; blk[64] += aw * a8; blk[65] += aw * a9; blk[66] += aw * a10
+        blk[67] += aw * a11; blk[85] += aw * fi
+        aw = a8 * w; blk[68] += aw * a8; blk[69] += aw * a9; blk[70] += aw * a10; blk[71] += aw * a11
+        blk[86] += aw * fi
+        aw = a9 * w; blk[72] += aw * a9; blk[73] += aw * a10; blk[74] += aw * a11; blk[87] += aw * fi
+        aw = a10 * w; blk[75] += aw * a10; blk[76] += aw * a11; blk[88] += aw * fi
+        aw = a11 * w; blk[77] += aw * a11; blk[89] += aw * fi
+    return n_used, n_changed
+
+
+
+def _scalar_pass_chunked(kernel, e, f, y, excluded, rejected, lo, inv_h, n_int, y_off, y_scale,
+                         coef, use_model, inv_gain, rn_var, var_floor, sig2, acc_chunks):
+    """A ``_SCALAR_PASSES`` kernel over contiguous chunks of samples (one accumulator each; Python threads)."""
+    n_chunks = acc_chunks.shape[0]
+
+    def chunk(c, start, stop):
+        return kernel(
+            e[start:stop], f[start:stop], y[start:stop], excluded[start:stop],
+            rejected[start:stop], lo, inv_h, n_int, y_off, y_scale, coef,
+            use_model, inv_gain, rn_var, var_floor, sig2, acc_chunks[c],
+        )[1]
+
+    bounds = chunk_bounds(e.shape[0], n_chunks)
+    return int(sum(run_in_threads([
+        (lambda c=c, start=start, stop=stop: chunk(c, start, stop)) for c, (start, stop) in enumerate(bounds)
+    ])))
+
+
+def _scalar_to_band(acc, band, rhs, n_terms):
+    """Scatter a ``_SCALAR_PASSES`` kernel's sums into the band and rhs.
+
+    Same additions in the same order as ``_general_to_band``.
+    """
+    n_int, n_loc = acc.shape[0], 4 * n_terms
+    band[:] = 0.0
+    rhs[:] = 0.0
+    col = 0
+    for q in range(n_loc):
+        cols = slice(q, q + n_int * n_terms, n_terms)
+        for r in range(q, n_loc):
+            band[r - q, cols] += acc[:, col]
+            col += 1
+        rhs[cols] += acc[:, n_loc * (n_loc + 1) // 2 + q]
+
+
+_SCALAR_PASSES = {2: _normal_pass_2, 3: _normal_pass_3}
+
+
 @njit(cache=True, nogil=True)
 def _evaluate(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
               first_term_only, out):
@@ -757,6 +937,9 @@ class _NormalEquations:
             # worth the threads' start-up.
             n_chunks = 1 if e.size < _PARALLEL_MIN_SAMPLES else numba.get_num_threads()
             self.acc = np.zeros((n_chunks, self.n_int, 14))
+        elif self.n_terms in _SCALAR_PASSES:
+            n_chunks = 1 if e.size < _PARALLEL_MIN_SAMPLES else numba.get_num_threads()
+            self.acc = np.zeros((n_chunks, self.n_int, n_loc * (n_loc + 1) // 2 + n_loc))
         else:
             # Spatial terms make each sample's update (4 n_terms)^2 long:
             # large fits are split between the cores here too.
@@ -787,6 +970,17 @@ class _NormalEquations:
                 )
                 acc = self.acc.sum(axis=0)
             _constant_to_band(acc, self.band, self.rhs)
+        elif self.n_terms in _SCALAR_PASSES:
+            kernel = _SCALAR_PASSES[self.n_terms]
+            args = (self.e, self.f, self.y, self.excluded, rejected, self.lo, inv_h,
+                    self.n_int, self.y_off, self.y_scale, coef, use_model, *self.noise)
+            if self.acc.shape[0] == 1:
+                _, n_changed = kernel(*args, self.acc[0])
+                acc = self.acc[0]
+            else:
+                n_changed = _scalar_pass_chunked(kernel, *args, self.acc)
+                acc = self.acc.sum(axis=0)
+            _scalar_to_band(acc, self.band, self.rhs, self.n_terms)
         else:
             args = (self.e, self.f, self.y, self.excluded, rejected, self.lo, inv_h,
                     self.n_int, self.y_off, self.y_scale, self.n_terms, coef,
