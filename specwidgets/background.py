@@ -506,16 +506,23 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         rows = samples.rows
         used = np.isfinite(samples.flux) & ~np.stack([m.rejected for m in first])
 
-        def profiles(var):
-            """Per-exposure row ratios, and their information-weighted mean over exposures."""
+        def profiles(var_gain, var_rn):
+            """Per-exposure row ratios, and their information-weighted mean over exposures.
+
+            The variance is the noise model ``(var_gain, var_rn)`` at the
+            first-pass level, computed on the subsample only.
+            """
             info_sum = np.zeros(n_rows)
             weighted = np.zeros(n_rows)
             # A regular subsample (each row keeps hundreds of samples) is
             # plenty for one number per row; the information is scaled back.
             sub = _subsample(rows.size, 400_000)
             stride = sub.step
+            rows_sub = rows[sub]
             for k in range(n_exp):
-                ratios[k], info = row_profile(rows[sub], samples.flux[k][sub], level[k][sub], var[k][sub], n_rows)
+                level_sub = level[k][sub]
+                var_sub = np.clip(level_sub, 0, None) / var_gain + (var_rn / var_gain) ** 2
+                ratios[k], info = row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
                 info *= stride
                 info_sum += info
                 weighted += np.nan_to_num(ratios[k]) * info
@@ -526,8 +533,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # as lit row by row is what the shift is measured against and what
         # the noise is the scatter about, so that neither a slit
         # illumination gradient nor unlit rows pass for flexure or noise.
-        prov_var = np.clip(level, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
-        profiles(prov_var)
+        profiles(prov_gain, prov_rn)
         # Cosmic rays out (far above the sky as lit row by row), and the
         # first pass again without them: they must not pass for structure
         # (adaptive knots), shift or noise.
@@ -546,8 +552,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                     )
                     level[k] = first[k](samples.effpix)
             used = np.isfinite(clean)
-            prov_var = np.clip(level, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
-            profiles(prov_var)
+            profiles(prov_gain, prov_rn)
         if flexure_mode:
             t = _row_coordinate(rows, n_rows)
             for k in range(n_exp):
@@ -557,16 +562,19 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             flexure_applied = bool(np.any(shifts != 0))
             if flexure_applied:
                 used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
-                prov_var = np.clip(level, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
-                profiles(prov_var)
-        del prov_var
-        lit_level = level * np.nan_to_num(ratios, nan=0.0)[:, rows]
+                profiles(prov_gain, prov_rn)
+        # The noise estimate needs only a regular subsample of the used
+        # samples (``_complete_noise`` takes every ``_subsample``-th): the
+        # lit level is computed there only (the same values).
+        pick = np.flatnonzero(used)
+        pick = pick[_subsample(pick.size)]
+        pick_k, pick_s = np.divmod(pick, rows.size)
+        lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
         read_noise, gain, source, warnings = _complete_noise(
-            noise, lit_level[used], (samples.flux - lit_level)[used]
+            noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
         )
-        del lit_level
-        var = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
-        ratio, info_sum = profiles(var)
+        del lit_level, pick, pick_k, pick_s
+        ratio, info_sum = profiles(gain, read_noise)
 
         def n_coef(p):
             return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
@@ -576,12 +584,17 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                                     dark=dark if unlit_mode else None)
         if unlit_mode:
             unlit |= dark
-        del level, var
+        del level
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
     if unlit.any() and samples.index.size != int(np.count_nonzero(~fit_rows)) * n_cols:
-        samples = sky_samples(stack, warp_model, fit_rows)
+        # The samples so far left out a subset of these rows (the mask and
+        # the dark rows): dropping the rest from them gives what
+        # ``sky_samples(stack, warp_model, fit_rows)`` would, without a new
+        # pass over the frame.
+        keep = ~fit_rows[samples.rows]
+        samples = SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], n_cols)
     lit_rows = np.flatnonzero(~unlit)
     row_range = (0, n_rows) if not unlit.any() else (int(lit_rows[0]), int(lit_rows[-1]) + 1)
     sample_rows = samples.rows.astype(float) if order else None
@@ -602,6 +615,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     models = []
     for k in range(n_exp):
         e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
+        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
         # The first pass starts the final fit only when it fit the same sky:
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
@@ -615,14 +629,19 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             )
         else:
             start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
+            # The stretched coordinate of the whole frame, once: the samples'
+            # are a subset of it (``e_k`` is ``emap_k`` at ``samples.index``).
+            u_map = np.interp(emap_k, *table)
             inner = fit_bspline_sky(
-                np.interp(e_k, *table), samples.flux[k], sample_rows, spatial_order=order,
+                u_map.ravel()[samples.index], samples.flux[k], sample_rows, spatial_order=order,
                 row_range=row_range, read_noise=read_noise, gain=gain,
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
             model = StretchedBSplineSky(inner, *table)
-        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
-        background[k] = model(emap_k, rows_grid)
+        if table is None:
+            background[k] = model(emap_k, rows_grid)
+        else:
+            background[k] = inner(u_map, rows_grid)
         if unlit.any():
             # Unlit rows are outside the fit: there the first pass, scaled
             # to each row's own level, is the best guess of what little sky
