@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
+from numba import njit
 
 __all__ = ["SkyQuality", "analyse_rows", "dark_rows", "estimate_noise", "measure_flexure", "row_profile"]
 
@@ -308,6 +311,51 @@ def dark_rows(stack, masked_rows, noise_var):
     return grown & lit_candidates
 
 
+@njit(cache=True, nogil=True)
+def _row_profile_kernel(rows, flux, model, variance, clip2, n_iter, ratio, info):
+    """``row_profile``'s loop: the same operations in the same order as its
+    NumPy form (per-row sums accumulated in sample order, as ``np.bincount``
+    does), without a dozen full-size temporaries per iteration."""
+    n = rows.shape[0]
+    n_rows = ratio.shape[0]
+    num = np.zeros(n_rows)
+    keep = np.empty(n, np.bool_)
+    for i in range(n):
+        keep[i] = math.isfinite(flux[i]) and math.isfinite(model[i]) and variance[i] > 0
+    big = np.finfo(np.float64).max
+    for it in range(n_iter + 1):
+        num[:] = 0.0
+        info[:] = 0.0
+        for i in range(n):
+            if keep[i]:
+                wm = (1.0 / variance[i]) * model[i]
+                num[rows[i]] += wm * flux[i]
+                info[rows[i]] += wm * model[i]
+        for r in range(n_rows):
+            ratio[r] = num[r] / info[r] if info[r] > 0 else np.nan
+        if it == n_iter:
+            break
+        for i in range(n):
+            v = variance[i]
+            if not (math.isfinite(flux[i]) and math.isfinite(model[i]) and v > 0):
+                continue
+            s = ratio[rows[i]]
+            # As np.nan_to_num(ratio, nan=1.0).
+            if math.isnan(s):
+                s = 1.0
+            elif s == math.inf:
+                s = big
+            elif s == -math.inf:
+                s = -big
+            # The variance at the row's level: Poisson part scaled, read part
+            # not; ``variance`` already holds both at the model's level, so
+            # scaling it by max(scale, small) is a close, conservative
+            # approximation.
+            var_row = v * max(abs(s), 0.05)
+            d = flux[i] - s * model[i]
+            keep[i] = d * d <= clip2 * max(var_row, v * 0.05)
+
+
 def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
     """Each row's sky relative to the model: ``(ratio, information)`` per row.
 
@@ -320,25 +368,17 @@ def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
     i.e. how much chi-square a wrong scale costs. Rows without samples get
     ratio NaN and information 0.
     """
-    ok = np.isfinite(flux) & np.isfinite(model) & (variance > 0)
-    w = np.where(ok, 1.0 / np.where(ok, variance, 1.0), 0.0)
-    f = np.where(ok, flux, 0.0)
-    m = np.where(ok, model, 0.0)
-    wm = w * m
-    keep = ok
-    for it in range(n_iter + 1):
-        num = np.bincount(rows, np.where(keep, wm * f, 0.0), minlength=n_rows)
-        info = np.bincount(rows, np.where(keep, wm * m, 0.0), minlength=n_rows)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(info > 0, num / info, np.nan)
-        if it == n_iter:
-            break
-        scale = np.nan_to_num(ratio, nan=1.0)[rows]
-        # The variance at the row's level: Poisson part scaled, read part not;
-        # ``variance`` already holds both at the model's level, so scaling it
-        # by max(scale, small) is a close, conservative approximation.
-        var_row = variance * np.maximum(np.abs(scale), 0.05)
-        keep = ok & ((f - scale * m) ** 2 <= clip**2 * np.maximum(var_row, variance * 0.05))
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    n_rows = int(n_rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ValueError(f"rows must lie in 0..{n_rows - 1} (n_rows={n_rows})")
+    ratio = np.empty(n_rows)
+    info = np.empty(n_rows)
+    # One compiled signature: contiguous float64 inputs.
+    _row_profile_kernel(rows, np.ascontiguousarray(flux, dtype=np.float64),
+                        np.ascontiguousarray(model, dtype=np.float64),
+                        np.ascontiguousarray(variance, dtype=np.float64),
+                        float(clip) ** 2, int(n_iter), ratio, info)
     return ratio, info
 
 
