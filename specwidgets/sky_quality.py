@@ -154,6 +154,17 @@ def _robust_var(values):
     return (1.4826 * np.median(np.abs(values - med))) ** 2
 
 
+def _stable_argsort(values):
+    """``np.argsort(values, kind="stable")``, faster: the default (SIMD) sort is
+    several times quicker, and without ties the order is the same; with
+    ties the stable sort is done after all."""
+    order = np.argsort(values)
+    ordered = values[order]
+    if np.any(ordered[1:] == ordered[:-1]):
+        order = np.argsort(values, kind="stable")
+    return order
+
+
 def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None, fixed_read_noise=None):
     """Effective gain and read noise from the scatter of residuals by sky level.
 
@@ -197,7 +208,7 @@ def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None,
     # Bins of equal counts in level, but the top bins hold bright-line
     # pixels, where a small model error adds scatter; they still count, as
     # that scatter is real for the weights too.
-    order = np.argsort(level, kind="stable")
+    order = _stable_argsort(level)
     chunks = np.array_split(order, n_bins)
     lv = np.array([np.median(level[c]) for c in chunks])
     var = np.array([_robust_var(residual[c]) for c in chunks])
@@ -296,7 +307,9 @@ def dark_rows(stack, masked_rows, noise_var):
     lit_candidates = ~masked_rows
     if lit_candidates.sum() < 4:
         return np.zeros(n_rows, bool)
-    med = np.nanmedian(stack[:, :, ::4], axis=2).mean(axis=0)
+    every4 = stack[:, :, ::4]
+    # np.median gives the same values as np.nanmedian without NaN, several times faster.
+    med = (np.nanmedian if np.isnan(every4).any() else np.median)(every4, axis=2).mean(axis=0)
     # The median row, not a high percentile: a trace left in the sky rows
     # must not make the sky rows look dark next to it.
     bright = np.nanmedian(med[lit_candidates])
