@@ -554,10 +554,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             used = np.isfinite(clean)
             profiles(prov_gain, prov_rn)
         if flexure_mode:
-            t = _row_coordinate(rows, n_rows)
             for k in range(n_exp):
-                scale = np.nan_to_num(ratios[k], nan=0.0)[rows]
-                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], rows, t, level, scale,
+                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows, level, ratios[k],
                                            prov_gain, prov_rn, extent, spacing(0))
             flexure_applied = bool(np.any(shifts != 0))
             if flexure_applied:
@@ -688,16 +686,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     return result
 
 
-def _measure_shift(first, k, effpix, flux, rows, t, level, scale, gain, read_noise, extent, knot_spacing,
+def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,
                    max_steps=5):
     """Exposure ``k``'s sky-line shift between the slit's ends, in px (0 if not significant).
 
     Gauss-Newton: measure the shift against the current first-pass model
     (:func:`measure_flexure`), refit that model on the corrected effective
     pixels, and measure again, until the step is well below a pixel's
-    hundredth. ``scale`` is each sample's row brightness relative to the
-    model (the slit illumination). ``first[k]`` and ``level[k]`` are
-    replaced by the corrected fit when a shift is found.
+    hundredth. ``ratio`` is each row's brightness relative to the model
+    (the slit illumination; NaN for rows without samples). ``first[k]`` and
+    ``level[k]`` are replaced by the corrected fit when a shift is found.
     """
     from .bspline_sky import fit_bspline_sky
 
@@ -707,8 +705,12 @@ def _measure_shift(first, k, effpix, flux, rows, t, level, scale, gain, read_noi
     # The shift is two numbers: a regular subsample of the samples measures
     # it to far better than a hundredth of a pixel.
     sub = _subsample(effpix.size, 400_000)
-    t_s, f_s, scale_s, rows_s = t[sub], flux[sub], scale[sub], rows[sub]
-    n_rows = int(rows.max()) + 1
+    rows_s = rows[sub]
+    # Row coordinate and scale on the subsample only (the full-size ones
+    # only if a shift is found).
+    t_s, f_s = _row_coordinate(rows_s, n_rows), flux[sub]
+    scale_s = np.nan_to_num(ratio, nan=0.0)[rows_s]
+    t = None
     for _ in range(max_steps):
         e = effpix[sub] if not total else effpix[sub] - total * t_s
         base = level[k][sub] if not total else model(e)
@@ -731,6 +733,8 @@ def _measure_shift(first, k, effpix, flux, rows, t, level, scale, gain, read_noi
         if not total and not abs(step) > max(5 * sigma, 0.05):
             break
         total += step
+        if t is None:
+            t = _row_coordinate(rows, n_rows)
         model = fit_bspline_sky(
             effpix - total * t, flux, None, read_noise=read_noise, gain=gain,
             extent=extent, knot_spacing=knot_spacing, reject_sigma=None, max_iterations=1,

@@ -537,12 +537,13 @@ def measure_flexure(t, flux, model, slope, variance):
     g1 = g0 * t[ok]
     # Clip residuals at 5 sigma: cosmic rays must not move the estimate.
     lim = 5.0 * np.sqrt(variance[ok])
-    r = np.clip(r, -lim, lim)
-    a00 = np.sum(w * g0 * g0)
-    a01 = np.sum(w * g0 * g1)
-    a11 = np.sum(w * g1 * g1)
-    b0 = np.sum(w * g0 * r)
-    b1 = np.sum(w * g1 * r)
+    r = np.minimum(np.maximum(r, -lim), lim)  # np.clip's values, faster with array bounds
+    wg0, wg1 = w * g0, w * g1
+    a00 = np.sum(wg0 * g0)
+    a01 = np.sum(wg0 * g1)
+    a11 = np.sum(wg1 * g1)
+    b0 = np.sum(wg0 * r)
+    b1 = np.sum(wg1 * r)
     det = a00 * a11 - a01 * a01
     if not det > 0:
         return 0.0, np.inf
