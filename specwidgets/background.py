@@ -21,6 +21,7 @@ from .sky_quality import (
     estimate_noise,
     measure_flexure,
     provisional_noise,
+    _row_chi_means,
     row_profile,
 )
 from .sky_quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
@@ -758,17 +759,19 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap)."""
     n_exp, n_rows, n_cols = result.data.shape
     warnings = list(warnings)
-    bg = result.background.reshape(n_exp, -1)[:, samples.index]
+    # The scatter from a regular subsample of the sky samples (the chi of
+    # the others is only summed per row, below).
+    pick = _subsample(samples.index.size)
+    bg = result.background.reshape(n_exp, -1)[:, samples.index[pick]]
     var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        chi = (samples.flux - bg) / np.sqrt(var)
+        chi = (samples.flux[:, pick] - bg) / np.sqrt(var)
     finite = np.isfinite(chi)
-    pick = _subsample(chi.shape[1])
-    sub = chi[:, pick][finite[:, pick]]
+    sub = chi[finite]
     chi_std = _robust_std(sub)
     # The same by sky level: a wrong gain shows where the sky is bright
     # (lines) even when the continuum's scatter happens to match.
-    levels = bg[:, pick][finite[:, pick]]
+    levels = bg[finite]
     by_level = []
     if sub.size >= 2000:
         cut = np.percentile(levels, [50, 90])
@@ -781,20 +784,16 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     rejected_fraction = n_out / n_used if n_used else 0.0
 
     # Leak: the largest row mean of clipped chi among the sky rows.
-    rows = samples.rows
     leak, leak_row = 0.0, None
-    clipped = np.clip(np.where(finite, chi, 0.0), -5, 5)
-    counts = np.bincount(rows, minlength=n_rows)
     for k in range(n_exp):
-        n_k = np.bincount(rows, finite[k], minlength=n_rows)
-        sums = np.bincount(rows, clipped[k], minlength=n_rows)
+        n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, result.background[k], samples.flux[k],
+                                  result.gain, result.read_noise)
         ok = n_k >= max(20, 0.25 * n_cols)
         if ok.any():
             means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
             r = int(np.argmax(means))
             if means[r] > leak:
                 leak, leak_row = float(means[r]), r
-    del counts
 
     if rejected_fraction > REJECTED_LIMIT:
         warnings.append(

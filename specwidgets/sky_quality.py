@@ -395,6 +395,41 @@ def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
     return ratio, info
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums):
+    """Per row: how many sky samples have a finite chi, and the sum of their
+    chi clipped to +-5, with ``chi = (flux - bg) / sqrt(max(bg, 0) / gain +
+    rn_var)`` and ``bg = background[index]`` (flat pixel index; ``counts``
+    and ``sums`` zeroed by the caller). Sums in sample order, as
+    ``np.bincount`` adds them."""
+    for i in range(index.shape[0]):
+        p = index[i]
+        bg = background[p]
+        var = (bg if bg > 0.0 else 0.0) / gain + rn_var
+        chi = (flux[i] - bg) / math.sqrt(var)
+        if math.isfinite(chi):
+            row = p // n_cols
+            counts[row] += 1.0
+            sums[row] += min(max(chi, -5.0), 5.0)
+
+
+def _row_chi_means(index, n_cols, n_rows, background, flux, gain, read_noise):
+    """``(counts, sums)`` per row of the clipped chi of one exposure's sky samples (see ``_row_chi_sums``).
+
+    ``index`` are the samples' flat pixel indices into ``background``
+    (``n_rows * n_cols``), ``flux`` their values.
+    """
+    index = np.asarray(index)
+    if index.dtype != np.int32:
+        index = index.astype(np.int64)  # a second signature only for frames over 2**31 pixels
+    counts = np.zeros(n_rows)
+    sums = np.zeros(n_rows)
+    _row_chi_sums(index, int(n_cols), np.ascontiguousarray(background, dtype=np.float64).ravel(),
+                  np.ascontiguousarray(flux, dtype=np.float64), float(gain),
+                  float((read_noise / gain) ** 2), counts, sums)
+    return counts, sums
+
+
 def _ranges(flags):
     """(start, stop) of the runs of True in a boolean array."""
     flags = np.asarray(flags, bool)
