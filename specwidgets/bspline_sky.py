@@ -507,6 +507,49 @@ def _evaluate(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
         out[i] = m
 
 
+@njit(cache=True, nogil=True)
+def _evaluate_small(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef, out):
+    """``_evaluate`` (all terms) written out with scalars for ``n_terms`` 1 to 3.
+
+    Same operations in the same order as the general kernel (the sum over
+    the local unknowns ``q = k * n_terms + p`` in increasing ``q``), so the
+    values agree to the last bit; about twice as fast.
+    """
+    for i in range(e.shape[0]):
+        ei = e[i]
+        if not math.isfinite(ei):
+            out[i] = np.nan
+            continue
+        ei = min(max(ei, lo), hi)
+        j, t = _locate(ei, lo, inv_h, n_int)
+        b0, b1, b2, b3 = _cubic_basis(t)
+        base = j * n_terms
+        if n_terms == 1:
+            out[i] = (0.0 + b0 * coef[base] + b1 * coef[base + 1] + b2 * coef[base + 2]
+                      + b3 * coef[base + 3])
+            continue
+        # The Legendre values as Bonnet's recurrence in ``_local_design`` gives them.
+        l1 = (y[i] - y_off) * y_scale - 1.0
+        if n_terms == 2:
+            out[i] = (0.0 + b0 * coef[base] + b0 * l1 * coef[base + 1] + b1 * coef[base + 2]
+                      + b1 * l1 * coef[base + 3] + b2 * coef[base + 4] + b2 * l1 * coef[base + 5]
+                      + b3 * coef[base + 6] + b3 * l1 * coef[base + 7])
+        else:
+            l2 = (3.0 * l1 * l1 - 1.0) / 2.0
+            out[i] = (0.0 + b0 * coef[base] + b0 * l1 * coef[base + 1] + b0 * l2 * coef[base + 2]
+                      + b1 * coef[base + 3] + b1 * l1 * coef[base + 4] + b1 * l2 * coef[base + 5]
+                      + b2 * coef[base + 6] + b2 * l1 * coef[base + 7] + b2 * l2 * coef[base + 8]
+                      + b3 * coef[base + 9] + b3 * l1 * coef[base + 10] + b3 * l2 * coef[base + 11])
+
+
+def _evaluate_any(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef, first_term_only, out):
+    """``_evaluate``, by ``_evaluate_small`` where it applies."""
+    if n_terms <= 3 and not first_term_only:
+        _evaluate_small(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef, out)
+    else:
+        _evaluate(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef, first_term_only, out)
+
+
 def _evaluate_chunked(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
                       first_term_only, out, n_chunks):
     """``_evaluate`` split over contiguous chunks of points, in parallel (Python threads, see above)."""
@@ -515,7 +558,7 @@ def _evaluate_chunked(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, coef,
 
     def chunk(start, stop):
         yc = y[start:stop] if per_point_y else y
-        _evaluate(e[start:stop], yc, lo, hi, inv_h, n_int, y_off, y_scale, n_terms,
+        _evaluate_any(e[start:stop], yc, lo, hi, inv_h, n_int, y_off, y_scale, n_terms,
                   coef, first_term_only, out[start:stop])
 
     run_in_threads([(lambda start=start, stop=stop: chunk(start, stop)) for start, stop in chunk_bounds(n, n_chunks)])
@@ -720,7 +763,7 @@ class BSplineSky:
         out = np.empty(e.size)
         coef = np.ascontiguousarray(self.coefficients.ravel())
         if e.size < _PARALLEL_MIN_SAMPLES:
-            _evaluate(e, y, *geometry, coef, first_term_only, out)
+            _evaluate_any(e, y, *geometry, coef, first_term_only, out)
         else:
             _evaluate_chunked(e, y, *geometry, coef, first_term_only, out, numba.get_num_threads())
         return out.reshape(shape)
