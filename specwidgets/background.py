@@ -263,6 +263,13 @@ def _row_coordinate(rows, n_rows):
     return (np.asarray(rows, float) - 0.5 * (n_rows - 1)) / max(n_rows - 1, 1)
 
 
+def _drop_rows(samples, rows):
+    """``samples`` without those in the flagged ``rows``: what ``sky_samples``
+    would give with them masked too, without a new pass over the frame."""
+    keep = ~rows[samples.rows]
+    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols)
+
+
 def _subsample(n, limit=250_000):
     """A regular index subsample of at most ``limit`` of ``n`` items (statistics need no more)."""
     return slice(None, None, max(1, -(-n // limit)))
@@ -495,7 +502,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # the sky spectrum's shape towards zero (they weigh the most).
             dark = dark_rows(stack, masked_rows, var_low)
             if dark.any():
-                samples = sky_samples(stack, warp_model, masked_rows | dark)
+                samples = _drop_rows(samples, dark)
         level = np.empty(samples.flux.shape)
         for k in range(n_exp):
             first[k] = fit_bspline_sky(
@@ -589,11 +596,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     fit_rows = masked_rows | unlit
     if unlit.any() and samples.index.size != int(np.count_nonzero(~fit_rows)) * n_cols:
         # The samples so far left out a subset of these rows (the mask and
-        # the dark rows): dropping the rest from them gives what
-        # ``sky_samples(stack, warp_model, fit_rows)`` would, without a new
-        # pass over the frame.
-        keep = ~fit_rows[samples.rows]
-        samples = SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], n_cols)
+        # the dark rows): the rest is dropped from them.
+        samples = _drop_rows(samples, fit_rows)
     lit_rows = np.flatnonzero(~unlit)
     row_range = (0, n_rows) if not unlit.any() else (int(lit_rows[0]), int(lit_rows[-1]) + 1)
     sample_rows = samples.rows.astype(float) if order else None
