@@ -19,6 +19,7 @@ from .sky_quality import (
     _ranges,
     analyse_rows,
     estimate_noise,
+    _far_above,
     measure_flexure,
     provisional_noise,
     _row_chi_means,
@@ -545,10 +546,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # Cosmic rays out (far above the sky as lit row by row), and the
         # first pass again without them: they must not pass for structure
         # (adaptive knots), shift or noise.
-        lit = level * np.nan_to_num(ratios, nan=0.0)[:, rows]
-        lit_var = np.clip(lit, 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
-        hits = (samples.flux - lit) ** 2 > 64 * lit_var
-        del lit, lit_var
+        hits = _far_above(samples.flux, level, ratios, rows, prov_gain, prov_rn, 8.0)
         clean = samples.flux
         if hits.any():
             clean = np.where(hits, np.nan, samples.flux)

@@ -430,6 +430,44 @@ def _row_chi_means(index, n_cols, n_rows, background, flux, gain, read_noise):
     return counts, sums
 
 
+@njit(cache=True, nogil=True)
+def _far_above_kernel(flux, level, ratios, rows, gain, rn_var, limit2, out):
+    """``out[k, i]``: ``(flux - lit)**2 > limit2 * var(lit)`` with ``lit =
+    level * ratio of the sample's row`` (NaN ratio as 0) and ``var(lit) =
+    max(lit, 0) / gain + rn_var``; False where anything is NaN."""
+    for k in range(flux.shape[0]):
+        for i in range(flux.shape[1]):
+            s = ratios[k, rows[i]]
+            if math.isnan(s):
+                s = 0.0
+            lit = level[k, i] * s
+            var = (lit if lit > 0.0 else 0.0) / gain + rn_var
+            d = flux[k, i] - lit
+            out[k, i] = d * d > limit2 * var
+
+
+def _far_above(flux, level, ratios, rows, gain, read_noise, n_sigma=8.0):
+    """Samples far from the sky as lit row by row (cosmic rays): a boolean array like ``flux``.
+
+    ``flux`` and ``level`` are ``(n_exposures, n_samples)``, ``ratios`` the
+    rows' brightness relative to ``level`` per exposure (``(n_exposures,
+    n_rows)``, NaN counts as 0), ``rows`` each sample's row. A sample is
+    flagged when it is more than ``n_sigma`` noise sigmas (noise model
+    ``gain``, ``read_noise``) from ``level * ratio``. The same flags as
+    ``(flux - lit) ** 2 > n_sigma**2 * (np.clip(lit, 0, None) / gain +
+    (read_noise / gain) ** 2)`` in NumPy, in one pass.
+    """
+    rows = np.asarray(rows)
+    if rows.dtype != np.int32:
+        rows = rows.astype(np.int64)  # a second signature only for frames over 2**31 pixels
+    flux = np.ascontiguousarray(flux, dtype=np.float64)
+    out = np.empty(flux.shape, bool)
+    _far_above_kernel(flux, np.ascontiguousarray(level, dtype=np.float64),
+                      np.ascontiguousarray(ratios, dtype=np.float64), rows, float(gain),
+                      float((read_noise / gain) ** 2), float(n_sigma) ** 2, out)
+    return out
+
+
 def _ranges(flags):
     """(start, stop) of the runs of True in a boolean array."""
     flags = np.asarray(flags, bool)
