@@ -324,7 +324,10 @@ def dark_rows(stack, masked_rows, noise_var):
     return grown & lit_candidates
 
 
-@njit(cache=True, nogil=True)
+_FLOAT_MAX = float(np.finfo(np.float64).max)  # what np.nan_to_num puts for +inf
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _row_profile_kernel(rows, flux, model, variance, clip2, n_iter, ratio, info):
     """``row_profile``'s loop: the same operations in the same order as its
     NumPy form (per-row sums accumulated in sample order, as ``np.bincount``
@@ -335,7 +338,7 @@ def _row_profile_kernel(rows, flux, model, variance, clip2, n_iter, ratio, info)
     keep = np.empty(n, np.bool_)
     for i in range(n):
         keep[i] = math.isfinite(flux[i]) and math.isfinite(model[i]) and variance[i] > 0
-    big = np.finfo(np.float64).max
+    big = _FLOAT_MAX
     for it in range(n_iter + 1):
         num[:] = 0.0
         info[:] = 0.0
