@@ -1,0 +1,142 @@
+"""The specialised kernels of the default sky path agree with their general forms to the last bit.
+
+They exist only for speed (issue 13): the default ``fit_sky`` must give the
+same backgrounds with them as without.
+"""
+
+import numpy as np
+import pytest
+
+from specwidgets import bspline_sky as bs
+from specwidgets import sky_quality as sq
+
+
+def _row_profile_numpy(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
+    """The NumPy form ``row_profile`` had before its loop went to numba."""
+    ok = np.isfinite(flux) & np.isfinite(model) & (variance > 0)
+    w = np.where(ok, 1.0 / np.where(ok, variance, 1.0), 0.0)
+    f = np.where(ok, flux, 0.0)
+    m = np.where(ok, model, 0.0)
+    wm = w * m
+    keep = ok
+    for it in range(n_iter + 1):
+        num = np.bincount(rows, np.where(keep, wm * f, 0.0), minlength=n_rows)
+        info = np.bincount(rows, np.where(keep, wm * m, 0.0), minlength=n_rows)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(info > 0, num / info, np.nan)
+        if it == n_iter:
+            break
+        scale = np.nan_to_num(ratio, nan=1.0)[rows]
+        var_row = variance * np.maximum(np.abs(scale), 0.05)
+        keep = ok & ((f - scale * m) ** 2 <= clip**2 * np.maximum(var_row, variance * 0.05))
+    return ratio, info
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_row_profile_matches_numpy_form(rng):
+    n, n_rows = 40_000, 60
+    rows = rng.integers(0, n_rows - 2, n)  # the last rows have no samples
+    model = rng.uniform(-5, 800, n)
+    model[rng.random(n) < 0.01] = np.nan
+    variance = np.abs(model) / 1.3 + 20
+    variance[rng.random(n) < 0.01] = 0.0
+    lit = rng.uniform(0.2, 1.3, n_rows)
+    flux = model * lit[rows] + rng.normal(0, 1, n) * np.sqrt(np.nan_to_num(variance))
+    flux[rng.random(n) < 0.02] += 5e3  # cosmic rays, clipped
+    flux[rng.random(n) < 0.01] = np.nan
+    ratio, info = sq.row_profile(rows.astype(np.int32), flux, model, variance, n_rows)
+    ref_ratio, ref_info = _row_profile_numpy(rows, flux, model, variance, n_rows)
+    np.testing.assert_array_equal(ratio, ref_ratio)
+    np.testing.assert_array_equal(info, ref_info)
+    assert np.isnan(ratio[-2:]).all() and (info[-2:] == 0).all()
+    # And it measures the illumination it was given.
+    np.testing.assert_allclose(ratio[:-2], lit[:-2], rtol=0.02)
+
+
+def test_row_profile_rejects_rows_out_of_range():
+    with pytest.raises(ValueError, match="rows must lie in"):
+        sq.row_profile(np.array([0, 5]), np.ones(2), np.ones(2), np.ones(2), 3)
+
+
+def test_far_above_matches_numpy_form(rng):
+    n_exp, n, n_rows = 2, 30_000, 50
+    rows = rng.integers(0, n_rows, n).astype(np.int32)
+    level = rng.uniform(-10, 1000, (n_exp, n))
+    level[0, ::50] = np.nan
+    ratios = rng.uniform(0, 1.5, (n_exp, n_rows))
+    ratios[:, ::7] = np.nan
+    lit = level * np.nan_to_num(ratios, nan=0.0)[:, rows]
+    flux = lit + rng.normal(0, 30, (n_exp, n))
+    flux[:, ::13] += 1e3
+    flux[1, ::77] = np.nan
+    ref = (flux - lit) ** 2 > 64 * (np.clip(lit, 0, None) / 1.4 + (4.7 / 1.4) ** 2)
+    got = sq._far_above(flux, level, ratios, rows, 1.4, 4.7, 8.0)
+    np.testing.assert_array_equal(got, ref)
+    assert 0 < got.sum() < got.size
+
+
+def test_row_chi_means_match_bincount(rng):
+    n_rows, n_cols = 40, 300
+    index = np.sort(rng.choice(n_rows * n_cols, 8000, replace=False)).astype(np.int32)
+    background = rng.uniform(-2, 500, n_rows * n_cols)
+    flux = background[index] + rng.normal(0, 10, index.size)
+    flux[::97] = np.nan
+    flux[::31] += 1e3  # clipped at +5
+    var = np.clip(background[index], 0, None) / 1.4 + (4.7 / 1.4) ** 2
+    chi = (flux - background[index]) / np.sqrt(var)
+    finite = np.isfinite(chi)
+    rows = index // n_cols
+    ref_n = np.bincount(rows, finite, minlength=n_rows)
+    ref_sums = np.bincount(rows, np.clip(np.where(finite, chi, 0.0), -5, 5), minlength=n_rows)
+    counts, sums = sq._row_chi_means(index, n_cols, n_rows, background, flux, 1.4, 4.7)
+    np.testing.assert_array_equal(counts, ref_n)
+    np.testing.assert_array_equal(sums, ref_sums)
+
+
+@pytest.mark.parametrize("n_terms", [1, 2, 3])
+def test_scalar_evaluation_matches_general_kernel(rng, n_terms):
+    n_int = 40
+    coef = rng.normal(size=(n_int + 3) * n_terms)
+    e = rng.uniform(-3, 25, 20_000)
+    e[::97] = np.nan
+    y = rng.uniform(0, 100, e.size)
+    general, small = np.empty(e.size), np.empty(e.size)
+    bs._evaluate(e, y, 0.0, 20.0, 2.0, n_int, 3.0, 0.02, n_terms, coef, False, general)
+    bs._evaluate_small(e, y, 0.0, 20.0, 2.0, n_int, 3.0, 0.02, n_terms, coef, small)
+    np.testing.assert_array_equal(small, general)
+
+
+@pytest.mark.parametrize("n_terms", [2, 3])
+@pytest.mark.parametrize("use_model", [False, True])
+def test_scalar_normal_pass_matches_general_kernel(rng, n_terms, use_model):
+    n, n_int = 20_000, 30
+    e = np.sort(rng.uniform(0, 15, n))
+    y = rng.uniform(0, 100, n)
+    f = rng.uniform(50, 500, n)
+    f[::53] += 5e3  # rejected against the model
+    excluded = rng.random(n) < 0.02
+    coef = rng.uniform(50, 500, (n_int + 3) * n_terms)
+    noise = (1.0 / 1.4, (4.7 / 1.4) ** 2, 0.1, 16.0)
+    n_loc = 4 * n_terms
+    rej_general, rej_scalar = excluded.copy(), excluded.copy()
+    acc_general = np.zeros((n_int, n_loc, n_loc + 1))
+    acc_scalar = np.zeros((n_int, n_loc * (n_loc + 1) // 2 + n_loc))
+    out_general = bs._normal_pass(e, f, y, excluded, rej_general, 0.0, 2.0, n_int, 0.0, 0.02, n_terms,
+                                  coef, use_model, *noise, acc_general)
+    out_scalar = bs._SCALAR_PASSES[n_terms](e, f, y, excluded, rej_scalar, 0.0, 2.0, n_int, 0.0, 0.02,
+                                            coef, use_model, *noise, acc_scalar)
+    assert out_scalar == out_general
+    np.testing.assert_array_equal(rej_scalar, rej_general)
+    n_coef = (n_int + 3) * n_terms
+    band_g, rhs_g = np.empty((n_loc, n_coef)), np.empty(n_coef)
+    band_s, rhs_s = np.empty((n_loc, n_coef)), np.empty(n_coef)
+    bs._general_to_band(acc_general, band_g, rhs_g, n_terms)
+    bs._scalar_to_band(acc_scalar, band_s, rhs_s, n_terms)
+    np.testing.assert_array_equal(band_s, band_g)
+    np.testing.assert_array_equal(rhs_s, rhs_g)
+    if use_model:
+        assert rej_scalar[::53].any()
