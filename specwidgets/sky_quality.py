@@ -165,6 +165,32 @@ def _stable_argsort(values):
     return order
 
 
+def _binned_medians(level, residual, n_bins):
+    """Per bin of ``np.array_split(range(len), n_bins)``: the median level,
+    the MAD variance of the residuals (``_robust_var``) and the bin size.
+
+    The bins have one of two sizes, so the medians are taken along the rows
+    of (at most) two 2-D arrays: the same values as a median per bin,
+    without a hundred small NumPy calls.
+    """
+    size, n_big = divmod(level.size, n_bins)
+    split = n_big * (size + 1)
+    lv, var, n = [], [], []
+    for lo, hi, m in ((0, split, size + 1), (split, level.size, size)):
+        if hi <= lo:
+            continue
+        lev = level[lo:hi].reshape(-1, m)
+        res = residual[lo:hi].reshape(-1, m)
+        lv.append(np.median(lev, axis=1))
+        med = np.median(res, axis=1)
+        mad = 1.4826 * np.median(np.abs(res - med[:, None]), axis=1)
+        # Squared one by one as NumPy scalars, as ``_robust_var`` does (the
+        # scalar power can differ from the array's x * x in the last bit).
+        var.append(np.array([m**2 for m in mad]))
+        n.append(np.full(lev.shape[0], float(m)))
+    return np.concatenate(lv), np.concatenate(var), np.concatenate(n)
+
+
 def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None, fixed_read_noise=None):
     """Effective gain and read noise from the scatter of residuals by sky level.
 
@@ -209,10 +235,7 @@ def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None,
     # pixels, where a small model error adds scatter; they still count, as
     # that scatter is real for the weights too.
     order = _stable_argsort(level)
-    chunks = np.array_split(order, n_bins)
-    lv = np.array([np.median(level[c]) for c in chunks])
-    var = np.array([_robust_var(residual[c]) for c in chunks])
-    n = np.array([c.size for c in chunks], float)
+    lv, var, n = _binned_medians(level[order], residual[order], n_bins)
     good = np.isfinite(var) & (var > 0)
     lv, var, n = lv[good], var[good], n[good]
     if lv.size < 2:

@@ -140,3 +140,14 @@ def test_scalar_normal_pass_matches_general_kernel(rng, n_terms, use_model):
     np.testing.assert_array_equal(rhs_s, rhs_g)
     if use_model:
         assert rej_scalar[::53].any()
+
+
+@pytest.mark.parametrize("n, n_bins", [(12_000, 24), (12_007, 24), (401, 2)])
+def test_binned_medians_match_per_bin_medians(rng, n, n_bins):
+    level = np.sort(rng.uniform(0, 3000, n))
+    residual = rng.standard_t(3, n) * 5
+    chunks = np.array_split(np.arange(n), n_bins)
+    lv, var, counts = sq._binned_medians(level, residual, n_bins)
+    np.testing.assert_array_equal(lv, [np.median(level[c]) for c in chunks])
+    np.testing.assert_array_equal(var, [sq._robust_var(residual[c]) for c in chunks])
+    np.testing.assert_array_equal(counts, [c.size for c in chunks])
