@@ -264,11 +264,15 @@ def _row_coordinate(rows, n_rows):
     return (np.asarray(rows, float) - 0.5 * (n_rows - 1)) / max(n_rows - 1, 1)
 
 
-def _drop_rows(samples, rows):
-    """``samples`` without those in the flagged ``rows``: what ``sky_samples``
-    would give with them masked too, without a new pass over the frame."""
-    keep = ~rows[samples.rows]
-    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols)
+def _drop_rows(samples, flagged, rows=None):
+    """``samples`` without those in the ``flagged`` rows, and their rows.
+
+    What ``sky_samples`` would give with those rows masked too, without a
+    new pass over the frame. ``rows``: ``samples.rows`` if already at hand.
+    """
+    rows = samples.rows if rows is None else rows
+    keep = ~flagged[rows]
+    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
 
 
 def _subsample(n, limit=250_000):
@@ -496,6 +500,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # It measures what the defaults need: the noise model, how the sky's
         # brightness changes along the slit, and the sky lines' shift.
         prov_gain, prov_rn, var_low = provisional_noise(stack, masked_rows, gain)
+        rows = None  # each sample's row, once computed
         if read_noise is not None:
             prov_rn = read_noise
         if unlit_mode:
@@ -503,7 +508,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # the sky spectrum's shape towards zero (they weigh the most).
             dark = dark_rows(stack, masked_rows, var_low)
             if dark.any():
-                samples = _drop_rows(samples, dark)
+                samples, rows = _drop_rows(samples, dark)
         level = np.empty(samples.flux.shape)
         for k in range(n_exp):
             first[k] = fit_bspline_sky(
@@ -512,7 +517,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 initial=warm[k],
             )
             level[k] = first[k](samples.effpix)
-        rows = samples.rows
+        if rows is None:
+            rows = samples.rows
         used = np.isfinite(samples.flux) & ~np.stack([m.rejected for m in first])
 
         def profiles(var_gain, var_rn):
@@ -549,7 +555,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         hits = _far_above(samples.flux, level, ratios, rows, prov_gain, prov_rn, 8.0)
         clean = samples.flux
         if hits.any():
-            clean = np.where(hits, np.nan, samples.flux)
+            clean = samples.flux.copy()  # as np.where(hits, nan, flux), in fewer passes
+            clean[hits] = np.nan
             for k in range(n_exp):
                 if hits[k].any():
                     first[k] = fit_bspline_sky(
@@ -592,14 +599,17 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
+    final_rows = None
     if unlit.any() and samples.index.size != int(np.count_nonzero(~fit_rows)) * n_cols:
         # The samples so far left out a subset of these rows (the mask and
         # the dark rows): the rest is dropped from them.
-        samples = _drop_rows(samples, fit_rows)
+        samples, final_rows = _drop_rows(samples, fit_rows, rows)
     lit_rows = np.flatnonzero(~unlit)
     row_range = (0, n_rows) if not unlit.any() else (int(lit_rows[0]), int(lit_rows[-1]) + 1)
-    sample_rows = samples.rows.astype(float) if order else None
-    t_samples = _row_coordinate(samples.rows, n_rows) if flexure_applied else None
+    if (order or flexure_applied) and final_rows is None:
+        final_rows = samples.rows
+    sample_rows = final_rows.astype(float) if order else None
+    t_samples = _row_coordinate(final_rows, n_rows) if flexure_applied else None
 
     table = None
     if knots == "adaptive":
