@@ -29,9 +29,22 @@ def warm_up(methods=("bspline", "median")):
         elif method == "bspline":
             from .bspline_sky import fit_bspline_sky
 
+            from .sky_quality import _far_above, _row_chi_means, row_profile
+
             e = np.linspace(0.0, 20.0, 400)
-            sky = fit_bspline_sky(e, 10.0 + np.sin(e), read_noise=1.0, knot_spacing=1.0)
-            sky(e)
+            flux = 10.0 + np.sin(e)
+            sky = fit_bspline_sky(e, flux, read_noise=1.0, knot_spacing=1.0)
+            level = sky(e)
+            # The default fit's other kernels: spatial orders 1 and 2 (what
+            # "auto" picks besides 0) and the row statistics, with the dtypes
+            # fit_sky passes (int32 pixel indices and rows).
+            rows = np.repeat(np.arange(4, dtype=np.int32), 100)
+            for order in (1, 2):
+                fit_bspline_sky(e, flux, rows.astype(float), spatial_order=order, read_noise=1.0,
+                                knot_spacing=1.0)(e, rows.astype(float))
+            row_profile(rows, flux, level, level, 4)
+            _far_above(flux[None], level[None], np.ones((1, 4)), rows, 1.0, 1.0)
+            _row_chi_means(rows, 1, 4, level[:4], flux, 1.0, 1.0)
         else:
             raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
     return tuple(methods)

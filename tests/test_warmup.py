@@ -15,7 +15,7 @@ import json
 import numpy as np
 import specwidgets as sw
 from numba.core.registry import CPUDispatcher
-from specwidgets import bspline_sky, median_sky
+from specwidgets import bspline_sky, median_sky, sky_quality
 from specwidgets._warmup import warm_up
 
 warm_up()
@@ -27,8 +27,10 @@ science.flags.writeable = False     # read-only inputs must not add a signature
 for method in sw.METHODS:
     sw.fit_sky(frames.science, model, [frames.trace_rows], method=method, read_noise=frames.read_noise)
     sw.fit_sky(science, model, [frames.trace_rows], method=method, read_noise=frames.read_noise)
+sw.fit_sky(frames.science, model, [frames.trace_rows])  # every default choice
+sw.fit_sky(frames.science, model, [frames.trace_rows], spatial_order=2)
 counts = {f"{mod.__name__}.{name}": len(obj.signatures)
-          for mod in (bspline_sky, median_sky) for name, obj in vars(mod).items()
+          for mod in (bspline_sky, median_sky, sky_quality) for name, obj in vars(mod).items()
           if isinstance(obj, CPUDispatcher) and obj.signatures}
 print(json.dumps(counts))
 """
@@ -42,6 +44,8 @@ def test_each_kernel_compiles_one_signature_and_warm_up_covers_the_fits():
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert "specwidgets.median_sky._median_blocks" in counts
     assert "specwidgets.bspline_sky._normal_pass_constant" in counts
+    assert "specwidgets.bspline_sky._normal_pass_3" in counts
+    assert "specwidgets.sky_quality._row_profile_kernel" in counts
     assert {name: n for name, n in counts.items() if n != 1} == {}
 
 
