@@ -149,15 +149,24 @@ class SkyResult:
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
 
-    def exposure_variance(self, k):
-        """Variance of exposure ``k``'s background estimate (computed on first use)."""
+    def exposure_variance(self, k, rows=None):
+        """Variance of exposure ``k``'s background estimate (computed on first use).
+
+        ``rows`` (a slice) asks for those rows only: a view of one target's
+        aperture need not pay for the whole frame.
+        """
         if self._variance is not None:
-            return self._variance[k]
+            return self._variance[k] if rows is None else self._variance[k][rows]
+        if rows is not None and k not in self._exposure_variance:
+            emap = self.exposure_effpix(k)[rows]
+            index = np.arange(self.effpix_map.shape[0])[rows]
+            return self.models[k].model_variance(emap, np.broadcast_to(index[:, None], emap.shape))
         if k not in self._exposure_variance:
             n_rows, n_cols = self.effpix_map.shape
-            rows = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
-            self._exposure_variance[k] = self.models[k].model_variance(self.exposure_effpix(k), rows)
-        return self._exposure_variance[k]
+            grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+            self._exposure_variance[k] = self.models[k].model_variance(self.exposure_effpix(k), grid)
+        full = self._exposure_variance[k]
+        return full if rows is None else full[rows]
 
     def exposure_effpix(self, k):
         """Effective-pixel map exposure ``k`` was fit on (``effpix_map`` corrected for its flexure)."""

@@ -159,3 +159,10 @@ def test_median_matches_seed_definition_with_holes_and_gaps(small):
     got = sw.extract_background(data, small.warp, mask_region=[(3, 9), (20, 35)], method="median")
     want = brute_median(data, small.warp, masked)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("method", ["bspline", "median"])
+def test_exposure_variance_of_some_rows_is_those_rows_of_the_whole(small, method):
+    res = sw.fit_sky(small.science, small.warp, small.trace_rows, method=method)
+    part = res.exposure_variance(0, rows=slice(10, 25))
+    np.testing.assert_allclose(part, res.exposure_variance(0)[10:25], rtol=1e-12, atol=0)

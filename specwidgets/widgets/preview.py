@@ -172,10 +172,17 @@ class SpectrumPreview(ipywidgets.VBox):
             if self.shift.value:
                 trace = trace.shifted(self.shift.value)
             width = self.aperture.value if self.aperture.value > 0 else None
-            variance = result.noise_variance[k] + result.exposure_variance(k)
-            spec = extract_spectrum(corrected, trace, width=width, method=self.method.value, variance=variance,
-                                    gain=result.gain)
-            sky = extract_spectrum(result.background[k], trace, width=spec.width, method="boxcar").flux
+            # Only the rows the aperture touches take part in an extraction:
+            # cut them out first (a full frame's variance costs more than the
+            # extraction itself). The spectra are the same as on the whole frame.
+            window = self._window(trace, width, corrected.shape[0])
+            background = result.background[k][window]
+            noise = np.clip(background, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+            variance = noise + result.exposure_variance(k, rows=window)
+            local = trace.shifted(-window.start)
+            spec = extract_spectrum(corrected[window], local, width=width, method=self.method.value,
+                                    variance=variance, gain=result.gain)
+            sky = extract_spectrum(background, local, width=spec.width, method="boxcar").flux
             try:
                 score = sky_line_residual_score(spec, sky)
             except ValueError:
@@ -183,6 +190,15 @@ class SpectrumPreview(ipywidgets.VBox):
             self.trace, self.extraction, self.sky, self.score = trace, spec, sky, score
             self.n_updates += 1
             self._draw()
+
+    @staticmethod
+    def _window(trace, width, n_rows):
+        """The rows an extraction along ``trace`` with ``width`` can touch (a slice)."""
+        half = 0.5 * (width if width is not None else 4.0 * trace.fwhm) + 2.0
+        rows = trace.rows
+        start = max(0, int(np.floor(np.nanmin(rows) - half)))
+        stop = min(n_rows, int(np.ceil(np.nanmax(rows) + half)) + 1)
+        return slice(start, max(stop, start + 1))
 
     def show_readout(self, x, y=None):
         """Write the target and sky at column ``x`` under the figure (what the mouse does)."""
