@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .frames import check_gain, check_read_noise
 from .inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
 from .median_sky import median_of_bins
 from .sky_quality import (
@@ -223,18 +224,6 @@ class SkyResult:
         return self.effpix_map[self.ref_row].copy(), self.background[exposure, self.ref_row].copy()
 
 
-def _number_or_none(value, name, positive):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number or None; got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (positive and value == 0):
-        what = "a positive number of electrons per data unit" if positive else "a non-negative number of electrons"
-        raise ValueError(f"{name} must be {what} (or None to take it from the frames or estimate it); got {value!r}")
-    return value
-
-
 def _resolve_noise(images, read_noise, gain):
     """``(read_noise, gain, rn_source, gain_source)``; None where still unknown.
 
@@ -242,16 +231,16 @@ def _resolve_noise(images, read_noise, gain):
     (``images.read_noise``, ``images.gain``, ``images.noise_source``); what
     is still None is estimated from the data by :func:`fit_sky`.
     """
-    read_noise = _number_or_none(read_noise, "read_noise", positive=False)
-    gain = _number_or_none(gain, "gain", positive=True)
+    read_noise = check_read_noise(read_noise)
+    gain = check_gain(gain)
     frames_source = str(getattr(images, "noise_source", None) or "frames")
     rn_source = "argument" if read_noise is not None else None
     gain_source = "argument" if gain is not None else None
     if read_noise is None and getattr(images, "read_noise", None) is not None:
-        read_noise = _number_or_none(getattr(images, "read_noise"), "images.read_noise", positive=False)
+        read_noise = check_read_noise(getattr(images, "read_noise"), "images.read_noise")
         rn_source = frames_source
     if gain is None and getattr(images, "gain", None) is not None:
-        gain = _number_or_none(getattr(images, "gain"), "images.gain", positive=True)
+        gain = check_gain(getattr(images, "gain"), "images.gain")
         gain_source = frames_source
     return read_noise, gain, rn_source, gain_source
 
@@ -363,7 +352,7 @@ def fit_sky(
     --------
     >>> from specwidgets.datasets import make_synthetic_longslit
     >>> f = make_synthetic_longslit(shape=(80, 600), gain=2.5, read_noise=10, seed=4)
-    >>> res = fit_sky(f.science, f.warp, f.trace_rows)
+    >>> res = fit_sky(np.asarray(f.science), f.warp, f.trace_rows)  # no noise keywords: estimated
     >>> res.quality.noise_source, bool(abs(res.gain / 2.5 - 1) < 0.15)
     ('estimated from the sky residuals', True)
     >>> res.quality.suspect

@@ -70,25 +70,33 @@ __all__ = ["FrameArray", "NOISE_ATTRIBUTES", "frame_array", "noise_of", "with_no
 NOISE_ATTRIBUTES = ("gain", "read_noise", "noise_source", "unit", "header")
 
 
-def _check_gain(value, name="gain"):
+def check_gain(value, name="gain"):
+    """``value`` as a float gain (electrons per data unit), or None for "unknown" (taken from the frames or estimated)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of electrons per data unit or None; got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number of electrons per data unit; got {value!r}")
+        raise ValueError(
+            f"{name} must be a positive finite number of electrons per data unit "
+            f"(or None to take it from the frames or estimate it); got {value!r}"
+        )
     return value
 
 
-def _check_read_noise(value, name="read_noise"):
+def check_read_noise(value, name="read_noise"):
+    """``value`` as a float read noise (electrons), or None for "unknown" (taken from the frames or estimated)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of electrons or None; got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number of electrons; got {value!r}")
+        raise ValueError(
+            f"{name} must be a non-negative finite number of electrons "
+            f"(or None to take it from the frames or estimate it); got {value!r}"
+        )
     return value
 
 
@@ -120,8 +128,8 @@ class FrameArray(np.ndarray):
 
     def __new__(cls, data, gain=None, read_noise=None, noise_source="", unit=None, header=None):
         obj = np.asarray(data).view(cls)
-        obj.gain = _check_gain(gain)
-        obj.read_noise = _check_read_noise(read_noise)
+        obj.gain = check_gain(gain)
+        obj.read_noise = check_read_noise(read_noise)
         obj.noise_source = str(noise_source or "")
         obj.unit = unit
         obj.header = header
