@@ -140,3 +140,4 @@ def heading(text, char="="):
     print()
     print(text)
     print(char * len(text))
+

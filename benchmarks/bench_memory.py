@@ -28,30 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _rss import maxrss_mb, vmrss_mb  # noqa: E402
+
 GOAL_MB = 300.0  # issue 13 (was 1 GB)
 MASK = (700, 780)
 
-
-def maxrss_mb():
-    # Linux reports kilobytes (macOS bytes).
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
-
-
-def vmrss_mb():
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def child(case):

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from specwidgets.sample_data import find_local_goodman, goodman_available
+from test_fresh_install import _run as run_logged
 from test_launcher import ERROR_MARKERS, ROOT, Server, fetch, free_port
 
 BINDER = ROOT / "binder"
@@ -88,16 +89,8 @@ def checkout_copy(dest):
 
 
 def run(command, *, cwd, env, log, timeout):
-    start = time.perf_counter()
-    with open(log, "a") as out:
-        out.write(f"\n$ {' '.join(map(str, command))}\n")
-        out.flush()
-        result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, timeout=timeout)
-    if result.returncode != 0:
-        tail = Path(log).read_text(errors="replace")[-5000:]
-        raise AssertionError(f"{command[0]} ... exited with {result.returncode}:\n{tail}")
-    return time.perf_counter() - start
+    """Run, appending the output to ``log``; returns the wall seconds (see ``test_fresh_install._run``)."""
+    return run_logged(command, cwd=cwd, env=env, log=log, timeout=timeout)[0]
 
 
 def _name(requirement):
