@@ -42,6 +42,26 @@ def _prev_present(present, p):
 
 
 @njit(cache=True, nogil=True)
+def _first_not_below(a, v):
+    """``np.searchsorted(a, v)`` (the first index whose value is not below ``v``) in a sorted ``a``.
+
+    Numba's ``np.searchsorted`` compiles generic comparisons (complex numbers
+    included): 0.4 s of a first median fit's compilation, against next to
+    nothing for this loop.
+    """
+    nan = v != v  # NaN sorts last, as in NumPy
+    lo = 0
+    hi = a.size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < v or (nan and a[mid] == a[mid]):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
 def _radix_argsort(vals, keys, tmp_keys, idx, tmp_idx, counts, bits):
     """Stable argsort of the float64 ``vals`` (no NaN) by LSD radix on their bits, into ``idx``.
 
@@ -110,7 +130,7 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
         nb = x_stop - x_start
         lo = np.empty((nb, n_rows), np.int64)
         hi = np.empty((nb, n_rows), np.int64)
-        a = np.searchsorted(e_sorted, edges[0, x_start])
+        a = _first_not_below(e_sorted, edges[0, x_start])
         b = a
         for j in range(nb):
             x = x_start + j

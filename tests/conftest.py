@@ -46,3 +46,69 @@ def goodman():
 
 def rms(a):
     return float(np.sqrt(np.nanmean(np.square(a))))
+
+
+# ------------------------------------------------------------------ new virtual environments
+# Two tests build a new virtual environment (test_fresh_install: a clean clone
+# and `pip install .`; test_binder_env: binder/requirements.txt and postBuild).
+# pip spends most of that time waiting on the disk (about 20 s of CPU in 70 s
+# here), so those installs start in background threads when the session
+# starts, at a lower CPU priority (`nice`) so that the timed tests are not
+# slowed; the tests that use them run last and wait for them. A test module
+# declares its builds in ``BACKGROUND_BUILDS`` ({fixture name: function of a
+# folder}); its fixture of that name returns ``venv_builds.result(name)``.
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that use a background build last (a stable sort keeps the rest in order).
+
+    A module with ``RUN_LAST = True`` (one that times things) comes after the
+    other builds' tests, which have waited for their background work to end.
+    """
+    items.sort(key=lambda item: (bool(_builds_of(item)),
+                                 bool(getattr(getattr(item, "module", None), "RUN_LAST", False))))
+
+
+def _builds_of(item):
+    declared = getattr(getattr(item, "module", None), "BACKGROUND_BUILDS", None) or {}
+    return {name: declared[name] for name in getattr(item, "fixturenames", ()) if name in declared}
+
+
+class BackgroundBuilds:
+    """The session's background builds: started once, awaited by the tests that need them."""
+
+    def __init__(self, tmp_path_factory):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._tmp = tmp_path_factory
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="venv-build")
+        self._futures = {}
+        self._functions = {}
+
+    def start(self, name, function):
+        if name not in self._futures:
+            self._functions[name] = function
+            self._futures[name] = self._pool.submit(function, self._tmp.mktemp(name))
+
+    def result(self, name, function=None, timeout=1500):
+        """The build's result (its exception, a skip included, is raised here); started now if it was not."""
+        if name not in self._futures:
+            self.start(name, function)
+        return self._futures[name].result(timeout=timeout)
+
+    def close(self):
+        if self._futures:
+            from test_fresh_install import stop_background_commands
+
+            # Builds still running (the session was interrupted) are stopped, not waited for.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            stop_background_commands()
+        self._pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def venv_builds(request, tmp_path_factory):
+    builds = BackgroundBuilds(tmp_path_factory)
+    for item in request.session.items:
+        for name, function in _builds_of(item).items():
+            builds.start(name, function)
+    yield builds
+    builds.close()

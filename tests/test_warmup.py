@@ -59,3 +59,18 @@ def test_state_warms_the_other_method_in_the_background():
     assert "median" in _warmup._started
     thread = _warmup.start_warm_up(["median"])  # already started: not twice
     assert thread is None
+
+
+def test_the_median_kernels_binary_search_is_numpys_searchsorted():
+    """_first_not_below replaces np.searchsorted (slow to compile) in the median kernel: same index, NaN and inf too."""
+    import numpy as np
+
+    from specwidgets.median_sky import _first_not_below
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        a = np.sort(rng.integers(-5, 5, rng.integers(0, 30)).astype(float))
+        if trial % 3 == 0 and a.size:
+            a[rng.integers(0, a.size):] = np.nan  # NaN sorts last
+        for v in (*rng.integers(-6, 6, 4).astype(float), 0.5, np.nan, np.inf, -np.inf):
+            assert _first_not_below(a, v) == np.searchsorted(a, v), (a, v)
