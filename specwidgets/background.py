@@ -7,6 +7,8 @@ is the seed-compatible front that returns arrays.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -475,9 +477,14 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                           "knots", ("adaptive", "uniform"))
     coarse = options.pop("coarse_spacing", COARSE_SPACING)
     knot_threshold = options.pop("knot_threshold", None)
-    if knot_threshold is not None and not (isinstance(knot_threshold, (int, float)) and knot_threshold > 0):
-        raise ValueError(f"knot_threshold must be a positive number or None (chosen on held-out rows), "
-                         f"got {knot_threshold!r}")
+    if knot_threshold is not None:
+        if isinstance(knot_threshold, bool) or not isinstance(knot_threshold, numbers.Real):
+            raise TypeError(f"knot_threshold must be a number or None (chosen on held-out rows), "
+                            f"got {type(knot_threshold).__name__}")
+        if not (math.isfinite(knot_threshold) and knot_threshold > 0):
+            raise ValueError(f"knot_threshold must be a finite number > 0, or None (chosen on held-out rows); "
+                             f"got {knot_threshold!r}")
+        knot_threshold = float(knot_threshold)
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
     same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp

@@ -1325,8 +1325,6 @@ ADAPTIVE_SPACINGS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 # ``choose_knot_threshold`` tries on held-out rows (see ``adaptive_coordinate``).
 THRESHOLD_CANDIDATES = (2.0, 4.0, 8.0)
 
-BIAS_SE = 0.0
-
 # Threshold used when none is chosen on held-out rows: the value chosen most
 # often (issue 13: 1-2 on the synthetic frames, 8 on the Goodman crop).
 DEFAULT_THRESHOLD = 4.0
@@ -1348,14 +1346,14 @@ def _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, fi
     step = float(e[1] - e[0])
     sigma2 = np.clip(sky, 0, None) / gain + (read_noise / gain) ** 2
     sigma2 = np.maximum(sigma2, (1e-12 + 1e-9 * np.max(np.abs(sky))) ** 2)
-    # The projections are unweighted in effect: a huge read noise makes the
-    # weights equal, so that bright lines do not get less weight than the continuum.
-    weight_rn = max(float(np.sqrt(np.median(sigma2))), 1e-12) * 1e3
     n = max(float(samples_per_pixel), 1.0)
     cands = [fine] + [h for h in ADAPTIVE_SPACINGS if fine < h <= coarse]
 
     def project(h):
-        return fit_bspline_sky(e, sky, knot_spacing=h, read_noise=weight_rn, gain=1.0,
+        # Weighted as the final fit is (1 / variance): a bright line then
+        # barely pulls a coarse spline, which would otherwise ring far into
+        # the continuum and pass for bias there.
+        return fit_bspline_sky(e, sky, knot_spacing=h, read_noise=read_noise, gain=gain,
                                reject_sigma=None, max_iterations=0)(e)
 
     h_ref = max(fine, first_spacing)
@@ -1369,8 +1367,7 @@ def _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, fi
         width = max(2.0, h)
         misfit2 = uniform_filter1d((ref - project(h)) ** 2, max(1, int(round(width / step))))
         noise2 = sigma2 / (n * n_curves) * (1.0 / h_ref - 1.0 / h)
-        n_eff = max(width * (1.0 / h_ref - 1.0 / h), 1.0)
-        bias2.append(np.clip(misfit2 - noise2 * (1.0 + BIAS_SE * np.sqrt(2.0 / n_eff)), 0, None))
+        bias2.append(np.clip(misfit2 - noise2, 0, None))
     return np.asarray(cands), np.asarray(bias2), np.asarray(var)
 
 
