@@ -14,7 +14,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 
-from specwidgets.sample_data import goodman_available  # noqa: E402
+from specwidgets.io.sample_data import goodman_available  # noqa: E402
 from test_binder_env import BACKGROUND_BUILDS as BINDER_BUILDS, binder_venv  # noqa: E402, F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
