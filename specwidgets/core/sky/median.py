@@ -41,7 +41,7 @@ def _prev_present(present, p):
     return p
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _first_not_below(a, v):
     """``np.searchsorted(a, v)`` (the first index whose value is not below ``v``) in a sorted ``a``.
 
