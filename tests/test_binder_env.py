@@ -8,7 +8,11 @@ rendered by Voila twice: standalone (``voila notebooks/dashboard.ipynb``) and
 through the Jupyter server at the Binder badge's ``voila/render/...`` URL.
 
 pip's cache makes a rebuild take about a minute; a cold one downloads the
-scientific stack (a few minutes).
+scientific stack (a few minutes). Nothing here is timed, so all of it (build,
+notebooks, renders) runs in the background from the start of the session
+(``build_binder_venv``, see conftest.py), at a lower priority; the tests
+check its results at the end. ``test_notebooks`` checks each notebook's run
+from the same report.
 """
 
 from __future__ import annotations

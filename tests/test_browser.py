@@ -419,26 +419,8 @@ def test_loading_a_fits_folder_in_the_page(visit, tmp_path):
     visit.assert_clean()
 
 
-def test_launcher_data_folder_opens_in_the_page(browser, tmp_path):
-    """``specwidgets dashboard DATA_FOLDER``: the page opens on that folder's frames."""
-    folder = tmp_path / "night"
-    write_fits_folder(folder, broken=())
-    (folder / "flat_000.fits").write_bytes(b"broken")  # neither arc nor bias: taken as science, unreadable
-    port = free_port()
-    command = [sys.executable, "-m", "specwidgets.cli", "dashboard", str(folder), "--port", str(port),
-               "--no-browser"]
-    with Server(command, port, cwd=tmp_path, env=voila_env(), log_path=tmp_path / "launcher.log") as server:
-        server.wait_listening(timeout=60)
-        page = Visit(browser, server.url)
-        try:
-            message = page.page.locator(".sw-message").inner_text()
-            assert "flat_000.fits" in message, message
-            # Shown relative to the data root (the launcher makes DATA_FOLDER the root).
-            assert page.page.locator(".sw-folder-form input").first.input_value() == "."
-            page.screenshot("launcher-data-folder")
-            page.assert_clean()
-        finally:
-            page.close()
+# ``specwidgets dashboard DATA_FOLDER`` opening on that folder's frames in the
+# page: test_launcher.py::test_launcher_starts_and_serves, on its server.
 
 
 def test_goodman_sample_in_the_page(visit):

@@ -18,7 +18,10 @@ unrelated folder with an empty compiled-kernel cache:
 
 pip installs without byte-compiling (then compiles the package itself, as
 pip would): that halves the install time here. pip's cache (or the local
-index) makes the installs take about a minute.
+index) makes the installs take about a minute. The clone, the venv and
+``pip install .`` run in the background from the start of the session
+(``build_fresh_venv``, see conftest.py); the test itself runs last, once the
+other background work has ended, because it times a cold start.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def _clone(dest):
 # Commands of the background builds (see conftest.py): stopped at the end of an interrupted session.
 _BACKGROUND = set()
 _BACKGROUND_LOCK = threading.Lock()
+_STOPPING = threading.Event()
 
 
 def _run(command, *, cwd, env, log, timeout=900, background=False):
@@ -76,10 +80,12 @@ def _run(command, *, cwd, env, log, timeout=900, background=False):
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(command)}\n")
         out.flush()
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=background)
-        if background:
-            with _BACKGROUND_LOCK:
+        with _BACKGROUND_LOCK:
+            if background and _STOPPING.is_set():
+                raise RuntimeError("the session is ending: background build stopped")
+            process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=background)
+            if background:
                 _BACKGROUND.add(process)
         timer = threading.Timer(timeout, _kill, (process,))
         timer.start()
@@ -115,6 +121,8 @@ def stopped_with_the_session(process):
     """A background build's server: stopped by ``stop_background_commands`` if the session stops first."""
     with _BACKGROUND_LOCK:
         _BACKGROUND.add(process)
+        if _STOPPING.is_set():
+            _kill(process)
     try:
         yield process
     finally:
@@ -125,6 +133,7 @@ def stopped_with_the_session(process):
 def stop_background_commands():
     """End the background builds' commands still running (an interrupted session)."""
     with _BACKGROUND_LOCK:
+        _STOPPING.set()  # and start no more
         running = list(_BACKGROUND)
     for process in running:
         _kill(process)

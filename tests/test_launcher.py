@@ -285,8 +285,10 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_launcher_starts_and_serves(tmp_path):
+    """``specwidgets dashboard DATA_FOLDER``: ready once the page answers, and the page opens on that folder."""
     folder = tmp_path / "night"
-    write_fits_folder(folder)
+    write_fits_folder(folder, broken=())
+    (folder / "flat_000.fits").write_bytes(b"broken")  # neither arc nor bias: taken as science, unreadable
     port = free_port()
     command = [sys.executable, "-m", "specwidgets.cli", "dashboard", str(folder), "--port", str(port),
                "--no-browser"]
@@ -323,11 +325,42 @@ def test_launcher_starts_and_serves(tmp_path):
         for marker in ERROR_MARKERS:
             assert marker not in page, f"{marker!r} in the page:\n{server.log()}"
         print(f"launcher: served the dashboard in {elapsed:.1f} s")
+        # The same server in a browser (one start for both checks: each costs a kernel and a render).
+        _page_opens_on_the_data_folder(server.url)
     finally:
         code = server.stop()
     # SIGTERM stopped Voila too: nothing listens any more.
     assert not server.listening()
     assert code == 0, server.log()
+
+
+def _page_opens_on_the_data_folder(url):
+    """In headless Chromium: the page opens on DATA_FOLDER's frames and names its unreadable file.
+
+    Skipped without a browser, except under CI (see test_browser).
+    """
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, Visit, _missing, sync_playwright
+
+    if _missing:
+        if os.environ.get("CI"):
+            raise AssertionError(f"the launcher test needs a browser in CI: {_missing}")
+        print(f"launcher: browser part skipped ({_missing})")
+        return
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = Visit(browser, url)
+            try:
+                message = page.page.locator(".sw-message").inner_text()
+                assert "flat_000.fits" in message, message
+                # Shown relative to the data root (the launcher makes DATA_FOLDER the root).
+                assert page.page.locator(".sw-folder-form input").first.input_value() == "."
+                page.screenshot("launcher-data-folder")
+                page.assert_clean()
+            finally:
+                page.close()
+        finally:
+            browser.close()
 
 
 @pytest.mark.slow
