@@ -16,6 +16,7 @@ import time
 import numpy as np
 import traitlets as tl
 
+from . import _timing
 from .background import METHODS, SkyResult, fit_sky
 from .frames import frame_array
 from .inputs import as_image, as_image_stack
@@ -284,6 +285,7 @@ class SkyState(tl.HasTraits):
         finally:
             self.last_duration = time.perf_counter() - start
             self.busy = False
+            _timing.record("compute", self.last_duration, name=getattr(step, "__qualname__", "step"))
         self.error = ""
         return True
 
