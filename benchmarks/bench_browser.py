@@ -66,7 +66,7 @@ GOALS_MS = {"page ready": 2000, "slider release": 100, "view switch": 100, "arc 
 # In the page: wait for a change under ``root`` (a MutationObserver), then for
 # the next frame; also decode the new picture on its own.
 WATCH_JS = """([selector, kind]) => {
-  const root = document.querySelector(selector);
+  const all = document.querySelectorAll(selector); const root = all[all.length - 1];  // the newest dashboard
   const href = el => { const im = el.querySelector('image'); return im ? (im.getAttribute('href') || im.getAttribute('xlink:href') || '') : ''; };
   const curves = el => { const f = el.querySelectorAll('.bqplot')[1];
     return f ? [...f.querySelectorAll('path.line')].map(p => p.getAttribute('d') || '').join('|') : ''; };
@@ -254,12 +254,13 @@ def drag(page, locator, dx):
     page.mouse.up()
 
 
-TITLE_JS = """name => { const t = document.querySelector('.sw-image-viewer .bqplot .mainheading');
+TITLE_JS = """name => { const all = document.querySelectorAll('.sw-image-viewer .bqplot .mainheading');
+  const t = all.length ? all[all.length - 1] : null;
   return t !== null && t.textContent.startsWith(name); }"""
 
 
 def set_view(page, name):
-    viewer = page.page.locator(".sw-image-viewer")
+    viewer = page.page.locator(".sw-image-viewer").last
     for _ in range(3):
         button = viewer.locator(".widget-toggle-button", has_text=name).first
         button.scroll_into_view_if_needed()
@@ -274,7 +275,7 @@ def set_view(page, name):
 
 def run_slider(server, page, repeat):
     set_view(page, "Corrected")
-    handle = page.page.locator(".sw-mask-slider .noUi-handle-upper")
+    handle = page.page.locator(".sw-mask-slider .noUi-handle-upper").last
     handle.scroll_into_view_if_needed()
     out = []
     for i in range(repeat):
@@ -285,7 +286,7 @@ def run_slider(server, page, repeat):
 
 def run_views(server, page, repeat):
     set_view(page, "Science")
-    viewer = page.page.locator(".sw-image-viewer")
+    viewer = page.page.locator(".sw-image-viewer").last
     out = []
     for _ in range(repeat):
         for name in ("Background", "Corrected", "Chi", "Science"):
@@ -297,7 +298,7 @@ def run_views(server, page, repeat):
 def run_method(server, page, repeat):
     set_view(page, "Corrected")
     out = []
-    bar = page.page.locator(".sw-dashboard > .widget-hbox").first
+    bar = page.page.locator(".sw-dashboard").last.locator(":scope > .widget-hbox").first
     for i in range(2 * repeat):
         name = "median" if i % 2 == 0 else "bspline"
         button = bar.locator(".widget-toggle-button", has_text=name).first
@@ -318,8 +319,8 @@ PICKER_JS = """el => {
 
 def run_arc(server, page, repeat):
     p = page.page
-    p.get_by_role("tab", name="Warp guesses").click()
-    picker = p.locator(".sw-warp-picker")
+    p.get_by_role("tab", name="Warp guesses").last.click()
+    picker = p.locator(".sw-warp-picker").last
     picker.locator(".bqplot path.dot").first.wait_for(timeout=60000)
     picker.locator(".bqplot").first.scroll_into_view_if_needed()
     page.wait_idle()
@@ -331,7 +332,7 @@ def run_arc(server, page, repeat):
         out.append(measure(server, page, ".sw-warp-picker", "curves", lambda: p.mouse.click(guess["x"], guess["y"])))
         out.append(measure(server, page, ".sw-warp-picker", "curves",
                            lambda: p.mouse.click(guess["x"] + 1, area["y"] + area["height"] - 6)))
-    p.get_by_role("tab", name="Sky").click()
+    p.get_by_role("tab", name="Sky").last.click()
     page.wait_idle()
     return out
 
@@ -349,9 +350,10 @@ def load_full_frame(page):
     p.wait_for_timeout(300)
     page.wait_idle()
     p.locator(".sw-load").click()
+    # The new dashboard's mask label shows the typed mask rows.
     p.wait_for_function(
-        "() => { const t = [...document.querySelectorAll('.sw-image-viewer .bqplot .axis text')]"
-        ".map(e => parseFloat(e.textContent)).filter(v => !isNaN(v)); return t.length && Math.max(...t) > 900; }",
+        "() => { const all = document.querySelectorAll('.sw-mask-label');"
+        " return all.length && all[all.length - 1].innerText.trim() === '700:790'; }",
         timeout=300000)
     page.wait_idle(quiet=1.0)
 

@@ -626,7 +626,7 @@ def test_view_switch_after_idle_sends_a_picture_already_made(dash):
 
     async def session():
         dash.viewer.mask_slider.value = (12, 30)  # a new result, as a slider release
-        await asyncio.sleep(0.6)                  # idle: applied, then the other views rendered
+        await asyncio.sleep(1.6)                  # idle: applied, then the other views rendered (chi after 1 s)
         fits, renders = state.n_sky_fits, viewer.figure.n_renders
         hrefs = []
         for view in ("background", "corrected", "chi", "science"):

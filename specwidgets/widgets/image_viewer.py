@@ -211,6 +211,8 @@ class ImageViewer(ipywidgets.VBox):
                                       leading=True)
         self._prerender = Debounced(self._prerender_views, delay=prerender_delay, on_error=self.status.report)
         self.n_prerenders = 0
+        #: Seconds of quiet after a result before the chi view is made ahead.
+        self.prerender_chi_delay = 1.0
         self.view_buttons.observe(guard(self._on_view_button), names="value")
         self.exposure.observe(guard(self._on_exposure_widget), names="value")
         self.stretch.observe(guard(self._on_display_setting), names="value")
@@ -422,13 +424,20 @@ class ImageViewer(ipywidgets.VBox):
         self._prerender.cancel()
         self._prerender(id(self.state.result), self.state.exposure)
 
-    def _prerender_views(self, result_id, exposure):
+    def _prerender_views(self, result_id, exposure, waited=False):
         loop = running_loop()
         if loop is None or id(self.state.result) != result_id or self.state.exposure != exposure:
             return
-        for view in VIEWS:
+        for view in ("background", "corrected", "science", "chi"):
             if view != "science" and self.state.result is None:
                 continue
+            if view == "chi" and not waited and (id(self.state.result), "chi", exposure) not in self._cache:
+                # The chi image needs the model variance (about a second on a
+                # full frame): only after a longer quiet spell, so that it
+                # does not hold up the next edit.
+                loop.call_later(self.prerender_chi_delay, self.status.guard(self._prerender_views), result_id,
+                                exposure, True)
+                return
             image = self._view_array(view)
             settings = self._display_settings(view)
             key = _render_key_for(self.figure, image, settings)
@@ -437,7 +446,7 @@ class ImageViewer(ipywidgets.VBox):
             self.figure.prerender(image, **settings)
             self.n_prerenders += 1
             # The next view on a later turn: messages from the page go first.
-            loop.call_soon(self.status.guard(self._prerender_views), result_id, exposure)
+            loop.call_soon(self.status.guard(self._prerender_views), result_id, exposure, waited)
             return
 
     # -------------------------------------------------------------- blink
