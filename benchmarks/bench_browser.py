@@ -102,6 +102,9 @@ READY_JS = """() => {
 }"""
 
 
+BUSY_JS = """() => [...document.querySelectorAll('.sw-status')].some(e => e.innerText.includes('computing'))"""
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -190,11 +193,12 @@ class Page:
         ws.on("framereceived", lambda p: self.frames.append((time.time(), "in", size(p))))
         ws.on("framesent", lambda p: self.frames.append((time.time(), "out", size(p))))
 
-    def wait_idle(self, quiet=0.4, timeout=30.0):
+    def wait_idle(self, quiet=0.4, timeout=60.0):
+        """Until the websocket has been quiet for ``quiet`` s and the status bar no longer says "computing"."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             last = self.frames[-1][0] if self.frames else 0.0
-            if time.time() - last >= quiet:
+            if time.time() - last >= quiet and not self.page.evaluate(BUSY_JS):
                 return
             self.page.wait_for_timeout(50)
 

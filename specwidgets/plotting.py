@@ -462,11 +462,12 @@ def _apply(fig, state, reset_view=True):
             _set(fig.y_scale, min=state["view_y"][0], max=state["view_y"][1])
         finally:
             fig._setting_view = False
-    _set(fig.color_scale, colors=state["colors"], min=state["c_min"], max=state["c_max"])
     # bqplot's Image view redraws when ``image`` becomes another widget, not
-    # when that widget's value changes, so each picture is a new widget.
+    # when that widget's value changes, so each picture is a new widget. It
+    # goes first: the page draws it before it redraws the colorbar.
     _set(mark, image=_picture(state["png"]), x=state["mark_x"], y=state["mark_y"])
     old_picture.close()
+    _set(fig.color_scale, colors=state["colors"], min=state["c_min"], max=state["c_max"])
     if not _same_ticks(old_axis, state):
         # The colorbar view reads tick values and labels only when it is
         # first drawn (bqplot 0.13.1), so new ticks need a new axis.

@@ -97,17 +97,16 @@ def _find_handler(original):
     return find_handler
 
 
-def _pooled_kernel_ids(kernel_manager):
-    """Ids of the pre-heated kernels still waiting in Voila's pool (none without ``preheat_kernel``)."""
-    ids = set()
-    for pool in getattr(kernel_manager, "_pools", {}).values():
-        for task in pool:
-            try:
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    ids.add(task.result()["kernel_id"])
-            except Exception:  # noqa: BLE001 - a pool entry that failed to start holds no kernel
-                continue
-    return ids
+def open_pages(kernel_manager):
+    """Kernels serving pages: all of them but those kept pre-heated in Voila's pool.
+
+    A pool entry still starting may not have its kernel yet; it is
+    subtracted all the same, so during a refill the cap errs by at most the
+    pool size towards letting a page in rather than calling the server busy
+    with no page open.
+    """
+    pooled = sum(len(pool) for pool in getattr(kernel_manager, "_pools", {}).values())
+    return max(0, len(kernel_manager.list_kernel_ids()) - pooled)
 
 
 def _handlers():
@@ -121,7 +120,7 @@ def _handlers():
         @tornado.web.authenticated
         async def get(self, path=None):
             cap = self.settings.get("specwidgets_max_sessions") or 0
-            n = len(set(self.kernel_manager.list_kernel_ids()) - _pooled_kernel_ids(self.kernel_manager))
+            n = open_pages(self.kernel_manager)
             if cap and n >= cap:
                 self.set_status(503)
                 self.set_header("Retry-After", "60")

@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 import bqplot
@@ -367,19 +368,25 @@ class ImageViewer(ipywidgets.VBox):
 
     def _on_view(self, change):
         self.view_buttons.value = self.view
-        self._syncing = True
-        try:
-            # Each view has its natural stretch, map and limits.
-            defaults = _DISPLAY[self.view]
-            self.stretch.value = defaults["norm"]
-            self.interval.value = defaults["interval"]
-            self.cmap.value = defaults["cmap"]
-            self.symmetric.value = defaults["symmetric"]
-            self.auto_limits.value = True
-            self.vmin.disabled = self.vmax.disabled = True
-        finally:
-            self._syncing = False
-        self.refresh_image()
+        controls = (self.stretch, self.interval, self.cmap, self.symmetric, self.auto_limits, self.vmin, self.vmax)
+        # The controls' new values reach the page after the picture: it is
+        # what the user waits for.
+        with contextlib.ExitStack() as held:
+            for control in controls:
+                held.enter_context(control.hold_sync())
+            self._syncing = True
+            try:
+                # Each view has its natural stretch, map and limits.
+                defaults = _DISPLAY[self.view]
+                self.stretch.value = defaults["norm"]
+                self.interval.value = defaults["interval"]
+                self.cmap.value = defaults["cmap"]
+                self.symmetric.value = defaults["symmetric"]
+                self.auto_limits.value = True
+                self.vmin.disabled = self.vmax.disabled = True
+            finally:
+                self._syncing = False
+            self.refresh_image()
 
     def _on_display_setting(self, change):
         if not self._syncing:
