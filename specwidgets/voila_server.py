@@ -100,13 +100,19 @@ def _find_handler(original):
 def open_pages(kernel_manager):
     """Kernels serving pages: all of them but those kept pre-heated in Voila's pool.
 
-    A pool entry still starting may not have its kernel yet; it is
-    subtracted all the same, so during a refill the cap errs by at most the
-    pool size towards letting a page in rather than calling the server busy
-    with no page open.
+    A pool entry is a task that is done once its kernel has started (the
+    notebook then runs in it); a refill still starting its kernel holds none
+    yet, so only done entries are subtracted.
     """
-    pooled = sum(len(pool) for pool in getattr(kernel_manager, "_pools", {}).values())
-    return max(0, len(kernel_manager.list_kernel_ids()) - pooled)
+    pooled = set()
+    for pool in getattr(kernel_manager, "_pools", {}).values():
+        for task in pool:
+            try:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    pooled.add(task.result()["kernel_id"])
+            except Exception:  # noqa: BLE001 - an entry that failed to start holds no kernel
+                continue
+    return len(set(kernel_manager.list_kernel_ids()) - pooled)
 
 
 def _handlers():

@@ -482,9 +482,25 @@ def test_messages_name_paths_relative_to_the_root(root):
 def test_pooled_kernels_are_not_counted_as_pages():
     from specwidgets.voila_server import open_pages
 
-    class Done:
+    class Started:  # a pool entry whose kernel runs (the notebook is being or has been run in it)
+        def __init__(self, kernel_id):
+            self.kernel_id = kernel_id
+
         def done(self):
             return True
+
+        def cancelled(self):
+            return False
+
+        def exception(self):
+            return None
+
+        def result(self):
+            return {"kernel_id": self.kernel_id}
+
+    class Starting(Started):  # a refill whose kernel is not up yet
+        def done(self):
+            return False
 
     class Manager:
         def __init__(self, kernels, pools):
@@ -493,9 +509,10 @@ def test_pooled_kernels_are_not_counted_as_pages():
         def list_kernel_ids(self):
             return list(self._kernels)
 
-    assert open_pages(Manager(["a", "b", "c"], {"dashboard.ipynb": [Done()]})) == 2
-    assert open_pages(Manager(["a"], {"dashboard.ipynb": [Done(), Done()]})) == 0  # a refill still starting
-    assert open_pages(Manager(["a", "b"], {})) == 2                                # no pool (preheat off)
+    assert open_pages(Manager(["a", "b", "c"], {"dashboard.ipynb": [Started("c")]})) == 2
+    # A refill that has not started its kernel: the page's kernel still counts.
+    assert open_pages(Manager(["a"], {"dashboard.ipynb": [Starting(None)]})) == 1
+    assert open_pages(Manager(["a", "b"], {})) == 2  # no pool (preheat off)
 
 
 @pytest.mark.slow
