@@ -6,7 +6,7 @@ split where it goes:
 * **to kernel**: from the browser event (``pointerup``, taken in the page
   with ``performance.now()``) to the start of the first kernel callback;
 * **kernel**: the widget callbacks (``SPECWIDGETS_TIMING_LOG``, see
-  :mod:`specwidgets._timing`), of which **compute** is the sky/warp
+  :mod:`specwidgets.core._timing`), of which **compute** is the sky/warp
   recomputation and **render** the picture's reduction, colouring and PNG
   encoding;
 * **to DOM**: from the end of the last kernel callback to the moment the

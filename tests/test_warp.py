@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.warp import WarpModel
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.warp import WarpModel
 
 from conftest import rms
 
@@ -158,7 +158,7 @@ def test_compiled_line_fits_match_the_array_code(monkeypatch):
     """fit_gaussian_windows' numba kernel takes the same steps as its array version (to rounding)."""
     from scipy.special import erf
 
-    from specwidgets import peaks
+    from specwidgets.core import peaks
 
     rng = np.random.default_rng(3)
     n, w = 200, 13
