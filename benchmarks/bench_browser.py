@@ -31,7 +31,10 @@ Every figure is a median over ``--repeat`` tries (the machine is shared).
 
 Run::
 
-    python benchmarks/bench_browser.py [--repeat 5] [--only demo,crop,full] [--pages 3]
+    python benchmarks/bench_browser.py [--repeat 5] [--only ready,demo,crop,full] [--pages 3]
+        [--server-args "--pool-size 0"]
+
+(``ready``: the page loads only.)
 
 Needs playwright and Chromium at /usr/bin/chromium, and the Goodman sample
 (``SPECWIDGETS_GOODMAN`` or /work/shared/data/goodman) for crop and full.
@@ -103,6 +106,10 @@ READY_JS = """() => {
 
 
 BUSY_JS = """() => [...document.querySelectorAll('.sw-status')].some(e => e.innerText.includes('computing'))"""
+
+
+class _Done(Exception):
+    """Nothing more to measure on this server."""
 
 
 def free_port():
@@ -178,6 +185,13 @@ class Page:
         self.page.goto(url, timeout=300000, wait_until="commit")
         self.page.wait_for_function(READY_JS, timeout=300000, polling=20)
         self.ready_ms = self.page.evaluate("window.__swReady")
+        # Where the time went: the HTML (Voila runs the notebook unless a
+        # pre-heated kernel has), the page's scripts, the first kernel message.
+        self.phases = self.page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
+            return {html: n.responseEnd, dom: n.domContentLoadedEventEnd, load: n.loadEventEnd}; }""")
+        first_in = min((t for t, d, _ in self.frames if d == "in"), default=float("nan"))
+        origin = self.page.evaluate("performance.timeOrigin") / 1000.0
+        self.phases["first_ws"] = 1000.0 * (first_in - origin)
 
     @staticmethod
     def _outside(route):
@@ -392,10 +406,8 @@ def page_ready(browser, server, n_pages, pause):
     for i in range(n_pages):
         if i:
             time.sleep(pause)  # a pre-heated pool refills (fill delay + kernel start + the notebook)
-        t0 = time.monotonic()
         page = Page(browser, server.url)
-        wall = 1000.0 * (time.monotonic() - t0)
-        times.append((page.ready_ms, wall))
+        times.append((page.ready_ms, page.phases))
         page.close()
     return times
 
@@ -404,7 +416,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--pages", type=int, default=3, help="page loads timed on the demo")
-    parser.add_argument("--pause", type=float, default=15.0, help="seconds between page loads (pool refill)")
+    parser.add_argument("--pause", type=float, default=20.0,
+                        help="seconds between page loads (the pre-heated kernel's refill)")
     parser.add_argument("--only", default="demo,crop,full")
     parser.add_argument("--server-args", default="", help="extra arguments to specwidgets dashboard")
     args = parser.parse_args(argv)
@@ -420,13 +433,16 @@ def main(argv=None):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            if "demo" in cases:
+            if "demo" in cases or "ready" in cases:
                 server = DashboardServer(extra=extra)
                 try:
                     start_s = server.wait_ready()
                     time.sleep(args.pause)
-                    for ready_ms, wall_ms in page_ready(browser, server, args.pages, args.pause):
-                        ready_rows.append(["page ready", "demo", ready_ms, wall_ms])
+                    for ready_ms, phases in page_ready(browser, server, args.pages, args.pause):
+                        ready_rows.append(["page ready", "demo", ready_ms, phases])
+                    print(f"(demo server ready in {start_s:.1f} s)")
+                    if "demo" not in cases:
+                        raise _Done
                     time.sleep(args.pause)
                     page = Page(browser, server.url)
                     rows.append(summarize("slider release", "demo", run_slider(server, page, args.repeat)))
@@ -434,7 +450,8 @@ def main(argv=None):
                     rows.append(summarize("arc click", "demo", run_arc(server, page, args.repeat)))
                     rows.append(summarize("method switch", "demo", run_method(server, page, args.repeat)))
                     page.close()
-                    print(f"(demo server ready in {start_s:.1f} s)")
+                except _Done:
+                    pass
                 finally:
                     server.stop()
             if ("crop" in cases or "full" in cases) and GOODMAN.is_dir():
@@ -470,8 +487,13 @@ def main(argv=None):
         print()
         print("Page ready (navigation -> image and sky spectrum drawn), ms:")
         values = [r[2] for r in ready_rows]
-        print(table([["demo", len(values), f"{statistics.median(values):.0f}",
-                      " ".join(f"{v:.0f}" for v in values), "2000"]], ["case", "tries", "median", "each", "goal"]))
+
+        def phase(key):
+            return f"{statistics.median(r[3][key] for r in ready_rows):.0f}"
+
+        print(table([["demo", len(values), f"{statistics.median(values):.0f}", " ".join(f"{v:.0f}" for v in values),
+                      phase("html"), phase("dom"), phase("first_ws"), "2000"]],
+                    ["case", "tries", "median", "each", "HTML received", "DOM ready", "first kernel msg", "goal"]))
     if rows:
         print()
         print("Round trips, event -> new picture/curves, medians (ms; 'kernel': first callback start -> last kernel "
