@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..frames import check_gain, check_read_noise
-from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from ..inputs import as_image_stack, check_spatial_order
+from ..rows import RowRanges
 from .median import median_of_bins
 from .quality import (
     dark_rows,
@@ -142,7 +143,7 @@ class SkyResult:
     ref_row: int = 0
     read_noise: float = 0.0
     gain: float = 1.0
-    mask_region: list = field(default_factory=list)
+    mask_region: RowRanges = field(default_factory=RowRanges)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
@@ -377,8 +378,10 @@ def fit_sky(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
         )
     emap = warp_model.effpix_map((n_rows, n_cols))
-    ranges = mask_ranges(mask_region, n_rows)
-    masked_rows = mask_rows(ranges, n_rows)
+    # One value from the caller to the result: a RowRanges already resolved
+    # for this height (the state's) passes through as the same object.
+    ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
+    masked_rows = ranges.rows()
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
