@@ -109,7 +109,8 @@ from ..io.fits_output import (
     write_exposure,
 )
 from ..core.frames import FrameArray
-from ..core.inputs import check_spatial_order, mask_ranges
+from ..core.inputs import check_spatial_order
+from ..core.rows import RowRanges
 from ..io.instruments import resolve_instrument
 from ..core.lines import find_cal_lines
 from ..io.loading import _crop_pair, _iter_frames, matching_files
@@ -392,7 +393,7 @@ class _Job:
     shape: tuple
     warp: dict
     warp_key: str
-    masks: tuple
+    masks: RowRanges
     method: str
     options: dict
     read_noise: float | None
@@ -515,7 +516,7 @@ def _process_one_inner(path, job, bias, flat):
         # image; an explicit read_noise/gain of the user wins inside fit_sky.
         image = _with_frame_noise(image, frame, job)
         warp = _cached_warp(job)
-        result = fit_sky(image, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
         write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
         record["status"] = "done"
@@ -970,7 +971,7 @@ def _process_group(paths, job, bias, flat):
             unit=_unit(frames[0]),
         )
         warp = _cached_warp(job)
-        result = fit_sky(stack, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        result = fit_sky(stack, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
@@ -1254,7 +1255,8 @@ def run_batch(
         )
         model = cal.warp_model
         summary.timings["calibrations"] = time.perf_counter() - t_cal
-        ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
+        # One value from here to every fit and output header (SWMASK).
+        ranges = RowRanges.coerce(masks, "masks").resolve(model.shape[0], "masks")
         warp_dict = model.to_dict()
         summary.warp_model = warp_dict
         summary.warnings = list(model.quality_warnings) if model.traces is not None else []
@@ -1273,7 +1275,7 @@ def run_batch(
             "instrument": instrument_name,
             "instrument_options": {k: repr(v) for k, v in instrument_options.items()},
             "crop": crop,
-            "masks": ranges,
+            "masks": ranges.pairs,
             "method": method,
             "options": effective_options(method, options),
             "read_noise": read_noise,
@@ -1439,14 +1441,23 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
 
 
 # ------------------------------------------------------------------ command line
-def _range_arg(text):
+def _ranges_arg(text):
+    """``--mask``: row ranges as text (``20:100`` or ``20:100,104:113``), a :class:`RowRanges`."""
     try:
-        start, stop = text.split(":")
-        start = int(start) if start.strip() else None
-        stop = int(stop) if stop.strip() else None
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}") from None
-    return (start, stop)
+        ranges = RowRanges.parse(text, "--mask")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800): {exc}") from None
+    if not ranges:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}")
+    return ranges
+
+
+def _range_arg(text):
+    """``--crop``: one row range ``START:STOP``, as a pair."""
+    ranges = _ranges_arg(text)
+    if len(ranges) != 1:
+        raise argparse.ArgumentTypeError(f"expected one START:STOP range; got {text!r}")
+    return ranges[0]
 
 
 def _guesses_arg(text):
@@ -1519,7 +1530,7 @@ def add_batch_parser(subparsers):
     p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(
-        "--mask", type=_range_arg, action="append", default=None, metavar="START:STOP",
+        "--mask", type=_ranges_arg, action="append", default=None, metavar="START:STOP",
         help="rows excluded from the sky fit (repeatable; required unless --settings gives them)",
     )
     p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
@@ -1584,7 +1595,7 @@ def run_batch_command(args):
             instrument=args.instrument,
             instrument_options=instrument_options,
             crop=args.crop,
-            masks=args.mask,
+            masks=None if args.mask is None else RowRanges([pair for ranges in args.mask for pair in ranges]),
             guesses=args.guesses,
             method=args.method,
             spatial_order=args.spatial_order,

@@ -141,6 +141,7 @@ class SkyState(tl.HasTraits):
         self._hold_depth = 0
         self._constructing = True
         self._refused_mask = ""
+        self._good_mask = RowRanges()
         try:
             super().__init__(science=stack, arc=arc, **traits)
         finally:
@@ -235,8 +236,9 @@ class SkyState(tl.HasTraits):
             self.error = str(exc)
             if getattr(self, "_constructing", False):
                 self._refused_mask = str(exc)  # the first fit waits for a usable mask
-            return self._trait_values.get("mask_region", RowRanges())
+            return self._good_mask
         self._refused_mask = ""
+        self._good_mask = value
         return value
 
     @tl.validate("science")
