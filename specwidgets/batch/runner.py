@@ -49,7 +49,11 @@ its final name is always complete. On start the runner removes temporary
 files a killed run left in the output folder, and (without ``overwrite``)
 skips every output that :func:`~specwidgets.io.fits_output.inspect_output`
 finds complete with the same settings; an output made with *other* settings
-is reported as a failure rather than silently replaced. A lock file
+is reported as a failure rather than silently replaced. A dashboard export
+(the page's Export: no resume card) counts as this run's output when the
+settings its header records (input, method, sky options, mask, noise model,
+warp model, dtype) are this run's and its SCI + SKY is the calibrated input:
+for the same settings the export and batch write the same numbers. A lock file
 (``.specwidgets-batch.lock``, released by the kernel even on ``kill -9``)
 keeps two runs from writing to one folder at the same time.
 
@@ -435,6 +439,81 @@ def _stale(out, config):
     return chosen == ours and bool(data) and data != our_data
 
 
+def _export_mismatch(out, job, path):
+    """Why the dashboard export ``out`` does not hold this run's output for ``path`` ("" when it may).
+
+    A dashboard export carries no ``SWCONFIG`` resume card, but its header
+    records the settings it was made with; batch and the export give the same
+    files for the same settings (tests/test_session_batch.py), so an export
+    whose input, method, sky options, mask, noise model, warp model and dtype
+    are this run's is this run's output. Its data are checked after the input
+    is read (:func:`_same_science`).
+    """
+    from ..io.fits_output import _OPTION_CARDS, _card_value
+
+    try:
+        header = fits.getheader(out)
+        sci_header = fits.getheader(out, "SCI")
+    except (OSError, ValueError, KeyError) as exc:
+        return f"its header cannot be read ({exc})"
+    if header.get("SWINPUT") != Path(path).name:
+        return f"it was made from {header.get('SWINPUT')!r}"
+    if header.get("SWMETHOD") != job.method:
+        return f"method {header.get('SWMETHOD')!r}, this run's is {job.method!r}"
+    try:
+        mask = RowRanges.from_header(header)
+    except ValueError as exc:
+        return str(exc)
+    if mask != job.masks:
+        return f"mask {mask.text}, this run's is {job.masks.text}"
+    for name, value in job.options.items():
+        card = _OPTION_CARDS.get(name, (None, None))[0]
+        if card is None or header.get(card) != _card_value(value):
+            return f"{name} {header.get(card) if card else None!r}, this run's is {value!r}"
+    for name, card, ours in (("read noise", "SWRDNOIS", job.read_noise), ("gain", "SWGAIN", job.sky_gain)):
+        if isinstance(ours, float) and header.get(card) != ours:
+            return f"{name} {header.get(card)!r}, this run's is {ours!r}"
+    try:
+        warp = json.loads(header.get("SWWARP", "null"))
+    except ValueError:
+        warp = None
+    if warp != json.loads(json.dumps(job.warp)):
+        return "another warp model"
+    if sci_header.get("BITPIX") != {"float32": -32, "float64": -64}[job.dtype]:
+        return f"BITPIX {sci_header.get('BITPIX')}, this run writes {job.dtype}"
+    if job.cal_content.get("flat"):
+        return "this run divides by flats, the dashboard does not"
+    return ""
+
+
+def _same_science(out, image, job):
+    """True when the export was made from ``image`` (the calibrated input): its SCI + SKY is ``image``.
+
+    Both are stored in the output dtype, so equal to within a few of its
+    rounding steps; another exposure, or a changed bias, is far above that.
+    """
+    try:
+        with fits.open(out) as hdul:
+            sci = np.asarray(hdul["SCI"].data, float)
+            sky = np.asarray(hdul["SKY"].data, float)
+    except (OSError, ValueError, KeyError):
+        return False
+    image = np.asarray(image, float)
+    if sci.shape != image.shape or sky.shape != image.shape:
+        return False
+    finite = np.isfinite(image)
+    if not np.array_equal(finite, np.isfinite(sci)):
+        return False
+    tol = 4 * np.finfo(np.dtype(job.dtype)).eps * np.maximum(np.abs(image), np.abs(sky))
+    return bool(np.all(np.abs(sci + sky - image)[finite] <= tol[finite]))
+
+
+def _accept_export(record, out, path):
+    record["status"] = "skipped"
+    record["message"] = f"{Path(out).name}: a dashboard export with these settings and data, kept"
+    record.update(_flags_of_output(out))
+
+
 _WARP_CACHE: dict = {}
 
 
@@ -488,6 +567,7 @@ def _process_one_inner(path, job, bias, flat):
     path = Path(path)
     out = Path(job.out_dir) / output_name(path)
     record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
+    export = None
     try:
         config = job.config_for(path)
         if not job.overwrite:
@@ -497,8 +577,14 @@ def _process_one_inner(path, job, bias, flat):
                 record.update(_flags_of_output(out))
                 return record
             if state.state == "different" and not _stale(out, config):
-                record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
-                return record
+                # A dashboard export (no SWCONFIG) made with these settings is this run's output.
+                why = _export_mismatch(out, job, path) if "dashboard's Export" in state.reason else state.reason
+                if why:
+                    detail = "" if why == state.reason else f": {why}"
+                    record["message"] = (f"{out.name} exists, {state.reason}{detail}; pass --overwrite "
+                                         "(overwrite=True) to replace it")
+                    return record
+                export = out
         image, frame = read_frame(path, job.reader, job.crop)
         if job.unit is not None and _unit(frame) != job.unit:
             raise ValueError(f"{path.name} is in {_unit(frame)} but the calibrations are in {job.unit}")
@@ -512,6 +598,13 @@ def _process_one_inner(path, job, bias, flat):
         if flat is not None:
             image /= flat
             extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+        if export is not None:
+            if _same_science(export, image, job):
+                _accept_export(record, export, path)
+                return record
+            record["message"] = (f"{out.name} exists, a dashboard export of other data (its SCI is not "
+                                 f"{path.name} now); pass --overwrite (overwrite=True) to replace it")
+            return record
         # The frame's own noise model (header or instrument) rides on the
         # image; an explicit read_noise/gain of the user wins inside fit_sky.
         image = _with_frame_noise(image, frame, job)
@@ -930,6 +1023,7 @@ def _process_group(paths, job, bias, flat):
                 "message": ""} for p in paths]
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    exports = set()
     try:
         configs = [job.config_for(p) for p in paths]
         if not job.overwrite:
@@ -939,13 +1033,18 @@ def _process_group(paths, job, bias, flat):
                     r["status"] = "skipped"
                     r.update(_flags_of_output(r["output"]))
                 return records
-            blocked = [(r, st) for r, st, c in zip(records, states, configs)
+            blocked = [(r, st, p) for r, st, c, p in zip(records, states, configs, paths)
                        if st.state == "different" and not _stale(r["output"], c)]
-            if blocked:
-                for r, st in blocked:
-                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}; pass --overwrite "
+            # Dashboard exports (no SWCONFIG) made with these settings are this run's outputs.
+            whys = [(_export_mismatch(r["output"], job, p) if "dashboard's Export" in st.reason else st.reason)
+                    for r, st, p in blocked]
+            if any(whys):
+                for (r, st, _), why in zip(blocked, whys):
+                    detail = "" if why in ("", st.reason) else f": {why}"
+                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}{detail}; pass --overwrite "
                                     "(overwrite=True) to replace it")
                 return records
+            exports = {r["output"] for r, _, _ in blocked}
         images, frames, extra = [], [], None
         for path in paths:
             image, frame = read_frame(path, job.reader, job.crop)
@@ -961,6 +1060,23 @@ def _process_group(paths, job, bias, flat):
                 extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
             images.append(image)
             frames.append(frame)
+        if exports:
+            # Exports made with these settings: kept when each holds these data.
+            if not all(_same_science(r["output"], image, job) for r, image in zip(records, images)
+                       if r["output"] in exports):
+                for r in records:
+                    r["message"] = ("the dashboard exports in the output folder hold other data than the inputs "
+                                    "now; pass --overwrite (overwrite=True) to replace them")
+                return records
+            if all(st.complete or r["output"] in exports for r, st in zip(records, states)):
+                for r, path, st in zip(records, paths, states):
+                    if st.complete:
+                        r["status"] = "skipped"
+                        r.update(_flags_of_output(r["output"]))
+                    else:
+                        _accept_export(r, r["output"], path)
+                return records
+            # Some outputs are missing: the group is fit again (the exports get the same numbers).
         # The stack's noise model as the page's folder loader sets it: the
         # median of the frames' read noises, gain 1 once in electrons.
         known = [f.read_noise for f in frames if f.read_noise is not None]

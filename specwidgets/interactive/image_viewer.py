@@ -422,6 +422,17 @@ class ImageViewer(ipywidgets.VBox):
         index = min(index, max(len(ranges) - 1, 0))
         self._assign_mask(ranges.replace(index, value), value[0])
 
+    def _resolved(self, ranges):
+        """``ranges`` resolved for the frames, so the state and the fit keep this very object.
+
+        A mask that cannot be resolved goes to the state as it is: the state
+        refuses it and says why (in ``error``, shown in the banner).
+        """
+        try:
+            return ranges.resolve(self.state.shape[0])
+        except ValueError:
+            return ranges
+
     def _assign_mask(self, ranges, row):
         """Give the state ``ranges`` (a RowRanges); the slider follows the range holding ``row``.
 
@@ -429,7 +440,7 @@ class ImageViewer(ipywidgets.VBox):
         list; if the state refuses the mask, the widgets go back to its mask.
         """
         before = self.state.mask_region
-        self.state.mask_region = ranges
+        self.state.mask_region = self._resolved(ranges)
         after = self.state.mask_region
         index = after.index_of(row)
         moved = index is not None and index != self.active_range
