@@ -91,7 +91,9 @@ def test_mask_is_one_rowranges_validated_on_assignment(state, monkeypatch):
 def test_setting_science_refits(state):
     fits, warps = state.n_sky_fits, state.n_warp_fits
     old = state.background
+    state.exposure = 1
     state.science = state.science[:1] * 2.0
+    assert state.exposure == 0  # the one shown still exists
     assert state.n_sky_fits == fits + 1 and state.n_warp_fits == warps
     assert state.background.shape == (1, 60, 400) and not np.array_equal(old[:1], state.background)
     with pytest.raises(Exception, match="shape"):

@@ -232,13 +232,13 @@ class RowRanges:
         if len(new) != 1:
             raise ValueError(f"replace() takes one (start, stop) range; got {pair!r}")
         pairs[index:index + 1] = new
-        return RowRanges(pairs)
+        return _rebuild(pairs, None)  # every pair checked already: no second parse
 
     def remove(self, index):
         """A copy without range ``index``."""
         pairs = list(self._pairs)
         del pairs[index]
-        return RowRanges(pairs)
+        return _rebuild(pairs, None)
 
     def index_of(self, row):
         """Index of the range holding ``row`` (None if none does)."""

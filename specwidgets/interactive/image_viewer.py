@@ -199,7 +199,7 @@ class ImageViewer(ipywidgets.VBox):
         # Front end -> state
         self._commit_mask = Debounced(self._commit_mask_now, delay=debounce, on_error=self.status.report)
         self.view_buttons.observe(guard(self._on_view_button), names="value")
-        self.exposure.observe(guard(self._on_exposure_widget), names="value")
+        self._exposure_link = tl.link((state, "exposure"), (self.exposure, "value"))
         self.stretch.observe(guard(self._on_display_setting), names="value")
         self.interval.observe(guard(self._on_display_setting), names="value")
         self.cmap.observe(guard(self._on_display_setting), names="value")
@@ -351,12 +351,8 @@ class ImageViewer(ipywidgets.VBox):
         if not self._syncing:
             self.refresh_image()
 
-    def _on_exposure_widget(self, change):
-        self.state.exposure = change["new"]
-
     def _on_exposure_state(self, change):
-        self.exposure.value = change["new"]
-        self.refresh_image()
+        self.refresh_image()  # the dropdown follows by its link
 
     def _on_result(self, change):
         self._cache.clear()

@@ -305,6 +305,12 @@ class SkyState(tl.HasTraits):
         if not self._hold:
             self._update_warp()
 
+    @tl.observe("science")
+    def _on_science(self, change):
+        # Fewer exposures: the one shown must still exist (before the refit's observers run).
+        if self.exposure >= self.science.shape[0]:
+            self.exposure = 0
+
     @tl.observe("mask_region", "method", "spatial_order", "knot_spacing", "reject_sigma", "read_noise", "gain",
                 "science")
     def _on_sky_inputs(self, change):
