@@ -121,6 +121,8 @@ class SkyResult:
     method : str
     read_noise, gain : float
         Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
+    mask_region : RowRanges
+        The masked rows, resolved for these frames (``SWMASK`` in an output).
     models : list
         Per exposure, the fitted sky model (a ``BSplineSky``) or None.
     options : dict
@@ -304,9 +306,12 @@ def fit_sky(
         loaders return) supplies its noise model.
     warp_model : WarpModel
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
-    mask_region : (int, int) or list of (int, int)
+    mask_region : (int, int), list of (int, int) or RowRanges
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
-        ranges may be given. ``(None, None)`` masks nothing.
+        ranges may be given. ``(None, None)`` masks nothing. Read as a
+        :class:`~specwidgets.core.rows.RowRanges` (ranges sharing rows are
+        merged); the result's ``mask_region`` is that value, the very object
+        given when it was already resolved for these frames.
     method : {"bspline", "median"}
         ``"median"``: the seed's estimator, the median of the samples inside
         each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
