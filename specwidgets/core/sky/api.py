@@ -7,12 +7,15 @@ is the seed-compatible front that returns arrays.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..frames import check_gain, check_read_noise
-from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from ..inputs import as_image_stack, check_spatial_order
+from ..rows import RowRanges
 from .median import median_of_bins
 from .quality import (
     dark_rows,
@@ -27,12 +30,12 @@ from .quality import (
     row_profile,
 )
 from .quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
-from .bspline import StretchedBSplineSky, adaptive_coordinate
+from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from ..warp import WarpModel
 
-# Knot spacing on the sky's continuum with adaptive knots (px); see
+# Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
-COARSE_SPACING = 2.0
+COARSE_SPACING = 5.0
 
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
@@ -118,6 +121,8 @@ class SkyResult:
     method : str
     read_noise, gain : float
         Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
+    mask_region : RowRanges
+        The masked rows, resolved for these frames (``SWMASK`` in an output).
     models : list
         Per exposure, the fitted sky model (a ``BSplineSky``) or None.
     options : dict
@@ -142,7 +147,7 @@ class SkyResult:
     ref_row: int = 0
     read_noise: float = 0.0
     gain: float = 1.0
-    mask_region: list = field(default_factory=list)
+    mask_region: RowRanges = field(default_factory=RowRanges)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
@@ -301,9 +306,12 @@ def fit_sky(
         loaders return) supplies its noise model.
     warp_model : WarpModel
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
-    mask_region : (int, int) or list of (int, int)
+    mask_region : (int, int), list of (int, int) or RowRanges
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
-        ranges may be given. ``(None, None)`` masks nothing.
+        ranges may be given. ``(None, None)`` masks nothing. Read as a
+        :class:`~specwidgets.core.rows.RowRanges` (ranges sharing rows are
+        merged); the result's ``mask_region`` is that value, the very object
+        given when it was already resolved for these frames.
     method : {"bspline", "median"}
         ``"median"``: the seed's estimator, the median of the samples inside
         each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
@@ -377,8 +385,10 @@ def fit_sky(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
         )
     emap = warp_model.effpix_map((n_rows, n_cols))
-    ranges = mask_ranges(mask_region, n_rows)
-    masked_rows = mask_rows(ranges, n_rows)
+    # One value from the caller to the result: a RowRanges already resolved
+    # for this height (the state's) passes through as the same object.
+    ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
+    masked_rows = ranges.rows()
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
@@ -474,6 +484,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     knots = _check_choice(options.pop("knots", "adaptive" if knot_spacing is None else "uniform"),
                           "knots", ("adaptive", "uniform"))
     coarse = options.pop("coarse_spacing", COARSE_SPACING)
+    knot_threshold = options.pop("knot_threshold", None)
+    if knot_threshold is not None:
+        if isinstance(knot_threshold, bool) or not isinstance(knot_threshold, numbers.Real):
+            raise TypeError(f"knot_threshold must be a number or None (chosen on held-out rows), "
+                            f"got {type(knot_threshold).__name__}")
+        if not (math.isfinite(knot_threshold) and knot_threshold > 0):
+            raise ValueError(f"knot_threshold must be a finite number > 0, or None (chosen on held-out rows); "
+                             f"got {knot_threshold!r}")
+        knot_threshold = float(knot_threshold)
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
     same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
@@ -594,6 +613,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if unlit_mode:
             unlit |= dark
         del level
+        if knots == "adaptive" and knot_threshold is None:
+            knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
+                                                read_noise, extent, spacing(order), spacing(0),
+                                                max(coarse, spacing(order)))
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
@@ -616,7 +639,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
         n_sky_rows = samples.index.size / n_cols
         table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
-                                             spacing(order), max(coarse, spacing(order))))
+                                             spacing(order), max(coarse, spacing(order)), knot_threshold,
+                                             first_spacing=spacing(0), n_curves=n_exp, spatial_order=order))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
     rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
@@ -674,6 +698,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                         flexure=flexure_mode, knots=knots)
     if knots == "adaptive":
         used_options["coarse_spacing"] = max(coarse, spacing(order))
+        used_options["knot_threshold"] = knot_threshold
     used_options.setdefault("reject_sigma", models[0].reject_sigma)
     result = SkyResult(
         data=stack,
@@ -695,6 +720,33 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
                              tuple(float(s) for s in shifts), flexure_applied)
     return result
+
+
+def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gain, read_noise, extent, fine,
+                       first_spacing, coarse):
+    """The adaptive knots' threshold, chosen on held-out (odd/even) rows of the first-pass samples.
+
+    As in the final fit, the knots are placed from the exposures' mean and
+    the spline has ``order`` spatial terms; the first exposure (at its own
+    flexure shift) is fit and scored: the final fits are per exposure, and
+    the best threshold depends on their signal to noise. Rows in
+    ``skip_rows`` (unlit) are left out, as from the final fit.
+    """
+    from .bspline import DEFAULT_THRESHOLD
+
+    lit = np.flatnonzero(~skip_rows)
+    if lit.size < 4:
+        return DEFAULT_THRESHOLD
+    f = np.where(skip_rows[rows][None], np.nan, flux)
+    e = effpix if not shifts[0] else effpix - shifts[0] * _row_coordinate(rows, n_rows)
+    try:
+        threshold, _ = choose_knot_threshold(e, f, rows, gain, read_noise, fine, coarse, first_spacing=first_spacing,
+                                             extent=extent, spatial_order=order,
+                                             row_range=(int(lit[0]), int(lit[-1]) + 1))
+    except ValueError:
+        # Too few samples or rows to split: the usual value.
+        threshold = DEFAULT_THRESHOLD
+    return threshold
 
 
 def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,
