@@ -430,15 +430,21 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
                             extent=extent, reject_sigma=None, max_iterations=0)(samples.effpix)
             for k in range(n_exp)
         ])
+        read_noise, gain, source, warnings = _complete_noise(
+            noise, level.ravel(), (samples.flux - level).ravel()
+        )
+        del level
     else:
-        level = background.reshape(n_exp, -1)[:, samples.index]
-    read_noise, gain, source, warnings = _complete_noise(
-        noise, level.ravel(), (samples.flux - level).ravel()
-    )
-    del level
-    # The median of n samples scatters sqrt(pi/2) times more than their mean.
-    noise_var = np.clip(background, 0, None) / gain + (read_noise / gain) ** 2
-    variance = (np.pi / 2) * noise_var / np.maximum(counts, 1)[None]
+        # Nothing to estimate: no sample-sized level or residual arrays.
+        read_noise, gain, source, warnings = _complete_noise(noise, None, None)
+    # The median of n samples scatters sqrt(pi/2) times more than their mean:
+    # (pi / 2) * (max(bg, 0) / gain + (rn / gain)**2) / max(counts, 1), the
+    # same operations in the same order, in place (no frame-sized temporaries).
+    variance = np.clip(background, 0, None)
+    variance /= gain
+    variance += (read_noise / gain) ** 2
+    variance *= np.pi / 2
+    variance /= np.maximum(counts, 1)[None]
     if progress:
         print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()

@@ -385,6 +385,6 @@ def median_of_bins(e_sorted, flux_sorted, edges):
         raise ValueError("no sky samples: every pixel is masked")
     n_rows, n_cols = edges.shape[0], edges.shape[1] - 1
     out = np.empty((flux_sorted.shape[0], n_rows, n_cols))
-    counts = np.empty((n_rows, n_cols), np.int64)
+    counts = np.empty((n_rows, n_cols), np.int32)  # half an int64 map's memory
     _median_kernel(e_sorted, flux_sorted, edges, out, counts)
     return out, counts
