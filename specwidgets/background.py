@@ -425,15 +425,22 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
 
         prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, noise[1])
         extent = (float(emap.min()), float(emap.max()))
-        level = np.stack([
-            fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
-                            extent=extent, reject_sigma=None, max_iterations=0)(samples.effpix)
-            for k in range(n_exp)
-        ])
+        # ``_complete_noise`` looks at a regular subsample of the flattened
+        # (exposure, sample) values only: the model is evaluated there alone
+        # (the same values, without two sample-sized arrays per exposure).
+        n_s = samples.effpix.size
+        pick = np.arange(n_exp * n_s)[_subsample(n_exp * n_s)]
+        pick_k, pick_s = np.divmod(pick, n_s)
+        level = np.empty(pick.size)
+        for k in range(n_exp):
+            model = fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                                    extent=extent, reject_sigma=None, max_iterations=0)
+            these = pick_k == k
+            level[these] = model(samples.effpix[pick_s[these]])
         read_noise, gain, source, warnings = _complete_noise(
-            noise, level.ravel(), (samples.flux - level).ravel()
+            noise, level, samples.flux[pick_k, pick_s] - level
         )
-        del level
+        del level, pick, pick_k, pick_s
     else:
         # Nothing to estimate: no sample-sized level or residual arrays.
         read_noise, gain, source, warnings = _complete_noise(noise, None, None)
