@@ -34,6 +34,10 @@ from .warp import WarpModel
 # :func:`specwidgets.bspline_sky.adaptive_coordinate`.
 COARSE_SPACING = 2.0
 
+# Pixels per block when the background is evaluated over the frame (bounds
+# the temporaries; large enough for the kernels' threads).
+_EVAL_BLOCK_PIXELS = 1 << 20
+
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
 METHODS = ("bspline", "median")
@@ -632,12 +636,20 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                                              spacing(order), max(coarse, spacing(order))))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
-    rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+    rows_f = np.arange(n_rows, dtype=float)[:, None]
     t_grid = _row_coordinate(np.arange(n_rows), n_rows)[:, None]
+    # The background is evaluated a block of rows at a time: the shifted and
+    # stretched coordinates and the row of every pixel would otherwise be
+    # frame-sized float64 temporaries (134 MB each on a 4096 x 4096 frame).
+    block = max(1, _EVAL_BLOCK_PIXELS // n_cols)
+
+    def emap_rows(k, rows):
+        """The effective pixel of exposure ``k`` (its flexure shift applied) on ``rows``."""
+        return emap[rows] if not shifts[k] else emap[rows] - shifts[k] * t_grid[rows]
+
     models = []
     for k in range(n_exp):
         e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
-        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
         # The first pass starts the final fit only when it fit the same sky:
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
@@ -651,25 +663,31 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             )
         else:
             start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
-            # The stretched coordinate of the whole frame, once: the samples'
-            # are a subset of it (``e_k`` is ``emap_k`` at ``samples.index``).
-            u_map = np.interp(emap_k, *table)
+            # The samples' stretched coordinate: ``e_k`` is the (shifted) map
+            # at ``samples.index`` and np.interp works point by point, so these
+            # are the map's values there; in ``e_k``'s sorted order, not
+            # gathered from a frame-sized map.
             inner = fit_bspline_sky(
-                u_map.ravel()[samples.index], samples.flux[k], sample_rows, spatial_order=order,
+                np.interp(e_k, *table), samples.flux[k], sample_rows, spatial_order=order,
                 row_range=row_range, read_noise=read_noise, gain=gain,
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
             model = StretchedBSplineSky(inner, *table)
-        if table is None:
-            background[k] = model(emap_k, rows_grid)
-        else:
-            background[k] = inner(u_map, rows_grid)
+        for r0 in range(0, n_rows, block):
+            rows = slice(r0, min(n_rows, r0 + block))
+            e_rows = emap_rows(k, rows)
+            rows_grid = np.broadcast_to(rows_f[rows], e_rows.shape)
+            if table is None:
+                background[k, rows] = model(e_rows, rows_grid)
+            else:
+                background[k, rows] = inner(np.interp(e_rows, *table), rows_grid)
+            del e_rows
         if unlit.any():
             # Unlit rows are outside the fit: there the first pass, scaled
             # to each row's own level, is the best guess of what little sky
             # there is (zero where the row has no sky at all).
             unlit_idx = np.flatnonzero(unlit)
-            guess = first[k](emap_k[unlit_idx])
+            guess = first[k](emap_rows(k, unlit_idx))
             obs = stack[k, unlit_idx]
             ok = np.isfinite(obs)
             num = np.sum(np.where(ok, obs * guess, 0.0), axis=1)
