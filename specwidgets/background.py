@@ -386,14 +386,26 @@ def fit_sky(
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
+    samples_box = [samples]
+    del samples
 
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
+        return _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                            (read_noise, gain, rn_source, gain_source), progress)
-    return _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+    return _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                         (read_noise, gain, rn_source, gain_source), progress, initial, options)
+
+
+def _hand_over(box):
+    """The one object in ``box``, which no longer holds it.
+
+    The fits replace their samples by smaller sets (rows dropped); with no
+    reference left in the caller's frame the originals are freed then, not
+    kept to the end of the fit (tens of MB on a full frame).
+    """
+    return box.pop()
 
 
 def _complete_noise(noise, level, residual):
@@ -610,7 +622,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                                     dark=dark if unlit_mode else None)
         if unlit_mode:
             unlit |= dark
-        del level
+        # Only the samples and the first-pass models go on to the final fit.
+        del level, clean, used, hits
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
