@@ -277,6 +277,23 @@ def _drop_rows(samples, flagged, rows=None):
     return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
 
 
+def _every_nth_true(flags, step, chunk=1 << 20):
+    """``np.flatnonzero(flags)[::step]`` without the full index array (8 bytes per True).
+
+    Examples
+    --------
+    >>> flags = np.arange(20) % 3 != 0
+    >>> bool(np.array_equal(_every_nth_true(flags, 4, chunk=7), np.flatnonzero(flags)[::4]))
+    True
+    """
+    parts, seen = [], 0
+    for start in range(0, flags.size, chunk):
+        hits = np.flatnonzero(flags[start:start + chunk])
+        parts.append(hits[(-seen) % step::step] + start)
+        seen += hits.size
+    return np.concatenate(parts) if parts else np.zeros(0, np.intp)
+
+
 def _subsample(n, limit=250_000):
     """A regular index subsample of at most ``limit`` of ``n`` items (statistics need no more)."""
     return slice(None, None, max(1, -(-n // limit)))
@@ -604,14 +621,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # The noise estimate needs only a regular subsample of the used
         # samples (``_complete_noise`` takes every ``_subsample``-th): the
         # lit level is computed there only (the same values).
-        pick = np.flatnonzero(used)
-        pick = pick[_subsample(pick.size)]
-        pick_k, pick_s = np.divmod(pick, rows.size)
-        lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
-        read_noise, gain, source, warnings = _complete_noise(
-            noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
-        )
-        del lit_level, pick, pick_k, pick_s
+        if noise[0] is None or noise[1] is None:
+            pick = _every_nth_true(used.ravel(), _subsample(int(np.count_nonzero(used))).step)
+            pick_k, pick_s = np.divmod(pick, rows.size)
+            lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
+            read_noise, gain, source, warnings = _complete_noise(
+                noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
+            )
+            del lit_level, pick, pick_k, pick_s
+        else:
+            read_noise, gain, source, warnings = _complete_noise(noise, None, None)
         ratio, info_sum = profiles(gain, read_noise)
 
         def n_coef(p):
