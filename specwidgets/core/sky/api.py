@@ -153,6 +153,22 @@ class SkyResult:
     flexure_shift: tuple = ()
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
+    # The median of bins: samples in each pixel's bin, from which its
+    # variance is computed on first use (a slider change or
+    # ``extract_background`` that never looks at it does not pay for it).
+    _bin_counts: np.ndarray | None = field(default=None, repr=False)
+
+    def _median_variance(self, k):
+        """The median of bins' variance of exposure ``k``: the median of n samples
+        scatters sqrt(pi/2) times more than their mean, so
+        ``(pi / 2) * (max(bg, 0) / gain + (rn / gain)**2) / max(n, 1)``."""
+        # The operations in this order, in place: no frame-sized temporaries.
+        variance = np.clip(self.background[k], 0, None)
+        variance /= self.gain
+        variance += (self.read_noise / self.gain) ** 2
+        variance *= np.pi / 2
+        variance /= np.maximum(self._bin_counts, 1)
+        return variance
 
     def exposure_variance(self, k, rows=None):
         """Variance of exposure ``k``'s background estimate (computed on first use).
@@ -162,6 +178,11 @@ class SkyResult:
         """
         if self._variance is not None:
             return self._variance[k] if rows is None else self._variance[k][rows]
+        if self._bin_counts is not None:
+            if k not in self._exposure_variance:
+                self._exposure_variance[k] = self._median_variance(k)
+            full = self._exposure_variance[k]
+            return full if rows is None else full[rows]
         if rows is not None and k not in self._exposure_variance:
             emap = self.exposure_effpix(k)[rows]
             index = np.arange(self.effpix_map.shape[0])[rows]
@@ -186,7 +207,8 @@ class SkyResult:
     def variance(self):
         """Variance of the background estimate in every pixel (computed on first use)."""
         if self._variance is None:
-            self._variance = np.stack([self.exposure_variance(k) for k in range(len(self.models))])
+            n_exp = self.background.shape[0] if self._bin_counts is not None else len(self.models)
+            self._variance = np.stack([self.exposure_variance(k) for k in range(n_exp)])
             self._exposure_variance.clear()
         return self._variance
 
@@ -477,14 +499,6 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     else:
         # Nothing to estimate: no sample-sized level or residual arrays.
         read_noise, gain, source, warnings = _complete_noise(noise, None, None)
-    # The median of n samples scatters sqrt(pi/2) times more than their mean:
-    # (pi / 2) * (max(bg, 0) / gain + (rn / gain)**2) / max(counts, 1), the
-    # same operations in the same order, in place (no frame-sized temporaries).
-    variance = np.clip(background, 0, None)
-    variance /= gain
-    variance += (read_noise / gain) ** 2
-    variance *= np.pi / 2
-    variance /= np.maximum(counts, 1)[None]
     if progress:
         print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
@@ -502,7 +516,7 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         mask_region=ranges,
         models=[],
         options={},
-        _variance=variance,
+        _bin_counts=counts,  # the variance is computed from them on first use
     )
     result.quality = _assess(result, samples, [None] * n_exp, source, warnings, [], 0, (0.0,) * n_exp, False)
     return result
