@@ -140,7 +140,7 @@ def test_voila_json_matches_the_launcher():
 
 def test_packaged_notebook_exists():
     assert NOTEBOOK.is_file()
-    assert NOTEBOOK.parent == Path(launcher.__file__).parent / "app"
+    assert NOTEBOOK.parent == Path(launcher.__file__).parent  # both in specwidgets/app/
 
 
 def parse(argv):
@@ -279,6 +279,9 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
     assert command[:4] == [sys.executable, "-m", "specwidgets.app.voila_server", str(NOTEBOOK)]
     assert f"--port={port}" in command and "--no-browser" in command and "--Voila.ip=127.0.0.1" in command
     assert "--VoilaConfiguration.show_tracebacks=False" in command
+    # One kernel kept pre-heated by default (the page opens from it at once).
+    assert "--VoilaConfiguration.preheat_kernel=True" in command
+    assert "--VoilaConfiguration.default_pool_size=1" in command
     assert env[DATA_ENV] == str((tmp_path / "night").resolve())
     assert f"http://127.0.0.1:{port}/" in capsys.readouterr().out
 
@@ -290,8 +293,9 @@ def test_launcher_starts_and_serves(tmp_path):
     write_fits_folder(folder, broken=())
     (folder / "flat_000.fits").write_bytes(b"broken")  # neither arc nor bias: taken as science, unreadable
     port = free_port()
+    # No pre-heated kernel (--pool-size 0): the test checks that the probe's kernel goes.
     command = [sys.executable, "-m", "specwidgets.cli", "dashboard", str(folder), "--port", str(port),
-               "--no-browser"]
+               "--no-browser", "--pool-size", "0"]
     start = time.perf_counter()
     server = Server(command, port, cwd=tmp_path, env=voila_env(), log_path=tmp_path / "launcher.log")
     try:
@@ -455,7 +459,7 @@ def test_app_loads_a_folder_and_names_unreadable_files(tmp_path):
         ({"arc_tag": "lamp"}, "no arc frame"),
         ({"crop": "0:5000"}, "out of range"),
         ({"crop": "rows 3 to 5"}, "start:stop"),
-        ({"mask": "70:90"}, "outside the 80 rows"),
+        ({"mask": "70:90"}, "mask rows (70, 90) is out of range: the images have 80 rows"),
     ],
 )
 def test_app_reports_bad_input_without_raising(tmp_path, change, words):

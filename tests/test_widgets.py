@@ -617,3 +617,114 @@ def test_session_errors_are_clear(dash, tmp_path):
     dash.session_path.value = str(tmp_path / "missing.json")
     dash.load_session_button.click()  # reported in the banner, not raised
     assert "no session file" in dash.status.banner.value
+
+
+# ------------------------------------------------------------ view switches
+def test_view_switch_after_idle_sends_a_picture_already_made(dash):
+    """In a running kernel the other views are rendered once idle: switching recomputes nothing."""
+    viewer, state = dash.viewer, dash.state
+
+    async def session():
+        dash.viewer.mask_slider.value = (12, 30)  # a new result, as a slider release
+        await asyncio.sleep(1.6)                  # idle: applied, then the other views rendered (chi after 1 s)
+        fits, renders = state.n_sky_fits, viewer.figure.n_renders
+        hrefs = []
+        for view in ("background", "corrected", "chi", "science"):
+            viewer.view = view
+            hrefs.append(viewer.figure.image_mark.image.value)
+        return fits, renders, hrefs
+
+    fits, renders, hrefs = asyncio.run(session())
+    assert viewer.n_prerenders >= 3  # the other views (and science, first drawn by plot_image)
+    assert state.n_sky_fits == fits, "a view switch refit the sky"
+    assert viewer.figure.n_renders == renders, "a view switch rendered a picture"
+    assert viewer.figure.n_cached_renders >= 4
+    assert len({bytes(h) for h in hrefs}) == 4  # four different pictures
+    # The cached picture is the one a fresh render gives.
+    from specwidgets.display.plotting import _render
+
+    fresh = _render(dict(viewer.figure._settings, image=viewer._view_array("chi"),
+                         **viewer._display_settings("chi")))
+    viewer.view = "chi"
+    assert bytes(viewer.figure.image_mark.image.value) == fresh["png"]
+
+
+def test_a_new_result_drops_the_pictures_made_ahead(dash):
+    viewer = dash.viewer
+
+    async def session():
+        viewer.mask_slider.value = (12, 30)
+        await asyncio.sleep(0.6)
+        viewer.view = "corrected"
+        before = bytes(viewer.figure.image_mark.image.value)
+        viewer.mask_slider.value = (8, 36)
+        await asyncio.sleep(0.3)
+        return before, bytes(viewer.figure.image_mark.image.value)
+
+    before, after = asyncio.run(session())
+    assert before != after, "the corrected view kept the picture of the old mask"
+
+
+def test_a_single_slider_release_is_not_delayed(dash):
+    """The first edit after a quiet spell applies on the next turn of the loop, not after the debounce delay."""
+    dash.viewer._commit_mask.delay = 5.0  # a delay this long would fail the test
+    fits = dash.state.n_sky_fits
+
+    async def release():
+        dash.viewer.mask_slider.value = (10, 33)
+        await asyncio.sleep(0.05)
+        return dash.state.n_sky_fits
+
+    assert asyncio.run(release()) == fits + 1
+    assert dash.mask_region == [(10, 33)]
+
+
+def test_mask_passes_from_slider_to_fit_as_one_value(dash, monkeypatch):
+    """Slider -> RowRanges (parsed once, resolved once) -> state -> fit_sky -> result: one object."""
+    import inspect
+
+    import specwidgets.interactive.state as state_module
+    from specwidgets.core import rows
+    from specwidgets.core.rows import RowRanges
+
+    calls, parsed = [], []
+    real_fit, real_parse = state_module.fit_sky, rows._pairs_of
+
+    def fit(images, warp_model, mask_region, **kwargs):
+        path = [f.function for f in inspect.stack() if "/specwidgets/" in f.filename.replace("\\", "/")]
+        calls.append((mask_region, path))
+        return real_fit(images, warp_model, mask_region, **kwargs)
+
+    monkeypatch.setattr(state_module, "fit_sky", fit)
+    monkeypatch.setattr(rows, "_pairs_of", lambda value, name: parsed.append(value) or real_parse(value, name))
+    dash.viewer.mask_slider.value = (12, 31)
+    (mask, path), = calls
+    state = dash.state
+    assert isinstance(mask, RowRanges) and mask == [(12, 31)] and mask.n_rows == state.shape[0]
+    assert mask is state.mask_region and state.result.mask_region is mask
+    assert parsed == [(12, 31)]  # the slider's tuple is read once, nowhere else
+    # The hops the mask takes from the slider to the fit (callers of fit_sky,
+    # outermost first, from the slider's handler): the viewer makes the value,
+    # the state takes it (validated on assignment), the sky step fits it.
+    hops = path[path.index("_on_slider")::-1]
+    hops = [h for h in hops if h not in ("__call__", "_invoke", "wrapper", "_run", "step")]
+    assert hops == ["_on_slider", "_commit_mask_now", "_assign_mask", "_on_sky_inputs", "_update_sky"], hops
+
+
+def test_refused_slider_mask_never_lands_in_the_state(dash):
+    state, viewer = dash.state, dash.viewer
+    good_mask, good = state.mask_region, dash.background
+    viewer.mask_slider.value = (0, state.shape[0])
+    assert "covers every" in dash.status.banner.value
+    assert state.mask_region is good_mask and dash.background is good
+    assert viewer.mask_slider.value == good_mask[viewer.active_range]  # the slider went back
+
+
+def test_two_ranges_that_share_rows_merge_and_the_slider_follows(dash):
+    viewer, state = dash.viewer, dash.state
+    viewer.add_range(50, 55)
+    assert state.masks[-1] == (50, 55) and viewer.active_range == len(state.masks) - 1
+    viewer.mask_slider.value = (45, 58)
+    start = state.masks[0][0]
+    viewer.mask_slider.value = (start + 1, 56) if start + 1 < 45 else (start, 56)
+    assert len(state.masks) == 1 and viewer.active_range == 0 and state.error == ""

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..frames import check_gain, check_read_noise
-from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from ..inputs import as_image_stack, check_spatial_order
+from ..rows import RowRanges
 from .median import median_of_bins
 from .quality import (
     dark_rows,
@@ -35,6 +36,10 @@ from ..warp import WarpModel
 # Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
 COARSE_SPACING = 5.0
+
+# Pixels per block when the background is evaluated over the frame (bounds
+# the temporaries; large enough for the kernels' threads).
+_EVAL_BLOCK_PIXELS = 1 << 20
 
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
@@ -120,6 +125,8 @@ class SkyResult:
     method : str
     read_noise, gain : float
         Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
+    mask_region : RowRanges
+        The masked rows, resolved for these frames (``SWMASK`` in an output).
     models : list
         Per exposure, the fitted sky model (a ``BSplineSky``) or None.
     options : dict
@@ -144,13 +151,29 @@ class SkyResult:
     ref_row: int = 0
     read_noise: float = 0.0
     gain: float = 1.0
-    mask_region: list = field(default_factory=list)
+    mask_region: RowRanges = field(default_factory=RowRanges)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
     flexure_shift: tuple = ()
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
+    # The median of bins: samples in each pixel's bin, from which its
+    # variance is computed on first use (a slider change or
+    # ``extract_background`` that never looks at it does not pay for it).
+    _bin_counts: np.ndarray | None = field(default=None, repr=False)
+
+    def _median_variance(self, k):
+        """The median of bins' variance of exposure ``k``: the median of n samples
+        scatters sqrt(pi/2) times more than their mean, so
+        ``(pi / 2) * (max(bg, 0) / gain + (rn / gain)**2) / max(n, 1)``."""
+        # The operations in this order, in place: no frame-sized temporaries.
+        variance = np.clip(self.background[k], 0, None)
+        variance /= self.gain
+        variance += (self.read_noise / self.gain) ** 2
+        variance *= np.pi / 2
+        variance /= np.maximum(self._bin_counts, 1)
+        return variance
 
     def exposure_variance(self, k, rows=None):
         """Variance of exposure ``k``'s background estimate (computed on first use).
@@ -160,6 +183,11 @@ class SkyResult:
         """
         if self._variance is not None:
             return self._variance[k] if rows is None else self._variance[k][rows]
+        if self._bin_counts is not None:
+            if k not in self._exposure_variance:
+                self._exposure_variance[k] = self._median_variance(k)
+            full = self._exposure_variance[k]
+            return full if rows is None else full[rows]
         if rows is not None and k not in self._exposure_variance:
             emap = self.exposure_effpix(k)[rows]
             index = np.arange(self.effpix_map.shape[0])[rows]
@@ -184,7 +212,8 @@ class SkyResult:
     def variance(self):
         """Variance of the background estimate in every pixel (computed on first use)."""
         if self._variance is None:
-            self._variance = np.stack([self.exposure_variance(k) for k in range(len(self.models))])
+            n_exp = self.background.shape[0] if self._bin_counts is not None else len(self.models)
+            self._variance = np.stack([self.exposure_variance(k) for k in range(n_exp)])
             self._exposure_variance.clear()
         return self._variance
 
@@ -275,6 +304,23 @@ def _drop_rows(samples, flagged, rows=None):
     return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
 
 
+def _every_nth_true(flags, step, chunk=1 << 20):
+    """``np.flatnonzero(flags)[::step]`` without the full index array (8 bytes per True).
+
+    Examples
+    --------
+    >>> flags = np.arange(20) % 3 != 0
+    >>> bool(np.array_equal(_every_nth_true(flags, 4, chunk=7), np.flatnonzero(flags)[::4]))
+    True
+    """
+    parts, seen = [], 0
+    for start in range(0, flags.size, chunk):
+        hits = np.flatnonzero(flags[start:start + chunk])
+        parts.append(hits[(-seen) % step::step] + start)
+        seen += hits.size
+    return np.concatenate(parts) if parts else np.zeros(0, np.intp)
+
+
 def _subsample(n, limit=250_000):
     """A regular index subsample of at most ``limit`` of ``n`` items (statistics need no more)."""
     return slice(None, None, max(1, -(-n // limit)))
@@ -303,9 +349,12 @@ def fit_sky(
         loaders return) supplies its noise model.
     warp_model : WarpModel
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
-    mask_region : (int, int) or list of (int, int)
+    mask_region : (int, int), list of (int, int) or RowRanges
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
-        ranges may be given. ``(None, None)`` masks nothing.
+        ranges may be given. ``(None, None)`` masks nothing. Read as a
+        :class:`~specwidgets.core.rows.RowRanges` (ranges sharing rows are
+        merged); the result's ``mask_region`` is that value, the very object
+        given when it was already resolved for these frames.
     method : {"bspline", "median"}
         ``"median"``: the seed's estimator, the median of the samples inside
         each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
@@ -379,19 +428,33 @@ def fit_sky(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
         )
     emap = warp_model.effpix_map((n_rows, n_cols))
-    ranges = mask_ranges(mask_region, n_rows)
-    masked_rows = mask_rows(ranges, n_rows)
+    # One value from the caller to the result: a RowRanges already resolved
+    # for this height (the state's) passes through as the same object.
+    ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
+    masked_rows = ranges.rows()
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
+    samples_box = [samples]
+    del samples
 
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
+        return _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                            (read_noise, gain, rn_source, gain_source), progress)
-    return _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+    return _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                         (read_noise, gain, rn_source, gain_source), progress, initial, options)
+
+
+def _hand_over(box):
+    """The one object in ``box``, which no longer holds it.
+
+    The fits replace their samples by smaller sets (rows dropped); with no
+    reference left in the caller's frame the originals are freed then, not
+    kept to the end of the fit (tens of MB on a full frame).
+    """
+    return box.pop()
 
 
 def _complete_noise(noise, level, residual):
@@ -427,20 +490,25 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
 
         prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, noise[1])
         extent = (float(emap.min()), float(emap.max()))
-        level = np.stack([
-            fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
-                            extent=extent, reject_sigma=None, max_iterations=0)(samples.effpix)
-            for k in range(n_exp)
-        ])
+        # ``_complete_noise`` looks at a regular subsample of the flattened
+        # (exposure, sample) values only: the model is evaluated there alone
+        # (the same values, without two sample-sized arrays per exposure).
+        n_s = samples.effpix.size
+        pick = np.arange(n_exp * n_s)[_subsample(n_exp * n_s)]
+        pick_k, pick_s = np.divmod(pick, n_s)
+        level = np.empty(pick.size)
+        for k in range(n_exp):
+            model = fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                                    extent=extent, reject_sigma=None, max_iterations=0)
+            these = pick_k == k
+            level[these] = model(samples.effpix[pick_s[these]])
+        read_noise, gain, source, warnings = _complete_noise(
+            noise, level, samples.flux[pick_k, pick_s] - level
+        )
+        del level, pick, pick_k, pick_s
     else:
-        level = background.reshape(n_exp, -1)[:, samples.index]
-    read_noise, gain, source, warnings = _complete_noise(
-        noise, level.ravel(), (samples.flux - level).ravel()
-    )
-    del level
-    # The median of n samples scatters sqrt(pi/2) times more than their mean.
-    noise_var = np.clip(background, 0, None) / gain + (read_noise / gain) ** 2
-    variance = (np.pi / 2) * noise_var / np.maximum(counts, 1)[None]
+        # Nothing to estimate: no sample-sized level or residual arrays.
+        read_noise, gain, source, warnings = _complete_noise(noise, None, None)
     if progress:
         print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
@@ -458,7 +526,7 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         mask_region=ranges,
         models=[],
         options={},
-        _variance=variance,
+        _bin_counts=counts,  # the variance is computed from them on first use
     )
     result.quality = _assess(result, samples, [None] * n_exp, source, warnings, [], 0, (0.0,) * n_exp, False)
     return result
@@ -586,14 +654,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # The noise estimate needs only a regular subsample of the used
         # samples (``_complete_noise`` takes every ``_subsample``-th): the
         # lit level is computed there only (the same values).
-        pick = np.flatnonzero(used)
-        pick = pick[_subsample(pick.size)]
-        pick_k, pick_s = np.divmod(pick, rows.size)
-        lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
-        read_noise, gain, source, warnings = _complete_noise(
-            noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
-        )
-        del lit_level, pick, pick_k, pick_s
+        if noise[0] is None or noise[1] is None:
+            pick = _every_nth_true(used.ravel(), _subsample(int(np.count_nonzero(used))).step)
+            pick_k, pick_s = np.divmod(pick, rows.size)
+            lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
+            read_noise, gain, source, warnings = _complete_noise(
+                noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
+            )
+            del lit_level, pick, pick_k, pick_s
+        else:
+            read_noise, gain, source, warnings = _complete_noise(noise, None, None)
         ratio, info_sum = profiles(gain, read_noise)
 
         def n_coef(p):
@@ -609,6 +679,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
                                                 read_noise, extent, spacing(order), spacing(0),
                                                 max(coarse, spacing(order)))
+        # Only the samples and the first-pass models go on to the final fit.
+        del clean, used, hits
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
@@ -635,12 +707,20 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                                              first_spacing=spacing(0), n_curves=n_exp, spatial_order=order))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
-    rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+    rows_f = np.arange(n_rows, dtype=float)[:, None]
     t_grid = _row_coordinate(np.arange(n_rows), n_rows)[:, None]
+    # The background is evaluated a block of rows at a time: the shifted and
+    # stretched coordinates and the row of every pixel would otherwise be
+    # frame-sized float64 temporaries (134 MB each on a 4096 x 4096 frame).
+    block = max(1, _EVAL_BLOCK_PIXELS // n_cols)
+
+    def emap_rows(k, rows):
+        """The effective pixel of exposure ``k`` (its flexure shift applied) on ``rows``."""
+        return emap[rows] if not shifts[k] else emap[rows] - shifts[k] * t_grid[rows]
+
     models = []
     for k in range(n_exp):
         e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
-        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
         # The first pass starts the final fit only when it fit the same sky:
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
@@ -654,25 +734,31 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             )
         else:
             start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
-            # The stretched coordinate of the whole frame, once: the samples'
-            # are a subset of it (``e_k`` is ``emap_k`` at ``samples.index``).
-            u_map = np.interp(emap_k, *table)
+            # The samples' stretched coordinate: ``e_k`` is the (shifted) map
+            # at ``samples.index`` and np.interp works point by point, so these
+            # are the map's values there; in ``e_k``'s sorted order, not
+            # gathered from a frame-sized map.
             inner = fit_bspline_sky(
-                u_map.ravel()[samples.index], samples.flux[k], sample_rows, spatial_order=order,
+                np.interp(e_k, *table), samples.flux[k], sample_rows, spatial_order=order,
                 row_range=row_range, read_noise=read_noise, gain=gain,
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
             model = StretchedBSplineSky(inner, *table)
-        if table is None:
-            background[k] = model(emap_k, rows_grid)
-        else:
-            background[k] = inner(u_map, rows_grid)
+        for r0 in range(0, n_rows, block):
+            row_block = slice(r0, min(n_rows, r0 + block))
+            e_rows = emap_rows(k, row_block)
+            rows_grid = np.broadcast_to(rows_f[row_block], e_rows.shape)
+            if table is None:
+                background[k, row_block] = model(e_rows, rows_grid)
+            else:
+                background[k, row_block] = inner(np.interp(e_rows, *table), rows_grid)
+            del e_rows
         if unlit.any():
             # Unlit rows are outside the fit: there the first pass, scaled
             # to each row's own level, is the best guess of what little sky
             # there is (zero where the row has no sky at all).
             unlit_idx = np.flatnonzero(unlit)
-            guess = first[k](emap_k[unlit_idx])
+            guess = first[k](emap_rows(k, unlit_idx))
             obs = stack[k, unlit_idx]
             ok = np.isfinite(obs)
             num = np.sum(np.where(ok, obs * guess, 0.0), axis=1)
