@@ -7,6 +7,7 @@ is the seed-compatible front that returns arrays.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -332,6 +333,15 @@ def fit_sky(
             Measure the shift of each exposure's sky lines against the warp
             from one end of the slit to the other, and correct it when it is
             significant.
+        ``sky_warp`` : "auto" (default) or False
+            Trace the science frame's own bright sky lines and correct the
+            warp's shape (tilt and curvature changing along the dispersion)
+            where they disagree with it, when that predicts sky-line
+            positions on held-out rows better
+            (:func:`specwidgets.sky_warp.refine_warp`). Measured once per
+            science frame and warp model (cached on the warp model, with the
+            mask of the first fit), so a moved mask does not pay for it.
+            ``result.quality.warp_source`` says which warp was used.
         ``knot_spacing``, ``reject_sigma``, ``max_iterations``, ... : see
         :func:`specwidgets.bspline_sky.fit_bspline_sky`.
 
@@ -376,9 +386,19 @@ def fit_sky(
         raise ValueError(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
         )
-    emap = warp_model.effpix_map((n_rows, n_cols))
     ranges = mask_ranges(mask_region, n_rows)
     masked_rows = mask_rows(ranges, n_rows)
+    warp_model._check_shape((n_rows, n_cols))
+    refinement = None
+    if method == "bspline":
+        sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
+        if sky_warp == "auto":
+            # Once per science frame and warp (cached on the warp model): a
+            # moved mask reuses it, and the refined warp's maps and sort.
+            from .sky_warp import cached_refinement
+
+            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows)
+    emap = warp_model.effpix_map((n_rows, n_cols))
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
@@ -388,8 +408,17 @@ def fit_sky(
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
         return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
                            (read_noise, gain, rn_source, gain_source), progress)
-    return _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
-                        (read_noise, gain, rn_source, gain_source), progress, initial, options)
+    result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+                          (read_noise, gain, rn_source, gain_source), progress, initial, options)
+    if refinement is not None:
+        result.options["sky_warp"] = "auto"
+        result.quality = dataclasses.replace(
+            result.quality, warp_source=refinement.source, warp_shift=float(refinement.max_shift),
+            warp_note=refinement.reason,
+        )
+    elif method == "bspline":
+        result.options["sky_warp"] = False
+    return result
 
 
 def _complete_noise(noise, level, residual):
