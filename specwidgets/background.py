@@ -300,8 +300,11 @@ def fit_sky(
         (bad columns, cosmic-ray holes) are ignored. An array carrying
         ``gain``, ``read_noise`` and ``noise_source`` attributes (as the
         loaders return) supplies its noise model.
-    warp_model : WarpModel
+    warp_model : WarpModel or None
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
+        None: fit on the science frame's own sky lines
+        (:func:`specwidgets.sky_warp.sky_warp_model`, once per frame), for
+        when there is no arc; ``quality.warp_source`` is then "sky lines".
     mask_region : (int, int) or list of (int, int)
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
         ranges may be given. ``(None, None)`` masks nothing.
@@ -369,9 +372,10 @@ def fit_sky(
     False
     """
     stack, _ = as_image_stack(images, "images")
-    if not isinstance(warp_model, WarpModel):
+    if warp_model is not None and not isinstance(warp_model, WarpModel):
         raise TypeError(
-            f"warp_model must be a WarpModel (from generate_warp_model); got {type(warp_model).__name__}"
+            f"warp_model must be a WarpModel (from generate_warp_model, or sky_warp_model without an arc) "
+            f"or None (fit on the sky lines); got {type(warp_model).__name__}"
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -382,14 +386,20 @@ def fit_sky(
             f"images have {n_cols} column(s); a sky fit needs a spectrum along the columns "
             "(dispersion along x): check the instrument's dispersion_axis (transpose the frames?)"
         )
+    ranges = mask_ranges(mask_region, n_rows)
+    masked_rows = mask_rows(ranges, n_rows)
+    if warp_model is None:
+        # No arc: the warp from the frame's own sky lines, once per frame.
+        from .sky_warp import cached_sky_warp_model
+
+        warp_model = cached_sky_warp_model(stack, masked_rows)
     if warp_model.coefficients.size and not np.isfinite(warp_model.coefficients).all():
         raise ValueError(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
         )
-    ranges = mask_ranges(mask_region, n_rows)
-    masked_rows = mask_rows(ranges, n_rows)
     warp_model._check_shape((n_rows, n_cols))
     refinement = None
+    sky_warp = False
     if method == "bspline":
         sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
         if sky_warp == "auto":
@@ -406,18 +416,17 @@ def fit_sky(
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
-                           (read_noise, gain, rn_source, gain_source), progress)
-    result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
-                          (read_noise, gain, rn_source, gain_source), progress, initial, options)
-    if refinement is not None:
-        result.options["sky_warp"] = "auto"
+        result = _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
+                             (read_noise, gain, rn_source, gain_source), progress)
+    else:
+        result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+                              (read_noise, gain, rn_source, gain_source), progress, initial, options)
+        result.options["sky_warp"] = sky_warp
+    report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
+    if report is not None:
         result.quality = dataclasses.replace(
-            result.quality, warp_source=refinement.source, warp_shift=float(refinement.max_shift),
-            warp_note=refinement.reason,
+            result.quality, warp_source=report.source, warp_shift=float(report.max_shift), warp_note=report.reason,
         )
-    elif method == "bspline":
-        result.options["sky_warp"] = False
     return result
 
 

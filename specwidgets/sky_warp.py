@@ -306,87 +306,91 @@ def cached_refinement(stack, warp, masked_rows):
     return cache[key]
 
 
-def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=1, gain=None, read_noise=None,
-                   tolerance=16):
+def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=None):
     """Fit a warp model on the science frame's own sky lines (no arc).
 
-    The sky lines are found in the sky rows (:func:`~specwidgets.find_cal_lines`
-    on the frame with the masked rows blanked), traced row by row as
-    :func:`~specwidgets.generate_warp_model` traces arc lines, and the model
-    is then refined on the sky by :func:`refine_warp`.
+    The bright sky lines are found in the median sky spectrum of the sky
+    rows (the rows outside ``mask_region`` that receive light) and traced
+    row by row, as :func:`~specwidgets.generate_warp_model` traces arc
+    lines, on the sum of the exposures with the masked rows blanked.
 
     Parameters
     ----------
     images : (n_rows, n_cols) or (n_exposures, n_rows, n_cols) array_like
-        Science frames (the exposures are summed to trace the lines).
+        Science frames.
     mask_region : (int, int) or list of (int, int)
         Rows to leave out (the traces), as for :func:`~specwidgets.fit_sky`.
-    line_order, warp_order, tolerance
-        As for :func:`~specwidgets.generate_warp_model`.
-    gain, read_noise : float, optional
-        Noise model for the refinement's weights (default: from the frames'
-        attributes, else a rough estimate from adjacent rows).
+    line_order : int
+        Polynomial order of a line's column as a function of row.
+    warp_order : int, optional
+        Its coefficients' order in column; default 2 with 5 or more lines
+        traced, else 1.
 
     Returns
     -------
     WarpModel
-        With ``traces`` of the sky lines; ``model._cache["sky_refinement_report"]``
-        holds the :class:`WarpRefinement` of the refinement step.
+        With ``traces`` of the sky lines (``model.report()`` lists them).
 
     Raises
     ------
     ValueError
-        When the sky rows hold too few lines to trace.
+        When the sky rows hold too few lines to trace (give an arc frame).
 
     Examples
     --------
     >>> from specwidgets.datasets import make_synthetic_longslit
     >>> f = make_synthetic_longslit(shape=(120, 800), tilt=3.0, n_sky_lines=30, seed=5)
     >>> model = sky_warp_model(f.science, f.trace_rows)
-    >>> bool(abs(model.column_of(400.0, 119) - model.column_of(400.0, 0) - 3.0 * 119 / 120) < 0.2)
+    >>> tilt = model.column_of(400.0, 119) - model.column_of(400.0, 0)
+    >>> bool(abs(tilt - 3.0 * 119 / 120) < 0.1)
     True
     """
     from .inputs import as_image_stack, mask_ranges, mask_rows
-    from .lines import find_cal_lines
-    from .sky_quality import provisional_noise
-    from .warp import generate_warp_model
 
     stack, _ = as_image_stack(images, "images")
     n_exp, n_rows, n_cols = stack.shape
     masked = mask_rows(mask_ranges(mask_region, n_rows), n_rows)
-    sky_rows = _sky_rows(stack, masked)
+    sky_rows = _sky_rows(np.asarray(stack, float), masked)
     if sky_rows.size < 8:
-        raise ValueError(f"only {sky_rows.size} sky rows are left outside the mask: too few to trace sky lines")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        summed = np.nansum(stack, axis=0)
-    blank = np.ones(n_rows, bool)
-    blank[sky_rows] = False
-    image = summed.copy()
-    image[blank] = np.nan
-    # The reference row: the sky row nearest the middle.
-    ref = int(sky_rows[np.argmin(np.abs(sky_rows - n_rows // 2))])
-    sky_image = np.where(np.isfinite(image), image, np.nanmedian(image[sky_rows], axis=0)[None, :])
-    locs, _ = find_cal_lines(sky_image)
-    if len(locs) < warp_order + 1:
         raise ValueError(
-            f"only {len(locs)} sky line(s) found in the sky rows: too few to fit a warp without an arc "
+            f"only {sky_rows.size} lit sky rows are left outside the mask: too few to trace sky lines "
             "(give an arc frame)"
         )
-    model = generate_warp_model(image, locs, tolerance=tolerance, line_order=line_order, warp_order=warp_order,
-                                ref_idx=ref)
-    if gain is None:
-        gain = getattr(images, "gain", None)
-    if read_noise is None:
-        read_noise = getattr(images, "read_noise", None)
-    if gain is None or read_noise is None:
-        g, rn, _ = provisional_noise(stack, masked, gain)
-        gain = g if gain is None else gain
-        read_noise = rn if read_noise is None else read_noise
-    refined, report = refine_warp(stack, model, masked, gain, read_noise, source="sky lines")
-    if refined is not model:
-        refined.traces = model.traces
-        refined._cache["warnings"] = list(model._cache.get("warnings", []))
-    refined._cache["sky_refinement_report"] = report
-    refined._cache["warp_source"] = "sky lines"
-    return refined
+    first = None
+    for order in ([warp_order] if warp_order is not None else [2, 1]):
+        try:
+            model = _trace_sky_lines(np.asarray(stack, float), sky_rows, n_rows // 2, line_order, order)
+        except ValueError as exc:
+            first = first or exc
+            continue
+        n_used = int(model.traces.used.sum())
+        if warp_order is None and order == 2 and n_used < 5:
+            continue
+        model._cache["warp_source"] = "sky lines"
+        model._cache["sky_refinement_report"] = WarpRefinement(
+            False, "sky lines", reason=f"warp fit on {n_used} sky lines traced in the science frame (no arc)"
+        )
+        return model
+    raise ValueError(
+        f"the sky lines could not be traced well enough to fit a warp without an arc ({first}): "
+        "give an arc frame (generate_warp_model)"
+    )
+
+
+_SKY_WARPS: dict = {}
+
+
+def cached_sky_warp_model(stack, masked_rows):
+    """:func:`sky_warp_model` once per science frame (the last frame's is kept), as :func:`fit_sky` uses it
+    when no warp model is given."""
+    key = fingerprint(stack)
+    if key not in _SKY_WARPS:
+        _SKY_WARPS.clear()
+        ranges = [(int(a), int(b)) for a, b in _runs(np.asarray(masked_rows, bool))]
+        _SKY_WARPS[key] = sky_warp_model(stack, ranges or (None, None))
+    return _SKY_WARPS[key]
+
+
+def _runs(flags):
+    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(np.int8), 0]))
+    return list(zip(edges[::2], edges[1::2]))
