@@ -32,6 +32,7 @@ from .instruments import Instrument, get_instrument, known_instruments, register
 from .lines import find_cal_lines
 from .loading import average_matching_files, collect_images_array
 from .warp import WarpModel, generate_warp_model
+from .sky_warp import sky_warp_model
 
 try:
     __version__ = version("specwidgets")
@@ -74,6 +75,7 @@ __all__ = [
     "plot_image",
     "register_instrument",
     "sky_line_residual_score",
+    "sky_warp_model",
     "trace_spectrum",
 ]
 
