@@ -81,6 +81,7 @@ FULL_FRAME_GOAL = 1.05
 # second differences). The score is the plain RMS of data - model over the
 # remaining held-out pixels (a bias counts too) divided by that floor.
 CR_SIGMA = 6.0
+CAP_SIGMA = 5.0
 
 
 def _local_sigma(level, d2):
@@ -102,7 +103,8 @@ def _local_sigma(level, d2):
 
 
 def protocol_masks(data, rows):
-    """``(good, d2)``: held-out pixels not hit by a cosmic ray (data only), and the second differences."""
+    """``(good, d2, sigma)``: held-out pixels not hit by a cosmic ray (data only), the second
+    differences along the rows, and each pixel's noise sigma (from its level)."""
     r0, r1 = rows.start, rows.stop
     if r0 < 1 or r1 >= data.shape[1]:
         raise ValueError("the held-out rows need one data row on each side")
@@ -121,12 +123,12 @@ def protocol_masks(data, rows):
     nb[:, 0] |= out_lo > CR_SIGMA * np.sqrt(1.5) * sigma[:, 0]
     nb[:, -1] |= out_hi > CR_SIGMA * np.sqrt(1.5) * sigma[:, -1]
     good = ~hit & np.isfinite(x[:, 1:-1])
-    return good, np.where(good & ~nb & np.isfinite(d2), d2, np.nan)
+    return good, np.where(good & ~nb & np.isfinite(d2), d2, np.nan), sigma
 
 
 def noise_floor(data, rows, pixels=None):
     """The noise floor on the held-out rows: RMS of second differences along the rows / sqrt(6)."""
-    _, d2 = protocol_masks(data, rows)
+    _, d2, _ = protocol_masks(data, rows)
     if pixels is not None:
         d2 = d2[:, pixels]
     d2 = d2[np.isfinite(d2)]
@@ -142,8 +144,9 @@ def line_pixels(median_bg, rows, floor):
 
 
 def scores(data, model, rows, lines):
-    good, d2 = protocol_masks(data, rows)
-    resid = np.where(good, data[:, rows] - model[:, rows], np.nan)
+    good, d2, sigma = protocol_masks(data, rows)
+    cap = CAP_SIGMA * sigma
+    resid = np.where(good, np.clip(data[:, rows] - model[:, rows], -cap, cap), np.nan)
     out = {}
     for name, pix in (("all", None), ("lines", lines), ("cont", ~lines)):
         r = resid if pix is None else resid[:, pix]
