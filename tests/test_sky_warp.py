@@ -130,3 +130,19 @@ def test_bad_options():
         sw.fit_sky(np.asarray(f.science), f.warp, f.trace_rows, sky_warp="yes")
     with pytest.raises(TypeError, match="warp_model"):
         sw.fit_sky(np.asarray(f.science), "arc", f.trace_rows)
+
+
+def test_session_without_an_arc_fits_the_warp_on_the_sky():
+    """SkyState (and so the dashboard) without an arc: the warp from the sky lines, refit when asked."""
+    from specwidgets.state import SkyState
+
+    f = frames()
+    masks, hold = masks_of(f)
+    state = SkyState(f.science, None, mask_region=masks)
+    assert state.error == "", state.error
+    assert state.result.quality.warp_source == "sky lines"
+    true = sw.fit_sky(np.asarray(f.science), f.science_warp, masks, sky_warp=False)
+    assert truth_error(f, state.result, hold) < 1.1 * truth_error(f, true, hold) + 0.01
+    fits = state.n_warp_fits
+    state.line_order = 1
+    assert state.n_warp_fits == fits + 1 and state.warp_model.line_order == 1 and state.error == ""
