@@ -4,23 +4,24 @@ An arc's warp may not fit the sky lines of a science exposure taken later
 (flexure that bends, not only shifts, the lines; a warp model that the arc's
 lines constrain poorly between them). Two tools:
 
-* :func:`refine_warp` corrects an arc-based warp with a smooth shift
-  ``delta(e, t)`` measured on the sky lines by linearised least squares (the
-  residual of a sky pixel about the sky spectrum ``S`` is ``-S'(e) delta``),
-  and keeps it only when it lowers the chi-square of sky rows held out of
-  that measurement;
-* :func:`sky_warp_model` fits a warp with no arc at all: the sky lines are
-  traced row by row as :func:`~specwidgets.warp.generate_warp_model` traces
-  arc lines, then refined as above.
+* :func:`refine_warp` traces the bright sky lines row by row (their
+  centroids in small blocks of rows, as
+  :func:`~specwidgets.warp.generate_warp_model` traces arc lines) and fits
+  how far they sit from where the arc's warp puts them with a smooth shift
+  ``delta(e, t)``; the arc's warp plus that shift is used only when it
+  predicts the traced positions of held-out rows better than the arc's warp;
+* :func:`sky_warp_model` fits a warp with no arc at all, from the same
+  traced sky lines.
 
-The shift modelled by :func:`refine_warp` is
+The shift is
 
     delta(e, t) = sum_{k=1..2} sum_{j=0..2} d[k-1, j] * t**k * u**j
 
-in the warp model's own coordinates (so the refined model is the arc's with
-``d`` added to its coefficients), without the term ``t * u**0``: a uniform
-change of tilt is the flexure that :func:`~specwidgets.fit_sky` measures per
-exposure, and reports as such.
+in the warp model's own coordinates (``t`` the row, ``u`` the effective
+pixel, both scaled; so the refined model is the arc's with ``d`` added to
+its coefficients), without the term ``t * u**0`` (it is fit, but not
+applied): a uniform change of tilt is the flexure that
+:func:`~specwidgets.fit_sky` measures per exposure, and reports as such.
 
 This module belongs to the core (with the sky fit, e.g. ``core/sky/``).
 """
@@ -40,8 +41,7 @@ __all__ = ["WarpRefinement", "refine_warp", "sky_warp_model"]
 # Held-out chi-square the refinement must win, per coefficient, over both
 # folds together (each fold must gain too). Akaike would ask 2 per coefficient
 # on rows held out; this asks more, so that a correction at the noise level
-# is not applied. On the Goodman frame the corrections that pass improve the
-# held-out sky-line score in 4 of 5 bands tried (see benchmarks/README).
+# is not applied.
 MIN_GAIN_PER_COEF = 4.0
 
 
@@ -60,10 +60,11 @@ class WarpRefinement:
         Largest shift of the correction over the frame's sky rows [px]
         (0 when not used).
     heldout_gain : float
-        Decrease of the chi-square of held-out sky rows with the correction,
-        summed over the two folds (positive: the correction helps).
+        Decrease of the held-out chi-square of the traced sky-line positions
+        with the correction (in units of their scatter), summed over the two
+        folds (positive: the correction helps).
     heldout_gain_per_pixel : float
-        The same per held-out pixel.
+        The same per traced position.
     n_coefficients : int
         Coefficients of the correction.
     reason : str
