@@ -44,7 +44,7 @@ from _common import (
 )
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 CHI_GOAL = 1.03
 ERR_GOAL = 0.25
@@ -174,7 +174,7 @@ def run_synthetic(ss, args):
 # ---------------------------------------------------------------------- Goodman
 def run_goodman(ss, args):
     from astropy.stats import sigma_clipped_stats
-    from specwidgets.sample_data import goodman_available, load_goodman
+    from specwidgets.io.sample_data import goodman_available, load_goodman
 
     heading("Sky accuracy on held-out rows, real Goodman frames (rows 680-800)")
     if not goodman_available():
@@ -269,7 +269,7 @@ def run_effpix(ss, args):
         print(f"check: specsuite's extract_background(..., return_spectrum=True)[3] (its effpix map) vs "
               f"generate_effpix_map on '{EFFPIX_GEOMETRIES[0][0]}': max |difference| = {same:.3g} px")
 
-    from specwidgets.sample_data import goodman_available, load_goodman
+    from specwidgets.io.sample_data import goodman_available, load_goodman
 
     if not goodman_available():
         print("Goodman arc: skipped (sample not on this machine).")

@@ -45,7 +45,7 @@ def make_data(folder, n, seed=7):
     """``n`` science exposures and one arc as float32 FITS files; returns (science paths, arc path, mask)."""
     from astropy.io import fits
 
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     folder.mkdir(parents=True, exist_ok=True)
     frames = make_synthetic_longslit(shape=SHAPE, n_exposures=1, tilt=3.0, seed=seed)
@@ -65,7 +65,7 @@ def make_data(folder, n, seed=7):
 
 def run_once(args):
     """One measured run (in its own process): print a JSON record."""
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     data = Path(args.data)
     science = sorted(data.glob("exp_*.fits"))[: args.n]

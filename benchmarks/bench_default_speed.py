@@ -33,7 +33,7 @@ import numpy as np
 from _common import machine_line, source_line
 
 import specwidgets as sw
-from specwidgets.sample_data import goodman_available, load_goodman
+from specwidgets.io.sample_data import goodman_available, load_goodman
 
 OLD_STYLE = dict(spatial_order=0, unlit=False, flexure=False, knots="uniform", knot_spacing=0.5)
 

@@ -51,7 +51,7 @@ from scipy.ndimage import median_filter, minimum_filter1d
 from _common import heading, machine_line, source_line, table
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 SCORE_GOAL = 1.03
 FULL_FRAME_GOAL = 1.05
@@ -207,7 +207,7 @@ def synthetic(name, **kw):
 
 
 def goodman(name, crop, masks, held):
-    from specwidgets.datasets import goodman_available, load_goodman
+    from specwidgets.io.synthetic import goodman_available, load_goodman
 
     if not goodman_available():
         print(f"{name}: Goodman sample not found, skipped")

@@ -42,7 +42,7 @@ GOAL_MB = 2048.0
 def make_frame(size, folder):
     import numpy as np
 
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     frames = make_synthetic_longslit(shape=(size, size), n_exposures=1, tilt=8.0, n_sky_lines=120,
                                      n_arc_lines=1, seed=5)
@@ -57,8 +57,8 @@ def child(size, method, path, mask):
     import numpy as np
 
     from specwidgets import fit_sky
-    from specwidgets.datasets import make_synthetic_longslit
-    from specwidgets.warp import WarpModel
+    from specwidgets.io.synthetic import make_synthetic_longslit
+    from specwidgets.core.warp import WarpModel
 
     out = {"size": size, "method": method, "rss_imports": vmrss_mb()}
     # numba's kernels: load (or compile) them on a small frame first.

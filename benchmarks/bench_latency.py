@@ -61,8 +61,9 @@ def mask_sequence(mask, n, n_rows):
 
 
 def measure(science, arc, mask, method, read_noise, n_changes, view):
-    from specwidgets.state import SkyState
-    from specwidgets.widgets import Dashboard, PayloadMeter
+    from specwidgets.interactive.state import SkyState
+    from specwidgets.interactive import Dashboard
+    from specwidgets.testing import PayloadMeter
 
     t0 = time.perf_counter()
     state = SkyState(science, arc, mask_region=[mask], read_noise=read_noise, method=method)
@@ -116,7 +117,7 @@ def main(argv=None):
     print(machine_line())
     print(source_line())
 
-    from specwidgets.sample_data import goodman_available, load_goodman
+    from specwidgets.io.sample_data import goodman_available, load_goodman
 
     if not goodman_available():
         print("\nThe Goodman sample is not available (SPECWIDGETS_DATA_DIR or ../shared/data): nothing to measure.")

@@ -47,15 +47,15 @@ def child(case):
     import numpy as np
 
     import specwidgets as sw
-    from specwidgets.sample_data import load_goodman
+    from specwidgets.io.sample_data import load_goodman
 
     start = maxrss_mb()
     kernels = start
     if case in ("bspline", "median"):
         # Load numba's compiled kernels first on a tiny frame, so that what
         # they cost (their code, resident) is apart from the data's share.
-        from specwidgets.datasets import make_synthetic_longslit
-        from specwidgets.warp import WarpModel
+        from specwidgets.io.synthetic import make_synthetic_longslit
+        from specwidgets.core.warp import WarpModel
 
         tiny = make_synthetic_longslit(shape=(40, 200), n_exposures=2, tilt=1.0, trace_row=10, seed=3)
         with warnings.catch_warnings():
@@ -105,7 +105,7 @@ def parent(args):
     heading("bench_memory: peak memory on the full Goodman frames, one fresh process per case")
     print(machine_line())
     print(source_line())
-    from specwidgets.sample_data import goodman_available
+    from specwidgets.io.sample_data import goodman_available
 
     if not goodman_available():
         print("skipped: the Goodman sample is not on this machine (set SPECWIDGETS_DATA_DIR).")

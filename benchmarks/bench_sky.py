@@ -45,8 +45,8 @@ from _common import (
 )
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.warp import WarpModel
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.warp import WarpModel
 
 GOALS = {"median": 100.0, "bspline": 20.0}
 
@@ -67,11 +67,11 @@ def load_sets(args):
             )
         )
     if args.only in (None, "B"):
-        from specwidgets.sample_data import goodman_available, load_goodman
+        from specwidgets.io.sample_data import goodman_available, load_goodman
 
         if not goodman_available():
             print("Data set B skipped: the Goodman sample is not on this machine "
-                  "(set SPECWIDGETS_DATA_DIR or see specwidgets.sample_data).")
+                  "(set SPECWIDGETS_DATA_DIR or see specwidgets.io.sample_data).")
         else:
             g = load_goodman(crop_bds=(680, 800))
             sets.append(

@@ -17,35 +17,32 @@ True
 
 # First: numba reads its cache folder when first imported, and its default
 # (beside the module) would write into the installed package.
-from ._cache import configure_numba_cache
+from .core._cache import configure_numba_cache
+from .core._version import __version__
 
 configure_numba_cache()
 
 from importlib import import_module  # noqa: E402
-from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets
-from .background import METHODS, SkyQuality, SkyResult, extract_background, fit_sky
-from .extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
-from .inputs import mask_ranges
-from .instruments import Instrument, get_instrument, known_instruments, register_instrument
-from .lines import find_cal_lines
-from .loading import average_matching_files, collect_images_array
-from .warp import WarpModel, generate_warp_model
-from .sky_warp import sky_warp_model
+from .io import synthetic as datasets
+from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
+from .core.extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
+from .core.inputs import mask_ranges
+from .io.instruments import Instrument, get_instrument, known_instruments, register_instrument
+from .core.lines import find_cal_lines
+from .io.loading import average_matching_files, collect_images_array
+from .core.warp import WarpModel, generate_warp_model
+from .seed import extract_background
+from .core.sky.sky_warp import sky_warp_model
 
-try:
-    __version__ = version("specwidgets")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+unknown"
 
 # Widget-layer names, imported on first use (they pull in ipywidgets/bqplot).
 _LAZY = {
-    "plot_image": ".plotting",
-    "Dashboard": ".widgets",
-    "ImageViewer": ".widgets",
-    "SEDExplorer": ".widgets",
-    "WarpGuessPicker": ".widgets",
+    "plot_image": ".display.plotting",
+    "Dashboard": ".interactive",
+    "ImageViewer": ".interactive",
+    "SEDExplorer": ".interactive",
+    "WarpGuessPicker": ".interactive",
 }
 
 __all__ = [

@@ -3,10 +3,10 @@
 ``specwidgets demo`` runs the whole method (lines, warp model, sky) on the
 embedded synthetic frames, or on the Goodman sample with ``--goodman``, and
 prints what it found and how well the sky matches. ``specwidgets dashboard``
-serves the interactive dashboard with Voila (:mod:`specwidgets.launcher`);
+serves the interactive dashboard with Voila (:mod:`specwidgets.app.launcher`);
 ``specwidgets batch``
 applies a warp model and masks to many exposures on Dask
-(:mod:`specwidgets.batch`).
+(:mod:`specwidgets.batch.runner`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from .batch import add_batch_parser
-from .launcher import add_dashboard_parser
+from .batch.runner import add_batch_parser
+from .app.launcher import add_dashboard_parser
 
 __all__ = ["main"]
 
@@ -28,7 +28,7 @@ def _demo(args):
 
     t0 = time.perf_counter()
     if args.goodman:
-        from .sample_data import load_goodman
+        from .io.sample_data import load_goodman
 
         data = load_goodman(crop_bds=(680, 800))
         science, arc, read_noise = data.science, data.arc, data.read_noise

@@ -3,8 +3,8 @@ import socket
 import numpy as np
 import pytest
 
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.sample_data import goodman_available
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.io.sample_data import goodman_available
 
 
 # Tests never use the network: only this machine's own addresses resolve, so
@@ -39,7 +39,7 @@ def small():
 def goodman():
     if not goodman_available():
         pytest.skip("Goodman sample not available (set SPECWIDGETS_DATA_DIR)")
-    from specwidgets.sample_data import load_goodman
+    from specwidgets.io.sample_data import load_goodman
 
     return load_goodman(crop_bds=(680, 800))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 from conftest import rms
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from specwidgets.sample_data import find_local_goodman, goodman_available
+from specwidgets.io.sample_data import find_local_goodman, goodman_available
 from test_fresh_install import _run as run_logged
 from test_launcher import ERROR_MARKERS, ROOT, Server, fetch, free_port
 

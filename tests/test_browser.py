@@ -442,7 +442,7 @@ def test_launcher_data_folder_opens_in_the_page(browser, tmp_path):
 
 
 def test_goodman_sample_in_the_page(visit):
-    from specwidgets.sample_data import goodman_available
+    from specwidgets.io.sample_data import goodman_available
 
     if not goodman_available():
         pytest.skip("Goodman sample not available (set SPECWIDGETS_DATA_DIR)")

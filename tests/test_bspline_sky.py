@@ -14,7 +14,7 @@ from numpy.polynomial import legendre
 from scipy.interpolate import BSpline
 from scipy.special import erf
 
-from specwidgets.bspline_sky import (
+from specwidgets.core.sky.bspline import (
     BSplineSky,
     _constant_to_band,
     _general_to_band,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from specwidgets import _cache
+from specwidgets.core import _cache
 
 ROOT = Path(__file__).resolve().parents[1]
 

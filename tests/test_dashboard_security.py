@@ -1,6 +1,6 @@
 """Issue 14, the dashboard: what the page may touch (#1, #5, #6, #7) and who may reach the server (#2-#4).
 
-The app tests drive :class:`~specwidgets.app.DashboardApp` in this process;
+The app tests drive :class:`~specwidgets.app.page.DashboardApp` in this process;
 the server tests start ``specwidgets dashboard`` on 127.0.0.1 (nothing else)
 and talk to it with tornado's HTTP and websocket clients.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from specwidgets import launcher
-from specwidgets.app import DashboardApp
-from specwidgets.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, OutsideRootError, inside_root
+from specwidgets.app import launcher
+from specwidgets.app.page import DashboardApp
+from specwidgets.app.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, OutsideRootError, inside_root
 from test_launcher import Server, free_port, voila_env, write_fits_folder
 
 OUTSIDE = "is not inside the data root"
@@ -161,7 +161,7 @@ def test_loading_a_folder_lists_it_a_fixed_number_of_times(tmp_path, monkeypatch
     from astropy.io import fits
     import numpy as np
 
-    from specwidgets.app import load_folder
+    from specwidgets.app.page import load_folder
 
     calls = {"n": 0}
     real = Path.iterdir
@@ -204,13 +204,13 @@ def _environment(argv, cwd, monkeypatch):
 
 
 def launcher_data_env():
-    from specwidgets.app import DATA_ENV
+    from specwidgets.app.page import DATA_ENV
 
     return DATA_ENV
 
 
 def test_every_interface_needs_a_token(tmp_path, monkeypatch):
-    from specwidgets.voila_server import HOSTS_ENV, TOKEN_ENV
+    from specwidgets.app.voila_server import HOSTS_ENV, TOKEN_ENV
 
     problem, env = _environment(["--ip", "0.0.0.0"], tmp_path, monkeypatch)
     assert problem is None and len(env[TOKEN_ENV]) >= 32
@@ -236,7 +236,7 @@ def test_roots_default_to_the_data_folder_or_the_start_folder(tmp_path, monkeypa
 
 
 def test_allow_origin_adds_the_proxy_host(tmp_path, monkeypatch):
-    from specwidgets.voila_server import HOSTS_ENV, ORIGINS_ENV
+    from specwidgets.app.voila_server import HOSTS_ENV, ORIGINS_ENV
 
     _, env = _environment(["--allow-origin", "https://dash.example.org/"], tmp_path, monkeypatch)
     assert "dash.example.org" in env[HOSTS_ENV].split(",")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.frames import FrameArray
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.frames import FrameArray
 
 from conftest import rms
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specwidgets.discovery import find_fits_files, fits_stem, is_fits_name
-from specwidgets.fits_output import output_name
+from specwidgets.io.discovery import find_fits_files, fits_stem, is_fits_name
+from specwidgets.io.fits_output import output_name
 
 
 @pytest.mark.parametrize("name", ["a.fits", "a.FIT", "a.fts", "a.fits.gz", "a.fits.bz2", "a.fits.fz", "A.FITS.BZ2",
@@ -72,7 +72,7 @@ def _write_bz2(path, data):
 
 @pytest.fixture(scope="module")
 def bz2_night(tmp_path_factory):
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     folder = tmp_path_factory.mktemp("bz2") / "night1"
     folder.mkdir()
@@ -100,7 +100,7 @@ def test_bz2_frames_load_in_the_api(bz2_night):
 
 
 def test_bz2_frames_load_in_the_dashboard(bz2_night):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     folder, _ = bz2_night
     app = DashboardApp()
@@ -114,7 +114,7 @@ def test_bz2_frames_load_in_the_dashboard(bz2_night):
 
 def test_bz2_frames_in_batch_are_named_by_their_stem(bz2_night, tmp_path):
     pytest.importorskip("distributed")
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     folder, _ = bz2_night
     summary = run_batch(sorted(folder.glob("night1_sci*")), [folder / "arc_1.fits.bz2"],
@@ -124,6 +124,6 @@ def test_bz2_frames_in_batch_are_named_by_their_stem(bz2_night, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.fits")) == ["night1_sci0_sky.fits",
                                                                            "night1_sci1_sky.fits"]
     # A folder given as science finds the compressed frames too (not the arc or biases by tag: all of them).
-    from specwidgets.batch import _expand
+    from specwidgets.batch.runner import _expand
 
     assert [p.name for p in _expand([folder], "science")][:2] == ["arc_1.fits.bz2", "bias_0.fits.bz2"]

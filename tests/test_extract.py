@@ -1,11 +1,11 @@
-"""Tests of specwidgets.extract: tracing, boxcar and optimal extraction, the sky-line score."""
+"""Tests of specwidgets.core.extract: tracing, boxcar and optimal extraction, the sky-line score."""
 
 import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.extract import Extraction, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
-from specwidgets.warp import WarpModel
+from specwidgets.core.extract import Extraction, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
+from specwidgets.core.warp import WarpModel
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ same backgrounds with them as without.
 import numpy as np
 import pytest
 
-from specwidgets import bspline_sky as bs
-from specwidgets import sky_quality as sq
+from specwidgets.core.sky import bspline as bs
+from specwidgets.core.sky import quality as sq
 
 
 def _row_profile_numpy(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):

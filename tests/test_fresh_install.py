@@ -91,7 +91,7 @@ def _wait_ready(server, timeout=300):
 
 FIT_AND_EXPORT = """
 import specwidgets as sw
-from specwidgets.fits_output import export_result
+from specwidgets.io.fits_output import export_result
 frames = sw.datasets.load_demo()
 locs, _ = sw.find_cal_lines(frames.arc)
 model = sw.generate_warp_model(frames.arc, locs)

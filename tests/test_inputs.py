@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from specwidgets.inputs import as_image, as_image_stack, mask_ranges, mask_rows
+from specwidgets.core.inputs import as_image, as_image_stack, mask_ranges, mask_rows
 
 
 def test_stack_accepts_2d_and_3d():

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specwidgets import launcher
-from specwidgets.app import DATA_ENV, NOTEBOOK
+from specwidgets.app import launcher
+from specwidgets.app.page import DATA_ENV, NOTEBOOK
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def write_fits_folder(folder, shape=(80, 512), broken=("arc_002.fits",)):
     """A small night of generic FITS frames (ADU, no gain): bias, arc, science, and broken files."""
     from astropy.io import fits
 
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,7 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
     port = free_port()
     assert launcher.run_dashboard_command(parse(["dashboard", "night", "--port", str(port), "--no-browser"])) == 0
     command, env = seen["command"], seen["env"]
-    assert command[:4] == [sys.executable, "-m", "specwidgets.voila_server", str(NOTEBOOK)]
+    assert command[:4] == [sys.executable, "-m", "specwidgets.app.voila_server", str(NOTEBOOK)]
     assert f"--port={port}" in command and "--no-browser" in command and "--Voila.ip=127.0.0.1" in command
     assert "--VoilaConfiguration.show_tracebacks=False" in command
     assert env[DATA_ENV] == str((tmp_path / "night").resolve())
@@ -379,7 +379,7 @@ def test_wheel_ships_the_dashboard_notebook(tmp_path):
 
 # ------------------------------------------------------------------ the app behind the page
 def test_app_starts_on_the_demo(monkeypatch):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     monkeypatch.delenv(DATA_ENV, raising=False)
     app = DashboardApp.from_environment()
@@ -390,7 +390,7 @@ def test_app_starts_on_the_demo(monkeypatch):
 
 
 def test_app_loads_a_folder_and_names_unreadable_files(tmp_path):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     folder = tmp_path / "night"
     frames = write_fits_folder(folder, broken=("arc_002.fits", "sci_009.fits"))
@@ -426,7 +426,7 @@ def test_app_loads_a_folder_and_names_unreadable_files(tmp_path):
     ],
 )
 def test_app_reports_bad_input_without_raising(tmp_path, change, words):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     folder = tmp_path / "night"
     write_fits_folder(folder, broken=())
@@ -445,7 +445,7 @@ def test_app_reports_bad_input_without_raising(tmp_path, change, words):
 def test_frames_of_different_shapes_are_named(tmp_path):
     from astropy.io import fits
 
-    from specwidgets.app import load_folder
+    from specwidgets.app.page import load_folder
 
     write_fits_folder(tmp_path, broken=())
     fits.writeto(tmp_path / "sci_odd.fits", np.zeros((60, 512), np.float32))
@@ -454,7 +454,7 @@ def test_frames_of_different_shapes_are_named(tmp_path):
 
 
 def test_a_bad_data_folder_falls_back_to_the_demo(tmp_path):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     (tmp_path / "empty").mkdir()
     app = DashboardApp(tmp_path / "empty")
@@ -463,7 +463,7 @@ def test_a_bad_data_folder_falls_back_to_the_demo(tmp_path):
 
 
 def test_relative_folders_are_taken_from_the_launcher_directory(tmp_path, monkeypatch):
-    from specwidgets.app import find_frames, load_folder
+    from specwidgets.app.page import find_frames, load_folder
 
     write_fits_folder(tmp_path / "night", broken=())
     monkeypatch.setenv(launcher.CWD_ENV, str(tmp_path))
@@ -474,8 +474,8 @@ def test_relative_folders_are_taken_from_the_launcher_directory(tmp_path, monkey
 
 @pytest.mark.goodman
 def test_goodman_folder_gets_the_goodman_settings():
-    from specwidgets.app import GOODMAN_PRESET, DashboardApp, folder_preset
-    from specwidgets.sample_data import goodman_available, goodman_path
+    from specwidgets.app.page import GOODMAN_PRESET, DashboardApp, folder_preset
+    from specwidgets.io.sample_data import goodman_available, goodman_path
 
     if not goodman_available():
         pytest.skip("Goodman sample not available (set SPECWIDGETS_DATA_DIR)")

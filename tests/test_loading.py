@@ -1,4 +1,4 @@
-"""Tests of specwidgets.loading and specwidgets.instruments.
+"""Tests of specwidgets.io.loading and specwidgets.io.instruments.
 
 Synthetic FITS files written here cover the instrument rules and every error;
 tests marked ``goodman`` check the real SOAR/Goodman frames when present.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from specwidgets import instruments
-from specwidgets.instruments import (
+from specwidgets.io import instruments
+from specwidgets.io.instruments import (
     Frame,
     Instrument,
     get_instrument,
@@ -21,8 +21,8 @@ from specwidgets.instruments import (
     parse_fits_section,
     register_instrument,
 )
-from specwidgets.loading import average_matching_files, collect_images_array
-from specwidgets.sample_data import goodman_available, goodman_path
+from specwidgets.io.loading import average_matching_files, collect_images_array
+from specwidgets.io.sample_data import goodman_available, goodman_path
 
 needs_goodman = pytest.mark.skipif(not goodman_available(), reason="Goodman sample not on this machine")
 

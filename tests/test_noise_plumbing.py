@@ -12,13 +12,13 @@ import traitlets as tl
 from astropy.io import fits
 
 import specwidgets as sw
-from specwidgets import batch as batch_mod
-from specwidgets import state as state_mod
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.frames import FrameArray, frame_array, noise_of, with_noise
-from specwidgets.instruments import Instrument
-from specwidgets.loading import average_matching_files, collect_images_array
-from specwidgets.state import SkyState
+from specwidgets.batch import runner as batch_mod
+from specwidgets.interactive import state as state_mod
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.frames import FrameArray, frame_array, noise_of, with_noise
+from specwidgets.io.instruments import Instrument
+from specwidgets.io.loading import average_matching_files, collect_images_array
+from specwidgets.interactive.state import SkyState
 
 SHAPE = (40, 600)
 BIAS = 300.0
@@ -195,7 +195,7 @@ def test_summed_arcs_keep_every_lamps_lines(lamp_folder):
 
 
 def test_batch_and_folder_loader_sum_arcs_by_default(lamp_folder):
-    from specwidgets.app import load_folder
+    from specwidgets.app.page import load_folder
 
     truth = np.sort(np.concatenate(LAMP_LINES))
     cal = batch_mod.prepare_calibrations(sorted(lamp_folder.glob("arc_*")), bias=sorted(lamp_folder.glob("bias_*")))
@@ -373,7 +373,7 @@ def test_state_refuses_bad_noise_values(frames):
 
 # ------------------------------------------------------------------ widgets
 def test_controls_fill_from_the_frames_and_drive_the_state(frames):
-    from specwidgets.widgets import Dashboard
+    from specwidgets.interactive import Dashboard
 
     dash = Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows)
     controls = dash.sky_controls
@@ -404,7 +404,7 @@ def test_controls_fill_from_the_frames_and_drive_the_state(frames):
 
 
 def test_status_shows_suspect_warnings_and_the_noise_source(frames):
-    from specwidgets.widgets import StatusBar
+    from specwidgets.interactive import StatusBar
 
     state = SkyState(frames.science, warp_model=frames.warp, mask_region=[frames.trace_rows])
     status = StatusBar(state)
@@ -426,7 +426,7 @@ def test_status_shows_suspect_warnings_and_the_noise_source(frames):
 def test_bzip2_frames_are_read_and_named(tmp_path):
     import bz2
 
-    from specwidgets.fits_output import output_name
+    from specwidgets.io.fits_output import output_name
 
     plain = _write(tmp_path / "x.fits", np.arange(40.0).reshape(4, 10), GAIN=2.0)
     (tmp_path / "sci_1.fits.bz2").write_bytes(bz2.compress(plain.read_bytes()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specwidgets import sample_data
+from specwidgets.io import sample_data
 
 
 def test_goodman_download_offline_is_one_plain_sentence(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_goodman_download_offline_is_one_plain_sentence(tmp_path, monkeypatch):
 
 
 def test_goodman_in_the_dashboard_offline(tmp_path, monkeypatch):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     monkeypatch.delenv("SPECWIDGETS_DATA_DIR", raising=False)
     monkeypatch.setenv("SPECWIDGETS_CACHE_DIR", str(tmp_path / "cache"))
@@ -39,7 +39,7 @@ def test_goodman_in_the_dashboard_offline(tmp_path, monkeypatch):
 
 
 def test_missing_package_and_file_system_errors_are_sentences():
-    from specwidgets.app import _describe
+    from specwidgets.app.page import _describe
 
     missing = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     assert _describe(missing) == ("this needs the Python package matplotlib, which is not installed here; "

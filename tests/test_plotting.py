@@ -1,4 +1,4 @@
-"""Tests of specwidgets.plotting.plot_image (no browser: widget state only)."""
+"""Tests of specwidgets.display.plotting.plot_image (no browser: widget state only)."""
 
 import struct
 
@@ -7,8 +7,8 @@ import ipywidgets
 import numpy as np
 import pytest
 
-from specwidgets import raster
-from specwidgets.plotting import ImageFigure, plot_image, update_image
+from specwidgets.display import raster
+from specwidgets.display.plotting import ImageFigure, plot_image, update_image
 
 
 def png_size(png):

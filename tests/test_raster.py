@@ -1,4 +1,4 @@
-"""Tests of specwidgets.raster: reduction, normalisation, colormaps, PNG."""
+"""Tests of specwidgets.display.raster: reduction, normalisation, colormaps, PNG."""
 
 import ast
 import struct
@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from specwidgets import raster
-from specwidgets.raster import (
+from specwidgets.display import raster
+from specwidgets.display.raster import (
     N_DISPLAY_COLORS,
     apply_colormap,
     colorize,

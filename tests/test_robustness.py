@@ -17,10 +17,10 @@ import pytest
 from astropy.io import fits
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.inputs import MAX_IMAGE_PIXELS, MAX_SPATIAL_ORDER, check_spatial_order
-from specwidgets.instruments import get_instrument
-from specwidgets.warp import WarpModel
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.inputs import MAX_IMAGE_PIXELS, MAX_SPATIAL_ORDER, check_spatial_order
+from specwidgets.io.instruments import get_instrument
+from specwidgets.core.warp import WarpModel
 
 SHAPE = (40, 300)
 
@@ -64,7 +64,7 @@ def test_check_spatial_order_accepts_auto_and_small_ints():
 def test_batch_command_line_refuses_a_high_spatial_order(capsys):
     import argparse
 
-    from specwidgets.batch import add_batch_parser
+    from specwidgets.batch.runner import add_batch_parser
 
     parser = argparse.ArgumentParser(prog="specwidgets")
     add_batch_parser(parser.add_subparsers(dest="command"))
@@ -202,7 +202,7 @@ def raw(tmp_path, frames):
 
 
 def _run(raw, out, **kw):
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     args = dict(bias=raw["bias"], masks=[(12, 26)], out_dir=out, workers=1, processes=False, progress=False)
     args.update(kw)
@@ -235,7 +235,7 @@ def test_resume_redoes_every_output_when_a_calibration_changed(raw, tmp_path):
 
 
 def test_disk_full_is_named_and_nothing_partial_is_left(raw, tmp_path, monkeypatch):
-    from specwidgets import fits_output
+    from specwidgets.io import fits_output
 
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
@@ -256,7 +256,7 @@ def test_disk_full_is_named_and_nothing_partial_is_left(raw, tmp_path, monkeypat
 
 
 def test_permission_error_is_named(raw, tmp_path, monkeypatch):
-    from specwidgets import fits_output
+    from specwidgets.io import fits_output
 
     def refuse(tmp):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
@@ -267,7 +267,7 @@ def test_permission_error_is_named(raw, tmp_path, monkeypatch):
 
 
 def test_short_write_without_errno_is_called_disk_full():
-    from specwidgets.fits_output import named_write_error
+    from specwidgets.io.fits_output import named_write_error
 
     err = named_write_error(OSError("1000000 requested and 471648 written"), "/x/y_sky.fits")
     assert "disk full" in str(err) and "/x/y_sky.fits" in str(err)

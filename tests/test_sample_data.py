@@ -1,4 +1,4 @@
-"""Tests of specwidgets.sample_data.
+"""Tests of specwidgets.io.sample_data.
 
 Downloads are served by a local ``http.server`` on 127.0.0.1: no test
 contacts the real source.
@@ -14,8 +14,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from specwidgets import sample_data
-from specwidgets.sample_data import (
+from specwidgets.io import sample_data
+from specwidgets.io.sample_data import (
     GOODMAN_REGISTRY,
     fetch_goodman,
     find_local_goodman,

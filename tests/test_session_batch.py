@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from specwidgets.settings import SESSION_VERSION, batch_arguments, read_session, validate_session
+from specwidgets.io.settings import SESSION_VERSION, batch_arguments, read_session, validate_session
 
 SHAPE = (70, 400)
 LEVEL = 300.0
@@ -16,7 +16,7 @@ LEVEL = 300.0
 
 def write_night(folder, seed=11):
     """Bias, two arcs of different 'lamps' (each has half of the lines), two science frames, as FITS."""
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     folder.mkdir(parents=True, exist_ok=True)
     frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, n_arc_lines=16, n_sky_lines=14, seed=seed)
@@ -35,7 +35,7 @@ def write_night(folder, seed=11):
 
 
 def load_app(folder, data_root=None):
-    from specwidgets.app import DashboardApp
+    from specwidgets.app.page import DashboardApp
 
     app = DashboardApp(data_root=data_root, output_root=folder.parent if data_root is None else data_root)
     app.source.value = "folder"
@@ -101,7 +101,7 @@ def test_session_records_what_batch_needs(page):
 
 
 def test_batch_with_the_session_gives_the_pages_sky(page, tmp_path):
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
     path = app.save_session("replay.json")
@@ -118,7 +118,7 @@ def test_batch_with_the_session_gives_the_pages_sky(page, tmp_path):
     assert worst <= 1e-6
 
     # A command-line option given with --settings wins over the file's.
-    from specwidgets.batch import main
+    from specwidgets.batch.runner import main
 
     out2 = tmp_path / "out2"
     code = main(["batch", "--settings", str(path), "--data-root", str(root), "--method", "median",
@@ -131,7 +131,7 @@ def test_batch_with_the_session_gives_the_pages_sky(page, tmp_path):
 
 def test_the_page_export_matches_batch(page, tmp_path):
     """The page's Export and batch --settings write the same SKY."""
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
     path = app.save_session("export_check.json")
@@ -144,7 +144,7 @@ def test_the_page_export_matches_batch(page, tmp_path):
 
 
 def test_bad_sessions_name_the_key(page, tmp_path):
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
     good = json.loads(app.save_session("good.json").read_text())
@@ -181,7 +181,7 @@ def test_bad_sessions_name_the_key(page, tmp_path):
 
 
 def test_a_relative_folder_without_its_root_is_explained(page, tmp_path, monkeypatch):
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
     path = app.save_session("rel.json")
@@ -192,7 +192,7 @@ def test_a_relative_folder_without_its_root_is_explained(page, tmp_path, monkeyp
 
 def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
     """Exports as science input are refused in words; exports in the output folder are named, not clobbered."""
-    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
     exported = app.dashboard.export(tmp_path / "exports", overwrite=True)
@@ -212,10 +212,10 @@ def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
 
 def test_goodman_session_replays_in_batch(tmp_path):
     """The Goodman sample in the page (real frames, header noise model), replayed by batch --settings."""
-    from specwidgets.app import DashboardApp
-    from specwidgets.batch import run_batch
-    from specwidgets.fits_output import output_name
-    from specwidgets.sample_data import goodman_available
+    from specwidgets.app.page import DashboardApp
+    from specwidgets.batch.runner import run_batch
+    from specwidgets.io.fits_output import output_name
+    from specwidgets.io.sample_data import goodman_available
 
     if not goodman_available():
         pytest.skip("the Goodman sample is not available offline")
@@ -236,8 +236,8 @@ def test_goodman_session_replays_in_batch(tmp_path):
 
 
 def test_a_demo_session_needs_files(tmp_path):
-    from specwidgets.batch import run_batch
-    from specwidgets.widgets import Dashboard
+    from specwidgets.batch.runner import run_batch
+    from specwidgets.interactive import Dashboard
 
     dash = Dashboard.from_demo()
     dash.session_source = {"kind": "demo"}
@@ -248,8 +248,8 @@ def test_a_demo_session_needs_files(tmp_path):
 
 def test_other_file_sets_are_fit_one_by_one(page, tmp_path):
     """The page's exposure set is fit together (its sky); another set, or fit_together=False, one by one."""
-    from specwidgets.background import fit_sky
-    from specwidgets.batch import run_batch
+    from specwidgets.core.sky.api import fit_sky
+    from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
     path = app.save_session("sets.json")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.sky_warp import WarpRefinement, refine_warp, sky_warp_model
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.sky.sky_warp import WarpRefinement, refine_warp, sky_warp_model
 
 
 def frames(**kw):
@@ -134,7 +134,7 @@ def test_bad_options():
 
 def test_session_without_an_arc_fits_the_warp_on_the_sky():
     """SkyState (and so the dashboard) without an arc: the warp from the sky lines, refit when asked."""
-    from specwidgets.state import SkyState
+    from specwidgets.interactive.state import SkyState
 
     f = frames()
     masks, hold = masks_of(f)

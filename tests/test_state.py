@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.state import SkyState
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.interactive.state import SkyState
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from specwidgets.datasets import make_synthetic_longslit
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 TUTORIAL_CELLS = [
     """
@@ -228,7 +228,7 @@ def test_tutorial_runs_on_kosmos_format(kosmos_folders):
 
 @pytest.mark.goodman
 def test_tutorial_runs_on_goodman(tmp_path):
-    from specwidgets.sample_data import goodman_available, goodman_path
+    from specwidgets.io.sample_data import goodman_available, goodman_path
 
     if not goodman_available():
         pytest.skip("Goodman sample not on this machine (set SPECWIDGETS_DATA_DIR); tests never download it")

@@ -15,8 +15,10 @@ import json
 import numpy as np
 import specwidgets as sw
 from numba.core.registry import CPUDispatcher
-from specwidgets import bspline_sky, median_sky, sky_quality
-from specwidgets._warmup import warm_up
+from specwidgets.core.sky import bspline as bspline_sky
+from specwidgets.core.sky import median as median_sky
+from specwidgets.core.sky import quality as sky_quality
+from specwidgets.core._warmup import warm_up
 
 warm_up()
 frames = sw.datasets.load_demo()
@@ -42,17 +44,17 @@ def test_each_kernel_compiles_one_signature_and_warm_up_covers_the_fits():
     out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     counts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "specwidgets.median_sky._median_blocks" in counts
-    assert "specwidgets.bspline_sky._normal_pass_constant" in counts
-    assert "specwidgets.bspline_sky._normal_pass_3" in counts
-    assert "specwidgets.sky_quality._row_profile_kernel" in counts
+    assert "specwidgets.core.sky.median._median_blocks" in counts
+    assert "specwidgets.core.sky.bspline._normal_pass_constant" in counts
+    assert "specwidgets.core.sky.bspline._normal_pass_3" in counts
+    assert "specwidgets.core.sky.quality._row_profile_kernel" in counts
     assert {name: n for name, n in counts.items() if n != 1} == {}
 
 
 def test_state_warms_the_other_method_in_the_background():
-    from specwidgets import _warmup
-    from specwidgets.datasets import make_synthetic_longslit
-    from specwidgets.state import SkyState
+    from specwidgets.core import _warmup
+    from specwidgets.io.synthetic import make_synthetic_longslit
+    from specwidgets.interactive.state import SkyState
 
     frames = make_synthetic_longslit(shape=(40, 300), n_exposures=1, n_arc_lines=8, seed=3)
     SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows], method="bspline")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.warp import WarpModel
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.core.warp import WarpModel
 
 from conftest import rms
 

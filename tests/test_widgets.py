@@ -14,14 +14,14 @@ import ipywidgets
 import numpy as np
 import pytest
 
-from specwidgets.datasets import make_synthetic_longslit
-from specwidgets.sample_data import goodman_available
-from specwidgets.state import SkyState
-from specwidgets.widgets import (
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.io.sample_data import goodman_available
+from specwidgets.interactive.state import SkyState
+from specwidgets.testing import PayloadMeter
+from specwidgets.interactive import (
     Dashboard,
     Debounced,
     ImageViewer,
-    PayloadMeter,
     SEDExplorer,
     WarpGuessPicker,
     aggregate_sed,
@@ -411,7 +411,7 @@ def test_exported_from_the_package():
 @pytest.mark.goodman
 @pytest.mark.skipif(not goodman_available(), reason="Goodman sample not available")
 def test_goodman_full_frame_payload_and_outputs():
-    from specwidgets.sample_data import load_goodman
+    from specwidgets.io.sample_data import load_goodman
 
     sample = load_goodman(crop_bds=(0, None))
     dash = Dashboard(sample.science[:1], sample.arc, mask_region=(700, 790), read_noise=sample.read_noise)
@@ -439,7 +439,7 @@ def test_dashboard_export_writes_the_batch_files(tmp_path):
     from astropy.io import fits
 
     import specwidgets as sw
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     frames = make_synthetic_longslit(shape=(40, 300), n_exposures=2, n_arc_lines=8, seed=3)
     dash = sw.Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0,
@@ -460,7 +460,7 @@ def test_dashboard_export_writes_the_batch_files(tmp_path):
 def test_dashboard_export_relative_folder_is_the_launcher_folder(tmp_path, monkeypatch):
     """Under Voila the kernel runs in the package: a relative export folder means the launcher's folder."""
     import specwidgets as sw
-    from specwidgets.datasets import make_synthetic_longslit
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     start, elsewhere = tmp_path / "start", tmp_path / "kernel_cwd"
     start.mkdir()

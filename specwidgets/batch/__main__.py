@@ -1,0 +1,9 @@
+"""``python -m specwidgets.batch``: the same as ``specwidgets batch``."""
+
+import sys
+
+# Run by name so the task functions Dask pickles live in
+# ``specwidgets.batch.runner``, not in ``__main__``.
+from specwidgets.batch.runner import main
+
+sys.exit(main())

@@ -1,0 +1,1624 @@
+"""Batch sky subtraction of many exposures on Dask, with resume.
+
+The interactive session settles the warp model and the masks; the batch
+runner applies them to every exposure of a night or a survey::
+
+    specwidgets batch night1/sci_*.fits --arc night1/arc_*.fits --bias night1/bias_*.fits \\
+        --crop 680:800 --mask 20:100 --out night1/sky --workers 4
+
+or, from Python (a notebook gets an ipywidgets progress bar)::
+
+    from specwidgets.batch.runner import run_batch
+    summary = run_batch(sci_files, arc_files, bias=bias_files, crop=(680, 800),
+                        masks=[(20, 100)], out_dir="night1/sky", workers=4)
+
+or with the settings tuned in the dashboard (its *Save session* file; see
+:mod:`specwidgets.io.settings`): ``specwidgets batch --settings night1.json --out
+night1/sky`` takes the masks, guesses, warp and sky options, noise model,
+instrument, crop and the data folder from the file (options given on the
+command line win) and, for the page's own exposures, gives the page's sky.
+
+How it runs
+-----------
+The driver reads the calibrations (median bias; median flat minus bias,
+normalised; median arc minus bias), fits the warp model once (guesses from
+:func:`~specwidgets.core.lines.find_cal_lines` unless given), and sends the
+workers the small shared things once: the warp model as
+:meth:`~specwidgets.core.warp.WarpModel.to_dict`, the bias and flat arrays via
+``client.scatter``. Each task gets a few file paths (up to
+:data:`MAX_CHUNK` when there are many exposures, so Dask's own cost per task
+is shared); for each, the worker reads the exposure, subtracts the bias,
+divides by the flat, runs :func:`~specwidgets.core.sky.api.fit_sky` and writes
+the output itself, then returns a small status record. At most a few tasks
+per worker thread are in flight (``as_completed``), so the driver's memory
+does not grow with the number of exposures. :attr:`BatchSummary.timings`
+says where the wall time went.
+
+By default a :class:`dask.distributed.LocalCluster` with one single-threaded
+worker process per CPU (``workers=N`` to choose), forked from a fork server
+that imported specwidgets once, each with one thread per numerical library
+(``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ... = 1); ``scheduler=ADDRESS``
+connects to an existing cluster instead (its workers must see the input
+and output paths).
+
+Output, resume and interruption
+-------------------------------
+See :mod:`specwidgets.io.fits_output` for the file layout, header and mask bits.
+Each file is written under a temporary name and renamed, so an output under
+its final name is always complete. On start the runner removes temporary
+files a killed run left in the output folder, and (without ``overwrite``)
+skips every output that :func:`~specwidgets.io.fits_output.inspect_output`
+finds complete with the same settings; an output made with *other* settings
+is reported as a failure rather than silently replaced. A lock file
+(``.specwidgets-batch.lock``, released by the kernel even on ``kill -9``)
+keeps two runs from writing to one folder at the same time.
+
+Flat fielding
+-------------
+The flats' median, minus the bias, is divided by its median along the slit
+(``flat_norm="column"``, the default: keeps the pixel-to-pixel response and
+the slit illumination, removes the lamp's spectrum) or by its overall median
+(``"global"``). Pixels whose normalised flat is not finite or below 0.05 are
+set to NaN in the science frame (the sky fit ignores them) and flagged with
+:data:`~specwidgets.io.fits_output.MASK_BADFLAT`. The arc is not flat-fielded.
+
+Failures and suspect fits
+-------------------------
+A file that cannot be read or fit is reported by name; the others still
+finish, and :attr:`BatchSummary.exit_code` (the command's exit code) is 1.
+A fit that says it is probably wrong (``SkyResult.quality.suspect``) is
+written, flagged in its header (``SWSUSP`` and the quality cards), named
+in the report and counted apart ("fits: good N, suspect K"); the exit code
+stays 0 unless ``fail_on_suspect`` (``--fail-on-suspect``) asks for 3.
+
+Noise model
+-----------
+Each exposure carries its own gain and read noise (instrument header
+keywords, see :mod:`specwidgets.io.instruments`) into :func:`fit_sky`;
+``read_noise=``/``gain=`` (``--read-noise``/``--gain``) override them only
+when given. Arcs are summed by default (``arc_combine``/``--arc-combine``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..core.sky.api import METHODS, fit_sky
+from ..io.fits_output import (
+    MASK_BADFLAT,
+    OUTPUT_SUFFIX,
+    clean_temporary_files,
+    effective_options,
+    export_result,
+    inspect_output,
+    output_name,
+    result_quality,
+    settings_hash,
+    write_exposure,
+)
+from ..core.frames import FrameArray
+from ..core.inputs import check_spatial_order, mask_ranges
+from ..io.instruments import resolve_instrument
+from ..core.lines import find_cal_lines
+from ..io.loading import _crop_pair, _iter_frames, matching_files
+from ..core.warp import WarpModel, generate_warp_model
+
+__all__ = [
+    "BatchLockedError",
+    "BatchSummary",
+    "FLAT_NORMS",
+    "add_batch_parser",
+    "export_result",
+    "file_fingerprint",
+    "main",
+    "prepare_calibrations",
+    "read_frame",
+    "run_batch",
+    "run_batch_command",
+]
+
+#: Flat normalisations: by the median along the slit of each column, or overall.
+FLAT_NORMS = ("column", "global")
+
+#: Normalised-flat values at or below this are unusable.
+FLAT_FLOOR = 0.05
+
+LOCK_NAME = ".specwidgets-batch.lock"
+
+#: ``read_noise``/``gain`` value that asks the sky fit to estimate it (as the page's "estimate").
+ESTIMATE = "estimate"
+
+#: run_batch's defaults for the arguments a session can set (None: not given).
+_DEFAULTS = {
+    "instrument": "generic", "crop": None, "masks": None, "guesses": None, "method": "bspline",
+    "spatial_order": None, "sky_options": None, "read_noise": None, "gain": None, "arc_combine": "sum",
+    "std_variation": 50.0, "line_order": 2, "warp_order": 1, "tolerance": 16.0,
+}
+
+
+class BatchLockedError(RuntimeError):
+    """Another batch run holds the output folder's lock."""
+
+
+# ------------------------------------------------------------------ inputs
+_FINGERPRINTS: dict = {}
+
+
+def file_fingerprint(path):
+    """What a resumed run compares: ``{"name", "size", "sha256"}`` of a file's content.
+
+    The SHA-256 of the bytes is cached by ``(real path, size, mtime)``, so an
+    unchanged file is hashed once per process, and a file rewritten in place
+    (same name, new content, even the same size) is noticed.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = os.path.join(d, "a.fits")
+    ...     _ = open(p, "wb").write(b"abc")
+    ...     file_fingerprint(p)["sha256"][:12]
+    'ba7816bf8f01'
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _FINGERPRINTS.get(key)
+    if digest is None:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if len(_FINGERPRINTS) > 10000:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = digest
+    return {"name": path.name, "size": stat.st_size, "sha256": digest}
+
+
+def _expand(items, what, must_exist=True):
+    """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats."""
+    if items is None:
+        return []
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    out, seen = [], set()
+    for item in items:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = matching_files(path)
+        elif not path.exists() and glob.has_magic(text):
+            found = [Path(p) for p in sorted(glob.glob(os.path.expanduser(text)))]
+            if not found:
+                if must_exist:
+                    raise FileNotFoundError(f"no {what} file matches {text!r}")
+                found = [path]
+        else:
+            if must_exist and not path.is_file():
+                raise FileNotFoundError(f"{what} file {text!r} does not exist")
+            found = [path]
+        for p in found:
+            p = p.resolve()
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out
+
+
+def read_frame(path, reader, crop=None):
+    """Read one exposure as the loaders do: orient, trim, crop rows, convert to electrons.
+
+    Returns ``(image float64, Frame)``; ``reader`` is a resolved instrument.
+    """
+    start, stop = _crop_pair(crop)
+    ((_, data, frame),) = list(_iter_frames([Path(path)], reader, start, stop))
+    scale = 1.0 if frame.gain is None else frame.gain
+    return np.multiply(data, scale, dtype=np.float64), frame
+
+
+def _unit(frame):
+    return "adu" if frame.gain is None else "electron"
+
+
+#: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
+ARC_COMBINES = ("sum", "median")
+
+
+def _median_of(paths, reader, crop, what):
+    """Median of the frames in ``paths`` (electrons when the gain is known) and their unit."""
+    return _combine_of(paths, reader, crop, what, "median")
+
+
+def _combine_of(paths, reader, crop, what, how, bias=None):
+    """Median or sum of the frames in ``paths``, each minus ``bias`` when given, and their unit.
+
+    Summing keeps lines that appear in one frame only (arcs of different
+    lamps), which a median of three or more frames throws away.
+    """
+    if how not in ARC_COMBINES:
+        raise ValueError(f"unknown combination {how!r} for the {what} frames; choose one of {', '.join(ARC_COMBINES)}")
+    stack, units = None, set()
+    for i, path in enumerate(paths):
+        image, frame = read_frame(path, reader, crop)
+        units.add(_unit(frame))
+        if stack is None:
+            stack = np.empty((len(paths), *image.shape))
+        elif image.shape != stack.shape[1:]:
+            raise ValueError(
+                f"{what} frame {path.name} has shape {image.shape} after trimming and cropping; "
+                f"the first has {stack.shape[1:]}"
+            )
+        stack[i] = image
+    if len(units) > 1:
+        raise ValueError(f"some {what} frames have a gain and some do not; pass gain=... to set one for all")
+    if bias is not None:
+        _check_shape(stack[0], bias, what, "bias")
+        stack -= bias
+    if how == "sum":
+        return stack.sum(axis=0), units.pop()
+    return np.median(stack, axis=0, overwrite_input=True), units.pop()
+
+
+def normalise_flat(flat, how="column"):
+    """Normalised flat (bias already subtracted), NaN where unusable."""
+    if how not in FLAT_NORMS:
+        raise ValueError(f"unknown flat normalisation {how!r}; choose one of {', '.join(FLAT_NORMS)}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if how == "column":
+            norm = np.nanmedian(flat, axis=0, keepdims=True)
+        else:
+            norm = np.nanmedian(flat)
+        out = flat / np.where(norm > 0, norm, np.nan)
+    out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
+    return out
+
+
+@dataclass
+class Calibrations:
+    """What the driver prepares once: bias, normalised flat, arc and warp model."""
+
+    bias: np.ndarray | None
+    flat: np.ndarray | None
+    arc: np.ndarray | None
+    warp_model: WarpModel
+    guesses: np.ndarray | None
+    unit: str | None
+    files: dict
+
+
+def prepare_calibrations(
+    arc=(),
+    *,
+    bias=(),
+    flat=(),
+    instrument="generic",
+    instrument_options=None,
+    crop=None,
+    guesses=None,
+    warp_model=None,
+    flat_norm="column",
+    std_variation=50.0,
+    line_order=2,
+    warp_order=1,
+    arc_combine="sum",
+    tolerance=16.0,
+):
+    """Read the calibration frames and fit the warp model (the batch runner's first step).
+
+    Bias: median of the bias frames. Flat: median of the flats minus the
+    bias, normalised (see :func:`normalise_flat`). Arc: the arcs, each minus
+    the bias, summed (``arc_combine="sum"``, the default: arcs of different
+    lamps each keep their lines) or median-combined (``"median"``); the warp
+    model is fit on it with ``guesses`` (default:
+    :func:`~specwidgets.core.lines.find_cal_lines` at ``std_variation``), unless
+    a ``warp_model`` (a WarpModel or its ``to_dict()``) is given.
+    """
+    reader = resolve_instrument(instrument, **(instrument_options or {}))
+    arc_files = _expand(arc, "arc")
+    bias_files = _expand(bias, "bias")
+    flat_files = _expand(flat, "flat")
+    units = set()
+    bias_img = None
+    if bias_files:
+        bias_img, unit = _median_of(bias_files, reader, crop, "bias")
+        units.add(unit)
+    arc_img = None
+    if arc_files:
+        arc_img, unit = _combine_of(arc_files, reader, crop, "arc", arc_combine, bias=bias_img)
+        units.add(unit)
+    flat_img = None
+    if flat_files:
+        raw_flat, unit = _median_of(flat_files, reader, crop, "flat")
+        units.add(unit)
+        if bias_img is not None:
+            _check_shape(raw_flat, bias_img, "flat", "bias")
+            raw_flat -= bias_img
+        flat_img = normalise_flat(raw_flat, flat_norm)
+    if len(units) > 1:
+        raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
+    if warp_model is None:
+        if arc_img is None:
+            raise ValueError("give arc frames (to fit the warp model) or a warp_model")
+        if guesses is None:
+            guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
+        guesses = np.atleast_1d(np.asarray(guesses, float))
+        warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
+                                         warp_order=warp_order)
+    elif isinstance(warp_model, dict):
+        warp_model = WarpModel.from_dict(warp_model)
+    elif not isinstance(warp_model, WarpModel):
+        raise TypeError(f"warp_model must be a WarpModel or its to_dict(); got {type(warp_model).__name__}")
+    for name, img in (("bias", bias_img), ("flat", flat_img), ("arc", arc_img)):
+        if img is not None and img.shape != tuple(warp_model.shape):
+            raise ValueError(
+                f"the {name} frames have shape {img.shape} but the warp model is for {tuple(warp_model.shape)}"
+            )
+    return Calibrations(
+        bias=bias_img,
+        flat=flat_img,
+        arc=arc_img,
+        warp_model=warp_model,
+        guesses=None if guesses is None else np.asarray(guesses, float),
+        unit=units.pop() if units else None,
+        files={"bias": bias_files, "flat": flat_files, "arc": arc_files},
+    )
+
+
+def _check_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"the {name_a} frames have shape {a.shape} but the {name_b} frames {b.shape}")
+
+
+# ------------------------------------------------------------------ worker side
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs besides the bias and flat arrays (small; sent once)."""
+
+    reader: object
+    crop: tuple | None
+    shape: tuple
+    warp: dict
+    warp_key: str
+    masks: tuple
+    method: str
+    options: dict
+    read_noise: float | None
+    unit: str | None
+    sky_gain: float | None
+    dtype: str
+    out_dir: str
+    overwrite: bool
+    provenance: dict
+    settings: dict
+    numba_threads: int = 1
+    cal_content: dict = field(default_factory=dict)
+
+    def config_for(self, path):
+        """The resume key of one input: ``"<settings hash>-<data hash>"``.
+
+        The settings part covers what the user chose (a mismatch refuses to
+        replace the output without ``overwrite``); the data part covers the
+        content of the input and of the calibration frames (a mismatch means
+        the output is stale, and it is redone).
+        """
+        try:
+            content = file_fingerprint(path)
+        except OSError:
+            content = None  # read_frame names the problem
+        chosen = settings_hash({**self.settings, "input": Path(path).name})
+        data = settings_hash({"input": content, **self.cal_content})
+        return f"{chosen}-{data}"
+
+
+def _stale(out, config):
+    """True when ``out`` was made with the same settings but other data (an input or calibration changed)."""
+    try:
+        recorded = str(fits.getval(out, "SWCONFIG"))
+    except (OSError, KeyError, ValueError):
+        return False
+    chosen, _, data = recorded.partition("-")
+    ours, _, our_data = config.partition("-")
+    return chosen == ours and bool(data) and data != our_data
+
+
+_WARP_CACHE: dict = {}
+
+
+def _cached_warp(job):
+    """The job's warp model, built once per worker process (its maps are cached on it)."""
+    model = _WARP_CACHE.get(job.warp_key)
+    if model is None:
+        model = WarpModel.from_dict(job.warp)
+        model.effpix_map()
+        if len(_WARP_CACHE) >= 4:
+            _WARP_CACHE.clear()
+        _WARP_CACHE[job.warp_key] = model
+    return model
+
+
+def _process_one(path, job, bias, flat):
+    """Worker task: one exposure from its path to its output file. Returns a small record.
+
+    numba's parallel kernels get ``job.numba_threads`` threads (default 1):
+    the exposures already run in parallel, one per worker thread, and more
+    threads per exposure would only oversubscribe the CPUs.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return _process_one_inner(path, job, bias, flat)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _process_many(paths, job, bias, flat):
+    """Worker task: several exposures in a row (see :func:`_chunk_size`); a list of records.
+
+    Each file succeeds or fails on its own, as with :func:`_process_one`.
+    """
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return [_process_one_inner(path, job, bias, flat) for path in paths]
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _process_one_inner(path, job, bias, flat):
+    t0 = time.perf_counter()
+    c0 = time.thread_time()
+    path = Path(path)
+    out = Path(job.out_dir) / output_name(path)
+    record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
+    try:
+        config = job.config_for(path)
+        if not job.overwrite:
+            state = inspect_output(out, job.shape, config)
+            if state.complete:
+                record["status"] = "skipped"
+                record.update(_flags_of_output(out))
+                return record
+            if state.state == "different" and not _stale(out, config):
+                record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
+                return record
+        image, frame = read_frame(path, job.reader, job.crop)
+        if job.unit is not None and _unit(frame) != job.unit:
+            raise ValueError(f"{path.name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+        if image.shape != tuple(job.shape):
+            raise ValueError(
+                f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model {tuple(job.shape)}"
+            )
+        extra = None
+        if bias is not None:
+            image -= bias
+        if flat is not None:
+            image /= flat
+            extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+        # The frame's own noise model (header or instrument) rides on the
+        # image; an explicit read_noise/gain of the user wins inside fit_sky.
+        image = _with_frame_noise(image, frame, job)
+        warp = _cached_warp(job)
+        result = fit_sky(image, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        prov = {**job.provenance, "input": str(path)}
+        write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
+        record["status"] = "done"
+        record.update(_quality_record(result))
+    except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
+        record["message"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        record["seconds"] = time.perf_counter() - t0
+        # CPU of this task's thread only: wall minus this is waiting (disk, fsync, a busy machine).
+        record["cpu_seconds"] = time.thread_time() - c0
+    return record
+
+
+def _process_cpu_seconds():
+    """CPU seconds of this whole process so far (a worker: its start-up, tasks, Dask's own work)."""
+    return time.process_time()
+
+
+def _with_frame_noise(image, frame, job):
+    """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise."""
+    source = getattr(frame, "noise_source", "")
+    name = getattr(job.reader, "name", "reader")
+    # "estimate" (a session's noise model): hide the frame's value so fit_sky estimates it.
+    return FrameArray(
+        image,
+        gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
+        read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
+        noise_source=f"{source} of {name} frames" if source else "",
+        unit=_unit(frame),
+    )
+
+
+def _noise_arguments(job):
+    """The ``read_noise``/``gain`` keywords for fit_sky: only what the user set."""
+    out = {}
+    if job.read_noise not in (None, ESTIMATE):
+        out["read_noise"] = job.read_noise
+    if job.sky_gain not in (None, ESTIMATE):
+        out["gain"] = job.sky_gain
+    return out
+
+
+def _flags_of_output(path):
+    """``suspect``/``warnings`` an earlier run wrote into an output's header (resume keeps the count)."""
+    try:
+        from astropy.io import fits
+
+        header = fits.getheader(path)
+    except (OSError, ValueError):
+        return {"suspect": False, "warnings": []}
+    warnings = [
+        str(c)[len("sky fit warning: "):] for c in header.get("COMMENT", []) if str(c).startswith("sky fit warning: ")
+    ]
+    return {"suspect": bool(header.get("SWSUSP", False)), "warnings": warnings}
+
+
+def _quality_record(result):
+    """``suspect`` and ``warnings`` of a fit's quality, for the driver's summary (empty without one)."""
+    quality = result_quality(result)
+    if quality is None:
+        return {"suspect": False, "warnings": []}
+    return {"suspect": bool(getattr(quality, "suspect", False)), "warnings": [str(w) for w in getattr(quality, "warnings", [])]}
+
+
+# ------------------------------------------------------------------ summary
+@dataclass
+class BatchSummary:
+    """What a batch run did.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+    n_inputs : int
+    done : list of str
+        Inputs whose output was written by this run.
+    skipped : list of str
+        Inputs whose output was already complete (resume).
+    failed : list of (str, str)
+        ``(input, reason)`` of each input that failed.
+    wall_time : float
+        Seconds, start to end (calibrations and cluster start included).
+    removed_temporary : int
+        Temporary files of an interrupted run removed at the start.
+    warp_model : dict
+        The warp model used (``to_dict()``).
+    warnings : list of str
+        The warp model's quality warnings.
+    timings : dict
+        Where the wall time went (seconds): ``calibrations`` (reading them
+        and fitting the warp model), ``cluster_start`` (starting the local
+        cluster or connecting; 0 with ``client=``), ``first_result`` (from
+        the first submit to the first finished task: the workers' imports
+        and numba loads), ``tasks`` (first submit to last result),
+        ``task_wall`` and ``task_cpu`` (sums over the tasks as the workers
+        measured them), ``exposures_per_task``, ``worker_cpu`` (the worker processes' CPU time
+        at the end, start-up and Dask's own work included) and
+        ``cluster_stop``.
+    suspect : list of (str, list of str)
+        ``(input, warnings)`` of each output whose fit says it is probably
+        wrong (``SkyResult.quality.suspect``; for a skipped output, its
+        header's ``SWSUSP``); these inputs are in ``done`` or ``skipped`` too
+        (their output exists, flagged in its header).
+    fail_on_suspect : bool
+        Make :attr:`exit_code` 3 when some output is suspect (and none failed).
+    """
+
+    out_dir: Path
+    n_inputs: int = 0
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    wall_time: float = 0.0
+    removed_temporary: int = 0
+    warp_model: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    suspect: list = field(default_factory=list)
+    fail_on_suspect: bool = False
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self):
+        return not self.failed
+
+    @property
+    def exit_code(self):
+        """0 when nothing failed (suspect outputs included), 1 when some failed.
+
+        With ``fail_on_suspect`` a run where nothing failed but some output
+        is suspect gives 3.
+        """
+        if not self.ok:
+            return 1
+        return 3 if (self.fail_on_suspect and self.suspect) else 0
+
+    def outputs(self):
+        """Paths of the outputs of the inputs that did not fail."""
+        return [self.out_dir / output_name(p) for p in [*self.done, *self.skipped]]
+
+    def report(self):
+        lines = [
+            f"specwidgets batch: {self.n_inputs} exposure(s) -> {self.out_dir}",
+            f"  done {len(self.done)}, skipped (already complete) {len(self.skipped)}, failed {len(self.failed)}"
+            f"; wall time {self.wall_time:.1f} s",
+        ]
+        if self.removed_temporary:
+            lines.append(f"  removed {self.removed_temporary} temporary file(s) left by an interrupted run")
+        for w in self.warnings:
+            lines.append(f"  warp model warning: {w}")
+        lines += self._suspect_lines()
+        if self.failed:
+            lines.append("  failed:")
+            lines += [f"    {Path(p).name}: {msg}" for p, msg in self.failed]
+        return "\n".join(lines)
+
+    def _suspect_lines(self):
+        """The suspect count, spelled out so "failed 0" never reads as "all good"."""
+        if not (self.done or self.skipped):
+            return []
+        good = len(self.done) + len(self.skipped) - len(self.suspect)
+        lines = [f"  fits: good {good}, suspect {len(self.suspect)} (written, flagged SWSUSP in the header)"]
+        for p, warnings in self.suspect:
+            lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
+        return lines
+
+    def __str__(self):
+        return self.report()
+
+
+# ------------------------------------------------------------------ progress
+class _Progress:
+    """One ``tqdm.auto`` bar (a widget in a notebook, text on stderr elsewhere), or nothing."""
+
+    def __init__(self, total, enabled):
+        self.total = total
+        self.bar = None
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        if enabled:
+            import tqdm.auto
+
+            self.bar = tqdm.auto.tqdm(total=total, unit="exp", desc="sky", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, status):
+        self.counts[status] += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in self.counts.items() if v), refresh=False)
+            self.bar.update(1)
+
+    def write(self, message):
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------ lock
+class _DirectoryLock:
+    """An exclusive ``flock`` on ``DIR/.specwidgets-batch.lock`` (released by the kernel on kill)."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / LOCK_NAME
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise BatchLockedError(
+                    f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
+                ) from None
+            except OSError:  # pragma: no cover - filesystem without locks
+                os.close(fd)
+                return self
+            # A run that just finished may have removed the file between our
+            # open and flock: then the lock is on a dead inode, so retry.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+# ------------------------------------------------------------------ driver
+def _worker_environ(numba_threads=1):
+    """Environment of local worker processes, set before they start (their libraries read it at import).
+
+    One thread per library: the exposures already run in parallel, one per
+    worker process, and a thread pool per process (numba's, OpenMP's, BLAS's)
+    sized to every CPU would oversubscribe them. Dask's own defaults (OpenMP,
+    MKL, OpenBLAS at 1) are kept; numba's pool is sized to ``numba_threads``.
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    threads = max(1, int(numba_threads))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        environ.setdefault(name, 1)
+    environ["NUMBA_NUM_THREADS"] = threads
+    return environ
+
+
+def _worker_start_method():
+    """``"forkserver"`` with this module preloaded in the server, where the platform has it; else None.
+
+    Dask spawns each local worker as a fresh interpreter, which then imports
+    numpy, scipy, astropy, numba and this package itself (about 2 s of CPU
+    each). A fork server imports them once and forks every worker from
+    itself, so N workers cost one import, not N competing ones on the same
+    CPUs. (Forking is safe there: the server process runs no threads.)
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    import distributed.utils as dutils
+
+    ctx = multiprocessing.get_context("forkserver")
+    if not getattr(dutils, "_forkserver_preload_set", True):
+        # Dask's own preload list is every package it knows (pandas, ...):
+        # seconds of imports no sky fit needs. Ours: Dask and this module
+        # (numpy, scipy, astropy, numba come with it).
+        ctx.set_forkserver_preload(["distributed", "specwidgets.batch.runner"])
+        dutils._forkserver_preload_set = True
+    return "forkserver"
+
+
+def _open_client(workers, scheduler, client, processes, numba_threads=1):
+    """Return ``(client, things to close)``."""
+    if client is not None:
+        return client, []
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        c = Client(scheduler, set_as_default=False)
+        return c, [c]
+    import logging
+
+    n = int(workers) if workers else max(1, os.cpu_count() or 1)
+    if processes:
+        config = {"distributed.nanny.pre-spawn-environ": _worker_environ(numba_threads)}
+        method = _worker_start_method()
+        if method is not None:
+            config["distributed.worker.multiprocessing-method"] = method
+        with dask.config.set(config):
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+            )
+    else:
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+        )
+    c = Client(cluster, set_as_default=False)
+    return c, [c, cluster]
+
+
+def _check_outputs_unique(files):
+    by_name = {}
+    for p in files:
+        by_name.setdefault(output_name(p), []).append(p)
+    clash = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    if clash:
+        listing = "; ".join(f"{n} <- {', '.join(str(p) for p in ps)}" for n, ps in clash.items())
+        raise ValueError(f"several inputs would write the same output file: {listing}")
+
+
+def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_model=False):
+    """Fill the arguments left at None from a session (then the defaults); files from its folder.
+
+    Returns ``(arguments, science, arc, bias)``.
+    """
+    from ..io.settings import batch_arguments, folder_roles, read_session, validate_session
+
+    from_session = {}
+    group = None
+    if settings is not None:
+        if isinstance(settings, dict):
+            session = validate_session(settings)
+        elif isinstance(settings, (str, os.PathLike)):
+            session = read_session(settings)
+        else:
+            raise TypeError(f"settings must be a session file's path or its dict; got {type(settings).__name__}")
+        from_session = batch_arguments(session, data_root=data_root)
+        folder, tags = from_session.pop("folder", None), from_session.pop("tags", None)
+        kind = (session.get("source") or {}).get("kind")
+        if folder is None and not _given_files(science):
+            where = "the synthetic demo" if kind == "demo" else "no saved data source"
+            raise ValueError(f"the session's frames come from {where}: give the SCIENCE files (and --arc)")
+        if folder is not None:
+            empty = {name: not _given_files(files) for name, files in
+                     (("science", science), ("arc", arc), ("bias", bias))}
+            if empty["science"] or (empty["arc"] and not has_warp_model) or empty["bias"]:
+                roles = folder_roles(folder, **{f"{k}_tag": v for k, v in tags.items()})
+                if empty["science"]:
+                    science = roles["science"]
+                if empty["arc"] and not has_warp_model:
+                    arc = roles["arc"]
+                if empty["bias"] and _given_files(arc) and arc == roles["arc"]:
+                    bias = roles["bias"]  # the folder's own bias goes with its own arcs
+            names = (session.get("frames") or {}).get("exposure_names")
+            if names:
+                group = (Path(folder), [str(n) for n in names])
+    out = {}
+    for name, default in _DEFAULTS.items():
+        value = given.get(name)
+        if value is None:
+            value = from_session.get(name, default)
+        out[name] = value
+    if out["method"] != "bspline":
+        # The session's B-spline options do not apply to another method chosen here.
+        for name in ("spatial_order", "sky_options"):
+            if given.get(name) is None:
+                out[name] = None
+    out["_group"] = group
+    return out, science, arc, bias
+
+
+def _page_group(files, group):
+    """The science files in the page's order when they are exactly the session's exposures, else None.
+
+    The page fits its exposures together (the noise model, the spatial
+    order and the unlit rows are judged on all of them), so batch fits that
+    same set together to give the same sky; any other set is fit exposure by
+    exposure.
+    """
+    if group is None or len(files) != len(group[1]):
+        return None
+    folder = group[0].resolve()
+    by_name = {}
+    for path in files:
+        try:
+            by_name[path.resolve().relative_to(folder).as_posix()] = path
+        except ValueError:
+            return None
+    if set(by_name) != set(group[1]):
+        return None
+    return [by_name[name] for name in group[1]]
+
+
+def _process_group(paths, job, bias, flat):
+    """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
+    import numba
+
+    t0 = time.perf_counter()
+    records = [{"input": str(p), "output": str(Path(job.out_dir) / output_name(p)), "status": "failed",
+                "message": ""} for p in paths]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        configs = [job.config_for(p) for p in paths]
+        if not job.overwrite:
+            states = [inspect_output(r["output"], job.shape, c) for r, c in zip(records, configs)]
+            if all(st.complete for st in states):
+                for r in records:
+                    r["status"] = "skipped"
+                    r.update(_flags_of_output(r["output"]))
+                return records
+            blocked = [(r, st) for r, st, c in zip(records, states, configs)
+                       if st.state == "different" and not _stale(r["output"], c)]
+            if blocked:
+                for r, st in blocked:
+                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}; pass --overwrite "
+                                    "(overwrite=True) to replace it")
+                return records
+        images, frames, extra = [], [], None
+        for path in paths:
+            image, frame = read_frame(path, job.reader, job.crop)
+            if job.unit is not None and _unit(frame) != job.unit:
+                raise ValueError(f"{Path(path).name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+            if image.shape != tuple(job.shape):
+                raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
+                                 f"and warp model {tuple(job.shape)}")
+            if bias is not None:
+                image -= bias
+            if flat is not None:
+                image /= flat
+                extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+            images.append(image)
+            frames.append(frame)
+        # The stack's noise model as the page's folder loader sets it: the
+        # median of the frames' read noises, gain 1 once in electrons.
+        known = [f.read_noise for f in frames if f.read_noise is not None]
+        stack = FrameArray(
+            np.stack(images),
+            gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
+            read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
+            unit=_unit(frames[0]),
+        )
+        warp = _cached_warp(job)
+        result = fit_sky(stack, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        quality = _quality_record(result)
+        for k, (path, record, config) in enumerate(zip(paths, records, configs)):
+            prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
+            write_exposure(result, k, record["output"], warp_model=job.warp, provenance=prov, config=config,
+                           dtype=job.dtype, extra_mask=extra)
+            record["status"] = "done"
+            record.update(quality)
+    except Exception as exc:  # noqa: BLE001 - reported by name
+        for record in records:
+            if record["status"] != "done":
+                record["message"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        numba.set_num_threads(previous)
+        for record in records:
+            record["seconds"] = (time.perf_counter() - t0) / len(paths)
+    return records
+
+
+def _run_group(client, files, job, cal, summary):
+    """Run :func:`_process_group` as one task and count its records in ``summary``."""
+    future = client.submit(_process_group, [str(p) for p in files], job, cal.bias, cal.flat, pure=False)
+    try:
+        records = future.result()
+    except Exception as exc:  # noqa: BLE001 - e.g. the worker died
+        records = [{"input": str(p), "status": "failed", "message": f"{type(exc).__name__}: {exc}"} for p in files]
+    for record in records:
+        if record["status"] == "done":
+            summary.done.append(record["input"])
+        elif record["status"] == "skipped":
+            summary.skipped.append(record["input"])
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            continue
+        if record.get("suspect"):
+            summary.suspect.append((record["input"], list(record.get("warnings", []))))
+
+
+def _refuse_outputs_as_science(files):
+    """A folder of dashboard exports or batch outputs is not raw science: say so before any work."""
+    outputs = []
+    for path in files:
+        if path.name.endswith(OUTPUT_SUFFIX):
+            try:
+                header = fits.getheader(path)
+            except (OSError, ValueError):
+                continue  # unreadable: it fails on its own, by name
+            if "SWDONE" in header or "SWMETHOD" in header:
+                outputs.append(path.name)
+    if outputs:
+        shown = ", ".join(outputs[:4]) + (", ..." if len(outputs) > 4 else "")
+        raise ValueError(
+            f"{len(outputs)} of the science files are specwidgets outputs (dashboard exports or batch "
+            f"outputs: {shown}), not raw exposures; give the raw science frames, or the session saved in the "
+            "page (--settings FILE) to take them from its folder"
+        )
+
+
+def _given_files(items):
+    if items is None:
+        return False
+    if isinstance(items, (str, os.PathLike)):
+        return True
+    return len(list(items)) > 0
+
+
+def run_batch(
+    science=(),
+    arc=(),
+    *,
+    out_dir,
+    bias=(),
+    flat=(),
+    settings=None,
+    data_root=None,
+    instrument=None,
+    instrument_options=None,
+    crop=None,
+    masks=None,
+    guesses=None,
+    method=None,
+    spatial_order=None,
+    sky_options=None,
+    read_noise=None,
+    gain=None,
+    arc_combine=None,
+    fail_on_suspect=False,
+    warp_model=None,
+    std_variation=None,
+    line_order=None,
+    warp_order=None,
+    tolerance=None,
+    fit_together=None,
+    flat_norm="column",
+    dtype="float32",
+    workers=None,
+    scheduler=None,
+    client=None,
+    processes=True,
+    max_in_flight=None,
+    numba_threads=1,
+    overwrite=False,
+    progress=True,
+    report=False,
+):
+    """Subtract the sky from every exposure and write one FITS file each (see the module docs).
+
+    Parameters
+    ----------
+    science : path, glob pattern, folder, or a list of them
+        The exposures; a folder means its FITS files. A missing or unreadable
+        file fails on its own; the others still run. May be empty when the
+        ``settings`` name a folder: its science files (by the session's tag).
+    arc, bias, flat : same
+        Calibration frames (median-combined; see :func:`prepare_calibrations`).
+        ``arc`` may be empty when ``warp_model`` is given, or taken (with
+        ``bias``) from the folder the ``settings`` name.
+    out_dir : path
+        Output folder (created); one ``<input stem>_sky.fits`` per exposure.
+    settings : path or dict, optional
+        A session saved by the dashboard (:mod:`specwidgets.io.settings`): its
+        masks, guesses, warp orders, tolerance, threshold, sky method and
+        options, noise model, arc combination, instrument, crop and data
+        folder are used for every argument left at None here (an argument
+        given here wins). The same frames then give the page's sky.
+    data_root : path, optional
+        Where a session's folder written relative to the page's data root
+        lies (default: the current folder).
+    fit_together : bool, optional
+        Fit the exposures as one stack, as the page does (its noise model,
+        spatial order and unlit rows are judged on all of them). Default
+        None: when the science files are exactly the exposures the
+        ``settings`` were saved with (so batch gives the page's sky);
+        otherwise each exposure is fit on its own.
+    instrument : str, Instrument or reader
+        How to read every frame (see :mod:`specwidgets.io.instruments`;
+        default ``"generic"``).
+    instrument_options : dict, optional
+        ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``.
+    crop : (int, int), optional
+        Rows kept of each trimmed frame.
+    masks : (int, int) or list of them
+        Rows excluded from the sky fit (the trace), as ``mask_region``.
+    guesses : sequence of float, optional
+        Arc-line columns for the warp fit; default :func:`find_cal_lines`.
+    method : {"bspline", "median"}
+        Default ``"bspline"``.
+    spatial_order : int or None
+        B-spline sky: Legendre order along the slit; None (the default)
+        leaves it to :func:`fit_sky` (its own default / automatic choice).
+    sky_options : dict, optional
+        More :func:`fit_sky` options (``knot_spacing``, ``reject_sigma``, ...).
+    read_noise : float or "estimate", optional
+        Electrons, for every exposure. Default None: each science frame's
+        own (its header via the instrument, carried on the image), else
+        what :func:`fit_sky` does without one (estimate it); ``"estimate"``
+        estimates it even when the frames carry one.
+    gain : float, optional
+        Electrons per data unit *of the data the sky is fit to*, passed to
+        :func:`fit_sky` for every exposure. Default None: 1.0 for frames
+        converted to electrons, else left to :func:`fit_sky`; ``"estimate"``
+        lets :func:`fit_sky` estimate it. (To convert ADU frames to
+        electrons, give ``instrument_options={"gain": G}``.)
+    arc_combine : {"sum", "median"}
+        How the arc frames are combined (each minus the bias): ``"sum"``
+        keeps the lines of every lamp when the arcs are of different lamps
+        (the default).
+    fail_on_suspect : bool
+        Exit code 3 when no exposure failed but some fit is suspect (default:
+        0; the suspect outputs are counted and named in the report either way).
+    warp_model : WarpModel or dict, optional
+        Use this model instead of fitting one on the arcs.
+    std_variation, line_order, warp_order, tolerance :
+        Passed to :func:`find_cal_lines` and :func:`generate_warp_model`
+        (defaults 50, 2, 1, 16).
+    flat_norm : {"column", "global"}
+    dtype : {"float32", "float64"}
+        Of the SCI, SKY and VAR images.
+    workers : int, optional
+        Local worker processes (default: one per CPU).
+    scheduler : str, optional
+        Address of a running Dask scheduler to use instead.
+    client : dask.distributed.Client, optional
+        An existing client to use (left open).
+    processes : bool
+        Local cluster of processes (default) or of threads in this process.
+    max_in_flight : int, optional
+        Tasks submitted at once (default: 4 per worker thread, at least 8).
+    numba_threads : int
+        Threads of numba's parallel kernels within one exposure's fit
+        (default 1: the parallelism is across exposures).
+    overwrite : bool
+        Redo outputs that are already complete.
+    progress : bool
+        Show a progress bar (tqdm, or ipywidgets in a notebook).
+    report : bool
+        Print failures as they happen and the summary at the end.
+
+    Returns
+    -------
+    BatchSummary
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        Bad arguments or unusable calibrations (before any exposure runs).
+    BatchLockedError
+        Another run is writing to ``out_dir``.
+    """
+    t0 = time.perf_counter()
+    given = {
+        "instrument": instrument, "crop": crop, "masks": masks, "guesses": guesses, "method": method,
+        "spatial_order": spatial_order, "sky_options": sky_options, "read_noise": read_noise, "gain": gain,
+        "arc_combine": arc_combine, "std_variation": std_variation, "line_order": line_order,
+        "warp_order": warp_order, "tolerance": tolerance,
+    }
+    resolved, science, arc, bias = _apply_settings(settings, data_root, given, science, arc, bias,
+                                                   has_warp_model=warp_model is not None)
+    instrument, crop, masks, guesses = (resolved[k] for k in ("instrument", "crop", "masks", "guesses"))
+    method, spatial_order, sky_options = resolved["method"], resolved["spatial_order"], resolved["sky_options"]
+    read_noise, gain, arc_combine = resolved["read_noise"], resolved["gain"], resolved["arc_combine"]
+    std_variation, line_order, warp_order = resolved["std_variation"], resolved["line_order"], resolved["warp_order"]
+    tolerance, page_group = resolved["tolerance"], resolved["_group"]
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    options = dict(sky_options or {})
+    if method == "bspline":
+        if spatial_order is not None:
+            options.setdefault("spatial_order", check_spatial_order(spatial_order))
+    elif spatial_order not in (None, "auto") or options:
+        raise ValueError("spatial_order and sky options apply to method='bspline' only")
+    if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float64")):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    crop = None if crop is None else tuple(crop)
+    _crop_pair(crop)
+    out_dir = Path(os.fspath(out_dir)).expanduser().resolve()
+    # Outputs of an earlier run in a science folder are not science.
+    files = [
+        p for p in _expand(science, "science", must_exist=False)
+        if not (p.parent == out_dir and p.name.endswith(OUTPUT_SUFFIX))
+    ]
+    if not files:
+        raise ValueError("no science files given")
+    _refuse_outputs_as_science(files)
+    # The page's own exposures: fit together, as the page does (same sky).
+    grouped = _page_group(files, page_group) if fit_together is None or fit_together else None
+    if fit_together and grouped is None:
+        raise ValueError("fit_together=True needs settings whose folder's exposures are exactly the science files")
+    if grouped is not None:
+        files = grouped
+    _check_outputs_unique(files)
+    instrument_options = dict(instrument_options or {})
+    reader = resolve_instrument(instrument, **instrument_options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if arc_combine not in ARC_COMBINES:
+        raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
+    if gain is not None and gain != ESTIMATE and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per data unit or 'estimate'; got {gain!r}")
+    if read_noise is not None and read_noise != ESTIMATE and not (
+        isinstance(read_noise, (int, float)) and np.isfinite(read_noise) and read_noise >= 0
+    ):
+        raise ValueError(f"read_noise must be a non-negative number of electrons or 'estimate'; got {read_noise!r}")
+    summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
+    with _DirectoryLock(out_dir):
+        summary.removed_temporary = len(clean_temporary_files(out_dir))
+        t_cal = time.perf_counter()
+        cal = prepare_calibrations(
+            arc,
+            bias=bias,
+            flat=flat,
+            instrument=reader,
+            crop=crop,
+            guesses=guesses,
+            warp_model=warp_model,
+            flat_norm=flat_norm,
+            std_variation=std_variation,
+            line_order=line_order,
+            warp_order=warp_order,
+            arc_combine=arc_combine,
+            tolerance=tolerance,
+        )
+        model = cal.warp_model
+        summary.timings["calibrations"] = time.perf_counter() - t_cal
+        ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
+        warp_dict = model.to_dict()
+        summary.warp_model = warp_dict
+        summary.warnings = list(model.quality_warnings) if model.traces is not None else []
+        names = {k: [p.name for p in v] for k, v in cal.files.items()}
+        instrument_name = instrument if isinstance(instrument, str) else getattr(reader, "name", repr(reader))
+        provenance = {
+            "instrument": instrument_name,
+            "crop": crop,
+            "unit": cal.unit,
+            "flat_norm": flat_norm,
+            "arc_combine": arc_combine,
+            "n_guesses": None if cal.guesses is None else int(cal.guesses.size),
+            **names,
+        }
+        settings = {
+            "instrument": instrument_name,
+            "instrument_options": {k: repr(v) for k, v in instrument_options.items()},
+            "crop": crop,
+            "masks": ranges,
+            "method": method,
+            "options": effective_options(method, options),
+            "read_noise": read_noise,
+            **({} if gain is None else {"gain": gain if gain == ESTIMATE else float(gain)}),
+            "flat_norm": flat_norm if cal.flat is not None else None,
+            "dtype": np.dtype(dtype).name,
+            "warp": warp_dict,
+            "bias": names["bias"],
+            "flat": names["flat"],
+        }
+        # Content, not names: a calibration rewritten under the same name
+        # must redo the outputs made with the old one.
+        cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
+        if warp_model is None:
+            # Fit on the arcs: the model follows their content (and the bias),
+            # so a change in it means stale data, not other settings.
+            cal_content["warp"] = settings.pop("warp")
+        job = _Job(
+            reader=reader,
+            crop=crop,
+            shape=tuple(model.shape),
+            warp=warp_dict,
+            warp_key=hashlib.sha256(json.dumps(warp_dict, sort_keys=True).encode()).hexdigest(),
+            masks=ranges,
+            method=method,
+            options=options,
+            read_noise=read_noise if read_noise in (None, ESTIMATE) else float(read_noise),
+            unit=cal.unit,
+            sky_gain=gain if gain in (None, ESTIMATE) else float(gain),
+            dtype=np.dtype(dtype).name,
+            out_dir=str(out_dir),
+            overwrite=bool(overwrite),
+            provenance=provenance,
+            settings=settings,
+            numba_threads=int(numba_threads),
+            cal_content=cal_content,
+        )
+        if report:
+            for w in summary.warnings:
+                print(f"warp model warning: {w}", file=sys.stderr)
+        t_start = time.perf_counter()
+        dask_client, to_close = _open_client(workers, scheduler, client, processes, numba_threads)
+        summary.timings["cluster_start"] = time.perf_counter() - t_start
+        try:
+            if grouped is not None:
+                _run_group(dask_client, files, job, cal, summary)
+            else:
+                _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
+        finally:
+            t_stop = time.perf_counter()
+            for thing in to_close:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+            summary.timings["cluster_stop"] = time.perf_counter() - t_stop
+            # Every task has ended: any temporary file now is debris of a crashed worker.
+            clean_temporary_files(out_dir)
+    summary.wall_time = time.perf_counter() - t0
+    if report:
+        print(summary.report(), file=sys.stderr)
+    return summary
+
+
+#: Most exposures one task runs in a row (see :func:`_chunk_size`).
+MAX_CHUNK = 4
+
+
+def _chunk_size(n_files, n_threads):
+    """Exposures per task: several when there are many, so Dask's own cost per task is shared.
+
+    Each task costs the scheduler and client (in the driver) ~5-10 ms of CPU
+    and the worker a few ms more, against ~30-40 ms of work for a small
+    exposure; with as many processes as CPUs that overhead competes with
+    the fits. Up to :data:`MAX_CHUNK` per task while every thread still gets
+    at least 16 tasks (so the last ones balance out across workers).
+    """
+    return int(max(1, min(MAX_CHUNK, n_files // (16 * max(1, n_threads)))))
+
+
+def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight):
+    from dask.distributed import as_completed
+
+    n_threads = sum(client.nthreads().values()) or 1
+    limit = max_in_flight or max(8, 4 * n_threads)
+    chunk = _chunk_size(len(files), n_threads)
+    job_f = client.scatter(job, broadcast=True, hash=False)
+    bias_f = None if cal.bias is None else client.scatter(cal.bias, broadcast=True, hash=False)
+    flat_f = None if cal.flat is None else client.scatter(cal.flat, broadcast=True, hash=False)
+    run_id = uuid.uuid4().hex[:8]
+    pending = {}
+    queue = iter(enumerate(files[i: i + chunk] for i in range(0, len(files), chunk)))
+    stream = as_completed(loop=client.loop)
+    bar = _Progress(len(files), progress)
+    timings = summary.timings
+    timings.update(task_wall=0.0, task_cpu=0.0, exposures_per_task=chunk)
+    t_submit = time.perf_counter()
+
+    def submit_next():
+        try:
+            i, paths = next(queue)
+        except StopIteration:
+            return
+        fut = client.submit(
+            _process_many, [str(p) for p in paths], job_f, bias_f, flat_f, key=f"specwidgets-sky-{run_id}-{i}",
+            pure=False, retries=1,
+        )
+        pending[fut.key] = (fut, paths)
+        stream.add(fut)
+
+    def handle(record):
+        timings["task_wall"] += record.get("seconds", 0.0)
+        timings["task_cpu"] += record.get("cpu_seconds", 0.0)
+        status = record["status"]
+        if status == "done":
+            summary.done.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+                if report:
+                    bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
+        elif status == "skipped":
+            summary.skipped.append(record["input"])
+            if record.get("suspect"):
+                summary.suspect.append((record["input"], list(record.get("warnings", []))))
+        else:
+            summary.failed.append((record["input"], record["message"]))
+            if report:
+                bar.write(f"failed: {Path(record['input']).name}: {record['message']}")
+        bar.update(status)
+
+    try:
+        for _ in range(limit):
+            submit_next()
+        for fut in stream:
+            _, paths = pending.pop(fut.key)
+            try:
+                records = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker died on one of these files
+                message = f"{type(exc).__name__}: {exc}"
+                records = [{"input": str(path), "status": "failed", "message": message} for path in paths]
+            fut.release()
+            if "first_result" not in timings:
+                timings["first_result"] = time.perf_counter() - t_submit
+            for record in records:
+                handle(record)
+            submit_next()
+    except BaseException:
+        try:
+            client.cancel([f for f, _ in pending.values()])
+        except Exception:  # noqa: BLE001 - the cluster may be gone already
+            pass
+        raise
+    finally:
+        timings["tasks"] = time.perf_counter() - t_submit
+        try:
+            timings["worker_cpu"] = sum(client.run(_process_cpu_seconds).values())
+        except Exception:  # noqa: BLE001 - a figure for the record, never worth failing the run
+            pass
+        bar.close()
+        for f in (job_f, bias_f, flat_f):
+            if f is not None:
+                f.release()
+
+
+# ------------------------------------------------------------------ command line
+def _range_arg(text):
+    try:
+        start, stop = text.split(":")
+        start = int(start) if start.strip() else None
+        stop = int(stop) if stop.strip() else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}") from None
+    return (start, stop)
+
+
+def _guesses_arg(text):
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated columns, e.g. 120.5,833,1410; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no guesses given")
+    return values
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _positive_or_zero(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}")
+    return value
+
+
+def _spatial_order_arg(text):
+    try:
+        return check_spatial_order(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_batch_parser(subparsers):
+    """Add the ``batch`` subcommand to an argparse subparsers object (``func=run_batch_command``)."""
+    p = subparsers.add_parser(
+        "batch",
+        help="subtract the sky from many exposures (Dask), one FITS file each",
+        description=(
+            "Fit the warp model once on the arcs, then subtract the sky from every SCIENCE exposure "
+            "on Dask workers, writing OUT/<stem>_sky.fits (SCI, SKY, VAR, MASK). Re-running the same "
+            "command resumes: complete outputs are skipped. Put the SCIENCE files first."
+        ),
+    )
+    p.add_argument("science", nargs="*", metavar="SCIENCE",
+                   help="science FITS files or folders (with --settings naming a folder: default its science files)")
+    p.add_argument(
+        "--settings", default=None, metavar="FILE",
+        help="a session saved by the dashboard: its masks, guesses, warp and sky options, noise model, "
+             "instrument, crop and data folder; options given here win",
+    )
+    p.add_argument(
+        "--data-root", default=None, metavar="DIR",
+        help="where a session's folder, saved relative to the page's data root, lies (default: here)",
+    )
+    p.add_argument("--arc", nargs="+", default=[], metavar="ARC",
+                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's)")
+    p.add_argument(
+        "--arc-combine", choices=ARC_COMBINES, default=None,
+        help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
+    )
+    p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
+    p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
+    p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
+    p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
+    p.add_argument(
+        "--mask", type=_range_arg, action="append", default=None, metavar="START:STOP",
+        help="rows excluded from the sky fit (repeatable; required unless --settings gives them)",
+    )
+    p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
+    p.add_argument("--method", choices=METHODS, default=None, help="sky method (default: bspline)")
+    p.add_argument(
+        "--spatial-order", type=_spatial_order_arg, default=None, metavar="N|auto",
+        help="B-spline sky: order along the slit, 0..4 (default auto: the sky fit chooses)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="local worker processes")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
+    p.add_argument(
+        "--read-noise", type=float, default=None, metavar="E",
+        help="read noise (e-; default from the headers, else estimated from the data)",
+    )
+    p.add_argument(
+        "--gain", type=float, default=None, metavar="G",
+        help="gain (e-/ADU; frames are converted to electrons; default from the headers/instrument)",
+    )
+    p.add_argument(
+        "--fail-on-suspect", action="store_true",
+        help="exit 3 when no exposure failed but some fit is suspect (default: exit 0, suspect ones counted)",
+    )
+    p.add_argument("--std-variation", type=float, default=None, help="arc-line detection threshold (default 50)")
+    p.add_argument("--tolerance", type=float, default=None, help="warp fit: line tracing tolerance (default 16)")
+    p.add_argument("--warp-order", type=_positive_or_zero, default=None, help="warp fit: order along the slit (default 1)")
+    p.add_argument("--line-order", type=_positive_or_zero, default=None, help="warp fit: order of each line (default 2)")
+    p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_batch_command)
+    return p
+
+
+def run_batch_command(args):
+    """Run ``specwidgets batch`` from parsed arguments; return the exit code.
+
+    0: every exposure done or already complete (suspect fits included: they
+    are counted and named in the summary); 1: some failed (named in the
+    summary); 2: bad arguments or calibrations, nothing run; 3: with
+    ``--fail-on-suspect``, nothing failed but some fit is suspect;
+    130: interrupted.
+    """
+    instrument_options = {} if args.gain is None else {"gain": args.gain}
+    settings = getattr(args, "settings", None)
+    if settings is None and (not args.science or not args.arc or not args.mask):
+        missing = [f for f, v in (("SCIENCE files", args.science), ("--arc", args.arc), ("--mask", args.mask)) if not v]
+        print(f"specwidgets batch: error: give {', '.join(missing)} (or --settings FILE from the dashboard)",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = run_batch(
+            args.science,
+            args.arc,
+            out_dir=args.out,
+            bias=args.bias,
+            flat=args.flat,
+            settings=settings,
+            data_root=getattr(args, "data_root", None),
+            instrument=args.instrument,
+            instrument_options=instrument_options,
+            crop=args.crop,
+            masks=args.mask,
+            guesses=args.guesses,
+            method=args.method,
+            spatial_order=args.spatial_order,
+            read_noise=args.read_noise,
+            arc_combine=getattr(args, "arc_combine", None),
+            fail_on_suspect=getattr(args, "fail_on_suspect", False),
+            std_variation=args.std_variation,
+            tolerance=getattr(args, "tolerance", None),
+            warp_order=getattr(args, "warp_order", None),
+            line_order=getattr(args, "line_order", None),
+            flat_norm=args.flat_norm,
+            dtype=args.dtype,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            report=True,
+        )
+    except KeyboardInterrupt:
+        print("specwidgets batch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, BatchLockedError) as exc:
+        print(f"specwidgets batch: error: {exc}", file=sys.stderr)
+        return 2
+    return summary.exit_code
+
+
+def main(argv=None):
+    """``python -m specwidgets.batch ...``: the ``batch`` subcommand on its own."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["batch"]:
+        argv.insert(0, "batch")
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_batch_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,652 @@
+"""1D spectra from a sky-subtracted frame: trace the target, extract it, score the sky lines.
+
+The point of sky subtraction is the extracted spectrum: sky lines that are
+badly subtracted leave spikes (or dips) in it at the sky lines' columns.
+
+* :func:`trace_spectrum` finds the target's centre row in every column: a
+  robust centroid per block of columns, smoothed by a low-order polynomial.
+* :func:`extract_spectrum` sums the target's light per column, by a boxcar
+  or by optimal extraction (Horne 1986, PASP 98, 609) with the spatial
+  profile measured from the data and the variance of the sky model.
+* :func:`sky_line_residual_score` measures what the sky lines left behind.
+
+Dispersion runs along columns, as everywhere in specwidgets. Only numpy and
+scipy are used (no widgets).
+
+Examples
+--------
+>>> import specwidgets as sw
+>>> frames = sw.datasets.make_synthetic_longslit(shape=(60, 400), seed=1)
+>>> corrected = frames.science[0] - frames.sky[0]
+>>> trace = sw.trace_spectrum(corrected, mask_region=frames.trace_rows)
+>>> variance = frames.sky[0] + frames.read_noise**2
+>>> spec = sw.extract_spectrum(corrected, trace, method="optimal", variance=variance, gain=1.0)
+>>> spec.flux.shape, bool(abs(spec.flux.sum() / frames.trace.sum() - 1) < 0.01)
+((400,), True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.polynomial import Polynomial
+from scipy.ndimage import median_filter, uniform_filter1d
+from scipy.signal import find_peaks
+
+from .inputs import mask_ranges
+
+__all__ = [
+    "EXTRACTION_METHODS",
+    "Extraction",
+    "SkyLineScore",
+    "Trace",
+    "extract_spectrum",
+    "sky_line_residual_score",
+    "trace_spectrum",
+]
+
+EXTRACTION_METHODS = ("boxcar", "optimal")
+
+# --------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------
+
+
+def _as_frame(image, name="image"):
+    if image is None:
+        raise TypeError(f"{name} is None; expected a 2D frame (rows, cols)")
+    try:
+        arr = np.asarray(image, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} could not be read as a numeric array") from None
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        hint = " (one exposure of a stack: pass stack[k])" if arr.ndim == 3 else ""
+        raise ValueError(f"{name} must be a 2D frame (rows, cols); got shape {arr.shape}{hint}")
+    if min(arr.shape) < 3:
+        raise ValueError(f"{name} is too small to hold a spectrum: shape {arr.shape}")
+    return arr
+
+
+# --------------------------------------------------------------------------
+# Trace
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    """The target's centre row along the dispersion axis: a polynomial in the column.
+
+    Build one with :func:`trace_spectrum`, or by hand (editable) with
+    :meth:`from_coefficients` or :meth:`from_rows`.
+
+    Attributes
+    ----------
+    coefficients : (order + 1,) array
+        Polynomial coefficients, lowest power first, in the scaled column
+        ``u = (col - (n_cols - 1) / 2) / ((n_cols - 1) / 2)`` (-1 to 1).
+    n_cols : int
+        Columns of the frame.
+    fwhm : float
+        Full width at half maximum of the target across the rows (rows).
+    block_cols, block_rows : (n,) arrays
+        The per-block centroids the polynomial was fit to (empty when built by hand).
+    used : (n,) bool array
+        Which block centroids the robust fit kept.
+    """
+
+    coefficients: np.ndarray
+    n_cols: int
+    fwhm: float = 4.0
+    block_cols: np.ndarray = field(default_factory=lambda: np.empty(0))
+    block_rows: np.ndarray = field(default_factory=lambda: np.empty(0))
+    used: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+
+    def __post_init__(self):
+        self.coefficients = np.atleast_1d(np.asarray(self.coefficients, dtype=np.float64))
+        if self.coefficients.ndim != 1 or self.coefficients.size == 0:
+            raise ValueError("coefficients must be a 1D sequence, lowest power first")
+        if not np.all(np.isfinite(self.coefficients)):
+            raise ValueError(f"coefficients must be finite; got {self.coefficients}")
+        self.n_cols = int(self.n_cols)
+        if self.n_cols < 1:
+            raise ValueError(f"n_cols must be positive; got {self.n_cols}")
+        if not (np.isfinite(self.fwhm) and self.fwhm > 0):
+            raise ValueError(f"fwhm must be a positive number of rows; got {self.fwhm}")
+
+    @property
+    def order(self):
+        return self.coefficients.size - 1
+
+    def _u(self, cols):
+        half = max((self.n_cols - 1) / 2.0, 0.5)
+        return (np.asarray(cols, dtype=np.float64) - (self.n_cols - 1) / 2.0) / half
+
+    def centre(self, cols=None):
+        """Centre row at ``cols`` (default: every column)."""
+        cols = np.arange(self.n_cols) if cols is None else cols
+        return Polynomial(self.coefficients)(self._u(cols))
+
+    @property
+    def rows(self):
+        """Centre row of every column, ``(n_cols,)``."""
+        return self.centre()
+
+    @classmethod
+    def from_coefficients(cls, coefficients, n_cols, fwhm=4.0):
+        """A trace from polynomial coefficients in the scaled column (see :attr:`coefficients`).
+
+        Examples
+        --------
+        >>> Trace.from_coefficients([50.0], n_cols=100).rows[:3]
+        array([50., 50., 50.])
+        """
+        return cls(coefficients, n_cols, fwhm)
+
+    @classmethod
+    def from_rows(cls, rows, order=2, fwhm=4.0):
+        """A trace through given centre rows, one per column (fit by a polynomial of ``order``).
+
+        Examples
+        --------
+        >>> t = Trace.from_rows(40.0 + 0.01 * np.arange(200), order=1)
+        >>> round(float(t.rows[100]), 6)
+        41.0
+        """
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 1 or rows.size < order + 1:
+            raise ValueError(f"rows must be one centre row per column (at least {order + 1}); got shape {rows.shape}")
+        cols = np.arange(rows.size)
+        keep = np.isfinite(rows)
+        if keep.sum() < order + 1:
+            raise ValueError("rows has too few finite values to fit the trace")
+        trace = cls(np.zeros(order + 1), rows.size, fwhm)
+        fit = Polynomial.fit(trace._u(cols[keep]), rows[keep], order, domain=[-1, 1], window=[-1, 1])
+        trace.coefficients = fit.coef
+        return trace
+
+    def shifted(self, rows):
+        """The same trace moved by ``rows`` (an edit: nudge it up or down)."""
+        coefficients = self.coefficients.copy()
+        coefficients[0] += float(rows)
+        return Trace(coefficients, self.n_cols, self.fwhm)
+
+
+def _window(image, mask_region):
+    """Rows ``(start, stop)`` to look for the target in."""
+    n_rows = image.shape[0]
+    if mask_region is not None:
+        ranges = mask_ranges(mask_region, n_rows)
+        if not ranges:
+            raise ValueError("mask_region is empty: give the target's rows, or None to find the brightest ridge")
+        return min(a for a, _ in ranges), max(b for _, b in ranges)
+    # Brightest ridge: the row profile above the per-column median (the sky,
+    # in a frame not sky-subtracted), collapsed robustly over the columns.
+    with np.errstate(invalid="ignore"):
+        excess = image - np.nanmedian(image, axis=0, keepdims=True)
+    profile = np.nanmedian(excess, axis=1)
+    if not np.any(np.isfinite(profile)):
+        raise ValueError("the image has no finite values: nothing to trace")
+    peak = int(np.nanargmax(profile))
+    height = profile[peak]
+    if not height > 0:
+        raise ValueError("no ridge brighter than the rest of the frame: give mask_region (the target's rows)")
+    # Down to 5% of the peak on each side, plus a margin.
+    lo = peak
+    while lo > 0 and profile[lo - 1] > 0.05 * height:
+        lo -= 1
+    hi = peak
+    while hi < n_rows - 1 and profile[hi + 1] > 0.05 * height:
+        hi += 1
+    margin = max(2, (hi - lo) // 2)
+    return max(0, lo - margin), min(n_rows, hi + 1 + margin)
+
+
+def _half_max_width(profile):
+    """Full width at half maximum of a 1D profile (rows), interpolated between rows."""
+    peak = int(np.argmax(profile))
+    half = 0.5 * profile[peak]
+    lo = peak
+    while lo > 0 and profile[lo - 1] > half:
+        lo -= 1
+    hi = peak
+    while hi < profile.size - 1 and profile[hi + 1] > half:
+        hi += 1
+    # Linear interpolation of the crossings on each side.
+    left = lo - (profile[lo] - half) / (profile[lo] - profile[lo - 1]) if lo > 0 else lo - 0.5
+    right = hi + (profile[hi] - half) / (profile[hi] - profile[hi + 1]) if hi < profile.size - 1 else hi + 0.5
+    return float(max(right - left, 1.0))
+
+
+def trace_spectrum(image, mask_region=None, *, order=2, n_blocks=None, clip=3.0):
+    """Find the target's centre row in every column of a frame.
+
+    Within the rows of ``mask_region`` (the rows masked out of the sky fit,
+    which hold the target) or, without one, around the brightest ridge, the
+    frame is cut into blocks of columns; each block's median row profile
+    (medians ignore cosmic rays and sky-line residuals) above its edge level
+    gives a centroid. A polynomial of ``order`` is fit to the centroids
+    with iterative ``clip``-sigma rejection.
+
+    Parameters
+    ----------
+    image : array_like, shape (rows, cols)
+        One frame, best sky-subtracted (``result.corrected[k]``); a raw
+        frame works when the target is brighter than the sky.
+    mask_region : (int, int) or list of (int, int), optional
+        Rows ``start:stop`` holding the target (several ranges: their span).
+    order : int
+        Polynomial order along the columns (2 follows a bent trace).
+    n_blocks : int, optional
+        Blocks of columns (default: one per ~32 columns, 8 to 64).
+    clip : float
+        Rejection threshold in robust standard deviations.
+
+    Returns
+    -------
+    Trace
+
+    Raises
+    ------
+    ValueError
+        If the frame is not 2D, the window is empty, or too few blocks hold
+        light to fit the polynomial (the message says how many).
+    """
+    image = _as_frame(image)
+    n_rows, n_cols = image.shape
+    order = int(order)
+    if order < 0:
+        raise ValueError(f"order must be >= 0; got {order}")
+    r0, r1 = _window(image, mask_region)
+    if r1 - r0 < 3:
+        raise ValueError(f"the target window (rows {r0}:{r1}) is narrower than 3 rows")
+    if n_blocks is None:
+        n_blocks = int(np.clip(n_cols // 32, 8, 64))
+    n_blocks = int(min(max(n_blocks, order + 1), n_cols))
+    edges = np.linspace(0, n_cols, n_blocks + 1).astype(int)
+    rows = np.arange(r0, r1, dtype=np.float64)
+    cols, centres, widths = [], [], []
+    for c0, c1 in zip(edges[:-1], edges[1:]):
+        if c1 <= c0:
+            continue
+        prof = np.nanmedian(image[r0:r1, c0:c1], axis=1)
+        if not np.all(np.isfinite(prof)):
+            continue
+        # Level: the lower edge rows (sky residual or sky), so only the target counts.
+        level = np.median(np.sort(prof)[: max(2, prof.size // 4)])
+        weights = np.clip(prof - level, 0, None)
+        total = weights.sum()
+        if not total > 0:
+            continue
+        # Centroid of the core (above 5% of the peak): the wings of a
+        # wide window add only noise.
+        core = weights >= 0.05 * weights.max()
+        c = float((weights * core * rows).sum() / (weights * core).sum())
+        cols.append(0.5 * (c0 + c1 - 1))
+        centres.append(c)
+        widths.append(_half_max_width(weights))
+    cols, centres = np.asarray(cols), np.asarray(centres)
+    if cols.size < order + 2:
+        raise ValueError(
+            f"only {cols.size} of {n_blocks} column blocks hold light in rows {r0}:{r1}; "
+            f"an order-{order} trace needs {order + 2}: check mask_region or lower the order"
+        )
+    trace = Trace(np.zeros(order + 1), n_cols, float(np.median(widths)) or 4.0)
+    u = trace._u(cols)
+    used = np.ones(cols.size, bool)
+    for _ in range(5):
+        fit = Polynomial.fit(u[used], centres[used], order, domain=[-1, 1], window=[-1, 1])
+        resid = centres - fit(u)
+        sigma = 1.4826 * np.median(np.abs(resid[used] - np.median(resid[used]))) or 1e-3
+        new = np.abs(resid) <= clip * max(sigma, 0.02)
+        if new.sum() < order + 2 or np.array_equal(new, used):
+            break
+        used = new
+    trace.coefficients = fit.coef
+    trace.block_cols, trace.block_rows, trace.used = cols, centres, used
+    return trace
+
+
+# --------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Extraction:
+    """A 1D spectrum extracted along a trace.
+
+    Attributes
+    ----------
+    flux : (n_cols,) array
+        Target counts per column (NaN where nothing could be extracted).
+    variance : (n_cols,) array
+        Variance of ``flux`` (NaN when no variance image was given to a boxcar).
+    method : str
+        ``"boxcar"`` or ``"optimal"``.
+    trace : Trace
+    width : float
+        Aperture width in rows.
+    profile : (n_rows, n_cols) array or None
+        The normalised spatial profile (optimal extraction).
+    n_rejected : int
+        Pixels rejected as outliers (cosmic rays) by optimal extraction.
+    weights : (n_rows, n_cols) array
+        Fraction of each pixel inside the aperture.
+    """
+
+    flux: np.ndarray
+    variance: np.ndarray
+    method: str
+    trace: Trace
+    width: float
+    profile: np.ndarray | None = None
+    n_rejected: int = 0
+    weights: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def sigma(self):
+        """Standard deviation of ``flux``."""
+        return np.sqrt(self.variance)
+
+
+def _aperture(trace, n_rows, width):
+    """Fraction of each pixel within ``centre +- width / 2`` (partial pixels at the edges)."""
+    centre = trace.rows[None, :]
+    lo, hi = centre - width / 2.0, centre + width / 2.0
+    pix = np.arange(n_rows, dtype=np.float64)[:, None]
+    return np.clip(np.minimum(pix + 0.5, hi) - np.maximum(pix - 0.5, lo), 0.0, 1.0)
+
+
+def _smooth_profile(image, weights, box, smooth):
+    """Horne's profile: each row's fraction of the column's flux, smoothed along the columns."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = image * weights / box[None, :]
+    bad = ~np.isfinite(frac) | (np.abs(box) <= 0)[None, :]
+    frac = np.where(bad, 0.0, frac)
+    # A median along the dispersion drops cosmic rays and faint columns; a
+    # mean then smooths the steps the median leaves.
+    profile = median_filter(frac, size=(1, smooth), mode="nearest")
+    profile = uniform_filter1d(profile, size=max(3, smooth // 3), axis=1, mode="nearest")
+    profile = np.clip(profile, 0.0, None) * (weights > 0)
+    norm = profile.sum(axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, profile / norm, 0.0)
+
+
+def extract_spectrum(image, trace, width=None, method="optimal", variance=None, *, gain=None, clip=5.0,
+                     smooth=31, max_iterations=5):
+    """Extract the target's 1D spectrum along ``trace``, by boxcar or optimal extraction.
+
+    Parameters
+    ----------
+    image : array_like, shape (rows, cols)
+        The sky-subtracted frame (``result.corrected[k]``).
+    trace : Trace
+        From :func:`trace_spectrum` (or built by hand).
+    width : float, optional
+        Aperture width in rows (default: 4 FWHM of the trace, which holds
+        all but ~1e-5 of a Gaussian profile).
+    method : {"optimal", "boxcar"}
+        ``"boxcar"`` sums the aperture; ``"optimal"`` weights each pixel by
+        profile / variance (Horne 1986) with the profile measured from the
+        data, and rejects outliers (cosmic rays) beyond ``clip`` sigma.
+    variance : array_like, shape (rows, cols), optional
+        Variance of each pixel without the target's own light: the sky
+        model's noise plus the model's variance
+        (``result.noise_variance[k] + result.exposure_variance(k)``).
+        Required for ``"optimal"``; without it a boxcar's variance is NaN.
+    gain : float, optional
+        Electrons per data unit. When given, the target's own shot noise
+        (model flux x profile / gain) is added to ``variance`` and the
+        extraction iterated, as Horne does; without it the given variance
+        is used as it is.
+    clip : float
+        Outlier threshold of optimal extraction, in sigma.
+    smooth : int
+        Columns over which the profile is smoothed along the dispersion.
+    max_iterations : int
+        Profile / variance / rejection rounds of optimal extraction.
+
+    Returns
+    -------
+    Extraction
+
+    Raises
+    ------
+    TypeError
+        If ``trace`` is not a :class:`Trace`.
+    ValueError
+        On a non-2D image, a variance image of another shape or with
+        negative values, a trace for another number of columns, an unknown
+        method, a non-positive width, or optimal extraction without variance.
+    """
+    image = _as_frame(image)
+    n_rows, n_cols = image.shape
+    if not isinstance(trace, Trace):
+        raise TypeError(f"trace must be a Trace (from trace_spectrum); got {type(trace).__name__}")
+    if trace.n_cols != n_cols:
+        raise ValueError(f"the trace is for {trace.n_cols} columns but the image has {n_cols}")
+    if method not in EXTRACTION_METHODS:
+        raise ValueError(f"method must be one of {EXTRACTION_METHODS}; got {method!r}")
+    width = 4.0 * trace.fwhm if width is None else float(width)
+    if not (np.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number of rows; got {width}")
+    if variance is not None:
+        variance = _as_frame(variance, "variance")
+        if variance.shape != image.shape:
+            raise ValueError(f"variance has shape {variance.shape} but the image {image.shape}")
+        if np.nanmin(variance) < 0:
+            raise ValueError("variance has negative values; pass a variance (sigma**2), not a residual")
+    elif method == "optimal":
+        raise ValueError(
+            "optimal extraction needs a variance image: e.g. result.noise_variance[k] + "
+            "result.exposure_variance(k) of a SkyResult (or use method='boxcar')"
+        )
+    if gain is not None and not (np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per data unit; got {gain!r}")
+
+    weights = _aperture(trace, n_rows, width)
+    if not np.any(weights.sum(axis=0) > 0):
+        raise ValueError(f"the aperture (width {width:g} rows around the trace) misses the image's rows")
+    good = np.isfinite(image)
+    data = np.where(good, image, 0.0)
+    wgood = weights * good
+    box = (data * wgood).sum(axis=0)
+    if method == "boxcar":
+        if variance is None:
+            var = np.full(n_cols, np.nan)
+        else:
+            pixel_var = np.where(good, variance, 0.0)
+            if gain is not None:
+                pixel_var = pixel_var + np.clip(data, 0.0, None) / gain  # the target's shot noise
+            var = (pixel_var * wgood**2).sum(axis=0)
+        empty = wgood.sum(axis=0) == 0
+        box[empty], var[empty] = np.nan, np.nan
+        return Extraction(box, var, "boxcar", trace, width, weights=weights)
+
+    # Horne (1986): profile from the data, then weights P / V with the
+    # variance revised from the model and outliers rejected, until stable.
+    smooth = int(max(3, smooth))
+    profile = _smooth_profile(data, wgood, box, smooth)
+    use = wgood > 0
+    v0 = np.where(good, variance, np.inf)
+    flux = box.copy()
+    n_rejected = 0
+    for _ in range(int(max(1, max_iterations))):
+        v = v0 + (np.clip(flux[None, :] * profile, 0.0, None) / gain if gain is not None else 0.0)
+        v = np.where(v > 0, v, np.inf)
+        num = (np.where(use, profile * data / v, 0.0)).sum(axis=0)
+        den = (np.where(use, profile**2 / v, 0.0)).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            flux = np.where(den > 0, num / den, np.nan)
+        resid2 = (data - flux[None, :] * profile) ** 2
+        with np.errstate(invalid="ignore"):
+            outlier = use & (resid2 > clip**2 * v)
+        # Reject only the worst pixel per column per round (Horne): a bad
+        # profile must not throw out the whole column.
+        worst = np.where(outlier, resid2 / v, -1.0)
+        col_worst = worst.argmax(axis=0)
+        hit = worst[col_worst, np.arange(n_cols)] > 0
+        if not hit.any():
+            break
+        use[col_worst[hit], np.nonzero(hit)[0]] = False
+        n_rejected += int(hit.sum())
+    v = v0 + (np.clip(flux[None, :] * profile, 0.0, None) / gain if gain is not None else 0.0)
+    v = np.where(v > 0, v, np.inf)
+    # Normalise by the profile fraction still in use, so a rejected pixel
+    # does not bias the flux low; the variance is Horne's 1 / sum(P^2 / V).
+    den = (np.where(use, profile**2 / v, 0.0)).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(den > 0, 1.0 / den, np.nan)
+    flux = np.where(np.isfinite(var), flux, np.nan)
+    return Extraction(flux, var, "optimal", trace, width, profile=profile, n_rejected=n_rejected, weights=weights)
+
+
+# --------------------------------------------------------------------------
+# Sky-line score
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class SkyLineScore:
+    """How well the sky lines were subtracted, seen in the extracted spectrum.
+
+    Attributes
+    ----------
+    score : float
+        RMS of the extracted flux's residual at the sky lines, in units of
+        its own error: about 1 when the sky lines leave nothing behind,
+        well above 1 when they leave spikes or dips.
+    lines : (n,) array
+        Columns of the sky lines used (the brightest).
+    residuals : (n,) array
+        Residual of each line, in sigma (flux minus the local continuum of
+        the spectrum, summed over the line's columns).
+    n_lines : int
+    """
+
+    score: float
+    lines: np.ndarray
+    residuals: np.ndarray
+    n_lines: int
+
+    def __str__(self):
+        return f"sky-line residual {self.score:.2f} sigma RMS over {self.n_lines} lines"
+
+
+def sky_line_residual_score(extraction, sky, n_lines=10, half_width=1, continuum=41):
+    """RMS of the extracted flux's residual at the brightest sky lines, in units of its error.
+
+    The residual at a sky line is the extracted flux, summed over the
+    line's ``2 * half_width + 1`` columns, minus the spectrum's local
+    continuum there (a running median over ``continuum`` columns), divided
+    by the error of that sum. Well-subtracted sky lines give residuals of
+    pure noise: a score near 1.
+
+    Parameters
+    ----------
+    extraction : Extraction
+        With finite variance (give ``variance`` to :func:`extract_spectrum`).
+    sky : array_like, shape (n_cols,) or (rows, cols)
+        The sky spectrum (e.g. the background extracted along the same
+        trace) or the background frame (then extracted here by boxcar).
+    n_lines : int
+        Brightest sky lines to use.
+    half_width : int
+        Columns on each side of a line's peak.
+    continuum : int
+        Running-median window (columns) of the spectrum's continuum.
+
+    Returns
+    -------
+    SkyLineScore
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad input: not an :class:`Extraction`, no variance, a sky of the
+        wrong length, or no sky line found.
+    """
+    if not isinstance(extraction, Extraction):
+        raise TypeError(f"extraction must be an Extraction (from extract_spectrum); got {type(extraction).__name__}")
+    flux, var = extraction.flux, extraction.variance
+    n_cols = flux.size
+    if not np.any(np.isfinite(var)):
+        raise ValueError("the extraction has no variance: extract with variance= to score the sky lines")
+    sky = np.asarray(sky, dtype=np.float64)
+    if sky.ndim == 2:
+        if sky.shape[1] != n_cols:
+            raise ValueError(f"sky frame has {sky.shape[1]} columns but the spectrum {n_cols}")
+        sky = extract_spectrum(sky, extraction.trace, width=extraction.width, method="boxcar").flux
+    if sky.shape != (n_cols,):
+        raise ValueError(f"sky must be a spectrum of {n_cols} columns or a frame; got shape {sky.shape}")
+    n_lines, half_width = int(n_lines), int(half_width)
+    if n_lines < 1 or half_width < 0:
+        raise ValueError("n_lines must be >= 1 and half_width >= 0")
+    sky = np.nan_to_num(sky)
+    base = median_filter(sky, size=min(continuum, n_cols), mode="nearest")
+    peaks, props = find_peaks(sky - base, prominence=0, distance=2 * half_width + 3)
+    edge = half_width + 1
+    keep = (peaks >= edge) & (peaks < n_cols - edge)
+    peaks, prominence = peaks[keep], props["prominences"][keep]
+    if peaks.size == 0:
+        raise ValueError("no sky line found in the sky spectrum")
+    order = np.argsort(prominence)[::-1][:n_lines]
+    lines = np.sort(peaks[order])
+    # The continuum of the target, without the line columns themselves.
+    masked = flux.copy()
+    for p in lines:
+        masked[p - half_width - 1 : p + half_width + 2] = np.nan
+    fill = np.interp(np.arange(n_cols), np.flatnonzero(np.isfinite(masked)),
+                     masked[np.isfinite(masked)]) if np.isfinite(masked).sum() > 1 else np.zeros(n_cols)
+    cont = median_filter(fill, size=min(continuum, n_cols), mode="nearest")
+    residuals = []
+    for p in lines:
+        sl = slice(p - half_width, p + half_width + 1)
+        r = np.nansum(flux[sl] - cont[sl])
+        s = np.sqrt(np.nansum(var[sl]))
+        residuals.append(r / s if s > 0 else np.nan)
+    residuals = np.asarray(residuals)
+    finite = residuals[np.isfinite(residuals)]
+    if finite.size == 0:
+        raise ValueError("no sky line has a finite extracted flux and error")
+    score = float(np.sqrt(np.mean(finite**2)))
+    return SkyLineScore(score, lines.astype(float), residuals, int(finite.size))
+
+
+def guess_trace_rows(science):
+    """Rows holding the brightest trace: where the row medians rise well above the sky.
+
+    Returns ``(start, stop)``: the run of rows around the brightest one whose
+    median rises above the typical row by more than 1% of the peak (and five
+    times the row-to-row scatter), widened by a quarter on each side.
+    """
+    stack = np.asarray(science, dtype=float)
+    image = np.nanmedian(stack, axis=0) if stack.ndim == 3 else stack
+    n_rows = image.shape[0]
+    with np.errstate(all="ignore"):
+        profile = np.nanmedian(image, axis=1)
+    profile = np.where(np.isfinite(profile), profile, np.nanmedian(profile))
+    base = float(np.median(profile))
+    excess = profile - base
+    scatter = 1.4826 * float(np.median(np.abs(np.diff(profile)))) / np.sqrt(2)
+    peak = int(np.argmax(excess))
+    threshold = max(0.01 * float(excess[peak]), 5.0 * scatter)
+    if not np.isfinite(threshold) or excess[peak] <= threshold:
+        middle, half = n_rows // 2, max(1, n_rows // 20)
+        return max(0, middle - half), min(n_rows, middle + half)
+    start = peak
+    while start > 0 and excess[start - 1] > threshold:
+        start -= 1
+    stop = peak + 1
+    while stop < n_rows and excess[stop] > threshold:
+        stop += 1
+    pad = max(2, (stop - start) // 4)
+    start, stop = max(0, start - pad), min(n_rows, stop + pad)
+    if stop - start > 0.8 * n_rows:  # no sky left: keep the brightest rows only
+        half = max(1, n_rows // 10)
+        start, stop = max(0, peak - half), min(n_rows, peak + half + 1)
+    return int(start), int(stop)

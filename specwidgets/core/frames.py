@@ -1,0 +1,266 @@
+"""Image arrays that carry their noise model: gain, read noise and where they came from.
+
+The loaders (:func:`~specwidgets.io.loading.collect_images_array`,
+:func:`~specwidgets.io.loading.average_matching_files`), the batch runner and the
+synthetic data sets return :class:`FrameArray` objects: plain float64 numpy
+arrays with a few extra attributes, so that what the headers say about the
+detector reaches :func:`~specwidgets.core.sky.api.fit_sky` without the user
+copying numbers by hand::
+
+    science = collect_images_array(folder, instrument="goodman") - bias
+    science.gain, science.read_noise, science.noise_source
+    # (1.0, 4.74, 'header GAIN/RDNOISE of goodman frames')
+
+Attributes
+----------
+gain : float or None
+    Electrons per data unit. 1.0 for data already converted to electrons;
+    None when unknown (data in ADU and no gain known).
+read_noise : float or None
+    Read noise **in electrons** (per data value: for combined frames it is the
+    combination's), or None when unknown.
+noise_source : str
+    Where ``gain`` and ``read_noise`` came from, in words (e.g. ``"header
+    GAIN/RDNOISE of goodman frames"``, ``"argument"``, ``"synthetic truth"``);
+    ``""`` when nothing is known.
+unit : str or None
+    ``"electron"``, ``"adu"`` or None.
+header : astropy.io.fits.Header or None
+    The header of the first frame read, when there is one.
+
+How the metadata travels
+------------------------
+* Slicing, views, copies, ``astype`` and in-place arithmetic keep it.
+* Arithmetic between arrays (``science - bias``, ``image / flat``) keeps the
+  metadata of the **left** operand, attribute by attribute, except that a
+  None there is filled from the right operand (``plain - frames`` therefore
+  keeps the frames' metadata). The numbers describe the detector, so they
+  are not rescaled: after multiplying the data by a factor, set ``gain``
+  yourself (or use :func:`with_noise`).
+* Comparisons and other boolean results (masks) are plain arrays.
+* ``np.stack`` and ``np.concatenate`` return plain arrays: wrap the result
+  with :func:`frame_array` (``like=`` one of the inputs) to keep the metadata.
+* Reductions that return a scalar (``.sum()``, ``np.median(a)``) return plain
+  numbers; ``np.asarray(a)`` returns a plain ndarray (no metadata).
+
+Examples
+--------
+>>> import numpy as np
+>>> a = FrameArray(np.ones((2, 3)), gain=1.0, read_noise=4.0, noise_source="argument")
+>>> b = a[:, 1:] - 0.5
+>>> type(b).__name__, b.gain, b.read_noise, b.noise_source
+('FrameArray', 1.0, 4.0, 'argument')
+>>> type(a.sum()).__name__
+'float64'
+>>> plain = np.zeros((2, 3))
+>>> (plain - a).read_noise       # None on the left is filled from the right
+4.0
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["FrameArray", "NOISE_ATTRIBUTES", "frame_array", "noise_of", "with_noise"]
+
+#: The metadata attributes of a :class:`FrameArray`, in the order they are merged.
+NOISE_ATTRIBUTES = ("gain", "read_noise", "noise_source", "unit", "header")
+
+
+def check_gain(value, name="gain"):
+    """``value`` as a float gain (electrons per data unit), or None for "unknown" (taken from the frames or estimated)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of electrons per data unit or None; got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{name} must be a positive finite number of electrons per data unit "
+            f"(or None to take it from the frames or estimate it); got {value!r}"
+        )
+    return value
+
+
+def check_read_noise(value, name="read_noise"):
+    """``value`` as a float read noise (electrons), or None for "unknown" (taken from the frames or estimated)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of electrons or None; got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{name} must be a non-negative finite number of electrons "
+            f"(or None to take it from the frames or estimate it); got {value!r}"
+        )
+    return value
+
+
+class FrameArray(np.ndarray):
+    """A numpy array with ``gain``, ``read_noise``, ``noise_source``, ``unit`` and ``header``.
+
+    Parameters
+    ----------
+    data : array_like
+        The pixel values (kept as given; no copy when already an ndarray).
+    gain : float or None
+        Electrons per data unit (1.0 when the data are electrons).
+    read_noise : float or None
+        Electrons.
+    noise_source : str
+        Where the two numbers came from.
+    unit : str or None
+        ``"electron"`` or ``"adu"``.
+    header : astropy.io.fits.Header or None
+
+    See the module documentation for how the metadata follows arithmetic.
+    """
+
+    gain = None
+    read_noise = None
+    noise_source = ""
+    unit = None
+    header = None
+
+    def __new__(cls, data, gain=None, read_noise=None, noise_source="", unit=None, header=None):
+        obj = np.asarray(data).view(cls)
+        obj.gain = check_gain(gain)
+        obj.read_noise = check_read_noise(read_noise)
+        obj.noise_source = str(noise_source or "")
+        obj.unit = unit
+        obj.header = header
+        return obj
+
+    def __array_finalize__(self, obj):
+        # Views, slices and copies of a FrameArray: same detector, same metadata.
+        if obj is None:
+            return
+        for name in NOISE_ATTRIBUTES:
+            setattr(self, name, getattr(obj, name, getattr(FrameArray, name)))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        frames = [x for x in (*inputs, *(out or ())) if isinstance(x, FrameArray)]
+        args = [x.view(np.ndarray) if isinstance(x, FrameArray) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(x.view(np.ndarray) if isinstance(x, FrameArray) else x for x in out)
+        results = getattr(ufunc, method)(*args, **kwargs)
+        if results is NotImplemented:  # pragma: no cover - numpy decides
+            return NotImplemented
+        meta = _merge(frames)
+        if method == "at":
+            return None
+        if ufunc.nout == 1:
+            results = (results,)
+        outs = out or (None,) * ufunc.nout
+        wrapped = []
+        for result, target in zip(results, outs):
+            if target is not None:
+                wrapped.append(target)  # in place: the caller's object, metadata already its own
+            elif isinstance(result, np.ndarray) and result.ndim > 0 and result.dtype != bool:
+                wrapped.append(_attach(result.view(FrameArray), meta))
+            elif isinstance(result, np.ndarray) and result.ndim > 0:
+                wrapped.append(result)  # a mask (a > 0, np.isfinite) is not an image: plain
+            else:
+                wrapped.append(result[()] if isinstance(result, np.ndarray) else result)
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def __reduce__(self):
+        # Pickling (Dask, multiprocessing) keeps the metadata.
+        constructor, args, state = super().__reduce__()
+        return constructor, args, (state, {n: getattr(self, n) for n in NOISE_ATTRIBUTES})
+
+    def __setstate__(self, state):
+        base, meta = state
+        super().__setstate__(base)
+        for name, value in meta.items():
+            setattr(self, name, value)
+
+    def __repr__(self):
+        body = repr(self.view(np.ndarray))
+        return (
+            f"FrameArray({body}, gain={self.gain!r}, read_noise={self.read_noise!r}, "
+            f"noise_source={self.noise_source!r}, unit={self.unit!r})"
+        )
+
+
+def _merge(frames):
+    """Metadata of several FrameArrays: the first one's, None filled from the next ones."""
+    meta = {}
+    for name in NOISE_ATTRIBUTES:
+        value = None
+        for frame in frames:
+            candidate = getattr(frame, name, None)
+            if candidate is not None and candidate != "":
+                value = candidate
+                break
+        meta[name] = value
+    if meta["noise_source"] is None:
+        meta["noise_source"] = ""
+    return meta
+
+
+def _attach(array, meta):
+    for name, value in meta.items():
+        setattr(array, name, value)
+    return array
+
+
+def frame_array(data, like=None, **metadata):
+    """Return ``data`` as a :class:`FrameArray` with ``like``'s metadata, updated by ``metadata``.
+
+    Parameters
+    ----------
+    data : array_like
+    like : object, optional
+        Any object with some of the attributes ``gain``, ``read_noise``,
+        ``noise_source``, ``unit``, ``header`` (a FrameArray, a loader's
+        output); missing ones are None.
+    **metadata
+        Values that replace ``like``'s.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = frame_array(np.zeros(3), gain=1.0, read_noise=3.0, noise_source="argument")
+    >>> frame_array(np.ones(3), like=a).read_noise
+    3.0
+    """
+    unknown = sorted(set(metadata) - set(NOISE_ATTRIBUTES))
+    if unknown:
+        raise TypeError(f"unknown metadata {', '.join(unknown)}; valid names are {', '.join(NOISE_ATTRIBUTES)}")
+    meta = {name: getattr(like, name, None) for name in NOISE_ATTRIBUTES}
+    meta.update(metadata)
+    return FrameArray(data, **meta)
+
+
+def with_noise(data, gain=None, read_noise=None, noise_source="argument"):
+    """Attach a known noise model to an array of your own (a copy-free view).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> frames = with_noise(np.zeros((4, 5)), gain=1.0, read_noise=3.5)
+    >>> noise_of(frames)
+    (3.5, 1.0, 'argument')
+    """
+    return frame_array(data, like=data, gain=gain, read_noise=read_noise, noise_source=noise_source)
+
+
+def noise_of(images):
+    """``(read_noise, gain, noise_source)`` an array carries (all None/"" for a plain array).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> noise_of(np.zeros(3))
+    (None, None, '')
+    """
+    return (
+        getattr(images, "read_noise", None),
+        getattr(images, "gain", None),
+        getattr(images, "noise_source", "") or "",
+    )

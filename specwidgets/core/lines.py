@@ -1,0 +1,240 @@
+"""Finding calibration (arc) lines in one row of an arc frame."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.ndimage import median_filter
+
+from .inputs import as_image, check_number
+from .peaks import fit_gaussian_windows, window_indices
+
+__all__ = ["find_cal_lines", "row_profile", "robust_noise", "saturated_peaks"]
+
+# Rows median-combined around the chosen row: enough to beat cosmic rays and
+# pixel noise, few enough that a tilted line does not smear (tilt/row << 0.1 px).
+_PROFILE_ROWS = 5
+
+
+def find_peaks(x, height, distance):
+    """Peaks of ``x`` at least ``height`` high, at least ``distance`` apart: ``(indices, {})``.
+
+    The same peaks as ``scipy.signal.find_peaks(x, height=height,
+    distance=distance)``: local maxima (the middle of a flat top, rounded
+    down), then those below ``height`` dropped, then, from the highest down,
+    each kept peak removes the lower ones closer than ``distance``. Here
+    rather than from SciPy because importing ``scipy.signal`` pulls in
+    ``scipy.sparse``, ``stats``, ``optimize``, ... (~45 MB resident) for
+    this one function.
+
+    Examples
+    --------
+    >>> x = np.array([0, 3, 0, 1, 5, 5, 0, 2, 0.0])
+    >>> find_peaks(x, height=1.5, distance=3)[0]
+    array([1, 4, 7])
+    >>> find_peaks(x, height=1.5, distance=4)[0]  # the peak at 4 (5.0) removes both neighbours
+    array([4])
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"find_peaks needs a 1D array; got shape {x.shape}")
+    n = x.size
+    # Candidate rises: x[i-1] < x[i]; each is followed to the end of its flat top.
+    peaks = []
+    i = 1
+    while i < n - 1:
+        if x[i - 1] < x[i]:
+            ahead = i + 1
+            while ahead < n - 1 and x[ahead] == x[i]:
+                ahead += 1
+            if x[ahead] < x[i]:
+                peaks.append((i + ahead - 1) // 2)
+                i = ahead
+        i += 1
+    peaks = np.asarray(peaks, dtype=np.intp)
+    peaks = peaks[x[peaks] >= height]
+    limit = int(np.ceil(distance))
+    if peaks.size > 1 and limit > 1:
+        keep = np.ones(peaks.size, bool)
+        by_height = np.argsort(x[peaks])  # SciPy's tie order (the default sort) kept
+        for j in by_height[::-1]:
+            if not keep[j]:
+                continue
+            k = j - 1
+            while k >= 0 and peaks[j] - peaks[k] < limit:
+                keep[k] = False
+                k -= 1
+            k = j + 1
+            while k < peaks.size and peaks[k] - peaks[j] < limit:
+                keep[k] = False
+                k += 1
+        peaks = peaks[keep]
+    return peaks, {}
+
+
+def row_profile(image, row=None):
+    """Median of a few rows centred on ``row`` (default: the middle row).
+
+    Returns ``(profile, row)``.
+    """
+    image = as_image(image, "image")
+    n_rows = image.shape[0]
+    if row is None:
+        row = n_rows // 2
+    if not (isinstance(row, (int, np.integer)) and 0 <= row < n_rows):
+        raise ValueError(f"row must be an integer in 0..{n_rows - 1}; got {row!r}")
+    lo = max(0, row - _PROFILE_ROWS // 2)
+    hi = min(n_rows, lo + _PROFILE_ROWS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        profile = np.nanmedian(image[lo:hi], axis=0)
+    return profile, int(row)
+
+
+def robust_noise(profile):
+    """Pixel-to-pixel noise of a 1D profile from the MAD of its first differences.
+
+    Differences cancel the smooth continuum and lines occupy few pixels, so
+    the median absolute difference reflects the noise alone.
+    """
+    diff = np.diff(profile[np.isfinite(profile)])
+    if diff.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0))
+
+
+def saturated_peaks(profile, peaks, saturation=None, rows=None):
+    """Which of ``peaks`` (columns of ``profile``) are saturated.
+
+    A line is saturated when its top reaches ``saturation`` (in ``rows``, the
+    image rows the profile was made of, when given) or, without a level, when
+    its top is flat: three or more pixels within 0.2% of the top, at the
+    frame's ceiling (within 1% of the profile's maximum). A Gaussian line
+    needs a width above 15 pixels to look that flat; clipped lines all share
+    the ceiling, so the bias subtracted from a raw arc does not hide them.
+
+    Returns
+    -------
+    ndarray of bool, one per peak
+    """
+    profile = np.asarray(profile, float)
+    peaks = np.asarray(peaks, int)
+    flagged = np.zeros(peaks.size, bool)
+    if peaks.size == 0:
+        return flagged
+    n = profile.size
+    if saturation is not None:
+        level = float(saturation)
+        data = profile[None] if rows is None else np.asarray(rows, float)
+        for i, p in enumerate(peaks):
+            window = data[:, max(0, p - 2): min(n, p + 3)]
+            flagged[i] = bool(np.nanmax(window) >= level) if np.isfinite(window).any() else False
+        return flagged
+    ceiling = np.nanmax(profile)
+    if not np.isfinite(ceiling) or ceiling <= 0:
+        return flagged
+    for i, p in enumerate(peaks):
+        window = profile[max(0, p - 3): min(n, p + 4)]
+        top = np.nanmax(window)
+        if top < 0.99 * ceiling:
+            continue
+        flagged[i] = int(np.sum(window >= top - 2e-3 * abs(top))) >= 3
+    return flagged
+
+
+def find_cal_lines(image, std_variation=50.0, row=None, debug=False, saturation=None):
+    """Find the emission lines of an arc-lamp frame along one row.
+
+    Parameters
+    ----------
+    image : (n_rows, n_cols) array_like
+        The arc frame (bias subtracted), dispersion along columns.
+    std_variation : float
+        Detection threshold: a line's peak must rise this many noise standard
+        deviations above the local baseline (a running median 51 columns wide).
+    row : int, optional
+        Row to search; default the middle row. The median of five rows
+        around it is used to reject cosmic rays.
+    debug : bool
+        Print a table of the lines found.
+    saturation : float, optional
+        The level (in the image's units) at which the detector saturates,
+        e.g. the header's ``SATURATE`` minus the bias. Without it, lines with
+        a flat top at the frame's ceiling count as saturated (see
+        :func:`saturated_peaks`). Saturated lines are left out, with a
+        warning: their centres are biased and their tilt is unreliable.
+
+    Returns
+    -------
+    positions : ndarray
+        Sub-pixel column of each line (a pixel-integrated Gaussian fit).
+    relative_intensities : ndarray
+        Peak height of each line divided by the brightest line's.
+
+    Raises
+    ------
+    ValueError
+        If the image is not 2D, or no line rises above the threshold.
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> frames = make_synthetic_longslit(seed=1)
+    >>> positions, intensities = find_cal_lines(frames.arc, std_variation=50)
+    >>> bool(intensities.max() == 1.0)
+    True
+    """
+    image = as_image(image, "image (the arc frame)")
+    std_variation = check_number(std_variation, "std_variation", minimum=0, strict_minimum=True)
+    profile, row = row_profile(image, row)
+    finite = np.isfinite(profile)
+    if finite.sum() < 8:
+        raise ValueError(f"row {row} of the arc frame has fewer than 8 finite pixels")
+    filled = np.where(finite, profile, np.nanmedian(profile))
+    baseline = median_filter(filled, size=min(51, filled.size | 1), mode="nearest")
+    excess = filled - baseline
+    noise = robust_noise(profile)
+    if noise <= 0:
+        noise = max(float(np.std(excess)), 1e-12)
+    threshold = std_variation * noise
+    peaks, _ = find_peaks(excess, height=threshold, distance=3)
+    if peaks.size == 0:
+        best = float(np.nanmax(excess) / noise)
+        raise ValueError(
+            f"no line rises above std_variation={std_variation:g} times the noise "
+            f"({noise:.3g} counts) in row {row}; the brightest peak reaches {best:.1f} "
+            "times the noise: lower std_variation"
+        )
+    n_rows = image.shape[0]
+    lo = max(0, row - _PROFILE_ROWS // 2)
+    saturated = saturated_peaks(filled, peaks, saturation, image[lo:min(n_rows, lo + _PROFILE_ROWS)])
+    if saturated.any():
+        where = ", ".join(f"{c}" for c in peaks[saturated])
+        if saturated.all():
+            raise ValueError(
+                f"every line found in row {row} of the arc frame is saturated (columns {where}): "
+                "use an arc exposure short enough that the lines stay below saturation"
+            )
+        warnings.warn(
+            f"{int(saturated.sum())} saturated arc line(s) left out (flat-topped, near columns {where}): "
+            "their centres would be biased; a shorter arc exposure keeps them",
+            UserWarning, stacklevel=2,
+        )
+        peaks = peaks[~saturated]
+    half = min(4, (profile.size - 1) // 2)
+    cols = window_indices(peaks, half, profile.size)
+    mu, _, _, _, ok = fit_gaussian_windows(cols, filled[cols])
+    # A peak the Gaussian cannot fit is a shoulder of a blend, not a clean
+    # line; and two peaks that converge on one line are one line.
+    positions, heights = mu[ok], excess[peaks][ok]
+    distinct = np.r_[True, np.diff(positions) > 1.0]
+    positions, heights = positions[distinct], heights[distinct]
+    if positions.size == 0:
+        raise ValueError(f"no peak above the threshold in row {row} could be fit as a line")
+    intensities = heights / heights.max()
+    if debug:
+        print(f"find_cal_lines: row {row}, noise {noise:.3g}, threshold {threshold:.3g}")
+        for x, h in zip(positions, intensities):
+            print(f"  x = {x:9.3f}   relative intensity {h:.3f}")
+    return positions, intensities

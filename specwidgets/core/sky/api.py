@@ -1,0 +1,954 @@
+"""Sky-background estimation from the super-sampled sky spectrum.
+
+:func:`fit_sky` returns a :class:`SkyResult` (background, variance, mask,
+effective-pixel map, samples, model curve, chi image); :func:`extract_background`
+is the seed-compatible front that returns arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..frames import check_gain, check_read_noise
+from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from .median import median_of_bins
+from .quality import (
+    dark_rows,
+    SkyQuality,
+    _ranges,
+    analyse_rows,
+    estimate_noise,
+    _far_above,
+    measure_flexure,
+    provisional_noise,
+    _row_chi_means,
+    row_profile,
+)
+from .quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
+from .bspline import StretchedBSplineSky, adaptive_coordinate
+from ..warp import WarpModel
+
+# Knot spacing on the sky's continuum with adaptive knots (px); see
+# :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
+COARSE_SPACING = 2.0
+
+__all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
+
+METHODS = ("bspline", "median")
+
+
+@dataclass(eq=False)
+class SkySamples:
+    """The super-sampled sky spectrum: every unmasked pixel, sorted by effective position.
+
+    Attributes
+    ----------
+    effpix : (n_samples,) array
+        Effective position of each sample, ascending.
+    flux : (n_exposures, n_samples) array
+        Each exposure's value at those pixels (NaN where the input was NaN).
+    index : (n_samples,) int array
+        Flat index (``row * n_cols + col``) of each sample's pixel.
+    n_cols : int
+        Columns of the images.
+    """
+
+    effpix: np.ndarray
+    flux: np.ndarray
+    index: np.ndarray
+    n_cols: int
+
+    @property
+    def rows(self):
+        """Row of each sample's pixel."""
+        return self.index // self.n_cols
+
+
+def sky_samples(stack, warp_model, masked_rows):
+    """Gather the unmasked pixels of every exposure in effective-pixel order.
+
+    The sort of the whole effective-pixel map is cached on the warp model, so
+    a new mask costs one pass over the pixels, not a new sort.
+    """
+    n_exp, n_rows, n_cols = stack.shape
+    order = warp_model._cache.get("order")
+    if order is None:
+        # Column by column the map is already nearly sorted, which timsort
+        # (kind="stable") exploits: several times faster than row order.
+        by_column = np.argsort(warp_model.effpix_map().T.ravel(), kind="stable")
+        # Pixel indices fit in int32 below 2**31 pixels: half the memory of
+        # the cached order and of every sample index (the same values).
+        if n_rows * n_cols < 2**31:
+            by_column = by_column.astype(np.int32)
+        order = by_column % n_rows  # the row ...
+        by_column //= n_rows  # ... and the column of each pixel in effective-pixel order
+        order *= n_cols
+        order += by_column
+        del by_column
+        warp_model._cache["order"] = order
+    keep = ~masked_rows[order // n_cols]
+    index = order[keep]
+    effpix = warp_model.effpix_map().ravel()[index]
+    flux = stack.reshape(n_exp, -1)[:, index]
+    return SkySamples(effpix, flux, index, n_cols)
+
+
+@dataclass(eq=False)
+class SkyResult:
+    """A sky-background estimate and everything needed to judge it.
+
+    Attributes
+    ----------
+    data : (n_exposures, n_rows, n_cols) array
+        The images the sky was fit to.
+    background : (n_exposures, n_rows, n_cols) array
+        The estimated sky in every pixel (masked rows included).
+    variance : (n_exposures, n_rows, n_cols) array
+        Variance of the background estimate itself.
+    mask : (n_rows, n_cols) bool array
+        True on pixels excluded from the fit (the masked rows).
+    rejected : (n_exposures, n_rows, n_cols) bool array
+        Sky pixels the fit rejected as outliers (cosmic rays, hot pixels).
+    effpix_map : (n_rows, n_cols) array
+        Effective pixel of every pixel.
+    samples : SkySamples
+        The super-sampled sky spectrum the fit used.
+    method : str
+    read_noise, gain : float
+        Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
+    models : list
+        Per exposure, the fitted sky model (a ``BSplineSky``) or None.
+    options : dict
+        The options the fit used, resolved (e.g. the spatial order chosen).
+    quality : SkyQuality
+        How far to trust the fit: noise model and its source, unlit rows,
+        flexure, rejected fraction, chi, leak, ``warnings``, ``suspect``.
+    flexure_shift : tuple of float
+        Per exposure, the sky lines' shift between the bottom and top rows
+        that was corrected (px; 0 when none): exposure ``k`` was fit on
+        ``effpix_map - shift * (row - mid) / (n_rows - 1)``
+        (:meth:`exposure_effpix`).
+    """
+
+    data: np.ndarray
+    background: np.ndarray
+    mask: np.ndarray
+    rejected: np.ndarray
+    effpix_map: np.ndarray
+    samples: SkySamples
+    method: str
+    ref_row: int = 0
+    read_noise: float = 0.0
+    gain: float = 1.0
+    mask_region: list = field(default_factory=list)
+    models: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    quality: SkyQuality | None = None
+    flexure_shift: tuple = ()
+    _variance: np.ndarray | None = field(default=None, repr=False)
+    _exposure_variance: dict = field(default_factory=dict, repr=False)
+
+    def exposure_variance(self, k, rows=None):
+        """Variance of exposure ``k``'s background estimate (computed on first use).
+
+        ``rows`` (a slice) asks for those rows only: a view of one target's
+        aperture need not pay for the whole frame.
+        """
+        if self._variance is not None:
+            return self._variance[k] if rows is None else self._variance[k][rows]
+        if rows is not None and k not in self._exposure_variance:
+            emap = self.exposure_effpix(k)[rows]
+            index = np.arange(self.effpix_map.shape[0])[rows]
+            return self.models[k].model_variance(emap, np.broadcast_to(index[:, None], emap.shape))
+        if k not in self._exposure_variance:
+            n_rows, n_cols = self.effpix_map.shape
+            grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+            self._exposure_variance[k] = self.models[k].model_variance(self.exposure_effpix(k), grid)
+        full = self._exposure_variance[k]
+        return full if rows is None else full[rows]
+
+    def exposure_effpix(self, k):
+        """Effective-pixel map exposure ``k`` was fit on (``effpix_map`` corrected for its flexure)."""
+        shift = self.flexure_shift[k] if k < len(self.flexure_shift) else 0.0
+        if not shift:
+            return self.effpix_map
+        n_rows = self.effpix_map.shape[0]
+        t = (np.arange(n_rows) - 0.5 * (n_rows - 1)) / max(n_rows - 1, 1)
+        return self.effpix_map - shift * t[:, None]
+
+    @property
+    def variance(self):
+        """Variance of the background estimate in every pixel (computed on first use)."""
+        if self._variance is None:
+            self._variance = np.stack([self.exposure_variance(k) for k in range(len(self.models))])
+            self._exposure_variance.clear()
+        return self._variance
+
+    def exposure_chi(self, k):
+        """:attr:`chi` of exposure ``k`` alone (a viewer showing one exposure need not pay for all)."""
+        background = self.background[k]
+        noise = np.clip(background, 0, None) / self.gain + (self.read_noise / self.gain) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.data[k] - background) / np.sqrt(noise + self.exposure_variance(k))
+
+    @property
+    def corrected(self):
+        """Data minus background."""
+        return self.data - self.background
+
+    @property
+    def noise_variance(self):
+        """Expected variance of each sky pixel's value about the background."""
+        return np.clip(self.background, 0, None) / self.gain + (self.read_noise / self.gain) ** 2
+
+    @property
+    def sigma(self):
+        """Standard deviation of (data - background) in a sky pixel."""
+        return np.sqrt(self.noise_variance + self.variance)
+
+    @property
+    def chi(self):
+        """``(data - background) / sigma``: unit scatter where the sky is modelled well."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.corrected / self.sigma
+
+    def model_curve(self, exposure=0):
+        """The sky model as a curve ``(effpix, counts)`` for plotting over the samples."""
+        model = self.models[exposure] if self.models else None
+        if model is not None:
+            return model.curve()
+        # The median of bins has no curve of its own; at the reference row the
+        # effective pixel equals the column, so that row traces it.
+        return self.effpix_map[self.ref_row].copy(), self.background[exposure, self.ref_row].copy()
+
+
+def _resolve_noise(images, read_noise, gain):
+    """``(read_noise, gain, rn_source, gain_source)``; None where still unknown.
+
+    An explicit argument wins; then the loader's attributes on the frames
+    (``images.read_noise``, ``images.gain``, ``images.noise_source``); what
+    is still None is estimated from the data by :func:`fit_sky`.
+    """
+    read_noise = check_read_noise(read_noise)
+    gain = check_gain(gain)
+    frames_source = str(getattr(images, "noise_source", None) or "frames")
+    rn_source = "argument" if read_noise is not None else None
+    gain_source = "argument" if gain is not None else None
+    if read_noise is None and getattr(images, "read_noise", None) is not None:
+        read_noise = check_read_noise(getattr(images, "read_noise"), "images.read_noise")
+        rn_source = frames_source
+    if gain is None and getattr(images, "gain", None) is not None:
+        gain = check_gain(getattr(images, "gain"), "images.gain")
+        gain_source = frames_source
+    return read_noise, gain, rn_source, gain_source
+
+
+def _noise_source(rn_source, gain_source):
+    if rn_source == gain_source:
+        return rn_source
+    return f"gain: {gain_source}; read noise: {rn_source}"
+
+
+def _check_choice(value, name, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def _row_coordinate(rows, n_rows):
+    """Rows mapped to -0.5 (row 0) .. +0.5 (last row): the flexure's lever arm."""
+    return (np.asarray(rows, float) - 0.5 * (n_rows - 1)) / max(n_rows - 1, 1)
+
+
+def _drop_rows(samples, flagged, rows=None):
+    """``samples`` without those in the ``flagged`` rows, and their rows.
+
+    What ``sky_samples`` would give with those rows masked too, without a
+    new pass over the frame. ``rows``: ``samples.rows`` if already at hand.
+    """
+    rows = samples.rows if rows is None else rows
+    keep = ~flagged[rows]
+    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
+
+
+def _subsample(n, limit=250_000):
+    """A regular index subsample of at most ``limit`` of ``n`` items (statistics need no more)."""
+    return slice(None, None, max(1, -(-n // limit)))
+
+
+def fit_sky(
+    images,
+    warp_model,
+    mask_region=(None, None),
+    method="bspline",
+    *,
+    read_noise=None,
+    gain=None,
+    progress=False,
+    initial=None,
+    **options,
+):
+    """Estimate the sky background of every pixel of one image or a stack.
+
+    Parameters
+    ----------
+    images : array_like
+        ``(n_rows, n_cols)`` or ``(n_exposures, n_rows, n_cols)``; NaN pixels
+        (bad columns, cosmic-ray holes) are ignored. An array carrying
+        ``gain``, ``read_noise`` and ``noise_source`` attributes (as the
+        loaders return) supplies its noise model.
+    warp_model : WarpModel or None
+        Fit on an arc of the same shape (see :func:`generate_warp_model`).
+        None: fit on the science frame's own sky lines
+        (:func:`specwidgets.core.sky.sky_warp.sky_warp_model`, once per frame), for
+        when there is no arc; ``quality.warp_source`` is then "sky lines".
+    mask_region : (int, int) or list of (int, int)
+        Rows ``start:stop`` to keep out of the sky fit (the trace); several
+        ranges may be given. ``(None, None)`` masks nothing.
+    method : {"bspline", "median"}
+        ``"median"``: the seed's estimator, the median of the samples inside
+        each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
+        outlier rejection and a noise model.
+    read_noise, gain : float or None
+        Noise model: read noise in electrons, gain in electrons per data unit
+        (data variance = max(sky, 0) / gain + (read_noise / gain)**2). None
+        (default): from the frames' attributes, else estimated from the
+        scatter of the sky about a first-pass fit. Never silently zero:
+        ``result.quality`` says which was used and where it came from.
+    progress : bool
+        Print one line per exposure.
+    initial : SkyResult, optional
+        A previous B-spline result for the same images and warp model: its
+        fits start the new ones (a nudged mask then costs fewer passes).
+    **options
+        For ``"bspline"``:
+
+        ``spatial_order`` : "auto" (default) or int 0-4
+            Degree of the Legendre polynomial along the slit. "auto" picks
+            it from the rows' sky brightness by the expected chi-square on
+            held-out rows (see :func:`specwidgets.core.sky.quality.analyse_rows`).
+        ``unlit`` : "auto" (default) or False
+            Find rows with little or no sky light and leave them out of the fit.
+        ``flexure`` : "auto" (default) or False
+            Measure the shift of each exposure's sky lines against the warp
+            from one end of the slit to the other, and correct it when it is
+            significant.
+        ``sky_warp`` : "auto" (default) or False
+            Trace the science frame's own bright sky lines and correct the
+            warp's shape (tilt and curvature changing along the dispersion)
+            where they disagree with it, when that predicts sky-line
+            positions on held-out rows better
+            (:func:`specwidgets.core.sky.sky_warp.refine_warp`). Measured once per
+            science frame and warp model (cached on the warp model, with the
+            mask of the first fit), so a moved mask does not pay for it.
+            ``result.quality.warp_source`` says which warp was used.
+        ``knot_spacing``, ``reject_sigma``, ``max_iterations``, ... : see
+        :func:`specwidgets.core.sky.bspline.fit_bspline_sky`.
+
+    Returns
+    -------
+    SkyResult
+        With ``quality`` (:class:`SkyQuality`): the noise model and its
+        source, unlit rows, spatial order, flexure, rejected fraction, chi,
+        leak, warnings and ``suspect``. ``options`` holds the options used,
+        resolved (no "auto").
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad images, warp model, method, noise model or options.
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> f = make_synthetic_longslit(shape=(80, 600), gain=2.5, read_noise=10, seed=4)
+    >>> res = fit_sky(np.asarray(f.science), f.warp, f.trace_rows)  # no noise keywords: estimated
+    >>> res.quality.noise_source, bool(abs(res.gain / 2.5 - 1) < 0.15)
+    ('estimated from the sky residuals', True)
+    >>> res.quality.suspect
+    False
+    """
+    stack, _ = as_image_stack(images, "images")
+    if warp_model is not None and not isinstance(warp_model, WarpModel):
+        raise TypeError(
+            f"warp_model must be a WarpModel (from generate_warp_model, or sky_warp_model without an arc) "
+            f"or None (fit on the sky lines); got {type(warp_model).__name__}"
+        )
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    read_noise, gain, rn_source, gain_source = _resolve_noise(images, read_noise, gain)
+    n_exp, n_rows, n_cols = stack.shape
+    if n_cols < 2:
+        raise ValueError(
+            f"images have {n_cols} column(s); a sky fit needs a spectrum along the columns "
+            "(dispersion along x): check the instrument's dispersion_axis (transpose the frames?)"
+        )
+    ranges = mask_ranges(mask_region, n_rows)
+    masked_rows = mask_rows(ranges, n_rows)
+    if warp_model is None:
+        # No arc: the warp from the frame's own sky lines, once per frame.
+        from .sky_warp import cached_sky_warp_model
+
+        warp_model = cached_sky_warp_model(stack, masked_rows)
+    if warp_model.coefficients.size and not np.isfinite(warp_model.coefficients).all():
+        raise ValueError(
+            "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
+        )
+    warp_model._check_shape((n_rows, n_cols))
+    refinement = None
+    sky_warp = False
+    if method == "bspline":
+        sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
+        if sky_warp == "auto":
+            # Once per science frame and warp (cached on the warp model): a
+            # moved mask reuses it, and the refined warp's maps and sort.
+            from .sky_warp import cached_refinement
+
+            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows)
+    emap = warp_model.effpix_map((n_rows, n_cols))
+    samples = sky_samples(stack, warp_model, masked_rows)
+    if not np.isfinite(samples.flux).any():
+        raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
+
+    if method == "median":
+        if options:
+            raise TypeError(f"method='median' takes no options; got {sorted(options)}")
+        result = _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
+                             (read_noise, gain, rn_source, gain_source), progress)
+    else:
+        result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+                              (read_noise, gain, rn_source, gain_source), progress, initial, options)
+        result.options["sky_warp"] = sky_warp
+    report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
+    if report is not None:
+        result.quality = dataclasses.replace(
+            result.quality, warp_source=report.source, warp_shift=float(report.max_shift), warp_note=report.reason,
+        )
+    return result
+
+
+def _complete_noise(noise, level, residual):
+    """Fill the unknown parts of the noise model from the residuals; returns (rn, gain, source, warnings)."""
+    read_noise, gain, rn_source, gain_source = noise
+    warnings = []
+    if read_noise is None or gain is None:
+        pick = _subsample(level.size)
+        est = estimate_noise(level[pick], residual[pick], fixed_gain=gain, fixed_read_noise=read_noise)
+        estimated = "estimated from the sky residuals"
+        if est is None:
+            warnings.append(
+                "The noise model could not be estimated from the sky (too few sky pixels): "
+                "the fit used gain 1 and read noise 0; give gain= and read_noise=."
+            )
+            est = (1.0 if gain is None else gain, 0.0 if read_noise is None else read_noise)
+            estimated = "default (estimate failed)"
+        if gain is None:
+            gain, gain_source = est[0], estimated
+        if read_noise is None:
+            read_noise, rn_source = est[1], estimated
+    return float(read_noise), float(gain), _noise_source(rn_source, gain_source), warnings
+
+
+def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress):
+    n_exp, n_rows, n_cols = stack.shape
+    background, counts = median_of_bins(samples.effpix, samples.flux, warp_model.edge_map())
+    if noise[0] is None or noise[1] is None:
+        # The median of bins misses the line peaks by more than the noise, so
+        # the noise is measured about a quick spline fit instead (one pass,
+        # cosmic rays down-weighted by the data's own weights).
+        from .bspline import fit_bspline_sky
+
+        prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, noise[1])
+        extent = (float(emap.min()), float(emap.max()))
+        level = np.stack([
+            fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                            extent=extent, reject_sigma=None, max_iterations=0)(samples.effpix)
+            for k in range(n_exp)
+        ])
+    else:
+        level = background.reshape(n_exp, -1)[:, samples.index]
+    read_noise, gain, source, warnings = _complete_noise(
+        noise, level.ravel(), (samples.flux - level).ravel()
+    )
+    del level
+    # The median of n samples scatters sqrt(pi/2) times more than their mean.
+    noise_var = np.clip(background, 0, None) / gain + (read_noise / gain) ** 2
+    variance = (np.pi / 2) * noise_var / np.maximum(counts, 1)[None]
+    if progress:
+        print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
+    mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
+    result = SkyResult(
+        data=stack,
+        background=background,
+        mask=mask,
+        rejected=np.zeros(stack.shape, bool),
+        effpix_map=emap,
+        samples=samples,
+        method="median",
+        ref_row=warp_model.ref_row,
+        read_noise=read_noise,
+        gain=gain,
+        mask_region=ranges,
+        models=[],
+        options={},
+        _variance=variance,
+    )
+    result.quality = _assess(result, samples, [None] * n_exp, source, warnings, [], 0, (0.0,) * n_exp, False)
+    return result
+
+
+def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, initial, options):
+    from .bspline import default_knot_spacing, fit_bspline_sky
+
+    n_exp, n_rows, n_cols = stack.shape
+    options = dict(options)
+    spatial_order = check_spatial_order(options.pop("spatial_order", "auto"))
+    unlit_mode = _check_choice(options.pop("unlit", "auto"), "unlit", ("auto", False))
+    flexure_mode = _check_choice(options.pop("flexure", "auto"), "flexure", ("auto", False))
+    knot_spacing = options.pop("knot_spacing", None)
+    knots = _check_choice(options.pop("knots", "adaptive" if knot_spacing is None else "uniform"),
+                          "knots", ("adaptive", "uniform"))
+    coarse = options.pop("coarse_spacing", COARSE_SPACING)
+    read_noise, gain = noise[0], noise[1]
+    extent = (float(emap.min()), float(emap.max()))
+    same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
+    warm = initial.models if same_fit else [None] * n_exp
+
+    def spacing(order):
+        return default_knot_spacing(order) if knot_spacing is None else knot_spacing
+
+    need_first = (
+        read_noise is None or gain is None or spatial_order == "auto" or unlit_mode or flexure_mode
+        or knots == "adaptive"
+    )
+    warnings = []
+    unlit = np.zeros(n_rows, bool)
+    order = 0 if spatial_order == "auto" else spatial_order
+    shifts = np.zeros(n_exp)
+    flexure_applied = False
+    first = [None] * n_exp
+    ratios = np.full((n_exp, n_rows), np.nan)
+    if need_first:
+        # First pass: the plain sky S(e), light rejection, provisional noise.
+        # It measures what the defaults need: the noise model, how the sky's
+        # brightness changes along the slit, and the sky lines' shift.
+        prov_gain, prov_rn, var_low = provisional_noise(stack, masked_rows, gain)
+        rows = None  # each sample's row, once computed
+        if read_noise is not None:
+            prov_rn = read_noise
+        if unlit_mode:
+            # Dark rows out before the first pass: their zero sky would drag
+            # the sky spectrum's shape towards zero (they weigh the most).
+            dark = dark_rows(stack, masked_rows, var_low)
+            if dark.any():
+                samples, rows = _drop_rows(samples, dark)
+        level = np.empty(samples.flux.shape)
+        for k in range(n_exp):
+            first[k] = fit_bspline_sky(
+                samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
+                initial=warm[k],
+            )
+            level[k] = first[k](samples.effpix)
+        if rows is None:
+            rows = samples.rows
+        used = np.isfinite(samples.flux) & ~np.stack([m.rejected for m in first])
+
+        def profiles(var_gain, var_rn):
+            """Per-exposure row ratios, and their information-weighted mean over exposures.
+
+            The variance is the noise model ``(var_gain, var_rn)`` at the
+            first-pass level, computed on the subsample only.
+            """
+            info_sum = np.zeros(n_rows)
+            weighted = np.zeros(n_rows)
+            # A regular subsample (each row keeps hundreds of samples) is
+            # plenty for one number per row; the information is scaled back.
+            sub = _subsample(rows.size, 400_000)
+            stride = sub.step
+            rows_sub = rows[sub]
+            for k in range(n_exp):
+                level_sub = level[k][sub]
+                var_sub = np.clip(level_sub, 0, None) / var_gain + (var_rn / var_gain) ** 2
+                ratios[k], info = row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
+                info *= stride
+                info_sum += info
+                weighted += np.nan_to_num(ratios[k]) * info
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(info_sum > 0, weighted / info_sum, np.nan), info_sum
+
+        # The rows' brightness first (with the provisional noise): the sky
+        # as lit row by row is what the shift is measured against and what
+        # the noise is the scatter about, so that neither a slit
+        # illumination gradient nor unlit rows pass for flexure or noise.
+        profiles(prov_gain, prov_rn)
+        # Cosmic rays out (far above the sky as lit row by row), and the
+        # first pass again without them: they must not pass for structure
+        # (adaptive knots), shift or noise.
+        hits = _far_above(samples.flux, level, ratios, rows, prov_gain, prov_rn, 8.0)
+        clean = samples.flux
+        if hits.any():
+            clean = samples.flux.copy()  # as np.where(hits, nan, flux), in fewer passes
+            clean[hits] = np.nan
+            for k in range(n_exp):
+                if hits[k].any():
+                    first[k] = fit_bspline_sky(
+                        samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
+                        extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
+                    )
+                    level[k] = first[k](samples.effpix)
+            used = np.isfinite(clean)
+            profiles(prov_gain, prov_rn)
+        if flexure_mode:
+            for k in range(n_exp):
+                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows, level, ratios[k],
+                                           prov_gain, prov_rn, extent, spacing(0))
+            flexure_applied = bool(np.any(shifts != 0))
+            if flexure_applied:
+                used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
+                profiles(prov_gain, prov_rn)
+        # The noise estimate needs only a regular subsample of the used
+        # samples (``_complete_noise`` takes every ``_subsample``-th): the
+        # lit level is computed there only (the same values).
+        pick = np.flatnonzero(used)
+        pick = pick[_subsample(pick.size)]
+        pick_k, pick_s = np.divmod(pick, rows.size)
+        lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
+        read_noise, gain, source, warnings = _complete_noise(
+            noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
+        )
+        del lit_level, pick, pick_k, pick_s
+        ratio, info_sum = profiles(gain, read_noise)
+
+        def n_coef(p):
+            return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
+
+        unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
+                                    choose_order=spatial_order == "auto", order=order,
+                                    dark=dark if unlit_mode else None)
+        if unlit_mode:
+            unlit |= dark
+        del level
+    else:
+        source = _noise_source(noise[2], noise[3])
+    fit_rows = masked_rows | unlit
+    final_rows = None
+    if unlit.any() and samples.index.size != int(np.count_nonzero(~fit_rows)) * n_cols:
+        # The samples so far left out a subset of these rows (the mask and
+        # the dark rows): the rest is dropped from them.
+        samples, final_rows = _drop_rows(samples, fit_rows, rows)
+    lit_rows = np.flatnonzero(~unlit)
+    row_range = (0, n_rows) if not unlit.any() else (int(lit_rows[0]), int(lit_rows[-1]) + 1)
+    if (order or flexure_applied) and final_rows is None:
+        final_rows = samples.rows
+    sample_rows = final_rows.astype(float) if order else None
+    t_samples = _row_coordinate(final_rows, n_rows) if flexure_applied else None
+
+    table = None
+    if knots == "adaptive":
+        # One stretched coordinate for all exposures, from their mean first-pass sky.
+        grid_e = np.linspace(extent[0], extent[1], max(2, int(np.ceil((extent[1] - extent[0]) / 0.25)) + 1))
+        curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
+        n_sky_rows = samples.index.size / n_cols
+        table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
+                                             spacing(order), max(coarse, spacing(order))))
+    background = np.empty(stack.shape)
+    rejected = np.zeros(stack.shape, bool)
+    rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+    t_grid = _row_coordinate(np.arange(n_rows), n_rows)[:, None]
+    models = []
+    for k in range(n_exp):
+        e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
+        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
+        # The first pass starts the final fit only when it fit the same sky:
+        # after unlit rows are dropped or a shift corrected, its lines would
+        # be too faint or too broad, and the rejection, judged against it,
+        # could throw away the line peaks for good.
+        start = warm[k] if warm[k] is not None else (first[k] if not (unlit.any() or shifts[k]) else None)
+        if table is None:
+            model = fit_bspline_sky(
+                e_k, samples.flux[k], sample_rows, spatial_order=order, row_range=row_range,
+                read_noise=read_noise, gain=gain, extent=extent, knot_spacing=spacing(order),
+                initial=start, **options,
+            )
+        else:
+            start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
+            # The stretched coordinate of the whole frame, once: the samples'
+            # are a subset of it (``e_k`` is ``emap_k`` at ``samples.index``).
+            u_map = np.interp(emap_k, *table)
+            inner = fit_bspline_sky(
+                u_map.ravel()[samples.index], samples.flux[k], sample_rows, spatial_order=order,
+                row_range=row_range, read_noise=read_noise, gain=gain,
+                extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
+            )
+            model = StretchedBSplineSky(inner, *table)
+        if table is None:
+            background[k] = model(emap_k, rows_grid)
+        else:
+            background[k] = inner(u_map, rows_grid)
+        if unlit.any():
+            # Unlit rows are outside the fit: there the first pass, scaled
+            # to each row's own level, is the best guess of what little sky
+            # there is (zero where the row has no sky at all).
+            unlit_idx = np.flatnonzero(unlit)
+            guess = first[k](emap_k[unlit_idx])
+            obs = stack[k, unlit_idx]
+            ok = np.isfinite(obs)
+            num = np.sum(np.where(ok, obs * guess, 0.0), axis=1)
+            den = np.sum(np.where(ok, guess * guess, 0.0), axis=1)
+            scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+            background[k, unlit_idx] = np.clip(scale, 0, None)[:, None] * guess
+        rejected[k].ravel()[samples.index[model.outliers]] = True
+        models.append(model)
+        if progress:
+            print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
+
+    mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
+    used_options = dict(options)
+    used_options.update(spatial_order=order, knot_spacing=spacing(order), unlit=unlit_mode,
+                        flexure=flexure_mode, knots=knots)
+    if knots == "adaptive":
+        used_options["coarse_spacing"] = max(coarse, spacing(order))
+    used_options.setdefault("reject_sigma", models[0].reject_sigma)
+    result = SkyResult(
+        data=stack,
+        background=background,
+        mask=mask,
+        rejected=rejected,
+        effpix_map=emap,
+        samples=samples,
+        method="bspline",
+        ref_row=warp_model.ref_row,
+        read_noise=read_noise,
+        gain=gain,
+        mask_region=ranges,
+        models=models,
+        options=used_options,
+        flexure_shift=tuple(float(s) for s in shifts),
+    )
+    unlit_ranges = _ranges(unlit)
+    result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
+                             tuple(float(s) for s in shifts), flexure_applied)
+    return result
+
+
+def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,
+                   max_steps=5):
+    """Exposure ``k``'s sky-line shift between the slit's ends, in px (0 if not significant).
+
+    Gauss-Newton: measure the shift against the current first-pass model
+    (:func:`measure_flexure`), refit that model on the corrected effective
+    pixels, and measure again, until the step is well below a pixel's
+    hundredth. ``ratio`` is each row's brightness relative to the model
+    (the slit illumination; NaN for rows without samples). ``first[k]`` and
+    ``level[k]`` are replaced by the corrected fit when a shift is found.
+    """
+    from .bspline import fit_bspline_sky
+
+    model = first[k]
+    total = 0.0
+    h = 0.1
+    # The shift is two numbers: a regular subsample of the samples measures
+    # it to far better than a hundredth of a pixel.
+    sub = _subsample(effpix.size, 400_000)
+    rows_s = rows[sub]
+    # Row coordinate and scale on the subsample only (the full-size ones
+    # only if a shift is found).
+    t_s, f_s = _row_coordinate(rows_s, n_rows), flux[sub]
+    scale_s = np.nan_to_num(ratio, nan=0.0)[rows_s]
+    t = None
+    for _ in range(max_steps):
+        e = effpix[sub] if not total else effpix[sub] - total * t_s
+        base = level[k][sub] if not total else model(e)
+        if total:
+            # The rows' brightness again, about the corrected model: misaligned
+            # lines had made the rows far from the middle look dimmer, and
+            # with rows masked unevenly that would bias the next step.
+            var0 = np.clip(base, 0, None) / gain + (read_noise / gain) ** 2
+            ratio, _ = row_profile(rows_s, f_s, base, var0, n_rows)
+            scale_s = np.where(scale_s > 0, np.nan_to_num(ratio, nan=0.0)[rows_s], 0.0)
+        m = scale_s * base
+        slope = scale_s * (model(e + h) - model(e - h)) / (2 * h)
+        var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
+        pick = ~model.rejected[sub] & (scale_s > 0)
+        step, sigma = measure_flexure(t_s[pick], f_s[pick], m[pick], slope[pick], var[pick])
+        # The subsample's error is larger by sqrt(stride) than the full set's;
+        # the significance test uses the subsample's own error (conservative).
+        # Only a clear shift is corrected: one at the noise level would add
+        # noise. Once one is found, the steps go on until they are tiny.
+        if not total and not abs(step) > max(5 * sigma, 0.05):
+            break
+        total += step
+        if t is None:
+            t = _row_coordinate(rows, n_rows)
+        model = fit_bspline_sky(
+            effpix - total * t, flux, None, read_noise=read_noise, gain=gain,
+            extent=extent, knot_spacing=knot_spacing, reject_sigma=None, max_iterations=1,
+        )
+        if abs(step) < 0.005:
+            break
+    if total:
+        first[k] = model
+        level[k] = model(effpix - total * t)
+    return float(total)
+
+
+def _robust_std(x):
+    """1.4826 x the median absolute deviation (NaN for no values)."""
+    if x.size == 0:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied):
+    """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap)."""
+    n_exp, n_rows, n_cols = result.data.shape
+    warnings = list(warnings)
+    # The scatter from a regular subsample of the sky samples (the chi of
+    # the others is only summed per row, below).
+    pick = _subsample(samples.index.size)
+    bg = result.background.reshape(n_exp, -1)[:, samples.index[pick]]
+    var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi = (samples.flux[:, pick] - bg) / np.sqrt(var)
+    finite = np.isfinite(chi)
+    sub = chi[finite]
+    chi_std = _robust_std(sub)
+    # The same by sky level: a wrong gain shows where the sky is bright
+    # (lines) even when the continuum's scatter happens to match.
+    levels = bg[finite]
+    by_level = []
+    if sub.size >= 2000:
+        cut = np.percentile(levels, [50, 90])
+        for part in (levels <= cut[0], levels >= cut[1]):
+            if part.sum() >= 500:
+                by_level.append(_robust_std(sub[part]))
+
+    n_used = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
+    n_out = sum(int(np.count_nonzero(m.outliers)) for m in models if m is not None)
+    rejected_fraction = n_out / n_used if n_used else 0.0
+
+    # Leak: the largest row mean of clipped chi among the sky rows.
+    leak, leak_row = 0.0, None
+    for k in range(n_exp):
+        n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, result.background[k], samples.flux[k],
+                                  result.gain, result.read_noise)
+        ok = n_k >= max(20, 0.25 * n_cols)
+        if ok.any():
+            means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
+            r = int(np.argmax(means))
+            if means[r] > leak:
+                leak, leak_row = float(means[r]), r
+
+    if rejected_fraction > REJECTED_LIMIT:
+        warnings.append(
+            f"{100 * rejected_fraction:.0f} % of the sky pixels were rejected as outliers: the sky "
+            "model does not fit them (check the mask over the trace, the gain and the read noise)."
+        )
+    source_given = not source.startswith("estimated") and "estimated" not in source
+    # By level only for a given noise model (a wrong gain); with an estimated
+    # one the overall scatter is the test (the median of bins always misses
+    # bright line peaks, which is its known limit, not a broken fit).
+    worst = max([chi_std] + (by_level if source_given else []),
+                key=lambda c: abs(np.log(c)) if c > 0 else np.inf)
+    if not CHI_LIMITS[0] <= worst <= CHI_LIMITS[1]:
+        if source_given:
+            warnings.append(
+                f"The sky scatters {worst:.2f} times what the noise model predicts (gain "
+                f"{result.gain:.3g} e-/unit, read noise {result.read_noise:.3g} e-, from {source}): "
+                "check gain and read noise (data in ADU need the gain), or leave them out to estimate them."
+            )
+        else:
+            warnings.append(
+                f"The sky scatters {worst:.2f} times the estimated noise model: the sky model "
+                "does not follow the data (check the warp model and the mask)."
+            )
+    if leak > LEAK_LIMIT:
+        warnings.append(
+            f"Sky row {leak_row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
+            "a trace or its wings are in the sky rows; widen the mask or mask the other source."
+        )
+    return SkyQuality(
+        rejected_fraction=float(rejected_fraction),
+        chi_std=chi_std,
+        leak=float(leak),
+        read_noise=float(result.read_noise),
+        gain=float(result.gain),
+        noise_source=source,
+        flexure=tuple(flexure),
+        flexure_applied=bool(flexure_applied),
+        unlit_rows=list(unlit_ranges),
+        spatial_order=int(order),
+        warnings=warnings,
+        suspect=bool(warnings),
+    )
+
+
+def extract_background(
+    images,
+    warp_model,
+    mask_region=(None, None),
+    return_spectrum=False,
+    progress=False,
+    method="bspline",
+    **options,
+):
+    """Estimate the sky background in every pixel (the seed's interface, without drawing).
+
+    :func:`specwidgets.extract_background` is this function plus the seed's
+    ``debug=True`` (which draws with the display layer, so it lives above the core).
+
+    Parameters
+    ----------
+    images : array_like
+        One 2D image (a 2D background is returned) or a 3D stack.
+    warp_model : WarpModel
+    mask_region : (int, int) or list of (int, int)
+        Rows ``start:stop`` excluded from the sky (the trace).
+    return_spectrum : bool
+        Also return the super-sampled spectrum: ``(background, effpix, flux,
+        effpix_map)`` where ``effpix`` is the flattened effective-pixel map
+        with NaN on masked pixels, ``flux`` is ``(n_exposures, n_pixels)``
+        and ``effpix_map`` is 2D with NaN on masked rows.
+    progress : bool
+        Print progress.
+    method : {"bspline", "median"}
+        Sky estimator; see :func:`fit_sky`. ``"median"`` is the seed's.
+    **options
+        ``read_noise``, ``gain`` (default: from the frames, else estimated;
+        never silently 0) and the method's options (see :func:`fit_sky`).
+
+    Returns
+    -------
+    background : ndarray, or the tuple above
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> frames = make_synthetic_longslit(shape=(60, 400), seed=2)
+    >>> bg = extract_background(frames.science, frames.warp, mask_region=frames.trace_rows, method="median")
+    >>> bg.shape
+    (1, 60, 400)
+    """
+    result = fit_sky(images, warp_model, mask_region, method=method, progress=progress, **options)
+    return seed_returns(result, two_d=np.ndim(images) == 2, return_spectrum=return_spectrum)
+
+
+def seed_returns(result, two_d=False, return_spectrum=False):
+    """What the seed's ``extract_background`` returns, from a :class:`SkyResult`.
+
+    ``two_d`` gives a 2D background (the input was one image);
+    ``return_spectrum`` adds ``(effpix, flux, effpix_map)`` as documented in
+    :func:`extract_background`.
+    """
+    background = result.background[0] if two_d else result.background
+    if not return_spectrum:
+        return background
+    emap = result.effpix_map.copy()
+    emap[result.mask] = np.nan
+    n_exp = result.data.shape[0]
+    flux = result.data.reshape(n_exp, -1)
+    return background, emap.ravel(), flux, emap

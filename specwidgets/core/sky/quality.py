@@ -1,0 +1,669 @@
+"""The sky fit's automatic choices and its self-assessment.
+
+:func:`specwidgets.fit_sky` uses these helpers to be right by default on real
+frames:
+
+* the noise model (gain, read noise) when nobody gave it:
+  :func:`estimate_noise` fits ``variance = level / gain + (read_noise / gain)**2``
+  to the scatter of the sky about a first-pass model, level by level;
+* the slit's illumination: :func:`row_profile` measures how bright each row's
+  sky is relative to the first-pass model; :func:`analyse_rows` finds the
+  unlit rows and picks the spatial order by the expected held-out chi-square;
+* flexure: :func:`measure_flexure` measures how far each exposure's sky lines
+  are shifted, relative to the arc's warp, from one end of the slit to the
+  other;
+* :class:`SkyQuality`: what came out, with plain-sentence warnings and a
+  ``suspect`` flag, and FITS cards for batch output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = ["SkyQuality", "analyse_rows", "dark_rows", "estimate_noise", "measure_flexure", "row_profile"]
+
+# Thresholds for ``suspect`` (see SkyQuality): chosen so that the good fits of
+# the benchmark (Goodman crop and full frame, synthetic cases) stay clear of
+# them and the failures of issue 10 (trace in the sky rows, ADU fit as
+# electrons, 89 % rejected) cross them.
+REJECTED_LIMIT = 0.10
+CHI_LIMITS = (0.75, 1.4)
+LEAK_LIMIT = 0.4
+# "auto" tries Legendre orders up to this: each order costs as many
+# coefficients as the whole spline (noise) and a slower kernel (time), and
+# on the real frames tried, order 2 was never beaten by 3 or 4 on held-out rows.
+MAX_AUTO_ORDER = 2
+# A row is unlit when its sky is below this fraction of the brightly lit rows'.
+UNLIT_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class SkyQuality:
+    """How far to trust a sky fit, and the automatic choices it made.
+
+    Attributes
+    ----------
+    rejected_fraction : float
+        Fraction of the sky samples the fit rejected as outliers (0 for the
+        median of bins). Cosmic rays take well under 1 %; above
+        ``REJECTED_LIMIT`` (10 %) the model or the noise model is wrong.
+    chi_std : float
+        Robust standard deviation (1.4826 x MAD) of ``(data - sky) / sigma``
+        on the fitted sky rows, sigma from the noise model used: about 1 when
+        the noise model matches the data. The fit is also suspect when this
+        number, taken over the faintest half or the brightest tenth of the
+        sky pixels alone, is outside ``CHI_LIMITS`` (a wrong gain shows on
+        the bright lines even when the continuum happens to match).
+    leak : float
+        Trace light leaking into the sky rows: the largest mean of
+        ``(data - sky) / sigma`` (clipped at +-5) over one sky row, among
+        the sky rows within 10 rows of a masked range, in units of one
+        pixel's sigma. About 0 when the sky rows hold only sky; 0.3 means
+        that row carries source light of 0.3 sigma per pixel on average.
+        Above ``LEAK_LIMIT`` (0.4) the fit is suspect: good fits of the
+        benchmark reach 0.3 (the faint wings of Goodman's bright trace),
+        half a trace left in the sky rows gives several.
+    read_noise, gain : float
+        The noise model used: read noise in electrons, gain in electrons per
+        data unit (data variance = max(sky, 0) / gain + (read_noise / gain)**2).
+    noise_source : str
+        Where they came from: "argument", the loader's source (e.g. "header
+        GAIN/RDNOISE"), or "estimated from the sky residuals".
+    flexure : tuple of float
+        Per exposure, the shift of the sky lines relative to the arc's warp
+        between the bottom and the top row of the image, in pixels (the
+        difference that was corrected). A shift common to all rows moves
+        the sky spectrum as a whole, which the fit follows by itself: it
+        changes no background and is not measured.
+    flexure_applied : bool
+        Whether a flexure correction was applied.
+    unlit_rows : list of (int, int)
+        Row ranges left out of the fit because they receive little or no sky
+        light (vignetted, beyond the slit's ends).
+    spatial_order : int
+        Degree of the polynomial along the slit used by the fit.
+    warnings : list of str
+        Plain sentences: what looks wrong and what to do.
+    suspect : bool
+        True when the result is probably wrong (see ``warnings``).
+    warp_source : str
+        The warp the fit used: "arc", "arc refined on sky lines" (the
+        science frame's sky lines corrected its shape; see
+        :func:`specwidgets.core.sky.sky_warp.refine_warp`) or "sky lines" (no arc).
+    warp_shift : float
+        Largest correction the sky lines made to the arc's warp over the sky
+        rows [px] (0 when not refined).
+    warp_note : str
+        What the sky-line measurement found, in a sentence (empty when not tried).
+    """
+
+    rejected_fraction: float
+    chi_std: float
+    leak: float
+    read_noise: float
+    gain: float
+    noise_source: str
+    flexure: tuple = ()
+    flexure_applied: bool = False
+    unlit_rows: list = field(default_factory=list)
+    spatial_order: int = 0
+    warnings: list = field(default_factory=list)
+    suspect: bool = False
+    warp_source: str = "arc"
+    warp_shift: float = 0.0
+    warp_note: str = ""
+
+    def header_cards(self):
+        """FITS header cards ``(keyword, value, comment)`` describing the fit.
+
+        Keywords are at most 8 characters, values plain numbers, booleans or
+        short strings, so they can go straight into ``astropy.io.fits.Header``.
+
+        Examples
+        --------
+        >>> q = SkyQuality(0.01, 1.02, 0.0, 4.7, 1.4, "argument")
+        >>> [c[0] for c in q.header_cards()][:4]
+        ['SKYSUSP', 'SKYCHI', 'SKYREJ', 'SKYLEAK']
+        """
+        flex = max((abs(f) for f in self.flexure), default=0.0)
+        unlit = ",".join(f"{a}:{b}" for a, b in self.unlit_rows) or "none"
+        return [
+            ("SKYSUSP", bool(self.suspect), "sky fit is probably wrong (see SKYWARN)"),
+            ("SKYCHI", round(float(self.chi_std), 4), "robust std of sky-row chi (1 = noise)"),
+            ("SKYREJ", round(float(self.rejected_fraction), 5), "fraction of sky samples rejected"),
+            ("SKYLEAK", round(float(self.leak), 4), "source light in sky rows [sigma/pixel]"),
+            ("RDNOISE", round(float(self.read_noise), 4), "read noise used by sky fit [e-]"),
+            ("GAIN", round(float(self.gain), 5), "gain used by sky fit [e-/data unit]"),
+            ("NOISESRC", self.noise_source[:60], "source of GAIN and RDNOISE"),
+            ("FLEXURE", round(float(flex), 4), "largest sky-line shift over slit [px]"),
+            ("FLEXCORR", bool(self.flexure_applied), "flexure correction applied"),
+            ("SKYSPORD", int(self.spatial_order), "spatial order of the sky model"),
+            ("SKYUNLIT", unlit[:60], "unlit rows left out of the sky fit"),
+            ("SKYWARP", self.warp_source[:60], "warp used by the sky fit"),
+            ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
+            ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
+        ] + [("SKYWARN", w[:68], "sky-fit warning") for w in self.warnings[:5]]
+
+    def summary(self):
+        """One line for a status bar or a log."""
+        state = "SUSPECT" if self.suspect else "ok"
+        text = (
+            f"sky fit {state}: chi {self.chi_std:.3f}, rejected {100 * self.rejected_fraction:.2f} %, "
+            f"leak {self.leak:.2f} sigma, gain {self.gain:.3g}, read noise {self.read_noise:.3g} e- "
+            f"({self.noise_source}), spatial order {self.spatial_order}"
+        )
+        if self.warp_source != "arc":
+            text += f", warp: {self.warp_source}"
+            if self.warp_shift:
+                text += f" (up to {self.warp_shift:.2f} px)"
+        if self.warnings:
+            text += " - " + " ".join(self.warnings)
+        return text
+
+
+# --------------------------------------------------------------------------- noise model
+def _robust_var(values):
+    med = np.median(values)
+    return (1.4826 * np.median(np.abs(values - med))) ** 2
+
+
+def _stable_argsort(values):
+    """``np.argsort(values, kind="stable")``, faster: the default (SIMD) sort is
+    several times quicker, and without ties the order is the same; with
+    ties the stable sort is done after all."""
+    order = np.argsort(values)
+    ordered = values[order]
+    if np.any(ordered[1:] == ordered[:-1]):
+        order = np.argsort(values, kind="stable")
+    return order
+
+
+def _binned_medians(level, residual, n_bins):
+    """Per bin of ``np.array_split(range(len), n_bins)``: the median level,
+    the MAD variance of the residuals (``_robust_var``) and the bin size.
+
+    The bins have one of two sizes, so the medians are taken along the rows
+    of (at most) two 2-D arrays: the same values as a median per bin,
+    without a hundred small NumPy calls.
+    """
+    size, n_big = divmod(level.size, n_bins)
+    split = n_big * (size + 1)
+    lv, var, n = [], [], []
+    for lo, hi, m in ((0, split, size + 1), (split, level.size, size)):
+        if hi <= lo:
+            continue
+        lev = level[lo:hi].reshape(-1, m)
+        res = residual[lo:hi].reshape(-1, m)
+        lv.append(np.median(lev, axis=1))
+        med = np.median(res, axis=1)
+        mad = 1.4826 * np.median(np.abs(res - med[:, None]), axis=1)
+        # Squared one by one as NumPy scalars, as ``_robust_var`` does (the
+        # scalar power can differ from the array's x * x in the last bit).
+        var.append(np.array([m**2 for m in mad]))
+        n.append(np.full(lev.shape[0], float(m)))
+    return np.concatenate(lv), np.concatenate(var), np.concatenate(n)
+
+
+def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None, fixed_read_noise=None):
+    """Effective gain and read noise from the scatter of residuals by sky level.
+
+    Parameters
+    ----------
+    level : array
+        Model sky level of each sample (data units).
+    residual : array
+        Data minus model at the same samples.
+    n_bins, min_per_bin : int
+        Level bins (of equal counts) and the fewest samples per bin.
+    fixed_gain, fixed_read_noise : float, optional
+        A part of the noise model that is known: only the other is fit.
+
+    Returns
+    -------
+    (gain, read_noise) or None
+        ``gain`` in electrons per data unit, ``read_noise`` in electrons, from
+        a weighted straight-line fit ``var = level / gain + (read_noise /
+        gain)**2`` to the robust (MAD) variance of the residuals in bins of
+        level (robust to cosmic rays and the odd bad pixel). None when the
+        samples cannot constrain it.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> level = rng.uniform(20, 3000, 200000)
+    >>> g, rn = 2.0, 8.0
+    >>> res = rng.normal(0, np.sqrt(level / g + (rn / g) ** 2))
+    >>> gain, read_noise = estimate_noise(level, res)
+    >>> bool(abs(gain / g - 1) < 0.05), bool(abs(read_noise / rn - 1) < 0.15)
+    (True, True)
+    """
+    level = np.asarray(level, dtype=float)
+    residual = np.asarray(residual, dtype=float)
+    ok = np.isfinite(level) & np.isfinite(residual)
+    level, residual = level[ok], residual[ok]
+    if level.size < 2 * min_per_bin:
+        return None
+    n_bins = int(min(n_bins, level.size // min_per_bin))
+    # Bins of equal counts in level, but the top bins hold bright-line
+    # pixels, where a small model error adds scatter; they still count, as
+    # that scatter is real for the weights too.
+    order = _stable_argsort(level)
+    lv, var, n = _binned_medians(level[order], residual[order], n_bins)
+    good = np.isfinite(var) & (var > 0)
+    lv, var, n = lv[good], var[good], n[good]
+    if lv.size < 2:
+        return None
+    # The MAD variance of n samples has a relative error of about 1.65/sqrt(n).
+    w = n / (var**2)
+    if fixed_gain is not None and fixed_read_noise is not None:
+        return float(fixed_gain), float(fixed_read_noise)
+    if fixed_gain is not None:
+        alpha = 1.0 / fixed_gain
+        beta = max(float(np.sum(w * (var - alpha * lv)) / np.sum(w)), 0.0)
+        return float(fixed_gain), float(np.sqrt(beta) * fixed_gain)
+    if fixed_read_noise is not None:
+        # var = alpha * level + (read_noise * alpha)**2: one unknown, scanned.
+        alphas = np.geomspace(1e-8, 1e8, 1601) * (np.median(var) / max(np.median(lv), 1e-30))
+        cost = [np.sum(w * (var - a * lv - (fixed_read_noise * a) ** 2) ** 2) for a in alphas]
+        i = int(np.argmin(cost))
+        lo, hi = alphas[max(i - 1, 0)], alphas[min(i + 1, alphas.size - 1)]
+        fine = np.geomspace(lo, hi, 201)
+        cost = [np.sum(w * (var - a * lv - (fixed_read_noise * a) ** 2) ** 2) for a in fine]
+        return float(1.0 / fine[int(np.argmin(cost))]), float(fixed_read_noise)
+    design = np.stack([lv, np.ones_like(lv)], axis=1)
+    alpha, beta = _nonneg_lstsq(design, var, w)
+    if not alpha > 0:
+        # No trend with level (a narrow range of levels): all is read noise
+        # plus what the lowest level allows; the weights are flat anyway.
+        alpha = max(float(np.min(var / np.maximum(lv, 1e-30))) * 0.5, 1e-12)
+        beta = max(float(np.average(var - alpha * lv, weights=w)), 0.0)
+    gain = 1.0 / alpha
+    read_noise = float(np.sqrt(max(beta, 0.0)) * gain)
+    return float(gain), read_noise
+
+
+def _nonneg_lstsq(design, y, w):
+    """Weighted least squares for two coefficients, each clipped at >= 0 (refit the other)."""
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
+    if coef[0] >= 0 and coef[1] >= 0:
+        return coef
+    fits = []
+    for keep in (0, 1):
+        col = design[:, keep]
+        c = np.sum(w * col * y) / np.sum(w * col * col)
+        c = max(c, 0.0)
+        out = np.zeros(2)
+        out[keep] = c
+        fits.append((np.sum(w * (y - design @ out) ** 2), out))
+    return min(fits, key=lambda t: t[0])[1]
+
+
+def provisional_noise(stack, masked_rows, gain=None):
+    """A first guess of the noise (gain, read noise) from adjacent-row differences.
+
+    Only for the weights of the first pass: the variance of the faintest
+    quarter of the pixels (continuum, where the lines' tilt does not matter)
+    gives the read-noise part once the Poisson part of the assumed gain is
+    taken off; it is floored at a quarter of that variance so that a wrong
+    assumed gain cannot give a zero read noise.
+    """
+    gain = 1.0 if gain is None else float(gain)
+    lit = np.flatnonzero(~masked_rows)
+    pairs = lit[:-1][np.diff(lit) == 1]
+    if pairs.size == 0:
+        return gain, 0.0, 0.0
+    pairs = pairs[:: max(1, pairs.size // 64)]  # a sample of rows is plenty
+    a = stack[:, pairs]
+    b = stack[:, pairs + 1]
+    diff = (b - a).ravel()
+    level = (0.5 * (a + b)).ravel()
+    ok = np.isfinite(diff) & np.isfinite(level)
+    diff, level = diff[ok], level[ok]
+    if diff.size < 50:
+        return gain, 0.0, 0.0
+    low = level <= np.percentile(level, 25)
+    var_low = _robust_var(diff[low]) / 2
+    level_low = max(float(np.median(level[low])), 0.0)
+    rn_var = max(var_low - level_low / gain, 0.25 * var_low)
+    return gain, float(np.sqrt(rn_var) * gain), float(var_low)
+
+
+# --------------------------------------------------------------------------- rows
+def dark_rows(stack, masked_rows, noise_var):
+    """Rows with (almost) no sky light, from the rows' median level; a first cut.
+
+    A row is dark when its median (over every 4th column, all exposures) is
+    below ``UNLIT_FRACTION`` of the median row's, and that median stands
+    clear of the noise (so that a sky of lines
+    on a zero continuum does not make every row "dark"). Grown by one row.
+    Masked rows are never reported.
+    """
+    n_exp, n_rows, n_cols = stack.shape
+    lit_candidates = ~masked_rows
+    if lit_candidates.sum() < 4:
+        return np.zeros(n_rows, bool)
+    every4 = stack[:, :, ::4]
+    # np.median gives the same values as np.nanmedian without NaN, several times faster.
+    med = (np.nanmedian if np.isnan(every4).any() else np.median)(every4, axis=2).mean(axis=0)
+    # The median row, not a high percentile: a trace left in the sky rows
+    # must not make the sky rows look dark next to it.
+    bright = np.nanmedian(med[lit_candidates])
+    # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
+    n_used = max(1, n_cols // 4 * n_exp)
+    if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
+        return np.zeros(n_rows, bool)
+    dark = lit_candidates & (med < UNLIT_FRACTION * bright)
+    grown = dark.copy()
+    grown[1:] |= dark[:-1]
+    grown[:-1] |= dark[1:]
+    return grown & lit_candidates
+
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)  # what np.nan_to_num puts for +inf
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_profile_kernel(rows, flux, model, variance, clip2, n_iter, ratio, info):
+    """``row_profile``'s loop: the same operations in the same order as its
+    NumPy form (per-row sums accumulated in sample order, as ``np.bincount``
+    does), without a dozen full-size temporaries per iteration."""
+    n = rows.shape[0]
+    n_rows = ratio.shape[0]
+    num = np.zeros(n_rows)
+    keep = np.empty(n, np.bool_)
+    for i in range(n):
+        keep[i] = math.isfinite(flux[i]) and math.isfinite(model[i]) and variance[i] > 0
+    big = _FLOAT_MAX
+    for it in range(n_iter + 1):
+        num[:] = 0.0
+        info[:] = 0.0
+        for i in range(n):
+            if keep[i]:
+                wm = (1.0 / variance[i]) * model[i]
+                num[rows[i]] += wm * flux[i]
+                info[rows[i]] += wm * model[i]
+        for r in range(n_rows):
+            ratio[r] = num[r] / info[r] if info[r] > 0 else np.nan
+        if it == n_iter:
+            break
+        for i in range(n):
+            v = variance[i]
+            if not (math.isfinite(flux[i]) and math.isfinite(model[i]) and v > 0):
+                continue
+            s = ratio[rows[i]]
+            # As np.nan_to_num(ratio, nan=1.0).
+            if math.isnan(s):
+                s = 1.0
+            elif s == math.inf:
+                s = big
+            elif s == -math.inf:
+                s = -big
+            # The variance at the row's level: Poisson part scaled, read part
+            # not; ``variance`` already holds both at the model's level, so
+            # scaling it by max(scale, small) is a close, conservative
+            # approximation.
+            var_row = v * max(abs(s), 0.05)
+            d = flux[i] - s * model[i]
+            keep[i] = d * d <= clip2 * max(var_row, v * 0.05)
+
+
+def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
+    """Each row's sky relative to the model: ``(ratio, information)`` per row.
+
+    ``ratio[y]`` is the weighted least-squares scale ``sum(w f m) / sum(w m m)``
+    over the row's samples (w = 1 / variance), recomputed ``n_iter`` times
+    without the samples beyond ``clip`` sigma of ``ratio * model`` (cosmic
+    rays). The clipping is judged against each row's own scale, not the
+    model's: a row lit at half the model's level must not lose its line
+    peaks. ``information[y] = sum(w m m)`` is the ratio's inverse variance,
+    i.e. how much chi-square a wrong scale costs. Rows without samples get
+    ratio NaN and information 0.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    n_rows = int(n_rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ValueError(f"rows must lie in 0..{n_rows - 1} (n_rows={n_rows})")
+    ratio = np.empty(n_rows)
+    info = np.empty(n_rows)
+    # One compiled signature: contiguous float64 inputs.
+    _row_profile_kernel(rows, np.ascontiguousarray(flux, dtype=np.float64),
+                        np.ascontiguousarray(model, dtype=np.float64),
+                        np.ascontiguousarray(variance, dtype=np.float64),
+                        float(clip) ** 2, int(n_iter), ratio, info)
+    return ratio, info
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums):
+    """Per row: how many sky samples have a finite chi, and the sum of their
+    chi clipped to +-5, with ``chi = (flux - bg) / sqrt(max(bg, 0) / gain +
+    rn_var)`` and ``bg = background[index]`` (flat pixel index; ``counts``
+    and ``sums`` zeroed by the caller). Sums in sample order, as
+    ``np.bincount`` adds them."""
+    for i in range(index.shape[0]):
+        p = index[i]
+        bg = background[p]
+        var = (bg if bg > 0.0 else 0.0) / gain + rn_var
+        chi = (flux[i] - bg) / math.sqrt(var)
+        if math.isfinite(chi):
+            row = p // n_cols
+            counts[row] += 1.0
+            sums[row] += min(max(chi, -5.0), 5.0)
+
+
+def _row_chi_means(index, n_cols, n_rows, background, flux, gain, read_noise):
+    """``(counts, sums)`` per row of the clipped chi of one exposure's sky samples (see ``_row_chi_sums``).
+
+    ``index`` are the samples' flat pixel indices into ``background``
+    (``n_rows * n_cols``), ``flux`` their values.
+    """
+    index = np.asarray(index)
+    if index.dtype != np.int32:
+        index = index.astype(np.int64)  # a second signature only for frames over 2**31 pixels
+    counts = np.zeros(n_rows)
+    sums = np.zeros(n_rows)
+    _row_chi_sums(index, int(n_cols), np.ascontiguousarray(background, dtype=np.float64).ravel(),
+                  np.ascontiguousarray(flux, dtype=np.float64), float(gain),
+                  float((read_noise / gain) ** 2), counts, sums)
+    return counts, sums
+
+
+@njit(cache=True, nogil=True)
+def _far_above_kernel(flux, level, ratios, rows, gain, rn_var, limit2, out):
+    """``out[k, i]``: ``(flux - lit)**2 > limit2 * var(lit)`` with ``lit =
+    level * ratio of the sample's row`` (NaN ratio as 0) and ``var(lit) =
+    max(lit, 0) / gain + rn_var``; False where anything is NaN."""
+    for k in range(flux.shape[0]):
+        for i in range(flux.shape[1]):
+            s = ratios[k, rows[i]]
+            if math.isnan(s):
+                s = 0.0
+            lit = level[k, i] * s
+            var = (lit if lit > 0.0 else 0.0) / gain + rn_var
+            d = flux[k, i] - lit
+            out[k, i] = d * d > limit2 * var
+
+
+def _far_above(flux, level, ratios, rows, gain, read_noise, n_sigma=8.0):
+    """Samples far from the sky as lit row by row (cosmic rays): a boolean array like ``flux``.
+
+    ``flux`` and ``level`` are ``(n_exposures, n_samples)``, ``ratios`` the
+    rows' brightness relative to ``level`` per exposure (``(n_exposures,
+    n_rows)``, NaN counts as 0), ``rows`` each sample's row. A sample is
+    flagged when it is more than ``n_sigma`` noise sigmas (noise model
+    ``gain``, ``read_noise``) from ``level * ratio``. The same flags as
+    ``(flux - lit) ** 2 > n_sigma**2 * (np.clip(lit, 0, None) / gain +
+    (read_noise / gain) ** 2)`` in NumPy, in one pass.
+    """
+    rows = np.asarray(rows)
+    if rows.dtype != np.int32:
+        rows = rows.astype(np.int64)  # a second signature only for frames over 2**31 pixels
+    flux = np.ascontiguousarray(flux, dtype=np.float64)
+    out = np.empty(flux.shape, bool)
+    _far_above_kernel(flux, np.ascontiguousarray(level, dtype=np.float64),
+                      np.ascontiguousarray(ratios, dtype=np.float64), rows, float(gain),
+                      float((read_noise / gain) ** 2), float(n_sigma) ** 2, out)
+    return out
+
+
+def _ranges(flags):
+    """(start, stop) of the runs of True in a boolean array."""
+    flags = np.asarray(flags, bool)
+    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(np.int8), 0]))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _legendre_design(y, row_range, degree):
+    r0, r1 = row_range
+    t = (np.asarray(y, float) - r0) * (2.0 / (r1 - r0)) - 1.0
+    return np.polynomial.legendre.legvander(t, degree)
+
+
+def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=True, order=0, dark=None):
+    """Unlit rows and the spatial order, from the rows' sky scale.
+
+    Parameters
+    ----------
+    ratio, info : (n_rows,) arrays
+        From :func:`row_profile` (summed over exposures: ``info`` added,
+        ``ratio`` information-weighted).
+    n_coef_of_order : callable
+        ``n_coef_of_order(p)``: how many coefficients the sky model has with
+        spatial order ``p`` (with its knot spacing).
+    detect_unlit, choose_order : bool
+    order : int
+        The order to use when ``choose_order`` is False.
+    dark : (n_rows,) bool array, optional
+        Rows already known to be dark (:func:`dark_rows`): a vignetting
+        edge next to them is looked for as at the image's edges.
+
+    Returns
+    -------
+    unlit : (n_rows,) bool array
+        Rows to leave out: sky below ``UNLIT_FRACTION`` of the median row's, and
+        rows at the ends of the lit part whose sky departs from the smooth
+        illumination (a vignetting edge), plus one row of margin.
+    order : int
+        The spatial order with the lowest expected held-out chi-square:
+        chi-square of the rows' scales about a Legendre polynomial of that
+        degree, plus twice the number of sky-model coefficients (Akaike: on
+        rows held out of the fit, each fitted coefficient adds about one to
+        the chi-square, and each is paid twice relative to the training rows).
+        Orders up to ``MAX_AUTO_ORDER`` are tried.
+    """
+    n_rows = ratio.size
+    have = np.isfinite(ratio) & (info > 0)
+    unlit = np.zeros(n_rows, bool)
+    if detect_unlit and have.sum() >= 4:
+        bright = np.median(ratio[have])
+        dim = have & (ratio < UNLIT_FRACTION * bright)
+        if dim.any():
+            # One row of margin: the rows next to a dark run are half lit.
+            grown = dim.copy()
+            grown[1:] |= dim[:-1]
+            grown[:-1] |= dim[1:]
+            unlit = grown & have
+    lit = have & ~unlit
+    if lit.sum() < 3:
+        return unlit, 0 if choose_order else order
+    lit_rows = np.flatnonzero(lit)
+    row_range = (float(lit_rows[0]), float(lit_rows[-1] + 1))
+
+    def fit(degree, use):
+        a = _legendre_design(lit_rows[use], row_range, degree)
+        w = info[lit_rows[use]]
+        sw = np.sqrt(w)
+        coef, *_ = np.linalg.lstsq(a * sw[:, None], ratio[lit_rows[use]] * sw, rcond=None)
+        resid = ratio[lit_rows] - _legendre_design(lit_rows, row_range, degree) @ coef
+        return resid
+
+    degrees = range(0, min(MAX_AUTO_ORDER, lit_rows.size - 2) + 1) if choose_order else [order]
+    all_rows = np.ones(lit_rows.size, bool)
+    best, best_score = (0 if choose_order else order), np.inf
+    for d in degrees:
+        resid = fit(d, all_rows)
+        score = float(np.sum(info[lit_rows] * resid**2)) + 2.0 * n_coef_of_order(d)
+        if score < best_score:
+            best, best_score = d, score
+    if detect_unlit:
+        # A vignetting edge falls faster than any low-order polynomial: rows
+        # at the ends of the lit part that miss the smooth profile by more
+        # than 5 % are left out too (and scored again without them).
+        resid = fit(best, all_rows)
+        scale = np.median(ratio[lit_rows])
+        # Only darker than the profile (vignetting dims), and only a run of
+        # adjacent rows that starts at the image's edge or at a dark row: a
+        # masked gap (the trace) stops it.
+        off = resid < -0.05 * abs(scale)
+        drop = np.zeros(lit_rows.size, bool)
+        for idx, end in ((range(lit_rows.size), 0), (range(lit_rows.size - 1, -1, -1), n_rows - 1)):
+            prev = None
+            for i in idx:
+                row = lit_rows[i]
+                neighbour = row - 1 if end == 0 else row + 1
+                at_edge = row == end or unlit[neighbour] or (dark is not None and dark[neighbour])
+                if not off[i] or (prev is None and not at_edge) or (prev is not None and abs(row - prev) != 1):
+                    break
+                drop[i] = True
+                prev = row
+        if drop.any() and (~drop).sum() >= 3:
+            unlit[lit_rows[drop]] = True
+            keep = ~drop
+            lit_rows = lit_rows[keep]
+            row_range = (float(lit_rows[0]), float(lit_rows[-1] + 1))
+            if choose_order:
+                best_score = np.inf
+                for d in degrees:
+                    resid = fit(d, np.ones(lit_rows.size, bool))
+                    score = float(np.sum(info[lit_rows] * resid**2)) + 2.0 * n_coef_of_order(d)
+                    if score < best_score:
+                        best, best_score = d, score
+    return unlit, int(best)
+
+
+# --------------------------------------------------------------------------- flexure
+def measure_flexure(t, flux, model, slope, variance):
+    """Row-dependent shift of the sky lines against the model, by linearised least squares.
+
+    Data shifted by ``delta(t) = a + b t`` pixels read ``S(e - delta) ~ S(e) -
+    S'(e) delta``, so ``(a, b)`` come from regressing the residual on
+    ``-S'`` and ``-S' t`` with weights ``1 / variance``.
+
+    Parameters
+    ----------
+    t : array
+        Row coordinate of each sample, from -0.5 (bottom row) to +0.5 (top).
+    flux, model, slope, variance : arrays
+        Data, model value, model derivative d(model)/d(effpix), variance.
+
+    Returns
+    -------
+    (b, sigma_b)
+        The shift difference top minus bottom (px) and its standard error.
+    """
+    ok = np.isfinite(flux) & np.isfinite(model) & np.isfinite(slope) & (variance > 0)
+    r = (flux - model)[ok]
+    w = 1.0 / variance[ok]
+    g0 = -slope[ok]
+    g1 = g0 * t[ok]
+    # Clip residuals at 5 sigma: cosmic rays must not move the estimate.
+    lim = 5.0 * np.sqrt(variance[ok])
+    r = np.minimum(np.maximum(r, -lim), lim)  # np.clip's values, faster with array bounds
+    wg0, wg1 = w * g0, w * g1
+    a00 = np.sum(wg0 * g0)
+    a01 = np.sum(wg0 * g1)
+    a11 = np.sum(wg1 * g1)
+    b0 = np.sum(wg0 * r)
+    b1 = np.sum(wg1 * r)
+    det = a00 * a11 - a01 * a01
+    if not det > 0:
+        return 0.0, np.inf
+    b = (a00 * b1 - a01 * b0) / det
+    sigma_b = np.sqrt(a00 / det)
+    return float(b), float(sigma_b)

@@ -1,0 +1,653 @@
+"""Warp models: how arc lines curve across the slit, and the effective-pixel map.
+
+A warp model maps an *effective pixel* ``e`` (the column at the reference row
+on which a wavelength falls) and a row ``y`` to the column ``x`` where that
+wavelength falls in row ``y``::
+
+    x(e, y) = e + sum_{k=1..line_order} a_k(e) * t**k,   t = (y - ref_row) / row_scale
+    a_k(e) = sum_{j=0..warp_order} C[k-1, j] * u**j,     u = (e - col_centre) / col_scale
+
+so ``x(e, ref_row) == e`` by construction. The effective-pixel map is the
+inverse, ``e(x, y)``, found by Newton's method for any orders.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .inputs import as_image, check_number
+from scipy.ndimage import median_filter
+
+from .lines import robust_noise, row_profile
+from .peaks import fit_gaussian_windows, window_indices
+
+__all__ = ["WarpModel", "LineTraces", "generate_warp_model"]
+
+# A model whose lines scatter more than this about it is flagged as poor:
+# good arcs trace to a few hundredths of a pixel.
+POOR_RMS_PX = 0.25
+
+
+@dataclass
+class LineTraces:
+    """What was measured of each guessed line, kept for plots and reports.
+
+    Attributes
+    ----------
+    guesses : (n_lines,) array
+        The guesses as given.
+    ref_positions : (n_lines,) array
+        Fitted column of each line at the reference row (NaN if not found).
+    rows : (n_samples,) array
+        Row coordinate of each measurement (block centres).
+    positions : (n_lines, n_samples) array
+        Measured column of each line in each row block (NaN where rejected).
+    used : (n_lines,) bool array
+        Lines that constrain the model.
+    rms : (n_lines,) array
+        RMS residual of each line's measurements about the warp model [px].
+    """
+
+    guesses: np.ndarray
+    ref_positions: np.ndarray
+    rows: np.ndarray
+    positions: np.ndarray
+    used: np.ndarray
+    rms: np.ndarray
+
+
+@dataclass(eq=False)
+class WarpModel:
+    """A fitted (or given) warp model; see the module docstring for the form.
+
+    Use :func:`generate_warp_model` to fit one to an arc frame, or
+    :meth:`from_tilt` / :meth:`identity` to build one directly.
+    """
+
+    shape: tuple
+    ref_row: int
+    coefficients: np.ndarray
+    row_scale: float
+    col_centre: float
+    col_scale: float
+    traces: LineTraces | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+        self.coefficients = np.atleast_2d(np.asarray(self.coefficients, dtype=float))
+        if self.coefficients.size == 0:
+            self.coefficients = np.zeros((0, 1))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def identity(cls, shape, ref_row=None):
+        """A model with straight, vertical lines: ``effpix_map[y, x] == x``."""
+        n_rows, n_cols = shape
+        ref = n_rows // 2 if ref_row is None else int(ref_row)
+        return cls(shape, ref, np.zeros((0, 1)), float(n_rows), (n_cols - 1) / 2, max((n_cols - 1) / 2, 1.0))
+
+    @classmethod
+    def from_tilt(cls, shape, tilt, ref_row=None, curvature=0.0):
+        """Lines that shift by ``tilt`` columns from the bottom row to the top row.
+
+        ``tilt`` may be a sequence ``(c0, c1, c2, ...)``: the tilt is then
+        ``c0 + c1*u + c2*u**2 ...`` with ``u`` running from -1 at column 0 to
+        +1 at the last column. ``curvature`` adds a quadratic bow: the line's
+        column at both ends of the slit moves by ``curvature`` pixels relative
+        to a straight line.
+        """
+        n_rows, n_cols = shape
+        ref = n_rows // 2 if ref_row is None else int(ref_row)
+        row_scale = float(n_rows)
+        tilt_coeffs = np.atleast_1d(np.asarray(tilt, dtype=float))
+        # t spans (n_rows - 1) / n_rows between the first and last rows.
+        span = (n_rows - 1) / row_scale
+        rows = [tilt_coeffs / span]
+        if curvature:
+            half = span / 2
+            rows.append(np.r_[curvature / half**2, np.zeros(len(tilt_coeffs) - 1)])
+        coeffs = np.array(rows)
+        return cls(shape, ref, coeffs, row_scale, (n_cols - 1) / 2, max((n_cols - 1) / 2, 1.0))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def line_order(self):
+        return self.coefficients.shape[0]
+
+    @property
+    def warp_order(self):
+        return self.coefficients.shape[1] - 1
+
+    @property
+    def line_rms(self):
+        """RMS residual of each traced line about the model [px] (the fit-quality report)."""
+        return None if self.traces is None else self.traces.rms
+
+    @property
+    def quality_warnings(self):
+        """Human-readable reasons to distrust this model (empty when it looks good)."""
+        return list(self._cache.get("warnings", []))
+
+    @property
+    def is_poor(self):
+        return bool(self.quality_warnings)
+
+    def report(self):
+        """A table of the traced lines: guess, fitted position, used, RMS residual."""
+        if self.traces is None:
+            return "warp model given directly (no traced lines)"
+        t = self.traces
+        lines = [f"{'guess':>9} {'x_ref':>9} {'used':>5} {'rms [px]':>9}"]
+        for g, x, u, r in zip(t.guesses, t.ref_positions, t.used, t.rms):
+            lines.append(f"{g:9.2f} {x:9.3f} {str(bool(u)):>5} {r:9.4f}")
+        for w in self.quality_warnings:
+            lines.append(f"warning: {w}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ evaluation
+    def _u(self, e):
+        return (np.asarray(e, dtype=float) - self.col_centre) / self.col_scale
+
+    def _t(self, y):
+        return (np.asarray(y, dtype=float) - self.ref_row) / self.row_scale
+
+    def column_of(self, effpix, rows):
+        """Column ``x`` on which effective pixel ``effpix`` falls in row ``rows`` (broadcasts)."""
+        e = np.asarray(effpix, dtype=float)
+        t = self._t(rows)
+        u = self._u(e)
+        x = np.array(e, dtype=float, copy=True)
+        tk = np.ones_like(t)
+        for k in range(self.line_order):
+            tk = tk * t
+            x = x + np.polynomial.polynomial.polyval(u, self.coefficients[k]) * tk
+        return x
+
+    def effective_pixel(self, cols, rows, tol=1e-9, max_iter=30):
+        return self._effective_pixel(cols, rows, tol, max_iter)[0]
+
+    def _effective_pixel(self, cols, rows, tol=1e-9, max_iter=30, e=None, n_iter=None):
+        """Effective pixel of column ``cols`` in row ``rows`` (broadcast): the inverse of :meth:`column_of`.
+
+        In one row the model is a polynomial in ``e`` whose coefficients
+        depend only on the row, so they are formed once per row and Newton's
+        method runs on plain Horner evaluations (exact in one step for a
+        linear ``warp_order``).
+
+        Raises
+        ------
+        ValueError
+            If the model folds over (columns map back onto themselves) so
+            that it cannot be inverted there.
+
+        Notes
+        -----
+        ``_effective_pixel`` returns ``(e, steps taken)``; given ``e`` (a
+        result of an earlier call) it goes on from there, and ``n_iter``
+        takes exactly that many steps: so a grid done in blocks can be brought
+        to the very numbers one call on the whole grid gives.
+        """
+        x = np.asarray(cols, dtype=float)
+        rows = np.asarray(rows, dtype=float)
+        shape = np.broadcast_shapes(x.shape, rows.shape)
+        if self.line_order == 0:
+            return np.broadcast_to(x, shape).copy(), 0
+        t = self._t(rows)
+        powers = t[..., None] ** np.arange(1, self.line_order + 1)
+        row_coeffs = powers @ self.coefficients  # rows.shape + (warp_order + 1,), lowest power first
+        deriv = row_coeffs[..., 1:] * np.arange(1, row_coeffs.shape[-1]) / self.col_scale
+
+        def horner(c, u):
+            out = np.broadcast_to(c[..., -1], shape).copy()
+            for j in range(c.shape[-1] - 2, -1, -1):
+                out *= u
+                out += c[..., j]
+            return out
+
+        if e is None:
+            e = x - horner(row_coeffs, (x - self.col_centre) / self.col_scale)
+        steps = 0
+        for _ in range(max_iter if n_iter is None else n_iter):
+            u = (e - self.col_centre) / self.col_scale
+            slope = 1.0 + (horner(deriv, u) if deriv.shape[-1] else 0.0)
+            if np.any(slope <= 0):
+                raise ValueError(
+                    "the warp model folds over (dx/de <= 0 somewhere on the detector), "
+                    "so effective pixels are not unique: check the guesses, tolerance and orders"
+                )
+            step = (e + horner(row_coeffs, u) - x) / slope
+            e -= step
+            steps += 1
+            if n_iter is None and np.nanmax(np.abs(step)) < tol:
+                break
+        return e, steps
+
+    #: Rows per block of :meth:`_invert_grid` (its temporaries are a few arrays of this many rows).
+    _GRID_BLOCK_ROWS = 64
+
+    def _invert_grid(self, cols, n_rows):
+        """Effective pixels of ``cols`` (1D) in every row: an ``(n_rows, len(cols))`` array.
+
+        Done in blocks of rows, so the Newton iteration's temporaries are a
+        few blocks, not a few full frames (on a 947 x 2030 frame: ~90 MB less
+        at the peak). Blocks that converged in fewer steps than the slowest
+        then take the missing steps, so the numbers are exactly those of one
+        Newton iteration over the whole grid.
+        """
+        cols = np.asarray(cols, dtype=float)[None, :]
+        out = np.empty((n_rows, cols.shape[1]))
+        block = self._GRID_BLOCK_ROWS
+        steps = []
+        for r0 in range(0, n_rows, block):
+            r1 = min(r0 + block, n_rows)
+            out[r0:r1], n = self._effective_pixel(cols, np.arange(r0, r1)[:, None])
+            steps.append(n)
+        most = max(steps, default=0)
+        for b, n in enumerate(steps):
+            if n < most:
+                r0, r1 = b * block, min((b + 1) * block, n_rows)
+                out[r0:r1], _ = self._effective_pixel(cols, np.arange(r0, r1)[:, None], e=out[r0:r1].copy(), n_iter=most - n)
+        return out
+
+    def effpix_map(self, shape=None):
+        """The effective pixel of every pixel centre, ``(n_rows, n_cols)``; cached."""
+        shape = self._check_shape(shape)
+        key = ("map", shape)
+        if key not in self._cache:
+            emap = self._invert_grid(np.arange(shape[1]), shape[0])
+            emap.setflags(write=False)
+            self._cache[key] = emap
+        return self._cache[key]
+
+    def edge_map(self, shape=None):
+        """Effective pixel of every pixel's left edge, ``(n_rows, n_cols + 1)``; cached.
+
+        Pixel ``(y, x)`` spans effective pixels ``edge[y, x] <= e < edge[y, x + 1]``.
+        """
+        shape = self._check_shape(shape)
+        key = ("edges", shape)
+        if key not in self._cache:
+            edges = self._invert_grid(np.arange(shape[1] + 1) - 0.5, shape[0])
+            edges.setflags(write=False)
+            self._cache[key] = edges
+        return self._cache[key]
+
+    def line_curves(self, rows=None):
+        """Model columns of each traced line at ``rows``: ``(n_lines, n_rows)`` for plotting."""
+        if self.traces is None:
+            return np.empty((0, 0))
+        rows = np.arange(self.shape[0]) if rows is None else np.asarray(rows, dtype=float)
+        e = self.traces.ref_positions[:, None]
+        return self.column_of(e, rows[None, :])
+
+    def _check_shape(self, shape):
+        shape = self.shape if shape is None else tuple(int(s) for s in shape)
+        if shape != self.shape:
+            raise ValueError(
+                f"the images have shape {shape} (rows, cols) but the warp model was fit "
+                f"on shape {self.shape}: fit the warp model on an arc of the same crop"
+            )
+        return shape
+
+    def to_dict(self):
+        """Plain values describing the model (for FITS headers and saving)."""
+        return {
+            "shape": list(self.shape),
+            "ref_row": self.ref_row,
+            "coefficients": self.coefficients.tolist(),
+            "row_scale": self.row_scale,
+            "col_centre": self.col_centre,
+            "col_scale": self.col_scale,
+        }
+
+    @classmethod
+    def from_dict(cls, values):
+        """Rebuild a model written by :meth:`to_dict`."""
+        return cls(
+            tuple(values["shape"]),
+            int(values["ref_row"]),
+            np.asarray(values["coefficients"], dtype=float),
+            float(values["row_scale"]),
+            float(values["col_centre"]),
+            float(values["col_scale"]),
+        )
+
+
+# ---------------------------------------------------------------------- fitting
+
+
+def _check_orders(line_order, warp_order, n_rows):
+    for name, value in (("line_order", line_order), ("warp_order", warp_order)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
+    if line_order >= n_rows // 2:
+        raise ValueError(f"line_order={line_order} is too high for an arc of {n_rows} rows")
+
+
+def _check_guesses(guess, n_cols):
+    try:
+        arr = np.asarray(guess, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"guess must be a list of column positions; got {guess!r}") from None
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1:
+        raise ValueError(f"guess must be a 1D list of column positions; got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("guess is empty: give at least one line position (see find_cal_lines)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("guess holds NaN or infinite positions")
+    inside = (arr >= 0) & (arr <= n_cols - 1)
+    if not inside.any():
+        raise ValueError(
+            f"every guess ({arr.min():g}..{arr.max():g}) lies off the image, whose columns "
+            f"run 0..{n_cols - 1}"
+        )
+    if not inside.all():
+        warnings.warn(f"ignoring guesses off the image (columns 0..{n_cols - 1}): {arr[~inside]}", stacklevel=3)
+    return np.unique(arr[inside])
+
+
+def _block_profiles(image, block):
+    """Mean of consecutive ``block`` rows (NaN-aware) and the mean row of each block."""
+    n_rows = image.shape[0]
+    n_blocks = n_rows // block
+    cut = image[: n_blocks * block].reshape(n_blocks, block, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        profiles = np.nanmean(cut, axis=1)
+    rows = np.arange(n_blocks) * block + (block - 1) / 2
+    if n_rows % block:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            last = np.nanmean(image[n_blocks * block :], axis=0)
+        profiles = np.vstack([profiles, last])
+        rows = np.r_[rows, (n_blocks * block + n_rows - 1) / 2]
+    return profiles, rows
+
+
+def _ref_positions(image, guesses, tolerance, ref_row, half):
+    """Each guess's line at the reference row, then a sub-pixel fit.
+
+    The line is the significant local peak nearest the guess within
+    ``tolerance`` (the brightest peak would pull a guess onto a bright
+    neighbour); without one, the brightest pixel in reach.
+    """
+    profile, _ = row_profile(image, ref_row)
+    n_cols = profile.size
+    finite = np.isfinite(profile)
+    filled = np.where(finite, profile, np.nanmedian(profile) if finite.any() else 0.0)
+    excess = filled - median_filter(filled, size=min(51, n_cols | 1), mode="nearest")
+    noise = max(robust_noise(profile), 1e-12)
+    is_peak = np.zeros(n_cols, bool)
+    is_peak[1:-1] = (excess[1:-1] >= excess[:-2]) & (excess[1:-1] > excess[2:]) & (excess[1:-1] > 5 * noise)
+
+    reach = int(np.ceil(tolerance))
+    search = np.arange(-reach, reach + 1)
+    cand = np.rint(guesses).astype(int)[:, None] + search[None, :]
+    inside = (cand >= 0) & (cand < n_cols) & (np.abs(cand - guesses[:, None]) <= tolerance)
+    cand_c = np.clip(cand, 0, n_cols - 1)
+    distance = np.where(inside & is_peak[cand_c], np.abs(cand - guesses[:, None]), np.inf)
+    brightest = np.argmax(np.where(inside, excess[cand_c], -np.inf), axis=1)
+    choice = np.where(np.isfinite(distance.min(axis=1)), np.argmin(distance, axis=1), brightest)
+    peak = cand[np.arange(len(guesses)), choice]
+    cols = window_indices(peak, half, n_cols)
+    data = np.where(finite, profile, np.nan)[cols]
+    mu, sigma, _, _, ok = fit_gaussian_windows(cols, data)
+    ok &= np.abs(mu - guesses) <= tolerance + 0.5
+    mu = np.where(ok, mu, np.nan)
+    # Two guesses that landed on one line would count it twice.
+    order = np.argsort(mu)
+    dup = np.zeros(len(mu), bool)
+    dup[order[1:]] = np.diff(mu[order]) < 1.0
+    mu[dup] = np.nan
+    return mu, sigma
+
+
+def _track(profiles, block_rows, start, x_ref, half, tolerance):
+    """Follow each line from the reference block outwards, block by block."""
+    n_blocks, n_cols = profiles.shape
+    positions = np.full((len(x_ref), n_blocks), np.nan)
+    alive = np.isfinite(x_ref)
+    seed = np.where(alive, x_ref, 0.0)
+    for direction in (1, -1):
+        pred = seed.copy()
+        order = range(start, n_blocks) if direction == 1 else range(start - 1, -1, -1)
+        for b in order:
+            cols = window_indices(pred, half, n_cols)
+            mu, _, _, _, ok = fit_gaussian_windows(cols, profiles[b][cols], n_iter=8)
+            ok &= alive & (np.abs(mu - pred) < max(1.5, half / 2)) & (np.abs(mu - seed) <= tolerance)
+            positions[ok, b] = mu[ok]
+            pred = np.where(ok, mu, pred)
+    return positions
+
+
+def _clipped_polyfit(t, x, order, n_sigma=3.5, n_iter=5):
+    """Polynomial fit with iterative sigma clipping; returns coefficients (low first) and the kept mask."""
+    keep = np.isfinite(x)
+    coef = None
+    for _ in range(n_iter):
+        if keep.sum() < order + 2:
+            return None, keep
+        coef = np.polynomial.polynomial.polyfit(t[keep], x[keep], order)
+        resid = x - np.polynomial.polynomial.polyval(t, coef)
+        scale = 1.4826 * np.median(np.abs(resid[keep])) + 1e-3
+        new_keep = np.isfinite(x) & (np.abs(resid) < n_sigma * scale)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return coef, keep
+
+
+def _fit_global(model, x0, rows, positions, used):
+    """Least-squares warp coefficients from all measured points of the used lines."""
+    line_order = model.line_order
+    n_coef = model.coefficients.shape[1]
+    if line_order == 0:
+        return model.coefficients
+    t = model._t(rows)[None, :] * np.ones_like(positions)
+    u = model._u(x0)[:, None] * np.ones_like(positions)
+    ok = np.isfinite(positions) & used[:, None]
+    t, u = t[ok], u[ok]
+    target = (positions - x0[:, None])[ok]
+    design = np.empty((t.size, line_order * n_coef))
+    for k in range(line_order):
+        for j in range(n_coef):
+            design[:, k * n_coef + j] = t ** (k + 1) * u**j
+    sol, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return sol.reshape(line_order, n_coef)
+
+
+def generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, ref_idx=None, debug=False):
+    """Fit a warp model to an arc frame: how each line's column changes along the slit.
+
+    Parameters
+    ----------
+    image : (n_rows, n_cols) array_like
+        Arc-lamp frame, bias subtracted, dispersion along columns.
+    guess : sequence of float
+        Approximate columns of arc lines at the reference row (for example
+        the positions from :func:`find_cal_lines`).
+    tolerance : float
+        How far (columns) a line may lie from its guess, and drift from its
+        reference position along the slit.
+    line_order : int
+        Polynomial order of a line's column as a function of row.
+    warp_order : int
+        Polynomial order, in column, of each of those coefficients.
+    ref_idx : int, optional
+        Reference row (default: the middle row, ``n_rows // 2``).
+    debug : bool
+        Print the per-line fit report.
+
+    Returns
+    -------
+    WarpModel
+        With ``traces`` holding every measurement and ``line_rms`` the
+        residual RMS of each line about the model.
+
+    Raises
+    ------
+    ValueError
+        On a non-2D image, an empty guess list or guesses all off the image,
+        bad orders or tolerance, or when too few lines can be traced.
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> from specwidgets import find_cal_lines
+    >>> frames = make_synthetic_longslit(seed=1)
+    >>> locs, _ = find_cal_lines(frames.arc)
+    >>> model = generate_warp_model(frames.arc, locs)
+    >>> model.effpix_map().shape == frames.arc.shape
+    True
+    """
+    image = as_image(image, "image (the arc frame)")
+    n_rows, n_cols = image.shape
+    if n_rows < 3:
+        raise ValueError(f"the arc frame has {n_rows} rows; a warp model needs at least 3")
+    _check_orders(line_order, warp_order, n_rows)
+    # The limit (the image width) is checked before anything is allocated:
+    # the candidate windows grow with the tolerance (1e7 ran out of memory).
+    tolerance = check_number(tolerance, "tolerance", minimum=0, strict_minimum=True, maximum=n_cols,
+                             unit=f" columns (the arc frame is {n_cols} columns wide)")
+    guesses = _check_guesses(guess, n_cols)
+    ref_row = n_rows // 2 if ref_idx is None else ref_idx
+    if not isinstance(ref_row, (int, np.integer)) or not 0 <= ref_row < n_rows:
+        raise ValueError(f"ref_idx must be a row index in 0..{n_rows - 1}; got {ref_idx!r}")
+    ref_row = int(ref_row)
+
+    # A fit window about three line widths across keeps neighbours out;
+    # too narrow a window biases the centre of a broad line.
+    x_ref, sigma = _ref_positions(image, guesses, tolerance, ref_row, half=4)
+    found = np.isfinite(x_ref)
+    if not found.any():
+        raise ValueError(
+            f"no line could be fit near any of the {len(guesses)} guesses within "
+            f"tolerance={tolerance:g} columns at row {ref_row}: check the guesses"
+        )
+    half = int(np.clip(np.ceil(3.0 * np.nanmedian(sigma[found])), 3, 12))
+    half = min(half, (n_cols - 1) // 2)
+
+    block = max(1, n_rows // 48)
+    profiles, block_rows = _block_profiles(image, block)
+    start = int(np.argmin(np.abs(block_rows - ref_row)))
+    coarse = _track(profiles, block_rows, start, x_ref, half, tolerance)
+
+    # Second pass at full resolution along the slit (small blocks), each
+    # window centred on the smooth path from the first pass.
+    fine_block = max(1, n_rows // 240)
+    fine_profiles, fine_rows = _block_profiles(image, fine_block)
+    scratch = WarpModel.identity((n_rows, n_cols), ref_row)
+    t_coarse = scratch._t(block_rows)
+    t_fine = scratch._t(fine_rows)
+    n_lines = len(guesses)
+    positions = np.full((n_lines, fine_rows.size), np.nan)
+    pred = np.full((n_lines, fine_rows.size), np.nan)
+    for i in range(n_lines):
+        coef, _ = _clipped_polyfit(t_coarse, coarse[i], min(line_order, 2))
+        if coef is not None:
+            pred[i] = np.polynomial.polynomial.polyval(t_fine, coef)
+    have = np.isfinite(pred[:, 0])
+    if have.any():
+        idx_l, idx_r = np.nonzero(have)[0], np.arange(fine_rows.size)
+        p = pred[idx_l]
+        cols = window_indices(p.ravel(), half, n_cols)
+        data = fine_profiles[np.repeat(idx_r[None, :], len(idx_l), 0).ravel()[:, None], cols]
+        mu, _, _, _, ok = fit_gaussian_windows(cols, data, n_iter=8)
+        mu = mu.reshape(p.shape)
+        ok = ok.reshape(p.shape) & (np.abs(mu - p) < max(1.5, half / 2))
+        ok &= np.abs(mu - x_ref[idx_l, None]) <= tolerance
+        positions[idx_l] = np.where(ok, mu, np.nan)
+
+    # Per-line smooth paths give each line's reference position and reject
+    # stray points (cosmic rays, a neighbour caught in the window).
+    x0 = np.full(n_lines, np.nan)
+    # Coverage counts the row blocks that hold data at all: a science frame
+    # whose trace rows are blanked (sky lines, no arc) has lines only there.
+    n_blocks_with_data = int(np.count_nonzero(np.isfinite(fine_profiles).any(axis=1)))
+    for i in range(n_lines):
+        coef, keep = _clipped_polyfit(t_fine, positions[i], line_order)
+        positions[i, ~keep] = np.nan
+        if coef is not None and keep.sum() >= max(line_order + 2, 0.3 * n_blocks_with_data):
+            x0[i] = coef[0]
+    used = np.isfinite(x0)
+    if not used.any():
+        raise ValueError(
+            f"none of the {n_lines} guessed lines could be traced along the slit within "
+            f"tolerance={tolerance:g} columns: check the guesses (see find_cal_lines) and the tolerance"
+        )
+    # Too few lines for the asked warp_order: fit what they can support and
+    # say so, as the seed does for its "bad warp model" example.
+    lowered = None
+    if used.sum() < warp_order + 1:
+        lowered = warp_order
+        warp_order = int(used.sum()) - 1
+    n_needed = warp_order + 1
+
+    model = WarpModel(
+        (n_rows, n_cols),
+        ref_row,
+        np.zeros((line_order, warp_order + 1)),
+        float(n_rows),
+        (n_cols - 1) / 2,
+        max((n_cols - 1) / 2, 1.0),
+    )
+    rms = np.full(n_lines, np.nan)
+    for _ in range(4):
+        model.coefficients = _fit_global(model, np.where(used, x0, 0.0), fine_rows, positions, used)
+        resid = positions - model.column_of(np.where(np.isfinite(x0), x0, 0.0)[:, None], fine_rows[None, :])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rms = np.sqrt(np.nanmean(resid**2, axis=1))
+        rms[~np.isfinite(x0)] = np.nan
+        # Blends and lines on a bad column disagree with the rest: drop them
+        # while enough lines remain to constrain the model.
+        limit = 3.0 * np.nanmedian(rms[used]) + 0.02
+        new_used = used & (rms <= limit)
+        if new_used.sum() < n_needed or np.array_equal(new_used, used):
+            break
+        used = new_used
+
+    model.traces = LineTraces(guesses, x0, fine_rows, positions, used, rms)
+    model._cache["warnings"] = _quality_warnings(model, n_needed)
+    if lowered is not None:
+        model._cache["warnings"].insert(
+            0, f"warp_order lowered from {lowered} to {warp_order}: only {int(used.sum())} line(s) could be traced"
+        )
+    if debug:
+        print(model.report())
+    return model
+
+
+def _quality_warnings(model, n_needed):
+    t = model.traces
+    out = []
+    n_used = int(t.used.sum())
+    if n_used < n_needed + 1:
+        out.append(f"only {n_used} lines constrain the model (warp_order needs {n_needed}); it is not checked by any spare line")
+    if n_used:
+        worst = float(np.nanmax(t.rms[t.used]))
+        med = float(np.nanmedian(t.rms[t.used]))
+        if med > POOR_RMS_PX:
+            out.append(f"lines scatter {med:.2f} px RMS about the model (good arcs: < 0.05 px)")
+        elif worst > 2 * POOR_RMS_PX:
+            out.append(f"the worst line scatters {worst:.2f} px RMS about the model")
+        coverage = np.isfinite(t.positions[t.used]).mean()
+        if coverage < 0.6:
+            out.append(f"the lines were traced over only {coverage:.0%} of the slit")
+        span = np.ptp(t.ref_positions[t.used]) if n_used > 1 else 0.0
+        if span < 0.25 * model.shape[1]:
+            out.append(
+                f"the lines span only columns {np.nanmin(t.ref_positions[t.used]):.0f}-"
+                f"{np.nanmax(t.ref_positions[t.used]):.0f} of {model.shape[1]}: the model is extrapolated elsewhere"
+            )
+    try:
+        model.edge_map()
+    except ValueError as exc:
+        out.append(str(exc))
+    return out

@@ -1,0 +1,230 @@
+"""Busy indicator, timing and error banner shared by the widgets of one state.
+
+Every widget callback runs through :meth:`StatusBar.guard`: an exception
+becomes a message in the banner instead of a traceback in the kernel log,
+and the view keeps what it showed before.
+
+Examples
+--------
+>>> from specwidgets.io.synthetic import make_synthetic_longslit
+>>> from specwidgets.interactive.state import SkyState
+>>> frames = make_synthetic_longslit(shape=(40, 200), n_arc_lines=8, seed=1)
+>>> state = SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows])
+>>> status = StatusBar(state)
+>>> state.mask_region = [(0, 40)]           # refused by the state
+>>> "covers every" in status.banner.value
+True
+>>> status.guard(lambda: 1 / 0)()           # a failing callback: reported, not raised
+>>> "ZeroDivisionError" in status.banner.value
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from contextlib import contextmanager
+
+import ipywidgets
+
+__all__ = ["StatusBar"]
+
+log = logging.getLogger(__name__)
+
+_BANNER_STYLE = (
+    "background:#fde8e8;border:1px solid #e0a0a0;color:#8a1c1c;"
+    "padding:4px 8px;border-radius:3px;margin:2px 0"
+)
+
+
+def _describe(error):
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return str(error)
+
+
+class StatusBar(ipywidgets.VBox):
+    """What the state is doing, how long the last step took, and what went wrong.
+
+    Parameters
+    ----------
+    state : SkyState
+
+    Attributes
+    ----------
+    busy_label : ipywidgets.HTML
+        "computing..." while the state (or a view) works; else "ready" and the
+        last duration, or, when the fit flags itself as suspect
+        (``result.quality.suspect``), its warnings instead of "ready".
+    noise_label : ipywidgets.HTML
+        The noise model the current fit used and where it came from.
+    banner : ipywidgets.HTML
+        The state's error (its last good result stays shown) and any widget error.
+    widget_error : str
+        The last error of a widget callback ("" when the last one succeeded).
+    """
+
+    def __init__(self, state, **kwargs):
+        self.state = state
+        self.widget_error = ""
+        self._working = 0
+        self._depth = 0
+        self._reported = False
+        self.busy_label = ipywidgets.HTML(layout=ipywidgets.Layout(min_width="14em"))
+        self.noise_label = ipywidgets.HTML()
+        self.banner = ipywidgets.HTML(layout=ipywidgets.Layout(display="none"))
+        super().__init__(children=[self.busy_label, self.noise_label, self.banner], **kwargs)
+        state.observe(self._refresh_busy, names=["busy", "last_duration"])
+        if state.has_trait("result"):
+            state.observe(self._refresh_busy, names=["result"])
+        state.observe(self._refresh_banner, names=["error"])
+        self._refresh_busy()
+        self._refresh_banner()
+
+    # ------------------------------------------------------------------ busy
+    @property
+    def busy(self):
+        return bool(self.state.busy or self._working)
+
+    @contextmanager
+    def working(self):
+        """Mark the views as busy while a block runs (nested blocks are fine)."""
+        self._working += 1
+        self._refresh_busy()
+        try:
+            yield
+        finally:
+            self._working -= 1
+            self._refresh_busy()
+
+    def _refresh_busy(self, change=None):
+        try:
+            if self.busy:
+                # U+25CF, in every text font: the hourglass U+23F3 needs an emoji font.
+                text = "<span style='color:#e08000'>&#9679;</span> <b>computing&hellip;</b>"
+            else:
+                ms = 1000.0 * self.state.last_duration
+                warnings = self.quality_warnings
+                if warnings is not None:
+                    listed = "; ".join(html.escape(w) for w in warnings)
+                    text = (
+                        f"<span style='color:#8a4b00'>&#9888; <b>suspect fit</b>: {listed}</span>"
+                        f" &middot; last step {ms:.0f} ms"
+                    )
+                else:
+                    text = f"&#10003; ready &middot; last step {ms:.0f} ms"
+            self.busy_label.value = f"<span style='font-size:90%'>{text}</span>"
+            self._refresh_noise()
+        except Exception:  # noqa: BLE001 - the indicator must never break a callback
+            log.debug("busy indicator failed", exc_info=True)
+
+    @property
+    def quality_warnings(self):
+        """The current fit's warnings when it flags itself suspect, else None.
+
+        Read from ``state.result.quality`` (``suspect``, ``warnings``); a
+        result without a quality report is never called suspect here.
+        """
+        result = getattr(self.state, "result", None)
+        quality = getattr(result, "quality", None) if result is not None else None
+        if isinstance(quality, (list, tuple)):  # one report per exposure
+            reports = [q for q in quality if getattr(q, "suspect", False)]
+            if not reports:
+                return None
+            return [str(w) for q in reports for w in (getattr(q, "warnings", None) or [])] or [
+                "the fit flags itself as suspect"
+            ]
+        if quality is None or not getattr(quality, "suspect", False):
+            return None
+        return [str(w) for w in (getattr(quality, "warnings", None) or [])] or ["the fit flags itself as suspect"]
+
+    @property
+    def noise_text(self):
+        """One line on the noise model of the current fit ("" before a fit)."""
+        model = getattr(self.state, "noise_model", None)
+        if not model:
+            return ""
+        parts = []
+        if model.get("read_noise") is not None:
+            parts.append(f"read noise {float(model['read_noise']):.3g} e-")
+        if model.get("gain") is not None:
+            parts.append(f"gain {float(model['gain']):.3g} e-/unit")
+        text = "noise model: " + ", ".join(parts)
+        if model.get("source"):
+            text += f" \u2014 {model['source']}"
+        return text
+
+    def _refresh_noise(self):
+        text = self.noise_text
+        self.noise_label.value = (
+            f"<span style='font-size:80%;color:#555'>{html.escape(text)}</span>" if text else ""
+        )
+
+    # ---------------------------------------------------------------- errors
+    def report(self, error):
+        """Show ``error`` (an exception or text) from a widget callback in the banner."""
+        try:
+            self.widget_error = _describe(error)
+            self._reported = True
+            log.debug("widget callback failed: %s", self.widget_error, exc_info=isinstance(error, BaseException))
+            self._refresh_banner()
+        except Exception:  # noqa: BLE001
+            log.debug("reporting failed", exc_info=True)
+
+    def clear(self):
+        """Forget the last widget error."""
+        if self.widget_error:
+            self.widget_error = ""
+            self._refresh_banner()
+
+    @property
+    def messages(self):
+        """The messages the banner shows, state first."""
+        out = []
+        if self.state.error:
+            kept = " The last good result is still shown." if self.state.result is not None else ""
+            out.append(f"{self.state.error}.{kept}" if not self.state.error.endswith(".") else self.state.error + kept)
+        if self.widget_error:
+            out.append(self.widget_error)
+        return out
+
+    def _refresh_banner(self, change=None):
+        try:
+            messages = self.messages
+            if not messages:
+                self.banner.value = ""
+                self.banner.layout.display = "none"
+                return
+            body = "<br>".join("&#9888; " + html.escape(m) for m in messages)
+            self.banner.value = f"<div style='{_BANNER_STYLE}'>{body}</div>"
+            self.banner.layout.display = None
+        except Exception:  # noqa: BLE001
+            log.debug("banner update failed", exc_info=True)
+
+    def guard(self, func):
+        """Wrap a callback: exceptions are reported in the banner, never raised.
+
+        A call that succeeds clears an earlier widget error: the banner
+        describes the latest action.
+        """
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            outermost = self._depth == 0
+            if outermost:
+                self._reported = False
+            self._depth += 1
+            try:
+                out = func(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown to the user instead
+                self.report(exc)
+                return None
+            finally:
+                self._depth -= 1
+            # An inner callback may have reported while this one went on.
+            if outermost and not self._reported:
+                self.clear()
+            return out
+
+        return wrapper

@@ -1,0 +1,600 @@
+"""Sky-subtracted FITS files with provenance, written atomically.
+
+One file per exposure, ``<input stem>_sky.fits``, holding
+
+========  =====================================================================
+HDU       content
+========  =====================================================================
+PRIMARY   no data; the header records the software version, the input file,
+          the instrument and crop, the calibration files, the sky method and
+          its parameters, the mask, the warp-model coefficients and the date
+SCI       data minus sky (float32 by default)
+SKY       the sky background of every pixel
+VAR       variance of each SCI pixel (see :func:`sci_variance`)
+MASK      uint8 bit mask (see :data:`MASK_BITS`)
+========  =====================================================================
+
+Files are written under a temporary name in the output folder
+(``.<name>.tmp-<pid>-<random>``), flushed and fsync'ed, then renamed over
+the final name with :func:`os.replace`, so a killed writer never leaves a
+truncated file under a final name. Every HDU carries ``CHECKSUM``/``DATASUM``
+cards, and the primary header ends with ``SWDONE = T``; :func:`inspect_output`
+checks all of that, and :func:`clean_temporary_files` removes what a killed
+writer left behind.
+
+:func:`export_result` writes the same files from an in-memory
+:class:`~specwidgets.core.sky.api.SkyResult` (the dashboard's export);
+:mod:`specwidgets.batch.runner` writes them for any number of exposures.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import inspect
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .discovery import fits_stem
+from ..core.warp import WarpModel
+
+__all__ = [
+    "EXTENSIONS",
+    "MASK_BITS",
+    "MASK_MASKED",
+    "MASK_REJECTED",
+    "MASK_NONFINITE",
+    "MASK_BADFLAT",
+    "OUTPUT_SUFFIX",
+    "OutputState",
+    "clean_temporary_files",
+    "export_result",
+    "inspect_output",
+    "mask_image",
+    "output_name",
+    "read_warp_model",
+    "result_quality",
+    "sci_variance",
+    "settings_hash",
+    "named_write_error",
+    "sky_header",
+    "write_exposure",
+]
+
+#: Image extensions of every output file, in order.
+EXTENSIONS = ("SCI", "SKY", "VAR", "MASK")
+
+#: Appended to the input's stem to name its output.
+OUTPUT_SUFFIX = "_sky.fits"
+
+#: Marks temporary files: ``.<final name>.tmp-<pid>-<random>``.
+TMP_MARK = ".tmp-"
+
+#: Row masked by the user (the trace): excluded from the sky fit.
+MASK_MASKED = 1
+#: Sky pixel rejected by the fit as an outlier (cosmic ray, hot pixel).
+MASK_REJECTED = 2
+#: Input pixel not finite (NaN or inf): ignored by the fit.
+MASK_NONFINITE = 4
+#: Flat-field pixel unusable (normalised flat not finite or <= the floor): science set to NaN.
+MASK_BADFLAT = 8
+
+#: Bit -> meaning of the ``MASK`` extension (bits combine with OR).
+MASK_BITS = {
+    MASK_MASKED: "row masked by the user, excluded from the sky fit",
+    MASK_REJECTED: "sky pixel rejected by the fit (cosmic ray, hot pixel)",
+    MASK_NONFINITE: "input pixel not finite, ignored",
+    MASK_BADFLAT: "flat-field pixel unusable, science set to NaN",
+}
+
+_BSPLINE_OPTIONS = ("spatial_order", "knot_spacing", "reject_sigma", "max_iterations")
+_OPTION_CARDS = {
+    "spatial_order": ("SWSPORD", "B-spline sky: Legendre order along the slit"),
+    "knot_spacing": ("SWKNOTSP", "B-spline sky: knot spacing (effective px)"),
+    "reject_sigma": ("SWREJSIG", "B-spline sky: rejection threshold (sigma)"),
+    "max_iterations": ("SWMAXIT", "B-spline sky: max reweight/reject iterations"),
+}
+
+
+def output_name(path):
+    """Output file name for an input path: the name without its FITS and compression endings, plus ``_sky.fits``.
+
+    >>> output_name("night1/0069_PKS.fits.fz")
+    '0069_PKS_sky.fits'
+    >>> output_name("frame_001.FITS")
+    'frame_001_sky.fits'
+    >>> output_name("night1_sci.fits.bz2")
+    'night1_sci_sky.fits'
+    """
+    return fits_stem(path) + OUTPUT_SUFFIX
+
+
+# ------------------------------------------------------------------ content
+def sci_variance(result, exposure=0):
+    """Variance of each pixel of ``data - background``.
+
+    The library's noise model applied to the data themselves (sky and source
+    photons): ``max(data, 0) / gain + (read_noise / gain) ** 2``, plus the
+    variance of the sky estimate (``SkyResult.variance``). NaN where the data
+    are NaN.
+    """
+    data = result.data[exposure]
+    noise = np.clip(data, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    return noise + result.variance[exposure]
+
+
+def mask_image(result, exposure=0, extra=None):
+    """The uint8 ``MASK`` image of one exposure (bits in :data:`MASK_BITS`).
+
+    ``extra`` is OR'ed in (e.g. :data:`MASK_BADFLAT` where the flat was bad).
+    """
+    mask = np.zeros(result.data.shape[1:], np.uint8)
+    mask[result.mask] |= MASK_MASKED
+    if result.rejected is not None and np.size(result.rejected):
+        mask[result.rejected[exposure]] |= MASK_REJECTED
+    mask[~np.isfinite(result.data[exposure])] |= MASK_NONFINITE
+    if extra is not None:
+        mask |= np.asarray(extra, np.uint8)
+    return mask
+
+
+def effective_options(method, options):
+    """The sky method's parameters with the defaults filled in (what the fit used)."""
+    if method != "bspline":
+        return dict(options)
+    from ..core.sky.bspline import fit_bspline_sky
+
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(fit_bspline_sky).parameters.items()
+        if name in _BSPLINE_OPTIONS
+    }
+    return {**defaults, **options}
+
+
+def _card_value(value):
+    if value is None:
+        return "none"
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _ranges_text(ranges):
+    return ",".join(f"{a}:{b}" for a, b in ranges) if ranges else "none"
+
+
+def _crop_text(crop):
+    if crop is None:
+        return "none"
+    start, stop = crop
+    return f"{'' if start is None else start}:{'' if stop is None else stop}"
+
+
+def settings_hash(settings):
+    """A short, stable hash of a JSON-able settings dict (floats rounded to 9 digits).
+
+    Written as ``SWCONFIG``: a resumed run only skips an output made with the
+    same settings.
+    """
+
+    def canon(value):
+        if isinstance(value, dict):
+            return {str(k): canon(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        if isinstance(value, (list, tuple)):
+            return [canon(v) for v in value]
+        if isinstance(value, np.ndarray):
+            return canon(value.tolist())
+        if isinstance(value, (float, np.floating)):
+            return float(f"{float(value):.9g}")
+        if isinstance(value, np.integer):
+            return int(value)
+        return value
+
+    text = json.dumps(canon(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=None):
+    """The primary header of an output file.
+
+    Parameters
+    ----------
+    result : SkyResult
+    exposure : int
+    warp_model : WarpModel or dict, optional
+        Its coefficients are written (``SWW*`` cards and ``SWWARP``, the
+        :meth:`~specwidgets.core.warp.WarpModel.to_dict` JSON that
+        :func:`read_warp_model` reads back).
+    provenance : dict, optional
+        ``input`` (path), ``instrument``, ``crop`` ((start, stop)), ``unit``,
+        ``bias``, ``flat``, ``arc`` (lists of file names), ``flat_norm``,
+        ``n_guesses``.
+    config : str, optional
+        The settings hash (``SWCONFIG``).
+    """
+    from ..core._version import __version__
+
+    prov = dict(provenance or {})
+    hdr = fits.Header()
+    hdr["SWVER"] = (__version__, "specwidgets version")
+    hdr["DATE"] = (
+        _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "UTC date this file was written",
+    )
+    if prov.get("input") is not None:
+        path = Path(os.fspath(prov["input"]))
+        hdr["SWINPUT"] = (path.name, "input file")
+        hdr["SWINPATH"] = (str(path), "input file path")
+    hdr["SWEXPOS"] = (int(exposure), "exposure index within the fitted stack")
+    if prov.get("instrument") is not None:
+        hdr["SWINSTR"] = (str(prov["instrument"]), "instrument recipe used to read the frames")
+    if "crop" in prov:
+        hdr["SWCROP"] = (_crop_text(prov["crop"]), "rows kept of each trimmed frame (start:stop)")
+    if prov.get("unit") is not None:
+        hdr["SWUNIT"] = (str(prov["unit"]), "unit of SCI, SKY (VAR: squared)")
+    for key, card, what in (("bias", "SWNBIAS", "bias"), ("flat", "SWNFLAT", "flat"), ("arc", "SWNARC", "arc")):
+        if key in prov:
+            how = prov.get("arc_combine", "median") if key == "arc" else "median"
+            hdr[card] = (len(prov[key]), f"{what} frames combined ({how})")
+    if prov.get("flat"):
+        hdr["SWFLNORM"] = (str(prov.get("flat_norm", "column")), "flat normalisation")
+    if prov.get("n_guesses") is not None:
+        hdr["SWNGUESS"] = (int(prov["n_guesses"]), "arc-line guesses given to the warp fit")
+
+    hdr["SWMETHOD"] = (result.method, "sky method (fit_sky)")
+    for name, value in effective_options(result.method, result.options).items():
+        card, comment = _OPTION_CARDS.get(name, (None, None))
+        if card is None:
+            hdr.add_history(f"sky option {name} = {value!r}")
+        else:
+            hdr[card] = (_card_value(value), comment)
+    hdr["SWRDNOIS"] = (float(result.read_noise), "read noise used by the noise model (e-)")
+    hdr["SWGAIN"] = (float(result.gain), "gain used by the noise model (e-/data unit)")
+    hdr["SWMASK"] = (_ranges_text(result.mask_region), "masked rows start:stop (Python slices)")
+    hdr["SWNMASK"] = (len(result.mask_region), "number of masked row ranges")
+    if result.rejected is not None and np.size(result.rejected):
+        hdr["SWNREJ"] = (int(result.rejected[exposure].sum()), "sky pixels rejected by the fit")
+    _quality_cards(hdr, result, exposure)
+
+    if warp_model is not None:
+        values = warp_model.to_dict() if isinstance(warp_model, WarpModel) else dict(warp_model)
+        coef = np.asarray(values["coefficients"], float)
+        hdr["SWWSHAPE"] = ("x".join(str(s) for s in values["shape"]), "warp model: image rows x cols")
+        hdr["SWWREF"] = (int(values["ref_row"]), "warp model: reference row")
+        hdr["SWWRSCL"] = (float(values["row_scale"]), "warp model: t = (row - ref_row) / row_scale")
+        hdr["SWWCCEN"] = (float(values["col_centre"]), "warp model: u = (e - col_centre) / col_scale")
+        hdr["SWWCSCL"] = (float(values["col_scale"]), "warp model: column scale")
+        hdr["SWWLORD"] = (int(coef.shape[0]), "warp model: line_order (powers of t)")
+        hdr["SWWWORD"] = (int(coef.shape[1]) - 1 if coef.ndim == 2 else 0, "warp model: warp_order (powers of u)")
+        for k in range(coef.shape[0]):
+            for j in range(coef.shape[1] if coef.ndim == 2 else 0):
+                hdr[f"SWW{k + 1:02d}{j:02d}"] = (float(coef[k, j]), f"warp coef of t^{k + 1} u^{j}")
+        hdr["SWWARP"] = (json.dumps(values, separators=(",", ":")), "WarpModel.to_dict() as JSON")
+    for bit, meaning in MASK_BITS.items():
+        hdr.add_comment(f"MASK bit {bit}: {meaning}")
+    for key in ("bias", "flat", "arc"):
+        for name in prov.get(key, ()):
+            hdr.add_history(f"{key}: {Path(os.fspath(name)).name}")
+    if config is not None:
+        hdr.append(("SWCONFIG", str(config), "resume: settings-data hashes"), end=True)
+    # Last of ours: a reader that sees it knows the writer got to the end.
+    hdr.append(("SWDONE", True, "file complete"), end=True)
+    return hdr
+
+
+def result_quality(result, exposure=0):
+    """The fit's quality report (``SkyResult.quality``) for one exposure, or None when it has none.
+
+    A list of per-exposure reports is indexed by ``exposure``.
+    """
+    quality = getattr(result, "quality", None)
+    if isinstance(quality, (list, tuple)):
+        quality = quality[exposure] if 0 <= exposure < len(quality) else None
+    return quality
+
+
+def _quality_cards(hdr, result, exposure):
+    """``SWSUSP``, the quality's own ``header_cards()`` and its warnings as COMMENT cards."""
+    quality = result_quality(result, exposure)
+    if quality is None:
+        return
+    hdr["SWSUSP"] = (bool(getattr(quality, "suspect", False)), "the sky fit says it is probably wrong")
+    source = getattr(quality, "noise_source", None)
+    if source:
+        hdr["SWNSRC"] = (str(source)[:68], "where the noise model came from")
+    cards = getattr(quality, "header_cards", None)
+    for key, value, comment in (cards() if callable(cards) else ()):
+        value = _card_value(value)
+        if isinstance(value, float) and not np.isfinite(value):
+            value = str(value)  # FITS headers hold no NaN or infinity
+        hdr[str(key)] = (value, str(comment or ""))
+    for warning in getattr(quality, "warnings", ()) or ():
+        hdr.add_comment(f"sky fit warning: {warning}")
+
+
+def read_warp_model(header):
+    """Rebuild the :class:`~specwidgets.core.warp.WarpModel` recorded in an output's primary header."""
+    if "SWWARP" not in header:
+        raise KeyError("the header records no warp model (no SWWARP card)")
+    return WarpModel.from_dict(json.loads(header["SWWARP"]))
+
+
+def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None):
+    """The five HDUs of one output file, in memory."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype("float32"), np.dtype("float64")):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype}")
+    unit = (provenance or {}).get("unit")
+    primary = fits.PrimaryHDU(
+        header=sky_header(result, exposure, warp_model=warp_model, provenance=provenance, config=config)
+    )
+    sky = result.background[exposure]
+    images = {
+        "SCI": (result.data[exposure] - sky, "data minus sky"),
+        "SKY": (sky, "sky background"),
+        "VAR": (sci_variance(result, exposure), "variance of SCI"),
+    }
+    hdus = [primary]
+    for name, (image, what) in images.items():
+        hdu = fits.ImageHDU(np.asarray(image, dtype=dtype), name=name)
+        hdu.header["EXTNAME"] = (name, what)
+        if unit is not None:
+            hdu.header["BUNIT"] = (f"{unit}**2" if name == "VAR" else str(unit), "unit")
+        hdus.append(hdu)
+    mask = fits.ImageHDU(mask_image(result, exposure, extra_mask), name="MASK")
+    for bit, meaning in MASK_BITS.items():
+        mask.header[f"MASKB{bit}"] = meaning[:68]
+    hdus.append(mask)
+    return fits.HDUList(hdus)
+
+
+# ------------------------------------------------------------------ writing
+def _tmp_name(final):
+    return final.parent / f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp, final):
+    """Rename the finished temporary file over the final name (atomic on POSIX)."""
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _open_tmp(tmp):
+    """Create the temporary file (never an existing one) and return it open for writing."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    return os.fdopen(fd, "wb")
+
+
+#: errno -> what to call it: the words a user searches for.
+_WRITE_ERRORS = {
+    getattr(errno, "ENOSPC", None): "disk full",
+    getattr(errno, "EDQUOT", None): "disk quota exceeded",
+    getattr(errno, "EFBIG", None): "file too large for the file system",
+    getattr(errno, "EACCES", None): "permission denied",
+    getattr(errno, "EPERM", None): "permission denied",
+    getattr(errno, "EROFS", None): "read-only file system",
+}
+
+
+def named_write_error(exc, path):
+    """An :class:`OSError` saying in words what went wrong writing ``path`` (e.g. "disk full")."""
+    what = _WRITE_ERRORS.get(exc.errno) or "could not write"
+    if exc.errno is None and "requested and" in str(exc):
+        # numpy's tofile reports a short write ("N requested and M written")
+        # without an errno: the disk filled up under it.
+        what = "disk full (short write)"
+    detail = exc.strerror or str(exc)
+    return OSError(exc.errno, f"{what} while writing {path}: {detail}")
+
+
+def _os_error_in(exc):
+    """The OSError behind ``exc`` (preferring one with an errno), or None.
+
+    astropy's free-space check turns an OSError from the write into
+    "AttributeError: 'list' object has no attribute '_file'" (it looks for a
+    file name on a file object), or re-raises it without its errno: the
+    real error is in the exception's context chain.
+    """
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno is not None:
+                return exc
+            found = found or exc
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def write_atomic(hdul, path):
+    """Write an HDUList with checksums to ``path`` through a temporary file and a rename.
+
+    Nothing is left behind on failure (the temporary file is removed, an
+    existing ``path`` is untouched). A full disk or a refused permission
+    raises :class:`OSError` saying so ("disk full while writing ...").
+    """
+    final = Path(os.fspath(path))
+    tmp = _tmp_name(final)
+    try:
+        with _open_tmp(tmp) as handle:
+            hdul.writeto(handle, checksum=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _commit(tmp, final)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        error = _os_error_in(exc)
+        if error is not None:
+            raise named_write_error(error, final) from exc
+        raise
+    return final
+
+
+def write_exposure(result, exposure, path, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None):
+    """Write one exposure of a :class:`SkyResult` as a ``_sky.fits`` file (atomically).
+
+    Returns the path written.
+    """
+    hdul = build_hdulist(
+        result, exposure, warp_model=warp_model, provenance=provenance, config=config, dtype=dtype, extra_mask=extra_mask
+    )
+    return write_atomic(hdul, path)
+
+
+def export_result(result, out_dir, names, *, warp_model=None, provenance=None, overwrite=True, dtype="float32"):
+    """Write every exposure of an in-memory :class:`SkyResult` as the batch runner would.
+
+    Parameters
+    ----------
+    result : SkyResult
+        From :func:`~specwidgets.core.sky.api.fit_sky`.
+    out_dir : str or os.PathLike
+        Folder for the files (created if needed).
+    names : sequence of str or os.PathLike
+        The input file of each exposure (its name gives the output name and
+        the ``SWINPUT`` card), one per exposure.
+    warp_model : WarpModel, optional
+        The model the sky was fit with; its coefficients go in the header.
+    provenance : dict, optional
+        Shared header entries (see :func:`sky_header`); ``input`` is set per file.
+    overwrite : bool
+        Replace existing files (default); with False, an existing output raises.
+    dtype : {"float32", "float64"}
+
+    Returns
+    -------
+    list of pathlib.Path
+    """
+    names = [names] if isinstance(names, (str, os.PathLike)) else list(names)
+    n_exp = result.data.shape[0]
+    if len(names) != n_exp:
+        raise ValueError(f"names has {len(names)} entries but the result holds {n_exp} exposure(s)")
+    outs = [output_name(n) for n in names]
+    dups = sorted({o for o in outs if outs.count(o) > 1})
+    if dups:
+        raise ValueError(f"several exposures would write the same output file: {', '.join(dups)}")
+    folder = Path(os.fspath(out_dir))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise named_write_error(exc, folder) from exc
+    written = []
+    for k, (name, out) in enumerate(zip(names, outs)):
+        target = folder / out
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+        prov = {**(provenance or {}), "input": name}
+        written.append(write_exposure(result, k, target, warp_model=warp_model, provenance=prov, dtype=dtype))
+    return written
+
+
+# ------------------------------------------------------------------ checking
+@dataclass(frozen=True)
+class OutputState:
+    """What :func:`inspect_output` found: ``state`` is one of
+    ``"complete"``, ``"missing"``, ``"invalid"`` or ``"different"`` (complete,
+    but made with other settings)."""
+
+    state: str
+    reason: str = ""
+
+    @property
+    def complete(self):
+        return self.state == "complete"
+
+
+def inspect_output(path, shape=None, config=None):
+    """Is ``path`` a complete output file?
+
+    Complete means: its size is a whole number of FITS blocks; astropy opens
+    it with the HDUs PRIMARY, SCI, SKY, VAR, MASK in that order; every HDU's
+    ``CHECKSUM`` and ``DATASUM`` verify; the images share one shape
+    (``shape`` when given) and MASK is uint8; and the primary header holds
+    ``SWDONE = T``. With ``config``, ``SWCONFIG`` must also equal it (else
+    the state is ``"different"``).
+
+    The checks do not rely on astropy's warnings (``warnings.catch_warnings``
+    is not thread-safe, and workers may be threads).
+    """
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        return OutputState("missing", "no such file")
+    size = path.stat().st_size
+    if size == 0 or size % 2880:
+        return OutputState("invalid", f"truncated: {size} bytes is not a whole number of 2880-byte FITS blocks")
+    try:
+        with fits.open(path, checksum=False, lazy_load_hdus=False, memmap=False) as hdul:
+            names = [h.name for h in hdul]
+            if names != ["PRIMARY", *EXTENSIONS]:
+                return OutputState("invalid", f"HDUs are {names}")
+            header = hdul[0].header
+            if header.get("SWDONE") is not True:
+                return OutputState("invalid", "no SWDONE = T card")
+            for hdu in hdul:
+                if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
+                    return OutputState("invalid", f"no checksum in HDU {hdu.name}")
+                if hdu.verify_datasum() != 1 or hdu.verify_checksum() != 1:
+                    return OutputState("invalid", f"checksum of HDU {hdu.name} does not verify")
+            shapes = {h.name: None if h.data is None else h.data.shape for h in hdul[1:]}
+            want = tuple(shape) if shape is not None else shapes["SCI"]
+            bad = {n: s for n, s in shapes.items() if s != want}
+            if bad:
+                return OutputState("invalid", f"image shapes {bad} differ from {want}")
+            if hdul["MASK"].data.dtype != np.uint8:
+                return OutputState("invalid", f"MASK is {hdul['MASK'].data.dtype}, not uint8")
+            found_config = header.get("SWCONFIG")
+    except Exception as exc:  # noqa: BLE001 - any failure to read means "not complete"
+        return OutputState("invalid", f"{type(exc).__name__}: {exc}")
+    if config is not None and found_config is None:
+        # The page's Export writes no resume card: its settings are unknown to batch.
+        return OutputState(
+            "different", "written by the dashboard's Export (no SWCONFIG settings card, so batch cannot tell "
+            "whether its settings match)"
+        )
+    if config is not None and found_config != config:
+        return OutputState("different", f"made with other settings (SWCONFIG {found_config} != {config})")
+    return OutputState("complete")
+
+
+def clean_temporary_files(out_dir):
+    """Remove temporary files a killed writer left in ``out_dir``; return their paths."""
+    folder = Path(os.fspath(out_dir))
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.glob(f".*{TMP_MARK}*"):
+        if entry.is_file() and OUTPUT_SUFFIX + TMP_MARK in entry.name:
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed

@@ -1,0 +1,702 @@
+"""How to read one raw long-slit frame from each supported instrument.
+
+An :class:`Instrument` says which HDU holds the image, how to turn the frame
+so that the dispersion runs along columns (x) and the slit along rows (y),
+which part of the detector to keep (the trim section), and where the gain
+and read noise come from. A registry maps names such as ``"goodman"`` to
+instruments so the loading functions can take ``instrument="goodman"``.
+
+Conventions
+-----------
+* Trim sections are FITS sections ``"[x1:x2,y1:y2]"`` (1-based, inclusive,
+  x = column) in the coordinates of the *raw* file, as header keywords such
+  as ``TRIMSEC`` state them. They are applied before the frame is turned.
+* :meth:`Instrument.read` returns the frame in ADU; the loading functions
+  multiply by the gain.
+* Read noise is always in electrons.
+
+Examples
+--------
+>>> from specwidgets.io.instruments import get_instrument, known_instruments
+>>> "goodman" in known_instruments()
+True
+>>> get_instrument("goodman").gain_keyword
+'GAIN'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..core.inputs import check_image_size
+
+__all__ = [
+    "Frame",
+    "GENERIC_GAIN_KEYWORDS",
+    "GENERIC_READ_NOISE_KEYWORDS",
+    "Instrument",
+    "INSTRUMENT_OPTIONS",
+    "KOSMOS_GAIN",
+    "get_instrument",
+    "known_instruments",
+    "parse_fits_section",
+    "register_instrument",
+    "resolve_instrument",
+]
+
+#: Keyword arguments the loading functions pass on to the instrument.
+INSTRUMENT_OPTIONS = ("hdu", "dispersion_axis", "trimsec", "gain", "read_noise")
+
+#: Header keywords the ``generic`` instrument reads the gain (e-/ADU) from, first found wins.
+GENERIC_GAIN_KEYWORDS = ("GAIN", "EGAIN")
+
+#: Header keywords the ``generic`` instrument reads the read noise (e-) from, first found wins.
+GENERIC_READ_NOISE_KEYWORDS = ("RDNOISE", "READNOIS", "RON")
+
+#: KOSMOS gain in e-/ADU; it is not written in the KOSMOS headers.
+KOSMOS_GAIN = 0.6
+
+# Header cards that describe the primary HDU's own bytes; once the primary
+# and image headers are merged they would describe neither, so they go.
+_PER_HDU_CARDS = ("CHECKSUM", "DATASUM")
+
+_SECTION_RE = re.compile(r"^\[\s*(\*|\d+\s*:\s*\d+)\s*,\s*(\*|\d+\s*:\s*\d+)\s*\]$")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One raw frame, turned and trimmed, still in ADU.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        2D image, dispersion along columns, in ADU. It may be a view on the
+        file's data in its stored dtype; the loaders convert it to float64.
+    header : astropy.io.fits.Header
+        The primary header's cards followed by the image HDU's cards (the
+        image HDU's value wins where both have a keyword).
+    gain : float or None
+        e-/ADU, or None when unknown (the frame then stays in ADU).
+    read_noise : float or None
+        Read noise in electrons, or None when unknown.
+    hdu : int
+        Index of the HDU the image was read from.
+    noise_source : str
+        Where ``gain`` and ``read_noise`` came from (e.g. ``"header GAIN,
+        header RDNOISE"``, ``"gain argument"``); ``""`` when both are unknown.
+    """
+
+    data: np.ndarray
+    header: fits.Header
+    gain: float | None
+    read_noise: float | None
+    hdu: int = 0
+    noise_source: str = ""
+
+
+def parse_fits_section(section, shape, what="trim section"):
+    """Turn a FITS section string into a ``(row_slice, col_slice)`` pair.
+
+    Parameters
+    ----------
+    section : str
+        ``"[x1:x2,y1:y2]"``: 1-based inclusive column range then row range,
+        as in FITS headers; ``*`` stands for the whole axis.
+    shape : tuple of int
+        ``(n_rows, n_cols)`` of the raw image, to check the section fits.
+    what : str
+        Name used in error messages (e.g. ``"TRIMSEC of bias_01.fits"``).
+
+    Returns
+    -------
+    tuple of slice
+        0-based ``(rows, cols)`` slices for ``image[rows, cols]``.
+
+    Raises
+    ------
+    ValueError
+        If the string is not a section, is reversed, or exceeds ``shape``.
+
+    Examples
+    --------
+    >>> parse_fits_section("[26:2055,2:948]", (948, 2071))
+    (slice(1, 948, None), slice(25, 2055, None))
+    >>> parse_fits_section("[*,10:20]", (100, 50))
+    (slice(9, 20, None), slice(0, 50, None))
+    """
+    if not isinstance(section, str):
+        raise TypeError(f"{what} must be a FITS section string like '[x1:x2,y1:y2]'; got {section!r}")
+    match = _SECTION_RE.match(section.strip())
+    if match is None:
+        raise ValueError(
+            f"{what} {section!r} is not a FITS section; expected '[x1:x2,y1:y2]' "
+            "(1-based, inclusive, x = column)"
+        )
+    n_rows, n_cols = shape
+    cols = _section_axis(match.group(1), n_cols, "columns", section, what)
+    rows = _section_axis(match.group(2), n_rows, "rows", section, what)
+    return rows, cols
+
+
+def _section_axis(text, size, axis_name, section, what):
+    if text == "*":
+        return slice(0, size)
+    first, last = (int(v) for v in text.split(":"))
+    if first > last:
+        # Reversed FITS ranges mean "flip the axis"; no instrument here needs
+        # that, so it is far more likely a typo than an intent.
+        raise ValueError(f"{what} {section!r} is reversed along {axis_name} ({first} > {last})")
+    if first < 1 or last > size:
+        raise ValueError(
+            f"{what} {section!r} is out of range: the image has {size} {axis_name} "
+            f"(valid 1..{size})"
+        )
+    return slice(first - 1, last)
+
+
+def _kosmos_trim(header, shape, source="frame"):
+    """Raw-frame slices that drop the KOSMOS overscan given by ``BSEC11``.
+
+    After the clockwise turn, rotated row ``i`` is raw column ``i``, so dropping
+    rotated rows ``x1 - 1`` onwards is dropping raw columns ``x1`` onwards.
+    """
+    if "BSEC11" not in header:
+        raise ValueError(
+            f"{source} has no BSEC11 header keyword, which the 'kosmos' instrument "
+            "needs to find the overscan; pass trimsec='[x1:x2,y1:y2]' to trim by hand"
+        )
+    rows, cols = parse_fits_section(str(header["BSEC11"]), shape, what=f"BSEC11 of {source}")
+    first_overscan = cols.start  # 0-based index of column x1
+    if first_overscan < 1:
+        raise ValueError(f"BSEC11 of {source} ({header['BSEC11']!r}) leaves no data columns")
+    return slice(0, shape[0]), slice(0, first_overscan)
+
+
+def _as_number(value, name):
+    # Some headers write numbers as strings (GAIN = '1.4'); accept those.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number; got {value!r}") from None
+    return value
+
+
+def _check_positive(value, name):
+    value = _as_number(value, name)
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or None; got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return value
+
+
+def _check_read_noise(value, name="read_noise"):
+    value = _as_number(value, name)
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number (electrons) or None; got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number of electrons; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A recipe for reading one raw frame of a long-slit spectrograph.
+
+    Parameters
+    ----------
+    name : str
+        Short name, used in messages.
+    hdu : int, str or None
+        HDU index or EXTNAME holding the image; None means the first HDU
+        that holds a 2D image.
+    transpose : bool
+        Transpose the raw image (for detectors whose dispersion runs along
+        the raw rows, keeping wavelength order).
+    rot90 : int
+        Counter-clockwise quarter turns applied after ``transpose``, as
+        ``np.rot90(data, k=rot90)``; 3 is one clockwise turn.
+    trimsec : str or None
+        Fixed FITS section ``"[x1:x2,y1:y2]"`` (raw coordinates) to keep, or
+        None to keep everything. Used when ``trimsec_keyword`` is unset or
+        missing from a header.
+    trimsec_keyword : str or None
+        Header keyword holding the trim section (e.g. ``"TRIMSEC"``).
+    trim_function : callable or None
+        ``trim_function(header, raw_shape, source) -> (row_slice, col_slice)``
+        for instruments whose trim rule is not a single section (KOSMOS);
+        when set it replaces ``trimsec`` and ``trimsec_keyword``.
+    gain : float or None
+        Gain in e-/ADU, used when ``gain_keyword`` is unset or missing; None
+        leaves frames in ADU.
+    gain_keyword : str, tuple of str, or None
+        Header keyword holding the gain; with several, the first present wins.
+    read_noise : float or None
+        Read noise in electrons, used when ``read_noise_keyword`` is unset or
+        missing.
+    read_noise_keyword : str, tuple of str, or None
+        Header keyword holding the read noise in electrons; with several, the
+        first present wins.
+    description : str
+        One line shown by ``repr`` users and in docs.
+
+    Examples
+    --------
+    A camera whose dispersion runs along the raw rows, with a fixed trim
+    section and gain:
+
+    >>> inst = Instrument("mycam", transpose=True, trimsec="[1:2000,5:200]", gain=1.2)
+    >>> inst.gain
+    1.2
+    >>> inst.with_options(gain=None).gain is None
+    True
+    """
+
+    name: str
+    hdu: int | str | None = None
+    transpose: bool = False
+    rot90: int = 0
+    trimsec: str | None = None
+    trimsec_keyword: str | None = None
+    trim_function: Callable | None = None
+    gain: float | None = None
+    gain_keyword: str | tuple | None = None
+    read_noise: float | None = None
+    read_noise_keyword: str | tuple | None = None
+    description: str = ""
+    #: Options given by the caller (``with_options``), so a frame can say its
+    #: gain came from an argument rather than from the instrument's defaults.
+    given: tuple = dataclasses.field(default=(), repr=False, compare=False)
+
+    def __post_init__(self):
+        _check_positive(self.gain, f"gain of instrument {self.name!r}")
+        _check_read_noise(self.read_noise, f"read_noise of instrument {self.name!r}")
+        if self.rot90 not in (0, 1, 2, 3):
+            raise ValueError(f"rot90 of instrument {self.name!r} must be 0, 1, 2 or 3; got {self.rot90!r}")
+        if self.hdu is not None and not isinstance(self.hdu, (str, numbers.Integral)):
+            raise TypeError(f"hdu must be an index, an EXTNAME or None; got {self.hdu!r}")
+
+    # ----------------------------------------------------------- options
+    def with_options(self, **options):
+        """Return a copy with loading options applied.
+
+        Parameters
+        ----------
+        **options
+            Any of ``hdu``, ``dispersion_axis`` (1: dispersion already along
+            columns; 0: along rows, so transpose), ``trimsec`` (a FITS section
+            in raw coordinates, or None for no trim), ``gain`` (e-/ADU, or
+            None for ADU output) and ``read_noise`` (electrons). A given
+            value, None included, replaces the instrument's own rule.
+
+        Raises
+        ------
+        TypeError
+            For an option not in :data:`INSTRUMENT_OPTIONS`.
+
+        Examples
+        --------
+        >>> get_instrument("goodman").with_options(gain=2.0).gain
+        2.0
+        """
+        unknown = sorted(set(options) - set(INSTRUMENT_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"unknown instrument option(s) {', '.join(unknown)}; "
+                f"valid options are {', '.join(INSTRUMENT_OPTIONS)}"
+            )
+        changes = {}
+        if "hdu" in options:
+            changes["hdu"] = options["hdu"]
+        if "dispersion_axis" in options:
+            axis = options["dispersion_axis"]
+            if axis not in (0, 1) or isinstance(axis, bool):
+                raise ValueError(
+                    f"dispersion_axis must be 1 (dispersion along columns, as stored) or "
+                    f"0 (along rows: the frame is transposed); got {axis!r}"
+                )
+            changes.update(transpose=axis == 0, rot90=0)
+        if "trimsec" in options:
+            trimsec = options["trimsec"]
+            if trimsec is not None and not isinstance(trimsec, str):
+                raise TypeError(f"trimsec must be a FITS section string like '[x1:x2,y1:y2]' or None; got {trimsec!r}")
+            changes.update(trimsec=trimsec, trimsec_keyword=None, trim_function=None)
+        if "gain" in options:
+            changes.update(gain=_check_positive(options["gain"], "gain"), gain_keyword=None)
+        if "read_noise" in options:
+            changes.update(read_noise=_check_read_noise(options["read_noise"]), read_noise_keyword=None)
+        given = tuple(sorted(set(self.given) | ({"gain", "read_noise"} & set(options))))
+        return dataclasses.replace(self, given=given, **changes)
+
+    # ----------------------------------------------------------- reading
+    def read(self, path):
+        """Read one file: select the HDU, trim, turn, and find gain and read noise.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A FITS file (compressed ``.fits.fz`` files work too).
+
+        Returns
+        -------
+        Frame
+            Data in ADU, dispersion along columns.
+
+        Raises
+        ------
+        ValueError
+            Naming the file, when it is not readable FITS, holds no 2D image,
+            or its trim section, gain or read noise is unusable.
+        """
+        path = Path(path)
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                index = self._image_index(hdul, path)
+                header = _merged_header(hdul, index)
+                _check_image_header(hdul[index], path)
+                raw = hdul[index].data
+        except (OSError, TypeError, IndexError, KeyError, EOFError) as exc:
+            raise ValueError(f"could not read FITS file {path}: {exc}") from exc
+        except ValueError as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"could not read FITS file {path}: {exc}") from exc
+        if raw is None or raw.ndim != 2:
+            raise ValueError(f"HDU {index} of {path} holds no 2D image")
+        rows, cols = self._trim_slices(header, raw.shape, path.name)
+        data = raw[rows, cols]
+        if self.transpose:
+            data = data.T
+        if self.rot90:
+            data = np.rot90(data, k=self.rot90)
+        gain_value, gain_from = self._header_or_default(header, self.gain_keyword, self.gain, "gain")
+        gain = _check_positive(gain_value, f"gain of {path.name}")
+        noise_value, noise_from = self._header_or_default(
+            header, self.read_noise_keyword, self.read_noise, "read_noise"
+        )
+        read_noise = _check_read_noise(noise_value, f"read noise of {path.name}")
+        sources = [f for f, v in ((gain_from, gain), (noise_from, read_noise)) if v is not None]
+        return Frame(
+            data=data, header=header, gain=gain, read_noise=read_noise, hdu=index, noise_source=", ".join(sources)
+        )
+
+    def _image_index(self, hdul, path):
+        if self.hdu is None:
+            for index, hdu in enumerate(hdul):
+                if hdu.is_image and hdu.header.get("NAXIS") == 2:
+                    return index
+            listing = ", ".join(f"{i}: {type(h).__name__} NAXIS={h.header.get('NAXIS')}" for i, h in enumerate(hdul))
+            raise ValueError(f"{path} has no HDU holding a 2D image (HDUs: {listing})")
+        try:
+            index = hdul.index_of(self.hdu)
+        except (KeyError, IndexError):
+            names = ", ".join(f"{i}: {h.name}" for i, h in enumerate(hdul))
+            raise ValueError(f"{path} has no HDU {self.hdu!r} (it has {names})") from None
+        if index < 0:  # hdu=-1 means the last HDU; report it by its real index
+            index += len(hdul)
+        if not 0 <= index < len(hdul):
+            names = ", ".join(f"{i}: {h.name}" for i, h in enumerate(hdul))
+            raise ValueError(f"{path} has no HDU {self.hdu!r} (it has {names})")
+        hdu = hdul[index]
+        if not (hdu.is_image and hdu.header.get("NAXIS") == 2):
+            raise ValueError(f"HDU {self.hdu!r} of {path} holds no 2D image (NAXIS={hdu.header.get('NAXIS')})")
+        return index
+
+    def _trim_slices(self, header, shape, source):
+        if self.trim_function is not None:
+            return self.trim_function(header, shape, source)
+        if self.trimsec_keyword and self.trimsec_keyword in header:
+            section, what = str(header[self.trimsec_keyword]), f"{self.trimsec_keyword} of {source}"
+        elif self.trimsec_keyword and self.trimsec is None:
+            # An instrument that trims by a header card and has no fallback
+            # would otherwise keep the overscan silently, biasing every fit.
+            raise ValueError(
+                f"{source} has no {self.trimsec_keyword} card, so instrument {self.name!r} cannot tell "
+                "the overscan from the image; pass trimsec='[x1:x2,y1:y2]' (a FITS section) to trim it, "
+                "or trimsec=None to keep every pixel"
+            )
+        elif self.trimsec is not None:
+            section, what = self.trimsec, f"trimsec for {source}"
+        else:
+            return slice(0, shape[0]), slice(0, shape[1])
+        return parse_fits_section(section, shape, what=what)
+
+    def _header_or_default(self, header, keyword, default, what):
+        """``(value, source)``: the first of ``keyword`` (str or tuple) in the header, else ``default``."""
+        keywords = (keyword,) if isinstance(keyword, str) else tuple(keyword or ())
+        for key in keywords:
+            if key in header:
+                return header[key], f"header {key}"
+        label = "gain" if what == "gain" else "read noise"
+        if what in self.given:
+            return default, f"{label} argument"
+        return default, f"{self.name} default {label}"
+
+
+
+def _check_image_header(hdu, path):
+    """Refuse, before reading the data, an image too large to hold or scaled to nothing."""
+    header = hdu.header
+    # Tile-compressed HDUs describe the image in ZNAXISn; astropy exposes the
+    # uncompressed header, whose NAXISn are the image's.
+    naxis = int(header.get("NAXIS", 0) or 0)
+    shape = [header.get(f"NAXIS{k}", 0) or 0 for k in range(1, naxis + 1)]
+    check_image_size(shape, f"FITS file {path}")
+    bscale = getattr(hdu, "_orig_bscale", None)
+    if bscale is None:
+        bscale = header.get("BSCALE", 1)
+    try:
+        zero_scale = float(bscale) == 0.0
+    except (TypeError, ValueError):
+        raise ValueError(f"FITS file {path} has a non-numeric BSCALE {bscale!r}") from None
+    if zero_scale:
+        raise ValueError(
+            f"FITS file {path} has BSCALE = 0, which would scale every pixel to BZERO (an all-constant "
+            "frame): the header is corrupt; fix BSCALE (usually 1)"
+        )
+
+
+def _merged_header(hdul, index):
+    header = hdul[0].header.copy()
+    if index != 0:
+        header.extend(hdul[index].header, update=True, strip=False)
+    for card in _PER_HDU_CARDS:
+        header.remove(card, ignore_missing=True, remove_all=True)
+    return header
+
+
+# ------------------------------------------------------------------ readers
+class _ReaderInstrument:
+    """Adapts a user's ``reader(path, **options)`` callable to ``.read(path)``."""
+
+    def __init__(self, name, reader, options=None):
+        self.name = name
+        self.reader = reader
+        self.options = dict(options or {})
+
+    def with_options(self, **options):
+        return _ReaderInstrument(self.name, self.reader, {**self.options, **options})
+
+    def read(self, path):
+        path = Path(path)
+        try:
+            result = self.reader(path, **self.options)
+        except (OSError, KeyError, IndexError, ValueError) as exc:
+            if isinstance(exc, ValueError) and str(path.name) in str(exc):
+                raise
+            raise ValueError(f"instrument {self.name!r} could not read {path}: {exc}") from exc
+        if isinstance(result, Frame):
+            source = result.noise_source
+            if not source and (result.gain is not None or result.read_noise is not None):
+                source = f"reader {self.name}"
+            frame = dataclasses.replace(result, data=np.asarray(result.data), noise_source=source)
+        else:
+            frame = Frame(data=np.asarray(result), header=fits.Header(), gain=None, read_noise=None)
+        if frame.data.ndim != 2:
+            raise ValueError(
+                f"instrument {self.name!r} returned a {frame.data.ndim}D array for {path}; expected 2D"
+            )
+        return frame
+
+    def __repr__(self):
+        return f"_ReaderInstrument({self.name!r}, {self.reader!r})"
+
+
+_BUILTINS = {
+    "generic": Instrument(
+        "generic",
+        # The usual names; a frame without any of them stays in ADU with an
+        # unknown read noise (then fit_sky estimates the noise model).
+        gain_keyword=GENERIC_GAIN_KEYWORDS,
+        read_noise_keyword=GENERIC_READ_NOISE_KEYWORDS,
+        description=(
+            "first 2D image HDU as stored; gain from GAIN/EGAIN, read noise from RDNOISE/READNOIS/RON; "
+            "options set HDU, axis, trim, gain, read noise"
+        ),
+    ),
+    "goodman": Instrument(
+        "goodman",
+        # None rather than 1: extension 1 in fpack files, primary once funpacked.
+        hdu=None,
+        trimsec_keyword="TRIMSEC",
+        gain_keyword="GAIN",
+        read_noise_keyword="RDNOISE",
+        description="SOAR/Goodman HTS: TRIMSEC, GAIN and RDNOISE from the header",
+    ),
+    "kosmos": Instrument(
+        "kosmos",
+        hdu=None,
+        rot90=3,
+        trim_function=_kosmos_trim,
+        gain=KOSMOS_GAIN,
+        # KOSMOS headers do not reliably carry RDNOISE and no verified value
+        # was at hand, so without the keyword the read noise stays unknown.
+        read_noise_keyword="RDNOISE",
+        read_noise=None,
+        description="APO/KOSMOS: turned 90 deg clockwise, BSEC11 overscan dropped, gain 0.6",
+    ),
+}
+
+_REGISTRY: dict = dict(_BUILTINS)
+
+
+def _normalise_name(name):
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"an instrument name must be a non-empty string; got {name!r}")
+    return name.strip().lower()
+
+
+def register_instrument(name, instrument_or_reader, overwrite=False):
+    """Add an instrument so the loaders accept ``instrument=name``.
+
+    Parameters
+    ----------
+    name : str
+        Case-insensitive name to register.
+    instrument_or_reader : Instrument or callable
+        An :class:`Instrument`, or a reader ``reader(path, **options)`` that
+        returns a :class:`Frame` (or a bare 2D array in ADU, with no gain or
+        read noise), with dispersion along columns. The loaders pass their
+        extra keyword arguments to the reader as ``options``.
+    overwrite : bool
+        Replace an existing entry of that name. Without it, registering a
+        name already in use raises, unless it is the same instrument again
+        (so re-running a notebook cell is harmless).
+
+    Returns
+    -------
+    Instrument or object
+        What :func:`get_instrument` will return for ``name``.
+
+    Raises
+    ------
+    ValueError
+        If the name is taken and ``overwrite`` is False.
+    TypeError
+        If ``instrument_or_reader`` is neither an Instrument nor callable.
+
+    Examples
+    --------
+    A camera with the dispersion along its raw rows, a fixed trim section,
+    and its gain and read noise in the header:
+
+    >>> from specwidgets.io.instruments import Instrument, register_instrument
+    >>> mycam = Instrument(
+    ...     "mycam",
+    ...     transpose=True,
+    ...     trimsec="[1:2048,10:500]",
+    ...     gain_keyword="EGAIN",
+    ...     read_noise_keyword="RDNOISE",
+    ... )
+    >>> _ = register_instrument("mycam", mycam, overwrite=True)
+
+    Then ``collect_images_array(folder, instrument="mycam")`` reads with it.
+    A reader function works as well:
+
+    >>> from astropy.io import fits
+    >>> def read_mycam(path, **options):
+    ...     with fits.open(path) as hdul:
+    ...         return hdul[0].data.T.copy()
+    >>> _ = register_instrument("mycam-raw", read_mycam, overwrite=True)
+    """
+    key = _normalise_name(name)
+    if isinstance(instrument_or_reader, Instrument):
+        entry = instrument_or_reader
+    elif callable(instrument_or_reader):
+        entry = _ReaderInstrument(key, instrument_or_reader)
+    else:
+        raise TypeError(
+            f"register_instrument needs an Instrument or a reader function for {name!r}; "
+            f"got {type(instrument_or_reader).__name__}"
+        )
+    existing = _REGISTRY.get(key)
+    if existing is not None and not overwrite and existing != entry:
+        same_reader = isinstance(existing, _ReaderInstrument) and existing.reader is instrument_or_reader
+        if not same_reader:
+            raise ValueError(
+                f"an instrument named {key!r} is already registered; "
+                "pass overwrite=True to replace it"
+            )
+        return existing
+    _REGISTRY[key] = entry
+    return entry
+
+
+def known_instruments():
+    """Return the registered instrument names, sorted.
+
+    Examples
+    --------
+    >>> {"generic", "goodman", "kosmos"} <= set(known_instruments())
+    True
+    """
+    return sorted(_REGISTRY)
+
+
+def get_instrument(name):
+    """Return the instrument registered under ``name`` (case-insensitive).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the known ones.
+
+    Examples
+    --------
+    >>> get_instrument("Kosmos").gain
+    0.6
+    """
+    key = _normalise_name(name)
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise ValueError(
+            f"unknown instrument {name!r}; known instruments: {', '.join(known_instruments())} "
+            "(add one with register_instrument)"
+        ) from None
+
+
+def resolve_instrument(instrument, **options):
+    """Return a ready-to-use instrument from a name, Instrument or reader.
+
+    Parameters
+    ----------
+    instrument : str, Instrument or callable
+        A registered name, an :class:`Instrument`, or a reader function.
+    **options
+        Loading options (see :meth:`Instrument.with_options`), or for a reader
+        function, keyword arguments passed on to it.
+
+    Examples
+    --------
+    >>> resolve_instrument("generic", dispersion_axis=0).transpose
+    True
+    """
+    if isinstance(instrument, str):
+        entry = get_instrument(instrument)
+    elif isinstance(instrument, (Instrument, _ReaderInstrument)):
+        entry = instrument
+    elif callable(instrument):
+        entry = _ReaderInstrument(getattr(instrument, "__name__", "reader"), instrument)
+    else:
+        raise TypeError(
+            f"instrument must be a name ({', '.join(known_instruments())}), an Instrument "
+            f"or a reader function; got {instrument!r}"
+        )
+    return entry.with_options(**options) if options else entry

@@ -1,0 +1,492 @@
+"""Load stacks of raw long-slit frames from a folder of FITS files.
+
+The two public functions follow the specsuite tutorial's signatures::
+
+    bias = average_matching_files(CAL_PATH, tag="bias", crop_bds=(700, 800),
+                                  instrument="kosmos")
+    science = collect_images_array(DATA_PATH, tag="toi3884", crop_bds=(700, 800),
+                                   instrument="kosmos") - bias
+
+Every frame is read by an instrument (see :mod:`specwidgets.io.instruments`):
+its image HDU is selected, trimmed, and turned so the dispersion runs along
+columns; then rows ``crop_bds[0]:crop_bds[1]`` are kept, and the frame is
+multiplied by the gain when the gain is known, so it is in electrons.
+
+Both return a :class:`~specwidgets.core.frames.FrameArray`: a float64 array whose
+``gain`` (1.0 once in electrons, None for ADU with no known gain),
+``read_noise`` (electrons, or None), ``noise_source``, ``unit`` and ``header``
+attributes carry what the headers (or the ``gain=``/``read_noise=``
+arguments) said, so :func:`~specwidgets.core.sky.api.fit_sky` can use them::
+
+    science.gain, science.read_noise, science.noise_source
+    # (1.0, 4.74, 'header GAIN, header RDNOISE of goodman frames')
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+
+from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
+from specwidgets.core.frames import FrameArray
+from specwidgets.io.instruments import resolve_instrument
+
+__all__ = [
+    "FITS_EXTENSIONS",
+    "COMBINE_MODES",
+    "average_matching_files",
+    "collect_images_array",
+    "matching_files",
+    "noise_of_frames",
+]
+
+#: File name endings read as FITS (compared case-insensitively); the rule
+#: itself is :func:`specwidgets.io.discovery.is_fits_name`.
+FITS_EXTENSIONS = tuple(f + c for f in FITS_SUFFIXES for c in ("",) + COMPRESSION_SUFFIXES)
+
+#: Valid ``mode`` values of :func:`average_matching_files`.
+COMBINE_MODES = ("median", "mean", "sum")
+
+
+# ------------------------------------------------------------------ files
+def _as_ignore_list(ignore):
+    if ignore is None:
+        return []
+    # A lone string is one pattern, not a sequence of one-letter patterns.
+    if isinstance(ignore, str):
+        return [ignore] if ignore else []
+    patterns = list(ignore)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"ignore must be a string or a list of strings; got the item {pattern!r}")
+    return [p for p in patterns if p]
+
+
+def matching_files(path, tag="", ignore=()):
+    """Return the FITS files in folder ``path`` selected by ``tag`` and ``ignore``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Folder to list (not recursive).
+    tag : str
+        Keep files whose name contains this text (case-sensitive); ``""``
+        keeps every FITS file.
+    ignore : str or iterable of str
+        Drop files whose name contains any of these.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Sorted by file name, each real file once. FITS names follow
+        :func:`specwidgets.io.discovery.is_fits_name` (``.fits``, ``.fit``,
+        ``.fts``, optionally ``.gz``, ``.bz2`` or ``.fz``); hidden files
+        (``.name``) do not count.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist, or no file matches (the message gives
+        the tag, the folder and how many FITS files it holds).
+    NotADirectoryError
+        If ``path`` is a file.
+
+    Examples
+    --------
+    >>> from specwidgets.io.sample_data import goodman_path
+    >>> [p.name for p in matching_files(goodman_path() / "lamp", tag="0072")]  # doctest: +SKIP
+    ['0072_PKSJ0049-5738_13-05-2023_comp.fits.fz']
+    """
+    folder = _check_folder(path)
+    if not isinstance(tag, str):
+        raise TypeError(f"tag must be a string; got {tag!r}")
+    patterns = _as_ignore_list(ignore)
+    chosen = find_fits_files(folder, tag, ignore=patterns)
+    if not chosen:
+        raise FileNotFoundError(_no_match_message(folder, tag, patterns, find_fits_files(folder)))
+    return chosen
+
+
+def _check_folder(path):
+    if path is None:
+        raise TypeError("path is None; expected the folder that holds the FITS files")
+    folder = Path(os.fspath(path)).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"{str(folder)!r} is a file, not a folder; pass the folder that holds the FITS files "
+            "and choose files with tag="
+        )
+    return folder
+
+
+def _no_match_message(folder, tag, patterns, fits_files):
+    message = f"no FITS file in folder {str(folder)!r} has a name containing tag {tag!r}"
+    if patterns:
+        message += f" and none of {patterns!r}"
+    message += f" ({len(fits_files)} FITS file{'s' if len(fits_files) != 1 else ''} in the folder"
+    if fits_files:
+        shown = ", ".join(p.name for p in fits_files[:5])
+        message += f", e.g. {shown}" + (", ..." if len(fits_files) > 5 else "")
+    return message + ")"
+
+
+# ------------------------------------------------------------------ crop
+def _crop_pair(crop_bds):
+    """Check ``crop_bds`` as far as possible without knowing the frame height."""
+    if crop_bds is None:
+        return 0, None
+    if isinstance(crop_bds, str) or not hasattr(crop_bds, "__len__") or len(crop_bds) != 2:
+        raise TypeError(f"crop_bds must be a (start, stop) pair of row indices; got {crop_bds!r}")
+    start, stop = crop_bds
+    for value in (start, stop):
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+            raise TypeError(f"crop_bds must hold integers or None; got {crop_bds!r}")
+    start = 0 if start is None else int(start)
+    stop = None if stop is None else int(stop)
+    if start < 0 or (stop is not None and stop < 0):
+        raise ValueError(f"crop_bds {tuple(crop_bds)!r} is out of range: row indices must be >= 0")
+    if stop is not None and stop < start:
+        raise ValueError(f"crop_bds {tuple(crop_bds)!r} is reversed: start must be below stop")
+    if stop is not None and stop == start:
+        raise ValueError(f"crop_bds {tuple(crop_bds)!r} is empty: it keeps no row")
+    return start, stop
+
+
+def _crop_rows(start, stop, n_rows, source):
+    stop = n_rows if stop is None else stop
+    if start >= n_rows or stop > n_rows:
+        raise ValueError(
+            f"crop_bds ({start}, {stop}) is out of range: the trimmed, oriented frame "
+            f"{source} has {n_rows} rows (valid 0..{n_rows})"
+        )
+    return slice(start, stop)
+
+
+# ------------------------------------------------------------------ reading
+def _iter_frames(files, reader, start, stop):
+    """Yield ``(path, cropped ADU view, frame)`` one file at a time."""
+    for path in files:
+        frame = reader.read(path)
+        rows = _crop_rows(start, stop, frame.data.shape[0], path.name)
+        yield path, frame.data[rows], frame
+
+
+def _metadata(path, frame):
+    return {
+        "file": path.name,
+        "path": path,
+        "hdu": frame.hdu,
+        "header": frame.header,
+        "gain": frame.gain,
+        "read_noise": frame.read_noise,
+        "unit": "electron" if frame.gain is not None else "adu",
+        "noise_source": getattr(frame, "noise_source", ""),
+    }
+
+
+def noise_of_frames(metadata, reader_name, mode=None):
+    """The noise model of loaded frames (one per exposure, or combined by ``mode``).
+
+    Parameters
+    ----------
+    metadata : list of dict
+        One per frame, as the loaders return it.
+    reader_name : str
+        Instrument name, for the source text.
+    mode : {None, "median", "mean", "sum"}
+        None: the frames stay separate exposures. Otherwise how they were
+        combined: the sum of N frames has N times the sky but sqrt(N) times the
+        read noise; the mean of N has gain N times the frames' (electrons per
+        data unit) and read noise sqrt(N) times theirs (so the variance per
+        data value falls N times); the median is treated as a mean of
+        ``2N/pi`` frames for N >= 3 (its large-N efficiency), which the
+        source text calls approximate.
+
+    Returns
+    -------
+    dict
+        ``gain``, ``read_noise``, ``noise_source``, ``unit``, ``header``:
+        the :class:`~specwidgets.core.frames.FrameArray` attributes.
+    """
+    unit = metadata[0]["unit"]
+    gain = 1.0 if unit == "electron" else None
+    known = [m["read_noise"] for m in metadata if m["read_noise"] is not None]
+    read_noise = None
+    notes = []
+    if known:
+        read_noise = float(np.median(known))
+        if len(set(known)) > 1:
+            notes.append(f"median of read noises {min(known):.3g}-{max(known):.3g} e-")
+        if len(known) < len(metadata):
+            notes.append(f"read noise known for {len(known)} of {len(metadata)} frames")
+    sources = sorted({m.get("noise_source", "") for m in metadata} - {""})
+    n = len(metadata)
+    if mode is not None and n > 1:
+        n_eff = n if (mode != "median" or n <= 2) else 2.0 * n / np.pi
+        if read_noise is not None:
+            read_noise *= float(np.sqrt(n if mode == "sum" else n_eff))
+        if mode != "sum" and gain is not None:
+            gain *= n_eff
+        notes.append(f"{mode} of {n} frames" + (", noise approximate" if n_eff != n else ""))
+    source = ""
+    if sources:
+        source = f"{'; '.join(sources)} of {reader_name} frames"
+    elif gain is not None or read_noise is not None:
+        source = f"{reader_name} frames"
+    if source and notes:
+        source += f" ({'; '.join(notes)})"
+    return {"gain": gain, "read_noise": read_noise, "noise_source": source, "unit": unit, "header": metadata[0]["header"]}
+
+
+def _check_same_shape(shapes, files):
+    if len(set(shapes)) > 1:
+        groups = {}
+        for path, shape in zip(files, shapes):
+            groups.setdefault(shape, []).append(path.name)
+        listing = "; ".join(f"{shape} in {', '.join(names)}" for shape, names in groups.items())
+        raise ValueError(f"the matching frames differ in shape after trimming and cropping: {listing}")
+
+
+def _check_same_unit(metadata):
+    units = {m["unit"] for m in metadata}
+    if len(units) > 1:
+        adu = [m["file"] for m in metadata if m["unit"] == "adu"]
+        raise ValueError(
+            f"some frames have no gain and would stay in ADU while the others are in electrons: "
+            f"{', '.join(adu)}; pass gain=... to set one for all"
+        )
+
+
+def _print_table(metadata, shapes):
+    print(f"{'#':>3}  {'file':<45} {'shape':>12}  {'gain':>6}  {'rdnoise':>7}  unit")
+    for i, (meta, shape) in enumerate(zip(metadata, shapes)):
+        gain = "-" if meta["gain"] is None else f"{meta['gain']:.3g}"
+        noise = "-" if meta["read_noise"] is None else f"{meta['read_noise']:.3g}"
+        print(f"{i:>3}  {meta['file']:<45} {str(shape):>12}  {gain:>6}  {noise:>7}  {meta['unit']}")
+
+
+def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine=None):
+    """Shared core: read matching frames into a stack, or a running mean.
+
+    ``combine`` None builds the full float64 stack; ``"mean"`` and ``"sum"``
+    keep only a running sum, so combining many frames does not hold them all
+    at once; ``"median"`` returns the median image, computed from a stack kept
+    in the files' own type (raw 16-bit data: a quarter of a float64 stack).
+    Returns ``(array, metadata, reader name)``.
+    """
+    if combine == "median":
+        return _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
+    start, stop = _crop_pair(crop_bds)
+    reader = resolve_instrument(instrument, **instrument_options)
+    files = matching_files(path, tag=tag, ignore=ignore)
+
+    out, shapes, metadata = None, [], []
+    for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
+        shapes.append(data.shape)
+        metadata.append(_metadata(file, frame))
+        if out is None:
+            out = np.zeros(data.shape if combine in ("mean", "sum") else (len(files), *data.shape), np.float64)
+        if data.shape != shapes[0]:
+            # Keep reading, storing nothing, so the error can list every shape.
+            continue
+        target = out if combine in ("mean", "sum") else out[i]
+        scale = 1.0 if frame.gain is None else frame.gain
+        # One multiply-add straight from the file's dtype: no float64 temporary.
+        if combine in ("mean", "sum"):
+            target += np.multiply(data, scale, dtype=np.float64)
+        else:
+            np.multiply(data, scale, out=target, dtype=np.float64, casting="unsafe")
+    _check_same_shape(shapes, files)
+    _check_same_unit(metadata)
+    if debug:
+        _print_table(metadata, shapes)
+    return out, metadata, getattr(reader, "name", "reader")
+
+
+#: Rows per block of the median combination (its float64 work array is n_frames x this x n_cols).
+_MEDIAN_BLOCK_ROWS = 64
+
+
+def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_options):
+    """The median of the matching frames (in electrons when the gain is known), block by block.
+
+    The same numbers as converting every frame to float64 and taking
+    ``np.median(stack, axis=0)``: each block converts the stored values
+    exactly as the full stack would, and the median is taken per pixel. Only
+    the raw stack (in the files' dtype, widened exactly if they differ) and
+    one float64 block are held, not a float64 copy of every frame.
+    """
+    start, stop = _crop_pair(crop_bds)
+    reader = resolve_instrument(instrument, **instrument_options)
+    files = matching_files(path, tag=tag, ignore=ignore)
+    stack, scales, shapes, metadata = None, [], [], []
+    for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
+        shapes.append(data.shape)
+        metadata.append(_metadata(file, frame))
+        scales.append(1.0 if frame.gain is None else frame.gain)
+        if stack is None:
+            stack = np.empty((len(files), *data.shape), data.dtype)
+        if data.shape != shapes[0]:
+            continue  # keep reading, storing nothing, so the error can list every shape
+        wider = np.result_type(stack.dtype, data.dtype)
+        if wider != stack.dtype:  # a safe (exact) widening: the values are unchanged
+            stack = stack.astype(wider)
+        stack[i] = data
+    _check_same_shape(shapes, files)
+    _check_same_unit(metadata)
+    if debug:
+        _print_table(metadata, shapes)
+    n_rows = stack.shape[1]
+    out = np.empty(stack.shape[1:], np.float64)
+    block = np.empty((len(files), min(_MEDIAN_BLOCK_ROWS, n_rows), stack.shape[2]), np.float64)
+    for r0 in range(0, n_rows, _MEDIAN_BLOCK_ROWS):
+        r1 = min(r0 + _MEDIAN_BLOCK_ROWS, n_rows)
+        work = block[:, : r1 - r0]
+        for i, scale in enumerate(scales):
+            np.multiply(stack[i, r0:r1], scale, out=work[i], dtype=np.float64, casting="unsafe")
+        out[r0:r1] = np.median(work, axis=0, overwrite_input=True)
+    return out, metadata, getattr(reader, "name", "reader")
+
+
+def collect_images_array(
+    path,
+    tag="",
+    instrument="generic",
+    ignore=(),
+    crop_bds=(0, None),
+    return_metadata=False,
+    debug=False,
+    **instrument_options,
+):
+    """Load every matching FITS file of a folder as one float64 stack.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Folder holding the files (not searched recursively). Files ending in
+        ``.fits``, ``.fit``, ``.fts``, ``.fits.fz``, ``.fits.gz`` or ``.fits.bz2`` are read,
+        in file-name order.
+    tag : str
+        Only files whose name contains this text (case-sensitive).
+    instrument : str, Instrument or callable
+        How to read a frame: ``"generic"``, ``"goodman"``, ``"kosmos"``, any
+        name added with :func:`~specwidgets.io.instruments.register_instrument`,
+        an :class:`~specwidgets.io.instruments.Instrument`, or a reader function.
+    ignore : str or iterable of str
+        Skip files whose name contains any of these.
+    crop_bds : (int, int or None)
+        Keep rows ``start:stop`` (``None`` = to the end) of each trimmed,
+        oriented frame.
+    return_metadata : bool
+        Also return one dict per exposure (see Returns).
+    debug : bool
+        Print a table of the files read.
+    **instrument_options
+        ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``:
+        override the instrument's rules (see
+        :meth:`~specwidgets.io.instruments.Instrument.with_options`).
+
+    Returns
+    -------
+    images : specwidgets.core.frames.FrameArray
+        float64 ``(n_exposures, n_rows, n_cols)``, dispersion along columns;
+        in electrons when the gain is known, else in ADU. Its ``gain`` (1.0
+        in electrons, None in ADU), ``read_noise`` (electrons: the median of
+        the frames' known values, or None), ``noise_source``, ``unit`` and
+        ``header`` (the first frame's) attributes give the noise model.
+    metadata : list of dict
+        Only with ``return_metadata=True``. Keys: ``file`` (name), ``path``
+        (:class:`pathlib.Path`), ``hdu`` (index read), ``header`` (an
+        :class:`astropy.io.fits.Header`: primary cards then image-HDU cards,
+        so ``meta["header"]["DATE-OBS"]`` works), ``gain`` (e-/ADU or None),
+        ``read_noise`` (electrons or None) and ``unit`` (``"electron"`` or
+        ``"adu"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing folder, or no file matching ``tag``.
+    NotADirectoryError
+        ``path`` is a file.
+    ValueError
+        Unknown instrument, bad ``crop_bds``, unreadable FITS file, file with
+        no 2D image, frames of different shapes, or frames mixing electrons
+        and ADU. Each message names the file or value at fault.
+
+    Examples
+    --------
+    >>> from specwidgets.io.sample_data import goodman_path
+    >>> science = collect_images_array(
+    ...     goodman_path() / "spec_PKSJ0049_5738", instrument="goodman", crop_bds=(680, 800)
+    ... )  # doctest: +SKIP
+    >>> science.shape  # doctest: +SKIP
+    (2, 120, 2030)
+    """
+    images, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
+    images = FrameArray(images, **noise_of_frames(metadata, name))
+    return (images, metadata) if return_metadata else images
+
+
+def average_matching_files(
+    path,
+    tag="",
+    instrument="generic",
+    ignore=(),
+    crop_bds=(0, None),
+    mode="median",
+    return_metadata=False,
+    debug=False,
+    **instrument_options,
+):
+    """Combine every matching FITS file of a folder into one image.
+
+    Takes the same arguments as :func:`collect_images_array`, plus ``mode``.
+
+    Parameters
+    ----------
+    mode : {"median", "mean", "sum"}
+        How to combine the frames pixel by pixel. ``"median"`` (the default)
+        suits biases and repeated exposures of one source; ``"sum"`` suits
+        arcs taken with different lamps, whose lines each appear in only one
+        frame (a median would drop them); ``"mean"`` averages. ``"mean"`` and
+        ``"sum"`` keep a running sum, so they need the memory of one frame only.
+
+    Returns
+    -------
+    image : specwidgets.core.frames.FrameArray
+        float64 ``(n_rows, n_cols)``, with the combination's noise model as
+        attributes (see :func:`noise_of_frames`). A sum of N frames holds N
+        times their bias level: subtract ``N * bias`` from it (or bias-subtract
+        each frame first), not one bias.
+    metadata : list of dict
+        Only with ``return_metadata=True``; as in :func:`collect_images_array`.
+
+    Raises
+    ------
+    ValueError
+        For a ``mode`` other than ``"median"``, ``"mean"`` or ``"sum"``, and as
+        :func:`collect_images_array` does.
+
+    Examples
+    --------
+    >>> from specwidgets.io.sample_data import goodman_path
+    >>> bias = average_matching_files(
+    ...     goodman_path() / "bias", instrument="goodman", crop_bds=(680, 800)
+    ... )  # doctest: +SKIP
+    >>> bias.shape  # doctest: +SKIP
+    (120, 2030)
+    """
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes are {', '.join(map(repr, COMBINE_MODES))}")
+    if mode in ("mean", "sum"):
+        total, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine=mode)
+        image = total / len(metadata) if mode == "mean" else total
+    else:
+        image, metadata, name = _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, combine="median")
+    image = FrameArray(image, **noise_of_frames(metadata, name, mode=mode))
+    return (image, metadata) if return_metadata else image
