@@ -146,3 +146,28 @@ def test_session_without_an_arc_fits_the_warp_on_the_sky():
     fits = state.n_warp_fits
     state.line_order = 1
     assert state.n_warp_fits == fits + 1 and state.warp_model.line_order == 1 and state.error == ""
+
+
+def test_batch_without_an_arc_fits_each_frame_on_its_sky(tmp_path):
+    """`run_batch` with science files only: each frame's warp from its own sky lines, as fit_sky(image, None)."""
+    pytest.importorskip("distributed")
+    from astropy.io import fits
+
+    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import output_name
+
+    f = frames(shape=(120, 800), n_exposures=2, n_sky_lines=30)
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"sci_{k}.fits"
+        fits.PrimaryHDU(np.asarray(f.science[k])).writeto(path)
+        paths.append(path)
+    mask = tuple(int(v) for v in f.trace_rows)
+    summary = run_batch(paths, (), masks=[mask], out_dir=tmp_path / "out", workers=1, processes=False,
+                        progress=False, dtype="float64")
+    assert len(summary.done) == 2, summary.failed
+    assert any("sky lines" in w for w in summary.warnings)
+    ref = sw.fit_sky(np.asarray(f.science[1], float), None, [mask])
+    with fits.open(tmp_path / "out" / output_name(paths[1])) as hdul:
+        np.testing.assert_allclose(hdul["SKY"].data, ref.background[0], rtol=1e-10, atol=1e-8)
+        assert hdul[0].header["SKYWARP"] == "sky lines"

@@ -83,7 +83,7 @@ class WarpRefinement:
 def fingerprint(stack):
     """A cheap identity of an image stack's values (shape, dtype and a regular sample of pixels)."""
     flat = np.asarray(stack).reshape(-1)
-    step = max(1, flat.size // 400_000)
+    step = max(1, flat.size // 100_000)
     h = hashlib.blake2b(np.ascontiguousarray(flat[::step]).tobytes(), digest_size=16)
     h.update(repr((np.shape(stack), str(np.asarray(stack).dtype), float(np.nansum(flat[1::step])))).encode())
     return h.hexdigest()
@@ -385,11 +385,15 @@ def cached_sky_warp_model(stack, masked_rows):
     """:func:`sky_warp_model` once per science frame (the last frame's is kept), as :func:`fit_sky` uses it
     when no warp model is given."""
     key = fingerprint(stack)
-    if key not in _SKY_WARPS:
-        _SKY_WARPS.clear()
+    model = _SKY_WARPS.get(key)
+    if model is None:
         ranges = [(int(a), int(b)) for a, b in _runs(np.asarray(masked_rows, bool))]
-        _SKY_WARPS[key] = sky_warp_model(stack, ranges or (None, None))
-    return _SKY_WARPS[key]
+        model = sky_warp_model(stack, ranges or (None, None))
+        # One entry (the batch's worker threads each fit their own frames;
+        # a model is returned from the local name, never looked up again).
+        _SKY_WARPS.clear()
+        _SKY_WARPS[key] = model
+    return model
 
 
 def _runs(flags):
