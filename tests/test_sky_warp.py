@@ -51,6 +51,7 @@ def test_a_warp_shape_change_along_the_dispersion_is_found_and_corrected():
     cards = {k: v for k, v, _ in q.header_cards()}
     assert cards["SKYWARP"] == "arc refined on sky lines" and cards["WARPDPX"] == pytest.approx(q.warp_shift, abs=1e-3)
     assert "warp: arc refined on sky lines" in q.summary()
+    assert res.warp_model is not warp and res.effpix_map is res.warp_model.effpix_map()
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(shift=0.7, shift_tilt=0.7)])
@@ -63,7 +64,7 @@ def test_a_matching_warp_is_left_alone(kw):
     res = sw.fit_sky(np.asarray(f.science), warp, masks)
     assert res.quality.warp_source == "arc" and res.quality.warp_shift == 0.0
     assert "not used" in res.quality.warp_note
-    assert res.effpix_map is warp.effpix_map()
+    assert res.effpix_map is warp.effpix_map() and res.warp_model is warp
     if kw:
         np.testing.assert_allclose(res.quality.flexure, 0.7, atol=0.05)
 
@@ -171,3 +172,7 @@ def test_batch_without_an_arc_fits_each_frame_on_its_sky(tmp_path):
     with fits.open(tmp_path / "out" / output_name(paths[1])) as hdul:
         np.testing.assert_allclose(hdul["SKY"].data, ref.background[0], rtol=1e-10, atol=1e-8)
         assert hdul[0].header["SKYWARP"] == "sky lines"
+        # The header holds the warp the fit used: the frame's own sky-line warp.
+        from specwidgets.io.fits_output import read_warp_model
+
+        assert read_warp_model(hdul[0].header).to_dict() == ref.warp_model.to_dict()

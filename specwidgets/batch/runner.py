@@ -457,6 +457,15 @@ def _cached_warp(job):
     return model
 
 
+def _used_warp(result, job):
+    """The warp the fit used, for the output's header: the arc's (as a dict), its refinement
+    on the sky lines, or the frame's sky-line warp (no arc)."""
+    used = getattr(result, "warp_model", None)
+    if used is not None and (not job.warp or used.to_dict() != job.warp):
+        return used
+    return job.warp or None
+
+
 def _process_one(path, job, bias, flat):
     """Worker task: one exposure from its path to its output file. Returns a small record.
 
@@ -525,7 +534,7 @@ def _process_one_inner(path, job, bias, flat):
         warp = _cached_warp(job)
         result = fit_sky(image, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
-        write_exposure(result, 0, out, warp_model=job.warp or None, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
+        write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
@@ -982,7 +991,7 @@ def _process_group(paths, job, bias, flat):
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
-            write_exposure(result, k, record["output"], warp_model=job.warp or None, provenance=prov, config=config,
+            write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
                            dtype=job.dtype, extra_mask=extra)
             record["status"] = "done"
             record.update(quality)

@@ -126,6 +126,9 @@ class SkyResult:
     quality : SkyQuality
         How far to trust the fit: noise model and its source, unlit rows,
         flexure, rejected fraction, chi, leak, ``warnings``, ``suspect``.
+    warp_model : WarpModel
+        The warp the fit used (the one given, its refinement on the sky
+        lines, or the sky lines' own; see ``quality.warp_source``).
     flexure_shift : tuple of float
         Per exposure, the sky lines' shift between the bottom and top rows
         that was corrected (px; 0 when none): exposure ``k`` was fit on
@@ -148,6 +151,7 @@ class SkyResult:
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
     flexure_shift: tuple = ()
+    warp_model: WarpModel | None = field(default=None, repr=False)
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
 
@@ -422,6 +426,7 @@ def fit_sky(
         result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
                               (read_noise, gain, rn_source, gain_source), progress, initial, options)
         result.options["sky_warp"] = sky_warp
+    result.warp_model = warp_model
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
         result.quality = dataclasses.replace(
