@@ -115,7 +115,10 @@ def _sky_line_guesses(stack, sky_rows, std_variation=20.0):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        spectrum = np.nanmedian(np.nanmean(stack, axis=0)[sky_rows], axis=0)
+        # Every sky row: the fewer rows, the noisier the spectrum and the
+        # fewer lines clear the threshold. NaN-aware medians only if needed.
+        band = stack[:, sky_rows].mean(axis=0)
+        spectrum = (np.nanmedian if np.isnan(band).any() else np.median)(band, axis=0)
         spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
         # The median of many rows: the threshold (in noise units of that
         # spectrum) finds the bright lines, not the noise peaks.
@@ -133,7 +136,9 @@ def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1):
         raise ValueError(f"only {locs.size} sky line(s) found in the sky rows")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summed = np.nansum(stack, axis=0)
+        # A plain sum: a NaN pixel stays NaN (left out of the block means
+        # that trace the lines), where nansum would put a dip of zero.
+        summed = stack.sum(axis=0)
         blank = np.ones(n_rows, bool)
         blank[sky_rows] = False
         summed[blank] = np.nan
