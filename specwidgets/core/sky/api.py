@@ -8,6 +8,8 @@ is the seed-compatible front that returns arrays.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,12 +30,12 @@ from .quality import (
     row_profile,
 )
 from .quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
-from .bspline import StretchedBSplineSky, adaptive_coordinate
+from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from ..warp import WarpModel
 
-# Knot spacing on the sky's continuum with adaptive knots (px); see
+# Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
-COARSE_SPACING = 2.0
+COARSE_SPACING = 5.0
 
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
@@ -517,6 +519,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     knots = _check_choice(options.pop("knots", "adaptive" if knot_spacing is None else "uniform"),
                           "knots", ("adaptive", "uniform"))
     coarse = options.pop("coarse_spacing", COARSE_SPACING)
+    knot_threshold = options.pop("knot_threshold", None)
+    if knot_threshold is not None:
+        if isinstance(knot_threshold, bool) or not isinstance(knot_threshold, numbers.Real):
+            raise TypeError(f"knot_threshold must be a number or None (chosen on held-out rows), "
+                            f"got {type(knot_threshold).__name__}")
+        if not (math.isfinite(knot_threshold) and knot_threshold > 0):
+            raise ValueError(f"knot_threshold must be a finite number > 0, or None (chosen on held-out rows); "
+                             f"got {knot_threshold!r}")
+        knot_threshold = float(knot_threshold)
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
     same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
@@ -637,6 +648,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if unlit_mode:
             unlit |= dark
         del level
+        if knots == "adaptive" and knot_threshold is None:
+            knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
+                                                read_noise, extent, spacing(order), spacing(0),
+                                                max(coarse, spacing(order)))
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
@@ -659,7 +674,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
         n_sky_rows = samples.index.size / n_cols
         table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
-                                             spacing(order), max(coarse, spacing(order))))
+                                             spacing(order), max(coarse, spacing(order)), knot_threshold,
+                                             first_spacing=spacing(0), n_curves=n_exp, spatial_order=order))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
     rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
@@ -717,6 +733,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                         flexure=flexure_mode, knots=knots)
     if knots == "adaptive":
         used_options["coarse_spacing"] = max(coarse, spacing(order))
+        used_options["knot_threshold"] = knot_threshold
     used_options.setdefault("reject_sigma", models[0].reject_sigma)
     result = SkyResult(
         data=stack,
@@ -738,6 +755,33 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
                              tuple(float(s) for s in shifts), flexure_applied)
     return result
+
+
+def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gain, read_noise, extent, fine,
+                       first_spacing, coarse):
+    """The adaptive knots' threshold, chosen on held-out (odd/even) rows of the first-pass samples.
+
+    As in the final fit, the knots are placed from the exposures' mean and
+    the spline has ``order`` spatial terms; the first exposure (at its own
+    flexure shift) is fit and scored: the final fits are per exposure, and
+    the best threshold depends on their signal to noise. Rows in
+    ``skip_rows`` (unlit) are left out, as from the final fit.
+    """
+    from .bspline import DEFAULT_THRESHOLD
+
+    lit = np.flatnonzero(~skip_rows)
+    if lit.size < 4:
+        return DEFAULT_THRESHOLD
+    f = np.where(skip_rows[rows][None], np.nan, flux)
+    e = effpix if not shifts[0] else effpix - shifts[0] * _row_coordinate(rows, n_rows)
+    try:
+        threshold, _ = choose_knot_threshold(e, f, rows, gain, read_noise, fine, coarse, first_spacing=first_spacing,
+                                             extent=extent, spatial_order=order,
+                                             row_range=(int(lit[0]), int(lit[-1]) + 1))
+    except ValueError:
+        # Too few samples or rows to split: the usual value.
+        threshold = DEFAULT_THRESHOLD
+    return threshold
 
 
 def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,
