@@ -28,6 +28,7 @@ from .io import synthetic as datasets
 from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
 from .core.extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
 from .core.inputs import mask_ranges
+from .core.rows import RowRanges
 from .io.instruments import Instrument, get_instrument, known_instruments, register_instrument
 from .core.lines import find_cal_lines
 from .io.loading import average_matching_files, collect_images_array
@@ -50,6 +51,7 @@ __all__ = [
     "ImageViewer",
     "METHODS",
     "Extraction",
+    "RowRanges",
     "SkyLineScore",
     "Trace",
     "SEDExplorer",

@@ -43,6 +43,7 @@ import numpy as np
 from astropy.io import fits
 
 from .discovery import fits_stem
+from ..core.rows import RowRanges
 from ..core.warp import WarpModel
 
 __all__ = [
@@ -172,7 +173,8 @@ def _card_value(value):
 
 
 def _ranges_text(ranges):
-    return ",".join(f"{a}:{b}" for a, b in ranges) if ranges else "none"
+    """The ``SWMASK`` card: :meth:`RowRanges.header_value` (``RowRanges.from_header`` reads it back)."""
+    return RowRanges.coerce(ranges).header_value()
 
 
 def _crop_text(crop):

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..frames import check_gain, check_read_noise
-from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from ..inputs import as_image_stack, check_spatial_order
+from ..rows import RowRanges
 from .median import median_of_bins
 from .quality import (
     dark_rows,
@@ -121,6 +122,8 @@ class SkyResult:
     method : str
     read_noise, gain : float
         Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
+    mask_region : RowRanges
+        The masked rows, resolved for these frames (``SWMASK`` in an output).
     models : list
         Per exposure, the fitted sky model (a ``BSplineSky``) or None.
     options : dict
@@ -148,7 +151,7 @@ class SkyResult:
     ref_row: int = 0
     read_noise: float = 0.0
     gain: float = 1.0
-    mask_region: list = field(default_factory=list)
+    mask_region: RowRanges = field(default_factory=RowRanges)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
@@ -311,9 +314,12 @@ def fit_sky(
         None: fit on the science frame's own sky lines
         (:func:`specwidgets.core.sky.sky_warp.sky_warp_model`, once per frame), for
         when there is no arc; ``quality.warp_source`` is then "sky lines".
-    mask_region : (int, int) or list of (int, int)
+    mask_region : (int, int), list of (int, int) or RowRanges
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
-        ranges may be given. ``(None, None)`` masks nothing.
+        ranges may be given. ``(None, None)`` masks nothing. Read as a
+        :class:`~specwidgets.core.rows.RowRanges` (ranges sharing rows are
+        merged); the result's ``mask_region`` is that value, the very object
+        given when it was already resolved for these frames.
     method : {"bspline", "median"}
         ``"median"``: the seed's estimator, the median of the samples inside
         each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
@@ -392,8 +398,10 @@ def fit_sky(
             f"images have {n_cols} column(s); a sky fit needs a spectrum along the columns "
             "(dispersion along x): check the instrument's dispersion_axis (transpose the frames?)"
         )
-    ranges = mask_ranges(mask_region, n_rows)
-    masked_rows = mask_rows(ranges, n_rows)
+    # One value from the caller to the result: a RowRanges already resolved
+    # for this height (the state's) passes through as the same object.
+    ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
+    masked_rows = ranges.rows()
     if warp_model is None:
         # No arc: the warp from the frame's own sky lines, once per frame.
         from .sky_warp import cached_sky_warp_model
