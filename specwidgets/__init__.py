@@ -34,6 +34,7 @@ from .core.lines import find_cal_lines
 from .io.loading import average_matching_files, collect_images_array
 from .core.warp import WarpModel, generate_warp_model
 from .seed import extract_background
+from .core.sky.sky_warp import sky_warp_model
 
 
 # Widget-layer names, imported on first use (they pull in ipywidgets/bqplot).
@@ -73,6 +74,7 @@ __all__ = [
     "plot_image",
     "register_instrument",
     "sky_line_residual_score",
+    "sky_warp_model",
     "trace_spectrum",
 ]
 
