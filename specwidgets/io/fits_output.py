@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
-import inspect
 import json
 import os
 import secrets
@@ -94,7 +93,6 @@ MASK_BITS = {
     MASK_BADFLAT: "flat-field pixel unusable, science set to NaN",
 }
 
-_BSPLINE_OPTIONS = ("spatial_order", "knot_spacing", "reject_sigma", "max_iterations")
 _OPTION_CARDS = {
     "spatial_order": ("SWSPORD", "B-spline sky: Legendre order along the slit"),
     "knot_spacing": ("SWKNOTSP", "B-spline sky: knot spacing (effective px)"),
@@ -146,17 +144,13 @@ def mask_image(result, exposure=0, extra=None):
 
 
 def effective_options(method, options):
-    """The sky method's parameters with the defaults filled in (what the fit used)."""
-    if method != "bspline":
-        return dict(options)
-    from ..core.sky.bspline import fit_bspline_sky
+    """The sky method's parameters with the defaults filled in (what the fit used).
 
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(fit_bspline_sky).parameters.items()
-        if name in _BSPLINE_OPTIONS
-    }
-    return {**defaults, **options}
+    The same as :func:`specwidgets.core.sky.api.resolve_options`.
+    """
+    from ..core.sky.api import resolve_options
+
+    return resolve_options(method, options)
 
 
 def _card_value(value):

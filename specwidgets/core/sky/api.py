@@ -34,7 +34,56 @@ from ..warp import WarpModel
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
 COARSE_SPACING = 2.0
 
-__all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
+__all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "resolve_options", "METHODS"]
+
+#: B-spline options that only :func:`fit_sky` reads (the rest go to ``fit_bspline_sky``).
+_FIT_SKY_DEFAULTS = {"spatial_order": "auto", "unlit": "auto", "flexure": "auto"}
+#: ``fit_bspline_sky`` options whose defaults a resolved option set records.
+_BSPLINE_DEFAULTED = ("reject_sigma", "max_iterations")
+
+
+def resolve_options(method: str, options: dict | None = None, spatial_order: int | str | None = None) -> dict:
+    """The sky options a fit with ``options`` uses, every default filled in.
+
+    Two ways of asking for the same fit resolve to the same dict (so they
+    hash alike); ``SkyResult.options`` is this dict for the order the fit
+    chose. ``spatial_order`` (the order a fit chose) overrides an ``"auto"``
+    one; while the order is ``"auto"``, the knot spacing that depends on it
+    stays ``None`` (the default, :func:`~.bspline.default_knot_spacing`).
+
+    Examples
+    --------
+    >>> resolve_options("bspline", {"spatial_order": 0}) == resolve_options(
+    ...     "bspline", {"spatial_order": 0, "knot_spacing": 0.5, "knots": "adaptive"})
+    True
+    >>> resolve_options("bspline", {"knot_spacing": 0.5})["knots"]  # an explicit spacing: uniform knots
+    'uniform'
+    >>> resolve_options("median")
+    {}
+    """
+    import inspect
+
+    from .bspline import default_knot_spacing, fit_bspline_sky
+
+    given = dict(options or {})
+    if method != "bspline":
+        return given
+    out = {**_FIT_SKY_DEFAULTS, **given}
+    params = inspect.signature(fit_bspline_sky).parameters
+    for name in _BSPLINE_DEFAULTED:
+        out.setdefault(name, params[name].default)
+    if out.get("knots") is None:
+        out["knots"] = "adaptive" if given.get("knot_spacing") is None else "uniform"
+    order = out["spatial_order"] if spatial_order is None else spatial_order
+    out["spatial_order"] = order
+    if out.get("knot_spacing") is None:
+        out["knot_spacing"] = None if order == "auto" else default_knot_spacing(order)
+    if out["knots"] == "adaptive":
+        coarse = out.get("coarse_spacing", COARSE_SPACING)
+        out["coarse_spacing"] = coarse if out["knot_spacing"] is None else max(coarse, out["knot_spacing"])
+    else:
+        out.pop("coarse_spacing", None)
+    return out
 
 METHODS = ("bspline", "median")
 
@@ -287,7 +336,6 @@ def fit_sky(
     read_noise=None,
     gain=None,
     progress=False,
-    initial=None,
     **options,
 ):
     """Estimate the sky background of every pixel of one image or a stack.
@@ -316,9 +364,6 @@ def fit_sky(
         ``result.quality`` says which was used and where it came from.
     progress : bool
         Print one line per exposure.
-    initial : SkyResult, optional
-        A previous B-spline result for the same images and warp model: its
-        fits start the new ones (a nudged mask then costs fewer passes).
     **options
         For ``"bspline"``:
 
@@ -383,13 +428,17 @@ def fit_sky(
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
 
+    if "initial" in options:
+        # Warm starts went: a warm start could stop at another rejected set,
+        # so a result would depend on the fits before it, not on its inputs.
+        raise TypeError("fit_sky takes no initial= (warm start): each fit starts fresh from its inputs")
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
         return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
                            (read_noise, gain, rn_source, gain_source), progress)
     return _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
-                        (read_noise, gain, rn_source, gain_source), progress, initial, options)
+                        (read_noise, gain, rn_source, gain_source), progress, options)
 
 
 def _complete_noise(noise, level, residual):
@@ -462,10 +511,11 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     return result
 
 
-def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, initial, options):
+def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options):
     from .bspline import default_knot_spacing, fit_bspline_sky
 
     n_exp, n_rows, n_cols = stack.shape
+    given = dict(options)
     options = dict(options)
     spatial_order = check_spatial_order(options.pop("spatial_order", "auto"))
     unlit_mode = _check_choice(options.pop("unlit", "auto"), "unlit", ("auto", False))
@@ -476,8 +526,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     coarse = options.pop("coarse_spacing", COARSE_SPACING)
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
-    same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
-    warm = initial.models if same_fit else [None] * n_exp
 
     def spacing(order):
         return default_knot_spacing(order) if knot_spacing is None else knot_spacing
@@ -512,7 +560,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             first[k] = fit_bspline_sky(
                 samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
                 extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
-                initial=warm[k],
             )
             level[k] = first[k](samples.effpix)
         if rows is None:
@@ -629,7 +676,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
         # could throw away the line peaks for good.
-        start = warm[k] if warm[k] is not None else (first[k] if not (unlit.any() or shifts[k]) else None)
+        start = first[k] if not (unlit.any() or shifts[k]) else None
         if table is None:
             model = fit_bspline_sky(
                 e_k, samples.flux[k], sample_rows, spatial_order=order, row_range=row_range,
@@ -637,7 +684,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 initial=start, **options,
             )
         else:
-            start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
+            start = None
             # The stretched coordinate of the whole frame, once: the samples'
             # are a subset of it (``e_k`` is ``emap_k`` at ``samples.index``).
             u_map = np.interp(emap_k, *table)
@@ -669,12 +716,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
 
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
-    used_options = dict(options)
-    used_options.update(spatial_order=order, knot_spacing=spacing(order), unlit=unlit_mode,
-                        flexure=flexure_mode, knots=knots)
-    if knots == "adaptive":
-        used_options["coarse_spacing"] = max(coarse, spacing(order))
-    used_options.setdefault("reject_sigma", models[0].reject_sigma)
+    used_options = resolve_options("bspline", given, spatial_order=order)
     result = SkyResult(
         data=stack,
         background=background,
