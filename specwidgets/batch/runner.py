@@ -50,7 +50,7 @@ files a killed run left in the output folder, and (without ``overwrite``)
 skips every output that :func:`~specwidgets.io.fits_output.inspect_output`
 finds complete with the same settings; an output made with *other* settings
 is reported as a failure rather than silently replaced. A lock file
-(``.specwidgets-batch.lock``, released by the kernel even on ``kill -9``)
+(``.specwidgets-batch.lock``, a ``filelock`` the system releases even on ``kill -9``)
 keeps two runs from writing to one folder at the same time.
 
 Flat fielding
@@ -92,6 +92,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import numpy as np
 from astropy.io import fits
 
@@ -716,50 +717,28 @@ class _Progress:
 
 # ------------------------------------------------------------------ lock
 class _DirectoryLock:
-    """An exclusive ``flock`` on ``DIR/.specwidgets-batch.lock`` (released by the kernel on kill)."""
+    """An exclusive lock on ``DIR/.specwidgets-batch.lock`` (``filelock``: flock on POSIX, msvcrt on Windows).
+
+    The operating system drops the lock when the process dies, so a killed
+    run never leaves the folder locked. The (empty) lock file stays: deleting
+    it would let a run that opened it just before lock a dead file.
+    """
 
     def __init__(self, folder):
         self.path = Path(folder) / LOCK_NAME
-        self.fd = None
+        self._lock = filelock.FileLock(self.path, timeout=0)
 
     def __enter__(self):
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no lock
-            return self
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise BatchLockedError(
-                    f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
-                ) from None
-            except OSError:  # pragma: no cover - filesystem without locks
-                os.close(fd)
-                return self
-            # A run that just finished may have removed the file between our
-            # open and flock: then the lock is on a dead inode, so retry.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return self
-            os.close(fd)
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise BatchLockedError(
+                f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
+            ) from None
+        return self
 
     def __exit__(self, *exc):
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
+        self._lock.release()
         return False
 
 
