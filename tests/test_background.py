@@ -3,11 +3,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import rms
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
-
-from conftest import rms
 
 
 def brute_median(image_stack, model, masked_rows):

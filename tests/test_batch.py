@@ -24,7 +24,6 @@ from astropy.io import fits
 import specwidgets as sw
 from specwidgets.batch import runner as batch
 from specwidgets.batch.runner import BatchLockedError, add_batch_parser, run_batch, run_batch_command
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.io.fits_output import (
     MASK_BADFLAT,
     MASK_MASKED,
@@ -38,6 +37,7 @@ from specwidgets.io.fits_output import (
     sci_variance,
 )
 from specwidgets.io.sample_data import goodman_available
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 pytest.importorskip("distributed")
 

@@ -28,13 +28,11 @@ import re
 import resource
 import shutil
 import subprocess
-import sys
 import time
 import venv
 from pathlib import Path
 
 import pytest
-
 from test_launcher import ERROR_MARKERS, ROOT, Server, fetch, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

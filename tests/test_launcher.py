@@ -140,7 +140,7 @@ def test_voila_json_matches_the_launcher():
 
 def test_packaged_notebook_exists():
     assert NOTEBOOK.is_file()
-    assert NOTEBOOK.parent == Path(launcher.__file__).parent / "app"
+    assert NOTEBOOK.parent == Path(launcher.__file__).parent
 
 
 def parse(argv):

@@ -17,10 +17,10 @@ import pytest
 from astropy.io import fits
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.inputs import MAX_IMAGE_PIXELS, MAX_SPATIAL_ORDER, check_spatial_order
-from specwidgets.io.instruments import get_instrument
 from specwidgets.core.warp import WarpModel
+from specwidgets.io.instruments import get_instrument
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 SHAPE = (40, 300)
 

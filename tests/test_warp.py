@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import rms
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.warp import WarpModel
-
-from conftest import rms
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 GEOMETRIES = {
     "tilt 3 px / 100 rows": dict(shape=(100, 2048), tilt=3.0, warp_order=1),

@@ -279,7 +279,7 @@ def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", sc
         if not frames[role]:
             raise ValueError(f"none of the {role} frames could be read:\n" + "\n".join(skipped))
     shapes = {}
-    for role, items in frames.items():
+    for items in frames.values():
         for path, data, _ in items:
             shapes.setdefault(data.shape, []).append(rel(path))
     if len(shapes) > 1:
@@ -371,7 +371,6 @@ class DashboardApp:
         import ipywidgets as w
 
         from specwidgets.app.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, root_from_environment
-
         from specwidgets.io.instruments import known_instruments
         from specwidgets.io.sample_data import goodman_available
 
@@ -418,8 +417,8 @@ class DashboardApp:
         self._form_edited = False
         self._applying = False
         self._apply_preset(DEFAULT_PRESET)
-        for field in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.crop, self.mask):
-            field.observe(self._on_form_edit, names="value")
+        for widget in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.crop, self.mask):
+            widget.observe(self._on_form_edit, names="value")
         help_text = w.HTML(
             "<span style='font-size:90%;color:#555'>A tag picks the files whose path below the folder "
             "contains it (subfolders one level down are searched too, so <code>lamp/</code> picks a "

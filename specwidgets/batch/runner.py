@@ -96,7 +96,11 @@ import filelock
 import numpy as np
 from astropy.io import fits
 
+from ..core.frames import FrameArray
+from ..core.inputs import check_spatial_order, mask_ranges
+from ..core.lines import find_cal_lines
 from ..core.sky.api import METHODS, fit_sky
+from ..core.warp import WarpModel, generate_warp_model
 from ..io.fits_output import (
     MASK_BADFLAT,
     OUTPUT_SUFFIX,
@@ -109,12 +113,8 @@ from ..io.fits_output import (
     settings_hash,
     write_exposure,
 )
-from ..core.frames import FrameArray
-from ..core.inputs import check_spatial_order, mask_ranges
 from ..io.instruments import resolve_instrument
-from ..core.lines import find_cal_lines
 from ..io.loading import _crop_pair, _iter_frames, matching_files
-from ..core.warp import WarpModel, generate_warp_model
 
 __all__ = [
     "BatchLockedError",

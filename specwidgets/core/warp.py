@@ -18,10 +18,9 @@ import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-
-from .inputs import as_image, check_number
 from scipy.ndimage import median_filter
 
+from .inputs import as_image, check_number
 from .lines import robust_noise, row_profile
 from .peaks import fit_gaussian_windows, window_indices
 

@@ -24,13 +24,13 @@ import ipywidgets
 import traitlets as tl
 
 from ..core.sky.api import METHODS
-from .state import SkyState
 from .history import History
 from .image_viewer import ImageViewer, ranges_of
 from .navigation import KeyShortcuts
 from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
 from .sky_controls import SkyFitControls
+from .state import SkyState
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
 

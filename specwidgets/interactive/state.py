@@ -16,10 +16,10 @@ import time
 import numpy as np
 import traitlets as tl
 
-from ..core.sky.api import METHODS, SkyResult, fit_sky
 from ..core.frames import frame_array
 from ..core.inputs import as_image, as_image_stack
 from ..core.lines import find_cal_lines
+from ..core.sky.api import METHODS, SkyResult, fit_sky
 from ..core.warp import WarpModel, generate_warp_model
 
 __all__ = ["SkyState"]

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .discovery import fits_stem
 from ..core.warp import WarpModel
+from .discovery import fits_stem
 
 __all__ = [
     "EXTENSIONS",

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
 from specwidgets.core.frames import FrameArray
+from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
 from specwidgets.io.instruments import resolve_instrument
 
 __all__ = [

@@ -13,22 +13,24 @@ import numpy as np
 
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from ..warp import WarpModel
+from .bspline import StretchedBSplineSky, adaptive_coordinate
 from .median import median_of_bins
-from .quality import (
-    dark_rows,
+from .quality import (  # noqa: E402
+    CHI_LIMITS,
+    LEAK_LIMIT,
+    REJECTED_LIMIT,
     SkyQuality,
-    _ranges,
-    analyse_rows,
-    estimate_noise,
     _far_above,
+    _ranges,
+    _row_chi_means,
+    analyse_rows,
+    dark_rows,
+    estimate_noise,
     measure_flexure,
     provisional_noise,
-    _row_chi_means,
     row_profile,
 )
-from .quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
-from .bspline import StretchedBSplineSky, adaptive_coordinate
-from ..warp import WarpModel
 
 # Knot spacing on the sky's continuum with adaptive knots (px); see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
@@ -286,10 +288,10 @@ def _resolve_noise(images, read_noise, gain):
     rn_source = "argument" if read_noise is not None else None
     gain_source = "argument" if gain is not None else None
     if read_noise is None and getattr(images, "read_noise", None) is not None:
-        read_noise = check_read_noise(getattr(images, "read_noise"), "images.read_noise")
+        read_noise = check_read_noise(images.read_noise, "images.read_noise")
         rn_source = frames_source
     if gain is None and getattr(images, "gain", None) is not None:
-        gain = check_gain(getattr(images, "gain"), "images.gain")
+        gain = check_gain(images.gain, "images.gain")
         gain_source = frames_source
     return read_noise, gain, rn_source, gain_source
 
