@@ -114,7 +114,7 @@ from ..io.fits_output import (
     write_exposure,
 )
 from ..io.instruments import resolve_instrument
-from ..io.loading import _crop_pair, _iter_frames, matching_files
+from ..io.loading import _crop_pair, matching_files, read_frame
 
 __all__ = [
     "BatchLockedError",
@@ -219,21 +219,6 @@ def _expand(items, what, must_exist=True):
     return out
 
 
-def read_frame(path, reader, crop=None):
-    """Read one exposure as the loaders do: orient, trim, crop rows, convert to electrons.
-
-    Returns ``(image float64, Frame)``; ``reader`` is a resolved instrument.
-    """
-    start, stop = _crop_pair(crop)
-    ((_, data, frame),) = list(_iter_frames([Path(path)], reader, start, stop))
-    scale = 1.0 if frame.gain is None else frame.gain
-    return np.multiply(data, scale, dtype=np.float64), frame
-
-
-def _unit(frame):
-    return "adu" if frame.gain is None else "electron"
-
-
 #: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
 ARC_COMBINES = ("sum", "median")
 
@@ -253,8 +238,8 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
         raise ValueError(f"unknown combination {how!r} for the {what} frames; choose one of {', '.join(ARC_COMBINES)}")
     stack, units = None, set()
     for i, path in enumerate(paths):
-        image, frame = read_frame(path, reader, crop)
-        units.add(_unit(frame))
+        image = read_frame(path, reader, crop)
+        units.add(image.unit)
         if stack is None:
             stack = np.empty((len(paths), *image.shape))
         elif image.shape != stack.shape[1:]:
@@ -499,9 +484,11 @@ def _process_one_inner(path, job, bias, flat):
             if state.state == "different" and not _stale(out, config):
                 record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
                 return record
-        image, frame = read_frame(path, job.reader, job.crop)
-        if job.unit is not None and _unit(frame) != job.unit:
-            raise ValueError(f"{path.name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+        # A FrameArray: the pixels are corrected in place below; its unit,
+        # noise model and header describe the file as read.
+        image = frame = read_frame(path, job.reader, job.crop)
+        if job.unit is not None and frame.unit != job.unit:
+            raise ValueError(f"{path.name} is in {frame.unit} but the calibrations are in {job.unit}")
         if image.shape != tuple(job.shape):
             raise ValueError(
                 f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model {tuple(job.shape)}"
@@ -518,7 +505,8 @@ def _process_one_inner(path, job, bias, flat):
         warp = _cached_warp(job)
         result = fit_sky(image, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
-        write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
+        write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra,
+                       input_header=frame.header)
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
@@ -545,7 +533,7 @@ def _with_frame_noise(image, frame, job):
         gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
         read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
         noise_source=f"{source} of {name} frames" if source else "",
-        unit=_unit(frame),
+        unit=frame.unit,
     )
 
 
@@ -926,9 +914,9 @@ def _process_group(paths, job, bias, flat):
                 return records
         images, frames, extra = [], [], None
         for path in paths:
-            image, frame = read_frame(path, job.reader, job.crop)
-            if job.unit is not None and _unit(frame) != job.unit:
-                raise ValueError(f"{Path(path).name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+            image = frame = read_frame(path, job.reader, job.crop)
+            if job.unit is not None and frame.unit != job.unit:
+                raise ValueError(f"{Path(path).name} is in {frame.unit} but the calibrations are in {job.unit}")
             if image.shape != tuple(job.shape):
                 raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
                                  f"and warp model {tuple(job.shape)}")
@@ -946,7 +934,7 @@ def _process_group(paths, job, bias, flat):
             np.stack(images),
             gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
             read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
-            unit=_unit(frames[0]),
+            unit=frames[0].unit,
         )
         warp = _cached_warp(job)
         result = fit_sky(stack, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
@@ -954,7 +942,7 @@ def _process_group(paths, job, bias, flat):
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
             write_exposure(result, k, record["output"], warp_model=job.warp, provenance=prov, config=config,
-                           dtype=job.dtype, extra_mask=extra)
+                           dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
             record["status"] = "done"
             record.update(quality)
     except Exception as exc:  # noqa: BLE001 - reported by name

@@ -41,6 +41,8 @@ __all__ = [
     "collect_images_array",
     "matching_files",
     "noise_of_frames",
+    "read_frame",
+    "unit_of",
 ]
 
 #: File name endings read as FITS (compared case-insensitively); the rule
@@ -176,15 +178,73 @@ def _iter_frames(files, reader, start, stop):
         yield path, frame.data[rows], frame
 
 
+def unit_of(gain) -> str:
+    """The unit of a frame read with this (instrument) gain: ``"electron"`` when known, else ``"adu"``."""
+    return "adu" if gain is None else "electron"
+
+
+def read_frame(path, instrument="generic", crop=None, **instrument_options) -> FrameArray:
+    """Read one exposure: the frame reader of the loaders, the dashboard and batch.
+
+    The instrument selects the image HDU, trims and turns it (dispersion
+    along columns); rows ``crop[0]:crop[1]`` are kept and the data are
+    multiplied by the gain when it is known, so they are in electrons.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    instrument : str or Instrument
+        A name from :func:`~specwidgets.io.instruments.known_instruments`, an
+        :class:`~specwidgets.io.instruments.Instrument` or a resolved reader.
+    crop : (int, int or None), optional
+        Rows to keep of the trimmed, turned frame (all when None).
+    **instrument_options
+        Passed to the instrument (``gain=``, ``read_noise=``, ...).
+
+    Returns
+    -------
+    FrameArray
+        float64, with ``gain`` (1.0 once in electrons, None in ADU),
+        ``read_noise`` (electrons or None), ``noise_source``, ``unit`` and
+        the file's ``header``.
+    """
+    start, stop = _crop_pair(crop)
+    reader = resolve_instrument(instrument, **instrument_options)
+    path = Path(path)
+    ((_, data, frame),) = list(_iter_frames([path], reader, start, stop))
+    return _as_frame_array(data, frame)
+
+
+def _as_frame_array(data, frame, out=None):
+    """The cropped ADU view ``data`` of ``frame`` in electrons (when the gain is known), with its metadata.
+
+    One multiply straight from the file's dtype (into ``out`` when given): no
+    float64 temporary.
+    """
+    scale = 1.0 if frame.gain is None else frame.gain
+    if out is None:
+        out = np.multiply(data, scale, dtype=np.float64)
+    else:
+        np.multiply(data, scale, out=out, dtype=np.float64, casting="unsafe")
+    return FrameArray(
+        out,
+        gain=None if frame.gain is None else 1.0,
+        read_noise=frame.read_noise,
+        noise_source=getattr(frame, "noise_source", ""),
+        unit=unit_of(frame.gain),
+        header=frame.header,
+    )
+
+
 def _metadata(path, frame):
     return {
         "file": path.name,
         "path": path,
-        "hdu": frame.hdu,
+        "hdu": getattr(frame, "hdu", None),
         "header": frame.header,
         "gain": frame.gain,
         "read_noise": frame.read_noise,
-        "unit": "electron" if frame.gain is not None else "adu",
+        "unit": frame.unit if isinstance(frame, FrameArray) else unit_of(frame.gain),
         "noise_source": getattr(frame, "noise_source", ""),
     }
 
@@ -294,13 +354,11 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
         if data.shape != shapes[0]:
             # Keep reading, storing nothing, so the error can list every shape.
             continue
-        target = out if combine in ("mean", "sum") else out[i]
-        scale = 1.0 if frame.gain is None else frame.gain
         # One multiply-add straight from the file's dtype: no float64 temporary.
         if combine in ("mean", "sum"):
-            target += np.multiply(data, scale, dtype=np.float64)
+            out += _as_frame_array(data, frame)
         else:
-            np.multiply(data, scale, out=target, dtype=np.float64, casting="unsafe")
+            _as_frame_array(data, frame, out=out[i])
     _check_same_shape(shapes, files)
     _check_same_unit(metadata)
     if debug:
