@@ -96,7 +96,7 @@ import filelock
 import numpy as np
 from astropy.io import fits
 
-from ..core.frames import FrameArray
+from ..core.frames import ESTIMATE, FrameArray, noise_setting
 from ..core.inputs import check_spatial_order, mask_ranges
 from ..core.lines import find_cal_lines
 from ..core.sky.api import METHODS, fit_sky
@@ -138,8 +138,6 @@ FLAT_FLOOR = 0.05
 
 LOCK_NAME = ".specwidgets-batch.lock"
 
-#: ``read_noise``/``gain`` value that asks the sky fit to estimate it (as the page's "estimate").
-ESTIMATE = "estimate"
 
 #: run_batch's defaults for the arguments a session can set (None: not given).
 _DEFAULTS = {
@@ -1194,12 +1192,8 @@ def run_batch(
 
     if arc_combine not in ARC_COMBINES:
         raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
-    if gain is not None and gain != ESTIMATE and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive number of electrons per data unit or 'estimate'; got {gain!r}")
-    if read_noise is not None and read_noise != ESTIMATE and not (
-        isinstance(read_noise, (int, float)) and np.isfinite(read_noise) and read_noise >= 0
-    ):
-        raise ValueError(f"read_noise must be a non-negative number of electrons or 'estimate'; got {read_noise!r}")
+    gain = noise_setting(gain, "gain", positive=True)
+    read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     with _DirectoryLock(out_dir):
         summary.removed_temporary = len(clean_temporary_files(out_dir))
