@@ -32,3 +32,20 @@ def test_ruff_check_passes():
 def test_the_config_is_committed():
     text = (ROOT / "pyproject.toml").read_text()
     assert "[tool.ruff.lint]" in text and '"NPY"' in text
+
+
+def test_the_public_functions_are_typed():
+    import inspect
+
+    import specwidgets as sw
+    from specwidgets.batch import prepare_calibrations, run_batch
+    from specwidgets.io.folder import load_folder
+    from specwidgets.io.loading import read_frame
+
+    functions = [getattr(sw, name) for name in sw.__all__ if inspect.isfunction(getattr(sw, name, None))
+                 and name != "plot_image"]  # plot_image: the display layer, imported lazily
+    functions += [run_batch, prepare_calibrations, load_folder, read_frame, sw.WarpModel.replace,
+                  sw.WarpModel.identity, sw.WarpModel.from_tilt]
+    assert len(functions) >= 18
+    untyped = [f.__qualname__ for f in functions if inspect.signature(f).return_annotation is inspect.Signature.empty]
+    assert not untyped, f"public functions without a return type: {untyped}"

@@ -299,7 +299,7 @@ def prepare_calibrations(
     warp_order=1,
     arc_combine="sum",
     tolerance=16.0,
-):
+) -> Calibrations:
     """Read the calibration frames and fit the warp model (the batch runner's first step).
 
     Bias: median of the bias frames. Flat: median of the flats minus the
@@ -1039,7 +1039,7 @@ def run_batch(
     overwrite=False,
     progress=True,
     report=False,
-):
+) -> BatchSummary:
     """Subtract the sky from every exposure and write one FITS file each (see the module docs).
 
     Parameters

@@ -230,7 +230,7 @@ def _is_pair(value):
     )
 
 
-def mask_ranges(mask_region, n_rows):
+def mask_ranges(mask_region, n_rows: int) -> list[tuple[int, int]]:
     """Normalise ``mask_region`` to a sorted list of ``(start, stop)`` row ranges.
 
     ``mask_region`` is ``(start, stop)`` (rows ``start`` to ``stop - 1``, as a

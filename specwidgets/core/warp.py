@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
 from .inputs import as_image, check_number
@@ -495,7 +496,8 @@ def _fit_global(model, x0, rows, positions, used):
     return sol.reshape(line_order, n_coef)
 
 
-def generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, ref_idx=None, debug=False):
+def generate_warp_model(image: ArrayLike, guess: ArrayLike, tolerance: float = 16, line_order: int = 2,
+                        warp_order: int = 1, ref_idx: int | None = None, debug: bool = False) -> WarpModel:
     """Fit a warp model to an arc frame: how each line's column changes along the slit.
 
     Parameters

@@ -8,6 +8,8 @@ is listed in :attr:`FolderData.skipped`, not raised.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +61,9 @@ class FolderData:
     headers: list = field(default_factory=list)
 
 
-def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", science_tag="",
-                crop_bds=None, progress=None, arc_combine="sum"):
+def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag: str = "arc", bias_tag: str = "bias",
+                science_tag: str = "", crop_bds: tuple[int | None, int | None] | None = None,
+                progress: Callable | None = None, arc_combine: str = "sum") -> FolderData:
     """Read the arc, bias and science frames of a folder, one file at a time.
 
     Parameters

@@ -546,7 +546,7 @@ def _normalise_name(name):
     return name.strip().lower()
 
 
-def register_instrument(name, instrument_or_reader, overwrite=False):
+def register_instrument(name: str, instrument_or_reader: Instrument | Callable, overwrite: bool = False) -> None:
     """Add an instrument so the loaders accept ``instrument=name``.
 
     Parameters
@@ -622,7 +622,7 @@ def register_instrument(name, instrument_or_reader, overwrite=False):
     return entry
 
 
-def known_instruments():
+def known_instruments() -> list[str]:
     """Return the registered instrument names, sorted.
 
     Examples
@@ -633,7 +633,7 @@ def known_instruments():
     return sorted(_REGISTRY)
 
 
-def get_instrument(name):
+def get_instrument(name: str) -> Instrument | _ReaderInstrument:
     """Return the instrument registered under ``name`` (case-insensitive).
 
     Raises

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from specwidgets.core.frames import FrameArray
 from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
-from specwidgets.io.instruments import resolve_instrument
+from specwidgets.io.instruments import Instrument, resolve_instrument
 
 __all__ = [
     "FITS_EXTENSIONS",
@@ -183,7 +184,8 @@ def unit_of(gain) -> str:
     return "adu" if gain is None else "electron"
 
 
-def read_frame(path, instrument="generic", crop=None, **instrument_options) -> FrameArray:
+def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic",
+               crop: tuple[int | None, int | None] | None = None, **instrument_options) -> FrameArray:
     """Read one exposure: the frame reader of the loaders, the dashboard and batch.
 
     The instrument selects the image HDU, trims and turns it (dispersion
@@ -412,15 +414,15 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
 
 
 def collect_images_array(
-    path,
-    tag="",
-    instrument="generic",
-    ignore=(),
-    crop_bds=(0, None),
-    return_metadata=False,
-    debug=False,
+    path: str | os.PathLike,
+    tag: str = "",
+    instrument: str | Instrument = "generic",
+    ignore: str | Sequence[str] = (),
+    crop_bds: tuple[int | None, int | None] | None = (0, None),
+    return_metadata: bool = False,
+    debug: bool = False,
     **instrument_options,
-):
+) -> FrameArray | tuple[FrameArray, list[dict]]:
     """Load every matching FITS file of a folder as one float64 stack.
 
     Parameters
@@ -491,16 +493,16 @@ def collect_images_array(
 
 
 def average_matching_files(
-    path,
-    tag="",
-    instrument="generic",
-    ignore=(),
-    crop_bds=(0, None),
-    mode="median",
-    return_metadata=False,
-    debug=False,
+    path: str | os.PathLike,
+    tag: str = "",
+    instrument: str | Instrument = "generic",
+    ignore: str | Sequence[str] = (),
+    crop_bds: tuple[int | None, int | None] | None = (0, None),
+    mode: str = "median",
+    return_metadata: bool = False,
+    debug: bool = False,
     **instrument_options,
-):
+) -> FrameArray | tuple[FrameArray, list[dict]]:
     """Combine every matching FITS file of a folder into one image.
 
     Takes the same arguments as :func:`collect_images_array`, plus ``mode``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
@@ -330,16 +331,16 @@ def _subsample(n, limit=250_000):
 
 
 def fit_sky(
-    images,
-    warp_model,
+    images: ArrayLike,
+    warp_model: WarpModel,
     mask_region=(None, None),
-    method="bspline",
+    method: str = "bspline",
     *,
-    read_noise=None,
-    gain=None,
-    progress=False,
+    read_noise: float | str | None = None,
+    gain: float | str | None = None,
+    progress: bool = False,
     **options,
-):
+) -> SkyResult:
     """Estimate the sky background of every pixel of one image or a stack.
 
     Parameters
