@@ -192,7 +192,7 @@ def run_case(ds, skysub):
     print(f"  flexure {[f'{f:.3f}' for f in q.flexure]} px (applied: {q.flexure_applied}); unlit rows {q.unlit_rows}")
     entries = [("median of bins", med.background, t_med), ("default (bspline)", res.background, t_bs)]
     if skysub is not None:
-        fit_rows = ~sw.background.mask_rows(sw.mask_ranges(masks, data.shape[1]), data.shape[1])
+        fit_rows = ~sw.core.inputs.mask_rows(sw.mask_ranges(masks, data.shape[1]), data.shape[1])
         # PypeIt logs every iteration; its messages are not part of the table.
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             t_py, py = _timed(lambda: pypeit_sky(skysub, data, warp.effpix_map(), fit_rows, ds["gain"], ds["read_noise"]))

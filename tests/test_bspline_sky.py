@@ -15,11 +15,14 @@ from scipy.interpolate import BSpline
 from scipy.special import erf
 
 from specwidgets.core.sky.bspline import (
+    THRESHOLD_CANDIDATES,
     BSplineSky,
     _constant_to_band,
     _general_to_band,
     _normal_pass,
     _normal_pass_constant,
+    adaptive_coordinate,
+    choose_knot_threshold,
     fit_bspline_sky,
 )
 
@@ -433,3 +436,82 @@ def test_spatial_model_needs_rows_to_evaluate():
         sky(E)
     with pytest.raises(ValueError, match="n must be"):
         sky.curve(n=1)
+
+
+# ---------------------------------------------------------------------------
+# adaptive knots (issue 13)
+# ---------------------------------------------------------------------------
+
+
+def _line_sky(e):
+    return 60 + 20000 * np.exp(-0.5 * ((e - 40) / 1.1) ** 2) + 300 * np.exp(-0.5 * ((e - 70) / 1.1) ** 2)
+
+
+def test_adaptive_coordinate_is_fine_on_lines_and_coarse_on_the_continuum():
+    e = np.linspace(0, 100, 401)
+    u = adaptive_coordinate(e, _line_sky(e), 1.0, 4.0, 50, 0.5, 5.0)
+    spacing = 1 / np.gradient(u, e)
+    assert np.all(np.diff(u) > 0)
+    assert spacing[160] <= 0.8, spacing[160]          # the bright line's core (e = 40)
+    assert spacing[280] <= 1.6, spacing[280]          # a faint line still gets knots (e = 70)
+    assert spacing[e > 96].min() >= 4.5               # flat continuum far from lines: coarse knots
+    assert spacing[np.abs(e - 20) < 3].min() >= 1.9   # nearer the bright line, still 2.5x the line's
+    # A larger threshold trusts the bias estimate less: never finer knots.
+    u8 = adaptive_coordinate(e, _line_sky(e), 1.0, 4.0, 50, 0.5, 5.0, threshold=8.0)
+    assert u8[-1] <= u[-1] + 1e-9
+
+
+def test_adaptive_coordinate_rejects_bad_arguments():
+    e = np.linspace(0, 100, 401)
+    with pytest.raises(ValueError, match="threshold"):
+        adaptive_coordinate(e, _line_sky(e), 1.0, 4.0, 50, 0.5, 5.0, threshold=0)
+    with pytest.raises(ValueError, match="coarse"):
+        adaptive_coordinate(e, _line_sky(e), 1.0, 4.0, 50, 0.5, 0.25)
+
+
+def _rows_of_samples(n_rows=40, n_cols=400, tilt=0.03, seed=3):
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_rows), n_cols)
+    e = np.tile(np.linspace(0, 100, n_cols), n_rows) + rows * tilt
+    return e, rows, rng
+
+
+def test_choose_knot_threshold_scores_and_choice():
+    e, rows, rng = _rows_of_samples()
+    flux = rng.poisson(_line_sky(e)) + rng.normal(0, 4, e.size)
+    best, scores = choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0)
+    assert best in scores and set(scores) == set(THRESHOLD_CANDIDATES)
+    # Held-out chi^2 of a good model on Poisson data: about 1.
+    assert all(0.9 < s < 1.2 for s in scores.values()), scores
+    # Several exposures: knots from their mean, the first one scored.
+    two = np.stack([flux, rng.poisson(_line_sky(e)) + rng.normal(0, 4, e.size)])
+    best2, scores2 = choose_knot_threshold(e, two, rows, 1.0, 4.0, 0.5, 5.0, candidates=(2.0, 4.0))
+    assert best2 in (2.0, 4.0) and set(scores2) == {2.0, 4.0}
+
+
+def test_choose_knot_threshold_keeps_the_default_unless_another_is_significantly_better():
+    e, rows, rng = _rows_of_samples(seed=5)
+    flux = rng.poisson(_line_sky(e)) + rng.normal(0, 4, e.size)
+    # A huge threshold ignores the bias: 5 px knots across the bright line,
+    # which the held-out rows show at once; the default is given up.
+    best, scores = choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, candidates=(1e6, 4.0), default=1e6)
+    assert scores[1e6] > scores[4.0] + 0.05, scores
+    assert best == 4.0
+    # Two nearly equal candidates: no significant difference, the default stays.
+    for default in (3.9, 4.0):
+        best, scores = choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, candidates=(3.9, 4.0),
+                                             default=default)
+        assert best == default, scores
+
+
+def test_choose_knot_threshold_rejects_bad_input():
+    e, rows, rng = _rows_of_samples()
+    flux = rng.poisson(_line_sky(e)).astype(float)
+    with pytest.raises(ValueError, match="same length"):
+        choose_knot_threshold(e, flux[:-1], rows, 1.0, 4.0, 0.5, 5.0)
+    with pytest.raises(TypeError, match="rows"):
+        choose_knot_threshold(e, flux, rows + 0.5, 1.0, 4.0, 0.5, 5.0)
+    with pytest.raises(ValueError, match="even and odd"):
+        choose_knot_threshold(e, flux, np.zeros(e.size, int), 1.0, 4.0, 0.5, 5.0)
+    with pytest.raises(ValueError, match="candidates"):
+        choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, candidates=())

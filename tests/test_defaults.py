@@ -109,6 +109,8 @@ def test_wrong_noise_model_is_suspect():
         (dict(flexure="yes"), ValueError, "flexure"),
         (dict(unlit=True), ValueError, "unlit"),
         (dict(knots="dense"), ValueError, "knots"),
+        (dict(knot_threshold=0), ValueError, "knot_threshold"),
+        (dict(knot_threshold="4"), TypeError, "knot_threshold"),
     ],
 )
 def test_bad_options(small, kwargs, exc, message):
@@ -237,7 +239,9 @@ def test_explicit_everything_is_the_plain_fit():
     res = sw.fit_sky(f.science, f.warp, f.trace_rows, read_noise=4.0, gain=1.0, spatial_order=0,
                      flexure=False, unlit=False, knot_spacing=0.5)
     assert res.options["knots"] == "uniform" and res.quality.noise_source == "argument"
-    assert isinstance(res.models[0], sw.bspline_sky.BSplineSky)
+    from specwidgets.core.sky.bspline import BSplineSky
+
+    assert isinstance(res.models[0], BSplineSky)
 
 
 # ----------------------------------------------------------------------- real frames
@@ -283,3 +287,14 @@ def test_goodman_seed_flow_chi(goodman):
         c = c[np.abs(c) < 5]
         chi[method] = float(np.std(c))
     assert chi["bspline"] <= chi["median"], chi
+
+
+def test_knot_threshold_given_or_chosen_on_held_out_rows(small):
+    """Adaptive knots: the threshold is chosen on held-out rows unless given (issue 13)."""
+    chosen = sw.fit_sky(small.science, small.warp, small.trace_rows, read_noise=small.read_noise)
+    assert chosen.options["knots"] == "adaptive" and chosen.options["knot_threshold"] in (2.0, 4.0, 8.0)
+    given = sw.fit_sky(small.science, small.warp, small.trace_rows, read_noise=small.read_noise, knot_threshold=16)
+    assert given.options["knot_threshold"] == 16.0
+    # Trusting the bias estimate less never adds knots.
+    n_chosen = chosen.models[0].n_basis
+    assert given.models[0].n_basis <= n_chosen

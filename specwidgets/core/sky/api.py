@@ -7,6 +7,8 @@ is the seed-compatible front that returns arrays.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +17,7 @@ from numpy.typing import ArrayLike
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
 from ..warp import WarpModel
-from .bspline import StretchedBSplineSky, adaptive_coordinate
+from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
 from .quality import (  # noqa: E402
     CHI_LIMITS,
@@ -33,9 +35,9 @@ from .quality import (  # noqa: E402
     row_profile,
 )
 
-# Knot spacing on the sky's continuum with adaptive knots (px); see
+# Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
-COARSE_SPACING = 2.0
+COARSE_SPACING = 5.0
 
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "resolve_options", "METHODS"]
 
@@ -45,7 +47,8 @@ _FIT_SKY_DEFAULTS = {"spatial_order": "auto", "unlit": "auto", "flexure": "auto"
 _BSPLINE_DEFAULTED = ("reject_sigma", "max_iterations")
 
 
-def resolve_options(method: str, options: dict | None = None, spatial_order: int | str | None = None) -> dict:
+def resolve_options(method: str, options: dict | None = None, spatial_order: int | str | None = None,
+                    knot_threshold: float | None = None) -> dict:
     """The sky options a fit with ``options`` uses, every default filled in.
 
     Two ways of asking for the same fit resolve to the same dict (so they
@@ -53,6 +56,8 @@ def resolve_options(method: str, options: dict | None = None, spatial_order: int
     chose. ``spatial_order`` (the order a fit chose) overrides an ``"auto"``
     one; while the order is ``"auto"``, the knot spacing that depends on it
     stays ``None`` (the default, :func:`~.bspline.default_knot_spacing`).
+    Likewise ``knot_threshold`` (the one a fit chose on held-out rows)
+    fills a ``None`` one of adaptive knots.
 
     Examples
     --------
@@ -84,8 +89,11 @@ def resolve_options(method: str, options: dict | None = None, spatial_order: int
     if out["knots"] == "adaptive":
         coarse = out.get("coarse_spacing", COARSE_SPACING)
         out["coarse_spacing"] = coarse if out["knot_spacing"] is None else max(coarse, out["knot_spacing"])
+        if out.get("knot_threshold") is None:
+            out["knot_threshold"] = None if knot_threshold is None else float(knot_threshold)
     else:
         out.pop("coarse_spacing", None)
+        out.pop("knot_threshold", None)
     return out
 
 METHODS = ("bspline", "median")
@@ -527,6 +535,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     knots = _check_choice(options.pop("knots", "adaptive" if knot_spacing is None else "uniform"),
                           "knots", ("adaptive", "uniform"))
     coarse = options.pop("coarse_spacing", COARSE_SPACING)
+    knot_threshold = options.pop("knot_threshold", None)
+    if knot_threshold is not None:
+        if isinstance(knot_threshold, bool) or not isinstance(knot_threshold, numbers.Real):
+            raise TypeError(f"knot_threshold must be a number or None (chosen on held-out rows), "
+                            f"got {type(knot_threshold).__name__}")
+        if not (math.isfinite(knot_threshold) and knot_threshold > 0):
+            raise ValueError(f"knot_threshold must be a finite number > 0, or None (chosen on held-out rows); "
+                             f"got {knot_threshold!r}")
+        knot_threshold = float(knot_threshold)
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
 
@@ -644,6 +661,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if unlit_mode:
             unlit |= dark
         del level
+        if knots == "adaptive" and knot_threshold is None:
+            knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
+                                                read_noise, extent, spacing(order), spacing(0),
+                                                max(coarse, spacing(order)))
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
@@ -666,7 +687,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
         n_sky_rows = samples.index.size / n_cols
         table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
-                                             spacing(order), max(coarse, spacing(order))))
+                                             spacing(order), max(coarse, spacing(order)), knot_threshold,
+                                             first_spacing=spacing(0), n_curves=n_exp, spatial_order=order))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
     rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
@@ -719,7 +741,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
 
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
-    used_options = resolve_options("bspline", given, spatial_order=order)
+    used_options = resolve_options("bspline", given, spatial_order=order,
+                                   knot_threshold=knot_threshold if knots == "adaptive" else None)
     result = SkyResult(
         data=stack,
         background=background,
@@ -740,6 +763,33 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
                              tuple(float(s) for s in shifts), flexure_applied)
     return result
+
+
+def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gain, read_noise, extent, fine,
+                       first_spacing, coarse):
+    """The adaptive knots' threshold, chosen on held-out (odd/even) rows of the first-pass samples.
+
+    As in the final fit, the knots are placed from the exposures' mean and
+    the spline has ``order`` spatial terms; the first exposure (at its own
+    flexure shift) is fit and scored: the final fits are per exposure, and
+    the best threshold depends on their signal to noise. Rows in
+    ``skip_rows`` (unlit) are left out, as from the final fit.
+    """
+    from .bspline import DEFAULT_THRESHOLD
+
+    lit = np.flatnonzero(~skip_rows)
+    if lit.size < 4:
+        return DEFAULT_THRESHOLD
+    f = np.where(skip_rows[rows][None], np.nan, flux)
+    e = effpix if not shifts[0] else effpix - shifts[0] * _row_coordinate(rows, n_rows)
+    try:
+        threshold, _ = choose_knot_threshold(e, f, rows, gain, read_noise, fine, coarse, first_spacing=first_spacing,
+                                             extent=extent, spatial_order=order,
+                                             row_range=(int(lit[0]), int(lit[-1]) + 1))
+    except ValueError:
+        # Too few samples or rows to split: the usual value.
+        threshold = DEFAULT_THRESHOLD
+    return threshold
 
 
 def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,

@@ -39,7 +39,8 @@ from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
 
 from .._threads import chunk_bounds, run_in_threads
 
-__all__ = ["BSplineSky", "StretchedBSplineSky", "adaptive_coordinate", "default_knot_spacing", "fit_bspline_sky"]
+__all__ = ["BSplineSky", "StretchedBSplineSky", "adaptive_coordinate", "choose_knot_threshold", "default_knot_spacing",
+           "fit_bspline_sky"]
 
 # Relative strength of the guard added to the normal matrix (see
 # ``_add_guard``): small enough to be invisible in a well-sampled fit, large
@@ -1316,20 +1317,93 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
 # ---------------------------------------------------------------------------
 
 
-def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, threshold=8.0):
-    """A stretched coordinate ``u(e)`` in which unit knot spacing is ``fine`` px on structure and ``coarse`` elsewhere.
+# Knot spacings the adaptive model chooses from (px): from finer than a sky
+# line's sigma to several pixels on a flat continuum.
+ADAPTIVE_SPACINGS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+# Weights of the estimated squared bias against the variance that
+# ``choose_knot_threshold`` tries on held-out rows (see ``adaptive_coordinate``).
+THRESHOLD_CANDIDATES = (2.0, 4.0, 8.0)
+
+# Threshold used when none is chosen on held-out rows: the value chosen most
+# often (issue 13: 1-2 on the synthetic frames, 8 on the Goodman crop).
+DEFAULT_THRESHOLD = 4.0
+
+
+def _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, first_spacing, n_curves,
+                   spatial_order):
+    """Estimated squared bias and variance, per grid point, of a spline with each candidate spacing.
+
+    The bias of spacing ``h`` is measured against the projection of the
+    first-pass sky on the finest candidate (not against the first pass
+    itself: aliasing in the first pass, e.g. from a gradient along a tilted
+    slit, is common to every candidate and must not pass for structure),
+    as the misfit squared averaged over ``max(2 px, h)`` less its expected
+    noise part. The variance is ``(spatial_order + 1) sigma**2 / (n h)``.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    step = float(e[1] - e[0])
+    sigma2 = np.clip(sky, 0, None) / gain + (read_noise / gain) ** 2
+    sigma2 = np.maximum(sigma2, (1e-12 + 1e-9 * np.max(np.abs(sky))) ** 2)
+    n = max(float(samples_per_pixel), 1.0)
+    cands = [fine] + [h for h in ADAPTIVE_SPACINGS if fine < h <= coarse]
+
+    def project(h):
+        # Weighted as the final fit is (1 / variance): a bright line then
+        # barely pulls a coarse spline, which would otherwise ring far into
+        # the continuum and pass for bias there.
+        return fit_bspline_sky(e, sky, knot_spacing=h, read_noise=read_noise, gain=gain,
+                               reject_sigma=None, max_iterations=0)(e)
+
+    h_ref = max(fine, first_spacing)
+    ref = sky if h_ref <= first_spacing else project(h_ref)
+    bias2, var = [], []
+    for h in cands:
+        var.append((spatial_order + 1) * sigma2 / (n * h))
+        if h <= h_ref:
+            bias2.append(np.zeros_like(sky))
+            continue
+        width = max(2.0, h)
+        misfit2 = uniform_filter1d((ref - project(h)) ** 2, max(1, int(round(width / step))))
+        noise2 = sigma2 / (n * n_curves) * (1.0 / h_ref - 1.0 / h)
+        bias2.append(np.clip(misfit2 - noise2, 0, None))
+    return np.asarray(cands), np.asarray(bias2), np.asarray(var)
+
+
+def _coordinate_from_costs(e, costs, threshold):
+    """``u(e)`` from the spacing of least ``bias2 / threshold + var`` at each grid point."""
+    from scipy.ndimage import gaussian_filter1d, minimum_filter1d
+
+    cands, bias2, var = costs
+    step = float(e[1] - e[0])
+    spacing = cands[np.argmin(bias2 / threshold + var, axis=0)]
+    # A feature's wings need its knots too: the finest spacing within 1 px.
+    spacing = minimum_filter1d(spacing, max(1, int(round(2.0 / step)) + 1))
+    density = gaussian_filter1d(1.0 / spacing, 0.5 / step)
+    return np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(e))])
+
+
+def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, threshold=DEFAULT_THRESHOLD,
+                        *, first_spacing=None, n_curves=1, spatial_order=0):
+    """A stretched coordinate ``u(e)`` in which unit knot spacing is the locally best spacing.
 
     A spline on uniform knots in ``u`` has knots every ``1 / (du/de)``
-    effective pixels: dense where the sky has structure the data can see,
-    sparse on the continuum, where every knot interval spent only adds noise
-    (issue 13: a 5 px continuum stretch has ~300 samples, and a 0.5 px grid
-    spends ~10 parameters on it).
+    effective pixels. At each point the spacing is chosen among
+    ``ADAPTIVE_SPACINGS`` between ``fine`` and ``coarse`` to minimise the
+    estimated error of the final fit, ``bias**2 / threshold + variance``:
+    dense on sky lines, where a coarse spline misses the shape, sparse on
+    the continuum, where every knot interval spent only adds noise (issue
+    13: a 5 px continuum stretch has ~300 samples, and a 0.5 px grid spends
+    ~10 parameters on it).
 
-    Structure is where the squared bias of a spline with ``coarse`` knots
-    (its misfit to the first-pass sky, squared and averaged over 2 px, less
-    the first pass's own noise variance) exceeds ``threshold`` times the
-    variance the fine knots would add, ``sigma**2 (1/fine - 1/coarse) /
-    samples_per_pixel``: there the fine knots cost less than they save.
+    The variance of spacing ``h`` is ``(spatial_order + 1) sigma**2 /
+    (samples_per_pixel h)``. Its squared bias is estimated from the
+    first-pass sky: the misfit squared of the spline with spacing ``h`` to
+    the first pass projected on ``fine`` knots, averaged over ``max(2 px,
+    h)``, less the part the first pass's own noise explains. The finest
+    spacing within 1 px of a point is used there (a line's wings), and
+    the knot density is smoothed over 0.5 px.
 
     Parameters
     ----------
@@ -1338,16 +1412,23 @@ def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coars
     gain, read_noise : float
         The noise model (electrons per data unit; electrons).
     samples_per_pixel : float
-        Sky samples per effective pixel (about the number of sky rows).
+        Sky samples per effective pixel in the final fit (about the number
+        of sky rows).
     fine, coarse : float
-        Knot spacing on structure and on the continuum, px.
+        Finest and coarsest knot spacing, px.
     threshold : float
-        How much larger the coarse spline's bias must be than the fine knots'
-        extra variance. 8 was the best of 1-8 on the Goodman crop (30 sky rows
-        per exposure, a continuum with real small-scale structure: held-out
-        score 1.040 against 1.058 at 1 and the median of bins' 1.050); on the
-        synthetic tilt-3 case (3 x 100 rows) it gives 0.14 sigma on the
-        continuum and 0.23 sigma on lines, against 0.14 and 0.20 at 2.
+        Weight of the variance against the estimated squared bias (> 0): the
+        bias estimate is noisy and misses what the first pass cannot see, so
+        the best value depends on the data. :func:`choose_knot_threshold`
+        picks it on held-out rows (issue 13: 1-2 on the synthetic frames,
+        8 on the Goodman crop).
+    first_spacing : float, optional
+        Knot spacing of the first-pass sky (default ``fine``).
+    n_curves : int
+        How many independent first passes ``sky`` averages (its noise
+        variance is ``1 / n_curves`` of one pass).
+    spatial_order : int
+        Spatial terms of the final fit (each multiplies its variance).
 
     Returns
     -------
@@ -1358,32 +1439,168 @@ def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coars
     --------
     >>> e = np.linspace(0, 100, 401)
     >>> sky = 100 + 5000 * np.exp(-0.5 * ((e - 50) / 1.2) ** 2)
-    >>> u = adaptive_coordinate(e, sky, 1.0, 4.0, 50, 0.5, 2.0)
+    >>> u = adaptive_coordinate(e, sky, 1.0, 4.0, 50, 0.5, 5.0)
     >>> slope = np.gradient(u, e)
-    >>> round(float(slope[200]), 2), round(float(slope[20]), 2)   # knots every 0.5 px on the line, 2 px off it
-    (2.0, 0.5)
+    >>> # knots every <= 1 px on the line, every >= 3 px on the flat continuum
+    >>> bool(1 / slope[200] <= 1.0), bool(1 / slope[20] >= 3.0)
+    (True, True)
     """
-    from scipy.ndimage import gaussian_filter1d, maximum_filter1d, uniform_filter1d
+    fine = _number(fine, "fine", minimum=0.0, strict=True)
+    coarse = _number(coarse, "coarse", minimum=fine)
+    threshold = _number(threshold, "threshold", minimum=0.0, strict=True)
+    first_spacing = fine if first_spacing is None else _number(first_spacing, "first_spacing", minimum=0.0,
+                                                               strict=True)
+    costs = _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, first_spacing,
+                           max(int(n_curves), 1), _integer(spatial_order, "spatial_order", 0))
+    return _coordinate_from_costs(e, costs, threshold)
 
-    step = float(e[1] - e[0])
-    sigma = np.sqrt(np.clip(sky, 0, None) / gain + (read_noise / gain) ** 2)
-    sigma = np.maximum(sigma, 1e-12 + 1e-9 * np.max(np.abs(sky)))
-    weight_rn = max(float(np.median(sigma)), 1e-12) * 1e3
-    smooth = fit_bspline_sky(e, sky, knot_spacing=coarse, read_noise=weight_rn, gain=1.0,
-                             reject_sigma=None, max_iterations=0)(e)
-    # Fine knots pay where the coarse spline's bias squared exceeds the
-    # variance the extra knots add, sigma^2 (1/fine - 1/coarse) / n per pixel.
-    # The bias squared is estimated as the first pass's misfit squared,
-    # averaged over 2 px, less that first pass's own noise variance.
-    n = max(samples_per_pixel, 1.0)
-    first_noise2 = sigma**2 / (n * fine)
-    bias2 = uniform_filter1d((sky - smooth) ** 2, max(1, int(round(2.0 / step)))) - first_noise2
-    structure = bias2 > threshold * sigma**2 * (1.0 / fine - 1.0 / coarse) / n
-    # The wings of a feature need the fine knots too: 2 px either side.
-    structure = maximum_filter1d(structure, max(1, int(round(4 / step))))
-    density = np.where(structure, 1.0 / fine, 1.0 / coarse)
-    density = gaussian_filter1d(density, 0.5 / step)
-    return np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(e))])
+
+def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *, first_spacing=None,
+                          extent=None, candidates=THRESHOLD_CANDIDATES, grid_step=0.25, max_samples=100_000, folds=1,
+                          default=DEFAULT_THRESHOLD, spatial_order=0, row_range=None):
+    """The ``adaptive_coordinate`` threshold that predicts held-out rows best (two-fold cross-validation).
+
+    The sky samples are split by row parity. For each half in turn, the
+    first-pass sky (uniform ``first_spacing`` knots), the knot placement
+    for every candidate threshold and the spline in the stretched
+    coordinate are all fit to that half alone, and the other half is
+    predicted: the score is the mean of ``min(chi**2, 25)`` over its
+    samples (a 5 sigma cap so that cosmic rays do not decide, while a
+    model that misses a line still pays), less the excess variance of a fit
+    to half the rows (half the mean leverage, ``n_basis / n_used``). The
+    candidate with the lowest score wins if it beats ``default``
+    significantly.
+
+    Parameters
+    ----------
+    effpix, rows : 1D arrays
+        Effective pixel and row of each sky sample.
+    flux : array, shape (n_samples,) or (n_exposures, n_samples)
+        The samples' flux. With several exposures the knots are placed from
+        their mean and the first exposure is fit and scored. NaN flux is
+        ignored.
+    gain, read_noise : float
+        Noise model of ``flux``.
+    fine, coarse : float
+        Knot spacing range, px (as for :func:`adaptive_coordinate`).
+    first_spacing : float, optional
+        Knot spacing of the first pass (default ``fine``).
+    extent : (float, float), optional
+        Effective-pixel range (default: the samples' range).
+    candidates : sequence of float
+        Thresholds to try.
+    grid_step : float
+        Grid step of the first-pass sky handed to ``adaptive_coordinate``.
+    max_samples : int
+        Above this many samples, whole rows are left out at random (same
+        seed every call) to keep the cost bounded.
+    folds : int
+        1: fit the even rows and predict the odd ones; 2: both ways.
+    spatial_order : int
+        Spatial terms of the spline fit in the stretched coordinate (as in
+        the final fit).
+    row_range : (float, float), optional
+        Rows mapped to -1 and +1 for the spatial terms (default: the
+        samples' rows).
+    default : float
+        The threshold kept unless another candidate predicts the held-out
+        rows better by more than two standard errors (of the paired
+        per-sample difference).
+
+    Returns
+    -------
+    threshold : float
+    scores : dict
+        Candidate -> cross-validated score (about 1 for a perfect model).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(2)
+    >>> rows = np.repeat(np.arange(40), 400)
+    >>> e = np.tile(np.linspace(0, 100, 400), 40) + rows * 0.01
+    >>> truth = 300 + 20000 * np.exp(-0.5 * ((e - 50) / 1.1) ** 2)
+    >>> flux = rng.poisson(truth) + rng.normal(0, 4, e.size)
+    >>> t, scores = choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0)
+    >>> t in scores and all(0.9 < s < 1.2 for s in scores.values())
+    True
+    """
+    e = _as_samples(effpix, "effpix")
+    flux = np.asarray(flux, dtype=np.float64)
+    if flux.ndim == 1:
+        flux = flux[None]
+    if flux.ndim != 2 or flux.shape[0] == 0:
+        raise ValueError(f"flux must be 1D (n_samples,) or 2D (n_exposures, n_samples), got shape {flux.shape}")
+    n_exp = flux.shape[0]
+    f = flux[0]
+    y = np.asarray(rows)
+    if not (e.size == f.size == y.size):
+        raise ValueError(f"effpix, flux and rows must have the same length, got {e.size}, {f.size} and {y.size}")
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
+        raise TypeError("rows must be non-negative integers (each sample's row)")
+    first_spacing = fine if first_spacing is None else first_spacing
+    candidates = tuple(float(c) for c in candidates)
+    if not candidates:
+        raise ValueError("candidates must not be empty: give at least one threshold")
+    ok = np.isfinite(e) & np.isfinite(f)
+    if extent is None:
+        if not ok.any():
+            raise ValueError("no finite sky samples to choose the knot threshold from")
+        extent = (float(np.min(e[ok])), float(np.max(e[ok])))
+    ok &= (e >= extent[0]) & (e <= extent[1])
+    n_ok = int(np.count_nonzero(ok))
+    if n_ok > max_samples:
+        # Whole rows out at random, so that each row kept is complete.
+        keep_row = np.random.default_rng(0).random(int(y.max()) + 1) < max_samples / n_ok
+        ok &= keep_row[y]
+    idx = np.flatnonzero(ok)
+    e, f, y = e[idx], f[idx], y[idx]
+    # The knots are placed from the mean of all exposures, as in the final
+    # fit (samples where any is NaN left out of that mean).
+    mean_flux = f if n_exp == 1 else np.mean(flux[:, idx], axis=0)
+    grid = np.linspace(extent[0], extent[1], max(2, int(np.ceil((extent[1] - extent[0]) / grid_step)) + 1))
+    yf = y.astype(np.float64) if spatial_order else None
+    if spatial_order and row_range is None:
+        row_range = (float(y.min()), float(y.max()) + 1.0)
+    odd = (y % 2).astype(bool)
+    n_rows = np.count_nonzero(np.bincount(y))
+    scores = dict.fromkeys(candidates, 0.0)
+    chi2 = {c: [] for c in candidates}
+    for train in (~odd, odd)[:folds]:
+        test = ~train
+        if not train.any() or not test.any():
+            raise ValueError("need sky samples in both even and odd rows to choose the knot threshold")
+        et, ft, eh, fh = e[train], f[train], e[test], f[test]
+        # The mean of n exposures has the noise of one with n times the gain
+        # and sqrt(n) times the read noise (in those units).
+        first = fit_bspline_sky(et, mean_flux[train], knot_spacing=first_spacing, read_noise=read_noise * math.sqrt(n_exp),
+                                gain=gain * n_exp, extent=extent, max_iterations=1)
+        costs = _spacing_costs(grid, first(grid), gain, read_noise, max(n_rows / 2, 1), fine, coarse,
+                               first_spacing, n_exp, spatial_order)
+        yt, yh = (None, None) if yf is None else (yf[train], yf[test])
+        for c in candidates:
+            u = _coordinate_from_costs(grid, costs, c)
+            model = fit_bspline_sky(np.interp(et, grid, u), ft, yt, spatial_order=spatial_order, row_range=row_range,
+                                    knot_spacing=1.0, read_noise=read_noise, gain=gain, extent=(0.0, float(u[-1])),
+                                    max_iterations=1)
+            m = model(np.interp(eh, grid, u), yh)
+            var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
+            # Fit to half the rows, the model's variance at the held-out
+            # samples (its mean leverage, n_basis / n_used) is twice that
+            # of the fit to all rows: the excess would favour coarse knots.
+            excess = 0.5 * model.n_basis / max(model.n_used, 1)
+            chi2[c].append(np.minimum((fh - m) ** 2 / var, 25.0) - excess)
+            scores[c] += float(np.mean(chi2[c][-1])) / folds
+    # Another threshold than ``default`` only when it predicts significantly
+    # better: 2 standard errors of the paired difference of the scores.
+    if default not in candidates:
+        default = min(candidates, key=lambda c: scores[c])
+    ref = np.concatenate(chi2[default])
+    best = default
+    for c in candidates:
+        d = np.concatenate(chi2[c]) - ref
+        if scores[c] < scores[best] and d.mean() < -2.0 * d.std() / math.sqrt(max(d.size, 1)):
+            best = c
+    return best, scores
 
 
 @dataclass(eq=False)
