@@ -168,7 +168,7 @@ def test_exposure_variance_of_some_rows_is_those_rows_of_the_whole(small, method
 
 # ------------------------------------------------------------------ issue 11: results record what they used
 def test_result_records_the_options_used_and_equal_asks_resolve_alike(small):
-    from specwidgets.core.sky.api import resolve_options
+    from specwidgets.core.sky.options import resolve_options
     from specwidgets.io.fits_output import effective_options, settings_hash
 
     model = sw.generate_warp_model(small.arc, sw.find_cal_lines(small.arc)[0])

@@ -149,7 +149,7 @@ def effective_options(method, options):
 
     The same as :func:`specwidgets.core.sky.api.resolve_options`.
     """
-    from ..core.sky.api import resolve_options
+    from ..core.sky.options import resolve_options
 
     return resolve_options(method, options)
 
