@@ -27,6 +27,7 @@ from importlib import import_module  # noqa: E402
 from .core.extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
 from .core.inputs import mask_ranges
 from .core.lines import find_cal_lines
+from .core.rows import RowRanges
 from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
 from .core.warp import WarpModel, generate_warp_model
 from .io import synthetic as datasets
@@ -48,6 +49,7 @@ __all__ = [
     "ImageViewer",
     "METHODS",
     "Extraction",
+    "RowRanges",
     "SkyLineScore",
     "Trace",
     "SEDExplorer",

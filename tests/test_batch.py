@@ -24,6 +24,7 @@ from astropy.io import fits
 import specwidgets as sw
 from specwidgets.batch import runner as batch
 from specwidgets.batch.runner import BatchLockedError, add_batch_parser, run_batch, run_batch_command
+from specwidgets.core.rows import RowRanges
 from specwidgets.io.fits_output import (
     MASK_BADFLAT,
     MASK_MASKED,
@@ -407,7 +408,7 @@ def test_parser_adds_the_batch_subcommand():
     )
     assert args.func is run_batch_command
     assert args.science == ["a.fits", "b.fits"] and args.arc == ["c.fits", "d.fits"]
-    assert args.crop == (680, 800) and args.mask == [(20, 40), (60, 100)]
+    assert args.crop == (680, 800) and args.mask == [RowRanges("20:40"), RowRanges("60:100")]
     assert args.guesses == [10.5, 200.0] and args.workers == 2 and args.overwrite
     with pytest.raises(SystemExit):
         parser.parse_args("batch a.fits --arc c.fits --mask 20:40 --out o --workers 2 --scheduler tcp://x:1".split())

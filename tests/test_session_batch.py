@@ -191,7 +191,8 @@ def test_a_relative_folder_without_its_root_is_explained(page, tmp_path, monkeyp
 
 
 def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
-    """Exports as science input are refused in words; exports in the output folder are named, not clobbered."""
+    """Exports as science input are refused in words; batch into a folder of exports accepts those made
+    with its settings and data (they are its output: see the test above) and names the others, unclobbered."""
     from specwidgets.batch.runner import run_batch
 
     app, root, folder = page
@@ -203,7 +204,27 @@ def test_batch_and_a_folder_of_dashboard_exports(page, tmp_path):
     before = [p.read_bytes() for p in exported]
     summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
                         progress=False)
-    assert len(summary.failed) == 2 and all("dashboard's Export" in m for _, m in summary.failed), summary.failed
+    assert summary.ok and len(summary.skipped) == 2 and not summary.done, summary.report()
+    assert [p.read_bytes() for p in exported] == before
+    # Other settings: named, not clobbered.
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, method="median")
+    assert len(summary.failed) == 2 and all("dashboard's Export" in m and "method 'bspline', this run's is "
+                                            "'median'" in m for _, m in summary.failed), summary.failed
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, masks="20:34, 50:56")
+    assert len(summary.failed) == 2 and all("mask 20:34,50:55, this run's is 20:34,50:56" in m
+                                            for _, m in summary.failed), summary.failed
+    # The same settings on other data (an exposure rewritten since the export): named, not clobbered.
+    import shutil
+
+    other_root = tmp_path / "other_root"
+    shutil.copytree(folder, other_root / folder.name)
+    with fits.open(other_root / folder.name / "sci_001.fits", mode="update") as hdul:
+        hdul[0].data = hdul[0].data + np.float32(5.0)
+    summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=other_root, workers=1,
+                        processes=False, progress=False)
+    assert len(summary.failed) == 2 and all("other data" in m for _, m in summary.failed), summary.failed
     assert [p.read_bytes() for p in exported] == before
     summary = run_batch(out_dir=tmp_path / "exports", settings=path, data_root=root, workers=1, processes=False,
                         progress=False, overwrite=True)
@@ -276,3 +297,43 @@ def _state_options(state):
     if isinstance(state.read_noise, float):
         opts["read_noise"] = state.read_noise
     return opts
+
+
+def _hdus(path):
+    with fits.open(path) as hdul:
+        return {h.name: (None if h.data is None else np.array(h.data)) for h in hdul[1:]}, hdul[0].header.copy()
+
+
+def test_dashboard_export_equals_batch_output(page, tmp_path):
+    """Export and ``batch --settings`` of the same settings: same files, same numbers (float64, difference 0)."""
+    from specwidgets.batch.runner import run_batch
+    from specwidgets.core.rows import RowRanges
+
+    app, root, folder = page
+    path = app.save_session("equal.json")
+    written = app.dashboard.export(tmp_path / "exported", dtype="float64")
+    summary = run_batch(out_dir=tmp_path / "batch", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 2, summary.report()
+    batch_files = sorted(p.name for p in (tmp_path / "batch").glob("*_sky.fits"))
+    assert sorted(p.name for p in written) == batch_files == ["sci_000_sky.fits", "sci_001_sky.fits"]
+    worst = {}
+    for out in written:
+        mine, mine_header = _hdus(out)
+        theirs, their_header = _hdus(tmp_path / "batch" / out.name)
+        assert list(mine) == list(theirs) == ["SCI", "SKY", "VAR", "MASK"]
+        for name in mine:
+            a, b = mine[name], theirs[name]
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if name == "MASK":
+                assert np.array_equal(a, b)
+                continue
+            both = np.isfinite(a) & np.isfinite(b)
+            assert np.array_equal(np.isfinite(a), np.isfinite(b))
+            diff = np.abs(a[both] - b[both]) / np.maximum(np.abs(b[both]), np.finfo(float).tiny)
+            worst[name] = max(worst.get(name, 0.0), float(diff.max()))
+        for card in ("SWMETHOD", "SWMASK", "SWRDNOIS", "SWGAIN", "SWNREJ"):
+            assert mine_header[card] == their_header[card], card
+        assert RowRanges.from_header(mine_header) == app.dashboard.state.mask_region
+    print("max relative difference export vs batch:", worst)
+    assert worst == {"SCI": 0.0, "SKY": 0.0, "VAR": 0.0}

@@ -65,3 +65,71 @@ def test_bad_construction():
         SkyState(np.ones((10, 100)))
     with pytest.raises(ValueError, match="shape"):
         SkyState(np.ones((10, 100)), np.ones((11, 100)))
+
+
+# ---------------------------------------------------------------- RowRanges in the state
+def test_mask_is_one_rowranges_validated_on_assignment(state, monkeypatch):
+    import specwidgets.interactive.state as state_module
+    from specwidgets.core.rows import RowRanges
+
+    received = []
+    real = state_module.fit_sky
+    monkeypatch.setattr(state_module, "fit_sky", lambda *a, **k: received.append(a[2]) or real(*a, **k))
+    state.mask_region = "10:20, 30:"
+    assert isinstance(state.mask_region, RowRanges) and state.mask_region == [(10, 20), (30, 60)]
+    assert received == [state.mask_region] and received[0] is state.mask_region
+    assert state.result.mask_region is state.mask_region
+    fits = state.n_sky_fits
+    before = state.mask_region
+    for bad, words in (([(50, 70)], "out of range"), ("rows", "not row-range text"), ([(0, 60)], "covers every"),
+                       ([(1.5, 3)], "pair of row indices")):
+        state.mask_region = bad
+        assert words in state.error and state.mask_region is before and state.n_sky_fits == fits, bad
+
+
+# ---------------------------------------------------------------- edge cases
+def test_setting_science_refits(state):
+    fits, warps = state.n_sky_fits, state.n_warp_fits
+    old = state.background
+    state.exposure = 1
+    state.science = state.science[:1] * 2.0
+    assert state.exposure == 0  # the one shown still exists
+    assert state.n_sky_fits == fits + 1 and state.n_warp_fits == warps
+    assert state.background.shape == (1, 60, 400) and not np.array_equal(old[:1], state.background)
+    with pytest.raises(Exception, match="shape"):
+        state.science = np.zeros((2, 50, 400))
+
+
+def test_setting_arc_refits_warp_and_sky(state):
+    fits, warps = state.n_sky_fits, state.n_warp_fits
+    state.arc = state.arc * 1.5
+    assert state.n_warp_fits == warps + 1 and state.n_sky_fits == fits + 1 and state.error == ""
+
+
+def test_nested_hold_fits_once(state):
+    fits = state.n_sky_fits
+    with state.hold():
+        state.mask_region = [(12, 30)]
+        with state.hold():
+            state.method = "median"
+            with state.hold():
+                state.mask_region = [(14, 30)]
+        assert state.n_sky_fits == fits  # inner holds do not fit
+    assert state.n_sky_fits == fits + 1 and state.result.method == "median"
+    assert state.result.mask_region == [(14, 30)]
+
+
+def test_no_exception_reaches_the_caller_of_an_observer(state, monkeypatch):
+    import specwidgets.interactive.state as state_module
+
+    good = state.result
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("numba kernel fell over")
+
+    monkeypatch.setattr(state_module, "fit_sky", broken)
+    state.mask_region = [(11, 30)]  # no exception here
+    assert state.error == "RuntimeError: numba kernel fell over" and state.result is good
+    monkeypatch.setattr(state_module, "fit_sky", lambda *a, **k: 1 / 0)
+    state.method = "median"
+    assert "ZeroDivisionError" in state.error and state.result is good and not state.busy

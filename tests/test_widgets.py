@@ -617,3 +617,54 @@ def test_session_errors_are_clear(dash, tmp_path):
     dash.session_path.value = str(tmp_path / "missing.json")
     dash.load_session_button.click()  # reported in the banner, not raised
     assert "no session file" in dash.status.banner.value
+
+
+def test_mask_passes_from_slider_to_fit_as_one_value(dash, monkeypatch):
+    """Slider -> RowRanges (parsed once, resolved once) -> state -> fit_sky -> result: one object."""
+    import inspect
+
+    import specwidgets.interactive.state as state_module
+    from specwidgets.core import rows
+    from specwidgets.core.rows import RowRanges
+
+    calls, parsed = [], []
+    real_fit, real_parse = state_module.fit_sky, rows._pairs_of
+
+    def fit(images, warp_model, mask_region, **kwargs):
+        path = [f.function for f in inspect.stack() if "/specwidgets/" in f.filename.replace("\\", "/")]
+        calls.append((mask_region, path))
+        return real_fit(images, warp_model, mask_region, **kwargs)
+
+    monkeypatch.setattr(state_module, "fit_sky", fit)
+    monkeypatch.setattr(rows, "_pairs_of", lambda value, name: parsed.append(value) or real_parse(value, name))
+    dash.viewer.mask_slider.value = (12, 31)
+    (mask, path), = calls
+    state = dash.state
+    assert isinstance(mask, RowRanges) and mask == [(12, 31)] and mask.n_rows == state.shape[0]
+    assert mask is state.mask_region and state.result.mask_region is mask
+    assert parsed == [(12, 31)]  # the slider's tuple is read once, nowhere else
+    # The hops the mask takes from the slider to the fit (callers of fit_sky,
+    # outermost first, from the slider's handler): the viewer makes the value,
+    # the state takes it (validated on assignment), the sky step fits it.
+    hops = path[path.index("_on_slider")::-1]
+    hops = [h for h in hops if h not in ("__call__", "_invoke", "wrapper", "_run", "step")]
+    assert hops == ["_on_slider", "_commit_mask_now", "_assign_mask", "_on_sky_inputs", "_update_sky"], hops
+
+
+def test_refused_slider_mask_never_lands_in_the_state(dash):
+    state, viewer = dash.state, dash.viewer
+    good_mask, good = state.mask_region, dash.background
+    viewer.mask_slider.value = (0, state.shape[0])
+    assert "covers every" in dash.status.banner.value
+    assert state.mask_region is good_mask and dash.background is good
+    assert viewer.mask_slider.value == good_mask[viewer.active_range]  # the slider went back
+
+
+def test_two_ranges_that_share_rows_merge_and_the_slider_follows(dash):
+    viewer, state = dash.viewer, dash.state
+    viewer.add_range(50, 55)
+    assert state.masks[-1] == (50, 55) and viewer.active_range == len(state.masks) - 1
+    viewer.mask_slider.value = (45, 58)
+    start = state.masks[0][0]
+    viewer.mask_slider.value = (start + 1, 56) if start + 1 < 45 else (start, 56)
+    assert len(state.masks) == 1 and viewer.active_range == 0 and state.error == ""

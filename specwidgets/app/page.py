@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import html
 import os
-import re
 import time
 from pathlib import Path
 
 from ..core.extract import guess_trace_rows
+from ..core.rows import RowRanges
 from ..io.discovery import find_frames
 from ..io.folder import FolderData
 from ..io.folder import load_folder as _load_folder
@@ -106,17 +106,13 @@ def parse_rows(text, what="rows"):
     >>> parse_rows("680:800"), parse_rows(" 20, 100 "), parse_rows(""), parse_rows("5:")
     ((680, 800), (20, 100), None, (5, None))
     """
-    text = (text or "").strip()
-    if not text:
+    ranges = RowRanges.parse(text or "", what)
+    if not ranges:
         return None
-    match = re.fullmatch(r"(\d*)\s*(?::|,|-|\.\.)\s*(\d*)", text)
-    if match is None or not (match.group(1) or match.group(2)):
-        raise ValueError(f"{what} {text!r}: write start:stop, e.g. 680:800 (blank for all rows)")
-    start = int(match.group(1)) if match.group(1) else 0
-    stop = int(match.group(2)) if match.group(2) else None
-    if stop is not None and stop <= start:
-        raise ValueError(f"{what} {text!r}: stop must be above start")
-    return start, stop
+    if len(ranges) != 1:
+        raise ValueError(f"{what} {text!r}: write one range start:stop, e.g. 680:800 (blank for all rows)")
+    start, stop = ranges[0]
+    return (start or 0), stop
 
 
 def _user_path(text):
@@ -493,7 +489,7 @@ class DashboardApp:
         from specwidgets.app.security import escape_outside_links
 
         crop = parse_rows(self.crop.value, "crop rows")
-        mask = parse_rows(self.mask.value, "mask rows")
+        mask = RowRanges.parse(self.mask.value, "mask rows")
         if folder is None:  # typed by the user: confined to the data root
             if not self.folder.value.strip():
                 raise ValueError("type the folder that holds the FITS files")
@@ -511,17 +507,13 @@ class DashboardApp:
             crop_bds=crop, progress=self._show_progress,
         )
         n_rows = data.science.shape[1]
-        if mask is None:
-            mask = guess_trace_rows(data.science)
-        elif mask[0] >= n_rows or (mask[1] or n_rows) > n_rows:
-            raise ValueError(f"mask rows {mask[0]}:{mask[1]} lie outside the {n_rows} rows of the frames")
-        else:
-            mask = (mask[0], mask[1] if mask[1] is not None else n_rows)
+        # One value from the form to the fit: resolved (and refused) here.
+        mask = RowRanges([guess_trace_rows(data.science)] if not mask else mask).resolve(n_rows, "mask rows")
         counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
         source = self._source_record(kind, folder, crop, data.arc_combine)
         # The science frames carry the headers' noise model; the page's fields show it.
-        self._show(data.science, data.arc, [mask], None, label, data.files.get("science"), source=source,
+        self._show(data.science, data.arc, mask, None, label, data.files.get("science"), source=source,
                    headers=data.headers)
         notes = []
         if data.unit == "adu":

@@ -49,7 +49,11 @@ its final name is always complete. On start the runner removes temporary
 files a killed run left in the output folder, and (without ``overwrite``)
 skips every output that :func:`~specwidgets.io.fits_output.inspect_output`
 finds complete with the same settings; an output made with *other* settings
-is reported as a failure rather than silently replaced. A lock file
+is reported as a failure rather than silently replaced. A dashboard export
+(the page's Export: no resume card) counts as this run's output when the
+settings its header records (input, method, sky options, mask, noise model,
+warp model, dtype) are this run's and its SCI + SKY is the calibrated input:
+for the same settings the export and batch write the same numbers. A lock file
 (``.specwidgets-batch.lock``, a ``filelock`` the system releases even on ``kill -9``)
 keeps two runs from writing to one folder at the same time.
 
@@ -97,8 +101,9 @@ import numpy as np
 from astropy.io import fits
 
 from ..core.frames import ESTIMATE, FrameArray, noise_setting
-from ..core.inputs import check_spatial_order, mask_ranges
+from ..core.inputs import check_spatial_order
 from ..core.lines import find_cal_lines
+from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
 from ..core.warp import WarpModel, generate_warp_model
 from ..io.fits_output import (
@@ -376,7 +381,7 @@ class _Job:
     shape: tuple
     warp: dict
     warp_key: str
-    masks: tuple
+    masks: RowRanges
     method: str
     options: dict
     read_noise: float | None
@@ -416,6 +421,81 @@ def _stale(out, config):
     chosen, _, data = recorded.partition("-")
     ours, _, our_data = config.partition("-")
     return chosen == ours and bool(data) and data != our_data
+
+
+def _export_mismatch(out, job, path):
+    """Why the dashboard export ``out`` does not hold this run's output for ``path`` ("" when it may).
+
+    A dashboard export carries no ``SWCONFIG`` resume card, but its header
+    records the settings it was made with; batch and the export give the same
+    files for the same settings (tests/test_session_batch.py), so an export
+    whose input, method, sky options, mask, noise model, warp model and dtype
+    are this run's is this run's output. Its data are checked after the input
+    is read (:func:`_same_science`).
+    """
+    from ..io.fits_output import _OPTION_CARDS, _card_value
+
+    try:
+        header = fits.getheader(out)
+        sci_header = fits.getheader(out, "SCI")
+    except (OSError, ValueError, KeyError) as exc:
+        return f"its header cannot be read ({exc})"
+    if header.get("SWINPUT") != Path(path).name:
+        return f"it was made from {header.get('SWINPUT')!r}"
+    if header.get("SWMETHOD") != job.method:
+        return f"method {header.get('SWMETHOD')!r}, this run's is {job.method!r}"
+    try:
+        mask = RowRanges.from_header(header)
+    except ValueError as exc:
+        return str(exc)
+    if mask != job.masks:
+        return f"mask {mask.text}, this run's is {job.masks.text}"
+    for name, value in job.options.items():
+        card = _OPTION_CARDS.get(name, (None, None))[0]
+        if card is None or header.get(card) != _card_value(value):
+            return f"{name} {header.get(card) if card else None!r}, this run's is {value!r}"
+    for name, card, ours in (("read noise", "SWRDNOIS", job.read_noise), ("gain", "SWGAIN", job.sky_gain)):
+        if isinstance(ours, float) and header.get(card) != ours:
+            return f"{name} {header.get(card)!r}, this run's is {ours!r}"
+    try:
+        warp = json.loads(header.get("SWWARP", "null"))
+    except ValueError:
+        warp = None
+    if warp != json.loads(json.dumps(job.warp)):
+        return "another warp model"
+    if sci_header.get("BITPIX") != {"float32": -32, "float64": -64}[job.dtype]:
+        return f"BITPIX {sci_header.get('BITPIX')}, this run writes {job.dtype}"
+    if job.cal_content.get("flat"):
+        return "this run divides by flats, the dashboard does not"
+    return ""
+
+
+def _same_science(out, image, job):
+    """True when the export was made from ``image`` (the calibrated input): its SCI + SKY is ``image``.
+
+    Both are stored in the output dtype, so equal to within a few of its
+    rounding steps; another exposure, or a changed bias, is far above that.
+    """
+    try:
+        with fits.open(out) as hdul:
+            sci = np.asarray(hdul["SCI"].data, float)
+            sky = np.asarray(hdul["SKY"].data, float)
+    except (OSError, ValueError, KeyError):
+        return False
+    image = np.asarray(image, float)
+    if sci.shape != image.shape or sky.shape != image.shape:
+        return False
+    finite = np.isfinite(image)
+    if not np.array_equal(finite, np.isfinite(sci)):
+        return False
+    tol = 4 * np.finfo(np.dtype(job.dtype)).eps * np.maximum(np.abs(image), np.abs(sky))
+    return bool(np.all(np.abs(sci + sky - image)[finite] <= tol[finite]))
+
+
+def _accept_export(record, out, path):
+    record["status"] = "skipped"
+    record["message"] = f"{Path(out).name}: a dashboard export with these settings and data, kept"
+    record.update(_flags_of_output(out))
 
 
 _WARP_CACHE: dict = {}
@@ -471,6 +551,7 @@ def _process_one_inner(path, job, bias, flat):
     path = Path(path)
     out = Path(job.out_dir) / output_name(path)
     record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
+    export = None
     try:
         config = job.config_for(path)
         if not job.overwrite:
@@ -480,8 +561,14 @@ def _process_one_inner(path, job, bias, flat):
                 record.update(_flags_of_output(out))
                 return record
             if state.state == "different" and not _stale(out, config):
-                record["message"] = f"{out.name} exists, {state.reason}; pass --overwrite (overwrite=True) to replace it"
-                return record
+                # A dashboard export (no SWCONFIG) made with these settings is this run's output.
+                why = _export_mismatch(out, job, path) if "dashboard's Export" in state.reason else state.reason
+                if why:
+                    detail = "" if why == state.reason else f": {why}"
+                    record["message"] = (f"{out.name} exists, {state.reason}{detail}; pass --overwrite "
+                                         "(overwrite=True) to replace it")
+                    return record
+                export = out
         # A FrameArray: the pixels are corrected in place below; its unit,
         # noise model and header describe the file as read.
         image = frame = read_frame(path, job.reader, job.crop)
@@ -497,11 +584,18 @@ def _process_one_inner(path, job, bias, flat):
         if flat is not None:
             image /= flat
             extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+        if export is not None:
+            if _same_science(export, image, job):
+                _accept_export(record, export, path)
+                return record
+            record["message"] = (f"{out.name} exists, a dashboard export of other data (its SCI is not "
+                                 f"{path.name} now); pass --overwrite (overwrite=True) to replace it")
+            return record
         # The frame's own noise model (header or instrument) rides on the
         # image; an explicit read_noise/gain of the user wins inside fit_sky.
         image = _with_frame_noise(image, frame, job)
         warp = _cached_warp(job)
-        result = fit_sky(image, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
         write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra,
                        input_header=frame.header)
@@ -894,6 +988,7 @@ def _process_group(paths, job, bias, flat):
                 "message": ""} for p in paths]
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    exports = set()
     try:
         configs = [job.config_for(p) for p in paths]
         if not job.overwrite:
@@ -903,13 +998,18 @@ def _process_group(paths, job, bias, flat):
                     r["status"] = "skipped"
                     r.update(_flags_of_output(r["output"]))
                 return records
-            blocked = [(r, st) for r, st, c in zip(records, states, configs)
+            blocked = [(r, st, p) for r, st, c, p in zip(records, states, configs, paths)
                        if st.state == "different" and not _stale(r["output"], c)]
-            if blocked:
-                for r, st in blocked:
-                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}; pass --overwrite "
+            # Dashboard exports (no SWCONFIG) made with these settings are this run's outputs.
+            whys = [(_export_mismatch(r["output"], job, p) if "dashboard's Export" in st.reason else st.reason)
+                    for r, st, p in blocked]
+            if any(whys):
+                for (r, st, _), why in zip(blocked, whys):
+                    detail = "" if why in ("", st.reason) else f": {why}"
+                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}{detail}; pass --overwrite "
                                     "(overwrite=True) to replace it")
                 return records
+            exports = {r["output"] for r, _, _ in blocked}
         images, frames, extra = [], [], None
         for path in paths:
             image = frame = read_frame(path, job.reader, job.crop)
@@ -925,6 +1025,23 @@ def _process_group(paths, job, bias, flat):
                 extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
             images.append(image)
             frames.append(frame)
+        if exports:
+            # Exports made with these settings: kept when each holds these data.
+            if not all(_same_science(r["output"], image, job) for r, image in zip(records, images)
+                       if r["output"] in exports):
+                for r in records:
+                    r["message"] = ("the dashboard exports in the output folder hold other data than the inputs "
+                                    "now; pass --overwrite (overwrite=True) to replace them")
+                return records
+            if all(st.complete or r["output"] in exports for r, st in zip(records, states)):
+                for r, path, st in zip(records, paths, states):
+                    if st.complete:
+                        r["status"] = "skipped"
+                        r.update(_flags_of_output(r["output"]))
+                    else:
+                        _accept_export(r, r["output"], path)
+                return records
+            # Some outputs are missing: the group is fit again (the exports get the same numbers).
         # The stack's noise model as the page's folder loader sets it: the
         # median of the frames' read noises, gain 1 once in electrons.
         known = [f.read_noise for f in frames if f.read_noise is not None]
@@ -935,7 +1052,7 @@ def _process_group(paths, job, bias, flat):
             unit=frames[0].unit,
         )
         warp = _cached_warp(job)
-        result = fit_sky(stack, warp, list(job.masks), method=job.method, **_noise_arguments(job), **job.options)
+        result = fit_sky(stack, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
@@ -1215,7 +1332,8 @@ def run_batch(
         )
         model = cal.warp_model
         summary.timings["calibrations"] = time.perf_counter() - t_cal
-        ranges = tuple(tuple(r) for r in mask_ranges(masks, model.shape[0]))
+        # One value from here to every fit and output header (SWMASK).
+        ranges = RowRanges.coerce(masks, "masks").resolve(model.shape[0], "masks")
         warp_dict = model.to_dict()
         summary.warp_model = warp_dict
         summary.warnings = list(model.quality_warnings) if model.traces is not None else []
@@ -1234,7 +1352,7 @@ def run_batch(
             "instrument": instrument_name,
             "instrument_options": {k: repr(v) for k, v in instrument_options.items()},
             "crop": crop,
-            "masks": ranges,
+            "masks": ranges.pairs,
             "method": method,
             "options": effective_options(method, options),
             "read_noise": read_noise,
@@ -1400,14 +1518,23 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
 
 
 # ------------------------------------------------------------------ command line
-def _range_arg(text):
+def _ranges_arg(text):
+    """``--mask``: row ranges as text (``20:100`` or ``20:100,104:113``), a :class:`RowRanges`."""
     try:
-        start, stop = text.split(":")
-        start = int(start) if start.strip() else None
-        stop = int(stop) if stop.strip() else None
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}") from None
-    return (start, stop)
+        ranges = RowRanges.parse(text, "--mask")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800): {exc}") from None
+    if not ranges:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}")
+    return ranges
+
+
+def _range_arg(text):
+    """``--crop``: one row range ``START:STOP``, as a pair."""
+    ranges = _ranges_arg(text)
+    if len(ranges) != 1:
+        raise argparse.ArgumentTypeError(f"expected one START:STOP range; got {text!r}")
+    return ranges[0]
 
 
 def _guesses_arg(text):
@@ -1480,7 +1607,7 @@ def add_batch_parser(subparsers):
     p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(
-        "--mask", type=_range_arg, action="append", default=None, metavar="START:STOP",
+        "--mask", type=_ranges_arg, action="append", default=None, metavar="START:STOP",
         help="rows excluded from the sky fit (repeatable; required unless --settings gives them)",
     )
     p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
@@ -1545,7 +1672,7 @@ def run_batch_command(args):
             instrument=args.instrument,
             instrument_options=instrument_options,
             crop=args.crop,
-            masks=args.mask,
+            masks=None if args.mask is None else RowRanges([pair for ranges in args.mask for pair in ranges]),
             guesses=args.guesses,
             method=args.method,
             spatial_order=args.spatial_order,

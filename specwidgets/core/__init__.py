@@ -29,6 +29,7 @@ from .extract import (  # noqa: E402
 from .frames import FrameArray  # noqa: E402
 from .inputs import mask_ranges  # noqa: E402
 from .lines import find_cal_lines  # noqa: E402
+from .rows import RowRanges  # noqa: E402
 from .sky import METHODS, SkyQuality, SkyResult, extract_background, fit_sky  # noqa: E402
 from .warp import WarpModel, generate_warp_model  # noqa: E402
 
@@ -36,6 +37,7 @@ __all__ = [
     "METHODS",
     "Extraction",
     "FrameArray",
+    "RowRanges",
     "SkyLineScore",
     "SkyQuality",
     "SkyResult",

@@ -7,9 +7,10 @@ raises an exception that names what is wrong.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 
 import numpy as np
+
+from .rows import RowRanges
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -217,25 +218,17 @@ def check_image_size(shape, source, limit=None):
         )
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_pair(value):
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) == 2
-        and all(v is None or _is_int(v) or isinstance(v, np.integer) for v in value)
-    )
-
-
 def mask_ranges(mask_region, n_rows: int) -> list[tuple[int, int]]:
     """Normalise ``mask_region`` to a sorted list of ``(start, stop)`` row ranges.
 
+    The seed's function, kept for its callers; the one implementation is
+    :class:`specwidgets.core.rows.RowRanges` (ranges that share rows are
+    merged into one).
+
     ``mask_region`` is ``(start, stop)`` (rows ``start`` to ``stop - 1``, as a
-    Python slice), a list of such pairs, or ``(None, None)`` / ``None`` / ``[]``
-    for no mask. A ``None`` at one end of a pair means that edge of the image.
+    Python slice), a list of such pairs, a :class:`RowRanges`, or
+    ``(None, None)`` / ``None`` / ``[]`` for no mask. A ``None`` at one end of
+    a pair means that edge of the image.
 
     Raises
     ------
@@ -244,61 +237,15 @@ def mask_ranges(mask_region, n_rows: int) -> list[tuple[int, int]]:
     ValueError
         If a range is reversed, empty, outside ``0..n_rows``, or if the ranges
         together cover every row.
+
+    Examples
+    --------
+    >>> mask_ranges([(6, 8), (None, 3)], 10)
+    [(0, 3), (6, 8)]
     """
-    if mask_region is None:
-        return []
-    if _is_pair(mask_region):
-        if mask_region[0] is None and mask_region[1] is None:
-            return []
-        pairs = [mask_region]
-    elif isinstance(mask_region, Sequence) and not isinstance(mask_region, str):
-        pairs = list(mask_region)
-        for pair in pairs:
-            if not _is_pair(pair):
-                raise TypeError(
-                    f"mask_region must be a (start, stop) pair of row indices or a list of "
-                    f"such pairs; got the item {pair!r}"
-                )
-    else:
-        raise TypeError(
-            f"mask_region must be a (start, stop) pair of row indices or a list of such "
-            f"pairs; got {mask_region!r}"
-        )
-    ranges = []
-    for start, stop in pairs:
-        if start is None and stop is None:
-            continue
-        start = 0 if start is None else int(start)
-        stop = n_rows if stop is None else int(stop)
-        if start < 0 or stop > n_rows:
-            raise ValueError(
-                f"mask_region ({start}, {stop}) is out of range: the images have "
-                f"{n_rows} rows (valid rows 0..{n_rows})"
-            )
-        if stop < start:
-            raise ValueError(f"mask_region ({start}, {stop}) is reversed: start must be below stop")
-        if stop == start:
-            raise ValueError(f"mask_region ({start}, {stop}) is empty: it masks no row")
-        ranges.append((start, stop))
-    ranges.sort()
-    if ranges and _covered_rows(ranges, n_rows) >= n_rows:
-        raise ValueError(
-            f"mask_region {ranges} covers every one of the {n_rows} rows: "
-            "no sky rows are left to estimate the background from"
-        )
-    return ranges
-
-
-def _covered_rows(ranges, n_rows):
-    covered = np.zeros(n_rows, bool)
-    for start, stop in ranges:
-        covered[start:stop] = True
-    return int(covered.sum())
+    return RowRanges.coerce(mask_region, text=False).resolve(n_rows).to_list()
 
 
 def mask_rows(mask_region, n_rows):
     """Return a boolean array of length ``n_rows``: True on masked rows."""
-    masked = np.zeros(n_rows, bool)
-    for start, stop in mask_ranges(mask_region, n_rows):
-        masked[start:stop] = True
-    return masked
+    return RowRanges.coerce(mask_region, text=False).rows(n_rows)

@@ -234,11 +234,13 @@ class Dashboard(ipywidgets.VBox):
         """Redo the last undone change."""
         return self.history.redo()
 
-    def export(self, out_dir, overwrite=True):
+    def export(self, out_dir, overwrite=True, dtype="float32"):
         """Write the loaded exposures as the batch runner does: ``<out_dir>/<name>_sky.fits``.
 
         Each file holds ``SCI``, ``SKY``, ``VAR`` and ``MASK`` and a header
         with the method, mask and warp model (see :mod:`specwidgets.io.fits_output`).
+        ``dtype`` (``"float32"`` or ``"float64"``) as for ``specwidgets batch --dtype``:
+        for the same settings the files equal batch's.
 
         Returns
         -------
@@ -257,7 +259,7 @@ class Dashboard(ipywidgets.VBox):
             # relative folder means the one the launcher was started from.
             folder = Path(os.environ.get("SPECWIDGETS_DASHBOARD_CWD") or os.getcwd()) / folder
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
-                                overwrite=overwrite, input_headers=self.input_headers)
+                                overwrite=overwrite, dtype=dtype, input_headers=self.input_headers)
         self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 

@@ -68,12 +68,8 @@ _HIGHLIGHT_COLOR = "#00e5ff"
 
 
 def ranges_of(state):
-    """The state's mask ranges as ``(start, stop)`` ints (``None`` ends resolved)."""
-    n_rows = state.shape[0]
-    out = []
-    for start, stop in state.mask_region:
-        out.append((0 if start is None else int(start), n_rows if stop is None else int(stop)))
-    return out
+    """The state's mask ranges as a list of ``(start, stop)`` ints (the state holds them resolved)."""
+    return state.mask_region.to_list()
 
 
 class ImageViewer(ipywidgets.VBox):
@@ -203,7 +199,7 @@ class ImageViewer(ipywidgets.VBox):
         # Front end -> state
         self._commit_mask = Debounced(self._commit_mask_now, delay=debounce, on_error=self.status.report)
         self.view_buttons.observe(guard(self._on_view_button), names="value")
-        self.exposure.observe(guard(self._on_exposure_widget), names="value")
+        self._exposure_link = tl.link((state, "exposure"), (self.exposure, "value"))
         self.stretch.observe(guard(self._on_display_setting), names="value")
         self.interval.observe(guard(self._on_display_setting), names="value")
         self.cmap.observe(guard(self._on_display_setting), names="value")
@@ -355,12 +351,8 @@ class ImageViewer(ipywidgets.VBox):
         if not self._syncing:
             self.refresh_image()
 
-    def _on_exposure_widget(self, change):
-        self.state.exposure = change["new"]
-
     def _on_exposure_state(self, change):
-        self.exposure.value = change["new"]
-        self.refresh_image()
+        self.refresh_image()  # the dropdown follows by its link
 
     def _on_result(self, change):
         self._cache.clear()
@@ -422,12 +414,40 @@ class ImageViewer(ipywidgets.VBox):
         self._commit_mask(self.active_range, tuple(int(v) for v in change["new"]))
 
     def _commit_mask_now(self, index, value):
-        ranges = self.mask_ranges
-        if not ranges:
-            ranges, index = [value], 0
-        index = min(index, len(ranges) - 1)
-        ranges[index] = value
-        self.state.mask_region = ranges
+        ranges = self.state.mask_region
+        index = min(index, max(len(ranges) - 1, 0))
+        self._assign_mask(ranges.replace(index, value), value[0])
+
+    def _resolved(self, ranges):
+        """``ranges`` resolved for the frames, so the state and the fit keep this very object.
+
+        A mask that cannot be resolved goes to the state as it is: the state
+        refuses it and says why (in ``error``, shown in the banner).
+        """
+        try:
+            return ranges.resolve(self.state.shape[0])
+        except ValueError:
+            return ranges
+
+    def _assign_mask(self, ranges, row):
+        """Give the state ``ranges`` (a RowRanges); the slider follows the range holding ``row``.
+
+        The state sorts and merges ranges, so the edited one may move in the
+        list; if the state refuses the mask, the widgets go back to its mask.
+        """
+        before = self.state.mask_region
+        self.state.mask_region = self._resolved(ranges)
+        after = self.state.mask_region
+        index = after.index_of(row)
+        moved = index is not None and index != self.active_range
+        if moved:
+            self._syncing = True
+            try:
+                self.active_range = index
+            finally:
+                self._syncing = False
+        if moved or after is before:
+            self._sync_mask_widgets()
 
     def add_range(self, start=None, stop=None):
         """Add a mask range (by default a few rows in the largest unmasked gap)."""
@@ -435,13 +455,7 @@ class ImageViewer(ipywidgets.VBox):
         ranges = self.mask_ranges
         if start is None or stop is None:
             start, stop = _free_band(ranges, n_rows)
-        ranges.append((int(start), int(stop)))
-        self._syncing = True
-        try:
-            self.active_range = len(ranges) - 1
-        finally:
-            self._syncing = False
-        self.state.mask_region = ranges
+        self._assign_mask(self.state.mask_region.replace(len(ranges), (int(start), int(stop))), int(start))
 
     def remove_range(self, index=None):
         """Remove a mask range (default: the one the slider edits)."""
@@ -449,13 +463,12 @@ class ImageViewer(ipywidgets.VBox):
         if not ranges:
             return
         index = self.active_range if index is None else int(index)
-        del ranges[index]
         self._syncing = True
         try:
-            self.active_range = max(0, min(index, len(ranges) - 1))
+            self.active_range = max(0, min(index, len(ranges) - 2))
         finally:
             self._syncing = False
-        self.state.mask_region = ranges
+        self.state.mask_region = self.state.mask_region.remove(index)
 
     def _on_select(self, change):
         if not self._syncing and change["new"] is not None:

@@ -162,7 +162,7 @@ class SpectrumPreview(ipywidgets.VBox):
         k = self.state.exposure
         with self.status.working():
             corrected = result.data[k] - result.background[k]
-            masks = self.state.masks
+            masks = self.state.mask_region
             try:
                 trace = trace_spectrum(corrected, mask_region=masks or None)
             except ValueError as exc:

@@ -33,7 +33,7 @@ import numpy as np
 __all__ = ["SESSION_FORMAT", "SESSION_VERSION", "apply_session", "load_session", "save_session",
            "session_settings"]
 
-from ..io.settings import SESSION_FORMAT, SESSION_VERSION, mask_text, read_session, validate_session
+from ..io.settings import SESSION_FORMAT, SESSION_VERSION, mask_texts, read_session, validate_session
 
 # SkyState traits that are results or bookkeeping, not user settings.
 _NOT_SETTINGS = {
@@ -64,7 +64,7 @@ def session_settings(dash):
     viewer = dash.viewer
     settings = {name: _jsonable(getattr(state, name)) for name in _setting_names(state)}
     # Slice text, as batch's --mask and the page's fields write rows.
-    settings["mask_region"] = [mask_text(pair) for pair in state.masks]
+    settings["mask_region"] = mask_texts(state.mask_region)
     out = {
         "format": SESSION_FORMAT,
         "version": SESSION_VERSION,
@@ -128,10 +128,10 @@ def apply_session(dash, data):
         raise ValueError(f"the session was saved for frames of shape {shape}; these are {tuple(state.shape)}")
     settings = dict(data.get("state", {}))
     if "mask_region" in settings:
-        from ..core.inputs import mask_ranges
-
+        # Resolved here, against these frames, so a mask the state would
+        # refuse stops the whole session before any setting changes.
         try:
-            mask_ranges(settings["mask_region"], state.shape[0])
+            settings["mask_region"] = settings["mask_region"].resolve(state.shape[0])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"session key 'state.mask_region': {exc}") from None
     known = set(_setting_names(state))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import ipywidgets
+import traitlets as tl
 
 from ..core.frames import ESTIMATE, noise_setting
 from .status import StatusBar
@@ -136,12 +137,14 @@ class SkyFitControls(ipywidgets.VBox):
         self.gain = ipywidgets.Text(
             value=self._noise_text("gain"), placeholder=ESTIMATE, description="Gain (e-/unit)", **field
         )
-        self.spatial_order.observe(guard(self._on_order), names="value")
+        # No parsing can fail here (the options are the state's values): a link.
+        self._order_link = tl.link((state, "spatial_order"), (self.spatial_order, "value"),
+                                   transform=(_order_text, _order_value))
         self.knot_spacing.observe(guard(self._on_knots), names="value")
         self.reject_sigma.observe(guard(self._on_reject), names="value")
         self.read_noise.observe(guard(self._on_read_noise), names="value")
         self.gain.observe(guard(self._on_gain), names="value")
-        state.observe(guard(self._on_state), names=["spatial_order", "knot_spacing", "reject_sigma", "read_noise", "gain"])
+        state.observe(guard(self._on_state), names=["knot_spacing", "reject_sigma", "read_noise", "gain"])
         state.observe(guard(self._on_method), names="method")
         bspline = ipywidgets.HBox([self.spatial_order, self.knot_spacing, self.reject_sigma])
         noise = ipywidgets.HBox([self.read_noise, self.gain])
@@ -150,8 +153,7 @@ class SkyFitControls(ipywidgets.VBox):
 
     # ----------------------------------------------------------- display
     def _order_text(self):
-        order = self.state.spatial_order
-        return "auto" if order is None else str(order) if str(order) in SPATIAL_ORDERS else "auto"
+        return _order_text(self.state.spatial_order)
 
     @staticmethod
     def _optional_text(value):
@@ -170,12 +172,6 @@ class SkyFitControls(ipywidgets.VBox):
         return getattr(self.state.science, name, None)
 
     # ---------------------------------------------------------- reactions
-    def _on_order(self, change):
-        if self._syncing:
-            return
-        value = change["new"]
-        self.state.spatial_order = None if value == "auto" else int(value)
-
     def _on_knots(self, change):
         if not self._syncing:
             self.state.knot_spacing = parse_optional_positive(change["new"], "knot spacing")
@@ -196,7 +192,6 @@ class SkyFitControls(ipywidgets.VBox):
         """Show the state's values (set from code, or normalised) in the fields."""
         self._syncing = True
         try:
-            self.spatial_order.value = self._order_text()
             self.knot_spacing.value = self._optional_text(self.state.knot_spacing)
             self.reject_sigma.value = self._optional_text(self.state.reject_sigma)
             self.read_noise.value = self._noise_text("read_noise")
@@ -209,3 +204,13 @@ class SkyFitControls(ipywidgets.VBox):
         median = self.state.method != "bspline"
         for widget in (self.spatial_order, self.knot_spacing, self.reject_sigma):
             widget.disabled = median
+
+
+def _order_text(order):
+    """``state.spatial_order`` (None or 0..4) as the dropdown's option."""
+    return "auto" if order is None else str(order) if str(order) in SPATIAL_ORDERS else "auto"
+
+
+def _order_value(text):
+    """The dropdown's option as ``state.spatial_order``."""
+    return None if text == "auto" else int(text)

@@ -19,14 +19,13 @@ import traitlets as tl
 from ..core.frames import ESTIMATE, frame_array, noise_setting
 from ..core.inputs import as_image, as_image_stack
 from ..core.lines import find_cal_lines
+from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, SkyResult, fit_sky
 from ..core.warp import WarpModel, generate_warp_model
 
 __all__ = ["SkyState"]
 
 
-def _ranges(value):
-    return [tuple(None if v is None else int(v) for v in pair) for pair in value]
 
 
 def _noise_value(value, name, positive):
@@ -58,9 +57,12 @@ class SkyState(tl.HasTraits):
     >>> state = SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows])
     >>> state.background.shape
     (1, 60, 400)
-    >>> state.mask_region = [(0, 60)]   # every row: refused, last result kept
-    >>> "covers every" in state.error, state.background is not None
+    >>> state.mask_region = [(0, 60)]   # every row: refused, last mask and result kept
+    >>> "covers every" in state.error, state.mask_region == [frames.trace_rows]
     (True, True)
+    >>> state.mask_region = "5:12, 40:"  # text, pairs or a RowRanges; held as one RowRanges
+    >>> state.mask_region, state.result.mask_region is state.mask_region
+    (RowRanges('5:12,40:60', n_rows=60), True)
     """
 
     # ------------------------------------------------------------------ inputs
@@ -71,7 +73,11 @@ class SkyState(tl.HasTraits):
     std_variation = tl.Float(50.0)
     line_order = tl.Int(2)
     warp_order = tl.Int(1)
-    mask_region = tl.List()
+    #: The masked rows, a :class:`~specwidgets.core.rows.RowRanges` resolved
+    #: against the frame height. Assign text, a pair, a list of pairs or a
+    #: RowRanges; a mask that cannot be used is refused at assignment (the
+    #: state keeps its mask and result and ``error`` says why).
+    mask_region = tl.Any(RowRanges())
     method = tl.Enum(METHODS, default_value="bspline")
     #: B-spline order along the slit; None: not passed, fit_sky chooses (auto).
     spatial_order = tl.Int(None, allow_none=True)
@@ -111,8 +117,15 @@ class SkyState(tl.HasTraits):
         elif warp_model is None:
             raise ValueError("give an arc frame to fit a warp model, or a warp_model")
         self._hold = True
-        super().__init__(science=stack, arc=arc, **traits)
-        self._hold = False
+        self._hold_depth = 0
+        self._constructing = True
+        self._refused_mask = ""
+        self._good_mask = RowRanges()
+        try:
+            super().__init__(science=stack, arc=arc, **traits)
+        finally:
+            self._hold = False
+            self._constructing = False
         if warp_model is not None:
             self.warp_model = warp_model
             self._update_sky()
@@ -144,7 +157,7 @@ class SkyState(tl.HasTraits):
     @property
     def masks(self):
         """``mask_region`` as a list of ``(start, stop)`` tuples."""
-        return _ranges(self.mask_region)
+        return self.mask_region.to_list()
 
     @property
     def frames_noise(self):
@@ -192,10 +205,42 @@ class SkyState(tl.HasTraits):
     # ------------------------------------------------------------- validation
     @tl.validate("mask_region")
     def _valid_mask(self, proposal):
+        # Validated here, once, against the frame height: the fit receives
+        # this very object. A refused mask never lands in the state: the
+        # assignment keeps the current mask (and result) and says why in
+        # `error` instead of raising into a widget callback.
+        try:
+            value = RowRanges.coerce(proposal["value"]).resolve(self.science.shape[1])
+        except (TypeError, ValueError) as exc:
+            self.error = str(exc)
+            if getattr(self, "_constructing", False):
+                self._refused_mask = str(exc)  # the first fit waits for a usable mask
+            return self._good_mask
+        self._refused_mask = ""
+        self._good_mask = value
+        return value
+
+    @tl.validate("science")
+    def _valid_science(self, proposal):
         value = proposal["value"]
-        if value and len(value) == 2 and all(isinstance(v, (int, np.integer)) or v is None for v in value):
-            value = [tuple(value)]
-        return [tuple(pair) for pair in value]
+        stack, _ = as_image_stack(value, "science")
+        # Keep the frames' noise model (loaders, datasets) on the stack.
+        stack = frame_array(stack, like=value)
+        arc = self._trait_values.get("arc")
+        if arc is not None and arc.shape != stack.shape[1:]:
+            raise tl.TraitError(f"the science frames have shape {stack.shape[1:]} but the arc {arc.shape}")
+        return stack
+
+    @tl.validate("arc")
+    def _valid_arc(self, proposal):
+        value = proposal["value"]
+        if value is None:
+            return None
+        arc = as_image(value, "arc")
+        science = self._trait_values.get("science")
+        if science is not None and arc.shape != science.shape[1:]:
+            raise tl.TraitError(f"the arc has shape {arc.shape} but the science frames {science.shape[1:]}")
+        return arc
 
     @tl.validate("read_noise")
     def _valid_read_noise(self, proposal):
@@ -234,18 +279,29 @@ class SkyState(tl.HasTraits):
         if not self._hold and self._find_lines():
             self._update_warp()
 
-    @tl.observe("guesses", "tolerance", "line_order", "warp_order")
+    @tl.observe("guesses", "tolerance", "line_order", "warp_order", "arc")
     def _on_warp_inputs(self, change):
         if not self._hold:
             self._update_warp()
 
-    @tl.observe("mask_region", "method", "spatial_order", "knot_spacing", "reject_sigma", "read_noise", "gain")
+    @tl.observe("science")
+    def _on_science(self, change):
+        # Fewer exposures: the one shown must still exist (before the refit's observers run).
+        if self.exposure >= self.science.shape[0]:
+            self.exposure = 0
+
+    @tl.observe("mask_region", "method", "spatial_order", "knot_spacing", "reject_sigma", "read_noise", "gain",
+                "science")
     def _on_sky_inputs(self, change):
         if not self._hold:
             self._update_sky()
 
     def hold(self):
-        """Context manager: change several inputs, recompute once at the end."""
+        """Context manager: change several inputs, recompute once at the end.
+
+        Holds nest: only the outermost one recomputes, once, for every input
+        changed inside it.
+        """
         return _Hold(self)
 
     # ------------------------------------------------------------ computation
@@ -255,8 +311,11 @@ class SkyState(tl.HasTraits):
         start = time.perf_counter()
         try:
             step()
-        except (ValueError, TypeError, np.linalg.LinAlgError) as exc:
-            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the promise: nothing reaches the kernel
+            # Input problems read as they are; anything else names its type,
+            # so an unexpected failure is not mistaken for a bad setting.
+            expected = (ValueError, TypeError, np.linalg.LinAlgError)
+            self.error = str(exc) if isinstance(exc, expected) else f"{type(exc).__name__}: {exc}"
             return False
         finally:
             self.last_duration = time.perf_counter() - start
@@ -302,6 +361,8 @@ class SkyState(tl.HasTraits):
         def step():
             if self.warp_model is None:
                 raise ValueError("no warp model yet")
+            if self._refused_mask:
+                raise ValueError(self._refused_mask)
             options = {}
             if self.method == "bspline":
                 # Only what the user chose: None leaves fit_sky its own default.
@@ -318,7 +379,7 @@ class SkyState(tl.HasTraits):
             result = fit_sky(
                 images,
                 self.warp_model,
-                self.masks,
+                self.mask_region,
                 method=self.method,
                 # No warm start from the previous result: a warm start can stop at
                 # a slightly different rejected set (1.7e-4 of the sky measured
@@ -359,16 +420,25 @@ class _Hold:
         self.changed = set()
 
     def __enter__(self):
-        self.state._hold = True
-        self.state.observe(self._note, names=tl.All)
-        return self.state
+        state = self.state
+        state._hold_depth += 1
+        state._hold = True
+        if state._hold_depth == 1:
+            state._held_changes = self.changed
+            state.observe(self._note, names=tl.All)
+        return state
 
     def _note(self, change):
-        self.changed.add(change["name"])
+        self.state._held_changes.add(change["name"])
 
     def __exit__(self, *exc):
-        self.state.unobserve(self._note, names=tl.All)
-        self.state._hold = False
+        state = self.state
+        state._hold_depth -= 1
+        if state._hold_depth > 0:
+            return False  # an inner hold: the outermost one recomputes
+        self.changed = state._held_changes
+        state.unobserve(self._note, names=tl.All)
+        state._hold = False
         if exc[0] is not None:
             return False
         if "std_variation" in self.changed:

@@ -34,6 +34,7 @@ import html
 import bqplot
 import ipywidgets
 import numpy as np
+import traitlets as tl
 
 from ..core.lines import robust_noise, row_profile
 from ..display.debounce import Debounced
@@ -110,7 +111,6 @@ class WarpGuessPicker(ipywidgets.VBox):
         self.status = StatusBar(state) if status is None else status
         guard = self.status.guard
         self._pending = None
-        self._syncing = False
         n_rows, n_cols = state.shape
         self.ref_row = state.warp_model.ref_row if state.warp_model is not None else n_rows // 2
         self.profile, _ = row_profile(state.arc, self.ref_row)
@@ -188,13 +188,14 @@ class WarpGuessPicker(ipywidgets.VBox):
         self._commit = Debounced(self._commit_now, delay=debounce, on_error=self.status.report)
         self.click_mark.on_element_click(guard(self._on_profile_click))
         self.guess_mark.on_element_click(guard(self._on_guess_click))
-        self.tolerance.observe(guard(self._on_tolerance), names="value")
-        self.threshold.observe(guard(self._on_threshold), names="value")
+        # Two-way: the sliders show the state's values and set them (a value
+        # above a slider's range stays in the state; the slider shows its end).
+        self._links = [tl.link((state, "tolerance"), (self.tolerance, "value")),
+                       tl.link((state, "std_variation"), (self.threshold, "value"))]
         self.reset_button.on_click(guard(lambda _: self.use_found_lines()))
         state.observe(guard(self._on_guesses), names="guesses")
         state.observe(guard(self._on_lines), names=["lines"])
         state.observe(guard(self._on_warp), names="warp_model")
-        state.observe(guard(self._on_inputs), names=["tolerance", "std_variation"])
 
         self._draw_found()
         self._draw_guesses()
@@ -301,23 +302,6 @@ class WarpGuessPicker(ipywidgets.VBox):
     def _on_guesses(self, change):
         if self._pending is None:
             self._draw_guesses()
-
-    # ---------------------------------------------------------- threshold
-    def _on_tolerance(self, change):
-        if not self._syncing:
-            self.state.tolerance = float(change["new"])
-
-    def _on_threshold(self, change):
-        if not self._syncing:
-            self.state.std_variation = float(change["new"])
-
-    def _on_inputs(self, change):
-        self._syncing = True
-        try:
-            self.tolerance.value = self.state.tolerance
-            self.threshold.value = self.state.std_variation
-        finally:
-            self._syncing = False
 
     # ------------------------------------------------------------ drawing
     def _height_at(self, x):

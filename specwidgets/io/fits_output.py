@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..core.rows import RowRanges
 from ..core.warp import WarpModel
 from .discovery import fits_stem
 
@@ -167,7 +168,8 @@ def _card_value(value):
 
 
 def _ranges_text(ranges):
-    return ",".join(f"{a}:{b}" for a, b in ranges) if ranges else "none"
+    """The ``SWMASK`` card: :meth:`RowRanges.header_value` (``RowRanges.from_header`` reads it back)."""
+    return RowRanges.coerce(ranges).header_value()
 
 
 def _crop_text(crop):

@@ -34,19 +34,20 @@ Examples
 >>> data = {"format": SESSION_FORMAT, "version": SESSION_VERSION,
 ...         "state": {"mask_region": ["40:75"], "method": "median"}}
 >>> batch_arguments(validate_session(data))["masks"]
-[(40, 75)]
+RowRanges('40:75')
 >>> validate_session({**data, "state": {"mask_region": ["75:40"]}})
 Traceback (most recent call last):
 ...
-ValueError: session key 'state.mask_region': mask '75:40' is empty or reversed; write start:stop with start < stop
+ValueError: session key 'state.mask_region': mask (75, 40) is reversed: start must be below stop
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
+
+from ..core.rows import RowRanges
 
 __all__ = [
     "SESSION_FORMAT",
@@ -54,7 +55,9 @@ __all__ = [
     "batch_arguments",
     "folder_roles",
     "mask_text",
+    "mask_texts",
     "parse_mask",
+    "row_ranges",
     "read_session",
     "validate_session",
 ]
@@ -87,8 +90,28 @@ def mask_text(pair):
     >>> mask_text((20, 100)), mask_text((None, 12))
     ('20:100', ':12')
     """
-    start, stop = pair
-    return f"{'' if start is None else int(start)}:{'' if stop is None else int(stop)}"
+    return RowRanges([pair], name="mask").text
+
+
+def mask_texts(ranges):
+    """The session's ``mask_region``: one ``"start:stop"`` text per range of a :class:`RowRanges`.
+
+    >>> mask_texts(RowRanges("20:34, 50:55"))
+    ['20:34', '50:55']
+    """
+    return [mask_text(pair) for pair in RowRanges.coerce(ranges)]
+
+
+def row_ranges(value, key="state.mask_region"):
+    """A :class:`RowRanges` from the session's list of texts (or one text); ValueError naming ``key``.
+
+    >>> row_ranges(["20:34", "50:55"])
+    RowRanges('20:34,50:55')
+    """
+    try:
+        return RowRanges(value, name="mask")
+    except (TypeError, ValueError) as exc:
+        _fail(key, str(exc))
 
 
 def parse_mask(value, key="state.mask_region"):
@@ -97,23 +120,10 @@ def parse_mask(value, key="state.mask_region"):
     >>> parse_mask("20:100"), parse_mask(":12"), parse_mask([3, 9])
     ((20, 100), (None, 12), (3, 9))
     """
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*", value)
-        if match is None:
-            _fail(key, f"mask {value!r} is not slice text; write start:stop, e.g. 20:100")
-        start = int(match.group(1)) if match.group(1) else None
-        stop = int(match.group(2)) if match.group(2) else None
-    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value
-    ):
-        start, stop = value
-    else:
-        _fail(key, f"mask {value!r} is neither slice text 'start:stop' nor a [start, stop] pair")
-    if (start is not None and start < 0) or (stop is not None and stop < 0):
-        _fail(key, f"mask {value!r} has a negative row; rows count from 0")
-    if start is not None and stop is not None and stop <= start:
-        _fail(key, f"mask {value!r} is empty or reversed; write start:stop with start < stop")
-    return start, stop
+    ranges = row_ranges(value if isinstance(value, str) else [value], key)
+    if len(ranges) != 1:
+        _fail(key, f"expected one range start:stop; got {value!r}")
+    return ranges[0]
 
 
 def _number(key, value, *, allow_none=False, integer=False, positive=False, low=None, high=None):
@@ -194,9 +204,11 @@ def validate_session(data):
     state = dict(state)
     if "mask_region" in state:
         masks = state["mask_region"]
-        if not isinstance(masks, list):
+        if isinstance(masks, RowRanges):  # validated already
+            masks = mask_texts(masks)
+        if not isinstance(masks, list) or not all(isinstance(m, (str, list)) for m in masks):
             _fail("state.mask_region", f"expected a list of 'start:stop' texts; got {masks!r}")
-        state["mask_region"] = [parse_mask(m) for m in masks]
+        state["mask_region"] = row_ranges([m if isinstance(m, str) else tuple(m) for m in masks])
     if "guesses" in state:
         if not isinstance(state["guesses"], list):
             _fail("state.guesses", f"expected a list of columns; got {state['guesses']!r}")
@@ -272,7 +284,7 @@ def batch_arguments(session, data_root=None):
     state = session.get("state", {})
     out = {}
     if "mask_region" in state:
-        out["masks"] = [tuple(m) for m in state["mask_region"]]
+        out["masks"] = state["mask_region"]
     for name in ("guesses", "tolerance", "std_variation", "line_order", "warp_order", "method", "spatial_order"):
         if state.get(name) is not None:
             out[name] = state[name]

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..frames import check_gain, check_read_noise
-from ..inputs import as_image_stack, check_spatial_order, mask_ranges, mask_rows
+from ..inputs import as_image_stack, check_spatial_order
+from ..rows import RowRanges
 from ..warp import WarpModel
 from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
@@ -124,6 +125,8 @@ class SkyResult:
     method : str
     read_noise, gain : float
         Noise model: data variance = max(sky, 0) / gain + (read_noise / gain)**2.
+    mask_region : RowRanges
+        The masked rows, resolved for these frames (``SWMASK`` in an output).
     models : list
         Per exposure, the fitted sky model (a ``BSplineSky``) or None.
     options : dict
@@ -148,7 +151,7 @@ class SkyResult:
     ref_row: int = 0
     read_noise: float = 0.0
     gain: float = 1.0
-    mask_region: list = field(default_factory=list)
+    mask_region: RowRanges = field(default_factory=RowRanges)
     models: list = field(default_factory=list)
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
@@ -306,9 +309,12 @@ def fit_sky(
         loaders return) supplies its noise model.
     warp_model : WarpModel
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
-    mask_region : (int, int) or list of (int, int)
+    mask_region : (int, int), list of (int, int) or RowRanges
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
-        ranges may be given. ``(None, None)`` masks nothing.
+        ranges may be given. ``(None, None)`` masks nothing. Read as a
+        :class:`~specwidgets.core.rows.RowRanges` (ranges sharing rows are
+        merged); the result's ``mask_region`` is that value, the very object
+        given when it was already resolved for these frames.
     method : {"bspline", "median"}
         ``"median"``: the seed's estimator, the median of the samples inside
         each pixel's edges. ``"bspline"``: a Kelson (2003) B-spline fit with
@@ -379,8 +385,10 @@ def fit_sky(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
         )
     emap = warp_model.effpix_map((n_rows, n_cols))
-    ranges = mask_ranges(mask_region, n_rows)
-    masked_rows = mask_rows(ranges, n_rows)
+    # One value from the caller to the result: a RowRanges already resolved
+    # for this height (the state's) passes through as the same object.
+    ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
+    masked_rows = ranges.rows()
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
