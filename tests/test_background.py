@@ -128,6 +128,20 @@ def test_core_imports_no_widget_library():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_core_imports_no_heavy_scipy_modules():
+    # scipy.signal (for one peak finder) brought scipy.sparse, stats, optimize
+    # and interpolate: ~48 MB resident in every process (issue 13's memory goal).
+    code = (
+        "import sys, specwidgets as sw\n"
+        "f = sw.datasets.make_synthetic_longslit(shape=(30, 200), seed=1)\n"
+        "for method in ('median', 'bspline'):\n"
+        "    sw.fit_sky(f.science, f.warp, (12, 18), method=method)\n"
+        "bad = [m for m in ('scipy.signal', 'scipy.sparse', 'scipy.optimize', 'scipy.stats') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 @pytest.mark.goodman
 def test_goodman_seed_flow(goodman):
     """The tutorial's steps on real frames: crop 680-800, trace masked at 20-100."""

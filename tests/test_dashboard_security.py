@@ -314,7 +314,8 @@ def _wait(predicate, timeout):
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
-    server = Dashboard(tmp_path_factory.mktemp("dash"), "--max-sessions", "2")
+    # No pre-heated kernel: these tests count the kernels of open pages.
+    server = Dashboard(tmp_path_factory.mktemp("dash"), "--max-sessions", "2", "--pool-size", "0")
     yield server
     server.stop()
 
@@ -475,3 +476,79 @@ def test_messages_name_paths_relative_to_the_root(root):
     app = _app(root)
     ok, error = _try(app, "night/missing")
     assert not ok and "<data root>/night/missing" in error and str(root) not in error
+
+
+def test_pooled_kernels_are_not_counted_as_pages():
+    from specwidgets.app.voila_server import open_pages
+
+    class Started:  # a pool entry whose kernel runs (the notebook is being or has been run in it)
+        def __init__(self, kernel_id):
+            self.kernel_id = kernel_id
+
+        def done(self):
+            return True
+
+        def cancelled(self):
+            return False
+
+        def exception(self):
+            return None
+
+        def result(self):
+            return {"kernel_id": self.kernel_id}
+
+    class Starting(Started):  # a refill whose kernel is not up yet
+        def done(self):
+            return False
+
+    class Manager:
+        def __init__(self, kernels, pools):
+            self._kernels, self._pools = kernels, pools
+
+        def list_kernel_ids(self):
+            return list(self._kernels)
+
+    assert open_pages(Manager(["a", "b", "c"], {"dashboard.ipynb": [Started("c")]})) == 2
+    # A refill that has not started its kernel: the page's kernel still counts.
+    assert open_pages(Manager(["a"], {"dashboard.ipynb": [Starting(None)]})) == 1
+    assert open_pages(Manager(["a", "b"], {})) == 2  # no pool (preheat off)
+
+
+@pytest.mark.slow
+def test_a_preheated_kernel_serves_the_next_page_and_the_cap_counts_pages_only(tmp_path):
+    """--pool-size 1: a kernel waits with the dashboard built; the page comes from it, and it is not a page."""
+    server = Dashboard(tmp_path, "--max-sessions", "1", "--pool-size", "1", name="pool")
+    try:
+        # The launcher's probe takes the first pre-heated kernel; the pool refills.
+        deadline = time.monotonic() + 300
+        while "ready at" not in server.server.log(tail=10**6):
+            assert time.monotonic() < deadline and server.server.process.poll() is None, server.server.log()
+            time.sleep(0.2)
+        assert _wait(lambda: len(server.kernels()) == 1, 120), "no pre-heated kernel waits"
+        time.sleep(3.0)  # the notebook has run in it
+
+        async def probe():
+            start = time.perf_counter()
+            kernel_id, cookies = await server.open_page()
+            seconds = time.perf_counter() - start
+            # The unauthenticated request-info websocket of pre-heated pages is not served.
+            from tornado.websocket import websocket_connect
+
+            with pytest.raises(Exception):  # noqa: B017 - refused: HTTPClientError or WebSocketError
+                ws = await asyncio.wait_for(
+                    websocket_connect(f"ws://127.0.0.1:{server.port}/voila/query/{kernel_id}"), 10)
+                ws.close()
+            busy = await server.get("/")  # one page open: the cap (1) is reached; the pool does not count
+            assert busy.code == 503 and b"busy" in busy.body
+            assert (await server.close_page(kernel_id, cookies)).code == 204
+            return seconds
+
+        seconds = asyncio.run(probe())
+        # Pre-heated: the page is served without starting Python or running the notebook.
+        assert seconds < 5.0, f"the page took {seconds:.1f} s"
+        assert "Using pre-heated kernel" in server.server.log(tail=10**6)
+        # Closing it leaves the refilled pool only (and no request info kept for /voila/query).
+        assert _wait(lambda: len(server.kernels()) == 1, 120), [p.pid for p in server.kernels()]
+        print(f"pre-heated page served in {seconds:.2f} s")
+    finally:
+        server.stop()

@@ -151,3 +151,49 @@ def test_binned_medians_match_per_bin_medians(rng, n, n_bins):
     np.testing.assert_array_equal(lv, [np.median(level[c]) for c in chunks])
     np.testing.assert_array_equal(var, [sq._robust_var(residual[c]) for c in chunks])
     np.testing.assert_array_equal(counts, [c.size for c in chunks])
+
+
+def _median_of_bins_brute(e, flux, edges):
+    """Per pixel: np.median of the finite samples with L <= e < R (the two straddling an empty bin)."""
+    n_rows, n_cols = edges.shape[0], edges.shape[1] - 1
+    out = np.full((flux.shape[0], n_rows, n_cols), np.nan)
+    counts = np.zeros((n_rows, n_cols), int)
+    for y in range(n_rows):
+        for x in range(n_cols):
+            a = np.searchsorted(e, edges[y, x], "left")
+            b = np.searchsorted(e, edges[y, x + 1], "left")
+            if b <= a:
+                a, b = max(a - 1, 0), min(a + 1, e.size)
+            counts[y, x] = b - a
+            for k in range(flux.shape[0]):
+                v = flux[k, a:b]
+                v = v[np.isfinite(v)]
+                if v.size:
+                    out[k, y, x] = np.median(v)
+    return out, counts
+
+
+@pytest.mark.parametrize("tilt, n_rows", [(0.0, 30), (2.5, 37), (9.0, 64)])
+def test_median_of_bins_matches_per_bin_medians(rng, tilt, n_rows):
+    """The sliding bitmap walk gives each bin's median exactly: ties, NaN, even counts, empty bins."""
+    from specwidgets.core.sky.median import median_of_bins
+
+    n_cols = 45
+    rows = np.arange(n_rows)[:, None]
+    cols = np.arange(n_cols)[None, :]
+    emap = cols + tilt * (rows / (n_rows - 1) - 0.5) + 0.01 * np.sin(cols)  # effective pixel of each pixel
+    edges = np.concatenate([emap[:, :1] - 0.5, 0.5 * (emap[:, 1:] + emap[:, :-1]), emap[:, -1:] + 0.5], axis=1)
+    keep = np.ones(n_rows, bool)
+    keep[n_rows // 3: n_rows // 3 + 5] = False  # a masked band
+    e = emap[keep].ravel()
+    order = np.argsort(e, kind="stable")
+    e = e[order]
+    flux = rng.integers(0, 40, size=(3, e.size)).astype(float)  # many ties
+    flux[0, rng.random(e.size) < 0.05] = np.nan
+    flux[2, : e.size // 2] = np.nan  # half the samples missing: empty and all-NaN bins
+    # Bins past the data at both ends (empty: the straddling samples decide).
+    edges = np.concatenate([edges[:, :1] - 3.0, edges, edges[:, -1:] + 3.0], axis=1)
+    got, counts = median_of_bins(e, flux, edges)
+    want, want_counts = _median_of_bins_brute(e, flux, edges)
+    np.testing.assert_array_equal(counts, want_counts)
+    np.testing.assert_array_equal(got, want)

@@ -279,6 +279,9 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
     assert command[:4] == [sys.executable, "-m", "specwidgets.app.voila_server", str(NOTEBOOK)]
     assert f"--port={port}" in command and "--no-browser" in command and "--Voila.ip=127.0.0.1" in command
     assert "--VoilaConfiguration.show_tracebacks=False" in command
+    # One kernel kept pre-heated by default (the page opens from it at once).
+    assert "--VoilaConfiguration.preheat_kernel=True" in command
+    assert "--VoilaConfiguration.default_pool_size=1" in command
     assert env[DATA_ENV] == str((tmp_path / "night").resolve())
     assert f"http://127.0.0.1:{port}/" in capsys.readouterr().out
 
@@ -288,8 +291,9 @@ def test_launcher_starts_and_serves(tmp_path):
     folder = tmp_path / "night"
     write_fits_folder(folder)
     port = free_port()
+    # No pre-heated kernel (--pool-size 0): the test checks that the probe's kernel goes.
     command = [sys.executable, "-m", "specwidgets.cli", "dashboard", str(folder), "--port", str(port),
-               "--no-browser"]
+               "--no-browser", "--pool-size", "0"]
     start = time.perf_counter()
     server = Server(command, port, cwd=tmp_path, env=voila_env(), log_path=tmp_path / "launcher.log")
     try:

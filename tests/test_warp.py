@@ -153,6 +153,36 @@ def test_goodman_line_tilt(goodman):
     assert not model.is_poor, model.quality_warnings
 
 
+def test_compiled_line_fits_match_the_array_code(monkeypatch):
+    """fit_gaussian_windows' numba kernel takes the same steps as its array version (to rounding)."""
+    from scipy.special import erf
+
+    from specwidgets.core import peaks
+
+    rng = np.random.default_rng(3)
+    n, w = 200, 13
+    cols = (np.arange(w)[None, :] + rng.integers(0, 50, n)[:, None]).astype(float)
+    centre = cols[:, w // 2] + rng.uniform(-2, 2, n)
+    width = rng.uniform(0.7, 3.0, n)
+
+    def cdf(x):
+        return 0.5 * erf((x - centre[:, None]) / (width[:, None] * np.sqrt(2)))
+
+    data = 20 + rng.uniform(50, 500, n)[:, None] * (cdf(cols + 0.5) - cdf(cols - 0.5)) + rng.normal(0, 2, (n, w))
+    data[3, 2] = np.nan
+    data[7] = 5.0  # flat: no peak, the fit fails the same way
+    compiled = peaks.fit_gaussian_windows(cols, data)
+    monkeypatch.setattr(peaks, "_NUMBA_MIN_WORK", 10**12)
+    arrays = peaks.fit_gaussian_windows(cols, data)
+    for name, a, b in zip(("mu", "sigma", "flux", "bg", "ok"), compiled, arrays):
+        assert np.array_equal(np.isnan(np.asarray(a, float)), np.isnan(np.asarray(b, float))), name
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-6, atol=1e-5, err_msg=name)
+    ok = compiled[4]
+    assert ok.sum() > 0.9 * n and not ok[7]
+    error = np.abs(compiled[0][ok] - centre[ok])  # and they find the centres
+    assert np.median(error) < 0.05 and np.percentile(error, 90) < 0.3
+
+
 # ------------------------------------------------------------------ frozen model (issue 11)
 def test_model_is_frozen_and_its_maps_cannot_go_stale():
     import dataclasses

@@ -619,6 +619,66 @@ def test_session_errors_are_clear(dash, tmp_path):
     assert "no session file" in dash.status.banner.value
 
 
+# ------------------------------------------------------------ view switches
+def test_view_switch_after_idle_sends_a_picture_already_made(dash):
+    """In a running kernel the other views are rendered once idle: switching recomputes nothing."""
+    viewer, state = dash.viewer, dash.state
+
+    async def session():
+        dash.viewer.mask_slider.value = (12, 30)  # a new result, as a slider release
+        await asyncio.sleep(1.6)                  # idle: applied, then the other views rendered (chi after 1 s)
+        fits, renders = state.n_sky_fits, viewer.figure.n_renders
+        hrefs = []
+        for view in ("background", "corrected", "chi", "science"):
+            viewer.view = view
+            hrefs.append(viewer.figure.image_mark.image.value)
+        return fits, renders, hrefs
+
+    fits, renders, hrefs = asyncio.run(session())
+    assert viewer.n_prerenders >= 3  # the other views (and science, first drawn by plot_image)
+    assert state.n_sky_fits == fits, "a view switch refit the sky"
+    assert viewer.figure.n_renders == renders, "a view switch rendered a picture"
+    assert viewer.figure.n_cached_renders >= 4
+    assert len({bytes(h) for h in hrefs}) == 4  # four different pictures
+    # The cached picture is the one a fresh render gives.
+    from specwidgets.display.plotting import _render
+
+    fresh = _render(dict(viewer.figure._settings, image=viewer._view_array("chi"),
+                         **viewer._display_settings("chi")))
+    viewer.view = "chi"
+    assert bytes(viewer.figure.image_mark.image.value) == fresh["png"]
+
+
+def test_a_new_result_drops_the_pictures_made_ahead(dash):
+    viewer = dash.viewer
+
+    async def session():
+        viewer.mask_slider.value = (12, 30)
+        await asyncio.sleep(0.6)
+        viewer.view = "corrected"
+        before = bytes(viewer.figure.image_mark.image.value)
+        viewer.mask_slider.value = (8, 36)
+        await asyncio.sleep(0.3)
+        return before, bytes(viewer.figure.image_mark.image.value)
+
+    before, after = asyncio.run(session())
+    assert before != after, "the corrected view kept the picture of the old mask"
+
+
+def test_a_single_slider_release_is_not_delayed(dash):
+    """The first edit after a quiet spell applies on the next turn of the loop, not after the debounce delay."""
+    dash.viewer._commit_mask.delay = 5.0  # a delay this long would fail the test
+    fits = dash.state.n_sky_fits
+
+    async def release():
+        dash.viewer.mask_slider.value = (10, 33)
+        await asyncio.sleep(0.05)
+        return dash.state.n_sky_fits
+
+    assert asyncio.run(release()) == fits + 1
+    assert dash.mask_region == [(10, 33)]
+
+
 def test_mask_passes_from_slider_to_fit_as_one_value(dash, monkeypatch):
     """Slider -> RowRanges (parsed once, resolved once) -> state -> fit_sky -> result: one object."""
     import inspect

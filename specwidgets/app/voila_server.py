@@ -20,6 +20,15 @@ It is Voila 0.5 with four changes, configured by environment variables:
   ``403 '_xsrf' argument missing``. The page handler now sets it.
 * **A session cap** (:data:`MAX_SESSIONS_ENV`): past it a new page gets a
   short "server busy" page (503) instead of another ~330 MB kernel.
+  Pre-heated kernels (``--VoilaConfiguration.preheat_kernel=True``, which
+  the launcher's ``--pool-size`` turns on) wait for a page and are not
+  counted as pages.
+
+With pre-heated kernels Voila also opens an unauthenticated websocket route,
+``/voila/query/<kernel id>``, that hands a page's request (its query string,
+which may carry the token) to a notebook calling ``voila.utils.wait_for_request``.
+The dashboard does not call it, so the route is not served and nothing is
+kept for it.
 """
 
 from __future__ import annotations
@@ -88,6 +97,24 @@ def _find_handler(original):
     return find_handler
 
 
+def open_pages(kernel_manager):
+    """Kernels serving pages: all of them but those kept pre-heated in Voila's pool.
+
+    A pool entry is a task that is done once its kernel has started (the
+    notebook then runs in it); a refill still starting its kernel holds none
+    yet, so only done entries are subtracted.
+    """
+    pooled = set()
+    for pool in getattr(kernel_manager, "_pools", {}).values():
+        for task in pool:
+            try:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    pooled.add(task.result()["kernel_id"])
+            except Exception:  # noqa: BLE001 - an entry that failed to start holds no kernel
+                continue
+    return len(set(kernel_manager.list_kernel_ids()) - pooled)
+
+
 def _handlers():
     """The handler classes, built on first use (importing Voila is slow)."""
     from voila.tornado.handler import TornadoVoilaHandler
@@ -99,7 +126,7 @@ def _handlers():
         @tornado.web.authenticated
         async def get(self, path=None):
             cap = self.settings.get("specwidgets_max_sessions") or 0
-            n = len(self.kernel_manager.list_kernel_ids())
+            n = open_pages(self.kernel_manager)
             if cap and n >= cap:
                 self.set_status(503)
                 self.set_header("Retry-After", "60")
@@ -150,9 +177,13 @@ def _app_class():
             return settings
 
         def init_handlers(self):
+            from voila.request_info_handler import RequestInfoSocketHandler
+
             swap = _handlers()
             handlers = []
             for spec in super().init_handlers():
+                if isinstance(spec, tuple) and len(spec) >= 2 and spec[1] is RequestInfoSocketHandler:
+                    continue  # no token check; the dashboard never asks for the request info
                 if isinstance(spec, tuple) and len(spec) >= 2 and spec[1] in swap:
                     spec = (spec[0], swap[spec[1]], *spec[2:])
                 handlers.append(spec)
@@ -168,6 +199,11 @@ def main(argv=None):
     # This process is the dashboard's server and nothing else: the patch
     # applies to every handler (pages, static files, API, websockets).
     JupyterHandler.check_host = _check_host
+    # Pre-heated pages post their request info for the route dropped above;
+    # with nobody listening Voila would keep each page's payload for ever.
+    from voila.request_info_handler import RequestInfoSocketHandler
+
+    RequestInfoSocketHandler.send_updates = classmethod(lambda cls, msg: None)
     tornado.web.Application.find_handler = _find_handler(tornado.web.Application.find_handler)
     app = _app_class()
     app.launch_instance(argv=sys.argv[1:] if argv is None else argv)

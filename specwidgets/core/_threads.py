@@ -9,6 +9,10 @@ the compile cost of the serial kernel.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import wait
+
 __all__ = ["chunk_bounds", "run_in_threads"]
 
 
@@ -23,11 +27,45 @@ def chunk_bounds(n, n_chunks):
     return [(c * n // n_chunks, (c + 1) * n // n_chunks) for c in range(n_chunks)]
 
 
+_POOL = None
+_POOL_LOCK = threading.Lock()
+_POOL_PID = None
+_IN_POOL = threading.local()
+
+
+def _pool(n_workers):
+    """The process's shared worker threads (at least ``n_workers``), made on first use.
+
+    Starting and joining threads for every call cost ~1-3 ms each, dozens of
+    times per sky fit. A pool made before a ``fork`` has no threads in the
+    child, so a child process makes its own.
+    """
+    global _POOL, _POOL_PID
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _POOL_LOCK:
+        pid = os.getpid()
+        if _POOL is None or _POOL_PID != pid or _POOL._max_workers < n_workers:
+            old = _POOL if _POOL_PID == pid else None
+            _POOL = ThreadPoolExecutor(max(n_workers, 1), thread_name_prefix="specwidgets",
+                                       initializer=_mark_pool_thread)
+            _POOL_PID = pid
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL
+
+
+def _mark_pool_thread():
+    _IN_POOL.active = True
+
+
 def run_in_threads(tasks):
     """Call every zero-argument callable in ``tasks`` concurrently; their results, in order.
 
-    The first runs in the calling thread, the others each in a thread of
-    their own; an exception in any is raised here once all have finished.
+    The first runs in the calling thread, the others in the process's shared
+    worker threads; an exception in any is raised here once all have
+    finished. Called from one of those worker threads, the tasks run one
+    after the other (a task waiting for the pool it runs in could deadlock).
 
     Examples
     --------
@@ -35,11 +73,13 @@ def run_in_threads(tasks):
     [1, 2, 3]
     """
     tasks = list(tasks)
-    if len(tasks) <= 1:
+    if len(tasks) <= 1 or getattr(_IN_POOL, "active", False):
         return [task() for task in tasks]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(len(tasks) - 1) as pool:
-        futures = [pool.submit(task) for task in tasks[1:]]
+    futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
+    try:
         first = tasks[0]()
-        return [first] + [future.result() for future in futures]
+    finally:
+        # Every task has finished before returning (or raising): they write
+        # into the caller's arrays.
+        wait(futures)
+    return [first] + [future.result() for future in futures]

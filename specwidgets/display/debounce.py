@@ -47,6 +47,11 @@ class Debounced:
         Receives any exception ``func`` raises; without one the exception
         is logged. It never propagates: a deferred call has no caller to
         catch it, and in a kernel it would end up in the log.
+    leading : bool
+        Call on the next turn of the event loop, without waiting ``delay``,
+        when nothing ran or waited within the last ``delay`` seconds (a
+        single edit, e.g. a slider release, is not delayed); calls that
+        follow within ``delay`` are coalesced as without it.
 
     Attributes
     ----------
@@ -65,15 +70,25 @@ class Debounced:
     >>> asyncio.run(burst())
     >>> seen, push.n_calls
     ([4], 1)
+    >>> first = []
+    >>> lead = Debounced(first.append, delay=0.05, leading=True)
+    >>> async def two_turns():
+    ...     lead(1); await asyncio.sleep(0)   # alone: runs on the next turn
+    ...     lead(2); lead(3); await asyncio.sleep(0.1)
+    >>> asyncio.run(two_turns())
+    >>> first
+    [1, 3]
     """
 
-    def __init__(self, func, delay=0.05, on_error=None):
+    def __init__(self, func, delay=0.05, on_error=None, leading=False):
         self.func = func
         self.delay = float(delay)
         self.on_error = on_error
+        self.leading = bool(leading)
         self.n_calls = 0
         self._handle = None
         self._pending = None
+        self._last = None  # loop time the last call ended
 
     @property
     def pending(self):
@@ -87,6 +102,12 @@ class Debounced:
             self._invoke(args, kwargs)
             return
         self._pending = (args, kwargs)
+        if (self.leading and self._handle is None
+                and (self._last is None or loop.time() - self._last >= self.delay)):
+            # On the next turn of the loop, not now: calls made in this same
+            # turn (a burst set in one go) still coalesce into the last one.
+            self._handle = loop.call_soon(self._fire)
+            return
         if self._handle is not None:
             self._handle.cancel()
         self._handle = loop.call_later(self.delay, self._fire)
@@ -94,7 +115,11 @@ class Debounced:
     def _fire(self):
         args, kwargs = self._pending
         self._handle = self._pending = None
-        self._invoke(args, kwargs)
+        try:
+            self._invoke(args, kwargs)
+        finally:
+            loop = running_loop()
+            self._last = loop.time() if loop is not None else None
 
     def flush(self):
         """Run a waiting call now (e.g. before reading results)."""

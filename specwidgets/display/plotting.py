@@ -18,12 +18,15 @@ Examples
 
 from __future__ import annotations
 
+import collections
 import math
+import time
 
 import bqplot
 import ipywidgets
 import numpy as np
 
+from ..core import _timing
 from . import raster
 
 __all__ = ["ImageFigure", "plot_image", "update_image"]
@@ -200,6 +203,11 @@ class ImageFigure(bqplot.Figure):
         self._setting_view = False
         self._follow = None
         self.n_zoom_renders = 0
+        #: Pictures already rendered, keyed by image and settings (see
+        #: :meth:`prerender`): showing one again sends it without re-rendering.
+        self._renders = collections.OrderedDict()
+        self.n_renders = 0
+        self.n_cached_renders = 0
         for scale in (self.x_scale, self.y_scale):
             scale.observe(self._on_view_change, names=["min", "max"])
 
@@ -310,10 +318,65 @@ class ImageFigure(bqplot.Figure):
         reset_view = xlim is not UNCHANGED or ylim is not UNCHANGED or np.shape(settings["image"]) != old_shape
         crop = None if reset_view else self._crop
         # Render first: a bad setting raises before any widget is touched.
-        state = _render(settings, crop=crop)
+        state = self._render_cached(settings, crop)
         _apply(self, state, reset_view=reset_view)
         self._settings = state["settings"]
         self._crop = crop
+
+
+    # ------------------------------------------------------ render cache
+    #: Pictures kept by :meth:`_render_cached` (each ~100 KB of PNG plus a
+    #: reference to its image, which the caller usually holds anyway).
+    render_cache_size = 8
+
+    def _render_cached(self, settings, crop):
+        key = _render_key(settings, crop)
+        if key is not None:
+            hit = self._renders.get(key)
+            if hit is not None and hit[0] is settings["image"]:
+                self._renders.move_to_end(key)
+                self.n_cached_renders += 1
+                return hit[1]
+        state = _render(settings, crop=crop)
+        self.n_renders += 1
+        if key is not None:
+            self._renders[key] = (settings["image"], state)
+            while len(self._renders) > self.render_cache_size:
+                self._renders.popitem(last=False)
+        return state
+
+    def prerender(self, image, **settings):
+        """Render ``image`` with ``settings`` (as :meth:`update_image` would) into the cache, without showing it.
+
+        A later :meth:`update_image` with the same image object and settings
+        then only sends the picture. Used to have the other views of an
+        image viewer ready before they are asked for.
+        """
+        full = dict(self._settings)
+        full.update({k: v for k, v in settings.items() if v is not UNCHANGED})
+        full["image"] = image
+        crop = self._crop if np.shape(image) == self._settings["image"].shape else None
+        self._render_cached(full, crop)
+
+    def clear_render_cache(self, keep=None):
+        """Forget the rendered pictures (e.g. when the images they show are replaced).
+
+        ``keep(image)`` returning True keeps the pictures of that image.
+        """
+        for key, (image, _) in list(self._renders.items()):
+            if keep is None or not keep(image):
+                del self._renders[key]
+
+
+def _render_key(settings, crop):
+    """A hashable key of what a picture depends on (None when a setting is not hashable)."""
+    try:
+        items = tuple(sorted((k, v) for k, v in settings.items() if k != "image"))
+        key = (id(settings["image"]), items, crop)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _render(settings, crop=None):
@@ -328,6 +391,7 @@ def _render(settings, crop=None):
     xlim = raster._check_range(settings["xlim"], "xlim")
     ylim = raster._check_range(settings["ylim"], "ylim")
     render_x, render_y = crop if crop is not None else (xlim, ylim)
+    start = time.perf_counter()
     rendered = raster.render_png(
         image,
         cmap=settings["cmap"],
@@ -341,6 +405,7 @@ def _render(settings, crop=None):
         interval=settings.get("interval"),
         symmetric=bool(settings.get("symmetric")),
     )
+    _timing.record("render", time.perf_counter() - start, png_bytes=len(rendered.png), shape=list(rendered.shape))
     c_min, c_max, tick_values, tick_labels = _colorbar_ticks(norm, rendered.vmin, rendered.vmax)
     return {
         "settings": dict(settings, image=image),
@@ -398,11 +463,12 @@ def _apply(fig, state, reset_view=True):
             _set(fig.y_scale, min=state["view_y"][0], max=state["view_y"][1])
         finally:
             fig._setting_view = False
-    _set(fig.color_scale, colors=state["colors"], min=state["c_min"], max=state["c_max"])
     # bqplot's Image view redraws when ``image`` becomes another widget, not
-    # when that widget's value changes, so each picture is a new widget.
+    # when that widget's value changes, so each picture is a new widget. It
+    # goes first: the page draws it before it redraws the colorbar.
     _set(mark, image=_picture(state["png"]), x=state["mark_x"], y=state["mark_y"])
     old_picture.close()
+    _set(fig.color_scale, colors=state["colors"], min=state["c_min"], max=state["c_max"])
     if not _same_ticks(old_axis, state):
         # The colorbar view reads tick values and labels only when it is
         # first drawn (bqplot 0.13.1), so new ticks need a new axis.

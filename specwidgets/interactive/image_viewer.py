@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 import bqplot
@@ -84,8 +85,12 @@ class ImageViewer(ipywidgets.VBox):
     figsize : (float, float), optional
         Figure size in inches, as in :func:`specwidgets.display.plotting.plot_image`.
     debounce : float
-        Seconds of quiet before a burst of mask edits is applied (only in a
+        Mask edits closer than this (seconds) are coalesced: the first is
+        applied at once, the last of a burst when it is over (only in a
         running kernel; without an event loop edits apply at once).
+    prerender_delay : float
+        Seconds of quiet after a new result before the other views are
+        rendered ahead, so that a view switch only sends a picture.
 
     Attributes
     ----------
@@ -111,7 +116,7 @@ class ImageViewer(ipywidgets.VBox):
     readout = tl.Dict()
     active_range = tl.Int(0)
 
-    def __init__(self, state, *, status=None, figsize=None, debounce=0.03, **kwargs):
+    def __init__(self, state, *, status=None, figsize=None, debounce=0.03, prerender_delay=0.15, **kwargs):
         super().__init__(**kwargs)
         self.state = state
         self.own_status = status is None
@@ -119,6 +124,7 @@ class ImageViewer(ipywidgets.VBox):
         guard = self.status.guard
         self._syncing = False
         self._cache = {}
+        self._science_views = {}
         n_exp = state.n_exposures
         n_rows, n_cols = state.shape
 
@@ -196,8 +202,14 @@ class ImageViewer(ipywidgets.VBox):
         hover = [] if HAVE_IPYEVENTS else [self.hover_mark]
         self.figure.marks = [*self.figure.marks, self.mask_bands, self.highlight_mark, *hover]
 
-        # Front end -> state
-        self._commit_mask = Debounced(self._commit_mask_now, delay=debounce, on_error=self.status.report)
+        # Front end -> state. A slider release applies at once (leading edge);
+        # only edits that follow within ``debounce`` seconds are coalesced.
+        self._commit_mask = Debounced(self._commit_mask_now, delay=debounce, on_error=self.status.report,
+                                      leading=True)
+        self._prerender = Debounced(self._prerender_views, delay=prerender_delay, on_error=self.status.report)
+        self.n_prerenders = 0
+        #: Seconds of quiet after a result before the chi view is made ahead.
+        self.prerender_chi_delay = 1.0
         self.view_buttons.observe(guard(self._on_view_button), names="value")
         self._exposure_link = tl.link((state, "exposure"), (self.exposure, "value"))
         self.stretch.observe(guard(self._on_display_setting), names="value")
@@ -256,10 +268,15 @@ class ImageViewer(ipywidgets.VBox):
         k = self.state.exposure if exposure is None else exposure
         result = self.state.result
         if view == "science" or result is None:
-            return self.state.science[k]
+            # The same array object each time: rendered pictures are found by it.
+            science = self.state.science
+            cached = self._science_views.get(k)
+            if cached is None or cached.base is not science:
+                cached = self._science_views[k] = science[k]
+            return cached
         key = (id(result), view, k)
         if key not in self._cache:
-            if len(self._cache) > 8:
+            if len(self._cache) > 16:
                 self._cache.clear()
             if view == "background":
                 image = result.background[k]
@@ -275,29 +292,48 @@ class ImageViewer(ipywidgets.VBox):
         suffix = " (no sky fit yet: showing the science frame)" if missing else ""
         return f"{_LABELS[self.view]}, exposure {self.state.exposure}{suffix}"
 
-    def _display_settings(self):
-        """``plot_image`` keywords of the display controls."""
-        interval = None if self.interval.value == "auto" else self.interval.value
-        auto = self.auto_limits.value
+    def _display_settings(self, view=None):
+        """``plot_image`` keywords of the display controls.
+
+        With another ``view`` than the one shown: the keywords that view
+        gets when switched to (its defaults, automatic limits).
+        """
+        if view is None or view == self.view:
+            view = self.view
+            norm, interval, cmap = self.stretch.value, self.interval.value, self.cmap.value.strip()
+            symmetric, auto = self.symmetric.value, self.auto_limits.value
+        else:
+            defaults = _DISPLAY[view]
+            norm, interval, cmap = defaults["norm"], defaults["interval"], defaults["cmap"]
+            symmetric, auto = defaults["symmetric"], True
+        interval = None if interval == "auto" else interval
         settings = dict(
-            norm=self.stretch.value,
+            norm=norm,
             interval=interval,
-            cmap=self.cmap.value.strip() or _DISPLAY[self.view]["cmap"],
-            symmetric=self.symmetric.value and self.stretch.value != "log",
+            cmap=cmap or _DISPLAY[view]["cmap"],
+            symmetric=symmetric and norm != "log",
             vmin=None if auto else self.vmin.value,
             vmax=None if auto else self.vmax.value,
         )
-        if auto and self.view in ("corrected", "chi") and self.state.result is not None:
+        if auto and view in ("corrected", "chi") and self.state.result is not None:
             # Residuals are judged in the sky: their limits come from the
             # unmasked rows, so the bright trace in the masked rows cannot
-            # stretch them (it saturates instead).
-            sky = np.ones(self.state.shape[0], bool)
-            for a, b in self.mask_ranges:
-                sky[a:b] = False
-            if sky.sum() >= 2:
-                settings["vmin"], settings["vmax"] = display_limits(
-                    self._view_array()[sky], settings["norm"], interval=interval, symmetric=settings["symmetric"]
-                )
+            # stretch them (it saturates instead). Kept per result: a view
+            # switch recomputes nothing.
+            ranges = tuple(self.mask_ranges)
+            key = ("limits", id(self.state.result), view, self.state.exposure, ranges, norm, interval,
+                   settings["symmetric"])
+            if key not in self._cache:
+                sky = np.ones(self.state.shape[0], bool)
+                for a, b in ranges:
+                    sky[a:b] = False
+                limits = None
+                if sky.sum() >= 2:
+                    limits = display_limits(self._view_array(view)[sky], norm, interval=interval,
+                                            symmetric=settings["symmetric"])
+                self._cache[key] = limits
+            if self._cache[key] is not None:
+                settings["vmin"], settings["vmax"] = self._cache[key]
         return settings
 
     def refresh_image(self):
@@ -328,19 +364,25 @@ class ImageViewer(ipywidgets.VBox):
 
     def _on_view(self, change):
         self.view_buttons.value = self.view
-        self._syncing = True
-        try:
-            # Each view has its natural stretch, map and limits.
-            defaults = _DISPLAY[self.view]
-            self.stretch.value = defaults["norm"]
-            self.interval.value = defaults["interval"]
-            self.cmap.value = defaults["cmap"]
-            self.symmetric.value = defaults["symmetric"]
-            self.auto_limits.value = True
-            self.vmin.disabled = self.vmax.disabled = True
-        finally:
-            self._syncing = False
-        self.refresh_image()
+        controls = (self.stretch, self.interval, self.cmap, self.symmetric, self.auto_limits, self.vmin, self.vmax)
+        # The controls' new values reach the page after the picture: it is
+        # what the user waits for.
+        with contextlib.ExitStack() as held:
+            for control in controls:
+                held.enter_context(control.hold_sync())
+            self._syncing = True
+            try:
+                # Each view has its natural stretch, map and limits.
+                defaults = _DISPLAY[self.view]
+                self.stretch.value = defaults["norm"]
+                self.interval.value = defaults["interval"]
+                self.cmap.value = defaults["cmap"]
+                self.symmetric.value = defaults["symmetric"]
+                self.auto_limits.value = True
+                self.vmin.disabled = self.vmax.disabled = True
+            finally:
+                self._syncing = False
+            self.refresh_image()
 
     def _on_display_setting(self, change):
         if not self._syncing:
@@ -353,13 +395,58 @@ class ImageViewer(ipywidgets.VBox):
 
     def _on_exposure_state(self, change):
         self.refresh_image()  # the dropdown follows by its link
+        self._schedule_prerender()
 
     def _on_result(self, change):
         self._cache.clear()
+        # Pictures of the science frames stay valid; the others showed the old result.
+        science = {id(image) for image in self._science_views.values()}
+        self.figure.clear_render_cache(keep=lambda image: id(image) in science)
         if self.view != "science":
             self.refresh_image()
         else:
             self._refresh_readout()
+        self._schedule_prerender()
+
+    # ---------------------------------------------------------- prerender
+    def _schedule_prerender(self):
+        """In a running kernel, once it is idle: render the other views of this exposure.
+
+        A view switch then only sends a picture already made (no sky fit, no
+        limits, no PNG encoding). One view per turn of the event loop, so a
+        message from the page waits at most one rendering; a newer result or
+        exposure drops the rest. Without an event loop (scripts, tests) nothing
+        is done ahead.
+        """
+        if running_loop() is None:
+            return
+        self._prerender.cancel()
+        self._prerender(id(self.state.result), self.state.exposure)
+
+    def _prerender_views(self, result_id, exposure, waited=False):
+        loop = running_loop()
+        if loop is None or id(self.state.result) != result_id or self.state.exposure != exposure:
+            return
+        for view in ("background", "corrected", "science", "chi"):
+            if view != "science" and self.state.result is None:
+                continue
+            if view == "chi" and not waited and (id(self.state.result), "chi", exposure) not in self._cache:
+                # The chi image needs the model variance (about a second on a
+                # full frame): only after a longer quiet spell, so that it
+                # does not hold up the next edit.
+                loop.call_later(self.prerender_chi_delay, self.status.guard(self._prerender_views), result_id,
+                                exposure, True)
+                return
+            image = self._view_array(view)
+            settings = self._display_settings(view)
+            key = _render_key_for(self.figure, image, settings)
+            if key in self.figure._renders:
+                continue
+            self.figure.prerender(image, **settings)
+            self.n_prerenders += 1
+            # The next view on a later turn: messages from the page go first.
+            loop.call_soon(self.status.guard(self._prerender_views), result_id, exposure, waited)
+            return
 
     # -------------------------------------------------------------- blink
     def blink_step(self):
@@ -603,6 +690,17 @@ class ImageViewer(ipywidgets.VBox):
     def _refresh_readout(self):
         if self.readout:
             self.show_readout(self.readout["x"], self.readout["y"])
+
+
+def _render_key_for(figure, image, settings):
+    """The key :class:`~specwidgets.display.plotting.ImageFigure` files this picture under."""
+    from ..display.plotting import UNCHANGED, _render_key
+
+    full = dict(figure._settings)
+    full.update({k: v for k, v in settings.items() if v is not UNCHANGED})
+    full["image"] = image
+    crop = figure._crop if np.shape(image) == figure._settings["image"].shape else None
+    return _render_key(full, crop)
 
 
 def _free_band(ranges, n_rows):

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import traitlets as tl
 
+from ..core import _timing
 from ..core.frames import ESTIMATE, frame_array, noise_setting
 from ..core.inputs import as_image, as_image_stack
 from ..core.lines import find_cal_lines
@@ -320,6 +321,7 @@ class SkyState(tl.HasTraits):
         finally:
             self.last_duration = time.perf_counter() - start
             self.busy = False
+            _timing.record("compute", self.last_duration, name=getattr(step, "__qualname__", "step"))
         self.error = ""
         return True
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import time
 from contextlib import contextmanager
 
 import ipywidgets
+
+from ..core import _timing
 
 __all__ = ["StatusBar"]
 
@@ -215,6 +218,7 @@ class StatusBar(ipywidgets.VBox):
             if outermost:
                 self._reported = False
             self._depth += 1
+            start = time.perf_counter() if outermost and _timing.enabled() else None
             try:
                 out = func(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - shown to the user instead
@@ -222,6 +226,8 @@ class StatusBar(ipywidgets.VBox):
                 return None
             finally:
                 self._depth -= 1
+                if start is not None:
+                    _timing.record("callback", time.perf_counter() - start, name=func.__qualname__)
             # An inner callback may have reported while this one went on.
             if outermost and not self._reported:
                 self.clear()

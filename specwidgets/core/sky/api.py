@@ -41,6 +41,10 @@ from .quality import (  # noqa: E402
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
 COARSE_SPACING = 5.0
 
+# Pixels per block when the background is evaluated over the frame (bounds
+# the temporaries; large enough for the kernels' threads).
+_EVAL_BLOCK_PIXELS = 1 << 20
+
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
 METHODS = ("bspline", "median")
@@ -158,6 +162,22 @@ class SkyResult:
     flexure_shift: tuple = ()
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
+    # The median of bins: samples in each pixel's bin, from which its
+    # variance is computed on first use (a slider change or
+    # ``extract_background`` that never looks at it does not pay for it).
+    _bin_counts: np.ndarray | None = field(default=None, repr=False)
+
+    def _median_variance(self, k):
+        """The median of bins' variance of exposure ``k``: the median of n samples
+        scatters sqrt(pi/2) times more than their mean, so
+        ``(pi / 2) * (max(bg, 0) / gain + (rn / gain)**2) / max(n, 1)``."""
+        # The operations in this order, in place: no frame-sized temporaries.
+        variance = np.clip(self.background[k], 0, None)
+        variance /= self.gain
+        variance += (self.read_noise / self.gain) ** 2
+        variance *= np.pi / 2
+        variance /= np.maximum(self._bin_counts, 1)
+        return variance
 
     def exposure_variance(self, k, rows=None):
         """Variance of exposure ``k``'s background estimate (computed on first use).
@@ -167,6 +187,11 @@ class SkyResult:
         """
         if self._variance is not None:
             return self._variance[k] if rows is None else self._variance[k][rows]
+        if self._bin_counts is not None:
+            if k not in self._exposure_variance:
+                self._exposure_variance[k] = self._median_variance(k)
+            full = self._exposure_variance[k]
+            return full if rows is None else full[rows]
         if rows is not None and k not in self._exposure_variance:
             emap = self.exposure_effpix(k)[rows]
             index = np.arange(self.effpix_map.shape[0])[rows]
@@ -191,7 +216,8 @@ class SkyResult:
     def variance(self):
         """Variance of the background estimate in every pixel (computed on first use)."""
         if self._variance is None:
-            self._variance = np.stack([self.exposure_variance(k) for k in range(len(self.models))])
+            n_exp = self.background.shape[0] if self._bin_counts is not None else len(self.models)
+            self._variance = np.stack([self.exposure_variance(k) for k in range(n_exp)])
             self._exposure_variance.clear()
         return self._variance
 
@@ -280,6 +306,23 @@ def _drop_rows(samples, flagged, rows=None):
     rows = samples.rows if rows is None else rows
     keep = ~flagged[rows]
     return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
+
+
+def _every_nth_true(flags, step, chunk=1 << 20):
+    """``np.flatnonzero(flags)[::step]`` without the full index array (8 bytes per True).
+
+    Examples
+    --------
+    >>> flags = np.arange(20) % 3 != 0
+    >>> bool(np.array_equal(_every_nth_true(flags, 4, chunk=7), np.flatnonzero(flags)[::4]))
+    True
+    """
+    parts, seen = [], 0
+    for start in range(0, flags.size, chunk):
+        hits = np.flatnonzero(flags[start:start + chunk])
+        parts.append(hits[(-seen) % step::step] + start)
+        seen += hits.size
+    return np.concatenate(parts) if parts else np.zeros(0, np.intp)
 
 
 def _subsample(n, limit=250_000):
@@ -392,6 +435,8 @@ def fit_sky(
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
+    samples_box = [samples]
+    del samples
 
     if "initial" in options:
         # Warm starts went: a warm start could stop at another rejected set,
@@ -400,10 +445,20 @@ def fit_sky(
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        return _fit_median(stack, warp_model, emap, samples, ranges, masked_rows,
+        return _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                            (read_noise, gain, rn_source, gain_source), progress)
-    return _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows,
+    return _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                         (read_noise, gain, rn_source, gain_source), progress, options)
+
+
+def _hand_over(box):
+    """The one object in ``box``, which no longer holds it.
+
+    The fits replace their samples by smaller sets (rows dropped); with no
+    reference left in the caller's frame the originals are freed then, not
+    kept to the end of the fit (tens of MB on a full frame).
+    """
+    return box.pop()
 
 
 def _complete_noise(noise, level, residual):
@@ -439,20 +494,25 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
 
         prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, noise[1])
         extent = (float(emap.min()), float(emap.max()))
-        level = np.stack([
-            fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
-                            extent=extent, reject_sigma=None, max_iterations=0)(samples.effpix)
-            for k in range(n_exp)
-        ])
+        # ``_complete_noise`` looks at a regular subsample of the flattened
+        # (exposure, sample) values only: the model is evaluated there alone
+        # (the same values, without two sample-sized arrays per exposure).
+        n_s = samples.effpix.size
+        pick = np.arange(n_exp * n_s)[_subsample(n_exp * n_s)]
+        pick_k, pick_s = np.divmod(pick, n_s)
+        level = np.empty(pick.size)
+        for k in range(n_exp):
+            model = fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
+                                    extent=extent, reject_sigma=None, max_iterations=0)
+            these = pick_k == k
+            level[these] = model(samples.effpix[pick_s[these]])
+        read_noise, gain, source, warnings = _complete_noise(
+            noise, level, samples.flux[pick_k, pick_s] - level
+        )
+        del level, pick, pick_k, pick_s
     else:
-        level = background.reshape(n_exp, -1)[:, samples.index]
-    read_noise, gain, source, warnings = _complete_noise(
-        noise, level.ravel(), (samples.flux - level).ravel()
-    )
-    del level
-    # The median of n samples scatters sqrt(pi/2) times more than their mean.
-    noise_var = np.clip(background, 0, None) / gain + (read_noise / gain) ** 2
-    variance = (np.pi / 2) * noise_var / np.maximum(counts, 1)[None]
+        # Nothing to estimate: no sample-sized level or residual arrays.
+        read_noise, gain, source, warnings = _complete_noise(noise, None, None)
     if progress:
         print(f"median of bins: {n_exp} exposure(s), {samples.effpix.size} sky samples each")
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
@@ -470,7 +530,7 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         mask_region=ranges,
         models=[],
         options={},
-        _variance=variance,
+        _bin_counts=counts,  # the variance is computed from them on first use
     )
     result.quality = _assess(result, samples, [None] * n_exp, source, warnings, [], 0, (0.0,) * n_exp, False)
     return result
@@ -596,14 +656,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # The noise estimate needs only a regular subsample of the used
         # samples (``_complete_noise`` takes every ``_subsample``-th): the
         # lit level is computed there only (the same values).
-        pick = np.flatnonzero(used)
-        pick = pick[_subsample(pick.size)]
-        pick_k, pick_s = np.divmod(pick, rows.size)
-        lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
-        read_noise, gain, source, warnings = _complete_noise(
-            noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
-        )
-        del lit_level, pick, pick_k, pick_s
+        if noise[0] is None or noise[1] is None:
+            pick = _every_nth_true(used.ravel(), _subsample(int(np.count_nonzero(used))).step)
+            pick_k, pick_s = np.divmod(pick, rows.size)
+            lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
+            read_noise, gain, source, warnings = _complete_noise(
+                noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
+            )
+            del lit_level, pick, pick_k, pick_s
+        else:
+            read_noise, gain, source, warnings = _complete_noise(noise, None, None)
         ratio, info_sum = profiles(gain, read_noise)
 
         def n_coef(p):
@@ -619,6 +681,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
                                                 read_noise, extent, spacing(order), spacing(0),
                                                 max(coarse, spacing(order)))
+        # Only the samples and the first-pass models go on to the final fit.
+        del clean, used, hits
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
@@ -645,12 +709,20 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                                              first_spacing=spacing(0), n_curves=n_exp, spatial_order=order))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
-    rows_grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
+    rows_f = np.arange(n_rows, dtype=float)[:, None]
     t_grid = _row_coordinate(np.arange(n_rows), n_rows)[:, None]
+    # The background is evaluated a block of rows at a time: the shifted and
+    # stretched coordinates and the row of every pixel would otherwise be
+    # frame-sized float64 temporaries (134 MB each on a 4096 x 4096 frame).
+    block = max(1, _EVAL_BLOCK_PIXELS // n_cols)
+
+    def emap_rows(k, rows):
+        """The effective pixel of exposure ``k`` (its flexure shift applied) on ``rows``."""
+        return emap[rows] if not shifts[k] else emap[rows] - shifts[k] * t_grid[rows]
+
     models = []
     for k in range(n_exp):
         e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
-        emap_k = emap if not shifts[k] else emap - shifts[k] * t_grid
         # The first pass starts the final fit only when it fit the same sky:
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
@@ -664,25 +736,31 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             )
         else:
             start = None
-            # The stretched coordinate of the whole frame, once: the samples'
-            # are a subset of it (``e_k`` is ``emap_k`` at ``samples.index``).
-            u_map = np.interp(emap_k, *table)
+            # The samples' stretched coordinate: ``e_k`` is the (shifted) map
+            # at ``samples.index`` and np.interp works point by point, so these
+            # are the map's values there; in ``e_k``'s sorted order, not
+            # gathered from a frame-sized map.
             inner = fit_bspline_sky(
-                u_map.ravel()[samples.index], samples.flux[k], sample_rows, spatial_order=order,
+                np.interp(e_k, *table), samples.flux[k], sample_rows, spatial_order=order,
                 row_range=row_range, read_noise=read_noise, gain=gain,
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
             model = StretchedBSplineSky(inner, *table)
-        if table is None:
-            background[k] = model(emap_k, rows_grid)
-        else:
-            background[k] = inner(u_map, rows_grid)
+        for r0 in range(0, n_rows, block):
+            row_block = slice(r0, min(n_rows, r0 + block))
+            e_rows = emap_rows(k, row_block)
+            rows_grid = np.broadcast_to(rows_f[row_block], e_rows.shape)
+            if table is None:
+                background[k, row_block] = model(e_rows, rows_grid)
+            else:
+                background[k, row_block] = inner(np.interp(e_rows, *table), rows_grid)
+            del e_rows
         if unlit.any():
             # Unlit rows are outside the fit: there the first pass, scaled
             # to each row's own level, is the best guess of what little sky
             # there is (zero where the row has no sky at all).
             unlit_idx = np.flatnonzero(unlit)
-            guess = first[k](emap_k[unlit_idx])
+            guess = first[k](emap_rows(k, unlit_idx))
             obs = stack[k, unlit_idx]
             ok = np.isfinite(obs)
             num = np.sum(np.where(ok, obs * guess, 0.0), axis=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 __all__ = ["median_of_bins"]
 
@@ -23,22 +24,55 @@ __all__ = ["median_of_bins"]
 # ``prange``.
 
 
-@njit(cache=True, nogil=True)
-def _next_present(present, p, m):
-    """The next rank above ``p`` that is in the bin (``m`` if none)."""
-    p += 1
-    while p < m and present[p] == 0:
-        p += 1
-    return p
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @njit(cache=True, nogil=True)
-def _prev_present(present, p):
-    """The next rank below ``p`` that is in the bin (-1 if none)."""
-    p -= 1
-    while p >= 0 and present[p] == 0:
-        p -= 1
-    return p
+def _next_present(bits, p, m):
+    """The next rank above ``p`` that is in the bin (``m`` if none).
+
+    ``bits`` holds one bit per rank (bit ``r & 63`` of word ``r >> 6``), so a
+    run of absent ranks is skipped 64 at a time and the next present one is
+    found by counting trailing zeros, instead of a byte check per rank.
+    """
+    q = p + 1
+    if q >= m:
+        return m
+    wi = q >> 6
+    w = bits[wi] & (_ALL << np.uint64(q & 63))
+    n_words = bits.size
+    while w == 0:
+        wi += 1
+        if wi >= n_words:
+            return m
+        w = bits[wi]
+    return np.int64(wi * 64 + np.int64(trailing_zeros(w)))
+
+
+@njit(cache=True, nogil=True)
+def _prev_present(bits, p):
+    """The next rank below ``p`` that is in the bin (-1 if none); see :func:`_next_present`."""
+    q = p - 1
+    if q < 0:
+        return np.int64(-1)
+    wi = q >> 6
+    w = bits[wi] & (_ALL >> np.uint64(63 - (q & 63)))
+    while w == 0:
+        wi -= 1
+        if wi < 0:
+            return np.int64(-1)
+        w = bits[wi]
+    return np.int64(wi * 64 + 63 - np.int64(leading_zeros(w)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _set_bit(bits, r):
+    bits[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _clear_bit(bits, r):
+    bits[r >> 6] &= ~(np.uint64(1) << np.uint64(r & 63))
 
 
 @njit(cache=True, nogil=True)
@@ -110,15 +144,25 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
         nb = x_stop - x_start
         lo = np.empty((nb, n_rows), np.int64)
         hi = np.empty((nb, n_rows), np.int64)
-        a = np.searchsorted(e_sorted, edges[0, x_start])
-        b = a
+        # The block's edges, column by column. The kernel walks down columns
+        # but the images are stored by row: reading (and, below, writing) a
+        # row's ``nb`` neighbouring values at once touches one memory page per
+        # row and block instead of one per pixel.
+        eb = np.empty((nb + 1, n_rows))
+        for y in range(n_rows):
+            for j in range(nb + 1):
+                eb[j, y] = edges[y, x_start + j]
+        ob = np.empty((nb, n_rows))
         for j in range(nb):
-            x = x_start + j
+            # A binary search at each column's top: walking back from the
+            # previous column's last row would step over the whole tilt.
+            a = np.searchsorted(e_sorted, eb[j, 0])
+            b = a
             for y in range(n_rows):
                 # Bin edges move little from pixel to pixel: walk from the
                 # previous bounds instead of a fresh binary search.
-                left = edges[y, x]
-                right = edges[y, x + 1]
+                left = eb[j, y]
+                right = eb[j + 1, y]
                 while a < n_s and e_sorted[a] < left:
                     a += 1
                 while a > 0 and e_sorted[a - 1] >= left:
@@ -137,7 +181,9 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                     lo_raw, hi_raw = max(a - 1, 0), min(a + 1, n_s)
                 lo[j, y] = lo_raw
                 hi[j, y] = hi_raw
-                counts[y, x] = hi_raw - lo_raw
+        for y in range(n_rows):
+            for j in range(nb):
+                counts[y, x_start + j] = hi[j, y] - lo[j, y]
         c0 = lo[0, 0]
         c1 = hi[0, 0]
         for j in range(nb):
@@ -146,7 +192,7 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                 c1 = max(c1, hi[j, y])
         m = c1 - c0
         rank = np.empty(m, np.int64)
-        present = np.zeros(m, np.uint8)
+        present = np.zeros((m + 63) >> 6, np.uint64)  # one bit per rank
         bits = 11 if m >= _WIDE_DIGITS_MIN else 8
         vals = np.empty(m)
         finite = np.empty(m, np.bool_)
@@ -171,7 +217,6 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                 rank[order[r]] = r
                 ranked[r] = vals[order[r]]
             for j in range(nb):
-                x = x_start + j
                 count = 0
                 p = np.int64(-1)  # typed: a literal -1 would compile the helpers twice
                 below = 0
@@ -183,7 +228,7 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                     b = hi[j, y]
                     if a >= chi or b <= clo:
                         for i in range(clo, chi):
-                            present[rank[i - c0]] = 0
+                            _clear_bit(present, rank[i - c0])
                         count = 0
                         p = np.int64(-1)
                         below = 0
@@ -191,43 +236,39 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                         clo = a
                         chi = a
                     # Samples leaving the bin (its start moved right, its end left) ...
+                    # (``below``/``p_gone`` are updated without branches: whether a
+                    # sample is below the median is a coin flip the CPU cannot predict.)
                     for i in range(clo, a):
                         if finite[i - c0]:
                             r = rank[i - c0]
-                            present[r] = 0
+                            _clear_bit(present, r)
                             count -= 1
-                            if r < p:
-                                below -= 1
-                            elif r == p:
-                                p_gone = True
+                            below -= np.int64(r < p)
+                            p_gone |= r == p
                     for i in range(b, chi):
                         if finite[i - c0]:
                             r = rank[i - c0]
-                            present[r] = 0
+                            _clear_bit(present, r)
                             count -= 1
-                            if r < p:
-                                below -= 1
-                            elif r == p:
-                                p_gone = True
+                            below -= np.int64(r < p)
+                            p_gone |= r == p
                     # ... and entering it.
                     for i in range(a, clo):
                         if finite[i - c0]:
                             r = rank[i - c0]
-                            present[r] = 1
+                            _set_bit(present, r)
                             count += 1
-                            if r < p:
-                                below += 1
+                            below += np.int64(r < p)
                     for i in range(chi, b):
                         if finite[i - c0]:
                             r = rank[i - c0]
-                            present[r] = 1
+                            _set_bit(present, r)
                             count += 1
-                            if r < p:
-                                below += 1
+                            below += np.int64(r < p)
                     clo = a
                     chi = b
                     if count == 0:
-                        out[k, y, x] = np.nan
+                        ob[j, y] = np.nan
                         p = np.int64(-1)
                         below = 0
                         p_gone = False
@@ -255,11 +296,14 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                         p = _next_present(present, p, m)
                         below += 1
                     if count % 2:
-                        out[k, y, x] = ranked[p]
+                        ob[j, y] = ranked[p]
                     else:
-                        out[k, y, x] = 0.5 * (ranked[p] + ranked[_next_present(present, p, m)])
+                        ob[j, y] = 0.5 * (ranked[p] + ranked[_next_present(present, p, m)])
                 for i in range(clo, chi):
-                    present[rank[i - c0]] = 0
+                    _clear_bit(present, rank[i - c0])
+            for y in range(n_rows):
+                for j in range(nb):
+                    out[k, y, x_start + j] = ob[j, y]
 
 
 # Below this many samples x exposures one thread does the whole image.
@@ -339,6 +383,6 @@ def median_of_bins(e_sorted, flux_sorted, edges):
         raise ValueError("no sky samples: every pixel is masked")
     n_rows, n_cols = edges.shape[0], edges.shape[1] - 1
     out = np.empty((flux_sorted.shape[0], n_rows, n_cols))
-    counts = np.empty((n_rows, n_cols), np.int64)
+    counts = np.empty((n_rows, n_cols), np.int32)  # half an int64 map's memory
     _median_kernel(e_sorted, flux_sorted, edges, out, counts)
     return out, counts

@@ -1,0 +1,510 @@
+"""Browser round trips of the dashboard, in Chromium against a real ``specwidgets dashboard`` server.
+
+For each interaction the time from the front-end event to the new picture is
+split where it goes:
+
+* **to kernel**: from the browser event (``pointerup``, taken in the page
+  with ``performance.now()``) to the start of the first kernel callback;
+* **kernel**: the widget callbacks (``SPECWIDGETS_TIMING_LOG``, see
+  :mod:`specwidgets.core._timing`), of which **compute** is the sky/warp
+  recomputation and **render** the picture's reduction, colouring and PNG
+  encoding;
+* **to DOM**: from the end of the last kernel callback to the moment the
+  page's ``<image>`` gets its new ``href`` (a ``MutationObserver``), which
+  covers the websocket message (its size is counted from Chromium's
+  websocket frames) and the widget manager's decoding;
+* **paint**: from the new ``href`` to the next frame the browser produced
+  (``requestAnimationFrame`` then a task), plus, separately, the time to
+  decode the PNG (``HTMLImageElement.decode()`` of the same blob).
+
+Interactions (goals of issue 13, quiet machine):
+
+* page ready, demo: navigation to the image and the sky spectrum drawn (<= 2 s);
+* slider release -> new picture (corrected view) (<= 100 ms);
+* view switch: science -> background -> corrected -> chi (<= 100 ms, no recomputation);
+* arc click -> curves: remove a guess, add it back (<= 200 ms);
+* method switch bspline <-> median, corrected view (<= 250 ms);
+
+on the demo, the Goodman crop (rows 680:800 of both exposures) and one
+Goodman full frame (947 x 2030, loaded in the page with blank crop rows).
+Every figure is a median over ``--repeat`` tries (the machine is shared).
+
+Run::
+
+    python benchmarks/bench_browser.py [--repeat 5] [--only ready,demo,crop,full] [--pages 3]
+        [--server-args "--pool-size 0"]
+
+(``ready``: the page loads only.)
+
+Needs playwright and Chromium at /usr/bin/chromium, and the Goodman sample
+(``SPECWIDGETS_GOODMAN`` or /work/shared/data/goodman) for crop and full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import heading, machine_line, source_line, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SPECWIDGETS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-gpu", "--no-first-run"]
+GOODMAN = Path(os.environ.get("SPECWIDGETS_GOODMAN", "/work/shared/data/goodman"))
+VIEWPORT = {"width": 1400, "height": 1000}
+CDN = "https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@"
+GOALS_MS = {"page ready": 2000, "slider release": 100, "view switch": 100, "arc click": 200, "method switch": 250}
+
+# In the page: wait for a change under ``root`` (a MutationObserver), then for
+# the next frame; also decode the new picture on its own.
+WATCH_JS = """([selector, kind]) => {
+  const all = document.querySelectorAll(selector); const root = all[all.length - 1];  // the newest dashboard
+  const href = el => { const im = el.querySelector('image'); return im ? (im.getAttribute('href') || im.getAttribute('xlink:href') || '') : ''; };
+  const curves = el => { const f = el.querySelectorAll('.bqplot')[1];
+    return f ? [...f.querySelectorAll('path.line')].map(p => p.getAttribute('d') || '').join('|') : ''; };
+  const probe = kind === 'curves' ? curves : href;
+  const before = probe(root);
+  window.__sw = {up: null, dom: null, frame: null, decode: null};
+  document.addEventListener('pointerup', () => { window.__sw.up = performance.now(); },
+                            {capture: true, once: true});
+  const observer = new MutationObserver(() => {
+    const now = probe(root);
+    if (now === before || window.__sw.dom !== null) return;
+    window.__sw.dom = performance.now();
+    observer.disconnect();
+    requestAnimationFrame(() => setTimeout(() => { window.__sw.frame = performance.now(); }, 0));
+    if (kind !== 'curves' && now) {
+      const img = new Image(); const t0 = performance.now(); img.src = now;
+      img.decode().then(() => { window.__sw.decode = performance.now() - t0; }, () => { window.__sw.decode = -1; });
+    } else { window.__sw.decode = 0; }
+  });
+  observer.observe(root, {subtree: true, childList: true, attributes: true, attributeFilter: ['href', 'd']});
+  return performance.timeOrigin;
+}"""
+
+READY_JS = """() => {
+  const im = document.querySelector('.sw-image-viewer image');
+  const line = document.querySelector('.sw-sed-explorer .bqplot path.line');
+  const href = im ? (im.getAttribute('href') || im.getAttribute('xlink:href') || '') : '';
+  if (href && line && (line.getAttribute('d') || '').length > 10) {
+    if (window.__swReady === undefined) window.__swReady = performance.now();
+    return true;
+  }
+  return false;
+}"""
+
+
+BUSY_JS = """() => [...document.querySelectorAll('.sw-status')].some(e => e.innerText.includes('computing'))"""
+
+
+class _Done(Exception):
+    """Nothing more to measure on this server."""
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DashboardServer:
+    """``specwidgets dashboard [DATA] --port P --no-browser`` with kernel timings logged to a file."""
+
+    def __init__(self, data=None, extra=(), workdir=None):
+        self.port = free_port()
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_browser_"))
+        self.timing_log = self.workdir / f"timings_{self.port}.jsonl"
+        self.log_path = self.workdir / f"server_{self.port}.log"
+        env = dict(os.environ, SPECWIDGETS_TIMING_LOG=str(self.timing_log), PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        command = [sys.executable, "-m", "specwidgets.cli", "dashboard", *([str(data)] if data else []),
+                   "--port", str(self.port), "--no-browser", *extra]
+        self._log = open(self.log_path, "w")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def wait_ready(self, timeout=300):
+        """Until the launcher says "ready at" (its probe page rendered); returns the seconds it took."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready at" in self.log_path.read_text():
+                return time.monotonic() - self.started
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the dashboard stopped:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"the dashboard was not ready within {timeout} s")
+
+    def timings(self, t0, t1):
+        """Kernel records whose end falls in ``[t0, t1]`` (wall-clock seconds)."""
+        if not self.timing_log.exists():
+            return []
+        out = []
+        for line in self.timing_log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if t0 <= entry["t"] <= t1:
+                out.append(entry)
+        return out
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()  # the launcher stops Voila and its kernels
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class Page:
+    """One dashboard page in its own browser context, with its websocket frames counted."""
+
+    def __init__(self, browser, url):
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.context.route(lambda u: not u.startswith(("http://127.0.0.1", "ws://127.0.0.1")), self._outside)
+        self.page = self.context.new_page()
+        self.frames = []
+        self.page.on("websocket", self._on_websocket)
+        self.errors = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(url, timeout=300000, wait_until="commit")
+        self.page.wait_for_function(READY_JS, timeout=300000, polling=20)
+        self.ready_ms = self.page.evaluate("window.__swReady")
+        # Where the time went: the HTML (Voila runs the notebook unless a
+        # pre-heated kernel has), the page's scripts, the first kernel message.
+        self.phases = self.page.evaluate("""() => { const n = performance.getEntriesByType('navigation')[0];
+            return {html: n.responseEnd, dom: n.domContentLoadedEventEnd, load: n.loadEventEnd}; }""")
+        first_in = min((t for t, d, _ in self.frames if d == "in"), default=float("nan"))
+        origin = self.page.evaluate("performance.timeOrigin") / 1000.0
+        self.phases["first_ws"] = 1000.0 * (first_in - origin)
+
+    @staticmethod
+    def _outside(route):
+        if route.request.url.startswith(CDN):
+            route.fulfill(status=200, content_type="text/css", body="/* offline */")
+        else:
+            route.abort()
+
+    def _on_websocket(self, ws):
+        def size(payload):
+            return len(payload) if isinstance(payload, (bytes, bytearray)) else len(payload.encode("utf-8"))
+
+        ws.on("framereceived", lambda p: self.frames.append((time.time(), "in", size(p))))
+        ws.on("framesent", lambda p: self.frames.append((time.time(), "out", size(p))))
+
+    def wait_idle(self, quiet=0.4, timeout=60.0):
+        """Until the websocket has been quiet for ``quiet`` s and the status bar no longer says "computing"."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = self.frames[-1][0] if self.frames else 0.0
+            if time.time() - last >= quiet and not self.page.evaluate(BUSY_JS):
+                return
+            self.page.wait_for_timeout(50)
+
+    def close(self):
+        self.context.close()
+
+
+def measure(server, page, selector, kind, action, timeout=30.0):
+    """Run ``action`` (mouse events) and split the time to the changed picture/curves; a dict of ms."""
+    page.wait_idle()
+    origin = page.page.evaluate(WATCH_JS, [selector, kind]) / 1000.0
+    wall0 = time.time()
+    action()
+    page.page.wait_for_function("window.__sw.frame !== null && window.__sw.decode !== null",
+                                timeout=int(timeout * 1000), polling=10)
+    sw = page.page.evaluate("window.__sw")
+    page.wait_idle()
+    wall1 = time.time()
+    up = origin + sw["up"] / 1000.0
+    dom = origin + sw["dom"] / 1000.0
+    records = server.timings(wall0 - 0.05, wall1)
+    eps = 0.002  # clocks: the kernel's time.time() and the page's timeOrigin + now()
+    started = [r for r in records if r["t"] - r["ms"] / 1000.0 >= up - eps and r["t"] - r["ms"] / 1000.0 <= dom]
+    kernel_start = min((r["t"] - r["ms"] / 1000.0 for r in started), default=float("nan"))
+    # The last piece of kernel work that ended before the page changed sent the picture.
+    done = [r["t"] for r in records if up - eps <= r["t"] <= dom + eps]
+    sent = max(done, default=float("nan"))
+    renders = [r for r in records if r["what"] == "render" and up - eps <= r["t"] <= dom + eps]
+    fits = [r for r in records if r["what"] == "compute" and r["t"] - r["ms"] / 1000.0 >= up - eps
+            and r["t"] - r["ms"] / 1000.0 <= dom]
+    received = sum(n for t, d, n in page.frames if up <= t <= dom + 0.005 and d == "in")
+    return {
+        "total": 1000.0 * (dom - up) + (sw["frame"] - sw["dom"]),
+        "to_kernel": 1000.0 * (kernel_start - up),
+        "kernel": 1000.0 * (sent - kernel_start),
+        "render": sum(r["ms"] for r in renders),
+        "png_kib": sum(r.get("png_bytes", 0) for r in renders) / 1024.0,
+        "n_compute": len(fits),
+        "after_kernel": 1000.0 * (dom - sent),
+        "paint": sw["frame"] - sw["dom"],
+        "decode": sw["decode"],
+        "msg_kib": received / 1024.0,
+    }
+
+
+def click_center(page, locator):
+    box = locator.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def drag(page, locator, dx):
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y, steps=6)
+    page.mouse.up()
+
+
+TITLE_JS = """name => { const all = document.querySelectorAll('.sw-image-viewer .bqplot .mainheading');
+  const t = all.length ? all[all.length - 1] : null;
+  return t !== null && t.textContent.startsWith(name); }"""
+
+
+def set_view(page, name):
+    viewer = page.page.locator(".sw-image-viewer").last
+    for _ in range(3):
+        button = viewer.locator(".widget-toggle-button", has_text=name).first
+        button.scroll_into_view_if_needed()
+        button.click()
+        try:
+            page.page.wait_for_function(TITLE_JS, arg=name, timeout=20000)
+            break
+        except Exception:  # noqa: BLE001 - a click lost while the page was busy: again
+            continue
+    page.wait_idle()
+
+
+def run_slider(server, page, repeat):
+    set_view(page, "Corrected")
+    handle = page.page.locator(".sw-mask-slider .noUi-handle-upper").last
+    handle.scroll_into_view_if_needed()
+    out = []
+    for i in range(repeat):
+        dx = 12 if i % 2 == 0 else -12
+        out.append(measure(server, page, ".sw-image-viewer", "href", lambda: drag(page.page, handle, dx)))
+    return out
+
+
+def run_views(server, page, repeat):
+    set_view(page, "Science")
+    viewer = page.page.locator(".sw-image-viewer").last
+    out = []
+    for _ in range(repeat):
+        for name in ("Background", "Corrected", "Chi", "Science"):
+            button = viewer.locator(".widget-toggle-button", has_text=name).first
+            out.append(measure(server, page, ".sw-image-viewer", "href", lambda: click_center(page.page, button)))
+    return out
+
+
+def run_method(server, page, repeat):
+    set_view(page, "Corrected")
+    out = []
+    bar = page.page.locator(".sw-dashboard").last.locator(":scope > .widget-hbox").first
+    for i in range(2 * repeat):
+        name = "median" if i % 2 == 0 else "bspline"
+        button = bar.locator(".widget-toggle-button", has_text=name).first
+        out.append(measure(server, page, ".sw-image-viewer", "href", lambda: click_center(page.page, button)))
+    return out
+
+
+PICKER_JS = """el => {
+  const figs = el.querySelectorAll('.bqplot');
+  const dots = [...figs[0].querySelectorAll('path.dot')].map(d => {
+    const r = d.getBoundingClientRect();
+    return {x: r.x + r.width / 2, y: r.y + r.height / 2, stroke: getComputedStyle(d).stroke};
+  }).filter(d => d.stroke === 'rgb(0, 0, 0)');
+  const area = figs[0].querySelector('rect.plotarea_events').getBoundingClientRect();
+  return {guesses: dots, area: {x: area.x, y: area.y, width: area.width, height: area.height}};
+}"""
+
+
+def run_arc(server, page, repeat):
+    p = page.page
+    p.get_by_role("tab", name="Warp guesses").last.click()
+    picker = p.locator(".sw-warp-picker").last
+    picker.locator(".bqplot path.dot").first.wait_for(timeout=60000)
+    picker.locator(".bqplot").first.scroll_into_view_if_needed()
+    page.wait_idle()
+    out = []
+    for i in range(repeat):
+        state = picker.evaluate(PICKER_JS)
+        guess = state["guesses"][(len(state["guesses"]) // 2 + i) % len(state["guesses"])]
+        area = state["area"]
+        out.append(measure(server, page, ".sw-warp-picker", "curves", lambda: p.mouse.click(guess["x"], guess["y"])))
+        out.append(measure(server, page, ".sw-warp-picker", "curves",
+                           lambda: p.mouse.click(guess["x"] + 1, area["y"] + area["height"] - 6)))
+    p.get_by_role("tab", name="Sky").last.click()
+    page.wait_idle()
+    return out
+
+
+def load_full_frame(page):
+    p = page.page
+    form = p.locator(".sw-folder-form")
+    if not form.is_visible():
+        p.locator(".sw-source button", has_text="FITS folder").click()
+        form.wait_for(state="visible")
+    for label, value in (("Crop rows", ""), ("Mask rows", "700:790")):
+        field = form.get_by_label(label)
+        field.fill(value)
+        field.press("Tab")
+    p.wait_for_timeout(300)
+    page.wait_idle()
+    p.locator(".sw-load").click()
+    # The new dashboard's mask label shows the typed mask rows.
+    p.wait_for_function(
+        "() => { const all = document.querySelectorAll('.sw-mask-label');"
+        " return all.length && all[all.length - 1].innerText.trim() === '700:790'; }",
+        timeout=300000)
+    page.wait_idle(quiet=1.0)
+
+
+def summarize(name, case, rows):
+    row = _summarize(name, case, rows)
+    print("  " + "  ".join(fmt(row)), flush=True)
+    return row
+
+
+def _summarize(name, case, rows):
+    def med(key):
+        values = [r[key] for r in rows if r[key] == r[key]]  # drop NaN
+        return statistics.median(values) if values else float("nan")
+
+    return [name, case, len(rows), med("total"), min(r["total"] for r in rows), max(r["total"] for r in rows),
+            med("to_kernel"), med("kernel"), med("render"), med("png_kib"), med("after_kernel"), med("msg_kib"),
+            med("paint"), med("decode"), med("n_compute"), GOALS_MS[name]]
+
+
+COLUMNS = ["interaction", "case", "n", "median ms", "min", "max", "to kernel", "kernel", "of which PNG",
+           "PNG KiB", "kernel->DOM", "WS KiB", "paint", "decode", "fits", "goal ms"]
+
+
+def fmt(row):
+    return [v if isinstance(v, str) else (f"{v:.0f}" if isinstance(v, int) or abs(v) >= 10 else f"{v:.1f}")
+            for v in row]
+
+
+def page_ready(browser, server, n_pages, pause):
+    times = []
+    for i in range(n_pages):
+        if i:
+            time.sleep(pause)  # a pre-heated pool refills (fill delay + kernel start + the notebook)
+        page = Page(browser, server.url)
+        times.append((page.ready_ms, page.phases))
+        page.close()
+    return times
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--pages", type=int, default=3, help="page loads timed on the demo")
+    parser.add_argument("--pause", type=float, default=20.0,
+                        help="seconds between page loads (the pre-heated kernel's refill)")
+    parser.add_argument("--only", default="demo,crop,full")
+    parser.add_argument("--server-args", default="", help="extra arguments to specwidgets dashboard")
+    args = parser.parse_args(argv)
+    cases = [c.strip() for c in args.only.split(",") if c.strip()]
+
+    from playwright.sync_api import sync_playwright
+
+    heading("Browser round trips (Chromium, specwidgets dashboard)")
+    print(machine_line())
+    print(source_line())
+    rows, ready_rows = [], []
+    extra = args.server_args.split()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            if "demo" in cases or "ready" in cases:
+                server = DashboardServer(extra=extra)
+                try:
+                    start_s = server.wait_ready()
+                    time.sleep(args.pause)
+                    for ready_ms, phases in page_ready(browser, server, args.pages, args.pause):
+                        ready_rows.append(["page ready", "demo", ready_ms, phases])
+                    print(f"(demo server ready in {start_s:.1f} s)")
+                    if "demo" not in cases:
+                        raise _Done
+                    time.sleep(args.pause)
+                    page = Page(browser, server.url)
+                    rows.append(summarize("slider release", "demo", run_slider(server, page, args.repeat)))
+                    rows.append(summarize("view switch", "demo", run_views(server, page, max(1, args.repeat // 2))))
+                    rows.append(summarize("arc click", "demo", run_arc(server, page, args.repeat)))
+                    rows.append(summarize("method switch", "demo", run_method(server, page, args.repeat)))
+                    page.close()
+                except _Done:
+                    pass
+                finally:
+                    server.stop()
+            if ("crop" in cases or "full" in cases) and GOODMAN.is_dir():
+                server = DashboardServer(GOODMAN, extra=extra)
+                try:
+                    server.wait_ready()
+                    time.sleep(args.pause)
+                    page = Page(browser, server.url)
+                    print(f"(Goodman crop page ready in {page.ready_ms / 1000:.1f} s)")
+                    sets = []
+                    if "crop" in cases:
+                        sets.append("crop")
+                    if "full" in cases:
+                        sets.append("full")
+                    for case in sets:
+                        if case == "full":
+                            t0 = time.monotonic()
+                            load_full_frame(page)
+                            print(f"(full frame loaded in the page in {time.monotonic() - t0:.1f} s)")
+                        rows.append(summarize("slider release", case, run_slider(server, page, args.repeat)))
+                        rows.append(summarize("view switch", case, run_views(server, page, max(1, args.repeat // 2))))
+                        rows.append(summarize("arc click", case, run_arc(server, page, args.repeat)))
+                        rows.append(summarize("method switch", case, run_method(server, page, args.repeat)))
+                    page.close()
+                finally:
+                    server.stop()
+            elif "crop" in cases or "full" in cases:
+                print(f"(no Goodman sample at {GOODMAN}: crop and full skipped)")
+        finally:
+            browser.close()
+
+    if ready_rows:
+        print()
+        print("Page ready (navigation -> image and sky spectrum drawn), ms:")
+        values = [r[2] for r in ready_rows]
+
+        def phase(key):
+            return f"{statistics.median(r[3][key] for r in ready_rows):.0f}"
+
+        print(table([["demo", len(values), f"{statistics.median(values):.0f}", " ".join(f"{v:.0f}" for v in values),
+                      phase("html"), phase("dom"), phase("first_ws"), "2000"]],
+                    ["case", "tries", "median", "each", "HTML received", "DOM ready", "first kernel msg", "goal"]))
+    if rows:
+        print()
+        print("Round trips, event -> new picture/curves, medians (ms; 'kernel': first callback start -> last kernel "
+              "step before the page changed; 'of which PNG': rendering and encoding; 'fits': sky/warp fits started "
+              "before the picture changed):")
+        print(table([fmt(r) for r in rows], COLUMNS))
+        print()
+        for r in rows:
+            verdict = "meets" if r[3] <= r[-1] else "MISSES"
+            print(f"{r[0]:>15} {r[1]:>5}: {r[3]:6.0f} ms vs goal {r[-1]} ms -> {verdict}")
+
+
+if __name__ == "__main__":
+    main()
