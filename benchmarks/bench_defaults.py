@@ -3,10 +3,14 @@
 Issue 10's protocol. On each data set a band of sky rows is held out (masked
 from the fit together with the traces) and scored:
 
-    score = clipped std(data - model) / noise floor        (5-sigma clipping)
-    noise floor = clipped std of adjacent-row differences / sqrt(2)
+    score = RMS(data - model) / noise floor
+    noise floor = RMS of second differences along the rows / sqrt(6)
 
-both on the held-out rows, so 1.00 is the floor a perfect model reaches. The
+both on the held-out rows, without the pixels a cosmic ray hit (found in
+the data alone, the same for every estimator), so 1.00 is the floor a
+perfect model reaches. (The first version clipped each estimator's own
+residuals at 5 sigma and took adjacent-row differences for the floor; both
+favoured a model that misses the line peaks: see "scoring" below.) The
 score is also split into sky-line pixels and continuum pixels (a pixel is a
 line pixel when the median-of-bins sky there exceeds the local continuum by
 more than 3 noise floors). On synthetic frames the RMS error against the
@@ -53,28 +57,81 @@ FULL_FRAME_GOAL = 1.05
 
 
 # ---------------------------------------------------------------------- scoring
-def clipped_std(x, n_sigma=5.0, n_iter=10):
-    x = np.asarray(x, float).ravel()
-    x = x[np.isfinite(x)]
-    if x.size < 3:
-        return float("nan")
-    keep = np.ones(x.size, bool)
-    for _ in range(n_iter):
-        mu, sd = x[keep].mean(), x[keep].std()
-        new = np.abs(x - mu) <= n_sigma * sd
-        if np.array_equal(new, keep):
-            break
-        keep = new
-    return float(x[keep].std())
+# The protocol (issue 10) as first written scored the 5-sigma-clipped std of
+# data - model over the clipped std of adjacent-row differences / sqrt(2). On
+# synthetic frames the median of bins then scored *below* the true sky
+# (0.972 vs 1.007 with a 0.7 px flexure), which no model that never saw the
+# held-out rows can do honestly. Two biases, both in the estimator's favour
+# when it misses the line peaks:
+#
+# * the floor: where a sky line tilts across the slit, adjacent rows differ
+#   by the line's own motion (a slope of thousands of counts per pixel times
+#   a hundredth of a pixel per row), not only by noise. The floor was too
+#   high on line pixels (the true sky scored 0.81-0.88 there).
+# * the clipping: each estimator's residuals were clipped at 5 sigma of
+#   themselves, so large model errors (the median's missed line peaks, 3.3x
+#   the floor) were thrown away as if they were cosmic rays.
+#
+# Now the floor comes from second differences along the rows,
+# x[r-1] - 2 x[r] + x[r+1] (a line moving linearly across rows cancels),
+# divided by sqrt(6); and the pixels left out (cosmic rays) are chosen from
+# the data alone, the same for every estimator: a pixel more than 6 sigma
+# above the mean of its two row neighbours (sigma from the level of the
+# second differences). The score is the plain RMS of data - model over the
+# remaining held-out pixels (a bias counts too) divided by that floor.
+CR_SIGMA = 6.0
+CAP_SIGMA = 5.0
+
+
+def _local_sigma(level, d2):
+    """Noise sigma of one pixel as a function of level: var(d2)/6 in level bins, fit by a + b*level."""
+    ok = np.isfinite(level) & np.isfinite(d2)
+    lv, dv = level[ok], d2[ok]
+    order = np.argsort(lv)
+    bins = np.array_split(order, 20)
+    x = np.array([np.median(lv[i]) for i in bins])
+    y = np.array([(1.4826 * np.median(np.abs(dv[i] - np.median(dv[i])))) ** 2 / 6 for i in bins])
+    b, a = np.polyfit(x, y, 1)
+    if b < 0:
+        b, a = 0.0, float(np.mean(y))
+
+    def sigma(v):
+        return np.sqrt(np.clip(a + b * np.asarray(v, float), 1e-12, None))
+
+    return sigma
+
+
+def protocol_masks(data, rows):
+    """``(good, d2, sigma)``: held-out pixels not hit by a cosmic ray (data only), the second
+    differences along the rows, and each pixel's noise sigma (from its level)."""
+    r0, r1 = rows.start, rows.stop
+    if r0 < 1 or r1 >= data.shape[1]:
+        raise ValueError("the held-out rows need one data row on each side")
+    x = data[:, r0 - 1: r1 + 1]
+    d2 = x[:, :-2] - 2 * x[:, 1:-1] + x[:, 2:]
+    level = np.median(np.stack([x[:, :-2], x[:, 1:-1], x[:, 2:]]), axis=0)
+    sigma = _local_sigma(level.ravel(), d2.ravel())(level)
+    dev = x[:, 1:-1] - 0.5 * (x[:, :-2] + x[:, 2:])
+    hit = dev > CR_SIGMA * np.sqrt(1.5) * sigma
+    # Hits in the rows just outside the band spoil the band's edge rows' second differences.
+    out_lo = data[:, r0 - 1] - 0.5 * (data[:, r0 - 2] + data[:, r0]) if r0 >= 2 else np.zeros_like(data[:, r0])
+    out_hi = data[:, r1] - 0.5 * (data[:, r1 - 1] + data[:, r1 + 1]) if r1 + 1 < data.shape[1] else np.zeros_like(data[:, r0])
+    nb = np.zeros_like(hit)
+    nb[:, 1:] |= hit[:, :-1]
+    nb[:, :-1] |= hit[:, 1:]
+    nb[:, 0] |= out_lo > CR_SIGMA * np.sqrt(1.5) * sigma[:, 0]
+    nb[:, -1] |= out_hi > CR_SIGMA * np.sqrt(1.5) * sigma[:, -1]
+    good = ~hit & np.isfinite(x[:, 1:-1])
+    return good, np.where(good & ~nb & np.isfinite(d2), d2, np.nan), sigma
 
 
 def noise_floor(data, rows, pixels=None):
-    """Clipped std of adjacent-row differences / sqrt(2) on the held-out rows."""
-    d = np.diff(data[:, rows], axis=1)
+    """The noise floor on the held-out rows: RMS of second differences along the rows / sqrt(6)."""
+    _, d2, _ = protocol_masks(data, rows)
     if pixels is not None:
-        both = pixels[:-1] & pixels[1:]
-        d = d[:, both]
-    return clipped_std(d) / np.sqrt(2)
+        d2 = d2[:, pixels]
+    d2 = d2[np.isfinite(d2)]
+    return float(np.sqrt(np.mean(d2**2) / 6))
 
 
 def line_pixels(median_bg, rows, floor):
@@ -86,11 +143,15 @@ def line_pixels(median_bg, rows, floor):
 
 
 def scores(data, model, rows, lines):
-    resid = data[:, rows] - model[:, rows]
+    good, d2, sigma = protocol_masks(data, rows)
+    cap = CAP_SIGMA * sigma
+    resid = np.where(good, np.clip(data[:, rows] - model[:, rows], -cap, cap), np.nan)
     out = {}
     for name, pix in (("all", None), ("lines", lines), ("cont", ~lines)):
         r = resid if pix is None else resid[:, pix]
-        out[name] = clipped_std(r) / noise_floor(data, rows, pix)
+        f = d2 if pix is None else d2[:, pix]
+        r, f = r[np.isfinite(r)], f[np.isfinite(f)]
+        out[name] = float(np.sqrt(np.mean(r**2)) / np.sqrt(np.mean(f**2) / 6))
     return out
 
 
@@ -198,9 +259,8 @@ def run_case(ds, skysub):
             t_py, py = _timed(lambda: pypeit_sky(skysub, data, warp.effpix_map(), fit_rows, ds["gain"], ds["read_noise"]))
         entries.append(("PypeIt global_skysub", py, t_py))
     if ds["truth"] is not None:
-        # The protocol's own floor: the true sky scores about 1.00 but not
-        # exactly (the clipping treats bright-line pixels as outliers), and
-        # an estimator that misses line peaks can score below it.
+        # The protocol's own check: the true sky must score 1.00 (to the
+        # floor's statistical error), on line and continuum pixels alike.
         entries.insert(0, ("true sky (reference)", ds["truth"], 0.0))
     out = []
     goal = FULL_FRAME_GOAL if ds["full_frame"] else SCORE_GOAL

@@ -29,6 +29,7 @@ from .core.inputs import mask_ranges
 from .core.lines import find_cal_lines
 from .core.rows import RowRanges
 from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
+from .core.sky.sky_warp import sky_warp_model
 from .core.warp import WarpModel, generate_warp_model
 from .io import synthetic as datasets
 from .io.instruments import Instrument, get_instrument, known_instruments, register_instrument
@@ -72,6 +73,7 @@ __all__ = [
     "plot_image",
     "register_instrument",
     "sky_line_residual_score",
+    "sky_warp_model",
     "trace_spectrum",
 ]
 

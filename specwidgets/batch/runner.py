@@ -282,7 +282,8 @@ class Calibrations:
     bias: np.ndarray | None
     flat: np.ndarray | None
     arc: np.ndarray | None
-    warp_model: WarpModel
+    #: None when there is no arc: each science frame's warp is then fit on its own sky lines.
+    warp_model: WarpModel | None
     guesses: np.ndarray | None
     unit: str | None
     files: dict
@@ -338,9 +339,11 @@ def prepare_calibrations(
         flat_img = normalise_flat(raw_flat, flat_norm)
     if len(units) > 1:
         raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
-    if warp_model is None:
-        if arc_img is None:
-            raise ValueError("give arc frames (to fit the warp model) or a warp_model")
+    if warp_model is None and arc_img is None:
+        # No arc: each science frame's warp comes from its own sky lines
+        # (fit_sky with warp_model=None); nothing to fit here.
+        pass
+    elif warp_model is None:
         if guesses is None:
             guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
         guesses = np.atleast_1d(np.asarray(guesses, float))
@@ -351,7 +354,7 @@ def prepare_calibrations(
     elif not isinstance(warp_model, WarpModel):
         raise TypeError(f"warp_model must be a WarpModel or its to_dict(); got {type(warp_model).__name__}")
     for name, img in (("bias", bias_img), ("flat", flat_img), ("arc", arc_img)):
-        if img is not None and img.shape != tuple(warp_model.shape):
+        if img is not None and warp_model is not None and img.shape != tuple(warp_model.shape):
             raise ValueError(
                 f"the {name} frames have shape {img.shape} but the warp model is for {tuple(warp_model.shape)}"
             )
@@ -502,7 +505,12 @@ _WARP_CACHE: dict = {}
 
 
 def _cached_warp(job):
-    """The job's warp model, built once per worker process (its maps are cached on it)."""
+    """The job's warp model, built once per worker process (its maps are cached on it).
+
+    None without an arc: fit_sky then fits each frame's warp on its sky lines.
+    """
+    if not job.warp:
+        return None
     model = _WARP_CACHE.get(job.warp_key)
     if model is None:
         model = WarpModel.from_dict(job.warp)
@@ -511,6 +519,15 @@ def _cached_warp(job):
             _WARP_CACHE.clear()
         _WARP_CACHE[job.warp_key] = model
     return model
+
+
+def _used_warp(result, job):
+    """The warp the fit used, for the output's header: the arc's (as a dict), its refinement
+    on the sky lines, or the frame's sky-line warp (no arc)."""
+    used = getattr(result, "warp_model", None)
+    if used is not None and (not job.warp or used.to_dict() != job.warp):
+        return used
+    return job.warp or None
 
 
 def _process_one(path, job, bias, flat):
@@ -597,8 +614,8 @@ def _process_one_inner(path, job, bias, flat):
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
-        write_exposure(result, 0, out, warp_model=job.warp, provenance=prov, config=config, dtype=job.dtype, extra_mask=extra,
-                       input_header=frame.header)
+        write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
+                       extra_mask=extra, input_header=frame.header)
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
@@ -1056,7 +1073,7 @@ def _process_group(paths, job, bias, flat):
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
-            write_exposure(result, k, record["output"], warp_model=job.warp, provenance=prov, config=config,
+            write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
                            dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
             record["status"] = "done"
             record.update(quality)
@@ -1332,11 +1349,20 @@ def run_batch(
         )
         model = cal.warp_model
         summary.timings["calibrations"] = time.perf_counter() - t_cal
+        if model is None:
+            # No arc: the frames' shape from the calibrations or the first
+            # science frame; each frame's warp is fit on its sky lines.
+            known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
+            shape = known.shape if known is not None else read_frame(files[0], reader, crop)[0].shape
+            warp_dict = {}
+            summary.warnings = ["no arc frames: each science frame's warp is fit on its own sky lines"]
+        else:
+            shape = tuple(model.shape)
+            warp_dict = model.to_dict()
+            summary.warnings = list(model.quality_warnings) if model.traces is not None else []
         # One value from here to every fit and output header (SWMASK).
-        ranges = RowRanges.coerce(masks, "masks").resolve(model.shape[0], "masks")
-        warp_dict = model.to_dict()
+        ranges = RowRanges.coerce(masks, "masks").resolve(shape[0], "masks")
         summary.warp_model = warp_dict
-        summary.warnings = list(model.quality_warnings) if model.traces is not None else []
         names = {k: [p.name for p in v] for k, v in cal.files.items()}
         instrument_name = instrument if isinstance(instrument, str) else getattr(reader, "name", repr(reader))
         provenance = {
@@ -1373,7 +1399,7 @@ def run_batch(
         job = _Job(
             reader=reader,
             crop=crop,
-            shape=tuple(model.shape),
+            shape=tuple(shape),
             warp=warp_dict,
             warp_key=hashlib.sha256(json.dumps(warp_dict, sort_keys=True).encode()).hexdigest(),
             masks=ranges,

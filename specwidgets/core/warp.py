@@ -602,10 +602,13 @@ def generate_warp_model(image: ArrayLike, guess: ArrayLike, tolerance: float = 1
     # Per-line smooth paths give each line's reference position and reject
     # stray points (cosmic rays, a neighbour caught in the window).
     x0 = np.full(n_lines, np.nan)
+    # Coverage counts the row blocks that hold data at all: a science frame
+    # whose trace rows are blanked (sky lines, no arc) has lines only there.
+    n_blocks_with_data = int(np.count_nonzero(np.isfinite(fine_profiles).any(axis=1)))
     for i in range(n_lines):
         coef, keep = _clipped_polyfit(t_fine, positions[i], line_order)
         positions[i, ~keep] = np.nan
-        if coef is not None and keep.sum() >= max(line_order + 2, 0.3 * fine_rows.size):
+        if coef is not None and keep.sum() >= max(line_order + 2, 0.3 * n_blocks_with_data):
             x0[i] = coef[0]
     used = np.isfinite(x0)
     if not used.any():

@@ -45,8 +45,9 @@ class SkyState(tl.HasTraits):
     science : array_like
         ``(n_rows, n_cols)`` or ``(n_exposures, n_rows, n_cols)``.
     arc : array_like, optional
-        The arc frame of the same shape; without one the warp model must be
-        given (``warp_model=``).
+        The arc frame of the same shape. Without one (and no ``warp_model=``)
+        the warp is fit on the science frame's own sky lines
+        (:func:`specwidgets.core.sky.sky_warp.sky_warp_model`, with the mask given).
     **traits
         Any of the input traits below (``mask_region``, ``guesses``,
         ``tolerance``, ``method``, ...).
@@ -115,8 +116,6 @@ class SkyState(tl.HasTraits):
             arc = as_image(arc, "arc")
             if arc.shape != stack.shape[1:]:
                 raise ValueError(f"the arc has shape {arc.shape} but the science frames {stack.shape[1:]}")
-        elif warp_model is None:
-            raise ValueError("give an arc frame to fit a warp model, or a warp_model")
         self._hold = True
         self._hold_depth = 0
         self._constructing = True
@@ -131,7 +130,7 @@ class SkyState(tl.HasTraits):
             self.warp_model = warp_model
             self._update_sky()
         else:
-            if not self.guesses:
+            if not self.guesses and arc is not None:
                 self._find_lines()
             self._update_warp()
         # After the first fit (which compiles its own method): the other
@@ -344,7 +343,15 @@ class SkyState(tl.HasTraits):
     def _update_warp(self):
         def step():
             if self.arc is None:
-                raise ValueError("no arc frame: the warp model cannot be refit")
+                # No arc: the warp from the science frame's own sky lines
+                # (the rows outside the current mask).
+                from ..core.sky.sky_warp import sky_warp_model
+
+                model = sky_warp_model(self.science, self.masks or (None, None), line_order=self.line_order,
+                                       warp_order=self.warp_order)
+                self.n_warp_fits += 1
+                self.warp_model = model
+                return
             model = generate_warp_model(
                 self.arc,
                 self.guesses,

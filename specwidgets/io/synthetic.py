@@ -182,7 +182,10 @@ def make_synthetic_longslit(
         Flexure between arc and science: the science's sky lines sit
         ``shift`` columns to the right of where the arc's warp puts them, and
         their tilt over the slit differs from the arc's by ``shift_tilt``
-        columns (bottom to top). ``warp`` stays the arc's.
+        columns (bottom to top). ``warp`` stays the arc's. A sequence
+        ``shift_tilt`` changes the tilt's coefficients as ``tilt`` gives them
+        (``(0, 1)``: one column more tilt at the last column, one less at the
+        first), a change of the warp's shape along the dispersion.
 
     Returns
     -------
@@ -207,9 +210,13 @@ def make_synthetic_longslit(
     warp = WarpModel.from_tilt((n_rows, n_cols), tilt, curvature=curvature)
     edges = warp.edge_map()
     emap = warp.effpix_map()
-    if shift_tilt:
-        tilt_sci = np.atleast_1d(np.asarray(tilt, dtype=float)).copy()
-        tilt_sci[0] += shift_tilt
+    if np.any(shift_tilt):
+        # A sequence changes the tilt's coefficients along the dispersion too.
+        base = np.atleast_1d(np.asarray(tilt, dtype=float))
+        extra = np.atleast_1d(np.asarray(shift_tilt, dtype=float))
+        tilt_sci = np.zeros(max(base.size, extra.size))
+        tilt_sci[: base.size] += base
+        tilt_sci[: extra.size] += extra
         science_warp = WarpModel.from_tilt((n_rows, n_cols), tilt_sci, curvature=curvature)
     else:
         science_warp = warp

@@ -7,6 +7,7 @@ is the seed-compatible front that returns arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -138,6 +139,9 @@ class SkyResult:
     quality : SkyQuality
         How far to trust the fit: noise model and its source, unlit rows,
         flexure, rejected fraction, chi, leak, ``warnings``, ``suspect``.
+    warp_model : WarpModel
+        The warp the fit used (the one given, its refinement on the sky
+        lines, or the sky lines' own; see ``quality.warp_source``).
     flexure_shift : tuple of float
         Per exposure, the sky lines' shift between the bottom and top rows
         that was corrected (px; 0 when none): exposure ``k`` was fit on
@@ -160,6 +164,7 @@ class SkyResult:
     options: dict = field(default_factory=dict)
     quality: SkyQuality | None = None
     flexure_shift: tuple = ()
+    warp_model: WarpModel | None = field(default=None, repr=False)
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
     # The median of bins: samples in each pixel's bin, from which its
@@ -350,8 +355,11 @@ def fit_sky(
         (bad columns, cosmic-ray holes) are ignored. An array carrying
         ``gain``, ``read_noise`` and ``noise_source`` attributes (as the
         loaders return) supplies its noise model.
-    warp_model : WarpModel
+    warp_model : WarpModel or None
         Fit on an arc of the same shape (see :func:`generate_warp_model`).
+        None: fit on the science frame's own sky lines
+        (:func:`specwidgets.core.sky.sky_warp.sky_warp_model`, once per frame), for
+        when there is no arc; ``quality.warp_source`` is then "sky lines".
     mask_region : (int, int), list of (int, int) or RowRanges
         Rows ``start:stop`` to keep out of the sky fit (the trace); several
         ranges may be given. ``(None, None)`` masks nothing. Read as a
@@ -383,6 +391,15 @@ def fit_sky(
             Measure the shift of each exposure's sky lines against the warp
             from one end of the slit to the other, and correct it when it is
             significant.
+        ``sky_warp`` : "auto" (default) or False
+            Trace the science frame's own bright sky lines and correct the
+            warp's shape (tilt and curvature changing along the dispersion)
+            where they disagree with it, when that predicts sky-line
+            positions on held-out rows better
+            (:func:`specwidgets.core.sky.sky_warp.refine_warp`). Measured once per
+            science frame and warp model (cached on the warp model, with the
+            mask of the first fit), so a moved mask does not pay for it.
+            ``result.quality.warp_source`` says which warp was used.
         ``knot_spacing``, ``reject_sigma``, ``max_iterations``, ... : see
         :func:`specwidgets.core.sky.bspline.fit_bspline_sky`.
 
@@ -410,9 +427,10 @@ def fit_sky(
     False
     """
     stack, _ = as_image_stack(images, "images")
-    if not isinstance(warp_model, WarpModel):
+    if warp_model is not None and not isinstance(warp_model, WarpModel):
         raise TypeError(
-            f"warp_model must be a WarpModel (from generate_warp_model); got {type(warp_model).__name__}"
+            f"warp_model must be a WarpModel (from generate_warp_model, or sky_warp_model without an arc) "
+            f"or None (fit on the sky lines); got {type(warp_model).__name__}"
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -423,15 +441,31 @@ def fit_sky(
             f"images have {n_cols} column(s); a sky fit needs a spectrum along the columns "
             "(dispersion along x): check the instrument's dispersion_axis (transpose the frames?)"
         )
-    if warp_model.coefficients.size and not np.isfinite(warp_model.coefficients).all():
-        raise ValueError(
-            "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
-        )
-    emap = warp_model.effpix_map((n_rows, n_cols))
     # One value from the caller to the result: a RowRanges already resolved
     # for this height (the state's) passes through as the same object.
     ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
     masked_rows = ranges.rows()
+    if warp_model is None:
+        # No arc: the warp from the frame's own sky lines, once per frame.
+        from .sky_warp import cached_sky_warp_model
+
+        warp_model = cached_sky_warp_model(stack, masked_rows)
+    if warp_model.coefficients.size and not np.isfinite(warp_model.coefficients).all():
+        raise ValueError(
+            "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
+        )
+    warp_model._check_shape((n_rows, n_cols))
+    refinement = None
+    sky_warp = False
+    if method == "bspline":
+        sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
+        if sky_warp == "auto":
+            # Once per science frame and warp (cached on the warp model): a
+            # moved mask reuses it, and the refined warp's maps and sort.
+            from .sky_warp import cached_refinement
+
+            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows)
+    emap = warp_model.effpix_map((n_rows, n_cols))
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
@@ -445,10 +479,19 @@ def fit_sky(
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        return _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                           (read_noise, gain, rn_source, gain_source), progress)
-    return _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                        (read_noise, gain, rn_source, gain_source), progress, options)
+        result = _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
+                             (read_noise, gain, rn_source, gain_source), progress)
+    else:
+        result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
+                              (read_noise, gain, rn_source, gain_source), progress, options)
+        result.options["sky_warp"] = sky_warp
+    result.warp_model = warp_model
+    report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
+    if report is not None:
+        result.quality = dataclasses.replace(
+            result.quality, warp_source=report.source, warp_shift=float(report.max_shift), warp_note=report.reason,
+        )
+    return result
 
 
 def _hand_over(box):

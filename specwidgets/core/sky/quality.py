@@ -90,6 +90,15 @@ class SkyQuality:
         Plain sentences: what looks wrong and what to do.
     suspect : bool
         True when the result is probably wrong (see ``warnings``).
+    warp_source : str
+        The warp the fit used: "arc", "arc refined on sky lines" (the
+        science frame's sky lines corrected its shape; see
+        :func:`specwidgets.core.sky.sky_warp.refine_warp`) or "sky lines" (no arc).
+    warp_shift : float
+        Largest correction the sky lines made to the arc's warp over the sky
+        rows [px] (0 when not refined).
+    warp_note : str
+        What the sky-line measurement found, in a sentence (empty when not tried).
     """
 
     rejected_fraction: float
@@ -104,6 +113,9 @@ class SkyQuality:
     spatial_order: int = 0
     warnings: list = field(default_factory=list)
     suspect: bool = False
+    warp_source: str = "arc"
+    warp_shift: float = 0.0
+    warp_note: str = ""
 
     def header_cards(self):
         """FITS header cards ``(keyword, value, comment)`` describing the fit.
@@ -131,6 +143,8 @@ class SkyQuality:
             ("FLEXCORR", bool(self.flexure_applied), "flexure correction applied"),
             ("SKYSPORD", int(self.spatial_order), "spatial order of the sky model"),
             ("SKYUNLIT", unlit[:60], "unlit rows left out of the sky fit"),
+            ("SKYWARP", self.warp_source[:60], "warp used by the sky fit"),
+            ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
             ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
         ] + [("SKYWARN", w[:68], "sky-fit warning") for w in self.warnings[:5]]
 
@@ -142,6 +156,10 @@ class SkyQuality:
             f"leak {self.leak:.2f} sigma, gain {self.gain:.3g}, read noise {self.read_noise:.3g} e- "
             f"({self.noise_source}), spatial order {self.spatial_order}"
         )
+        if self.warp_source != "arc":
+            text += f", warp: {self.warp_source}"
+            if self.warp_shift:
+                text += f" (up to {self.warp_shift:.2f} px)"
         if self.warnings:
             text += " - " + " ".join(self.warnings)
         return text

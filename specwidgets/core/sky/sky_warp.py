@@ -1,0 +1,406 @@
+"""The warp measured on the science frame's own sky lines.
+
+An arc's warp may not fit the sky lines of a science exposure taken later
+(flexure that bends, not only shifts, the lines; a warp model that the arc's
+lines constrain poorly between them). Two tools:
+
+* :func:`refine_warp` traces the bright sky lines row by row (their
+  centroids in small blocks of rows, as
+  :func:`~specwidgets.warp.generate_warp_model` traces arc lines) and fits
+  how far they sit from where the arc's warp puts them with a smooth shift
+  ``delta(e, t)``; the arc's warp plus that shift is used only when it
+  predicts the traced positions of held-out rows better than the arc's warp;
+* :func:`sky_warp_model` fits a warp with no arc at all, from the same
+  traced sky lines.
+
+The shift is
+
+    delta(e, t) = sum_{k=1..2} sum_{j=0..2} d[k-1, j] * t**k * u**j
+
+in the warp model's own coordinates (``t`` the row, ``u`` the effective
+pixel, both scaled; so the refined model is the arc's with ``d`` added to
+its coefficients), without the term ``t * u**0`` (it is fit, but not
+applied): a uniform change of tilt is the flexure that
+:func:`~specwidgets.fit_sky` measures per exposure, and reports as such.
+
+This module belongs to the core (``specwidgets/core/sky/``, next to the sky fit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..warp import WarpModel
+
+__all__ = ["WarpRefinement", "refine_warp", "sky_warp_model"]
+
+# Held-out chi-square the refinement must win, per coefficient, over both
+# folds together (each fold must gain too). Akaike would ask 2 per coefficient
+# on rows held out; this asks more, so that a correction at the noise level
+# is not applied.
+MIN_GAIN_PER_COEF = 4.0
+
+
+@dataclass(frozen=True)
+class WarpRefinement:
+    """What :func:`refine_warp` measured and whether it was used.
+
+    Attributes
+    ----------
+    used : bool
+        Whether the refined warp replaced the given one.
+    source : str
+        Where the warp used comes from: "arc", "arc refined on sky lines" or
+        "sky lines" (no arc).
+    max_shift : float
+        Largest shift of the correction over the frame's sky rows [px]
+        (0 when not used).
+    heldout_gain : float
+        Decrease of the held-out chi-square of the traced sky-line positions
+        with the correction (in units of their scatter), summed over the two
+        folds (positive: the correction helps).
+    heldout_gain_per_pixel : float
+        The same per traced position.
+    n_coefficients : int
+        Coefficients of the correction.
+    reason : str
+        Why it was (not) used, in a sentence.
+    """
+
+    used: bool
+    source: str
+    max_shift: float = 0.0
+    heldout_gain: float = 0.0
+    heldout_gain_per_pixel: float = 0.0
+    n_coefficients: int = 0
+    reason: str = ""
+
+
+def fingerprint(stack):
+    """A cheap identity of an image stack's values (shape, dtype and a regular sample of pixels)."""
+    flat = np.asarray(stack).reshape(-1)
+    step = max(1, flat.size // 100_000)
+    h = hashlib.blake2b(np.ascontiguousarray(flat[::step]).tobytes(), digest_size=16)
+    h.update(repr((np.shape(stack), str(np.asarray(stack).dtype), float(np.nansum(flat[1::step])))).encode())
+    return h.hexdigest()
+
+
+def _with_delta(warp, terms, d):
+    """The warp with the correction ``d`` (one value per term) added to its coefficients."""
+    k_max = max([warp.line_order] + [k for k, _ in terms])
+    j_max = max([warp.warp_order] + [j for _, j in terms])
+    coef = np.zeros((k_max, j_max + 1))
+    if warp.coefficients.size:
+        coef[: warp.line_order, : warp.warp_order + 1] = warp.coefficients
+    for (k, j), v in zip(terms, d):
+        coef[k - 1, j] += v
+    return WarpModel(warp.shape, warp.ref_row, coef, warp.row_scale, warp.col_centre, warp.col_scale)
+
+
+def _sky_rows(stack, masked_rows):
+    from .quality import dark_rows, provisional_noise
+
+    _, _, var_low = provisional_noise(stack, masked_rows)
+    dark = dark_rows(stack, masked_rows, var_low)
+    return np.flatnonzero(~masked_rows & ~dark)
+
+
+def _sky_line_guesses(stack, sky_rows, std_variation=20.0):
+    """Columns of the sky lines: peaks of the median sky spectrum of the sky rows."""
+    from ..lines import find_cal_lines
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Every sky row: the fewer rows, the noisier the spectrum and the
+        # fewer lines clear the threshold. NaN-aware medians only if needed.
+        band = stack[:, sky_rows].mean(axis=0)
+        spectrum = (np.nanmedian if np.isnan(band).any() else np.median)(band, axis=0)
+        spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
+        # The median of many rows: the threshold (in noise units of that
+        # spectrum) finds the bright lines, not the noise peaks.
+        locs, _ = find_cal_lines(np.tile(spectrum, (5, 1)), std_variation=std_variation)
+    return np.asarray(locs, float)
+
+
+def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1):
+    """Sky lines traced row by row on the sky rows (others blanked): a :class:`WarpModel` with ``traces``."""
+    from ..warp import generate_warp_model
+
+    n_rows = stack.shape[1]
+    locs = _sky_line_guesses(stack, sky_rows)
+    if locs.size < 2:
+        raise ValueError(f"only {locs.size} sky line(s) found in the sky rows")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # A plain sum: a NaN pixel stays NaN (left out of the block means
+        # that trace the lines), where nansum would put a dip of zero.
+        summed = stack.sum(axis=0)
+        blank = np.ones(n_rows, bool)
+        blank[sky_rows] = False
+        summed[blank] = np.nan
+        ref = int(sky_rows[np.argmin(np.abs(sky_rows - ref_row))])
+        return generate_warp_model(summed, locs, line_order=line_order, warp_order=min(warp_order, locs.size - 1),
+                                   ref_idx=ref)
+
+
+def _design(terms, t, u):
+    return np.stack([t**k * u**j for k, j in terms], axis=-1)
+
+
+def _fit_offsets_and_terms(R, t, u, terms, use):
+    """Least squares ``R[i, b] = o_i + sum_terms c * t_b**k * u_i**j`` on ``use``; returns (o, c)."""
+    n_lines = R.shape[0]
+    ii, bb = np.nonzero(use)
+    cols = [np.eye(n_lines)[ii]]
+    if terms:
+        cols.append(_design(terms, t[bb], u[ii]))
+    a = np.hstack(cols)
+    sol, *_ = np.linalg.lstsq(a, R[ii, bb], rcond=None)
+    return sol[:n_lines], sol[n_lines:]
+
+
+def _predict(o, c, terms, t, u):
+    out = o[:, None] + 0.0 * t[None, :]
+    if terms:
+        out = out + _design(terms, t[None, :], u[:, None]) @ c
+    return out
+
+
+def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source="arc"):
+    """The arc's warp corrected to the science frame's sky lines, when that predicts held-out rows better.
+
+    The bright sky lines are found in the sky rows and traced row by row
+    (their centroid in small blocks of rows), as
+    :func:`~specwidgets.generate_warp_model` traces arc lines. Each traced
+    position is compared with where the arc's warp puts that line; the
+    difference is fit by a per-line offset plus the shift ``delta(e, t)``
+    of the module docstring (5 coefficients: the tilt's change along the
+    dispersion, and the curvature's change). The term of a uniform tilt
+    change (the flexure) is fit too but not applied: :func:`~specwidgets.fit_sky`
+    measures it per exposure and reports it as flexure.
+
+    Parameters
+    ----------
+    stack : (n_exposures, n_rows, n_cols) array
+        Science frames (the correction is common to all).
+    warp : WarpModel
+        The warp to refine (from the arc).
+    masked_rows : (n_rows,) bool array
+        Rows to leave out (the traces).
+    gain, read_noise : float, optional
+        Not needed by the measurement (kept for a common signature).
+    source : str
+        Where ``warp`` comes from, for the report.
+
+    Returns
+    -------
+    (WarpModel, WarpRefinement)
+        The warp to use (``warp`` itself when the correction is not used)
+        and what was measured. Validation: the row blocks are split into two
+        halves (interleaved runs of 4 blocks); the correction is fit on one
+        half and predicts the traced positions of the other, against the
+        flexure-only model; it is used only when the held-out squared
+        residual (in units of the positions' scatter) drops on both halves,
+        and by more than ``MIN_GAIN_PER_COEF`` per coefficient in all.
+    """
+    stack = np.asarray(stack, dtype=float)
+    n_exp, n_rows, n_cols = stack.shape
+    sky_rows = _sky_rows(stack, np.asarray(masked_rows, bool))
+    refined_source = "arc refined on sky lines" if source == "arc" else source
+    if sky_rows.size < 16 or n_cols < 50:
+        return warp, WarpRefinement(False, source, reason="too few sky rows to measure the sky lines' warp")
+    try:
+        traced = _trace_sky_lines(stack, sky_rows, warp.ref_row)
+    except ValueError as exc:
+        return warp, WarpRefinement(False, source, reason=f"the sky lines could not be traced: {exc}")
+    tr = traced.traces
+    used = tr.used & np.isfinite(tr.ref_positions)
+    P = tr.positions[used]
+    n_lines = P.shape[0]
+    if n_lines < 3:
+        return warp, WarpRefinement(False, source, reason=f"only {n_lines} sky line(s) could be traced (3 needed)")
+    rows = tr.rows
+    # Each line's effective pixel in the arc's warp, from its traced position at the sky's reference row.
+    e_line = warp.effective_pixel(tr.ref_positions[used], float(traced.ref_row))
+    R = P - warp.column_of(e_line[:, None], rows[None, :])
+    t = warp._t(rows)
+    u = warp._u(e_line)
+    max_j = 2 if n_lines >= 5 else 1
+    terms_all = [(k, j) for k in (1, 2) for j in range(max_j + 1)]
+    flex_only = [(1, 0)]
+    extra = [tj for tj in terms_all if tj != (1, 0)]
+    have = np.isfinite(R)
+    block_fold = (np.arange(rows.size) // 4) % 2
+    gains, sigma2 = [], None
+    # The positions' scatter about the full model (all blocks): the unit of the gain.
+    o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
+    resid = (R - _predict(o, c, terms_all, t, u))[have]
+    sigma2 = float((1.4826 * np.median(np.abs(resid - np.median(resid)))) ** 2) + 1e-6
+    clip = 25.0 * sigma2
+    for fold in (0, 1):
+        train = have & (block_fold == fold)[None, :]
+        test = have & (block_fold != fold)[None, :]
+        if train.sum() < 3 * len(terms_all) + n_lines or test.sum() < 10:
+            return warp, WarpRefinement(False, source, reason="too few traced sky-line positions to validate")
+        sse = []
+        for terms in (flex_only, terms_all):
+            o, c = _fit_offsets_and_terms(R, t, u, terms, train)
+            r2 = (R - _predict(o, c, terms, t, u))[test] ** 2
+            sse.append(float(np.sum(np.minimum(r2, clip))))
+        gains.append((sse[0] - sse[1]) / sigma2)
+    total = float(sum(gains))
+    n_test = int(have.sum())
+    need = MIN_GAIN_PER_COEF * len(extra)
+    if min(gains) <= 0 or total <= need:
+        return warp, WarpRefinement(
+            False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
+            n_coefficients=len(extra),
+            reason=(f"{n_lines} sky lines traced; a correction of the arc's warp lowered the held-out "
+                    f"chi-square of their positions by {gains[0]:.0f} and {gains[1]:.0f} (needs > 0 each "
+                    f"and > {need:.0f} in all): not used"),
+        )
+    o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
+    d = np.array([v for tj, v in zip(terms_all, c) if tj != (1, 0)])
+    refined = _with_delta(warp, extra, d)
+    try:
+        refined.effpix_map()
+    except ValueError as exc:
+        return warp, WarpRefinement(False, source, reason=f"the sky-line correction folds the warp over: {exc}")
+    # WarpModel is frozen: a copy with the arc's traces and warnings (the maps just made are kept).
+    refined = refined.replace(traces=warp.traces, quality_warnings=warp.quality_warnings)
+    grid_r = sky_rows.astype(float)[:: max(1, sky_rows.size // 40)]
+    grid_e = np.linspace(0, n_cols - 1, 64)
+    shift = refined.column_of(grid_e[None, :], grid_r[:, None]) - warp.column_of(grid_e[None, :], grid_r[:, None])
+    max_shift = float(np.max(np.abs(shift)))
+    return refined, WarpRefinement(
+        True, refined_source, max_shift=max_shift, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
+        n_coefficients=len(extra),
+        reason=(f"{n_lines} sky lines traced: they sit up to {max_shift:.2f} px from the arc's warp; the "
+                f"correction lowered the held-out chi-square of their positions by {gains[0]:.0f} and "
+                f"{gains[1]:.0f}"),
+    )
+
+
+def cached_refinement(stack, warp, masked_rows):
+    """:func:`refine_warp`, once per science frame and warp (cached on the warp model).
+
+    The key is the values of the frames (:func:`fingerprint`), not the mask:
+    moving the mask (a slider) must not pay for the measurement again, and
+    the warp is a property of the frame and the instrument, not of where
+    the trace is. It is measured with the mask of the first call. A warp
+    that is already a refinement (or was fit on the sky) is not refined again.
+    """
+    if warp._cache.get("warp_source") in ("sky lines", "arc refined on sky lines"):
+        report = warp._cache.get("sky_refinement_report")
+        return warp, report if report is not None else WarpRefinement(False, warp._cache["warp_source"])
+    key = ("sky_refinement", fingerprint(stack))
+    cache = warp._cache
+    if key not in cache:
+        # One frame's refinement per warp model: a new science frame
+        # replaces the old entry (its refined warp holds full-frame maps).
+        for old in [k for k in cache if isinstance(k, tuple) and k and k[0] == "sky_refinement"]:
+            del cache[old]
+        refined, report = refine_warp(stack, warp, masked_rows)
+        if refined is not warp:
+            refined._cache["warp_source"] = report.source
+            refined._cache["sky_refinement_report"] = report
+        cache[key] = (refined, report)
+    return cache[key]
+
+
+def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=None):
+    """Fit a warp model on the science frame's own sky lines (no arc).
+
+    The bright sky lines are found in the median sky spectrum of the sky
+    rows (the rows outside ``mask_region`` that receive light) and traced
+    row by row, as :func:`~specwidgets.generate_warp_model` traces arc
+    lines, on the sum of the exposures with the masked rows blanked.
+
+    Parameters
+    ----------
+    images : (n_rows, n_cols) or (n_exposures, n_rows, n_cols) array_like
+        Science frames.
+    mask_region : (int, int) or list of (int, int)
+        Rows to leave out (the traces), as for :func:`~specwidgets.fit_sky`.
+    line_order : int
+        Polynomial order of a line's column as a function of row.
+    warp_order : int, optional
+        Its coefficients' order in column; default 2 with 5 or more lines
+        traced, else 1.
+
+    Returns
+    -------
+    WarpModel
+        With ``traces`` of the sky lines (``model.report()`` lists them).
+
+    Raises
+    ------
+    ValueError
+        When the sky rows hold too few lines to trace (give an arc frame).
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> f = make_synthetic_longslit(shape=(120, 800), tilt=3.0, n_sky_lines=30, seed=5)
+    >>> model = sky_warp_model(f.science, f.trace_rows)
+    >>> tilt = model.column_of(400.0, 119) - model.column_of(400.0, 0)
+    >>> bool(abs(tilt - 3.0 * 119 / 120) < 0.1)
+    True
+    """
+    from ..inputs import as_image_stack, mask_ranges, mask_rows
+
+    stack, _ = as_image_stack(images, "images")
+    n_exp, n_rows, n_cols = stack.shape
+    masked = mask_rows(mask_ranges(mask_region, n_rows), n_rows)
+    sky_rows = _sky_rows(np.asarray(stack, float), masked)
+    if sky_rows.size < 8:
+        raise ValueError(
+            f"only {sky_rows.size} lit sky rows are left outside the mask: too few to trace sky lines "
+            "(give an arc frame)"
+        )
+    first = None
+    for order in ([warp_order] if warp_order is not None else [2, 1]):
+        try:
+            model = _trace_sky_lines(np.asarray(stack, float), sky_rows, n_rows // 2, line_order, order)
+        except ValueError as exc:
+            first = first or exc
+            continue
+        n_used = int(model.traces.used.sum())
+        if warp_order is None and order == 2 and n_used < 5:
+            continue
+        model._cache["warp_source"] = "sky lines"
+        model._cache["sky_refinement_report"] = WarpRefinement(
+            False, "sky lines", reason=f"warp fit on {n_used} sky lines traced in the science frame (no arc)"
+        )
+        return model
+    raise ValueError(
+        f"the sky lines could not be traced well enough to fit a warp without an arc ({first}): "
+        "give an arc frame (generate_warp_model)"
+    )
+
+
+_SKY_WARPS: dict = {}
+
+
+def cached_sky_warp_model(stack, masked_rows):
+    """:func:`sky_warp_model` once per science frame (the last frame's is kept), as :func:`fit_sky` uses it
+    when no warp model is given."""
+    key = fingerprint(stack)
+    model = _SKY_WARPS.get(key)
+    if model is None:
+        ranges = [(int(a), int(b)) for a, b in _runs(np.asarray(masked_rows, bool))]
+        model = sky_warp_model(stack, ranges or (None, None))
+        # One entry (the batch's worker threads each fit their own frames;
+        # a model is returned from the local name, never looked up again).
+        _SKY_WARPS.clear()
+        _SKY_WARPS[key] = model
+    return model
+
+
+def _runs(flags):
+    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(np.int8), 0]))
+    return list(zip(edges[::2], edges[1::2]))

@@ -1,0 +1,178 @@
+"""The warp measured on the science frame's sky lines: refinement of the arc's warp, and no arc at all."""
+
+import numpy as np
+import pytest
+
+import specwidgets as sw
+from specwidgets.core.sky.sky_warp import WarpRefinement, refine_warp, sky_warp_model
+from specwidgets.io.synthetic import make_synthetic_longslit
+
+
+def frames(**kw):
+    base = dict(shape=(200, 1024), n_exposures=2, tilt=3.0, n_sky_lines=40, cosmic_rays=20, seed=31)
+    base.update(kw)
+    return make_synthetic_longslit(**base)
+
+
+def masks_of(f):
+    t0, t1 = f.trace_rows
+    hold = (t1 + 10, t1 + 20)
+    return [tuple(f.trace_rows), hold], hold
+
+
+def truth_error(f, res, hold):
+    """RMS of (background - true sky) on the held-out rows, in units of the true noise."""
+    r = slice(*hold)
+    sig = np.sqrt(np.clip(f.sky[:, r], 0, None) / f.gain + (f.read_noise / f.gain) ** 2)
+    return float(np.sqrt(np.mean(((res.background[:, r] - f.sky[:, r]) / sig) ** 2)))
+
+
+def arc_warp(f):
+    return sw.generate_warp_model(f.arc, sw.find_cal_lines(f.arc)[0])
+
+
+def test_a_warp_shape_change_along_the_dispersion_is_found_and_corrected():
+    """Science lines tilted one column more at the red end and one less at the blue end than the arc's."""
+    f = frames(shift_tilt=(0.0, 1.0))
+    masks, hold = masks_of(f)
+    warp = arc_warp(f)
+    res = sw.fit_sky(np.asarray(f.science), warp, masks)
+    q = res.quality
+    assert q.warp_source == "arc refined on sky lines", q.warp_note
+    # The correction: the tilt changes by +-1 column at the ends, so lines
+    # move by up to ~0.5 px at the slit's ends relative to the middle.
+    assert 0.3 < q.warp_shift < 0.8
+    off = sw.fit_sky(np.asarray(f.science), warp, masks, sky_warp=False)
+    true = sw.fit_sky(np.asarray(f.science), f.science_warp, masks, sky_warp=False)
+    err, err_off, err_true = truth_error(f, res, hold), truth_error(f, off, hold), truth_error(f, true, hold)
+    assert err < 1.1 * err_true + 0.01, (err, err_true)
+    assert err_off > 4 * err, (err_off, err)
+    assert off.quality.warp_source == "arc" and off.options["sky_warp"] is False
+    cards = {k: v for k, v, _ in q.header_cards()}
+    assert cards["SKYWARP"] == "arc refined on sky lines" and cards["WARPDPX"] == pytest.approx(q.warp_shift, abs=1e-3)
+    assert "warp: arc refined on sky lines" in q.summary()
+    assert res.warp_model is not warp and res.effpix_map is res.warp_model.effpix_map()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(shift=0.7, shift_tilt=0.7)])
+def test_a_matching_warp_is_left_alone(kw):
+    """No shape change (with or without a uniform flexure): the arc's warp is used as it is,
+    and the flexure is still measured and reported as flexure."""
+    f = frames(**kw)
+    masks, _ = masks_of(f)
+    warp = arc_warp(f)
+    res = sw.fit_sky(np.asarray(f.science), warp, masks)
+    assert res.quality.warp_source == "arc" and res.quality.warp_shift == 0.0
+    assert "not used" in res.quality.warp_note
+    assert res.effpix_map is warp.effpix_map() and res.warp_model is warp
+    if kw:
+        np.testing.assert_allclose(res.quality.flexure, 0.7, atol=0.05)
+
+
+def test_the_refinement_is_measured_once_per_frame():
+    """A moved mask reuses the refined warp (same maps): the mask slider does not pay for it again."""
+    f = frames(shift_tilt=(0.0, 1.0))
+    masks, _ = masks_of(f)
+    warp = arc_warp(f)
+    data = np.asarray(f.science)
+    first = sw.fit_sky(data, warp, masks)
+    t0, t1 = f.trace_rows
+    moved = sw.fit_sky(data, warp, [(t0 - 3, t1 + 3)])
+    assert moved.effpix_map is first.effpix_map
+    assert moved.quality.warp_source == "arc refined on sky lines"
+    # A different frame is measured afresh.
+    other = sw.fit_sky(data[:1] * 1.0 + 1.0, warp, masks)
+    assert other.effpix_map is not first.effpix_map
+
+
+def test_refine_warp_reports_too_few_lines():
+    f = frames(n_sky_lines=1)
+    masks, _ = masks_of(f)
+    warp = arc_warp(f)
+    rows = np.zeros(f.science.shape[1], bool)
+    rows[slice(*f.trace_rows)] = True
+    out, report = refine_warp(np.asarray(f.science), warp, rows)
+    assert out is warp and isinstance(report, WarpRefinement) and not report.used
+    assert "line" in report.reason
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(shift_tilt=(0.0, 1.0)), dict(curvature=1.0)])
+def test_no_arc_the_warp_is_fit_on_the_sky(kw):
+    """Without an arc the sky lines give the warp: it follows the true lines' paths and the sky
+    comes out as well as with the true warp."""
+    f = frames(**kw)
+    masks, hold = masks_of(f)
+    data = np.asarray(f.science)
+    model = sky_warp_model(data, masks)
+    rows = np.array([0.0, 100.0, 199.0])[:, None]
+    e = np.linspace(50, 970, 9)
+    # The same wavelength (its column at the model's reference row) in other rows.
+    e_true = f.science_warp.effective_pixel(e, model.ref_row)
+    dev = model.column_of(e[None, :], rows) - f.science_warp.column_of(e_true[None, :], rows)
+    assert np.abs(dev).max() < 0.05, dev
+    res = sw.fit_sky(data, None, masks)
+    assert res.quality.warp_source == "sky lines" and not res.quality.suspect
+    true = sw.fit_sky(data, f.science_warp, masks, sky_warp=False)
+    assert truth_error(f, res, hold) < 1.1 * truth_error(f, true, hold) + 0.01
+    med = sw.fit_sky(data, None, masks, method="median")
+    assert med.quality.warp_source == "sky lines"
+
+
+def test_no_arc_and_no_sky_lines_says_so():
+    f = frames(n_sky_lines=0)
+    masks, _ = masks_of(f)
+    with pytest.raises(ValueError, match="arc"):
+        sw.fit_sky(np.asarray(f.science), None, masks)
+
+
+def test_bad_options():
+    f = frames(shape=(60, 300))
+    with pytest.raises(ValueError, match="sky_warp"):
+        sw.fit_sky(np.asarray(f.science), f.warp, f.trace_rows, sky_warp="yes")
+    with pytest.raises(TypeError, match="warp_model"):
+        sw.fit_sky(np.asarray(f.science), "arc", f.trace_rows)
+
+
+def test_session_without_an_arc_fits_the_warp_on_the_sky():
+    """SkyState (and so the dashboard) without an arc: the warp from the sky lines, refit when asked."""
+    from specwidgets.interactive.state import SkyState
+
+    f = frames()
+    masks, hold = masks_of(f)
+    state = SkyState(f.science, None, mask_region=masks)
+    assert state.error == "", state.error
+    assert state.result.quality.warp_source == "sky lines"
+    true = sw.fit_sky(np.asarray(f.science), f.science_warp, masks, sky_warp=False)
+    assert truth_error(f, state.result, hold) < 1.1 * truth_error(f, true, hold) + 0.01
+    fits = state.n_warp_fits
+    state.line_order = 1
+    assert state.n_warp_fits == fits + 1 and state.warp_model.line_order == 1 and state.error == ""
+
+
+def test_batch_without_an_arc_fits_each_frame_on_its_sky(tmp_path):
+    """`run_batch` with science files only: each frame's warp from its own sky lines, as fit_sky(image, None)."""
+    pytest.importorskip("distributed")
+    from astropy.io import fits
+
+    from specwidgets.batch import run_batch
+    from specwidgets.batch.runner import output_name
+
+    f = frames(shape=(120, 800), n_exposures=2, n_sky_lines=30)
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"sci_{k}.fits"
+        fits.PrimaryHDU(np.asarray(f.science[k])).writeto(path)
+        paths.append(path)
+    mask = tuple(int(v) for v in f.trace_rows)
+    summary = run_batch(paths, (), masks=[mask], out_dir=tmp_path / "out", workers=1, processes=False,
+                        progress=False, dtype="float64")
+    assert len(summary.done) == 2, summary.failed
+    assert any("sky lines" in w for w in summary.warnings)
+    ref = sw.fit_sky(np.asarray(f.science[1], float), None, [mask])
+    with fits.open(tmp_path / "out" / output_name(paths[1])) as hdul:
+        np.testing.assert_allclose(hdul["SKY"].data, ref.background[0], rtol=1e-10, atol=1e-8)
+        assert hdul[0].header["SKYWARP"] == "sky lines"
+        # The header holds the warp the fit used: the frame's own sky-line warp.
+        from specwidgets.io.fits_output import read_warp_model
+
+        assert read_warp_model(hdul[0].header).to_dict() == ref.warp_model.to_dict()
