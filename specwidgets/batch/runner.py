@@ -1353,7 +1353,7 @@ def run_batch(
             # No arc: the frames' shape from the calibrations or the first
             # science frame; each frame's warp is fit on its sky lines.
             known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
-            shape = known.shape if known is not None else read_frame(files[0], reader, crop)[0].shape
+            shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
             warp_dict = {}
             summary.warnings = ["no arc frames: each science frame's warp is fit on its own sky lines"]
         else:
