@@ -312,7 +312,7 @@ def cached_refinement(stack, warp, masked_rows):
     return cache[key]
 
 
-def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=None):
+def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=None) -> WarpModel:
     """Fit a warp model on the science frame's own sky lines (no arc).
 
     The bright sky lines are found in the median sky spectrum of the sky
