@@ -33,14 +33,13 @@ import sys
 import warnings
 
 import numpy as np
-
 from _common import (
     SETUP_HINT,
     heading,
     import_specsuite_warping,
     machine_line,
-    source_line,
     rms,
+    source_line,
     specsuite_version,
     specwidgets_version,
     table,
@@ -219,6 +218,7 @@ def run_synthetic(ss, args):
 # ---------------------------------------------------------------------- Goodman
 def run_goodman(ss, args):
     from astropy.stats import sigma_clipped_stats
+
     from specwidgets.io.sample_data import goodman_available, load_goodman
 
     heading("Sky accuracy on held-out rows, real Goodman frames (rows 680-800)")

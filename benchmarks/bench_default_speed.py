@@ -32,7 +32,6 @@ import statistics
 import time
 
 import numpy as np
-
 from _common import machine_line, source_line
 
 import specwidgets as sw

@@ -46,9 +46,8 @@ import os
 import time
 
 import numpy as np
-from scipy.ndimage import median_filter, minimum_filter1d
-
 from _common import heading, machine_line, source_line, table
+from scipy.ndimage import median_filter, minimum_filter1d
 
 import specwidgets as sw
 from specwidgets.io.synthetic import make_synthetic_longslit
@@ -251,7 +250,7 @@ def run_case(ds, skysub):
     lines = line_pixels(med.background, rows, noise_floor(data, rows))
     q = res.quality
     print(f"default fit: {q.summary()}")
-    print(f"  flexure {['%.3f' % f for f in q.flexure]} px (applied: {q.flexure_applied}); unlit rows {q.unlit_rows}")
+    print(f"  flexure {[f'{f:.3f}' for f in q.flexure]} px (applied: {q.flexure_applied}); unlit rows {q.unlit_rows}")
     entries = [("median of bins", med.background, t_med), ("default (bspline)", res.background, t_bs)]
     if skysub is not None:
         fit_rows = ~sw.core.inputs.mask_rows(sw.mask_ranges(masks, data.shape[1]), data.shape[1])

@@ -57,8 +57,8 @@ def child(size, method, path, mask):
     import numpy as np
 
     from specwidgets import fit_sky
-    from specwidgets.io.synthetic import make_synthetic_longslit
     from specwidgets.core.warp import WarpModel
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     out = {"size": size, "method": method, "rss_imports": vmrss_mb()}
     # numba's kernels: load (or compile) them on a small frame first.

@@ -64,8 +64,8 @@ def mask_sequence(mask, n, n_rows):
 
 
 def measure(science, arc, mask, method, read_noise, n_changes, view):
-    from specwidgets.interactive.state import SkyState
     from specwidgets.interactive import Dashboard
+    from specwidgets.interactive.state import SkyState
     from specwidgets.testing import PayloadMeter
 
     t0 = time.perf_counter()

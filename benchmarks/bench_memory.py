@@ -10,7 +10,8 @@ Each case runs in a FRESH subprocess so peaks do not mix:
   model, mask_region=(700, 780), method=...)`` (the trace: rows 20-100 of the
   680-800 crop).
 
-Printed per case: the resident size after the imports and after numba's kernels are loaded (a sky fit on a tiny frame), the peak resident set size of the whole process
+Printed per case: the resident size after the imports and after numba's kernels are loaded (a sky fit
+on a tiny frame), the peak resident set size of the whole process
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) after loading the frames,
 after fitting the warp model and at the end, the resident size just before the extraction (VmRSS), and the
 tracemalloc peak during the extraction (Python and numpy allocations only;
@@ -54,8 +55,8 @@ def child(case):
     if case in ("bspline", "median"):
         # Load numba's compiled kernels first on a tiny frame, so that what
         # they cost (their code, resident) is apart from the data's share.
-        from specwidgets.io.synthetic import make_synthetic_longslit
         from specwidgets.core.warp import WarpModel
+        from specwidgets.io.synthetic import make_synthetic_longslit
 
         tiny = make_synthetic_longslit(shape=(40, 200), n_exposures=2, tilt=1.0, trace_row=10, seed=3)
         with warnings.catch_warnings():
@@ -142,9 +143,9 @@ def parent(args):
             goal,
         ])
     print(f"mask_region={MASK} (full-frame rows of the trace); sizes in MB (2^20 bytes).")
-    print(table(rows, ["case", "images", "imports", "+ numba kernels", "peak RSS: data loaded", "+ warp fit", "RSS before extract",
-                       "tracemalloc peak (extract)", "peak RSS (ru_maxrss, end)", "extract s (tracemalloc on)",
-                       "goal"],
+    print(table(rows, ["case", "images", "imports", "+ numba kernels", "peak RSS: data loaded", "+ warp fit",
+                       "RSS before extract", "tracemalloc peak (extract)", "peak RSS (ru_maxrss, end)",
+                       "extract s (tracemalloc on)", "goal"],
                 ["<", "<", ">", ">", ">", ">", ">", ">", ">", ">", "<"]))
     print("'imports': the process after importing numpy, astropy and specwidgets; '+ numba kernels': after one "
           "sky fit on a tiny frame (numba's compiled kernels loaded from its cache); then "

@@ -28,16 +28,15 @@ import sys
 import warnings
 
 import numpy as np
-
 from _common import (
     SETUP_HINT,
     fmt_times,
     heading,
     import_specsuite_warping,
     machine_line,
-    source_line,
     median,
     repeat_times,
+    source_line,
     specsuite_version,
     specwidgets_version,
     table,
@@ -45,8 +44,8 @@ from _common import (
 )
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.warp import WarpModel
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 GOALS = {"median": 100.0, "bspline": 20.0}
 

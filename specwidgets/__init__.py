@@ -18,24 +18,23 @@ True
 # First: numba reads its cache folder when first imported, and its default
 # (beside the module) would write into the installed package.
 from .core._cache import configure_numba_cache
-from .core._version import __version__
+from .core._version import __version__  # noqa: F401 - the package version, re-exported
 
 configure_numba_cache()
 
 from importlib import import_module  # noqa: E402
 
-from .io import synthetic as datasets
-from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
 from .core.extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky_line_residual_score, trace_spectrum
 from .core.inputs import mask_ranges
-from .core.rows import RowRanges
-from .io.instruments import Instrument, get_instrument, known_instruments, register_instrument
 from .core.lines import find_cal_lines
-from .io.loading import average_matching_files, collect_images_array
-from .core.warp import WarpModel, generate_warp_model
-from .seed import extract_background
+from .core.rows import RowRanges
+from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
 from .core.sky.sky_warp import sky_warp_model
-
+from .core.warp import WarpModel, generate_warp_model
+from .io import synthetic as datasets
+from .io.instruments import Instrument, get_instrument, known_instruments, register_instrument
+from .io.loading import average_matching_files, collect_images_array
+from .seed import extract_background
 
 # Widget-layer names, imported on first use (they pull in ipywidgets/bqplot).
 _LAZY = {

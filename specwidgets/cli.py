@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from .batch.runner import add_batch_parser
 from .app.launcher import add_dashboard_parser
+from .batch.runner import add_batch_parser
 
 __all__ = ["main"]
 
@@ -51,7 +51,8 @@ def _demo(args):
     shift = model.column_of(ref, arc.shape[0] - 1) - model.column_of(ref, 0)
     print(
         f"warp model: {len(locs)} lines found, {used} used, median line RMS "
-        f"{np.nanmedian(model.line_rms):.3f} px, line shift from the first to the last row {np.median(shift):+.2f} px ({t_warp:.2f} s)"
+        f"{np.nanmedian(model.line_rms):.3f} px, line shift from the first to the last row "
+        f"{np.median(shift):+.2f} px ({t_warp:.2f} s)"
     )
     for warning in model.quality_warnings:
         print(f"  warning: {warning}")

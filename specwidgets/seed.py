@@ -5,19 +5,25 @@ needs the display layer (bqplot), which the core must not import, so the
 seed's one-call interface that does both lives here, above both layers.
 """
 
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
 from .core.sky.api import extract_background as _extract_background
+from .core.warp import WarpModel
 
 
 def extract_background(
-    images,
-    warp_model,
+    images: ArrayLike,
+    warp_model: WarpModel,
     mask_region=(None, None),
-    return_spectrum=False,
-    progress=False,
-    debug=False,
-    method="bspline",
+    return_spectrum: bool = False,
+    progress: bool = False,
+    debug: bool = False,
+    method: str = "bspline",
     **options,
-):
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Estimate the sky background in every pixel (the seed's interface).
 
     Parameters and returns are those of

@@ -3,9 +3,8 @@ import socket
 import numpy as np
 import pytest
 
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.io.sample_data import goodman_available
-
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 # Tests never use the network: only this machine's own addresses resolve, so
 # a test that would download behaves here as it does offline (subprocesses

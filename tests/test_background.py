@@ -3,11 +3,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import rms
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
-
-from conftest import rms
 
 
 def brute_median(image_stack, model, masked_rows):
@@ -180,3 +178,54 @@ def test_exposure_variance_of_some_rows_is_those_rows_of_the_whole(small, method
     res = sw.fit_sky(small.science, small.warp, small.trace_rows, method=method)
     part = res.exposure_variance(0, rows=slice(10, 25))
     np.testing.assert_allclose(part, res.exposure_variance(0)[10:25], rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------ issue 11: results record what they used
+def test_result_records_the_options_used_and_equal_asks_resolve_alike(small):
+    from specwidgets.core.sky.options import resolve_options
+    from specwidgets.io.fits_output import effective_options, settings_hash
+
+    model = sw.generate_warp_model(small.arc, sw.find_cal_lines(small.arc)[0])
+    default = sw.fit_sky(small.science, model, small.trace_rows, spatial_order=0)
+    explicit = sw.fit_sky(small.science, model, small.trace_rows, spatial_order=0, knot_spacing=0.5, knots="adaptive")
+    assert default.options["knot_spacing"] == 0.5  # the spacing used, not None
+    assert default.options["max_iterations"] == 6 and default.options["reject_sigma"] == 4.0
+    assert default.options == explicit.options
+    np.testing.assert_array_equal(default.background, explicit.background)
+    # The batch resume hash is made from the same resolution before the fit.
+    asks = [{"spatial_order": 0}, {"spatial_order": 0, "knot_spacing": 0.5, "knots": "adaptive"}]
+    assert len({settings_hash(effective_options("bspline", a)) for a in asks}) == 1
+    before = effective_options("bspline", asks[0])
+    assert before["knot_threshold"] is None and default.options["knot_threshold"] > 0  # chosen on held-out rows
+    assert before == {**default.options, "knot_threshold": None}
+    # An explicit spacing alone means uniform knots: another fit, another hash.
+    uniform = sw.fit_sky(small.science, model, small.trace_rows, spatial_order=0, knot_spacing=0.5)
+    assert uniform.options["knots"] == "uniform"
+    assert settings_hash(resolve_options("bspline", {"spatial_order": 0, "knot_spacing": 0.5})) != settings_hash(
+        resolve_options("bspline", asks[0]))
+    # "auto" resolves to the order the fit chose.
+    auto = sw.fit_sky(small.science, model, small.trace_rows)
+    assert auto.options["spatial_order"] in (0, 1, 2, 3)
+    assert auto.options["knot_spacing"] == 0.5 + 0.25 * auto.options["spatial_order"]
+
+
+def test_a_fit_depends_only_on_its_inputs_not_on_the_mask_history(small):
+    """Drag the mask around in the state; the end is the fresh fit of the final mask, to the bit."""
+    from specwidgets.interactive.state import SkyState
+
+    state = SkyState(small.science, small.arc, mask_region=[small.trace_rows], read_noise=4.0)
+    lo, hi = small.trace_rows
+    for shift in (-6, -3, 2, 5, 1):
+        state.mask_region = [(lo + shift, hi + shift)]
+    assert state.error == "" and state.n_sky_fits >= 6
+    fresh = sw.fit_sky(small.science, state.warp_model, [(lo + 1, hi + 1)], read_noise=4.0)
+    np.testing.assert_array_equal(state.result.background, fresh.background)
+    np.testing.assert_array_equal(state.result.rejected, fresh.rejected)
+    assert state.result.options == fresh.options
+
+
+def test_warm_starts_are_refused_by_name(small):
+    model = sw.generate_warp_model(small.arc, sw.find_cal_lines(small.arc)[0])
+    first = sw.fit_sky(small.science, model, small.trace_rows)
+    with pytest.raises(TypeError, match="initial"):
+        sw.fit_sky(small.science, model, small.trace_rows, initial=first)

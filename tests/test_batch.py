@@ -25,7 +25,6 @@ import specwidgets as sw
 from specwidgets.batch import runner as batch
 from specwidgets.batch.runner import BatchLockedError, add_batch_parser, run_batch, run_batch_command
 from specwidgets.core.rows import RowRanges
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.io.fits_output import (
     MASK_BADFLAT,
     MASK_MASKED,
@@ -39,6 +38,7 @@ from specwidgets.io.fits_output import (
     sci_variance,
 )
 from specwidgets.io.sample_data import goodman_available
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 pytest.importorskip("distributed")
 
@@ -348,7 +348,9 @@ def test_a_second_run_on_the_same_folder_is_refused(raw, tmp_path):
         with pytest.raises(BatchLockedError):
             _api(raw, out)
     assert _api(raw, out).ok
-    assert not (out / batch.LOCK_NAME).exists()
+    # Released after the run: the next one takes it at once.
+    with batch._DirectoryLock(out):
+        pass
 
 
 def test_existing_cluster_by_address_or_client(raw, tmp_path):
@@ -509,7 +511,8 @@ def test_kill_minus_9_then_rerun_loses_nothing(tmp_path):
     for p in outputs:
         assert inspect_output(p, SHAPE).complete
     assert not _tmp_files(out)
-    assert not (out / batch.LOCK_NAME).exists()
+    with batch._DirectoryLock(out):  # the killed run's lock went with it
+        pass
     assert {n: (out / n).stat().st_mtime_ns for n in done_before} == done_before
 
 
@@ -630,3 +633,57 @@ def test_local_workers_get_one_thread_per_library():
     assert env["NUMBA_NUM_THREADS"] == 1
     assert all(int(env[k]) == 1 for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     assert batch._worker_environ(numba_threads=3)["NUMBA_NUM_THREADS"] == 3
+
+
+# ------------------------------------------------------------------ issue 11: one reader, observation keywords kept
+OBS = {"OBJECT": "NGC 253", "EXPTIME": 300.0, "AIRMASS": 1.234, "RA": "00:47:33.1", "DEC": "-25:17:18",
+       "INSTRUME": "SynthCam", "TELESCOP": "SW 1m"}
+
+
+def _observed_folder(tmp_path, frames):
+    folder = tmp_path / "night"
+    folder.mkdir()
+    for i in range(2):
+        _write(folder / f"sci_{i:02d}.fits", frames.science[i] + BIAS_LEVEL,
+               {**OBS, "DATE-OBS": f"2026-11-28T0{i}:00:00", "GAIN": 2.0, "RDNOISE": 3.0})
+    _write(folder / "arc_01.fits", frames.arc + BIAS_LEVEL, {"OBJECT": "arc", "GAIN": 2.0, "RDNOISE": 3.0})
+    _write(folder / "bias_0.fits", np.full(SHAPE, BIAS_LEVEL), {"OBJECT": "bias", "GAIN": 2.0, "RDNOISE": 3.0})
+    return folder
+
+
+def _check_observation_cards(path, k):
+    header = fits.getheader(path)
+    for key, value in OBS.items():
+        assert header[key] == value, key
+    assert header["DATE-OBS"] == f"2026-11-28T0{k}:00:00"
+    assert header["GAIN"] == 1.0  # the output's (electrons), not the input's 2.0
+
+
+def test_batch_carries_the_observation_keywords(tmp_path, frames):
+    folder = _observed_folder(tmp_path, frames)
+    sci = sorted(folder.glob("sci_*.fits"))
+    summary = run_batch(sci, [folder / "arc_01.fits"], bias=[folder / "bias_0.fits"], masks=[make_mask()],
+                        out_dir=tmp_path / "out", processes=False, progress=False, method="median")
+    assert summary.ok, summary.failed
+    for k, path in enumerate(sci):
+        _check_observation_cards(tmp_path / "out" / output_name(path), k)
+
+
+def test_dashboard_export_carries_the_observation_keywords(tmp_path, frames):
+    from specwidgets.interactive import Dashboard
+    from specwidgets.io.folder import load_folder
+    from specwidgets.io.loading import read_frame
+
+    folder = _observed_folder(tmp_path, frames)
+    one = read_frame(folder / "sci_01.fits", "generic")
+    assert one.unit == "electron" and one.gain == 1.0 and one.read_noise == 3.0 and one.shape == SHAPE
+    np.testing.assert_allclose(one, 2.0 * (frames.science[1] + BIAS_LEVEL))
+    assert one.header["OBJECT"] == "NGC 253"
+    data = load_folder(folder, science_tag="sci_")
+    assert [h["DATE-OBS"] for h in data.headers] == ["2026-11-28T00:00:00", "2026-11-28T01:00:00"]
+    dash = Dashboard(data.science, data.arc, mask_region=[make_mask()], method="median",
+                     exposure_names=data.files["science"], input_headers=data.headers)
+    written = dash.export(tmp_path / "export")
+    for k, path in enumerate(written):
+        _check_observation_cards(path, k)
+    dash.close()

@@ -22,16 +22,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-from specwidgets.io.sample_data import find_local_goodman, goodman_available
 from test_fresh_install import _run as run_logged
 from test_fresh_install import stopped_with_the_session
 from test_launcher import ERROR_MARKERS, ROOT, Server, fetch, free_port
+
+from specwidgets.io.sample_data import find_local_goodman, goodman_available
 
 BINDER = ROOT / "binder"
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_launcher import ROOT, Server, fetch, free_port, voila_env, write_fits_folder
 
 CHROMIUM = Path(os.environ.get("SPECWIDGETS_CHROMIUM", "/usr/bin/chromium"))
@@ -656,7 +655,6 @@ def test_session_saved_and_loaded_in_the_page(visit, tmp_path):
 def test_session_saved_in_the_page_replays_in_batch(visit, tmp_path):
     """Load a FITS folder (two arc lamps), move the mask, Save session and Export; batch --settings gives that sky."""
     from astropy.io import fits
-
     from test_session_batch import write_night
 
     folder = tmp_path / "night"

@@ -15,12 +15,12 @@ from scipy.interpolate import BSpline
 from scipy.special import erf
 
 from specwidgets.core.sky.bspline import (
+    THRESHOLD_CANDIDATES,
     BSplineSky,
     _constant_to_band,
     _general_to_band,
     _normal_pass,
     _normal_pass_constant,
-    THRESHOLD_CANDIDATES,
     adaptive_coordinate,
     choose_knot_threshold,
     fit_bspline_sky,

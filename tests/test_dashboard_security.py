@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 import time
@@ -18,11 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_launcher import Server, free_port, voila_env, write_fits_folder
 
 from specwidgets.app import launcher
 from specwidgets.app.page import DashboardApp
 from specwidgets.app.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, OutsideRootError, inside_root
-from test_launcher import Server, free_port, voila_env, write_fits_folder
 
 OUTSIDE = "is not inside the data root"
 
@@ -158,8 +157,8 @@ def test_roots_come_from_the_environment(root, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ #6 linear folder loading
 def test_loading_a_folder_lists_it_a_fixed_number_of_times(tmp_path, monkeypatch):
     """The page read each file by listing the whole folder: quadratic (6.95 s for 1000 files)."""
-    from astropy.io import fits
     import numpy as np
+    from astropy.io import fits
 
     from specwidgets.app.page import load_folder
 
@@ -324,8 +323,8 @@ def dashboard(tmp_path_factory):
 @pytest.mark.slow
 def test_rebinding_host_and_foreign_origin_are_refused(dashboard):
     async def probe():
-        from tornado.websocket import websocket_connect
         from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
 
         for path in ("/", "/voila/static/voila.js"):
             refused = await dashboard.get(path, headers={"Host": f"attacker.test:{dashboard.port}"})

@@ -7,12 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import rms
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.frames import FrameArray
-
-from conftest import rms
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 SHAPE = (120, 1024)
 

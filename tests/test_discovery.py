@@ -88,8 +88,9 @@ def bz2_night(tmp_path_factory):
 
 
 def test_bz2_frames_load_in_the_api(bz2_night):
-    import specwidgets as sw
     from astropy.io import fits
+
+    import specwidgets as sw
 
     folder, frames = bz2_night
     with fits.open(folder / "arc_1.fits.bz2") as hdul:  # astropy reads bzip2 directly

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_launcher import ERROR_MARKERS, ROOT, Server, fetch, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

@@ -13,12 +13,12 @@ from astropy.io import fits
 
 import specwidgets as sw
 from specwidgets.batch import runner as batch_mod
-from specwidgets.interactive import state as state_mod
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.frames import FrameArray, frame_array, noise_of, with_noise
+from specwidgets.interactive import state as state_mod
+from specwidgets.interactive.state import SkyState
 from specwidgets.io.instruments import Instrument
 from specwidgets.io.loading import average_matching_files, collect_images_array
-from specwidgets.interactive.state import SkyState
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 SHAPE = (40, 600)
 BIAS = 300.0

@@ -66,7 +66,7 @@ def test_labels_title_and_colorbar(frame):
     assert cbar.scale is fig.color_scale
     assert (fig.color_scale.min, fig.color_scale.max) == (500.0, 700.0)
     assert fig.color_scale.colors == raster.colormap_hex("magma")
-    assert fig.color_scale.colors[-1] == "#%02x%02x%02x" % tuple(raster.get_colormap("magma")[-1])
+    assert fig.color_scale.colors[-1] == "#{:02x}{:02x}{:02x}".format(*raster.get_colormap("magma")[-1])
 
 
 def test_default_labels_follow_the_seed(frame):

@@ -11,7 +11,6 @@ from specwidgets.display import raster
 from specwidgets.display.raster import (
     N_DISPLAY_COLORS,
     apply_colormap,
-    colorize,
     colormap_hex,
     colormap_names,
     display_limits,
@@ -272,7 +271,7 @@ def test_colormap_hex_matches_the_rendered_colours():
     assert len(colors) == N_DISPLAY_COLORS
     ramp = np.linspace(0.0, 1.0, N_DISPLAY_COLORS)[None, :]
     rgba = apply_colormap(ramp, "magma")
-    assert ["#%02x%02x%02x" % tuple(c) for c in rgba[0, :, :3]] == colors
+    assert ["#{:02x}{:02x}{:02x}".format(*c) for c in rgba[0, :, :3]] == colors
 
 
 @pytest.mark.parametrize("cmap", ["inferno", "viridis_r", "gray"])

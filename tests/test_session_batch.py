@@ -269,8 +269,8 @@ def test_a_demo_session_needs_files(tmp_path):
 
 def test_other_file_sets_are_fit_one_by_one(page, tmp_path):
     """The page's exposure set is fit together (its sky); another set, or fit_together=False, one by one."""
-    from specwidgets.core.sky.api import fit_sky
     from specwidgets.batch.runner import run_batch
+    from specwidgets.core.sky.api import fit_sky
 
     app, root, folder = page
     path = app.save_session("sets.json")

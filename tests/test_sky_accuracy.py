@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import rms
 
 import specwidgets as sw
 from specwidgets.io.synthetic import make_synthetic_longslit
-
-from conftest import rms
 
 HELD_OUT = (70, 82)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.sky.sky_warp import WarpRefinement, refine_warp, sky_warp_model
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 
 def frames(**kw):

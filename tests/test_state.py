@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.interactive.state import SkyState
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 
 @pytest.fixture()

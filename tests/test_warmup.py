@@ -53,8 +53,8 @@ def test_each_kernel_compiles_one_signature_and_warm_up_covers_the_fits():
 
 def test_state_warms_the_other_method_in_the_background():
     from specwidgets.core import _warmup
-    from specwidgets.io.synthetic import make_synthetic_longslit
     from specwidgets.interactive.state import SkyState
+    from specwidgets.io.synthetic import make_synthetic_longslit
 
     frames = make_synthetic_longslit(shape=(40, 300), n_exposures=1, n_arc_lines=8, seed=3)
     SkyState(frames.science, frames.arc, mask_region=[frames.trace_rows], method="bspline")

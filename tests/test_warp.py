@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import rms
 
 import specwidgets as sw
-from specwidgets.io.synthetic import make_synthetic_longslit
 from specwidgets.core.warp import WarpModel
-
-from conftest import rms
+from specwidgets.io.synthetic import make_synthetic_longslit
 
 GEOMETRIES = {
     "tilt 3 px / 100 rows": dict(shape=(100, 2048), tilt=3.0, warp_order=1),
@@ -182,3 +181,39 @@ def test_compiled_line_fits_match_the_array_code(monkeypatch):
     assert ok.sum() > 0.9 * n and not ok[7]
     error = np.abs(compiled[0][ok] - centre[ok])  # and they find the centres
     assert np.median(error) < 0.05 and np.percentile(error, 90) < 0.3
+
+
+# ------------------------------------------------------------------ frozen model (issue 11)
+def test_model_is_frozen_and_its_maps_cannot_go_stale():
+    import dataclasses
+
+    model = WarpModel.from_tilt((40, 120), 3.0)
+    first = model.effpix_map()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.coefficients = np.zeros((1, 1))
+    with pytest.raises(ValueError, match="read-only"):
+        model.coefficients[0, 0] = 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0] = 1.0
+    # The array passed in is copied: changing it later does not reach the model.
+    given = np.array([[2.0]])
+    held = WarpModel((40, 120), 20, given, 40.0, 59.5, 59.5)
+    before = held.effpix_map().copy()
+    given[0, 0] = 50.0
+    np.testing.assert_array_equal(held.effpix_map(), before)
+    # A changed model is a new one, with its own (fresh) maps.
+    straight = model.replace(coefficients=np.zeros((1, 1)))
+    np.testing.assert_allclose(straight.effpix_map(), np.broadcast_to(np.arange(120.0), (40, 120)))
+    assert np.abs(model.effpix_map() - straight.effpix_map()).max() > 1.0
+    assert model.effpix_map() is first
+    # Only non-geometric changes share the cache.
+    assert model.replace(quality_warnings=["x"]).effpix_map() is first
+    with pytest.raises(TypeError, match="no field"):
+        model.replace(coefficent=[[0.0]])
+
+
+def test_fitted_model_keeps_its_warnings_as_a_field(tilted):
+    locs, _ = sw.find_cal_lines(tilted.arc)
+    model = sw.generate_warp_model(tilted.arc, locs[:1], warp_order=1)
+    assert isinstance(model.quality_warnings, tuple) and model.is_poor
+    assert any("warp_order lowered" in w for w in model.quality_warnings)

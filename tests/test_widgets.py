@@ -14,10 +14,6 @@ import ipywidgets
 import numpy as np
 import pytest
 
-from specwidgets.io.synthetic import make_synthetic_longslit
-from specwidgets.io.sample_data import goodman_available
-from specwidgets.interactive.state import SkyState
-from specwidgets.testing import PayloadMeter
 from specwidgets.interactive import (
     Dashboard,
     Debounced,
@@ -26,6 +22,10 @@ from specwidgets.interactive import (
     WarpGuessPicker,
     aggregate_sed,
 )
+from specwidgets.interactive.state import SkyState
+from specwidgets.io.sample_data import goodman_available
+from specwidgets.io.synthetic import make_synthetic_longslit
+from specwidgets.testing import PayloadMeter
 
 MIB = 2**20
 

@@ -36,14 +36,13 @@ from __future__ import annotations
 import html
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from ..core.extract import guess_trace_rows
 from ..core.rows import RowRanges
 from ..io.discovery import find_frames
+from ..io.folder import FolderData
+from ..io.folder import load_folder as _load_folder
 
 __all__ = [
     "DATA_ENV",
@@ -134,185 +133,16 @@ def folder_preset(folder):
     return dict(GOODMAN_PRESET if goodman else DEFAULT_PRESET)
 
 
-@dataclass
-class FolderData:
-    """What :func:`load_folder` read: bias-subtracted frames and what went wrong on the way.
+def load_folder(folder, *args, **kwargs):
+    """:func:`specwidgets.io.folder.load_folder` on a folder as the user typed it.
 
-    Attributes
-    ----------
-    science : (n_exposures, n_rows, n_cols) FrameArray
-        Carries the science frames' ``gain``, ``read_noise`` and
-        ``noise_source`` (see :mod:`specwidgets.core.frames`).
-    arc : (n_rows, n_cols) array
-        The sum of the arc frames, each minus the bias (arcs of different
-        lamps keep all their lines), or their median (``arc_combine``).
-    bias : (n_rows, n_cols) array or None
-    read_noise : float or None
-        Electrons, from the science headers (None when unknown: the fit
-        estimates it).
-    unit : str
-        ``"electron"`` or ``"adu"``.
-    files : dict
-        Role (``"arc"``, ``"bias"``, ``"science"``) -> relative paths read.
-    skipped : list of str
-        ``"path: reason"`` for every file left out.
+    ``~`` is expanded and a relative folder is taken from the launcher's
+    folder (:data:`CWD_ENV`); the arguments are those of
+    :func:`specwidgets.io.folder.load_folder`.
     """
-
-    science: np.ndarray
-    arc: np.ndarray
-    bias: np.ndarray | None
-    read_noise: float | None
-    unit: str
-    files: dict = field(default_factory=dict)
-    skipped: list = field(default_factory=list)
-    arc_combine: str = "sum"
-
-
-def _read_one(path, instrument, crop_bds):
-    """One file as ``collect_images_array(..., return_metadata=True)`` gives it: ``(stack of 1, [metadata])``.
-
-    Read directly by the instrument: selecting it by name through the
-    folder loaders listed the whole folder for every file, which made
-    loading a folder quadratic in its size (33 s for 2000 files).
-    """
-    from specwidgets.io.instruments import resolve_instrument
-    from specwidgets.io.loading import _crop_pair, _iter_frames, _metadata
-
-    start, stop = _crop_pair(crop_bds)
-    ((_, data, frame),) = list(_iter_frames([path], resolve_instrument(instrument), start, stop))
-    scale = 1.0 if frame.gain is None else frame.gain
-    return np.multiply(data, scale, dtype=np.float64)[None], [_metadata(path, frame)]
-
-
-def load_folder(folder, instrument="generic", arc_tag="arc", bias_tag="bias", science_tag="",
-                crop_bds=None, progress=None, arc_combine="sum"):
-    """Read the arc, bias and science frames of a folder, one file at a time.
-
-    Parameters
-    ----------
-    folder : str or os.PathLike
-    instrument : str
-        A name from :func:`specwidgets.known_instruments`.
-    arc_tag, bias_tag, science_tag : str
-        Select the files (see :func:`find_frames`). An empty bias tag means
-        no bias frames; an empty science tag takes every file that is
-        neither arc nor bias. A file matching an earlier role (arc, then
-        bias) is never taken as science.
-    crop_bds : (int, int or None), optional
-        Rows to keep of each trimmed, turned frame (all when None).
-    progress : callable, optional
-        Called as ``progress(done, total, relative_path)`` before each file
-        and once more at the end (``relative_path`` None).
-    arc_combine : {"sum", "median"}
-        How the arc frames (each minus the bias) are combined: summed by
-        default, so arcs of different lamps each keep their lines.
-
-    Returns
-    -------
-    FolderData
-
-    Raises
-    ------
-    FileNotFoundError, NotADirectoryError, ValueError
-        With a message naming the folder, tag or files at fault. Unreadable
-        files alone do not raise: they are listed in ``FolderData.skipped``,
-        unless a role is left with no readable file.
-    """
-    from specwidgets.io.instruments import known_instruments
-
     if folder is None or not str(folder).strip():
         raise ValueError("type the folder that holds the FITS files")
-    root = _user_path(folder)
-    if not root.exists():
-        raise FileNotFoundError(f"folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"{str(root)!r} is a file, not a folder")
-    if instrument not in known_instruments():
-        raise ValueError(f"unknown instrument {instrument!r}; choose one of {', '.join(known_instruments())}")
-    if not arc_tag:
-        raise ValueError("give a tag for the arc frames (text in their file or subfolder names)")
-    if arc_combine not in ("sum", "median"):
-        raise ValueError(f"arc_combine must be 'sum' or 'median'; got {arc_combine!r}")
-
-    def rel(path):
-        return path.relative_to(root).as_posix()
-
-    roles = {}
-    claimed = set()
-    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
-        if role == "bias" and not tag:
-            roles[role] = []
-            continue
-        files = [p for p in find_frames(root, tag) if p not in claimed]
-        if not files:
-            every = find_frames(root, "")
-            example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")
-            raise FileNotFoundError(
-                f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path"
-                + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
-            )
-        roles[role] = files
-        claimed.update(files)
-
-    total = sum(len(files) for files in roles.values())
-    frames = {role: [] for role in roles}
-    skipped = []
-    done = 0
-    for role, files in roles.items():
-        for path in files:
-            if progress is not None:
-                progress(done, total, rel(path))
-            try:
-                data, meta = _read_one(path, instrument, crop_bds)
-                frames[role].append((path, data[0], meta[0]))
-            except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-                skipped.append(f"{rel(path)}: {exc}")
-            done += 1
-    if progress is not None:
-        progress(total, total, None)
-
-    for role in ("arc", "science"):
-        if not frames[role]:
-            raise ValueError(f"none of the {role} frames could be read:\n" + "\n".join(skipped))
-    shapes = {}
-    for role, items in frames.items():
-        for path, data, _ in items:
-            shapes.setdefault(data.shape, []).append(rel(path))
-    if len(shapes) > 1:
-        listing = "; ".join(f"{shape[0]} x {shape[1]}: {', '.join(names)}" for shape, names in shapes.items())
-        raise ValueError(f"the frames differ in shape after trimming and cropping ({listing})")
-    units = {}
-    for items in frames.values():
-        for path, _, meta in items:
-            units.setdefault(meta["unit"], []).append(rel(path))
-    if len(units) > 1:
-        raise ValueError(
-            "some frames have a gain (so are in electrons) and some do not (so stay in ADU): "
-            f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
-        )
-
-    from specwidgets.core.frames import FrameArray
-    from specwidgets.io.loading import noise_of_frames
-
-    bias = np.median(np.stack([d for _, d, _ in frames["bias"]]), axis=0) if frames["bias"] else None
-    zero = 0.0 if bias is None else bias
-    # Each arc minus the bias, then summed: lamps lit in one frame only keep their lines.
-    arcs = np.stack([d for _, d, _ in frames["arc"]]) - zero
-    arc = arcs.sum(axis=0) if arc_combine == "sum" else np.median(arcs, axis=0)
-    science_meta = [m for _, _, m in frames["science"]]
-    science = FrameArray(
-        np.stack([d for _, d, _ in frames["science"]]) - zero, **noise_of_frames(science_meta, instrument)
-    )
-    return FolderData(
-        science=science,
-        arc=arc,
-        bias=bias,
-        read_noise=science.read_noise,
-        unit=next(iter(units)),
-        files={role: [rel(p) for p, _, _ in items] for role, items in frames.items()},
-        skipped=skipped,
-        arc_combine=arc_combine,
-    )
+    return _load_folder(_user_path(folder), *args, **kwargs)
 
 
 # ------------------------------------------------------------------------ the app
@@ -367,7 +197,6 @@ class DashboardApp:
         import ipywidgets as w
 
         from specwidgets.app.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, root_from_environment
-
         from specwidgets.io.instruments import known_instruments
         from specwidgets.io.sample_data import goodman_available
 
@@ -414,8 +243,8 @@ class DashboardApp:
         self._form_edited = False
         self._applying = False
         self._apply_preset(DEFAULT_PRESET)
-        for field in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.crop, self.mask):
-            field.observe(self._on_form_edit, names="value")
+        for widget in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.crop, self.mask):
+            widget.observe(self._on_form_edit, names="value")
         help_text = w.HTML(
             "<span style='font-size:90%;color:#555'>A tag picks the files whose path below the folder "
             "contains it (subfolders one level down are searched too, so <code>lamp/</code> picks a "
@@ -684,7 +513,8 @@ class DashboardApp:
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
         source = self._source_record(kind, folder, crop, data.arc_combine)
         # The science frames carry the headers' noise model; the page's fields show it.
-        self._show(data.science, data.arc, mask, None, label, data.files.get("science"), source=source)
+        self._show(data.science, data.arc, mask, None, label, data.files.get("science"), source=source,
+                   headers=data.headers)
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
@@ -756,13 +586,15 @@ class DashboardApp:
             button._click_handlers.callbacks.clear()
             button.on_click(dash.status.guard(lambda _, method=method: method()))
 
-    def _show(self, science, arc, mask_region, read_noise, label, names=None, source=None):
+    def _show(self, science, arc, mask_region, read_noise, label, names=None, source=None, headers=None):
         from specwidgets.interactive import Dashboard
 
         if names is not None and len(names) != science.shape[0]:
             names = None  # exported files then take generic names
+        if headers is not None and len(headers) != science.shape[0]:
+            headers = None
         dash = Dashboard(science, arc, mask_region=mask_region, read_noise=read_noise, figsize=self.figsize,
-                         exposure_names=names)
+                         exposure_names=names, input_headers=headers)
         for part, name in ((dash.viewer, "sw-image-viewer"), (dash.sed, "sw-sed-explorer"),
                            (dash.picker, "sw-warp-picker"), (dash.status, "sw-status")):
             if part is not None:

@@ -6,30 +6,6 @@ export. See :func:`run_batch` and ``specwidgets batch --help``.
 Layer: uses :mod:`specwidgets.core` and :mod:`specwidgets.io`; never the widgets.
 """
 
-from .runner import (
-    FLAT_NORMS,
-    BatchLockedError,
-    BatchSummary,
-    add_batch_parser,
-    export_result,
-    file_fingerprint,
-    main,
-    prepare_calibrations,
-    read_frame,
-    run_batch,
-    run_batch_command,
-)
-
-__all__ = [
-    "BatchLockedError",
-    "BatchSummary",
-    "FLAT_NORMS",
-    "add_batch_parser",
-    "export_result",
-    "file_fingerprint",
-    "main",
-    "prepare_calibrations",
-    "read_frame",
-    "run_batch",
-    "run_batch_command",
-]
+# The package's public names are the runner's (one list: runner.__all__).
+from .runner import *  # noqa: F403
+from .runner import __all__  # noqa: F401

@@ -54,7 +54,7 @@ is reported as a failure rather than silently replaced. A dashboard export
 settings its header records (input, method, sky options, mask, noise model,
 warp model, dtype) are this run's and its SCI + SKY is the calibrated input:
 for the same settings the export and batch write the same numbers. A lock file
-(``.specwidgets-batch.lock``, released by the kernel even on ``kill -9``)
+(``.specwidgets-batch.lock``, a ``filelock`` the system releases even on ``kill -9``)
 keeps two runs from writing to one folder at the same time.
 
 Flat fielding
@@ -96,10 +96,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import numpy as np
 from astropy.io import fits
 
+from ..core.frames import ESTIMATE, FrameArray, noise_setting
+from ..core.inputs import check_spatial_order
+from ..core.lines import find_cal_lines
+from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
+from ..core.warp import WarpModel, generate_warp_model
 from ..io.fits_output import (
     MASK_BADFLAT,
     OUTPUT_SUFFIX,
@@ -112,13 +118,8 @@ from ..io.fits_output import (
     settings_hash,
     write_exposure,
 )
-from ..core.frames import FrameArray
-from ..core.inputs import check_spatial_order
-from ..core.rows import RowRanges
 from ..io.instruments import resolve_instrument
-from ..core.lines import find_cal_lines
-from ..io.loading import _crop_pair, _iter_frames, matching_files
-from ..core.warp import WarpModel, generate_warp_model
+from ..io.loading import _crop_pair, matching_files, read_frame
 
 __all__ = [
     "BatchLockedError",
@@ -142,8 +143,6 @@ FLAT_FLOOR = 0.05
 
 LOCK_NAME = ".specwidgets-batch.lock"
 
-#: ``read_noise``/``gain`` value that asks the sky fit to estimate it (as the page's "estimate").
-ESTIMATE = "estimate"
 
 #: run_batch's defaults for the arguments a session can set (None: not given).
 _DEFAULTS = {
@@ -223,21 +222,6 @@ def _expand(items, what, must_exist=True):
     return out
 
 
-def read_frame(path, reader, crop=None):
-    """Read one exposure as the loaders do: orient, trim, crop rows, convert to electrons.
-
-    Returns ``(image float64, Frame)``; ``reader`` is a resolved instrument.
-    """
-    start, stop = _crop_pair(crop)
-    ((_, data, frame),) = list(_iter_frames([Path(path)], reader, start, stop))
-    scale = 1.0 if frame.gain is None else frame.gain
-    return np.multiply(data, scale, dtype=np.float64), frame
-
-
-def _unit(frame):
-    return "adu" if frame.gain is None else "electron"
-
-
 #: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
 ARC_COMBINES = ("sum", "median")
 
@@ -257,8 +241,8 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
         raise ValueError(f"unknown combination {how!r} for the {what} frames; choose one of {', '.join(ARC_COMBINES)}")
     stack, units = None, set()
     for i, path in enumerate(paths):
-        image, frame = read_frame(path, reader, crop)
-        units.add(_unit(frame))
+        image = read_frame(path, reader, crop)
+        units.add(image.unit)
         if stack is None:
             stack = np.empty((len(paths), *image.shape))
         elif image.shape != stack.shape[1:]:
@@ -321,7 +305,7 @@ def prepare_calibrations(
     warp_order=1,
     arc_combine="sum",
     tolerance=16.0,
-):
+) -> Calibrations:
     """Read the calibration frames and fit the warp model (the batch runner's first step).
 
     Bias: median of the bias frames. Flat: median of the flats minus the
@@ -602,9 +586,11 @@ def _process_one_inner(path, job, bias, flat):
                                          "(overwrite=True) to replace it")
                     return record
                 export = out
-        image, frame = read_frame(path, job.reader, job.crop)
-        if job.unit is not None and _unit(frame) != job.unit:
-            raise ValueError(f"{path.name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+        # A FrameArray: the pixels are corrected in place below; its unit,
+        # noise model and header describe the file as read.
+        image = frame = read_frame(path, job.reader, job.crop)
+        if job.unit is not None and frame.unit != job.unit:
+            raise ValueError(f"{path.name} is in {frame.unit} but the calibrations are in {job.unit}")
         if image.shape != tuple(job.shape):
             raise ValueError(
                 f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model {tuple(job.shape)}"
@@ -628,7 +614,8 @@ def _process_one_inner(path, job, bias, flat):
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path)}
-        write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype, extra_mask=extra)
+        write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
+                       extra_mask=extra, input_header=frame.header)
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
@@ -655,7 +642,7 @@ def _with_frame_noise(image, frame, job):
         gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
         read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
         noise_source=f"{source} of {name} frames" if source else "",
-        unit=_unit(frame),
+        unit=frame.unit,
     )
 
 
@@ -827,50 +814,28 @@ class _Progress:
 
 # ------------------------------------------------------------------ lock
 class _DirectoryLock:
-    """An exclusive ``flock`` on ``DIR/.specwidgets-batch.lock`` (released by the kernel on kill)."""
+    """An exclusive lock on ``DIR/.specwidgets-batch.lock`` (``filelock``: flock on POSIX, msvcrt on Windows).
+
+    The operating system drops the lock when the process dies, so a killed
+    run never leaves the folder locked. The (empty) lock file stays: deleting
+    it would let a run that opened it just before lock a dead file.
+    """
 
     def __init__(self, folder):
         self.path = Path(folder) / LOCK_NAME
-        self.fd = None
+        self._lock = filelock.FileLock(self.path, timeout=0)
 
     def __enter__(self):
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no lock
-            return self
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise BatchLockedError(
-                    f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
-                ) from None
-            except OSError:  # pragma: no cover - filesystem without locks
-                os.close(fd)
-                return self
-            # A run that just finished may have removed the file between our
-            # open and flock: then the lock is on a dead inode, so retry.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return self
-            os.close(fd)
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise BatchLockedError(
+                f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
+            ) from None
+        return self
 
     def __exit__(self, *exc):
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
+        self._lock.release()
         return False
 
 
@@ -1064,9 +1029,9 @@ def _process_group(paths, job, bias, flat):
             exports = {r["output"] for r, _, _ in blocked}
         images, frames, extra = [], [], None
         for path in paths:
-            image, frame = read_frame(path, job.reader, job.crop)
-            if job.unit is not None and _unit(frame) != job.unit:
-                raise ValueError(f"{Path(path).name} is in {_unit(frame)} but the calibrations are in {job.unit}")
+            image = frame = read_frame(path, job.reader, job.crop)
+            if job.unit is not None and frame.unit != job.unit:
+                raise ValueError(f"{Path(path).name} is in {frame.unit} but the calibrations are in {job.unit}")
             if image.shape != tuple(job.shape):
                 raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
                                  f"and warp model {tuple(job.shape)}")
@@ -1101,7 +1066,7 @@ def _process_group(paths, job, bias, flat):
             np.stack(images),
             gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
             read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
-            unit=_unit(frames[0]),
+            unit=frames[0].unit,
         )
         warp = _cached_warp(job)
         result = fit_sky(stack, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
@@ -1109,7 +1074,7 @@ def _process_group(paths, job, bias, flat):
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
-                           dtype=job.dtype, extra_mask=extra)
+                           dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
             record["status"] = "done"
             record.update(quality)
     except Exception as exc:  # noqa: BLE001 - reported by name
@@ -1208,7 +1173,7 @@ def run_batch(
     overwrite=False,
     progress=True,
     report=False,
-):
+) -> BatchSummary:
     """Subtract the sky from every exposure and write one FITS file each (see the module docs).
 
     Parameters
@@ -1361,12 +1326,8 @@ def run_batch(
 
     if arc_combine not in ARC_COMBINES:
         raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
-    if gain is not None and gain != ESTIMATE and not (isinstance(gain, (int, float)) and np.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive number of electrons per data unit or 'estimate'; got {gain!r}")
-    if read_noise is not None and read_noise != ESTIMATE and not (
-        isinstance(read_noise, (int, float)) and np.isfinite(read_noise) and read_noise >= 0
-    ):
-        raise ValueError(f"read_noise must be a non-negative number of electrons or 'estimate'; got {read_noise!r}")
+    gain = noise_setting(gain, "gain", positive=True)
+    read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     with _DirectoryLock(out_dir):
         summary.removed_temporary = len(clean_temporary_files(out_dir))
@@ -1392,7 +1353,7 @@ def run_batch(
             # No arc: the frames' shape from the calibrations or the first
             # science frame; each frame's warp is fit on its sky lines.
             known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
-            shape = known.shape if known is not None else read_frame(files[0], reader, crop)[0].shape
+            shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
             warp_dict = {}
             summary.warnings = ["no arc frames: each science frame's warp is fit on its own sky lines"]
         else:

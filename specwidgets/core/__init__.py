@@ -28,8 +28,8 @@ from .extract import (  # noqa: E402
 )
 from .frames import FrameArray  # noqa: E402
 from .inputs import mask_ranges  # noqa: E402
-from .rows import RowRanges  # noqa: E402
 from .lines import find_cal_lines  # noqa: E402
+from .rows import RowRanges  # noqa: E402
 from .sky import METHODS, SkyQuality, SkyResult, extract_background, fit_sky  # noqa: E402
 from .warp import WarpModel, generate_warp_model  # noqa: E402
 

@@ -33,7 +33,6 @@ def warm_up(methods=("bspline", "median")):
             median_warm_up()
         elif method == "bspline":
             from .sky.bspline import fit_bspline_sky
-
             from .sky.quality import _far_above, _row_chi_means, row_profile
 
             e = np.linspace(0.0, 20.0, 400)

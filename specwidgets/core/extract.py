@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.polynomial import Polynomial
+from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter, uniform_filter1d
 
 from .inputs import mask_ranges
@@ -219,7 +220,8 @@ def _half_max_width(profile):
     return float(max(right - left, 1.0))
 
 
-def trace_spectrum(image, mask_region=None, *, order=2, n_blocks=None, clip=3.0):
+def trace_spectrum(image: ArrayLike, mask_region=None, *, order: int = 2, n_blocks: int | None = None,
+                   clip: float = 3.0) -> Trace:
     """Find the target's centre row in every column of a frame.
 
     Within the rows of ``mask_region`` (the rows masked out of the sky fit,
@@ -375,8 +377,9 @@ def _smooth_profile(image, weights, box, smooth):
         return np.where(norm > 0, profile / norm, 0.0)
 
 
-def extract_spectrum(image, trace, width=None, method="optimal", variance=None, *, gain=None, clip=5.0,
-                     smooth=31, max_iterations=5):
+def extract_spectrum(image: ArrayLike, trace: Trace, width: float | None = None, method: str = "optimal",
+                     variance: ArrayLike | None = None, *, gain: float | None = None, clip: float = 5.0,
+                     smooth: int = 31, max_iterations: int = 5) -> Extraction:
     """Extract the target's 1D spectrum along ``trace``, by boxcar or optimal extraction.
 
     Parameters
@@ -536,7 +539,8 @@ class SkyLineScore:
         return f"sky-line residual {self.score:.2f} sigma RMS over {self.n_lines} lines"
 
 
-def sky_line_residual_score(extraction, sky, n_lines=10, half_width=1, continuum=41):
+def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int = 10, half_width: int = 1,
+                            continuum: int = 41) -> SkyLineScore:
     """RMS of the extracted flux's residual at the brightest sky lines, in units of its error.
 
     The residual at a sky line is the extracted flux, summed over the

@@ -64,14 +64,33 @@ import numbers
 
 import numpy as np
 
-__all__ = ["FrameArray", "NOISE_ATTRIBUTES", "frame_array", "noise_of", "with_noise"]
+__all__ = [
+    "ESTIMATE",
+    "FrameArray",
+    "NOISE_ATTRIBUTES",
+    "check_gain",
+    "check_read_noise",
+    "frame_array",
+    "noise_of",
+    "noise_setting",
+    "with_noise",
+]
 
 #: The metadata attributes of a :class:`FrameArray`, in the order they are merged.
 NOISE_ATTRIBUTES = ("gain", "read_noise", "noise_source", "unit", "header")
 
 
-def check_gain(value, name="gain"):
-    """``value`` as a float gain (electrons per data unit), or None for "unknown" (taken from the frames or estimated)."""
+#: The ``read_noise``/``gain`` setting that asks fit_sky to estimate it even
+#: when the frames carry one (the dashboard's state, sessions and batch).
+ESTIMATE = "estimate"
+
+#: Texts of a field meaning "no value of my own": the frames', else fit_sky's default/estimate.
+_BLANK = ("", "auto", "none", "header", "default", "from frames")
+
+
+def check_gain(value: float | None, name: str = "gain") -> float | None:
+    """``value`` as a float gain (electrons per data unit), or None for "unknown" (taken from the frames or estimated).
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -85,7 +104,7 @@ def check_gain(value, name="gain"):
     return value
 
 
-def check_read_noise(value, name="read_noise"):
+def check_read_noise(value: float | None, name: str = "read_noise") -> float | None:
     """``value`` as a float read noise (electrons), or None for "unknown" (taken from the frames or estimated)."""
     if value is None:
         return None
@@ -98,6 +117,36 @@ def check_read_noise(value, name="read_noise"):
             f"(or None to take it from the frames or estimate it); got {value!r}"
         )
     return value
+
+
+def noise_setting(value, name: str = "read_noise", *, positive: bool | None = None) -> float | str | None:
+    """A read-noise or gain *setting*: None (the frames' own, else fit_sky's), ``"estimate"`` or a checked float.
+
+    Text is read as a form field is: blank, ``"auto"``, ``"header"``... mean
+    None, ``"estimate"`` (any case) means :data:`ESTIMATE`, anything else
+    must be a number. ``positive`` (default: ``name == "gain"``) refuses 0.
+
+    Examples
+    --------
+    >>> noise_setting(" Estimate "), noise_setting(""), noise_setting("4.5"), noise_setting(2, "gain")
+    ('estimate', None, 4.5, 2.0)
+    >>> noise_setting("lots", "gain")
+    Traceback (most recent call last):
+    ...
+    ValueError: gain must be a number, 'estimate' or blank (from the frames); got 'lots'
+    """
+    positive = name == "gain" if positive is None else positive
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _BLANK:
+            return None
+        if text == ESTIMATE:
+            return ESTIMATE
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, {ESTIMATE!r} or blank (from the frames); got {value!r}") from None
+    return check_gain(value, name) if positive else check_read_noise(value, name)
 
 
 class FrameArray(np.ndarray):

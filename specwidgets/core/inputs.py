@@ -218,7 +218,7 @@ def check_image_size(shape, source, limit=None):
         )
 
 
-def mask_ranges(mask_region, n_rows):
+def mask_ranges(mask_region, n_rows: int) -> list[tuple[int, int]]:
     """Normalise ``mask_region`` to a sorted list of ``(start, stop)`` row ranges.
 
     The seed's function, kept for its callers; the one implementation is

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
 from .inputs import as_image, check_number
@@ -143,7 +144,8 @@ def saturated_peaks(profile, peaks, saturation=None, rows=None):
     return flagged
 
 
-def find_cal_lines(image, std_variation=50.0, row=None, debug=False, saturation=None):
+def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | None = None, debug: bool = False,
+                   saturation: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Find the emission lines of an arc-lamp frame along one row.
 
     Parameters

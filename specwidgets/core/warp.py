@@ -13,14 +13,15 @@ inverse, ``e(x, y)``, found by Newton's method for any orders.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-
-from .inputs import as_image, check_number
+from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
+from .inputs import as_image, check_number
 from .lines import robust_noise, row_profile
 from .peaks import fit_gaussian_windows, window_indices
 
@@ -59,39 +60,77 @@ class LineTraces:
     rms: np.ndarray
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class WarpModel:
     """A fitted (or given) warp model; see the module docstring for the form.
 
     Use :func:`generate_warp_model` to fit one to an arc frame, or
     :meth:`from_tilt` / :meth:`identity` to build one directly.
+
+    A model is immutable: its fields cannot be assigned and ``coefficients``
+    is a read-only array, so the maps it caches (:meth:`effpix_map`,
+    :meth:`edge_map`) always belong to its coefficients. Build a changed
+    model with :meth:`replace`.
+
+    Examples
+    --------
+    >>> model = WarpModel.from_tilt((40, 100), 3.0)
+    >>> model.coefficients[0, 0] = 0.0
+    Traceback (most recent call last):
+    ...
+    ValueError: assignment destination is read-only
+    >>> straight = model.replace(coefficients=[[0.0]])
+    >>> bool((straight.effpix_map()[0] == range(100)).all())
+    True
     """
 
-    shape: tuple
+    shape: tuple[int, int]
     ref_row: int
     coefficients: np.ndarray
     row_scale: float
     col_centre: float
     col_scale: float
     traces: LineTraces | None = None
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    #: Human-readable reasons to distrust this model (empty when it looks good).
+    quality_warnings: tuple[str, ...] = ()
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        self.shape = tuple(int(s) for s in self.shape)
-        self.coefficients = np.atleast_2d(np.asarray(self.coefficients, dtype=float))
-        if self.coefficients.size == 0:
-            self.coefficients = np.zeros((0, 1))
+        coefficients = np.array(np.atleast_2d(np.asarray(self.coefficients, dtype=float)))
+        if coefficients.size == 0:
+            coefficients = np.zeros((0, 1))
+        coefficients.setflags(write=False)
+        # Frozen: the normalised values go in through object.__setattr__.
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "ref_row", int(self.ref_row))
+        object.__setattr__(self, "coefficients", coefficients)
+        object.__setattr__(self, "quality_warnings", tuple(str(w) for w in self.quality_warnings))
+
+    def replace(self, **changes) -> WarpModel:
+        """A copy with some fields changed, e.g. ``model.replace(coefficients=c)``.
+
+        Changing only ``traces`` or ``quality_warnings`` keeps the cached
+        maps (they depend on the geometry alone); any other change starts a
+        fresh cache.
+        """
+        unknown = set(changes) - {f.name for f in fields(self) if f.init}
+        if unknown:
+            raise TypeError(f"WarpModel has no field(s) {sorted(unknown)}")
+        new = dataclasses.replace(self, **changes)
+        if set(changes) <= {"traces", "quality_warnings"}:
+            object.__setattr__(new, "_cache", self._cache)
+        return new
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def identity(cls, shape, ref_row=None):
+    def identity(cls, shape: tuple[int, int], ref_row: int | None = None) -> WarpModel:
         """A model with straight, vertical lines: ``effpix_map[y, x] == x``."""
         n_rows, n_cols = shape
         ref = n_rows // 2 if ref_row is None else int(ref_row)
         return cls(shape, ref, np.zeros((0, 1)), float(n_rows), (n_cols - 1) / 2, max((n_cols - 1) / 2, 1.0))
 
     @classmethod
-    def from_tilt(cls, shape, tilt, ref_row=None, curvature=0.0):
+    def from_tilt(cls, shape: tuple[int, int], tilt, ref_row: int | None = None, curvature: float = 0.0) -> WarpModel:
         """Lines that shift by ``tilt`` columns from the bottom row to the top row.
 
         ``tilt`` may be a sequence ``(c0, c1, c2, ...)``: the tilt is then
@@ -126,11 +165,6 @@ class WarpModel:
     def line_rms(self):
         """RMS residual of each traced line about the model [px] (the fit-quality report)."""
         return None if self.traces is None else self.traces.rms
-
-    @property
-    def quality_warnings(self):
-        """Human-readable reasons to distrust this model (empty when it looks good)."""
-        return list(self._cache.get("warnings", []))
 
     @property
     def is_poor(self):
@@ -462,7 +496,8 @@ def _fit_global(model, x0, rows, positions, used):
     return sol.reshape(line_order, n_coef)
 
 
-def generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, ref_idx=None, debug=False):
+def generate_warp_model(image: ArrayLike, guess: ArrayLike, tolerance: float = 16, line_order: int = 2,
+                        warp_order: int = 1, ref_idx: int | None = None, debug: bool = False) -> WarpModel:
     """Fit a warp model to an arc frame: how each line's column changes along the slit.
 
     Parameters
@@ -599,7 +634,7 @@ def generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, 
     )
     rms = np.full(n_lines, np.nan)
     for _ in range(4):
-        model.coefficients = _fit_global(model, np.where(used, x0, 0.0), fine_rows, positions, used)
+        model = model.replace(coefficients=_fit_global(model, np.where(used, x0, 0.0), fine_rows, positions, used))
         resid = positions - model.column_of(np.where(np.isfinite(x0), x0, 0.0)[:, None], fine_rows[None, :])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -613,12 +648,11 @@ def generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, 
             break
         used = new_used
 
-    model.traces = LineTraces(guesses, x0, fine_rows, positions, used, rms)
-    model._cache["warnings"] = _quality_warnings(model, n_needed)
+    model = model.replace(traces=LineTraces(guesses, x0, fine_rows, positions, used, rms))
+    notes = _quality_warnings(model, n_needed)
     if lowered is not None:
-        model._cache["warnings"].insert(
-            0, f"warp_order lowered from {lowered} to {warp_order}: only {int(used.sum())} line(s) could be traced"
-        )
+        notes.insert(0, f"warp_order lowered from {lowered} to {warp_order}: only {int(used.sum())} line(s) could be traced")
+    model = model.replace(quality_warnings=notes)
     if debug:
         print(model.report())
     return model

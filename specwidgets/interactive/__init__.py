@@ -21,8 +21,8 @@ Examples
 """
 
 from ..display.aggregate import SEDAggregate, aggregate_sed, decimate_curve, leak_rows
-from .dashboard import Dashboard
 from ..display.debounce import Debounced
+from .dashboard import Dashboard
 from .history import History
 from .image_viewer import VIEWS, ImageViewer
 from .preview import SpectrumPreview

@@ -24,13 +24,13 @@ import ipywidgets
 import traitlets as tl
 
 from ..core.sky.api import METHODS
-from .state import SkyState
 from .history import History
 from .image_viewer import ImageViewer, ranges_of
 from .navigation import KeyShortcuts
 from .preview import SpectrumPreview
 from .sed_explorer import SEDExplorer
 from .sky_controls import SkyFitControls
+from .state import SkyState
 from .status import StatusBar
 from .warp_picker import WarpGuessPicker
 
@@ -64,6 +64,9 @@ class Dashboard(ipywidgets.VBox):
     exposure_names : list of str, optional
         Input file of each exposure, naming the exported files (default
         ``exposure_0``, ``exposure_1``, ...).
+    input_headers : list of astropy.io.fits.Header, optional
+        Header of each exposure's input file: its observation keywords
+        (OBJECT, DATE-OBS, EXPTIME, ...) go into the exported files.
     **traits
         Further :class:`SkyState` inputs (``guesses``, ``tolerance``, ``gain``, ...).
 
@@ -91,7 +94,7 @@ class Dashboard(ipywidgets.VBox):
     """
 
     def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=None, method="bspline",
-                 state=None, figsize=None, exposure_names=None, **traits):
+                 state=None, figsize=None, exposure_names=None, input_headers=None, **traits):
         super().__init__()
         if state is None:
             if science is None:
@@ -135,6 +138,9 @@ class Dashboard(ipywidgets.VBox):
         ]
         if len(self.exposure_names) != n_exp:
             raise ValueError(f"exposure_names has {len(self.exposure_names)} names for {n_exp} exposure(s)")
+        self.input_headers = list(input_headers) if input_headers is not None else None
+        if self.input_headers is not None and len(self.input_headers) != n_exp:
+            raise ValueError(f"input_headers has {len(self.input_headers)} headers for {n_exp} exposure(s)")
         self.export_folder = ipywidgets.Text(value="specwidgets_sky", description="Export to")
         self.export_button = ipywidgets.Button(description="Export FITS", icon="download")
         self.export_message = ipywidgets.HTML()
@@ -253,7 +259,7 @@ class Dashboard(ipywidgets.VBox):
             # relative folder means the one the launcher was started from.
             folder = Path(os.environ.get("SPECWIDGETS_DASHBOARD_CWD") or os.getcwd()) / folder
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
-                                overwrite=overwrite, dtype=dtype)
+                                overwrite=overwrite, dtype=dtype, input_headers=self.input_headers)
         self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 

@@ -31,10 +31,10 @@ import ipywidgets
 import numpy as np
 import traitlets as tl
 
-from ..display.plotting import plot_image
-from ..display.raster import NORMS, display_limits
 from ..display.aggregate import highlight_mask, iso_effpix_polygon
 from ..display.debounce import Debounced, running_loop
+from ..display.plotting import plot_image
+from ..display.raster import NORMS, display_limits
 from .navigation import HAVE_IPYEVENTS, CursorReadout
 from .status import StatusBar
 

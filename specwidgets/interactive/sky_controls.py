@@ -30,7 +30,7 @@ import math
 import ipywidgets
 import traitlets as tl
 
-from .state import ESTIMATE
+from ..core.frames import ESTIMATE, noise_setting
 from .status import StatusBar
 
 __all__ = ["SkyFitControls", "parse_noise", "parse_optional_positive"]
@@ -74,18 +74,16 @@ def parse_noise(text, what, frames_value=None, positive=False):
     >>> parse_noise("4.74", "read noise", frames_value=4.74) is None
     True
     """
-    text = str(text).strip().lower()
-    if text in ("", "auto", "header", "default"):
-        return None
-    if text == ESTIMATE:
-        return ESTIMATE
+    # The one rule for a noise setting (the state's validator uses it too).
     try:
-        value = float(text)
+        value = noise_setting(str(text), what, positive=positive)
     except ValueError:
-        raise ValueError(f"{what}: type a number, 'estimate', or leave it blank for the frames' value; got {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "a positive" if positive else "a non-negative"
-        raise ValueError(f"{what}: type {bound} number, or 'estimate'; got {text!r}")
+        bound = "positive" if positive else "non-negative"
+        raise ValueError(
+            f"{what}: type a {bound} number, 'estimate', or leave it blank for the frames' value; got {str(text).strip()!r}"
+        ) from None
+    if value is None or value == ESTIMATE:
+        return value
     if frames_value is not None and math.isclose(value, float(frames_value), rel_tol=1e-9, abs_tol=1e-12):
         return None
     return value

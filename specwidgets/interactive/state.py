@@ -17,45 +17,24 @@ import numpy as np
 import traitlets as tl
 
 from ..core import _timing
-from ..core.sky.api import METHODS, SkyResult, fit_sky
-from ..core.frames import frame_array
+from ..core.frames import ESTIMATE, frame_array, noise_setting
 from ..core.inputs import as_image, as_image_stack
-from ..core.rows import RowRanges
 from ..core.lines import find_cal_lines
+from ..core.rows import RowRanges
+from ..core.sky.api import METHODS, SkyResult, fit_sky
 from ..core.warp import WarpModel, generate_warp_model
 
 __all__ = ["SkyState"]
 
 
-#: The value of ``read_noise``/``gain`` that asks fit_sky to estimate it even
-#: when the frames carry one.
-ESTIMATE = "estimate"
 
 
 def _noise_value(value, name, positive):
     """None, ``"estimate"`` or a float (checked): the state's ``read_noise``/``gain``."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("", "auto", "none", "header", "from frames"):
-            return None
-        if text == ESTIMATE:
-            return ESTIMATE
-        try:
-            value = float(text)
-        except ValueError:
-            raise tl.TraitError(
-                f"{name} must be a number, 'estimate' or blank (from the frames); got {value!r}"
-            ) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise tl.TraitError(f"{name} must be a number, 'estimate' or None; got {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "positive" if positive else "non-negative"
-        unit = "electrons per data unit" if positive else "electrons"
-        raise tl.TraitError(f"{name} must be a {bound} number of {unit}; got {value!r}")
-    return value
+    try:
+        return noise_setting(value, name, positive=positive)
+    except (TypeError, ValueError) as exc:
+        raise tl.TraitError(str(exc)) from None
 
 
 class SkyState(tl.HasTraits):

@@ -37,9 +37,9 @@ import numpy as np
 import traitlets as tl
 
 from ..core.lines import robust_noise, row_profile
+from ..display.debounce import Debounced
 from ..display.plotting import plot_image
 from ..display.raster import to_indexed_png
-from ..display.debounce import Debounced
 from .navigation import CursorReadout
 from .status import StatusBar
 

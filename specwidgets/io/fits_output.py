@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
-import inspect
 import json
 import os
 import secrets
@@ -42,9 +41,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .discovery import fits_stem
 from ..core.rows import RowRanges
 from ..core.warp import WarpModel
+from .discovery import fits_stem
 
 __all__ = [
     "EXTENSIONS",
@@ -58,6 +57,7 @@ __all__ = [
     "clean_temporary_files",
     "export_result",
     "inspect_output",
+    "observation_cards",
     "mask_image",
     "output_name",
     "read_warp_model",
@@ -95,7 +95,6 @@ MASK_BITS = {
     MASK_BADFLAT: "flat-field pixel unusable, science set to NaN",
 }
 
-_BSPLINE_OPTIONS = ("spatial_order", "knot_spacing", "reject_sigma", "max_iterations")
 _OPTION_CARDS = {
     "spatial_order": ("SWSPORD", "B-spline sky: Legendre order along the slit"),
     "knot_spacing": ("SWKNOTSP", "B-spline sky: knot spacing (effective px)"),
@@ -147,17 +146,13 @@ def mask_image(result, exposure=0, extra=None):
 
 
 def effective_options(method, options):
-    """The sky method's parameters with the defaults filled in (what the fit used)."""
-    if method != "bspline":
-        return dict(options)
-    from ..core.sky.bspline import fit_bspline_sky
+    """The sky method's parameters with the defaults filled in (what the fit used).
 
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(fit_bspline_sky).parameters.items()
-        if name in _BSPLINE_OPTIONS
-    }
-    return {**defaults, **options}
+    The same as :func:`specwidgets.core.sky.api.resolve_options`.
+    """
+    from ..core.sky.options import resolve_options
+
+    return resolve_options(method, options)
 
 
 def _card_value(value):
@@ -208,7 +203,38 @@ def settings_hash(settings):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=None):
+#: Observation keywords of an input header carried into its output's primary header (those present).
+#: Not GAIN/RDNOISE/BUNIT: the output is in other units (``SWUNIT``, ``SWGAIN``, ``SWRDNOIS`` say which).
+OBSERVATION_KEYWORDS = (
+    "OBJECT", "OBSTYPE", "IMAGETYP", "DATE-OBS", "TIME-OBS", "UT", "UTC", "MJD-OBS", "JD", "EXPTIME", "EXPOSURE",
+    "RA", "DEC", "EQUINOX", "RADESYS", "EPOCH", "AIRMASS", "HA", "LST", "ZD", "ALT", "AZ", "INSTRUME", "TELESCOP",
+    "OBSERVER", "OBSERVAT", "SITE", "PROPID", "PROGRAM", "FILTER", "GRATING", "WAVMODE", "SLIT", "CCDSUM", "CAM_TARG",
+    "GRT_TARG",
+)
+
+
+def observation_cards(header):
+    """The :data:`OBSERVATION_KEYWORDS` cards of ``header`` (an astropy Header, a dict or None), in that order.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> [c[0] for c in observation_cards(fits.Header({"EXPTIME": 300.0, "NAXIS": 2, "OBJECT": "NGC 253"}))]
+    ['OBJECT', 'EXPTIME']
+    """
+    if header is None:
+        return []
+    cards = []
+    for key in OBSERVATION_KEYWORDS:
+        if key in header:
+            value = header[key]
+            comment = header.comments[key] if isinstance(header, fits.Header) else ""
+            if isinstance(value, (str, int, float, bool, np.integer, np.floating, np.bool_)):
+                cards.append((key, value, comment))
+    return cards
+
+
+def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=None, input_header=None):
     """The primary header of an output file.
 
     Parameters
@@ -225,11 +251,17 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         ``n_guesses``.
     config : str, optional
         The settings hash (``SWCONFIG``).
+    input_header : astropy.io.fits.Header, optional
+        The input file's header: its observation keywords
+        (:data:`OBSERVATION_KEYWORDS`: OBJECT, DATE-OBS, EXPTIME, RA/DEC,
+        AIRMASS, INSTRUME, TELESCOP, ...) are copied first.
     """
     from ..core._version import __version__
 
     prov = dict(provenance or {})
     hdr = fits.Header()
+    for key, value, comment in observation_cards(input_header):
+        hdr[key] = (value, comment)
     hdr["SWVER"] = (__version__, "specwidgets version")
     hdr["DATE"] = (
         _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
@@ -333,14 +365,16 @@ def read_warp_model(header):
     return WarpModel.from_dict(json.loads(header["SWWARP"]))
 
 
-def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None):
+def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None,
+                  input_header=None):
     """The five HDUs of one output file, in memory."""
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype("float32"), np.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64; got {dtype}")
     unit = (provenance or {}).get("unit")
     primary = fits.PrimaryHDU(
-        header=sky_header(result, exposure, warp_model=warp_model, provenance=provenance, config=config)
+        header=sky_header(result, exposure, warp_model=warp_model, provenance=provenance, config=config,
+                          input_header=input_header)
     )
     sky = result.background[exposure]
     images = {
@@ -460,18 +494,22 @@ def write_atomic(hdul, path):
     return final
 
 
-def write_exposure(result, exposure, path, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None):
+def write_exposure(result, exposure, path, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None,
+                   input_header=None):
     """Write one exposure of a :class:`SkyResult` as a ``_sky.fits`` file (atomically).
 
-    Returns the path written.
+    ``input_header``: the input file's header, whose observation keywords
+    are carried over (see :func:`sky_header`). Returns the path written.
     """
     hdul = build_hdulist(
-        result, exposure, warp_model=warp_model, provenance=provenance, config=config, dtype=dtype, extra_mask=extra_mask
+        result, exposure, warp_model=warp_model, provenance=provenance, config=config, dtype=dtype, extra_mask=extra_mask,
+        input_header=input_header,
     )
     return write_atomic(hdul, path)
 
 
-def export_result(result, out_dir, names, *, warp_model=None, provenance=None, overwrite=True, dtype="float32"):
+def export_result(result, out_dir, names, *, warp_model=None, provenance=None, overwrite=True, dtype="float32",
+                  input_headers=None):
     """Write every exposure of an in-memory :class:`SkyResult` as the batch runner would.
 
     Parameters
@@ -490,6 +528,9 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     overwrite : bool
         Replace existing files (default); with False, an existing output raises.
     dtype : {"float32", "float64"}
+    input_headers : sequence of astropy.io.fits.Header, optional
+        Each exposure's input header (None entries allowed): its observation
+        keywords go into that output, as batch carries them.
 
     Returns
     -------
@@ -499,6 +540,9 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     n_exp = result.data.shape[0]
     if len(names) != n_exp:
         raise ValueError(f"names has {len(names)} entries but the result holds {n_exp} exposure(s)")
+    headers = [None] * n_exp if input_headers is None else list(input_headers)
+    if len(headers) != n_exp:
+        raise ValueError(f"input_headers has {len(headers)} entries but the result holds {n_exp} exposure(s)")
     outs = [output_name(n) for n in names]
     dups = sorted({o for o in outs if outs.count(o) > 1})
     if dups:
@@ -514,7 +558,8 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
         prov = {**(provenance or {}), "input": name}
-        written.append(write_exposure(result, k, target, warp_model=warp_model, provenance=prov, dtype=dtype))
+        written.append(write_exposure(result, k, target, warp_model=warp_model, provenance=prov, dtype=dtype,
+                                      input_header=headers[k]))
     return written
 
 

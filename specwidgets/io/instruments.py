@@ -27,7 +27,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import re
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..core.frames import check_gain, check_read_noise
 from ..core.inputs import check_image_size
 
 __all__ = [
@@ -191,28 +191,12 @@ def _as_number(value, name):
     return value
 
 
-def _check_positive(value, name):
-    value = _as_number(value, name)
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number or None; got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return value
+def _check_gain(value, name="gain"):
+    return check_gain(_as_number(value, name), name)
 
 
 def _check_read_noise(value, name="read_noise"):
-    value = _as_number(value, name)
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number (electrons) or None; got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number of electrons; got {value!r}")
-    return value
+    return check_read_noise(_as_number(value, name), name)
 
 
 @dataclass(frozen=True)
@@ -285,7 +269,7 @@ class Instrument:
     given: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
     def __post_init__(self):
-        _check_positive(self.gain, f"gain of instrument {self.name!r}")
+        _check_gain(self.gain, f"gain of instrument {self.name!r}")
         _check_read_noise(self.read_noise, f"read_noise of instrument {self.name!r}")
         if self.rot90 not in (0, 1, 2, 3):
             raise ValueError(f"rot90 of instrument {self.name!r} must be 0, 1, 2 or 3; got {self.rot90!r}")
@@ -338,7 +322,7 @@ class Instrument:
                 raise TypeError(f"trimsec must be a FITS section string like '[x1:x2,y1:y2]' or None; got {trimsec!r}")
             changes.update(trimsec=trimsec, trimsec_keyword=None, trim_function=None)
         if "gain" in options:
-            changes.update(gain=_check_positive(options["gain"], "gain"), gain_keyword=None)
+            changes.update(gain=_check_gain(options["gain"], "gain"), gain_keyword=None)
         if "read_noise" in options:
             changes.update(read_noise=_check_read_noise(options["read_noise"]), read_noise_keyword=None)
         given = tuple(sorted(set(self.given) | ({"gain", "read_noise"} & set(options))))
@@ -386,7 +370,7 @@ class Instrument:
         if self.rot90:
             data = np.rot90(data, k=self.rot90)
         gain_value, gain_from = self._header_or_default(header, self.gain_keyword, self.gain, "gain")
-        gain = _check_positive(gain_value, f"gain of {path.name}")
+        gain = _check_gain(gain_value, f"gain of {path.name}")
         noise_value, noise_from = self._header_or_default(
             header, self.read_noise_keyword, self.read_noise, "read_noise"
         )
@@ -562,7 +546,7 @@ def _normalise_name(name):
     return name.strip().lower()
 
 
-def register_instrument(name, instrument_or_reader, overwrite=False):
+def register_instrument(name: str, instrument_or_reader: Instrument | Callable, overwrite: bool = False) -> None:
     """Add an instrument so the loaders accept ``instrument=name``.
 
     Parameters
@@ -638,7 +622,7 @@ def register_instrument(name, instrument_or_reader, overwrite=False):
     return entry
 
 
-def known_instruments():
+def known_instruments() -> list[str]:
     """Return the registered instrument names, sorted.
 
     Examples
@@ -649,7 +633,7 @@ def known_instruments():
     return sorted(_REGISTRY)
 
 
-def get_instrument(name):
+def get_instrument(name: str) -> Instrument | _ReaderInstrument:
     """Return the instrument registered under ``name`` (case-insensitive).
 
     Raises

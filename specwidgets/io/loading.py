@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
 from specwidgets.core.frames import FrameArray
-from specwidgets.io.instruments import resolve_instrument
+from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
+from specwidgets.io.instruments import Instrument, resolve_instrument
 
 __all__ = [
     "FITS_EXTENSIONS",
@@ -41,6 +42,8 @@ __all__ = [
     "collect_images_array",
     "matching_files",
     "noise_of_frames",
+    "read_frame",
+    "unit_of",
 ]
 
 #: File name endings read as FITS (compared case-insensitively); the rule
@@ -176,15 +179,74 @@ def _iter_frames(files, reader, start, stop):
         yield path, frame.data[rows], frame
 
 
+def unit_of(gain) -> str:
+    """The unit of a frame read with this (instrument) gain: ``"electron"`` when known, else ``"adu"``."""
+    return "adu" if gain is None else "electron"
+
+
+def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic",
+               crop: tuple[int | None, int | None] | None = None, **instrument_options) -> FrameArray:
+    """Read one exposure: the frame reader of the loaders, the dashboard and batch.
+
+    The instrument selects the image HDU, trims and turns it (dispersion
+    along columns); rows ``crop[0]:crop[1]`` are kept and the data are
+    multiplied by the gain when it is known, so they are in electrons.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    instrument : str or Instrument
+        A name from :func:`~specwidgets.io.instruments.known_instruments`, an
+        :class:`~specwidgets.io.instruments.Instrument` or a resolved reader.
+    crop : (int, int or None), optional
+        Rows to keep of the trimmed, turned frame (all when None).
+    **instrument_options
+        Passed to the instrument (``gain=``, ``read_noise=``, ...).
+
+    Returns
+    -------
+    FrameArray
+        float64, with ``gain`` (1.0 once in electrons, None in ADU),
+        ``read_noise`` (electrons or None), ``noise_source``, ``unit`` and
+        the file's ``header``.
+    """
+    start, stop = _crop_pair(crop)
+    reader = resolve_instrument(instrument, **instrument_options)
+    path = Path(path)
+    ((_, data, frame),) = list(_iter_frames([path], reader, start, stop))
+    return _as_frame_array(data, frame)
+
+
+def _as_frame_array(data, frame, out=None):
+    """The cropped ADU view ``data`` of ``frame`` in electrons (when the gain is known), with its metadata.
+
+    One multiply straight from the file's dtype (into ``out`` when given): no
+    float64 temporary.
+    """
+    scale = 1.0 if frame.gain is None else frame.gain
+    if out is None:
+        out = np.multiply(data, scale, dtype=np.float64)
+    else:
+        np.multiply(data, scale, out=out, dtype=np.float64, casting="unsafe")
+    return FrameArray(
+        out,
+        gain=None if frame.gain is None else 1.0,
+        read_noise=frame.read_noise,
+        noise_source=getattr(frame, "noise_source", ""),
+        unit=unit_of(frame.gain),
+        header=frame.header,
+    )
+
+
 def _metadata(path, frame):
     return {
         "file": path.name,
         "path": path,
-        "hdu": frame.hdu,
+        "hdu": getattr(frame, "hdu", None),
         "header": frame.header,
         "gain": frame.gain,
         "read_noise": frame.read_noise,
-        "unit": "electron" if frame.gain is not None else "adu",
+        "unit": frame.unit if isinstance(frame, FrameArray) else unit_of(frame.gain),
         "noise_source": getattr(frame, "noise_source", ""),
     }
 
@@ -294,13 +356,11 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
         if data.shape != shapes[0]:
             # Keep reading, storing nothing, so the error can list every shape.
             continue
-        target = out if combine in ("mean", "sum") else out[i]
-        scale = 1.0 if frame.gain is None else frame.gain
         # One multiply-add straight from the file's dtype: no float64 temporary.
         if combine in ("mean", "sum"):
-            target += np.multiply(data, scale, dtype=np.float64)
+            out += _as_frame_array(data, frame)
         else:
-            np.multiply(data, scale, out=target, dtype=np.float64, casting="unsafe")
+            _as_frame_array(data, frame, out=out[i])
     _check_same_shape(shapes, files)
     _check_same_unit(metadata)
     if debug:
@@ -354,15 +414,15 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
 
 
 def collect_images_array(
-    path,
-    tag="",
-    instrument="generic",
-    ignore=(),
-    crop_bds=(0, None),
-    return_metadata=False,
-    debug=False,
+    path: str | os.PathLike,
+    tag: str = "",
+    instrument: str | Instrument = "generic",
+    ignore: str | Sequence[str] = (),
+    crop_bds: tuple[int | None, int | None] | None = (0, None),
+    return_metadata: bool = False,
+    debug: bool = False,
     **instrument_options,
-):
+) -> FrameArray | tuple[FrameArray, list[dict]]:
     """Load every matching FITS file of a folder as one float64 stack.
 
     Parameters
@@ -433,16 +493,16 @@ def collect_images_array(
 
 
 def average_matching_files(
-    path,
-    tag="",
-    instrument="generic",
-    ignore=(),
-    crop_bds=(0, None),
-    mode="median",
-    return_metadata=False,
-    debug=False,
+    path: str | os.PathLike,
+    tag: str = "",
+    instrument: str | Instrument = "generic",
+    ignore: str | Sequence[str] = (),
+    crop_bds: tuple[int | None, int | None] | None = (0, None),
+    mode: str = "median",
+    return_metadata: bool = False,
+    debug: bool = False,
     **instrument_options,
-):
+) -> FrameArray | tuple[FrameArray, list[dict]]:
     """Combine every matching FITS file of a folder into one image.
 
     Takes the same arguments as :func:`collect_images_array`, plus ``mode``.

@@ -14,8 +14,8 @@ import numpy as np
 from scipy.special import erf
 
 from ..core.frames import FrameArray
-from .sample_data import GoodmanSample, goodman_available, goodman_path, load_goodman
 from ..core.warp import WarpModel
+from .sample_data import GoodmanSample, goodman_available, goodman_path, load_goodman
 
 __all__ = [
     "GoodmanSample",

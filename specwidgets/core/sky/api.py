@@ -13,26 +13,30 @@ import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
+from ..warp import WarpModel
+from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
-from .quality import (
-    dark_rows,
+from .options import resolve_options
+from .quality import (  # noqa: E402
+    CHI_LIMITS,
+    LEAK_LIMIT,
+    REJECTED_LIMIT,
     SkyQuality,
-    _ranges,
-    analyse_rows,
-    estimate_noise,
     _far_above,
+    _ranges,
+    _row_chi_means,
+    analyse_rows,
+    dark_rows,
+    estimate_noise,
     measure_flexure,
     provisional_noise,
-    _row_chi_means,
     row_profile,
 )
-from .quality import CHI_LIMITS, LEAK_LIMIT, REJECTED_LIMIT  # noqa: E402
-from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
-from ..warp import WarpModel
 
 # Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
@@ -273,10 +277,10 @@ def _resolve_noise(images, read_noise, gain):
     rn_source = "argument" if read_noise is not None else None
     gain_source = "argument" if gain is not None else None
     if read_noise is None and getattr(images, "read_noise", None) is not None:
-        read_noise = check_read_noise(getattr(images, "read_noise"), "images.read_noise")
+        read_noise = check_read_noise(images.read_noise, "images.read_noise")
         rn_source = frames_source
     if gain is None and getattr(images, "gain", None) is not None:
-        gain = check_gain(getattr(images, "gain"), "images.gain")
+        gain = check_gain(images.gain, "images.gain")
         gain_source = frames_source
     return read_noise, gain, rn_source, gain_source
 
@@ -332,17 +336,16 @@ def _subsample(n, limit=250_000):
 
 
 def fit_sky(
-    images,
-    warp_model,
+    images: ArrayLike,
+    warp_model: WarpModel,
     mask_region=(None, None),
-    method="bspline",
+    method: str = "bspline",
     *,
-    read_noise=None,
-    gain=None,
-    progress=False,
-    initial=None,
+    read_noise: float | str | None = None,
+    gain: float | str | None = None,
+    progress: bool = False,
     **options,
-):
+) -> SkyResult:
     """Estimate the sky background of every pixel of one image or a stack.
 
     Parameters
@@ -375,9 +378,6 @@ def fit_sky(
         ``result.quality`` says which was used and where it came from.
     progress : bool
         Print one line per exposure.
-    initial : SkyResult, optional
-        A previous B-spline result for the same images and warp model: its
-        fits start the new ones (a nudged mask then costs fewer passes).
     **options
         For ``"bspline"``:
 
@@ -472,6 +472,10 @@ def fit_sky(
     samples_box = [samples]
     del samples
 
+    if "initial" in options:
+        # Warm starts went: a warm start could stop at another rejected set,
+        # so a result would depend on the fits before it, not on its inputs.
+        raise TypeError("fit_sky takes no initial= (warm start): each fit starts fresh from its inputs")
     if method == "median":
         if options:
             raise TypeError(f"method='median' takes no options; got {sorted(options)}")
@@ -479,7 +483,7 @@ def fit_sky(
                              (read_noise, gain, rn_source, gain_source), progress)
     else:
         result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                              (read_noise, gain, rn_source, gain_source), progress, initial, options)
+                              (read_noise, gain, rn_source, gain_source), progress, options)
         result.options["sky_warp"] = sky_warp
     result.warp_model = warp_model
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
@@ -575,10 +579,11 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     return result
 
 
-def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, initial, options):
+def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options):
     from .bspline import default_knot_spacing, fit_bspline_sky
 
     n_exp, n_rows, n_cols = stack.shape
+    given = dict(options)
     options = dict(options)
     spatial_order = check_spatial_order(options.pop("spatial_order", "auto"))
     unlit_mode = _check_choice(options.pop("unlit", "auto"), "unlit", ("auto", False))
@@ -598,8 +603,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         knot_threshold = float(knot_threshold)
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
-    same_fit = initial is not None and initial.effpix_map is emap and len(initial.models) == n_exp
-    warm = initial.models if same_fit else [None] * n_exp
 
     def spacing(order):
         return default_knot_spacing(order) if knot_spacing is None else knot_spacing
@@ -634,7 +637,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             first[k] = fit_bspline_sky(
                 samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
                 extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
-                initial=warm[k],
             )
             level[k] = first[k](samples.effpix)
         if rows is None:
@@ -768,7 +770,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
         # could throw away the line peaks for good.
-        start = warm[k] if warm[k] is not None else (first[k] if not (unlit.any() or shifts[k]) else None)
+        start = first[k] if not (unlit.any() or shifts[k]) else None
         if table is None:
             model = fit_bspline_sky(
                 e_k, samples.flux[k], sample_rows, spatial_order=order, row_range=row_range,
@@ -776,7 +778,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 initial=start, **options,
             )
         else:
-            start = warm[k].inner if isinstance(warm[k], StretchedBSplineSky) else None
+            start = None
             # The samples' stretched coordinate: ``e_k`` is the (shifted) map
             # at ``samples.index`` and np.interp works point by point, so these
             # are the map's values there; in ``e_k``'s sorted order, not
@@ -814,13 +816,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
 
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
-    used_options = dict(options)
-    used_options.update(spatial_order=order, knot_spacing=spacing(order), unlit=unlit_mode,
-                        flexure=flexure_mode, knots=knots)
-    if knots == "adaptive":
-        used_options["coarse_spacing"] = max(coarse, spacing(order))
-        used_options["knot_threshold"] = knot_threshold
-    used_options.setdefault("reject_sigma", models[0].reject_sigma)
+    used_options = resolve_options("bspline", given, spatial_order=order,
+                                   knot_threshold=knot_threshold if knots == "adaptive" else None)
     result = SkyResult(
         data=stack,
         background=background,

@@ -1456,8 +1456,8 @@ def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coars
 
 
 def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *, first_spacing=None,
-                          extent=None, candidates=THRESHOLD_CANDIDATES, grid_step=0.25, max_samples=100_000, folds=1, default=DEFAULT_THRESHOLD,
-                          spatial_order=0, row_range=None):
+                          extent=None, candidates=THRESHOLD_CANDIDATES, grid_step=0.25, max_samples=100_000, folds=1,
+                          default=DEFAULT_THRESHOLD, spatial_order=0, row_range=None):
     """The ``adaptive_coordinate`` threshold that predicts held-out rows best (two-fold cross-validation).
 
     The sky samples are split by row parity. For each half in turn, the

@@ -174,7 +174,6 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                 eb[j, y] = edges[y, x_start + j]
         ob = np.empty((nb, n_rows))
         for j in range(nb):
-            x = x_start + j
             # A binary search at each column's top: walking back from the
             # previous column's last row would step over the whole tilt.
             a = _first_not_below(e_sorted, eb[j, 0])
@@ -238,7 +237,6 @@ def _median_blocks(e_sorted, flux_sorted, edges, out, counts, blk_start, blk_sto
                 rank[order[r]] = r
                 ranked[r] = vals[order[r]]
             for j in range(nb):
-                x = x_start + j
                 count = 0
                 p = np.int64(-1)  # typed: a literal -1 would compile the helpers twice
                 below = 0

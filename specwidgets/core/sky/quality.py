@@ -18,9 +18,8 @@ frames:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit

@@ -270,8 +270,8 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         refined.effpix_map()
     except ValueError as exc:
         return warp, WarpRefinement(False, source, reason=f"the sky-line correction folds the warp over: {exc}")
-    refined.traces = warp.traces
-    refined._cache["warnings"] = list(warp._cache.get("warnings", []))
+    # WarpModel is frozen: a copy with the arc's traces and warnings (the maps just made are kept).
+    refined = refined.replace(traces=warp.traces, quality_warnings=warp.quality_warnings)
     grid_r = sky_rows.astype(float)[:: max(1, sky_rows.size // 40)]
     grid_e = np.linspace(0, n_cols - 1, 64)
     shift = refined.column_of(grid_e[None, :], grid_r[:, None]) - warp.column_of(grid_e[None, :], grid_r[:, None])
@@ -312,7 +312,7 @@ def cached_refinement(stack, warp, masked_rows):
     return cache[key]
 
 
-def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=None):
+def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order=None) -> WarpModel:
     """Fit a warp model on the science frame's own sky lines (no arc).
 
     The bright sky lines are found in the median sky spectrum of the sky
