@@ -14,8 +14,9 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 
+import test_binder_env  # noqa: E402
+
 from specwidgets.io.sample_data import goodman_available  # noqa: E402
-from test_binder_env import BACKGROUND_BUILDS as BINDER_BUILDS, binder_venv  # noqa: E402, F401 - the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -52,7 +53,13 @@ def test_dashboard_notebook_is_the_packaged_one():
 # notebooks run from notebooks/ on that venv's own python3 kernel, without
 # SPECWIDGETS_DASHBOARD_DATA): a second run here in the test environment
 # would check the same thing again at the end of the session.
-BACKGROUND_BUILDS = BINDER_BUILDS
+BACKGROUND_BUILDS = test_binder_env.BACKGROUND_BUILDS
+
+
+@pytest.fixture
+def binder_venv(venv_builds):
+    """test_binder_env's background run (notebooks included), shared with that test."""
+    return venv_builds.result("binder_venv", test_binder_env.build_binder_venv)
 
 
 @pytest.mark.slow
