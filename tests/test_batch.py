@@ -687,3 +687,24 @@ def test_dashboard_export_carries_the_observation_keywords(tmp_path, frames):
     for k, path in enumerate(written):
         _check_observation_cards(path, k)
     dash.close()
+
+
+def test_local_processes_leave_this_process_environment_alone():
+    """Dask's nanny writes the workers' variables into the parent's os.environ; run_batch puts them back.
+
+    Left there, NUMBA_NUM_THREADS=1 makes the next numba compile in a notebook
+    that ran a batch fail ("Cannot set NUMBA_NUM_THREADS ... once the threads
+    have been launched").
+    """
+    names = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED")
+    before = {name: os.environ.get(name) for name in names}
+    client, to_close = batch._open_client(1, None, None, True, numba_threads=1)
+    try:
+        # The worker got them ...
+        seen = client.run(lambda: os.environ.get("NUMBA_NUM_THREADS"))
+        assert list(seen.values()) == ["1"]
+    finally:
+        for thing in to_close:
+            thing.close()
+    # ... and this process has its own back.
+    assert {name: os.environ.get(name) for name in names} == before

@@ -883,6 +883,15 @@ def _worker_start_method():
     return "forkserver"
 
 
+def _restore_environ(saved):
+    """Put back the environment variables ``saved`` maps (None: was unset)."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _open_client(workers, scheduler, client, processes, numba_threads=1):
     """Return ``(client, things to close)``."""
     if client is not None:
@@ -901,10 +910,20 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
         method = _worker_start_method()
         if method is not None:
             config["distributed.worker.multiprocessing-method"] = method
-        with dask.config.set(config):
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-            )
+        # The nanny writes these variables into *this* process's environment
+        # before it spawns a worker, and leaves them there: a later numba
+        # compile here would then see NUMBA_NUM_THREADS change under its
+        # running thread pool and fail. The workers have them; we restore ours.
+        saved = {name: os.environ.get(name) for name in config["distributed.nanny.pre-spawn-environ"]}
+        saved.setdefault("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED"))
+        try:
+            with dask.config.set(config):
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+        finally:
+            _restore_environ(saved)
     else:
         cluster = LocalCluster(
             n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=logging.ERROR
