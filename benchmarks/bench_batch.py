@@ -65,7 +65,7 @@ def make_data(folder, n, seed=7):
 
 def run_once(args):
     """One measured run (in its own process): print a JSON record."""
-    from specwidgets.batch.runner import run_batch
+    from specwidgets.batch import run_batch
 
     data = Path(args.data)
     science = sorted(data.glob("exp_*.fits"))[: args.n]

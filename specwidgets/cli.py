@@ -6,7 +6,7 @@ prints what it found and how well the sky matches. ``specwidgets dashboard``
 serves the interactive dashboard with Voila (:mod:`specwidgets.app.launcher`);
 ``specwidgets batch``
 applies a warp model and masks to many exposures on Dask
-(:mod:`specwidgets.batch.runner`).
+(:mod:`specwidgets.batch`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from .app.launcher import add_dashboard_parser
-from .batch.runner import add_batch_parser
+from .batch.cli import add_batch_parser
 
 __all__ = ["main"]
 

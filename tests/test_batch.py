@@ -22,8 +22,9 @@ import pytest
 from astropy.io import fits
 
 import specwidgets as sw
+from specwidgets.batch import BatchLockedError, add_batch_parser, run_batch, run_batch_command
 from specwidgets.batch import runner as batch
-from specwidgets.batch.runner import BatchLockedError, add_batch_parser, run_batch, run_batch_command
+from specwidgets.batch.calibrations import FLAT_FLOOR
 from specwidgets.core.rows import RowRanges
 from specwidgets.io.fits_output import (
     MASK_BADFLAT,
@@ -176,7 +177,7 @@ def test_flat_is_normalised_and_divided(raw, tmp_path, frames):
     bias = np.median([fits.getdata(p) for p in raw["bias"]], axis=0)
     flat = np.median([fits.getdata(p) for p in flats], axis=0) - bias
     norm = flat / np.median(flat, axis=0, keepdims=True)
-    norm[norm <= batch.FLAT_FLOOR] = np.nan
+    norm[norm <= FLAT_FLOOR] = np.nan
     ref, _ = _library(raw, raw["science"][3], flat=norm, spatial_order=0)
     with fits.open(out / output_name(raw["science"][3])) as hdul:
         np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])

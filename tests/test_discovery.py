@@ -125,6 +125,6 @@ def test_bz2_frames_in_batch_are_named_by_their_stem(bz2_night, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.fits")) == ["night1_sci0_sky.fits",
                                                                            "night1_sci1_sky.fits"]
     # A folder given as science finds the compressed frames too (not the arc or biases by tag: all of them).
-    from specwidgets.batch.runner import _expand
+    from specwidgets.batch.calibrations import _expand
 
     assert [p.name for p in _expand([folder], "science")][:2] == ["arc_1.fits.bz2", "bias_0.fits.bz2"]

@@ -12,6 +12,7 @@ import traitlets as tl
 from astropy.io import fits
 
 import specwidgets as sw
+import specwidgets.batch
 from specwidgets.batch import runner as batch_mod
 from specwidgets.core.frames import FrameArray, frame_array, noise_of, with_noise
 from specwidgets.interactive import state as state_mod
@@ -198,11 +199,11 @@ def test_batch_and_folder_loader_sum_arcs_by_default(lamp_folder):
     from specwidgets.app.page import load_folder
 
     truth = np.sort(np.concatenate(LAMP_LINES))
-    cal = batch_mod.prepare_calibrations(sorted(lamp_folder.glob("arc_*")), bias=sorted(lamp_folder.glob("bias_*")))
+    cal = specwidgets.batch.prepare_calibrations(sorted(lamp_folder.glob("arc_*")), bias=sorted(lamp_folder.glob("bias_*")))
     assert cal.guesses.size == truth.size
     np.testing.assert_allclose(np.sort(cal.guesses), truth, atol=0.2)
     with pytest.raises(ValueError):  # the median of the three lamps has no line to fit
-        batch_mod.prepare_calibrations(
+        specwidgets.batch.prepare_calibrations(
             sorted(lamp_folder.glob("arc_*")), bias=sorted(lamp_folder.glob("bias_*")), arc_combine="median"
         )
     data = load_folder(lamp_folder, science_tag="sci_")
@@ -218,7 +219,7 @@ def test_batch_command_line_options():
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    batch_mod.add_batch_parser(sub)
+    specwidgets.batch.add_batch_parser(sub)
     args = parser.parse_args(["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o"])
     # None: a --settings session's arc combination, else run_batch's default "sum".
     assert args.arc_combine is None and args.spatial_order is None and not args.fail_on_suspect

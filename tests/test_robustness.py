@@ -64,7 +64,7 @@ def test_check_spatial_order_accepts_auto_and_small_ints():
 def test_batch_command_line_refuses_a_high_spatial_order(capsys):
     import argparse
 
-    from specwidgets.batch.runner import add_batch_parser
+    from specwidgets.batch import add_batch_parser
 
     parser = argparse.ArgumentParser(prog="specwidgets")
     add_batch_parser(parser.add_subparsers(dest="command"))

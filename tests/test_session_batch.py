@@ -118,7 +118,7 @@ def test_batch_with_the_session_gives_the_pages_sky(page, tmp_path):
     assert worst <= 1e-6
 
     # A command-line option given with --settings wins over the file's.
-    from specwidgets.batch.runner import main
+    from specwidgets.batch import main
 
     out2 = tmp_path / "out2"
     code = main(["batch", "--settings", str(path), "--data-root", str(root), "--method", "median",

@@ -4,6 +4,6 @@ import sys
 
 # Run by name so the task functions Dask pickles live in
 # ``specwidgets.batch.runner``, not in ``__main__``.
-from specwidgets.batch.runner import main
+from specwidgets.batch.cli import main
 
 sys.exit(main())

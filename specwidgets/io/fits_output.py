@@ -24,7 +24,7 @@ writer left behind.
 
 :func:`export_result` writes the same files from an in-memory
 :class:`~specwidgets.core.sky.api.SkyResult` (the dashboard's export);
-:mod:`specwidgets.batch.runner` writes them for any number of exposures.
+:mod:`specwidgets.batch` writes them for any number of exposures.
 """
 
 from __future__ import annotations

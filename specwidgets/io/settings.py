@@ -26,7 +26,7 @@ root"``), else as an absolute path (``"root": null``). ``read_noise`` and
 
 This module checks a session (:func:`validate_session`: a
 :class:`ValueError` naming the key at fault) and turns it into
-:func:`specwidgets.batch.runner.run_batch` arguments (:func:`batch_arguments`); the
+:func:`specwidgets.batch.run_batch` arguments (:func:`batch_arguments`); the
 page and batch share it, so what one writes the other reads.
 
 Examples
@@ -275,7 +275,7 @@ def folder_roles(folder, arc_tag="arc", bias_tag="bias", science_tag=""):
 
 
 def batch_arguments(session, data_root=None):
-    """:func:`~specwidgets.batch.runner.run_batch` keyword arguments from a checked session.
+    """:func:`~specwidgets.batch.run_batch` keyword arguments from a checked session.
 
     Only what the session sets; a folder source also gives ``folder`` (the
     resolved path) and ``tags``. ``data_root`` resolves a folder written

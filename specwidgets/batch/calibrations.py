@@ -1,0 +1,204 @@
+"""Calibrations a batch needs once: bias, flat (normalised), arc and its warp model."""
+
+from __future__ import annotations
+
+__all__ = ["ARC_COMBINES", "FLAT_NORMS", "Calibrations", "normalise_flat", "prepare_calibrations"]
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.lines import find_cal_lines
+from ..core.warp import WarpModel, generate_warp_model
+from ..io.instruments import resolve_instrument
+from ..io.loading import matching_files, read_frame
+
+#: Flat normalisations: by the median along the slit of each column, or overall.
+FLAT_NORMS = ("column", "global")
+
+#: Normalised-flat values at or below this are unusable.
+FLAT_FLOOR = 0.05
+
+
+#: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
+ARC_COMBINES = ("sum", "median")
+
+
+def _median_of(paths, reader, crop, what):
+    """Median of the frames in ``paths`` (electrons when the gain is known) and their unit."""
+    return _combine_of(paths, reader, crop, what, "median")
+
+
+def _combine_of(paths, reader, crop, what, how, bias=None):
+    """Median or sum of the frames in ``paths``, each minus ``bias`` when given, and their unit.
+
+    Summing keeps lines that appear in one frame only (arcs of different
+    lamps), which a median of three or more frames throws away.
+    """
+    if how not in ARC_COMBINES:
+        raise ValueError(f"unknown combination {how!r} for the {what} frames; choose one of {', '.join(ARC_COMBINES)}")
+    stack, units = None, set()
+    for i, path in enumerate(paths):
+        image = read_frame(path, reader, crop)
+        units.add(image.unit)
+        if stack is None:
+            stack = np.empty((len(paths), *image.shape))
+        elif image.shape != stack.shape[1:]:
+            raise ValueError(
+                f"{what} frame {path.name} has shape {image.shape} after trimming and cropping; "
+                f"the first has {stack.shape[1:]}"
+            )
+        stack[i] = image
+    if len(units) > 1:
+        raise ValueError(f"some {what} frames have a gain and some do not; pass gain=... to set one for all")
+    if bias is not None:
+        _check_shape(stack[0], bias, what, "bias")
+        stack -= bias
+    if how == "sum":
+        return stack.sum(axis=0), units.pop()
+    return np.median(stack, axis=0, overwrite_input=True), units.pop()
+
+
+def normalise_flat(flat, how="column"):
+    """Normalised flat (bias already subtracted), NaN where unusable."""
+    if how not in FLAT_NORMS:
+        raise ValueError(f"unknown flat normalisation {how!r}; choose one of {', '.join(FLAT_NORMS)}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if how == "column":
+            norm = np.nanmedian(flat, axis=0, keepdims=True)
+        else:
+            norm = np.nanmedian(flat)
+        out = flat / np.where(norm > 0, norm, np.nan)
+    out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
+    return out
+
+
+@dataclass
+class Calibrations:
+    """What the driver prepares once: bias, normalised flat, arc and warp model."""
+
+    bias: np.ndarray | None
+    flat: np.ndarray | None
+    arc: np.ndarray | None
+    #: None when there is no arc: each science frame's warp is then fit on its own sky lines.
+    warp_model: WarpModel | None
+    guesses: np.ndarray | None
+    unit: str | None
+    files: dict
+
+
+def prepare_calibrations(
+    arc=(),
+    *,
+    bias=(),
+    flat=(),
+    instrument="generic",
+    instrument_options=None,
+    crop=None,
+    guesses=None,
+    warp_model=None,
+    flat_norm="column",
+    std_variation=50.0,
+    line_order=2,
+    warp_order=1,
+    arc_combine="sum",
+    tolerance=16.0,
+) -> Calibrations:
+    """Read the calibration frames and fit the warp model (the batch runner's first step).
+
+    Bias: median of the bias frames. Flat: median of the flats minus the
+    bias, normalised (see :func:`normalise_flat`). Arc: the arcs, each minus
+    the bias, summed (``arc_combine="sum"``, the default: arcs of different
+    lamps each keep their lines) or median-combined (``"median"``); the warp
+    model is fit on it with ``guesses`` (default:
+    :func:`~specwidgets.core.lines.find_cal_lines` at ``std_variation``), unless
+    a ``warp_model`` (a WarpModel or its ``to_dict()``) is given.
+    """
+    reader = resolve_instrument(instrument, **(instrument_options or {}))
+    arc_files = _expand(arc, "arc")
+    bias_files = _expand(bias, "bias")
+    flat_files = _expand(flat, "flat")
+    units = set()
+    bias_img = None
+    if bias_files:
+        bias_img, unit = _median_of(bias_files, reader, crop, "bias")
+        units.add(unit)
+    arc_img = None
+    if arc_files:
+        arc_img, unit = _combine_of(arc_files, reader, crop, "arc", arc_combine, bias=bias_img)
+        units.add(unit)
+    flat_img = None
+    if flat_files:
+        raw_flat, unit = _median_of(flat_files, reader, crop, "flat")
+        units.add(unit)
+        if bias_img is not None:
+            _check_shape(raw_flat, bias_img, "flat", "bias")
+            raw_flat -= bias_img
+        flat_img = normalise_flat(raw_flat, flat_norm)
+    if len(units) > 1:
+        raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
+    if warp_model is None and arc_img is None:
+        # No arc: each science frame's warp comes from its own sky lines
+        # (fit_sky with warp_model=None); nothing to fit here.
+        pass
+    elif warp_model is None:
+        if guesses is None:
+            guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
+        guesses = np.atleast_1d(np.asarray(guesses, float))
+        warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
+                                         warp_order=warp_order)
+    elif isinstance(warp_model, dict):
+        warp_model = WarpModel.from_dict(warp_model)
+    elif not isinstance(warp_model, WarpModel):
+        raise TypeError(f"warp_model must be a WarpModel or its to_dict(); got {type(warp_model).__name__}")
+    for name, img in (("bias", bias_img), ("flat", flat_img), ("arc", arc_img)):
+        if img is not None and warp_model is not None and img.shape != tuple(warp_model.shape):
+            raise ValueError(
+                f"the {name} frames have shape {img.shape} but the warp model is for {tuple(warp_model.shape)}"
+            )
+    return Calibrations(
+        bias=bias_img,
+        flat=flat_img,
+        arc=arc_img,
+        warp_model=warp_model,
+        guesses=None if guesses is None else np.asarray(guesses, float),
+        unit=units.pop() if units else None,
+        files={"bias": bias_files, "flat": flat_files, "arc": arc_files},
+    )
+
+
+def _check_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"the {name_a} frames have shape {a.shape} but the {name_b} frames {b.shape}")
+
+def _expand(items, what, must_exist=True):
+    """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats."""
+    if items is None:
+        return []
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    out, seen = [], set()
+    for item in items:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = matching_files(path)
+        elif not path.exists() and glob.has_magic(text):
+            found = [Path(p) for p in sorted(glob.glob(os.path.expanduser(text)))]
+            if not found:
+                if must_exist:
+                    raise FileNotFoundError(f"no {what} file matches {text!r}")
+                found = [path]
+        else:
+            if must_exist and not path.is_file():
+                raise FileNotFoundError(f"{what} file {text!r} does not exist")
+            found = [path]
+        for p in found:
+            p = p.resolve()
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out

@@ -1,0 +1,209 @@
+"""``specwidgets batch``: the command line over :func:`specwidgets.batch.run_batch`."""
+
+from __future__ import annotations
+
+__all__ = ["add_batch_parser", "main", "run_batch_command"]
+
+import argparse
+import sys
+
+from ..core.inputs import check_spatial_order
+from ..core.rows import RowRanges
+from ..core.sky.api import METHODS
+from .calibrations import ARC_COMBINES, FLAT_NORMS
+from .runner import BatchLockedError, run_batch
+
+
+# ------------------------------------------------------------------ command line
+def _ranges_arg(text):
+    """``--mask``: row ranges as text (``20:100`` or ``20:100,104:113``), a :class:`RowRanges`."""
+    try:
+        ranges = RowRanges.parse(text, "--mask")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800): {exc}") from None
+    if not ranges:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800); got {text!r}")
+    return ranges
+
+
+def _range_arg(text):
+    """``--crop``: one row range ``START:STOP``, as a pair."""
+    ranges = _ranges_arg(text)
+    if len(ranges) != 1:
+        raise argparse.ArgumentTypeError(f"expected one START:STOP range; got {text!r}")
+    return ranges[0]
+
+
+def _guesses_arg(text):
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated columns, e.g. 120.5,833,1410; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no guesses given")
+    return values
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _positive_or_zero(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}")
+    return value
+
+
+def _spatial_order_arg(text):
+    try:
+        return check_spatial_order(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_batch_parser(subparsers):
+    """Add the ``batch`` subcommand to an argparse subparsers object (``func=run_batch_command``)."""
+    p = subparsers.add_parser(
+        "batch",
+        help="subtract the sky from many exposures (Dask), one FITS file each",
+        description=(
+            "Fit the warp model once on the arcs, then subtract the sky from every SCIENCE exposure "
+            "on Dask workers, writing OUT/<stem>_sky.fits (SCI, SKY, VAR, MASK). Re-running the same "
+            "command resumes: complete outputs are skipped. Put the SCIENCE files first."
+        ),
+    )
+    p.add_argument("science", nargs="*", metavar="SCIENCE",
+                   help="science FITS files or folders (with --settings naming a folder: default its science files)")
+    p.add_argument(
+        "--settings", default=None, metavar="FILE",
+        help="a session saved by the dashboard: its masks, guesses, warp and sky options, noise model, "
+             "instrument, crop and data folder; options given here win",
+    )
+    p.add_argument(
+        "--data-root", default=None, metavar="DIR",
+        help="where a session's folder, saved relative to the page's data root, lies (default: here)",
+    )
+    p.add_argument("--arc", nargs="+", default=[], metavar="ARC",
+                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's)")
+    p.add_argument(
+        "--arc-combine", choices=ARC_COMBINES, default=None,
+        help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
+    )
+    p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
+    p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
+    p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
+    p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
+    p.add_argument(
+        "--mask", type=_ranges_arg, action="append", default=None, metavar="START:STOP",
+        help="rows excluded from the sky fit (repeatable; required unless --settings gives them)",
+    )
+    p.add_argument("--guesses", type=_guesses_arg, default=None, metavar="X,X,...", help="arc-line columns (default: found)")
+    p.add_argument("--method", choices=METHODS, default=None, help="sky method (default: bspline)")
+    p.add_argument(
+        "--spatial-order", type=_spatial_order_arg, default=None, metavar="N|auto",
+        help="B-spline sky: order along the slit, 0..4 (default auto: the sky fit chooses)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="local worker processes")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
+    p.add_argument(
+        "--read-noise", type=float, default=None, metavar="E",
+        help="read noise (e-; default from the headers, else estimated from the data)",
+    )
+    p.add_argument(
+        "--gain", type=float, default=None, metavar="G",
+        help="gain (e-/ADU; frames are converted to electrons; default from the headers/instrument)",
+    )
+    p.add_argument(
+        "--fail-on-suspect", action="store_true",
+        help="exit 3 when no exposure failed but some fit is suspect (default: exit 0, suspect ones counted)",
+    )
+    p.add_argument("--std-variation", type=float, default=None, help="arc-line detection threshold (default 50)")
+    p.add_argument("--tolerance", type=float, default=None, help="warp fit: line tracing tolerance (default 16)")
+    p.add_argument("--warp-order", type=_positive_or_zero, default=None, help="warp fit: order along the slit (default 1)")
+    p.add_argument("--line-order", type=_positive_or_zero, default=None, help="warp fit: order of each line (default 2)")
+    p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_batch_command)
+    return p
+
+
+def run_batch_command(args):
+    """Run ``specwidgets batch`` from parsed arguments; return the exit code.
+
+    0: every exposure done or already complete (suspect fits included: they
+    are counted and named in the summary); 1: some failed (named in the
+    summary); 2: bad arguments or calibrations, nothing run; 3: with
+    ``--fail-on-suspect``, nothing failed but some fit is suspect;
+    130: interrupted.
+    """
+    instrument_options = {} if args.gain is None else {"gain": args.gain}
+    settings = getattr(args, "settings", None)
+    if settings is None and (not args.science or not args.arc or not args.mask):
+        missing = [f for f, v in (("SCIENCE files", args.science), ("--arc", args.arc), ("--mask", args.mask)) if not v]
+        print(f"specwidgets batch: error: give {', '.join(missing)} (or --settings FILE from the dashboard)",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = run_batch(
+            args.science,
+            args.arc,
+            out_dir=args.out,
+            bias=args.bias,
+            flat=args.flat,
+            settings=settings,
+            data_root=getattr(args, "data_root", None),
+            instrument=args.instrument,
+            instrument_options=instrument_options,
+            crop=args.crop,
+            masks=None if args.mask is None else RowRanges([pair for ranges in args.mask for pair in ranges]),
+            guesses=args.guesses,
+            method=args.method,
+            spatial_order=args.spatial_order,
+            read_noise=args.read_noise,
+            arc_combine=getattr(args, "arc_combine", None),
+            fail_on_suspect=getattr(args, "fail_on_suspect", False),
+            std_variation=args.std_variation,
+            tolerance=getattr(args, "tolerance", None),
+            warp_order=getattr(args, "warp_order", None),
+            line_order=getattr(args, "line_order", None),
+            flat_norm=args.flat_norm,
+            dtype=args.dtype,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            report=True,
+        )
+    except KeyboardInterrupt:
+        print("specwidgets batch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, BatchLockedError) as exc:
+        print(f"specwidgets batch: error: {exc}", file=sys.stderr)
+        return 2
+    return summary.exit_code
+
+
+def main(argv=None):
+    """``python -m specwidgets.batch ...``: the ``batch`` subcommand on its own."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["batch"]:
+        argv.insert(0, "batch")
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_batch_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)

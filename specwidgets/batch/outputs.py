@@ -1,0 +1,139 @@
+"""What a batch run reports: per-file quality records and the summary (done, skipped, failed, suspect)."""
+
+from __future__ import annotations
+
+__all__ = ["BatchSummary"]
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io.fits_output import (
+    output_name,
+    result_quality,
+)
+
+
+def _flags_of_output(path):
+    """``suspect``/``warnings`` an earlier run wrote into an output's header (resume keeps the count)."""
+    try:
+        from astropy.io import fits
+
+        header = fits.getheader(path)
+    except (OSError, ValueError):
+        return {"suspect": False, "warnings": []}
+    warnings = [
+        str(c)[len("sky fit warning: "):] for c in header.get("COMMENT", []) if str(c).startswith("sky fit warning: ")
+    ]
+    return {"suspect": bool(header.get("SWSUSP", False)), "warnings": warnings}
+
+
+def _quality_record(result):
+    """``suspect`` and ``warnings`` of a fit's quality, for the driver's summary (empty without one)."""
+    quality = result_quality(result)
+    if quality is None:
+        return {"suspect": False, "warnings": []}
+    return {"suspect": bool(getattr(quality, "suspect", False)), "warnings": [str(w) for w in getattr(quality, "warnings", [])]}
+
+
+# ------------------------------------------------------------------ summary
+@dataclass
+class BatchSummary:
+    """What a batch run did.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+    n_inputs : int
+    done : list of str
+        Inputs whose output was written by this run.
+    skipped : list of str
+        Inputs whose output was already complete (resume).
+    failed : list of (str, str)
+        ``(input, reason)`` of each input that failed.
+    wall_time : float
+        Seconds, start to end (calibrations and cluster start included).
+    removed_temporary : int
+        Temporary files of an interrupted run removed at the start.
+    warp_model : dict
+        The warp model used (``to_dict()``).
+    warnings : list of str
+        The warp model's quality warnings.
+    timings : dict
+        Where the wall time went (seconds): ``calibrations`` (reading them
+        and fitting the warp model), ``cluster_start`` (starting the local
+        cluster or connecting; 0 with ``client=``), ``first_result`` (from
+        the first submit to the first finished task: the workers' imports
+        and numba loads), ``tasks`` (first submit to last result),
+        ``task_wall`` and ``task_cpu`` (sums over the tasks as the workers
+        measured them), ``exposures_per_task``, ``worker_cpu`` (the worker processes' CPU time
+        at the end, start-up and Dask's own work included) and
+        ``cluster_stop``.
+    suspect : list of (str, list of str)
+        ``(input, warnings)`` of each output whose fit says it is probably
+        wrong (``SkyResult.quality.suspect``; for a skipped output, its
+        header's ``SWSUSP``); these inputs are in ``done`` or ``skipped`` too
+        (their output exists, flagged in its header).
+    fail_on_suspect : bool
+        Make :attr:`exit_code` 3 when some output is suspect (and none failed).
+    """
+
+    out_dir: Path
+    n_inputs: int = 0
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    wall_time: float = 0.0
+    removed_temporary: int = 0
+    warp_model: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    suspect: list = field(default_factory=list)
+    fail_on_suspect: bool = False
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self):
+        return not self.failed
+
+    @property
+    def exit_code(self):
+        """0 when nothing failed (suspect outputs included), 1 when some failed.
+
+        With ``fail_on_suspect`` a run where nothing failed but some output
+        is suspect gives 3.
+        """
+        if not self.ok:
+            return 1
+        return 3 if (self.fail_on_suspect and self.suspect) else 0
+
+    def outputs(self):
+        """Paths of the outputs of the inputs that did not fail."""
+        return [self.out_dir / output_name(p) for p in [*self.done, *self.skipped]]
+
+    def report(self):
+        lines = [
+            f"specwidgets batch: {self.n_inputs} exposure(s) -> {self.out_dir}",
+            f"  done {len(self.done)}, skipped (already complete) {len(self.skipped)}, failed {len(self.failed)}"
+            f"; wall time {self.wall_time:.1f} s",
+        ]
+        if self.removed_temporary:
+            lines.append(f"  removed {self.removed_temporary} temporary file(s) left by an interrupted run")
+        for w in self.warnings:
+            lines.append(f"  warp model warning: {w}")
+        lines += self._suspect_lines()
+        if self.failed:
+            lines.append("  failed:")
+            lines += [f"    {Path(p).name}: {msg}" for p, msg in self.failed]
+        return "\n".join(lines)
+
+    def _suspect_lines(self):
+        """The suspect count, spelled out so "failed 0" never reads as "all good"."""
+        if not (self.done or self.skipped):
+            return []
+        good = len(self.done) + len(self.skipped) - len(self.suspect)
+        lines = [f"  fits: good {good}, suspect {len(self.suspect)} (written, flagged SWSUSP in the header)"]
+        for p, warnings in self.suspect:
+            lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
+        return lines
+
+    def __str__(self):
+        return self.report()
