@@ -76,3 +76,20 @@ def test_the_median_kernels_binary_search_is_numpys_searchsorted():
             a[rng.integers(0, a.size):] = np.nan  # NaN sorts last
         for v in (*rng.integers(-6, 6, 4).astype(float), 0.5, np.nan, np.inf, -np.inf):
             assert _first_not_below(a, v) == np.searchsorted(a, v), (a, v)
+
+
+def test_warm_up_process_fills_a_cold_cache(tmp_path):
+    """On an empty kernel cache the median's kernels compile in another process, into the same cache; then none."""
+    code = (
+        "from specwidgets.core._warmup import kernels_cached, start_warm_up_process\n"
+        "assert not kernels_cached('median')\n"
+        "helper = start_warm_up_process(('median',))\n"
+        "assert helper is not None and helper.wait(timeout=300) == 0\n"
+        "assert kernels_cached('median')\n"
+        "assert start_warm_up_process(('median',)) is None\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["SPECWIDGETS_CACHE_DIR"] = str(tmp_path / "cache")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

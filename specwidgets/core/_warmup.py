@@ -9,23 +9,30 @@ per process, or loaded from the per-user cache (:mod:`specwidgets.core._cache`).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
 
-__all__ = ["start_warm_up", "warm_up"]
+__all__ = ["kernels_cached", "start_warm_up", "start_warm_up_process", "warm_up"]
 
 _lock = threading.Lock()
 _started = set()
 
 
-def warm_up(methods=("bspline", "median")):
-    """Compile (or load) the kernels of ``methods`` by fitting a tiny problem; returns ``methods``."""
-    # The line fits of the warp model (every page fits one, every arc click another).
-    from .peaks import fit_gaussian_windows
+def warm_up(methods=("bspline", "median"), lines=True):
+    """Compile (or load) the kernels of ``methods`` (and, with ``lines``, the line fits) on a tiny problem.
 
-    cols = np.arange(9, dtype=float)[None, :]
-    fit_gaussian_windows(cols, 10.0 + 100.0 * np.exp(-0.5 * (cols - 4.2) ** 2))
+    Returns ``methods``.
+    """
+    if lines:
+        # The line fits of the warp model (every page fits one, every arc click another).
+        from .peaks import fit_gaussian_windows
+
+        cols = np.arange(9, dtype=float)[None, :]
+        fit_gaussian_windows(cols, 10.0 + 100.0 * np.exp(-0.5 * (cols - 4.2) ** 2))
     for method in methods:
         if method == "median":
             from .sky.median import warm_up as median_warm_up
@@ -72,3 +79,38 @@ def _quiet_warm_up(methods):
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first fit compiles
         with _lock:
             _started.difference_update(methods)
+
+
+def kernels_cached(method):
+    """Whether numba's cache already holds ``method``'s main kernel (False when it cannot tell)."""
+    try:
+        if method == "median":
+            from .sky.median import _median_blocks as kernel
+        elif method == "bspline":
+            from .sky._kernels import _normal_pass_constant as kernel
+        else:
+            raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
+        return os.path.exists(kernel._cache._cache_file._index_path)
+    except AttributeError:  # a numba without this (internal) attribute: assume cold
+        return False
+
+
+def start_warm_up_process(methods=("median",)):
+    """Compile ``methods``' kernels in another process, into the shared cache; returns it, or None if cached.
+
+    numba compiles under a process-wide lock, so a warm-up *thread* cannot
+    overlap the compilations the caller is about to do; a second process, on
+    the other core, can. The caller waits for it (``.wait()``) before its
+    first fit of those methods, which then loads the kernels from the cache
+    instead of compiling them. Costs a Python start-up, so only on a cold cache.
+    """
+    todo = tuple(m for m in methods if not kernels_cached(m))
+    if not todo:
+        return None
+    # Only the methods' kernels: the caller compiles the line fits itself, first.
+    code = f"from specwidgets.core._warmup import warm_up; warm_up({todo!r}, lines=False)"
+    try:
+        # The child inherits NUMBA_CACHE_DIR (set at import by _cache), so it fills our cache.
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:  # no process to spare: the first fit compiles, as without a warm-up
+        return None
