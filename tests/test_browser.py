@@ -291,12 +291,18 @@ PICKER_STATE = """el => {
 }"""
 
 
-def test_clicks_on_the_arc_profile(visit):
-    page = visit.page
-    page.get_by_role("tab", name="Warp guesses").click()
-    picker = page.locator(".sw-warp-picker")
+def open_warp_picker(visit):
+    """Open the "Warp guesses" tab and wait until its profile is drawn and the kernel is idle."""
+    visit.page.get_by_role("tab", name="Warp guesses").click()
+    picker = visit.page.locator(".sw-warp-picker")
     picker.locator(".bqplot path.dot").first.wait_for(timeout=10000)
     visit.wait_idle()
+    return picker
+
+
+def test_clicks_on_the_arc_profile(visit):
+    page = visit.page
+    picker = open_warp_picker(visit)
     start = picker.evaluate(PICKER_STATE)
     n_guesses, n_curves = len(start["guesses"]), len(start["curves"])
     assert n_guesses > 5 and n_curves > 5
@@ -585,10 +591,7 @@ def test_preview_score_updates_after_a_mask_change_and_undo_restores_it(visit):
 
 def test_arc_click_without_a_line_says_so(visit):
     page = visit.page
-    page.get_by_role("tab", name="Warp guesses").click()
-    picker = page.locator(".sw-warp-picker")
-    picker.locator(".bqplot path.dot").first.wait_for(timeout=10000)
-    visit.wait_idle()
+    picker = open_warp_picker(visit)
     # The arc image, put in the page when its tab opened, reads out under the mouse too.
     arc = figures(picker).nth(1)
     arc.scroll_into_view_if_needed()

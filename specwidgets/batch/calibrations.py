@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["ARC_COMBINES", "FLAT_NORMS", "Calibrations", "normalise_flat", "prepare_calibrations"]
-
 import glob
 import os
 from dataclasses import dataclass
@@ -15,6 +13,8 @@ from ..core.lines import find_cal_lines
 from ..core.warp import WarpModel, generate_warp_model
 from ..io.instruments import resolve_instrument
 from ..io.loading import matching_files, read_frame
+
+__all__ = ["ARC_COMBINES", "FLAT_NORMS", "Calibrations", "normalise_flat", "prepare_calibrations"]
 
 #: Flat normalisations: by the median along the slit of each column, or overall.
 FLAT_NORMS = ("column", "global")

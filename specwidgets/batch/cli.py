@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["add_batch_parser", "main", "run_batch_command"]
-
 import argparse
 import sys
 
@@ -12,6 +10,8 @@ from ..core.rows import RowRanges
 from ..core.sky.api import METHODS
 from .calibrations import ARC_COMBINES, FLAT_NORMS
 from .runner import BatchLockedError, run_batch
+
+__all__ = ["add_batch_parser", "main", "run_batch_command"]
 
 
 # ------------------------------------------------------------------ command line

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__all__ = ["BatchSummary"]
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +9,8 @@ from ..io.fits_output import (
     output_name,
     result_quality,
 )
+
+__all__ = ["BatchSummary"]
 
 
 def _flags_of_output(path):

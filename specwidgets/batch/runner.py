@@ -464,7 +464,6 @@ class _Progress:
     """One ``tqdm.auto`` bar (a widget in a notebook, text on stderr elsewhere), or nothing."""
 
     def __init__(self, total, enabled):
-        self.total = total
         self.bar = None
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         if enabled:
