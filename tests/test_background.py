@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -140,6 +141,37 @@ def test_core_imports_no_heavy_scipy_modules():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_peak_finder_matches_scipy():
+    """core.lines.find_peaks stands in for scipy.signal.find_peaks (heights, distances, prominences)."""
+    from scipy.signal import find_peaks as scipy_find_peaks
+
+    from specwidgets.core.lines import find_peaks
+
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n = int(rng.integers(3, 300))
+        # Random walks (many prominence levels) and small integers (flat tops, ties).
+        x = rng.normal(size=n).cumsum() if trial % 2 else rng.integers(0, 4, size=n).astype(float)
+        for kw in ({"prominence": 0}, {"prominence": 1.0, "distance": 5}, {"height": 0.5, "distance": 3, "prominence": 0.5}):
+            expected, props = scipy_find_peaks(x, **kw)
+            got, mine = find_peaks(x, **kw)
+            np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}, {kw}")
+            np.testing.assert_allclose(mine["prominences"], props["prominences"])
+
+
+def test_dashboard_page_imports_no_heavy_scipy_modules():
+    # scipy.signal for two peak finders cost every page's kernel 0.8 s of import.
+    code = (
+        "import sys\n"
+        "from specwidgets.app import DashboardApp\n"
+        "app = DashboardApp.from_environment()\n"
+        "bad = [m for m in ('scipy.signal', 'scipy.stats', 'scipy.optimize') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECWIDGETS_DASHBOARD")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 @pytest.mark.goodman

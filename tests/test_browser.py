@@ -57,8 +57,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing is not None, reason=
 # ------------------------------------------------------------------ fixtures
 def _voila(notebook, tmp, name, **env):
     port = free_port()
+    # Pre-heated kernels, as `specwidgets dashboard` serves pages: each test's
+    # page takes a kernel that has already run the notebook while the previous
+    # test ran (two, so one is always ready).
     command = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
-               "--Voila.ip=127.0.0.1"]
+               "--Voila.ip=127.0.0.1", "--VoilaConfiguration.preheat_kernel=True",
+               "--VoilaConfiguration.default_pool_size=2"]
     server = Server(command, port, cwd=ROOT, env=voila_env(**env), log_path=tmp / f"{name}.log")
     server.wait_listening(timeout=60)
     # One render before the timed ones: numba's on-disk caches are written on

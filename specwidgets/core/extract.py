@@ -35,6 +35,7 @@ from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter, uniform_filter1d
 
 from .inputs import mask_ranges
+from .lines import find_peaks
 
 __all__ = [
     "EXTRACTION_METHODS",
@@ -591,11 +592,6 @@ def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int
         raise ValueError("n_lines must be >= 1 and half_width >= 0")
     sky = np.nan_to_num(sky)
     base = median_filter(sky, size=min(continuum, n_cols), mode="nearest")
-    # Imported here, not with the module: scipy.signal brings scipy.sparse,
-    # stats, optimize and interpolate (~48 MB resident) into every
-    # ``import specwidgets`` for this one scoring function.
-    from scipy.signal import find_peaks
-
     peaks, props = find_peaks(sky - base, prominence=0, distance=2 * half_width + 3)
     edge = half_width + 1
     keep = (peaks >= edge) & (peaks < n_cols - edge)

@@ -36,7 +36,7 @@ import ipywidgets
 import numpy as np
 import traitlets as tl
 
-from ..core.lines import robust_noise, row_profile
+from ..core.lines import find_peaks, robust_noise, row_profile
 from ..display.debounce import Debounced
 from ..display.plotting import plot_image
 from ..display.raster import to_indexed_png
@@ -238,8 +238,6 @@ class WarpGuessPicker(ipywidgets.VBox):
         window = np.nan_to_num(self.profile[c0:c1], nan=np.nanmin(self.profile))
         if window.size < 3:
             return None
-        from scipy.signal import find_peaks
-
         noise = robust_noise(self.profile) or 1.0
         peaks, props = find_peaks(window, prominence=_CLICK_PEAK_SIGMA * noise)
         if peaks.size == 0:
