@@ -131,16 +131,24 @@ def test_core_imports_no_widget_library():
 
 def test_core_imports_no_heavy_scipy_modules():
     # scipy.signal (for one peak finder) brought scipy.sparse, stats, optimize
-    # and interpolate: ~48 MB resident in every process (issue 13's memory goal).
+    # and interpolate: ~48 MB resident in every process (issue 13's memory goal),
+    # and 0.8 s of import in every dashboard page's kernel (the sky-line score
+    # and the arc click's peak finder).
     code = (
         "import sys, specwidgets as sw\n"
         "f = sw.datasets.make_synthetic_longslit(shape=(30, 200), seed=1)\n"
         "for method in ('median', 'bspline'):\n"
         "    sw.fit_sky(f.science, f.warp, (12, 18), method=method)\n"
-        "bad = [m for m in ('scipy.signal', 'scipy.sparse', 'scipy.optimize', 'scipy.stats') if m in sys.modules]\n"
+        "heavy = ('scipy.signal', 'scipy.sparse', 'scipy.optimize', 'scipy.stats')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad\n"
+        "from specwidgets.app import DashboardApp\n"
+        "app = DashboardApp.from_environment()\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "assert not bad, ('the dashboard page', bad)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECWIDGETS_DASHBOARD")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_peak_finder_matches_scipy():
@@ -159,19 +167,6 @@ def test_peak_finder_matches_scipy():
             got, mine = find_peaks(x, **kw)
             np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}, {kw}")
             np.testing.assert_allclose(mine["prominences"], props["prominences"])
-
-
-def test_dashboard_page_imports_no_heavy_scipy_modules():
-    # scipy.signal for two peak finders cost every page's kernel 0.8 s of import.
-    code = (
-        "import sys\n"
-        "from specwidgets.app import DashboardApp\n"
-        "app = DashboardApp.from_environment()\n"
-        "bad = [m for m in ('scipy.signal', 'scipy.stats', 'scipy.optimize') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECWIDGETS_DASHBOARD")}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 @pytest.mark.goodman

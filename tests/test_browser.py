@@ -65,9 +65,9 @@ def _voila(notebook, tmp, name, **env):
                "--VoilaConfiguration.default_pool_size=2"]
     server = Server(command, port, cwd=ROOT, env=voila_env(**env), log_path=tmp / f"{name}.log")
     server.wait_listening(timeout=60)
-    # One render before the timed ones: numba's on-disk caches are written on
-    # a first run after install, which a user pays once, not per page.
-    fetch(server.url, timeout=300)
+    # The pool's kernels run the notebook as the server starts: numba's
+    # on-disk caches are written then (a first run after install, which a
+    # user pays once), before the first timed page.
     return server
 
 
