@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_launcher import ROOT, Server, fetch, free_port, voila_env, write_fits_folder
+from test_launcher import ROOT, Server, free_port, voila_env, write_fits_folder
 
 CHROMIUM = Path(os.environ.get("SPECWIDGETS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
