@@ -167,6 +167,10 @@ def import_pypeit_skysub():
     except Exception as exc:  # noqa: BLE001 - optional peer
         print(f"PypeIt not available ({type(exc).__name__}: {exc}); its column is skipped")
         return None
+    import logging
+
+    # Its logger writes every fit iteration to the terminal (not through sys.stdout).
+    logging.getLogger("pypeit").setLevel(logging.ERROR)
     return skysub
 
 
