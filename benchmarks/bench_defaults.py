@@ -223,10 +223,26 @@ def goodman(name, crop, masks, held):
                 gain=1.0, read_noise=s.read_noise, full_frame=crop[1] is None)
 
 
+# The Goodman sets (issue 10's protocol): crop, trace mask, held-out rows.
+GOODMAN_SETS = {
+    "goodman-crop": lambda: goodman("goodman-crop", (680, 800), [(20, 100)], (104, 114)),
+    "goodman-full": lambda: goodman("goodman-full", (0, None), [(436, 500), (680, 810)], (600, 610)),
+}
+
+
+def made(makers, only):
+    """The data sets of ``makers`` named in ``only`` (all without it), skipping those not available."""
+    for name, make in makers.items():
+        if only and name not in only:
+            continue
+        ds = make()
+        if ds is not None:
+            yield ds
+
+
 def data_sets(only):
     makers = {
-        "goodman-crop": lambda: goodman("goodman-crop", (680, 800), [(20, 100)], (104, 114)),
-        "goodman-full": lambda: goodman("goodman-full", (0, None), [(436, 500), (680, 810)], (600, 610)),
+        **GOODMAN_SETS,
         "syn-plain": lambda: synthetic("syn-plain"),
         "syn-adu": lambda: synthetic("syn-adu", gain=2.5, read_noise=10.0),
         "syn-lamps": lambda: synthetic("syn-lamps", n_lamps=3),
@@ -236,12 +252,7 @@ def data_sets(only):
         "syn-all": lambda: synthetic("syn-all", n_lamps=3, unlit_rows=60, gradient=(0.5, 1.5), shift=0.7,
                                      shift_tilt=0.7, gain=2.5, read_noise=10.0),
     }
-    for name, make in makers.items():
-        if only and name not in only:
-            continue
-        ds = make()
-        if ds is not None:
-            yield ds
+    yield from made(makers, only)
 
 
 # ---------------------------------------------------------------------- main

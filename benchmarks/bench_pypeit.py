@@ -38,12 +38,21 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
 import warnings
 
 import numpy as np
 from _common import heading, machine_line, source_line, table
-from bench_defaults import fitted_warp, goodman, import_pypeit_skysub, line_pixels, noise_floor, pypeit_sky, scores
+from bench_defaults import (
+    GOODMAN_SETS,
+    _timed,
+    fitted_warp,
+    import_pypeit_skysub,
+    line_pixels,
+    made,
+    noise_floor,
+    pypeit_sky,
+    scores,
+)
 
 import specwidgets as sw
 from specwidgets.io.synthetic import make_synthetic_longslit
@@ -61,23 +70,7 @@ def synthetic_issue13():
 
 
 def data_sets(only):
-    makers = {
-        "synthetic": synthetic_issue13,
-        "goodman-crop": lambda: goodman("goodman-crop", (680, 800), [(20, 100)], (104, 114)),
-        "goodman-full": lambda: goodman("goodman-full", (0, None), [(436, 500), (680, 810)], (600, 610)),
-    }
-    for name, make in makers.items():
-        if only and name not in only:
-            continue
-        ds = make()
-        if ds is not None:
-            yield ds
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+    yield from made({"synthetic": synthetic_issue13, **GOODMAN_SETS}, only)
 
 
 def run_case(ds, skysub, repeat, pypeit_repeat):
