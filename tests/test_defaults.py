@@ -97,6 +97,21 @@ def test_wrong_noise_model_is_suspect():
     assert any("noise model" in w for w in res.quality.warnings)
 
 
+def test_median_missing_tilted_lines_is_not_blamed_on_the_noise_model():
+    """The median of bins misses tilted lines' peaks: the warning names that, not the gain."""
+    f = sw.datasets.load_demo()
+    locs, _ = sw.find_cal_lines(f.arc)
+    warp = sw.generate_warp_model(f.arc, locs)
+    res = sw.fit_sky(f.science, warp, [f.trace_rows], method="median", read_noise=f.read_noise)
+    (warning,) = res.quality.warnings
+    assert "misses the lines' peaks" in warning and "check gain" not in warning
+    # A wrong gain is still called one with this method.
+    res = sw.fit_sky(f.science, warp, [f.trace_rows], method="median", read_noise=f.read_noise, gain=2.0)
+    assert res.quality.suspect and any("check gain" in w for w in res.quality.warnings)
+    # And the B-spline on the same frames is not flagged.
+    assert not sw.fit_sky(f.science, warp, [f.trace_rows], read_noise=f.read_noise).quality.suspect
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, message",
     [
@@ -298,3 +313,23 @@ def test_knot_threshold_given_or_chosen_on_held_out_rows(small):
     # Trusting the bias estimate less never adds knots.
     n_chosen = chosen.models[0].n_basis
     assert given.models[0].n_basis <= n_chosen
+
+
+def test_quality_cards_fit_in_one_card_each_without_astropy_warnings():
+    """Long warnings and noise sources are cut so that writing a header warns of nothing."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.io.fits.verify import VerifyWarning
+
+    from specwidgets.core.sky.quality import SkyQuality
+
+    q = SkyQuality(0.01, 1.6, 0.0, 4.7, 1.4, "gain: estimated from the sky residuals; read noise: header RDNOISE",
+                   warnings=["x" * 200, "The sky's scatter is 'high'" * 5], suspect=True, unlit_rows=[(0, 12), (900, 947)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VerifyWarning)
+        header = fits.Header(q.header_cards())
+        text = header.tostring()
+    assert all(len(card.image) == 80 for card in header.cards)
+    assert header["SKYWARN"] == "x" * 68 and header["SKYSUSP"] is True
+    assert "CONTINUE" not in text

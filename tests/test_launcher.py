@@ -183,6 +183,21 @@ def test_taken_port_is_an_error(capsys):
     assert "in use" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(os.name == "nt", reason="TIME_WAIT reuse is the POSIX SO_REUSEADDR behaviour")
+def test_a_port_left_in_time_wait_is_free_again():
+    """Right after a dashboard stopped, its port's old connections wait in TIME_WAIT: that port is free."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    assert launcher._port_taken("127.0.0.1", port)  # listening: taken
+    served.close()  # the server side closes first: its end (port) goes to TIME_WAIT
+    time.sleep(0.05)
+    client.close()
+    listener.close()
+    assert not launcher._port_taken("127.0.0.1", port), "a port in TIME_WAIT only was called in use"
+
+
 def test_missing_python_kernel_is_named_before_voila_starts(monkeypatch, capsys):
     """No kernelspec for Python (ipykernel absent): say so and how to fix it; Voila is not started."""
     from jupyter_client.kernelspec import KernelSpecManager

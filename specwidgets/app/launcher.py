@@ -227,7 +227,15 @@ def _free_port(ip):
 
 
 def _port_taken(ip, port):
+    """Whether something listens on ``(ip, port)``: a test bind, as Voila (Tornado) will bind.
+
+    With ``SO_REUSEADDR`` (what Tornado sets outside Windows) a port whose
+    last connections are only in TIME_WAIT, e.g. right after a dashboard on
+    it stopped, counts as free; a listening socket still makes the bind fail.
+    """
     with socket.socket() as sock:
+        if os.name != "nt":  # on Windows the option would let the bind steal a port in use
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((ip, port))
         except OSError:

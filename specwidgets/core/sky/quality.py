@@ -41,6 +41,25 @@ MAX_AUTO_ORDER = 2
 UNLIT_FRACTION = 0.2
 
 
+def _fit_card(keyword, value, comment):
+    """``(keyword, value, comment)`` with the comment cut to what fits in one 80-character card.
+
+    A string value takes its quotes (and doubled inner quotes), at least 20
+    columns; the comment follows after " / ". Cut here, astropy does not
+    warn ("Card is too long, comment will be truncated") on every file
+    written; a string value is cut to the 68 columns one card holds.
+    """
+    if isinstance(value, str):
+        # 68 columns between the quotes, where a quote takes two.
+        while len(value.replace("'", "''")) > 68:
+            value = value[:-1]
+        width = max(20, len(value.replace("'", "''")) + 2)
+    else:
+        width = 20
+    room = 80 - 10 - width - 3
+    return (keyword, value, comment if len(comment) <= room else (comment[:room] if room >= 8 else ""))
+
+
 @dataclass(frozen=True)
 class SkyQuality:
     """How far to trust a sky fit, and the automatic choices it made.
@@ -131,7 +150,7 @@ class SkyQuality:
         """
         flex = max((abs(f) for f in self.flexure), default=0.0)
         unlit = ",".join(f"{a}:{b}" for a, b in self.unlit_rows) or "none"
-        return [
+        cards = [
             ("SKYSUSP", bool(self.suspect), "sky fit is probably wrong (see SKYWARN)"),
             ("SKYCHI", round(float(self.chi_std), 4), "robust std of sky-row chi (1 = noise)"),
             ("SKYREJ", round(float(self.rejected_fraction), 5), "fraction of sky samples rejected"),
@@ -147,6 +166,7 @@ class SkyQuality:
             ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
             ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
         ] + [("SKYWARN", w[:68], "sky-fit warning") for w in self.warnings[:5]]
+        return [_fit_card(*card) for card in cards]
 
     def summary(self):
         """One line for a status bar or a log."""
