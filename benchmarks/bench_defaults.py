@@ -198,12 +198,12 @@ def fitted_warp(arc):
     return sw.generate_warp_model(arc, locs)
 
 
-def synthetic(name, **kw):
+def synthetic(name, held_gap=10, held_rows=10, **kw):
     base = dict(shape=(200, 2048), n_exposures=2, tilt=3.0, n_sky_lines=60, cosmic_rays=30, seed=31)
     base.update(kw)
     f = make_synthetic_longslit(**base)
     t0, t1 = f.trace_rows
-    held = (t1 + 10, t1 + 20)
+    held = (t1 + held_gap, t1 + held_gap + held_rows)
     # As from an instrument whose headers hold no gain or read noise: plain arrays.
     return dict(name=name, data=np.asarray(f.science), arc=np.asarray(f.arc), masks=[tuple(f.trace_rows)], held=held,
                 truth=f.sky, gain=f.gain, read_noise=f.read_noise, full_frame=bool(f.unlit_rows))
@@ -249,6 +249,9 @@ def data_sets(only):
         "syn-unlit": lambda: synthetic("syn-unlit", unlit_rows=60),
         "syn-gradient": lambda: synthetic("syn-gradient", gradient=(0.5, 1.5)),
         "syn-flexure": lambda: synthetic("syn-flexure", shift=0.7, shift_tilt=0.7),
+        # A short slit (50 rows, 28 sky rows), as on the Goodman crop: few sky rows per pixel.
+        "syn-short": lambda: synthetic("syn-short", held_gap=2, held_rows=6, shape=(50, 2048), trace_fwhm=3.0,
+                                       trace_bend=0.5),
         "syn-all": lambda: synthetic("syn-all", n_lamps=3, unlit_rows=60, gradient=(0.5, 1.5), shift=0.7,
                                      shift_tilt=0.7, gain=2.5, read_noise=10.0),
     }
