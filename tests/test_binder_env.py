@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from test_fresh_install import _run as run_logged
-from test_fresh_install import stopped_with_the_session
+from test_fresh_install import pip_install, stopped_with_the_session
 from test_launcher import ERROR_MARKERS, ROOT, Server, fetch, free_port
 
 from specwidgets.io.sample_data import find_local_goodman, goodman_available
@@ -152,9 +152,9 @@ def build_binder_venv(folder):
 
     # --no-compile: byte-compiling the scientific stack is half of the install
     # time here and proves nothing about the environment.
-    timings["requirements"] = run([python, "-m", "pip", "install", "-q", "--no-compile", "-r",
-                                   repo / "binder" / "requirements.txt"],
-                                  cwd=repo, env=env, log=log, timeout=900)
+    timings["requirements"] = pip_install([python, "-m", "pip", "install", "-q", "--no-compile", "-r",
+                                           repo / "binder" / "requirements.txt"],
+                                          cwd=repo, env=env, log=log, timeout=900, background=True)[0]
     timings["postBuild"] = run(["bash", repo / "binder" / "postBuild"], cwd=repo, env=env, log=log, timeout=600)
 
     # Every notebook, on the environment's own kernel (nothing here is timed:

@@ -105,6 +105,28 @@ def _run(command, *, cwd, env, log, timeout=900, background=False):
     return wall, cpu
 
 
+# What pip prints when it cannot reach its index (no network, no proxy).
+_OFFLINE_MARKERS = ("Temporary failure in name resolution", "Failed to establish a new connection",
+                    "Network is unreachable", "No route to host", "Name or service not known")
+
+
+def pip_install(command, **kwargs):
+    """:func:`_run` for a ``pip install`` into a new environment.
+
+    Offline (pip could not reach its index and its cache or ``PIP_FIND_LINKS``
+    lacks a package), the test is skipped with that reason, as the tests on
+    the Goodman frames are when the frames are absent; under CI, which has
+    the network, it fails as any other error.
+    """
+    try:
+        return _run(command, **kwargs)
+    except AssertionError as exc:
+        if not os.environ.get("CI") and any(marker in str(exc) for marker in _OFFLINE_MARKERS):
+            pytest.skip("offline: a new environment needs PyPI (or a wheel folder in PIP_FIND_LINKS holding "
+                        "every requirement) and pip could not reach its index; CI runs this with the network")
+        raise
+
+
 def _kill(process):
     """SIGKILL to a command of ours (its process group when it leads one)."""
     try:
@@ -191,8 +213,8 @@ def build_fresh_venv(folder):
     user.mkdir()
 
     # 1. pip install .
-    timings["pip install ."], _ = _run([python, "-m", "pip", "install", "-q", "--no-compile", "."],
-                                       cwd=repo, env=env, log=log, background=True)
+    timings["pip install ."], _ = pip_install([python, "-m", "pip", "install", "-q", "--no-compile", "."],
+                                              cwd=repo, env=env, log=log, background=True)
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                env=env, capture_output=True, text=True, check=True).stdout.strip())
     package = site / "specwidgets"
@@ -248,8 +270,8 @@ def test_fresh_clone_and_venv_run_the_readme_commands(fresh_venv):
     assert any((tmp_path / "cache").rglob("*.nbi")), "the compiled kernels went elsewhere than the user cache"
 
     # 4. pip install -e ".[test]" over it; the clone is what imports, from anywhere.
-    timings['pip install -e ".[test]"'], _ = _run([python, "-m", "pip", "install", "-q", "--no-compile", "-e",
-                                                   ".[test]"], cwd=repo, env=env, log=log)
+    timings['pip install -e ".[test]"'], _ = pip_install([python, "-m", "pip", "install", "-q", "--no-compile",
+                                                          "-e", ".[test]"], cwd=repo, env=env, log=log)
     assert not package.exists(), f"left behind by the reinstall: {sorted(_files(package))[:10]}"
     probe = ("import specwidgets, sys; from specwidgets import __version__; "
              "assert hasattr(specwidgets, 'Dashboard'); print(specwidgets.__file__)")
