@@ -515,3 +515,25 @@ def test_choose_knot_threshold_rejects_bad_input():
         choose_knot_threshold(e, flux, np.zeros(e.size, int), 1.0, 4.0, 0.5, 5.0)
     with pytest.raises(ValueError, match="candidates"):
         choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, candidates=())
+
+
+def test_adaptive_model_curve_stays_on_the_samples():
+    """The display curve of the default (adaptive-knot) fit covers the samples' range only.
+
+    Its knot grid ends on a whole interval past the last sample: points there
+    had no effective pixel of their own and showed the unconstrained spline
+    (a 3860 e- spike at the Goodman crop's red end, where the sky is ~100 e-).
+    """
+    import specwidgets as sw
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(60, 700), n_exposures=1, tilt=2.0, n_sky_lines=15, seed=4)
+    result = sw.fit_sky(f.science, f.warp, [f.trace_rows], read_noise=f.read_noise)
+    assert type(result.models[0]).__name__ == "StretchedBSplineSky"
+    e, sky = result.model_curve(0)
+    samples = result.samples.effpix
+    assert np.all(np.diff(e) > 0)
+    assert samples.min() - 1e-9 <= e[0] and e[-1] <= samples.max() + 1e-9
+    # The curve reads what the pixels read: the model at those effective pixels.
+    np.testing.assert_allclose(sky, result.models[0](e), rtol=1e-9, atol=1e-9)
+    assert sky.max() <= 1.2 * np.nanmax(result.background[0])

@@ -1095,4 +1095,9 @@ class StretchedBSplineSky:
 
     def curve(self, n=None, row=None):
         u, sky = self.inner.curve(n, row)
-        return np.interp(u, self.table_u, self.table_e), sky
+        # The fit's knot grid ends on a whole interval, past the last sample's
+        # u: the points beyond the table have no effective pixel of their own
+        # (they would all sit at its end) and show the spline where no sample
+        # holds it (a 3860 e- spike at the Goodman crop's red end).
+        keep = (u >= self.table_u[0]) & (u <= self.table_u[-1])
+        return np.interp(u[keep], self.table_u, self.table_e), sky[keep]
