@@ -663,7 +663,8 @@ def _quality_warnings(model, n_needed):
     out = []
     n_used = int(t.used.sum())
     if n_used < n_needed + 1:
-        out.append(f"only {n_used} lines constrain the model (warp_order needs {n_needed}); it is not checked by any spare line")
+        out.append(f"only {n_used} line(s) constrain the model, the fewest a warp_order of {n_needed - 1} needs "
+                   f"({n_needed}): no spare line checks it")
     if n_used:
         worst = float(np.nanmax(t.rms[t.used]))
         med = float(np.nanmedian(t.rms[t.used]))
