@@ -1,4 +1,13 @@
+import os
 import socket
+import sys
+
+# Some containers (this one) set PYTHONDONTWRITEBYTECODE=1: every Python the
+# tests start (about 70 page kernels, CLI runs and workers) would compile
+# specwidgets from source again (~0.3 s each). Python's default, which users
+# have, caches the bytecode (in __pycache__, ignored by git); so do the tests.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    sys.dont_write_bytecode = False
 
 import numpy as np
 import pytest
