@@ -79,6 +79,13 @@ print("REPORT " + json.dumps(report))
 '''
 
 
+def runner_report(output):
+    """The report :data:`RUNNER` printed in ``output`` (its last ``REPORT`` line)."""
+    lines = [line for line in output.splitlines() if line.startswith("REPORT ")]
+    assert lines, f"the notebook runner gave no report:\n{output[-3000:]}"
+    return json.loads(lines[-1][len("REPORT "):])
+
+
 def checkout_copy(dest):
     """The files a clone would hold: tracked and new files that .gitignore does not exclude."""
     try:
@@ -166,9 +173,7 @@ def build_binder_venv(folder):
     runner_log = folder / "runner.log"
     timings["notebooks"] = run([python, folder / "runner.py", *notebooks], cwd=repo, env=env, log=runner_log,
                                timeout=1200)
-    lines = [line for line in runner_log.read_text().splitlines() if line.startswith("REPORT ")]
-    assert lines, f"the notebook runner gave no report:\n{runner_log.read_text()[-3000:]}"
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = runner_report(runner_log.read_text())
 
     # Voila, standalone, from the root (voila.json applies) ...
     renders = {}

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_fresh_install import _wait_ready
 from test_launcher import Server, free_port, voila_env, write_fits_folder
 
 from specwidgets.app import launcher
@@ -319,10 +320,7 @@ def dashboard(tmp_path_factory):
     # The launcher's own first request (its "ready" probe) takes a kernel
     # until it has answered and shut it down: a test that starts before that
     # finds one page too many against the cap (any test run first, alone).
-    deadline = time.monotonic() + 300
-    while "ready at" not in server.server.log(tail=10**6):
-        assert time.monotonic() < deadline and server.server.process.poll() is None, server.server.log()
-        time.sleep(0.2)
+    _wait_ready(server.server)
     assert _wait(lambda: not server.kernels(), 30), "the launcher's probe kernel is still running"
     yield server
     server.stop()
@@ -532,10 +530,7 @@ def test_a_preheated_kernel_serves_the_next_page_and_the_cap_counts_pages_only(t
     server = Dashboard(tmp_path, "--max-sessions", "1", "--pool-size", "1", name="pool")
     try:
         # The launcher's probe takes the first pre-heated kernel; the pool refills.
-        deadline = time.monotonic() + 300
-        while "ready at" not in server.server.log(tail=10**6):
-            assert time.monotonic() < deadline and server.server.process.poll() is None, server.server.log()
-            time.sleep(0.2)
+        _wait_ready(server.server)
         assert _wait(lambda: len(server.kernels()) == 1, 120), "no pre-heated kernel waits"
         time.sleep(3.0)  # the notebook has run in it
 

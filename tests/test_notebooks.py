@@ -8,7 +8,6 @@ notebook needs the sample frames and is skipped when they are absent.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -74,9 +73,7 @@ def _local_report(tmp_path_factory):
         names = [n for n in sorted(p.name for p in NOTEBOOKS) if goodman_available() or n not in NEEDS_GOODMAN]
         out = subprocess.run([sys.executable, str(folder / "runner.py"), *(str(repo / "notebooks" / n) for n in names)],
                              cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("REPORT ")]
-        assert lines, f"the notebook runner gave no report:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
-        _LOCAL["report"] = json.loads(lines[-1][len("REPORT "):])
+        _LOCAL["report"] = test_binder_env.runner_report(out.stdout + out.stderr)
     return _LOCAL["report"]
 
 

@@ -165,7 +165,7 @@ class SkyQuality:
             ("SKYWARP", self.warp_source[:60], "warp used by the sky fit"),
             ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
             ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
-        ] + [("SKYWARN", w[:68], "sky-fit warning") for w in self.warnings[:5]]
+        ] + [("SKYWARN", w, "sky-fit warning") for w in self.warnings[:5]]
         return [_fit_card(*card) for card in cards]
 
     def summary(self):
