@@ -252,6 +252,10 @@ def data_sets(only):
         # A short slit (50 rows, 28 sky rows), as on the Goodman crop: few sky rows per pixel.
         "syn-short": lambda: synthetic("syn-short", held_gap=2, held_rows=6, shape=(50, 2048), trace_fwhm=3.0,
                                        trace_bend=0.5),
+        # A slit whose illumination falls off towards one end (not a polynomial of low order).
+        "syn-vignette": lambda: synthetic("syn-vignette", illumination=1.0 - 0.12 * np.linspace(0, 1, 200) ** 4),
+        # A trace whose far wings reach into the sky rows (a Lorentzian, as real PSFs fall).
+        "syn-wings": lambda: synthetic("syn-wings", trace_wings=0.003),
         "syn-all": lambda: synthetic("syn-all", n_lamps=3, unlit_rows=60, gradient=(0.5, 1.5), shift=0.7,
                                      shift_tilt=0.7, gain=2.5, read_noise=10.0),
     }
@@ -308,6 +312,101 @@ def run_case(ds, skysub):
     return ds["name"], median, default, peer, truth, q.suspect, verdict
 
 
+# ---------------------------------------------------------------------- batch
+BIAS_LEVEL = 300.0
+
+
+def _write_raw(folder, name, data, kind):
+    """One raw frame as a ``.fits.bz2`` file in ADU, with no GAIN or read-noise keyword."""
+    from astropy.io import fits
+
+    header = fits.Header()
+    header["IMAGETYP"] = kind
+    header["BUNIT"] = "adu"
+    path = folder / f"{name}.fits.bz2"
+    fits.writeto(path, np.asarray(data, dtype=np.float32), header, overwrite=True)
+    return path
+
+
+def batch_case(name, method_list=("median", "bspline"), **kw):
+    """``specwidgets batch`` with defaults on raw files: three lamps in three files, bias frames,
+    ``.fits.bz2``, ADU with no gain in the headers; each exposure's SKY scored as above."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from astropy.io import fits
+
+    base = dict(shape=(200, 2048), n_exposures=2, tilt=3.0, n_sky_lines=60, cosmic_rays=30, seed=31)
+    base.update(kw)
+    f = make_synthetic_longslit(**base)
+    rng = np.random.default_rng(5)
+    t0, t1 = f.trace_rows
+    held = (t1 + 10, t1 + 20)
+    rn_adu = f.read_noise / f.gain
+    heading(f"batch {name}: {len(f.arc_lamps)} lamp files, 3 bias frames, .fits.bz2 in ADU (no GAIN), "
+            f"masks {tuple(f.trace_rows)} and held-out rows {held}", "-")
+    rows = slice(*held)
+    out_rows = []
+    scores_by = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw = tmp / "raw"
+        raw.mkdir()
+        bias = [_write_raw(raw, f"bias{i}", BIAS_LEVEL + rng.normal(0, rn_adu, f.arc.shape), "BIAS") for i in range(3)]
+        lamps = [_write_raw(raw, f"lamp{i}", lamp + BIAS_LEVEL, "COMP") for i, lamp in enumerate(f.arc_lamps)]
+        science = [_write_raw(raw, f"sci{k}", f.science[k] + BIAS_LEVEL, "OBJECT") for k in range(f.science.shape[0])]
+        for method in method_list:
+            out = tmp / f"out-{method}"
+            # The installed `specwidgets` command, run by this Python.
+            cmd = [sys.executable, "-c", "import sys; from specwidgets.cli import main; sys.exit(main())",
+                   "batch", *map(str, science), "--arc", *map(str, lamps),
+                   "--bias", *map(str, bias), "--mask", f"{t0}:{t1}", "--mask", f"{held[0]}:{held[1]}",
+                   "--out", str(out), "--workers", "1", "--no-progress", "--dtype", "float64"]
+            if method != "bspline":
+                cmd += ["--method", method]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            text = run.stdout + run.stderr
+            if run.returncode != 0:
+                print(f"{method}: specwidgets batch failed (exit {run.returncode}):\n{text[-2000:]}")
+                return name, None, None, None
+            line = next((ln for ln in text.splitlines() if re.search(r"suspect", ln)), "")
+            sci, sky = [], []
+            cards = {}
+            for p in science:
+                with fits.open(out / p.name.replace(".fits.bz2", "_sky.fits")) as hdul:
+                    sci.append(hdul["SCI"].data.astype(float))
+                    sky.append(hdul["SKY"].data.astype(float))
+                    cards = {k: hdul[0].header.get(k) for k in ("GAIN", "RDNOISE", "NOISESRC", "SKYSUSP", "SKYILLUM",
+                                                                  "FLEXURE", "SKYUNLIT")}
+            # SCI is the sky-subtracted science: the data are SCI + SKY.
+            sky = np.stack(sky)
+            sci = np.stack(sci) + sky
+            if method == method_list[0]:
+                lines = line_pixels(sky, rows, noise_floor(sci, rows))
+            s = scores(sci, sky, rows, lines)
+            scores_by[method] = s["all"]
+            print(f"{method}: {line.strip()}")
+            print(f"  header: {cards}")
+            out_rows.append([method, f"{s['all']:.3f}", f"{s['lines']:.3f}", f"{s['cont']:.3f}"])
+    print(table(out_rows, ["batch --method", "score", "lines", "continuum"]))
+    goal = FULL_FRAME_GOAL if f.unlit_rows else SCORE_GOAL
+    default, median = scores_by.get("bspline"), scores_by.get("median")
+    verdict = (f"{'met' if default <= goal else 'MISSED'} (<= {goal}); "
+               f"{'<=' if median is None or default <= median + 1e-3 else '>'} median")
+    print(f"batch default score {default:.3f}: {verdict}")
+    return name, median, default, verdict
+
+
+BATCH_SETS = {
+    "batch-all": dict(n_lamps=3, unlit_rows=60, illumination=1.0 - 0.12 * np.linspace(0, 1, 200) ** 4, shift=0.7,
+                      shift_tilt=0.7, gain=2.5, read_noise=10.0),
+    "batch-gradient": dict(n_lamps=3, gradient=(0.5, 1.5), gain=2.5, read_noise=10.0),
+}
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -317,7 +416,8 @@ def _timed(fn):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-pypeit", action="store_true", help="skip the PypeIt column")
-    ap.add_argument("--only", nargs="*", help="data set names (e.g. goodman-crop syn-all)")
+    ap.add_argument("--only", nargs="*", help="data set names (e.g. goodman-crop syn-all batch-all)")
+    ap.add_argument("--no-batch", action="store_true", help="skip the `specwidgets batch` sets")
     args = ap.parse_args()
     print(machine_line())
     print(source_line())
@@ -329,6 +429,12 @@ def main():
     summary = []
     for ds in data_sets(args.only):
         summary.append(run_case(ds, skysub))
+    if not args.no_batch:
+        for name, kw in BATCH_SETS.items():
+            if not args.only or name in args.only:
+                n, m, d, v = batch_case(name, **kw)
+                summary.append((n, m if m is not None else float("nan"), d if d is not None else float("nan"),
+                                None, None, "see above", v or "failed"))
     heading("Summary: held-out score (1.00 = noise floor), defaults only")
     print(table([[n, f"{m:.3f}", f"{d:.3f}", "" if p is None else f"{p:.3f}", "" if t is None else f"{t:.3f}",
                   str(s), v] for n, m, d, p, t, s, v in summary],

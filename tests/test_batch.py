@@ -115,7 +115,7 @@ def test_batch_output_equals_library(raw, tmp_path, method):
     summary = _api(raw, out, method=method, dtype="float64")
     assert summary.ok and len(summary.done) == 6 and summary.exit_code == 0
     target = raw["science"][2]
-    ref, model = _library(raw, target, method=method, **({"spatial_order": 0} if method == "bspline" else {}))
+    ref, model = _library(raw, target, method=method)
     with fits.open(out / output_name(target)) as hdul:
         sci, sky, var, mask = (hdul[n].data for n in ("SCI", "SKY", "VAR", "MASK"))
         header = hdul[0].header
@@ -142,7 +142,7 @@ def test_float32_output_matches_to_float_precision(raw, tmp_path):
     out = tmp_path / "out"
     assert _api(raw, out).ok
     target = raw["science"][0]
-    ref, _ = _library(raw, target, spatial_order=0)
+    ref, _ = _library(raw, target)
     with fits.open(out / output_name(target)) as hdul:
         assert hdul["SCI"].data.dtype == np.dtype(">f4")
         scale = np.abs(ref.data[0]).max()
@@ -178,7 +178,7 @@ def test_flat_is_normalised_and_divided(raw, tmp_path, frames):
     flat = np.median([fits.getdata(p) for p in flats], axis=0) - bias
     norm = flat / np.median(flat, axis=0, keepdims=True)
     norm[norm <= FLAT_FLOOR] = np.nan
-    ref, _ = _library(raw, raw["science"][3], flat=norm, spatial_order=0)
+    ref, _ = _library(raw, raw["science"][3], flat=norm)
     with fits.open(out / output_name(raw["science"][3])) as hdul:
         np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
         mask = hdul["MASK"].data
@@ -195,8 +195,8 @@ def test_warp_model_given_instead_of_arcs(raw, tmp_path, frames):
         workers=1, processes=False, progress=False, dtype="float64",
     )
     assert summary.ok
-    # run_batch's spatial_order defaults to 0 (explicit), fit_sky's to "auto".
-    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask(), spatial_order=0)
+    # run_batch's defaults are fit_sky's (spatial order "auto", slit correction).
+    ref = sw.fit_sky(fits.getdata(raw["science"][0]), frames.warp, make_mask())
     with fits.open(out / output_name(raw["science"][0])) as hdul:
         np.testing.assert_array_equal(hdul["SKY"].data, ref.background[0])
 
@@ -609,8 +609,8 @@ def test_goodman_batch_equals_library(tmp_path):
     # The sample is in electrons (the Goodman loader applies the gain). Batch
     # fits each exposure on its own, and fit_sky's automatic choices (knots,
     # spatial order, unlit rows) pool the exposures it is given: one at a time.
-    # run_batch's spatial_order defaults to 0 (explicit), fit_sky's to "auto".
-    fits_k = [sw.fit_sky(data.science[k], model, (20, 100), read_noise=data.read_noise, gain=1.0, spatial_order=0)
+    # run_batch's defaults are fit_sky's (spatial order "auto", slit correction).
+    fits_k = [sw.fit_sky(data.science[k], model, (20, 100), read_noise=data.read_noise, gain=1.0)
               for k in range(2)]
     files = sorted(out.glob("*_sky.fits"))
     assert [p.name for p in files] == [

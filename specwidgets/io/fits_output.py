@@ -42,6 +42,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..core.rows import RowRanges
+from ..core.sky.quality import _fit_card
 from ..core.warp import WarpModel
 from .discovery import fits_stem
 
@@ -347,7 +348,8 @@ def _quality_cards(hdr, result, exposure):
     hdr["SWSUSP"] = (bool(getattr(quality, "suspect", False)), "the sky fit says it is probably wrong")
     source = getattr(quality, "noise_source", None)
     if source:
-        hdr["SWNSRC"] = (str(source)[:68], "where the noise model came from")
+        # Cut to one card, as the quality's own cards are (no astropy warning per file).
+        hdr["SWNSRC"] = _fit_card("SWNSRC", str(source), "where the noise model came from")[1:]
     cards = getattr(quality, "header_cards", None)
     for key, value, comment in (cards() if callable(cards) else ()):
         value = _card_value(value)

@@ -133,6 +133,8 @@ def make_synthetic_longslit(
     unlit_rows=0,
     shift=0.0,
     shift_tilt=0.0,
+    illumination=None,
+    trace_wings=0.0,
 ):
     """Make synthetic long-slit frames with a known warp, sky, trace and noise.
 
@@ -187,6 +189,15 @@ def make_synthetic_longslit(
         (``(0, 1)``: one column more tilt at the last column, one less at the
         first), a change of the warp's shape along the dispersion.
 
+    illumination : (n_rows,) array, optional
+        Multiply the sky (lines and continuum) row by row by this factor: a
+        slit illumination of any shape (``gradient`` is the linear one).
+    trace_wings : float
+        Give the trace far wings that reach into the sky rows: a Lorentzian
+        along the rows of half-width 3 FWHM and this fraction of the core's
+        peak (real point-spread functions fall as a power of the distance,
+        not as a Gaussian). ``trace_rows`` still covers the core only.
+
     Returns
     -------
     SyntheticFrames
@@ -231,6 +242,11 @@ def make_synthetic_longslit(
     if gradient is not None:
         ramp = np.linspace(gradient[0], gradient[1], n_rows)[:, None]
         sky_unit = sky_unit * ramp
+    if illumination is not None:
+        illumination = np.asarray(illumination, dtype=float)
+        if illumination.shape != (n_rows,):
+            raise ValueError(f"illumination must hold one factor per row ({n_rows}); got shape {illumination.shape}")
+        sky_unit = sky_unit * illumination[:, None]
     unlit = []
     if np.ndim(unlit_rows) == 0 and int(unlit_rows) > 0:
         n_dark = int(unlit_rows)
@@ -269,6 +285,9 @@ def make_synthetic_longslit(
     y = np.arange(n_rows)[:, None]
     continuum = trace_flux * (0.6 + 0.4 * np.sin(x / n_cols * np.pi))
     trace = continuum[None, :] * np.exp(-0.5 * ((y - centre[None, :]) / s) ** 2)
+    if trace_wings:
+        trace = trace + float(trace_wings) * continuum[None, :] / (
+            1.0 + ((y - centre[None, :]) / (3.0 * trace_fwhm)) ** 2)
     reach = 4 * s + abs(trace_bend) + 1
     trace_rows = (max(0, int(np.floor(trace_row - reach))), min(n_rows, int(np.ceil(trace_row + reach)) + 1))
 
@@ -302,6 +321,7 @@ def make_synthetic_longslit(
         read_noise=float(read_noise),
         gain=gain,
         params=dict(shape=(n_rows, n_cols), tilt=tilt, curvature=curvature, gradient=gradient, seed=seed,
+                    trace_wings=trace_wings,
                     gain=gain, n_lamps=n_lamps, unlit_rows=unlit_rows, shift=shift, shift_tilt=shift_tilt),
         arc_lamps=arc_lamps,
         science_warp=science_warp,

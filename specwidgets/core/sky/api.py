@@ -37,10 +37,15 @@ from .quality import (  # noqa: E402
     provisional_noise,
     row_profile,
 )
+from .slit import fit_slit_correction, illumination_profile
 
 # Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
 COARSE_SPACING = 5.0
+
+# Largest max/min of a slit-illumination profile divided out before the
+# fit (see ``_fit_bspline``); steeper ones are left to the spatial terms.
+SLIT_PROFILE_RANGE = 1.5
 
 # Pixels per block when the background is evaluated over the frame (bounds
 # the temporaries; large enough for the kernels' threads).
@@ -147,6 +152,9 @@ class SkyResult:
         that was corrected (px; 0 when none): exposure ``k`` was fit on
         ``effpix_map - shift * (row - mid) / (n_rows - 1)``
         (:meth:`exposure_effpix`).
+    row_scale : (n_rows,) array or None
+        The slit-illumination profile the models are multiplied by, row by
+        row (None: evenly lit); see :func:`specwidgets.core.sky.slit.illumination_profile`.
     """
 
     data: np.ndarray
@@ -165,6 +173,7 @@ class SkyResult:
     quality: SkyQuality | None = None
     flexure_shift: tuple = ()
     warp_model: WarpModel | None = field(default=None, repr=False)
+    row_scale: np.ndarray | None = field(default=None, repr=False)
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
     # The median of bins: samples in each pixel's bin, from which its
@@ -200,11 +209,15 @@ class SkyResult:
         if rows is not None and k not in self._exposure_variance:
             emap = self.exposure_effpix(k)[rows]
             index = np.arange(self.effpix_map.shape[0])[rows]
-            return self.models[k].model_variance(emap, np.broadcast_to(index[:, None], emap.shape))
+            var = self.models[k].model_variance(emap, np.broadcast_to(index[:, None], emap.shape))
+            return var if self.row_scale is None else var * self.row_scale[index, None] ** 2
         if k not in self._exposure_variance:
             n_rows, n_cols = self.effpix_map.shape
             grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
-            self._exposure_variance[k] = self.models[k].model_variance(self.exposure_effpix(k), grid)
+            var = self.models[k].model_variance(self.exposure_effpix(k), grid)
+            if self.row_scale is not None:
+                var *= self.row_scale[:, None] ** 2
+            self._exposure_variance[k] = var
         full = self._exposure_variance[k]
         return full if rows is None else full[rows]
 
@@ -400,6 +413,16 @@ def fit_sky(
             science frame and warp model (cached on the warp model, with the
             mask of the first fit), so a moved mask does not pay for it.
             ``result.quality.warp_source`` says which warp was used.
+        ``slit_correction`` : "auto" (default), "illumination" or False
+            After the fit, model the slit's illumination (a factor along the
+            slit) and smooth extra light (scattered light, a source's far
+            wings) from the sky rows' residuals, each only when it pays for
+            its coefficients (:mod:`specwidgets.core.sky.slit`);
+            ``result.quality.illumination`` and ``smooth_light`` say how much.
+            "illumination" tries the illumination factor only. The smooth
+            light is what a source's far wings in the sky rows look like; it
+            is interpolated under the source as background (a small,
+            smooth pedestal: see ``quality.smooth_light``).
         ``knot_spacing``, ``reject_sigma``, ``max_iterations``, ... : see
         :func:`specwidgets.core.sky.bspline.fit_bspline_sky`.
 
@@ -589,6 +612,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     spatial_order = check_spatial_order(options.pop("spatial_order", "auto"))
     unlit_mode = _check_choice(options.pop("unlit", "auto"), "unlit", ("auto", False))
     flexure_mode = _check_choice(options.pop("flexure", "auto"), "flexure", ("auto", False))
+    slit_mode = _check_choice(options.pop("slit_correction", "auto"), "slit_correction",
+                              ("auto", "illumination", False))
     knot_spacing = options.pop("knot_spacing", None)
     knots = _check_choice(options.pop("knots", "adaptive" if knot_spacing is None else "uniform"),
                           "knots", ("adaptive", "uniform"))
@@ -614,6 +639,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     )
     warnings = []
     unlit = np.zeros(n_rows, bool)
+    illum = None
     order = 0 if spatial_order == "auto" else spatial_order
     shifts = np.zeros(n_exp)
     flexure_applied = False
@@ -718,6 +744,22 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
                                     choose_order=spatial_order == "auto", order=order,
                                     dark=dark if unlit_mode else None)
+        if slit_mode and spatial_order == "auto":
+            # The slit's illumination as a profile along the rows (a few
+            # coefficients), divided out before the fit; the spatial order
+            # (a whole spectrum per term) is then chosen on what is left.
+            illum = illumination_profile(ratio, info_sum, unlit)
+            lit_idx = np.flatnonzero(~unlit)
+            # Only where it explains the rows' brightness (no spatial term
+            # needed after it), and within a factor 1.5: the fit's weights
+            # assume the noise of an evenly lit slit, which a steeper
+            # profile would make wrong; the spatial terms weigh exactly.
+            if illum is not None and (illum[lit_idx].max() > SLIT_PROFILE_RANGE * illum[lit_idx].min()
+                                      or analyse_rows(ratio / illum, info_sum * illum**2, n_coef,
+                                                      detect_unlit=False)[1] > 0):
+                illum = None
+            if illum is not None:
+                order = 0
         if unlit_mode:
             unlit |= dark
         del level
@@ -737,10 +779,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         samples, final_rows = _drop_rows(samples, fit_rows, rows)
     lit_rows = np.flatnonzero(~unlit)
     row_range = (0, n_rows) if not unlit.any() else (int(lit_rows[0]), int(lit_rows[-1]) + 1)
-    if (order or flexure_applied) and final_rows is None:
+    if (order or flexure_applied or illum is not None) and final_rows is None:
         final_rows = samples.rows
     sample_rows = final_rows.astype(float) if order else None
     t_samples = _row_coordinate(final_rows, n_rows) if flexure_applied else None
+    # The fit sees the sky as if the slit were evenly lit.
+    fit_flux = samples.flux if illum is None else samples.flux / illum[final_rows]
 
     table = None
     if knots == "adaptive":
@@ -764,17 +808,17 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         """The effective pixel of exposure ``k`` (its flexure shift applied) on ``rows``."""
         return emap[rows] if not shifts[k] else emap[rows] - shifts[k] * t_grid[rows]
 
-    models = []
+    models, leaks, slit = [], [], []
     for k in range(n_exp):
         e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
         # The first pass starts the final fit only when it fit the same sky:
         # after unlit rows are dropped or a shift corrected, its lines would
         # be too faint or too broad, and the rejection, judged against it,
         # could throw away the line peaks for good.
-        start = first[k] if not (unlit.any() or shifts[k]) else None
+        start = first[k] if not (unlit.any() or shifts[k] or illum is not None) else None
         if table is None:
             model = fit_bspline_sky(
-                e_k, samples.flux[k], sample_rows, spatial_order=order, row_range=row_range,
+                e_k, fit_flux[k], sample_rows, spatial_order=order, row_range=row_range,
                 read_noise=read_noise, gain=gain, extent=extent, knot_spacing=spacing(order),
                 initial=start, **options,
             )
@@ -785,7 +829,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # are the map's values there; in ``e_k``'s sorted order, not
             # gathered from a frame-sized map.
             inner = fit_bspline_sky(
-                np.interp(e_k, *table), samples.flux[k], sample_rows, spatial_order=order,
+                np.interp(e_k, *table), fit_flux[k], sample_rows, spatial_order=order,
                 row_range=row_range, read_noise=read_noise, gain=gain,
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
@@ -798,6 +842,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 background[k, row_block] = model(e_rows, rows_grid)
             else:
                 background[k, row_block] = inner(np.interp(e_rows, *table), rows_grid)
+            if illum is not None:
+                background[k, row_block] *= illum[row_block, None]
             del e_rows
         if unlit.any():
             # Unlit rows are outside the fit: there the first pass, scaled
@@ -812,6 +858,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
             background[k, unlit_idx] = np.clip(scale, 0, None)[:, None] * guess
         rejected[k].ravel()[samples.index[model.outliers]] = True
+        # The leak is judged before the slit correction: its smooth light
+        # would absorb part of a trace left in the sky rows.
+        leaks.append(_leak(background[k], samples, k, gain, read_noise))
+        if slit_mode:
+            corr = fit_slit_correction(samples.index, samples.flux[k], background[k].ravel()[samples.index],
+                                       n_rows, n_cols, gain, read_noise, use=~(model.outliers | model.excluded),
+                                       skip_rows=unlit, light=slit_mode == "auto")
+            if corr.active:
+                for r0 in range(0, n_rows, block):
+                    row_block = slice(r0, min(n_rows, r0 + block))
+                    corr.apply(background[k, row_block], row_block)
+            slit.append(corr)
         models.append(model)
         if progress:
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
@@ -834,10 +892,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         models=models,
         options=used_options,
         flexure_shift=tuple(float(s) for s in shifts),
+        row_scale=illum,
     )
     unlit_ranges = _ranges(unlit)
+    slit_rows = np.flatnonzero(np.bincount(samples.index // n_cols, minlength=n_rows))
+    slit_rows = slit_rows[~unlit[slit_rows]]
+    base_illum = np.ones(n_rows) if illum is None else illum
+    slit_summary = (max((_range(base_illum[slit_rows] * c.illumination[slit_rows]) for c in slit),
+                        default=_range(base_illum[slit_rows])),
+                    max((c.light_peak(slit_rows) for c in slit), default=0.0))
     result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
-                             tuple(float(s) for s in shifts), flexure_applied)
+                             tuple(float(s) for s in shifts), flexure_applied,
+                             leak=max(leaks, key=lambda lr: lr[0]), slit=slit_summary)
     return result
 
 
@@ -936,9 +1002,31 @@ def _robust_std(x):
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
+def _range(values):
+    """Peak-to-peak of ``values`` (0 for none)."""
+    return float(np.ptp(values)) if len(values) else 0.0
+
+
+def _leak(background, samples, k, gain, read_noise):
+    """``(leak, row)``: the largest row mean of clipped chi among exposure ``k``'s sky rows
+    (``(0.0, None)`` when no row has enough samples or none is above the sky)."""
+    n_rows, n_cols = background.shape
+    n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, background, samples.flux[k], gain, read_noise)
+    ok = n_k >= max(20, 0.25 * n_cols)
+    if ok.any():
+        means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
+        r = int(np.argmax(means))
+        if means[r] > 0.0:
+            return float(means[r]), r
+    return 0.0, None
+
+
 def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied,
-            method="bspline"):
-    """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap)."""
+            method="bspline", leak=None, slit=None):
+    """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap).
+
+    ``leak`` is ``(leak, row)`` when measured before a slit correction (whose
+    smooth light would hide part of a trace left in the sky rows)."""
     n_exp, n_rows, n_cols = result.data.shape
     warnings = list(warnings)
     # The scatter from a regular subsample of the sky samples (the chi of
@@ -965,17 +1053,10 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     n_out = sum(int(np.count_nonzero(m.outliers)) for m in models if m is not None)
     rejected_fraction = n_out / n_used if n_used else 0.0
 
-    # Leak: the largest row mean of clipped chi among the sky rows.
-    leak, leak_row = 0.0, None
-    for k in range(n_exp):
-        n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, result.background[k], samples.flux[k],
-                                  result.gain, result.read_noise)
-        ok = n_k >= max(20, 0.25 * n_cols)
-        if ok.any():
-            means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
-            r = int(np.argmax(means))
-            if means[r] > leak:
-                leak, leak_row = float(means[r]), r
+    if leak is None:
+        leak = max((_leak(result.background[k], samples, k, result.gain, result.read_noise)
+                    for k in range(n_exp)), key=lambda lr: lr[0])
+    leak, leak_row = leak
 
     if rejected_fraction > REJECTED_LIMIT:
         warnings.append(
@@ -1031,6 +1112,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         flexure_applied=bool(flexure_applied),
         unlit_rows=list(unlit_ranges),
         spatial_order=int(order),
+        illumination=float(slit[0]) if slit else 0.0,
+        smooth_light=float(slit[1]) if slit else 0.0,
         warnings=warnings,
         suspect=bool(warnings),
     )

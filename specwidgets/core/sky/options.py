@@ -12,7 +12,8 @@ import inspect
 __all__ = ["resolve_options"]
 
 #: B-spline options that only :func:`fit_sky` reads (the rest go to ``fit_bspline_sky``).
-_FIT_SKY_DEFAULTS = {"spatial_order": "auto", "unlit": "auto", "flexure": "auto", "sky_warp": "auto"}
+_FIT_SKY_DEFAULTS = {"spatial_order": "auto", "unlit": "auto", "flexure": "auto", "sky_warp": "auto",
+                     "slit_correction": "auto"}
 #: ``fit_bspline_sky`` options whose defaults a resolved option set records.
 _BSPLINE_DEFAULTED = ("reject_sigma", "max_iterations")
 

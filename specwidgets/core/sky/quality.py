@@ -105,6 +105,14 @@ class SkyQuality:
         light (vignetted, beyond the slit's ends).
     spatial_order : int
         Degree of the polynomial along the slit used by the fit.
+    illumination : float
+        Peak-to-peak of the slit-illumination factor the fit applied over
+        the sky rows (0.03: the sky is 3 % brighter at one place of the slit
+        than at another; 0 when none was needed). See
+        :mod:`specwidgets.core.sky.slit`.
+    smooth_light : float
+        Largest smooth extra light (scattered light, a source's far wings)
+        the fit added over the sky rows, in data units (0 when none).
     warnings : list of str
         Plain sentences: what looks wrong and what to do.
     suspect : bool
@@ -130,6 +138,8 @@ class SkyQuality:
     flexure_applied: bool = False
     unlit_rows: list = field(default_factory=list)
     spatial_order: int = 0
+    illumination: float = 0.0
+    smooth_light: float = 0.0
     warnings: list = field(default_factory=list)
     suspect: bool = False
     warp_source: str = "arc"
@@ -161,6 +171,8 @@ class SkyQuality:
             ("FLEXURE", round(float(flex), 4), "largest sky-line shift over slit [px]"),
             ("FLEXCORR", bool(self.flexure_applied), "flexure correction applied"),
             ("SKYSPORD", int(self.spatial_order), "spatial order of the sky model"),
+            ("SKYILLUM", round(float(self.illumination), 5), "slit illumination range corrected"),
+            ("SKYLIGHT", round(float(self.smooth_light), 4), "smooth extra light fit [data units]"),
             ("SKYUNLIT", unlit[:60], "unlit rows left out of the sky fit"),
             ("SKYWARP", self.warp_source[:60], "warp used by the sky fit"),
             ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
@@ -176,6 +188,10 @@ class SkyQuality:
             f"leak {self.leak:.2f} sigma, gain {self.gain:.3g}, read noise {self.read_noise:.3g} e- "
             f"({self.noise_source}), spatial order {self.spatial_order}"
         )
+        if self.illumination:
+            text += f", slit illumination {100 * self.illumination:.1f} %"
+        if self.smooth_light:
+            text += f", smooth light up to {self.smooth_light:.3g}"
         if self.warp_source != "arc":
             text += f", warp: {self.warp_source}"
             if self.warp_shift:

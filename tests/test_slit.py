@@ -1,0 +1,117 @@
+"""The slit's illumination and smooth extra light (specwidgets.core.sky.slit), against synthetic truth."""
+
+import numpy as np
+import pytest
+
+import specwidgets as sw
+from specwidgets.core.sky.slit import fit_slit_correction, illumination_profile
+from specwidgets.io.synthetic import make_synthetic_longslit
+
+SHAPE = (120, 1024)
+
+
+def _held_error(frames, masks, held, **options):
+    """RMS error against the true sky on the held-out rows, in units of the true noise."""
+    res = sw.fit_sky(frames.science, frames.warp, list(masks) + [held], **options)
+    rows = slice(*held)
+    sigma = np.sqrt(np.clip(frames.sky[:, rows], 0, None) + frames.read_noise**2)
+    return float(np.sqrt(np.mean(((res.background[:, rows] - frames.sky[:, rows]) / sigma) ** 2))), res
+
+
+def test_profile_is_straight_across_a_gap_and_none_for_an_even_slit():
+    rng = np.random.default_rng(1)
+    rows = np.arange(60.0)
+    info = np.full(60, 4e4)  # each ratio known to 0.5 %
+    even = 1 + rng.normal(0, 0.005, 60)
+    assert illumination_profile(even, info) is None
+    # A quartic fall at one end; a masked trace in the middle.
+    true = 1 - 0.1 * (rows / 59) ** 4
+    ratio = true * (1 + rng.normal(0, 0.005, 60))
+    ratio[25:35] = np.nan
+    prof = illumination_profile(ratio, info)
+    assert prof is not None
+    scaled = prof * np.mean(true[~np.isnan(ratio)]) / np.mean(prof[~np.isnan(ratio)])
+    assert np.max(np.abs(scaled - true)[~np.isnan(ratio)]) < 0.01
+    # Under the gap: the straight line between its edges, no bulge.
+    gap = prof[24:36]
+    np.testing.assert_allclose(gap, np.linspace(prof[24], prof[35], 12), atol=1e-12)
+
+
+def test_correction_is_not_fit_to_noise():
+    rng = np.random.default_rng(2)
+    n_rows, n_cols = 50, 400
+    sky = np.full((n_rows, n_cols), 300.0)
+    sky[:, ::20] += 4000.0
+    data = rng.poisson(sky).astype(float) + rng.normal(0, 4.0, sky.shape)
+    c = fit_slit_correction(np.arange(sky.size), data.ravel(), sky.ravel(), n_rows, n_cols, 1.0, 4.0)
+    assert not c.active and c.illumination_degree == 0 and c.light_degree == 0
+
+
+def test_smooth_light_is_recovered():
+    rng = np.random.default_rng(3)
+    n_rows, n_cols = 60, 500
+    sky = np.full((n_rows, n_cols), 200.0)
+    y = np.linspace(-1, 1, n_rows)[:, None]
+    x = np.linspace(0, 1, n_cols)[None, :]
+    light = 15.0 * y * (0.5 + x)  # scattered light growing along the slit and the columns
+    data = rng.poisson(sky + light).astype(float)
+    c = fit_slit_correction(np.arange(sky.size), data.ravel(), sky.ravel(), n_rows, n_cols, 1.0, 3.0)
+    assert c.light_degree >= 1
+    got = c.apply(sky.copy()) - sky
+    assert np.sqrt(np.mean((got - light) ** 2)) < 1.0  # noise per pixel ~14
+
+
+def test_vignetted_slit_is_right_by_default():
+    # 12 % fall towards the top, as a quartic: no low spatial order follows it.
+    n_rows = SHAPE[0]
+    vignette = 1.0 - 0.12 * np.linspace(0, 1, n_rows) ** 4
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, tilt=2.5, n_sky_lines=30, seed=11,
+                                     illumination=vignette)
+    t0, t1 = frames.trace_rows
+    held = (t1 + 35, t1 + 45)  # where the fall is steep
+    err, res = _held_error(frames, [frames.trace_rows], held)
+    err_off, res_off = _held_error(frames, [frames.trace_rows], held, slit_correction=False)
+    q = res.quality
+    assert err < 0.25 and err < 0.8 * err_off, (err, err_off)
+    assert res.row_scale is not None and q.spatial_order == 0
+    # The reported range is the profile's over the sky rows (true: ~0.12 of the brightest).
+    assert 0.07 < q.illumination < 0.15
+    assert not q.suspect
+    assert dict((k, v) for k, v, _ in q.header_cards())["SKYILLUM"] == round(q.illumination, 5)
+    assert "slit illumination" in q.summary()
+    assert res_off.quality.illumination == 0.0
+    # The background's variance follows the profile (the model was fit evenly lit).
+    assert np.all(np.isfinite(res.variance)) and res.variance.shape == res.background.shape
+
+
+def test_steep_gradient_is_left_to_the_spatial_terms():
+    # A 0.5-1.5 ramp: a profile would weigh the samples wrongly; the spatial terms weigh exactly.
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, tilt=2.5, n_sky_lines=30, seed=12,
+                                     gradient=(0.5, 1.5))
+    res = sw.fit_sky(frames.science, frames.warp, [frames.trace_rows])
+    assert res.row_scale is None and res.quality.spatial_order >= 1
+
+
+def test_even_slit_is_left_alone():
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, tilt=2.5, n_sky_lines=30, seed=13)
+    res = sw.fit_sky(frames.science, frames.warp, [frames.trace_rows])
+    off = sw.fit_sky(frames.science, frames.warp, [frames.trace_rows], slit_correction=False)
+    assert res.row_scale is None and res.quality.illumination == 0.0
+    np.testing.assert_array_equal(res.background, off.background)
+
+
+def test_trace_left_in_the_sky_rows_is_still_suspect():
+    # The leak is judged before the smooth light, which would absorb part of the trace.
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=1, tilt=2.5, n_sky_lines=30, seed=14)
+    t0, t1 = frames.trace_rows
+    half = (t0, (t0 + t1) // 2)  # half the trace unmasked
+    res = sw.fit_sky(frames.science, frames.warp, [half])
+    assert res.quality.suspect and res.quality.leak > 0.4
+
+
+def test_bad_option_is_named():
+    frames = make_synthetic_longslit(shape=(40, 200), seed=1)
+    with pytest.raises(ValueError, match="slit_correction"):
+        sw.fit_sky(frames.science, frames.warp, [frames.trace_rows], slit_correction="yes")
+    with pytest.raises(ValueError, match="illumination"):
+        make_synthetic_longslit(shape=(40, 200), illumination=np.ones(5))
