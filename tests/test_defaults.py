@@ -112,6 +112,17 @@ def test_median_missing_tilted_lines_is_not_blamed_on_the_noise_model():
     assert not sw.fit_sky(f.science, warp, [f.trace_rows], read_noise=f.read_noise).quality.suspect
 
 
+@pytest.mark.parametrize("kw", [dict(gradient=(0.5, 1.5)), dict(unlit_rows=40)])
+def test_median_estimates_the_noise_on_an_unevenly_lit_slit(kw):
+    """ADU without a gain, a slit lit unevenly: the median of bins' noise estimate is about the
+    sky as lit row by row (it gave gain 0.16 and 0.04 for 2.5 before), and the fit, which has no
+    spatial terms, is flagged as not following the data."""
+    f = make_synthetic_longslit(shape=(120, 1024), n_exposures=2, gain=2.5, read_noise=10.0, seed=21, **kw)
+    res = sw.fit_sky(np.asarray(f.science), f.warp, [f.trace_rows], method="median")
+    assert abs(res.gain / 2.5 - 1) < 0.12 and abs(res.read_noise / 10.0 - 1) < 0.2, (res.gain, res.read_noise)
+    assert res.quality.suspect and any("does not follow the data" in w for w in res.quality.warnings)
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, message",
     [
@@ -190,6 +201,41 @@ def test_flexure_comes_out_as_if_there_were_none():
     assert round(cards["FLEXURE"], 1) == 0.7 and cards["FLEXCORR"] is True
 
 
+def test_flexure_under_an_illumination_gradient():
+    """The same tilt change on a slit lit 0.5-1.5 from end to end: the model that the
+    shift is measured against once followed the bright rows' lines, and the
+    steps stopped at half the shift (0.37 px; the sky then scored 1.5 times
+    the noise floor, and the fit said "ok")."""
+    kw = dict(n_exposures=2, n_sky_lines=50, seed=43, gradient=(0.5, 1.5))
+    none = frames(**kw)
+    shifted = frames(shift=0.7, shift_tilt=0.7, **kw)
+    ref, hold = fit(none)
+    res, _ = fit(shifted)
+    np.testing.assert_allclose(res.quality.flexure, 0.7, atol=0.05)
+    assert truth_error(shifted, res, hold) < 1.15 * truth_error(none, ref, hold) + 0.01
+    assert not res.quality.suspect, res.quality.warnings
+
+
+def test_lines_broader_at_one_end_of_the_slit():
+    """Sky lines 20 % broader at the top than at the bottom (the camera's focus): the
+    rows' brightness cannot show it, so the spatial order is chosen on the lines'
+    shape too; the noise is estimated about the final sky (gain 0.78 and read noise
+    0 for 1 and 4 before); 40 % is beyond what order 1 follows, and the fit says so."""
+    kw = dict(n_exposures=2, n_sky_lines=50, seed=44, shape=(160, 1024))
+    even = frames(**kw)
+    broad = frames(line_sigma_change=0.2, **kw)
+    ref, hold = fit(even)
+    res, _ = fit(broad)
+    q = res.quality
+    assert q.spatial_order >= 1 and ref.quality.spatial_order == 0
+    assert truth_error(broad, res, hold) < 1.3 * truth_error(even, ref, hold) + 0.02
+    assert abs(q.gain - 1) < 0.08 and abs(q.read_noise / 4.0 - 1) < 0.25, (q.gain, q.read_noise)
+    assert not q.suspect and q.line_misfit < 1.15, q.warnings
+    worse = frames(line_sigma_change=0.4, **kw)
+    q = fit(worse)[0].quality
+    assert q.suspect and q.line_misfit > 1.2 and any("misses the lines' shape" in w for w in q.warnings)
+
+
 # ----------------------------------------------------------------------- quality
 def test_quality_of_a_good_fit():
     f = frames(n_exposures=2, cosmic_rays=30)
@@ -235,7 +281,14 @@ def test_median_has_a_quality_too():
     q = res.quality
     assert q.rejected_fraction == 0 and q.noise_source.startswith("estimated")
     assert abs(q.gain / 2.5 - 1) < 0.25
-    assert not q.suspect, q.warnings
+    # These lines tilt 3 px over the slit: the median of bins misses their
+    # peaks, and says so (not blaming the noise model, which it estimated).
+    assert q.suspect and q.line_misfit > 1.5
+    (warning,) = q.warnings
+    assert "misses the lines' peaks" in warning and "gain" not in warning
+    # The default method follows them.
+    good = sw.fit_sky(f.science, f.warp, f.trace_rows).quality
+    assert not good.suspect and good.line_misfit < 1.1, good.warnings
 
 
 def test_result_depends_only_on_its_inputs():

@@ -99,8 +99,9 @@ def _integrated_lines(edges, positions, fluxes, sigma):
     # Only the columns a line can reach (its width plus the warp's largest shift) are computed.
     shift = float(np.abs(edges - (np.arange(n + 1) - 0.5)).max()) + 1.0
     for mu, flux in zip(positions, fluxes):
-        c0 = max(0, int(mu - 8 * sigma - shift))
-        c1 = min(n, int(mu + 8 * sigma + shift) + 1)
+        reach = 8 * float(np.max(sigma))
+        c0 = max(0, int(mu - reach - shift))
+        c1 = min(n, int(mu + reach + shift) + 1)
         if c1 <= c0:
             continue
         cdf = 0.5 * erf((edges[..., c0 : c1 + 1] - mu) / (sigma * _SQRT2))
@@ -135,6 +136,7 @@ def make_synthetic_longslit(
     shift_tilt=0.0,
     illumination=None,
     trace_wings=0.0,
+    line_sigma_change=0.0,
 ):
     """Make synthetic long-slit frames with a known warp, sky, trace and noise.
 
@@ -192,6 +194,10 @@ def make_synthetic_longslit(
     illumination : (n_rows,) array, optional
         Multiply the sky (lines and continuum) row by row by this factor: a
         slit illumination of any shape (``gradient`` is the linear one).
+    line_sigma_change : float
+        The sky lines' width changes along the slit (the camera's focus):
+        sigma is ``line_sigma * (1 + line_sigma_change * t)``, ``t`` from
+        -0.5 (row 0) to +0.5 (last row).
     trace_wings : float
         Give the trace far wings that reach into the sky rows: a Lorentzian
         along the rows of half-width 3 FWHM and this fraction of the core's
@@ -238,7 +244,10 @@ def make_synthetic_longslit(
     widths = np.diff(sci_edges, axis=1)
     # A sky line at effective pixel p of the science warp lands ``shift``
     # columns right of where the arc's warp expects it.
-    sky_unit = sky_continuum * widths + _integrated_lines(sci_edges, sky_pos + shift, sky_flux, line_sigma)
+    sky_sigma = line_sigma
+    if line_sigma_change:
+        sky_sigma = line_sigma * (1.0 + float(line_sigma_change) * (np.linspace(-0.5, 0.5, n_rows)[:, None]))
+    sky_unit = sky_continuum * widths + _integrated_lines(sci_edges, sky_pos + shift, sky_flux, sky_sigma)
     if gradient is not None:
         ramp = np.linspace(gradient[0], gradient[1], n_rows)[:, None]
         sky_unit = sky_unit * ramp

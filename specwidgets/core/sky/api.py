@@ -25,6 +25,8 @@ from .options import resolve_options
 from .quality import (  # noqa: E402
     CHI_LIMITS,
     LEAK_LIMIT,
+    LINE_MISFIT_LIMIT,
+    MAX_AUTO_ORDER,
     REJECTED_LIMIT,
     SkyQuality,
     _far_above,
@@ -33,6 +35,8 @@ from .quality import (  # noqa: E402
     analyse_rows,
     dark_rows,
     estimate_noise,
+    line_shape_change,
+    line_shape_model,
     measure_flexure,
     provisional_noise,
     row_profile,
@@ -567,11 +571,19 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         pick = np.arange(n_exp * n_s)[_subsample(n_exp * n_s)]
         pick_k, pick_s = np.divmod(pick, n_s)
         level = np.empty(pick.size)
+        rows = samples.rows
         for k in range(n_exp):
             model = fit_bspline_sky(samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
                                     extent=extent, reject_sigma=None, max_iterations=0)
             these = pick_k == k
             level[these] = model(samples.effpix[pick_s[these]])
+            # The sky as lit row by row (as the B-spline's noise estimate
+            # does): an illumination gradient or unlit rows must not pass for
+            # noise that grows with the level, i.e. a wrong gain.
+            at = pick_s[these]
+            var = np.clip(level[these], 0, None) / prov_gain + (prov_rn / prov_gain) ** 2
+            ratio, _ = row_profile(rows[at], samples.flux[k][at], level[these], var, n_rows)
+            level[these] *= np.nan_to_num(ratio, nan=0.0)[rows[at]]
         read_noise, gain, source, warnings = _complete_noise(
             noise, level, samples.flux[pick_k, pick_s] - level
         )
@@ -723,6 +735,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             if flexure_applied:
                 used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
                 profiles(prov_gain, prov_rn)
+        # The lines' width along the slit (the camera's focus): a broader
+        # line holds the same light, so the brightness profile cannot see
+        # it, and a fit without spatial terms would leave it in every line's
+        # residual (and in the noise estimate, as a wrong gain).
+        width_drop, width_coef = _line_shape(first, samples.effpix, clean, rows, n_rows, level, ratios, shifts,
+                                             prov_gain, prov_rn, used)
         # The noise estimate needs only a regular subsample of the used
         # samples (``_complete_noise`` takes every ``_subsample``-th): the
         # lit level is computed there only (the same values).
@@ -730,10 +748,13 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             pick = _every_nth_true(used.ravel(), _subsample(int(np.count_nonzero(used))).step)
             pick_k, pick_s = np.divmod(pick, rows.size)
             lit_level = level[pick_k, pick_s] * np.nan_to_num(ratios, nan=0.0)[pick_k, rows[pick_s]]
-            read_noise, gain, source, warnings = _complete_noise(
-                noise, lit_level, samples.flux[pick_k, pick_s] - lit_level
-            )
-            del lit_level, pick, pick_k, pick_s
+            resid = samples.flux[pick_k, pick_s] - lit_level
+            for k in range(n_exp):
+                these = np.flatnonzero(pick_k == k)
+                resid[these] -= _line_shape_at(first[k], samples.effpix[pick_s[these]], rows[pick_s[these]],
+                                               n_rows, level[k][pick_s[these]], ratios[k], shifts[k], width_coef[k])
+            read_noise, gain, source, warnings = _complete_noise(noise, lit_level, resid)
+            del lit_level, pick, pick_k, pick_s, resid
         else:
             read_noise, gain, source, warnings = _complete_noise(noise, None, None)
         ratio, info_sum = profiles(gain, read_noise)
@@ -744,7 +765,14 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
                                     choose_order=spatial_order == "auto", order=order,
                                     dark=dark if unlit_mode else None)
-        if slit_mode and spatial_order == "auto":
+        width_order = 0
+        if spatial_order == "auto":
+            # Spatial terms for the lines' width where they pay for their
+            # coefficients (as ``analyse_rows`` asks of the brightness).
+            costs = [-width_drop[p] + 2.0 * (n_coef(p) - n_coef(0)) for p in range(width_drop.size)]
+            width_order = int(np.argmin(costs))
+            order = max(order, width_order)
+        if slit_mode and spatial_order == "auto" and not width_order:
             # The slit's illumination as a profile along the rows (a few
             # coefficients), divided out before the fit; the spatial order
             # (a whole spectrum per term) is then chosen on what is left.
@@ -874,6 +902,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if progress:
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
 
+    if (noise[0] is None or noise[1] is None) and not source.startswith("default"):
+        # The noise once more, about the final sky: the first pass lacks the
+        # spatial terms and the slit correction, and a sky it misfits (lines
+        # broader at one end of the slit) passes for noise growing with the
+        # level, i.e. a wrong gain, in the variance the result reports.
+        read_noise, gain = _final_noise(background, rejected, samples, noise, read_noise, gain)
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
     used_options = resolve_options("bspline", given, spatial_order=order,
                                    knot_threshold=knot_threshold if knots == "adaptive" else None)
@@ -934,6 +968,67 @@ def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gai
     return threshold
 
 
+def _final_noise(background, rejected, samples, noise, read_noise, gain):
+    """``(read_noise, gain)`` estimated again from the sky samples about ``background``
+    (the unknown parts of ``noise`` only; the given ones, and the first estimate
+    when this one fails, are kept)."""
+    n_exp = background.shape[0]
+    n_s = samples.index.size
+    sub = _subsample(n_exp * n_s)
+    flat = np.arange(sub.start or 0, n_exp * n_s, sub.step or 1)
+    k_i, s_i = np.divmod(flat, n_s)
+    pix = samples.index[s_i]
+    bg = background.reshape(n_exp, -1)[k_i, pix]
+    f = samples.flux[k_i, s_i]
+    keep = np.isfinite(f) & np.isfinite(bg) & ~rejected.reshape(n_exp, -1)[k_i, pix]
+    est = estimate_noise(bg[keep], (f - bg)[keep], fixed_gain=noise[1], fixed_read_noise=noise[0])
+    if est is None:
+        return read_noise, gain
+    return float(est[1]), float(est[0])
+
+
+_SHAPE_STEP = 0.25  # px: the finite-difference step of the model's second derivative
+
+
+def _line_shape_at(model, effpix, rows, n_rows, base, ratio, shift, coef):
+    """The fitted width change (:func:`line_shape_change`) of one exposure at samples ``effpix`` / ``rows``;
+    ``base`` is ``model`` at the (shifted) samples, ``ratio`` the rows' brightness."""
+    if len(coef) == 0:
+        return np.zeros(np.shape(effpix))
+    t = _row_coordinate(rows, n_rows)
+    e = effpix - shift * t if shift else effpix
+    h = _SHAPE_STEP
+    d2 = np.nan_to_num(ratio, nan=0.0)[rows] * (model(e + h) - 2.0 * base + model(e - h)) / (h * h)
+    return line_shape_model(2.0 * t, d2, coef)
+
+
+def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, read_noise, used,
+                max_degree=None):
+    """``(drops, coefs)``: the chi-square drops of width terms along the slit, summed over the
+    exposures and scaled to all samples, and each exposure's coefficients (see
+    :func:`~.quality.line_shape_change`), from a regular subsample against the first pass."""
+    max_degree = MAX_AUTO_ORDER if max_degree is None else max_degree
+    sub = _subsample(effpix.size, 200_000)
+    stride = sub.step or 1
+    rows_s = rows[sub]
+    t = _row_coordinate(rows_s, n_rows)
+    h = _SHAPE_STEP
+    drops = np.zeros(max_degree + 1)
+    coefs = []
+    for k in range(len(first)):
+        e = effpix[sub] - shifts[k] * t if shifts[k] else effpix[sub]
+        scale = np.nan_to_num(ratios[k], nan=0.0)[rows_s]
+        base = level[k][sub]
+        d2 = scale * (first[k](e + h) - 2.0 * base + first[k](e - h)) / (h * h)
+        m = scale * base
+        var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
+        ok = used[k][sub] & (scale > 0)
+        d, c = line_shape_change(2.0 * t[ok], flux[k][sub][ok] - m[ok], d2[ok], var[ok], max_degree)
+        drops += d * stride
+        coefs.append(c)
+    return drops, coefs
+
+
 def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,
                    max_steps=5):
     """Exposure ``k``'s sky-line shift between the slit's ends, in px (0 if not significant).
@@ -983,9 +1078,15 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         total += step
         if t is None:
             t = _row_coordinate(rows, n_rows)
+        # The refit sees the rows evenly lit: with a brightness gradient
+        # along the slit, the bright rows would otherwise set the lines'
+        # positions in the model, and a part of the shift would look common
+        # to all rows (which the steps do not correct).
+        lit = np.nan_to_num(ratio, nan=0.0)[rows]
         model = fit_bspline_sky(
-            effpix - total * t, flux, None, read_noise=read_noise, gain=gain,
-            extent=extent, knot_spacing=knot_spacing, reject_sigma=None, max_iterations=1,
+            effpix - total * t, np.where(lit > 0, flux / np.where(lit > 0, lit, 1.0), np.nan), None,
+            read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing, reject_sigma=None,
+            max_iterations=1,
         )
         if abs(step) < 0.005:
             break
@@ -1000,6 +1101,52 @@ def _robust_std(x):
     if x.size == 0:
         return float("nan")
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def _line_misfit(result, samples, limit=300_000):
+    """How much the sky model misses the bright sky: the largest, over exposures, of
+    ``var(r_a) / var((r_a - r_b) / sqrt(2))`` over the brightest tenth of the pairs of
+    vertically adjacent sky pixels ``a``, ``b`` (``r`` data minus sky, robust variances).
+
+    A misfit that changes slowly along the slit (a line broader at one end, a
+    warp off by a tenth of a pixel, the peaks a median of bins misses) is in
+    each residual but cancels in the difference of neighbouring rows; noise
+    is in both alike. So about 1 for a sky that follows the lines, whatever
+    the noise model (a wrong gain does not change it); 1 when there are too
+    few pairs to tell.
+    """
+    n_exp, n_rows, n_cols = result.data.shape
+    index = samples.index
+    n_pix = n_rows * n_cols
+    pos = np.full(n_pix, -1, dtype=np.int32 if index.size < 2**31 - 1 else np.int64)
+    pos[index] = np.arange(index.size, dtype=pos.dtype)
+    step = max(1, index.size // limit)
+    first = np.arange(0, index.size, step)
+    below = index[first] + n_cols
+    inside = below < n_pix
+    first, below = first[inside], below[inside]
+    second = pos[below]
+    paired = second >= 0
+    first, second = first[paired], second[paired]
+    if first.size < 5000:
+        return 1.0
+    worst = 1.0
+    for k in range(n_exp):
+        bg = result.background[k].ravel()
+        rej = result.rejected[k].ravel()
+        pa, pb = index[first], index[second]
+        ra = samples.flux[k][first] - bg[pa]
+        rb = samples.flux[k][second] - bg[pb]
+        ok = np.isfinite(ra) & np.isfinite(rb) & ~rej[pa] & ~rej[pb]
+        level = 0.5 * (bg[pa] + bg[pb])[ok]
+        ra, rb = ra[ok], rb[ok]
+        if level.size < 5000:
+            continue
+        bright = level >= np.percentile(level, 90)
+        diff = _robust_std((ra[bright] - rb[bright]) / math.sqrt(2.0))
+        if diff > 0:
+            worst = max(worst, (_robust_std(ra[bright]) / diff) ** 2)
+    return float(worst)
 
 
 def _range(values):
@@ -1096,6 +1243,22 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 f"The sky scatters {worst:.2f} times the estimated noise model: the sky model "
                 "does not follow the data (check the warp model and the mask)."
             )
+    misfit = _line_misfit(result, samples)
+    if misfit > LINE_MISFIT_LIMIT and not lines_only:
+        spread = f"{math.sqrt(misfit):.2f}"
+        if method == "median":
+            warnings.append(
+                f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
+                "neighbouring rows differ: the median of bins misses the lines' peaks (its limit where the lines "
+                "tilt, curve or shift across the slit); the default method (B-spline) follows them."
+            )
+        else:
+            warnings.append(
+                f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
+                "neighbouring rows differ: the sky model misses the lines' shape (lines that change width or "
+                "position along the slit, or a warp model that does not fit them); check the warp model, or "
+                "try spatial_order=2."
+            )
     if leak > LEAK_LIMIT:
         warnings.append(
             f"Sky row {leak_row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
@@ -1112,6 +1275,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         flexure_applied=bool(flexure_applied),
         unlit_rows=list(unlit_ranges),
         spatial_order=int(order),
+        line_misfit=float(misfit),
         illumination=float(slit[0]) if slit else 0.0,
         smooth_light=float(slit[1]) if slit else 0.0,
         warnings=warnings,
