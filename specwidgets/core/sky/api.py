@@ -1103,10 +1103,11 @@ def _robust_std(x):
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-def _line_misfit(result, samples, limit=300_000):
+def _line_misfit(result, skip_rows, limit=300_000):
     """How much the sky model misses the bright sky: the largest, over exposures, of
     ``var(r_a) / var((r_a - r_b) / sqrt(2))`` over the brightest tenth of the pairs of
-    vertically adjacent sky pixels ``a``, ``b`` (``r`` data minus sky, robust variances).
+    vertically adjacent sky pixels ``a``, ``b`` (``r`` data minus sky, robust variances;
+    rows ``skip_rows`` and rejected pixels left out; a regular subset of the row pairs).
 
     A misfit that changes slowly along the slit (a line broader at one end, a
     warp off by a tenth of a pixel, the peaks a median of bins misses) is in
@@ -1116,29 +1117,17 @@ def _line_misfit(result, samples, limit=300_000):
     few pairs to tell.
     """
     n_exp, n_rows, n_cols = result.data.shape
-    index = samples.index
-    n_pix = n_rows * n_cols
-    pos = np.full(n_pix, -1, dtype=np.int32 if index.size < 2**31 - 1 else np.int64)
-    pos[index] = np.arange(index.size, dtype=pos.dtype)
-    step = max(1, index.size // limit)
-    first = np.arange(0, index.size, step)
-    below = index[first] + n_cols
-    inside = below < n_pix
-    first, below = first[inside], below[inside]
-    second = pos[below]
-    paired = second >= 0
-    first, second = first[paired], second[paired]
-    if first.size < 5000:
+    use = ~np.asarray(skip_rows, bool)
+    ys = np.flatnonzero(use[:-1] & use[1:])
+    ys = ys[:: max(1, ys.size * n_cols // limit)]
+    if ys.size * n_cols < 5000:
         return 1.0
     worst = 1.0
     for k in range(n_exp):
-        bg = result.background[k].ravel()
-        rej = result.rejected[k].ravel()
-        pa, pb = index[first], index[second]
-        ra = samples.flux[k][first] - bg[pa]
-        rb = samples.flux[k][second] - bg[pb]
-        ok = np.isfinite(ra) & np.isfinite(rb) & ~rej[pa] & ~rej[pb]
-        level = 0.5 * (bg[pa] + bg[pb])[ok]
+        bg_a, bg_b = result.background[k, ys], result.background[k, ys + 1]
+        ra, rb = result.data[k, ys] - bg_a, result.data[k, ys + 1] - bg_b
+        ok = np.isfinite(ra) & np.isfinite(rb) & ~result.rejected[k, ys] & ~result.rejected[k, ys + 1]
+        level = 0.5 * (bg_a + bg_b)[ok]
         ra, rb = ra[ok], rb[ok]
         if level.size < 5000:
             continue
@@ -1243,7 +1232,10 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 f"The sky scatters {worst:.2f} times the estimated noise model: the sky model "
                 "does not follow the data (check the warp model and the mask)."
             )
-    misfit = _line_misfit(result, samples)
+    skip = result.mask[:, 0].copy()
+    for a, b in unlit_ranges:
+        skip[a:b] = True
+    misfit = _line_misfit(result, skip)
     if misfit > LINE_MISFIT_LIMIT and not lines_only:
         spread = f"{math.sqrt(misfit):.2f}"
         if method == "median":

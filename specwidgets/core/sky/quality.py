@@ -730,8 +730,10 @@ def line_shape_change(t, residual, curvature, variance, max_degree=2, clip=5.0):
         return drops, np.zeros(0)
     basis = np.polynomial.legendre.legvander(t[ok], int(max_degree))[:, 1:] * curvature[ok][:, None]
     w = 1.0 / variance[ok]
-    a = basis.T @ (basis * w[:, None])
-    b = basis.T @ (w * residual[ok])
+    # Small sums by einsum's own loops: a BLAS product would start threads
+    # that spin (twice the CPU time for nothing on a shared machine).
+    a = np.einsum("ni,nj->ij", basis * w[:, None], basis)
+    b = np.einsum("ni,n->i", basis, w * residual[ok])
     coef = np.zeros(0)
     for p in range(1, int(max_degree) + 1):
         try:
@@ -746,7 +748,8 @@ def line_shape_model(t, curvature, coef):
     """The fitted change of :func:`line_shape_change` at samples ``(t, curvature)`` (0 where not finite)."""
     if len(coef) == 0:
         return np.zeros(np.shape(t))
-    out = (np.polynomial.legendre.legvander(np.asarray(t, float), len(coef))[:, 1:] * np.asarray(curvature)[:, None]) @ coef
+    poly = np.polynomial.legendre.legvander(np.asarray(t, float), len(coef))[:, 1:]
+    out = np.einsum("np,p->n", poly, coef) * np.asarray(curvature)
     return np.where(np.isfinite(out), out, 0.0)
 
 

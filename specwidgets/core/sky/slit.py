@@ -212,7 +212,11 @@ class SlitCorrection:
 
     def light(self, rows):
         """The smooth light on ``rows`` (an index or slice of rows): ``(n, n_cols)``."""
-        return self.light_rows[rows] @ self.light_columns
+        q = self.light_rows[rows]
+        out = q[:, :1] * self.light_columns[0]
+        for p in range(1, self.light_degree):
+            out += q[:, p:p + 1] * self.light_columns[p]
+        return out
 
     def apply(self, background, rows=slice(None)):
         """``background`` (rows ``rows`` of one exposure) corrected, in place."""
@@ -233,6 +237,9 @@ class SlitCorrection:
         """Largest absolute smooth light over ``rows`` [data units] (0 when none)."""
         if not self.light_degree or len(rows) == 0:
             return 0.0
+        rows = np.asarray(rows)
+        # The light is smooth along the slit: 64 rows spread over ``rows`` find its peak.
+        rows = rows[np.unique(np.linspace(0, rows.size - 1, min(rows.size, 64)).astype(int))]
         return float(np.abs(self.light(rows)).max())
 
 
@@ -322,12 +329,14 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     nb = basis.shape[1]
     # The normal equations of all terms (illumination 1..D, then light (p, j)).
     a_ii = mm.sum(axis=0)
-    # As matrix products over the columns (einsum's generic loops are ~10x slower).
-    a_il = (m1.reshape(n_cols, -1).T @ basis).reshape(degree, degree, nb)  # (D, D, nb)
+    # Two-operand einsums over the columns, by einsum's own loops: a BLAS
+    # product would start threads that spin (CPU time for nothing), and a
+    # three-operand einsum is ~10x slower.
+    a_il = np.einsum("xk,xj->kj", m1.reshape(n_cols, -1), basis).reshape(degree, degree, nb)  # (D, D, nb)
     pairs = (basis[:, :, None] * basis[:, None, :]).reshape(n_cols, nb * nb)
-    a_ll = (one.reshape(n_cols, -1).T @ pairs).reshape(degree, degree, nb, nb).transpose(0, 2, 1, 3)
+    a_ll = np.einsum("xk,xm->km", one.reshape(n_cols, -1), pairs).reshape(degree, degree, nb, nb).transpose(0, 2, 1, 3)
     b_i = rm.sum(axis=0)
-    b_l = r1s.T @ basis
+    b_l = np.einsum("xa,xj->aj", r1s, basis)
     size = degree + degree * nb
     normal = np.empty((size, size))
     normal[:degree, :degree] = a_ii
