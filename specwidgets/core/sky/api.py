@@ -1172,6 +1172,21 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         chi = (samples.flux[:, pick] - bg) / np.sqrt(var)
+    # The residuals are in-sample: they scatter less than the data by what the
+    # fit spent on them, so the chi is scaled back to the data's. A B-spline
+    # with p coefficients on N samples: sqrt(N / (N - p)). A median of bins
+    # of n samples: the robust spread of residuals about their own bin's
+    # median is 1 - 1.15 / n of the data's (3.8 % low for the ~29 samples a
+    # Goodman crop's bins hold, by simulation), and a bin of fewer than 5
+    # says little (of 1, nothing: the sample is its own median).
+    if result._bin_counts is not None:
+        n_bin = np.asarray(result._bin_counts).reshape(-1)[samples.index[pick]].astype(float)
+        chi = np.where(n_bin >= 5, chi / (1.0 - 1.15 / np.maximum(n_bin, 5.0)), np.nan)
+    else:
+        n_fit = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
+        n_coef = sum(int(np.size(m.coefficients)) for m in models if m is not None)
+        if n_fit > 2 * n_coef > 0:
+            chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
     finite = np.isfinite(chi)
     sub = chi[finite]
     chi_std = _robust_std(sub)

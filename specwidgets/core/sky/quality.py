@@ -78,7 +78,10 @@ class SkyQuality:
     chi_std : float
         Robust standard deviation (1.4826 x MAD) of ``(data - sky) / sigma``
         on the fitted sky rows, sigma from the noise model used: about 1 when
-        the noise model matches the data. The fit is also suspect when this
+        the noise model matches the data (the residuals are the fit's own,
+        scaled back for what the fit spent on them: ``sqrt(N / (N - p))`` for
+        a B-spline of ``p`` coefficients on ``N`` samples, ``1 / (1 - 1.15 /
+        n)`` for a median of ``n`` samples per bin). The fit is also suspect when this
         number, taken over the faintest half or the brightest tenth of the
         sky pixels alone, is outside ``CHI_LIMITS`` (a wrong gain shows on
         the bright lines even when the continuum happens to match).
