@@ -1082,13 +1082,19 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         # along the slit, the bright rows would otherwise set the lines'
         # positions in the model, and a part of the shift would look common
         # to all rows (which the steps do not correct).
-        lit = np.nan_to_num(ratio, nan=0.0)[rows]
+        # Rows lit at under half the middle's (vignetting edges) are left
+        # out: divided by their light, their noise would weigh as much as a
+        # bright row's (the fit's weights assume an evenly lit slit).
+        lit = np.isfinite(ratio) & (ratio > 0) & (ratio >= 0.5 * np.nanmedian(ratio))
+        inverse = np.where(lit, 1.0 / np.where(lit, ratio, 1.0), np.nan)  # per row: one gather below
         model = fit_bspline_sky(
-            effpix - total * t, np.where(lit > 0, flux / np.where(lit > 0, lit, 1.0), np.nan), None,
+            effpix - total * t, flux * inverse[rows], None,
             read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing, reject_sigma=None,
             max_iterations=1,
         )
-        if abs(step) < 0.005:
+        # A hundredth of a pixel over the whole slit (or twice the step's own
+        # error, if larger) is below what moves a sky line's residual.
+        if abs(step) < max(0.01, 2 * sigma):
             break
     if total:
         first[k] = model
