@@ -26,7 +26,6 @@ from .quality import (  # noqa: E402
     CHI_LIMITS,
     LEAK_LIMIT,
     LINE_MISFIT_LIMIT,
-    MAX_AUTO_ORDER,
     REJECTED_LIMIT,
     SkyQuality,
     _far_above,
@@ -1010,7 +1009,10 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
     """``(drops, coefs)``: the chi-square drops of width terms along the slit, summed over the
     exposures and scaled to all samples, and each exposure's coefficients (see
     :func:`~.quality.line_shape_change`), from a regular subsample against the first pass."""
-    max_degree = MAX_AUTO_ORDER if max_degree is None else max_degree
+    # Degree 1 only: a width changing steadily along the slit. A second
+    # degree's drop would buy spatial order 2, whose knots are twice as far
+    # apart (a line's shape then suffers more than the second degree gains).
+    max_degree = 1 if max_degree is None else max_degree
     # Two or three numbers per exposure: a regular subsample of 60000 samples
     # measures them well (a width change that matters lowers the chi-square
     # by thousands, which the stride scales back to all samples).
