@@ -256,6 +256,8 @@ def data_sets(only):
         "syn-vignette": lambda: synthetic("syn-vignette", illumination=1.0 - 0.12 * np.linspace(0, 1, 200) ** 4),
         # A trace whose far wings reach into the sky rows (a Lorentzian, as real PSFs fall).
         "syn-wings": lambda: synthetic("syn-wings", trace_wings=0.003),
+        # Sky lines 20 % broader at one end of the slit than at the other (the camera's focus).
+        "syn-focus": lambda: synthetic("syn-focus", line_sigma_change=0.2),
         "syn-all": lambda: synthetic("syn-all", n_lamps=3, unlit_rows=60, gradient=(0.5, 1.5), shift=0.7,
                                      shift_tilt=0.7, gain=2.5, read_noise=10.0),
     }
