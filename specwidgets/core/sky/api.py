@@ -274,7 +274,11 @@ class SkyResult:
         """The sky model as a curve ``(effpix, counts)`` for plotting over the samples."""
         model = self.models[exposure] if self.models else None
         if model is not None:
-            return model.curve()
+            effpix, counts = model.curve()
+            if self.row_scale is not None:
+                # The model is the evenly lit sky; at the reference row it is lit so.
+                counts = counts * self.row_scale[self.ref_row]
+            return effpix, counts
         # The median of bins has no curve of its own; at the reference row the
         # effective pixel equals the column, so that row traces it.
         return self.effpix_map[self.ref_row].copy(), self.background[exposure, self.ref_row].copy()
@@ -308,7 +312,8 @@ def _noise_source(rn_source, gain_source):
 
 
 def _check_choice(value, name, allowed):
-    if value not in allowed:
+    # False by identity: 0 == False, and a 0 must not pass for "off".
+    if not any(value is a if isinstance(a, bool) else (isinstance(value, str) and value == a) for a in allowed):
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
 
@@ -863,9 +868,17 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
             model = StretchedBSplineSky(inner, *table)
+        # Pixels whose effective pixel lies beyond every sky sample's (the
+        # far corners of masked rows, where the lines' tilt carries them past
+        # the sampled range) get the sky at the nearest sampled position: the
+        # spline has no data there, and continued it reached 12000 counts
+        # on a sky of 100 (a trace masked up to the slit's end).
+        used_e = e_k[np.isfinite(samples.flux[k])]
+        e_lo, e_hi = (float(used_e.min()), float(used_e.max())) if used_e.size else extent
+        del used_e
         for r0 in range(0, n_rows, block):
             row_block = slice(r0, min(n_rows, r0 + block))
-            e_rows = emap_rows(k, row_block)
+            e_rows = np.clip(emap_rows(k, row_block), e_lo, e_hi)
             rows_grid = np.broadcast_to(rows_f[row_block], e_rows.shape)
             if table is None:
                 background[k, row_block] = model(e_rows, rows_grid)
@@ -891,9 +904,23 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # would absorb part of a trace left in the sky rows.
         leaks.append(_leak(background[k], samples, k, gain, read_noise))
         if slit_mode:
-            corr = fit_slit_correction(samples.index, samples.flux[k], background[k].ravel()[samples.index],
-                                       n_rows, n_cols, gain, read_noise, use=~(model.outliers | model.excluded),
-                                       skip_rows=unlit, light=slit_mode == "auto")
+            bg_s = background[k].ravel()[samples.index]
+            corr = fit_slit_correction(samples.index, samples.flux[k], bg_s, n_rows, n_cols, gain, read_noise,
+                                       use=~(model.outliers | model.excluded), skip_rows=unlit,
+                                       light=slit_mode == "auto")
+            if corr.active:
+                # Once more with the samples the correction explains: a slit
+                # lit steeply unevenly had the final fit reject the bright
+                # lines' pixels at its ends, the very ones that measure it.
+                rows_s = samples.index // n_cols
+                lit_s = bg_s * corr.illumination[rows_s]
+                if corr.light_degree:
+                    lit_s += np.einsum("np,pn->n", corr.light_rows[rows_s], corr.light_columns[:, samples.index % n_cols])
+                var_s = np.clip(lit_s, 0, None) / gain + (read_noise / gain) ** 2
+                near = ~model.excluded & ((samples.flux[k] - lit_s) ** 2 <= 25.0 * var_s)
+                corr = fit_slit_correction(samples.index, samples.flux[k], bg_s, n_rows, n_cols, gain, read_noise,
+                                           use=near, skip_rows=unlit, light=slit_mode == "auto", clip=None)
+                del rows_s, lit_s, var_s, near
             if corr.active:
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
@@ -903,12 +930,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if progress:
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
 
-    if (noise[0] is None or noise[1] is None) and not source.startswith("default"):
+    if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
         # broader at one end of the slit) passes for noise growing with the
         # level, i.e. a wrong gain, in the variance the result reports.
-        read_noise, gain = _final_noise(background, rejected, samples, noise, read_noise, gain)
+        read_noise, gain, few = _final_noise(background, rejected, samples, noise, read_noise, gain, models)
+        if few is not None:
+            warnings = list(warnings) + [
+                f"Only {few[0]} sky samples for {few[1]} sky-model coefficients: the noise model estimated "
+                "from them is poorly constrained (the fit follows their noise); give gain= and read_noise=, "
+                "or leave more sky rows unmasked."
+            ]
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
     used_options = resolve_options("bspline", given, spatial_order=order,
                                    knot_threshold=knot_threshold if knots == "adaptive" else None)
@@ -969,10 +1002,19 @@ def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gai
     return threshold
 
 
-def _final_noise(background, rejected, samples, noise, read_noise, gain):
+def _final_noise(background, rejected, samples, noise, read_noise, gain, models):
     """``(read_noise, gain)`` estimated again from the sky samples about ``background``
     (the unknown parts of ``noise`` only; the given ones, and the first estimate
-    when this one fails, are kept)."""
+    when this one fails or the fit spent more than half its samples, are kept).
+
+    The residuals are the fit's own: scaled by ``sqrt(N / (N - p))`` for the
+    ``p`` coefficients fit to ``N`` samples (with 3 sky rows per column, they
+    otherwise gave gain 4.5 for 1)."""
+    n_fit = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
+    n_coef = sum(int(np.size(m.coefficients)) for m in models if m is not None)
+    if not n_fit > 2 * n_coef:
+        return read_noise, gain, (n_fit, n_coef)
+    dof = math.sqrt(n_fit / (n_fit - n_coef))
     n_exp = background.shape[0]
     n_s = samples.index.size
     # Two numbers: 120000 samples (5000 per level bin) give them to ~2 %.
@@ -983,10 +1025,10 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain):
     bg = background.reshape(n_exp, -1)[k_i, pix]
     f = samples.flux[k_i, s_i]
     keep = np.isfinite(f) & np.isfinite(bg) & ~rejected.reshape(n_exp, -1)[k_i, pix]
-    est = estimate_noise(bg[keep], (f - bg)[keep], fixed_gain=noise[1], fixed_read_noise=noise[0])
+    est = estimate_noise(bg[keep], (f - bg)[keep] * dof, fixed_gain=noise[1], fixed_read_noise=noise[0])
     if est is None:
-        return read_noise, gain
-    return float(est[1]), float(est[0])
+        return read_noise, gain, None
+    return float(est[1]), float(est[0]), None
 
 
 _SHAPE_STEP = 0.25  # px: the finite-difference step of the model's second derivative
@@ -1117,6 +1159,22 @@ def _robust_std(x):
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
+# Robust spread (1.4826 x MAD) of residuals about their own bin's median, in
+# units of the data's, for bins of n = 2..12 samples (Gaussian simulation,
+# 10^5+ bins each; odd n are lower: the middle sample's residual is 0).
+_MEDIAN_SPREAD = np.array([np.nan, np.nan, 0.707, 0.464, 0.721, 0.728, 0.783, 0.817, 0.834, 0.863, 0.873,
+                           0.892, 0.895])
+
+
+def _median_spread(n):
+    """The in-sample spread factor of a median of ``n`` samples (NaN for n < 2: a
+    sample that is its own median says nothing); ``1 - 1.15 / n`` beyond 12
+    (within 0.2 % of the simulation at 29)."""
+    n = np.asarray(n, dtype=np.int64)
+    small = _MEDIAN_SPREAD[np.clip(n, 0, _MEDIAN_SPREAD.size - 1)]
+    return np.where(n < _MEDIAN_SPREAD.size, small, 1.0 - 1.15 / np.maximum(n, 1))
+
+
 def _line_misfit(result, skip_rows, limit=120_000):
     """How much the sky model misses the bright sky: the largest, over exposures, of
     ``var(r_a) / var((r_a - r_b) / sqrt(2))`` over the brightest tenth of the pairs of
@@ -1189,13 +1247,11 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     # The residuals are in-sample: they scatter less than the data by what the
     # fit spent on them, so the chi is scaled back to the data's. A B-spline
     # with p coefficients on N samples: sqrt(N / (N - p)). A median of bins
-    # of n samples: the robust spread of residuals about their own bin's
-    # median is 1 - 1.15 / n of the data's (3.8 % low for the ~29 samples a
-    # Goodman crop's bins hold, by simulation), and a bin of fewer than 5
-    # says little (of 1, nothing: the sample is its own median).
+    # of n samples: see ``_median_spread`` (3.8 % low for the ~29 samples a
+    # Goodman crop's bins hold).
     if result._bin_counts is not None:
-        n_bin = np.asarray(result._bin_counts).reshape(-1)[samples.index[pick]].astype(float)
-        chi = np.where(n_bin >= 5, chi / (1.0 - 1.15 / np.maximum(n_bin, 5.0)), np.nan)
+        n_bin = np.asarray(result._bin_counts).reshape(-1)[samples.index[pick]].astype(np.int64)
+        chi = chi / _median_spread(n_bin)
     else:
         n_fit = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
         n_coef = sum(int(np.size(m.coefficients)) for m in models if m is not None)
@@ -1204,6 +1260,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     finite = np.isfinite(chi)
     sub = chi[finite]
     chi_std = _robust_std(sub)
+    if not math.isfinite(chi_std):
+        warnings.append("Too few sky samples to judge the sky's scatter against the noise model.")
     # The same by sky level: a wrong gain shows where the sky is bright
     # (lines) even when the continuum's scatter happens to match.
     levels = bg[finite]
@@ -1249,7 +1307,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             f"lines) and {by_level[0]:.2f} times on the continuum: the median of bins misses the lines' peaks "
             "(its limit where the lines tilt or curve across the slit); the default method (B-spline) follows them."
         )
-    elif not within(worst):
+    elif math.isfinite(worst) and not within(worst):
         if source_given:
             warnings.append(
                 f"The sky scatters {worst:.2f} times what the noise model predicts (gain "

@@ -80,8 +80,9 @@ class SkyQuality:
         on the fitted sky rows, sigma from the noise model used: about 1 when
         the noise model matches the data (the residuals are the fit's own,
         scaled back for what the fit spent on them: ``sqrt(N / (N - p))`` for
-        a B-spline of ``p`` coefficients on ``N`` samples, ``1 / (1 - 1.15 /
-        n)`` for a median of ``n`` samples per bin). The fit is also suspect when this
+        a B-spline of ``p`` coefficients on ``N`` samples; for a median of
+        ``n`` samples per bin, ``1 / (1 - 1.15 / n)``, from a simulated
+        table below 13). The fit is also suspect when this
         number, taken over the faintest half or the brightest tenth of the
         sky pixels alone, is outside ``CHI_LIMITS`` (a wrong gain shows on
         the bright lines even when the continuum happens to match).

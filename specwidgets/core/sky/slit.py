@@ -37,8 +37,10 @@ __all__ = ["SlitCorrection", "fit_slit_correction", "illumination_profile"]
 
 #: Highest Legendre degree along the slit tried for either term.
 MAX_DEGREE = 3
-#: Highest Legendre degree tried for the illumination profile the fit divides out.
-MAX_PROFILE_DEGREE = 4
+#: Highest Legendre degree tried for the illumination profile the fit divides out
+#: (4 fit a ripple of a few tenths of a percent onto a plain ramp; a 12 % quartic
+#: vignetting scores the same with 3).
+MAX_PROFILE_DEGREE = 3
 #: Cubic-spline intervals along the columns for the smooth light.
 LIGHT_INTERVALS = 8
 #: Samples used at most (a regular subsample of a larger frame's).
@@ -105,22 +107,55 @@ def _column_basis(n_cols, n_intervals):
     return b
 
 
+def _bridge(rows, values, slopes, n_rows):
+    """``values`` (at the sorted ``rows``) on every row: straight lines between
+    consecutive rows, and beyond the first and last row straight lines from
+    the end values with ``slopes`` (per row, at the first and the last row).
+    A trace at the slit's end must not cut a gradient off (holding the end
+    value did: a 10 % ramp along the slit was missed under it), and between
+    sky rows a polynomial must not bulge."""
+    all_rows = np.arange(n_rows, dtype=float)
+    out = np.interp(all_rows, rows, values)
+    below, above = all_rows < rows[0], all_rows > rows[-1]
+    out[below] = values[0] + slopes[0] * (all_rows[below] - rows[0])
+    out[above] = values[-1] + slopes[1] * (all_rows[above] - rows[-1])
+    return out
+
+
+def _line_slope(rows, values, weights=None):
+    """Slope per row of the (weighted) straight line through ``values`` at ``rows``."""
+    w = np.ones(rows.size) if weights is None else np.asarray(weights, float)
+    x = rows - np.average(rows, weights=w)
+    den = float(np.sum(w * x * x))
+    return float(np.sum(w * x * values) / den) if den > 0 else 0.0
+
+
+def _legendre_on_rows(rows, degree):
+    """Legendre values of degrees 1..degree on ``rows`` (mapped to -1..1 over
+    their span), and the slope of each one's straight-line fit over them, at
+    both ends (how it is continued beyond the rows: a curve's own tangent at
+    its end, continued over a long masked stretch, amplifies its end's error)."""
+    r0, r1 = rows[0], rows[-1] + 1
+    t = (rows - r0) * (2.0 / max(r1 - r0, 1)) - 1.0
+    vals = np.polynomial.legendre.legvander(t, degree)[:, 1:]
+    slopes = np.array([_line_slope(rows, vals[:, p]) for p in range(degree)])
+    return vals, np.stack([slopes, slopes])
+
+
 def _row_basis(sample_rows, n_rows, degree):
     """``Q``: ``(n_rows, degree)`` Legendre values (degrees 1..degree) over the
     sample rows' span, joined by straight lines across rows without samples
-    and held at the end values beyond them (zeros when no rows)."""
+    and continued beyond them with the slope of their straight-line fit (see
+    :func:`_bridge`; zeros when no rows)."""
     q = np.zeros((n_rows, degree))
     have = np.zeros(n_rows, bool)
     have[sample_rows] = True
     rows = np.flatnonzero(have)
     if rows.size == 0 or degree == 0:
         return q, rows
-    r0, r1 = rows[0], rows[-1] + 1
-    t = (rows - r0) * (2.0 / max(r1 - r0, 1)) - 1.0
-    vals = np.polynomial.legendre.legvander(t, degree)[:, 1:]
-    all_rows = np.arange(n_rows)
+    vals, ends = _legendre_on_rows(rows, degree)
     for p in range(degree):
-        q[:, p] = np.interp(all_rows, rows, vals[:, p])
+        q[:, p] = _bridge(rows, vals[:, p], ends[:, p], n_rows)
     return q, rows
 
 
@@ -131,9 +166,12 @@ def illumination_profile(ratio, info, skip=None, max_degree=MAX_PROFILE_DEGREE):
     rows without samples) and ``info[y]`` its inverse variance
     (:func:`specwidgets.core.sky.quality.row_profile`). A Legendre
     polynomial is fit to them, its degree (0 to ``max_degree``) chosen by
-    the Bayesian information criterion; between fitted rows (a masked trace)
-    the profile is the straight line between the nearest fitted rows'
-    values, beyond them their end value.
+    the Bayesian information criterion (with the ratios' errors scaled up to
+    their actual scatter about the highest degree); between fitted rows (a
+    masked trace) the profile is the straight line between the nearest
+    fitted rows' values; beyond them, from the last one on, the slope of a
+    straight line fit to all of them (kept within half the lowest and twice
+    the highest fitted value).
 
     Returns
     -------
@@ -164,19 +202,36 @@ def illumination_profile(ratio, info, skip=None, max_degree=MAX_PROFILE_DEGREE):
     t = (rows - r0) * (2.0 / (r1 - r0)) - 1.0
     w = np.sqrt(info[rows])
     y = ratio[rows]
-    penalty = math.log(rows.size)
-    best, best_crit = None, np.inf
-    for d in range(min(int(max_degree), rows.size - 2) + 1):
+    top = min(int(max_degree), rows.size - 2)
+    fits = []
+    for d in range(top + 1):
         a = np.polynomial.legendre.legvander(t, d)
         coef, *_ = np.linalg.lstsq(a * w[:, None], y * w, rcond=None)
-        fit = a @ coef
-        crit = float(np.sum((w * (y - fit)) ** 2)) + penalty * (d + 1)
+        fits.append((coef, float(np.sum((w * (y - a @ coef)) ** 2))))
+    # The rows' scales scatter more than their photon noise says (a first pass
+    # misfits tilted lines a little, row by row): the chi-squares are judged
+    # in units of the highest degree's scatter, or a degree-4 ripple of a
+    # few tenths of a percent wins over a plain ramp.
+    spread = max(fits[-1][1] / max(rows.size - top - 1, 1), 1.0)
+    penalty = math.log(rows.size)
+    best, best_crit = None, np.inf
+    for d, (coef, chi2) in enumerate(fits):
+        fit = np.polynomial.legendre.legval(t, coef)
+        crit = chi2 / spread + penalty * (d + 1)
         if crit < best_crit and np.all(fit > 0.05 * np.median(y)):
-            best, best_crit = (d, fit), crit
+            best, best_crit = (d, coef), crit
     if best is None or best[0] == 0:
         return None
-    fit = best[1] / np.average(best[1], weights=info[rows])
-    return np.interp(np.arange(ratio.size), rows, fit)
+    d, coef = best
+    fit = np.polynomial.legendre.legval(t, coef)
+    norm = np.average(fit, weights=info[rows])
+    # Beyond the sky rows: the ramp of the rows' light as a whole (the chosen
+    # curve's own tangent at its end, continued over a trace at the slit's
+    # end, amplified its end's error: 1.33 for 1.17 over 70 rows).
+    slope = _line_slope(rows, fit, info[rows]) / norm
+    out = _bridge(rows, fit / norm, (slope, slope), ratio.size)
+    # Continued far beyond the sky rows, it must stay a plausible light.
+    return np.clip(out, 0.5 * fit.min() / norm, 2.0 * fit.max() / norm)
 
 
 @dataclass(eq=False)
@@ -244,7 +299,7 @@ class SlitCorrection:
 
 
 def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *, use=None, skip_rows=None, light=True,
-                        max_degree=MAX_DEGREE, n_intervals=LIGHT_INTERVALS, limit=SAMPLE_LIMIT):
+                        max_degree=MAX_DEGREE, n_intervals=LIGHT_INTERVALS, limit=SAMPLE_LIMIT, clip=CLIP_SIGMA):
     """Fit the illumination factor and the smooth light to one exposure's sky samples.
 
     Parameters
@@ -268,6 +323,9 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     limit : int
         At most this many samples are used (a regular subsample): a few
         dozen coefficients need far fewer than a full frame's millions.
+    clip : float
+        Samples further than this many sigma from ``model`` are left out
+        (cosmic-ray remains); None keeps every sample ``use`` allows.
 
     Returns
     -------
@@ -320,7 +378,8 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     out = np.zeros(2)
     _column_sums(index, n_cols, np.ascontiguousarray(flux, dtype=np.float64),
                  np.ascontiguousarray(model, dtype=np.float64), np.ascontiguousarray(use), poly,
-                 float((read_noise / gain) ** 2), 1.0 / float(gain), CLIP_SIGMA**2, *sums, out)
+                 float((read_noise / gain) ** 2), 1.0 / float(gain), np.inf if clip is None else float(clip) ** 2,
+                 *sums, out)
     mm, m1, one, rm, r1s = sums
     n_used = int(out[1])
     if n_used < 10 * (degree + degree * (n_intervals + 3)):
@@ -367,6 +426,6 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     q, _ = _row_basis(sample_rows, n_rows, degree)
     skip = np.zeros(n_rows, bool) if skip_rows is None else np.asarray(skip_rows, bool)
     q[skip] = 0.0
-    illumination = 1.0 + q[:, :d_i] @ coef[:d_i]
+    illumination = np.clip(1.0 + q[:, :d_i] @ coef[:d_i], 0.5, 2.0)
     light_cols = coef[d_i:].reshape(d_l, nb) @ basis.T if d_l else np.zeros((0, n_cols))
     return SlitCorrection(d_i, d_l, illumination, np.ascontiguousarray(q[:, :d_l]), light_cols, drop)
