@@ -46,6 +46,10 @@ from .slit import fit_slit_correction, illumination_profile
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
 COARSE_SPACING = 5.0
 
+# Sky samples the slit correction uses at most per exposure (a regular
+# subsample: a few dozen coefficients).
+SLIT_SAMPLES = 300_000
+
 # Largest max/min of a slit-illumination profile divided out before the
 # fit (see ``_fit_bspline``); steeper ones are left to the spatial terms.
 SLIT_PROFILE_RANGE = 1.5
@@ -904,23 +908,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # would absorb part of a trace left in the sky rows.
         leaks.append(_leak(background[k], samples, k, gain, read_noise))
         if slit_mode:
-            bg_s = background[k].ravel()[samples.index]
-            corr = fit_slit_correction(samples.index, samples.flux[k], bg_s, n_rows, n_cols, gain, read_noise,
-                                       use=~(model.outliers | model.excluded), skip_rows=unlit,
-                                       light=slit_mode == "auto")
-            if corr.active:
-                # Once more with the samples the correction explains: a slit
-                # lit steeply unevenly had the final fit reject the bright
-                # lines' pixels at its ends, the very ones that measure it.
-                rows_s = samples.index // n_cols
-                lit_s = bg_s * corr.illumination[rows_s]
-                if corr.light_degree:
-                    lit_s += np.einsum("np,pn->n", corr.light_rows[rows_s], corr.light_columns[:, samples.index % n_cols])
-                var_s = np.clip(lit_s, 0, None) / gain + (read_noise / gain) ** 2
-                near = ~model.excluded & ((samples.flux[k] - lit_s) ** 2 <= 25.0 * var_s)
-                corr = fit_slit_correction(samples.index, samples.flux[k], bg_s, n_rows, n_cols, gain, read_noise,
-                                           use=near, skip_rows=unlit, light=slit_mode == "auto", clip=None)
-                del rows_s, lit_s, var_s, near
+            # A regular subsample (``fit_slit_correction`` would take one
+            # anyway), gathered once.
+            step = -(-samples.index.size // SLIT_SAMPLES)
+            idx = samples.index[::step]
+            flux_s = samples.flux[k][::step]
+            bg_s = background[k].ravel()[idx]
+            keep = ~(model.outliers | model.excluded)[::step]
+            corr = fit_slit_correction(idx, flux_s, bg_s, n_rows, n_cols, gain, read_noise, use=keep,
+                                       skip_rows=unlit, light=slit_mode == "auto", limit=idx.size)
             if corr.active:
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
