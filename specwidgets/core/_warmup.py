@@ -56,6 +56,10 @@ def warm_up(methods=("bspline", "median"), lines=True):
             row_profile(rows, flux, level, level, 4)
             _far_above(flux[None], level[None], np.ones((1, 4)), rows, 1.0, 1.0)
             _row_chi_means(rows, 1, 4, level[:4], flux, 1.0, 1.0)
+            from .sky.slit import fit_slit_correction
+
+            # The slit correction's column sums (int32 pixel indices, as fit_sky's).
+            fit_slit_correction(np.arange(400, dtype=np.int32), flux, level, 8, 50, 1.0, 1.0)
         else:
             raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
     return tuple(methods)

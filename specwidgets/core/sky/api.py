@@ -877,12 +877,14 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # the sampled range) get the sky at the nearest sampled position: the
         # spline has no data there, and continued it reached 12000 counts
         # on a sky of 100 (a trace masked up to the slit's end).
-        used_e = e_k[np.isfinite(samples.flux[k])]
-        e_lo, e_hi = (float(used_e.min()), float(used_e.max())) if used_e.size else extent
-        del used_e
+        # (The samples are sorted by effective pixel: without a shift their
+        # range is their ends.)
+        e_lo, e_hi = ((float(e_k[0]), float(e_k[-1])) if not shifts[k] else (float(e_k.min()), float(e_k.max())))
         for r0 in range(0, n_rows, block):
             row_block = slice(r0, min(n_rows, r0 + block))
-            e_rows = np.clip(emap_rows(k, row_block), e_lo, e_hi)
+            e_rows = emap_rows(k, row_block)
+            if e_rows.min() < e_lo or e_rows.max() > e_hi:  # most blocks: no copy
+                e_rows = np.clip(e_rows, e_lo, e_hi)
             rows_grid = np.broadcast_to(rows_f[row_block], e_rows.shape)
             if table is None:
                 background[k, row_block] = model(e_rows, rows_grid)
