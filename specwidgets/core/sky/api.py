@@ -159,9 +159,12 @@ class SkyResult:
         that was corrected (px; 0 when none): exposure ``k`` was fit on
         ``effpix_map - shift * (row - mid) / (n_rows - 1)``
         (:meth:`exposure_effpix`).
-    row_scale : (n_rows,) array or None
-        The slit-illumination profile the models are multiplied by, row by
-        row (None: evenly lit); see :func:`specwidgets.core.sky.slit.illumination_profile`.
+    row_scale : (n_exposures, n_rows) array or None
+        The slit illumination each exposure's model is multiplied by, row by
+        row: the profile divided out before the fit
+        (:func:`specwidgets.core.sky.slit.illumination_profile`) times the
+        exposure's slit correction (:mod:`specwidgets.core.sky.slit`); None
+        when neither was used.
     """
 
     data: np.ndarray
@@ -217,13 +220,13 @@ class SkyResult:
             emap = self.exposure_effpix(k)[rows]
             index = np.arange(self.effpix_map.shape[0])[rows]
             var = self.models[k].model_variance(emap, np.broadcast_to(index[:, None], emap.shape))
-            return var if self.row_scale is None else var * self.row_scale[index, None] ** 2
+            return var if self.row_scale is None else var * self.row_scale[k, index, None] ** 2
         if k not in self._exposure_variance:
             n_rows, n_cols = self.effpix_map.shape
             grid = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, n_cols))
             var = self.models[k].model_variance(self.exposure_effpix(k), grid)
             if self.row_scale is not None:
-                var *= self.row_scale[:, None] ** 2
+                var *= self.row_scale[k, :, None] ** 2
             self._exposure_variance[k] = var
         full = self._exposure_variance[k]
         return full if rows is None else full[rows]
@@ -281,7 +284,7 @@ class SkyResult:
             effpix, counts = model.curve()
             if self.row_scale is not None:
                 # The model is the evenly lit sky; at the reference row it is lit so.
-                counts = counts * self.row_scale[self.ref_row]
+                counts = counts * self.row_scale[exposure, self.ref_row]
             return effpix, counts
         # The median of bins has no curve of its own; at the reference row the
         # effective pixel equals the column, so that row traces it.
@@ -958,7 +961,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         models=models,
         options=used_options,
         flexure_shift=tuple(float(s) for s in shifts),
-        row_scale=illum,
+        row_scale=_row_scales(illum, slit, n_exp, n_rows),
     )
     unlit_ranges = _ranges(unlit)
     slit_rows = np.flatnonzero(np.bincount(samples.index // n_cols, minlength=n_rows))
@@ -1206,6 +1209,19 @@ def _line_misfit(result, skip_rows, limit=120_000):
         if diff > 0:
             worst = max(worst, (_robust_std(ra[bright]) / diff) ** 2)
     return float(worst)
+
+
+def _row_scales(profile, corrections, n_exp, n_rows):
+    """``(n_exp, n_rows)``: the profile (or 1) times each exposure's slit-correction
+    illumination; None when both are absent (an evenly lit model)."""
+    if profile is None and not any(c.illumination_degree for c in corrections):
+        return None
+    base = np.ones(n_rows) if profile is None else np.asarray(profile, float)
+    out = np.tile(base, (n_exp, 1))
+    for k, c in enumerate(corrections):
+        if c.illumination_degree:
+            out[k] *= c.illumination
+    return out
 
 
 def _range(values):
