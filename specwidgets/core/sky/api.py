@@ -40,15 +40,12 @@ from .quality import (  # noqa: E402
     provisional_noise,
     row_profile,
 )
+from .slit import SAMPLE_LIMIT as SLIT_SAMPLES
 from .slit import fit_slit_correction, illumination_profile
 
 # Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
 COARSE_SPACING = 5.0
-
-# Sky samples the slit correction uses at most per exposure (a regular
-# subsample: a few dozen coefficients).
-SLIT_SAMPLES = 300_000
 
 # Largest max/min of a slit-illumination profile divided out before the
 # fit (see ``_fit_bspline``); steeper ones are left to the spatial terms.
@@ -921,7 +918,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             bg_s = background[k].ravel()[idx]
             keep = ~(model.outliers | model.excluded)[::step]
             corr = fit_slit_correction(idx, flux_s, bg_s, n_rows, n_cols, gain, read_noise, use=keep,
-                                       skip_rows=unlit, light=slit_mode == "auto", limit=idx.size)
+                                       skip_rows=unlit, light=slit_mode == "auto")
             if corr.active:
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
@@ -966,9 +963,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     unlit_ranges = _ranges(unlit)
     slit_rows = np.flatnonzero(np.bincount(samples.index // n_cols, minlength=n_rows))
     slit_rows = slit_rows[~unlit[slit_rows]]
-    base_illum = np.ones(n_rows) if illum is None else illum
-    slit_summary = (max((_range(base_illum[slit_rows] * c.illumination[slit_rows]) for c in slit),
-                        default=_range(base_illum[slit_rows])),
+    scales = result.row_scale
+    slit_summary = (0.0 if scales is None else max(_range(row[slit_rows]) for row in scales),
                     max((c.light_peak(slit_rows) for c in slit), default=0.0))
     result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
                              tuple(float(s) for s in shifts), flexure_applied,
@@ -1003,6 +999,12 @@ def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gai
     return threshold
 
 
+def _fitted_counts(models):
+    """``(N, p)``: the samples the B-spline models were fit to and their coefficients, all exposures."""
+    return (sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None),
+            sum(int(np.size(m.coefficients)) for m in models if m is not None))
+
+
 def _final_noise(background, rejected, samples, noise, read_noise, gain, models):
     """``(read_noise, gain)`` estimated again from the sky samples about ``background``
     (the unknown parts of ``noise`` only; the given ones, and the first estimate
@@ -1011,8 +1013,7 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
     The residuals are the fit's own: scaled by ``sqrt(N / (N - p))`` for the
     ``p`` coefficients fit to ``N`` samples (with 3 sky rows per column, they
     otherwise gave gain 4.5 for 1)."""
-    n_fit = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
-    n_coef = sum(int(np.size(m.coefficients)) for m in models if m is not None)
+    n_fit, n_coef = _fitted_counts(models)
     if not n_fit > 2 * n_coef:
         return read_noise, gain, (n_fit, n_coef)
     dof = math.sqrt(n_fit / (n_fit - n_coef))
@@ -1035,6 +1036,12 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
 _SHAPE_STEP = 0.25  # px: the finite-difference step of the model's second derivative
 
 
+def _curvature(model, e, base, scale):
+    """``scale`` times the second derivative of ``model`` at ``e`` (``base`` is ``model(e)``)."""
+    h = _SHAPE_STEP
+    return scale * (model(e + h) - 2.0 * base + model(e - h)) / (h * h)
+
+
 def _line_shape_at(model, effpix, rows, n_rows, base, ratio, shift, coef):
     """The fitted width change (:func:`line_shape_change`) of one exposure at samples ``effpix`` / ``rows``;
     ``base`` is ``model`` at the (shifted) samples, ``ratio`` the rows' brightness."""
@@ -1042,9 +1049,7 @@ def _line_shape_at(model, effpix, rows, n_rows, base, ratio, shift, coef):
         return np.zeros(np.shape(effpix))
     t = _row_coordinate(rows, n_rows)
     e = effpix - shift * t if shift else effpix
-    h = _SHAPE_STEP
-    d2 = np.nan_to_num(ratio, nan=0.0)[rows] * (model(e + h) - 2.0 * base + model(e - h)) / (h * h)
-    return line_shape_model(2.0 * t, d2, coef)
+    return line_shape_model(2.0 * t, _curvature(model, e, base, np.nan_to_num(ratio, nan=0.0)[rows]), coef)
 
 
 def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, read_noise, used,
@@ -1063,14 +1068,13 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
     stride = sub.step or 1
     rows_s = rows[sub]
     t = _row_coordinate(rows_s, n_rows)
-    h = _SHAPE_STEP
     drops = np.zeros(max_degree + 1)
     coefs = []
     for k in range(len(first)):
         e = effpix[sub] - shifts[k] * t if shifts[k] else effpix[sub]
         scale = np.nan_to_num(ratios[k], nan=0.0)[rows_s]
         base = level[k][sub]
-        d2 = scale * (first[k](e + h) - 2.0 * base + first[k](e - h)) / (h * h)
+        d2 = _curvature(first[k], e, base, scale)
         m = scale * base
         var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
         ok = used[k][sub] & (scale > 0)
@@ -1267,8 +1271,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         n_bin = np.asarray(result._bin_counts).reshape(-1)[samples.index[pick]].astype(np.int64)
         chi = chi / _median_spread(n_bin)
     else:
-        n_fit = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
-        n_coef = sum(int(np.size(m.coefficients)) for m in models if m is not None)
+        n_fit, n_coef = _fitted_counts(models)
         if n_fit > 2 * n_coef > 0:
             chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
     finite = np.isfinite(chi)

@@ -107,18 +107,18 @@ def _column_basis(n_cols, n_intervals):
     return b
 
 
-def _bridge(rows, values, slopes, n_rows):
+def _bridge(rows, values, slope, n_rows):
     """``values`` (at the sorted ``rows``) on every row: straight lines between
-    consecutive rows, and beyond the first and last row straight lines from
-    the end values with ``slopes`` (per row, at the first and the last row).
+    consecutive rows, and beyond the first and last row straight lines of
+    ``slope`` (per row) from the end values.
     A trace at the slit's end must not cut a gradient off (holding the end
     value did: a 10 % ramp along the slit was missed under it), and between
     sky rows a polynomial must not bulge."""
     all_rows = np.arange(n_rows, dtype=float)
     out = np.interp(all_rows, rows, values)
     below, above = all_rows < rows[0], all_rows > rows[-1]
-    out[below] = values[0] + slopes[0] * (all_rows[below] - rows[0])
-    out[above] = values[-1] + slopes[1] * (all_rows[above] - rows[-1])
+    out[below] = values[0] + slope * (all_rows[below] - rows[0])
+    out[above] = values[-1] + slope * (all_rows[above] - rows[-1])
     return out
 
 
@@ -132,14 +132,13 @@ def _line_slope(rows, values, weights=None):
 
 def _legendre_on_rows(rows, degree):
     """Legendre values of degrees 1..degree on ``rows`` (mapped to -1..1 over
-    their span), and the slope of each one's straight-line fit over them, at
-    both ends (how it is continued beyond the rows: a curve's own tangent at
-    its end, continued over a long masked stretch, amplifies its end's error)."""
+    their span), and the slope of each one's straight-line fit over them (how
+    it is continued beyond the rows: a curve's own tangent at its end,
+    continued over a long masked stretch, amplifies its end's error)."""
     r0, r1 = rows[0], rows[-1] + 1
     t = (rows - r0) * (2.0 / max(r1 - r0, 1)) - 1.0
     vals = np.polynomial.legendre.legvander(t, degree)[:, 1:]
-    slopes = np.array([_line_slope(rows, vals[:, p]) for p in range(degree)])
-    return vals, np.stack([slopes, slopes])
+    return vals, [_line_slope(rows, vals[:, p]) for p in range(degree)]
 
 
 def _row_basis(sample_rows, n_rows, degree):
@@ -152,11 +151,11 @@ def _row_basis(sample_rows, n_rows, degree):
     have[sample_rows] = True
     rows = np.flatnonzero(have)
     if rows.size == 0 or degree == 0:
-        return q, rows
-    vals, ends = _legendre_on_rows(rows, degree)
+        return q
+    vals, slopes = _legendre_on_rows(rows, degree)
     for p in range(degree):
-        q[:, p] = _bridge(rows, vals[:, p], ends[:, p], n_rows)
-    return q, rows
+        q[:, p] = _bridge(rows, vals[:, p], slopes[p], n_rows)
+    return q
 
 
 def illumination_profile(ratio, info, skip=None, max_degree=MAX_PROFILE_DEGREE):
@@ -229,7 +228,7 @@ def illumination_profile(ratio, info, skip=None, max_degree=MAX_PROFILE_DEGREE):
     # curve's own tangent at its end, continued over a trace at the slit's
     # end, amplified its end's error: 1.33 for 1.17 over 70 rows).
     slope = _line_slope(rows, fit, info[rows]) / norm
-    out = _bridge(rows, fit / norm, (slope, slope), ratio.size)
+    out = _bridge(rows, fit / norm, slope, ratio.size)
     # Continued far beyond the sky rows, it must stay a plausible light.
     return np.clip(out, 0.5 * fit.min() / norm, 2.0 * fit.max() / norm)
 
@@ -299,7 +298,7 @@ class SlitCorrection:
 
 
 def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *, use=None, skip_rows=None, light=True,
-                        max_degree=MAX_DEGREE, n_intervals=LIGHT_INTERVALS, limit=SAMPLE_LIMIT, clip=CLIP_SIGMA):
+                        max_degree=MAX_DEGREE, n_intervals=LIGHT_INTERVALS, limit=SAMPLE_LIMIT):
     """Fit the illumination factor and the smooth light to one exposure's sky samples.
 
     Parameters
@@ -323,9 +322,6 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     limit : int
         At most this many samples are used (a regular subsample): a few
         dozen coefficients need far fewer than a full frame's millions.
-    clip : float
-        Samples further than this many sigma from ``model`` are left out
-        (cosmic-ray remains); None keeps every sample ``use`` allows.
 
     Returns
     -------
@@ -378,8 +374,7 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     out = np.zeros(2)
     _column_sums(index, n_cols, np.ascontiguousarray(flux, dtype=np.float64),
                  np.ascontiguousarray(model, dtype=np.float64), np.ascontiguousarray(use), poly,
-                 float((read_noise / gain) ** 2), 1.0 / float(gain), np.inf if clip is None else float(clip) ** 2,
-                 *sums, out)
+                 float((read_noise / gain) ** 2), 1.0 / float(gain), CLIP_SIGMA**2, *sums, out)
     mm, m1, one, rm, r1s = sums
     n_used = int(out[1])
     if n_used < 10 * (degree + degree * (n_intervals + 3)):
@@ -423,7 +418,7 @@ def fit_slit_correction(index, flux, model, n_rows, n_cols, gain, read_noise, *,
     if best[3] is None:
         return none
     _, d_i, d_l, coef, drop = best
-    q, _ = _row_basis(sample_rows, n_rows, degree)
+    q = _row_basis(sample_rows, n_rows, degree)
     skip = np.zeros(n_rows, bool) if skip_rows is None else np.asarray(skip_rows, bool)
     q[skip] = 0.0
     illumination = np.clip(1.0 + q[:, :d_i] @ coef[:d_i], 0.5, 2.0)
