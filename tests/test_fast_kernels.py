@@ -197,3 +197,84 @@ def test_median_of_bins_matches_per_bin_medians(rng, tilt, n_rows):
     want, want_counts = _median_of_bins_brute(e, flux, edges)
     np.testing.assert_array_equal(counts, want_counts)
     np.testing.assert_array_equal(got, want)
+
+
+def test_running_median_matches_scipy_median_filter(rng):
+    """The preview's profile smoothing: scipy's values (ties, even sizes, rows shorter than the window)."""
+    from scipy.ndimage import median_filter
+
+    from specwidgets.core.extract import running_median_rows
+
+    for shape, size in [((3, 50), 7), ((5, 700), 31), ((4, 10), 31), ((2, 40), 30), ((3, 9), 1), ((1, 1), 5),
+                        ((6, 100), 2), ((4, 300), 4)]:
+        x = rng.normal(size=shape)
+        x[:, ::7] = 0.0  # ties
+        x[:, 1::9] = np.inf
+        np.testing.assert_array_equal(running_median_rows(x, size),
+                                      median_filter(x, size=(1, size), mode="nearest"))
+    nan = rng.normal(size=(3, 40))
+    nan[1, 5] = np.nan  # handed to scipy: a NaN has no place in the sorted window
+    np.testing.assert_array_equal(running_median_rows(nan, 5), median_filter(nan, size=(1, 5), mode="nearest"))
+    with pytest.raises(ValueError, match="size"):
+        running_median_rows(nan, 0)
+
+
+def test_sample_gather_and_row_drop_match_numpy(rng):
+    """``sky_samples``' gather and ``_drop_rows`` in one pass: NumPy's boolean-mask results."""
+    from specwidgets.core.sky._kernels import _compact_by_row, _gather_samples
+
+    n_rows, n_cols, n_exp = 30, 40, 3
+    order = rng.permutation(n_rows * n_cols).astype(np.int32)
+    masked = rng.random(n_rows) < 0.3
+    emap = rng.normal(size=n_rows * n_cols)
+    flux = rng.normal(size=(n_exp, n_rows * n_cols))
+    index, effpix, f = _gather_samples(order, masked, n_cols, emap, flux)
+    keep = ~masked[order // n_cols]
+    np.testing.assert_array_equal(index, order[keep])
+    np.testing.assert_array_equal(effpix, emap[order[keep]])
+    np.testing.assert_array_equal(f, flux[:, order[keep]])
+    assert index.dtype == np.int32
+    rows = index // n_cols
+    dark = rng.random(n_rows) < 0.2
+    e2, f2, i2, r2 = _compact_by_row(dark, rows, effpix, f, index)
+    keep = ~dark[rows]
+    for got, want in [(e2, effpix[keep]), (f2, f[:, keep]), (i2, index[keep]), (r2, rows[keep])]:
+        np.testing.assert_array_equal(got, want)
+
+
+def test_exposures_side_by_side_give_the_serial_fit(monkeypatch):
+    """Short-slit exposures fit in threads (``map_in_threads``): the one-thread result, to the last bit."""
+    import specwidgets as sw
+    from specwidgets.core import _threads
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(60, 512), n_exposures=3, tilt=2.0, n_sky_lines=20, cosmic_rays=10, seed=4)
+    warp = sw.WarpModel.from_tilt(f.science.shape[1:], 2.0)
+    fits = {}
+    for n in (2, 1):  # two threads even on a one-core machine
+        monkeypatch.setattr(_threads, "_n_threads", lambda n=n: n)
+        fits[n] = sw.fit_sky(f.science, warp, [f.trace_rows])
+    np.testing.assert_array_equal(fits[2].background, fits[1].background)
+    np.testing.assert_array_equal(fits[2].rejected, fits[1].rejected)
+    assert fits[2].quality == fits[1].quality
+
+
+def test_map_in_threads_keeps_order_runs_nested_work_serially_and_raises(monkeypatch):
+    import threading
+
+    from specwidgets.core import _threads
+
+    monkeypatch.setattr(_threads, "_n_threads", lambda: 2)
+    assert _threads.map_in_threads(lambda x: x * x, range(9)) == [x * x for x in range(9)]
+    # Inside, run_in_threads runs its tasks one after the other in the calling thread.
+    idents = _threads.map_in_threads(lambda _: _threads.run_in_threads([threading.get_ident] * 2), range(2))
+    assert all(a == b for a, b in idents), idents
+    assert idents[0][0] != idents[1][0]  # the two items did run in two threads
+
+    def boom(x):
+        if x == 3:
+            raise ValueError("exposure 3")
+        return x
+
+    with pytest.raises(ValueError, match="exposure 3"):
+        _threads.map_in_threads(boom, range(5))

@@ -13,7 +13,7 @@ import os
 import threading
 from concurrent.futures import wait
 
-__all__ = ["chunk_bounds", "run_in_threads"]
+__all__ = ["chunk_bounds", "map_in_threads", "run_in_threads"]
 
 
 def chunk_bounds(n, n_chunks):
@@ -83,3 +83,43 @@ def run_in_threads(tasks):
         # into the caller's arrays.
         wait(futures)
     return [first] + [future.result() for future in futures]
+
+
+def map_in_threads(fn, items):
+    """``[fn(item) for item in items]``, the calls made concurrently; their results, in order.
+
+    For independent pieces of work that are each too small to be split
+    (one exposure's fit of a short slit): inside them, ``run_in_threads``
+    runs its tasks one after the other, so that the pieces, not their
+    parts, share the cores.
+
+    Examples
+    --------
+    >>> map_in_threads(lambda x: x * x, [1, 2, 3])
+    [1, 4, 9]
+    """
+    items = list(items)
+    n_threads = min(len(items), _n_threads())
+    if n_threads <= 1 or getattr(_IN_POOL, "active", False):
+        return [fn(item) for item in items]
+
+    def serial_inside(group):
+        # As many threads as cores, each taking its share in turn: more
+        # would only hold more work arrays at once.
+        before = getattr(_IN_POOL, "active", False)
+        _IN_POOL.active = True
+        try:
+            return [fn(item) for item in group]
+        finally:
+            _IN_POOL.active = before
+
+    groups = [items[start:stop] for start, stop in chunk_bounds(len(items), n_threads)]
+    return [result for part in run_in_threads([(lambda group=group: serial_inside(group)) for group in groups])
+            for result in part]
+
+
+def _n_threads():
+    """The threads to share work among: numba's setting (``NUMBA_NUM_THREADS``, default the cores)."""
+    import numba
+
+    return numba.get_num_threads()

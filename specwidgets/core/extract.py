@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 from numpy.polynomial import Polynomial
 from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter, uniform_filter1d
@@ -273,7 +274,10 @@ def trace_spectrum(image: ArrayLike, mask_region=None, *, order: int = 2, n_bloc
     for c0, c1 in zip(edges[:-1], edges[1:]):
         if c1 <= c0:
             continue
-        prof = np.nanmedian(image[r0:r1, c0:c1], axis=1)
+        block = image[r0:r1, c0:c1]
+        # np.median where nothing is NaN: the same values, without nanmedian's
+        # slow path for short rows (a third of a slider change's preview).
+        prof = np.nanmedian(block, axis=1) if np.isnan(block).any() else np.median(block, axis=1)
         if not np.all(np.isfinite(prof)):
             continue
         # Level: the lower edge rows (sky residual or sky), so only the target counts.
@@ -362,6 +366,69 @@ def _aperture(trace, n_rows, width):
     return np.clip(np.minimum(pix + 0.5, hi) - np.maximum(pix - 0.5, lo), 0.0, 1.0)
 
 
+def running_median_rows(image, size):
+    """Median of each pixel's ``size`` neighbours along its row (edges extended).
+
+    The values of ``scipy.ndimage.median_filter(image, size=(1, size),
+    mode="nearest")`` (for an even ``size`` the upper of the two middle
+    values, as there), by a sorted window slid along each row: a frame of
+    cosmic-ray-free, NaN-free values in ~a tenth of the time.
+
+    Examples
+    --------
+    >>> from scipy.ndimage import median_filter
+    >>> x = np.random.default_rng(1).normal(size=(3, 50))
+    >>> bool(np.array_equal(running_median_rows(x, 7), median_filter(x, size=(1, 7), mode="nearest")))
+    True
+    """
+    image = np.ascontiguousarray(image, dtype=np.float64)
+    size = int(size)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2D (rows, cols), got shape {image.shape}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if np.isnan(image).any():
+        # A NaN has no place in a sorted window: the library's filter says what it gives.
+        return median_filter(image, size=(1, size), mode="nearest")
+    out = np.empty_like(image)
+    _running_median_rows(image, size, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _running_median_rows(image, size, out):
+    n_rows, n_cols = image.shape
+    before = size // 2  # the window is [c - before, c + size - 1 - before], as scipy's origin 0
+    window = np.empty(size)
+    for r in range(n_rows):
+        row = image[r]
+        # The first window, edges extended ("nearest"), sorted by insertion.
+        for i in range(size):
+            c = min(max(i - before, 0), n_cols - 1)
+            v = row[c]
+            j = i
+            while j > 0 and window[j - 1] > v:
+                window[j] = window[j - 1]
+                j -= 1
+            window[j] = v
+        out[r, 0] = window[before]
+        for c in range(1, n_cols):
+            old = row[min(max(c - 1 - before, 0), n_cols - 1)]
+            new = row[min(max(c + size - 1 - before, 0), n_cols - 1)]
+            # Replace ``old`` by ``new`` and restore the order by shifting.
+            j = 0
+            while window[j] != old:
+                j += 1
+            while j > 0 and window[j - 1] > new:
+                window[j] = window[j - 1]
+                j -= 1
+            while j < size - 1 and window[j + 1] < new:
+                window[j] = window[j + 1]
+                j += 1
+            window[j] = new
+            out[r, c] = window[before]
+
+
 def _smooth_profile(image, weights, box, smooth):
     """Horne's profile: each row's fraction of the column's flux, smoothed along the columns."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -370,7 +437,7 @@ def _smooth_profile(image, weights, box, smooth):
     frac = np.where(bad, 0.0, frac)
     # A median along the dispersion drops cosmic rays and faint columns; a
     # mean then smooths the steps the median leaves.
-    profile = median_filter(frac, size=(1, smooth), mode="nearest")
+    profile = running_median_rows(frac, smooth)
     profile = uniform_filter1d(profile, size=max(3, smooth // 3), axis=1, mode="nearest")
     profile = np.clip(profile, 0.0, None) * (weights > 0)
     norm = profile.sum(axis=0, keepdims=True)

@@ -591,3 +591,61 @@ def _quadratic_form(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, zband,
                 cross += a[r] * zband[r - q, base + q]
             v += 2.0 * a[q] * cross
         out[i] = v
+
+
+@njit(cache=True, nogil=True)
+def _compact_by_row(flagged, rows, effpix, flux, index):
+    """The samples whose row is not ``flagged``: ``(effpix, flux, index, rows)``, in their order.
+
+    One pass instead of a boolean mask and four gathers (a full frame's
+    samples are dropped from twice per default fit).
+    """
+    n = rows.shape[0]
+    n_keep = 0
+    for i in range(n):
+        if not flagged[rows[i]]:
+            n_keep += 1
+    n_exp = flux.shape[0]
+    e_out = np.empty(n_keep)
+    f_out = np.empty((n_exp, n_keep))
+    i_out = np.empty(n_keep, index.dtype)
+    r_out = np.empty(n_keep, rows.dtype)
+    j = 0
+    for i in range(n):
+        if not flagged[rows[i]]:
+            e_out[j] = effpix[i]
+            i_out[j] = index[i]
+            r_out[j] = rows[i]
+            for k in range(n_exp):
+                f_out[k, j] = flux[k, i]
+            j += 1
+    return e_out, f_out, i_out, r_out
+
+
+@njit(cache=True, nogil=True)
+def _gather_samples(order, masked_rows, n_cols, effpix_map, flux_map):
+    """The pixels of ``order`` (flat indices) outside ``masked_rows``: ``(index, effpix, flux)``, in that order.
+
+    ``flux_map`` is ``(n_exposures, n_pixels)``. One pass instead of a
+    row lookup, a boolean mask and three gathers (a 4096 x 4096 frame's
+    took a third of a second).
+    """
+    n = order.shape[0]
+    n_keep = 0
+    for i in range(n):
+        if not masked_rows[order[i] // n_cols]:
+            n_keep += 1
+    n_exp = flux_map.shape[0]
+    index = np.empty(n_keep, order.dtype)
+    effpix = np.empty(n_keep)
+    flux = np.empty((n_exp, n_keep))
+    j = 0
+    for i in range(n):
+        p = order[i]
+        if not masked_rows[p // n_cols]:
+            index[j] = p
+            effpix[j] = effpix_map[p]
+            for k in range(n_exp):
+                flux[k, j] = flux_map[k, p]
+            j += 1
+    return index, effpix, flux

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._threads import map_in_threads, run_in_threads
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
+from ._kernels import _PARALLEL_MIN_SAMPLES, _compact_by_row, _gather_samples
 from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
 from .options import resolve_options
@@ -109,10 +111,8 @@ def sky_samples(stack, warp_model, masked_rows):
         order += by_column
         del by_column
         warp_model._cache["order"] = order
-    keep = ~masked_rows[order // n_cols]
-    index = order[keep]
-    effpix = warp_model.effpix_map().ravel()[index]
-    flux = stack.reshape(n_exp, -1)[:, index]
+    index, effpix, flux = _gather_samples(order, np.ascontiguousarray(masked_rows, dtype=bool), n_cols,
+                                          warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1))
     return SkySamples(effpix, flux, index, n_cols)
 
 
@@ -334,8 +334,9 @@ def _drop_rows(samples, flagged, rows=None):
     new pass over the frame. ``rows``: ``samples.rows`` if already at hand.
     """
     rows = samples.rows if rows is None else rows
-    keep = ~flagged[rows]
-    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
+    effpix, flux, index, rows = _compact_by_row(np.ascontiguousarray(flagged, dtype=bool), rows, samples.effpix,
+                                                samples.flux, samples.index)
+    return SkySamples(effpix, flux, index, samples.n_cols), rows
 
 
 def _every_nth_true(flags, step, chunk=1 << 20):
@@ -629,6 +630,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     n_exp, n_rows, n_cols = stack.shape
     given = dict(options)
     options = dict(options)
+
+    def each_exposure(fn):
+        """``[fn(k) for k in range(n_exp)]``; the exposures of a short slit side by side on the cores.
+
+        A long slit's passes are split between the cores inside each fit
+        (``_PARALLEL_MIN_SAMPLES``); a short one's are too small to split,
+        and one at a time its exposures would leave the other cores idle.
+        """
+        if n_exp > 1 and samples.index.size < _PARALLEL_MIN_SAMPLES:
+            return map_in_threads(fn, range(n_exp))
+        return [fn(k) for k in range(n_exp)]
+
     spatial_order = check_spatial_order(options.pop("spatial_order", "auto"))
     unlit_mode = _check_choice(options.pop("unlit", "auto"), "unlit", ("auto", False))
     flexure_mode = _check_choice(options.pop("flexure", "auto"), "flexure", ("auto", False))
@@ -680,12 +693,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             if dark.any():
                 samples, rows = _drop_rows(samples, dark)
         level = np.empty(samples.flux.shape)
-        for k in range(n_exp):
+
+        def first_pass(k):
             first[k] = fit_bspline_sky(
                 samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
                 extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
             )
             level[k] = first[k](samples.effpix)
+
+        each_exposure(first_pass)
         if rows is None:
             rows = samples.rows
         used = np.isfinite(samples.flux) & ~np.stack([m.rejected for m in first])
@@ -726,19 +742,22 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if hits.any():
             clean = samples.flux.copy()  # as np.where(hits, nan, flux), in fewer passes
             clean[hits] = np.nan
-            for k in range(n_exp):
+
+            def refit(k):
                 if hits[k].any():
                     first[k] = fit_bspline_sky(
                         samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
                         extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
                     )
                     level[k] = first[k](samples.effpix)
+
+            each_exposure(refit)
             used = np.isfinite(clean)
             profiles(prov_gain, prov_rn)
         if flexure_mode:
-            for k in range(n_exp):
-                shifts[k] = _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows, level, ratios[k],
-                                           prov_gain, prov_rn, extent, spacing(0))
+            shifts[:] = each_exposure(lambda k: _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows,
+                                                               level, ratios[k], prov_gain, prov_rn, extent,
+                                                               spacing(0)))
             flexure_applied = bool(np.any(shifts != 0))
             if flexure_applied:
                 used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
@@ -846,8 +865,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         """The effective pixel of exposure ``k`` (its flexure shift applied) on ``rows``."""
         return emap[rows] if not shifts[k] else emap[rows] - shifts[k] * t_grid[rows]
 
-    models, leaks, slit = [], [], []
-    for k in range(n_exp):
+    def final_fit(k):
+        """Exposure ``k``'s final fit, its background (in ``background[k]``) and rejected samples."""
         e_k = samples.effpix if not shifts[k] else samples.effpix - shifts[k] * t_samples
         # The first pass starts the final fit only when it fit the same sky:
         # after unlit rows are dropped or a shift corrected, its lines would
@@ -908,7 +927,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         rejected[k].ravel()[samples.index[model.outliers]] = True
         # The leak is judged before the slit correction: its smooth light
         # would absorb part of a trace left in the sky rows.
-        leaks.append(_leak(background[k], samples, k, gain, read_noise))
+        leak = _leak(background[k], samples, k, gain, read_noise)
+        corr = None
         if slit_mode:
             # A regular subsample (``fit_slit_correction`` would take one
             # anyway), gathered once.
@@ -923,11 +943,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
                     corr.apply(background[k, row_block], row_block)
-            slit.append(corr)
-        models.append(model)
-        if progress:
-            print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
+        return model, leak, corr
 
+    fitted = each_exposure(final_fit)
+    models = [m for m, _, _ in fitted]
+    leaks = [lk for _, lk, _ in fitted]
+    slit = [c for _, _, c in fitted if c is not None]
+    if progress:
+        for k, model in enumerate(models):
+            print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -961,8 +985,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         row_scale=_row_scales(illum, slit, n_exp, n_rows),
     )
     unlit_ranges = _ranges(unlit)
-    slit_rows = np.flatnonzero(np.bincount(samples.index // n_cols, minlength=n_rows))
-    slit_rows = slit_rows[~unlit[slit_rows]]
+    # The rows the samples come from: every pixel of a row outside the
+    # mask is a sample, unless the row was found unlit (and dropped).
+    slit_rows = np.flatnonzero(~masked_rows & ~unlit)
     scales = result.row_scale
     slit_summary = (0.0 if scales is None else max(_range(row[slit_rows]) for row in scales),
                     max((c.light_peak(slit_rows) for c in slit), default=0.0))
@@ -1255,39 +1280,14 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     smooth light would hide part of a trace left in the sky rows)."""
     n_exp, n_rows, n_cols = result.data.shape
     warnings = list(warnings)
-    # The scatter from a regular subsample of the sky samples (the chi of
-    # the others is only summed per row, below).
-    pick = _subsample(samples.index.size)
-    bg = result.background.reshape(n_exp, -1)[:, samples.index[pick]]
-    var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        chi = (samples.flux[:, pick] - bg) / np.sqrt(var)
-    # The residuals are in-sample: they scatter less than the data by what the
-    # fit spent on them, so the chi is scaled back to the data's. A B-spline
-    # with p coefficients on N samples: sqrt(N / (N - p)). A median of bins
-    # of n samples: see ``_median_spread`` (3.8 % low for the ~29 samples a
-    # Goodman crop's bins hold).
-    if result._bin_counts is not None:
-        n_bin = np.asarray(result._bin_counts).reshape(-1)[samples.index[pick]].astype(np.int64)
-        chi = chi / _median_spread(n_bin)
-    else:
-        n_fit, n_coef = _fitted_counts(models)
-        if n_fit > 2 * n_coef > 0:
-            chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
-    finite = np.isfinite(chi)
-    sub = chi[finite]
-    chi_std = _robust_std(sub)
+    skip = result.mask[:, 0].copy()
+    for a, b in unlit_ranges:
+        skip[a:b] = True
+    # Two independent measures (their medians are most of the cost): side by side on the cores.
+    (chi_std, by_level), misfit = run_in_threads([lambda: _chi_scatter(result, samples, models),
+                                                  lambda: _line_misfit(result, skip)])
     if not math.isfinite(chi_std):
         warnings.append("Too few sky samples to judge the sky's scatter against the noise model.")
-    # The same by sky level: a wrong gain shows where the sky is bright
-    # (lines) even when the continuum's scatter happens to match.
-    levels = bg[finite]
-    by_level = []
-    if sub.size >= 2000:
-        cut = np.percentile(levels, [50, 90])
-        for part in (levels <= cut[0], levels >= cut[1]):
-            if part.sum() >= 500:
-                by_level.append(_robust_std(sub[part]))
 
     n_used = sum(int(np.count_nonzero(~m.excluded)) for m in models if m is not None)
     n_out = sum(int(np.count_nonzero(m.outliers)) for m in models if m is not None)
@@ -1336,10 +1336,6 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 f"The sky scatters {worst:.2f} times the estimated noise model: the sky model "
                 "does not follow the data (check the warp model and the mask)."
             )
-    skip = result.mask[:, 0].copy()
-    for a, b in unlit_ranges:
-        skip[a:b] = True
-    misfit = _line_misfit(result, skip)
     if misfit > LINE_MISFIT_LIMIT and not lines_only:
         spread = f"{math.sqrt(misfit):.2f}"
         if method == "median":
@@ -1377,6 +1373,42 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         warnings=warnings,
         suspect=bool(warnings),
     )
+
+
+def _chi_scatter(result, samples, models):
+    """``(chi_std, by_level)``: the sky samples' robust chi scatter, overall and at the faintest half
+    and the brightest tenth of the sky levels (a wrong gain shows where the sky is bright)."""
+    n_exp = result.data.shape[0]
+    # The scatter from a regular subsample of the sky samples (the chi of
+    # the others is only summed per row, below).
+    pick = _subsample(samples.index.size)
+    bg = result.background.reshape(n_exp, -1)[:, samples.index[pick]]
+    var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi = (samples.flux[:, pick] - bg) / np.sqrt(var)
+    # The residuals are in-sample: they scatter less than the data by what the
+    # fit spent on them, so the chi is scaled back to the data's. A B-spline
+    # with p coefficients on N samples: sqrt(N / (N - p)). A median of bins
+    # of n samples: see ``_median_spread`` (3.8 % low for the ~29 samples a
+    # Goodman crop's bins hold).
+    if result._bin_counts is not None:
+        n_bin = np.asarray(result._bin_counts).reshape(-1)[samples.index[pick]].astype(np.int64)
+        chi = chi / _median_spread(n_bin)
+    else:
+        n_fit, n_coef = _fitted_counts(models)
+        if n_fit > 2 * n_coef > 0:
+            chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
+    finite = np.isfinite(chi)
+    sub = chi[finite]
+    chi_std = _robust_std(sub)
+    levels = bg[finite]
+    by_level = []
+    if sub.size >= 2000:
+        cut = np.percentile(levels, [50, 90])
+        for part in (levels <= cut[0], levels >= cut[1]):
+            if part.sum() >= 500:
+                by_level.append(_robust_std(sub[part]))
+    return chi_std, by_level
 
 
 def extract_background(

@@ -118,7 +118,12 @@ def _sky_line_guesses(stack, sky_rows, std_variation=20.0):
         # Every sky row: the fewer rows, the noisier the spectrum and the
         # fewer lines clear the threshold. NaN-aware medians only if needed.
         band = stack[:, sky_rows].mean(axis=0)
-        spectrum = (np.nanmedian if np.isnan(band).any() else np.median)(band, axis=0)
+        # Each column's median from a transposed copy: the same values, about
+        # twice as fast as down the columns of a big frame.
+        columns = np.ascontiguousarray(band.T)
+        del band
+        spectrum = (np.nanmedian if np.isnan(columns).any() else np.median)(columns, axis=1, overwrite_input=True)
+        del columns
         spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
         # The median of many rows: the threshold (in noise units of that
         # spectrum) finds the bright lines, not the noise peaks.
