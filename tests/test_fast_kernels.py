@@ -219,29 +219,6 @@ def test_running_median_matches_scipy_median_filter(rng):
         running_median_rows(nan, 0)
 
 
-def test_sample_gather_and_row_drop_match_numpy(rng):
-    """``sky_samples``' gather and ``_drop_rows`` in one pass: NumPy's boolean-mask results."""
-    from specwidgets.core.sky._kernels import _compact_by_row, _gather_samples
-
-    n_rows, n_cols, n_exp = 30, 40, 3
-    order = rng.permutation(n_rows * n_cols).astype(np.int32)
-    masked = rng.random(n_rows) < 0.3
-    emap = rng.normal(size=n_rows * n_cols)
-    flux = rng.normal(size=(n_exp, n_rows * n_cols))
-    index, effpix, f = _gather_samples(order, masked, n_cols, emap, flux)
-    keep = ~masked[order // n_cols]
-    np.testing.assert_array_equal(index, order[keep])
-    np.testing.assert_array_equal(effpix, emap[order[keep]])
-    np.testing.assert_array_equal(f, flux[:, order[keep]])
-    assert index.dtype == np.int32
-    rows = index // n_cols
-    dark = rng.random(n_rows) < 0.2
-    e2, f2, i2, r2 = _compact_by_row(dark, rows, effpix, f, index)
-    keep = ~dark[rows]
-    for got, want in [(e2, effpix[keep]), (f2, f[:, keep]), (i2, index[keep]), (r2, rows[keep])]:
-        np.testing.assert_array_equal(got, want)
-
-
 def test_exposures_side_by_side_give_the_serial_fit(monkeypatch):
     """Short-slit exposures fit in threads (``map_in_threads``): the one-thread result, to the last bit."""
     import specwidgets as sw

@@ -64,14 +64,6 @@ def warm_up(methods=("bspline", "median"), lines=True):
 
             # The slit correction's column sums (int32 pixel indices, as fit_sky's).
             fit_slit_correction(np.arange(400, dtype=np.int32), flux, level, 8, 50, 1.0, 1.0)
-            from .sky._kernels import _compact_by_row
-
-            # Dropping the unlit rows' samples (int32 indices and rows, as fit_sky's).
-            index = np.arange(400, dtype=np.int32)
-            _compact_by_row(np.zeros(4, bool), index // 100, e, flux[None], index)
-            from .sky._kernels import _gather_samples
-
-            _gather_samples(index, np.zeros(4, bool), 100, e, flux[None])
         else:
             raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
     return tuple(methods)

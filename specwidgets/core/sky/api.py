@@ -20,7 +20,7 @@ from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
-from ._kernels import _PARALLEL_MIN_SAMPLES, _compact_by_row, _gather_samples
+from ._kernels import _PARALLEL_MIN_SAMPLES
 from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
 from .options import resolve_options
@@ -111,8 +111,10 @@ def sky_samples(stack, warp_model, masked_rows):
         order += by_column
         del by_column
         warp_model._cache["order"] = order
-    index, effpix, flux = _gather_samples(order, np.ascontiguousarray(masked_rows, dtype=bool), n_cols,
-                                          warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1))
+    keep = ~masked_rows[order // n_cols]
+    index = order[keep]
+    effpix = warp_model.effpix_map().ravel()[index]
+    flux = stack.reshape(n_exp, -1)[:, index]
     return SkySamples(effpix, flux, index, n_cols)
 
 
@@ -334,9 +336,8 @@ def _drop_rows(samples, flagged, rows=None):
     new pass over the frame. ``rows``: ``samples.rows`` if already at hand.
     """
     rows = samples.rows if rows is None else rows
-    effpix, flux, index, rows = _compact_by_row(np.ascontiguousarray(flagged, dtype=bool), rows, samples.effpix,
-                                                samples.flux, samples.index)
-    return SkySamples(effpix, flux, index, samples.n_cols), rows
+    keep = ~flagged[rows]
+    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
 
 
 def _every_nth_true(flags, step, chunk=1 << 20):
