@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from specwidgets import fit_sky
 from specwidgets.interactive.state import SkyState
 from specwidgets.io.synthetic import make_synthetic_longslit
 
@@ -134,3 +135,27 @@ def test_no_exception_reaches_the_caller_of_an_observer(state, monkeypatch):
     monkeypatch.setattr(state_module, "fit_sky", lambda *a, **k: 1 / 0)
     state.method = "median"
     assert "ZeroDivisionError" in state.error and state.result is good and not state.busy
+
+
+def test_switching_back_to_a_method_shows_its_fit_again(state):
+    """Same frames, warp, mask and noise: the other method's last fit is shown again, not refit."""
+    first = state.result
+    state.method = "median"
+    median = state.result
+    assert state.n_sky_fits == 2 and median.method == "median"
+    state.method = "bspline"
+    assert state.n_sky_fits == 2 and state.result is first
+    state.method = "median"
+    assert state.n_sky_fits == 2 and state.result is median
+    # A new mask: the other method's fit no longer applies.
+    state.mask_region = [(10, 30)]
+    assert state.n_sky_fits == 3
+    state.method = "bspline"
+    assert state.n_sky_fits == 4 and state.result.mask_region == [(10, 30)]
+    # A changed option refits too, and a fit shown again is what a fresh fit gives.
+    state.spatial_order = 1
+    assert state.n_sky_fits == 5
+    state.spatial_order = None
+    assert state.n_sky_fits == 6
+    fresh = fit_sky(state.science, state.warp_model, state.mask_region, read_noise=4.0)
+    np.testing.assert_array_equal(state.result.background, fresh.background)
