@@ -324,12 +324,13 @@ def run_method(server, page, repeat):
     bar = page.page.locator(".sw-dashboard").last.locator(":scope > .widget-hbox").first
     handle = page.page.locator(".sw-mask-slider .noUi-handle-upper").last
     for i in range(repeat):
-        # A new mask first (not timed), so that the median has no fit of these inputs yet.
+        # A new mask first (its picture awaited, not counted), so that the
+        # median has no fit of these inputs yet.
         handle.scroll_into_view_if_needed()
-        drag(page.page, handle, 12 if i % 2 == 0 else -12)
-        page.wait_idle()
+        measure(server, page, ".sw-image-viewer", "href", lambda: drag(page.page, handle, 12 if i % 2 == 0 else -12))
         for name, out in (("median", fitted), ("bspline", back)):
             button = bar.locator(".widget-toggle-button", has_text=name).first
+            button.scroll_into_view_if_needed()  # the slider's drag may have scrolled it away
             out.append(measure(server, page, ".sw-image-viewer", "href", lambda b=button: click_center(page.page, b)))
     return fitted, back
 

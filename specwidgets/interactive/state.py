@@ -310,8 +310,9 @@ class SkyState(tl.HasTraits):
         """Run one recomputation; on failure keep the last results and say why."""
         self.busy = True
         start = time.perf_counter()
+        outcome = None
         try:
-            step()
+            outcome = step()
         except Exception as exc:  # noqa: BLE001 - the promise: nothing reaches the kernel
             # Input problems read as they are; anything else names its type,
             # so an unexpected failure is not mistaken for a bad setting.
@@ -321,7 +322,9 @@ class SkyState(tl.HasTraits):
         finally:
             self.last_duration = time.perf_counter() - start
             self.busy = False
-            _timing.record("compute", self.last_duration, name=getattr(step, "__qualname__", "step"))
+            # A fit shown again (see _update_sky) is logged as such, not as a computation.
+            _timing.record("kept" if outcome is _KEPT else "compute", self.last_duration,
+                           name=getattr(step, "__qualname__", "step"))
         self.error = ""
         return True
 
@@ -395,7 +398,7 @@ class SkyState(tl.HasTraits):
             last = self._last_fits.get(self.method)
             if last is not None and _same_inputs(last[0], inputs):
                 self.result = last[1]
-                return
+                return _KEPT
             result = fit_sky(
                 images,
                 self.warp_model,
@@ -446,6 +449,7 @@ class SkyState(tl.HasTraits):
 # Frames up to this many pixels (all exposures) keep the other method's
 # last fit for a switch back (the two Goodman full frames: 3.8 M).
 _KEEP_PIXELS = 8_000_000
+_KEPT = object()  # what a sky step returns when it showed a kept fit
 
 
 def _same_inputs(a, b):

@@ -113,8 +113,15 @@ def sky_samples(stack, warp_model, masked_rows):
         warp_model._cache["order"] = order
     keep = ~masked_rows[order // n_cols]
     index = order[keep]
-    effpix = warp_model.effpix_map().ravel()[index]
-    flux = stack.reshape(n_exp, -1)[:, index]
+    del keep
+    emap, flat = warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1)
+    effpix = np.empty(index.size)
+    flux = np.empty((n_exp, index.size))
+    # The gathers (effective pixels, each exposure's flux) side by side:
+    # np.take releases the GIL, and they are most of this pass ("clip": the
+    # indices are valid, and "raise" would buffer ``out``).
+    run_in_threads([lambda: np.take(emap, index, out=effpix, mode="clip")]
+                   + [(lambda k=k: np.take(flat[k], index, out=flux[k], mode="clip")) for k in range(n_exp)])
     return SkySamples(effpix, flux, index, n_cols)
 
 
@@ -1284,9 +1291,15 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     skip = result.mask[:, 0].copy()
     for a, b in unlit_ranges:
         skip[a:b] = True
-    # Two independent measures (their medians are most of the cost): side by side on the cores.
-    (chi_std, by_level), misfit = run_in_threads([lambda: _chi_scatter(result, samples, models),
-                                                  lambda: _line_misfit(result, skip)])
+    # Independent measures (the chi scatter's medians, the line misfit and,
+    # unless given, each exposure's row leak): side by side on the cores.
+    tasks = [lambda: _chi_scatter(result, samples, models), lambda: _line_misfit(result, skip)]
+    if leak is None:
+        tasks += [(lambda k=k: _leak(result.background[k], samples, k, result.gain, result.read_noise))
+                  for k in range(n_exp)]
+    (chi_std, by_level), misfit, *leaks = run_in_threads(tasks)
+    if leak is None:
+        leak = max(leaks, key=lambda lr: lr[0])
     if not math.isfinite(chi_std):
         warnings.append("Too few sky samples to judge the sky's scatter against the noise model.")
 
@@ -1294,9 +1307,6 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     n_out = sum(int(np.count_nonzero(m.outliers)) for m in models if m is not None)
     rejected_fraction = n_out / n_used if n_used else 0.0
 
-    if leak is None:
-        leak = max((_leak(result.background[k], samples, k, result.gain, result.read_noise)
-                    for k in range(n_exp)), key=lambda lr: lr[0])
     leak, leak_row = leak
 
     if rejected_fraction > REJECTED_LIMIT:
