@@ -727,10 +727,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             sub = _subsample(rows.size, 400_000)
             stride = sub.step
             rows_sub = rows[sub]
-            for k in range(n_exp):
+
+            def one(k):
                 level_sub = level[k][sub]
                 var_sub = np.clip(level_sub, 0, None) / var_gain + (var_rn / var_gain) ** 2
-                ratios[k], info = row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
+                return row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
+
+            # Subsample-sized work: the exposures side by side whatever the slit's length.
+            for k, (ratio_k, info) in enumerate(map_in_threads(one, range(n_exp))):
+                ratios[k] = ratio_k
                 info *= stride
                 info_sum += info
                 weighted += np.nan_to_num(ratios[k]) * info
