@@ -255,3 +255,22 @@ def test_map_in_threads_keeps_order_runs_nested_work_serially_and_raises(monkeyp
 
     with pytest.raises(ValueError, match="exposure 3"):
         _threads.map_in_threads(boom, range(5))
+
+
+def test_sky_samples_gather_in_chunks_matches_fancy_indexing(monkeypatch):
+    """``sky_samples`` gathers in chunks, the exposures side by side: NumPy's fancy-indexing values."""
+    from specwidgets.core.sky import api
+    from specwidgets.core.warp import WarpModel
+
+    monkeypatch.setattr(api, "_GATHER_CHUNK", 37)  # many chunks, the last one short
+    rng = np.random.default_rng(3)
+    stack = rng.normal(size=(3, 20, 50))
+    warp = WarpModel.from_tilt((20, 50), 1.5)
+    masked = np.zeros(20, bool)
+    masked[5:9] = True
+    s = api.sky_samples(stack, warp, masked)
+    order = warp._cache["order"]
+    index = order[~masked[order // 50]]
+    np.testing.assert_array_equal(s.index, index)
+    np.testing.assert_array_equal(s.effpix, warp.effpix_map().ravel()[index])
+    np.testing.assert_array_equal(s.flux, stack.reshape(3, -1)[:, index])

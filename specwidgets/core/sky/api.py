@@ -56,6 +56,8 @@ SLIT_PROFILE_RANGE = 1.5
 # Pixels per block when the background is evaluated over the frame (bounds
 # the temporaries; large enough for the kernels' threads).
 _EVAL_BLOCK_PIXELS = 1 << 20
+# Samples gathered per np.take call in ``sky_samples``.
+_GATHER_CHUNK = 1 << 18
 
 __all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
 
@@ -117,11 +119,16 @@ def sky_samples(stack, warp_model, masked_rows):
     emap, flat = warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1)
     effpix = np.empty(index.size)
     flux = np.empty((n_exp, index.size))
+    def gather(source, out):
+        # In chunks: np.take converts the indices to np.intp, and a copy of
+        # them all would add its size to the peak memory. "clip": the
+        # indices are valid, and "raise" would buffer ``out``.
+        for a in range(0, index.size, _GATHER_CHUNK):
+            np.take(source, index[a:a + _GATHER_CHUNK], out=out[a:a + _GATHER_CHUNK], mode="clip")
+
     # The gathers (effective pixels, each exposure's flux) side by side:
-    # np.take releases the GIL, and they are most of this pass ("clip": the
-    # indices are valid, and "raise" would buffer ``out``).
-    run_in_threads([lambda: np.take(emap, index, out=effpix, mode="clip")]
-                   + [(lambda k=k: np.take(flat[k], index, out=flux[k], mode="clip")) for k in range(n_exp)])
+    # np.take releases the GIL, and they are most of this pass.
+    map_in_threads(lambda job: gather(*job), [(emap, effpix)] + [(flat[k], flux[k]) for k in range(n_exp)])
     return SkySamples(effpix, flux, index, n_cols)
 
 
@@ -727,15 +734,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             sub = _subsample(rows.size, 400_000)
             stride = sub.step
             rows_sub = rows[sub]
-
-            def one(k):
+            for k in range(n_exp):
                 level_sub = level[k][sub]
                 var_sub = np.clip(level_sub, 0, None) / var_gain + (var_rn / var_gain) ** 2
-                return row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
-
-            # Subsample-sized work: the exposures side by side whatever the slit's length.
-            for k, (ratio_k, info) in enumerate(map_in_threads(one, range(n_exp))):
-                ratios[k] = ratio_k
+                ratios[k], info = row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
                 info *= stride
                 info_sum += info
                 weighted += np.nan_to_num(ratios[k]) * info
