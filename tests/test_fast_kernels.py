@@ -274,3 +274,19 @@ def test_sky_samples_gather_in_chunks_matches_fancy_indexing(monkeypatch):
     np.testing.assert_array_equal(s.index, index)
     np.testing.assert_array_equal(s.effpix, warp.effpix_map().ravel()[index])
     np.testing.assert_array_equal(s.flux, stack.reshape(3, -1)[:, index])
+
+
+def test_map_in_threads_keeps_to_numbas_thread_budget():
+    """A batch worker sets numba to one thread: the work stays in its thread."""
+    import threading
+
+    import numba
+
+    from specwidgets.core._threads import map_in_threads
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert set(map_in_threads(lambda _: threading.get_ident(), range(4))) == {threading.get_ident()}
+    finally:
+        numba.set_num_threads(before)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._threads import map_in_threads, run_in_threads
+from .._threads import map_in_threads
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
@@ -1304,7 +1304,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     if leak is None:
         tasks += [(lambda k=k: _leak(result.background[k], samples, k, result.gain, result.read_noise))
                   for k in range(n_exp)]
-    (chi_std, by_level), misfit, *leaks = run_in_threads(tasks)
+    # (map_in_threads: within the thread budget, e.g. a batch worker's one thread.)
+    (chi_std, by_level), misfit, *leaks = map_in_threads(lambda task: task(), tasks)
     if leak is None:
         leak = max(leaks, key=lambda lr: lr[0])
     if not math.isfinite(chi_std):
