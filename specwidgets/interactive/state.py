@@ -121,7 +121,7 @@ class SkyState(tl.HasTraits):
         self._constructing = True
         self._refused_mask = ""
         self._good_mask = RowRanges()
-        self._last_fits = {}  # method -> (inputs, result): see _update_sky
+        self._last_fits = {}  # method -> (shared inputs, options, result): see _update_sky
         try:
             super().__init__(science=stack, arc=arc, **traits)
         finally:
@@ -390,14 +390,15 @@ class SkyState(tl.HasTraits):
                 }
             images, noise = self._sky_inputs()
             # Switching back to a method whose last fit had these very inputs
-            # (frames and warp model by identity, mask, options, noise) shows
-            # that fit again: the same result a new fit would give, without
-            # its cost (a full frame's default fit takes a third of a second).
-            inputs = (self.science, self.warp_model, tuple(self.mask_region), tuple(sorted(noise.items())),
-                      self.read_noise, self.gain, tuple(sorted(options.items())))
+            # (frames and warp model by identity, mask, noise settings, options)
+            # shows that fit again: the same result a new fit would give,
+            # without its cost (a full frame's default fit takes a third of a
+            # second). The noise keywords follow from read_noise and gain.
+            shared = (self.science, self.warp_model, (tuple(self.mask_region), self.read_noise, self.gain))
+            options_key = tuple(sorted(options.items()))
             last = self._last_fits.get(self.method)
-            if last is not None and _same_inputs(last[0], inputs):
-                self.result = last[1]
+            if last is not None and _same_inputs(last[0], shared) and last[1] == options_key:
+                self.result = last[2]
                 return _KEPT
             result = fit_sky(
                 images,
@@ -418,9 +419,9 @@ class SkyState(tl.HasTraits):
             # same frames, warp, mask and noise model; only for frames of up
             # to _KEEP_PIXELS pixels (a kept fit holds several frame-sized arrays).
             self._last_fits = {m: v for m, v in self._last_fits.items()
-                               if m != self.method and _same_inputs(v[0][:6], inputs[:6])}
+                               if m != self.method and _same_inputs(v[0], shared)}
             if self.science.size <= _KEEP_PIXELS:
-                self._last_fits[self.method] = (inputs, result)
+                self._last_fits[self.method] = (shared, options_key, result)
             else:
                 self._last_fits.clear()
             self.result = result
@@ -453,8 +454,8 @@ _KEPT = object()  # what a sky step returns when it showed a kept fit
 
 
 def _same_inputs(a, b):
-    """Fit inputs (see ``SkyState._update_sky``) equal: frames and warp model the same objects, the rest equal."""
-    return a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:]
+    """``(frames, warp model, rest)`` of two fits alike: the same objects, the rest equal."""
+    return a[0] is b[0] and a[1] is b[1] and a[2] == b[2]
 
 
 class _Hold:

@@ -119,6 +119,7 @@ def sky_samples(stack, warp_model, masked_rows):
     emap, flat = warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1)
     effpix = np.empty(index.size)
     flux = np.empty((n_exp, index.size))
+
     def gather(source, out):
         # In chunks: np.take converts the indices to np.intp, and a copy of
         # them all would add its size to the peak memory. "clip": the
@@ -1398,8 +1399,8 @@ def _chi_scatter(result, samples, models):
     """``(chi_std, by_level)``: the sky samples' robust chi scatter, overall and at the faintest half
     and the brightest tenth of the sky levels (a wrong gain shows where the sky is bright)."""
     n_exp = result.data.shape[0]
-    # The scatter from a regular subsample of the sky samples (the chi of
-    # the others is only summed per row, below).
+    # A regular subsample of the sky samples (all of them are summed per row
+    # for the leak, in ``_leak``).
     pick = _subsample(samples.index.size)
     bg = result.background.reshape(n_exp, -1)[:, samples.index[pick]]
     var = np.clip(bg, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
