@@ -4,6 +4,8 @@ They exist only for speed (issue 13): the default ``fit_sky`` must give the
 same backgrounds with them as without.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -290,3 +292,43 @@ def test_map_in_threads_keeps_to_numbas_thread_budget():
         assert set(map_in_threads(lambda _: threading.get_ident(), range(4))) == {threading.get_ident()}
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_exp", [1, 3])
+def test_median_sky_spectrum_in_column_blocks_matches_the_whole_band(monkeypatch, n_exp):
+    """The sky-line guesses' spectrum, by column blocks in threads: the whole band's medians, NaN and all."""
+    from specwidgets.core.sky import sky_warp
+
+    monkeypatch.setattr(sky_warp, "_SPECTRUM_BLOCK_COLS", 7)  # many blocks, the last one short
+    rng = np.random.default_rng(5)
+    stack = rng.normal(100.0, 5.0, size=(n_exp, 40, 60))
+    stack[:, 10:13, 20:24] = np.nan  # some columns hold NaN in a few rows ...
+    stack[:, :, 50] = np.nan  # ... one holds nothing else
+    rows = np.r_[0:8, 14:40]  # an even count: the mean of the two middle values
+    band = stack[:, rows].mean(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the all-NaN column
+        expected = np.nanmedian(band.T, axis=1)
+        got = sky_warp._median_sky_spectrum(stack, rows)
+    np.testing.assert_array_equal(got, expected)
+    clean = stack[:, :, :20]  # no NaN: np.median's values
+    np.testing.assert_array_equal(sky_warp._median_sky_spectrum(clean, rows), np.median(clean[:, rows].mean(axis=0), axis=0))
+
+
+def test_sky_model_evaluates_into_a_given_array():
+    """``sky(e, out=level[k])`` fills that row in place, with the values of ``sky(e)``; a wrong ``out`` is refused."""
+    rng = np.random.default_rng(2)
+    e = np.sort(rng.uniform(0, 50, 3000))
+    flux = 100 + 50 * np.exp(-0.5 * ((e - 25) / 1.5) ** 2) + rng.normal(0, 2, e.size)
+    sky = bs.fit_bspline_sky(e, flux, read_noise=2.0)
+    level = np.zeros((2, e.size))
+    row = level[1]
+    assert sky(e, out=row) is row
+    np.testing.assert_array_equal(level[1], sky(e))
+    assert not level[0].any()
+    grid = e[:2000].reshape(40, 50)
+    out = np.empty((40, 50))
+    np.testing.assert_array_equal(sky(grid, out=out), sky(grid))
+    for bad in (np.empty(e.size, np.float32), np.empty(e.size + 1), level[:, 0], level.T[0]):
+        with pytest.raises(ValueError, match="out must be"):
+            sky(e, out=bad)

@@ -715,7 +715,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
                 extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
             )
-            level[k] = first[k](samples.effpix)
+            first[k](samples.effpix, out=level[k])
 
         each_exposure(first_pass)
         if rows is None:
@@ -765,7 +765,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                         samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
                         extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
                     )
-                    level[k] = first[k](samples.effpix)
+                    first[k](samples.effpix, out=level[k])
 
             each_exposure(refit)
             used = np.isfinite(clean)
@@ -1194,7 +1194,7 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
             break
     if total:
         first[k] = model
-        level[k] = model(effpix - total * t)
+        model(effpix - total * t, out=level[k])
     return float(total)
 
 

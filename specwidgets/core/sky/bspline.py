@@ -202,20 +202,22 @@ class BSplineSky:
                     self.n_intervals, y_off, y_scale, n_terms)
         return e, y, shape, geometry
 
-    def _model(self, effpix, rows, first_term_only):
+    def _model(self, effpix, rows, first_term_only, out=None):
         e, y, shape, geometry = self._points(effpix, rows)
         # Read-only views: one compiled signature whether or not the caller's arrays are writable.
         e, y = e.view(), y.view()
         e.flags.writeable = y.flags.writeable = False
-        out = np.empty(e.size)
-        coef = np.ascontiguousarray(self.coefficients.ravel())
-        if e.size < _PARALLEL_MIN_SAMPLES:
-            _evaluate_any(e, y, *geometry, coef, first_term_only, out)
+        if out is None:
+            result = np.empty(shape)
+        elif (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == shape
+              and out.flags.c_contiguous and out.flags.writeable):
+            result = out
         else:
-            _evaluate_chunked(e, y, *geometry, coef, first_term_only, out, numba.get_num_threads())
-        return out.reshape(shape)
+            raise ValueError(f"out must be a writable, C-contiguous float64 array of shape {shape}")
+        _evaluate_into(self, e, y, geometry, first_term_only, result.reshape(-1))
+        return result
 
-    def __call__(self, effpix, rows=None):
+    def __call__(self, effpix, rows=None, *, out=None):
         """Evaluate the sky model.
 
         Parameters
@@ -225,15 +227,19 @@ class BSplineSky:
         rows : array_like, optional
             Row of each position, broadcastable against ``effpix``; required
             when ``spatial_order > 0``, ignored otherwise.
+        out : ndarray, optional
+            Where to write the values: a writable, C-contiguous float64 array
+            of the inputs' broadcast shape (no new array of that size).
 
         Returns
         -------
         ndarray
-            Sky values, shaped like the broadcast inputs. Positions outside
-            ``extent`` get the value at the nearest end; NaN gives NaN. Rows
-            outside ``row_range`` extrapolate the Legendre polynomial.
+            Sky values, shaped like the broadcast inputs (``out`` when
+            given). Positions outside ``extent`` get the value at the nearest
+            end; NaN gives NaN. Rows outside ``row_range`` extrapolate the
+            Legendre polynomial.
         """
-        return self._model(effpix, rows, False)
+        return self._model(effpix, rows, False, out)
 
     def noise_variance(self, effpix, rows=None):
         """Per-pixel data variance predicted by the noise model.
@@ -297,6 +303,15 @@ class BSplineSky:
 # ---------------------------------------------------------------------------
 # fitting
 # ---------------------------------------------------------------------------
+
+
+def _evaluate_into(sky, e, y, geometry, first_term_only, out):
+    """The model ``sky`` at the flat points ``(e, y)``, written into ``out``."""
+    coef = np.ascontiguousarray(sky.coefficients.ravel())
+    if e.size < _PARALLEL_MIN_SAMPLES:
+        _evaluate_any(e, y, *geometry, coef, first_term_only, out)
+    else:
+        _evaluate_chunked(e, y, *geometry, coef, first_term_only, out, numba.get_num_threads())
 
 
 def _as_samples(values, name):
