@@ -404,6 +404,16 @@ def test_closed_pages_free_their_kernels_and_the_cap_says_busy(dashboard):
         assert _wait(lambda: not dashboard.kernels(), 30), "kernels of closed pages are still running"
         again = await dashboard.open_page()
         await dashboard.close_page(*again)
+        assert _wait(lambda: not dashboard.kernels(), 30)
+        # Three requests at once: the pages still waiting for their kernels count, so no third kernel starts.
+        burst = await asyncio.gather(*(dashboard.get("/") for _ in range(3)))
+        assert sorted(r.code for r in burst) == [200, 200, 503], [r.code for r in burst]
+        for response in burst:
+            if response.code == 200:
+                kernel_id = re.search(r'"kernelId": "([0-9a-f-]+)"', response.body.decode()).group(1)
+                cookies = dict(h.split(";")[0].split("=", 1) for h in response.headers.get_list("Set-Cookie"))
+                assert (await dashboard.close_page(kernel_id, cookies)).code == 204
+        assert _wait(lambda: not dashboard.kernels(), 30), "kernels of closed pages are still running"
 
     asyncio.run(probe())
 
@@ -489,14 +499,78 @@ def test_messages_name_paths_relative_to_the_root(root):
 
 
 def test_pooled_kernels_are_not_counted_as_pages():
-    from specwidgets.app.voila_server import open_pages
+    """Only kernels handed to a page count, and a refill whose kernel is listed while it starts does not."""
+    from specwidgets.app.voila_server import admit_page, open_pages
 
-    class Started:  # a pool entry whose kernel runs (the notebook is being or has been run in it)
-        def __init__(self, kernel_id):
-            self.kernel_id = kernel_id
+    class Manager:  # Voila's kernel manager, as the page handler sees it
+        def __init__(self):
+            self.kernels, self.gate = [], None
+
+        def list_kernel_ids(self):
+            return list(self.kernels)
+
+        def refill(self, kernel_id):  # the pool starts a kernel through the base class, not start_kernel
+            self.kernels.append(kernel_id)
+
+        async def get_rendered_notebook(self, name, **kwargs):
+            if self.gate is not None:
+                await self.gate.wait()
+            return "render task", [], self.kernels[0]
+
+        async def start_kernel(self, **kwargs):
+            if self.gate is not None:
+                await self.gate.wait()
+            kernel_id = f"k{len(self.kernels)}"
+            self.kernels.append(kernel_id)
+            return kernel_id
+
+    async def scenario():
+        m = Manager()
+        assert open_pages(m) == 0
+        m.refill("pool-a")
+        assert open_pages(m) == 0  # pre-heated, waiting for a page
+        with admit_page(m):
+            assert open_pages(m) == 1  # admitted, its kernel not handed over yet
+            await m.get_rendered_notebook("dashboard.ipynb")  # the page takes the pre-heated kernel ...
+            assert open_pages(m) == 1
+        m.refill("pool-b")  # ... and the refill's kernel is listed while it starts
+        assert open_pages(m) == 1
+        with admit_page(m):
+            await m.start_kernel()  # a page with a kernel of its own (no pool)
+        assert open_pages(m) == 2
+        m.gate = asyncio.Event()
+
+        async def page():
+            with admit_page(m):
+                await m.start_kernel()
+
+        burst = [asyncio.ensure_future(page()) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert open_pages(m) == 5  # pages still waiting for their kernels count
+        m.gate.set()
+        await asyncio.gather(*burst)
+        assert open_pages(m) == 5
+        m.kernels.remove("pool-a")  # the first page closed: its kernel was shut down
+        assert open_pages(m) == 4
+        with pytest.raises(RuntimeError), admit_page(m):
+            raise RuntimeError("the page failed before its kernel")
+        assert open_pages(m) == 4  # a failed request holds no slot
+
+    asyncio.run(scenario())
+
+
+def test_a_delayed_refill_starts_at_once_when_a_page_waits_for_it(monkeypatch):
+    """The pool's refill waits out its delay while other kernels are ready, unless a page waits for it."""
+    from specwidgets.app import voila_server
+
+    monkeypatch.setitem(voila_server._POOL_OWNER, "manager", None)  # this test's fake manager goes after it
+
+    class Entry:
+        def __init__(self, done):
+            self._done = done
 
         def done(self):
-            return True
+            return self._done
 
         def cancelled(self):
             return False
@@ -504,24 +578,44 @@ def test_pooled_kernels_are_not_counted_as_pages():
         def exception(self):
             return None
 
-        def result(self):
-            return {"kernel_id": self.kernel_id}
-
-    class Starting(Started):  # a refill whose kernel is not up yet
-        def done(self):
-            return False
-
     class Manager:
-        def __init__(self, kernels, pools):
-            self._kernels, self._pools = kernels, pools
+        def __init__(self):
+            self._pools = {"dashboard.ipynb": []}
 
         def list_kernel_ids(self):
-            return list(self._kernels)
+            return []
 
-    assert open_pages(Manager(["a", "b", "c"], {"dashboard.ipynb": [Started("c")]})) == 2
-    # A refill that has not started its kernel: the page's kernel still counts.
-    assert open_pages(Manager(["a"], {"dashboard.ipynb": [Starting(None)]})) == 1
-    assert open_pages(Manager(["a", "b"], {})) == 2  # no pool (preheat off)
+        async def get_rendered_notebook(self, notebook_name, **kwargs):
+            return "render task", [], "k"
+
+    async def started():
+        return "kernel"
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await voila_server._wait_before(0.2, started()) == "kernel"
+        assert loop.time() - t0 >= 0.19  # nobody waits: the whole delay
+        m = Manager()
+        voila_server.track_pages(m)
+        # No pre-heated kernel left: the refill waits Voila's 1 s only.
+        t0 = loop.time()
+        assert await voila_server._wait_before(30.0, started()) == "kernel"
+        assert loop.time() - t0 < voila_server.EMPTY_POOL_DELAY + 1.0
+        # Another one ready: the refill waits out its delay ...
+        m._pools["dashboard.ipynb"] = [Entry(done=True)]
+        refill = asyncio.ensure_future(voila_server._wait_before(30.0, started()))
+        await asyncio.sleep(0)
+        await m.get_rendered_notebook(notebook_name="dashboard.ipynb")  # a ready kernel: nothing woken
+        await asyncio.sleep(0.05)
+        assert not refill.done()
+        m._pools["dashboard.ipynb"] = [Entry(done=False)]
+        t0 = loop.time()
+        await m.get_rendered_notebook(notebook_name="dashboard.ipynb")  # the page waits for the refill
+        assert await asyncio.wait_for(refill, 5) == "kernel"
+        assert loop.time() - t0 < 5
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.slow

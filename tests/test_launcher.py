@@ -173,6 +173,26 @@ def test_missing_data_folder_is_an_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, says", [
+    ("--max-sessions", "0", "give at least 1"),
+    ("--pool-size", "-1", "0 (no pre-heated kernels) or more"),
+    ("--pool-refill-delay", "-2", "0 or more"),
+    ("--pool-refill-delay", "nan", "0 or more"),
+])
+def test_bad_server_limits_are_named(monkeypatch, capsys, option, value, says):
+    monkeypatch.setattr(launcher.subprocess, "Popen", lambda *a, **k: pytest.fail("Voila started"))
+    code = launcher.run_dashboard_command(parse(["dashboard", "--port", str(free_port()), "--no-browser",
+                                                 option, value]))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert option in err and says in err
+
+
+def test_the_refill_delay_reaches_voila_only_with_a_pool():
+    assert "--VoilaKernelManager.fill_delay=12.5" in launcher.voila_command(pool_size=2, refill_delay=12.5)
+    assert not any("fill_delay" in part for part in launcher.voila_command(pool_size=0, refill_delay=12.5))
+
+
 def test_taken_port_is_an_error(capsys):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -297,6 +317,7 @@ def test_command_and_environment(tmp_path, monkeypatch, capsys):
     # One kernel kept pre-heated by default (the page opens from it at once).
     assert "--VoilaConfiguration.preheat_kernel=True" in command
     assert "--VoilaConfiguration.default_pool_size=1" in command
+    assert f"--VoilaKernelManager.fill_delay={launcher.DEFAULT_REFILL_DELAY!r}" in command
     assert env[DATA_ENV] == str((tmp_path / "night").resolve())
     assert f"http://127.0.0.1:{port}/" in capsys.readouterr().out
 

@@ -18,6 +18,10 @@ and :mod:`specwidgets.app.voila_server`, which the launcher runs instead of plai
   time to start Python and build the app (Voila's ``preheat_kernel``). Each
   costs an idle kernel (~330 MB); 0 turns it off. Pre-heated kernels do not
   count as open pages.
+* ``--pool-refill-delay S`` (default 10): while other pre-heated kernels are
+  ready, a used one is replaced S seconds later, so that the replacement (a
+  kernel start and the notebook run) does not compete with the pages being
+  opened; with none left, 1 s later, and at once if a page is waiting.
 
 The dashboard notebook ships inside the package (:data:`specwidgets.app.page.NOTEBOOK`),
 so a plain ``pip install`` can serve it. Voila renders a notebook without
@@ -37,6 +41,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -68,6 +73,8 @@ READY_TIMEOUT = 300
 
 #: Pages served at once by default: each holds a kernel of about 330 MB.
 DEFAULT_MAX_SESSIONS = 8
+#: Seconds between a page taking a pre-heated kernel and the start of its replacement.
+DEFAULT_REFILL_DELAY = 10.0
 
 #: Kernels kept pre-heated by default (the notebook already run in them):
 #: the next page opens from one in ~1 s instead of ~5 s.
@@ -134,6 +141,10 @@ def add_dashboard_parser(subparsers):
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, metavar="N",
                         help=f"kernels kept ready with the dashboard already built, so that a page opens at once "
                              f"(default {DEFAULT_POOL_SIZE}; each idles at ~330 MB; 0 starts a kernel per page)")
+    parser.add_argument("--pool-refill-delay", type=float, default=DEFAULT_REFILL_DELAY, metavar="SECONDS",
+                        help=f"while other pre-heated kernels are ready, wait this long after a page takes one "
+                             f"before starting its replacement (default {DEFAULT_REFILL_DELAY:g}), so that the "
+                             f"refill does not compete with the pages being opened (with none left: 1 s)")
     parser.set_defaults(func=run_dashboard_command)
     return parser
 
@@ -146,7 +157,8 @@ def _settings_args(settings):
     return args
 
 
-def voila_command(notebook=None, *, port=DEFAULT_PORT, ip="127.0.0.1", open_browser=False, pool_size=0):
+def voila_command(notebook=None, *, port=DEFAULT_PORT, ip="127.0.0.1", open_browser=False, pool_size=0,
+                  refill_delay=None):
     """The Voila command line that serves ``notebook`` (default: the packaged dashboard).
 
     ``pool_size`` > 0 keeps that many kernels pre-heated (Voila's
@@ -175,6 +187,8 @@ def voila_command(notebook=None, *, port=DEFAULT_PORT, ip="127.0.0.1", open_brow
         raise ValueError(f"pool_size must be 0 (no pre-heated kernels) or more; got {pool_size}")
     if pool_size:
         command += ["--VoilaConfiguration.preheat_kernel=True", f"--VoilaConfiguration.default_pool_size={pool_size}"]
+        if refill_delay is not None:
+            command.append(f"--VoilaKernelManager.fill_delay={float(refill_delay)!r}")
     if not open_browser:
         command.append("--no-browser")
     return command
@@ -296,7 +310,8 @@ def run_dashboard_command(args):
         print(f"specwidgets dashboard: sharing on {args.ip}: open {url} (anyone with this URL can use the "
               "page; share it only with those who should)", flush=True)
     command = voila_command(port=port, ip=args.ip, open_browser=not args.no_browser,
-                            pool_size=getattr(args, "pool_size", 0))
+                            pool_size=getattr(args, "pool_size", 0),
+                            refill_delay=getattr(args, "pool_refill_delay", DEFAULT_REFILL_DELAY))
     # On a first run, compile the sky kernels into the user cache here, on
     # the other core, while Voila and its kernel start: the page then loads
     # them instead of compiling, and the first switch of method is quick.
@@ -426,6 +441,9 @@ def _security_environment(args, env):
         return f"--max-sessions {args.max_sessions}: give at least 1"
     if getattr(args, "pool_size", 0) < 0:
         return f"--pool-size {args.pool_size}: give 0 (no pre-heated kernels) or more"
+    delay = getattr(args, "pool_refill_delay", DEFAULT_REFILL_DELAY)
+    if not (delay >= 0 and math.isfinite(delay)):
+        return f"--pool-refill-delay {delay}: give a number of seconds, 0 or more"
     env[MAX_SESSIONS_ENV] = str(args.max_sessions)
     origins = [o.rstrip("/") for o in args.allow_origin]
     names = [urlsplit(o).hostname or o for o in origins]

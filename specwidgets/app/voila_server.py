@@ -1,7 +1,7 @@
 """Voila with the guards a shared dashboard needs: ``python -m specwidgets.app.voila_server NOTEBOOK [voila options]``.
 
 The launcher (:mod:`specwidgets.app.launcher`) runs this instead of ``voila``.
-It is Voila 0.5 with four changes, configured by environment variables:
+It is Voila 0.5 with these changes, configured by environment variables and Voila's options:
 
 * **Host check** (:data:`HOSTS_ENV`, comma-separated): a request whose
   ``Host`` header names anything else gets 403. Voila itself sets
@@ -20,9 +20,16 @@ It is Voila 0.5 with four changes, configured by environment variables:
   ``403 '_xsrf' argument missing``. The page handler now sets it.
 * **A session cap** (:data:`MAX_SESSIONS_ENV`): past it a new page gets a
   short "server busy" page (503) instead of another ~330 MB kernel.
-  Pre-heated kernels (``--VoilaConfiguration.preheat_kernel=True``, which
+  The pages counted are the kernels handed to a page (:func:`track_pages`):
+  pre-heated kernels (``--VoilaConfiguration.preheat_kernel=True``, which
   the launcher's ``--pool-size`` turns on) wait for a page and are not
-  counted as pages.
+  counted, nor is a refill whose kernel is still starting; a page admitted
+  and still waiting for its kernel is (so a burst cannot pass the cap).
+* **The pool's refill waits** (``--VoilaKernelManager.fill_delay``, the
+  launcher's ``--pool-refill-delay``) while other pre-heated kernels are
+  ready, so that it does not compete with the pages just opened; with none
+  left it waits 1 s, as Voila did, and a page waiting for it wakes it
+  (:func:`_wait_before`).
 
 With pre-heated kernels Voila also opens an unauthenticated websocket route,
 ``/voila/query/<kernel id>``, that hands a page's request (its query string,
@@ -33,6 +40,9 @@ kept for it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import os
 import re
 import sys
@@ -97,22 +107,136 @@ def _find_handler(original):
     return find_handler
 
 
-def open_pages(kernel_manager):
-    """Kernels serving pages: all of them but those kept pre-heated in Voila's pool.
+#: The page request being served (set by the page handler, read where its kernel is handed over).
+_PAGE_SLOT = contextvars.ContextVar("specwidgets_page_slot", default=None)
 
-    A pool entry is a task that is done once its kernel has started (the
-    notebook then runs in it); a refill still starting its kernel holds none
-    yet, so only done entries are subtracted.
+
+def track_pages(kernel_manager):
+    """Record, from now on, the kernels ``kernel_manager`` hands to pages; the record (once per manager).
+
+    A page gets its kernel from Voila's pool (``get_rendered_notebook``) or
+    has one started for it (``start_kernel``); the pool fills itself through
+    the base class's ``start_kernel``, which this does not wrap, so a
+    pre-heated kernel, ready or still starting, is never taken for a page.
+    ``pending`` counts the pages admitted (:func:`admit_page`) that do not
+    hold their kernel yet.
     """
-    pooled = set()
-    for pool in getattr(kernel_manager, "_pools", {}).values():
-        for task in pool:
-            try:
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    pooled.add(task.result()["kernel_id"])
-            except Exception:  # noqa: BLE001 - an entry that failed to start holds no kernel
-                continue
-    return len(set(kernel_manager.list_kernel_ids()) - pooled)
+    record = getattr(kernel_manager, "_specwidgets_pages", None)
+    if record is not None:
+        return record
+    record = {"ids": set(), "pending": 0}
+
+    def wrap(name, kernel_id_of):
+        original = getattr(kernel_manager, name, None)
+        if original is None:
+            return
+
+        async def handed_to_a_page(*args, **kwargs):
+            if name == "get_rendered_notebook":
+                _wake_if_waited_for(kernel_manager, kwargs.get("notebook_name", args[0] if args else None))
+            result = original(*args, **kwargs)
+            if hasattr(result, "__await__"):
+                result = await result
+            record["ids"].add(kernel_id_of(result))
+            _release(record)  # the page now counts by its kernel
+            return result
+
+        setattr(kernel_manager, name, handed_to_a_page)
+
+    wrap("get_rendered_notebook", lambda result: result[2])  # (render task, rendered cells, kernel id)
+    wrap("start_kernel", lambda result: result)
+    kernel_manager._specwidgets_pages = record
+    _POOL_OWNER["manager"] = kernel_manager
+    return record
+
+
+#: Refills of Voila's pool sleeping out their delay (``--pool-refill-delay``); see :func:`_wait_before`.
+_DELAYED_REFILLS = set()
+#: The kernel manager whose pool :func:`_wait_before` looks at (one per server process).
+_POOL_OWNER = {"manager": None}
+#: A refill's delay when no pre-heated kernel is left (Voila's own default).
+EMPTY_POOL_DELAY = 1.0
+
+
+async def _wait_before(delay, awaitable):
+    """Voila's ``wait_before`` (a refill's delay): long while other pre-heated kernels are ready, short otherwise.
+
+    The delay keeps a refill (a kernel start and the notebook run, seconds of
+    CPU) from competing with the pages just opened, as long as the pool still
+    has ready kernels for the next pages; with none left the refill waits
+    only :data:`EMPTY_POOL_DELAY`, and a page that finds no ready kernel
+    (it waits for a refill) wakes the sleeping ones.
+    """
+    if delay and delay > 0 and not _ready_kernel_left():
+        delay = min(delay, EMPTY_POOL_DELAY)
+    if delay and delay > 0:
+        woken = asyncio.Event()
+        _DELAYED_REFILLS.add(woken)
+        try:
+            await asyncio.wait_for(woken.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            _DELAYED_REFILLS.discard(woken)
+    return await awaitable
+
+
+def _ready_kernel_left():
+    """Whether the pool holds a kernel ready for the next page (True when no pool is known)."""
+    manager = _POOL_OWNER["manager"]
+    if manager is None:
+        return True
+    for pool in getattr(manager, "_pools", {}).values():
+        for entry in pool:
+            if entry.done() and not entry.cancelled() and entry.exception() is None:
+                return True
+    return False
+
+
+def _wake_if_waited_for(kernel_manager, notebook_name):
+    """Start the delayed refills now if the page asking will wait for one (its pool holds no ready kernel)."""
+    pool = getattr(kernel_manager, "_pools", {}).get(notebook_name) or []
+    # Voila hands out the oldest entry: a page waits when it is still starting.
+    if pool and not pool[0].done():
+        for woken in list(_DELAYED_REFILLS):
+            woken.set()
+
+
+def _release(record):
+    slot = _PAGE_SLOT.get()
+    if slot is not None and slot["pending"]:
+        slot["pending"] = False
+        record["pending"] -= 1
+
+
+def open_pages(kernel_manager):
+    """Pages open: kernels handed to a page that still run, and pages admitted that wait for theirs.
+
+    Kernels kept pre-heated in Voila's pool are not pages, whether their
+    start has finished or not (a refill's kernel is listed while it starts).
+    """
+    record = track_pages(kernel_manager)
+    record["ids"] &= set(kernel_manager.list_kernel_ids())  # forget the kernels shut down
+    return len(record["ids"]) + record["pending"]
+
+
+@contextlib.contextmanager
+def admit_page(kernel_manager):
+    """Count a page request as open from its admission until its kernel is handed over (or it fails).
+
+    Between the cap's check and the kernel's start the handler waits (a
+    kernel starts in seconds): without this, every request of a burst would
+    pass the check before the first kernel is listed.
+    """
+    record = track_pages(kernel_manager)
+    slot = {"pending": True}
+    record["pending"] += 1
+    token = _PAGE_SLOT.set(slot)
+    try:
+        yield
+    finally:
+        _release(record)
+        _PAGE_SLOT.reset(token)
 
 
 def _handlers():
@@ -136,7 +260,8 @@ def _handlers():
             # Reading the token sets the cookie the page's close beacon sends
             # back with its shutdown request (without it: 403, kernel kept).
             self.xsrf_token  # noqa: B018
-            return await super().get(path)
+            with admit_page(self.kernel_manager):
+                return await super().get(path)
 
     class WebsocketHandler(VoilaKernelWebsocketHandler):
         """Kernel channels: only for clients that speak the v1 protocol."""
@@ -174,6 +299,8 @@ def _app_class():
                 settings["specwidgets_max_sessions"] = int(os.environ.get(MAX_SESSIONS_ENV, "0") or 0)
             except ValueError:
                 settings["specwidgets_max_sessions"] = 0
+            # Before any page is served: the cap counts the kernels handed to pages.
+            track_pages(self.kernel_manager)
             return settings
 
         def init_handlers(self):
@@ -204,6 +331,10 @@ def main(argv=None):
     from voila.request_info_handler import RequestInfoSocketHandler
 
     RequestInfoSocketHandler.send_updates = classmethod(lambda cls, msg: None)
+    # The pool's refill delay, woken by a page that waits for the refill.
+    import voila.voila_kernel_manager
+
+    voila.voila_kernel_manager.wait_before = _wait_before
     tornado.web.Application.find_handler = _find_handler(tornado.web.Application.find_handler)
     app = _app_class()
     app.launch_instance(argv=sys.argv[1:] if argv is None else argv)
