@@ -34,7 +34,10 @@ Every figure is a median over ``--repeat`` tries (the machine is shared).
 Run::
 
     python benchmarks/bench_browser.py [--repeat 5] [--only ready,demo,crop,full] [--pages 3]
-        [--server-args "--pool-size 0"]
+        [--together 8] [--server-args "--pool-size 0"]
+
+(``--together N``: N demo pages opened at once as well, e.g. with
+``--server-args "--pool-size 8"`` so that each finds a pre-heated kernel.)
 
 (``ready``: the page loads only.)
 
@@ -177,7 +180,7 @@ class DashboardServer:
 class Page:
     """One dashboard page in its own browser context, with its websocket frames counted."""
 
-    def __init__(self, browser, url):
+    def __init__(self, browser, url, wait=True):
         self.context = browser.new_context(viewport=VIEWPORT)
         self.context.route(lambda u: not u.startswith(("http://127.0.0.1", "ws://127.0.0.1")), self._outside)
         self.page = self.context.new_page()
@@ -186,6 +189,11 @@ class Page:
         self.errors = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.goto(url, timeout=300000, wait_until="commit")
+        if wait:
+            self.finish()
+
+    def finish(self):
+        """Wait until the page is ready (image and sky spectrum drawn) and read where the time went."""
         self.page.wait_for_function(READY_JS, timeout=300000, polling=20)
         self.ready_ms = self.page.evaluate("window.__swReady")
         # Where the time went: the HTML (Voila runs the notebook unless a
@@ -220,6 +228,11 @@ class Page:
             self.page.wait_for_timeout(50)
 
     def close(self):
+        # As a user closing the tab: the page's close beacon shuts its kernel
+        # down (closing the context alone tears the page down without it, and
+        # the kernel would count as an open page until culled).
+        self.page.close(run_before_unload=True)
+        time.sleep(0.5)
         self.context.close()
 
 
@@ -423,12 +436,64 @@ def page_ready(browser, server, n_pages, pause):
     return times
 
 
+def _cpu_seconds(server):
+    """CPU seconds used so far by the server's kernels, the rest of the server (Voila), and Chromium."""
+    import psutil
+
+    def used(proc):
+        try:
+            t = proc.cpu_times()  # its own, not its children's: they are counted themselves
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    out = {"kernels": 0.0, "server": 0.0, "chromium": 0.0}
+    try:
+        root = psutil.Process(server.process.pid)
+        tree = [root] + root.children(recursive=True)
+    except psutil.Error:
+        tree = []
+    for proc in tree:
+        try:
+            kind = "kernels" if "ipykernel" in " ".join(proc.cmdline()) else "server"
+        except psutil.Error:
+            continue
+        out[kind] += used(proc)
+    for proc in psutil.process_iter(["name"]):
+        if "chrom" in (proc.info["name"] or "").lower():
+            out["chromium"] += used(proc)
+    return out
+
+
+def pages_together(browser, server, n_pages):
+    """``n_pages`` pages opened at once (each navigation started before any is waited for).
+
+    Each page's time runs from its own navigation start, so a page the
+    others delayed shows it. Returns ``(ready_ms, phases)`` per page and the
+    CPU seconds the kernels, the rest of the server (Voila) and Chromium
+    used meanwhile: here the browsers share the server's cores, where
+    users' browsers run on their own machines.
+    """
+    before = _cpu_seconds(server)
+    pages = [Page(browser, server.url, wait=False) for _ in range(n_pages)]
+    try:
+        for page in pages:
+            page.finish()
+        after = _cpu_seconds(server)
+        return [(page.ready_ms, page.phases) for page in pages], {k: after[k] - before[k] for k in after}
+    finally:
+        for page in pages:
+            page.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--pages", type=int, default=3, help="page loads timed on the demo")
     parser.add_argument("--pause", type=float, default=20.0,
                         help="seconds between page loads (the pre-heated kernel's refill)")
+    parser.add_argument("--together", type=int, default=0, metavar="N",
+                        help="also open N demo pages at once (after the pre-heated pool has refilled)")
     parser.add_argument("--only", default="demo,crop,full")
     parser.add_argument("--server-args", default="", help="extra arguments to specwidgets dashboard")
     args = parser.parse_args(argv)
@@ -452,6 +517,13 @@ def main(argv=None):
                     for ready_ms, phases in page_ready(browser, server, args.pages, args.pause):
                         ready_rows.append(["page ready", "demo", ready_ms, phases])
                     print(f"(demo server ready in {start_s:.1f} s)")
+                    if args.together:
+                        time.sleep(args.pause)
+                        together, cpu = pages_together(browser, server, args.together)
+                        for ready_ms, phases in together:
+                            ready_rows.append([f"page ready, {args.together} at once", "demo", ready_ms, phases])
+                        print(f"({args.together} pages at once: CPU seconds until the last was ready: "
+                              + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) + ")")
                     if "demo" not in cases:
                         raise _Done
                     time.sleep(args.pause)
@@ -501,14 +573,19 @@ def main(argv=None):
     if ready_rows:
         print()
         print("Page ready (navigation -> image and sky spectrum drawn), ms:")
-        values = [r[2] for r in ready_rows]
+        out = []
+        for label in dict.fromkeys(r[0] for r in ready_rows):
+            these = [r for r in ready_rows if r[0] == label]
+            values = [r[2] for r in these]
 
-        def phase(key):
-            return f"{statistics.median(r[3][key] for r in ready_rows):.0f}"
+            def phase(key, these=these):
+                return f"{statistics.median(r[3][key] for r in these):.0f}"
 
-        print(table([["demo", len(values), f"{statistics.median(values):.0f}", " ".join(f"{v:.0f}" for v in values),
-                      phase("html"), phase("dom"), phase("first_ws"), "2000"]],
-                    ["case", "tries", "median", "each", "HTML received", "DOM ready", "first kernel msg", "goal"]))
+            # Pages opened at once: the last page ready is what the last user waits.
+            out.append([label, "demo", len(values), f"{statistics.median(values):.0f}", f"{max(values):.0f}",
+                        " ".join(f"{v:.0f}" for v in values), phase("html"), phase("dom"), phase("first_ws"), "2000"])
+        print(table(out, ["pages", "case", "tries", "median", "slowest", "each", "HTML received", "DOM ready",
+                          "first kernel msg", "goal"]))
     if rows:
         print()
         print("Round trips, event -> new picture/curves, medians (ms; 'kernel': first callback start -> last kernel "
