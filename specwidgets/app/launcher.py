@@ -21,7 +21,8 @@ and :mod:`specwidgets.app.voila_server`, which the launcher runs instead of plai
 * ``--pool-refill-delay S`` (default 10): while other pre-heated kernels are
   ready, a used one is replaced S seconds later, so that the replacement (a
   kernel start and the notebook run) does not compete with the pages being
-  opened; with none left, 1 s later, and at once if a page is waiting.
+  opened (a page that then finds none ready starts it at once); with none
+  left, 1 s later, as Voila does.
 
 The dashboard notebook ships inside the package (:data:`specwidgets.app.page.NOTEBOOK`),
 so a plain ``pip install`` can serve it. Voila renders a notebook without

@@ -27,9 +27,9 @@ It is Voila 0.5 with these changes, configured by environment variables and Voil
   and still waiting for its kernel is (so a burst cannot pass the cap).
 * **The pool's refill waits** (``--VoilaKernelManager.fill_delay``, the
   launcher's ``--pool-refill-delay``) while other pre-heated kernels are
-  ready, so that it does not compete with the pages just opened; with none
-  left it waits 1 s, as Voila did, and a page waiting for it wakes it
-  (:func:`_wait_before`).
+  ready, so that it does not compete with the pages just opened, and a
+  page that then finds no ready kernel wakes it; with none left it waits
+  1 s, as Voila does (:func:`_wait_before`).
 
 With pre-heated kernels Voila also opens an unauthenticated websocket route,
 ``/voila/query/<kernel id>``, that hands a page's request (its query string,
@@ -163,13 +163,14 @@ async def _wait_before(delay, awaitable):
 
     The delay keeps a refill (a kernel start and the notebook run, seconds of
     CPU) from competing with the pages just opened, as long as the pool still
-    has ready kernels for the next pages; with none left the refill waits
-    only :data:`EMPTY_POOL_DELAY`, and a page that finds no ready kernel
-    (it waits for a refill) wakes the sleeping ones.
+    has ready kernels for the next pages; a page that then finds none (it
+    waits for a refill) wakes the sleeping ones. With none left when the
+    refill is made, it waits :data:`EMPTY_POOL_DELAY`, as Voila does.
     """
     if delay and delay > 0 and not _ready_kernel_left():
-        delay = min(delay, EMPTY_POOL_DELAY)
-    if delay and delay > 0:
+        # Voila's own behaviour (its default delay, no wake-up).
+        await asyncio.sleep(min(delay, EMPTY_POOL_DELAY))
+    elif delay and delay > 0:
         woken = asyncio.Event()
         _DELAYED_REFILLS.add(woken)
         try:
