@@ -391,6 +391,31 @@ def test_a_raw_websocket_cannot_hang_the_server(dashboard):
 
 
 @pytest.mark.slow
+def test_scripts_travel_gzipped(dashboard):
+    """The page's scripts (~6 MB in all) are sent compressed to a browser that accepts gzip."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    async def probe():
+        page = await dashboard.get("/")
+        script = re.search(r'src="([^"]*voila[^"]*\.js[^"]*)"', page.body.decode())
+        assert script, "no script in the page"
+        path = script.group(1)
+        url = path if path.startswith("http") else dashboard.base + ("" if path.startswith("/") else "/") + path
+        plain = await AsyncHTTPClient().fetch(HTTPRequest(url, decompress_response=False), raise_error=False)
+        packed = await AsyncHTTPClient().fetch(HTTPRequest(url, headers={"Accept-Encoding": "gzip"},
+                                                           decompress_response=False), raise_error=False)
+        assert plain.code == packed.code == 200
+        assert packed.headers.get("Content-Encoding") == "gzip"
+        assert "Content-Encoding" not in plain.headers
+        assert len(packed.body) < 0.6 * len(plain.body)
+        kernel_id = re.search(r'"kernelId": "([0-9a-f-]+)"', page.body.decode()).group(1)
+        cookies = dict(h.split(";")[0].split("=", 1) for h in page.headers.get_list("Set-Cookie"))
+        assert (await dashboard.close_page(kernel_id, cookies)).code == 204
+
+    asyncio.run(probe())
+
+
+@pytest.mark.slow
 def test_closed_pages_free_their_kernels_and_the_cap_says_busy(dashboard):
     async def probe():
         _wait(lambda: not dashboard.kernels(), 30)

@@ -25,6 +25,8 @@ It is Voila 0.5 with these changes, configured by environment variables and Voil
   the launcher's ``--pool-size`` turns on) wait for a page and are not
   counted, nor is a refill whose kernel is still starting; a page admitted
   and still waiting for its kernel is (so a burst cannot pass the cap).
+* **Text responses are gzipped** (:data:`COMPRESS_ENV` ``=0`` turns it
+  off): the page's scripts and styles, ~6 MB, travel as ~1.7 MB.
 * **The pool's refill waits** (``--VoilaKernelManager.fill_delay``, the
   launcher's ``--pool-refill-delay``) while other pre-heated kernels are
   ready, so that it does not compete with the pages just opened, and a
@@ -49,13 +51,15 @@ import sys
 
 import tornado.web
 
-__all__ = ["HOSTS_ENV", "MAX_SESSIONS_ENV", "ORIGINS_ENV", "TOKEN_ENV", "V1_PROTOCOL", "main"]
+__all__ = ["COMPRESS_ENV", "HOSTS_ENV", "MAX_SESSIONS_ENV", "ORIGINS_ENV", "TOKEN_ENV", "V1_PROTOCOL", "main"]
 
 HOSTS_ENV = "SPECWIDGETS_VOILA_ALLOWED_HOSTS"
 #: The access token (kept out of the command line, where ``ps`` shows it).
 TOKEN_ENV = "SPECWIDGETS_VOILA_TOKEN"
 ORIGINS_ENV = "SPECWIDGETS_VOILA_ALLOWED_ORIGINS"
 MAX_SESSIONS_ENV = "SPECWIDGETS_VOILA_MAX_SESSIONS"
+#: "0": do not gzip text responses (they are by default).
+COMPRESS_ENV = "SPECWIDGETS_VOILA_COMPRESS"
 
 #: The kernel websocket subprotocol whose binary framing Voila understands.
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -302,6 +306,12 @@ def _app_class():
                 settings["specwidgets_max_sessions"] = 0
             # Before any page is served: the cap counts the kernels handed to pages.
             track_pages(self.kernel_manager)
+            # Gzip for text responses: the page's ~6 MB of scripts and styles
+            # become ~1.7 MB (a first page over 20 Mbit/s: 4.1 -> 2.9 s). Read
+            # when the application is built, so here and not in Voila's
+            # tornado_settings, which are applied after that.
+            if os.environ.get(COMPRESS_ENV, "1") != "0":
+                settings["compress_response"] = True
             return settings
 
         def init_handlers(self):
