@@ -269,6 +269,11 @@ class Dashboard:
         """GET the page (runs the notebook in a new kernel); returns (kernel id, cookies)."""
         response = await self.get("/")
         assert response.code == 200, (response.code, self.server.log())
+        return self.page_session(response)
+
+    @staticmethod
+    def page_session(response):
+        """(kernel id, cookies) of a served page: what its close beacon needs."""
         match = re.search(r'"kernelId": "([0-9a-f-]+)"', response.body.decode())
         cookies = dict(h.split(";")[0].split("=", 1) for h in response.headers.get_list("Set-Cookie"))
         return match.group(1), cookies
@@ -408,9 +413,7 @@ def test_scripts_travel_gzipped(dashboard):
         assert packed.headers.get("Content-Encoding") == "gzip"
         assert "Content-Encoding" not in plain.headers
         assert len(packed.body) < 0.6 * len(plain.body)
-        kernel_id = re.search(r'"kernelId": "([0-9a-f-]+)"', page.body.decode()).group(1)
-        cookies = dict(h.split(";")[0].split("=", 1) for h in page.headers.get_list("Set-Cookie"))
-        assert (await dashboard.close_page(kernel_id, cookies)).code == 204
+        assert (await dashboard.close_page(*dashboard.page_session(page))).code == 204
 
     asyncio.run(probe())
 
@@ -435,9 +438,7 @@ def test_closed_pages_free_their_kernels_and_the_cap_says_busy(dashboard):
         assert sorted(r.code for r in burst) == [200, 200, 503], [r.code for r in burst]
         for response in burst:
             if response.code == 200:
-                kernel_id = re.search(r'"kernelId": "([0-9a-f-]+)"', response.body.decode()).group(1)
-                cookies = dict(h.split(";")[0].split("=", 1) for h in response.headers.get_list("Set-Cookie"))
-                assert (await dashboard.close_page(kernel_id, cookies)).code == 204
+                assert (await dashboard.close_page(*dashboard.page_session(response))).code == 204
         assert _wait(lambda: not dashboard.kernels(), 30), "kernels of closed pages are still running"
 
     asyncio.run(probe())

@@ -130,14 +130,14 @@ def track_pages(kernel_manager):
         return record
     record = {"ids": set(), "pending": 0}
 
-    def wrap(name, kernel_id_of):
+    def wrap(name, kernel_id_of, before=None):
         original = getattr(kernel_manager, name, None)
         if original is None:
             return
 
         async def handed_to_a_page(*args, **kwargs):
-            if name == "get_rendered_notebook":
-                _wake_if_waited_for(kernel_manager, kwargs.get("notebook_name", args[0] if args else None))
+            if before is not None:
+                before(*args, **kwargs)
             result = original(*args, **kwargs)
             if hasattr(result, "__await__"):
                 result = await result
@@ -147,7 +147,9 @@ def track_pages(kernel_manager):
 
         setattr(kernel_manager, name, handed_to_a_page)
 
-    wrap("get_rendered_notebook", lambda result: result[2])  # (render task, rendered cells, kernel id)
+    # (render task, rendered cells, kernel id); a page about to wait for a refill wakes it first.
+    wrap("get_rendered_notebook", lambda result: result[2],
+         before=lambda notebook_name=None, *args, **kwargs: _wake_if_waited_for(kernel_manager, notebook_name))
     wrap("start_kernel", lambda result: result)
     kernel_manager._specwidgets_pages = record
     _POOL_OWNER["manager"] = kernel_manager

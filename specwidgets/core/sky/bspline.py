@@ -214,7 +214,12 @@ class BSplineSky:
             result = out
         else:
             raise ValueError(f"out must be a writable, C-contiguous float64 array of shape {shape}")
-        _evaluate_into(self, e, y, geometry, first_term_only, result.reshape(-1))
+        flat = result.reshape(-1)
+        coef = np.ascontiguousarray(self.coefficients.ravel())
+        if e.size < _PARALLEL_MIN_SAMPLES:
+            _evaluate_any(e, y, *geometry, coef, first_term_only, flat)
+        else:
+            _evaluate_chunked(e, y, *geometry, coef, first_term_only, flat, numba.get_num_threads())
         return result
 
     def __call__(self, effpix, rows=None, *, out=None):
@@ -303,15 +308,6 @@ class BSplineSky:
 # ---------------------------------------------------------------------------
 # fitting
 # ---------------------------------------------------------------------------
-
-
-def _evaluate_into(sky, e, y, geometry, first_term_only, out):
-    """The model ``sky`` at the flat points ``(e, y)``, written into ``out``."""
-    coef = np.ascontiguousarray(sky.coefficients.ravel())
-    if e.size < _PARALLEL_MIN_SAMPLES:
-        _evaluate_any(e, y, *geometry, coef, first_term_only, out)
-    else:
-        _evaluate_chunked(e, y, *geometry, coef, first_term_only, out, numba.get_num_threads())
 
 
 def _as_samples(values, name):
