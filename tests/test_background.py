@@ -256,3 +256,32 @@ def test_warm_starts_are_refused_by_name(small):
     first = sw.fit_sky(small.science, model, small.trace_rows)
     with pytest.raises(TypeError, match="initial"):
         sw.fit_sky(small.science, model, small.trace_rows, initial=first)
+
+
+@pytest.mark.parametrize("method", ["bspline", "median"])
+def test_a_quality_report_left_for_later_is_the_one_made_at_once(small, method):
+    """Inside assess_later() the report is made on first access: the same report, made once, picklable."""
+    import pickle
+
+    from specwidgets.core.sky.api import assess_later
+
+    mask = [small.trace_rows]
+    # A bare array and no gain: the B-spline estimates its noise model and refines the warp on the
+    # sky lines (its report is amended with the warp's source, a second pending step).
+    now = sw.fit_sky(np.asarray(small.science), small.warp, mask, method=method)
+    with assess_later():
+        later = sw.fit_sky(np.asarray(small.science), small.warp, mask, method=method)
+    assert "_quality_steps" in later.__dict__
+    np.testing.assert_array_equal(later.background, now.background)
+    first = later.quality
+    assert "_quality_steps" not in later.__dict__ and later.quality is first  # made once
+    assert first == now.quality
+    # Pickled (a batch worker's result), the report travels made.
+    with assess_later():
+        again = sw.fit_sky(np.asarray(small.science), small.warp, mask, method=method)
+    assert pickle.loads(pickle.dumps(again)).quality == now.quality
+    # Set by hand, a report replaces the pending one.
+    with assess_later():
+        third = sw.fit_sky(np.asarray(small.science), small.warp, mask, method=method)
+    third.quality = None
+    assert third.quality is None and "_quality_steps" not in third.__dict__

@@ -728,3 +728,67 @@ def test_two_ranges_that_share_rows_merge_and_the_slider_follows(dash):
     start = state.masks[0][0]
     viewer.mask_slider.value = (start + 1, 56) if start + 1 < 45 else (start, 56)
     assert len(state.masks) == 1 and viewer.active_range == 0 and state.error == ""
+
+
+def test_the_picture_goes_first_and_the_other_views_follow(dash):
+    """In a running kernel the picture of a new fit is sent before the sky spectrum, the preview and
+    the status are redrawn, and before the fit's quality report is made (its first reader is the status)."""
+    state, viewer = dash.state, dash.viewer
+    viewer.view = "corrected"  # a view that changes with the fit
+    seen = {}
+
+    def on_result(change):  # registered last: runs right after the image viewer's observer
+        result = change["new"]
+        seen["picture"] = bytes(viewer.figure.image_mark.image.value)
+        seen["pending"] = "_quality_steps" in result.__dict__
+        seen["sed_aggregations"] = dash.sed.n_aggregations
+        seen["preview_updates"] = dash.preview.n_updates
+
+    async def release():
+        before = (bytes(viewer.figure.image_mark.image.value), dash.sed.n_aggregations, dash.preview.n_updates)
+        state.observe(on_result, names="result")
+        viewer.mask_slider.value = (9, 35)
+        await asyncio.sleep(0.01)  # the fit ran on this turn; the followers wait FOLLOW_DELAY
+        middle = (dash.sed.n_aggregations, dash.preview.n_updates, dash.status.busy_label.value)
+        await asyncio.sleep(0.2)
+        return before, middle
+
+    before, middle = asyncio.run(release())
+    assert not dash.sed._follow.pending and not dash.preview._follow.pending
+    assert seen["picture"] != before[0], "the picture was not redrawn by the new result's first observers"
+    assert seen["pending"], "the quality report was made before the picture was sent"
+    assert (seen["sed_aggregations"], seen["preview_updates"]) == before[1:]
+    assert middle[:2] == before[1:], "the sky spectrum or the preview was redrawn before the picture went out"
+    assert "computing" in middle[2]
+    # Then every view follows, and the status reads the report (made now).
+    assert dash.sed.n_aggregations > before[1] and dash.preview.n_updates > before[2]
+    assert "_quality_steps" not in state.result.__dict__ and state.result.quality is not None
+    assert "ready" in dash.status.busy_label.value or "suspect" in dash.status.busy_label.value
+    # flush() finishes the followers at once.
+    async def flushed():
+        viewer.mask_slider.value = (8, 36)
+        await asyncio.sleep(0.005)
+        waiting = dash.sed._follow.pending and dash.preview._follow.pending
+        n = dash.sed.n_aggregations
+        dash.flush()
+        return waiting, dash.sed.n_aggregations - n, "_quality_steps" in state.result.__dict__
+
+    assert asyncio.run(flushed()) == (True, 1, False)
+    # Without a running loop (a script, these tests elsewhere) everything is done by the time the call returns.
+    n = dash.sed.n_aggregations
+    viewer.mask_slider.value = (10, 34)
+    assert dash.sed.n_aggregations == n + 1 and "_quality_steps" not in state.result.__dict__
+
+
+def test_a_failed_quality_report_shows_as_a_suspect_fit(dash, monkeypatch):
+    """A report made on first access that fails says so in the status bar (the fit is not called ready)."""
+    import specwidgets.core.sky.api as api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("assessment exploded")
+
+    monkeypatch.setattr(api, "_assess", broken)
+    dash.viewer.mask_slider.value = (9, 33)
+    text = dash.status.busy_label.value
+    assert "suspect fit" in text and "assessment exploded" in text and "ready" not in text
+    assert dash.state.noise_model is not None  # the result's own numbers

@@ -40,6 +40,14 @@ __all__ = ["Dashboard"]
 # 680-800 masks 20-100 of it).
 _GOODMAN_TRACE_ROWS = (700, 780)
 
+# Seconds between a new result's picture and the redraw of the sky spectrum,
+# the preview and the status (whose reading of the fit's quality report makes
+# it: see assess_later), in a running kernel: time for the picture's message
+# to leave the kernel (its output thread waits for the interpreter, which
+# these would hold) and for the page to paint it (~20 ms), before their
+# updates arrive and keep the page busy.
+FOLLOW_DELAY = 0.04
+
 
 class Dashboard(ipywidgets.VBox):
     """Interactive sky subtraction: mask, warp guesses and sky spectrum on one :class:`SkyState`.
@@ -91,6 +99,13 @@ class Dashboard(ipywidgets.VBox):
         named after them.
     export_folder, export_button : ipywidgets widgets
         Write the current result with :meth:`export`.
+
+    Notes
+    -----
+    In a running kernel the sky spectrum, the preview and the status bar
+    are redrawn :data:`FOLLOW_DELAY` seconds after the picture of a new
+    fit; :meth:`flush` finishes them at once (e.g. before reading
+    ``preview.score`` in the cell after a change).
     """
 
     def __init__(self, science=None, arc=None, mask_region=None, *, read_noise=None, method="bspline",
@@ -103,15 +118,18 @@ class Dashboard(ipywidgets.VBox):
                 traits["mask_region"] = mask_region
             state = SkyState(science, arc, read_noise=read_noise, method=method, **traits)
         self.state = state
-        self.status = StatusBar(state)
+        self.status = StatusBar(state, follow_delay=FOLLOW_DELAY)
         guard = self.status.guard
         self.viewer = ImageViewer(state, status=self.status, figsize=figsize)
-        self.sed = SEDExplorer(state, status=self.status)
+        # The views beside the picture redraw a moment after it, so that the
+        # page gets and paints the picture first (see SEDExplorer's follow_delay).
+        self.sed = SEDExplorer(state, status=self.status, follow_delay=FOLLOW_DELAY)
         # The arc image and the 1D preview share the image's scales: zoom one, the others follow.
         image_scales = {"x": self.viewer.figure.x_scale, "y": self.viewer.figure.y_scale}
         self.picker = WarpGuessPicker(state, status=self.status, figsize=figsize,
                                       image_scales=image_scales) if state.arc is not None else None
-        self.preview = SpectrumPreview(state, status=self.status, x_scale=self.viewer.figure.x_scale)
+        self.preview = SpectrumPreview(state, status=self.status, x_scale=self.viewer.figure.x_scale,
+                                       follow_delay=FOLLOW_DELAY)
         self._build_history()
         self.method = ipywidgets.ToggleButtons(
             options=list(METHODS), value=state.method, description="Sky method", style={"button_width": "80px"}
@@ -225,6 +243,11 @@ class Dashboard(ipywidgets.VBox):
         # is over a watched widget, which would block typing in text fields.
         self.shortcuts = KeyShortcuts([self.viewer.figure, self.preview.figure, self.sed.figure],
                                       guard(self.undo), guard(self.redo))
+
+    def flush(self):
+        """Redraw now what waits to follow a new fit's picture (the sky spectrum, the preview, the status)."""
+        for follower in (self.sed._follow, self.preview._follow, self.status._show_outcome):
+            follower.flush()
 
     def undo(self):
         """Undo the last change of the mask or the guesses (what Undo and Ctrl-Z do)."""

@@ -29,6 +29,7 @@ import ipywidgets
 import numpy as np
 
 from ..core.extract import EXTRACTION_METHODS, extract_spectrum, sky_line_residual_score, trace_spectrum
+from ..display.debounce import Debounced
 from .navigation import CursorReadout
 from .status import StatusBar
 
@@ -58,6 +59,11 @@ class SpectrumPreview(ipywidgets.VBox):
         either zooms both.
     height : str
         CSS height of the figure.
+    follow_delay : float
+        Seconds to wait after a new result before extracting and redrawing
+        (in a running kernel; without an event loop at once): beside an image
+        of the same result, the picture reaches the page first (see
+        :class:`~specwidgets.interactive.SEDExplorer`).
 
     Attributes
     ----------
@@ -81,7 +87,7 @@ class SpectrumPreview(ipywidgets.VBox):
         Extractions done (one per result or exposure change).
     """
 
-    def __init__(self, state, *, status=None, x_scale=None, height="280px", **kwargs):
+    def __init__(self, state, *, status=None, x_scale=None, height="280px", follow_delay=0.0, **kwargs):
         super().__init__(**kwargs)
         self.state = state
         self.own_status = status is None
@@ -140,7 +146,10 @@ class SpectrumPreview(ipywidgets.VBox):
         self.readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the image above follows)</i>")
         self.cursor = CursorReadout(self.figure, self.x_scale, self.y_scale, guard(self.show_readout))
         self.method.observe(guard(lambda _: self.refresh()), names="value")
-        state.observe(guard(lambda _: self.refresh()), names=["result", "exposure"])
+        self._follow = Debounced(self.refresh, delay=follow_delay, on_error=self.status.report)
+        state.observe(guard(lambda _: self._follow() if self._follow.delay > 0 else self.refresh()),
+                      names="result")
+        state.observe(guard(lambda _: self.refresh()), names="exposure")
         self.children = [
             *([self.status] if self.own_status else []),
             ipywidgets.HBox([self.method, self.shift, self.aperture, self.info]),

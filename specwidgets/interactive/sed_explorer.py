@@ -78,6 +78,13 @@ class SEDExplorer(ipywidgets.VBox):
     debounce : float
         Seconds of quiet before a burst of zoom/pan changes re-aggregates
         (in a running kernel; without an event loop at once).
+    follow_delay : float
+        Seconds to wait after a new result before redrawing (in a running
+        kernel; without an event loop at once). Beside an image of the same
+        result (the dashboard), this lets the picture reach the page and be
+        painted first: drawn at once, its message waits for this redraw's
+        (the kernel's output thread needs the interpreter), and the page
+        paints it only after handling these curves too.
 
     Attributes
     ----------
@@ -97,7 +104,8 @@ class SEDExplorer(ipywidgets.VBox):
 
     selected_range = tl.Tuple(default_value=None, allow_none=True)
 
-    def __init__(self, state, *, status=None, n_bins=1000, height="320px", debounce=0.05, **kwargs):
+    def __init__(self, state, *, status=None, n_bins=1000, height="320px", debounce=0.05, follow_delay=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.state = state
         self.own_status = status is None
@@ -155,6 +163,9 @@ class SEDExplorer(ipywidgets.VBox):
         self.leak_banner = ipywidgets.HTML(layout=ipywidgets.Layout(display="none"))
 
         self._reaggregate = Debounced(self._on_zoom_done, delay=debounce, on_error=self.status.report)
+        # The map of the result drawn last: a new result on the same map keeps the zoom.
+        self._drawn_map = state.result.effpix_map if state.result is not None else None
+        self._follow = Debounced(self._redraw_result, delay=follow_delay, on_error=self.status.report)
         self.mode.observe(guard(self._on_mode), names="value")
         self.reset_button.on_click(guard(lambda _: self.reset_range()))
         self.clear_button.on_click(guard(lambda _: self.clear_selection()))
@@ -271,9 +282,17 @@ class SEDExplorer(ipywidgets.VBox):
 
     # ---------------------------------------------------------- reactions
     def _on_result(self, change):
+        if self._follow.delay > 0:
+            self._follow()
+        else:
+            self._redraw_result()
+
+    def _redraw_result(self):
         # Same frames and warp: keep the zoom; a new warp may move the range.
-        old = change["old"]
-        same_map = old is not None and change["new"] is not None and old.effpix_map is change["new"].effpix_map
+        result = self.state.result
+        new_map = result.effpix_map if result is not None else None
+        same_map = new_map is not None and new_map is self._drawn_map
+        self._drawn_map = new_map
         self.refresh(reset_range=not same_map)
 
     def _on_exposure(self, change):

@@ -21,7 +21,7 @@ from ..core.frames import ESTIMATE, frame_array, noise_setting
 from ..core.inputs import as_image, as_image_stack
 from ..core.lines import find_cal_lines
 from ..core.rows import RowRanges
-from ..core.sky.api import METHODS, SkyResult, fit_sky
+from ..core.sky.api import METHODS, SkyResult, assess_later, fit_sky
 from ..core.warp import WarpModel, generate_warp_model
 
 __all__ = ["SkyState"]
@@ -180,7 +180,10 @@ class SkyState(tl.HasTraits):
         result = self.result
         if result is None:
             return None
-        quality = getattr(result, "quality", None)
+        try:
+            quality = result.quality
+        except Exception:  # noqa: BLE001 - a failed report (assess_later): the result's own numbers
+            quality = None
         if quality is not None and getattr(quality, "noise_source", None):
             # The state passes a number only when the user typed it, so the
             # fit's "argument" is the user's value.
@@ -400,20 +403,23 @@ class SkyState(tl.HasTraits):
             if last is not None and _same_inputs(last[0], shared) and last[1] == options_key:
                 self.result = last[2]
                 return _KEPT
-            result = fit_sky(
-                images,
-                self.warp_model,
-                self.mask_region,
-                method=self.method,
-                # No warm start from the previous result: a warm start can stop at
-                # a slightly different rejected set (1.7e-4 of the sky measured
-                # after a mask drag), so the page's sky would depend on the
-                # slider's history and differ from batch's for the same settings.
-                # A fresh fit costs the same (about 0.09 s on the demo and on the
-                # Goodman crop).
-                **noise,
-                **options,
-            )
+            # The quality report is made when first read (the status bar,
+            # after the picture has gone to the page): see assess_later.
+            with assess_later():
+                result = fit_sky(
+                    images,
+                    self.warp_model,
+                    self.mask_region,
+                    method=self.method,
+                    # No warm start from the previous result: a warm start can stop at
+                    # a slightly different rejected set (1.7e-4 of the sky measured
+                    # after a mask drag), so the page's sky would depend on the
+                    # slider's history and differ from batch's for the same settings.
+                    # A fresh fit costs the same (about 0.09 s on the demo and on the
+                    # Goodman crop).
+                    **noise,
+                    **options,
+                )
             self.n_sky_fits += 1
             # Kept: this fit, and another method's last one while it had the
             # same frames, warp, mask and noise model; only for frames of up

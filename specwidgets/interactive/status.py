@@ -30,6 +30,7 @@ from contextlib import contextmanager
 import ipywidgets
 
 from ..core import _timing
+from ..display.debounce import Debounced
 
 __all__ = ["StatusBar"]
 
@@ -53,6 +54,12 @@ class StatusBar(ipywidgets.VBox):
     Parameters
     ----------
     state : SkyState
+    follow_delay : float
+        Seconds to wait, in a running kernel, before showing a finished
+        step's outcome ("ready" or the fit's warnings, and its noise model;
+        "computing..." shows at once). Reading them makes the fit's quality
+        report when the state left it for later: beside a picture of the
+        new result, the picture reaches the page first.
 
     Attributes
     ----------
@@ -68,7 +75,7 @@ class StatusBar(ipywidgets.VBox):
         The last error of a widget callback ("" when the last one succeeded).
     """
 
-    def __init__(self, state, **kwargs):
+    def __init__(self, state, follow_delay=0.0, **kwargs):
         self.state = state
         self.widget_error = ""
         self._working = 0
@@ -78,9 +85,10 @@ class StatusBar(ipywidgets.VBox):
         self.noise_label = ipywidgets.HTML()
         self.banner = ipywidgets.HTML(layout=ipywidgets.Layout(display="none"))
         super().__init__(children=[self.busy_label, self.noise_label, self.banner], **kwargs)
-        state.observe(self._refresh_busy, names=["busy", "last_duration"])
+        self._show_outcome = Debounced(self._refresh_busy, delay=follow_delay)
+        state.observe(self._on_state, names=["busy", "last_duration"])
         if state.has_trait("result"):
-            state.observe(self._refresh_busy, names=["result"])
+            state.observe(self._on_state, names=["result"])
         state.observe(self._refresh_banner, names=["error"])
         self._refresh_busy()
         self._refresh_banner()
@@ -101,6 +109,13 @@ class StatusBar(ipywidgets.VBox):
             self._working -= 1
             self._refresh_busy()
 
+    def _on_state(self, change):
+        if self.busy or self._show_outcome.delay <= 0:
+            self._show_outcome.cancel()
+            self._refresh_busy()
+        else:
+            self._show_outcome()
+
     def _refresh_busy(self, change=None):
         try:
             if self.busy:
@@ -118,7 +133,8 @@ class StatusBar(ipywidgets.VBox):
                 else:
                     text = f"&#10003; ready &middot; last step {ms:.0f} ms"
             self.busy_label.value = f"<span style='font-size:90%'>{text}</span>"
-            self._refresh_noise()
+            if not self.busy:  # while computing, the last fit's noise model stays shown
+                self._refresh_noise()
         except Exception:  # noqa: BLE001 - the indicator must never break a callback
             log.debug("busy indicator failed", exc_info=True)
 
@@ -130,7 +146,11 @@ class StatusBar(ipywidgets.VBox):
         result without a quality report is never called suspect here.
         """
         result = getattr(self.state, "result", None)
-        quality = getattr(result, "quality", None) if result is not None else None
+        try:
+            quality = getattr(result, "quality", None) if result is not None else None
+        except Exception as exc:  # noqa: BLE001 - a report made on first access (assess_later) failed
+            log.debug("quality report failed", exc_info=True)
+            return [f"its quality report failed ({_describe(exc)}): check this fit before using it"]
         if isinstance(quality, (list, tuple)):  # one report per exposure
             reports = [q for q in quality if getattr(q, "suspect", False)]
             if not reports:

@@ -7,9 +7,12 @@ is the seed-compatible front that returns arrays.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import numbers
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,7 +62,7 @@ _EVAL_BLOCK_PIXELS = 1 << 20
 # Samples gathered per np.take call in ``sky_samples``.
 _GATHER_CHUNK = 1 << 18
 
-__all__ = ["SkyQuality", "SkyResult", "SkySamples", "fit_sky", "extract_background", "METHODS"]
+__all__ = ["SkyQuality", "SkyResult", "SkySamples", "assess_later", "fit_sky", "extract_background", "METHODS"]
 
 METHODS = ("bspline", "median")
 
@@ -305,6 +308,91 @@ class SkyResult:
         return self.effpix_map[self.ref_row].copy(), self.background[exposure, self.ref_row].copy()
 
 
+    # ``quality`` is a property (below) over ``_quality``: a fit made inside
+    # ``assess_later()`` leaves its steps in ``_quality_steps``, run on first access.
+
+    def _assess_later(self, step):
+        """Add ``step`` (previous report -> report) to the quality report's pending steps."""
+        self.__dict__.setdefault("_quality_steps", []).append(step)
+
+    def __getstate__(self):
+        # The pending steps are closures (not picklable): a pickled result carries its report.
+        _ = self.quality
+        return dict(self.__dict__)
+
+
+def _get_quality(self):
+    if self.__dict__.get("_quality_steps"):
+        with _QUALITY_LOCK:  # two readers at once: the report is made once
+            steps = self.__dict__.pop("_quality_steps", None)
+            if steps:
+                try:
+                    report = self.__dict__.get("_quality")
+                    for step in steps:
+                        report = step(report)
+                except Exception as exc:
+                    # Every later reader gets the failure too, not a missing report.
+                    self.__dict__["_quality_error"] = exc
+                    raise
+                self.__dict__["_quality"] = report
+    if self.__dict__.get("_quality_error") is not None:
+        raise self.__dict__["_quality_error"]
+    return self.__dict__.get("_quality")
+
+
+def _set_quality(self, report):
+    self.__dict__.pop("_quality_steps", None)
+    self.__dict__.pop("_quality_error", None)
+    self.__dict__["_quality"] = report
+
+
+_QUALITY_LOCK = threading.RLock()
+# The dataclass took ``quality``'s default (None) from the class; the
+# property replaces it now, and __init__'s ``self.quality = ...`` goes through it.
+SkyResult.quality = property(_get_quality, _set_quality, doc="""SkyQuality: how far to trust the fit (see the class).
+
+Made when the fit ends, or, for a fit made inside :func:`assess_later`, on
+first access.""")
+
+_ASSESS_LATER = contextvars.ContextVar("specwidgets_assess_later", default=False)
+
+
+@contextlib.contextmanager
+def assess_later():
+    """Within this block, fits leave their quality report to the first access of ``result.quality``.
+
+    For a dashboard: the new background can be shown before the report (a
+    few medians of the sky samples, ~10 ms on the Goodman crop) is made. The
+    report is that of the result's arrays when it is read, so they must not
+    be changed before (the dashboard never changes them). An error in making
+    it is raised by that access.
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> from specwidgets.core.warp import WarpModel
+    >>> frames = make_synthetic_longslit(shape=(40, 300), n_exposures=1, seed=1)
+    >>> warp = WarpModel.from_tilt((40, 300), 1.0)
+    >>> with assess_later():
+    ...     res = fit_sky(frames.science, warp, frames.trace_rows, method="median", gain=1.0, read_noise=4.0)
+    >>> "_quality_steps" in res.__dict__, res.quality.noise_source, "_quality_steps" in res.__dict__
+    (True, 'argument', False)
+    """
+    token = _ASSESS_LATER.set(True)
+    try:
+        yield
+    finally:
+        _ASSESS_LATER.reset(token)
+
+
+def _set_assessment(result, assess):
+    """``result.quality = assess()``, or on first access inside :func:`assess_later`."""
+    if _ASSESS_LATER.get():
+        result._assess_later(lambda _: assess())
+    else:
+        result.quality = assess()
+
+
 def _resolve_noise(images, read_noise, gain):
     """``(read_noise, gain, rn_source, gain_source)``; None where still unknown.
 
@@ -540,9 +628,14 @@ def fit_sky(
     result.warp_model = warp_model
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
-        result.quality = dataclasses.replace(
-            result.quality, warp_source=report.source, warp_shift=float(report.max_shift), warp_note=report.reason,
-        )
+        def with_warp(quality, report=report):
+            return dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
+                                       warp_note=report.reason)
+
+        if "_quality_steps" in result.__dict__:
+            result._assess_later(with_warp)
+        else:
+            result.quality = with_warp(result.quality)
     return result
 
 
@@ -635,8 +728,8 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         options={},
         _bin_counts=counts,  # the variance is computed from them on first use
     )
-    result.quality = _assess(result, samples, [None] * n_exp, source, warnings, [], 0, (0.0,) * n_exp, False,
-                             method="median")
+    _set_assessment(result, lambda: _assess(result, samples, [None] * n_exp, source, warnings, [], 0,
+                                            (0.0,) * n_exp, False, method="median"))
     return result
 
 
@@ -709,6 +802,40 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             if dark.any():
                 samples, rows = _drop_rows(samples, dark)
         level = np.empty(samples.flux.shape)
+        if rows is None:
+            rows = samples.rows
+        # The rows' brightness relative to the first pass (``ratios[k]``)
+        # and its information, exposure by exposure, on a regular subsample
+        # (each row keeps hundreds of samples: plenty for one number per
+        # row; the information is scaled back). Each exposure's is made in
+        # the thread that just fit it, and redone only when its level changes.
+        psub = _subsample(rows.size, 400_000)
+        rows_psub = rows[psub]
+        infos = [None] * n_exp
+
+        def profile_of(k, var_gain, var_rn):
+            """``ratios[k]`` and ``infos[k]``; the variance is the noise model ``(var_gain, var_rn)``
+            at the first-pass level."""
+            level_sub = level[k][psub]
+            var_sub = np.clip(level_sub, 0, None) / var_gain + (var_rn / var_gain) ** 2
+            ratios[k], info = row_profile(rows_psub, samples.flux[k][psub], level_sub, var_sub, n_rows)
+            info *= psub.step
+            infos[k] = info
+
+        def combined():
+            """The information-weighted mean of the exposures' ratios, and the information."""
+            info_sum = np.zeros(n_rows)
+            weighted = np.zeros(n_rows)
+            for k in range(n_exp):
+                info_sum += infos[k]
+                weighted += np.nan_to_num(ratios[k]) * infos[k]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(info_sum > 0, weighted / info_sum, np.nan), info_sum
+
+        def profiles(var_gain, var_rn):
+            for k in range(n_exp):
+                profile_of(k, var_gain, var_rn)
+            return combined()
 
         def first_pass(k):
             first[k] = fit_bspline_sky(
@@ -716,40 +843,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
             )
             first[k](samples.effpix, out=level[k])
+            # The rows' brightness first (with the provisional noise): the
+            # sky as lit row by row is what the shift is measured against and
+            # what the noise is the scatter about, so that neither a slit
+            # illumination gradient nor unlit rows pass for flexure or noise.
+            profile_of(k, prov_gain, prov_rn)
 
         each_exposure(first_pass)
-        if rows is None:
-            rows = samples.rows
         used = np.isfinite(samples.flux) & ~np.stack([m.rejected for m in first])
-
-        def profiles(var_gain, var_rn):
-            """Per-exposure row ratios, and their information-weighted mean over exposures.
-
-            The variance is the noise model ``(var_gain, var_rn)`` at the
-            first-pass level, computed on the subsample only.
-            """
-            info_sum = np.zeros(n_rows)
-            weighted = np.zeros(n_rows)
-            # A regular subsample (each row keeps hundreds of samples) is
-            # plenty for one number per row; the information is scaled back.
-            sub = _subsample(rows.size, 400_000)
-            stride = sub.step
-            rows_sub = rows[sub]
-            for k in range(n_exp):
-                level_sub = level[k][sub]
-                var_sub = np.clip(level_sub, 0, None) / var_gain + (var_rn / var_gain) ** 2
-                ratios[k], info = row_profile(rows_sub, samples.flux[k][sub], level_sub, var_sub, n_rows)
-                info *= stride
-                info_sum += info
-                weighted += np.nan_to_num(ratios[k]) * info
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(info_sum > 0, weighted / info_sum, np.nan), info_sum
-
-        # The rows' brightness first (with the provisional noise): the sky
-        # as lit row by row is what the shift is measured against and what
-        # the noise is the scatter about, so that neither a slit
-        # illumination gradient nor unlit rows pass for flexure or noise.
-        profiles(prov_gain, prov_rn)
+        # (``last``: the latest combined profiles, of the level as it is now.)
+        last = combined()
         # Cosmic rays out (far above the sky as lit row by row), and the
         # first pass again without them: they must not pass for structure
         # (adaptive knots), shift or noise.
@@ -759,25 +862,32 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             clean = samples.flux.copy()  # as np.where(hits, nan, flux), in fewer passes
             clean[hits] = np.nan
 
-            def refit(k):
-                if hits[k].any():
-                    first[k] = fit_bspline_sky(
-                        samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
-                        extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
-                    )
-                    first[k](samples.effpix, out=level[k])
+        def refit_and_shift(k):
+            """Exposure ``k`` refit without its cosmic rays, then its sky lines' shift (if asked)."""
+            if hits[k].any():
+                first[k] = fit_bspline_sky(
+                    samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
+                    extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
+                )
+                first[k](samples.effpix, out=level[k])
+                profile_of(k, prov_gain, prov_rn)
+            if not flexure_mode:
+                return 0.0
+            shift = _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows, level, ratios[k], prov_gain,
+                                   prov_rn, extent, spacing(0))
+            if shift:
+                profile_of(k, prov_gain, prov_rn)  # its level moved with the shift
+            return shift
 
-            each_exposure(refit)
+        if hits.any() or flexure_mode:
+            shifts[:] = each_exposure(refit_and_shift)
+        flexure_applied = bool(np.any(shifts != 0))
+        if hits.any():
             used = np.isfinite(clean)
-            profiles(prov_gain, prov_rn)
-        if flexure_mode:
-            shifts[:] = each_exposure(lambda k: _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows,
-                                                               level, ratios[k], prov_gain, prov_rn, extent,
-                                                               spacing(0)))
-            flexure_applied = bool(np.any(shifts != 0))
-            if flexure_applied:
-                used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
-                profiles(prov_gain, prov_rn)
+        if flexure_applied:
+            used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
+        if hits.any() or flexure_applied:
+            last = combined()
         # The lines' width along the slit (the camera's focus): a broader
         # line holds the same light, so the brightness profile cannot see
         # it, and a fit without spatial terms would leave it in every line's
@@ -802,7 +912,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             del lit_level, pick, pick_k, pick_s, resid
         else:
             read_noise, gain, source, warnings = _complete_noise(noise, None, None)
-        ratio, info_sum = profiles(gain, read_noise)
+        # With the noise model given, it is the provisional one: the profiles are the last ones.
+        ratio, info_sum = last if (gain, read_noise) == (prov_gain, prov_rn) else profiles(gain, read_noise)
 
         def n_coef(p):
             return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
@@ -1007,9 +1118,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     scales = result.row_scale
     slit_summary = (0.0 if scales is None else max(_range(row[slit_rows]) for row in scales),
                     max((c.light_peak(slit_rows) for c in slit), default=0.0))
-    result.quality = _assess(result, samples, models, source, warnings, unlit_ranges, order,
-                             tuple(float(s) for s in shifts), flexure_applied,
-                             leak=max(leaks, key=lambda lr: lr[0]), slit=slit_summary)
+    flexure = tuple(float(s) for s in shifts)
+    _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
+                                            flexure_applied, leak=max(leaks, key=lambda lr: lr[0]),
+                                            slit=slit_summary))
     return result
 
 
@@ -1164,7 +1276,7 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         slope = scale_s * (model(e + h) - model(e - h)) / (2 * h)
         var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
         pick = ~model.rejected[sub] & (scale_s > 0)
-        step, sigma = measure_flexure(t_s[pick], f_s[pick], m[pick], slope[pick], var[pick])
+        step, sigma = measure_flexure(t_s, f_s, m, slope, var, pick=pick)
         # The subsample's error is larger by sqrt(stride) than the full set's;
         # the significance test uses the subsample's own error (conservative).
         # Only a clear shift is corrected: one at the noise level would add
