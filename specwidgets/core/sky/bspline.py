@@ -814,7 +814,10 @@ def _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, fi
                                reject_sigma=None, max_iterations=0)(e)
 
     h_ref = max(fine, first_spacing)
-    ref = sky if h_ref <= first_spacing else project(h_ref)
+    # The projections are independent small fits: side by side on the cores.
+    wanted = ([h_ref] if h_ref > first_spacing else []) + [h for h in cands if h > h_ref]
+    projected = dict(zip(wanted, map_in_threads(project, wanted)))
+    ref = sky if h_ref <= first_spacing else projected[h_ref]
     bias2, var = [], []
     for h in cands:
         var.append((spatial_order + 1) * sigma2 / (n * h))
@@ -822,7 +825,7 @@ def _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, fi
             bias2.append(np.zeros_like(sky))
             continue
         width = max(2.0, h)
-        misfit2 = uniform_filter1d((ref - project(h)) ** 2, max(1, int(round(width / step))))
+        misfit2 = uniform_filter1d((ref - projected[h]) ** 2, max(1, int(round(width / step))))
         noise2 = sigma2 / (n * n_curves) * (1.0 / h_ref - 1.0 / h)
         bias2.append(np.clip(misfit2 - noise2, 0, None))
     return np.asarray(cands), np.asarray(bias2), np.asarray(var)
