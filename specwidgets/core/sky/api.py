@@ -307,7 +307,6 @@ class SkyResult:
         # effective pixel equals the column, so that row traces it.
         return self.effpix_map[self.ref_row].copy(), self.background[exposure, self.ref_row].copy()
 
-
     # ``quality`` is a property (below) over ``_quality``: a fit made inside
     # ``assess_later()`` leaves its steps in ``_quality_steps``, run on first access.
 
