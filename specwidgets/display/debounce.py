@@ -42,7 +42,8 @@ class Debounced:
     func : callable
         Called with the arguments of the last call of a burst.
     delay : float
-        Quiet time in seconds that ends a burst.
+        Quiet time in seconds that ends a burst; 0 (or less): no waiting,
+        each call runs at once, as without a loop.
     on_error : callable, optional
         Receives any exception ``func`` raises; without one the exception
         is logged. It never propagates: a deferred call has no caller to
@@ -97,7 +98,7 @@ class Debounced:
 
     def __call__(self, *args, **kwargs):
         loop = running_loop()
-        if loop is None:
+        if loop is None or self.delay <= 0:
             self.cancel()
             self._invoke(args, kwargs)
             return

@@ -147,8 +147,7 @@ class SpectrumPreview(ipywidgets.VBox):
         self.cursor = CursorReadout(self.figure, self.x_scale, self.y_scale, guard(self.show_readout))
         self.method.observe(guard(lambda _: self.refresh()), names="value")
         self._follow = Debounced(self.refresh, delay=follow_delay, on_error=self.status.report)
-        state.observe(guard(lambda _: self._follow() if self._follow.delay > 0 else self.refresh()),
-                      names="result")
+        state.observe(guard(lambda _: self._follow()), names="result")
         state.observe(guard(lambda _: self.refresh()), names="exposure")
         self.children = [
             *([self.status] if self.own_status else []),

@@ -172,7 +172,7 @@ class SEDExplorer(ipywidgets.VBox):
         self.brush.observe(guard(self._on_brushing), names="brushing")
         self.brush.observe(guard(self._on_brush_selected), names="selected")
         self.x_scale.observe(guard(self._on_x_range), names=["min", "max"])
-        state.observe(guard(self._on_result), names="result")
+        state.observe(guard(lambda _: self._follow()), names="result")
         state.observe(guard(self._on_exposure), names="exposure")
 
         self.children = [
@@ -281,12 +281,6 @@ class SEDExplorer(ipywidgets.VBox):
         self.leak_banner.layout.display = None
 
     # ---------------------------------------------------------- reactions
-    def _on_result(self, change):
-        if self._follow.delay > 0:
-            self._follow()
-        else:
-            self._redraw_result()
-
     def _redraw_result(self):
         # Same frames and warp: keep the zoom; a new warp may move the range.
         result = self.state.result

@@ -110,7 +110,7 @@ class StatusBar(ipywidgets.VBox):
             self._refresh_busy()
 
     def _on_state(self, change):
-        if self.busy or self._show_outcome.delay <= 0:
+        if self.busy:
             self._show_outcome.cancel()
             self._refresh_busy()
         else:

@@ -314,6 +314,13 @@ class SkyResult:
         """Add ``step`` (previous report -> report) to the quality report's pending steps."""
         self.__dict__.setdefault("_quality_steps", []).append(step)
 
+    def _amend_quality(self, step):
+        """``quality = step(quality)``: now, or after the pending steps when the report waits for its first read."""
+        if self.__dict__.get("_quality_steps"):
+            self._assess_later(step)
+        else:
+            self.quality = step(self.quality)
+
     def __getstate__(self):
         # The pending steps are closures (not picklable): a pickled result carries its report.
         _ = self.quality
@@ -631,10 +638,7 @@ def fit_sky(
             return dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
                                        warp_note=report.reason)
 
-        if "_quality_steps" in result.__dict__:
-            result._assess_later(with_warp)
-        else:
-            result.quality = with_warp(result.quality)
+        result._amend_quality(with_warp)
     return result
 
 
