@@ -332,3 +332,178 @@ def test_sky_model_evaluates_into_a_given_array():
     for bad in (np.empty(e.size, np.float32), np.empty(e.size + 1), level[:, 0], level.T[0]):
         with pytest.raises(ValueError, match="out must be"):
             sky(e, out=bad)
+
+
+# --- issue 13, exact helpers of the full-frame path ------------------------------------------
+
+
+def _same_float(a, b):
+    return (np.isnan(a) and np.isnan(b)) or (a == b and np.signbit(a) == np.signbit(b))
+
+
+def test_median_and_percentile_are_numpys_numbers(rng):
+    """One-position partitions give np.median's and np.percentile's values (NaN and infinities included)."""
+    from specwidgets.core._stats import median, percentile
+
+    n_checked = 0
+    for trial in range(600):
+        n = int(rng.integers(1, 40)) if trial % 3 else int(rng.integers(1, 3000))
+        x = rng.normal(size=n) * (1e300 if trial % 7 == 0 else 1.0)
+        if trial % 5 == 1:
+            x[rng.random(n) < 0.2] = np.inf
+        if trial % 5 == 2:
+            x[rng.random(n) < 0.2] = -np.inf
+        if trial % 5 == 3:
+            x = rng.integers(-3, 3, n).astype(float)  # ties
+        if trial % 11 == 4:
+            x[rng.integers(0, n)] = np.nan  # NumPy's own path
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert _same_float(median(x), float(np.median(x))), (trial, x)
+            for q in (0, 25, 50, 90, 100, 33.3, float(rng.uniform(0, 100))):
+                assert _same_float(percentile(x, q), float(np.percentile(x, q))), (trial, q, x)
+                n_checked += 1
+    assert n_checked == 600 * 7
+    # Zeros of both signs: the median's sign is NumPy's; a percentile's value (its zero's sign is
+    # whichever zero the partition puts there).
+    z = np.where(rng.random(30) < 0.5, -0.0, 0.0)
+    assert _same_float(median(z), float(np.median(z)))
+    assert percentile(z, 25) == 0.0
+
+
+def test_interp_in_threads_is_np_interp(monkeypatch, rng):
+    from specwidgets.core import _threads
+
+    monkeypatch.setattr(_threads, "_n_threads", lambda: 3)
+    monkeypatch.setattr(_threads, "_INTERP_MIN_POINTS", 10)
+    xp = np.sort(rng.uniform(0, 100, 50))
+    fp = rng.normal(size=50)
+    x = np.sort(rng.uniform(-10, 110, (7, 41)), axis=None).reshape(7, 41)  # 2D, both ends outside
+    x[0, 0] = np.nan
+    x[3, 5] = xp[-1]
+    out = _threads.interp_in_threads(x, xp, fp)
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(out, np.interp(x, xp, fp))
+    # Pieces shorter than the table would take NumPy's other slope formula: one call then.
+    np.testing.assert_array_equal(_threads.interp_in_threads(x.ravel()[:60], xp, fp), np.interp(x.ravel()[:60], xp, fp))
+
+
+def test_drop_flagged_rows_is_boolean_indexing_c_ordered(rng):
+    from specwidgets.core.sky._select import drop_flagged_rows
+
+    n, n_rows = 5000, 40
+    rows = rng.integers(0, n_rows, n).astype(np.int32)
+    effpix, flux, index = rng.normal(size=n), rng.normal(size=(3, n)), rows * 77 + 3
+    flagged = rng.random(n_rows) < 0.3
+    keep = ~flagged[rows]
+    e, f, i, r = drop_flagged_rows(effpix, flux, index, rows, flagged)
+    np.testing.assert_array_equal(e, effpix[keep])
+    np.testing.assert_array_equal(f, flux[:, keep])
+    np.testing.assert_array_equal(i, index[keep])
+    np.testing.assert_array_equal(r, rows[keep])
+    assert f.flags.c_contiguous and i.dtype == index.dtype and r.dtype == np.int32
+
+
+def test_pixel_order_and_unmasked_pixels_kernels_match_numpy(monkeypatch, rng):
+    from specwidgets.core.sky import _select
+
+    n_rows, n_cols = 37, 53
+    by_column = rng.permutation(n_rows * n_cols)
+    masked = rng.random(n_rows) < 0.3
+    results = {}
+    for threshold in (1 << 40, 0):  # NumPy, then the kernels
+        monkeypatch.setattr(_select, "KERNEL_MIN_PIXELS", threshold)
+        order = _select.pixel_order(by_column.copy(), n_rows, n_cols)
+        results[threshold] = order, _select.unmasked_pixels(order, n_cols, masked)
+    for a, b in zip(*results.values()):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype == np.int32
+    order = results[0][0]
+    np.testing.assert_array_equal(order, (by_column % n_rows) * n_cols + by_column // n_rows)
+    np.testing.assert_array_equal(results[0][1], order[~masked[order // n_cols]])
+
+
+def test_block_profiles_kernel_is_nanmean(monkeypatch, rng):
+    """The arc tracer's block means in one compiled pass: np.nanmean's numbers, NaN and signed zeros too."""
+    from specwidgets.core import warp as wm
+
+    for trial in range(40):
+        n_rows, n_cols = int(rng.integers(3, 200)), int(rng.integers(1, 40))
+        if trial % 13 == 0:
+            n_rows, n_cols = 9, 9000  # wider than NumPy's buffer
+        block = int(rng.integers(1, max(2, n_rows // 2)))
+        image = rng.normal(0, 100, (n_rows, n_cols))
+        image[rng.random(image.shape) < 0.3 * (trial % 2)] = np.nan
+        if trial % 5 == 0:
+            image[: n_rows // 2] = np.nan  # whole blocks without a number
+        if trial % 3 == 0:
+            image[rng.random(image.shape) < 0.2] = -0.0
+        monkeypatch.setattr(wm, "_BLOCK_KERNEL_MIN_PIXELS", 1 << 40)
+        ref, ref_rows = wm._block_profiles(image, block)
+        monkeypatch.setattr(wm, "_BLOCK_KERNEL_MIN_PIXELS", 0)
+        got, rows = wm._block_profiles(image, block)
+        np.testing.assert_array_equal(rows, ref_rows)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+
+
+def test_line_windows_in_threads_match_one_call(monkeypatch, rng):
+    from specwidgets.core import _threads, peaks
+
+    cols = np.arange(11.0)[None, :] + np.arange(3000)[:, None]
+    centres = cols[:, 5] + rng.uniform(-1, 1, 3000)
+    data = 20 + 500 * np.exp(-0.5 * ((cols - centres[:, None]) / 1.3) ** 2) + rng.normal(0, 3, cols.shape)
+    data[::17, 3] = np.nan
+    monkeypatch.setattr(_threads, "_n_threads", lambda: 1)
+    monkeypatch.setattr(peaks, "_n_threads", lambda: 1)
+    one = peaks.fit_gaussian_windows(cols, data, n_iter=8)
+    monkeypatch.setattr(peaks, "_n_threads", lambda: 3)
+    monkeypatch.setattr(peaks, "_THREAD_MIN_WINDOWS", 100)
+    split = peaks.fit_gaussian_windows(cols, data, n_iter=8)
+    for a, b in zip(one, split):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_row_chi_means_split_by_rows_match_one_pass(monkeypatch, rng):
+    n_rows, n_cols = 40, 300
+    index = rng.permutation(n_rows * n_cols)[:9000].astype(np.int32)  # any order
+    background = rng.uniform(-2, 500, n_rows * n_cols)
+    flux = background[index] + rng.normal(0, 10, index.size)
+    flux[::97] = np.nan
+    monkeypatch.setattr(sq, "_PARALLEL_MIN_SAMPLES", 1 << 40)
+    one = sq._row_chi_means(index, n_cols, n_rows, background, flux, 1.4, 4.7)
+    monkeypatch.setattr(sq, "_PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setattr(sq, "_n_threads", lambda: 3)
+    split = sq._row_chi_means(index, n_cols, n_rows, background, flux, 1.4, 4.7)
+    for a, b in zip(one, split):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_full_frame_helpers_leave_the_fit_unchanged(monkeypatch):
+    """The default fit with the kernels and threads of the full-frame path (forced on a small frame)
+    equals the fit without them, to the last bit: background, rejections and quality report."""
+    import specwidgets as sw
+    from specwidgets.core import _threads, peaks
+    from specwidgets.core import warp as wm
+    from specwidgets.core.sky import _select, api
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(80, 700), n_exposures=2, tilt=2.5, n_sky_lines=25, cosmic_rays=10, seed=11)
+    science = np.array(f.science)
+    science[:, :4] = 0.0  # unlit rows at the slit's end: dropped from the samples before the first pass
+    science[:, 4:7] *= 0.3  # dimmer ones: dropped before the final fit
+    fits = []
+    for fast in (False, True):
+        big = 0 if fast else 1 << 40
+        monkeypatch.setattr(_select, "KERNEL_MIN_PIXELS", big)
+        monkeypatch.setattr(wm, "_BLOCK_KERNEL_MIN_PIXELS", big)
+        monkeypatch.setattr(_threads, "_INTERP_MIN_POINTS", 100 if fast else 1 << 40)
+        monkeypatch.setattr(api, "_PARALLEL_MIN_SAMPLES", 0 if fast else 1 << 40)
+        monkeypatch.setattr(sq, "_PARALLEL_MIN_SAMPLES", 0 if fast else 1 << 40)
+        monkeypatch.setattr(peaks, "_THREAD_MIN_WINDOWS", 10 if fast else 1 << 40)
+        locs, _ = sw.find_cal_lines(f.arc)
+        warp = sw.generate_warp_model(f.arc, locs)
+        fits.append(sw.fit_sky(science, warp, [f.trace_rows]))
+    np.testing.assert_array_equal(fits[0].background, fits[1].background)
+    np.testing.assert_array_equal(fits[0].rejected, fits[1].rejected)
+    assert fits[0].quality == fits[1].quality

@@ -13,7 +13,9 @@ import os
 import threading
 from concurrent.futures import wait
 
-__all__ = ["chunk_bounds", "map_in_threads", "run_in_threads"]
+import numpy as np
+
+__all__ = ["chunk_bounds", "interp_in_threads", "map_in_threads", "run_in_threads"]
 
 
 def chunk_bounds(n, n_chunks):
@@ -123,3 +125,41 @@ def _n_threads():
     import numba
 
     return numba.get_num_threads()
+
+
+# Below this many points one np.interp call does the work.
+_INTERP_MIN_POINTS = 200_000
+
+
+def interp_in_threads(x, xp, fp):
+    """``np.interp(x, xp, fp)`` (float64 ``x``), its points cut into pieces interpolated side by side.
+
+    np.interp releases the GIL and each point's value depends on that point
+    only, so the pieces give the same numbers; on a full frame's million
+    samples it is ~10 ms a call.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1.0, 5.0, 300_001)
+    >>> bool(np.array_equal(interp_in_threads(x, [0.0, 1.0, 4.0], [0.0, 2.0, 3.0]),
+    ...                     np.interp(x, [0.0, 1.0, 4.0], [0.0, 2.0, 3.0])))
+    True
+    """
+    x = np.asarray(x, dtype=np.float64)
+    xp = np.asarray(xp, dtype=np.float64)
+    fp = np.asarray(fp, dtype=np.float64)
+    n_threads = _n_threads()
+    # (np.interp computes its slopes ahead only for more points than table
+    # entries, by another formula: each piece keeps to the whole's case.)
+    if (x.size < _INTERP_MIN_POINTS or n_threads <= 1 or getattr(_IN_POOL, "active", False)
+            or x.size // n_threads < xp.size):
+        return np.interp(x, xp, fp)
+    flat = x.ravel()
+    out = np.empty(flat.size)
+
+    def piece(start, stop):
+        out[start:stop] = np.interp(flat[start:stop], xp, fp)
+
+    run_in_threads([(lambda start=start, stop=stop: piece(start, stop))
+                    for start, stop in chunk_bounds(flat.size, n_threads)])
+    return out.reshape(x.shape)

@@ -37,6 +37,10 @@ def warm_up(methods=("bspline", "median"), lines=True):
         from .extract import running_median_rows
 
         running_median_rows(np.zeros((2, 8)), 3)
+        # The arc tracer's block means of a large frame (one compiled pass).
+        from .warp import _block_nanmeans
+
+        _block_nanmeans(np.zeros((4, 3)), 2, np.empty((2, 3)))
     for method in methods:
         if method == "median":
             from .sky.median import warm_up as median_warm_up
@@ -65,6 +69,14 @@ def warm_up(methods=("bspline", "median"), lines=True):
 
             # The slit correction's column sums (int32 pixel indices, as fit_sky's).
             fit_slit_correction(np.arange(400, dtype=np.int32), flux, level, 8, 50, 1.0, 1.0)
+            # The sample selection of large frames and of unlit rows.
+            from .sky import _select
+
+            flags = np.zeros(4, bool)
+            _select.drop_flagged_rows(e, flux[None], rows.copy(), rows, flags)
+            order = np.empty(rows.size, np.int32)
+            _select._row_major(np.arange(rows.size), 4, 100, order)
+            _select._copy_unmasked(order, 100, flags, np.empty(_select._count_unmasked(order, 100, flags), np.int32))
         else:
             raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
     return tuple(methods)

@@ -13,6 +13,8 @@ import numpy as np
 from numba import njit
 from scipy.special import erf
 
+from ._threads import _n_threads, chunk_bounds, run_in_threads
+
 __all__ = ["fit_gaussian_windows", "window_indices"]
 
 _SQRT2 = np.sqrt(2.0)
@@ -41,6 +43,8 @@ def _integrated_gaussian(cols, mu, sigma):
 #: Batches of at least this many sample-iterations go to the compiled kernel;
 #: the array code below does the rest (a test sets this high to compare the two).
 _NUMBA_MIN_WORK = 0
+#: Calls with at least this many windows are split between threads.
+_THREAD_MIN_WINDOWS = 1000
 
 
 @njit(cache=True, nogil=True)
@@ -191,7 +195,15 @@ def fit_gaussian_windows(cols, data, n_iter=12, sigma_bounds=(0.3, None)):
         # The same iterations window by window in compiled code: the warp
         # tracks lines block by block with a few dozen windows per call,
         # where the array version is all call overhead (~70% of an arc fit).
-        _gauss_newton_windows(cols, d, wt, bg, flux, mu, sigma, chi2, lam, float(s_lo), float(s_hi), int(n_iter))
+        # Each window is fit on its own: a warp's fine pass (thousands of
+        # windows in one call) is split between the cores.
+        n_pieces = _n_threads() if n >= _THREAD_MIN_WINDOWS else 1
+
+        def piece(a, b):
+            _gauss_newton_windows(cols[a:b], d[a:b], wt[a:b], bg[a:b], flux[a:b], mu[a:b], sigma[a:b], chi2[a:b],
+                                  lam[a:b], float(s_lo), float(s_hi), int(n_iter))
+
+        run_in_threads([(lambda a=a, b=b: piece(a, b)) for a, b in chunk_bounds(n, n_pieces)])
         n_iter = 0
     for _ in range(n_iter):
         g, a, b, pa, pb = _integrated_gaussian(cols, mu, sigma)

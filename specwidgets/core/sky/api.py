@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._threads import map_in_threads
+from .._stats import median, percentile
+from .._threads import interp_in_threads, map_in_threads, run_in_threads
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
 from ._kernels import _PARALLEL_MIN_SAMPLES
+from ._select import drop_flagged_rows, pixel_order, unmasked_pixels
 from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
 from .options import resolve_options
@@ -108,17 +110,10 @@ def sky_samples(stack, warp_model, masked_rows):
         by_column = np.argsort(warp_model.effpix_map().T.ravel(), kind="stable")
         # Pixel indices fit in int32 below 2**31 pixels: half the memory of
         # the cached order and of every sample index (the same values).
-        if n_rows * n_cols < 2**31:
-            by_column = by_column.astype(np.int32)
-        order = by_column % n_rows  # the row ...
-        by_column //= n_rows  # ... and the column of each pixel in effective-pixel order
-        order *= n_cols
-        order += by_column
+        order = pixel_order(by_column, n_rows, n_cols)
         del by_column
         warp_model._cache["order"] = order
-    keep = ~masked_rows[order // n_cols]
-    index = order[keep]
-    del keep
+    index = unmasked_pixels(order, n_cols, masked_rows)
     emap, flat = warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1)
     effpix = np.empty(index.size)
     flux = np.empty((n_exp, index.size))
@@ -445,8 +440,8 @@ def _drop_rows(samples, flagged, rows=None):
     new pass over the frame. ``rows``: ``samples.rows`` if already at hand.
     """
     rows = samples.rows if rows is None else rows
-    keep = ~flagged[rows]
-    return SkySamples(samples.effpix[keep], samples.flux[:, keep], samples.index[keep], samples.n_cols), rows[keep]
+    effpix, flux, index, rows = drop_flagged_rows(samples.effpix, samples.flux, samples.index, rows, flagged)
+    return SkySamples(effpix, flux, index, samples.n_cols), rows
 
 
 def _every_nth_true(flags, step, chunk=1 << 20):
@@ -1016,7 +1011,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # are the map's values there; in ``e_k``'s sorted order, not
             # gathered from a frame-sized map.
             inner = fit_bspline_sky(
-                np.interp(e_k, *table), fit_flux[k], sample_rows, spatial_order=order,
+                interp_in_threads(e_k, *table), fit_flux[k], sample_rows, spatial_order=order,
                 row_range=row_range, read_noise=read_noise, gain=gain,
                 extent=(0.0, float(table[1][-1])), knot_spacing=1.0, initial=start, **options,
             )
@@ -1038,7 +1033,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             if table is None:
                 background[k, row_block] = model(e_rows, rows_grid)
             else:
-                background[k, row_block] = inner(np.interp(e_rows, *table), rows_grid)
+                background[k, row_block] = inner(interp_in_threads(e_rows, *table), rows_grid)
             if illum is not None:
                 background[k, row_block] *= illum[row_block, None]
             del e_rows
@@ -1317,7 +1312,7 @@ def _robust_std(x):
     """1.4826 x the median absolute deviation (NaN for no values)."""
     if x.size == 0:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+    return float(1.4826 * median(np.abs(x - median(x))))
 
 
 # Robust spread (1.4826 x MAD) of residuals about their own bin's median, in
@@ -1364,7 +1359,7 @@ def _line_misfit(result, skip_rows, limit=120_000):
         ra, rb = ra[ok], rb[ok]
         if level.size < 5000:
             continue
-        bright = level >= np.percentile(level, 90)
+        bright = level >= percentile(level, 90)
         diff = _robust_std((ra[bright] - rb[bright]) / math.sqrt(2.0))
         if diff > 0:
             worst = max(worst, (_robust_std(ra[bright]) / diff) ** 2)
@@ -1535,14 +1530,23 @@ def _chi_scatter(result, samples, models):
             chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
     finite = np.isfinite(chi)
     sub = chi[finite]
-    chi_std = _robust_std(sub)
     levels = bg[finite]
-    by_level = []
-    if sub.size >= 2000:
-        cut = np.percentile(levels, [50, 90])
-        for part in (levels <= cut[0], levels >= cut[1]):
-            if part.sum() >= 500:
-                by_level.append(_robust_std(sub[part]))
+
+    def by_levels():
+        out = []
+        if sub.size >= 2000:
+            cut = (percentile(levels, 50), percentile(levels, 90))
+            for part in (levels <= cut[0], levels >= cut[1]):
+                if part.sum() >= 500:
+                    out.append(_robust_std(sub[part]))
+        return out
+
+    # The overall scatter and the two by level side by side (their medians
+    # are partitions, which release the GIL): about half the report's time.
+    if sub.size >= _PARALLEL_MIN_SAMPLES:
+        chi_std, by_level = run_in_threads([lambda: _robust_std(sub), by_levels])
+    else:
+        chi_std, by_level = _robust_std(sub), by_levels()
     return chi_std, by_level
 
 

@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
 
-from .._threads import map_in_threads
+from .._threads import interp_in_threads, map_in_threads
 from ._kernels import (  # noqa: F401 - the kernels the fit calls, and tests reach through here
     _PAIRS,
     _PARALLEL_MIN_SAMPLES,
@@ -1100,8 +1100,7 @@ class StretchedBSplineSky:
     table_u: np.ndarray = field(repr=False)
 
     def to_u(self, effpix):
-        e = np.asarray(effpix, dtype=np.float64)
-        return np.interp(e, self.table_e, self.table_u)
+        return interp_in_threads(effpix, self.table_e, self.table_u)
 
     def __getattr__(self, name):
         if name in ("inner", "table_e", "table_u"):

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from .._stats import median, percentile
+from .._threads import _n_threads, chunk_bounds, run_in_threads
+from ._kernels import _PARALLEL_MIN_SAMPLES
+
 __all__ = ["SkyQuality", "analyse_rows", "dark_rows", "estimate_noise", "line_shape_change", "measure_flexure",
            "row_profile"]
 
@@ -223,8 +227,8 @@ class SkyQuality:
 
 # --------------------------------------------------------------------------- noise model
 def _robust_var(values):
-    med = np.median(values)
-    return (1.4826 * np.median(np.abs(values - med))) ** 2
+    med = median(values)
+    return (1.4826 * median(np.abs(values - med))) ** 2
 
 
 def _stable_argsort(values):
@@ -385,9 +389,9 @@ def provisional_noise(stack, masked_rows, gain=None):
     diff, level = diff[ok], level[ok]
     if diff.size < 50:
         return gain, 0.0, 0.0
-    low = level <= np.percentile(level, 25)
+    low = level <= percentile(level, 25)
     var_low = _robust_var(diff[low]) / 2
-    level_low = max(float(np.median(level[low])), 0.0)
+    level_low = max(median(level[low]), 0.0)
     rn_var = max(var_low - level_low / gain, 0.25 * var_low)
     return gain, float(np.sqrt(rn_var) * gain), float(var_low)
 
@@ -498,14 +502,17 @@ def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums):
+def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums, p_lo, p_hi):
     """Per row: how many sky samples have a finite chi, and the sum of their
     chi clipped to +-5, with ``chi = (flux - bg) / sqrt(max(bg, 0) / gain +
     rn_var)`` and ``bg = background[index]`` (flat pixel index; ``counts``
     and ``sums`` zeroed by the caller). Sums in sample order, as
-    ``np.bincount`` adds them."""
+    ``np.bincount`` adds them. Only the samples of pixels ``p_lo <= index <
+    p_hi`` (whole rows: threads share the rows)."""
     for i in range(index.shape[0]):
         p = index[i]
+        if p < p_lo or p >= p_hi:
+            continue
         bg = background[p]
         var = (bg if bg > 0.0 else 0.0) / gain + rn_var
         chi = (flux[i] - bg) / math.sqrt(var)
@@ -526,9 +533,15 @@ def _row_chi_means(index, n_cols, n_rows, background, flux, gain, read_noise):
         index = index.astype(np.int64)  # a second signature only for frames over 2**31 pixels
     counts = np.zeros(n_rows)
     sums = np.zeros(n_rows)
-    _row_chi_sums(index, int(n_cols), np.ascontiguousarray(background, dtype=np.float64).ravel(),
-                  np.ascontiguousarray(flux, dtype=np.float64), float(gain),
-                  float((read_noise / gain) ** 2), counts, sums)
+    background = np.ascontiguousarray(background, dtype=np.float64).ravel()
+    flux = np.ascontiguousarray(flux, dtype=np.float64)
+    # Each row's sums come from one thread, in sample order; the threads
+    # share the (random) reads of the background.
+    pieces = chunk_bounds(n_rows, _n_threads() if index.size >= _PARALLEL_MIN_SAMPLES else 1)
+    run_in_threads([(lambda r0=r0, r1=r1: _row_chi_sums(index, int(n_cols), background, flux, float(gain),
+                                                        float((read_noise / gain) ** 2), counts, sums,
+                                                        r0 * n_cols, r1 * n_cols))
+                    for r0, r1 in pieces])
     return counts, sums
 
 

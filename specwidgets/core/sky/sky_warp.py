@@ -157,9 +157,13 @@ def _sky_line_guesses(stack, sky_rows, std_variation=20.0):
     return np.asarray(locs, float)
 
 
-def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1):
-    """Sky lines traced row by row on the sky rows (others blanked): a :class:`WarpModel` with ``traces``."""
-    from ..warp import generate_warp_model
+def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1, check_fold=True):
+    """Sky lines traced row by row on the sky rows (others blanked): a :class:`WarpModel` with ``traces``.
+
+    ``check_fold=False``: the model's quality warnings leave out the fold-over
+    check (for a model used only for its traces).
+    """
+    from ..warp import _generate_warp_model
 
     n_rows = stack.shape[1]
     locs = _sky_line_guesses(stack, sky_rows)
@@ -174,8 +178,8 @@ def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1):
         blank[sky_rows] = False
         summed[blank] = np.nan
         ref = int(sky_rows[np.argmin(np.abs(sky_rows - ref_row))])
-        return generate_warp_model(summed, locs, line_order=line_order, warp_order=min(warp_order, locs.size - 1),
-                                   ref_idx=ref)
+        return _generate_warp_model(summed, locs, line_order=line_order, warp_order=min(warp_order, locs.size - 1),
+                                    ref_idx=ref, check_fold=check_fold)
 
 
 def _design(terms, t, u):
@@ -245,7 +249,8 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     if sky_rows.size < 16 or n_cols < 50:
         return warp, WarpRefinement(False, source, reason="too few sky rows to measure the sky lines' warp")
     try:
-        traced = _trace_sky_lines(stack, sky_rows, warp.ref_row)
+        # Only its traces are used: its quality warnings (the fold-over check) are not made.
+        traced = _trace_sky_lines(stack, sky_rows, warp.ref_row, check_fold=False)
     except ValueError as exc:
         return warp, WarpRefinement(False, source, reason=f"the sky lines could not be traced: {exc}")
     tr = traced.traces

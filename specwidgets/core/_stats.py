@@ -1,0 +1,70 @@
+"""``np.median`` and ``np.percentile`` of a 1D float64 array, the same numbers, faster.
+
+NumPy partitions the array around several positions at once for these (the
+middle ones, and the last to find NaN), which takes its generic selection;
+around one position it takes a vectorised one, ~8x faster here (a median of
+500 000 numbers: 5 ms -> 0.6 ms). These partition around one position and
+take the neighbour with a max or min, then form the result with NumPy's own
+arithmetic; arrays with NaN (and anything but 1D float64) go to NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["median", "percentile"]
+
+
+def _plain(x):
+    return isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype == np.float64 and x.size > 0
+
+
+def median(x):
+    """``np.median(x)`` as a float.
+
+    Examples
+    --------
+    >>> median(np.array([3.0, 1.0, 2.0, 10.0]))
+    2.5
+    """
+    if not _plain(x) or np.isnan(x).any():
+        return float(np.median(x))
+    n = x.size
+    k = n // 2
+    part = np.partition(x, k)
+    hi = part[k]
+    # np.median is np.mean of the middle one or two: a sum started at 0, over the count.
+    if n % 2:
+        return float((0.0 + (0.0 + hi)) / 1.0)
+    lo = part[:k].max()
+    return float((0.0 + ((0.0 + lo) + hi)) / 2.0)
+
+
+def percentile(x, q):
+    """``np.percentile(x, q)`` (method "linear", one ``q`` in 0..100) as a float.
+
+    Examples
+    --------
+    >>> percentile(np.arange(11.0), 25)
+    2.5
+    """
+    if not _plain(x) or np.isnan(x).any() or not np.isscalar(q) or not 0 <= q <= 100:
+        return float(np.percentile(x, q))
+    n = x.size
+    # NumPy's virtual index, its neighbours and the weight, in its arithmetic.
+    virtual = (n - 1) * np.true_divide(np.float64(q), 100)
+    if virtual >= n - 1:
+        # NumPy takes the last value for both ends (and the weight from index -1).
+        prev, a = -1, x.max()
+        b = a
+    else:
+        prev = int(np.floor(virtual))
+        part = np.partition(x, prev)
+        a = part[prev]
+        b = part[prev + 1:].min()
+    gamma = np.float64(virtual - prev)
+    diff = b - a
+    # NumPy's lerp: from the nearer end.
+    if gamma >= 0.5:
+        return float(b - diff * (1 - gamma))
+    return float(a + diff * gamma)
