@@ -364,6 +364,16 @@ def test_median_and_percentile_are_numpys_numbers(rng):
                 assert _same_float(percentile(x, q), float(np.percentile(x, q))), (trial, q, x)
                 n_checked += 1
     assert n_checked == 600 * 7
+    # Row by row, as np.median(axis=1) gives them.
+    from specwidgets.core._stats import median_rows
+
+    for trial in range(100):
+        a = rng.normal(size=(int(rng.integers(1, 20)), int(rng.integers(1, 200))))
+        if trial % 3 == 0:
+            a = np.where(rng.random(a.shape) < 0.5, -0.0, 0.0)
+        ref = np.median(a, axis=1)
+        np.testing.assert_array_equal(median_rows(a), ref)
+        np.testing.assert_array_equal(np.signbit(median_rows(a)), np.signbit(ref))
     # Zeros of both signs: the median's sign is NumPy's; a percentile's value (its zero's sign is
     # whichever zero the partition puts there).
     z = np.where(rng.random(30) < 0.5, -0.0, 0.0)

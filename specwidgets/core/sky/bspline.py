@@ -36,6 +36,7 @@ import numba
 import numpy as np
 from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
 
+from .._stats import median
 from .._threads import interp_in_threads, map_in_threads
 from ._kernels import (  # noqa: F401 - the kernels the fit calls, and tests reach through here
     _PAIRS,
@@ -375,7 +376,7 @@ def _add_guard(band, n_terms, strength, ridge_all=False):
     """
     diag = band[0]
     positive = diag[diag > 0]
-    scale = float(np.median(positive)) if positive.size else 1.0
+    scale = median(positive) if positive.size else 1.0
     lam = strength * scale
     if lam <= 0:
         return

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from .._stats import median, percentile
+from .._stats import median, median_rows, percentile
 from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 
@@ -258,9 +258,9 @@ def _binned_medians(level, residual, n_bins):
             continue
         lev = level[lo:hi].reshape(-1, m)
         res = residual[lo:hi].reshape(-1, m)
-        lv.append(np.median(lev, axis=1))
-        med = np.median(res, axis=1)
-        mad = 1.4826 * np.median(np.abs(res - med[:, None]), axis=1)
+        lv.append(median_rows(lev))
+        med = median_rows(res)
+        mad = 1.4826 * median_rows(np.abs(res - med[:, None]))
         # Squared one by one as NumPy scalars, as ``_robust_var`` does (the
         # scalar power can differ from the array's x * x in the last bit).
         var.append(np.array([m**2 for m in mad]))
