@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._stats import median, percentile
-from .._threads import interp_in_threads, map_in_threads, run_in_threads
+from .._threads import interp_in_threads, map_in_threads
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
@@ -1530,23 +1530,14 @@ def _chi_scatter(result, samples, models):
             chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
     finite = np.isfinite(chi)
     sub = chi[finite]
+    chi_std = _robust_std(sub)
     levels = bg[finite]
-
-    def by_levels():
-        out = []
-        if sub.size >= 2000:
-            cut = (percentile(levels, 50), percentile(levels, 90))
-            for part in (levels <= cut[0], levels >= cut[1]):
-                if part.sum() >= 500:
-                    out.append(_robust_std(sub[part]))
-        return out
-
-    # The overall scatter and the two by level side by side (their medians
-    # are partitions, which release the GIL): about half the report's time.
-    if sub.size >= _PARALLEL_MIN_SAMPLES:
-        chi_std, by_level = run_in_threads([lambda: _robust_std(sub), by_levels])
-    else:
-        chi_std, by_level = _robust_std(sub), by_levels()
+    by_level = []
+    if sub.size >= 2000:
+        cut = (percentile(levels, 50), percentile(levels, 90))
+        for part in (levels <= cut[0], levels >= cut[1]):
+            if part.sum() >= 500:
+                by_level.append(_robust_std(sub[part]))
     return chi_std, by_level
 
 
