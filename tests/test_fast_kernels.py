@@ -517,3 +517,23 @@ def test_full_frame_helpers_leave_the_fit_unchanged(monkeypatch):
     np.testing.assert_array_equal(fits[0].background, fits[1].background)
     np.testing.assert_array_equal(fits[0].rejected, fits[1].rejected)
     assert fits[0].quality == fits[1].quality
+
+
+def test_effective_pixel_map_in_blocks_on_threads_is_the_whole_grids(monkeypatch):
+    """The map's row blocks, inverted side by side, give the numbers of one Newton iteration over
+    the whole grid (blocks that converge early take the missing steps); a fold still raises."""
+    from specwidgets.core import _threads
+    from specwidgets.core.warp import WarpModel
+
+    monkeypatch.setattr(_threads, "_n_threads", lambda: 3)
+    warp = WarpModel.from_tilt((301, 257), 6.0, curvature=4.0)
+    maps = {}
+    for rows in (1 << 20, 7):  # one block; many, on three threads
+        monkeypatch.setattr(WarpModel, "_GRID_BLOCK_ROWS", rows)
+        fresh = warp.replace(coefficients=warp.coefficients.copy())
+        maps[rows] = (fresh.effpix_map(), fresh.edge_map())
+    for whole, blocks in zip(maps[1 << 20], maps[7]):
+        np.testing.assert_array_equal(whole, blocks)
+    folding = WarpModel((301, 257), 150, np.array([[0.0, -400.0]]), 301.0, 128.0, 128.0)
+    with pytest.raises(ValueError, match="folds over"):
+        folding.effpix_map()

@@ -23,6 +23,7 @@ from numba import njit
 from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
+from ._threads import map_in_threads
 from .inputs import as_image, check_number
 from .lines import robust_noise, row_profile
 from .peaks import fit_gaussian_windows, window_indices
@@ -277,11 +278,14 @@ class WarpModel:
         cols = np.asarray(cols, dtype=float)[None, :]
         out = np.empty((n_rows, cols.shape[1]))
         block = self._GRID_BLOCK_ROWS
-        steps = []
-        for r0 in range(0, n_rows, block):
+
+        def invert(r0):
             r1 = min(r0 + block, n_rows)
             out[r0:r1], n = self._effective_pixel(cols, np.arange(r0, r1)[:, None])
-            steps.append(n)
+            return n
+
+        # The blocks side by side on the cores (NumPy's loops release the GIL).
+        steps = map_in_threads(invert, range(0, n_rows, block))
         most = max(steps, default=0)
         for b, n in enumerate(steps):
             if n < most:
