@@ -6,7 +6,7 @@ Measures
   (``run_batch`` from call to return: calibrations, warp fit, cluster start,
   every exposure read, fit and written, cluster stop), and the fixed cost
   (the same for 1 exposure: calibrations, warp fit, cluster start and stop);
-* the driver's peak memory (``ru_maxrss`` of the driver process only; the
+* the driver's peak memory (its own high-water mark, ``VmHWM``; the
   workers are separate processes) at 50 and at 200 exposures: it should
   stay flat, since the driver sends paths and gets back small records.
 
@@ -65,12 +65,14 @@ def make_data(folder, n, seed=7):
 
 def run_once(args):
     """One measured run (in its own process): print a JSON record."""
+    from _rss import maxrss_mb
+
     from specwidgets.batch import run_batch
 
     data = Path(args.data)
     science = sorted(data.glob("exp_*.fits"))[: args.n]
     mask = tuple(json.loads(args.mask))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = maxrss_mb()
     t0 = time.perf_counter()
     summary = run_batch(
         science, [data / "arc.fits"], masks=[mask], out_dir=args.out, workers=args.workers,
@@ -80,7 +82,7 @@ def run_once(args):
     me = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({
         "n": len(science), "workers": args.workers, "wall": wall, "done": len(summary.done),
-        "failed": len(summary.failed), "rss_before_mib": rss_before / 1024, "peak_rss_mib": me.ru_maxrss / 1024,
+        "failed": len(summary.failed), "rss_before_mib": rss_before, "peak_rss_mib": maxrss_mb(),
         # The workers report their own CPU time (forked by a fork server, they are not our children).
         "driver_cpu": me.ru_utime + me.ru_stime, "workers_cpu": getattr(summary, "timings", {}).get("worker_cpu", float("nan")),
         "timings": getattr(summary, "timings", {}),  # older specwidgets: none

@@ -17,7 +17,8 @@ the peaks do not mix:
   printed apart.
 
 Printed: the RSS after making the frame, the process's peak RSS
-(``ru_maxrss``) at the end, and seconds of each call.
+(``VmHWM``, its own; ``ru_maxrss`` would carry over the parent's, which made
+the frame) at the end, and seconds of each call.
 
     python benchmarks/bench_large.py [--size 4096] [--method bspline|median]
 """

@@ -396,6 +396,14 @@ def test_interp_in_threads_is_np_interp(monkeypatch, rng):
     np.testing.assert_array_equal(out, np.interp(x, xp, fp))
     # Pieces shorter than the table would take NumPy's other slope formula: one call then.
     np.testing.assert_array_equal(_threads.interp_in_threads(x.ravel()[:60], xp, fp), np.interp(x.ravel()[:60], xp, fp))
+    # Each thread's share in parts (none shorter than the table).
+    calls = []
+    real = np.interp
+    monkeypatch.setattr(np, "interp", lambda a, *args: calls.append(a.size) or real(a, *args))
+    monkeypatch.setattr(_threads, "_INTERP_PART", 20)
+    x = rng.uniform(-10, 110, 2000)
+    np.testing.assert_array_equal(_threads.interp_in_threads(x, xp, fp), real(x, xp, fp))
+    assert len(calls) > 20 and min(calls) >= xp.size and sum(calls) == x.size
 
 
 def test_drop_flagged_rows_is_boolean_indexing_c_ordered(rng):

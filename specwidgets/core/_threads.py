@@ -129,6 +129,8 @@ def _n_threads():
 
 # Below this many points one np.interp call does the work.
 _INTERP_MIN_POINTS = 200_000
+# Points interpolated at a time in a thread (8 MB of float64).
+_INTERP_PART = 1 << 20
 
 
 def interp_in_threads(x, xp, fp):
@@ -158,7 +160,12 @@ def interp_in_threads(x, xp, fp):
     out = np.empty(flat.size)
 
     def piece(start, stop):
-        out[start:stop] = np.interp(flat[start:stop], xp, fp)
+        # In parts: np.interp returns a new array, and a thread's whole share
+        # at once would add half of ``out`` to the peak memory (64 MB on a
+        # 4096 x 4096 frame). Each part keeps to the table's size or more.
+        n_parts = max(1, (stop - start) // max(_INTERP_PART, xp.size))
+        for a, b in chunk_bounds(stop - start, n_parts):
+            out[start + a:start + b] = np.interp(flat[start + a:start + b], xp, fp)
 
     run_in_threads([(lambda start=start, stop=stop: piece(start, stop))
                     for start, stop in chunk_bounds(flat.size, n_threads)])
