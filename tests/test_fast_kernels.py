@@ -482,6 +482,37 @@ def test_line_windows_in_threads_match_one_call(monkeypatch, rng):
         np.testing.assert_array_equal(a, b)
 
 
+def test_row_chi_means_in_rows_match_the_samples_pass(monkeypatch):
+    # The sky samples are every pixel of the unmasked rows, in effective-pixel
+    # order: read row by row instead, the counts and sums are the same numbers.
+    import specwidgets as sw
+    from specwidgets.core.sky import api
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(90, 700), n_exposures=1, tilt=6.0, cosmic_rays=30, seed=8)
+    data = np.asarray(f.science[0]).copy()
+    data[40:43, 100:200] = np.nan
+    rows = np.ones(90, bool)
+    rows[slice(*f.trace_rows)] = False
+    rows[5] = False
+    samples = api.sky_samples(data[None], f.warp, ~rows)
+    background = data + np.random.default_rng(2).normal(0, 3, data.shape)
+    background[60] = -5.0  # a negative model: the variance is the read noise's
+    ref = sq._row_chi_means(samples.index, 700, 90, background, samples.flux[0], 1.4, 4.7)
+    for n_threads in (1, 3):
+        monkeypatch.setattr(sq, "_PARALLEL_MIN_SAMPLES", 0)
+        monkeypatch.setattr(sq, "_n_threads", lambda n=n_threads: n)
+        got = sq._row_chi_means_in_rows(data, background, rows, 1.4, 4.7)
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a, b)
+    fast = api._leak(background, samples, 0, 1.4, 4.7, data, rows)
+    assert fast == api._leak(background, samples, 0, 1.4, 4.7)
+    # Samples that are not whole rows: the samples' pass.
+    fewer = api.SkySamples(samples.effpix[::2], samples.flux[:, ::2], samples.index[::2], 700)
+    assert api._leak(background, fewer, 0, 1.4, 4.7, data, rows) == api._leak(background, fewer, 0, 1.4, 4.7)
+    assert sw.fit_sky(data, f.warp, f.trace_rows).quality.leak >= 0.0
+
+
 def test_row_chi_means_split_by_rows_match_one_pass(monkeypatch, rng):
     n_rows, n_cols = 40, 300
     index = rng.permutation(n_rows * n_cols)[:9000].astype(np.int32)  # any order

@@ -48,7 +48,7 @@ def warm_up(methods=("bspline", "median"), lines=True):
             median_warm_up()
         elif method == "bspline":
             from .sky.bspline import fit_bspline_sky
-            from .sky.quality import _far_above, _row_chi_means, measure_flexure, row_profile
+            from .sky.quality import _far_above, _row_chi_means, _row_chi_means_in_rows, measure_flexure, row_profile
 
             e = np.linspace(0.0, 20.0, 400)
             flux = 10.0 + np.sin(e)
@@ -64,6 +64,7 @@ def warm_up(methods=("bspline", "median"), lines=True):
             row_profile(rows, flux, level, level, 4)
             _far_above(flux[None], level[None], np.ones((1, 4)), rows, 1.0, 1.0)
             _row_chi_means(rows, 1, 4, level[:4], flux, 1.0, 1.0)
+            _row_chi_means_in_rows(flux.reshape(4, 100), level.reshape(4, 100), np.ones(4, bool), 1.0, 1.0)
             measure_flexure(e / 20.0 - 0.5, flux, level, np.cos(e), level)
             from .sky.slit import fit_slit_correction
 

@@ -38,6 +38,7 @@ from .quality import (  # noqa: E402
     _far_above,
     _ranges,
     _row_chi_means,
+    _row_chi_means_in_rows,
     analyse_rows,
     dark_rows,
     estimate_noise,
@@ -1102,7 +1103,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         rejected[k].ravel()[samples.index[model.outliers]] = True
         # The leak is judged before the slit correction: its smooth light
         # would absorb part of a trace left in the sky rows.
-        leak = _leak(background[k], samples, k, gain, read_noise)
+        leak = _leak(background[k], samples, k, gain, read_noise, stack[k], ~fit_rows)
         corr = None
         if slit_mode:
             # A regular subsample (``fit_slit_correction`` would take one
@@ -1434,11 +1435,19 @@ def _range(values):
     return float(np.ptp(values)) if len(values) else 0.0
 
 
-def _leak(background, samples, k, gain, read_noise):
+def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None):
     """``(leak, row)``: the largest row mean of clipped chi among exposure ``k``'s sky rows
-    (``(0.0, None)`` when no row has enough samples or none is above the sky)."""
+    (``(0.0, None)`` when no row has enough samples or none is above the sky).
+
+    With ``data`` (exposure ``k``'s image) and ``sample_rows`` (the rows the
+    samples come from, flagged), when the samples are all the pixels of
+    those rows, the rows are read in memory order instead of the samples.
+    """
     n_rows, n_cols = background.shape
-    n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, background, samples.flux[k], gain, read_noise)
+    if sample_rows is not None and int(np.count_nonzero(sample_rows)) * n_cols == samples.index.size:
+        n_k, sums = _row_chi_means_in_rows(data, background, sample_rows, gain, read_noise)
+    else:
+        n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, background, samples.flux[k], gain, read_noise)
     ok = n_k >= max(20, 0.25 * n_cols)
     if ok.any():
         means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
@@ -1463,7 +1472,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     # unless given, each exposure's row leak): side by side on the cores.
     tasks = [lambda: _chi_scatter(result, samples, models), lambda: _line_misfit(result, skip)]
     if leak is None:
-        tasks += [(lambda k=k: _leak(result.background[k], samples, k, result.gain, result.read_noise))
+        tasks += [(lambda k=k: _leak(result.background[k], samples, k, result.gain, result.read_noise,
+                                     result.data[k], ~skip))
                   for k in range(n_exp)]
     # (map_in_threads: within the thread budget, e.g. a batch worker's one thread.)
     (chi_std, by_level), misfit, *leaks = map_in_threads(lambda task: task(), tasks)
