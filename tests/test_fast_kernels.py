@@ -396,14 +396,38 @@ def test_interp_in_threads_is_np_interp(monkeypatch, rng):
     np.testing.assert_array_equal(out, np.interp(x, xp, fp))
     # Pieces shorter than the table would take NumPy's other slope formula: one call then.
     np.testing.assert_array_equal(_threads.interp_in_threads(x.ravel()[:60], xp, fp), np.interp(x.ravel()[:60], xp, fp))
-    # Each thread's share in parts (none shorter than the table).
+    # A table NumPy alone takes (a repeated entry): each thread's share in
+    # parts, none shorter than the table.
     calls = []
     real = np.interp
     monkeypatch.setattr(np, "interp", lambda a, *args: calls.append(a.size) or real(a, *args))
     monkeypatch.setattr(_threads, "_INTERP_PART", 20)
     x = rng.uniform(-10, 110, 2000)
+    xp[10] = xp[11]
     np.testing.assert_array_equal(_threads.interp_in_threads(x, xp, fp), real(x, xp, fp))
     assert len(calls) > 20 and min(calls) >= xp.size and sum(calls) == x.size
+    # A strictly increasing, finite table: the compiled twin, no np.interp call.
+    calls.clear()
+    xp = np.linspace(0.0, 100.0, 50)
+    np.testing.assert_array_equal(_threads.interp_in_threads(x, xp, fp), real(x, xp, fp))
+    assert not calls
+
+
+def test_interp_table_is_np_interp(rng):
+    from specwidgets.core._threads import _interp_table
+
+    for trial in range(60):
+        n = int(rng.integers(2, 60))
+        if trial % 3 == 0:  # evenly spaced, as the adaptive knots' tables
+            xp = np.linspace(rng.uniform(-5, 0), rng.uniform(1, 50), n)
+        else:
+            xp = np.cumsum(rng.uniform(1e-3, 2, n)) - rng.uniform(0, 10)
+        fp = rng.normal(0, 5, n) if trial % 2 else np.cumsum(rng.uniform(0, 3, n))
+        x = np.concatenate([rng.uniform(xp[0] - 2, xp[-1] + 2, 300), xp, np.nextafter(xp, np.inf),
+                            np.nextafter(xp, -np.inf), [np.nan, -np.inf, np.inf]])
+        out = np.empty_like(x)
+        _interp_table(x, xp, fp, out)
+        np.testing.assert_array_equal(out, np.interp(x, xp, fp))
 
 
 def test_drop_flagged_rows_is_boolean_indexing_c_ordered(rng):

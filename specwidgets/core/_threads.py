@@ -9,11 +9,13 @@ the compile cost of the serial kernel.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import wait
 
 import numpy as np
+from numba import njit
 
 __all__ = ["chunk_bounds", "interp_in_threads", "map_in_threads", "run_in_threads"]
 
@@ -127,6 +129,51 @@ def _n_threads():
     return numba.get_num_threads()
 
 
+@njit(cache=True, nogil=True)
+def _interp_table(x, xp, fp, out):
+    """``out[:] = np.interp(x, xp, fp)`` for ``xp`` strictly increasing and ``xp``, ``fp`` finite.
+
+    The same numbers as NumPy's (its end rules, its interval, its formula
+    ``slope * (x - xp[j]) + fp[j]``; the retry NumPy makes when that is NaN
+    cannot happen with finite tables), about twice as fast: each point's
+    interval is guessed as if ``xp`` were evenly spaced (the tables here
+    are) and checked, a step fixing rounding and a bisection anything else,
+    where NumPy searches from the last point's interval.
+    """
+    n = xp.shape[0]
+    inv_dx = (n - 1) / (xp[n - 1] - xp[0])
+    for i in range(x.shape[0]):
+        xi = x[i]
+        if math.isnan(xi):
+            out[i] = xi
+            continue
+        if xi < xp[0]:
+            out[i] = fp[0]
+            continue
+        if xi >= xp[n - 1]:
+            out[i] = fp[n - 1]  # (at the last entry NumPy takes fp[-1] too)
+            continue
+        j = min(max(int((xi - xp[0]) * inv_dx), 0), n - 2)
+        if xp[j] > xi and j > 0 and xp[j - 1] <= xi:
+            j -= 1
+        elif xp[j + 1] <= xi and j < n - 2 and xp[j + 2] > xi:
+            j += 1
+        if not (xp[j] <= xi and xi < xp[j + 1]):
+            a, b = 0, n - 1  # xp[a] <= xi < xp[b]
+            while b - a > 1:
+                m = (a + b) >> 1
+                if xp[m] <= xi:
+                    a = m
+                else:
+                    b = m
+            j = a
+        if xp[j] == xi:
+            out[i] = fp[j]
+            continue
+        slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+        out[i] = slope * (xi - xp[j]) + fp[j]
+
+
 # Below this many points one np.interp call does the work.
 _INTERP_MIN_POINTS = 200_000
 # Points interpolated at a time in a thread (8 MB of float64).
@@ -158,6 +205,14 @@ def interp_in_threads(x, xp, fp):
         return np.interp(x, xp, fp)
     flat = x.ravel()
     out = np.empty(flat.size)
+    if xp.size >= 2 and np.isfinite(xp).all() and np.isfinite(fp).all() and np.all(np.diff(xp) > 0):
+        flat = np.ascontiguousarray(flat).view()
+        flat.flags.writeable = False  # (one compiled signature)
+        xp, fp = xp.view(), fp.view()
+        xp.flags.writeable = fp.flags.writeable = False
+        run_in_threads([(lambda start=start, stop=stop: _interp_table(flat[start:stop], xp, fp, out[start:stop]))
+                        for start, stop in chunk_bounds(flat.size, n_threads)])
+        return out.reshape(x.shape)
 
     def piece(start, stop):
         # In parts: np.interp returns a new array, and a thread's whole share

@@ -64,6 +64,12 @@ def warm_up(methods=("bspline", "median"), lines=True):
             row_profile(rows, flux, level, level, 4)
             _far_above(flux[None], level[None], np.ones((1, 4)), rows, 1.0, 1.0)
             _row_chi_means(rows, 1, 4, level[:4], flux, 1.0, 1.0)
+            # np.interp's twin for the adaptive knots' tables (as interp_in_threads passes them: read-only).
+            from ._threads import _interp_table
+
+            table = np.arange(2.0)
+            table.flags.writeable = False
+            _interp_table(table, table, table, np.empty(2))
             _row_chi_means_in_rows(flux.reshape(4, 100), level.reshape(4, 100), np.ones(4, bool), 1.0, 1.0)
             measure_flexure(e / 20.0 - 0.5, flux, level, np.cos(e), level)
             from .sky.slit import fit_slit_correction
