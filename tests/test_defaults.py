@@ -441,3 +441,25 @@ def test_large_frame_rows_all_measured_no_false_cosmic_rays(monkeypatch):
     assert nan_rows == 0 and hit_fraction < 1e-3, seen
     assert res.samples.index.size > 400_000
     assert not res.quality.suspect, res.quality.warnings
+
+
+def test_large_frame_with_every_failure_finds_only_the_true_unlit_rows():
+    # Above 400 000 samples per exposure the rows' brightness comes from a
+    # subsample: a regular one left rows 0-9 unmeasured here, and they
+    # passed for unlit.
+    f = make_synthetic_longslit(shape=(320, 2048), n_exposures=2, tilt=5.0, n_sky_lines=60, cosmic_rays=200,
+                                seed=21, n_lamps=3, unlit_rows=60, gradient=(0.5, 1.5), shift=0.7,
+                                shift_tilt=0.7, gain=2.5, read_noise=10.0)
+    data, arc = np.asarray(f.science), np.asarray(f.arc)
+    locs, _ = sw.find_cal_lines(arc)
+    res = sw.fit_sky(data, sw.generate_warp_model(arc, locs), tuple(f.trace_rows))
+    assert res.samples.index.size > 400_000
+    q = res.quality
+    assert len(q.unlit_rows) == 1 and q.unlit_rows[0][1] == 320 and 245 <= q.unlit_rows[0][0] <= 261, q.unlit_rows
+    assert abs(res.gain / 2.5 - 1) < 0.1
+    lit = np.ones(320, bool)
+    lit[slice(*f.trace_rows)] = False
+    lit[250:] = False
+    sigma = np.sqrt(np.clip(f.sky, 0, None) / f.gain + (f.read_noise / f.gain) ** 2)
+    assert rms(((res.background - f.sky) / sigma)[:, lit]) < 0.085
+    assert not q.suspect, q.warnings
