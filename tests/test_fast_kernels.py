@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+import specwidgets as sw
 from specwidgets.core.sky import bspline as bs
 from specwidgets.core.sky import quality as sq
 
@@ -487,6 +488,67 @@ def test_block_profiles_kernel_is_nanmean(monkeypatch, rng):
         np.testing.assert_array_equal(rows, ref_rows)
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+        # Rows blanked as they are read: the numbers of a copy with those rows NaN.
+        blank = rng.random(n_rows) < 0.3
+        blanked = image.copy()
+        blanked[blank] = np.nan
+        monkeypatch.setattr(wm, "_BLOCK_KERNEL_MIN_PIXELS", 1 << 40)
+        ref, _ = wm._block_profiles(blanked, block)
+        monkeypatch.setattr(wm, "_BLOCK_KERNEL_MIN_PIXELS", 0)
+        got, _ = wm._block_profiles(image, block, blank)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_warp_model_with_blank_rows_is_the_blanked_copys(monkeypatch, kernel):
+    """The sky lines' tracer reads a science frame with its other rows blanked, without copying it."""
+    from specwidgets.core import warp as wm
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(120, 600), tilt=4.0, seed=21)
+    image = np.asarray(f.arc)
+    before = image.copy()
+    blank = np.zeros(image.shape[0], bool)
+    blank[f.trace_rows[0]:f.trace_rows[1]] = True
+    ref = f.trace_rows[1] + 3
+    # Three of the five rows the reference row's profile reads, made bad (their median would be theirs).
+    for r in (ref - 2, ref - 1, ref + 1):
+        blank[r] = True
+        image[r] = 1e6
+    before = image.copy()
+    blanked = image.copy()
+    blanked[blank] = np.nan
+    monkeypatch.setattr(wm, "_BLOCK_KERNEL_MIN_PIXELS", 0 if kernel else 1 << 40)
+    locs, _ = sw.find_cal_lines(np.asarray(f.arc))
+    want = wm._generate_warp_model(blanked, locs, ref_idx=ref, check_fold=False)
+    got = wm._generate_warp_model(image, locs, ref_idx=ref, check_fold=False, blank_rows=blank)
+    np.testing.assert_array_equal(got.coefficients, want.coefficients)
+    np.testing.assert_array_equal(got.traces.positions, want.traces.positions)
+    np.testing.assert_array_equal(got.traces.ref_positions, want.traces.ref_positions)
+    np.testing.assert_array_equal(image, before)  # the frame itself is left as it was
+    with pytest.raises(ValueError, match="one flag per row"):
+        wm._generate_warp_model(image, locs, blank_rows=blank[:-1])
+
+
+def test_fit_sky_looks_for_dark_rows_once(monkeypatch):
+    """The sky-line refinement and the fit's first stage share one look at the dark rows."""
+    from specwidgets.core.sky import api
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(160, 800), n_exposures=2, tilt=3.0, n_sky_lines=30, unlit_rows=20, seed=5)
+    calls = []
+    real = sq.dark_rows
+    for module in (api, sq):  # (the refinement takes it from the quality module)
+        monkeypatch.setattr(module, "dark_rows", lambda *a: calls.append(1) or real(*a))
+    warp = sw.WarpModel.from_tilt(f.science.shape[1:], 3.0)
+    res = sw.fit_sky(np.asarray(f.science), warp, f.trace_rows)
+    assert len(calls) == 1
+    assert res.quality.unlit_rows  # the dark rows were found and used
+    assert res.quality.warp_source  # the refinement was measured in this call
+    calls.clear()
+    sw.fit_sky(np.asarray(f.science), warp, (f.trace_rows[0] - 2, f.trace_rows[1]))  # refinement cached
+    assert len(calls) == 1
 
 
 def test_line_windows_in_threads_match_one_call(monkeypatch, rng):

@@ -176,3 +176,26 @@ def test_batch_without_an_arc_fits_each_frame_on_its_sky(tmp_path):
         from specwidgets.io.fits_output import read_warp_model
 
         assert read_warp_model(hdul[0].header).to_dict() == ref.warp_model.to_dict()
+
+
+@pytest.mark.parametrize("n_terms", [0, 1, 6])
+def test_offsets_eliminated_first_give_the_one_problems_solution(n_terms):
+    """The per-line offsets solved out of the terms' problem: the solution of the problem with an offset
+    column per line (which a line without positions gets as 0)."""
+    from specwidgets.core.sky.sky_warp import _design, _fit_offsets_and_terms
+
+    rng = np.random.default_rng(3)
+    n_lines, n_blocks = 30, 120
+    t = np.linspace(-0.5, 0.5, n_blocks)
+    u = rng.uniform(-1, 1, n_lines)
+    terms = [(k, j) for k in (1, 2) for j in range(3)][:n_terms]
+    R = rng.normal(0, 1, n_lines)[:, None] + 0.3 * t[None] * u[:, None] + rng.normal(0, 0.05, (n_lines, n_blocks))
+    use = rng.random(R.shape) < 0.8
+    use[4] = False  # a line with no positions
+    ii, bb = np.nonzero(use)
+    cols = [np.eye(n_lines)[ii]] + ([_design(terms, t[bb], u[ii])] if terms else [])
+    want, *_ = np.linalg.lstsq(np.hstack(cols), R[ii, bb], rcond=None)
+    o, c = _fit_offsets_and_terms(R, t, u, terms, use)
+    np.testing.assert_allclose(o, want[:n_lines], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(c, want[n_lines:], rtol=0, atol=1e-12)
+    assert o[4] == 0.0 and c.shape == (n_terms,)

@@ -40,7 +40,7 @@ def warm_up(methods=("bspline", "median"), lines=True):
         # The arc tracer's block means of a large frame (one compiled pass).
         from .warp import _block_nanmeans
 
-        _block_nanmeans(np.zeros((4, 3)), 2, np.empty((2, 3)))
+        _block_nanmeans(np.zeros((4, 3)), 2, np.zeros(4, np.bool_), np.empty((2, 3)))
     for method in methods:
         if method == "median":
             from .sky.median import warm_up as median_warm_up

@@ -25,7 +25,7 @@ from scipy.ndimage import median_filter
 
 from ._threads import map_in_threads
 from .inputs import as_image, check_number
-from .lines import robust_noise, row_profile
+from .lines import _PROFILE_ROWS, robust_noise, row_profile
 from .peaks import fit_gaussian_windows, window_indices
 
 __all__ = ["WarpModel", "LineTraces", "generate_warp_model"]
@@ -397,12 +397,13 @@ _BLOCK_KERNEL_MIN_PIXELS = 1 << 20
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _block_nanmeans(image, block, out):  # pragma: no cover - compiled
+def _block_nanmeans(image, block, blank, out):  # pragma: no cover - compiled
     """``out[b]``: np.nanmean of rows ``b * block ..`` (the last block takes the rest), as NumPy sums.
 
     NumPy replaces NaN by 0 and adds the rows one after the other to 0, then
     divides by the count of numbers: the same additions here, without its
-    frame-sized copies.
+    frame-sized copies. Rows where ``blank`` is true count as NaN (adding
+    +0.0 changes no sum that starts at +0.0, so skipping them is the same).
     """
     n_rows, n_cols = image.shape
     n_out = out.shape[0]
@@ -414,6 +415,8 @@ def _block_nanmeans(image, block, out):  # pragma: no cover - compiled
         tot[:] = 0.0
         cnt[:] = 0
         for r in range(r0, r1):
+            if blank[r]:
+                continue
             for c in range(n_cols):
                 v = image[r, c]
                 if math.isnan(v):
@@ -426,20 +429,33 @@ def _block_nanmeans(image, block, out):  # pragma: no cover - compiled
             out[b, c] = tot[c] / cnt[c]
 
 
-def _block_profiles(image, block):
-    """Mean of consecutive ``block`` rows (NaN-aware) and the mean row of each block."""
+def _block_kernel_takes(image):
+    """Whether :func:`_block_profiles` takes ``image``'s block means in one compiled pass."""
+    # (One column: NumPy would sum down it pairwise, another order of the additions.)
+    return image.size >= _BLOCK_KERNEL_MIN_PIXELS and image.dtype == np.float64 and image.shape[1] > 1
+
+
+def _block_profiles(image, block, blank_rows=None):
+    """Mean of consecutive ``block`` rows (NaN-aware) and the mean row of each block.
+
+    ``blank_rows`` (bool per row): rows read as NaN (copied blanked only
+    for an image the compiled pass does not take: a small one).
+    """
     n_rows = image.shape[0]
     n_blocks = n_rows // block
     rows = np.arange(n_blocks) * block + (block - 1) / 2
     if n_rows % block:
         rows = np.r_[rows, (n_blocks * block + n_rows - 1) / 2]
-    # (One column: NumPy would sum down it pairwise, another order of the additions.)
-    if image.size >= _BLOCK_KERNEL_MIN_PIXELS and image.dtype == np.float64 and image.shape[1] > 1:
+    if _block_kernel_takes(image):
         # np.nanmean made three frame-sized temporaries (the NaN-free copy,
         # its mask and the mask's inverse): 0.1-0.4 s on 4096 x 4096.
         profiles = np.empty((rows.size, image.shape[1]))
-        _block_nanmeans(np.ascontiguousarray(image), block, profiles)
+        blank = np.zeros(n_rows, np.bool_) if blank_rows is None else np.ascontiguousarray(blank_rows, np.bool_)
+        _block_nanmeans(np.ascontiguousarray(image), block, blank, profiles)
         return profiles, rows
+    if blank_rows is not None:
+        image = image.copy()
+        image[np.asarray(blank_rows, bool)] = np.nan
     cut = image[: n_blocks * block].reshape(n_blocks, block, -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -593,12 +609,21 @@ def generate_warp_model(image: ArrayLike, guess: ArrayLike, tolerance: float = 1
 
 
 def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, ref_idx=None, debug=False, *,
-                         check_fold=True):
+                         check_fold=True, blank_rows=None):
     """:func:`generate_warp_model`; ``check_fold=False`` leaves out the fold-over check of its quality
     warnings (the edge map of the whole frame: 0.1-0.4 s and 134 MB on 4096 x 4096), for a model
-    used only for its traces."""
+    used only for its traces. ``blank_rows`` (bool per row): rows read as NaN, without a blanked
+    copy of a large frame (a science frame's traces and dark rows, for its sky lines)."""
     image = as_image(image, "image (the arc frame)")
     n_rows, n_cols = image.shape
+    if blank_rows is not None:
+        blank_rows = np.asarray(blank_rows, bool)
+        if blank_rows.shape != (n_rows,):
+            raise ValueError(f"blank_rows must have one flag per row ({n_rows}); got shape {blank_rows.shape}")
+        if not _block_kernel_takes(image):
+            image = image.copy()
+            image[blank_rows] = np.nan
+            blank_rows = None
     if n_rows < 3:
         raise ValueError(f"the arc frame has {n_rows} rows; a warp model needs at least 3")
     _check_orders(line_order, warp_order, n_rows)
@@ -614,7 +639,14 @@ def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1,
 
     # A fit window about three line widths across keeps neighbours out;
     # too narrow a window biases the centre of a broad line.
-    x_ref, sigma = _ref_positions(image, guesses, tolerance, ref_row, half=4)
+    if blank_rows is None:
+        x_ref, sigma = _ref_positions(image, guesses, tolerance, ref_row, half=4)
+    else:
+        # The reference row's profile reads a few rows about it (row_profile): those, blanked.
+        lo = max(0, ref_row - _PROFILE_ROWS // 2)
+        near = image[lo : min(n_rows, lo + _PROFILE_ROWS)].copy()
+        near[blank_rows[lo : lo + near.shape[0]]] = np.nan
+        x_ref, sigma = _ref_positions(near, guesses, tolerance, ref_row - lo, half=4)
     found = np.isfinite(x_ref)
     if not found.any():
         raise ValueError(
@@ -625,14 +657,14 @@ def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1,
     half = min(half, (n_cols - 1) // 2)
 
     block = max(1, n_rows // 48)
-    profiles, block_rows = _block_profiles(image, block)
+    profiles, block_rows = _block_profiles(image, block, blank_rows)
     start = int(np.argmin(np.abs(block_rows - ref_row)))
     coarse = _track(profiles, block_rows, start, x_ref, half, tolerance)
 
     # Second pass at full resolution along the slit (small blocks), each
     # window centred on the smooth path from the first pass.
     fine_block = max(1, n_rows // 240)
-    fine_profiles, fine_rows = _block_profiles(image, fine_block)
+    fine_profiles, fine_rows = _block_profiles(image, fine_block, blank_rows)
     scratch = WarpModel.identity((n_rows, n_cols), ref_row)
     t_coarse = scratch._t(block_rows)
     t_fine = scratch._t(fine_rows)
