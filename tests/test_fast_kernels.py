@@ -375,6 +375,38 @@ def test_median_and_percentile_are_numpys_numbers(rng):
         ref = np.median(a, axis=1)
         np.testing.assert_array_equal(median_rows(a), ref)
         np.testing.assert_array_equal(np.signbit(median_rows(a)), np.signbit(ref))
+    # Along any axis of an array of any shape, in place or not, as np.median gives them.
+    from specwidgets.core._stats import median_along
+
+    for trial in range(1200):
+        shape = tuple(int(rng.integers(1, 12)) for _ in range(int(rng.integers(1, 4))))
+        if trial % 100 == 0:
+            shape = (3, 4065) if trial % 200 else (4064, 7)  # long slices: odd, even
+        a = rng.normal(size=shape)
+        kind = trial % 6
+        if kind == 1:
+            a[rng.random(shape) < 0.3] = np.inf
+        if kind == 2:
+            a[rng.random(shape) < 0.3] = -np.inf
+        if kind == 3:
+            a = np.where(rng.random(shape) < 0.5, -0.0, 0.0)
+        if kind == 4:
+            a = rng.integers(-2, 2, shape).astype(float)  # ties
+        if kind == 5:
+            a[rng.random(shape) < 0.1] = np.nan  # NumPy's own path
+        axis = int(rng.integers(-len(shape), len(shape)))
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.median(a, axis=axis)
+            work = a.copy()
+            for got in (median_along(a, axis=axis), median_along(work, axis=axis, overwrite_input=True)):
+                assert type(got) is type(ref) and np.shape(got) == np.shape(ref)
+                np.testing.assert_array_equal(got, ref)
+                np.testing.assert_array_equal(np.signbit(got), np.signbit(ref))
+    a = rng.normal(size=(5, 8))
+    kept = a.copy()
+    median_along(a, axis=1)
+    np.testing.assert_array_equal(a, kept)  # not in place unless asked
     # Zeros of both signs: the median's sign is NumPy's; a percentile's value (its zero's sign is
     # whichever zero the partition puts there).
     z = np.where(rng.random(30) < 0.5, -0.0, 0.0)

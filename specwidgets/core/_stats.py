@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["median", "median_rows", "percentile"]
+__all__ = ["median", "median_along", "median_rows", "percentile"]
 
 
 def _plain(x):
@@ -38,6 +38,44 @@ def median(x):
         return float((0.0 + (0.0 + hi)) / 1.0)
     lo = part[:k].max()
     return float((0.0 + ((0.0 + lo) + hi)) / 2.0)
+
+
+def median_along(a, axis=-1, *, nan_checked=False, overwrite_input=False):
+    """``np.median(a, axis=axis)`` of a float64 array, one partition along ``axis`` (the same numbers).
+
+    ``np.median`` partitions each slice around its two middle positions (and
+    the last, for NaN): NumPy's generic selection, 4-8x slower than its
+    one-position partition (a 4064-row column median of 4096 columns:
+    0.15 -> 0.02 s of CPU). Here one partition at the upper middle, the
+    lower middle the largest value below it. ``nan_checked=True``: the
+    caller knows ``a`` holds no NaN (skips the check, a pass over ``a``);
+    with NaN, and for anything but float64, it is ``np.median``.
+    ``overwrite_input=True``: ``a`` (an array) is partitioned in place, as
+    ``np.median`` may do with it.
+
+    Examples
+    --------
+    >>> median_along(np.array([[3.0, 1.0, 2.0, 10.0], [4.0, 0.0, 1.0, 1.0]]), axis=1).tolist()
+    [2.5, 1.0]
+    """
+    in_place = overwrite_input and isinstance(a, np.ndarray) and a.flags.writeable
+    a = np.asarray(a)
+    if a.dtype != np.float64 or a.ndim == 0 or a.size == 0 or (not nan_checked and np.isnan(a).any()):
+        return np.median(a, axis=axis, overwrite_input=in_place)
+    n = a.shape[axis]
+    k = n // 2
+    if in_place:
+        a.partition(k, axis=axis)
+        part = a
+    else:
+        part = np.partition(a, k, axis=axis)
+    part = np.moveaxis(part, axis, -1)
+    hi = part[..., k]
+    # np.median is np.mean of the middle one or two: a sum started at 0, over the count.
+    if n % 2:
+        return (0.0 + (0.0 + hi)) / 1.0
+    lo = part[..., :k].max(axis=-1)
+    return (0.0 + ((0.0 + lo) + hi)) / 2.0
 
 
 def median_rows(a):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._stats import median_along
 from .._threads import map_in_threads
 from ..warp import WarpModel
 
@@ -135,8 +136,10 @@ def _median_sky_spectrum(stack, sky_rows):
         # down the columns of a big frame.
         columns = np.ascontiguousarray(band.T)
         del band
-        median = np.nanmedian if np.isnan(columns).any() else np.median
-        out[c0:c1] = median(columns, axis=1, overwrite_input=True)
+        if np.isnan(columns).any():
+            out[c0:c1] = np.nanmedian(columns, axis=1, overwrite_input=True)
+        else:
+            out[c0:c1] = median_along(columns, axis=1, nan_checked=True, overwrite_input=True)
 
     map_in_threads(block, [(c0, min(c0 + _SPECTRUM_BLOCK_COLS, n_cols))
                            for c0 in range(0, n_cols, _SPECTRUM_BLOCK_COLS)])
