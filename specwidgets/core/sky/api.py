@@ -46,6 +46,7 @@ from .quality import (  # noqa: E402
     line_shape_change,
     line_shape_model,
     measure_flexure,
+    provisional_levels,
     provisional_noise,
     row_profile,
 )
@@ -630,13 +631,7 @@ def fit_sky(
     refinement = None
     sky_warp = False
 
-    @functools.cache
-    def sky_dark_rows():
-        # The refinement and the fit's first stage both leave out the dark
-        # rows; one look at them serves both (a pass over the frame: ~0.05 s
-        # on 4096 x 4096).
-        return dark_rows(stack, masked_rows, provisional_noise(stack, masked_rows)[2])
-
+    first_look = _FirstLook(stack, masked_rows)
     if method == "bspline":
         sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
         if sky_warp == "auto":
@@ -644,7 +639,7 @@ def fit_sky(
             # moved mask reuses it, and the refined warp's maps and sort.
             from .sky_warp import cached_refinement
 
-            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows, dark_rows_of=sky_dark_rows)
+            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows, dark_rows_of=lambda: first_look.dark)
     emap = warp_model.effpix_map((n_rows, n_cols))
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
@@ -663,7 +658,7 @@ def fit_sky(
                              (read_noise, gain, rn_source, gain_source), progress)
     else:
         result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                              (read_noise, gain, rn_source, gain_source), progress, options, sky_dark_rows)
+                              (read_noise, gain, rn_source, gain_source), progress, options, first_look)
         result.options["sky_warp"] = sky_warp
     result.warp_model = warp_model
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
@@ -674,6 +669,27 @@ def fit_sky(
 
         result._amend_quality(with_warp)
     return result
+
+
+class _FirstLook:
+    """What a fit and the sky-warp refinement both measure on the frames first, measured once.
+
+    The faint pixels' noise (:func:`provisional_levels`, which the gain
+    does not change) and the dark rows (:func:`dark_rows`): a pass over the
+    frame each (the dark rows: ~0.05 s on 4096 x 4096).
+    """
+
+    def __init__(self, stack, masked_rows):
+        self._stack, self._masked_rows = stack, masked_rows
+
+    @functools.cached_property
+    def levels(self):
+        return provisional_levels(self._stack, self._masked_rows)
+
+    @functools.cached_property
+    def dark(self):
+        var_low = provisional_noise(self._stack, self._masked_rows, levels=self.levels)[2]
+        return dark_rows(self._stack, self._masked_rows, var_low)
 
 
 def _hand_over(box):
@@ -770,7 +786,7 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     return result
 
 
-def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options, dark_rows_of):
+def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options, first_look):
     from .bspline import default_knot_spacing, fit_bspline_sky
 
     n_exp, n_rows, n_cols = stack.shape
@@ -829,13 +845,13 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # First pass: the plain sky S(e), light rejection, provisional noise.
         # It measures what the defaults need: the noise model, how the sky's
         # brightness changes along the slit, and the sky lines' shift.
-        prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, gain)
+        prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, gain, levels=first_look.levels)
         if read_noise is not None:
             prov_rn = read_noise
         if unlit_mode:
             # Dark rows out before the first pass: their zero sky would drag
             # the sky spectrum's shape towards zero (they weigh the most).
-            dark = dark_rows_of()  # (as the refinement saw them: they do not depend on the gain)
+            dark = first_look.dark  # (as the refinement saw them)
             if dark.any():
                 samples, rows = _drop_rows(samples, dark)
         level = np.empty(samples.flux.shape)

@@ -366,20 +366,17 @@ def _nonneg_lstsq(design, y, w):
     return min(fits, key=lambda t: t[0])[1]
 
 
-def provisional_noise(stack, masked_rows, gain=None):
-    """A first guess of the noise (gain, read noise) from adjacent-row differences.
+def provisional_levels(stack, masked_rows):
+    """``(var_low, level_low)`` of :func:`provisional_noise`, which do not depend on the gain; None if too few.
 
-    Only for the weights of the first pass: the variance of the faintest
-    quarter of the pixels (continuum, where the lines' tilt does not matter)
-    gives the read-noise part once the Poisson part of the assumed gain is
-    taken off; it is floored at a quarter of that variance so that a wrong
-    assumed gain cannot give a zero read noise.
+    The variance (half that of adjacent-row differences, robust) and the
+    median level of the faintest quarter of the pixels of pairs of adjacent
+    unmasked rows.
     """
-    gain = 1.0 if gain is None else float(gain)
     lit = np.flatnonzero(~masked_rows)
     pairs = lit[:-1][np.diff(lit) == 1]
     if pairs.size == 0:
-        return gain, 0.0, 0.0
+        return None
     pairs = pairs[:: max(1, pairs.size // 64)]  # a sample of rows is plenty
     a = stack[:, pairs]
     b = stack[:, pairs + 1]
@@ -388,10 +385,28 @@ def provisional_noise(stack, masked_rows, gain=None):
     ok = np.isfinite(diff) & np.isfinite(level)
     diff, level = diff[ok], level[ok]
     if diff.size < 50:
-        return gain, 0.0, 0.0
+        return None
     low = level <= percentile(level, 25)
-    var_low = _robust_var(diff[low]) / 2
-    level_low = max(median(level[low]), 0.0)
+    return _robust_var(diff[low]) / 2, max(median(level[low]), 0.0)
+
+
+def provisional_noise(stack, masked_rows, gain=None, levels=None):
+    """A first guess of the noise (gain, read noise) from adjacent-row differences.
+
+    Only for the weights of the first pass: the variance of the faintest
+    quarter of the pixels (continuum, where the lines' tilt does not matter)
+    gives the read-noise part once the Poisson part of the assumed gain is
+    taken off; it is floored at a quarter of that variance so that a wrong
+    assumed gain cannot give a zero read noise. ``levels``: what
+    :func:`provisional_levels` gives for these frames, when known.
+    Returns ``(gain, read_noise, var_low)``.
+    """
+    gain = 1.0 if gain is None else float(gain)
+    if levels is None:
+        levels = provisional_levels(stack, masked_rows)
+    if levels is None:
+        return gain, 0.0, 0.0
+    var_low, level_low = levels
     rn_var = max(var_low - level_low / gain, 0.25 * var_low)
     return gain, float(np.sqrt(rn_var) * gain), float(var_low)
 
