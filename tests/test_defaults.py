@@ -97,6 +97,43 @@ def test_wrong_noise_model_is_suspect():
     assert any("noise model" in w for w in res.quality.warnings)
 
 
+def _pedestal_warnings(res):
+    return [w for w in res.quality.warnings if "photon noise allows" in w]
+
+
+def test_a_bias_level_left_in_the_frames_is_suspect():
+    """300 data units of bias left in (noise estimated): the estimate tilts (read noise 0, gain 4x) and
+    the report says so and why; the same frames without it do not get the warning."""
+    import re
+
+    f = frames(gain=2.5, read_noise=10.0)
+    clean, _ = fit(f)
+    assert not _pedestal_warnings(clean)
+    assert clean.quality.read_noise > 5
+    biased, _ = fit(dataclasses.replace(f, science=f.science + 300.0))
+    assert biased.quality.suspect
+    [warning] = _pedestal_warnings(biased)
+    assert "bias" in warning and "gain=" in warning
+    least = float(re.search(r"at least ([0-9.e+]+) data units", warning).group(1))
+    assert 150 < least < 330, warning  # 300, less what the read noise's variance hides
+    # Its sky is still the sky (with the bias): only the noise model is off.
+    unbiased = dataclasses.replace(biased, background=biased.background - 300.0)
+    assert truth_error(f, unbiased, held_out(f)) < 1.2 * truth_error(f, clean, held_out(f)) + 0.02
+
+
+def test_noise_pedestal_sign():
+    """Photon and read noise put the variance's line above zero at level 0; a level without light below."""
+    from specwidgets.core.sky.quality import noise_bins, noise_pedestal
+
+    rng = np.random.default_rng(2)
+    level = rng.uniform(50, 3000, 100_000)
+    res = rng.normal(0, np.sqrt(level / 2.5 + 16.0))
+    assert noise_pedestal(*noise_bins(level, res))[1] > 5
+    pedestal, z = noise_pedestal(*noise_bins(level + 100.0, res))
+    assert z < -5 and 40 < pedestal < 80  # 100, less the read noise's 16 * 2.5
+    assert noise_pedestal(*noise_bins(level[:600], res[:600])) is None  # 3 bins: no verdict
+
+
 def test_median_missing_tilted_lines_is_not_blamed_on_the_noise_model():
     """The median of bins misses tilted lines' peaks: the warning names that, not the gain."""
     f = sw.datasets.load_demo()
@@ -349,6 +386,16 @@ def test_goodman_defaults_beat_the_median(goodman):
         assert not res.quality.suspect, (method, res.quality.warnings)
     assert scores["bspline"] <= scores["median"] + 0.005, scores
     assert scores["bspline"] < 1.06, scores
+
+
+@pytest.mark.goodman
+def test_goodman_noise_estimated_is_not_called_a_pedestal(goodman):
+    """Real frames (bias subtracted) with their noise model estimated: no pedestal warning, not suspect."""
+    locs, _ = sw.find_cal_lines(goodman.arc)
+    model = sw.generate_warp_model(goodman.arc, locs)
+    res = sw.fit_sky(np.asarray(goodman.science), model, [(20, 100), (104, 114)])
+    assert "estimated" in res.quality.noise_source
+    assert not _pedestal_warnings(res) and not res.quality.suspect, res.quality.warnings
 
 
 @pytest.mark.goodman

@@ -37,6 +37,7 @@ from .quality import (  # noqa: E402
     REJECTED_LIMIT,
     SkyQuality,
     _far_above,
+    _fit_noise_bins,
     _ranges,
     _row_chi_means,
     _row_chi_means_in_rows,
@@ -46,6 +47,8 @@ from .quality import (  # noqa: E402
     line_shape_change,
     line_shape_model,
     measure_flexure,
+    noise_bins,
+    noise_pedestal,
     provisional_levels,
     provisional_noise,
     row_profile,
@@ -1158,12 +1161,23 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # spatial terms and the slit correction, and a sky it misfits (lines
         # broader at one end of the slit) passes for noise growing with the
         # level, i.e. a wrong gain, in the variance the result reports.
-        read_noise, gain, few = _final_noise(background, rejected, samples, noise, read_noise, gain, models)
+        read_noise, gain, few, pedestal = _final_noise(background, rejected, samples, noise, read_noise, gain,
+                                                        models)
         if few is not None:
             warnings = list(warnings) + [
                 f"Only {few[0]} sky samples for {few[1]} sky-model coefficients: the noise model estimated "
                 "from them is poorly constrained (the fit follows their noise); give gain= and read_noise=, "
                 "or leave more sky rows unmasked."
+            ]
+        if pedestal is not None and pedestal[1] < PEDESTAL_Z:
+            # The read noise came out 0 and the gain tilted to make up for
+            # it: the variance the result reports is wrong at the sky lines.
+            warnings = list(warnings) + [
+                f"The sky's scatter at its faintest is less than photon noise allows for its level, as if at "
+                f"least {pedestal[0]:.3g} data units of every pixel were not light: the noise model estimated "
+                f"from it (gain {gain:.3g}, read noise {read_noise:.3g} e-) is wrong. A bias or overscan level "
+                "left in the frames does this (subtract it), as does a sky model that misses the bright lines; "
+                "or give gain= and read_noise=."
             ]
     mask = np.broadcast_to(masked_rows[:, None], (n_rows, n_cols)).copy()
     used_options = resolve_options("bspline", given, spatial_order=order,
@@ -1239,10 +1253,12 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
 
     The residuals are the fit's own: scaled by ``sqrt(N / (N - p))`` for the
     ``p`` coefficients fit to ``N`` samples (with 3 sky rows per column, they
-    otherwise gave gain 4.5 for 1)."""
+    otherwise gave gain 4.5 for 1). Returns ``(read_noise, gain, few, pedestal)``:
+    ``few`` is ``(N, p)`` when too few samples were left to estimate it, and
+    ``pedestal`` :func:`~specwidgets.core.sky.quality.noise_pedestal` of the residuals."""
     n_fit, n_coef = _fitted_counts(models)
     if not n_fit > 2 * n_coef:
-        return read_noise, gain, (n_fit, n_coef)
+        return read_noise, gain, (n_fit, n_coef), None
     dof = math.sqrt(n_fit / (n_fit - n_coef))
     n_exp = background.shape[0]
     n_s = samples.index.size
@@ -1254,11 +1270,17 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
     bg = background.reshape(n_exp, -1)[k_i, pix]
     f = samples.flux[k_i, s_i]
     keep = np.isfinite(f) & np.isfinite(bg) & ~rejected.reshape(n_exp, -1)[k_i, pix]
-    est = estimate_noise(bg[keep], (f - bg)[keep] * dof, fixed_gain=noise[1], fixed_read_noise=noise[0])
-    if est is None:
-        return read_noise, gain, None
-    return float(est[1]), float(est[0]), None
+    bins = noise_bins(bg[keep], (f - bg)[keep] * dof)
+    if bins is None:
+        return read_noise, gain, None, None
+    est = _fit_noise_bins(*bins, fixed_gain=noise[1], fixed_read_noise=noise[0])
+    return float(est[1]), float(est[0]), None, noise_pedestal(*bins)
 
+
+#: The constant of the noise's straight line in level (``noise_pedestal``) this many standard errors
+#: below zero: a level without photon noise in the frames (the synthetic sets and the Goodman frames,
+#: bias subtracted, are +10 to +56; 30 data units of bias left in, -8).
+PEDESTAL_Z = -5.0
 
 _SHAPE_STEP = 0.25  # px: the finite-difference step of the model's second derivative
 
@@ -1544,7 +1566,9 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             warnings.append(
                 f"The sky scatters {worst:.2f} times what the noise model predicts (gain "
                 f"{result.gain:.3g} e-/unit, read noise {result.read_noise:.3g} e-, from {source}): "
-                "check gain and read noise (data in ADU need the gain), or leave them out to estimate them."
+                "check gain and read noise (data in ADU need the gain"
+                + ("; a bias level left in the frames lowers the scatter for the level" if worst < 1 else "")
+                + "), or leave them out to estimate them."
             )
         else:
             warnings.append(

@@ -29,7 +29,7 @@ from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 
 __all__ = ["SkyQuality", "analyse_rows", "dark_rows", "estimate_noise", "line_shape_change", "measure_flexure",
-           "row_profile"]
+           "noise_bins", "noise_pedestal", "row_profile"]
 
 # Thresholds for ``suspect`` (see SkyQuality): chosen so that the good fits of
 # the benchmark (Goodman crop and full frame, synthetic cases) stay clear of
@@ -301,6 +301,19 @@ def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None,
     >>> bool(abs(gain / g - 1) < 0.05), bool(abs(read_noise / rn - 1) < 0.15)
     (True, True)
     """
+    bins = noise_bins(level, residual, n_bins, min_per_bin)
+    if bins is None:
+        return None
+    return _fit_noise_bins(*bins, fixed_gain, fixed_read_noise)
+
+
+def noise_bins(level, residual, n_bins=24, min_per_bin=200):
+    """``(level, variance, count)`` per bin of sky level (equal counts), as :func:`estimate_noise` fits them.
+
+    The median level and the robust (MAD) variance of the residuals in each
+    bin; bins without a positive variance are left out. None when fewer
+    than ``2 * min_per_bin`` finite samples or two bins remain.
+    """
     level = np.asarray(level, dtype=float)
     residual = np.asarray(residual, dtype=float)
     ok = np.isfinite(level) & np.isfinite(residual)
@@ -317,6 +330,47 @@ def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None,
     lv, var, n = lv[good], var[good], n[good]
     if lv.size < 2:
         return None
+    return lv, var, n
+
+
+def noise_pedestal(lv, var, n):
+    """``(pedestal, z)``: how far the binned variance's straight line ``var = level / gain + c`` puts ``c``
+    below zero, or None (fewer than 4 bins, or no rise with level).
+
+    Photon and read noise give ``c = (read_noise / gain)**2 >= 0``. A level
+    that carries no photon noise (a bias or overscan level left in the
+    frames; a sky model that misses the bright lines, whose excess scatter
+    tilts the line, does the same) gives ``c < 0``: ``pedestal = -c * gain``
+    is the least such level in data units, and ``z`` the significance of
+    ``c`` (its value over its standard error; the MAD variance of ``n``
+    samples has a relative error of ~1.65 / sqrt(n)). :func:`estimate_noise`
+    clips ``c`` at zero (read noise 0) and tilts the gain instead.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> level = rng.uniform(20, 3000, 200000)
+    >>> res = rng.normal(0, np.sqrt(level / 2.0 + 16.0))
+    >>> noise_pedestal(*noise_bins(level + 300.0, res))[0] > 250  # 300 data units of bias left in
+    True
+    """
+    if lv.size < 4:
+        return None
+    w = n / (1.65 * var) ** 2
+    design = np.stack([lv, np.ones_like(lv)], axis=1)
+    normal = design.T @ (w[:, None] * design)
+    try:
+        cov = np.linalg.inv(normal)
+    except np.linalg.LinAlgError:
+        return None
+    slope, c = cov @ (design.T @ (w * var))
+    if not (slope > 0 and cov[1, 1] > 0):
+        return None
+    return float(-c / slope), float(c / np.sqrt(cov[1, 1]))
+
+
+def _fit_noise_bins(lv, var, n, fixed_gain=None, fixed_read_noise=None):
+    """:func:`estimate_noise`'s fit to the bins of :func:`noise_bins`."""
     # The MAD variance of n samples has a relative error of about 1.65/sqrt(n).
     w = n / (var**2)
     if fixed_gain is not None and fixed_read_noise is not None:
