@@ -1279,7 +1279,7 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
 
 #: The constant of the noise's straight line in level (``noise_pedestal``) this many standard errors
 #: below zero: a level without photon noise in the frames (the synthetic sets and the Goodman frames,
-#: bias subtracted, are +10 to +56; 30 data units of bias left in, -8).
+#: bias subtracted, are +10 to +76; 30 data units of bias left in, -8).
 PEDESTAL_Z = -5.0
 
 _SHAPE_STEP = 0.25  # px: the finite-difference step of the model's second derivative
