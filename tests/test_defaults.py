@@ -121,6 +121,19 @@ def test_a_bias_level_left_in_the_frames_is_suspect():
     assert truth_error(f, unbiased, held_out(f)) < 1.2 * truth_error(f, clean, held_out(f)) + 0.02
 
 
+@pytest.mark.parametrize("method", ["bspline", "median"])
+def test_saturated_sky_lines_are_suspect(method):
+    """Sky lines clipped at a detector's ceiling: the report says so (either method); unclipped, it does not."""
+    f = frames()
+    clean, _ = fit(f, method=method)
+    assert not [w for w in clean.quality.warnings if "saturated" in w]
+    ceiling = float(np.percentile(f.science, 99.95))
+    clipped, _ = fit(dataclasses.replace(f, science=np.minimum(f.science, ceiling)), method=method)
+    assert clipped.quality.suspect
+    [warning] = [w for w in clipped.quality.warnings if "saturated" in w]
+    assert f"({ceiling:.6g})" in warning
+
+
 def test_noise_pedestal_sign():
     """Photon and read noise put the variance's line above zero at level 0; a level without light below."""
     from specwidgets.core.sky.quality import noise_bins, noise_pedestal

@@ -1595,6 +1595,14 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             f"Sky row {leak_row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
             "a trace or its wings are in the sky rows; widen the mask or mask the other source."
         )
+    ceiling = _saturated_sky(result, samples)
+    if ceiling is not None:
+        warnings.append(
+            f"{ceiling[1]} sky pixels sit within {100 * SATURATION_BAND:.1f} % of the frames' highest sky value "
+            f"({ceiling[0]:.6g}), as clipped values do: saturated sky lines? Their values are lower limits, "
+            "which no sky model follows (the sky, and the science under it, are wrong there): set them to "
+            "NaN, or take shorter exposures."
+        )
     return SkyQuality(
         rejected_fraction=float(rejected_fraction),
         chi_std=chi_std,
@@ -1612,6 +1620,34 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         warnings=warnings,
         suspect=bool(warnings),
     )
+
+
+#: Sky pixels (not rejected) within this fraction of the highest one count as at the frames' ceiling,
+#: and this many of them as a plateau: saturated sky. The sets of ``bench_defaults.py`` and the Goodman
+#: frames have 1-3 there; a synthetic sky clipped at its 99.98th percentile, 128.
+SATURATION_BAND = 2e-3
+SATURATION_PIXELS = 20
+
+
+def _saturated_sky(result, samples):
+    """``(ceiling, n)``: the highest sky sample and how many sit within ``SATURATION_BAND`` of it, when
+    they are ``SATURATION_PIXELS`` or more (a plateau, as saturation clips them); else None.
+
+    A line's brightest pixels scatter by their photon noise (1.6 % at 4000
+    e-), so only a few reach the top fifth of a percent; clipped ones all
+    do. Rejected samples (cosmic rays, which saturate one by one) are left
+    out.
+    """
+    n_exp = result.data.shape[0]
+    flux = samples.flux
+    kept = np.isfinite(flux) & ~result.rejected.reshape(n_exp, -1)[:, samples.index]
+    if not kept.any():
+        return None
+    ceiling = float(np.max(flux, where=kept, initial=-np.inf))
+    if not ceiling > 0:
+        return None
+    n = int(np.count_nonzero(kept & (flux >= ceiling * (1.0 - SATURATION_BAND))))
+    return (ceiling, n) if n >= SATURATION_PIXELS else None
 
 
 def _chi_scatter(result, samples, models):
