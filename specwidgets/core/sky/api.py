@@ -633,7 +633,6 @@ def fit_sky(
     warp_model._check_shape((n_rows, n_cols))
     refinement = None
     sky_warp = False
-
     first_look = _FirstLook(stack, masked_rows)
     if method == "bspline":
         sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
