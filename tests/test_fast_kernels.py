@@ -566,15 +566,14 @@ def test_warp_model_with_blank_rows_is_the_blanked_copys(monkeypatch, kernel):
 def test_fit_sky_looks_for_dark_rows_once(monkeypatch):
     """The sky-line refinement and the fit's first stage share one look at the dark rows and the faint
     pixels' noise."""
-    from specwidgets.core.sky import api
     from specwidgets.io.synthetic import make_synthetic_longslit
 
     f = make_synthetic_longslit(shape=(160, 800), n_exposures=2, tilt=3.0, n_sky_lines=30, unlit_rows=20, seed=5)
     calls = []
     for name in ("dark_rows", "provisional_levels"):
         real = getattr(sq, name)
-        for module in (api, sq):  # (the refinement takes them from the quality module)
-            monkeypatch.setattr(module, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        # (FirstLook, in the quality module, measures both for the fit and the refinement.)
+        monkeypatch.setattr(sq, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     warp = sw.WarpModel.from_tilt(f.science.shape[1:], 3.0)
     res = sw.fit_sky(np.asarray(f.science), warp, f.trace_rows)
     assert sorted(calls) == ["dark_rows", "provisional_levels"]

@@ -79,7 +79,7 @@ def median_along(a, axis=-1, *, nan_checked=False, overwrite_input=False):
 
 
 def median_rows(a):
-    """``np.median(a, axis=1)`` of a 2D float64 array, row by row with :func:`median`.
+    """``np.median(a, axis=1)`` of a 2D array: :func:`median_along` its rows.
 
     Examples
     --------
@@ -87,9 +87,9 @@ def median_rows(a):
     [2.0, 1.0]
     """
     a = np.asarray(a)
-    if a.ndim != 2 or a.dtype != np.float64 or a.shape[1] == 0:
+    if a.ndim != 2:
         return np.median(a, axis=1)
-    return np.array([median(row) for row in a], dtype=np.float64).reshape(a.shape[0])
+    return median_along(a, axis=1)
 
 
 def percentile(x, q):

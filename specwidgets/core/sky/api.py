@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import math
 import numbers
 import threading
@@ -35,6 +34,7 @@ from .quality import (  # noqa: E402
     LEAK_LIMIT,
     LINE_MISFIT_LIMIT,
     REJECTED_LIMIT,
+    FirstLook,
     SkyQuality,
     _far_above,
     _fit_noise_bins,
@@ -42,14 +42,12 @@ from .quality import (  # noqa: E402
     _row_chi_means,
     _row_chi_means_in_rows,
     analyse_rows,
-    dark_rows,
     estimate_noise,
     line_shape_change,
     line_shape_model,
     measure_flexure,
     noise_bins,
     noise_pedestal,
-    provisional_levels,
     provisional_noise,
     row_profile,
 )
@@ -621,11 +619,13 @@ def fit_sky(
     # for this height (the state's) passes through as the same object.
     ranges = RowRanges.coerce(mask_region, text=False).resolve(n_rows)
     masked_rows = ranges.rows()
+    # What the sky-warp measurements and the fit's first stage share, measured once.
+    first_look = FirstLook(stack, masked_rows)
     if warp_model is None:
         # No arc: the warp from the frame's own sky lines, once per frame.
         from .sky_warp import cached_sky_warp_model
 
-        warp_model = cached_sky_warp_model(stack, masked_rows)
+        warp_model = cached_sky_warp_model(stack, masked_rows, first_look)
     if warp_model.coefficients.size and not np.isfinite(warp_model.coefficients).all():
         raise ValueError(
             "warp_model has NaN or infinite coefficients: refit it (generate_warp_model) on the arc"
@@ -633,7 +633,6 @@ def fit_sky(
     warp_model._check_shape((n_rows, n_cols))
     refinement = None
     sky_warp = False
-    first_look = _FirstLook(stack, masked_rows)
     if method == "bspline":
         sky_warp = _check_choice(options.pop("sky_warp", "auto"), "sky_warp", ("auto", False))
         if sky_warp == "auto":
@@ -641,7 +640,7 @@ def fit_sky(
             # moved mask reuses it, and the refined warp's maps and sort.
             from .sky_warp import cached_refinement
 
-            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows, dark_rows_of=lambda: first_look.dark)
+            warp_model, refinement = cached_refinement(stack, warp_model, masked_rows, first_look)
     emap = warp_model.effpix_map((n_rows, n_cols))
     samples = sky_samples(stack, warp_model, masked_rows)
     if not np.isfinite(samples.flux).any():
@@ -671,27 +670,6 @@ def fit_sky(
 
         result._amend_quality(with_warp)
     return result
-
-
-class _FirstLook:
-    """What a fit and the sky-warp refinement both measure on the frames first, measured once.
-
-    The faint pixels' noise (:func:`provisional_levels`, which the gain
-    does not change) and the dark rows (:func:`dark_rows`): a pass over the
-    frame each (the dark rows: ~0.05 s on 4096 x 4096).
-    """
-
-    def __init__(self, stack, masked_rows):
-        self._stack, self._masked_rows = stack, masked_rows
-
-    @functools.cached_property
-    def levels(self):
-        return provisional_levels(self._stack, self._masked_rows)
-
-    @functools.cached_property
-    def dark(self):
-        var_low = provisional_noise(self._stack, self._masked_rows, levels=self.levels)[2]
-        return dark_rows(self._stack, self._masked_rows, var_low)
 
 
 def _hand_over(box):

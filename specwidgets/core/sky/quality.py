@@ -18,6 +18,7 @@ frames:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -463,6 +464,28 @@ def provisional_noise(stack, masked_rows, gain=None, levels=None):
     var_low, level_low = levels
     rn_var = max(var_low - level_low / gain, 0.25 * var_low)
     return gain, float(np.sqrt(rn_var) * gain), float(var_low)
+
+
+class FirstLook:
+    """A frame's faint-pixel noise and dark rows for a mask, each measured once, when first asked.
+
+    ``levels`` (:func:`provisional_levels`, which the gain does not change)
+    and ``dark`` (:func:`dark_rows` with that noise): a pass over the frame
+    each (the dark rows: ~0.05 s on 4096 x 4096). One per fit, shared by
+    the sky-warp measurements and the fit's first stage.
+    """
+
+    def __init__(self, stack, masked_rows):
+        self._stack, self._masked_rows = stack, masked_rows
+
+    @functools.cached_property
+    def levels(self):
+        return provisional_levels(self._stack, self._masked_rows)
+
+    @functools.cached_property
+    def dark(self):
+        var_low = provisional_noise(self._stack, self._masked_rows, levels=self.levels)[2]
+        return dark_rows(self._stack, self._masked_rows, var_low)
 
 
 # --------------------------------------------------------------------------- rows

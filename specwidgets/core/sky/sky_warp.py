@@ -105,11 +105,10 @@ def _with_delta(warp, terms, d):
 
 def _sky_rows(stack, masked_rows, dark=None):
     """The rows neither masked nor ``dark`` (:func:`~specwidgets.core.sky.quality.dark_rows`, found if None)."""
-    from .quality import dark_rows, provisional_noise
+    from .quality import FirstLook
 
     if dark is None:
-        _, _, var_low = provisional_noise(stack, masked_rows)
-        dark = dark_rows(stack, masked_rows, var_low)
+        dark = FirstLook(stack, masked_rows).dark
     return np.flatnonzero(~masked_rows & ~dark)
 
 
@@ -342,11 +341,12 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     )
 
 
-def cached_refinement(stack, warp, masked_rows, dark_rows_of=None):
+def cached_refinement(stack, warp, masked_rows, first_look=None):
     """:func:`refine_warp`, once per science frame and warp (cached on the warp model).
 
-    ``dark_rows_of``: a function giving the frame's dark rows (for
-    ``refine_warp(dark=)``), called only when the refinement is measured.
+    ``first_look``: the fit's :class:`~specwidgets.core.sky.quality.FirstLook`
+    of these frames and mask, whose dark rows are read only when the
+    refinement is measured.
 
     The key is the values of the frames (:func:`fingerprint`), not the mask:
     moving the mask (a slider) must not pay for the measurement again, and
@@ -365,7 +365,7 @@ def cached_refinement(stack, warp, masked_rows, dark_rows_of=None):
         for old in [k for k in cache if isinstance(k, tuple) and k and k[0] == "sky_refinement"]:
             del cache[old]
         refined, report = refine_warp(stack, warp, masked_rows,
-                                      dark=None if dark_rows_of is None else dark_rows_of())
+                                      dark=None if first_look is None else first_look.dark)
         if refined is not warp:
             refined._cache["warp_source"] = report.source
             refined._cache["sky_refinement_report"] = report
@@ -415,9 +415,15 @@ def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order
     from ..inputs import as_image_stack, mask_ranges, mask_rows
 
     stack, _ = as_image_stack(images, "images")
-    n_exp, n_rows, n_cols = stack.shape
-    masked = mask_rows(mask_ranges(mask_region, n_rows), n_rows)
-    sky_rows = _sky_rows(np.asarray(stack, float), masked)
+    n_rows = stack.shape[1]
+    return _sky_warp_model(np.asarray(stack, float), mask_rows(mask_ranges(mask_region, n_rows), n_rows),
+                           line_order, warp_order)
+
+
+def _sky_warp_model(stack, masked, line_order=2, warp_order=None, dark=None):
+    """:func:`sky_warp_model` of a float stack and its masked rows (``dark``: its dark rows, if known)."""
+    n_rows = stack.shape[1]
+    sky_rows = _sky_rows(stack, masked, dark)
     if sky_rows.size < 8:
         raise ValueError(
             f"only {sky_rows.size} lit sky rows are left outside the mask: too few to trace sky lines "
@@ -426,7 +432,7 @@ def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order
     first = None
     for order in ([warp_order] if warp_order is not None else [2, 1]):
         try:
-            model = _trace_sky_lines(np.asarray(stack, float), sky_rows, n_rows // 2, line_order, order)
+            model = _trace_sky_lines(stack, sky_rows, n_rows // 2, line_order, order)
         except ValueError as exc:
             first = first or exc
             continue
@@ -447,21 +453,17 @@ def sky_warp_model(images, mask_region=(None, None), *, line_order=2, warp_order
 _SKY_WARPS: dict = {}
 
 
-def cached_sky_warp_model(stack, masked_rows):
+def cached_sky_warp_model(stack, masked_rows, first_look=None):
     """:func:`sky_warp_model` once per science frame (the last frame's is kept), as :func:`fit_sky` uses it
-    when no warp model is given."""
+    when no warp model is given (``first_look``: the fit's, whose dark rows it reads)."""
     key = fingerprint(stack)
     model = _SKY_WARPS.get(key)
     if model is None:
-        ranges = [(int(a), int(b)) for a, b in _runs(np.asarray(masked_rows, bool))]
-        model = sky_warp_model(stack, ranges or (None, None))
+        masked = np.asarray(masked_rows, bool)
+        model = _sky_warp_model(np.asarray(stack, float), masked,
+                                dark=None if first_look is None else first_look.dark)
         # One entry (the batch's worker threads each fit their own frames;
         # a model is returned from the local name, never looked up again).
         _SKY_WARPS.clear()
         _SKY_WARPS[key] = model
     return model
-
-
-def _runs(flags):
-    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(np.int8), 0]))
-    return list(zip(edges[::2], edges[1::2]))
