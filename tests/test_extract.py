@@ -138,3 +138,73 @@ def test_boxcar_without_variance_says_so(demo):
 def test_exported_from_the_package():
     assert sw.trace_spectrum is trace_spectrum and sw.extract_spectrum is extract_spectrum
     assert sw.sky_line_residual_score is sky_line_residual_score
+
+
+def _absorbed_target(seed=3):
+    """A bright target with a 30 % absorption over the brightest sky line's columns, the true sky removed."""
+    frames = sw.datasets.make_synthetic_longslit(shape=(80, 700), trace_flux=20000.0, seed=seed)
+    sky = frames.sky[0]
+    line = int(np.argmax(sky.sum(axis=0)[20:-20])) + 20
+    absorbed = frames.trace.copy()
+    absorbed[:, line - 3: line + 4] *= 0.7
+    rng = np.random.default_rng(seed)
+    variance = sky + frames.read_noise**2
+    corrected = absorbed + rng.normal(0.0, np.sqrt(variance + absorbed))
+    return frames, corrected, variance, line
+
+
+def test_sky_line_score_tells_a_targets_absorption_from_sky_left_over():
+    frames, corrected, variance, line = _absorbed_target()
+    trace = trace_spectrum(corrected, mask_region=frames.trace_rows)
+    spec = extract_spectrum(corrected, trace, variance=variance, gain=1.0)
+    alone = sky_line_residual_score(spec, frames.sky[0])
+    at = int(np.argmin(np.abs(alone.lines - line)))
+    assert alone.measured == "spectrum" and abs(alone.lines[at] - line) <= 2
+    # The spectrum alone takes the absorption for sky left over ...
+    assert abs(alone.residuals[at]) > 10
+    # ... the frame tells it apart: the light there follows the target's profile.
+    seen = sky_line_residual_score(spec, frames.sky[0], image=corrected, variance=variance, gain=1.0)
+    assert seen.measured == "profile" and seen.n_lines == 10
+    assert np.array_equal(seen.lines, alone.lines) and abs(seen.residuals[at]) < 4
+    assert seen.score < 2.0 and 0.5 < seen.reference < 2.0 and seen.excess < 1.6, seen
+    # Sky really left over (10 % of the sky at the lines) is found by both.
+    left = corrected + 0.1 * frames.sky[0]
+    spec_left = extract_spectrum(left, trace, variance=variance, gain=1.0)
+    worse = sky_line_residual_score(spec_left, frames.sky[0], image=left, variance=variance, gain=1.0)
+    assert worse.score > 3 * seen.score and worse.excess > 3, (seen, worse)
+    assert "between them" in str(worse)
+
+
+def test_sky_line_score_reference_and_excess_on_a_bad_warp(demo, fitted):
+    frames, _, _ = demo
+    trace = trace_spectrum(fitted.corrected[0], mask_region=frames.trace_rows)
+    variance = fitted.noise_variance[0] + fitted.exposure_variance(0)
+    spec = extract_spectrum(fitted.corrected[0], trace, variance=variance, gain=1.0)
+    good = sky_line_residual_score(spec, fitted.background[0], image=fitted.corrected[0], variance=variance, gain=1.0)
+    flat = WarpModel.from_tilt(frames.science.shape[1:], 0.0)
+    bad = sw.fit_sky(frames.science, flat, [frames.trace_rows], read_noise=frames.read_noise)
+    variance_bad = bad.noise_variance[0] + bad.exposure_variance(0)
+    spec_bad = extract_spectrum(bad.corrected[0], trace, variance=variance_bad, gain=1.0)
+    worse = sky_line_residual_score(spec_bad, bad.background[0], image=bad.corrected[0], variance=variance_bad,
+                                    gain=1.0)
+    assert good.excess < 1.7 and worse.excess > 2.5 * good.excess, (good, worse)
+    # Between the lines the two fits leave about the same.
+    assert abs(worse.reference - good.reference) < 0.6
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image": "corrected"}, "together"),
+        ({"variance": "variance"}, "together"),
+        ({"image": "corrected", "variance": "short"}, "must be the extraction's frame"),
+        ({"image": "corrected", "variance": "variance", "gain": -1.0}, "gain"),
+    ],
+)
+def test_sky_line_score_frame_arguments_checked(kwargs, match):
+    frames, corrected, variance, _ = _absorbed_target()
+    spec = extract_spectrum(corrected, trace_spectrum(corrected, mask_region=frames.trace_rows), variance=variance)
+    values = {"corrected": corrected, "variance": variance, "short": variance[:5]}
+    kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=match):
+        sky_line_residual_score(spec, frames.sky[0], **kwargs)

@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -587,35 +588,74 @@ class SkyLineScore:
     Attributes
     ----------
     score : float
-        RMS of the extracted flux's residual at the sky lines, in units of
-        its own error: about 1 when the sky lines leave nothing behind,
-        well above 1 when they leave spikes or dips.
+        RMS of the residuals at the sky lines, in units of their own error:
+        about 1 when the sky lines leave nothing behind, well above 1 when
+        they leave spikes or dips.
     lines : (n,) array
         Columns of the sky lines used (the brightest).
     residuals : (n,) array
-        Residual of each line, in sigma (flux minus the local continuum of
-        the spectrum, summed over the line's columns).
+        Residual of each line, in sigma (NaN for a line that could not be
+        scored). With ``measured="profile"``: the light left in the aperture
+        that does not follow the target's spatial profile, summed over the
+        line's columns; with ``"spectrum"``: the extracted flux minus the
+        spectrum's local continuum, summed over the line's columns.
     n_lines : int
+        Lines with a finite residual.
+    measured : str
+        ``"profile"`` (the frame was given: the target's own spectrum,
+        absorption lines included, is told apart from sky left over) or
+        ``"spectrum"`` (the extracted spectrum alone: any narrow feature of
+        the target at a sky line counts as a residual).
+    reference : float
+        The same RMS at columns between the sky lines (NaN when none could
+        be measured): what the target and the measurement give where there
+        is little sky to leave behind. Near 1 on a faint target; above 1
+        when the target's own structure (or, with ``"profile"``, a bright
+        target's profile changing from column to column) shows through.
+        A score near the reference says the sky lines left no more than
+        the rest of the spectrum shows.
     """
 
     score: float
     lines: np.ndarray
     residuals: np.ndarray
     n_lines: int
+    measured: str = "spectrum"
+    reference: float = float("nan")
+
+    @property
+    def excess(self):
+        """``score`` over ``reference`` (the reference counted as at least 1): about 1 when clean."""
+        ref = self.reference if np.isfinite(self.reference) and self.reference > 1.0 else 1.0
+        return self.score / ref
 
     def __str__(self):
-        return f"sky-line residual {self.score:.2f} sigma RMS over {self.n_lines} lines"
+        ref = f" ({self.reference:.2f} between them)" if np.isfinite(self.reference) else ""
+        return f"sky-line residual {self.score:.2f} sigma RMS over {self.n_lines} lines{ref}"
 
 
 def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int = 10, half_width: int = 1,
-                            continuum: int = 41) -> SkyLineScore:
-    """RMS of the extracted flux's residual at the brightest sky lines, in units of its error.
+                            continuum: int = 41, *, image: ArrayLike | None = None,
+                            variance: ArrayLike | None = None, gain: float | None = None) -> SkyLineScore:
+    """RMS of the residuals at the brightest sky lines, in units of their error.
 
-    The residual at a sky line is the extracted flux, summed over the
-    line's ``2 * half_width + 1`` columns, minus the spectrum's local
-    continuum there (a running median over ``continuum`` columns), divided
-    by the error of that sum. Well-subtracted sky lines give residuals of
-    pure noise: a score near 1.
+    With the sky-subtracted ``image`` the extraction came from (and its
+    ``variance``), each line's residual is the light left in the aperture
+    that does not follow the target's spatial profile: in each of the line's
+    ``2 * half_width + 1`` columns the aperture's pixels are fit as the
+    profile (the median of the ``continuum`` columns about the line) times a
+    flux, plus a level; the level, summed over the aperture and the line's
+    columns, over its error, is the residual. The target's own spectrum
+    (an absorption line, a telluric band that falls on a sky line) changes
+    only the flux, so a bright target does not pass for sky left over.
+
+    Without ``image`` the residual is the extracted flux, summed over the
+    line's columns, minus the spectrum's local continuum there (a running
+    median over ``continuum`` columns): any narrow feature of the target at
+    a sky line counts too (on a bright target, its absorption lines can
+    score tens of sigma).
+
+    Well-subtracted sky lines give residuals of pure noise: a score near 1.
 
     Parameters
     ----------
@@ -629,17 +669,41 @@ def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int
     half_width : int
         Columns on each side of a line's peak.
     continuum : int
-        Running-median window (columns) of the spectrum's continuum.
+        Columns about each line for the continuum (a running median of the
+        spectrum) or the target's profile (a median of the frame's columns).
+    image, variance : array_like, shape (rows, cols), optional
+        The sky-subtracted frame the extraction was made from, and the
+        variance of its pixels; both or neither. As for
+        :func:`extract_spectrum`, ``variance`` leaves out the target's own
+        light when ``gain`` is given (it is added: flux x profile / gain),
+        and is the whole variance when not.
+    gain : float, optional
+        Electrons per data unit, for the target's own photon noise.
 
     Returns
     -------
     SkyLineScore
+        ``measured`` says which residual was used.
 
     Raises
     ------
     TypeError, ValueError
         On bad input: not an :class:`Extraction`, no variance, a sky of the
-        wrong length, or no sky line found.
+        wrong length, an image without its variance or of the wrong shape,
+        or no sky line found (or, with ``image``, none whose sky can be told
+        from the target: a target that fills the aperture evenly).
+
+    Examples
+    --------
+    >>> import specwidgets as sw
+    >>> frames = sw.datasets.make_synthetic_longslit(shape=(60, 600), seed=1)
+    >>> corrected = frames.science[0] - frames.sky[0]
+    >>> variance = frames.sky[0] + frames.read_noise**2
+    >>> trace = sw.trace_spectrum(corrected, mask_region=frames.trace_rows)
+    >>> spec = sw.extract_spectrum(corrected, trace, variance=variance, gain=1.0)
+    >>> score = sw.sky_line_residual_score(spec, frames.sky[0], image=corrected, variance=variance, gain=1.0)
+    >>> score.measured, bool(score.score < 2.5)
+    ('profile', True)
     """
     if not isinstance(extraction, Extraction):
         raise TypeError(f"extraction must be an Extraction (from extract_spectrum); got {type(extraction).__name__}")
@@ -647,6 +711,15 @@ def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int
     n_cols = flux.size
     if not np.any(np.isfinite(var)):
         raise ValueError("the extraction has no variance: extract with variance= to score the sky lines")
+    if (image is None) != (variance is None):
+        raise ValueError("give image= and variance= together (the sky-subtracted frame and its pixels' variance), "
+                         "or neither")
+    if image is not None:
+        image = _as_frame(image)
+        variance = np.asarray(variance, dtype=np.float64)
+        if image.shape[1] != n_cols or variance.shape != image.shape:
+            raise ValueError(f"image {image.shape} and variance {variance.shape} must be the extraction's frame "
+                             f"(rows, {n_cols})")
     sky = np.asarray(sky, dtype=np.float64)
     if sky.ndim == 2:
         if sky.shape[1] != n_cols:
@@ -667,25 +740,161 @@ def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int
         raise ValueError("no sky line found in the sky spectrum")
     order = np.argsort(prominence)[::-1][:n_lines]
     lines = np.sort(peaks[order])
-    # The continuum of the target, without the line columns themselves.
-    masked = flux.copy()
-    for p in lines:
-        masked[p - half_width - 1 : p + half_width + 2] = np.nan
-    fill = np.interp(np.arange(n_cols), np.flatnonzero(np.isfinite(masked)),
-                     masked[np.isfinite(masked)]) if np.isfinite(masked).sum() > 1 else np.zeros(n_cols)
-    cont = median_filter(fill, size=min(continuum, n_cols), mode="nearest")
-    residuals = []
-    for p in lines:
-        sl = slice(p - half_width, p + half_width + 1)
-        r = np.nansum(flux[sl] - cont[sl])
-        s = np.sqrt(np.nansum(var[sl]))
-        residuals.append(r / s if s > 0 else np.nan)
-    residuals = np.asarray(residuals)
+    controls = _control_columns(sky - base, peaks, half_width, n_cols)
+    if image is not None:
+        if gain is not None and not (np.isfinite(gain) and gain > 0):
+            raise ValueError(f"gain must be a positive number or None; got {gain!r}")
+        residuals, control = (
+            _profile_residuals(image, variance, extraction.trace.rows, extraction.width, cols, half_width,
+                               continuum, gain, near_line=lines)
+            for cols in (lines, controls)
+        )
+        measured = "profile"
+    else:
+        # The continuum of the target, without the line columns themselves.
+        masked = flux.copy()
+        for p in lines:
+            masked[p - half_width - 1 : p + half_width + 2] = np.nan
+        fill = np.interp(np.arange(n_cols), np.flatnonzero(np.isfinite(masked)),
+                         masked[np.isfinite(masked)]) if np.isfinite(masked).sum() > 1 else np.zeros(n_cols)
+        cont = median_filter(fill, size=min(continuum, n_cols), mode="nearest")
+        def summed(cols):
+            out = []
+            for p in cols:
+                sl = slice(p - half_width, p + half_width + 1)
+                r = np.nansum(flux[sl] - cont[sl])
+                s = np.sqrt(np.nansum(var[sl]))
+                out.append(r / s if s > 0 else np.nan)
+            return np.asarray(out, dtype=np.float64)
+
+        residuals, control = summed(lines), summed(controls)
+        measured = "spectrum"
     finite = residuals[np.isfinite(residuals)]
     if finite.size == 0:
+        if measured == "profile":
+            raise ValueError("no sky line could be scored: in the aperture the target's light is as even as the "
+                             "sky's (an extended target filling it), so the two cannot be told apart; score the "
+                             "spectrum alone (without image=)")
         raise ValueError("no sky line has a finite extracted flux and error")
     score = float(np.sqrt(np.mean(finite**2)))
-    return SkyLineScore(score, lines.astype(float), residuals, int(finite.size))
+    control = control[np.isfinite(control)]
+    reference = float(np.sqrt(np.mean(control**2))) if control.size >= 5 else float("nan")
+    return SkyLineScore(score, lines.astype(float), residuals, int(finite.size), measured, reference)
+
+
+_N_CONTROLS = 60
+
+
+def _control_columns(line_part, peaks, half_width, n_cols):
+    """Up to ``_N_CONTROLS`` columns between the sky lines, spread along the spectrum.
+
+    Their windows (``half_width`` each side) keep ``half_width + 2`` columns
+    from every sky-line peak and lie where the sky's line part is at most its
+    median: stretches of continuum.
+    """
+    clear = np.ones(n_cols, bool)
+    reach = 2 * half_width + 2
+    for p in peaks:
+        clear[max(0, p - reach): p + reach + 1] = False
+    clear &= line_part <= np.median(line_part)
+    edge = half_width + 1
+    clear[:edge] = clear[n_cols - edge:] = False
+    # Whole windows clear, then every so many of them.
+    ok = np.flatnonzero(clear)
+    ok = ok[[bool(clear[max(0, c - half_width): c + half_width + 1].all()) for c in ok]]
+    if ok.size > _N_CONTROLS:
+        ok = ok[np.linspace(0, ok.size - 1, _N_CONTROLS).round().astype(int)]
+    return ok
+
+
+# A level and a profile whose weighted correlation in the aperture exceeds
+# this (squared) cannot be told apart: the target fills the aperture evenly.
+_SEPARABLE_R2 = 0.95
+_PROFILE_CLIP = 5.0  # sigma; pixels further off (cosmic rays) leave the line's fit
+
+
+def _profile_residuals(image, variance, centres, width, lines, half_width, continuum, gain=None, near_line=None):
+    """Each line's level in the aperture beside the target's profile, in sigma (see sky_line_residual_score).
+
+    ``lines``: the columns to measure; ``near_line``: the sky lines, whose
+    columns the profile leaves out (default ``lines``).
+    """
+    n_rows, n_cols = image.shape
+    half_window = max(half_width + 2, continuum // 2)
+    skip = np.zeros(n_cols, bool)
+    for p in (lines if near_line is None else near_line):
+        skip[max(0, p - half_width - 1): p + half_width + 2] = True
+    for p in lines:
+        skip[max(0, p - half_width): p + half_width + 1] = True
+    near_line = skip
+    out = np.full(lines.size, np.nan)
+    for i, p in enumerate(lines):
+        centre = centres[p]
+        if not np.isfinite(centre):
+            continue
+        # Rows whose centre lies in the aperture at the line.
+        r0 = max(0, int(np.ceil(centre - width / 2.0)))
+        r1 = min(n_rows, int(np.floor(centre + width / 2.0)) + 1)
+        if r1 - r0 < 3:
+            continue
+        rows = np.arange(r0, r1)
+        # The profile from the columns about the line, each moved by the
+        # trace's drift to the line's column (whole rows).
+        cols = [c for c in range(max(0, p - half_window), min(n_cols, p + half_window + 1))
+                if not near_line[c] and np.isfinite(centres[c])]
+        if len(cols) < 3:
+            continue
+        stack = np.full((len(cols), rows.size), np.nan)
+        for j, c in enumerate(cols):
+            shifted = rows + int(round(centres[c] - centre))
+            ok = (shifted >= 0) & (shifted < n_rows)
+            stack[j, ok] = image[shifted[ok], c]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
+            profile = np.nanmedian(stack, axis=0)
+        level, level_var = 0.0, 0.0
+        usable = True
+        for c in range(p - half_width, p + half_width + 1):
+            d, v0 = image[rows, c], variance[rows, c]
+            ok = np.isfinite(d) & np.isfinite(v0) & (v0 > 0) & np.isfinite(profile)
+            # The target's own light from the data first, then from the fit.
+            v = v0 if gain is None else v0 + np.clip(np.nan_to_num(d), 0, None) / gain
+            fit = None
+            for _ in range(3):  # refit with the fit's variance, without pixels far off it
+                fit = _level_beside_profile(profile[ok], d[ok], v[ok])
+                if fit is None:
+                    break
+                e, e_var, flux_c = fit
+                model = flux_c * profile + e
+                if gain is not None:
+                    v = v0 + np.clip(np.nan_to_num(model), 0, None) / gain
+                off = np.abs(d - model) > _PROFILE_CLIP * np.sqrt(np.where(v > 0, v, np.inf))
+                ok &= ~off
+            if fit is not None:
+                fit = _level_beside_profile(profile[ok], d[ok], v[ok])
+            if fit is None:
+                usable = False
+                break
+            e, e_var, _ = fit
+            n = rows.size
+            level += e * n
+            level_var += e_var * n * n
+        if usable and level_var > 0:
+            out[i] = level / np.sqrt(level_var)
+    return out
+
+
+def _level_beside_profile(profile, d, v):
+    """Weighted fit ``d = flux * profile + level``: ``(level, its variance, flux)``; None if not separable."""
+    if d.size < 3:
+        return None
+    w = 1.0 / v
+    s_pp, s_p1, s_11 = np.sum(w * profile * profile), np.sum(w * profile), np.sum(w)
+    det = s_pp * s_11 - s_p1 * s_p1
+    if not (s_pp > 0 and det > (1.0 - _SEPARABLE_R2) * s_pp * s_11):
+        return None
+    b_p, b_1 = np.sum(w * profile * d), np.sum(w * d)
+    return (s_pp * b_1 - s_p1 * b_p) / det, s_pp / det, (s_11 * b_p - s_p1 * b_1) / det
 
 
 def guess_trace_rows(science):

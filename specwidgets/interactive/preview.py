@@ -5,7 +5,11 @@
 model's variance, or a boxcar), and draws it over the sky spectrum along
 the same aperture. The brightest sky lines are marked on the spectrum,
 coloured by their residual, and the sky-line residual score is written
-above: about 1 when the sky lines leave nothing behind. Everything is
+above beside the same measure between the sky lines: the two alike when the
+sky lines leave nothing behind (about 1 on a faint target). The residual is
+the light in the aperture that does not follow the target's profile, so a
+bright target's own absorption lines at the sky lines are not counted as
+sky left over. Everything is
 recomputed when the state's result or exposure changes (a new mask, a new
 warp model, another method).
 
@@ -38,7 +42,8 @@ __all__ = ["SpectrumPreview"]
 _FIG_MARGIN = {"top": 30, "bottom": 45, "left": 80, "right": 80}
 _TARGET_COLOR = "#222222"
 _SKY_COLOR = "#6baed6"
-# Score thresholds (sigma RMS) of the colour of the score text.
+# Colour thresholds of the score text: the score over its reference between the
+# sky lines (counted as at least 1), so a bright target's own structure is not red.
 _GOOD, _FAIR = 1.5, 3.0
 
 
@@ -192,7 +197,10 @@ class SpectrumPreview(ipywidgets.VBox):
                                     variance=variance, gain=result.gain)
             sky = extract_spectrum(background, local, width=spec.width, method="boxcar").flux
             try:
-                score = sky_line_residual_score(spec, sky)
+                # With the frame, the target's own spectrum (a bright target's
+                # absorption lines at sky lines) is told apart from sky left over.
+                score = sky_line_residual_score(spec, sky, image=corrected[window], variance=variance,
+                                                gain=result.gain)
             except ValueError:
                 score = None
             self.trace, self.extraction, self.sky, self.score = trace, spec, sky, score
@@ -242,7 +250,9 @@ class SpectrumPreview(ipywidgets.VBox):
                 at = score.lines.astype(int)
                 self.line_marks.x = score.lines.astype(np.float32)
                 self.line_marks.y = (flux[at] + np.float32(0.5 * pad)).astype(np.float32)
-                self.line_marks.colors = [_score_color(abs(r)) for r in np.nan_to_num(score.residuals, nan=99.0)]
+                ref = score.score / score.excess  # the reference, at least 1
+                self.line_marks.colors = [_score_color(abs(r) / ref)
+                                          for r in np.nan_to_num(score.residuals, nan=99.0)]
             else:
                 self.line_marks.x = self.line_marks.y = []
         with self.y_scale.hold_sync():
@@ -255,8 +265,10 @@ class SpectrumPreview(ipywidgets.VBox):
         if score is None:
             self._say(f"{where}; no sky line to score")
             return
-        color = _score_color(score.score)
+        color = _score_color(score.excess)
+        between = (f", {score.reference:.2f} between them (alike when clean)" if np.isfinite(score.reference)
+                   else " (about 1: clean)")
         self._say(
             f"<b style='color:{color}'>Sky-line residual: {score.score:.2f} &sigma; RMS</b> at the "
-            f"{score.n_lines} brightest sky lines (about 1: clean; marked &#9660;) &middot; {where}"
+            f"{score.n_lines} brightest sky lines (marked &#9660;){between} &middot; {where}"
         )
