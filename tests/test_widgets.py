@@ -382,12 +382,20 @@ def test_standalone_components(frames):
 def test_starts_without_a_result_then_recovers(frames):
     dash = Dashboard(frames.science, frames.arc, mask_region=(0, 60), read_noise=4.0)
     assert dash.background is None and "covers every" in dash.status.banner.value
+    # The status does not call the page ready without a fit.
+    assert "no sky fit" in dash.status.busy_label.value and "ready" not in dash.status.busy_label.value
     assert "no sky fit yet" in dash.sed.info.value
     dash.viewer.view = "corrected"
     assert "no sky fit yet" in dash.viewer.figure.title
     dash.viewer.mask_slider.value = (20, 40)
     assert dash.background.shape == frames.science.shape and dash.status.banner.layout.display == "none"
     assert dash.sed.aggregate is not None and "no sky fit yet" not in dash.viewer.figure.title
+    assert "no sky fit" not in dash.status.busy_label.value
+    # A refused change keeps the last good fit, and says so beside it.
+    dash.viewer.mask_slider.value = (0, 60)
+    assert dash.background is not None and "last change not applied" in dash.status.busy_label.value
+    dash.viewer.mask_slider.value = (22, 40)
+    assert dash.mask_region == [(22, 40)] and "not applied" not in dash.status.busy_label.value
 
 
 def test_dashboard_without_an_arc(frames):

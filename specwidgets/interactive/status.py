@@ -66,7 +66,9 @@ class StatusBar(ipywidgets.VBox):
     busy_label : ipywidgets.HTML
         "computing..." while the state (or a view) works; else "ready" and the
         last duration, or, when the fit flags itself as suspect
-        (``result.quality.suspect``), its warnings instead of "ready".
+        (``result.quality.suspect``), its warnings instead of "ready"; "no
+        sky fit" before a first fit, and "last change not applied" while the
+        state's error stands (its last good result is shown).
     noise_label : ipywidgets.HTML
         The noise model the current fit used and where it came from.
     banner : ipywidgets.HTML
@@ -90,6 +92,7 @@ class StatusBar(ipywidgets.VBox):
         if state.has_trait("result"):
             state.observe(self._on_state, names=["result"])
         state.observe(self._refresh_banner, names=["error"])
+        state.observe(self._on_state, names=["error"])
         self._refresh_busy()
         self._refresh_banner()
 
@@ -123,8 +126,15 @@ class StatusBar(ipywidgets.VBox):
                 text = "<span style='color:#e08000'>&#9679;</span> <b>computing&hellip;</b>"
             else:
                 ms = 1000.0 * self.state.last_duration
-                warnings = self.quality_warnings
-                if warnings is not None:
+                if getattr(self.state, "result", True) is None:
+                    # Nothing fit yet (the banner says why): not "ready".
+                    text = "<span style='color:#8a1c1c'>&#9888; <b>no sky fit</b></span>"
+                elif getattr(self.state, "error", ""):
+                    # The last change failed; its result is the one before it
+                    # (whose own warnings return when the error is cleared).
+                    text = (f"<span style='color:#8a1c1c'>&#9888; <b>last change not applied</b></span>: "
+                            f"showing the last good fit &middot; last step {ms:.0f} ms")
+                elif (warnings := self.quality_warnings) is not None:
                     listed = "; ".join(html.escape(w) for w in warnings)
                     text = (
                         f"<span style='color:#8a4b00'>&#9888; <b>suspect fit</b>: {listed}</span>"
