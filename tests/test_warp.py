@@ -134,6 +134,24 @@ def test_find_cal_lines_threshold_error(tilted):
         sw.find_cal_lines(tilted.arc, std_variation=-1)
 
 
+def test_an_arc_with_its_dispersion_along_the_rows_is_named(tilted):
+    """A transposed arc: no line along the middle row; the message says to transpose, not to lower the threshold."""
+    arc_t = np.ascontiguousarray(tilted.arc.T)
+    with pytest.raises(ValueError, match="dispersion runs along the rows") as info:
+        sw.find_cal_lines(arc_t, std_variation=50)
+    assert "transpose" in str(info.value) and "lower std_variation" not in str(info.value)
+    # One bright column (a bad column, say) found as a line: a warning says the same.
+    arc_t[:, 50] += 100 * arc_t.std()
+    with pytest.warns(UserWarning, match="transpose the frames"):
+        assert len(sw.find_cal_lines(arc_t, std_variation=50)[0]) == 1
+    # The arc as it should be: no such warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(sw.find_cal_lines(tilted.arc)[0]) == len(tilted.arc_lines)
+
+
 def test_images_of_other_shape_are_refused(tilted):
     locs, _ = sw.find_cal_lines(tilted.arc)
     model = sw.generate_warp_model(tilted.arc, locs)

@@ -131,6 +131,31 @@ def row_profile(image, row=None):
     return profile, int(row)
 
 
+# Significance of a line across the rows that makes a transposed frame likely.
+_ACROSS_SIGMA = 20.0
+
+
+def _lines_across_rows(image):
+    """How many lines stand out (``_ACROSS_SIGMA``) in the frame's middle columns, read down the rows.
+
+    An arc whose dispersion runs along the rows shows its lines there, and
+    almost none along a row.
+    """
+    if image.shape[0] < 16:
+        return 0
+    profile, _ = row_profile(np.ascontiguousarray(image.T))
+    finite = np.isfinite(profile)
+    if finite.sum() < 16:
+        return 0
+    filled = np.where(finite, profile, np.nanmedian(profile))
+    excess = filled - median_filter(filled, size=min(51, filled.size | 1), mode="nearest")
+    noise = robust_noise(profile)
+    if noise <= 0:
+        return 0
+    peaks, _ = find_peaks(excess, height=_ACROSS_SIGMA * noise, distance=3)
+    return int(peaks.size)
+
+
 def robust_noise(profile):
     """Pixel-to-pixel noise of a 1D profile from the MAD of its first differences.
 
@@ -241,10 +266,27 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
     peaks, _ = find_peaks(excess, height=threshold, distance=3)
     if peaks.size == 0:
         best = float(np.nanmax(excess) / noise)
+        across = _lines_across_rows(image)
+        if across:
+            raise ValueError(
+                f"no line rises above std_variation={std_variation:g} times the noise in row {row} of the "
+                f"arc frame, but {across} stand out down its middle columns: its lines run along the rows, so its "
+                f"dispersion "
+                f"runs along the rows ({image.shape[0]} rows x {image.shape[1]} columns). specwidgets wants it "
+                "along the columns: transpose the frames (np.transpose, or load with dispersion_axis=0)"
+            )
         raise ValueError(
             f"no line rises above std_variation={std_variation:g} times the noise "
             f"({noise:.3g} counts) in row {row}; the brightest peak reaches {best:.1f} "
             "times the noise: lower std_variation"
+        )
+    if peaks.size < 3 and (across := _lines_across_rows(image)) > 2 * peaks.size:
+        warnings.warn(
+            f"only {peaks.size} arc line(s) in row {row}, but {across} down the middle column: the arc's lines "
+            f"seem to run along its rows (dispersion along the rows, {image.shape[0]} rows x "
+            f"{image.shape[1]} columns); specwidgets wants it along the columns: transpose the frames "
+            "(np.transpose, or load with dispersion_axis=0)",
+            UserWarning, stacklevel=2,
         )
     n_rows = image.shape[0]
     lo = max(0, row - _PROFILE_ROWS // 2)
