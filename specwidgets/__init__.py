@@ -30,7 +30,7 @@ from .core.lines import find_cal_lines
 from .core.rows import RowRanges
 from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
 from .core.sky.sky_warp import sky_warp_model
-from .core.warp import WarpModel, generate_warp_model
+from .core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from .io import synthetic as datasets
 from .io.instruments import Instrument, get_instrument, known_instruments, register_instrument
 from .io.loading import average_matching_files, collect_images_array
@@ -58,6 +58,7 @@ __all__ = [
     "Instrument",
     "SkyQuality",
     "SkyResult",
+    "PoorWarpWarning",
     "WarpModel",
     "average_matching_files",
     "collect_images_array",

@@ -15,6 +15,7 @@ import argparse
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -51,7 +52,9 @@ def _demo(args):
 
     t0 = time.perf_counter()
     locs, _ = sw.find_cal_lines(arc, std_variation=args.std_variation)
-    model = sw.generate_warp_model(arc, locs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sw.PoorWarpWarning)  # printed below with the model's summary
+        model = sw.generate_warp_model(arc, locs)
     t_warp = time.perf_counter() - t0
     used = int(model.traces.used.sum())
     ref = model.traces.ref_positions[model.traces.used]

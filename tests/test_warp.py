@@ -88,7 +88,9 @@ def test_bad_guesses_warn_not_crash(tilted):
     x = (np.r_[0, np.sort(locs)][gap] + np.sort(locs)[gap]) / 2
     with pytest.raises(ValueError, match="none of the 3 guessed lines"):
         sw.generate_warp_model(frames.arc, [x - 2, x, x + 2], tolerance=1)
-    model = sw.generate_warp_model(frames.arc, locs[:1], tolerance=2)
+    # The script is told, not only the model's field.
+    with pytest.warns(sw.PoorWarpWarning, match="probably poor: warp_order lowered"):
+        model = sw.generate_warp_model(frames.arc, locs[:1], tolerance=2)
     assert model.is_poor
     assert any("warp_order lowered" in w for w in model.quality_warnings)
 
@@ -144,12 +146,14 @@ def test_an_arc_with_its_dispersion_along_the_rows_is_named(tilted):
     arc_t[:, 50] += 100 * arc_t.std()
     with pytest.warns(UserWarning, match="transpose the frames"):
         assert len(sw.find_cal_lines(arc_t, std_variation=50)[0]) == 1
-    # The arc as it should be: no such warning.
+    # The arc as it should be: no such warning, and a good model without one either.
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(sw.find_cal_lines(tilted.arc)[0]) == len(tilted.arc_lines)
+        locs, _ = sw.find_cal_lines(tilted.arc)
+        assert len(locs) == len(tilted.arc_lines)
+        assert not sw.generate_warp_model(tilted.arc, locs).is_poor
 
 
 def test_images_of_other_shape_are_refused(tilted):
@@ -232,6 +236,7 @@ def test_model_is_frozen_and_its_maps_cannot_go_stale():
 
 def test_fitted_model_keeps_its_warnings_as_a_field(tilted):
     locs, _ = sw.find_cal_lines(tilted.arc)
-    model = sw.generate_warp_model(tilted.arc, locs[:1], warp_order=1)
+    with pytest.warns(sw.PoorWarpWarning):
+        model = sw.generate_warp_model(tilted.arc, locs[:1], warp_order=1)
     assert isinstance(model.quality_warnings, tuple) and model.is_poor
     assert any("warp_order lowered" in w for w in model.quality_warnings)

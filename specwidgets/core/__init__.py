@@ -31,7 +31,7 @@ from .inputs import mask_ranges  # noqa: E402
 from .lines import find_cal_lines  # noqa: E402
 from .rows import RowRanges  # noqa: E402
 from .sky import METHODS, SkyQuality, SkyResult, extract_background, fit_sky  # noqa: E402
-from .warp import WarpModel, generate_warp_model  # noqa: E402
+from .warp import PoorWarpWarning, WarpModel, generate_warp_model  # noqa: E402
 
 __all__ = [
     "METHODS",
@@ -42,6 +42,7 @@ __all__ = [
     "SkyQuality",
     "SkyResult",
     "Trace",
+    "PoorWarpWarning",
     "WarpModel",
     "extract_background",
     "extract_spectrum",

@@ -28,7 +28,7 @@ from .inputs import as_image, check_number
 from .lines import _PROFILE_ROWS, robust_noise, row_profile
 from .peaks import fit_gaussian_windows, window_indices
 
-__all__ = ["WarpModel", "LineTraces", "generate_warp_model"]
+__all__ = ["WarpModel", "LineTraces", "PoorWarpWarning", "generate_warp_model"]
 
 # A model whose lines scatter more than this about it is flagged as poor:
 # good arcs trace to a few hundredths of a pixel.
@@ -589,6 +589,14 @@ def generate_warp_model(image: ArrayLike, guess: ArrayLike, tolerance: float = 1
         With ``traces`` holding every measurement and ``line_rms`` the
         residual RMS of each line about the model.
 
+    Warns
+    -----
+    PoorWarpWarning
+        When the model is probably poor (``quality_warnings``: too few
+        lines, lines that scatter about it, lines traced over little of the
+        slit or of the columns, a model that folds); the warnings name why.
+        ``fit_sky`` can still refine such a model from the sky lines.
+
     Raises
     ------
     ValueError
@@ -605,7 +613,20 @@ def generate_warp_model(image: ArrayLike, guess: ArrayLike, tolerance: float = 1
     >>> model.effpix_map().shape == frames.arc.shape
     True
     """
-    return _generate_warp_model(image, guess, tolerance, line_order, warp_order, ref_idx, debug)
+    model = _generate_warp_model(image, guess, tolerance, line_order, warp_order, ref_idx, debug)
+    if model.quality_warnings:
+        # The model carries them, but a script that does not read them would
+        # use a poor model as a good one.
+        warnings.warn(
+            "the warp model is probably poor: " + "; ".join(model.quality_warnings)
+            + " (model.report() lists the traced lines)",
+            PoorWarpWarning, stacklevel=2,
+        )
+    return model
+
+
+class PoorWarpWarning(UserWarning):
+    """``generate_warp_model`` made a model it judges probably poor (see ``WarpModel.quality_warnings``)."""
 
 
 def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1, ref_idx=None, debug=False, *,

@@ -12,6 +12,7 @@ kernel): it sets :attr:`SkyState.error` and keeps the last good results.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import traitlets as tl
@@ -22,7 +23,7 @@ from ..core.inputs import as_image, as_image_stack
 from ..core.lines import find_cal_lines
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, SkyResult, assess_later, fit_sky
-from ..core.warp import WarpModel, generate_warp_model
+from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 
 __all__ = ["SkyState"]
 
@@ -359,13 +360,16 @@ class SkyState(tl.HasTraits):
                 self.n_warp_fits += 1
                 self.warp_model = model
                 return
-            model = generate_warp_model(
-                self.arc,
-                self.guesses,
-                tolerance=self.tolerance,
-                line_order=self.line_order,
-                warp_order=self.warp_order,
-            )
+            with warnings.catch_warnings():
+                # The picker shows a poor model's quality warnings itself.
+                warnings.simplefilter("ignore", PoorWarpWarning)
+                model = generate_warp_model(
+                    self.arc,
+                    self.guesses,
+                    tolerance=self.tolerance,
+                    line_order=self.line_order,
+                    warp_order=self.warp_order,
+                )
             model.edge_map()  # a folding model fails here, before it replaces a good one
             self.n_warp_fits += 1
             self.warp_model = model
