@@ -240,3 +240,9 @@ def test_fitted_model_keeps_its_warnings_as_a_field(tilted):
         model = sw.generate_warp_model(tilted.arc, locs[:1], warp_order=1)
     assert isinstance(model.quality_warnings, tuple) and model.is_poor
     assert any("warp_order lowered" in w for w in model.quality_warnings)
+
+
+def test_repr_is_one_line(tilted):
+    locs, _ = sw.find_cal_lines(tilted.arc)
+    text = repr(sw.generate_warp_model(tilted.arc, locs))
+    assert "\n" not in text and len(text) < 200 and f"{len(locs)} of {len(locs)} traced lines used" in text

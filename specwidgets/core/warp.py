@@ -173,6 +173,14 @@ class WarpModel:
     def is_poor(self):
         return bool(self.quality_warnings)
 
+    def __repr__(self):
+        # The traces hold every measured position: the default repr ran to screens.
+        traced = "given directly" if self.traces is None else (
+            f"{int(self.traces.used.sum())} of {self.traces.used.size} traced lines used")
+        poor = f", {len(self.quality_warnings)} quality warning(s)" if self.quality_warnings else ""
+        return (f"WarpModel(shape={tuple(self.shape)}, ref_row={self.ref_row}, line_order={self.line_order}, "
+                f"warp_order={self.warp_order}, {traced}{poor})")
+
     def report(self):
         """A table of the traced lines: guess, fitted position, used, RMS residual."""
         if self.traces is None:

@@ -315,9 +315,9 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         return warp, WarpRefinement(
             False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
             n_coefficients=len(extra),
-            reason=(f"{n_lines} sky lines traced; a correction of the arc's warp lowered the held-out "
-                    f"chi-square of their positions by {gains[0]:.0f} and {gains[1]:.0f} (needs > 0 each "
-                    f"and > {need:.0f} in all): not used"),
+            reason=(f"{n_lines} sky lines traced; a correction of the arc's warp changed the held-out "
+                    f"chi-square of their positions by {-gains[0]:+.0f} and {-gains[1]:+.0f} (it must lower "
+                    f"it in each half, by more than {need:.0f} in all): not used"),
         )
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
     d = np.array([v for tj, v in zip(terms_all, c) if tj != (1, 0)])
