@@ -225,9 +225,11 @@ def test_roots_default_to_the_data_folder_or_the_start_folder(tmp_path, monkeypa
     (tmp_path / "night").mkdir()
     problem, env = _environment(["night"], tmp_path, monkeypatch)
     assert problem is None
-    assert env[DATA_ROOT_ENV] == env[OUTPUT_ROOT_ENV] == str((tmp_path / "night").resolve())
+    # Exports go to the folder the command started in, not among the raw frames.
+    assert env[DATA_ROOT_ENV] == str((tmp_path / "night").resolve())
+    assert env[OUTPUT_ROOT_ENV] == str(tmp_path.resolve())
     problem, env = _environment([], tmp_path, monkeypatch)
-    assert env[DATA_ROOT_ENV] == str(tmp_path.resolve())
+    assert env[DATA_ROOT_ENV] == env[OUTPUT_ROOT_ENV] == str(tmp_path.resolve())
     problem, _ = _environment(["night", "--data-root", str(tmp_path / "night" / "..")], tmp_path, monkeypatch)
     assert problem is None
     (tmp_path / "other").mkdir()

@@ -6,8 +6,9 @@ and :mod:`specwidgets.app.voila_server`, which the launcher runs instead of plai
 
 * ``--data-root DIR`` (default: DATA_FOLDER, else the folder the command was
   started in): the page reads and lists nothing outside it.
-* ``--output-root DIR`` (default: the data root): exports go below it, and
-  never replace a file unless the page's Overwrite box is ticked.
+* ``--output-root DIR`` (default: the folder the command was started in, so
+  a data folder of raw frames is not written into unless asked): exports go
+  below it, and never replace a file unless the page's Overwrite box is ticked.
 * ``--ip`` other than loopback requires a token: ``--token T`` or one
   generated and printed with the URL. The server answers only to the host
   names on its allow-list (loopback names, the bound address and
@@ -129,7 +130,7 @@ def add_dashboard_parser(subparsers):
                         help="the page reads and lists nothing outside DIR (default: DATA_FOLDER, else the "
                              "current folder); folders typed in the page are relative to it")
     parser.add_argument("--output-root", metavar="DIR", default=None,
-                        help="exports are written below DIR only (default: the data root)")
+                        help="exports are written below DIR only (default: the current folder)")
     parser.add_argument("--token", default=None,
                         help="access token for the page (required, and generated when not given, for an --ip "
                              "other than loopback; the URL printed carries it)")
@@ -432,7 +433,8 @@ def _security_environment(args, env):
         folder = Path(env[DATA_ENV])
         if folder != data_root and data_root not in folder.parents:
             return f"DATA_FOLDER {args.data_folder!r} is not inside --data-root {str(data_root)!r}"
-    output_root = Path(args.output_root) if args.output_root is not None else data_root
+    # Not the data root: raw frames stay apart from what the page writes.
+    output_root = Path(args.output_root) if args.output_root is not None else start
     if not output_root.is_dir():
         return f"--output-root {str(args.output_root)!r} is not a folder"
     env[DATA_ROOT_ENV] = str(data_root)
