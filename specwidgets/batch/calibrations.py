@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,11 +147,17 @@ def prepare_calibrations(
         # (fit_sky with warp_model=None); nothing to fit here.
         pass
     elif warp_model is None:
-        if guesses is None:
-            guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
-        guesses = np.atleast_1d(np.asarray(guesses, float))
-        warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
-                                         warp_order=warp_order)
+        # Their warnings (a saturated line, a guess off the image) are the
+        # user's to act on: shown at the user's call, not at a line in here.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if guesses is None:
+                guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
+            guesses = np.atleast_1d(np.asarray(guesses, float))
+            warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
+                                             warp_order=warp_order)
+        for caught_warning in caught:
+            _warn_at_caller(caught_warning.message)
     elif isinstance(warp_model, dict):
         warp_model = WarpModel.from_dict(warp_model)
     elif not isinstance(warp_model, WarpModel):
@@ -170,12 +178,29 @@ def prepare_calibrations(
     )
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _warn_at_caller(message):
+    """Issue the warning ``message`` at the first caller outside specwidgets (the user's ``run_batch(...)`` line)."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
 def _check_shape(a, b, name_a, name_b):
     if a.shape != b.shape:
         raise ValueError(f"the {name_a} frames have shape {a.shape} but the {name_b} frames {b.shape}")
 
+
 def _expand(items, what, must_exist=True):
-    """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats."""
+    """Paths from files, folders (their FITS files) and glob patterns, in order, without repeats.
+
+    A pattern that matches nothing raises FileNotFoundError; so does a path
+    that does not exist, unless ``must_exist`` is False (it is then kept, to
+    fail on its own).
+    """
     if items is None:
         return []
     if isinstance(items, (str, os.PathLike)):
@@ -189,9 +214,9 @@ def _expand(items, what, must_exist=True):
         elif not path.exists() and glob.has_magic(text):
             found = [Path(p) for p in sorted(glob.glob(os.path.expanduser(text)))]
             if not found:
-                if must_exist:
-                    raise FileNotFoundError(f"no {what} file matches {text!r}")
-                found = [path]
+                # Even where a missing file may fail on its own (must_exist=False):
+                # a pattern is no file, and reading it would only say "cannot read *.fitz".
+                raise FileNotFoundError(f"no {what} file matches the pattern {text!r}")
         else:
             if must_exist and not path.is_file():
                 raise FileNotFoundError(f"{what} file {text!r} does not exist")

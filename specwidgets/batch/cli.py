@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 
 from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS
-from .calibrations import ARC_COMBINES, FLAT_NORMS
+from .calibrations import ARC_COMBINES, FLAT_NORMS, _expand
 from .runner import BatchLockedError, run_batch
 
 __all__ = ["add_batch_parser", "main", "run_batch_command"]
@@ -77,9 +79,10 @@ def add_batch_parser(subparsers):
         "batch",
         help="subtract the sky from many exposures (Dask), one FITS file each",
         description=(
-            "Fit the warp model once on the arcs, then subtract the sky from every SCIENCE exposure "
-            "on Dask workers, writing OUT/<stem>_sky.fits (SCI, SKY, VAR, MASK). Re-running the same "
-            "command resumes: complete outputs are skipped. Put the SCIENCE files first."
+            "Fit the warp model once on the arcs (without --arc: each frame's on its own sky lines), then "
+            "subtract the sky from every SCIENCE exposure on Dask workers, writing OUT/<stem>_sky.fits (SCI, "
+            "SKY, VAR, MASK). Re-running the same command resumes: complete outputs are skipped. Put the "
+            "SCIENCE files first."
         ),
     )
     p.add_argument("science", nargs="*", metavar="SCIENCE",
@@ -94,7 +97,8 @@ def add_batch_parser(subparsers):
         help="where a session's folder, saved relative to the page's data root, lies (default: here)",
     )
     p.add_argument("--arc", nargs="+", default=[], metavar="ARC",
-                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's)")
+                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's; "
+                        "none: each science frame's warp is fit on its own sky lines)")
     p.add_argument(
         "--arc-combine", choices=ARC_COMBINES, default=None,
         help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
@@ -150,12 +154,52 @@ def run_batch_command(args):
     ``--fail-on-suspect``, nothing failed but some fit is suspect;
     130: interrupted.
     """
+    with _plain_warnings():
+        return _run_command(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` for the command: ``warning: <message>``, without our source path and line."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+@contextlib.contextmanager
+def _plain_warnings():
+    """Show warnings as ``warning: <message>`` while the command runs; the previous display after."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _check_paths(args):
+    """The first file argument naming nothing (a path that does not exist, a pattern matching no file), or "".
+
+    run_batch lets a missing science file fail on its own, as one of the
+    exposures; on the command line it is a typo, refused before anything runs.
+    """
+    for what, items in (("science", args.science), ("arc", args.arc), ("bias", args.bias), ("flat", args.flat)):
+        try:
+            _expand(items, what)
+        except FileNotFoundError as exc:
+            return str(exc)
+    return ""
+
+
+def _run_command(args):
     instrument_options = {} if args.gain is None else {"gain": args.gain}
     settings = getattr(args, "settings", None)
-    if settings is None and (not args.science or not args.arc or not args.mask):
-        missing = [f for f, v in (("SCIENCE files", args.science), ("--arc", args.arc), ("--mask", args.mask)) if not v]
+    # Without --arc the warp is fit on each science frame's sky lines (run_batch says so).
+    if settings is None and (not args.science or not args.mask):
+        missing = [f for f, v in (("SCIENCE files", args.science), ("--mask", args.mask)) if not v]
         print(f"specwidgets batch: error: give {', '.join(missing)} (or --settings FILE from the dashboard)",
               file=sys.stderr)
+        return 2
+    problem = _check_paths(args)
+    if problem:
+        print(f"specwidgets batch: error: {problem}", file=sys.stderr)
         return 2
     try:
         summary = run_batch(

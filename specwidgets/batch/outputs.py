@@ -109,7 +109,12 @@ class BatchSummary:
         """Paths of the outputs of the inputs that did not fail."""
         return [self.out_dir / output_name(p) for p in [*self.done, *self.skipped]]
 
-    def report(self):
+    def report(self, reasons=True):
+        """The summary as text; ``reasons=False`` names the failed inputs without their reasons.
+
+        (A run with ``report=True`` printed each failure as it happened, so
+        its closing summary names them only: each reason is printed once.)
+        """
         lines = [
             f"specwidgets batch: {self.n_inputs} exposure(s) -> {self.out_dir}",
             f"  done {len(self.done)}, skipped (already complete) {len(self.skipped)}, failed {len(self.failed)}"
@@ -120,9 +125,13 @@ class BatchSummary:
         for w in self.warnings:
             lines.append(f"  warp model warning: {w}")
         lines += self._suspect_lines()
-        if self.failed:
+        if self.failed and reasons:
             lines.append("  failed:")
             lines += [f"    {Path(p).name}: {msg}" for p, msg in self.failed]
+        elif self.failed:
+            names = [Path(p).name for p, _ in self.failed]
+            more = f", ... ({len(names) - 10} more)" if len(names) > 10 else ""
+            lines.append(f"  failed (reasons above): {', '.join(names[:10])}{more}")
         return "\n".join(lines)
 
     def _suspect_lines(self):

@@ -6,11 +6,14 @@ runner applies them to every exposure of a night or a survey::
     specwidgets batch night1/sci_*.fits --arc night1/arc_*.fits --bias night1/bias_*.fits \\
         --crop 680:800 --mask 20:100 --out night1/sky --workers 4
 
-or, from Python (a notebook gets an ipywidgets progress bar)::
+or, from Python (a notebook gets an ipywidgets progress bar; a script keeps
+the call under the ``__main__`` guard, as its worker processes run it again)::
 
     from specwidgets.batch.runner import run_batch
-    summary = run_batch(sci_files, arc_files, bias=bias_files, crop=(680, 800),
-                        masks=[(20, 100)], out_dir="night1/sky", workers=4)
+
+    if __name__ == "__main__":
+        summary = run_batch(sci_files, arc_files, bias=bias_files, crop=(680, 800),
+                            masks=[(20, 100)], out_dir="night1/sky", workers=4)
 
 or with the settings tuned in the dashboard (its *Save session* file; see
 :mod:`specwidgets.io.settings`): ``specwidgets batch --settings night1.json --out
@@ -54,8 +57,10 @@ is reported as a failure rather than silently replaced. A dashboard export
 settings its header records (input, method, sky options, mask, noise model,
 warp model, dtype) are this run's and its SCI + SKY is the calibrated input:
 for the same settings the export and batch write the same numbers. A lock file
-(``.specwidgets-batch.lock``, a ``filelock`` the system releases even on ``kill -9``)
-keeps two runs from writing to one folder at the same time.
+(``.specwidgets-batch.lock``, an ``flock`` the system releases even on ``kill -9``,
+naming its holder) keeps two runs from writing to one folder at the same time;
+it is removed when the run ends, and one left by a run that died is taken over.
+The output folder is made only once the arguments and calibrations are accepted.
 
 Flat fielding
 -------------
@@ -85,9 +90,11 @@ when given. Arcs are summed by default (``arc_combine``/``--arc-combine``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 import uuid
@@ -118,6 +125,11 @@ from ..io.instruments import resolve_instrument
 from ..io.loading import _crop_pair, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock's msvcrt lock instead
+    fcntl = None
 
 __all__ = ["BatchLockedError", "export_result", "file_fingerprint", "read_frame", "run_batch"]
 
@@ -274,6 +286,86 @@ def _export_mismatch(out, job, path):
     return ""
 
 
+def _settings_differences(out, job):
+    """``["mask was 12:26, now 10:28", ...]``: the settings ``out``'s header records that this run would write otherwise.
+
+    What the primary header records (method, sky options, mask, crop,
+    instrument, bias and flat files, flat normalisation, a given read noise or
+    gain) and the SCI dtype; settings it cannot show (instrument options, a
+    given warp model, options the fit chooses) are not listed, so an empty
+    list means "not readable here", not "the same".
+    """
+    from ..io.fits_output import _OPTION_CARDS, _card_value, _crop_text
+
+    try:
+        header = fits.getheader(out)
+        bitpix = fits.getval(out, "BITPIX", extname="SCI")
+    except (OSError, ValueError, KeyError):
+        return []
+    found = []
+
+    def differ(name, old, new):
+        same = (isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool)
+                and np.isclose(old, new, rtol=1e-9, atol=0)) or old == new
+        if not same:
+            found.append(f"{name} was {old}, now {new}")
+
+    differ("method", header.get("SWMETHOD"), job.method)
+    if header.get("SWMETHOD") == job.method:
+        history = [str(h) for h in header.get("HISTORY", [])]
+        for name, value in effective_options(job.method, job.options).items():
+            if value is None or value == "auto":
+                continue  # the fit chooses it: the header holds what it chose, not what this run will
+            card = _OPTION_CARDS.get(name, (None, None))[0]
+            if card is not None:
+                differ(name, header.get(card, "none"), _card_value(value))
+            else:
+                old = next((h.split(" = ", 1)[1] for h in history if h.startswith(f"sky option {name} = ")), None)
+                differ(name, old, repr(value))
+    try:
+        differ("mask", RowRanges.from_header(header).text, job.masks.text)
+    except ValueError:
+        pass
+    differ("crop", header.get("SWCROP", "none"), _crop_text(job.crop))
+    differ("instrument", header.get("SWINSTR"), job.provenance.get("instrument"))
+    for key in ("bias", "flat"):
+        old = [str(h)[len(key) + 2:] for h in header.get("HISTORY", []) if str(h).startswith(f"{key}: ")]
+        # A HISTORY card holds 72 characters: a longer name is compared by what it kept.
+        if old != [f"{key}: {name}"[:72][len(key) + 2:] for name in job.settings[key]]:
+            found.append(f"{key} frames were {_names_text(old)}, now {_names_text(job.settings[key])}")
+    if job.settings["flat"]:
+        differ("flat normalisation", header.get("SWFLNORM"), job.settings["flat_norm"])
+    for name, card, ours in (("read noise", "SWRDNOIS", job.read_noise), ("gain", "SWGAIN", job.sky_gain)):
+        if isinstance(ours, float):  # one given for every frame: what the header records
+            differ(name, header.get(card), ours)
+    differ("dtype", {-32: "float32", -64: "float64"}.get(bitpix, f"BITPIX {bitpix}"), job.dtype)
+    # A given warp model is not compared: SWWARP holds the warp the fit used,
+    # which its sky-line refinement may have changed.
+    return found
+
+
+def _names_text(names):
+    """File names for a message: all of one or two, else the count and the first and last."""
+    if len(names) > 2:
+        return f"{len(names)} files ({names[0]} ... {names[-1]})"
+    return ", ".join(names) or "none"
+
+
+def _refusal_reason(out, state, job, path):
+    """Why the existing ``out`` (state ``"different"``) is not this run's output; "" for an export kept.
+
+    Other settings are named with their old and new values when the
+    header shows them (:func:`_settings_differences`), else by the hashes.
+    """
+    if "dashboard's Export" in state.reason:
+        why = _export_mismatch(out, job, path)
+        return f"{state.reason}: {why}" if why else ""
+    differences = _settings_differences(out, job)
+    if differences:
+        return f"made with other settings: {'; '.join(differences)}"
+    return state.reason
+
+
 def _same_science(out, image, job):
     """True when the export was made from ``image`` (the calibrated input): its SCI + SKY is ``image``.
 
@@ -380,11 +472,9 @@ def _process_one_inner(path, job, bias, flat):
                 return record
             if state.state == "different" and not _stale(out, config):
                 # A dashboard export (no SWCONFIG) made with these settings is this run's output.
-                why = _export_mismatch(out, job, path) if "dashboard's Export" in state.reason else state.reason
-                if why:
-                    detail = "" if why == state.reason else f": {why}"
-                    record["message"] = (f"{out.name} exists, {state.reason}{detail}; pass --overwrite "
-                                         "(overwrite=True) to replace it")
+                reason = _refusal_reason(out, state, job, path)
+                if reason:
+                    record["message"] = f"{out.name} exists, {reason}; pass --overwrite (overwrite=True) to replace it"
                     return record
                 export = out
         # A FrameArray: the pixels are corrected in place below; its unit,
@@ -490,29 +580,126 @@ class _Progress:
 
 # ------------------------------------------------------------------ lock
 class _DirectoryLock:
-    """An exclusive lock on ``DIR/.specwidgets-batch.lock`` (``filelock``: flock on POSIX, msvcrt on Windows).
+    """An exclusive lock on ``DIR/.specwidgets-batch.lock``, which names its holder (pid and host).
 
-    The operating system drops the lock when the process dies, so a killed
-    run never leaves the folder locked. The (empty) lock file stays: deleting
-    it would let a run that opened it just before lock a dead file.
+    On POSIX the lock is an ``flock`` on that file: the system drops it when
+    the holder dies, so a killed run never blocks the next one. The holder
+    removes the file on release, while it still holds the lock, so a run
+    that ends, or fails before it starts, leaves none; a run that finds
+    one whose holder died (``kill -9``) takes it over and says so
+    (:attr:`taken_over`). A run that opened the file just before its holder
+    removed it locks a file no longer in the folder: it sees that and opens
+    the path again. Where ``flock`` is refused (some network filesystems) the
+    recorded holder decides: a process of this host that is not running
+    holds nothing. Without ``fcntl`` (Windows) ``filelock`` (msvcrt) locks.
     """
 
     def __init__(self, folder):
         self.path = Path(folder) / LOCK_NAME
-        self._lock = filelock.FileLock(self.path, timeout=0)
+        #: Set when the file was left by a holder that is gone: the one line saying so.
+        self.taken_over = ""
+        self._fd = None
+        self._filelock = None
 
     def __enter__(self):
-        try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            raise BatchLockedError(
-                f"another specwidgets batch run is writing to {self.path.parent} (lock {self.path.name})"
-            ) from None
-        return self
+        if fcntl is None:
+            self._filelock = filelock.FileLock(self.path, timeout=0)
+            try:
+                self._filelock.acquire()
+            except filelock.Timeout:
+                raise BatchLockedError(self._busy("")) from None
+            return self
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                locked = _flock(fd)
+                holder = _read_holder(fd)
+                if locked is False or (locked is None and holder and _holder_alive(holder)):
+                    raise BatchLockedError(self._busy(holder, maybe_gone=locked is None))
+                if locked and not _same_file(fd, self.path):
+                    os.close(fd)  # its holder removed it on release: try the path again
+                    continue
+                if holder:
+                    self.taken_over = (f"took over the lock {self.path} left by a run that is no longer running "
+                                       f"({_holder_text(holder)})")
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return self
+        raise BatchLockedError(self._busy(""))
 
     def __exit__(self, *exc):
-        self._lock.release()
+        if self._filelock is not None:
+            self._filelock.release()
+            return False
+        try:
+            self.path.unlink()  # still locked: a run that opened it meanwhile sees it gone
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self._fd)  # drops the flock
+            self._fd = None
         return False
+
+    def _busy(self, holder, maybe_gone=False):
+        who = f" ({_holder_text(holder)})" if holder else ""
+        message = f"another specwidgets batch run{who} is writing to {self.path.parent} (lock {self.path.name})"
+        # Without flock a holder on another host cannot be checked: the user can tell.
+        return message + (f"; if that run is gone, remove {self.path}" if maybe_gone else "")
+
+
+def _flock(fd):
+    """Lock ``fd`` at once: True, False when another holds it, None when the filesystem has no flock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        if exc.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+def _same_file(fd, path):
+    """True when ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _read_holder(fd):
+    """``(pid, host)`` recorded in the lock file, or None when it is empty or unreadable."""
+    try:
+        pid, host = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _holder_text(holder):
+    pid, host = holder
+    return f"pid {pid}" + ("" if host == socket.gethostname() else f" on {host}")
+
+
+def _holder_alive(holder):
+    """False only for a process of this host that is not running (another host's cannot be checked)."""
+    pid, host = holder
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)  # POSIX only (this path needs fcntl): signal 0 checks, it sends nothing
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process
+    return True
 
 
 # ------------------------------------------------------------------ driver
@@ -598,6 +785,16 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                     silence_logs=logging.ERROR,
                 )
+        except Exception as exc:
+            script = getattr(sys.modules.get("__main__"), "__file__", None)
+            if script is None or getattr(sys.modules["__main__"], "__spec__", None) is not None:
+                raise
+            # Each worker runs the main script again first: an unguarded
+            # run_batch there fails in every worker (each says so above).
+            raise RuntimeError(
+                f"the local Dask workers did not start ({exc}); if {Path(script).name} calls run_batch at its "
+                'top level, put that call under `if __name__ == "__main__":`'
+            ) from exc
         finally:
             _restore_environ(saved)
     else:
@@ -713,12 +910,10 @@ def _process_group(paths, job, bias, flat):
             blocked = [(r, st, p) for r, st, c, p in zip(records, states, configs, paths)
                        if st.state == "different" and not _stale(r["output"], c)]
             # Dashboard exports (no SWCONFIG) made with these settings are this run's outputs.
-            whys = [(_export_mismatch(r["output"], job, p) if "dashboard's Export" in st.reason else st.reason)
-                    for r, st, p in blocked]
-            if any(whys):
-                for (r, st, _), why in zip(blocked, whys):
-                    detail = "" if why in ("", st.reason) else f": {why}"
-                    r["message"] = (f"{Path(r['output']).name} exists, {st.reason}{detail}; pass --overwrite "
+            reasons = [_refusal_reason(r["output"], st, job, p) for r, st, p in blocked]
+            if any(reasons):
+                for (r, st, _), reason in zip(blocked, reasons):
+                    r["message"] = (f"{Path(r['output']).name} exists, {reason or st.reason}; pass --overwrite "
                                     "(overwrite=True) to replace it")
                 return records
             exports = {r["output"] for r, _, _ in blocked}
@@ -783,8 +978,8 @@ def _process_group(paths, job, bias, flat):
     return records
 
 
-def _run_group(client, files, job, cal, summary):
-    """Run :func:`_process_group` as one task and count its records in ``summary``."""
+def _run_group(client, files, job, cal, summary, report=False):
+    """Run :func:`_process_group` as one task and count its records in ``summary`` (failures printed with ``report``)."""
     future = client.submit(_process_group, [str(p) for p in files], job, cal.bias, cal.flat, pure=False)
     try:
         records = future.result()
@@ -797,6 +992,8 @@ def _run_group(client, files, job, cal, summary):
             summary.skipped.append(record["input"])
         else:
             summary.failed.append((record["input"], record["message"]))
+            if report:
+                print(f"failed: {Path(record['input']).name}: {record['message']}", file=sys.stderr)
             continue
         if record.get("suspect"):
             summary.suspect.append((record["input"], list(record.get("warnings", []))))
@@ -819,6 +1016,27 @@ def _refuse_outputs_as_science(files):
             f"{len(outputs)} of the science files are specwidgets outputs (dashboard exports or batch "
             f"outputs: {shown}), not raw exposures; give the raw science frames, or the session saved in the "
             "page (--settings FILE) to take them from its folder"
+        )
+
+
+def _refuse_while_bootstrapping():
+    """Raise when this process is a multiprocessing child still importing the main module.
+
+    With the ``spawn`` and ``forkserver`` start methods (Dask's local workers
+    use one of them) every child runs the parent's main script again, as
+    ``__mp_main__``, before it starts; a script that calls :func:`run_batch`
+    at its top level would start a run of its own in each worker, which then
+    finds the parent's lock and fails with a misleading lock error.
+    ``_inheriting`` is the flag multiprocessing itself checks for that phase
+    (``multiprocessing.spawn._check_not_importing_main``).
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "run_batch was called while a worker process was starting: Python starts each worker by "
+            "importing the main script again, and this script calls run_batch at its top level. "
+            'Put the run_batch call under `if __name__ == "__main__":` (see "Batch runs" in the README).'
         )
 
 
@@ -875,7 +1093,8 @@ def run_batch(
     ----------
     science : path, glob pattern, folder, or a list of them
         The exposures; a folder means its FITS files. A missing or unreadable
-        file fails on its own; the others still run. May be empty when the
+        file fails on its own; the others still run (a glob pattern that
+        matches nothing raises FileNotFoundError). May be empty when the
         ``settings`` name a folder: its science files (by the session's tag).
     arc, bias, flat : same
         Calibration frames (median-combined; see :func:`prepare_calibrations`).
@@ -973,6 +1192,7 @@ def run_batch(
     BatchLockedError
         Another run is writing to ``out_dir``.
     """
+    _refuse_while_bootstrapping()
     t0 = time.perf_counter()
     given = {
         "instrument": instrument, "crop": crop, "masks": masks, "guesses": guesses, "method": method,
@@ -1017,124 +1237,141 @@ def run_batch(
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
     reader = resolve_instrument(instrument, **instrument_options)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     if arc_combine not in ARC_COMBINES:
         raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
     gain = noise_setting(gain, "gain", positive=True)
     read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
-    with _DirectoryLock(out_dir):
-        summary.removed_temporary = len(clean_temporary_files(out_dir))
-        t_cal = time.perf_counter()
-        cal = prepare_calibrations(
-            arc,
-            bias=bias,
-            flat=flat,
-            instrument=reader,
-            crop=crop,
-            guesses=guesses,
-            warp_model=warp_model,
-            flat_norm=flat_norm,
-            std_variation=std_variation,
-            line_order=line_order,
-            warp_order=warp_order,
-            arc_combine=arc_combine,
-            tolerance=tolerance,
-        )
-        model = cal.warp_model
-        summary.timings["calibrations"] = time.perf_counter() - t_cal
-        if model is None:
-            # No arc: the frames' shape from the calibrations or the first
-            # science frame; each frame's warp is fit on its sky lines.
-            known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
-            shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
-            warp_dict = {}
-            summary.warnings = ["no arc frames: each science frame's warp is fit on its own sky lines"]
-        else:
-            shape = tuple(model.shape)
-            warp_dict = model.to_dict()
-            summary.warnings = list(model.quality_warnings) if model.traces is not None else []
-        # One value from here to every fit and output header (SWMASK).
-        ranges = RowRanges.coerce(masks, "masks").resolve(shape[0], "masks")
-        summary.warp_model = warp_dict
-        names = {k: [p.name for p in v] for k, v in cal.files.items()}
-        instrument_name = instrument if isinstance(instrument, str) else getattr(reader, "name", repr(reader))
-        provenance = {
-            "instrument": instrument_name,
-            "crop": crop,
-            "unit": cal.unit,
-            "flat_norm": flat_norm,
-            "arc_combine": arc_combine,
-            "n_guesses": None if cal.guesses is None else int(cal.guesses.size),
-            **names,
-        }
-        settings = {
-            "instrument": instrument_name,
-            "instrument_options": {k: repr(v) for k, v in instrument_options.items()},
-            "crop": crop,
-            "masks": ranges.pairs,
-            "method": method,
-            "options": effective_options(method, options),
-            "read_noise": read_noise,
-            **({} if gain is None else {"gain": gain if gain == ESTIMATE else float(gain)}),
-            "flat_norm": flat_norm if cal.flat is not None else None,
-            "dtype": np.dtype(dtype).name,
-            "warp": warp_dict,
-            "bias": names["bias"],
-            "flat": names["flat"],
-        }
-        # Content, not names: a calibration rewritten under the same name
-        # must redo the outputs made with the old one.
-        cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
-        if warp_model is None:
-            # Fit on the arcs: the model follows their content (and the bias),
-            # so a change in it means stale data, not other settings.
-            cal_content["warp"] = settings.pop("warp")
-        job = _Job(
-            reader=reader,
-            crop=crop,
-            shape=tuple(shape),
-            warp=warp_dict,
-            warp_key=hashlib.sha256(json.dumps(warp_dict, sort_keys=True).encode()).hexdigest(),
-            masks=ranges,
-            method=method,
-            options=options,
-            read_noise=read_noise if read_noise in (None, ESTIMATE) else float(read_noise),
-            unit=cal.unit,
-            sky_gain=gain if gain in (None, ESTIMATE) else float(gain),
-            dtype=np.dtype(dtype).name,
-            out_dir=str(out_dir),
-            overwrite=bool(overwrite),
-            provenance=provenance,
-            settings=settings,
-            numba_threads=int(numba_threads),
-            cal_content=cal_content,
-        )
-        if report:
-            for w in summary.warnings:
-                print(f"warp model warning: {w}", file=sys.stderr)
-        t_start = time.perf_counter()
-        dask_client, to_close = _open_client(workers, scheduler, client, processes, numba_threads)
-        summary.timings["cluster_start"] = time.perf_counter() - t_start
-        try:
-            if grouped is not None:
-                _run_group(dask_client, files, job, cal, summary)
-            else:
-                _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
-        finally:
-            t_stop = time.perf_counter()
-            for thing in to_close:
-                try:
-                    thing.close()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
-            summary.timings["cluster_stop"] = time.perf_counter() - t_stop
-            # Every task has ended: any temporary file now is debris of a crashed worker.
-            clean_temporary_files(out_dir)
+    # The calibrations and every argument are checked before the output
+    # folder is made or locked: a refused run leaves nothing behind.
+    t_cal = time.perf_counter()
+    cal = prepare_calibrations(
+        arc,
+        bias=bias,
+        flat=flat,
+        instrument=reader,
+        crop=crop,
+        guesses=guesses,
+        warp_model=warp_model,
+        flat_norm=flat_norm,
+        std_variation=std_variation,
+        line_order=line_order,
+        warp_order=warp_order,
+        arc_combine=arc_combine,
+        tolerance=tolerance,
+    )
+    model = cal.warp_model
+    summary.timings["calibrations"] = time.perf_counter() - t_cal
+    if model is None:
+        # No arc: the frames' shape from the calibrations or the first
+        # science frame; each frame's warp is fit on its sky lines.
+        known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
+        shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
+        warp_dict = {}
+        summary.warnings = ["no arc frames: each science frame's warp is fit on its own sky lines"]
+    else:
+        shape = tuple(model.shape)
+        warp_dict = model.to_dict()
+        summary.warnings = list(model.quality_warnings) if model.traces is not None else []
+    # One value from here to every fit and output header (SWMASK).
+    ranges = RowRanges.coerce(masks, "masks").resolve(shape[0], "masks")
+    summary.warp_model = warp_dict
+    names = {k: [p.name for p in v] for k, v in cal.files.items()}
+    instrument_name = instrument if isinstance(instrument, str) else getattr(reader, "name", repr(reader))
+    provenance = {
+        "instrument": instrument_name,
+        "crop": crop,
+        "unit": cal.unit,
+        "flat_norm": flat_norm,
+        "arc_combine": arc_combine,
+        "n_guesses": None if cal.guesses is None else int(cal.guesses.size),
+        **names,
+    }
+    settings = {
+        "instrument": instrument_name,
+        "instrument_options": {k: repr(v) for k, v in instrument_options.items()},
+        "crop": crop,
+        "masks": ranges.pairs,
+        "method": method,
+        "options": effective_options(method, options),
+        "read_noise": read_noise,
+        **({} if gain is None else {"gain": gain if gain == ESTIMATE else float(gain)}),
+        "flat_norm": flat_norm if cal.flat is not None else None,
+        "dtype": np.dtype(dtype).name,
+        "warp": warp_dict,
+        "bias": names["bias"],
+        "flat": names["flat"],
+    }
+    # Content, not names: a calibration rewritten under the same name
+    # must redo the outputs made with the old one.
+    cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
+    if warp_model is None:
+        # Fit on the arcs: the model follows their content (and the bias),
+        # so a change in it means stale data, not other settings.
+        cal_content["warp"] = settings.pop("warp")
+    job = _Job(
+        reader=reader,
+        crop=crop,
+        shape=tuple(shape),
+        warp=warp_dict,
+        warp_key=hashlib.sha256(json.dumps(warp_dict, sort_keys=True).encode()).hexdigest(),
+        masks=ranges,
+        method=method,
+        options=options,
+        read_noise=read_noise if read_noise in (None, ESTIMATE) else float(read_noise),
+        unit=cal.unit,
+        sky_gain=gain if gain in (None, ESTIMATE) else float(gain),
+        dtype=np.dtype(dtype).name,
+        out_dir=str(out_dir),
+        overwrite=bool(overwrite),
+        provenance=provenance,
+        settings=settings,
+        numba_threads=int(numba_threads),
+        cal_content=cal_content,
+    )
+    if report:
+        for w in summary.warnings:
+            print(f"warp model warning: {w}", file=sys.stderr)
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _DirectoryLock(out_dir) as lock:
+            if report and lock.taken_over:
+                print(f"specwidgets batch: {lock.taken_over}", file=sys.stderr)
+            summary.removed_temporary = len(clean_temporary_files(out_dir))
+            t_start = time.perf_counter()
+            dask_client, to_close = _open_client(workers, scheduler, client, processes, numba_threads)
+            summary.timings["cluster_start"] = time.perf_counter() - t_start
+            try:
+                if grouped is not None:
+                    _run_group(dask_client, files, job, cal, summary, report)
+                else:
+                    _run_tasks(dask_client, files, job, cal, summary, progress, report, max_in_flight)
+            finally:
+                t_stop = time.perf_counter()
+                for thing in to_close:
+                    try:
+                        thing.close()
+                    except Exception:  # noqa: BLE001 - closing is best effort
+                        pass
+                summary.timings["cluster_stop"] = time.perf_counter() - t_stop
+                # Every task has ended: any temporary file now is debris of a crashed worker.
+                clean_temporary_files(out_dir)
+    except BaseException:
+        if created:
+            # A run that failed before writing anything (e.g. its cluster did
+            # not start) leaves no empty folder either; rmdir keeps any file.
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass
+        raise
     summary.wall_time = time.perf_counter() - t0
     if report:
-        print(summary.report(), file=sys.stderr)
+        # The failures were printed as they happened: named once more here, without their reasons.
+        print(summary.report(reasons=False), file=sys.stderr)
     return summary
 
 

@@ -1,0 +1,309 @@
+"""A new user's problems with the batch layer: arguments, the ``__main__`` guard, the lock, messages, warnings.
+
+Each test runs the batch in threads (``processes=False``) unless it needs a
+real process: the CLI's handler is called in this process with run_batch
+told so, and only the ``__main__``-guard and live-lock tests start Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from specwidgets.batch import BatchLockedError, add_batch_parser, run_batch, run_batch_command
+from specwidgets.batch import cli as batch_cli
+from specwidgets.batch import runner as batch
+from specwidgets.io.sample_data import goodman_available
+from specwidgets.io.synthetic import make_synthetic_longslit
+
+pytest.importorskip("distributed")
+
+SHAPE = (40, 300)
+MASK = (12, 26)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path, data):
+    fits.PrimaryHDU(np.asarray(data)).writeto(path, overwrite=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return make_synthetic_longslit(shape=SHAPE, n_exposures=2, tilt=2.0, n_sky_lines=10, n_arc_lines=10, seed=21)
+
+
+@pytest.fixture
+def raw(tmp_path, frames):
+    """Two science exposures and an arc (bias-free float64 FITS files, generic instrument)."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    science = [_write(folder / f"sci_{i:02d}.fits", frames.science[i]) for i in range(2)]
+    arc = _write(folder / "arc_01.fits", frames.arc)
+    return {"science": science, "arc": [arc], "folder": folder}
+
+
+def _api(raw, out, arc=None, **kw):
+    args = dict(masks=[MASK], out_dir=out, workers=1, processes=False, progress=False, read_noise=4.0)
+    args.update(kw)
+    return run_batch(raw["science"], raw["arc"] if arc is None else arc, **args)
+
+
+def _cli(monkeypatch, argv):
+    """``specwidgets batch ARGV`` through the command's own handler, its cluster in threads; the exit code."""
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    add_batch_parser(parser.add_subparsers(dest="command", required=True))
+    monkeypatch.setattr(batch_cli, "run_batch", functools.partial(run_batch, processes=False))
+    return run_batch_command(parser.parse_args(["batch", *map(str, argv), "--no-progress"]))
+
+
+def _outputs(folder):
+    return sorted(Path(folder).glob("*_sky.fits"))
+
+
+# ------------------------------------------------------------------ 1. no --arc on the command line
+def test_command_without_arc_fits_the_warp_on_the_sky_lines(raw, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    code = _cli(monkeypatch, [*raw["science"], "--mask", "12:26", "--read-noise", "4", "--out", out, "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    files = _outputs(out)
+    assert len(files) == 2
+    assert all(fits.getval(p, "SKYWARP") == "sky lines" and fits.getval(p, "SWNARC") == 0 for p in files)
+    # One line says so before the summary (which lists it again among the warp model's notes).
+    before_summary = err.split("specwidgets batch: 2 exposure(s)")[0]
+    assert sum("own sky lines" in line for line in before_summary.splitlines()) == 1
+
+
+def test_command_still_needs_science_files_and_a_mask(tmp_path, monkeypatch, capsys):
+    assert _cli(monkeypatch, ["--mask", "12:26", "--out", tmp_path / "o"]) == 2
+    assert "give SCIENCE files" in capsys.readouterr().err
+    sci = _write(tmp_path / "s.fits", np.zeros(SHAPE))
+    assert _cli(monkeypatch, [sci, "--out", tmp_path / "o"]) == 2
+    err = capsys.readouterr().err
+    assert "--mask" in err and "--arc" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ 2. the __main__ guard, the lock
+def test_run_batch_in_a_bootstrapping_child_says_to_guard_the_call(raw, tmp_path, monkeypatch):
+    # What multiprocessing sets while a spawned/forkserver child re-imports the main script.
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(RuntimeError, match='if __name__ == "__main__":'):
+        _api(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_unguarded_script_with_worker_processes_names_the_guard(raw, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from specwidgets.batch import run_batch
+        run_batch({[str(p) for p in raw["science"]]!r}, {str(raw["arc"][0])!r}, masks=[{MASK!r}],
+                  out_dir="out", workers=1, progress=False, read_noise=4.0)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode != 0
+    assert "BatchLockedError" not in proc.stderr and "another specwidgets batch run" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError") and 'if __name__ == "__main__":' in last, proc.stderr
+    # The workers said why too (each re-ran the script and stopped at run_batch).
+    assert "run_batch was called while a worker process was starting" in proc.stderr
+    assert not (tmp_path / "out").exists()  # no folder, no lock left behind
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_and_said(raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    pid = _dead_pid()
+    (out / batch.LOCK_NAME).write_text(f"{pid} {socket.gethostname()}\n")
+    summary = _api(raw, out, report=True)
+    assert summary.ok and len(summary.done) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "took over the lock" in line]
+    assert len(lines) == 1 and f"pid {pid}" in lines[0] and "no longer running" in lines[0]
+    assert not (out / batch.LOCK_NAME).exists()  # released and removed at the end
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_lock(raw, tmp_path, monkeypatch):
+    def no_cluster(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(batch, "_open_client", no_cluster)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="Nanny"):
+        _api(raw, out)
+    assert not out.exists()  # made by this run, empty: removed
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RuntimeError, match="Nanny"):
+        _api(raw, kept)
+    assert kept.is_dir() and not any(kept.iterdir())
+
+
+def test_a_live_run_in_another_process_still_holds_the_folder(raw, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = textwrap.dedent(f"""
+        import sys, time
+        from specwidgets.batch.runner import _DirectoryLock
+        with _DirectoryLock({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(120)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", holder], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(BatchLockedError, match=f"pid {proc.pid}"):
+            _api(raw, out)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # dies holding it: the file stays, the flock goes
+        proc.wait()
+    assert (out / batch.LOCK_NAME).exists()
+    assert _api(raw, out).ok
+    assert not (out / batch.LOCK_NAME).exists()
+
+
+def test_without_flock_the_recorded_holder_decides(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "_flock", lambda fd: None)  # a filesystem that refuses flock
+    lock_file = tmp_path / batch.LOCK_NAME
+    lock_file.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a live holder: this process
+    with pytest.raises(BatchLockedError, match=f"pid {os.getpid()}"):
+        with batch._DirectoryLock(tmp_path):
+            pass
+    lock_file.write_text(f"{_dead_pid()} {socket.gethostname()}\n")
+    with batch._DirectoryLock(tmp_path) as lock:
+        assert "no longer running" in lock.taken_over
+        assert lock_file.read_text().split() == [str(os.getpid()), socket.gethostname()]
+    assert not lock_file.exists()
+
+
+def test_a_run_that_opened_a_lock_file_just_removed_opens_it_again(tmp_path):
+    """The holder removes the file on release: a run that opened it before must not lock the orphan."""
+    first = batch._DirectoryLock(tmp_path).__enter__()
+    early = os.open(first.path, os.O_RDWR)
+    first.__exit__(None, None, None)
+    assert batch._flock(early) is True and not batch._same_file(early, first.path)
+    os.close(early)
+    with batch._DirectoryLock(tmp_path) as again:
+        assert again.path.exists() and not again.taken_over
+
+
+# ------------------------------------------------------------------ 3, 4. arguments that name nothing; no folder
+@pytest.mark.parametrize("which", ["science", "arc", "bias"])
+def test_command_refuses_a_pattern_that_matches_nothing(raw, tmp_path, monkeypatch, capsys, which):
+    pattern = str(raw["folder"] / "sci_*.fitz")
+    files = {"science": [*raw["science"]], "arc": [*raw["arc"]], "bias": []}
+    files[which] = [pattern]
+    argv = [*files["science"], "--arc", *files["arc"], *(["--bias", *files["bias"]] if files["bias"] else []),
+            "--mask", "12:26", "--out", tmp_path / "out"]
+    assert _cli(monkeypatch, argv) == 2
+    err = capsys.readouterr().err
+    assert f"no {which} file matches the pattern {pattern!r}" in err
+    assert "exposure(s)" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_refuses_a_path_that_does_not_exist(raw, tmp_path, monkeypatch, capsys):
+    missing = raw["folder"] / "sci_99.fits"
+    assert _cli(monkeypatch, [raw["science"][0], missing, "--arc", *raw["arc"], "--mask", "12:26",
+                              "--out", tmp_path / "out"]) == 2
+    assert f"science file {str(missing)!r} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_batch_refuses_a_pattern_that_matches_nothing(raw, tmp_path):
+    with pytest.raises(FileNotFoundError, match="matches the pattern"):
+        run_batch(str(raw["folder"] / "*.fitz"), raw["arc"], masks=[MASK], out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refused_arguments_and_calibrations_make_no_output_folder(raw, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(FileNotFoundError, match="nope.fits"):
+        _api(raw, out, arc=[tmp_path / "nope.fits"])
+    with pytest.raises(ValueError, match="out of range"):
+        _api(raw, out, masks=[(30, 90)])
+    assert _cli(monkeypatch, [*raw["science"], "--arc", *raw["arc"], "--mask", "30:90", "--out", out]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert not (tmp_path / "deep").exists()
+
+
+# ------------------------------------------------------------------ 5. which settings differ, said once
+def test_a_rerun_with_other_settings_names_them(raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _api(raw, out).ok
+    summary = _api(raw, out, masks=[(10, 28)], method="median", dtype="float64", report=True)
+    assert len(summary.failed) == 2
+    for _, message in summary.failed:
+        assert "mask was 12:26, now 10:28" in message and "method was bspline, now median" in message
+        assert "dtype was float32, now float64" in message and "SWCONFIG" not in message
+    err = capsys.readouterr().err
+    for _, message in summary.failed:
+        assert err.count(message) == 1, err  # printed as it happened, not again in the summary
+    assert "failed (reasons above): sci_00.fits, sci_01.fits" in err
+    # A setting the header does not record (an instrument option): the hashes, as before.
+    summary = _api(raw, out, instrument_options={"gain": 2.0})
+    assert all("other settings (SWCONFIG" in message for _, message in summary.failed)
+
+
+def test_the_summary_keeps_the_reasons_by_default(tmp_path):
+    summary = batch.BatchSummary(out_dir=tmp_path, n_inputs=1, failed=[("a.fits", "it broke")])
+    assert "a.fits: it broke" in summary.report()
+    assert "it broke" not in summary.report(reasons=False) and "a.fits" in summary.report(reasons=False)
+
+
+# ------------------------------------------------------------------ 6. warnings
+def test_command_prints_warnings_without_a_source_path(raw, tmp_path, monkeypatch, capsys):
+    previous = warnings.showwarning
+    # A guess off the image warns; the out-of-range mask then stops the run before any fit.
+    code = _cli(monkeypatch, [*raw["science"], "--arc", *raw["arc"], "--guesses", "60,150,240,5000",
+                              "--mask", "30:90", "--out", tmp_path / "out"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "warning: ignoring guesses off the image" in err.splitlines()[0]
+    assert ".py:" not in err and "UserWarning" not in err
+    assert warnings.showwarning is previous
+
+
+@pytest.mark.goodman
+@pytest.mark.skipif(not goodman_available(), reason="Goodman sample not on this machine")
+def test_command_prints_the_saturated_arc_warning_plainly(tmp_path, monkeypatch, capsys):
+    from specwidgets.io.sample_data import goodman_path
+
+    folder = goodman_path(download=False)
+    code = _cli(monkeypatch, [folder / "spec_PKSJ0049_5738", "--arc", folder / "lamp", "--instrument", "goodman",
+                              "--crop", "680:800", "--mask", "20:500", "--out", tmp_path / "out"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert any(line.startswith("warning: 1 saturated arc line(s) left out") for line in err.splitlines()), err
+    assert "calibrations.py" not in err and "UserWarning" not in err
+
+
+def test_run_batch_warnings_point_at_the_callers_line(raw, tmp_path):
+    with pytest.warns(UserWarning, match="off the image") as caught:
+        with pytest.raises(ValueError, match="out of range"):
+            _api(raw, tmp_path / "out", guesses=[60, 150, 240, 5000], masks=[(30, 90)])
+    ours = [w for w in caught if "off the image" in str(w.message)]
+    assert ours and all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
