@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.lines import find_cal_lines
-from ..core.warp import WarpModel, generate_warp_model
+from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from ..io.instruments import resolve_instrument
 from ..io.loading import matching_files, read_frame
 
@@ -157,7 +157,9 @@ def prepare_calibrations(
             warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
                                              warp_order=warp_order)
         for caught_warning in caught:
-            _warn_at_caller(caught_warning.message)
+            # A poor model's reasons are in the run's summary ("warp model warning").
+            if not isinstance(caught_warning.message, PoorWarpWarning):
+                _warn_at_caller(caught_warning.message)
     elif isinstance(warp_model, dict):
         warp_model = WarpModel.from_dict(warp_model)
     elif not isinstance(warp_model, WarpModel):
