@@ -270,3 +270,17 @@ def test_short_write_without_errno_is_called_disk_full():
 
     err = named_write_error(OSError("1000000 requested and 471648 written"), "/x/y_sky.fits")
     assert "disk full" in str(err) and "/x/y_sky.fits" in str(err)
+
+
+def test_nan_rows_leak_no_runtime_warnings():
+    """Blank rows (all NaN) are a frame's business, not numpy's All-NaN warnings; all NaN is an error only."""
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    frames = make_synthetic_longslit(shape=(60, 400), n_arc_lines=8, seed=1)
+    warp = sw.generate_warp_model(frames.arc, sw.find_cal_lines(frames.arc)[0])
+    edge_blank = np.where(np.arange(60)[:, None] < 10, np.nan, frames.science[0])[None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert np.isfinite(sw.fit_sky(edge_blank, warp, [frames.trace_rows]).background[0, 20:]).all()
+        with pytest.raises(ValueError, match="every unmasked pixel is NaN"):
+            sw.fit_sky(np.full((1, 60, 400), np.nan), warp, [frames.trace_rows])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -504,13 +505,16 @@ def dark_rows(stack, masked_rows, noise_var):
         return np.zeros(n_rows, bool)
     every4 = stack[:, :, ::4]
     # np.median's values (as np.nanmedian's without NaN), several times faster.
-    if np.isnan(every4).any():
-        med = np.nanmedian(every4, axis=2).mean(axis=0)
-    else:
-        med = median_along(every4, axis=2, nan_checked=True).mean(axis=0)
-    # The median row, not a high percentile: a trace left in the sky rows
-    # must not make the sky rows look dark next to it.
-    bright = np.nanmedian(med[lit_candidates])
+    with warnings.catch_warnings():
+        # A row with no finite pixel (a blanked edge) has a NaN median: never dark.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if np.isnan(every4).any():
+            med = np.nanmedian(every4, axis=2).mean(axis=0)
+        else:
+            med = median_along(every4, axis=2, nan_checked=True).mean(axis=0)
+        # The median row, not a high percentile: a trace left in the sky rows
+        # must not make the sky rows look dark next to it.
+        bright = np.nanmedian(med[lit_candidates])
     # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
     n_used = max(1, n_cols // 4 * n_exp)
     if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
