@@ -159,3 +159,12 @@ def test_switching_back_to_a_method_shows_its_fit_again(state):
     assert state.n_sky_fits == 6
     fresh = fit_sky(state.science, state.warp_model, state.mask_region, read_noise=4.0)
     np.testing.assert_array_equal(state.result.background, fresh.background)
+
+
+def test_line_search_warnings_point_at_the_users_line():
+    """A saturated arc line is reported at the line that made the state (a notebook cell), not inside the package."""
+    frames = make_synthetic_longslit(shape=(60, 400), n_arc_lines=8, seed=1)
+    clipped = np.minimum(frames.arc, 0.25 * frames.arc.max())  # two lines flat-topped
+    with pytest.warns(UserWarning, match="saturated arc line") as caught:
+        SkyState(frames.science, clipped, mask_region=[frames.trace_rows])
+    assert {w.filename for w in caught if "saturated" in str(w.message)} == {__file__}

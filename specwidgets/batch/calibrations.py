@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core._warnings import warnings_at_caller
 from ..core.lines import find_cal_lines
 from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from ..io.instruments import resolve_instrument
@@ -148,18 +147,14 @@ def prepare_calibrations(
         pass
     elif warp_model is None:
         # Their warnings (a saturated line, a guess off the image) are the
-        # user's to act on: shown at the user's call, not at a line in here.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        # user's to act on: shown at the user's call, not at a line in here;
+        # a poor model's reasons are in the run's summary ("warp model warning").
+        with warnings_at_caller(skip=(PoorWarpWarning,)):
             if guesses is None:
                 guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
             guesses = np.atleast_1d(np.asarray(guesses, float))
             warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
                                              warp_order=warp_order)
-        for caught_warning in caught:
-            # A poor model's reasons are in the run's summary ("warp model warning").
-            if not isinstance(caught_warning.message, PoorWarpWarning):
-                _warn_at_caller(caught_warning.message)
     elif isinstance(warp_model, dict):
         warp_model = WarpModel.from_dict(warp_model)
     elif not isinstance(warp_model, WarpModel):
@@ -178,17 +173,6 @@ def prepare_calibrations(
         unit=units.pop() if units else None,
         files={"bias": bias_files, "flat": flat_files, "arc": arc_files},
     )
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _warn_at_caller(message):
-    """Issue the warning ``message`` at the first caller outside specwidgets (the user's ``run_batch(...)`` line)."""
-    level, frame = 1, sys._getframe(0)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level)
 
 
 def _check_shape(a, b, name_a, name_b):

@@ -18,6 +18,7 @@ import numpy as np
 import traitlets as tl
 
 from ..core import _timing
+from ..core._warnings import warnings_at_caller
 from ..core.frames import ESTIMATE, frame_array, noise_setting
 from ..core.inputs import as_image, as_image_stack
 from ..core.lines import find_cal_lines
@@ -336,7 +337,10 @@ class SkyState(tl.HasTraits):
         def step():
             if self.arc is None:
                 raise ValueError("no arc frame: lines cannot be searched")
-            positions, intensities = find_cal_lines(self.arc, std_variation=self.std_variation)
+            # Its warnings (saturated lines left out) at the user's line, e.g.
+            # the notebook cell that made the dashboard, not at this one.
+            with warnings_at_caller():
+                positions, intensities = find_cal_lines(self.arc, std_variation=self.std_variation)
             self.n_line_searches += 1
             # New detections become the guesses; the caller refits the warp once.
             held, self._hold = self._hold, True
