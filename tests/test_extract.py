@@ -208,3 +208,13 @@ def test_sky_line_score_frame_arguments_checked(kwargs, match):
     kwargs = {k: values.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
     with pytest.raises(ValueError, match=match):
         sky_line_residual_score(spec, frames.sky[0], **kwargs)
+
+
+def test_sky_line_score_of_a_target_filling_the_aperture_says_it_cannot_tell():
+    frames, corrected, variance, _ = _absorbed_target()
+    even = corrected - frames.trace + 2000.0  # an extended source, even across the slit
+    trace = Trace.from_rows(np.full(even.shape[1], 40.0), fwhm=6.0)
+    spec = extract_spectrum(even, trace, variance=variance + 2000.0, method="boxcar")
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        sky_line_residual_score(spec, frames.sky[0], image=even, variance=variance, gain=1.0)
+    assert sky_line_residual_score(spec, frames.sky[0]).measured == "spectrum"

@@ -202,7 +202,10 @@ class SpectrumPreview(ipywidgets.VBox):
                 score = sky_line_residual_score(spec, sky, image=corrected[window], variance=variance,
                                                 gain=result.gain)
             except ValueError:
-                score = None
+                try:  # a target as even as the sky across the aperture: the spectrum alone
+                    score = sky_line_residual_score(spec, sky)
+                except ValueError:
+                    score = None
             self.trace, self.extraction, self.sky, self.score = trace, spec, sky, score
             self.n_updates += 1
             self._draw()
@@ -268,6 +271,8 @@ class SpectrumPreview(ipywidgets.VBox):
         color = _score_color(score.excess)
         between = (f", {score.reference:.2f} between them (alike when clean)" if np.isfinite(score.reference)
                    else " (about 1: clean)")
+        if score.measured == "spectrum":
+            between += "; from the spectrum alone (the target fills the aperture evenly)"
         self._say(
             f"<b style='color:{color}'>Sky-line residual: {score.score:.2f} &sigma; RMS</b> at the "
             f"{score.n_lines} brightest sky lines (marked &#9660;){between} &middot; {where}"
