@@ -561,3 +561,17 @@ def test_goodman_folder_gets_the_goodman_settings():
     # The headers' read noise travels with the frames (not as a user override).
     assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74)
     assert app.dashboard.result.read_noise == pytest.approx(4.74)
+
+
+def test_the_dashboards_untrusted_notebook_warning_is_dropped():
+    import logging
+
+    from specwidgets.app.voila_server import _QuietUntrusted
+
+    def record(msg, *args):
+        return logging.LogRecord("SafeVoila", logging.WARNING, __file__, 1, msg, args, None)
+
+    quiet = _QuietUntrusted()
+    assert not quiet.filter(record("Notebook %s is not trusted", "dashboard.ipynb"))
+    assert quiet.filter(record("Notebook %s is not trusted", "someone_elses.ipynb"))
+    assert quiet.filter(record("specwidgets: refused a request for host %r (allowed: %s)", "evil", "localhost"))

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import os
 import re
 import sys
@@ -283,6 +284,19 @@ def _handlers():
     return {TornadoVoilaHandler: PageHandler, VoilaKernelWebsocketHandler: WebsocketHandler}
 
 
+class _QuietUntrusted(logging.Filter):
+    """Drops Jupyter Server's "Notebook dashboard.ipynb is not trusted".
+
+    The dashboard notebook ships without outputs (nothing to trust or
+    distrust), and signing it would write a key into the user's Jupyter
+    folder; the warning only alarmed new users reading the log.
+    """
+
+    def filter(self, record):
+        return not (record.msg == "Notebook %s is not trusted" and record.args
+                    and str(record.args[0]).endswith("dashboard.ipynb"))
+
+
 def _app_class():
     from voila.app import Voila
 
@@ -290,6 +304,7 @@ def _app_class():
         """Voila with the host allow-list, v1-only websockets, ``_xsrf`` cookie and session cap."""
 
         def init_settings(self):
+            self.log.addFilter(_QuietUntrusted())
             token = os.environ.get(TOKEN_ENV, "")
             if token:
                 self.token = token  # read by the identity provider super() builds
