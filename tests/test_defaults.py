@@ -328,6 +328,29 @@ def test_trace_in_sky_rows_is_suspect():
     assert any("light above the sky" in w for w in res.quality.warnings)
 
 
+def test_light_in_the_sky_rows_is_told_by_where_it_lies():
+    """Beside the mask: a trace's wings (widen the mask); far from it: another source or unmodelled light."""
+    f = frames()
+    centre = int(np.argmax(f.trace.sum(axis=-1).ravel()))
+    near = sw.fit_sky(f.science, f.warp, [(centre - 3, centre + 4)], read_noise=f.read_noise, gain=f.gain)
+    said = [w for w in near.quality.warnings if "light above the sky" in w]
+    assert near.quality.suspect and len(said) == 1 and "widen the mask" in said[0], said
+    rows = np.arange(f.science.shape[1])
+    far_row = 10
+    second = f.science + 200 * np.exp(-0.5 * ((rows - far_row) / 2.0) ** 2)[None, :, None]
+    far = sw.fit_sky(second, f.warp, [f.trace_rows], read_noise=f.read_noise, gain=f.gain)
+    said = [w for w in far.quality.warnings if "light above the sky" in w]
+    assert far.quality.suspect and len(said) == 1, said
+    assert "not the masked trace's wings" in said[0] and "widen" not in said[0]
+
+
+def test_median_on_a_lit_gradient_names_the_illumination_not_only_the_noise_model():
+    f = frames(gradient=(0.5, 1.5), tilt=0.0, sky_continuum=300.0)
+    res = sw.fit_sky(f.science, f.warp, [f.trace_rows], read_noise=f.read_noise, gain=f.gain, method="median")
+    text = " ".join(res.quality.warnings)
+    assert res.quality.suspect and "its illumination" in text and "not the masked trace's wings" in text
+
+
 def test_many_rejections_are_suspect():
     f = frames()
     res = sw.fit_sky(f.science, f.warp, f.trace_rows, reject_sigma=1.0)

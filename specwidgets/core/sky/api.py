@@ -1484,6 +1484,24 @@ def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None)
     return 0.0, None
 
 
+# A sky row this close to a masked range (rows) is where a masked trace's wings would reach.
+LEAK_NEAR_MASK = 10
+
+
+def _leak_warning(leak, row, masked_rows):
+    """The warning for light above the sky in sky row ``row``: its likely cause by where the row lies."""
+    masked = np.flatnonzero(masked_rows)
+    distance = int(np.min(np.abs(masked - row))) if masked.size else None
+    head = f"Sky row {row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
+    if distance is not None and distance <= LEAK_NEAR_MASK:
+        return head + (f"{distance} row(s) from the mask, where a masked trace's wings reach: widen the mask "
+                       "(or mask another source there).")
+    where = f"{distance} rows from the mask" if distance is not None else "with no mask"
+    return head + (f"{where}, so not the masked trace's wings: another source there (mask it), or light along "
+                   "the slit the sky model does not follow (a bias level left in, or the slit's illumination "
+                   "for a method that does not model it).")
+
+
 def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied,
             method="bspline", leak=None, slit=None):
     """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap).
@@ -1549,6 +1567,9 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 "check gain and read noise (data in ADU need the gain"
                 + ("; a bias level left in the frames lowers the scatter for the level" if worst < 1 else "")
                 + "), or leave them out to estimate them."
+                + (" The median of bins also scatters more where the sky's brightness changes along the slit "
+                   "(its illumination: the frames not flat-fielded) or its lines tilt across it, which it does "
+                   "not model; the default method (B-spline) does." if method == "median" and worst > 1 else "")
             )
         else:
             warnings.append(
@@ -1571,10 +1592,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 "try spatial_order=2."
             )
     if leak > LEAK_LIMIT:
-        warnings.append(
-            f"Sky row {leak_row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
-            "a trace or its wings are in the sky rows; widen the mask or mask the other source."
-        )
+        warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0]))
     ceiling = _saturated_sky(result, samples)
     if ceiling is not None:
         warnings.append(

@@ -95,8 +95,9 @@ class SkyQuality:
     leak : float
         Trace light leaking into the sky rows: the largest mean of
         ``(data - sky) / sigma`` (clipped at +-5) over one sky row, among
-        the sky rows within 10 rows of a masked range, in units of one
-        pixel's sigma. About 0 when the sky rows hold only sky; 0.3 means
+        all the sky rows (a second source in them counts too), in units of
+        one pixel's sigma; the warning names the row and whether it lies
+        where a masked trace's wings reach (within 10 rows of the mask). About 0 when the sky rows hold only sky; 0.3 means
         that row carries source light of 0.3 sigma per pixel on average.
         Above ``LEAK_LIMIT`` (0.4) the fit is suspect: good fits of the
         benchmark reach 0.3 (the faint wings of Goodman's bright trace),
