@@ -307,3 +307,29 @@ def test_run_batch_warnings_point_at_the_callers_line(raw, tmp_path):
             _api(raw, tmp_path / "out", guesses=[60, 150, 240, 5000], masks=[(30, 90)])
     ours = [w for w in caught if "off the image" in str(w.message)]
     assert ours and all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
+# ------------------------------------------------------------------ instrument options on the command line
+def test_command_trims_and_turns_raw_frames_of_an_unknown_instrument(frames, tmp_path, monkeypatch, capsys):
+    """--trimsec keeps a section (an overscan out), --dispersion-axis 0 turns frames stored the other way."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+
+    def stored(image):  # 6 overscan rows below, then transposed: dispersion along the stored rows
+        return np.vstack([image, np.full((6, image.shape[1]), 1000.0)]).T
+
+    science = [_write(folder / f"sci_{i:02d}.fits", stored(frames.science[i])) for i in range(2)]
+    arc = _write(folder / "arc_01.fits", stored(frames.arc))
+    section = f"[1:{SHAPE[0]},1:{SHAPE[1]}]"  # x (stored columns) = the slit's rows, before turning
+    out = tmp_path / "out"
+    code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out", out,
+                              "--workers", "1", "--trimsec", section, "--dispersion-axis", "0"])
+    assert code == 0, capsys.readouterr().err
+    files = _outputs(out)
+    assert len(files) == 2 and all(fits.getdata(p, "SCI").shape == SHAPE for p in files)
+    # Every pixel kept ("all"), the overscan is in: the frames are wider than the section.
+    out_all = tmp_path / "out_all"
+    code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out", out_all,
+                              "--workers", "1", "--trimsec", "all", "--dispersion-axis", "0"])
+    capsys.readouterr()
+    assert code == 0 and fits.getdata(_outputs(out_all)[0], "SCI").shape == (SHAPE[0] + 6, SHAPE[1])

@@ -366,3 +366,60 @@ def test_goodman_average_lamp():
     )
     assert arc.shape == (120, GOODMAN_COLS) and len(meta) == 3
     assert arc.max() > 10 * np.median(arc)  # arc lines stand out
+
+
+def test_every_other_file_as_science_leaves_out_flats_and_darks(tmp_path):
+    """A bias/arc/flat/sci layout with no science tag: the flats are not science (by name or by IMAGETYP)."""
+    from specwidgets.io.folder import load_folder
+
+    rng = np.random.default_rng(0)
+
+    def write(rel, imagetyp):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = fits.Header({"IMAGETYP": imagetyp})
+        fits.writeto(path, rng.normal(100.0, 1.0, (8, 32)), header)
+
+    write("arc/r0001.fits", "COMP")
+    write("bias/r0002.fits", "BIAS")
+    write("flat/r0003.fits", "FLAT")
+    write("calib/r0004.fits", "DOMEFLAT")  # no word in its name: its IMAGETYP tells
+    write("sci/r0005.fits", "OBJECT")
+    write("sci/r0006.fits", "OBJECT")
+    data = load_folder(tmp_path)
+    assert data.files["science"] == ["sci/r0005.fits", "sci/r0006.fits"]
+    assert any(s.startswith("flat/r0003.fits: flat in its name") for s in data.skipped)
+    assert any(s.startswith("calib/r0004.fits: IMAGETYP = 'DOMEFLAT'") for s in data.skipped)
+    # A science tag takes what it names, flats included.
+    assert load_folder(tmp_path, science_tag="r000").files["science"] == [
+        "calib/r0004.fits", "flat/r0003.fits", "sci/r0005.fits", "sci/r0006.fits"]
+
+
+@pytest.mark.parametrize(
+    "cards, shape",
+    [
+        ({"TRIMSEC": "[1:28,2:9]"}, (8, 28)),  # an overscan of 4 columns and a row: trimmed
+        ({"TRIMSEC": "[1:28,2:9]", "TRIM": "trimmed before"}, (10, 32)),  # IRAF's mark: kept as is
+        ({"TRIMSEC": "[1:32,1:10]"}, (10, 32)),  # the whole frame
+        ({"TRIMSEC": "[5:60,1:10]"}, (10, 32)),  # beyond the frame: a card kept through an earlier trim
+        ({"TRIMSEC": "junk"}, (10, 32)),
+        ({}, (10, 32)),
+    ],
+)
+def test_generic_trims_to_a_smaller_trimsec_only(tmp_path, cards, shape):
+    path = tmp_path / "f.fits"
+    fits.writeto(path, np.arange(320.0).reshape(10, 32), fits.Header(cards))
+    frame = instruments.get_instrument("generic").read(path)
+    assert frame.data.shape == shape
+    if shape == (8, 28):
+        assert frame.data[0, 0] == 32.0  # FITS row 2, column 1
+        # trimsec=None keeps every pixel.
+        assert instruments.get_instrument("generic").with_options(trimsec=None).read(path).data.shape == (10, 32)
+
+
+def test_generic_says_how_to_trim_a_smaller_datasec(tmp_path):
+    path = tmp_path / "f.fits"
+    fits.writeto(path, np.zeros((10, 32)), fits.Header({"DATASEC": "[1:28,1:10]"}))
+    with pytest.warns(UserWarning, match=r"trimsec='\[1:28,1:10\]'") as caught:
+        frame = instruments.get_instrument("generic").read(path)
+    assert frame.data.shape == (10, 32) and caught[0].filename == __file__

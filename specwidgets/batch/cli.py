@@ -106,6 +106,17 @@ def add_batch_parser(subparsers):
     p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
     p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
     p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
+    p.add_argument(
+        "--trimsec", default=None, metavar="SECTION",
+        help="FITS section [x1:x2,y1:y2] of each raw frame to keep (an instrument without its own rule: "
+             "overscan out); 'all' keeps every pixel; default: the instrument's rule (generic: the header's "
+             "TRIMSEC when smaller than the frame)",
+    )
+    p.add_argument(
+        "--dispersion-axis", type=int, choices=(0, 1), default=None, metavar="0|1",
+        help="1: dispersion along the stored columns (x), as specwidgets wants; 0: along the rows (the frames "
+             "are transposed); default: the instrument's",
+    )
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(
         "--mask", type=_ranges_arg, action="append", default=None, metavar="START:STOP",
@@ -190,6 +201,10 @@ def _check_paths(args):
 
 def _run_command(args):
     instrument_options = {} if args.gain is None else {"gain": args.gain}
+    if args.trimsec is not None:
+        instrument_options["trimsec"] = None if args.trimsec.strip().lower() == "all" else args.trimsec
+    if args.dispersion_axis is not None:
+        instrument_options["dispersion_axis"] = args.dispersion_axis
     settings = getattr(args, "settings", None)
     # Without --arc the warp is fit on each science frame's sky lines (run_batch says so).
     if settings is None and (not args.science or not args.mask):

@@ -61,6 +61,30 @@ class FolderData:
     headers: list = field(default_factory=list)
 
 
+# Words in a file's path, or values of its frame-type card, that mark a
+# calibration frame: "every other file" as science leaves these out.
+_CALIBRATION_WORDS = ("flat", "dark")
+_TYPE_CARDS = ("IMAGETYP", "OBSTYPE", "IMGTYPE", "FRAMETYP")
+_CALIBRATION_TYPES = ("FLAT", "DARK", "BIAS", "ZERO", "ARC", "COMP", "LAMP")
+
+
+def _calibration_name(relative_path):
+    """The calibration word in a file's path ("flat", "dark"), or ""."""
+    lower = relative_path.lower()
+    return next((word for word in _CALIBRATION_WORDS if word in lower), "")
+
+
+def _calibration_type(header):
+    """``"IMAGETYP = 'FLAT'"`` when a frame-type card names a calibration frame, else ""."""
+    if header is None:
+        return ""
+    for card in _TYPE_CARDS:
+        value = str(header.get(card, "")).strip().upper()
+        if value and any(kind in value for kind in _CALIBRATION_TYPES):
+            return f"{card} = {value!r}"
+    return ""
+
+
 def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag: str = "arc", bias_tag: str = "bias",
                 science_tag: str = "", crop_bds: tuple[int | None, int | None] | None = None,
                 progress: Callable | None = None, arc_combine: str = "sum") -> FolderData:
@@ -74,8 +98,10 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     arc_tag, bias_tag, science_tag : str
         Select the files (see :func:`find_frames`). An empty bias tag means
         no bias frames; an empty science tag takes every file that is
-        neither arc nor bias. A file matching an earlier role (arc, then
-        bias) is never taken as science.
+        neither arc nor bias, nor a flat or dark ("flat" or "dark" in its
+        path, or a frame-type card such as ``IMAGETYP`` naming a calibration
+        frame: these are listed in ``skipped``). A file matching an earlier
+        role (arc, then bias) is never taken as science.
     crop_bds : (int, int or None), optional
         Rows to keep of each trimmed, turned frame (all when None).
     progress : callable, optional
@@ -115,11 +141,18 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
 
     roles = {}
     claimed = set()
+    skipped = []
     for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
         if role == "bias" and not tag:
             roles[role] = []
             continue
         files = [p for p in find_frames(root, tag) if p not in claimed]
+        if role == "science" and not tag:
+            # "Every other file": not the flats and darks (names first; headers below).
+            other = [p for p in files if _calibration_name(rel(p))]
+            skipped.extend(f"{rel(p)}: {_calibration_name(rel(p))} in its name, so not science "
+                           "(give a science tag to take it)" for p in other)
+            files = [p for p in files if p not in other]
         if not files:
             every = find_frames(root, "")
             example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")
@@ -132,7 +165,6 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
 
     total = sum(len(files) for files in roles.values())
     frames = {role: [] for role in roles}
-    skipped = []
     done = 0
     for role, files in roles.items():
         for path in files:
@@ -143,7 +175,12 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
                 # it by name through the folder loaders listed the whole
                 # folder for every file (quadratic: 33 s for 2000 files).
                 image = read_frame(path, instrument, crop_bds)
-                frames[role].append((path, image, _metadata(path, image)))
+                meta = _metadata(path, image)
+                kind = _calibration_type(meta["header"]) if role == "science" and not science_tag else ""
+                if kind:
+                    skipped.append(f"{rel(path)}: {kind}, so not science (give a science tag to take it)")
+                else:
+                    frames[role].append((path, image, meta))
             except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
                 skipped.append(f"{rel(path)}: {exc}")
             done += 1
@@ -152,7 +189,7 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
 
     for role in ("arc", "science"):
         if not frames[role]:
-            raise ValueError(f"none of the {role} frames could be read:\n" + "\n".join(skipped))
+            raise ValueError(f"none of the {role} frames could be read or used:\n" + "\n".join(skipped))
     shapes = {}
     for items in frames.values():
         for path, data, _ in items:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..core._warnings import warn_at_caller
 from ..core.frames import check_gain, check_read_noise
 from ..core.inputs import check_image_size
 
@@ -161,6 +162,41 @@ def _section_axis(text, size, axis_name, section, what):
             f"(valid 1..{size})"
         )
     return slice(first - 1, last)
+
+
+def _header_trim(header, shape, source="frame"):
+    """The ``generic`` rule: the header's TRIMSEC when it is a smaller section inside the stored frame.
+
+    Every pixel is kept when there is no TRIMSEC, when the frame was trimmed
+    before (IRAF's ``TRIM`` card, or a section the frame's own size or
+    beyond it: the card was kept through an earlier trim), and when the
+    section is malformed. A DATASEC alone is not applied (its meaning
+    varies: one amplifier's data, unbinned pixels); when it is smaller than
+    the frame a warning says how to trim.
+    """
+    every = slice(0, shape[0]), slice(0, shape[1])
+    if "TRIMSEC" in header and "TRIM" not in header:
+        try:
+            rows, cols = parse_fits_section(str(header["TRIMSEC"]), shape, what=f"TRIMSEC of {source}")
+        except (TypeError, ValueError):
+            return every
+        if (rows.stop - rows.start, cols.stop - cols.start) != tuple(shape):
+            return rows, cols
+        return every
+    if "DATASEC" in header and "TRIMSEC" not in header and "TRIM" not in header:
+        try:
+            rows, cols = parse_fits_section(str(header["DATASEC"]), shape)
+        except (TypeError, ValueError):
+            return every
+        if (rows.stop - rows.start, cols.stop - cols.start) != tuple(shape):
+            # Not the file's name: one warning for every file with this section.
+            warn_at_caller(
+                f"the frames' DATASEC {str(header['DATASEC']).strip()} is smaller than the stored "
+                f"{shape[0]} x {shape[1]} frame (an overscan or prescan?); instrument 'generic' keeps every "
+                f"pixel: pass trimsec={str(header['DATASEC']).strip()!r} to keep only that section",
+                UserWarning,
+            )
+    return every
 
 
 def _kosmos_trim(header, shape, source="frame"):
@@ -505,13 +541,17 @@ class _ReaderInstrument:
 _BUILTINS = {
     "generic": Instrument(
         "generic",
+        # A TRIMSEC card says where the image is: an overscan kept in would
+        # pass for unlit columns and bend the sky at the image's edge.
+        trim_function=_header_trim,
         # The usual names; a frame without any of them stays in ADU with an
         # unknown read noise (then fit_sky estimates the noise model).
         gain_keyword=GENERIC_GAIN_KEYWORDS,
         read_noise_keyword=GENERIC_READ_NOISE_KEYWORDS,
         description=(
-            "first 2D image HDU as stored; gain from GAIN/EGAIN, read noise from RDNOISE/READNOIS/RON; "
-            "options set HDU, axis, trim, gain, read noise"
+            "first 2D image HDU, trimmed to its TRIMSEC when smaller; gain from GAIN/EGAIN, read noise "
+            "from RDNOISE/READNOIS/RON; options set HDU, axis, trim (trimsec=None keeps every pixel), gain, "
+            "read noise"
         ),
     ),
     "goodman": Instrument(
