@@ -523,7 +523,8 @@ class DashboardApp:
         if data.bias is None:
             notes.append("no bias frames: nothing was subtracted")
         if data.skipped:
-            self._say("warning", f"Loaded {label}, leaving out {len(data.skipped)} file(s) that could not be read:",
+            # Each entry says why: unreadable, or a flat or dark left out of "every other file".
+            self._say("warning", f"Loaded {label}, leaving out {len(data.skipped)} file(s):",
                       data.skipped + notes)
         elif notes:
             self._say("warning", f"Loaded {label}:", notes)
