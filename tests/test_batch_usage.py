@@ -333,3 +333,26 @@ def test_command_trims_and_turns_raw_frames_of_an_unknown_instrument(frames, tmp
                               "--workers", "1", "--trimsec", "all", "--dispersion-axis", "0"])
     capsys.readouterr()
     assert code == 0 and fits.getdata(_outputs(out_all)[0], "SCI").shape == (SHAPE[0] + 6, SHAPE[1])
+
+
+def test_outputs_record_the_gain_that_took_the_input_to_electrons(frames, tmp_path):
+    """GAIN in the output is the fit's (1 in electrons); SWINGAIN keeps the raw file's, to go back to ADU."""
+    folder = tmp_path / "adu"
+    folder.mkdir()
+
+    def adu(name, image):
+        path = folder / name
+        fits.PrimaryHDU(np.asarray(image) / 2.0, fits.Header({"GAIN": 2.0, "RDNOISE": 4.0})).writeto(path)
+        return path
+
+    science = [adu(f"sci_{i:02d}.fits", frames.science[i]) for i in range(2)]
+    summary = run_batch(science, [adu("arc_01.fits", frames.arc)], masks=[MASK], out_dir=tmp_path / "out",
+                        workers=1, processes=False, progress=False)
+    assert summary.ok
+    header = fits.getheader(_outputs(tmp_path / "out")[0])
+    assert header["SWUNIT"] == "electron" and header["SWINGAIN"] == 2.0 and header["SWGAIN"] == 1.0
+    # Frames left in ADU (no gain known): nothing to record.
+    plain = [_write(folder / f"plain_{i}.fits", frames.science[i]) for i in range(2)]
+    summary = run_batch(plain, [_write(folder / "plain_arc.fits", frames.arc)], masks=[MASK],
+                        out_dir=tmp_path / "out2", workers=1, processes=False, progress=False, read_noise=4.0)
+    assert summary.ok and "SWINGAIN" not in fits.getheader(_outputs(tmp_path / "out2")[0])

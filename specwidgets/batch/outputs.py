@@ -58,6 +58,9 @@ class BatchSummary:
         The warp model used (``to_dict()``).
     warnings : list of str
         The warp model's quality warnings.
+    notes : list of str
+        What the run chose that is not a problem (no arc frames: each
+        frame's warp from its own sky lines).
     timings : dict
         Where the wall time went (seconds): ``calibrations`` (reading them
         and fitting the warp model), ``cluster_start`` (starting the local
@@ -86,6 +89,7 @@ class BatchSummary:
     removed_temporary: int = 0
     warp_model: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
     suspect: list = field(default_factory=list)
     fail_on_suspect: bool = False
     timings: dict = field(default_factory=dict)
@@ -122,6 +126,7 @@ class BatchSummary:
         ]
         if self.removed_temporary:
             lines.append(f"  removed {self.removed_temporary} temporary file(s) left by an interrupted run")
+        lines += [f"  note: {n}" for n in self.notes]
         for w in self.warnings:
             lines.append(f"  warp model warning: {w}")
         lines += self._suspect_lines()

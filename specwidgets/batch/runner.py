@@ -286,6 +286,17 @@ def _export_mismatch(out, job, path):
     return ""
 
 
+def _input_gain(reader, frame):
+    """The gain (e-/ADU) that took ``frame`` from ADU to electrons, as its reader found it; None if not known."""
+    if getattr(frame, "unit", None) != "electron" or not hasattr(reader, "gain_keyword"):
+        return None
+    value, _ = reader._header_or_default(frame.header, reader.gain_keyword, reader.gain, "gain")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _settings_differences(out, job):
     """``["mask was 12:26, now 10:28", ...]``: the settings ``out``'s header records that this run would write otherwise.
 
@@ -504,7 +515,7 @@ def _process_one_inner(path, job, bias, flat):
         image = _with_frame_noise(image, frame, job)
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
-        prov = {**job.provenance, "input": str(path)}
+        prov = {**job.provenance, "input": str(path), "input_gain": _input_gain(job.reader, frame)}
         write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
                        extra_mask=extra, input_header=frame.header)
         record["status"] = "done"
@@ -962,7 +973,8 @@ def _process_group(paths, job, bias, flat):
         result = fit_sky(stack, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
-            prov = {**job.provenance, "input": str(path), "fit_together": len(paths)}
+            prov = {**job.provenance, "input": str(path), "fit_together": len(paths),
+                    "input_gain": _input_gain(job.reader, frames[k])}
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
                            dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
             record["status"] = "done"
@@ -1269,7 +1281,7 @@ def run_batch(
         known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
         shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
         warp_dict = {}
-        summary.warnings = ["no arc frames: each science frame's warp is fit on its own sky lines"]
+        summary.notes = ["no arc frames: each science frame's warp is fit on its own sky lines"]
     else:
         shape = tuple(model.shape)
         warp_dict = model.to_dict()
@@ -1331,6 +1343,8 @@ def run_batch(
         cal_content=cal_content,
     )
     if report:
+        for n in summary.notes:
+            print(f"note: {n}", file=sys.stderr)
         for w in summary.warnings:
             print(f"warp model warning: {w}", file=sys.stderr)
 

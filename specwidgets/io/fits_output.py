@@ -279,6 +279,9 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         hdr["SWCROP"] = (_crop_text(prov["crop"]), "rows kept of each trimmed frame (start:stop)")
     if prov.get("unit") is not None:
         hdr["SWUNIT"] = (str(prov["unit"]), "unit of SCI, SKY (VAR: squared)")
+    if prov.get("input_gain") is not None:
+        # GAIN (of the fit) is 1 for data in electrons: the raw file's own is kept here.
+        hdr["SWINGAIN"] = (float(prov["input_gain"]), "input gain applied: data units -> e- (e-/unit)")
     for key, card, what in (("bias", "SWNBIAS", "bias"), ("flat", "SWNFLAT", "flat"), ("arc", "SWNARC", "arc")):
         if key in prov:
             how = prov.get("arc_combine", "median") if key == "arc" else "median"
