@@ -386,7 +386,12 @@ def test_every_other_file_as_science_leaves_out_flats_and_darks(tmp_path):
     write("calib/r0004.fits", "DOMEFLAT")  # no word in its name: its IMAGETYP tells
     write("sci/r0005.fits", "OBJECT")
     write("sci/r0006.fits", "OBJECT")
+    # A batch output kept in the data folder, in a folder whose name holds the arc tag.
+    (tmp_path / "out_onearc").mkdir()
+    fits.writeto(tmp_path / "out_onearc" / "r0005_sky.fits", np.zeros((8, 32)), fits.Header({"SWDONE": True}))
     data = load_folder(tmp_path)
+    assert data.files["arc"] == ["arc/r0001.fits"]
+    assert any(s.startswith("out_onearc/r0005_sky.fits: a specwidgets output") for s in data.skipped)
     assert data.files["science"] == ["sci/r0005.fits", "sci/r0006.fits"]
     assert any(s.startswith("flat/r0003.fits: flat in its name") for s in data.skipped)
     assert any(s.startswith("calib/r0004.fits: IMAGETYP = 'DOMEFLAT'") for s in data.skipped)

@@ -101,7 +101,9 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         neither arc nor bias, nor a flat or dark ("flat" or "dark" in its
         path, or a frame-type card such as ``IMAGETYP`` naming a calibration
         frame: these are listed in ``skipped``). A file matching an earlier
-        role (arc, then bias) is never taken as science.
+        role (arc, then bias) is never taken as science, and an output of
+        specwidgets (a batch output or page export kept in the folder) is
+        taken for no role.
     crop_bds : (int, int or None), optional
         Rows to keep of each trimmed, turned frame (all when None).
     progress : callable, optional
@@ -177,7 +179,10 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
                 image = read_frame(path, instrument, crop_bds)
                 meta = _metadata(path, image)
                 kind = _calibration_type(meta["header"]) if role == "science" and not science_tag else ""
-                if kind:
+                if meta["header"] is not None and ("SWDONE" in meta["header"] or "SWMETHOD" in meta["header"]):
+                    # An output of this package kept in the data folder (a tag matched its folder's name).
+                    skipped.append(f"{rel(path)}: a specwidgets output (sky subtracted), not a raw frame")
+                elif kind:
                     skipped.append(f"{rel(path)}: {kind}, so not science (give a science tag to take it)")
                 else:
                     frames[role].append((path, image, meta))
