@@ -210,6 +210,39 @@ def test_a_run_that_opened_a_lock_file_just_removed_opens_it_again(tmp_path):
         assert again.path.exists() and not again.taken_over
 
 
+def test_a_holder_whose_file_was_deleted_leaves_the_next_runs_lock_alone(tmp_path):
+    """Lock file deleted by hand while A runs, B locks a new one: A's release must not remove B's."""
+    first = batch._DirectoryLock(tmp_path).__enter__()
+    first.path.unlink()
+    second = batch._DirectoryLock(tmp_path).__enter__()
+    first.__exit__(None, None, None)
+    assert second.path.exists()
+    with pytest.raises(batch.BatchLockedError):
+        batch._DirectoryLock(tmp_path).__enter__()
+    second.__exit__(None, None, None)
+    assert not second.path.exists()
+
+
+def test_the_command_reports_a_cluster_that_did_not_start_as_an_error(raw, tmp_path, monkeypatch, capsys):
+    """The `specwidgets` console script is no user script: a cluster's failure is an error line, exit 2."""
+    import types
+
+    def boom(*args, **kwargs):
+        raise TimeoutError("Nanny failed to start in 60 seconds")
+
+    monkeypatch.setattr("dask.distributed.LocalCluster", boom)
+    console = types.ModuleType("__main__")
+    console.__file__ = "/usr/bin/specwidgets"
+    console.main = batch_cli.main  # what pip's console script imports
+    monkeypatch.setitem(sys.modules, "__main__", console)
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    add_batch_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["batch", *map(str, raw["science"]), "--arc", str(raw["arc"][0]), "--mask", "12:26",
+                              "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"])
+    assert run_batch_command(args) == 2
+    assert "Nanny failed to start" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ 3, 4. arguments that name nothing; no folder
 @pytest.mark.parametrize("which", ["science", "arc", "bias"])
 def test_command_refuses_a_pattern_that_matches_nothing(raw, tmp_path, monkeypatch, capsys, which):

@@ -647,7 +647,11 @@ class _DirectoryLock:
             self._filelock.release()
             return False
         try:
-            self.path.unlink()  # still locked: a run that opened it meanwhile sees it gone
+            # Still locked: a run that opened it meanwhile sees it gone. Only
+            # our own file: one deleted by hand may have been replaced by
+            # another run's, which must stay.
+            if _same_file(self._fd, self.path):
+                self.path.unlink()
         except FileNotFoundError:
             pass
         finally:
@@ -797,8 +801,11 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
                     silence_logs=logging.ERROR,
                 )
         except Exception as exc:
-            script = getattr(sys.modules.get("__main__"), "__file__", None)
-            if script is None or getattr(sys.modules["__main__"], "__spec__", None) is not None:
+            main_module = sys.modules.get("__main__")
+            script = getattr(main_module, "__file__", None)
+            if (script is None or getattr(main_module, "__spec__", None) is not None
+                    or getattr(getattr(main_module, "main", None), "__module__", "").startswith("specwidgets")):
+                # Not a user's script (the `specwidgets` command, python -m, a notebook): as it came.
                 raise
             # Each worker runs the main script again first: an unguarded
             # run_batch there fails in every worker (each says so above).

@@ -740,11 +740,16 @@ def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int
         raise ValueError("no sky line found in the sky spectrum")
     order = np.argsort(prominence)[::-1][:n_lines]
     lines = np.sort(peaks[order])
-    controls = _control_columns(sky - base, peaks, half_width, n_cols)
+    # The reference columns keep clear of real lines, not of every wiggle
+    # of a noisy sky spectrum (a prominence of a few times its noise).
+    line_part = sky - base
+    wiggle = 1.4826 * float(np.median(np.abs(np.diff(line_part)))) / np.sqrt(2.0)
+    real = np.union1d(peaks[prominence > 5.0 * wiggle], lines)
+    controls = _control_columns(line_part, real, half_width, n_cols)
     if image is not None:
         if gain is not None and not (np.isfinite(gain) and gain > 0):
             raise ValueError(f"gain must be a positive number or None; got {gain!r}")
-        residuals, control = (
+        (residuals, why), (control, _) = (
             _profile_residuals(image, variance, extraction.trace.rows, extraction.width, cols, half_width,
                                continuum, gain, near_line=lines)
             for cols in (lines, controls)
@@ -772,9 +777,10 @@ def sky_line_residual_score(extraction: Extraction, sky: ArrayLike, n_lines: int
     finite = residuals[np.isfinite(residuals)]
     if finite.size == 0:
         if measured == "profile":
-            raise ValueError("no sky line could be scored: in the aperture the target's light is as even as the "
-                             "sky's (an extended target filling it), so the two cannot be told apart; score the "
-                             "spectrum alone (without image=)")
+            reasons, counts = np.unique(why[why != ""], return_counts=True)
+            reason = str(reasons[np.argmax(counts)]) if reasons.size else "no line could be fit"
+            raise ValueError(f"no sky line could be scored from the frame: {reason}; score the spectrum alone "
+                             "(without image=)")
         raise ValueError("no sky line has a finite extracted flux and error")
     score = float(np.sqrt(np.mean(finite**2)))
     control = control[np.isfinite(control)]
@@ -824,8 +830,9 @@ def _profile_residuals(image, variance, centres, width, lines, half_width, conti
     lines = np.asarray(lines, dtype=np.int64)
     out = np.full(lines.size, np.nan)
     if lines.size == 0:
-        return out
-    half_window = max(half_width + 2, continuum // 2)
+        return out, np.full(0, "", dtype=object)
+    # At least a few columns each side beyond the line's own and its margin.
+    half_window = max(half_width + 4, continuum // 2)
     skip = np.zeros(n_cols, bool)
     for p in (lines if near_line is None else near_line):
         skip[max(0, p - half_width - 1): p + half_width + 2] = True
@@ -886,13 +893,24 @@ def _profile_residuals(image, variance, centres, width, lines, half_width, conti
             ok &= ~(np.abs(d0 - model) > _PROFILE_CLIP * np.sqrt(v))
     level, level_var, _ = _level_beside_profile(p0, d0, v, ok)
     n = (r1 - r0).astype(np.float64)[:, None]
-    total = np.sum(level * n, axis=1)
-    total_var = np.sum(level_var * n * n, axis=1)
+    # The line's columns that could be fit (a NaN column leaves the others).
+    fitted = np.isfinite(level) & np.isfinite(level_var)
+    total = np.sum(np.where(fitted, level * n, 0.0), axis=1)
+    total_var = np.sum(np.where(fitted, level_var * n * n, 0.0), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = total / np.sqrt(total_var)
-    usable = good_line & (r1 - r0 >= 3) & np.isfinite(z) & (total_var > 0)
+    usable = good_line & (r1 - r0 >= 3) & fitted.any(axis=1) & np.isfinite(z) & (total_var > 0)
     out[usable] = z[usable]
-    return out
+    # Why the others could not be scored (for the message when none could).
+    why = np.full(lines.size, "", dtype=object)
+    why[~usable] = "no finite pixels in the aperture at the line"
+    why[~usable & ~np.isfinite(profile).any(axis=1)] = "no columns about the line to measure the target's profile on"
+    inseparable = (np.sum(ok, axis=-1) >= 3) & ~fitted
+    why[~usable & inseparable.any(axis=1)] = (
+        "in the aperture the target's light is as even as the sky's (an extended target filling it), so the "
+        "two cannot be told apart")
+    why[~usable & (r1 - r0 < 3)] = "the aperture is narrower than 3 rows"
+    return out, why
 
 
 def _level_beside_profile(profile, d, v, ok):

@@ -99,6 +99,7 @@ class SpectrumPreview(ipywidgets.VBox):
         self.status = StatusBar(state) if status is None else status
         guard = self.status.guard
         self.trace = self.extraction = self.sky = self.score = None
+        self._spectrum_only = ""  # why the score is from the spectrum alone ("" when from the frame)
         self.n_updates = 0
         n_cols = state.shape[1]
 
@@ -201,11 +202,14 @@ class SpectrumPreview(ipywidgets.VBox):
                 # absorption lines at sky lines) is told apart from sky left over.
                 score = sky_line_residual_score(spec, sky, image=corrected[window], variance=variance,
                                                 gain=result.gain)
-            except ValueError:
-                try:  # a target as even as the sky across the aperture: the spectrum alone
+            except ValueError as exc:
+                try:  # not measurable from the frame (e.g. a target filling the aperture): the spectrum alone
                     score = sky_line_residual_score(spec, sky)
+                    self._spectrum_only = str(exc).split(": ", 1)[-1].split(";")[0]
                 except ValueError:
                     score = None
+            else:
+                self._spectrum_only = ""
             self.trace, self.extraction, self.sky, self.score = trace, spec, sky, score
             self.n_updates += 1
             self._draw()
@@ -253,7 +257,7 @@ class SpectrumPreview(ipywidgets.VBox):
                 at = score.lines.astype(int)
                 self.line_marks.x = score.lines.astype(np.float32)
                 self.line_marks.y = (flux[at] + np.float32(0.5 * pad)).astype(np.float32)
-                ref = score.score / score.excess  # the reference, at least 1
+                ref = score.reference if np.isfinite(score.reference) and score.reference > 1.0 else 1.0
                 self.line_marks.colors = [_score_color(abs(r) / ref)
                                           for r in np.nan_to_num(score.residuals, nan=99.0)]
             else:
@@ -272,7 +276,8 @@ class SpectrumPreview(ipywidgets.VBox):
         between = (f", {score.reference:.2f} between them (alike when clean)" if np.isfinite(score.reference)
                    else " (about 1: clean)")
         if score.measured == "spectrum":
-            between += "; from the spectrum alone (the target fills the aperture evenly)"
+            why = html.escape(getattr(self, "_spectrum_only", "") or "")
+            between += f"; from the spectrum alone ({why})" if why else "; from the spectrum alone"
         self._say(
             f"<b style='color:{color}'>Sky-line residual: {score.score:.2f} &sigma; RMS</b> at the "
             f"{score.n_lines} brightest sky lines (marked &#9660;){between} &middot; {where}"
