@@ -230,6 +230,9 @@ def test_roots_default_to_the_data_folder_or_the_start_folder(tmp_path, monkeypa
     assert env[OUTPUT_ROOT_ENV] == str(tmp_path.resolve())
     problem, env = _environment([], tmp_path, monkeypatch)
     assert env[DATA_ROOT_ENV] == env[OUTPUT_ROOT_ENV] == str(tmp_path.resolve())
+    # Served beyond loopback: the data root, not the (maybe home) start folder.
+    problem, env = _environment(["night", "--ip", "0.0.0.0"], tmp_path, monkeypatch)
+    assert problem is None and env[OUTPUT_ROOT_ENV] == str((tmp_path / "night").resolve())
     problem, _ = _environment(["night", "--data-root", str(tmp_path / "night" / "..")], tmp_path, monkeypatch)
     assert problem is None
     (tmp_path / "other").mkdir()

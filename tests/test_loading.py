@@ -395,6 +395,10 @@ def test_every_other_file_as_science_leaves_out_flats_and_darks(tmp_path):
     assert data.files["science"] == ["sci/r0005.fits", "sci/r0006.fits"]
     assert any(s.startswith("flat/r0003.fits: flat in its name") for s in data.skipped)
     assert any(s.startswith("calib/r0004.fits: IMAGETYP = 'DOMEFLAT'") for s in data.skipped)
+    # Words, not letters: a "darkcloud" folder is science.
+    write("darkcloud/r0007.fits", "OBJECT")
+    assert "darkcloud/r0007.fits" in load_folder(tmp_path).files["science"]
+    (tmp_path / "darkcloud" / "r0007.fits").unlink()
     # A science tag takes what it names, flats included.
     assert load_folder(tmp_path, science_tag="r000").files["science"] == [
         "calib/r0004.fits", "flat/r0003.fits", "sci/r0005.fits", "sci/r0006.fits"]
@@ -428,3 +432,12 @@ def test_generic_says_how_to_trim_a_smaller_datasec(tmp_path):
     with pytest.warns(UserWarning, match=r"trimsec='\[1:28,1:10\]'") as caught:
         frame = instruments.get_instrument("generic").read(path)
     assert frame.data.shape == (10, 32) and caught[0].filename == __file__
+
+
+def test_a_folder_of_only_calibrations_says_the_rest_are_flats(tmp_path):
+    from specwidgets.io.folder import load_folder
+
+    for name in ("arc_1.fits", "flat_1.fits", "flat_2.fits"):
+        fits.writeto(tmp_path / name, np.ones((8, 32)))
+    with pytest.raises(FileNotFoundError, match="is a flat or dark by its name.*flat_1.fits"):
+        load_folder(tmp_path, bias_tag="")

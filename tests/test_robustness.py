@@ -284,3 +284,33 @@ def test_nan_rows_leak_no_runtime_warnings():
         assert np.isfinite(sw.fit_sky(edge_blank, warp, [frames.trace_rows]).background[0, 20:]).all()
         with pytest.raises(ValueError, match="every unmasked pixel is NaN"):
             sw.fit_sky(np.full((1, 60, 400), np.nan), warp, [frames.trace_rows])
+
+
+def test_warnings_at_caller_moves_only_the_packages_own_warnings():
+    """specwidgets' warnings go to the user's line; another library's keep their place and the filters."""
+    from specwidgets.core._warnings import warnings_at_caller
+    from specwidgets.core.lines import find_cal_lines
+
+    space = {}
+    exec(compile("import warnings\ndef third_party():\n    warnings.warn('old API', DeprecationWarning)\n",
+                 "/elsewhere/thirdparty.py", "exec"), space)
+    third_party = space["third_party"]
+    clipped = np.minimum(make_arc(), 200.0)  # flat-topped lines: find_cal_lines warns
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", UserWarning)
+        # As Python's defaults: DeprecationWarning hidden, but shown for the user's own module.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("always", category=DeprecationWarning, module=__name__)
+        with warnings_at_caller():
+            third_party()
+            find_cal_lines(clipped, std_variation=5)
+    assert not any(issubclass(w.category, DeprecationWarning) for w in seen)  # still hidden
+    ours = [w for w in seen if "saturated" in str(w.message)]
+    assert ours and {w.filename for w in ours} == {__file__}
+
+
+def make_arc():
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    frames = make_synthetic_longslit(shape=(60, 400), n_arc_lines=8, seed=1)
+    return np.asarray(frames.arc) * (800.0 / float(np.max(frames.arc)))

@@ -139,7 +139,7 @@ def test_find_cal_lines_threshold_error(tilted):
 def test_an_arc_with_its_dispersion_along_the_rows_is_named(tilted):
     """A transposed arc: no line along the middle row; the message says to transpose, not to lower the threshold."""
     arc_t = np.ascontiguousarray(tilted.arc.T)
-    with pytest.raises(ValueError, match="dispersion runs along the rows") as info:
+    with pytest.raises(ValueError, match="wavelength changes with the row") as info:
         sw.find_cal_lines(arc_t, std_variation=50)
     assert "transpose" in str(info.value) and "lower std_variation" not in str(info.value)
     # One bright column (a bad column, say) found as a line: a warning says the same.

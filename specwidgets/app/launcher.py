@@ -7,8 +7,9 @@ and :mod:`specwidgets.app.voila_server`, which the launcher runs instead of plai
 * ``--data-root DIR`` (default: DATA_FOLDER, else the folder the command was
   started in): the page reads and lists nothing outside it.
 * ``--output-root DIR`` (default: the folder the command was started in, so
-  a data folder of raw frames is not written into unless asked): exports go
-  below it, and never replace a file unless the page's Overwrite box is ticked.
+  a data folder of raw frames is not written into unless asked; the data root
+  when the page is served beyond loopback): exports go below it, and never
+  replace a file unless the page's Overwrite box is ticked.
 * ``--ip`` other than loopback requires a token: ``--token T`` or one
   generated and printed with the URL. The server answers only to the host
   names on its allow-list (loopback names, the bound address and
@@ -433,8 +434,11 @@ def _security_environment(args, env):
         folder = Path(env[DATA_ENV])
         if folder != data_root and data_root not in folder.parents:
             return f"DATA_FOLDER {args.data_folder!r} is not inside --data-root {str(data_root)!r}"
-    # Not the data root: raw frames stay apart from what the page writes.
-    output_root = Path(args.output_root) if args.output_root is not None else start
+    # On this machine's own loopback: the start folder, so raw frames stay
+    # apart from what the page writes. Served to others: the data root as
+    # before (the start folder may be a home folder, too wide to hand them).
+    default_output = start if is_loopback(args.ip) else data_root
+    output_root = Path(args.output_root) if args.output_root is not None else default_output
     if not output_root.is_dir():
         return f"--output-root {str(args.output_root)!r} is not a folder"
     env[DATA_ROOT_ENV] = str(data_root)

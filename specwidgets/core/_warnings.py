@@ -21,7 +21,7 @@ def warn_at_caller(message, category=None):
 
 
 class warnings_at_caller:  # noqa: N801 - used as a context manager, like warnings.catch_warnings
-    """Re-issue the warnings raised inside the block at the user's line (those of ``skip``'s classes dropped).
+    """Re-issue specwidgets' warnings raised inside the block at the user's line (``skip``'s classes dropped).
 
     A class rather than a generator: its ``__exit__`` runs in specwidgets'
     own frame, so the user's frame is the first one outside the package.
@@ -40,6 +40,12 @@ class warnings_at_caller:  # noqa: N801 - used as a context manager, like warnin
     def __exit__(self, *exc):
         self._catch.__exit__(*exc)
         for item in self._caught:
-            if not isinstance(item.message, self.skip):
+            if isinstance(item.message, self.skip):
+                continue
+            if os.path.abspath(item.filename).startswith(_PACKAGE_DIR + os.sep):
                 warn_at_caller(item.message)
+            else:
+                # Another library's: where it was raised, under the filters
+                # as they are (a DeprecationWarning hidden by default stays hidden).
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
         return False

@@ -27,7 +27,6 @@ Examples
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -863,9 +862,11 @@ def _profile_residuals(image, variance, centres, width, lines, half_width, conti
     wrows = rows[:, None, :] + drift[:, :, None]  # (lines, window, n_ap)
     wvalid = wok[:, :, None] & in_ap[:, None, :] & (wrows >= 0) & (wrows < n_rows)
     stack = np.where(wvalid, image[np.clip(wrows, 0, n_rows - 1), wcols_c[:, :, None]], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
-        profile = np.nanmedian(stack, axis=1)  # (lines, n_ap)
+    # An all-NaN row of the profile stays NaN: filled, not by silencing
+    # numpy's warning (the filters are process-wide).
+    empty = ~np.isfinite(stack).any(axis=1)
+    profile = np.nanmedian(np.where(empty[:, None, :], 0.0, stack), axis=1)  # (lines, n_ap)
+    profile[empty] = np.nan
     profile[wok.sum(axis=1) < 3] = np.nan
     # The line's columns.
     cols = lines[:, None] + np.arange(-half_width, half_width + 1)  # (lines, m)

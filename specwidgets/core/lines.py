@@ -270,10 +270,10 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
         if across:
             raise ValueError(
                 f"no line rises above std_variation={std_variation:g} times the noise in row {row} of the "
-                f"arc frame, but {across} stand out down its middle columns: its lines run along the rows, so its "
-                f"dispersion "
-                f"runs along the rows ({image.shape[0]} rows x {image.shape[1]} columns). specwidgets wants it "
-                "along the columns: transpose the frames (np.transpose, or load with dispersion_axis=0)"
+                f"arc frame, but {across} stand out down its middle columns: its lines lie across the frame (each "
+                f"along a row), so wavelength changes with the row ({image.shape[0]} rows x {image.shape[1]} "
+                "columns). specwidgets wants it to change with the column: transpose the frames (np.transpose, or "
+                "load with dispersion_axis=0)"
             )
         raise ValueError(
             f"no line rises above std_variation={std_variation:g} times the noise "
@@ -283,9 +283,9 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
     if peaks.size < 3 and (across := _lines_across_rows(image)) > 2 * peaks.size:
         warnings.warn(
             f"only {peaks.size} arc line(s) in row {row}, but {across} down the middle column: the arc's lines "
-            f"seem to run along its rows (dispersion along the rows, {image.shape[0]} rows x "
-            f"{image.shape[1]} columns); specwidgets wants it along the columns: transpose the frames "
-            "(np.transpose, or load with dispersion_axis=0)",
+            f"seem to lie across the frame, each along a row (wavelength changing with the row, {image.shape[0]} "
+            f"rows x {image.shape[1]} columns); specwidgets wants it to change with the column: transpose the "
+            "frames (np.transpose, or load with dispersion_axis=0)",
             UserWarning, stacklevel=2,
         )
     n_rows = image.shape[0]

@@ -9,6 +9,7 @@ is listed in :attr:`FolderData.skipped`, not raised.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +70,14 @@ _CALIBRATION_TYPES = ("FLAT", "DARK", "BIAS", "ZERO", "ARC", "COMP", "LAMP")
 
 
 def _calibration_name(relative_path):
-    """The calibration word in a file's path ("flat", "dark"), or ""."""
-    lower = relative_path.lower()
-    return next((word for word in _CALIBRATION_WORDS if word in lower), "")
+    """The calibration word in a file's path ("flat", "dark"), or "".
+
+    Whole words of the path's names (``flat/``, ``dome_flat_3.fits``,
+    ``Flats/``, ``darks.fits``), so ``darkcloud/`` or ``sci_flatfielded.fits``
+    stay science.
+    """
+    words = re.split(r"[^a-z]+", relative_path.lower())
+    return next((word for word in _CALIBRATION_WORDS if word in words or word + "s" in words), "")
 
 
 def _calibration_type(header):
@@ -155,6 +161,12 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
             skipped.extend(f"{rel(p)}: {_calibration_name(rel(p))} in its name, so not science "
                            "(give a science tag to take it)" for p in other)
             files = [p for p in files if p not in other]
+            if not files and other:
+                raise FileNotFoundError(
+                    f"no science frame in {str(root)!r}: every file that is neither arc nor bias is a flat or "
+                    f"dark by its name ({', '.join(rel(p) for p in other[:6])}{', ...' if len(other) > 6 else ''}); "
+                    "give a science tag to pick the science frames"
+                )
         if not files:
             every = find_frames(root, "")
             example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")

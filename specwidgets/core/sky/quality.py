@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -506,16 +505,22 @@ def dark_rows(stack, masked_rows, noise_var):
         return np.zeros(n_rows, bool)
     every4 = stack[:, :, ::4]
     # np.median's values (as np.nanmedian's without NaN), several times faster.
-    with warnings.catch_warnings():
-        # A row with no finite pixel (a blanked edge) has a NaN median: never dark.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if np.isnan(every4).any():
-            med = np.nanmedian(every4, axis=2).mean(axis=0)
-        else:
-            med = median_along(every4, axis=2, nan_checked=True).mean(axis=0)
-        # The median row, not a high percentile: a trace left in the sky rows
-        # must not make the sky rows look dark next to it.
-        bright = np.nanmedian(med[lit_candidates])
+    if np.isnan(every4).any():
+        # A row with no finite pixel (a blanked edge) has a NaN median: never
+        # dark. Filled first, not by silencing numpy's All-NaN warning (the
+        # filters are process-wide; this runs beside other threads).
+        blank = ~np.isfinite(every4).any(axis=2)
+        med = np.nanmedian(np.where(blank[..., None], 0.0, every4), axis=2)
+        med[blank] = np.nan
+        med = med.mean(axis=0)
+    else:
+        med = median_along(every4, axis=2, nan_checked=True).mean(axis=0)
+    # The median row, not a high percentile: a trace left in the sky rows
+    # must not make the sky rows look dark next to it.
+    lit_med = med[lit_candidates]
+    if not np.isfinite(lit_med).any():
+        return np.zeros(n_rows, bool)
+    bright = np.nanmedian(lit_med)
     # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
     n_used = max(1, n_cols // 4 * n_exp)
     if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
