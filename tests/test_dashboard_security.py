@@ -684,3 +684,17 @@ def test_a_preheated_kernel_serves_the_next_page_and_the_cap_counts_pages_only(t
         print(f"pre-heated page served in {seconds:.2f} s")
     finally:
         server.stop()
+
+
+def test_the_page_loads_again_and_again_with_its_overwrite_box(root, tmp_path):
+    """A second and third load work, and the export row keeps a live Overwrite box (it was closed with the
+    first dashboard: every later load failed with "'NoneType' object has no attribute 'comm_id'")."""
+    app = _app(root, output_root=tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    for typed in ("night", "night", "night"):
+        ok, error = _try(app, typed)
+        assert ok, error
+        row = next(c for c in app.dashboard.children if app.dashboard.export_button in getattr(c, "children", ()))
+        assert app.export_overwrite in row.children and app.export_overwrite.comm is not None
+    app.source.value = "demo"
+    assert app.load(), app.last_error

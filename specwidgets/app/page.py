@@ -608,7 +608,10 @@ class DashboardApp:
         old, self.dashboard, self.data_label = self.dashboard, dash, label
         self.body.children = [dash]
         if old is not None:
-            _close_tree(old)
+            # The page's own Overwrite box sits in the old dashboard's export
+            # row too (now in the new one's): closing it with the old tree
+            # broke every later load ('NoneType' object has no attribute 'comm_id').
+            _close_tree(old, seen={id(self.export_overwrite)})
 
 
 def _describe(exc):
