@@ -439,5 +439,5 @@ def test_a_folder_of_only_calibrations_says_the_rest_are_flats(tmp_path):
 
     for name in ("arc_1.fits", "flat_1.fits", "flat_2.fits"):
         fits.writeto(tmp_path / name, np.ones((8, 32)))
-    with pytest.raises(FileNotFoundError, match="is a flat or dark by its name.*flat_1.fits"):
+    with pytest.raises(FileNotFoundError, match="left are not science frames .flat_1.fits: flat in its name"):
         load_folder(tmp_path, bias_tag="")

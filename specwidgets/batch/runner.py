@@ -842,6 +842,7 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
 
     from_session = {}
     group = None
+    left_out = []
     if settings is not None:
         if isinstance(settings, dict):
             session = validate_session(settings)
@@ -862,6 +863,7 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
                 roles = folder_roles(folder, **{f"{k}_tag": v for k, v in tags.items()})
                 if empty["science"]:
                     science = roles["science"]
+                    left_out = roles["skipped"]
                 if empty["arc"] and not has_warp_model:
                     arc = roles["arc"]
                 if empty["bias"] and _given_files(arc) and arc == roles["arc"]:
@@ -881,6 +883,7 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
             if given.get(name) is None:
                 out[name] = None
     out["_group"] = group
+    out["_left_out"] = left_out
     return out, science, arc, bias
 
 
@@ -1262,6 +1265,8 @@ def run_batch(
     gain = noise_setting(gain, "gain", positive=True)
     read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
+    # The session folder's files not taken as science (flats, darks, outputs), as the page leaves them out.
+    summary.notes += [f"left out: {why}" for why in resolved["_left_out"]]
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()
@@ -1288,7 +1293,7 @@ def run_batch(
         known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
         shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
         warp_dict = {}
-        summary.notes = ["no arc frames: each science frame's warp is fit on its own sky lines"]
+        summary.notes.append("no arc frames: each science frame's warp is fit on its own sky lines")
     else:
         shape = tuple(model.shape)
         warp_dict = model.to_dict()

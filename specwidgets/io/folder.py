@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from ..core.frames import FrameArray
 from .discovery import find_frames
@@ -91,6 +92,82 @@ def _calibration_type(header):
     return ""
 
 
+def _first_header(path):
+    """The primary header, with the first extension's when the primary holds no image (a .fz file); None if unreadable."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            if not header.get("NAXIS") and len(hdul) > 1:
+                header.extend(hdul[1].header, update=True, strip=False)
+            return header
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError):
+        return None  # read later by its role, which says what is wrong
+
+
+def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
+    """The arc, bias and science files of a folder chosen by tags: ``(roles, skipped)``.
+
+    The one rule of the page's folder loader and of batch runs from a saved
+    session. Roles are claimed in order (arc, bias, science): a file claimed
+    by an earlier role is not taken again. An empty bias tag means no bias
+    frames; an empty science tag means every other file but the flats and
+    darks ("flat"/"dark" as a word of the path, or a frame-type card such
+    as ``IMAGETYP`` naming a calibration frame). Outputs of specwidgets kept
+    among the frames (``SWDONE`` in their header) are taken for no role.
+    ``skipped`` says why each left-out file was left out.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a role keeps no file, naming the tag and what the folder holds.
+    """
+    root = Path(root)
+
+    def rel(path):
+        return path.relative_to(root).as_posix()
+
+    roles, claimed, skipped = {}, set(), []
+    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
+        if role == "bias" and not tag:
+            roles[role] = []
+            continue
+        found = [p for p in find_frames(root, tag or "") if p not in claimed]
+        files, left = [], []
+        for path in found:
+            header = _first_header(path)
+            if header is not None and ("SWDONE" in header or "SWMETHOD" in header):
+                # A tag matched an output folder's name ("arc" in out_onearc/).
+                why = "a specwidgets output (sky subtracted), not a raw frame"
+            elif role == "science" and not tag:
+                why = _calibration_name(rel(path))
+                why = f"{why} in its name" if why else _calibration_type(header)
+                why = f"{why}, so not science (give a science tag to take it)" if why else ""
+            else:
+                why = ""
+            if why:
+                left.append(path)
+                skipped.append(f"{rel(path)}: {why}")
+            else:
+                files.append(path)
+        if not files:
+            if left:
+                which = f"with {tag!r} in their path" if tag else "left"
+                reasons = "; ".join(skipped[-len(left):][:4]) + ("; ..." if len(left) > 4 else "")
+                raise FileNotFoundError(
+                    f"no {role} frame in {str(root)!r}: the {len(left)} file(s) {which} are not {role} frames "
+                    f"({reasons}); give a {role} tag that picks them"
+                )
+            every = find_frames(root, "")
+            example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")
+            raise FileNotFoundError(
+                f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path"
+                + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
+            )
+        roles[role] = files
+        claimed.update(files)
+    return roles, skipped
+
+
 def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag: str = "arc", bias_tag: str = "bias",
                 science_tag: str = "", crop_bds: tuple[int | None, int | None] | None = None,
                 progress: Callable | None = None, arc_combine: str = "sum") -> FolderData:
@@ -147,35 +224,7 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     def rel(path):
         return path.relative_to(root).as_posix()
 
-    roles = {}
-    claimed = set()
-    skipped = []
-    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
-        if role == "bias" and not tag:
-            roles[role] = []
-            continue
-        files = [p for p in find_frames(root, tag) if p not in claimed]
-        if role == "science" and not tag:
-            # "Every other file": not the flats and darks (names first; headers below).
-            other = [p for p in files if _calibration_name(rel(p))]
-            skipped.extend(f"{rel(p)}: {_calibration_name(rel(p))} in its name, so not science "
-                           "(give a science tag to take it)" for p in other)
-            files = [p for p in files if p not in other]
-            if not files and other:
-                raise FileNotFoundError(
-                    f"no science frame in {str(root)!r}: every file that is neither arc nor bias is a flat or "
-                    f"dark by its name ({', '.join(rel(p) for p in other[:6])}{', ...' if len(other) > 6 else ''}); "
-                    "give a science tag to pick the science frames"
-                )
-        if not files:
-            every = find_frames(root, "")
-            example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")
-            raise FileNotFoundError(
-                f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path"
-                + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
-            )
-        roles[role] = files
-        claimed.update(files)
+    roles, skipped = folder_files(root, arc_tag, bias_tag, science_tag)
 
     total = sum(len(files) for files in roles.values())
     frames = {role: [] for role in roles}
@@ -189,15 +238,7 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
                 # it by name through the folder loaders listed the whole
                 # folder for every file (quadratic: 33 s for 2000 files).
                 image = read_frame(path, instrument, crop_bds)
-                meta = _metadata(path, image)
-                kind = _calibration_type(meta["header"]) if role == "science" and not science_tag else ""
-                if meta["header"] is not None and ("SWDONE" in meta["header"] or "SWMETHOD" in meta["header"]):
-                    # An output of this package kept in the data folder (a tag matched its folder's name).
-                    skipped.append(f"{rel(path)}: a specwidgets output (sky subtracted), not a raw frame")
-                elif kind:
-                    skipped.append(f"{rel(path)}: {kind}, so not science (give a science tag to take it)")
-                else:
-                    frames[role].append((path, image, meta))
+                frames[role].append((path, image, _metadata(path, image)))
             except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
                 skipped.append(f"{rel(path)}: {exc}")
             done += 1

@@ -253,25 +253,22 @@ def read_session(path):
 def folder_roles(folder, arc_tag="arc", bias_tag="bias", science_tag=""):
     """The arc, bias and science files of a folder chosen by tags, as the page's folder loader does.
 
-    Returns ``{"arc": [...], "bias": [...], "science": [...]}`` (paths); a
-    file claimed by an earlier role (arc, then bias) is not taken again.
+    Returns ``{"arc": [...], "bias": [...], "science": [...], "skipped": [...]}``
+    (paths, and ``"path: reason"`` for the files left out), by
+    :func:`specwidgets.io.folder.folder_files`, the page's own rule: a file
+    claimed by an earlier role (arc, then bias) is not taken again, and an
+    empty science tag leaves out flats, darks and specwidgets outputs.
     """
-    from .discovery import find_frames
+    from .folder import folder_files
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"the session's folder {str(folder)!r} does not exist")
-    roles, claimed = {}, set()
-    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
-        if role == "bias" and not tag:
-            roles[role] = []
-            continue
-        files = [p for p in find_frames(folder, tag or "") if p not in claimed]
-        if not files:
-            raise ValueError(f"the session's {role} tag {tag!r} matches no FITS file in {str(folder)!r}")
-        roles[role] = files
-        claimed.update(files)
-    return roles
+    try:
+        roles, skipped = folder_files(folder, arc_tag, bias_tag, science_tag or "")
+    except FileNotFoundError as exc:
+        raise ValueError(f"the session's tags: {exc}") from None
+    return {**roles, "skipped": skipped}
 
 
 def batch_arguments(session, data_root=None):
