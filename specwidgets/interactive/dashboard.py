@@ -165,6 +165,13 @@ class Dashboard(ipywidgets.VBox):
         self.export_button.on_click(guard(lambda _: self.export(self.export_folder.value)))
         export_bar = ipywidgets.HBox([self.export_folder, self.export_button, self.export_message])
         session_bar = self._build_session_bar()
+        # The controls keep their size; a long status (a suspect fit's
+        # warnings) takes the rest of the row and wraps, instead of squeezing
+        # the method buttons to "bs"/"me".
+        for control in (self.method, self.undo_button, self.redo_button):
+            control.layout.flex = "0 0 auto"
+        self.status.layout.flex = "1 1 0%"
+        self.status.layout.min_width = "0"
         self.children = [ipywidgets.HBox([self.method, self.undo_button, self.redo_button, self.status]),
                          self.sky_controls, self.tabs, export_bar, session_bar]
 
