@@ -292,7 +292,14 @@ def test_trace_leak_is_visible():
     # The envelope's maximum rises far above the model at many positions.
     assert np.mean(leak > 5.0) > 0.5 and np.mean(clean_excess > 5.0) < 0.05
     assert sed.leaking_rows and sed.leaking_rows[0][0] == (a + b) // 2
-    assert "Light well above the sky model" in sed.leak_banner.value
+    assert "Light well above the sky model" in sed.leak_banner.value and "widen the mask" in sed.leak_banner.value
+    # A second source far from the mask is not called the trace's wings.
+    rows = np.arange(frames.science.shape[1])
+    far = 8 if a > 30 else frames.science.shape[1] - 8
+    state.mask_region = [(a, b)]
+    state.science = frames.science + 300.0 * np.exp(-0.5 * ((rows - far) / 1.5) ** 2)[None, :, None]
+    assert sed.leaking_rows and "another source" in sed.leak_banner.value
+    assert "widen" not in sed.leak_banner.value
 
 
 def _excess(sed):

@@ -32,6 +32,7 @@ import ipywidgets
 import numpy as np
 import traitlets as tl
 
+from ..core.sky.api import LEAK_NEAR_MASK
 from ..display.aggregate import aggregate_sed, decimate_curve, leak_rows, row_ranges
 from ..display.debounce import Debounced
 from .status import StatusBar
@@ -272,11 +273,19 @@ class SEDExplorer(ipywidgets.VBox):
             self.leak_banner.layout.display = "none"
             return
         text = ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in self.leaking_rows)
+        masked = np.flatnonzero(np.asarray(result.mask)[:, 0])
+        near = masked.size and any(int(np.min(np.abs(masked - r))) <= LEAK_NEAR_MASK for r in rows)
+        if near:
+            cause = ("trace light leaking into the sky beside the mask? It lifts the envelope above the model and "
+                     "biases the sky: widen the mask.")
+        else:
+            # As the fit's own leak warning: far from the mask it is not the masked trace's wings.
+            cause = ("rows away from the mask, so another source (add a mask range), or light along the slit the "
+                     "sky model does not follow (the slit's illumination for a method that does not model it, a "
+                     "bias level left in).")
         self.leak_banner.value = (
             "<div style='background:#fff4e0;border:1px solid #e8b060;padding:3px 8px;border-radius:3px'>"
-            f"&#9888; Light well above the sky model in unmasked rows {text}: trace light leaking "
-            "into the sky, or another source? It lifts the envelope above the model and biases the "
-            "sky: widen the mask or add a range.</div>"
+            f"&#9888; Light well above the sky model in unmasked rows {text}: {cause}</div>"
         )
         self.leak_banner.layout.display = None
 
