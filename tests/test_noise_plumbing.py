@@ -454,3 +454,16 @@ def test_batch_defaults_on_bzip2_multi_lamp_adu_frames(lamp_folder, tmp_path):
     header = fits.getheader(tmp_path / "out" / "sci_0_sky.fits")
     assert header["SWNARC"] == 3 and "sum" in header.comments["SWNARC"] and header["SWUNIT"] == "adu"
     assert header["SWNGUESS"] == sum(len(lines) for lines in LAMP_LINES)
+
+
+def test_status_says_frames_read_in_electrons_had_their_gain_applied():
+    """Header GAIN 1.9, data converted when read: the fit's gain is 1 and the line says why, not just '1 ... header GAIN'."""
+    from specwidgets.core.frames import FrameArray
+    from specwidgets.interactive import StatusBar
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(60, 400), n_arc_lines=8, seed=1)
+    read = FrameArray(np.asarray(f.science), gain=1.0, read_noise=4.0, unit="electron",
+                      noise_source="header GAIN, header RDNOISE of generic frames")
+    state = SkyState(read, warp_model=f.warp, mask_region=[f.trace_rows])
+    assert "gain applied when they were read" in StatusBar(state).noise_text

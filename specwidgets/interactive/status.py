@@ -182,7 +182,14 @@ class StatusBar(ipywidgets.VBox):
         if model.get("read_noise") is not None:
             parts.append(f"read noise {float(model['read_noise']):.3g} e-")
         if model.get("gain") is not None:
-            parts.append(f"gain {float(model['gain']):.3g} e-/unit")
+            gain = float(model["gain"])
+            source = str(model.get("source") or "")
+            # Frames a loader read in electrons: the header's (or instrument's)
+            # gain was applied then, so the fit's is 1, not the header's value.
+            converted = (gain == 1.0 and "gain" in source.lower() and "estimated" not in source
+                         and getattr(getattr(self.state, "science", None), "unit", None) == "electron")
+            parts.append("gain 1 e-/unit (the frames' gain applied when they were read: data in e-)" if converted
+                         else f"gain {gain:.3g} e-/unit")
         text = "noise model: " + ", ".join(parts)
         if model.get("source"):
             text += f" \u2014 {model['source']}"
