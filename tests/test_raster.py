@@ -427,3 +427,16 @@ def test_without_matplotlib_an_unshipped_name_says_how_to_get_it(monkeypatch):
     with pytest.raises(ValueError, match="need matplotlib"):
         get_colormap("cividis")
     assert get_colormap("RdBu_r").shape == (256, 3)  # shipped maps need nothing
+
+
+def test_auto_log_limits_span_at_most_four_decades():
+    """A bias-subtracted arc: most pixels ~0 (some 1e-13 above), lines at 1000: not 1e-13..1000 (speckle)."""
+    from specwidgets.display.raster import display_limits
+
+    rng = np.random.default_rng(0)
+    arc = np.abs(rng.normal(0.0, 1e-13, (50, 400)))
+    arc[:, ::40] = 1000.0
+    lo, hi = display_limits(arc, norm="log")
+    assert hi / lo <= 1e4 + 1e-6 and hi == 1000.0
+    # Given limits are kept as given.
+    assert display_limits(arc, norm="log", vmin=1e-13, vmax=1000.0) == (1e-13, 1000.0)

@@ -64,6 +64,9 @@ N_DISPLAY_COLORS = 255
 
 _BLANK_INDEX = N_DISPLAY_COLORS  # palette slot of fully transparent pixels
 
+# Auto log limits span at most this ratio (four decades).
+_LOG_DECADES_FLOOR = 1e-4
+
 # Auto limits are percentiles of at most this many samples: exact
 # percentiles of a 2k x 1k frame cost ~100 ms, a spread subsample ~10 ms and
 # the limits only steer the display.
@@ -784,6 +787,10 @@ def display_limits(
     elif lo == hi:
         # Constant data: centre it in the colormap.
         lo, hi = (lo / 2, hi * 2) if norm == "log" else (lo - 0.5, hi + 0.5)
+    elif norm == "log" and kind != "minmax":
+        # At most four decades: a bias-subtracted arc's tiny positive residues
+        # (1e-13) put the low percentile so far down that the frame went speckle.
+        lo = max(lo, hi * _LOG_DECADES_FLOOR)
     if symmetric:
         m = max(abs(lo), abs(hi)) or 1.0
         lo, hi = -m, m
