@@ -23,6 +23,7 @@ from test_launcher import Server, free_port, voila_env, write_fits_folder
 from specwidgets.app import launcher
 from specwidgets.app.page import DashboardApp
 from specwidgets.app.security import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, OutsideRootError, inside_root
+from specwidgets.core.rows import RowRanges
 
 OUTSIDE = "is not inside the data root"
 
@@ -698,3 +699,19 @@ def test_the_page_loads_again_and_again_with_its_overwrite_box(root, tmp_path):
         assert app.export_overwrite in row.children and app.export_overwrite.comm is not None
     app.source.value = "demo"
     assert app.load(), app.last_error
+
+
+def test_the_forms_mask_rows_follow_the_dashboards_mask(root, tmp_path):
+    """A guessed mask or a slider drag shows in the form, so the next Load keeps it (it reset it before)."""
+    app = _app(root, output_root=tmp_path)
+    app.mask.value = ""
+    ok, error = _try(app, "night")
+    assert ok, error
+    state = app.dashboard.state
+    assert app.mask.value == RowRanges.coerce(state.mask_region).text != ""
+    rows = state.shape[0]
+    state.mask_region = [(rows // 3, rows // 3 + 4)]
+    assert app.mask.value == f"{rows // 3}:{rows // 3 + 4}"
+    ok, error = _try(app, "night")
+    assert ok, error
+    assert app.dashboard.state.masks == [(rows // 3, rows // 3 + 4)]

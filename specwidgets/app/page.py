@@ -605,6 +605,14 @@ class DashboardApp:
         self._wire_export(dash)
         dash.session_source = source
         self._wire_sessions(dash)
+        if (source or {}).get("kind") in ("folder", "goodman"):
+            # The form's Mask rows follow the dashboard's mask (a guessed one, a
+            # slider drag, a session): the next Load keeps it instead of resetting it.
+            def follow(change=None, state=dash.state):
+                self.mask.value = RowRanges.coerce(state.mask_region).text
+
+            dash.state.observe(follow, names="mask_region")
+            follow()
         old, self.dashboard, self.data_label = self.dashboard, dash, label
         self.body.children = [dash]
         if old is not None:
