@@ -715,3 +715,15 @@ def test_the_forms_mask_rows_follow_the_dashboards_mask(root, tmp_path):
     ok, error = _try(app, "night")
     assert ok, error
     assert app.dashboard.state.masks == [(rows // 3, rows // 3 + 4)]
+
+
+def test_a_page_export_records_its_inputs_as_batch_does(root, tmp_path):
+    from astropy.io import fits
+
+    app = _app(root, output_root=tmp_path)
+    ok, error = _try(app, "night")
+    assert ok, error
+    written = app.export("exported")
+    header = fits.getheader(written[0])
+    assert header["SWINSTR"] == "generic" and header["SWNARC"] >= 1 and header["SWUNIT"] in ("adu", "electron")
+    assert "SWCROP" in header

@@ -515,6 +515,11 @@ class DashboardApp:
         # The science frames carry the headers' noise model; the page's fields show it.
         self._show(data.science, data.arc, mask, None, label, data.files.get("science"), source=source,
                    headers=data.headers)
+        # What an export's header records of the inputs, as batch's outputs do.
+        self.dashboard.export_provenance = {
+            "instrument": self.instrument.value, "crop": crop, "unit": data.unit, "arc_combine": data.arc_combine,
+            **{role: [Path(f).name for f in data.files.get(role, [])] for role in ("bias", "arc")},
+        }
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")

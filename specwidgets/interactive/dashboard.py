@@ -157,6 +157,10 @@ class Dashboard(ipywidgets.VBox):
         if len(self.exposure_names) != n_exp:
             raise ValueError(f"exposure_names has {len(self.exposure_names)} names for {n_exp} exposure(s)")
         self.input_headers = list(input_headers) if input_headers is not None else None
+        #: Header entries an export records of the inputs (instrument, crop,
+        #: unit, calibration files; see ``fits_output.sky_header``), set by
+        #: whoever loaded the frames (the page's folder form), else none.
+        self.export_provenance = None
         if self.input_headers is not None and len(self.input_headers) != n_exp:
             raise ValueError(f"input_headers has {len(self.input_headers)} headers for {n_exp} exposure(s)")
         self.export_folder = ipywidgets.Text(value="specwidgets_sky", description="Export to")
@@ -289,7 +293,8 @@ class Dashboard(ipywidgets.VBox):
             # relative folder means the one the launcher was started from.
             folder = Path(os.environ.get("SPECWIDGETS_DASHBOARD_CWD") or os.getcwd()) / folder
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
-                                overwrite=overwrite, dtype=dtype, input_headers=self.input_headers)
+                                overwrite=overwrite, dtype=dtype, input_headers=self.input_headers,
+                                provenance=self.export_provenance)
         self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 
