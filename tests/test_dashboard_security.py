@@ -124,6 +124,7 @@ def test_exports_stay_under_the_output_root_and_never_overwrite_silently(root, t
     time.sleep(0.01)
     dash.export_button.click()  # the same folder again, Overwrite not ticked
     assert "already exist" in status.widget_error and "Overwrite" in status.widget_error
+    assert "already exist" in dash.export_message.value  # beside the button as well
     assert {p: p.stat().st_mtime_ns for p in (out_root / "sky").iterdir()} == before
     app.export_overwrite.value = True
     dash.export_button.click()

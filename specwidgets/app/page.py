@@ -380,16 +380,21 @@ class DashboardApp:
             raise ValueError("nothing to export: no data loaded")
         typed = dash.export_folder.value if out_dir is None else str(out_dir)
         overwrite = self.export_overwrite.value if overwrite is None else bool(overwrite)
-        folder = self._output_path(typed)
-        if not overwrite:
-            existing = [name for name in map(output_name, dash.exposure_names) if (folder / name).exists()]
-            if existing:
-                shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
-                raise FileExistsError(
-                    f"{len(existing)} file(s) already exist in {typed.strip()!r} ({shown}): tick Overwrite "
-                    "to replace them, or choose another folder"
-                )
-        written = dash.export(folder, overwrite=overwrite)
+        try:
+            folder = self._output_path(typed)
+            if not overwrite:
+                existing = [name for name in map(output_name, dash.exposure_names) if (folder / name).exists()]
+                if existing:
+                    shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
+                    raise FileExistsError(
+                        f"{len(existing)} file(s) already exist in {typed.strip()!r} ({shown}): tick Overwrite "
+                        "to replace them, or choose another folder"
+                    )
+            written = dash.export(folder, overwrite=overwrite)
+        except (OSError, ValueError) as exc:
+            # Beside the button too: the status banner is at the top of the page.
+            dash.export_message.value = f"<span style='color:#8a1c1c'>&#9888; {html.escape(str(exc))}</span>"
+            raise
         where = self._shown_output(folder)
         dash.export_message.value = html.escape(f"wrote {len(written)} file(s) to {where}")
         return written
