@@ -143,10 +143,10 @@ class SpectrumPreview(ipywidgets.VBox):
         # Edits of the trace: move it by some rows, or fix the aperture width.
         self.shift = ipywidgets.FloatText(value=0.0, step=0.5, description="Shift [rows]",
                                           style={"description_width": "initial"}, layout=ipywidgets.Layout(width="165px"))
-        self.aperture = ipywidgets.FloatText(value=0.0, step=1.0, description="Aperture [rows]",
+        self.aperture = ipywidgets.FloatText(value=0.0, step=1.0, description="Aperture [rows, 0: auto]",
                                              tooltip="0: four times the trace's FWHM",
                                              style={"description_width": "initial"},
-                                             layout=ipywidgets.Layout(width="195px"))
+                                             layout=ipywidgets.Layout(width="240px"))
         self.shift.observe(guard(lambda _: self.refresh()), names="value")
         self.aperture.observe(guard(lambda _: self.refresh()), names="value")
         self.readout = ipywidgets.HTML("<i>wheel: zoom, drag: pan (the image above follows)</i>")
