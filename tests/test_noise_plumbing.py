@@ -417,6 +417,8 @@ def test_status_shows_suspect_warnings_and_the_noise_source(frames):
     state.result = result
     assert "ready" not in status.busy_label.value
     assert "suspect fit" in status.busy_label.value and "trace light leaks" in status.busy_label.value
+    # Each warning a sentence: "rows. chi std", not "rows; chi std" nor ".;".
+    assert "sky rows. chi std 3.8 on sky rows." in status.busy_label.value and ".;" not in status.busy_label.value
     assert "estimated from the sky residuals" in status.noise_label.value
     result.quality = FakeQuality(False)
     state.result = None

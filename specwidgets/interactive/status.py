@@ -135,7 +135,9 @@ class StatusBar(ipywidgets.VBox):
                     text = (f"<span style='color:#8a1c1c'>&#9888; <b>last change not applied</b></span>: "
                             f"showing the last good fit &middot; last step {ms:.0f} ms")
                 elif (warnings := self.quality_warnings) is not None:
-                    listed = "; ".join(html.escape(w) for w in warnings)
+                    # Sentences as they are ("...does.; On the..." read badly joined by "; ").
+                    listed = " ".join(html.escape(w if w.rstrip().endswith((".", "!", "?")) else w.rstrip() + ".")
+                                      for w in warnings)
                     text = (
                         f"<span style='color:#8a4b00'>&#9888; <b>suspect fit</b>: {listed}</span>"
                         f" &middot; last step {ms:.0f} ms"
