@@ -144,16 +144,21 @@ def _lines_across_rows(image):
     if image.shape[0] < 16:
         return 0
     profile, _ = row_profile(np.ascontiguousarray(image.T))
-    finite = np.isfinite(profile)
-    if finite.sum() < 16:
+    if np.isfinite(profile).sum() < 16:
         return 0
-    filled = np.where(finite, profile, np.nanmedian(profile))
-    excess = filled - median_filter(filled, size=min(51, filled.size | 1), mode="nearest")
-    noise = robust_noise(profile)
+    _, excess, noise = _profile_excess(profile)
     if noise <= 0:
         return 0
     peaks, _ = find_peaks(excess, height=_ACROSS_SIGMA * noise, distance=3)
     return int(peaks.size)
+
+
+def _profile_excess(profile):
+    """``(filled, excess, noise)``: the profile with NaN as its median, its excess over a running
+    median (the lines), and its pixel noise (:func:`robust_noise`)."""
+    filled = np.where(np.isfinite(profile), profile, np.nanmedian(profile))
+    excess = filled - median_filter(filled, size=min(51, filled.size | 1), mode="nearest")
+    return filled, excess, robust_noise(profile)
 
 
 def robust_noise(profile):
@@ -256,10 +261,7 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
     finite = np.isfinite(profile)
     if finite.sum() < 8:
         raise ValueError(f"row {row} of the arc frame has fewer than 8 finite pixels")
-    filled = np.where(finite, profile, np.nanmedian(profile))
-    baseline = median_filter(filled, size=min(51, filled.size | 1), mode="nearest")
-    excess = filled - baseline
-    noise = robust_noise(profile)
+    filled, excess, noise = _profile_excess(profile)
     if noise <= 0:
         noise = max(float(np.std(excess)), 1e-12)
     threshold = std_variation * noise

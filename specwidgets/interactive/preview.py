@@ -257,8 +257,7 @@ class SpectrumPreview(ipywidgets.VBox):
                 at = score.lines.astype(int)
                 self.line_marks.x = score.lines.astype(np.float32)
                 self.line_marks.y = (flux[at] + np.float32(0.5 * pad)).astype(np.float32)
-                ref = score.reference if np.isfinite(score.reference) and score.reference > 1.0 else 1.0
-                self.line_marks.colors = [_score_color(abs(r) / ref)
+                self.line_marks.colors = [_score_color(abs(r) / score.scale)
                                           for r in np.nan_to_num(score.residuals, nan=99.0)]
             else:
                 self.line_marks.x = self.line_marks.y = []

@@ -32,7 +32,7 @@ import ipywidgets
 import numpy as np
 import traitlets as tl
 
-from ..core.sky.api import LEAK_NEAR_MASK
+from ..core.sky.api import LEAK_NEAR_MASK, rows_from_mask
 from ..display.aggregate import aggregate_sed, decimate_curve, leak_rows, row_ranges
 from ..display.debounce import Debounced
 from .status import StatusBar
@@ -273,9 +273,8 @@ class SEDExplorer(ipywidgets.VBox):
             self.leak_banner.layout.display = "none"
             return
         text = ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in self.leaking_rows)
-        masked = np.flatnonzero(np.asarray(result.mask)[:, 0])
-        near = masked.size and any(int(np.min(np.abs(masked - r))) <= LEAK_NEAR_MASK for r in rows)
-        if near:
+        distance = rows_from_mask(np.asarray(result.mask)[:, 0], rows)
+        if distance is not None and distance <= LEAK_NEAR_MASK:
             cause = ("trace light leaking into the sky beside the mask? It lifts the envelope above the model and "
                      "biases the sky: widen the mask.")
         else:

@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from ..core.frames import FrameArray
 from .discovery import find_frames
-from .instruments import known_instruments
+from .instruments import _merged_header, known_instruments
 from .loading import _metadata, noise_of_frames, read_frame
 
 __all__ = ["FolderData", "load_folder"]
@@ -96,10 +96,8 @@ def _first_header(path):
     """The primary header, with the first extension's when the primary holds no image (a .fz file); None if unreadable."""
     try:
         with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            if not header.get("NAXIS") and len(hdul) > 1:
-                header.extend(hdul[1].header, update=True, strip=False)
-            return header
+            # As the instruments merge them (primary, then the image's own).
+            return _merged_header(hdul, 1 if not hdul[0].header.get("NAXIS") and len(hdul) > 1 else 0)
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError):
         return None  # read later by its role, which says what is wrong
 

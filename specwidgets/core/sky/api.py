@@ -1488,10 +1488,17 @@ def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None)
 LEAK_NEAR_MASK = 10
 
 
+def rows_from_mask(masked_rows, rows):
+    """How many rows the nearest of ``rows`` lies from a masked row (flags ``masked_rows``); None without a mask."""
+    masked = np.flatnonzero(masked_rows)
+    if not masked.size:
+        return None
+    return int(np.min(np.abs(masked[:, None] - np.atleast_1d(rows)[None, :])))
+
+
 def _leak_warning(leak, row, masked_rows):
     """The warning for light above the sky in sky row ``row``: its likely cause by where the row lies."""
-    masked = np.flatnonzero(masked_rows)
-    distance = int(np.min(np.abs(masked - row))) if masked.size else None
+    distance = rows_from_mask(masked_rows, row)
     head = f"Sky row {row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
     if distance is not None and distance <= LEAK_NEAR_MASK:
         return head + (f"{distance} row(s) from the mask, where a masked trace's wings reach: widen the mask "
