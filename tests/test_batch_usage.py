@@ -83,9 +83,10 @@ def test_command_without_arc_fits_the_warp_on_the_sky_lines(raw, tmp_path, monke
     files = _outputs(out)
     assert len(files) == 2
     assert all(fits.getval(p, "SKYWARP") == "sky lines" and fits.getval(p, "SWNARC") == 0 for p in files)
-    # One line says so before the summary (which lists it again among the warp model's notes).
-    before_summary = err.split("specwidgets batch: 2 exposure(s)")[0]
+    # One line says so before the summary, which counts it without repeating it.
+    before_summary, summary = err.split("specwidgets batch: 2 exposure(s)")
     assert sum("own sky lines" in line for line in before_summary.splitlines()) == 1
+    assert "own sky lines" not in summary and "1 note(s): printed above" in summary
 
 
 def test_command_still_needs_science_files_and_a_mask(tmp_path, monkeypatch, capsys):

@@ -485,8 +485,15 @@ def test_app_loads_a_folder_and_names_unreadable_files(tmp_path):
     app.mask.value = "10:30"
     assert app.load()
     assert app.dashboard is not old and app.dashboard.mask_region == [(10, 30)]
+    # The user's sky method and options stay for the next frames, and the page says so.
+    app.dashboard.method.value = "median"
+    app.dashboard.sky_controls.knot_spacing.value = "0.7"
+    assert app.load()
+    assert app.dashboard.state.method == "median" and app.dashboard.state.knot_spacing == 0.7
+    assert app.dashboard.method.value == "median" and app.dashboard.sky_controls.knot_spacing.value == "0.7"
+    assert "Kept your sky settings: method median, knot spacing 0.7." in app.message.value
     names = [name for _, _, name in seen if name]
-    assert len(names) == 9 and names[0].startswith("arc_")
+    assert len(names) == 18 and names[0].startswith("arc_")
     assert seen[-1][:2] == (9, 9)
 
 
@@ -497,7 +504,10 @@ def test_app_loads_a_folder_and_names_unreadable_files(tmp_path):
         ({"arc_tag": "lamp"}, "no arc frame"),
         ({"crop": "0:5000"}, "out of range"),
         ({"crop": "rows 3 to 5"}, "start:stop"),
-        ({"mask": "70:90"}, "mask rows (70, 90) is out of range: the images have 80 rows"),
+        ({"mask": "70:90"}, "Not loaded: the Mask rows field: mask rows (70, 90) is out of range: the images "
+                            "have 80 rows"),
+        ({"mask": "0:80"}, "Not loaded: the Mask rows field: mask rows [(0, 80)] covers every one of the 80 rows"),
+        ({"crop": "5"}, "Not loaded: the Crop rows field"),
     ],
 )
 def test_app_reports_bad_input_without_raising(tmp_path, change, words):

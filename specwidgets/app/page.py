@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import time
@@ -87,6 +88,10 @@ DEFAULT_PRESET = {
     "crop": "",
     "mask": "",
 }
+
+#: The sky settings a new Load keeps from the dashboard it replaces (the
+#: user's choices, not the frames': see :meth:`DashboardApp.sky_settings`).
+KEPT_SKY_SETTINGS = ("method", "spatial_order", "knot_spacing", "reject_sigma")
 
 _MESSAGE_STYLES = {
     "error": "background:#fde8e8;border:1px solid #e0a0a0;color:#8a1c1c",
@@ -146,6 +151,22 @@ def load_folder(folder, *args, **kwargs):
 
 
 # ------------------------------------------------------------------------ the app
+class _FieldError(ValueError):
+    """A form field's value that cannot be used (the page names the field)."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+
+
+@contextlib.contextmanager
+def _field(name):
+    try:
+        yield
+    except ValueError as exc:
+        raise _FieldError(name, str(exc)) from exc
+
+
 def _close_tree(widget, seen=None):
     """Close a widget and every widget it holds (their front-end views go too)."""
     import ipywidgets
@@ -460,7 +481,11 @@ class DashboardApp:
 
                 logging.getLogger("specwidgets").exception("loading failed")
             self.last_error = self._relative_to_root(_describe(exc))
-            self._say("error", f"Could not load the data: {self.last_error}")
+            if isinstance(exc, _FieldError):
+                # The frames may be fine: the typed rows are what to change.
+                self._say("error", f"Not loaded: the {exc.field} field: {self.last_error}")
+            else:
+                self._say("error", f"Could not load the data: {self.last_error}")
             return False
         finally:
             self.load_button.disabled = False
@@ -468,7 +493,19 @@ class DashboardApp:
             self.progress_label.value = ""
         if self.message.layout.display == "none":
             self._say("info", f"Loaded {self.data_label} in {time.perf_counter() - start:.1f} s.")
+        kept = self._kept_text()
+        if kept:
+            self.message.value += f"<div style='font-size:90%;margin-top:2px'>{html.escape(kept)}</div>"
         return True
+
+    def _kept_text(self):
+        """Which of the user's sky settings the load kept, when any differs from the default."""
+        from specwidgets.interactive.state import SkyState
+
+        defaults = {name: SkyState.class_traits()[name].default_value for name in KEPT_SKY_SETTINGS}
+        changed = [f"{name.replace('_', ' ')} {value}" for name, value in self.sky_settings().items()
+                   if value != defaults[name]]
+        return f"Kept your sky settings: {', '.join(changed)}." if changed else ""
 
     def load_demo(self):
         """Show the embedded synthetic demo."""
@@ -493,8 +530,10 @@ class DashboardApp:
     def _load_form(self, label=None, folder=None, kind="folder"):
         from specwidgets.app.security import escape_outside_links
 
-        crop = parse_rows(self.crop.value, "crop rows")
-        mask = RowRanges.parse(self.mask.value, "mask rows")
+        with _field("Crop rows"):
+            crop = parse_rows(self.crop.value, "crop rows")
+        with _field("Mask rows"):
+            mask = RowRanges.parse(self.mask.value, "mask rows")
         if folder is None:  # typed by the user: confined to the data root
             if not self.folder.value.strip():
                 raise ValueError("type the folder that holds the FITS files")
@@ -513,7 +552,11 @@ class DashboardApp:
         )
         n_rows = data.science.shape[1]
         # One value from the form to the fit: resolved (and refused) here.
-        mask = RowRanges([guess_trace_rows(data.science)] if not mask else mask).resolve(n_rows, "mask rows")
+        if mask:
+            with _field("Mask rows"):
+                mask = mask.resolve(n_rows, "mask rows")
+        else:
+            mask = RowRanges([guess_trace_rows(data.science)]).resolve(n_rows, "mask rows")
         counts = ", ".join(f"{len(v)} {k}" for k, v in data.files.items() if v)
         label = label or f"{self.folder.value.strip()} ({counts} frame(s))"
         source = self._source_record(kind, folder, crop, data.arc_combine)
@@ -521,10 +564,12 @@ class DashboardApp:
         self._show(data.science, data.arc, mask, None, label, data.files.get("science"), source=source,
                    headers=data.headers)
         # What an export's header records of the inputs, as batch's outputs do.
-        self.dashboard.export_provenance = {
+        shared = {
             "instrument": self.instrument.value, "crop": crop, "unit": data.unit, "arc_combine": data.arc_combine,
             **{role: [Path(f).name for f in data.files.get(role, [])] for role in ("bias", "arc")},
         }
+        gains = data.input_gains or [None] * data.science.shape[0]
+        self.dashboard.export_provenance = [{**shared, "input_gain": gain} for gain in gains]
         notes = []
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
@@ -597,6 +642,13 @@ class DashboardApp:
             button._click_handlers.callbacks.clear()
             button.on_click(dash.status.guard(lambda _, method=method: method()))
 
+    def sky_settings(self):
+        """The shown dashboard's sky method and options, which a new Load keeps (empty before any)."""
+        if self.dashboard is None:
+            return {}
+        state = self.dashboard.state
+        return {name: getattr(state, name) for name in KEPT_SKY_SETTINGS}
+
     def _show(self, science, arc, mask_region, read_noise, label, names=None, source=None, headers=None):
         from specwidgets.interactive import Dashboard
 
@@ -604,8 +656,11 @@ class DashboardApp:
             names = None  # exported files then take generic names
         if headers is not None and len(headers) != science.shape[0]:
             headers = None
+        # The sky method and options the user chose stay for the next frames;
+        # what belongs to the frames (mask, warp, noise) comes with them.
+        kept = self.sky_settings()
         dash = Dashboard(science, arc, mask_region=mask_region, read_noise=read_noise, figsize=self.figsize,
-                         exposure_names=names, input_headers=headers)
+                         exposure_names=names, input_headers=headers, **kept)
         for part, name in ((dash.viewer, "sw-image-viewer"), (dash.sed, "sw-sed-explorer"),
                            (dash.picker, "sw-warp-picker"), (dash.status, "sw-status")):
             if part is not None:

@@ -116,8 +116,9 @@ class BatchSummary:
     def report(self, reasons=True):
         """The summary as text; ``reasons=False`` names the failed inputs without their reasons.
 
-        (A run with ``report=True`` printed each failure as it happened, so
-        its closing summary names them only: each reason is printed once.)
+        (A run with ``report=True`` printed its notes and warnings at the
+        start and each failure as it happened, so its closing summary counts
+        the former and names the failed inputs only: each is printed once.)
         """
         lines = [
             f"specwidgets batch: {self.n_inputs} exposure(s) -> {self.out_dir}",
@@ -126,9 +127,13 @@ class BatchSummary:
         ]
         if self.removed_temporary:
             lines.append(f"  removed {self.removed_temporary} temporary file(s) left by an interrupted run")
-        lines += [f"  note: {n}" for n in self.notes]
-        for w in self.warnings:
-            lines.append(f"  warp model warning: {w}")
+        if reasons:
+            lines += [f"  note: {n}" for n in self.notes]
+            lines += [f"  warp model warning: {w}" for w in self.warnings]
+        elif self.notes or self.warnings:
+            counts = [f"{len(self.notes)} note(s)"] * bool(self.notes)
+            counts += [f"{len(self.warnings)} warp model warning(s)"] * bool(self.warnings)
+            lines.append(f"  {' and '.join(counts)}: printed above")
         lines += self._suspect_lines()
         if self.failed and reasons:
             lines.append("  failed:")

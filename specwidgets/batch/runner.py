@@ -122,7 +122,7 @@ from ..io.fits_output import (
     write_exposure,
 )
 from ..io.instruments import resolve_instrument
-from ..io.loading import _crop_pair, read_frame
+from ..io.loading import _crop_pair, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
 
@@ -284,17 +284,6 @@ def _export_mismatch(out, job, path):
     if job.cal_content.get("flat"):
         return "this run divides by flats, the dashboard does not"
     return ""
-
-
-def _input_gain(reader, frame):
-    """The gain (e-/ADU) that took ``frame`` from ADU to electrons, as its reader found it; None if not known."""
-    if getattr(frame, "unit", None) != "electron" or not hasattr(reader, "gain_keyword"):
-        return None
-    value, _ = reader._header_or_default(frame.header, reader.gain_keyword, reader.gain, "gain")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _settings_differences(out, job):
@@ -515,7 +504,7 @@ def _process_one_inner(path, job, bias, flat):
         image = _with_frame_noise(image, frame, job)
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
-        prov = {**job.provenance, "input": str(path), "input_gain": _input_gain(job.reader, frame)}
+        prov = {**job.provenance, "input": str(path), "input_gain": input_gain(job.reader, frame)}
         write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
                        extra_mask=extra, input_header=frame.header)
         record["status"] = "done"
@@ -984,7 +973,7 @@ def _process_group(paths, job, bias, flat):
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths),
-                    "input_gain": _input_gain(job.reader, frames[k])}
+                    "input_gain": input_gain(job.reader, frames[k])}
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
                            dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
             record["status"] = "done"

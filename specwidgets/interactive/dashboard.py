@@ -158,8 +158,9 @@ class Dashboard(ipywidgets.VBox):
             raise ValueError(f"exposure_names has {len(self.exposure_names)} names for {n_exp} exposure(s)")
         self.input_headers = list(input_headers) if input_headers is not None else None
         #: Header entries an export records of the inputs (instrument, crop,
-        #: unit, calibration files; see ``fits_output.sky_header``), set by
-        #: whoever loaded the frames (the page's folder form), else none.
+        #: unit, calibration files, input gain; see ``fits_output.sky_header``):
+        #: one dict, or one per exposure, set by whoever loaded the frames (the
+        #: page's folder form), else none.
         self.export_provenance = None
         if self.input_headers is not None and len(self.input_headers) != n_exp:
             raise ValueError(f"input_headers has {len(self.input_headers)} headers for {n_exp} exposure(s)")
@@ -292,9 +293,17 @@ class Dashboard(ipywidgets.VBox):
             # Under Voila the kernel runs inside the installed package: a
             # relative folder means the one the launcher was started from.
             folder = Path(os.environ.get("SPECWIDGETS_DASHBOARD_CWD") or os.getcwd()) / folder
+        n_exp = self.result.data.shape[0]
+        given = self.export_provenance
+        provenance = [dict(p or {}) for p in (given if isinstance(given, (list, tuple)) else [given] * n_exp)]
+        # As batch records it: the arc lines the warp was fit to (none for a warp of the sky lines).
+        state = self.state
+        n_guesses = len(state.guesses) if state.arc is not None and state.guesses else None
+        for prov in provenance:
+            prov.setdefault("n_guesses", n_guesses)
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite, dtype=dtype, input_headers=self.input_headers,
-                                provenance=self.export_provenance)
+                                provenance=provenance)
         self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 

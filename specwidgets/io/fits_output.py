@@ -528,8 +528,10 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
         the ``SWINPUT`` card), one per exposure.
     warp_model : WarpModel, optional
         The model the sky was fit with; its coefficients go in the header.
-    provenance : dict, optional
-        Shared header entries (see :func:`sky_header`); ``input`` is set per file.
+    provenance : dict or sequence of dict, optional
+        Header entries (see :func:`sky_header`): one dict shared by every
+        exposure, or one per exposure (an ``input_gain`` differs between
+        files); ``input`` is set per file.
     overwrite : bool
         Replace existing files (default); with False, an existing output raises.
     dtype : {"float32", "float64"}
@@ -548,6 +550,9 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     headers = [None] * n_exp if input_headers is None else list(input_headers)
     if len(headers) != n_exp:
         raise ValueError(f"input_headers has {len(headers)} entries but the result holds {n_exp} exposure(s)")
+    provs = [provenance] * n_exp if provenance is None or isinstance(provenance, dict) else list(provenance)
+    if len(provs) != n_exp:
+        raise ValueError(f"provenance has {len(provs)} entries but the result holds {n_exp} exposure(s)")
     outs = [output_name(n) for n in names]
     dups = sorted({o for o in outs if outs.count(o) > 1})
     if dups:
@@ -562,7 +567,7 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
         target = folder / out
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        prov = {**(provenance or {}), "input": name}
+        prov = {**(provs[k] or {}), "input": name}
         written.append(write_exposure(result, k, target, warp_model=warp_model, provenance=prov, dtype=dtype,
                                       input_header=headers[k]))
     return written

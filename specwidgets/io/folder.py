@@ -20,7 +20,7 @@ from astropy.io import fits
 from ..core.frames import FrameArray
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
-from .loading import _metadata, noise_of_frames, read_frame
+from .loading import _metadata, input_gain, noise_of_frames, read_frame
 
 __all__ = ["FolderData", "load_folder"]
 
@@ -50,6 +50,9 @@ class FolderData:
     headers : list of astropy.io.fits.Header
         Each science frame's header (its observation keywords go into the
         exported files).
+    input_gains : list of float or None
+        Each science frame's gain that took it from ADU to electrons (None
+        when it stayed in ADU): ``SWINGAIN`` in the exported files.
     """
 
     science: np.ndarray
@@ -61,6 +64,7 @@ class FolderData:
     skipped: list = field(default_factory=list)
     arc_combine: str = "sum"
     headers: list = field(default_factory=list)
+    input_gains: list = field(default_factory=list)
 
 
 # Words in a file's path, or values of its frame-type card, that mark a
@@ -282,4 +286,5 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         skipped=skipped,
         arc_combine=arc_combine,
         headers=[m["header"] for m in science_meta],
+        input_gains=[input_gain(instrument, d) for _, d, _ in frames["science"]],
     )

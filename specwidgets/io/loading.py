@@ -217,6 +217,22 @@ def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic"
     return _as_frame_array(data, frame)
 
 
+def input_gain(instrument, frame):
+    """The gain (e-/ADU) that took ``frame`` from ADU to electrons, as ``instrument`` read it; None if not known.
+
+    ``frame`` is a :func:`read_frame` result: in electrons its ``gain`` is 1,
+    and the file's own gain is recorded in outputs as ``SWINGAIN``.
+    """
+    reader = resolve_instrument(instrument) if isinstance(instrument, (str, Instrument)) else instrument
+    if getattr(frame, "unit", None) != "electron" or not hasattr(reader, "gain_keyword"):
+        return None
+    value, _ = reader._header_or_default(frame.header, reader.gain_keyword, reader.gain, "gain")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _as_frame_array(data, frame, out=None):
     """The cropped ADU view ``data`` of ``frame`` in electrons (when the gain is known), with its metadata.
 
