@@ -164,19 +164,30 @@ def test_spatial_order_and_guesses_are_used(raw, tmp_path, frames):
         assert hdul[0].header["SWNGUESS"] == len(guesses)
 
 
-def test_flat_is_normalised_and_divided(raw, tmp_path, frames):
+@pytest.mark.parametrize("flat_norm", ["pixel", "column"])
+def test_flat_is_normalised_and_divided(raw, tmp_path, frames, flat_norm):
+    from scipy.ndimage import median_filter, uniform_filter1d
+
     rng = np.random.default_rng(3)
     response = 1 + 0.02 * rng.standard_normal(SHAPE)
     lamp = 5000 * (1 + np.linspace(0, 1, SHAPE[1]))[None, :]  # the lamp's spectrum: normalised away
+    # The lamp lights the slit unevenly (the sky does not): only "column" keeps that in the flat.
+    lamp = lamp * np.linspace(0.8, 1.0, SHAPE[0])[:, None]
     flat_raw = lamp * response
     flat_raw[5, 7] = 0.0  # a dead pixel
     flats = [_write(raw["folder"] / f"flat_{i}.fits", flat_raw + BIAS_LEVEL) for i in range(3)]
     out = tmp_path / "out"
-    summary = _api(raw, out, flat=flats, dtype="float64")
+    summary = _api(raw, out, flat=flats, dtype="float64", **({} if flat_norm == "pixel" else {"flat_norm": flat_norm}))
     assert summary.ok, summary.report()
     bias = np.median([fits.getdata(p) for p in raw["bias"]], axis=0)
     flat = np.median([fits.getdata(p) for p in flats], axis=0) - bias
-    norm = flat / np.median(flat, axis=0, keepdims=True)
+    if flat_norm == "pixel":  # the default: over its 9-pixel median along the dispersion, averaged along the slit
+        smooth = uniform_filter1d(median_filter(flat, size=(1, 9), mode="nearest"), 9, axis=0, mode="nearest")
+        norm = flat / smooth
+        assert np.nanstd(norm / response - 1) < 0.01
+    else:
+        norm = flat / np.median(flat, axis=0, keepdims=True)
+        assert np.nanstd(norm / response - 1) > 0.05  # the lamp's illumination stays
     norm[norm <= FLAT_FLOOR] = np.nan
     ref, _ = _library(raw, raw["science"][3], flat=norm)
     with fits.open(out / output_name(raw["science"][3])) as hdul:
@@ -185,7 +196,7 @@ def test_flat_is_normalised_and_divided(raw, tmp_path, frames):
         assert mask[5, 7] & MASK_BADFLAT and mask[5, 7] & MASK_NONFINITE
         assert np.isnan(hdul["SCI"].data[5, 7])
         assert np.count_nonzero(mask & MASK_BADFLAT) == 1
-        assert hdul[0].header["SWNFLAT"] == 3 and hdul[0].header["SWFLNORM"] == "column"
+        assert hdul[0].header["SWNFLAT"] == 3 and hdul[0].header["SWFLNORM"] == flat_norm
 
 
 def test_warp_model_given_instead_of_arcs(raw, tmp_path, frames):

@@ -17,11 +17,21 @@ from ..io.loading import matching_files, read_frame
 
 __all__ = ["ARC_COMBINES", "FLAT_NORMS", "Calibrations", "normalise_flat", "prepare_calibrations"]
 
-#: Flat normalisations: by the median along the slit of each column, or overall.
-FLAT_NORMS = ("column", "global")
+#: Flat normalisations: the pixel-to-pixel response alone (the flat over its
+#: smoothed self), by the median along the slit of each column, or overall.
+FLAT_NORMS = ("pixel", "column", "global")
 
 #: Normalised-flat values at or below this are unusable.
 FLAT_FLOOR = 0.05
+
+#: ``"pixel"``: the flat's running median over this many pixels, along the
+#: dispersion then along the slit, is its large-scale part.
+PIXEL_FLAT_WINDOW = 9
+
+#: ``"pixel"``: where the smoothed flat is below this fraction of its median
+#: the lamp lit too little to measure a response: those pixels are left as
+#: they are (response 1).
+PIXEL_FLAT_LIT = 0.1
 
 
 #: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
@@ -63,10 +73,47 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
     return np.median(stack, axis=0, overwrite_input=True), units.pop()
 
 
-def normalise_flat(flat, how="column"):
-    """Normalised flat (bias already subtracted), NaN where unusable."""
+def normalise_flat(flat, how="pixel"):
+    """Normalised flat (bias already subtracted), NaN where unusable.
+
+    ``"pixel"`` (the default) keeps the pixel-to-pixel response only: the
+    flat divided by its running median over :data:`PIXEL_FLAT_WINDOW` pixels
+    along the dispersion, averaged over as many rows along the slit. The lamp's spectrum and its
+    illumination of the slit go, which the sky fit models from the sky
+    itself: a lamp lights the slit otherwise than the sky does (on the
+    Goodman sample, ``"column"`` left sky-line residuals 1.3x larger and a
+    suspect fit). ``"column"`` divides each column by its median along the
+    slit (the lamp's illumination stays), ``"global"`` by the overall median.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> response = 1 + 0.01 * rng.standard_normal((40, 200))
+    >>> lamp = np.linspace(0.5, 1.5, 200)[None, :] * np.linspace(0.8, 1.0, 40)[:, None]
+    >>> flat = 30000 * lamp * response
+    >>> def error(how):  # RMS of the normalised flat over the true response, minus 1
+    ...     return float(np.std(normalise_flat(flat, how) / response - 1))
+    >>> print(f"{error('pixel'):.4f} {error('column'):.3f}")
+    0.0027 0.066
+    """
     if how not in FLAT_NORMS:
         raise ValueError(f"unknown flat normalisation {how!r}; choose one of {', '.join(FLAT_NORMS)}")
+    if how == "pixel":
+        from ..core.extract import running_median_rows
+
+        flat = np.asarray(flat, dtype=np.float64)
+        from scipy.ndimage import uniform_filter1d
+
+        # A median along the dispersion (bad columns and cosmic rays go), then a
+        # mean along the slit (a fifth of a second median's noise, no row lost).
+        smooth = uniform_filter1d(running_median_rows(flat, PIXEL_FLAT_WINDOW), PIXEL_FLAT_WINDOW, axis=0,
+                                  mode="nearest")
+        level = np.nanmedian(smooth)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lit = smooth > PIXEL_FLAT_LIT * level
+            out = np.where(lit, flat / np.where(lit, smooth, 1.0), 1.0)
+        out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
+        return out
     with np.errstate(divide="ignore", invalid="ignore"):
         if how == "column":
             norm = np.nanmedian(flat, axis=0, keepdims=True)
@@ -101,7 +148,7 @@ def prepare_calibrations(
     crop=None,
     guesses=None,
     warp_model=None,
-    flat_norm="column",
+    flat_norm="pixel",
     std_variation=50.0,
     line_order=2,
     warp_order=1,

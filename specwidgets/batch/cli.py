@@ -149,7 +149,9 @@ def add_batch_parser(subparsers):
     p.add_argument("--tolerance", type=float, default=None, help="warp fit: line tracing tolerance (default 16)")
     p.add_argument("--warp-order", type=_positive_or_zero, default=None, help="warp fit: order along the slit (default 1)")
     p.add_argument("--line-order", type=_positive_or_zero, default=None, help="warp fit: order of each line (default 2)")
-    p.add_argument("--flat-norm", choices=FLAT_NORMS, default="column", help="flat normalisation (default column)")
+    p.add_argument("--flat-norm", choices=FLAT_NORMS, default="pixel",
+                   help="flat normalisation: pixel (default; the pixel-to-pixel response only, the sky fit models the "
+                        "slit's illumination), column (keeps the lamp's illumination of the slit) or global")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="output image type")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_batch_command)

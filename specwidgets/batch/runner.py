@@ -64,10 +64,13 @@ The output folder is made only once the arguments and calibrations are accepted.
 
 Flat fielding
 -------------
-The flats' median, minus the bias, is divided by its median along the slit
-(``flat_norm="column"``, the default: keeps the pixel-to-pixel response and
-the slit illumination, removes the lamp's spectrum) or by its overall median
-(``"global"``). Pixels whose normalised flat is not finite or below 0.05 are
+The flats' median, minus the bias, is divided by its own running median
+(``flat_norm="pixel"``, the default: keeps the pixel-to-pixel response only;
+the sky fit models the slit's illumination from the sky, which a lamp lights
+otherwise), by its median along the slit (``"column"``: keeps the lamp's
+illumination of the slit, removes its spectrum) or by its overall median
+(``"global"``); see :func:`~specwidgets.batch.calibrations.normalise_flat`.
+Pixels whose normalised flat is not finite or below 0.05 are
 set to NaN in the science frame (the sky fit ignores them) and flagged with
 :data:`~specwidgets.io.fits_output.MASK_BADFLAT`. The arc is not flat-fielded.
 
@@ -1086,7 +1089,7 @@ def run_batch(
     warp_order=None,
     tolerance=None,
     fit_together=None,
-    flat_norm="column",
+    flat_norm="pixel",
     dtype="float32",
     workers=None,
     scheduler=None,
@@ -1169,7 +1172,9 @@ def run_batch(
     std_variation, line_order, warp_order, tolerance :
         Passed to :func:`find_cal_lines` and :func:`generate_warp_model`
         (defaults 50, 2, 1, 16).
-    flat_norm : {"column", "global"}
+    flat_norm : {"pixel", "column", "global"}
+        How the flat is normalised (default "pixel": the pixel-to-pixel
+        response only; see :func:`~specwidgets.batch.calibrations.normalise_flat`).
     dtype : {"float32", "float64"}
         Of the SCI, SKY and VAR images.
     workers : int, optional

@@ -287,7 +287,7 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
             how = prov.get("arc_combine", "median") if key == "arc" else "median"
             hdr[card] = (len(prov[key]), f"{what} frames combined ({how})")
     if prov.get("flat"):
-        hdr["SWFLNORM"] = (str(prov.get("flat_norm", "column")), "flat normalisation")
+        hdr["SWFLNORM"] = (str(prov.get("flat_norm", "pixel")), "flat normalisation")
     if prov.get("n_guesses") is not None:
         hdr["SWNGUESS"] = (int(prov["n_guesses"]), "arc-line guesses given to the warp fit")
 
