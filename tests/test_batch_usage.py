@@ -390,3 +390,31 @@ def test_outputs_record_the_gain_that_took_the_input_to_electrons(frames, tmp_pa
     summary = run_batch(plain, [_write(folder / "plain_arc.fits", frames.arc)], masks=[MASK],
                         out_dir=tmp_path / "out2", workers=1, processes=False, progress=False, read_noise=4.0)
     assert summary.ok and "SWINGAIN" not in fits.getheader(_outputs(tmp_path / "out2")[0])
+
+
+def test_the_local_cluster_does_not_ask_for_port_8787(monkeypatch):
+    """Beside another Dask cluster (a second run, a notebook's), batch says nothing about its dashboard's port."""
+    import socket
+    import warnings
+
+    from specwidgets.batch.runner import _open_client
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+        holder.listen()
+    except OSError:
+        pass  # taken already: the situation this test sets up
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client, to_close = _open_client(1, None, None, processes=False)
+            try:
+                link = client.dashboard_link
+            finally:
+                for item in to_close:
+                    item.close()
+    finally:
+        holder.close()
+    assert not [w for w in caught if "already in use" in str(w.message)], [str(w.message) for w in caught]
+    assert ":8787/" not in link

@@ -147,8 +147,12 @@ def add_batch_parser(subparsers):
     )
     p.add_argument("--std-variation", type=float, default=None, help="arc-line detection threshold (default 50)")
     p.add_argument("--tolerance", type=float, default=None, help="warp fit: line tracing tolerance (default 16)")
-    p.add_argument("--warp-order", type=_positive_or_zero, default=None, help="warp fit: order along the slit (default 1)")
-    p.add_argument("--line-order", type=_positive_or_zero, default=None, help="warp fit: order of each line (default 2)")
+    p.add_argument("--warp-order", type=_positive_or_zero, default=None,
+                   help="warp fit: polynomial order, along the dispersion (in column), of how the lines' shape "
+                        "changes across the frame (default 1)")
+    p.add_argument("--line-order", type=_positive_or_zero, default=None,
+                   help="warp fit: polynomial order of each line's column as a function of row, i.e. its curvature "
+                        "along the slit (default 2)")
     p.add_argument("--flat-norm", choices=FLAT_NORMS, default="pixel",
                    help="flat normalisation: pixel (default; the pixel-to-pixel response only, the sky fit models the "
                         "slit's illumination), column (keeps the lamp's illumination of the slit) or global")

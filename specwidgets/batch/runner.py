@@ -762,6 +762,11 @@ def _restore_environ(saved):
             os.environ[name] = value
 
 
+#: The local cluster's Dask dashboard: a free port on loopback. (None still
+#: asks for 8787, and warns "Port 8787 is already in use" beside another run.)
+_DASK_DASHBOARD = "127.0.0.1:0"
+
+
 def _open_client(workers, scheduler, client, processes, numba_threads=1):
     """Return ``(client, things to close)``."""
     if client is not None:
@@ -789,7 +794,7 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
         try:
             with dask.config.set(config):
                 cluster = LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=_DASK_DASHBOARD,
                     silence_logs=logging.ERROR,
                 )
         except Exception as exc:
@@ -809,7 +814,7 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
             _restore_environ(saved)
     else:
         cluster = LocalCluster(
-            n_workers=1, threads_per_worker=n, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+            n_workers=1, threads_per_worker=n, processes=False, dashboard_address=_DASK_DASHBOARD, silence_logs=logging.ERROR
         )
     c = Client(cluster, set_as_default=False)
     return c, [c, cluster]
