@@ -11,6 +11,7 @@ import argparse
 import functools
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,7 +87,8 @@ def test_command_without_arc_fits_the_warp_on_the_sky_lines(raw, tmp_path, monke
     # One line says so before the summary, which counts it without repeating it.
     before_summary, summary = err.split("specwidgets batch: 2 exposure(s)")
     assert sum("own sky lines" in line for line in before_summary.splitlines()) == 1
-    assert "own sky lines" not in summary and "1 note(s): printed above" in summary
+    assert "own sky lines" not in summary and "2 note(s): printed above" in summary
+    assert "no bias frames: nothing is subtracted" in before_summary
 
 
 def test_command_still_needs_science_files_and_a_mask(tmp_path, monkeypatch, capsys):
@@ -418,3 +420,29 @@ def test_the_local_cluster_does_not_ask_for_port_8787(monkeypatch):
         holder.close()
     assert not [w for w in caught if "already in use" in str(w.message)], [str(w.message) for w in caught]
     assert ":8787/" not in link
+
+
+def test_a_folder_as_science_leaves_out_its_calibration_frames(raw, tmp_path, monkeypatch, capsys):
+    """``specwidgets batch FOLDER``: bias and arc frames of the folder (by name or IMAGETYP) and files
+    given as calibrations are not fit as science, and each is named with the option that takes it."""
+    night = tmp_path / "night"
+    night.mkdir()
+    for k, path in enumerate(raw["science"][:2]):
+        shutil.copy(path, night / f"obj_{k}.fits")
+    shutil.copy(raw["arc"][0], night / "arc_0.fits")
+    zero = np.random.default_rng(5).normal(0.0, 4.0, SHAPE)  # bias-free frames: a bias of noise alone
+    fits.writeto(night / "bias_0.fits", zero)
+    typed = night / "frame_0001.fits"  # named like science, a bias by its header
+    fits.writeto(typed, zero, fits.Header([("IMAGETYP", "BIAS")]))
+    out = tmp_path / "out"
+    code = _cli(monkeypatch, [night, "--arc", night / "arc_0.fits", "--mask", "12:26", "--read-noise", "4",
+                              "--out", out, "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert sorted(p.name for p in _outputs(out)) == ["obj_0_sky.fits", "obj_1_sky.fits"]
+    assert "arc_0.fits: given as arc, so not science" in err
+    assert "bias_0.fits: bias in its name, so not science (give it as --bias to use it" in err
+    assert "frame_0001.fits: IMAGETYP = 'BIAS', so not science (give it as --bias to use it" in err
+    # A file named on its own (or by a pattern) is taken as the user gave it, whatever its name.
+    files, left_out = batch._science_files([night / "bias_0.fits", str(night / "frame_*.fits")], out, {})
+    assert [p.name for p in files] == ["bias_0.fits", "frame_0001.fits"] and left_out == []

@@ -820,6 +820,53 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
     return c, [c, cluster]
 
 
+# Which option takes a calibration frame that a science folder held.
+_CALIBRATION_OPTIONS = ((("bias", "zero"), "--bias"), (("arc", "lamp", "comp"), "--arc"), (("flat",), "--flat"))
+
+
+def _science_files(science, out_dir, calibrations):
+    """The science files of the arguments, and why each file they name is left out.
+
+    Not science: a file also given as a calibration (``--arc``, ``--bias``,
+    ``--flat``), an output of an earlier run in the output folder, and, among
+    the files of a *folder* given as science, a calibration frame
+    (:func:`specwidgets.io.folder.calibration_reason`: "flat", "dark",
+    "bias", "zero", "arc" or "lamp" as a word of its name, or ``IMAGETYP``
+    naming a bias, arc, flat, ...). A file
+    named on its own (or by a pattern) is taken as the user gave it.
+    """
+    from ..io.folder import ALL_CALIBRATION_WORDS, calibration_reason
+
+    given = {}
+    for role, items in calibrations.items():
+        try:
+            for path in _expand(items, role, must_exist=False):
+                given.setdefault(path, role)
+        except FileNotFoundError:
+            pass  # the calibrations' own reading names it
+    items = [science] if isinstance(science, (str, os.PathLike)) else list(science or [])
+    files, left_out, seen = [], [], set()
+    for item in items:
+        from_folder = Path(os.fspath(item)).expanduser().is_dir()
+        for path in _expand(item, "science", must_exist=False):
+            if path in seen:
+                continue
+            seen.add(path)
+            if path.parent == out_dir and path.name.endswith(OUTPUT_SUFFIX):
+                continue  # an earlier run's output
+            if path in given:
+                left_out.append(f"{path.name}: given as {given[path]}, so not science")
+                continue
+            why = calibration_reason(path, words=ALL_CALIBRATION_WORDS) if from_folder else ""
+            if why:
+                option = next((opt for words, opt in _CALIBRATION_OPTIONS if any(w in why.lower() for w in words)), "")
+                use = f"give it as {option} to use it, or " if option else ""
+                left_out.append(f"{path.name}: {why}, so not science ({use}name the file to fit it as science)")
+                continue
+            files.append(path)
+    return files, left_out
+
+
 def _check_outputs_unique(files):
     by_name = {}
     for p in files:
@@ -1241,12 +1288,10 @@ def run_batch(
     crop = None if crop is None else tuple(crop)
     _crop_pair(crop)
     out_dir = Path(os.fspath(out_dir)).expanduser().resolve()
-    # Outputs of an earlier run in a science folder are not science.
-    files = [
-        p for p in _expand(science, "science", must_exist=False)
-        if not (p.parent == out_dir and p.name.endswith(OUTPUT_SUFFIX))
-    ]
+    files, left_out = _science_files(science, out_dir, {"arc": arc, "bias": bias, "flat": flat})
     if not files:
+        if left_out:
+            raise ValueError("no science files left: " + "; ".join(left_out[:6]) + ("; ..." if len(left_out) > 6 else ""))
         raise ValueError("no science files given")
     _refuse_outputs_as_science(files)
     # The page's own exposures: fit together, as the page does (same sky).
@@ -1265,7 +1310,7 @@ def run_batch(
     read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     # The session folder's files not taken as science (flats, darks, outputs), as the page leaves them out.
-    summary.notes += [f"left out: {why}" for why in resolved["_left_out"]]
+    summary.notes += [f"left out: {why}" for why in [*resolved["_left_out"], *left_out]]
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()
@@ -1297,6 +1342,9 @@ def run_batch(
         shape = tuple(model.shape)
         warp_dict = model.to_dict()
         summary.warnings = list(model.quality_warnings) if model.traces is not None else []
+    if cal.bias is None:
+        summary.notes.append("no bias frames: nothing is subtracted (give --bias unless the frames are bias-subtracted "
+                             "already: a bias level left in makes them scatter less than the noise model predicts)")
     # One value from here to every fit and output header (SWMASK).
     ranges = RowRanges.coerce(masks, "masks").resolve(shape[0], "masks")
     summary.warp_model = warp_dict

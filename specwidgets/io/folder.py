@@ -74,15 +74,15 @@ _TYPE_CARDS = ("IMAGETYP", "OBSTYPE", "IMGTYPE", "FRAMETYP")
 _CALIBRATION_TYPES = ("FLAT", "DARK", "BIAS", "ZERO", "ARC", "COMP", "LAMP")
 
 
-def _calibration_name(relative_path):
-    """The calibration word in a file's path ("flat", "dark"), or "".
+def _calibration_name(relative_path, words=_CALIBRATION_WORDS):
+    """The calibration word in a file's path ("flat", "dark"; or one of ``words``), or "".
 
     Whole words of the path's names (``flat/``, ``dome_flat_3.fits``,
     ``Flats/``, ``darks.fits``), so ``darkcloud/`` or ``sci_flatfielded.fits``
     stay science.
     """
-    words = re.split(r"[^a-z]+", relative_path.lower())
-    return next((word for word in _CALIBRATION_WORDS if word in words or word + "s" in words), "")
+    found = re.split(r"[^a-z]+", relative_path.lower())
+    return next((word for word in words if word in found or word + "s" in found), "")
 
 
 def _calibration_type(header):
@@ -94,6 +94,37 @@ def _calibration_type(header):
         if value and any(kind in value for kind in _CALIBRATION_TYPES):
             return f"{card} = {value!r}"
     return ""
+
+
+#: The words by which a folder given to batch as science leaves out every
+#: calibration frame (the page's form claims arcs and biases by their tags first).
+ALL_CALIBRATION_WORDS = (*_CALIBRATION_WORDS, "bias", "zero", "arc", "lamp")
+
+
+def calibration_reason(path, relative_path=None, header=None, words=_CALIBRATION_WORDS):
+    """Why ``path`` is a calibration frame, not science (``"flat in its name"``, ``"IMAGETYP = 'BIAS'"``), or "".
+
+    The rule by which "every other file" as science (the page's blank
+    science tag, a folder given to batch as science) leaves a file out: a
+    calibration word of :data:`_CALIBRATION_WORDS` as a whole word of
+    ``relative_path`` (the path below the folder; default the file's name),
+    or a frame-type card (``IMAGETYP``, ``OBSTYPE``, ...) naming a flat,
+    dark, bias, zero, arc, comparison or lamp frame. ``words`` may be
+    :data:`ALL_CALIBRATION_WORDS`; ``header`` spares a second read when the
+    caller has it.
+
+    Examples
+    --------
+    >>> calibration_reason("night/flats/f1.fits", "flats/f1.fits")
+    'flat in its name'
+    >>> calibration_reason("night/bias_01.fits", words=ALL_CALIBRATION_WORDS)
+    'bias in its name'
+    """
+    path = Path(path)
+    why = _calibration_name(relative_path if relative_path is not None else path.name, words)
+    if why:
+        return f"{why} in its name"
+    return _calibration_type(header if header is not None else _first_header(path))
 
 
 def _first_header(path):
@@ -141,8 +172,7 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
                 # A tag matched an output folder's name ("arc" in out_onearc/).
                 why = "a specwidgets output (sky subtracted), not a raw frame"
             elif role == "science" and not tag:
-                why = _calibration_name(rel(path))
-                why = f"{why} in its name" if why else _calibration_type(header)
+                why = calibration_reason(path, rel(path), header)
                 why = f"{why}, so not science (give a science tag to take it)" if why else ""
             else:
                 why = ""
