@@ -441,3 +441,31 @@ def test_a_folder_of_only_calibrations_says_the_rest_are_flats(tmp_path):
         fits.writeto(tmp_path / name, np.ones((8, 32)))
     with pytest.raises(FileNotFoundError, match="left are not science frames .flat_1.fits: flat in its name"):
         load_folder(tmp_path, bias_tag="")
+
+
+def test_the_median_of_arcs_of_different_lamps_warns_that_it_lost_their_lines(tmp_path):
+    """Three arcs of three lamps: their median keeps almost no line; the loader says so (mode='sum' keeps them)."""
+    from specwidgets.io.loading import average_matching_files
+
+    rng = np.random.default_rng(4)
+    cols = np.arange(400)
+    centres = np.sort(rng.choice(np.arange(20, 380), 24, replace=False)).reshape(3, 8)
+    for k, lamp in enumerate(centres):
+        profile = sum(3000 * np.exp(-0.5 * ((cols - c) / 1.5) ** 2) for c in lamp)
+        image = 500 + profile[None, :] + rng.normal(0, 5, (60, 400))
+        fits.writeto(tmp_path / f"arc_{k}.fits", image.astype(np.float32))
+    with pytest.warns(UserWarning, match=r"the median of these 3 frames loses \d+ line\(s\).*mode='sum'"):
+        average_matching_files(tmp_path, tag="arc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summed = average_matching_files(tmp_path, tag="arc", mode="sum")
+    assert summed.shape == (60, 400)
+    # Three frames of one lamp (noise and rays apart): no warning.
+    for k in range(3):
+        image = 500 + sum(3000 * np.exp(-0.5 * ((cols - c) / 1.5) ** 2) for c in centres[0])[None, :]
+        image = image + rng.normal(0, 5, (60, 400))
+        image[rng.integers(0, 60, 5), rng.integers(0, 400, 5)] += 5000
+        fits.writeto(tmp_path / f"same_{k}.fits", image.astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        average_matching_files(tmp_path, tag="same")

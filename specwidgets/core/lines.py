@@ -269,7 +269,8 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
     if peaks.size == 0:
         best = float(np.nanmax(excess) / noise)
         across = _lines_across_rows(image)
-        if across:
+        # One or two bright rows are a source's trace (a science frame), not an arc turned.
+        if across >= 3:
             raise ValueError(
                 f"no line rises above std_variation={std_variation:g} times the noise in row {row} of the "
                 f"arc frame, but {across} stand out down its middle columns: its lines lie across the frame (each "
@@ -281,6 +282,8 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
             f"no line rises above std_variation={std_variation:g} times the noise "
             f"({noise:.3g} counts) in row {row}; the brightest peak reaches {best:.1f} "
             "times the noise: lower std_variation"
+            + (f", or check that this is the arc frame ({across} bright row(s) run along it, as a source's "
+               "trace does in a science frame)" if across else "")
         )
     if peaks.size < 3 and (across := _lines_across_rows(image)) > 2 * peaks.size:
         warnings.warn(

@@ -52,6 +52,7 @@ __all__ = [
     "MASK_MASKED",
     "MASK_REJECTED",
     "MASK_NONFINITE",
+    "MASK_BADCOLUMN",
     "MASK_BADFLAT",
     "OUTPUT_SUFFIX",
     "OutputState",
@@ -87,6 +88,8 @@ MASK_REJECTED = 2
 MASK_NONFINITE = 4
 #: Flat-field pixel unusable (normalised flat not finite or <= the floor): science set to NaN.
 MASK_BADFLAT = 8
+#: Detector column the fit found dead or hot (``SkyQuality.bad_columns``): its data are not usable.
+MASK_BADCOLUMN = 16
 
 #: Bit -> meaning of the ``MASK`` extension (bits combine with OR).
 MASK_BITS = {
@@ -94,6 +97,7 @@ MASK_BITS = {
     MASK_REJECTED: "sky pixel rejected by the fit (cosmic ray, hot pixel)",
     MASK_NONFINITE: "input pixel not finite, ignored",
     MASK_BADFLAT: "flat-field pixel unusable, science set to NaN",
+    MASK_BADCOLUMN: "detector column dead or hot, left out of the sky fit; data not usable",
 }
 
 _OPTION_CARDS = {
@@ -141,6 +145,9 @@ def mask_image(result, exposure=0, extra=None):
     if result.rejected is not None and np.size(result.rejected):
         mask[result.rejected[exposure]] |= MASK_REJECTED
     mask[~np.isfinite(result.data[exposure])] |= MASK_NONFINITE
+    bad = list(getattr(result.quality, "bad_columns", ()))
+    if bad:
+        mask[:, bad] |= MASK_BADCOLUMN
     if extra is not None:
         mask |= np.asarray(extra, np.uint8)
     return mask

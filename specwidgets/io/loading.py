@@ -420,13 +420,85 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
     n_rows = stack.shape[1]
     out = np.empty(stack.shape[1:], np.float64)
     block = np.empty((len(files), min(_MEDIAN_BLOCK_ROWS, n_rows), stack.shape[2]), np.float64)
+    # Each frame's and the median's column profile, to tell what the median lost.
+    profiles = np.zeros((len(files) + 1, stack.shape[2]))
     for r0 in range(0, n_rows, _MEDIAN_BLOCK_ROWS):
         r1 = min(r0 + _MEDIAN_BLOCK_ROWS, n_rows)
         work = block[:, : r1 - r0]
         for i, scale in enumerate(scales):
             np.multiply(stack[i, r0:r1], scale, out=work[i], dtype=np.float64, casting="unsafe")
+        if len(files) >= 3:
+            profiles[:-1] += _block_profile(work) * (r1 - r0)
         out[r0:r1] = np.median(work, axis=0, overwrite_input=True)
+        if len(files) >= 3:
+            profiles[-1] += _block_profile(out[None, r0:r1])[0] * (r1 - r0)
+    if len(files) >= 3:
+        lost = lost_lines(profiles[:-1] / n_rows, profiles[-1] / n_rows)
+        # (One line may differ between frames of one lamp: a saturated one, a ray along it.)
+        if len(lost) >= 3:
+            from specwidgets.core._warnings import warn_at_caller
+
+            where = ", ".join(str(c) for c in lost[:6]) + (", ..." if len(lost) > 6 else "")
+            warn_at_caller(
+                f"the median of these {len(files)} frames loses {len(lost)} line(s) that single frames hold (near "
+                f"columns {where}): arcs of different lamps? mode='sum' keeps every frame's lines (then subtract "
+                f"{len(files)} x the bias)"
+            )
     return out, metadata, getattr(reader, "name", "reader")
+
+
+def _block_profile(work):
+    """Each frame's column profile over a block of rows: the median of three row groups' means
+    (a cosmic ray lands in one group; a lamp line is in all)."""
+    n = work.shape[1]
+    if n < 3:
+        return work.mean(axis=1)
+    cuts = [0, n // 3, 2 * n // 3, n]
+    means = np.stack([work[:, a:b].mean(axis=1) for a, b in zip(cuts[:-1], cuts[1:])])
+    return np.median(means, axis=0)
+
+
+#: A frame's line is lost when it stands this many robust sigmas above the
+#: frame's smooth profile, and the combination keeps less than half of it.
+LOST_LINE_SIGMA = 10.0
+
+
+def lost_lines(frames, combined, width=15):
+    """Columns of the lines that single frames' profiles hold and ``combined`` keeps less than half of.
+
+    ``frames`` is ``(n_frames, n_cols)`` (column profiles), ``combined`` the
+    combination's profile. Each profile minus its running median over
+    ``width`` columns holds the lines; a line (a run of columns at least
+    :data:`LOST_LINE_SIGMA` noise sigmas up, and 5 % of the frame's brightest
+    line) is lost where the combination keeps less than half of its height.
+    Returns one column per lost line.
+
+    Examples
+    --------
+    >>> cols = np.arange(300)
+    >>> lamp = lambda centres: sum(1000 * np.exp(-0.5 * ((cols - c) / 1.5) ** 2) for c in centres)
+    >>> frames = np.stack([100 + lamp([50, 120]), 100 + lamp([200]), 100 + lamp([260])])
+    >>> lost_lines(frames, np.median(frames, axis=0))
+    [50, 120, 200, 260]
+    >>> lost_lines(frames, frames.sum(axis=0))
+    []
+    """
+    from scipy.ndimage import median_filter
+
+    frames = np.atleast_2d(np.asarray(frames, float))
+    combined = np.asarray(combined, float)
+    lines_c = combined - median_filter(combined, width, mode="nearest")
+    lost = np.zeros(frames.shape[1], bool)
+    for profile in frames:
+        lines = profile - median_filter(profile, width, mode="nearest")
+        # The profile's noise from its column-to-column differences (robust to the lines).
+        step = np.diff(profile)
+        sigma = 1.4826 * np.median(np.abs(step - np.median(step))) / np.sqrt(2.0)
+        # Lines that matter: well above the noise, and not faint beside the frame's brightest.
+        strong = (lines > LOST_LINE_SIGMA * max(sigma, 1e-12)) & (lines > 0.05 * lines.max())
+        lost |= strong & (lines_c < 0.5 * lines)
+    edges = np.flatnonzero(np.diff(np.r_[0, lost.astype(np.int8), 0]))
+    return [int(a + np.argmax(frames[:, a:b].max(axis=0))) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def collect_images_array(

@@ -821,6 +821,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     first = [None] * n_exp
     ratios = np.full((n_exp, n_rows), np.nan)
     rows = None  # each sample's row, once computed
+    bad_columns = []
     if need_first:
         # First pass: the plain sky S(e), light rejection, provisional noise.
         # It measures what the defaults need: the noise model, how the sky's
@@ -893,6 +894,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # first pass again without them: they must not pass for structure
         # (adaptive knots), shift or noise.
         hits = _far_above(samples.flux, level, ratios, rows, prov_gain, prov_rn, 8.0)
+        # Dead or hot detector columns: out of the refit and of the final fit
+        # (which would judge a whole column against a model it pulled).
+        bad_columns, suspects = _bad_columns(stack, masked_rows, samples, prov_gain, prov_rn)
         # The rays are blanked in the samples themselves and their values
         # put back before the final fit, which judges them anew: a copy of
         # the samples would be the first stage's largest array (127 MB on a
@@ -901,15 +905,19 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # reads only samples of ``used``, where nothing was blanked.
         clean = samples.flux
         ray_values = None
-        if hits.any():
+        if hits.any() or suspects is not None:
             if np.may_share_memory(flux_psub, clean):  # (all samples: a view of them)
                 flux_psub = flux_psub.copy()
+        if hits.any():
             ray_values = clean[hits]
             clean[hits] = np.nan
+        if suspects is not None:
+            clean[suspects] = np.nan
+        blanked = hits if suspects is None else hits | suspects
 
         def refit_and_shift(k):
             """Exposure ``k`` refit without its cosmic rays, then its sky lines' shift (if asked)."""
-            if hits[k].any():
+            if blanked[k].any():
                 # Started from the first pass (the same knots): one pass
                 # weighted by that model, not a data-weighted pass over every
                 # sample and then that one (a few cosmic rays cost a whole
@@ -929,14 +937,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 profile_of(k, prov_gain, prov_rn)  # its level moved with the shift
             return shift
 
-        if hits.any() or flexure_mode:
+        if blanked.any() or flexure_mode:
             shifts[:] = each_exposure(refit_and_shift)
         flexure_applied = bool(np.any(shifts != 0))
-        if hits.any():
+        bad_samples = suspects
+        if blanked.any():
             used = np.isfinite(clean)
         if flexure_applied:
             used = np.isfinite(clean) & ~np.stack([m.rejected for m in first])
-        if hits.any() or flexure_applied:
+        if blanked.any() or flexure_applied:
             last = combined()
         # The lines' width along the slit (the camera's focus): a broader
         # line holds the same light, so the brightness profile cannot see
@@ -1003,8 +1012,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                                                 max(coarse, spacing(order)))
         if ray_values is not None:
             clean[hits] = ray_values
+        if bad_samples is not None:
+            # The final fit would judge a whole column against a model the column pulled.
+            clean[bad_samples] = np.nan
         # Only the samples and the first-pass models go on to the final fit.
-        del clean, used, hits, ray_values, flux_psub, rows_psub
+        del clean, used, hits, blanked, ray_values, flux_psub, rows_psub
     else:
         source = _noise_source(noise[2], noise[3])
     fit_rows = masked_rows | unlit
@@ -1133,6 +1145,25 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     if progress:
         for k, model in enumerate(models):
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
+    gap_text = _gap_warning(models)
+    if gap_text:
+        warnings = list(warnings) + [gap_text]
+    n_fit, n_coef = _fitted_counts(models)
+    if n_fit < MIN_SAMPLES_PER_COEFFICIENT * n_coef:
+        # Few sky rows: the samples no longer cover each knot interval many
+        # times over (5 sky rows of 100: 3 sigma off on average, 30 at lines).
+        warnings = list(warnings) + [
+            f"Only {n_fit} sky samples for {n_coef} sky-model coefficients ({n_fit / max(n_coef, 1):.1f} each): "
+            "the sky between them is poorly measured, worst at the sky lines. Leave more sky rows unmasked, or "
+            "give a wider knot_spacing."
+        ]
+    if bad_columns:
+        listed = ", ".join(map(str, bad_columns[:8])) + (f" and {len(bad_columns) - 8} more" if len(bad_columns) > 8 else "")
+        warnings = list(warnings) + [
+            f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, as "
+            "no sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; "
+            "their own pixels (the science under them too) are not usable (quality.bad_columns)."
+        ]
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -1187,7 +1218,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     flexure = tuple(float(s) for s in shifts)
     _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
                                             flexure_applied, leak=max(leaks, key=lambda lr: lr[0]),
-                                            slit=slit_summary))
+                                            slit=slit_summary, bad_columns=bad_columns))
     return result
 
 
@@ -1509,8 +1540,101 @@ def _leak_warning(leak, row, masked_rows):
                    "for a method that does not model it).")
 
 
+#: Fewer sky samples than this per sky-model coefficient make the fit suspect.
+MIN_SAMPLES_PER_COEFFICIENT = 4
+
+#: A stretch of effective pixels this wide (or wider) without a sky sample is reported.
+GAP_WARN_PX = 1.0
+
+#: A column is bad when in at least this fraction of its sky rows it is a dip
+#: or spike by :data:`BAD_COLUMN_SIGMA` noise sigmas (see _bad_columns).
+BAD_COLUMN_FRACTION = 0.5
+BAD_COLUMN_SIGMA = 4.0
+BAD_COLUMN_SPIKE = 5.0
+#: Pixels each side a column is compared with (its continuum: the faintest of them).
+BAD_COLUMN_REACH = 12
+#: Fewer sky rows than this cannot tell a bad column from a narrow line that stays in one column.
+BAD_COLUMN_MIN_ROWS = 10
+
+
+def _dips_and_spikes(x, gain, rn_var):
+    """Where the middle of ``2 * BAD_COLUMN_REACH + 1`` pixels along the last axis is a dip or spike no sky makes.
+
+    A dip: below half the faintest of the others (sky is never fainter than
+    its continuum, which the valleys between lines nearby keep too). A
+    spike: above :data:`BAD_COLUMN_SPIKE` times the brightest of the four
+    within 2 px (a sky line 1.5 px wide, FWHM, peaks at 3.4 times the pixel
+    beside it).
+    With ``gain`` (None: means, no noise test) also off by
+    :data:`BAD_COLUMN_SIGMA` noise sigmas (a dip from the neighbours'
+    median, a spike from the brightest).
+    """
+    c = BAD_COLUMN_REACH
+    mid = x[..., c]
+    others = np.delete(x, c, axis=-1)
+    low = np.min(others, axis=-1)
+    high = np.max(x[..., [c - 2, c - 1, c + 1, c + 2]], axis=-1)
+    dip, spike = mid < 0.5 * low, mid > BAD_COLUMN_SPIKE * high
+    if gain is not None:
+        limit = BAD_COLUMN_SIGMA**2
+        # A dip's depth below the typical neighbour (the faintest one is itself pulled low by noise).
+        typical = np.median(others, axis=-1)
+        dip &= (typical - mid) ** 2 > limit * (np.clip(typical, 0, None) / gain + rn_var)
+        spike &= (mid - high) ** 2 > limit * (np.clip(high, 0, None) / gain + rn_var)
+    return dip | spike
+
+
+def _bad_columns(stack, masked_rows, samples, gain, read_noise):
+    """``(columns, samples)``: dead or hot detector columns, and (per exposure) every sky sample of them.
+
+    A column is bad when, in most of its sky rows, it is a dip or a spike
+    that no sky makes (:func:`_dips_and_spikes`). Only the columns whose mean
+    over the sky rows is such a dip or spike are examined row by row: one
+    pass over the frame. ``samples`` is None when there is none.
+    """
+    sky = ~np.asarray(masked_rows, bool)
+    n_sky = int(np.count_nonzero(sky))
+    n_exp, _, n_cols = stack.shape
+    reach = BAD_COLUMN_REACH
+    if n_sky < BAD_COLUMN_MIN_ROWS or n_cols < 2 * reach + 1:
+        return [], None
+    columns, flags = set(), None
+    rn_var = (read_noise / gain) ** 2
+    window = np.arange(-reach, reach + 1)
+    for k in range(n_exp):
+        with np.errstate(invalid="ignore"):
+            means = np.sum(stack[k], axis=0, where=sky[:, None]) / n_sky  # NaN columns: never candidates
+            inner = np.arange(reach, n_cols - reach)
+            cand = inner[_dips_and_spikes(means[inner[:, None] + window], None, 0.0)]
+            if not cand.size:
+                continue
+            x = np.asarray(stack[k][sky][:, cand[:, None] + window], dtype=float)  # (sky rows, candidates, window)
+            often = np.count_nonzero(_dips_and_spikes(x, gain, rn_var), axis=0) >= BAD_COLUMN_FRACTION * n_sky
+        bad = cand[often]
+        if not bad.size:
+            continue
+        is_bad = np.zeros(n_cols, bool)
+        is_bad[bad] = True
+        if flags is None:
+            flags = np.zeros((n_exp, samples.index.size), bool)
+        flags[k] = is_bad[samples.index % n_cols]
+        columns.update(int(c) for c in bad)
+    return sorted(columns), flags
+
+
+def _gap_warning(models):
+    """The warning for effective pixels the sky rows left without a sample (the B-spline bridges them), or ""."""
+    spans = sorted({(round(a, 1), round(b, 1)) for m in models for a, b in m.gaps() if b - a >= GAP_WARN_PX})
+    if not spans:
+        return ""
+    listed = ", ".join(f"{a:g}-{b:g}" for a, b in spans[:5]) + (f" and {len(spans) - 5} more" if len(spans) > 5 else "")
+    return (f"The sky rows hold no usable sample at effective pixels {listed}: the sky there is bridged smoothly "
+            "from both sides, not measured, and a sky line inside would be missed. NaN or bad columns in the sky "
+            "rows do this; method='median' leaves such pixels NaN.")
+
+
 def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied,
-            method="bspline", leak=None, slit=None):
+            method="bspline", leak=None, slit=None, bad_columns=()):
     """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap).
 
     ``leak`` is ``(leak, row)`` when measured before a slit correction (whose
@@ -1624,6 +1748,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         smooth_light=float(slit[1]) if slit else 0.0,
         warnings=warnings,
         suspect=bool(warnings),
+        bad_columns=tuple(bad_columns),
     )
 
 

@@ -122,6 +122,9 @@ class BSplineSky:
         Lower banded Cholesky factor of the final normal matrix
         ``A^T W A`` (plus the tiny guard), in ``scipy.linalg.cholesky_banded``
         layout, coefficients interleaved by knot. Used by ``model_variance``.
+    empty_intervals : ndarray of bool, shape (n_intervals,), or None
+        Knot intervals that no sample of the final fit reached (None: none);
+        the model bridges them from both sides (see :meth:`gaps`).
     """
 
     e_min: float
@@ -139,7 +142,19 @@ class BSplineSky:
     n_iterations: int
     converged: bool
     normal_cholesky: np.ndarray = field(repr=False)
+    empty_intervals: np.ndarray | None = field(default=None, repr=False)
     _cov_band: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def gaps(self):
+        """``[(start, stop), ...]``: ranges of the fitted coordinate without a sample, with samples on both
+        sides (bridged, not measured; beyond the last sample at either end the sky is held at its edge value)."""
+        if self.empty_intervals is None:
+            return []
+        flags = np.concatenate([[False], self.empty_intervals, [False]]).astype(np.int8)
+        starts = np.flatnonzero(np.diff(flags) == 1)
+        stops = np.flatnonzero(np.diff(flags) == -1)
+        return [(self.e_min + a * self.knot_spacing, self.e_min + b * self.knot_spacing)
+                for a, b in zip(starts, stops) if a > 0 and b < self.n_intervals]
 
     # -- geometry ----------------------------------------------------------
 
@@ -358,7 +373,49 @@ def _interval(value, name):
     return lo, hi
 
 
-def _add_guard(band, n_terms, strength, ridge_all=False):
+#: Relative strength (to the median of the normal matrix's diagonal) of the
+#: curvature penalty on coefficients whose own knot intervals hold no sample:
+#: it dominates the far tails that see them, so a gap is bridged smoothly.
+GAP_BRIDGE_STRENGTH = 1.0
+
+#: Runs of this many empty knot intervals (or more) are gaps for the bridge.
+GAP_MIN_INTERVALS = 1
+
+
+def _gap_rows(empty, n_basis):
+    """Second-difference rows that touch a coefficient whose central knot intervals are all empty.
+
+    Coefficient ``j``'s basis is largest on intervals ``j - 2`` and ``j - 1``;
+    only the far tails of its basis (values below 1/6) reach beyond. When
+    the samples leave those central intervals empty (a band of NaN columns,
+    a gap in the sky rows' coverage), the tails alone would set it and it
+    would follow their noise wildly (thousands of e- in a 10-column gap).
+    Coefficients at the ends of the range, whose central intervals lie
+    outside it, are not affected.
+    """
+    n_int = empty.size
+    # Gaps only: runs of GAP_MIN_INTERVALS or more empty intervals inside the
+    # range (sparse samples leave single intervals empty, which their
+    # neighbours' tails pin well enough; the range's ends are clamped).
+    flags = np.concatenate([[False], empty, [False]]).astype(np.int8)
+    starts, stops = np.flatnonzero(np.diff(flags) == 1), np.flatnonzero(np.diff(flags) == -1)
+    empty = np.zeros(n_int, bool)
+    for a, b in zip(starts, stops):
+        if b - a >= GAP_MIN_INTERVALS and a > 0 and b < n_int:
+            empty[a:b] = True
+    if not empty.any():
+        return None
+    j = np.arange(n_basis)
+    inside = [(j + d >= 0) & (j + d < n_int) for d in (-2, -1)]
+    central = [np.where(ok, empty[np.clip(j + d, 0, n_int - 1)], True) for ok, d in zip(inside, (-2, -1))]
+    weak = central[0] & central[1] & (inside[0] | inside[1])
+    if not weak.any() or n_basis < 3:
+        return None
+    # Row k of the second difference involves coefficients k, k+1, k+2.
+    return weak[:-2] | weak[1:-1] | weak[2:]
+
+
+def _add_guard(band, n_terms, strength, ridge_all=False, empty=None):
     """Add a tiny curvature penalty (and ridge) to the banded normal matrix.
 
     Knot intervals with few or no samples make ``A^T W A`` singular. Rather
@@ -373,6 +430,12 @@ def _add_guard(band, n_terms, strength, ridge_all=False):
     ``1e-3 * lam`` so that rows that cannot separate them (e.g. all samples
     on one row) leave them at zero, i.e. no spatial variation.
     ``ridge_all`` puts that ridge on ``S_0`` too (last-resort retry).
+
+    ``empty`` (one flag per knot interval: no sample in it) adds a penalty
+    of :data:`GAP_BRIDGE_STRENGTH` times the diagonal's median on the
+    second differences that touch a coefficient left without samples where
+    its basis is large (see :func:`_gap_rows`): a gap is then bridged by a
+    smooth curve from the coefficients around it.
     """
     diag = band[0]
     positive = diag[diag > 0]
@@ -396,9 +459,25 @@ def _add_guard(band, n_terms, strength, ridge_all=False):
         band[0, p::n_terms] += lam * (d0 + ridge)
         band[n_terms, p::n_terms][: n_basis - 1] += lam * d1
         band[2 * n_terms, p::n_terms][: n_basis - 2] += lam * d2
+    gap = None if empty is None else _gap_rows(empty, n_basis)
+    if gap is None:
+        return
+    # D2^T diag(w) D2 with w on the second differences that touch a gap.
+    w = GAP_BRIDGE_STRENGTH * scale * gap
+    g0 = np.zeros(n_basis)
+    g0[:-2] += w
+    g0[1:-1] += 4.0 * w
+    g0[2:] += w
+    g1 = np.zeros(max(n_basis - 1, 0))
+    g1[:-1] -= 2.0 * w
+    g1[1:] -= 2.0 * w
+    for p in range(n_terms):
+        band[0, p::n_terms] += g0
+        band[n_terms, p::n_terms][: n_basis - 1] += g1
+        band[2 * n_terms, p::n_terms][: n_basis - 2] += w
 
 
-def _solve(band, rhs, n_terms, guard):
+def _solve(band, rhs, n_terms, guard, empty=None):
     """Cholesky-solve the guarded banded system; return (coef, cholesky).
 
     If the factorisation fails (the guard was too weak or turned off), retry
@@ -408,7 +487,7 @@ def _solve(band, rhs, n_terms, guard):
     strengths = [guard] + [max(guard, 1e-12) * 1e3**k for k in (1, 2, 3)]
     for attempt, strength in enumerate(strengths):
         work = band.copy()
-        _add_guard(work, n_terms, strength, ridge_all=attempt == len(strengths) - 1)
+        _add_guard(work, n_terms, strength, ridge_all=attempt == len(strengths) - 1, empty=empty)
         try:
             chol = cholesky_banded(work, lower=True, check_finite=False)
         except LinAlgError:
@@ -433,6 +512,9 @@ class _NormalEquations:
         n_coef = (self.n_int + 3) * self.n_terms
         self.band = np.zeros((4 * self.n_terms, n_coef))
         self.rhs = np.zeros(n_coef)
+        #: Knot intervals without a sample in the last pass (None: none), for the gap bridge.
+        self.empty = None
+        self.bridge_gaps = True
         n_loc = 4 * self.n_terms
         if self.n_terms == 1:
             # Large fits are split between the cores; small ones are not
@@ -494,6 +576,10 @@ class _NormalEquations:
                 n_changed = _normal_pass_chunked(*args, self.acc)
                 acc = self.acc.sum(axis=0)
             _general_to_band(acc, self.band, self.rhs, self.n_terms)
+        # An interval no sample reached has all its sums zero (a sample adds w B_k^2 > 0).
+        if self.bridge_gaps:
+            occupied = np.any(acc.reshape(self.n_int, -1) != 0.0, axis=1)
+            self.empty = None if occupied.all() else ~occupied
         return n_changed
 
 
@@ -574,7 +660,7 @@ def _iterate(normal, rejected, max_iterations, guard, start=None):
     """
     if start is None:
         normal.accumulate(None, rejected)
-        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard)
+        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty)
     else:
         coef = start
         max_iterations = max(max_iterations, 1)
@@ -582,7 +668,7 @@ def _iterate(normal, rejected, max_iterations, guard, start=None):
         n_changed = normal.accumulate(coef, rejected)
         # Even when no flag changed, solve again: the weights now come from
         # the model rather than from the data (or an older model).
-        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard)
+        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty)
         # Samples sitting on the threshold can flip back and forth for ever;
         # when fewer than 0.1% change, their weight in the fit is far below
         # the noise, so the rejected set counts as converged.
@@ -607,7 +693,7 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
                     knot_spacing=None, read_noise=0.0, gain=1.0,
                     reject_sigma=4.0, max_iterations=6, extent=None,
                     min_variance=None, singular_guard=DEFAULT_SINGULAR_GUARD,
-                    initial=None):
+                    initial=None, bridge_gaps=True):
     """Fit a Kelson-style B-spline sky to the sky samples of one exposure.
 
     Parameters
@@ -647,6 +733,10 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         sampled knot intervals from making the system singular; 0 turns it
         off (a failed factorisation is still retried with a guard). See
         Notes.
+    bridge_gaps : bool
+        Bridge gaps in the samples (runs of :data:`GAP_MIN_INTERVALS` or
+        more empty knot intervals inside the range) smoothly from both sides
+        (default); False leaves them to the tiny guard alone. See Notes.
     initial : BSplineSky, optional
         A previous fit to start from instead of the data-weighted initial
         fit, used when it has the same knots and spatial order (give an
@@ -682,9 +772,13 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
     ``singular_guard`` (and a tiny ridge on the spatial terms) is added to
     the normal matrix, so coefficients without data are bridged by a
     straight line rather than making the system singular; knots are never
-    moved. Coefficients that only the far tail of their basis function
-    sees stay data-driven and noisy, so inside a gap wider than a few knot
-    spacings the model is finite but not meaningful.
+    moved. Coefficients that only the far tail of their basis function sees
+    would follow that tail's noise wildly (thousands of e- inside a band of
+    NaN columns): where ``bridge_gaps`` finds a gap, the second differences
+    of the coefficients about it get a penalty as strong as the data's
+    median weight, so the model bridges it by a smooth curve from both
+    sides. It is not measured there (:meth:`BSplineSky.gaps` lists the
+    ranges; :func:`~specwidgets.fit_sky` warns of those 1 px or wider).
 
     Examples
     --------
@@ -749,6 +843,7 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         and initial.row_range == row_range
     ):
         start = np.ascontiguousarray(initial.coefficients.ravel())
+    normal.bridge_gaps = bool(bridge_gaps)
     coef, chol, n_iterations, converged = _iterate(normal, rejected, max_iterations,
                                                    singular_guard, start)
     return BSplineSky(
@@ -767,6 +862,7 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         n_iterations=n_iterations,
         converged=converged,
         normal_cholesky=chol,
+        empty_intervals=normal.empty,
     )
 
 
@@ -1034,7 +1130,7 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
         # The mean of n exposures has the noise of one with n times the gain
         # and sqrt(n) times the read noise (in those units).
         first = fit_bspline_sky(et, mean_flux[train], knot_spacing=first_spacing, read_noise=read_noise * math.sqrt(n_exp),
-                                gain=gain * n_exp, extent=extent, max_iterations=1)
+                                gain=gain * n_exp, extent=extent, max_iterations=1, bridge_gaps=False)
         costs = _spacing_costs(grid, first(grid), gain, read_noise, max(n_rows / 2, 1), fine, coarse,
                                first_spacing, n_exp, spatial_order)
         yt, yh = (None, None) if yf is None else (yf[train], yf[test])
@@ -1043,7 +1139,7 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
             u = _coordinate_from_costs(grid, costs, c)
             model = fit_bspline_sky(np.interp(et, grid, u), ft, yt, spatial_order=spatial_order, row_range=row_range,
                                     knot_spacing=1.0, read_noise=read_noise, gain=gain, extent=(0.0, float(u[-1])),
-                                    max_iterations=1)
+                                    max_iterations=1, bridge_gaps=False)
             m = model(np.interp(eh, grid, u), yh)
             var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
             # Fit to half the rows, the model's variance at the held-out
@@ -1113,6 +1209,10 @@ class StretchedBSplineSky:
         """Interior knots in effective pixels."""
         u = self.inner.e_min + self.inner.knot_spacing * np.arange(self.inner.n_intervals + 1)
         return np.interp(u, self.table_u, self.table_e)
+
+    def gaps(self):
+        """``[(start, stop), ...]`` in effective pixels: ranges without a sample (bridged, not measured)."""
+        return [tuple(np.interp([a, b], self.table_u, self.table_e)) for a, b in self.inner.gaps()]
 
     def __call__(self, effpix, rows=None):
         return self.inner(self.to_u(effpix), rows)

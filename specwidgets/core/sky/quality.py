@@ -150,6 +150,9 @@ class SkyQuality:
         rows [px] (0 when not refined).
     warp_note : str
         What the sky-line measurement found, in a sentence (empty when not tried).
+    bad_columns : tuple of int
+        Detector columns found dead or hot (a dip or spike no sky makes, in
+        most sky rows): left out of the sky fit; their own data are not usable.
     """
 
     rejected_fraction: float
@@ -170,6 +173,7 @@ class SkyQuality:
     warp_source: str = "arc"
     warp_shift: float = 0.0
     warp_note: str = ""
+    bad_columns: tuple = ()
 
     def header_cards(self):
         """FITS header cards ``(keyword, value, comment)`` describing the fit.
@@ -200,6 +204,7 @@ class SkyQuality:
             ("SKYILLUM", round(float(self.illumination), 5), "slit illumination range corrected"),
             ("SKYLIGHT", round(float(self.smooth_light), 4), "smooth extra light fit [data units]"),
             ("SKYUNLIT", unlit[:60], "unlit rows left out of the sky fit"),
+            ("SKYBADC", (",".join(map(str, self.bad_columns)) or "none")[:60], "dead/hot columns left out of sky fit"),
             ("SKYWARP", self.warp_source[:60], "warp used by the sky fit"),
             ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
             ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
