@@ -102,3 +102,19 @@ def test_too_few_sky_rows_make_the_fit_suspect(night):
     enough = sw.fit_sky(np.asarray(f.science), warp, (0, 90))  # 10 sky rows: 0.4 sigma RMS
     assert not enough.quality.warnings
     assert float(np.sqrt(np.mean(((np.asarray(enough.background) - f.sky) / sigma) ** 2))) < 0.6
+
+
+def test_unsigned_subtraction_that_wrapped_is_named(night):
+    f, warp, _ = night
+    raw = (np.round(np.asarray(f.science)) + 480).astype(np.uint16)
+    bias = np.full(raw.shape[1:], 560, np.uint16)  # above the faint sky: those pixels go below zero
+    with pytest.warns(UserWarning, match=r"raw.astype\(float\) - bias"):
+        sw.fit_sky(raw - bias, warp, f.trace_rows)
+    saturated = raw.copy()
+    saturated[:, 40:50, :] = 65535  # a saturated star: one ceiling, not a wrap
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sw.fit_sky(saturated, warp, f.trace_rows)
+    assert not [w for w in caught if "wraps" in str(w.message)]

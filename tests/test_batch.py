@@ -721,3 +721,12 @@ def test_local_processes_leave_this_process_environment_alone():
             thing.close()
     # ... and this process has its own back.
     assert {name: os.environ.get(name) for name in names} == before
+
+
+@pytest.mark.parametrize("value", [0.0, -50.0, np.nan])
+def test_an_unusable_flat_is_refused_before_any_fit(raw, tmp_path, value):
+    flats = [_write(raw["folder"] / f"badflat_{i}.fits", np.full(SHAPE, value) + BIAS_LEVEL) for i in range(2)]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"the flat frames \(badflat_0.fits, badflat_1.fits\) are unusable in 100 %"):
+        _api(raw, out, flat=flats)
+    assert not out.exists()

@@ -99,19 +99,21 @@ def normalise_flat(flat, how="pixel"):
     if how not in FLAT_NORMS:
         raise ValueError(f"unknown flat normalisation {how!r}; choose one of {', '.join(FLAT_NORMS)}")
     if how == "pixel":
+        from scipy.ndimage import uniform_filter1d
+
         from ..core.extract import running_median_rows
 
         flat = np.asarray(flat, dtype=np.float64)
-        from scipy.ndimage import uniform_filter1d
-
         # A median along the dispersion (bad columns and cosmic rays go), then a
         # mean along the slit (a fifth of a second median's noise, no row lost).
         smooth = uniform_filter1d(running_median_rows(flat, PIXEL_FLAT_WINDOW), PIXEL_FLAT_WINDOW, axis=0,
                                   mode="nearest")
-        level = np.nanmedian(smooth)
+        finite = np.isfinite(smooth)
+        level = np.median(smooth[finite]) if finite.any() else np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             lit = smooth > PIXEL_FLAT_LIT * level
-            out = np.where(lit, flat / np.where(lit, smooth, 1.0), 1.0)
+            # Unlit by the lamp: no response measured (1); not finite: unusable (NaN).
+            out = np.where(lit, flat / np.where(lit, smooth, 1.0), np.where(np.isfinite(flat), 1.0, np.nan))
         out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
         return out
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -186,6 +188,23 @@ def prepare_calibrations(
             _check_shape(raw_flat, bias_img, "flat", "bias")
             raw_flat -= bias_img
         flat_img = normalise_flat(raw_flat, flat_norm)
+        # Lit: well above the flat's own pixel noise (a flat of bias alone is
+        # noise about zero, half of it "positive").
+        steps = np.abs(np.diff(raw_flat, axis=1))
+        steps = steps[np.isfinite(steps)]
+        bad = 1.0
+        if steps.size:
+            noise = 1.4826 * np.median(steps) / np.sqrt(2.0)
+            with np.errstate(invalid="ignore"):
+                lit = np.isfinite(flat_img) & (raw_flat > 3.0 * noise)
+            if np.nanmedian(raw_flat) > 3.0 * noise:
+                bad = 1.0 - np.count_nonzero(lit) / flat_img.size
+        if bad > 0.5:
+            names = ", ".join(p.name for p in flat_files[:4]) + (", ..." if len(flat_files) > 4 else "")
+            raise ValueError(
+                f"the flat frames ({names}) are unusable in {100 * bad:.0f} % of the pixels (the bias-subtracted "
+                f"median is not well above its noise, or not finite, there): check --flat, or leave it out"
+            )
     if len(units) > 1:
         raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
     if warp_model is None and arc_img is None:

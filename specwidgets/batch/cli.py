@@ -17,10 +17,10 @@ __all__ = ["add_batch_parser", "main", "run_batch_command"]
 
 
 # ------------------------------------------------------------------ command line
-def _ranges_arg(text):
+def _ranges_arg(text, option="--mask"):
     """``--mask``: row ranges as text (``20:100`` or ``20:100,104:113``), a :class:`RowRanges`."""
     try:
-        ranges = RowRanges.parse(text, "--mask")
+        ranges = RowRanges.parse(text, option)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected START:STOP (integers, e.g. 680:800): {exc}") from None
     if not ranges:
@@ -30,7 +30,7 @@ def _ranges_arg(text):
 
 def _range_arg(text):
     """``--crop``: one row range ``START:STOP``, as a pair."""
-    ranges = _ranges_arg(text)
+    ranges = _ranges_arg(text, "--crop")
     if len(ranges) != 1:
         raise argparse.ArgumentTypeError(f"expected one START:STOP range; got {text!r}")
     return ranges[0]

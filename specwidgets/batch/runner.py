@@ -1288,6 +1288,8 @@ def run_batch(
     crop = None if crop is None else tuple(crop)
     _crop_pair(crop)
     out_dir = Path(os.fspath(out_dir)).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output folder {out_dir} is a file: give a folder (it is made when missing)")
     files, left_out = _science_files(science, out_dir, {"arc": arc, "bias": bias, "flat": flat})
     if not files:
         if left_out:

@@ -107,7 +107,28 @@ def _real_array(value, name):
         )
     if kind not in "iuf":
         raise TypeError(f"{name} holds {raw.dtype} values, not numbers; expected a numeric (int or float) array")
+    if kind == "u" and raw.size:
+        _check_wrapped(raw, name)
     return raw.astype(np.float64, copy=False)
+
+
+def _check_wrapped(raw, name):
+    """Warn when unsigned values crowd both ends of their range: a subtraction that went below zero wrapped."""
+    top = np.iinfo(raw.dtype).max
+    sample = raw.ravel()[:: max(1, raw.size // 100_000)]
+    near_top = sample[sample > top - top // 16]
+    high = near_top.size
+    low = np.count_nonzero(sample < top // 16)
+    # Saturated pixels pile up at one ceiling; wrapped negatives spread below the top.
+    spread = high and np.count_nonzero(near_top == near_top.max()) < 0.5 * high
+    if spread and high > 0.01 * sample.size and low > 0.01 * sample.size:
+        from ._warnings import warn_at_caller
+
+        warn_at_caller(
+            f"{name} is {raw.dtype} with {100 * high / sample.size:.0f} % of its values near {top} and "
+            f"{100 * low / sample.size:.0f} % near 0: an unsigned subtraction (raw - bias) that went below zero "
+            f"wraps around to {top}. Subtract in floating point: raw.astype(float) - bias"
+        )
 
 
 def _ragged(name, exc):

@@ -643,8 +643,13 @@ def fit_sky(
             warp_model, refinement = cached_refinement(stack, warp_model, masked_rows, first_look)
     emap = warp_model.effpix_map((n_rows, n_cols))
     samples = sky_samples(stack, warp_model, masked_rows)
-    if not np.isfinite(samples.flux).any():
+    finite = np.isfinite(samples.flux).any(axis=1)
+    if not finite.any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
+    if not finite.all():
+        empty = ", ".join(str(k) for k in np.flatnonzero(~finite))
+        raise ValueError(f"exposure(s) {empty} of {n_exp} have no finite pixel in the sky rows (all NaN or inf): "
+                         "leave them out of the stack")
     samples_box = [samples]
     del samples
 
@@ -652,15 +657,22 @@ def fit_sky(
         # Warm starts went: a warm start could stop at another rejected set,
         # so a result would depend on the fits before it, not on its inputs.
         raise TypeError("fit_sky takes no initial= (warm start): each fit starts fresh from its inputs")
-    if method == "median":
-        if options:
-            raise TypeError(f"method='median' takes no options; got {sorted(options)}")
-        result = _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                             (read_noise, gain, rn_source, gain_source), progress)
-    else:
-        result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                              (read_noise, gain, rn_source, gain_source), progress, options, first_look)
-        result.options["sky_warp"] = sky_warp
+    if method == "median" and options:
+        raise TypeError(f"method='median' takes no options; got {sorted(options)}")
+    try:
+        if method == "median":
+            result = _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
+                                 (read_noise, gain, rn_source, gain_source), progress)
+        else:
+            result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
+                                  (read_noise, gain, rn_source, gain_source), progress, options, first_look)
+            result.options["sky_warp"] = sky_warp
+    except ValueError as exc:
+        if not str(exc).startswith("too few samples"):
+            raise
+        n_sky = int(np.count_nonzero(~masked_rows))
+        raise ValueError(f"the mask {ranges.text} leaves {n_sky} sky row(s) of {n_rows}: too few to measure the sky "
+                         f"({exc}); mask fewer rows") from None
     result.warp_model = warp_model
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
@@ -802,6 +814,13 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             raise ValueError(f"knot_threshold must be a finite number > 0, or None (chosen on held-out rows); "
                              f"got {knot_threshold!r}")
         knot_threshold = float(knot_threshold)
+    unknown = sorted(set(options) - _PASSED_TO_BSPLINE)
+    if unknown:
+        raise TypeError(
+            f"fit_sky got unknown option(s) {', '.join(map(repr, unknown))}; the B-spline's options are "
+            f"{', '.join(_FIT_SKY_BSPLINE_OPTIONS + tuple(sorted(_PASSED_TO_BSPLINE)))} (the effective-pixel "
+            "extent, rows and row range come from the frames and the mask)"
+        )
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
 
@@ -1539,6 +1558,11 @@ def _leak_warning(leak, row, masked_rows):
                    "the slit the sky model does not follow (a bias level left in, or the slit's illumination "
                    "for a method that does not model it).")
 
+
+#: fit_sky's own B-spline options, and those it hands on to fit_bspline_sky as given.
+_FIT_SKY_BSPLINE_OPTIONS = ("spatial_order", "unlit", "flexure", "sky_warp", "slit_correction", "knots",
+                            "knot_spacing", "coarse_spacing", "knot_threshold")
+_PASSED_TO_BSPLINE = {"reject_sigma", "max_iterations", "min_variance", "singular_guard"}
 
 #: Fewer sky samples than this per sky-model coefficient make the fit suspect.
 MIN_SAMPLES_PER_COEFFICIENT = 4
