@@ -118,3 +118,58 @@ def test_unsigned_subtraction_that_wrapped_is_named(night):
         warnings.simplefilter("always")
         sw.fit_sky(saturated, warp, f.trace_rows)
     assert not [w for w in caught if "wraps" in str(w.message)]
+
+
+def test_arc_lines_with_nan_cores_are_left_out_with_a_warning(night):
+    f, _, _ = night
+    arc = np.array(f.arc, dtype=float)
+    locs, _ = sw.find_cal_lines(arc)
+    line = locs[np.argmin(np.abs(locs - 200))]
+    c = int(round(line))
+    arc[:, c - 1:c + 1] = np.nan
+    with pytest.warns(UserWarning, match="arc line.* left out: NaN or inf pixels"):
+        found, _ = sw.find_cal_lines(arc)
+    # Not split into two lines at its flanks, nor moved: left out.
+    assert not np.any(np.abs(found - line) < 4) and found.size == locs.size - 1
+
+
+def test_bad_arguments_are_named(night, tmp_path):
+    f, warp, _ = night
+    science = np.asarray(f.science)
+    with pytest.raises(TypeError, match="fit_sky got unknown option.*'foo'.*knot_spacing"):
+        sw.fit_sky(science, warp, f.trace_rows, foo=1)
+    with pytest.raises(ValueError, match=r"the mask 0:99 leaves 1 sky row\(s\) of 100"):
+        sw.fit_sky(science, warp, (0, 99))
+    holed = science.copy()
+    holed[1] = np.nan
+    with pytest.raises(ValueError, match=r"exposure\(s\) 1 of 2 have no finite pixel"):
+        sw.fit_sky(holed, warp, f.trace_rows)
+    with pytest.raises(ValueError, match="spreads the frame's 800 columns over"):
+        sw.fit_sky(science, sw.WarpModel.from_tilt((100, 800), tilt=2000), f.trace_rows)
+    for make, words in ((lambda: sw.WarpModel.identity((-3, 10)), "both >= 1"),
+                        (lambda: sw.WarpModel.identity((10, 20), ref_row=50), "ref_row 50 is outside"),
+                        (lambda: sw.WarpModel.from_tilt((100, 800), tilt=np.nan), "NaN or infinite"),
+                        (lambda: sw.WarpModel.from_dict({}), "needs shape")):
+        with pytest.raises(ValueError, match=words):
+            make()
+    with pytest.raises(TypeError, match="guess is None"):
+        sw.generate_warp_model(np.asarray(f.arc), None)
+    with pytest.raises(ValueError, match="saturation must be above 0"):
+        sw.find_cal_lines(np.asarray(f.arc), saturation=-5)
+    with pytest.raises(TypeError, match="ImageViewer takes a SkyState, not ndarray"):
+        sw.ImageViewer(science[0])
+    from specwidgets.io.loading import read_frame
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_frame(tmp_path / "nope.fits")
+
+
+def test_a_masked_array_leaves_its_masked_pixels_out(night):
+    f, warp, _ = night
+    science = np.asarray(f.science)
+    hot = science.copy()
+    hot[:, 5, 100:110] = 1e6
+    masked = np.ma.masked_array(hot, mask=hot > 1e5)
+    nan = np.where(hot > 1e5, np.nan, hot)
+    assert np.array_equal(sw.fit_sky(masked, warp, f.trace_rows).background,
+                          sw.fit_sky(nan, warp, f.trace_rows).background)

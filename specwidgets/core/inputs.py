@@ -82,6 +82,11 @@ def _real_array(value, name):
     """
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} is a {type(value).__name__}; expected an array of numbers")
+    if isinstance(value, np.ma.MaskedArray):
+        # Masked pixels are bad pixels: NaN, which every fit leaves out.
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"{name} is a masked array of {value.dtype}; expected numbers")
+        return np.ma.filled(value.astype(np.float64), np.nan)
     try:
         raw = np.asarray(value)
     except ValueError as exc:

@@ -257,6 +257,8 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
     """
     image = as_image(image, "image (the arc frame)")
     std_variation = check_number(std_variation, "std_variation", minimum=0, strict_minimum=True)
+    if saturation is not None:
+        saturation = check_number(saturation, "saturation", minimum=0, strict_minimum=True)
     profile, row = row_profile(image, row)
     finite = np.isfinite(profile)
     if finite.sum() < 8:
@@ -311,6 +313,20 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
         peaks = peaks[~saturated]
     half = min(4, (profile.size - 1) // 2)
     cols = window_indices(peaks, half, profile.size)
+    holed = ~finite[cols].all(axis=1)
+    if holed.any():
+        # A NaN or inf core, filled with the continuum, splits a line into two
+        # peaks at its flanks; either centre would be off by a pixel or more.
+        where = ", ".join(f"{c}" for c in peaks[holed][:8]) + (", ..." if holed.sum() > 8 else "")
+        if holed.all():
+            raise ValueError(f"every line found in row {row} of the arc frame has NaN or inf pixels within "
+                             f"{half} columns of its peak (columns {where}): those pixels cannot be measured")
+        warnings.warn(
+            f"{int(holed.sum())} arc line(s) left out: NaN or inf pixels within {half} columns of the peak (near "
+            f"columns {where}) would bias their centres",
+            UserWarning, stacklevel=2,
+        )
+        peaks, cols = peaks[~holed], cols[~holed]
     mu, _, _, _, ok = fit_gaussian_windows(cols, filled[cols])
     # A peak the Gaussian cannot fit is a shoulder of a blend, not a clean
     # line; and two peaks that converge on one line are one line.

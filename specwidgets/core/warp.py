@@ -99,12 +99,28 @@ class WarpModel:
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        # Checked here, so that every constructor (identity, from_tilt, from_dict, replace) says what is wrong.
+        try:
+            shape = tuple(int(s) for s in self.shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"the warp model's shape must be (rows, cols) integers; got {self.shape!r}") from None
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"the warp model's shape must be (rows, cols), both >= 1; got {self.shape!r}")
+        if not 0 <= int(self.ref_row) < shape[0]:
+            raise ValueError(f"ref_row {self.ref_row} is outside the frame's {shape[0]} rows (0 to {shape[0] - 1})")
         coefficients = np.array(np.atleast_2d(np.asarray(self.coefficients, dtype=float)))
         if coefficients.size == 0:
             coefficients = np.zeros((0, 1))
+        if not np.isfinite(coefficients).all():
+            raise ValueError("the warp model's coefficients hold NaN or infinite values (a tilt or curvature of NaN?)")
+        for name in ("row_scale", "col_centre", "col_scale"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or (name != "col_centre" and value <= 0):
+                raise ValueError(f"the warp model's {name} must be a finite number{'' if name == 'col_centre' else ' > 0'}; "
+                                 f"got {getattr(self, name)!r}")
         coefficients.setflags(write=False)
         # Frozen: the normalised values go in through object.__setattr__.
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "ref_row", int(self.ref_row))
         object.__setattr__(self, "coefficients", coefficients)
         object.__setattr__(self, "quality_warnings", tuple(str(w) for w in self.quality_warnings))
@@ -128,7 +144,7 @@ class WarpModel:
     @classmethod
     def identity(cls, shape: tuple[int, int], ref_row: int | None = None) -> WarpModel:
         """A model with straight, vertical lines: ``effpix_map[y, x] == x``."""
-        n_rows, n_cols = shape
+        n_rows, n_cols = _shape_pair(shape)
         ref = n_rows // 2 if ref_row is None else int(ref_row)
         return cls(shape, ref, np.zeros((0, 1)), float(n_rows), (n_cols - 1) / 2, max((n_cols - 1) / 2, 1.0))
 
@@ -142,7 +158,7 @@ class WarpModel:
         column at both ends of the slit moves by ``curvature`` pixels relative
         to a straight line.
         """
-        n_rows, n_cols = shape
+        n_rows, n_cols = _shape_pair(shape)
         ref = n_rows // 2 if ref_row is None else int(ref_row)
         row_scale = float(n_rows)
         tilt_coeffs = np.atleast_1d(np.asarray(tilt, dtype=float))
@@ -355,6 +371,10 @@ class WarpModel:
     @classmethod
     def from_dict(cls, values):
         """Rebuild a model written by :meth:`to_dict`."""
+        missing = [k for k in ("shape", "ref_row", "coefficients", "row_scale", "col_centre", "col_scale")
+                   if k not in values]
+        if missing:
+            raise ValueError(f"a warp model's dict needs {', '.join(missing)} (as WarpModel.to_dict writes it)")
         return cls(
             tuple(values["shape"]),
             int(values["ref_row"]),
@@ -363,6 +383,14 @@ class WarpModel:
             float(values["col_centre"]),
             float(values["col_scale"]),
         )
+
+
+def _shape_pair(shape):
+    try:
+        n_rows, n_cols = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (rows, cols); got {shape!r}") from None
+    return n_rows, n_cols
 
 
 # ---------------------------------------------------------------------- fitting
@@ -377,6 +405,8 @@ def _check_orders(line_order, warp_order, n_rows):
 
 
 def _check_guesses(guess, n_cols):
+    if guess is None:
+        raise TypeError("guess is None: give the arc lines' columns (the first value find_cal_lines returns)")
     try:
         arr = np.asarray(guess, dtype=float)
     except (TypeError, ValueError):

@@ -36,6 +36,7 @@ from ..display.debounce import Debounced, running_loop
 from ..display.plotting import plot_image
 from ..display.raster import NORMS, display_limits
 from .navigation import HAVE_IPYEVENTS, CursorReadout
+from .state import require_state
 from .status import StatusBar
 
 __all__ = ["ImageViewer", "VIEWS"]
@@ -117,6 +118,7 @@ class ImageViewer(ipywidgets.VBox):
     active_range = tl.Int(0)
 
     def __init__(self, state, *, status=None, figsize=None, debounce=0.03, prerender_delay=0.15, **kwargs):
+        require_state(state, "ImageViewer")
         super().__init__(**kwargs)
         self.state = state
         self.own_status = status is None

@@ -35,6 +35,7 @@ import numpy as np
 from ..core.extract import EXTRACTION_METHODS, extract_spectrum, sky_line_residual_score, trace_spectrum
 from ..display.debounce import Debounced
 from .navigation import CursorReadout
+from .state import require_state
 from .status import StatusBar
 
 __all__ = ["SpectrumPreview"]
@@ -93,6 +94,7 @@ class SpectrumPreview(ipywidgets.VBox):
     """
 
     def __init__(self, state, *, status=None, x_scale=None, height="280px", follow_delay=0.0, **kwargs):
+        require_state(state, "SpectrumPreview")
         super().__init__(**kwargs)
         self.state = state
         self.own_status = status is None

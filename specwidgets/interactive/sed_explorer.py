@@ -35,6 +35,7 @@ import traitlets as tl
 from ..core.sky.api import LEAK_NEAR_MASK, rows_from_mask
 from ..display.aggregate import aggregate_sed, decimate_curve, leak_rows, row_ranges
 from ..display.debounce import Debounced
+from .state import require_state
 from .status import StatusBar
 
 __all__ = ["SEDExplorer"]
@@ -107,6 +108,7 @@ class SEDExplorer(ipywidgets.VBox):
 
     def __init__(self, state, *, status=None, n_bins=1000, height="320px", debounce=0.05, follow_delay=0.0,
                  **kwargs):
+        require_state(state, "SEDExplorer")
         super().__init__(**kwargs)
         self.state = state
         self.own_status = status is None

@@ -31,6 +31,7 @@ import ipywidgets
 import traitlets as tl
 
 from ..core.frames import ESTIMATE, noise_setting
+from .state import require_state
 from .status import StatusBar
 
 __all__ = ["SkyFitControls", "parse_noise", "parse_optional_positive"]
@@ -114,6 +115,7 @@ class SkyFitControls(ipywidgets.VBox):
     """
 
     def __init__(self, state, status=None, **kwargs):
+        require_state(state, "SkyFitControls")
         self.state = state
         self._syncing = False
         self.status = status if status is not None else StatusBar(state)

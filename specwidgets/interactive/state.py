@@ -472,6 +472,16 @@ def _same_inputs(a, b):
     return a[0] is b[0] and a[1] is b[1] and a[2] == b[2]
 
 
+def require_state(state, widget):
+    """``state`` if it is a :class:`SkyState`, else a TypeError saying what ``widget`` takes."""
+    if not isinstance(state, SkyState):
+        raise TypeError(
+            f"{widget} takes a SkyState, not {type(state).__name__}: build one with "
+            "SkyState(science, arc, mask_region=...), or show everything with Dashboard(science, arc)"
+        )
+    return state
+
+
 class _Hold:
     def __init__(self, state):
         self.state = state

@@ -31,6 +31,7 @@ import ipywidgets
 
 from ..core import _timing
 from ..display.debounce import Debounced
+from .state import require_state
 
 __all__ = ["StatusBar"]
 
@@ -78,6 +79,7 @@ class StatusBar(ipywidgets.VBox):
     """
 
     def __init__(self, state, follow_delay=0.0, **kwargs):
+        require_state(state, "StatusBar")
         self.state = state
         self.widget_error = ""
         self._working = 0

@@ -41,6 +41,7 @@ from ..display.debounce import Debounced
 from ..display.plotting import plot_image
 from ..display.raster import to_indexed_png
 from .navigation import CursorReadout
+from .state import require_state
 from .status import StatusBar
 
 __all__ = ["WarpGuessPicker"]
@@ -103,6 +104,7 @@ class WarpGuessPicker(ipywidgets.VBox):
     """
 
     def __init__(self, state, *, status=None, figsize=None, debounce=0.05, image_scales=None, **kwargs):
+        require_state(state, "WarpGuessPicker")
         super().__init__(**kwargs)
         if state.arc is None:
             raise ValueError("the warp-guess picker needs an arc frame in the state")

@@ -176,9 +176,18 @@ def _header_trim(header, shape, source="frame"):
     """
     every = slice(0, shape[0]), slice(0, shape[1])
     if "TRIMSEC" in header and "TRIM" not in header:
+        text = str(header["TRIMSEC"]).strip()
         try:
-            rows, cols = parse_fits_section(str(header["TRIMSEC"]), shape, what=f"TRIMSEC of {source}")
+            rows, cols = parse_fits_section(text, shape, what=f"TRIMSEC of {source}")
         except (TypeError, ValueError):
+            numbers = re.fullmatch(r"\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]", text)
+            if numbers is None or int(numbers[1]) > int(numbers[2]) or int(numbers[3]) > int(numbers[4]):
+                # Not a stale section of a frame trimmed before (those lie beyond it): a broken card.
+                warn_at_caller(
+                    f"the frames' TRIMSEC {text!r} is not a FITS section [x1:x2,y1:y2] with x1 <= x2 and y1 <= y2; "
+                    "instrument 'generic' keeps every pixel: pass trimsec='[x1:x2,y1:y2]' to trim",
+                    UserWarning,
+                )
             return every
         if (rows.stop - rows.start, cols.stop - cols.start) != tuple(shape):
             return rows, cols

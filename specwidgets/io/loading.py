@@ -213,6 +213,8 @@ def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic"
     start, stop = _crop_pair(crop)
     reader = resolve_instrument(instrument, **instrument_options)
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"FITS file {path} does not exist")
     ((_, data, frame),) = list(_iter_frames([path], reader, start, stop))
     return _as_frame_array(data, frame)
 

@@ -671,6 +671,10 @@ def fit_sky(
         if not str(exc).startswith("too few samples"):
             raise
         n_sky = int(np.count_nonzero(~masked_rows))
+        span = float(np.nanmax(emap) - np.nanmin(emap))
+        if span > 2 * n_cols:
+            raise ValueError(f"the warp model spreads the frame's {n_cols} columns over {span:.0f} effective pixels, "
+                             f"leaving too few sky samples for each ({exc}): check the warp model") from None
         raise ValueError(f"the mask {ranges.text} leaves {n_sky} sky row(s) of {n_rows}: too few to measure the sky "
                          f"({exc}); mask fewer rows") from None
     result.warp_model = warp_model
