@@ -265,6 +265,10 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
         raise ValueError(f"row {row} of the arc frame has fewer than 8 finite pixels")
     filled, excess, noise = _profile_excess(profile)
     if noise <= 0:
+        if not np.any(excess):
+            level = float(np.nanmedian(profile))
+            raise ValueError(f"row {row} of the arc frame is flat (every pixel {level:g}): it holds no line; "
+                             "is this the arc frame?")
         noise = max(float(np.std(excess)), 1e-12)
     threshold = std_variation * noise
     peaks, _ = find_peaks(excess, height=threshold, distance=3)

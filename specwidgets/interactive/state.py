@@ -133,9 +133,10 @@ class SkyState(tl.HasTraits):
             self.warp_model = warp_model
             self._update_sky()
         else:
-            if not self.guesses and arc is not None:
-                self._find_lines()
-            self._update_warp()
+            # A failed line search says why (no line in the arc); a warp fit
+            # without guesses would only say that none were given.
+            if self.guesses or arc is None or self._find_lines():
+                self._update_warp()
         # After the first fit (which compiles its own method): the other
         # methods' kernels compile in the background, so that the first
         # switch of method does not wait for numba.

@@ -214,9 +214,21 @@ def make_synthetic_longslit(
     >>> frames.science.shape, frames.arc.shape
     ((2, 60, 300), (60, 300))
     """
-    n_rows, n_cols = (int(s) for s in shape)
+    try:
+        n_rows, n_cols = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (rows, cols); got {shape!r}") from None
     if n_rows < 8 or n_cols < 64:
         raise ValueError(f"shape must be at least (8, 64); got {shape}")
+    for name, value, least in (("n_exposures", n_exposures, 1), ("n_arc_lines", n_arc_lines, 1),
+                               ("n_sky_lines", n_sky_lines, 0), ("cosmic_rays", cosmic_rays, 0),
+                               ("unlit_rows", unlit_rows, 0)):
+        if int(value) != value or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}; got {value!r}")
+    if not float(read_noise) >= 0:
+        raise ValueError(f"read_noise must be >= 0 (electrons); got {read_noise!r}")
+    if trace_row is not None and not 0 <= trace_row < n_rows:
+        raise ValueError(f"trace_row {trace_row} is outside the frame's {n_rows} rows")
     gain = float(gain)
     if not gain > 0:
         raise ValueError(f"gain must be positive (electrons per data unit); got {gain!r}")

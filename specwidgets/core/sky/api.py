@@ -722,6 +722,15 @@ def _complete_noise(noise, level, residual):
 
 def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress):
     n_exp, n_rows, n_cols = stack.shape
+    # Dead or hot columns out of the bins (a bin's median follows one that
+    # fills a quarter of it): judged with the given noise, else a provisional one.
+    if noise[0] is not None and noise[1] is not None:
+        col_gain, col_rn = noise[1], noise[0]
+    else:
+        col_gain, col_rn, _ = provisional_noise(stack, masked_rows, noise[1])
+    bad_columns, bad_samples = _bad_columns(stack, masked_rows, samples, col_gain, col_rn)
+    if bad_samples is not None:
+        samples.flux[bad_samples] = np.nan
     background, counts = median_of_bins(samples.effpix, samples.flux, warp_model.edge_map())
     if noise[0] is None or noise[1] is None:
         # The median of bins misses the line peaks by more than the noise, so
@@ -777,8 +786,10 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         options={},
         _bin_counts=counts,  # the variance is computed from them on first use
     )
+    if bad_columns:
+        warnings = list(warnings) + [_bad_columns_warning(bad_columns)]
     _set_assessment(result, lambda: _assess(result, samples, [None] * n_exp, source, warnings, [], 0,
-                                            (0.0,) * n_exp, False, method="median"))
+                                            (0.0,) * n_exp, False, method="median", bad_columns=bad_columns))
     return result
 
 
@@ -1181,12 +1192,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             "give a wider knot_spacing."
         ]
     if bad_columns:
-        listed = ", ".join(map(str, bad_columns[:8])) + (f" and {len(bad_columns) - 8} more" if len(bad_columns) > 8 else "")
-        warnings = list(warnings) + [
-            f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, as "
-            "no sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; "
-            "their own pixels (the science under them too) are not usable (quality.bad_columns)."
-        ]
+        warnings = list(warnings) + [_bad_columns_warning(bad_columns)]
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -1648,6 +1654,13 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise):
         flags[k] = is_bad[samples.index % n_cols]
         columns.update(int(c) for c in bad)
     return sorted(columns), flags
+
+
+def _bad_columns_warning(columns):
+    listed = ", ".join(map(str, columns[:8])) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
+    return (f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, as "
+            "no sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; "
+            "their own pixels (the science under them too) are not usable (quality.bad_columns).")
 
 
 def _gap_warning(models):
