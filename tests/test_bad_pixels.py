@@ -105,10 +105,13 @@ def test_too_few_sky_rows_make_the_fit_suspect(night):
     f, warp, sigma = night
     few = sw.fit_sky(np.asarray(f.science), warp, (0, 95))
     assert few.quality.suspect
-    assert any("sky samples for" in w and "Leave more sky rows unmasked" in w for w in few.quality.warnings)
-    enough = sw.fit_sky(np.asarray(f.science), warp, (0, 90))  # 10 sky rows: 0.4 sigma RMS
+    assert any("Only 5 sky row(s)" in w and "Leave more sky rows unmasked" in w for w in few.quality.warnings)
+    enough = sw.fit_sky(np.asarray(f.science), warp, (0, 80))  # 20 sky rows: 0.25 sigma RMS
     assert not enough.quality.warnings
-    assert float(np.sqrt(np.mean(((np.asarray(enough.background) - f.sky) / sigma) ** 2))) < 0.6
+    assert float(np.sqrt(np.mean(((np.asarray(enough.background) - f.sky) / sigma) ** 2))) < 0.4
+    # Enough rows but knots too fine for them: the samples per coefficient say so.
+    fine = sw.fit_sky(np.asarray(f.science), warp, (0, 70), knots="uniform", knot_spacing=0.1)
+    assert any("sky samples for" in w for w in fine.quality.warnings)
 
 
 def test_unsigned_subtraction_that_wrapped_is_named(night):
@@ -149,7 +152,7 @@ def test_bad_arguments_are_named(night, tmp_path):
         sw.fit_sky(science, warp, (0, 99))
     holed = science.copy()
     holed[1] = np.nan
-    with pytest.raises(ValueError, match=r"exposure\(s\) 1 of 2 have no finite pixel"):
+    with pytest.raises(ValueError, match=r"exposure\(s\) 2 of 2 \(counting from 1\) have no finite pixel"):
         sw.fit_sky(holed, warp, f.trace_rows)
     with pytest.raises(ValueError, match="spreads the frame's 800 columns over"):
         sw.fit_sky(science, sw.WarpModel.from_tilt((100, 800), tilt=2000), f.trace_rows)
@@ -180,3 +183,13 @@ def test_a_masked_array_leaves_its_masked_pixels_out(night):
     nan = np.where(hot > 1e5, np.nan, hot)
     assert np.array_equal(sw.fit_sky(masked, warp, f.trace_rows).background,
                           sw.fit_sky(nan, warp, f.trace_rows).background)
+
+
+def test_adjacent_dead_columns_and_a_weak_hot_column_are_listed(night):
+    f, warp, sigma = night
+    science = np.array(f.science, dtype=float)
+    science[:, :, 400:402] = 0.0  # two dead columns side by side: each is the other's neighbour
+    science[:, :, 600] += 150.0  # a hot column only ~2x the sky beside it: rejected in every sky row
+    q = sw.fit_sky(science, warp, f.trace_rows).quality
+    assert {400, 401, 600} <= set(q.bad_columns)
+    assert any("rejected most of the sky pixels of column(s) 600" in w for w in q.warnings)

@@ -820,8 +820,8 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
     return c, [c, cluster]
 
 
-# Which option takes a calibration frame that a science folder held.
-_CALIBRATION_OPTIONS = ((("bias", "zero"), "--bias"), (("arc", "lamp", "comp"), "--arc"), (("flat",), "--flat"))
+# Which option takes a calibration frame that a science folder held (flat first: 'LAMPFLAT' is a flat).
+_CALIBRATION_OPTIONS = ((("flat",), "--flat"), (("bias", "zero"), "--bias"), (("arc", "lamp", "comp"), "--arc"))
 
 
 def _science_files(science, out_dir, calibrations):

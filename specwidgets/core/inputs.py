@@ -120,18 +120,24 @@ def _real_array(value, name):
 def _check_wrapped(raw, name):
     """Warn when unsigned values crowd both ends of their range: a subtraction that went below zero wrapped."""
     top = np.iinfo(raw.dtype).max
-    sample = raw.ravel()[:: max(1, raw.size // 100_000)]
-    near_top = sample[sample > top - top // 16]
-    high = near_top.size
-    low = np.count_nonzero(sample < top // 16)
-    # Saturated pixels pile up at one ceiling; wrapped negatives spread below the top.
-    spread = high and np.count_nonzero(near_top == near_top.max()) < 0.5 * high
-    if spread and high > 0.01 * sample.size and low > 0.01 * sample.size:
+    rows = raw.reshape(-1, raw.shape[-1])
+    rows = rows[:: max(1, rows.shape[0] // 200)]  # ~200 rows
+    high, low = rows > top - top // 16, rows < top // 16
+    n_high = int(np.count_nonzero(high))
+    # Wrapped negatives sit beside small values (the noise about zero crosses
+    # it pixel by pixel); a saturated source's pixels beside bright ones.
+    beside_low = high[:, 1:] & low[:, :-1] | high[:, :-1] & low[:, 1:]
+    mixed = np.count_nonzero(beside_low) > 0.3 * n_high and np.count_nonzero(low) > 0.01 * rows.size
+    # Or most of the frame near the top, spread below it (a saturated
+    # exposure piles up at one ceiling instead).
+    tops = rows[high]
+    spread_top = n_high > 0.5 * rows.size and np.count_nonzero(tops == tops.max()) < 0.5 * n_high
+    if n_high > 0.01 * rows.size and (mixed or spread_top):
         from ._warnings import warn_at_caller
 
         warn_at_caller(
-            f"{name} is {raw.dtype} with {100 * high / sample.size:.0f} % of its values near {top} and "
-            f"{100 * low / sample.size:.0f} % near 0: an unsigned subtraction (raw - bias) that went below zero "
+            f"{name} is {raw.dtype} with {100 * n_high / rows.size:.0f} % of its values near {top}, beside values "
+            f"near 0: an unsigned subtraction (raw - bias) that went below zero "
             f"wraps around to {top}. Subtract in floating point: raw.astype(float) - bias"
         )
 

@@ -472,8 +472,10 @@ def lost_lines(frames, combined, width=15):
     combination's profile. Each profile minus its running median over
     ``width`` columns holds the lines; a line (a run of columns at least
     :data:`LOST_LINE_SIGMA` noise sigmas up, and 5 % of the frame's brightest
-    line) is lost where the combination keeps less than half of its height.
-    Returns one column per lost line.
+    line) is lost where the combination keeps next to none of it: less than
+    0.15 times the share it keeps of that frame's lines (the median ratio),
+    or, when it keeps less than a quarter of most of them (a lamp the other
+    frames lack), less than half. Returns one column per lost line.
 
     Examples
     --------
@@ -498,7 +500,14 @@ def lost_lines(frames, combined, width=15):
         sigma = 1.4826 * np.median(np.abs(step - np.median(step))) / np.sqrt(2.0)
         # Lines that matter: well above the noise, and not faint beside the frame's brightest.
         strong = (lines > LOST_LINE_SIGMA * max(sigma, 1e-12)) & (lines > 0.05 * lines.max())
-        lost |= strong & (lines_c < 0.5 * lines)
+        if not strong.any():
+            continue
+        # The combination keeps a frame's lines at the frames' typical level
+        # (one lamp exposed 10x longer than the others keeps a tenth to a third
+        # of its heights, saturated lines more), but of a line another lamp
+        # lacks, next to nothing.
+        kept = np.median(lines_c[strong] / lines[strong])
+        lost |= strong & (lines_c < (0.15 * kept if kept >= 0.25 else 0.5) * lines)
     edges = np.flatnonzero(np.diff(np.r_[0, lost.astype(np.int8), 0]))
     return [int(a + np.argmax(frames[:, a:b].max(axis=0))) for a, b in zip(edges[::2], edges[1::2])]
 

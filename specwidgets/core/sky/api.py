@@ -12,6 +12,7 @@ import contextvars
 import dataclasses
 import math
 import numbers
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -647,9 +648,9 @@ def fit_sky(
     if not finite.any():
         raise ValueError("every unmasked pixel is NaN: there is no sky to fit")
     if not finite.all():
-        empty = ", ".join(str(k) for k in np.flatnonzero(~finite))
-        raise ValueError(f"exposure(s) {empty} of {n_exp} have no finite pixel in the sky rows (all NaN or inf): "
-                         "leave them out of the stack")
+        empty = ", ".join(str(k + 1) for k in np.flatnonzero(~finite))
+        raise ValueError(f"exposure(s) {empty} of {n_exp} (counting from 1) have no finite pixel in the sky rows "
+                         "(all NaN or inf): leave them out of the stack")
     samples_box = [samples]
     del samples
 
@@ -659,6 +660,7 @@ def fit_sky(
         raise TypeError("fit_sky takes no initial= (warm start): each fit starts fresh from its inputs")
     if method == "median" and options:
         raise TypeError(f"method='median' takes no options; got {sorted(options)}")
+    given_spacing = options.get("knot_spacing")
     try:
         if method == "median":
             result = _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
@@ -672,11 +674,20 @@ def fit_sky(
             raise
         n_sky = int(np.count_nonzero(~masked_rows))
         span = float(np.nanmax(emap) - np.nanmin(emap))
+        numbers = re.search(r"(\d+) usable samples for (\d+)", str(exc))
+        usable, n_coef = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
         if span > 2 * n_cols:
             raise ValueError(f"the warp model spreads the frame's {n_cols} columns over {span:.0f} effective pixels, "
                              f"leaving too few sky samples for each ({exc}): check the warp model") from None
-        raise ValueError(f"the mask {ranges.text} leaves {n_sky} sky row(s) of {n_rows}: too few to measure the sky "
-                         f"({exc}); mask fewer rows") from None
+        # (Each exposure is fit on its own: its usable samples against its sky pixels.)
+        if usable < 0.5 * n_sky * n_cols:
+            raise ValueError(f"only {usable} of an exposure's {n_sky * n_cols} sky pixels are finite, too few to "
+                             f"measure the sky ({exc}): check the frames for NaN") from None
+        if given_spacing is not None:
+            raise ValueError(f"knot_spacing={given_spacing!r} asks for more sky-model coefficients than there are "
+                             f"sky samples ({exc}): give a wider knot_spacing") from None
+        raise ValueError(f"the mask {ranges.text} leaves {n_sky} sky row(s) of {n_rows}: too few to measure the "
+                         f"sky ({exc}); mask fewer rows") from None
     result.warp_model = warp_model
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
@@ -724,11 +735,13 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     n_exp, n_rows, n_cols = stack.shape
     # Dead or hot columns out of the bins (a bin's median follows one that
     # fills a quarter of it): judged with the given noise, else a provisional one.
+    provisional = None
     if noise[0] is not None and noise[1] is not None:
         col_gain, col_rn = noise[1], noise[0]
     else:
-        col_gain, col_rn, _ = provisional_noise(stack, masked_rows, noise[1])
-    bad_columns, bad_samples = _bad_columns(stack, masked_rows, samples, col_gain, col_rn)
+        provisional = provisional_noise(stack, masked_rows, noise[1])
+        col_gain, col_rn = provisional[0], provisional[1]
+    bad_columns, bad_samples = _bad_columns(stack, masked_rows, samples, col_gain, col_rn, emap)
     if bad_samples is not None:
         samples.flux[bad_samples] = np.nan
     background, counts = median_of_bins(samples.effpix, samples.flux, warp_model.edge_map())
@@ -738,7 +751,7 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         # cosmic rays down-weighted by the data's own weights).
         from .bspline import fit_bspline_sky
 
-        prov_gain, prov_rn, _ = provisional_noise(stack, masked_rows, noise[1])
+        prov_gain, prov_rn, _ = provisional
         extent = (float(emap.min()), float(emap.max()))
         # ``_complete_noise`` looks at a regular subsample of the flattened
         # (exposure, sample) values only: the model is evaluated there alone
@@ -930,7 +943,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         hits = _far_above(samples.flux, level, ratios, rows, prov_gain, prov_rn, 8.0)
         # Dead or hot detector columns: out of the refit and of the final fit
         # (which would judge a whole column against a model it pulled).
-        bad_columns, suspects = _bad_columns(stack, masked_rows, samples, prov_gain, prov_rn)
+        bad_columns, suspects = _bad_columns(stack, masked_rows, samples, prov_gain, prov_rn, emap)
         # The rays are blanked in the samples themselves and their values
         # put back before the final fit, which judges them anew: a copy of
         # the samples would be the first stage's largest array (127 MB on a
@@ -1053,6 +1066,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         del clean, used, hits, blanked, ray_values, flux_psub, rows_psub
     else:
         source = _noise_source(noise[2], noise[3])
+        # (The noise is given when no first pass runs.)
+        bad_columns, bad_samples = _bad_columns(stack, masked_rows, samples, gain, read_noise, emap)
+        if bad_samples is not None:
+            samples.flux[bad_samples] = np.nan
     fit_rows = masked_rows | unlit
     final_rows = None
     if unlit.any() and samples.index.size != int(np.count_nonzero(~fit_rows)) * n_cols:
@@ -1183,7 +1200,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     if gap_text:
         warnings = list(warnings) + [gap_text]
     n_fit, n_coef = _fitted_counts(models)
-    if n_fit < MIN_SAMPLES_PER_COEFFICIENT * n_coef:
+    n_sky_rows = int(np.count_nonzero(~(masked_rows | unlit)))
+    if n_sky_rows < MIN_SKY_ROWS:
+        # (5 sky rows at each end of a 300-row slit: 2.9 sigma RMS, and the
+        # leak check's advice, to widen the mask, would make it worse.)
+        warnings = list(warnings) + [
+            f"Only {n_sky_rows} sky row(s) ({100 * n_sky_rows / n_rows:.0f} % of the slit): the sky, and how it "
+            "changes along the slit, are poorly measured from so few. Leave more sky rows unmasked."
+        ]
+    elif n_fit < MIN_SAMPLES_PER_COEFFICIENT * n_coef:
         # Few sky rows: the samples no longer cover each knot interval many
         # times over (5 sky rows of 100: 3 sigma off on average, 30 at lines).
         warnings = list(warnings) + [
@@ -1191,8 +1216,21 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             "the sky between them is poorly measured, worst at the sky lines. Leave more sky rows unmasked, or "
             "give a wider knot_spacing."
         ]
+    # Hot columns a dip/spike test cannot tell from a narrow line that the fit
+    # rejected anyway: a column rejected in most of its sky rows is bad too
+    # (the science under it keeps the excess).
     if bad_columns:
         warnings = list(warnings) + [_bad_columns_warning(bad_columns)]
+    rejected_columns = [c for c in _rejected_columns(rejected, masked_rows | unlit) if c not in bad_columns]
+    if rejected_columns:
+        listed = ", ".join(map(str, rejected_columns[:8])) + (
+            f" and {len(rejected_columns) - 8} more" if len(rejected_columns) > 8 else "")
+        warnings = list(warnings) + [
+            f"The fit rejected most of the sky pixels of column(s) {listed}: a hot column, or a narrow sky line "
+            "that stays in one column and that the model misses. Their pixels (the science under them too) are "
+            "not to be trusted (quality.bad_columns)."
+        ]
+        bad_columns = sorted(set(bad_columns) | set(rejected_columns))
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -1574,60 +1612,77 @@ _FIT_SKY_BSPLINE_OPTIONS = ("spatial_order", "unlit", "flexure", "sky_warp", "sl
                             "knot_spacing", "coarse_spacing", "knot_threshold")
 _PASSED_TO_BSPLINE = {"reject_sigma", "max_iterations", "min_variance", "singular_guard"}
 
+#: Fewer lit sky rows than this make the fit suspect.
+MIN_SKY_ROWS = 20
+
 #: Fewer sky samples than this per sky-model coefficient make the fit suspect.
-MIN_SAMPLES_PER_COEFFICIENT = 4
+MIN_SAMPLES_PER_COEFFICIENT = 8
 
 #: A stretch of effective pixels this wide (or wider) without a sky sample is reported.
 GAP_WARN_PX = 1.0
 
-#: A column is bad when in at least this fraction of its sky rows it is a dip
-#: or spike by :data:`BAD_COLUMN_SIGMA` noise sigmas (see _bad_columns).
-BAD_COLUMN_FRACTION = 0.5
-BAD_COLUMN_SIGMA = 4.0
+#: Dead or hot columns (see _bad_columns): a dip below this fraction of the
+#: column's continuum, or a spike above this many times the pixels beside it,
+#: by BAD_COLUMN_SIGMA noise sigmas, in at least these fractions of the sky rows.
+BAD_COLUMN_DIP = 0.5
 BAD_COLUMN_SPIKE = 5.0
-#: Pixels each side a column is compared with (its continuum: the faintest of them).
+BAD_COLUMN_DIP_ROWS = 0.5
+BAD_COLUMN_SPIKE_ROWS = 0.5
+BAD_COLUMN_SIGMA = 4.0
+#: Pixels each side a column is compared with (its continuum: among the faintest of them).
 BAD_COLUMN_REACH = 12
-#: Fewer sky rows than this cannot tell a bad column from a narrow line that stays in one column.
+#: A spike is judged only where the lines move by this many columns over the
+#: sky rows: a narrow line that stays in one column is a spike too.
+BAD_COLUMN_SPIKE_TILT = 2.0
+#: Fewer sky rows than this cannot tell a bad column from the sky.
 BAD_COLUMN_MIN_ROWS = 10
 
 
 def _dips_and_spikes(x, gain, rn_var):
-    """Where the middle of ``2 * BAD_COLUMN_REACH + 1`` pixels along the last axis is a dip or spike no sky makes.
+    """``(dip, spike)``: where the middle of ``2 * BAD_COLUMN_REACH + 1`` pixels (last axis) is one that no sky makes.
 
-    A dip: below half the faintest of the others (sky is never fainter than
-    its continuum, which the valleys between lines nearby keep too). A
-    spike: above :data:`BAD_COLUMN_SPIKE` times the brightest of the four
-    within 2 px (a sky line 1.5 px wide, FWHM, peaks at 3.4 times the pixel
-    beside it).
-    With ``gain`` (None: means, no noise test) also off by
-    :data:`BAD_COLUMN_SIGMA` noise sigmas (a dip from the neighbours'
-    median, a spike from the brightest).
+    A dip: below :data:`BAD_COLUMN_DIP` times the third faintest of the
+    others (the sky's continuum, with room for two more bad columns; sky
+    is never fainter than its continuum, and the valleys between lines keep
+    it too). A spike: above :data:`BAD_COLUMN_SPIKE` times the brightest
+    of the four within 2 px (a sky line 1.3 px wide, FWHM, peaks at up to
+    ~2.5 times the pixel beside it; two hot columns side by side are not
+    told from such a line). With ``gain`` (None: means, no noise test) also
+    off by :data:`BAD_COLUMN_SIGMA` noise sigmas (a dip from the others'
+    median, a spike from that brightest). NaN pixels count as neither.
     """
     c = BAD_COLUMN_REACH
     mid = x[..., c]
-    others = np.delete(x, c, axis=-1)
-    low = np.min(others, axis=-1)
-    high = np.max(x[..., [c - 2, c - 1, c + 1, c + 2]], axis=-1)
-    dip, spike = mid < 0.5 * low, mid > BAD_COLUMN_SPIKE * high
-    if gain is not None:
-        limit = BAD_COLUMN_SIGMA**2
-        # A dip's depth below the typical neighbour (the faintest one is itself pulled low by noise).
-        typical = np.median(others, axis=-1)
-        dip &= (typical - mid) ** 2 > limit * (np.clip(typical, 0, None) / gain + rn_var)
-        spike &= (mid - high) ** 2 > limit * (np.clip(high, 0, None) / gain + rn_var)
-    return dip | spike
+    others = np.sort(np.delete(x, c, axis=-1), axis=-1)  # NaN last
+    n_finite = np.count_nonzero(np.isfinite(others), axis=-1)
+    low = others[..., 2]
+    typical = np.take_along_axis(others, np.maximum(n_finite // 2, 0)[..., None], axis=-1)[..., 0]
+    high = np.max(np.nan_to_num(x[..., [c - 2, c - 1, c + 1, c + 2]], nan=-np.inf), axis=-1)
+    with np.errstate(invalid="ignore"):
+        dip = (mid < BAD_COLUMN_DIP * low) & (n_finite >= 3)
+        spike = (mid > BAD_COLUMN_SPIKE * high) & np.isfinite(high)
+        if gain is not None:
+            limit = BAD_COLUMN_SIGMA**2
+            dip &= (typical - mid) ** 2 > limit * (np.clip(typical, 0, None) / gain + rn_var)
+            spike &= (mid - high) ** 2 > limit * (np.clip(high, 0, None) / gain + rn_var)
+    return dip, spike
 
 
-def _bad_columns(stack, masked_rows, samples, gain, read_noise):
+def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
     """``(columns, samples)``: dead or hot detector columns, and (per exposure) every sky sample of them.
 
-    A column is bad when, in most of its sky rows, it is a dip or a spike
-    that no sky makes (:func:`_dips_and_spikes`). Only the columns whose mean
-    over the sky rows is such a dip or spike are examined row by row: one
-    pass over the frame. ``samples`` is None when there is none.
+    A column is bad when, in at least :data:`BAD_COLUMN_DIP_ROWS` of its sky
+    rows (with a finite value), it is a dip that no sky makes, or in
+    :data:`BAD_COLUMN_SPIKE_ROWS` of them a spike, judged only where the
+    lines move by :data:`BAD_COLUMN_SPIKE_TILT` columns or more over the sky
+    rows (``emap``, the effective-pixel map) (:func:`_dips_and_spikes`). Only
+    the columns whose mean over (at most ~256) sky rows is such a dip or
+    spike, looser by half, are read row by row. ``samples`` is None when
+    there is none.
     """
     sky = ~np.asarray(masked_rows, bool)
-    n_sky = int(np.count_nonzero(sky))
+    sky_rows = np.flatnonzero(sky)
+    n_sky = sky_rows.size
     n_exp, _, n_cols = stack.shape
     reach = BAD_COLUMN_REACH
     if n_sky < BAD_COLUMN_MIN_ROWS or n_cols < 2 * reach + 1:
@@ -1635,21 +1690,33 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise):
     columns, flags = set(), None
     rn_var = (read_noise / gain) ** 2
     window = np.arange(-reach, reach + 1)
-    # A bad column is bad in every row: a few hundred sky rows find it (a
-    # 4096-row frame's means would cost ~20 ms).
-    some = np.flatnonzero(sky)[:: max(1, n_sky // 256)]
+    inner = np.arange(reach, n_cols - reach)
+    tilted = np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]]) >= BAD_COLUMN_SPIKE_TILT
+    some = sky_rows[:: max(1, n_sky // 256)]
     for k in range(n_exp):
+        part = stack[k][some]
+        finite = np.isfinite(part)
+        means = np.where(finite, part, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+        means[~finite.any(axis=0)] = np.nan
+        # Candidates: the means' dips or spikes, judged half as strictly (a column bad in part of its rows).
+        win = means[inner[:, None] + window]
+        c = reach
+        others = np.sort(np.delete(win, c, axis=-1), axis=-1)
+        near = np.max(np.nan_to_num(win[:, [c - 2, c - 1, c + 1, c + 2]], nan=-np.inf), axis=-1)
         with np.errstate(invalid="ignore"):
-            means = stack[k][some].mean(axis=0)  # NaN columns: never candidates
-            inner = np.arange(reach, n_cols - reach)
-            cand = inner[_dips_and_spikes(means[inner[:, None] + window], None, 0.0)]
-            if not cand.size:
-                continue
-            # Only the candidates' windows are read (rows and columns at once: no copy of the sky rows).
-            cols = (cand[:, None] + window).ravel()
-            x = np.asarray(stack[k][np.ix_(np.flatnonzero(sky), cols)], dtype=float).reshape(n_sky, cand.size, -1)
-            often = np.count_nonzero(_dips_and_spikes(x, gain, rn_var), axis=0) >= BAD_COLUMN_FRACTION * n_sky
-        bad = cand[often]
+            loose = (win[:, c] < (1 + BAD_COLUMN_DIP) / 2 * others[:, 2]) | (
+                (win[:, c] > (1 + BAD_COLUMN_SPIKE) / 2 * near) & tilted[inner])
+        cand = inner[loose]
+        if not cand.size:
+            continue
+        # Only the candidates' windows are read (rows and columns at once: no copy of the sky rows).
+        cols = (cand[:, None] + window).ravel()
+        x = np.asarray(stack[k][np.ix_(sky_rows, cols)], dtype=float).reshape(n_sky, cand.size, -1)
+        dip, spike = _dips_and_spikes(x, gain, rn_var)
+        n_valid = np.maximum(np.count_nonzero(np.isfinite(x[..., reach]), axis=0), 1)
+        bad_dip = np.count_nonzero(dip, axis=0) >= BAD_COLUMN_DIP_ROWS * n_valid
+        bad_spike = (np.count_nonzero(spike, axis=0) >= BAD_COLUMN_SPIKE_ROWS * n_valid) & tilted[cand]
+        bad = cand[bad_dip | bad_spike]
         if not bad.size:
             continue
         is_bad = np.zeros(n_cols, bool)
@@ -1657,8 +1724,21 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise):
         if flags is None:
             flags = np.zeros((n_exp, samples.index.size), bool)
         flags[k] = is_bad[samples.index % n_cols]
-        columns.update(int(c) for c in bad)
+        columns.update(int(col) for col in bad)
     return sorted(columns), flags
+
+
+def _rejected_columns(rejected, not_sky):
+    """Columns whose sky pixels the fit rejected in at least half of the sky rows, in any exposure."""
+    sky = ~np.asarray(not_sky, bool)
+    n_sky = int(np.count_nonzero(sky))
+    if n_sky < BAD_COLUMN_MIN_ROWS or rejected is None or not np.size(rejected):
+        return []
+    found = set()
+    for k in range(rejected.shape[0]):
+        counts = np.count_nonzero(rejected[k][sky], axis=0)
+        found.update(int(c) for c in np.flatnonzero(counts >= 0.5 * n_sky))
+    return sorted(found)
 
 
 def _bad_columns_warning(columns):

@@ -123,8 +123,8 @@ class BSplineSky:
         ``A^T W A`` (plus the tiny guard), in ``scipy.linalg.cholesky_banded``
         layout, coefficients interleaved by knot. Used by ``model_variance``.
     empty_intervals : ndarray of bool, shape (n_intervals,), or None
-        Knot intervals that no sample of the final fit reached (None: none);
-        the model bridges them from both sides (see :meth:`gaps`).
+        Knot intervals that no sample reached in the final fit's first pass
+        (None: none); the model bridges the gaps among them (:meth:`gaps`).
     """
 
     e_min: float
@@ -150,11 +150,8 @@ class BSplineSky:
         sides (bridged, not measured; beyond the last sample at either end the sky is held at its edge value)."""
         if self.empty_intervals is None:
             return []
-        flags = np.concatenate([[False], self.empty_intervals, [False]]).astype(np.int8)
-        starts = np.flatnonzero(np.diff(flags) == 1)
-        stops = np.flatnonzero(np.diff(flags) == -1)
         return [(self.e_min + a * self.knot_spacing, self.e_min + b * self.knot_spacing)
-                for a, b in zip(starts, stops) if a > 0 and b < self.n_intervals]
+                for a, b in _gap_runs(self.empty_intervals, self.knot_spacing)]
 
     # -- geometry ----------------------------------------------------------
 
@@ -378,33 +375,42 @@ def _interval(value, name):
 #: it dominates the far tails that see them, so a gap is bridged smoothly.
 GAP_BRIDGE_STRENGTH = 1.0
 
-#: Runs of this many empty knot intervals (or more) are gaps for the bridge.
-GAP_MIN_INTERVALS = 1
+#: A gap: a run of at least this many empty knot intervals inside the range,
+#: at least GAP_MIN_WIDTH wide in the fit's coordinate (effective pixels, or
+#: the adaptive knots' stretched coordinate, whose unit is 0.5 px or more).
+#: Narrower runs are the ordinary spacing of samples between pixels (lines
+#: that hardly tilt, fine knots): no pixel lies there, and a bridge would
+#: flatten the lines beside them.
+GAP_MIN_INTERVALS = 2
+GAP_MIN_WIDTH = 1.0
 
 
-def _gap_rows(empty, n_basis):
-    """Second-difference rows that touch a coefficient whose central knot intervals are all empty.
-
-    Coefficient ``j``'s basis is largest on intervals ``j - 2`` and ``j - 1``;
-    only the far tails of its basis (values below 1/6) reach beyond. When
-    the samples leave those central intervals empty (a band of NaN columns,
-    a gap in the sky rows' coverage), the tails alone would set it and it
-    would follow their noise wildly (thousands of e- in a 10-column gap).
-    Coefficients at the ends of the range, whose central intervals lie
-    outside it, are not affected.
-    """
-    n_int = empty.size
-    # Gaps only: runs of GAP_MIN_INTERVALS or more empty intervals inside the
-    # range (sparse samples leave single intervals empty, which their
-    # neighbours' tails pin well enough; the range's ends are clamped).
+def _gap_runs(empty, knot_spacing):
+    """``[(start, stop), ...]`` interval indices of the gaps in ``empty`` (see :data:`GAP_MIN_INTERVALS`)."""
     flags = np.concatenate([[False], empty, [False]]).astype(np.int8)
     starts, stops = np.flatnonzero(np.diff(flags) == 1), np.flatnonzero(np.diff(flags) == -1)
-    empty = np.zeros(n_int, bool)
-    for a, b in zip(starts, stops):
-        if b - a >= GAP_MIN_INTERVALS and a > 0 and b < n_int:
-            empty[a:b] = True
-    if not empty.any():
+    return [(int(a), int(b)) for a, b in zip(starts, stops)
+            if b - a >= GAP_MIN_INTERVALS and (b - a) * knot_spacing >= GAP_MIN_WIDTH and a > 0 and b < empty.size]
+
+
+def _gap_rows(empty, n_basis, knot_spacing):
+    """Second-difference rows that touch a coefficient whose central knot intervals lie in a gap.
+
+    Coefficient ``j``'s basis is largest on intervals ``j - 2`` and ``j - 1``;
+    only the far tails of its basis (values below 1/6) reach beyond. When a
+    gap in the samples (:func:`_gap_runs`: a band of NaN columns, rows the
+    sky does not reach) covers those central intervals, the tails alone
+    would set it and it would follow their noise wildly (thousands of e- in
+    a 10-column gap). The range's ends are left alone (the sky is held at
+    its edge value beyond the last sample).
+    """
+    n_int = empty.size
+    runs = _gap_runs(empty, knot_spacing)
+    if not runs:
         return None
+    empty = np.zeros(n_int, bool)
+    for a, b in runs:
+        empty[a:b] = True
     j = np.arange(n_basis)
     inside = [(j + d >= 0) & (j + d < n_int) for d in (-2, -1)]
     central = [np.where(ok, empty[np.clip(j + d, 0, n_int - 1)], True) for ok, d in zip(inside, (-2, -1))]
@@ -415,7 +421,7 @@ def _gap_rows(empty, n_basis):
     return weak[:-2] | weak[1:-1] | weak[2:]
 
 
-def _add_guard(band, n_terms, strength, ridge_all=False, empty=None):
+def _add_guard(band, n_terms, strength, ridge_all=False, empty=None, knot_spacing=1.0):
     """Add a tiny curvature penalty (and ridge) to the banded normal matrix.
 
     Knot intervals with few or no samples make ``A^T W A`` singular. Rather
@@ -459,7 +465,7 @@ def _add_guard(band, n_terms, strength, ridge_all=False, empty=None):
         band[0, p::n_terms] += lam * (d0 + ridge)
         band[n_terms, p::n_terms][: n_basis - 1] += lam * d1
         band[2 * n_terms, p::n_terms][: n_basis - 2] += lam * d2
-    gap = None if empty is None else _gap_rows(empty, n_basis)
+    gap = None if empty is None else _gap_rows(empty, n_basis, knot_spacing)
     if gap is None:
         return
     # D2^T diag(w) D2 with w on the second differences that touch a gap.
@@ -477,7 +483,7 @@ def _add_guard(band, n_terms, strength, ridge_all=False, empty=None):
         band[2 * n_terms, p::n_terms][: n_basis - 2] += w
 
 
-def _solve(band, rhs, n_terms, guard, empty=None):
+def _solve(band, rhs, n_terms, guard, empty=None, knot_spacing=1.0):
     """Cholesky-solve the guarded banded system; return (coef, cholesky).
 
     If the factorisation fails (the guard was too weak or turned off), retry
@@ -487,7 +493,8 @@ def _solve(band, rhs, n_terms, guard, empty=None):
     strengths = [guard] + [max(guard, 1e-12) * 1e3**k for k in (1, 2, 3)]
     for attempt, strength in enumerate(strengths):
         work = band.copy()
-        _add_guard(work, n_terms, strength, ridge_all=attempt == len(strengths) - 1, empty=empty)
+        _add_guard(work, n_terms, strength, ridge_all=attempt == len(strengths) - 1, empty=empty,
+                   knot_spacing=knot_spacing)
         try:
             chol = cholesky_banded(work, lower=True, check_finite=False)
         except LinAlgError:
@@ -515,6 +522,7 @@ class _NormalEquations:
         #: Knot intervals without a sample in the last pass (None: none), for the gap bridge.
         self.empty = None
         self.bridge_gaps = True
+        self.occupancy_read = False
         n_loc = 4 * self.n_terms
         if self.n_terms == 1:
             # Large fits are split between the cores; small ones are not
@@ -577,7 +585,11 @@ class _NormalEquations:
                 acc = self.acc.sum(axis=0)
             _general_to_band(acc, self.band, self.rhs, self.n_terms)
         # An interval no sample reached has all its sums zero (a sample adds w B_k^2 > 0).
-        if self.bridge_gaps:
+        if self.bridge_gaps and not self.occupancy_read:
+            # Once, from the fit's first pass: the samples' own coverage. Later
+            # passes leave out the rejected samples, and a line misfit then
+            # rejected would open gaps that a bridge flattens further.
+            self.occupancy_read = True
             occupied = np.any(acc.reshape(self.n_int, -1) != 0.0, axis=1)
             self.empty = None if occupied.all() else ~occupied
         return n_changed
@@ -660,7 +672,7 @@ def _iterate(normal, rejected, max_iterations, guard, start=None):
     """
     if start is None:
         normal.accumulate(None, rejected)
-        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty)
+        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty, normal.knot_spacing)
     else:
         coef = start
         max_iterations = max(max_iterations, 1)
@@ -668,7 +680,7 @@ def _iterate(normal, rejected, max_iterations, guard, start=None):
         n_changed = normal.accumulate(coef, rejected)
         # Even when no flag changed, solve again: the weights now come from
         # the model rather than from the data (or an older model).
-        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty)
+        coef, chol = _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty, normal.knot_spacing)
         # Samples sitting on the threshold can flip back and forth for ever;
         # when fewer than 0.1% change, their weight in the fit is far below
         # the noise, so the rejected set counts as converged.
@@ -734,9 +746,10 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         off (a failed factorisation is still retried with a guard). See
         Notes.
     bridge_gaps : bool
-        Bridge gaps in the samples (runs of :data:`GAP_MIN_INTERVALS` or
-        more empty knot intervals inside the range) smoothly from both sides
-        (default); False leaves them to the tiny guard alone. See Notes.
+        Bridge gaps in the samples (runs of empty knot intervals inside the
+        range, in the first pass, :data:`GAP_MIN_INTERVALS` or more and
+        :data:`GAP_MIN_WIDTH` wide) smoothly from both sides (default);
+        False leaves them to the tiny guard alone. See Notes.
     initial : BSplineSky, optional
         A previous fit to start from instead of the data-weighted initial
         fit, used when it has the same knots and spatial order (give an

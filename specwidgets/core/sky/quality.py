@@ -204,7 +204,7 @@ class SkyQuality:
             ("SKYILLUM", round(float(self.illumination), 5), "slit illumination range corrected"),
             ("SKYLIGHT", round(float(self.smooth_light), 4), "smooth extra light fit [data units]"),
             ("SKYUNLIT", unlit[:60], "unlit rows left out of the sky fit"),
-            ("SKYBADC", (",".join(map(str, self.bad_columns)) or "none")[:60], "dead/hot columns left out of sky fit"),
+            ("SKYBADC", _listed(self.bad_columns, 60), "dead/hot columns left out of sky fit"),
             ("SKYWARP", self.warp_source[:60], "warp used by the sky fit"),
             ("WARPDPX", round(float(self.warp_shift), 4), "largest sky-line correction of warp [px]"),
             ("SKYNWARN", len(self.warnings), "number of sky-fit warnings"),
@@ -742,6 +742,19 @@ def _far_above(flux, level, ratios, rows, gain, read_noise, n_sigma=8.0):
                       np.ascontiguousarray(ratios, dtype=np.float64), rows, float(gain),
                       float((read_noise / gain) ** 2), float(n_sigma) ** 2, out)
     return out
+
+
+def _listed(values, width):
+    """``"1,5,9"``, or as many as fit in ``width`` then ``"+N"`` (never a number cut in two); ``"none"`` if empty."""
+    items = [str(v) for v in values]
+    if not items:
+        return "none"
+    text = ",".join(items)
+    for n in range(len(items), 0, -1):
+        text = ",".join(items[:n]) + (f",+{len(items) - n}" if n < len(items) else "")
+        if len(text) <= width:
+            return text
+    return f"+{len(items)}"
 
 
 def _ranges(flags):
