@@ -105,7 +105,8 @@ def test_too_few_sky_rows_make_the_fit_suspect(night):
     f, warp, sigma = night
     few = sw.fit_sky(np.asarray(f.science), warp, (0, 95))
     assert few.quality.suspect
-    assert any("Only 5 sky row(s)" in w and "Leave more sky rows unmasked" in w for w in few.quality.warnings)
+    assert any("Only 5 sky row(s) (5 % of the slit)" in w and "Leave more sky rows unmasked" in w
+               for w in few.quality.warnings)
     enough = sw.fit_sky(np.asarray(f.science), warp, (0, 80))  # 20 sky rows: 0.25 sigma RMS
     assert not enough.quality.warnings
     assert float(np.sqrt(np.mean(((np.asarray(enough.background) - f.sky) / sigma) ** 2))) < 0.4

@@ -260,7 +260,8 @@ class FakeQuality:
 
 @pytest.fixture
 def noisy_night(tmp_path):
-    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=3, tilt=2.0, n_sky_lines=10, n_arc_lines=10, seed=5)
+    # 60 rows: the trace (bent 4 rows) leaves 27 sky rows, enough to see the sky along the slit.
+    frames = make_synthetic_longslit(shape=(60, 300), n_exposures=3, tilt=2.0, n_sky_lines=10, n_arc_lines=10, seed=6)
     folder = tmp_path / "raw"
     folder.mkdir()
     sci = [_write(folder / f"sci_{i}.fits", frames.science[i], RDNOISE=4.5) for i in range(3)]
@@ -320,7 +321,7 @@ def test_batch_uses_the_headers_read_noise_unless_given(noisy_night):
 # ------------------------------------------------------------------ state
 @pytest.fixture
 def frames():
-    return make_synthetic_longslit(shape=(40, 300), n_exposures=1, tilt=2.0, n_arc_lines=8, read_noise=6.0, seed=9)
+    return make_synthetic_longslit(shape=(60, 300), n_exposures=1, tilt=2.0, n_arc_lines=8, read_noise=6.0, seed=9)
 
 
 def _spy_fit(monkeypatch):
