@@ -441,8 +441,16 @@ def test_a_folder_as_science_leaves_out_its_calibration_frames(raw, tmp_path, mo
     assert code == 0, err
     assert sorted(p.name for p in _outputs(out)) == ["obj_0_sky.fits", "obj_1_sky.fits"]
     assert "arc_0.fits: given as arc, so not science" in err
-    assert "bias_0.fits: bias in its name, so not science (give it as --bias to use it" in err
+    # No --bias given: the folder's bias frames (by name or by IMAGETYP) are used, and said to be.
+    assert "the science folder's bias frame(s) used as --bias: bias_0.fits, frame_0001.fits" in err
+    assert all(fits.getval(p, "SWNBIAS") == 2 for p in _outputs(out))
+    # Given --bias: the folder's own are left out, each named with the option that takes it.
+    code = _cli(monkeypatch, [night, "--arc", night / "arc_0.fits", "--bias", night / "bias_0.fits", "--mask",
+                              "12:26", "--read-noise", "4", "--out", tmp_path / "out3", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
     assert "frame_0001.fits: IMAGETYP = 'BIAS', so not science (give it as --bias to use it" in err
     # A file named on its own (or by a pattern) is taken as the user gave it, whatever its name.
-    files, left_out = batch._science_files([night / "bias_0.fits", str(night / "frame_*.fits")], out, {})
+    files, left_out, found = batch._science_files([night / "bias_0.fits", str(night / "frame_*.fits")], out, {})
     assert [p.name for p in files] == ["bias_0.fits", "frame_0001.fits"] and left_out == []
+    assert not any(found.values())

@@ -820,12 +820,13 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
     return c, [c, cluster]
 
 
-# Which option takes a calibration frame that a science folder held (flat first: 'LAMPFLAT' is a flat).
-_CALIBRATION_OPTIONS = ((("flat",), "--flat"), (("bias", "zero"), "--bias"), (("arc", "lamp", "comp"), "--arc"))
+# The role of a calibration frame that a science folder held (flat first: 'LAMPFLAT' is a flat).
+_CALIBRATION_ROLES = ((("flat",), "flat"), (("bias", "zero"), "bias"), (("arc", "lamp", "comp"), "arc"))
 
 
 def _science_files(science, out_dir, calibrations):
-    """The science files of the arguments, and why each file they name is left out.
+    """``(files, left_out, found)``: the science files of the arguments, why each other file they name is
+    left out, and the calibration frames found in folders given as science (``{"bias": [(path, why)], ...}``).
 
     Not science: a file also given as a calibration (``--arc``, ``--bias``,
     ``--flat``), an output of an earlier run in the output folder, and, among
@@ -846,6 +847,7 @@ def _science_files(science, out_dir, calibrations):
             pass  # the calibrations' own reading names it
     items = [science] if isinstance(science, (str, os.PathLike)) else list(science or [])
     files, left_out, seen = [], [], set()
+    found = {"bias": [], "arc": [], "flat": [], None: []}
     for item in items:
         from_folder = Path(os.fspath(item)).expanduser().is_dir()
         for path in _expand(item, "science", must_exist=False):
@@ -859,12 +861,11 @@ def _science_files(science, out_dir, calibrations):
                 continue
             why = calibration_reason(path, words=ALL_CALIBRATION_WORDS) if from_folder else ""
             if why:
-                option = next((opt for words, opt in _CALIBRATION_OPTIONS if any(w in why.lower() for w in words)), "")
-                use = f"give it as {option} to use it, or " if option else ""
-                left_out.append(f"{path.name}: {why}, so not science ({use}name the file to fit it as science)")
+                role = next((role for words, role in _CALIBRATION_ROLES if any(w in why.lower() for w in words)), None)
+                found[role].append((path, why))
                 continue
             files.append(path)
-    return files, left_out
+    return files, left_out, found
 
 
 def _check_outputs_unique(files):
@@ -1290,7 +1291,26 @@ def run_batch(
     out_dir = Path(os.fspath(out_dir)).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output folder {out_dir} is a file: give a folder (it is made when missing)")
-    files, left_out = _science_files(science, out_dir, {"arc": arc, "bias": bias, "flat": flat})
+    files, left_out, found = _science_files(science, out_dir, {"arc": arc, "bias": bias, "flat": flat})
+    # A folder's own bias and arc frames serve when none are given, as the
+    # page's folder form takes them; flats only when asked for (a noisy flat
+    # adds its noise to every frame).
+    use = {"bias": not _given_files(bias) and bool(found["bias"]),
+           "arc": not _given_files(arc) and warp_model is None and bool(found["arc"])}
+    if use["bias"]:
+        bias = [path for path, _ in found["bias"]]
+    if use["arc"]:
+        arc = [path for path, _ in found["arc"]]
+    used_notes = []
+    for role, frames in found.items():
+        if use.get(role):
+            names = ", ".join(path.name for path, _ in frames[:6]) + (", ..." if len(frames) > 6 else "")
+            used_notes.append(f"the science folder's {role} frame(s) used as --{role}: {names} "
+                              f"({frames[0][1]}{', ...' if len(frames) > 1 else ''}; give --{role} to choose others)")
+            continue
+        for path, why in frames:
+            take = f"give it as --{role} to use it, or " if role else ""
+            left_out.append(f"{path.name}: {why}, so not science ({take}name the file to fit it as science)")
     if not files:
         if left_out:
             raise ValueError("no science files left: " + "; ".join(left_out[:6]) + ("; ..." if len(left_out) > 6 else ""))
@@ -1312,7 +1332,7 @@ def run_batch(
     read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     # The session folder's files not taken as science (flats, darks, outputs), as the page leaves them out.
-    summary.notes += [f"left out: {why}" for why in [*resolved["_left_out"], *left_out]]
+    summary.notes += [f"left out: {why}" for why in [*resolved["_left_out"], *left_out]] + used_notes
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()
