@@ -84,6 +84,8 @@ def test_command_without_arc_fits_the_warp_on_the_sky_lines(raw, tmp_path, monke
     files = _outputs(out)
     assert len(files) == 2
     assert all(fits.getval(p, "SKYWARP") == "sky lines" and fits.getval(p, "SWNARC") == 0 for p in files)
+    # No calibration frames to tell the unit: the science frames' own (no GAIN card: ADU).
+    assert all(fits.getval(p, "SWUNIT") == "adu" for p in files)
     # One line says so before the summary, which counts it without repeating it.
     before_summary, summary = err.split("specwidgets batch: 2 exposure(s)")
     assert sum("own sky lines" in line for line in before_summary.splitlines()) == 1

@@ -508,6 +508,8 @@ def _process_one_inner(path, job, bias, flat):
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path), "input_gain": input_gain(job.reader, frame)}
+        if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
+            prov["unit"] = getattr(frame, "unit", None)
         write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
                        extra_mask=extra, input_header=frame.header)
         record["status"] = "done"
@@ -1030,6 +1032,8 @@ def _process_group(paths, job, bias, flat):
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths),
                     "input_gain": input_gain(job.reader, frames[k])}
+            if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
+                prov["unit"] = getattr(frames[k], "unit", None)
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
                            dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
             record["status"] = "done"
