@@ -423,18 +423,19 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
     out = np.empty(stack.shape[1:], np.float64)
     block = np.empty((len(files), min(_MEDIAN_BLOCK_ROWS, n_rows), stack.shape[2]), np.float64)
     # Each frame's and the median's column profile, to tell what the median lost.
+    check_lost = len(files) >= 3
     profiles = np.zeros((len(files) + 1, stack.shape[2]))
     for r0 in range(0, n_rows, _MEDIAN_BLOCK_ROWS):
         r1 = min(r0 + _MEDIAN_BLOCK_ROWS, n_rows)
         work = block[:, : r1 - r0]
         for i, scale in enumerate(scales):
             np.multiply(stack[i, r0:r1], scale, out=work[i], dtype=np.float64, casting="unsafe")
-        if len(files) >= 3:
+        if check_lost:
             profiles[:-1] += _block_profile(work) * (r1 - r0)
         out[r0:r1] = np.median(work, axis=0, overwrite_input=True)
-        if len(files) >= 3:
+        if check_lost:
             profiles[-1] += _block_profile(out[None, r0:r1])[0] * (r1 - r0)
-    if len(files) >= 3:
+    if check_lost:
         lost = lost_lines(profiles[:-1] / n_rows, profiles[-1] / n_rows)
         # (One line may differ between frames of one lamp: a saturated one, a ray along it.)
         if len(lost) >= 3:
@@ -489,15 +490,16 @@ def lost_lines(frames, combined, width=15):
     """
     from scipy.ndimage import median_filter
 
+    from specwidgets.core.lines import robust_noise
+    from specwidgets.core.sky.quality import _ranges
+
     frames = np.atleast_2d(np.asarray(frames, float))
     combined = np.asarray(combined, float)
     lines_c = combined - median_filter(combined, width, mode="nearest")
     lost = np.zeros(frames.shape[1], bool)
     for profile in frames:
         lines = profile - median_filter(profile, width, mode="nearest")
-        # The profile's noise from its column-to-column differences (robust to the lines).
-        step = np.diff(profile)
-        sigma = 1.4826 * np.median(np.abs(step - np.median(step))) / np.sqrt(2.0)
+        sigma = robust_noise(profile)  # from its column-to-column differences: robust to the lines
         # Lines that matter: well above the noise, and not faint beside the frame's brightest.
         strong = (lines > LOST_LINE_SIGMA * max(sigma, 1e-12)) & (lines > 0.05 * lines.max())
         if not strong.any():
@@ -508,8 +510,7 @@ def lost_lines(frames, combined, width=15):
         # lacks, next to nothing.
         kept = np.median(lines_c[strong] / lines[strong])
         lost |= strong & (lines_c < (0.15 * kept if kept >= 0.25 else 0.5) * lines)
-    edges = np.flatnonzero(np.diff(np.r_[0, lost.astype(np.int8), 0]))
-    return [int(a + np.argmax(frames[:, a:b].max(axis=0))) for a, b in zip(edges[::2], edges[1::2])]
+    return [int(a + np.argmax(frames[:, a:b].max(axis=0))) for a, b in _ranges(lost)]
 
 
 def collect_images_array(

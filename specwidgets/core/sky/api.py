@@ -12,7 +12,6 @@ import contextvars
 import dataclasses
 import math
 import numbers
-import re
 import threading
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from ..rows import RowRanges
 from ..warp import WarpModel
 from ._kernels import _PARALLEL_MIN_SAMPLES
 from ._select import drop_flagged_rows, pixel_order, unmasked_pixels
-from .bspline import StretchedBSplineSky, adaptive_coordinate, choose_knot_threshold
+from .bspline import StretchedBSplineSky, TooFewSamplesError, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
 from .options import resolve_options
 from .quality import (  # noqa: E402
@@ -669,13 +668,10 @@ def fit_sky(
             result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
                                   (read_noise, gain, rn_source, gain_source), progress, options, first_look)
             result.options["sky_warp"] = sky_warp
-    except ValueError as exc:
-        if not str(exc).startswith("too few samples"):
-            raise
+    except TooFewSamplesError as exc:
         n_sky = int(np.count_nonzero(~masked_rows))
         span = float(np.nanmax(emap) - np.nanmin(emap))
-        numbers = re.search(r"(\d+) usable samples for (\d+)", str(exc))
-        usable, n_coef = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
+        usable = exc.n_usable
         if span > 2 * n_cols:
             raise ValueError(f"the warp model spreads the frame's {n_cols} columns over {span:.0f} effective pixels, "
                              f"leaving too few sky samples for each ({exc}): check the warp model") from None
@@ -943,7 +939,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         hits = _far_above(samples.flux, level, ratios, rows, prov_gain, prov_rn, 8.0)
         # Dead or hot detector columns: out of the refit and of the final fit
         # (which would judge a whole column against a model it pulled).
-        bad_columns, suspects = _bad_columns(stack, masked_rows, samples, prov_gain, prov_rn, emap)
+        bad_columns, bad_samples = _bad_columns(stack, masked_rows, samples, prov_gain, prov_rn, emap)
         # The rays are blanked in the samples themselves and their values
         # put back before the final fit, which judges them anew: a copy of
         # the samples would be the first stage's largest array (127 MB on a
@@ -952,15 +948,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # reads only samples of ``used``, where nothing was blanked.
         clean = samples.flux
         ray_values = None
-        if hits.any() or suspects is not None:
+        if hits.any() or bad_samples is not None:
             if np.may_share_memory(flux_psub, clean):  # (all samples: a view of them)
                 flux_psub = flux_psub.copy()
         if hits.any():
             ray_values = clean[hits]
             clean[hits] = np.nan
-        if suspects is not None:
-            clean[suspects] = np.nan
-        blanked = hits if suspects is None else hits | suspects
+        if bad_samples is not None:
+            clean[bad_samples] = np.nan
+        blanked = hits if bad_samples is None else hits | bad_samples
 
         def refit_and_shift(k):
             """Exposure ``k`` refit without its cosmic rays, then its sky lines' shift (if asked)."""
@@ -987,7 +983,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if blanked.any() or flexure_mode:
             shifts[:] = each_exposure(refit_and_shift)
         flexure_applied = bool(np.any(shifts != 0))
-        bad_samples = suspects
         if blanked.any():
             used = np.isfinite(clean)
         if flexure_applied:
@@ -1647,13 +1642,13 @@ BAD_COLUMN_SPIKE_TILT = 2.0
 BAD_COLUMN_MIN_ROWS = 10
 
 
-def _dips_and_spikes(x, gain, rn_var):
+def _dips_and_spikes(x, gain, rn_var, dip_factor=BAD_COLUMN_DIP, spike_factor=BAD_COLUMN_SPIKE):
     """``(dip, spike)``: where the middle of ``2 * BAD_COLUMN_REACH + 1`` pixels (last axis) is one that no sky makes.
 
-    A dip: below :data:`BAD_COLUMN_DIP` times the third faintest of the
+    A dip: below ``dip_factor`` (:data:`BAD_COLUMN_DIP`) times the third faintest of the
     others (the sky's continuum, with room for two more bad columns; sky
     is never fainter than its continuum, and the valleys between lines keep
-    it too). A spike: above :data:`BAD_COLUMN_SPIKE` times the brightest
+    it too). A spike: above ``spike_factor`` (:data:`BAD_COLUMN_SPIKE`) times the brightest
     of the four within 2 px (a sky line 1.3 px wide, FWHM, peaks at up to
     ~2.5 times the pixel beside it; two hot columns side by side are not
     told from such a line). With ``gain`` (None: means, no noise test) also
@@ -1668,8 +1663,8 @@ def _dips_and_spikes(x, gain, rn_var):
     typical = np.take_along_axis(others, np.maximum(n_finite // 2, 0)[..., None], axis=-1)[..., 0]
     high = np.max(np.nan_to_num(x[..., [c - 2, c - 1, c + 1, c + 2]], nan=-np.inf), axis=-1)
     with np.errstate(invalid="ignore"):
-        dip = (mid < BAD_COLUMN_DIP * low) & (n_finite >= 3)
-        spike = (mid > BAD_COLUMN_SPIKE * high) & np.isfinite(high)
+        dip = (mid < dip_factor * low) & (n_finite >= 3)
+        spike = (mid > spike_factor * high) & np.isfinite(high)
         if gain is not None:
             limit = BAD_COLUMN_SIGMA**2
             dip &= (typical - mid) ** 2 > limit * (np.clip(typical, 0, None) / gain + rn_var)
@@ -1708,14 +1703,9 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
         means = np.where(finite, part, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
         means[~finite.any(axis=0)] = np.nan
         # Candidates: the means' dips or spikes, judged half as strictly (a column bad in part of its rows).
-        win = means[inner[:, None] + window]
-        c = reach
-        others = np.sort(np.delete(win, c, axis=-1), axis=-1)
-        near = np.max(np.nan_to_num(win[:, [c - 2, c - 1, c + 1, c + 2]], nan=-np.inf), axis=-1)
-        with np.errstate(invalid="ignore"):
-            loose = (win[:, c] < (1 + BAD_COLUMN_DIP) / 2 * others[:, 2]) | (
-                (win[:, c] > (1 + BAD_COLUMN_SPIKE) / 2 * near) & tilted[inner])
-        cand = inner[loose]
+        dip, spike = _dips_and_spikes(means[inner[:, None] + window], None, 0.0,
+                                      (1 + BAD_COLUMN_DIP) / 2, (1 + BAD_COLUMN_SPIKE) / 2)
+        cand = inner[dip | (spike & tilted[inner])]
         if not cand.size:
             continue
         # Only the candidates' windows are read (rows and columns at once: no copy of the sky rows).

@@ -62,6 +62,7 @@ from ._kernels import (  # noqa: F401 - the kernels the fit calls, and tests rea
     _scalar_pass_chunked,
     _scalar_to_band,
 )
+from .quality import _ranges
 
 __all__ = ["BSplineSky", "StretchedBSplineSky", "adaptive_coordinate", "choose_knot_threshold", "default_knot_spacing",
            "fit_bspline_sky"]
@@ -370,6 +371,14 @@ def _interval(value, name):
     return lo, hi
 
 
+class TooFewSamplesError(ValueError):
+    """Fewer usable samples than spline coefficients (``n_usable``, ``n_coef``): the caller can say why."""
+
+    def __init__(self, n_usable, n_coef, message):
+        super().__init__(message)
+        self.n_usable, self.n_coef = n_usable, n_coef
+
+
 #: Relative strength (to the median of the normal matrix's diagonal) of the
 #: curvature penalty on coefficients whose own knot intervals hold no sample:
 #: it dominates the far tails that see them, so a gap is bridged smoothly.
@@ -387,9 +396,7 @@ GAP_MIN_WIDTH = 1.0
 
 def _gap_runs(empty, knot_spacing):
     """``[(start, stop), ...]`` interval indices of the gaps in ``empty`` (see :data:`GAP_MIN_INTERVALS`)."""
-    flags = np.concatenate([[False], empty, [False]]).astype(np.int8)
-    starts, stops = np.flatnonzero(np.diff(flags) == 1), np.flatnonzero(np.diff(flags) == -1)
-    return [(int(a), int(b)) for a, b in zip(starts, stops)
+    return [(a, b) for a, b in _ranges(empty)
             if b - a >= GAP_MIN_INTERVALS and (b - a) * knot_spacing >= GAP_MIN_WIDTH and a > 0 and b < empty.size]
 
 
@@ -450,15 +457,7 @@ def _add_guard(band, n_terms, strength, ridge_all=False, empty=None, knot_spacin
     if lam <= 0:
         return
     n_basis = band.shape[1] // n_terms
-    # Diagonals 0, 1, 2 of D2^T D2 on the per-term coefficient index.
-    d0 = np.zeros(n_basis)
-    d0[:-2] += 1.0
-    d0[1:-1] += 4.0
-    d0[2:] += 1.0
-    d1 = np.zeros(max(n_basis - 1, 0))
-    d1[:-1] -= 2.0
-    d1[1:] -= 2.0
-    d2 = np.ones(max(n_basis - 2, 0))
+    d0, d1, d2 = _second_difference_band(np.ones(max(n_basis - 2, 0)), n_basis)
     for p in range(n_terms):
         ridge = 1e-3 if (p > 0 or ridge_all) else 0.0
         # Interleaved storage: neighbours of a term are n_terms columns apart.
@@ -468,19 +467,25 @@ def _add_guard(band, n_terms, strength, ridge_all=False, empty=None, knot_spacin
     gap = None if empty is None else _gap_rows(empty, n_basis, knot_spacing)
     if gap is None:
         return
-    # D2^T diag(w) D2 with w on the second differences that touch a gap.
-    w = GAP_BRIDGE_STRENGTH * scale * gap
-    g0 = np.zeros(n_basis)
-    g0[:-2] += w
-    g0[1:-1] += 4.0 * w
-    g0[2:] += w
-    g1 = np.zeros(max(n_basis - 1, 0))
-    g1[:-1] -= 2.0 * w
-    g1[1:] -= 2.0 * w
+    # The weights on the second differences that touch a gap.
+    g0, g1, g2 = _second_difference_band(GAP_BRIDGE_STRENGTH * scale * gap, n_basis)
     for p in range(n_terms):
         band[0, p::n_terms] += g0
         band[n_terms, p::n_terms][: n_basis - 1] += g1
-        band[2 * n_terms, p::n_terms][: n_basis - 2] += w
+        band[2 * n_terms, p::n_terms][: n_basis - 2] += g2
+
+
+def _second_difference_band(weights, n_basis):
+    """Diagonals 0, 1, 2 of ``D2^T diag(weights) D2`` on ``n_basis`` coefficients (row ``k`` of ``D2``:
+    coefficients ``k, k+1, k+2``)."""
+    d0 = np.zeros(n_basis)
+    d0[:-2] += weights
+    d0[1:-1] += 4.0 * weights
+    d0[2:] += weights
+    d1 = np.zeros(max(n_basis - 1, 0))
+    d1[:-1] -= 2.0 * weights
+    d1[1:] -= 2.0 * weights
+    return d0, d1, np.asarray(weights, float)
 
 
 def _solve(band, rhs, n_terms, guard, empty=None, knot_spacing=1.0):
@@ -511,7 +516,7 @@ def _solve(band, rhs, n_terms, guard, empty=None, knot_spacing=1.0):
 class _NormalEquations:
     """Accumulator buffers and kernel dispatch for one fitting pass."""
 
-    def __init__(self, e, f, y, excluded, grid, rows, noise):
+    def __init__(self, e, f, y, excluded, grid, rows, noise, bridge_gaps=True):
         self.e, self.f, self.y, self.excluded = e, f, y, excluded
         self.lo, self.knot_spacing, self.n_int = grid
         self.y_off, self.y_scale, self.n_terms = rows
@@ -521,7 +526,7 @@ class _NormalEquations:
         self.rhs = np.zeros(n_coef)
         #: Knot intervals without a sample in the last pass (None: none), for the gap bridge.
         self.empty = None
-        self.bridge_gaps = True
+        self.bridge_gaps = bool(bridge_gaps)
         self.occupancy_read = False
         n_loc = 4 * self.n_terms
         if self.n_terms == 1:
@@ -827,7 +832,8 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
     n_coef = (grid[2] + 3) * (spatial_order + 1)
     n_usable = excluded.size - int(np.count_nonzero(excluded))
     if n_usable < n_coef:
-        raise ValueError(
+        raise TooFewSamplesError(
+            n_usable, n_coef,
             f"too few samples: {n_usable} usable samples for {n_coef} spline "
             "coefficients; increase knot_spacing or supply more samples"
         )
@@ -843,7 +849,7 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
 
     normal = _NormalEquations(
         e, f, np.zeros(1) if y is None else y, excluded, grid, row_scaling,
-        (inv_gain, rn_var, min_variance, sig2),
+        (inv_gain, rn_var, min_variance, sig2), bridge_gaps=bridge_gaps,
     )
     rejected = excluded.copy()
     start = None
@@ -856,7 +862,6 @@ def fit_bspline_sky(effpix, flux, rows=None, *, spatial_order=0, row_range=None,
         and initial.row_range == row_range
     ):
         start = np.ascontiguousarray(initial.coefficients.ravel())
-    normal.bridge_gaps = bool(bridge_gaps)
     coef, chol, n_iterations, converged = _iterate(normal, rejected, max_iterations,
                                                    singular_guard, start)
     return BSplineSky(
