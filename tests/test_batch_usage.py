@@ -456,3 +456,13 @@ def test_a_folder_as_science_leaves_out_its_calibration_frames(raw, tmp_path, mo
     files, left_out, found = batch._science_files([night / "bias_0.fits", str(night / "frame_*.fits")], out, {})
     assert [p.name for p in files] == ["bias_0.fits", "frame_0001.fits"] and left_out == []
     assert not any(found.values())
+    # The kind comes from the card: an arc typed 'Line' or ESO's 'LAMP,WAVE' is an arc, a lamp flat a flat.
+    for name, card, value in (("f2.fits", "IMAGETYP", "Line"), ("f3.fits", "HIERARCH ESO DPR TYPE", "LAMP,WAVE"),
+                              ("f4.fits", "OBSTYPE", "LAMPFLAT")):
+        header = fits.Header()
+        header[card] = value
+        fits.writeto(night / name, zero, header)
+    files, left_out, found = batch._science_files(night, out, {})
+    assert sorted(p.name for p, _ in found["arc"]) == ["arc_0.fits", "f2.fits", "f3.fits"]
+    assert [p.name for p, _ in found["flat"]] == ["f4.fits"]
+    assert sorted(p.name for p in files) == ["obj_0.fits", "obj_1.fits"]

@@ -469,3 +469,39 @@ def test_the_median_of_arcs_of_different_lamps_warns_that_it_lost_their_lines(tm
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         average_matching_files(tmp_path, tag="same")
+
+
+def test_default_tags_take_arcs_and_biases_by_their_type_cards(tmp_path):
+    """Numbered files whose type is in a card only (many instruments): the default tags find them."""
+    from specwidgets.io.folder import load_folder
+
+    rng = np.random.default_rng(1)
+
+    def write(name, card, value):
+        header = fits.Header()
+        header[card] = value
+        fits.writeto(tmp_path / name, rng.normal(100.0, 1.0, (8, 32)), header)
+
+    write("r0001.fits", "IMAGETYP", "comp")
+    write("r0002.fits", "IMAGETYP", "Line")
+    write("r0003.fits", "HIERARCH ESO DPR TYPE", "LAMP,WAVE")
+    write("r0004.fits", "OBSTYPE", "ZERO")
+    write("r0005.fits", "IMAGETYP", "Bias Frame")
+    write("r0006.fits", "OBSTYPE", "LAMPFLAT")  # a lamp flat is a flat, not an arc
+    write("r0007.fits", "IMAGETYP", "object")
+    write("r0008.fits", "IMAGETYP", "Light Frame")
+    data = load_folder(tmp_path)
+    assert data.files["arc"] == ["r0001.fits", "r0002.fits", "r0003.fits"]
+    assert data.files["bias"] == ["r0004.fits", "r0005.fits"]
+    assert data.files["science"] == ["r0007.fits", "r0008.fits"]
+    assert any(s.startswith("r0006.fits: OBSTYPE = 'LAMPFLAT', so not science") for s in data.skipped)
+    # A tag of the user's own matches paths only: the other arcs are then not science either.
+    data = load_folder(tmp_path, arc_tag="r0001")
+    assert data.files["arc"] == ["r0001.fits"]
+    assert data.files["science"] == ["r0007.fits", "r0008.fits"]
+    assert any(s.startswith("r0002.fits: IMAGETYP = 'LINE', so not science") for s in data.skipped)
+    # No arc by name or card: the message says both were looked for.
+    for name in ("r0001.fits", "r0002.fits", "r0003.fits"):
+        (tmp_path / name).unlink()
+    with pytest.raises(FileNotFoundError, match="or a type card .* naming an arc frame"):
+        load_folder(tmp_path)

@@ -822,10 +822,6 @@ def _open_client(workers, scheduler, client, processes, numba_threads=1):
     return c, [c, cluster]
 
 
-# The role of a calibration frame that a science folder held (flat first: 'LAMPFLAT' is a flat).
-_CALIBRATION_ROLES = ((("flat",), "flat"), (("bias", "zero"), "bias"), (("arc", "lamp", "comp"), "arc"))
-
-
 def _science_files(science, out_dir, calibrations):
     """``(files, left_out, found)``: the science files of the arguments, why each other file they name is
     left out, and the calibration frames found in folders given as science (``{"bias": [(path, why)], ...}``).
@@ -838,7 +834,7 @@ def _science_files(science, out_dir, calibrations):
     naming a bias, arc, flat, ...). A file
     named on its own (or by a pattern) is taken as the user gave it.
     """
-    from ..io.folder import ALL_CALIBRATION_WORDS, calibration_reason
+    from ..io.folder import ALL_CALIBRATION_WORDS, calibration_kind
 
     given = {}
     for role, items in calibrations.items():
@@ -861,10 +857,9 @@ def _science_files(science, out_dir, calibrations):
             if path in given:
                 left_out.append(f"{path.name}: given as {given[path]}, so not science")
                 continue
-            why = calibration_reason(path, words=ALL_CALIBRATION_WORDS) if from_folder else ""
+            kind, why = calibration_kind(path, words=ALL_CALIBRATION_WORDS) if from_folder else ("", "")
             if why:
-                role = next((role for words, role in _CALIBRATION_ROLES if any(w in why.lower() for w in words)), None)
-                found[role].append((path, why))
+                found[kind if kind in found else None].append((path, why))
                 continue
             files.append(path)
     return files, left_out, found

@@ -1,6 +1,7 @@
 """Read a folder of arc, bias and science frames, as the dashboard's folder form does.
 
 The frames are found by name tags (:func:`~specwidgets.io.discovery.find_frames`)
+and, for the default arc and bias tags, by their type cards (:func:`frame_kind`),
 and read one file at a time by :func:`~specwidgets.io.loading.read_frame`,
 the frame reader of the loaders and batch too. A file that cannot be read
 is listed in :attr:`FolderData.skipped`, not raised.
@@ -22,7 +23,7 @@ from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, input_gain, noise_of_frames, read_frame
 
-__all__ = ["FolderData", "load_folder"]
+__all__ = ["FolderData", "calibration_kind", "calibration_reason", "frame_kind", "load_folder"]
 
 
 @dataclass
@@ -70,8 +71,19 @@ class FolderData:
 # Words in a file's path, or values of its frame-type card, that mark a
 # calibration frame: "every other file" as science leaves these out.
 _CALIBRATION_WORDS = ("flat", "dark")
-_TYPE_CARDS = ("IMAGETYP", "OBSTYPE", "IMGTYPE", "FRAMETYP")
-_CALIBRATION_TYPES = ("FLAT", "DARK", "BIAS", "ZERO", "ARC", "COMP", "LAMP")
+# The cards observatories name a frame's type by (``ESO DPR TYPE``: ESO's
+# HIERARCH card), in the order they are read.
+_TYPE_CARDS = ("IMAGETYP", "OBSTYPE", "IMGTYPE", "IMTYPE", "FRAMETYP", "EXPTYPE", "ESO DPR TYPE")
+# A type card's value -> the frame's kind: the first kind with a match, so a
+# lamp flat ('LAMPFLAT', ESO's 'FLAT,LAMP') is a flat, not an arc. Letters
+# anywhere in the value ('DOMEFLAT', 'Bias Frame', 'COMPARISON'), except
+# 'LINE' and 'WAVE', which must be whole words ('LAMP,WAVE', 'Line').
+_TYPE_KINDS = (
+    ("flat", ("FLAT", "TWILIGHT"), ()),
+    ("dark", ("DARK",), ()),
+    ("bias", ("BIAS", "ZERO"), ()),
+    ("arc", ("ARC", "COMP", "LAMP"), ("LINE", "WAVE", "WAVECAL")),
+)
 
 
 def _calibration_name(relative_path, words=_CALIBRATION_WORDS):
@@ -85,15 +97,43 @@ def _calibration_name(relative_path, words=_CALIBRATION_WORDS):
     return next((word for word in words if word in found or word + "s" in found), "")
 
 
+def frame_kind(header):
+    """The calibration kind a frame-type card names, and the card: ``("arc", "OBSTYPE = 'COMP'")``.
+
+    Kinds are ``"flat"``, ``"dark"``, ``"bias"`` and ``"arc"``; ``("", "")``
+    for a science frame, a frame without a type card, or no header. The
+    cards read, in order: ``IMAGETYP``, ``OBSTYPE``, ``IMGTYPE``,
+    ``IMTYPE``, ``FRAMETYP``, ``EXPTYPE`` and ESO's ``DPR TYPE``.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> frame_kind(fits.Header({"IMAGETYP": "Bias Frame"}))
+    ('bias', "IMAGETYP = 'BIAS FRAME'")
+    >>> frame_kind(fits.Header({"OBSTYPE": "LAMPFLAT"}))[0], frame_kind(fits.Header({"IMAGETYP": "comp"}))[0]
+    ('flat', 'arc')
+    >>> frame_kind(fits.Header({"IMAGETYP": "Line"}))[0], frame_kind(fits.Header({"IMAGETYP": "OBJECT"}))
+    ('arc', ('', ''))
+    """
+    if header is None:
+        return "", ""
+    for card in _TYPE_CARDS:
+        try:
+            value = str(header.get(card, "")).strip().upper()
+        except (KeyError, ValueError):
+            continue
+        if not value:
+            continue
+        words = re.split(r"[^A-Z]+", value)
+        for kind, letters, whole in _TYPE_KINDS:
+            if any(text in value for text in letters) or any(word in words for word in whole):
+                return kind, f"{card} = {value!r}"
+    return "", ""
+
+
 def _calibration_type(header):
     """``"IMAGETYP = 'FLAT'"`` when a frame-type card names a calibration frame, else ""."""
-    if header is None:
-        return ""
-    for card in _TYPE_CARDS:
-        value = str(header.get(card, "")).strip().upper()
-        if value and any(kind in value for kind in _CALIBRATION_TYPES):
-            return f"{card} = {value!r}"
-    return ""
+    return frame_kind(header)[1]
 
 
 #: The words by which a folder given to batch as science leaves out every
@@ -120,11 +160,29 @@ def calibration_reason(path, relative_path=None, header=None, words=_CALIBRATION
     >>> calibration_reason("night/bias_01.fits", words=ALL_CALIBRATION_WORDS)
     'bias in its name'
     """
+    return calibration_kind(path, relative_path, header, words)[1]
+
+
+# A calibration word of a file's name -> the frame's kind.
+_WORD_KINDS = {"flat": "flat", "dark": "dark", "bias": "bias", "zero": "bias", "arc": "arc", "lamp": "arc"}
+
+
+def calibration_kind(path, relative_path=None, header=None, words=_CALIBRATION_WORDS):
+    """``(kind, reason)``: what :func:`calibration_reason` says, and the kind of frame it names.
+
+    ``kind`` is ``"flat"``, ``"dark"``, ``"bias"`` or ``"arc"`` (``"", ""``
+    for a science frame): batch uses the folder's bias and arc frames.
+
+    Examples
+    --------
+    >>> calibration_kind("night/zero_3.fits", words=ALL_CALIBRATION_WORDS)
+    ('bias', 'zero in its name')
+    """
     path = Path(path)
-    why = _calibration_name(relative_path if relative_path is not None else path.name, words)
-    if why:
-        return f"{why} in its name"
-    return _calibration_type(header if header is not None else _first_header(path))
+    word = _calibration_name(relative_path if relative_path is not None else path.name, words)
+    if word:
+        return _WORD_KINDS.get(word, ""), f"{word} in its name"
+    return frame_kind(header if header is not None else _first_header(path))
 
 
 def _first_header(path):
@@ -142,7 +200,10 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
 
     The one rule of the page's folder loader and of batch runs from a saved
     session. Roles are claimed in order (arc, bias, science): a file claimed
-    by an earlier role is not taken again. An empty bias tag means no bias
+    by an earlier role is not taken again. The default tags ``"arc"`` and
+    ``"bias"`` also take the frames whose type card names an arc or a bias
+    (:func:`frame_kind`: ``IMAGETYP = 'COMP'``, ``OBSTYPE = 'ZERO'``, ...);
+    other tags match paths only. An empty bias tag means no bias
     frames; an empty science tag means every other file but the flats and
     darks ("flat"/"dark" as a word of the path, or a frame-type card such
     as ``IMAGETYP`` naming a calibration frame). Outputs of specwidgets kept
@@ -159,15 +220,29 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
     def rel(path):
         return path.relative_to(root).as_posix()
 
+    headers = {}
+
+    def header_of(path):
+        if path not in headers:
+            headers[path] = _first_header(path)
+        return headers[path]
+
     roles, claimed, skipped = {}, set(), []
     for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
         if role == "bias" and not tag:
             roles[role] = []
             continue
         found = [p for p in find_frames(root, tag or "") if p not in claimed]
+        if tag == role:
+            # The default tags ("arc", "bias") also take the frames whose
+            # type card says so: many instruments number their files
+            # (r0012.fits) and name the type in IMAGETYP or OBSTYPE only.
+            named = set(found)
+            found = sorted(found + [p for p in find_frames(root, "")
+                                    if p not in claimed and p not in named and frame_kind(header_of(p))[0] == role])
         files, left = [], []
         for path in found:
-            header = _first_header(path)
+            header = header_of(path)
             if header is not None and ("SWDONE" in header or "SWMETHOD" in header):
                 # A tag matched an output folder's name ("arc" in out_onearc/).
                 why = "a specwidgets output (sky subtracted), not a raw frame"
@@ -191,8 +266,10 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
                 )
             every = find_frames(root, "")
             example = ", ".join(rel(p) for p in every[:6]) + (", ..." if len(every) > 6 else "")
+            typed = f" or a type card (IMAGETYP, OBSTYPE, ...) naming {'an' if role == 'arc' else 'a'} {role} frame" \
+                if tag == role else ""
             raise FileNotFoundError(
-                f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path"
+                f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path{typed}"
                 + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
             )
         roles[role] = files
@@ -211,7 +288,9 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     instrument : str
         A name from :func:`specwidgets.known_instruments`.
     arc_tag, bias_tag, science_tag : str
-        Select the files (see :func:`find_frames`). An empty bias tag means
+        Select the files (see :func:`find_frames`); the default ``"arc"`` and
+        ``"bias"`` also take the frames whose type card (``IMAGETYP``,
+        ``OBSTYPE``, ...) names an arc or a bias. An empty bias tag means
         no bias frames; an empty science tag takes every file that is
         neither arc nor bias, nor a flat or dark ("flat" or "dark" in its
         path, or a frame-type card such as ``IMAGETYP`` naming a calibration
