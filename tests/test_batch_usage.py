@@ -466,3 +466,30 @@ def test_a_folder_as_science_leaves_out_its_calibration_frames(raw, tmp_path, mo
     assert sorted(p.name for p, _ in found["arc"]) == ["arc_0.fits", "f2.fits", "f3.fits"]
     assert [p.name for p, _ in found["flat"]] == ["f4.fits"]
     assert sorted(p.name for p in files) == ["obj_0.fits", "obj_1.fits"]
+
+
+def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path, monkeypatch, capsys):
+    """A generic camera storing the dispersion along y, without a DISPAXIS card: batch turns every frame
+    (the arc tells), says so, and the sky is the one fit on the frames as specwidgets wants them."""
+    turned = tmp_path / "turned"
+    turned.mkdir()
+    science = [_write(turned / f"sci_{i:02d}.fits", frames.science[i].T) for i in range(2)]
+    arc = _write(turned / "arc_01.fits", frames.arc.T)
+    out = tmp_path / "out"
+    code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out", out,
+                              "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "the arc's lines lie along the rows (arc_01.fits" in err
+    sky = fits.getdata(_outputs(out)[0], "SKY")
+    assert sky.shape == SHAPE
+    reference = run_batch([_write(tmp_path / "sci_00.fits", frames.science[0])],
+                          [_write(tmp_path / "arc_01.fits", frames.arc)], masks=[MASK], out_dir=tmp_path / "ref",
+                          workers=1, processes=False, progress=False, read_noise=4.0)
+    assert reference.exit_code == 0
+    np.testing.assert_allclose(sky, fits.getdata(_outputs(tmp_path / "ref")[0], "SKY"), atol=1e-6)
+    # Told how the frames lie, batch reads them as stored (and the arc then has no line along a row).
+    code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out",
+                              tmp_path / "out2", "--workers", "1", "--dispersion-axis", "1"])
+    err = capsys.readouterr().err
+    assert code != 0 and "lie along the rows (arc_01" not in err

@@ -497,6 +497,21 @@ def test_app_loads_a_folder_and_names_unreadable_files(tmp_path):
     assert seen[-1][:2] == (9, 9)
 
 
+def test_app_turns_frames_whose_wavelength_runs_down_the_rows(tmp_path):
+    """A camera that stores the dispersion along y: the page turns the frames (the arc tells) and says so."""
+    from astropy.io import fits
+
+    from specwidgets.app.page import DashboardApp
+
+    folder = tmp_path / "night"
+    write_fits_folder(folder, broken=())
+    for path in folder.iterdir():
+        fits.writeto(path, fits.getdata(path).T, overwrite=True)
+    app = DashboardApp(folder)
+    assert app.dashboard.background.shape == (2, 80, 512), app.message.value
+    assert "lines lie along the rows (arc_000.fits" in app.message.value
+
+
 @pytest.mark.parametrize(
     "change, words",
     [

@@ -505,3 +505,45 @@ def test_default_tags_take_arcs_and_biases_by_their_type_cards(tmp_path):
         (tmp_path / name).unlink()
     with pytest.raises(FileNotFoundError, match="or a type card .* naming an arc frame"):
         load_folder(tmp_path)
+
+
+def test_folder_of_frames_whose_wavelength_runs_down_the_rows(tmp_path):
+    """The page's folder form on a generic camera that stores the dispersion along y: turned by the arc,
+    or by a DISPAXIS card; a crop counts the turned frames' rows."""
+    from specwidgets.io.folder import load_folder
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=2, seed=4)
+    for name, data in (("arc_1.fits", frames.arc), ("sci_1.fits", frames.science[0]), ("sci_2.fits", frames.science[1])):
+        fits.writeto(tmp_path / name, np.asarray(data).T)
+    data = load_folder(tmp_path, bias_tag="", crop_bds=(5, 35))
+    assert data.science.shape == (2, 30, 300) and data.instrument_options == {"dispersion_axis": 0}
+    np.testing.assert_allclose(data.science, np.asarray(frames.science)[:, 5:35])
+    assert len(data.notes) == 1 and "lie along the rows (arc_1.fits" in data.notes[0]
+    # A DISPAXIS card says how the frames lie: read by it, and no guess is made.
+    for path in tmp_path.iterdir():
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["DISPAXIS"] = 2
+    data = load_folder(tmp_path, bias_tag="")
+    assert data.science.shape == (2, 40, 300) and data.instrument_options == {} and data.notes == []
+    # As stored, the frames are as specwidgets wants them: nothing is turned.
+    for name, data in (("arc_1.fits", frames.arc), ("sci_1.fits", frames.science[0])):
+        fits.writeto(tmp_path / name, np.asarray(data), overwrite=True)
+    (tmp_path / "sci_2.fits").unlink()
+    data = load_folder(tmp_path, bias_tag="")
+    assert data.science.shape == (1, 40, 300) and data.notes == []
+
+
+def test_dispaxis_card_of_the_generic_instrument(tmp_path):
+    from specwidgets.io.loading import read_frame
+
+    image = np.arange(12.0).reshape(3, 4)
+    for value, shape in ((1, (3, 4)), (2, (4, 3)), ("2", (4, 3))):
+        path = tmp_path / f"f{value}.fits"
+        fits.writeto(path, image, fits.Header({"DISPAXIS": value}), overwrite=True)
+        assert read_frame(path).shape == shape
+        # An explicit dispersion_axis is the user's word, over the card.
+        assert read_frame(path, dispersion_axis=1).shape == (3, 4)
+    fits.writeto(tmp_path / "bad.fits", image, fits.Header({"DISPAXIS": 3}))
+    with pytest.raises(ValueError, match="DISPAXIS = 3 in bad.fits: must be 1"):
+        read_frame(tmp_path / "bad.fits")

@@ -570,7 +570,7 @@ class DashboardApp:
         }
         gains = data.input_gains or [None] * data.science.shape[0]
         self.dashboard.export_provenance = [{**shared, "input_gain": gain} for gain in gains]
-        notes = []
+        notes = list(data.notes)
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")
         if data.read_noise is None:

@@ -115,7 +115,8 @@ def add_batch_parser(subparsers):
     p.add_argument(
         "--dispersion-axis", type=int, choices=(0, 1), default=None, metavar="0|1",
         help="1: dispersion along the stored columns (x), as specwidgets wants; 0: along the rows (the frames "
-             "are transposed); default: the instrument's",
+             "are transposed); default: the instrument's rule (generic: a DISPAXIS card, else the arc's lines "
+             "tell)",
     )
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(

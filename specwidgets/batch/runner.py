@@ -125,7 +125,7 @@ from ..io.fits_output import (
     write_exposure,
 )
 from ..io.instruments import resolve_instrument
-from ..io.loading import _crop_pair, input_gain, read_frame
+from ..io.loading import _crop_pair, arc_orientation, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
 
@@ -1323,6 +1323,16 @@ def run_batch(
         files = grouped
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
+    turned = ""
+    if warp_model is None and _given_files(arc):
+        try:
+            arc_files = _expand(arc, "arc")
+        except (FileNotFoundError, ValueError):
+            arc_files = []  # the calibrations' own reading names it
+        if arc_files:
+            # As the page's folder loader: frames whose wavelength runs down the rows are turned.
+            turn, turned = arc_orientation(arc_files[0], instrument, **instrument_options)
+            instrument_options.update(turn)
     reader = resolve_instrument(instrument, **instrument_options)
 
     if arc_combine not in ARC_COMBINES:
@@ -1332,6 +1342,9 @@ def run_batch(
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     # The session folder's files not taken as science (flats, darks, outputs), as the page leaves them out.
     summary.notes += [f"left out: {why}" for why in [*resolved["_left_out"], *left_out]] + used_notes
+    if turned:
+        summary.notes.append(turned + "; --dispersion-axis 1 (instrument_options={'dispersion_axis': 1}) reads "
+                             "them as stored")
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()

@@ -11,7 +11,7 @@ from scipy.ndimage import median_filter
 from .inputs import as_image, check_number
 from .peaks import fit_gaussian_windows, window_indices
 
-__all__ = ["find_cal_lines", "row_profile", "robust_noise", "saturated_peaks"]
+__all__ = ["find_cal_lines", "lines_along_rows", "row_profile", "robust_noise", "saturated_peaks"]
 
 # Rows median-combined around the chosen row: enough to beat cosmic rays and
 # pixel noise, few enough that a tilted line does not smear (tilt/row << 0.1 px).
@@ -151,6 +151,27 @@ def _lines_across_rows(image):
         return 0
     peaks, _ = find_peaks(excess, height=_ACROSS_SIGMA * noise, distance=3)
     return int(peaks.size)
+
+
+def lines_along_rows(image):
+    """True when an arc's lines lie along its rows (wavelength changes with the row): the frame wants transposing.
+
+    At least 3 lines stand out (20 noise sigmas) down the frame's middle
+    columns, and more than twice as many as along its middle row: an arc
+    as specwidgets wants it (wavelength along the columns) shows its lines
+    along a row, and at most a few bright rows (a source's trace) down a
+    column.
+
+    Examples
+    --------
+    >>> from specwidgets.io.synthetic import make_synthetic_longslit
+    >>> arc = make_synthetic_longslit(shape=(60, 300), seed=1).arc
+    >>> lines_along_rows(arc), lines_along_rows(arc.T)
+    (False, True)
+    """
+    image = as_image(image, "image (the arc frame)")
+    across = _lines_across_rows(image)
+    return across >= 3 and across > 2 * _lines_across_rows(image.T)
 
 
 def _profile_excess(profile):

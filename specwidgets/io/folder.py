@@ -21,7 +21,7 @@ from astropy.io import fits
 from ..core.frames import FrameArray
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
-from .loading import _metadata, input_gain, noise_of_frames, read_frame
+from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
 
 __all__ = ["FolderData", "calibration_kind", "calibration_reason", "frame_kind", "load_folder"]
 
@@ -54,6 +54,12 @@ class FolderData:
     input_gains : list of float or None
         Each science frame's gain that took it from ADU to electrons (None
         when it stayed in ADU): ``SWINGAIN`` in the exported files.
+    instrument_options : dict
+        Options the frames were read with beyond the instrument's own rule:
+        ``{"dispersion_axis": 0}`` when the arc's lines lay along the rows
+        (:func:`~specwidgets.io.loading.arc_orientation`).
+    notes : list of str
+        What was decided for the user (the frames turned).
     """
 
     science: np.ndarray
@@ -66,6 +72,8 @@ class FolderData:
     arc_combine: str = "sum"
     headers: list = field(default_factory=list)
     input_gains: list = field(default_factory=list)
+    instrument_options: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
 
 # Words in a file's path, or values of its frame-type card, that mark a
@@ -336,6 +344,9 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         return path.relative_to(root).as_posix()
 
     roles, skipped = folder_files(root, arc_tag, bias_tag, science_tag)
+    # Frames whose wavelength runs down the rows are turned before any crop.
+    options, note = arc_orientation(roles["arc"][0], instrument)
+    notes = [note] if note else []
 
     total = sum(len(files) for files in roles.values())
     frames = {role: [] for role in roles}
@@ -348,7 +359,7 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
                 # One file at a time, by the instrument directly: selecting
                 # it by name through the folder loaders listed the whole
                 # folder for every file (quadratic: 33 s for 2000 files).
-                image = read_frame(path, instrument, crop_bds)
+                image = read_frame(path, instrument, crop_bds, **options)
                 frames[role].append((path, image, _metadata(path, image)))
             except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
                 skipped.append(f"{rel(path)}: {exc}")
@@ -396,4 +407,6 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         arc_combine=arc_combine,
         headers=[m["header"] for m in science_meta],
         input_gains=[input_gain(instrument, d) for _, d, _ in frames["science"]],
+        instrument_options=options,
+        notes=notes,
     )

@@ -284,6 +284,11 @@ class Instrument:
         first present wins.
     description : str
         One line shown by ``repr`` users and in docs.
+    dispersion_keyword : str or None
+        Header keyword that says along which raw axis the dispersion runs,
+        as IRAF's ``DISPAXIS`` does (1: wavelength changes along x, the
+        column index, as specwidgets wants; 2: along y, so the frame is
+        transposed); when a frame has it, it replaces ``transpose``.
 
     Examples
     --------
@@ -309,6 +314,7 @@ class Instrument:
     read_noise: float | None = None
     read_noise_keyword: str | tuple | None = None
     description: str = ""
+    dispersion_keyword: str | None = None
     #: Options given by the caller (``with_options``), so a frame can say its
     #: gain came from an argument rather than from the instrument's defaults.
     given: tuple = dataclasses.field(default=(), repr=False, compare=False)
@@ -360,7 +366,7 @@ class Instrument:
                     f"dispersion_axis must be 1 (dispersion along columns, as stored) or "
                     f"0 (along rows: the frame is transposed); got {axis!r}"
                 )
-            changes.update(transpose=axis == 0, rot90=0)
+            changes.update(transpose=axis == 0, rot90=0, dispersion_keyword=None)
         if "trimsec" in options:
             trimsec = options["trimsec"]
             if trimsec is not None and not isinstance(trimsec, str):
@@ -410,7 +416,7 @@ class Instrument:
             raise ValueError(f"HDU {index} of {path} holds no 2D image")
         rows, cols = self._trim_slices(header, raw.shape, path.name)
         data = raw[rows, cols]
-        if self.transpose:
+        if self._transposes(header, path):
             data = data.T
         if self.rot90:
             data = np.rot90(data, k=self.rot90)
@@ -424,6 +430,21 @@ class Instrument:
         return Frame(
             data=data, header=header, gain=gain, read_noise=read_noise, hdu=index, noise_source=", ".join(sources)
         )
+
+    def _transposes(self, header, path):
+        """Whether this frame is transposed: ``transpose``, or its ``dispersion_keyword`` card when it has one."""
+        key = self.dispersion_keyword
+        if not key or key not in header:
+            return self.transpose
+        value = header[key]
+        try:
+            axis = int(str(value).strip())
+        except ValueError:
+            axis = None
+        if axis not in (1, 2):
+            raise ValueError(f"{key} = {value!r} in {path.name}: must be 1 (dispersion along the image's x axis) or 2 "
+                             "(along y); pass dispersion_axis=1 or 0 to read the frame as stored or transposed")
+        return axis == 2
 
     def _image_index(self, hdul, path):
         if self.hdu is None:
@@ -557,10 +578,12 @@ _BUILTINS = {
         # unknown read noise (then fit_sky estimates the noise model).
         gain_keyword=GENERIC_GAIN_KEYWORDS,
         read_noise_keyword=GENERIC_READ_NOISE_KEYWORDS,
+        # IRAF's card: frames whose dispersion runs along y say DISPAXIS = 2.
+        dispersion_keyword="DISPAXIS",
         description=(
-            "first 2D image HDU, trimmed to its TRIMSEC when smaller; gain from GAIN/EGAIN, read noise "
-            "from RDNOISE/READNOIS/RON; options set HDU, axis, trim (trimsec=None keeps every pixel), gain, "
-            "read noise"
+            "first 2D image HDU, trimmed to its TRIMSEC when smaller, transposed when DISPAXIS = 2; gain "
+            "from GAIN/EGAIN, read noise from RDNOISE/READNOIS/RON; options set HDU, axis, trim "
+            "(trimsec=None keeps every pixel), gain, read noise"
         ),
     ),
     "goodman": Instrument(

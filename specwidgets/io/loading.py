@@ -36,6 +36,7 @@ from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_f
 from specwidgets.io.instruments import Instrument, resolve_instrument
 
 __all__ = [
+    "arc_orientation",
     "FITS_EXTENSIONS",
     "COMBINE_MODES",
     "average_matching_files",
@@ -217,6 +218,38 @@ def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic"
         raise FileNotFoundError(f"FITS file {path} does not exist")
     ((_, data, frame),) = list(_iter_frames([path], reader, start, stop))
     return _as_frame_array(data, frame)
+
+
+def arc_orientation(arc_path, instrument="generic", **instrument_options):
+    """``(options, note)``: the instrument options that turn frames whose arc lines lie along the rows.
+
+    For an instrument that does not fix the frames' orientation (``generic``:
+    none given, and the arc frame has no ``DISPAXIS`` card), the arc frame
+    ``arc_path`` is read as stored; when its lines lie along the rows
+    (:func:`~specwidgets.core.lines.lines_along_rows`), the frames want
+    ``dispersion_axis=0``, and ``note`` says so. Otherwise ``({}, "")``:
+    the instrument's own rule, or an arc frame that cannot be read (its
+    reading later says what is wrong). The page's folder loader and batch
+    both ask this before reading any frame, so crops and masks count the
+    rows of the turned frames.
+    """
+    from specwidgets.core.lines import lines_along_rows
+
+    reader = resolve_instrument(instrument, **instrument_options)
+    key = getattr(reader, "dispersion_keyword", None)
+    if not key:
+        return {}, ""
+    try:
+        frame = reader.read(arc_path)
+    except (OSError, ValueError):
+        return {}, ""
+    if key in frame.header or not lines_along_rows(frame.data):
+        return {}, ""
+    name = Path(arc_path).name
+    return {"dispersion_axis": 0}, (
+        f"the arc's lines lie along the rows ({name}: wavelength changes with the row, and no {key} card says "
+        "otherwise): every frame is read transposed, so that wavelength runs along the columns (dispersion_axis=0)"
+    )
 
 
 def input_gain(instrument, frame):
