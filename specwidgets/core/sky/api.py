@@ -852,8 +852,15 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     read_noise, gain = noise[0], noise[1]
     extent = (float(emap.min()), float(emap.max()))
 
+    # Lines that move less than a pixel over the sky rows leave each column's
+    # samples on a sliver of the effective pixels (see _knot_floors).
+    floor, first_floor = _knot_floors(_line_span(emap, masked_rows))
+
     def spacing(order):
-        return default_knot_spacing(order) if knot_spacing is None else knot_spacing
+        return max(default_knot_spacing(order), floor) if knot_spacing is None else knot_spacing
+
+    # The first pass's knots: what the defaults are chosen on.
+    first_spacing = max(spacing(0), first_floor) if knot_spacing is None else knot_spacing
 
     need_first = (
         read_noise is None or gain is None or spatial_order == "auto" or unlit_mode or flexure_mode
@@ -905,7 +912,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         def first_pass(k):
             first[k] = fit_bspline_sky(
                 samples.effpix, samples.flux[k], None, read_noise=prov_rn, gain=prov_gain,
-                extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=0,
+                extent=extent, knot_spacing=first_spacing, reject_sigma=None, max_iterations=0,
             )
             first[k](samples.effpix, out=level[k])
             # The rows' brightness first (with the provisional noise): the
@@ -950,7 +957,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 # pass otherwise: ~0.1 s on a 4096 x 4096 frame).
                 first[k] = fit_bspline_sky(
                     samples.effpix, clean[k], None, read_noise=prov_rn, gain=prov_gain,
-                    extent=extent, knot_spacing=spacing(0), reject_sigma=None, max_iterations=1,
+                    extent=extent, knot_spacing=first_spacing, reject_sigma=None, max_iterations=1,
                     initial=first[k],
                 )
                 first[k](samples.effpix, out=level[k])
@@ -958,7 +965,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             if not flexure_mode:
                 return 0.0
             shift = _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows, level, ratios[k], prov_gain,
-                                   prov_rn, extent, spacing(0))
+                                   prov_rn, extent, first_spacing)
             if shift:
                 profile_of(k, prov_gain, prov_rn)  # its level moved with the shift
             return shift
@@ -996,8 +1003,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             read_noise, gain, source, warnings = _complete_noise(noise, None, None)
         # The slit's illumination and its unlit rows are read from the rows'
         # brightness relative to a sky that cannot follow the rows' light.
-        ratio, info_sum = _lit_profile(samples.effpix[psub], clean[:, psub], flux_psub, rows_psub, n_rows,
-                                       psub_step, shifts, gain, read_noise, extent, max(PROFILE_KNOT_SPACING, spacing(0)),
+        effpix_psub, clean_psub = samples.effpix[psub], clean[:, psub]
+        ratio, info_sum = _lit_profile(effpix_psub, clean_psub, flux_psub, rows_psub, n_rows,
+                                       psub_step, shifts, gain, read_noise, extent, max(PROFILE_KNOT_SPACING, first_spacing),
                                        each_exposure)
 
         def n_coef(p):
@@ -1034,7 +1042,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         del level
         if knots == "adaptive" and knot_threshold is None:
             knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
-                                                read_noise, extent, spacing(order), spacing(0),
+                                                read_noise, extent, spacing(order), first_spacing,
                                                 max(coarse, spacing(order)))
         if ray_values is not None:
             clean[hits] = ray_values
@@ -1042,7 +1050,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # The final fit would judge a whole column against a model the column pulled.
             clean[bad_samples] = np.nan
         # Only the samples and the first-pass models go on to the final fit.
-        del clean, used, hits, blanked, ray_values, flux_psub, rows_psub
+        del clean, used, hits, blanked, ray_values, flux_psub
     else:
         source = _noise_source(noise[2], noise[3])
         # (The noise is given when no first pass runs.)
@@ -1070,7 +1078,14 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     if knots == "adaptive":
         # One stretched coordinate for all exposures, from their mean first-pass sky.
         grid_e = np.linspace(extent[0], extent[1], max(2, int(np.ceil((extent[1] - extent[0]) / 0.25)) + 1))
-        curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
+        if first_spacing != spacing(0):
+            # The first pass's knots were too coarse to show the lines'
+            # shape: the knots follow a finer sky, fit to the profiles' subsample.
+            curve = np.mean([_fine_curve(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain, read_noise,
+                                         extent, spacing(0), grid_e) for k in range(n_exp)], axis=0)
+        else:
+            curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
+        del effpix_psub, clean_psub, rows_psub
         n_sky_rows = samples.index.size / n_cols
         table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
                                              spacing(order), max(coarse, spacing(order)), knot_threshold,
@@ -1391,6 +1406,56 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
         drops += d * stride
         coefs.append(c)
     return drops, coefs
+
+
+#: Lines that move this many pixels or more over the sky rows sample every
+#: part of a pixel: the knots are not held apart (see _knot_floors).
+SLIVER_SPAN = 1.0
+
+
+def _line_span(emap, masked_rows, max_columns=256):
+    """How far the lines move over the sky rows: the median over (at most ``max_columns``) columns of
+    the range of their effective pixel on the unmasked rows, in px."""
+    sky_rows = np.flatnonzero(~np.asarray(masked_rows, bool))
+    if sky_rows.size < 2:
+        return 0.0
+    cols = np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns))
+    values = emap[np.ix_(sky_rows, cols)]
+    return float(np.median(values.max(axis=0) - values.min(axis=0)))
+
+
+def _knot_floors(span):
+    """``(final, first)``: the closest knot spacings (px) of the final fit and of the first pass
+    when the lines move ``span`` px over the sky rows (0 when not held apart).
+
+    With less than a pixel (:data:`SLIVER_SPAN`), each column's samples lie
+    on a sliver ``span`` wide of the effective pixels, with a gap of
+    ``1 - span`` to the next column's: knots closer than that gap add
+    coefficients that only the noise, or a trend along the rows, decides.
+    A spline then bends within each sliver to follow the rows' light: the
+    slit's illumination, a line width changing along the slit (the
+    camera's focus) or a shift. The final fit keeps its knots ``1 - span``
+    apart (straight lines on a short slit: 0.31 -> 0.17 sigma RMS, the
+    noise of a plain column mean); the first pass, on which the spatial
+    order, the noise model and the flexure are chosen, keeps them
+    ``0.5 / span`` apart, at most one pixel (a width change of 10-30 %
+    along a slit with lines 0.1-0.6 px from straight: spatial order 1
+    chosen, 0.18-1.0 -> 0.08-0.20 sigma RMS).
+    """
+    if not (span < SLIVER_SPAN):
+        return 0.0, 0.0
+    return 1.0 - span, min(1.0, 0.5 / max(span, 1e-12))
+
+
+def _fine_curve(effpix, flux, rows, n_rows, shift, gain, read_noise, extent, knot_spacing, grid):
+    """One exposure's sky spectrum on ``grid`` from a fit with ``knot_spacing`` to the samples given
+    (its flexure ``shift`` applied): the curve the adaptive knots follow when the first pass was coarser."""
+    from .bspline import fit_bspline_sky
+
+    e = effpix - shift * _row_coordinate(rows, n_rows) if shift else effpix
+    model = fit_bspline_sky(e, flux, None, read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing,
+                            reject_sigma=None, max_iterations=0)
+    return model(grid)
 
 
 def _lit_profile(effpix, clean, flux, rows, n_rows, step, shifts, gain, read_noise, extent, knot_spacing,
@@ -1857,17 +1922,19 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 "does not follow the data (check the warp model and the mask)."
             )
     if misfit > misfit_limit and not lines_only:
+        # The scatter (a standard deviation) reads naturally; the check is on its square (quality.line_misfit).
         spread = f"{math.sqrt(misfit):.2f}"
+        ratio = f" (their variance ratio, quality.line_misfit, {misfit:.2f} > {misfit_limit:.2f})"
         if method == "median":
             warnings.append(
                 f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
-                "neighbouring rows differ: the median of bins misses the lines' peaks (its limit where the lines "
+                f"neighbouring rows differ{ratio}: the median of bins misses the lines' peaks (its limit where the lines "
                 "tilt, curve or shift across the slit); the default method (B-spline) follows them."
             )
         else:
             warnings.append(
                 f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
-                "neighbouring rows differ: the sky model misses the lines' shape (lines that change width or "
+                f"neighbouring rows differ{ratio}: the sky model misses the lines' shape (lines that change width or "
                 "position along the slit, or a warp model that does not fit them); check the warp model, or "
                 "try spatial_order=2."
             )

@@ -1159,7 +1159,8 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
                                     knot_spacing=1.0, read_noise=read_noise, gain=gain, extent=(0.0, float(u[-1])),
                                     max_iterations=1, bridge_gaps=False)
             m = model(np.interp(eh, grid, u), yh)
-            var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
+            # (No read noise and a model at or below zero: a variance of 0, capped below at the smallest float.)
+            var = np.maximum(np.clip(m, 0, None) / gain + (read_noise / gain) ** 2, np.finfo(float).tiny)
             # Fit to half the rows, the model's variance at the held-out
             # samples (its mean leverage, n_basis / n_used) is twice that
             # of the fit to all rows: the excess would favour coarse knots.
