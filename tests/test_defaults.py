@@ -212,6 +212,26 @@ def test_unlit_rows_found_and_left_out():
     assert not q.suspect, q.warnings
 
 
+def test_unlit_rows_keep_the_light_that_is_not_sky():
+    """Scattered light over the whole frame, unlit rows included: there the sky's spectrum, scaled,
+    is not all the light (it got ~0.1-0.5 of it: 1.5 sigma RMS here, 6-7 sigma in a trial); a smooth
+    term along each unlit row follows it."""
+    n_rows = 160
+    f = frames(unlit_rows=40, n_exposures=2, shape=(n_rows, 1024))
+    cols = np.linspace(0, 1, 1024)
+    light = 12.0 * (0.6 + 0.4 * np.cos(2 * np.pi * (cols - 0.3)))[None, None, :] * np.ones((1, n_rows, 1))
+    science = f.science + np.random.default_rng(5).poisson(light)
+    truth = f.sky + light
+    res = sw.fit_sky(science, f.warp, [tuple(f.trace_rows)])
+    (start, stop), = res.quality.unlit_rows
+    dark = slice(n_rows - 35, n_rows)  # within the unlit rows, past their soft edge
+    assert start <= n_rows - 35 and stop == n_rows
+    assert not res.quality.suspect, res.quality.summary()
+    sigma = np.sqrt(np.clip(truth, 0, None) + f.read_noise**2)
+    z = ((res.background - truth) / sigma)[:, dark]
+    assert rms(z) < 0.3 and np.abs(z).max() < 2.0, (rms(z), np.abs(z).max())
+
+
 def test_spatial_order_auto():
     flat = frames()
     res, hold = fit(flat)

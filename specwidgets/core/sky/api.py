@@ -1158,10 +1158,21 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             guess = first[k](emap_rows(k, unlit_idx))
             obs = stack[k, unlit_idx]
             ok = np.isfinite(obs)
-            num = np.sum(np.where(ok, obs * guess, 0.0), axis=1)
             den = np.sum(np.where(ok, guess * guess, 0.0), axis=1)
-            scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-            background[k, unlit_idx] = np.clip(scale, 0, None)[:, None] * guess
+            # And the light that is not the sky's spectrum (scattered light,
+            # a lamp's glow): smooth along the row, so the median of what is
+            # left in blocks of columns, fit in turn with the sky's scale (the
+            # light would pass for sky otherwise). Without it, 30 e- of
+            # scattered light in unlit rows got a sky of 0.7 e- (6-7 sigma).
+            # Not on masked rows: a target there would be taken for that light.
+            free = ~masked_rows[unlit_idx]
+            light = np.zeros(obs.shape)
+            for _ in range(2 if free.any() else 1):
+                num = np.sum(np.where(ok, (obs - light) * guess, 0.0), axis=1)
+                scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)
+                if free.any():
+                    light[free] = _smooth_along_rows(obs[free] - scale[free, None] * guess[free])
+            background[k, unlit_idx] = scale[:, None] * guess + light
         rejected[k].ravel()[samples.index[model.outliers]] = True
         # The leak is judged before the slit correction: its smooth light
         # would absorb part of a trace left in the sky rows.
@@ -1653,9 +1664,21 @@ def _range(values):
     return float(np.ptp(values)) if len(values) else 0.0
 
 
-def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None):
-    """``(leak, row)``: the largest row mean of clipped chi among exposure ``k``'s sky rows
-    (``(0.0, None)`` when no row has enough samples or none is above the sky).
+def _smooth_along_rows(values, block=64):
+    """Each row of ``values`` as a smooth curve: the medians of blocks of ``block`` columns (NaN read
+    as 0: no light), joined by straight lines through the blocks' centres."""
+    n_rows, n_cols = values.shape
+    n_blocks = max(1, n_cols // block)
+    edges = np.linspace(0, n_cols, n_blocks + 1).astype(int)
+    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+    filled = np.where(np.isfinite(values), values, 0.0)
+    medians = np.stack([np.median(filled[:, a:b], axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    cols = np.arange(n_cols)
+    return np.stack([np.interp(cols, centres, medians[r]) for r in range(n_rows)]) if n_rows else filled
+
+
+def _row_means(background, samples, k, gain, read_noise, data=None, sample_rows=None):
+    """Each row's mean of clipped chi over exposure ``k``'s sky samples (NaN for a row with too few).
 
     With ``data`` (exposure ``k``'s image) and ``sample_rows`` (the rows the
     samples come from, flagged), when the samples are all the pixels of
@@ -1667,12 +1690,45 @@ def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None)
     else:
         n_k, sums = _row_chi_means(samples.index, n_cols, n_rows, background, samples.flux[k], gain, read_noise)
     ok = n_k >= max(20, 0.25 * n_cols)
-    if ok.any():
-        means = np.where(ok, sums / np.maximum(n_k, 1), -np.inf)
-        r = int(np.argmax(means))
-        if means[r] > 0.0:
+    return np.where(ok, sums / np.maximum(n_k, 1), np.nan)
+
+
+def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None):
+    """``(leak, row)``: the largest row mean of clipped chi among exposure ``k``'s sky rows
+    (``(0.0, None)`` when no row has enough samples or none is above the sky); see :func:`_row_means`."""
+    return _extreme_row(_row_means(background, samples, k, gain, read_noise, data, sample_rows), 1.0)
+
+
+def _extreme_row(means, sign):
+    """``(value, row)`` of the row mean farthest from 0 on the side of ``sign`` (``(0.0, None)`` when none)."""
+    if np.isfinite(means).any():
+        r = int(np.nanargmax(sign * means))
+        if sign * means[r] > 0.0:
             return float(means[r]), r
     return 0.0, None
+
+
+#: Sky rows within this many rows of a masked range are checked for being dimmer than the sky model.
+DIM_NEAR_MASK = 20
+
+
+def _near_mask(masked_rows, reach):
+    """Flags of the unmasked rows within ``reach`` rows of a masked row (none without a mask)."""
+    from scipy.ndimage import binary_dilation
+
+    masked = np.asarray(masked_rows, bool)
+    if not masked.any():
+        return np.zeros(masked.size, bool)
+    return binary_dilation(masked, iterations=int(reach)) & ~masked
+
+
+def _dim_warning(dim, row, masked_rows):
+    """The warning for a sky row near a mask dimmer than the sky model: the slit's light changes faster than the model."""
+    distance = rows_from_mask(masked_rows, row)
+    return (f"Sky row {row}, {distance} row(s) from the mask, is dimmer than the sky model ({dim:.2f} sigma per pixel "
+            "on average): the slit's illumination changes there faster than the model follows (a narrow dip), so "
+            "the sky under the mask, drawn from rows like it, is likely off too. Divide the frames by a flat field "
+            "that shows the slit's illumination, or move the mask's edge.")
 
 
 # A sky row this close to a masked range (rows) is where a masked trace's wings would reach.
@@ -1861,14 +1917,18 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     # Independent measures (the chi scatter's medians, the line misfit and,
     # unless given, each exposure's row leak): side by side on the cores.
     tasks = [lambda: _chi_scatter(result, samples, models), lambda: _line_misfit(result, skip)]
-    if leak is None:
-        tasks += [(lambda k=k: _leak(result.background[k], samples, k, result.gain, result.read_noise,
-                                     result.data[k], ~skip))
-                  for k in range(n_exp)]
+    # Each exposure's rows against the final sky (the leak, unless given, and rows dimmer than it).
+    tasks += [(lambda k=k: _row_means(result.background[k], samples, k, result.gain, result.read_noise,
+                                      result.data[k], ~skip))
+              for k in range(n_exp)]
     # (map_in_threads: within the thread budget, e.g. a batch worker's one thread.)
-    (chi_std, by_level), (misfit, misfit_limit), *leaks = map_in_threads(lambda task: task(), tasks)
+    (chi_std, by_level), (misfit, misfit_limit), *row_means = map_in_threads(lambda task: task(), tasks)
     if leak is None:
-        leak = max(leaks, key=lambda lr: lr[0])
+        leak = max((_extreme_row(m, 1.0) for m in row_means), key=lambda lr: lr[0])
+    # Rows dimmer than the sky near a mask: the sky under the mask is drawn from them. (Far from
+    # the masks, the edge of a vignetted part misfit by 0.3-0.5 sigma: the Goodman frames' rows 30-37.)
+    near = _near_mask(result.mask[:, 0], DIM_NEAR_MASK)
+    dim, dim_row = min((_extreme_row(np.where(near, m, np.nan), -1.0) for m in row_means), key=lambda lr: lr[0])
     if not math.isfinite(chi_std):
         warnings.append("Too few sky samples to judge the sky's scatter against the noise model.")
 
@@ -1940,6 +2000,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             )
     if leak > LEAK_LIMIT:
         warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0]))
+    if dim < -LEAK_LIMIT:
+        warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0]))
     ceiling = _saturated_sky(result, samples)
     if ceiling is not None:
         warnings.append(
