@@ -482,7 +482,7 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
     assert code == 0, err
     assert "the arc's lines lie along the rows (arc_01.fits" in err
     sky = fits.getdata(_outputs(out)[0], "SKY")
-    assert sky.shape == SHAPE
+    assert sky.shape == SHAPE and fits.getval(_outputs(out)[0], "SWDISPAX") == 0
     reference = run_batch([_write(tmp_path / "sci_00.fits", frames.science[0])],
                           [_write(tmp_path / "arc_01.fits", frames.arc)], masks=[MASK], out_dir=tmp_path / "ref",
                           workers=1, processes=False, progress=False, read_noise=4.0)
@@ -493,3 +493,4 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
                               tmp_path / "out2", "--workers", "1", "--dispersion-axis", "1"])
     err = capsys.readouterr().err
     assert code != 0 and "lie along the rows (arc_01" not in err
+    assert "load with dispersion_axis=0: --dispersion-axis 0" in err  # the flag, on the command line

@@ -499,7 +499,7 @@ def test_default_tags_take_arcs_and_biases_by_their_type_cards(tmp_path):
     data = load_folder(tmp_path, arc_tag="r0001")
     assert data.files["arc"] == ["r0001.fits"]
     assert data.files["science"] == ["r0007.fits", "r0008.fits"]
-    assert any(s.startswith("r0002.fits: IMAGETYP = 'LINE', so not science") for s in data.skipped)
+    assert any(s.startswith("r0002.fits: IMAGETYP = 'Line', so not science") for s in data.skipped)
     # No arc by name or card: the message says both were looked for.
     for name in ("r0001.fits", "r0002.fits", "r0003.fits"):
         (tmp_path / name).unlink()
@@ -520,6 +520,14 @@ def test_folder_of_frames_whose_wavelength_runs_down_the_rows(tmp_path):
     assert data.science.shape == (2, 30, 300) and data.instrument_options == {"dispersion_axis": 0}
     np.testing.assert_allclose(data.science, np.asarray(frames.science)[:, 5:35])
     assert len(data.notes) == 1 and "lie along the rows (arc_1.fits" in data.notes[0]
+    # Arcs of two lamps, the first with only 2 lines: their sum decides.
+    lamps = make_synthetic_longslit(shape=(40, 300), n_exposures=1, seed=4, n_arc_lines=5, n_lamps=2).arc_lamps
+    fits.writeto(tmp_path / "arc_1.fits", np.asarray(lamps[1]).T, overwrite=True)  # lines 1 and 3
+    fits.writeto(tmp_path / "arc_2.fits", np.asarray(lamps[0]).T)
+    data = load_folder(tmp_path, bias_tag="")
+    assert data.instrument_options == {"dispersion_axis": 0} and "(arc_1.fits, arc_2.fits" in data.notes[0]
+    (tmp_path / "arc_2.fits").unlink()
+    fits.writeto(tmp_path / "arc_1.fits", np.asarray(frames.arc).T, overwrite=True)
     # A DISPAXIS card says how the frames lie: read by it, and no guess is made.
     for path in tmp_path.iterdir():
         with fits.open(path, mode="update") as hdul:

@@ -566,6 +566,7 @@ class DashboardApp:
         # What an export's header records of the inputs, as batch's outputs do.
         shared = {
             "instrument": self.instrument.value, "crop": crop, "unit": data.unit, "arc_combine": data.arc_combine,
+            "dispersion_axis": data.instrument_options.get("dispersion_axis"),
             **{role: [Path(f).name for f in data.files.get(role, [])] for role in ("bias", "arc")},
         }
         gains = data.input_gains or [None] * data.science.shape[0]
@@ -580,7 +581,7 @@ class DashboardApp:
         if data.skipped:
             # Each entry says why: unreadable, or a flat or dark left out of "every other file".
             self._say("warning", f"Loaded {label}, leaving out {len(data.skipped)} file(s):",
-                      data.skipped + notes)
+                      data.skipped + [f"Note: {note}" for note in notes])
         elif notes:
             self._say("warning", f"Loaded {label}:", notes)
 

@@ -258,7 +258,10 @@ def _run_command(args):
         print("specwidgets batch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, BatchLockedError) as exc:
-        print(f"specwidgets batch: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        # The core's advice names the Python option; on the command line it is a flag.
+        text = text.replace("load with dispersion_axis=0", "load with dispersion_axis=0: --dispersion-axis 0")
+        print(f"specwidgets batch: error: {text}", file=sys.stderr)
         return 2
     return summary.exit_code
 

@@ -1331,7 +1331,7 @@ def run_batch(
             arc_files = []  # the calibrations' own reading names it
         if arc_files:
             # As the page's folder loader: frames whose wavelength runs down the rows are turned.
-            turn, turned = arc_orientation(arc_files[0], instrument, **instrument_options)
+            turn, turned = arc_orientation(arc_files, instrument, **instrument_options)
             instrument_options.update(turn)
     reader = resolve_instrument(instrument, **instrument_options)
 
@@ -1386,6 +1386,7 @@ def run_batch(
     instrument_name = instrument if isinstance(instrument, str) else getattr(reader, "name", repr(reader))
     provenance = {
         "instrument": instrument_name,
+        "dispersion_axis": instrument_options.get("dispersion_axis"),
         "crop": crop,
         "unit": cal.unit,
         "flat_norm": flat_norm,

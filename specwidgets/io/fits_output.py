@@ -278,10 +278,13 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
     if prov.get("input") is not None:
         path = Path(os.fspath(prov["input"]))
         hdr["SWINPUT"] = (path.name, "input file")
-        hdr["SWINPATH"] = (str(path), "input file path")
+        # (A long path leaves no room for a comment: astropy would warn and cut it.)
+        hdr["SWINPATH"] = (str(path), "input file path") if len(str(path)) <= 40 else str(path)
     hdr["SWEXPOS"] = (int(exposure), "exposure index within the fitted stack")
     if prov.get("instrument") is not None:
         hdr["SWINSTR"] = (str(prov["instrument"]), "instrument recipe used to read the frames")
+    if prov.get("dispersion_axis") is not None:
+        hdr["SWDISPAX"] = (int(prov["dispersion_axis"]), "frames read with dispersion_axis (0: transposed)")
     if "crop" in prov:
         hdr["SWCROP"] = (_crop_text(prov["crop"]), "rows kept of each trimmed frame (start:stop)")
     if prov.get("unit") is not None:

@@ -117,7 +117,7 @@ def frame_kind(header):
     --------
     >>> from astropy.io import fits
     >>> frame_kind(fits.Header({"IMAGETYP": "Bias Frame"}))
-    ('bias', "IMAGETYP = 'BIAS FRAME'")
+    ('bias', "IMAGETYP = 'Bias Frame'")
     >>> frame_kind(fits.Header({"OBSTYPE": "LAMPFLAT"}))[0], frame_kind(fits.Header({"IMAGETYP": "comp"}))[0]
     ('flat', 'arc')
     >>> frame_kind(fits.Header({"IMAGETYP": "Line"}))[0], frame_kind(fits.Header({"IMAGETYP": "OBJECT"}))
@@ -127,15 +127,16 @@ def frame_kind(header):
         return "", ""
     for card in _TYPE_CARDS:
         try:
-            value = str(header.get(card, "")).strip().upper()
+            given = str(header.get(card, "")).strip()
         except (KeyError, ValueError):
             continue
+        value = given.upper()
         if not value:
             continue
         words = re.split(r"[^A-Z]+", value)
         for kind, letters, whole in _TYPE_KINDS:
             if any(text in value for text in letters) or any(word in words for word in whole):
-                return kind, f"{card} = {value!r}"
+                return kind, f"{card} = {given!r}"
     return "", ""
 
 
@@ -345,7 +346,7 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
 
     roles, skipped = folder_files(root, arc_tag, bias_tag, science_tag)
     # Frames whose wavelength runs down the rows are turned before any crop.
-    options, note = arc_orientation(roles["arc"][0], instrument)
+    options, note = arc_orientation(roles["arc"], instrument)
     notes = [note] if note else []
 
     total = sum(len(files) for files in roles.values())

@@ -220,34 +220,46 @@ def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic"
     return _as_frame_array(data, frame)
 
 
-def arc_orientation(arc_path, instrument="generic", **instrument_options):
+def arc_orientation(arc_paths, instrument="generic", **instrument_options):
     """``(options, note)``: the instrument options that turn frames whose arc lines lie along the rows.
 
     For an instrument that does not fix the frames' orientation (``generic``:
-    none given, and the arc frame has no ``DISPAXIS`` card), the arc frame
-    ``arc_path`` is read as stored; when its lines lie along the rows
+    none given, and no arc frame has a ``DISPAXIS`` card), the arc frames
+    ``arc_paths`` (one path or several) are read as stored and summed (each
+    lamp's lines count); when the sum's lines lie along the rows
     (:func:`~specwidgets.core.lines.lines_along_rows`), the frames want
     ``dispersion_axis=0``, and ``note`` says so. Otherwise ``({}, "")``:
-    the instrument's own rule, or an arc frame that cannot be read (its
-    reading later says what is wrong). The page's folder loader and batch
-    both ask this before reading any frame, so crops and masks count the
-    rows of the turned frames.
+    the instrument's own rule, or arc frames that cannot be read or differ
+    in shape (their reading later says what is wrong). The page's folder
+    loader and batch both ask this before reading any frame, so crops and
+    masks count the rows of the turned frames.
     """
     from specwidgets.core.lines import lines_along_rows
 
     reader = resolve_instrument(instrument, **instrument_options)
     key = getattr(reader, "dispersion_keyword", None)
-    if not key:
+    paths = [arc_paths] if isinstance(arc_paths, (str, os.PathLike)) else list(arc_paths)
+    if not key or not paths:
         return {}, ""
-    try:
-        frame = reader.read(arc_path)
-    except (OSError, ValueError):
+    total = None
+    for path in paths:
+        try:
+            frame = reader.read(path)
+        except (OSError, ValueError):
+            return {}, ""
+        if key in frame.header:
+            return {}, ""
+        data = np.asarray(frame.data, dtype=float)
+        if total is not None and data.shape != total.shape:
+            return {}, ""
+        # Each frame less its median: a bias level left in adds no line.
+        data = data - np.nanmedian(data)
+        total = data if total is None else total + data
+    if not lines_along_rows(total):
         return {}, ""
-    if key in frame.header or not lines_along_rows(frame.data):
-        return {}, ""
-    name = Path(arc_path).name
+    names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
     return {"dispersion_axis": 0}, (
-        f"the arc's lines lie along the rows ({name}: wavelength changes with the row, and no {key} card says "
+        f"the arc's lines lie along the rows ({names}: wavelength changes with the row, and no {key} card says "
         "otherwise): every frame is read transposed, so that wavelength runs along the columns (dispersion_axis=0)"
     )
 
