@@ -1174,9 +1174,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                     light[free] = _smooth_along_rows(obs[free] - scale[free, None] * guess[free])
             background[k, unlit_idx] = scale[:, None] * guess + light
         rejected[k].ravel()[samples.index[model.outliers]] = True
-        # The leak is judged before the slit correction: its smooth light
-        # would absorb part of a trace left in the sky rows.
-        leak = _leak(background[k], samples, k, gain, read_noise, stack[k], ~fit_rows)
         corr = None
         if slit_mode:
             # A regular subsample (``fit_slit_correction`` would take one
@@ -1192,12 +1189,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
                     corr.apply(background[k, row_block], row_block)
-        return model, leak, corr
+        return model, corr
 
     fitted = each_exposure(final_fit)
-    models = [m for m, _, _ in fitted]
-    leaks = [lk for _, lk, _ in fitted]
-    slit = [c for _, _, c in fitted if c is not None]
+    models = [m for m, _ in fitted]
+    slit = [c for _, c in fitted if c is not None]
     if progress:
         for k, model in enumerate(models):
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
@@ -1292,8 +1288,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                     max((c.light_peak(slit_rows) for c in slit), default=0.0))
     flexure = tuple(float(s) for s in shifts)
     _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
-                                            flexure_applied, leak=max(leaks, key=lambda lr: lr[0]),
-                                            slit=slit_summary, bad_columns=bad_columns))
+                                            flexure_applied, slit=slit_summary, bad_columns=bad_columns))
     return result
 
 
@@ -1693,12 +1688,6 @@ def _row_means(background, samples, k, gain, read_noise, data=None, sample_rows=
     return np.where(ok, sums / np.maximum(n_k, 1), np.nan)
 
 
-def _leak(background, samples, k, gain, read_noise, data=None, sample_rows=None):
-    """``(leak, row)``: the largest row mean of clipped chi among exposure ``k``'s sky rows
-    (``(0.0, None)`` when no row has enough samples or none is above the sky); see :func:`_row_means`."""
-    return _extreme_row(_row_means(background, samples, k, gain, read_noise, data, sample_rows), 1.0)
-
-
 def _extreme_row(means, sign):
     """``(value, row)`` of the row mean farthest from 0 on the side of ``sign`` (``(0.0, None)`` when none)."""
     if np.isfinite(means).any():
@@ -1904,27 +1893,29 @@ def _gap_warning(models):
 
 
 def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied,
-            method="bspline", leak=None, slit=None, bad_columns=()):
+            method="bspline", slit=None, bad_columns=()):
     """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap).
 
-    ``leak`` is ``(leak, row)`` when measured before a slit correction (whose
-    smooth light would hide part of a trace left in the sky rows)."""
+    The row leak is judged on the final sky, after the slit correction:
+    judged before it, scattered light that the correction's smooth light
+    follows made good fits suspect (a trial: every scattered-light case at
+    0.07-0.14 sigma RMS); a trace left in the sky rows is a few rows wide,
+    which the smooth light (degree <= 3 along the slit) does not absorb."""
     n_exp, n_rows, n_cols = result.data.shape
     warnings = list(warnings)
     skip = result.mask[:, 0].copy()
     for a, b in unlit_ranges:
         skip[a:b] = True
-    # Independent measures (the chi scatter's medians, the line misfit and,
-    # unless given, each exposure's row leak): side by side on the cores.
+    # Independent measures (the chi scatter's medians, the line misfit and
+    # each exposure's rows against the sky): side by side on the cores.
     tasks = [lambda: _chi_scatter(result, samples, models), lambda: _line_misfit(result, skip)]
-    # Each exposure's rows against the final sky (the leak, unless given, and rows dimmer than it).
+    # Each exposure's rows against the final sky (the leak, and rows dimmer than it).
     tasks += [(lambda k=k: _row_means(result.background[k], samples, k, result.gain, result.read_noise,
                                       result.data[k], ~skip))
               for k in range(n_exp)]
     # (map_in_threads: within the thread budget, e.g. a batch worker's one thread.)
     (chi_std, by_level), (misfit, misfit_limit), *row_means = map_in_threads(lambda task: task(), tasks)
-    if leak is None:
-        leak = max((_extreme_row(m, 1.0) for m in row_means), key=lambda lr: lr[0])
+    leak = max((_extreme_row(m, 1.0) for m in row_means), key=lambda lr: lr[0])
     # Rows dimmer than the sky near a mask: the sky under the mask is drawn from them. (Far from
     # the masks, the edge of a vignetted part misfit by 0.3-0.5 sigma: the Goodman frames' rows 30-37.)
     near = _near_mask(result.mask[:, 0], DIM_NEAR_MASK)
@@ -2159,3 +2150,4 @@ def seed_returns(result, two_d=False, return_spectrum=False):
     n_exp = result.data.shape[0]
     flux = result.data.reshape(n_exp, -1)
     return background, emap.ravel(), flux, emap
+
