@@ -533,7 +533,13 @@ def test_folder_of_frames_whose_wavelength_runs_down_the_rows(tmp_path):
         with fits.open(path, mode="update") as hdul:
             hdul[0].header["DISPAXIS"] = 2
     data = load_folder(tmp_path, bias_tag="")
-    assert data.science.shape == (2, 40, 300) and data.instrument_options == {} and data.notes == []
+    assert data.science.shape == (2, 40, 300) and data.instrument_options == {"dispersion_axis": 0}
+    assert data.notes == []
+    # The arcs' card decides for science frames that have none.
+    for name in ("sci_1.fits", "sci_2.fits"):
+        with fits.open(tmp_path / name, mode="update") as hdul:
+            del hdul[0].header["DISPAXIS"]
+    assert load_folder(tmp_path, bias_tag="").science.shape == (2, 40, 300)
     # As stored, the frames are as specwidgets wants them: nothing is turned.
     for name, data in (("arc_1.fits", frames.arc), ("sci_1.fits", frames.science[0])):
         fits.writeto(tmp_path / name, np.asarray(data), overwrite=True)
@@ -546,7 +552,7 @@ def test_dispaxis_card_of_the_generic_instrument(tmp_path):
     from specwidgets.io.loading import read_frame
 
     image = np.arange(12.0).reshape(3, 4)
-    for value, shape in ((1, (3, 4)), (2, (4, 3)), ("2", (4, 3))):
+    for value, shape in ((1, (3, 4)), (2, (4, 3)), ("2", (4, 3)), (2.0, (4, 3)), (1.0, (3, 4))):
         path = tmp_path / f"f{value}.fits"
         fits.writeto(path, image, fits.Header({"DISPAXIS": value}), overwrite=True)
         assert read_frame(path).shape == shape

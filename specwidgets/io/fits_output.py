@@ -284,7 +284,7 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
     if prov.get("instrument") is not None:
         hdr["SWINSTR"] = (str(prov["instrument"]), "instrument recipe used to read the frames")
     if prov.get("dispersion_axis") is not None:
-        hdr["SWDISPAX"] = (int(prov["dispersion_axis"]), "frames read with dispersion_axis (0: transposed)")
+        hdr["SWDISPAX"] = (int(prov["dispersion_axis"]), "dispersion_axis read with (0: transposed)")
     if "crop" in prov:
         hdr["SWCROP"] = (_crop_text(prov["crop"]), "rows kept of each trimmed frame (start:stop)")
     if prov.get("unit") is not None:

@@ -438,10 +438,10 @@ class Instrument:
             return self.transpose
         value = header[key]
         try:
-            axis = int(str(value).strip())
+            axis = float(str(value).strip())  # (2, '2' and 2.0 alike)
         except ValueError:
             axis = None
-        if axis not in (1, 2):
+        if axis not in (1.0, 2.0):
             raise ValueError(f"{key} = {value!r} in {path.name}: must be 1 (dispersion along the image's x axis) or 2 "
                              "(along y); pass dispersion_axis=1 or 0 to read the frame as stored or transposed")
         return axis == 2

@@ -224,7 +224,8 @@ def arc_orientation(arc_paths, instrument="generic", **instrument_options):
     """``(options, note)``: the instrument options that turn frames whose arc lines lie along the rows.
 
     For an instrument that does not fix the frames' orientation (``generic``:
-    none given, and no arc frame has a ``DISPAXIS`` card), the arc frames
+    none given), an arc frame's ``DISPAXIS`` card decides for every frame;
+    without one, the arc frames
     ``arc_paths`` (one path or several) are read as stored and summed (each
     lamp's lines count); when the sum's lines lie along the rows
     (:func:`~specwidgets.core.lines.lines_along_rows`), the frames want
@@ -248,7 +249,8 @@ def arc_orientation(arc_paths, instrument="generic", **instrument_options):
         except (OSError, ValueError):
             return {}, ""
         if key in frame.header:
-            return {}, ""
+            # The arcs say how they lie: every frame follows them (science frames often lack the card).
+            return {"dispersion_axis": 0 if reader._transposes(frame.header, Path(path)) else 1}, ""
         data = np.asarray(frame.data, dtype=float)
         if total is not None and data.shape != total.shape:
             return {}, ""

@@ -1003,7 +1003,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             read_noise, gain, source, warnings = _complete_noise(noise, None, None)
         # The slit's illumination and its unlit rows are read from the rows'
         # brightness relative to a sky that cannot follow the rows' light.
-        effpix_psub, clean_psub = samples.effpix[psub], clean[:, psub]
+        # (A copy: the rays are put back into ``clean`` before the fine curve is fit to these.)
+        effpix_psub, clean_psub = samples.effpix[psub], np.array(clean[:, psub])
         ratio, info_sum = _lit_profile(effpix_psub, clean_psub, flux_psub, rows_psub, n_rows,
                                        psub_step, shifts, gain, read_noise, extent, max(PROFILE_KNOT_SPACING, first_spacing),
                                        each_exposure)
@@ -1160,10 +1161,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             ok = np.isfinite(obs)
             den = np.sum(np.where(ok, guess * guess, 0.0), axis=1)
             # And the light that is not the sky's spectrum (scattered light,
-            # a lamp's glow): smooth along the row, so the median of what is
-            # left in blocks of columns, fit in turn with the sky's scale (the
-            # light would pass for sky otherwise). Without it, 30 e- of
-            # scattered light in unlit rows got a sky of 0.7 e- (6-7 sigma).
+            # a lamp's glow): smooth, so the median of what is left in blocks
+            # of columns, averaged over nearby rows, fit in turn with the sky's
+            # scale (the light would pass for sky otherwise). Without it, 30 e-
+            # of scattered light in unlit rows got a sky of 0.7 e- (6-7 sigma).
             # Not on masked rows: a target there would be taken for that light.
             free = ~masked_rows[unlit_idx]
             light = np.zeros(obs.shape)
@@ -1171,7 +1172,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 num = np.sum(np.where(ok, (obs - light) * guess, 0.0), axis=1)
                 scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)
                 if free.any():
-                    light[free] = _smooth_along_rows(obs[free] - scale[free, None] * guess[free])
+                    light[free] = _smooth_light(obs[free] - scale[free, None] * guess[free], unlit_idx[free])
             background[k, unlit_idx] = scale[:, None] * guess + light
         rejected[k].ravel()[samples.index[model.outliers]] = True
         corr = None
@@ -1659,17 +1660,37 @@ def _range(values):
     return float(np.ptp(values)) if len(values) else 0.0
 
 
-def _smooth_along_rows(values, block=64):
-    """Each row of ``values`` as a smooth curve: the medians of blocks of ``block`` columns (NaN read
-    as 0: no light), joined by straight lines through the blocks' centres."""
+def _smooth_light(values, rows, block=64, window=5, significance=3.0):
+    """Smooth light in ``values`` (on ``rows``, sorted): the medians of blocks of ``block`` columns
+    (NaN read as 0: no light), averaged over ``window`` rows within each run of adjacent rows, and
+    joined by straight lines through the blocks' centres; 0 for a run where they do not stand
+    ``significance`` times their noise above zero (RMS): pure noise would otherwise be subtracted
+    (a block median of read noise alone scatters by 0.16 sigma).
+    """
+    from scipy.ndimage import uniform_filter1d
+
     n_rows, n_cols = values.shape
+    out = np.zeros(values.shape)
+    if not n_rows:
+        return out
     n_blocks = max(1, n_cols // block)
     edges = np.linspace(0, n_cols, n_blocks + 1).astype(int)
     centres = 0.5 * (edges[:-1] + edges[1:] - 1)
     filled = np.where(np.isfinite(values), values, 0.0)
     medians = np.stack([np.median(filled[:, a:b], axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
     cols = np.arange(n_cols)
-    return np.stack([np.interp(cols, centres, medians[r]) for r in range(n_rows)]) if n_rows else filled
+    starts = np.flatnonzero(np.r_[True, np.diff(rows) > 1])
+    for a, b in zip(starts, np.r_[starts[1:], n_rows]):
+        size = min(window, b - a)
+        smooth = uniform_filter1d(medians[a:b], size, axis=0, mode="nearest")
+        pixels = filled[a:b]
+        noise = 1.4826 * float(np.median(np.abs(pixels - np.median(pixels))))
+        expected = 1.2533 * noise / math.sqrt(max(edges[1] - edges[0], 1)) / math.sqrt(size)
+        if math.sqrt(float(np.mean(smooth**2))) <= significance * expected:
+            continue
+        for r in range(a, b):
+            out[r] = np.interp(cols, centres, smooth[r - a])
+    return out
 
 
 def _row_means(background, samples, k, gain, read_noise, data=None, sample_rows=None):
@@ -1711,13 +1732,17 @@ def _near_mask(masked_rows, reach):
     return binary_dilation(masked, iterations=int(reach)) & ~masked
 
 
-def _dim_warning(dim, row, masked_rows):
+def _dim_warning(dim, row, masked_rows, method="bspline"):
     """The warning for a sky row near a mask dimmer than the sky model: the slit's light changes faster than the model."""
     distance = rows_from_mask(masked_rows, row)
-    return (f"Sky row {row}, {distance} row(s) from the mask, is dimmer than the sky model ({dim:.2f} sigma per pixel "
-            "on average): the slit's illumination changes there faster than the model follows (a narrow dip), so "
-            "the sky under the mask, drawn from rows like it, is likely off too. Divide the frames by a flat field "
-            "that shows the slit's illumination, or move the mask's edge.")
+    head = f"Sky row {row}, {distance} row(s) from the mask, is dimmer than the sky model ({dim:.2f} sigma per pixel "
+    if method == "median":
+        # The median of bins has no illumination term: any gradient along the slit shows here.
+        return head + ("on average): the median of bins does not model the slit's illumination, so the sky under "
+                       "the mask is likely off too; the default method (B-spline) does.")
+    return head + ("on average): the slit's illumination changes there faster than the model follows (a narrow dip), "
+                   "so the sky under the mask, drawn from rows like it, is likely off too. Divide the frames by a flat "
+                   "field that shows the slit's illumination, or move the mask's edge.")
 
 
 # A sky row this close to a masked range (rows) is where a masked trace's wings would reach.
@@ -1992,7 +2017,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     if leak > LEAK_LIMIT:
         warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0]))
     if dim < -LEAK_LIMIT:
-        warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0]))
+        warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
     ceiling = _saturated_sky(result, samples)
     if ceiling is not None:
         warnings.append(
