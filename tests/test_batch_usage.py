@@ -494,3 +494,26 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
     err = capsys.readouterr().err
     assert code != 0 and "lie along the rows (arc_01" not in err
     assert "load with dispersion_axis=0: --dispersion-axis 0" in err  # the flag, on the command line
+
+
+def test_fit_together_gives_the_stack_fit(raw, frames, tmp_path, monkeypatch, capsys):
+    """``--fit-together`` without a session: the science files as one stack, as the page fits its
+    exposures (each file on its own otherwise)."""
+    import specwidgets as sw
+
+    out = tmp_path / "out"
+    code = _cli(monkeypatch, [*raw["science"], "--arc", *raw["arc"], "--mask", "12:26", "--read-noise", "4", "--out",
+                              out, "--workers", "1", "--fit-together"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    arc = np.asarray(fits.getdata(raw["arc"][0]), float)
+    locs, _ = sw.find_cal_lines(arc)
+    warp = sw.generate_warp_model(arc, locs)
+    stack = np.stack([np.asarray(fits.getdata(p), float) for p in raw["science"]])
+    together = sw.fit_sky(stack, warp, [MASK], read_noise=4.0)
+    for k, path in enumerate(_outputs(out)):
+        np.testing.assert_allclose(fits.getdata(path, "SKY"), together.background[k], rtol=1e-6, atol=1e-6)
+    alone = run_batch(raw["science"], raw["arc"], masks=[MASK], out_dir=tmp_path / "alone", workers=1,
+                      processes=False, progress=False, read_noise=4.0)
+    assert alone.exit_code == 0
+    assert not np.allclose(fits.getdata(_outputs(tmp_path / "alone")[0], "SKY"), together.background[0])

@@ -135,6 +135,11 @@ def add_batch_parser(subparsers):
     where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that are already complete")
     p.add_argument(
+        "--fit-together", action="store_true",
+        help="fit the science files as one stack, as the page fits its exposures (the exposures of one target; "
+             "default: each file on its own, or the session's exposures together with --settings)",
+    )
+    p.add_argument(
         "--read-noise", type=float, default=None, metavar="E",
         help="read noise (e-; default from the headers, else estimated from the data)",
     )
@@ -242,6 +247,7 @@ def _run_command(args):
             read_noise=args.read_noise,
             arc_combine=getattr(args, "arc_combine", None),
             fail_on_suspect=getattr(args, "fail_on_suspect", False),
+            fit_together=True if getattr(args, "fit_together", False) else None,
             std_variation=args.std_variation,
             tolerance=getattr(args, "tolerance", None),
             warp_order=getattr(args, "warp_order", None),

@@ -1182,7 +1182,9 @@ def run_batch(
         spatial order and unlit rows are judged on all of them). Default
         None: when the science files are exactly the exposures the
         ``settings`` were saved with (so batch gives the page's sky);
-        otherwise each exposure is fit on its own.
+        otherwise each exposure is fit on its own. True without
+        ``settings``: every science file in one stack, in one task (the
+        exposures of one target: the page's sky for the same files).
     instrument : str, Instrument or reader
         How to read every frame (see :mod:`specwidgets.io.instruments`;
         default ``"generic"``).
@@ -1318,7 +1320,11 @@ def run_batch(
     # The page's own exposures: fit together, as the page does (same sky).
     grouped = _page_group(files, page_group) if fit_together is None or fit_together else None
     if fit_together and grouped is None:
-        raise ValueError("fit_together=True needs settings whose folder's exposures are exactly the science files")
+        if page_group is not None:
+            raise ValueError("fit_together=True with settings needs the science files to be exactly the session's "
+                             "exposures")
+        # All the science files as one stack (the exposures of one target, as the page fits them).
+        grouped = list(files)
     if grouped is not None:
         files = grouped
     _check_outputs_unique(files)
