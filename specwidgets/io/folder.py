@@ -140,11 +140,6 @@ def frame_kind(header):
     return "", ""
 
 
-def _calibration_type(header):
-    """``"IMAGETYP = 'FLAT'"`` when a frame-type card names a calibration frame, else ""."""
-    return frame_kind(header)[1]
-
-
 #: The words by which a folder given to batch as science leaves out every
 #: calibration frame (the page's form claims arcs and biases by their tags first).
 ALL_CALIBRATION_WORDS = (*_CALIBRATION_WORDS, "bias", "zero", "arc", "lamp")

@@ -1082,8 +1082,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if first_spacing != spacing(0):
             # The first pass's knots were too coarse to show the lines'
             # shape: the knots follow a finer sky, fit to the profiles' subsample.
-            curve = np.mean([_fine_curve(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain, read_noise,
-                                         extent, spacing(0), grid_e) for k in range(n_exp)], axis=0)
+            curve = np.mean([_plain_sky(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain, read_noise,
+                                        extent, spacing(0))[0](grid_e) for k in range(n_exp)], axis=0)
         else:
             curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
         del effpix_psub, clean_psub, rows_psub
@@ -1167,11 +1167,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # of scattered light in unlit rows got a sky of 0.7 e- (6-7 sigma).
             # Not on masked rows: a target there would be taken for that light.
             free = ~masked_rows[unlit_idx]
+            some_free = bool(free.any())
             light = np.zeros(obs.shape)
-            for _ in range(2 if free.any() else 1):
+            for _ in range(2 if some_free else 1):
                 num = np.sum(np.where(ok, (obs - light) * guess, 0.0), axis=1)
                 scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)
-                if free.any():
+                if some_free:
                     light[free] = _smooth_light(obs[free] - scale[free, None] * guess[free], unlit_idx[free])
             background[k, unlit_idx] = scale[:, None] * guess + light
         rejected[k].ravel()[samples.index[model.outliers]] = True
@@ -1454,15 +1455,14 @@ def _knot_floors(span):
     return 1.0 - span, min(1.0, 0.5 / max(span, 1e-12))
 
 
-def _fine_curve(effpix, flux, rows, n_rows, shift, gain, read_noise, extent, knot_spacing, grid):
-    """One exposure's sky spectrum on ``grid`` from a fit with ``knot_spacing`` to the samples given
-    (its flexure ``shift`` applied): the curve the adaptive knots follow when the first pass was coarser."""
+def _plain_sky(effpix, flux, rows, n_rows, shift, gain, read_noise, extent, knot_spacing):
+    """``(model, e)``: one exposure's plain sky spectrum (one data-weighted pass, ``knot_spacing``) fit to
+    the samples given, and their effective pixels ``e`` with its flexure ``shift`` applied."""
     from .bspline import fit_bspline_sky
 
     e = effpix - shift * _row_coordinate(rows, n_rows) if shift else effpix
-    model = fit_bspline_sky(e, flux, None, read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing,
-                            reject_sigma=None, max_iterations=0)
-    return model(grid)
+    return fit_bspline_sky(e, flux, None, read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing,
+                           reject_sigma=None, max_iterations=0), e
 
 
 def _lit_profile(effpix, clean, flux, rows, n_rows, step, shifts, gain, read_noise, extent, knot_spacing,
@@ -1485,16 +1485,11 @@ def _lit_profile(effpix, clean, flux, rows, n_rows, step, shifts, gain, read_noi
     sigma on narrow lines, under "sky fit ok"); one coefficient per pixel
     has no such freedom. With lines that tilt more, both read the same.
     """
-    from .bspline import fit_bspline_sky
-
-    t = _row_coordinate(rows, n_rows)
     ratios = np.full((len(shifts), n_rows), np.nan)
     infos = np.zeros((len(shifts), n_rows))
 
     def one(k):
-        e = effpix if not shifts[k] else effpix - shifts[k] * t
-        model = fit_bspline_sky(e, clean[k], None, read_noise=read_noise, gain=gain, extent=extent,
-                                knot_spacing=knot_spacing, reject_sigma=None, max_iterations=0)
+        model, e = _plain_sky(effpix, clean[k], rows, n_rows, shifts[k], gain, read_noise, extent, knot_spacing)
         level = model(e)
         var = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
         ratios[k], infos[k] = row_profile(rows, flux[k], level, var, n_rows)
@@ -2175,4 +2170,3 @@ def seed_returns(result, two_d=False, return_spectrum=False):
     n_exp = result.data.shape[0]
     flux = result.data.reshape(n_exp, -1)
     return background, emap.ravel(), flux, emap
-
