@@ -504,6 +504,24 @@ def test_choose_knot_threshold_keeps_the_default_unless_another_is_significantly
         assert best == default, scores
 
 
+def test_choose_knot_threshold_chooses_the_finest_spacing_too():
+    """With ``fine_candidates`` the pairs (finest spacing, threshold) compete: a line of 0.7 px sigma
+    needs knots finer than 1.5 px, which the held-out rows show (the first pass, whose shape the
+    knots follow, on 0.5 px); the first spacing is the default."""
+    e, rows, rng = _rows_of_samples(seed=7, tilt=0.05)
+    sky = 300 + 20000 * np.exp(-0.5 * ((e - 50) / 0.7) ** 2)
+    flux = rng.poisson(sky) + rng.normal(0, 4, e.size)
+    best, scores = choose_knot_threshold(e, flux, rows, 1.0, 4.0, 1.5, 5.0, candidates=(2.0, 4.0),
+                                         fine_candidates=(1.5, 0.5), first_spacing=0.5)
+    assert set(scores) == {(1.5, 2.0), (1.5, 4.0), (0.5, 2.0), (0.5, 4.0)}
+    assert best[0] == 0.5 and min(scores[(1.5, 2.0)], scores[(1.5, 4.0)]) > scores[best], scores
+    # Equal candidates: the first spacing and the default threshold stay.
+    best, _ = choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, fine_candidates=(0.5, 0.5))
+    assert best == (0.5, 4.0)
+    with pytest.raises(ValueError, match="fine_candidates"):
+        choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, fine_candidates=())
+
+
 def test_choose_knot_threshold_rejects_bad_input():
     e, rows, rng = _rows_of_samples()
     flux = rng.poisson(_line_sky(e)).astype(float)

@@ -88,13 +88,13 @@ def test_row_chi_means_match_bincount(rng):
     background = rng.uniform(-2, 500, n_rows * n_cols)
     flux = background[index] + rng.normal(0, 10, index.size)
     flux[::97] = np.nan
-    flux[::31] += 1e3  # clipped at +5
+    flux[::31] += 1e3  # clipped at +3 (ROW_CHI_HIGH)
     var = np.clip(background[index], 0, None) / 1.4 + (4.7 / 1.4) ** 2
     chi = (flux - background[index]) / np.sqrt(var)
     finite = np.isfinite(chi)
     rows = index // n_cols
     ref_n = np.bincount(rows, finite, minlength=n_rows)
-    ref_sums = np.bincount(rows, np.clip(np.where(finite, chi, 0.0), -5, 5), minlength=n_rows)
+    ref_sums = np.bincount(rows, np.clip(np.where(finite, chi, 0.0), -5, sq.ROW_CHI_HIGH), minlength=n_rows)
     counts, sums = sq._row_chi_means(index, n_cols, n_rows, background, flux, 1.4, 4.7)
     np.testing.assert_array_equal(counts, ref_n)
     np.testing.assert_array_equal(sums, ref_sums)

@@ -51,8 +51,8 @@ from .quality import (  # noqa: E402
     provisional_noise,
     row_profile,
 )
+from .slit import MAX_PROFILE_DEGREE, fit_slit_correction, illumination_profile
 from .slit import SAMPLE_LIMIT as SLIT_SAMPLES
-from .slit import fit_slit_correction, illumination_profile
 
 # Coarsest knot spacing of adaptive knots (px), used on a flat continuum; see
 # :func:`specwidgets.core.sky.bspline.adaptive_coordinate`.
@@ -65,6 +65,12 @@ SLIT_PROFILE_RANGE = 1.5
 #: Knot spacing (px) of the sky that the rows' brightness along the slit is
 #: measured against (see ``_lit_profile``): one coefficient per column.
 PROFILE_KNOT_SPACING = 1.0
+#: Samples this many times the median sky level count as the sky lines'
+#: when the slit's illumination is checked on the lines alone.
+LINE_LEVEL = 4.0
+#: How far (chi-square per term, in units of their scatter) the lines'
+#: brightness may depart from the slit's illumination profile.
+LINES_DISAGREE = 9.0
 
 # Pixels per block when the background is evaluated over the frame (bounds
 # the temporaries; large enough for the kernels' threads).
@@ -692,8 +698,12 @@ def fit_sky(
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
         def with_warp(quality, report=report):
-            return dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
-                                       warp_note=report.reason)
+            quality = dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
+                                          warp_note=report.reason)
+            if getattr(report, "doubtful", False):  # (reports pickled before the field have none)
+                quality = dataclasses.replace(quality, suspect=True,
+                                              warnings=list(quality.warnings) + [f"Warp: {report.reason}."])
+            return quality
 
         result._amend_quality(with_warp)
     return result
@@ -859,6 +869,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     def spacing(order):
         return max(default_knot_spacing(order), floor) if knot_spacing is None else knot_spacing
 
+    fine_spacing = None  # the adaptive knots' finest spacing, when chosen (see below)
+    width_order = 0  # the spatial order the lines' width asks for
+    width_alone = False  # whether it asks for more than the rows' brightness does
     # The first pass's knots: what the defaults are chosen on.
     first_spacing = max(spacing(0), first_floor) if knot_spacing is None else knot_spacing
 
@@ -1005,9 +1018,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # brightness relative to a sky that cannot follow the rows' light.
         # (A copy: the rays are put back into ``clean`` before the fine curve is fit to these.)
         effpix_psub, clean_psub = samples.effpix[psub], np.array(clean[:, psub])
-        ratio, info_sum = _lit_profile(effpix_psub, clean_psub, flux_psub, rows_psub, n_rows,
-                                       psub_step, shifts, gain, read_noise, extent, max(PROFILE_KNOT_SPACING, first_spacing),
-                                       each_exposure)
+        ratio, info_sum, line_ratio, line_info = _lit_profile(
+            effpix_psub, clean_psub, flux_psub, rows_psub, n_rows, psub_step, shifts, gain, read_noise, extent,
+            max(PROFILE_KNOT_SPACING, first_spacing), each_exposure)
 
         def n_coef(p):
             return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
@@ -1015,12 +1028,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
                                     choose_order=spatial_order == "auto", order=order,
                                     dark=dark if unlit_mode else None)
-        width_order = 0
         if spatial_order == "auto":
             # Spatial terms for the lines' width where they pay for their
             # coefficients (as ``analyse_rows`` asks of the brightness).
             costs = [-width_drop[p] + 2.0 * (n_coef(p) - n_coef(0)) for p in range(width_drop.size)]
             width_order = int(np.argmin(costs))
+            width_alone = width_order > order
             order = max(order, width_order)
         if slit_mode and spatial_order == "auto" and not width_order:
             # The slit's illumination as a profile along the rows (a few
@@ -1032,9 +1045,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # needed after it), and within a factor 1.5: the fit's weights
             # assume the noise of an evenly lit slit, which a steeper
             # profile would make wrong; the spatial terms weigh exactly.
+            # And only where the sky lines follow it too (see _lines_disagree).
             if illum is not None and (illum[lit_idx].max() > SLIT_PROFILE_RANGE * illum[lit_idx].min()
                                       or analyse_rows(ratio / illum, info_sum * illum**2, n_coef,
-                                                      detect_unlit=False)[1] > 0):
+                                                      detect_unlit=False)[1] > 0
+                                      or _lines_disagree(illum, line_ratio, line_info, ~unlit)):
                 illum = None
             if illum is not None:
                 order = 0
@@ -1042,9 +1057,23 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             unlit |= dark
         del level
         if knots == "adaptive" and knot_threshold is None:
-            knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts, n_rows, gain,
-                                                read_noise, extent, spacing(order), first_spacing,
-                                                max(coarse, spacing(order)))
+            # The finest knots too, unless the spatial terms are for the
+            # lines' width alone: the order's own, or the plain fit's. The
+            # order's wider knots missed lines of 0.8 px sigma (order 2: 0.40
+            # sigma RMS, 5 sigma), while the plain fit's lost 0.236 -> 0.286
+            # sigma on broader lines. Terms for the lines' width keep the
+            # order's knots, on which their order was chosen (finer ones
+            # hid a 40 % width change that order 1 misses from the line
+            # misfit check: 0.30 sigma RMS, 7.7 sigma, "ok").
+            fines = ((spacing(order),) if spacing(order) == spacing(0) or width_alone
+                     else (spacing(order), spacing(0)))
+            # (Choosing the finest knots needs a first pass that shows the
+            # lines' shape: the plain fit's spacing, as for the final knots'
+            # curve; the threshold alone is chosen on the first pass's.)
+            fine_spacing, knot_threshold = _cv_knot_threshold(samples.effpix, clean, rows, unlit, order, shifts,
+                                                              n_rows, gain, read_noise, extent, fines,
+                                                              spacing(0) if len(fines) > 1 else first_spacing,
+                                                              max(coarse, spacing(order)))
         if ray_values is not None:
             clean[hits] = ray_values
         if bad_samples is not None:
@@ -1089,7 +1118,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         del effpix_psub, clean_psub, rows_psub
         n_sky_rows = samples.index.size / n_cols
         table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
-                                             spacing(order), max(coarse, spacing(order)), knot_threshold,
+                                             fine_spacing or spacing(order), max(coarse, spacing(order)),
+                                             knot_threshold,
                                              first_spacing=spacing(0), n_curves=n_exp, spatial_order=order))
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
@@ -1138,25 +1168,32 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # (The samples are sorted by effective pixel: without a shift their
         # range is their ends.)
         e_lo, e_hi = ((float(e_k[0]), float(e_k[-1])) if not shifts[k] else (float(e_k.min()), float(e_k.max())))
-        for r0 in range(0, n_rows, block):
-            row_block = slice(r0, min(n_rows, r0 + block))
-            e_rows = emap_rows(k, row_block)
+
+        def sky_on(rows, model_rows):
+            """The fit's sky on ``rows`` (its spatial terms read at ``model_rows``), the slit's profile not applied."""
+            e_rows = emap_rows(k, rows)
             if e_rows.min() < e_lo or e_rows.max() > e_hi:  # most blocks: no copy
                 e_rows = np.clip(e_rows, e_lo, e_hi)
-            rows_grid = np.broadcast_to(rows_f[row_block], e_rows.shape)
+            rows_grid = np.broadcast_to(model_rows, e_rows.shape)
             if table is None:
-                background[k, row_block] = model(e_rows, rows_grid)
-            else:
-                background[k, row_block] = inner(interp_in_threads(e_rows, *table), rows_grid)
+                return model(e_rows, rows_grid)
+            return inner(interp_in_threads(e_rows, *table), rows_grid)
+
+        for r0 in range(0, n_rows, block):
+            row_block = slice(r0, min(n_rows, r0 + block))
+            background[k, row_block] = sky_on(row_block, rows_f[row_block])
             if illum is not None:
                 background[k, row_block] *= illum[row_block, None]
-            del e_rows
         if unlit.any():
-            # Unlit rows are outside the fit: there the first pass, scaled
-            # to each row's own level, is the best guess of what little sky
-            # there is (zero where the row has no sky at all).
+            # Unlit rows are outside the fit: there the fit's sky, its
+            # spatial terms read at the nearest lit row, scaled to each row's
+            # own level, is the best guess of what little sky there is (zero
+            # where the row has no sky at all). The first pass's sky was
+            # worse: on lines that hardly tilt its knots are too coarse for
+            # the lines, which left 14 sigma on the half-lit rows of a slit's
+            # soft edge.
             unlit_idx = np.flatnonzero(unlit)
-            guess = first[k](emap_rows(k, unlit_idx))
+            guess = sky_on(unlit_idx, np.clip(unlit_idx, row_range[0], row_range[1] - 1).astype(float)[:, None])
             obs = stack[k, unlit_idx]
             ok = np.isfinite(obs)
             den = np.sum(np.where(ok, guess * guess, 0.0), axis=1)
@@ -1294,9 +1331,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     return result
 
 
-def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gain, read_noise, extent, fine,
+def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gain, read_noise, extent, fines,
                        first_spacing, coarse):
-    """The adaptive knots' threshold, chosen on held-out (odd/even) rows of the first-pass samples.
+    """The adaptive knots' ``(finest spacing, threshold)``, chosen on held-out (odd/even) rows of the
+    first-pass samples; the finest spacing among ``fines`` (the first unless another predicts better).
 
     As in the final fit, the knots are placed from the exposures' mean and
     the spline has ``order`` spatial terms; the first exposure (at its own
@@ -1308,17 +1346,17 @@ def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gai
 
     lit = np.flatnonzero(~skip_rows)
     if lit.size < 4:
-        return DEFAULT_THRESHOLD
+        return fines[0], DEFAULT_THRESHOLD
     f = np.where(skip_rows[rows][None], np.nan, flux)
     e = effpix if not shifts[0] else effpix - shifts[0] * _row_coordinate(rows, n_rows)
     try:
-        threshold, _ = choose_knot_threshold(e, f, rows, gain, read_noise, fine, coarse, first_spacing=first_spacing,
-                                             extent=extent, spatial_order=order,
-                                             row_range=(int(lit[0]), int(lit[-1]) + 1))
+        best, _ = choose_knot_threshold(e, f, rows, gain, read_noise, fines[0], coarse, first_spacing=first_spacing,
+                                        extent=extent, spatial_order=order, row_range=(int(lit[0]), int(lit[-1]) + 1),
+                                        fine_candidates=fines)
     except ValueError:
-        # Too few samples or rows to split: the usual value.
-        threshold = DEFAULT_THRESHOLD
-    return threshold
+        # Too few samples or rows to split: the usual values.
+        best = fines[0], DEFAULT_THRESHOLD
+    return best
 
 
 def _fitted_counts(models):
@@ -1485,19 +1523,47 @@ def _lit_profile(effpix, clean, flux, rows, n_rows, step, shifts, gain, read_noi
     sigma on narrow lines, under "sky fit ok"); one coefficient per pixel
     has no such freedom. With lines that tilt more, both read the same.
     """
-    ratios = np.full((len(shifts), n_rows), np.nan)
-    infos = np.zeros((len(shifts), n_rows))
+    ratios = np.full((2, len(shifts), n_rows), np.nan)
+    infos = np.zeros((2, len(shifts), n_rows))
 
     def one(k):
         model, e = _plain_sky(effpix, clean[k], rows, n_rows, shifts[k], gain, read_noise, extent, knot_spacing)
         level = model(e)
         var = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
-        ratios[k], infos[k] = row_profile(rows, flux[k], level, var, n_rows)
+        ratios[0, k], infos[0, k] = row_profile(rows, flux[k], level, var, n_rows)
+        bright = level > LINE_LEVEL * np.nanmedian(level)
+        if bright.any():
+            ratios[1, k], infos[1, k] = row_profile(rows[bright], flux[k][bright], level[bright], var[bright], n_rows)
 
     each_exposure(one)
-    info = infos.sum(axis=0) * step
+    info = infos.sum(axis=1) * step
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(info > 0, np.sum(np.nan_to_num(ratios) * infos, axis=0) * step / info, np.nan), info
+        ratio = np.where(info > 0, np.sum(np.nan_to_num(ratios) * infos, axis=1) * step / info, np.nan)
+    return ratio[0], info[0], ratio[1], info[1]
+
+
+def _lines_disagree(profile, ratio, info, lit):
+    """Whether the sky lines' brightness along the slit (``ratio``, ``info``
+    from their samples alone) departs from ``profile`` more than from a free
+    curve of as many terms: then the rows' light is not the sky's spectrum
+    scaled (scattered light, a glow adds to the faint sky and hardly to the
+    lines), and a factor along the slit would scale the lines by what the
+    continuum does. The chi-squares are in units of the free curve's scatter.
+    """
+    have = lit & np.isfinite(ratio) & (info > 0)
+    rows = np.flatnonzero(have)
+    if rows.size < 8:
+        return False
+    t = (rows - rows[0]) * (2.0 / max(rows[-1] - rows[0], 1)) - 1.0
+    w = np.sqrt(info[rows])
+    y = ratio[rows] * w
+    degree = min(MAX_PROFILE_DEGREE, rows.size - 3)
+    free = np.polynomial.legendre.legvander(t, degree) * w[:, None]
+    chi_free = float(np.sum((y - free @ np.linalg.lstsq(free, y, rcond=None)[0]) ** 2))
+    scaled = (profile[rows] * w)[:, None]
+    chi_scaled = float(np.sum((y - scaled @ np.linalg.lstsq(scaled, y, rcond=None)[0]) ** 2))
+    spread = max(chi_free / (rows.size - degree - 1), 1.0)
+    return (chi_scaled - chi_free) / spread > LINES_DISAGREE * degree
 
 
 def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,

@@ -1032,7 +1032,7 @@ def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coars
 
 def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *, first_spacing=None,
                           extent=None, candidates=THRESHOLD_CANDIDATES, grid_step=0.25, max_samples=100_000, folds=1,
-                          default=DEFAULT_THRESHOLD, spatial_order=0, row_range=None):
+                          default=DEFAULT_THRESHOLD, spatial_order=0, row_range=None, fine_candidates=None):
     """The ``adaptive_coordinate`` threshold that predicts held-out rows best (two-fold cross-validation).
 
     The sky samples are split by row parity. For each half in turn, the
@@ -1081,10 +1081,14 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
         The threshold kept unless another candidate predicts the held-out
         rows better by more than two standard errors (of the paired
         per-sample difference).
+    fine_candidates : sequence of float, optional
+        Finest knot spacings to try as well (``fine`` is ignored then): each
+        with every threshold, the first with ``default`` kept unless another
+        pair predicts better as above.
 
     Returns
     -------
-    threshold : float
+    threshold : float, or (fine, threshold) with ``fine_candidates``
     scores : dict
         Candidate -> cross-validated score (about 1 for a perfect model).
 
@@ -1112,10 +1116,15 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
         raise ValueError(f"effpix, flux and rows must have the same length, got {e.size}, {f.size} and {y.size}")
     if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
         raise TypeError("rows must be non-negative integers (each sample's row)")
-    first_spacing = fine if first_spacing is None else first_spacing
-    candidates = tuple(float(c) for c in candidates)
-    if not candidates:
+    fines = (fine,) if fine_candidates is None else tuple(float(x) for x in fine_candidates)
+    if not fines:
+        raise ValueError("fine_candidates must not be empty: give at least one knot spacing")
+    first_spacing = fines[0] if first_spacing is None else first_spacing
+    thresholds = tuple(float(c) for c in candidates)
+    if not thresholds:
         raise ValueError("candidates must not be empty: give at least one threshold")
+    pairs = [(x, c) for x in fines for c in thresholds]
+    candidates = thresholds if fine_candidates is None else tuple(pairs)
     ok = np.isfinite(e) & np.isfinite(f)
     if extent is None:
         if not ok.any():
@@ -1149,12 +1158,13 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
         # and sqrt(n) times the read noise (in those units).
         first = fit_bspline_sky(et, mean_flux[train], knot_spacing=first_spacing, read_noise=read_noise * math.sqrt(n_exp),
                                 gain=gain * n_exp, extent=extent, max_iterations=1, bridge_gaps=False)
-        costs = _spacing_costs(grid, first(grid), gain, read_noise, max(n_rows / 2, 1), fine, coarse,
-                               first_spacing, n_exp, spatial_order)
+        level = first(grid)
+        costs = {x: _spacing_costs(grid, level, gain, read_noise, max(n_rows / 2, 1), x, max(coarse, x),
+                                   first_spacing, n_exp, spatial_order) for x in fines}
         yt, yh = (None, None) if yf is None else (yf[train], yf[test])
 
-        def held_out_chi2(c, costs=costs, et=et, ft=ft, yt=yt, eh=eh, yh=yh, fh=fh):
-            u = _coordinate_from_costs(grid, costs, c)
+        def held_out_chi2(pair, costs=costs, et=et, ft=ft, yt=yt, eh=eh, yh=yh, fh=fh):
+            u = _coordinate_from_costs(grid, costs[pair[0]], pair[1])
             model = fit_bspline_sky(np.interp(et, grid, u), ft, yt, spatial_order=spatial_order, row_range=row_range,
                                     knot_spacing=1.0, read_noise=read_noise, gain=gain, extent=(0.0, float(u[-1])),
                                     max_iterations=1, bridge_gaps=False)
@@ -1165,14 +1175,20 @@ def choose_knot_threshold(effpix, flux, rows, gain, read_noise, fine, coarse, *,
             # samples (its mean leverage, n_basis / n_used) is twice that
             # of the fit to all rows: the excess would favour coarse knots.
             excess = 0.5 * model.n_basis / max(model.n_used, 1)
-            return np.minimum((fh - m) ** 2 / var, 25.0) - excess
+            # (A candidate whose fit runs away between sparse samples
+            # overflows here: it scores the cap, as a missed line does.)
+            with np.errstate(over="ignore", invalid="ignore"):
+                chi2 = (fh - m) ** 2 / var
+            return np.minimum(np.where(np.isnan(chi2), 25.0, chi2), 25.0) - excess
 
         # The candidates' fits are independent and small: side by side on the cores.
-        for c, values in zip(candidates, map_in_threads(held_out_chi2, candidates)):
+        for c, values in zip(candidates, map_in_threads(held_out_chi2, pairs)):
             chi2[c].append(values)
             scores[c] += float(np.mean(values)) / folds
     # Another threshold than ``default`` only when it predicts significantly
     # better: 2 standard errors of the paired difference of the scores.
+    if fine_candidates is not None:
+        default = (fines[0], float(default))
     if default not in candidates:
         default = min(candidates, key=lambda c: scores[c])
     ref = np.concatenate(chi2[default])

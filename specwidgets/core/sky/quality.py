@@ -93,7 +93,7 @@ class SkyQuality:
         the bright lines even when the continuum happens to match).
     leak : float
         Trace light leaking into the sky rows: the largest mean of
-        ``(data - sky) / sigma`` (clipped at +-5) over one sky row, among
+        ``(data - sky) / sigma`` (clipped at -5 and +3: cosmic rays) over one sky row, among
         all the sky rows (a second source in them counts too), in units of
         one pixel's sigma; the warning names the row and whether it lies
         where a masked trace's wings reach (within 10 rows of the mask). About 0 when the sky rows hold only sky; 0.3 means
@@ -611,10 +611,17 @@ def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
     return ratio, info
 
 
+#: The rows' mean chi (the leak and dim-row checks) counts a pixel at most
+#: this far above the sky: a cosmic ray's track along a row (a tenth of a
+#: row of pixels at +5 read +0.5: "light above the sky" on a good fit) weighs
+#: less, while a source's light spread along the row is far below it.
+ROW_CHI_HIGH = 3.0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums, p_lo, p_hi):
     """Per row: how many sky samples have a finite chi, and the sum of their
-    chi clipped to +-5, with ``chi = (flux - bg) / sqrt(max(bg, 0) / gain +
+    chi clipped to -5 .. ``ROW_CHI_HIGH``, with ``chi = (flux - bg) / sqrt(max(bg, 0) / gain +
     rn_var)`` and ``bg = background[index]`` (flat pixel index; ``counts``
     and ``sums`` zeroed by the caller). Sums in sample order, as
     ``np.bincount`` adds them. Only the samples of pixels ``p_lo <= index <
@@ -629,7 +636,7 @@ def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums, p
         if math.isfinite(chi):
             row = p // n_cols
             counts[row] += 1.0
-            sums[row] += min(max(chi, -5.0), 5.0)
+            sums[row] += min(max(chi, -5.0), ROW_CHI_HIGH)
 
 
 def _row_chi_means(index, n_cols, n_rows, background, flux, gain, read_noise):
@@ -671,7 +678,7 @@ def _row_chi_sums_in_rows(data, background, rows, gain, rn_var, counts, sums, r_
             chi = (data[r, c] - bg) / math.sqrt(var)
             if math.isfinite(chi):
                 n += 1.0
-                total += min(max(chi, -5.0), 5.0)
+                total += min(max(chi, -5.0), ROW_CHI_HIGH)
         counts[r] = n
         sums[r] = total
 

@@ -46,6 +46,16 @@ __all__ = ["WarpRefinement", "refine_warp", "sky_warp_model"]
 # is not applied.
 MIN_GAIN_PER_COEF = 4.0
 
+#: A traced sky-line position this far [px] from the line's median offset to
+#: the arc's warp is a trace that jumped to another line (steep lines across
+#: a masked gap did: 6-13 px), not a correction of the warp.
+MAX_TRACE_JUMP = 2.0
+
+#: The largest correction [px] the refinement applies: an arc's warp further
+#: off than this from the sky lines is not the warp of these frames (another
+#: setting, or traces gone astray), which a smooth correction cannot mend.
+MAX_REFINEMENT = 2.0
+
 
 @dataclass(frozen=True)
 class WarpRefinement:
@@ -71,6 +81,9 @@ class WarpRefinement:
         Coefficients of the correction.
     reason : str
         Why it was (not) used, in a sentence.
+    doubtful : bool
+        Whether the arc's warp itself is in doubt (the sky lines sit further
+        from it than a correction is trusted for): the fit says so.
     """
 
     used: bool
@@ -80,6 +93,7 @@ class WarpRefinement:
     heldout_gain_per_pixel: float = 0.0
     n_coefficients: int = 0
     reason: str = ""
+    doubtful: bool = False
 
 
 def fingerprint(stack):
@@ -283,6 +297,10 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     # Each line's effective pixel in the arc's warp, from its traced position at the sky's reference row.
     e_line = warp.effective_pixel(tr.ref_positions[used], float(traced.ref_row))
     R = P - warp.column_of(e_line[:, None], rows[None, :])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a line without positions: its median is NaN)
+        jumped = np.abs(R - np.nanmedian(R, axis=1, keepdims=True)) > MAX_TRACE_JUMP
+    R[jumped] = np.nan
     t = warp._t(rows)
     u = warp._u(e_line)
     max_j = 2 if n_lines >= 5 else 1
@@ -332,6 +350,15 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     grid_e = np.linspace(0, n_cols - 1, 64)
     shift = refined.column_of(grid_e[None, :], grid_r[:, None]) - warp.column_of(grid_e[None, :], grid_r[:, None])
     max_shift = float(np.max(np.abs(shift)))
+    if max_shift > MAX_REFINEMENT:
+        return warp, WarpRefinement(
+            False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
+            n_coefficients=len(extra),
+            reason=(f"{n_lines} sky lines traced: a correction of the arc's warp would move them by up to "
+                    f"{max_shift:.2f} px, more than the {MAX_REFINEMENT:g} px a smooth correction can be "
+                    "trusted for: not used (is the arc from these frames' setting?)"),
+            doubtful=True,
+        )
     return refined, WarpRefinement(
         True, refined_source, max_shift=max_shift, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
         n_coefficients=len(extra),
