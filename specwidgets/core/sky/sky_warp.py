@@ -297,10 +297,12 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     # Each line's effective pixel in the arc's warp, from its traced position at the sky's reference row.
     e_line = warp.effective_pixel(tr.ref_positions[used], float(traced.ref_row))
     R = P - warp.column_of(e_line[:, None], rows[None, :])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # (a line without positions: its median is NaN)
-        jumped = np.abs(R - np.nanmedian(R, axis=1, keepdims=True)) > MAX_TRACE_JUMP
-    R[jumped] = np.nan
+    # (Each line's median over its traced rows; a line without any stays NaN,
+    # and jumps nothing.)
+    some = np.isfinite(R).any(axis=1)
+    line_median = np.full(R.shape[0], np.nan)
+    line_median[some] = np.nanmedian(R[some], axis=1)
+    R[np.abs(R - line_median[:, None]) > MAX_TRACE_JUMP] = np.nan
     t = warp._t(rows)
     u = warp._u(e_line)
     max_j = 2 if n_lines >= 5 else 1
