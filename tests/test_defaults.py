@@ -476,6 +476,35 @@ def test_goodman_defaults_beat_the_median(goodman):
 
 
 @pytest.mark.goodman
+def test_goodman_full_frames_by_default(goodman):
+    """Both full Goodman frames with the headers' noise model, as the dashboard fits them: not
+    suspect, the sky-line refinement used (its correction reaches 2 px at the slit's ends: a cap
+    there once made the fit suspect and worse, which the crop cannot show), and the held-out rows
+    at the noise floor."""
+    from specwidgets.io.sample_data import load_goodman
+
+    full = load_goodman(crop_bds=(0, None))
+    locs, _ = sw.find_cal_lines(full.arc)
+    model = sw.generate_warp_model(full.arc, locs)
+    rows = slice(600, 610)
+    res = sw.fit_sky(full.science, model, [(436, 500), (680, 810), (600, 610)], read_noise=full.read_noise, gain=1.0)
+    q = res.quality
+    assert not q.suspect, q.summary()
+    assert q.warp_source == "arc refined on sky lines" and 1.0 < q.warp_shift < 3.0, q.warp_note
+
+    def clipped_std(x):  # (cosmic rays out, as the benchmark's held-out score)
+        x = x[np.isfinite(x)]
+        keep = np.ones(x.size, bool)
+        for _ in range(10):
+            keep = np.abs(x - x[keep].mean()) <= 5 * x[keep].std()
+        return x[keep].std()
+
+    floor = clipped_std(np.diff(full.science[:, rows], axis=1).ravel()) / np.sqrt(2)
+    score = clipped_std((full.science - res.background)[:, rows].ravel()) / floor
+    assert 0.9 < score < 1.02, score  # 1.005 here (bench_defaults.py, its own rows and masks: 0.983)
+
+
+@pytest.mark.goodman
 def test_goodman_noise_estimated_is_not_called_a_pedestal(goodman):
     """Real frames (bias subtracted) with their noise model estimated: no pedestal warning, not suspect."""
     locs, _ = sw.find_cal_lines(goodman.arc)

@@ -698,12 +698,8 @@ def fit_sky(
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
         def with_warp(quality, report=report):
-            quality = dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
-                                          warp_note=report.reason)
-            if getattr(report, "doubtful", False):  # (reports pickled before the field have none)
-                quality = dataclasses.replace(quality, suspect=True,
-                                              warnings=list(quality.warnings) + [f"Warp: {report.reason}."])
-            return quality
+            return dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
+                                       warp_note=report.reason)
 
         result._amend_quality(with_warp)
     return result

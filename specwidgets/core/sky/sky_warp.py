@@ -51,11 +51,6 @@ MIN_GAIN_PER_COEF = 4.0
 #: a masked gap did: 6-13 px), not a correction of the warp.
 MAX_TRACE_JUMP = 2.0
 
-#: The largest correction [px] the refinement applies: an arc's warp further
-#: off than this from the sky lines is not the warp of these frames (another
-#: setting, or traces gone astray), which a smooth correction cannot mend.
-MAX_REFINEMENT = 2.0
-
 
 @dataclass(frozen=True)
 class WarpRefinement:
@@ -81,9 +76,6 @@ class WarpRefinement:
         Coefficients of the correction.
     reason : str
         Why it was (not) used, in a sentence.
-    doubtful : bool
-        Whether the arc's warp itself is in doubt (the sky lines sit further
-        from it than a correction is trusted for): the fit says so.
     """
 
     used: bool
@@ -93,7 +85,6 @@ class WarpRefinement:
     heldout_gain_per_pixel: float = 0.0
     n_coefficients: int = 0
     reason: str = ""
-    doubtful: bool = False
 
 
 def fingerprint(stack):
@@ -352,15 +343,6 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     grid_e = np.linspace(0, n_cols - 1, 64)
     shift = refined.column_of(grid_e[None, :], grid_r[:, None]) - warp.column_of(grid_e[None, :], grid_r[:, None])
     max_shift = float(np.max(np.abs(shift)))
-    if max_shift > MAX_REFINEMENT:
-        return warp, WarpRefinement(
-            False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
-            n_coefficients=len(extra),
-            reason=(f"{n_lines} sky lines traced: a correction of the arc's warp would move them by up to "
-                    f"{max_shift:.2f} px, more than the {MAX_REFINEMENT:g} px a smooth correction can be "
-                    "trusted for: not used (is the arc from these frames' setting?)"),
-            doubtful=True,
-        )
     return refined, WarpRefinement(
         True, refined_source, max_shift=max_shift, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
         n_coefficients=len(extra),
