@@ -219,18 +219,23 @@ def test_a_narrow_dip_in_the_illumination_at_the_trace_says_so():
     assert not sw.fit_sky(even.science, even.warp, [even.trace_rows]).quality.suspect
 
 
+def _with_scattered_light(amplitude, **kw):
+    """Synthetic frames (seed 9) plus smooth light of ``amplitude`` e- varying along both axes:
+    ``(frames, science, truth)``."""
+    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, seed=9, **kw)
+    u = np.linspace(-1, 1, SHAPE[0])[:, None]
+    x = np.linspace(0, 1, SHAPE[1])[None, :]
+    light = amplitude * (1 + 0.5 * u + 0.3 * u**2) * (0.6 + 0.4 * np.cos(2 * np.pi * (x - 0.3)))
+    science = frames.science + np.random.default_rng(3).poisson(np.broadcast_to(light, frames.science.shape))
+    return frames, science, frames.sky + light
+
+
 def test_scattered_light_that_the_model_follows_is_not_a_leak():
     """30 e- of smooth scattered light: the model follows it (the spatial terms since the sky lines
     showed it is not the slit's illumination: 0.145 sigma RMS; the slit correction's smooth light
     before, 0.12). Judged before the slit correction, the row leak called the fit suspect (0.49 sigma
     in row 115); judged on the final sky, it is 0.07."""
-    n_rows = SHAPE[0]
-    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, tilt=2.5, seed=9)
-    u = np.linspace(-1, 1, n_rows)[:, None]
-    x = np.linspace(0, 1, SHAPE[1])[None, :]
-    light = 30.0 * (1 + 0.5 * u + 0.3 * u**2) * (0.6 + 0.4 * np.cos(2 * np.pi * (x - 0.3)))
-    science = frames.science + np.random.default_rng(3).poisson(np.broadcast_to(light, frames.science.shape))
-    truth = frames.sky + light
+    frames, science, truth = _with_scattered_light(30.0, tilt=2.5)
     res = sw.fit_sky(science, frames.warp, [frames.trace_rows])
     z = (res.background - truth) / np.sqrt(truth + frames.read_noise**2)
     assert np.sqrt(np.mean(z**2)) < 0.2 and np.abs(z).max() < 2.5
@@ -243,13 +248,7 @@ def test_scattered_light_brighter_than_the_sky_is_not_taken_for_illumination(til
     but the sky lines' hardly. Taken for the slit's illumination, it scaled the lines by what the
     continuum does (0.87-0.94 sigma RMS, 20 sigma, suspect); the lines' own profile tells them
     apart, and the spatial terms, with knots fine enough for these narrow lines, take the light."""
-    n_rows = SHAPE[0]
-    frames = make_synthetic_longslit(shape=SHAPE, n_exposures=2, tilt=tilt, seed=9, line_sigma=0.8)
-    u = np.linspace(-1, 1, n_rows)[:, None]
-    x = np.linspace(0, 1, SHAPE[1])[None, :]
-    light = 100.0 * (1 + 0.5 * u + 0.3 * u**2) * (0.6 + 0.4 * np.cos(2 * np.pi * (x - 0.3)))
-    science = frames.science + np.random.default_rng(3).poisson(np.broadcast_to(light, frames.science.shape))
-    truth = frames.sky + light
+    frames, science, truth = _with_scattered_light(100.0, tilt=tilt, line_sigma=0.8)
     res = sw.fit_sky(science, frames.warp, [frames.trace_rows])
     z = (res.background - truth) / np.sqrt(truth + frames.read_noise**2)
     assert np.sqrt(np.mean(z**2)) < 0.22 and np.abs(z).max() < 2.5, (np.sqrt(np.mean(z**2)), np.abs(z).max())
