@@ -97,6 +97,17 @@ def test_steep_lines_across_a_masked_gap_do_not_move_the_warp(tilt):
     assert np.sqrt(np.mean(z**2)) < 0.12, np.sqrt(np.mean(z**2))
 
 
+def test_a_jump_to_another_line_is_told_from_a_change_of_tilt():
+    from specwidgets.core.sky.sky_warp import _jumped
+
+    t = np.linspace(-1, 1, 50)
+    tilt_change = 0.3 + 1.8 * t  # 3.6 px over the slit: flexure, not a jump
+    jump = np.where(t > 0.3, 8.0, 0.0) + 0.05 * t  # the trace went to a line 8 px away
+    untraced = np.full(50, np.nan)
+    j = _jumped(np.stack([tilt_change, jump, untraced]), t)
+    assert not j[0].any() and np.array_equal(j[1], t > 0.3) and not j[2].any()
+
+
 def test_refine_warp_reports_too_few_lines():
     f = frames(n_sky_lines=1)
     masks, _ = masks_of(f)

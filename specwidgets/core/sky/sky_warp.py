@@ -46,9 +46,9 @@ __all__ = ["WarpRefinement", "refine_warp", "sky_warp_model"]
 # is not applied.
 MIN_GAIN_PER_COEF = 4.0
 
-#: A traced sky-line position this far [px] from the line's median offset to
-#: the arc's warp is a trace that jumped to another line (steep lines across
-#: a masked gap did: 6-13 px), not a correction of the warp.
+#: A traced sky-line position this far [px] from its line's trend (offset to
+#: the arc's warp along the slit) is a trace that jumped to another line
+#: (steep lines across a masked gap did: 6-13 px), not a correction of the warp.
 MAX_TRACE_JUMP = 2.0
 
 
@@ -192,6 +192,30 @@ def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1, check
                                     ref_idx=ref, check_fold=check_fold, blank_rows=blank)
 
 
+def _jumped(R, t):
+    """Positions in ``R`` (lines x rows, NaN where not traced) more than
+    ``MAX_TRACE_JUMP`` px from their line's straight trend along the slit
+    (``t``): the trend is fit to the positions within twice that of the
+    line's median, so that the jumped part does not pull it, and a real
+    change of the lines' tilt (flexure) is not taken for a jump."""
+    have = np.isfinite(R)
+    some = have.any(axis=1)
+    median = np.full(R.shape[0], np.nan)
+    median[some] = np.nanmedian(R[some], axis=1)
+    near = have & (np.abs(np.where(have, R, 0.0) - median[:, None]) <= 2 * MAX_TRACE_JUMP)
+    w = near.astype(float)
+    tt = np.broadcast_to(t, R.shape)
+    r = np.where(near, R, 0.0)
+    n, st, stt = w.sum(axis=1), (w * tt).sum(axis=1), (w * tt * tt).sum(axis=1)
+    sr, str_ = r.sum(axis=1), (r * tt).sum(axis=1)
+    det = n * stt - st * st
+    ok = det > 1e-12 * np.maximum(n * stt, 1.0)
+    slope = np.where(ok, (n * str_ - st * sr) / np.where(ok, det, 1.0), 0.0)
+    level = np.where(n > 0, (sr - slope * st) / np.maximum(n, 1.0), median)
+    trend = level[:, None] + slope[:, None] * tt
+    return have & (np.abs(np.where(have, R, 0.0) - trend) > MAX_TRACE_JUMP)
+
+
 def _design(terms, t, u):
     return np.stack([t**k * u**j for k, j in terms], axis=-1)
 
@@ -288,13 +312,8 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     # Each line's effective pixel in the arc's warp, from its traced position at the sky's reference row.
     e_line = warp.effective_pixel(tr.ref_positions[used], float(traced.ref_row))
     R = P - warp.column_of(e_line[:, None], rows[None, :])
-    # (Each line's median over its traced rows; a line without any stays NaN,
-    # and jumps nothing.)
-    some = np.isfinite(R).any(axis=1)
-    line_median = np.full(R.shape[0], np.nan)
-    line_median[some] = np.nanmedian(R[some], axis=1)
-    R[np.abs(R - line_median[:, None]) > MAX_TRACE_JUMP] = np.nan
     t = warp._t(rows)
+    R[_jumped(R, t)] = np.nan
     u = warp._u(e_line)
     max_j = 2 if n_lines >= 5 else 1
     terms_all = [(k, j) for k in (1, 2) for j in range(max_j + 1)]
