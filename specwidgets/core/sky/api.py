@@ -38,6 +38,7 @@ from .quality import (  # noqa: E402
     SkyQuality,
     _far_above,
     _fit_noise_bins,
+    _legendre_design,
     _ranges,
     _row_chi_means,
     _row_chi_means_in_rows,
@@ -866,8 +867,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         return max(default_knot_spacing(order), floor) if knot_spacing is None else knot_spacing
 
     fine_spacing = None  # the adaptive knots' finest spacing, when chosen (see below)
-    width_order = 0  # the spatial order the lines' width asks for
-    width_alone = False  # whether it asks for more than the rows' brightness does
     # The first pass's knots: what the defaults are chosen on.
     first_spacing = max(spacing(0), first_floor) if knot_spacing is None else knot_spacing
 
@@ -1016,7 +1015,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         effpix_psub, clean_psub = samples.effpix[psub], np.array(clean[:, psub])
         ratio, info_sum, line_ratio, line_info = _lit_profile(
             effpix_psub, clean_psub, flux_psub, rows_psub, n_rows, psub_step, shifts, gain, read_noise, extent,
-            max(PROFILE_KNOT_SPACING, first_spacing), each_exposure)
+            max(PROFILE_KNOT_SPACING, first_spacing), each_exposure, lines=bool(slit_mode and spatial_order == "auto"))
 
         def n_coef(p):
             return n_exp * (int(np.ceil((extent[1] - extent[0]) / spacing(p))) + 3) * (p + 1)
@@ -1024,6 +1023,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
                                     choose_order=spatial_order == "auto", order=order,
                                     dark=dark if unlit_mode else None)
+        # The spatial order the lines' width asks for, and whether more than the rows' brightness does.
+        width_order, width_alone = 0, False
         if spatial_order == "auto":
             # Spatial terms for the lines' width where they pay for their
             # coefficients (as ``analyse_rows`` asks of the brightness).
@@ -1500,8 +1501,10 @@ def _plain_sky(effpix, flux, rows, n_rows, shift, gain, read_noise, extent, knot
 
 
 def _lit_profile(effpix, clean, flux, rows, n_rows, step, shifts, gain, read_noise, extent, knot_spacing,
-                 each_exposure):
-    """The rows' brightness along the slit, all exposures together: ``(ratio, information)`` per row.
+                 each_exposure, lines=True):
+    """The rows' brightness along the slit, all exposures together: ``(ratio, information)`` per row,
+    then the same from the sky lines' samples alone (level >= ``LINE_LEVEL`` times the median;
+    all NaN and 0 unless ``lines``).
 
     Each exposure's rows are scaled to a sky spectrum fit with knots a
     whole pixel apart (:data:`PROFILE_KNOT_SPACING`) to its samples
@@ -1527,8 +1530,8 @@ def _lit_profile(effpix, clean, flux, rows, n_rows, step, shifts, gain, read_noi
         level = model(e)
         var = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
         ratios[0, k], infos[0, k] = row_profile(rows, flux[k], level, var, n_rows)
-        bright = level > LINE_LEVEL * np.nanmedian(level)
-        if bright.any():
+        bright = level > LINE_LEVEL * np.nanmedian(level) if lines else None
+        if lines and bright.any():
             ratios[1, k], infos[1, k] = row_profile(rows[bright], flux[k][bright], level[bright], var[bright], n_rows)
 
     each_exposure(one)
@@ -1550,11 +1553,10 @@ def _lines_disagree(profile, ratio, info, lit):
     rows = np.flatnonzero(have)
     if rows.size < 8:
         return False
-    t = (rows - rows[0]) * (2.0 / max(rows[-1] - rows[0], 1)) - 1.0
     w = np.sqrt(info[rows])
     y = ratio[rows] * w
     degree = min(MAX_PROFILE_DEGREE, rows.size - 3)
-    free = np.polynomial.legendre.legvander(t, degree) * w[:, None]
+    free = _legendre_design(rows, (rows[0], rows[-1] + 1), degree) * w[:, None]
     chi_free = float(np.sum((y - free @ np.linalg.lstsq(free, y, rcond=None)[0]) ** 2))
     scaled = (profile[rows] * w)[:, None]
     chi_scaled = float(np.sum((y - scaled @ np.linalg.lstsq(scaled, y, rcond=None)[0]) ** 2))
