@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from .app.launcher import add_dashboard_parser
-from .batch.cli import add_batch_parser
+from .batch.cli import add_batch_parser, join_range_values
 
 __all__ = ["main"]
 
@@ -100,7 +100,7 @@ def main(argv=None):
     demo.set_defaults(func=_demo)
     add_dashboard_parser(sub)
     add_batch_parser(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_range_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

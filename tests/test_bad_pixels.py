@@ -155,6 +155,15 @@ def test_bad_arguments_are_named(night, tmp_path):
     holed[1] = np.nan
     with pytest.raises(ValueError, match=r"exposure\(s\) 2 of 2 \(counting from 1\) have no finite pixel"):
         sw.fit_sky(holed, warp, f.trace_rows)
+    # An empty read (all zero) is no sky: it had come out "suspect" for too few sky pixels or a wrong gain.
+    empty = science.copy()
+    empty[1] = 0.0
+    for method in ("bspline", "median"):
+        with pytest.raises(ValueError, match=r"exposure\(s\) 2 of 2 \(counting from 1\) hold a single value in "
+                                             r"every sky pixel \(0\): no sky to fit"):
+            sw.fit_sky(empty, warp, f.trace_rows, method=method)
+    with pytest.raises(ValueError, match=r"exposure\(s\) 1 of 1 .* \(-7.5\)"):
+        sw.fit_sky(np.full(science.shape[1:], -7.5), warp, f.trace_rows)
     with pytest.raises(ValueError, match="spreads the frame's 800 columns over"):
         sw.fit_sky(science, sw.WarpModel.from_tilt((100, 800), tilt=2000), f.trace_rows)
     for make, words in ((lambda: sw.WarpModel.identity((-3, 10)), "both >= 1"),

@@ -103,6 +103,22 @@ def test_command_still_needs_science_files_and_a_mask(tmp_path, monkeypatch, cap
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--mask", "-5:20"), ("--crop", "-5:")])
+def test_a_range_starting_with_a_minus_is_read_as_a_range(tmp_path, capsys, option, value):
+    # argparse alone takes "-5:20" for an option and answers "expected one argument".
+    from specwidgets.cli import main
+
+    sci = _write(tmp_path / "s.fits", np.zeros(SHAPE))
+    argv = ["batch", str(sci), "--out", str(tmp_path / "o"), "--mask", "12:26", option, value]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err and "out of range: rows count from 0" in err
+    assert "expected one argument" not in err
+    assert not (tmp_path / "o").exists()
+
+
 # ------------------------------------------------------------------ 2. the __main__ guard, the lock
 def test_run_batch_in_a_bootstrapping_child_says_to_guard_the_call(raw, tmp_path, monkeypatch):
     # What multiprocessing sets while a spawned/forkserver child re-imports the main script.

@@ -62,6 +62,20 @@ def test_frame_array_metadata_follows_arithmetic_and_slicing():
     assert np.median(science, axis=0).read_noise == 4.0
 
 
+def test_frames_of_another_binning_say_so_when_combined():
+    # A binned science frame less an unbinned bias: numpy's "operands could not be broadcast" named neither.
+    binned, full = fits.Header(), fits.Header()
+    binned["CCDSUM"], full["CCDSUM"] = "2 2", "1 1"
+    science = FrameArray(np.ones((2, 120, 600)), gain=1.5, unit="electron", header=binned)
+    bias = FrameArray(np.ones((240, 1200)), gain=1.5, unit="electron", header=full)
+    with pytest.raises(ValueError, match=r"frames of shapes \(2, 120, 600\) and \(240, 1200\) cannot be combined "
+                                         r"\(subtract\).*binning \(CCDSUM '2 2'; CCDSUM '1 1'\)\?"):
+        science - bias
+    with pytest.raises(ValueError, match=r"crop_bds or trimsec, or taken with a different binning\?"):
+        FrameArray(np.ones((120, 600))) + np.ones((240, 1200))
+    assert (science - bias[::2, ::2]).shape == (2, 120, 600)  # what broadcasts still does
+
+
 def test_frame_array_rejects_bad_noise():
     with pytest.raises(ValueError, match="read_noise must be a non-negative"):
         FrameArray(np.zeros(3), read_noise=-1.0)

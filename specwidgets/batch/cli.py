@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import warnings
 
@@ -13,7 +14,12 @@ from ..core.sky.api import METHODS
 from .calibrations import ARC_COMBINES, FLAT_NORMS, _expand
 from .runner import BatchLockedError, run_batch
 
-__all__ = ["add_batch_parser", "main", "run_batch_command"]
+__all__ = ["add_batch_parser", "join_range_values", "main", "run_batch_command"]
+
+# A value such as "-5:20" starts with "-", so argparse takes it for an option and answers "expected one
+# argument"; joined to its option ("--mask=-5:20") it reaches _ranges_arg, which names what is wrong.
+_RANGE_OPTIONS = ("--mask", "--crop")
+_RANGE_LIKE = re.compile(r"^-[0-9]*:")
 
 
 # ------------------------------------------------------------------ command line
@@ -272,9 +278,37 @@ def _run_command(args):
     return summary.exit_code
 
 
+def join_range_values(argv):
+    """Join ``--mask -5:20`` into ``--mask=-5:20``, so a range that starts with ``-`` is parsed as a value.
+
+    Examples
+    --------
+    >>> join_range_values(["batch", "a.fits", "--mask", "-5:20", "--crop", "10:90"])
+    ['batch', 'a.fits', '--mask=-5:20', '--crop', '10:90']
+    """
+    out = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":  # what follows is positional
+            out.append(arg)
+            out.extend(args)
+            break
+        if arg in _RANGE_OPTIONS:
+            value = next(args, None)
+            if value is not None and _RANGE_LIKE.match(value):
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv=None):
     """``python -m specwidgets.batch ...``: the ``batch`` subcommand on its own."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_range_values(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] != ["batch"]:
         argv.insert(0, "batch")
     parser = argparse.ArgumentParser(prog="specwidgets")

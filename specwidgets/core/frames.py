@@ -196,7 +196,13 @@ class FrameArray(np.ndarray):
         args = [x.view(np.ndarray) if isinstance(x, FrameArray) else x for x in inputs]
         if out is not None:
             kwargs["out"] = tuple(x.view(np.ndarray) if isinstance(x, FrameArray) else x for x in out)
-        results = getattr(ufunc, method)(*args, **kwargs)
+        try:
+            results = getattr(ufunc, method)(*args, **kwargs)
+        except ValueError as exc:
+            shaped = [x for x in inputs if isinstance(x, np.ndarray) and x.ndim >= 2]
+            if len(shaped) < 2 or "broadcast" not in str(exc):
+                raise
+            raise ValueError(_mismatch_message(ufunc, shaped)) from None
         if results is NotImplemented:  # pragma: no cover - numpy decides
             return NotImplemented
         meta = _merge(frames)
@@ -234,6 +240,25 @@ class FrameArray(np.ndarray):
             f"FrameArray({body}, gain={self.gain!r}, read_noise={self.read_noise!r}, "
             f"noise_source={self.noise_source!r}, unit={self.unit!r})"
         )
+
+
+#: Header cards that give a frame's binning.
+_BINNING_CARDS = ("CCDSUM", "BINNING", "CCDBIN", "XBINNING")
+
+
+def _mismatch_message(ufunc, arrays):
+    """Why frames of different shapes cannot be combined, with their binning cards when the headers have them."""
+    shapes = " and ".join(str(tuple(a.shape)) for a in arrays)
+    binning = []
+    for a in arrays:
+        header = getattr(a, "header", None)
+        card = next((c for c in _BINNING_CARDS if header is not None and c in header), None)
+        binning.append(f"{card} {header[card]!r}" if card else "no binning card")
+    text = (f"frames of shapes {shapes} cannot be combined ({ufunc.__name__}): they do not cover the same "
+            "pixels. Were they read with different crop_bds or trimsec, or taken with a different binning")
+    if any(b != "no binning card" for b in binning):
+        text += f" ({'; '.join(binning)})"
+    return text + "? Read every frame of a night with the same settings, and use calibrations of the same binning."
 
 
 def _merge(frames):

@@ -34,6 +34,8 @@ from .quality import (  # noqa: E402
     LEAK_LIMIT,
     LINE_MISFIT_LIMIT,
     REJECTED_LIMIT,
+    ROW_CHI_HIGH,
+    UNLIT_FRACTION,
     FirstLook,
     SkyQuality,
     _far_above,
@@ -42,6 +44,7 @@ from .quality import (  # noqa: E402
     _ranges,
     _row_chi_means,
     _row_chi_means_in_rows,
+    added_light_profile,
     analyse_rows,
     estimate_noise,
     line_shape_change,
@@ -584,7 +587,11 @@ def fit_sky(
             "illumination" tries the illumination factor only. The smooth
             light is what a source's far wings in the sky rows look like; it
             is interpolated under the source as background (a small,
-            smooth pedestal: see ``quality.smooth_light``).
+            smooth pedestal: see ``quality.smooth_light``). Then a sky row
+            clearly dimmer than the model (5 times its error and by 0.5 % or
+            more: dust on the slit, frames not flat-fielded) gets its own scale;
+            one within 20 rows of the mask makes the fit suspect, since the
+            sky under the mask cannot be measured. False: none of these.
         ``knot_spacing``, ``reject_sigma``, ``max_iterations``, ... : see
         :func:`specwidgets.core.sky.bspline.fit_bspline_sky`.
 
@@ -661,6 +668,12 @@ def fit_sky(
         empty = ", ".join(str(k + 1) for k in np.flatnonzero(~finite))
         raise ValueError(f"exposure(s) {empty} of {n_exp} (counting from 1) have no finite pixel in the sky rows "
                          "(all NaN or inf): leave them out of the stack")
+    constant = _constant_exposures(samples.flux)
+    if constant:
+        which = ", ".join(str(k + 1) for k, _ in constant)
+        values = ", ".join(f"{value:.6g}" for _, value in constant)
+        raise ValueError(f"exposure(s) {which} of {n_exp} (counting from 1) hold a single value in every sky pixel "
+                         f"({values}): no sky to fit (an empty or failed read?); leave them out of the stack")
     samples_box = [samples]
     del samples
 
@@ -808,6 +821,18 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     )
     if bad_columns:
         warnings = list(warnings) + [_bad_columns_warning(bad_columns)]
+    # A source's wings in the sky rows, as the B-spline judges them on its first pass: here the sky
+    # is a function of the effective pixel alone already.
+    pick, _ = _scattered_subsample(samples.index.size, 400_000)
+    index_p = samples.index[pick]
+    rows_p = index_p // n_cols
+    level = background.reshape(n_exp, -1)[:, index_p]
+    added, _, faint = added_light_profile(rows_p, samples.effpix[pick], samples.flux[:, pick], level,
+                                          np.clip(level, 0, None) / gain + (read_noise / gain) ** 2, n_rows)
+    del level
+    wings = _source_wings(added, faint, masked_rows, np.zeros(n_rows, bool))
+    if wings is not None:
+        warnings = list(warnings) + [_wings_warning(*wings)]
     _set_assessment(result, lambda: _assess(result, samples, [None] * n_exp, source, warnings, [], 0,
                                             (0.0,) * n_exp, False, method="median", bad_columns=bad_columns))
     return result
@@ -1023,6 +1048,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         unlit, order = analyse_rows(ratio, info_sum, n_coef, detect_unlit=bool(unlit_mode),
                                     choose_order=spatial_order == "auto", order=order,
                                     dark=dark if unlit_mode else None)
+        # Light without the sky's lines that brightens the sky rows towards a mask from both sides:
+        # a source's wings in the sky rows (judged on the first pass, before spatial terms take them).
+        # (The exposures' sums: one fit, the same rows.)
+        level_sub = level[:, psub]
+        added, _, faint = added_light_profile(rows_psub, effpix_psub, clean_psub, level_sub,
+                                              np.clip(level_sub, 0, None) / gain + (read_noise / gain) ** 2,
+                                              n_rows)
+        del level_sub
+        wings = _source_wings(added, faint, masked_rows, unlit | dark if unlit_mode else unlit)
+        if wings is not None:
+            warnings = [*warnings, _wings_warning(*wings)]
+
         # The spatial order the lines' width asks for, and whether more than the rows' brightness does.
         width_order, width_alone = 0, False
         if spatial_order == "auto":
@@ -1225,10 +1262,22 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
                     corr.apply(background[k, row_block], row_block)
+        if slit_mode:
+            # Narrow dips in the slit's light (dust on the slit, no flat field):
+            # sky rows clearly dimmer than the smooth model get their own scale.
+            step = -(-samples.index.size // SLIT_SAMPLES)
+            dips[k], near_dims[k] = _row_dips(background[k], samples.flux[k][::step], samples.index[::step],
+                                              n_cols, gain, read_noise, masked_rows, masked_rows | unlit)
+            for row in np.flatnonzero(dips[k] != 1.0):
+                background[k, row] *= dips[k][row]
         return model, corr
 
+    dips, near_dims = [None] * n_exp, [None] * n_exp
     fitted = each_exposure(final_fit)
     models = [m for m, _ in fitted]
+    dimmest = min((d for d in near_dims if d is not None), default=None)
+    if dimmest is not None:
+        warnings = list(warnings) + [_dim_warning(*dimmest, masked_rows)]
     slit = [c for _, c in fitted if c is not None]
     if progress:
         for k, model in enumerate(models):
@@ -1313,7 +1362,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         models=models,
         options=used_options,
         flexure_shift=tuple(float(s) for s in shifts),
-        row_scale=_row_scales(illum, slit, n_exp, n_rows),
+        row_scale=_row_scales(illum, slit, n_exp, n_rows, dips),
     )
     unlit_ranges = _ranges(unlit)
     # The rows the samples come from: every pixel of a row outside the
@@ -1701,17 +1750,61 @@ def _line_misfit(result, skip_rows, limit=120_000):
     return float(worst), threshold
 
 
-def _row_scales(profile, corrections, n_exp, n_rows):
+def _row_scales(profile, corrections, n_exp, n_rows, dips=None):
     """``(n_exp, n_rows)``: the profile (or 1) times each exposure's slit-correction
-    illumination; None when both are absent (an evenly lit model)."""
-    if profile is None and not any(c.illumination_degree for c in corrections):
+    illumination and its rows' dips; None when all are absent (an evenly lit model)."""
+    dipped = dips is not None and any(d is not None and np.any(d != 1.0) for d in dips)
+    if profile is None and not any(c.illumination_degree for c in corrections) and not dipped:
         return None
     base = np.ones(n_rows) if profile is None else np.asarray(profile, float)
     out = np.tile(base, (n_exp, 1))
     for k, c in enumerate(corrections):
         if c.illumination_degree:
             out[k] *= c.illumination
+    if dipped:
+        for k, d in enumerate(dips):
+            if d is not None:
+                out[k] *= d
     return out
+
+
+#: A sky row is a dip (:func:`_row_dips`) when its light is below the smooth sky model's by this many
+#: times its error and by at least ``DIP_MIN`` (a fraction).
+DIP_SIGNIFICANCE = 5.0
+DIP_MIN = 0.005
+
+
+def _row_dips(background, flux, index, n_cols, gain, read_noise, masked_rows, skip_rows):
+    """``(factors, near)``: each row's scale (1, or its own below 1 where it dips; ``skip_rows`` keep 1)
+    and, for a dip within ``DIM_NEAR_MASK`` rows of a masked row, ``(chi, row)`` of
+    the dimmest such row before the scale (its mean chi), when below ``-LEAK_LIMIT``; else None.
+
+    Dust on the slit dims a few rows by 10-30 % in every column, which no
+    smooth profile along the slit follows: 18-64 sigma off on those rows,
+    reported "ok". A row's own scale mends its sky. Under the mask no row
+    can be measured, so a dip next to it makes the fit suspect.
+    """
+    n_rows = skip_rows.size
+    rows = index // n_cols
+    bg = background.ravel()[index]
+    var = np.clip(bg, 0, None) / gain + (read_noise / gain) ** 2
+    ratio, info = row_profile(rows, flux, bg, var, n_rows)
+    with np.errstate(invalid="ignore"):
+        deficit = 1.0 - ratio
+        dip = (deficit * np.sqrt(info) > DIP_SIGNIFICANCE) & (deficit > DIP_MIN) & ~skip_rows
+    factors = np.where(dip, ratio, 1.0)
+    near = None
+    close = dip & _near_mask(masked_rows, DIM_NEAR_MASK)
+    if close.any():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chi = np.clip((flux - bg) / np.sqrt(var), -5.0, ROW_CHI_HIGH)
+        ok = np.isfinite(chi)
+        means = (np.bincount(rows[ok], weights=chi[ok], minlength=n_rows)
+                 / np.maximum(np.bincount(rows[ok], minlength=n_rows), 1))
+        row = int(np.flatnonzero(close)[np.argmin(means[close])])
+        if means[row] < -LEAK_LIMIT:
+            near = (float(means[row]), row)
+    return factors, near
 
 
 def _range(values):
@@ -1827,6 +1920,75 @@ def _leak_warning(leak, row, masked_rows):
     return head + (f"{where}, so not the masked trace's wings: another source there (mask it), or light along "
                    "the slit the sky model does not follow (a bias level left in, or the slit's illumination "
                    "for a method that does not model it).")
+
+
+#: The source-wings check: the sky rows' light without the sky's lines (``added_light_profile``) must
+#: rise towards a mask from both sides by this much (sigma per pixel, nearest third of the rows on a side
+#: against the farthest third) and by ``WINGS_SIGNIFICANCE`` times its error, and the faint continuum's
+#: own excess with it. Exponential galaxies whose
+#: wings put 0.5-1.3 sigma into the sky rows read 0.11-0.56; a trial's compact extended source, with no
+#: light in the sky rows, 0.06-0.07 (tilted lines leave a trend of that size along the slit, absent when
+#: they do not tilt); the synthetic sets, the Goodman frames and the other trial frames below 0.01.
+WINGS_LIMIT = 0.1
+WINGS_SIGNIFICANCE = 4.0
+#: Rows a side needs (a third of them is compared with another third).
+WINGS_MIN_ROWS = 6
+
+
+def _source_wings(added, faint, masked_rows, skip):
+    """``(rise, start, stop)`` for the masked range whose sky rows brighten towards it the most from
+    both sides (``rise``: the smaller side's, sigma per pixel), when beyond the limits; else None.
+
+    A side is the sky rows from the range's edge to the next masked row or the frame's edge (``skip``:
+    rows left out, e.g. unlit). Its error is the rows' scatter (row to row) over the thirds' rows.
+    The light without the sky's lines (``added``) must rise, and so must the faint continuum's own
+    excess (``faint``): sky lines that brighten towards the slit's ends against a flat continuum
+    make ``added`` rise towards a mask in the middle (a trial's OH group: 0.58-0.76), not ``faint``.
+    """
+    masked_rows = np.asarray(masked_rows, bool)
+    usable = ~masked_rows & ~np.asarray(skip, bool) & np.isfinite(added) & np.isfinite(faint)
+    best = None
+    for start, stop in _ranges(masked_rows):
+        rises = []
+        for side in (np.arange(start - 1, -1, -1), np.arange(stop, masked_rows.size)):
+            ends = np.flatnonzero(masked_rows[side])
+            side = side[: ends[0]] if ends.size else side  # up to the next mask
+            side = side[usable[side]]  # nearest first
+            if side.size < WINGS_MIN_ROWS:
+                break
+            third = side.size // 3
+            rise = float(np.mean(added[side[:third]]) - np.mean(added[side[-third:]]))
+            steps = np.diff(added[side])
+            scatter = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / math.sqrt(2.0)
+            if not (rise > WINGS_LIMIT and rise > WINGS_SIGNIFICANCE * scatter * math.sqrt(2.0 / third)):
+                break
+            if not np.mean(faint[side[:third]]) - np.mean(faint[side[-third:]]) > WINGS_LIMIT:
+                break
+            rises.append(rise)
+        if len(rises) == 2 and (best is None or min(rises) > best[0]):
+            best = (min(rises), int(start), int(stop))
+    return best
+
+
+def _wings_warning(rise, start, stop):
+    return (f"The sky rows brighten towards the mask {start}:{stop} from both sides, with light that lacks "
+            f"the sky's lines ({rise:.2f} sigma per pixel more next to the mask than farther out): a source's "
+            "wings, or an extended source, reach the sky rows, so the sky there and under the mask holds its "
+            "light. Widen the mask, or take the sky from rows (or an exposure) without the source.")
+
+
+def _constant_exposures(flux):
+    """``[(k, value)]`` of the exposures whose finite sky samples all hold one value (an all-zero frame)."""
+    out = []
+    for k, row in enumerate(flux):
+        # A spread subsample first: a sky that varies shows it there, and only a constant one is read whole.
+        few = row[:: max(1, row.size // 4096)]
+        few = few[np.isfinite(few)]
+        if few.size and few.min() == few.max():
+            every = row[np.isfinite(row)]
+            if every.min() == every.max():
+                out.append((k, float(every[0])))
+    return out
 
 
 #: fit_sky's own B-spline options, and those it hands on to fit_bspline_sky as given.
@@ -1958,6 +2120,50 @@ def _rejected_columns(rejected, not_sky):
     return sorted(found)
 
 
+#: A block of at least this many columns at the frame's left or right edge, each with its sky rows' mean
+#: below ``UNLIT_FRACTION`` of the median column's: no light there (an overscan or prescan left in).
+DARK_EDGE_MIN_COLUMNS = 3
+#: Bad columns this close to such a block's inner edge are its step's misfit.
+DARK_EDGE_REACH = 5
+
+
+def _dark_edge_columns(stack, masked_rows, gain, read_noise):
+    """``[(start, stop)]``: blocks of columns at the frame's edges whose sky rows hold no light, in every exposure."""
+    sky_rows = np.flatnonzero(~np.asarray(masked_rows, bool))
+    n_exp, _, n_cols = stack.shape
+    if sky_rows.size < 4 or n_cols < 4 * DARK_EDGE_MIN_COLUMNS:
+        return []
+    some = sky_rows[:: max(1, sky_rows.size // 256)]
+    dark = np.ones(n_cols, bool)
+    for k in range(n_exp):
+        part = np.asarray(stack[k][some], dtype=float)
+        finite = np.isfinite(part)
+        n = finite.sum(axis=0)
+        means = np.where(n > 0, np.where(finite, part, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
+        bright = float(np.nanmedian(means)) if np.isfinite(means).any() else np.nan
+        # The lit columns must stand clear of a column mean's noise (read noise alone, in data units).
+        if not bright > 10 * (read_noise / gain) / math.sqrt(some.size):
+            return []
+        dark &= means < UNLIT_FRACTION * bright
+    blocks = []
+    left = int(np.argmin(dark)) if not dark.all() else n_cols
+    right = int(np.argmin(dark[::-1])) if not dark.all() else n_cols
+    if left >= DARK_EDGE_MIN_COLUMNS and left < n_cols:
+        blocks.append((0, left))
+    if right >= DARK_EDGE_MIN_COLUMNS and right < n_cols:
+        blocks.append((n_cols - right, n_cols))
+    return blocks
+
+
+def _dark_edge_warning(blocks, n_cols):
+    listed = " and ".join(f"{a}-{b - 1}" for a, b in blocks)
+    lit = (blocks[0][1] if blocks[0][0] == 0 else 0, blocks[-1][0] if blocks[-1][1] == n_cols else n_cols)
+    return (f"Columns {listed} (counting from 0), at the frame's edge, hold no sky light: an overscan or prescan "
+            "region left in the frames? The sky model's edge is a step there that it does not follow, and the "
+            "columns beside it are off. Trim them when reading the frames (trimsec= with the data section, e.g. "
+            f"columns {lit[0] + 1}-{lit[1]} in FITS numbering).")
+
+
 def _bad_columns_warning(columns):
     listed = ", ".join(map(str, columns[:8])) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
     return (f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, as "
@@ -1973,7 +2179,8 @@ def _gap_warning(models):
     listed = ", ".join(f"{a:g}-{b:g}" for a, b in spans[:5]) + (f" and {len(spans) - 5} more" if len(spans) > 5 else "")
     return (f"The sky rows hold no usable sample at effective pixels {listed}: the sky there is bridged smoothly "
             "from both sides, not measured, and a sky line inside would be missed. NaN or bad columns in the sky "
-            "rows do this; method='median' leaves such pixels NaN.")
+            "rows do this, or a fit that rejected every sample there (a model that misses them); method='median' "
+            "leaves such pixels NaN.")
 
 
 def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied,
@@ -2077,6 +2284,14 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0]))
     if dim < -LEAK_LIMIT:
         warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
+    if bad_columns:
+        # Why columns beside a block of edge columns without light (an overscan left in) misfit: the
+        # sky's step there, which the bad-column warning alone had blamed on a hot column.
+        dark = [(a, b) for a, b in _dark_edge_columns(result.data, result.mask[:, 0], result.gain,
+                                                         result.read_noise)
+                if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in bad_columns)]
+        if dark:
+            warnings.append(_dark_edge_warning(dark, n_cols))
     ceiling = _saturated_sky(result, samples)
     if ceiling is not None:
         warnings.append(

@@ -528,6 +528,8 @@ class _NormalEquations:
         self.empty = None
         self.bridge_gaps = bool(bridge_gaps)
         self.occupancy_read = False
+        #: Knot intervals the rejection emptied in runs (None: none), bridged after the iterations.
+        self.emptied = None
         n_loc = 4 * self.n_terms
         if self.n_terms == 1:
             # Large fits are split between the cores; small ones are not
@@ -597,6 +599,10 @@ class _NormalEquations:
             self.occupancy_read = True
             occupied = np.any(acc.reshape(self.n_int, -1) != 0.0, axis=1)
             self.empty = None if occupied.all() else ~occupied
+        elif self.bridge_gaps:
+            # Runs of intervals whose every sample the rejection took (see _emptied_runs).
+            occupied = np.any(acc.reshape(self.n_int, -1) != 0.0, axis=1)
+            self.emptied = _emptied_runs(~occupied if self.empty is None else ~occupied & ~self.empty)
         return n_changed
 
 
@@ -690,8 +696,39 @@ def _iterate(normal, rejected, max_iterations, guard, start=None):
         # when fewer than 0.1% change, their weight in the fit is far below
         # the noise, so the rejected set counts as converged.
         if n_changed <= _CONVERGED_FRACTION * normal.e.size:
-            return coef, chol, iteration, True
-    return coef, chol, max_iterations, False
+            return (*_bridge_emptied(normal, guard, coef, chol), iteration, True)
+    return (*_bridge_emptied(normal, guard, coef, chol), max_iterations, False)
+
+
+#: Runs of at least this many adjacent knot intervals that the rejection emptied are bridged.
+EMPTIED_RUN = 3
+
+
+def _emptied_runs(emptied):
+    """``emptied`` kept only in runs of at least :data:`EMPTIED_RUN` adjacent intervals (None when none).
+
+    One or two intervals without a sample still constrain every coefficient
+    (each spans four intervals): the fit follows its neighbours' data there.
+    A longer run leaves coefficients free but for the weak curvature guard:
+    a hot pair of columns or a line core that the fit rejected whole came out
+    -55000 and +120000 e- on a sky of 300 (3000 sigma).
+    """
+    if not emptied.any():
+        return None
+    edges = np.flatnonzero(np.diff(np.r_[0, emptied.astype(np.int8), 0]))
+    keep = np.zeros_like(emptied)
+    for a, b in zip(edges[::2], edges[1::2]):
+        if b - a >= EMPTIED_RUN:
+            keep[a:b] = True
+    return keep if keep.any() else None
+
+
+def _bridge_emptied(normal, guard, coef, chol):
+    """The solution again with the emptied runs bridged as gaps (``normal.empty`` then includes them)."""
+    if normal.emptied is None:
+        return coef, chol
+    normal.empty = normal.emptied if normal.empty is None else normal.empty | normal.emptied
+    return _solve(normal.band, normal.rhs, normal.n_terms, guard, normal.empty, normal.knot_spacing)
 
 
 def default_knot_spacing(spatial_order=0):
