@@ -34,7 +34,6 @@ from .quality import (  # noqa: E402
     LEAK_LIMIT,
     LINE_MISFIT_LIMIT,
     REJECTED_LIMIT,
-    ROW_CHI_HIGH,
     UNLIT_FRACTION,
     FirstLook,
     SkyQuality,
@@ -825,14 +824,11 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     # is a function of the effective pixel alone already.
     pick, _ = _scattered_subsample(samples.index.size, 400_000)
     index_p = samples.index[pick]
-    rows_p = index_p // n_cols
-    level = background.reshape(n_exp, -1)[:, index_p]
-    added, _, faint = added_light_profile(rows_p, samples.effpix[pick], samples.flux[:, pick], level,
-                                          np.clip(level, 0, None) / gain + (read_noise / gain) ** 2, n_rows)
-    del level
-    wings = _source_wings(added, faint, masked_rows, np.zeros(n_rows, bool))
-    if wings is not None:
-        warnings = list(warnings) + [_wings_warning(*wings)]
+    wings = _wings_check(index_p // n_cols, samples.effpix[pick], samples.flux[:, pick],
+                         background.reshape(n_exp, -1)[:, index_p], gain, read_noise, masked_rows,
+                         np.zeros(n_rows, bool))
+    if wings:
+        warnings = list(warnings) + [wings]
     _set_assessment(result, lambda: _assess(result, samples, [None] * n_exp, source, warnings, [], 0,
                                             (0.0,) * n_exp, False, method="median", bad_columns=bad_columns))
     return result
@@ -1051,14 +1047,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # Light without the sky's lines that brightens the sky rows towards a mask from both sides:
         # a source's wings in the sky rows (judged on the first pass, before spatial terms take them).
         # (The exposures' sums: one fit, the same rows.)
-        level_sub = level[:, psub]
-        added, _, faint = added_light_profile(rows_psub, effpix_psub, clean_psub, level_sub,
-                                              np.clip(level_sub, 0, None) / gain + (read_noise / gain) ** 2,
-                                              n_rows)
-        del level_sub
-        wings = _source_wings(added, faint, masked_rows, unlit | dark if unlit_mode else unlit)
-        if wings is not None:
-            warnings = [*warnings, _wings_warning(*wings)]
+        wings = _wings_check(rows_psub, effpix_psub, clean_psub, level[:, psub], gain, read_noise, masked_rows,
+                             unlit | dark if unlit_mode else unlit)
+        if wings:
+            warnings = [*warnings, wings]
 
         # The spatial order the lines' width asks for, and whether more than the rows' brightness does.
         width_order, width_alone = 0, False
@@ -1262,12 +1254,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 for r0 in range(0, n_rows, block):
                     row_block = slice(r0, min(n_rows, r0 + block))
                     corr.apply(background[k, row_block], row_block)
-        if slit_mode:
             # Narrow dips in the slit's light (dust on the slit, no flat field):
             # sky rows clearly dimmer than the smooth model get their own scale.
-            step = -(-samples.index.size // SLIT_SAMPLES)
-            dips[k], near_dims[k] = _row_dips(background[k], samples.flux[k][::step], samples.index[::step],
-                                              n_cols, gain, read_noise, masked_rows, masked_rows | unlit)
+            dips[k], near_dims[k] = _row_dips(background[k], flux_s, np.ascontiguousarray(idx), n_cols, gain,
+                                              read_noise, masked_rows, masked_rows | unlit)
             for row in np.flatnonzero(dips[k] != 1.0):
                 background[k, row] *= dips[k][row]
         return model, corr
@@ -1796,11 +1786,8 @@ def _row_dips(background, flux, index, n_cols, gain, read_noise, masked_rows, sk
     near = None
     close = dip & _near_mask(masked_rows, DIM_NEAR_MASK)
     if close.any():
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chi = np.clip((flux - bg) / np.sqrt(var), -5.0, ROW_CHI_HIGH)
-        ok = np.isfinite(chi)
-        means = (np.bincount(rows[ok], weights=chi[ok], minlength=n_rows)
-                 / np.maximum(np.bincount(rows[ok], minlength=n_rows), 1))
+        counts, sums = _row_chi_means(index, n_cols, n_rows, background, flux, gain, read_noise)
+        means = sums / np.maximum(counts, 1)
         row = int(np.flatnonzero(close)[np.argmin(means[close])])
         if means[row] < -LEAK_LIMIT:
             near = (float(means[row]), row)
@@ -1928,7 +1915,8 @@ def _leak_warning(leak, row, masked_rows):
 #: own excess with it. Exponential galaxies whose
 #: wings put 0.5-1.3 sigma into the sky rows read 0.11-0.56; a trial's compact extended source, with no
 #: light in the sky rows, 0.06-0.07 (tilted lines leave a trend of that size along the slit, absent when
-#: they do not tilt); the synthetic sets, the Goodman frames and the other trial frames below 0.01.
+#: they do not tilt); the Goodman full frames 0.054, the other fits of the comparison sets and trials 0.075
+#: or less (but a median-of-bins fit of a quadratically lit slit, suspect already: 0.125).
 WINGS_LIMIT = 0.1
 WINGS_SIGNIFICANCE = 4.0
 #: Rows a side needs (a third of them is compared with another third).
@@ -1968,6 +1956,14 @@ def _source_wings(added, faint, masked_rows, skip):
         if len(rises) == 2 and (best is None or min(rises) > best[0]):
             best = (min(rises), int(start), int(stop))
     return best
+
+
+def _wings_check(rows, effpix, flux, level, gain, read_noise, masked_rows, skip):
+    """The source-wings warning for the sky samples (``flux`` and the sky ``level`` per exposure), or ""."""
+    added, faint = added_light_profile(rows, effpix, flux, level,
+                                       np.clip(level, 0, None) / gain + (read_noise / gain) ** 2, masked_rows.size)
+    wings = _source_wings(added, faint, masked_rows, skip)
+    return "" if wings is None else _wings_warning(*wings)
 
 
 def _wings_warning(rise, start, stop):
@@ -2052,6 +2048,19 @@ def _dips_and_spikes(x, gain, rn_var, dip_factor=BAD_COLUMN_DIP, spike_factor=BA
     return dip, spike
 
 
+def _some_rows(sky_rows):
+    """At most ~256 of the sky rows, evenly spread: enough for each column's mean."""
+    return sky_rows[:: max(1, sky_rows.size // 256)]
+
+
+def _column_means(part):
+    """Each column's mean over the rows of ``part`` (NaN left out; NaN for a column without a value)."""
+    finite = np.isfinite(part)
+    means = np.where(finite, part, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    means[~finite.any(axis=0)] = np.nan
+    return means
+
+
 def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
     """``(columns, samples)``: dead or hot detector columns, and (per exposure) every sky sample of them.
 
@@ -2076,12 +2085,9 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
     window = np.arange(-reach, reach + 1)
     inner = np.arange(reach, n_cols - reach)
     tilted = np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]]) >= BAD_COLUMN_SPIKE_TILT
-    some = sky_rows[:: max(1, n_sky // 256)]
+    some = _some_rows(sky_rows)
     for k in range(n_exp):
-        part = stack[k][some]
-        finite = np.isfinite(part)
-        means = np.where(finite, part, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
-        means[~finite.any(axis=0)] = np.nan
+        means = _column_means(stack[k][some])
         # Candidates: the means' dips or spikes, judged half as strictly (a column bad in part of its rows).
         dip, spike = _dips_and_spikes(means[inner[:, None] + window], None, 0.0,
                                       (1 + BAD_COLUMN_DIP) / 2, (1 + BAD_COLUMN_SPIKE) / 2)
@@ -2133,13 +2139,10 @@ def _dark_edge_columns(stack, masked_rows, gain, read_noise):
     n_exp, _, n_cols = stack.shape
     if sky_rows.size < 4 or n_cols < 4 * DARK_EDGE_MIN_COLUMNS:
         return []
-    some = sky_rows[:: max(1, sky_rows.size // 256)]
+    some = _some_rows(sky_rows)
     dark = np.ones(n_cols, bool)
     for k in range(n_exp):
-        part = np.asarray(stack[k][some], dtype=float)
-        finite = np.isfinite(part)
-        n = finite.sum(axis=0)
-        means = np.where(n > 0, np.where(finite, part, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
+        means = _column_means(stack[k][some])
         bright = float(np.nanmedian(means)) if np.isfinite(means).any() else np.nan
         # The lit columns must stand clear of a column mean's noise (read noise alone, in data units).
         if not bright > 10 * (read_noise / gain) / math.sqrt(some.size):

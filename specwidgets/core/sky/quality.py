@@ -612,8 +612,8 @@ def row_profile(rows, flux, model, variance, n_rows, clip=5.0, n_iter=3):
 
 
 def added_light_profile(rows, effpix, flux, model, variance, n_rows, bin_width=8.0, clip=5.0):
-    """Each row's light that does not scale with the sky's spectrum: ``(added, error, faint)`` per row, in sigma
-    per pixel (``faint``: the faint half of the spectrum's excess over the model, scale and all).
+    """Each row's light that does not scale with the sky's spectrum: ``(added, faint)`` per row, in sigma per
+    pixel (``faint``: the faint half of the spectrum's excess over the model, scale and all).
 
     Each row's samples are summed in bins of ``bin_width`` effective pixels
     (wider where the samples are sparse, so that a bin holds ~8 of them),
@@ -626,9 +626,8 @@ def added_light_profile(rows, effpix, flux, model, variance, n_rows, bin_width=8
     so a line's shape (its width or position changing along the slit, which
     the model averages over the rows) does not pass for added light; fit
     sample by sample it read +-0.05 sigma, rising towards the slit's middle.
-    ``added`` is given in units of the row's noise per pixel, ``error`` is its
-    standard error; rows without samples, or whose spectrum cannot tell the
-    two apart (no lines), get NaN. ``faint`` is the continuum's own excess
+    ``added`` is given in units of the row's noise per pixel; rows without
+    samples, or whose spectrum cannot tell the two apart (no lines), get NaN. ``faint`` is the continuum's own excess
     over the model (the bins at or below the median level), per pixel, in
     the same units: added light raises it, while sky lines that brighten
     along the slit against the continuum (an OH group) move ``added`` alone,
@@ -646,7 +645,7 @@ def added_light_profile(rows, effpix, flux, model, variance, n_rows, bin_width=8
     >>> rows = np.repeat(np.arange(4), 2000)
     >>> light = np.array([0.0, 0.0, 30.0, 30.0])[rows]             # added to rows 2 and 3
     >>> flux = 1.1 * sky + light + rng.normal(0, np.sqrt(sky))
-    >>> added, error, faint = added_light_profile(rows, e, flux, sky, sky, 4)
+    >>> added, faint = added_light_profile(rows, e, flux, sky, sky, 4)
     >>> np.round(added, 1) + 0.0                                   # 30 e- over the rows' noise, ~11 e-
     array([0. , 0. , 2.7, 2.7])
     """
@@ -660,9 +659,8 @@ def added_light_profile(rows, effpix, flux, model, variance, n_rows, bin_width=8
         flux, model, variance = (a.sum(axis=0) for a in (flux, model, variance))
     keep = np.isfinite(flux) & np.isfinite(model) & np.isfinite(effpix) & (variance > 0)
     added = np.full(n_rows, np.nan)
-    error = np.full(n_rows, np.nan)
     if not keep.any():
-        return added, error, np.full(n_rows, np.nan)
+        return added, np.full(n_rows, np.nan)
     if not keep.all():  # (most often all are: no copies)
         rows, effpix, flux, model, variance = (a[keep] for a in (rows, effpix, flux, model, variance))
     e_min = effpix.min()
@@ -702,12 +700,11 @@ def added_light_profile(rows, effpix, flux, model, variance, n_rows, bin_width=8
             offset = np.where(ok, (s_mm * s_fn - s_mn * s_fm) / det, np.nan)
             per_pixel = np.sqrt(np.where(ok & (inv > 0), count / inv, np.nan) * n_exp)
             added = offset / per_pixel
-            error = np.sqrt(np.where(ok, s_mm / det, np.nan)) / per_pixel
             resid = f_bin - (scale[row_of] * m_bin + offset[row_of] * n_bin)
             use = resid * resid <= clip * clip * v_bin
     with np.errstate(invalid="ignore", divide="ignore"):
         faint = np.where(faint_n > 0, faint_d / faint_n, np.nan) / per_pixel
-    return added, error, faint
+    return added, faint
 
 
 #: The rows' mean chi (the leak and dim-row checks) counts a pixel at most
