@@ -45,6 +45,7 @@ from .quality import (  # noqa: E402
     _row_chi_means_in_rows,
     added_light_profile,
     analyse_rows,
+    column_chi_means,
     estimate_noise,
     line_shape_change,
     line_shape_model,
@@ -1264,6 +1265,34 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
 
     dips, near_dims = [None] * n_exp, [None] * n_exp
     fitted = each_exposure(final_fit)
+    # A defect the fit took for sky (two hot columns side by side under a sky
+    # line pass for the line in each row of the dip/spike test): out, and the
+    # fit again, kept if it mends the columns beside it. Left in, two hot
+    # columns put their neighbours' sky 4-28 sigma off, some fits "ok".
+    sky_rows = np.flatnonzero(~(masked_rows | unlit))
+    means, z, off = _column_misfit(stack, background, sky_rows, gain, read_noise, bad_columns)
+    defects = _defect_columns(means, z, off, emap, sky_rows) if off.any() else []
+    if defects:
+        # (Judged on the columns the lines carry the defect's effective pixels to.)
+        near = _around(defects, int(np.ceil(_line_span(emap, masked_rows | unlit))) + 2, n_cols)
+        out = np.isin(samples.index % n_cols, defects)
+        first_fit = (fitted, background.copy(), rejected.copy(), list(dips), list(near_dims))
+        first_check = (means, z, off)
+        own_flux = [samples.flux[:, out].copy()] + ([fit_flux[:, out].copy()] if fit_flux is not samples.flux else [])
+        for flux in {id(a): a for a in (samples.flux, fit_flux)}.values():
+            flux[:, out] = np.nan
+        rejected[:] = False
+        fitted = each_exposure(final_fit)
+        means, z, off = _column_misfit(stack, background, sky_rows, gain, read_noise, defects + list(bad_columns))
+        if (np.sum(z[:, near] ** 2) < 0.5 * np.sum(first_check[1][:, near] ** 2)
+                and _one_sided(stack, background, sky_rows, defects, np.sign(first_check[0][0, defects]))):
+            bad_columns = sorted(set(bad_columns) | set(defects))
+        else:  # (it did not mend them: the first fit stands)
+            fitted, background[:], rejected[:], dips[:], near_dims[:] = first_fit
+            means, z, off = first_check
+            for flux, values in zip((samples.flux, fit_flux), own_flux):
+                flux[:, out] = values
+        del first_fit, own_flux
     models = [m for m, _ in fitted]
     dimmest = min((d for d in near_dims if d is not None), default=None)
     if dimmest is not None:
@@ -1310,6 +1339,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             "not to be trusted (quality.bad_columns)."
         ]
         bad_columns = sorted(set(bad_columns) | set(rejected_columns))
+    # What the model still misses column by column (a defect where the lines hardly move, a line it
+    # does not follow there): said, not mended.
+    off[:, bad_columns] = False
+    if off.all(axis=0).any():
+        worst = float(np.abs(means[:, off.all(axis=0)]).max())
+        warnings = list(warnings) + [_misfit_columns_warning(np.flatnonzero(off.all(axis=0)).tolist(), worst)]
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -2113,6 +2148,118 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
     return sorted(columns), flags
 
 
+#: A column whose sky pixels the fit's sky misses by this many noise sigmas on average over the sky
+#: rows (at ``COLUMN_MISFIT_Z`` standard errors) is misfit (see _column_misfit); in every exposure
+#: (a trail of cosmic rays along a column is in one), the fit is suspect.
+COLUMN_MISFIT_MEAN = 1.0
+COLUMN_MISFIT_Z = 8.0
+
+
+#: A column beside a defect's that the fit's sky misses the other way by this many standard errors
+#: (see _defect_columns).
+COLUMN_VICTIM_Z = 3.0
+#: A defect is told from the sky only where the lines move by at least this many px over the sky rows.
+DEFECT_MIN_SPAN = 1.0
+
+
+def _column_misfit(stack, background, sky_rows, gain, read_noise, known):
+    """``(means, z, off)``: each exposure's column means of chi over the sky rows and their
+    significance (:func:`quality.column_chi_means`; 0 in ``known``), and where (``(n_exposures,
+    n_cols)``) the fit's sky misses a column by :data:`COLUMN_MISFIT_MEAN` sigmas per pixel on
+    average, at :data:`COLUMN_MISFIT_Z` standard errors; nowhere on fewer than
+    ``BAD_COLUMN_MIN_ROWS`` rows."""
+    n_exp, _, n_cols = stack.shape
+    means, z = np.zeros((2, n_exp, n_cols))
+    if sky_rows.size >= BAD_COLUMN_MIN_ROWS:
+        for k in range(n_exp):
+            means[k], z[k] = column_chi_means(stack[k], background[k], sky_rows, gain, read_noise)
+    means[:, list(known)] = z[:, list(known)] = 0.0
+    off = (np.abs(means) >= COLUMN_MISFIT_MEAN) & (np.abs(z) >= COLUMN_MISFIT_Z)
+    return means, z, off
+
+
+def _defect_columns(means, z, off, emap, sky_rows):
+    """Columns of defects the fit took for sky.
+
+    Runs of columns the sky misses the same way in every exposure (``off``
+    of :func:`_column_misfit`), where the lines move by
+    :data:`DEFECT_MIN_SPAN` px or more over the sky rows, with a column
+    missed the other way (at :data:`COLUMN_VICTIM_Z`) on a side as near as
+    the lines move, are grouped where they lie that near each other; of
+    each group, the run missed the most (its ``|z|`` summed) is taken for
+    the defect.
+
+    A hot column the dip/spike test passed (two side by side under a sky
+    line look like the line in each row) makes the fit's line brighter: the
+    hot columns stay above the model, and columns on one side or both, which
+    see the same effective pixels in other rows, fall below it (a cold one
+    the other way round); the defect is missed by more than the columns it
+    pulls. Where the lines move less than a pixel, a narrow line that stays
+    in one column is missed like that too: a defect is not told from the
+    sky. (The caller keeps the new fit only if it mends the columns about
+    it, and the defect is then off the sky in nearly every row: a step
+    between amplifiers is not.)
+    """
+    n_cols = means.shape[1]
+    span = np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]])
+    signs = np.where(off.all(axis=0), np.sign(means[0]), 0).astype(int)
+    signs[(np.sign(means) != signs).any(axis=0)] = 0
+    edges = np.flatnonzero(np.diff(np.r_[0, signs, 0]))
+    runs = []  # (start, stop, sum of |z|, reach)
+    for a, b in zip(edges[:-1], edges[1:]):
+        sign = signs[a]
+        if not sign or span[a:b].min() < DEFECT_MIN_SPAN or a == 0 or b == n_cols:
+            continue
+        reach = int(np.ceil(span[a:b].max())) + 1  # (the columns that share its effective pixels)
+        left, right = sign * z[:, max(a - reach, 0):a], sign * z[:, b:b + reach]
+        pulled = (left.min(axis=1, initial=0) <= -COLUMN_VICTIM_Z) | (right.min(axis=1, initial=0) <= -COLUMN_VICTIM_Z)
+        if pulled.all():
+            runs.append((int(a), int(b), float(np.abs(z[:, a:b]).sum()), reach))
+    found, group = [], []
+    for run in runs + [None]:
+        if group and (run is None or run[0] - group[-1][1] > max(run[3], group[-1][3])):
+            a, b, _, _ = max(group, key=lambda r: r[2])
+            found.extend(range(a, b))
+            group = []
+        if run is not None:
+            group.append(run)
+    return found
+
+
+#: A defect's columns, left out, sit the same way off the new fit's sky in every exposure, by at least
+#: this much: (rows off that way - rows off the other way) / rows, 0.95 when 97.5 % are (see _one_sided).
+DEFECT_BALANCE = 0.95
+
+
+def _one_sided(stack, background, sky_rows, columns, signs):
+    """Whether ``columns`` sit off the sky the ``signs`` way in nearly every sky row (by
+    :data:`DEFECT_BALANCE`), in every exposure: a detector's defect, there in every row; sky
+    structure the fit misses (a step between amplifiers: 0.76-0.87) comes and goes with the sky."""
+    for k in range(stack.shape[0]):
+        with np.errstate(invalid="ignore"):
+            off = np.sign(stack[k][np.ix_(sky_rows, columns)] - background[k][np.ix_(sky_rows, columns)])
+        if np.any(signs * np.nanmean(off, axis=0) < DEFECT_BALANCE):
+            return False
+    return True
+
+
+def _around(columns, reach, n_cols):
+    """The columns within ``reach`` of ``columns``, but not those."""
+    near = np.zeros(n_cols, bool)
+    for c in columns:
+        near[max(c - reach, 0):c + reach + 1] = True
+    near[columns] = False
+    return near
+
+
+def _misfit_columns_warning(columns, worst):
+    listed = ", ".join(map(str, columns[:8])) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
+    return (f"The sky misses column(s) {listed} by up to {worst:.1f} sigma per pixel, on average over the sky "
+            "rows: a defect the fit took for sky (a hot or trapped column under a sky line), or a line whose "
+            "shape it does not follow there. The sky of these columns (and of the science under them) is not to "
+            "be trusted; set a defect's columns to NaN to leave them out of the fit.")
+
+
 def _rejected_columns(rejected, not_sky):
     """Columns whose sky pixels the fit rejected in at least half of the sky rows, in any exposure."""
     sky = ~np.asarray(not_sky, bool)
@@ -2169,9 +2316,10 @@ def _dark_edge_warning(blocks, n_cols):
 
 def _bad_columns_warning(columns):
     listed = ", ".join(map(str, columns[:8])) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
-    return (f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, as "
-            "no sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; "
-            "their own pixels (the science under them too) are not usable (quality.bad_columns).")
+    return (f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, or "
+            "off the sky the fit found in all of them while the columns about them were off the other way, as no "
+            "sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; their "
+            "own pixels (the science under them too) are not usable (quality.bad_columns).")
 
 
 def _gap_warning(models):
