@@ -836,10 +836,13 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0):
     """
     rows = np.asarray(rows, dtype=np.int64)
     rows = rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
-    n_cols = np.shape(data)[1]
+    # Read-only views: one compiled signature whether or not the caller's arrays are writable.
+    data, background, rows = (np.ascontiguousarray(a, dtype=t).view() for a, t in
+                              ((data, np.float64), (background, np.float64), (rows, np.int64)))
+    data.flags.writeable = background.flags.writeable = rows.flags.writeable = False
+    n_cols = data.shape[1]
     sums, counts = np.zeros(n_cols), np.zeros(n_cols)
-    _column_chi_sums(np.asarray(data, np.float64), np.asarray(background, np.float64), rows, float(gain),
-                     float((read_noise / gain) ** 2), float(clip), sums, counts)
+    _column_chi_sums(data, background, rows, float(gain), float((read_noise / gain) ** 2), float(clip), sums, counts)
     means = sums / np.maximum(counts, 1.0)
     return means, means * np.sqrt(counts)
 
