@@ -30,6 +30,7 @@ from .bspline import StretchedBSplineSky, TooFewSamplesError, adaptive_coordinat
 from .median import median_of_bins
 from .options import resolve_options
 from .quality import (  # noqa: E402
+    BLOCK_SIZE,
     CHI_LIMITS,
     LEAK_LIMIT,
     LINE_MISFIT_LIMIT,
@@ -45,6 +46,7 @@ from .quality import (  # noqa: E402
     _row_chi_means_in_rows,
     added_light_profile,
     analyse_rows,
+    block_chi_scatter,
     column_chi_means,
     estimate_noise,
     line_shape_change,
@@ -1345,6 +1347,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     if off.all(axis=0).any():
         worst = float(np.abs(means[:, off.all(axis=0)]).max())
         warnings = list(warnings) + [_misfit_columns_warning(np.flatnonzero(off.all(axis=0)).tolist(), worst)]
+    # Structure beyond the noise over much of the frame, in every exposure: fringes or a flat-field pattern.
+    structure = min((block_chi_scatter(stack[k], background[k], rejected[k], sky_rows, gain, read_noise)
+                     for k in range(n_exp)), default=math.nan)
+    if structure > BLOCK_SCATTER_LIMIT:
+        warnings = list(warnings) + [_structure_warning(structure)]
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -2250,6 +2257,20 @@ def _around(columns, reach, n_cols):
         near[max(c - reach, 0):c + reach + 1] = True
     near[columns] = False
     return near
+
+
+#: Residuals averaged in 8 x 8 blocks scattering this many times more than pixel by pixel (in every
+#: exposure) make the fit suspect (see quality.block_chi_scatter): clean fits 0.96-1.01, G2's fringes
+#: 1.4-3.6.
+BLOCK_SCATTER_LIMIT = 1.3
+
+
+def _structure_warning(structure):
+    return (f"The residuals (data minus sky) averaged in blocks of {BLOCK_SIZE} x {BLOCK_SIZE} pixels scatter "
+            f"{structure:.2f} times more than noise allows (quality.block_chi_scatter): structure over the "
+            "frame that the sky model, one spectrum along the slit, does not follow. Fringes (red "
+            "wavelengths) or a flat-field pattern do this: divide the frames by a flat field (and a fringe "
+            "frame) before the sky fit.")
 
 
 def _misfit_columns_warning(columns, worst):

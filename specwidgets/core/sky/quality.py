@@ -29,8 +29,8 @@ from .._stats import median, median_along, median_rows, percentile
 from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 
-__all__ = ["SkyQuality", "added_light_profile", "analyse_rows", "column_chi_means", "dark_rows", "estimate_noise",
-           "line_shape_change", "measure_flexure", "noise_bins", "noise_pedestal", "row_profile"]
+__all__ = ["SkyQuality", "added_light_profile", "analyse_rows", "block_chi_scatter", "column_chi_means", "dark_rows",
+           "estimate_noise", "line_shape_change", "measure_flexure", "noise_bins", "noise_pedestal", "row_profile"]
 
 # Thresholds for ``suspect`` (see SkyQuality): chosen so that the good fits of
 # the benchmark (Goodman crop and full frame, synthetic cases) stay clear of
@@ -858,6 +858,78 @@ def _column_chi_sums(data, background, rows, gain, rn_var, clip, sums, counts):
             if math.isfinite(chi):
                 sums[c] += min(max(chi, -clip), clip)
                 counts[c] += 1.0
+
+
+#: Side (px) of the square blocks :func:`block_chi_scatter` averages the residuals in.
+BLOCK_SIZE = 8
+
+
+def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=BLOCK_SIZE, clip=5.0):
+    """How much more the residuals scatter averaged in blocks than pixel by pixel: ~1 for noise.
+
+    The clipped chi (see :func:`column_chi_means`) of the sky ``rows`` (at
+    most :data:`COLUMN_CHI_ROWS`, evenly spread), rejected and non-finite
+    pixels left out, is averaged in blocks of ``size`` rows by ``size``
+    columns; each block's mean times the square root of its count (its
+    ``z``) scatters as one pixel's chi when the residuals are noise. Returns
+    the RMS of the blocks' ``z`` over the RMS of the pixels' chi (NaN with
+    fewer than 50 blocks at least half full): the structure beyond the
+    noise, whatever the noise model's scale. Fringes, or a flat-field
+    pattern, that the sky model (one spectrum along the slit) cannot follow
+    raise it; a sky line the model misses is a few blocks among thousands.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> sky = np.full((64, 256), 400.0)
+    >>> noise = rng.normal(0.0, 20.0, sky.shape)
+    >>> bool(abs(block_chi_scatter(sky + noise, sky, None, np.arange(64), 1.0, 0.0) - 1.0) < 0.1)
+    True
+    >>> fringes = 12.0 * np.sin(np.arange(256) / 3.0)  # 0.6 sigma, ~19 px period
+    >>> round(block_chi_scatter(sky + noise + fringes, sky, None, np.arange(64), 1.0, 0.0), 1)
+    2.5
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
+    skip = np.zeros((1, 1), np.bool_) if rejected is None else rejected
+    # Read-only views: one compiled signature whether or not the caller's arrays are writable.
+    data, background, skip, rows = (np.ascontiguousarray(a, dtype=t).view() for a, t in
+                                    ((data, np.float64), (background, np.float64), (skip, np.bool_),
+                                     (rows, np.int64)))
+    for a in (data, background, skip, rows):
+        a.flags.writeable = False
+    n_rb, n_cb = rows.size // size, data.shape[1] // size
+    sums, counts = np.zeros((n_rb, n_cb)), np.zeros((n_rb, n_cb))
+    square = np.zeros(1)
+    _block_chi_sums(data, background, skip, rejected is not None, rows[: n_rb * size], float(gain),
+                    float((read_noise / gain) ** 2), float(clip), int(size), sums, counts, square)
+    full = counts >= 0.5 * size * size
+    n_pixels = counts.sum()
+    if np.count_nonzero(full) < 50 or n_pixels == 0 or square[0] == 0:
+        return math.nan
+    z = sums[full] / np.sqrt(counts[full])
+    return float(math.sqrt(np.mean(z**2) / (square[0] / n_pixels)))
+
+
+@njit(cache=True, nogil=True)
+def _block_chi_sums(data, background, rejected, use_rejected, rows, gain, rn_var, clip, size, sums, counts, square):
+    """Sums and counts of the clipped chi in blocks of ``size`` of ``rows`` by ``size`` columns, and
+    the sum of its squares (``square[0]``)."""
+    n_cb = sums.shape[1]
+    for i in range(rows.size):
+        r = rows[i]
+        rb = i // size
+        for c in range(n_cb * size):
+            if use_rejected and rejected[r, c]:
+                continue
+            bg = background[r, c]
+            var = (bg if bg > 0.0 else 0.0) / gain + rn_var
+            chi = (data[r, c] - bg) / math.sqrt(var)
+            if math.isfinite(chi):
+                chi = min(max(chi, -clip), clip)
+                sums[rb, c // size] += chi
+                counts[rb, c // size] += 1.0
+                square[0] += chi * chi
 
 
 @njit(cache=True, nogil=True)
