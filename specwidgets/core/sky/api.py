@@ -2260,8 +2260,8 @@ def _around(columns, reach, n_cols):
 
 
 #: Residuals averaged in 8 x 8 blocks scattering this many times more than pixel by pixel (in every
-#: exposure) make the fit suspect (see quality.block_chi_scatter): clean fits 0.96-1.01, G2's fringes
-#: 1.4-3.6.
+#: exposure) make the fit suspect (see quality.block_chi_scatter): the trials' clean fits 0.96-1.01,
+#: the Goodman frames 1.04-1.10, G2's fringes 1.37-3.6.
 BLOCK_SCATTER_LIMIT = 1.3
 
 
