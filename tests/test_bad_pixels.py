@@ -265,3 +265,16 @@ def test_a_cosmic_ray_trail_along_a_column_is_not_a_misfit(tilted_night):
     science[1, 60:95, 500] += 2000.0
     q = sw.fit_sky(science, warp, f.trace_rows).quality
     assert not q.warnings and q.bad_columns == ()
+
+
+def test_pixels_of_zero_with_no_read_noise_do_not_stop_the_column_checks(night):
+    """A block of zero columns (an overscan left in, bias subtracted) with read_noise=0: zero variance there.
+
+    The column checks divided by it (ZeroDivisionError) where the rest of
+    the fit takes the chi as non-finite and leaves it out.
+    """
+    f, warp, _ = night
+    science = np.array(f.science, dtype=float)
+    science[:, :, 700:] = 0.0
+    q = sw.fit_sky(science, warp, f.trace_rows, read_noise=0.0, gain=1.0).quality
+    assert q.suspect and any("Columns 700-799" in w and "hold no sky light" in w for w in q.warnings)

@@ -847,7 +847,7 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0):
     return means, means * np.sqrt(counts)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _column_chi_sums(data, background, rows, gain, rn_var, clip, sums, counts):
     """Per column, the sum of the clipped chi over ``rows`` and their count (rows read in memory order)."""
     for r in rows:
@@ -911,7 +911,7 @@ def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=B
     return float(math.sqrt(np.mean(z**2) / (square[0] / n_pixels)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_chi_sums(data, background, rejected, use_rejected, rows, gain, rn_var, clip, size, sums, counts, square):
     """Sums and counts of the clipped chi in blocks of ``size`` of ``rows`` by ``size`` columns, and
     the sum of its squares (``square[0]``)."""
