@@ -714,6 +714,21 @@ def added_light_profile(rows, effpix, flux, model, variance, n_rows, bin_width=8
 ROW_CHI_HIGH = 3.0
 
 
+@njit(inline="always", error_model="numpy")
+def _pixel_chi(value, bg, gain, rn_var):
+    """``(value - bg) / sqrt(max(bg, 0) / gain + rn_var)``: non-finite where the variance is 0."""
+    return (value - bg) / math.sqrt((bg if bg > 0.0 else 0.0) / gain + rn_var)
+
+
+def _kernel_views(*arrays_and_types):
+    """Contiguous read-only views of ``(array, dtype)`` pairs: one compiled signature for a kernel
+    whether or not the caller's arrays are writable."""
+    views = [np.ascontiguousarray(a, dtype=t).view() for a, t in arrays_and_types]
+    for view in views:
+        view.flags.writeable = False
+    return views
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums, p_lo, p_hi):
     """Per row: how many sky samples have a finite chi, and the sum of their
@@ -726,9 +741,7 @@ def _row_chi_sums(index, n_cols, background, flux, gain, rn_var, counts, sums, p
         p = index[i]
         if p < p_lo or p >= p_hi:
             continue
-        bg = background[p]
-        var = (bg if bg > 0.0 else 0.0) / gain + rn_var
-        chi = (flux[i] - bg) / math.sqrt(var)
+        chi = _pixel_chi(flux[i], background[p], gain, rn_var)
         if math.isfinite(chi):
             row = p // n_cols
             counts[row] += 1.0
@@ -769,9 +782,7 @@ def _row_chi_sums_in_rows(data, background, rows, gain, rn_var, counts, sums, r_
         n = 0.0
         total = 0.0
         for c in range(data.shape[1]):
-            bg = background[r, c]
-            var = (bg if bg > 0.0 else 0.0) / gain + rn_var
-            chi = (data[r, c] - bg) / math.sqrt(var)
+            chi = _pixel_chi(data[r, c], background[r, c], gain, rn_var)
             if math.isfinite(chi):
                 n += 1.0
                 total += min(max(chi, -5.0), ROW_CHI_HIGH)
@@ -794,10 +805,7 @@ def _row_chi_means_in_rows(data, background, rows, gain, read_noise):
     >>> counts.tolist(), sums.tolist()
     ([2.0, 1.0, 0.0], [0.0, -1.5, 0.0])
     """
-    # Read-only views: one compiled signature whether or not the caller's arrays are writable.
-    data, background, rows = (np.ascontiguousarray(a, dtype=t).view() for a, t in
-                              ((data, np.float64), (background, np.float64), (rows, np.bool_)))
-    data.flags.writeable = background.flags.writeable = rows.flags.writeable = False
+    data, background, rows = _kernel_views((data, np.float64), (background, np.float64), (rows, np.bool_))
     n_rows = data.shape[0]
     counts = np.zeros(n_rows)
     sums = np.zeros(n_rows)
@@ -811,6 +819,12 @@ def _row_chi_means_in_rows(data, background, rows, gain, read_noise):
 
 #: Rows read per exposure for each column's mean chi (evenly spread over the sky rows).
 COLUMN_CHI_ROWS = 256
+
+
+def _spread(rows):
+    """At most :data:`COLUMN_CHI_ROWS` of ``rows``, evenly spread."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
 
 
 def column_chi_means(data, background, rows, gain, read_noise, clip=5.0):
@@ -834,12 +848,7 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0):
     >>> means.round(2).tolist(), z.round(1).tolist()
     ([0.0, 2.0, 1.25], [0.0, 4.0, 2.5])
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    rows = rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
-    # Read-only views: one compiled signature whether or not the caller's arrays are writable.
-    data, background, rows = (np.ascontiguousarray(a, dtype=t).view() for a, t in
-                              ((data, np.float64), (background, np.float64), (rows, np.int64)))
-    data.flags.writeable = background.flags.writeable = rows.flags.writeable = False
+    data, background, rows = _kernel_views((data, np.float64), (background, np.float64), (_spread(rows), np.int64))
     n_cols = data.shape[1]
     sums, counts = np.zeros(n_cols), np.zeros(n_cols)
     _column_chi_sums(data, background, rows, float(gain), float((read_noise / gain) ** 2), float(clip), sums, counts)
@@ -852,9 +861,7 @@ def _column_chi_sums(data, background, rows, gain, rn_var, clip, sums, counts):
     """Per column, the sum of the clipped chi over ``rows`` and their count (rows read in memory order)."""
     for r in rows:
         for c in range(data.shape[1]):
-            bg = background[r, c]
-            var = (bg if bg > 0.0 else 0.0) / gain + rn_var
-            chi = (data[r, c] - bg) / math.sqrt(var)
+            chi = _pixel_chi(data[r, c], background[r, c], gain, rn_var)
             if math.isfinite(chi):
                 sums[c] += min(max(chi, -clip), clip)
                 counts[c] += 1.0
@@ -889,15 +896,9 @@ def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=B
     >>> round(block_chi_scatter(sky + noise + fringes, sky, None, np.arange(64), 1.0, 0.0), 1)
     2.5
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    rows = rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
     skip = np.zeros((1, 1), np.bool_) if rejected is None else rejected
-    # Read-only views: one compiled signature whether or not the caller's arrays are writable.
-    data, background, skip, rows = (np.ascontiguousarray(a, dtype=t).view() for a, t in
-                                    ((data, np.float64), (background, np.float64), (skip, np.bool_),
-                                     (rows, np.int64)))
-    for a in (data, background, skip, rows):
-        a.flags.writeable = False
+    data, background, skip, rows = _kernel_views((data, np.float64), (background, np.float64), (skip, np.bool_),
+                                                 (_spread(rows), np.int64))
     n_rb, n_cb = rows.size // size, data.shape[1] // size
     sums, counts = np.zeros((n_rb, n_cb)), np.zeros((n_rb, n_cb))
     square = np.zeros(1)
@@ -922,9 +923,7 @@ def _block_chi_sums(data, background, rejected, use_rejected, rows, gain, rn_var
         for c in range(n_cb * size):
             if use_rejected and rejected[r, c]:
                 continue
-            bg = background[r, c]
-            var = (bg if bg > 0.0 else 0.0) / gain + rn_var
-            chi = (data[r, c] - bg) / math.sqrt(var)
+            chi = _pixel_chi(data[r, c], background[r, c], gain, rn_var)
             if math.isfinite(chi):
                 chi = min(max(chi, -clip), clip)
                 sums[rb, c // size] += chi
