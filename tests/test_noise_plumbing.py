@@ -290,7 +290,9 @@ def test_batch_counts_and_flags_suspect_fits(noisy_night, monkeypatch):
     def fit_with_quality(image, *args, **kwargs):
         result = real(image, *args, **kwargs)
         bad = float(np.nanmean(image)) > float(np.nanmean(noisy_night.frames.science))  # about half of them
-        result.quality = FakeQuality(bad, ["89% of the sky pixels were rejected"] if bad else [], chi_std=3.8 if bad else 1.0)
+        # The second is longer than a header card, and a word ends at the card's cut.
+        said = ["89% of the sky pixels were rejected", "x" * 54 + " The sky misses column(s) 12, 13 by 1.3 sigma per pixel."]
+        result.quality = FakeQuality(bad, said if bad else [], chi_std=3.8 if bad else 1.0)
         return result
 
     monkeypatch.setattr(batch_mod, "fit_sky", fit_with_quality)
@@ -310,9 +312,10 @@ def test_batch_counts_and_flags_suspect_fits(noisy_night, monkeypatch):
         assert any("89% of the sky pixels" in str(c) for c in header["COMMENT"])
     good = [p for p in noisy_night.science if str(p) not in {s for s, _ in summary.suspect}]
     assert fits.getheader(noisy_night.out / batch_mod.output_name(good[0]))["SWSUSP"] is False
-    # A resumed run reads the flags back from the headers: the count survives.
+    # A resumed run reads the flags back from the headers: the count and every warning, whole, survive.
     again = batch_mod.run_batch(noisy_night.science, noisy_night.arc, **kw)
     assert len(again.skipped) == 3 and sorted(again.suspect) == sorted(summary.suspect)
+    assert "by 1.3 sigma per pixel." in again.report()
     strict = batch_mod.run_batch(noisy_night.science, noisy_night.arc, overwrite=True, fail_on_suspect=True, **kw)
     assert strict.exit_code == 3 and len(strict.suspect) == n_bad
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io.fits_output import (
+    header_warnings,
     output_name,
     result_quality,
 )
@@ -21,10 +22,7 @@ def _flags_of_output(path):
         header = fits.getheader(path)
     except (OSError, ValueError):
         return {"suspect": False, "warnings": []}
-    warnings = [
-        str(c)[len("sky fit warning: "):] for c in header.get("COMMENT", []) if str(c).startswith("sky fit warning: ")
-    ]
-    return {"suspect": bool(header.get("SWSUSP", False)), "warnings": warnings}
+    return {"suspect": bool(header.get("SWSUSP", False)), "warnings": header_warnings(header)}
 
 
 def _quality_record(result):

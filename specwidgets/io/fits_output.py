@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import secrets
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,12 @@ _OPTION_CARDS = {
     "reject_sigma": ("SWREJSIG", "B-spline sky: rejection threshold (sigma)"),
     "max_iterations": ("SWMAXIT", "B-spline sky: max reweight/reject iterations"),
 }
+
+
+# COMMENT cards that carry the sky fit's warnings, and the text width of one card.
+WARNING_PREFIX = "sky fit warning: "
+_COMMENT_WIDTH = 72
+_CONTINUED = "  "
 
 
 def output_name(path):
@@ -370,7 +377,46 @@ def _quality_cards(hdr, result, exposure):
             value = str(value)  # FITS headers hold no NaN or infinity
         hdr[str(key)] = (value, str(comment or ""))
     for warning in getattr(quality, "warnings", ()) or ():
-        hdr.add_comment(f"sky fit warning: {warning}")
+        # Wrapped here, not by astropy: its split cards lose a space at a cut
+        # and cannot be told from other comments when read back.
+        for line in textwrap.wrap(f"{WARNING_PREFIX}{warning}", _COMMENT_WIDTH, subsequent_indent=_CONTINUED,
+                                  break_on_hyphens=False, break_long_words=False):
+            hdr.add_comment(line)
+
+
+def header_warnings(header):
+    """The sky fit's warnings that :func:`sky_header` wrote as COMMENT cards, whole.
+
+    A warning longer than a card goes on in the following cards, indented.
+    Files written before that have astropy's split instead (72-character
+    cards, continued by the next card); those are read too, though a space
+    at a cut is lost.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> hdr = fits.Header()
+    >>> _quality_cards(hdr, None, 0)  # no quality: no cards
+    >>> for line in textwrap.wrap(WARNING_PREFIX + "word " * 40 + "end", 72, subsequent_indent=_CONTINUED):
+    ...     hdr.add_comment(line)
+    >>> hdr.add_comment(WARNING_PREFIX + "short")
+    >>> header_warnings(hdr) == ["word " * 40 + "end", "short"]
+    True
+    """
+    found, full = [], False
+    for card in header.get("COMMENT", []) if "COMMENT" in header else []:
+        text = str(card)
+        if text.startswith(WARNING_PREFIX):
+            found.append(text[len(WARNING_PREFIX):])
+        elif found and text.startswith(_CONTINUED) and text.strip():
+            found[-1] += " " + text.strip()
+        elif found and full and not text.startswith("MASK bit "):
+            found[-1] += text  # astropy's own split of a long card
+        else:
+            full = False
+            continue
+        full = len(text) >= _COMMENT_WIDTH
+    return found
 
 
 def read_warp_model(header):
