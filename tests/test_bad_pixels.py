@@ -267,6 +267,22 @@ def test_a_cosmic_ray_trail_along_a_column_is_not_a_misfit(tilted_night):
     assert not q.warnings and q.bad_columns == ()
 
 
+def test_a_cosmic_ray_trail_along_a_column_of_a_single_exposure_is_not_a_misfit(tilted_night):
+    """With one exposure there is no other to disagree: the trail's pixels are the fit's rejected ones.
+
+    The column's mean chi counted them (1.3 sigma per pixel on a trial
+    frame, where the sky was right) and named the column as one the sky misses.
+    """
+    f, warp, _ = tilted_night
+    science = np.array(f.science[:1], dtype=float)
+    science[0, 0:35, 300] += 2000.0
+    result = sw.fit_sky(science, warp, f.trace_rows)
+    q = result.quality
+    assert not q.warnings and q.bad_columns == ()
+    a, b = f.trace_rows
+    assert result.rejected[0, 0:min(35, a), 300].all()  # the trail is rejected, not fit
+
+
 def test_pixels_of_zero_with_no_read_noise_do_not_stop_the_column_checks(night):
     """A block of zero columns (an overscan left in, bias subtracted) with read_noise=0: zero variance there.
 

@@ -827,7 +827,7 @@ def _spread(rows):
     return rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
 
 
-def column_chi_means(data, background, rows, gain, read_noise, clip=5.0):
+def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, rejected=None, columns=None):
     """``(means, z)``: each column's mean chi over the sky ``rows`` of one exposure, and its significance.
 
     ``chi = (data - background) / sqrt(max(background, 0) / gain + (read_noise / gain)**2)``,
@@ -847,7 +847,26 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0):
     >>> means, z = column_chi_means(data, np.full((4, 3), 100.0), np.arange(4), 1.0, 0.0)
     >>> means.round(2).tolist(), z.round(1).tolist()
     ([0.0, 2.0, 1.25], [0.0, 4.0, 2.5])
+
+    With ``rejected`` (the fit's rejected pixels, left out) the means of
+    ``columns`` only (all by default), in the same order:
+
+    >>> rejected = np.zeros((4, 3), bool)
+    >>> rejected[0, 2] = True
+    >>> column_chi_means(data, np.full((4, 3), 100.0), np.arange(4), 1.0, 0.0, rejected=rejected, columns=[2])[0]
+    array([0.])
     """
+    if rejected is not None or columns is not None:
+        rows = _spread(rows)
+        cols = np.arange(np.shape(data)[1]) if columns is None else np.asarray(columns, dtype=np.int64)
+        cut = np.ix_(rows, cols)
+        value, bg = np.asarray(data, dtype=np.float64)[cut], np.asarray(background, dtype=np.float64)[cut]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            chi = (value - bg) / np.sqrt(np.maximum(bg, 0.0) / gain + (read_noise / gain) ** 2)
+        use = np.isfinite(chi) if rejected is None else np.isfinite(chi) & ~np.asarray(rejected, bool)[cut]
+        counts = np.count_nonzero(use, axis=0).astype(np.float64)
+        means = np.where(use, np.clip(chi, -clip, clip), 0.0).sum(axis=0) / np.maximum(counts, 1.0)
+        return means, means * np.sqrt(counts)
     data, background, rows = _kernel_views((data, np.float64), (background, np.float64), (_spread(rows), np.int64))
     n_cols = data.shape[1]
     sums, counts = np.zeros(n_cols), np.zeros(n_cols)
