@@ -284,6 +284,30 @@ def test_bad_crop_bds(tmp_path, crop_bds, match):
         collect_images_array(tmp_path, crop_bds=crop_bds)
 
 
+def test_amplifier_pieces_of_one_exposure_are_refused(tmp_path):
+    """Raw multi-amplifier files (SCI,1..3, each with its DETSEC): reading only the first was silent."""
+    data = gradient(6, 12)
+    pieces = [fits.ImageHDU(data[:, 4 * k:4 * k + 4], name="SCI", ver=k + 1) for k in range(3)]
+    for k, hdu in enumerate(pieces):
+        hdu.header["DETSEC"] = f"[{4 * k + 1}:{4 * k + 4},1:6]"
+    fits.HDUList([fits.PrimaryHDU(), *pieces]).writeto(tmp_path / "amps.fits")
+    with pytest.raises(ValueError, match=r"amps\.fits holds 3 images of one exposure .*join them"):
+        collect_images_array(tmp_path)
+    # Named apart, they are still pieces when each says where on the detector it goes.
+    for k, hdu in enumerate(pieces):
+        hdu.name = f"AMP{k}"
+    fits.HDUList([fits.PrimaryHDU(), *pieces]).writeto(tmp_path / "amps.fits", overwrite=True)
+    with pytest.raises(ValueError, match="holds 3 images of one exposure"):
+        collect_images_array(tmp_path)
+    # One image with its variance and quality planes is one frame (the first image read).
+    planes = [fits.ImageHDU(data, name=n) for n in ("SCI", "VAR", "DQ")]
+    fits.HDUList([fits.PrimaryHDU(), *planes]).writeto(tmp_path / "amps.fits", overwrite=True)
+    assert collect_images_array(tmp_path).shape == (1, 6, 12)
+    # hdu= reads one piece on purpose.
+    fits.HDUList([fits.PrimaryHDU(), *pieces]).writeto(tmp_path / "amps.fits", overwrite=True)
+    assert collect_images_array(tmp_path, hdu="AMP1").shape == (1, 6, 4)
+
+
 def test_file_without_2d_image_names_it(tmp_path):
     table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(3.0))])
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "table_only.fits")

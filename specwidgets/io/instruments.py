@@ -448,9 +448,10 @@ class Instrument:
 
     def _image_index(self, hdul, path):
         if self.hdu is None:
-            for index, hdu in enumerate(hdul):
-                if hdu.is_image and hdu.header.get("NAXIS") == 2:
-                    return index
+            images = [i for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS") == 2]
+            if images:
+                _refuse_pieces(hdul, images, path)
+                return images[0]
             listing = ", ".join(f"{i}: {type(h).__name__} NAXIS={h.header.get('NAXIS')}" for i, h in enumerate(hdul))
             raise ValueError(f"{path} has no HDU holding a 2D image (HDUs: {listing})")
         try:
@@ -498,6 +499,27 @@ class Instrument:
             return default, f"{label} argument"
         return default, f"{self.name} default {label}"
 
+
+def _refuse_pieces(hdul, images, path):
+    """Several image HDUs that are pieces of one exposure (amplifiers, CCDs): the first alone is part of it.
+
+    Pieces share the first image's EXTNAME (``SCI,1``, ``SCI,2``, ...) or
+    each say where on the detector they go (``DETSEC``, all different);
+    a file's other images (``VAR``, ``DQ``, ...) do neither.
+    """
+    first = hdul[images[0]]
+    same_name = [i for i in images if hdul[i].name == first.name]
+    detsecs = {str(hdul[i].header.get("DETSEC", "")).strip() for i in images}
+    pieces = same_name if len(same_name) > 1 else images if len(detsecs) == len(images) > 1 and "" not in detsecs else []
+    if pieces:
+        listing = ", ".join(f"{i}: {hdul[i].name or '(no name)'} {hdul[i].header.get('DETSEC', '')}".rstrip()
+                            for i in pieces)
+        raise ValueError(
+            f"{path} holds {len(pieces)} images of one exposure ({listing}): amplifiers or CCDs, each a piece of "
+            "the detector. specwidgets reads one 2D image per file, and the first alone is not the frame: join "
+            "them into one image first (the instrument's own pipeline does this), or pass hdu= to read one piece "
+            "on purpose"
+        )
 
 
 def _check_image_header(hdu, path):
