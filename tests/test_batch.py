@@ -229,6 +229,24 @@ def test_export_result_writes_the_same_files(raw, tmp_path, frames):
         export_result(result, tmp_path / "exp", names, overwrite=False)
 
 
+def test_export_result_writes_the_frames_unit(tmp_path, frames):
+    """Frames that carry their unit (the loaders' arrays): the files say it, as batch's do, and read as CCDData."""
+    from astropy.nddata import CCDData
+
+    from specwidgets.core.frames import FrameArray
+
+    result = sw.fit_sky(FrameArray(np.asarray(frames.science[:1]), unit="electron"), frames.warp, make_mask())
+    assert result.unit == "electron"
+    (path,) = export_result(result, tmp_path / "exp", ["a.fits"], warp_model=frames.warp)
+    assert fits.getheader(path)["SWUNIT"] == "electron"
+    assert fits.getheader(path, "VAR")["BUNIT"] == "electron**2"
+    assert str(CCDData.read(path, hdu="SCI").unit) == "electron"
+    # A plain array says nothing: no unit is made up.
+    plain = sw.fit_sky(np.asarray(frames.science[:1]), frames.warp, make_mask())
+    (path,) = export_result(plain, tmp_path / "plain", ["a.fits"])
+    assert "SWUNIT" not in fits.getheader(path) and "BUNIT" not in fits.getheader(path, "SCI")
+
+
 # ------------------------------------------------------------------ resume
 @pytest.mark.filterwarnings("ignore:File may have been truncated")
 def test_resume_skips_complete_outputs_and_redoes_damaged_ones(raw, tmp_path):

@@ -294,8 +294,9 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         hdr["SWDISPAX"] = (int(prov["dispersion_axis"]), "dispersion_axis read with (0: transposed)")
     if "crop" in prov:
         hdr["SWCROP"] = (_crop_text(prov["crop"]), "rows kept of each trimmed frame (start:stop)")
-    if prov.get("unit") is not None:
-        hdr["SWUNIT"] = (str(prov["unit"]), "unit of SCI, SKY (VAR: squared)")
+    unit = _unit_of(result, prov)
+    if unit is not None:
+        hdr["SWUNIT"] = (unit, "unit of SCI, SKY (VAR: squared)")
     if prov.get("input_gain") is not None:
         # GAIN (of the fit) is 1 for data in electrons: the raw file's own is kept here.
         hdr["SWINGAIN"] = (float(prov["input_gain"]), "input gain applied: data units -> e- (e-/unit)")
@@ -426,13 +427,21 @@ def read_warp_model(header):
     return WarpModel.from_dict(json.loads(header["SWWARP"]))
 
 
+def _unit_of(result, provenance):
+    """The data unit: the provenance's (batch knows its reader's), else the one the fit's frames carried."""
+    unit = provenance.get("unit")
+    if unit is None:
+        unit = getattr(result, "unit", None)
+    return None if unit is None else str(unit)
+
+
 def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None,
                   input_header=None):
     """The five HDUs of one output file, in memory."""
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype("float32"), np.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64; got {dtype}")
-    unit = (provenance or {}).get("unit")
+    unit = _unit_of(result, provenance or {})
     primary = fits.PrimaryHDU(
         header=sky_header(result, exposure, warp_model=warp_model, provenance=provenance, config=config,
                           input_header=input_header)

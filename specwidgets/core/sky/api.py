@@ -197,6 +197,10 @@ class SkyResult:
         (:func:`specwidgets.core.sky.slit.illumination_profile`) times the
         exposure's slit correction (:mod:`specwidgets.core.sky.slit`); None
         when neither was used.
+    unit : str or None
+        The frames' data unit when they carried one (the loaders' arrays
+        do: "electron" once the gain is applied, "adu" without); the
+        background is in the same unit. FITS output writes it (``BUNIT``).
     """
 
     data: np.ndarray
@@ -216,6 +220,7 @@ class SkyResult:
     flexure_shift: tuple = ()
     warp_model: WarpModel | None = field(default=None, repr=False)
     row_scale: np.ndarray | None = field(default=None, repr=False)
+    unit: str | None = None
     _variance: np.ndarray | None = field(default=None, repr=False)
     _exposure_variance: dict = field(default_factory=dict, repr=False)
     # The median of bins: samples in each pixel's bin, from which its
@@ -711,6 +716,8 @@ def fit_sky(
         raise ValueError(f"the mask {ranges.text} leaves {n_sky} sky row(s) of {n_rows}: too few to measure the "
                          f"sky ({exc}); mask fewer rows") from None
     result.warp_model = warp_model
+    unit = getattr(images, "unit", None)
+    result.unit = None if unit is None else str(unit)
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     if report is not None:
         def with_warp(quality, report=report):
