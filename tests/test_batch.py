@@ -474,6 +474,24 @@ def test_command_reports_a_bad_file_and_exits_nonzero(raw, tmp_path):
     assert len(_outputs(out)) == 3
 
 
+@pytest.mark.slow
+def test_command_shows_a_workers_warning_once_and_plainly(raw, tmp_path):
+    """A card every file has (a DATASEC smaller than the frame) warns once, as ``warning: ...``.
+
+    Worker processes printed it per file with dask's source line
+    (``dask/_task_spec.py:768: UserWarning: ...``), besides the driver's.
+    """
+    card = {"DATASEC": f"[1:{SHAPE[1] - 2},1:{SHAPE[0]}]"}
+    sci = [_write(tmp_path / f"s{i}.fits", fits.getdata(p), card) for i, p in enumerate(raw["science"][:3])]
+    arc = [_write(tmp_path / "a.fits", fits.getdata(raw["arc"][0]), card)]
+    proc = subprocess.run(_command() + _cli_args(sci, arc, tmp_path / "out", make_mask()), capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "DATASEC" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "--trimsec" in lines[0], proc.stderr
+    assert "UserWarning" not in proc.stderr
+
+
 def test_command_setup_error_exits_2(tmp_path):
     sci = _write(tmp_path / "s.fits", np.zeros(SHAPE))
     cmd = _command() + _cli_args([sci], [tmp_path / "no_arc.fits"], tmp_path / "out", make_mask())

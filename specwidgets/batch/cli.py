@@ -187,16 +187,19 @@ def run_batch_command(args):
         return _run_command(args)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """``warnings.showwarning`` for the command: ``warning: <message>``, without our source path and line."""
-    print(f"warning: {message}", file=sys.stderr if file is None else file)
-
-
 @contextlib.contextmanager
 def _plain_warnings():
-    """Show warnings as ``warning: <message>`` while the command runs; the previous display after."""
-    previous = warnings.showwarning
-    warnings.showwarning = _show_warning
+    """Show warnings as ``warning: <message>`` while the command runs, each message once (the same
+    section card read from every file, by the driver and the workers, is one warning); the previous
+    display after."""
+    previous, shown = warnings.showwarning, set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
     try:
         yield
     finally:

@@ -101,6 +101,8 @@ import socket
 import sys
 import time
 import uuid
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,6 +215,8 @@ class _Job:
     settings: dict
     numba_threads: int = 1
     cal_content: dict = field(default_factory=dict)
+    # The driver's process: a worker in another one sends its warnings back (see _relay_warnings).
+    driver_pid: int = field(default_factory=os.getpid)
 
     def config_for(self, path):
         """The resume key of one input: ``"<settings hash>-<data hash>"``.
@@ -443,6 +447,31 @@ def _process_one(path, job, bias, flat):
         numba.set_num_threads(previous)
 
 
+@contextmanager
+def _relay_warnings(job, records):
+    """In a worker process, the warnings raised go into the first record (``raised``) for the driver
+    to show once (:func:`_show_relayed`), not to the worker's stderr with dask's source line."""
+    if os.getpid() == job.driver_pid:  # (threads of the driver's process: shown there already)
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    raised = list(dict.fromkeys(f"{w.category.__name__}\0{w.message}" for w in caught))
+    if raised and records:
+        records[0]["raised"] = raised
+
+
+def _show_relayed(record, shown):
+    """Warn in the driver, once per message, of what a worker process's task raised."""
+    for item in record.get("raised", ()):
+        if item not in shown:
+            shown.add(item)
+            name, _, message = item.partition("\0")
+            category = {"UserWarning": UserWarning, "RuntimeWarning": RuntimeWarning}.get(name, UserWarning)
+            warnings.warn(message, category, stacklevel=2)
+
+
 def _process_many(paths, job, bias, flat):
     """Worker task: several exposures in a row (see :func:`_chunk_size`); a list of records.
 
@@ -452,8 +481,11 @@ def _process_many(paths, job, bias, flat):
 
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    records = []
     try:
-        return [_process_one_inner(path, job, bias, flat) for path in paths]
+        with _relay_warnings(job, records):
+            records.extend(_process_one_inner(path, job, bias, flat) for path in paths)
+        return records
     finally:
         numba.set_num_threads(previous)
 
@@ -953,6 +985,13 @@ def _page_group(files, group):
 
 def _process_group(paths, job, bias, flat):
     """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
+    records = []
+    with _relay_warnings(job, records):
+        records.extend(_process_group_inner(paths, job, bias, flat))
+    return records
+
+
+def _process_group_inner(paths, job, bias, flat):
     import numba
 
     t0 = time.perf_counter()
@@ -1051,7 +1090,9 @@ def _run_group(client, files, job, cal, summary, report=False):
         records = future.result()
     except Exception as exc:  # noqa: BLE001 - e.g. the worker died
         records = [{"input": str(p), "status": "failed", "message": f"{type(exc).__name__}: {exc}"} for p in files]
+    shown = set()
     for record in records:
+        _show_relayed(record, shown)
         if record["status"] == "done":
             summary.done.append(record["input"])
         elif record["status"] == "skipped":
@@ -1535,7 +1576,10 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
         pending[fut.key] = (fut, paths)
         stream.add(fut)
 
+    shown = set()
+
     def handle(record):
+        _show_relayed(record, shown)
         timings["task_wall"] += record.get("seconds", 0.0)
         timings["task_cpu"] += record.get("cpu_seconds", 0.0)
         status = record["status"]

@@ -202,7 +202,8 @@ def _header_trim(header, shape, source="frame"):
             warn_at_caller(
                 f"the frames' DATASEC {str(header['DATASEC']).strip()} is smaller than the stored "
                 f"{shape[0]} x {shape[1]} frame (an overscan or prescan?); instrument 'generic' keeps every "
-                f"pixel: pass trimsec={str(header['DATASEC']).strip()!r} to keep only that section",
+                f"pixel: pass trimsec={str(header['DATASEC']).strip()!r} (batch: --trimsec "
+                f"'{str(header['DATASEC']).strip()}') to keep only that section",
                 UserWarning,
             )
     return every
