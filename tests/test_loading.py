@@ -585,3 +585,27 @@ def test_dispaxis_card_of_the_generic_instrument(tmp_path):
     fits.writeto(tmp_path / "bad.fits", image, fits.Header({"DISPAXIS": 3}))
     with pytest.raises(ValueError, match="DISPAXIS = 3 in bad.fits: must be 1"):
         read_frame(tmp_path / "bad.fits")
+
+
+def test_each_frames_overscan_level_is_subtracted(tmp_path):
+    """BIASSEC: each frame's own bias level (it drifts between frames) comes off before anything else.
+
+    Left in, a drift of +4/-15/-7 ADU against the master bias went into the
+    sky (1.6 sigma RMS) and its variance (26 % low), "good".
+    """
+    from specwidgets.io.loading import read_frame
+
+    image = np.full((6, 12), 100.0, np.float32)
+    image[:, 10:] = 1000.0 + np.arange(6)[:, None]  # the overscan strip: the level and a little noise
+    image[:, :10] += 1000.0
+    cards = {"BIASSEC": "[11:12,1:6]", "TRIMSEC": "[1:10,1:6]"}
+    path = write(tmp_path / "a.fits", image, cards)
+    frame = read_frame(path)
+    assert frame.shape == (6, 10)
+    np.testing.assert_allclose(np.asarray(frame), 100.0 - 2.5)  # the overscan's median, 1002.5
+    assert any("overscan BIASSEC [11:12,1:6] median 1002.5" in str(h) for h in frame.header["HISTORY"])
+    # An overscan inside the part kept (no TRIMSEC, so every pixel is kept) is not subtracted from itself;
+    # nor one outside the stored image (a frame trimmed already).
+    for cards in ({"BIASSEC": "[11:12,1:6]"}, {"BIASSEC": "[20:24,1:6]", "TRIMSEC": "[1:10,1:6]"}):
+        frame = read_frame(write(tmp_path / "b.fits", image, cards))
+        assert float(np.asarray(frame)[0, 0]) == 1100.0 and "HISTORY" not in frame.header

@@ -290,6 +290,12 @@ class Instrument:
         as IRAF's ``DISPAXIS`` does (1: wavelength changes along x, the
         column index, as specwidgets wants; 2: along y, so the frame is
         transposed); when a frame has it, it replaces ``transpose``.
+    overscan_keyword : str or None
+        Header keyword holding the overscan section (``"BIASSEC"``): when a
+        frame has it, in its stored image and apart from the part kept, the
+        overscan's median is subtracted from the frame (each frame's own
+        bias level, which drifts between frames; a master bias then takes
+        only the pattern). A ``HISTORY`` card of the frame's header says so.
 
     Examples
     --------
@@ -316,6 +322,7 @@ class Instrument:
     read_noise_keyword: str | tuple | None = None
     description: str = ""
     dispersion_keyword: str | None = None
+    overscan_keyword: str | None = None
     #: Options given by the caller (``with_options``), so a frame can say its
     #: gain came from an argument rather than from the instrument's defaults.
     given: tuple = dataclasses.field(default=(), repr=False, compare=False)
@@ -417,6 +424,9 @@ class Instrument:
             raise ValueError(f"HDU {index} of {path} holds no 2D image")
         rows, cols = self._trim_slices(header, raw.shape, path.name)
         data = raw[rows, cols]
+        level = self._overscan_level(header, raw, (rows, cols), path.name)
+        if level is not None:
+            data = data.astype(np.float64) - level
         if self._transposes(header, path):
             data = data.T
         if self.rot90:
@@ -469,6 +479,27 @@ class Instrument:
         if not (hdu.is_image and hdu.header.get("NAXIS") == 2):
             raise ValueError(f"HDU {self.hdu!r} of {path} holds no 2D image (NAXIS={hdu.header.get('NAXIS')})")
         return index
+
+    def _overscan_level(self, header, raw, kept, source):
+        """The median of the frame's overscan (``overscan_keyword``), or None: no card, a section not in
+        the stored image (a frame trimmed already), overlapping the part kept, or holding no finite pixel.
+        Adds a ``HISTORY`` card to ``header`` when there is one."""
+        key = self.overscan_keyword
+        if not key or key not in header:
+            return None
+        section = str(header[key]).strip()
+        try:
+            rows, cols = parse_fits_section(section, raw.shape, what=f"{key} of {source}")
+        except ValueError:
+            return None
+        overlap = (min(rows.stop, kept[0].stop) > max(rows.start, kept[0].start)
+                   and min(cols.stop, kept[1].stop) > max(cols.start, kept[1].start))
+        pixels = np.asarray(raw[rows, cols], dtype=np.float64)
+        if overlap or not np.isfinite(pixels).any():
+            return None
+        level = float(np.nanmedian(pixels))
+        header.add_history(f"specwidgets: overscan {key} {section} median {level:.6g} subtracted")
+        return level
 
     def _trim_slices(self, header, shape, source):
         if self.trim_function is not None:
@@ -603,8 +634,12 @@ _BUILTINS = {
         read_noise_keyword=GENERIC_READ_NOISE_KEYWORDS,
         # IRAF's card: frames whose dispersion runs along y say DISPAXIS = 2.
         dispersion_keyword="DISPAXIS",
+        # Each frame's own bias level, from its overscan: it drifts between
+        # frames (+4, -15, -7 ADU against the master bias went into the sky).
+        overscan_keyword="BIASSEC",
         description=(
-            "first 2D image HDU, trimmed to its TRIMSEC when smaller, transposed when DISPAXIS = 2; gain "
+            "first 2D image HDU, its BIASSEC overscan's median subtracted, trimmed to its TRIMSEC when smaller, "
+            "transposed when DISPAXIS = 2; gain "
             "from GAIN/EGAIN, read noise from RDNOISE/READNOIS/RON; options set HDU, axis, trim "
             "(trimsec=None keeps every pixel), gain, read noise"
         ),
