@@ -122,6 +122,23 @@ def test_a_bias_level_left_in_the_frames_is_suspect():
 
 
 @pytest.mark.parametrize("method", ["bspline", "median"])
+def test_frames_differenced_already_say_so(method):
+    """An A-B pair (sky subtracted by the nod): the noise model estimated from it was nonsense (a gain of
+    8.5 or 0.02) and the warnings blamed hot columns, or there were none (the median of bins: "ok")."""
+    # (Seed 42's two exposures' lines differ both ways: the difference's lines go below and above zero.
+    # Where they differ one way only, a difference looks like a faint raw sky, and its sky is fit as one.)
+    f = frames(n_exposures=2, gain=2.0, read_noise=5.0, seed=42)
+    pair = f.science[:1] - f.science[1:] * 1.03  # the sky changed 3 % between the two
+    res = sw.fit_sky(pair, f.warp, f.trace_rows, method=method)
+    assert res.quality.suspect and "sky-subtracted already" in res.quality.warnings[0]
+    # A faint raw sky, read-noise dominated (half its pixels below zero), is not taken for one.
+    faint = frames(sky_continuum=1.0, read_noise=10.0)
+    assert not any("sky-subtracted" in w for w in sw.fit_sky(faint.science, faint.warp, faint.trace_rows,
+                                                               method=method).quality.warnings)
+
+
+
+@pytest.mark.parametrize("method", ["bspline", "median"])
 def test_saturated_sky_lines_are_suspect(method):
     """Sky lines clipped at a detector's ceiling: the report says so (either method); unclipped, it does not."""
     f = frames()

@@ -30,7 +30,8 @@ from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 
 __all__ = ["SkyQuality", "added_light_profile", "analyse_rows", "block_chi_scatter", "column_chi_means", "dark_rows",
-           "estimate_noise", "line_shape_change", "measure_flexure", "noise_bins", "noise_pedestal", "row_profile"]
+           "effpix_chi_sums", "estimate_noise", "line_shape_change", "measure_flexure", "noise_bins", "noise_pedestal",
+           "row_profile"]
 
 # Thresholds for ``suspect`` (see SkyQuality): chosen so that the good fits of
 # the benchmark (Goodman crop and full frame, synthetic cases) stay clear of
@@ -884,6 +885,51 @@ def _column_chi_sums(data, background, rows, gain, rn_var, clip, sums, counts):
             if math.isfinite(chi):
                 sums[c] += min(max(chi, -clip), clip)
                 counts[c] += 1.0
+
+
+def effpix_chi_sums(data, background, rejected, rows, emap, t_rows, gain, read_noise, start, width, n_bins,
+                    skip_columns, clip=5.0):
+    """``(sums, counts)``: the clipped chi (see :func:`column_chi_means`) of one exposure's sky ``rows``
+    (at most :data:`COLUMN_CHI_ROWS`, evenly spread), summed in bins of ``width`` effective pixels from
+    ``start`` (``n_bins`` of them; beyond, the end bins); ``rejected`` pixels, ``skip_columns`` and
+    non-finite values left out. ``emap`` is the exposure's effective-pixel map, ``t_rows`` unused
+    unless given as ``(shift, t)``: then ``emap - shift * t[row]`` (a flexure shift).
+
+    Examples
+    --------
+    >>> data = np.full((4, 3), 100.0)
+    >>> data[:, 1] += 20.0
+    >>> emap = np.tile(np.arange(3.0), (4, 1))
+    >>> sums, counts = effpix_chi_sums(data, np.full((4, 3), 100.0), np.zeros((4, 3), bool), np.arange(4),
+    ...                                emap, None, 1.0, 0.0, 0.0, 1.0, 3, np.zeros(3, bool))
+    >>> (sums / counts).round(2).tolist()
+    [0.0, 2.0, 0.0]
+    """
+    shift, t = (0.0, np.zeros(np.shape(data)[0])) if t_rows is None else (float(t_rows[0]), t_rows[1])
+    data, background, emap, t = _kernel_views((data, np.float64), (background, np.float64), (emap, np.float64),
+                                              (t, np.float64))
+    rejected, rows, skip = _kernel_views((rejected, np.bool_), (_spread(rows), np.int64), (skip_columns, np.bool_))
+    sums, counts = np.zeros(int(n_bins)), np.zeros(int(n_bins))
+    _effpix_chi_sums(data, background, rejected, rows, emap, shift, t, float(gain), float((read_noise / gain) ** 2),
+                     float(clip), float(start), float(width), skip, sums, counts)
+    return sums, counts
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _effpix_chi_sums(data, background, rejected, rows, emap, shift, t, gain, rn_var, clip, start, width, skip, sums,
+                     counts):
+    """Per bin of effective pixel, the sum of the clipped chi over ``rows`` and their count."""
+    last = sums.size - 1
+    for r in rows:
+        for c in range(data.shape[1]):
+            if skip[c] or rejected[r, c]:
+                continue
+            chi = _pixel_chi(data[r, c], background[r, c], gain, rn_var)
+            e = (emap[r, c] - shift * t[r] - start) / width
+            if math.isfinite(chi) and math.isfinite(e):
+                b = min(max(int(math.floor(e)), 0), last)
+                sums[b] += min(max(chi, -clip), clip)
+                counts[b] += 1.0
 
 
 #: Side (px) of the square blocks :func:`block_chi_scatter` averages the residuals in.
