@@ -609,3 +609,19 @@ def test_each_frames_overscan_level_is_subtracted(tmp_path):
     for cards in ({"BIASSEC": "[11:12,1:6]"}, {"BIASSEC": "[20:24,1:6]", "TRIMSEC": "[1:10,1:6]"}):
         frame = read_frame(write(tmp_path / "b.fits", image, cards))
         assert float(np.asarray(frame)[0, 0]) == 1100.0 and "HISTORY" not in frame.header
+
+
+def test_a_stack_of_frames_of_several_kinds_is_named(tmp_path):
+    """Files whose names do not say their kind (N20261129S0101.fits ...): bias, arc and science frames
+    were stacked as one, and fit as science, without a word (and the median's lost-lines warning
+    blamed arcs of different lamps)."""
+    for i, kind in enumerate(["BIAS", "BIAS", "ARC", "OBJECT", "OBJECT"]):
+        write(tmp_path / f"N0{i}.fits", gradient(4, 6, offset=i), {"OBSTYPE": kind})
+    with pytest.warns(UserWarning, match=r"of 3 kinds .*2 bias \(N00\.fits, \.\.\.\); 1 arc \(N02\.fits\); 2 science"):
+        collect_images_array(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert collect_images_array(tmp_path, ignore=["N00", "N01", "N02"]).shape == (2, 4, 6)
+    # A list of files is not a folder: said so, with the way to read them.
+    with pytest.raises(TypeError, match=r"path is a list of 2 item\(s\).*read_frame"):
+        collect_images_array([tmp_path / "N03.fits", tmp_path / "N04.fits"])

@@ -117,6 +117,11 @@ def matching_files(path, tag="", ignore=()):
 def _check_folder(path):
     if path is None:
         raise TypeError("path is None; expected the folder that holds the FITS files")
+    if isinstance(path, (list, tuple)):
+        raise TypeError(
+            f"path is a {type(path).__name__} of {len(path)} item(s); expected one folder that holds the FITS "
+            "files (choose files with tag= and ignore=), or read files one by one with read_frame(path)"
+        )
     folder = Path(os.fspath(path)).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"folder {str(folder)!r} does not exist")
@@ -370,6 +375,26 @@ def noise_of_frames(metadata, reader_name, mode=None):
     return {"gain": gain, "read_noise": read_noise, "noise_source": source, "unit": unit, "header": metadata[0]["header"]}
 
 
+def _check_one_kind(metadata):
+    """How many kinds; warn when the frames' type cards (IMAGETYP, OBSTYPE, ...) name more than one kind: a stack is one
+    kind (bias, arc, flat, dark or science); fit as science, biases passed for a sky of 0 with no word."""
+    from specwidgets.core._warnings import warn_at_caller
+    from specwidgets.io.folder import frame_kind
+
+    kinds = {}
+    for meta in metadata:
+        kinds.setdefault(frame_kind(meta.get("header"))[0] or "science", []).append(meta["file"])
+    if len(kinds) > 1:
+        listing = "; ".join(f"{len(names)} {kind} ({names[0]}{', ...' if len(names) > 1 else ''})"
+                            for kind, names in kinds.items())
+        warn_at_caller(
+            f"the frames read are of {len(kinds)} kinds by their type cards (IMAGETYP, OBSTYPE, ...): {listing}. "
+            "One stack is one kind: choose the files with tag= or ignore=",
+            UserWarning,
+        )
+    return len(kinds)
+
+
 def _check_same_shape(shapes, files):
     if len(set(shapes)) > 1:
         groups = {}
@@ -428,6 +453,7 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
             _as_frame_array(data, frame, out=out[i])
     _check_same_shape(shapes, files)
     _check_same_unit(metadata)
+    _check_one_kind(metadata)
     if debug:
         _print_table(metadata, shapes)
     return out, metadata, getattr(reader, "name", "reader")
@@ -464,6 +490,7 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
         stack[i] = data
     _check_same_shape(shapes, files)
     _check_same_unit(metadata)
+    mixed = _check_one_kind(metadata) > 1
     if debug:
         _print_table(metadata, shapes)
     n_rows = stack.shape[1]
@@ -485,7 +512,7 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
     if check_lost:
         lost = lost_lines(profiles[:-1] / n_rows, profiles[-1] / n_rows)
         # (One line may differ between frames of one lamp: a saturated one, a ray along it.)
-        if len(lost) >= 3:
+        if len(lost) >= 3 and not mixed:  # (frames of other kinds lose lines too: said above)
             from specwidgets.core._warnings import warn_at_caller
 
             where = ", ".join(str(c) for c in lost[:6]) + (", ..." if len(lost) > 6 else "")
