@@ -452,6 +452,9 @@ def test_a_folder_as_science_leaves_out_its_calibration_frames(raw, tmp_path, mo
     fits.writeto(night / "bias_0.fits", zero)
     typed = night / "frame_0001.fits"  # named like science, a bias by its header
     fits.writeto(typed, zero, fits.Header([("IMAGETYP", "BIAS")]))
+    # A table among the frames (a catalogue): not a frame; it failed, and the run exited 1.
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(3.0))])
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(night / "standards.fits")
     out = tmp_path / "out"
     code = _cli(monkeypatch, [night, "--arc", night / "arc_0.fits", "--mask", "12:26", "--read-noise", "4",
                               "--out", out, "--workers", "1"])
@@ -459,6 +462,7 @@ def test_a_folder_as_science_leaves_out_its_calibration_frames(raw, tmp_path, mo
     assert code == 0, err
     assert sorted(p.name for p in _outputs(out)) == ["obj_0_sky.fits", "obj_1_sky.fits"]
     assert "arc_0.fits: given as arc, so not science" in err
+    assert "standards.fits: holds no 2D image (a table?), so not science" in err
     # No --bias given: the folder's bias frames (by name or by IMAGETYP) are used, and said to be.
     assert "the science folder's bias frame(s) used as --bias: bias_0.fits, frame_0001.fits" in err
     assert all(fits.getval(p, "SWNBIAS") == 2 for p in _outputs(out))

@@ -863,7 +863,7 @@ def _science_files(science, out_dir, calibrations):
     the files of a *folder* given as science, a calibration frame
     (:func:`specwidgets.io.folder.calibration_reason`: "flat", "dark",
     "bias", "zero", "arc" or "lamp" as a word of its name, or ``IMAGETYP``
-    naming a bias, arc, flat, ...). A file
+    naming a bias, arc, flat, ...) and a file holding no 2D image. A file
     named on its own (or by a pattern) is taken as the user gave it.
     """
     from ..io.folder import ALL_CALIBRATION_WORDS, calibration_kind
@@ -893,8 +893,21 @@ def _science_files(science, out_dir, calibrations):
             if why:
                 found[kind if kind in found else None].append((path, why))
                 continue
+            if from_folder and _holds_no_image(path):
+                left_out.append(f"{path.name}: holds no 2D image (a table?), so not science")
+                continue
             files.append(path)
     return files, left_out, found
+
+
+def _holds_no_image(path):
+    """Whether a readable FITS file has no HDU holding a 2D image (a table, a spectrum): not a frame.
+    False when it cannot be read (its reading says what is wrong)."""
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+            return not any(h.is_image and h.header.get("NAXIS") == 2 for h in hdul)
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError):
+        return False
 
 
 def _check_outputs_unique(files):
