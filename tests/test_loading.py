@@ -625,3 +625,19 @@ def test_a_stack_of_frames_of_several_kinds_is_named(tmp_path):
     # A list of files is not a folder: said so, with the way to read them.
     with pytest.raises(TypeError, match=r"path is a list of 2 item\(s\).*read_frame"):
         collect_images_array([tmp_path / "N03.fits", tmp_path / "N04.fits"])
+
+
+def test_a_gain_card_the_instrument_does_not_read_is_named(tmp_path):
+    """CCDGAIN = 1.4 where generic reads GAIN/EGAIN: the gain was estimated from the sky (1.19-1.33)
+    without a word; now the card is named, with the option that takes it."""
+    from specwidgets.io.loading import read_frame
+
+    path = write(tmp_path / "a.fits", gradient(4, 6), {"CCDGAIN": 1.4, "RDNOISE": 5.0})
+    with pytest.warns(UserWarning, match=r"CCDGAIN = 1\.4, but instrument 'generic' reads the gain from GAIN/EGAIN: "
+                                         r"pass gain=1\.4 \(batch: --gain 1\.4\)"):
+        frame = read_frame(path)
+    assert frame.gain is None and frame.read_noise == 5.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # given, or read: no word
+        assert read_frame(path, gain=1.4).gain == 1.0
+        read_frame(write(tmp_path / "b.fits", gradient(4, 6), {"GAIN": 1.4, "CCDGAIN": 1.4}))

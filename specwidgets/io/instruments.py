@@ -437,10 +437,33 @@ class Instrument:
             header, self.read_noise_keyword, self.read_noise, "read_noise"
         )
         read_noise = _check_read_noise(noise_value, f"read noise of {path.name}")
+        self._note_unread_cards(header, gain is None, read_noise is None)
         sources = [f for f, v in ((gain_from, gain), (noise_from, read_noise)) if v is not None]
         return Frame(
             data=data, header=header, gain=gain, read_noise=read_noise, hdu=index, noise_source=", ".join(sources)
         )
+
+    def _note_unread_cards(self, header, no_gain, no_read_noise):
+        """Warn of header cards that look like the gain or read noise the instrument did not read
+        (``CCDGAIN = 1.4`` where it reads ``GAIN``/``EGAIN``): the noise model is then estimated from the
+        sky, which a known value would beat. Once per card and value (the warning's text)."""
+        for missing, keyword, pattern, option in ((no_gain, self.gain_keyword, "GAIN", "gain"),
+                                                   (no_read_noise, self.read_noise_keyword, "NOIS", "read_noise")):
+            if not missing or not keyword:
+                continue
+            read = (keyword,) if isinstance(keyword, str) else tuple(keyword)
+            for key in header:
+                value = header.get(key) if key not in ("COMMENT", "HISTORY", "") else None
+                if (pattern in key and key not in read and isinstance(value, numbers.Real)
+                        and not isinstance(value, bool) and value > 0):
+                    cli = option.replace("_", "-")
+                    warn_at_caller(
+                        f"the frames have {key} = {value:g}, but instrument {self.name!r} reads the {option.replace('_', ' ')} "
+                        f"from {'/'.join(read)}: pass {option}={value:g} (batch: --{cli} {value:g}) if that is it; "
+                        "otherwise it is estimated from the sky",
+                        UserWarning,
+                    )
+                    break
 
     def _transposes(self, header, path):
         """Whether this frame is transposed: ``transpose``, or its ``dispersion_keyword`` card when it has one."""
