@@ -1110,7 +1110,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # the lines' brightness, measured on their bright samples,
             # changes with their width and with any misfit: a gradient
             # along the slit then took order 2 for 1, 0.076 -> 0.109 sigma.)
-            order = max(order, analyse_rows(line_ratio, line_info, n_coef, detect_unlit=False)[1])
+            lit_info = np.where(unlit | dark, 0.0, line_info) if unlit_mode else np.where(unlit, 0.0, line_info)
+            order = max(order, analyse_rows(line_ratio, lit_info, n_coef, detect_unlit=False)[1])
         if unlit_mode:
             unlit |= dark
         del level
