@@ -1337,6 +1337,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if refined is not None:
             first_fit = (fitted, background.copy(), rejected.copy(), list(dips), list(near_dims), table)
             table = refined
+            rejected[:] = False  # (the refit marks its own)
             fitted = each_exposure(final_fit)
             after = _effpix_misfit(stack, background, rejected, sky_rows, emap, shifts, t_grid[:, 0], gain,
                                    read_noise, bad_columns, extent, bins=where.bins)
