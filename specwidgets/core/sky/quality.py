@@ -887,13 +887,13 @@ def _column_chi_sums(data, background, rows, gain, rn_var, clip, sums, counts):
                 counts[c] += 1.0
 
 
-def effpix_chi_sums(data, background, rejected, rows, emap, t_rows, gain, read_noise, start, width, n_bins,
+def effpix_chi_sums(data, background, rejected, rows, emap, flexure, gain, read_noise, start, width, n_bins,
                     skip_columns, clip=5.0):
     """``(sums, counts)``: the clipped chi (see :func:`column_chi_means`) of one exposure's sky ``rows``
     (at most :data:`COLUMN_CHI_ROWS`, evenly spread), summed in bins of ``width`` effective pixels from
     ``start`` (``n_bins`` of them; beyond, the end bins); ``rejected`` pixels, ``skip_columns`` and
-    non-finite values left out. ``emap`` is the exposure's effective-pixel map, ``t_rows`` unused
-    unless given as ``(shift, t)``: then ``emap - shift * t[row]`` (a flexure shift).
+    non-finite values left out. ``emap`` is the effective-pixel map; ``flexure``, None or
+    ``(shift, t)``, makes it ``emap - shift * t[row]`` (the exposure's flexure shift).
 
     Examples
     --------
@@ -905,7 +905,7 @@ def effpix_chi_sums(data, background, rejected, rows, emap, t_rows, gain, read_n
     >>> (sums / counts).round(2).tolist()
     [0.0, 2.0, 0.0]
     """
-    shift, t = (0.0, np.zeros(np.shape(data)[0])) if t_rows is None else (float(t_rows[0]), t_rows[1])
+    shift, t = (0.0, np.zeros(np.shape(data)[0])) if flexure is None else (float(flexure[0]), flexure[1])
     data, background, emap, t = _kernel_views((data, np.float64), (background, np.float64), (emap, np.float64),
                                               (t, np.float64))
     rejected, rows, skip = _kernel_views((rejected, np.bool_), (_spread(rows), np.int64), (skip_columns, np.bool_))
