@@ -499,6 +499,16 @@ def test_command_setup_error_exits_2(tmp_path):
     assert proc.returncode == 2 and "no_arc.fits" in proc.stderr
 
 
+def test_calibrations_of_another_binning_are_named_so(raw, tmp_path):
+    """An arc binned 2 x 2 against the bias: the shapes alone were given; the binning is said."""
+    binned = fits.getdata(raw["arc"][0]).reshape(SHAPE[0] // 2, 2, SHAPE[1] // 2, 2).sum(axis=(1, 3))
+    arc = _write(tmp_path / "arc_binned.fits", binned, {"CCDSUM": "2 2"})
+    with pytest.raises(ValueError, match=r"arc frames have shape \(20, 150\) but the bias frames \(40, 300\): "
+                                         r"binned 2 x 2 against each other"):
+        run_batch(raw["science"][:1], [arc], bias=raw["bias"], masks=[make_mask()], out_dir=tmp_path / "o",
+                  workers=1, processes=False, progress=False)
+
+
 SLOW_PRELOAD = """
 # Dask worker preload for the kill test: slow each output's final rename so
 # that the run is still going, with a temporary file open, when it is killed.

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core._warnings import warnings_at_caller
+from ..core.frames import binning_text
 from ..core.lines import find_cal_lines
 from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from ..io.instruments import resolve_instrument
@@ -60,7 +61,9 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
         elif image.shape != stack.shape[1:]:
             raise ValueError(
                 f"{what} frame {path.name} has shape {image.shape} after trimming and cropping; "
-                f"the first has {stack.shape[1:]}"
+                f"the first has {stack.shape[1:]}: a different binning"
+                + (f" ({binning_text(image.header)} in this file)" if binning_text(image.header) else "")
+                + " or trim section?"
             )
         stack[i] = image
     if len(units) > 1:
@@ -243,7 +246,26 @@ def prepare_calibrations(
 
 def _check_shape(a, b, name_a, name_b):
     if a.shape != b.shape:
-        raise ValueError(f"the {name_a} frames have shape {a.shape} but the {name_b} frames {b.shape}")
+        raise ValueError(f"the {name_a} frames have shape {a.shape} but the {name_b} frames {b.shape}"
+                         + _shape_hint(a.shape, b.shape))
+
+
+def _shape_hint(a, b):
+    """Why two frame shapes may differ: whole-number ratios on both axes look like another binning.
+
+    >>> _shape_hint((80, 750), (160, 1500))
+    ': binned 2 x 2 against each other (CCDSUM, BINNING): use calibrations taken with the same binning'
+    >>> _shape_hint((100, 750), (160, 1500))
+    ': a different trim section or crop?'
+    """
+    ratios = []
+    for x, y in zip(a, b):
+        big, small = max(x, y), min(x, y)
+        ratios.append(big // small if small and big % small == 0 else None)
+    if None not in ratios and max(ratios) > 1:
+        return (f": binned {ratios[0]} x {ratios[1]} against each other (CCDSUM, BINNING): use calibrations taken "
+                "with the same binning")
+    return ": a different trim section or crop?"
 
 
 def _expand(items, what, must_exist=True):

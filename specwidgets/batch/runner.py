@@ -490,6 +490,14 @@ def _process_many(paths, job, bias, flat):
         numba.set_num_threads(previous)
 
 
+def _binning_hint(frame):
+    """``": a different binning (CCDSUM '2 2' in this file) or trim section?"``, or the trim alone."""
+    from ..core.frames import binning_text
+
+    card = binning_text(getattr(frame, "header", None))
+    return f": a different binning ({card} in this file) or trim section?" if card else ": a different binning or trim section?"
+
+
 def _process_one_inner(path, job, bias, flat):
     t0 = time.perf_counter()
     c0 = time.thread_time()
@@ -519,7 +527,8 @@ def _process_one_inner(path, job, bias, flat):
             raise ValueError(f"{path.name} is in {frame.unit} but the calibrations are in {job.unit}")
         if image.shape != tuple(job.shape):
             raise ValueError(
-                f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model {tuple(job.shape)}"
+                f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model "
+                f"{tuple(job.shape)}{_binning_hint(frame)}"
             )
         extra = None
         if bias is not None:
@@ -1039,7 +1048,7 @@ def _process_group_inner(paths, job, bias, flat):
                 raise ValueError(f"{Path(path).name} is in {frame.unit} but the calibrations are in {job.unit}")
             if image.shape != tuple(job.shape):
                 raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
-                                 f"and warp model {tuple(job.shape)}")
+                                 f"and warp model {tuple(job.shape)}{_binning_hint(frame)}")
             if bias is not None:
                 image -= bias
             if flat is not None:

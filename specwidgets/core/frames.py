@@ -246,6 +246,17 @@ class FrameArray(np.ndarray):
 _BINNING_CARDS = ("CCDSUM", "BINNING", "CCDBIN", "XBINNING")
 
 
+def binning_text(header):
+    """The frame's binning card as ``"CCDSUM '2 2'"`` (the first of :data:`_BINNING_CARDS` it has), or "".
+
+    >>> from astropy.io import fits
+    >>> binning_text(fits.Header({"CCDSUM": "2 2"})), binning_text(None)
+    ("CCDSUM '2 2'", '')
+    """
+    card = next((c for c in _BINNING_CARDS if header is not None and c in header), None)
+    return f"{card} {header[card]!r}" if card else ""
+
+
 def _mismatch_message(ufunc, arrays):
     """Why frames of different shapes cannot be combined, with their binning cards when the headers have them."""
     shapes = " and ".join(str(tuple(a.shape)) for a in arrays)
