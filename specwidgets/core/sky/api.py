@@ -1396,7 +1396,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # What the model still misses column by column (a defect where the lines hardly move, a line it
     # does not follow there): said, not mended.
     off[:, bad_columns] = False
-    missed = _missed_columns(stack, background, rejected, sky_rows, gain, read_noise, np.flatnonzero(off.all(axis=0)))
+    missed = _missed_columns(stack, background, rejected, sky_rows, gain, read_noise, np.flatnonzero(off.all(axis=0)),
+                             means)
     if missed.size:
         worst = float(np.abs(means[:, missed]).max())
         warnings = list(warnings) + [_misfit_columns_warning(missed.tolist(), worst)]
@@ -2420,9 +2421,10 @@ def _refined_table(table, misfit, fine):
     return grid_e, np.concatenate([[0.0], np.cumsum(0.5 * (slope[1:] + slope[:-1]) * np.diff(grid_e))])
 
 
-def _missed_columns(stack, background, rejected, sky_rows, gain, read_noise, columns):
-    """Of ``columns`` (off in every exposure), those the sky also misses on the pixels the fit kept
-    (the same way, at :data:`COLUMN_VICTIM_Z` standard errors, in every exposure).
+def _missed_columns(stack, background, rejected, sky_rows, gain, read_noise, columns, means):
+    """Of ``columns`` (off in every exposure; ``means`` their column means of chi, every pixel counted,
+    from :func:`_column_misfit`), those the sky also misses on the pixels the fit kept (the same way,
+    at :data:`COLUMN_VICTIM_Z` standard errors, in every exposure).
 
     A column whose excess is all in pixels the fit rejected is data the sky
     did not follow, rightly: a cosmic-ray trail along it (~50 of 180 rows, one
@@ -2435,10 +2437,8 @@ def _missed_columns(stack, background, rejected, sky_rows, gain, read_noise, col
         return columns
     keep = np.ones(columns.size, bool)
     for k in range(stack.shape[0]):
-        every = column_chi_means(stack[k], background[k], sky_rows, gain, read_noise, columns=columns)[0]
-        _, z = column_chi_means(stack[k], background[k], sky_rows, gain, read_noise, rejected=rejected[k],
-                                columns=columns)
-        keep &= (np.sign(z) == np.sign(every)) & (np.abs(z) >= COLUMN_VICTIM_Z)
+        z = column_chi_means(stack[k], background[k], sky_rows, gain, read_noise, rejected=rejected[k])[1][columns]
+        keep &= (np.sign(z) == np.sign(means[k, columns])) & (np.abs(z) >= COLUMN_VICTIM_Z)
     return columns[keep]
 
 

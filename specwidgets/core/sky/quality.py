@@ -828,12 +828,13 @@ def _spread(rows):
     return rows[:: max(1, -(-rows.size // COLUMN_CHI_ROWS))]
 
 
-def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, rejected=None, columns=None):
+def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, rejected=None):
     """``(means, z)``: each column's mean chi over the sky ``rows`` of one exposure, and its significance.
 
     ``chi = (data - background) / sqrt(max(background, 0) / gain + (read_noise / gain)**2)``,
     clipped to +-``clip`` (a cosmic ray is one pixel, not a column),
-    non-finite values left out; ``z = mean * sqrt(n)`` for the ``n`` pixels
+    non-finite values (and ``rejected`` pixels, when given) left out;
+    ``z = mean * sqrt(n)`` for the ``n`` pixels
     counted. At most :data:`COLUMN_CHI_ROWS` rows are read, evenly spread.
     A model that follows the sky leaves every column's mean near 0 (``z``
     of a few at most among thousands of columns); a defect the model took
@@ -849,38 +850,32 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, reje
     >>> means.round(2).tolist(), z.round(1).tolist()
     ([0.0, 2.0, 1.25], [0.0, 4.0, 2.5])
 
-    With ``rejected`` (the fit's rejected pixels, left out) the means of
-    ``columns`` only (all by default), in the same order:
+    The fit's rejected pixels left out:
 
     >>> rejected = np.zeros((4, 3), bool)
     >>> rejected[0, 2] = True
-    >>> column_chi_means(data, np.full((4, 3), 100.0), np.arange(4), 1.0, 0.0, rejected=rejected, columns=[2])[0]
-    array([0.])
+    >>> column_chi_means(data, np.full((4, 3), 100.0), np.arange(4), 1.0, 0.0, rejected=rejected)[0].tolist()
+    [0.0, 2.0, 0.0]
     """
-    if rejected is not None or columns is not None:
-        rows = _spread(rows)
-        cols = np.arange(np.shape(data)[1]) if columns is None else np.asarray(columns, dtype=np.int64)
-        cut = np.ix_(rows, cols)
-        value, bg = np.asarray(data, dtype=np.float64)[cut], np.asarray(background, dtype=np.float64)[cut]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            chi = (value - bg) / np.sqrt(np.maximum(bg, 0.0) / gain + (read_noise / gain) ** 2)
-        use = np.isfinite(chi) if rejected is None else np.isfinite(chi) & ~np.asarray(rejected, bool)[cut]
-        counts = np.count_nonzero(use, axis=0).astype(np.float64)
-        means = np.where(use, np.clip(chi, -clip, clip), 0.0).sum(axis=0) / np.maximum(counts, 1.0)
-        return means, means * np.sqrt(counts)
-    data, background, rows = _kernel_views((data, np.float64), (background, np.float64), (_spread(rows), np.int64))
+    skip = np.zeros((1, 1), np.bool_) if rejected is None else rejected
+    data, background, skip, rows = _kernel_views((data, np.float64), (background, np.float64), (skip, np.bool_),
+                                                 (_spread(rows), np.int64))
     n_cols = data.shape[1]
     sums, counts = np.zeros(n_cols), np.zeros(n_cols)
-    _column_chi_sums(data, background, rows, float(gain), float((read_noise / gain) ** 2), float(clip), sums, counts)
+    _column_chi_sums(data, background, skip, rejected is not None, rows, float(gain), float((read_noise / gain) ** 2),
+                     float(clip), sums, counts)
     means = sums / np.maximum(counts, 1.0)
     return means, means * np.sqrt(counts)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _column_chi_sums(data, background, rows, gain, rn_var, clip, sums, counts):
-    """Per column, the sum of the clipped chi over ``rows`` and their count (rows read in memory order)."""
+def _column_chi_sums(data, background, rejected, use_rejected, rows, gain, rn_var, clip, sums, counts):
+    """Per column, the sum of the clipped chi over ``rows`` and their count (rows read in memory order;
+    ``rejected`` pixels left out when ``use_rejected``)."""
     for r in rows:
         for c in range(data.shape[1]):
+            if use_rejected and rejected[r, c]:
+                continue
             chi = _pixel_chi(data[r, c], background[r, c], gain, rn_var)
             if math.isfinite(chi):
                 sums[c] += min(max(chi, -clip), clip)
