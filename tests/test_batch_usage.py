@@ -537,3 +537,42 @@ def test_fit_together_gives_the_stack_fit(raw, frames, tmp_path, monkeypatch, ca
                       processes=False, progress=False, read_noise=4.0)
     assert alone.exit_code == 0
     assert not np.allclose(fits.getdata(_outputs(tmp_path / "alone")[0], "SKY"), together.background[0])
+
+
+# ------------------------------------------------------------------ --bad-pixels
+def test_bad_pixels_of_each_science_files_dq_extension_are_left_out(frames, tmp_path, monkeypatch, capsys):
+    """Science files with a data-quality plane (Gemini's SCI + DQ): a hot column it flags went into the
+    sky fit, named only by the fit's own column check; the arcs have no DQ plane and are read as before."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    science = []
+    for i in range(2):
+        sci = np.asarray(frames.science[i], np.float32).copy()
+        sci[:, 140] += 5000.0  # a hot column the pipeline flagged
+        dq = np.zeros(SHAPE, np.int16)
+        dq[:, 140] = 1
+        path = folder / f"sci_{i:02d}.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI", ver=1),
+                      fits.ImageHDU(dq, name="DQ", ver=1)]).writeto(path)
+        science.append(path)
+    arc = _write(folder / "arc_01.fits", frames.arc)
+    common = [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--workers", "1"]
+
+    assert _cli(monkeypatch, [*common, "--out", tmp_path / "plain"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("have a DQ extension (data quality) that is not applied") == 1
+    assert "--bad-pixels DQ" in err
+
+    out = tmp_path / "dq"
+    assert _cli(monkeypatch, [*common, "--bad-pixels", "DQ", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "not applied" not in err and "140" not in err  # no column named: it was left out, not found
+    for path in _outputs(out):
+        mask = fits.getdata(path, "MASK")
+        assert (mask[:, 140] & 4).all() and not (mask[:, 139] & 4).any()
+        assert np.isfinite(fits.getdata(path, "SKY")).all()
+    # The same command resumes; without --bad-pixels the outputs are other settings'.
+    assert _cli(monkeypatch, [*common, "--bad-pixels", "DQ", "--out", out]) == 0
+    assert "skipped (already complete) 2" in capsys.readouterr().err
+    assert _cli(monkeypatch, [*common, "--out", out]) == 1
+    assert capsys.readouterr().err.count("exists, made with other settings") == 2

@@ -641,3 +641,62 @@ def test_a_gain_card_the_instrument_does_not_read_is_named(tmp_path):
         warnings.simplefilter("error")  # given, or read: no word
         assert read_frame(path, gain=1.4).gain == 1.0
         read_frame(write(tmp_path / "b.fits", gradient(4, 6), {"GAIN": 1.4, "CCDGAIN": 1.4}))
+
+
+# ------------------------------------------------------------------ bad pixels (DQ extensions, mask files)
+def _sci_dq_file(path, data, dq, header=None):
+    sci = fits.ImageHDU(data, fits.Header(header or {}), name="SCI", ver=1)
+    fits.HDUList([fits.PrimaryHDU(), sci, fits.ImageHDU(np.ones_like(data), name="VAR", ver=1),
+                  fits.ImageHDU(dq, name="DQ", ver=1)]).writeto(path, overwrite=True)
+    return path
+
+
+def test_a_dq_extension_is_named_until_applied_then_its_pixels_are_nan(tmp_path):
+    """A pipeline's data-quality plane was read past in silence: its bad pixels went into the sky fit."""
+    from specwidgets.io.loading import read_frame
+
+    data = gradient(6, 12).astype(np.float32)
+    dq = np.zeros((6, 12), np.int16)
+    dq[2, 3] = 1
+    dq[:, 7] = 4
+    _sci_dq_file(tmp_path / "g.fits", data, dq)
+    with pytest.warns(UserWarning, match=r"frames have a DQ extension \(data quality\) that is not applied: pass bad_pixels='DQ' "
+                                         r"\(batch: --bad-pixels DQ\)"):
+        plain = read_frame(tmp_path / "g.fits")
+    assert np.isfinite(plain).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = read_frame(tmp_path / "g.fits", bad_pixels="dq")  # EXTNAMEs in any case
+    np.testing.assert_array_equal(np.isnan(frame), dq != 0)
+    np.testing.assert_array_equal(np.asarray(frame)[dq == 0], data[dq == 0])
+    assert any("7 pixels flagged in the DQ extension set to NaN" in str(h) for h in frame.header["HISTORY"])
+    # The loaders take it as they take the other instrument options.
+    assert np.isnan(collect_images_array(tmp_path, bad_pixels="DQ")).sum() == 7
+
+
+def test_a_mask_file_is_applied_in_the_stored_or_the_read_layout(tmp_path):
+    """A detector's bad-pixel mask is kept as the raw file is stored; a mask made on read frames has their
+    shape. Both mark the same pixels of a frame stored transposed (DISPAXIS = 2) and trimmed."""
+    from specwidgets.io.loading import read_frame
+
+    stored = gradient(14, 6).astype(np.float32)  # dispersion along y: read as 6 x 12 after the trim
+    write(tmp_path / "t.fits", stored, {"DISPAXIS": 2, "TRIMSEC": "[1:6,2:13]"})
+    bad_stored = np.zeros((14, 6), np.uint8)
+    bad_stored[5, 2] = bad_stored[9, 0] = bad_stored[0, 4] = 1  # the last is trimmed away
+    write(tmp_path / "m_stored.fits", bad_stored)
+    write(tmp_path / "m_read.fits", bad_stored[1:13].T.copy())
+    expected = bad_stored[1:13].T != 0
+    for mask in ("m_stored.fits", "m_read.fits"):
+        frame = read_frame(tmp_path / "t.fits", bad_pixels=tmp_path / mask)
+        assert frame.shape == (6, 12)
+        np.testing.assert_array_equal(np.isnan(frame), expected)
+    write(tmp_path / "m_other.fits", np.zeros((5, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"bad-pixel mask m_other\.fits of t\.fits has shape \(5, 5\); the stored "
+                                         r"image is \(14, 6\) and the frame read \(6, 12\)"):
+        read_frame(tmp_path / "t.fits", bad_pixels=tmp_path / "m_other.fits")
+    with pytest.raises(FileNotFoundError, match="bad_pixels mask file .*nothing.fits does not exist"):
+        read_frame(tmp_path / "t.fits", bad_pixels=tmp_path / "nothing.fits")
+    with pytest.raises(ValueError, match=r"t\.fits has no DQ extension for bad_pixels \(its HDUs: 0: PRIMARY\)"):
+        read_frame(tmp_path / "t.fits", bad_pixels="DQ")
+    with pytest.raises(TypeError, match="bad_pixels must be a data-quality EXTNAME"):
+        read_frame(tmp_path / "t.fits", bad_pixels=3)

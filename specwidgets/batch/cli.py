@@ -124,6 +124,11 @@ def add_batch_parser(subparsers):
              "are transposed); default: the instrument's rule (generic: a DISPAXIS card, else the arc's lines "
              "tell)",
     )
+    p.add_argument(
+        "--bad-pixels", default=None, metavar="EXTNAME|FILE",
+        help="pixels of each science frame left out of its sky fit: the EXTNAME of each file's data-quality image "
+             "(DQ, BPM; nonzero is bad) or a FITS mask file for every frame (the stored or the read frame's shape)",
+    )
     p.add_argument("--crop", type=_range_arg, default=None, metavar="START:STOP", help="rows kept of each frame")
     p.add_argument(
         "--mask", type=_ranges_arg, action="append", default=None, metavar="START:STOP",
@@ -248,6 +253,7 @@ def _run_command(args):
             data_root=getattr(args, "data_root", None),
             instrument=args.instrument,
             instrument_options=instrument_options,
+            bad_pixels=getattr(args, "bad_pixels", None),
             crop=args.crop,
             masks=None if args.mask is None else RowRanges([pair for ranges in args.mask for pair in ranges]),
             guesses=args.guesses,

@@ -126,7 +126,7 @@ from ..io.fits_output import (
     settings_hash,
     write_exposure,
 )
-from ..io.instruments import resolve_instrument
+from ..io.instruments import Instrument, resolve_instrument
 from ..io.loading import _crop_pair, arc_orientation, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
@@ -1188,6 +1188,7 @@ def run_batch(
     data_root=None,
     instrument=None,
     instrument_options=None,
+    bad_pixels=None,
     crop=None,
     masks=None,
     guesses=None,
@@ -1252,7 +1253,15 @@ def run_batch(
         How to read every frame (see :mod:`specwidgets.io.instruments`;
         default ``"generic"``).
     instrument_options : dict, optional
-        ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``.
+        ``hdu``, ``dispersion_axis``, ``trimsec``, ``gain``, ``read_noise``,
+        ``bad_pixels`` (for every frame, the calibrations too).
+    bad_pixels : str or path, optional
+        Pixels of each science frame to leave out of its sky fit (NaN in the
+        fit; flagged "not finite" in MASK): the EXTNAME of each science
+        file's data-quality image (``"DQ"``, ``"BPM"``: nonzero is bad), or
+        a FITS mask file for every frame (see
+        :class:`~specwidgets.io.instruments.Instrument`). The calibrations
+        are read without it: a science pixel left out needs no bias.
     crop : (int, int), optional
         Rows kept of each trimmed frame.
     masks : (int, int) or list of them
@@ -1403,6 +1412,12 @@ def run_batch(
             turn, turned = arc_orientation(arc_files, instrument, **instrument_options)
             instrument_options.update(turn)
     reader = resolve_instrument(instrument, **instrument_options)
+    science_reader = reader
+    if bad_pixels is not None:
+        if not isinstance(reader, Instrument):
+            raise ValueError(f"bad_pixels needs an Instrument to read the frames; instrument {reader!r} is a reader "
+                             "function: set the bad pixels to NaN in it")
+        science_reader = reader.with_options(bad_pixels=bad_pixels)
 
     if arc_combine not in ARC_COMBINES:
         raise ValueError(f"arc_combine must be one of {', '.join(ARC_COMBINES)}; got {arc_combine!r}")
@@ -1438,7 +1453,7 @@ def run_batch(
         # No arc: the frames' shape from the calibrations or the first
         # science frame; each frame's warp is fit on its sky lines.
         known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
-        shape = known.shape if known is not None else read_frame(files[0], reader, crop).shape
+        shape = known.shape if known is not None else read_frame(files[0], science_reader, crop).shape
         warp_dict = {}
         summary.notes.append("no arc frames: each science frame's warp is fit on its own sky lines")
     else:
@@ -1472,6 +1487,7 @@ def run_batch(
         "options": effective_options(method, options),
         "read_noise": read_noise,
         **({} if gain is None else {"gain": gain if gain == ESTIMATE else float(gain)}),
+        **({} if bad_pixels is None else {"bad_pixels": science_reader.bad_pixels}),
         "flat_norm": flat_norm if cal.flat is not None else None,
         "dtype": np.dtype(dtype).name,
         "warp": warp_dict,
@@ -1481,12 +1497,14 @@ def run_batch(
     # Content, not names: a calibration rewritten under the same name
     # must redo the outputs made with the old one.
     cal_content = {key: [file_fingerprint(p) for p in cal.files[key]] for key in ("bias", "flat", "arc")}
+    if bad_pixels is not None and science_reader.bad_pixels_file is not None:
+        cal_content["bad_pixels"] = file_fingerprint(science_reader.bad_pixels_file)
     if warp_model is None:
         # Fit on the arcs: the model follows their content (and the bias),
         # so a change in it means stale data, not other settings.
         cal_content["warp"] = settings.pop("warp")
     job = _Job(
-        reader=reader,
+        reader=science_reader,
         crop=crop,
         shape=tuple(shape),
         warp=warp_dict,

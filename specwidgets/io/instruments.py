@@ -27,7 +27,9 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +57,11 @@ __all__ = [
 ]
 
 #: Keyword arguments the loading functions pass on to the instrument.
-INSTRUMENT_OPTIONS = ("hdu", "dispersion_axis", "trimsec", "gain", "read_noise")
+INSTRUMENT_OPTIONS = ("hdu", "dispersion_axis", "trimsec", "gain", "read_noise", "bad_pixels")
+
+#: EXTNAMEs of the data-quality images pipelines put beside the science image
+#: (Gemini's ``DQ``, LCO's ``BPM``); a file holding one is told of ``bad_pixels``.
+QUALITY_EXTNAMES = ("DQ", "BPM", "BADPIX")
 
 #: Header keywords the ``generic`` instrument reads the gain (e-/ADU) from, first found wins.
 GENERIC_GAIN_KEYWORDS = ("GAIN", "EGAIN")
@@ -296,6 +302,14 @@ class Instrument:
         overscan's median is subtracted from the frame (each frame's own
         bias level, which drifts between frames; a master bias then takes
         only the pattern). A ``HISTORY`` card of the frame's header says so.
+    bad_pixels : str, os.PathLike or None
+        Pixels to leave out, set to NaN as the frame is read (``fit_sky``
+        ignores NaN pixels): the EXTNAME of each file's own data-quality
+        image (``"DQ"``, ``"BPM"``; of the same EXTVER as the science image
+        when there are several), or the path of one FITS mask for every
+        frame. Nonzero pixels are bad. The mask has the stored image's shape
+        (trimmed and turned as the frame is) or the frame's shape once read.
+        A ``HISTORY`` card says how many pixels it set.
 
     Examples
     --------
@@ -323,6 +337,7 @@ class Instrument:
     description: str = ""
     dispersion_keyword: str | None = None
     overscan_keyword: str | None = None
+    bad_pixels: str | None = None
     #: Options given by the caller (``with_options``), so a frame can say its
     #: gain came from an argument rather than from the instrument's defaults.
     given: tuple = dataclasses.field(default=(), repr=False, compare=False)
@@ -334,6 +349,7 @@ class Instrument:
             raise ValueError(f"rot90 of instrument {self.name!r} must be 0, 1, 2 or 3; got {self.rot90!r}")
         if self.hdu is not None and not isinstance(self.hdu, (str, numbers.Integral)):
             raise TypeError(f"hdu must be an index, an EXTNAME or None; got {self.hdu!r}")
+        object.__setattr__(self, "bad_pixels", _check_bad_pixels(self.bad_pixels))
 
     # ----------------------------------------------------------- options
     def with_options(self, **options):
@@ -345,7 +361,8 @@ class Instrument:
             Any of ``hdu``, ``dispersion_axis`` (1: dispersion already along
             columns; 0: along rows, so transpose), ``trimsec`` (a FITS section
             in raw coordinates, or None for no trim), ``gain`` (e-/ADU, or
-            None for ADU output) and ``read_noise`` (electrons). A given
+            None for ADU output), ``read_noise`` (electrons) and
+            ``bad_pixels`` (a data-quality EXTNAME or a mask file). A given
             value, None included, replaces the instrument's own rule.
 
         Raises
@@ -384,8 +401,15 @@ class Instrument:
             changes.update(gain=_check_gain(options["gain"], "gain"), gain_keyword=None)
         if "read_noise" in options:
             changes.update(read_noise=_check_read_noise(options["read_noise"]), read_noise_keyword=None)
+        if "bad_pixels" in options:
+            changes["bad_pixels"] = _check_bad_pixels(options["bad_pixels"])
         given = tuple(sorted(set(self.given) | ({"gain", "read_noise"} & set(options))))
         return dataclasses.replace(self, given=given, **changes)
+
+    @property
+    def bad_pixels_file(self):
+        """The path of the ``bad_pixels`` mask file, or None (no mask, or a data-quality EXTNAME)."""
+        return self.bad_pixels if self.bad_pixels is not None and _is_mask_path(self.bad_pixels) else None
 
     # ----------------------------------------------------------- reading
     def read(self, path):
@@ -414,6 +438,10 @@ class Instrument:
                 header = _merged_header(hdul, index)
                 _check_image_header(hdul[index], path)
                 raw = hdul[index].data
+                if self.bad_pixels is not None:
+                    bad, bad_from = _bad_pixel_image(self.bad_pixels, hdul, index, path)
+                elif raw is not None:
+                    _note_quality_image(hdul, index)
         except (OSError, TypeError, IndexError, KeyError, EOFError) as exc:
             raise ValueError(f"could not read FITS file {path}: {exc}") from exc
         except ValueError as exc:
@@ -427,10 +455,9 @@ class Instrument:
         level = self._overscan_level(header, raw, (rows, cols), path.name)
         if level is not None:
             data = data.astype(np.float64) - level
-        if self._transposes(header, path):
-            data = data.T
-        if self.rot90:
-            data = np.rot90(data, k=self.rot90)
+        if self.bad_pixels is not None:
+            data = _set_bad(data, bad, raw.shape, (rows, cols), self._turn, header, path, bad_from)
+        data = self._turn(data, header, path)
         gain_value, gain_from = self._header_or_default(header, self.gain_keyword, self.gain, "gain")
         gain = _check_gain(gain_value, f"gain of {path.name}")
         noise_value, noise_from = self._header_or_default(
@@ -464,6 +491,14 @@ class Instrument:
                         UserWarning,
                     )
                     break
+
+    def _turn(self, data, header, path):
+        """``data`` turned so that the dispersion runs along columns."""
+        if self._transposes(header, path):
+            data = data.T
+        if self.rot90:
+            data = np.rot90(data, k=self.rot90)
+        return data
 
     def _transposes(self, header, path):
         """Whether this frame is transposed: ``transpose``, or its ``dispersion_keyword`` card when it has one."""
@@ -575,6 +610,97 @@ def _refuse_pieces(hdul, images, path):
             "them into one image first (the instrument's own pipeline does this), or pass hdu= to read one piece "
             "on purpose"
         )
+
+
+def _check_bad_pixels(value):
+    """``bad_pixels`` as stored: None, an EXTNAME (upper case) or a mask file's path (a string)."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and _is_mask_path(value)):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"bad_pixels mask file {path} does not exist (or give a data-quality EXTNAME "
+                                    "such as 'DQ')")
+        return str(path)
+    if isinstance(value, str) and value.strip():
+        return value.strip().upper()
+    raise TypeError(f"bad_pixels must be a data-quality EXTNAME (e.g. 'DQ') or the path of a FITS mask file; "
+                    f"got {value!r}")
+
+
+def _is_mask_path(text):
+    """A ``bad_pixels`` string naming a file (a separator or a suffix), not an EXTNAME."""
+    return os.sep in text or "/" in text or "." in text
+
+
+def _bad_pixel_image(source, hdul, index, path):
+    """``(bad, text)``: the boolean mask of ``source`` for the image HDU ``index`` of ``path``, as stored."""
+    if _is_mask_path(source):
+        try:
+            mtime = Path(source).stat().st_mtime_ns
+        except OSError as exc:
+            raise ValueError(f"could not read the bad_pixels mask file {source}: {exc}") from exc
+        return _mask_file(source, mtime), f"mask {Path(source).name}"
+    version = hdul[index].header.get("EXTVER")
+    named = [h for h in hdul if h.name == source and h.is_image]
+    same = [h for h in named if version is None or h.header.get("EXTVER", version) == version]
+    if not (same or named):
+        names = ", ".join(f"{i}: {h.name or '(no name)'}" for i, h in enumerate(hdul))
+        raise ValueError(f"{path} has no {source} extension for bad_pixels (its HDUs: {names})")
+    data = (same or named)[0].data
+    if data is None or data.ndim != 2:
+        raise ValueError(f"the {source} extension of {path} holds no 2D image")
+    return np.asarray(data) != 0, f"{source} extension"
+
+
+@functools.lru_cache(maxsize=4)
+def _mask_file(path, _mtime):
+    """A mask file's nonzero pixels (cached by path and time: one mask serves every frame)."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            images = [h for h in hdul if h.is_image and h.header.get("NAXIS") == 2]
+            if not images:
+                raise ValueError(f"bad_pixels mask file {path} holds no 2D image")
+            bad = np.asarray(images[0].data) != 0
+    except OSError as exc:
+        raise ValueError(f"could not read the bad_pixels mask file {path}: {exc}") from exc
+    bad.setflags(write=False)
+    return bad
+
+
+def _set_bad(data, bad, raw_shape, kept, turn, header, path, source):
+    """``data`` (trimmed, not turned) as float64 with the pixels ``bad`` marks set to NaN.
+
+    ``bad`` has the stored image's shape (trimmed here as the data were) or the frame's
+    shape once trimmed and turned (its pixels are then found in the stored layout)."""
+    if bad.shape == tuple(raw_shape):
+        bad = bad[kept]
+    else:
+        # Where each pixel of the turned frame lies in the stored one.
+        where = turn(np.arange(data.size).reshape(data.shape), header, path)
+        if where.shape != bad.shape:
+            raise ValueError(f"the bad-pixel {source} of {path.name} has shape {bad.shape}; the stored image is "
+                             f"{tuple(raw_shape)} and the frame read {where.shape}")
+        flat = np.zeros(data.size, bool)
+        flat[where[bad]] = True
+        bad = flat.reshape(data.shape)
+    data = np.array(data, dtype=np.float64)
+    n = int(np.count_nonzero(bad & np.isfinite(data)))
+    data[bad] = np.nan
+    header.add_history(f"specwidgets: {n} pixels flagged in the {source} set to NaN")
+    return data
+
+
+def _note_quality_image(hdul, index):
+    """Warn, once per EXTNAME, of a data-quality image beside the science image that is not applied."""
+    for h in hdul:
+        if h.name in QUALITY_EXTNAMES and h.is_image and h.header.get("NAXIS") == 2 and h is not hdul[index]:
+            warn_at_caller(
+                f"the frames have a {h.name} extension (data quality) that is not applied: pass "
+                f"bad_pixels={h.name!r} (batch: --bad-pixels {h.name}) to leave the pixels it flags out of the sky fit",
+                UserWarning,
+            )
+            return
 
 
 def _check_image_header(hdu, path):
