@@ -28,7 +28,7 @@ from .core.extract import Extraction, SkyLineScore, Trace, extract_spectrum, sky
 from .core.inputs import mask_ranges
 from .core.lines import find_cal_lines
 from .core.rows import RowRanges
-from .core.sky.api import METHODS, SkyQuality, SkyResult, fit_sky
+from .core.sky.api import METHODS, SkyQuality, SkyResult, SuspectSkyWarning, fit_sky
 from .core.sky.sky_warp import sky_warp_model
 from .core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from .io import synthetic as datasets
@@ -59,6 +59,7 @@ __all__ = [
     "SkyQuality",
     "SkyResult",
     "PoorWarpWarning",
+    "SuspectSkyWarning",
     "WarpModel",
     "average_matching_files",
     "collect_images_array",

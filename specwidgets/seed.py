@@ -39,7 +39,7 @@ def extract_background(
     --------
     >>> import specwidgets as sw
     >>> frames = sw.datasets.make_synthetic_longslit(shape=(60, 400), seed=2)
-    >>> bg = sw.extract_background(frames.science, frames.warp, mask_region=frames.trace_rows, method="median")
+    >>> bg = sw.extract_background(frames.science, frames.warp, mask_region=frames.trace_rows)
     >>> bg.shape
     (1, 60, 400)
     """
@@ -49,9 +49,10 @@ def extract_background(
         )
     import numpy as np
 
-    from .core.sky.api import fit_sky, seed_returns
+    from .core.sky.api import fit_sky, seed_returns, warn_if_suspect
     from .display.debug import show_sky_debug
 
     result = fit_sky(images, warp_model, mask_region, method=method, progress=progress, **options)
     show_sky_debug(result)
+    warn_if_suspect(result)
     return seed_returns(result, two_d=np.ndim(images) == 2, return_spectrum=return_spectrum)

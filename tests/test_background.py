@@ -285,3 +285,22 @@ def test_a_quality_report_left_for_later_is_the_one_made_at_once(small, method):
         third = sw.fit_sky(np.asarray(small.science), small.warp, mask, method=method)
     third.quality = None
     assert third.quality is None and "_quality_steps" not in third.__dict__
+
+
+def test_extract_background_says_when_its_sky_is_probably_wrong():
+    """The seed's call returns the background alone: a fit flagged suspect looked fine there (trial I2: 9 sigma
+    off on a warp extrapolated past an arc's lines, no word). It now warns, with the fit's reasons."""
+    import warnings
+
+    f = sw.datasets.make_synthetic_longslit(shape=(60, 400), seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default fit is right here: no warning
+        sw.extract_background(f.science, f.warp, mask_region=f.trace_rows)
+    quality = sw.fit_sky(f.science, f.warp, f.trace_rows, method="median").quality
+    assert quality.suspect
+    with pytest.warns(sw.SuspectSkyWarning, match=r"the median sky fit is probably wrong .*misses the lines' peaks") as rec:
+        bg = sw.extract_background(f.science, f.warp, mask_region=f.trace_rows, method="median")
+    assert rec[0].filename == __file__  # at the caller's line
+    assert bg.shape == f.science.shape
+    with pytest.warns(sw.SuspectSkyWarning):
+        sw.extract_background(f.science, f.warp, mask_region=f.trace_rows, method="median", return_spectrum=True)

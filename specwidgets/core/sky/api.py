@@ -23,6 +23,7 @@ from .._threads import interp_in_threads, map_in_threads
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
+from .._warnings import warn_at_caller
 from ..warp import WarpModel
 from ._kernels import _PARALLEL_MIN_SAMPLES
 from ._select import drop_flagged_rows, pixel_order, unmasked_pixels
@@ -86,7 +87,13 @@ _EVAL_BLOCK_PIXELS = 1 << 20
 # Samples gathered per np.take call in ``sky_samples``.
 _GATHER_CHUNK = 1 << 18
 
-__all__ = ["SkyQuality", "SkyResult", "SkySamples", "assess_later", "fit_sky", "extract_background", "METHODS"]
+__all__ = ["SkyQuality", "SkyResult", "SkySamples", "SuspectSkyWarning", "assess_later", "fit_sky",
+           "extract_background", "METHODS"]
+
+
+class SuspectSkyWarning(UserWarning):
+    """A sky fit that flags itself as probably wrong, from a call that returns the background alone
+    (:func:`extract_background`): its ``quality`` would not be seen otherwise."""
 
 METHODS = ("bspline", "median")
 
@@ -2794,16 +2801,38 @@ def extract_background(
     -------
     background : ndarray, or the tuple above
 
+    Warns
+    -----
+    SuspectSkyWarning
+        When the fit flags itself as probably wrong (``fit_sky(...).quality``
+        says why, and the warning repeats its reasons).
+
     Examples
     --------
     >>> from specwidgets.io.synthetic import make_synthetic_longslit
     >>> frames = make_synthetic_longslit(shape=(60, 400), seed=2)
-    >>> bg = extract_background(frames.science, frames.warp, mask_region=frames.trace_rows, method="median")
+    >>> bg = extract_background(frames.science, frames.warp, mask_region=frames.trace_rows)
     >>> bg.shape
     (1, 60, 400)
     """
     result = fit_sky(images, warp_model, mask_region, method=method, progress=progress, **options)
+    warn_if_suspect(result)
     return seed_returns(result, two_d=np.ndim(images) == 2, return_spectrum=return_spectrum)
+
+
+def warn_if_suspect(result):
+    """Issue a :class:`SuspectSkyWarning` at the user's line when ``result`` flags itself as probably wrong.
+
+    For the calls that return arrays (the seed's interface), which drop the
+    result's ``quality``: a wrong sky must not look fine there either.
+    """
+    quality = result.quality
+    if quality.suspect:
+        reasons = " ".join(quality.warnings) or "see fit_sky(...).quality"
+        warn_at_caller(SuspectSkyWarning(
+            f"the {result.method} sky fit is probably wrong (fit_sky(...).quality.suspect; the same call "
+            f"returns the result with its quality): {reasons}"
+        ))
 
 
 def seed_returns(result, two_d=False, return_spectrum=False):
