@@ -573,7 +573,7 @@ def test_fit_sky_looks_for_dark_rows_once(monkeypatch):
     for name in ("dark_rows", "provisional_levels"):
         real = getattr(sq, name)
         # (FirstLook, in the quality module, measures both for the fit and the refinement.)
-        monkeypatch.setattr(sq, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        monkeypatch.setattr(sq, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
     warp = sw.WarpModel.from_tilt(f.science.shape[1:], 3.0)
     res = sw.fit_sky(np.asarray(f.science), warp, f.trace_rows)
     assert sorted(calls) == ["dark_rows", "provisional_levels"]

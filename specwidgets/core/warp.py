@@ -797,12 +797,70 @@ def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1,
 
     model = model.replace(traces=LineTraces(guesses, x0, fine_rows, positions, used, rms))
     notes = _quality_warnings(model, n_needed, check_fold)
+    notes += _higher_order_notes(model, x0, fine_rows, positions, used)
     if lowered is not None:
         notes.insert(0, f"warp_order lowered from {lowered} to {warp_order}: only {int(used.sum())} line(s) could be traced")
     model = model.replace(quality_warnings=notes)
     if debug:
         print(model.report())
     return model
+
+
+#: The model is uncertain (beyond its lines) or too low (within them) where one a warp_order higher differs
+#: by this much [px] (:func:`_higher_order_notes`).
+EXTRAPOLATION_LIMIT_PX = 0.25
+
+
+def _higher_order_notes(model, x0, rows, positions, used):
+    """Warnings from a model one warp_order higher, fit to the same lines: a list (empty when it agrees).
+
+    * Beyond the used lines (when 10 % of the frame or more), the warp is
+      the polynomial carried on. Lines in half the frame, their tilt
+      changing as a square of the column, left the other half 2.1 px off
+      with no word (the sky, with no bright lines to correct it, 9 sigma
+      off there). Where the higher order differs there by
+      :data:`EXTRAPOLATION_LIMIT_PX` or more, nothing measures the shape.
+    * Within them, a higher order that fits the lines with less than half
+      the scatter and moves them by that much says the order is too low
+      (0.18 px RMS about warp_order=1 where 2 fits to 0.011 px; 0.7 px off
+      at worst, under the 0.5 px per-line flag).
+    """
+    n_rows, n_cols = model.shape
+    ref = x0[used]
+    n_coef = model.coefficients.shape[1]
+    if model.line_order == 0 or ref.size < n_coef + 2:  # one spare line for the higher order
+        return []
+    higher = model.replace(coefficients=np.zeros((model.line_order, n_coef + 1)))
+    higher = higher.replace(coefficients=_fit_global(higher, np.where(used, x0, 0.0), rows, positions, used))
+    ends = np.array([0, n_rows - 1])
+
+    def gap(cols):
+        cols = np.asarray(cols, dtype=float)[:, None]
+        return float(np.max(np.abs(higher.column_of(cols, ends[None, :]) - model.column_of(cols, ends[None, :]))))
+
+    def scatter(m):
+        resid = positions[used] - m.column_of(ref[:, None], rows[None, :])
+        return float(np.sqrt(np.nanmean(resid**2)))
+
+    lo, hi = float(ref.min()), float(ref.max())
+    notes = []
+    inside = gap(np.linspace(lo, hi, 32))
+    before, after = scatter(model), scatter(higher)
+    if inside >= EXTRAPOLATION_LIMIT_PX and after < 0.5 * before:
+        notes.append(f"the lines' shape changes along the dispersion more than warp_order={n_coef - 1} follows: they "
+                     f"scatter {before:.3f} px RMS about it and {after:.3f} px about warp_order={n_coef}, which "
+                     f"moves them by up to {inside:.2f} px: pass warp_order={n_coef}")
+    if lo + (n_cols - 1 - hi) >= 0.1 * n_cols:
+        outside = np.r_[np.linspace(0, lo, 16) if lo >= 1 else [],
+                        np.linspace(hi, n_cols - 1, 16) if hi <= n_cols - 2 else []]
+        worst = gap(outside)
+        if worst >= EXTRAPOLATION_LIMIT_PX and not notes:
+            notes.append(
+                f"the lines span columns {lo:.0f}-{hi:.0f} of {n_cols}: beyond them the model is extrapolated, and "
+                f"one of warp_order={n_coef} fit to the same lines differs there by up to {worst:.2f} px (at the "
+                "slit's ends), so the lines' shape there is not measured: an arc with lines there (another lamp) "
+                "measures it (fit_sky corrects it on the science frame's own bright sky lines, where it has some)")
+    return notes
 
 
 def _quality_warnings(model, n_needed, check_fold=True):

@@ -464,6 +464,17 @@ class Instrument:
             header, self.read_noise_keyword, self.read_noise, "read_noise"
         )
         read_noise = _check_read_noise(noise_value, f"read noise of {path.name}")
+        scaled = _scaled_unit(header)
+        if scaled and gain is not None and "gain" not in self.given:
+            # A header gain turns ADU into electrons; these values are ADU (or electrons) per second, or
+            # a flux: their noise is the gain times the exposure time (or a calibration) per unit.
+            warn_at_caller(
+                f"the frames are in {scaled!r} (BUNIT), not counts: the {gain_from} ({gain:g}) does not give "
+                "their noise, so it is not applied and the noise model is estimated from the sky; for counts "
+                "divided by the exposure time, pass gain=GAIN*EXPTIME (batch: --gain) to give it",
+                UserWarning,
+            )
+            gain, gain_from = None, ""
         self._note_unread_cards(header, gain is None, read_noise is None)
         sources = [f for f, v in ((gain_from, gain), (noise_from, read_noise)) if v is not None]
         return Frame(
@@ -610,6 +621,17 @@ def _refuse_pieces(hdul, images, path):
             "them into one image first (the instrument's own pipeline does this), or pass hdu= to read one piece "
             "on purpose"
         )
+
+
+#: ``BUNIT`` values that are not counts: a rate (per second) or a calibrated flux.
+_SCALED_UNIT = re.compile(r"(/\s*s(ec)?\b|\bs(ec)?\s*(\^|\*\*)?\s*-1|\bper\s+s|\berg|\bjy\b|\bw\s*/?\s*m|flam|fnu)",
+                          re.IGNORECASE)
+
+
+def _scaled_unit(header):
+    """The frame's ``BUNIT`` when it is a rate or a flux (``"adu/s"``, ``"erg/s/cm2/Angstrom"``), else ""."""
+    unit = str(header.get("BUNIT", "") or "").strip()
+    return unit if unit and _SCALED_UNIT.search(unit) else ""
 
 
 def _check_bad_pixels(value):

@@ -191,9 +191,10 @@ def make_synthetic_longslit(
         (``(0, 1)``: one column more tilt at the last column, one less at the
         first), a change of the warp's shape along the dispersion.
 
-    illumination : (n_rows,) array, optional
+    illumination : (n_rows,) or (n_rows, n_cols) array, optional
         Multiply the sky (lines and continuum) row by row by this factor: a
-        slit illumination of any shape (``gradient`` is the linear one).
+        slit illumination of any shape (``gradient`` is the linear one); per
+        pixel, e.g. a slit whose lit edge slants across the frame.
     line_sigma_change : float
         The sky lines' width changes along the slit (the camera's focus):
         sigma is ``line_sigma * (1 + line_sigma_change * t)``, ``t`` from
@@ -265,9 +266,10 @@ def make_synthetic_longslit(
         sky_unit = sky_unit * ramp
     if illumination is not None:
         illumination = np.asarray(illumination, dtype=float)
-        if illumination.shape != (n_rows,):
-            raise ValueError(f"illumination must hold one factor per row ({n_rows}); got shape {illumination.shape}")
-        sky_unit = sky_unit * illumination[:, None]
+        if illumination.shape not in ((n_rows,), (n_rows, n_cols)):
+            raise ValueError(f"illumination must hold one factor per row ({n_rows}) or per pixel "
+                             f"({n_rows, n_cols}); got shape {illumination.shape}")
+        sky_unit = sky_unit * (illumination[:, None] if illumination.ndim == 1 else illumination)
     unlit = []
     if np.ndim(unlit_rows) == 0 and int(unlit_rows) > 0:
         n_dark = int(unlit_rows)

@@ -20,10 +20,10 @@ from numpy.typing import ArrayLike
 
 from .._stats import median, percentile
 from .._threads import interp_in_threads, map_in_threads
+from .._warnings import warn_at_caller
 from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
-from .._warnings import warn_at_caller
 from ..warp import WarpModel
 from ._kernels import _PARALLEL_MIN_SAMPLES
 from ._select import drop_flagged_rows, pixel_order, unmasked_pixels
@@ -452,6 +452,44 @@ def _resolve_noise(images, read_noise, gain):
     return read_noise, gain, rn_source, gain_source
 
 
+#: The frames' own noise model is not used when it predicts this many times more (or fewer) the variance
+#: of their faint sky (adjacent sky rows' differences) than they show.
+FRAMES_NOISE_FACTOR = 10.0
+
+
+def _check_frames_noise(first_look, read_noise, gain, rn_source, gain_source):
+    """The noise model with the frames' own gain and read noise dropped (to be estimated) when they are far
+    from the data: ``(read_noise, gain, rn_source, gain_source, note)``, ``note`` "" when kept.
+
+    A header's gain is for counts: frames divided by the exposure time
+    (ADU/s without a BUNIT to say so) scatter 600 times less in variance
+    than it predicts, and the fit weighted by it was 2.4 sigma RMS off. The
+    faint sky's variance (:func:`provisional_levels`) against the model's at
+    its level tells, before any fit; a factor :data:`FRAMES_NOISE_FACTOR`
+    is far beyond a model's error (a bias left in, resampled frames). The
+    caller's own arguments are kept.
+    """
+    from_frames = gain is not None and gain_source not in (None, "argument")
+    levels = first_look.levels if from_frames else None
+    if levels is None:
+        return read_noise, gain, rn_source, gain_source, ""
+    var_low, level_low = levels
+    rn = read_noise if read_noise is not None else 0.0
+    predicted = max(level_low, 0.0) / gain + (rn / gain) ** 2
+    if not (predicted > 0 and var_low > 0):
+        return read_noise, gain, rn_source, gain_source, ""
+    ratio = predicted / var_low
+    if 1.0 / FRAMES_NOISE_FACTOR <= ratio <= FRAMES_NOISE_FACTOR:
+        return read_noise, gain, rn_source, gain_source, ""
+    note = (f"the frames' noise model ({gain_source}: gain {gain:g} per data unit) predicts {ratio:.3g} times "
+            "the variance their faint sky shows: not used")
+    warn_at_caller(f"{note}; the noise model is estimated from the sky instead (frames divided by the exposure "
+                   "time, or a gain for other units? give gain= for these values)", UserWarning)
+    if rn_source not in (None, "argument"):
+        read_noise, rn_source = None, None
+    return read_noise, None, rn_source, None, note
+
+
 def _noise_source(rn_source, gain_source):
     if rn_source == gain_source:
         return rn_source
@@ -638,6 +676,7 @@ def fit_sky(
     False
     """
     stack, _ = as_image_stack(images, "images")
+    stack, blank_columns = _blank_constant_columns(stack)
     if warp_model is not None and not isinstance(warp_model, WarpModel):
         raise TypeError(
             f"warp_model must be a WarpModel (from generate_warp_model, or sky_warp_model without an arc) "
@@ -658,6 +697,8 @@ def fit_sky(
     masked_rows = ranges.rows()
     # What the sky-warp measurements and the fit's first stage share, measured once.
     first_look = FirstLook(stack, masked_rows)
+    read_noise, gain, rn_source, gain_source, noise_note = _check_frames_noise(
+        first_look, read_noise, gain, rn_source, gain_source)
     if warp_model is None:
         # No arc: the warp from the frame's own sky lines, once per frame.
         from .sky_warp import cached_sky_warp_model
@@ -734,9 +775,19 @@ def fit_sky(
         raise ValueError(f"the mask {ranges.text} leaves {n_sky} sky row(s) of {n_rows}: too few to measure the "
                          f"sky ({exc}); mask fewer rows") from None
     result.warp_model = warp_model
+    if blank_columns:
+        result._amend_quality(lambda quality: dataclasses.replace(quality, blank_columns=tuple(blank_columns)))
+    if noise_note:
+        result._amend_quality(lambda quality: dataclasses.replace(
+            quality, noise_source=f"{quality.noise_source} ({noise_note})"))
     unit = getattr(images, "unit", None)
     result.unit = None if unit is None else str(unit)
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
+    unchecked = _unchecked_poor_warp(warp_model, report, method)
+    if unchecked and _sky_has_features(result, masked_rows):
+        # First: the likely cause of what the other checks see.
+        result._amend_quality(lambda quality: dataclasses.replace(
+            quality, warnings=[unchecked, *quality.warnings], suspect=True))
     if report is not None:
         def with_warp(quality, report=report):
             return dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
@@ -744,6 +795,76 @@ def fit_sky(
 
         result._amend_quality(with_warp)
     return result
+
+
+def _sky_has_features(result, masked_rows, n_sigma=2.0):
+    """Whether the sky has lines or dips (its model 2 pixel noise sigma from its running median, in a sky row;
+    the model, fit to every sky row, hardly scatters): where it is a
+    smooth continuum, the warp does not matter to it."""
+    from scipy.ndimage import median_filter
+
+    rows = np.flatnonzero(~masked_rows)
+    if not rows.size:
+        return False
+    spectrum = np.asarray(result.background[0, rows[rows.size // 2]], dtype=float)
+    spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
+    sigma = np.sqrt(np.clip(spectrum, 0, None) / result.gain + (result.read_noise / result.gain) ** 2)
+    feature = np.abs(spectrum - median_filter(spectrum, size=61, mode="nearest"))
+    return bool(np.any(feature > n_sigma * np.where(sigma > 0, sigma, np.inf)))
+
+
+def _unchecked_poor_warp(warp_model, report, method="bspline"):
+    """The warning for a warp model that judges itself probably poor and that the science frame's sky lines
+    did not check (not traced, or not tried), or "".
+
+    ``generate_warp_model`` warns of it, but the sky fit said "ok": arc lines
+    in half the frame left the other half's warp 2.1 px off, and a blue sky
+    with no bright lines to correct it 9 sigma off there, blamed on columns.
+    Where the sky lines were traced and a correction tested (used or not),
+    they checked it.
+    """
+    if not warp_model.quality_warnings or warp_model.traces is None:
+        return ""
+    if method != "median" and report is not None and (report.used or report.n_coefficients > 0):
+        return ""  # (the median of bins fits on the warp as given: a report is the B-spline's)
+    if method == "median":
+        why = " (the median of bins does not measure them; the default method does)"
+    elif report is None:
+        why = " (sky_warp=False)"
+    else:
+        why = f" ({report.reason})" if report.reason else ""
+    return (f"The warp model is probably poor ({warp_model.quality_warnings[0]}) and the science frame's sky "
+            f"lines did not check it{why}: the sky follows the lines' shape only as well as the warp does, so "
+            "where the warp is off, so is the sky (warp_model.quality_warnings lists why).")
+
+
+def _blank_constant_columns(stack, min_rows=8):
+    """``(stack, ranges)``: the columns that hold one value in every row of an exposure set to NaN (in a
+    copy; the stack itself when there are none), and their ``(start, stop)`` ranges.
+
+    A mosaic's gap between CCDs filled with 0 (or a bias level) is no data,
+    but passed for a dead column beside the sky: with the noise estimated,
+    the zeros made the sky 20 sigma low. A column of noise never holds one
+    value in every row; NaN is what the fit leaves out. An exposure that is
+    one value throughout is left as it is (refused below as no sky).
+    """
+    n_exp, n_rows, n_cols = stack.shape
+    if n_rows < min_rows:
+        return stack, []
+    first = stack[:, 0, :]
+    # Three rows first: a handful of columns of noise pass them by chance.
+    maybe = (first == stack[:, -1, :]) & (first == stack[:, n_rows // 2, :]) & np.isfinite(first)
+    if not maybe.any():
+        return stack, []
+    constant = np.zeros((n_exp, n_cols), bool)
+    for k, c in zip(*np.nonzero(maybe)):
+        constant[k, c] = bool(np.all(stack[k, :, c] == first[k, c]))
+    constant &= ~constant.all(axis=1, keepdims=True)
+    if not constant.any():
+        return stack, []
+    out = np.array(stack, dtype=np.float64)
+    out[np.broadcast_to(constant[:, None, :], out.shape)] = np.nan
+    return out, _ranges(constant.any(axis=0))
 
 
 def _hand_over(box):
@@ -775,6 +896,9 @@ def _complete_noise(noise, level, residual):
             gain, gain_source = est[0], estimated
         if read_noise is None:
             read_noise, rn_source = est[1], estimated
+            if est[1] == 0 and estimated != "default (estimate failed)":
+                # (A bright sky's photon noise hides a few electrons: 0 is the estimate, not the detector's.)
+                rn_source = f"{estimated}; read noise too small to measure against the sky's noise"
     return float(read_noise), float(gain), _noise_source(rn_source, gain_source), warnings
 
 
@@ -1274,10 +1398,19 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             light = np.zeros(obs.shape)
             for _ in range(2 if some_free else 1):
                 num = np.sum(np.where(ok, (obs - light) * guess, 0.0), axis=1)
-                scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)
+                scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)[:, None]
+                # A row the slit's lit edge crosses (slanted) is lit in some
+                # columns only: its scale along them, where that fits better.
+                # (Those rows alone: elsewhere a scale per block would take
+                # smooth light, which has no lines, for sky, which has.)
+                crossed = first_look.edge[unlit_idx] if unlit_mode else None
+                if crossed is not None and crossed.any():
+                    scale = np.broadcast_to(scale, obs.shape).copy()
+                    scale[crossed] = _scale_along_columns((obs - light)[crossed], guess[crossed], ok[crossed],
+                                                          scale[crossed][:, :1], gain, read_noise)
                 if some_free:
-                    light[free] = _smooth_light(obs[free] - scale[free, None] * guess[free], unlit_idx[free])
-            background[k, unlit_idx] = scale[:, None] * guess + light
+                    light[free] = _smooth_light(obs[free] - scale[free] * guess[free], unlit_idx[free])
+            background[k, unlit_idx] = scale * guess + light
         rejected[k].ravel()[samples.index[model.outliers]] = True
         corr = None
         if slit_mode:
@@ -1362,7 +1495,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     if progress:
         for k, model in enumerate(models):
             print(f"exposure {k + 1}/{n_exp}: B-spline sky, {int(model.rejected.sum())} samples rejected")
-    gap_text = _gap_warning(models)
+    gap_text = _gap_warning(models, stack, emap)
     if gap_text:
         warnings = list(warnings) + [gap_text]
     n_fit, n_coef = _fitted_counts(models)
@@ -1924,6 +2057,47 @@ def _row_dips(background, flux, index, n_cols, gain, read_noise, masked_rows, sk
 def _range(values):
     """Peak-to-peak of ``values`` (0 for none)."""
     return float(np.ptp(values)) if len(values) else 0.0
+
+
+def _scale_along_columns(obs, guess, ok, scale, gain, read_noise, block=64):
+    """Each unlit row's sky scale, ``(n_rows, 1)`` as given or ``(n_rows, n_cols)`` along the columns.
+
+    ``obs`` (the rows' data), ``guess`` (the sky at the nearest lit row) and
+    ``ok`` (finite) are ``(n_rows, n_cols)``; ``scale`` each row's one scale
+    (``(n_rows, 1)``). A row gets a scale per block of ``block`` columns,
+    joined by straight lines through the blocks' centres, where that lowers
+    its chi-square (noise model ``gain``, ``read_noise``, at the one scale's
+    sky) by more than 10 plus 4 per extra coefficient: a row that the slit's
+    lit edge crosses is dark in some columns and lit in others (one scale
+    gave the lit ones half their sky, 40 sigma), where a row evenly dim keeps
+    its one scale (the blocks' own noise would add to it).
+    """
+    n_rows, n_cols = obs.shape
+    n_blocks = n_cols // block
+    if n_blocks < 2 or not n_rows:
+        return scale
+    edges = np.linspace(0, n_cols, n_blocks + 1).astype(int)
+    centres = 0.5 * (edges[:-1] + edges[1:] - 1)
+    var = np.clip(scale * guess, 0, None) / gain + (read_noise / gain) ** 2
+    w = np.where(ok, 1.0 / np.where(var > 0, var, np.inf), 0.0)
+    wo, wg = np.where(ok, obs, 0.0) * w, np.where(ok, guess, 0.0) * w
+    num_b = np.add.reduceat(wo * guess, edges[:-1], axis=1)
+    den_b = np.add.reduceat(wg * guess, edges[:-1], axis=1)
+    num, den = num_b.sum(axis=1), den_b.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # The chi-square drop of a scale per block over one per row (weighted least squares).
+        drop = np.sum(np.where(den_b > 0, num_b**2 / den_b, 0.0), axis=1) - np.where(den > 0, num**2 / den, 0.0)
+        s_b = np.clip(np.where(den_b > 0, num_b / den_b, np.nan), 0, None)
+    better = drop > 10.0 + 4.0 * (n_blocks - 1)
+    if not better.any():
+        return scale
+    out = np.broadcast_to(scale, (n_rows, n_cols)).copy()
+    cols = np.arange(n_cols)
+    for r in np.flatnonzero(better):
+        have = np.isfinite(s_b[r])
+        if have.sum() >= 2:
+            out[r] = np.interp(cols, centres[have], s_b[r][have])
+    return out
 
 
 def _smooth_light(values, rows, block=64, window=5, significance=3.0):
@@ -2519,9 +2693,16 @@ def _bad_columns_warning(columns):
             "own pixels (the science under them too) are not usable (quality.bad_columns).")
 
 
-def _gap_warning(models):
-    """The warning for effective pixels the sky rows left without a sample (the B-spline bridges them), or ""."""
+def _gap_warning(models, stack, emap):
+    """The warning for effective pixels the sky rows left without a sample (the B-spline bridges them), or "".
+
+    Only for gaps where some pixel of ``stack`` holds data: a detector's gap
+    between CCDs (NaN in every row, as a mosaic gives it) needs no sky, and
+    made every such frame suspect."""
     spans = sorted({(round(a, 1), round(b, 1)) for m in models for a, b in m.gaps() if b - a >= GAP_WARN_PX})
+    if spans:
+        finite = np.isfinite(stack).any(axis=0)
+        spans = [(a, b) for a, b in spans if np.any(finite & (emap > a) & (emap < b))]
     if not spans:
         return ""
     listed = ", ".join(f"{a:g}-{b:g}" for a, b in spans[:5]) + (f" and {len(spans) - 5} more" if len(spans) > 5 else "")
@@ -2640,6 +2821,17 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in bad_columns)]
         if dark:
             warnings.append(_dark_edge_warning(dark, n_cols))
+    changing = _changing_lines(models, samples, ~skip) if method == "bspline" else None
+    if changing is not None:
+        listed = ", ".join(f"{e:.0f}" for e, _ in changing[:6]) + (" and more" if len(changing) > 6 else "")
+        worst = max(c for _, c in changing)
+        warnings.append(
+            f"Sky lines at effective pixels {listed} change by up to {100 * worst:.0f} % from one end of the sky "
+            "rows to the other, unlike the sky's other lines: emission of an extended source in the sky rows (a "
+            "nebula, a galaxy filling the slit)? The fit takes it for sky and carries it under the mask, as a "
+            "curve through the sky rows: if that emission is your source, mask it, or take the sky from frames "
+            "off the source."
+        )
     differenced = _differenced(result.background, ~skip)
     if differenced is not None:
         # First: it is why the noise model and the other checks read as they do.
@@ -2650,6 +2842,16 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             "hold for them, nor the noise estimated from it: fit the sky of the frames before differencing, or "
             "read this sky with care."
         ))
+    else:
+        negative = _below_zero(result.background, ~skip, result.read_noise, result.gain)
+        if negative is not None:
+            warnings.insert(0, (
+                f"The sky found is below zero in {100 * negative[0]:.1f} % of the sky pixels (down to "
+                f"{negative[1]:.3g} in data units, beyond 3 times the read noise), which a raw sky never is: the "
+                "bias over-subtracted (a bias of another level, or a level subtracted twice)? The noise model "
+                "(Poisson in the sky level) does not hold there, nor the checks that read it: subtract the "
+                "frames' own bias."
+            ))
     ceiling = _saturated_sky(result, samples)
     if ceiling is not None:
         warnings.append(
@@ -2681,6 +2883,104 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
 #: A sky whose 0.5th percentile is below minus this fraction of its 99.5th, in every exposure, is not a raw
 #: sky (which is at or above zero, its lines far above): a difference of frames.
 DIFFERENCED_RATIO = 0.3
+
+
+#: A sky line whose flux changes by this fraction of itself between the ends of the sky rows, and by
+#: :data:`CHANGING_LINE_FACTOR` times the lines' median change, is not the sky's (:func:`_changing_lines`).
+CHANGING_LINE_LIMIT = 0.5
+CHANGING_LINE_FACTOR = 4.0
+
+
+def _changing_lines(models, samples, sky_rows):
+    """``[(effective pixel, change), ...]`` of the sky's lines whose flux changes along the slit unlike the
+    others (see :data:`CHANGING_LINE_LIMIT`), or None.
+
+    The night sky's lines brighten and fade along a slit together (the
+    slit's illumination) or by a few per cent each; a nebula or a galaxy
+    filling the slit adds lines that change by its own profile (x3.3 from
+    one end to the other: the fit took it for sky, 51 sigma off under the
+    mask, "sky fit ok"). The lines are the first exposure's sky model's
+    peaks over its continuum (a running median); each one's flux is read in
+    the data, in the lowest and the highest third of the sky rows: the mean
+    within 2.5 px of its centre less the median 6-10 px away (the continuum
+    as lit there; the whole line, so that a width changing along the slit
+    does not pass for its flux). ``change`` is the difference over the mean
+    of the two.
+    """
+    from scipy.ndimage import maximum_filter1d, median_filter
+
+    model = models[0] if models else None
+    rows = np.flatnonzero(sky_rows)
+    if model is None or rows.size < 6:
+        return None
+    e_lo, e_hi = model.extent
+    grid = np.arange(e_lo + 10.0, e_hi - 10.0, 0.5)
+    if grid.size < 200:
+        return None
+    mid = float(np.median(rows))
+    sky = np.asarray(model(grid, np.full(grid.size, mid)), dtype=float)
+    lines = sky - median_filter(sky, size=61, mode="nearest")
+    floor = max(5.0 * float(np.median(np.abs(lines))), 0.2 * float(np.median(sky)))
+    # A line's top: the highest within 2 px (a shoulder on its flank is not one), once per line.
+    peak = (lines > floor) & (lines == maximum_filter1d(lines, size=9, mode="nearest"))
+    peak[:4] = peak[-4:] = False
+    centres = grid[peak]
+    centres = centres[np.r_[True, np.diff(centres) > 2.0]] if centres.size else centres
+    if centres.size < 5:
+        return None
+    low_rows, high_rows = rows[rows.size // 3 - 1], rows[-(rows.size // 3)]
+    effpix, flux, sample_rows = samples.effpix, samples.flux[0], samples.rows
+    changes = np.full(centres.size, np.nan)
+    for i, e in enumerate(centres):
+        a, b = np.searchsorted(effpix, [e - 10.0, e + 10.0])
+        d, r, x = flux[a:b], sample_rows[a:b], np.abs(effpix[a:b] - e)
+        flux_of, var_of = [], []
+        for group in (r <= low_rows, r >= high_rows):
+            near, side = group & (x <= 2.5), group & (x >= 6.0)
+            near_values, side_values = d[near], d[side]
+            near_values, side_values = near_values[np.isfinite(near_values)], side_values[np.isfinite(side_values)]
+            if near_values.size < 3 or side_values.size < 3:
+                break
+            flux_of.append(float(np.mean(near_values) - np.median(side_values)))
+            var_of.append(float(np.var(near_values)) / near_values.size
+                          + 1.57 * float(np.var(side_values)) / side_values.size)
+        # Only a change far beyond the measurement's noise (a faint line's flux scatters).
+        if (len(flux_of) == 2 and flux_of[0] + flux_of[1] > 0
+                and abs(flux_of[1] - flux_of[0]) > 5.0 * math.sqrt(var_of[0] + var_of[1])):
+            changes[i] = abs(flux_of[1] - flux_of[0]) / (0.5 * (flux_of[0] + flux_of[1]))
+        elif len(flux_of) == 2 and flux_of[0] + flux_of[1] > 0:
+            changes[i] = 0.0
+    have = np.isfinite(changes)
+    if have.sum() < 5:
+        return None
+    typical = float(np.median(changes[have]))
+    odd = have & (changes > CHANGING_LINE_LIMIT) & (changes > CHANGING_LINE_FACTOR * typical)
+    if not odd.any():
+        return None
+    return sorted(zip(centres[odd].tolist(), changes[odd].tolist()), key=lambda ec: -ec[1])
+
+
+#: A sky below zero (by 3 read-noise sigma) in this share of the sky pixels, in every exposure, is not a raw sky.
+NEGATIVE_SHARE = 0.005
+
+
+def _below_zero(background, sky_rows, read_noise, gain):
+    """``(share, lowest)`` when, in every exposure, at least :data:`NEGATIVE_SHARE` of the sky on ``sky_rows``
+    (every 7th column) is below minus 3 times the read noise (data units); else None."""
+    found = None
+    for k in range(background.shape[0]):
+        values = background[k][sky_rows][:, ::7]
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return None
+        floor = 3.0 * read_noise / gain if read_noise > 0 else 0.01 * abs(float(np.percentile(values, 99.5)))
+        low = values < -floor
+        share = float(np.mean(low))
+        if share < NEGATIVE_SHARE:
+            return None
+        lowest = float(values[low].min())
+        found = (share, lowest) if found is None else (min(found[0], share), min(found[1], lowest))
+    return found
 
 
 def _differenced(background, sky_rows):

@@ -954,7 +954,8 @@ def _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, fi
 
     step = float(e[1] - e[0])
     sigma2 = np.clip(sky, 0, None) / gain + (read_noise / gain) ** 2
-    sigma2 = np.maximum(sigma2, (1e-12 + 1e-9 * np.max(np.abs(sky))) ** 2)
+    # A floor relative to the sky (data in flux units are ~1e-17: an absolute one swamped their noise).
+    sigma2 = np.maximum(sigma2, max(1e-9 * float(np.max(np.abs(sky))), 1e-300) ** 2)
     n = max(float(samples_per_pixel), 1.0)
     cands = [fine] + [h for h in ADAPTIVE_SPACINGS if fine < h <= coarse]
 

@@ -154,6 +154,9 @@ class SkyQuality:
     bad_columns : tuple of int
         Detector columns found dead or hot (a dip or spike no sky makes, in
         most sky rows): left out of the sky fit; their own data are not usable.
+    blank_columns : tuple of (int, int)
+        ``(start, stop)`` of the columns that hold one value in every row (a
+        mosaic's gap between CCDs filled with 0): no data, left out as NaN.
     """
 
     rejected_fraction: float
@@ -174,6 +177,7 @@ class SkyQuality:
     warp_source: str = "arc"
     warp_shift: float = 0.0
     warp_note: str = ""
+    blank_columns: tuple = ()
     bad_columns: tuple = ()
 
     def header_cards(self):
@@ -224,6 +228,9 @@ class SkyQuality:
             text += f", slit illumination {100 * self.illumination:.1f} %"
         if self.smooth_light:
             text += f", smooth light up to {self.smooth_light:.3g}"
+        if self.blank_columns:
+            spans = ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in self.blank_columns)
+            text += f", columns {spans} hold one value in every row (no data: left out)"
         if self.warp_source != "arc":
             text += f", warp: {self.warp_source}"
             if self.warp_shift:
@@ -389,7 +396,7 @@ def _fit_noise_bins(lv, var, n, fixed_gain=None, fixed_read_noise=None):
         return float(fixed_gain), float(np.sqrt(beta) * fixed_gain)
     if fixed_read_noise is not None:
         # var = alpha * level + (read_noise * alpha)**2: one unknown, scanned.
-        alphas = np.geomspace(1e-8, 1e8, 1601) * (np.median(var) / max(np.median(lv), 1e-30))
+        alphas = np.geomspace(1e-8, 1e8, 1601) * (np.median(var) / max(np.median(lv), np.finfo(float).tiny))
 
         def cost(a):
             a = a[:, None]  # every candidate at once: one row of bins each
@@ -404,7 +411,11 @@ def _fit_noise_bins(lv, var, n, fixed_gain=None, fixed_read_noise=None):
     if not alpha > 0:
         # No trend with level (a narrow range of levels): all is read noise
         # plus what the lowest level allows; the weights are flat anyway.
-        alpha = max(float(np.min(var / np.maximum(lv, 1e-30))) * 0.5, 1e-12)
+        positive = lv > 0
+        if positive.any():  # (relative: data in flux units have levels ~1e-17)
+            alpha = max(float(np.min(var[positive] / lv[positive])) * 0.5, np.finfo(float).tiny)
+        else:  # no level above zero (frames differenced): as before, flagged by the fit's checks
+            alpha = max(float(np.min(var / 1e-30)) * 0.5, 1e-12)
         beta = max(float(np.average(var - alpha * lv, weights=w)), 0.0)
     gain = 1.0 / alpha
     read_noise = float(np.sqrt(max(beta, 0.0)) * gain)
@@ -414,7 +425,13 @@ def _fit_noise_bins(lv, var, n, fixed_gain=None, fixed_read_noise=None):
 def _nonneg_lstsq(design, y, w):
     """Weighted least squares for two coefficients, each clipped at >= 0 (refit the other)."""
     sw = np.sqrt(w)
-    coef, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
+    # Each column to unit norm: levels of data in flux units (~1e-17) beside a
+    # column of ones are 17 orders apart, and lstsq's cut-off dropped the first.
+    a = design * sw[:, None]
+    norms = np.sqrt(np.sum(a * a, axis=0))
+    norms[norms == 0] = 1.0
+    coef, *_ = np.linalg.lstsq(a / norms, y * sw, rcond=None)
+    coef = coef / norms
     if coef[0] >= 0 and coef[1] >= 0:
         return coef
     fits = []
@@ -490,52 +507,151 @@ class FirstLook:
         return provisional_levels(self._stack, self._masked_rows)
 
     @functools.cached_property
-    def dark(self):
+    def _dark_and_edge(self):
         var_low = provisional_noise(self._stack, self._masked_rows, levels=self.levels)[2]
-        return dark_rows(self._stack, self._masked_rows, var_low)
+        return dark_rows(self._stack, self._masked_rows, var_low, edges=True)
+
+    @property
+    def dark(self):
+        return self._dark_and_edge[0]
+
+    @property
+    def edge(self):
+        """Rows that the slit's lit edge crosses (lit in some columns only): part of ``dark``."""
+        return self._dark_and_edge[1]
 
 
 # --------------------------------------------------------------------------- rows
-def dark_rows(stack, masked_rows, noise_var):
+def dark_rows(stack, masked_rows, noise_var, edges=False):
     """Rows with (almost) no sky light, from the rows' median level; a first cut.
 
     A row is dark when its median (over every 4th column, all exposures) is
     below ``UNLIT_FRACTION`` of the median row's, and that median stands
     clear of the noise (so that a sky of lines
     on a zero continuum does not make every row "dark"). Grown by one row.
-    Masked rows are never reported.
+    Masked rows are never reported. So are the rows at the slit's ends that
+    its lit edge crosses in some columns (:func:`_slanted_edge_rows`).
+    ``edges=True`` returns ``(dark, crossed)``: ``crossed`` the dark rows lit
+    in some blocks of columns (and the next two, the edge's soft part), when
+    an edge crosses rows.
     """
     n_exp, n_rows, n_cols = stack.shape
     lit_candidates = ~masked_rows
+    none = np.zeros(n_rows, bool)
     if lit_candidates.sum() < 4:
-        return np.zeros(n_rows, bool)
+        return (none, none) if edges else none
     every4 = stack[:, :, ::4]
-    # np.median's values (as np.nanmedian's without NaN), several times faster.
-    if np.isnan(every4).any():
-        # A row with no finite pixel (a blanked edge) has a NaN median: never
-        # dark. Filled first, not by silencing numpy's All-NaN warning (the
-        # filters are process-wide; this runs beside other threads).
-        blank = ~np.isfinite(every4).any(axis=2)
-        med = np.nanmedian(np.where(blank[..., None], 0.0, every4), axis=2)
-        med[blank] = np.nan
-        med = med.mean(axis=0)
-    else:
-        med = median_along(every4, axis=2, nan_checked=True).mean(axis=0)
+    med = _row_medians(every4)
     # The median row, not a high percentile: a trace left in the sky rows
     # must not make the sky rows look dark next to it.
     lit_med = med[lit_candidates]
     if not np.isfinite(lit_med).any():
-        return np.zeros(n_rows, bool)
+        return (none, none) if edges else none
     bright = np.nanmedian(lit_med)
     # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
     n_used = max(1, n_cols // 4 * n_exp)
     if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
-        return np.zeros(n_rows, bool)
+        return (none, none) if edges else none
     dark = lit_candidates & (med < UNLIT_FRACTION * bright)
+    past, lit_somewhere = _slanted_edge_rows(every4, lit_candidates, dark, noise_var)
+    crossed = (past | dark) & lit_somewhere if past.any() else past
+    dark |= past
     grown = dark.copy()
     grown[1:] |= dark[:-1]
     grown[:-1] |= dark[1:]
-    return grown & lit_candidates
+    if not edges:
+        return grown & lit_candidates
+    near = crossed.copy()
+    for step in (1, 2):
+        near[step:] |= crossed[:-step]
+        near[:-step] |= crossed[step:]
+    return grown & lit_candidates, near & grown & lit_candidates
+
+
+def _row_medians(images):
+    """Each row's median over the columns of ``images`` (``(n_exp, n_rows, n)``), averaged over the
+    exposures; NaN for a row without a finite pixel."""
+    # np.median's values (as np.nanmedian's without NaN), several times faster.
+    if np.isnan(images).any():
+        # A row with no finite pixel (a blanked edge) has a NaN median: never
+        # dark. Filled first, not by silencing numpy's All-NaN warning (the
+        # filters are process-wide; this runs beside other threads).
+        blank = ~np.isfinite(images).any(axis=2)
+        med = np.nanmedian(np.where(blank[..., None], 0.0, images), axis=2)
+        med[blank] = np.nan
+        return med.mean(axis=0)
+    return median_along(images, axis=2, nan_checked=True).mean(axis=0)
+
+
+#: Column blocks :func:`_slanted_edge_rows` reads the rows' light in.
+EDGE_BLOCKS = 8
+
+#: A row is past the slit's lit edge in a block of columns where its light falls below this fraction
+#: of the same row's in the other blocks (the median block).
+EDGE_FRACTION = 0.85
+
+#: Rows beyond the dark ones of a block that its edge's soft part may dim (:func:`_slanted_edge_rows`).
+EDGE_SOFT_ROWS = 3
+
+
+def _slanted_edge_rows(every4, lit, dark, noise_var):
+    """Rows at the slit's ends that its lit edge crosses in some columns: a boolean array.
+
+    A slit's image need not end parallel to the rows: its edge may slant or
+    curve by several rows across the frame. The rows' median over all
+    columns then sees a row dark in half the columns as lit (0.5 > 0.2 of
+    the median row), and its dark and half-lit pixels went into the sky
+    fit: 1.1 sigma RMS over the sky rows, 41 sigma at worst, "sky fit ok".
+    So the rows' light is also read in ``EDGE_BLOCKS`` blocks of columns,
+    each relative to its own median row. In each block, the rows from the
+    frame's first (or last) row on that are dark there (below
+    ``UNLIT_FRACTION``; rows dark already pass too) are past the edge, and
+    so are up to :data:`EDGE_SOFT_ROWS` more beyond them that are dimmer
+    than ``EDGE_FRACTION`` of the same row's median over the blocks, by 5
+    times the noise: the edge's soft part (the slit's illumination along
+    the rows is the same in every block; an edge is not). (A bright sky
+    line tilted across a narrow block moves its median by 40 % from row to
+    row: dimmer alone is no edge.)
+    """
+    n_exp, n_rows, n = every4.shape
+    n_blocks = min(EDGE_BLOCKS, n // 16)
+    out = np.zeros(n_rows, bool)
+    if n_blocks < 2:
+        return out, out
+    edges = np.linspace(0, n, n_blocks + 1).astype(int)
+    prof = np.stack([_row_medians(every4[:, :, a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    use = lit & ~dark & np.isfinite(prof).all(axis=0)
+    if use.sum() < 4:
+        return out, out
+    bright = np.median(prof[:, use], axis=1)
+    # A block median of the row scatters by 1.25 sigma / sqrt(pixels).
+    noise = 1.25 * np.sqrt(max(noise_var, 0.0) / (np.diff(edges) * n_exp))
+    good = bright > 10 * noise
+    if good.sum() < 2:
+        return out, out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = prof[good] / bright[good, None]
+        rel_noise = (noise[good] / bright[good])[:, None]
+        typical = np.median(rel, axis=0)
+        gone = rel < UNLIT_FRACTION
+        soft = (rel < EDGE_FRACTION * typical) & (typical - rel > 5 * rel_noise)
+    passable = dark | ~np.isfinite(prof).any(axis=0)
+    for b in range(rel.shape[0]):
+        for rows in (range(n_rows), range(n_rows - 1, -1, -1)):
+            seen_dark, extra = False, 0
+            for r in rows:
+                if gone[b, r] or passable[r]:
+                    if extra:  # dark again after a soft row: not the slit's end
+                        break
+                    seen_dark |= bool(gone[b, r])
+                    out[r] |= bool(gone[b, r])
+                elif seen_dark and soft[b, r] and extra < EDGE_SOFT_ROWS:
+                    out[r] = True
+                    extra += 1
+                else:
+                    break
+    # Rows lit in some block: those whose sky changes along the columns (the unlit rows' sky takes that).
+    return out & lit, (rel > 0.5).any(axis=0) & lit
 
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)  # what np.nan_to_num puts for +inf

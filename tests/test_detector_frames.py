@@ -1,0 +1,191 @@
+"""Frames as detectors and pipelines deliver them, which a new user's trial (I1) found wrong or misread.
+
+A slit whose lit edge slants across the frame, a mosaic's gap between CCDs
+(filled with 0, or NaN), frames in flux units (~1e-17) or divided by the
+exposure time, and an over-subtracted bias. Each test compares the default
+fit against the synthetic truth the frames were made from.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import rms
+
+import specwidgets as sw
+from specwidgets.core.frames import FrameArray
+from specwidgets.io.synthetic import make_synthetic_longslit
+
+
+def _sigma(f):
+    return np.sqrt(np.clip(f.sky, 0, None) / f.gain + (f.read_noise / f.gain) ** 2)
+
+
+def _sky_rows(f):
+    keep = np.ones(f.sky.shape[1], bool)
+    keep[slice(*f.trace_rows)] = False
+    return keep
+
+
+def _quiet_fit(*args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sw.fit_sky(*args, **kw)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=5, sky_continuum=150.0)
+
+
+def test_a_slit_edge_that_slants_across_the_frame():
+    """The slit's lit ends move 8 and 6 rows across the columns: the rows' median over all columns called the
+    half-lit rows lit, and their dark pixels went into the fit (2.1 sigma RMS on the lit sky, 71 sigma, aperture
+    +0.65 sigma, "sky fit ok"). The edge is now found in blocks of columns, and the unlit rows' sky scaled along
+    them."""
+    n_rows, n_cols = 120, 1000
+    rows, x = np.arange(n_rows)[:, None], np.arange(n_cols)[None, :] / n_cols
+    lo, hi = 10 + 8 * x, 108 + 6 * x
+    light = 1 / (1 + np.exp(-(rows - lo) / 0.7)) / (1 + np.exp((rows - hi) / 0.7))
+    f = make_synthetic_longslit(shape=(n_rows, n_cols), n_exposures=2, seed=7, illumination=light, trace_row=60,
+                                sky_continuum=200.0)
+    res = _quiet_fit(f.science, f.warp, f.trace_rows)
+    (a0, a1), (b0, b1) = res.quality.unlit_rows
+    assert a0 == 0 and a1 >= 19 and b0 <= 108 and b1 == n_rows  # past the edge in every column
+    z = (res.background - f.sky) / _sigma(f)
+    lit = np.broadcast_to((light > 0.5)[None] & _sky_rows(f)[None, :, None], z.shape)
+    assert rms(z[lit]) < 0.3 and np.abs(z[lit]).max() < 8
+    t0, t1 = f.trace_rows
+    aperture = (res.background - f.sky)[:, t0:t1].sum(axis=1) / np.sqrt((_sigma(f)[:, t0:t1] ** 2).sum(axis=1))
+    assert abs(aperture.mean()) < 0.15
+
+
+@pytest.mark.parametrize("fill", [0.0, 300.0])
+def test_a_gap_between_ccds_filled_with_one_value_is_no_data(plain, fill):
+    """A mosaic's gaps filled with 0 (or a bias level): with the noise estimated the zeros made the sky 20 sigma
+    low, blamed on fringes; with it given, the gap's edges were named hot columns."""
+    science = np.array(plain.science)
+    science[:, :, 300:330] = fill
+    science[:, :, 600:615] = fill
+    res = _quiet_fit(science, plain.warp, plain.trace_rows)
+    assert res.quality.blank_columns == ((300, 330), (600, 615))
+    assert not res.quality.suspect, res.quality.warnings
+    assert "columns 300-329, 600-614 hold one value in every row" in res.quality.summary()
+    keep = np.ones(science.shape[2], bool)
+    keep[300:330] = keep[600:615] = False
+    z = ((res.background - plain.sky) / _sigma(plain))[:, _sky_rows(plain)][:, :, keep]
+    assert rms(z) < 0.15
+    assert np.isnan(res.data[:, :, 300:330]).all() and np.array_equal(science[:, :, 330:600], res.data[:, :, 330:600])
+
+
+def test_a_gap_of_nan_columns_needs_no_sky(plain):
+    """NaN in every row of a mosaic's gap: the sky bridged across it was called "not measured", so every
+    gapped frame read as suspect. A gap in the sky rows only (data under the mask) still is."""
+    science = np.array(plain.science)
+    science[:, :, 300:330] = np.nan
+    res = _quiet_fit(science, plain.warp, plain.trace_rows)
+    assert not res.quality.suspect, res.quality.warnings
+    science = np.array(plain.science)
+    science[:, _sky_rows(plain), 300:330] = np.nan
+    res = _quiet_fit(science, plain.warp, plain.trace_rows)
+    assert any("no usable sample" in w for w in res.quality.warnings)
+
+
+def test_the_fit_does_not_depend_on_the_datas_scale(plain):
+    """Frames in flux units (~1e-17 per pixel): absolute floors in the knot choice and the noise fit made the
+    sky 33 sigma off; the same frames in counts were right."""
+    science = np.asarray(plain.science)
+    sigma = _sigma(plain)
+    errors = []
+    for scale in (1.0, 2.0**-60, 1e-18):
+        res = _quiet_fit(science * scale, plain.warp, plain.trace_rows)
+        errors.append(rms(((res.background / scale - plain.sky) / sigma)[:, _sky_rows(plain)]))
+        assert not res.quality.suspect
+    assert max(errors) < 1.05 * min(errors) and max(errors) < 0.15
+
+
+def test_frames_whose_noise_model_is_far_from_their_scatter_are_estimated(plain):
+    """Frames divided by the exposure time that keep the header's gain (no BUNIT to say so): the fit weighted
+    by it was 2.4 sigma off. The faint sky's scatter tells, before the fit: the noise is estimated instead."""
+    exptime = 600.0
+    science = FrameArray(np.asarray(plain.science) / exptime, gain=1.0, read_noise=4.0, noise_source="header GAIN")
+    with pytest.warns(UserWarning, match=r"noise model \(header GAIN: gain 1 per data unit\) predicts .* times "
+                                         r"the variance their faint sky shows: not used"):
+        res = sw.fit_sky(science, plain.warp, plain.trace_rows)
+    assert res.quality.noise_source.startswith("estimated from the sky residuals (the frames' noise model")
+    assert abs(res.gain / exptime - 1) < 0.15
+    z = ((res.background * exptime - plain.sky) / _sigma(plain))[:, _sky_rows(plain)]
+    assert rms(z) < 0.15
+    # The caller's own values are the caller's: kept.
+    assert sw.fit_sky(science, plain.warp, plain.trace_rows, gain=1.0, read_noise=4.0).gain == 1.0
+
+
+def test_a_rate_in_bunit_does_not_take_the_headers_gain(tmp_path, plain):
+    """BUNIT = 'adu/s' with the camera's GAIN card: the loader multiplied by GAIN and called the result
+    electrons."""
+    from specwidgets.io.loading import read_frame
+
+    header = fits.Header({"GAIN": 2.0, "RDNOISE": 4.0, "BUNIT": "adu/s", "EXPTIME": 600.0})
+    fits.PrimaryHDU(np.asarray(plain.science[0]) / 1200.0, header).writeto(tmp_path / "rate.fits")
+    with pytest.warns(UserWarning, match=r"frames are in 'adu/s' \(BUNIT\), not counts: the header GAIN \(2\) "
+                                         r"does not give their noise.*pass gain=GAIN\*EXPTIME"):
+        frame = read_frame(tmp_path / "rate.fits")
+    assert frame.gain is None and frame.unit == "adu" and frame.read_noise == 4.0
+    assert read_frame(tmp_path / "rate.fits", gain=1200.0).gain == 1.0  # given: applied
+
+
+def test_a_sky_below_zero_says_the_bias_was_over_subtracted():
+    """A bias 50 ADU too high: the low blue sky went negative and the fit blamed dead columns and the gain."""
+    f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=9, sky_continuum=15.0, gain=2.0)
+    res = _quiet_fit(np.asarray(f.science) - 25.0, f.warp, f.trace_rows)
+    assert res.quality.suspect
+    assert res.quality.warnings[0].startswith("The sky found is below zero in ")
+    assert "bias over-subtracted" in res.quality.warnings[0]
+    plain = _quiet_fit(np.asarray(f.science), f.warp, f.trace_rows)
+    assert not any("below zero" in w for w in plain.quality.warnings)
+
+
+def test_an_extended_source_in_the_sky_rows_is_named(plain):
+    """A nebula filling the slit, brighter at one end (x3.3): its lines in the sky rows were fit as sky and
+    carried under the mask, 51 sigma off, "sky fit ok" (trial I2). The night sky's own lines change along the
+    slit together; these do not."""
+    emap = plain.warp.effpix_map()
+    rows = np.arange(emap.shape[0])[:, None]
+    nebula = sum(peak * np.exp(-0.5 * ((emap - centre) / 1.5) ** 2)
+                 for centre, peak in ((210.0, 900.0), (226.0, 2500.0), (242.0, 800.0), (520.0, 600.0), (532.0, 500.0)))
+    nebula = nebula * (0.3 + 0.7 * rows / emap.shape[0])
+    science = np.asarray(plain.science) + np.random.default_rng(2).poisson(nebula)[None]
+    res = _quiet_fit(science, plain.warp, plain.trace_rows)
+    assert res.quality.suspect
+    (warning,) = [w for w in res.quality.warnings if w.startswith("Sky lines at effective pixels")]
+    assert "extended source in the sky rows" in warning
+    named = [float(v) for v in warning.split("effective pixels ")[1].split(" change")[0].replace("and more", "")
+             .split(",") if v.strip()]
+    assert named and all(min(abs(v - c) for c in (210, 226, 242, 520, 532)) < 3 for v in named)
+    assert not _quiet_fit(np.asarray(plain.science), plain.warp, plain.trace_rows).quality.warnings
+
+
+def test_a_poor_warp_that_the_sky_lines_cannot_check_makes_the_sky_suspect():
+    """A warp the arc's own lines call poor (warp_order too low for them), on a sky whose lines cannot be
+    traced (a faint continuum, a moonlit blue arm): the fit said "ok" at 0.19 sigma RMS, 3 sigma (trial I2)."""
+    f = make_synthetic_longslit(shape=(100, 1200), tilt=(3.0, 1.0, 1.5), n_arc_lines=40, n_sky_lines=0,
+                                sky_continuum=300.0, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warp = sw.generate_warp_model(np.asarray(f.arc), sw.find_cal_lines(np.asarray(f.arc))[0])
+    assert warp.is_poor
+    # Absorption dips (a moonlit sky's solar lines) too faint to trace, deep enough for the warp to matter.
+    emap = f.warp.effpix_map()
+    dips = 1.0 - sum(0.25 * np.exp(-0.5 * ((emap - c) / 1.5) ** 2) for c in np.arange(60.0, 1150.0, 45.0))
+    rng = np.random.default_rng(4)
+    science = rng.poisson(f.sky * dips[None] + f.trace[None]) + rng.normal(0.0, f.read_noise, f.sky.shape)
+    for method in ("bspline", "median"):
+        res = _quiet_fit(science, warp, f.trace_rows, method=method)
+        assert res.quality.suspect and res.quality.warnings[0].startswith("The warp model is probably poor (")
+    # A featureless continuum does not care about the warp: nothing to say.
+    assert not _quiet_fit(f.science, warp, f.trace_rows).quality.warnings
+    # Where the sky's bright lines are traced, they check (and correct) it: no such warning.
+    g = make_synthetic_longslit(shape=(100, 1200), tilt=(3.0, 1.0, 1.5), n_arc_lines=40, seed=3)
+    res = _quiet_fit(g.science, warp, g.trace_rows)
+    assert not any(w.startswith("The warp model is probably poor") for w in res.quality.warnings)
