@@ -483,8 +483,9 @@ def _check_frames_noise(first_look, read_noise, gain, rn_source, gain_source):
         return read_noise, gain, rn_source, gain_source, ""
     note = (f"the frames' noise model ({gain_source}: gain {gain:g} per data unit) predicts {ratio:.3g} times "
             "the variance their faint sky shows: not used")
-    warn_at_caller(f"{note}; the noise model is estimated from the sky instead (frames divided by the exposure "
-                   "time, or a gain for other units? give gain= for these values)", UserWarning)
+    cause = ("frames divided by the exposure time, or a bias level left in? give gain= for these values"
+             if ratio > 1 else "a gain for other units, or frames summed or scaled up? give gain= for these values")
+    warn_at_caller(f"{note}; the noise model is estimated from the sky instead ({cause})", UserWarning)
     if rn_source not in (None, "argument"):
         read_noise, rn_source = None, None
     return read_noise, None, rn_source, None, note
@@ -2524,12 +2525,29 @@ def _around(columns, reach, n_cols):
 BLOCK_SCATTER_LIMIT = 1.3
 
 
+_STRUCTURE_HEAD = "The residuals (data minus sky) averaged in blocks of"
+_STRUCTURE_CAUSE = ("Fringes (red wavelengths) or a flat-field pattern do this: divide the frames by a flat field "
+                    "(and a fringe frame) before the sky fit.")
+
+
 def _structure_warning(structure):
-    return (f"The residuals (data minus sky) averaged in blocks of {BLOCK_SIZE} x {BLOCK_SIZE} pixels scatter "
+    return (f"{_STRUCTURE_HEAD} {BLOCK_SIZE} x {BLOCK_SIZE} pixels scatter "
             f"{structure:.2f} times more than noise allows (quality.block_chi_scatter): structure over the "
-            "frame that the sky model, one spectrum along the slit, does not follow. Fringes (red "
-            "wavelengths) or a flat-field pattern do this: divide the frames by a flat field (and a fringe "
-            "frame) before the sky fit.")
+            f"frame that the sky model, one spectrum along the slit, does not follow. {_STRUCTURE_CAUSE}")
+
+
+def _structure_after_rows(warnings):
+    """``warnings`` with the block-scatter one after those naming light in sky rows, which it then names
+    as the likely cause: an unmasked faint source (or a persistence ghost) raises the blocks' scatter too,
+    and "fringes" came first where there were none (trial J2)."""
+    rows = [w for w in warnings if "holds light above the sky" in w or "brighten towards the mask" in w]
+    structure = [w for w in warnings if w.startswith(_STRUCTURE_HEAD)]
+    if not rows or not structure:
+        return warnings
+    moved = structure[0].replace(_STRUCTURE_CAUSE, (
+        "The light in the sky rows named above does this (mask it first); so do fringes (red wavelengths) "
+        "or a flat-field pattern, which a flat field (and a fringe frame) takes out."))
+    return [w for w in warnings if w is not structure[0]] + [moved]
 
 
 #: Effective-pixel bins (px) in which the sky spectrum's misfit is read (all exposures and sky rows together),
@@ -2860,6 +2878,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             "which no sky model follows (the sky, and the science under it, are wrong there): set them to "
             "NaN, or take shorter exposures."
         )
+    warnings = _structure_after_rows(warnings)
     return SkyQuality(
         rejected_fraction=float(rejected_fraction),
         chi_std=chi_std,
@@ -2931,6 +2950,7 @@ def _changing_lines(models, samples, sky_rows):
     low_rows, high_rows = rows[rows.size // 3 - 1], rows[-(rows.size // 3)]
     effpix, flux, sample_rows = samples.effpix, samples.flux[0], samples.rows
     changes = np.full(centres.size, np.nan)
+    in_one_column = np.zeros(centres.size, bool)
     for i, e in enumerate(centres):
         a, b = np.searchsorted(effpix, [e - 10.0, e + 10.0])
         d, r, x = flux[a:b], sample_rows[a:b], np.abs(effpix[a:b] - e)
@@ -2948,13 +2968,21 @@ def _changing_lines(models, samples, sky_rows):
         if (len(flux_of) == 2 and flux_of[0] + flux_of[1] > 0
                 and abs(flux_of[1] - flux_of[0]) > 5.0 * math.sqrt(var_of[0] + var_of[1])):
             changes[i] = abs(flux_of[1] - flux_of[0]) / (0.5 * (flux_of[0] + flux_of[1]))
+            # A warm column lit in part of the rows is no line: its excess sits in one column,
+            # where a line's spreads over its width (trial J2: "a nebula?" for a column).
+            group = (r <= low_rows) if flux_of[0] > flux_of[1] else (r >= high_rows)
+            near = group & (x <= 2.5) & np.isfinite(d)
+            excess = d[near] - np.median(d[group & (x >= 6.0) & np.isfinite(d)])
+            cols = samples.index[a:b][near] % samples.n_cols
+            per_column = np.bincount(cols - cols.min(), weights=np.clip(excess, 0, None)) if cols.size else []
+            in_one_column[i] = bool(len(per_column)) and per_column.max() > 0.75 * max(per_column.sum(), 1e-300)
         elif len(flux_of) == 2 and flux_of[0] + flux_of[1] > 0:
             changes[i] = 0.0
     have = np.isfinite(changes)
     if have.sum() < 5:
         return None
     typical = float(np.median(changes[have]))
-    odd = have & (changes > CHANGING_LINE_LIMIT) & (changes > CHANGING_LINE_FACTOR * typical)
+    odd = have & (changes > CHANGING_LINE_LIMIT) & (changes > CHANGING_LINE_FACTOR * typical) & ~in_one_column
     if not odd.any():
         return None
     return sorted(zip(centres[odd].tolist(), changes[odd].tolist()), key=lambda ec: -ec[1])
