@@ -571,6 +571,9 @@ def test_bad_pixels_of_each_science_files_dq_extension_are_left_out(frames, tmp_
         mask = fits.getdata(path, "MASK")
         assert (mask[:, 140] & 4).all() and not (mask[:, 139] & 4).any()
         assert np.isfinite(fits.getdata(path, "SKY")).all()
+        # What reading did to the file is in the output's header too.
+        history = [str(h) for h in fits.getheader(path).get("HISTORY", [])]
+        assert any(h.startswith("specwidgets: 40 pixels flagged in the DQ extension set to NaN") for h in history)
     # The same command resumes; without --bad-pixels the outputs are other settings'.
     assert _cli(monkeypatch, [*common, "--bad-pixels", "DQ", "--out", out]) == 0
     assert "skipped (already complete) 2" in capsys.readouterr().err

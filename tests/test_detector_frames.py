@@ -189,3 +189,15 @@ def test_a_poor_warp_that_the_sky_lines_cannot_check_makes_the_sky_suspect():
     g = make_synthetic_longslit(shape=(100, 1200), tilt=(3.0, 1.0, 1.5), n_arc_lines=40, seed=3)
     res = _quiet_fit(g.science, warp, g.trace_rows)
     assert not any(w.startswith("The warp model is probably poor") for w in res.quality.warnings)
+
+
+def test_a_gain_given_for_frames_in_electrons_is_named(plain):
+    """The page's Gain field filled with the detector's gain (1.5) on frames the loader had put in electrons:
+    the variance came out 0.63 of the truth under "ready" (trial J1)."""
+    science = FrameArray(np.asarray(plain.science), gain=1.0, read_noise=4.0, noise_source="header GAIN",
+                         unit="electron")
+    res = sw.fit_sky(science, plain.warp, plain.trace_rows, gain=1.5)
+    assert res.quality.suspect
+    assert res.quality.warnings[0].startswith("The frames are in electrons (their gain was applied when they were "
+                                              "read), yet gain=1.5 was given")
+    assert not sw.fit_sky(science, plain.warp, plain.trace_rows, gain=1.0).quality.suspect

@@ -167,6 +167,15 @@ def test_cli_registers_the_dashboard_command(capsys):
     assert "DATA_FOLDER" in out and "--no-browser" in out and "--port" in out
 
 
+def test_python_dash_m_runs_the_command(tmp_path):
+    """Where the ``specwidgets`` script is not on PATH (a user's venv not activated), ``python -m specwidgets``
+    is what one types: it said "cannot be directly executed" (trial J1)."""
+    out = subprocess.run([sys.executable, "-m", "specwidgets", "batch", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: specwidgets batch")
+
+
 def test_missing_data_folder_is_an_error(tmp_path, capsys):
     code = launcher.run_dashboard_command(parse(["dashboard", str(tmp_path / "nope"), "--no-browser"]))
     assert code == 2

@@ -531,6 +531,29 @@ def test_default_tags_take_arcs_and_biases_by_their_type_cards(tmp_path):
         load_folder(tmp_path)
 
 
+def test_a_science_tag_takes_the_target_named_in_object(tmp_path):
+    """Numbered files with the target in OBJECT only: a tag could not pick one target of two ("no science frame:
+    no FITS file ... has 'SN2026abc' in its path"), so both were stacked (trial J1)."""
+    from specwidgets.io.folder import load_folder
+
+    rng = np.random.default_rng(2)
+
+    def write(name, **cards):
+        fits.writeto(tmp_path / name, rng.normal(100.0, 1.0, (8, 32)), fits.Header(cards))
+
+    write("n0001.fits", IMAGETYP="comp", OBJECT="SN2026abc")  # an arc taken at the target: not science
+    write("n0002.fits", IMAGETYP="object", OBJECT="SN2026abc")
+    write("n0003.fits", IMAGETYP="object", OBJECT="SN 2026abc")
+    write("n0004.fits", IMAGETYP="object", OBJECT="HD 12345")
+    write("n0005.fits", IMAGETYP="flat", OBJECT="SN2026abc")  # a flat named after it: not science
+    data = load_folder(tmp_path, science_tag="sn2026ABC", bias_tag="")
+    assert data.files["arc"] == ["n0001.fits"]
+    assert data.files["science"] == ["n0002.fits", "n0003.fits"]
+    assert load_folder(tmp_path, science_tag="HD 12345", bias_tag="").files["science"] == ["n0004.fits"]
+    with pytest.raises(FileNotFoundError, match="has 'M31' in its path or its OBJECT card"):
+        load_folder(tmp_path, science_tag="M31", bias_tag="")
+
+
 def test_folder_of_frames_whose_wavelength_runs_down_the_rows(tmp_path):
     """The page's folder form on a generic camera that stores the dispersion along y: turned by the arc,
     or by a DISPAXIS card; a crop counts the turned frames' rows."""

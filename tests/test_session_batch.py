@@ -375,3 +375,25 @@ def test_every_other_file_as_science_leaves_out_the_flats_in_page_and_batch_alik
     background = app.dashboard.background
     for k, name in enumerate(("sci_000", "sci_001")):
         assert max_relative(sky_of(tmp_path / "out" / f"{name}_sky.fits"), background[k]) <= 1e-6
+
+
+def test_a_session_folder_found_from_the_wrong_place_is_refused(tmp_path, monkeypatch):
+    """The page's data root was the night itself (folder "."); replayed from its parent, "." found the parent,
+    whose two nights' files were mixed (6 exposures for 5, another night's bias and arc), exit 0 (trial J1)."""
+    from specwidgets.batch.runner import run_batch
+
+    night, other = tmp_path / "tonight", tmp_path / "lastnight"
+    write_night(night)
+    write_night(other, seed=12)
+    app = load_app(night, data_root=night)
+    path = app.save_session("s.json")
+    assert json.loads(path.read_text())["source"]["folder"] == "."
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"none of the session's \d+ exposure\(s\) .* taken from the current "
+                                         r"folder: pass the page's data root \(--data-root DIR"):
+        run_batch(out_dir=tmp_path / "out", settings=path, workers=1, processes=False, progress=False)
+    assert not (tmp_path / "out").exists()
+    summary = run_batch(out_dir=tmp_path / "out", settings=path, data_root=night, workers=1, processes=False,
+                        progress=False)
+    assert summary.n_inputs == len(app.dashboard.exposure_names)
+    assert not any("not the session's exposures" in n for n in summary.notes)

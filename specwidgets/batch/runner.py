@@ -939,6 +939,7 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
     from_session = {}
     group = None
     left_out = []
+    notes = []
     if settings is not None:
         if isinstance(settings, dict):
             session = validate_session(settings)
@@ -967,6 +968,8 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
             names = (session.get("frames") or {}).get("exposure_names")
             if names:
                 group = (Path(folder), [str(n) for n in names])
+                if empty["science"]:
+                    notes += _session_folder_check(session, folder, group[1], science, data_root)
     out = {}
     for name, default in _DEFAULTS.items():
         value = given.get(name)
@@ -980,7 +983,45 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
                 out[name] = None
     out["_group"] = group
     out["_left_out"] = left_out
+    out["_notes"] = notes
     return out, science, arc, bias
+
+
+def _session_folder_check(session, folder, names, science, data_root):
+    """Notes (a list) when the science files found in the session's folder are not its exposures; a
+    ValueError when none of them is there and the folder was found from the current folder (no data root).
+
+    A session names its folder relative to the page's data root; replayed
+    from another folder, "." found a parent of the night, and with two
+    nights below it mixed their calibrations (SWNBIAS 6 for 5, another
+    night's arc), exit 0 (trial J1).
+    """
+    folder = Path(folder)
+    missing = [n for n in names if not (folder / n).is_file()]
+    source = session.get("source") or {}
+    if missing and len(missing) == len(names) and data_root is None and source.get("root"):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ValueError(
+            f"none of the session's {len(names)} exposure(s) ({shown}) is in {str(folder)!r}, the session's folder "
+            f"{source.get('folder')!r} taken from the current folder: pass the page's data root (--data-root DIR, "
+            "data_root=...), or give the SCIENCE files and calibrations"
+        )
+    found = set()
+    for path in science:
+        try:
+            found.add(Path(path).resolve().relative_to(folder.resolve()).as_posix())
+        except ValueError:
+            pass
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} of the session's {len(names)} exposure(s) are not in {str(folder)!r} "
+                     f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
+    extra = sorted(found - set(names))
+    if missing or extra:
+        notes.append(f"the science files found ({len(found)}) are not the session's exposures ({len(names)}): "
+                     "each is fit on its own, not together as the page fit them"
+                     + (f" (more: {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''})" if extra else ""))
+    return notes
 
 
 def _page_group(files, group):
@@ -1425,7 +1466,8 @@ def run_batch(
     read_noise = noise_setting(read_noise, "read_noise", positive=False)
     summary = BatchSummary(out_dir=out_dir, n_inputs=len(files), fail_on_suspect=bool(fail_on_suspect))
     # The session folder's files not taken as science (flats, darks, outputs), as the page leaves them out.
-    summary.notes += [f"left out: {why}" for why in [*resolved["_left_out"], *left_out]] + used_notes
+    summary.notes += ([f"left out: {why}" for why in [*resolved["_left_out"], *left_out]] + used_notes
+                      + resolved["_notes"])
     if turned:
         summary.notes.append(turned + "; --dispersion-axis 1 (instrument_options={'dispersion_axis': 1}) reads "
                              "them as stored")

@@ -277,6 +277,11 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
     hdr = fits.Header()
     for key, value, comment in observation_cards(input_header):
         hdr[key] = (value, comment)
+    # What reading the file did to it (an overscan level subtracted, bad pixels set to NaN): the reader's
+    # own HISTORY cards, which no output carried (trial J1).
+    for text in (input_header.get("HISTORY", []) if input_header is not None else []):
+        if str(text).startswith("specwidgets:"):
+            hdr.add_history(str(text))
     hdr["SWVER"] = (__version__, "specwidgets version")
     hdr["DATE"] = (
         _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),

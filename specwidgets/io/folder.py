@@ -199,6 +199,14 @@ def _first_header(path):
         return None  # read later by its role, which says what is wrong
 
 
+def _object_matches(header, tag):
+    """Whether the frame's ``OBJECT`` card holds ``tag`` (case and spaces aside)."""
+    if header is None or "OBJECT" not in header:
+        return False
+    squeeze = "".join
+    return squeeze(str(tag).lower().split()) in squeeze(str(header["OBJECT"]).lower().split())
+
+
 def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
     """The arc, bias and science files of a folder chosen by tags: ``(roles, skipped)``.
 
@@ -210,7 +218,9 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
     other tags match paths only. An empty bias tag means no bias
     frames; an empty science tag means every other file but the flats and
     darks ("flat"/"dark" as a word of the path, or a frame-type card such
-    as ``IMAGETYP`` naming a calibration frame). Outputs of specwidgets kept
+    as ``IMAGETYP`` naming a calibration frame); a science tag also takes
+    the frames whose ``OBJECT`` card holds it (calibration frames aside), for
+    files numbered with the target in the header only. Outputs of specwidgets kept
     among the frames (``SWDONE`` in their header) are taken for no role.
     ``skipped`` says why each left-out file was left out.
 
@@ -237,6 +247,13 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
             roles[role] = []
             continue
         found = [p for p in find_frames(root, tag or "") if p not in claimed]
+        if role == "science" and tag:
+            # Numbered files (night_0011.fits) name the target in OBJECT only: a tag that is
+            # (part of) that name takes them too, calibration frames aside (trial J1).
+            named = set(found)
+            found = sorted(found + [p for p in find_frames(root, "")
+                                    if p not in claimed and p not in named and _object_matches(header_of(p), tag)
+                                    and not calibration_reason(p, rel(p), header_of(p))])
         if tag == role:
             # The default tags ("arc", "bias") also take the frames whose
             # type card says so: many instruments number their files
@@ -274,6 +291,7 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
                 if tag == role else ""
             raise FileNotFoundError(
                 f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path{typed}"
+                + (" or its OBJECT card" if role == "science" else "")
                 + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
             )
         roles[role] = files

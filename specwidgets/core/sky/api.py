@@ -778,6 +778,14 @@ def fit_sky(
     result.warp_model = warp_model
     if blank_columns:
         result._amend_quality(lambda quality: dataclasses.replace(quality, blank_columns=tuple(blank_columns)))
+    if getattr(images, "unit", None) == "electron" and gain_source == "argument" and abs(gain - 1.0) > 1e-3:
+        # The detector's gain typed where the frames are in electrons already (the page's Gain field):
+        # the variance came out 0.63 of the truth under "ready" (trial J1).
+        twice = (f"The frames are in electrons (their gain was applied when they were read), yet gain={gain:g} "
+                 f"was given: the gain would count again, and the noise model's variance is {1 / gain:.2g} times "
+                 "the data's. For frames in electrons the gain is 1: leave it blank (the frames' own) or give 1.")
+        result._amend_quality(lambda quality: dataclasses.replace(
+            quality, warnings=[twice, *quality.warnings], suspect=True))
     if noise_note:
         result._amend_quality(lambda quality: dataclasses.replace(
             quality, noise_source=f"{quality.noise_source} ({noise_note})"))
