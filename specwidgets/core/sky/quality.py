@@ -553,7 +553,10 @@ def dark_rows(stack, masked_rows, noise_var, edges=False):
     if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
         return (none, none) if edges else none
     dark = lit_candidates & (med < UNLIT_FRACTION * bright)
-    past, lit_somewhere = _slanted_edge_rows(every4, lit_candidates, dark, noise_var)
+    if dark.any() or np.any(med[lit_candidates] < EDGE_FRACTION * bright):
+        past, lit_somewhere = _slanted_edge_rows(every4, lit_candidates, dark, noise_var)
+    else:  # (every row lit in most columns: no edge crosses the frame; the blocks' medians cost a pass)
+        past = lit_somewhere = np.zeros(n_rows, bool)
     crossed = (past | dark) & lit_somewhere if past.any() else past
     dark |= past
     grown = dark.copy()
