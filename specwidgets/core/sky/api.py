@@ -748,7 +748,7 @@ def fit_sky(
     try:
         if method == "median":
             result = _fit_median(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows,
-                                 (read_noise, gain, rn_source, gain_source), progress)
+                                 (read_noise, gain, rn_source, gain_source), progress, first_look)
         else:
             given = dict(options)
             noise = (read_noise, gain, rn_source, gain_source)
@@ -778,7 +778,8 @@ def fit_sky(
     result.warp_model = warp_model
     if blank_columns:
         result._amend_quality(lambda quality: dataclasses.replace(quality, blank_columns=tuple(blank_columns)))
-    if getattr(images, "unit", None) == "electron" and gain_source == "argument" and abs(gain - 1.0) > 1e-3:
+    unit = getattr(images, "unit", None)
+    if unit == "electron" and gain_source == "argument" and abs(gain - 1.0) > 1e-3:
         # The detector's gain typed where the frames are in electrons already (the page's Gain field):
         # the variance came out 0.63 of the truth under "ready" (trial J1).
         twice = (f"The frames are in electrons (their gain was applied when they were read), yet gain={gain:g} "
@@ -789,7 +790,6 @@ def fit_sky(
     if noise_note:
         result._amend_quality(lambda quality: dataclasses.replace(
             quality, noise_source=f"{quality.noise_source} ({noise_note})"))
-    unit = getattr(images, "unit", None)
     result.unit = None if unit is None else str(unit)
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     unchecked = _unchecked_poor_warp(warp_model, report, method)
@@ -911,7 +911,7 @@ def _complete_noise(noise, level, residual):
     return float(read_noise), float(gain), _noise_source(rn_source, gain_source), warnings
 
 
-def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress):
+def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, first_look=None):
     n_exp, n_rows, n_cols = stack.shape
     # Dead or hot columns out of the bins (a bin's median follows one that
     # fills a quarter of it): judged with the given noise, else a provisional one.
@@ -919,7 +919,9 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     if noise[0] is not None and noise[1] is not None:
         col_gain, col_rn = noise[1], noise[0]
     else:
-        provisional = provisional_noise(stack, masked_rows, noise[1])
+        # (The faint pixels' levels as the frames' noise check measured them, when it did.)
+        provisional = provisional_noise(stack, masked_rows, noise[1],
+                                        levels=None if first_look is None else first_look.levels)
         col_gain, col_rn = provisional[0], provisional[1]
     bad_columns, bad_samples = _bad_columns(stack, masked_rows, samples, col_gain, col_rn, emap)
     if bad_samples is not None:
@@ -1405,14 +1407,14 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             free = ~masked_rows[unlit_idx]
             some_free = bool(free.any())
             light = np.zeros(obs.shape)
+            # A row the slit's lit edge crosses (slanted) is lit in some
+            # columns only: its scale along them, where that fits better.
+            # (Those rows alone: elsewhere a scale per block would take
+            # smooth light, which has no lines, for sky, which has.)
+            crossed = first_look.edge[unlit_idx] if unlit_mode else None
             for _ in range(2 if some_free else 1):
                 num = np.sum(np.where(ok, (obs - light) * guess, 0.0), axis=1)
                 scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)[:, None]
-                # A row the slit's lit edge crosses (slanted) is lit in some
-                # columns only: its scale along them, where that fits better.
-                # (Those rows alone: elsewhere a scale per block would take
-                # smooth light, which has no lines, for sky, which has.)
-                crossed = first_look.edge[unlit_idx] if unlit_mode else None
                 if crossed is not None and crossed.any():
                     scale = np.broadcast_to(scale, obs.shape).copy()
                     scale[crossed] = _scale_along_columns((obs - light)[crossed], guess[crossed], ok[crossed],
@@ -2206,10 +2208,15 @@ def rows_from_mask(masked_rows, rows):
     return int(np.min(np.abs(masked[:, None] - np.atleast_1d(rows)[None, :])))
 
 
+#: What the warnings of light in the sky rows say (``_structure_after_rows`` finds them by it).
+_LEAK_PHRASE = "holds light above the sky"
+_WINGS_PHRASE = "brighten towards the mask"
+
+
 def _leak_warning(leak, row, masked_rows):
     """The warning for light above the sky in sky row ``row``: its likely cause by where the row lies."""
     distance = rows_from_mask(masked_rows, row)
-    head = f"Sky row {row} holds light above the sky ({leak:.2f} sigma per pixel on average): "
+    head = f"Sky row {row} {_LEAK_PHRASE} ({leak:.2f} sigma per pixel on average): "
     if distance is not None and distance <= LEAK_NEAR_MASK:
         return head + (f"{distance} row(s) from the mask, where a masked trace's wings reach: widen the mask "
                        "(or mask another source there).")
@@ -2277,7 +2284,7 @@ def _wings_check(rows, effpix, flux, level, gain, read_noise, masked_rows, skip)
 
 
 def _wings_warning(rise, start, stop):
-    return (f"The sky rows brighten towards the mask {start}:{stop} from both sides, with light that lacks "
+    return (f"The sky rows {_WINGS_PHRASE} {start}:{stop} from both sides, with light that lacks "
             f"the sky's lines ({rise:.2f} sigma per pixel more next to the mask than farther out): a source's "
             "wings, or an extended source, reach the sky rows, so the sky there and under the mask holds its "
             "light. Widen the mask, or take the sky from rows (or an exposure) without the source.")
@@ -2548,7 +2555,7 @@ def _structure_after_rows(warnings):
     """``warnings`` with the block-scatter one after those naming light in sky rows, which it then names
     as the likely cause: an unmasked faint source (or a persistence ghost) raises the blocks' scatter too,
     and "fringes" came first where there were none (trial J2)."""
-    rows = [w for w in warnings if "holds light above the sky" in w or "brighten towards the mask" in w]
+    rows = [w for w in warnings if _LEAK_PHRASE in w or _WINGS_PHRASE in w]
     structure = [w for w in warnings if w.startswith(_STRUCTURE_HEAD)]
     if not rows or not structure:
         return warnings
@@ -2847,8 +2854,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in bad_columns)]
         if dark:
             warnings.append(_dark_edge_warning(dark, n_cols))
-    changing = (_changing_lines(models, samples, ~skip, result.gain, result.read_noise) if method == "bspline"
-                else None)
+    changing = _changing_lines(models, ~skip, result.gain, result.read_noise) if method == "bspline" else None
     if changing is not None:
         listed = ", ".join(f"{e:.0f}" for e, _ in changing[:6]) + (" and more" if len(changing) > 6 else "")
         worst = max(c for _, c in changing)
@@ -2920,7 +2926,7 @@ CHANGING_LINE_LIMIT = 0.5
 CHANGING_LINE_FACTOR = 4.0
 
 
-def _changing_lines(models, samples, sky_rows, gain=1.0, read_noise=0.0):
+def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
     """``[(effective pixel, change), ...]`` of the sky's lines whose flux changes along the slit unlike the
     others (see :data:`CHANGING_LINE_LIMIT`), or None.
 
