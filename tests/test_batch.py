@@ -24,7 +24,7 @@ from astropy.io import fits
 import specwidgets as sw
 from specwidgets.batch import BatchLockedError, add_batch_parser, run_batch, run_batch_command
 from specwidgets.batch import runner as batch
-from specwidgets.batch.calibrations import FLAT_FLOOR
+from specwidgets.core.flat import FLAT_FLOOR
 from specwidgets.core.rows import RowRanges
 from specwidgets.io.fits_output import (
     MASK_BADFLAT,

@@ -518,7 +518,7 @@ def test_default_tags_take_arcs_and_biases_by_their_type_cards(tmp_path):
     assert data.files["arc"] == ["r0001.fits", "r0002.fits", "r0003.fits"]
     assert data.files["bias"] == ["r0004.fits", "r0005.fits"]
     assert data.files["science"] == ["r0007.fits", "r0008.fits"]
-    assert any(s.startswith("r0006.fits: OBSTYPE = 'LAMPFLAT', so not science") for s in data.skipped)
+    assert any(s.startswith("r0006.fits: OBSTYPE = 'LAMPFLAT', a flat, so not science (a flat tag") for s in data.skipped)
     # A tag of the user's own matches paths only: the other arcs are then not science either.
     data = load_folder(tmp_path, arc_tag="r0001")
     assert data.files["arc"] == ["r0001.fits"]

@@ -89,8 +89,8 @@ def test_session_records_what_batch_needs(page):
     data = json.loads(path.read_text())
     assert data["version"] == SESSION_VERSION
     assert data["source"] == {"kind": "folder", "folder": "night", "root": "data root", "instrument": "generic",
-                              "arc_tag": "arc_", "bias_tag": "bias_", "science_tag": "sci_", "crop": "3:68",
-                              "arc_combine": "sum"}
+                              "arc_tag": "arc_", "bias_tag": "bias_", "science_tag": "sci_", "flat_tag": "",
+                              "crop": "3:68", "arc_combine": "sum"}
     state = data["state"]
     assert state["mask_region"] == ["20:34", "50:55"]
     assert state["tolerance"] == 12.0 and state["warp_order"] == 2 and state["gain"] == "estimate"
@@ -397,3 +397,74 @@ def test_a_session_folder_found_from_the_wrong_place_is_refused(tmp_path, monkey
                         progress=False)
     assert summary.n_inputs == len(app.dashboard.exposure_names)
     assert not any("not the session's exposures" in n for n in summary.notes)
+
+
+def write_flats(folder, frames, seed=3, amplitude=0.08):
+    """Science frames seen through a pixel response (``amplitude`` rms) and three lamp flats of it.
+
+    The lamp's colour runs across the columns, as a quartz lamp's does: the
+    pixel-to-pixel normalisation must take it out. Returns the response.
+    """
+    rng = np.random.default_rng(seed)
+    response = 1 + amplitude * rng.standard_normal(SHAPE)
+    for i, image in enumerate(frames.science):
+        fits.writeto(folder / f"sci_{i:03d}.fits", (LEVEL + image * response).astype(np.float32), overwrite=True)
+    lamp = 20000.0 * np.linspace(0.6, 1.2, SHAPE[1])[None, :]
+    (folder / "flat").mkdir()
+    for i in range(3):
+        flat = LEVEL + rng.poisson(lamp * response) + rng.normal(0, 4, SHAPE)
+        fits.writeto(folder / "flat" / f"f{i}.fits", flat.astype(np.float32))
+    return response
+
+
+def test_a_flat_tag_divides_the_science_and_batch_replays_it(tmp_path):
+    """The page's Flat tag divides the science frames by the normalised flats, as ``batch --flat`` does: the
+    residuals in the sky rows drop to the noise; the session's replay takes the same flats and gives the same
+    sky, and keeps the page's exports (batch used to refuse them: "the dashboard does not divide by flats")."""
+    from specwidgets.app.page import DashboardApp
+    from specwidgets.batch.runner import run_batch
+
+    root = tmp_path / "data"
+    folder = root / "night"
+    frames = write_night(folder)
+    write_flats(folder, frames)
+    lo, hi = frames.trace_rows
+    mask = f"{lo - 3 - 6}:{hi - 3 + 6}"  # rows of the frame cropped 3:68, trace and wings
+    sky_rows = np.r_[0:lo - 3 - 6, hi - 3 + 6:SHAPE[0] - 5]
+    truth = frames.sky[:, 3:68][:, sky_rows]
+    sigma = np.sqrt(truth / frames.gain + frames.read_noise ** 2)
+    apps, chi = {}, {}
+    for tag in ("", "flat"):
+        app = DashboardApp(data_root=root, output_root=root)
+        app.source.value = "folder"
+        app.folder.value = "night"
+        app._apply_preset({"instrument": "generic", "arc_tag": "arc_", "bias_tag": "bias_", "science_tag": "",
+                           "flat_tag": tag, "crop": "3:68", "mask": mask})
+        assert app.load(), app.message.value
+        dash = app.dashboard
+        assert dash.state.science.shape[0] == 2 and not dash.state.error
+        resid = (np.asarray(dash.state.science) - dash.background)[:, sky_rows]
+        chi[tag] = float(np.sqrt(np.nanmean((resid / sigma) ** 2)))
+        apps[tag] = app
+    print("residual RMS / noise in the sky rows, without and with the flats:", chi)
+    # 8 % of a 60-count sky is 0.6 of the noise: the response adds it in quadrature unless divided out.
+    assert chi[""] > 1.1 and chi["flat"] < 1.05
+    assert "flat tag" in apps[""].message.value  # the left-out flats say how to use them
+
+    app = apps["flat"]
+    path = app.save_session("flat.json")
+    assert json.loads(path.read_text())["source"]["flat_tag"] == "flat"
+    written = app.dashboard.export(tmp_path / "out", dtype="float64")
+    with fits.open(written[0]) as hdul:
+        assert hdul[0].header["SWNFLAT"] == 3 and hdul[0].header["SWFLNORM"] == "pixel"
+    summary = run_batch(out_dir=tmp_path / "out", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, dtype="float64")
+    assert summary.ok and len(summary.skipped) == 2, summary.report()  # the exports kept, not refused
+    summary = run_batch(out_dir=tmp_path / "batch", settings=path, data_root=root, workers=1, processes=False,
+                        progress=False, dtype="float64")
+    assert summary.ok and len(summary.done) == 2, summary.report()
+    assert not any("flat/" in n for n in summary.notes)  # taken, not left out
+    for k, out in enumerate(written):
+        assert max_relative(sky_of(tmp_path / "batch" / out.name), app.dashboard.background[k]) <= 1e-6
+        with fits.open(tmp_path / "batch" / out.name) as hdul:
+            assert hdul[0].header["SWNFLAT"] == 3

@@ -39,6 +39,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..core.extract import guess_trace_rows
 from ..core.rows import RowRanges
 from ..io.discovery import find_frames
@@ -75,6 +77,7 @@ GOODMAN_PRESET = {
     "arc_tag": "lamp/",
     "bias_tag": "bias/",
     "science_tag": "spec_",
+    "flat_tag": "",
     "crop": "680:800",
     "mask": "20:100",
 }
@@ -85,6 +88,7 @@ DEFAULT_PRESET = {
     "arc_tag": "arc",
     "bias_tag": "bias",
     "science_tag": "",
+    "flat_tag": "",
     "crop": "",
     "mask": "",
 }
@@ -206,7 +210,7 @@ class DashboardApp:
         The current dashboard.
     source : ipywidgets.ToggleButtons
         ``"demo"``, ``"goodman"`` or ``"folder"``.
-    folder, instrument, arc_tag, bias_tag, science_tag, crop, mask : ipywidgets widgets
+    folder, instrument, arc_tag, bias_tag, science_tag, flat_tag, crop, mask : ipywidgets widgets
         The folder form.
     load_button : ipywidgets.Button
     progress : ipywidgets.IntProgress
@@ -259,18 +263,21 @@ class DashboardApp:
         self.arc_tag = w.Text(description="Arc tag", **text)
         self.bias_tag = w.Text(description="Bias tag", placeholder="blank: no bias frames", **text)
         self.science_tag = w.Text(description="Science tag", placeholder="blank: every other file", **text)
+        self.flat_tag = w.Text(description="Flat tag", placeholder="blank: no flat fielding", **text)
         self.crop = w.Text(description="Crop rows", placeholder="start:stop (blank: all)", **text)
         self.mask = w.Text(description="Mask rows", placeholder="start:stop (blank: find the trace)", **text)
         self._form_edited = False
         self._applying = False
         self._apply_preset(DEFAULT_PRESET)
-        for widget in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.crop, self.mask):
+        for widget in (self.instrument, self.arc_tag, self.bias_tag, self.science_tag, self.flat_tag, self.crop,
+                       self.mask):
             widget.observe(self._on_form_edit, names="value")
         help_text = w.HTML(
             "<span style='font-size:90%;color:#555'>A tag picks the files whose path below the folder "
             "contains it (subfolders one level down are searched too, so <code>lamp/</code> picks a "
-            "subfolder). Crop rows are kept of each trimmed frame; mask rows (of the cropped frame) are "
-            "kept out of the sky fit.</span>"
+            "subfolder). A flat tag divides the science frames by those flats (normalised to their "
+            "pixel-to-pixel response, as <code>specwidgets batch --flat</code>). Crop rows are kept of each "
+            "trimmed frame; mask rows (of the cropped frame) are kept out of the sky fit.</span>"
         )
         self.folder_form = w.VBox(
             [
@@ -278,6 +285,7 @@ class DashboardApp:
                 w.HBox([self.instrument, self.crop]),
                 w.HBox([self.arc_tag, self.bias_tag]),
                 w.HBox([self.science_tag, self.mask]),
+                w.HBox([self.flat_tag]),
                 help_text,
             ],
             layout=w.Layout(display="none", border="1px solid #ddd", padding="4px", margin="2px 0"),
@@ -329,6 +337,7 @@ class DashboardApp:
             self.arc_tag.value = preset["arc_tag"]
             self.bias_tag.value = preset["bias_tag"]
             self.science_tag.value = preset["science_tag"]
+            self.flat_tag.value = preset.get("flat_tag", "")
             self.crop.value = preset["crop"]
             self.mask.value = preset["mask"]
         finally:
@@ -547,7 +556,7 @@ class DashboardApp:
                     )
         data = load_folder(
             folder, instrument=self.instrument.value, arc_tag=self.arc_tag.value,
-            bias_tag=self.bias_tag.value, science_tag=self.science_tag.value,
+            bias_tag=self.bias_tag.value, science_tag=self.science_tag.value, flat_tag=self.flat_tag.value,
             crop_bds=crop, progress=self._show_progress,
         )
         n_rows = data.science.shape[1]
@@ -567,8 +576,14 @@ class DashboardApp:
         shared = {
             "instrument": self.instrument.value, "crop": crop, "unit": data.unit, "arc_combine": data.arc_combine,
             "dispersion_axis": data.instrument_options.get("dispersion_axis"),
-            **{role: [Path(f).name for f in data.files.get(role, [])] for role in ("bias", "arc")},
+            **{role: [Path(f).name for f in data.files.get(role, [])] for role in ("bias", "flat", "arc")},
         }
+        if data.flat is not None:
+            from specwidgets.io.fits_output import MASK_BADFLAT
+
+            shared["flat_norm"] = data.flat_norm
+            # As batch marks them: the pixels the flat could not correct (NaN in the science).
+            self.dashboard.export_extra_mask = np.where(np.isfinite(data.flat), 0, MASK_BADFLAT).astype(np.uint8)
         gains = data.input_gains or [None] * data.science.shape[0]
         self.dashboard.export_provenance = [{**shared, "input_gain": gain} for gain in gains]
         notes = list(data.notes)
@@ -591,6 +606,7 @@ class DashboardApp:
 
         record = {"kind": kind, "instrument": self.instrument.value, "arc_tag": self.arc_tag.value,
                   "bias_tag": self.bias_tag.value, "science_tag": self.science_tag.value,
+                  "flat_tag": self.flat_tag.value,
                   "crop": None if crop is None else mask_text(crop), "arc_combine": arc_combine}
         if kind == "folder":
             folder = Path(folder).resolve()

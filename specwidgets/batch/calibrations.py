@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core._warnings import warnings_at_caller
+from ..core.flat import FLAT_NORMS, normalise_flat, usable_flat
 from ..core.frames import binning_text
 from ..core.lines import find_cal_lines
 from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
@@ -17,23 +18,6 @@ from ..io.instruments import resolve_instrument
 from ..io.loading import matching_files, read_frame
 
 __all__ = ["ARC_COMBINES", "FLAT_NORMS", "Calibrations", "normalise_flat", "prepare_calibrations"]
-
-#: Flat normalisations: the pixel-to-pixel response alone (the flat over its
-#: smoothed self), by the median along the slit of each column, or overall.
-FLAT_NORMS = ("pixel", "column", "global")
-
-#: Normalised-flat values at or below this are unusable.
-FLAT_FLOOR = 0.05
-
-#: ``"pixel"``: the flat's running median over this many pixels, along the
-#: dispersion then along the slit, is its large-scale part.
-PIXEL_FLAT_WINDOW = 9
-
-#: ``"pixel"``: where the smoothed flat is below this fraction of its median
-#: the lamp lit too little to measure a response: those pixels are left as
-#: they are (response 1).
-PIXEL_FLAT_LIT = 0.1
-
 
 #: How the arc frames can be combined: summed (every lamp's lines kept) or median-combined.
 ARC_COMBINES = ("sum", "median")
@@ -74,59 +58,6 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
     if how == "sum":
         return stack.sum(axis=0), units.pop()
     return np.median(stack, axis=0, overwrite_input=True), units.pop()
-
-
-def normalise_flat(flat, how="pixel"):
-    """Normalised flat (bias already subtracted), NaN where unusable.
-
-    ``"pixel"`` (the default) keeps the pixel-to-pixel response only: the
-    flat divided by its running median over :data:`PIXEL_FLAT_WINDOW` pixels
-    along the dispersion, averaged over as many rows along the slit. The lamp's spectrum and its
-    illumination of the slit go, which the sky fit models from the sky
-    itself: a lamp lights the slit otherwise than the sky does (on the
-    Goodman sample, ``"column"`` left sky-line residuals 1.3x larger and a
-    suspect fit). ``"column"`` divides each column by its median along the
-    slit (the lamp's illumination stays), ``"global"`` by the overall median.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> response = 1 + 0.01 * rng.standard_normal((40, 200))
-    >>> lamp = np.linspace(0.5, 1.5, 200)[None, :] * np.linspace(0.8, 1.0, 40)[:, None]
-    >>> flat = 30000 * lamp * response
-    >>> def error(how):  # RMS of the normalised flat over the true response, minus 1
-    ...     return float(np.std(normalise_flat(flat, how) / response - 1))
-    >>> print(f"{error('pixel'):.4f} {error('column'):.3f}")
-    0.0027 0.066
-    """
-    if how not in FLAT_NORMS:
-        raise ValueError(f"unknown flat normalisation {how!r}; choose one of {', '.join(FLAT_NORMS)}")
-    if how == "pixel":
-        from scipy.ndimage import uniform_filter1d
-
-        from ..core.extract import running_median_rows
-
-        flat = np.asarray(flat, dtype=np.float64)
-        # A median along the dispersion (bad columns and cosmic rays go), then a
-        # mean along the slit (a fifth of a second median's noise, no row lost).
-        smooth = uniform_filter1d(running_median_rows(flat, PIXEL_FLAT_WINDOW), PIXEL_FLAT_WINDOW, axis=0,
-                                  mode="nearest")
-        finite = np.isfinite(smooth)
-        level = np.median(smooth[finite]) if finite.any() else np.nan
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lit = smooth > PIXEL_FLAT_LIT * level
-            # Unlit by the lamp: no response measured (1); not finite: unusable (NaN).
-            out = np.where(lit, flat / np.where(lit, smooth, 1.0), np.where(np.isfinite(flat), 1.0, np.nan))
-        out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
-        return out
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if how == "column":
-            norm = np.nanmedian(flat, axis=0, keepdims=True)
-        else:
-            norm = np.nanmedian(flat)
-        out = flat / np.where(norm > 0, norm, np.nan)
-    out[~np.isfinite(out) | (out <= FLAT_FLOOR)] = np.nan
-    return out
 
 
 @dataclass
@@ -190,24 +121,8 @@ def prepare_calibrations(
         if bias_img is not None:
             _check_shape(raw_flat, bias_img, "flat", "bias")
             raw_flat -= bias_img
-        flat_img = normalise_flat(raw_flat, flat_norm)
-        # Lit: well above the flat's own pixel noise (a flat of bias alone is
-        # noise about zero, half of it "positive").
-        steps = np.abs(np.diff(raw_flat, axis=1))
-        steps = steps[np.isfinite(steps)]
-        bad = 1.0
-        if steps.size:
-            noise = 1.4826 * np.median(steps) / np.sqrt(2.0)
-            with np.errstate(invalid="ignore"):
-                lit = np.isfinite(flat_img) & (raw_flat > 3.0 * noise)
-            if np.nanmedian(raw_flat) > 3.0 * noise:
-                bad = 1.0 - np.count_nonzero(lit) / flat_img.size
-        if bad > 0.5:
-            names = ", ".join(p.name for p in flat_files[:4]) + (", ..." if len(flat_files) > 4 else "")
-            raise ValueError(
-                f"the flat frames ({names}) are unusable in {100 * bad:.0f} % of the pixels (the bias-subtracted "
-                f"median is not well above its noise, or not finite, there): check --flat, or leave it out"
-            )
+        names = ", ".join(p.name for p in flat_files[:4]) + (", ..." if len(flat_files) > 4 else "")
+        flat_img = usable_flat(raw_flat, flat_norm, f"the flat frames ({names})", "check --flat, or leave it out")
     if len(units) > 1:
         raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
     if warp_model is None and arc_img is None:

@@ -288,8 +288,11 @@ def _export_mismatch(out, job, path):
         return "another warp model"
     if sci_header.get("BITPIX") != {"float32": -32, "float64": -64}[job.dtype]:
         return f"BITPIX {sci_header.get('BITPIX')}, this run writes {job.dtype}"
-    if job.cal_content.get("flat"):
-        return "this run divides by flats, the dashboard does not"
+    flats = [str(h)[len("flat: "):] for h in header.get("HISTORY", []) if str(h).startswith("flat: ")]
+    if flats != [f"flat: {name}"[:72][len("flat: "):] for name in job.settings["flat"]]:
+        return f"flat frames {_names_text(flats)}, this run's are {_names_text(job.settings['flat'])}"
+    if job.settings["flat"] and header.get("SWFLNORM") != job.settings["flat_norm"]:
+        return f"flat normalisation {header.get('SWFLNORM')!r}, this run's is {job.settings['flat_norm']!r}"
     return ""
 
 
@@ -929,10 +932,10 @@ def _check_outputs_unique(files):
         raise ValueError(f"several inputs would write the same output file: {listing}")
 
 
-def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_model=False):
+def _apply_settings(settings, data_root, given, science, arc, bias, flat=(), has_warp_model=False):
     """Fill the arguments left at None from a session (then the defaults); files from its folder.
 
-    Returns ``(arguments, science, arc, bias)``.
+    Returns ``(arguments, science, arc, bias, flat)``.
     """
     from ..io.settings import batch_arguments, folder_roles, read_session, validate_session
 
@@ -956,7 +959,8 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
         if folder is not None:
             empty = {name: not _given_files(files) for name, files in
                      (("science", science), ("arc", arc), ("bias", bias))}
-            if empty["science"] or (empty["arc"] and not has_warp_model) or empty["bias"]:
+            empty["flat"] = not _given_files(flat) and bool(tags.get("flat"))
+            if empty["science"] or (empty["arc"] and not has_warp_model) or empty["bias"] or empty["flat"]:
                 roles = folder_roles(folder, **{f"{k}_tag": v for k, v in tags.items()})
                 if empty["science"]:
                     science = roles["science"]
@@ -965,6 +969,8 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
                     arc = roles["arc"]
                 if empty["bias"] and _given_files(arc) and arc == roles["arc"]:
                     bias = roles["bias"]  # the folder's own bias goes with its own arcs
+                if empty["flat"]:
+                    flat = roles["flat"]  # the page's flat tag: the page divided by these flats
             names = (session.get("frames") or {}).get("exposure_names")
             if names:
                 group = (Path(folder), [str(n) for n in names])
@@ -984,7 +990,7 @@ def _apply_settings(settings, data_root, given, science, arc, bias, has_warp_mod
     out["_group"] = group
     out["_left_out"] = left_out
     out["_notes"] = notes
-    return out, science, arc, bias
+    return out, science, arc, bias, flat
 
 
 def _session_folder_check(session, folder, names, science, data_root):
@@ -1383,8 +1389,8 @@ def run_batch(
         "arc_combine": arc_combine, "std_variation": std_variation, "line_order": line_order,
         "warp_order": warp_order, "tolerance": tolerance,
     }
-    resolved, science, arc, bias = _apply_settings(settings, data_root, given, science, arc, bias,
-                                                   has_warp_model=warp_model is not None)
+    resolved, science, arc, bias, flat = _apply_settings(settings, data_root, given, science, arc, bias, flat,
+                                                         has_warp_model=warp_model is not None)
     instrument, crop, masks, guesses = (resolved[k] for k in ("instrument", "crop", "masks", "guesses"))
     method, spatial_order, sky_options = resolved["method"], resolved["spatial_order"], resolved["sky_options"]
     read_noise, gain, arc_combine = resolved["read_noise"], resolved["gain"], resolved["arc_combine"]

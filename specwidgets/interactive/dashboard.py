@@ -162,6 +162,8 @@ class Dashboard(ipywidgets.VBox):
         #: one dict, or one per exposure, set by whoever loaded the frames (the
         #: page's folder form), else none.
         self.export_provenance = None
+        #: MASK bits every exported exposure gets (the page sets MASK_BADFLAT where its flat was unusable).
+        self.export_extra_mask = None
         if self.input_headers is not None and len(self.input_headers) != n_exp:
             raise ValueError(f"input_headers has {len(self.input_headers)} headers for {n_exp} exposure(s)")
         self.export_folder = ipywidgets.Text(value="specwidgets_sky", description="Export to")
@@ -303,7 +305,7 @@ class Dashboard(ipywidgets.VBox):
             prov.setdefault("n_guesses", n_guesses)
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite, dtype=dtype, input_headers=self.input_headers,
-                                provenance=provenance)
+                                provenance=provenance, extra_mask=self.export_extra_mask)
         self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 

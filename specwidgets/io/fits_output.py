@@ -584,7 +584,7 @@ def write_exposure(result, exposure, path, *, warp_model=None, provenance=None, 
 
 
 def export_result(result, out_dir, names, *, warp_model=None, provenance=None, overwrite=True, dtype="float32",
-                  input_headers=None):
+                  input_headers=None, extra_mask=None):
     """Write every exposure of an in-memory :class:`SkyResult` as the batch runner would.
 
     Parameters
@@ -608,6 +608,9 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     input_headers : sequence of astropy.io.fits.Header, optional
         Each exposure's input header (None entries allowed): its observation
         keywords go into that output, as batch carries them.
+    extra_mask : (n_rows, n_cols) uint8 array, optional
+        Bits OR'ed into every exposure's ``MASK`` (:data:`MASK_BADFLAT` where
+        the flat the frames were divided by was unusable, as batch marks them).
 
     Returns
     -------
@@ -639,7 +642,7 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
         prov = {**(provs[k] or {}), "input": name}
         written.append(write_exposure(result, k, target, warp_model=warp_model, provenance=prov, dtype=dtype,
-                                      input_header=headers[k]))
+                                      input_header=headers[k], extra_mask=extra_mask))
     return written
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..core.flat import FLAT_NORMS, usable_flat
 from ..core.frames import FrameArray
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
@@ -45,7 +46,7 @@ class FolderData:
     unit : str
         ``"electron"`` or ``"adu"``.
     files : dict
-        Role (``"arc"``, ``"bias"``, ``"science"``) -> relative paths read.
+        Role (``"arc"``, ``"bias"``, ``"flat"``, ``"science"``) -> relative paths read.
     skipped : list of str
         ``"path: reason"`` for every file left out.
     headers : list of astropy.io.fits.Header
@@ -60,6 +61,11 @@ class FolderData:
         (:func:`~specwidgets.io.loading.arc_orientation`).
     notes : list of str
         What was decided for the user (the frames turned).
+    flat : (n_rows, n_cols) array or None
+        The normalised flat the science frames were divided by (NaN where
+        unusable), or None.
+    flat_norm : str or None
+        Its normalisation (None without flats).
     """
 
     science: np.ndarray
@@ -74,6 +80,8 @@ class FolderData:
     input_gains: list = field(default_factory=list)
     instrument_options: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    flat: np.ndarray | None = None
+    flat_norm: str | None = None
 
 
 # Words in a file's path, or values of its frame-type card, that mark a
@@ -207,16 +215,16 @@ def _object_matches(header, tag):
     return squeeze(str(tag).lower().split()) in squeeze(str(header["OBJECT"]).lower().split())
 
 
-def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
-    """The arc, bias and science files of a folder chosen by tags: ``(roles, skipped)``.
+def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag="", flat_tag=""):
+    """The arc, bias, flat and science files of a folder chosen by tags: ``(roles, skipped)``.
 
     The one rule of the page's folder loader and of batch runs from a saved
-    session. Roles are claimed in order (arc, bias, science): a file claimed
-    by an earlier role is not taken again. The default tags ``"arc"`` and
-    ``"bias"`` also take the frames whose type card names an arc or a bias
+    session. Roles are claimed in order (arc, bias, flat, science): a file claimed
+    by an earlier role is not taken again. The tags ``"arc"``, ``"bias"``
+    and ``"flat"`` also take the frames whose type card names an arc, a bias or a flat
     (:func:`frame_kind`: ``IMAGETYP = 'COMP'``, ``OBSTYPE = 'ZERO'``, ...);
-    other tags match paths only. An empty bias tag means no bias
-    frames; an empty science tag means every other file but the flats and
+    other tags match paths only. An empty bias (flat) tag means no bias
+    (flat) frames; an empty science tag means every other file but the flats and
     darks ("flat"/"dark" as a word of the path, or a frame-type card such
     as ``IMAGETYP`` naming a calibration frame); a science tag also takes
     the frames whose ``OBJECT`` card holds it (calibration frames aside), for
@@ -242,8 +250,8 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
         return headers[path]
 
     roles, claimed, skipped = {}, set(), []
-    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("science", science_tag)):
-        if role == "bias" and not tag:
+    for role, tag in (("arc", arc_tag), ("bias", bias_tag), ("flat", flat_tag), ("science", science_tag)):
+        if role in ("bias", "flat") and not tag:
             roles[role] = []
             continue
         found = [p for p in find_frames(root, tag or "") if p not in claimed]
@@ -268,8 +276,11 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
                 # A tag matched an output folder's name ("arc" in out_onearc/).
                 why = "a specwidgets output (sky subtracted), not a raw frame"
             elif role == "science" and not tag:
-                why = calibration_reason(path, rel(path), header)
-                why = f"{why}, so not science (give a science tag to take it)" if why else ""
+                kind, why = calibration_kind(path, rel(path), header)
+                if kind == "flat" and not flat_tag:
+                    why = f"{why}, a flat, so not science (a flat tag, e.g. 'flat', divides the science frames by the flats)"
+                elif why:
+                    why = f"{why}, so not science (give a science tag to take it)"
             else:
                 why = ""
             if why:
@@ -301,8 +312,9 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag=""):
 
 def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag: str = "arc", bias_tag: str = "bias",
                 science_tag: str = "", crop_bds: tuple[int | None, int | None] | None = None,
-                progress: Callable | None = None, arc_combine: str = "sum") -> FolderData:
-    """Read the arc, bias and science frames of a folder, one file at a time.
+                progress: Callable | None = None, arc_combine: str = "sum", flat_tag: str = "",
+                flat_norm: str = "pixel") -> FolderData:
+    """Read the arc, bias, flat and science frames of a folder, one file at a time.
 
     Parameters
     ----------
@@ -328,6 +340,15 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     arc_combine : {"sum", "median"}
         How the arc frames (each minus the bias) are combined: summed by
         default, so arcs of different lamps each keep their lines.
+    flat_tag : str
+        Selects the flat frames (blank, the default: no flat fielding; ``"flat"``
+        also takes the frames whose type card names a flat). The science
+        frames, minus the bias, are divided by the flats' median minus the
+        bias, normalised by ``flat_norm`` (see
+        :func:`~specwidgets.core.flat.normalise_flat`), as ``specwidgets batch
+        --flat`` does; pixels where the flat is unusable become NaN. The arc
+        is not flat-fielded.
+    flat_norm : {"pixel", "column", "global"}
 
     Returns
     -------
@@ -357,7 +378,9 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     def rel(path):
         return path.relative_to(root).as_posix()
 
-    roles, skipped = folder_files(root, arc_tag, bias_tag, science_tag)
+    if flat_norm not in FLAT_NORMS:
+        raise ValueError(f"flat_norm must be one of {', '.join(FLAT_NORMS)}; got {flat_norm!r}")
+    roles, skipped = folder_files(root, arc_tag, bias_tag, science_tag, flat_tag)
     # Frames whose wavelength runs down the rows are turned before any crop.
     options, note = arc_orientation(roles["arc"], instrument)
     notes = [note] if note else []
@@ -406,10 +429,17 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     # Each arc minus the bias, then summed: lamps lit in one frame only keep their lines.
     arcs = np.stack([d for _, d, _ in frames["arc"]]) - zero
     arc = arcs.sum(axis=0) if arc_combine == "sum" else np.median(arcs, axis=0)
+    flat = None
+    if frames["flat"]:
+        # As batch's calibrations: the flats' median minus the bias, normalised.
+        names = ", ".join(p.name for p, _, _ in frames["flat"][:4]) + (", ..." if len(frames["flat"]) > 4 else "")
+        flat = usable_flat(np.median(np.stack([d for _, d, _ in frames["flat"]]), axis=0) - zero, flat_norm,
+                           f"the flat frames ({names})", "check the flat tag, or leave it blank")
     science_meta = [m for _, _, m in frames["science"]]
-    science = FrameArray(
-        np.stack([d for _, d, _ in frames["science"]]) - zero, **noise_of_frames(science_meta, instrument)
-    )
+    pixels = np.stack([d for _, d, _ in frames["science"]]) - zero
+    if flat is not None:
+        pixels /= flat
+    science = FrameArray(pixels, **noise_of_frames(science_meta, instrument))
     return FolderData(
         science=science,
         arc=arc,
@@ -423,4 +453,6 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         input_gains=[input_gain(instrument, d) for _, d, _ in frames["science"]],
         instrument_options=options,
         notes=notes,
+        flat=flat,
+        flat_norm=flat_norm if flat is not None else None,
     )

@@ -9,7 +9,8 @@ A session is a JSON object written by
       "version": 2,
       "source": {"kind": "folder", "folder": "night1", "root": "data root",
                  "instrument": "goodman", "arc_tag": "lamp/", "bias_tag": "bias/",
-                 "science_tag": "spec_", "crop": "680:800", "arc_combine": "sum"},
+                 "science_tag": "spec_", "flat_tag": "", "crop": "680:800",
+                 "arc_combine": "sum"},
       "frames": {"shape": [120, 1024], "n_exposures": 2, "exposure_names": [...]},
       "state": {"mask_region": ["20:100"], "guesses": [...], "tolerance": 16.0,
                 "std_variation": 50.0, "line_order": 2, "warp_order": 1,
@@ -70,7 +71,8 @@ READABLE_VERSIONS = (1, 2)
 
 TOP_KEYS = {"format", "version", "source", "frames", "state", "display", "preview"}
 SOURCE_KINDS = ("demo", "goodman", "folder")
-SOURCE_KEYS = {"kind", "folder", "root", "instrument", "arc_tag", "bias_tag", "science_tag", "crop", "arc_combine"}
+SOURCE_KEYS = {"kind", "folder", "root", "instrument", "arc_tag", "bias_tag", "science_tag", "flat_tag", "crop",
+               "arc_combine"}
 FRAMES_KEYS = {"shape", "n_exposures", "exposure_names"}
 #: The state's inputs a session holds (SkyState traits).
 STATE_KEYS = {
@@ -177,7 +179,7 @@ def validate_session(data):
         _unknown("source", source, SOURCE_KEYS)
         if source.get("kind") not in SOURCE_KINDS:
             _fail("source.kind", f"expected one of {', '.join(SOURCE_KINDS)}; got {source.get('kind')!r}")
-        for name in ("folder", "instrument", "arc_tag", "bias_tag", "science_tag"):
+        for name in ("folder", "instrument", "arc_tag", "bias_tag", "science_tag", "flat_tag"):
             if source.get(name) is not None and not isinstance(source[name], str):
                 _fail(f"source.{name}", f"expected text; got {source[name]!r}")
         if source["kind"] == "folder" and not source.get("folder"):
@@ -250,13 +252,13 @@ def read_session(path):
         raise ValueError(f"{path}: {exc}") from None
 
 
-def folder_roles(folder, arc_tag="arc", bias_tag="bias", science_tag=""):
-    """The arc, bias and science files of a folder chosen by tags, as the page's folder loader does.
+def folder_roles(folder, arc_tag="arc", bias_tag="bias", science_tag="", flat_tag=""):
+    """The arc, bias, flat and science files of a folder chosen by tags, as the page's folder loader does.
 
-    Returns ``{"arc": [...], "bias": [...], "science": [...], "skipped": [...]}``
+    Returns ``{"arc": [...], "bias": [...], "flat": [...], "science": [...], "skipped": [...]}``
     (paths, and ``"path: reason"`` for the files left out), by
     :func:`specwidgets.io.folder.folder_files`, the page's own rule: a file
-    claimed by an earlier role (arc, then bias) is not taken again, and an
+    claimed by an earlier role (arc, bias, flat) is not taken again, and an
     empty science tag leaves out flats, darks and specwidgets outputs.
     """
     from .folder import folder_files
@@ -265,7 +267,7 @@ def folder_roles(folder, arc_tag="arc", bias_tag="bias", science_tag=""):
     if not folder.is_dir():
         raise ValueError(f"the session's folder {str(folder)!r} does not exist")
     try:
-        roles, skipped = folder_files(folder, arc_tag, bias_tag, science_tag or "")
+        roles, skipped = folder_files(folder, arc_tag, bias_tag, science_tag or "", flat_tag or "")
     except FileNotFoundError as exc:
         raise ValueError(f"the session's tags: {exc}") from None
     return {**roles, "skipped": skipped}
@@ -318,5 +320,5 @@ def batch_arguments(session, data_root=None):
             out["folder"] = folder
         if "folder" in out:
             out["tags"] = {k: source.get(f"{k}_tag", d) for k, d in (("arc", "arc"), ("bias", "bias"),
-                                                                   ("science", ""))}
+                                                                   ("science", ""), ("flat", ""))}
     return out
