@@ -103,6 +103,23 @@ def test_add_and_remove_mask_ranges(dash, frames):
     assert state.error == ""
 
 
+def test_a_range_dragged_over_another_says_they_became_one(dash, frames):
+    """Overlapping ranges mask the same rows and the state keeps them as one; the viewer says so (the selector
+    used to drop one without a word), and the next edit clears the note."""
+    viewer, state = dash.viewer, dash.state
+    lo, hi = frames.trace_rows
+    viewer.add_range(hi + 5, hi + 9)
+    assert len(state.masks) == 2 and viewer.mask_note.value == ""
+    viewer.mask_slider.value = (hi - 2, hi + 9)  # the second range's lower handle dragged over the trace's
+    assert len(state.masks) == 1 and state.masks[0] == (lo, hi + 9)
+    assert f"{lo}:{hi} and {hi - 2}:{hi + 9} overlap: now one range {lo}:{hi + 9}" in viewer.mask_note.value
+    viewer.mask_slider.value = (lo, hi + 8)
+    assert viewer.mask_note.value == ""
+    dash.undo_button.click()
+    dash.undo_button.click()
+    assert len(state.masks) == 2
+
+
 def test_mask_over_every_row_is_shown_and_last_result_kept(dash):
     good = dash.background
     dash.viewer.mask_slider.value = (0, 60)  # no exception escapes
@@ -112,6 +129,19 @@ def test_mask_over_every_row_is_shown_and_last_result_kept(dash):
     dash.viewer.mask_slider.value = (10, 40)
     assert dash.state.error == "" and dash.status.banner.layout.display == "none"
     assert dash.background is not good
+
+
+def test_the_exposure_menu_names_the_files_and_their_targets(frames):
+    """A night's exposures are told apart by file and target, not "exposure 0", "exposure 1" (trial J1)."""
+    from astropy.io import fits
+
+    dash = Dashboard(frames.science, frames.arc, mask_region=frames.trace_rows, read_noise=4.0,
+                     exposure_names=["night/r0012.fits", "night/r0013.fits"],
+                     input_headers=[fits.Header({"OBJECT": "NGC 253"}), fits.Header({"OBJECT": "Feige 110"})])
+    assert [label for label, _ in dash.viewer.exposure.options] == ["0: r0012.fits (NGC 253)",
+                                                                     "1: r0013.fits (Feige 110)"]
+    dash.viewer.exposure.value = 1
+    assert dash.state.exposure == 1
 
 
 def test_views_exposures_and_stretch(dash):

@@ -118,9 +118,19 @@ class Dashboard(ipywidgets.VBox):
                 traits["mask_region"] = mask_region
             state = SkyState(science, arc, read_noise=read_noise, method=method, **traits)
         self.state = state
+        n_exp = state.n_exposures
+        self.exposure_names = list(exposure_names) if exposure_names is not None else [
+            f"exposure_{k}" for k in range(n_exp)
+        ]
+        if len(self.exposure_names) != n_exp:
+            raise ValueError(f"exposure_names has {len(self.exposure_names)} names for {n_exp} exposure(s)")
+        self.input_headers = list(input_headers) if input_headers is not None else None
+        if self.input_headers is not None and len(self.input_headers) != n_exp:
+            raise ValueError(f"input_headers has {len(self.input_headers)} headers for {n_exp} exposure(s)")
         self.status = StatusBar(state, follow_delay=FOLLOW_DELAY)
         guard = self.status.guard
-        self.viewer = ImageViewer(state, status=self.status, figsize=figsize)
+        labels = exposure_labels(self.exposure_names, self.input_headers) if exposure_names is not None else None
+        self.viewer = ImageViewer(state, status=self.status, figsize=figsize, exposure_labels=labels)
         # The views beside the picture redraw a moment after it, so that the
         # page gets and paints the picture first (see SEDExplorer's follow_delay).
         self.sed = SEDExplorer(state, status=self.status, follow_delay=FOLLOW_DELAY)
@@ -150,13 +160,6 @@ class Dashboard(ipywidgets.VBox):
         for i, title in enumerate(["Sky", "Warp guesses"][: len(pages)]):
             self.tabs.set_title(i, title)
         self.tabs.observe(guard(self._on_tab), names="selected_index")
-        n_exp = state.n_exposures
-        self.exposure_names = list(exposure_names) if exposure_names is not None else [
-            f"exposure_{k}" for k in range(n_exp)
-        ]
-        if len(self.exposure_names) != n_exp:
-            raise ValueError(f"exposure_names has {len(self.exposure_names)} names for {n_exp} exposure(s)")
-        self.input_headers = list(input_headers) if input_headers is not None else None
         #: Header entries an export records of the inputs (instrument, crop,
         #: unit, calibration files, input gain; see ``fits_output.sky_header``):
         #: one dict, or one per exposure, set by whoever loaded the frames (the
@@ -164,8 +167,6 @@ class Dashboard(ipywidgets.VBox):
         self.export_provenance = None
         #: MASK bits every exported exposure gets (the page sets MASK_BADFLAT where its flat was unusable).
         self.export_extra_mask = None
-        if self.input_headers is not None and len(self.input_headers) != n_exp:
-            raise ValueError(f"input_headers has {len(self.input_headers)} headers for {n_exp} exposure(s)")
         self.export_folder = ipywidgets.Text(value="specwidgets_sky", description="Export to")
         self.export_button = ipywidgets.Button(description="Export FITS", icon="download")
         self.export_message = ipywidgets.HTML()
@@ -383,3 +384,21 @@ class Dashboard(ipywidgets.VBox):
 
     def _on_method_state(self, change):
         self.method.value = change["new"]
+
+
+def exposure_labels(names, headers=None):
+    """The exposure menu's labels: each input's name and, from its header, the target.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> exposure_labels(["night/sci_012.fits", "sci_013.fits"], [fits.Header({"OBJECT": "NGC 253"}), None])
+    ['0: sci_012.fits (NGC 253)', '1: sci_013.fits']
+    """
+    labels = []
+    for k, name in enumerate(names):
+        header = headers[k] if headers is not None else None
+        target = str(header.get("OBJECT", "")).strip() if header is not None else ""
+        labels.append(f"{k}: {Path(str(name)).name}" + (f" ({target})" if target else ""))
+    return labels
+

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import math
 
 import bqplot
@@ -92,6 +93,9 @@ class ImageViewer(ipywidgets.VBox):
     prerender_delay : float
         Seconds of quiet after a new result before the other views are
         rendered ahead, so that a view switch only sends a picture.
+    exposure_labels : list of str, optional
+        The exposure menu's labels (default "exposure 0", ...; the dashboard
+        gives the input files and their targets).
 
     Attributes
     ----------
@@ -117,7 +121,8 @@ class ImageViewer(ipywidgets.VBox):
     readout = tl.Dict()
     active_range = tl.Int(0)
 
-    def __init__(self, state, *, status=None, figsize=None, debounce=0.03, prerender_delay=0.15, **kwargs):
+    def __init__(self, state, *, status=None, figsize=None, debounce=0.03, prerender_delay=0.15, exposure_labels=None,
+                 **kwargs):
         require_state(state, "ImageViewer")
         super().__init__(**kwargs)
         self.state = state
@@ -133,9 +138,12 @@ class ImageViewer(ipywidgets.VBox):
         self.view_buttons = ipywidgets.ToggleButtons(
             options=[(_LABELS[v], v) for v in VIEWS], value=self.view, style={"button_width": "90px"}
         )
+        labels = [f"exposure {i}" for i in range(n_exp)] if exposure_labels is None else list(exposure_labels)
+        if len(labels) != n_exp:
+            raise ValueError(f"exposure_labels has {len(labels)} labels for {n_exp} exposure(s)")
         self.exposure = ipywidgets.Dropdown(
-            options=[(f"exposure {i}", i) for i in range(n_exp)], value=state.exposure,
-            description="Exposure", disabled=n_exp == 1, layout=ipywidgets.Layout(width="200px"),
+            options=list(zip(labels, range(n_exp))), value=state.exposure, description="Exposure",
+            disabled=n_exp == 1, layout=ipywidgets.Layout(width="200px" if exposure_labels is None else "340px"),
         )
         self.stretch = ipywidgets.ToggleButtons(
             options=list(NORMS), value=_DEFAULT_NORM[self.view], style={"button_width": "55px"},
@@ -173,6 +181,9 @@ class ImageViewer(ipywidgets.VBox):
         self.mask_label = ipywidgets.HTML(layout=ipywidgets.Layout(width="70px"))
         self.mask_label.add_class("sw-mask-label")
         self.mask_select = ipywidgets.Dropdown(description="Range", layout=ipywidgets.Layout(width="220px"))
+        #: Says when an edit made ranges overlap and they became one (else empty).
+        self.mask_note = ipywidgets.HTML()
+        self.mask_note.add_class("sw-mask-note")
         self.add_button = ipywidgets.Button(description="Add range", icon="plus", layout=ipywidgets.Layout(width="110px"))
         self.remove_button = ipywidgets.Button(description="Remove", icon="minus", layout=ipywidgets.Layout(width="100px"))
         hint = "wheel: zoom, drag: pan" + (", move the mouse for the pixel value" if HAVE_IPYEVENTS else
@@ -249,7 +260,7 @@ class ImageViewer(ipywidgets.VBox):
         self._sync_mask_widgets()
         self._show_limits()
         mask_row = ipywidgets.HBox([self.mask_slider, self.mask_label, self.mask_select, self.add_button,
-                                    self.remove_button])
+                                    self.remove_button, self.mask_note])
         display_row = ipywidgets.HBox([self.stretch, self.interval, self.cmap, self.symmetric])
         limits_row = ipywidgets.HBox([self.auto_limits, self.vmin, self.vmax, self.reset_zoom_button,
                                       self.blink_button, self.blink_mode])
@@ -525,8 +536,10 @@ class ImageViewer(ipywidgets.VBox):
         list; if the state refuses the mask, the widgets go back to its mask.
         """
         before = self.state.mask_region
-        self.state.mask_region = self._resolved(ranges)
+        resolved = self._resolved(ranges)
+        self.state.mask_region = resolved
         after = self.state.mask_region
+        self.mask_note.value = _merge_note(ranges, after) if after is resolved else ""
         index = after.index_of(row)
         moved = index is not None and index != self.active_range
         if moved:
@@ -723,3 +736,23 @@ def _free_band(ranges, n_rows):
     width = max(1, min(best_len // 3, max(1, n_rows // 10)))
     begin = best + (best_len - width) // 2
     return begin, begin + width
+
+
+def _merge_note(given, merged):
+    """A note when ranges of ``given`` overlapped and ``merged`` holds them as one ("" otherwise).
+
+    The state keeps overlapping ranges as one (they mask the same rows): a
+    handle dragged over the next range took it in, which the selector then
+    listed as one range without a word.
+    """
+    given_pairs = [tuple(p) for p in given]
+    if len(merged) >= len(given_pairs):
+        return ""
+    joined = []
+    for start, stop in merged:
+        inside = [f"{a}:{b}" for a, b in given_pairs if a is not None and start <= a and (b is None or b <= stop)]
+        if len(inside) > 1:
+            joined.append(f"{' and '.join(inside)} overlap: now one range {start}:{stop}")
+    text = "; ".join(joined) or "overlapping ranges became one"
+    return f"<span style='font-size:85%;color:#6b4200'>{html.escape(text)}</span>"
+
