@@ -579,3 +579,17 @@ def test_bad_pixels_of_each_science_files_dq_extension_are_left_out(frames, tmp_
     assert "skipped (already complete) 2" in capsys.readouterr().err
     assert _cli(monkeypatch, [*common, "--out", out]) == 1
     assert capsys.readouterr().err.count("exists, made with other settings") == 2
+
+
+def test_repeated_calibration_options_add_their_files():
+    """``--arc HgAr.fits --arc Ne.fits --arc CuAr.fits``: every lamp is used (the last alone was, silently: trial
+    K2 found SWNARC = 1 and a third of the lines), as a repeated ``--mask`` adds its range."""
+    parser = argparse.ArgumentParser(prog="specwidgets")
+    add_batch_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["batch", "sci.fits", "--arc", "HgAr.fits", "--arc", "Ne.fits", "CuAr.fits",
+                              "--bias", "b0.fits", "--bias", "b1.fits", "--flat", "f0.fits", "--flat", "f1.fits",
+                              "--mask", "52:69", "--out", "sky"])
+    assert args.arc == ["HgAr.fits", "Ne.fits", "CuAr.fits"]
+    assert args.bias == ["b0.fits", "b1.fits"] and args.flat == ["f0.fits", "f1.fits"]
+    again = parser.parse_args(["batch", "sci.fits", "--arc", "a.fits", "--mask", "5:9", "--out", "sky"])
+    assert again.arc == ["a.fits"]  # the default list is not shared between parses

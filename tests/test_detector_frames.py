@@ -135,6 +135,24 @@ def test_a_rate_in_bunit_does_not_take_the_headers_gain(tmp_path, plain):
     assert read_frame(tmp_path / "rate.fits", gain=1200.0).gain == 1.0  # given: applied
 
 
+def test_frames_in_electrons_do_not_take_the_cameras_gain_again(tmp_path, plain):
+    """Pipeline frames in electrons (BUNIT = 'ELECTRONS') that keep the camera's GAIN = 2.2: the loader
+    multiplied them by it again (2.2x too bright, SKY/truth 2.19 in batch, the fit blaming the gain: trial K1)."""
+    from specwidgets.io.loading import input_gain, read_frame
+
+    header = fits.Header({"GAIN": 2.2, "RDNOISE": 4.0, "BUNIT": "ELECTRONS"})
+    data = np.asarray(plain.science[0])
+    fits.PrimaryHDU(data, header).writeto(tmp_path / "e.fits")
+    with pytest.warns(UserWarning, match=r"frames are in electrons \(BUNIT = 'ELECTRONS'\): the header GAIN \(2.2\) "
+                                         r"is the camera's, already applied, so it is not applied again"):
+        frame = read_frame(tmp_path / "e.fits")
+    np.testing.assert_array_equal(frame, data)
+    assert frame.gain == 1.0 and frame.unit == "electron" and "BUNIT 'ELECTRONS'" in frame.noise_source
+    assert input_gain("generic", frame) == 1.0  # SWINGAIN: nothing was applied
+    given = read_frame(tmp_path / "e.fits", gain=2.2)  # the user's word wins
+    np.testing.assert_allclose(given, 2.2 * data)
+
+
 def test_a_sky_below_zero_says_the_bias_was_over_subtracted():
     """A bias 50 ADU too high: the low blue sky went negative and the fit blamed dead columns and the gain."""
     f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=9, sky_continuum=15.0, gain=2.0)
@@ -201,3 +219,23 @@ def test_a_gain_given_for_frames_in_electrons_is_named(plain):
     assert res.quality.warnings[0].startswith("The frames are in electrons (their gain was applied when they were "
                                               "read), yet gain=1.5 was given")
     assert not sw.fit_sky(science, plain.warp, plain.trace_rows, gain=1.0).quality.suspect
+
+
+def test_cosmic_rays_do_not_set_the_sky_of_rows_beside_a_slit_bar():
+    """A bar across the slit (rows 135-139 dark, 134 and 140 dimmed) and a cosmic ray on three of their
+    brightest sky pixels: each unlit row's sky scale was a plain least-squares sum, which took the ray for
+    sky (a lit row 1.33x the true sky, 12.5 sigma, "ok": trial K1; here 18.6 sigma beside the bar, 95.6 in
+    it). The pixels far from the first scaled sky are left out of the scale."""
+    light = np.ones(200)
+    light[135:140] = 0.02
+    light[134] = light[140] = 0.6
+    f = make_synthetic_longslit(shape=(200, 1024), n_exposures=1, seed=7, illumination=light, n_sky_lines=30)
+    science = np.array(f.science, dtype=float)
+    sky = np.asarray(f.sky)[0]
+    for row in (134, 137, 140):
+        science[0, row, np.argsort(sky[row])[-3:]] += 3000.0
+    res = _quiet_fit(science, f.warp, f.trace_rows)
+    assert (134, 141) in [tuple(r) for r in res.quality.unlit_rows]
+    z = (res.background[0] - sky) / np.sqrt(np.clip(sky, 0, None) / f.gain + (f.read_noise / f.gain) ** 2)
+    for row in range(133, 142):
+        assert np.sqrt(np.mean(z[row] ** 2)) < 0.3 and np.abs(z[row]).max() < 3.0, row

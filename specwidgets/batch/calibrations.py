@@ -134,11 +134,21 @@ def prepare_calibrations(
         # user's to act on: shown at the user's call, not at a line in here;
         # a poor model's reasons are in the run's summary ("warp model warning").
         with warnings_at_caller(skip=(PoorWarpWarning,)):
-            if guesses is None:
-                guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
-            guesses = np.atleast_1d(np.asarray(guesses, float))
-            warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
-                                             warp_order=warp_order)
+            try:
+                if guesses is None:
+                    guesses, _ = find_cal_lines(arc_img, std_variation=std_variation)
+                guesses = np.atleast_1d(np.asarray(guesses, float))
+                warp_model = generate_warp_model(arc_img, guesses, tolerance=tolerance, line_order=line_order,
+                                                 warp_order=warp_order)
+            except ValueError as exc:
+                # The core names its own arguments (std_variation); here they are options, and an
+                # unusable arc has a way out that works: the sky lines' own warp (trial K2: a weak
+                # arc and a saturated one stopped the run, where without --arc the skies were fine).
+                text = str(exc).replace("lower std_variation", "lower --std-variation (std_variation= in run_batch)")
+                raise ValueError(
+                    f"{text}; or leave out the arc frames (no --arc): each science frame's warp is then fit on "
+                    "its own sky lines"
+                ) from exc
     elif isinstance(warp_model, dict):
         warp_model = WarpModel.from_dict(warp_model)
     elif not isinstance(warp_model, WarpModel):

@@ -102,15 +102,18 @@ def add_batch_parser(subparsers):
         "--data-root", default=None, metavar="DIR",
         help="where a session's folder, saved relative to the page's data root, lies (default: here)",
     )
-    p.add_argument("--arc", nargs="+", default=[], metavar="ARC",
-                   help="arc-lamp frames (summed; see --arc-combine; default: the session folder's; "
+    p.add_argument("--arc", nargs="+", action="extend", default=[], metavar="ARC",
+                   help="arc-lamp frames (summed; see --arc-combine; repeatable; default: the session folder's; "
                         "none: each science frame's warp is fit on its own sky lines)")
     p.add_argument(
         "--arc-combine", choices=ARC_COMBINES, default=None,
         help="combine the arcs by sum (default: arcs of different lamps keep every line) or median",
     )
-    p.add_argument("--bias", nargs="+", default=[], metavar="BIAS", help="bias frames (median-combined)")
-    p.add_argument("--flat", nargs="+", default=[], metavar="FLAT", help="flat frames (median-combined, normalised)")
+    # Repeatable (--arc HgAr.fits --arc Ne.fits): each adds its files, as --mask adds ranges.
+    p.add_argument("--bias", nargs="+", action="extend", default=[], metavar="BIAS",
+                   help="bias frames (median-combined; repeatable)")
+    p.add_argument("--flat", nargs="+", action="extend", default=[], metavar="FLAT",
+                   help="flat frames (median-combined, normalised; repeatable)")
     p.add_argument("--instrument", default=None, help="instrument recipe (default: the session's, else generic)")
     p.add_argument(
         "--trimsec", default=None, metavar="SECTION",

@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -939,19 +940,39 @@ def _level_beside_profile(profile, d, v, ok):
 
 
 def guess_trace_rows(science):
-    """Rows holding the brightest trace: where the row medians rise well above the sky.
+    """Rows holding the brightest trace: where the rows rise well above the sky around them.
 
     Returns ``(start, stop)``: the run of rows around the brightest one whose
-    median rises above the typical row by more than 1% of the peak (and five
-    times the row-to-row scatter), widened by a quarter on each side.
+    level (the mean of each row's middle half of values) rises above the rows
+    around it (their running median over a third of the slit, at least 31
+    rows) by more than 1% of the peak (and five times the row-to-row
+    scatter), widened by a quarter on each side. The running median, not one
+    level for the slit, lets the slit's illumination vary: a 12 % gradient
+    along the slit with quantised row medians had run the mask over 132 of
+    200 rows for a trace 2.5 rows wide (trial K1).
+
+    Examples
+    --------
+    >>> rows = np.arange(200)[:, None]
+    >>> sky = 57 + 7 * rows / 175 + np.zeros((200, 500))  # illumination rising along the slit
+    >>> sky[:6] = sky[175:] = 4  # the slit's ends
+    >>> trace = 20 * np.exp(-0.5 * ((rows - 95) / 2.5) ** 2)
+    >>> guess_trace_rows(np.round((sky + trace) / 2.2) * 2.2)  # ADU times a gain: quantised (was 65:197)
+    (88, 103)
     """
+    from scipy.ndimage import median_filter
+
     stack = np.asarray(science, dtype=float)
     image = np.nanmedian(stack, axis=0) if stack.ndim == 3 else stack
     n_rows = image.shape[0]
-    with np.errstate(all="ignore"):
-        profile = np.nanmedian(image, axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(image, [25, 75], axis=1, keepdims=True)
+        middle = np.where((image >= low) & (image <= high), image, np.nan)
+        profile = np.nanmean(middle, axis=1)
     profile = np.where(np.isfinite(profile), profile, np.nanmedian(profile))
-    base = float(np.median(profile))
+    window = max(31, n_rows // 3) | 1
+    base = median_filter(profile, size=window, mode="nearest")
     excess = profile - base
     scatter = 1.4826 * float(np.median(np.abs(np.diff(profile)))) / np.sqrt(2)
     peak = int(np.argmax(excess))

@@ -33,7 +33,7 @@ import numpy as np
 
 from specwidgets.core.frames import FrameArray
 from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
-from specwidgets.io.instruments import Instrument, resolve_instrument
+from specwidgets.io.instruments import Instrument, _electron_unit, resolve_instrument
 
 __all__ = [
     "arc_orientation",
@@ -280,6 +280,8 @@ def input_gain(instrument, frame):
     reader = resolve_instrument(instrument) if isinstance(instrument, (str, Instrument)) else instrument
     if getattr(frame, "unit", None) != "electron" or not hasattr(reader, "gain_keyword"):
         return None
+    if "gain" not in getattr(reader, "given", ()) and _electron_unit(frame.header):
+        return 1.0  # in electrons already (BUNIT): the header's GAIN was not applied
     value, _ = reader._header_or_default(frame.header, reader.gain_keyword, reader.gain, "gain")
     try:
         return float(value)

@@ -658,8 +658,12 @@ def fit_sky(
     SkyResult
         With ``quality`` (:class:`SkyQuality`): the noise model and its
         source, unlit rows, spatial order, flexure, rejected fraction, chi,
-        leak, warnings and ``suspect``. ``options`` holds the options used,
-        resolved (no "auto").
+        leak, warnings and ``suspect``. ``options`` holds the options used:
+        the fit's choices resolved (``spatial_order``, ``knots``,
+        ``knot_spacing``, ``knot_threshold``); the decisions it makes per
+        frame (``unlit``, ``flexure``, ``sky_warp``, ``slit_correction``)
+        stay ``"auto"``, and what they found is in ``quality`` (unlit rows,
+        flexure, warp source).
 
     Raises
     ------
@@ -752,12 +756,14 @@ def fit_sky(
         else:
             given = dict(options)
             noise = (read_noise, gain, rn_source, gain_source)
+            # The traced sky lines' tilt change starts the flexure measurement (when large).
+            hint = () if refinement is None else refinement.tilt_change
             result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows, noise,
-                                  progress, options, first_look)
+                                  progress, options, first_look, tilt_hint=hint)
             if given.get("spatial_order", "auto") == "auto":
                 result = _lines_changing_along_the_slit(result, lambda order: _fit_bspline(
                     stack, warp_model, emap, sky_samples(stack, warp_model, masked_rows), ranges, masked_rows, noise,
-                    progress, {**given, "spatial_order": order}, first_look))
+                    progress, {**given, "spatial_order": order}, first_look, tilt_hint=hint))
             result.options["sky_warp"] = sky_warp
     except TooFewSamplesError as exc:
         n_sky = int(np.count_nonzero(~masked_rows))
@@ -997,7 +1003,8 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
     return result
 
 
-def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options, first_look):
+def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options, first_look,
+                 tilt_hint=()):
     from .bspline import default_knot_spacing, fit_bspline_sky
 
     n_exp, n_rows, n_cols = stack.shape
@@ -1157,7 +1164,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             if not flexure_mode:
                 return 0.0
             shift = _measure_shift(first, k, samples.effpix, clean[k], rows, n_rows, level, ratios[k], prov_gain,
-                                   prov_rn, extent, first_spacing)
+                                   prov_rn, extent, first_spacing,
+                                   start=tilt_hint[k] if k < len(tilt_hint) else 0.0)
             if shift:
                 profile_of(k, prov_gain, prov_rn)  # its level moved with the shift
             return shift
@@ -1312,10 +1320,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         if first_spacing != spacing(0):
             # The first pass's knots were too coarse to show the lines'
             # shape: the knots follow a finer sky, fit to the profiles' subsample.
-            curve = np.mean([_plain_sky(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain, read_noise,
-                                        extent, spacing(0))[0](grid_e) for k in range(n_exp)], axis=0)
+            curves = np.array([_plain_sky(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain, read_noise,
+                                          extent, spacing(0))[0](grid_e) for k in range(n_exp)])
         else:
-            curve = np.mean([first[k](grid_e) for k in range(n_exp)], axis=0)
+            curves = np.array([first[k](grid_e) for k in range(n_exp)])
+        curve = np.mean(curves, axis=0)
+        if n_exp > 1 and _lines_apart(grid_e, curves):
+            # Exposures whose lines sit at other effective pixels (a stack
+            # shifted along the dispersion): their mean smears each line
+            # over the others' places, and knots placed by it were too
+            # coarse for every exposure (trial K2: 0 / 1.5 / 3 px, bright
+            # lines 0.35 sigma RMS off, 0.13-0.16 each alone).
+            curve = curves
         del effpix_psub, clean_psub, rows_psub
         n_sky_rows = samples.index.size / n_cols
         table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
@@ -1396,8 +1412,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             unlit_idx = np.flatnonzero(unlit)
             guess = sky_on(unlit_idx, np.clip(unlit_idx, row_range[0], row_range[1] - 1).astype(float)[:, None])
             obs = stack[k, unlit_idx]
-            ok = np.isfinite(obs)
-            den = np.sum(np.where(ok, guess * guess, 0.0), axis=1)
+            ok = use = np.isfinite(obs)
             # And the light that is not the sky's spectrum (scattered light,
             # a lamp's glow): smooth, so the median of what is left in blocks
             # of columns, averaged over nearby rows, fit in turn with the sky's
@@ -1412,15 +1427,24 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # (Those rows alone: elsewhere a scale per block would take
             # smooth light, which has no lines, for sky, which has.)
             crossed = first_look.edge[unlit_idx] if unlit_mode else None
-            for _ in range(2 if some_free else 1):
-                num = np.sum(np.where(ok, (obs - light) * guess, 0.0), axis=1)
+            for step in range(4 if some_free else 3):
+                num = np.sum(np.where(use, (obs - light) * guess, 0.0), axis=1)
+                den = np.sum(np.where(use, guess * guess, 0.0), axis=1)
                 scale = np.clip(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0), 0, None)[:, None]
                 if crossed is not None and crossed.any():
                     scale = np.broadcast_to(scale, obs.shape).copy()
-                    scale[crossed] = _scale_along_columns((obs - light)[crossed], guess[crossed], ok[crossed],
+                    scale[crossed] = _scale_along_columns((obs - light)[crossed], guess[crossed], use[crossed],
                                                           scale[crossed][:, :1], gain, read_noise)
                 if some_free:
                     light[free] = _smooth_light(obs[free] - scale[free] * guess[free], unlit_idx[free])
+                if step < 2:
+                    # Cosmic rays and hot pixels out of the next scale: the plain
+                    # sum took a cosmic ray on a line for sky (a lit row beside a
+                    # slit bar, 1.33x the true sky, 12.5 sigma, "ok": trial K1).
+                    scaled = scale * guess + light
+                    spread = np.sqrt(np.clip(scaled, 0, None) / gain + (read_noise / gain) ** 2)
+                    with np.errstate(invalid="ignore"):
+                        use = ok & (np.abs(obs - scaled) <= UNLIT_CLIP * spread)
             background[k, unlit_idx] = scale * guess + light
         rejected[k].ravel()[samples.index[model.outliers]] = True
         corr = None
@@ -1851,15 +1875,65 @@ def _lines_disagree(profile, ratio, info, lit):
     return (chi_scaled - chi_free) / spread > LINES_DISAGREE * degree
 
 
+#: Pixels of an unlit row this many sigma from its first scaled sky are left
+#: out of its scale (cosmic rays, hot pixels).
+UNLIT_CLIP = 5.0
+
+#: A tilt change of the traced sky lines beyond this [px between the slit's ends]
+#: is the flexure (below it the steps from 0 converge in a few, to within 1 %).
+FLEXURE_START = 0.5
+#: ... unless a step measured from it is larger than this [px], or this fraction of it.
+FLEXURE_CHECK, FLEXURE_CHECK_FRACTION = 0.1, 0.05
+
+
+def _lines_apart(e, curves, max_lag=5.0, min_shift=0.5):
+    """True when some first-pass sky of ``curves`` has its lines ``min_shift`` px or more from the first's.
+
+    The shift is the peak of the cross-correlation of the curves' slopes
+    (lines, not the continuum) within ``max_lag`` px, taken only where that
+    peak is clear (correlation above 0.5): a sky without lines has no shift.
+    """
+    step = float(e[1] - e[0])
+    lags = int(round(max_lag / step))
+    slopes = np.gradient(np.asarray(curves, float), axis=1)
+    slopes -= slopes.mean(axis=1, keepdims=True)
+    ref = slopes[0]
+    n = ref.size
+    if n <= 2 * lags + 1:
+        return False
+    core = ref[lags:n - lags]
+    norm_ref = np.sqrt(np.sum(core * core))
+    for other in slopes[1:]:
+        windows = np.lib.stride_tricks.sliding_window_view(other, n - 2 * lags)
+        corr = windows @ core
+        norm = np.sqrt(np.sum(windows * windows, axis=1)) * norm_ref
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(norm > 0, corr / norm, 0.0)
+        best = int(np.argmax(rho))
+        if rho[best] > 0.5 and abs(best - lags) * step >= min_shift:
+            return True
+    return False
+
+
 def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, read_noise, extent, knot_spacing,
-                   max_steps=5):
+                   max_steps=5, start=0.0):
     """Exposure ``k``'s sky-line shift between the slit's ends, in px (0 if not significant).
 
     Gauss-Newton: measure the shift against the current first-pass model
     (:func:`measure_flexure`), refit that model on the corrected effective
     pixels, and measure again, until the step is well below a pixel's
-    hundredth. ``ratio`` is each row's brightness relative to the model
-    (the slit illumination; NaN for rows without samples). ``first[k]`` and
+    hundredth.
+
+    ``start`` (px): the traced sky lines' tilt change. Beyond
+    :data:`FLEXURE_START` it is the shift, unless a step measured from it
+    says otherwise: from 0, a shift of a line's width or more blurs the
+    first model's lines and each step moves only part of the way (a 3 px
+    tilt change over the slit: 1.7 px after 5 steps, the sky 2.6 sigma RMS
+    off, trial K2), and the steps stop short of a large shift by ~1.6 % of
+    it under Poisson noise (on bright lines, 0.27 sigma RMS left over a
+    300-row slit), where the traced lines measure it without that bias.
+    ``ratio`` is each row's brightness relative to the model (the slit
+    illumination; NaN for rows without samples). ``first[k]`` and
     ``level[k]`` are replaced by the corrected fit when a shift is found.
     """
     from .bspline import fit_bspline_sky
@@ -1876,6 +1950,27 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
     t_s, f_s = _row_coordinate(rows_s, n_rows), flux[sub]
     scale_s = np.nan_to_num(ratio, nan=0.0)[rows_s]
     t = None
+
+    def refit(total, ratio):
+        # The refit sees the rows evenly lit: with a brightness gradient
+        # along the slit, the bright rows would otherwise set the lines'
+        # positions in the model, and a part of the shift would look common
+        # to all rows (which the steps do not correct).
+        # Rows lit at under half the middle's (vignetting edges) are left
+        # out: divided by their light, their noise would weigh as much as a
+        # bright row's (the fit's weights assume an evenly lit slit).
+        lit = np.isfinite(ratio) & (ratio > 0) & (ratio >= 0.5 * np.nanmedian(ratio))
+        inverse = np.where(lit, 1.0 / np.where(lit, ratio, 1.0), np.nan)  # per row: one gather below
+        return fit_bspline_sky(
+            effpix - total * t, flux * inverse[rows], None,
+            read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing, reject_sigma=None,
+            max_iterations=1,
+        )
+
+    trusted = abs(start) > FLEXURE_START
+    if trusted:
+        total, t = float(start), _row_coordinate(rows, n_rows)
+        model = refit(total, ratio)
     for _ in range(max_steps):
         e = effpix[sub] if not total else effpix[sub] - total * t_s
         base = level[k][sub] if not total else model(e)
@@ -1891,6 +1986,12 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
         pick = ~model.rejected[sub] & (scale_s > 0)
         step, sigma = measure_flexure(t_s, f_s, m, slope, var, pick=pick)
+        if trusted:
+            # The traced lines' value stands unless the data say it is well off
+            # (a trace gone wrong): then the steps go on from there.
+            trusted = False
+            if abs(step) <= max(FLEXURE_CHECK, FLEXURE_CHECK_FRACTION * abs(total)):
+                break
         # The subsample's error is larger by sqrt(stride) than the full set's;
         # the significance test uses the subsample's own error (conservative).
         # Only a clear shift is corrected: one at the noise level would add
@@ -1900,20 +2001,7 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         total += step
         if t is None:
             t = _row_coordinate(rows, n_rows)
-        # The refit sees the rows evenly lit: with a brightness gradient
-        # along the slit, the bright rows would otherwise set the lines'
-        # positions in the model, and a part of the shift would look common
-        # to all rows (which the steps do not correct).
-        # Rows lit at under half the middle's (vignetting edges) are left
-        # out: divided by their light, their noise would weigh as much as a
-        # bright row's (the fit's weights assume an evenly lit slit).
-        lit = np.isfinite(ratio) & (ratio > 0) & (ratio >= 0.5 * np.nanmedian(ratio))
-        inverse = np.where(lit, 1.0 / np.where(lit, ratio, 1.0), np.nan)  # per row: one gather below
-        model = fit_bspline_sky(
-            effpix - total * t, flux * inverse[rows], None,
-            read_noise=read_noise, gain=gain, extent=extent, knot_spacing=knot_spacing, reject_sigma=None,
-            max_iterations=1,
-        )
+        model = refit(total, ratio)
         # A hundredth of a pixel over the whole slit (or twice the step's own
         # error, if larger) is below what moves a sky line's residual.
         if abs(step) < max(0.01, 2 * sigma):
@@ -2547,8 +2635,9 @@ _STRUCTURE_CAUSE = ("Fringes (red wavelengths) or a flat-field pattern do this: 
 
 def _structure_warning(structure):
     return (f"{_STRUCTURE_HEAD} {BLOCK_SIZE} x {BLOCK_SIZE} pixels scatter "
-            f"{structure:.2f} times more than noise allows (quality.block_chi_scatter): structure over the "
-            f"frame that the sky model, one spectrum along the slit, does not follow. {_STRUCTURE_CAUSE}")
+            f"{structure:.2f} times more than noise allows (specwidgets.core.sky.quality.block_chi_scatter): "
+            f"structure over the frame that the sky model, one spectrum along the slit, does not follow. "
+            f"{_STRUCTURE_CAUSE}")
 
 
 def _structure_after_rows(warnings):

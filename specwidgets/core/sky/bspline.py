@@ -1021,7 +1021,11 @@ def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coars
     Parameters
     ----------
     e, sky : 1D arrays
-        A first-pass sky model on a fine, uniform grid of effective pixels.
+        A first-pass sky model on a fine, uniform grid of effective pixels;
+        ``sky`` may be 2D, one first pass per exposure whose final fits share
+        the knots (their costs are summed: exposures whose lines sit at other
+        effective pixels each need their own dense knots, which their mean
+        sky, with its lines smeared, does not show).
     gain, read_noise : float
         The noise model (electrons per data unit; electrons).
     samples_per_pixel : float
@@ -1063,8 +1067,15 @@ def adaptive_coordinate(e, sky, gain, read_noise, samples_per_pixel, fine, coars
     threshold = _number(threshold, "threshold", minimum=0.0, strict=True)
     first_spacing = fine if first_spacing is None else _number(first_spacing, "first_spacing", minimum=0.0,
                                                                strict=True)
-    costs = _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, first_spacing,
-                           max(int(n_curves), 1), _integer(spatial_order, "spatial_order", 0))
+    order = _integer(spatial_order, "spatial_order", 0)
+    if np.ndim(sky) == 2:
+        # One first pass per exposure, each fit on these knots: their costs add up.
+        each = [_spacing_costs(e, curve, gain, read_noise, samples_per_pixel, fine, coarse, first_spacing, 1, order)
+                for curve in sky]
+        costs = (each[0][0], sum(c[1] for c in each), sum(c[2] for c in each))
+    else:
+        costs = _spacing_costs(e, sky, gain, read_noise, samples_per_pixel, fine, coarse, first_spacing,
+                               max(int(n_curves), 1), order)
     return _coordinate_from_costs(e, costs, threshold)
 
 

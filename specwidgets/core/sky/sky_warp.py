@@ -76,6 +76,13 @@ class WarpRefinement:
         Coefficients of the correction.
     reason : str
         Why it was (not) used, in a sentence.
+    tilt_change : tuple of float
+        Each exposure's sky lines' uniform change of tilt against the warp:
+        how far they move between the slit's first and last rows [px], as
+        :func:`~specwidgets.fit_sky` measures flexure (empty when not
+        measured). The correction leaves it out; the flexure measurement
+        starts from it when it is large (its linearised steps converge
+        slowly from 0 beyond a fraction of a line's width).
     """
 
     used: bool
@@ -85,6 +92,7 @@ class WarpRefinement:
     heldout_gain_per_pixel: float = 0.0
     n_coefficients: int = 0
     reason: str = ""
+    tilt_change: tuple = ()
 
 
 def fingerprint(stack):
@@ -251,6 +259,56 @@ def _predict(o, c, terms, t, u):
     return out
 
 
+def _offsets_to_warp(traced, warp):
+    """The traced sky lines' positions less where ``warp`` puts them: ``(R, t, u, n_lines)``.
+
+    ``R[line, block]`` [px] (NaN where untraced or where a trace jumped to
+    another line), ``t`` the blocks' rows and ``u`` the lines' effective
+    pixels in the warp's scaled coordinates.
+    """
+    tr = traced.traces
+    used = tr.used & np.isfinite(tr.ref_positions)
+    P = tr.positions[used]
+    rows = tr.rows
+    # Each line's effective pixel in the arc's warp, from its traced position at the sky's reference row.
+    e_line = warp.effective_pixel(tr.ref_positions[used], float(traced.ref_row))
+    R = P - warp.column_of(e_line[:, None], rows[None, :])
+    t = warp._t(rows)
+    R[_jumped(R, t)] = np.nan
+    return R, t, warp._u(e_line), P.shape[0]
+
+
+def _tilt_of(c, terms, warp, n_rows):
+    """The t * u**0 coefficient over the frame's rows: the sky lines' tilt change in fit_sky's flexure units (px)."""
+    tilt = float(c[terms.index((1, 0))] * (n_rows - 1) / warp.row_scale)
+    return (tilt if np.isfinite(tilt) else 0.0,)
+
+
+def _tilts_each(stack, sky_rows, warp):
+    """Each exposure's sky-line tilt change against ``warp`` (px; 0 where its lines could not be traced).
+
+    Exposures of a night each have their own flexure: the stack's sum
+    would give their mean.
+    """
+    n_rows = stack.shape[1]
+    tilts = []
+    for k in range(stack.shape[0]):
+        try:
+            traced = _trace_sky_lines(stack[k:k + 1], sky_rows, warp.ref_row, check_fold=False)
+        except ValueError:
+            tilts.append(0.0)
+            continue
+        R, t, u, n_lines = _offsets_to_warp(traced, warp)
+        have = np.isfinite(R)
+        if n_lines < 3 or have.sum() < 3 * 6 + n_lines:
+            tilts.append(0.0)
+            continue
+        terms = [(k2, j) for k2 in (1, 2) for j in range((2 if n_lines >= 5 else 1) + 1)]
+        _, c = _fit_offsets_and_terms(R, t, u, terms, have)
+        tilts.append(_tilt_of(c, terms, warp, n_rows)[0])
+    return tuple(tilts)
+
+
 def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source="arc", dark=None):
     """The arc's warp corrected to the science frame's sky lines, when that predicts held-out rows better.
 
@@ -302,28 +360,19 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         traced = _trace_sky_lines(stack, sky_rows, warp.ref_row, check_fold=False)
     except ValueError as exc:
         return warp, WarpRefinement(False, source, reason=f"the sky lines could not be traced: {exc}")
-    tr = traced.traces
-    used = tr.used & np.isfinite(tr.ref_positions)
-    P = tr.positions[used]
-    n_lines = P.shape[0]
+    R, t, u, n_lines = _offsets_to_warp(traced, warp)
     if n_lines < 3:
         return warp, WarpRefinement(False, source, reason=f"only {n_lines} sky line(s) could be traced (3 needed)")
-    rows = tr.rows
-    # Each line's effective pixel in the arc's warp, from its traced position at the sky's reference row.
-    e_line = warp.effective_pixel(tr.ref_positions[used], float(traced.ref_row))
-    R = P - warp.column_of(e_line[:, None], rows[None, :])
-    t = warp._t(rows)
-    R[_jumped(R, t)] = np.nan
-    u = warp._u(e_line)
     max_j = 2 if n_lines >= 5 else 1
     terms_all = [(k, j) for k in (1, 2) for j in range(max_j + 1)]
     flex_only = [(1, 0)]
     extra = [tj for tj in terms_all if tj != (1, 0)]
     have = np.isfinite(R)
-    block_fold = (np.arange(rows.size) // 4) % 2
+    block_fold = (np.arange(t.size) // 4) % 2
     gains, sigma2 = [], None
     # The positions' scatter about the full model (all blocks): the unit of the gain.
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
+    tilt = _tilt_of(c, terms_all, warp, n_rows) if n_exp == 1 else _tilts_each(stack, sky_rows, warp)
     resid = (R - _predict(o, c, terms_all, t, u))[have]
     sigma2 = float((1.4826 * np.median(np.abs(resid - np.median(resid)))) ** 2) + 1e-6
     clip = 25.0 * sigma2
@@ -331,7 +380,8 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         train = have & (block_fold == fold)[None, :]
         test = have & (block_fold != fold)[None, :]
         if train.sum() < 3 * len(terms_all) + n_lines or test.sum() < 10:
-            return warp, WarpRefinement(False, source, reason="too few traced sky-line positions to validate")
+            return warp, WarpRefinement(False, source, reason="too few traced sky-line positions to validate",
+                                        tilt_change=tilt)
         sse = []
         for terms in (flex_only, terms_all):
             o, c = _fit_offsets_and_terms(R, t, u, terms, train)
@@ -344,7 +394,7 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     if min(gains) <= 0 or total <= need:
         return warp, WarpRefinement(
             False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
-            n_coefficients=len(extra),
+            n_coefficients=len(extra), tilt_change=tilt,
             reason=(f"{n_lines} sky lines traced; a correction of the arc's warp changed the held-out "
                     f"chi-square of their positions by {-gains[0]:+.0f} and {-gains[1]:+.0f} (it must lower "
                     f"it in each half, by more than {need:.0f} in all): not used"),
@@ -355,7 +405,8 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     try:
         refined.effpix_map()
     except ValueError as exc:
-        return warp, WarpRefinement(False, source, reason=f"the sky-line correction folds the warp over: {exc}")
+        return warp, WarpRefinement(False, source, reason=f"the sky-line correction folds the warp over: {exc}",
+                                    tilt_change=tilt)
     # WarpModel is frozen: a copy with the arc's traces and warnings (the maps just made are kept).
     refined = refined.replace(traces=warp.traces, quality_warnings=warp.quality_warnings)
     grid_r = sky_rows.astype(float)[:: max(1, sky_rows.size // 40)]
@@ -364,7 +415,7 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     max_shift = float(np.max(np.abs(shift)))
     return refined, WarpRefinement(
         True, refined_source, max_shift=max_shift, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
-        n_coefficients=len(extra),
+        n_coefficients=len(extra), tilt_change=tilt,
         reason=(f"{n_lines} sky lines traced: they sit up to {max_shift:.2f} px from the arc's warp; the "
                 f"correction lowered the held-out chi-square of their positions by {gains[0]:.0f} and "
                 f"{gains[1]:.0f}"),
