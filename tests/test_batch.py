@@ -799,3 +799,15 @@ def test_an_unusable_flat_is_refused_before_any_fit(raw, tmp_path, value):
     with pytest.raises(ValueError, match=r"the flat frames \(badflat_0.fits, badflat_1.fits\) are unusable in 100 %"):
         _api(raw, out, flat=flats)
     assert not out.exists()
+
+
+def test_an_arc_without_usable_lines_names_the_options_and_the_way_out(raw, tmp_path):
+    """A weak arc stopped batch with "lower std_variation" (batch's option is --std-variation), and never
+    said that without --arc each frame's warp is fit on its own sky lines, which gave good skies (trial K2)."""
+    weak = _write(raw["folder"] / "weak_arc.fits", np.random.default_rng(1).normal(BIAS_LEVEL, 4.0, SHAPE))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"lower --std-variation .*; or leave out the arc frames \(no --arc\): each "
+                                         r"science frame's warp is then fit on its own sky lines"):
+        run_batch(raw["science"], [weak], masks=[make_mask()], out_dir=out, workers=1, processes=False,
+                  progress=False)
+    assert not out.exists()
