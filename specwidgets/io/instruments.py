@@ -866,7 +866,8 @@ def _normalise_name(name):
     return name.strip().lower()
 
 
-def register_instrument(name: str, instrument_or_reader: Instrument | Callable, overwrite: bool = False) -> None:
+def register_instrument(name: str, instrument_or_reader: Instrument | Callable,
+                        overwrite: bool = False) -> Instrument | Callable:
     """Add an instrument so the loaders accept ``instrument=name``.
 
     Parameters

@@ -605,8 +605,8 @@ def collect_images_array(
     ----------
     path : str or os.PathLike
         Folder holding the files (not searched recursively). Files ending in
-        ``.fits``, ``.fit``, ``.fts``, ``.fits.fz``, ``.fits.gz`` or ``.fits.bz2`` are read,
-        in file-name order.
+        ``.fits``, ``.fit`` or ``.fts`` (any case), each optionally followed by
+        ``.gz``, ``.bz2`` or ``.fz``, are read, in file-name order.
     tag : str
         Only files whose name contains this text (case-sensitive).
     instrument : str, Instrument or callable
