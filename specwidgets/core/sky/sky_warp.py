@@ -372,7 +372,11 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     gains, sigma2 = [], None
     # The positions' scatter about the full model (all blocks): the unit of the gain.
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
-    tilt = _tilt_of(c, terms_all, warp, n_rows) if n_exp == 1 else _tilts_each(stack, sky_rows, warp)
+    tilt = _tilt_of(c, terms_all, warp, n_rows)
+    if n_exp > 1:
+        # Each exposure's own (0.3 s of tracing on two Goodman full frames), when
+        # the stack's says there is a tilt change worth measuring at all.
+        tilt = _tilts_each(stack, sky_rows, warp) if abs(tilt[0]) > 0.25 else (0.0,) * n_exp
     resid = (R - _predict(o, c, terms_all, t, u))[have]
     sigma2 = float((1.4826 * np.median(np.abs(resid - np.median(resid)))) ** 2) + 1e-6
     clip = 25.0 * sigma2
