@@ -261,3 +261,25 @@ def test_a_stack_shifted_along_the_dispersion_gets_knots_for_each_exposures_line
              for k in range(3)]
     assert together[1] < 1.1 * max(a[1] for a in alone)
     assert together[0] < 1.1 * max(a[0] for a in alone)
+
+
+def test_a_stack_correction_that_no_exposure_shows_is_not_used():
+    """The stack's summed lines can lean by line where exposures with different flexure have different line
+    strengths; a correction fit to that sum was applied to every exposure (trial K3: an exposure without
+    flexure went from 0.15 to 0.34 sigma on its lines). Each exposure's own traced lines must support it."""
+    from specwidgets.core.sky.sky_warp import _predict, _worse_for
+
+    rng = np.random.default_rng(2)
+    t = np.linspace(-1, 1, 60)
+    u = np.linspace(-1, 1, 12)
+    extra = [(1, 1), (2, 0)]
+    d = np.array([0.05, 0.04])
+    shape = _predict(np.zeros(12), d, extra, t, u)
+
+    def exposure(with_correction, tilt):
+        R = rng.normal(0, 0.01, (12, 60)) + rng.normal(0, 0.3, (12, 1)) + tilt * t[None, :]
+        return (R + shape if with_correction else R), t, u, 12
+
+    assert _worse_for([exposure(False, 0.0), exposure(False, 0.3)], extra, d) == [0, 1]
+    assert _worse_for([exposure(True, 0.0), exposure(True, -0.3)], extra, d) == []
+    assert _worse_for([exposure(True, 0.0), exposure(False, 0.3), None], extra, d) == [1]

@@ -284,29 +284,64 @@ def _tilt_of(c, terms, warp, n_rows):
     return (tilt if np.isfinite(tilt) else 0.0,)
 
 
-def _tilts_each(stack, sky_rows, warp):
+def _each_exposure_offsets(stack, sky_rows, warp):
+    """:func:`_offsets_to_warp` of each exposure's own traced sky lines (None where they could not be traced)."""
+    out = []
+    for k in range(stack.shape[0]):
+        try:
+            traced = _trace_sky_lines(stack[k:k + 1], sky_rows, warp.ref_row, check_fold=False)
+        except ValueError:
+            out.append(None)
+            continue
+        R, t, u, n_lines = _offsets_to_warp(traced, warp)
+        out.append((R, t, u, n_lines) if n_lines >= 3 and np.isfinite(R).sum() >= 3 * 6 + n_lines else None)
+    return out
+
+
+def _tilts_each(offsets, warp, n_rows):
     """Each exposure's sky-line tilt change against ``warp`` (px; 0 where its lines could not be traced).
 
     Exposures of a night each have their own flexure: the stack's sum
     would give their mean.
     """
-    n_rows = stack.shape[1]
     tilts = []
-    for k in range(stack.shape[0]):
-        try:
-            traced = _trace_sky_lines(stack[k:k + 1], sky_rows, warp.ref_row, check_fold=False)
-        except ValueError:
+    for item in offsets:
+        if item is None:
             tilts.append(0.0)
             continue
-        R, t, u, n_lines = _offsets_to_warp(traced, warp)
-        have = np.isfinite(R)
-        if n_lines < 3 or have.sum() < 3 * 6 + n_lines:
-            tilts.append(0.0)
-            continue
-        terms = [(k2, j) for k2 in (1, 2) for j in range((2 if n_lines >= 5 else 1) + 1)]
-        _, c = _fit_offsets_and_terms(R, t, u, terms, have)
+        R, t, u, n_lines = item
+        terms = [(k, j) for k in (1, 2) for j in range((2 if n_lines >= 5 else 1) + 1)]
+        _, c = _fit_offsets_and_terms(R, t, u, terms, np.isfinite(R))
         tilts.append(_tilt_of(c, terms, warp, n_rows)[0])
     return tuple(tilts)
+
+
+def _worse_for(offsets, extra, d):
+    """The exposures (indices) whose own traced lines the stack's correction ``d`` fits worse.
+
+    Each exposure's positions are fit with their own offsets and tilt
+    change (its flexure), with and without the correction; it is worse when
+    its squared residual grows by more than one (of its positions' scatter)
+    per coefficient. Exposures with different flexure and different line
+    strengths make the sum's lines lean by line: a correction fit to that
+    sum was applied to every exposure (trial K3: an exposure without flexure
+    went from 0.15 to 0.34 sigma on its lines).
+    """
+    worse = []
+    for k, item in enumerate(offsets):
+        if item is None:
+            continue
+        R, t, u, _ = item
+        have = np.isfinite(R)
+        sse = []
+        for data in (R, R - _predict(np.zeros(R.shape[0]), d, extra, t, u)):
+            o, c = _fit_offsets_and_terms(data, t, u, [(1, 0)], have)
+            sse.append((data - _predict(o, c, [(1, 0)], t, u))[have] ** 2)
+        scale = float((1.4826 * np.median(np.sqrt(sse[0]))) ** 2) + 1e-6
+        clip = 25.0 * scale
+        if (np.sum(np.minimum(sse[1], clip)) - np.sum(np.minimum(sse[0], clip))) / scale > len(extra):
+            worse.append(k)
+    return worse
 
 
 def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source="arc", dark=None):
@@ -373,10 +408,15 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     # The positions' scatter about the full model (all blocks): the unit of the gain.
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
     tilt = _tilt_of(c, terms_all, warp, n_rows)
+    offsets = None
     if n_exp > 1:
         # Each exposure's own (0.3 s of tracing on two Goodman full frames), when
         # the stack's says there is a tilt change worth measuring at all.
-        tilt = _tilts_each(stack, sky_rows, warp) if abs(tilt[0]) > 0.25 else (0.0,) * n_exp
+        if abs(tilt[0]) > 0.25:
+            offsets = _each_exposure_offsets(stack, sky_rows, warp)
+            tilt = _tilts_each(offsets, warp, n_rows)
+        else:
+            tilt = (0.0,) * n_exp
     resid = (R - _predict(o, c, terms_all, t, u))[have]
     sigma2 = float((1.4826 * np.median(np.abs(resid - np.median(resid)))) ** 2) + 1e-6
     clip = 25.0 * sigma2
@@ -405,6 +445,20 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         )
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
     d = np.array([v for tj, v in zip(terms_all, c) if tj != (1, 0)])
+    if n_exp > 1:
+        # A correction of the stack's summed lines is every exposure's: it must suit each one's own lines.
+        offsets = offsets if offsets is not None else _each_exposure_offsets(stack, sky_rows, warp)
+        worse = _worse_for(offsets, extra, d)
+        if worse:
+            shown = ", ".join(str(k + 1) for k in worse)
+            return warp, WarpRefinement(
+                False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
+                n_coefficients=len(extra), tilt_change=tilt,
+                reason=(f"{n_lines} sky lines traced in the stack; a correction of the arc's warp lowered the "
+                        f"held-out chi-square of their positions by {gains[0]:.0f} and {gains[1]:.0f}, but fits "
+                        f"the lines of exposure(s) {shown} (counting from 1) worse than the arc's warp: the "
+                        "exposures' lines differ (flexure between them), so not used"),
+            )
     refined = _with_delta(warp, extra, d)
     try:
         refined.effpix_map()
