@@ -239,3 +239,16 @@ def test_cosmic_rays_do_not_set_the_sky_of_rows_beside_a_slit_bar():
     z = (res.background[0] - sky) / np.sqrt(np.clip(sky, 0, None) / f.gain + (f.read_noise / f.gain) ** 2)
     for row in range(133, 142):
         assert np.sqrt(np.mean(z[row] ** 2)) < 0.3 and np.abs(z[row]).max() < 3.0, row
+
+
+def test_light_in_one_exposure_of_a_stack_is_named_with_its_exposure():
+    """A star in one exposure of a stack fit together: every file of the run was suspect for "Sky row 87 holds
+    light", a row empty in all the others, with no word of which exposure holds it (trial K3)."""
+    f = make_synthetic_longslit(shape=(120, 800), n_exposures=3, seed=5, n_sky_lines=20)
+    science = np.array(f.science, dtype=float)
+    rows = np.arange(120)[:, None]
+    row = 15 if f.trace_rows[0] > 40 else 100
+    science[2] += 60.0 * np.exp(-0.5 * ((rows - row) / 1.5) ** 2)
+    res = _quiet_fit(science, f.warp, f.trace_rows)
+    light = [w for w in res.quality.warnings if "holds light above the sky" in w]
+    assert light and "holds light above the sky in exposure(s) 3 of 3 (counting from 1)" in light[0], light

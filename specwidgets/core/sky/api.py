@@ -2301,10 +2301,26 @@ _LEAK_PHRASE = "holds light above the sky"
 _WINGS_PHRASE = "brighten towards the mask"
 
 
-def _leak_warning(leak, row, masked_rows):
-    """The warning for light above the sky in sky row ``row``: its likely cause by where the row lies."""
+def _exposures_with(row_means, row):
+    """The text naming the exposures whose ``row`` holds light above :data:`LEAK_LIMIT`, when not all do ("")."""
+    if row is None or len(row_means) < 2:
+        return ""
+    lit = [k for k, m in enumerate(row_means) if np.isfinite(m[row]) and m[row] > LEAK_LIMIT]
+    if not lit or len(lit) == len(row_means):
+        return ""
+    return f"exposure(s) {', '.join(str(k + 1) for k in lit)} of {len(row_means)} (counting from 1)"
+
+
+def _leak_warning(leak, row, masked_rows, which=""):
+    """The warning for light above the sky in sky row ``row``: its likely cause by where the row lies.
+
+    ``which`` names the exposures that hold the light when not all do (a
+    stack fit together: a star in one exposure made every file of a
+    ``--fit-together`` run suspect with a row empty in the others, trial K3).
+    """
     distance = rows_from_mask(masked_rows, row)
-    head = f"Sky row {row} {_LEAK_PHRASE} ({leak:.2f} sigma per pixel on average): "
+    where_in = f" in {which}" if which else ""
+    head = f"Sky row {row} {_LEAK_PHRASE}{where_in} ({leak:.2f} sigma per pixel on average): "
     if distance is not None and distance <= LEAK_NEAR_MASK:
         return head + (f"{distance} row(s) from the mask, where a masked trace's wings reach: widen the mask "
                        "(or mask another source there).")
@@ -2932,7 +2948,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 "try spatial_order=2."
             )
     if leak > LEAK_LIMIT:
-        warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0]))
+        warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0], _exposures_with(row_means, leak_row)))
     if dim < -LEAK_LIMIT:
         warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
     if bad_columns:
