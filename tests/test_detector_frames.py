@@ -252,3 +252,16 @@ def test_light_in_one_exposure_of_a_stack_is_named_with_its_exposure():
     res = _quiet_fit(science, f.warp, f.trace_rows)
     light = [w for w in res.quality.warnings if "holds light above the sky" in w]
     assert light and "holds light above the sky in exposure(s) 3 of 3 (counting from 1)" in light[0], light
+
+
+def test_scattered_light_peaking_away_from_the_mask_is_not_a_sources_wings():
+    """Smooth scattered light whose broad bump peaks 25 rows beside the mask: the sky follows it, but the fit
+    was suspect and said "a source's wings ... widen the mask" (trial K1). Wings rise up to the mask's edge;
+    this light falls towards it on one side."""
+    f = make_synthetic_longslit(shape=(200, 1024), n_exposures=2, seed=4, n_sky_lines=30)
+    lo, hi = f.trace_rows
+    rows, cols = np.arange(200)[:, None], np.arange(1024)[None, :]
+    bump = 40 * (0.6 + 0.4 * np.exp(-((rows - (lo - 25)) / 70.0) ** 2)) * (0.5 + cols / 1024)
+    science = np.asarray(f.science, float) + np.random.default_rng(1).poisson(np.broadcast_to(bump, f.science.shape))
+    res = _quiet_fit(science, f.warp, f.trace_rows, read_noise=f.read_noise, gain=f.gain)
+    assert not any("brighten towards the mask" in w for w in res.quality.warnings), res.quality.warnings

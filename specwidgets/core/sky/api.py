@@ -2373,6 +2373,13 @@ def _source_wings(added, faint, masked_rows, skip):
                 break
             if not np.mean(faint[side[:third]]) - np.mean(faint[side[-third:]]) > WINGS_LIMIT:
                 break
+            # Wings keep rising up to the mask's edge; light that peaks farther out and falls towards
+            # the mask (scattered light's broad bump 20 rows off, trial K1: "widen the mask" for a
+            # right sky) is not the masked source's.
+            sixth = max(2, side.size // 6)
+            falls = np.mean(added[side[sixth:2 * sixth]]) - np.mean(added[side[:sixth]])
+            if falls > 2.0 * scatter * math.sqrt(2.0 / sixth):
+                break
             rises.append(rise)
         if len(rises) == 2 and (best is None or min(rises) > best[0]):
             best = (min(rises), int(start), int(stop))
@@ -2646,7 +2653,8 @@ BLOCK_SCATTER_LIMIT = 1.3
 
 _STRUCTURE_HEAD = "The residuals (data minus sky) averaged in blocks of"
 _STRUCTURE_CAUSE = ("Fringes (red wavelengths) or a flat-field pattern do this: divide the frames by a flat field "
-                    "(and a fringe frame) before the sky fit.")
+                    "(and a fringe frame) before the sky fit; so does light across part of the frame that is not "
+                    "the sky's (a satellite's or meteor's trail: leave that exposure out, or mask its rows).")
 
 
 def _structure_warning(structure):
