@@ -723,3 +723,22 @@ def test_a_mask_file_is_applied_in_the_stored_or_the_read_layout(tmp_path):
         read_frame(tmp_path / "t.fits", bad_pixels="DQ")
     with pytest.raises(TypeError, match="bad_pixels must be a data-quality EXTNAME"):
         read_frame(tmp_path / "t.fits", bad_pixels=3)
+
+
+def test_frames_of_another_binning_in_a_folder_are_named_with_their_binning(tmp_path):
+    """A folder mixing 1x1 biases with 2x2 science frames: the shape error now shows each shape's CCDSUM and
+    says what to do, as ``science - bias`` does (trial K1)."""
+    from specwidgets.io.folder import load_folder
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        fits.writeto(tmp_path / f"bias_{i}.fits", rng.normal(300, 4, (60, 200)).astype(np.float32),
+                     fits.Header({"CCDSUM": "1 1"}))
+    fits.writeto(tmp_path / "arc_0.fits", rng.normal(300, 4, (30, 100)).astype(np.float32),
+                 fits.Header({"CCDSUM": "2 2"}))
+    fits.writeto(tmp_path / "sci_0.fits", rng.normal(300, 4, (30, 100)).astype(np.float32),
+                 fits.Header({"CCDSUM": "2 2"}))
+    with pytest.raises(ValueError, match=r"30 x 100 \(CCDSUM '2 2'\): arc_0.fits, sci_0.fits; 60 x 200 \(CCDSUM "
+                                         r"'1 1'\): bias_0.fits, bias_1.fits\): frames of another binning\? Use "
+                                         r"calibrations of the science"):
+        load_folder(tmp_path)

@@ -19,7 +19,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..core.flat import FLAT_NORMS, usable_flat
-from ..core.frames import FrameArray
+from ..core.frames import FrameArray, binning_text
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
@@ -407,13 +407,18 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     for role in ("arc", "science"):
         if not frames[role]:
             raise ValueError(f"none of the {role} frames could be read or used:\n" + "\n".join(skipped))
-    shapes = {}
+    shapes, binnings = {}, {}
     for items in frames.values():
-        for path, data, _ in items:
+        for path, data, meta in items:
             shapes.setdefault(data.shape, []).append(rel(path))
+            binnings.setdefault(data.shape, binning_text(meta["header"]))
     if len(shapes) > 1:
-        listing = "; ".join(f"{shape[0]} x {shape[1]}: {', '.join(names)}" for shape, names in shapes.items())
-        raise ValueError(f"the frames differ in shape after trimming and cropping ({listing})")
+        # The binning cards say why, when they differ (as `science - bias` says it).
+        listing = "; ".join(f"{shape[0]} x {shape[1]}" + (f" ({binnings[shape]})" if binnings[shape] else "")
+                            + f": {', '.join(names)}" for shape, names in shapes.items())
+        hint = (": frames of another binning? Use calibrations of the science frames' binning"
+                if len(set(binnings.values()) - {""}) > 1 else "")
+        raise ValueError(f"the frames differ in shape after trimming and cropping ({listing}){hint}")
     units = {}
     for items in frames.values():
         for path, _, meta in items:
