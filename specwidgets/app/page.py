@@ -39,8 +39,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..core.extract import guess_trace_rows
 from ..core.rows import RowRanges
 from ..io.discovery import find_frames
@@ -579,11 +577,11 @@ class DashboardApp:
             **{role: [Path(f).name for f in data.files.get(role, [])] for role in ("bias", "flat", "arc")},
         }
         if data.flat is not None:
-            from specwidgets.io.fits_output import MASK_BADFLAT
+            from specwidgets.io.fits_output import bad_flat_mask
 
             shared["flat_norm"] = data.flat_norm
             # As batch marks them: the pixels the flat could not correct (NaN in the science).
-            self.dashboard.export_extra_mask = np.where(np.isfinite(data.flat), 0, MASK_BADFLAT).astype(np.uint8)
+            self.dashboard.export_extra_mask = bad_flat_mask(data.flat)
         gains = data.input_gains or [None] * data.science.shape[0]
         self.dashboard.export_provenance = [{**shared, "input_gain": gain} for gain in gains]
         notes = list(data.notes)

@@ -121,8 +121,7 @@ def prepare_calibrations(
         if bias_img is not None:
             _check_shape(raw_flat, bias_img, "flat", "bias")
             raw_flat -= bias_img
-        names = ", ".join(p.name for p in flat_files[:4]) + (", ..." if len(flat_files) > 4 else "")
-        flat_img = usable_flat(raw_flat, flat_norm, f"the flat frames ({names})", "check --flat, or leave it out")
+        flat_img = usable_flat(raw_flat, flat_norm, flat_files, "check --flat, or leave it out")
     if len(units) > 1:
         raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
     if warp_model is None and arc_img is None:

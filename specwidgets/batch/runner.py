@@ -116,8 +116,8 @@ from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
 from ..core.warp import WarpModel
 from ..io.fits_output import (
-    MASK_BADFLAT,
     OUTPUT_SUFFIX,
+    bad_flat_mask,
     clean_temporary_files,
     effective_options,
     export_result,
@@ -288,8 +288,8 @@ def _export_mismatch(out, job, path):
         return "another warp model"
     if sci_header.get("BITPIX") != {"float32": -32, "float64": -64}[job.dtype]:
         return f"BITPIX {sci_header.get('BITPIX')}, this run writes {job.dtype}"
-    flats = [str(h)[len("flat: "):] for h in header.get("HISTORY", []) if str(h).startswith("flat: ")]
-    if flats != [f"flat: {name}"[:72][len("flat: "):] for name in job.settings["flat"]]:
+    flats = _recorded_files(header, "flat")
+    if flats != _as_recorded("flat", job.settings["flat"]):
         return f"flat frames {_names_text(flats)}, this run's are {_names_text(job.settings['flat'])}"
     if job.settings["flat"] and header.get("SWFLNORM") != job.settings["flat_norm"]:
         return f"flat normalisation {header.get('SWFLNORM')!r}, this run's is {job.settings['flat_norm']!r}"
@@ -339,9 +339,8 @@ def _settings_differences(out, job):
     differ("crop", header.get("SWCROP", "none"), _crop_text(job.crop))
     differ("instrument", header.get("SWINSTR"), job.provenance.get("instrument"))
     for key in ("bias", "flat"):
-        old = [str(h)[len(key) + 2:] for h in header.get("HISTORY", []) if str(h).startswith(f"{key}: ")]
-        # A HISTORY card holds 72 characters: a longer name is compared by what it kept.
-        if old != [f"{key}: {name}"[:72][len(key) + 2:] for name in job.settings[key]]:
+        old = _recorded_files(header, key)
+        if old != _as_recorded(key, job.settings[key]):
             found.append(f"{key} frames were {_names_text(old)}, now {_names_text(job.settings[key])}")
     if job.settings["flat"]:
         differ("flat normalisation", header.get("SWFLNORM"), job.settings["flat_norm"])
@@ -352,6 +351,17 @@ def _settings_differences(out, job):
     # A given warp model is not compared: SWWARP holds the warp the fit used,
     # which its sky-line refinement may have changed.
     return found
+
+
+def _recorded_files(header, key):
+    """The ``key`` ("bias", "flat") file names an output's header records (its ``"key: name"`` HISTORY cards)."""
+    return [str(h)[len(key) + 2:] for h in header.get("HISTORY", []) if str(h).startswith(f"{key}: ")]
+
+
+def _as_recorded(key, names):
+    """``names`` as :func:`_recorded_files` reads them back: a HISTORY card holds 72 characters, so a longer
+    name is compared by what it kept."""
+    return [f"{key}: {name}"[:72][len(key) + 2:] for name in names]
 
 
 def _names_text(names):
@@ -538,7 +548,7 @@ def _process_one_inner(path, job, bias, flat):
             image -= bias
         if flat is not None:
             image /= flat
-            extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+            extra = bad_flat_mask(flat)
         if export is not None:
             if _same_science(export, image, job):
                 _accept_export(record, export, path)
@@ -1100,7 +1110,7 @@ def _process_group_inner(paths, job, bias, flat):
                 image -= bias
             if flat is not None:
                 image /= flat
-                extra = np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
+                extra = bad_flat_mask(flat)
             images.append(image)
             frames.append(frame)
         if exports:

@@ -6,6 +6,8 @@ its *Flat tag*) and batch runs (``--flat``), so both divide by the same flat.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 __all__ = ["FLAT_FLOOR", "FLAT_NORMS", "normalise_flat", "usable_flat"]
@@ -100,20 +102,20 @@ def normalise_flat(flat, how="pixel"):
     return out
 
 
-def usable_flat(raw_flat, how="pixel", what="the flat frames", fix="check them, or leave them out"):
+def usable_flat(raw_flat, how="pixel", files=(), fix="check them, or leave them out"):
     """:func:`normalise_flat` of a bias-subtracted combined flat; ValueError when most of it is unusable.
 
     A pixel is usable where the flat is finite and well above its own pixel
     noise: a "flat" of bias frames alone (noise about zero, half of it
-    positive) or of a closed shutter is refused, naming ``what`` and ``fix``,
-    instead of dividing the science by noise.
+    positive) or of a closed shutter is refused, naming the flat ``files``
+    (paths) and ``fix``, instead of dividing the science by noise.
 
     Examples
     --------
     >>> rng = np.random.default_rng(1)
     >>> usable_flat(20000 + 100 * rng.standard_normal((30, 100))).shape
     (30, 100)
-    >>> usable_flat(5 * rng.standard_normal((30, 100)), what="the flat frames (bias1.fits)")
+    >>> usable_flat(5 * rng.standard_normal((30, 100)), files=["night/bias1.fits"])
     Traceback (most recent call last):
     ...
     ValueError: the flat frames (bias1.fits) are unusable in 100 % of the pixels (...): check them, or leave them out
@@ -132,6 +134,9 @@ def usable_flat(raw_flat, how="pixel", what="the flat frames", fix="check them, 
         if np.nanmedian(raw_flat) > 3.0 * noise:
             bad = 1.0 - np.count_nonzero(lit) / flat.size
     if bad > 0.5:
+        files = list(files)
+        names = ", ".join(Path(f).name for f in files[:4]) + (", ..." if len(files) > 4 else "")
+        what = f"the flat frames ({names})" if names else "the flat frames"
         raise ValueError(
             f"{what} are unusable in {100 * bad:.0f} % of the pixels (the bias-subtracted median is not well "
             f"above its noise, or not finite, there): {fix}"

@@ -850,11 +850,11 @@ def _higher_order_notes(model, x0, rows, positions, used):
         notes.append(f"the lines' shape changes along the dispersion more than warp_order={n_coef - 1} follows: they "
                      f"scatter {before:.3f} px RMS about it and {after:.3f} px about warp_order={n_coef}, which "
                      f"moves them by up to {inside:.2f} px: pass warp_order={n_coef}")
-    if lo + (n_cols - 1 - hi) >= 0.1 * n_cols:
+    if not notes and lo + (n_cols - 1 - hi) >= 0.1 * n_cols:
         outside = np.r_[np.linspace(0, lo, 16) if lo >= 1 else [],
                         np.linspace(hi, n_cols - 1, 16) if hi <= n_cols - 2 else []]
         worst = gap(outside)
-        if worst >= EXTRAPOLATION_LIMIT_PX and not notes:
+        if worst >= EXTRAPOLATION_LIMIT_PX:
             notes.append(
                 f"the lines span columns {lo:.0f}-{hi:.0f} of {n_cols}: beyond them the model is extrapolated, and "
                 f"one of warp_order={n_coef} fit to the same lines differs there by up to {worst:.2f} px (at the "

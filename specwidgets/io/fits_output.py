@@ -57,6 +57,7 @@ __all__ = [
     "MASK_BADFLAT",
     "OUTPUT_SUFFIX",
     "OutputState",
+    "bad_flat_mask",
     "clean_temporary_files",
     "export_result",
     "inspect_output",
@@ -140,6 +141,11 @@ def sci_variance(result, exposure=0):
     data = result.data[exposure]
     noise = np.clip(data, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
     return noise + result.variance[exposure]
+
+
+def bad_flat_mask(flat):
+    """The uint8 ``extra`` mask of a normalised flat: :data:`MASK_BADFLAT` where it is not finite."""
+    return np.where(np.isfinite(flat), 0, MASK_BADFLAT).astype(np.uint8)
 
 
 def mask_image(result, exposure=0, extra=None):

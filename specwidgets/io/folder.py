@@ -437,9 +437,8 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     flat = None
     if frames["flat"]:
         # As batch's calibrations: the flats' median minus the bias, normalised.
-        names = ", ".join(p.name for p, _, _ in frames["flat"][:4]) + (", ..." if len(frames["flat"]) > 4 else "")
         flat = usable_flat(np.median(np.stack([d for _, d, _ in frames["flat"]]), axis=0) - zero, flat_norm,
-                           f"the flat frames ({names})", "check the flat tag, or leave it blank")
+                           [p for p, _, _ in frames["flat"]], "check the flat tag, or leave it blank")
     science_meta = [m for _, _, m in frames["science"]]
     pixels = np.stack([d for _, d, _ in frames["science"]]) - zero
     if flat is not None:

@@ -475,16 +475,16 @@ class Instrument:
                 UserWarning,
             )
             gain, gain_from = None, ""
-        elif _electron_unit(header) and gain is not None and gain != 1 and "gain" not in self.given:
+        elif (electrons := _electron_unit(header)) and gain is not None and gain != 1 and "gain" not in self.given:
             # Frames a pipeline turned into electrons often keep the camera's GAIN card: applied
             # again, the data were 2.2x too bright and the fit blamed the gain (trial K1).
             warn_at_caller(
-                f"the frames are in electrons (BUNIT = {_electron_unit(header)!r}): the {gain_from} ({gain:g}) is "
-                "the camera's, already applied, so it is not applied again (their gain is 1); pass gain=... "
-                "(batch: --gain) if they are in ADU after all",
+                f"the frames are in electrons (BUNIT = {electrons!r}): the {gain_from} ({gain:g}) is the camera's, "
+                "already applied, so it is not applied again (their gain is 1); pass gain=... (batch: --gain) if "
+                "they are in ADU after all",
                 UserWarning,
             )
-            gain, gain_from = 1.0, f"BUNIT {_electron_unit(header)!r} (in electrons)"
+            gain, gain_from = 1.0, f"BUNIT {electrons!r} (in electrons)"
         self._note_unread_cards(header, gain is None, read_noise is None)
         sources = [f for f, v in ((gain_from, gain), (noise_from, read_noise)) if v is not None]
         return Frame(

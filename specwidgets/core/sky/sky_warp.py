@@ -278,10 +278,16 @@ def _offsets_to_warp(traced, warp):
     return R, t, warp._u(e_line), P.shape[0]
 
 
+def _terms_for(n_lines):
+    """The shift's terms ``(k, j)`` (``t**k * u**j``) that ``n_lines`` traced lines constrain."""
+    max_j = 2 if n_lines >= 5 else 1
+    return [(k, j) for k in (1, 2) for j in range(max_j + 1)]
+
+
 def _tilt_of(c, terms, warp, n_rows):
     """The t * u**0 coefficient over the frame's rows: the sky lines' tilt change in fit_sky's flexure units (px)."""
     tilt = float(c[terms.index((1, 0))] * (n_rows - 1) / warp.row_scale)
-    return (tilt if np.isfinite(tilt) else 0.0,)
+    return tilt if np.isfinite(tilt) else 0.0
 
 
 def _each_exposure_offsets(stack, sky_rows, warp):
@@ -310,9 +316,9 @@ def _tilts_each(offsets, warp, n_rows):
             tilts.append(0.0)
             continue
         R, t, u, n_lines = item
-        terms = [(k, j) for k in (1, 2) for j in range((2 if n_lines >= 5 else 1) + 1)]
+        terms = _terms_for(n_lines)
         _, c = _fit_offsets_and_terms(R, t, u, terms, np.isfinite(R))
-        tilts.append(_tilt_of(c, terms, warp, n_rows)[0])
+        tilts.append(_tilt_of(c, terms, warp, n_rows))
     return tuple(tilts)
 
 
@@ -398,8 +404,7 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     R, t, u, n_lines = _offsets_to_warp(traced, warp)
     if n_lines < 3:
         return warp, WarpRefinement(False, source, reason=f"only {n_lines} sky line(s) could be traced (3 needed)")
-    max_j = 2 if n_lines >= 5 else 1
-    terms_all = [(k, j) for k in (1, 2) for j in range(max_j + 1)]
+    terms_all = _terms_for(n_lines)
     flex_only = [(1, 0)]
     extra = [tj for tj in terms_all if tj != (1, 0)]
     have = np.isfinite(R)
@@ -407,7 +412,7 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     gains, sigma2 = [], None
     # The positions' scatter about the full model (all blocks): the unit of the gain.
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
-    tilt = _tilt_of(c, terms_all, warp, n_rows)
+    tilt = (_tilt_of(c, terms_all, warp, n_rows),)
     offsets = None
     if n_exp > 1:
         # Each exposure's own (0.3 s of tracing on two Goodman full frames), when
