@@ -380,13 +380,14 @@ def test_command_trims_and_turns_raw_frames_of_an_unknown_instrument(frames, tmp
                               "--workers", "1", "--trimsec", section, "--dispersion-axis", "0"])
     assert code == 0, capsys.readouterr().err
     files = _outputs(out)
-    assert len(files) == 2 and all(fits.getdata(p, "SCI").shape == SHAPE for p in files)
+    # The outputs lie as the inputs do (turned back), trimmed.
+    assert len(files) == 2 and all(fits.getdata(p, "SCI").shape == SHAPE[::-1] for p in files)
     # Every pixel kept ("all"), the overscan is in: the frames are wider than the section.
     out_all = tmp_path / "out_all"
     code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out", out_all,
                               "--workers", "1", "--trimsec", "all", "--dispersion-axis", "0"])
     capsys.readouterr()
-    assert code == 0 and fits.getdata(_outputs(out_all)[0], "SCI").shape == (SHAPE[0] + 6, SHAPE[1])
+    assert code == 0 and fits.getdata(_outputs(out_all)[0], "SCI").shape == (SHAPE[1], SHAPE[0] + 6)
 
 
 def test_outputs_record_the_gain_that_took_the_input_to_electrons(frames, tmp_path):
@@ -501,13 +502,23 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
     err = capsys.readouterr().err
     assert code == 0, err
     assert "the arc's lines lie along the rows (arc_01.fits" in err
-    sky = fits.getdata(_outputs(out)[0], "SKY")
-    assert sky.shape == SHAPE and fits.getval(_outputs(out)[0], "SWDISPAX") == 0
+    # Every output lies as its input does (turned back: trial L2 found them transposed), and says so.
+    header = fits.getheader(_outputs(out)[0])
+    assert header["SWDISPAX"] == 0 and header["SWTRANSP"] is True and header["SWROT90"] == 0
+    images = {name: fits.getdata(_outputs(out)[0], name) for name in ("SCI", "SKY", "VAR", "MASK")}
+    assert all(image.shape == SHAPE[::-1] for image in images.values())
+    np.testing.assert_allclose(images["SCI"] + images["SKY"], frames.science[0].T, rtol=1e-6, atol=1e-3)
     reference = run_batch([_write(tmp_path / "sci_00.fits", frames.science[0])],
                           [_write(tmp_path / "arc_01.fits", frames.arc)], masks=[MASK], out_dir=tmp_path / "ref",
                           workers=1, processes=False, progress=False, read_noise=4.0)
     assert reference.exit_code == 0
-    np.testing.assert_allclose(sky, fits.getdata(_outputs(tmp_path / "ref")[0], "SKY"), atol=1e-6)
+    assert "SWTRANSP" not in fits.getheader(_outputs(tmp_path / "ref")[0])
+    for name, image in images.items():
+        np.testing.assert_allclose(image.T, fits.getdata(_outputs(tmp_path / "ref")[0], name), atol=1e-6)
+    # A second run keeps them: complete, of the shape the turned frames give.
+    code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out", out,
+                              "--workers", "1"])
+    assert code == 0 and "skipped" in capsys.readouterr().err
     # Told how the frames lie, batch reads them as stored (and the arc then has no line along a row).
     code = _cli(monkeypatch, [*science, "--arc", arc, "--mask", "12:26", "--read-noise", "4", "--out",
                               tmp_path / "out2", "--workers", "1", "--dispersion-axis", "1"])

@@ -522,6 +522,22 @@ def test_choose_knot_threshold_chooses_the_finest_spacing_too():
         choose_knot_threshold(e, flux, rows, 1.0, 4.0, 0.5, 5.0, fine_candidates=())
 
 
+def test_choose_knot_threshold_skip_rows_are_as_nan_flux():
+    """Rows left out by ``skip_rows`` (unlit rows) give the scores of those rows' flux set to NaN, with
+    and without the random choice of rows above ``max_samples`` and a given extent."""
+    e, rows, rng = _rows_of_samples(n_rows=60)
+    two = np.stack([rng.poisson(_line_sky(e)) + rng.normal(0, 4, e.size) for _ in range(2)])
+    two[0, rng.integers(0, e.size, 50)] = np.nan
+    skip = np.zeros(60, bool)
+    skip[:7] = skip[50:] = True
+    blanked = np.where(skip[rows][None], np.nan, two)
+    for extent in (None, (5.0, 95.0)):
+        for max_samples in (100_000, 9_000):
+            kw = dict(extent=extent, max_samples=max_samples, candidates=(2.0, 4.0, 8.0))
+            assert (choose_knot_threshold(e, two, rows, 1.0, 4.0, 0.5, 5.0, skip_rows=skip, **kw)
+                    == choose_knot_threshold(e, blanked, rows, 1.0, 4.0, 0.5, 5.0, **kw))
+
+
 def test_choose_knot_threshold_rejects_bad_input():
     e, rows, rng = _rows_of_samples()
     flux = rng.poisson(_line_sky(e)).astype(float)

@@ -342,6 +342,21 @@ def test_lines_broader_at_one_end_of_the_slit():
     assert q.suspect and q.line_misfit > 1.2 and any("misses the lines' shape" in w for w in q.warnings)
 
 
+def test_a_line_misfit_is_named_before_the_noise_model():
+    """Lines 60 % broader at one end of the slit, the true gain and read noise given: the fit misses the
+    lines' shape, which raises the scatter at the brightest levels alone. Its first warning names the
+    misfit, says the continuum scatters as the noise model says, and offers a spatial order above the
+    one used (trial L1: "check gain and read noise" came first for exact ones, and "try spatial_order=2"
+    for a fit of order 2); the step in scatter the lines make along the columns is not an amplifier's."""
+    f = frames(line_sigma_change=0.6, n_exposures=2, n_sky_lines=50, seed=44, shape=(160, 1024))
+    q = sw.fit_sky(f.science, f.warp, f.trace_rows, read_noise=4.0, gain=1.0).quality
+    assert q.suspect and q.line_misfit > 1.2
+    first = q.warnings[0]
+    assert "misses the lines' shape" in first and "the lines' misfit, not the noise model" in first, q.warnings
+    assert f"try spatial_order={max(2, q.spatial_order + 2)} (this fit used {q.spatial_order})" in first
+    assert not any("check gain and read noise" in w or "amplifiers" in w for w in q.warnings), q.warnings
+
+
 # ----------------------------------------------------------------------- quality
 @pytest.mark.parametrize("method", ["median", "bspline"])
 def test_chi_is_about_one_for_the_true_noise_model(method):

@@ -6,6 +6,7 @@ exposure time, and an over-subtracted bias. Each test compares the default
 fit against the synthetic truth the frames were made from.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -265,3 +266,41 @@ def test_scattered_light_peaking_away_from_the_mask_is_not_a_sources_wings():
     science = np.asarray(f.science, float) + np.random.default_rng(1).poisson(np.broadcast_to(bump, f.science.shape))
     res = _quiet_fit(science, f.warp, f.trace_rows, read_noise=f.read_noise, gain=f.gain)
     assert not any("brighten towards the mask" in w for w in res.quality.warnings), res.quality.warnings
+
+
+@pytest.mark.parametrize("axis", ["columns", "rows"])
+def test_two_amplifiers_with_one_gain_applied_are_named(plain, axis):
+    """A frame read through two amplifiers whose gains differ by 1.5x, one gain applied to both (a header
+    with one GAIN card): half the frame is 0.67x its electrons, and its scatter 0.67x the noise model's.
+    The fit is suspect and says why first (trial L2: "ok" once the seam column was set to NaN, as the
+    bad-column warning advised, with half the sky 3.3 sigma RMS off); the same frame read right is not.
+    A frame stored transposed has its seam along the rows."""
+    data = np.array(plain.science)
+    half = (slice(None), slice(None), slice(400, None)) if axis == "columns" else (slice(None), slice(60, None))
+    data[half] *= 1.2 / 1.8
+    res = _quiet_fit(data, plain.warp, plain.trace_rows, read_noise=plain.read_noise, gain=plain.gain)
+    assert res.quality.suspect
+    first = res.quality.warnings[0]
+    assert "amplifiers of different gains" in first, res.quality.warnings
+    where = re.search(r"left of about column (\d+)" if axis == "columns" else r"below about row (\d+)", first)
+    assert where and abs(int(where.group(1)) - (400 if axis == "columns" else 60)) <= 3, first
+    clean = _quiet_fit(plain.science, plain.warp, plain.trace_rows, read_noise=plain.read_noise, gain=plain.gain)
+    assert not any("amplifiers" in w for w in clean.quality.warnings), clean.quality.warnings
+
+
+def test_cards_of_several_amplifiers_are_named(tmp_path):
+    """GAINA/GAINB (and RDNOISEA/B) of different values and BIASSECA/B, which the generic reader does not
+    read: one warning says the frame has several amplifiers and what to do (trial L2: only GAINA was
+    suggested, which applied to both halves gave a wrong half; the overscans went unsubtracted unsaid)."""
+    header = fits.Header({"GAINA": 1.2, "GAINB": 1.8, "RDNOISEA": 4.0, "RDNOISEB": 5.0,
+                          "BIASSECA": "[1:4,1:20]", "BIASSECB": "[37:40,1:20]"})
+    fits.writeto(tmp_path / "sci_1.fits", np.full((20, 40), 100.0, np.float32), header)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = sw.collect_images_array(tmp_path, "sci_")
+    texts = [str(w.message) for w in caught]
+    assert any("GAINA = 1.2, GAINB = 1.8, RDNOISEA = 4, RDNOISEB = 5: the gains of several amplifiers" in t
+               for t in texts), texts
+    assert any("BIASSECA, BIASSECB: overscan sections of several amplifiers" in t for t in texts), texts
+    assert not any("pass gain=1.2" in t or "pass read_noise=4" in t for t in texts), texts
+    assert frame.unit == "adu"

@@ -498,6 +498,82 @@ def test_pixel_order_and_unmasked_pixels_kernels_match_numpy(monkeypatch, rng):
     np.testing.assert_array_equal(results[0][1], order[~masked[order // n_cols]])
 
 
+def test_sorted_pixel_order_is_the_stable_argsort(monkeypatch, rng):
+    """The effective pixels sorted as two halves of columns merged: the stable argsort's order, ties
+    (in column-major order) and NaN (last) included."""
+    from specwidgets.core.sky import _select
+
+    monkeypatch.setattr(_select, "KERNEL_MIN_PIXELS", 0)
+    for trial in range(60):
+        n_rows, n_cols = int(rng.integers(1, 40)), int(rng.integers(2, 40))
+        emap = np.add.outer(rng.normal(0, [0.1, 3.0, 30.0][trial % 3], n_rows), np.arange(n_cols, dtype=float))
+        if trial % 4 == 1:
+            emap = np.round(emap * 2) / 2  # ties
+        if trial % 5 == 2:
+            emap[rng.random(emap.shape) < 0.1] = np.nan
+        if trial % 7 == 3:
+            emap = rng.normal(size=emap.shape)  # no order at all
+        expected = _select.pixel_order(np.argsort(emap.T.ravel(), kind="stable"), n_rows, n_cols)
+        got = _select.sorted_pixel_order(emap)
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == expected.dtype == np.int32
+
+
+def test_pixel_rows_is_integer_division(monkeypatch, rng):
+    """The rows of pixel indices by a corrected float quotient: ``index // n_cols`` exactly, at every remainder."""
+    from specwidgets.core.sky import _select
+
+    monkeypatch.setattr(_select, "KERNEL_MIN_PIXELS", 0)
+    for n_cols in (1, 2, 3, 7, 2030, 4093, 4096, 65521):
+        # Every remainder near a multiple (where a rounded quotient is one off), up to the int32 limit.
+        q = rng.integers(0, (2**31 - 1) // n_cols, 500)
+        index = np.concatenate([q * n_cols + d for d in (0, 1, n_cols - 1)] + [rng.integers(0, 2**31 - 1, 500)])
+        index = np.clip(index, 0, 2**31 - 1).astype(np.int32)
+        rows = _select.pixel_rows(index, n_cols)
+        np.testing.assert_array_equal(rows, index // n_cols)
+        assert rows.dtype == np.int32
+
+
+def test_excluded_samples_kernel_matches_numpy(rng):
+    """The fit's unusable samples in one pass: NumPy's flags (non-finite effpix, flux or rows; outside the extent)."""
+    from specwidgets.core.sky._kernels import excluded_samples
+
+    n = 300_000  # over the threads' threshold: the chunks' counts add up
+    e, f, y = rng.uniform(-5, 105, n), rng.normal(size=n), rng.uniform(0, 50, n)
+    for a in (e, f, y):
+        a[rng.integers(0, n, 300)] = rng.choice([np.nan, np.inf, -np.inf], 300)
+    for rows, extent in ((None, None), (y, None), (None, (0.0, 100.0)), (y, (10.0, 20.0))):
+        ref = ~(np.isfinite(e) & np.isfinite(f))
+        if rows is not None:
+            ref |= ~np.isfinite(rows)
+        if extent is not None:
+            with np.errstate(invalid="ignore"):
+                ref |= (e < extent[0]) | (e > extent[1])
+        got, n_out, positive = excluded_samples(e, f, rows, extent)
+        np.testing.assert_array_equal(got, ref)
+        assert n_out == int(ref.sum())
+        assert positive == pytest.approx(float(np.sum(f, where=~ref & (f > 0))), rel=1e-12)
+
+
+def test_sky_ceiling_matches_numpy(rng):
+    """The saturation check's ceiling and plateau count: rejected and NaN samples out, as a boolean mask did."""
+    for trial in range(200):
+        n, n_exp = int(rng.integers(1, 300)), int(rng.integers(1, 3))
+        n_pix = n + int(rng.integers(0, 50))
+        flux = rng.normal(0, 1, (n_exp, n)) * rng.choice([1, 100])
+        flux[rng.random((n_exp, n)) < 0.1] = np.nan
+        if trial % 3 == 0 and np.isfinite(flux).any():
+            flux[:, rng.integers(0, n, 5)] = np.nanmax(flux)  # a plateau (some of it rejected)
+        index = rng.permutation(n_pix)[:n].astype(np.int32)
+        rejected = rng.random((n_exp, n_pix)) < rng.random()
+        kept = np.isfinite(flux) & ~rejected[:, index]
+        ref = None
+        if kept.any():
+            top = float(np.max(flux, where=kept, initial=-np.inf))
+            ref = (top, int(np.count_nonzero(kept & (flux >= top * (1 - 2e-3))))) if top > 0 else None
+        assert sq.sky_ceiling(flux, index, rejected, 2e-3) == ref
+
+
 def test_block_profiles_kernel_is_nanmean(monkeypatch, rng):
     """The arc tracer's block means in one compiled pass: np.nanmean's numbers, NaN and signed zeros too."""
     from specwidgets.core import warp as wm

@@ -610,6 +610,24 @@ def test_dispaxis_card_of_the_generic_instrument(tmp_path):
         read_frame(tmp_path / "bad.fits")
 
 
+def test_frames_read_in_different_orientations_are_named_as_such(tmp_path):
+    """Spectra with DISPAXIS = 2 and bias frames without it (the README's ``science - bias``): the error
+    says the frames were read turned one against the other and which option reads them alike (trial L2:
+    it spoke of crops and binning)."""
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        fits.writeto(tmp_path / f"bias_{i}.fits", rng.normal(300, 4, (40, 12)).astype(np.float32))
+        fits.writeto(tmp_path / f"sci_{i}.fits", rng.normal(400, 4, (40, 12)).astype(np.float32),
+                     fits.Header({"DISPAXIS": 2}))
+    science = collect_images_array(tmp_path, "sci_")
+    bias = average_matching_files(tmp_path, "bias_")
+    with pytest.raises(ValueError, match=r"one is the other turned.*DISPAXIS 2; no DISPAXIS card.*dispersion_axis=0"):
+        science - bias
+    fixed = collect_images_array(tmp_path, "sci_", dispersion_axis=0) - average_matching_files(
+        tmp_path, "bias_", dispersion_axis=0)
+    assert fixed.shape == (2, 12, 40)
+
+
 def test_each_frames_overscan_level_is_subtracted(tmp_path):
     """BIASSEC: each frame's own bias level (it drifts between frames) comes off before anything else.
 

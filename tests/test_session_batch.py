@@ -143,6 +143,37 @@ def test_the_page_export_matches_batch(page, tmp_path):
         assert max_relative(sky_of(tmp_path / "out" / out.name), sky_of(out)) <= 1e-6
 
 
+def test_exports_of_frames_stored_transposed_lie_as_their_inputs(tmp_path):
+    """Frames stored with the dispersion along y (DISPAXIS = 2): the page turns them to fit, and its
+    Export turns every image back, so each lies on its input pixel for pixel (trial L2: transposed);
+    batch with the session keeps those exports, as it keeps any of the same data."""
+    from specwidgets.batch.runner import run_batch
+
+    root = tmp_path / "data"
+    plain, turned = root / "plain", root / "turned"
+    write_night(plain)
+    turned.mkdir()
+    for path in sorted(plain.glob("*.fits")):
+        fits.writeto(turned / path.name, fits.getdata(path).T, fits.Header({"DISPAXIS": 2}))
+    exported = {}
+    for folder in (plain, turned):
+        app = load_app(folder, data_root=root)
+        exported[folder.name] = app.export(root / f"out_{folder.name}", overwrite=True)
+    app.save_session("turned.json")
+    for a, b in zip(exported["plain"], exported["turned"]):
+        assert fits.getval(b, "SWTRANSP") is True and fits.getval(b, "DISPAXIS") == 2
+        for name in ("SCI", "SKY", "VAR", "MASK"):
+            np.testing.assert_allclose(fits.getdata(b, name), fits.getdata(a, name).T, rtol=1e-5, atol=1e-3)
+    # SCI + SKY is the stored frame less the master bias, in the stored frame's columns 3:68 (the crop's rows).
+    bias = np.median([fits.getdata(turned / f"bias_{i:03d}.fits") for i in range(3)], axis=0)
+    first = exported["turned"][0]
+    np.testing.assert_allclose(fits.getdata(first, "SCI") + fits.getdata(first, "SKY"),
+                               (fits.getdata(turned / "sci_000.fits") - bias)[:, 3:68], atol=0.05)
+    summary = run_batch(out_dir=root / "out_turned", settings=root / "turned.json", data_root=root, workers=1,
+                        processes=False, progress=False)
+    assert summary.ok and len(summary.skipped) == 2, summary.report()
+
+
 def test_bad_sessions_name_the_key(page, tmp_path):
     from specwidgets.batch.runner import run_batch
 

@@ -290,3 +290,13 @@ def test_a_warp_order_too_low_for_the_lines_is_named():
     better = _fit_quietly(np.asarray(f.arc), warp_order=2)
     assert not better.quality_warnings
     assert np.abs(better.effpix_map() - f.warp.effpix_map()).max() < 0.1
+
+
+def test_a_frame_of_another_binning_or_orientation_says_so():
+    """Images of another shape than the warp model's: the error names binning (a 2 x 2 frame against a
+    1 x 1 arc) and orientation (the shape turned), which trial L2 met with "the same crop" alone."""
+    model = sw.WarpModel.from_tilt((100, 400), 2.0)
+    with pytest.raises(ValueError, match=r"same crop and binning \(CCDSUM"):
+        model.effpix_map((50, 200))
+    with pytest.raises(ValueError, match=r"binning and orientation \(this is the other's shape turned"):
+        model.effpix_map((400, 100))

@@ -140,6 +140,21 @@ def folder_preset(folder):
     return dict(GOODMAN_PRESET if goodman else DEFAULT_PRESET)
 
 
+def _turns(instrument, data, n):
+    """Per science frame of a loaded folder, how the reader turned it (None where it cannot tell)."""
+    from specwidgets.io.instruments import Instrument, resolve_instrument
+
+    try:
+        reader = resolve_instrument(instrument, **data.instrument_options)
+    except (ValueError, TypeError):
+        return [None] * n
+    if not isinstance(reader, Instrument):
+        return [None] * n
+    files = data.files.get("science", [])
+    headers = list(data.headers) + [None] * n
+    return [reader.turn_of(headers[k] or {}, files[k] if k < len(files) else "frame") for k in range(n)]
+
+
 def load_folder(folder, *args, **kwargs):
     """:func:`specwidgets.io.folder.load_folder` on a folder as the user typed it.
 
@@ -583,7 +598,10 @@ class DashboardApp:
             # As batch marks them: the pixels the flat could not correct (NaN in the science).
             self.dashboard.export_extra_mask = bad_flat_mask(data.flat)
         gains = data.input_gains or [None] * data.science.shape[0]
-        self.dashboard.export_provenance = [{**shared, "input_gain": gain} for gain in gains]
+        # How each frame was turned to fit (an export is turned back as its input lies, as batch's outputs).
+        turns = _turns(self.instrument.value, data, len(gains))
+        self.dashboard.export_provenance = [{**shared, "input_gain": gain, "turn": turn}
+                                            for gain, turn in zip(gains, turns)]
         notes = list(data.notes)
         if data.unit == "adu":
             notes.append("no gain in the headers: the frames stay in ADU")

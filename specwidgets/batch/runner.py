@@ -121,8 +121,10 @@ from ..io.fits_output import (
     clean_temporary_files,
     effective_options,
     export_result,
+    fit_orientation,
     inspect_output,
     output_name,
+    output_turn,
     settings_hash,
     write_exposure,
 )
@@ -394,8 +396,10 @@ def _same_science(out, image, job):
     """
     try:
         with fits.open(out) as hdul:
-            sci = np.asarray(hdul["SCI"].data, float)
-            sky = np.asarray(hdul["SKY"].data, float)
+            # (Turned back as the input lies: compared as the fit saw it.)
+            turn = output_turn(hdul[0].header)
+            sci = fit_orientation(np.asarray(hdul["SCI"].data, float), turn)
+            sky = fit_orientation(np.asarray(hdul["SKY"].data, float), turn)
     except (OSError, ValueError, KeyError):
         return False
     image = np.asarray(image, float)
@@ -406,6 +410,11 @@ def _same_science(out, image, job):
         return False
     tol = 4 * np.finfo(np.dtype(job.dtype)).eps * np.maximum(np.abs(image), np.abs(sky))
     return bool(np.all(np.abs(sci + sky - image)[finite] <= tol[finite]))
+
+
+def _turn_of_frame(reader, frame, path):
+    """How ``reader`` turned the frame read from ``path`` (its outputs are turned back); None for a reader function."""
+    return reader.turn_of(frame.header or {}, path) if isinstance(reader, Instrument) else None
 
 
 def _accept_export(record, out, path):
@@ -561,7 +570,8 @@ def _process_one_inner(path, job, bias, flat):
         image = _with_frame_noise(image, frame, job)
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
-        prov = {**job.provenance, "input": str(path), "input_gain": input_gain(job.reader, frame)}
+        prov = {**job.provenance, "input": str(path), "input_gain": input_gain(job.reader, frame),
+                "turn": _turn_of_frame(job.reader, frame, path)}
         if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
             prov["unit"] = getattr(frame, "unit", None)
         write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
@@ -1144,7 +1154,7 @@ def _process_group_inner(paths, job, bias, flat):
         quality = _quality_record(result)
         for k, (path, record, config) in enumerate(zip(paths, records, configs)):
             prov = {**job.provenance, "input": str(path), "fit_together": len(paths),
-                    "input_gain": input_gain(job.reader, frames[k])}
+                    "input_gain": input_gain(job.reader, frames[k]), "turn": _turn_of_frame(job.reader, frames[k], path)}
             if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
                 prov["unit"] = getattr(frames[k], "unit", None)
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,

@@ -84,6 +84,24 @@ def warm_up(methods=("bspline", "median"), lines=True):
             order = np.empty(rows.size, np.int32)
             _select._row_major(np.arange(rows.size), 4, 100, order)
             _select._copy_unmasked(order, 100, flags, np.empty(_select._count_unmasked(order, 100, flags), np.int32))
+            _select._rows_of(order, 100, np.empty_like(order))
+            # The sort of a large frame's effective pixels, merged from its two halves (argsort's int64).
+            halves = np.arange(2.0), np.arange(2, dtype=np.int64)
+            _select._merge_row_major(*halves, *halves, 2, 2, 2, np.empty(4, np.int32))
+            # The adaptive knots' held-out rows (int32 rows, as fit_sky's).
+            from .sky._kernels import usable_in_rows
+
+            usable_in_rows(e, flux, rows, (0.0, 20.0), flags, count_only=True)
+            usable_in_rows(e, flux, rows, (0.0, 20.0), flags)
+            # The quality checks' scatter profiles (a seam between amplifiers).
+            from .sky.quality import chi_square_profiles
+
+            chi_square_profiles(level.reshape(4, 100), level.reshape(4, 100), np.arange(4), 1.0, 1.0,
+                                rejected=np.zeros((4, 100), bool))
+            # The quality checks' ceiling of the sky (saturation), int32 pixel indices.
+            from .sky.quality import _ceiling_kernel
+
+            _ceiling_kernel(flux[None], order, np.zeros((1, order.size), bool), 1e-3)
         else:
             raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
     return tuple(methods)

@@ -260,6 +260,15 @@ def binning_text(header):
 def _mismatch_message(ufunc, arrays):
     """Why frames of different shapes cannot be combined, with their binning cards when the headers have them."""
     shapes = " and ".join(str(tuple(a.shape)) for a in arrays)
+    if len(arrays) == 2 and all(np.ndim(a) >= 2 for a in arrays) and arrays[0].shape[-2:] == arrays[1].shape[-2:][::-1]:
+        # One is the other turned: a DISPAXIS card in some files and not in others (trial L2: bias frames without it).
+        cards = [getattr(a, "header", None) for a in arrays]
+        dispaxis = ["DISPAXIS " + repr(h["DISPAXIS"]) if h is not None and "DISPAXIS" in h else "no DISPAXIS card"
+                    for h in cards]
+        return (f"frames of shapes {shapes} cannot be combined ({ufunc.__name__}): one is the other turned, so "
+                f"they were read in different orientations ({'; '.join(dispaxis)}): pass dispersion_axis=0 to "
+                "every loader to read all the frames transposed (dispersion along the stored rows), or 1 to read "
+                "them as stored (batch and the page's folder form take the arc's orientation for every frame)")
     binning = []
     for a in arrays:
         header = getattr(a, "header", None)

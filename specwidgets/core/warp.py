@@ -354,6 +354,11 @@ class WarpModel:
             raise ValueError(
                 f"the images have shape {shape} (rows, cols) but the warp model was fit "
                 f"on shape {self.shape}: fit the warp model on an arc of the same crop"
+                + (", binning and orientation (this is the other's shape turned: a DISPAXIS card in some files "
+                   "only?)" if shape == self.shape[::-1] else
+                   " and binning (CCDSUM or the like: a 2 x 2 arc has half the rows and columns of a 1 x 1 one)"
+                   if any(a and b and max(a, b) % min(a, b) == 0 and a != b for a, b in zip(shape, self.shape))
+                   else " and binning")
             )
         return shape
 

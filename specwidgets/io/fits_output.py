@@ -60,10 +60,13 @@ __all__ = [
     "bad_flat_mask",
     "clean_temporary_files",
     "export_result",
+    "fit_orientation",
+    "input_orientation",
     "inspect_output",
     "observation_cards",
     "mask_image",
     "output_name",
+    "output_turn",
     "read_warp_model",
     "result_quality",
     "sci_variance",
@@ -230,7 +233,7 @@ OBSERVATION_KEYWORDS = (
     "OBJECT", "OBSTYPE", "IMAGETYP", "DATE-OBS", "TIME-OBS", "UT", "UTC", "MJD-OBS", "JD", "EXPTIME", "EXPOSURE",
     "RA", "DEC", "EQUINOX", "RADESYS", "EPOCH", "AIRMASS", "HA", "LST", "ZD", "ALT", "AZ", "INSTRUME", "TELESCOP",
     "OBSERVER", "OBSERVAT", "SITE", "PROPID", "PROGRAM", "FILTER", "GRATING", "WAVMODE", "SLIT", "CCDSUM", "CAM_TARG",
-    "GRT_TARG",
+    "GRT_TARG", "DISPAXIS",
 )
 
 
@@ -303,6 +306,11 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
         hdr["SWINSTR"] = (str(prov["instrument"]), "instrument recipe used to read the frames")
     if prov.get("dispersion_axis") is not None:
         hdr["SWDISPAX"] = (int(prov["dispersion_axis"]), "dispersion_axis read with (0: transposed)")
+    transposed, quarter = _turn_of(prov.get("turn"))
+    if transposed or quarter:
+        # The images are the input's way round; rows (SWMASK, SWCROP) and the warp model are the fit's.
+        hdr["SWTRANSP"] = (transposed, "input transposed to fit; images turned back")
+        hdr["SWROT90"] = (quarter, "then np.rot90 quarter turns; images turned back")
     if "crop" in prov:
         hdr["SWCROP"] = (_crop_text(prov["crop"]), "rows kept of each trimmed frame (start:stop)")
     unit = _unit_of(result, prov)
@@ -438,6 +446,48 @@ def read_warp_model(header):
     return WarpModel.from_dict(json.loads(header["SWWARP"]))
 
 
+def _turn_of(turn):
+    """``(transposed, quarter_turns)`` from a provenance's ``turn`` (None: not turned)."""
+    if not turn:
+        return False, 0
+    transposed, quarter = turn
+    return bool(transposed), int(quarter) % 4
+
+
+def input_orientation(image, turn):
+    """``image`` (in the fit's orientation, dispersion along columns) turned back as its input was stored.
+
+    ``turn`` is how the input was turned to fit (:attr:`Frame.turn
+    <specwidgets.io.instruments.Frame>`): transposed or not, then
+    ``np.rot90`` by ``quarter_turns``. The inverse of
+    :func:`fit_orientation`.
+
+    Examples
+    --------
+    >>> stored = np.arange(6).reshape(2, 3)
+    >>> fitted = np.rot90(stored.T, k=1)
+    >>> bool(np.array_equal(input_orientation(fitted, (True, 1)), stored))
+    True
+    """
+    transposed, quarter = _turn_of(turn)
+    if quarter:
+        image = np.rot90(image, k=-quarter)
+    return image.T if transposed else image
+
+
+def fit_orientation(image, turn):
+    """``image`` as stored in an input (or an output turned back to it) turned as the fit saw it."""
+    transposed, quarter = _turn_of(turn)
+    if transposed:
+        image = image.T
+    return np.rot90(image, k=quarter) if quarter else image
+
+
+def output_turn(header):
+    """The turn an output's images were turned back from (its ``SWTRANSP`` and ``SWROT90`` cards)."""
+    return bool(header.get("SWTRANSP", False)), int(header.get("SWROT90", 0) or 0)
+
+
 def _unit_of(result, provenance):
     """The data unit: the provenance's (batch knows its reader's), else the one the fit's frames carried."""
     unit = provenance.get("unit")
@@ -463,14 +513,19 @@ def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, confi
         "SKY": (sky, "sky background"),
         "VAR": (sci_variance(result, exposure), "variance of SCI"),
     }
+    # The images as the input file holds them: a frame turned to fit
+    # (dispersion along y, DISPAXIS = 2) is turned back, so that they lie on
+    # the input pixel for pixel (they were transposed: trial L2).
+    turn = (provenance or {}).get("turn")
     hdus = [primary]
     for name, (image, what) in images.items():
-        hdu = fits.ImageHDU(np.asarray(image, dtype=dtype), name=name)
+        hdu = fits.ImageHDU(np.ascontiguousarray(input_orientation(np.asarray(image, dtype=dtype), turn)), name=name)
         hdu.header["EXTNAME"] = (name, what)
         if unit is not None:
             hdu.header["BUNIT"] = (f"{unit}**2" if name == "VAR" else str(unit), "unit")
         hdus.append(hdu)
-    mask = fits.ImageHDU(mask_image(result, exposure, extra_mask), name="MASK")
+    mask = fits.ImageHDU(np.ascontiguousarray(input_orientation(mask_image(result, exposure, extra_mask), turn)),
+                         name="MASK")
     for bit, meaning in MASK_BITS.items():
         mask.header[f"MASKB{bit}"] = meaning[:68]
     hdus.append(mask)
@@ -700,7 +755,11 @@ def inspect_output(path, shape=None, config=None):
                 if hdu.verify_datasum() != 1 or hdu.verify_checksum() != 1:
                     return OutputState("invalid", f"checksum of HDU {hdu.name} does not verify")
             shapes = {h.name: None if h.data is None else h.data.shape for h in hdul[1:]}
-            want = tuple(shape) if shape is not None else shapes["SCI"]
+            # (``shape`` is the fit's; the images were turned back as the input lies.)
+            want = shapes["SCI"] if shape is None else tuple(shape)
+            transposed, quarter = output_turn(header)
+            if transposed != bool(quarter % 2):  # (a transpose or an odd quarter turn swaps the axes)
+                want = want[::-1]
             bad = {n: s for n, s in shapes.items() if s != want}
             if bad:
                 return OutputState("invalid", f"image shapes {bad} differ from {want}")

@@ -494,7 +494,14 @@ class Instrument:
     def _note_unread_cards(self, header, no_gain, no_read_noise):
         """Warn of header cards that look like the gain or read noise the instrument did not read
         (``CCDGAIN = 1.4`` where it reads ``GAIN``/``EGAIN``): the noise model is then estimated from the
-        sky, which a known value would beat. Once per card and value (the warning's text)."""
+        sky, which a known value would beat. Once per card and value (the warning's text).
+
+        Cards of several amplifiers (``GAINA``/``GAINB`` of different values, ``BIASSECA``/``BIASSECB``)
+        get their own warning: one gain, or no overscan, for a frame read through several amplifiers
+        leaves parts of it in other units or at other levels (trial L2: an "ok" fit with half the frame
+        0.67x its electrons, or its bias levels left in)."""
+        if self._note_amplifier_cards(header, no_gain, no_read_noise):
+            no_gain = no_read_noise = False
         for missing, keyword, pattern, option in ((no_gain, self.gain_keyword, "GAIN", "gain"),
                                                    (no_read_noise, self.read_noise_keyword, "NOIS", "read_noise")):
             if not missing or not keyword:
@@ -512,6 +519,55 @@ class Instrument:
                         UserWarning,
                     )
                     break
+
+    def _note_amplifier_cards(self, header, no_gain, no_read_noise=False):
+        """Warn of per-amplifier gain cards of different values (when no gain was read) and of
+        per-amplifier overscan sections the instrument does not read; True when the gains were named
+        (with the read noises of the amplifiers, when none was read)."""
+        def numbers_of(keyword):
+            prefixes = () if not keyword else (keyword,) if isinstance(keyword, str) else tuple(keyword)
+            found = {}
+            for key in header:
+                value = header.get(key) if key not in ("COMMENT", "HISTORY", "") else None
+                if (any(key.startswith(p) and len(key) > len(p) for p in prefixes) and isinstance(value, numbers.Real)
+                        and not isinstance(value, bool) and value > 0):
+                    found[key] = float(value)
+            return found
+
+        named = False
+        gains = numbers_of(self.gain_keyword)
+        if no_gain and len(set(gains.values())) > 1:
+            noises = numbers_of(self.read_noise_keyword) if no_read_noise else {}
+            listed = ", ".join(f"{k} = {v:g}" for k, v in {**gains, **noises}.items())
+            warn_at_caller(
+                f"the frames have {listed}: the gains of several amplifiers, each for its part of the frame, which "
+                f"instrument {self.name!r} does not read (it applies one gain to a whole frame). Convert each "
+                "part to electrons with its own gain (and subtract its own overscan) before the fit, or register "
+                "an instrument whose reader does; one gain for all would leave the other parts in other units",
+                UserWarning,
+            )
+            named = True
+        key = self.overscan_keyword
+        sections = [k for k in header if key and k.startswith(key) and k != key and isinstance(header.get(k), str)]
+        if key and key not in header and sections:
+            warn_at_caller(
+                f"the frames have {', '.join(sections)}: overscan sections of several amplifiers, which instrument "
+                f"{self.name!r} does not read (it reads {key}): nothing is subtracted for them. Give bias frames "
+                "(a master bias holds each amplifier's level), or subtract each amplifier's overscan before",
+                UserWarning,
+            )
+        return named
+
+    def turn_of(self, header, path="frame"):
+        """``(transposed, quarter_turns)``: how :meth:`read` turns a frame with ``header`` (transposed or not,
+        then ``np.rot90`` by that many quarter turns) so that its dispersion runs along the columns.
+
+        Examples
+        --------
+        >>> Instrument("mycam", dispersion_keyword="DISPAXIS").turn_of({"DISPAXIS": 2})
+        (True, 0)
+        """
+        return bool(self._transposes(header, Path(path))), int(self.rot90)
 
     def _turn(self, data, header, path):
         """``data`` turned so that the dispersion runs along columns."""

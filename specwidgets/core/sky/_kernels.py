@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .._threads import chunk_bounds, run_in_threads
+from .._threads import _n_threads, chunk_bounds, run_in_threads
 
 # Below this many samples (or points) one thread does the work.
 _PARALLEL_MIN_SAMPLES = 200_000
@@ -155,6 +155,75 @@ def _normal_pass_constant_chunked(e, f, excluded, rejected, lo, inv_h, n_int, co
     return int(sum(run_in_threads([
         (lambda c=c, start=start, stop=stop: chunk(c, start, stop)) for c, (start, stop) in enumerate(bounds)
     ])))
+
+
+@njit(cache=True, nogil=True)
+def _exclude_pass(e, f, y, use_y, lo, hi, use_extent, out):
+    """``out[i]``: sample ``i`` is not usable (``e``, ``f`` or, with ``use_y``, ``y`` not finite, or ``e``
+    outside ``[lo, hi]`` with ``use_extent``); returns how many are, and the sum of the usable ``f > 0``."""
+    n = 0
+    positive = 0.0
+    for i in range(e.shape[0]):
+        ei = e[i]
+        fi = f[i]
+        bad = not (math.isfinite(ei) and math.isfinite(fi))
+        if use_y and not math.isfinite(y[i]):
+            bad = True
+        if use_extent and (ei < lo or ei > hi):
+            bad = True
+        out[i] = bad
+        n += bad
+        if not bad and fi > 0.0:
+            positive += fi
+    return n, positive
+
+
+def excluded_samples(e, f, y, extent):
+    """``(excluded, n_excluded, positive_sum)``: the samples not to use (see :func:`_exclude_pass`) and the
+    sum of the usable samples' positive ``f``, in one pass over them.
+
+    ``y`` None: rows not read. The same flags as NumPy's ``~(isfinite(e) &
+    isfinite(f))`` and the comparisons, without their temporaries (eleven
+    passes over the samples with the sum: ~60 ms each fit on a 4096 x 4096
+    frame, more on its first call, whose temporaries are fresh memory).
+    """
+    out = np.empty(e.shape[0], np.bool_)
+    use_y, use_extent = y is not None, extent is not None
+    y_in = y if use_y else e
+    lo, hi = (float(extent[0]), float(extent[1])) if use_extent else (0.0, 0.0)
+    n_chunks = 1 if e.shape[0] < _PARALLEL_MIN_SAMPLES else _n_threads()
+    parts = run_in_threads([
+        (lambda a=a, b=b: _exclude_pass(e[a:b], f[a:b], y_in[a:b], use_y, lo, hi, use_extent, out[a:b]))
+        for a, b in chunk_bounds(e.shape[0], n_chunks)
+    ])
+    return out, int(sum(n for n, _ in parts)), float(sum(p for _, p in parts))
+
+
+@njit(cache=True, nogil=True)
+def _usable_in_rows(e, f, y, lo, hi, dropped_rows, out):
+    """Indices of the samples with finite ``e`` and ``f``, ``lo <= e <= hi`` and row ``y`` not in
+    ``dropped_rows`` into ``out`` (None: only counted); returns how many there are."""
+    n = 0
+    for i in range(e.shape[0]):
+        ei = e[i]
+        if (math.isfinite(ei) and math.isfinite(f[i]) and ei >= lo and ei <= hi
+                and not dropped_rows[y[i]]):
+            if out is not None:
+                out[n] = i
+            n += 1
+    return n
+
+
+def usable_in_rows(e, f, y, extent, dropped_rows, count_only=False):
+    """The indices (ascending) of the samples with finite ``e`` and ``f`` within ``extent`` whose row is not
+    in ``dropped_rows`` (flags by row); with ``count_only``, how many. One pass, no sample-sized temporaries."""
+    dropped_rows = np.ascontiguousarray(dropped_rows, dtype=np.bool_)
+    lo, hi = float(extent[0]), float(extent[1])
+    if count_only:
+        return _usable_in_rows(e, f, y, lo, hi, dropped_rows, None)
+    out = np.empty(_usable_in_rows(e, f, y, lo, hi, dropped_rows, None), np.int64)
+    _usable_in_rows(e, f, y, lo, hi, dropped_rows, out)
+    return out
 
 
 # (k, l) of the columns 0..9 of ``acc`` in ``_normal_pass_constant``.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._stats import median, percentile
+from .._stats import median, median_along, percentile
 from .._threads import interp_in_threads, map_in_threads
 from .._warnings import warn_at_caller
 from ..frames import check_gain, check_read_noise
@@ -26,7 +26,7 @@ from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
 from ._kernels import _PARALLEL_MIN_SAMPLES
-from ._select import drop_flagged_rows, pixel_order, unmasked_pixels
+from ._select import drop_flagged_rows, pixel_rows, sorted_pixel_order, unmasked_pixels
 from .bspline import StretchedBSplineSky, TooFewSamplesError, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
 from .options import resolve_options
@@ -49,6 +49,7 @@ from .quality import (  # noqa: E402
     added_light_profile,
     analyse_rows,
     block_chi_scatter,
+    chi_square_profiles,
     column_chi_means,
     effpix_chi_sums,
     estimate_noise,
@@ -59,6 +60,8 @@ from .quality import (  # noqa: E402
     noise_pedestal,
     provisional_noise,
     row_profile,
+    scatter_step,
+    sky_ceiling,
 )
 from .slit import MAX_PROFILE_DEGREE, fit_slit_correction, illumination_profile
 from .slit import SAMPLE_LIMIT as SLIT_SAMPLES
@@ -122,7 +125,7 @@ class SkySamples:
     @property
     def rows(self):
         """Row of each sample's pixel."""
-        return self.index // self.n_cols
+        return pixel_rows(self.index, self.n_cols)
 
 
 def sky_samples(stack, warp_model, masked_rows):
@@ -134,13 +137,9 @@ def sky_samples(stack, warp_model, masked_rows):
     n_exp, n_rows, n_cols = stack.shape
     order = warp_model._cache.get("order")
     if order is None:
-        # Column by column the map is already nearly sorted, which timsort
-        # (kind="stable") exploits: several times faster than row order.
-        by_column = np.argsort(warp_model.effpix_map().T.ravel(), kind="stable")
         # Pixel indices fit in int32 below 2**31 pixels: half the memory of
         # the cached order and of every sample index (the same values).
-        order = pixel_order(by_column, n_rows, n_cols)
-        del by_column
+        order = sorted_pixel_order(warp_model.effpix_map())
         warp_model._cache["order"] = order
     index = unmasked_pixels(order, n_cols, masked_rows)
     emap, flat = warp_model.effpix_map().ravel(), stack.reshape(n_exp, -1)
@@ -1598,7 +1597,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # The read noise came out 0 and the gain tilted to make up for
             # it: the variance the result reports is wrong at the sky lines.
             warnings = list(warnings) + [
-                f"The sky's scatter at its faintest is less than photon noise allows for its level, as if at "
+                f"The sky's scatter at its faintest is {_PEDESTAL_PHRASE}, as if at "
                 f"least {pedestal[0]:.3g} data units of every pixel were not light: the noise model estimated "
                 f"from it (gain {gain:.3g}, read noise {read_noise:.3g} e-) is wrong. A bias or overscan level "
                 "left in the frames does this (subtract it); so does sky structure the model does not follow "
@@ -1655,12 +1654,11 @@ def _cv_knot_threshold(effpix, flux, rows, skip_rows, order, shifts, n_rows, gai
     lit = np.flatnonzero(~skip_rows)
     if lit.size < 4:
         return fines[0], DEFAULT_THRESHOLD
-    f = np.where(skip_rows[rows][None], np.nan, flux)
     e = effpix if not shifts[0] else effpix - shifts[0] * _row_coordinate(rows, n_rows)
     try:
-        best, _ = choose_knot_threshold(e, f, rows, gain, read_noise, fines[0], coarse, first_spacing=first_spacing,
+        best, _ = choose_knot_threshold(e, flux, rows, gain, read_noise, fines[0], coarse, first_spacing=first_spacing,
                                         extent=extent, spatial_order=order, row_range=(int(lit[0]), int(lit[-1]) + 1),
-                                        fine_candidates=fines)
+                                        fine_candidates=fines, skip_rows=skip_rows)
     except ValueError:
         # Too few samples or rows to split: the usual values.
         best = fines[0], DEFAULT_THRESHOLD
@@ -2217,14 +2215,16 @@ def _smooth_light(values, rows, block=64, window=5, significance=3.0):
     edges = np.linspace(0, n_cols, n_blocks + 1).astype(int)
     centres = 0.5 * (edges[:-1] + edges[1:] - 1)
     filled = np.where(np.isfinite(values), values, 0.0)
-    medians = np.stack([np.median(filled[:, a:b], axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    # (NumPy's medians: median_along gives their numbers faster, as median does below.)
+    medians = np.stack([median_along(filled[:, a:b], axis=1, nan_checked=True)
+                        for a, b in zip(edges[:-1], edges[1:])], axis=1)
     cols = np.arange(n_cols)
     starts = np.flatnonzero(np.r_[True, np.diff(rows) > 1])
     for a, b in zip(starts, np.r_[starts[1:], n_rows]):
         size = min(window, b - a)
         smooth = uniform_filter1d(medians[a:b], size, axis=0, mode="nearest")
-        pixels = filled[a:b]
-        noise = 1.4826 * float(np.median(np.abs(pixels - np.median(pixels))))
+        pixels = filled[a:b].ravel()
+        noise = 1.4826 * median(np.abs(pixels - median(pixels)))
         expected = 1.2533 * noise / math.sqrt(max(edges[1] - edges[0], 1)) / math.sqrt(size)
         if math.sqrt(float(np.mean(smooth**2))) <= significance * expected:
             continue
@@ -2916,13 +2916,19 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     # That is the estimator's known limit, not a wrong gain: say so.
     lines_only = (method == "median" and source_given and len(by_level) == 2 and within(chi_std)
                   and within(by_level[0]) and not within(by_level[1]))
+    # A B-spline that misses the lines' shape (the misfit check below, which does not read the noise
+    # model) scatters too much at the brightest levels alone: not a wrong gain, which the continuum's
+    # scatter, as the noise model says, rules out (trial L1: "check gain and read noise" came first for
+    # a coma whose skew reverses along the slit, the true gain and read noise given).
+    misfit_at_lines = (method != "median" and misfit > misfit_limit and len(by_level) == 2
+                       and within(by_level[0]) and not within(by_level[1]))
     if lines_only:
         warnings.append(
             f"The sky scatters {by_level[1]:.2f} times the noise model at the brightest sky levels (the sky "
             f"lines) and {by_level[0]:.2f} times on the continuum: the median of bins misses the lines' peaks "
             "(its limit where the lines tilt or curve across the slit); the default method (B-spline) follows them."
         )
-    elif math.isfinite(worst) and not within(worst):
+    elif math.isfinite(worst) and not within(worst) and not misfit_at_lines:
         if source_given:
             warnings.append(
                 f"The sky scatters {worst:.2f} times what the noise model predicts (gain "
@@ -2950,12 +2956,21 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 "tilt, curve or shift across the slit); the default method (B-spline) follows them."
             )
         else:
-            warnings.append(
-                f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
-                f"neighbouring rows differ{ratio}: the sky model misses the lines' shape (lines that change width or "
-                "position along the slit, or a warp model that does not fit them); check the warp model, or "
-                "try spatial_order=2."
-            )
+            scatter = (f" The sky scatters {by_level[1]:.2f} times the noise model at the brightest sky levels and "
+                       f"{by_level[0]:.2f} times on the continuum: the lines' misfit, not the noise model."
+                       if misfit_at_lines else "")
+            # (The order this fit used, and one that follows more: trial L1's coma took 4, its fit had 2.)
+            higher = f"spatial_order={max(2, order + 2)} (this fit used {order})"
+            text = (f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
+                    f"neighbouring rows differ{ratio}: the sky model misses the lines' shape (lines that change width "
+                    f"or position along the slit, or a warp model that does not fit them); check the warp model, or "
+                    f"try {higher}.{scatter}")
+            if misfit_at_lines or any(_PEDESTAL_PHRASE in w for w in warnings):
+                # First: it explains the scatter at the lines, and a noise model estimated from that
+                # scatter, tilted by it, reads as a pedestal ("a bias left in": trial L1, none was).
+                warnings.insert(0, text)
+            else:
+                warnings.append(text)
     if leak > LEAK_LIMIT:
         warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0], _exposures_with(row_means, leak_row)))
     if dim < -LEAK_LIMIT:
@@ -2981,6 +2996,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             "their width or shape changing there.)"
         )
     differenced = _differenced(result.background, ~skip)
+    negative = None
     if differenced is not None:
         # First: it is why the noise model and the other checks read as they do.
         warnings.insert(0, (
@@ -3000,6 +3016,15 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 "(Poisson in the sky level) does not hold there, nor the checks that read it: subtract the "
                 "frames' own bias."
             ))
+    # A seam between amplifiers of different gains. (The B-spline's fits only: the median of bins
+    # misses the slit's illumination and unlit rows, whose chi**2 steps there, 9-40x on the
+    # comparison sets, for reasons its own warnings give. Not for frames whose sky goes below zero,
+    # for which the noise model does not hold: a difference of frames stepped 1.11 -> 0.83.)
+    seam = (_amplifier_seam(_scatter_steps(result, skip))
+            if method == "bspline" and differenced is None and negative is None else None)
+    if seam is not None:
+        # First: a part of the frame in other units makes the noise model, and every check that reads it, wrong.
+        warnings.insert(0, _seam_warning(seam, bad_columns))
     ceiling = _saturated_sky(result, samples)
     if ceiling is not None:
         warnings.append(
@@ -3027,6 +3052,70 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         suspect=bool(warnings),
         bad_columns=tuple(bad_columns),
     )
+
+
+#: A sharp step in the sky's chi**2 along the columns or the rows (:func:`quality.scatter_step`) by this
+#: ratio, at the same place in every exposure, is taken for a seam between amplifiers of different gains.
+#: B-spline fits of one gain read up to 1.17 (trial L2's frames, the comparison sets, trials D, F, G2);
+#: two amplifiers whose gains differ by 1.5x, one gain applied, 1.43; the same with a gain estimated, 1.37.
+SEAM_RATIO = 1.25
+
+
+#: The words of the warning of a noise model whose variance line meets zero above zero level.
+_PEDESTAL_PHRASE = "less than photon noise allows for its level"
+
+
+def _amplifier_seam(steps):
+    """``(axis, index, before, after)`` of a step in the chi**2 by :data:`SEAM_RATIO` at the same place
+    (within 2 blocks) in every exposure, the same way; else None (``before``/``after`` the exposures' means)."""
+    for axis, block in (("columns", 16), ("rows", 4)):
+        found = steps.get(axis) or []
+        if not found or any(f is None for f in found):
+            continue
+        ratios = [f[2] / f[1] for f in found]
+        if not (all(r >= SEAM_RATIO for r in ratios) or all(r <= 1.0 / SEAM_RATIO for r in ratios)):
+            continue
+        places = [f[0] for f in found]
+        if max(places) - min(places) > 2 * block:
+            continue
+        return (axis, int(round(float(np.median(places)))), float(np.mean([f[1] for f in found])),
+                float(np.mean([f[2] for f in found])))
+    return None
+
+
+def _seam_warning(seam, bad_columns=()):
+    """The warning for a step in the sky's scatter (:func:`_amplifier_seam`)."""
+    axis, index, before, after = seam
+    # ("About": where the lines tilt, the model mixes both sides for a few pixels.)
+    where = (f"left of about column {index} and {after:.2f} times right of it" if axis == "columns"
+             else f"below about row {index} and {after:.2f} times from it up")
+    text = (f"The sky scatters {before:.2f} times the noise model's variance {where}, a sharp step in every "
+            "exposure: the two parts of the frame were probably read through amplifiers of different gains and "
+            "one gain applied to both (a header with one GAIN card, or GAINA/GAINB cards not read). The sky, the "
+            "data and their variance are then off by the gains' ratio in one part, and the noise model suits "
+            "neither: convert each amplifier's part to electrons with its own gain (and subtract its own "
+            "overscan) before the fit.")
+    near = [c for c in bad_columns if abs(c - index) <= 2] if axis == "columns" else []
+    if near:
+        text += f" The column(s) {', '.join(map(str, near))} flagged as a defect lie on that seam."
+    return text
+
+
+def _scatter_steps(result, skip):
+    """Per axis ("columns", "rows"), each exposure's step in the sky's chi**2 profile (:func:`quality.scatter_step`;
+    a row's step at the frame's row)."""
+    rows = np.flatnonzero(~skip)
+    out = {"columns": [], "rows": []}
+    if rows.size < 8:
+        return out
+    for k in range(result.data.shape[0]):
+        by_column, by_row, read = chi_square_profiles(result.data[k], result.background[k], rows, result.gain,
+                                                      result.read_noise, rejected=result.rejected[k])
+        out["columns"].append(scatter_step(by_column))
+        step = scatter_step(by_row, block=4)
+        # (The rows' step at the first row read after it.)
+        out["rows"].append(None if step is None else (int(read[step[0]]), *step[1:]))
+    return out
 
 
 #: A sky whose 0.5th percentile is below minus this fraction of its 99.5th, in every exposure, is not a raw
@@ -3057,7 +3146,9 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
     data themselves, read window by window, took cosmic rays, faint lines
     and lines that hardly tilt for changes: false alarms in trials F and G2.)
     """
-    from scipy.ndimage import maximum_filter1d, median_filter
+    from scipy.ndimage import maximum_filter1d
+
+    from ..extract import running_median_rows
 
     model = models[0] if models else None
     rows = np.flatnonzero(sky_rows)
@@ -3070,7 +3161,7 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
         return None
     ends = (float(rows[0]), float(np.median(rows)), float(rows[-1]))
     sky = np.stack([np.asarray(model(grid, np.full(grid.size, r)), dtype=float) for r in ends])
-    lines = sky - median_filter(sky, size=(1, 121), mode="nearest")
+    lines = sky - running_median_rows(sky, 121)  # (scipy's median_filter, size (1, 121), "nearest")
     mid = lines[1]
     floor = max(5.0 * float(np.median(np.abs(mid))), 0.2 * float(np.median(sky[1])))
     peak = (mid > floor) & (mid == maximum_filter1d(mid, size=17, mode="nearest"))
@@ -3105,7 +3196,8 @@ def _below_zero(background, sky_rows, read_noise, gain):
     (every 7th column) is below minus 3 times the read noise (data units); else None."""
     found = None
     for k in range(background.shape[0]):
-        values = background[k][sky_rows][:, ::7]
+        # (Columns first: rows picked from every column would copy the whole sky, 134 MB on 4096 x 4096.)
+        values = background[k][:, ::7][sky_rows]
         values = values[np.isfinite(values)]
         if not values.size:
             return None
@@ -3124,7 +3216,7 @@ def _differenced(background, sky_rows):
     exposure, it goes below zero by :data:`DIFFERENCED_RATIO` of how far it goes above; else None."""
     found = None
     for k in range(background.shape[0]):
-        values = background[k][sky_rows][:, ::7]  # (every 7th column: percentiles of the whole sky)
+        values = background[k][:, ::7][sky_rows]  # (every 7th column: percentiles of the whole sky)
         values = values[np.isfinite(values)]
         if not values.size:
             return None
@@ -3151,16 +3243,9 @@ def _saturated_sky(result, samples):
     do. Rejected samples (cosmic rays, which saturate one by one) are left
     out.
     """
-    n_exp = result.data.shape[0]
-    flux = samples.flux
-    kept = np.isfinite(flux) & ~result.rejected.reshape(n_exp, -1)[:, samples.index]
-    if not kept.any():
-        return None
-    ceiling = float(np.max(flux, where=kept, initial=-np.inf))
-    if not ceiling > 0:
-        return None
-    n = int(np.count_nonzero(kept & (flux >= ceiling * (1.0 - SATURATION_BAND))))
-    return (ceiling, n) if n >= SATURATION_PIXELS else None
+    found = sky_ceiling(samples.flux, samples.index, result.rejected.reshape(result.data.shape[0], -1),
+                        SATURATION_BAND)
+    return found if found is not None and found[1] >= SATURATION_PIXELS else None
 
 
 def _chi_scatter(result, samples, models):
