@@ -62,7 +62,13 @@ def child(size, method, path, mask):
 
     from specwidgets import fit_sky
     from specwidgets.core._warmup import warm_up
-    from specwidgets.core.sky._select import sorted_pixel_order
+    try:
+        from specwidgets.core.sky._select import sorted_pixel_order
+    except ImportError:  # (a tree before 2026-11-30, third session, run side by side: its sort)
+        from specwidgets.core.sky._select import pixel_order
+
+        def sorted_pixel_order(emap):
+            return pixel_order(np.argsort(emap.T.ravel(), kind="stable"), *emap.shape)
     from specwidgets.core.warp import WarpModel
     from specwidgets.io.synthetic import make_synthetic_longslit
 

@@ -93,11 +93,10 @@ def warm_up(methods=("bspline", "median"), lines=True):
 
             usable_in_rows(e, flux, rows, (0.0, 20.0), flags, count_only=True)
             usable_in_rows(e, flux, rows, (0.0, 20.0), flags)
-            # The quality checks' scatter profiles (a seam between amplifiers).
-            from .sky.quality import chi_square_profiles
+            # The quality checks' quantiles by group (the scatter's profiles along columns and rows).
+            from .sky.quality import group_quantiles
 
-            chi_square_profiles(level.reshape(4, 100), level.reshape(4, 100), np.arange(4), 1.0, 1.0,
-                                rejected=np.zeros((4, 100), bool))
+            group_quantiles(np.array([0, 1, 0]), np.arange(3.0), 2, 0.5)
             # The quality checks' ceiling of the sky (saturation), int32 pixel indices.
             from .sky.quality import _ceiling_kernel
 

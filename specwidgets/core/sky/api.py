@@ -2875,13 +2875,14 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         skip[a:b] = True
     # Independent measures (the chi scatter's medians, the line misfit and
     # each exposure's rows against the sky): side by side on the cores.
-    tasks = [lambda: _chi_scatter(result, samples, models), lambda: result._line_misfit or _line_misfit(result, skip)]
+    tasks = [lambda: _chi_scatter(result, samples, models, steps=method == "bspline"),
+             lambda: result._line_misfit or _line_misfit(result, skip)]
     # Each exposure's rows against the final sky (the leak, and rows dimmer than it).
     tasks += [(lambda k=k: _row_means(result.background[k], samples, k, result.gain, result.read_noise,
                                       result.data[k], ~skip))
               for k in range(n_exp)]
     # (map_in_threads: within the thread budget, e.g. a batch worker's one thread.)
-    (chi_std, by_level), (misfit, misfit_limit), *row_means = map_in_threads(lambda task: task(), tasks)
+    (chi_std, by_level, steps), (misfit, misfit_limit), *row_means = map_in_threads(lambda task: task(), tasks)
     leak = max((_extreme_row(m, 1.0) for m in row_means), key=lambda lr: lr[0])
     # Rows dimmer than the sky near a mask: the sky under the mask is drawn from them. (Far from
     # the masks, the edge of a vignetted part misfit by 0.3-0.5 sigma: the Goodman frames' rows 30-37.)
@@ -3020,8 +3021,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     # misses the slit's illumination and unlit rows, whose chi**2 steps there, 9-40x on the
     # comparison sets, for reasons its own warnings give. Not for frames whose sky goes below zero,
     # for which the noise model does not hold: a difference of frames stepped 1.11 -> 0.83.)
-    seam = (_amplifier_seam(_scatter_steps(result, skip))
-            if method == "bspline" and differenced is None and negative is None else None)
+    seam = _amplifier_seam(steps) if steps is not None and differenced is None and negative is None else None
     if seam is not None:
         # First: a part of the frame in other units makes the noise model, and every check that reads it, wrong.
         warnings.insert(0, _seam_warning(seam, bad_columns))
@@ -3065,6 +3065,11 @@ SEAM_RATIO = 1.25
 _PEDESTAL_PHRASE = "less than photon noise allows for its level"
 
 
+def _seam_ratio(step):
+    """Whether a step of :func:`quality.scatter_step` is one of :data:`SEAM_RATIO` or more (either way)."""
+    return step is not None and not (1.0 / SEAM_RATIO < step[2] / step[1] < SEAM_RATIO)
+
+
 def _amplifier_seam(steps):
     """``(axis, index, before, after)`` of a step in the chi**2 by :data:`SEAM_RATIO` at the same place
     (within 2 blocks) in every exposure, the same way; else None (``before``/``after`` the exposures' means)."""
@@ -3090,31 +3095,30 @@ def _seam_warning(seam, bad_columns=()):
     where = (f"left of about column {index} and {after:.2f} times right of it" if axis == "columns"
              else f"below about row {index} and {after:.2f} times from it up")
     text = (f"The sky scatters {before:.2f} times the noise model's variance {where}, a sharp step in every "
-            "exposure: the two parts of the frame were probably read through amplifiers of different gains and "
-            "one gain applied to both (a header with one GAIN card, or GAINA/GAINB cards not read). The sky, the "
-            "data and their variance are then off by the gains' ratio in one part, and the noise model suits "
-            "neither: convert each amplifier's part to electrons with its own gain (and subtract its own "
-            "overscan) before the fit.")
+            "exposure: the two parts of the frame were probably read through amplifiers of different gains, one "
+            "gain applied to both (a header with one GAIN card, or GAINA/GAINB cards not read), or of different "
+            "bias levels, one overscan subtracted from both (a level left in one part carries no photon noise). "
+            "The sky, the data and their variance are then off in one part, and the noise model suits neither: "
+            "convert each amplifier's part to electrons with its own gain, and subtract its own overscan (or a "
+            "master bias), before the fit.")
     near = [c for c in bad_columns if abs(c - index) <= 2] if axis == "columns" else []
     if near:
         text += f" The column(s) {', '.join(map(str, near))} flagged as a defect lie on that seam."
     return text
 
 
-def _scatter_steps(result, skip):
-    """Per axis ("columns", "rows"), each exposure's step in the sky's chi**2 profile (:func:`quality.scatter_step`;
-    a row's step at the frame's row)."""
-    rows = np.flatnonzero(~skip)
+def _scatter_steps(chi, level, index, n_cols, gain, read_noise):
+    """Per axis ("columns", "rows"), each exposure's step in the chi**2 of its sky samples (``chi`` and
+    ``level`` ``(n_exposures, n)`` at pixels ``index``; :func:`quality.chi_square_profiles`,
+    :func:`quality.scatter_step`; a row's step at the frame's row)."""
     out = {"columns": [], "rows": []}
-    if rows.size < 8:
-        return out
-    for k in range(result.data.shape[0]):
-        by_column, by_row, read = chi_square_profiles(result.data[k], result.background[k], rows, result.gain,
-                                                      result.read_noise, rejected=result.rejected[k])
+    for k in range(chi.shape[0]):
+        by_column, by_row, rows = chi_square_profiles(chi[k], level[k], index, n_cols, gain, read_noise)
         out["columns"].append(scatter_step(by_column))
-        step = scatter_step(by_row, block=4)
-        # (The rows' step at the first row read after it.)
-        out["rows"].append(None if step is None else (int(read[step[0]]), *step[1:]))
+        step = scatter_step(by_row, block=4) if rows.size >= 8 else None
+        out["rows"].append(None if step is None else (int(rows[step[0]]), *step[1:]))
+        if not any(_seam_ratio(out[axis][-1]) for axis in out):
+            break  # (a seam steps every exposure: one without such a step settles it)
     return out
 
 
@@ -3248,9 +3252,11 @@ def _saturated_sky(result, samples):
     return found if found is not None and found[1] >= SATURATION_PIXELS else None
 
 
-def _chi_scatter(result, samples, models):
-    """``(chi_std, by_level)``: the sky samples' robust chi scatter, overall and at the faintest half
-    and the brightest tenth of the sky levels (a wrong gain shows where the sky is bright)."""
+def _chi_scatter(result, samples, models, steps=False):
+    """``(chi_std, by_level, steps)``: the sky samples' robust chi scatter, overall and at the faintest
+    half and the brightest tenth of the sky levels (a wrong gain shows where the sky is bright); with
+    ``steps``, each exposure's steps in its chi**2 along the columns and the rows (:func:`_scatter_steps`),
+    read on the same samples; else None."""
     n_exp = result.data.shape[0]
     # A regular subsample of the sky samples (all of them are summed per row
     # for the leak, in ``_leak``).
@@ -3271,6 +3277,8 @@ def _chi_scatter(result, samples, models):
         n_fit, n_coef = _fitted_counts(models)
         if n_fit > 2 * n_coef > 0:
             chi = chi * math.sqrt(n_fit / (n_fit - n_coef))
+    found = _scatter_steps(chi, bg, samples.index[pick], result.data.shape[2], result.gain,
+                           result.read_noise) if steps else None
     finite = np.isfinite(chi)
     sub = chi[finite]
     chi_std = _robust_std(sub)
@@ -3281,7 +3289,7 @@ def _chi_scatter(result, samples, models):
         for part in (levels <= cut[0], levels >= cut[1]):
             if part.sum() >= 500:
                 by_level.append(_robust_std(sub[part]))
-    return chi_std, by_level
+    return chi_std, by_level, found
 
 
 def extract_background(

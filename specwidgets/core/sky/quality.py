@@ -30,9 +30,9 @@ from .._stats import median, median_along, median_rows, percentile
 from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 
-__all__ = ["SkyQuality", "added_light_profile", "analyse_rows", "block_chi_scatter", "column_chi_means", "dark_rows",
-           "effpix_chi_sums", "estimate_noise", "line_shape_change", "measure_flexure", "noise_bins", "noise_pedestal",
-           "row_profile", "sky_ceiling"]
+__all__ = ["SkyQuality", "added_light_profile", "analyse_rows", "block_chi_scatter", "chi_square_profiles",
+           "column_chi_means", "dark_rows", "effpix_chi_sums", "estimate_noise", "group_quantiles", "line_shape_change",
+           "measure_flexure", "noise_bins", "noise_pedestal", "row_profile", "scatter_step", "sky_ceiling"]
 
 # Thresholds for ``suspect`` (see SkyQuality): chosen so that the good fits of
 # the benchmark (Goodman crop and full frame, synthetic cases) stay clear of
@@ -988,84 +988,138 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, reje
     return means, means * np.sqrt(counts)
 
 
-def chi_square_profiles(data, background, rows, gain, read_noise, clip=5.0, *, rejected=None):
-    """``(by_column, by_row, rows_read)``: the clipped chi**2 of one exposure's sky ``rows`` (at most
-    :data:`COLUMN_CHI_ROWS`, evenly spread: ``rows_read``): its mean per column, and its median per row
-    read over the columns, divided by the median of chi**2 for Gaussian noise (0.455: ~1 where the noise
-    model holds); NaN where none counts.
+def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, block=16):
+    """``(by_column, by_row, rows)``: the clipped chi**2 of sky samples, its mean per column and its
+    median per row of the rows they hold (``rows``, ascending; over the median of chi**2 for Gaussian
+    noise, so ~1 where the noise model holds); NaN in a column without one.
 
-    ``chi`` as in :func:`column_chi_means`, clipped to +-``clip`` before
-    squaring; ``rejected`` pixels left out, and so are the sky lines: pixels
-    whose background is above twice the 30th percentile of the background
-    in their block of 16 columns plus 3 noise sigmas of it (a model that
-    misses the lines' shape raised their columns' mean by 1.3-1.7x). A sky
-    model and a noise model that fit give ~1 everywhere; a part of the
-    frame whose gain is not the one applied (a second amplifier) scatters
-    more or less than the rest, at every level.
+    ``chi`` are the samples' residuals over the noise model's sigma, ``level``
+    the sky model there and ``index`` their pixels' flat indices (``row *
+    n_cols + col``), a subsample of one exposure's sky samples. Each chi is
+    clipped to +-``clip`` before squaring, and the sky lines are left out,
+    wings and all: samples whose level is above 1.2 times the 30th
+    percentile of the levels in their block of ``block`` columns plus 2
+    noise sigmas of it (a model that misses the lines' shape, where it
+    changes along the slit, raised their columns' mean by 1.3-1.7x). A sky model and a noise model that fit give ~1
+    everywhere; a part of the frame whose gain is not the one applied (a
+    second amplifier) scatters more or less than the rest, at every level.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
-    >>> data = rng.normal(100.0, 10.0, (200, 40))
-    >>> data[:, 20:] = 100.0 + (data[:, 20:] - 100.0) * 0.8  # the right half's noise 0.8x the model's
-    >>> by_column, by_row, read = chi_square_profiles(data, np.full((200, 40), 100.0), np.arange(200), 1.0, 0.0)
-    >>> round(float(np.median(by_column[:20])), 1), round(float(np.median(by_column[20:])), 1), by_row.shape
-    (1.0, 0.6, (200,))
-    >>> round(float(np.median(by_row)), 1)  # (the median of 20 values at 1 and 20 at 0.64)
-    0.8
+    >>> index = np.arange(200 * 40)
+    >>> chi = rng.normal(size=index.size) * np.where(index % 40 < 20, 1.0, 0.8)  # the right half 0.8x
+    >>> by_column, by_row, rows = chi_square_profiles(chi, np.full(index.size, 100.0), index, 40, 1.0, 0.0)
+    >>> round(float(np.median(by_column[:20])), 1), round(float(np.median(by_column[20:])), 1), rows.size
+    (1.0, 0.6, 200)
     """
-    skip = np.zeros((1, 1), np.bool_) if rejected is None else rejected
-    rows = _spread(rows)
-    data, background, skip, rows = _kernel_views((data, np.float64), (background, np.float64), (skip, np.bool_),
-                                                 (rows, np.int64))
-    n_cols = data.shape[1]
-    # The continuum's level per block of 16 columns; the lines above it are left out.
-    block = 16
-    read = background[rows]
-    n_full = n_cols // block * block
-    levels = np.empty(n_cols)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if n_full:
-            levels[:n_full] = np.repeat(np.nanpercentile(
-                read[:, :n_full].reshape(rows.size, -1, block).transpose(1, 0, 2).reshape(n_full // block, -1),
-                30, axis=1), block)
-        if n_full < n_cols:
-            levels[n_full:] = np.nanpercentile(read[:, n_full:], 30)
-    del read
-    noise = np.sqrt(np.clip(levels, 0, None) / gain + (read_noise / gain) ** 2)
-    cut = np.where(np.isfinite(levels), 2.0 * np.clip(levels, 0, None) + 3.0 * noise, np.inf)
-    col_sums, col_counts = np.zeros(n_cols), np.zeros(n_cols)
-    by_row = np.full(rows.size, np.nan)
-    _chi_square_sums(data, background, skip, rejected is not None, rows, float(gain), float((read_noise / gain) ** 2),
-                     float(clip), cut, col_sums, col_counts, by_row)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return col_sums / col_counts, by_row / CHI2_MEDIAN, np.array(rows)
+    chi = np.ascontiguousarray(chi, dtype=np.float64)
+    level = np.ascontiguousarray(level, dtype=np.float64)
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    n_rows = int(index.max()) // n_cols + 1 if index.size else 0
+    by_column, by_row = np.full(n_cols, np.nan), np.full(n_rows, np.nan)
+    if index.size:
+        _chi_square_profiles(chi, level, index, n_cols, block, float(gain), float((read_noise / gain) ** 2),
+                             float(clip), by_column, by_row)
+    present = np.flatnonzero(np.isfinite(by_row))
+    return by_column, by_row[present] / CHI2_MEDIAN, present
 
 
 #: The median of chi**2 for Gaussian noise (chi-square with one degree of freedom).
 CHI2_MEDIAN = 0.454936
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _chi_square_sums(data, background, rejected, use_rejected, rows, gain, rn_var, clip, cut, col_sums, col_counts,
-                     row_medians):
-    values = np.empty(data.shape[1])
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        m = 0
-        for c in range(data.shape[1]):
-            if (use_rejected and rejected[r, c]) or not background[r, c] <= cut[c]:
-                continue
-            chi = _pixel_chi(data[r, c], background[r, c], gain, rn_var)
-            if math.isfinite(chi):
-                chi = min(max(chi, -clip), clip)
-                col_sums[c] += chi * chi
-                col_counts[c] += 1.0
-                values[m] = chi * chi
+@njit(cache=True, nogil=True)
+def _chi_square_profiles(chi, level, index, n_cols, block, gain, rn_var, clip, by_column, by_row):
+    """The work of :func:`chi_square_profiles` in one compiled pass (three over the samples)."""
+    n = index.shape[0]
+    n_blocks = (n_cols + block - 1) // block
+    cols = np.empty(n, np.int64)
+    rows = np.empty(n, np.int64)
+    for i in range(n):
+        rows[i] = index[i] // n_cols
+        cols[i] = index[i] - rows[i] * n_cols
+    # The continuum's level per block of columns (30th percentile of its finite levels, read on at
+    # most ~16 samples per column, 256 per block: plenty for a level), and its cut.
+    stride = max(1, n // (16 * n_cols))
+    groups = np.empty(n // stride + 1, np.int64)
+    values = np.empty(n // stride + 1)
+    m = 0
+    for i in range(0, n, stride):
+        if math.isfinite(level[i]):
+            groups[m] = cols[i] // block
+            values[m] = level[i]
+            m += 1
+    base = np.full(n_blocks, np.nan)
+    _group_quantiles(groups[:m], values[:m], 0.3, base)
+    cut = np.empty(n_blocks)
+    for b in range(n_blocks):
+        lv = base[b]
+        if math.isnan(lv):
+            cut[b] = np.inf
+        else:
+            lv = max(lv, 0.0)
+            cut[b] = 1.2 * lv + 2.0 * math.sqrt(lv / gain + rn_var)
+    # Each column's mean of the clipped chi**2 below the cut, and each row's median (of at most ~256
+    # of its samples: a mean took the wings of lines a model misses at one end of the slit, 1.3x).
+    col_sums = np.zeros(n_cols)
+    col_counts = np.zeros(n_cols)
+    row_stride = max(1, n // (256 * by_row.shape[0]))
+    groups = np.empty(n // row_stride + 1, np.int64)
+    values = np.empty(n // row_stride + 1)
+    m = 0
+    for i in range(n):
+        c = chi[i]
+        if math.isfinite(c) and level[i] <= cut[cols[i] // block]:
+            c = min(max(c, -clip), clip)
+            col_sums[cols[i]] += c * c
+            col_counts[cols[i]] += 1.0
+            if i % row_stride == 0:
+                groups[m] = rows[i]
+                values[m] = c * c
                 m += 1
+    for j in range(n_cols):
+        if col_counts[j] > 0:
+            by_column[j] = col_sums[j] / col_counts[j]
+    _group_quantiles(groups[:m], values[:m], 0.5, by_row)
+
+
+def group_quantiles(groups, values, n_groups, q):
+    """Each group's ``q`` quantile of ``values`` (the value at ``int(q * (m - 1))`` of its ``m`` sorted;
+    NaN for a group without one), ``groups`` the group of each value (``0 <= groups < n_groups``).
+
+    Examples
+    --------
+    >>> group_quantiles(np.array([0, 1, 0, 0, 2]), np.array([3.0, 5.0, 1.0, 2.0, 7.0]), 4, 0.5).tolist()
+    [2.0, 5.0, 7.0, nan]
+    """
+    out = np.full(int(n_groups), np.nan)
+    if len(values):
+        _group_quantiles(np.asarray(groups, dtype=np.int64), np.ascontiguousarray(values, dtype=np.float64),
+                         float(q), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _group_quantiles(groups, values, q, out):
+    # A counting sort by group, then a partition of each group's values.
+    n_groups = out.shape[0]
+    counts = np.zeros(n_groups + 1, np.int64)
+    for g in groups:
+        counts[g + 1] += 1
+    starts = np.cumsum(counts)
+    fill = starts[:-1].copy()
+    ordered = np.empty(values.shape[0])
+    for i in range(values.shape[0]):
+        g = groups[i]
+        ordered[fill[g]] = values[i]
+        fill[g] += 1
+    for g in range(n_groups):
+        m = starts[g + 1] - starts[g]
         if m:
-            row_medians[i] = np.median(values[:m])
+            k = int(q * (m - 1))
+            part = np.partition(ordered[starts[g]:starts[g + 1]], k)
+            out[g] = part[k]
 
 
 def scatter_step(profile, block=16, min_blocks=4, sharp=0.5):
