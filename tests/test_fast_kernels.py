@@ -534,10 +534,13 @@ def test_pixel_rows_is_integer_division(monkeypatch, rng):
         assert rows.dtype == np.int32
 
 
-def test_excluded_samples_kernel_matches_numpy(rng):
+@pytest.mark.parametrize("threshold", [1 << 40, 0])  # NumPy, then the kernel
+def test_excluded_samples_kernel_matches_numpy(rng, monkeypatch, threshold):
     """The fit's unusable samples in one pass: NumPy's flags (non-finite effpix, flux or rows; outside the extent)."""
-    from specwidgets.core.sky._kernels import excluded_samples
+    from specwidgets.core.sky import _kernels
+    from specwidgets.core.sky._kernels import excluded_samples, usable_in_rows
 
+    monkeypatch.setattr(_kernels, "KERNEL_MIN_SAMPLES", threshold)
     n = 300_000  # over the threads' threshold: the chunks' counts add up
     e, f, y = rng.uniform(-5, 105, n), rng.normal(size=n), rng.uniform(0, 50, n)
     for a in (e, f, y):
@@ -553,10 +556,19 @@ def test_excluded_samples_kernel_matches_numpy(rng):
         np.testing.assert_array_equal(got, ref)
         assert n_out == int(ref.sum())
         assert positive == pytest.approx(float(np.sum(f, where=~ref & (f > 0))), rel=1e-12)
+    # The knot choice's held-out samples: finite, within the extent, their row not dropped.
+    row_of = rng.integers(0, 50, n).astype(np.int32)
+    dropped = rng.random(50) < 0.3
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(e) & np.isfinite(f) & (e >= 10.0) & (e <= 90.0) & ~dropped[row_of]
+    np.testing.assert_array_equal(usable_in_rows(e, f, row_of, (10.0, 90.0), dropped), np.flatnonzero(ok))
+    assert usable_in_rows(e, f, row_of, (10.0, 90.0), dropped, count_only=True) == int(ok.sum())
 
 
-def test_sky_ceiling_matches_numpy(rng):
-    """The saturation check's ceiling and plateau count: rejected and NaN samples out, as a boolean mask did."""
+def test_sky_ceiling_matches_numpy(rng, monkeypatch):
+    """The saturation check's ceiling and plateau count: rejected and NaN samples out, as a boolean mask did
+    (the kernel a large fit takes, here on small ones)."""
+    monkeypatch.setattr(sq, "_KERNEL_MIN_SAMPLES", 0)
     for trial in range(200):
         n, n_exp = int(rng.integers(1, 300)), int(rng.integers(1, 3))
         n_pix = n + int(rng.integers(0, 50))

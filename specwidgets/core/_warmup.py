@@ -88,15 +88,13 @@ def warm_up(methods=("bspline", "median"), lines=True):
             # The sort of a large frame's effective pixels, merged from its two halves (argsort's int64).
             halves = np.arange(2.0), np.arange(2, dtype=np.int64)
             _select._merge_row_major(*halves, *halves, 2, 2, 2, np.empty(4, np.int32))
-            # The adaptive knots' held-out rows (int32 rows, as fit_sky's).
-            from .sky._kernels import usable_in_rows
+            # A large frame's sample selections (NumPy below a million samples): the fit's unusable
+            # samples, and the adaptive knots' held-out rows (int32 rows, as fit_sky's).
+            from .sky._kernels import _exclude_pass, _usable_in_rows
 
-            usable_in_rows(e, flux, rows, (0.0, 20.0), flags, count_only=True)
-            usable_in_rows(e, flux, rows, (0.0, 20.0), flags)
-            # The quality checks' quantiles by group (the scatter's profiles along columns and rows).
-            from .sky.quality import group_quantiles
-
-            group_quantiles(np.array([0, 1, 0]), np.arange(3.0), 2, 0.5)
+            _exclude_pass(e, flux, e, False, 0.0, 0.0, True, np.empty(e.size, np.bool_))
+            _usable_in_rows(e, flux, rows, 0.0, 20.0, flags, None)
+            _usable_in_rows(e, flux, rows, 0.0, 20.0, flags, np.empty(e.size, np.int64))
             # The quality checks' ceiling of the sky (saturation), int32 pixel indices.
             from .sky.quality import _ceiling_kernel
 

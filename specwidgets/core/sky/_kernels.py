@@ -17,6 +17,9 @@ from .._threads import _n_threads, chunk_bounds, run_in_threads
 
 # Below this many samples (or points) one thread does the work.
 _PARALLEL_MIN_SAMPLES = 200_000
+#: Below this many samples the selection helpers use NumPy (the same results), not their kernels: no
+#: compilation for them on a new machine's first, small fits.
+KERNEL_MIN_SAMPLES = 1 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -187,8 +190,19 @@ def excluded_samples(e, f, y, extent):
     passes over the samples with the sum: ~60 ms each fit on a 4096 x 4096
     frame, more on its first call, whose temporaries are fresh memory).
     """
-    out = np.empty(e.shape[0], np.bool_)
     use_y, use_extent = y is not None, extent is not None
+    if e.shape[0] < KERNEL_MIN_SAMPLES:
+        # (NumPy below a million samples: its passes are quick there, and a new machine's first fit
+        # would otherwise wait for this kernel's compilation.)
+        excluded = ~(np.isfinite(e) & np.isfinite(f))
+        if use_y:
+            excluded |= ~np.isfinite(y)
+        if use_extent:
+            with np.errstate(invalid="ignore"):
+                excluded |= (e < extent[0]) | (e > extent[1])
+        usable = ~excluded
+        return excluded, int(np.count_nonzero(excluded)), float(np.sum(f, where=usable & (f > 0)))
+    out = np.empty(e.shape[0], np.bool_)
     y_in = y if use_y else e
     lo, hi = (float(extent[0]), float(extent[1])) if use_extent else (0.0, 0.0)
     n_chunks = 1 if e.shape[0] < _PARALLEL_MIN_SAMPLES else _n_threads()
@@ -219,6 +233,9 @@ def usable_in_rows(e, f, y, extent, dropped_rows, count_only=False):
     in ``dropped_rows`` (flags by row); with ``count_only``, how many. One pass, no sample-sized temporaries."""
     dropped_rows = np.ascontiguousarray(dropped_rows, dtype=np.bool_)
     lo, hi = float(extent[0]), float(extent[1])
+    if e.shape[0] < KERNEL_MIN_SAMPLES:  # (NumPy: as excluded_samples)
+        ok = np.isfinite(e) & np.isfinite(f) & (e >= lo) & (e <= hi) & ~dropped_rows[y]
+        return int(np.count_nonzero(ok)) if count_only else np.flatnonzero(ok)
     if count_only:
         return _usable_in_rows(e, f, y, lo, hi, dropped_rows, None)
     out = np.empty(_usable_in_rows(e, f, y, lo, hi, dropped_rows, None), np.int64)

@@ -3056,8 +3056,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
 
 #: A sharp step in the sky's chi**2 along the columns or the rows (:func:`quality.scatter_step`) by this
 #: ratio, at the same place in every exposure, is taken for a seam between amplifiers of different gains.
-#: B-spline fits of one gain read up to 1.17 (trial L2's frames, the comparison sets, trials D, F, G2);
-#: two amplifiers whose gains differ by 1.5x, one gain applied, 1.43; the same with a gain estimated, 1.37.
+#: B-spline fits of one gain stay below it (trial L2's frames, the comparison sets, trials D, F, G2, H2);
+#: two amplifiers whose gains differ by 1.5x, one gain applied, 1.39-1.43; the same, gain estimated, 1.34.
 SEAM_RATIO = 1.25
 
 
@@ -3113,8 +3113,9 @@ def _scatter_steps(chi, level, index, n_cols, gain, read_noise):
     :func:`quality.scatter_step`; a row's step at the frame's row)."""
     out = {"columns": [], "rows": []}
     for k in range(chi.shape[0]):
-        by_column, by_row, rows = chi_square_profiles(chi[k], level[k], index, n_cols, gain, read_noise)
-        out["columns"].append(scatter_step(by_column))
+        by_columns, by_row, rows = chi_square_profiles(chi[k], level[k], index, n_cols, gain, read_noise, group=4)
+        step = scatter_step(by_columns, block=4)  # (blocks of 16 columns; the step at its first column)
+        out["columns"].append(None if step is None else (4 * step[0], *step[1:]))
         step = scatter_step(by_row, block=4) if rows.size >= 8 else None
         out["rows"].append(None if step is None else (int(rows[step[0]]), *step[1:]))
         if not any(_seam_ratio(out[axis][-1]) for axis in out):
