@@ -990,10 +990,9 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, reje
 
 
 def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, block=16, group=4):
-    """``(by_columns, by_row, rows)``: the median clipped chi**2 of sky samples per group of ``group``
-    columns (``by_columns[j]`` for columns ``group * j`` on) and per row of the rows they hold (``rows``,
-    ascending), over the median of chi**2 for Gaussian noise (~1 where the noise model holds); NaN where
-    no sample counts.
+    """``(by_columns, by_row, rows)``: the robust variance of sky samples' chi (``(1.4826 MAD)**2``)
+    per group of ``group`` columns (``by_columns[j]`` for columns ``group * j`` on) and per row of the
+    rows they hold (``rows``, ascending): ~1 where the noise model holds; NaN where no sample counts.
 
     ``chi`` are the samples' residuals over the noise model's sigma, ``level``
     the sky model there and ``index`` their pixels' flat indices (``row *
@@ -1007,7 +1006,9 @@ def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, b
     whose gain is not the one applied (a second amplifier) scatters more or
     less than the rest, at every level. Medians: cosmic rays (trial F, 3 %
     of the pixels rejected) and a trace that drifts into the sky rows (trial
-    H2) raised columns' means by 1.7-1.8x, where a gain does every row.
+    H2) raised columns' means by 1.7-1.8x, where a gain does every row; and
+    about each group's own median, so that a sky a little off there (the
+    slit's illumination missed at its ends) does not read as more noise.
 
     Examples
     --------
@@ -1036,14 +1037,24 @@ def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, b
     with np.errstate(invalid="ignore"):
         cut = np.where(np.isfinite(base), 1.2 * base + 2.0 * np.sqrt(base / gain + (read_noise / gain) ** 2), np.inf)
         keep = np.isfinite(chi) & (level <= cut[cols // block])
-    square = np.clip(chi[keep], -clip, clip) ** 2
-    span = clip * clip + 1.0
-    by_columns = _bounded_medians(cols[keep] // group, square, n_groups, span)
-    # Each row's median, of at most ~256 of its samples.
+    kept = np.clip(chi[keep], -clip, clip)
+    by_columns = _spread_squared(cols[keep] // group, kept, n_groups, clip)
+    # Each row's, of at most ~256 of its samples.
     thin = (np.arange(n) % max(1, n // (256 * n_rows)) == 0)[keep]
-    by_row = _bounded_medians(rows[keep][thin], square[thin], n_rows, span)
+    by_row = _spread_squared(rows[keep][thin], kept[thin], n_rows, clip)
     present = np.flatnonzero(np.isfinite(by_row))
-    return by_columns / CHI2_MEDIAN, by_row[present] / CHI2_MEDIAN, present
+    return by_columns, by_row[present], present
+
+
+def _spread_squared(groups, chi, n_groups, clip):
+    """Each group's squared robust spread of ``chi`` (in ``[-clip, clip]``) about its own median:
+    ``(1.4826 MAD)**2``, ~1 for unit Gaussian noise. About the group's median, so that a sky a little
+    off in some rows (a slit's illumination missed at its ends: 2.1x in its squares' median) does not
+    pass for other noise, as a second amplifier's gain does."""
+    span = 2.0 * clip + 1.0
+    centre = _bounded_medians(groups, chi + clip, n_groups, span) - clip
+    spread = _bounded_medians(groups, np.abs(chi - centre[groups]), n_groups, span)
+    return (1.4826 * spread) ** 2
 
 
 def _bounded_medians(groups, values, n_groups, span):
@@ -1080,10 +1091,6 @@ def group_quantiles(groups, values, n_groups, q):
     starts = np.cumsum(counts) - counts
     out[have] = values[order[starts[have] + (q * (counts[have] - 1)).astype(np.int64)]]
     return out
-
-
-#: The median of chi**2 for Gaussian noise (chi-square with one degree of freedom).
-CHI2_MEDIAN = 0.454936
 
 
 def scatter_step(profile, block=16, min_blocks=4, sharp=0.5):
