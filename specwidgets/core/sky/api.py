@@ -3107,7 +3107,7 @@ def _scatter_steps(chi, level, index, n_cols, gain, read_noise):
     which a model follows less well near the ends, stepped them 0.47-2.1x where the gain was one.)"""
     out = []
     for k in range(chi.shape[0]):
-        by_columns = chi_square_profiles(chi[k], level[k], index, n_cols, gain, read_noise, group=4)[0]
+        by_columns = chi_square_profiles(chi[k], level[k], index, n_cols, gain, read_noise, group=4)
         step = scatter_step(by_columns, block=4)  # (blocks of 16 columns; the step at its first column)
         out.append(None if step is None else (4 * step[0], *step[1:]))
         if not _seam_ratio(out[-1]):

@@ -990,9 +990,8 @@ def column_chi_means(data, background, rows, gain, read_noise, clip=5.0, *, reje
 
 
 def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, block=16, group=4):
-    """``(by_columns, by_row, rows)``: the robust variance of sky samples' chi (``(1.4826 MAD)**2``)
-    per group of ``group`` columns (``by_columns[j]`` for columns ``group * j`` on) and per row of the
-    rows they hold (``rows``, ascending): ~1 where the noise model holds; NaN where no sample counts.
+    """The robust variance of sky samples' chi (``(1.4826 MAD)**2``) per group of ``group`` columns
+    (item ``j`` for columns ``group * j`` on): ~1 where the noise model holds; NaN where no sample counts.
 
     ``chi`` are the samples' residuals over the noise model's sigma, ``level``
     the sky model there and ``index`` their pixels' flat indices (``row *
@@ -1015,9 +1014,9 @@ def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, b
     >>> rng = np.random.default_rng(0)
     >>> index = np.arange(200 * 40)
     >>> chi = rng.normal(size=index.size) * np.where(index % 40 < 20, 1.0, 0.8)  # the right half 0.8x
-    >>> by_columns, by_row, rows = chi_square_profiles(chi, np.full(index.size, 100.0), index, 40, 1.0, 0.0)
-    >>> round(float(np.median(by_columns[:5])), 1), round(float(np.median(by_columns[5:])), 1), rows.size
-    (1.0, 0.6, 200)
+    >>> by_columns = chi_square_profiles(chi, np.full(index.size, 100.0), index, 40, 1.0, 0.0)
+    >>> round(float(np.median(by_columns[:5])), 1), round(float(np.median(by_columns[5:])), 1)
+    (1.0, 0.6)
     """
     chi = np.asarray(chi, dtype=np.float64)
     level = np.asarray(level, dtype=np.float64)
@@ -1025,9 +1024,8 @@ def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, b
     n = index.size
     n_groups = -(-n_cols // group)
     if not n:
-        return np.full(n_groups, np.nan), np.zeros(0), np.zeros(0, np.int64)
-    rows, cols = np.divmod(index, n_cols)
-    n_rows = int(rows.max()) + 1
+        return np.full(n_groups, np.nan)
+    cols = index % n_cols
     # The continuum's level per block of columns: the 30th percentile of its finite levels, read on at
     # most ~16 samples per column (256 per block: plenty for a level).
     pick = slice(None, None, max(1, n // (16 * n_cols)))
@@ -1037,13 +1035,7 @@ def chi_square_profiles(chi, level, index, n_cols, gain, read_noise, clip=5.0, b
     with np.errstate(invalid="ignore"):
         cut = np.where(np.isfinite(base), 1.2 * base + 2.0 * np.sqrt(base / gain + (read_noise / gain) ** 2), np.inf)
         keep = np.isfinite(chi) & (level <= cut[cols // block])
-    kept = np.clip(chi[keep], -clip, clip)
-    by_columns = _spread_squared(cols[keep] // group, kept, n_groups, clip)
-    # Each row's, of at most ~256 of its samples.
-    thin = (np.arange(n) % max(1, n // (256 * n_rows)) == 0)[keep]
-    by_row = _spread_squared(rows[keep][thin], kept[thin], n_rows, clip)
-    present = np.flatnonzero(np.isfinite(by_row))
-    return by_columns, by_row[present], present
+    return _spread_squared(cols[keep] // group, np.clip(chi[keep], -clip, clip), n_groups, clip)
 
 
 def _spread_squared(groups, chi, n_groups, clip):
