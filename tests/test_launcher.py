@@ -592,9 +592,10 @@ def test_goodman_folder_gets_the_goodman_settings():
     app = DashboardApp(goodman_path())
     assert app.dashboard.background.shape == (2, 120, 2030)
     assert app.dashboard.mask_region == [(20, 100)]
-    # The headers' read noise travels with the frames (not as a user override).
-    assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74)
-    assert app.dashboard.result.read_noise == pytest.approx(4.74)
+    # The headers' read noise travels with the frames (not as a user override), with the master bias's
+    # (the median of 5 frames subtracted).
+    assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74 * np.sqrt(1 + np.pi / 10))
+    assert app.dashboard.result.read_noise == pytest.approx(4.74 * np.sqrt(1 + np.pi / 10))
 
 
 def test_the_dashboards_untrusted_notebook_warning_is_dropped():

@@ -145,6 +145,55 @@ def test_combined_frames_carry_the_combination_noise(tmp_path):
         average_matching_files(tmp_path, mode="max")
 
 
+def test_subtracting_a_master_bias_adds_its_read_noise(tmp_path):
+    # Issue 13's trial L2: frames in ADU with RDNOISE and no GAIN, less the median of 3 bias frames. The
+    # master bias's own read noise was left out: the gain, estimated with the header's read noise, came
+    # out 2.11 for 2.5 (the output variance ~9 % low with the gain given).
+    (tmp_path / "bias").mkdir()
+    for i in range(5):
+        _write(tmp_path / "bias" / f"b_{i}.fits", np.zeros((6, 10)), RDNOISE=4.0)
+    _write(tmp_path / "sci.fits", np.ones((6, 10)), RDNOISE=4.0)
+    bias = average_matching_files(tmp_path / "bias")
+    science = collect_images_array(tmp_path, tag="sci")
+    assert science.n_combined == 1.0 and bias.n_combined == pytest.approx(10 / np.pi)
+    expected = 4.0 * np.sqrt(1 + np.pi / 10)  # a median of 5 counts as a mean of 10 / pi frames
+    diff = science - bias
+    assert diff.read_noise == pytest.approx(expected) and diff.gain is None
+    assert "(read noise 4 e-, 4.59 e- with the subtracted frame's noise)" in diff.noise_source
+    inplace = science.copy()
+    inplace -= bias
+    assert inplace.read_noise == pytest.approx(expected) and inplace.noise_source == diff.noise_source
+    # Two exposures differenced: twice the read noise variance (their photon noise is not the level's).
+    assert (science[0] - science[0]).read_noise == pytest.approx(4.0 * np.sqrt(2))
+    # Not when either number is unknown: a plain array, a frame scaled by a number or a reduction.
+    assert (science - np.asarray(bias)).read_noise == 4.0
+    assert (science - 0.5 * bias).read_noise == 4.0 and (0.5 * bias).n_combined is None
+    assert (science - np.median(science, axis=0)).read_noise == 4.0
+    assert (science / np.ones((6, 10))).n_combined == 1.0
+    back = pickle.loads(pickle.dumps(bias))
+    assert back.n_combined == bias.n_combined
+
+
+def test_the_gain_is_right_with_the_header_read_noise_after_bias_subtraction(tmp_path):
+    # The end to end case: the gain estimated with the read noise of the header, through the loaders.
+    gain, read_noise = 2.5, 10.0
+    frames = make_synthetic_longslit(shape=(80, 512), n_exposures=2, gain=gain, read_noise=read_noise, seed=11,
+                                     n_sky_lines=12)
+    rng = np.random.default_rng(5)
+    for sub in ("bias", "sci"):
+        (tmp_path / sub).mkdir()
+    for i in range(3):
+        _write(tmp_path / "bias" / f"b_{i}.fits", BIAS + rng.normal(0, read_noise / gain, (80, 512)), RDNOISE=read_noise)
+    for i in range(2):
+        _write(tmp_path / "sci" / f"s_{i}.fits", np.asarray(frames.science[i]) + BIAS, RDNOISE=read_noise)
+    bias = average_matching_files(tmp_path / "bias")
+    science = collect_images_array(tmp_path / "sci") - bias
+    result = sw.fit_sky(science, frames.warp, frames.trace_rows)
+    assert science.gain is None and "estimated" in result.quality.noise_source
+    assert result.read_noise == pytest.approx(read_noise * np.sqrt(1 + np.pi / 6))
+    assert abs(result.gain / gain - 1) < 0.06, result.gain  # 2.11 (16 % low) with the header's 10 e- alone
+
+
 def test_synthetic_frames_carry_their_true_noise():
     frames = make_synthetic_longslit(shape=(30, 200), read_noise=7.0, seed=3)
     assert frames.science.read_noise == 7.0 and frames.science.gain == 1.0
@@ -333,6 +382,30 @@ def test_batch_uses_the_headers_read_noise_unless_given(noisy_night):
     )
     header = fits.getheader(noisy_night.out / "b" / batch_mod.output_name(noisy_night.science[0]))
     assert header["SWRDNOIS"] == pytest.approx(2.0)
+
+
+def test_page_and_batch_add_the_master_bias_read_noise(noisy_night):
+    # The page's folder form and batch subtract the median of the bias frames as ``science - bias`` does.
+    pytest.importorskip("distributed")
+    from specwidgets.io.folder import load_folder
+
+    folder = noisy_night.science[0].parent
+    rng = np.random.default_rng(8)
+    for i in range(3):
+        _write(folder / f"bias_{i}.fits", BIAS + rng.normal(0, 4.5, (60, 300)), RDNOISE=4.5)
+    for path in noisy_night.science:
+        _write(path, fits.getdata(path) + BIAS, RDNOISE=4.5)
+    _write(noisy_night.arc[0], fits.getdata(noisy_night.arc[0]) + BIAS)
+    expected = 4.5 * np.sqrt(1 + np.pi / 6)
+    data = load_folder(folder, science_tag="sci_")
+    assert data.science.read_noise == pytest.approx(expected) and data.read_noise == data.science.read_noise
+    assert "subtracted frame's noise" in data.science.noise_source
+    summary = batch_mod.run_batch(noisy_night.science[:1], noisy_night.arc, bias=sorted(folder.glob("bias_*")),
+                                  masks=[noisy_night.frames.trace_rows], out_dir=noisy_night.out, workers=1,
+                                  processes=False, progress=False)
+    assert summary.ok, summary.report()
+    header = fits.getheader(noisy_night.out / batch_mod.output_name(noisy_night.science[0]))
+    assert header["SWRDNOIS"] == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------ state

@@ -11,11 +11,11 @@ import numpy as np
 
 from ..core._warnings import warnings_at_caller
 from ..core.flat import FLAT_NORMS, normalise_flat, usable_flat
-from ..core.frames import binning_text
+from ..core.frames import FrameArray, binning_text
 from ..core.lines import find_cal_lines
 from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from ..io.instruments import resolve_instrument
-from ..io.loading import matching_files, read_frame
+from ..io.loading import _metadata, matching_files, noise_of_frames, read_frame
 
 __all__ = ["ARC_COMBINES", "FLAT_NORMS", "Calibrations", "normalise_flat", "prepare_calibrations"]
 
@@ -36,10 +36,11 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
     """
     if how not in ARC_COMBINES:
         raise ValueError(f"unknown combination {how!r} for the {what} frames; choose one of {', '.join(ARC_COMBINES)}")
-    stack, units = None, set()
+    stack, units, metadata = None, set(), []
     for i, path in enumerate(paths):
         image = read_frame(path, reader, crop)
         units.add(image.unit)
+        metadata.append(_metadata(path, image))
         if stack is None:
             stack = np.empty((len(paths), *image.shape))
         elif image.shape != stack.shape[1:]:
@@ -57,7 +58,11 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
         stack -= bias
     if how == "sum":
         return stack.sum(axis=0), units.pop()
-    return np.median(stack, axis=0, overwrite_input=True), units.pop()
+    median = np.median(stack, axis=0, overwrite_input=True)
+    if what == "bias":
+        # With its noise model: subtracting it adds its read noise to each exposure's (FrameArray arithmetic).
+        median = FrameArray(median, **noise_of_frames(metadata, getattr(reader, "name", "reader"), mode="median"))
+    return median, units.pop()
 
 
 @dataclass

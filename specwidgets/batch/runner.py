@@ -110,7 +110,7 @@ import filelock
 import numpy as np
 from astropy.io import fits
 
-from ..core.frames import ESTIMATE, FrameArray, noise_setting
+from ..core.frames import ESTIMATE, FrameArray, noise_setting, with_readout_of
 from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
@@ -554,7 +554,8 @@ def _process_one_inner(path, job, bias, flat):
             )
         extra = None
         if bias is not None:
-            image -= bias
+            # (The pixels only: the master bias's read noise joins the frame's in _with_frame_noise.)
+            image -= np.asarray(bias)
         if flat is not None:
             image /= flat
             extra = bad_flat_mask(flat)
@@ -567,7 +568,7 @@ def _process_one_inner(path, job, bias, flat):
             return record
         # The frame's own noise model (header or instrument) rides on the
         # image; an explicit read_noise/gain of the user wins inside fit_sky.
-        image = _with_frame_noise(image, frame, job)
+        image = _with_frame_noise(image, frame, job, bias)
         warp = _cached_warp(job)
         result = fit_sky(image, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         prov = {**job.provenance, "input": str(path), "input_gain": input_gain(job.reader, frame),
@@ -592,18 +593,21 @@ def _process_cpu_seconds():
     return time.process_time()
 
 
-def _with_frame_noise(image, frame, job):
-    """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise."""
+def _with_frame_noise(image, frame, job, bias=None):
+    """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise, and the
+    read noise of the master ``bias`` subtracted from it (when it carries its noise model)."""
     source = getattr(frame, "noise_source", "")
     name = getattr(job.reader, "name", "reader")
     # "estimate" (a session's noise model): hide the frame's value so fit_sky estimates it.
-    return FrameArray(
+    out = FrameArray(
         image,
         gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
         read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
         noise_source=f"{source} of {name} frames" if source else "",
         unit=frame.unit,
+        n_combined=getattr(frame, "n_combined", None),
     )
+    return out if bias is None or not isinstance(bias, FrameArray) else with_readout_of(out, bias)
 
 
 def _noise_arguments(job):

@@ -27,6 +27,12 @@ unit : str or None
     ``"electron"``, ``"adu"`` or None.
 header : astropy.io.fits.Header or None
     The header of the first frame read, when there is one.
+n_combined : float or None
+    How many frames of the detector each value averages, as far as the read
+    noise goes: 1 for a frame as read (and for a sum of frames, whose
+    ``read_noise`` says the rest), N for a mean of N, ``2N/pi`` for a median
+    of N >= 3 (see :func:`~specwidgets.io.loading.noise_of_frames`); None
+    when not known (your own arrays, and results of scaling or reducing).
 
 How the metadata travels
 ------------------------
@@ -37,6 +43,14 @@ How the metadata travels
   keeps the frames' metadata). The numbers describe the detector, so they
   are not rescaled: after multiplying the data by a factor, set ``gain``
   yourself (or use :func:`with_noise`).
+* One exception: adding or subtracting two frames whose ``n_combined`` and
+  ``read_noise`` are known (what the loaders return) adds the right one's
+  read noise to the result's, in the left one's units. ``science - bias``
+  with a median of 5 bias frames carries the master bias's noise:
+  ``read_noise`` grows from ``rn`` to ``rn * sqrt(1 + pi / 10)``, and
+  ``noise_source`` says so. Left out, the noise model was too low at faint
+  levels: a gain estimated with the header's read noise came out 2.1 for
+  2.5 (3 bias frames), and the output variance ~9 % low.
 * Comparisons and other boolean results (masks) are plain arrays.
 * ``np.stack`` and ``np.concatenate`` return plain arrays: wrap the result
   with :func:`frame_array` (``like=`` one of the inputs) to keep the metadata.
@@ -74,10 +88,11 @@ __all__ = [
     "noise_of",
     "noise_setting",
     "with_noise",
+    "with_readout_of",
 ]
 
 #: The metadata attributes of a :class:`FrameArray`, in the order they are merged.
-NOISE_ATTRIBUTES = ("gain", "read_noise", "noise_source", "unit", "header")
+NOISE_ATTRIBUTES = ("gain", "read_noise", "noise_source", "unit", "header", "n_combined")
 
 
 #: The ``read_noise``/``gain`` setting that asks fit_sky to estimate it even
@@ -165,6 +180,8 @@ class FrameArray(np.ndarray):
     unit : str or None
         ``"electron"`` or ``"adu"``.
     header : astropy.io.fits.Header or None
+    n_combined : float or None
+        Frames each value averages (1 for a frame as read; None: not known).
 
     See the module documentation for how the metadata follows arithmetic.
     """
@@ -174,14 +191,16 @@ class FrameArray(np.ndarray):
     noise_source = ""
     unit = None
     header = None
+    n_combined = None
 
-    def __new__(cls, data, gain=None, read_noise=None, noise_source="", unit=None, header=None):
+    def __new__(cls, data, gain=None, read_noise=None, noise_source="", unit=None, header=None, n_combined=None):
         obj = np.asarray(data).view(cls)
         obj.gain = check_gain(gain)
         obj.read_noise = check_read_noise(read_noise)
         obj.noise_source = str(noise_source or "")
         obj.unit = unit
         obj.header = header
+        obj.n_combined = None if n_combined is None else check_gain(n_combined, "n_combined")
         return obj
 
     def __array_finalize__(self, obj):
@@ -206,6 +225,13 @@ class FrameArray(np.ndarray):
         if results is NotImplemented:  # pragma: no cover - numpy decides
             return NotImplemented
         meta = _merge(frames)
+        if method != "__call__" or (ufunc in _SCALING and any(np.ndim(x) == 0 for x in inputs)):
+            # A reduction or a scaled frame: no longer what was read or combined.
+            meta["n_combined"] = None
+        readout = {}
+        if method == "__call__" and ufunc in (np.add, np.subtract) and len(inputs) == 2:
+            readout = _with_readout_of(ufunc, *inputs, meta)
+            meta.update(readout)
         if method == "at":
             return None
         if ufunc.nout == 1:
@@ -214,7 +240,10 @@ class FrameArray(np.ndarray):
         wrapped = []
         for result, target in zip(results, outs):
             if target is not None:
-                wrapped.append(target)  # in place: the caller's object, metadata already its own
+                # In place: the caller's object, its metadata, with the read noise the other frame added.
+                if readout and target is inputs[0]:
+                    target.read_noise, target.noise_source = readout["read_noise"], readout["noise_source"]
+                wrapped.append(target)
             elif isinstance(result, np.ndarray) and result.ndim > 0 and result.dtype != bool:
                 wrapped.append(_attach(result.view(FrameArray), meta))
             elif isinstance(result, np.ndarray) and result.ndim > 0:
@@ -279,6 +308,69 @@ def _mismatch_message(ufunc, arrays):
     if any(b != "no binning card" for b in binning):
         text += f" ({'; '.join(binning)})"
     return text + "? Read every frame of a night with the same settings, and use calibrations of the same binning."
+
+
+#: Ufuncs that scale a frame by a number (its noise model no longer that of the frames read).
+_SCALING = (np.multiply, np.divide, np.true_divide, np.floor_divide, np.power)
+
+
+def combined_read_noise(read_noise, other, n_combined=1.0, other_combined=1.0):
+    """The read noise (e-) of a frame plus or minus another: their read noises added in quadrature,
+    the other's in this frame's units (a mean of ``n`` frames has ``n`` times the gain of one).
+
+    Parameters
+    ----------
+    read_noise, other : float
+        Read noise of each operand, electrons, as its metadata gives it (for a
+        combination, the combination's: ``sqrt(n)`` times one frame's for a mean of ``n``).
+    n_combined, other_combined : float
+        Frames each operand's values average (:attr:`FrameArray.n_combined`).
+
+    Examples
+    --------
+    A frame minus the mean of 4 bias frames (read noise 4 e- each): the mean's
+    read noise is ``4 * sqrt(4)`` at 4 times the gain, so its variance per
+    data value is a quarter of one frame's:
+
+    >>> round(combined_read_noise(4.0, 8.0, 1.0, 4.0), 4), round(4.0 * (1 + 1 / 4) ** 0.5, 4)
+    (4.4721, 4.4721)
+    """
+    scale = float(n_combined) / float(other_combined)
+    return math.hypot(float(read_noise), float(other) * scale)
+
+
+def _with_readout_of(ufunc, left, right, meta):
+    """``read_noise``/``noise_source`` of ``left +/- right`` when both are frames whose read noise
+    and ``n_combined`` are known ({} otherwise: the merged metadata stands)."""
+    if not (isinstance(left, FrameArray) and isinstance(right, FrameArray)) or np.ndim(left) < 2 or np.ndim(right) < 2:
+        return {}
+    if None in (left.read_noise, right.read_noise, left.n_combined, right.n_combined):
+        return {}
+    value = combined_read_noise(left.read_noise, right.read_noise, left.n_combined, right.n_combined)
+    if value == left.read_noise:
+        return {}
+    what = "subtracted" if ufunc is np.subtract else "added"
+    note = f"read noise {left.read_noise:.3g} e-, {value:.3g} e- with the {what} frame's noise"
+    source = meta.get("noise_source") or ""
+    return {"read_noise": value, "noise_source": f"{source} ({note})" if source else note}
+
+
+def with_readout_of(frames, subtracted):
+    """``frames`` (a FrameArray, not copied) with the read noise of ``frames - subtracted``, for pixels
+    already subtracted: what the arithmetic carries, when the numbers are known (else unchanged).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> science = FrameArray(np.zeros((3, 4)), gain=1.0, read_noise=4.0, noise_source="header", n_combined=1)
+    >>> bias = FrameArray(np.zeros((3, 4)), gain=4.0, read_noise=8.0, noise_source="header", n_combined=4)
+    >>> round(with_readout_of(science, bias).read_noise, 4)
+    4.4721
+    """
+    readout = _with_readout_of(np.subtract, frames, subtracted, {"noise_source": frames.noise_source})
+    if not readout:
+        return frames
+    return frame_array(frames, like=frames, **readout)
 
 
 def _merge(frames):

@@ -19,7 +19,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..core.flat import FLAT_NORMS, usable_flat
-from ..core.frames import FrameArray, binning_text
+from ..core.frames import FrameArray, binning_text, with_readout_of
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
@@ -429,8 +429,12 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
             f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
         )
 
-    bias = np.median(np.stack([d for _, d, _ in frames["bias"]]), axis=0) if frames["bias"] else None
-    zero = 0.0 if bias is None else bias
+    bias = None
+    if frames["bias"]:
+        # The master bias's noise model too: subtracting it adds its read noise to the science frames'.
+        bias = FrameArray(np.median(np.stack([d for _, d, _ in frames["bias"]]), axis=0),
+                          **noise_of_frames([m for _, _, m in frames["bias"]], instrument, mode="median"))
+    zero = 0.0 if bias is None else bias.view(np.ndarray)
     # Each arc minus the bias, then summed: lamps lit in one frame only keep their lines.
     arcs = np.stack([d for _, d, _ in frames["arc"]]) - zero
     arc = arcs.sum(axis=0) if arc_combine == "sum" else np.median(arcs, axis=0)
@@ -444,6 +448,9 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     if flat is not None:
         pixels /= flat
     science = FrameArray(pixels, **noise_of_frames(science_meta, instrument))
+    if bias is not None:
+        # As ``science - bias`` carries it (FrameArray arithmetic), without another pass over the pixels.
+        science = with_readout_of(science, bias)
     return FolderData(
         science=science,
         arc=arc,

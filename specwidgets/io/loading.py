@@ -307,6 +307,7 @@ def _as_frame_array(data, frame, out=None):
         noise_source=getattr(frame, "noise_source", ""),
         unit=unit_of(frame.gain),
         header=frame.header,
+        n_combined=1.0,
     )
 
 
@@ -344,8 +345,10 @@ def noise_of_frames(metadata, reader_name, mode=None):
     Returns
     -------
     dict
-        ``gain``, ``read_noise``, ``noise_source``, ``unit``, ``header``:
-        the :class:`~specwidgets.core.frames.FrameArray` attributes.
+        ``gain``, ``read_noise``, ``noise_source``, ``unit``, ``header``,
+        ``n_combined``: the :class:`~specwidgets.core.frames.FrameArray`
+        attributes (``n_combined``: 1 for separate exposures and a sum, ``n``
+        for a mean, ``2n/pi`` for a median).
     """
     unit = metadata[0]["unit"]
     gain = 1.0 if unit == "electron" else None
@@ -360,6 +363,7 @@ def noise_of_frames(metadata, reader_name, mode=None):
             notes.append(f"read noise known for {len(known)} of {len(metadata)} frames")
     sources = sorted({m.get("noise_source", "") for m in metadata} - {""})
     n = len(metadata)
+    n_eff = 1.0
     if mode is not None and n > 1:
         n_eff = n if (mode != "median" or n <= 2) else 2.0 * n / np.pi
         if read_noise is not None:
@@ -374,7 +378,8 @@ def noise_of_frames(metadata, reader_name, mode=None):
         source = f"{reader_name} frames"
     if source and notes:
         source += f" ({'; '.join(notes)})"
-    return {"gain": gain, "read_noise": read_noise, "noise_source": source, "unit": unit, "header": metadata[0]["header"]}
+    return {"gain": gain, "read_noise": read_noise, "noise_source": source, "unit": unit, "header": metadata[0]["header"],
+            "n_combined": 1.0 if mode == "sum" else float(n_eff)}
 
 
 def _check_one_kind(metadata):
