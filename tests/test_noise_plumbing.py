@@ -159,7 +159,7 @@ def test_subtracting_a_master_bias_adds_its_read_noise(tmp_path):
     expected = 4.0 * np.sqrt(1 + np.pi / 10)  # a median of 5 counts as a mean of 10 / pi frames
     diff = science - bias
     assert diff.read_noise == pytest.approx(expected) and diff.gain is None
-    assert "(read noise 4 e-, 4.59 e- with the subtracted frame's noise)" in diff.noise_source
+    assert diff.noise_source == "header RDNOISE of generic frames; 4 e- plus the subtracted frame's read noise"
     inplace = science.copy()
     inplace -= bias
     assert inplace.read_noise == pytest.approx(expected) and inplace.noise_source == diff.noise_source
@@ -399,7 +399,7 @@ def test_page_and_batch_add_the_master_bias_read_noise(noisy_night):
     expected = 4.5 * np.sqrt(1 + np.pi / 6)
     data = load_folder(folder, science_tag="sci_")
     assert data.science.read_noise == pytest.approx(expected) and data.read_noise == data.science.read_noise
-    assert "subtracted frame's noise" in data.science.noise_source
+    assert "plus the subtracted frame's read noise" in data.science.noise_source
     summary = batch_mod.run_batch(noisy_night.science[:1], noisy_night.arc, bias=sorted(folder.glob("bias_*")),
                                   masks=[noisy_night.frames.trace_rows], out_dir=noisy_night.out, workers=1,
                                   processes=False, progress=False)

@@ -350,9 +350,9 @@ def _with_readout_of(ufunc, left, right, meta):
     if value == left.read_noise:
         return {}
     what = "subtracted" if ufunc is np.subtract else "added"
-    note = f"read noise {left.read_noise:.3g} e-, {value:.3g} e- with the {what} frame's noise"
+    note = f"{left.read_noise:.3g} e- plus the {what} frame's read noise"
     source = meta.get("noise_source") or ""
-    return {"read_noise": value, "noise_source": f"{source} ({note})" if source else note}
+    return {"read_noise": value, "noise_source": f"{source}; {note}" if source else note}
 
 
 def with_readout_of(frames, subtracted):
