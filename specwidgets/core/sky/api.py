@@ -1813,11 +1813,12 @@ def _knot_floors(span):
 
 
 #: Sky lines narrower than this (full width at half maximum, px, of the pixel-integrated profile a
-#: 0.5 px first pass shows: 1.41 for Gaussian lines of FWHM 1.2 px, 1.94 for 1.8) get finer knots.
-NARROW_FWHM = 1.8
+#: 0.5 px first pass shows: 1.41 for Gaussian lines of FWHM 1.2 px, 1.67 for 1.5, 1.75 for 1.6) get
+#: finer knots.
+NARROW_FWHM = 1.7
 
-#: The finest knot spacing (px) for such lines (FWHM 1.0-1.5 px: 0.19-1.05 -> 0.13-0.21 sigma RMS on
-#: the lines; at FWHM 1.8 the same as 0.5 px).
+#: The finest knot spacing (px) for such lines (trial L1's, FWHM 1.0-1.5 px: 0.19-1.05 -> 0.13-0.21
+#: sigma RMS on the lines; at FWHM 1.6 a little worse than 0.5 px, 0.114 -> 0.119; at 1.8 the same).
 NARROW_SPACING = 0.35
 
 
