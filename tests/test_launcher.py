@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from specwidgets.app import launcher
+from specwidgets.core.frames import median_frames
 from specwidgets.app.page import DATA_ENV, NOTEBOOK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -594,8 +595,8 @@ def test_goodman_folder_gets_the_goodman_settings():
     assert app.dashboard.mask_region == [(20, 100)]
     # The headers' read noise travels with the frames (not as a user override), with the master bias's
     # (the median of 5 frames subtracted).
-    assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74 * np.sqrt(1 + np.pi / 10))
-    assert app.dashboard.result.read_noise == pytest.approx(4.74 * np.sqrt(1 + np.pi / 10))
+    assert app.dashboard.state.frames_noise[0] == pytest.approx(4.74 * np.sqrt(1 + 1 / median_frames(5)))
+    assert app.dashboard.result.read_noise == pytest.approx(4.74 * np.sqrt(1 + 1 / median_frames(5)))
 
 
 def test_the_dashboards_untrusted_notebook_warning_is_dropped():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specwidgets.core.frames import FrameArray
+from specwidgets.core.frames import FrameArray, median_frames
 from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
 from specwidgets.io.instruments import Instrument, _electron_unit, resolve_instrument
 
@@ -339,7 +339,7 @@ def noise_of_frames(metadata, reader_name, mode=None):
         read noise; the mean of N has gain N times the frames' (electrons per
         data unit) and read noise sqrt(N) times theirs (so the variance per
         data value falls N times); the median is treated as a mean of
-        ``2N/pi`` frames for N >= 3 (its large-N efficiency), which the
+        :func:`~specwidgets.core.frames.median_frames` frames (about ``2N/pi``), which the
         source text calls approximate.
 
     Returns
@@ -348,7 +348,7 @@ def noise_of_frames(metadata, reader_name, mode=None):
         ``gain``, ``read_noise``, ``noise_source``, ``unit``, ``header``,
         ``n_combined``: the :class:`~specwidgets.core.frames.FrameArray`
         attributes (``n_combined``: 1 for separate exposures and a sum, ``n``
-        for a mean, ``2n/pi`` for a median).
+        for a mean, :func:`~specwidgets.core.frames.median_frames` for a median).
     """
     unit = metadata[0]["unit"]
     gain = 1.0 if unit == "electron" else None
@@ -365,7 +365,7 @@ def noise_of_frames(metadata, reader_name, mode=None):
     n = len(metadata)
     n_eff = 1.0
     if mode is not None and n > 1:
-        n_eff = n if (mode != "median" or n <= 2) else 2.0 * n / np.pi
+        n_eff = float(n) if mode != "median" else median_frames(n)
         if read_noise is not None:
             read_noise *= float(np.sqrt(n if mode == "sum" else n_eff))
         if mode != "sum" and gain is not None:
