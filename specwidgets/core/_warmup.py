@@ -99,6 +99,10 @@ def warm_up(methods=("bspline", "median"), lines=True):
             from .sky.quality import _ceiling_kernel
 
             _ceiling_kernel(flux[None], order, np.zeros((1, order.size), bool), 1e-3)
+            # A large frame of whole-numbered values (integer ADU) gets its samples dithered.
+            from .sky._kernels import _add_dither_pass
+
+            _add_dither_pass(np.zeros(4), order[:4], 0.0, 1.0)
         else:
             raise ValueError(f"method must be one of 'bspline', 'median'; got {method!r}")
     return tuple(methods)

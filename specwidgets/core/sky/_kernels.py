@@ -677,3 +677,27 @@ def _quadratic_form(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, zband,
                 cross += a[r] * zband[r - q, base + q]
             v += 2.0 * a[q] * cross
         out[i] = v
+
+
+@njit(cache=True, nogil=True)
+def _add_dither_pass(flux, index, offset, quantum):
+    # (The same operations, in the same order, as api.dither.)
+    for i in range(flux.shape[0]):
+        u = (float(index[i]) + offset) * 0.6180339887498949
+        u -= math.floor(u)
+        u -= 0.5
+        flux[i] += u * quantum
+
+
+def add_dither(flux, index, offset, quantum):
+    """``flux += dither(index, offset, quantum)`` in place (see :func:`~.api.dither`), in one pass per
+    chunk on the cores for a large frame; NumPy below :data:`KERNEL_MIN_SAMPLES`."""
+    if flux.shape[0] < KERNEL_MIN_SAMPLES:
+        from .api import dither
+
+        flux += dither(index, offset, quantum)
+        return
+    run_in_threads([
+        (lambda a=a, b=b: _add_dither_pass(flux[a:b], index[a:b], float(offset), float(quantum)))
+        for a, b in chunk_bounds(flux.shape[0], _n_threads())
+    ])

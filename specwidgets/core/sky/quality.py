@@ -285,7 +285,8 @@ def _binned_medians(level, residual, n_bins):
     return np.concatenate(lv), np.concatenate(var), np.concatenate(n)
 
 
-def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None, fixed_read_noise=None):
+def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None, fixed_read_noise=None,
+                   extra_variance=0.0):
     """Effective gain and read noise from the scatter of residuals by sky level.
 
     Parameters
@@ -298,6 +299,8 @@ def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None,
         Level bins (of equal counts) and the fewest samples per bin.
     fixed_gain, fixed_read_noise : float, optional
         A part of the noise model that is known: only the other is fit.
+    extra_variance : float
+        Variance added to the residuals that is not the data's (a dither), taken off each bin's.
 
     Returns
     -------
@@ -318,13 +321,13 @@ def estimate_noise(level, residual, n_bins=24, min_per_bin=200, fixed_gain=None,
     >>> bool(abs(gain / g - 1) < 0.05), bool(abs(read_noise / rn - 1) < 0.15)
     (True, True)
     """
-    bins = noise_bins(level, residual, n_bins, min_per_bin)
+    bins = noise_bins(level, residual, n_bins, min_per_bin, extra_variance=extra_variance)
     if bins is None:
         return None
     return _fit_noise_bins(*bins, fixed_gain, fixed_read_noise)
 
 
-def noise_bins(level, residual, n_bins=24, min_per_bin=200):
+def noise_bins(level, residual, n_bins=24, min_per_bin=200, extra_variance=0.0):
     """``(level, variance, count)`` per bin of sky level (equal counts), as :func:`estimate_noise` fits them.
 
     The median level and the robust (MAD) variance of the residuals in each
@@ -343,6 +346,8 @@ def noise_bins(level, residual, n_bins=24, min_per_bin=200):
     # that scatter is real for the weights too.
     order = _stable_argsort(level)
     lv, var, n = _binned_medians(level[order], residual[order], n_bins)
+    if extra_variance:
+        var = var - extra_variance
     good = np.isfinite(var) & (var > 0)
     lv, var, n = lv[good], var[good], n[good]
     if lv.size < 2:
