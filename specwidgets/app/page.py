@@ -597,6 +597,7 @@ class DashboardApp:
             shared["flat_norm"] = data.flat_norm
             # As batch marks them: the pixels the flat could not correct (NaN in the science).
             self.dashboard.export_extra_mask = bad_flat_mask(data.flat)
+            self.dashboard.export_flat_noise = data.flat_noise
         gains = data.input_gains or [None] * data.science.shape[0]
         # How each frame was turned to fit (an export is turned back as its input lies, as batch's outputs).
         turns = _turns(self.instrument.value, data, len(gains))

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core._warnings import warnings_at_caller
-from ..core.flat import FLAT_NORMS, normalise_flat, usable_flat
-from ..core.frames import FrameArray, binning_text
+from ..core.flat import FLAT_NORMS, FlatNoise, normalise_flat, usable_flat
+from ..core.frames import FrameArray, binning_text, median_frames
 from ..core.lines import find_cal_lines
 from ..core.warp import PoorWarpWarning, WarpModel, generate_warp_model
 from ..io.instruments import resolve_instrument
@@ -77,6 +77,8 @@ class Calibrations:
     guesses: np.ndarray | None
     unit: str | None
     files: dict
+    #: The flat's own noise (None without flats): batch adds it to each output's VAR.
+    flat_noise: FlatNoise | None = None
 
 
 def prepare_calibrations(
@@ -119,7 +121,7 @@ def prepare_calibrations(
     if arc_files:
         arc_img, unit = _combine_of(arc_files, reader, crop, "arc", arc_combine, bias=bias_img)
         units.add(unit)
-    flat_img = None
+    flat_img = flat_noise = None
     if flat_files:
         raw_flat, unit = _median_of(flat_files, reader, crop, "flat")
         units.add(unit)
@@ -127,6 +129,7 @@ def prepare_calibrations(
             _check_shape(raw_flat, bias_img, "flat", "bias")
             raw_flat -= bias_img
         flat_img = usable_flat(raw_flat, flat_norm, flat_files, "check --flat, or leave it out")
+        flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(flat_files)))
     if len(units) > 1:
         raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
     if warp_model is None and arc_img is None:
@@ -170,6 +173,7 @@ def prepare_calibrations(
         guesses=None if guesses is None else np.asarray(guesses, float),
         unit=units.pop() if units else None,
         files={"bias": bias_files, "flat": flat_files, "arc": arc_files},
+        flat_noise=flat_noise,
     )
 
 

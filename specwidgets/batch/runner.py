@@ -219,6 +219,8 @@ class _Job:
     cal_content: dict = field(default_factory=dict)
     # The driver's process: a worker in another one sends its warnings back (see _relay_warnings).
     driver_pid: int = field(default_factory=os.getpid)
+    # The flat's own noise (a FlatNoise: its frame-sized level map), added to each output's VAR.
+    flat_noise: object = None
 
     def config_for(self, path):
         """The resume key of one input: ``"<settings hash>-<data hash>"``.
@@ -576,7 +578,7 @@ def _process_one_inner(path, job, bias, flat):
         if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
             prov["unit"] = getattr(frame, "unit", None)
         write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
-                       extra_mask=extra, input_header=frame.header)
+                       extra_mask=extra, input_header=frame.header, flat_noise=job.flat_noise if flat is not None else None)
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
@@ -1594,6 +1596,7 @@ def run_batch(
         settings=settings,
         numba_threads=int(numba_threads),
         cal_content=cal_content,
+        flat_noise=cal.flat_noise,
     )
     if report:
         for n in summary.notes:

@@ -167,6 +167,8 @@ class Dashboard(ipywidgets.VBox):
         self.export_provenance = None
         #: MASK bits every exported exposure gets (the page sets MASK_BADFLAT where its flat was unusable).
         self.export_extra_mask = None
+        #: The noise of the flat the frames were divided by (a ``FlatNoise``; the page's flat tag): added to VAR.
+        self.export_flat_noise = None
         self.export_folder = ipywidgets.Text(value="specwidgets_sky", description="Export to")
         self.export_button = ipywidgets.Button(description="Export FITS", icon="download")
         self.export_message = ipywidgets.HTML()
@@ -306,7 +308,8 @@ class Dashboard(ipywidgets.VBox):
             prov.setdefault("n_guesses", n_guesses)
         written = export_result(self.result, folder, self.exposure_names, warp_model=self.warp_model,
                                 overwrite=overwrite, dtype=dtype, input_headers=self.input_headers,
-                                provenance=provenance, extra_mask=self.export_extra_mask)
+                                provenance=provenance, extra_mask=self.export_extra_mask,
+                                flat_noise=self.export_flat_noise)
         self.export_message.value = html.escape(f"wrote {len(written)} file(s) to {written[0].parent.resolve()}")
         return written
 

@@ -133,16 +133,19 @@ def output_name(path):
 
 
 # ------------------------------------------------------------------ content
-def sci_variance(result, exposure=0):
+def sci_variance(result, exposure=0, flat_noise=None):
     """Variance of each pixel of ``data - background``.
 
     The library's noise model applied to the data themselves (sky and source
     photons): ``max(data, 0) / gain + (read_noise / gain) ** 2``, plus the
-    variance of the sky estimate (``SkyResult.variance``). NaN where the data
-    are NaN.
+    variance of the sky estimate (``SkyResult.variance``), plus, for frames
+    divided by a flat (``flat_noise``, a :class:`~specwidgets.core.flat.FlatNoise`),
+    ``data**2`` times the flat's relative variance. NaN where the data are NaN.
     """
     data = result.data[exposure]
     noise = np.clip(data, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    if flat_noise is not None:
+        noise = noise + data**2 * flat_noise.relative_variance(result.gain, result.read_noise)
     return noise + result.variance[exposure]
 
 
@@ -497,8 +500,8 @@ def _unit_of(result, provenance):
 
 
 def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None,
-                  input_header=None):
-    """The five HDUs of one output file, in memory."""
+                  input_header=None, flat_noise=None):
+    """The five HDUs of one output file, in memory (``flat_noise``: see :func:`sci_variance`)."""
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype("float32"), np.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64; got {dtype}")
@@ -511,7 +514,7 @@ def build_hdulist(result, exposure=0, *, warp_model=None, provenance=None, confi
     images = {
         "SCI": (result.data[exposure] - sky, "data minus sky"),
         "SKY": (sky, "sky background"),
-        "VAR": (sci_variance(result, exposure), "variance of SCI"),
+        "VAR": (sci_variance(result, exposure, flat_noise), "variance of SCI"),
     }
     # The images as the input file holds them: a frame turned to fit
     # (dispersion along y, DISPAXIS = 2) is turned back, so that they lie on
@@ -631,21 +634,23 @@ def write_atomic(hdul, path):
 
 
 def write_exposure(result, exposure, path, *, warp_model=None, provenance=None, config=None, dtype="float32", extra_mask=None,
-                   input_header=None):
+                   input_header=None, flat_noise=None):
     """Write one exposure of a :class:`SkyResult` as a ``_sky.fits`` file (atomically).
 
     ``input_header``: the input file's header, whose observation keywords
-    are carried over (see :func:`sky_header`). Returns the path written.
+    are carried over (see :func:`sky_header`); ``flat_noise``: the noise of
+    the flat the frames were divided by (see :func:`sci_variance`). Returns
+    the path written.
     """
     hdul = build_hdulist(
         result, exposure, warp_model=warp_model, provenance=provenance, config=config, dtype=dtype, extra_mask=extra_mask,
-        input_header=input_header,
+        input_header=input_header, flat_noise=flat_noise,
     )
     return write_atomic(hdul, path)
 
 
 def export_result(result, out_dir, names, *, warp_model=None, provenance=None, overwrite=True, dtype="float32",
-                  input_headers=None, extra_mask=None):
+                  input_headers=None, extra_mask=None, flat_noise=None):
     """Write every exposure of an in-memory :class:`SkyResult` as the batch runner would.
 
     Parameters
@@ -669,6 +674,8 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
     input_headers : sequence of astropy.io.fits.Header, optional
         Each exposure's input header (None entries allowed): its observation
         keywords go into that output, as batch carries them.
+    flat_noise : specwidgets.core.flat.FlatNoise, optional
+        The noise of the flat the frames were divided by: added to ``VAR``.
     extra_mask : (n_rows, n_cols) uint8 array, optional
         Bits OR'ed into every exposure's ``MASK`` (:data:`MASK_BADFLAT` where
         the flat the frames were divided by was unusable, as batch marks them).
@@ -703,7 +710,7 @@ def export_result(result, out_dir, names, *, warp_model=None, provenance=None, o
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
         prov = {**(provs[k] or {}), "input": name}
         written.append(write_exposure(result, k, target, warp_model=warp_model, provenance=prov, dtype=dtype,
-                                      input_header=headers[k], extra_mask=extra_mask))
+                                      input_header=headers[k], extra_mask=extra_mask, flat_noise=flat_noise))
     return written
 
 

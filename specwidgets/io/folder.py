@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..core.flat import FLAT_NORMS, usable_flat
-from ..core.frames import FrameArray, binning_text, with_readout_of
+from ..core.flat import FLAT_NORMS, FlatNoise, usable_flat
+from ..core.frames import FrameArray, binning_text, median_frames, with_readout_of
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
@@ -66,6 +66,8 @@ class FolderData:
         unusable), or None.
     flat_norm : str or None
         Its normalisation (None without flats).
+    flat_noise : specwidgets.core.flat.FlatNoise or None
+        The flat's own noise, which exports add to ``VAR`` (None without flats).
     """
 
     science: np.ndarray
@@ -82,6 +84,7 @@ class FolderData:
     notes: list = field(default_factory=list)
     flat: np.ndarray | None = None
     flat_norm: str | None = None
+    flat_noise: FlatNoise | None = None
 
 
 # Words in a file's path, or values of its frame-type card, that mark a
@@ -438,11 +441,12 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
     # Each arc minus the bias, then summed: lamps lit in one frame only keep their lines.
     arcs = np.stack([d for _, d, _ in frames["arc"]]) - zero
     arc = arcs.sum(axis=0) if arc_combine == "sum" else np.median(arcs, axis=0)
-    flat = None
+    flat = flat_noise = None
     if frames["flat"]:
         # As batch's calibrations: the flats' median minus the bias, normalised.
-        flat = usable_flat(np.median(np.stack([d for _, d, _ in frames["flat"]]), axis=0) - zero, flat_norm,
-                           [p for p, _, _ in frames["flat"]], "check the flat tag, or leave it blank")
+        raw_flat = np.median(np.stack([d for _, d, _ in frames["flat"]]), axis=0) - zero
+        flat = usable_flat(raw_flat, flat_norm, [p for p, _, _ in frames["flat"]], "check the flat tag, or leave it blank")
+        flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(frames["flat"])))
     science_meta = [m for _, _, m in frames["science"]]
     pixels = np.stack([d for _, d, _ in frames["science"]]) - zero
     if flat is not None:
@@ -466,4 +470,5 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         notes=notes,
         flat=flat,
         flat_norm=flat_norm if flat is not None else None,
+        flat_noise=flat_noise,
     )
