@@ -383,6 +383,10 @@ def result_quality(result, exposure=0):
     return quality
 
 
+#: The COMMENT card that holds a noise source too long for ``SWNSRC`` starts with this.
+NOISE_SOURCE_PREFIX = "specwidgets noise model: "
+
+
 def _quality_cards(hdr, result, exposure):
     """``SWSUSP``, the quality's own ``header_cards()`` and its warnings as COMMENT cards."""
     quality = result_quality(result, exposure)
@@ -393,6 +397,11 @@ def _quality_cards(hdr, result, exposure):
     if source:
         # Cut to one card, as the quality's own cards are (no astropy warning per file).
         hdr["SWNSRC"] = _fit_card("SWNSRC", str(source), "where the noise model came from")[1:]
+        if len(str(source)) > len(str(hdr["SWNSRC"])):
+            # Whole, in COMMENT cards (trial M1: the card cut it mid-sentence, "... 5 e- plus the subtrac").
+            for line in textwrap.wrap(f"{NOISE_SOURCE_PREFIX}{source}", _COMMENT_WIDTH, subsequent_indent=_CONTINUED,
+                                      break_on_hyphens=False, break_long_words=False):
+                hdr.add_comment(line)
     cards = getattr(quality, "header_cards", None)
     for key, value, comment in (cards() if callable(cards) else ()):
         value = _card_value(value)
