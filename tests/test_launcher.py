@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from specwidgets.app import launcher
-from specwidgets.core.frames import median_frames
 from specwidgets.app.page import DATA_ENV, NOTEBOOK
+from specwidgets.core.frames import median_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
