@@ -1391,12 +1391,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         curve = np.mean(curves, axis=0)
         curve_spacing = spacing(0)
         fine = fine_spacing or spacing(order)
-        if knot_spacing is None and not floor and fine == spacing(0) and NARROW_SPACING < fine:
+        if (knot_spacing is None and not floor and fine == spacing(0) and NARROW_SPACING < fine
+                and not flexure_applied):
             # Lines hardly wider than a pixel (undersampled): knots every
             # 0.5 px cannot follow them (trial L1: FWHM 1.2 px, 0.46 sigma
             # RMS on the lines and an extraction's sky off by 6.9 sigma of its
             # noise, "ok"; 1.0 px, 1.05 sigma, suspect). Their knots, and the
-            # sky they are placed by, go to 0.35 px.
+            # sky they are placed by, go to 0.35 px. Not when a flexure
+            # correction moved the lines: a trial frame whose lines turned 3 px
+            # over the slit from the arc's (FWHM 3 px) measured 1.6 in the
+            # first pass, and finer knots lost 0.149 -> 0.226 sigma on its lines.
             if _line_fwhm(grid_e, curve, gain, read_noise) < NARROW_FWHM:
                 fine = curve_spacing = NARROW_SPACING
                 curves = np.array([_plain_sky(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain,
@@ -1888,6 +1892,10 @@ NARROW_FWHM = 1.7
 NARROW_SPACING = 0.35
 
 
+#: Lines this close (px) to either end of the effective pixels are not measured by :func:`_line_fwhm`.
+EDGE_PX = 10.0
+
+
 def _line_fwhm(e, sky, gain, read_noise, n_lines=7):
     """The median full width at half maximum (px) of the ``n_lines`` brightest lines of ``sky`` (on
     the uniform grid ``e``), inf when none stands 5 sigma of one pixel's noise above its continuum
@@ -1906,6 +1914,9 @@ def _line_fwhm(e, sky, gain, read_noise, n_lines=7):
     h = sky - base
     sigma = np.sqrt(np.clip(sky, 0, None) / gain + (read_noise / gain) ** 2)
     peak = (h == maximum_filter1d(h, max(3, int(round(3.0 / step))), mode="nearest")) & (h > 5.0 * sigma)
+    # Not within 10 px of the ends, where few rows reach and the spline runs free (a trial frame's first
+    # pass rose to 34000 there, narrower than any line: its lines of FWHM 3 px measured 1.6).
+    peak &= (e > e[0] + EDGE_PX) & (e < e[-1] - EDGE_PX)
     idx = np.flatnonzero(peak)
     idx = idx[np.argsort(h[idx])[::-1][:n_lines]]
     widths = []
