@@ -24,12 +24,13 @@ ARC_COMBINES = ("sum", "median")
 
 
 def _median_of(paths, reader, crop, what):
-    """Median of the frames in ``paths`` (electrons when the gain is known) and their unit."""
+    """Median of the frames in ``paths`` (electrons when the gain is known), their unit and metadata."""
     return _combine_of(paths, reader, crop, what, "median")
 
 
 def _combine_of(paths, reader, crop, what, how, bias=None):
-    """Median or sum of the frames in ``paths``, each minus ``bias`` when given, and their unit.
+    """Median or sum of the frames in ``paths``, each minus ``bias`` when given, their unit and their
+    metadata (one dict per frame, as the loaders give it).
 
     Summing keeps lines that appear in one frame only (arcs of different
     lamps), which a median of three or more frames throws away.
@@ -57,12 +58,8 @@ def _combine_of(paths, reader, crop, what, how, bias=None):
         _check_shape(stack[0], bias, what, "bias")
         stack -= bias
     if how == "sum":
-        return stack.sum(axis=0), units.pop()
-    median = np.median(stack, axis=0, overwrite_input=True)
-    if what == "bias":
-        # With its noise model: subtracting it adds its read noise to each exposure's (FrameArray arithmetic).
-        median = FrameArray(median, **noise_of_frames(metadata, getattr(reader, "name", "reader"), mode="median"))
-    return median, units.pop()
+        return stack.sum(axis=0), units.pop(), metadata
+    return np.median(stack, axis=0, overwrite_input=True), units.pop(), metadata
 
 
 @dataclass
@@ -115,15 +112,17 @@ def prepare_calibrations(
     units = set()
     bias_img = None
     if bias_files:
-        bias_img, unit = _median_of(bias_files, reader, crop, "bias")
+        bias_img, unit, bias_meta = _median_of(bias_files, reader, crop, "bias")
+        # With its noise model: subtracting it adds its read noise to each exposure's (FrameArray arithmetic).
+        bias_img = FrameArray(bias_img, **noise_of_frames(bias_meta, getattr(reader, "name", "reader"), mode="median"))
         units.add(unit)
     arc_img = None
     if arc_files:
-        arc_img, unit = _combine_of(arc_files, reader, crop, "arc", arc_combine, bias=bias_img)
+        arc_img, unit, _ = _combine_of(arc_files, reader, crop, "arc", arc_combine, bias=bias_img)
         units.add(unit)
     flat_img = flat_noise = None
     if flat_files:
-        raw_flat, unit = _median_of(flat_files, reader, crop, "flat")
+        raw_flat, unit, _ = _median_of(flat_files, reader, crop, "flat")
         units.add(unit)
         if bias_img is not None:
             _check_shape(raw_flat, bias_img, "flat", "bias")

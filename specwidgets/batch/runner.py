@@ -197,7 +197,8 @@ def file_fingerprint(path):
 # ------------------------------------------------------------------ worker side
 @dataclass(frozen=True)
 class _Job:
-    """Everything a worker needs besides the bias and flat arrays (small; sent once)."""
+    """Everything a worker needs besides the bias and flat arrays (sent once; small, but for the flat's
+    noise map when there are flats)."""
 
     reader: object
     crop: tuple | None
@@ -578,7 +579,7 @@ def _process_one_inner(path, job, bias, flat):
         if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
             prov["unit"] = getattr(frame, "unit", None)
         write_exposure(result, 0, out, warp_model=_used_warp(result, job), provenance=prov, config=config, dtype=job.dtype,
-                       extra_mask=extra, input_header=frame.header, flat_noise=job.flat_noise if flat is not None else None)
+                       extra_mask=extra, input_header=frame.header, flat_noise=job.flat_noise)
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on

@@ -679,9 +679,25 @@ def _quadratic_form(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, zband,
         out[i] = v
 
 
+def dither(index, offset, quantum):
+    """``quantum * (u - 0.5)`` for each flat pixel ``index`` (plus ``offset``, e.g. an exposure's),
+    ``u`` spread evenly over [0, 1) by the golden ratio (a Weyl sequence): the same for a pixel in
+    every fit, whatever the mask, and uncorrelated with the values' own steps.
+
+    >>> d = dither(np.arange(100_000), 0, 1.0)
+    >>> bool(abs(d.mean()) < 1e-3 and abs(d.var() - 1 / 12) < 1e-3 and -0.5 <= d.min() and d.max() < 0.5)
+    True
+    """
+    u = (np.asarray(index, dtype=float) + float(offset)) * 0.6180339887498949
+    u -= np.floor(u)
+    u -= 0.5
+    u *= quantum
+    return u
+
+
 @njit(cache=True, nogil=True)
 def _add_dither_pass(flux, index, offset, quantum):
-    # (The same operations, in the same order, as api.dither.)
+    # (The same operations, in the same order, as dither.)
     for i in range(flux.shape[0]):
         u = (float(index[i]) + offset) * 0.6180339887498949
         u -= math.floor(u)
@@ -690,11 +706,9 @@ def _add_dither_pass(flux, index, offset, quantum):
 
 
 def add_dither(flux, index, offset, quantum):
-    """``flux += dither(index, offset, quantum)`` in place (see :func:`~.api.dither`), in one pass per
+    """``flux += dither(index, offset, quantum)`` in place (see :func:`dither`), in one pass per
     chunk on the cores for a large frame; NumPy below :data:`KERNEL_MIN_SAMPLES`."""
     if flux.shape[0] < KERNEL_MIN_SAMPLES:
-        from .api import dither
-
         flux += dither(index, offset, quantum)
         return
     run_in_threads([

@@ -25,7 +25,7 @@ from ..frames import check_gain, check_read_noise
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
-from ._kernels import _PARALLEL_MIN_SAMPLES, add_dither
+from ._kernels import _PARALLEL_MIN_SAMPLES, add_dither, dither  # noqa: F401 - dither: SkySamples' doc
 from ._select import drop_flagged_rows, pixel_rows, sorted_pixel_order, unmasked_pixels
 from .bspline import StretchedBSplineSky, TooFewSamplesError, adaptive_coordinate, choose_knot_threshold
 from .median import median_of_bins
@@ -204,22 +204,6 @@ def value_quantum(values):
     if np.max(np.abs(k - np.round(k))) > 1e-3:
         return 0.0
     return q
-
-
-def dither(index, offset, quantum):
-    """``quantum * (u - 0.5)`` for each flat pixel ``index`` (plus ``offset``, e.g. an exposure's),
-    ``u`` spread evenly over [0, 1) by the golden ratio (a Weyl sequence): the same for a pixel in
-    every fit, whatever the mask, and uncorrelated with the values' own steps.
-
-    >>> d = dither(np.arange(100_000), 0, 1.0)
-    >>> bool(abs(d.mean()) < 1e-3 and abs(d.var() - 1 / 12) < 1e-3 and -0.5 <= d.min() and d.max() < 0.5)
-    True
-    """
-    u = (np.asarray(index, dtype=float) + float(offset)) * 0.6180339887498949
-    u -= np.floor(u)
-    u -= 0.5
-    u *= quantum
-    return u
 
 
 @dataclass(eq=False)
