@@ -92,9 +92,18 @@ def _demo(args):
 
 def main(argv=None):
     """Entry point of the ``specwidgets`` command."""
-    parser = argparse.ArgumentParser(prog="specwidgets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="specwidgets",
+        description="Sky-background subtraction for long-slit spectra: the demo in the terminal, the interactive "
+                    "dashboard, or a batch of exposures. 'specwidgets COMMAND --help' describes each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the method on the embedded demo (or the Goodman sample)")
+    demo = sub.add_parser(
+        "demo", help="run the method on the embedded demo (or the Goodman sample)",
+        description="Run the whole method (arc lines, warp model, sky with both methods) on the embedded synthetic "
+                    "frames, or on the Goodman sample with --goodman, and print how well each sky matches the truth "
+                    "(or the held-out rows) and whether the fit is flagged suspect.",
+    )
     demo.add_argument("--goodman", action="store_true", help="use the real Goodman frames instead")
     demo.add_argument("--std-variation", type=float, default=50.0, help="line detection threshold")
     demo.set_defaults(func=_demo)

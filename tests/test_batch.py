@@ -762,6 +762,25 @@ def test_batch_carries_the_observation_keywords(tmp_path, frames):
         _check_observation_cards(tmp_path / "out" / output_name(path), k)
 
 
+@pytest.mark.slow
+def test_worker_processes_keep_the_master_bias_read_noise(tmp_path, frames):
+    # A new user's trial: Dask sends the master bias to worker processes as a plain ndarray, so its read
+    # noise was dropped there (Goodman: SWRDNOIS 4.74 for the 5.38 e- of the page and the API), and the
+    # stack of a fit-together group never had it. One bias frame of 3 e-: 3 * sqrt(2) with it.
+    folder = _observed_folder(tmp_path, frames)
+    sci = sorted(folder.glob("sci_*.fits"))
+    expected = 3.0 * np.sqrt(2.0)
+    for together in (False, True):
+        out = tmp_path / f"out_{together}"
+        summary = run_batch(sci, [folder / "arc_01.fits"], bias=[folder / "bias_0.fits"], masks=[make_mask()],
+                            out_dir=out, workers=1, processes=True, progress=False, method="median",
+                            fit_together=together)
+        assert summary.ok, summary.failed
+        for path in sci:
+            header = fits.getheader(out / output_name(path))
+            assert header["SWRDNOIS"] == pytest.approx(expected, rel=1e-6), (together, header["SWRDNOIS"])
+
+
 def test_dashboard_export_carries_the_observation_keywords(tmp_path, frames):
     from specwidgets.interactive import Dashboard
     from specwidgets.io.folder import load_folder

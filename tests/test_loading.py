@@ -239,7 +239,13 @@ def test_tag_matching_nothing_names_tag_folder_and_count(tmp_path):
         average_matching_files(tmp_path, tag="flat")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="0 FITS files"):
+    with pytest.raises(FileNotFoundError, match=r"no FITS file in folder .*empty.*subfolders are not searched\)"):
+        collect_images_array(empty)
+    # A night's top folder, its frames in subfolders: they are named (a new user's trial read "tag ''").
+    (empty / "bias").mkdir()
+    (empty / "notes").mkdir()
+    write(empty / "bias" / "b.fits", gradient(4, 4))
+    with pytest.raises(FileNotFoundError, match=r"these hold FITS files: bias/\)$"):
         collect_images_array(empty)
 
 

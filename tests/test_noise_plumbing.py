@@ -185,6 +185,22 @@ def test_subtracting_a_master_bias_adds_its_read_noise(tmp_path):
     assert diff.read_noise == pytest.approx(expected) and "taken to be the same" in diff.noise_source
 
 
+def test_a_given_read_noise_is_not_described_by_the_frames_bias_note():
+    # A new user's trial: with read_noise= given, the source read "gain: header ...; 4.74 e- plus the
+    # subtracted frame's read noise; read noise: argument" beside a read noise of 4.74.
+    f = make_synthetic_longslit(shape=(60, 400), n_exposures=1, seed=3)
+    science = FrameArray(np.asarray(f.science), gain=1.0, read_noise=f.read_noise, noise_source="header GAIN",
+                         n_combined=1, unit="electron")
+    bias = FrameArray(np.zeros(science.shape[1:]), gain=1.0, read_noise=f.read_noise, noise_source="header",
+                      n_combined=1, unit="electron")
+    diff = science - bias
+    assert "plus the subtracted frame's read noise" in diff.noise_source
+    own = sw.fit_sky(diff, f.warp, f.trace_rows)
+    assert own.quality.noise_source == diff.noise_source
+    given = sw.fit_sky(diff, f.warp, f.trace_rows, read_noise=f.read_noise)
+    assert given.quality.noise_source == "gain: header GAIN; read noise: argument"
+
+
 def test_whole_numbered_frames_give_the_right_gain(monkeypatch):
     # Frames of integer ADU on a faint sky (trial M1: the gain estimated 6.6 for 5 with the header's read
     # noise, the variance 1.6-1.76x too low, "ok"): the median absolute deviations of whole numbers are

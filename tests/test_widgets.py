@@ -167,6 +167,23 @@ def test_views_exposures_and_stretch(dash):
     assert viewer.stretch.value == "log" and viewer.auto_limits.value
 
 
+def test_colour_bar_names_the_frames_unit(frames):
+    # A new user's trial: frames read in electrons showed "Counts".
+    from specwidgets.core.frames import FrameArray
+
+    plain = Dashboard(np.array(frames.science), frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
+    assert plain.viewer.figure.color_axis.label == "Counts"  # (a plain array: no unit known)
+    plain.close()
+    science = FrameArray(np.asarray(frames.science), gain=1.0, read_noise=4.0, unit="electron")
+    dash = Dashboard(science, frames.arc, mask_region=frames.trace_rows)
+    assert dash.viewer.figure.color_axis.label == "Electrons"
+    dash.viewer.view = "chi"
+    assert dash.viewer.figure.color_axis.label == "(data - sky) / sigma"
+    dash.viewer.view = "corrected"
+    assert dash.viewer.figure.color_axis.label == "Electrons"
+    dash.close()
+
+
 def test_hover_and_click_readout(dash):
     viewer, state = dash.viewer, dash.state
     grid = viewer.hover_mark

@@ -147,7 +147,8 @@ class BatchSummary:
         if not (self.done or self.skipped):
             return []
         good = len(self.done) + len(self.skipped) - len(self.suspect)
-        lines = [f"  fits: good {good}, suspect {len(self.suspect)} (written, flagged SWSUSP in the header)"]
+        flagged = " (written, flagged SWSUSP in the header)" if self.suspect else ""
+        lines = [f"  fits: good {good}, suspect {len(self.suspect)}{flagged}"]
         for p, warnings in self.suspect:
             lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
         return lines

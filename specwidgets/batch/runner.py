@@ -110,7 +110,7 @@ import filelock
 import numpy as np
 from astropy.io import fits
 
-from ..core.frames import ESTIMATE, FrameArray, noise_setting, with_readout_of
+from ..core.frames import ESTIMATE, NOISE_ATTRIBUTES, FrameArray, noise_setting, with_readout_of
 from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
@@ -222,6 +222,9 @@ class _Job:
     driver_pid: int = field(default_factory=os.getpid)
     # The flat's own noise (a FlatNoise: its frame-sized level map), added to each output's VAR.
     flat_noise: object = None
+    # The master bias's noise model (gain, read noise, unit, frames combined): Dask sends the bias to
+    # worker processes as a plain ndarray, without a FrameArray's attributes (see _bias_frame).
+    bias_noise: dict = field(default_factory=dict)
 
     def config_for(self, path):
         """The resume key of one input: ``"<settings hash>-<data hash>"``.
@@ -455,6 +458,27 @@ def _used_warp(result, job):
     return job.warp or None
 
 
+def _bias_frame(bias, job):
+    """The master ``bias`` as a FrameArray with its noise model (``job.bias_noise``), however it came.
+
+    Dask serialises an ndarray subclass as a plain ndarray when it sends it to
+    a worker process: the bias lost its read noise on the way, and the
+    outputs' noise model left it out (trial of 2026-11-30: ``SWRDNOIS`` 4.74
+    for the 5.38 e- of the page and the API). Not a copy.
+    """
+    if bias is None or isinstance(bias, FrameArray) or not job.bias_noise:
+        return bias
+    return FrameArray(bias, **job.bias_noise)
+
+
+def _bias_noise(bias):
+    """What :func:`_bias_frame` puts back: the bias's noise attributes but its header (the pixels' noise
+    model only; the header would be pickled into every task)."""
+    if not isinstance(bias, FrameArray):
+        return {}
+    return {name: getattr(bias, name) for name in NOISE_ATTRIBUTES if name != "header"}
+
+
 def _process_one(path, job, bias, flat):
     """Worker task: one exposure from its path to its output file. Returns a small record.
 
@@ -467,7 +491,7 @@ def _process_one(path, job, bias, flat):
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        return _process_one_inner(path, job, bias, flat)
+        return _process_one_inner(path, job, _bias_frame(bias, job), flat)
     finally:
         numba.set_num_threads(previous)
 
@@ -509,6 +533,7 @@ def _process_many(paths, job, bias, flat):
     records = []
     try:
         with _relay_warnings(job, records):
+            bias = _bias_frame(bias, job)
             records.extend(_process_one_inner(path, job, bias, flat) for path in paths)
         return records
     finally:
@@ -1083,7 +1108,7 @@ def _process_group(paths, job, bias, flat):
     """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
     records = []
     with _relay_warnings(job, records):
-        records.extend(_process_group_inner(paths, job, bias, flat))
+        records.extend(_process_group_inner(paths, job, _bias_frame(bias, job), flat))
     return records
 
 
@@ -1124,7 +1149,8 @@ def _process_group_inner(paths, job, bias, flat):
                 raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
                                  f"and warp model {tuple(job.shape)}{_binning_hint(frame)}")
             if bias is not None:
-                image -= bias
+                # (The pixels only: the master bias's read noise joins the stack's below.)
+                image -= np.asarray(bias)
             if flat is not None:
                 image /= flat
                 extra = bad_flat_mask(flat)
@@ -1155,7 +1181,10 @@ def _process_group_inner(paths, job, bias, flat):
             gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
             read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
             unit=frames[0].unit,
+            n_combined=getattr(frames[0], "n_combined", None),
         )
+        if isinstance(bias, FrameArray):  # (its read noise joins the frames', as for one exposure)
+            stack = with_readout_of(stack, bias)
         warp = _cached_warp(job)
         result = fit_sky(stack, warp, job.masks, method=job.method, **_noise_arguments(job), **job.options)
         quality = _quality_record(result)
@@ -1165,7 +1194,7 @@ def _process_group_inner(paths, job, bias, flat):
             if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
                 prov["unit"] = getattr(frames[k], "unit", None)
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
-                           dtype=job.dtype, extra_mask=extra, input_header=frames[k].header)
+                           dtype=job.dtype, extra_mask=extra, input_header=frames[k].header, flat_noise=job.flat_noise)
             record["status"] = "done"
             record.update(quality)
     except Exception as exc:  # noqa: BLE001 - reported by name
@@ -1598,6 +1627,7 @@ def run_batch(
         numba_threads=int(numba_threads),
         cal_content=cal_content,
         flat_noise=cal.flat_noise,
+        bias_noise=_bias_noise(cal.bias),
     )
     if report:
         for n in summary.notes:

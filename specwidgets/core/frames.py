@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import numpy as np
 
@@ -357,6 +358,20 @@ def combined_read_noise(read_noise, other, n_combined=1.0, other_combined=1.0):
     """
     scale = float(n_combined) / float(other_combined)
     return math.hypot(float(read_noise), float(other) * scale)
+
+
+#: The note :func:`_with_readout_of` appends to a noise source ("; 4.74 e- plus the subtracted frame's read noise ...").
+_READOUT_NOTE = re.compile(r"(?:^|; )[^;]* e- plus the (?:subtracted|added) frame's read noise(?: \([^)]*\))?")
+
+
+def without_readout_note(source):
+    """``source`` without the note of a read noise that frame arithmetic added (for the gain's source,
+    when the read noise is given another way).
+
+    >>> without_readout_note("header GAIN; 4.74 e- plus the subtracted frame's read noise")
+    'header GAIN'
+    """
+    return _READOUT_NOTE.sub("", source or "").strip("; ")
 
 
 def _with_readout_of(ufunc, left, right, meta):

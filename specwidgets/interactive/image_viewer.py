@@ -62,6 +62,14 @@ BLINK_SECONDS = 0.8
 _BLINK_MODES = [("science / corrected", "views"), ("exposures", "exposures")]
 _UNITS = {"science": "Counts", "background": "Counts", "corrected": "Counts", "chi": "(data - sky) / sigma"}
 
+
+def _unit_label(state, view):
+    """The colour bar's label: the frames' unit when they carry one (electrons once read with a gain)."""
+    unit = getattr(state.science, "unit", None)
+    if view == "chi" or not unit:
+        return _UNITS[view]
+    return {"electron": "Electrons", "adu": "ADU"}.get(str(unit).lower(), str(unit))
+
 # Hover cells of about this many screen pixels: finer would only add SVG
 # elements for the browser to hit-test.
 _HOVER_CELL_PX = 8
@@ -191,7 +199,7 @@ class ImageViewer(ipywidgets.VBox):
         self.readout_label = ipywidgets.HTML(f"<i>{hint}</i>")
 
         self.figure = plot_image(
-            self._view_array(), title=self._title(), figsize=figsize, cbar_label=_UNITS[self.view],
+            self._view_array(), title=self._title(), figsize=figsize, cbar_label=_unit_label(self.state, self.view),
             **self._display_settings(),
         )
         scales = {"x": self.figure.x_scale, "y": self.figure.y_scale}
@@ -355,8 +363,9 @@ class ImageViewer(ipywidgets.VBox):
             self.figure.update_image(self._view_array(), **self._display_settings())
         with self.figure.hold_sync():
             self.figure.title = self._title()
-        if self.figure.color_axis.label != _UNITS[self.view]:
-            self.figure.color_axis.label = _UNITS[self.view]
+        label = _unit_label(self.state, self.view)
+        if self.figure.color_axis.label != label:
+            self.figure.color_axis.label = label
         self._show_limits()
         self._refresh_readout()
 

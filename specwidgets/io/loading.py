@@ -134,14 +134,30 @@ def _check_folder(path):
 
 
 def _no_match_message(folder, tag, patterns, fits_files):
+    if not fits_files:
+        # (A night's top folder, its frames in subfolders: "tag ''" named nothing the user gave.)
+        message = f"no FITS file in folder {str(folder)!r} (subfolders are not searched"
+        holding = _subfolders_with_fits(folder)
+        if holding:
+            shown = ", ".join(f"{name}/" for name in holding[:6]) + (", ..." if len(holding) > 6 else "")
+            message += f"; these hold FITS files: {shown}"
+        return message + ")"
     message = f"no FITS file in folder {str(folder)!r} has a name containing tag {tag!r}"
     if patterns:
         message += f" and none of {patterns!r}"
     message += f" ({len(fits_files)} FITS file{'s' if len(fits_files) != 1 else ''} in the folder"
-    if fits_files:
-        shown = ", ".join(p.name for p in fits_files[:5])
-        message += f", e.g. {shown}" + (", ..." if len(fits_files) > 5 else "")
+    shown = ", ".join(p.name for p in fits_files[:5])
+    message += f", e.g. {shown}" + (", ..." if len(fits_files) > 5 else "")
     return message + ")"
+
+
+def _subfolders_with_fits(folder):
+    """Names of ``folder``'s subfolders (sorted) that hold FITS files directly."""
+    try:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    return [p.name for p in subs if find_fits_files(p)]
 
 
 # ------------------------------------------------------------------ crop

@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 from .._stats import median, median_along, percentile
 from .._threads import interp_in_threads, map_in_threads
 from .._warnings import warn_at_caller
-from ..frames import check_gain, check_read_noise
+from ..frames import check_gain, check_read_noise, without_readout_note
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
@@ -540,7 +540,8 @@ def _check_frames_noise(first_look, read_noise, gain, rn_source, gain_source):
 def _noise_source(rn_source, gain_source):
     if rn_source == gain_source:
         return rn_source
-    return f"gain: {gain_source}; read noise: {rn_source}"
+    # (The frames' source may say how their read noise was made, which is not the one used then.)
+    return f"gain: {without_readout_note(gain_source) or gain_source}; read noise: {rn_source}"
 
 
 def _check_choice(value, name, allowed):
