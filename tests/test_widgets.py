@@ -173,6 +173,7 @@ def test_colour_bar_names_the_frames_unit(frames):
 
     plain = Dashboard(np.array(frames.science), frames.arc, mask_region=frames.trace_rows, read_noise=4.0)
     assert plain.viewer.figure.color_axis.label == "Counts"  # (a plain array: no unit known)
+    assert plain.sed.figure.axes[1].label == "Counts"
     plain.close()
     science = FrameArray(np.asarray(frames.science), gain=1.0, read_noise=4.0, unit="electron")
     dash = Dashboard(science, frames.arc, mask_region=frames.trace_rows)
@@ -181,6 +182,7 @@ def test_colour_bar_names_the_frames_unit(frames):
     assert dash.viewer.figure.color_axis.label == "(data - sky) / sigma"
     dash.viewer.view = "corrected"
     assert dash.viewer.figure.color_axis.label == "Electrons"
+    assert dash.sed.figure.axes[1].label == "Electrons"
     dash.close()
 
 

@@ -29,7 +29,24 @@ import numpy as np
 from ..core import _timing
 from . import raster
 
-__all__ = ["ImageFigure", "plot_image", "update_image"]
+__all__ = ["ImageFigure", "data_unit_label", "plot_image", "update_image"]
+
+
+
+def data_unit_label(data, default="Counts"):
+    """An axis label for the values of ``data``: its ``unit`` when it carries one (a FrameArray read with a
+    gain is in electrons), else ``default``.
+
+    >>> from specwidgets.core.frames import FrameArray
+    >>> import numpy as np
+    >>> data_unit_label(np.zeros(2)), data_unit_label(FrameArray(np.zeros(2), unit="electron"))
+    ('Counts', 'Electrons')
+    """
+    unit = getattr(data, "unit", None)
+    if not unit:
+        return default
+    return {"electron": "Electrons", "adu": "ADU"}.get(str(unit).lower(), str(unit))
+
 
 # CSS pixels per inch: ``figsize`` is in inches, as in matplotlib.
 _PX_PER_INCH = 96

@@ -34,7 +34,7 @@ import traitlets as tl
 
 from ..display.aggregate import highlight_mask, iso_effpix_polygon
 from ..display.debounce import Debounced, running_loop
-from ..display.plotting import plot_image
+from ..display.plotting import data_unit_label, plot_image
 from ..display.raster import NORMS, display_limits
 from .navigation import HAVE_IPYEVENTS, CursorReadout
 from .state import require_state
@@ -65,10 +65,7 @@ _UNITS = {"science": "Counts", "background": "Counts", "corrected": "Counts", "c
 
 def _unit_label(state, view):
     """The colour bar's label: the frames' unit when they carry one (electrons once read with a gain)."""
-    unit = getattr(state.science, "unit", None)
-    if view == "chi" or not unit:
-        return _UNITS[view]
-    return {"electron": "Electrons", "adu": "ADU"}.get(str(unit).lower(), str(unit))
+    return _UNITS[view] if view == "chi" else data_unit_label(state.science, _UNITS[view])
 
 # Hover cells of about this many screen pixels: finer would only add SVG
 # elements for the browser to hit-test.

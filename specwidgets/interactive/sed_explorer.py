@@ -35,6 +35,7 @@ import traitlets as tl
 from ..core.sky.api import LEAK_NEAR_MASK, rows_from_mask
 from ..display.aggregate import aggregate_sed, decimate_curve, leak_rows, row_ranges
 from ..display.debounce import Debounced
+from ..display.plotting import data_unit_label
 from .state import require_state
 from .status import StatusBar
 
@@ -147,7 +148,7 @@ class SEDExplorer(ipywidgets.VBox):
             marks=[self.envelope, self.p99_line, self.median_line, self.model_line],
             axes=[
                 bqplot.Axis(scale=self.x_scale, label="Effective pixel", grid_lines="none"),
-                bqplot.Axis(scale=self.y_scale, side="left", label="Counts", grid_lines="none",
+                bqplot.Axis(scale=self.y_scale, side="left", label=data_unit_label(state.science), grid_lines="none",
                             tick_format="~s"),
             ],
             interaction=self.brush,
@@ -216,6 +217,9 @@ class SEDExplorer(ipywidgets.VBox):
         else:
             lo, hi = self.x_range
         self._full_range = full
+        label = data_unit_label(self.state.science)  # (the page may load other frames)
+        if self.figure.axes[1].label != label:
+            self.figure.axes[1].label = label
         with self.status.working():
             agg = aggregate_sed(samples.effpix, samples.flux[k], lo, hi, n_bins=self.n_bins)
             mx, my = decimate_curve(*result.model_curve(k), lo, hi, n_bins=self.n_bins)
