@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -779,6 +780,64 @@ def test_worker_processes_keep_the_master_bias_read_noise(tmp_path, frames):
         for path in sci:
             header = fits.getheader(out / output_name(path))
             assert header["SWRDNOIS"] == pytest.approx(expected, rel=1e-6), (together, header["SWRDNOIS"])
+
+
+def test_workers_get_the_bad_pixel_mask_by_absolute_path(tmp_path, monkeypatch):
+    # A trial: an external cluster's workers, running in another folder, read a relative mask path there
+    # (the file missing, or another mask of that name applied).
+    from specwidgets.io.instruments import resolve_instrument
+
+    (tmp_path / "night").mkdir()
+    fits.PrimaryHDU(np.zeros(SHAPE, np.uint8)).writeto(tmp_path / "night" / "bad.fits")
+    monkeypatch.chdir(tmp_path)
+    reader = resolve_instrument("generic").with_options(bad_pixels="night/bad.fits")
+    assert reader.bad_pixels_file == "night/bad.fits"
+    assert batch._with_absolute_paths(reader).bad_pixels == str(tmp_path / "night" / "bad.fits")
+    assert batch._with_absolute_paths(resolve_instrument("generic").with_options(bad_pixels="DQ")).bad_pixels == "DQ"
+
+
+def test_a_file_rewritten_with_its_old_time_is_noticed(tmp_path):
+    # A trial: a science frame (or mask) rewritten with its modification time put back (cp -p, rsync -t)
+    # kept its cached hash (or mask) in a process that had read it: a worker kept across runs skipped it.
+    from specwidgets.io.instruments import _bad_pixel_image
+
+    path = tmp_path / "a.fits"
+    fits.PrimaryHDU(np.zeros(SHAPE, np.uint8)).writeto(path)
+    before = batch.file_fingerprint(path)["sha256"]
+    mask_before, _ = _bad_pixel_image(str(path), None, 0, path)
+    times = os.stat(path)
+    data = np.zeros(SHAPE, np.uint8)
+    data[:, 7] = 1
+    fits.PrimaryHDU(data).writeto(path, overwrite=True)
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == times.st_mtime_ns and os.stat(path).st_size == times.st_size
+    assert batch.file_fingerprint(path)["sha256"] != before
+    mask_after, _ = _bad_pixel_image(str(path), None, 0, path)
+    assert not mask_before[:, 7].any() and mask_after[:, 7].all()
+
+
+def test_a_workers_warning_keeps_its_category_and_place(monkeypatch):
+    # A trial: relayed from a worker process, astropy's warning came back as a plain UserWarning at a
+    # line of the runner, so a filter on its category caught it in-process only.
+    import warnings
+
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    job = SimpleNamespace(driver_pid=-1)  # (as a worker process sees it)
+    records = [{}]
+    with batch._relay_warnings(job, records):
+        warnings.warn_explicit("File may have been truncated", AstropyUserWarning, "/x/astropy/io/fits/file.py", 12)
+        warnings.warn_explicit("a specwidgets note", RuntimeWarning, batch.__file__, 1)  # (raised in the package)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch._show_relayed(records[0], set())
+    by_message = {str(w.message): w for w in caught}
+    assert by_message["File may have been truncated"].category is AstropyUserWarning
+    assert by_message["File may have been truncated"].filename == "/x/astropy/io/fits/file.py"
+    assert by_message["a specwidgets note"].category is RuntimeWarning
+    assert by_message["a specwidgets note"].filename == __file__  # the caller's line, not the runner's
+    assert batch._warning_category("nowhere.module:Missing") is UserWarning
+    assert batch._warning_category("builtins:ValueError") is UserWarning  # not a Warning
 
 
 def test_dashboard_export_carries_the_observation_keywords(tmp_path, frames):

@@ -93,8 +93,10 @@ when given. Arcs are summed by default (``arc_combine``/``--arc-combine``).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
+import importlib
 import json
 import os
 import socket
@@ -110,6 +112,7 @@ import filelock
 import numpy as np
 from astropy.io import fits
 
+from ..core._warnings import _PACKAGE_DIR, warn_at_caller
 from ..core.frames import ESTIMATE, NOISE_ATTRIBUTES, FrameArray, noise_setting, with_readout_of
 from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
@@ -163,9 +166,12 @@ _FINGERPRINTS: dict = {}
 def file_fingerprint(path):
     """What a resumed run compares: ``{"name", "size", "sha256"}`` of a file's content.
 
-    The SHA-256 of the bytes is cached by ``(real path, size, mtime)``, so an
-    unchanged file is hashed once per process, and a file rewritten in place
-    (same name, new content, even the same size) is noticed.
+    The SHA-256 of the bytes is cached by ``(real path, size, mtime, ctime,
+    inode)``, so an unchanged file is hashed once per process, and a file
+    rewritten in place (same name, new content, even the same size) is
+    noticed: also when its modification time was put back (``cp -p``,
+    ``rsync -t``, a restore), which the change time and inode still show
+    (a worker kept across runs skipped such a file).
 
     Examples
     --------
@@ -178,7 +184,7 @@ def file_fingerprint(path):
     """
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     digest = _FINGERPRINTS.get(key)
     if digest is None:
         sha = hashlib.sha256()
@@ -506,19 +512,39 @@ def _relay_warnings(job, records):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    raised = list(dict.fromkeys(f"{w.category.__name__}\0{w.message}" for w in caught))
+    raised = list(dict.fromkeys(
+        (f"{w.category.__module__}:{w.category.__qualname__}", str(w.message), w.filename, w.lineno) for w in caught
+    ))
     if raised and records:
         records[0]["raised"] = raised
 
 
+def _warning_category(name):
+    """The Warning class ``"module:qualname"`` names (a worker's), else UserWarning."""
+    module, _, qualname = name.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError):
+        return UserWarning
+    return obj if isinstance(obj, type) and issubclass(obj, Warning) else UserWarning
+
+
 def _show_relayed(record, shown):
-    """Warn in the driver, once per message, of what a worker process's task raised."""
+    """Warn in the driver, once per message, of what a worker process's task raised: its own category,
+    at the user's line for specwidgets' warnings and where it was raised for another library's, as the
+    same run in this process would (a filter on astropy's category caught one in-process only before)."""
     for item in record.get("raised", ()):
-        if item not in shown:
-            shown.add(item)
-            name, _, message = item.partition("\0")
-            category = {"UserWarning": UserWarning, "RuntimeWarning": RuntimeWarning}.get(name, UserWarning)
-            warnings.warn(message, category, stacklevel=2)
+        name, message, filename, lineno = item
+        if (name, message) in shown:
+            continue
+        shown.add((name, message))
+        category = _warning_category(name)
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            warn_at_caller(message, category)
+        else:
+            warnings.warn_explicit(message, category, filename, lineno)
 
 
 def _process_many(paths, job, bias, flat):
@@ -619,6 +645,14 @@ def _process_one_inner(path, job, bias, flat):
 def _process_cpu_seconds():
     """CPU seconds of this whole process so far (a worker: its start-up, tasks, Dask's own work)."""
     return time.process_time()
+
+
+def _with_absolute_paths(reader):
+    """``reader`` with its bad-pixel mask file as an absolute path: workers may run in another folder (an
+    external cluster's read a relative path there: the file missing, or another one's mask applied)."""
+    if isinstance(reader, Instrument) and reader.bad_pixels_file is not None:
+        return dataclasses.replace(reader, bad_pixels=os.path.abspath(reader.bad_pixels_file))
+    return reader
 
 
 def _with_frame_noise(image, frame, job, bias=None):
@@ -1608,7 +1642,7 @@ def run_batch(
         # so a change in it means stale data, not other settings.
         cal_content["warp"] = settings.pop("warp")
     job = _Job(
-        reader=science_reader,
+        reader=_with_absolute_paths(science_reader),
         crop=crop,
         shape=tuple(shape),
         warp=warp_dict,

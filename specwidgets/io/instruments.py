@@ -734,10 +734,13 @@ def _bad_pixel_image(source, hdul, index, path):
     """``(bad, text)``: the boolean mask of ``source`` for the image HDU ``index`` of ``path``, as stored."""
     if _is_mask_path(source):
         try:
-            mtime = Path(source).stat().st_mtime_ns
+            stat = Path(source).stat()
         except OSError as exc:
             raise ValueError(f"could not read the bad_pixels mask file {source}: {exc}") from exc
-        return _mask_file(source, mtime), f"mask {Path(source).name}"
+        # (The change time and inode too: a mask rewritten with its old modification time, as by
+        # ``cp -p``, kept the old mask in a process that read it before.)
+        version = (os.path.abspath(source), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        return _mask_file(source, version), f"mask {Path(source).name}"
     version = hdul[index].header.get("EXTVER")
     named = [h for h in hdul if h.name == source and h.is_image]
     same = [h for h in named if version is None or h.header.get("EXTVER", version) == version]
@@ -751,8 +754,8 @@ def _bad_pixel_image(source, hdul, index, path):
 
 
 @functools.lru_cache(maxsize=4)
-def _mask_file(path, _mtime):
-    """A mask file's nonzero pixels (cached by path and time: one mask serves every frame)."""
+def _mask_file(path, _version):
+    """A mask file's nonzero pixels (cached by path and the file's version: one mask serves every frame)."""
     try:
         with fits.open(path, memmap=False) as hdul:
             images = [h for h in hdul if h.is_image and h.header.get("NAXIS") == 2]
