@@ -354,6 +354,12 @@ def test_batch_command_line_options():
     for bad in ("x", "5"):
         with pytest.raises(SystemExit):
             parser.parse_args(["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--spatial-order", bad])
+    # --read-noise takes "estimate" as run_batch(read_noise="estimate") does (a trial: only numbers were taken).
+    base = ["batch", "s.fits", "--arc", "a.fits", "--mask", "1:2", "--out", "o", "--read-noise"]
+    assert parser.parse_args(base + ["Estimate"]).read_noise == "estimate"
+    assert parser.parse_args(base + ["4.5"]).read_noise == 4.5
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["lots"])
 
 
 # ------------------------------------------------------------------ suspect fits in batch

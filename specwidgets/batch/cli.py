@@ -8,6 +8,7 @@ import re
 import sys
 import warnings
 
+from ..core.frames import ESTIMATE
 from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS
@@ -70,6 +71,17 @@ def _positive_or_zero(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}")
     return value
+
+
+def _read_noise_arg(text):
+    """``--read-noise``: electrons, or "estimate" (as ``run_batch(read_noise="estimate")``: from the data even
+    when the headers give one)."""
+    if text.strip().lower() == ESTIMATE:
+        return ESTIMATE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a read noise in electrons or 'estimate'; got {text!r}") from None
 
 
 def _spatial_order_arg(text):
@@ -154,8 +166,9 @@ def add_batch_parser(subparsers):
              "default: each file on its own, or the session's exposures together with --settings)",
     )
     p.add_argument(
-        "--read-noise", type=float, default=None, metavar="E",
-        help="read noise (e-; default from the headers, else estimated from the data)",
+        "--read-noise", type=_read_noise_arg, default=None, metavar="E",
+        help="read noise (e-; default from the headers, else estimated from the data; 'estimate': from the data "
+             "even when the headers give one)",
     )
     p.add_argument(
         "--gain", type=float, default=None, metavar="G",
