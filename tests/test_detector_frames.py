@@ -285,6 +285,15 @@ def test_two_amplifiers_with_one_gain_applied_are_named(plain):
     assert not any("amplifiers" in w for w in clean.quality.warnings), clean.quality.warnings
 
 
+def test_a_chance_step_on_few_sky_rows_is_not_an_amplifiers():
+    """Twenty sky rows (ten at each end of a 120-row slit): the blocks of the chi's scatter are noisy, and a
+    chance step of 1.29x near one end was taken for a seam between amplifiers (trial O1: good fits made
+    suspect). A step must stand clear of the blocks' own scatter."""
+    f = make_synthetic_longslit(seed=1, shape=(120, 1024), tilt=1.5, n_exposures=1)
+    res = sw.fit_sky(f.science, f.warp, (10, 110))
+    assert not any("amplifiers" in w for w in res.quality.warnings), res.quality.warnings
+
+
 def test_cards_of_several_amplifiers_are_named(tmp_path):
     """GAINA/GAINB (and RDNOISEA/B) of different values and BIASSECA/B, which the generic reader does not
     read: one warning says the frame has several amplifiers and what to do (trial L2: only GAINA was

@@ -9,8 +9,9 @@ unrelated folder with an empty compiled-kernel cache:
   Chromium with its images, without page errors; the first switch to the
   median method is quick although nothing was compiled before;
 * a cold ``specwidgets demo`` (empty cache) runs, with no stall like issue 9's
-  19-40 s (a loose guard: the goal itself, cold <= 2x warm + 3 s, is a speed
-  figure and is measured by ``benchmarks/bench_cold_start.py``);
+  19-40 s of CPU, 12-25x a warm run (a loose guard, at 10x the warm run: the
+  goal itself, cold <= 2x warm + 3 s, is a speed figure and is measured by
+  ``benchmarks/bench_cold_start.py``);
 * after the dashboard, an export from the page, a demo and a fit with an
   export through the API, nothing new is under the installed package; the
   exports are in the folder the user started from;
@@ -260,8 +261,11 @@ def test_fresh_clone_and_venv_run_the_readme_commands(fresh_venv):
     timings["demo warm (wall)"], warm_cpu = _run([env_dir / "bin" / "specwidgets", "demo"], cwd=user, env=cold_env,
                                                  log=log)
     timings["demo cold (CPU)"], timings["demo warm (CPU)"] = cold_cpu, warm_cpu
-    # A guard against the stall coming back, not the goal (see the module docstring).
-    assert cold_cpu <= 2 * warm_cpu + 12.0, f"first demo {cold_cpu:.1f} s of CPU, later ones {warm_cpu:.1f} s"
+    # A guard against the stall coming back, not the goal (see the module docstring). In units of the warm
+    # run, which follow the machine: the stall was 12-25x (19-40 s against 1.6 s); a cold run 4.9x on a quiet
+    # day (7.9 against 1.6 s), 6.7-7x on a day twice as slow (16-20 s against 2.3-3.0 s), where the fixed
+    # "2 x warm + 12 s" of before failed.
+    assert cold_cpu <= 10 * warm_cpu, f"first demo {cold_cpu:.1f} s of CPU, later ones {warm_cpu:.1f} s"
     _run([python, "-c", FIT_AND_EXPORT], cwd=user, env=env, log=log)
     assert sorted(p.name for p in (user / "api_export").iterdir()) == ["a_sky.fits", "b_sky.fits"]
 

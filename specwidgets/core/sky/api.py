@@ -1451,6 +1451,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # (The samples are sorted by effective pixel: without a shift their
         # range is their ends.)
         e_lo, e_hi = ((float(e_k[0]), float(e_k[-1])) if not shifts[k] else (float(e_k.min()), float(e_k.max())))
+        sampled[k] = (e_lo, e_hi)
 
         def sky_on(rows, model_rows):
             """The fit's sky on ``rows`` (its spatial terms read at ``model_rows``), the slit's profile not applied."""
@@ -1537,6 +1538,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         return model, corr
 
     dips, near_dims = [None] * n_exp, [None] * n_exp
+    sampled = [None] * n_exp  # each exposure's range of sampled effective pixels (the sky is held beyond)
     fitted = each_exposure(final_fit)
     # A defect the fit took for sky (two hot columns side by side under a sky
     # line pass for the line in each row of the dip/spike test): out, and the
@@ -1599,13 +1601,25 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     gap_text = _gap_warning(models, stack, emap)
     if gap_text:
         warnings = list(warnings) + [gap_text]
+    under = np.flatnonzero(masked_rows & ~unlit)
+    n_lit_sky = int(np.count_nonzero(~(masked_rows | unlit)))
+    # Where the sky rows are many beside the mask, their samples cover what the masked rows need: the check
+    # (and the compilation of its kernels, ~1.3 s of CPU on a new machine) only where they are not.
+    if under.size and (n_lit_sky < 2 * under.size or n_lit_sky < 2 * MIN_SKY_ROWS):
+        precision = max(_masked_precision(model, np.clip(emap_rows(k, under), *sampled[k]), under, gain, read_noise)
+                        for k, model in enumerate(models))
+        if precision > MASKED_PRECISION_LIMIT:
+            warnings = list(warnings) + [_precision_warning(precision)]
     n_fit, n_coef = _fitted_counts(models)
     n_sky_rows = int(np.count_nonzero(~(masked_rows | unlit)))
-    if n_sky_rows < MIN_SKY_ROWS:
+    if n_sky_rows < MIN_SKY_ROWS and n_sky_rows < MIN_SKY_FRACTION * np.count_nonzero(~unlit):
         # How the sky changes along the slit cannot be seen on so few rows (5
         # at each end of a 300-row slit lit 16 % unevenly: 2.9 sigma RMS, 8
         # at one end: 9.8; the leak check's advice, to widen the mask, would
-        # make it worse).
+        # make it worse). Unless they are most of a short slit's (a slitlet
+        # of 25 rows, 19 of sky, lit 5-20 % unevenly: 0.19-0.23 sigma RMS,
+        # every fit suspect: trial O1); the fit's own precision under the
+        # mask (below) is checked either way.
         warnings = list(warnings) + [
             f"Only {n_sky_rows} sky row(s) ({100 * n_sky_rows / n_rows:.0f} % of the slit): too few to see how the "
             "sky changes along the slit (its illumination), so the sky under the mask is poorly known. Leave "
@@ -2089,6 +2103,7 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
 
     trusted = abs(start) > FLEXURE_START
     if trusted:
+        unshifted = (ratio, scale_s)
         total, t = float(start), _row_coordinate(rows, n_rows)
         model = refit(total, ratio)
     for _ in range(max_steps):
@@ -2108,8 +2123,19 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         step, sigma = measure_flexure(t_s, f_s, m, slope, var, pick=pick)
         if trusted:
             # The traced lines' value stands unless the data say it is well off
-            # (a trace gone wrong): then the steps go on from there.
+            # (a trace gone wrong): then the steps go on from there. And only
+            # if the sky fits better shifted than not: a few sky rows at each
+            # end of a wide mask traced a tilt change of -8.6 px on lines
+            # tilted 2.5 px, a false match of other lines where the steps stop
+            # as well as at the true one (the sky 58 sigma off, flagged).
             trusted = False
+            ratio0, scale0 = unshifted
+            m0 = scale0 * level[k][sub]
+            var0 = np.clip(m0, 0, None) / gain + (read_noise / gain) ** 2
+            both = pick & ~first[k].rejected[sub] & (scale0 > 0)
+            if not _fits_better(f_s, m, var, m0, var0, both):
+                total, model, ratio, scale_s = 0.0, first[k], ratio0, scale0
+                continue
             if abs(step) <= max(FLEXURE_CHECK, FLEXURE_CHECK_FRACTION * abs(total)):
                 break
         # The subsample's error is larger by sqrt(stride) than the full set's;
@@ -2130,6 +2156,15 @@ def _measure_shift(first, k, effpix, flux, rows, n_rows, level, ratio, gain, rea
         first[k] = model
         model(effpix - total * t, out=level[k])
     return float(total)
+
+
+def _fits_better(f, m, var, m0, var0, use):
+    """Whether the model ``m`` (variance ``var``) fits ``f`` better than ``m0`` (``var0``) on ``use``: a lower
+    chi-square (each with its own variance)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi = np.sum(((f - m) ** 2 / var)[use])
+        chi0 = np.sum(((f - m0) ** 2 / var0)[use])
+    return bool(np.isfinite(chi) and (not np.isfinite(chi0) or chi < chi0))
 
 
 def _robust_std(x):
@@ -2545,14 +2580,24 @@ _FIT_SKY_BSPLINE_OPTIONS = ("spatial_order", "unlit", "flexure", "sky_warp", "sl
                             "knot_spacing", "coarse_spacing", "knot_threshold")
 _PASSED_TO_BSPLINE = {"reject_sigma", "max_iterations", "min_variance", "singular_guard"}
 
-#: Fewer lit sky rows than this make the fit suspect.
+#: Fewer lit sky rows than this make the fit suspect, if they are less than this fraction of the lit slit.
 MIN_SKY_ROWS = 20
+MIN_SKY_FRACTION = 0.5
 
 #: Fewer sky samples than this per sky-model coefficient make the fit suspect.
 MIN_SAMPLES_PER_COEFFICIENT = 4
 
 #: A stretch of effective pixels this wide (or wider) without a sky sample is reported.
 GAP_WARN_PX = 1.0
+
+#: The fit's own uncertainty of the sky under the masked rows (RMS over them, in units of the pixels'
+#: noise) above which the fit is suspect. Good fits: 0.09-0.25 (the demo 0.09, the Goodman crop 0.20,
+#: slits of 25-50 rows 0.13-0.20); a trial's slit masked but for 10-12 rows at each end, lines tilted
+#: 2.5 px: 0.45-319 (one exposure of three at 0.45), the sky there 1.6-12 sigma off under "ok".
+MASKED_PRECISION_LIMIT = 0.4
+
+#: Masked pixels looked at for it (a random subsample, the same for a given frame size).
+_PRECISION_PIXELS = 20_000
 
 #: Dead or hot columns (see _bad_columns): a dip below this fraction of the
 #: column's continuum, or a spike above this many times the pixels beside it,
@@ -2962,6 +3007,30 @@ def _bad_columns_warning(columns):
             "off the sky the fit found in all of them while the columns about them were off the other way, as no "
             "sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; their "
             "own pixels (the science under them too) are not usable (quality.bad_columns).")
+
+
+def _masked_precision(model, e_rows, rows, gain, read_noise):
+    """RMS over (a subsample of) the pixels of ``e_rows`` (effective pixels of ``rows``) of the model's own
+    standard error in units of the pixel's noise: ``sqrt(mean(model variance / noise variance))``."""
+    rr = np.broadcast_to(rows.astype(float)[:, None], e_rows.shape).ravel()
+    e = e_rows.ravel()
+    if e.size > _PRECISION_PIXELS:
+        pick = np.random.default_rng(e.size).choice(e.size, _PRECISION_PIXELS, replace=False)
+        e, rr = e[pick], rr[pick]
+    e, rr = np.ascontiguousarray(e), np.ascontiguousarray(rr)
+    level = model(e, rr)
+    noise = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
+    ratio = model.model_variance(e, rr) / noise
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.sqrt(np.mean(ratio))) if ratio.size else 0.0
+
+
+def _precision_warning(precision):
+    return (f"The sky under the masked rows is poorly determined: the fit's own uncertainty there is {precision:.2g} "
+            "times the pixels' noise (RMS; well-sampled fits 0.1-0.25), and its errors there can reach several "
+            "sigma. The sky rows sample too few of the positions along the lines that the masked rows need (few sky "
+            "rows beside a wide mask, on tilted lines); unmask rows the target leaves free, or add exposures with the "
+            "target elsewhere on the slit. The variance of the background (VAR) includes this uncertainty.")
 
 
 def _gap_warning(models, stack, emap):

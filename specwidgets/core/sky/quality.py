@@ -1090,7 +1090,7 @@ def group_quantiles(groups, values, n_groups, q):
     return out
 
 
-def scatter_step(profile, block=16, min_blocks=4, sharp=0.5):
+def scatter_step(profile, block=16, min_blocks=4, sharp=0.5, z=4.0):
     """``(index, before, after)``: where a profile of chi**2 (:func:`chi_square_profiles`) steps from one
     level to another, or None.
 
@@ -1101,7 +1101,11 @@ def scatter_step(profile, block=16, min_blocks=4, sharp=0.5):
     sharp: the ``min_blocks`` blocks on either side of the split differ
     by ``sharp`` times the step or more, the same way (a ramp, such as
     fringes rising towards the red, is not a step; a part of the frame read
-    through another amplifier is).
+    through another amplifier is); and unless it stands ``z`` standard
+    errors clear of the blocks' own scatter (a median's error on each side):
+    few sky rows make noisy blocks, whose chance steps of 1.25-1.3x near an
+    end of the frame were taken for an amplifier's (trial O1, good fits made
+    suspect).
 
     Examples
     --------
@@ -1134,6 +1138,10 @@ def scatter_step(profile, block=16, min_blocks=4, sharp=0.5):
     step = float(np.median(after) - np.median(before))
     local = float(np.median(after[:min_blocks]) - np.median(before[-min_blocks:]))
     if not (step != 0 and local / step >= sharp):
+        return None
+    # The blocks' scatter about their side's level (robust, pooled); a median's error is ~1.25x a mean's.
+    spread = 1.4826 * float(np.median(np.abs(np.r_[before - np.median(before), after - np.median(after)])))
+    if abs(step) <= z * 1.2533 * spread * np.sqrt(1.0 / before.size + 1.0 / after.size):
         return None
     return (_refined_split(profile, int(index[split] * block), block),
             round(float(np.exp(np.median(before))), 6), round(float(np.exp(np.median(after))), 6))
