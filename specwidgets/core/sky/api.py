@@ -1601,17 +1601,22 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     gap_text = _gap_warning(models, stack, emap)
     if gap_text:
         warnings = list(warnings) + [gap_text]
+    n_sky_rows = int(np.count_nonzero(~(masked_rows | unlit)))
     under = np.flatnonzero(masked_rows & ~unlit)
-    n_lit_sky = int(np.count_nonzero(~(masked_rows | unlit)))
     # Where the sky rows are many beside the mask, their samples cover what the masked rows need: the check
     # (and the compilation of its kernels, ~1.3 s of CPU on a new machine) only where they are not.
-    if under.size and (n_lit_sky < 2 * under.size or n_lit_sky < 2 * MIN_SKY_ROWS):
-        precision = max(_masked_precision(model, np.clip(emap_rows(k, under), *sampled[k]), under, gain, read_noise)
-                        for k, model in enumerate(models))
+    if under.size and (n_sky_rows < 2 * under.size or n_sky_rows < 2 * MIN_SKY_ROWS):
+        # A scattered subsample of the masked pixels (the same for a given mask and frame size).
+        pick = np.random.default_rng(under.size * n_cols).integers(0, under.size * n_cols, _PRECISION_PIXELS)
+        rows_p, cols_p = under[pick // n_cols], pick % n_cols
+        precision = max(
+            _masked_precision(model, np.clip(emap[rows_p, cols_p] - shifts[k] * t_grid[rows_p, 0], *sampled[k]),
+                              rows_p.astype(float), gain, read_noise)
+            for k, model in enumerate(models)
+        )
         if precision > MASKED_PRECISION_LIMIT:
             warnings = list(warnings) + [_precision_warning(precision)]
     n_fit, n_coef = _fitted_counts(models)
-    n_sky_rows = int(np.count_nonzero(~(masked_rows | unlit)))
     if n_sky_rows < MIN_SKY_ROWS and n_sky_rows < MIN_SKY_FRACTION * np.count_nonzero(~unlit):
         # How the sky changes along the slit cannot be seen on so few rows (5
         # at each end of a 300-row slit lit 16 % unevenly: 2.9 sigma RMS, 8
@@ -2591,12 +2596,13 @@ MIN_SAMPLES_PER_COEFFICIENT = 4
 GAP_WARN_PX = 1.0
 
 #: The fit's own uncertainty of the sky under the masked rows (RMS over them, in units of the pixels'
-#: noise) above which the fit is suspect. Good fits: 0.09-0.25 (the demo 0.09, the Goodman crop 0.20,
-#: slits of 25-50 rows 0.13-0.20); a trial's slit masked but for 10-12 rows at each end, lines tilted
-#: 2.5 px: 0.45-319 (one exposure of three at 0.45), the sky there 1.6-12 sigma off under "ok".
+#: noise) above which the fit is suspect. Good fits: 0.09-0.31 (the demo 0.09, the Goodman crop 0.20,
+#: slits of 25-50 rows 0.13-0.20, ten sky rows at each end of 100-300 0.18-0.31); seven sky rows of 40,
+#: the sky under the mask 2.4 sigma off: 3.4; trial O1's wide masks with a false flexure start (since
+#: fixed), 1.6-12 sigma off under "ok": 0.45-319.
 MASKED_PRECISION_LIMIT = 0.4
 
-#: Masked pixels looked at for it (a random subsample, the same for a given frame size).
+#: Masked pixels looked at for it (a scattered subsample).
 _PRECISION_PIXELS = 20_000
 
 #: Dead or hot columns (see _bad_columns): a dip below this fraction of the
@@ -3009,18 +3015,12 @@ def _bad_columns_warning(columns):
             "own pixels (the science under them too) are not usable (quality.bad_columns).")
 
 
-def _masked_precision(model, e_rows, rows, gain, read_noise):
-    """RMS over (a subsample of) the pixels of ``e_rows`` (effective pixels of ``rows``) of the model's own
-    standard error in units of the pixel's noise: ``sqrt(mean(model variance / noise variance))``."""
-    rr = np.broadcast_to(rows.astype(float)[:, None], e_rows.shape).ravel()
-    e = e_rows.ravel()
-    if e.size > _PRECISION_PIXELS:
-        pick = np.random.default_rng(e.size).choice(e.size, _PRECISION_PIXELS, replace=False)
-        e, rr = e[pick], rr[pick]
-    e, rr = np.ascontiguousarray(e), np.ascontiguousarray(rr)
-    level = model(e, rr)
+def _masked_precision(model, e, rows, gain, read_noise):
+    """The RMS over pixels at effective pixels ``e`` of rows ``rows`` of the model's own standard error in
+    units of the pixel's noise: ``sqrt(mean(model variance / noise variance))``."""
+    level = model(e, rows)
     noise = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
-    ratio = model.model_variance(e, rr) / noise
+    ratio = model.model_variance(e, rows) / noise
     ratio = ratio[np.isfinite(ratio)]
     return float(np.sqrt(np.mean(ratio))) if ratio.size else 0.0
 
