@@ -355,7 +355,7 @@ def _worse_for(offsets, extra, d):
 EXTRAPOLATION_ROWS, EXTRAPOLATION_FRACTION = 5, 0.1
 
 
-def _extrapolation_gain(R, t, u, have, terms_all, flex_only, clip, sigma2, masked_rows, dark, sky_rows, warp):
+def _extrapolation_gain(R, t, u, have, terms_all, flex_only, clip, sigma2, masked_rows, dark, sky_rows):
     """``(gain, n_rows)`` of the correction on the sky rows nearest the masked rows that lie beyond every sky
     row, fit on the others (the held-out chi-square it saves there, in ``sigma2`` units: the worst side's),
     or None when the masked rows lie between sky rows or the test cannot be made.
@@ -480,25 +480,22 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     total = float(sum(gains))
     n_test = int(have.sum())
     need = MIN_GAIN_PER_COEF * len(extra)
+
+    def declined(reason):
+        """The arc's warp, and the report of a correction measured and not used (why: ``reason``)."""
+        return warp, WarpRefinement(False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
+                                    n_coefficients=len(extra), tilt_change=tilt, reason=reason)
+
     if min(gains) <= 0 or total <= need:
-        return warp, WarpRefinement(
-            False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
-            n_coefficients=len(extra), tilt_change=tilt,
-            reason=(f"{n_lines} sky lines traced; a correction of the arc's warp changed the held-out "
-                    f"chi-square of their positions by {-gains[0]:+.0f} and {-gains[1]:+.0f} (it must lower "
-                    f"it in each half, by more than {need:.0f} in all): not used"),
-        )
-    beyond = _extrapolation_gain(R, t, u, have, terms_all, flex_only, clip, sigma2, masked_rows, dark, sky_rows,
-                                 warp)
+        return declined(f"{n_lines} sky lines traced; a correction of the arc's warp changed the held-out "
+                        f"chi-square of their positions by {-gains[0]:+.0f} and {-gains[1]:+.0f} (it must lower "
+                        f"it in each half, by more than {need:.0f} in all): not used")
+    beyond = _extrapolation_gain(R, t, u, have, terms_all, flex_only, clip, sigma2, masked_rows, dark, sky_rows)
     if beyond is not None and beyond[0] <= 0:
-        return warp, WarpRefinement(
-            False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
-            n_coefficients=len(extra), tilt_change=tilt,
-            reason=(f"{n_lines} sky lines traced; a correction of the arc's warp lowered the held-out chi-square of "
-                    f"their positions by {gains[0]:.0f} and {gains[1]:.0f}, but fit on the sky rows away from the "
-                    f"mask it does not predict those beside it ({-beyond[0]:+.0f}), and the masked rows reach "
-                    f"{beyond[1]} rows beyond the sky rows: it would be carried there untested, so not used"),
-        )
+        return declined(f"{n_lines} sky lines traced; a correction of the arc's warp lowered the held-out chi-square "
+                        f"of their positions by {gains[0]:.0f} and {gains[1]:.0f}, but fit on the sky rows away from "
+                        f"the mask it does not predict those beside it ({-beyond[0]:+.0f}), and the masked rows reach "
+                        f"{beyond[1]} rows beyond the sky rows: it would be carried there untested, so not used")
     o, c = _fit_offsets_and_terms(R, t, u, terms_all, have)
     d = np.array([v for tj, v in zip(terms_all, c) if tj != (1, 0)])
     if n_exp > 1:
@@ -507,14 +504,10 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         worse = _worse_for(offsets, extra, d)
         if worse:
             shown = ", ".join(str(k + 1) for k in worse)
-            return warp, WarpRefinement(
-                False, source, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
-                n_coefficients=len(extra), tilt_change=tilt,
-                reason=(f"{n_lines} sky lines traced in the stack; a correction of the arc's warp lowered the "
-                        f"held-out chi-square of their positions by {gains[0]:.0f} and {gains[1]:.0f}, but fits "
-                        f"the lines of exposure(s) {shown} (counting from 1) worse than the arc's warp: the "
-                        "exposures' lines differ (flexure between them), so not used"),
-            )
+            return declined(f"{n_lines} sky lines traced in the stack; a correction of the arc's warp lowered the "
+                            f"held-out chi-square of their positions by {gains[0]:.0f} and {gains[1]:.0f}, but fits "
+                            f"the lines of exposure(s) {shown} (counting from 1) worse than the arc's warp: the "
+                            "exposures' lines differ (flexure between them), so not used")
     refined = _with_delta(warp, extra, d)
     try:
         refined.effpix_map()
