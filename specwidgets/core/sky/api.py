@@ -1611,7 +1611,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         rows_p, cols_p = under[pick // n_cols], pick % n_cols
         precision = max(
             _masked_precision(model, np.clip(emap[rows_p, cols_p] - shifts[k] * t_grid[rows_p, 0], *sampled[k]),
-                              rows_p.astype(float), gain, read_noise)
+                              rows_p.astype(float))
             for k, model in enumerate(models)
         )
         if precision > MASKED_PRECISION_LIMIT:
@@ -3015,12 +3015,10 @@ def _bad_columns_warning(columns):
             "own pixels (the science under them too) are not usable (quality.bad_columns).")
 
 
-def _masked_precision(model, e, rows, gain, read_noise):
+def _masked_precision(model, e, rows):
     """The RMS over pixels at effective pixels ``e`` of rows ``rows`` of the model's own standard error in
     units of the pixel's noise: ``sqrt(mean(model variance / noise variance))``."""
-    level = model(e, rows)
-    noise = np.clip(level, 0, None) / gain + (read_noise / gain) ** 2
-    ratio = model.model_variance(e, rows) / noise
+    ratio = model.model_variance(e, rows) / model.noise_variance(e, rows)
     ratio = ratio[np.isfinite(ratio)]
     return float(np.sqrt(np.mean(ratio))) if ratio.size else 0.0
 

@@ -350,6 +350,16 @@ def _worse_for(offsets, extra, d):
     return worse
 
 
+def _heldout_gain(R, t, u, simple, full, train, test, clip, sigma2):
+    """How much lower (in ``sigma2`` units) the ``full`` terms' fit on ``train`` puts the squared residuals
+    of the traced positions on ``test`` than the ``simple`` terms' (each clipped at ``clip``)."""
+    sse = []
+    for terms in (simple, full):
+        o, c = _fit_offsets_and_terms(R, t, u, terms, train)
+        sse.append(float(np.sum(np.minimum((R - _predict(o, c, terms, t, u))[test] ** 2, clip))))
+    return (sse[0] - sse[1]) / sigma2
+
+
 #: Masked rows reaching beyond the sky rows by this many rows (or this fraction of the slit, if more) make the
 #: correction pass a test of extrapolation too (:func:`_extrapolation_gain`).
 EXTRAPOLATION_ROWS, EXTRAPOLATION_FRACTION = 5, 0.1
@@ -380,11 +390,7 @@ def _extrapolation_gain(R, t, u, have, terms_all, flex_only, clip, sigma2, maske
         train, test = have & ~near[None, :], have & near[None, :]
         if train.sum() < 3 * len(terms_all) + R.shape[0] or test.sum() < 10:
             continue
-        sse = []
-        for terms in (flex_only, terms_all):
-            o, c = _fit_offsets_and_terms(R, t, u, terms, train)
-            sse.append(float(np.sum(np.minimum((R - _predict(o, c, terms, t, u))[test] ** 2, clip))))
-        gain = (sse[0] - sse[1]) / sigma2
+        gain = _heldout_gain(R, t, u, flex_only, terms_all, train, test, clip, sigma2)
         if worst is None or gain < worst[0]:
             worst = (gain, n_beyond)
     return worst
@@ -471,12 +477,7 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
         if train.sum() < 3 * len(terms_all) + n_lines or test.sum() < 10:
             return warp, WarpRefinement(False, source, reason="too few traced sky-line positions to validate",
                                         tilt_change=tilt)
-        sse = []
-        for terms in (flex_only, terms_all):
-            o, c = _fit_offsets_and_terms(R, t, u, terms, train)
-            r2 = (R - _predict(o, c, terms, t, u))[test] ** 2
-            sse.append(float(np.sum(np.minimum(r2, clip))))
-        gains.append((sse[0] - sse[1]) / sigma2)
+        gains.append(_heldout_gain(R, t, u, flex_only, terms_all, train, test, clip, sigma2))
     total = float(sum(gains))
     n_test = int(have.sum())
     need = MIN_GAIN_PER_COEF * len(extra)
