@@ -328,6 +328,17 @@ def test_the_summary_keeps_the_reasons_by_default(tmp_path):
     assert "it broke" not in summary.report(reasons=False) and "a.fits" in summary.report(reasons=False)
 
 
+def test_the_summary_names_suspect_fits_once_when_their_reasons_were_printed(tmp_path):
+    # Done in this run: the reasons were printed as each finished, so the closing summary names it only;
+    # a skipped output's reasons (from its header) were not printed, so they stay.
+    summary = batch.BatchSummary(out_dir=tmp_path, n_inputs=2, done=["a.fits"], skipped=["b.fits"],
+                                 suspect=[("a.fits", ["row 5 is bright"]), ("b.fits", ["column 7 is off"])])
+    short = summary.report(reasons=False)
+    assert "row 5 is bright" not in short and "suspect (reasons above): a.fits" in short
+    assert "suspect b.fits: column 7 is off" in short and "good 0, suspect 2" in short
+    assert "suspect a.fits: row 5 is bright" in summary.report()
+
+
 # ------------------------------------------------------------------ 6. warnings
 def test_command_prints_warnings_without_a_source_path(raw, tmp_path, monkeypatch, capsys):
     previous = warnings.showwarning

@@ -60,7 +60,9 @@ def _voila(notebook, tmp, name, **env):
     # Pre-heated kernels, as `specwidgets dashboard` serves pages: each test's
     # page takes a kernel that has already run the notebook while the previous
     # test ran (two, so one is always ready).
-    command = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
+    # The dashboard's own Voila (specwidgets.app.voila_server, as `specwidgets dashboard` runs it: its
+    # template fetches nothing from outside), with Voila's command line and voila.json.
+    command = [sys.executable, "-m", "specwidgets.app.voila_server", str(notebook), "--no-browser", f"--port={port}",
                "--Voila.ip=127.0.0.1", "--VoilaConfiguration.preheat_kernel=True",
                "--VoilaConfiguration.default_pool_size=2"]
     server = Server(command, port, cwd=ROOT, env=voila_env(**env), log_path=tmp / f"{name}.log")
@@ -73,7 +75,7 @@ def _voila(notebook, tmp, name, **env):
 
 @pytest.fixture(scope="module")
 def dashboard_server(tmp_path_factory):
-    """``voila notebooks/dashboard.ipynb`` from the repository root (so voila.json applies)."""
+    """The dashboard's Voila on ``notebooks/dashboard.ipynb`` from the repository root (so voila.json applies)."""
     server = _voila(ROOT / "notebooks" / "dashboard.ipynb", tmp_path_factory.mktemp("voila"), "dashboard")
     yield server
     server.stop()
@@ -88,10 +90,19 @@ def browser():
         chromium.close()
 
 
-# Voila's lab template links Font Awesome from a CDN (voila/templates/lab/index.html.j2).
-# Tests use no network: those two stylesheets are answered empty here (offline,
-# the button icons are missing), any other outside request is refused and fails.
-VOILA_TEMPLATE_CDN = "https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@"
+# Tests use no network: any outside request is refused and fails the test. (Voila's lab template
+# links Font Awesome from a CDN; the dashboard's template, specwidgets/app/jupyter, does not.)
+
+
+# The Load button's icon has its glyph, in Font Awesome's font as loaded by the page.
+ICONS_DRAWN = """() => {
+  const icon = document.querySelector('button i.fa-upload');
+  if (!icon) return 'no icon';
+  const glyph = getComputedStyle(icon, '::before').content === '"\\uf093"';
+  const loaded = [...document.fonts].some(f => f.family.replace(/"/g, '') === 'Font Awesome 5 Free'
+                                               && f.status === 'loaded');
+  return [glyph, loaded];
+}"""
 
 
 class Visit:
@@ -118,12 +129,8 @@ class Visit:
         self.ready_s = time.monotonic() - start
 
     def _outside(self, route):
-        url = route.request.url
-        if url.startswith(VOILA_TEMPLATE_CDN):
-            route.fulfill(status=200, content_type="text/css", body="/* offline */")
-        else:
-            self.outside_requests.append(url)
-            route.abort()
+        self.outside_requests.append(route.request.url)
+        route.abort()
 
     def _on_console(self, message):
         if message.type == "error":
@@ -230,6 +237,8 @@ def test_dashboard_renders(visit):
     assert_not_blank(figures(viewer).first, "image viewer")
     assert_not_blank(figures(sed).first, "SED explorer")
     assert page.evaluate(TRUNCATED) == [], "labels cut off with an ellipsis"
+    # The buttons' icons, drawn offline from the page's own fonts (no stylesheet from a CDN).
+    assert page.evaluate(ICONS_DRAWN) == [True, True], "button icons not drawn"
     visit.screenshot("dashboard-sky")
 
     page.get_by_role("tab", name="Warp guesses").click()

@@ -73,6 +73,16 @@ def test_noise_is_estimated_when_unknown():
     assert not q.suspect, q.warnings
 
 
+@pytest.mark.parametrize("seed", [1, 6])
+def test_a_read_noise_hidden_by_a_bright_sky_is_said_to_be_unmeasured(seed):
+    """A twilight sky of 1000 e- hides 5 e- of read noise: the estimate lands anywhere from 0 to twice
+    the truth (here 7.7 e- and a few thousandths; a trial's 0.004 e- said nothing, only an exact 0 did);
+    the source says it is unmeasured."""
+    f = frames(shape=(100, 2048), sky_continuum=1000.0, read_noise=5.0, seed=seed)
+    q = fit(f)[0].quality
+    assert "read noise too small to measure against the sky's noise" in q.noise_source, (q.read_noise, q.noise_source)
+
+
 def test_noise_precedence():
     f = frames(gain=2.5, read_noise=10.0)
     tagged = with_noise(f.science, 2.5, 10.0, "header GAIN/RDNOISE")
@@ -227,6 +237,19 @@ def test_unlit_rows_found_and_left_out():
     kept = sw.fit_sky(f.science, f.warp, [tuple(f.trace_rows), hold], unlit=False, spatial_order=0)
     assert truth_error(f, kept, hold) > 3 * truth_error(f, res, hold)
     assert not q.suspect, q.warnings
+
+
+def test_a_mask_reaching_past_the_slits_lit_end_says_so():
+    """The mask's rows beyond the slit's end (a trial: the star near the end of the slit) got the full sky,
+    4-38 sigma RMS off under the mask, with "ok". Data below the sky there, which a source cannot make,
+    now make the fit suspect and name the row; a mask within the lit slit does not."""
+    f = make_synthetic_longslit(shape=(160, 1024), n_exposures=2, unlit_rows=40, trace_row=60, seed=5, tilt=3.0)
+    past = sw.fit_sky(f.science, f.warp, (40, 128))
+    said = [w for w in past.quality.warnings if w.startswith("Masked row ")]
+    assert past.quality.suspect and said and "darker than the sky model" in said[0], past.quality.warnings
+    assert "reaches past the slit's lit part (rows found without sky light: 128:160)" in said[0]
+    within = sw.fit_sky(f.science, f.warp, (40, 100))
+    assert not within.quality.suspect and not any(w.startswith("Masked row ") for w in within.quality.warnings)
 
 
 def test_unlit_rows_keep_the_light_that_is_not_sky():
@@ -399,7 +422,21 @@ def test_trace_in_sky_rows_is_suspect():
     f = frames()
     res = sw.fit_sky(f.science, f.warp)  # nothing masked: the trace is fit as sky
     assert res.quality.suspect
-    assert any("light above the sky" in w for w in res.quality.warnings)
+    assert "light above the sky" in res.quality.warnings[0] and "mask_region=(start, stop)" in res.quality.warnings[0]
+
+
+@pytest.mark.goodman
+def test_an_unmasked_trace_comes_first_among_the_reasons(goodman):
+    """The tutorial's call without mask_region, or a mask beside the trace: the trace's light in the sky
+    rows is why the lines misfit (this came first, with "try spatial_order=4"), the columns miss and
+    the blocks scatter; it is named first."""
+    locs, _ = sw.find_cal_lines(goodman.arc, std_variation=200)
+    warp = sw.generate_warp_model(goodman.arc, locs)
+    for mask, where in [(None, "with no mask"), ((0, 30), "the trace itself if the mask is not over it")]:
+        res = sw.fit_sky(goodman.science, warp, mask)
+        first = res.quality.warnings[0]
+        assert res.quality.suspect and "light above the sky" in first and where in first, res.quality.warnings
+        assert any("quality.line_misfit" in w for w in res.quality.warnings[1:])
 
 
 def test_light_in_the_sky_rows_is_told_by_where_it_lies():
@@ -513,9 +550,10 @@ def test_goodman_defaults_beat_the_median(goodman):
 @pytest.mark.goodman
 def test_goodman_full_frames_by_default(goodman):
     """Both full Goodman frames with the headers' noise model, as the dashboard fits them: not
-    suspect, the sky-line refinement used (its correction reaches 2 px at the slit's ends: a cap
-    there once made the fit suspect and worse, which the crop cannot show), and the held-out rows
-    at the noise floor."""
+    suspect, and the held-out rows at the noise floor. (The sky-line refinement's correction, 1.4 px
+    at the slit's ends, is measured and declined: a sky fit on it predicts held-out sky rows no
+    better than on the arc's warp. Used, it changed these held-out scores by 0.0003-0.0015; a cap
+    on it once made the fit suspect and worse, which the crop cannot show.)"""
     from specwidgets.io.sample_data import load_goodman
 
     full = load_goodman(crop_bds=(0, None))
@@ -525,7 +563,7 @@ def test_goodman_full_frames_by_default(goodman):
     res = sw.fit_sky(full.science, model, [(436, 500), (680, 810), (600, 610)], read_noise=full.read_noise, gain=1.0)
     q = res.quality
     assert not q.suspect, q.summary()
-    assert q.warp_source == "arc refined on sky lines" and 1.0 < q.warp_shift < 3.0, q.warp_note
+    assert q.warp_source == "arc" and "sky lines traced" in q.warp_note, q.warp_note
 
     def clipped_std(x):  # (cosmic rays out, as the benchmark's held-out score)
         x = x[np.isfinite(x)]

@@ -364,8 +364,33 @@ def main(argv=None):
 
     voila.voila_kernel_manager.wait_before = _wait_before
     tornado.web.Application.find_handler = _find_handler(tornado.web.Application.find_handler)
+    argv = _with_offline_template(list(sys.argv[1:] if argv is None else argv))
     app = _app_class()
-    app.launch_instance(argv=sys.argv[1:] if argv is None else argv)
+    app.launch_instance(argv=argv)
+
+
+#: The packaged Voila template (:data:`TEMPLATE_DIR`): Voila's lab page without its stylesheets from a CDN.
+TEMPLATE = "specwidgets"
+#: A Jupyter data directory holding ``voila/templates/specwidgets``.
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jupyter")
+
+
+def _with_offline_template(argv):
+    """``argv`` with the packaged template, unless it names one; its folder put on ``JUPYTER_PATH``.
+
+    Voila's lab template links Font Awesome from cdn.jsdelivr.net, which its
+    own scripts already carry: offline, that request held the page's first
+    paint until it failed, and on line it told a third party of every page.
+
+    >>> _with_offline_template(["dashboard.ipynb", "--template=lab"])
+    ['dashboard.ipynb', '--template=lab']
+    """
+    if any(a.startswith(("--template", "--VoilaConfiguration.template")) for a in argv):
+        return argv
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if TEMPLATE_DIR not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([TEMPLATE_DIR, *paths])
+    return [*argv, f"--VoilaConfiguration.template={TEMPLATE}"]
 
 
 if __name__ == "__main__":  # pragma: no cover

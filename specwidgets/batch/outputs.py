@@ -112,11 +112,11 @@ class BatchSummary:
         return [self.out_dir / output_name(p) for p in [*self.done, *self.skipped]]
 
     def report(self, reasons=True):
-        """The summary as text; ``reasons=False`` names the failed inputs without their reasons.
+        """The summary as text; ``reasons=False`` names the failed and suspect inputs without their reasons.
 
         (A run with ``report=True`` printed its notes and warnings at the
-        start and each failure as it happened, so its closing summary counts
-        the former and names the failed inputs only: each is printed once.)
+        start and each failure and suspect fit as it happened, so its closing
+        summary counts the former and names the others only: each is printed once.)
         """
         lines = [
             f"specwidgets batch: {self.n_inputs} exposure(s) -> {self.out_dir}",
@@ -132,7 +132,7 @@ class BatchSummary:
             counts = [f"{len(self.notes)} note(s)"] * bool(self.notes)
             counts += [f"{len(self.warnings)} warp model warning(s)"] * bool(self.warnings)
             lines.append(f"  {' and '.join(counts)}: printed above")
-        lines += self._suspect_lines()
+        lines += self._suspect_lines(reasons)
         if self.failed and reasons:
             lines.append("  failed:")
             lines += [f"    {Path(p).name}: {msg}" for p, msg in self.failed]
@@ -142,15 +142,26 @@ class BatchSummary:
             lines.append(f"  failed (reasons above): {', '.join(names[:10])}{more}")
         return "\n".join(lines)
 
-    def _suspect_lines(self):
-        """The suspect count, spelled out so "failed 0" never reads as "all good"."""
+    def _suspect_lines(self, reasons=True):
+        """The suspect count, spelled out so "failed 0" never reads as "all good".
+
+        ``reasons=False``: the exposures done in this run had their reasons
+        printed as they finished, so they are named only (a skipped output's
+        reasons, read from its header, are given: they were not printed).
+        """
         if not (self.done or self.skipped):
             return []
         good = len(self.done) + len(self.skipped) - len(self.suspect)
         flagged = " (written, flagged SWSUSP in the header)" if self.suspect else ""
         lines = [f"  fits: good {good}, suspect {len(self.suspect)}{flagged}"]
+        done = set(map(str, self.done))
+        shown = [Path(p).name for p, _ in self.suspect if not reasons and str(p) in done]
+        if shown:
+            more = f", ... ({len(shown) - 10} more)" if len(shown) > 10 else ""
+            lines.append(f"    suspect (reasons above): {', '.join(shown[:10])}{more}")
         for p, warnings in self.suspect:
-            lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
+            if reasons or str(p) not in done:
+                lines.append(f"    suspect {Path(p).name}: " + ("; ".join(warnings) or "no reason given"))
         return lines
 
     def __str__(self):

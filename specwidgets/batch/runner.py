@@ -1768,7 +1768,9 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
             if record.get("suspect"):
                 summary.suspect.append((record["input"], list(record.get("warnings", []))))
                 if report:
-                    bar.write(f"suspect: {Path(record['input']).name}: {'; '.join(record.get('warnings', []))}")
+                    # One reason a line: a fit's reasons run to a thousand characters together.
+                    reasons = record.get("warnings", []) or ["no reason given"]
+                    bar.write(f"suspect: {Path(record['input']).name}:" + "".join(f"\n  - {w}" for w in reasons))
         elif status == "skipped":
             summary.skipped.append(record["input"])
             if record.get("suspect"):

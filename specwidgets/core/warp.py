@@ -809,7 +809,7 @@ def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1,
         used = new_used
 
     model = model.replace(traces=LineTraces(guesses, x0, fine_rows, positions, used, rms))
-    notes = _quality_warnings(model, n_needed, check_fold)
+    notes = _quality_warnings(model, n_needed, check_fold, tolerance)
     notes += _higher_order_notes(model, x0, fine_rows, positions, used)
     if lowered is not None:
         notes.insert(0, f"warp_order lowered from {lowered} to {warp_order}: only {int(used.sum())} line(s) could be traced")
@@ -822,10 +822,14 @@ def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1,
 #: The model is uncertain (beyond its lines) or too low (within them) where one a warp_order higher differs
 #: by this much [px] (:func:`_higher_order_notes`).
 EXTRAPOLATION_LIMIT_PX = 0.25
+#: The lines' shape along the slit is too simple where one a line_order higher fits them with half the
+#: scatter and moves them by this much [px] (:func:`_higher_order_notes`).
+LINE_ORDER_LIMIT_PX = 0.1
 
 
 def _higher_order_notes(model, x0, rows, positions, used):
-    """Warnings from a model one warp_order higher, fit to the same lines: a list (empty when it agrees).
+    """Warnings from a model one warp_order (or one line_order) higher, fit to the same lines: a list
+    (empty when it agrees).
 
     * Beyond the used lines (when 10 % of the frame or more), the warp is
       the polynomial carried on. Lines in half the frame, their tilt
@@ -837,6 +841,8 @@ def _higher_order_notes(model, x0, rows, positions, used):
       the scatter and moves them by that much says the order is too low
       (0.18 px RMS about warp_order=1 where 2 fits to 0.011 px; 0.7 px off
       at worst, under the 0.5 px per-line flag).
+    * Along the slit, the same for one line_order higher, by
+      :data:`LINE_ORDER_LIMIT_PX` (S-shaped lines).
     """
     n_rows, n_cols = model.shape
     ref = x0[used]
@@ -859,6 +865,19 @@ def _higher_order_notes(model, x0, rows, positions, used):
     notes = []
     inside = gap(np.linspace(lo, hi, 32))
     before, after = scatter(model), scatter(higher)
+    # Lines that curve along the slit beyond line_order (an S-shaped distortion): a trial's cubic of
+    # 0.5-1 px at the slit's ends scattered 0.08-0.15 px about line_order=2, under the scatter flag,
+    # and 0.014 about 3; the sky was 0.7-1.6 sigma off. (Goodman: 0.019 -> 0.019, 0.07 px at most.)
+    bent = model.replace(coefficients=np.zeros((model.line_order + 1, n_coef)))
+    bent = bent.replace(coefficients=_fit_global(bent, np.where(used, x0, 0.0), rows, positions, used))
+    along = np.linspace(float(np.nanmin(rows)), float(np.nanmax(rows)), 64)[None, :]
+    cols = np.linspace(lo, hi, 32)[:, None]
+    bend = float(np.max(np.abs(bent.column_of(cols, along) - model.column_of(cols, along))))
+    traced = np.isfinite(positions[used]).mean()  # (lines cut short by the tolerance bend no polynomial)
+    if traced >= 0.6 and bend >= LINE_ORDER_LIMIT_PX and scatter(bent) < 0.5 * before:
+        notes.append(f"the lines curve along the slit more than line_order={model.line_order} follows: they scatter "
+                     f"{before:.3f} px RMS about it and {scatter(bent):.3f} px about line_order={model.line_order + 1}, "
+                     f"which moves them by up to {bend:.2f} px: pass line_order={model.line_order + 1}")
     if inside >= EXTRAPOLATION_LIMIT_PX and after < 0.5 * before:
         notes.append(f"the lines' shape changes along the dispersion more than warp_order={n_coef - 1} follows: they "
                      f"scatter {before:.3f} px RMS about it and {after:.3f} px about warp_order={n_coef}, which "
@@ -876,7 +895,7 @@ def _higher_order_notes(model, x0, rows, positions, used):
     return notes
 
 
-def _quality_warnings(model, n_needed, check_fold=True):
+def _quality_warnings(model, n_needed, check_fold=True, tolerance=None):
     t = model.traces
     out = []
     n_used = int(t.used.sum())
@@ -892,7 +911,16 @@ def _quality_warnings(model, n_needed, check_fold=True):
             out.append(f"the worst line scatters {worst:.2f} px RMS about the model")
         coverage = np.isfinite(t.positions[t.used]).mean()
         if coverage < 0.6:
-            out.append(f"the lines were traced over only {coverage:.0%} of the slit")
+            text = f"the lines were traced over only {coverage:.0%} of the slit"
+            with np.errstate(invalid="ignore"):
+                reach = np.abs(t.positions[t.used] - t.ref_positions[t.used][:, None])
+            reach = float(np.nanmax(reach)) if np.isfinite(reach).any() else 0.0
+            if tolerance is not None and reach >= 0.75 * tolerance:
+                # A trial's lines tilted 60 px over the slit were cut where they left tolerance=16.
+                text += (f", and they were followed up to {reach:.0f} px from their column at the reference row, "
+                         f"near tolerance={tolerance:g}: lines that move farther along the slit are cut there; "
+                         f"pass a larger tolerance (e.g. {math.ceil(max(2 * tolerance, 1.5 * reach / coverage)):d})")
+            out.append(text)
         span = np.ptp(t.ref_positions[t.used]) if n_used > 1 else 0.0
         if span < 0.25 * model.shape[1]:
             out.append(

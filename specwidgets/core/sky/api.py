@@ -850,6 +850,14 @@ def fit_sky(
         # First: the likely cause of what the other checks see.
         result._amend_quality(lambda quality: dataclasses.replace(
             quality, warnings=[unchecked, *quality.warnings], suspect=True))
+    elif warp_model.quality_warnings and any(_MISFIT_PHRASE in w for w in result.quality.warnings):
+        # The sky lines checked the warp and could not mend it (their correction bends the lines by a
+        # square of the row at most): the arc's own warning names the fix (S-shaped lines: line_order=3;
+        # a trial's sky was 0.7-1.6 sigma off with hints of columns, a bias and fringes).
+        why = (f"The sky misses the lines' shape, and the warp model says why: {warp_model.quality_warnings[0]} "
+               "(warp_model.quality_warnings).")
+        result._amend_quality(lambda quality: dataclasses.replace(
+            quality, warnings=[why, *quality.warnings], suspect=True))
     if report is not None:
         def with_warp(quality, report=report):
             return dataclasses.replace(quality, warp_source=report.source, warp_shift=float(report.max_shift),
@@ -939,6 +947,11 @@ def _hand_over(box):
     return box.pop()
 
 
+#: An estimated read noise whose variance is under this fraction of the faintest tenth of the sky's
+#: photon noise is said to be unmeasured (``noise_source``).
+UNMEASURED_READ_NOISE = 0.05
+
+
 def _complete_noise(noise, level, residual, quantum=0.0):
     """Fill the unknown parts of the noise model from the residuals (of samples dithered by ``quantum``);
     returns (rn, gain, source, warnings)."""
@@ -960,8 +973,11 @@ def _complete_noise(noise, level, residual, quantum=0.0):
             gain, gain_source = est[0], estimated
         if read_noise is None:
             read_noise, rn_source = est[1], estimated
-            if est[1] == 0 and estimated != "default (estimate failed)":
-                # (A bright sky's photon noise hides a few electrons: 0 is the estimate, not the detector's.)
+            # A bright sky's photon noise hides a few electrons: the estimate (often 0, or any value up to
+            # twice the truth: a trial's twilight frames gave 0-9.7 e- for 5) is not the detector's. Said
+            # when the read noise's variance is under 5 % of the faintest sky's photon noise.
+            faint = float(np.percentile(level[pick], 10)) if level.size else 0.0
+            if estimated != "default (estimate failed)" and est[1] ** 2 < UNMEASURED_READ_NOISE * max(faint, 0.0) * est[0]:
                 rn_source = f"{estimated}; read noise too small to measure against the sky's noise"
     return float(read_noise), float(gain), _noise_source(rn_source, gain_source), warnings
 
@@ -2449,6 +2465,49 @@ def _dim_warning(dim, row, masked_rows, method="bspline"):
                    "field that shows the slit's illumination, or move the mask's edge.")
 
 
+#: A masked row whose data lie this far below the sky model (mean of the pixels' clipped chi, sigma per
+#: pixel) has a sky too high: a source only adds light. Good fits' masked rows of sky alone read
+#: within +-0.3; a mask reaching past the slit's lit end, -2 to -30 (a trial: the sky under the mask
+#: 4-38 sigma RMS off, "ok").
+MASKED_DARK_LIMIT = LEAK_LIMIT
+
+
+def _dark_masked_row(result):
+    """``(mean, row, exposures)`` of the masked row darkest against the sky model, when below
+    ``-MASKED_DARK_LIMIT`` (``exposures``: the ones whose row is, when not all); else None."""
+    masked = result.mask[:, 0]
+    if not masked.any():
+        return None
+    n_cols = result.data.shape[2]
+    means = []
+    for k in range(result.data.shape[0]):
+        counts, sums = _row_chi_means_in_rows(result.data[k], result.background[k], masked, result.gain,
+                                              result.read_noise)
+        means.append(np.where(counts >= max(20, 0.25 * n_cols), sums / np.maximum(counts, 1), np.nan))
+    means = np.array(means)
+    if not np.isfinite(means).any():
+        return None
+    k, row = np.unravel_index(int(np.nanargmin(means)), means.shape)
+    if not means[k, row] < -MASKED_DARK_LIMIT:
+        return None
+    low = np.flatnonzero(means[:, row] < -MASKED_DARK_LIMIT)
+    which = "" if low.size == means.shape[0] else (
+        f"exposure(s) {', '.join(str(int(i) + 1) for i in low[:8])} of {means.shape[0]} (counting from 1)")
+    return float(means[k, row]), int(row), which
+
+
+def _dark_masked_warning(mean, row, which, masked_rows, unlit_ranges):
+    """The warning for a masked row darker than the sky model (:func:`_dark_masked_row`)."""
+    where = f" in {which}" if which else ""
+    unlit = ", ".join(f"{a}:{b}" for a, b in unlit_ranges)
+    beside = f" (rows found without sky light: {unlit})" if unlit else ""
+    return (f"Masked row {row} is darker than the sky model{where} ({mean:.2f} sigma per pixel on average), "
+            "which a source under the mask cannot make: the sky there is too high. The mask reaches past the "
+            f"slit's lit part{beside}, or the slit's light falls off under the mask faster than the model follows "
+            "(or that row is a detector defect). Start the mask where the slit is lit, or divide the frames by a "
+            "flat field that shows the slit's illumination.")
+
+
 # A sky row this close to a masked range (rows) is where a masked trace's wings would reach.
 LEAK_NEAR_MASK = 10
 
@@ -2461,6 +2520,8 @@ def rows_from_mask(masked_rows, rows):
     return int(np.min(np.abs(masked[:, None] - np.atleast_1d(rows)[None, :])))
 
 
+#: What the B-spline's line-misfit warning says (``fit_sky`` finds it by it).
+_MISFIT_PHRASE = "the sky model misses the lines' shape"
 #: What the warnings of light in the sky rows say (``_structure_after_rows`` finds them by it).
 _LEAK_PHRASE = "holds light above the sky"
 _WINGS_PHRASE = "brighten towards the mask"
@@ -2476,6 +2537,12 @@ def _exposures_with(row_means, row):
     return f"exposure(s) {', '.join(str(k + 1) for k in lit)} of {len(row_means)} (counting from 1)"
 
 
+#: A row's mean light above the sky (sigma per pixel, with the pixels' +3 clip) from which the leak
+#: warning comes first: a source's trace (2.8 on the Goodman crop fit with no mask, or a mask beside
+#: the trace); a masked trace's faint wings reach 0.3.
+LEAK_FIRST = 1.0
+
+
 def _leak_warning(leak, row, masked_rows, which=""):
     """The warning for light above the sky in sky row ``row``: its likely cause by where the row lies.
 
@@ -2489,10 +2556,13 @@ def _leak_warning(leak, row, masked_rows, which=""):
     if distance is not None and distance <= LEAK_NEAR_MASK:
         return head + (f"{distance} row(s) from the mask, where a masked trace's wings reach: widen the mask "
                        "(or mask another source there).")
-    where = f"{distance} rows from the mask" if distance is not None else "with no mask"
-    return head + (f"{where}, so not the masked trace's wings: another source there (mask it), or light along "
-                   "the slit the sky model does not follow (a bias level left in, or the slit's illumination "
-                   "for a method that does not model it).")
+    tail = ("light along the slit the sky model does not follow (a bias level left in, or the slit's "
+            "illumination for a method that does not model it).")
+    if distance is None:
+        return head + ("with no mask: a source's trace in the sky rows? Mask its rows (mask_region=(start, "
+                       f"stop), a few rows wider than the trace), or {tail}")
+    return head + (f"{distance} rows from the mask, so not the masked trace's wings: another source there, or "
+                   f"the trace itself if the mask is not over it (mask it), or {tail}")
 
 
 #: The source-wings check: the sky rows' light without the sky's lines (``added_light_profile``) must
@@ -3154,7 +3224,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             # (The order this fit used, and one that follows more: trial L1's coma took 4, its fit had 2.)
             higher = f"spatial_order={max(2, order + 2)} (this fit used {order})"
             text = (f"On the brightest sky pixels (the sky lines) the residuals scatter {spread} times more than "
-                    f"neighbouring rows differ{ratio}: the sky model misses the lines' shape (lines that change width "
+                    f"neighbouring rows differ{ratio}: {_MISFIT_PHRASE} (lines that change width "
                     f"or position along the slit, or a warp model that does not fit them); check the warp model, or "
                     f"try {higher}.{scatter}")
             if misfit_at_lines or any(_PEDESTAL_PHRASE in w for w in warnings):
@@ -3163,10 +3233,15 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                 warnings.insert(0, text)
             else:
                 warnings.append(text)
+    leak_text = None
     if leak > LEAK_LIMIT:
-        warnings.append(_leak_warning(leak, leak_row, result.mask[:, 0], _exposures_with(row_means, leak_row)))
+        leak_text = _leak_warning(leak, leak_row, result.mask[:, 0], _exposures_with(row_means, leak_row))
+        warnings.append(leak_text)
     if dim < -LEAK_LIMIT:
         warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
+    dark = _dark_masked_row(result)
+    if dark is not None:
+        warnings.append(_dark_masked_warning(*dark, result.mask[:, 0], unlit_ranges))
     if bad_columns:
         # Why columns beside a block of edge columns without light (an overscan left in) misfit: the
         # sky's step there, which the bad-column warning alone had blamed on a hot column.
@@ -3224,6 +3299,12 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             "which no sky model follows (the sky, and the science under it, are wrong there): set them to "
             "NaN, or take shorter exposures."
         )
+    if leak_text is not None and leak >= LEAK_FIRST:
+        # A source's light in the sky rows (the mask missing the trace, or no mask) explains the line
+        # misfit, the columns, the rejected pixels and the blocks' scatter that it causes: it comes
+        # before them (after a seam or a sky below zero, which make the noise model itself wrong).
+        warnings.remove(leak_text)
+        warnings.insert(sum(w is not None for w in (seam, negative, differenced)), leak_text)
     warnings = _structure_after_rows(warnings)
     return SkyQuality(
         rejected_fraction=float(rejected_fraction),

@@ -521,6 +521,18 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
     grid_e = np.linspace(0, n_cols - 1, 64)
     shift = refined.column_of(grid_e[None, :], grid_r[:, None]) - warp.column_of(grid_e[None, :], grid_r[:, None])
     max_shift = float(np.max(np.abs(shift)))
+    # Tested with the uniform tilt change too: fit_sky measures it as the flexure, and without it a
+    # correction whose lines need it (a tilt changing as a square of the column) reads as worse.
+    try:
+        whole = _with_delta(warp, terms_all, c)
+        pixels = _sky_pixel_scores(stack, (warp, whole), sky_rows)
+    except ValueError:  # (a tilt change that folds the map over: no test, as before)
+        pixels = None
+    if pixels is not None and not pixels[1] < pixels[0]:
+        return declined(f"{n_lines} sky lines traced; a correction of the arc's warp (up to {max_shift:.2f} px) "
+                        f"lowered the held-out chi-square of their positions by {gains[0]:.0f} and {gains[1]:.0f}, "
+                        f"but a sky fit on it predicts held-out sky rows worse than on the arc's warp (score "
+                        f"{pixels[1]:.4g} against {pixels[0]:.4g}): traces that jumped between lines, so not used")
     return refined, WarpRefinement(
         True, refined_source, max_shift=max_shift, heldout_gain=total, heldout_gain_per_pixel=total / max(n_test, 1),
         n_coefficients=len(extra), tilt_change=tilt,
@@ -528,6 +540,64 @@ def refine_warp(stack, warp, masked_rows, gain=None, read_noise=None, *, source=
                 f"correction lowered the held-out chi-square of their positions by {gains[0]:.0f} and "
                 f"{gains[1]:.0f}"),
     )
+
+
+#: Sky rows read by :func:`_sky_pixel_scores` (every other one to fit, the rest to score).
+PIXEL_CHECK_ROWS = 80
+
+
+def _sky_pixel_scores(stack, warps, sky_rows, n_bins=10):
+    """Per warp, how well a sky fit on it predicts held-out sky pixels: the mean clipped squared residual.
+
+    The stack's sum (as its lines were traced) on up to :data:`PIXEL_CHECK_ROWS`
+    sky rows: every other one fit by a B-spline sky (spatial order 0) on the
+    warp's effective pixels, the others scored. A pixel's residual is in units
+    of the first warp's residuals' robust scatter at its sky level (``n_bins``
+    bins of the model, so the same units for every warp, whatever the data's
+    unit), clipped at 5 (cosmic rays). The traced positions' own test can be
+    fooled: traces that jump to neighbouring lines agree with a warp tens of
+    pixels off (a trial's lines tilted 30-40 px: a 10-22 px correction, the
+    sky 6-7 sigma off); the sky pixels cannot. None when too few rows or samples.
+    """
+    from .bspline import fit_bspline_sky
+
+    summed = stack[0] if stack.shape[0] == 1 else stack.sum(axis=0)
+    n_rows, n_cols = summed.shape
+    pick = np.asarray(sky_rows)[:: max(1, -(-len(sky_rows) // PIXEL_CHECK_ROWS))]
+    train, test = pick[0::2], pick[1::2]
+    if train.size < 4 or test.size < 4:
+        return None
+    f_train, f_test = summed[train].ravel(), summed[test].ravel()
+    scores, scale, use = [], None, None
+    for warp in warps:
+        emap = warp.effpix_map((n_rows, n_cols))
+        try:
+            model = fit_bspline_sky(emap[train].ravel(), f_train, knot_spacing=0.75, max_iterations=2)
+        except ValueError:
+            return None
+        e_test = emap[test].ravel()
+        lo, hi = model.extent
+        inside = np.isfinite(f_test) & np.isfinite(e_test) & (e_test >= lo) & (e_test <= hi)
+        r = np.full(e_test.shape, np.nan)
+        r[inside] = f_test[inside] - model(e_test[inside])
+        if scale is None:
+            use = inside & np.isfinite(r)
+            if use.sum() < 20 * n_bins:
+                return None
+            level = f_test - r
+            edges = np.quantile(level[use], np.linspace(0, 1, n_bins + 1)[1:-1])
+            which = np.searchsorted(edges, level)
+            scale = np.full(n_bins, np.nan)
+            for b in range(n_bins):
+                rb = r[use & (which == b)]
+                if rb.size:
+                    scale[b] = 1.4826 * np.median(np.abs(rb - np.median(rb)))
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                return None
+            scale = scale[which]
+        z2 = np.where(use & np.isfinite(r), (r / scale) ** 2, 25.0)
+        scores.append(float(np.mean(np.minimum(z2[use], 25.0))))
+    return scores
 
 
 def cached_refinement(stack, warp, masked_rows, first_look=None):
