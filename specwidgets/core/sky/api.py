@@ -2465,25 +2465,43 @@ def _dim_warning(dim, row, masked_rows, method="bspline"):
                    "field that shows the slit's illumination, or move the mask's edge.")
 
 
-#: A masked row whose data lie this far below the sky model (mean of the pixels' clipped chi, sigma per
-#: pixel) has a sky too high: a source only adds light. Good fits' masked rows of sky alone read
-#: within +-0.3; a mask reaching past the slit's lit end, -2 to -30 (a trial: the sky under the mask
-#: 4-38 sigma RMS off, "ok").
+#: A masked row at the lit slit's end whose data lie this far below the sky model (mean of the pixels'
+#: clipped chi, sigma per pixel) has a sky too high: a source only adds light. Good fits' masked rows
+#: of sky alone read within +-0.3; a mask reaching past the slit's lit end, -2 to -5 (a trial: the sky
+#: under the mask 4-38 sigma RMS off, "ok").
 MASKED_DARK_LIMIT = LEAK_LIMIT
 
 
-def _dark_masked_row(result):
-    """``(mean, row, exposures)`` of the masked row darkest against the sky model, when below
-    ``-MASKED_DARK_LIMIT`` (``exposures``: the ones whose row is, when not all); else None."""
-    masked = result.mask[:, 0]
-    if not masked.any():
+def _dark_masked_row(result, unlit_ranges=()):
+    """``(mean, row, exposures)`` of the darkest masked row at an edge of a masked range that borders
+    rows without sky light (``unlit_ranges``) or the frame's edge, when below ``-MASKED_DARK_LIMIT``
+    (``exposures``: the ones whose row is, when not all); else None.
+
+    Only there: the mask may reach past the slit's lit end, which the sky rows cannot show. A dark row
+    inside a mask is a detector defect (a dead or cold row) or a negative trace (a nod pair's), not
+    a sky too high (a trial of the check: both made good fits suspect).
+    """
+    masked = np.asarray(result.mask[:, 0], bool)
+    n_exp, n_rows, n_cols = result.data.shape
+    unlit = np.zeros(n_rows, bool)
+    for a, b in unlit_ranges:
+        unlit[a:b] = True
+    edges = []
+    padded = np.r_[False, masked, False]
+    for a, b in zip(np.flatnonzero(~padded[:-1] & padded[1:]), np.flatnonzero(padded[:-1] & ~padded[1:])):
+        if a == 0 or unlit[max(a - 2, 0):a].any():
+            edges.append(a)
+        if b == n_rows or unlit[b:b + 2].any():
+            edges.append(b - 1)
+    if not edges:
         return None
-    n_cols = result.data.shape[2]
+    rows = np.zeros(n_rows, bool)
+    rows[edges] = True
     means = []
-    for k in range(result.data.shape[0]):
-        counts, sums = _row_chi_means_in_rows(result.data[k], result.background[k], masked, result.gain,
+    for k in range(n_exp):
+        counts, sums = _row_chi_means_in_rows(result.data[k], result.background[k], rows, result.gain,
                                               result.read_noise)
-        means.append(np.where(counts >= max(20, 0.25 * n_cols), sums / np.maximum(counts, 1), np.nan))
+        means.append(np.where(rows & (counts >= max(20, 0.25 * n_cols)), sums / np.maximum(counts, 1), np.nan))
     means = np.array(means)
     if not np.isfinite(means).any():
         return None
@@ -2491,8 +2509,8 @@ def _dark_masked_row(result):
     if not means[k, row] < -MASKED_DARK_LIMIT:
         return None
     low = np.flatnonzero(means[:, row] < -MASKED_DARK_LIMIT)
-    which = "" if low.size == means.shape[0] else (
-        f"exposure(s) {', '.join(str(int(i) + 1) for i in low[:8])} of {means.shape[0]} (counting from 1)")
+    which = "" if low.size == n_exp else (
+        f"exposure(s) {', '.join(str(int(i) + 1) for i in low[:8])} of {n_exp} (counting from 1)")
     return float(means[k, row]), int(row), which
 
 
@@ -2501,11 +2519,11 @@ def _dark_masked_warning(mean, row, which, masked_rows, unlit_ranges):
     where = f" in {which}" if which else ""
     unlit = ", ".join(f"{a}:{b}" for a, b in unlit_ranges)
     beside = f" (rows found without sky light: {unlit})" if unlit else ""
-    return (f"Masked row {row} is darker than the sky model{where} ({mean:.2f} sigma per pixel on average), "
-            "which a source under the mask cannot make: the sky there is too high. The mask reaches past the "
-            f"slit's lit part{beside}, or the slit's light falls off under the mask faster than the model follows "
-            "(or that row is a detector defect). Start the mask where the slit is lit, or divide the frames by a "
-            "flat field that shows the slit's illumination.")
+    return (f"Masked row {row}, at the mask's edge by the slit's end, is darker than the sky model{where} "
+            f"({mean:.2f} sigma per pixel on average), which a source under the mask cannot make: the sky there is "
+            f"too high. The mask reaches past the slit's lit part{beside}, or the slit's light falls off under the "
+            "mask faster than the model follows (or that row is a detector defect). Start the mask where the slit "
+            "is lit, or divide the frames by a flat field that shows the slit's illumination.")
 
 
 # A sky row this close to a masked range (rows) is where a masked trace's wings would reach.
@@ -3239,7 +3257,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         warnings.append(leak_text)
     if dim < -LEAK_LIMIT:
         warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
-    dark = _dark_masked_row(result)
+    dark = _dark_masked_row(result, unlit_ranges)
     if dark is not None:
         warnings.append(_dark_masked_warning(*dark, result.mask[:, 0], unlit_ranges))
     if bad_columns:
