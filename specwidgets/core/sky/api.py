@@ -2514,7 +2514,7 @@ def _dark_masked_row(result, unlit_ranges=()):
     return float(means[k, row]), int(row), which
 
 
-def _dark_masked_warning(mean, row, which, masked_rows, unlit_ranges):
+def _dark_masked_warning(mean, row, which, unlit_ranges):
     """The warning for a masked row darker than the sky model (:func:`_dark_masked_row`)."""
     where = f" in {which}" if which else ""
     unlit = ", ".join(f"{a}:{b}" for a, b in unlit_ranges)
@@ -3259,7 +3259,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
     dark = _dark_masked_row(result, unlit_ranges)
     if dark is not None:
-        warnings.append(_dark_masked_warning(*dark, result.mask[:, 0], unlit_ranges))
+        warnings.append(_dark_masked_warning(*dark, unlit_ranges))
     if bad_columns:
         # Why columns beside a block of edge columns without light (an overscan left in) misfit: the
         # sky's step there, which the bad-column warning alone had blamed on a hot column.
