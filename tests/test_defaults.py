@@ -470,6 +470,21 @@ def test_light_in_the_sky_rows_is_told_by_where_it_lies():
     assert "not the masked trace's wings" in said[0] and "widen" not in said[0]
 
 
+def test_light_in_two_places_of_a_stack_names_both():
+    """A stack whose first exposure has light across row 10 (a satellite) and whose other two have a
+    source at row 100: the warning named the brightest place only (trial P1: a satellite hid five
+    exposures' seeing wings). Each place is named with its exposures."""
+    f = frames(n_exposures=3, shape=(120, 1024))
+    rows = np.arange(f.science.shape[1])
+    science = np.array(f.science, dtype=float)
+    science[0] += 300 * np.exp(-0.5 * ((rows - 10) / 1.5) ** 2)[:, None]
+    science[1:] += 60 * np.exp(-0.5 * ((rows - 100) / 2.0) ** 2)[None, :, None]
+    res = sw.fit_sky(science, f.warp, f.trace_rows, read_noise=f.read_noise, gain=f.gain)
+    said = [w for w in res.quality.warnings if "holds light above the sky" in w]
+    assert len(said) == 2, res.quality.warnings
+    assert any("exposure(s) 1 of 3" in w for w in said) and any("exposure(s) 2, 3 of 3" in w for w in said), said
+
+
 def test_a_cosmic_rays_track_along_a_sky_row_is_not_light_above_the_sky():
     """A ray's track along 100 of a sky row's 1024 pixels: with each pixel counted up to +5 sigma in
     the row's mean chi it read 0.53 ("holds light above the sky", suspect); counted up to +3, 0.34.
