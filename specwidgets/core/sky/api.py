@@ -2469,34 +2469,26 @@ def _dim_warning(dim, row, masked_rows, method="bspline"):
 #: clipped chi, sigma per pixel) has a sky too high: a source only adds light. Good fits' masked rows
 #: of sky alone read within +-0.3; a mask reaching past the slit's lit end, -2 to -5 (a trial: the sky
 #: under the mask 4-38 sigma RMS off, "ok").
-MASKED_DARK_LIMIT = LEAK_LIMIT
+MASKED_DARK_LIMIT = LEAK_LIMIT  # (the leak's: _exposures_with names the exposures by it)
 
 
-def _dark_masked_row(result, unlit_ranges=()):
+def _dark_masked_row(result, skip):
     """``(mean, row, exposures)`` of the darkest masked row at an edge of a masked range that borders
-    rows without sky light (``unlit_ranges``) or the frame's edge, when below ``-MASKED_DARK_LIMIT``
-    (``exposures``: the ones whose row is, when not all); else None.
+    rows without sky light (``skip``: the masked rows and those) or the frame's edge, when below
+    ``-MASKED_DARK_LIMIT`` (``exposures``: the ones whose row is, when not all); else None.
 
     Only there: the mask may reach past the slit's lit end, which the sky rows cannot show. A dark row
     inside a mask is a detector defect (a dead or cold row) or a negative trace (a nod pair's), not
     a sky too high (a trial of the check: both made good fits suspect).
     """
-    masked = np.asarray(result.mask[:, 0], bool)
     n_exp, n_rows, n_cols = result.data.shape
-    unlit = np.zeros(n_rows, bool)
-    for a, b in unlit_ranges:
-        unlit[a:b] = True
-    edges = []
-    padded = np.r_[False, masked, False]
-    for a, b in zip(np.flatnonzero(~padded[:-1] & padded[1:]), np.flatnonzero(padded[:-1] & ~padded[1:])):
-        if a == 0 or unlit[max(a - 2, 0):a].any():
-            edges.append(a)
-        if b == n_rows or unlit[b:b + 2].any():
-            edges.append(b - 1)
-    if not edges:
-        return None
+    unlit = skip & ~result.mask[:, 0]
     rows = np.zeros(n_rows, bool)
-    rows[edges] = True
+    for a, b in result.mask_region:
+        rows[a] |= a == 0 or unlit[max(a - 2, 0):a].any()
+        rows[b - 1] |= b == n_rows or unlit[b:b + 2].any()
+    if not rows.any():
+        return None
     means = []
     for k in range(n_exp):
         counts, sums = _row_chi_means_in_rows(result.data[k], result.background[k], rows, result.gain,
@@ -2508,10 +2500,7 @@ def _dark_masked_row(result, unlit_ranges=()):
     k, row = np.unravel_index(int(np.nanargmin(means)), means.shape)
     if not means[k, row] < -MASKED_DARK_LIMIT:
         return None
-    low = np.flatnonzero(means[:, row] < -MASKED_DARK_LIMIT)
-    which = "" if low.size == n_exp else (
-        f"exposure(s) {', '.join(str(int(i) + 1) for i in low[:8])} of {n_exp} (counting from 1)")
-    return float(means[k, row]), int(row), which
+    return float(means[k, row]), int(row), _exposures_with(-means, row)
 
 
 def _dark_masked_warning(mean, row, which, unlit_ranges):
@@ -2546,7 +2535,8 @@ _WINGS_PHRASE = "brighten towards the mask"
 
 
 def _exposures_with(row_means, row):
-    """The text naming the exposures whose ``row`` holds light above :data:`LEAK_LIMIT`, when not all do ("")."""
+    """The text naming the exposures whose ``row`` holds light above :data:`LEAK_LIMIT`, when not all do ("").
+    (Negated means: the exposures whose row is that far below the sky.)"""
     if row is None or len(row_means) < 2:
         return ""
     lit = [k for k, m in enumerate(row_means) if np.isfinite(m[row]) and m[row] > LEAK_LIMIT]
@@ -3284,7 +3274,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             warnings.append(_leak_warning(*other, result.mask[:, 0], _exposures_with(row_means, other[1])))
     if dim < -LEAK_LIMIT:
         warnings.append(_dim_warning(dim, dim_row, result.mask[:, 0], method))
-    dark = _dark_masked_row(result, unlit_ranges)
+    dark = _dark_masked_row(result, skip)
     if dark is not None:
         warnings.append(_dark_masked_warning(*dark, unlit_ranges))
     if bad_columns:
