@@ -314,3 +314,32 @@ def make_arc():
 
     frames = make_synthetic_longslit(shape=(60, 400), n_arc_lines=8, seed=1)
     return np.asarray(frames.arc) * (800.0 / float(np.max(frames.arc)))
+
+
+def test_the_core_leaves_the_warning_filters_alone():
+    """``warnings.catch_warnings`` swaps the process's filters: fits in several threads
+    (``run_batch(processes=False)``, a user's Dask) restored each other's, which could leave the sky
+    lines' search's "ignore" (every warning) in place for good, or hide another thread's warnings while
+    it was on. The core computes around what it would warn of instead (``_stats.quiet_nanmedian``)."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    core = Path(sw.core.__file__).parent
+    swapping = sorted(str(p.relative_to(core)) for p in core.rglob("*.py") if p.name != "_warnings.py"
+                      and re.search(r"warnings\.(catch_warnings|simplefilter|filterwarnings)\(", p.read_text()))
+    assert not swapping, swapping
+    # Frames whose blank column and rows meet the paths that warned (All-NaN slices in the sky lines'
+    # spectrum and the arc's row profile), fit side by side: no filter changed, nothing said of them.
+    f = make_synthetic_longslit(shape=(60, 512), n_exposures=2, seed=4)
+    science = np.array(f.science, dtype=float)
+    science[:, :, 200] = np.nan
+    science[:, 3:6] = np.nan
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inside = list(warnings.filters)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda warp: sw.fit_sky(science, warp, [f.trace_rows]), [f.warp, None] * 2))
+        assert warnings.filters == inside
+    assert warnings.filters == before
+    assert not [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]

@@ -128,7 +128,7 @@ def prepare_calibrations(
             _check_shape(raw_flat, bias_img, "flat", "bias")
             raw_flat -= bias_img
         flat_img = usable_flat(raw_flat, flat_norm, flat_files, "check --flat, or leave it out")
-        flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(flat_files)))
+        flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(flat_files)), flat_img)
     if len(units) > 1:
         raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
     if warp_model is None and arc_img is None:

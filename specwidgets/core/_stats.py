@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["median", "median_along", "median_rows", "percentile"]
+__all__ = ["median", "median_along", "median_rows", "percentile", "quiet_nanmedian"]
 
 
 def _plain(x):
@@ -120,3 +120,30 @@ def percentile(x, q):
     if gamma >= 0.5:
         return float(b - diff * (1 - gamma))
     return float(a + diff * gamma)
+
+
+def quiet_nanmedian(a, axis=None):
+    """``np.nanmedian(a, axis)``, the same numbers, NaN for an all-NaN slice without a warning.
+
+    Not ``warnings.catch_warnings``: it swaps the process's warning filters,
+    and fits in several threads (a batch's threads, a user's Dask) restored
+    each other's, which can leave a filter in place for good, or hide another
+    thread's warnings while it is on.
+
+    Examples
+    --------
+    >>> quiet_nanmedian(np.array([[1.0, np.nan], [3.0, np.nan], [4.0, np.nan]]), axis=0).tolist()
+    [3.0, nan]
+    >>> float(quiet_nanmedian(np.array([np.nan, np.nan])))
+    nan
+    """
+    a = np.asarray(a, dtype=float)
+    if axis is None:
+        return np.nanmedian(a) if not np.isnan(a).all() else np.float64(np.nan)
+    have = ~np.isnan(a).all(axis=axis)
+    if have.all():
+        return np.nanmedian(a, axis=axis)
+    out = np.full(have.shape, np.nan)
+    if have.any():
+        out[have] = np.nanmedian(np.moveaxis(a, axis, -1)[have], axis=-1)
+    return out

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
+from ._stats import quiet_nanmedian
+from ._warnings import warn_at_caller
 from .inputs import as_image, check_number
 from .peaks import fit_gaussian_windows, window_indices
 
@@ -125,9 +125,7 @@ def row_profile(image, row=None):
         raise ValueError(f"row must be an integer in 0..{n_rows - 1}; got {row!r}")
     lo = max(0, row - _PROFILE_ROWS // 2)
     hi = min(n_rows, lo + _PROFILE_ROWS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-        profile = np.nanmedian(image[lo:hi], axis=0)
+    profile = quiet_nanmedian(image[lo:hi], axis=0)  # (all-NaN columns stay NaN)
     return profile, int(row)
 
 
@@ -276,6 +274,16 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
     >>> bool(intensities.max() == 1.0)
     True
     """
+    return _find_cal_lines(image, std_variation, row, debug, saturation)
+
+
+def _say(message):
+    warn_at_caller(message, UserWarning)
+
+
+def _find_cal_lines(image, std_variation=50.0, row=None, debug=False, saturation=None, *, say=_say):
+    """:func:`find_cal_lines`, its warnings given to ``say`` (the sky lines' search drops them: what it
+    would say of an arc is not for the user there, and ``warnings.catch_warnings`` is not thread-safe)."""
     image = as_image(image, "image (the arc frame)")
     std_variation = check_number(std_variation, "std_variation", minimum=0, strict_minimum=True)
     if saturation is not None:
@@ -313,12 +321,11 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
                "trace does in a science frame)" if across else "")
         )
     if peaks.size < 3 and (across := _lines_across_rows(image)) > 2 * peaks.size:
-        warnings.warn(
+        say(
             f"only {peaks.size} arc line(s) in row {row}, but {across} down the middle column: the arc's lines "
             f"seem to lie across the frame, each along a row (wavelength changing with the row, {image.shape[0]} "
             f"rows x {image.shape[1]} columns); specwidgets wants it to change with the column: transpose the "
-            "frames (np.transpose, or load with dispersion_axis=0)",
-            UserWarning, stacklevel=2,
+            "frames (np.transpose, or load with dispersion_axis=0)"
         )
     n_rows = image.shape[0]
     lo = max(0, row - _PROFILE_ROWS // 2)
@@ -330,10 +337,9 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
                 f"every line found in row {row} of the arc frame is saturated (columns {where}): "
                 "use an arc exposure short enough that the lines stay below saturation"
             )
-        warnings.warn(
+        say(
             f"{int(saturated.sum())} saturated arc line(s) left out (flat-topped, near columns {where}): "
-            "their centres would be biased; a shorter arc exposure keeps them",
-            UserWarning, stacklevel=2,
+            "their centres would be biased; a shorter arc exposure keeps them"
         )
         peaks = peaks[~saturated]
     half = min(4, (profile.size - 1) // 2)
@@ -346,10 +352,9 @@ def find_cal_lines(image: ArrayLike, std_variation: float = 50.0, row: int | Non
         if holed.all():
             raise ValueError(f"every line found in row {row} of the arc frame has NaN or inf pixels within "
                              f"{half} columns of its peak (columns {where}): those pixels cannot be measured")
-        warnings.warn(
+        say(
             f"{int(holed.sum())} arc line(s) left out: NaN or inf pixels within {half} columns of the peak (near "
-            f"columns {where}) would bias their centres",
-            UserWarning, stacklevel=2,
+            f"columns {where}) would bias their centres"
         )
         peaks, cols = peaks[~holed], cols[~holed]
     mu, _, _, _, ok = fit_gaussian_windows(cols, filled[cols])

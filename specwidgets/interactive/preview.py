@@ -194,10 +194,12 @@ class SpectrumPreview(ipywidgets.VBox):
             window = self._window(trace, width, corrected.shape[0])
             background = result.background[k][window]
             noise = np.clip(background, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
-            variance = noise + result.exposure_variance(k, rows=window)
+            model = result.exposure_variance(k, rows=window)
+            variance = noise + model
             local = trace.shifted(-window.start)
+            # (The sky model's error is shared by a column's rows: given apart, summed as one.)
             spec = extract_spectrum(corrected[window], local, width=width, method=self.method.value,
-                                    variance=variance, gain=result.gain)
+                                    variance=noise, sky_variance=model, gain=result.gain)
             sky = extract_spectrum(background, local, width=spec.width, method="boxcar").flux
             try:
                 # With the frame, the target's own spectrum (a bright target's

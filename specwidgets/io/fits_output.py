@@ -138,13 +138,23 @@ def sci_variance(result, exposure=0, flat_noise=None):
 
     The library's noise model applied to the data themselves (sky and source
     photons): ``max(data, 0) / gain + (read_noise / gain) ** 2``, plus the
-    variance of the sky estimate (``SkyResult.variance``), plus, for frames
-    divided by a flat (``flat_noise``, a :class:`~specwidgets.core.flat.FlatNoise`),
-    ``data**2`` times the flat's relative variance. NaN where the data are NaN.
+    variance of the sky estimate (``SkyResult.variance``). For frames divided
+    by a flat (``flat_noise``, a :class:`~specwidgets.core.flat.FlatNoise`),
+    the photon and read noise of the counts before the division
+    (:meth:`~specwidgets.core.flat.FlatNoise.photon_variance`), plus
+    ``data**2`` times the flat's relative variance (its own noise). NaN where
+    the data are NaN.
+
+    A gain estimated from the flat-fielded frames' sky took in part of the
+    flat's noise already, which this adds again: VAR is then up to 10-15 %
+    high where the flat's noise is (a sky of thousands of electrons, flats of
+    a few frames; a few % otherwise). Give the gain to avoid it.
     """
     data = result.data[exposure]
-    noise = np.clip(data, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
-    if flat_noise is not None:
+    if flat_noise is None:
+        noise = np.clip(data, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    else:
+        noise = flat_noise.photon_variance(data, result.gain, result.read_noise)
         noise = noise + data**2 * flat_noise.relative_variance(result.gain, result.read_noise)
     return noise + result.variance[exposure]
 

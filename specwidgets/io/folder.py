@@ -446,7 +446,7 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         # As batch's calibrations: the flats' median minus the bias, normalised.
         raw_flat = np.median(np.stack([d for _, d, _ in frames["flat"]]), axis=0) - zero
         flat = usable_flat(raw_flat, flat_norm, [p for p, _, _ in frames["flat"]], "check the flat tag, or leave it blank")
-        flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(frames["flat"])))
+        flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(frames["flat"])), flat)
     science_meta = [m for _, _, m in frames["science"]]
     pixels = np.stack([d for _, d, _ in frames["science"]]) - zero
     if flat is not None:

@@ -52,7 +52,7 @@ from .quality import (  # noqa: E402
     chi_square_profiles,
     column_chi_means,
     effpix_chi_sums,
-    estimate_noise,
+    gain_spread,
     line_shape_change,
     line_shape_model,
     measure_flexure,
@@ -951,6 +951,38 @@ def _hand_over(box):
 #: photon noise is said to be unmeasured (``noise_source``).
 UNMEASURED_READ_NOISE = 0.05
 
+#: An estimated gain whose inverse has a relative standard error above this (:func:`quality.gain_spread`)
+#: is not measured: the sky's levels span too narrow a range to tell photon from read noise. Skies with
+#: lines, or a continuum that changes along the dispersion, measure it to 0.7-2.6 % (the synthetic sets,
+#: the Goodman frames); a faint sky with five faint lines gave 22 % and a gain of 0.49 for 1.
+GAIN_SPREAD_LIMIT = 0.1
+
+
+_GAIN_UNMEASURED = "The gain could not be measured from the sky"
+_KEEP_FIRST = object()  # (see _final_noise)
+
+
+def _gain_unmeasured_warning(spread, bins, gain, read_noise):
+    """The warning for a gain the sky's levels do not measure (``spread``: :func:`quality.gain_spread`
+    of the noise ``bins``), or None when it is measured (or the gain was given)."""
+    if spread is None and bins is not None and bins[0].size >= 4:
+        spread = math.inf  # (no rise with level at all)
+    if spread is None or not spread > GAIN_SPREAD_LIMIT:
+        return None
+    lo, hi = float(np.min(bins[0])), float(np.max(bins[0]))
+    return (
+        f"{_GAIN_UNMEASURED}: its levels span only {lo:.3g}-{hi:.3g} data units "
+        f"(the inverse gain's standard error is {_percent(spread)}), too narrow a range to tell its photon "
+        f"noise from the read noise (a faint sky without lines). The noise at the sky's level is right, but the "
+        f"estimated gain ({gain:.3g}) and read noise ({read_noise:.3g} e-) are a guess, and so is the variance "
+        "of every pixel brighter than the sky (the source: VAR, the extraction's errors), by up to a factor of "
+        "two or more. Give gain= (and read_noise=) from the detector's header or manual."
+    )
+
+
+def _percent(x):
+    return f"{100 * x:.0f} %" if math.isfinite(x) else "unbounded"
+
 
 def _complete_noise(noise, level, residual, quantum=0.0):
     """Fill the unknown parts of the noise model from the residuals (of samples dithered by ``quantum``);
@@ -959,8 +991,8 @@ def _complete_noise(noise, level, residual, quantum=0.0):
     warnings = []
     if read_noise is None or gain is None:
         pick = _subsample(level.size)
-        est = estimate_noise(level[pick], residual[pick], fixed_gain=gain, fixed_read_noise=read_noise,
-                             extra_variance=quantum**2 / 12.0)
+        bins = noise_bins(level[pick], residual[pick], extra_variance=quantum**2 / 12.0)
+        est = None if bins is None else _fit_noise_bins(*bins, fixed_gain=gain, fixed_read_noise=read_noise)
         estimated = "estimated from the sky residuals"
         if est is None:
             warnings.append(
@@ -979,6 +1011,10 @@ def _complete_noise(noise, level, residual, quantum=0.0):
             faint = float(np.percentile(level[pick], 10)) if level.size else 0.0
             if estimated != "default (estimate failed)" and est[1] ** 2 < UNMEASURED_READ_NOISE * max(faint, 0.0) * est[0]:
                 rn_source = f"{estimated}; read noise too small to measure against the sky's noise"
+        if noise[1] is None and bins is not None:
+            unmeasured = _gain_unmeasured_warning(gain_spread(*bins), bins, gain, read_noise)
+            if unmeasured is not None:
+                warnings.append(unmeasured)
     return float(read_noise), float(gain), _noise_source(rn_source, gain_source), warnings
 
 
@@ -1117,7 +1153,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
 
     # Lines that move less than a pixel over the sky rows leave each column's
     # samples on a sliver of the effective pixels (see _knot_floors).
-    floor, first_floor = _knot_floors(_line_span(emap, masked_rows))
+    span = _line_span(emap, masked_rows)
+    floor, first_floor = _knot_floors(span)
+    if span < STRAIGHT_SPAN and knots == "adaptive" and "knots" not in given and knot_threshold is None:
+        # Lines straight over the sky rows: each column's samples sit at one
+        # effective pixel, and the sky is one value per column, which knots a
+        # pixel apart give. The adaptive knots, placed by a first-pass sky that
+        # nothing constrains between the columns, missed lines barely wider
+        # than a pixel (FWHM 1.2-1.6 px, straight: 0.5-4 sigma RMS, where
+        # these give 0.12).
+        knots = "uniform"
 
     def spacing(order):
         return max(default_knot_spacing(order), floor) if knot_spacing is None else knot_spacing
@@ -1416,10 +1461,14 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             curve = curves
         del effpix_psub, clean_psub, rows_psub
         n_sky_rows = samples.index.size / n_cols
-        table = (grid_e, adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows,
-                                             fine, max(coarse, spacing(order)),
-                                             knot_threshold,
-                                             first_spacing=curve_spacing, n_curves=n_exp, spatial_order=order))
+        stretched = adaptive_coordinate(grid_e, curve, gain, read_noise, n_sky_rows, fine, max(coarse, spacing(order)),
+                                        knot_threshold, first_spacing=curve_spacing, n_curves=n_exp,
+                                        spatial_order=order)
+        if not floor:
+            # (A frame whose lines move a pixel or more over the sky rows, as a rule: its parts
+            # where they do not get the floors too.)
+            stretched = _floored_coordinate(grid_e, stretched, *_local_floors(emap, fit_rows, grid_e))
+        table = (grid_e, stretched)
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
     rows_f = np.arange(n_rows, dtype=float)[:, None]
@@ -1687,8 +1736,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # spatial terms and the slit correction, and a sky it misfits (lines
         # broader at one end of the slit) passes for noise growing with the
         # level, i.e. a wrong gain, in the variance the result reports.
-        read_noise, gain, few, pedestal = _final_noise(background, rejected, samples, noise, read_noise, gain,
-                                                        models)
+        read_noise, gain, few, pedestal, unmeasured = _final_noise(background, rejected, samples, noise,
+                                                                    read_noise, gain, models)
+        if unmeasured is not _KEEP_FIRST:
+            # (The gain as the final estimate measures it, not the first pass's.)
+            warnings = [w for w in warnings if not w.startswith(_GAIN_UNMEASURED)] + [unmeasured] * bool(unmeasured)
         if few is not None:
             warnings = list(warnings) + [
                 f"Only {few[0]} sky samples for {few[1]} sky-model coefficients: the noise model estimated "
@@ -1780,12 +1832,14 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
 
     The residuals are the fit's own: scaled by ``sqrt(N / (N - p))`` for the
     ``p`` coefficients fit to ``N`` samples (with 3 sky rows per column, they
-    otherwise gave gain 4.5 for 1). Returns ``(read_noise, gain, few, pedestal)``:
-    ``few`` is ``(N, p)`` when too few samples were left to estimate it, and
-    ``pedestal`` :func:`~specwidgets.core.sky.quality.noise_pedestal` of the residuals."""
+    otherwise gave gain 4.5 for 1). Returns ``(read_noise, gain, few, pedestal, unmeasured)``:
+    ``few`` is ``(N, p)`` when too few samples were left to estimate it,
+    ``pedestal`` :func:`~specwidgets.core.sky.quality.noise_pedestal` of the residuals, and
+    ``unmeasured`` the warning of a gain they do not measure (None when they do; ``_KEEP_FIRST`` when
+    this estimate did not run: the first one's stands)."""
     n_fit, n_coef = _fitted_counts(models)
     if not n_fit > 2 * n_coef:
-        return read_noise, gain, (n_fit, n_coef), None
+        return read_noise, gain, (n_fit, n_coef), None, _KEEP_FIRST
     dof = math.sqrt(n_fit / (n_fit - n_coef))
     n_exp = background.shape[0]
     n_s = samples.index.size
@@ -1800,9 +1854,10 @@ def _final_noise(background, rejected, samples, noise, read_noise, gain, models)
     # (The dither of whole-numbered samples is not the data's noise: its variance is taken off.)
     bins = noise_bins(bg[keep], (f - bg)[keep] * dof, extra_variance=(samples.quantum * dof) ** 2 / 12.0)
     if bins is None:
-        return read_noise, gain, None, None
+        return read_noise, gain, None, None, _KEEP_FIRST
     est = _fit_noise_bins(*bins, fixed_gain=noise[1], fixed_read_noise=noise[0])
-    return float(est[1]), float(est[0]), None, noise_pedestal(*bins)
+    unmeasured = None if noise[1] is not None else _gain_unmeasured_warning(gain_spread(*bins), bins, *est)
+    return float(est[1]), float(est[0]), None, noise_pedestal(*bins), unmeasured
 
 
 #: The constant of the noise's straight line in level (``noise_pedestal``) this many standard errors
@@ -1867,6 +1922,12 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
 #: part of a pixel: the knots are not held apart (see _knot_floors).
 SLIVER_SPAN = 1.0
 
+#: Lines that move less than this (px) over the sky rows are straight: the
+#: default knots are uniform, a pixel apart (see ``_fit_bspline``). Lines
+#: that move 0.01-0.03 px fit alike either way (0.11-0.28 sigma RMS, lines
+#: FWHM 1.2-1.6 px); below 0.01, adaptive knots missed 1 in 3 such frames.
+STRAIGHT_SPAN = 0.01
+
 
 def _line_span(emap, masked_rows, max_columns=256):
     """How far the lines move over the sky rows: the median over (at most ``max_columns``) columns of
@@ -1877,6 +1938,51 @@ def _line_span(emap, masked_rows, max_columns=256):
     cols = np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns))
     values = emap[np.ix_(sky_rows, cols)]
     return float(np.median(values.max(axis=0) - values.min(axis=0)))
+
+
+def _local_floors(emap, skip_rows, e, max_columns=512, block=256):
+    """``(floor, straight)`` on the effective pixels ``e``: :func:`_knot_floors`' final floor where the lines
+    cross them (``1 - span`` where they move ``span < SLIVER_SPAN`` px over the rows not in ``skip_rows``,
+    0 elsewhere), and where they are straight (``span < STRAIGHT_SPAN``); the span read on at most
+    ``max_columns`` columns (it changes slowly along the dispersion).
+
+    The span changes along the dispersion (a tilt that grows from 0 at one end
+    of the frame to 3 px at the other): the frame's median span alone left the
+    straight end's knots closer than its columns (lines of FWHM 1.2-1.4 px,
+    2.3-4.2 sigma RMS there, 0.1-0.2 elsewhere).
+    """
+    from scipy.ndimage import maximum_filter1d
+
+    rows = np.flatnonzero(~np.asarray(skip_rows, bool))
+    if rows.size < 2:
+        return np.zeros(e.size), np.zeros(e.size, bool)
+    cols = np.unique(np.r_[np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns)), emap.shape[1] - 1])
+    lo = np.full(cols.size, np.inf)
+    hi = np.full(cols.size, -np.inf)
+    for start in range(0, rows.size, block):  # (row blocks: no copy of the frame-sized map)
+        part = emap[np.ix_(rows[start:start + block], cols)]
+        np.minimum(lo, part.min(axis=0), out=lo)
+        np.maximum(hi, part.max(axis=0), out=hi)
+    span = hi - lo
+    centre = 0.5 * (hi + lo)
+    order = np.argsort(centre)
+    at = np.interp(e, centre[order], span[order])
+    # (The closest floor within a pixel: a line's samples reach that far.)
+    reach = max(1, int(round(2.0 / float(e[1] - e[0]))) + 1) if e.size > 1 else 1
+    floor = maximum_filter1d(np.where(at < SLIVER_SPAN, 1.0 - at, 0.0), reach)
+    return floor, floor > 1.0 - STRAIGHT_SPAN
+
+
+def _floored_coordinate(e, u, floor, straight):
+    """The stretched coordinate ``u(e)`` with its knots (unit steps of ``u``) at least ``floor`` px apart,
+    and exactly ``floor`` apart where the lines are ``straight`` (see ``_fit_bspline``)."""
+    if not floor.any():
+        return u
+    density = np.gradient(u, e)
+    with np.errstate(divide="ignore"):
+        most = np.where(floor > 0, 1.0 / floor, np.inf)
+    density = np.where(straight, most, np.minimum(density, most))
+    return np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(e))])
 
 
 def _knot_floors(span):

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
 
-from .._stats import median, median_along, median_rows, percentile
+from .._stats import median, median_along, median_rows, percentile, quiet_nanmedian
 from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 from ._kernels import KERNEL_MIN_SAMPLES as _KERNEL_MIN_SAMPLES
@@ -376,6 +375,48 @@ def noise_pedestal(lv, var, n):
     >>> noise_pedestal(*noise_bins(level + 300.0, res))[0] > 250  # 300 data units of bias left in
     True
     """
+    line = _noise_line(lv, var, n)
+    if line is None:
+        return None
+    (slope, c), cov = line
+    if not (slope > 0 and cov[1, 1] > 0):
+        return None
+    return float(-c / slope), float(c / np.sqrt(cov[1, 1]))
+
+
+def gain_spread(lv, var, n):
+    """The relative standard error of ``1 / gain`` (the slope of the binned variance in level), or None
+    (fewer than 4 bins, or no rise with level).
+
+    A sky of one level (faint, no lines: a blue spectrum) holds the variance
+    at that level only, and any split of it into photon and read noise fits:
+    the estimated gain is then a guess (a trial: 0.55-6.8 for 1 over five
+    seeds), and so is the variance of anything brighter than the sky.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> level = rng.uniform(20, 3000, 200000)
+    >>> res = rng.normal(0, np.sqrt(level / 2.0 + 16.0))
+    >>> bool(gain_spread(*noise_bins(level, res)) < 0.02)
+    True
+    >>> level = rng.normal(5.0, 0.3, 200000)  # one level
+    >>> bool(gain_spread(*noise_bins(level, rng.normal(0, np.sqrt(level + 16.0)))) > 0.3)
+    True
+    """
+    line = _noise_line(lv, var, n)
+    if line is None:
+        return None
+    (slope, _), cov = line
+    if not (slope > 0 and cov[0, 0] >= 0):
+        return None
+    return float(np.sqrt(cov[0, 0]) / slope)
+
+
+def _noise_line(lv, var, n):
+    """``((slope, constant), covariance)`` of the weighted straight line ``var = slope * level + constant``
+    through the bins (the MAD variance of ``n`` samples has a relative error of ~1.65 / sqrt(n)); None
+    with fewer than 4 bins or a singular fit."""
     if lv.size < 4:
         return None
     w = n / (1.65 * var) ** 2
@@ -385,10 +426,7 @@ def noise_pedestal(lv, var, n):
         cov = np.linalg.inv(normal)
     except np.linalg.LinAlgError:
         return None
-    slope, c = cov @ (design.T @ (w * var))
-    if not (slope > 0 and cov[1, 1] > 0):
-        return None
-    return float(-c / slope), float(c / np.sqrt(cov[1, 1]))
+    return cov @ (design.T @ (w * var)), cov
 
 
 def _fit_noise_bins(lv, var, n, fixed_gain=None, fixed_read_noise=None):
@@ -1119,9 +1157,7 @@ def scatter_step(profile, block=16, min_blocks=4, sharp=0.5, z=4.0):
     n_blocks = profile.size // block
     if n_blocks < 2 * min_blocks:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # (blocks with no value: NaN)
-        medians = np.nanmedian(profile[:n_blocks * block].reshape(n_blocks, block), axis=1)
+    medians = quiet_nanmedian(profile[:n_blocks * block].reshape(n_blocks, block), axis=1)  # (no value: NaN)
     use = np.isfinite(medians) & (medians > 0)
     index = np.flatnonzero(use)
     logs = np.log(medians[use])

@@ -29,12 +29,11 @@ This module belongs to the core (``specwidgets/core/sky/``, next to the sky fit)
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._stats import median_along
+from .._stats import median_along, quiet_nanmedian
 from .._threads import map_in_threads
 from ..warp import WarpModel
 
@@ -149,7 +148,7 @@ def _median_sky_spectrum(stack, sky_rows):
         columns = np.ascontiguousarray(band.T)
         del band
         if np.isnan(columns).any():
-            out[c0:c1] = np.nanmedian(columns, axis=1, overwrite_input=True)
+            out[c0:c1] = quiet_nanmedian(columns, axis=1)  # (a blanked column: NaN)
         else:
             out[c0:c1] = median_along(columns, axis=1, nan_checked=True, overwrite_input=True)
 
@@ -160,18 +159,22 @@ def _median_sky_spectrum(stack, sky_rows):
 
 def _sky_line_guesses(stack, sky_rows, std_variation=20.0):
     """Columns of the sky lines: peaks of the median sky spectrum of the sky rows."""
-    from ..lines import find_cal_lines
+    from ..lines import _find_cal_lines
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # Every sky row: the fewer rows, the noisier the spectrum and the
-        # fewer lines clear the threshold.
-        spectrum = _median_sky_spectrum(stack, sky_rows)
-        spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
-        # The median of many rows: the threshold (in noise units of that
-        # spectrum) finds the bright lines, not the noise peaks.
-        locs, _ = find_cal_lines(np.tile(spectrum, (5, 1)), std_variation=std_variation)
+    # Every sky row: the fewer rows, the noisier the spectrum and the
+    # fewer lines clear the threshold.
+    spectrum = _median_sky_spectrum(stack, sky_rows)
+    spectrum = np.where(np.isfinite(spectrum), spectrum, quiet_nanmedian(spectrum))
+    # The median of many rows: the threshold (in noise units of that
+    # spectrum) finds the bright lines, not the noise peaks. What it would
+    # say of an arc (saturated lines, NaN holes) is not for the user here.
+    with np.errstate(all="ignore"):
+        locs, _ = _find_cal_lines(np.tile(spectrum, (5, 1)), std_variation=std_variation, say=_silent)
     return np.asarray(locs, float)
+
+
+def _silent(message):
+    """Drop ``message`` (see :func:`_sky_line_guesses`)."""
 
 
 def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1, check_fold=True):
@@ -186,8 +189,9 @@ def _trace_sky_lines(stack, sky_rows, ref_row, line_order=2, warp_order=1, check
     locs = _sky_line_guesses(stack, sky_rows)
     if locs.size < 2:
         raise ValueError(f"only {locs.size} sky line(s) found in the sky rows")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # (np.errstate, per thread; not warnings.catch_warnings, which swaps the
+    # process's filters under fits in other threads: see quiet_nanmedian.)
+    with np.errstate(all="ignore"):
         # A plain sum: a NaN pixel stays NaN (left out of the block means
         # that trace the lines), where nansum would put a dip of zero. One
         # exposure is read as it is, its other rows blanked as it is read
