@@ -700,6 +700,56 @@ def test_goodman_batch_equals_library(tmp_path):
             assert (hdul["MASK"].data[20:100] & MASK_MASKED).all()
 
 
+def test_pixels_at_the_frames_ceiling_are_left_out_before_the_flat_spreads_them(raw, tmp_path, frames):
+    """Sky-line pixels clipped at the ADC's ceiling: divided by a flat of 1-2 % response, the clipped
+    values spread beyond the sky fit's 0.2 % band and a trial's frame (590 pixels at 65535 ADU) came out
+    "good" with its sky 3.1 sigma RMS off and the pixels unmarked. They are found as read, set to NaN and
+    marked (MASK_SATURATED), and the sky is the library's with them NaN."""
+    from specwidgets.io.fits_output import MASK_SATURATED
+
+    rng = np.random.default_rng(5)
+    response = 1 + 0.015 * rng.standard_normal(SHAPE)
+    flats = [_write(raw["folder"] / f"flat_{i}.fits", 20000.0 * response + BIAS_LEVEL) for i in range(3)]
+    data = (frames.science[0] + BIAS_LEVEL) * response  # the detector's response, then its ADC's ceiling
+    ceiling = float(np.percentile(data, 99.5))  # the brightest sky line's peak (and the trace's) clipped
+    clipped = data >= ceiling
+    data = np.minimum(data, ceiling)
+    path = _write(raw["folder"] / "sci_00.fits", data)
+    out = tmp_path / "out"
+    summary = _api(raw, out, flat=flats, dtype="float64")
+    assert summary.ok, summary.report()
+    with fits.open(out / output_name(path)) as hdul:
+        # (Every clipped pixel, and the odd one within 0.2 % of the ceiling.)
+        marked = hdul["MASK"].data & MASK_SATURATED > 0
+        assert marked[clipped].all() and marked.sum() <= clipped.sum() + 3, (marked.sum(), clipped.sum())
+        assert np.isnan(hdul["SCI"].data[marked]).all()
+        bias = np.median([fits.getdata(p) for p in raw["bias"]], axis=0)
+        flat = normalise_flat(np.median([fits.getdata(p) for p in flats], axis=0) - bias)
+        flat[flat <= FLAT_FLOOR] = np.nan
+        holed = np.where(marked, np.nan, data - bias) / flat
+        locs, _ = sw.find_cal_lines(fits.getdata(raw["arc"][0]).astype(float) - bias)
+        model = sw.generate_warp_model(fits.getdata(raw["arc"][0]).astype(float) - bias, locs)
+        ref = sw.fit_sky(holed, model, make_mask())
+        np.testing.assert_allclose(hdul["SKY"].data, ref.background[0], rtol=1e-9, atol=1e-9)
+    # The page's folder loader does the same, and says so.
+    from specwidgets.io.folder import load_folder
+
+    loaded = load_folder(raw["folder"], science_tag="sci_", flat_tag="flat_")
+    assert np.isnan(np.asarray(loaded.science)[0][marked]).all()
+    assert any("sci_00.fits" in note and "ceiling" in note for note in loaded.notes), loaded.notes
+
+
+def test_a_frame_of_another_shape_is_named_for_it_against_what_set_the_shape(raw, tmp_path):
+    """Without an arc the run's shape comes from the bias: a frame of another camera was said to differ from
+    "the arc and warp model" (none given), or, with no gain card, to be in other units (trial B1)."""
+    odd = _write(raw["folder"] / "sci_other.fits", np.full((SHAPE[0] + 10, SHAPE[1]), BIAS_LEVEL + 50.0))
+    summary = run_batch([raw["science"][0], odd], None, bias=raw["bias"], masks=[make_mask()], out_dir=tmp_path / "out",
+                        workers=1, processes=False, progress=False, gain=1.5)
+    (name, reason), = summary.failed
+    assert Path(name).name == "sci_other.fits"
+    assert f"has shape ({SHAPE[0] + 10}, {SHAPE[1]})" in reason and f"the bias frames {SHAPE}" in reason, reason
+
+
 def test_var_holds_the_flats_own_noise(tmp_path):
     # Trial M1: three flats of 10000 e-, a bright sky: the variance of SCI was 1.09-1.65x VAR. Exported
     # (the page) and batch outputs add the flat's photon noise; here with the library's writer.

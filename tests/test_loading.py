@@ -657,6 +657,18 @@ def test_each_frames_overscan_level_is_subtracted(tmp_path):
     for cards in ({"BIASSEC": "[11:12,1:6]"}, {"BIASSEC": "[20:24,1:6]", "TRIMSEC": "[1:10,1:6]"}):
         frame = read_frame(write(tmp_path / "b.fits", image, cards))
         assert float(np.asarray(frame)[0, 0]) == 1100.0 and "HISTORY" not in frame.header
+    # Kept, but a DATASEC says it is not data: the level comes off all the same (trial B1: each frame's
+    # +-7 e- offset from the master bias went into its sky, "good"; the warning asks for trimsec).
+    cards = {"BIASSEC": "[11:12,1:6]", "DATASEC": "[1:10,1:6]"}
+    with pytest.warns(UserWarning, match="DATASEC"):
+        frame = read_frame(write(tmp_path / "c.fits", image, cards))
+    assert frame.shape == (6, 12)
+    np.testing.assert_allclose(np.asarray(frame)[:, :10], 100.0 - 2.5)
+    assert any("overscan BIASSEC [11:12,1:6] median 1002.5 subtracted (its" in str(h)
+               for h in frame.header["HISTORY"])
+    # A BIASSEC inside the DATASEC (a wrong card) is no overscan: nothing comes off.
+    frame = read_frame(write(tmp_path / "d.fits", image, {"BIASSEC": "[9:10,1:6]", "DATASEC": "[1:10,1:6]"}))
+    assert float(np.asarray(frame)[0, 0]) == 1100.0
 
 
 def test_a_stack_of_frames_of_several_kinds_is_named(tmp_path):

@@ -113,12 +113,13 @@ import numpy as np
 from astropy.io import fits
 
 from ..core._warnings import _PACKAGE_DIR, warn_at_caller
-from ..core.frames import ESTIMATE, NOISE_ATTRIBUTES, FrameArray, noise_setting, with_readout_of
+from ..core.frames import ESTIMATE, NOISE_ATTRIBUTES, FrameArray, noise_setting, saturated_pixels, with_readout_of
 from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
 from ..core.warp import WarpModel
 from ..io.fits_output import (
+    MASK_SATURATED,
     OUTPUT_SUFFIX,
     bad_flat_mask,
     clean_temporary_files,
@@ -231,6 +232,8 @@ class _Job:
     # The master bias's noise model (gain, read noise, unit, frames combined): Dask sends the bias to
     # worker processes as a plain ndarray, without a FrameArray's attributes (see _bias_frame).
     bias_noise: dict = field(default_factory=dict)
+    # What ``shape`` was read from, for the message of a frame of another shape.
+    shape_of: str = "the arc and warp model"
 
     def config_for(self, path):
         """The resume key of one input: ``"<settings hash>-<data hash>"``.
@@ -502,6 +505,49 @@ def _process_one(path, job, bias, flat):
         numba.set_num_threads(previous)
 
 
+def _read_science(path, job):
+    """One science frame as read (a FrameArray); ValueError when its shape, then its unit, is not the run's.
+
+    The shape first: a frame of another camera is that, whatever its unit (a trial's bias frames of
+    another camera were named for their unit)."""
+    frame = read_frame(path, job.reader, job.crop)
+    name = Path(path).name
+    if frame.shape != tuple(job.shape):
+        raise ValueError(f"{name} has shape {frame.shape} after trimming and cropping; {job.shape_of} "
+                         f"{tuple(job.shape)}{_binning_hint(frame)}")
+    if job.unit is not None and frame.unit != job.unit:
+        raise ValueError(f"{name} is in {frame.unit} but the calibrations are in {job.unit}")
+    return frame
+
+
+def _calibrated(image, bias, flat):
+    """``(image, extra, n_saturated)``: ``image`` (a frame as read; corrected in place) less ``bias``,
+    divided by ``flat``, its pixels at the frame's ceiling set to NaN; the MASK bits that adds (bad flat,
+    saturated; None without either); how many pixels were at the ceiling.
+
+    The ceiling is found on the frame as read: divided by a flat, clipped values spread by its 1-2 % and
+    the sky fit's own check no longer saw them (trial B1: 590 pixels at 65535 ADU under sky lines,
+    "good", the sky 3.1 sigma RMS off). Left in, they are lower limits that pull the sky's lines down.
+    """
+    at = saturated_pixels(image)
+    if bias is not None:
+        image -= np.asarray(bias)
+    extra = None
+    if flat is not None:
+        image /= flat
+        extra = bad_flat_mask(flat)
+    if at is None:
+        return image, extra, 0
+    image[at] = np.nan
+    bits = np.where(at, MASK_SATURATED, 0).astype(np.uint8)
+    return image, bits if extra is None else extra | bits, int(np.count_nonzero(at))
+
+
+def _saturated_note(n):
+    return (f"{n} pixel(s) at the frame's ceiling (saturated: lower limits) left out of the sky fit and set to "
+            f"NaN (MASK bit {MASK_SATURATED})")
+
+
 @contextmanager
 def _relay_warnings(job, records):
     """In a worker process, the warnings raised go into the first record (``raised``) for the driver
@@ -598,21 +644,11 @@ def _process_one_inner(path, job, bias, flat):
                 export = out
         # A FrameArray: the pixels are corrected in place below; its unit,
         # noise model and header describe the file as read.
-        image = frame = read_frame(path, job.reader, job.crop)
-        if job.unit is not None and frame.unit != job.unit:
-            raise ValueError(f"{path.name} is in {frame.unit} but the calibrations are in {job.unit}")
-        if image.shape != tuple(job.shape):
-            raise ValueError(
-                f"{path.name} has shape {image.shape} after trimming and cropping; the arc and warp model "
-                f"{tuple(job.shape)}{_binning_hint(frame)}"
-            )
-        extra = None
-        if bias is not None:
-            # (The pixels only: the master bias's read noise joins the frame's in _with_frame_noise.)
-            image -= np.asarray(bias)
-        if flat is not None:
-            image /= flat
-            extra = bad_flat_mask(flat)
+        image = frame = _read_science(path, job)
+        # (The pixels only: the master bias's read noise joins the frame's in _with_frame_noise.)
+        image, extra, n_saturated = _calibrated(image, bias, flat)
+        if n_saturated:
+            record["notes"] = [_saturated_note(n_saturated)]
         if export is not None:
             if _same_science(export, image, job):
                 _accept_export(record, export, path)
@@ -1174,21 +1210,15 @@ def _process_group_inner(paths, job, bias, flat):
                                     "(overwrite=True) to replace it")
                 return records
             exports = {r["output"] for r, _, _ in blocked}
-        images, frames, extra = [], [], None
+        images, frames, extras = [], [], []
         for path in paths:
-            image = frame = read_frame(path, job.reader, job.crop)
-            if job.unit is not None and frame.unit != job.unit:
-                raise ValueError(f"{Path(path).name} is in {frame.unit} but the calibrations are in {job.unit}")
-            if image.shape != tuple(job.shape):
-                raise ValueError(f"{Path(path).name} has shape {image.shape} after trimming and cropping; the arc "
-                                 f"and warp model {tuple(job.shape)}{_binning_hint(frame)}")
-            if bias is not None:
-                # (The pixels only: the master bias's read noise joins the stack's below.)
-                image -= np.asarray(bias)
-            if flat is not None:
-                image /= flat
-                extra = bad_flat_mask(flat)
+            image = frame = _read_science(path, job)
+            # (The pixels only: the master bias's read noise joins the stack's below.)
+            image, extra, n_saturated = _calibrated(image, bias, flat)
+            if n_saturated:
+                records[len(images)]["notes"] = [_saturated_note(n_saturated)]
             images.append(image)
+            extras.append(extra)
             frames.append(frame)
         if exports:
             # Exports made with these settings: kept when each holds these data.
@@ -1228,7 +1258,8 @@ def _process_group_inner(paths, job, bias, flat):
             if prov.get("unit") is None:  # no calibration frames to tell it: the frame's own
                 prov["unit"] = getattr(frames[k], "unit", None)
             write_exposure(result, k, record["output"], warp_model=_used_warp(result, job), provenance=prov, config=config,
-                           dtype=job.dtype, extra_mask=extra, input_header=frames[k].header, flat_noise=job.flat_noise)
+                           dtype=job.dtype, extra_mask=extras[k], input_header=frames[k].header,
+                           flat_noise=job.flat_noise)
             record["status"] = "done"
             record.update(quality)
     except Exception as exc:  # noqa: BLE001 - reported by name
@@ -1252,6 +1283,9 @@ def _run_group(client, files, job, cal, summary, report=False):
     shown = set()
     for record in records:
         _show_relayed(record, shown)
+        if report:
+            for note in record.get("notes", ()):
+                print(f"note: {Path(record['input']).name}: {note}", file=sys.stderr)
         if record["status"] == "done":
             summary.done.append(record["input"])
         elif record["status"] == "skipped":
@@ -1590,12 +1624,17 @@ def run_batch(
     if model is None:
         # No arc: the frames' shape from the calibrations or the first
         # science frame; each frame's warp is fit on its sky lines.
-        known = next((img for img in (cal.bias, cal.flat) if img is not None), None)
-        shape = known.shape if known is not None else read_frame(files[0], science_reader, crop).shape
+        known = next(((img, what) for img, what in ((cal.bias, "the bias frames"), (cal.flat, "the flat frames"))
+                      if img is not None), None)
+        if known is not None:
+            shape, shape_of = known[0].shape, known[1]
+        else:
+            shape = read_frame(files[0], science_reader, crop).shape
+            shape_of = f"the first science frame ({Path(files[0]).name})"
         warp_dict = {}
         summary.notes.append("no arc frames: each science frame's warp is fit on its own sky lines")
     else:
-        shape = tuple(model.shape)
+        shape, shape_of = tuple(model.shape), "the arc and warp model"
         warp_dict = model.to_dict()
         summary.warnings = list(model.quality_warnings) if model.traces is not None else []
     if cal.bias is None:
@@ -1645,6 +1684,7 @@ def run_batch(
         reader=_with_absolute_paths(science_reader),
         crop=crop,
         shape=tuple(shape),
+        shape_of=shape_of,
         warp=warp_dict,
         warp_key=hashlib.sha256(json.dumps(warp_dict, sort_keys=True).encode()).hexdigest(),
         masks=ranges,
@@ -1763,6 +1803,9 @@ def _run_tasks(client, files, job, cal, summary, progress, report, max_in_flight
         timings["task_wall"] += record.get("seconds", 0.0)
         timings["task_cpu"] += record.get("cpu_seconds", 0.0)
         status = record["status"]
+        if report:
+            for note in record.get("notes", ()):
+                bar.write(f"note: {Path(record['input']).name}: {note}")
         if status == "done":
             summary.done.append(record["input"])
             if record.get("suspect"):

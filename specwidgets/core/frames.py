@@ -92,6 +92,7 @@ __all__ = [
     "with_noise",
     "with_readout_of",
     "median_frames",
+    "saturated_pixels",
 ]
 
 #: The metadata attributes of a :class:`FrameArray`, in the order they are merged.
@@ -499,3 +500,36 @@ def noise_of(images):
         getattr(images, "gain", None),
         getattr(images, "noise_source", "") or "",
     )
+
+
+#: Pixels within this fraction of a frame's highest value count as at its ceiling, and this many of them
+#: as a plateau: clipped (saturated). Photon noise scatters the brightest of real light (0.5 % at 40000
+#: e-), so few pixels come that close to the frame's extreme; clipped ones all sit there. The sky fit
+#: reads its sky samples the same way (``specwidgets.core.sky.api.SATURATION_BAND``).
+CEILING_BAND = 2e-3
+CEILING_PIXELS = 20
+
+
+def saturated_pixels(image, band=CEILING_BAND, min_pixels=CEILING_PIXELS):
+    """Where ``image`` (a frame as read: before a flat field spreads its ceiling) sits at its ceiling, a
+    plateau of ``min_pixels`` or more within ``band`` of its highest finite value; None when there is none.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> frame = rng.normal(1000.0, 30.0, (50, 200))
+    >>> saturated_pixels(frame) is None
+    True
+    >>> frame[20:23, 50:70] = 65535.0  # a sky line clipped at the ADC's ceiling
+    >>> int(saturated_pixels(frame).sum())
+    60
+    """
+    image = np.asarray(image, dtype=float)
+    finite = np.isfinite(image)
+    if not finite.any():
+        return None
+    ceiling = float(np.max(image, where=finite, initial=-np.inf))
+    if not ceiling > 0:
+        return None
+    at = finite & (image >= ceiling * (1.0 - band))
+    return at if np.count_nonzero(at) >= min_pixels else None

@@ -189,7 +189,22 @@ def robust_noise(profile):
     diff = np.diff(profile[np.isfinite(profile)])
     if diff.size == 0:
         return 0.0
-    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2.0))
+    diff = diff - np.median(diff)
+    mad = float(np.median(np.abs(diff)))
+    if mad > 0:
+        return 1.4826 * mad / np.sqrt(2.0)
+    # Whole-numbered values (the median of an odd number of rows of integer
+    # ADU): most differences are 0 and so is their MAD, where a clipped
+    # standard deviation still reads the noise (a trial's sky spectrum: 0, and
+    # the lines' own scatter, 465 counts, was taken for the noise instead).
+    keep = np.ones(diff.size, bool)
+    for _ in range(10):
+        scatter = float(diff[keep].std())
+        near = np.abs(diff) <= 3.0 * scatter
+        if scatter == 0 or np.array_equal(near, keep):
+            break
+        keep = near
+    return float(diff[keep].std()) / np.sqrt(2.0)
 
 
 def saturated_peaks(profile, peaks, saturation=None, rows=None):

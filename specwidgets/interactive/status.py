@@ -145,12 +145,24 @@ class StatusBar(ipywidgets.VBox):
                         f" &middot; last step {ms:.0f} ms"
                     )
                 else:
-                    text = f"&#10003; ready &middot; last step {ms:.0f} ms"
+                    text = f"&#10003; ready{self._bad_columns_text()} &middot; last step {ms:.0f} ms"
             self.busy_label.value = f"<span style='font-size:90%'>{text}</span>"
             if not self.busy:  # while computing, the last fit's noise model stays shown
                 self._refresh_noise()
         except Exception:  # noqa: BLE001 - the indicator must never break a callback
             log.debug("busy indicator failed", exc_info=True)
+
+    def _bad_columns_text(self):
+        """`` · columns 12, 40 dead or hot (left out)`` for a fit that found some (not a warning), else ``""``."""
+        try:
+            quality = getattr(getattr(self.state, "result", None), "quality", None)
+        except Exception:  # noqa: BLE001 - a report made on first access failed: quality_warnings says so
+            return ""
+        columns = tuple(getattr(quality, "bad_columns", ()) or ()) if not isinstance(quality, (list, tuple)) else ()
+        if not columns:
+            return ""
+        listed = ", ".join(map(str, columns[:6])) + (f" and {len(columns) - 6} more" if len(columns) > 6 else "")
+        return f" &middot; column{'s' if len(columns) > 1 else ''} {listed} dead or hot (left out)"
 
     @property
     def quality_warnings(self):

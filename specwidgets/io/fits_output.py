@@ -55,6 +55,7 @@ __all__ = [
     "MASK_NONFINITE",
     "MASK_BADCOLUMN",
     "MASK_BADFLAT",
+    "MASK_SATURATED",
     "OUTPUT_SUFFIX",
     "OutputState",
     "bad_flat_mask",
@@ -95,6 +96,9 @@ MASK_NONFINITE = 4
 MASK_BADFLAT = 8
 #: Detector column the fit found dead or hot (``SkyQuality.bad_columns``): its data are not usable.
 MASK_BADCOLUMN = 16
+#: Input pixel at the frame's ceiling (saturated: a lower limit; ``specwidgets.core.frames.saturated_pixels``):
+#: set to NaN before the sky fit.
+MASK_SATURATED = 32
 
 #: Bit -> meaning of the ``MASK`` extension (bits combine with OR).
 MASK_BITS = {
@@ -103,6 +107,7 @@ MASK_BITS = {
     MASK_NONFINITE: "input pixel not finite, ignored",
     MASK_BADFLAT: "flat-field pixel unusable, science set to NaN",
     MASK_BADCOLUMN: "detector column dead or hot, left out of the sky fit; data not usable",
+    MASK_SATURATED: "input pixel at the frame's ceiling (saturated), set to NaN",
 }
 
 _OPTION_CARDS = {

@@ -19,7 +19,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..core.flat import FLAT_NORMS, FlatNoise, usable_flat
-from ..core.frames import FrameArray, binning_text, median_frames, with_readout_of
+from ..core.frames import FrameArray, binning_text, median_frames, saturated_pixels, with_readout_of
 from .discovery import find_frames
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
@@ -448,9 +448,17 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
         flat = usable_flat(raw_flat, flat_norm, [p for p, _, _ in frames["flat"]], "check the flat tag, or leave it blank")
         flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(frames["flat"])), flat)
     science_meta = [m for _, _, m in frames["science"]]
+    # Pixels at a frame's ceiling (saturated), found as read, before a flat spreads them (see the batch's
+    # _calibrated): NaN, and said.
+    saturated = [saturated_pixels(d) for _, d, _ in frames["science"]]
     pixels = np.stack([d for _, d, _ in frames["science"]]) - zero
     if flat is not None:
         pixels /= flat
+    for k, at in enumerate(saturated):
+        if at is not None:
+            pixels[k][at] = np.nan
+            notes.append(f"{rel(frames['science'][k][0])}: {int(np.count_nonzero(at))} pixel(s) at the frame's "
+                         "ceiling (saturated: lower limits) set to NaN, out of the sky fit")
     science = FrameArray(pixels, **noise_of_frames(science_meta, instrument))
     if bias is not None:
         # As ``science - bias`` carries it (FrameArray arithmetic), without another pass over the pixels.

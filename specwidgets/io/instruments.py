@@ -170,6 +170,11 @@ def _section_axis(text, size, axis_name, section, what):
     return slice(first - 1, last)
 
 
+def _overlap(a, b):
+    """Whether the ``(rows, cols)`` slice pairs ``a`` and ``b`` share a pixel."""
+    return all(min(x.stop, y.stop) > max(x.start, y.start) for x, y in zip(a, b))
+
+
 def _header_trim(header, shape, source="frame"):
     """The ``generic`` rule: the header's TRIMSEC when it is a smaller section inside the stored frame.
 
@@ -627,14 +632,31 @@ class Instrument:
             rows, cols = parse_fits_section(section, raw.shape, what=f"{key} of {source}")
         except ValueError:
             return None
-        overlap = (min(rows.stop, kept[0].stop) > max(rows.start, kept[0].start)
-                   and min(cols.stop, kept[1].stop) > max(cols.start, kept[1].start))
+        kept_too = _overlap((rows, cols), kept)
+        if kept_too:
+            # The overscan kept in the frame (nothing trimmed): its level is still the frame's own bias,
+            # when a data section (DATASEC) says the overscan is not data. Left unsubtracted, each
+            # frame's offset from the master bias (+-7 e-) went into its sky, "good" (trial B1).
+            data = self._data_section(header, raw.shape, source)
+            if data is None or _overlap((rows, cols), data):
+                return None
         pixels = np.asarray(raw[rows, cols], dtype=np.float64)
-        if overlap or not np.isfinite(pixels).any():
+        if not np.isfinite(pixels).any():
             return None
         level = float(np.nanmedian(pixels))
-        header.add_history(f"specwidgets: overscan {key} {section} median {level:.6g} subtracted")
+        header.add_history(f"specwidgets: overscan {key} {section} median {level:.6g} subtracted"
+                           + (" (its pixels kept in the frame: trimsec trims them)" if kept_too else ""))
         return level
+
+    @staticmethod
+    def _data_section(header, shape, source):
+        """``(rows, cols)`` of the header's DATASEC, or None (no card, or not a section of the frame)."""
+        if "DATASEC" not in header:
+            return None
+        try:
+            return parse_fits_section(str(header["DATASEC"]).strip(), shape, what=f"DATASEC of {source}")
+        except (TypeError, ValueError):
+            return None
 
     def _trim_slices(self, header, shape, source):
         if self.trim_function is not None:

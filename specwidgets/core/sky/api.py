@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 from .._stats import median, median_along, percentile
 from .._threads import interp_in_threads, map_in_threads
 from .._warnings import warn_at_caller
-from ..frames import check_gain, check_read_noise, without_readout_note
+from ..frames import CEILING_BAND, CEILING_PIXELS, check_gain, check_read_noise, without_readout_note
 from ..inputs import as_image_stack, check_spatial_order
 from ..rows import RowRanges
 from ..warp import WarpModel
@@ -973,10 +973,11 @@ def _gain_unmeasured_warning(spread, bins, gain, read_noise):
     return (
         f"{_GAIN_UNMEASURED}: its levels span only {lo:.3g}-{hi:.3g} data units "
         f"(the inverse gain's standard error is {_percent(spread)}), too narrow a range to tell its photon "
-        f"noise from the read noise (a faint sky without lines). The noise at the sky's level is right, but the "
-        f"estimated gain ({gain:.3g}) and read noise ({read_noise:.3g} e-) are a guess, and so is the variance "
-        "of every pixel brighter than the sky (the source: VAR, the extraction's errors), by up to a factor of "
-        "two or more. Give gain= (and read_noise=) from the detector's header or manual."
+        "noise from the read noise (a sky of one level: no lines, a flat continuum). The noise at the sky's "
+        f"level is right, but the estimated gain ({gain:.3g}) and read noise ({read_noise:.3g} e-) are a guess, "
+        "and so is the variance of every pixel brighter than the sky (the source: VAR, the extraction's "
+        "errors), by up to a factor of two or more. Give gain= (and read_noise=) from the detector's header or "
+        "manual."
     )
 
 
@@ -1088,8 +1089,7 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
         options={},
         _bin_counts=counts,  # the variance is computed from them on first use
     )
-    if bad_columns:
-        warnings = list(warnings) + [_bad_columns_warning(bad_columns)]
+    # (Dead or hot columns: left out and marked, quality.bad_columns; not a warning, see _fit_bspline.)
     # A source's wings in the sky rows, as the B-spline judges them on its first pass: here the sky
     # is a function of the effective pixel alone already.
     pick, _ = _scattered_subsample(samples.index.size, 400_000)
@@ -1703,11 +1703,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             "the sky between them is poorly measured, worst at the sky lines. Leave more sky rows unmasked, or "
             "give a wider knot_spacing."
         ]
+    # Dead or hot columns are left out and marked (quality.bad_columns, the summary, MASK): not a wrong
+    # sky, so not a warning (as one, they made every raw night without a flat suspect: trial B1).
     # Hot columns a dip/spike test cannot tell from a narrow line that the fit
     # rejected anyway: a column rejected in most of its sky rows is bad too
     # (the science under it keeps the excess).
-    if bad_columns:
-        warnings = list(warnings) + [_bad_columns_warning(bad_columns)]
     rejected_columns = [c for c in _rejected_columns(rejected, masked_rows | unlit) if c not in bad_columns]
     if rejected_columns:
         listed = ", ".join(map(str, rejected_columns[:8])) + (
@@ -3213,14 +3213,6 @@ def _dark_edge_warning(blocks, n_cols):
             f"columns {lit[0] + 1}-{lit[1]} in FITS numbering).")
 
 
-def _bad_columns_warning(columns):
-    listed = ", ".join(map(str, columns[:8])) + (f" and {len(columns) - 8} more" if len(columns) > 8 else "")
-    return (f"Column(s) {listed} are dead or hot: in most sky rows far below or above the pixels beside them, or "
-            "off the sky the fit found in all of them while the columns about them were off the other way, as no "
-            "sky is. They were left out of the sky fit, whose sky there comes from the columns beside them; their "
-            "own pixels (the science under them too) are not usable (quality.bad_columns).")
-
-
 def _masked_precision(model, e, rows):
     """The RMS over pixels at effective pixels ``e`` of rows ``rows`` of the model's own standard error in
     units of the pixel's noise: ``sqrt(mean(model variance / noise variance))``."""
@@ -3640,8 +3632,8 @@ def _differenced(background, sky_rows):
 #: Sky pixels (not rejected) within this fraction of the highest one count as at the frames' ceiling,
 #: and this many of them as a plateau: saturated sky. The sets of ``bench_defaults.py`` and the Goodman
 #: frames have 1-3 there; a synthetic sky clipped at its 99.98th percentile, 128.
-SATURATION_BAND = 2e-3
-SATURATION_PIXELS = 20
+SATURATION_BAND = CEILING_BAND
+SATURATION_PIXELS = CEILING_PIXELS
 
 
 def _saturated_sky(result, samples):

@@ -232,6 +232,9 @@ class SkyQuality:
         if self.blank_columns:
             spans = ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in self.blank_columns)
             text += f", columns {spans} hold one value in every row (no data: left out)"
+        if self.bad_columns:
+            text += (f", columns {_listed(self.bad_columns, 60)} dead or hot (left out of the sky fit; their pixels "
+                     "not usable: quality.bad_columns, MASK)")
         if self.warp_source != "arc":
             text += f", warp: {self.warp_source}"
             if self.warp_shift:
