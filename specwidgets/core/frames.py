@@ -508,6 +508,8 @@ def noise_of(images):
 #: reads its sky samples the same way (``specwidgets.core.sky.api.SATURATION_BAND``).
 CEILING_BAND = 2e-3
 CEILING_PIXELS = 20
+#: ... and a frame's ceiling stands this many of its pixels' robust standard deviations above their median.
+CEILING_SIGMAS = 20.0
 
 
 def saturated_pixels(image, band=CEILING_BAND, min_pixels=CEILING_PIXELS):
@@ -523,6 +525,9 @@ def saturated_pixels(image, band=CEILING_BAND, min_pixels=CEILING_PIXELS):
     >>> frame[20:23, 50:70] = 65535.0  # a sky line clipped at the ADC's ceiling
     >>> int(saturated_pixels(frame).sum())
     60
+    >>> faint = np.round(rng.normal(1005.0, 1.5, (200, 1000)))  # a bias level and a faint sky: no ceiling
+    >>> saturated_pixels(faint) is None
+    True
     """
     image = np.asarray(image, dtype=float)
     finite = np.isfinite(image)
@@ -532,4 +537,11 @@ def saturated_pixels(image, band=CEILING_BAND, min_pixels=CEILING_PIXELS):
     if not ceiling > 0:
         return None
     at = finite & (image >= ceiling * (1.0 - band))
-    return at if np.count_nonzero(at) >= min_pixels else None
+    if np.count_nonzero(at) < min_pixels:
+        return None
+    # A ceiling far above the frame's bulk: in a faint frame with a bias level in it, 0.2 % of the highest
+    # value is a few ADU, where the top of the noise holds dozens of pixels (a trial: 38-79, "saturated").
+    sample = image[finite][:: max(1, int(np.count_nonzero(finite)) // 200_000)]
+    level = float(np.median(sample))
+    spread = 1.4826 * float(np.median(np.abs(sample - level)))
+    return at if ceiling - level > CEILING_SIGMAS * spread else None
