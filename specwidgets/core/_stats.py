@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["median", "median_along", "median_rows", "percentile", "quiet_nanmedian"]
+__all__ = ["median", "median_along", "median_rows", "percentile", "quiet_nanmean", "quiet_nanmedian"]
 
 
 def _plain(x):
@@ -120,6 +120,18 @@ def percentile(x, q):
     if gamma >= 0.5:
         return float(b - diff * (1 - gamma))
     return float(a + diff * gamma)
+
+
+def quiet_nanmean(a, axis):
+    """``np.nanmean(a, axis)``, the same numbers, NaN for an all-NaN slice without a warning
+    (see :func:`quiet_nanmedian`; ``np.errstate`` is per thread).
+
+    >>> quiet_nanmean(np.array([[1.0, np.nan], [3.0, np.nan]]), axis=0).tolist()
+    [2.0, nan]
+    """
+    missing = np.isnan(a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(np.where(missing, 0.0, a), axis=axis) / np.sum(~missing, axis=axis)
 
 
 def quiet_nanmedian(a, axis=None):

@@ -44,7 +44,7 @@ from numpy.polynomial import Polynomial
 from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter, uniform_filter1d
 
-from ._stats import quiet_nanmedian
+from ._stats import quiet_nanmean, quiet_nanmedian
 from .inputs import mask_ranges
 from .lines import find_peaks
 
@@ -1054,10 +1054,9 @@ def guess_trace_rows(science):
     low, high = np.full((2, n_rows, 1), np.nan)
     if some.any():
         low[some], high[some] = np.nanpercentile(image[some], [25, 75], axis=1, keepdims=True)
-    with np.errstate(all="ignore"):
+    with np.errstate(invalid="ignore"):
         middle = np.where((image >= low) & (image <= high), image, np.nan)
-        # np.nanmean's numbers (its sum of the finite values over their count), NaN for none.
-        profile = np.nansum(middle, axis=1) / np.count_nonzero(~np.isnan(middle), axis=1)
+    profile = quiet_nanmean(middle, axis=1)
     profile = np.where(np.isfinite(profile), profile, quiet_nanmedian(profile))
     window = max(31, n_rows // 3) | 1
     base = median_filter(profile, size=window, mode="nearest")

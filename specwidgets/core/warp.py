@@ -23,6 +23,7 @@ from numba import njit
 from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
+from ._stats import quiet_nanmean
 from ._threads import map_in_threads
 from .inputs import as_image, check_number
 from .lines import _PROFILE_ROWS, robust_noise, row_profile
@@ -500,25 +501,10 @@ def _block_profiles(image, block, blank_rows=None):
         image = image.copy()
         image[np.asarray(blank_rows, bool)] = np.nan
     cut = image[: n_blocks * block].reshape(n_blocks, block, -1)
-    profiles = _quiet_nanmean(cut, axis=1)
+    profiles = quiet_nanmean(cut, axis=1)
     if n_rows % block:
-        profiles = np.vstack([profiles, _quiet_nanmean(image[n_blocks * block :], axis=0)])
+        profiles = np.vstack([profiles, quiet_nanmean(image[n_blocks * block :], axis=0)])
     return profiles, rows
-
-
-def _quiet_nanmean(a, axis):
-    """``np.nanmean(a, axis)``, the same numbers, NaN for an all-NaN slice without a warning.
-
-    Not ``warnings.catch_warnings``: it swaps the process's filters, and
-    fits in several threads (batch in one process) restored each other's,
-    so the warning leaked now and then. ``np.errstate`` is per thread.
-
-    >>> _quiet_nanmean(np.array([[1.0, np.nan], [3.0, np.nan]]), axis=0).tolist()
-    [2.0, nan]
-    """
-    missing = np.isnan(a)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sum(np.where(missing, 0.0, a), axis=axis) / np.sum(~missing, axis=axis)
 
 
 def _ref_positions(image, guesses, tolerance, ref_row, half):
@@ -798,7 +784,7 @@ def _generate_warp_model(image, guess, tolerance=16, line_order=2, warp_order=1,
     for _ in range(4):
         model = model.replace(coefficients=_fit_global(model, np.where(used, x0, 0.0), fine_rows, positions, used))
         resid = positions - model.column_of(np.where(np.isfinite(x0), x0, 0.0)[:, None], fine_rows[None, :])
-        rms = np.sqrt(_quiet_nanmean(resid**2, axis=1))
+        rms = np.sqrt(quiet_nanmean(resid**2, axis=1))
         rms[~np.isfinite(x0)] = np.nan
         # Blends and lines on a bad column disagree with the rest: drop them
         # while enough lines remain to constrain the model.

@@ -175,6 +175,16 @@ def _overlap(a, b):
     return all(min(x.stop, y.stop) > max(x.start, y.start) for x, y in zip(a, b))
 
 
+def _data_section(header, shape, source="frame"):
+    """``(rows, cols)`` of the header's DATASEC, or None (no card, or not a section of the frame)."""
+    if "DATASEC" not in header:
+        return None
+    try:
+        return parse_fits_section(str(header["DATASEC"]).strip(), shape, what=f"DATASEC of {source}")
+    except (TypeError, ValueError):
+        return None
+
+
 def _header_trim(header, shape, source="frame"):
     """The ``generic`` rule: the header's TRIMSEC when it is a smaller section inside the stored frame.
 
@@ -203,11 +213,8 @@ def _header_trim(header, shape, source="frame"):
         if (rows.stop - rows.start, cols.stop - cols.start) != tuple(shape):
             return rows, cols
         return every
-    if "DATASEC" in header and "TRIMSEC" not in header and "TRIM" not in header:
-        try:
-            rows, cols = parse_fits_section(str(header["DATASEC"]), shape)
-        except (TypeError, ValueError):
-            return every
+    if "TRIMSEC" not in header and "TRIM" not in header and (data := _data_section(header, shape, source)):
+        rows, cols = data
         if (rows.stop - rows.start, cols.stop - cols.start) != tuple(shape):
             # Not the file's name: one warning for every file with this section.
             warn_at_caller(
@@ -637,7 +644,7 @@ class Instrument:
             # The overscan kept in the frame (nothing trimmed): its level is still the frame's own bias,
             # when a data section (DATASEC) says the overscan is not data. Left unsubtracted, each
             # frame's offset from the master bias (+-7 e-) went into its sky, "good" (trial B1).
-            data = self._data_section(header, raw.shape, source)
+            data = _data_section(header, raw.shape, source)
             if data is None or _overlap((rows, cols), data):
                 return None
         pixels = np.asarray(raw[rows, cols], dtype=np.float64)
@@ -647,16 +654,6 @@ class Instrument:
         header.add_history(f"specwidgets: overscan {key} {section} median {level:.6g} subtracted"
                            + (" (its pixels kept in the frame: trimsec trims them)" if kept_too else ""))
         return level
-
-    @staticmethod
-    def _data_section(header, shape, source):
-        """``(rows, cols)`` of the header's DATASEC, or None (no card, or not a section of the frame)."""
-        if "DATASEC" not in header:
-            return None
-        try:
-            return parse_fits_section(str(header["DATASEC"]).strip(), shape, what=f"DATASEC of {source}")
-        except (TypeError, ValueError):
-            return None
 
     def _trim_slices(self, header, shape, source):
         if self.trim_function is not None:

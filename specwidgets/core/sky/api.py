@@ -1935,12 +1935,23 @@ def _line_span(emap, masked_rows, max_columns=256):
     sky_rows = np.flatnonzero(~np.asarray(masked_rows, bool))
     if sky_rows.size < 2:
         return 0.0
-    cols = np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns))
-    values = emap[np.ix_(sky_rows, cols)]
-    return float(np.median(values.max(axis=0) - values.min(axis=0)))
+    lo, hi = _column_extent(emap, sky_rows, np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns)))
+    return float(np.median(hi - lo))
 
 
-def _local_floors(emap, skip_rows, e, max_columns=512, block=256):
+def _column_extent(emap, rows, cols, block=256):
+    """``(lo, hi)``: the least and greatest effective pixel of each of ``cols`` over ``rows``, a block of
+    rows at a time (no copy of the frame-sized map)."""
+    lo = np.full(cols.size, np.inf)
+    hi = np.full(cols.size, -np.inf)
+    for start in range(0, rows.size, block):
+        part = emap[np.ix_(rows[start:start + block], cols)]
+        np.minimum(lo, part.min(axis=0), out=lo)
+        np.maximum(hi, part.max(axis=0), out=hi)
+    return lo, hi
+
+
+def _local_floors(emap, skip_rows, e, max_columns=512):
     """``(floor, straight)`` on the effective pixels ``e``: :func:`_knot_floors`' final floor where the lines
     cross them (``1 - span`` where they move ``span < SLIVER_SPAN`` px over the rows not in ``skip_rows``,
     0 elsewhere), and where they are straight (``span < STRAIGHT_SPAN``); the span read on at most
@@ -1957,12 +1968,7 @@ def _local_floors(emap, skip_rows, e, max_columns=512, block=256):
     if rows.size < 2:
         return np.zeros(e.size), np.zeros(e.size, bool)
     cols = np.unique(np.r_[np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns)), emap.shape[1] - 1])
-    lo = np.full(cols.size, np.inf)
-    hi = np.full(cols.size, -np.inf)
-    for start in range(0, rows.size, block):  # (row blocks: no copy of the frame-sized map)
-        part = emap[np.ix_(rows[start:start + block], cols)]
-        np.minimum(lo, part.min(axis=0), out=lo)
-        np.maximum(hi, part.max(axis=0), out=hi)
+    lo, hi = _column_extent(emap, rows, cols)
     span = hi - lo
     centre = 0.5 * (hi + lo)
     order = np.argsort(centre)
