@@ -111,6 +111,25 @@ def test_fits_header_round_trip(tmp_path):
         RowRanges.from_header(fits.Header())
 
 
+@pytest.mark.parametrize("n_ranges", [1, 5, 12])
+def test_the_output_header_holds_many_ranges_without_a_warning(tmp_path, n_ranges):
+    """Five mask ranges (a standard star's frame with its neighbours masked) made astropy warn "Card is
+    too long, comment will be truncated" on each file written; twelve go on CONTINUE cards."""
+    import warnings
+
+    import specwidgets as sw
+    from specwidgets.io.fits_output import sky_header
+
+    f = sw.datasets.make_synthetic_longslit(shape=(120, 256), seed=1)
+    ranges = RowRanges([(8 * i, 8 * i + 4) for i in range(n_ranges)])
+    res = sw.fit_sky(f.science, f.warp, ranges, read_noise=f.read_noise, gain=1.0, spatial_order=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        header = sky_header(res)
+        fits.PrimaryHDU(header=header).writeto(tmp_path / "h.fits")
+    assert RowRanges.from_header(fits.getheader(tmp_path / "h.fits")) == ranges
+
+
 def test_the_seed_function_uses_it():
     from specwidgets.core.inputs import mask_ranges, mask_rows
 

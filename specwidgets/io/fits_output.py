@@ -355,7 +355,12 @@ def sky_header(result, exposure=0, *, warp_model=None, provenance=None, config=N
             hdr[card] = (_card_value(value), comment)
     hdr["SWRDNOIS"] = (float(result.read_noise), "read noise used by the noise model (e-)")
     hdr["SWGAIN"] = (float(result.gain), "gain used by the noise model (e-/data unit)")
-    hdr["SWMASK"] = (_ranges_text(result.mask_region), "masked rows start:stop (Python slices)")
+    mask_text = _ranges_text(result.mask_region)
+    # Its comment cut where the value fits one card (five ranges did not
+    # leave room for it: astropy warned "Card is too long" on every file);
+    # a longer value goes on CONTINUE cards whole, as RowRanges reads it back.
+    hdr["SWMASK"] = (_fit_card("SWMASK", mask_text, "masked rows start:stop (Python slices)")[1:]
+                     if len(mask_text) <= 68 else (mask_text, "masked rows start:stop (Python slices)"))
     hdr["SWNMASK"] = (len(result.mask_region), "number of masked row ranges")
     if result.rejected is not None and np.size(result.rejected):
         hdr["SWNREJ"] = (int(result.rejected[exposure].sum()), "sky pixels rejected by the fit")

@@ -805,12 +805,28 @@ def fit_sky(
             noise = (read_noise, gain, rn_source, gain_source)
             # The traced sky lines' tilt change starts the flexure measurement (when large).
             hint = () if refinement is None else refinement.tilt_change
-            result = _fit_bspline(stack, warp_model, emap, _hand_over(samples_box), ranges, masked_rows, noise,
-                                  progress, options, first_look, tilt_hint=hint)
-            if given.get("spatial_order", "auto") == "auto":
-                result = _lines_changing_along_the_slit(result, lambda order: _fit_bspline(
-                    stack, warp_model, emap, sky_samples(stack, warp_model, masked_rows), ranges, masked_rows, noise,
-                    progress, {**given, "spatial_order": order}, first_look, tilt_hint=hint))
+
+            def fit_bspline(look, samples):
+                result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise,
+                                      progress, dict(given), look, tilt_hint=hint)
+                if given.get("spatial_order", "auto") == "auto":
+                    result = _lines_changing_along_the_slit(result, lambda order: _fit_bspline(
+                        stack, warp_model, emap, sky_samples(stack, warp_model, masked_rows), ranges, masked_rows,
+                        noise, progress, {**given, "spatial_order": order}, look, tilt_hint=hint))
+                return result
+
+            result = fit_bspline(first_look, _hand_over(samples_box))
+            late = _late_unlit_rows(result, first_look, masked_rows) if given.get("unlit", "auto") else None
+            if late is not None:
+                # Unlit rows that a pedestal (a bias offset, scattered light)
+                # kept above the first look's dark level were in the first
+                # pass: weighted by their faint data and sitting at a narrow
+                # band of effective pixels in each column, they made its
+                # spline ring (line peaks every other half pixel, taken for
+                # cosmic rays), and every choice read from it was wrong (knots
+                # for undersampled lines: 0.05 -> 0.11 sigma RMS). Fit again
+                # with them out from the start.
+                result = fit_bspline(first_look.with_dark(late), sky_samples(stack, warp_model, masked_rows))
             result.options["sky_warp"] = sky_warp
     except TooFewSamplesError as exc:
         n_sky = int(np.count_nonzero(~masked_rows))
@@ -2323,6 +2339,21 @@ def _median_spread(n):
     return np.where(n < _MEDIAN_SPREAD.size, small, 1.0 - 1.15 / np.maximum(n, 1))
 
 
+#: Rows found unlit only after the first pass (see ``_late_unlit_rows``), as a fraction of the rows
+#: that pass held, that make the fit start again (a few rows of a vignetting edge do not).
+LATE_UNLIT_FRACTION = 0.05
+
+
+def _late_unlit_rows(result, first_look, masked_rows):
+    """The rows ``result`` found unlit that the first look did not, when they are at least
+    :data:`LATE_UNLIT_FRACTION` of the rows its first pass held (else None)."""
+    if result._skip_rows is None:
+        return None
+    late = result._skip_rows & ~masked_rows & ~first_look.dark
+    held = int(np.count_nonzero(~masked_rows & ~first_look.dark))
+    return late if int(np.count_nonzero(late)) >= max(3, LATE_UNLIT_FRACTION * held) else None
+
+
 def _lines_changing_along_the_slit(result, fit_with_order):
     """``result``, or a fit with one more spatial order (``fit_with_order(order)``) when ``result``'s
     line misfit says the sky lines change along the slit in a way its model does not follow, and
@@ -2493,9 +2524,10 @@ def _scale_along_columns(obs, guess, ok, scale, gain, read_noise, block=64):
 def _smooth_light(values, rows, block=64, window=5, significance=3.0):
     """Smooth light in ``values`` (on ``rows``, sorted): the medians of blocks of ``block`` columns
     (NaN read as 0: no light), averaged over ``window`` rows within each run of adjacent rows, and
-    joined by straight lines through the blocks' centres; 0 for a run where they do not stand
-    ``significance`` times their noise above zero (RMS): pure noise would otherwise be subtracted
-    (a block median of read noise alone scatters by 0.16 sigma).
+    joined by straight lines through the blocks' centres, where they stand ``significance`` times
+    their noise above zero (RMS): pure noise would otherwise be subtracted (a block median of read
+    noise alone scatters by 0.16 sigma). Where they do not, the same averaged over the whole run,
+    then the run's one level, each tested against its own (smaller) noise; else 0.
     """
     from scipy.ndimage import uniform_filter1d
 
@@ -2518,10 +2550,21 @@ def _smooth_light(values, rows, block=64, window=5, significance=3.0):
         pixels = filled[a:b].ravel()
         noise = 1.4826 * median(np.abs(pixels - median(pixels)))
         expected = 1.2533 * noise / math.sqrt(max(edges[1] - edges[0], 1)) / math.sqrt(size)
-        if math.sqrt(float(np.mean(smooth**2))) <= significance * expected:
+        if math.sqrt(float(np.mean(smooth**2))) > significance * expected:
+            for r in range(a, b):
+                out[r] = np.interp(cols, centres, smooth[r - a])
             continue
-        for r in range(a, b):
-            out[r] = np.interp(cols, centres, smooth[r - a])
+        # Fainter light, even over the run: 1 e- of a bias offset or dark
+        # current over unlit rows read with 5.4 e- of read noise stood under
+        # the blocks' threshold (1.2 e-) and was left at 0 (-0.18 sigma over
+        # every unlit pixel), where the run's mean knows it to 0.03 e-.
+        per_block = smooth.mean(axis=0)
+        if math.sqrt(float(np.mean(per_block**2))) > significance * expected * math.sqrt(size / (b - a)):
+            out[a:b] = np.interp(cols, centres, per_block)
+            continue
+        level = float(per_block.mean())
+        if abs(level) > significance * expected * math.sqrt(size / (b - a) / n_blocks):
+            out[a:b] = level
     return out
 
 

@@ -51,6 +51,10 @@ LINE_MISFIT_LIMIT = 1.2
 MAX_AUTO_ORDER = 2
 # A row is unlit when its sky is below this fraction of the brightly lit rows'.
 UNLIT_FRACTION = 0.2
+# Rows at an end of the slit below this fraction of the brightly lit rows' sky are unlit too (a pedestal's shelf).
+SHELF_FRACTION = 0.5
+# Rows beyond a shelf (past its soft edge) whose sky must stand twice the shelf's.
+SHELF_STEP_ROWS = 10
 
 
 def _fit_card(keyword, value, comment):
@@ -562,6 +566,14 @@ class FirstLook:
     @property
     def dark(self):
         return self._dark_and_edge[0]
+
+    def with_dark(self, rows):
+        """The same look with ``rows`` (bool, per row) dark too; the levels are shared."""
+        other = FirstLook(self._stack, self._masked_rows)
+        other.__dict__["levels"] = self.levels
+        dark, edge = self._dark_and_edge
+        other.__dict__["_dark_and_edge"] = (dark | rows, edge)
+        return other
 
     @property
     def edge(self):
@@ -1441,6 +1453,33 @@ def _legendre_design(y, row_range, degree):
     return np.polynomial.legendre.legvander(t, degree)
 
 
+def _shelves(ratio, have, dim, bright):
+    """Rows in a run from either end of the frame (past rows ``~have | dim`` there) whose sky scale is
+    below ``SHELF_FRACTION * bright``, where the rows inside the slit beyond the run (past a soft edge
+    of 3) stand at least twice as bright: a step, not a slit lit less and less towards its end (the
+    seed's gradient 0.5-1.5 had its first 9 rows taken out).
+
+    >>> r = np.r_[0.3, 0.3, 0.3, 0.6, 0.9, np.ones(20), np.linspace(1.0, 0.4, 40)]  # a step; a fall
+    >>> np.flatnonzero(_shelves(r, np.ones(r.size, bool), np.zeros(r.size, bool), 1.0))
+    array([0, 1, 2])
+    """
+    n = ratio.size
+    low = have & (ratio < SHELF_FRACTION * bright)
+    out = np.zeros(n, bool)
+    for order in (np.arange(n), np.arange(n)[::-1]):
+        run, inner = [], n
+        for k, i in enumerate(order):
+            if low[i]:
+                run.append(i)
+            elif have[i] and not dim[i]:
+                inner = k
+                break
+        beyond = [i for i in order[inner + 3:inner + 3 + SHELF_STEP_ROWS] if have[i] and not dim[i]]
+        if run and len(beyond) >= 3 and np.median(ratio[beyond]) >= 2.0 * np.median(ratio[run]):
+            out[run] = True
+    return out
+
+
 def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=True, order=0, dark=None):
     """Unlit rows and the spatial order, from the rows' sky scale.
 
@@ -1479,6 +1518,13 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     if detect_unlit and have.sum() >= 4:
         bright = np.median(ratio[have])
         dim = have & (ratio < UNLIT_FRACTION * bright)
+        # And a shelf at an end of the slit below half the sky: unlit rows
+        # that a pedestal (a bias offset, dark current, scattered light)
+        # keeps above the dark level. The vignetting-edge test below reads
+        # them off a polynomial they bend (15 + 20 such rows of 120 at 0.35
+        # of the sky: none found). Lit rows that dim (vignetting) rarely
+        # fall below half; if they do, they are scaled row by row as unlit.
+        dim |= _shelves(ratio, have, dim, bright)
         if dim.any():
             # One row of margin: the rows next to a dark run are half lit.
             grown = dim.copy()
