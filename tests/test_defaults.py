@@ -59,6 +59,11 @@ def test_generator_options():
     a = make_synthetic_longslit(shape=(40, 256), seed=3)
     b = make_synthetic_longslit(shape=(40, 256), seed=3, gain=1.0, n_lamps=1)
     np.testing.assert_array_equal(a.science, b.science)
+    # unlit_rows as the pair its docstring allows (its check had refused every pair: trial F2).
+    g = make_synthetic_longslit(shape=(40, 256), seed=3, unlit_rows=(0, 8))
+    assert g.unlit_rows == [(0, 8)] and np.all(g.sky[:, :8] == 0) and np.all(g.sky[:, 8:] > 0)
+    with pytest.raises(ValueError, match=r"unlit_rows as a pair must be \(start, stop\)"):
+        make_synthetic_longslit(shape=(40, 256), unlit_rows=(8, 4))
 
 
 # ----------------------------------------------------------------------- noise model

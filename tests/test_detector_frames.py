@@ -165,6 +165,21 @@ def test_a_sky_below_zero_says_the_bias_was_over_subtracted():
     assert not any("below zero" in w for w in plain.quality.warnings)
 
 
+@pytest.mark.parametrize("bias,says", [(-5.0, True), (5.0, False), (0.0, False)])
+def test_a_faint_sky_below_zero_as_a_whole_says_so(bias, says):
+    """2 e- of sky less 5 e- of another night's bias (read noise 5 e-): the sky sits below zero as a
+    whole but within 3 read-noise sigma of it; its unlit rows were half found and the lit rows 0.4 sigma
+    RMS off under "ok" (trial F2). A median below zero by a tenth of the read noise names the bias."""
+    f = make_synthetic_longslit(shape=(300, 2048), sky_continuum=40.0, read_noise=0.0, seed=0, unlit_rows=30)
+    rng = np.random.default_rng(1000)
+    sky = np.asarray(f.sky)[0] * 0.05
+    data = rng.poisson(sky + f.trace).astype(float) + rng.normal(0, 5.0, sky.shape) + bias
+    q = _quiet_fit(data, f.warp, [f.trace_rows]).quality
+    said = [w for w in q.warnings if w.startswith("The sky found is below zero in ")]
+    assert bool(said) == says and (q.suspect if says else True), q.warnings
+    assert not says or "bias over-subtracted" in said[0] and q.warnings[0] is said[0]
+
+
 def test_an_extended_source_in_the_sky_rows_is_named(plain):
     """A nebula filling the slit, brighter at one end (x3.3): its lines in the sky rows were fit as sky and
     carried under the mask, 51 sigma off, "sky fit ok" (trial I2). The night sky's own lines change along the
@@ -310,3 +325,53 @@ def test_cards_of_several_amplifiers_are_named(tmp_path):
     assert any("BIASSECA, BIASSECB: overscan sections of several amplifiers" in t for t in texts), texts
     assert not any("pass gain=1.2" in t or "pass read_noise=4" in t for t in texts), texts
     assert frame.unit == "adu"
+
+
+def _integer_adu_frame(seed, sky_e, gain=3.0, read_noise=4.0, line_scale=0.05):
+    """A short exposure in whole ADU (gain 3): a sky of ``sky_e`` e- (a third to two thirds of an ADU),
+    its lines at 5 % of the synthetic ones. Returns ``(frames, data, truth, sigma)`` in ADU."""
+    f = make_synthetic_longslit(shape=(300, 2048), sky_continuum=sky_e / line_scale, read_noise=0.0, seed=seed)
+    rng = np.random.default_rng(1000 + seed)
+    sky = np.asarray(f.sky)[0] * line_scale
+    data = np.round((rng.poisson(sky + f.trace).astype(float) + rng.normal(0, read_noise, sky.shape)) / gain)
+    return f, data, sky / gain, np.sqrt(sky + read_noise**2) / gain
+
+
+@pytest.mark.parametrize("seed,sky_e", [(1, 1.0), (1, 1.5), (1, 2.0)])
+def test_faint_whole_adu_frames_are_read_as_their_float_frames(seed, sky_e):
+    """Rows' medians of 0 or 1 ADU: with the median row's at 1, every row at 0 was "unlit" (24 runs,
+    211 rows inside the slit: 0.115 sigma RMS against 0.049); and neighbouring rows' differences near
+    whole steps read as a line misfit (1.21, suspect, on a fit as good as the float frame's). Trial F2."""
+    f, data, truth, sigma = _integer_adu_frame(seed, sky_e)
+    res = _quiet_fit(data, f.warp, [f.trace_rows], gain=3.0, read_noise=4.0)
+    q = res.quality
+    assert q.unlit_rows == [], q.unlit_rows
+    assert q.line_misfit < 1.1 and not q.suspect, (q.line_misfit, q.warnings)
+    assert rms(((res.background[0] - truth) / sigma)[_sky_rows(f)]) < 0.06
+
+
+def test_faint_lines_of_an_arc_of_another_night_get_the_sky_line_correction():
+    """Faint lines (a short exposure) whose tilt differs from the arc's along the dispersion (an arc of
+    another night). The correction traced on them was declined: the sky-pixel test's fits had no noise
+    floor, and a faint sky's pixels at or below zero weighed ~1000 times the rest (the corrected warp
+    scored 6.6 against the arc's 3.3). The sky lines under the mask were 1-2.4 sigma off per column,
+    "ok"; with the noise estimated, the rows' scales all came out near -2, every row was "unlit" and
+    fit_sky raised "none of the 0 samples is usable". Trial F2."""
+    f = make_synthetic_longslit(shape=(300, 2048), sky_continuum=100.0, read_noise=0.0, seed=1, shift_tilt=(0, 3.0))
+    rng = np.random.default_rng(1001)
+    truth = np.asarray(f.sky) * 0.05
+    data = rng.poisson(truth + f.trace[None]).astype(float) + rng.normal(0, 5.0, truth.shape)
+    res = _quiet_fit(data, f.warp, [f.trace_rows])
+    q = res.quality
+    assert q.warp_source == "arc refined on sky lines" and not q.suspect, (q.warp_source, q.warnings)
+    z = (res.background - truth) / np.sqrt(truth + 25.0)
+    a, b = f.trace_rows
+    assert np.abs(z[0, a:b].mean(axis=0)).max() < 0.6 and rms(z[0][_sky_rows(f)]) < 0.07
+
+
+def test_rows_scaled_to_a_sky_gone_negative_are_not_all_unlit():
+    from specwidgets.core.sky.quality import analyse_rows
+
+    ratio = -2.2 + np.random.default_rng(2).normal(0, 0.1, 300)
+    unlit, _ = analyse_rows(ratio, np.full(300, 1e4), lambda p: 100 * (p + 1))
+    assert not unlit.any()

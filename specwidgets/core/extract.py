@@ -36,6 +36,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -1022,14 +1023,19 @@ def _level_beside_profile(profile, d, v, ok):
     return level, level_var, flux
 
 
+#: ``guess_trace_rows`` keeps the rows whose light stands this many times one pixel's noise above the sky.
+WINGS_NOISE = 0.25
+
+
 def guess_trace_rows(science):
     """Rows holding the brightest trace: where the rows rise well above the sky around them.
 
     Returns ``(start, stop)``: the run of rows around the brightest one whose
     level (the mean of each row's middle half of values) rises above the rows
     around it (their running median over a third of the slit, at least 31
-    rows) by more than 1% of the peak (and five times the row-to-row
-    scatter), widened by a quarter on each side. The running median, not one
+    rows) by more than 1% of the peak or a quarter of one pixel's noise,
+    whichever is lower (and five times the row-to-row scatter), widened by a
+    quarter on each side. The running median, not one
     level for the slit, lets the slit's illumination vary: a 12 % gradient
     along the slit with quantised row medians had run the mask over 132 of
     200 rows for a trace 2.5 rows wide (trial K1).
@@ -1062,8 +1068,15 @@ def guess_trace_rows(science):
     base = median_filter(profile, size=window, mode="nearest")
     excess = profile - base
     scatter = 1.4826 * float(np.median(np.abs(np.diff(profile)))) / np.sqrt(2)
+    # One pixel's noise, from neighbours along the dispersion (the sky lines' flanks are few).
+    pixel = 1.4826 * float(quiet_nanmedian(np.abs(np.diff(image, axis=1)))) / np.sqrt(2)
     peak = int(np.argmax(excess))
-    threshold = max(0.01 * float(excess[peak]), 5.0 * scatter)
+    # A bright target's wings stand above the sky's noise well below 1 % of its peak: the
+    # Goodman standard star (6000 e- over a 10 e- sky) got rows 427:484, and its wings
+    # beyond, 2-4x the sky, made the fit suspect ("widen the mask"); a quarter of a
+    # pixel's noise takes 363:551.
+    wings = WINGS_NOISE * pixel if pixel > 0 else math.inf
+    threshold = max(min(0.01 * float(excess[peak]), wings), 5.0 * scatter)
     if not np.isfinite(threshold) or excess[peak] <= threshold:
         middle, half = n_rows // 2, max(1, n_rows // 20)
         return max(0, middle - half), min(n_rows, middle + half)

@@ -224,7 +224,11 @@ def make_synthetic_longslit(
     for name, value, least in (("n_exposures", n_exposures, 1), ("n_arc_lines", n_arc_lines, 1),
                                ("n_sky_lines", n_sky_lines, 0), ("cosmic_rays", cosmic_rays, 0),
                                ("unlit_rows", unlit_rows, 0)):
-        if int(value) != value or value < least:
+        if name == "unlit_rows" and np.ndim(value) == 1:  # (a pair: start, stop)
+            if len(value) != 2 or any(int(v) != v or not 0 <= v <= n_rows for v in value) or value[0] >= value[1]:
+                raise ValueError(f"unlit_rows as a pair must be (start, stop) within the {n_rows} rows; got {value!r}")
+            continue
+        if np.ndim(value) != 0 or int(value) != value or value < least:
             raise ValueError(f"{name} must be a whole number >= {least}; got {value!r}")
     if not float(read_noise) >= 0:
         raise ValueError(f"read_noise must be >= 0 (electrons); got {read_noise!r}")

@@ -825,7 +825,9 @@ def fit_sky(
                 # spline ring (line peaks every other half pixel, taken for
                 # cosmic rays), and every choice read from it was wrong (knots
                 # for undersampled lines: 0.05 -> 0.11 sigma RMS). Fit again
-                # with them out from the start.
+                # with them out from the start. (The first result goes first: its
+                # arrays would add to the peak.)
+                del result
                 result = fit_bspline(first_look.with_dark(late), sky_samples(stack, warp_model, masked_rows))
             result.options["sky_warp"] = sky_warp
     except TooFewSamplesError as exc:
@@ -2380,6 +2382,10 @@ def _lines_changing_along_the_slit(result, fit_with_order):
     return other if got - 1.0 <= 0.5 * (misfit - 1.0) else result
 
 
+#: The second row's dither in ``_line_misfit``: a Weyl sequence of another step than ``dither``'s.
+_SECOND_DITHER = 0.7548776662466927
+
+
 def _line_misfit(result, skip_rows, limit=120_000):
     """``(misfit, threshold)``. How much the sky model misses the bright sky: the largest, over exposures, of
     ``var(r_a) / var((r_a - r_b) / sqrt(2))`` over the brightest tenth of the pairs of
@@ -2403,9 +2409,20 @@ def _line_misfit(result, skip_rows, limit=120_000):
     if ys.size * n_cols < 5000:
         return 1.0, LINE_MISFIT_LIMIT
     worst, fewest = 1.0, None
+    # Whole numbers of ADU on a faint sky: neighbouring rows' differences sit
+    # near whole steps, and their robust spread is too small (a fit as good as
+    # its float frame's read 1.16-1.21, "misses the lines' shape"). A dither
+    # of a step's width spreads them (the same per pixel; the second row's by
+    # another sequence: the samples' one differs by a constant a row apart).
+    quantum = value_quantum(result.data[0].ravel()[:: max(1, n_rows * n_cols // _QUANTUM_SAMPLES)])
+    cols = np.arange(n_cols)
     for k in range(n_exp):
         bg_a, bg_b = result.background[k, ys], result.background[k, ys + 1]
         ra, rb = result.data[k, ys] - bg_a, result.data[k, ys + 1] - bg_b
+        if quantum:
+            index = (k * n_rows + ys[:, None]) * n_cols + cols
+            ra += dither(index, 0, quantum)
+            rb += quantum * (np.modf(index * _SECOND_DITHER)[0] - 0.5)
         ok = np.isfinite(ra) & np.isfinite(rb) & ~result.rejected[k, ys] & ~result.rejected[k, ys + 1]
         level = 0.5 * (bg_a + bg_b)[ok]
         ra, rb = ra[ok], rb[ok]
@@ -3460,7 +3477,8 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
         if negative is not None:
             warnings.insert(0, (
                 f"The sky found is below zero in {100 * negative[0]:.1f} % of the sky pixels (down to "
-                f"{negative[1]:.3g} in data units, beyond 3 times the read noise), which a raw sky never is: the "
+                f"{negative[1]:.3g} in data units; the read noise is {result.read_noise / result.gain:.3g}), which a raw "
+                "sky never is: the "
                 "bias over-subtracted (a bias of another level, or a level subtracted twice)? The noise model "
                 "(Poisson in the sky level) does not hold there, nor the checks that read it: subtract the "
                 "frames' own bias."
@@ -3640,11 +3658,14 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
 
 #: A sky below zero (by 3 read-noise sigma) in this share of the sky pixels, in every exposure, is not a raw sky.
 NEGATIVE_SHARE = 0.005
+#: Nor is a sky whose median is below zero by this fraction of the read noise.
+NEGATIVE_MEDIAN = 0.1
 
 
 def _below_zero(background, sky_rows, read_noise, gain):
     """``(share, lowest)`` when, in every exposure, at least :data:`NEGATIVE_SHARE` of the sky on ``sky_rows``
-    (every 7th column) is below minus 3 times the read noise (data units); else None."""
+    (every 7th column) is below minus 3 times the read noise (data units), or its median is below minus
+    :data:`NEGATIVE_MEDIAN` times it (``share`` then of the sky below zero); else None."""
     found = None
     for k in range(background.shape[0]):
         # (Columns first: rows picked from every column would copy the whole sky, 134 MB on 4096 x 4096.)
@@ -3652,11 +3673,17 @@ def _below_zero(background, sky_rows, read_noise, gain):
         values = values[np.isfinite(values)]
         if not values.size:
             return None
-        floor = 3.0 * read_noise / gain if read_noise > 0 else 0.01 * abs(float(np.percentile(values, 99.5)))
-        low = values < -floor
+        noise = read_noise / gain if read_noise > 0 else 0.01 * abs(float(np.percentile(values, 99.5)))
+        low = values < -3.0 * noise
         share = float(np.mean(low))
         if share < NEGATIVE_SHARE:
-            return None
+            # A faint sky over a bias of another level sits below zero as a whole, though within 3
+            # read-noise sigma of it (2 e- of sky less 5 e- of bias: the lit rows 0.4 sigma RMS off,
+            # the unlit rows half found, "ok"). A model's median is good to far better than that.
+            if not float(np.median(values)) < -NEGATIVE_MEDIAN * noise:
+                return None
+            low = values < 0
+            share = float(np.mean(low))
         lowest = float(values[low].min())
         found = (share, lowest) if found is None else (min(found[0], share), min(found[1], lowest))
     return found

@@ -591,6 +591,8 @@ def dark_rows(stack, masked_rows, noise_var, edges=False):
     on a zero continuum does not make every row "dark"). Grown by one row.
     Masked rows are never reported. So are the rows at the slit's ends that
     its lit edge crosses in some columns (:func:`_slanted_edge_rows`).
+    Frames of whole steps (integer ADU) coarse beside the sky's level are
+    read from means of 4 adjacent columns instead of every 4th column.
     ``edges=True`` returns ``(dark, crossed)``: ``crossed`` the dark rows lit
     in some blocks of columns (and the next two, the edge's soft part), when
     an edge crosses rows.
@@ -608,6 +610,16 @@ def dark_rows(stack, masked_rows, noise_var, edges=False):
     if not np.isfinite(lit_med).any():
         return (none, none) if edges else none
     bright = np.nanmedian(lit_med)
+    if n_cols >= 8 and _coarsely_quantised(every4, bright):
+        # Whole numbers of ADU on a sky of a few: each row's median is one of
+        # them, and with the median row's at 1 every row at 0 was "dark" (a
+        # sky of 0.5 ADU: 3-24 runs of rows inside the slit). The means of 4
+        # adjacent columns step by a quarter and average the noise first.
+        n4 = n_cols // 4
+        every4 = stack[:, :, :4 * n4].reshape(n_exp, n_rows, n4, 4).mean(axis=3)
+        med = _row_medians(every4)
+        lit_med = med[lit_candidates]
+        bright = np.nanmedian(lit_med)
     # Scatter of a row median: 1.25 sigma / sqrt(n); the lit level must stand out.
     n_used = max(1, n_cols // 4 * n_exp)
     if not bright > 10 * 1.25 * np.sqrt(max(noise_var, 0.0) / n_used):
@@ -629,6 +641,20 @@ def dark_rows(stack, masked_rows, noise_var, edges=False):
         near[step:] |= crossed[:-step]
         near[:-step] |= crossed[step:]
     return grown & lit_candidates, near & grown & lit_candidates
+
+
+#: Frames whose values step by more than this fraction of the median row's level read their rows'
+#: light from means of 4 columns (:func:`dark_rows`).
+QUANTISED_FRACTION = 0.05
+
+
+def _coarsely_quantised(images, level):
+    """Whether the values of ``images`` are whole numbers of a step (integer ADU) coarse beside ``level``."""
+    from .api import value_quantum
+
+    rows = images[0, :: max(1, images.shape[1] // 64)]
+    q = value_quantum(rows.ravel())
+    return q > 0 and not abs(level) > q / QUANTISED_FRACTION
 
 
 def _row_medians(images):
@@ -1501,9 +1527,11 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     Returns
     -------
     unlit : (n_rows,) bool array
-        Rows to leave out: sky below ``UNLIT_FRACTION`` of the median row's, and
-        rows at the ends of the lit part whose sky departs from the smooth
-        illumination (a vignetting edge), plus one row of margin.
+        Rows to leave out: sky below ``UNLIT_FRACTION`` of the median row's, a
+        shelf below ``SHELF_FRACTION`` of it at an end of the slit
+        (:func:`_shelves`), and rows at the ends of the lit part whose sky
+        departs from the smooth illumination (a vignetting edge), plus one row
+        of margin. None when the median row's scale is not positive.
     order : int
         The spatial order with the lowest expected held-out chi-square:
         chi-square of the rows' scales about a Legendre polynomial of that
@@ -1515,7 +1543,9 @@ def analyse_rows(ratio, info, n_coef_of_order, detect_unlit=True, choose_order=T
     n_rows = ratio.size
     have = np.isfinite(ratio) & (info > 0)
     unlit = np.zeros(n_rows, bool)
-    if detect_unlit and have.sum() >= 4:
+    # (A sky model the rows scale to with a negative or no median has gone wrong elsewhere:
+    # every row fell below a fraction of it, and the fit was left without sky rows.)
+    if detect_unlit and have.sum() >= 4 and np.median(ratio[have]) > 0:
         bright = np.median(ratio[have])
         dim = have & (ratio < UNLIT_FRACTION * bright)
         # And a shelf at an end of the slit below half the sky: unlit rows
