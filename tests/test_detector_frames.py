@@ -375,3 +375,27 @@ def test_rows_scaled_to_a_sky_gone_negative_are_not_all_unlit():
     ratio = -2.2 + np.random.default_rng(2).normal(0, 0.1, 300)
     unlit, _ = analyse_rows(ratio, np.full(300, 1e4), lambda p: 100 * (p + 1))
     assert not unlit.any()
+
+
+@pytest.mark.parametrize("seed,sky_e", [(21, 1.0), (85, 2.0)])
+def test_whole_adu_under_one_adu_of_read_noise(seed, sky_e):
+    """5 e-/ADU, 3 e- of read noise (0.6 ADU), a sky of 0.2-0.4 ADU, four exposures: most neighbouring
+    pixels differ by 0, so did the MAD, and the first pass was weighted with no read noise (the rows'
+    scales 0.0007-0.08 for 1): 9-11 runs of rows inside the slit "unlit", 0.19-0.96 sigma RMS
+    (trial R3). A clipped plain variance where the MAD is 0."""
+    f = make_synthetic_longslit(shape=(120, 1024), n_exposures=4, seed=seed, gain=5.0, sky_continuum=sky_e,
+                                read_noise=3.0)
+    data = np.round(np.asarray(f.science, float))
+    res = _quiet_fit(data, f.warp, f.trace_rows)
+    assert res.quality.unlit_rows == [], res.quality.unlit_rows
+    assert rms(((res.background - f.sky) / _sigma(f))[:, _sky_rows(f)]) < 0.13
+
+
+def test_half_a_slit_lit_less_is_no_shelf():
+    """A slit lit at 0.4 over 40 % of its length is lit (its sky has lines): taken for unlit rows, the
+    half beside a trace at the step put the sky under the mask 7 sigma off (trial R3)."""
+    from specwidgets.core.sky.quality import analyse_rows
+
+    ratio = np.where(np.arange(120) < 48, 0.4, 1.0) * (1 + np.random.default_rng(3).normal(0, 0.003, 120))
+    unlit, _ = analyse_rows(ratio, np.full(120, 1e5), lambda p: 50 * (p + 1))
+    assert not unlit[:48].any(), np.flatnonzero(unlit)

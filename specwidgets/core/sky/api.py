@@ -817,7 +817,9 @@ def fit_sky(
 
             result = fit_bspline(first_look, _hand_over(samples_box))
             late = _late_unlit_rows(result, first_look, masked_rows) if given.get("unlit", "auto") else None
-            if late is not None:
+            # (Not for frames whose sky is at or below zero, sky-subtracted or their bias over-subtracted:
+            # their rows' scales mean nothing, and a refit on them put unlit rows 88 sigma off.)
+            if late is not None and float(np.nanmedian(result.background[:, ~result._skip_rows][:, :, ::7])) > 0:
                 # Unlit rows that a pedestal (a bias offset, scattered light)
                 # kept above the first look's dark level were in the first
                 # pass: weighted by their faint data and sitting at a narrow
@@ -2347,13 +2349,27 @@ LATE_UNLIT_FRACTION = 0.05
 
 
 def _late_unlit_rows(result, first_look, masked_rows):
-    """The rows ``result`` found unlit that the first look did not, when they are at least
-    :data:`LATE_UNLIT_FRACTION` of the rows its first pass held (else None)."""
+    """The rows ``result`` found unlit that the first look did not, in runs from an end of the frame
+    (past dark or masked rows there), when they are at least :data:`LATE_UNLIT_FRACTION` of the rows its
+    first pass held (else None).
+
+    Only at the ends: where a pedestal keeps the rows beyond the slit's ends lit. Rows found unlit
+    inside the slit (whole ADU on a sky of a fraction of one) are no reason to start again: dropped
+    from the first pass they made the next choices worse (0.38 -> 3.0 sigma RMS, trial R3).
+    """
     if result._skip_rows is None:
         return None
     late = result._skip_rows & ~masked_rows & ~first_look.dark
+    passing = masked_rows | first_look.dark
+    ends = np.zeros(late.size, bool)
+    for order in (range(late.size), range(late.size - 1, -1, -1)):
+        for i in order:
+            if late[i]:
+                ends[i] = True
+            elif not passing[i]:
+                break
     held = int(np.count_nonzero(~masked_rows & ~first_look.dark))
-    return late if int(np.count_nonzero(late)) >= max(3, LATE_UNLIT_FRACTION * held) else None
+    return ends if int(np.count_nonzero(ends)) >= max(3, LATE_UNLIT_FRACTION * held) else None
 
 
 def _lines_changing_along_the_slit(result, fit_with_order):
