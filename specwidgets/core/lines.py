@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.ndimage import median_filter
 
-from ._stats import quiet_nanmedian
+from ._stats import clipped_std, quiet_nanmedian
 from ._warnings import warn_at_caller
 from .inputs import as_image, check_number
 from .peaks import fit_gaussian_windows, window_indices
@@ -197,14 +197,7 @@ def robust_noise(profile):
     # ADU): most differences are 0 and so is their MAD, where a clipped
     # standard deviation still reads the noise (a trial's sky spectrum: 0, and
     # the lines' own scatter, 465 counts, was taken for the noise instead).
-    keep = np.ones(diff.size, bool)
-    for _ in range(10):
-        scatter = float(diff[keep].std())
-        near = np.abs(diff) <= 3.0 * scatter
-        if scatter == 0 or np.array_equal(near, keep):
-            break
-        keep = near
-    return float(diff[keep].std()) / np.sqrt(2.0)
+    return clipped_std(diff) / np.sqrt(2.0)
 
 
 def saturated_peaks(profile, peaks, saturation=None, rows=None):

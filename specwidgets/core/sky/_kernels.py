@@ -679,16 +679,17 @@ def _quadratic_form(e, y, lo, hi, inv_h, n_int, y_off, y_scale, n_terms, zband,
         out[i] = v
 
 
-def dither(index, offset, quantum):
+def dither(index, offset, quantum, step=0.6180339887498949):
     """``quantum * (u - 0.5)`` for each flat pixel ``index`` (plus ``offset``, e.g. an exposure's),
-    ``u`` spread evenly over [0, 1) by the golden ratio (a Weyl sequence): the same for a pixel in
-    every fit, whatever the mask, and uncorrelated with the values' own steps.
+    ``u`` spread evenly over [0, 1) by the golden ratio (a Weyl sequence of ``step``): the same for a
+    pixel in every fit, whatever the mask, and uncorrelated with the values' own steps. Another
+    ``step`` gives a sequence whose difference from this one is not constant along the pixels.
 
     >>> d = dither(np.arange(100_000), 0, 1.0)
     >>> bool(abs(d.mean()) < 1e-3 and abs(d.var() - 1 / 12) < 1e-3 and -0.5 <= d.min() and d.max() < 0.5)
     True
     """
-    u = (np.asarray(index, dtype=float) + float(offset)) * 0.6180339887498949
+    u = (np.asarray(index, dtype=float) + float(offset)) * step
     u -= np.floor(u)
     u -= 0.5
     u *= quantum

@@ -819,7 +819,7 @@ def fit_sky(
             late = _late_unlit_rows(result, first_look, masked_rows) if given.get("unlit", "auto") else None
             # (Not for frames whose sky is at or below zero, sky-subtracted or their bias over-subtracted:
             # their rows' scales mean nothing, and a refit on them put unlit rows 88 sigma off.)
-            if late is not None and float(np.nanmedian(result.background[:, ~result._skip_rows][:, :, ::7])) > 0:
+            if late is not None and float(np.nanmedian(result.background[:, :, ::7][:, ~result._skip_rows])) > 0:
                 # Unlit rows that a pedestal (a bias offset, scattered light)
                 # kept above the first look's dark level were in the first
                 # pass: weighted by their faint data and sitting at a narrow
@@ -2438,7 +2438,7 @@ def _line_misfit(result, skip_rows, limit=120_000):
         if quantum:
             index = (k * n_rows + ys[:, None]) * n_cols + cols
             ra += dither(index, 0, quantum)
-            rb += quantum * (np.modf(index * _SECOND_DITHER)[0] - 0.5)
+            rb += dither(index, 0, quantum, step=_SECOND_DITHER)
         ok = np.isfinite(ra) & np.isfinite(rb) & ~result.rejected[k, ys] & ~result.rejected[k, ys + 1]
         level = 0.5 * (bg_a + bg_b)[ok]
         ra, rb = ra[ok], rb[ok]

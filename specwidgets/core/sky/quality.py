@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from .._stats import median, median_along, median_rows, percentile, quiet_nanmean, quiet_nanmedian
+from .._stats import clipped_std, median, median_along, median_rows, percentile, quiet_nanmean, quiet_nanmedian
 from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 from ._kernels import KERNEL_MIN_SAMPLES as _KERNEL_MIN_SAMPLES
@@ -525,12 +525,10 @@ def provisional_levels(stack, masked_rows):
     if var == 0:
         # Whole ADU under a read noise of less than one (5 e-/ADU, 3 e-): most differences are 0,
         # and so was their MAD, the read noise, and with it the first pass's weights (the rows'
-        # scales 0.0007-0.08 for 1, dozens of rows inside the slit "unlit"; trial R3). The plain
-        # variance of the differences within their 1st and 99th percentiles instead.
+        # scales 0.0007-0.08 for 1, dozens of rows inside the slit "unlit"; trial R3). A clipped
+        # standard deviation instead, as the line search's noise takes (``robust_noise``).
         d = diff[low]
-        lo, hi = percentile(d, 1), percentile(d, 99)
-        d = d[(d >= lo) & (d <= hi)]
-        var = float(np.var(d)) if d.size > 1 else 0.0
+        var = clipped_std(d - median(d)) ** 2
     return var / 2, max(median(level[low]), 0.0)
 
 
