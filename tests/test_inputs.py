@@ -29,6 +29,20 @@ def test_image_must_be_2d():
         as_image(np.ones(10), "arc")
 
 
+def test_several_arcs_at_once_are_told_to_be_summed():
+    """One arc frame per lamp, passed together (trial G): the error says how to make one arc of them."""
+    import specwidgets as sw
+
+    arcs = np.ones((2, 20, 30))
+    with pytest.raises(ValueError, match=r"got 3D .* summed: np.sum\(arcs, axis=0\).*average_matching_files"):
+        sw.find_cal_lines(arcs)
+    with pytest.raises(ValueError, match="summed"):
+        sw.generate_warp_model(arcs, [5.0, 15.0])
+    with pytest.raises(ValueError) as raised:
+        as_image(np.ones((2, 3, 4)), "flat")
+    assert "summed" not in str(raised.value)
+
+
 def test_mask_forms():
     assert mask_ranges((None, None), 10) == []
     assert mask_ranges(None, 10) == []

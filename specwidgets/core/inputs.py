@@ -68,7 +68,11 @@ def as_image(image, name="image"):
         raise TypeError(f"{name} is None; expected a 2D image")
     arr = _real_array(image, name)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2D image (rows, cols); got {arr.ndim}D with shape {arr.shape}")
+        # Arcs of several lamps come as one frame per lamp: the first thing a user passes is all of them.
+        several = (" Several arc frames (one per lamp, or repeats) make one arc when summed: np.sum(arcs, axis=0), "
+                   "or specwidgets.average_matching_files(folder, ..., mode=\"sum\") from their files."
+                   if arr.ndim == 3 and "arc" in name else "")
+        raise ValueError(f"{name} must be a 2D image (rows, cols); got {arr.ndim}D with shape {arr.shape}.{several}")
     if min(arr.shape) == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     return arr

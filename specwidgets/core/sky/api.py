@@ -33,6 +33,7 @@ from .options import resolve_options
 from .quality import (  # noqa: E402
     BLOCK_SIZE,
     CHI_LIMITS,
+    FINE_BLOCKS,
     LEAK_LIMIT,
     LINE_MISFIT_LIMIT,
     MAX_AUTO_ORDER,
@@ -46,12 +47,14 @@ from .quality import (  # noqa: E402
     _ranges,
     _row_chi_means,
     _row_chi_means_in_rows,
+    _spread,
     added_light_profile,
     analyse_rows,
     block_chi_scatter,
     chi_square_profiles,
     column_chi_means,
     effpix_chi_sums,
+    fine_chi_scatter,
     gain_spread,
     line_shape_change,
     line_shape_model,
@@ -1738,6 +1741,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             "not to be trusted (quality.bad_columns)."
         ]
         bad_columns = sorted(set(bad_columns) | set(rejected_columns))
+    # Where the fit rejected most samples at some effective pixels, the sky there follows no data.
+    unheld = _unmeasured_effpix(models, samples, shifts, t_samples, bad_columns, n_cols)
+    if unheld:
+        warnings = list(warnings) + [_unmeasured_warning(unheld, emap, sky_rows, background, stack, shifts,
+                                                         t_grid[:, 0])]
     # What the model still misses column by column (a defect where the lines hardly move, a line it
     # does not follow there): said, not mended.
     off[:, bad_columns] = False
@@ -1751,6 +1759,12 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                      for k in range(n_exp)), default=math.nan)
     if structure > BLOCK_SCATTER_LIMIT:
         warnings = list(warnings) + [_structure_warning(structure)]
+    else:
+        # A pattern of ~10 px along the dispersion, which 8 x 8 blocks average out.
+        fine = min((fine_chi_scatter(stack[k], background[k], rejected[k], sky_rows, emap, gain, read_noise,
+                                     shift=shifts[k], t_rows=t_grid[:, 0]) for k in range(n_exp)), default=math.nan)
+        if fine > FINE_SCATTER_LIMIT:
+            warnings = list(warnings) + [_fine_structure_warning(fine)]
     if (noise[0] is None or noise[1] is None) and "default" not in source:
         # The noise once more, about the final sky: the first pass lacks the
         # spatial terms and the slit correction, and a sky it misfits (lines
@@ -3128,6 +3142,24 @@ def _structure_warning(structure):
             f"{_STRUCTURE_CAUSE}")
 
 
+#: Residuals averaged in small blocks of adjacent rows (:data:`quality.FINE_BLOCKS`), less their mean at each
+#: effective pixel, scattering this many times more than pixel by pixel (in every exposure) make the fit
+#: suspect (see quality.fine_chi_scatter).
+FINE_SCATTER_LIMIT = 1.2
+
+
+def _fine_structure_warning(fine):
+    blocks = " or ".join(f"{h} x {w}" for h, w in FINE_BLOCKS)
+    return (f"{_STRUCTURE_HEAD} {blocks} pixels (rows x columns), less their mean at each effective pixel, "
+            f"scatter {fine:.2f} times more than noise allows (specwidgets.core.sky.quality.fine_chi_scatter): a "
+            f"pattern of a few pixels fixed to the detector, which no sky spectrum along the slit holds. {_FINE_CAUSE}")
+
+
+_FINE_CAUSE = ("Fringes at high dispersion or a readout's pick-up noise (a pattern a bias frame does not repeat) do "
+               "this: divide the frames by a flat field and a fringe frame, or take the pattern out, before the sky "
+               "fit.")
+
+
 def _structure_after_rows(warnings):
     """``warnings`` with the block-scatter one after those naming light in sky rows, which it then names
     as the likely cause: an unmasked faint source (or a persistence ghost) raises the blocks' scatter too,
@@ -3136,7 +3168,7 @@ def _structure_after_rows(warnings):
     structure = [w for w in warnings if w.startswith(_STRUCTURE_HEAD)]
     if not rows or not structure:
         return warnings
-    moved = structure[0].replace(_STRUCTURE_CAUSE, (
+    moved = structure[0].replace(_FINE_CAUSE, _STRUCTURE_CAUSE).replace(_STRUCTURE_CAUSE, (
         "The light in the sky rows named above does this (mask it first); so do fringes (red wavelengths) "
         "or a flat-field pattern, which a flat field (and a fringe frame) takes out."))
     return [w for w in warnings if w is not structure[0]] + [moved]
@@ -3239,6 +3271,103 @@ def _misfit_columns_warning(columns, worst):
             "rows: a defect the fit took for sky (a hot or trapped column under a sky line), or a line whose "
             "shape it does not follow there. The sky of these columns (and of the science under them) is not to "
             "be trusted; set a defect's columns to NaN to leave them out of the fit.")
+
+
+#: Bins of effective pixel (px) in which :func:`_unmeasured_effpix` counts the rejected samples.
+UNMEASURED_BIN = 0.5
+#: A bin in which the fit rejected more than this fraction of its samples (at least
+#: :data:`UNMEASURED_MIN_SAMPLES` of them), in some exposure, holds a sky that no data hold.
+UNMEASURED_FRACTION = 0.5
+UNMEASURED_MIN_SAMPLES = 10
+_CHUNK = 1 << 20
+
+
+def _unmeasured_effpix(models, samples, shifts, t_samples, bad_columns, n_cols):
+    """``[(start, stop), ...]``: runs of effective pixels (bins of :data:`UNMEASURED_BIN`) where the fit
+    rejected more than :data:`UNMEASURED_FRACTION` of the sky samples in some exposure (those of
+    ``bad_columns``, already named, left out).
+
+    Rejection is for a few samples (cosmic rays); where it took most of
+    them, the model, pulled away from the data, rejected the rest in turn,
+    and the sky there followed nothing: three columns at 0.85 response under
+    the brightest line left its core without a sample, and the sky there
+    2.7x the highest data value, up to 323 sigma off in every row, with only
+    the three columns named (trial G).
+    """
+    if not models or not samples.index.size:
+        return []
+    bad = np.zeros(n_cols, bool)
+    bad[list(bad_columns)] = True
+    lo = float(np.nanmin(samples.effpix)) - 2.0
+    n_bins = int((float(np.nanmax(samples.effpix)) + 2.0 - lo) / UNMEASURED_BIN) + 1
+    found = np.zeros(n_bins, bool)
+    sorted_counts = None
+
+    def bins_of(e):
+        return ((e - lo) * (1.0 / UNMEASURED_BIN)).astype(np.int64).clip(0, n_bins - 1)
+
+    for k, model in enumerate(models):
+        outliers = np.flatnonzero(model.rejected & ~model.excluded)
+        if outliers.size < UNMEASURED_FRACTION * UNMEASURED_MIN_SAMPLES:
+            continue
+        if not shifts[k]:
+            # The samples are sorted by effective pixel: each bin's count is a search, and only the few
+            # samples to leave out (excluded, bad columns) are binned one by one.
+            if sorted_counts is None:
+                edges = lo + UNMEASURED_BIN * np.arange(n_bins + 1)
+                sorted_counts = np.diff(np.searchsorted(samples.effpix, edges)).astype(float)
+                if bad.any():
+                    on_bad = np.flatnonzero(bad[samples.index % n_cols])
+                    sorted_counts -= np.bincount(bins_of(samples.effpix[on_bad]), minlength=n_bins)
+            counts = sorted_counts.copy()
+            dropped = np.flatnonzero(model.excluded)
+            if bad.any():
+                dropped = dropped[~bad[samples.index[dropped] % n_cols]]  # (counted out above)
+            counts -= np.bincount(bins_of(samples.effpix[dropped]), minlength=n_bins)
+            e_out = samples.effpix[outliers]
+        else:
+            counts = np.zeros(n_bins)
+            # (In chunks: a frame's samples at once would need their bins' index, 128 MB on 4096 x 4096.)
+            for start in range(0, samples.index.size, _CHUNK):
+                part = slice(start, start + _CHUNK)
+                e = samples.effpix[part] - shifts[k] * t_samples[part]
+                use = ~model.excluded[part] & ~bad[samples.index[part] % n_cols]
+                counts += np.bincount(bins_of(e[use]), minlength=n_bins)
+            e_out = samples.effpix[outliers] - shifts[k] * t_samples[outliers]
+        hit = np.bincount(bins_of(e_out[~bad[samples.index[outliers] % n_cols]]), minlength=n_bins)
+        found |= (counts >= UNMEASURED_MIN_SAMPLES) & (hit > UNMEASURED_FRACTION * counts)
+    if not found.any():
+        return []
+    edges = np.flatnonzero(np.diff(np.r_[0, found.astype(np.int8), 0]))
+    return [(lo + a * UNMEASURED_BIN, lo + b * UNMEASURED_BIN) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _unmeasured_warning(runs, emap, sky_rows, background, stack, shifts, t_rows):
+    """The warning for :func:`_unmeasured_effpix`'s ``runs``: where they fall in the sky rows, and how far the
+    sky there is from the data there."""
+    rows = _spread(sky_rows)
+    parts = []
+    worst = None
+    for a, b in runs[:5]:
+        cols = set()
+        for k in range(stack.shape[0]):
+            e = emap[rows] - shifts[k] * t_rows[rows][:, None] if shifts[k] else emap[rows]
+            inside = (e >= a) & (e < b)
+            cols.update(np.flatnonzero(inside.any(axis=0)).tolist())
+            if inside.any():
+                sky, data = background[k][rows][inside], stack[k][rows][inside]
+                with np.errstate(invalid="ignore"):
+                    ratio = float(np.nanmax(sky) / np.nanmax(data)) if np.nanmax(data) > 0 else math.nan
+                worst = ratio if worst is None or ratio > worst else worst
+        where = f" (columns {min(cols)}-{max(cols)} in the sky rows)" if cols else ""
+        parts.append(f"{a:.1f}-{b:.1f}{where}")
+    more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+    far = (f"; its highest value there is {worst:.2g} times the highest data value there"
+           if worst is not None and math.isfinite(worst) and worst > 1.1 else "")
+    return (f"The fit rejected most of the sky samples at effective pixels {', '.join(parts)}{more}: no data hold "
+            f"the sky there, which may be far off in every row{far}. A defect under a sky line (columns of lower or "
+            "higher response, not flat-fielded) or a line whose shape changes along the slit does this: divide by "
+            "a flat field, or set the defect's columns to NaN, and fit again.")
 
 
 def _rejected_columns(rejected, not_sky):
