@@ -615,3 +615,27 @@ def test_repeated_calibration_options_add_their_files():
     assert args.bias == ["b0.fits", "b1.fits"] and args.flat == ["f0.fits", "f1.fits"]
     again = parser.parse_args(["batch", "sci.fits", "--arc", "a.fits", "--mask", "5:9", "--out", "sky"])
     assert again.arc == ["a.fits"]  # the default list is not shared between parses
+
+
+def test_command_gain_estimate_leaves_the_headers_gain_unapplied(tmp_path, frames, monkeypatch, capsys):
+    """``--gain estimate`` (as ``--read-noise estimate``): the headers' gain is not applied, the frames stay in
+    their units and the sky fit estimates it (a header's GAIN that is wrong had no way out in batch)."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for i in range(2):
+        fits.PrimaryHDU(np.asarray(frames.science[i]), fits.Header({"GAIN": 3.0})).writeto(folder / f"sci_{i}.fits")
+    fits.PrimaryHDU(np.asarray(frames.arc), fits.Header({"GAIN": 3.0})).writeto(folder / "arc_1.fits")
+    out = tmp_path / "out"
+    code = _cli(monkeypatch, [folder / "sci_0.fits", folder / "sci_1.fits", "--arc", folder / "arc_1.fits", "--mask",
+                              "12:26", "--gain", "estimate", "--out", out, "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    files = _outputs(out)
+    assert len(files) == 2
+    for path in files:
+        assert fits.getval(path, "SWUNIT") == "adu"
+        assert "estimated" in fits.getval(path, "NOISESRC")
+        assert 0.5 < fits.getval(path, "SWGAIN") < 2.0  # (estimated: not the header's 3)
+    with pytest.raises(SystemExit):
+        _cli(monkeypatch, [folder / "sci_0.fits", "--mask", "12:26", "--gain", "high", "--out", out])
+    assert "expected a gain in e-/ADU or 'estimate'; got 'high'" in capsys.readouterr().err

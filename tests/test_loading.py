@@ -346,8 +346,10 @@ def test_header_numbers_written_as_strings(tmp_path):
     images, meta = collect_images_array(tmp_path, tag="good", instrument=inst, return_metadata=True)
     assert meta[0]["gain"] == 2.0 and meta[0]["read_noise"] == 3.5
     np.testing.assert_allclose(images[0], gradient(4, 4) * 2.0)
-    with pytest.raises(ValueError, match=r"gain of b_bad\.fits must be a number"):
-        collect_images_array(tmp_path, tag="b_bad", instrument=inst)
+    # A gain card that is no number (a gain setting's name, a placeholder) is left out, not the folder.
+    with pytest.warns(UserWarning, match=r"GAIN = 'high' in b_bad\.fits is not a gain .*pass gain="):
+        _, meta = collect_images_array(tmp_path, tag="b_bad", instrument=inst, return_metadata=True)
+    assert meta[0]["gain"] is None
 
 
 def test_mixed_electrons_and_adu_refused(tmp_path, isolated_registry):
@@ -693,8 +695,8 @@ def test_a_gain_card_the_instrument_does_not_read_is_named(tmp_path):
     from specwidgets.io.loading import read_frame
 
     path = write(tmp_path / "a.fits", gradient(4, 6), {"CCDGAIN": 1.4, "RDNOISE": 5.0})
-    with pytest.warns(UserWarning, match=r"CCDGAIN = 1\.4, but instrument 'generic' reads the gain from GAIN/EGAIN: "
-                                         r"pass gain=1\.4 \(batch: --gain 1\.4\)"):
+    with pytest.warns(UserWarning, match=r"CCDGAIN = 1\.4, but instrument 'generic' reads the gain from "
+                                         r"GAIN/EGAIN/ESO DET OUT1 CONAD: pass gain=1\.4 \(batch: --gain 1\.4\)"):
         frame = read_frame(path)
     assert frame.gain is None and frame.read_noise == 5.0
     with warnings.catch_warnings():
@@ -779,3 +781,96 @@ def test_frames_of_another_binning_in_a_folder_are_named_with_their_binning(tmp_
                                          r"'1 1'\): bias_0.fits, bias_1.fits\): frames of another binning\? Use "
                                          r"calibrations of the science"):
         load_folder(tmp_path)
+
+
+# ------------------------------------------------------------------ header conventions of other observatories (trial H)
+def _hdr(cards):
+    """A header from ``(key, value, comment)`` triples (HIERARCH keywords included)."""
+    header = fits.Header()
+    for key, value, comment in cards:
+        header[key] = (value, comment)
+    return header
+
+
+@pytest.mark.parametrize("cards, gain, read_noise, source", [
+    # ESO: CONAD is e-/ADU; DET OUT1 GAIN is ADU/e-; RON is in electrons.
+    ([("HIERARCH ESO DET OUT1 GAIN", 0.5, "Conversion from electrons to ADU"),
+      ("HIERARCH ESO DET OUT1 CONAD", 2.0, "Conversion from ADUs to electrons"),
+      ("HIERARCH ESO DET OUT1 RON", 5.0, "Readout noise per output (e-)")], 2.0, 5.0, "CONAD"),
+    ([("HIERARCH ESO DET OUT1 GAIN", 0.5, "Conversion from electrons to ADU"),
+      ("HIERARCH ESO DET OUT1 RON", 5.0, "Readout noise per output (e-)")], 2.0, 5.0, "inverted"),
+    ([("INVGAIN", 0.5, "ADU per electron")], 2.0, None, "inverted"),
+    ([("GAIN", 0.5, "[ADU/e-]"), ("RDNOISE", 6.0, "[e-]")], 2.0, 6.0, "inverted"),
+    # A read noise in ADU: times the gain (it had been taken as electrons, VAR 27 % low, "good").
+    ([("GAIN", 2.0, "[e-/ADU]"), ("RDNOISE", 2.5, "[ADU]")], 2.0, 5.0, "ADU, times the gain"),
+    # Numbers written with their units.
+    ([("GAIN", "2.0 e-/ADU", ""), ("RDNOISE", "5.0 e-", "")], 2.0, 5.0, "GAIN"),
+    # In electrons already, and no gain card: their gain is 1 (it was estimated).
+    ([("BUNIT", "electrons", "")], 1.0, None, "BUNIT"),
+])
+def test_noise_cards_of_other_observatories(tmp_path, cards, gain, read_noise, source):
+    """Trial H: header conventions the loader had read wrong (an ADU read noise as electrons, an inverse
+    gain advised as the gain) or not at all (ESO's CONAD and RON, numbers with their units)."""
+    fits.PrimaryHDU(gradient(4, 6), _hdr(cards)).writeto(tmp_path / "a.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read, not advised
+        images, meta = collect_images_array(tmp_path, return_metadata=True)
+    assert meta[0]["gain"] == pytest.approx(gain)
+    np.testing.assert_allclose(images[0], gradient(4, 6) * gain)
+    assert (meta[0]["read_noise"] is None) if read_noise is None else meta[0]["read_noise"] == pytest.approx(read_noise)
+    assert source in meta[0]["noise_source"], meta[0]["noise_source"]
+
+
+@pytest.mark.parametrize("cards, what", [
+    ([("GAIN", 0.0, "placeholder"), ("RDNOISE", 5.0, "")], "gain"),
+    ([("GAIN", "HIGH", "gain setting"), ("RDNOISE", 5.0, "")], "gain"),
+    ([("GAIN", 2.0, ""), ("RDNOISE", 0.0, "")], "read noise"),
+])
+def test_placeholder_noise_cards_are_left_out_with_a_word(tmp_path, cards, what):
+    """GAIN = 0 (a placeholder) had refused the whole folder, in batch with no way out; now the card is
+    named and left out, and the noise model estimated."""
+    from specwidgets.io.loading import read_frame
+
+    path = tmp_path / "a.fits"
+    fits.PrimaryHDU(gradient(4, 6), _hdr(cards)).writeto(path)
+    with pytest.warns(UserWarning, match=f"in a.fits is not a {what} .*estimated from the data"):
+        frame = read_frame(path)
+    assert (frame.gain if what == "gain" else frame.read_noise) is None
+
+
+def test_a_read_noise_in_adu_without_a_gain_is_left_out(tmp_path):
+    from specwidgets.io.loading import read_frame
+
+    path = tmp_path / "a.fits"
+    fits.PrimaryHDU(gradient(4, 6), _hdr([("RDNOISE", 2.5, "[ADU]")])).writeto(path)
+    with pytest.warns(UserWarning, match=r"RDNOISE = 2.5 in a.fits is in ADU .* no gain"):
+        frame = read_frame(path)
+    assert frame.read_noise is None and frame.gain is None
+
+
+def test_an_inverse_gain_card_not_read_is_advised_inverted(tmp_path):
+    """A card in ADU/e- the instrument does not read: the advice is its inverse (it said the card's value)."""
+    from specwidgets.io.loading import read_frame
+
+    path = tmp_path / "a.fits"
+    fits.PrimaryHDU(gradient(4, 6), _hdr([("CCDGAIN", 0.5, "ADU/e-")])).writeto(path)
+    with pytest.warns(UserWarning, match=r"CCDGAIN = 0.5 \(ADU/e-, i.e. 2 e-/ADU\).*pass gain=2 \(batch: --gain 2\)"):
+        read_frame(path)
+
+
+def test_amplifiers_under_names_of_their_own_are_refused(tmp_path):
+    """Four amplifier images AMP1..AMP4 without DETSEC: the first had been read as the whole exposure,
+    a quarter of the detector, with no word."""
+    from specwidgets.io.loading import read_frame
+
+    path = tmp_path / "amps.fits"
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(gradient(4, 6), name=f"AMP{i}") for i in range(1, 5)]
+                 ).writeto(path)
+    with pytest.raises(ValueError, match=r"holds 4 images of one exposure \(1: AMP1, 2: AMP2, 3: AMP3, 4: AMP4\)"):
+        read_frame(path)
+    assert read_frame(path, hdu="AMP2").data.shape == (4, 6)
+    # A pipeline's science image and its companions are one frame.
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(gradient(4, 6), name="SCI"), fits.ImageHDU(gradient(4, 6), name="ERR"),
+                  fits.ImageHDU(np.zeros((4, 6), np.int16), name="DQ")]).writeto(tmp_path / "sci.fits")
+    with pytest.warns(UserWarning, match="DQ extension"):
+        np.testing.assert_allclose(read_frame(tmp_path / "sci.fits"), gradient(4, 6))

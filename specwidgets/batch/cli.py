@@ -84,6 +84,17 @@ def _read_noise_arg(text):
         raise argparse.ArgumentTypeError(f"expected a read noise in electrons or 'estimate'; got {text!r}") from None
 
 
+def _gain_arg(text):
+    """``--gain``: e-/ADU, or "estimate" (the headers' gain not applied: the frames stay in their units and
+    the sky fit estimates the gain, as a header's placeholder GAIN = 0 needs)."""
+    if text.strip().lower() == ESTIMATE:
+        return ESTIMATE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a gain in e-/ADU or 'estimate'; got {text!r}") from None
+
+
 def _spatial_order_arg(text):
     try:
         return check_spatial_order(text)
@@ -171,8 +182,9 @@ def add_batch_parser(subparsers):
              "even when the headers give one)",
     )
     p.add_argument(
-        "--gain", type=float, default=None, metavar="G",
-        help="gain (e-/ADU; frames are converted to electrons; default from the headers/instrument)",
+        "--gain", type=_gain_arg, default=None, metavar="G",
+        help="gain (e-/ADU; frames are converted to electrons; default from the headers/instrument; 'estimate': "
+             "the headers' gain not applied, estimated from the data)",
     )
     p.add_argument(
         "--fail-on-suspect", action="store_true",
@@ -242,7 +254,8 @@ def _check_paths(args):
 
 
 def _run_command(args):
-    instrument_options = {} if args.gain is None else {"gain": args.gain}
+    # "estimate": no gain applied to the frames (None), so the sky fit estimates it.
+    instrument_options = {} if args.gain is None else {"gain": None if args.gain == ESTIMATE else args.gain}
     if args.trimsec is not None:
         instrument_options["trimsec"] = None if args.trimsec.strip().lower() == "all" else args.trimsec
     if args.dispersion_axis is not None:

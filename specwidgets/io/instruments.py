@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import os
 import re
@@ -63,11 +64,23 @@ INSTRUMENT_OPTIONS = ("hdu", "dispersion_axis", "trimsec", "gain", "read_noise",
 #: (Gemini's ``DQ``, LCO's ``BPM``); a file holding one is told of ``bad_pixels``.
 QUALITY_EXTNAMES = ("DQ", "BPM", "BADPIX")
 
-#: Header keywords the ``generic`` instrument reads the gain (e-/ADU) from, first found wins.
-GENERIC_GAIN_KEYWORDS = ("GAIN", "EGAIN")
+#: Header keywords the ``generic`` instrument reads the gain (e-/ADU) from, first found wins (ESO's
+#: ``CONAD``, its "conversion from ADU", is e-/ADU).
+GENERIC_GAIN_KEYWORDS = ("GAIN", "EGAIN", "ESO DET OUT1 CONAD")
+
+#: Header keywords holding the gain the other way up (ADU/e-), read when none of the gain keywords is
+#: there: ESO's ``DET OUTi GAIN`` (its e-/ADU is ``CONAD``), an ``INVGAIN``.
+GENERIC_INVERSE_GAIN_KEYWORDS = ("ESO DET OUT1 GAIN", "INVGAIN")
 
 #: Header keywords the ``generic`` instrument reads the read noise (e-) from, first found wins.
-GENERIC_READ_NOISE_KEYWORDS = ("RDNOISE", "READNOIS", "RON")
+GENERIC_READ_NOISE_KEYWORDS = ("RDNOISE", "READNOIS", "RON", "ESO DET OUT1 RON")
+
+#: A card's unit (its comment, or a string value's text after the number) that says ADU (or counts).
+_ADU_UNIT = re.compile(r"\b(adus?|dn|counts?)\b", re.IGNORECASE)
+_ELECTRON_WORD = re.compile(r"(\be-|\belectrons?\b|\be\b)", re.IGNORECASE)
+#: ... that says ADU per electron (a gain the other way up).
+_PER_ELECTRON = re.compile(r"\b(adus?|dn|counts?)\s*(/|per)\s*(e-?|electrons?)(\b|$|\s)", re.IGNORECASE)
+_NUMBER_AND_TEXT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*)$")
 
 #: KOSMOS gain in e-/ADU; it is not written in the KOSMOS headers.
 KOSMOS_GAIN = 0.6
@@ -255,6 +268,26 @@ def _as_number(value, name):
     return value
 
 
+def _card_number(header, key):
+    """``(number or None, unit text)`` of a header card: a number, or a string that starts with one
+    (``'2.0 e-/ADU'``: its text after the number is a unit); the unit text also holds the card's comment."""
+    value = header[key]
+    comment = str(header.comments[key] or "") if key in header else ""
+    if isinstance(value, bool):
+        return None, comment
+    if isinstance(value, numbers.Real):
+        return float(value), comment
+    match = _NUMBER_AND_TEXT.match(str(value))
+    if not match:
+        return None, comment
+    return float(match.group(1)), f"{match.group(2)} {comment}".strip()
+
+
+def _says_adu(unit):
+    """Whether a card's unit text says ADU (counts), not electrons."""
+    return bool(_ADU_UNIT.search(unit)) and not _ELECTRON_WORD.search(_PER_ELECTRON.sub("", unit))
+
+
 def _check_gain(value, name="gain"):
     return check_gain(_as_number(value, name), name)
 
@@ -347,6 +380,8 @@ class Instrument:
     read_noise: float | None = None
     read_noise_keyword: str | tuple | None = None
     description: str = ""
+    #: Header keywords holding the gain in ADU/e-, read (inverted) when no ``gain_keyword`` is there.
+    inverse_gain_keyword: str | tuple | None = None
     dispersion_keyword: str | None = None
     overscan_keyword: str | None = None
     bad_pixels: str | None = None
@@ -410,7 +445,7 @@ class Instrument:
                 raise TypeError(f"trimsec must be a FITS section string like '[x1:x2,y1:y2]' or None; got {trimsec!r}")
             changes.update(trimsec=trimsec, trimsec_keyword=None, trim_function=None)
         if "gain" in options:
-            changes.update(gain=_check_gain(options["gain"], "gain"), gain_keyword=None)
+            changes.update(gain=_check_gain(options["gain"], "gain"), gain_keyword=None, inverse_gain_keyword=None)
         if "read_noise" in options:
             changes.update(read_noise=_check_read_noise(options["read_noise"]), read_noise_keyword=None)
         if "bad_pixels" in options:
@@ -470,12 +505,14 @@ class Instrument:
         if self.bad_pixels is not None:
             data = _set_bad(data, bad, raw.shape, (rows, cols), self._turn, header, path, bad_from)
         data = self._turn(data, header, path)
-        gain_value, gain_from = self._header_or_default(header, self.gain_keyword, self.gain, "gain")
-        gain = _check_gain(gain_value, f"gain of {path.name}")
+        gain, gain_from = self._gain_of(header, path)
         noise_value, noise_from = self._header_or_default(
             header, self.read_noise_keyword, self.read_noise, "read_noise"
         )
-        read_noise = _check_read_noise(noise_value, f"read noise of {path.name}")
+        if noise_from.startswith("header "):
+            read_noise, noise_from = self._header_read_noise(header, noise_from[len("header "):], gain, path)
+        else:
+            read_noise = _check_read_noise(noise_value, f"read noise of {path.name}")
         scaled = _scaled_unit(header)
         if scaled and gain is not None and "gain" not in self.given:
             # A header gain turns ADU into electrons; these values are ADU (or electrons) per second, or
@@ -487,6 +524,9 @@ class Instrument:
                 UserWarning,
             )
             gain, gain_from = None, ""
+        elif (electrons := _electron_unit(header)) and gain is None and "gain" not in self.given:
+            # In electrons already and no gain card: their gain is 1 (estimated, it came out 0.996).
+            gain, gain_from = 1.0, f"BUNIT {electrons!r} (in electrons)"
         elif (electrons := _electron_unit(header)) and gain is not None and gain != 1 and "gain" not in self.given:
             # Frames a pipeline turned into electrons often keep the camera's GAIN card: applied
             # again, the data were 2.2x too bright and the fit blamed the gain (trial K1).
@@ -503,6 +543,56 @@ class Instrument:
             data=data, header=header, gain=gain, read_noise=read_noise, hdu=index, noise_source=", ".join(sources)
         )
 
+    def _gain_of(self, header, path):
+        """``(gain or None, source)``: the gain card (or the instrument's default), else an inverse-gain card
+        inverted. A header card that is no gain (0, negative, not a number: a placeholder) is left out with a
+        warning, the gain then estimated from the data; a card whose unit says ADU/e- is inverted."""
+        value, source = self._header_or_default(header, self.gain_keyword, self.gain, "gain")
+        inverse = False
+        if not source.startswith("header "):
+            keys = (self.inverse_gain_keyword,) if isinstance(self.inverse_gain_keyword, str) else tuple(
+                self.inverse_gain_keyword or ())
+            found = next((k for k in keys if k in header), None)
+            if found is None or value is not None:
+                return _check_gain(value, f"gain of {path.name}"), source
+            source, inverse = f"header {found}", True
+        key = source[len("header "):]
+        number, unit = _card_number(header, key)
+        inverse = inverse or bool(_PER_ELECTRON.search(unit))
+        if number is None or not math.isfinite(number) or number <= 0:
+            warn_at_caller(
+                f"{key} = {header[key]!r} in {path.name} is not a gain (a placeholder?): it is left out, and the "
+                "noise model is estimated from the data; pass gain= (batch: --gain) if you know it",
+                UserWarning,
+            )
+            return None, ""
+        if inverse:
+            return 1.0 / number, f"header {key} ({number:g} ADU/e-, inverted)"
+        return number, source
+
+    def _header_read_noise(self, header, key, gain, path):
+        """``(read noise in e- or None, source)`` of header card ``key``: in ADU when its unit says so (then
+        times the gain); a placeholder (0, negative, not a number) is left out with a warning."""
+        number, unit = _card_number(header, key)
+        if number is None or not math.isfinite(number) or number <= 0:
+            warn_at_caller(
+                f"{key} = {header[key]!r} in {path.name} is not a read noise (a placeholder?): it is left out, and "
+                "the read noise is estimated from the data; pass read_noise= (batch: --read-noise) if you know it",
+                UserWarning,
+            )
+            return None, ""
+        if _says_adu(unit):
+            if gain is None:
+                warn_at_caller(
+                    f"{key} = {header[key]!r} in {path.name} is in ADU ({unit!r}) and no gain converts it to "
+                    "electrons: it is left out, and the noise model is estimated from the data; pass gain= and "
+                    "read_noise= (in electrons) if you know them",
+                    UserWarning,
+                )
+                return None, ""
+            return number * gain, f"header {key} ({number:g} ADU, times the gain)"
+        return number, f"header {key}"
+
     def _note_unread_cards(self, header, no_gain, no_read_noise):
         """Warn of header cards that look like the gain or read noise the instrument did not read
         (``CCDGAIN = 1.4`` where it reads ``GAIN``/``EGAIN``): the noise model is then estimated from the
@@ -518,16 +608,25 @@ class Instrument:
                                                    (no_read_noise, self.read_noise_keyword, "NOIS", "read_noise")):
             if not missing or not keyword:
                 continue
-            read = (keyword,) if isinstance(keyword, str) else tuple(keyword)
+            read = names = (keyword,) if isinstance(keyword, str) else tuple(keyword)
+            if option == "gain" and self.inverse_gain_keyword:
+                read += (self.inverse_gain_keyword,) if isinstance(self.inverse_gain_keyword, str) else tuple(
+                    self.inverse_gain_keyword)
             for key in header:
                 value = header.get(key) if key not in ("COMMENT", "HISTORY", "") else None
                 if (pattern in key and key not in read and isinstance(value, numbers.Real)
                         and not isinstance(value, bool) and value > 0):
                     cli = option.replace("_", "-")
+                    unit = str(header.comments[key] or "")
+                    if option == "gain" and _PER_ELECTRON.search(unit):
+                        # (ADU per electron: the gain is its inverse.)
+                        value, said = 1.0 / value, f"{key} = {value:g} ({unit.strip()}, i.e. {1.0 / value:.4g} e-/ADU)"
+                    else:
+                        said = f"{key} = {value:g}"
                     warn_at_caller(
-                        f"the frames have {key} = {value:g}, but instrument {self.name!r} reads the {option.replace('_', ' ')} "
-                        f"from {'/'.join(read)}: pass {option}={value:g} (batch: --{cli} {value:g}) if that is it; "
-                        "otherwise it is estimated from the sky",
+                        f"the frames have {said}, but instrument {self.name!r} reads the {option.replace('_', ' ')} "
+                        f"from {'/'.join(names)}: pass {option}={value:.4g} (batch: --{cli} {value:.4g}) if that is "
+                        "it; otherwise it is estimated from the sky",
                         UserWarning,
                     )
                     break
@@ -686,17 +785,33 @@ class Instrument:
         return default, f"{self.name} default {label}"
 
 
+#: EXTNAMEs of the images a pipeline writes beside the science image (not pieces of the detector).
+_COMPANION_EXTNAME = re.compile(
+    r"^(VAR|VARIANCE|IVAR|INVVAR|ERR|ERROR|ERRS|SIGMA|STDDEV|NOISE|UNC|UNCERT|UNCERTAINTY|DQ|BPM|BADPIX|MASK|FLAGS?|"
+    r"WHT|WEIGHTS?|EXPMAP|EXPTIME|SKY|BKG|BACKGROUND|MODEL|RESID|CON|CTX|QUAL|QUALITY)\b", re.IGNORECASE)
+
+
 def _refuse_pieces(hdul, images, path):
     """Several image HDUs that are pieces of one exposure (amplifiers, CCDs): the first alone is part of it.
 
-    Pieces share the first image's EXTNAME (``SCI,1``, ``SCI,2``, ...) or
-    each say where on the detector they go (``DETSEC``, all different);
-    a file's other images (``VAR``, ``DQ``, ...) do neither.
+    Pieces share the first image's EXTNAME (``SCI,1``, ``SCI,2``, ...), or
+    each say where on the detector they go (``DETSEC``, all different), or
+    are images of the first's shape under names of their own (``AMP1``,
+    ``AMP2``, ...); a file's other images (``VAR``, ``DQ``, ...) are none.
     """
     first = hdul[images[0]]
     same_name = [i for i in images if hdul[i].name == first.name]
     detsecs = {str(hdul[i].header.get("DETSEC", "")).strip() for i in images}
     pieces = same_name if len(same_name) > 1 else images if len(detsecs) == len(images) > 1 and "" not in detsecs else []
+    if not pieces:
+        # Images of the first's shape under names of their own (AMP1..AMP4, CCD1..CCD3) and no DETSEC:
+        # the first alone was read as the whole exposure, a quarter of the detector (trial H).
+        # (Not a pipeline's companions of the science image: its variance, quality or weight.)
+        def shape(h):
+            return h.header.get("NAXIS1"), h.header.get("NAXIS2")
+
+        alike = [i for i in images if shape(hdul[i]) == shape(first) and not _COMPANION_EXTNAME.match(hdul[i].name or "")]
+        pieces = alike if len(alike) > 1 else []
     if pieces:
         listing = ", ".join(f"{i}: {hdul[i].name or '(no name)'} {hdul[i].header.get('DETSEC', '')}".rstrip()
                             for i in pieces)
@@ -899,6 +1014,7 @@ _BUILTINS = {
         # The usual names; a frame without any of them stays in ADU with an
         # unknown read noise (then fit_sky estimates the noise model).
         gain_keyword=GENERIC_GAIN_KEYWORDS,
+        inverse_gain_keyword=GENERIC_INVERSE_GAIN_KEYWORDS,
         read_noise_keyword=GENERIC_READ_NOISE_KEYWORDS,
         # IRAF's card: frames whose dispersion runs along y say DISPAXIS = 2.
         dispersion_keyword="DISPAXIS",
@@ -908,7 +1024,8 @@ _BUILTINS = {
         description=(
             "first 2D image HDU, its BIASSEC overscan's median subtracted, trimmed to its TRIMSEC when smaller, "
             "transposed when DISPAXIS = 2; gain "
-            "from GAIN/EGAIN, read noise from RDNOISE/READNOIS/RON; options set HDU, axis, trim "
+            "from GAIN/EGAIN/ESO DET OUT1 CONAD (or the inverse of ESO DET OUT1 GAIN/INVGAIN), read noise from "
+            "RDNOISE/READNOIS/RON/ESO DET OUT1 RON (a card in ADU times the gain); options set HDU, axis, trim "
             "(trimsec=None keeps every pixel), gain, read noise"
         ),
     ),
