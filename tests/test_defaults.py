@@ -965,3 +965,16 @@ def test_a_line_core_the_fit_rejected_whole_is_named():
     assert spans and min(a for a, _ in spans) <= peak - 1 and max(b for _, b in spans) >= peak + 1, said
     clean = sw.fit_sky(f.science, f.warp, [f.trace_rows]).quality
     assert not any("most of the sky samples" in w for w in clean.warnings), clean.warnings
+
+
+def test_a_gain_given_too_low_is_named_when_the_read_noise_is_estimated():
+    """A gain 4x too low (ADU/e- passed as e-/ADU: 0.5 for 2) with the read noise estimated: the read noise
+    came out 0 and the warning blamed the warp model and the mask (trial H); the gain is named now."""
+    f = frames(gain=2.0, read_noise=5.0)
+    ok = sw.fit_sky(f.science, f.warp, [f.trace_rows], gain=2.0).quality
+    assert not ok.suspect, ok.warnings
+    q = sw.fit_sky(f.science, f.warp, [f.trace_rows], gain=0.5).quality
+    assert q.suspect
+    assert any("less than the photon noise of the gain given (0.5 e-/unit, from the argument)" in w
+               and "is the inverse, 2" in w for w in q.warnings), q.warnings
+    assert not any("check the warp model and the mask" in w for w in q.warnings), q.warnings

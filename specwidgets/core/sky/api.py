@@ -985,6 +985,14 @@ _GAIN_UNMEASURED = "The gain could not be measured from the sky"
 _KEEP_FIRST = object()  # (see _final_noise)
 
 
+def _given_gain_source(source):
+    """Where a given gain came from, in a noise source that estimated only the read noise
+    (``"gain: header GAIN; read noise: estimated ..."``); "" otherwise."""
+    parts = [p.strip() for p in str(source).split(";")]
+    gain = next((p[len("gain:"):].strip() for p in parts if p.startswith("gain:")), "")
+    return "" if not gain or "estimated" in gain else gain
+
+
 def _gain_unmeasured_warning(spread, bins, gain, read_noise):
     """The warning for a gain the sky's levels do not measure (``spread``: :func:`quality.gain_spread`
     of the noise ``bins``), or None when it is measured (or the gain was given)."""
@@ -1822,7 +1830,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     flexure = tuple(float(s) for s in shifts)
     result._skip_rows = masked_rows | unlit
     _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
-                                            flexure_applied, slit=slit_summary, bad_columns=bad_columns))
+                                            flexure_applied, slit=slit_summary, bad_columns=bad_columns,
+                                            missed_columns=missed.tolist()))
     return result
 
 
@@ -3366,8 +3375,9 @@ def _unmeasured_warning(runs, emap, sky_rows, background, stack, shifts, t_rows)
            if worst is not None and math.isfinite(worst) and worst > 1.1 else "")
     return (f"The fit rejected most of the sky samples at effective pixels {', '.join(parts)}{more}: no data hold "
             f"the sky there, which may be far off in every row{far}. A defect under a sky line (columns of lower or "
-            "higher response, not flat-fielded) or a line whose shape changes along the slit does this: divide by "
-            "a flat field, or set the defect's columns to NaN, and fit again.")
+            "higher response, not flat-fielded), a line whose shape changes along the slit, or the step at an "
+            "overscan left in does this: divide by a flat field, or set the defect's columns to NaN (trim the "
+            "overscan), and fit again.")
 
 
 def _rejected_columns(rejected, not_sky):
@@ -3460,7 +3470,7 @@ def _gap_warning(models, stack, emap):
 
 
 def _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure, flexure_applied,
-            method="bspline", slit=None, bad_columns=()):
+            method="bspline", slit=None, bad_columns=(), missed_columns=()):
     """The :class:`SkyQuality` of a finished fit (from the sky samples; cheap).
 
     The row leak is judged on the final sky, after the slit correction:
@@ -3541,6 +3551,16 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
                    "(its illumination: the frames not flat-fielded) or its lines tilt across it, which it does "
                    "not model; the default method (B-spline) does." if method == "median" and worst > 1 else "")
             )
+        elif worst < 1 and (gain_from := _given_gain_source(source)):
+            # Less scatter than the given gain's photon noise alone, whatever read noise is estimated
+            # (it came out 0): that gain is too low (trial H: a gain in ADU/e-, 0.5 for 2, passed as
+            # given; the warning blamed the warp model and the mask).
+            warnings.append(
+                f"The sky scatters {worst:.2f} times the noise model, less than the photon noise of the gain given "
+                f"({result.gain:.3g} e-/unit, from the {gain_from}) allows with any read noise: that gain is too low (a gain "
+                f"written in ADU/e- is the inverse, {1.0 / result.gain:.3g}), or a bias level is left in the "
+                "frames. Check it, or leave it out to estimate it."
+            )
         else:
             warnings.append(
                 f"The sky scatters {worst:.2f} times the estimated noise model: the sky model "
@@ -3586,12 +3606,14 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     dark = _dark_masked_row(result, skip)
     if dark is not None:
         warnings.append(_dark_masked_warning(*dark, unlit_ranges))
-    if bad_columns:
+    named = list(bad_columns) + list(missed_columns)
+    if named:
         # Why columns beside a block of edge columns without light (an overscan left in) misfit: the
-        # sky's step there, which the bad-column warning alone had blamed on a hot column.
+        # sky's step there, which the bad-column warning alone had blamed on a hot column (and the
+        # misfit-column one on a defect: trial H, in 3 of 5 noise draws).
         dark = [(a, b) for a, b in _dark_edge_columns(result.data, result.mask[:, 0], result.gain,
                                                          result.read_noise)
-                if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in bad_columns)]
+                if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in named)]
         if dark:
             warnings.append(_dark_edge_warning(dark, n_cols))
     changing = _changing_lines(models, ~skip, result.gain, result.read_noise) if method == "bspline" else None
