@@ -73,26 +73,23 @@ def _positive_or_zero(text):
     return value
 
 
-def _read_noise_arg(text):
-    """``--read-noise``: electrons, or "estimate" (as ``run_batch(read_noise="estimate")``: from the data even
-    when the headers give one)."""
-    if text.strip().lower() == ESTIMATE:
-        return ESTIMATE
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a read noise in electrons or 'estimate'; got {text!r}") from None
+def _number_or_estimate(what):
+    """An argparse type: a number, or "estimate" (from the data even when the headers give one)."""
+    def parse(text):
+        if text.strip().lower() == ESTIMATE:
+            return ESTIMATE
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'estimate'; got {text!r}") from None
+    return parse
 
 
-def _gain_arg(text):
-    """``--gain``: e-/ADU, or "estimate" (the headers' gain not applied: the frames stay in their units and
-    the sky fit estimates the gain, as a header's placeholder GAIN = 0 needs)."""
-    if text.strip().lower() == ESTIMATE:
-        return ESTIMATE
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a gain in e-/ADU or 'estimate'; got {text!r}") from None
+#: ``--read-noise``: electrons, or "estimate" (as ``run_batch(read_noise="estimate")``).
+_read_noise_arg = _number_or_estimate("a read noise in electrons")
+#: ``--gain``: e-/ADU, or "estimate" (the headers' gain not applied: the frames stay in their units and the
+#: sky fit estimates the gain).
+_gain_arg = _number_or_estimate("a gain in e-/ADU")
 
 
 def _spatial_order_arg(text):

@@ -283,6 +283,21 @@ def _card_number(header, key):
     return float(match.group(1)), f"{match.group(2)} {comment}".strip()
 
 
+def _usable_card(header, key, path, what):
+    """:func:`_card_number` of a gain or read-noise card, the number None (with a warning) when it is no such
+    value: 0, negative, not a number (a placeholder, a setting's name)."""
+    number, unit = _card_number(header, key)
+    if number is None or not math.isfinite(number) or number <= 0:
+        option = what.replace(" ", "_")
+        warn_at_caller(
+            f"{key} = {header[key]!r} in {path.name} is not a {what} (a placeholder?): it is left out, and estimated "
+            f"from the data instead; pass {option}= (batch: --{option.replace('_', '-')}) if you know it",
+            UserWarning,
+        )
+        return None, unit
+    return number, unit
+
+
 def _says_adu(unit):
     """Whether a card's unit text says ADU (counts), not electrons."""
     return bool(_ADU_UNIT.search(unit)) and not _ELECTRON_WORD.search(_PER_ELECTRON.sub("", unit))
@@ -557,14 +572,9 @@ class Instrument:
                 return _check_gain(value, f"gain of {path.name}"), source
             source, inverse = f"header {found}", True
         key = source[len("header "):]
-        number, unit = _card_number(header, key)
+        number, unit = _usable_card(header, key, path, "gain")
         inverse = inverse or bool(_PER_ELECTRON.search(unit))
-        if number is None or not math.isfinite(number) or number <= 0:
-            warn_at_caller(
-                f"{key} = {header[key]!r} in {path.name} is not a gain (a placeholder?): it is left out, and the "
-                "noise model is estimated from the data; pass gain= (batch: --gain) if you know it",
-                UserWarning,
-            )
+        if number is None:
             return None, ""
         if inverse:
             return 1.0 / number, f"header {key} ({number:g} ADU/e-, inverted)"
@@ -573,13 +583,8 @@ class Instrument:
     def _header_read_noise(self, header, key, gain, path):
         """``(read noise in e- or None, source)`` of header card ``key``: in ADU when its unit says so (then
         times the gain); a placeholder (0, negative, not a number) is left out with a warning."""
-        number, unit = _card_number(header, key)
-        if number is None or not math.isfinite(number) or number <= 0:
-            warn_at_caller(
-                f"{key} = {header[key]!r} in {path.name} is not a read noise (a placeholder?): it is left out, and "
-                "the read noise is estimated from the data; pass read_noise= (batch: --read-noise) if you know it",
-                UserWarning,
-            )
+        number, unit = _usable_card(header, key, path, "read noise")
+        if number is None:
             return None, ""
         if _says_adu(unit):
             if gain is None:
