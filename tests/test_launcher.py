@@ -41,9 +41,21 @@ def free_port():
 
 
 def fetch(url, timeout=120):
-    """GET ``url``; returns (status, text)."""
+    """GET ``url``; returns (status, text), or raises TimeoutError once ``timeout`` seconds have passed in all.
+
+    The whole response within ``timeout``, not each read: a page whose kernel
+    did not start (a port taken by another process between its choice and its
+    bind) kept its streamed response open, and a read timeout alone let the
+    test wait 15 minutes.
+    """
+    deadline = time.monotonic() + timeout
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
-        return response.status, response.read().decode("utf-8", "replace")
+        chunks = []
+        while chunk := response.read1(1 << 16):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} still sending after {timeout} s (its server's log says why)")
+        return response.status, b"".join(chunks).decode("utf-8", "replace")
 
 
 class Server:
