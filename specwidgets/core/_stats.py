@@ -10,9 +10,12 @@ arithmetic; arrays with NaN (and anything but 1D float64) go to NumPy.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["median", "median_along", "median_rows", "percentile", "quiet_nanmean", "quiet_nanmedian"]
+__all__ = ["clipped_std", "median", "median_along", "median_rows", "percentile", "quiet_nanmean", "quiet_nanmedian",
+           "value_quantum"]
 
 
 def _plain(x):
@@ -180,3 +183,37 @@ def clipped_std(values):
             break
         keep = near
     return float(values[keep].std())
+
+
+def value_quantum(values):
+    """The step ``q`` of ``values`` when every finite one is ``offset + k q`` for whole numbers ``k``
+    (frames of integer ADU, less an integer bias, or times a gain), else 0.
+
+    The median absolute deviation of such values is itself a whole number of
+    steps, and so off by up to ~15 % in variance even where the noise spans 8
+    steps (trial M1: uint16 frames, gain 5, a faint sky: the gain estimated
+    6.6 for 5, the variance 1.6-1.76x too low under "ok").
+
+    >>> counts = np.random.default_rng(0).poisson(30, 1000).astype(float)
+    >>> value_quantum(counts), round(value_quantum(1.4 * counts - 0.7), 6)
+    (1.0, 1.4)
+    >>> value_quantum(np.random.default_rng(0).normal(0, 3, 1000))
+    0.0
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 50:
+        return 0.0
+    u = np.unique(v)
+    if u.size < 3:
+        return 0.0
+    gaps = np.diff(u)
+    span = float(u[-1] - u[0])
+    # The smallest gap between distinct values, tolerant of float rounding (a gain's product).
+    q = float(np.min(gaps[gaps > 1e-9 * max(span, 1e-300)], initial=np.inf))
+    if not math.isfinite(q) or q < 1e-6 * span:
+        return 0.0  # (steps far below the spread: float rounding, not whole numbers)
+    k = (u - u[0]) / q
+    if np.max(np.abs(k - np.round(k))) > 1e-3:
+        return 0.0
+    return q

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._stats import median, median_along, percentile
+from .._stats import median, median_along, percentile, value_quantum
 from .._threads import interp_in_threads, map_in_threads
 from .._warnings import warn_at_caller
 from ..frames import CEILING_BAND, CEILING_PIXELS, check_gain, check_read_noise, without_readout_note
@@ -173,40 +173,6 @@ def sky_samples(stack, warp_model, masked_rows):
 
 #: Samples looked at to tell whether the frames' values are whole steps (:func:`value_quantum`).
 _QUANTUM_SAMPLES = 20_000
-
-
-def value_quantum(values):
-    """The step ``q`` of ``values`` when every finite one is ``offset + k q`` for whole numbers ``k``
-    (frames of integer ADU, less an integer bias, or times a gain), else 0.
-
-    The median absolute deviation of such values is itself a whole number of
-    steps, and so off by up to ~15 % in variance even where the noise spans 8
-    steps (trial M1: uint16 frames, gain 5, a faint sky: the gain estimated
-    6.6 for 5, the variance 1.6-1.76x too low under "ok").
-
-    >>> counts = np.random.default_rng(0).poisson(30, 1000).astype(float)
-    >>> value_quantum(counts), round(value_quantum(1.4 * counts - 0.7), 6)
-    (1.0, 1.4)
-    >>> value_quantum(np.random.default_rng(0).normal(0, 3, 1000))
-    0.0
-    """
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size < 50:
-        return 0.0
-    u = np.unique(v)
-    if u.size < 3:
-        return 0.0
-    gaps = np.diff(u)
-    span = float(u[-1] - u[0])
-    # The smallest gap between distinct values, tolerant of float rounding (a gain's product).
-    q = float(np.min(gaps[gaps > 1e-9 * max(span, 1e-300)], initial=np.inf))
-    if not math.isfinite(q) or q < 1e-6 * span:
-        return 0.0  # (steps far below the spread: float rounding, not whole numbers)
-    k = (u - u[0]) / q
-    if np.max(np.abs(k - np.round(k))) > 1e-3:
-        return 0.0
-    return q
 
 
 @dataclass(eq=False)
@@ -3355,12 +3321,13 @@ def _unmeasured_warning(runs, emap, sky_rows, background, stack, shifts, t_rows)
     """The warning for :func:`_unmeasured_effpix`'s ``runs``: where they fall in the sky rows, and how far the
     sky there is from the data there."""
     rows = _spread(sky_rows)
+    # Each exposure's effective pixels on those rows, its shift applied (once, not per run).
+    effpix = [emap[rows] - shift * t_rows[rows][:, None] if shift else emap[rows] for shift in shifts]
     parts = []
     worst = None
     for a, b in runs[:5]:
         cols = set()
-        for k in range(stack.shape[0]):
-            e = emap[rows] - shifts[k] * t_rows[rows][:, None] if shifts[k] else emap[rows]
+        for k, e in enumerate(effpix):
             inside = (e >= a) & (e < b)
             cols.update(np.flatnonzero(inside.any(axis=0)).tolist())
             if inside.any():

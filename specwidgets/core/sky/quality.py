@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from .._stats import clipped_std, median, median_along, median_rows, percentile, quiet_nanmean, quiet_nanmedian
+from .._stats import clipped_std, median, median_along, median_rows, percentile, quiet_nanmean, quiet_nanmedian, value_quantum
 from .._threads import _n_threads, chunk_bounds, run_in_threads
 from ._kernels import _PARALLEL_MIN_SAMPLES
 from ._kernels import KERNEL_MIN_SAMPLES as _KERNEL_MIN_SAMPLES
@@ -664,8 +664,6 @@ QUANTISED_FRACTION = 0.05
 
 def _coarsely_quantised(images, level):
     """Whether the values of ``images`` are whole numbers of a step (integer ADU) coarse beside ``level``."""
-    from .api import value_quantum
-
     rows = images[0, :: max(1, images.shape[1] // 64)]
     q = value_quantum(rows.ravel())
     return q > 0 and not abs(level) > q / QUANTISED_FRACTION

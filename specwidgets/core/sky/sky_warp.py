@@ -37,6 +37,7 @@ import numpy as np
 from .._stats import median_along, quiet_nanmedian
 from .._threads import map_in_threads
 from ..warp import WarpModel
+from .quality import _robust_var
 
 __all__ = ["WarpRefinement", "refine_warp", "sky_warp_model"]
 
@@ -594,7 +595,7 @@ def _sky_pixel_scores(stack, warps, sky_rows, n_bins=10):
     # lines under the mask 2 sigma off per column, "ok"; trial F2).
     steps = np.diff(summed[train], axis=1)
     steps = steps[np.isfinite(steps)]
-    floor = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / math.sqrt(2.0) if steps.size else 0.0
+    floor = math.sqrt(_robust_var(steps) / 2.0) if steps.size else 0.0
     scores, scale, use = [], None, None
     for warp in warps:
         emap = warp.effpix_map((n_rows, n_cols))
