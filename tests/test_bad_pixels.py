@@ -303,8 +303,43 @@ def test_pixels_of_zero_with_no_read_noise_do_not_stop_the_column_checks(night):
     # (Row 0 keeps its data: columns of one value in every row are no data, set to NaN before any check.)
     science[:, 1:, 700:] = 0.0
     q = sw.fit_sky(science, warp, f.trace_rows, read_noise=0.0, gain=1.0).quality
-    assert q.suspect and any("699" in w for w in q.warnings)  # the edge of the zeros, named
+    # The edge of the zeros, marked, and named where the fit holds no data.
+    assert q.suspect and 699 in q.bad_columns and any("columns 697-700" in w for w in q.warnings)
     # Zero in every row: no data, left out as NaN (and said).
     science[:, 0, 700:] = 0.0
     q = sw.fit_sky(science, warp, f.trace_rows, read_noise=0.0, gain=1.0).quality
     assert q.blank_columns == ((700, 800),)
+
+
+@pytest.mark.parametrize("n_columns, excess", [(1, 10.0), (2, 7.0)])
+def test_hot_columns_the_fit_left_out_do_not_make_it_suspect(night, n_columns, excess):
+    """Hot columns under lines that cross them, marked and left out: the sky about them is right.
+
+    A trial's frames (4 hot columns side by side, +80 e-) were suspect as if
+    fringed: the columns' excess counted in the 8 x 8 blocks' scatter. A
+    column the fit itself rejected in most rows was a warning (a narrow sky
+    line that stays in one column would be; where the lines cross columns
+    none does).
+    """
+    f, warp, sigma = night
+    science = np.array(f.science, dtype=float)
+    columns = list(range(437, 437 + n_columns))
+    science[:, :, columns] += excess * np.median(sigma[:, :, 417:457])
+    q = (result := sw.fit_sky(science, warp, f.trace_rows)).quality
+    assert q.bad_columns == tuple(columns)
+    assert not q.suspect, q.warnings
+    assert _error(result, f, sigma, slice(None), slice(431, 437 + n_columns + 6)) < 1.0
+
+
+def test_a_warm_run_of_columns_the_fit_took_for_sky_is_found(night):
+    """Four columns side by side 3 sigma per pixel above the sky: not a spike, and the fit, which took
+    them for sky, missed them by only ~0.8 sigma, its sky about them up to 2.9 sigma off, "ok"."""
+    f, warp, sigma = night
+    science = np.array(f.science, dtype=float)
+    science[:, :, 437:441] += 3.0 * np.median(sigma[:, :, 417:457])
+    result = sw.fit_sky(science, warp, f.trace_rows)
+    assert result.quality.bad_columns == (437, 438, 439, 440)
+    near = ((np.asarray(result.background) - f.sky) / sigma)[:, :, 431:447]
+    assert float(np.sqrt(np.mean(near**2))) < 0.8  # (1.11 when taken for sky)
+    # Their effective pixels in the middle are seen by no other column (the lines move 3 px): bridged, said.
+    assert result.quality.suspect

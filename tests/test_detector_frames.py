@@ -132,8 +132,28 @@ def test_a_rate_in_bunit_does_not_take_the_headers_gain(tmp_path, plain):
     with pytest.warns(UserWarning, match=r"frames are in 'adu/s' \(BUNIT\), not counts: the header GAIN \(2\) "
                                          r"does not give their noise.*pass gain=GAIN\*EXPTIME"):
         frame = read_frame(tmp_path / "rate.fits")
-    assert frame.gain is None and frame.unit == "adu" and frame.read_noise == 4.0
+    assert frame.gain is None and frame.unit == "adu/s" and frame.read_noise == 4.0
     assert read_frame(tmp_path / "rate.fits", gain=1200.0).gain == 1.0  # given: applied
+
+
+@pytest.mark.parametrize("arc_unit", ["e-/s", None])
+def test_batch_outputs_of_a_rate_carry_its_unit(tmp_path, plain, arc_unit):
+    """Frames in e-/s (BUNIT), the camera's GAIN kept: the outputs said BUNIT = 'adu' (trial T1). An arc
+    in ADU (raw) gives the geometry alone: it does not refuse the run."""
+    from specwidgets.batch import run_batch
+
+    header = fits.Header({"GAIN": 2.5, "RDNOISE": 4.0, "BUNIT": "e-/s", "EXPTIME": 600.0})
+    fits.PrimaryHDU(np.asarray(plain.science[0]) / 600.0, header).writeto(tmp_path / "sci.fits")
+    arc_header = fits.Header({"GAIN": 2.5, "RDNOISE": 4.0, **({"BUNIT": arc_unit} if arc_unit else {})})
+    fits.PrimaryHDU(np.asarray(plain.arc) / (600.0 if arc_unit else 2.5), arc_header).writeto(tmp_path / "arc.fits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_batch([tmp_path / "sci.fits"], [tmp_path / "arc.fits"], masks=[plain.trace_rows], out_dir=tmp_path / "out",
+                  workers=1, processes=False, progress=False)
+    with fits.open(tmp_path / "out" / "sci_sky.fits") as out:
+        assert out["SKY"].header["BUNIT"] == "e-/s" and out["VAR"].header["BUNIT"] == "e-/s**2"
+        np.testing.assert_allclose(out["SCI"].data + out["SKY"].data, np.asarray(plain.science[0]) / 600.0,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_frames_in_electrons_do_not_take_the_cameras_gain_again(tmp_path, plain):

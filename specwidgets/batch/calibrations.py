@@ -72,6 +72,8 @@ class Calibrations:
     #: None when there is no arc: each science frame's warp is then fit on its own sky lines.
     warp_model: WarpModel | None
     guesses: np.ndarray | None
+    #: The unit the science frames must be in: the bias's and flat's (None with neither: an arc's unit binds
+    #: nothing, its lines give the geometry alone).
     unit: str | None
     files: dict
     #: The flat's own noise (None without flats): batch adds it to each output's VAR.
@@ -130,7 +132,9 @@ def prepare_calibrations(
         flat_img = usable_flat(raw_flat, flat_norm, flat_files, "check --flat, or leave it out")
         flat_noise = FlatNoise(np.asarray(raw_flat, dtype=float), median_frames(len(flat_files)), flat_img)
     if len(units) > 1:
-        raise ValueError("the calibration frames mix electrons and ADU (some have no gain); pass gain=... to set one")
+        raise ValueError(f"the calibration frames are in different units ({', '.join(sorted(units))}: some have no "
+                         "gain, or are rates); pass gain=... to set one")
+    binding = units if bias_files or flat_files else set()
     if warp_model is None and arc_img is None:
         # No arc: each science frame's warp comes from its own sky lines
         # (fit_sky with warp_model=None); nothing to fit here.
@@ -170,7 +174,7 @@ def prepare_calibrations(
         arc=arc_img,
         warp_model=warp_model,
         guesses=None if guesses is None else np.asarray(guesses, float),
-        unit=units.pop() if units else None,
+        unit=binding.pop() if binding else None,
         files={"bias": bias_files, "flat": flat_files, "arc": arc_files},
         flat_noise=flat_noise,
     )

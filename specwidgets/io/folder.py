@@ -423,14 +423,19 @@ def load_folder(folder: str | os.PathLike, instrument: str = "generic", arc_tag:
                 if len(set(binnings.values()) - {""}) > 1 else "")
         raise ValueError(f"the frames differ in shape after trimming and cropping ({listing}){hint}")
     units = {}
-    for items in frames.values():
+    for role, items in frames.items():
+        if role == "arc" and not frames["bias"]:
+            continue  # (an arc's lines give the geometry alone: its unit binds nothing, unless a bias is taken off it)
         for path, _, meta in items:
             units.setdefault(meta["unit"], []).append(rel(path))
     if len(units) > 1:
-        raise ValueError(
-            "some frames have a gain (so are in electrons) and some do not (so stay in ADU): "
-            f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
-        )
+        if set(units) == {"adu", "electron"}:
+            raise ValueError(
+                "some frames have a gain (so are in electrons) and some do not (so stay in ADU): "
+                f"ADU in {', '.join(units.get('adu', []))}; pick the instrument that knows the gain"
+            )
+        listing = "; ".join(f"{unit} in {', '.join(paths)}" for unit, paths in units.items())
+        raise ValueError(f"the frames are in different units ({listing}): use frames of one kind")
 
     bias = None
     if frames["bias"]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from specwidgets.core.frames import FrameArray, median_frames
 from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
-from specwidgets.io.instruments import Instrument, _electron_unit, resolve_instrument
+from specwidgets.io.instruments import Instrument, _electron_unit, _scaled_unit, resolve_instrument
 
 __all__ = [
     "arc_orientation",
@@ -201,9 +201,12 @@ def _iter_frames(files, reader, start, stop):
         yield path, frame.data[rows], frame
 
 
-def unit_of(gain) -> str:
-    """The unit of a frame read with this (instrument) gain: ``"electron"`` when known, else ``"adu"``."""
-    return "adu" if gain is None else "electron"
+def unit_of(gain, header=None) -> str:
+    """The unit of a frame read with this (instrument) gain: ``"electron"`` when known, else its ``header``'s
+    ``BUNIT`` when that is a rate or a flux (``"e-/s"``: no gain is applied to it), else ``"adu"``."""
+    if gain is not None:
+        return "electron"
+    return _scaled_unit(header) if header is not None and _scaled_unit(header) else "adu"
 
 
 def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic",
@@ -321,7 +324,7 @@ def _as_frame_array(data, frame, out=None):
         gain=None if frame.gain is None else 1.0,
         read_noise=frame.read_noise,
         noise_source=getattr(frame, "noise_source", ""),
-        unit=unit_of(frame.gain),
+        unit=unit_of(frame.gain, frame.header),
         header=frame.header,
         n_combined=1.0,
     )
@@ -335,7 +338,7 @@ def _metadata(path, frame):
         "header": frame.header,
         "gain": frame.gain,
         "read_noise": frame.read_noise,
-        "unit": frame.unit if isinstance(frame, FrameArray) else unit_of(frame.gain),
+        "unit": frame.unit if isinstance(frame, FrameArray) else unit_of(frame.gain, frame.header),
         "noise_source": getattr(frame, "noise_source", ""),
     }
 

@@ -137,6 +137,7 @@ def make_synthetic_longslit(
     illumination=None,
     trace_wings=0.0,
     line_sigma_change=0.0,
+    line_sigma_curve=0.0,
 ):
     """Make synthetic long-slit frames with a known warp, sky, trace and noise.
 
@@ -199,6 +200,9 @@ def make_synthetic_longslit(
         The sky lines' width changes along the slit (the camera's focus):
         sigma is ``line_sigma * (1 + line_sigma_change * t)``, ``t`` from
         -0.5 (row 0) to +0.5 (last row).
+    line_sigma_curve : float
+        A width that changes as a curve along the slit (a focus best at its
+        centre): ``line_sigma_curve * (2 t)**2`` added to that factor.
     trace_wings : float
         Give the trace far wings that reach into the sky rows: a Lorentzian
         along the rows of half-width 3 FWHM and this fraction of the core's
@@ -262,8 +266,9 @@ def make_synthetic_longslit(
     # A sky line at effective pixel p of the science warp lands ``shift``
     # columns right of where the arc's warp expects it.
     sky_sigma = line_sigma
-    if line_sigma_change:
-        sky_sigma = line_sigma * (1.0 + float(line_sigma_change) * (np.linspace(-0.5, 0.5, n_rows)[:, None]))
+    if line_sigma_change or line_sigma_curve:
+        t = np.linspace(-0.5, 0.5, n_rows)[:, None]
+        sky_sigma = line_sigma * (1.0 + float(line_sigma_change) * t + float(line_sigma_curve) * (2.0 * t) ** 2)
     sky_unit = sky_continuum * widths + _integrated_lines(sci_edges, sky_pos + shift, sky_flux, sky_sigma)
     if gradient is not None:
         ramp = np.linspace(gradient[0], gradient[1], n_rows)[:, None]

@@ -254,6 +254,8 @@ class SkyResult:
     # The rows the quality report leaves out (masked or unlit), and its line misfit once measured.
     _skip_rows: np.ndarray | None = field(default=None, repr=False)
     _line_misfit: tuple | None = field(default=None, repr=False)
+    # The spatial order a width that changes as a curve along the slit asks for, beyond the fit's (or None).
+    _width_hint: int | None = field(default=None, repr=False)
 
     def _median_variance(self, k):
         """The median of bins' variance of exposure ``k``: the median of n samples
@@ -779,9 +781,9 @@ def fit_sky(
                 result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise,
                                       progress, dict(given), look, tilt_hint=hint)
                 if given.get("spatial_order", "auto") == "auto":
-                    result = _lines_changing_along_the_slit(result, lambda order: _fit_bspline(
+                    result = _lines_changing_along_the_slit(result, lambda order, fine: _fit_bspline(
                         stack, warp_model, emap, sky_samples(stack, warp_model, masked_rows), ranges, masked_rows,
-                        noise, progress, {**given, "spatial_order": order}, look, tilt_hint=hint))
+                        noise, progress, {**given, "spatial_order": order}, look, tilt_hint=hint, finest=fine))
                 return result
 
             result = fit_bspline(first_look, _hand_over(samples_box))
@@ -1102,7 +1104,9 @@ def _fit_median(stack, warp_model, emap, samples, ranges, masked_rows, noise, pr
 
 
 def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, progress, options, first_look,
-                 tilt_hint=()):
+                 tilt_hint=(), finest=False):
+    """The B-spline sky of :func:`fit_sky` (``finest``: the adaptive knots as fine as the plain fit's, whatever
+    the spatial order; see :func:`_lines_changing_along_the_slit`)."""
     from .bspline import default_knot_spacing, fit_bspline_sky
 
     n_exp, n_rows, n_cols = stack.shape
@@ -1164,7 +1168,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     def spacing(order):
         return max(default_knot_spacing(order), floor) if knot_spacing is None else knot_spacing
 
-    fine_spacing = None  # the adaptive knots' finest spacing, when chosen (see below)
+    # The adaptive knots' finest spacing, when chosen (see below).
+    fine_spacing = spacing(0) if finest and knots == "adaptive" and knot_spacing is None else None
+    width_hint = None  # the spatial order a width curving along the slit asks for (see _line_shape)
     # The first pass's knots: what the defaults are chosen on.
     first_spacing = max(spacing(0), first_floor) if knot_spacing is None else knot_spacing
 
@@ -1288,7 +1294,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # line holds the same light, so the brightness profile cannot see
         # it, and a fit without spatial terms would leave it in every line's
         # residual (and in the noise estimate, as a wrong gain).
-        width_drop, width_coef = np.zeros(1), [np.zeros(0)] * n_exp
+        width_drop, width_coef = np.zeros(3), [np.zeros(0)] * n_exp
         if spatial_order == "auto" or noise[0] is None or noise[1] is None:
             width_drop, width_coef = _line_shape(first, samples.effpix, clean, rows, n_rows, level, ratios, shifts,
                                                  prov_gain, prov_rn, used)
@@ -1336,7 +1342,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # Spatial terms for the lines' width where they pay for their
             # coefficients (as ``analyse_rows`` asks of the brightness).
             costs = [-width_drop[p] + 2.0 * (n_coef(p) - n_coef(0)) for p in range(width_drop.size)]
-            width_order = int(np.argmin(costs))
+            width_order = int(np.argmin(costs[:-1]))
+            # (The second degree's: a hint, tried after the fit, see _lines_changing_along_the_slit.)
+            width_hint = width_drop.size - 1 if np.argmin(costs) == width_drop.size - 1 else None
             width_alone = width_order > order
             order = max(order, width_order)
         if slit_mode and spatial_order == "auto" and not width_order:
@@ -1383,6 +1391,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # misfit check: 0.30 sigma RMS, 7.7 sigma, "ok").
             fines = ((spacing(order),) if spacing(order) == spacing(0) or width_alone
                      else (spacing(order), spacing(0)))
+            if fine_spacing is not None:
+                fines = (fine_spacing,)
             # (Choosing the finest knots needs a first pass that shows the
             # lines' shape: the plain fit's spacing, as for the final knots'
             # curve; the threshold alone is chosen on the first pass's.)
@@ -1608,7 +1618,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # columns put their neighbours' sky 4-28 sigma off, some fits "ok".
     sky_rows = np.flatnonzero(~(masked_rows | unlit))
     means, z, off = _column_misfit(stack, background, sky_rows, gain, read_noise, bad_columns)
-    defects = _defect_columns(means, z, off, emap, sky_rows) if off.any() else []
+    # (Defects are looked for more loosely than a misfit is warned of: a warm run of columns the fit took for
+    # sky, 3-4 sigma per pixel, is missed by only ~0.8 sigma, its neighbours pulled the other way.)
+    loose = (np.abs(means) >= DEFECT_MISFIT_MEAN) & (np.abs(z) >= DEFECT_MISFIT_Z)
+    defects = _defect_columns(means, z, loose, emap, sky_rows) if loose.any() else []
     if defects:
         # (Judged on the columns the lines carry the defect's effective pixels to.)
         near = _around(defects, int(np.ceil(_line_span(emap, masked_rows | unlit))) + 2, n_cols)
@@ -1706,15 +1719,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # rejected anyway: a column rejected in most of its sky rows is bad too
     # (the science under it keeps the excess).
     rejected_columns = [c for c in _rejected_columns(rejected, masked_rows | unlit) if c not in bad_columns]
-    if rejected_columns:
-        listed = ", ".join(map(str, rejected_columns[:8])) + (
-            f" and {len(rejected_columns) - 8} more" if len(rejected_columns) > 8 else "")
+    # Where the lines cross BAD_COLUMN_SPIKE_TILT columns or more over the sky rows no sky line stays in one
+    # column: such a column is a detector's, marked like the others (as a warning, hot columns the fit had
+    # rightly left out made it suspect, the sky 0.2 sigma RMS about them: a trial's +100 e- column).
+    stays = [c for c in rejected_columns if not _lines_cross(emap, sky_rows, c)]
+    if stays:
+        listed = ", ".join(map(str, stays[:8])) + (f" and {len(stays) - 8} more" if len(stays) > 8 else "")
         warnings = list(warnings) + [
             f"The fit rejected most of the sky pixels of column(s) {listed}: a hot column, or a narrow sky line "
             "that stays in one column and that the model misses. Their pixels (the science under them too) are "
             "not to be trusted (quality.bad_columns)."
         ]
-        bad_columns = sorted(set(bad_columns) | set(rejected_columns))
+    bad_columns = sorted(set(bad_columns) | set(rejected_columns))
     # Where the fit rejected most samples at some effective pixels, the sky there follows no data.
     unheld = _unmeasured_effpix(models, samples, shifts, t_samples, bad_columns, n_cols)
     if unheld:
@@ -1729,14 +1745,16 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         worst = float(np.abs(means[:, missed]).max())
         warnings = list(warnings) + [_misfit_columns_warning(missed.tolist(), worst)]
     # Structure beyond the noise over much of the frame, in every exposure: fringes or a flat-field pattern.
-    structure = min((block_chi_scatter(stack[k], background[k], rejected[k], sky_rows, gain, read_noise)
-                     for k in range(n_exp)), default=math.nan)
+    # (Dead or hot columns, marked, left out: 4 hot columns side by side read as fringes, trial G.)
+    structure = min((block_chi_scatter(stack[k], background[k], rejected[k], sky_rows, gain, read_noise,
+                                       columns=bad_columns) for k in range(n_exp)), default=math.nan)
     if structure > BLOCK_SCATTER_LIMIT:
         warnings = list(warnings) + [_structure_warning(structure)]
     else:
         # A pattern of ~10 px along the dispersion, which 8 x 8 blocks average out.
         fine = min((fine_chi_scatter(stack[k], background[k], rejected[k], sky_rows, emap, gain, read_noise,
-                                     shift=shifts[k], t_rows=t_grid[:, 0]) for k in range(n_exp)), default=math.nan)
+                                     shift=shifts[k], t_rows=t_grid[:, 0], columns=bad_columns)
+                    for k in range(n_exp)), default=math.nan)
         if fine > FINE_SCATTER_LIMIT:
             warnings = list(warnings) + [_fine_structure_warning(fine)]
     if (noise[0] is None or noise[1] is None) and "default" not in source:
@@ -1795,6 +1813,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                     max((c.light_peak(slit_rows) for c in slit), default=0.0))
     flexure = tuple(float(s) for s in shifts)
     result._skip_rows = masked_rows | unlit
+    result._width_hint = width_hint if width_hint is not None and width_hint > order else None
     _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
                                             flexure_applied, slit=slit_summary, bad_columns=bad_columns,
                                             missed_columns=missed.tolist()))
@@ -1899,10 +1918,16 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
                 max_degree=None):
     """``(drops, coefs)``: the chi-square drops of width terms along the slit, summed over the
     exposures and scaled to all samples, and each exposure's coefficients (see
-    :func:`~.quality.line_shape_change`), from a regular subsample against the first pass."""
+    :func:`~.quality.line_shape_change`), from a regular subsample against the first pass.
+
+    ``drops`` has one more degree than ``coefs``, the hint of a width that
+    changes as a curve along the slit (see :func:`_lines_changing_along_the_slit`).
+    """
     # Degree 1 only: a width changing steadily along the slit. A second
     # degree's drop would buy spatial order 2, whose knots are twice as far
-    # apart (a line's shape then suffers more than the second degree gains).
+    # apart (a line's shape then suffers more than the second degree gains;
+    # and it read 1700-2100 on frames of a brightness gradient alone, where
+    # order 2 put the sky under the mask 0.24 sigma RMS off for 0.12).
     max_degree = 1 if max_degree is None else max_degree
     # Two or three numbers per exposure: a regular subsample of 60000 samples
     # measures them well (a width change that matters lowers the chi-square
@@ -1911,7 +1936,7 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
     stride = sub.step or 1
     rows_s = rows[sub]
     t = _row_coordinate(rows_s, n_rows)
-    drops = np.zeros(max_degree + 1)
+    drops = np.zeros(max_degree + 2)
     coefs = []
     for k in range(len(first)):
         e = effpix[sub] - shifts[k] * t if shifts[k] else effpix[sub]
@@ -1921,8 +1946,10 @@ def _line_shape(first, effpix, flux, rows, n_rows, level, ratios, shifts, gain, 
         m = scale * base
         var = np.clip(m, 0, None) / gain + (read_noise / gain) ** 2
         ok = used[k][sub] & (scale > 0)
-        d, c = line_shape_change(2.0 * t[ok], flux[k][sub][ok] - m[ok], d2[ok], var[ok], max_degree)
-        drops += d * stride
+        args = (2.0 * t[ok], flux[k][sub][ok] - m[ok], d2[ok], var[ok])
+        d, c = line_shape_change(*args, max_degree)
+        drops[:-1] += d * stride
+        drops[-1] += line_shape_change(*args, max_degree + 1)[0][-1] * stride
         coefs.append(c)
     return drops, coefs
 
@@ -2362,7 +2389,7 @@ def _late_unlit_rows(result, first_look, masked_rows):
 
 
 def _lines_changing_along_the_slit(result, fit_with_order):
-    """``result``, or a fit with one more spatial order (``fit_with_order(order)``) when ``result``'s
+    """``result``, or a fit with more spatial terms (``fit_with_order(order, fine)``) when ``result``'s
     line misfit says the sky lines change along the slit in a way its model does not follow, and
     the other fit follows them better: its misfit at most half as far above 1.
 
@@ -2370,21 +2397,33 @@ def _lines_changing_along_the_slit(result, fit_with_order):
     and brightness as a whole; sky lines that brighten along the slit, each
     its own way (OH emission varying across the sky), change none of these:
     order 0 missed them (+-10 % end to end: 0.35 sigma RMS, 6 sigma; order 1:
-    0.08). The line misfit sees them (1.65; 1.0 with order 1).
+    0.08). The line misfit sees them (1.65; 1.0 with order 1). One more
+    order is tried when the misfit is above its limit; then, where the
+    lines' width asked for order 2 by its second degree (a focus best at the
+    slit's centre: ``result._width_hint``) and the misfit is more than half
+    way to its limit, order 2 with the plain fit's finest knots (the order's
+    own, 1 px apart, miss narrow lines as much as the width does). A trial's
+    lines of FWHM 2.0 px at the centre and 2.15 at the ends: the misfit 1.19,
+    "ok", 0.46 sigma RMS on the lines with the noise estimated (which took
+    the misfit for noise: gain 0.80 for 1); order 2, 0.18.
     """
     order = int(result.options.get("spatial_order", 0))
     if order >= MAX_AUTO_ORDER or result._skip_rows is None:
         return result
     # (Measured once, for the report too: it is the report's own measure.)
     result._line_misfit = misfit, limit = _line_misfit(result, result._skip_rows)
-    if not misfit > limit:
-        return result
-    other = fit_with_order(order + 1)
-    other._line_misfit = got, _ = _line_misfit(other, other._skip_rows)
-    # Kept when it halves the misfit's excess, even if not below the limit (its warning then stands): a
-    # trial's frame with lines tilting 25 px and a warp poor along the dispersion missed by 2.07 with
-    # order 0 and 1.23 with order 1 (1.66 -> 0.24 sigma RMS), and the worse fit stood.
-    return other if got - 1.0 <= 0.5 * (misfit - 1.0) else result
+    hint = result._width_hint
+    tries = ([(order + 1, False)] if misfit > limit else []) + (
+        [(hint, True)] if hint is not None and misfit > 1.0 + 0.5 * (limit - 1.0) else [])
+    for new_order, fine in tries:
+        other = fit_with_order(new_order, fine)
+        other._line_misfit = got, _ = _line_misfit(other, other._skip_rows)
+        # Kept when it halves the misfit's excess, even if not below the limit (its warning then stands): a
+        # trial's frame with lines tilting 25 px and a warp poor along the dispersion missed by 2.07 with
+        # order 0 and 1.23 with order 1 (1.66 -> 0.24 sigma RMS), and the worse fit stood.
+        if got - 1.0 <= 0.5 * (misfit - 1.0):
+            return other
+    return result
 
 
 #: The second row's dither in ``_line_misfit``: a Weyl sequence of another step than ``dither``'s.
@@ -3001,6 +3040,10 @@ COLUMN_MISFIT_MEAN = 1.0
 COLUMN_MISFIT_Z = 8.0
 
 
+#: Columns the fit's sky misses by this many noise sigmas on average over the sky rows, at
+#: ``DEFECT_MISFIT_Z`` standard errors, in every exposure, are looked at as a defect (see _defect_columns).
+DEFECT_MISFIT_MEAN = 0.5
+DEFECT_MISFIT_Z = 4.0
 #: A column beside a defect's that the fit's sky misses the other way by this many standard errors
 #: (see _defect_columns).
 COLUMN_VICTIM_Z = 3.0
@@ -3027,8 +3070,8 @@ def _column_misfit(stack, background, sky_rows, gain, read_noise, known):
 def _defect_columns(means, z, off, emap, sky_rows):
     """Columns of defects the fit took for sky.
 
-    Runs of columns the sky misses the same way in every exposure (``off``
-    of :func:`_column_misfit`), where the lines move by
+    Runs of columns the sky misses the same way in every exposure (``off``:
+    by :data:`DEFECT_MISFIT_MEAN` sigmas at :data:`DEFECT_MISFIT_Z`), where the lines move by
     :data:`DEFECT_MIN_SPAN` px or more over the sky rows, with a column
     missed the other way (at :data:`COLUMN_VICTIM_Z`) on a side as near as
     the lines move, are grouped where they lie that near each other; of
@@ -3124,15 +3167,17 @@ FINE_SCATTER_LIMIT = 1.2
 
 
 def _fine_structure_warning(fine):
-    blocks = " or ".join(f"{h} x {w}" for h, w in FINE_BLOCKS)
+    sizes = [f"{h} x {w}" for h, w in FINE_BLOCKS]
+    blocks = ", ".join(sizes[:-1]) + f" or {sizes[-1]}"
     return (f"{_STRUCTURE_HEAD} {blocks} pixels (rows x columns), less their mean at each effective pixel, "
             f"scatter {fine:.2f} times more than noise allows (specwidgets.core.sky.quality.fine_chi_scatter): a "
             f"pattern of a few pixels fixed to the detector, which no sky spectrum along the slit holds. {_FINE_CAUSE}")
 
 
-_FINE_CAUSE = ("Fringes at high dispersion or a readout's pick-up noise (a pattern a bias frame does not repeat) do "
-               "this: divide the frames by a flat field and a fringe frame, or take the pattern out, before the sky "
-               "fit.")
+_FINE_CAUSE = ("Fringes at high dispersion, a readout's pick-up noise (a pattern a bias frame does not repeat), or "
+               "columns that differ from their neighbours (an odd-even pattern, readout channels' own bias levels) do "
+               "this: divide the frames by a flat field and a fringe frame, or take the pattern out (channels and "
+               "columns: from reference pixels or the overscan), before the sky fit.")
 
 
 def _structure_after_rows(warnings):
@@ -3345,6 +3390,12 @@ def _unmeasured_warning(runs, emap, sky_rows, background, stack, shifts, t_rows)
             "higher response, not flat-fielded), a line whose shape changes along the slit, or the step at an "
             "overscan left in does this: divide by a flat field, or set the defect's columns to NaN (trim the "
             "overscan), and fit again.")
+
+
+def _lines_cross(emap, sky_rows, column):
+    """Whether the lines move by :data:`BAD_COLUMN_SPIKE_TILT` columns or more over ``sky_rows`` at ``column``."""
+    return sky_rows.size > 1 and abs(float(emap[sky_rows[-1], column] - emap[sky_rows[0], column])) >= (
+        BAD_COLUMN_SPIKE_TILT)
 
 
 def _rejected_columns(rejected, not_sky):

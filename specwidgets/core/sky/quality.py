@@ -1317,20 +1317,30 @@ def _effpix_chi_sums(data, background, rejected, rows, emap, shift, t, gain, rn_
 BLOCK_SIZE = 8
 
 
-def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=BLOCK_SIZE, clip=5.0):
+def _with_columns(rejected, shape, columns):
+    """``rejected`` (None: nothing) with every pixel of ``columns`` set; ``rejected`` itself when there are none
+    (a ``(1, 1)`` placeholder for None)."""
+    if not len(columns):
+        return np.zeros((1, 1), np.bool_) if rejected is None else rejected
+    skip = np.zeros(shape, np.bool_) if rejected is None else np.array(rejected, dtype=np.bool_)
+    skip[:, list(columns)] = True
+    return skip
+
+
+def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=BLOCK_SIZE, clip=5.0, columns=()):
     """How much more the residuals scatter averaged in blocks than pixel by pixel: ~1 for noise.
 
     The clipped chi (see :func:`column_chi_means`) of the sky ``rows`` (at
     most :data:`COLUMN_CHI_ROWS`, evenly spread), rejected and non-finite
-    pixels left out, is averaged in blocks of ``size`` rows by ``size``
-    columns; each block's mean times the square root of its count (its
-    ``z``) scatters as one pixel's chi when the residuals are noise. Returns
-    the RMS of the blocks' ``z`` over the RMS of the pixels' chi (NaN with
-    fewer than 50 blocks at least half full): the structure beyond the
-    noise, whatever the noise model's scale. Fringes, or a flat-field
-    pattern, that the sky model (one spectrum along the slit) cannot follow
-    raise it; a sky line the model misses is a few blocks among thousands.
-
+    pixels and the ``columns`` (dead or hot ones, already marked) left
+    out, is averaged in blocks of ``size`` rows by ``size`` columns; each
+    block's mean times the square root of its count (its ``z``) scatters
+    as one pixel's chi when the residuals are noise. Returns the RMS of
+    the blocks' ``z`` over the RMS of the pixels' chi (NaN with fewer than
+    50 blocks at least half full): the structure beyond the noise,
+    whatever the noise model's scale. Fringes, or a flat-field pattern,
+    that the sky model (one spectrum along the slit) cannot follow raise
+    it; a sky line the model misses is a few blocks among thousands.
     Examples
     --------
     >>> rng = np.random.default_rng(1)
@@ -1342,14 +1352,14 @@ def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=B
     >>> round(block_chi_scatter(sky + noise + fringes, sky, None, np.arange(64), 1.0, 0.0), 1)
     2.5
     """
-    skip = np.zeros((1, 1), np.bool_) if rejected is None else rejected
+    skip = _with_columns(rejected, np.shape(data), columns)
     data, background, skip, rows = _kernel_views((data, np.float64), (background, np.float64), (skip, np.bool_),
                                                  (_spread(rows), np.int64))
     n_rb, n_cb = rows.size // size, data.shape[1] // size
     sums, counts = np.zeros((n_rb, n_cb)), np.zeros((n_rb, n_cb))
     square = np.zeros(1)
-    _block_chi_sums(data, background, skip, rejected is not None, rows[: n_rb * size], float(gain),
-                    float((read_noise / gain) ** 2), float(clip), int(size), sums, counts, square)
+    _block_chi_sums(data, background, skip, rejected is not None or len(columns) > 0, rows[: n_rb * size],
+                    float(gain), float((read_noise / gain) ** 2), float(clip), int(size), sums, counts, square)
     full = counts >= 0.5 * size * size
     n_pixels = counts.sum()
     if np.count_nonzero(full) < 50 or n_pixels == 0 or square[0] == 0:
@@ -1360,8 +1370,9 @@ def block_chi_scatter(data, background, rejected, rows, gain, read_noise, size=B
 
 #: Heights and widths (rows x columns) of the small blocks :func:`fine_chi_scatter` averages the residuals in:
 #: a pattern whose period along the dispersion is ~10 px (fringes at high dispersion, a readout's pick-up
-#: noise) averages out in 8 x 8 blocks.
-FINE_BLOCKS = ((4, 4), (16, 2))
+#: noise) averages out in 8 x 8 blocks, and columns that alternate (an odd-even pattern of a readout: +-0.27
+#: sigma left in the sky rows, "ok" before, trial T1) in any block of even width.
+FINE_BLOCKS = ((4, 4), (16, 2), (16, 1))
 #: Adjacent sky rows per band that :func:`fine_chi_scatter` reads (a multiple of every block's height).
 FINE_BAND = 16
 #: Effective-pixel bins (px) whose mean residual :func:`fine_chi_scatter` takes off first.
@@ -1389,23 +1400,25 @@ def _bands(rows, height, max_rows=COLUMN_CHI_ROWS):
 
 
 def fine_chi_scatter(data, background, rejected, rows, effpix, gain, read_noise, blocks=FINE_BLOCKS,
-                     clip=5.0, bin_width=FINE_BIN, shift=0.0, t_rows=None):
+                     clip=5.0, bin_width=FINE_BIN, shift=0.0, t_rows=None, columns=()):
     """:func:`block_chi_scatter` in small blocks of adjacent rows (``blocks``: ``(rows, columns)`` each), after
     the residuals' mean at each effective pixel is taken off; the largest of the blocks' ratios (~1 for noise).
 
     The sky rows are read in bands of :data:`FINE_BAND` adjacent rows (at most
     :data:`FINE_ROWS` rows, evenly spread). The clipped chi of each pixel
-    (rejected and non-finite ones left out) less the mean chi in its bin of
-    ``bin_width`` effective pixels (``effpix``: the frame's map; less ``shift``
-    times ``t_rows``, each row's coordinate, when the fit corrected a shift)
-    is what the blocks average: a sky spectrum the model misses a
-    little is the same in every row at an effective pixel, and where the lines
-    hardly tilt it runs down whole columns, which narrow blocks would take for
-    structure. What is left is what no sky spectrum holds: a pattern fixed to
-    the detector. A pattern of period ~10 px along the dispersion (fringes at
-    high dispersion, a readout's pick-up noise) averages out in 8 x 8 blocks:
-    0.4-0.7 sigma RMS left in the sky read 0.9-1.3 there, "ok" (trial G).
-    NaN when no block geometry has 50 blocks at least half full.
+    (rejected and non-finite ones left out) less the mean chi in its bin
+    of ``bin_width`` effective pixels (``effpix``: the frame's map; less
+    ``shift`` times ``t_rows``, each row's coordinate, when the fit
+    corrected a shift) is what the blocks average (the ``columns``, dead
+    or hot ones already marked, left out): a sky spectrum the model misses
+    a little is the same in every row at an effective pixel, and where the
+    lines hardly tilt it runs down whole columns, which narrow blocks
+    would take for structure. What is left is what no sky spectrum holds:
+    a pattern fixed to the detector. A pattern of period ~10 px along the
+    dispersion (fringes at high dispersion, a readout's pick-up noise)
+    averages out in 8 x 8 blocks: 0.4-0.7 sigma RMS left in the sky read
+    0.9-1.3 there, "ok" (trial G). NaN when no block geometry has 50
+    blocks at least half full.
 
     Examples
     --------
@@ -1439,6 +1452,7 @@ def fine_chi_scatter(data, background, rejected, rows, effpix, gain, read_noise,
     ok &= np.isfinite(e)
     if rejected is not None:
         ok &= ~np.asarray(rejected, dtype=bool)[band]
+    ok[:, list(columns)] = False
     if not ok.any():
         return math.nan
     # Each pixel's mean chi at its effective pixel off (the bins hold every row of the bands).
