@@ -1618,10 +1618,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # columns put their neighbours' sky 4-28 sigma off, some fits "ok".
     sky_rows = np.flatnonzero(~(masked_rows | unlit))
     means, z, off = _column_misfit(stack, background, sky_rows, gain, read_noise, bad_columns)
-    # (Defects are looked for more loosely than a misfit is warned of: a warm run of columns the fit took for
-    # sky, 3-4 sigma per pixel, is missed by only ~0.8 sigma, its neighbours pulled the other way.)
-    loose = (np.abs(means) >= DEFECT_MISFIT_MEAN) & (np.abs(z) >= DEFECT_MISFIT_Z)
-    defects = _defect_columns(means, z, loose, emap, sky_rows) if loose.any() else []
+    defects = _defect_columns(means, z, off, emap, sky_rows) if off.any() else []
     if defects:
         # (Judged on the columns the lines carry the defect's effective pixels to.)
         near = _around(defects, int(np.ceil(_line_span(emap, masked_rows | unlit))) + 2, n_cols)
@@ -2931,6 +2928,8 @@ BAD_COLUMN_SPIKE_ROWS = 0.5
 BAD_COLUMN_SIGMA = 4.0
 #: Pixels each side a column is compared with (its continuum: among the faintest of them).
 BAD_COLUMN_REACH = 12
+#: And for a dip, its continuum also among the faintest this far each side.
+BAD_COLUMN_DIP_REACH = 40
 #: A spike is judged only where the lines move by this many columns over the
 #: sky rows: a narrow line that stays in one column is a spike too.
 BAD_COLUMN_SPIKE_TILT = 2.0
@@ -2939,25 +2938,34 @@ BAD_COLUMN_MIN_ROWS = 10
 
 
 def _dips_and_spikes(x, gain, rn_var, dip_factor=BAD_COLUMN_DIP, spike_factor=BAD_COLUMN_SPIKE):
-    """``(dip, spike)``: where the middle of ``2 * BAD_COLUMN_REACH + 1`` pixels (last axis) is one that no sky makes.
+    """``(dip, spike)``: where the middle of ``2 * BAD_COLUMN_DIP_REACH + 1`` pixels (last axis; NaN beyond a
+    frame's edge) is one that no sky makes.
 
-    A dip: below ``dip_factor`` (:data:`BAD_COLUMN_DIP`) times the third faintest of the
-    others (the sky's continuum, with room for two more bad columns; sky
-    is never fainter than its continuum, and the valleys between lines keep
-    it too). A spike: above ``spike_factor`` (:data:`BAD_COLUMN_SPIKE`) times the brightest
+    A dip: below ``dip_factor`` (:data:`BAD_COLUMN_DIP`) times the third
+    faintest of the others within :data:`BAD_COLUMN_REACH` and within
+    :data:`BAD_COLUMN_DIP_REACH`, the fainter (the sky's continuum, with
+    room for two more bad columns; sky is never fainter than its continuum,
+    and the valleys between lines keep it too; a valley between two bright
+    lines 10 px apart has few columns at the continuum near it). A spike:
+    above ``spike_factor`` (:data:`BAD_COLUMN_SPIKE`) times the brightest
     of the four within 2 px (a sky line 1.3 px wide, FWHM, peaks at up to
     ~2.5 times the pixel beside it; two hot columns side by side are not
     told from such a line). With ``gain`` (None: means, no noise test) also
     off by :data:`BAD_COLUMN_SIGMA` noise sigmas (a dip from the others'
-    median, a spike from that brightest). NaN pixels count as neither.
+    median within :data:`BAD_COLUMN_REACH`, a spike from that brightest).
+    NaN pixels count as neither.
     """
+    w = BAD_COLUMN_DIP_REACH
+    mid = x[..., w]
+    # (The continuum farther out: a 101 sigma sky, "ok", where a valley's column was taken for a dead one.)
+    far = np.sort(np.delete(x, w, axis=-1), axis=-1)[..., 2]  # NaN last
+    near = x[..., w - BAD_COLUMN_REACH:w + BAD_COLUMN_REACH + 1]
     c = BAD_COLUMN_REACH
-    mid = x[..., c]
-    others = np.sort(np.delete(x, c, axis=-1), axis=-1)  # NaN last
+    others = np.sort(np.delete(near, c, axis=-1), axis=-1)
     n_finite = np.count_nonzero(np.isfinite(others), axis=-1)
-    low = others[..., 2]
+    low = np.fmin(others[..., 2], far)
     typical = np.take_along_axis(others, np.maximum(n_finite // 2, 0)[..., None], axis=-1)[..., 0]
-    high = np.max(np.nan_to_num(x[..., [c - 2, c - 1, c + 1, c + 2]], nan=-np.inf), axis=-1)
+    high = np.max(np.nan_to_num(near[..., [c - 2, c - 1, c + 1, c + 2]], nan=-np.inf), axis=-1)
     with np.errstate(invalid="ignore"):
         dip = (mid < dip_factor * low) & (n_finite >= 3)
         spike = (mid > spike_factor * high) & np.isfinite(high)
@@ -3002,23 +3010,26 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
         return [], None
     columns, flags = set(), None
     rn_var = (read_noise / gain) ** 2
-    window = np.arange(-reach, reach + 1)
+    wide = BAD_COLUMN_DIP_REACH
+    window = np.arange(-wide, wide + 1)
     inner = np.arange(reach, n_cols - reach)
     tilted = np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]]) >= BAD_COLUMN_SPIKE_TILT
     some = _some_rows(sky_rows)
     for k in range(n_exp):
-        means = _column_means(stack[k][some])
+        means = np.pad(_column_means(stack[k][some]), wide, constant_values=np.nan)  # (NaN beyond the edges)
         # Candidates: the means' dips or spikes, judged half as strictly (a column bad in part of its rows).
-        dip, spike = _dips_and_spikes(means[inner[:, None] + window], None, 0.0,
+        dip, spike = _dips_and_spikes(means[inner[:, None] + window + wide], None, 0.0,
                                       (1 + BAD_COLUMN_DIP) / 2, (1 + BAD_COLUMN_SPIKE) / 2)
         cand = inner[dip | (spike & tilted[inner])]
         if not cand.size:
             continue
         # Only the candidates' windows are read (rows and columns at once: no copy of the sky rows).
         cols = (cand[:, None] + window).ravel()
-        x = np.asarray(stack[k][np.ix_(sky_rows, cols)], dtype=float).reshape(n_sky, cand.size, -1)
+        x = np.asarray(stack[k][np.ix_(sky_rows, np.clip(cols, 0, n_cols - 1))], dtype=float)
+        x[:, (cols < 0) | (cols >= n_cols)] = np.nan
+        x = x.reshape(n_sky, cand.size, -1)
         dip, spike = _dips_and_spikes(x, gain, rn_var)
-        n_valid = np.maximum(np.count_nonzero(np.isfinite(x[..., reach]), axis=0), 1)
+        n_valid = np.maximum(np.count_nonzero(np.isfinite(x[..., wide]), axis=0), 1)
         bad_dip = np.count_nonzero(dip, axis=0) >= BAD_COLUMN_DIP_ROWS * n_valid
         bad_spike = (np.count_nonzero(spike, axis=0) >= BAD_COLUMN_SPIKE_ROWS * n_valid) & tilted[cand]
         bad = cand[bad_dip | bad_spike]
@@ -3040,10 +3051,6 @@ COLUMN_MISFIT_MEAN = 1.0
 COLUMN_MISFIT_Z = 8.0
 
 
-#: Columns the fit's sky misses by this many noise sigmas on average over the sky rows, at
-#: ``DEFECT_MISFIT_Z`` standard errors, in every exposure, are looked at as a defect (see _defect_columns).
-DEFECT_MISFIT_MEAN = 0.5
-DEFECT_MISFIT_Z = 4.0
 #: A column beside a defect's that the fit's sky misses the other way by this many standard errors
 #: (see _defect_columns).
 COLUMN_VICTIM_Z = 3.0
@@ -3070,8 +3077,8 @@ def _column_misfit(stack, background, sky_rows, gain, read_noise, known):
 def _defect_columns(means, z, off, emap, sky_rows):
     """Columns of defects the fit took for sky.
 
-    Runs of columns the sky misses the same way in every exposure (``off``:
-    by :data:`DEFECT_MISFIT_MEAN` sigmas at :data:`DEFECT_MISFIT_Z`), where the lines move by
+    Runs of columns the sky misses the same way in every exposure (``off``
+    of :func:`_column_misfit`), where the lines move by
     :data:`DEFECT_MIN_SPAN` px or more over the sky rows, with a column
     missed the other way (at :data:`COLUMN_VICTIM_Z`) on a side as near as
     the lines move, are grouped where they lie that near each other; of
