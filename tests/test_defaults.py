@@ -1004,6 +1004,19 @@ def test_a_line_core_the_fit_rejected_whole_is_named():
     assert not any("most of the sky samples" in w for w in clean.warnings), clean.warnings
 
 
+def test_a_cosmic_ray_track_along_a_column_is_not_a_line_core_rejected_whole():
+    """One cosmic ray's track down 50 rows of a column, where the lines hardly tilt: it fills a 0.5 px bin
+    of effective pixel, and the fit, rightly rejecting it, was called suspect for a line core rejected
+    whole (trial V2). A bin's rejected samples must come from two columns or more."""
+    f = frames(n_exposures=2, tilt=1.0)
+    science = f.science.copy()
+    column = 300
+    science[0, 2:52, column] += 50.0 * np.sqrt(np.median(f.sky))
+    q = sw.fit_sky(science, f.warp, [f.trace_rows]).quality
+    assert not any("most of the sky samples" in w for w in q.warnings), q.warnings
+    assert not q.suspect, q.warnings
+
+
 def test_a_gain_given_too_low_is_named_when_the_read_noise_is_estimated():
     """A gain 4x too low (ADU/e- passed as e-/ADU: 0.5 for 2) with the read noise estimated: the read noise
     came out 0 and the warning blamed the warp model and the mask (trial H); the gain is named now."""

@@ -3311,15 +3311,17 @@ _CHUNK = 1 << 20
 
 def _unmeasured_effpix(models, samples, shifts, t_samples, bad_columns, n_cols):
     """``[(start, stop), ...]``: runs of effective pixels (bins of :data:`UNMEASURED_BIN`) where the fit
-    rejected more than :data:`UNMEASURED_FRACTION` of the sky samples in some exposure (those of
-    ``bad_columns``, already named, left out).
+    rejected more than :data:`UNMEASURED_FRACTION` of the sky samples, from two columns or more, in some
+    exposure (those of ``bad_columns``, already named, left out).
 
     Rejection is for a few samples (cosmic rays); where it took most of
     them, the model, pulled away from the data, rejected the rest in turn,
     and the sky there followed nothing: three columns at 0.85 response under
     the brightest line left its core without a sample, and the sky there
     2.7x the highest data value, up to 323 sigma off in every row, with only
-    the three columns named (trial G).
+    the three columns named (trial G). A cosmic ray's track along a column
+    where the lines hardly tilt fills a bin too, from one column, the sky
+    there right (trial V2: "suspect" for one track).
     """
     if not models or not samples.index.size:
         return []
@@ -3361,8 +3363,14 @@ def _unmeasured_effpix(models, samples, shifts, t_samples, bad_columns, n_cols):
                 use = ~model.excluded[part] & ~bad[samples.index[part] % n_cols]
                 counts += np.bincount(bins_of(e[use]), minlength=n_bins)
             e_out = samples.effpix[outliers] - shifts[k] * t_samples[outliers]
-        hit = np.bincount(bins_of(e_out[~bad[samples.index[outliers] % n_cols]]), minlength=n_bins)
-        found |= (counts >= UNMEASURED_MIN_SAMPLES) & (hit > UNMEASURED_FRACTION * counts)
+        good = ~bad[samples.index[outliers] % n_cols]
+        out_bins, out_cols = bins_of(e_out[good]), samples.index[outliers[good]] % n_cols
+        hit = np.bincount(out_bins, minlength=n_bins)
+        held = counts >= UNMEASURED_MIN_SAMPLES
+        # (Two columns or more: the distinct (bin, column) pairs of the rejected samples, counted per bin.)
+        pairs = np.unique(out_bins * np.int64(n_cols) + out_cols)
+        columns = np.bincount(pairs // n_cols, minlength=n_bins)
+        found |= held & (hit > UNMEASURED_FRACTION * counts) & (columns >= 2)
     if not found.any():
         return []
     edges = np.flatnonzero(np.diff(np.r_[0, found.astype(np.int8), 0]))
