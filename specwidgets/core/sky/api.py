@@ -3363,11 +3363,11 @@ def _unmeasured_effpix(models, samples, shifts, t_samples, bad_columns, n_cols):
                 use = ~model.excluded[part] & ~bad[samples.index[part] % n_cols]
                 counts += np.bincount(bins_of(e[use]), minlength=n_bins)
             e_out = samples.effpix[outliers] - shifts[k] * t_samples[outliers]
-        good = ~bad[samples.index[outliers] % n_cols]
-        out_bins, out_cols = bins_of(e_out[good]), samples.index[outliers[good]] % n_cols
-        hit = np.bincount(out_bins, minlength=n_bins)
+        out_bins, out_cols = bins_of(e_out), samples.index[outliers] % n_cols
+        hit = np.bincount(out_bins[~bad[out_cols]], minlength=n_bins)
         held = counts >= UNMEASURED_MIN_SAMPLES
-        # (Two columns or more: the distinct (bin, column) pairs of the rejected samples, counted per bin.)
+        # (Two columns or more, a bad column's among them (a step at an overscan left in rejects the last
+        # lit column and its neighbour): the distinct (bin, column) pairs of the rejected samples, per bin.)
         pairs = np.unique(out_bins * np.int64(n_cols) + out_cols)
         columns = np.bincount(pairs // n_cols, minlength=n_bins)
         found |= held & (hit > UNMEASURED_FRACTION * counts) & (columns >= 2)
