@@ -206,7 +206,7 @@ def unit_of(gain, header=None) -> str:
     ``BUNIT`` when that is a rate or a flux (``"e-/s"``: no gain is applied to it), else ``"adu"``."""
     if gain is not None:
         return "electron"
-    return _scaled_unit(header) if header is not None and _scaled_unit(header) else "adu"
+    return (_scaled_unit(header) if header is not None else "") or "adu"
 
 
 def read_frame(path: str | os.PathLike, instrument: str | Instrument = "generic",
