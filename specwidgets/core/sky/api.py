@@ -1719,7 +1719,11 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # Where the lines cross BAD_COLUMN_SPIKE_TILT columns or more over the sky rows no sky line stays in one
     # column: such a column is a detector's, marked like the others (as a warning, hot columns the fit had
     # rightly left out made it suspect, the sky 0.2 sigma RMS about them: a trial's +100 e- column).
-    stays = [c for c in rejected_columns if not _lines_cross(emap, sky_rows, c)]
+    if rejected_columns:
+        travel = _column_travel(emap, sky_rows)
+        stays = [c for c in rejected_columns if travel[c] < BAD_COLUMN_SPIKE_TILT]
+    else:
+        stays = []
     if stays:
         listed = ", ".join(map(str, stays[:8])) + (f" and {len(stays) - 8} more" if len(stays) > 8 else "")
         warnings = list(warnings) + [
@@ -2958,7 +2962,7 @@ def _dips_and_spikes(x, gain, rn_var, dip_factor=BAD_COLUMN_DIP, spike_factor=BA
     w = BAD_COLUMN_DIP_REACH
     mid = x[..., w]
     # (The continuum farther out: a 101 sigma sky, "ok", where a valley's column was taken for a dead one.)
-    far = np.sort(np.delete(x, w, axis=-1), axis=-1)[..., 2]  # NaN last
+    far = np.partition(np.delete(x, w, axis=-1), 2, axis=-1)[..., 2]  # (NaN last)
     near = x[..., w - BAD_COLUMN_REACH:w + BAD_COLUMN_REACH + 1]
     c = BAD_COLUMN_REACH
     others = np.sort(np.delete(near, c, axis=-1), axis=-1)
@@ -2974,6 +2978,12 @@ def _dips_and_spikes(x, gain, rn_var, dip_factor=BAD_COLUMN_DIP, spike_factor=BA
             dip &= (typical - mid) ** 2 > limit * (np.clip(typical, 0, None) / gain + rn_var)
             spike &= (mid - high) ** 2 > limit * (np.clip(high, 0, None) / gain + rn_var)
     return dip, spike
+
+
+def _column_travel(emap, sky_rows):
+    """How far the lines move in each column over ``sky_rows`` (sorted): the effective pixel's change from the
+    first to the last, px."""
+    return np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]])
 
 
 def _some_rows(sky_rows):
@@ -3013,7 +3023,7 @@ def _bad_columns(stack, masked_rows, samples, gain, read_noise, emap):
     wide = BAD_COLUMN_DIP_REACH
     window = np.arange(-wide, wide + 1)
     inner = np.arange(reach, n_cols - reach)
-    tilted = np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]]) >= BAD_COLUMN_SPIKE_TILT
+    tilted = _column_travel(emap, sky_rows) >= BAD_COLUMN_SPIKE_TILT
     some = _some_rows(sky_rows)
     for k in range(n_exp):
         means = np.pad(_column_means(stack[k][some]), wide, constant_values=np.nan)  # (NaN beyond the edges)
@@ -3097,7 +3107,7 @@ def _defect_columns(means, z, off, emap, sky_rows):
     between amplifiers is not.)
     """
     n_cols = means.shape[1]
-    span = np.abs(emap[sky_rows[-1]] - emap[sky_rows[0]])
+    span = _column_travel(emap, sky_rows)
     signs = np.where(off.all(axis=0), np.sign(means[0]), 0).astype(int)
     signs[(np.sign(means) != signs).any(axis=0)] = 0
     edges = np.flatnonzero(np.diff(np.r_[0, signs, 0]))
@@ -3405,12 +3415,6 @@ def _unmeasured_warning(runs, emap, sky_rows, background, stack, shifts, t_rows)
             "higher response, not flat-fielded), a line whose shape changes along the slit, or the step at an "
             "overscan left in does this: divide by a flat field, or set the defect's columns to NaN (trim the "
             "overscan), and fit again.")
-
-
-def _lines_cross(emap, sky_rows, column):
-    """Whether the lines move by :data:`BAD_COLUMN_SPIKE_TILT` columns or more over ``sky_rows`` at ``column``."""
-    return sky_rows.size > 1 and abs(float(emap[sky_rows[-1], column] - emap[sky_rows[0], column])) >= (
-        BAD_COLUMN_SPIKE_TILT)
 
 
 def _rejected_columns(rejected, not_sky):
