@@ -93,6 +93,25 @@ def test_a_gap_of_nan_columns_needs_no_sky(plain):
     assert any("no usable sample" in w for w in res.quality.warnings)
 
 
+
+@pytest.mark.parametrize("noise", [{}, {"read_noise": 5.0, "gain": 2.0}])
+def test_nan_columns_at_the_frames_edges_get_the_nearest_sky(noise):
+    """Columns of NaN at both edges (a trimmed or vignetted area): the spline ran free over them (-1.7e5 to
+    1.4e5 on a sky of 30-3200) and its variance there called a good fit "poorly determined" and "sky-subtracted
+    already" (trial F1). The sky there is the nearest sampled one; the fit is "ok"."""
+    f = make_synthetic_longslit(shape=(100, 1024), n_exposures=2, gain=2.0, read_noise=5.0, seed=1)
+    science = np.array(f.science)
+    science[:, :, :15] = np.nan
+    science[:, :, 980:] = np.nan
+    res = _quiet_fit(science, f.warp, (25, 66), **noise)
+    assert not res.quality.suspect, res.quality.warnings
+    inside = res.background[:, :, 15:980]
+    for edge in (res.background[:, :, :15], res.background[:, :, 980:]):
+        assert inside.min() <= edge.min() and edge.max() <= inside.max()
+    truth = np.asarray(f.sky)[:, :, 15:980]
+    sigma = np.sqrt(np.clip(truth, 0, None) / 2.0 + (5.0 / 2.0) ** 2)
+    assert rms((inside - truth) / sigma) < 0.2
+
 def test_the_fit_does_not_depend_on_the_datas_scale(plain):
     """Frames in flux units (~1e-17 per pixel): absolute floors in the knot choice and the noise fit made the
     sky 33 sigma off; the same frames in counts were right."""
@@ -218,6 +237,24 @@ def test_an_extended_source_in_the_sky_rows_is_named(plain):
              .split(",") if v.strip()]
     assert named and all(min(abs(v - c) for c in (210, 226, 242, 520, 532)) < 3 for v in named)
     assert not _quiet_fit(np.asarray(plain.science), plain.warp, plain.trace_rows).quality.warnings
+
+
+def test_an_extended_source_on_lines_that_hardly_tilt_is_named():
+    """The same nebula where the lines move 0.3 px over the slit: the check reads the model on the rows' own
+    pixels there (between them it is the fit's guess; trial S1), and still names the nebula's lines."""
+    f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=5, sky_continuum=150.0, tilt=0.3)
+    emap = f.warp.effpix_map()
+    rows = np.arange(emap.shape[0])[:, None]
+    nebula = sum(peak * np.exp(-0.5 * ((emap - centre) / 1.5) ** 2)
+                 for centre, peak in ((210.0, 900.0), (226.0, 2500.0), (242.0, 800.0), (520.0, 600.0), (532.0, 500.0)))
+    nebula = (nebula + 40.0) * (0.3 + 0.7 * rows / emap.shape[0])
+    science = np.asarray(f.science) + np.random.default_rng(2).poisson(nebula)[None]
+    res = _quiet_fit(science, f.warp, f.trace_rows)
+    (warning,) = [w for w in res.quality.warnings if w.startswith("Sky lines at effective pixels")]
+    named = [float(v) for v in warning.split("effective pixels ")[1].split(" change")[0].replace("and more", "")
+             .split(",") if v.strip()]
+    assert named and all(min(abs(v - c) for c in (210, 226, 242, 520, 532)) < 3 for v in named)
+    assert not _quiet_fit(np.asarray(f.science), f.warp, f.trace_rows).quality.warnings
 
 
 def test_a_poor_warp_that_the_sky_lines_cannot_check_makes_the_sky_suspect():

@@ -56,6 +56,7 @@ from .quality import (  # noqa: E402
     effpix_chi_sums,
     fine_chi_scatter,
     gain_spread,
+    line_misfit_beside_mask,
     line_shape_change,
     line_shape_model,
     measure_flexure,
@@ -1521,8 +1522,18 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
         # spline has no data there, and continued it reached 12000 counts
         # on a sky of 100 (a trace masked up to the slit's end).
         # (The samples are sorted by effective pixel: without a shift their
-        # range is their ends.)
-        e_lo, e_hi = ((float(e_k[0]), float(e_k[-1])) if not shifts[k] else (float(e_k.min()), float(e_k.max())))
+        # range is their ends.) Only samples with a value count: columns of
+        # NaN at the frame's edges (a trimmed or vignetted area) left the
+        # spline free over them, -1.7e5 to 1.4e5 on a sky of 100-3000, and
+        # its variance there made a good fit "poorly determined" (trial F1).
+        valued = np.isfinite(fit_flux[k])
+        if valued.all():
+            e_lo, e_hi = ((float(e_k[0]), float(e_k[-1])) if not shifts[k]
+                          else (float(e_k.min()), float(e_k.max())))
+        elif not shifts[k]:
+            e_lo, e_hi = float(e_k[int(np.argmax(valued))]), float(e_k[e_k.size - 1 - int(np.argmax(valued[::-1]))])
+        else:
+            e_lo, e_hi = float(np.min(e_k, where=valued, initial=np.inf)), float(np.max(e_k, where=valued, initial=-np.inf))
         sampled[k] = (e_lo, e_hi)
 
         def sky_on(rows, model_rows):
@@ -3462,6 +3473,35 @@ def _dark_edge_columns(stack, masked_rows, gain, read_noise):
     return blocks
 
 
+def _beside_mask_warning(ratio, rows, n, limit):
+    """The warning for sky rows beside the mask that fit the sky lines worse than the others."""
+    return (f"The sky rows beside the mask ({rows[0]}-{rows[1] - 1}) miss the sky lines more than the other sky "
+            f"rows: on the lines' peaks their residuals' chi-square is {ratio:.1f} times the others' (the same on "
+            f"the continuum; above {limit:.2f} is not noise). The sky under the mask comes from the same model "
+            "beside it and is probably off at the lines as much. Lines narrow for the pixels (FWHM under ~1.5 px) "
+            "that hardly tilt leave the rows near the slit's ends sampling positions along the lines the other "
+            "rows do not; lines changing along the slit near its end do the same. Unmask rows the target leaves "
+            "free, put the target nearer the slit's middle, or check the warp model and spatial_order.")
+
+
+#: A lit column beside a dark edge block whose mean chi over the sky rows is this many standard errors
+#: from 0, in some exposure, is the block's step misfit.
+DARK_EDGE_Z = 8.0
+
+
+def _misfit_beside_edge(result, sky_rows, start, stop, n_cols):
+    """Whether the sky misses a lit column within :data:`DARK_EDGE_REACH` of the dark block ``start:stop``
+    at the frame's edge by :data:`DARK_EDGE_Z` standard errors, in some exposure."""
+    beside = (np.arange(stop, min(n_cols, stop + DARK_EDGE_REACH)) if start == 0
+              else np.arange(max(0, start - DARK_EDGE_REACH), start))
+    rows = np.flatnonzero(sky_rows)
+    if not beside.size or not rows.size:
+        return False
+    return any(np.nanmax(np.abs(column_chi_means(result.data[k], result.background[k], rows, result.gain,
+                                                 result.read_noise)[1][beside])) >= DARK_EDGE_Z
+               for k in range(result.data.shape[0]))
+
+
 def _dark_edge_warning(blocks, n_cols):
     listed = " and ".join(f"{a}-{b - 1}" for a, b in blocks)
     lit = (blocks[0][1] if blocks[0][0] == 0 else 0, blocks[-1][0] if blocks[-1][1] == n_cols else n_cols)
@@ -3644,16 +3684,20 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
     if dark is not None:
         warnings.append(_dark_masked_warning(*dark, unlit_ranges))
     named = list(bad_columns) + list(missed_columns)
-    if named:
-        # Why columns beside a block of edge columns without light (an overscan left in) misfit: the
-        # sky's step there, which the bad-column warning alone had blamed on a hot column (and the
-        # misfit-column one on a defect: trial H, in 3 of 5 noise draws).
-        dark = [(a, b) for a, b in _dark_edge_columns(result.data, result.mask[:, 0], result.gain,
-                                                         result.read_noise)
-                if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in named)]
-        if dark:
-            warnings.append(_dark_edge_warning(dark, n_cols))
-    changing = _changing_lines(models, ~skip, result.gain, result.read_noise) if method == "bspline" else None
+    # Why columns beside a block of edge columns without light (an overscan left in) misfit: the
+    # sky's step there, which the bad-column warning alone had blamed on a hot column (and the
+    # misfit-column one on a defect: trial H, in 3 of 5 noise draws). Named too when no column
+    # was: the two columns beside a 32-column overscan 4.3 sigma off per pixel, "ok" (trial F1).
+    dark = [(a, b) for a, b in _dark_edge_columns(result.data, result.mask[:, 0], result.gain, result.read_noise)
+            if any(abs(c - (b if a == 0 else a)) <= DARK_EDGE_REACH for c in named)
+            or _misfit_beside_edge(result, ~skip, a, b, n_cols)]
+    if dark:
+        warnings.append(_dark_edge_warning(dark, n_cols))
+    beside = line_misfit_beside_mask(result.data, result.background, result.mask[:, 0], skip, result.gain,
+                                     result.read_noise, columns=named)
+    if beside is not None and beside[0] > beside[3]:
+        warnings.append(_beside_mask_warning(*beside))
+    changing = _changing_lines(models, ~skip, result.effpix_map, result.gain, result.read_noise) if method == "bspline" else None
     if changing is not None:
         listed = ", ".join(f"{e:.0f}" for e, _ in changing[:6]) + (" and more" if len(changing) > 6 else "")
         worst = max(c for _, c in changing)
@@ -3800,9 +3844,12 @@ DIFFERENCED_RATIO = 0.3
 #: :data:`CHANGING_LINE_FACTOR` times the lines' median change, is not the sky's (:func:`_changing_lines`).
 CHANGING_LINE_LIMIT = 0.5
 CHANGING_LINE_FACTOR = 4.0
+#: Nor is a line judged whose continuum changes, over 8 px, from one end to the other by more than this
+#: fraction of its flux.
+CHANGING_LINE_CONTINUUM = 0.5
 
 
-def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
+def _changing_lines(models, sky_rows, effpix_map, gain=1.0, read_noise=0.0):
     """``[(effective pixel, change), ...]`` of the sky's lines whose flux changes along the slit unlike the
     others (see :data:`CHANGING_LINE_LIMIT`), or None.
 
@@ -3818,6 +3865,15 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
     ``change`` is the difference between the ends over the middle's. (The
     data themselves, read window by window, took cosmic rays, faint lines
     and lines that hardly tilt for changes: false alarms in trials F and G2.)
+
+    Where the lines move less than a pixel over the sky rows, each row
+    samples only some positions along a line (its pixels' effective
+    pixels, ``effpix_map``), and the model in between is its own guess: read
+    there, lines 1.2 px wide tilting 0.5 px over the slit changed by up to
+    196 % in a fit right to 0.12 sigma (trial S1). The flux is then summed
+    over each row's own pixels (the edges of the window interpolated), and
+    a line with a brighter one within 5 px is not judged: the brighter
+    one's wing, moving through the window's edge pixel, changed it by 52 %.
     """
     from scipy.ndimage import maximum_filter1d
 
@@ -3827,6 +3883,8 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
     rows = np.flatnonzero(sky_rows)
     if model is None or rows.size < 6 or getattr(model, "spatial_order", 0) < 1:
         return None
+    if _line_span(effpix_map, ~np.asarray(sky_rows, bool)) < 1.0:
+        return _changing_lines_in_pixels(model, rows, effpix_map, gain, read_noise)
     e_lo, e_hi = model.extent
     step = 0.25
     grid = np.arange(e_lo + 10.0, e_hi - 10.0, step)
@@ -3846,9 +3904,54 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
     window = np.arange(-half, half + 1)
     flux = np.stack([lines[k][np.clip(index[:, None] + window[None, :], 0, grid.size - 1)].sum(axis=1) * step
                      for k in range(3)])
+    continuum = sky[:, index] - lines[:, index]
+    return _odd_lines(flux, continuum, sky[1][index], grid[index], gain, read_noise)
+
+
+def _changing_lines_in_pixels(model, rows, effpix_map, gain, read_noise):
+    """:func:`_changing_lines` read on the sky rows' own pixels (see there)."""
+    from scipy.ndimage import maximum_filter1d
+
+    from ..extract import running_median_rows
+
+    n_cols = effpix_map.shape[1]
+    ends = (int(rows[0]), int(rows[rows.size // 2]), int(rows[-1]))
+    e_rows = [np.asarray(effpix_map[r], dtype=float) for r in ends]
+    if n_cols < 100 or not all(np.all(np.isfinite(e)) and np.all(np.diff(e) > 0) for e in e_rows):
+        return None
+    sky = np.stack([np.asarray(model(e, np.full(n_cols, float(r))), dtype=float) for e, r in zip(e_rows, ends)])
+    lines = sky - running_median_rows(sky, 31)  # (scipy's median_filter, size (1, 31), "nearest")
+    mid = lines[1]
+    floor = max(5.0 * float(np.median(np.abs(mid))), 0.2 * float(np.median(sky[1])))
+    peak = (mid > floor) & (mid == maximum_filter1d(mid, size=5, mode="nearest"))
+    peak[:10] = peak[-10:] = False
+    # (A brighter line within 5 px: see _changing_lines.)
+    peak &= mid >= maximum_filter1d(mid, size=11, mode="nearest")
+    index = np.flatnonzero(peak)
+    if index.size < 5:
+        return None
+    centre = e_rows[1][index]
+    flux = np.empty((3, index.size))
+    for k, e in enumerate(e_rows):
+        # The flux summed up to each pixel's edges, read at the window's ends between them.
+        edges = np.concatenate([[e[0] - 0.5], 0.5 * (e[1:] + e[:-1]), [e[-1] + 0.5]])
+        summed = np.concatenate([[0.0], np.cumsum(lines[k])])
+        flux[k] = np.interp(centre + 4.0, edges, summed) - np.interp(centre - 4.0, edges, summed)
+    continuum = sky[:, index] - lines[:, index]
+    return _odd_lines(flux, continuum, sky[1][index], centre, gain, read_noise)
+
+
+def _odd_lines(flux, continuum, level, centre, gain, read_noise):
+    """The lines of ``flux`` (first, middle and last row; their ``continuum`` there, at sky ``level`` and
+    effective pixel ``centre`` in the middle row) that change unlike the others, as :func:`_changing_lines`
+    returns them."""
     # Lines whose flux stands clear of a pixel's noise (a faint line's spatial terms follow its noise).
-    noise = np.sqrt(np.clip(sky[1][index], 0, None) / gain + (read_noise / gain) ** 2)
+    noise = np.sqrt(np.clip(level, 0, None) / gain + (read_noise / gain) ** 2)
     strong = flux[1] > 10.0 * noise
+    # ... and of the change of the continuum under them: a faint line beside a bright one that broadens
+    # along the slit sits on the bright one's wings, which raise the running median (60 -> 132 per px
+    # under a line of 142 over 8 px: "changes by 146 %", with every line the same along the slit; trial U1).
+    strong &= np.abs(continuum[2] - continuum[0]) * 8.0 < CHANGING_LINE_CONTINUUM * flux[1]
     if np.count_nonzero(strong) < 5:
         return None
     change = np.abs(flux[2] - flux[0]) / np.where(flux[1] > 0, flux[1], np.inf)
@@ -3857,7 +3960,7 @@ def _changing_lines(models, sky_rows, gain=1.0, read_noise=0.0):
     # Two lines at least: a source's emission has several (H-alpha and [N II], [O III], [S II], [O II]).
     if np.count_nonzero(odd) < 2:
         return None
-    return sorted(zip(grid[index][odd].tolist(), change[odd].tolist()), key=lambda ec: -ec[1])
+    return sorted(zip(centre[odd].tolist(), change[odd].tolist()), key=lambda ec: -ec[1])
 
 
 #: A sky below zero (by 3 read-noise sigma) in this share of the sky pixels, in every exposure, is not a raw sky.

@@ -1931,3 +1931,108 @@ def measure_flexure(t, flux, model, slope, variance, pick=None):
     b = (a00 * b1 - a01 * b0) / det
     sigma_b = np.sqrt(a00 / det)
     return float(b), float(sigma_b)
+
+
+#: Sky rows this near a masked range (on each side) are compared with the others (:func:`line_misfit_beside_mask`).
+BESIDE_MASK_ROWS = 8
+#: The brightest share of the sky pixels (by the sky's level) that the comparison reads: the lines' peaks.
+BESIDE_MASK_TOP = 0.03
+#: Fewer bright pixels than this on a side of the mask: that side is not judged.
+BESIDE_MASK_MIN_PIXELS = 300
+#: The ratio above which the rows beside the mask fit the lines worse than the others (see the function);
+#: raised for fewer pixels by five standard errors, about ``3.3 / sqrt(n)`` each.
+BESIDE_MASK_LIMIT = 1.5
+
+
+def _median_chi2(chi2, pick):
+    values = chi2[pick]
+    values = values[np.isfinite(values)]
+    return (median(values) if values.size else np.nan), int(values.size)
+
+
+def line_misfit_beside_mask(data, background, masked_rows, skip_rows, gain, read_noise, columns=(),
+                            reach=BESIDE_MASK_ROWS, top=BESIDE_MASK_TOP):
+    """``(ratio, (start, stop), n, limit)`` for the side of a masked range whose sky rows fit the sky lines
+    worst against the other sky rows, or None when no side can be judged.
+
+    Per side (the sky rows within ``reach`` rows of a run of ``masked_rows``,
+    rows ``skip_rows`` left out), the median chi**2 of its brightest pixels
+    (the top ``top`` share of the sky's level: the lines' peaks) over that of
+    all the sky rows, divided by the same ratio on the other pixels (the
+    continuum), so that a wrong noise model or a source's wings, which change
+    the whole rows, do not count. About 1 for a model as good beside the
+    mask as elsewhere; the rows there are the masked rows' nearest samples,
+    so a model that misses the lines there misses them under the mask.
+    ``n``: the side's bright pixels; ``limit``: :data:`BESIDE_MASK_LIMIT`, or
+    five standard errors of the ratio above 1 when more. ``columns``
+    (dead or hot ones, already marked) are left out.
+
+    Examples
+    --------
+    A model that misses the lines' peaks by 3 sigma in the five rows beside the mask alone:
+
+    >>> rng = np.random.default_rng(1)
+    >>> sky = np.tile(100.0 + 5000.0 * (np.arange(2000) % 10 == 0), (60, 1))[None]
+    >>> data = sky + rng.normal(0.0, 1.0, sky.shape) * np.sqrt(sky)
+    >>> masked = np.zeros(60, bool); masked[5:20] = True
+    >>> model = sky.copy(); model[0, :5] += 3.0 * np.sqrt(sky[0, :5]) * (sky[0, :5] > 1000)
+    >>> ratio, rows, n, limit = line_misfit_beside_mask(data, model, masked, masked, 1.0, 0.0)
+    >>> rows, bool(ratio > limit)
+    ((0, 5), True)
+    >>> ratio, rows, n, limit = line_misfit_beside_mask(data, sky, masked, masked, 1.0, 0.0)
+    >>> bool(ratio < limit)
+    True
+    """
+    masked = np.asarray(masked_rows, bool)
+    sky_rows = ~np.asarray(skip_rows, bool)
+    n_exp, n_rows, n_cols = data.shape
+    if not masked.any() or not sky_rows.any():
+        return None
+    keep = np.ones(n_cols, bool)
+    keep[list(columns)] = False
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], masked.astype(np.int8), [0]])))
+    sides = []
+    for start, stop in zip(edges[::2], edges[1::2]):
+        for rows in (np.arange(max(0, start - reach), start), np.arange(stop, min(n_rows, stop + reach))):
+            rows = rows[sky_rows[rows]]
+            if rows.size:
+                sides.append(rows)
+    if not sides:
+        return None
+    every = np.flatnonzero(sky_rows)
+    every = every[:: max(1, every.size // 256)]
+    wanted = np.unique(np.concatenate([every] + sides))
+    # (Only the rows read: a full frame's chi**2 would be 15 MB per exposure.)
+    d = data[:, wanted][:, :, keep]
+    b = background[:, wanted][:, :, keep]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.clip(b, 0.0, None) / gain + (read_noise / gain) ** 2
+        chi2 = np.where(var > 0, (d - b) ** 2 / var, np.nan)
+    at = {int(r): i for i, r in enumerate(wanted)}
+    in_every = np.isin(wanted, every)
+    bright = np.zeros(b.shape, bool)
+    for k in range(n_exp):
+        levels = b[k][in_every]
+        levels = levels[np.isfinite(levels)]
+        if levels.size:
+            bright[k] = b[k] >= percentile(levels, 100.0 * (1.0 - top))
+    rows_of = np.zeros(b.shape, bool)
+    rows_of[:, in_every] = True
+    line_all, _ = _median_chi2(chi2, rows_of & bright)
+    cont_all, _ = _median_chi2(chi2, rows_of & ~bright)
+    if not (line_all > 0 and cont_all > 0):
+        return None
+    worst = None
+    for rows in sides:
+        rows_of[:] = False
+        rows_of[:, [at[int(r)] for r in rows]] = True
+        line, n = _median_chi2(chi2, rows_of & bright)
+        cont, _ = _median_chi2(chi2, rows_of & ~bright)
+        if n < BESIDE_MASK_MIN_PIXELS or not cont > 0:
+            continue
+        ratio = (line / line_all) / (cont / cont_all)
+        limit = max(BESIDE_MASK_LIMIT, 1.0 + 5.0 * 3.3 / math.sqrt(n))
+        found = (float(ratio), (int(rows[0]), int(rows[-1]) + 1), n, float(limit))
+        if worst is None or ratio / limit > worst[0] / worst[3]:
+            worst = found
+    return worst
