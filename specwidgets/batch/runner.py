@@ -132,7 +132,7 @@ from ..io.fits_output import (
     settings_hash,
     write_exposure,
 )
-from ..io.instruments import Instrument, resolve_instrument
+from ..io.instruments import Instrument, _is_2d_image, resolve_instrument
 from ..io.loading import _crop_pair, arc_orientation, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
@@ -1039,7 +1039,7 @@ def _holds_no_image(path):
     False when it cannot be read (its reading says what is wrong)."""
     try:
         with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
-            return not any(h.is_image and h.header.get("NAXIS") == 2 for h in hdul)
+            return not any(_is_2d_image(h) for h in hdul)
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError):
         return False
 
