@@ -118,6 +118,7 @@ from ..core.inputs import check_spatial_order
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
 from ..core.warp import WarpModel
+from ..io.discovery import stem_clashes
 from ..io.fits_output import (
     MASK_SATURATED,
     OUTPUT_SUFFIX,
@@ -1045,12 +1046,10 @@ def _holds_no_image(path):
 
 
 def _check_outputs_unique(files):
-    by_name = {}
-    for p in files:
-        by_name.setdefault(output_name(p), []).append(p)
-    clash = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    # The API loaders refuse such files by the same rule (one exposure stored twice, one compressed).
+    clash = stem_clashes(files)
     if clash:
-        listing = "; ".join(f"{n} <- {', '.join(str(p) for p in ps)}" for n, ps in clash.items())
+        listing = "; ".join(f"{output_name(ps[0])} <- {', '.join(str(p) for p in ps)}" for ps in clash.values())
         raise ValueError(f"several inputs would write the same output file: {listing}")
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from specwidgets.core.frames import FrameArray, median_frames
-from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
+from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files, stem_clashes
 from specwidgets.io.instruments import Instrument, _electron_unit, _scaled_unit, resolve_instrument
 
 __all__ = [
@@ -112,6 +112,28 @@ def matching_files(path, tag="", ignore=()):
     if not chosen:
         raise FileNotFoundError(_no_match_message(folder, tag, patterns, find_fits_files(folder)))
     return chosen
+
+
+def _frame_files(path, tag, ignore):
+    """:func:`matching_files`, refusing files that are one exposure stored twice.
+
+    ``x.fits`` and ``x.fits.gz`` (a compressed copy left beside it) would be
+    stacked as two exposures, the second's sky counted twice (trial F1);
+    batch refuses the same files (their outputs would clash) by the same
+    rule, :func:`~specwidgets.io.discovery.stem_clashes`.
+    """
+    files = matching_files(path, tag=tag, ignore=ignore)
+    clash = stem_clashes(files)
+    if clash:
+        listing = "; ".join(", ".join(p.name for p in group) for group in clash.values())
+        extra = [p.name for group in clash.values() for p in group[1:]]
+        raise ValueError(
+            f"several files in folder {str(files[0].parent)!r} have the same name but for their FITS or compression "
+            f"ending ({listing}): one exposure stored twice (one compressed?), which would be stacked as two. Keep "
+            f"one: move the others away, or leave them out with ignore={extra!r} (batch refuses them too: they "
+            "would write the same output file)"
+        )
+    return files
 
 
 def _check_folder(path):
@@ -461,7 +483,7 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
         return _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
     start, stop = _crop_pair(crop_bds)
     reader = resolve_instrument(instrument, **instrument_options)
-    files = matching_files(path, tag=tag, ignore=ignore)
+    files = _frame_files(path, tag, ignore)
 
     out, shapes, metadata = None, [], []
     for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
@@ -500,7 +522,7 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
     """
     start, stop = _crop_pair(crop_bds)
     reader = resolve_instrument(instrument, **instrument_options)
-    files = matching_files(path, tag=tag, ignore=ignore)
+    files = _frame_files(path, tag, ignore)
     stack, scales, shapes, metadata = None, [], [], []
     for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
         shapes.append(data.shape)
@@ -675,8 +697,9 @@ def collect_images_array(
         ``path`` is a file.
     ValueError
         Unknown instrument, bad ``crop_bds``, unreadable FITS file, file with
-        no 2D image, frames of different shapes, or frames mixing electrons
-        and ADU. Each message names the file or value at fault.
+        no 2D image, frames of different shapes, frames mixing electrons
+        and ADU, or files that are one exposure stored twice (``x.fits`` and
+        ``x.fits.gz``). Each message names the file or value at fault.
 
     Examples
     --------
