@@ -538,6 +538,31 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
     assert "load with dispersion_axis=0: --dispersion-axis 0" in err  # the flag, on the command line
 
 
+def test_a_wrong_dispaxis_card_is_named_and_the_working_option_given(frames, tmp_path, monkeypatch, capsys):
+    """Frames stored as specwidgets wants them (dispersion along x) with a DISPAXIS = 2 card (trial F1): the
+    card turns them, the arc's lines then lie across the frame, and the advice was --dispersion-axis 0, the
+    way they were read, without a word of the card. It names the card and gives the option that works."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    paths = []
+    for name, data in (("sci_00.fits", frames.science[0]), ("arc_01.fits", frames.arc)):
+        fits.PrimaryHDU(np.asarray(data), fits.Header({"DISPAXIS": 2})).writeto(folder / name)
+        paths.append(folder / name)
+    args = [paths[0], "--arc", paths[1], "--mask", "12:26", "--read-noise", "4", "--workers", "1"]
+    code = _cli(monkeypatch, [*args, "--out", tmp_path / "out"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "read transposed already (the DISPAXIS = 2 card of arc_01.fits asked for it)" in err
+    assert "--dispersion-axis 1" in err and "--dispersion-axis 0" not in err
+    # The option it names works.
+    code = _cli(monkeypatch, [*args, "--out", tmp_path / "out1", "--dispersion-axis", "1"])
+    assert code == 0, capsys.readouterr().err
+    # Told to transpose on the command line, the advice is the same way round.
+    code = _cli(monkeypatch, [*args, "--out", tmp_path / "out0", "--dispersion-axis", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "read transposed already (--dispersion-axis 0" in err and "--dispersion-axis 1 (" in err
+
+
 def test_fit_together_gives_the_stack_fit(raw, frames, tmp_path, monkeypatch, capsys):
     """``--fit-together`` without a session: the science files as one stack, as the page fits its
     exposures (each file on its own otherwise)."""

@@ -99,6 +99,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -134,7 +135,7 @@ from ..io.fits_output import (
     write_exposure,
 )
 from ..io.instruments import Instrument, _is_2d_image, resolve_instrument
-from ..io.loading import _crop_pair, arc_orientation, input_gain, read_frame
+from ..io.loading import _arc_orientation, _crop_pair, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
 
@@ -1045,6 +1046,29 @@ def _holds_no_image(path):
         return False
 
 
+#: The core's advice when an arc's lines lie along the rows (:func:`~specwidgets.core.lines.find_cal_lines`).
+_TRANSPOSE_ADVICE = re.compile(r"transpose the frames \(np\.transpose, or load with dispersion_axis=0\)")
+
+
+@contextmanager
+def _turned_advice(turned_by):
+    """Mend the advice "transpose the frames (dispersion_axis=0)" of an error raised in the block when the
+    frames were read transposed already (``turned_by`` says why: an arc's ``DISPAXIS = 2`` card, the arcs'
+    lines, ``--dispersion-axis 0``): transposed once more they are as stored, so the option that reads
+    them right is ``--dispersion-axis 1`` (trial F1: the advice said 0, the way they were read, and never
+    named the card)."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        if not turned_by or "dispersion_axis=0" not in text:
+            raise
+        advice = (f"the frames were read transposed already ({turned_by}): read them as stored, with "
+                  "--dispersion-axis 1 (instrument_options={'dispersion_axis': 1}), which overrides the frames' own cards")
+        mended = _TRANSPOSE_ADVICE.sub(lambda _: advice, text)
+        raise ValueError(mended if mended != text else f"{text}; but {advice}") from exc
+
+
 def _check_outputs_unique(files):
     # The API loaders refuse such files by the same rule (one exposure stored twice, one compressed).
     clash = stem_clashes(files)
@@ -1571,7 +1595,9 @@ def run_batch(
         files = grouped
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
-    turned = ""
+    turned = turned_by = ""
+    if instrument_options.get("dispersion_axis") == 0:
+        turned_by = "--dispersion-axis 0 (instrument_options={'dispersion_axis': 0}) asked for it"
     if warp_model is None and _given_files(arc):
         try:
             arc_files = _expand(arc, "arc")
@@ -1579,8 +1605,10 @@ def run_batch(
             arc_files = []  # the calibrations' own reading names it
         if arc_files:
             # As the page's folder loader: frames whose wavelength runs down the rows are turned.
-            turn, turned = arc_orientation(arc_files, instrument, **instrument_options)
+            turn, turned, card = _arc_orientation(arc_files, instrument, **instrument_options)
             instrument_options.update(turn)
+            # What turned them, should their lines then lie across the frame (a wrong card).
+            turned_by = f"{card} asked for it" if card else turned or turned_by
     reader = resolve_instrument(instrument, **instrument_options)
     science_reader = reader
     if bad_pixels is not None:
@@ -1603,21 +1631,22 @@ def run_batch(
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()
-    cal = prepare_calibrations(
-        arc,
-        bias=bias,
-        flat=flat,
-        instrument=reader,
-        crop=crop,
-        guesses=guesses,
-        warp_model=warp_model,
-        flat_norm=flat_norm,
-        std_variation=std_variation,
-        line_order=line_order,
-        warp_order=warp_order,
-        arc_combine=arc_combine,
-        tolerance=tolerance,
-    )
+    with _turned_advice(turned_by):
+        cal = prepare_calibrations(
+            arc,
+            bias=bias,
+            flat=flat,
+            instrument=reader,
+            crop=crop,
+            guesses=guesses,
+            warp_model=warp_model,
+            flat_norm=flat_norm,
+            std_variation=std_variation,
+            line_order=line_order,
+            warp_order=warp_order,
+            arc_combine=arc_combine,
+            tolerance=tolerance,
+        )
     model = cal.warp_model
     summary.timings["calibrations"] = time.perf_counter() - t_cal
     if model is None:

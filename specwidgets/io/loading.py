@@ -281,35 +281,45 @@ def arc_orientation(arc_paths, instrument="generic", **instrument_options):
     loader and batch both ask this before reading any frame, so crops and
     masks count the rows of the turned frames.
     """
+    options, note, _ = _arc_orientation(arc_paths, instrument, **instrument_options)
+    return options, note
+
+
+def _arc_orientation(arc_paths, instrument="generic", **instrument_options):
+    """:func:`arc_orientation`, and third what turned the frames when an arc's card did (``"the DISPAXIS = 2
+    card of arc_1.fits"``), else "": batch names it when the turned frames' lines then lie across the frame
+    (the card was wrong: they were stored as specwidgets wants them, trial F1)."""
     from specwidgets.core.lines import lines_along_rows
 
     reader = resolve_instrument(instrument, **instrument_options)
     key = getattr(reader, "dispersion_keyword", None)
     paths = [arc_paths] if isinstance(arc_paths, (str, os.PathLike)) else list(arc_paths)
     if not key or not paths:
-        return {}, ""
+        return {}, "", ""
     total = None
     for path in paths:
         try:
             frame = reader.read(path)
         except (OSError, ValueError):
-            return {}, ""
+            return {}, "", ""
         if key in frame.header:
             # The arcs say how they lie: every frame follows them (science frames often lack the card).
-            return {"dispersion_axis": 0 if reader._transposes(frame.header, Path(path)) else 1}, ""
+            transposed = reader._transposes(frame.header, Path(path))
+            card = f"the {key} = {frame.header[key]} card of {Path(path).name}" if transposed else ""
+            return {"dispersion_axis": 0 if transposed else 1}, "", card
         data = np.asarray(frame.data, dtype=float)
         if total is not None and data.shape != total.shape:
-            return {}, ""
+            return {}, "", ""
         # Each frame less its median: a bias level left in adds no line.
         data = data - np.nanmedian(data)
         total = data if total is None else total + data
     if not lines_along_rows(total):
-        return {}, ""
+        return {}, "", ""
     names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
     return {"dispersion_axis": 0}, (
         f"the arc's lines lie along the rows ({names}: wavelength changes with the row, and no {key} card says "
         "otherwise): every frame is read transposed, so that wavelength runs along the columns (dispersion_axis=0)"
-    )
+    ), ""
 
 
 def input_gain(instrument, frame):
