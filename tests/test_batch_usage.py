@@ -563,6 +563,34 @@ def test_a_wrong_dispaxis_card_is_named_and_the_working_option_given(frames, tmp
     assert code == 2 and "read transposed already (--dispersion-axis 0" in err and "--dispersion-axis 1 (" in err
 
 
+def test_no_bias_note_says_the_overscan_was_subtracted(frames, tmp_path):
+    """Frames with an overscan (BIASSEC) and no bias frames (trial F1): the note said "nothing is subtracted"
+    while each output's HISTORY recorded the overscan's subtraction. It says what was: the overscan level, and
+    no master bias."""
+    n_rows, n_cols = SHAPE
+    folder = tmp_path / "oscan"
+    folder.mkdir()
+    paths = []
+    for name, data in (("sci_00.fits", frames.science[0]), ("arc_01.fits", frames.arc)):
+        full = np.full((n_rows, n_cols + 8), 1000.0)
+        full[:, :n_cols] += np.asarray(data)
+        header = fits.Header({"BIASSEC": f"[{n_cols + 1}:{n_cols + 8},1:{n_rows}]", "TRIMSEC": f"[1:{n_cols},1:{n_rows}]"})
+        fits.PrimaryHDU(full, header).writeto(folder / name)
+        paths.append(folder / name)
+    summary = run_batch([paths[0]], [paths[1]], masks=[MASK], out_dir=tmp_path / "out", workers=1, processes=False,
+                        progress=False, read_noise=4.0)
+    assert summary.exit_code == 0
+    notes = [n for n in summary.notes if n.startswith("no bias frames")]
+    assert len(notes) == 1 and "nothing is subtracted" not in notes[0], summary.notes
+    assert f"overscan level (BIASSEC [{n_cols + 1}:{n_cols + 8},1:{n_rows}]" in notes[0] and "no master bias" in notes[0]
+    assert any("overscan BIASSEC" in str(h) for h in fits.getheader(_outputs(tmp_path / "out")[0])["HISTORY"])
+    # Without an overscan, nothing is subtracted, and the note says so.
+    summary = run_batch([_write(folder / "plain.fits", frames.science[0])], [_write(folder / "arc_02.fits", frames.arc)],
+                        masks=[MASK], out_dir=tmp_path / "out2", workers=1, processes=False, progress=False,
+                        read_noise=4.0)
+    assert any(n.startswith("no bias frames: nothing is subtracted") for n in summary.notes)
+
+
 def test_fit_together_gives_the_stack_fit(raw, frames, tmp_path, monkeypatch, capsys):
     """``--fit-together`` without a session: the science files as one stack, as the page fits its
     exposures (each file on its own otherwise)."""

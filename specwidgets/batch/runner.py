@@ -134,7 +134,7 @@ from ..io.fits_output import (
     settings_hash,
     write_exposure,
 )
-from ..io.instruments import Instrument, _is_2d_image, resolve_instrument
+from ..io.instruments import OVERSCAN_HISTORY, Instrument, _is_2d_image, resolve_instrument
 from ..io.loading import _arc_orientation, _crop_pair, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
@@ -1069,6 +1069,33 @@ def _turned_advice(turned_by):
         raise ValueError(mended if mended != text else f"{text}; but {advice}") from exc
 
 
+def _no_bias_note(path, reader, crop):
+    """The note of a run without bias frames: what is subtracted, by the first science frame ``path``.
+
+    Each frame's overscan level when the instrument subtracts it (its
+    ``HISTORY`` says so: trial F1's note said "nothing is subtracted" while
+    the outputs recorded the overscan's), but no master bias; else nothing.
+    A frame that cannot be read gets the note of nothing subtracted (its own
+    failure says what is wrong).
+    """
+    overscan = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # each frame's warnings are told with its fit
+            header = read_frame(path, reader, crop).header
+        overscan = [str(h) for h in header.get("HISTORY", []) if str(h).startswith(OVERSCAN_HISTORY)]
+    except (OSError, ValueError, TypeError):
+        pass
+    if overscan:
+        # "specwidgets: overscan BIASSEC [1025:1056,1:100] median 1009.9 subtracted": its card and section.
+        section = overscan[0][len(OVERSCAN_HISTORY):].split(" median ")[0].strip()
+        return (f"no bias frames: each frame's overscan level ({section}, its median) is subtracted, as the outputs' "
+                "HISTORY records, but no master bias: the bias pattern (its structure along rows and columns) stays "
+                "in; give --bias to subtract it")
+    return ("no bias frames: nothing is subtracted (give --bias unless the frames are bias-subtracted already: a "
+            "bias level left in makes them scatter less than the noise model predicts)")
+
+
 def _check_outputs_unique(files):
     # The API loaders refuse such files by the same rule (one exposure stored twice, one compressed).
     clash = stem_clashes(files)
@@ -1666,8 +1693,7 @@ def run_batch(
         warp_dict = model.to_dict()
         summary.warnings = list(model.quality_warnings) if model.traces is not None else []
     if cal.bias is None:
-        summary.notes.append("no bias frames: nothing is subtracted (give --bias unless the frames are bias-subtracted "
-                             "already: a bias level left in makes them scatter less than the noise model predicts)")
+        summary.notes.append(_no_bias_note(files[0], science_reader, crop))
     # One value from here to every fit and output header (SWMASK).
     ranges = RowRanges.coerce(masks, "masks").resolve(shape[0], "masks")
     summary.warp_model = warp_dict

@@ -82,6 +82,9 @@ _ELECTRON_WORD = re.compile(r"(\be-|\belectrons?\b|\be\b)", re.IGNORECASE)
 _PER_ELECTRON = re.compile(r"\b(adus?|dn|counts?)\s*(/|per)\s*(e-?|electrons?)(\b|$|\s)", re.IGNORECASE)
 _NUMBER_AND_TEXT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*)$")
 
+#: How the ``HISTORY`` card of a frame whose overscan level was subtracted begins (batch's notes read it).
+OVERSCAN_HISTORY = "specwidgets: overscan"
+
 #: KOSMOS gain in e-/ADU; it is not written in the KOSMOS headers.
 KOSMOS_GAIN = 0.6
 
@@ -763,7 +766,7 @@ class Instrument:
         if not np.isfinite(pixels).any():
             return None
         level = float(np.nanmedian(pixels))
-        header.add_history(f"specwidgets: overscan {key} {section} median {level:.6g} subtracted"
+        header.add_history(f"{OVERSCAN_HISTORY} {key} {section} median {level:.6g} subtracted"
                            + (" (its pixels kept in the frame: trimsec trims them)" if kept_too else ""))
         return level
 
