@@ -591,6 +591,28 @@ def test_no_bias_note_says_the_overscan_was_subtracted(frames, tmp_path):
     assert any(n.startswith("no bias frames: nothing is subtracted") for n in summary.notes)
 
 
+def test_no_arc_and_dispersion_along_the_rows_names_the_option(frames, tmp_path, monkeypatch, capsys):
+    """Frames stored with the dispersion along y, no DISPAXIS card and no arc (trial F1): every exposure failed
+    with "only 1 sky line(s) found ... give an arc frame", not a word of the orientation. The failure says the
+    dispersion seems to run along the rows and names the option that reads the frames transposed."""
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    science = [_write(folder / f"sci_{i:02d}.fits", frames.science[i].T) for i in range(2)]
+    code = _cli(monkeypatch, [*science, "--mask", "140:160", "--read-noise", "4", "--out", tmp_path / "out",
+                              "--workers", "1"])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("failed: sci_")]
+    assert code == 1 and len(failed) == 2, err
+    assert all("sky lines could not be traced" in line and "the dispersion seems to run along the rows" in line
+               and "--dispersion-axis 0 (instrument_options={'dispersion_axis': 0}) reads them transposed" in line
+               for line in failed), failed
+    # The option it names reads them.
+    code = _cli(monkeypatch, [*science, "--mask", "12:26", "--read-noise", "4", "--out", tmp_path / "out0",
+                              "--workers", "1", "--dispersion-axis", "0"])
+    err = capsys.readouterr().err
+    assert code in (0, 3) and "failed: sci_" not in err, err
+
+
 def test_fit_together_gives_the_stack_fit(raw, frames, tmp_path, monkeypatch, capsys):
     """``--fit-together`` without a session: the science files as one stack, as the page fits its
     exposures (each file on its own otherwise)."""

@@ -116,6 +116,7 @@ from astropy.io import fits
 from ..core._warnings import _PACKAGE_DIR, warn_at_caller
 from ..core.frames import ESTIMATE, NOISE_ATTRIBUTES, FrameArray, noise_setting, saturated_pixels, with_readout_of
 from ..core.inputs import check_spatial_order
+from ..core.lines import lines_along_rows
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
 from ..core.warp import WarpModel
@@ -628,7 +629,7 @@ def _process_one_inner(path, job, bias, flat):
     path = Path(path)
     out = Path(job.out_dir) / output_name(path)
     record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
-    export = None
+    export = frame = None
     try:
         config = job.config_for(path)
         if not job.overwrite:
@@ -672,7 +673,7 @@ def _process_one_inner(path, job, bias, flat):
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
-        record["message"] = f"{type(exc).__name__}: {exc}"
+        record["message"] = _failure_message(exc, job, frame)
     finally:
         record["seconds"] = time.perf_counter() - t0
         # CPU of this task's thread only: wall minus this is waiting (disk, fsync, a busy machine).
@@ -1224,6 +1225,39 @@ def _page_group(files, group):
     return [by_name[name] for name in group[1]]
 
 
+#: The sky-line warp's failure (:func:`~specwidgets.core.sky.sky_warp.sky_warp_model`) that a frame read the wrong
+#: way round also gives: its sky lines lie along the rows, and down a row at most one (the source's trace) stands out.
+_NO_SKY_LINES = "sky lines could not be traced"
+
+
+def _failure_message(exc, job, frame=None):
+    """A failed exposure's message: the exception's, and when the warp could not be fit on the frame's sky lines
+    (no arc) for an instrument whose frames the option turns, that the dispersion may run along the rows.
+
+    Trial F1: frames stored with the dispersion along y and no arc failed with "only 1 sky line(s) found ...
+    give an arc frame", not a word of the orientation. The arcs' orientation check is not applied to the sky
+    lines to turn the frames (on the Goodman frames turned, it saw them so once in three): it only makes the
+    hint firmer, when the frame's lines stand out down its columns (:func:`~specwidgets.core.lines.lines_along_rows`).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    reader = job.reader
+    if _NO_SKY_LINES not in str(exc) or not isinstance(reader, Instrument) or reader.rot90:
+        return text
+    try:
+        # Read transposed already (an option, a DISPAXIS card): read as stored, the other way.
+        header = getattr(frame, "header", None)  # (the frame as read: the pixels calibrated, its header kept)
+        transposed = reader.turn_of(header)[0] if header is not None else reader.transpose
+        along_rows = frame is not None and lines_along_rows(np.asarray(frame, dtype=float))
+    except Exception:  # noqa: BLE001 - a hint: the failure's own message stands without it
+        return text
+    axis, how = (1, "reads them as stored") if transposed else (0, "reads them transposed")
+    option = f"--dispersion-axis {axis} (instrument_options={{'dispersion_axis': {axis}}}) {how}"
+    if along_rows:
+        return (f"{text}; its lines stand out down its columns, each along a row: the dispersion seems to run "
+                f"along the rows of the frames as read, not the columns: {option}")
+    return f"{text}; or, if the dispersion runs along the rows of the frames as read (not the columns), {option}"
+
+
 def _process_group(paths, job, bias, flat):
     """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
     records = []
@@ -1240,7 +1274,7 @@ def _process_group_inner(paths, job, bias, flat):
                 "message": ""} for p in paths]
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
-    exports = set()
+    exports, frames = set(), []
     try:
         configs = [job.config_for(p) for p in paths]
         if not job.overwrite:
@@ -1313,9 +1347,10 @@ def _process_group_inner(paths, job, bias, flat):
             record["status"] = "done"
             record.update(quality)
     except Exception as exc:  # noqa: BLE001 - reported by name
+        message = _failure_message(exc, job, frames[0] if frames else None)
         for record in records:
             if record["status"] != "done":
-                record["message"] = f"{type(exc).__name__}: {exc}"
+                record["message"] = message
     finally:
         numba.set_num_threads(previous)
         for record in records:
