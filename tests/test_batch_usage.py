@@ -538,6 +538,81 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
     assert "load with dispersion_axis=0: --dispersion-axis 0" in err  # the flag, on the command line
 
 
+def test_a_wrong_dispaxis_card_is_named_and_the_working_option_given(frames, tmp_path, monkeypatch, capsys):
+    """Frames stored as specwidgets wants them (dispersion along x) with a DISPAXIS = 2 card (trial F1): the
+    card turns them, the arc's lines then lie across the frame, and the advice was --dispersion-axis 0, the
+    way they were read, without a word of the card. It names the card and gives the option that works."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    paths = []
+    for name, data in (("sci_00.fits", frames.science[0]), ("arc_01.fits", frames.arc)):
+        fits.PrimaryHDU(np.asarray(data), fits.Header({"DISPAXIS": 2})).writeto(folder / name)
+        paths.append(folder / name)
+    args = [paths[0], "--arc", paths[1], "--mask", "12:26", "--read-noise", "4", "--workers", "1"]
+    code = _cli(monkeypatch, [*args, "--out", tmp_path / "out"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "read transposed already (the DISPAXIS = 2 card of arc_01.fits asked for it)" in err
+    assert "--dispersion-axis 1" in err and "--dispersion-axis 0" not in err
+    # The option it names works.
+    code = _cli(monkeypatch, [*args, "--out", tmp_path / "out1", "--dispersion-axis", "1"])
+    assert code == 0, capsys.readouterr().err
+    # Told to transpose on the command line, the advice is the same way round.
+    code = _cli(monkeypatch, [*args, "--out", tmp_path / "out0", "--dispersion-axis", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "read transposed already (--dispersion-axis 0" in err and "--dispersion-axis 1 (" in err
+
+
+def test_no_bias_note_says_the_overscan_was_subtracted(frames, tmp_path):
+    """Frames with an overscan (BIASSEC) and no bias frames (trial F1): the note said "nothing is subtracted"
+    while each output's HISTORY recorded the overscan's subtraction. It says what was: the overscan level, and
+    no master bias."""
+    n_rows, n_cols = SHAPE
+    folder = tmp_path / "oscan"
+    folder.mkdir()
+    paths = []
+    for name, data in (("sci_00.fits", frames.science[0]), ("arc_01.fits", frames.arc)):
+        full = np.full((n_rows, n_cols + 8), 1000.0)
+        full[:, :n_cols] += np.asarray(data)
+        header = fits.Header({"BIASSEC": f"[{n_cols + 1}:{n_cols + 8},1:{n_rows}]", "TRIMSEC": f"[1:{n_cols},1:{n_rows}]"})
+        fits.PrimaryHDU(full, header).writeto(folder / name)
+        paths.append(folder / name)
+    summary = run_batch([paths[0]], [paths[1]], masks=[MASK], out_dir=tmp_path / "out", workers=1, processes=False,
+                        progress=False, read_noise=4.0)
+    assert summary.exit_code == 0
+    notes = [n for n in summary.notes if n.startswith("no bias frames")]
+    assert len(notes) == 1 and "nothing is subtracted" not in notes[0], summary.notes
+    assert f"overscan level (BIASSEC [{n_cols + 1}:{n_cols + 8},1:{n_rows}]" in notes[0] and "no master bias" in notes[0]
+    assert any("overscan BIASSEC" in str(h) for h in fits.getheader(_outputs(tmp_path / "out")[0])["HISTORY"])
+    # Without an overscan, nothing is subtracted, and the note says so.
+    summary = run_batch([_write(folder / "plain.fits", frames.science[0])], [_write(folder / "arc_02.fits", frames.arc)],
+                        masks=[MASK], out_dir=tmp_path / "out2", workers=1, processes=False, progress=False,
+                        read_noise=4.0)
+    assert any(n.startswith("no bias frames: nothing is subtracted") for n in summary.notes)
+
+
+def test_no_arc_and_dispersion_along_the_rows_names_the_option(frames, tmp_path, monkeypatch, capsys):
+    """Frames stored with the dispersion along y, no DISPAXIS card and no arc (trial F1): every exposure failed
+    with "only 1 sky line(s) found ... give an arc frame", not a word of the orientation. The failure says the
+    dispersion seems to run along the rows and names the option that reads the frames transposed."""
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    science = [_write(folder / f"sci_{i:02d}.fits", frames.science[i].T) for i in range(2)]
+    code = _cli(monkeypatch, [*science, "--mask", "140:160", "--read-noise", "4", "--out", tmp_path / "out",
+                              "--workers", "1"])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("failed: sci_")]
+    assert code == 1 and len(failed) == 2, err
+    assert all("sky lines could not be traced" in line and "the dispersion seems to run along the rows" in line
+               and "--dispersion-axis 0 (instrument_options={'dispersion_axis': 0}) reads them transposed" in line
+               for line in failed), failed
+    # The option it names reads them.
+    code = _cli(monkeypatch, [*science, "--mask", "12:26", "--read-noise", "4", "--out", tmp_path / "out0",
+                              "--workers", "1", "--dispersion-axis", "0"])
+    err = capsys.readouterr().err
+    assert code in (0, 3) and "failed: sci_" not in err, err
+
+
 def test_fit_together_gives_the_stack_fit(raw, frames, tmp_path, monkeypatch, capsys):
     """``--fit-together`` without a session: the science files as one stack, as the page fits its
     exposures (each file on its own otherwise)."""

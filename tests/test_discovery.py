@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from specwidgets.io.discovery import find_fits_files, fits_stem, is_fits_name
 from specwidgets.io.fits_output import output_name
@@ -128,3 +129,32 @@ def test_bz2_frames_in_batch_are_named_by_their_stem(bz2_night, tmp_path):
     from specwidgets.batch.calibrations import _expand
 
     assert [p.name for p in _expand([folder], "science")][:2] == ["arc_1.fits.bz2", "bias_0.fits.bz2"]
+
+
+def test_an_exposure_stored_twice_is_refused_by_the_api_as_by_batch(tmp_path):
+    """``x.fits`` and a compressed copy ``x.fits.gz`` beside it (trial F1): collect_images_array stacked the
+    exposure twice, silently, where batch refused the folder; both refuse it now, by one rule."""
+    import gzip
+
+    from specwidgets.batch import run_batch
+    from specwidgets.io.loading import average_matching_files, collect_images_array
+
+    data = np.arange(48.0, dtype=np.float32).reshape(6, 8)
+    for name in ("x.fits", "y.fits"):
+        fits.writeto(tmp_path / name, data)
+    with gzip.open(tmp_path / "x.fits.gz", "wb") as out:
+        out.write((tmp_path / "x.fits").read_bytes())
+    message = r"same name but for their FITS or compression ending \(x\.fits, x\.fits\.gz\).*ignore=\['x\.fits\.gz'\]"
+    with pytest.raises(ValueError, match=message):
+        collect_images_array(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        average_matching_files(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        average_matching_files(tmp_path, mode="sum")
+    with pytest.raises(ValueError, match=r"same output file: x_sky\.fits <- .*x\.fits, .*x\.fits\.gz"):
+        run_batch(sorted(tmp_path.iterdir()), out_dir=tmp_path / "out", masks=[(2, 4)], progress=False)
+    # Left out as the message says, the folder reads.
+    assert collect_images_array(tmp_path, ignore=["x.fits.gz"]).shape == (2, 6, 8)
+    from specwidgets.io.discovery import stem_clashes
+
+    assert stem_clashes(sorted(tmp_path.iterdir())) == {"x": [tmp_path / "x.fits", tmp_path / "x.fits.gz"]}

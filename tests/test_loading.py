@@ -327,6 +327,65 @@ def test_file_without_2d_image_names_it(tmp_path):
         collect_images_array(tmp_path, tag="cube", hdu=5)
 
 
+def test_thumbnail_in_the_primary_hdu_is_not_read_as_the_frame(tmp_path):
+    """A 10 x 10 preview in the primary HDU and the frame in a SCI extension (trial F1): the thumbnail was
+    read, silently, and the SCI header's GAIN lost. The SCI image is read, its cards used, and a warning
+    names the HDU read."""
+    def thumbnail_file(path, name="SCI", extra=()):
+        primary = fits.PrimaryHDU(np.zeros((10, 10), np.float32), fits.Header({"ORIGIN": "test"}))
+        frame = fits.ImageHDU(gradient(6, 40), fits.Header({"GAIN": 2.0, "RDNOISE": 4.0}), name=name)
+        fits.HDUList([primary, frame, *extra]).writeto(path, overwrite=True)
+
+    thumbnail_file(tmp_path / "a.fits")
+    with pytest.warns(UserWarning, match=r"2 2D images \(0: PRIMARY 10 x 10, 1: SCI 6 x 40\): HDU 1 \(SCI\) is read, "
+                                         r"as its EXTNAME is SCI.*pass hdu="):
+        images, meta = collect_images_array(tmp_path, return_metadata=True)
+    assert meta[0]["hdu"] == 1 and images.shape == (1, 6, 40)
+    # The cards are the image HDU's, after the primary's (merged as for any extension).
+    assert images.unit == "electron" and meta[0]["gain"] == 2.0 and meta[0]["header"]["ORIGIN"] == "test"
+    np.testing.assert_allclose(images[0], 2.0 * gradient(6, 40))
+    # hdu= still reads the thumbnail on purpose, without a word.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert collect_images_array(tmp_path, hdu=0).shape == (1, 10, 10)
+    # No SCI name: the largest image is read, and named.
+    thumbnail_file(tmp_path / "a.fits", name="FRAME")
+    with pytest.warns(UserWarning, match=r"HDU 1 \(FRAME\) is read, as the largest image"):
+        assert collect_images_array(tmp_path).shape == (1, 6, 40)
+    # The science image with its companions (variance, quality) is no surprise: no warning.
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(gradient(6, 40), name="SCI"),
+                  fits.ImageHDU(gradient(6, 40), name="VAR")]).writeto(tmp_path / "a.fits", overwrite=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert collect_images_array(tmp_path).shape == (1, 6, 40)
+    # Amplifier pieces behind a thumbnail are still refused (the thumbnail has no DETSEC of its own).
+    pieces = [fits.ImageHDU(gradient(6, 4, 10 * k), name=f"AMP{k}") for k in range(3)]
+    for k, hdu in enumerate(pieces):
+        hdu.header["DETSEC"] = f"[{4 * k + 1}:{4 * k + 4},1:6]"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((2, 2), np.float32)), *pieces]).writeto(tmp_path / "a.fits", overwrite=True)
+    with pytest.raises(ValueError, match="holds 3 images of one exposure"):
+        collect_images_array(tmp_path)
+
+
+def test_cube_of_one_plane_is_read_and_a_real_cube_is_named(tmp_path):
+    """3-D data with NAXIS3 = 1 (trial F1) were refused as "no HDU holding a 2D image": read as their one
+    plane; a cube of several planes is refused, saying it is one and how to read a plane."""
+    from specwidgets.io.loading import read_frame
+
+    write(tmp_path / "one.fits", gradient(5, 8)[None], {"GAIN": 2.0})
+    for options in ({}, {"hdu": 0}):
+        frame = read_frame(tmp_path / "one.fits", **options)
+        assert frame.shape == (5, 8) and frame.unit == "electron"
+        np.testing.assert_allclose(frame, 2.0 * gradient(5, 8))
+    write(tmp_path / "one.fits", gradient(5, 8)[None], {"GAIN": 2.0}, extension=True)
+    assert collect_images_array(tmp_path, tag="one").shape == (1, 5, 8)
+    write(tmp_path / "three.fits", np.stack([gradient(5, 8)] * 3))
+    for options in ({}, {"hdu": 0}):
+        with pytest.raises(ValueError, match=r"HDU 0 of .*three\.fits holds no 2D image: it is a cube of 3 planes "
+                                             r"of 5 x 8 pixels \(NAXIS3 = 3\).*write the plane.*k = 0\.\.2"):
+            read_frame(tmp_path / "three.fits", **options)
+
+
 def test_bad_mode_and_option(tmp_path):
     write(tmp_path / "a.fits", gradient(4, 4))
     with pytest.raises(ValueError, match="unknown mode 'max'.*'median', 'mean'"):

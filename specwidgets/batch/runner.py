@@ -99,6 +99,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -115,9 +116,11 @@ from astropy.io import fits
 from ..core._warnings import _PACKAGE_DIR, warn_at_caller
 from ..core.frames import ESTIMATE, NOISE_ATTRIBUTES, FrameArray, noise_setting, saturated_pixels, with_readout_of
 from ..core.inputs import check_spatial_order
+from ..core.lines import lines_along_rows
 from ..core.rows import RowRanges
 from ..core.sky.api import METHODS, fit_sky
 from ..core.warp import WarpModel
+from ..io.discovery import stem_clashes
 from ..io.fits_output import (
     MASK_SATURATED,
     OUTPUT_SUFFIX,
@@ -132,8 +135,8 @@ from ..io.fits_output import (
     settings_hash,
     write_exposure,
 )
-from ..io.instruments import Instrument, resolve_instrument
-from ..io.loading import _crop_pair, arc_orientation, input_gain, read_frame
+from ..io.instruments import OVERSCAN_HISTORY, Instrument, _is_2d_image, resolve_instrument
+from ..io.loading import _arc_orientation, _crop_pair, input_gain, read_frame
 from .calibrations import ARC_COMBINES, _expand, prepare_calibrations
 from .outputs import BatchSummary, _flags_of_output, _quality_record
 
@@ -626,7 +629,7 @@ def _process_one_inner(path, job, bias, flat):
     path = Path(path)
     out = Path(job.out_dir) / output_name(path)
     record = {"input": str(path), "output": str(out), "status": "failed", "message": ""}
-    export = None
+    export = frame = None
     try:
         config = job.config_for(path)
         if not job.overwrite:
@@ -670,7 +673,7 @@ def _process_one_inner(path, job, bias, flat):
         record["status"] = "done"
         record.update(_quality_record(result))
     except Exception as exc:  # noqa: BLE001 - reported by name, the others go on
-        record["message"] = f"{type(exc).__name__}: {exc}"
+        record["message"] = _failure_message(exc, job, frame)
     finally:
         record["seconds"] = time.perf_counter() - t0
         # CPU of this task's thread only: wall minus this is waiting (disk, fsync, a busy machine).
@@ -1039,18 +1042,66 @@ def _holds_no_image(path):
     False when it cannot be read (its reading says what is wrong)."""
     try:
         with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
-            return not any(h.is_image and h.header.get("NAXIS") == 2 for h in hdul)
+            return not any(_is_2d_image(h) for h in hdul)
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError):
         return False
 
 
+#: The core's advice when an arc's lines lie along the rows (:func:`~specwidgets.core.lines.find_cal_lines`).
+_TRANSPOSE_ADVICE = re.compile(r"transpose the frames \(np\.transpose, or load with dispersion_axis=0\)")
+
+
+@contextmanager
+def _turned_advice(turned_by):
+    """Mend the advice "transpose the frames (dispersion_axis=0)" of an error raised in the block when the
+    frames were read transposed already (``turned_by`` says why: an arc's ``DISPAXIS = 2`` card, the arcs'
+    lines, ``--dispersion-axis 0``): transposed once more they are as stored, so the option that reads
+    them right is ``--dispersion-axis 1`` (trial F1: the advice said 0, the way they were read, and never
+    named the card)."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        if not turned_by or "dispersion_axis=0" not in text:
+            raise
+        advice = (f"the frames were read transposed already ({turned_by}): read them as stored, with "
+                  "--dispersion-axis 1 (instrument_options={'dispersion_axis': 1}), which overrides the frames' own cards")
+        mended = _TRANSPOSE_ADVICE.sub(lambda _: advice, text)
+        raise ValueError(mended if mended != text else f"{text}; but {advice}") from exc
+
+
+def _no_bias_note(path, reader, crop):
+    """The note of a run without bias frames: what is subtracted, by the first science frame ``path``.
+
+    Each frame's overscan level when the instrument subtracts it (its
+    ``HISTORY`` says so: trial F1's note said "nothing is subtracted" while
+    the outputs recorded the overscan's), but no master bias; else nothing.
+    A frame that cannot be read gets the note of nothing subtracted (its own
+    failure says what is wrong).
+    """
+    overscan = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # each frame's warnings are told with its fit
+            header = read_frame(path, reader, crop).header
+        overscan = [str(h) for h in header.get("HISTORY", []) if str(h).startswith(OVERSCAN_HISTORY)]
+    except (OSError, ValueError, TypeError):
+        pass
+    if overscan:
+        # "specwidgets: overscan BIASSEC [1025:1056,1:100] median 1009.9 subtracted": its card and section.
+        section = overscan[0][len(OVERSCAN_HISTORY):].split(" median ")[0].strip()
+        return (f"no bias frames: each frame's overscan level ({section}, its median) is subtracted, as the outputs' "
+                "HISTORY records, but no master bias: the bias pattern (its structure along rows and columns) stays "
+                "in; give --bias to subtract it")
+    return ("no bias frames: nothing is subtracted (give --bias unless the frames are bias-subtracted already: a "
+            "bias level left in makes them scatter less than the noise model predicts)")
+
+
 def _check_outputs_unique(files):
-    by_name = {}
-    for p in files:
-        by_name.setdefault(output_name(p), []).append(p)
-    clash = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    # The API loaders refuse such files by the same rule (one exposure stored twice, one compressed).
+    clash = stem_clashes(files)
     if clash:
-        listing = "; ".join(f"{n} <- {', '.join(str(p) for p in ps)}" for n, ps in clash.items())
+        listing = "; ".join(f"{output_name(ps[0])} <- {', '.join(str(p) for p in ps)}" for ps in clash.values())
         raise ValueError(f"several inputs would write the same output file: {listing}")
 
 
@@ -1174,6 +1225,39 @@ def _page_group(files, group):
     return [by_name[name] for name in group[1]]
 
 
+#: The sky-line warp's failure (:func:`~specwidgets.core.sky.sky_warp.sky_warp_model`) that a frame read the wrong
+#: way round also gives: its sky lines lie along the rows, and down a row at most one (the source's trace) stands out.
+_NO_SKY_LINES = "sky lines could not be traced"
+
+
+def _failure_message(exc, job, frame=None):
+    """A failed exposure's message: the exception's, and when the warp could not be fit on the frame's sky lines
+    (no arc) for an instrument whose frames the option turns, that the dispersion may run along the rows.
+
+    Trial F1: frames stored with the dispersion along y and no arc failed with "only 1 sky line(s) found ...
+    give an arc frame", not a word of the orientation. The arcs' orientation check is not applied to the sky
+    lines to turn the frames (on the Goodman frames turned, it saw them so once in three): it only makes the
+    hint firmer, when the frame's lines stand out down its columns (:func:`~specwidgets.core.lines.lines_along_rows`).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    reader = job.reader
+    if _NO_SKY_LINES not in str(exc) or not isinstance(reader, Instrument) or reader.rot90:
+        return text
+    try:
+        # Read transposed already (an option, a DISPAXIS card): read as stored, the other way.
+        header = getattr(frame, "header", None)  # (the frame as read: the pixels calibrated, its header kept)
+        transposed = reader.turn_of(header)[0] if header is not None else reader.transpose
+        along_rows = frame is not None and lines_along_rows(np.asarray(frame, dtype=float))
+    except Exception:  # noqa: BLE001 - a hint: the failure's own message stands without it
+        return text
+    axis, how = (1, "reads them as stored") if transposed else (0, "reads them transposed")
+    option = f"--dispersion-axis {axis} (instrument_options={{'dispersion_axis': {axis}}}) {how}"
+    if along_rows:
+        return (f"{text}; its lines stand out down its columns, each along a row: the dispersion seems to run "
+                f"along the rows of the frames as read, not the columns: {option}")
+    return f"{text}; or, if the dispersion runs along the rows of the frames as read (not the columns), {option}"
+
+
 def _process_group(paths, job, bias, flat):
     """Worker task: the page's exposures fit together as one stack; one output each. Returns records."""
     records = []
@@ -1190,7 +1274,7 @@ def _process_group_inner(paths, job, bias, flat):
                 "message": ""} for p in paths]
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(job.numba_threads, numba.config.NUMBA_NUM_THREADS)))
-    exports = set()
+    exports, frames = set(), []
     try:
         configs = [job.config_for(p) for p in paths]
         if not job.overwrite:
@@ -1263,9 +1347,10 @@ def _process_group_inner(paths, job, bias, flat):
             record["status"] = "done"
             record.update(quality)
     except Exception as exc:  # noqa: BLE001 - reported by name
+        message = _failure_message(exc, job, frames[0] if frames else None)
         for record in records:
             if record["status"] != "done":
-                record["message"] = f"{type(exc).__name__}: {exc}"
+                record["message"] = message
     finally:
         numba.set_num_threads(previous)
         for record in records:
@@ -1572,7 +1657,9 @@ def run_batch(
         files = grouped
     _check_outputs_unique(files)
     instrument_options = dict(instrument_options or {})
-    turned = ""
+    turned = turned_by = ""
+    if instrument_options.get("dispersion_axis") == 0:
+        turned_by = "--dispersion-axis 0 (instrument_options={'dispersion_axis': 0}) asked for it"
     if warp_model is None and _given_files(arc):
         try:
             arc_files = _expand(arc, "arc")
@@ -1580,8 +1667,10 @@ def run_batch(
             arc_files = []  # the calibrations' own reading names it
         if arc_files:
             # As the page's folder loader: frames whose wavelength runs down the rows are turned.
-            turn, turned = arc_orientation(arc_files, instrument, **instrument_options)
+            turn, turned, card = _arc_orientation(arc_files, instrument, **instrument_options)
             instrument_options.update(turn)
+            # What turned them, should their lines then lie across the frame (a wrong card).
+            turned_by = f"{card} asked for it" if card else turned or turned_by
     reader = resolve_instrument(instrument, **instrument_options)
     science_reader = reader
     if bad_pixels is not None:
@@ -1604,21 +1693,22 @@ def run_batch(
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()
-    cal = prepare_calibrations(
-        arc,
-        bias=bias,
-        flat=flat,
-        instrument=reader,
-        crop=crop,
-        guesses=guesses,
-        warp_model=warp_model,
-        flat_norm=flat_norm,
-        std_variation=std_variation,
-        line_order=line_order,
-        warp_order=warp_order,
-        arc_combine=arc_combine,
-        tolerance=tolerance,
-    )
+    with _turned_advice(turned_by):
+        cal = prepare_calibrations(
+            arc,
+            bias=bias,
+            flat=flat,
+            instrument=reader,
+            crop=crop,
+            guesses=guesses,
+            warp_model=warp_model,
+            flat_norm=flat_norm,
+            std_variation=std_variation,
+            line_order=line_order,
+            warp_order=warp_order,
+            arc_combine=arc_combine,
+            tolerance=tolerance,
+        )
     model = cal.warp_model
     summary.timings["calibrations"] = time.perf_counter() - t_cal
     if model is None:
@@ -1638,8 +1728,7 @@ def run_batch(
         warp_dict = model.to_dict()
         summary.warnings = list(model.quality_warnings) if model.traces is not None else []
     if cal.bias is None:
-        summary.notes.append("no bias frames: nothing is subtracted (give --bias unless the frames are bias-subtracted "
-                             "already: a bias level left in makes them scatter less than the noise model predicts)")
+        summary.notes.append(_no_bias_note(files[0], science_reader, crop))
     # One value from here to every fit and output header (SWMASK).
     ranges = RowRanges.coerce(masks, "masks").resolve(shape[0], "masks")
     summary.warp_model = warp_dict

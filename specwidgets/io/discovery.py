@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["COMPRESSION_SUFFIXES", "FITS_SUFFIXES", "find_fits_files", "fits_stem", "is_fits_name"]
+__all__ = ["COMPRESSION_SUFFIXES", "FITS_SUFFIXES", "find_fits_files", "fits_stem", "is_fits_name", "stem_clashes"]
 
 #: Name endings of FITS files (compared case-insensitively).
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
@@ -74,6 +74,25 @@ def fits_stem(name):
         if ending is None:
             return stem
         stem = stem[: -len(ending)]
+
+
+def stem_clashes(paths):
+    """The paths that share a :func:`fits_stem`, by stem: ``{stem: [paths]}`` for each stem of more than one.
+
+    Such files are one exposure stored twice (``x.fits`` and a compressed
+    copy ``x.fits.gz`` left beside it) or, from different folders, frames
+    whose outputs (named by the stem) would overwrite each other: the API
+    loaders and batch refuse them by this one rule.
+
+    Examples
+    --------
+    >>> stem_clashes(["a/x.fits", "a/x.fits.gz", "a/y.fits"])
+    {'x': ['a/x.fits', 'a/x.fits.gz']}
+    """
+    by_stem = {}
+    for path in paths:
+        by_stem.setdefault(fits_stem(path), []).append(path)
+    return {stem: group for stem, group in by_stem.items() if len(group) > 1}
 
 
 def find_fits_files(folder, tag="", *, ignore=(), depth=0, match="name", resolve=False):

@@ -82,6 +82,9 @@ _ELECTRON_WORD = re.compile(r"(\be-|\belectrons?\b|\be\b)", re.IGNORECASE)
 _PER_ELECTRON = re.compile(r"\b(adus?|dn|counts?)\s*(/|per)\s*(e-?|electrons?)(\b|$|\s)", re.IGNORECASE)
 _NUMBER_AND_TEXT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*)$")
 
+#: How the ``HISTORY`` card of a frame whose overscan level was subtracted begins (batch's notes read it).
+OVERSCAN_HISTORY = "specwidgets: overscan"
+
 #: KOSMOS gain in e-/ADU; it is not written in the KOSMOS headers.
 KOSMOS_GAIN = 0.6
 
@@ -320,8 +323,10 @@ class Instrument:
     name : str
         Short name, used in messages.
     hdu : int, str or None
-        HDU index or EXTNAME holding the image; None means the first HDU
-        that holds a 2D image.
+        HDU index or EXTNAME holding the image; None means the HDU that
+        holds a 2D image, or when several do, the one named ``SCI``, else the
+        largest (a warning names it when other images are passed over); a
+        cube of one plane (NAXIS3 = 1) counts as its 2D image.
     transpose : bool
         Transpose the raw image (for detectors whose dispersion runs along
         the raw rows, keeping wavelength order).
@@ -510,8 +515,10 @@ class Instrument:
             if str(path) in str(exc):
                 raise
             raise ValueError(f"could not read FITS file {path}: {exc}") from exc
-        if raw is None or raw.ndim != 2:
+        if raw is None or raw.ndim < 2 or any(n != 1 for n in raw.shape[:-2]):
             raise ValueError(f"HDU {index} of {path} holds no 2D image")
+        # A cube of one plane (NAXIS3 = 1, as some cameras write): its one image.
+        raw = _as_plane(raw)
         rows, cols = self._trim_slices(header, raw.shape, path.name)
         data = raw[rows, cols]
         level = self._overscan_level(header, raw, (rows, cols), path.name)
@@ -710,10 +717,12 @@ class Instrument:
 
     def _image_index(self, hdul, path):
         if self.hdu is None:
-            images = [i for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS") == 2]
+            images = [i for i, h in enumerate(hdul) if _is_2d_image(h)]
             if images:
-                _refuse_pieces(hdul, images, path)
-                return images[0]
+                return _default_image(hdul, images, path)
+            cubes = [i for i, h in enumerate(hdul) if h.is_image and _cube_text(h.header)]
+            if cubes:
+                raise ValueError(_cube_message(hdul, cubes[0], path))
             listing = ", ".join(f"{i}: {type(h).__name__} NAXIS={h.header.get('NAXIS')}" for i, h in enumerate(hdul))
             raise ValueError(f"{path} has no HDU holding a 2D image (HDUs: {listing})")
         try:
@@ -727,7 +736,9 @@ class Instrument:
             names = ", ".join(f"{i}: {h.name}" for i, h in enumerate(hdul))
             raise ValueError(f"{path} has no HDU {self.hdu!r} (it has {names})")
         hdu = hdul[index]
-        if not (hdu.is_image and hdu.header.get("NAXIS") == 2):
+        if not _is_2d_image(hdu):
+            if hdu.is_image and _cube_text(hdu.header):
+                raise ValueError(_cube_message(hdul, index, path, given=self.hdu))
             raise ValueError(f"HDU {self.hdu!r} of {path} holds no 2D image (NAXIS={hdu.header.get('NAXIS')})")
         return index
 
@@ -755,7 +766,7 @@ class Instrument:
         if not np.isfinite(pixels).any():
             return None
         level = float(np.nanmedian(pixels))
-        header.add_history(f"specwidgets: overscan {key} {section} median {level:.6g} subtracted"
+        header.add_history(f"{OVERSCAN_HISTORY} {key} {section} median {level:.6g} subtracted"
                            + (" (its pixels kept in the frame: trimsec trims them)" if kept_too else ""))
         return level
 
@@ -794,6 +805,103 @@ class Instrument:
 _COMPANION_EXTNAME = re.compile(
     r"^(VAR|VARIANCE|IVAR|INVVAR|ERR|ERROR|ERRS|SIGMA|STDDEV|NOISE|UNC|UNCERT|UNCERTAINTY|DQ|BPM|BADPIX|MASK|FLAGS?|"
     r"WHT|WEIGHTS?|EXPMAP|EXPTIME|SKY|BKG|BACKGROUND|MODEL|RESID|CON|CTX|QUAL|QUALITY)\b", re.IGNORECASE)
+
+
+def _plane_shape(header):
+    """``(n_rows, n_cols)`` of an image HDU's header when it holds one 2D image, else None.
+
+    NAXIS = 2, or more axes whose extra ones (NAXIS3, ...) all have length 1:
+    a cube of one plane, which some cameras write (trial F1: refused as "no
+    2D image"); :func:`_as_plane` squeezes its data on reading.
+    """
+    naxis = int(header.get("NAXIS", 0) or 0)
+    if naxis < 2 or any(int(header.get(f"NAXIS{k}", 0) or 0) != 1 for k in range(3, naxis + 1)):
+        return None
+    return int(header.get("NAXIS2", 0) or 0), int(header.get("NAXIS1", 0) or 0)
+
+
+def _is_2d_image(hdu):
+    """Whether ``hdu`` holds one 2D image (:func:`_plane_shape`): the frames specwidgets reads."""
+    return bool(hdu.is_image) and _plane_shape(hdu.header) is not None
+
+
+def _as_plane(data):
+    """``data`` with its extra axes of length 1 dropped (a view): a cube of one plane is its image."""
+    return data.reshape(data.shape[-2:]) if data is not None and data.ndim > 2 else data
+
+
+def _cube_text(header):
+    """What an image HDU holding more than a 2D image is (``"a cube of 3 planes ..."``), or "" (no such HDU)."""
+    naxis = int(header.get("NAXIS", 0) or 0)
+    if naxis < 3 or _plane_shape(header) is not None:
+        return ""
+    sizes = [int(header.get(f"NAXIS{k}", 0) or 0) for k in range(1, naxis + 1)]
+    plane = f"{sizes[1]} x {sizes[0]} pixels"
+    if naxis == 3:
+        return f"a cube of {sizes[2]} planes of {plane} (NAXIS3 = {sizes[2]})"
+    extra = ", ".join(f"NAXIS{k} = {sizes[k - 1]}" for k in range(3, naxis + 1))
+    return f"{naxis}-D data: {', '.join(map(str, reversed(sizes)))} ({extra}) planes of {plane}"
+
+
+def _cube_message(hdul, index, path, given=None):
+    """The refusal of a cube in HDU ``index`` (more than one plane): what it is, and how to read one plane."""
+    which = f"HDU {given!r}" if given is not None else f"HDU {index}"
+    header = hdul[index].header
+    naxis = int(header.get("NAXIS", 0) or 0)
+    planes = 1
+    for k in range(3, naxis + 1):
+        planes *= int(header.get(f"NAXIS{k}", 0) or 0)
+    return (
+        f"{which} of {path} holds no 2D image: it is {_cube_text(hdul[index].header)}. specwidgets reads one 2D "
+        "image per file (a cube of one plane is read as its image): write the plane you want to a file of its "
+        f"own (astropy: fits.writeto('plane.fits', fits.getdata(path, {index})[k], fits.getheader(path, {index})) "
+        f"for plane k = 0..{planes - 1}), or give that plane's array (data[k]) to fit_sky directly"
+    )
+
+
+#: The EXTNAME of the science image, read first when a file holds several images (HST, Gemini, LCO: ``SCI``).
+SCIENCE_EXTNAME = "SCI"
+
+
+def _default_image(hdul, images, path):
+    """The index of the image HDU read when no ``hdu`` is given; ``images`` are those holding a 2D image.
+
+    One image: it. Several: the first named :data:`SCIENCE_EXTNAME`, else the
+    largest (the first of the largest), so that a preview or thumbnail stored
+    beside the frame is not read in its place (trial F1: a 10 x 10 primary
+    thumbnail was read as the frame, and its SCI extension's GAIN lost).
+    Pieces of one exposure are refused (:func:`_refuse_pieces`). When images
+    other than the chosen one's companions (``VAR``, ``DQ``, ...) are passed
+    over, a warning names the HDU read and how to read another.
+    """
+    if len(images) == 1:
+        return images[0]
+
+    def pixels(i):
+        rows, cols = _plane_shape(hdul[i].header)
+        return rows * cols
+
+    named = [i for i in images if hdul[i].name == SCIENCE_EXTNAME]
+    chosen = named[0] if named else max(images, key=pixels)
+    # A primary image smaller than the one read is a preview, not a piece of the exposure (it has no
+    # DETSEC, which would hide the pieces' own).
+    pool = [chosen] + [i for i in images if i != chosen and not (i == 0 and pixels(0) < pixels(chosen))]
+    _refuse_pieces(hdul, pool, path)
+    passed = [i for i in images if i != chosen and not _COMPANION_EXTNAME.match(hdul[i].name or "")]
+    if passed:
+        def text(i):
+            rows, cols = _plane_shape(hdul[i].header)
+            return f"{i}: {hdul[i].name or '(no name)'} {rows} x {cols}"
+
+        why = f"its EXTNAME is {SCIENCE_EXTNAME}" if named else "the largest image"
+        # Not the file's name: one warning for every file laid out alike.
+        warn_at_caller(
+            f"the frames hold {len(images)} 2D images ({', '.join(text(i) for i in images)}): HDU {chosen} "
+            f"({hdul[chosen].name or 'no name'}) is read, as {why}, and its header's cards (GAIN, ...) are used "
+            f"with the primary header's; pass hdu= (an index or an EXTNAME) to read another",
+            UserWarning,
+        )
+    return chosen
 
 
 def _refuse_pieces(hdul, images, path):
@@ -886,7 +994,7 @@ def _bad_pixel_image(source, hdul, index, path):
     if not (same or named):
         names = ", ".join(f"{i}: {h.name or '(no name)'}" for i, h in enumerate(hdul))
         raise ValueError(f"{path} has no {source} extension for bad_pixels (its HDUs: {names})")
-    data = (same or named)[0].data
+    data = _as_plane((same or named)[0].data)
     if data is None or data.ndim != 2:
         raise ValueError(f"the {source} extension of {path} holds no 2D image")
     return np.asarray(data) != 0, f"{source} extension"
@@ -897,10 +1005,10 @@ def _mask_file(path, _version):
     """A mask file's nonzero pixels (cached by path and the file's version: one mask serves every frame)."""
     try:
         with fits.open(path, memmap=False) as hdul:
-            images = [h for h in hdul if h.is_image and h.header.get("NAXIS") == 2]
+            images = [h for h in hdul if _is_2d_image(h)]
             if not images:
                 raise ValueError(f"bad_pixels mask file {path} holds no 2D image")
-            bad = np.asarray(images[0].data) != 0
+            bad = np.asarray(_as_plane(images[0].data)) != 0
     except OSError as exc:
         raise ValueError(f"could not read the bad_pixels mask file {path}: {exc}") from exc
     bad.setflags(write=False)
@@ -933,7 +1041,7 @@ def _set_bad(data, bad, raw_shape, kept, turn, header, path, source):
 def _note_quality_image(hdul, index):
     """Warn, once per EXTNAME, of a data-quality image beside the science image that is not applied."""
     for h in hdul:
-        if h.name in QUALITY_EXTNAMES and h.is_image and h.header.get("NAXIS") == 2 and h is not hdul[index]:
+        if h.name in QUALITY_EXTNAMES and _is_2d_image(h) and h is not hdul[index]:
             warn_at_caller(
                 f"the frames have a {h.name} extension (data quality) that is not applied: pass "
                 f"bad_pixels={h.name!r} (batch: --bad-pixels {h.name}) to leave the pixels it flags out of the sky fit",
@@ -1027,8 +1135,8 @@ _BUILTINS = {
         # frames (+4, -15, -7 ADU against the master bias went into the sky).
         overscan_keyword="BIASSEC",
         description=(
-            "first 2D image HDU, its BIASSEC overscan's median subtracted, trimmed to its TRIMSEC when smaller, "
-            "transposed when DISPAXIS = 2; gain "
+            "the 2D image HDU (SCI, else the largest, when several), its BIASSEC overscan's median subtracted, "
+            "trimmed to its TRIMSEC when smaller, transposed when DISPAXIS = 2; gain "
             "from GAIN/EGAIN/ESO DET OUT1 CONAD (or the inverse of ESO DET OUT1 GAIN/INVGAIN), read noise from "
             "RDNOISE/READNOIS/RON/ESO DET OUT1 RON (a card in ADU times the gain); options set HDU, axis, trim "
             "(trimsec=None keeps every pixel), gain, read noise"

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from specwidgets.core.frames import FrameArray, median_frames
-from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files
+from specwidgets.io.discovery import COMPRESSION_SUFFIXES, FITS_SUFFIXES, find_fits_files, stem_clashes
 from specwidgets.io.instruments import Instrument, _electron_unit, _scaled_unit, resolve_instrument
 
 __all__ = [
@@ -112,6 +112,28 @@ def matching_files(path, tag="", ignore=()):
     if not chosen:
         raise FileNotFoundError(_no_match_message(folder, tag, patterns, find_fits_files(folder)))
     return chosen
+
+
+def _frame_files(path, tag, ignore):
+    """:func:`matching_files`, refusing files that are one exposure stored twice.
+
+    ``x.fits`` and ``x.fits.gz`` (a compressed copy left beside it) would be
+    stacked as two exposures, the second's sky counted twice (trial F1);
+    batch refuses the same files (their outputs would clash) by the same
+    rule, :func:`~specwidgets.io.discovery.stem_clashes`.
+    """
+    files = matching_files(path, tag=tag, ignore=ignore)
+    clash = stem_clashes(files)
+    if clash:
+        listing = "; ".join(", ".join(p.name for p in group) for group in clash.values())
+        extra = [p.name for group in clash.values() for p in group[1:]]
+        raise ValueError(
+            f"several files in folder {str(files[0].parent)!r} have the same name but for their FITS or compression "
+            f"ending ({listing}): one exposure stored twice (one compressed?), which would be stacked as two. Keep "
+            f"one: move the others away, or leave them out with ignore={extra!r} (batch refuses them too: they "
+            "would write the same output file)"
+        )
+    return files
 
 
 def _check_folder(path):
@@ -259,35 +281,45 @@ def arc_orientation(arc_paths, instrument="generic", **instrument_options):
     loader and batch both ask this before reading any frame, so crops and
     masks count the rows of the turned frames.
     """
+    options, note, _ = _arc_orientation(arc_paths, instrument, **instrument_options)
+    return options, note
+
+
+def _arc_orientation(arc_paths, instrument="generic", **instrument_options):
+    """:func:`arc_orientation`, and third what turned the frames when an arc's card did (``"the DISPAXIS = 2
+    card of arc_1.fits"``), else "": batch names it when the turned frames' lines then lie across the frame
+    (the card was wrong: they were stored as specwidgets wants them, trial F1)."""
     from specwidgets.core.lines import lines_along_rows
 
     reader = resolve_instrument(instrument, **instrument_options)
     key = getattr(reader, "dispersion_keyword", None)
     paths = [arc_paths] if isinstance(arc_paths, (str, os.PathLike)) else list(arc_paths)
     if not key or not paths:
-        return {}, ""
+        return {}, "", ""
     total = None
     for path in paths:
         try:
             frame = reader.read(path)
         except (OSError, ValueError):
-            return {}, ""
+            return {}, "", ""
         if key in frame.header:
             # The arcs say how they lie: every frame follows them (science frames often lack the card).
-            return {"dispersion_axis": 0 if reader._transposes(frame.header, Path(path)) else 1}, ""
+            transposed = reader._transposes(frame.header, Path(path))
+            card = f"the {key} = {frame.header[key]} card of {Path(path).name}" if transposed else ""
+            return {"dispersion_axis": 0 if transposed else 1}, "", card
         data = np.asarray(frame.data, dtype=float)
         if total is not None and data.shape != total.shape:
-            return {}, ""
+            return {}, "", ""
         # Each frame less its median: a bias level left in adds no line.
         data = data - np.nanmedian(data)
         total = data if total is None else total + data
     if not lines_along_rows(total):
-        return {}, ""
+        return {}, "", ""
     names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
     return {"dispersion_axis": 0}, (
         f"the arc's lines lie along the rows ({names}: wavelength changes with the row, and no {key} card says "
         "otherwise): every frame is read transposed, so that wavelength runs along the columns (dispersion_axis=0)"
-    )
+    ), ""
 
 
 def input_gain(instrument, frame):
@@ -461,7 +493,7 @@ def _load(path, tag, instrument, ignore, crop_bds, debug, instrument_options, co
         return _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_options)
     start, stop = _crop_pair(crop_bds)
     reader = resolve_instrument(instrument, **instrument_options)
-    files = matching_files(path, tag=tag, ignore=ignore)
+    files = _frame_files(path, tag, ignore)
 
     out, shapes, metadata = None, [], []
     for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
@@ -500,7 +532,7 @@ def _load_median(path, tag, instrument, ignore, crop_bds, debug, instrument_opti
     """
     start, stop = _crop_pair(crop_bds)
     reader = resolve_instrument(instrument, **instrument_options)
-    files = matching_files(path, tag=tag, ignore=ignore)
+    files = _frame_files(path, tag, ignore)
     stack, scales, shapes, metadata = None, [], [], []
     for i, (file, data, frame) in enumerate(_iter_frames(files, reader, start, stop)):
         shapes.append(data.shape)
@@ -675,8 +707,9 @@ def collect_images_array(
         ``path`` is a file.
     ValueError
         Unknown instrument, bad ``crop_bds``, unreadable FITS file, file with
-        no 2D image, frames of different shapes, or frames mixing electrons
-        and ADU. Each message names the file or value at fault.
+        no 2D image, frames of different shapes, frames mixing electrons
+        and ADU, or files that are one exposure stored twice (``x.fits`` and
+        ``x.fits.gz``). Each message names the file or value at fault.
 
     Examples
     --------
