@@ -158,3 +158,25 @@ def test_an_exposure_stored_twice_is_refused_by_the_api_as_by_batch(tmp_path):
     from specwidgets.io.discovery import stem_clashes
 
     assert stem_clashes(sorted(tmp_path.iterdir())) == {"x": [tmp_path / "x.fits", tmp_path / "x.fits.gz"]}
+
+
+def test_the_pages_folder_loader_refuses_an_exposure_stored_twice(tmp_path):
+    """The page's folder loader (and batch from a saved session) by the same rule: ``sci_1.fits`` beside
+    ``sci_1.fits.gz`` in one folder is one exposure, not two; the same name in two nights' folders is two."""
+    import gzip
+
+    from specwidgets.io.folder import folder_files
+
+    data = np.arange(48.0, dtype=np.float32).reshape(6, 8)
+    for name in ("arc_1.fits", "sci_1.fits", "sci_2.fits"):
+        fits.writeto(tmp_path / name, data)
+    with gzip.open(tmp_path / "sci_1.fits.gz", "wb") as out:
+        out.write((tmp_path / "sci_1.fits").read_bytes())
+    with pytest.raises(ValueError, match=r"science frames stored twice .*sci_1\.fits, sci_1\.fits\.gz"):
+        folder_files(tmp_path, bias_tag="", science_tag="sci_")
+    (tmp_path / "sci_1.fits.gz").unlink()
+    for night in ("n1", "n2"):
+        (tmp_path / night).mkdir()
+        fits.writeto(tmp_path / night / "sci_9.fits", data)
+    roles, _ = folder_files(tmp_path, bias_tag="", science_tag="sci_")
+    assert len(roles["science"]) == 4

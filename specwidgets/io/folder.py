@@ -20,7 +20,7 @@ from astropy.io import fits
 
 from ..core.flat import FLAT_NORMS, FlatNoise, usable_flat
 from ..core.frames import FrameArray, binning_text, median_frames, saturated_pixels, with_readout_of
-from .discovery import find_frames
+from .discovery import find_frames, fits_stem
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
 
@@ -307,6 +307,19 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag="", flat_tag=
                 f"no {role} frame: no FITS file in {str(root)!r} (or its subfolders) has {tag!r} in its path{typed}"
                 + (" or its OBJECT card" if role == "science" else "")
                 + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
+            )
+        twice = {}
+        for path in files:
+            twice.setdefault((path.parent, fits_stem(path)), []).append(path)
+        twice = [group for group in twice.values() if len(group) > 1]
+        if twice:
+            # One exposure stored twice (x.fits and a compressed copy x.fits.gz), as the API loaders and batch
+            # refuse it: stacked, its sky counts twice (trial F1).
+            listing = "; ".join(", ".join(rel(p) for p in group) for group in twice)
+            raise ValueError(
+                f"{role} frames stored twice in {str(root)!r}: {listing} have the same name but for their FITS or "
+                "compression ending (one exposure and a compressed copy?), which would be stacked as two. Keep "
+                "one: move the others out of the folder."
             )
         roles[role] = files
         claimed.update(files)
