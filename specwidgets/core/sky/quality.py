@@ -1944,10 +1944,31 @@ BESIDE_MASK_MIN_PIXELS = 300
 BESIDE_MASK_LIMIT = 1.5
 
 
-def _median_chi2(chi2, pick):
-    values = chi2[pick]
-    values = values[np.isfinite(values)]
-    return (median(values) if values.size else np.nan), int(values.size)
+#: About this many sky rows, evenly spread, are the reference of :func:`line_misfit_beside_mask`.
+BESIDE_MASK_REFERENCE_ROWS = 64
+#: At most this many continuum pixels enter a median of :func:`line_misfit_beside_mask` (evenly spread).
+_BESIDE_MASK_CONTINUUM = 200_000
+
+
+def _chi2_medians(data, background, rows, keep, cut, gain, read_noise):
+    """``(median chi**2 of the pixels at or above ``cut`` (per exposure), of the others, how many above)``
+    over ``rows`` and the columns ``keep`` (None: all)."""
+    d, b = data[:, rows], background[:, rows]
+    if keep is not None:
+        d, b = d[:, :, keep], b[:, :, keep]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.clip(b, 0.0, None)
+        var /= gain
+        var += (read_noise / gain) ** 2
+        chi2 = d - b
+        chi2 *= chi2
+        chi2 /= var
+    chi2[~(var > 0)] = np.nan
+    bright = b >= cut[:, None, None]
+    line, cont = chi2[bright], chi2[~bright]
+    line, cont = line[np.isfinite(line)], cont[np.isfinite(cont)]
+    cont = cont[:: max(1, cont.size // _BESIDE_MASK_CONTINUUM)]
+    return (median(line) if line.size else np.nan), (median(cont) if cont.size else np.nan), int(line.size)
 
 
 def line_misfit_beside_mask(data, background, masked_rows, skip_rows, gain, read_noise, columns=(),
@@ -1988,8 +2009,10 @@ def line_misfit_beside_mask(data, background, masked_rows, skip_rows, gain, read
     n_exp, n_rows, n_cols = data.shape
     if not masked.any() or not sky_rows.any():
         return None
-    keep = np.ones(n_cols, bool)
-    keep[list(columns)] = False
+    keep = None
+    if len(columns):
+        keep = np.ones(n_cols, bool)
+        keep[list(columns)] = False
     edges = np.flatnonzero(np.diff(np.concatenate([[0], masked.astype(np.int8), [0]])))
     sides = []
     for start, stop in zip(edges[::2], edges[1::2]):
@@ -2000,34 +2023,18 @@ def line_misfit_beside_mask(data, background, masked_rows, skip_rows, gain, read
     if not sides:
         return None
     every = np.flatnonzero(sky_rows)
-    every = every[:: max(1, every.size // 256)]
-    wanted = np.unique(np.concatenate([every] + sides))
-    # (Only the rows read: a full frame's chi**2 would be 15 MB per exposure.)
-    d = data[:, wanted][:, :, keep]
-    b = background[:, wanted][:, :, keep]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.clip(b, 0.0, None) / gain + (read_noise / gain) ** 2
-        chi2 = np.where(var > 0, (d - b) ** 2 / var, np.nan)
-    at = {int(r): i for i, r in enumerate(wanted)}
-    in_every = np.isin(wanted, every)
-    bright = np.zeros(b.shape, bool)
-    for k in range(n_exp):
-        levels = b[k][in_every]
-        levels = levels[np.isfinite(levels)]
-        if levels.size:
-            bright[k] = b[k] >= percentile(levels, 100.0 * (1.0 - top))
-    rows_of = np.zeros(b.shape, bool)
-    rows_of[:, in_every] = True
-    line_all, _ = _median_chi2(chi2, rows_of & bright)
-    cont_all, _ = _median_chi2(chi2, rows_of & ~bright)
+    # (64 rows spread over the slit: thousands of bright pixels, a reference ~3 % precise.)
+    every = every[:: max(1, every.size // BESIDE_MASK_REFERENCE_ROWS)]
+    # Each exposure's level of its brightest pixels, on the rows read for the reference.
+    levels = background[:, every] if keep is None else background[:, every][:, :, keep]
+    cut = np.array([percentile(v[np.isfinite(v)], 100.0 * (1.0 - top)) if np.isfinite(v).any() else np.inf
+                    for v in levels.reshape(n_exp, -1)])
+    line_all, cont_all, _ = _chi2_medians(data, background, every, keep, cut, gain, read_noise)
     if not (line_all > 0 and cont_all > 0):
         return None
     worst = None
     for rows in sides:
-        rows_of[:] = False
-        rows_of[:, [at[int(r)] for r in rows]] = True
-        line, n = _median_chi2(chi2, rows_of & bright)
-        cont, _ = _median_chi2(chi2, rows_of & ~bright)
+        line, cont, n = _chi2_medians(data, background, rows, keep, cut, gain, read_noise)
         if n < BESIDE_MASK_MIN_PIXELS or not cont > 0:
             continue
         ratio = (line / line_all) / (cont / cont_all)
