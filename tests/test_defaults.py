@@ -895,6 +895,30 @@ def test_overscan_columns_left_in_are_named():
                              for w in q.warnings), q.warnings
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_bright_line_beside_a_dark_edge_is_no_overscan(seed):
+    """50 dark columns at the edge and a bright line (12000 e-) 6 px from them, on 300 rows: the last lit
+    columns' small misfit (0.3-0.8 sigma) is many standard errors over so many rows, and the block was named
+    as an overscan misfitting its neighbours, on a fit right to 0.07 sigma (trial A2)."""
+    from specwidgets.io.synthetic import _integrated_lines
+
+    rn, cols, rows = 4.0, 2048, 300
+    warp = sw.WarpModel.from_tilt((rows, cols), 1.0)
+    edges = warp.edge_map()
+    rng = np.random.default_rng(seed + 100)
+    at = np.r_[np.sort(rng.uniform(80, 1968, 35)), 1992.0]
+    peak = np.r_[np.exp(rng.uniform(np.log(10), np.log(20000), 35)), 12000.0]
+    sky = 60.0 * np.diff(edges, axis=1) + _integrated_lines(edges, at, peak * np.sqrt(2 * np.pi), 1.0)
+    trace = 2000.0 * np.exp(-0.5 * ((np.arange(rows)[:, None] - rows // 2) / (4 / 2.3548)) ** 2)
+    r = np.random.default_rng(seed)
+    science = r.poisson(np.clip(sky + trace, 0, None)) + r.normal(0, rn, sky.shape)
+    science[:, -50:] = np.random.default_rng(seed + 7).normal(0, rn, (rows, 50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sw.fit_sky(science[None], warp, [(rows // 2 - 6, rows // 2 + 7)], gain=1.0, read_noise=rn)
+    assert not any("at the frame's edge, hold no sky light" in w for w in res.quality.warnings), res.quality.warnings
+
+
 @pytest.mark.parametrize("exposure", [0, 1])
 def test_overscan_columns_left_in_are_named_when_no_column_is(exposure):
     """The same with a warp fitted on an arc that has the strip too: the two columns beside it 4.3 sigma

@@ -257,6 +257,31 @@ def test_an_extended_source_on_lines_that_hardly_tilt_is_named():
     assert not _quiet_fit(np.asarray(f.science), f.warp, f.trace_rows).quality.warnings
 
 
+def test_a_galaxy_whose_continuum_rises_along_the_slit_is_named():
+    """A galaxy filling the slit, its lines and its continuum (5 -> 80 e-/px) rising along it (trial A2): a
+    guard against lines on a bright neighbour's changing wings, judged against no change at all, left every
+    galaxy line out, and the sky, 5 sigma off under the mask, was "ok". Its continuum rises under all its
+    lines alike."""
+    from specwidgets.io.synthetic import _integrated_lines
+
+    rows, cols, rn = 100, 2048, 4.0
+    warp = sw.WarpModel.from_tilt((rows, cols), 0.3)
+    edges = warp.edge_map()
+    rng = np.random.default_rng(0)
+    at = np.linspace(80, 1960, 30)
+    rng.shuffle(at)
+    peak = np.exp(rng.uniform(np.log(200), np.log(15000), 30))
+    sky = 60.0 * np.diff(edges, axis=1) + _integrated_lines(edges, at, peak * np.sqrt(2 * np.pi), 1.0)
+    galaxy = _integrated_lines(edges, np.array([400.0, 600.0, 900.0, 1100.0, 1300.7, 1700.0]),
+                               np.full(6, 300 * np.sqrt(2 * np.pi)), 1.0) * np.linspace(0.05, 1.0, rows)[:, None]
+    galaxy = galaxy + np.linspace(5, 80, rows)[:, None]
+    trace = 2000.0 * np.exp(-0.5 * ((np.arange(rows)[:, None] - 50) / 1.7) ** 2)
+    r = np.random.default_rng(5)
+    science = (r.poisson(sky + galaxy + trace) + r.normal(0, rn, sky.shape))[None]
+    res = _quiet_fit(science, warp, [(44, 57)], gain=1.0, read_noise=rn)
+    assert any(w.startswith("Sky lines at effective pixels") and "extended source" in w for w in res.quality.warnings)
+
+
 def test_a_poor_warp_that_the_sky_lines_cannot_check_makes_the_sky_suspect():
     """A warp the arc's own lines call poor (warp_order too low for them), on a sky whose lines cannot be
     traced (a faint continuum, a moonlit blue arm): the fit said "ok" at 0.19 sigma RMS, 3 sigma (trial I2)."""

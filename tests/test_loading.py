@@ -367,6 +367,41 @@ def test_thumbnail_in_the_primary_hdu_is_not_read_as_the_frame(tmp_path):
         collect_images_array(tmp_path)
 
 
+def test_a_primary_copy_or_a_variance_first_is_not_read_as_the_frame(tmp_path):
+    """Trial A2: a primary image of the SCI frame's shape had the file refused as two amplifiers, and a
+    VARIANCE extension before the FLUX was read as "the largest image" (the first of two alike)."""
+    fits.HDUList([fits.PrimaryHDU(np.zeros((6, 40), np.float32)),
+                  fits.ImageHDU(gradient(6, 40), name="SCI")]).writeto(tmp_path / "a.fits")
+    with pytest.warns(UserWarning, match=r"HDU 1 \(SCI\) is read"):
+        np.testing.assert_allclose(collect_images_array(tmp_path)[0], gradient(6, 40))
+    # Two SCI pieces are still pieces.
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(gradient(6, 40), name="SCI"),
+                  fits.ImageHDU(gradient(6, 40), name="SCI")]).writeto(tmp_path / "a.fits", overwrite=True)
+    with pytest.raises(ValueError, match="amplifiers or CCDs"):
+        collect_images_array(tmp_path)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.full((6, 40), 25.0, np.float32), name="VARIANCE"),
+                  fits.ImageHDU(gradient(6, 40), name="FLUX")]).writeto(tmp_path / "a.fits", overwrite=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(collect_images_array(tmp_path)[0], gradient(6, 40))
+
+
+def test_the_advice_for_an_exposure_stored_twice_drops_it_alone(tmp_path):
+    """``ignore=`` drops every name containing a pattern: ``ignore=['1.fits.gz']`` would drop 11.fits.gz too
+    (trial A2), so it is offered only when it drops the copy alone."""
+    import gzip
+
+    for name in ("1.fits", "12.fits"):
+        fits.writeto(tmp_path / name, gradient(6, 40))
+    for name in ("1.fits.gz", "11.fits.gz"):
+        (tmp_path / name).write_bytes(gzip.compress((tmp_path / "1.fits").read_bytes()))
+    with pytest.raises(ValueError, match=r"\(1\.fits, 1\.fits\.gz\).*Keep one: move the others away \(batch"):
+        collect_images_array(tmp_path)
+    (tmp_path / "11.fits.gz").unlink()
+    with pytest.raises(ValueError, match=r"ignore=\['1\.fits\.gz'\]"):
+        collect_images_array(tmp_path)
+
+
 def test_cube_of_one_plane_is_read_and_a_real_cube_is_named(tmp_path):
     """3-D data with NAXIS3 = 1 (trial F1) were refused as "no HDU holding a 2D image": read as their one
     plane; a cube of several planes is refused, saying it is one and how to read a plane."""

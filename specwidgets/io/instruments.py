@@ -882,10 +882,18 @@ def _default_image(hdul, images, path):
         return rows * cols
 
     named = [i for i in images if hdul[i].name == SCIENCE_EXTNAME]
-    chosen = named[0] if named else max(images, key=pixels)
-    # A primary image smaller than the one read is a preview, not a piece of the exposure (it has no
-    # DETSEC, which would hide the pieces' own).
-    pool = [chosen] + [i for i in images if i != chosen and not (i == 0 and pixels(0) < pixels(chosen))]
+    # Not a pipeline's companion of the frame (its variance, quality or weight), which can come first and be
+    # as large (trial A2: a VARIANCE before the FLUX was read as "the largest image").
+    frames = [i for i in images if not _COMPANION_EXTNAME.match(hdul[i].name or "")] or images
+    chosen = named[0] if named else max(frames, key=pixels)
+    if named:
+        # Only several SCI images are pieces (SCI,1 and SCI,2): a primary image beside one SCI is not
+        # (trial A2: a PRIMARY copy of the SCI frame's shape had the file refused as two amplifiers).
+        pool = named
+    else:
+        # A primary image smaller than the one read is a preview, not a piece of the exposure (it has no
+        # DETSEC, which would hide the pieces' own).
+        pool = [chosen] + [i for i in images if i != chosen and not (i == 0 and pixels(0) < pixels(chosen))]
     _refuse_pieces(hdul, pool, path)
     passed = [i for i in images if i != chosen and not _COMPANION_EXTNAME.match(hdul[i].name or "")]
     if passed:

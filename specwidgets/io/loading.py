@@ -127,11 +127,14 @@ def _frame_files(path, tag, ignore):
     if clash:
         listing = "; ".join(", ".join(p.name for p in group) for group in clash.values())
         extra = [p.name for group in clash.values() for p in group[1:]]
+        # ``ignore`` drops every name that contains a pattern: offered only when it drops these alone (trial
+        # A2: ignore=['1.fits.gz'] would drop 11.fits.gz too).
+        alone = all(sum(e in p.name for p in files) == 1 for e in extra)
+        how = f"move the others away, or leave them out with ignore={extra!r}" if alone else "move the others away"
         raise ValueError(
             f"several files in folder {str(files[0].parent)!r} have the same name but for their FITS or compression "
             f"ending ({listing}): one exposure stored twice (one compressed?), which would be stacked as two. Keep "
-            f"one: move the others away, or leave them out with ignore={extra!r} (batch refuses them too: they "
-            "would write the same output file)"
+            f"one: {how} (batch refuses them too: they would write the same output file)"
         )
     return files
 
