@@ -919,6 +919,29 @@ def test_a_bright_line_beside_a_dark_edge_is_no_overscan(seed):
     assert not any("at the frame's edge, hold no sky light" in w for w in res.quality.warnings), res.quality.warnings
 
 
+def test_an_overscan_behind_nan_columns_is_named():
+    """The first 10 columns NaN (trimmed), the next 32 without light (an overscan left in): the block was not
+    "at the frame's edge", and the fit "ok" with the column beside it 4.7 sigma off under the mask (trial A2)."""
+    from specwidgets.io.synthetic import _integrated_lines
+
+    rows, cols, rn = 100, 2048, 4.0
+    warp = sw.WarpModel.from_tilt((rows, cols), 2.0)
+    edges = warp.edge_map()
+    rng = np.random.default_rng(3)
+    at, peak = np.sort(rng.uniform(30, 2018, 35)), np.exp(rng.uniform(np.log(10), np.log(20000), 35))
+    sky = 60.0 * np.diff(edges, axis=1) + _integrated_lines(edges, at, peak * np.sqrt(2 * np.pi), 1.0)
+    trace = 2000.0 * np.exp(-0.5 * ((np.arange(rows)[:, None] - 50) / 1.7) ** 2)
+    r = np.random.default_rng(4)
+    science = r.poisson(sky + trace) + r.normal(0, rn, sky.shape)
+    science[:, :42] = np.random.default_rng(9).normal(0, rn, (rows, 42))
+    science[:, :10] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sw.fit_sky(science[None], warp, [(44, 57)], gain=1.0, read_noise=rn)
+    assert any("Columns 0-41 (counting from 0), at the frame's edge, hold no sky light" in w
+               for w in res.quality.warnings), res.quality.warnings
+
+
 @pytest.mark.parametrize("exposure", [0, 1])
 def test_overscan_columns_left_in_are_named_when_no_column_is(exposure):
     """The same with a warp fitted on an arc that has the strip too: the two columns beside it 4.3 sigma

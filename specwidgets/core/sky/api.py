@@ -3456,19 +3456,23 @@ def _dark_edge_columns(stack, masked_rows, gain, read_noise):
         return []
     some = _some_rows(sky_rows)
     dark = np.ones(n_cols, bool)
+    empty = np.ones(n_cols, bool)
     for k in range(n_exp):
         means = _column_means(stack[k][some])
         bright = float(np.nanmedian(means)) if np.isfinite(means).any() else np.nan
         # The lit columns must stand clear of a column mean's noise (read noise alone, in data units).
         if not bright > 10 * (read_noise / gain) / math.sqrt(some.size):
             return []
-        dark &= means < UNLIT_FRACTION * bright
+        empty &= np.isnan(means)
+        dark &= (means < UNLIT_FRACTION * bright) | np.isnan(means)
+    # Columns without a value at the very edge (trimmed to NaN) come before the dark ones; a block needs
+    # dark columns of its own (trial A2: NaN in columns 0-9 before an overscan hid it, 4.7 sigma beside it).
     blocks = []
     left = int(np.argmin(dark)) if not dark.all() else n_cols
     right = int(np.argmin(dark[::-1])) if not dark.all() else n_cols
-    if left >= DARK_EDGE_MIN_COLUMNS and left < n_cols:
+    if left < n_cols and np.count_nonzero(~empty[:left]) >= DARK_EDGE_MIN_COLUMNS:
         blocks.append((0, left))
-    if right >= DARK_EDGE_MIN_COLUMNS and right < n_cols:
+    if right < n_cols and np.count_nonzero(~empty[n_cols - right:]) >= DARK_EDGE_MIN_COLUMNS:
         blocks.append((n_cols - right, n_cols))
     return blocks
 
