@@ -3449,7 +3449,8 @@ DARK_EDGE_REACH = 5
 
 
 def _dark_edge_columns(stack, masked_rows, gain, read_noise):
-    """``[(start, stop)]``: blocks of columns at the frame's edges whose sky rows hold no light, in every exposure."""
+    """``[(start, stop)]``: blocks of columns at the frame's edges whose sky rows hold no light, in every exposure
+    (columns without a value at the very edge counted with them; at least :data:`DARK_EDGE_MIN_COLUMNS` dark)."""
     sky_rows = np.flatnonzero(~np.asarray(masked_rows, bool))
     n_exp, _, n_cols = stack.shape
     if sky_rows.size < 4 or n_cols < 4 * DARK_EDGE_MIN_COLUMNS:
