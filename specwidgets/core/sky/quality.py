@@ -1942,8 +1942,6 @@ BESIDE_MASK_MIN_PIXELS = 300
 #: The ratio above which the rows beside the mask fit the lines worse than the others (see the function);
 #: raised for fewer pixels by five standard errors, about ``3.3 / sqrt(n)`` each.
 BESIDE_MASK_LIMIT = 1.5
-
-
 #: About this many sky rows, evenly spread, are the reference of :func:`line_misfit_beside_mask`.
 BESIDE_MASK_REFERENCE_ROWS = 64
 #: At most this many continuum pixels enter a median of :func:`line_misfit_beside_mask` (evenly spread).
@@ -1951,8 +1949,8 @@ _BESIDE_MASK_CONTINUUM = 200_000
 
 
 def _chi2_medians(data, background, rows, keep, cut, gain, read_noise):
-    """``(median chi**2 of the pixels at or above ``cut`` (per exposure), of the others, how many above)``
-    over ``rows`` and the columns ``keep`` (None: all)."""
+    """``(line, continuum, n)`` over ``rows`` and the columns ``keep`` (None: all): the median chi**2 of the
+    ``n`` pixels whose sky is at or above ``cut`` (one level per exposure), and that of the others."""
     d, b = data[:, rows], background[:, rows]
     if keep is not None:
         d, b = d[:, :, keep], b[:, :, keep]
