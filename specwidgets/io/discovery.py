@@ -76,8 +76,9 @@ def fits_stem(name):
         stem = stem[: -len(ending)]
 
 
-def stem_clashes(paths):
-    """The paths that share a :func:`fits_stem`, by stem: ``{stem: [paths]}`` for each stem of more than one.
+def stem_clashes(paths, same_folder=False):
+    """The paths that share a :func:`fits_stem`, by stem: ``{stem: [paths]}`` for each stem of more than one
+    (with ``same_folder``, by folder and stem: ``{(folder, stem): [paths]}``).
 
     Such files are one exposure stored twice (``x.fits`` and a compressed
     copy ``x.fits.gz`` left beside it) or, from different folders, frames
@@ -91,7 +92,8 @@ def stem_clashes(paths):
     """
     by_stem = {}
     for path in paths:
-        by_stem.setdefault(fits_stem(path), []).append(path)
+        key = (Path(os.fspath(path)).parent, fits_stem(path)) if same_folder else fits_stem(path)
+        by_stem.setdefault(key, []).append(path)
     return {stem: group for stem, group in by_stem.items() if len(group) > 1}
 
 

@@ -20,7 +20,7 @@ from astropy.io import fits
 
 from ..core.flat import FLAT_NORMS, FlatNoise, usable_flat
 from ..core.frames import FrameArray, binning_text, median_frames, saturated_pixels, with_readout_of
-from .discovery import find_frames, fits_stem
+from .discovery import find_frames, stem_clashes
 from .instruments import _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
 
@@ -308,10 +308,7 @@ def folder_files(root, arc_tag="arc", bias_tag="bias", science_tag="", flat_tag=
                 + (" or its OBJECT card" if role == "science" else "")
                 + (f"; it holds {len(every)}: {example}" if every else "; it holds no FITS file at all")
             )
-        twice = {}
-        for path in files:
-            twice.setdefault((path.parent, fits_stem(path)), []).append(path)
-        twice = [group for group in twice.values() if len(group) > 1]
+        twice = list(stem_clashes(files, same_folder=True).values())
         if twice:
             # One exposure stored twice (x.fits and a compressed copy x.fits.gz), as the API loaders and batch
             # refuse it: stacked, its sky counts twice (trial F1).

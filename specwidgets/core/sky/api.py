@@ -3506,8 +3506,10 @@ def _misfit_beside_edge(result, sky_rows, start, stop, n_cols):
     if not beside.size or not rows.size:
         return False
     for k in range(result.data.shape[0]):
-        means, z = column_chi_means(result.data[k], result.background[k], rows, result.gain, result.read_noise)
-        if np.any((np.abs(z[beside]) >= DARK_EDGE_Z) & (np.abs(means[beside]) >= DARK_EDGE_MEAN)):
+        # (Each column's mean is its own: the few columns beside the block, not the frame.)
+        means, z = column_chi_means(result.data[k][:, beside], result.background[k][:, beside], rows, result.gain,
+                                    result.read_noise)
+        if np.any((np.abs(z) >= DARK_EDGE_Z) & (np.abs(means) >= DARK_EDGE_MEAN)):
             return True
     return False
 
@@ -3885,10 +3887,6 @@ def _changing_lines(models, sky_rows, effpix_map, gain=1.0, read_noise=0.0):
     a line with a brighter one within 5 px is not judged: the brighter
     one's wing, moving through the window's edge pixel, changed it by 52 %.
     """
-    from scipy.ndimage import maximum_filter1d
-
-    from ..extract import running_median_rows
-
     model = models[0] if models else None
     rows = np.flatnonzero(sky_rows)
     if model is None or rows.size < 6 or getattr(model, "spatial_order", 0) < 1:
@@ -3902,11 +3900,7 @@ def _changing_lines(models, sky_rows, effpix_map, gain=1.0, read_noise=0.0):
         return None
     ends = (float(rows[0]), float(np.median(rows)), float(rows[-1]))
     sky = np.stack([np.asarray(model(grid, np.full(grid.size, r)), dtype=float) for r in ends])
-    lines = sky - running_median_rows(sky, 121)  # (scipy's median_filter, size (1, 121), "nearest")
-    mid = lines[1]
-    floor = max(5.0 * float(np.median(np.abs(mid))), 0.2 * float(np.median(sky[1])))
-    peak = (mid > floor) & (mid == maximum_filter1d(mid, size=17, mode="nearest"))
-    peak[:16] = peak[-16:] = False
+    lines, peak = _line_peaks(sky, 121, 17, 16)
     index = np.flatnonzero(peak)
     if index.size < 5:
         return None
@@ -3922,21 +3916,15 @@ def _changing_lines_in_pixels(model, rows, effpix_map, gain, read_noise):
     """:func:`_changing_lines` read on the sky rows' own pixels (see there)."""
     from scipy.ndimage import maximum_filter1d
 
-    from ..extract import running_median_rows
-
     n_cols = effpix_map.shape[1]
     ends = (int(rows[0]), int(rows[rows.size // 2]), int(rows[-1]))
     e_rows = [np.asarray(effpix_map[r], dtype=float) for r in ends]
     if n_cols < 100 or not all(np.all(np.isfinite(e)) and np.all(np.diff(e) > 0) for e in e_rows):
         return None
     sky = np.stack([np.asarray(model(e, np.full(n_cols, float(r))), dtype=float) for e, r in zip(e_rows, ends)])
-    lines = sky - running_median_rows(sky, 31)  # (scipy's median_filter, size (1, 31), "nearest")
-    mid = lines[1]
-    floor = max(5.0 * float(np.median(np.abs(mid))), 0.2 * float(np.median(sky[1])))
-    peak = (mid > floor) & (mid == maximum_filter1d(mid, size=5, mode="nearest"))
-    peak[:10] = peak[-10:] = False
+    lines, peak = _line_peaks(sky, 31, 5, 10)
     # (A brighter line within 5 px: see _changing_lines.)
-    peak &= mid >= maximum_filter1d(mid, size=11, mode="nearest")
+    peak &= lines[1] >= maximum_filter1d(lines[1], size=11, mode="nearest")
     index = np.flatnonzero(peak)
     if index.size < 5:
         return None
@@ -3949,6 +3937,22 @@ def _changing_lines_in_pixels(model, rows, effpix_map, gain, read_noise):
         flux[k] = np.interp(centre + 4.0, edges, summed) - np.interp(centre - 4.0, edges, summed)
     continuum = sky[:, index] - lines[:, index]
     return _odd_lines(flux, continuum, sky[1][index], centre, gain, read_noise)
+
+
+def _line_peaks(sky, median_size, peak_size, edge):
+    """``(lines, peak)``: the three rows of ``sky`` over their continuum (a running median of ``median_size``
+    samples) and the middle row's line peaks (the highest within ``peak_size``, clear of the continuum's
+    scatter and of a fifth of its level, none within ``edge`` of the ends)."""
+    from scipy.ndimage import maximum_filter1d
+
+    from ..extract import running_median_rows
+
+    lines = sky - running_median_rows(sky, median_size)  # (scipy's median_filter, size (1, median_size), "nearest")
+    mid = lines[1]
+    floor = max(5.0 * float(np.median(np.abs(mid))), 0.2 * float(np.median(sky[1])))
+    peak = (mid > floor) & (mid == maximum_filter1d(mid, size=peak_size, mode="nearest"))
+    peak[:edge] = peak[-edge:] = False
+    return lines, peak
 
 
 def _odd_lines(flux, continuum, level, centre, gain, read_noise):
