@@ -538,10 +538,11 @@ def test_frames_whose_wavelength_runs_down_the_rows_are_turned(frames, tmp_path,
     assert "load with dispersion_axis=0: --dispersion-axis 0" in err  # the flag, on the command line
 
 
-def test_a_wrong_dispaxis_card_is_named_and_the_working_option_given(frames, tmp_path, monkeypatch, capsys):
+def test_a_dispaxis_card_the_arc_contradicts_is_not_followed_and_named(frames, tmp_path, monkeypatch, capsys):
     """Frames stored as specwidgets wants them (dispersion along x) with a DISPAXIS = 2 card (trial F1): the
-    card turns them, the arc's lines then lie across the frame, and the advice was --dispersion-axis 0, the
-    way they were read, without a word of the card. It names the card and gives the option that works."""
+    card turned them, the arc's lines then lay across the frame, and the advice was --dispersion-axis 0, the
+    way they were read. The arc's lines decide: the run reads them as stored, the note names the card and
+    the option that follows it, and the skies are those of --dispersion-axis 1."""
     folder = tmp_path / "card"
     folder.mkdir()
     paths = []
@@ -551,13 +552,14 @@ def test_a_wrong_dispaxis_card_is_named_and_the_working_option_given(frames, tmp
     args = [paths[0], "--arc", paths[1], "--mask", "12:26", "--read-noise", "4", "--workers", "1"]
     code = _cli(monkeypatch, [*args, "--out", tmp_path / "out"])
     err = capsys.readouterr().err
-    assert code == 2
-    assert "read transposed already (the DISPAXIS = 2 card of arc_01.fits asked for it)" in err
-    assert "--dispersion-axis 1" in err and "--dispersion-axis 0" not in err
-    # The option it names works.
+    assert code == 0, err
+    assert "the DISPAXIS = 2 card of arc_01.fits says the wavelength runs along the image's y axis" in err
+    assert "pass --dispersion-axis 0 (instrument_options={'dispersion_axis': 0}) to follow the card" in err
     code = _cli(monkeypatch, [*args, "--out", tmp_path / "out1", "--dispersion-axis", "1"])
     assert code == 0, capsys.readouterr().err
-    # Told to transpose on the command line, the advice is the same way round.
+    np.testing.assert_array_equal(fits.getdata(_outputs(tmp_path / "out")[0], "SKY"),
+                                  fits.getdata(_outputs(tmp_path / "out1")[0], "SKY"))
+    # Told to transpose on the command line, it does, and the advice names the option that undoes it.
     code = _cli(monkeypatch, [*args, "--out", tmp_path / "out0", "--dispersion-axis", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "read transposed already (--dispersion-axis 0" in err and "--dispersion-axis 1 (" in err

@@ -193,6 +193,33 @@ def test_frames_in_electrons_do_not_take_the_cameras_gain_again(tmp_path, plain)
     np.testing.assert_allclose(given, 2.2 * data)
 
 
+@pytest.mark.parametrize("gain", [2.0, 0.5])
+def test_frames_in_electrons_without_bunit_are_told_the_gain_went_twice(tmp_path, gain):
+    """Pipeline frames in electrons that keep the camera's GAIN card and no BUNIT (trial F1): read as ADU they
+    are multiplied by it, their sky ``gain`` times too high, and the warning said only "check gain and read
+    noise". The scatter's variance is about the gain: the warning says the gain went in twice, and how to
+    read them; in ADU, with the same card, nothing of the kind is said."""
+    f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=5, sky_continuum=150.0, gain=gain,
+                                read_noise=4.0)
+    for name, factor in (("e", gain), ("adu", 1.0)):
+        for k, image in enumerate(f.science):
+            fits.PrimaryHDU(np.asarray(image) * factor, fits.Header({"GAIN": gain, "RDNOISE": 4.0})).writeto(
+                tmp_path / f"{name}{k}.fits")
+    electrons = sw.collect_images_array(tmp_path, "e")
+    res = _quiet_fit(electrons, f.warp, f.trace_rows)
+    told = [w for w in res.quality.warnings if "check gain and read noise" in w]
+    assert res.quality.suspect and len(told) == 1, res.quality.warnings
+    assert f"about the gain applied when the frames were read (GAIN = {gain:g} e-/ADU)" in told[0]
+    assert "add BUNIT = 'electron' to their headers, or read them with gain=1" in told[0]
+    variance = float(re.search(r"their variance is ([\d.]+) times", told[0]).group(1))
+    assert 1 / 1.5 < variance / gain < 1.5
+    # As they read them: right, and not told.
+    fixed = _quiet_fit(sw.collect_images_array(tmp_path, "e", gain=1), f.warp, f.trace_rows)
+    assert not fixed.quality.suspect, fixed.quality.warnings
+    adu = _quiet_fit(sw.collect_images_array(tmp_path, "adu"), f.warp, f.trace_rows)
+    assert not any("second time" in w for w in adu.quality.warnings)
+
+
 def test_a_sky_below_zero_says_the_bias_was_over_subtracted():
     """A bias 50 ADU too high: the low blue sky went negative and the fit blamed dead columns and the gain."""
     f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=9, sky_continuum=15.0, gain=2.0)

@@ -634,6 +634,22 @@ def test_default_tags_take_arcs_and_biases_by_their_type_cards(tmp_path):
         load_folder(tmp_path)
 
 
+def test_type_cards_are_read_in_the_header_of_the_image_read(tmp_path):
+    """Files holding a preview in the primary HDU and the frame in a SCI extension whose header alone has the
+    frame-type card: the frame is read from SCI, but the type was looked for in the primary header only, so
+    the arcs and biases were taken as science (trial F1's layout)."""
+    from specwidgets.io.folder import folder_files
+
+    rng = np.random.default_rng(2)
+    for name, kind in (("r1.fits", "COMP"), ("r2.fits", "ZERO"), ("r3.fits", "OBJECT"), ("r4.fits", "OBJECT")):
+        preview = fits.PrimaryHDU(np.zeros((10, 10), "float32"))
+        sci = fits.ImageHDU(rng.normal(100.0, 1.0, (40, 64)), fits.Header({"IMAGETYP": kind}), name="SCI")
+        fits.HDUList([preview, sci]).writeto(tmp_path / name)
+    roles, _ = folder_files(tmp_path)
+    assert [p.name for p in roles["arc"]] == ["r1.fits"] and [p.name for p in roles["bias"]] == ["r2.fits"]
+    assert [p.name for p in roles["science"]] == ["r3.fits", "r4.fits"]
+
+
 def test_a_science_tag_takes_the_target_named_in_object(tmp_path):
     """Numbered files with the target in OBJECT only: a tag could not pick one target of two ("no science frame:
     no FITS file ... has 'SN2026abc' in its path"), so both were stacked (trial J1)."""
@@ -696,6 +712,30 @@ def test_folder_of_frames_whose_wavelength_runs_down_the_rows(tmp_path):
     (tmp_path / "sci_2.fits").unlink()
     data = load_folder(tmp_path, bias_tag="")
     assert data.science.shape == (1, 40, 300) and data.notes == []
+
+
+@pytest.mark.parametrize("stored_turned", [False, True])
+def test_folder_whose_dispaxis_card_the_arc_contradicts(tmp_path, stored_turned):
+    """A DISPAXIS card the arc's own lines contradict (trial F1: frames stored as specwidgets wants them, with
+    DISPAXIS = 2): the page turned them by the card, then failed to find a line and advised dispersion_axis=0,
+    the way they were read. The lines decide, the note names the card and the option that follows it; a card
+    the lines agree with is followed silently (above)."""
+    from specwidgets.io.folder import load_folder
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    frames = make_synthetic_longslit(shape=(40, 300), n_exposures=2, seed=4)
+    names = ("arc_1.fits", "sci_1.fits", "sci_2.fits")
+    for name, data in zip(names, (frames.arc, *frames.science)):
+        # Stored turned with a card saying "along x" (1), or as wanted with one saying "along y" (2).
+        stored = np.asarray(data).T if stored_turned else np.asarray(data)
+        fits.writeto(tmp_path / name, stored, fits.Header({"DISPAXIS": 1 if stored_turned else 2}))
+    data = load_folder(tmp_path, bias_tag="")
+    assert data.science.shape == (2, 40, 300)
+    np.testing.assert_allclose(data.science, np.asarray(frames.science))
+    assert data.instrument_options == {"dispersion_axis": 0 if stored_turned else 1}
+    assert len(data.notes) == 1 and f"the DISPAXIS = {1 if stored_turned else 2} card of arc_1.fits" in data.notes[0]
+    assert "the card is not followed" in data.notes[0]
+    assert f"pass dispersion_axis={1 if stored_turned else 0} to follow the card" in data.notes[0]
 
 
 def test_dispaxis_card_of_the_generic_instrument(tmp_path):

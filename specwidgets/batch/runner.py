@@ -706,6 +706,7 @@ def _with_frame_noise(image, frame, job, bias=None):
         read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
         noise_source=f"{source} of {name} frames" if source else "",
         unit=frame.unit,
+        header=getattr(frame, "header", None),  # (the fit names a header gain applied twice by its card)
         n_combined=getattr(frame, "n_combined", None),
     )
     return out if bias is None or not isinstance(bias, FrameArray) else with_readout_of(out, bias)
@@ -1324,11 +1325,14 @@ def _process_group_inner(paths, job, bias, flat):
         # The stack's noise model as the page's folder loader sets it: the
         # median of the frames' read noises, gain 1 once in electrons.
         known = [f.read_noise for f in frames if f.read_noise is not None]
+        source = getattr(frames[0], "noise_source", "")
         stack = FrameArray(
             np.stack(images),
             gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
             read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
+            noise_source=f"{source} of {getattr(job.reader, 'name', 'reader')} frames" if source else "",
             unit=frames[0].unit,
+            header=getattr(frames[0], "header", None),
             n_combined=getattr(frames[0], "n_combined", None),
         )
         if isinstance(bias, FrameArray):  # (its read noise joins the frames', as for one exposure)
@@ -1688,8 +1692,9 @@ def run_batch(
     summary.notes += ([f"left out: {why}" for why in [*resolved["_left_out"], *left_out]] + used_notes
                       + resolved["_notes"])
     if turned:
-        summary.notes.append(turned + "; --dispersion-axis 1 (instrument_options={'dispersion_axis': 1}) reads "
-                             "them as stored")
+        # The way back, in the command line's words.
+        summary.notes.append(re.sub(r"pass dispersion_axis=(\d)", r"pass --dispersion-axis \1 "
+                                    r"(instrument_options={'dispersion_axis': \1})", turned))
     # The calibrations and every argument are checked before the output
     # folder is made or locked: a refused run leaves nothing behind.
     t_cal = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from astropy.io import fits
 from ..core.flat import FLAT_NORMS, FlatNoise, usable_flat
 from ..core.frames import FrameArray, binning_text, median_frames, saturated_pixels, with_readout_of
 from .discovery import find_frames, stem_clashes
-from .instruments import _merged_header, known_instruments
+from .instruments import _default_image, _is_2d_image, _merged_header, known_instruments
 from .loading import _metadata, arc_orientation, input_gain, noise_of_frames, read_frame
 
 __all__ = ["FolderData", "calibration_kind", "calibration_reason", "frame_kind", "load_folder"]
@@ -201,13 +202,34 @@ def calibration_kind(path, relative_path=None, header=None, words=_CALIBRATION_W
 
 
 def _first_header(path):
-    """The primary header, with the first extension's when the primary holds no image (a .fz file); None if unreadable."""
+    """The header of the image the instruments read (primary, then the image's own, as they merge them);
+    None if unreadable.
+
+    The image is the one read when no ``hdu`` is given (:func:`~specwidgets.io.instruments._default_image`:
+    a ``SCI`` extension before a preview in the primary): a frame-type card in its header counts (the primary
+    alone was read when it held an image, a thumbnail's).
+    """
     try:
         with fits.open(path, memmap=False) as hdul:
-            # As the instruments merge them (primary, then the image's own).
-            return _merged_header(hdul, 1 if not hdul[0].header.get("NAXIS") and len(hdul) > 1 else 0)
+            return _merged_header(hdul, _image_index(hdul, Path(path)))
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError):
         return None  # read later by its role, which says what is wrong
+
+
+def _image_index(hdul, path):
+    """The index of the HDU whose image a frame is read from: the instruments' choice, else the primary (the
+    first extension when the primary holds no image: a .fz file)."""
+    images = [i for i, h in enumerate(hdul) if _is_2d_image(h)]
+    if len(images) > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the frame's reading warns of what it passes over)
+            try:
+                return _default_image(hdul, images, path)
+            except ValueError:
+                pass  # pieces of one exposure: refused when the frame is read
+    if images:
+        return images[0]
+    return 1 if not hdul[0].header.get("NAXIS") and len(hdul) > 1 else 0
 
 
 def _object_matches(header, tag):

@@ -278,7 +278,9 @@ def arc_orientation(arc_paths, instrument="generic", **instrument_options):
     ``arc_paths`` (one path or several) are read as stored and summed (each
     lamp's lines count); when the sum's lines lie along the rows
     (:func:`~specwidgets.core.lines.lines_along_rows`), the frames want
-    ``dispersion_axis=0``, and ``note`` says so. Otherwise ``({}, "")``:
+    ``dispersion_axis=0``, and ``note`` says so. An arc's card that its
+    own lines contradict (read by it, they lie along the rows; read the
+    other way, not) is not followed, and ``note`` says so too. Otherwise ``({}, "")``:
     the instrument's own rule, or arc frames that cannot be read or differ
     in shape (their reading later says what is wrong). The page's folder
     loader and batch both ask this before reading any frame, so crops and
@@ -290,8 +292,13 @@ def arc_orientation(arc_paths, instrument="generic", **instrument_options):
 
 def _arc_orientation(arc_paths, instrument="generic", **instrument_options):
     """:func:`arc_orientation`, and third what turned the frames when an arc's card did (``"the DISPAXIS = 2
-    card of arc_1.fits"``), else "": batch names it when the turned frames' lines then lie across the frame
-    (the card was wrong: they were stored as specwidgets wants them, trial F1)."""
+    card of arc_1.fits"``), else "": batch names it when the turned frames' lines then lie across the frame.
+
+    A card the arcs' own lines contradict is not followed (trial F1: frames stored as specwidgets wants them
+    with a ``DISPAXIS = 2`` card were turned, and every fit failed): read by the card, the lines lie along
+    the rows, and read the other way they do not. The frames are then read the other way, and ``note`` names
+    the card and the option that follows it.
+    """
     from specwidgets.core.lines import lines_along_rows
 
     reader = resolve_instrument(instrument, **instrument_options)
@@ -299,30 +306,46 @@ def _arc_orientation(arc_paths, instrument="generic", **instrument_options):
     paths = [arc_paths] if isinstance(arc_paths, (str, os.PathLike)) else list(arc_paths)
     if not key or not paths:
         return {}, "", ""
-    total = None
+    total, card = None, None
     for path in paths:
         try:
             frame = reader.read(path)
         except (OSError, ValueError):
             return {}, "", ""
-        if key in frame.header:
+        if card is None and key in frame.header:
             # The arcs say how they lie: every frame follows them (science frames often lack the card).
-            transposed = reader._transposes(frame.header, Path(path))
-            card = f"the {key} = {frame.header[key]} card of {Path(path).name}" if transposed else ""
-            return {"dispersion_axis": 0 if transposed else 1}, "", card
+            card = (Path(path).name, frame.header[key], reader._transposes(frame.header, Path(path)))
         data = np.asarray(frame.data, dtype=float)
         if total is not None and data.shape != total.shape:
-            return {}, "", ""
+            return ({"dispersion_axis": 0 if card[2] else 1}, "", _card_text(key, card)) if card else ({}, "", "")
         # Each frame less its median: a bias level left in adds no line.
         data = data - np.nanmedian(data)
         total = data if total is None else total + data
+    names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    if card is not None:
+        name, value, transposed = card
+        if not (lines_along_rows(total) and not lines_along_rows(total.T)):
+            return {"dispersion_axis": 0 if transposed else 1}, "", _card_text(key, card)
+        return {"dispersion_axis": 1 if transposed else 0}, (
+            f"the {key} = {value} card of {name} says the wavelength runs along the image's "
+            f"{'y' if transposed else 'x'} axis, but the arc's lines ({names}) show it along "
+            f"{'x' if transposed else 'y'}: the card is not followed, every frame is read "
+            f"{'as stored (dispersion_axis=1)' if transposed else 'transposed (dispersion_axis=0)'}; pass "
+            f"dispersion_axis={0 if transposed else 1} to follow the card"
+        ), ""
     if not lines_along_rows(total):
         return {}, "", ""
-    names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
     return {"dispersion_axis": 0}, (
         f"the arc's lines lie along the rows ({names}: wavelength changes with the row, and no {key} card says "
-        "otherwise): every frame is read transposed, so that wavelength runs along the columns (dispersion_axis=0)"
+        "otherwise): every frame is read transposed, so that wavelength runs along the columns; pass "
+        "dispersion_axis=1 to read them as stored"
     ), ""
+
+
+def _card_text(key, card):
+    """What turned the frames by an arc's card (``"the DISPAXIS = 2 card of arc_1.fits"``), or "" if it did not."""
+    name, value, transposed = card
+    return f"the {key} = {value} card of {name}" if transposed else ""
 
 
 def input_gain(instrument, frame):

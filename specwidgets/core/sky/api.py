@@ -509,6 +509,52 @@ def _check_frames_noise(first_look, read_noise, gain, rn_source, gain_source):
     return read_noise, None, rn_source, None, note
 
 
+def _header_gain_applied(images):
+    """``(card, gain)``: the header card whose gain took frames in electrons from ADU when they were read
+    (``images.noise_source`` "header GAIN, ..."), or None (not in electrons, no header, no such card)."""
+    source = str(getattr(images, "noise_source", "") or "")
+    header = getattr(images, "header", None)
+    if getattr(images, "unit", None) != "electron" or header is None or not source.startswith("header "):
+        return None
+    first = source[len("header "):].split(",")[0].split(";")[0]
+    card = first.split(" (")[0].strip()
+    try:
+        value = float(header[card])
+    except (KeyError, TypeError, ValueError):
+        return None
+    gain = 1.0 / value if "inverted" in first and value > 0 else value
+    return (card, gain) if math.isfinite(gain) and gain > 0 else None
+
+
+#: The advice of the warning of a sky that scatters off a given noise model.
+_NOISE_MODEL_PHRASE = "check gain and read noise"
+
+#: A header gain whose square root the sky's scatter reads (within this factor in variance) is named.
+GAIN_TWICE_TOLERANCE = 1.5
+
+
+def _gain_twice_hint(quality, card, gain):
+    """``quality`` with its warning of a scatter off the noise model told, when the scatter's square is
+    about the gain applied from header card ``card``, that frames in electrons already get it twice.
+
+    A pipeline's frames in electrons often keep the camera's GAIN card and no ``BUNIT``: read as ADU, they
+    are multiplied by it, their variance then ``gain`` times what the model says (trial F1: the sky 2x, and
+    the warning said only "check gain and read noise"). Other causes (frames not flat-fielded, a bias left
+    in) scatter otherwise, so the hint is given only when the numbers agree.
+    """
+    ratio = quality.chi_std ** 2 / gain
+    if (not math.isfinite(ratio) or abs(math.log(gain)) < math.log(1.25)
+            or not 1 / GAIN_TWICE_TOLERANCE <= ratio <= GAIN_TWICE_TOLERANCE):
+        return quality
+    hint = (f" Overall their variance is {quality.chi_std ** 2:.2f} times the model's, about the gain applied when "
+            f"the frames were read ({card} = {gain:g} e-/ADU): frames in electrons already (a pipeline's output that "
+            f"kept the camera's {card} card) get it a second time. If so, the data and the sky are {gain:g} times "
+            "what they are in electrons: add BUNIT = 'electron' to their headers, or read them with gain=1 (batch: "
+            "--gain 1).")
+    warnings = [w + hint if _NOISE_MODEL_PHRASE in w else w for w in quality.warnings]
+    return dataclasses.replace(quality, warnings=warnings) if warnings != quality.warnings else quality
+
+
 def _noise_source(rn_source, gain_source):
     if rn_source == gain_source:
         return rn_source
@@ -835,6 +881,9 @@ def fit_sky(
     if noise_note:
         result._amend_quality(lambda quality: dataclasses.replace(
             quality, noise_source=f"{quality.noise_source} ({noise_note})"))
+    applied = _header_gain_applied(images) if gain_source not in (None, "argument") else None
+    if applied is not None:
+        result._amend_quality(lambda quality: _gain_twice_hint(quality, *applied))
     result.unit = None if unit is None else str(unit)
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
     unchecked = _unchecked_poor_warp(warp_model, report, method)
@@ -3633,7 +3682,7 @@ def _assess(result, samples, models, source, warnings, unlit_ranges, order, flex
             warnings.append(
                 f"The sky scatters {worst:.2f} times what the noise model predicts (gain "
                 f"{result.gain:.3g} e-/unit, read noise {result.read_noise:.3g} e-, from {source}): "
-                "check gain and read noise (data in ADU need the gain"
+                f"{_NOISE_MODEL_PHRASE} (data in ADU need the gain"
                 + ("; a bias level left in the frames lowers the scatter for the level" if worst < 1 else "")
                 + "), or leave them out to estimate them."
                 + (" The median of bins also scatters more where the sky's brightness changes along the slit "
@@ -3971,6 +4020,12 @@ def _odd_lines(flux, continuum, level, centre, gain, read_noise):
     strong &= np.abs(step - median(step)) * 8.0 < CHANGING_LINE_CONTINUUM * flux[1]
     if np.count_nonzero(strong) < 5:
         return None
+    # Each row's lines over their median there: the slit's illumination, which the sky's lines follow
+    # together, is no change (a slit lit 1.3 -> 0.7 changed every line by 60 %, and a nebula rising 20x
+    # along it, 4 times less than 2.4, was "ok", 0.5-1.7 sigma off under the mask; trial A2).
+    scale = np.median(flux[:, strong], axis=1)
+    if np.all(scale > 0):
+        flux = flux / scale[:, None]
     change = np.abs(flux[2] - flux[0]) / np.where(flux[1] > 0, flux[1], np.inf)
     typical = float(np.median(change[strong]))
     odd = strong & (change > CHANGING_LINE_LIMIT) & (change > CHANGING_LINE_FACTOR * typical)
