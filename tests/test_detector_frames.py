@@ -220,6 +220,61 @@ def test_frames_in_electrons_without_bunit_are_told_the_gain_went_twice(tmp_path
     assert not any("second time" in w for w in adu.quality.warnings)
 
 
+def test_frames_not_flat_fielded_are_not_told_the_gain_went_twice():
+    """ADU frames with their true GAIN = 2 card, not flat-fielded (3-4 % pixel to pixel; trial A3): the scatter
+    is off the noise model, but its variance ratio (0.68-0.80 of the gain) is not the gain's, and the hint that
+    they are in electrons already, which had been given, is not."""
+    f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=5, sky_continuum=300.0, gain=2.0,
+                                read_noise=4.0)
+    flat = 1.0 + 0.04 * np.random.default_rng(8).standard_normal(f.sky.shape[1:])
+    science = FrameArray(np.asarray(f.science) * flat * 2.0, gain=1.0, read_noise=4.0, unit="electron",
+                         noise_source="header GAIN, header RDNOISE", header=fits.Header({"GAIN": 2.0}))
+    res = _quiet_fit(science, f.warp, f.trace_rows)
+    assert res.quality.suspect and any("check gain and read noise" in w for w in res.quality.warnings)
+    assert not any("second time" in w for w in res.quality.warnings)
+
+
+@pytest.mark.parametrize("seed,line_sigma,change", [(63, 3.0, 0.4), (52, 2.5, 0.5), (51, 2.5, 0.3)])
+def test_broad_lines_whose_width_changes_are_no_extended_source(seed, line_sigma, change):
+    """Broad sky lines (FWHM 6-7 px) focused 30-40 % better at one end of the slit, nothing else (trial A3):
+    faint lines on their wings, whose window's continuum follows the width, read "changing by 150 %", and
+    the fit (0.10-0.16 sigma) was called an extended source. A line within 3 widths of one 3 times brighter
+    is not judged."""
+    f = make_synthetic_longslit(shape=(200, 1024), tilt=3.0, trace_row=100, trace_flux=3000.0, trace_fwhm=5,
+                                trace_bend=2, seed=seed, line_sigma=line_sigma, line_sigma_change=change)
+    res = _quiet_fit(f.science, f.warp, f.trace_rows, read_noise=f.read_noise, gain=f.gain)
+    z = (np.asarray(res.background) - f.sky) / _sigma(f)
+    assert rms(z) < 0.2
+    assert not any(w.startswith("Sky lines at effective pixels") for w in res.quality.warnings), res.quality.warnings
+
+
+def test_a_warp_fit_on_the_sky_lines_is_judged_where_it_is_extrapolated():
+    """No arc: the warp is fit on the sky's bright lines, in the red third of the frame, and extrapolated to the
+    rest. Every such fit of the Goodman frames was suspect, "the sky lines did not check it", at 0.06-0.08
+    sigma RMS of the arc's fit (trial M2). The sky's dips beyond the lines tell: where the sky follows them
+    (a tilt the extrapolation gets right), nothing is said; where it misses them (the tilt there is another),
+    the warp's extrapolation is named first."""
+    f = make_synthetic_longslit(shape=(100, 1200), tilt=6.0, n_sky_lines=0, sky_continuum=300.0, seed=3)
+    rows = np.zeros(100, bool)
+    rows[slice(*f.trace_rows)] = True
+    for left_tilt, named in ((6.0, False), (0.0, True)):
+        left = sw.WarpModel.from_tilt((100, 1200), left_tilt).effpix_map()
+        weight = 1 / (1 + np.exp(-(np.arange(1200) - 650) / 30.0))[None, :]
+        emap = left * (1 - weight) + f.warp.effpix_map() * weight
+        sky = 300.0 * (1.0 - sum(0.5 * np.exp(-0.5 * ((emap - c) / 1.5) ** 2) for c in np.arange(40.0, 600.0, 40.0)))
+        sky = sky + sum(3000 * np.exp(-0.5 * ((emap - c) / 1.3) ** 2) for c in np.arange(760.0, 1150.0, 35.0))
+        rng = np.random.default_rng(4)
+        science = (rng.poisson(sky + np.asarray(f.trace)) + rng.normal(0.0, f.read_noise, sky.shape))[None]
+        res = _quiet_fit(science, None, f.trace_rows, read_noise=f.read_noise, gain=f.gain)
+        assert res.quality.warp_source == "sky lines"
+        said = [w for w in res.quality.warnings if w.startswith("The warp model, fit on the science frame's own")]
+        assert bool(said) == named, res.quality.warnings
+        if named:
+            assert res.quality.suspect and res.quality.warnings[0] is said[0]
+        else:
+            assert rms(((np.asarray(res.background)[0] - sky) / np.sqrt(sky + f.read_noise ** 2))[~rows]) < 0.2
+
+
 def test_a_sky_below_zero_says_the_bias_was_over_subtracted():
     """A bias 50 ADU too high: the low blue sky went negative and the fit blamed dead columns and the gain."""
     f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=9, sky_continuum=15.0, gain=2.0)
@@ -460,6 +515,27 @@ def test_cards_of_several_amplifiers_are_named(tmp_path):
     assert any("BIASSECA, BIASSECB: overscan sections of several amplifiers" in t for t in texts), texts
     assert not any("pass gain=1.2" in t or "pass read_noise=4" in t for t in texts), texts
     assert frame.unit == "adu"
+
+
+@pytest.mark.parametrize("gain_b,says", [(1.6, True), (1.4, False)])
+def test_amplifier_gains_beside_the_gain_read_are_named(tmp_path, gain_b, says):
+    """GAIN = 1.4 beside GAINA = 1.4 and GAINB = 1.6 (trial M2): GAIN was applied to the whole frame, the B
+    amplifier's half 12.5 % off in electrons, and nothing was said (the amplifiers' warning came only when
+    no gain was read). Equal amplifier gains are one gain: nothing to say."""
+    header = fits.Header({"GAIN": 1.4, "GAINA": 1.4, "GAINB": gain_b, "RDNOISE": 4.0})
+    fits.writeto(tmp_path / "sci_1.fits", np.full((20, 40), 100.0, np.float32), header)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = sw.collect_images_array(tmp_path, "sci_")
+    said = [str(w.message) for w in caught if "the gains of several amplifiers" in str(w.message)]
+    assert frame.unit == "electron" and bool(said) == says, [str(w.message) for w in caught]
+    if says:
+        assert "GAINA = 1.4, GAINB = 1.6 beside the gain read (1.4)" in said[0] and "up to 14 % off" in said[0]
+    # The user's own gain is the user's word: nothing to say.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sw.collect_images_array(tmp_path, "sci_", gain=1.4)
+    assert not any("the gains of several amplifiers" in str(w.message) for w in caught)
 
 
 def _integer_adu_frame(seed, sky_e, gain=3.0, read_noise=4.0, line_scale=0.05):

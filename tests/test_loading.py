@@ -738,6 +738,24 @@ def test_folder_whose_dispaxis_card_the_arc_contradicts(tmp_path, stored_turned)
     assert f"pass dispersion_axis={1 if stored_turned else 0} to follow the card" in data.notes[0]
 
 
+def test_a_right_dispaxis_card_stays_followed_beside_hot_columns(tmp_path):
+    """A correct DISPAXIS = 2 card, an arc of 2 lines and 12 hot detector columns (trial A3): read by the card,
+    the hot columns are 12 bright rows of one pixel each, which outnumbered the arc's lines, so the card was
+    taken for contradicted and every frame turned. Lines are wider than a row; a hot column is not."""
+    from specwidgets.io.folder import load_folder
+    from specwidgets.io.synthetic import make_synthetic_longslit
+
+    f = make_synthetic_longslit(shape=(120, 800), n_arc_lines=2, arc_peak=(3000.0, 5000.0), seed=0)
+    hot = np.random.default_rng(0).choice(np.arange(10, 110), 12, replace=False)
+    for name, image in (("arc_0.fits", f.arc), ("sci_0.fits", f.science[0])):
+        image = np.asarray(image, float) + 300.0
+        image[hot, :] += 3000.0  # (rows as read; columns as stored, transposed below)
+        fits.writeto(tmp_path / name, image.T.astype(np.float32), fits.Header({"DISPAXIS": 2}))
+    data = load_folder(tmp_path, bias_tag="")
+    assert data.science.shape[-2:] == (120, 800) and data.instrument_options == {"dispersion_axis": 0}
+    assert not any("DISPAXIS" in note for note in data.notes)
+
+
 def test_dispaxis_card_of_the_generic_instrument(tmp_path):
     from specwidgets.io.loading import read_frame
 

@@ -133,11 +133,12 @@ def row_profile(image, row=None):
 _ACROSS_SIGMA = 20.0
 
 
-def _lines_across_rows(image):
+def _lines_across_rows(image, resolved=False):
     """How many lines stand out (``_ACROSS_SIGMA``) in the frame's middle columns, read down the rows.
 
     An arc whose dispersion runs along the rows shows its lines there, and
-    almost none along a row.
+    almost none along a row. ``resolved``: only those wider than a row (a
+    neighbour above half the peak), not a hot column's one bright pixel.
     """
     if image.shape[0] < 16:
         return 0
@@ -148,6 +149,10 @@ def _lines_across_rows(image):
     if noise <= 0:
         return 0
     peaks, _ = find_peaks(excess, height=_ACROSS_SIGMA * noise, distance=3)
+    if resolved and peaks.size:
+        left = excess[np.clip(peaks - 1, 0, excess.size - 1)]
+        right = excess[np.clip(peaks + 1, 0, excess.size - 1)]
+        peaks = peaks[np.maximum(left, right) > 0.5 * excess[peaks]]
     return int(peaks.size)
 
 

@@ -299,7 +299,7 @@ def _arc_orientation(arc_paths, instrument="generic", **instrument_options):
     the rows, and read the other way they do not. The frames are then read the other way, and ``note`` names
     the card and the option that follows it.
     """
-    from specwidgets.core.lines import lines_along_rows
+    from specwidgets.core.lines import _lines_across_rows, lines_along_rows
 
     reader = resolve_instrument(instrument, **instrument_options)
     key = getattr(reader, "dispersion_keyword", None)
@@ -324,7 +324,10 @@ def _arc_orientation(arc_paths, instrument="generic", **instrument_options):
     names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
     if card is not None:
         name, value, transposed = card
-        if not (lines_along_rows(total) and not lines_along_rows(total.T)):
+        # (Lines wider than a row: a correct card's frames with an arc of 1-2 lines and 8-12 hot columns
+        # showed those as bright rows, and every frame was turned; trial A3.)
+        if not (lines_along_rows(total) and not lines_along_rows(total.T)
+                and _lines_across_rows(total, resolved=True) >= 3):
             return {"dispersion_axis": 0 if transposed else 1}, "", _card_text(key, card)
         return {"dispersion_axis": 1 if transposed else 0}, (
             f"the {key} = {value} card of {name} says the wavelength runs along the image's "

@@ -529,8 +529,10 @@ def _header_gain_applied(images):
 #: The advice of the warning of a sky that scatters off a given noise model.
 _NOISE_MODEL_PHRASE = "check gain and read noise"
 
-#: A header gain whose square root the sky's scatter reads (within this factor in variance) is named.
-GAIN_TWICE_TOLERANCE = 1.5
+#: A header gain whose square root the sky's scatter reads (its variance ratio over the gain within these
+#: bounds) is named. (Gains applied twice read 0.84-1.23 in trial F1's frames; frames not flat-fielded by
+#: 3-4 %, gain 2, read 0.68-0.80 and were told so, wrongly: trial A3.)
+GAIN_TWICE_BOUNDS = (0.84, 1.35)
 
 
 def _gain_twice_hint(quality, card, gain):
@@ -544,7 +546,7 @@ def _gain_twice_hint(quality, card, gain):
     """
     ratio = quality.chi_std ** 2 / gain
     if (not math.isfinite(ratio) or abs(math.log(gain)) < math.log(1.25)
-            or not 1 / GAIN_TWICE_TOLERANCE <= ratio <= GAIN_TWICE_TOLERANCE):
+            or not GAIN_TWICE_BOUNDS[0] <= ratio <= GAIN_TWICE_BOUNDS[1]):
         return quality
     hint = (f" Overall their variance is {quality.chi_std ** 2:.2f} times the model's, about the gain applied when "
             f"the frames were read ({card} = {gain:g} e-/ADU): frames in electrons already (a pipeline's output that "
@@ -886,8 +888,9 @@ def fit_sky(
         result._amend_quality(lambda quality: _gain_twice_hint(quality, *applied))
     result.unit = None if unit is None else str(unit)
     report = refinement if refinement is not None else warp_model._cache.get("sky_refinement_report")
-    unchecked = _unchecked_poor_warp(warp_model, report, method)
-    if unchecked and _sky_has_features(result, masked_rows):
+    unchecked, columns = _unchecked_poor_warp(warp_model, report, method)
+    if unchecked and (_misfit_at_features(result, masked_rows, columns) if columns is not None
+                      else _sky_has_features(result, masked_rows)):
         # First: the likely cause of what the other checks see.
         result._amend_quality(lambda quality: dataclasses.replace(
             quality, warnings=[unchecked, *quality.warnings], suspect=True))
@@ -908,10 +911,10 @@ def fit_sky(
     return result
 
 
-def _sky_has_features(result, masked_rows, n_sigma=2.0):
+def _sky_has_features(result, masked_rows, columns=None, n_sigma=2.0):
     """Whether the sky has lines or dips (its model 2 pixel noise sigma from its running median, in a sky row;
-    the model, fit to every sky row, hardly scatters): where it is a
-    smooth continuum, the warp does not matter to it."""
+    the model, fit to every sky row, hardly scatters), in ``columns`` (bool per column; None: all): where it
+    is a smooth continuum, the warp does not matter to it."""
     from scipy.ndimage import median_filter
 
     rows = np.flatnonzero(~masked_rows)
@@ -921,23 +924,66 @@ def _sky_has_features(result, masked_rows, n_sigma=2.0):
     spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
     sigma = np.sqrt(np.clip(spectrum, 0, None) / result.gain + (result.read_noise / result.gain) ** 2)
     feature = np.abs(spectrum - median_filter(spectrum, size=61, mode="nearest"))
-    return bool(np.any(feature > n_sigma * np.where(sigma > 0, sigma, np.inf)))
+    found = feature > n_sigma * np.where(sigma > 0, sigma, np.inf)
+    return bool(np.any(found if columns is None else found & columns))
+
+
+#: The sky's lines or dips in the columns a warp fit on the sky lines extrapolates to misfit when the
+#: data's chi-square there exceeds this many times the chi-square of the continuum beside them.
+FEATURE_MISFIT_LIMIT = 1.5
+
+
+def _misfit_at_features(result, masked_rows, columns, n_rows=24):
+    """Whether the sky misses its lines or dips in ``columns`` (bool per column): on up to ``n_rows`` sky rows
+    of the first exposure, the data's mean chi-square (each pixel's capped at 25: a cosmic ray is not a
+    misfit) on the pixels 2 noise sigma off the model's running median (its features), against that of the
+    other pixels of those columns, above :data:`FEATURE_MISFIT_LIMIT`; False with fewer than 100 such
+    pixels (:func:`_sky_has_features` reads features as this does)."""
+    from scipy.ndimage import median_filter
+
+    rows = np.flatnonzero(~np.asarray(masked_rows, bool))
+    if not rows.size or not columns.any():
+        return False
+    rows = rows[np.unique(np.linspace(0, rows.size - 1, min(n_rows, rows.size)).astype(int))]
+    model = np.asarray(result.background[0][rows][:, columns], dtype=float)
+    data = np.asarray(result.data[0][rows][:, columns], dtype=float)
+    var = np.clip(model, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
+    sigma = np.sqrt(np.where(var > 0, var, np.inf))
+    feature = np.abs(model - median_filter(model, size=(1, 61), mode="nearest")) > 2.0 * sigma
+    chi2 = np.minimum(np.square((data - model) / sigma), 25.0)
+    ok = np.isfinite(chi2)
+    on, off = feature & ok, ~feature & ok
+    if np.count_nonzero(on) < 100 or np.count_nonzero(off) < 100:
+        return False
+    return float(chi2[on].mean()) > FEATURE_MISFIT_LIMIT * float(chi2[off].mean())
 
 
 def _unchecked_poor_warp(warp_model, report, method="bspline"):
-    """The warning for a warp model that judges itself probably poor and that the science frame's sky lines
-    did not check (not traced, or not tried), or "".
+    """``(warning, columns)``: the warning for a warp model that judges itself probably poor and that the
+    science frame's sky lines did not check (not traced, or not tried), and the columns (bool, or None: all)
+    where a sky with lines or dips would suffer from it; ``("", None)`` when there is none.
 
     ``generate_warp_model`` warns of it, but the sky fit said "ok": arc lines
     in half the frame left the other half's warp 2.1 px off, and a blue sky
     with no bright lines to correct it 9 sigma off there, blamed on columns.
     Where the sky lines were traced and a correction tested (used or not),
     they checked it.
+
+    A warp fit on the science frame's own sky lines (no arc) is checked by
+    them where they are (their scatter about it is the sky fit's own line
+    misfit, which other checks read): what is left unchecked is where none
+    was traced and the model is extrapolated. Every no-arc fit of the
+    Goodman frames was suspect, "the sky lines did not check it (warp fit
+    on 10 sky lines ...)", while within 0.06-0.08 sigma RMS of the arc's
+    fit (trial M2): only sky lines or dips beyond the traced lines count.
     """
+    none = "", None
     if not warp_model.quality_warnings or warp_model.traces is None:
-        return ""
+        return none
+    if warp_model._cache.get("warp_source") == "sky lines":
+        return _unchecked_sky_line_warp(warp_model)
     if method != "median" and report is not None and (report.used or report.n_coefficients > 0):
-        return ""  # (the median of bins fits on the warp as given: a report is the B-spline's)
+        return none  # (the median of bins fits on the warp as given: a report is the B-spline's)
     if method == "median":
         why = " (the median of bins does not measure them; the default method does)"
     elif report is None:
@@ -946,7 +992,23 @@ def _unchecked_poor_warp(warp_model, report, method="bspline"):
         why = f" ({report.reason})" if report.reason else ""
     return (f"The warp model is probably poor ({warp_model.quality_warnings[0]}) and the science frame's sky "
             f"lines did not check it{why}: the sky follows the lines' shape only as well as the warp does, so "
-            "where the warp is off, so is the sky (warp_model.quality_warnings lists why).")
+            "where the warp is off, so is the sky (warp_model.quality_warnings lists why)."), None
+
+
+def _unchecked_sky_line_warp(warp_model):
+    """:func:`_unchecked_poor_warp` for a warp fit on the sky lines: the columns beyond the traced lines,
+    when the model says it is extrapolated there."""
+    extrapolated = [w for w in warp_model.quality_warnings if "extrapolated" in w]
+    t = warp_model.traces
+    used = t.ref_positions[t.used]
+    if not extrapolated or not np.isfinite(used).any():
+        return "", None
+    lo, hi = float(np.nanmin(used)), float(np.nanmax(used))
+    cols = np.arange(warp_model.shape[1])
+    return (f"The warp model, fit on the science frame's own sky lines (no arc), is extrapolated beyond them "
+            f"({extrapolated[0]}), and the sky has lines or dips there: the sky follows their shape only as well "
+            "as the extrapolated warp does. An arc frame measures the warp there (give one), or check the sky "
+            f"outside columns {lo:.0f}-{hi:.0f}."), (cols < lo - 5) | (cols > hi + 5)
 
 
 def _blank_constant_columns(stack, min_rows=8):
@@ -1205,7 +1267,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # Lines that move less than a pixel over the sky rows leave each column's
     # samples on a sliver of the effective pixels (see _knot_floors).
     span = _line_span(emap, masked_rows)
-    floor, first_floor = _knot_floors(span, _phase_gap(emap, masked_rows))
+    floor, first_floor = _knot_floors(span)
+    # A mask over the middle of a short slit: the sky rows' slivers leave a hole (see _hole_in_pixels).
+    hole = knots == "adaptive" and knot_spacing is None and _hole_in_pixels(span, _phase_gap(emap, masked_rows))
     if span < STRAIGHT_SPAN and knots == "adaptive" and "knots" not in given and knot_threshold is None:
         # Lines straight over the sky rows: each column's samples sit at one
         # effective pixel, and the sky is one value per column, which knots a
@@ -1509,6 +1573,8 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 curves = np.array([_plain_sky(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain,
                                               read_noise, extent, fine)[0](grid_e) for k in range(n_exp)])
                 curve = np.mean(curves, axis=0)
+        # Knots a pixel apart across a hole only for lines wide enough for them (see _hole_in_pixels).
+        hole = hole and curve_spacing == spacing(0) and _line_fwhm(grid_e, curve, gain, read_noise) >= HOLE_FWHM
         if n_exp > 1 and _lines_apart(grid_e, curves):
             # Exposures whose lines sit at other effective pixels (a stack
             # shifted along the dispersion): their mean smears each line
@@ -1525,6 +1591,9 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # (A frame whose lines move a pixel or more over the sky rows, as a rule: its parts
             # where they do not get the floors too.)
             stretched = _floored_coordinate(grid_e, stretched, *_local_floors(emap, fit_rows, grid_e))
+        if hole:
+            stretched = _floored_coordinate(grid_e, stretched, np.full(grid_e.size, HOLE_SPACING),
+                                            np.zeros(grid_e.size, bool))
         table = (grid_e, stretched)
     background = np.empty(stack.shape)
     rejected = np.zeros(stack.shape, bool)
@@ -2103,13 +2172,43 @@ def _phase_gap(emap, masked_rows, max_columns=256):
 
 
 #: A part of every pixel this wide (px) that no sky row samples, where the sky rows' lines span more
-#: (a mask in the middle of a short slit: two runs of rows, each on its own sliver), holds the
-#: final knots :data:`HOLE_SPACING` apart (see :func:`_knot_floors`).
+#: (a mask in the middle of a short slit: two runs of rows, each on its own sliver), holds the final
+#: knots :data:`HOLE_SPACING` apart, for lines of a first-pass FWHM of :data:`HOLE_FWHM` px or more.
 HOLE_MIN = 0.6
 HOLE_SPACING = 1.0
+HOLE_FWHM = 2.5
 
 
-def _knot_floors(span, gap=0.0):
+def _hole_in_pixels(span, gap):
+    """Whether the sky rows leave a hole ``gap`` px wide in every pixel (:func:`_phase_gap`) that their lines'
+    ``span`` does not account for: a mask over the middle of a short slit.
+
+    The span alone took the rows between the sky rows' ends for sampled
+    (:func:`_knot_floors`): a mask over the middle of a short slit leaves
+    two runs of sky rows, each on a sliver of its own, and the masked
+    rows' effective pixels in the part of each pixel between them, which no
+    sky row samples. Knots closer than a pixel there (0.5 px: the adaptive
+    knots on the lines) leave the sky under the mask to the spline's guess:
+    the Goodman crop of the README (rows 680-800, mask 20-100; the lines
+    move 0.9 px over the slit, the sky rows sample 0.34 px of each pixel)
+    was 2.7-4.0 sigma off in some columns against the full frame's fit, and
+    a reversed wavelength axis moved it by as much, "ok" (trial M1);
+    synthetic slits whose lines move 1 px over it, 0.24-0.36 sigma RMS under
+    the mask (0.15-0.19 on the sky rows). With a hole of :data:`HOLE_MIN` px
+    or more the final knots are held :data:`HOLE_SPACING` apart, so that each
+    knot interval holds every sliver: the sky under the mask is then as
+    good as on the sky rows (0.31 and 0.30 on the crop, worst column 1.0
+    sigma; 0.13-0.21 on the synthetic slits). Only for lines as wide as
+    :data:`HOLE_FWHM` on the first pass (FWHM ~2.3 px and more): knots a
+    pixel apart cannot follow narrower ones, on the sky rows either (trial
+    A3: FWHM 1.4 px, 0.29 -> 4.5 sigma RMS; 2.0 px, 0.16 -> 0.30). A
+    smaller hole kept the plain knots better (a third of a pixel: 0.11 sigma,
+    0.16 with knots a pixel apart).
+    """
+    return gap >= HOLE_MIN and gap > 1.0 - min(span, SLIVER_SPAN) + 0.05
+
+
+def _knot_floors(span):
     """``(final, first)``: the closest knot spacings (px) of the final fit and of the first pass
     when the lines move ``span`` px over the sky rows (0 when not held apart).
 
@@ -2127,27 +2226,7 @@ def _knot_floors(span, gap=0.0):
     along a slit with lines 0.1-0.6 px from straight: spatial order 1
     chosen, 0.18-1.0 -> 0.08-0.20 sigma RMS).
 
-    The span alone took the rows between the sky rows' ends for sampled: a
-    mask over the middle of a short slit leaves two runs of sky rows, each
-    on a sliver of its own, and the masked rows' effective pixels in the
-    part of each pixel between them, ``gap`` px wide (:func:`_phase_gap`),
-    that no sky row samples. Knots closer than a pixel there (0.5 px:
-    the adaptive knots on the lines) leave the sky under the mask to the
-    spline's guess: the Goodman crop of the README (rows 680-800, mask
-    20-100; the lines move 0.9 px over the slit, the sky rows sample 0.34
-    px of each pixel) was 2.7-4.0 sigma off in some columns against the
-    full frame's fit, and a reversed wavelength axis moved it by as much,
-    "ok"; synthetic slits whose lines move 1 px over it, 0.24-0.36 sigma
-    RMS under the mask (0.15-0.19 on the sky rows). With a hole of
-    :data:`HOLE_MIN` px or more, the final knots are :data:`HOLE_SPACING`
-    apart: each knot interval holds every sliver, and the sky under the
-    mask is as good as on the sky rows (0.31 and 0.30 on the crop, worst
-    column 1.0 sigma; 0.13-0.21 on the synthetic slits). A smaller hole
-    kept the plain knots better (a third of a pixel: 0.11 sigma, 0.16 with
-    knots a pixel apart).
     """
-    if gap >= HOLE_MIN and gap > 1.0 - min(span, SLIVER_SPAN) + 0.05:
-        return HOLE_SPACING, min(1.0, 0.5 / max(1.0 - gap, 1e-12))
     if not (span < SLIVER_SPAN):
         return 0.0, 0.0
     return 1.0 - span, min(1.0, 0.5 / max(span, 1e-12))
@@ -4000,7 +4079,8 @@ def _changing_lines(models, sky_rows, effpix_map, gain=1.0, read_noise=0.0):
     flux = np.stack([lines[k][np.clip(index[:, None] + window[None, :], 0, grid.size - 1)].sum(axis=1) * step
                      for k in range(3)])
     continuum = sky[:, index] - lines[:, index]
-    return _odd_lines(flux, continuum, sky[1][index], grid[index], gain, read_noise)
+    return _odd_lines(flux, continuum, sky[1][index], grid[index], gain, read_noise,
+                      _line_fwhm(grid, sky[1], gain, read_noise))
 
 
 def _changing_lines_in_pixels(model, rows, effpix_map, gain, read_noise):
@@ -4046,10 +4126,10 @@ def _line_peaks(sky, median_size, peak_size, edge):
     return lines, peak
 
 
-def _odd_lines(flux, continuum, level, centre, gain, read_noise):
+def _odd_lines(flux, continuum, level, centre, gain, read_noise, fwhm=None):
     """The lines of ``flux`` (first, middle and last row; their ``continuum`` there, at sky ``level`` and
-    effective pixel ``centre`` in the middle row) that change unlike the others, as :func:`_changing_lines`
-    returns them."""
+    effective pixel ``centre`` in the middle row; the lines' ``fwhm``, px, None if not known) that change
+    unlike the others, as :func:`_changing_lines` returns them."""
     # Lines whose flux stands clear of a pixel's noise (a faint line's spatial terms follow its noise).
     noise = np.sqrt(np.clip(level, 0, None) / gain + (read_noise / gain) ** 2)
     strong = flux[1] > 10.0 * noise
@@ -4060,18 +4140,31 @@ def _odd_lines(flux, continuum, level, centre, gain, read_noise):
     # against zero, its lines were left out and the galaxy, 2.6-5.4 sigma off under the mask, was "ok").
     step = continuum[2] - continuum[0]
     strong &= np.abs(step - median(step)) * 8.0 < CHANGING_LINE_CONTINUUM * flux[1]
+    # ... and of a brighter line's wings: a faint line within 3 widths of one 3 times brighter changes
+    # with that line's width along the slit (broad lines, FWHM 5-7 px, focused 40 % better at one end:
+    # faint lines 15-20 px from them read "changing by 150 %", trial A3).
+    if fwhm is not None and np.isfinite(fwhm):
+        near = np.abs(centre[:, None] - centre[None, :]) < 3.0 * fwhm
+        strong &= ~(near & (flux[1][None, :] > 3.0 * flux[1][:, None])).any(axis=1)
     if np.count_nonzero(strong) < 5:
         return None
     # Each row's lines over their median there: the slit's illumination, which the sky's lines follow
     # together, is no change (a slit lit 1.3 -> 0.7 changed every line by 60 %, and a nebula rising 20x
     # along it, 4 times less than 2.4, was "ok", 0.5-1.7 sigma off under the mask; trial A2).
-    scale = np.median(flux[:, strong], axis=1)
-    if np.all(scale > 0):
+    # (The median of the lines' own ratios to the middle row: the median line of each row may be another.)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.median(flux[:, strong] / flux[1, strong], axis=1)
+    if np.all(np.isfinite(scale) & (scale > 0)):
         flux = flux / scale[:, None]
-    change = np.abs(flux[2] - flux[0]) / np.where(flux[1] > 0, flux[1], np.inf)
+    signed = (flux[2] - flux[0]) / np.where(flux[1] > 0, flux[1], np.inf)
+    change = np.abs(signed)
     typical = float(np.median(change[strong]))
     odd = strong & (change > CHANGING_LINE_LIMIT) & (change > CHANGING_LINE_FACTOR * typical)
-    # Two lines at least: a source's emission has several (H-alpha and [N II], [O III], [S II], [O II]).
+    # Two lines at least, changing the same way: a source's emission has several (H-alpha and [N II],
+    # [O III], [S II], [O II]), which follow its profile along the slit. (Two faint lines beside bright
+    # ones, one read rising and one falling against the others, passed for a source; trial U1's g3_low06.)
+    rising = odd & (signed > 0)
+    odd = rising if np.count_nonzero(rising) * 2 >= np.count_nonzero(odd) else odd & ~rising
     if np.count_nonzero(odd) < 2:
         return None
     return sorted(zip(centre[odd].tolist(), change[odd].tolist()), key=lambda ec: -ec[1])
