@@ -730,9 +730,9 @@ def test_goodman_noise_estimated_is_not_called_a_pedestal(goodman):
 def test_goodman_seed_flow_chi(goodman):
     """The seed tutorial's flow (mask 20-100, no noise arguments): default chi <= the median's, on the sky rows.
 
-    (On the 12 rows 104-116 alone the two tie since the B-spline's knots are a pixel apart on this crop,
-    1.367 against 1.365: knots 0.5 px apart followed the sky rows' noise further, 1.362, and missed the sky
-    under the mask by up to 2.7 sigma per column; tests/test_sky_rows_hole.py compares there.)"""
+    (On the 12 rows 104-116 alone the two nearly tie since the B-spline's knots are at least a pixel apart
+    on this crop, 1.364 against 1.365: knots 0.5 px apart followed the sky rows' noise further, 1.362, and
+    missed the sky under the mask by up to 2.7 sigma per column; tests/test_sky_rows_hole.py compares there.)"""
     locs, _ = sw.find_cal_lines(goodman.arc)
     model = sw.generate_warp_model(goodman.arc, locs)
     chi = {}

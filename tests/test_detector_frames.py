@@ -610,3 +610,15 @@ def test_half_a_slit_lit_less_is_no_shelf():
     ratio = np.where(np.arange(120) < 48, 0.4, 1.0) * (1 + np.random.default_rng(3).normal(0, 0.003, 120))
     unlit, _ = analyse_rows(ratio, np.full(120, 1e5), lambda p: 50 * (p + 1))
     assert not unlit[:48].any(), np.flatnonzero(unlit)
+
+
+def test_a_row_far_above_the_sky_is_not_said_to_be_3_sigma():
+    """A row 300 e- above the sky (a hot row, or a bright source's continuum; trial M2): each pixel's chi is
+    clipped at 3 in the row means, so the warning said "3.00 sigma per pixel on average" (here 2.99) of a row
+    ~25 sigma up. It says the row is at the clip."""
+    f = make_synthetic_longslit(shape=(100, 800), n_exposures=2, seed=5, sky_continuum=150.0)
+    science = np.asarray(f.science).copy()
+    science[:, 85] += 300.0
+    res = _quiet_fit(science, f.warp, f.trace_rows, read_noise=f.read_noise, gain=f.gain)
+    (said,) = [w for w in res.quality.warnings if w.startswith("Sky row 85 ")]
+    assert "(3 sigma or more in nearly every pixel)" in said and "sigma per pixel on average" not in said

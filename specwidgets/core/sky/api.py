@@ -38,6 +38,7 @@ from .quality import (  # noqa: E402
     LINE_MISFIT_LIMIT,
     MAX_AUTO_ORDER,
     REJECTED_LIMIT,
+    ROW_CHI_HIGH,
     UNLIT_FRACTION,
     FirstLook,
     SkyQuality,
@@ -2159,16 +2160,29 @@ def _floored_coordinate(e, u, floor, straight):
 
 def _phase_gap(emap, masked_rows, max_columns=256):
     """The widest part of a pixel (px) that no sky row samples: the median over (at most ``max_columns``)
-    columns of the largest gap between the sky rows' effective pixels, taken modulo 1 (so that the next
-    columns' samples count), around the circle."""
-    sky_rows = np.flatnonzero(~np.asarray(masked_rows, bool))
-    if sky_rows.size < 2:
+    columns of the largest gap, around the circle, among the effective pixels (modulo 1, so that the next
+    columns' samples count) that each run of sky rows covers (from its least to its greatest: a line moves
+    little from one row to the next). One run whose lines move ``span`` < 1 px leaves ``1 - span``
+    (:func:`_knot_floors`); two runs, what lies between their slivers."""
+    rows = np.flatnonzero(~np.asarray(masked_rows, bool))
+    if rows.size < 2:
         return 1.0
     cols = np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns))
-    phase = np.sort(np.mod(np.asarray(emap[np.ix_(sky_rows, cols)], dtype=float), 1.0), axis=0)
-    gaps = np.diff(phase, axis=0, append=phase[:1] + 1.0)
-    widest = np.nanmax(gaps, axis=0)
-    return float(np.median(widest[np.isfinite(widest)])) if np.isfinite(widest).any() else 1.0
+    cut = np.flatnonzero(np.diff(rows) > 1) + 1
+    extents = [_column_extent(emap, run, cols) for run in np.split(rows, cut)]
+    lo = np.array([e[0] for e in extents])
+    length = np.array([e[1] for e in extents]) - lo
+    start = np.mod(lo, 1.0)
+    order = np.argsort(start, axis=0)
+    start, end = np.take_along_axis(start, order, 0), np.take_along_axis(start + length, order, 0)
+    gap, reach = np.zeros(cols.size), end[0].copy()
+    for k in range(1, start.shape[0]):
+        gap = np.maximum(gap, start[k] - reach)
+        reach = np.maximum(reach, end[k])
+    gap = np.maximum(gap, start[0] + 1.0 - reach)
+    gap = np.where((length >= 1.0).any(axis=0), 0.0, np.clip(gap, 0.0, 1.0))
+    gap = gap[np.isfinite(gap)]
+    return float(np.median(gap)) if gap.size else 1.0
 
 
 #: A part of every pixel this wide (px) that no sky row samples, where the sky rows' lines span more
@@ -2980,7 +2994,10 @@ def _leak_warning(leak, row, masked_rows, which=""):
     """
     distance = rows_from_mask(masked_rows, row)
     where_in = f" in {which}" if which else ""
-    head = f"Sky row {row} {_LEAK_PHRASE}{where_in} ({leak:.2f} sigma per pixel on average): "
+    # (Each pixel's chi is clipped at ROW_CHI_HIGH: a row at the clip is brighter than it can say.)
+    level = (f"{leak:.2f} sigma per pixel on average" if leak < ROW_CHI_HIGH - 0.05
+             else f"{ROW_CHI_HIGH:g} sigma or more in nearly every pixel")
+    head = f"Sky row {row} {_LEAK_PHRASE}{where_in} ({level}): "
     if distance is not None and distance <= LEAK_NEAR_MASK:
         return head + (f"{distance} row(s) from the mask, where a masked trace's wings reach: widen the mask "
                        "(or mask another source there).")
