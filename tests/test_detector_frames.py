@@ -531,6 +531,14 @@ def test_amplifier_gains_beside_the_gain_read_are_named(tmp_path, gain_b, says):
     assert frame.unit == "electron" and bool(said) == says, [str(w.message) for w in caught]
     if says:
         assert "GAINA = 1.4, GAINB = 1.6 beside the gain read (1.4)" in said[0] and "up to 14 % off" in said[0]
+    # Frames in electrons (BUNIT) that kept their amplifiers' cards had each one applied (trial A4).
+    header["BUNIT"] = "electron"
+    header["GAIN"] = 1.0
+    fits.writeto(tmp_path / "e_1.fits", np.full((20, 40), 100.0, np.float32), header)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sw.collect_images_array(tmp_path, "e_")
+    assert not any("the gains of several amplifiers" in str(w.message) for w in caught)
     # The user's own gain is the user's word: nothing to say.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

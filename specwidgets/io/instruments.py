@@ -559,7 +559,9 @@ class Instrument:
                 UserWarning,
             )
             gain, gain_from = 1.0, f"BUNIT {electrons!r} (in electrons)"
-        self._note_unread_cards(header, gain is None, read_noise is None, gain)
+        # (The gain of a header card only: frames in electrons by their BUNIT had each amplifier's applied.)
+        self._note_unread_cards(header, gain is None, read_noise is None,
+                                gain if gain_from.startswith("header ") and not _electron_unit(header) else None)
         sources = [f for f, v in ((gain_from, gain), (noise_from, read_noise)) if v is not None]
         return Frame(
             data=data, header=header, gain=gain, read_noise=read_noise, hdu=index, noise_source=", ".join(sources)
@@ -671,7 +673,7 @@ class Instrument:
                 UserWarning,
             )
             named = True
-        elif gain is not None and "gain" not in self.given and len(gains) > 1 and max(gains.values()) > 1.01 * min(
+        elif gain is not None and "gain" not in self.given and len(gains) > 1 and max(gains.values()) > 1.03 * min(
                 gains.values()):
             # Trial M2: GAIN = 1.4 beside GAINA = 1.4, GAINB = 1.6 left half the frame 12.5 % off, "ok", unsaid.
             listed = ", ".join(f"{k} = {v:g}" for k, v in gains.items())

@@ -1574,8 +1574,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 curves = np.array([_plain_sky(effpix_psub, clean_psub[k], rows_psub, n_rows, shifts[k], gain,
                                               read_noise, extent, fine)[0](grid_e) for k in range(n_exp)])
                 curve = np.mean(curves, axis=0)
-        # Knots a pixel apart across a hole only for lines wide enough for them (see _hole_in_pixels).
-        hole = hole and curve_spacing == spacing(0) and _line_fwhm(grid_e, curve, gain, read_noise) >= HOLE_FWHM
+        # Knots a pixel apart across a hole only for lines they follow (see _hole_in_pixels).
+        hole = (hole and curve_spacing == spacing(0) and _line_fwhm(grid_e, curve, gain, read_noise) >= HOLE_FWHM
+                and _hole_knots_follow(effpix_psub, clean_psub[0], rows_psub, n_rows, shifts[0], gain, read_noise,
+                                       extent, spacing(0)))
         if n_exp > 1 and _lines_apart(grid_e, curves):
             # Exposures whose lines sit at other effective pixels (a stack
             # shifted along the dispersion): their mean smears each line
@@ -2220,6 +2222,37 @@ def _hole_in_pixels(span, gap):
     0.16 with knots a pixel apart).
     """
     return gap >= HOLE_MIN and gap > 1.0 - min(span, SLIVER_SPAN) + 0.05
+
+
+#: Knots a pixel apart follow the lines when their chi-square on the brightest tenth of the sky samples is
+#: at most this many times that of the plain knots (:func:`_hole_knots_follow`): Gaussian lines of FWHM
+#: 2.4-3.8 px read 0.98-1.13 (the Goodman crop 1.04), close doublets 1.18-2.1, flat-topped lines 1.28-2.2.
+HOLE_CHI2_RATIO = 1.15
+
+
+def _hole_knots_follow(effpix, flux, rows, n_rows, shift, gain, read_noise, extent, spacing):
+    """Whether a plain sky with knots :data:`HOLE_SPACING` apart fits the brightest tenth of the samples
+    (the lines) as well as one with knots ``spacing`` apart: their chi-square within :data:`HOLE_CHI2_RATIO`.
+
+    A FWHM alone did not tell (trial A4): flat-topped lines (a slit wider
+    than the seeing) and close doublets of FWHM 2.5-3.4 px have edges as
+    sharp as narrow lines, and knots a pixel apart put the sky 8-27 sigma off
+    in columns, where the plain knots had 2-5 (a doublet's fit, suspect
+    before, was "ok" at 5 sigma). The plain fits are the first pass's kind
+    (one data-weighted pass, spatial order 0) on the profiles' subsample.
+    """
+    ok = np.isfinite(flux)
+    if np.count_nonzero(ok) < 200:
+        return False
+    e, f, r = effpix[ok], flux[ok], rows[ok]
+    chi2 = []
+    for knots in (spacing, HOLE_SPACING):
+        model, shifted = _plain_sky(e, f, r, n_rows, shift, gain, read_noise, extent, knots)
+        m = np.asarray(model(shifted), dtype=float)
+        chi2.append((f - m) ** 2 / (np.clip(m, 0, None) / gain + (read_noise / gain) ** 2))
+    bright = m >= np.percentile(m, 90)
+    fine, coarse = (float(np.mean(np.minimum(c[bright], 25.0))) for c in chi2)
+    return coarse <= HOLE_CHI2_RATIO * fine
 
 
 def _knot_floors(span):
@@ -4157,12 +4190,13 @@ def _odd_lines(flux, continuum, level, centre, gain, read_noise, fwhm=None):
     # against zero, its lines were left out and the galaxy, 2.6-5.4 sigma off under the mask, was "ok").
     step = continuum[2] - continuum[0]
     strong &= np.abs(step - median(step)) * 8.0 < CHANGING_LINE_CONTINUUM * flux[1]
-    # ... and of a brighter line's wings: a faint line within 3 widths of one 3 times brighter changes
-    # with that line's width along the slit (broad lines, FWHM 5-7 px, focused 40 % better at one end:
-    # faint lines 15-20 px from them read "changing by 150 %", trial A3).
+    # ... and of a far brighter line's wings: a faint line within 3 widths of one 10 times brighter
+    # changes with that line's width along the slit (broad lines, FWHM 5-7 px, focused 40 % better at
+    # one end: faint lines 15-20 px from ones 20-130 times brighter read "changing by 150 %", trial A3).
+    # (3 times brighter left out a nebula's lines 7 px from sky lines 3.7 times brighter: trial A4.)
     if fwhm is not None and np.isfinite(fwhm):
         near = np.abs(centre[:, None] - centre[None, :]) < 3.0 * fwhm
-        strong &= ~(near & (flux[1][None, :] > 3.0 * flux[1][:, None])).any(axis=1)
+        strong &= ~(near & (flux[1][None, :] > 10.0 * flux[1][:, None])).any(axis=1)
     if np.count_nonzero(strong) < 5:
         return None
     # Each row's lines over their median there: the slit's illumination, which the sky's lines follow
