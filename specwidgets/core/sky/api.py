@@ -2213,13 +2213,14 @@ def _hole_in_pixels(span, gap):
     the mask (0.15-0.19 on the sky rows). With a hole of :data:`HOLE_MIN` px
     or more the final knots are held :data:`HOLE_SPACING` apart, so that each
     knot interval holds every sliver: the sky under the mask is then as
-    good as on the sky rows (0.31 and 0.30 on the crop, worst column 1.0
-    sigma; 0.13-0.21 on the synthetic slits). Only for lines as wide as
-    :data:`HOLE_FWHM` on the first pass (FWHM ~2.3 px and more): knots a
-    pixel apart cannot follow narrower ones, on the sky rows either (trial
-    A3: FWHM 1.4 px, 0.29 -> 4.5 sigma RMS; 2.0 px, 0.16 -> 0.30). A
-    smaller hole kept the plain knots better (a third of a pixel: 0.11 sigma,
-    0.16 with knots a pixel apart).
+    good as on the sky rows (0.30-0.32 on the crop and its variants, worst
+    column 1.0-1.5 sigma; 0.16-0.21 on the synthetic slits). Only for lines
+    as wide as :data:`HOLE_FWHM` on the first pass (FWHM ~2.3 px and more)
+    that such knots fit (:func:`_hole_knots_follow`): knots a pixel apart
+    cannot follow narrower ones, on the sky rows either (trial A3: FWHM 1.4
+    px, 0.29 -> 4.5 sigma RMS; 2.0 px, 0.16 -> 0.30). A smaller hole kept the
+    plain knots better (a third of a pixel: 0.11 sigma, 0.16 with knots a
+    pixel apart).
     """
     return gap >= HOLE_MIN and gap > 1.0 - min(span, SLIVER_SPAN) + 0.05
 
@@ -2272,7 +2273,6 @@ def _knot_floors(span):
     ``0.5 / span`` apart, at most one pixel (a width change of 10-30 %
     along a slit with lines 0.1-0.6 px from straight: spatial order 1
     chosen, 0.18-1.0 -> 0.08-0.20 sigma RMS).
-
     """
     if not (span < SLIVER_SPAN):
         return 0.0, 0.0
@@ -4199,10 +4199,10 @@ def _odd_lines(flux, continuum, level, centre, gain, read_noise, fwhm=None):
         strong &= ~(near & (flux[1][None, :] > 10.0 * flux[1][:, None])).any(axis=1)
     if np.count_nonzero(strong) < 5:
         return None
-    # Each row's lines over their median there: the slit's illumination, which the sky's lines follow
-    # together, is no change (a slit lit 1.3 -> 0.7 changed every line by 60 %, and a nebula rising 20x
-    # along it, 4 times less than 2.4, was "ok", 0.5-1.7 sigma off under the mask; trial A2).
-    # (The median of the lines' own ratios to the middle row: the median line of each row may be another.)
+    # Each row's lines over the median of their ratios to the middle row: the slit's illumination, which
+    # the sky's lines follow together, is no change (a slit lit 1.3 -> 0.7 changed every line by 60 %, and
+    # a nebula rising 20x along it, 4 times less than 2.4, was "ok", 0.5-1.7 sigma off under the mask;
+    # trial A2). (Not each row's median line: that may be another line in each row.)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.median(flux[:, strong] / flux[1, strong], axis=1)
     if np.all(np.isfinite(scale) & (scale > 0)):
