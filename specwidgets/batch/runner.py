@@ -694,17 +694,22 @@ def _with_absolute_paths(reader):
     return reader
 
 
+def _noise_source_of(frame, job):
+    """Where a read frame's noise model came from, with the reader's name (``"header GAIN, ... of generic
+    frames"``), or ""."""
+    source = getattr(frame, "noise_source", "")
+    return f"{source} of {getattr(job.reader, 'name', 'reader')} frames" if source else ""
+
+
 def _with_frame_noise(image, frame, job, bias=None):
     """``image`` as a FrameArray with the frame's gain (1.0 once in electrons) and read noise, and the
     read noise of the master ``bias`` subtracted from it (when it carries its noise model)."""
-    source = getattr(frame, "noise_source", "")
-    name = getattr(job.reader, "name", "reader")
     # "estimate" (a session's noise model): hide the frame's value so fit_sky estimates it.
     out = FrameArray(
         image,
         gain=None if frame.gain is None or job.sky_gain == ESTIMATE else 1.0,
         read_noise=None if job.read_noise == ESTIMATE else frame.read_noise,
-        noise_source=f"{source} of {name} frames" if source else "",
+        noise_source=_noise_source_of(frame, job),
         unit=frame.unit,
         header=getattr(frame, "header", None),  # (the fit names a header gain applied twice by its card)
         n_combined=getattr(frame, "n_combined", None),
@@ -1325,12 +1330,11 @@ def _process_group_inner(paths, job, bias, flat):
         # The stack's noise model as the page's folder loader sets it: the
         # median of the frames' read noises, gain 1 once in electrons.
         known = [f.read_noise for f in frames if f.read_noise is not None]
-        source = getattr(frames[0], "noise_source", "")
         stack = FrameArray(
             np.stack(images),
             gain=None if frames[0].gain is None or job.sky_gain == ESTIMATE else 1.0,
             read_noise=None if job.read_noise == ESTIMATE or not known else float(np.median(known)),
-            noise_source=f"{source} of {getattr(job.reader, 'name', 'reader')} frames" if source else "",
+            noise_source=_noise_source_of(frames[0], job),
             unit=frames[0].unit,
             header=getattr(frames[0], "header", None),
             n_combined=getattr(frames[0], "n_combined", None),

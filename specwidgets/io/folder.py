@@ -220,16 +220,14 @@ def _image_index(hdul, path):
     """The index of the HDU whose image a frame is read from: the instruments' choice, else the primary (the
     first extension when the primary holds no image: a .fz file)."""
     images = [i for i, h in enumerate(hdul) if _is_2d_image(h)]
-    if len(images) > 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # (the frame's reading warns of what it passes over)
-            try:
-                return _default_image(hdul, images, path)
-            except ValueError:
-                pass  # pieces of one exposure: refused when the frame is read
-    if images:
-        return images[0]
-    return 1 if not hdul[0].header.get("NAXIS") and len(hdul) > 1 else 0
+    if not images:
+        return 1 if not hdul[0].header.get("NAXIS") and len(hdul) > 1 else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the frame's reading warns of what it passes over)
+        try:
+            return _default_image(hdul, images, path)
+        except ValueError:
+            return images[0]  # pieces of one exposure: refused when the frame is read
 
 
 def _object_matches(header, tag):

@@ -912,21 +912,28 @@ def fit_sky(
     return result
 
 
-def _sky_has_features(result, masked_rows, columns=None, n_sigma=2.0):
+def _sky_has_features(result, masked_rows, n_sigma=2.0):
     """Whether the sky has lines or dips (its model 2 pixel noise sigma from its running median, in a sky row;
-    the model, fit to every sky row, hardly scatters), in ``columns`` (bool per column; None: all): where it
-    is a smooth continuum, the warp does not matter to it."""
-    from scipy.ndimage import median_filter
-
+    the model, fit to every sky row, hardly scatters): where it is a smooth continuum, the warp does not
+    matter to it."""
     rows = np.flatnonzero(~masked_rows)
     if not rows.size:
         return False
     spectrum = np.asarray(result.background[0, rows[rows.size // 2]], dtype=float)
     spectrum = np.where(np.isfinite(spectrum), spectrum, np.nanmedian(spectrum))
-    sigma = np.sqrt(np.clip(spectrum, 0, None) / result.gain + (result.read_noise / result.gain) ** 2)
-    feature = np.abs(spectrum - median_filter(spectrum, size=61, mode="nearest"))
-    found = feature > n_sigma * np.where(sigma > 0, sigma, np.inf)
-    return bool(np.any(found if columns is None else found & columns))
+    return bool(np.any(_features(spectrum, result.gain, result.read_noise, n_sigma)[0]))
+
+
+def _features(model, gain, read_noise, n_sigma=2.0):
+    """``(features, sigma)``: where the sky ``model`` (one row, or rows along the last axis) stands
+    ``n_sigma`` pixel noise sigma from its running median over 61 columns (its lines or dips), and that
+    sigma (inf where the variance is not positive)."""
+    from scipy.ndimage import median_filter
+
+    var = np.clip(model, 0, None) / gain + (read_noise / gain) ** 2
+    sigma = np.sqrt(np.where(var > 0, var, np.inf))
+    size = (1,) * (model.ndim - 1) + (61,)
+    return np.abs(model - median_filter(model, size=size, mode="nearest")) > n_sigma * sigma, sigma
 
 
 #: The sky's lines or dips in the columns a warp fit on the sky lines extrapolates to misfit when the
@@ -939,18 +946,14 @@ def _misfit_at_features(result, masked_rows, columns, n_rows=24):
     of the first exposure, the data's mean chi-square (each pixel's capped at 25: a cosmic ray is not a
     misfit) on the pixels 2 noise sigma off the model's running median (its features), against that of the
     other pixels of those columns, above :data:`FEATURE_MISFIT_LIMIT`; False with fewer than 100 such
-    pixels (:func:`_sky_has_features` reads features as this does)."""
-    from scipy.ndimage import median_filter
-
+    pixels (:func:`_features`, as :func:`_sky_has_features` reads them)."""
     rows = np.flatnonzero(~np.asarray(masked_rows, bool))
     if not rows.size or not columns.any():
         return False
     rows = rows[np.unique(np.linspace(0, rows.size - 1, min(n_rows, rows.size)).astype(int))]
     model = np.asarray(result.background[0][rows][:, columns], dtype=float)
     data = np.asarray(result.data[0][rows][:, columns], dtype=float)
-    var = np.clip(model, 0, None) / result.gain + (result.read_noise / result.gain) ** 2
-    sigma = np.sqrt(np.where(var > 0, var, np.inf))
-    feature = np.abs(model - median_filter(model, size=(1, 61), mode="nearest")) > 2.0 * sigma
+    feature, sigma = _features(model, result.gain, result.read_noise)
     chi2 = np.minimum(np.square((data - model) / sigma), 25.0)
     ok = np.isfinite(chi2)
     on, off = feature & ok, ~feature & ok
@@ -1267,10 +1270,10 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
 
     # Lines that move less than a pixel over the sky rows leave each column's
     # samples on a sliver of the effective pixels (see _knot_floors).
-    span = _line_span(emap, masked_rows)
+    span, gap = _span_and_gap(emap, masked_rows)
     floor, first_floor = _knot_floors(span)
     # A mask over the middle of a short slit: the sky rows' slivers leave a hole (see _hole_in_pixels).
-    hole = knots == "adaptive" and knot_spacing is None and _hole_in_pixels(span, _phase_gap(emap, masked_rows))
+    hole = knots == "adaptive" and knot_spacing is None and _hole_in_pixels(span, gap)
     if span < STRAIGHT_SPAN and knots == "adaptive" and "knots" not in given and knot_threshold is None:
         # Lines straight over the sky rows: each column's samples sit at one
         # effective pixel, and the sky is one value per column, which knots a
@@ -2166,14 +2169,22 @@ def _phase_gap(emap, masked_rows, max_columns=256):
     columns' samples count) that each run of sky rows covers (from its least to its greatest: a line moves
     little from one row to the next). One run whose lines move ``span`` < 1 px leaves ``1 - span``
     (:func:`_knot_floors`); two runs, what lies between their slivers."""
+    return _span_and_gap(emap, masked_rows, max_columns)[1]
+
+
+def _span_and_gap(emap, masked_rows, max_columns=256):
+    """``(_line_span(...), _phase_gap(...))`` from one read of the sky rows' effective pixels, each run's
+    extent (the whole's is the least and greatest of the runs'). ``(0.0, 1.0)`` with fewer than 2 sky rows."""
     rows = np.flatnonzero(~np.asarray(masked_rows, bool))
     if rows.size < 2:
-        return 1.0
+        return 0.0, 1.0
     cols = np.arange(0, emap.shape[1], max(1, emap.shape[1] // max_columns))
     cut = np.flatnonzero(np.diff(rows) > 1) + 1
     extents = [_column_extent(emap, run, cols) for run in np.split(rows, cut)]
     lo = np.array([e[0] for e in extents])
-    length = np.array([e[1] for e in extents]) - lo
+    hi = np.array([e[1] for e in extents])
+    span = float(np.median(hi.max(axis=0) - lo.min(axis=0)))
+    length = hi - lo
     start = np.mod(lo, 1.0)
     order = np.argsort(start, axis=0)
     start, end = np.take_along_axis(start, order, 0), np.take_along_axis(start + length, order, 0)
@@ -2184,7 +2195,7 @@ def _phase_gap(emap, masked_rows, max_columns=256):
     gap = np.maximum(gap, start[0] + 1.0 - reach)
     gap = np.where((length >= 1.0).any(axis=0), 0.0, np.clip(gap, 0.0, 1.0))
     gap = gap[np.isfinite(gap)]
-    return float(np.median(gap)) if gap.size else 1.0
+    return span, float(np.median(gap)) if gap.size else 1.0
 
 
 #: A part of every pixel this wide (px) that no sky row samples, where the sky rows' lines span more
