@@ -258,6 +258,8 @@ class SkyResult:
     _line_misfit: tuple | None = field(default=None, repr=False)
     # The spatial order a width that changes as a curve along the slit asks for, beyond the fit's (or None).
     _width_hint: int | None = field(default=None, repr=False)
+    # The spatial order the sky lines' brightness alone chose (0: it chose none); see _held_out_lines_order.
+    _lines_order: int = field(default=0, repr=False)
 
     def _median_variance(self, k):
         """The median of bins' variance of exposure ``k``: the median of n samples
@@ -831,9 +833,13 @@ def fit_sky(
                 result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise,
                                       progress, dict(given), look, tilt_hint=hint)
                 if given.get("spatial_order", "auto") == "auto":
-                    result = _lines_changing_along_the_slit(result, lambda order, fine: _fit_bspline(
-                        stack, warp_model, emap, sky_samples(stack, warp_model, masked_rows), ranges, masked_rows,
-                        noise, progress, {**given, "spatial_order": order}, look, tilt_hint=hint, finest=fine))
+                    def with_order(order, fine=False, rows=masked_rows):
+                        return _fit_bspline(stack, warp_model, emap, sky_samples(stack, warp_model, rows), ranges, rows,
+                                            noise, progress, {**given, "spatial_order": order}, look, tilt_hint=hint,
+                                            finest=fine)
+
+                    result = _held_out_lines_order(result, masked_rows, with_order)
+                    result = _lines_changing_along_the_slit(result, with_order)
                 return result
 
             result = fit_bspline(first_look, _hand_over(samples_box))
@@ -1289,6 +1295,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     # The adaptive knots' finest spacing, when chosen (see below).
     fine_spacing = spacing(0) if finest and knots == "adaptive" and knot_spacing is None else None
     width_hint = None  # the spatial order a width curving along the slit asks for (see _line_shape)
+    lines_order = 0  # the spatial order the sky lines' brightness alone asked for (see _held_out_lines_order)
     # The first pass's knots: what the defaults are chosen on.
     first_spacing = max(spacing(0), first_floor) if knot_spacing is None else knot_spacing
 
@@ -1494,7 +1501,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
             # changes with their width and with any misfit: a gradient
             # along the slit then took order 2 for 1, 0.076 -> 0.109 sigma.)
             lit_info = np.where(unlit | dark, 0.0, line_info) if unlit_mode else np.where(unlit, 0.0, line_info)
-            order = max(order, analyse_rows(line_ratio, lit_info, n_coef, detect_unlit=False)[1])
+            order = lines_order = max(order, analyse_rows(line_ratio, lit_info, n_coef, detect_unlit=False)[1])
         if unlit_mode:
             unlit |= dark
         del level
@@ -1950,6 +1957,7 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     flexure = tuple(float(s) for s in shifts)
     result._skip_rows = masked_rows | unlit
     result._width_hint = width_hint if width_hint is not None and width_hint > order else None
+    result._lines_order = lines_order if lines_order == order else 0
     _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
                                             flexure_applied, slit=slit_summary, bad_columns=bad_columns,
                                             missed_columns=missed.tolist()))
@@ -2626,6 +2634,60 @@ def _late_unlit_rows(result, first_look, masked_rows):
                 break
     held = int(np.count_nonzero(~masked_rows & ~first_look.dark))
     return ends if int(np.count_nonzero(ends)) >= max(3, LATE_UNLIT_FRACTION * held) else None
+
+
+#: The rows held out by :func:`_held_out_lines_order`: the middle third of the longest run of sky rows,
+#: when that third is at least this many rows.
+HELD_OUT_MIN_ROWS = 4
+
+
+def _held_out_lines_order(result, masked_rows, fit_with_order):
+    """``result``, or a fit of a lower spatial order (``fit_with_order(order)``) when the order that the
+    sky lines' brightness alone chose (``result._lines_order``) predicts held-out sky rows worse.
+
+    The lines' brightness per row is read from a first pass whose knots are
+    a pixel apart. Lines narrower than that (FWHM 1.2 px) it misses by how
+    their peak falls within the pixels, and where the lines tilt that phase
+    changes along the slit: their brightness seemed to change, order 2 was
+    taken for a uniform slit, and its terms, fit to the phase's pattern in
+    the sky rows, put the sky under the mask 0.51 sigma RMS off (31 sigma in
+    a column; order 0: 0.13), "ok". A change the sky really has is seen in
+    rows the fit never saw too; a phase's pattern is not. So the middle third
+    of the longest run of sky rows is left out, each order up to the chosen
+    one fit without it, and the order whose sky scatters least about those
+    rows' data (chi-square, each term capped at 25) is kept.
+    """
+    order = int(result._lines_order)
+    if not order or result._skip_rows is None:
+        return result
+    sky = ~result._skip_rows
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], sky.astype(np.int8), [0]))))
+    starts, stops = edges[::2], edges[1::2]
+    if not starts.size:
+        return result
+    longest = int(np.argmax(stops - starts))
+    third = int(stops[longest] - starts[longest]) // 3
+    if third < HELD_OUT_MIN_ROWS:
+        return result
+    block = slice(int(starts[longest]) + third, int(starts[longest]) + 2 * third)
+    held = np.zeros_like(sky)
+    held[block] = True
+    data = result.data[:, block]
+    # One noise model and one set of rejected pixels (the whole fit's, which saw these rows) for every order.
+    variance = np.maximum(result.background[:, block], 0.0) / result.gain + (result.read_noise / result.gain) ** 2
+    use = np.isfinite(data) & ~result.rejected[:, block]
+    if not use.any():
+        return result
+    chi2 = []
+    for p in range(order + 1):
+        try:
+            trial = fit_with_order(p, rows=masked_rows | held)
+        except (ValueError, TooFewSamplesError):
+            return result
+        terms = np.minimum((data - trial.background[:, block]) ** 2 / variance, 25.0)
+        chi2.append(float(np.mean(terms[use])))
+    best = int(np.argmin(chi2))
+    return result if best == order else fit_with_order(best)
 
 
 def _lines_changing_along_the_slit(result, fit_with_order):
