@@ -260,9 +260,6 @@ class SkyResult:
     _width_hint: int | None = field(default=None, repr=False)
     # The spatial order the sky lines' brightness alone chose (0: it chose none); see _held_out_lines_order.
     _lines_order: int = field(default=0, repr=False)
-    # An illumination profile divided out for sky lines narrower than the pixels (see
-    # _narrow_lines_illumination_fails).
-    _narrow_illumination: bool = field(default=False, repr=False)
 
     def _median_variance(self, k):
         """The median of bins' variance of exposure ``k``: the median of n samples
@@ -836,18 +833,11 @@ def fit_sky(
                 result = _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise,
                                       progress, dict(given), look, tilt_hint=hint)
                 if given.get("spatial_order", "auto") == "auto":
-                    chosen = dict(given)
-
-                    def refit(rows=masked_rows, fine=False, **change):
-                        return _fit_bspline(stack, warp_model, emap, sky_samples(stack, warp_model, rows), ranges, rows,
-                                            noise, progress, {**chosen, **change}, look, tilt_hint=hint, finest=fine)
-
                     def with_order(order, fine=False, rows=masked_rows):
-                        return refit(rows, fine, spatial_order=order)
+                        return _fit_bspline(stack, warp_model, emap, sky_samples(stack, warp_model, rows), ranges, rows,
+                                            noise, progress, {**given, "spatial_order": order}, look, tilt_hint=hint,
+                                            finest=fine)
 
-                    if _narrow_lines_illumination_fails(result, masked_rows, refit):
-                        chosen["slit_correction"] = False
-                        result = refit()
                     result = _held_out_lines_order(result, masked_rows, with_order)
                     result = _lines_changing_along_the_slit(result, with_order)
                 return result
@@ -1306,7 +1296,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     fine_spacing = spacing(0) if finest and knots == "adaptive" and knot_spacing is None else None
     width_hint = None  # the spatial order a width curving along the slit asks for (see _line_shape)
     lines_order = 0  # the spatial order the sky lines' brightness alone asked for (see _held_out_lines_order)
-    narrow_illumination = False  # a profile divided out for narrow lines (see _narrow_lines_illumination_fails)
     # The first pass's knots: what the defaults are chosen on.
     first_spacing = max(spacing(0), first_floor) if knot_spacing is None else knot_spacing
 
@@ -1501,9 +1490,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
                 illum = None
             if illum is not None:
                 order = 0
-                if first[0] is not None:
-                    grid = np.linspace(extent[0], extent[1], max(2, int(np.ceil((extent[1] - extent[0]) / 0.25)) + 1))
-                    narrow_illumination = _line_fwhm(grid, first[0](grid), gain, read_noise) < NARROW_FWHM
         if spatial_order == "auto" and illum is None and line_ratio is not None and not order:
             # The sky lines' own brightness along the slit, where it changes
             # unlike the continuum (vignetting that depends on wavelength):
@@ -1972,7 +1958,6 @@ def _fit_bspline(stack, warp_model, emap, samples, ranges, masked_rows, noise, p
     result._skip_rows = masked_rows | unlit
     result._width_hint = width_hint if width_hint is not None and width_hint > order else None
     result._lines_order = lines_order if lines_order == order else 0
-    result._narrow_illumination = bool(narrow_illumination and illum is not None)
     _set_assessment(result, lambda: _assess(result, samples, models, source, warnings, unlit_ranges, order, flexure,
                                             flexure_applied, slit=slit_summary, bad_columns=bad_columns,
                                             missed_columns=missed.tolist()))
@@ -2713,29 +2698,6 @@ def _held_out_chi2(result, held, fits):
     if not use.any():
         return None
     return [float(np.mean(np.minimum((data - fit().background[:, held]) ** 2 / variance, 25.0)[use])) for fit in fits]
-
-
-def _narrow_lines_illumination_fails(result, masked_rows, refit):
-    """Whether ``result``'s slit illumination, divided out for sky lines narrower than the pixels
-    (``result._narrow_illumination``), predicts held-out sky rows worse than a fit without it
-    (``refit(rows=..., slit_correction=False)``; see :func:`_held_out_lines_order` for the rows).
-
-    The profile is read from a first pass with knots a pixel apart, which
-    misses such lines by where their peaks fall within the pixels; where the
-    lines tilt, that changes along the slit, and a uniform slit got 1-3 % of
-    "illumination": the sky under the mask 0.15-0.18 -> 0.20-0.32 sigma RMS.
-    """
-    if not result._narrow_illumination or result._skip_rows is None:
-        return False
-    held = _held_out_rows(~result._skip_rows)
-    if held is None:
-        return False
-    rows = masked_rows | held
-    try:
-        chi2 = _held_out_chi2(result, held, [lambda: refit(rows=rows), lambda: refit(rows=rows, slit_correction=False)])
-    except (ValueError, TooFewSamplesError):
-        return False
-    return chi2 is not None and chi2[1] < chi2[0]
 
 
 def _lines_changing_along_the_slit(result, fit_with_order):
