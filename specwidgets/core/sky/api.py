@@ -2644,16 +2644,15 @@ HELD_OUT_MIN_ROWS = 4
 def _held_out_rows(sky):
     """The rows a choice is checked on: the middle third of the longest run of ``sky`` rows, as a mask of
     rows (None when that third is under :data:`HELD_OUT_MIN_ROWS`)."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], np.asarray(sky, np.int8), [0]))))
-    starts, stops = edges[::2], edges[1::2]
-    if not starts.size:
+    runs = _ranges(sky)
+    if not runs:
         return None
-    longest = int(np.argmax(stops - starts))
-    third = int(stops[longest] - starts[longest]) // 3
+    start, stop = max(runs, key=lambda run: run[1] - run[0])
+    third = (stop - start) // 3
     if third < HELD_OUT_MIN_ROWS:
         return None
     held = np.zeros(len(sky), bool)
-    held[int(starts[longest]) + third: int(starts[longest]) + 2 * third] = True
+    held[start + third: start + 2 * third] = True
     return held
 
 
@@ -2679,25 +2678,21 @@ def _held_out_lines_order(result, masked_rows, fit_with_order):
     held = _held_out_rows(~result._skip_rows)
     if held is None:
         return result
-    try:
-        chi2 = _held_out_chi2(result, held, [lambda p=p: fit_with_order(p, rows=masked_rows | held)
-                                             for p in range(order + 1)])
-    except (ValueError, TooFewSamplesError):
-        return result
-    best = int(np.argmin(chi2)) if chi2 is not None else order
-    return result if best == order else fit_with_order(best)
-
-
-def _held_out_chi2(result, held, fits):
-    """Each of ``fits()``'s chi-square on the rows ``held`` of ``result``'s data (None where none is usable):
-    one noise model and one set of rejected pixels (``result``'s, which saw those rows) for all, each term
-    capped at 25."""
+    # One noise model and one set of rejected pixels (the whole fit's, which saw these rows) for every order.
     data = result.data[:, held]
     variance = np.maximum(result.background[:, held], 0.0) / result.gain + (result.read_noise / result.gain) ** 2
     use = np.isfinite(data) & ~result.rejected[:, held]
     if not use.any():
-        return None
-    return [float(np.mean(np.minimum((data - fit().background[:, held]) ** 2 / variance, 25.0)[use])) for fit in fits]
+        return result
+    chi2 = []
+    for p in range(order + 1):
+        try:
+            trial = fit_with_order(p, rows=masked_rows | held)
+        except (ValueError, TooFewSamplesError):
+            return result
+        chi2.append(float(np.mean(np.minimum((data - trial.background[:, held]) ** 2 / variance, 25.0)[use])))
+    best = int(np.argmin(chi2))
+    return result if best == order else fit_with_order(best)
 
 
 def _lines_changing_along_the_slit(result, fit_with_order):
